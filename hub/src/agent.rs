@@ -1,0 +1,141 @@
+//! The agent state machine: a transition table and nothing else.
+//!
+//! **Architecture Invariant:** pure. [`transition`] is the only way an agent's state changes;
+//! anything the table does not list is refused, and the caller logs the refusal.
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    Idle,
+    Assigned,
+    Working,
+    Blocked,
+    Draining,
+    Offline,
+}
+
+impl AgentState {
+    pub const ALL: [AgentState; 6] = [
+        AgentState::Idle,
+        AgentState::Assigned,
+        AgentState::Working,
+        AgentState::Blocked,
+        AgentState::Draining,
+        AgentState::Offline,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Idle => "idle",
+            AgentState::Assigned => "assigned",
+            AgentState::Working => "working",
+            AgentState::Blocked => "blocked",
+            AgentState::Draining => "draining",
+            AgentState::Offline => "offline",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentEvent {
+    /// The hub leased a task to the agent.
+    Assign,
+    /// The sidecar reported the task started.
+    Start,
+    /// The task ended, or its lease was taken back.
+    Release,
+    /// Waiting on a model load, a rate limit or a human.
+    Block,
+    Unblock,
+    /// Take no new work; finish what is running.
+    Drain,
+    Undrain,
+    /// The sidecar's heartbeat lapsed or its stream closed.
+    Lost,
+    /// The sidecar came back.
+    Rejoin,
+}
+
+pub const ALL_EVENTS: [AgentEvent; 9] = [
+    AgentEvent::Assign,
+    AgentEvent::Start,
+    AgentEvent::Release,
+    AgentEvent::Block,
+    AgentEvent::Unblock,
+    AgentEvent::Drain,
+    AgentEvent::Undrain,
+    AgentEvent::Lost,
+    AgentEvent::Rejoin,
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("agent cannot go from {from:?} on {event:?}")]
+pub struct IllegalTransition {
+    pub from: AgentState,
+    pub event: AgentEvent,
+}
+
+/// The whole table. A draining agent keeps its running task, so `Start` and `Release` are
+/// legal while draining and `Release` leaves it draining.
+pub fn transition(from: AgentState, event: AgentEvent) -> Result<AgentState, IllegalTransition> {
+    use AgentEvent as E;
+    use AgentState as S;
+    let to = match (from, event) {
+        (S::Idle, E::Assign) => S::Assigned,
+        (S::Assigned, E::Start) => S::Working,
+        (S::Assigned | S::Working, E::Release) => S::Idle,
+        (S::Idle, E::Block) => S::Blocked,
+        (S::Blocked, E::Unblock) => S::Idle,
+        (S::Idle | S::Assigned | S::Working | S::Blocked, E::Drain) => S::Draining,
+        (S::Draining, E::Start | E::Release) => S::Draining,
+        (S::Draining, E::Undrain) => S::Idle,
+        (S::Idle | S::Assigned | S::Working | S::Blocked | S::Draining, E::Lost) => S::Offline,
+        (S::Offline, E::Rejoin) => S::Idle,
+        _ => return Err(IllegalTransition { from, event }),
+    };
+    Ok(to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use AgentEvent as E;
+    use AgentState as S;
+
+    /// Every (state, event) pair, legal ones with their target.
+    #[test]
+    fn the_table_is_exactly_this() {
+        let legal = [
+            (S::Idle, E::Assign, S::Assigned),
+            (S::Idle, E::Block, S::Blocked),
+            (S::Idle, E::Drain, S::Draining),
+            (S::Idle, E::Lost, S::Offline),
+            (S::Assigned, E::Start, S::Working),
+            (S::Assigned, E::Release, S::Idle),
+            (S::Assigned, E::Drain, S::Draining),
+            (S::Assigned, E::Lost, S::Offline),
+            (S::Working, E::Release, S::Idle),
+            (S::Working, E::Drain, S::Draining),
+            (S::Working, E::Lost, S::Offline),
+            (S::Blocked, E::Unblock, S::Idle),
+            (S::Blocked, E::Drain, S::Draining),
+            (S::Blocked, E::Lost, S::Offline),
+            (S::Draining, E::Start, S::Draining),
+            (S::Draining, E::Release, S::Draining),
+            (S::Draining, E::Undrain, S::Idle),
+            (S::Draining, E::Lost, S::Offline),
+            (S::Offline, E::Rejoin, S::Idle),
+        ];
+        for from in AgentState::ALL {
+            for event in ALL_EVENTS {
+                let expected = legal.iter().find(|(f, e, _)| *f == from && *e == event).map(|(_, _, to)| *to);
+                match expected {
+                    Some(to) => assert_eq!(transition(from, event), Ok(to), "{from:?} on {event:?}"),
+                    None => assert_eq!(transition(from, event), Err(IllegalTransition { from, event })),
+                }
+            }
+        }
+    }
+}

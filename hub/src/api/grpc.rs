@@ -1,0 +1,296 @@
+//! gRPC services: `Admin` for people and tools, `AgentLink` for sidecars.
+//!
+//! Authentication happens before these run (see `server`); here messages are converted to
+//! domain types, validated, and handed to the core.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use agentcom_proto::v1 as pb;
+use futures_util::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, warn};
+
+use super::{ApiError, list_limit};
+use crate::convert;
+use crate::core::{self, AgentView, FromSidecar, Handle, RunningTask, SidecarHello, ToSidecar};
+use crate::domain::{SpecDefaults, TaskId};
+use crate::feed::{self, FeedEvent};
+
+/// Largest message either side accepts: a finished task carries up to its output cap per stream.
+pub const MAX_MESSAGE_BYTES: usize = 160 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AdminService {
+    pub hub: Handle,
+    pub spec_defaults: SpecDefaults,
+    pub stop: CancellationToken,
+}
+
+fn parse_id(id: &str) -> Result<TaskId, Status> {
+    id.parse::<TaskId>().map_err(|err| ApiError::from(err).into())
+}
+
+fn status(err: core::Error) -> Status {
+    ApiError::from(err).into()
+}
+
+pub fn agent_to_pb(agent: &AgentView) -> pb::Agent {
+    use crate::agent::AgentState as S;
+    let state = match agent.state {
+        S::Idle => pb::AgentState::Idle,
+        S::Assigned => pb::AgentState::Assigned,
+        S::Working => pb::AgentState::Working,
+        S::Blocked => pb::AgentState::Blocked,
+        S::Draining => pb::AgentState::Draining,
+        S::Offline => pb::AgentState::Offline,
+    };
+    pb::Agent {
+        id: agent.id.clone(),
+        sidecar_id: agent.sidecar_id.clone(),
+        hostname: agent.hostname.clone(),
+        state: state.into(),
+        task_id: agent.task_id.map(|id| id.to_string()).unwrap_or_default(),
+        last_seen_unix_ms: agent.last_seen_unix_ms,
+        state_since_unix_ms: agent.state_since_unix_ms,
+        capabilities: agent.capabilities.clone(),
+        tags: agent.tags.clone(),
+        version: agent.version.clone(),
+    }
+}
+
+type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn submit_task(
+        &self,
+        request: Request<pb::SubmitTaskRequest>,
+    ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
+        let spec = request.into_inner().spec.ok_or_else(|| Status::invalid_argument("invalid spec: is required"))?;
+        let spec = convert::spec_from_pb(spec, &self.spec_defaults).map_err(ApiError::from)?;
+        let submitted = self.hub.submit(spec).await.map_err(status)?;
+        Ok(Response::new(pb::SubmitTaskResponse {
+            task: Some(convert::task_to_pb(&submitted.task)),
+            existing: submitted.existing,
+        }))
+    }
+
+    async fn get_task(&self, request: Request<pb::GetTaskRequest>) -> Result<Response<pb::Task>, Status> {
+        let id = parse_id(&request.into_inner().id)?;
+        let task = self.hub.get(id).await.map_err(status)?;
+        Ok(Response::new(convert::task_to_pb(&task)))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let request = request.into_inner();
+        let state = convert::state_from_pb(request.state).map_err(ApiError::from)?;
+        let limit = list_limit(request.limit as usize)?;
+        let tasks = self.hub.list(state, limit).await.map_err(status)?;
+        Ok(Response::new(pb::ListTasksResponse { tasks: tasks.iter().map(convert::task_to_pb).collect() }))
+    }
+
+    async fn cancel_task(&self, request: Request<pb::CancelTaskRequest>) -> Result<Response<pb::Task>, Status> {
+        let request = request.into_inner();
+        let id = parse_id(&request.id)?;
+        if request.reason.len() > crate::domain::limits::MAX_TEXT_BYTES {
+            return Err(Status::invalid_argument("invalid reason: too long"));
+        }
+        let task = self.hub.cancel(id, request.reason).await.map_err(status)?;
+        Ok(Response::new(convert::task_to_pb(&task)))
+    }
+
+    type WatchTaskStream = EventStream<pb::TaskEvent>;
+
+    async fn watch_task(
+        &self,
+        request: Request<pb::WatchTaskRequest>,
+    ) -> Result<Response<Self::WatchTaskStream>, Status> {
+        let id = parse_id(&request.into_inner().id)?;
+        let feed = self.hub.watch(id).await.map_err(status)?;
+        let stream = feed::events(feed, self.stop.clone()).map(|event| {
+            let kind = match event {
+                FeedEvent::Snapshot(task) => pb::task_event::Kind::Snapshot(convert::task_to_pb(&task)),
+                FeedEvent::Output { stream, offset, data } => pb::task_event::Kind::Output(pb::OutputChunk {
+                    stream: convert::stream_to_pb(stream).into(),
+                    offset,
+                    data,
+                }),
+            };
+            Ok(pb::TaskEvent { kind: Some(kind) })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_agents(
+        &self,
+        _request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let agents = self.hub.agents().await.map_err(status)?;
+        Ok(Response::new(pb::ListAgentsResponse { agents: agents.iter().map(agent_to_pb).collect() }))
+    }
+}
+
+#[derive(Clone)]
+pub struct AgentLinkService {
+    pub hub: Handle,
+    pub stop: CancellationToken,
+}
+
+/// Most slots one sidecar may offer.
+pub const MAX_SLOTS: u32 = 1024;
+/// How long a new session may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn hello_from_pb(hello: pb::Hello) -> Result<SidecarHello, Status> {
+    let id_ok = !hello.sidecar_id.is_empty()
+        && hello.sidecar_id.len() <= 128
+        && hello.sidecar_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+    if !id_ok {
+        return Err(Status::invalid_argument(
+            "invalid hello.sidecar_id: 1 to 128 characters of letters, digits, '-', '_', '.', ':'",
+        ));
+    }
+    if hello.slots == 0 || hello.slots > MAX_SLOTS {
+        return Err(Status::invalid_argument(format!("invalid hello.slots: must be between 1 and {MAX_SLOTS}")));
+    }
+    if hello.capabilities.len() > 64 || hello.tags.len() > 256 || hello.hostname.len() > 256 {
+        return Err(Status::invalid_argument("invalid hello: too many capabilities or tags, or hostname too long"));
+    }
+    Ok(SidecarHello {
+        sidecar_id: hello.sidecar_id,
+        hostname: hello.hostname,
+        os: hello.os,
+        arch: hello.arch,
+        version: hello.version,
+        slots: hello.slots,
+        capabilities: hello.capabilities,
+        tags: hello.tags,
+        running: running_from_pb(hello.running)?,
+    })
+}
+
+fn running_from_pb(running: Vec<pb::RunningTask>) -> Result<Vec<RunningTask>, Status> {
+    running
+        .into_iter()
+        .map(|r| Ok(RunningTask { task_id: parse_id(&r.task_id)?, lease_generation: r.lease_generation }))
+        .collect()
+}
+
+fn message_from_pb(message: pb::sidecar_message::Msg) -> Result<Option<FromSidecar>, Status> {
+    use pb::sidecar_message::Msg;
+    let message = match message {
+        Msg::Hello(_) => return Err(Status::invalid_argument("hello may only be the first message")),
+        Msg::Heartbeat(beat) => FromSidecar::Heartbeat { running: running_from_pb(beat.running)? },
+        Msg::Started(started) => {
+            FromSidecar::Started { task_id: parse_id(&started.task_id)?, lease_generation: started.lease_generation }
+        }
+        Msg::Output(output) => {
+            let chunk = output.chunk.ok_or_else(|| Status::invalid_argument("invalid output: chunk is required"))?;
+            let stream = convert::stream_from_pb(chunk.stream)
+                .ok_or_else(|| Status::invalid_argument("invalid output.chunk.stream"))?;
+            FromSidecar::Output {
+                task_id: parse_id(&output.task_id)?,
+                lease_generation: output.lease_generation,
+                stream,
+                offset: chunk.offset,
+                data: chunk.data,
+            }
+        }
+        Msg::Finished(finished) => FromSidecar::Finished {
+            task_id: parse_id(&finished.task_id)?,
+            lease_generation: finished.lease_generation,
+            outcome: convert::outcome_from_pb(
+                finished.outcome.ok_or_else(|| Status::invalid_argument("invalid finished: outcome is required"))?,
+            ),
+        },
+        // Progress, resources and model inventories are accepted and not yet used.
+        Msg::Progress(_) | Msg::Resources(_) | Msg::Models(_) => return Ok(None),
+    };
+    Ok(Some(message))
+}
+
+fn to_pb(message: ToSidecar) -> pb::HubMessage {
+    use pb::hub_message::Msg;
+    let msg = match message {
+        ToSidecar::Assign { task_id, lease_generation, attempt, agent_id, spec } => Msg::Assign(pb::Assign {
+            task_id: task_id.to_string(),
+            lease_generation,
+            attempt,
+            agent_id,
+            spec: Some(convert::spec_to_pb(&spec)),
+        }),
+        ToSidecar::Cancel { task_id, lease_generation, reason } => {
+            Msg::Cancel(pb::CancelTask { task_id: task_id.to_string(), lease_generation, reason })
+        }
+    };
+    pb::HubMessage { msg: Some(msg) }
+}
+
+#[tonic::async_trait]
+impl pb::agent_link_server::AgentLink for AgentLinkService {
+    type SessionStream = EventStream<pb::HubMessage>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::SidecarMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??;
+        let hello = match first.and_then(|m| m.msg) {
+            Some(pb::sidecar_message::Msg::Hello(hello)) => hello_from_pb(hello)?,
+            _ => return Err(Status::invalid_argument("the first message must be hello")),
+        };
+        let sidecar_id = hello.sidecar_id.clone();
+        let (outbox_tx, outbox_rx) = mpsc::channel::<ToSidecar>(1024);
+        let (welcome, session) = self.hub.hello(hello, outbox_tx).await.map_err(status)?;
+
+        let hub = self.hub.clone();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    next = inbound.message() => next,
+                    _ = stop.cancelled() => break,
+                };
+                match next {
+                    Ok(Some(pb::SidecarMessage { msg: Some(msg) })) => match message_from_pb(msg) {
+                        Ok(Some(message)) => hub.from_sidecar(sidecar_id.clone(), session, message),
+                        Ok(None) => {}
+                        Err(err) => warn!(sidecar_id, error = %err.message(), "dropping a malformed sidecar message"),
+                    },
+                    Ok(Some(pb::SidecarMessage { msg: None })) => {}
+                    Ok(None) => break,
+                    Err(err) => {
+                        debug!(sidecar_id, error = %err, "sidecar stream ended with an error");
+                        break;
+                    }
+                }
+            }
+            hub.session_closed(sidecar_id, session);
+        });
+
+        let welcome = pb::HubMessage {
+            msg: Some(pb::hub_message::Msg::Welcome(pb::Welcome {
+                sidecar_id: welcome.sidecar_id,
+                agent_ids: welcome.agent_ids,
+                heartbeat_interval_ms: welcome.heartbeat_interval.as_millis() as u64,
+                lease_ttl_ms: welcome.lease_ttl.as_millis() as u64,
+                hub_version: env!("CARGO_PKG_VERSION").to_owned(),
+            })),
+        };
+        let stop = self.stop.clone();
+        let outbound = futures_util::stream::once(async move { Ok(welcome) })
+            .chain(ReceiverStream::new(outbox_rx).map(|m| Ok(to_pb(m))))
+            .take_until(async move { stop.cancelled().await });
+        Ok(Response::new(Box::pin(outbound)))
+    }
+}

@@ -1,0 +1,350 @@
+//! The HTTP JSON API (`/api/v1/...`), health probes, and task events as server-sent events.
+//!
+//! Request bodies are converted into the wire contract's `TaskSpec` and validated by the same
+//! code as gRPC submits, so both APIs accept and refuse exactly the same tasks.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+use agentcom_proto::v1 as pb;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::{ApiError, list_limit};
+use crate::convert;
+use crate::core::Handle;
+use crate::domain::{Lane, SpecDefaults, TaskId, TaskState, Tier};
+use crate::feed::{self, FeedEvent};
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub hub: Handle,
+    pub spec_defaults: SpecDefaults,
+    pub stop: CancellationToken,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code.as_str(), "message": self.message } });
+        (self.code.http(), Json(body)).into_response()
+    }
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/tasks", get(list_tasks).post(submit_task))
+        .route("/api/v1/tasks/{id}", get(get_task).delete(cancel_task))
+        .route("/api/v1/tasks/{id}/events", get(task_events))
+        .route("/api/v1/agents", get(list_agents))
+        .with_state(state)
+}
+
+/// Answers unknown paths in the API's error shape.
+pub async fn not_found() -> ApiError {
+    ApiError::new(super::ErrorCode::NotFound, "no such endpoint")
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<HttpState>) -> Response {
+    if state.hub.is_healthy() {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable" }))).into_response()
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ShellBody {
+    #[serde(default)]
+    argv: Vec<String>,
+    #[serde(default)]
+    script: String,
+    #[serde(default)]
+    cwd: String,
+    #[serde(default)]
+    env: HashMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LlmBody {
+    prompt: String,
+    #[serde(default)]
+    system: String,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    max_tokens: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentBody {
+    goal: String,
+    #[serde(default)]
+    repository: String,
+    #[serde(default)]
+    branch: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ContextBody {
+    #[serde(default)]
+    repository: String,
+    #[serde(default)]
+    branch: String,
+    #[serde(default)]
+    files: Vec<String>,
+    #[serde(default)]
+    env: HashMap<String, String>,
+    #[serde(default)]
+    notes: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum VerificationBody {
+    FileExists(String),
+    CommandSucceeds {
+        argv: Vec<String>,
+        #[serde(default)]
+        timeout_ms: u64,
+    },
+    TestPasses {
+        argv: Vec<String>,
+        #[serde(default)]
+        timeout_ms: u64,
+    },
+    GitClean(bool),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LimitsBody {
+    #[serde(default)]
+    timeout_ms: u64,
+    #[serde(default)]
+    deadline_unix_ms: i64,
+    #[serde(default)]
+    max_attempts: u32,
+    #[serde(default)]
+    max_tokens: u64,
+    #[serde(default)]
+    max_cost_micros: u64,
+    #[serde(default)]
+    max_output_bytes: u64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PlacementBody {
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    host: String,
+    #[serde(default)]
+    model: String,
+}
+
+/// `POST /api/v1/tasks`. Exactly one of `shell`, `llm`, `agent`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitBody {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    idempotency_key: String,
+    #[serde(default)]
+    priority: Option<String>,
+    #[serde(default)]
+    tier: Option<String>,
+    #[serde(default)]
+    shell: Option<ShellBody>,
+    #[serde(default)]
+    llm: Option<LlmBody>,
+    #[serde(default)]
+    agent: Option<AgentBody>,
+    #[serde(default)]
+    context: Option<ContextBody>,
+    #[serde(default)]
+    success_criteria: Vec<String>,
+    #[serde(default)]
+    verification: Vec<VerificationBody>,
+    #[serde(default)]
+    limits: Option<LimitsBody>,
+    #[serde(default)]
+    placement: Option<PlacementBody>,
+    #[serde(default)]
+    depends_on: Vec<String>,
+    #[serde(default)]
+    labels: HashMap<String, String>,
+}
+
+impl TryFrom<SubmitBody> for pb::TaskSpec {
+    type Error = ApiError;
+
+    fn try_from(body: SubmitBody) -> Result<pb::TaskSpec, ApiError> {
+        let kind = match (body.shell, body.llm, body.agent) {
+            (Some(shell), None, None) => pb::work::Kind::Shell(pb::ShellWork {
+                argv: shell.argv,
+                script: shell.script,
+                cwd: shell.cwd,
+                env: shell.env,
+            }),
+            (None, Some(llm), None) => pb::work::Kind::Llm(pb::LlmWork {
+                prompt: llm.prompt,
+                system: llm.system,
+                model: llm.model,
+                max_tokens: llm.max_tokens,
+            }),
+            (None, None, Some(agent)) => pb::work::Kind::Agent(pb::AgentWork {
+                goal: agent.goal,
+                repository: agent.repository,
+                branch: agent.branch,
+            }),
+            _ => return Err(ApiError::invalid("invalid work: give exactly one of shell, llm, agent")),
+        };
+        let priority = match body.priority {
+            Some(p) => convert::lane_to_pb(p.parse::<Lane>()?),
+            None => pb::Priority::Unspecified,
+        };
+        let tier = match body.tier {
+            Some(t) => match t.parse::<Tier>()? {
+                Tier::Trivial => pb::Tier::Trivial,
+                Tier::Standard => pb::Tier::Standard,
+                Tier::Complex => pb::Tier::Complex,
+            },
+            None => pb::Tier::Unspecified,
+        };
+        let context = body.context.unwrap_or_default();
+        let limits = body.limits.unwrap_or_default();
+        let placement = body.placement.unwrap_or_default();
+        let verification = body
+            .verification
+            .into_iter()
+            .map(|step| {
+                use pb::verification_step::Kind;
+                let kind = match step {
+                    VerificationBody::FileExists(path) => Kind::FileExists(path),
+                    VerificationBody::CommandSucceeds { argv, timeout_ms } => {
+                        Kind::CommandSucceeds(pb::CommandCheck { argv, timeout_ms })
+                    }
+                    VerificationBody::TestPasses { argv, timeout_ms } => {
+                        Kind::TestPasses(pb::CommandCheck { argv, timeout_ms })
+                    }
+                    VerificationBody::GitClean(flag) => Kind::GitClean(flag),
+                };
+                pb::VerificationStep { kind: Some(kind) }
+            })
+            .collect();
+        Ok(pb::TaskSpec {
+            name: body.name,
+            idempotency_key: body.idempotency_key,
+            priority: priority.into(),
+            tier: tier.into(),
+            work: Some(pb::Work { kind: Some(kind) }),
+            context: Some(pb::TaskContext {
+                repository: context.repository,
+                branch: context.branch,
+                files: context.files,
+                env: context.env,
+                notes: context.notes,
+            }),
+            success_criteria: body.success_criteria,
+            verification,
+            limits: Some(pb::Limits {
+                timeout_ms: limits.timeout_ms,
+                deadline_unix_ms: limits.deadline_unix_ms,
+                max_attempts: limits.max_attempts,
+                max_tokens: limits.max_tokens,
+                max_cost_micros: limits.max_cost_micros,
+                max_output_bytes: limits.max_output_bytes,
+            }),
+            placement: Some(pb::Placement { tags: placement.tags, host: placement.host, model: placement.model }),
+            depends_on: body.depends_on,
+            labels: body.labels,
+        })
+    }
+}
+
+async fn submit_task(
+    State(state): State<HttpState>,
+    body: Result<Json<SubmitBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
+    let spec = convert::spec_from_pb(pb::TaskSpec::try_from(body)?, &state.spec_defaults)?;
+    let submitted = state.hub.submit(spec).await?;
+    let status = if submitted.existing { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(json!({ "task": submitted.task, "existing": submitted.existing }))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_tasks(
+    State(state): State<HttpState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
+    let filter = query.state.map(|s| s.parse::<TaskState>()).transpose()?;
+    let limit = list_limit(query.limit.unwrap_or(0))?;
+    let tasks = state.hub.list(filter, limit).await?;
+    Ok(Json(json!({ "tasks": tasks })))
+}
+
+async fn get_task(State(state): State<HttpState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let task = state.hub.get(id.parse::<TaskId>()?).await?;
+    Ok(Json(json!({ "task": task })))
+}
+
+async fn cancel_task(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let task = state.hub.cancel(id.parse::<TaskId>()?, String::new()).await?;
+    Ok(Json(json!({ "task": task })))
+}
+
+async fn list_agents(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let agents = state.hub.agents().await?;
+    Ok(Json(json!({ "agents": agents })))
+}
+
+/// `GET /api/v1/tasks/{id}/events`: `snapshot` events carry the task, `output` events carry
+/// `{stream, offset, data_base64}`. The stream ends after the task's final snapshot.
+async fn task_events(State(state): State<HttpState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let feed = state.hub.watch(id.parse::<TaskId>()?).await?;
+    let events = feed::events(feed, state.stop.clone()).map(|event| {
+        let sse = match event {
+            FeedEvent::Snapshot(task) => SseEvent::default().event("snapshot").json_data(&*task),
+            FeedEvent::Output { stream, offset, data } => SseEvent::default().event("output").json_data(json!({
+                "stream": stream,
+                "offset": offset,
+                "data_base64": base64::engine::general_purpose::STANDARD.encode(&data),
+            })),
+        };
+        Ok::<_, Infallible>(sse.expect("task events serialize"))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}

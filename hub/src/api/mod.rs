@@ -1,0 +1,122 @@
+//! The hub's edges: gRPC (admin and sidecar link) and the HTTP JSON API, on one listener.
+//!
+//! Both speak the same error vocabulary: one [`ErrorCode`] maps to a `tonic::Code` and an HTTP
+//! status, so a client sees the same code whichever protocol it uses.
+
+pub mod grpc;
+pub mod http;
+
+use crate::{auth, core};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidArgument,
+    NotFound,
+    FailedPrecondition,
+    Unauthenticated,
+    PermissionDenied,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::FailedPrecondition => "failed_precondition",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    pub fn grpc(self) -> tonic::Code {
+        match self {
+            ErrorCode::InvalidArgument => tonic::Code::InvalidArgument,
+            ErrorCode::NotFound => tonic::Code::NotFound,
+            ErrorCode::FailedPrecondition => tonic::Code::FailedPrecondition,
+            ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
+            ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
+            ErrorCode::Unavailable => tonic::Code::Unavailable,
+            ErrorCode::Internal => tonic::Code::Internal,
+        }
+    }
+
+    pub fn http(self) -> ::http::StatusCode {
+        use ::http::StatusCode as S;
+        match self {
+            ErrorCode::InvalidArgument => S::BAD_REQUEST,
+            ErrorCode::NotFound => S::NOT_FOUND,
+            ErrorCode::FailedPrecondition => S::CONFLICT,
+            ErrorCode::Unauthenticated => S::UNAUTHORIZED,
+            ErrorCode::PermissionDenied => S::FORBIDDEN,
+            ErrorCode::Unavailable => S::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => S::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// An error as the APIs report it.
+#[derive(Clone, Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError { code, message: message.into() }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::InvalidArgument, message)
+    }
+}
+
+impl From<core::Error> for ApiError {
+    fn from(err: core::Error) -> ApiError {
+        let code = match &err {
+            core::Error::Invalid(_) => ErrorCode::InvalidArgument,
+            core::Error::NotFound(_) => ErrorCode::NotFound,
+            core::Error::AlreadyFinal { .. } => ErrorCode::FailedPrecondition,
+            core::Error::Storage(_) | core::Error::ShuttingDown => ErrorCode::Unavailable,
+        };
+        ApiError::new(code, err.to_string())
+    }
+}
+
+impl From<crate::domain::Error> for ApiError {
+    fn from(err: crate::domain::Error) -> ApiError {
+        ApiError::invalid(err.to_string())
+    }
+}
+
+impl From<auth::Error> for ApiError {
+    fn from(err: auth::Error) -> ApiError {
+        let code = match err {
+            auth::Error::Forbidden(_) => ErrorCode::PermissionDenied,
+            _ => ErrorCode::Unauthenticated,
+        };
+        ApiError::new(code, err.to_string())
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(err: ApiError) -> tonic::Status {
+        tonic::Status::new(err.code.grpc(), err.message)
+    }
+}
+
+/// Largest page a list returns.
+pub const MAX_LIST_LIMIT: usize = 1000;
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+
+fn list_limit(requested: usize) -> Result<usize, ApiError> {
+    match requested {
+        0 => Ok(DEFAULT_LIST_LIMIT),
+        n if n > MAX_LIST_LIMIT => Err(ApiError::invalid(format!("limit must be at most {MAX_LIST_LIMIT}"))),
+        n => Ok(n),
+    }
+}

@@ -1,0 +1,402 @@
+//! Conversions between the wire contract (`agentcom_proto::v1`) and the hub's domain types.
+//!
+//! This is where protobuf stops. Inbound conversions validate and fill defaults; outbound ones
+//! cannot fail. The storage layer reuses the same encoding, so a stored task is a `v1::Task`.
+
+use std::collections::BTreeMap;
+
+use agentcom_proto::v1 as pb;
+
+use crate::domain::*;
+
+pub fn lane_from_pb(value: i32) -> Result<Lane, Error> {
+    match pb::Priority::try_from(value) {
+        Ok(pb::Priority::Unspecified) | Ok(pb::Priority::Normal) => Ok(Lane::Normal),
+        Ok(pb::Priority::Urgent) => Ok(Lane::Urgent),
+        Ok(pb::Priority::High) => Ok(Lane::High),
+        Ok(pb::Priority::Low) => Ok(Lane::Low),
+        Err(_) => Err(Error::invalid("priority", format!("{value} is not a priority"))),
+    }
+}
+
+pub fn lane_to_pb(lane: Lane) -> pb::Priority {
+    match lane {
+        Lane::Urgent => pb::Priority::Urgent,
+        Lane::High => pb::Priority::High,
+        Lane::Normal => pb::Priority::Normal,
+        Lane::Low => pb::Priority::Low,
+    }
+}
+
+pub fn tier_from_pb(value: i32) -> Result<Option<Tier>, Error> {
+    match pb::Tier::try_from(value) {
+        Ok(pb::Tier::Unspecified) => Ok(None),
+        Ok(pb::Tier::Trivial) => Ok(Some(Tier::Trivial)),
+        Ok(pb::Tier::Standard) => Ok(Some(Tier::Standard)),
+        Ok(pb::Tier::Complex) => Ok(Some(Tier::Complex)),
+        Err(_) => Err(Error::invalid("tier", format!("{value} is not a tier"))),
+    }
+}
+
+fn tier_to_pb(tier: Option<Tier>) -> pb::Tier {
+    match tier {
+        None => pb::Tier::Unspecified,
+        Some(Tier::Trivial) => pb::Tier::Trivial,
+        Some(Tier::Standard) => pb::Tier::Standard,
+        Some(Tier::Complex) => pb::Tier::Complex,
+    }
+}
+
+/// `None` for UNSPECIFIED (meaning "any state" in filters).
+pub fn state_from_pb(value: i32) -> Result<Option<TaskState>, Error> {
+    use pb::TaskState as P;
+    let state = match P::try_from(value) {
+        Ok(P::Unspecified) => return Ok(None),
+        Ok(P::Queued) => TaskState::Queued,
+        Ok(P::Waiting) => TaskState::Waiting,
+        Ok(P::Ready) => TaskState::Ready,
+        Ok(P::Dispatched) => TaskState::Dispatched,
+        Ok(P::Running) => TaskState::Running,
+        Ok(P::Verifying) => TaskState::Verifying,
+        Ok(P::Succeeded) => TaskState::Succeeded,
+        Ok(P::Failed) => TaskState::Failed,
+        Ok(P::Cancelled) => TaskState::Cancelled,
+        Ok(P::Expired) => TaskState::Expired,
+        Ok(P::DeadLettered) => TaskState::DeadLettered,
+        Err(_) => return Err(Error::invalid("state", format!("{value} is not a task state"))),
+    };
+    Ok(Some(state))
+}
+
+pub fn state_to_pb(state: TaskState) -> pb::TaskState {
+    use pb::TaskState as P;
+    match state {
+        TaskState::Queued => P::Queued,
+        TaskState::Waiting => P::Waiting,
+        TaskState::Ready => P::Ready,
+        TaskState::Dispatched => P::Dispatched,
+        TaskState::Running => P::Running,
+        TaskState::Verifying => P::Verifying,
+        TaskState::Succeeded => P::Succeeded,
+        TaskState::Failed => P::Failed,
+        TaskState::Cancelled => P::Cancelled,
+        TaskState::Expired => P::Expired,
+        TaskState::DeadLettered => P::DeadLettered,
+    }
+}
+
+fn opt_nonzero(value: u64) -> Option<u64> {
+    (value != 0).then_some(value)
+}
+
+fn nonempty(value: String) -> Option<String> {
+    (!value.is_empty()).then_some(value)
+}
+
+fn btree(map: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
+    map.into_iter().collect()
+}
+
+/// Converts and validates a submitted spec, filling unset fields from `defaults`.
+pub fn spec_from_pb(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result<TaskSpec, Error> {
+    let work = match spec.work.and_then(|w| w.kind) {
+        None => return Err(Error::invalid("work", "is required (shell, llm or agent)")),
+        Some(pb::work::Kind::Shell(shell)) => {
+            let command = match (shell.argv.is_empty(), shell.script.is_empty()) {
+                (false, true) => ShellCommand::Argv(shell.argv),
+                (true, false) => ShellCommand::Script(shell.script),
+                (true, true) => return Err(Error::invalid("work.shell", "needs argv or script")),
+                (false, false) => return Err(Error::invalid("work.shell", "takes argv or script, not both")),
+            };
+            Work::Shell(ShellWork { command, cwd: nonempty(shell.cwd), env: btree(shell.env) })
+        }
+        Some(pb::work::Kind::Llm(llm)) => {
+            Work::Llm(LlmWork { prompt: llm.prompt, system: llm.system, model: llm.model, max_tokens: llm.max_tokens })
+        }
+        Some(pb::work::Kind::Agent(agent)) => {
+            Work::Agent(AgentWork { goal: agent.goal, repository: agent.repository, branch: agent.branch })
+        }
+    };
+    let context = spec.context.unwrap_or_default();
+    let limits = spec.limits.unwrap_or_default();
+    let placement = spec.placement.unwrap_or_default();
+    let verification = spec
+        .verification
+        .into_iter()
+        .map(|step| match step.kind {
+            Some(pb::verification_step::Kind::FileExists(path)) => Ok(Verification::FileExists(path)),
+            Some(pb::verification_step::Kind::CommandSucceeds(c)) => {
+                Ok(Verification::CommandSucceeds { argv: c.argv, timeout_ms: c.timeout_ms })
+            }
+            Some(pb::verification_step::Kind::TestPasses(c)) => {
+                Ok(Verification::TestPasses { argv: c.argv, timeout_ms: c.timeout_ms })
+            }
+            Some(pb::verification_step::Kind::GitClean(_)) => Ok(Verification::GitClean),
+            None => Err(Error::invalid("verification", "a step has no kind")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let depends_on = spec.depends_on.iter().map(|id| id.parse()).collect::<Result<Vec<TaskId>, _>>()?;
+    let spec = TaskSpec {
+        name: spec.name,
+        idempotency_key: nonempty(spec.idempotency_key),
+        priority: lane_from_pb(spec.priority)?,
+        tier: tier_from_pb(spec.tier)?,
+        work,
+        context: TaskContext {
+            repository: context.repository,
+            branch: context.branch,
+            files: context.files,
+            env: btree(context.env),
+            notes: context.notes,
+        },
+        success_criteria: spec.success_criteria,
+        verification,
+        limits: Limits {
+            timeout_ms: opt_nonzero(limits.timeout_ms),
+            deadline_unix_ms: (limits.deadline_unix_ms != 0).then_some(limits.deadline_unix_ms),
+            max_attempts: if limits.max_attempts == 0 { defaults.max_attempts } else { limits.max_attempts },
+            max_tokens: opt_nonzero(limits.max_tokens),
+            max_cost_micros: opt_nonzero(limits.max_cost_micros),
+            max_output_bytes: opt_nonzero(limits.max_output_bytes).unwrap_or(defaults.max_output_bytes),
+        },
+        placement: Placement { tags: placement.tags, host: placement.host, model: placement.model },
+        depends_on,
+        labels: btree(spec.labels),
+    };
+    spec.validate()?;
+    Ok(spec)
+}
+
+pub fn spec_to_pb(spec: &TaskSpec) -> pb::TaskSpec {
+    let work = match &spec.work {
+        Work::Shell(shell) => {
+            let (argv, script) = match &shell.command {
+                ShellCommand::Argv(argv) => (argv.clone(), String::new()),
+                ShellCommand::Script(script) => (Vec::new(), script.clone()),
+            };
+            pb::work::Kind::Shell(pb::ShellWork {
+                argv,
+                script,
+                cwd: shell.cwd.clone().unwrap_or_default(),
+                env: shell.env.clone().into_iter().collect(),
+            })
+        }
+        Work::Llm(llm) => pb::work::Kind::Llm(pb::LlmWork {
+            prompt: llm.prompt.clone(),
+            system: llm.system.clone(),
+            model: llm.model.clone(),
+            max_tokens: llm.max_tokens,
+        }),
+        Work::Agent(agent) => pb::work::Kind::Agent(pb::AgentWork {
+            goal: agent.goal.clone(),
+            repository: agent.repository.clone(),
+            branch: agent.branch.clone(),
+        }),
+    };
+    let verification = spec
+        .verification
+        .iter()
+        .map(|step| {
+            let kind = match step {
+                Verification::FileExists(path) => pb::verification_step::Kind::FileExists(path.clone()),
+                Verification::CommandSucceeds { argv, timeout_ms } => {
+                    pb::verification_step::Kind::CommandSucceeds(pb::CommandCheck {
+                        argv: argv.clone(),
+                        timeout_ms: *timeout_ms,
+                    })
+                }
+                Verification::TestPasses { argv, timeout_ms } => {
+                    pb::verification_step::Kind::TestPasses(pb::CommandCheck {
+                        argv: argv.clone(),
+                        timeout_ms: *timeout_ms,
+                    })
+                }
+                Verification::GitClean => pb::verification_step::Kind::GitClean(true),
+            };
+            pb::VerificationStep { kind: Some(kind) }
+        })
+        .collect();
+    pb::TaskSpec {
+        name: spec.name.clone(),
+        idempotency_key: spec.idempotency_key.clone().unwrap_or_default(),
+        priority: lane_to_pb(spec.priority).into(),
+        tier: tier_to_pb(spec.tier).into(),
+        work: Some(pb::Work { kind: Some(work) }),
+        context: Some(pb::TaskContext {
+            repository: spec.context.repository.clone(),
+            branch: spec.context.branch.clone(),
+            files: spec.context.files.clone(),
+            env: spec.context.env.clone().into_iter().collect(),
+            notes: spec.context.notes.clone(),
+        }),
+        success_criteria: spec.success_criteria.clone(),
+        verification,
+        limits: Some(pb::Limits {
+            timeout_ms: spec.limits.timeout_ms.unwrap_or(0),
+            deadline_unix_ms: spec.limits.deadline_unix_ms.unwrap_or(0),
+            max_attempts: spec.limits.max_attempts,
+            max_tokens: spec.limits.max_tokens.unwrap_or(0),
+            max_cost_micros: spec.limits.max_cost_micros.unwrap_or(0),
+            max_output_bytes: spec.limits.max_output_bytes,
+        }),
+        placement: Some(pb::Placement {
+            tags: spec.placement.tags.clone(),
+            host: spec.placement.host.clone(),
+            model: spec.placement.model.clone(),
+        }),
+        depends_on: spec.depends_on.iter().map(|id| id.to_string()).collect(),
+        labels: spec.labels.clone().into_iter().collect(),
+    }
+}
+
+pub fn outcome_from_pb(outcome: pb::TaskOutcome) -> Outcome {
+    let exit = match outcome.exit {
+        Some(pb::task_outcome::Exit::ExitCode(code)) => Exit::Code(code),
+        Some(pb::task_outcome::Exit::Signal(signal)) => Exit::Signal(signal),
+        None => Exit::Unknown,
+    };
+    Outcome {
+        exit,
+        duration_ms: outcome.duration_ms,
+        stdout: outcome.stdout,
+        stderr: outcome.stderr,
+        stdout_total_bytes: outcome.stdout_total_bytes,
+        stderr_total_bytes: outcome.stderr_total_bytes,
+        timed_out: outcome.timed_out,
+        error: nonempty(outcome.error),
+    }
+}
+
+pub fn outcome_to_pb(outcome: &Outcome) -> pb::TaskOutcome {
+    let exit = match outcome.exit {
+        Exit::Code(code) => Some(pb::task_outcome::Exit::ExitCode(code)),
+        Exit::Signal(signal) => Some(pb::task_outcome::Exit::Signal(signal)),
+        Exit::Unknown => None,
+    };
+    pb::TaskOutcome {
+        exit,
+        duration_ms: outcome.duration_ms,
+        stdout: outcome.stdout.clone(),
+        stderr: outcome.stderr.clone(),
+        stdout_total_bytes: outcome.stdout_total_bytes,
+        stderr_total_bytes: outcome.stderr_total_bytes,
+        timed_out: outcome.timed_out,
+        error: outcome.error.clone().unwrap_or_default(),
+    }
+}
+
+pub fn task_to_pb(task: &Task) -> pb::Task {
+    pb::Task {
+        id: task.id.to_string(),
+        spec: Some(spec_to_pb(&task.spec)),
+        state: state_to_pb(task.state).into(),
+        state_reason: task.state_reason.clone(),
+        attempt: task.attempt,
+        lease_generation: task.lease_generation,
+        agent_id: task.agent_id.clone().unwrap_or_default(),
+        sidecar_id: task.sidecar_id.clone().unwrap_or_default(),
+        created_unix_ms: task.created_unix_ms,
+        updated_unix_ms: task.updated_unix_ms,
+        started_unix_ms: task.started_unix_ms.unwrap_or(0),
+        finished_unix_ms: task.finished_unix_ms.unwrap_or(0),
+        outcome: task.outcome.as_ref().map(outcome_to_pb),
+    }
+}
+
+/// Reads a stored task back. Stored tasks were validated on the way in, so the spec defaults
+/// are only a fallback for records written by an older version.
+pub fn task_from_pb(task: pb::Task) -> Result<Task, Error> {
+    let spec = task.spec.ok_or_else(|| Error::invalid("spec", "is missing"))?;
+    let state = state_from_pb(task.state)?.ok_or_else(|| Error::invalid("state", "is missing"))?;
+    Ok(Task {
+        id: task.id.parse()?,
+        spec: spec_from_pb(spec, &SpecDefaults::default())?,
+        state,
+        state_reason: task.state_reason,
+        attempt: task.attempt,
+        lease_generation: task.lease_generation,
+        agent_id: nonempty(task.agent_id),
+        sidecar_id: nonempty(task.sidecar_id),
+        created_unix_ms: task.created_unix_ms,
+        updated_unix_ms: task.updated_unix_ms,
+        started_unix_ms: (task.started_unix_ms != 0).then_some(task.started_unix_ms),
+        finished_unix_ms: (task.finished_unix_ms != 0).then_some(task.finished_unix_ms),
+        outcome: task.outcome.map(outcome_from_pb),
+    })
+}
+
+pub fn stream_to_pb(stream: Stream) -> pb::OutputStream {
+    match stream {
+        Stream::Stdout => pb::OutputStream::Stdout,
+        Stream::Stderr => pb::OutputStream::Stderr,
+    }
+}
+
+pub fn stream_from_pb(value: i32) -> Option<Stream> {
+    match pb::OutputStream::try_from(value) {
+        Ok(pb::OutputStream::Stdout) => Some(Stream::Stdout),
+        Ok(pb::OutputStream::Stderr) => Some(Stream::Stderr),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_survives_the_round_trip_through_protobuf() {
+        let mut spec = TaskSpec::shell(vec!["echo".into(), "hi".into()], &SpecDefaults::default());
+        spec.priority = Lane::High;
+        spec.tier = Some(Tier::Standard);
+        spec.idempotency_key = Some("k1".into());
+        spec.labels.insert("team".into(), "infra".into());
+        spec.verification = vec![Verification::FileExists("out.txt".into()), Verification::GitClean];
+        spec.limits.timeout_ms = Some(5_000);
+        let mut task = Task::new(TaskId::new(42), spec, 42);
+        task.set_state(TaskState::Failed, "exit code 3", 50);
+        task.outcome = Some(Outcome {
+            exit: Exit::Code(3),
+            duration_ms: 8,
+            stdout: b"out".to_vec(),
+            stderr: vec![0xff, 0x00],
+            stdout_total_bytes: 3,
+            stderr_total_bytes: 2,
+            timed_out: false,
+            error: None,
+        });
+        assert_eq!(task_from_pb(task_to_pb(&task)), Ok(task));
+    }
+
+    #[test]
+    fn a_spec_without_work_is_refused() {
+        let err = spec_from_pb(pb::TaskSpec::default(), &SpecDefaults::default()).unwrap_err();
+        assert_eq!(err.field, "work");
+    }
+
+    #[test]
+    fn unknown_enum_values_are_refused() {
+        let spec = pb::TaskSpec {
+            priority: 99,
+            work: Some(pb::Work {
+                kind: Some(pb::work::Kind::Shell(pb::ShellWork { argv: vec!["true".into()], ..Default::default() })),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(spec_from_pb(spec, &SpecDefaults::default()).unwrap_err().field, "priority");
+    }
+
+    #[test]
+    fn unset_limits_take_the_defaults() {
+        let spec = pb::TaskSpec {
+            work: Some(pb::Work {
+                kind: Some(pb::work::Kind::Shell(pb::ShellWork { script: "true".into(), ..Default::default() })),
+            }),
+            ..Default::default()
+        };
+        let defaults = SpecDefaults { max_attempts: 7, max_output_bytes: 99 };
+        let spec = spec_from_pb(spec, &defaults).unwrap();
+        assert_eq!((spec.limits.max_attempts, spec.limits.max_output_bytes), (7, 99));
+        assert_eq!(spec.priority, Lane::Normal);
+    }
+}

@@ -1,0 +1,884 @@
+//! The hub core: one task that owns the queue, the fleet and every task record.
+//!
+//! Components talk to it through a cheap, cloneable [`Handle`]; it reads one closed [`Event`]
+//! enum in its loop and never blocks. Durable changes go to the storage writer, and whatever
+//! must wait for durability (answering a submit, sending an assignment, announcing a result)
+//! rides along as an [`AfterCommit`] ticket and happens when the commit comes back.
+//!
+//! **Architecture Invariant:** the core never touches a prost type or a socket. It speaks to
+//! sidecar sessions through [`ToSidecar`] messages in their outboxes; the gRPC layer converts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::agent::{self, AgentEvent, AgentState};
+use crate::domain::*;
+use crate::feed::Feed;
+use crate::queue::{Fence, Lease, Queue};
+use crate::store::{self, Op, Store, Writer};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub heartbeat_interval: Duration,
+    /// A lease not renewed for this long expires, and a sidecar not heard from for this long is offline.
+    pub lease_ttl: Duration,
+    pub spec_defaults: SpecDefaults,
+    /// Cancel running tasks when the hub shuts down (`dev`, where the sidecar dies with the hub).
+    pub cancel_inflight_on_shutdown: bool,
+    /// How long a shutdown waits for sidecars to report cancelled work.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            heartbeat_interval: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(15),
+            spec_defaults: SpecDefaults::default(),
+            cancel_inflight_on_shutdown: false,
+            shutdown_grace: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Errors the core answers with; the API layers map them to status codes.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Invalid(#[from] crate::domain::Error),
+    #[error("task {0} not found")]
+    NotFound(TaskId),
+    #[error("task {id} is already {state}")]
+    AlreadyFinal { id: TaskId, state: &'static str },
+    #[error("storage failed: {0}")]
+    Storage(String),
+    #[error("the hub is shutting down")]
+    ShuttingDown,
+}
+
+/// What a sidecar says when it opens a session.
+#[derive(Clone, Debug)]
+pub struct SidecarHello {
+    pub sidecar_id: String,
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub version: String,
+    pub slots: u32,
+    pub capabilities: Vec<String>,
+    pub tags: Vec<String>,
+    pub running: Vec<RunningTask>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunningTask {
+    pub task_id: TaskId,
+    pub lease_generation: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Welcome {
+    pub sidecar_id: String,
+    pub agent_ids: Vec<String>,
+    pub heartbeat_interval: Duration,
+    pub lease_ttl: Duration,
+}
+
+/// Messages from a sidecar session, already converted and validated by the gRPC layer.
+#[derive(Clone, Debug)]
+pub enum FromSidecar {
+    Heartbeat { running: Vec<RunningTask> },
+    Started { task_id: TaskId, lease_generation: u64 },
+    Output { task_id: TaskId, lease_generation: u64, stream: Stream, offset: u64, data: Vec<u8> },
+    Finished { task_id: TaskId, lease_generation: u64, outcome: Outcome },
+}
+
+/// What the core sends to a sidecar session.
+#[derive(Clone, Debug)]
+pub enum ToSidecar {
+    Assign { task_id: TaskId, lease_generation: u64, attempt: u32, agent_id: String, spec: Box<TaskSpec> },
+    Cancel { task_id: TaskId, lease_generation: u64, reason: String },
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AgentView {
+    pub id: String,
+    pub sidecar_id: String,
+    pub hostname: String,
+    pub state: AgentState,
+    pub task_id: Option<TaskId>,
+    pub state_since_unix_ms: UnixMs,
+    pub last_seen_unix_ms: UnixMs,
+    pub capabilities: Vec<String>,
+    pub tags: Vec<String>,
+    pub version: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Submitted {
+    pub task: Task,
+    /// The idempotency key matched an existing task, which is returned instead.
+    pub existing: bool,
+}
+
+type Reply<T> = oneshot::Sender<T>;
+/// Someone waiting for a submit to become durable; `true` when their submit matched an
+/// existing idempotency key.
+type SubmitWaiter = (Reply<Result<Submitted, Error>>, bool);
+
+pub enum Event {
+    Submit { spec: Box<TaskSpec>, reply: Reply<Result<Submitted, Error>> },
+    Get { id: TaskId, reply: Reply<Option<Task>> },
+    List { state: Option<TaskState>, limit: usize, reply: Reply<Vec<Task>> },
+    Cancel { id: TaskId, reason: String, reply: Reply<Result<Task, Error>> },
+    Watch { id: TaskId, reply: Reply<Result<Arc<Feed>, Error>> },
+    Agents { reply: Reply<Vec<AgentView>> },
+    Hello { hello: SidecarHello, outbox: mpsc::Sender<ToSidecar>, reply: Reply<Result<(Welcome, u64), Error>> },
+    FromSidecar { sidecar_id: String, session: u64, message: FromSidecar },
+    SessionClosed { sidecar_id: String, session: u64 },
+    Committed(Result<Vec<AfterCommit>, Arc<store::Error>>),
+    Tick,
+    Shutdown { reply: Reply<()> },
+}
+
+/// Work that waits for a commit.
+pub enum AfterCommit {
+    /// A submit is durable: answer everyone waiting on it and make the task dispatchable.
+    Submitted(TaskId),
+    /// A dispatch is durable: send the assignment (if the lease is still the same).
+    Assigned { task_id: TaskId, lease_generation: u64 },
+    /// A state change is durable: tell watchers.
+    Changed(TaskId),
+    /// A cancel is durable: answer the caller.
+    Cancelled { task_id: TaskId, reply: Reply<Result<Task, Error>> },
+}
+
+/// A cheap, cloneable way to talk to the core.
+#[derive(Clone)]
+pub struct Handle {
+    events: mpsc::UnboundedSender<Event>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl Handle {
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Event) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.events.send(make(tx)).map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)
+    }
+
+    pub async fn submit(&self, spec: TaskSpec) -> Result<Submitted, Error> {
+        self.ask(|reply| Event::Submit { spec: Box::new(spec), reply }).await?
+    }
+
+    pub async fn get(&self, id: TaskId) -> Result<Task, Error> {
+        self.ask(|reply| Event::Get { id, reply }).await?.ok_or(Error::NotFound(id))
+    }
+
+    pub async fn list(&self, state: Option<TaskState>, limit: usize) -> Result<Vec<Task>, Error> {
+        self.ask(|reply| Event::List { state, limit, reply }).await
+    }
+
+    pub async fn cancel(&self, id: TaskId, reason: String) -> Result<Task, Error> {
+        self.ask(|reply| Event::Cancel { id, reason, reply }).await?
+    }
+
+    pub async fn watch(&self, id: TaskId) -> Result<Arc<Feed>, Error> {
+        self.ask(|reply| Event::Watch { id, reply }).await?
+    }
+
+    pub async fn agents(&self) -> Result<Vec<AgentView>, Error> {
+        self.ask(|reply| Event::Agents { reply }).await
+    }
+
+    /// Registers a sidecar session; returns the welcome and the session number to quote.
+    pub async fn hello(&self, hello: SidecarHello, outbox: mpsc::Sender<ToSidecar>) -> Result<(Welcome, u64), Error> {
+        self.ask(|reply| Event::Hello { hello, outbox, reply }).await?
+    }
+
+    pub fn from_sidecar(&self, sidecar_id: String, session: u64, message: FromSidecar) {
+        let _ = self.events.send(Event::FromSidecar { sidecar_id, session, message });
+    }
+
+    pub fn session_closed(&self, sidecar_id: String, session: u64) {
+        let _ = self.events.send(Event::SessionClosed { sidecar_id, session });
+    }
+
+    /// Stops the core: cancels in-flight work if configured, waits for it to be recorded.
+    pub async fn shutdown(&self) {
+        let _ = self.ask(|reply| Event::Shutdown { reply }).await;
+    }
+
+    /// False once storage has failed; `/readyz` reports it.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.events.is_closed()
+    }
+}
+
+struct Agent {
+    id: String,
+    sidecar_id: String,
+    state: AgentState,
+    task_id: Option<TaskId>,
+    state_since: UnixMs,
+}
+
+struct Sidecar {
+    hello: SidecarHello,
+    session: u64,
+    /// `None` while no session is open.
+    outbox: Option<mpsc::Sender<ToSidecar>>,
+    last_seen: UnixMs,
+    agent_ids: Vec<String>,
+}
+
+pub struct Core {
+    config: Config,
+    events: mpsc::UnboundedReceiver<Event>,
+    handle: Handle,
+    writer: Option<Writer<AfterCommit>>,
+    tasks: BTreeMap<TaskId, Task>,
+    by_key: HashMap<String, TaskId>,
+    /// Submits not yet durable, with everyone waiting on them.
+    pending_submits: HashMap<TaskId, Vec<SubmitWaiter>>,
+    queue: Queue,
+    sidecars: HashMap<String, Sidecar>,
+    agents: BTreeMap<String, Agent>,
+    feeds: HashMap<TaskId, Arc<Feed>>,
+    next_session: u64,
+    shutting_down: bool,
+    stale_messages: u64,
+}
+
+fn now_ms() -> UnixMs {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl Core {
+    /// Loads the stored tasks and starts the core and its storage writer. Tasks that were
+    /// running when the hub stopped keep their leases for one lease TTL, so their sidecars can
+    /// reconnect and claim them before they are requeued.
+    pub fn start(config: Config, store: &Store) -> Result<(Handle, tokio::task::JoinHandle<()>), store::Error> {
+        let tasks = store.load_tasks()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = Handle { events: tx.clone(), healthy: Arc::new(AtomicBool::new(true)) };
+        let writer = store.start_writer(move |result| {
+            let _ = tx.send(Event::Committed(result));
+        });
+        let mut core = Core {
+            config,
+            events: rx,
+            handle: handle.clone(),
+            writer: Some(writer),
+            tasks: BTreeMap::new(),
+            by_key: HashMap::new(),
+            pending_submits: HashMap::new(),
+            queue: Queue::default(),
+            sidecars: HashMap::new(),
+            agents: BTreeMap::new(),
+            feeds: HashMap::new(),
+            next_session: 1,
+            shutting_down: false,
+            stale_messages: 0,
+        };
+        core.restore(tasks, now_ms());
+        let join = tokio::spawn(core.run());
+        Ok((handle, join))
+    }
+
+    fn restore(&mut self, tasks: Vec<Task>, now: UnixMs) {
+        let (mut n_ready, mut n_leased) = (0, 0);
+        let ttl = self.config.lease_ttl.as_millis() as i64;
+        for task in tasks {
+            if let Some(key) = &task.spec.idempotency_key {
+                self.by_key.insert(key.clone(), task.id);
+            }
+            match task.state {
+                TaskState::Queued | TaskState::Waiting | TaskState::Ready => {
+                    self.queue.push_ready(task.id, task.spec.priority);
+                    n_ready += 1;
+                }
+                state if state.is_leased() => {
+                    let lease = Lease {
+                        generation: task.lease_generation,
+                        sidecar_id: task.sidecar_id.clone().unwrap_or_default(),
+                        agent_id: task.agent_id.clone().unwrap_or_default(),
+                        expires_at: now + ttl,
+                    };
+                    self.queue.grant(task.id, lease);
+                    self.feeds.insert(task.id, Feed::new(task.clone()));
+                    n_leased += 1;
+                }
+                _ => {}
+            }
+            self.tasks.insert(task.id, task);
+        }
+        info!(tasks = self.tasks.len(), ready = n_ready, leased = n_leased, "restored queue");
+    }
+
+    async fn run(mut self) {
+        let tick_every = (self.config.heartbeat_interval / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+        let mut ticker = tokio::time::interval(tick_every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shutdown_reply: Option<Reply<()>> = None;
+        let mut shutdown_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            if let Some(deadline) = shutdown_deadline {
+                let settled = self.queue.n_leased() == 0 || !self.config.cancel_inflight_on_shutdown;
+                if settled || tokio::time::Instant::now() >= deadline {
+                    if !settled {
+                        warn!(leased = self.queue.n_leased(), "shutdown grace ran out with work still leased");
+                    }
+                    break;
+                }
+            }
+            let event = tokio::select! {
+                event = self.events.recv() => match event {
+                    Some(event) => event,
+                    None => break,
+                },
+                _ = ticker.tick() => Event::Tick,
+            };
+            if let Event::Shutdown { reply } = event {
+                self.begin_shutdown(now_ms());
+                shutdown_reply = Some(reply);
+                shutdown_deadline = Some(tokio::time::Instant::now() + self.config.shutdown_grace);
+                continue;
+            }
+            self.handle(event, now_ms());
+        }
+        // Close the writer: it commits what is queued, then the database closes with the last handle.
+        if let Some(writer) = self.writer.take() {
+            let _ = tokio::task::spawn_blocking(move || writer.close()).await;
+        }
+        // Sessions end when their outboxes drop.
+        self.sidecars.clear();
+        if let Some(reply) = shutdown_reply {
+            let _ = reply.send(());
+        }
+        info!("hub core stopped");
+    }
+
+    fn handle(&mut self, event: Event, now: UnixMs) {
+        match event {
+            Event::Submit { spec, reply } => self.submit(*spec, reply, now),
+            Event::Get { id, reply } => {
+                let _ = reply.send(self.tasks.get(&id).cloned());
+            }
+            Event::List { state, limit, reply } => {
+                let tasks = self
+                    .tasks
+                    .values()
+                    .rev()
+                    .filter(|t| state.is_none_or(|s| t.state == s))
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                let _ = reply.send(tasks);
+            }
+            Event::Cancel { id, reason, reply } => self.cancel(id, reason, reply, now),
+            Event::Watch { id, reply } => {
+                let result = match self.feeds.get(&id) {
+                    Some(feed) => Ok(feed.clone()),
+                    None => match self.tasks.get(&id) {
+                        Some(task) if task.state.is_terminal() => Ok(Feed::new(task.clone())),
+                        Some(task) => {
+                            let feed = Feed::new(task.clone());
+                            self.feeds.insert(id, feed.clone());
+                            Ok(feed)
+                        }
+                        None => Err(Error::NotFound(id)),
+                    },
+                };
+                let _ = reply.send(result);
+            }
+            Event::Agents { reply } => {
+                let _ = reply.send(self.agent_views());
+            }
+            Event::Hello { hello, outbox, reply } => {
+                let _ = reply.send(self.hello(hello, outbox, now));
+                self.dispatch(now);
+            }
+            Event::FromSidecar { sidecar_id, session, message } => {
+                self.on_sidecar_message(&sidecar_id, session, message, now);
+                self.dispatch(now);
+            }
+            Event::SessionClosed { sidecar_id, session } => self.session_closed(&sidecar_id, session, now),
+            Event::Committed(result) => {
+                self.committed(result);
+                self.dispatch(now);
+            }
+            Event::Tick => {
+                self.tick(now);
+                self.dispatch(now);
+            }
+            Event::Shutdown { .. } => unreachable!("handled in run"),
+        }
+    }
+
+    fn write(&mut self, ops: Vec<Op>, ticket: AfterCommit) {
+        let Some(writer) = &self.writer else { return };
+        if writer.write(ops, ticket).is_err() {
+            self.handle.healthy.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn persist(&mut self, id: TaskId, ticket: AfterCommit) {
+        // Watchers see the change once it is durable, through the ticket.
+        let task = self.tasks.get(&id).expect("persisting a known task").clone();
+        self.write(vec![Op::PutTask(Box::new(task))], ticket);
+    }
+
+    fn submit(&mut self, spec: TaskSpec, reply: Reply<Result<Submitted, Error>>, now: UnixMs) {
+        if self.shutting_down {
+            let _ = reply.send(Err(Error::ShuttingDown));
+            return;
+        }
+        if let Some(key) = &spec.idempotency_key
+            && let Some(&existing) = self.by_key.get(key)
+        {
+            match self.pending_submits.get_mut(&existing) {
+                Some(waiters) => waiters.push((reply, true)),
+                None => {
+                    let task = self.tasks[&existing].clone();
+                    let _ = reply.send(Ok(Submitted { task, existing: true }));
+                }
+            }
+            return;
+        }
+        let id = TaskId::new(now);
+        if let Some(key) = &spec.idempotency_key {
+            self.by_key.insert(key.clone(), id);
+        }
+        self.tasks.insert(id, Task::new(id, spec, now));
+        self.pending_submits.insert(id, vec![(reply, false)]);
+        self.persist(id, AfterCommit::Submitted(id));
+    }
+
+    fn cancel(&mut self, id: TaskId, reason: String, reply: Reply<Result<Task, Error>>, now: UnixMs) {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            let _ = reply.send(Err(Error::NotFound(id)));
+            return;
+        };
+        if task.state.is_terminal() {
+            let _ = reply.send(Err(Error::AlreadyFinal { id, state: task.state.as_str() }));
+            return;
+        }
+        let reason = if reason.is_empty() { "cancelled by user".to_owned() } else { reason };
+        task.set_state(TaskState::Cancelled, reason.clone(), now);
+        self.queue.remove_ready(id);
+        // A leased task keeps its lease until the sidecar reports the killed process (or the
+        // lease lapses), so its agent stays busy and the final output is recorded.
+        if let Some(lease) = self.queue.lease(id).cloned() {
+            self.send_to(
+                &lease.sidecar_id,
+                ToSidecar::Cancel { task_id: id, lease_generation: lease.generation, reason },
+            );
+        }
+        self.persist(id, AfterCommit::Cancelled { task_id: id, reply });
+    }
+
+    fn send_to(&mut self, sidecar_id: &str, message: ToSidecar) {
+        let Some(sidecar) = self.sidecars.get(sidecar_id) else { return };
+        let Some(outbox) = &sidecar.outbox else { return };
+        if let Err(err) = outbox.try_send(message) {
+            // The session is gone or not reading; its leases will lapse and be handled then.
+            warn!(sidecar_id, error = %err, "could not queue a message for a sidecar");
+        }
+    }
+
+    fn hello(
+        &mut self,
+        hello: SidecarHello,
+        outbox: mpsc::Sender<ToSidecar>,
+        now: UnixMs,
+    ) -> Result<(Welcome, u64), Error> {
+        if self.shutting_down {
+            return Err(Error::ShuttingDown);
+        }
+        let session = self.next_session;
+        self.next_session += 1;
+        let sidecar_id = hello.sidecar_id.clone();
+        let claimed: HashMap<TaskId, u64> = hello.running.iter().map(|r| (r.task_id, r.lease_generation)).collect();
+
+        // Agents: reuse the ids of a returning sidecar, so its leases stay meaningful.
+        let agent_ids: Vec<String> = (0..hello.slots).map(|slot| format!("{sidecar_id}/{slot}")).collect();
+        if let Some(old) = self.sidecars.get(&sidecar_id) {
+            for agent_id in &old.agent_ids {
+                if !agent_ids.contains(agent_id) {
+                    self.agents.remove(agent_id);
+                }
+            }
+        }
+        for agent_id in &agent_ids {
+            let agent = self.agents.entry(agent_id.clone()).or_insert_with(|| Agent {
+                id: agent_id.clone(),
+                sidecar_id: sidecar_id.clone(),
+                state: AgentState::Offline,
+                task_id: None,
+                state_since: now,
+            });
+            agent.task_id = None;
+            if agent.state == AgentState::Offline {
+                move_agent(agent, AgentEvent::Rejoin, now);
+            } else {
+                // A session replaced another without the old one being declared lost.
+                agent.state = AgentState::Idle;
+                agent.state_since = now;
+            }
+        }
+
+        // Leases this sidecar held: keep those it still runs, take back the rest.
+        let held: Vec<(TaskId, Lease)> = self.queue.leased_to(&sidecar_id).map(|(id, l)| (id, l.clone())).collect();
+        let ttl = self.config.lease_ttl.as_millis() as i64;
+        for (task_id, lease) in held {
+            match claimed.get(&task_id) {
+                Some(&generation) if generation == lease.generation => {
+                    let _ = self.queue.renew(task_id, generation, &sidecar_id, now, ttl);
+                    if let Some(agent) = self.agents.get_mut(&lease.agent_id) {
+                        agent.task_id = Some(task_id);
+                        move_agent(agent, AgentEvent::Assign, now);
+                        move_agent(agent, AgentEvent::Start, now);
+                    }
+                }
+                _ => self.lease_lost(task_id, "sidecar restarted without it", now),
+            }
+        }
+        info!(sidecar_id, hostname = hello.hostname, slots = hello.slots, session, "sidecar joined");
+        let welcome = Welcome {
+            sidecar_id: sidecar_id.clone(),
+            agent_ids: agent_ids.clone(),
+            heartbeat_interval: self.config.heartbeat_interval,
+            lease_ttl: self.config.lease_ttl,
+        };
+        self.sidecars.insert(sidecar_id, Sidecar { hello, session, outbox: Some(outbox), last_seen: now, agent_ids });
+        Ok((welcome, session))
+    }
+
+    fn on_sidecar_message(&mut self, sidecar_id: &str, session: u64, message: FromSidecar, now: UnixMs) {
+        let Some(sidecar) = self.sidecars.get_mut(sidecar_id) else { return };
+        if sidecar.session != session {
+            return; // A replaced session: its messages no longer count.
+        }
+        sidecar.last_seen = now;
+        let ttl = self.config.lease_ttl.as_millis() as i64;
+        match message {
+            FromSidecar::Heartbeat { running } => {
+                for run in running {
+                    if let Err(fence) = self.queue.renew(run.task_id, run.lease_generation, sidecar_id, now, ttl) {
+                        self.refuse(sidecar_id, run.task_id, run.lease_generation, fence, "heartbeat");
+                    }
+                }
+            }
+            FromSidecar::Started { task_id, lease_generation } => {
+                if let Err(fence) = self.queue.renew(task_id, lease_generation, sidecar_id, now, ttl) {
+                    self.refuse(sidecar_id, task_id, lease_generation, fence, "started");
+                    return;
+                }
+                let agent_id = self.queue.lease(task_id).map(|l| l.agent_id.clone());
+                if let Some(agent) = agent_id.and_then(|id| self.agents.get_mut(&id)) {
+                    move_agent(agent, AgentEvent::Start, now);
+                }
+                let task = self.tasks.get_mut(&task_id).expect("a leased task exists");
+                if task.state == TaskState::Dispatched {
+                    task.set_state(TaskState::Running, "", now);
+                    task.started_unix_ms = Some(now);
+                    self.persist(task_id, AfterCommit::Changed(task_id));
+                }
+            }
+            FromSidecar::Output { task_id, lease_generation, stream, offset, data } => {
+                if let Err(fence) = self.queue.renew(task_id, lease_generation, sidecar_id, now, ttl) {
+                    self.refuse(sidecar_id, task_id, lease_generation, fence, "output");
+                    return;
+                }
+                if let Some(feed) = self.feeds.get(&task_id) {
+                    feed.append(stream, offset, &data);
+                }
+            }
+            FromSidecar::Finished { task_id, lease_generation, outcome } => {
+                if let Err(fence) = self.queue.check(task_id, lease_generation, sidecar_id) {
+                    self.refuse(sidecar_id, task_id, lease_generation, fence, "finished");
+                    return;
+                }
+                self.release(task_id, now);
+                let task = self.tasks.get_mut(&task_id).expect("a leased task exists");
+                if task.state != TaskState::Cancelled {
+                    let (state, reason) = judge(&outcome);
+                    task.set_state(state, reason, now);
+                }
+                task.outcome = Some(outcome);
+                self.persist(task_id, AfterCommit::Changed(task_id));
+            }
+        }
+    }
+
+    /// A message under a lease the sender does not hold: count it, and make sure the sender
+    /// stops that work.
+    fn refuse(&mut self, sidecar_id: &str, task_id: TaskId, lease_generation: u64, fence: Fence, what: &str) {
+        self.stale_messages += 1;
+        debug!(sidecar_id, task_id = %task_id, lease_generation, ?fence, what, "refused a stale message");
+        self.send_to(
+            sidecar_id,
+            ToSidecar::Cancel { task_id, lease_generation, reason: "lease no longer held".to_owned() },
+        );
+    }
+
+    /// Ends a lease and frees its agent.
+    fn release(&mut self, task_id: TaskId, now: UnixMs) -> Option<Lease> {
+        let lease = self.queue.release(task_id)?;
+        if let Some(agent) = self.agents.get_mut(&lease.agent_id)
+            && agent.task_id == Some(task_id)
+        {
+            agent.task_id = None;
+            if agent.state != AgentState::Offline {
+                move_agent(agent, AgentEvent::Release, now);
+            }
+        }
+        Some(lease)
+    }
+
+    /// A lease lapsed or its holder lost the work: requeue the task or fail it for good.
+    fn lease_lost(&mut self, task_id: TaskId, why: &str, now: UnixMs) {
+        let Some(lease) = self.release(task_id, now) else { return };
+        self.send_to(
+            &lease.sidecar_id,
+            ToSidecar::Cancel { task_id, lease_generation: lease.generation, reason: why.to_owned() },
+        );
+        let task = self.tasks.get_mut(&task_id).expect("a leased task exists");
+        if task.state == TaskState::Cancelled {
+            // The cancel was recorded already; there is no outcome to wait for any more.
+        } else if task.attempt < task.spec.limits.max_attempts {
+            warn!(task_id = %task_id, attempt = task.attempt, sidecar_id = lease.sidecar_id, why, "lease lost, requeueing");
+            task.set_state(TaskState::Queued, format!("requeued: {why}"), now);
+            self.queue.push_ready(task_id, task.spec.priority);
+        } else {
+            warn!(task_id = %task_id, attempt = task.attempt, why, "lease lost on the last attempt");
+            task.set_state(TaskState::Failed, format!("lost after {} attempts: {why}", task.attempt), now);
+        }
+        self.persist(task_id, AfterCommit::Changed(task_id));
+    }
+
+    fn session_closed(&mut self, sidecar_id: &str, session: u64, now: UnixMs) {
+        let Some(sidecar) = self.sidecars.get_mut(sidecar_id) else { return };
+        if sidecar.session != session {
+            return;
+        }
+        sidecar.outbox = None;
+        info!(sidecar_id, session, "sidecar session closed");
+        // Its agents take no new work; its leases run until they lapse, so a quick reconnect
+        // can claim them.
+        for agent_id in sidecar.agent_ids.clone() {
+            if let Some(agent) = self.agents.get_mut(&agent_id)
+                && agent.state != AgentState::Offline
+            {
+                move_agent(agent, AgentEvent::Lost, now);
+            }
+        }
+    }
+
+    fn tick(&mut self, now: UnixMs) {
+        let ttl = self.config.lease_ttl.as_millis() as i64;
+        let lapsed: Vec<String> = self
+            .sidecars
+            .iter()
+            .filter(|(_, s)| s.outbox.is_some() && s.last_seen + ttl <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for sidecar_id in lapsed {
+            warn!(sidecar_id, "sidecar heartbeat lapsed; marking it offline");
+            let session = self.sidecars[&sidecar_id].session;
+            self.session_closed(&sidecar_id, session, now);
+        }
+        for task_id in self.queue.expired(now) {
+            self.lease_lost(task_id, "lease expired", now);
+        }
+    }
+
+    fn committed(&mut self, result: Result<Vec<AfterCommit>, Arc<store::Error>>) {
+        let tickets = match result {
+            Ok(tickets) => tickets,
+            Err(err) => {
+                // The hub can no longer promise durability: stop accepting work. Submits that
+                // were waiting learn it; everything else stays in memory only.
+                self.handle.healthy.store(false, Ordering::Relaxed);
+                for (_, waiters) in self.pending_submits.drain() {
+                    for (reply, _) in waiters {
+                        let _ = reply.send(Err(Error::Storage(err.to_string())));
+                    }
+                }
+                return;
+            }
+        };
+        for ticket in tickets {
+            match ticket {
+                AfterCommit::Submitted(id) => {
+                    let task = self.tasks[&id].clone();
+                    if task.state == TaskState::Queued {
+                        self.queue.push_ready(id, task.spec.priority);
+                    }
+                    for (reply, existing) in self.pending_submits.remove(&id).unwrap_or_default() {
+                        let _ = reply.send(Ok(Submitted { task: task.clone(), existing }));
+                    }
+                    self.notify(id);
+                }
+                AfterCommit::Assigned { task_id, lease_generation } => {
+                    let Some(lease) = self.queue.lease(task_id).cloned() else { continue };
+                    if lease.generation != lease_generation {
+                        continue;
+                    }
+                    let task = &self.tasks[&task_id];
+                    let message = ToSidecar::Assign {
+                        task_id,
+                        lease_generation,
+                        attempt: task.attempt,
+                        agent_id: lease.agent_id.clone(),
+                        spec: Box::new(task.spec.clone()),
+                    };
+                    self.send_to(&lease.sidecar_id, message);
+                    self.notify(task_id);
+                }
+                AfterCommit::Changed(id) => self.notify(id),
+                AfterCommit::Cancelled { task_id, reply } => {
+                    let _ = reply.send(Ok(self.tasks[&task_id].clone()));
+                    self.notify(task_id);
+                }
+            }
+        }
+    }
+
+    /// Tells watchers about a durable change; a task that is final and no longer leased has
+    /// nothing more to say, so its feed is finished and dropped.
+    fn notify(&mut self, id: TaskId) {
+        let task = &self.tasks[&id];
+        let Some(feed) = self.feeds.get(&id) else { return };
+        if task.state.is_terminal() && self.queue.lease(id).is_none() {
+            feed.finish(task);
+            self.feeds.remove(&id);
+        } else {
+            feed.update(task);
+        }
+    }
+
+    /// Places ready tasks on idle agents: lane then age, each on the sidecar with the most idle
+    /// agents that can run it (a stand-in until the scheduler lands).
+    fn dispatch(&mut self, now: UnixMs) {
+        if self.shutting_down {
+            return;
+        }
+        let ttl = self.config.lease_ttl.as_millis() as i64;
+        loop {
+            let mut idle: HashMap<&str, Vec<&str>> = HashMap::new();
+            for agent in self.agents.values().filter(|a| a.state == AgentState::Idle) {
+                idle.entry(agent.sidecar_id.as_str()).or_default().push(agent.id.as_str());
+            }
+            if idle.is_empty() || self.queue.n_ready() == 0 {
+                return;
+            }
+            let sidecars = &self.sidecars;
+            let tasks = &self.tasks;
+            let mut choice = None;
+            let popped = self.queue.pop_ready(|id| {
+                let needed = tasks[&id].spec.work.capability();
+                let best = idle
+                    .iter()
+                    .filter(|(sid, _)| {
+                        sidecars
+                            .get(**sid)
+                            .is_some_and(|s| s.outbox.is_some() && s.hello.capabilities.iter().any(|c| c == needed))
+                    })
+                    .max_by(|a, b| a.1.len().cmp(&b.1.len()).then_with(|| b.0.cmp(a.0)));
+                match best {
+                    Some((sid, agents)) => {
+                        choice = Some((sid.to_string(), agents[0].to_string()));
+                        true
+                    }
+                    None => false,
+                }
+            });
+            let (Some(task_id), Some((sidecar_id, agent_id))) = (popped, choice) else { return };
+            let task = self.tasks.get_mut(&task_id).expect("a ready task exists");
+            task.attempt += 1;
+            task.lease_generation += 1;
+            task.agent_id = Some(agent_id.clone());
+            task.sidecar_id = Some(sidecar_id.clone());
+            task.outcome = None;
+            task.set_state(TaskState::Dispatched, "", now);
+            let lease_generation = task.lease_generation;
+            let lease =
+                Lease { generation: lease_generation, sidecar_id, agent_id: agent_id.clone(), expires_at: now + ttl };
+            self.queue.grant(task_id, lease);
+            let agent = self.agents.get_mut(&agent_id).expect("an idle agent exists");
+            agent.task_id = Some(task_id);
+            move_agent(agent, AgentEvent::Assign, now);
+            let snapshot = self.tasks[&task_id].clone();
+            self.feeds.entry(task_id).or_insert_with(|| Feed::new(snapshot));
+            self.persist(task_id, AfterCommit::Assigned { task_id, lease_generation });
+        }
+    }
+
+    fn begin_shutdown(&mut self, now: UnixMs) {
+        self.shutting_down = true;
+        if self.config.cancel_inflight_on_shutdown {
+            let leased: Vec<TaskId> = self.tasks.values().filter(|t| t.state.is_leased()).map(|t| t.id).collect();
+            for id in leased {
+                let (reply, _) = oneshot::channel();
+                self.cancel(id, "hub shutting down".to_owned(), reply, now);
+            }
+        }
+    }
+
+    fn agent_views(&self) -> Vec<AgentView> {
+        self.agents
+            .values()
+            .map(|agent| {
+                let sidecar = self.sidecars.get(&agent.sidecar_id);
+                AgentView {
+                    id: agent.id.clone(),
+                    sidecar_id: agent.sidecar_id.clone(),
+                    hostname: sidecar.map(|s| s.hello.hostname.clone()).unwrap_or_default(),
+                    state: agent.state,
+                    task_id: agent.task_id,
+                    state_since_unix_ms: agent.state_since,
+                    last_seen_unix_ms: sidecar.map(|s| s.last_seen).unwrap_or_default(),
+                    capabilities: sidecar.map(|s| s.hello.capabilities.clone()).unwrap_or_default(),
+                    tags: sidecar.map(|s| s.hello.tags.clone()).unwrap_or_default(),
+                    version: sidecar.map(|s| s.hello.version.clone()).unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+}
+
+fn move_agent(agent: &mut Agent, event: AgentEvent, now: UnixMs) {
+    match agent::transition(agent.state, event) {
+        Ok(to) => {
+            if to != agent.state {
+                agent.state = to;
+                agent.state_since = now;
+            }
+        }
+        Err(err) => warn!(agent_id = agent.id, error = %err, "refused an agent transition"),
+    }
+}
+
+/// The final state and reason for an outcome. Only infrastructure failures are retried (by
+/// lease expiry); a command that ran and failed is final.
+fn judge(outcome: &Outcome) -> (TaskState, String) {
+    if let Some(error) = &outcome.error {
+        return (TaskState::Failed, error.clone());
+    }
+    if outcome.timed_out {
+        return (TaskState::Failed, format!("timed out after {} ms", outcome.duration_ms));
+    }
+    match outcome.exit {
+        Exit::Code(0) => (TaskState::Succeeded, String::new()),
+        Exit::Code(code) => (TaskState::Failed, format!("exit code {code}")),
+        Exit::Signal(signal) => (TaskState::Failed, format!("killed by signal {signal}")),
+        Exit::Unknown => (TaskState::Failed, "ended without an exit status".to_owned()),
+    }
+}

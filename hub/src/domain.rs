@@ -1,0 +1,698 @@
+//! The hub's own types for tasks and their outcomes.
+//!
+//! Core logic works only with these. The gRPC, HTTP and storage edges convert to and from them
+//! (see `convert`), and every constructor from outside input goes through [`TaskSpec::validate`],
+//! so nothing malformed reaches the queue or the database.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+use ulid::Ulid;
+
+/// Milliseconds since the Unix epoch. Pure code takes it as an argument and never reads a clock.
+pub type UnixMs = i64;
+
+/// Validation limits for submitted tasks. Generous for real work, small enough that one request
+/// cannot exhaust the hub.
+pub mod limits {
+    pub const MAX_NAME_BYTES: usize = 256;
+    pub const MAX_KEY_BYTES: usize = 256;
+    pub const MAX_ARGV_ITEMS: usize = 4096;
+    pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
+    pub const MAX_ENV_ITEMS: usize = 256;
+    pub const MAX_ENV_BYTES: usize = 64 * 1024;
+    pub const MAX_PROMPT_BYTES: usize = 1024 * 1024;
+    pub const MAX_LIST_ITEMS: usize = 256;
+    pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+    pub const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
+    pub const MAX_ATTEMPTS: u32 = 100;
+    pub const MAX_OUTPUT_BYTES: u64 = 64 * 1024 * 1024;
+}
+
+/// A task's identity: a ULID, so ids sort by creation time.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaskId(pub Ulid);
+
+impl TaskId {
+    pub fn new(now: UnixMs) -> TaskId {
+        TaskId(Ulid::from_parts(now.max(0) as u64, rand::random()))
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Debug for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TaskId({})", self.0)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<TaskId, Error> {
+        Ulid::from_string(s)
+            .map(TaskId)
+            .map_err(|_| Error::invalid("id", format!("{s:?} is not a task id (a 26-character ULID)")))
+    }
+}
+
+impl Serialize for TaskId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+/// Priority lane. Declared in dispatch order: `Urgent` sorts first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    Urgent,
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 4] = [Lane::Urgent, Lane::High, Lane::Normal, Lane::Low];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Urgent => "urgent",
+            Lane::High => "high",
+            Lane::Normal => "normal",
+            Lane::Low => "low",
+        }
+    }
+}
+
+impl FromStr for Lane {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Lane, Error> {
+        Lane::ALL
+            .into_iter()
+            .find(|lane| lane.as_str() == s)
+            .ok_or_else(|| Error::invalid("priority", format!("{s:?} is not one of urgent, high, normal, low")))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    Trivial,
+    Standard,
+    Complex,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Trivial, Tier::Standard, Tier::Complex];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Trivial => "trivial",
+            Tier::Standard => "standard",
+            Tier::Complex => "complex",
+        }
+    }
+}
+
+impl FromStr for Tier {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Tier, Error> {
+        Tier::ALL
+            .into_iter()
+            .find(|tier| tier.as_str() == s)
+            .ok_or_else(|| Error::invalid("tier", format!("{s:?} is not one of trivial, standard, complex")))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Queued,
+    Waiting,
+    Ready,
+    Dispatched,
+    Running,
+    Verifying,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Expired,
+    DeadLettered,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 11] = [
+        TaskState::Queued,
+        TaskState::Waiting,
+        TaskState::Ready,
+        TaskState::Dispatched,
+        TaskState::Running,
+        TaskState::Verifying,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Cancelled,
+        TaskState::Expired,
+        TaskState::DeadLettered,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Waiting => "waiting",
+            TaskState::Ready => "ready",
+            TaskState::Dispatched => "dispatched",
+            TaskState::Running => "running",
+            TaskState::Verifying => "verifying",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+            TaskState::Expired => "expired",
+            TaskState::DeadLettered => "dead_lettered",
+        }
+    }
+
+    /// A final state: nothing more will happen to the task.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Succeeded
+                | TaskState::Failed
+                | TaskState::Cancelled
+                | TaskState::Expired
+                | TaskState::DeadLettered
+        )
+    }
+
+    /// Holds a lease on an agent.
+    pub fn is_leased(self) -> bool {
+        matches!(self, TaskState::Dispatched | TaskState::Running | TaskState::Verifying)
+    }
+}
+
+impl FromStr for TaskState {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<TaskState, Error> {
+        TaskState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| Error::invalid("state", format!("{s:?} is not a task state")))
+    }
+}
+
+/// How a shell task names its program.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShellCommand {
+    /// Run directly: `argv[0]` is looked up on the allowlisted `PATH`.
+    Argv(Vec<String>),
+    /// Run through `sh -c`.
+    Script(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ShellWork {
+    pub command: ShellCommand,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LlmWork {
+    pub prompt: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub system: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub model: String,
+    pub max_tokens: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AgentWork {
+    pub goal: String,
+    pub repository: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub branch: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Work {
+    Shell(ShellWork),
+    Llm(LlmWork),
+    Agent(AgentWork),
+}
+
+impl Work {
+    /// The sidecar capability this work needs.
+    pub fn capability(&self) -> &'static str {
+        match self {
+            Work::Shell(_) => "shell",
+            Work::Llm(_) => "llm",
+            Work::Agent(_) => "agent",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TaskContext {
+    pub repository: String,
+    pub branch: String,
+    pub files: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub notes: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verification {
+    FileExists(String),
+    CommandSucceeds { argv: Vec<String>, timeout_ms: u64 },
+    TestPasses { argv: Vec<String>, timeout_ms: u64 },
+    GitClean,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    pub timeout_ms: Option<u64>,
+    pub deadline_unix_ms: Option<UnixMs>,
+    pub max_attempts: u32,
+    pub max_tokens: Option<u64>,
+    pub max_cost_micros: Option<u64>,
+    pub max_output_bytes: u64,
+}
+
+/// Defaults for fields a submitter leaves unset; they come from the hub's configuration.
+#[derive(Clone, Debug)]
+pub struct SpecDefaults {
+    pub max_attempts: u32,
+    pub max_output_bytes: u64,
+}
+
+impl Default for SpecDefaults {
+    fn default() -> SpecDefaults {
+        SpecDefaults { max_attempts: 3, max_output_bytes: 1024 * 1024 }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Placement {
+    pub tags: Vec<String>,
+    pub host: String,
+    pub model: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TaskSpec {
+    pub name: String,
+    pub idempotency_key: Option<String>,
+    pub priority: Lane,
+    /// Explicit tier; `None` lets the scheduler infer one.
+    pub tier: Option<Tier>,
+    pub work: Work,
+    pub context: TaskContext,
+    pub success_criteria: Vec<String>,
+    pub verification: Vec<Verification>,
+    pub limits: Limits,
+    pub placement: Placement,
+    pub depends_on: Vec<TaskId>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl TaskSpec {
+    /// A shell task with every other field at its default.
+    pub fn shell(argv: Vec<String>, defaults: &SpecDefaults) -> TaskSpec {
+        TaskSpec {
+            name: String::new(),
+            idempotency_key: None,
+            priority: Lane::Normal,
+            tier: None,
+            work: Work::Shell(ShellWork { command: ShellCommand::Argv(argv), cwd: None, env: BTreeMap::new() }),
+            context: TaskContext::default(),
+            success_criteria: Vec::new(),
+            verification: Vec::new(),
+            limits: Limits {
+                timeout_ms: None,
+                deadline_unix_ms: None,
+                max_attempts: defaults.max_attempts,
+                max_tokens: None,
+                max_cost_micros: None,
+                max_output_bytes: defaults.max_output_bytes,
+            },
+            placement: Placement::default(),
+            depends_on: Vec::new(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// Checks sizes and required fields. Every edge calls this before a spec goes further.
+    pub fn validate(&self) -> Result<(), Error> {
+        use limits::*;
+        check_len("name", &self.name, MAX_NAME_BYTES)?;
+        if let Some(key) = &self.idempotency_key {
+            if key.is_empty() {
+                return Err(Error::invalid("idempotency_key", "must not be empty when given"));
+            }
+            check_len("idempotency_key", key, MAX_KEY_BYTES)?;
+        }
+        match &self.work {
+            Work::Shell(shell) => {
+                match &shell.command {
+                    ShellCommand::Argv(argv) => {
+                        if argv.is_empty() || argv[0].is_empty() {
+                            return Err(Error::invalid("work.shell.argv", "needs a program name"));
+                        }
+                        if argv.len() > MAX_ARGV_ITEMS {
+                            return Err(Error::invalid(
+                                "work.shell.argv",
+                                format!("has {} items, at most {MAX_ARGV_ITEMS} allowed", argv.len()),
+                            ));
+                        }
+                        let bytes: usize = argv.iter().map(|a| a.len()).sum();
+                        if bytes > MAX_COMMAND_BYTES {
+                            return Err(Error::invalid(
+                                "work.shell.argv",
+                                format!("is {bytes} bytes, at most {MAX_COMMAND_BYTES} allowed"),
+                            ));
+                        }
+                        if argv.iter().any(|a| a.contains('\0')) {
+                            return Err(Error::invalid("work.shell.argv", "must not contain NUL bytes"));
+                        }
+                    }
+                    ShellCommand::Script(script) => {
+                        if script.trim().is_empty() {
+                            return Err(Error::invalid("work.shell.script", "must not be empty"));
+                        }
+                        check_len("work.shell.script", script, MAX_COMMAND_BYTES)?;
+                        if script.contains('\0') {
+                            return Err(Error::invalid("work.shell.script", "must not contain NUL bytes"));
+                        }
+                    }
+                }
+                if let Some(cwd) = &shell.cwd {
+                    check_len("work.shell.cwd", cwd, MAX_TEXT_BYTES)?;
+                }
+                check_env("work.shell.env", &shell.env)?;
+            }
+            Work::Llm(llm) => {
+                if llm.prompt.is_empty() {
+                    return Err(Error::invalid("work.llm.prompt", "must not be empty"));
+                }
+                check_len("work.llm.prompt", &llm.prompt, MAX_PROMPT_BYTES)?;
+                check_len("work.llm.system", &llm.system, MAX_PROMPT_BYTES)?;
+                check_len("work.llm.model", &llm.model, MAX_NAME_BYTES)?;
+            }
+            Work::Agent(agent) => {
+                if agent.goal.is_empty() {
+                    return Err(Error::invalid("work.agent.goal", "must not be empty"));
+                }
+                check_len("work.agent.goal", &agent.goal, MAX_PROMPT_BYTES)?;
+                check_len("work.agent.repository", &agent.repository, MAX_TEXT_BYTES)?;
+                check_len("work.agent.branch", &agent.branch, MAX_NAME_BYTES)?;
+            }
+        }
+        check_len("context.repository", &self.context.repository, MAX_TEXT_BYTES)?;
+        check_len("context.branch", &self.context.branch, MAX_NAME_BYTES)?;
+        check_len("context.notes", &self.context.notes, MAX_PROMPT_BYTES)?;
+        check_list("context.files", &self.context.files)?;
+        check_env("context.env", &self.context.env)?;
+        check_list("success_criteria", &self.success_criteria)?;
+        if self.verification.len() > MAX_LIST_ITEMS {
+            return Err(Error::invalid("verification", format!("at most {MAX_LIST_ITEMS} steps allowed")));
+        }
+        let limits = &self.limits;
+        if let Some(timeout) = limits.timeout_ms
+            && (timeout == 0 || timeout > MAX_TIMEOUT_MS)
+        {
+            return Err(Error::invalid("limits.timeout_ms", format!("must be between 1 and {MAX_TIMEOUT_MS}")));
+        }
+        if limits.max_attempts == 0 || limits.max_attempts > MAX_ATTEMPTS {
+            return Err(Error::invalid("limits.max_attempts", format!("must be between 1 and {MAX_ATTEMPTS}")));
+        }
+        if limits.max_output_bytes == 0 || limits.max_output_bytes > MAX_OUTPUT_BYTES {
+            return Err(Error::invalid("limits.max_output_bytes", format!("must be between 1 and {MAX_OUTPUT_BYTES}")));
+        }
+        check_list("placement.tags", &self.placement.tags)?;
+        check_len("placement.host", &self.placement.host, MAX_NAME_BYTES)?;
+        check_len("placement.model", &self.placement.model, MAX_NAME_BYTES)?;
+        if self.depends_on.len() > MAX_LIST_ITEMS {
+            return Err(Error::invalid("depends_on", format!("at most {MAX_LIST_ITEMS} dependencies allowed")));
+        }
+        check_env("labels", &self.labels)?;
+        Ok(())
+    }
+}
+
+fn check_len(field: &'static str, value: &str, max: usize) -> Result<(), Error> {
+    if value.len() > max {
+        return Err(Error::invalid(field, format!("is {} bytes, at most {max} allowed", value.len())));
+    }
+    Ok(())
+}
+
+fn check_list(field: &'static str, items: &[String]) -> Result<(), Error> {
+    if items.len() > limits::MAX_LIST_ITEMS {
+        return Err(Error::invalid(
+            field,
+            format!("has {} items, at most {} allowed", items.len(), limits::MAX_LIST_ITEMS),
+        ));
+    }
+    items.iter().try_for_each(|item| check_len(field, item, limits::MAX_TEXT_BYTES))
+}
+
+fn check_env(field: &'static str, env: &BTreeMap<String, String>) -> Result<(), Error> {
+    if env.len() > limits::MAX_ENV_ITEMS {
+        return Err(Error::invalid(
+            field,
+            format!("has {} entries, at most {} allowed", env.len(), limits::MAX_ENV_ITEMS),
+        ));
+    }
+    let bytes: usize = env.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > limits::MAX_ENV_BYTES {
+        return Err(Error::invalid(field, format!("is {bytes} bytes, at most {} allowed", limits::MAX_ENV_BYTES)));
+    }
+    for key in env.keys() {
+        let valid = !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(Error::invalid(
+                field,
+                format!("{key:?} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"),
+            ));
+        }
+    }
+    if env.values().any(|v| v.contains('\0')) {
+        return Err(Error::invalid(field, "values must not contain NUL bytes"));
+    }
+    Ok(())
+}
+
+/// How the process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    /// The work never ran as a process (spawn failure) or its end is unknown.
+    Unknown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    pub exit: Exit,
+    pub duration_ms: u64,
+    #[serde(serialize_with = "lossy_utf8")]
+    pub stdout: Vec<u8>,
+    #[serde(serialize_with = "lossy_utf8")]
+    pub stderr: Vec<u8>,
+    pub stdout_total_bytes: u64,
+    pub stderr_total_bytes: u64,
+    pub timed_out: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    pub fn succeeded(&self) -> bool {
+        self.exit == Exit::Code(0) && !self.timed_out && self.error.is_none()
+    }
+}
+
+fn lossy_utf8<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&String::from_utf8_lossy(bytes))
+}
+
+/// A task as the hub records it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Task {
+    pub id: TaskId,
+    pub spec: TaskSpec,
+    pub state: TaskState,
+    pub state_reason: String,
+    pub attempt: u32,
+    pub lease_generation: u64,
+    pub agent_id: Option<String>,
+    pub sidecar_id: Option<String>,
+    pub created_unix_ms: UnixMs,
+    pub updated_unix_ms: UnixMs,
+    pub started_unix_ms: Option<UnixMs>,
+    pub finished_unix_ms: Option<UnixMs>,
+    pub outcome: Option<Outcome>,
+}
+
+impl Task {
+    pub fn new(id: TaskId, spec: TaskSpec, now: UnixMs) -> Task {
+        Task {
+            id,
+            spec,
+            state: TaskState::Queued,
+            state_reason: String::new(),
+            attempt: 0,
+            lease_generation: 0,
+            agent_id: None,
+            sidecar_id: None,
+            created_unix_ms: now,
+            updated_unix_ms: now,
+            started_unix_ms: None,
+            finished_unix_ms: None,
+            outcome: None,
+        }
+    }
+
+    pub fn set_state(&mut self, state: TaskState, reason: impl Into<String>, now: UnixMs) {
+        self.state = state;
+        self.state_reason = reason.into();
+        self.updated_unix_ms = now;
+        if state.is_terminal() {
+            self.finished_unix_ms = Some(now);
+        }
+    }
+}
+
+/// Which output stream a chunk belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub fn index(self) -> usize {
+        match self {
+            Stream::Stdout => 0,
+            Stream::Stderr => 1,
+        }
+    }
+}
+
+/// Invalid input, named by the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {message}")]
+pub struct Error {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl Error {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Error {
+        Error { field, message: message.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shell(argv: &[&str]) -> TaskSpec {
+        TaskSpec::shell(argv.iter().map(|s| s.to_string()).collect(), &SpecDefaults::default())
+    }
+
+    #[test]
+    fn a_plain_shell_spec_is_valid() {
+        assert_eq!(shell(&["echo", "hi"]).validate(), Ok(()));
+    }
+
+    #[test]
+    fn bad_specs_name_the_field_at_fault() {
+        let check = |mutate: &dyn Fn(&mut TaskSpec), field: &str| {
+            let mut spec = shell(&["echo"]);
+            mutate(&mut spec);
+            let err = spec.validate().expect_err("spec should be refused");
+            assert_eq!(err.field, field, "{err}");
+        };
+        check(&|s| s.work = shell(&[""]).work, "work.shell.argv");
+        check(
+            &|s| {
+                s.work = Work::Shell(ShellWork { command: ShellCommand::Argv(vec![]), cwd: None, env: BTreeMap::new() })
+            },
+            "work.shell.argv",
+        );
+        check(
+            &|s| {
+                s.work = Work::Shell(ShellWork {
+                    command: ShellCommand::Script("  ".into()),
+                    cwd: None,
+                    env: BTreeMap::new(),
+                })
+            },
+            "work.shell.script",
+        );
+        check(&|s| s.name = "x".repeat(limits::MAX_NAME_BYTES + 1), "name");
+        check(&|s| s.idempotency_key = Some(String::new()), "idempotency_key");
+        check(&|s| s.limits.max_attempts = 0, "limits.max_attempts");
+        check(&|s| s.limits.timeout_ms = Some(0), "limits.timeout_ms");
+        check(&|s| s.limits.max_output_bytes = limits::MAX_OUTPUT_BYTES + 1, "limits.max_output_bytes");
+        check(
+            &|s| {
+                if let Work::Shell(w) = &mut s.work {
+                    w.env.insert("1BAD".into(), "x".into());
+                }
+            },
+            "work.shell.env",
+        );
+        check(&|s| s.labels.insert("bad-key".into(), "v".into()).map(drop).unwrap_or(()), "labels");
+        check(
+            &|s| {
+                s.work = Work::Llm(LlmWork {
+                    prompt: String::new(),
+                    system: String::new(),
+                    model: String::new(),
+                    max_tokens: 0,
+                })
+            },
+            "work.llm.prompt",
+        );
+    }
+
+    #[test]
+    fn enums_round_trip_through_their_names() {
+        for lane in Lane::ALL {
+            assert_eq!(lane.as_str().parse::<Lane>(), Ok(lane));
+        }
+        for tier in Tier::ALL {
+            assert_eq!(tier.as_str().parse::<Tier>(), Ok(tier));
+        }
+        for state in TaskState::ALL {
+            assert_eq!(state.as_str().parse::<TaskState>(), Ok(state));
+        }
+        assert!("urgentish".parse::<Lane>().is_err());
+    }
+
+    #[test]
+    fn task_ids_sort_by_time_and_parse_back() {
+        let a = TaskId::new(1_000);
+        let b = TaskId::new(2_000);
+        assert!(a < b);
+        assert_eq!(a.to_string().parse::<TaskId>(), Ok(a));
+        assert!("not-a-ulid".parse::<TaskId>().is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! The AgentCom hub: a durable priority queue of enriched tasks, the fleet of sidecars and
+//! their agents, and the admin APIs.
+//!
+//! Start at [`server::run`]: it wires storage ([`store`]), the core actor ([`core`]) and the
+//! gRPC/HTTP edges ([`api`]). Pure logic lives in [`queue`], [`agent`] and [`domain`], and is
+//! tested without a runtime.
+
+pub mod agent;
+pub mod api;
+pub mod auth;
+pub mod convert;
+pub mod core;
+pub mod domain;
+pub mod feed;
+pub mod queue;
+pub mod server;
+pub mod store;

@@ -1,0 +1,281 @@
+//! Durable storage in redb, and the one writer that owns its write transactions.
+//!
+//! **Architecture Invariant:** only the writer thread started by [`Store::start_writer`] opens
+//! write transactions once the hub runs. It drains every change queued since its last commit
+//! into one transaction, commits it with `Durability::Immediate` (one fsync for the batch: group
+//! commit), and only then reports the batch's tickets back, so nobody is answered before the
+//! commit holding their change returns.
+//!
+//! Records are the wire contract's `v1::Task`, encoded with prost: compact, and it evolves the
+//! way the contract does. redb's API is blocking, so everything here runs off the async workers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use agentcom_proto::v1 as pb;
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use tokio::sync::mpsc;
+
+use crate::convert;
+use crate::domain::Task;
+
+/// Task id (a ULID as u128, so keys sort by age) -> encoded `v1::Task`.
+const TASKS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("tasks");
+/// SHA-256 of a token, hex -> its role.
+const TOKENS: TableDefinition<'_, &str, &str> = TableDefinition::new("tokens");
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+
+const SCHEMA_VERSION: u64 = 1;
+/// Most changes one commit takes; the rest wait for the next.
+const MAX_BATCH: usize = 16_384;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database {path}: {source}")]
+    Open { path: PathBuf, source: redb::Error },
+    #[error("database {path} is already in use by another process")]
+    InUse { path: PathBuf },
+    #[error("database {path} has schema version {found}, this hub reads version {SCHEMA_VERSION}")]
+    Schema { path: PathBuf, found: u64 },
+    #[error("storage: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("stored task {key:032x} is unreadable: {message}")]
+    Corrupt { key: u128, message: String },
+    #[error("the storage writer has stopped")]
+    WriterGone,
+}
+
+fn redb_err(err: impl Into<redb::Error>) -> Error {
+    Error::Redb(err.into())
+}
+
+/// A change the writer applies.
+#[derive(Debug)]
+pub enum Op {
+    PutTask(Box<Task>),
+    PutToken { hash: String, role: String },
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens or creates the database at `path` and checks its schema version.
+    pub fn open(path: &Path) -> Result<Store, Error> {
+        let db = Database::create(path).map_err(|err| match err {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse { path: path.to_owned() },
+            other => Error::Open { path: path.to_owned(), source: other.into() },
+        })?;
+        let store = Store { db: Arc::new(db), path: path.to_owned() };
+        store.init()?;
+        Ok(store)
+    }
+
+    fn init(&self) -> Result<(), Error> {
+        let txn = self.db.begin_write().map_err(redb_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(redb_err)?;
+            let found = meta.get("schema_version").map_err(redb_err)?.map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert("schema_version", SCHEMA_VERSION).map_err(redb_err)?;
+                }
+                Some(SCHEMA_VERSION) => {}
+                Some(found) => return Err(Error::Schema { path: self.path.clone(), found }),
+            }
+            txn.open_table(TASKS).map_err(redb_err)?;
+            txn.open_table(TOKENS).map_err(redb_err)?;
+        }
+        txn.commit().map_err(redb_err)?;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every stored task, oldest first. A record that does not decode stops the load: the hub
+    /// must never start with part of its queue silently missing.
+    pub fn load_tasks(&self) -> Result<Vec<Task>, Error> {
+        let txn = self.db.begin_read().map_err(redb_err)?;
+        let table = txn.open_table(TASKS).map_err(redb_err)?;
+        let mut tasks = Vec::with_capacity(table.len().map_err(redb_err)? as usize);
+        for entry in table.iter().map_err(redb_err)? {
+            let (key, value) = entry.map_err(redb_err)?;
+            let key = key.value();
+            let record =
+                pb::Task::decode(value.value()).map_err(|err| Error::Corrupt { key, message: err.to_string() })?;
+            let task = convert::task_from_pb(record).map_err(|err| Error::Corrupt { key, message: err.to_string() })?;
+            tasks.push(task);
+        }
+        Ok(tasks)
+    }
+
+    /// Token hashes and their roles.
+    pub fn load_tokens(&self) -> Result<Vec<(String, String)>, Error> {
+        let txn = self.db.begin_read().map_err(redb_err)?;
+        let table = txn.open_table(TOKENS).map_err(redb_err)?;
+        table
+            .iter()
+            .map_err(redb_err)?
+            .map(|entry| {
+                let (hash, role) = entry.map_err(redb_err)?;
+                Ok((hash.value().to_owned(), role.value().to_owned()))
+            })
+            .collect()
+    }
+
+    /// Applies changes in one durable transaction. For use before the writer starts (setup,
+    /// tools); once it runs, changes go through it.
+    pub fn apply(&self, ops: Vec<Op>) -> Result<(), Error> {
+        apply_batch(&self.db, ops)
+    }
+
+    /// Starts the writer thread. `on_commit` runs on that thread after each commit with the
+    /// tickets of the changes it held, or the error that failed them.
+    pub fn start_writer<T: Send + 'static>(
+        &self,
+        on_commit: impl FnMut(Result<Vec<T>, Arc<Error>>) + Send + 'static,
+    ) -> Writer<T> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let db = self.db.clone();
+        let thread = std::thread::Builder::new()
+            .name("agentcom-store".into())
+            .spawn(move || writer_loop(db, rx, on_commit))
+            .expect("spawning the storage writer thread");
+        Writer { tx, thread: Some(thread) }
+    }
+}
+
+struct Batch<T> {
+    ops: Vec<Op>,
+    ticket: T,
+}
+
+/// The handle to the writer thread. Dropping every clone of the sender (through [`Writer::close`])
+/// lets the thread commit what is queued and exit.
+pub struct Writer<T> {
+    tx: mpsc::UnboundedSender<Batch<T>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl<T: Send + 'static> Writer<T> {
+    /// Queues changes for the next commit; `ticket` comes back through `on_commit` once durable.
+    pub fn write(&self, ops: Vec<Op>, ticket: T) -> Result<(), Error> {
+        self.tx.send(Batch { ops, ticket }).map_err(|_| Error::WriterGone)
+    }
+
+    /// Commits what is queued and stops the thread. Blocks: call from a blocking context.
+    pub fn close(mut self) {
+        let thread = self.thread.take();
+        drop(self);
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            tracing::error!("storage writer thread panicked");
+        }
+    }
+}
+
+fn writer_loop<T>(
+    db: Arc<Database>,
+    mut rx: mpsc::UnboundedReceiver<Batch<T>>,
+    mut on_commit: impl FnMut(Result<Vec<T>, Arc<Error>>),
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut ops = first.ops;
+        let mut tickets = vec![first.ticket];
+        while ops.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(batch) => {
+                    ops.extend(batch.ops);
+                    tickets.push(batch.ticket);
+                }
+                Err(_) => break,
+            }
+        }
+        match apply_batch(&db, ops) {
+            Ok(()) => on_commit(Ok(tickets)),
+            Err(err) => {
+                tracing::error!(error = %err, "commit failed");
+                on_commit(Err(Arc::new(err)));
+            }
+        }
+    }
+}
+
+fn apply_batch(db: &Database, ops: Vec<Op>) -> Result<(), Error> {
+    // Durability::Immediate is redb's default: commit() returns after the fsync.
+    let txn = db.begin_write().map_err(redb_err)?;
+    {
+        let mut tasks = txn.open_table(TASKS).map_err(redb_err)?;
+        let mut tokens = txn.open_table(TOKENS).map_err(redb_err)?;
+        let mut buf = Vec::new();
+        for op in ops {
+            match op {
+                Op::PutTask(task) => {
+                    buf.clear();
+                    convert::task_to_pb(&task).encode(&mut buf).expect("encoding into a Vec cannot fail");
+                    tasks.insert(u128::from(task.id.0), buf.as_slice()).map_err(redb_err)?;
+                }
+                Op::PutToken { hash, role } => {
+                    tokens.insert(hash.as_str(), role.as_str()).map_err(redb_err)?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(redb_err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{SpecDefaults, TaskId, TaskSpec, TaskState};
+    use std::sync::mpsc as std_mpsc;
+
+    fn task(n: i64) -> Task {
+        Task::new(TaskId::new(n), TaskSpec::shell(vec!["echo".into(), n.to_string()], &SpecDefaults::default()), n)
+    }
+
+    #[test]
+    fn committed_tasks_are_there_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let store = Store::open(&path).unwrap();
+        let (done_tx, done_rx) = std_mpsc::channel();
+        let writer = store.start_writer(move |result: Result<Vec<u32>, Arc<Error>>| {
+            done_tx.send(result.unwrap()).unwrap();
+        });
+        let mut tasks: Vec<Task> = (1..=50).map(task).collect();
+        for (i, t) in tasks.iter().enumerate() {
+            writer.write(vec![Op::PutTask(Box::new(t.clone()))], i as u32).unwrap();
+        }
+        let mut acked = 0;
+        while acked < 50 {
+            acked += done_rx.recv().unwrap().len();
+        }
+        tasks[3].set_state(TaskState::Cancelled, "test", 99);
+        writer.write(vec![Op::PutTask(Box::new(tasks[3].clone()))], 99).unwrap();
+        assert_eq!(done_rx.recv().unwrap(), vec![99]);
+        writer.close();
+        drop(store);
+
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.load_tasks().unwrap(), tasks);
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_file_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let _first = Store::open(&path).unwrap();
+        let err = Store::open(&path).err().expect("second open must fail");
+        assert!(matches!(err, Error::InUse { .. }), "{err}");
+    }
+}

@@ -1,0 +1,567 @@
+//! `hubctl`: the command-line client for the AgentCom hub, over its HTTP JSON API.
+//!
+//! Every command prints a readable table or summary by default and the API's own JSON with
+//! `--json`. `submit --wait` and `watch` stream a task's output as it is produced and exit with
+//! the task's exit code (128+N for a signal, 124 for a timeout, 130 when cancelled, 125 when
+//! hubctl itself failed).
+
+mod sse;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+const DEFAULT_HUB: &str = "http://127.0.0.1:7420";
+const DEFAULT_TOKEN_FILE: &str = ".agentcom/admin.token";
+/// Exit code when hubctl itself fails during `--wait` (as `docker run` does).
+const EXIT_HUBCTL_FAILED: u8 = 125;
+
+#[derive(Parser)]
+#[command(name = "hubctl", version, about = "Command-line client for the AgentCom hub")]
+struct Cli {
+    /// Hub URL [default: http://127.0.0.1:7420].
+    #[arg(long, env = "AGENTCOM_HUB", global = true)]
+    hub: Option<String>,
+    /// Admin token [default: the contents of ./.agentcom/admin.token].
+    #[arg(long, env = "AGENTCOM_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Submit a shell task (`-- COMMAND...`) or an LLM task (`--prompt`).
+    Submit(SubmitArgs),
+    /// Show one task.
+    Get { id: String },
+    /// List tasks, newest first.
+    List {
+        /// Only tasks in this state (queued, dispatched, running, succeeded, failed, cancelled, ...).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Cancel a task, wherever it is.
+    Cancel { id: String },
+    /// Stream a task's output until it ends; exits with its exit code.
+    Watch { id: String },
+    /// List the agents (execution slots) of every sidecar.
+    Agents,
+}
+
+#[derive(clap::Args)]
+struct SubmitArgs {
+    /// urgent, high, normal or low.
+    #[arg(long, default_value = "normal")]
+    priority: String,
+    /// trivial, standard or complex (inferred when left out).
+    #[arg(long)]
+    tier: Option<String>,
+    /// A name to show in listings.
+    #[arg(long)]
+    name: Option<String>,
+    /// Kill the task after this long (e.g. 30s, 5m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Working directory on the sidecar.
+    #[arg(long)]
+    cwd: Option<String>,
+    /// Environment variable for the task, NAME=VALUE (repeatable).
+    #[arg(long = "env", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Output kept per stream, in bytes.
+    #[arg(long)]
+    max_output_bytes: Option<u64>,
+    /// Attempts before the task fails for good (infrastructure failures only).
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// An LLM prompt instead of a command.
+    #[arg(long, conflicts_with = "command")]
+    prompt: Option<String>,
+    /// Stream the output and exit with the task's exit code.
+    #[arg(long)]
+    wait: bool,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s.split_once('=').ok_or_else(|| format!("{s:?} is not NAME=VALUE"))?;
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    fn new(hub: Option<String>, token: Option<String>) -> anyhow::Result<Client> {
+        let base = hub.unwrap_or_else(|| DEFAULT_HUB.to_owned()).trim_end_matches('/').to_owned();
+        let token = match token {
+            Some(token) => token,
+            None => std::fs::read_to_string(DEFAULT_TOKEN_FILE).map(|t| t.trim().to_owned()).map_err(|_| {
+                anyhow::anyhow!(
+                    "no admin token: pass --token or set AGENTCOM_TOKEN (no {DEFAULT_TOKEN_FILE} in {})",
+                    std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default()
+                )
+            })?,
+        };
+        let http = reqwest::Client::builder().tcp_nodelay(true).connect_timeout(Duration::from_secs(5)).build()?;
+        Ok(Client { http, base, token })
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.with_context(|| format!("cannot reach the hub at {}", self.base))?;
+        let status = response.status();
+        let body: Value = response.json().await.with_context(|| format!("the hub answered {status} with no JSON"))?;
+        if !status.is_success() {
+            let code = body["error"]["code"].as_str().unwrap_or("error");
+            let message = body["error"]["message"].as_str().unwrap_or("no message");
+            bail!("{message} ({code}, HTTP {})", status.as_u16());
+        }
+        Ok(body)
+    }
+
+    /// Streams a task's events, writing its output as it comes; returns the final task.
+    async fn follow(&self, id: &str, quiet_json: bool) -> anyhow::Result<Value> {
+        let url = format!("{}/api/v1/tasks/{id}/events", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the hub at {}", self.base))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            bail!(
+                "{} (HTTP {})",
+                body["error"]["message"].as_str().unwrap_or("cannot watch the task"),
+                status.as_u16()
+            );
+        }
+        let mut parser = sse::Parser::default();
+        let mut bytes = response.bytes_stream();
+        let mut last: Option<Value> = None;
+        let mut written = [0u64; 2];
+        while let Some(chunk) = bytes.next().await {
+            let chunk = chunk.context("the event stream broke")?;
+            for event in parser.feed(&chunk) {
+                match event.name.as_str() {
+                    "snapshot" => last = Some(serde_json::from_str(&event.data).context("a malformed snapshot")?),
+                    "output" if !quiet_json => {
+                        let output: Value = serde_json::from_str(&event.data).context("a malformed output event")?;
+                        write_output(&output, &mut written)?;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let task = last.context("the event stream ended before the task's state was known")?;
+        if !is_final(&task) {
+            bail!("the event stream ended while the task was still {}", task["state"].as_str().unwrap_or("?"));
+        }
+        Ok(task)
+    }
+}
+
+/// Writes an output event's bytes to our stdout or stderr, skipping what was already written.
+fn write_output(output: &Value, written: &mut [u64; 2]) -> anyhow::Result<()> {
+    let index = if output["stream"] == "stderr" { 1 } else { 0 };
+    let offset = output["offset"].as_u64().unwrap_or(0);
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(output["data_base64"].as_str().unwrap_or(""))
+        .context("undecodable output")?;
+    let end = offset + data.len() as u64;
+    if end <= written[index] || offset > written[index] {
+        return Ok(()); // Already written, or a gap the final outcome will not fill either.
+    }
+    let fresh = &data[(written[index] - offset) as usize..];
+    written[index] = end;
+    if index == 0 {
+        let mut out = std::io::stdout().lock();
+        out.write_all(fresh)?;
+        out.flush()?;
+    } else {
+        let mut err = std::io::stderr().lock();
+        err.write_all(fresh)?;
+        err.flush()?;
+    }
+    Ok(())
+}
+
+fn is_final(task: &Value) -> bool {
+    matches!(task["state"].as_str(), Some("succeeded" | "failed" | "cancelled" | "expired" | "dead_lettered"))
+}
+
+/// The exit code that stands for a finished task.
+fn exit_code_of(task: &Value) -> u8 {
+    let outcome = &task["outcome"];
+    match task["state"].as_str() {
+        Some("succeeded") => 0,
+        Some("cancelled") => 130,
+        _ if outcome["timed_out"] == true => 124,
+        _ if outcome["error"].is_string() => 127,
+        _ => match (outcome["exit"]["code"].as_i64(), outcome["exit"]["signal"].as_i64()) {
+            (Some(code), _) => code.clamp(0, 255) as u8,
+            (None, Some(signal)) => (128 + signal).clamp(0, 255) as u8,
+            _ => 1,
+        },
+    }
+}
+
+/// Tells about output that was cut at the cap, and why a task failed when that is not obvious.
+fn report_end(task: &Value) {
+    let outcome = &task["outcome"];
+    for (stream, kept) in [("stdout", &outcome["stdout"]), ("stderr", &outcome["stderr"])] {
+        let total = outcome[format!("{stream}_total_bytes")].as_u64().unwrap_or(0);
+        let kept = kept.as_str().map(|s| s.len() as u64).unwrap_or(0);
+        if total > kept && kept > 0 {
+            eprintln!("[hubctl: {stream} truncated: kept the first {kept} of {total} bytes]");
+        }
+    }
+    let state = task["state"].as_str().unwrap_or("?");
+    if state != "succeeded" && (outcome["exit"]["code"].is_null() || state == "cancelled") {
+        let reason = task["state_reason"].as_str().unwrap_or("");
+        let error = outcome["error"].as_str().unwrap_or("");
+        eprintln!("[hubctl: task {} {state}{}{}]", task["id"].as_str().unwrap_or("?"), sep(reason), sep(error));
+    }
+}
+
+fn sep(s: &str) -> String {
+    if s.is_empty() { String::new() } else { format!(": {s}") }
+}
+
+fn submit_body(args: &SubmitArgs) -> anyhow::Result<Value> {
+    let mut body = json!({ "priority": args.priority });
+    match (&args.prompt, args.command.is_empty()) {
+        (Some(prompt), true) => body["llm"] = json!({ "prompt": prompt }),
+        (None, false) => {
+            let mut shell = json!({ "argv": args.command });
+            if let Some(cwd) = &args.cwd {
+                shell["cwd"] = json!(cwd);
+            }
+            if !args.env.is_empty() {
+                shell["env"] =
+                    args.env.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>().into();
+            }
+            body["shell"] = shell;
+        }
+        (None, true) => bail!("nothing to run: give a command after `--` (hubctl submit -- echo hello) or --prompt"),
+        (Some(_), false) => bail!("give a command or --prompt, not both"),
+    }
+    if let Some(tier) = &args.tier {
+        body["tier"] = json!(tier);
+    }
+    if let Some(name) = &args.name {
+        body["name"] = json!(name);
+    }
+    let mut limits = serde_json::Map::new();
+    if let Some(timeout) = args.timeout {
+        limits.insert("timeout_ms".into(), json!(timeout.as_millis().max(1) as u64));
+    }
+    if let Some(max) = args.max_output_bytes {
+        limits.insert("max_output_bytes".into(), json!(max));
+    }
+    if let Some(max) = args.max_attempts {
+        limits.insert("max_attempts".into(), json!(max));
+    }
+    if !limits.is_empty() {
+        body["limits"] = limits.into();
+    }
+    Ok(body)
+}
+
+fn print_json(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).expect("JSON values serialize"));
+}
+
+fn age(unix_ms: Option<i64>) -> String {
+    let Some(ms) = unix_ms.filter(|ms| *ms > 0) else { return "-".into() };
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let secs = ((now - ms).max(0) / 1000) as u64;
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m", secs / 60),
+        3600..=86_399 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+fn command_text(task: &Value) -> String {
+    let work = &task["spec"]["work"];
+    let text = if let Some(argv) = work["shell"]["command"]["argv"].as_array() {
+        argv.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" ")
+    } else if let Some(script) = work["shell"]["command"]["script"].as_str() {
+        script.to_owned()
+    } else if let Some(prompt) = work["llm"]["prompt"].as_str() {
+        format!("prompt: {prompt}")
+    } else if let Some(goal) = work["agent"]["goal"].as_str() {
+        format!("agent: {goal}")
+    } else {
+        String::new()
+    };
+    let text = text.replace('\n', " ");
+    if text.chars().count() > 60 { format!("{}…", text.chars().take(59).collect::<String>()) } else { text }
+}
+
+fn exit_text(task: &Value) -> String {
+    let exit = &task["outcome"]["exit"];
+    if let Some(code) = exit["code"].as_i64() {
+        code.to_string()
+    } else if let Some(signal) = exit["signal"].as_i64() {
+        format!("sig {signal}")
+    } else {
+        "-".into()
+    }
+}
+
+/// Prints rows as left-aligned columns.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn print_task(task: &Value) {
+    let field = |name: &str| task[name].as_str().unwrap_or("").to_owned();
+    let outcome = &task["outcome"];
+    println!("id:        {}", field("id"));
+    println!("state:     {}{}", field("state"), sep(&field("state_reason")));
+    println!("command:   {}", command_text(task));
+    println!("priority:  {}", task["spec"]["priority"].as_str().unwrap_or("-"));
+    println!("attempt:   {} (lease generation {})", task["attempt"], task["lease_generation"]);
+    println!("agent:     {}", task["agent_id"].as_str().unwrap_or("-"));
+    println!("created:   {} ago", age(task["created_unix_ms"].as_i64()));
+    if outcome.is_object() {
+        println!("exit:      {}", exit_text(task));
+        println!("duration:  {} ms", outcome["duration_ms"]);
+        for stream in ["stdout", "stderr"] {
+            let text = outcome[stream].as_str().unwrap_or("");
+            let total = outcome[format!("{stream}_total_bytes")].as_u64().unwrap_or(0);
+            if text.is_empty() {
+                continue;
+            }
+            let note = if total > text.len() as u64 {
+                format!(" (first {} of {total} bytes)", text.len())
+            } else {
+                String::new()
+            };
+            println!("{stream}:{note}");
+            for line in text.lines() {
+                println!("  {line}");
+            }
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = Client::new(cli.hub, cli.token)?;
+    match cli.command {
+        Command::Submit(args) => {
+            let body = submit_body(&args)?;
+            let response = client.call(reqwest::Method::POST, "/api/v1/tasks", Some(body)).await;
+            let response = match response {
+                Ok(response) => response,
+                Err(err) if args.wait => {
+                    eprintln!("hubctl: {err:#}");
+                    return Ok(ExitCode::from(EXIT_HUBCTL_FAILED));
+                }
+                Err(err) => return Err(err),
+            };
+            let id = response["task"]["id"].as_str().context("the hub returned no task id")?.to_owned();
+            if !args.wait {
+                if cli.json {
+                    print_json(&response);
+                } else {
+                    println!("{id}");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            wait_for(&client, &id, cli.json).await
+        }
+        Command::Watch { id } => wait_for(&client, &id, cli.json).await,
+        Command::Get { id } => {
+            let response = client.call(reqwest::Method::GET, &format!("/api/v1/tasks/{id}"), None).await?;
+            if cli.json {
+                print_json(&response)
+            } else {
+                print_task(&response["task"])
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List { state, limit } => {
+            let mut path = format!("/api/v1/tasks?limit={limit}");
+            if let Some(state) = state {
+                path.push_str(&format!("&state={state}"));
+            }
+            let response = client.call(reqwest::Method::GET, &path, None).await?;
+            if cli.json {
+                print_json(&response);
+            } else {
+                let rows = response["tasks"]
+                    .as_array()
+                    .map(|tasks| {
+                        tasks
+                            .iter()
+                            .map(|t| {
+                                vec![
+                                    t["id"].as_str().unwrap_or("").to_owned(),
+                                    t["state"].as_str().unwrap_or("").to_owned(),
+                                    t["spec"]["priority"].as_str().unwrap_or("").to_owned(),
+                                    exit_text(t),
+                                    t["attempt"].to_string(),
+                                    age(t["created_unix_ms"].as_i64()),
+                                    command_text(t),
+                                ]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table(&["ID", "STATE", "PRIORITY", "EXIT", "ATTEMPT", "AGE", "COMMAND"], rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { id } => {
+            let response = client.call(reqwest::Method::DELETE, &format!("/api/v1/tasks/{id}"), None).await?;
+            if cli.json {
+                print_json(&response);
+            } else {
+                println!(
+                    "{} {}",
+                    response["task"]["id"].as_str().unwrap_or(&id),
+                    response["task"]["state"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agents => {
+            let response = client.call(reqwest::Method::GET, "/api/v1/agents", None).await?;
+            if cli.json {
+                print_json(&response);
+            } else {
+                let rows = response["agents"]
+                    .as_array()
+                    .map(|agents| {
+                        agents
+                            .iter()
+                            .map(|a| {
+                                vec![
+                                    a["id"].as_str().unwrap_or("").to_owned(),
+                                    a["state"].as_str().unwrap_or("").to_owned(),
+                                    a["hostname"].as_str().unwrap_or("").to_owned(),
+                                    a["task_id"].as_str().unwrap_or("-").to_owned(),
+                                    age(a["last_seen_unix_ms"].as_i64()),
+                                    a["version"].as_str().unwrap_or("").to_owned(),
+                                ]
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table(&["AGENT", "STATE", "HOST", "TASK", "SEEN", "VERSION"], rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn wait_for(client: &Client, id: &str, json_out: bool) -> anyhow::Result<ExitCode> {
+    match client.follow(id, json_out).await {
+        Ok(task) => {
+            if json_out {
+                print_json(&json!({ "task": task }));
+            } else {
+                report_end(&task);
+            }
+            Ok(ExitCode::from(exit_code_of(&task)))
+        }
+        Err(err) => {
+            eprintln!("hubctl: {err:#}");
+            Ok(ExitCode::from(EXIT_HUBCTL_FAILED))
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("hubctl: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_shell_conventions() {
+        let check = |task: Value, code: u8| assert_eq!(exit_code_of(&task), code, "{task}");
+        check(json!({"state": "succeeded", "outcome": {"exit": {"code": 0}}}), 0);
+        check(json!({"state": "failed", "outcome": {"exit": {"code": 3}}}), 3);
+        check(json!({"state": "failed", "outcome": {"exit": {"signal": 9}}}), 137);
+        check(json!({"state": "failed", "outcome": {"exit": {"signal": 15}, "timed_out": true}}), 124);
+        check(json!({"state": "cancelled", "outcome": {"exit": {"signal": 15}}}), 130);
+        check(json!({"state": "failed", "outcome": {"exit": "unknown", "error": "cannot start x"}}), 127);
+        check(json!({"state": "failed", "state_reason": "lost"}), 1);
+    }
+
+    #[test]
+    fn submit_needs_exactly_one_kind_of_work() {
+        let args = |command: Vec<&str>, prompt: Option<&str>| SubmitArgs {
+            priority: "normal".into(),
+            tier: None,
+            name: None,
+            timeout: Some(Duration::from_secs(2)),
+            cwd: None,
+            env: vec![("A".into(), "1".into())],
+            max_output_bytes: None,
+            max_attempts: None,
+            prompt: prompt.map(String::from),
+            wait: false,
+            command: command.into_iter().map(String::from).collect(),
+        };
+        let body = submit_body(&args(vec!["echo", "hi"], None)).unwrap();
+        assert_eq!(body["shell"]["argv"], json!(["echo", "hi"]));
+        assert_eq!(body["shell"]["env"]["A"], "1");
+        assert_eq!(body["limits"]["timeout_ms"], 2000);
+        assert!(submit_body(&args(vec![], None)).is_err());
+        assert_eq!(submit_body(&args(vec![], Some("hi"))).unwrap()["llm"]["prompt"], "hi");
+    }
+}

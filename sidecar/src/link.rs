@@ -1,0 +1,422 @@
+//! The sidecar's one stream to the hub: dial out, say hello, run what is assigned, report back,
+//! and reconnect with jittered backoff whenever the hub goes away.
+//!
+//! Work keeps running while the link is down. Finished results wait in a queue and are sent
+//! first on the next session; live output produced meanwhile is dropped (the result carries the
+//! retained output in full). The hello of a new session lists what is still running, so the
+//! hub can keep those leases.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentcom_proto::v1 as pb;
+use pb::hub_message::Msg as HubMsg;
+use pb::sidecar_message::Msg as SideMsg;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{debug, info, warn};
+
+use crate::shell::{self, Exit, Outcome, Program, ShellJob, Sink, Stream};
+use crate::{Config, Error};
+
+/// Most bytes a message may carry (a result holds up to the output cap per stream).
+const MAX_MESSAGE_BYTES: usize = 160 * 1024 * 1024;
+const OUTBOUND_CAPACITY: usize = 1024;
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long a stopping sidecar waits for cancelled work to report.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What a job reports while it runs.
+enum JobEvent {
+    Started { task_id: String, lease_generation: u64, pid: u32 },
+    Output { task_id: String, lease_generation: u64, stream: Stream, offset: u64, data: Vec<u8> },
+    Finished { task_id: String, lease_generation: u64, outcome: Outcome },
+}
+
+struct JobSink {
+    task_id: String,
+    lease_generation: u64,
+    events: mpsc::Sender<JobEvent>,
+}
+
+impl Sink for JobSink {
+    fn started(&self, pid: u32) {
+        let _ = self.events.try_send(JobEvent::Started {
+            task_id: self.task_id.clone(),
+            lease_generation: self.lease_generation,
+            pid,
+        });
+    }
+
+    fn output(&self, stream: Stream, offset: u64, data: &[u8]) {
+        // Dropped when the link is backed up: the final outcome carries the output anyway.
+        let _ = self.events.try_send(JobEvent::Output {
+            task_id: self.task_id.clone(),
+            lease_generation: self.lease_generation,
+            stream,
+            offset,
+            data: data.to_vec(),
+        });
+    }
+}
+
+struct RunningJob {
+    lease_generation: u64,
+    agent_id: String,
+    cancel: CancellationToken,
+}
+
+pub(crate) struct Link {
+    config: Config,
+    running: HashMap<String, RunningJob>,
+    /// Results not yet handed to a session.
+    unsent: VecDeque<pb::SidecarMessage>,
+    events_tx: mpsc::Sender<JobEvent>,
+    events_rx: mpsc::Receiver<JobEvent>,
+    /// The last session got as far as a welcome (so the next retry starts with a short backoff).
+    joined: bool,
+}
+
+enum SessionEnd {
+    Lost(String),
+    Stop,
+}
+
+impl Link {
+    pub(crate) fn new(config: Config) -> Link {
+        let (events_tx, events_rx) = mpsc::channel(4096);
+        Link { config, running: HashMap::new(), unsent: VecDeque::new(), events_tx, events_rx, joined: false }
+    }
+
+    pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let stop = CancellationToken::new();
+        let stop_on_shutdown = stop.clone();
+        let shutdown = async move {
+            shutdown.await;
+            stop_on_shutdown.cancel();
+        };
+        tokio::pin!(shutdown);
+        let mut backoff = BACKOFF_START;
+        loop {
+            let session = self.session(&stop);
+            let end = tokio::select! {
+                end = session => end,
+                _ = &mut shutdown => SessionEnd::Stop,
+            };
+            match end {
+                SessionEnd::Stop => break,
+                SessionEnd::Lost(reason) => {
+                    if std::mem::take(&mut self.joined) {
+                        backoff = BACKOFF_START;
+                    }
+                    warn!(hub = self.config.hub_url, reason, retry_in_ms = backoff.as_millis() as u64, "hub link down");
+                }
+            }
+            // Full jitter: spread reconnects of many sidecars after a hub restart.
+            let delay = backoff.mul_f64(0.5 + rand::random::<f64>() * 0.5);
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    _ = &mut shutdown => return self.stop_all().await,
+                    Some(event) = self.events_rx.recv() => self.offline_event(event),
+                }
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        self.stop_all().await
+    }
+
+    /// Cancels everything still running and waits (bounded) for the jobs to end.
+    async fn stop_all(mut self) -> Result<(), Error> {
+        for job in self.running.values() {
+            job.cancel.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        while !self.running.is_empty() {
+            match tokio::time::timeout_at(deadline, self.events_rx.recv()).await {
+                Ok(Some(JobEvent::Finished { task_id, .. })) => {
+                    self.running.remove(&task_id);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        info!("sidecar stopped");
+        Ok(())
+    }
+
+    fn offline_event(&mut self, event: JobEvent) {
+        if let JobEvent::Finished { task_id, lease_generation, outcome } = event {
+            self.running.remove(&task_id);
+            self.unsent.push_back(finished_message(task_id, lease_generation, &outcome));
+        }
+    }
+
+    async fn connect(&self) -> Result<Channel, String> {
+        let endpoint = Endpoint::from_shared(self.config.hub_url.clone())
+            .map_err(|err| format!("bad hub url {}: {err}", self.config.hub_url))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        endpoint.connect().await.map_err(|err| format!("connect: {err}"))
+    }
+
+    async fn session(&mut self, stop: &CancellationToken) -> SessionEnd {
+        let channel = match self.connect().await {
+            Ok(channel) => channel,
+            Err(reason) => return SessionEnd::Lost(reason),
+        };
+        let mut client = pb::agent_link_client::AgentLinkClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let (outbound, outbound_rx) = mpsc::channel::<pb::SidecarMessage>(OUTBOUND_CAPACITY);
+        let hello = pb::Hello {
+            sidecar_id: self.config.sidecar_id.clone(),
+            hostname: self.config.hostname.clone(),
+            os: std::env::consts::OS.to_owned(),
+            arch: std::env::consts::ARCH.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            slots: self.config.slots,
+            capabilities: vec!["shell".to_owned()],
+            tags: self.config.tags.clone(),
+            running: self.running_list(),
+        };
+        let _ = outbound.try_send(pb::SidecarMessage { msg: Some(SideMsg::Hello(hello)) });
+        let mut request = tonic::Request::new(ReceiverStream::new(outbound_rx));
+        let Ok(bearer) = MetadataValue::try_from(format!("Bearer {}", self.config.token)) else {
+            return SessionEnd::Lost("the token contains characters a header cannot carry".into());
+        };
+        request.metadata_mut().insert("authorization", bearer);
+        let mut inbound = match client.session(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return SessionEnd::Lost(format!("{}: {}", code_name(status.code()), status.message())),
+        };
+        let welcome = match inbound.message().await {
+            Ok(Some(pb::HubMessage { msg: Some(HubMsg::Welcome(welcome)) })) => welcome,
+            Ok(_) => return SessionEnd::Lost("the hub did not send a welcome".into()),
+            Err(status) => return SessionEnd::Lost(format!("{}: {}", code_name(status.code()), status.message())),
+        };
+        self.joined = true;
+        let interval = Duration::from_millis(welcome.heartbeat_interval_ms.max(50));
+        info!(
+            sidecar_id = welcome.sidecar_id,
+            agents = welcome.agent_ids.len(),
+            heartbeat_ms = interval.as_millis() as u64,
+            "joined the hub"
+        );
+
+        // Results that finished while the link was down go first.
+        while let Some(message) = self.unsent.pop_front() {
+            if outbound.send(message.clone()).await.is_err() {
+                self.unsent.push_front(message);
+                return SessionEnd::Lost("the stream closed while sending results".into());
+            }
+        }
+
+        let mut heartbeat = tokio::time::interval(interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(pb::HubMessage { msg: Some(msg) })) => self.on_hub_message(msg),
+                    Ok(Some(_)) => {}
+                    Ok(None) => return SessionEnd::Lost("the hub closed the stream".into()),
+                    Err(status) => return SessionEnd::Lost(format!("{}: {}", code_name(status.code()), status.message())),
+                },
+                Some(event) = self.events_rx.recv() => {
+                    if let Err(end) = self.forward(event, &outbound).await {
+                        return end;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let beat = pb::Heartbeat { sent_unix_ms: now_ms(), running: self.running_list() };
+                    if outbound.try_send(pb::SidecarMessage { msg: Some(SideMsg::Heartbeat(beat)) }).is_err() {
+                        debug!("outbound queue full; skipping a heartbeat");
+                    }
+                }
+                _ = stop.cancelled() => return SessionEnd::Stop,
+            }
+        }
+    }
+
+    fn running_list(&self) -> Vec<pb::RunningTask> {
+        self.running
+            .iter()
+            .map(|(task_id, job)| pb::RunningTask {
+                task_id: task_id.clone(),
+                lease_generation: job.lease_generation,
+                agent_id: job.agent_id.clone(),
+            })
+            .collect()
+    }
+
+    async fn forward(
+        &mut self,
+        event: JobEvent,
+        outbound: &mpsc::Sender<pb::SidecarMessage>,
+    ) -> Result<(), SessionEnd> {
+        let message = match event {
+            JobEvent::Started { task_id, lease_generation, pid } => {
+                SideMsg::Started(pb::TaskStarted { task_id, lease_generation, pid })
+            }
+            JobEvent::Output { task_id, lease_generation, stream, offset, data } => {
+                let chunk = pb::OutputChunk { stream: stream_to_pb(stream).into(), offset, data };
+                let message = SideMsg::Output(pb::TaskOutput { task_id, lease_generation, chunk: Some(chunk) });
+                let _ = outbound.try_send(pb::SidecarMessage { msg: Some(message) });
+                return Ok(());
+            }
+            JobEvent::Finished { task_id, lease_generation, outcome } => {
+                self.running.remove(&task_id);
+                let message = finished_message(task_id, lease_generation, &outcome);
+                if let Err(err) = outbound.send(message).await {
+                    self.unsent.push_back(err.0);
+                    return Err(SessionEnd::Lost("the stream closed while sending a result".into()));
+                }
+                return Ok(());
+            }
+        };
+        outbound
+            .send(pb::SidecarMessage { msg: Some(message) })
+            .await
+            .map_err(|_| SessionEnd::Lost("the stream closed".into()))
+    }
+
+    fn on_hub_message(&mut self, message: HubMsg) {
+        match message {
+            HubMsg::Assign(assign) => self.start(assign),
+            HubMsg::Cancel(cancel) => {
+                if let Some(job) = self.running.get(&cancel.task_id)
+                    && job.lease_generation <= cancel.lease_generation
+                {
+                    info!(task_id = cancel.task_id, reason = cancel.reason, "cancelling");
+                    job.cancel.cancel();
+                }
+            }
+            HubMsg::Welcome(_) => warn!("ignoring a second welcome"),
+            HubMsg::Drain(_) => info!("the hub asked this sidecar to drain"),
+        }
+    }
+
+    fn start(&mut self, assign: pb::Assign) {
+        let task_id = assign.task_id.clone();
+        let lease_generation = assign.lease_generation;
+        if let Some(existing) = self.running.get(&task_id) {
+            if existing.lease_generation >= lease_generation {
+                return; // A duplicate assignment.
+            }
+            existing.cancel.cancel(); // A newer lease supersedes ours.
+        }
+        let cancel = CancellationToken::new();
+        self.running.insert(
+            task_id.clone(),
+            RunningJob { lease_generation, agent_id: assign.agent_id.clone(), cancel: cancel.clone() },
+        );
+        let events = self.events_tx.clone();
+        let settings = self.config.shell.clone();
+        let job = job_from_assign(&assign, self.config.default_max_output_bytes);
+        info!(task_id, lease_generation, attempt = assign.attempt, agent_id = assign.agent_id, "running task");
+        tokio::spawn(async move {
+            let outcome = match job {
+                Ok(job) => {
+                    let sink = Arc::new(JobSink { task_id: task_id.clone(), lease_generation, events: events.clone() });
+                    shell::run(&job, &settings, sink, cancel).await
+                }
+                Err(error) => Outcome {
+                    exit: Exit::Unknown,
+                    duration: Duration::ZERO,
+                    stdout: Vec::new(),
+                    stderr: Vec::new(),
+                    stdout_total_bytes: 0,
+                    stderr_total_bytes: 0,
+                    timed_out: false,
+                    cancelled: false,
+                    error: Some(error),
+                },
+            };
+            let _ = events.send(JobEvent::Finished { task_id, lease_generation, outcome }).await;
+        });
+    }
+}
+
+/// Converts an assignment into a job this sidecar can run, or says why it cannot.
+fn job_from_assign(assign: &pb::Assign, default_max_output_bytes: usize) -> Result<ShellJob, String> {
+    let spec = assign.spec.as_ref().ok_or("the assignment has no spec")?;
+    let shell = match spec.work.as_ref().and_then(|w| w.kind.as_ref()) {
+        Some(pb::work::Kind::Shell(shell)) => shell,
+        Some(_) => return Err("this sidecar runs shell work only".to_owned()),
+        None => return Err("the assignment has no work".to_owned()),
+    };
+    let program = match (shell.argv.is_empty(), shell.script.is_empty()) {
+        (false, true) => Program::Argv(shell.argv.clone()),
+        (true, false) => Program::Script(shell.script.clone()),
+        _ => return Err("shell work needs argv or script".to_owned()),
+    };
+    let limits = spec.limits.unwrap_or_default();
+    let mut env: Vec<(String, String)> = shell.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    env.push(("AGENTCOM_TASK_ID".to_owned(), assign.task_id.clone()));
+    env.push(("AGENTCOM_ATTEMPT".to_owned(), assign.attempt.to_string()));
+    env.sort();
+    Ok(ShellJob {
+        program,
+        cwd: (!shell.cwd.is_empty()).then(|| shell.cwd.clone().into()),
+        env,
+        timeout: (limits.timeout_ms > 0).then(|| Duration::from_millis(limits.timeout_ms)),
+        max_output_bytes: if limits.max_output_bytes > 0 {
+            limits.max_output_bytes as usize
+        } else {
+            default_max_output_bytes
+        },
+    })
+}
+
+fn stream_to_pb(stream: Stream) -> pb::OutputStream {
+    match stream {
+        Stream::Stdout => pb::OutputStream::Stdout,
+        Stream::Stderr => pb::OutputStream::Stderr,
+    }
+}
+
+fn finished_message(task_id: String, lease_generation: u64, outcome: &Outcome) -> pb::SidecarMessage {
+    let exit = match outcome.exit {
+        Exit::Code(code) => Some(pb::task_outcome::Exit::ExitCode(code)),
+        Exit::Signal(signal) => Some(pb::task_outcome::Exit::Signal(signal)),
+        Exit::Unknown => None,
+    };
+    let outcome = pb::TaskOutcome {
+        exit,
+        duration_ms: outcome.duration.as_millis() as u64,
+        stdout: outcome.stdout.clone(),
+        stderr: outcome.stderr.clone(),
+        stdout_total_bytes: outcome.stdout_total_bytes,
+        stderr_total_bytes: outcome.stderr_total_bytes,
+        timed_out: outcome.timed_out,
+        error: outcome.error.clone().unwrap_or_default(),
+    };
+    pb::SidecarMessage {
+        msg: Some(SideMsg::Finished(pb::TaskFinished { task_id, lease_generation, outcome: Some(outcome) })),
+    }
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Unauthenticated => "unauthenticated (check the join token)",
+        tonic::Code::PermissionDenied => "permission denied",
+        tonic::Code::Unavailable => "hub unavailable",
+        tonic::Code::InvalidArgument => "refused",
+        _ => "error",
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

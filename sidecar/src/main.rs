@@ -1,0 +1,96 @@
+//! `agentcom-sidecar run`: joins a hub and runs its work on this machine.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "agentcom-sidecar", version, about = "Runs AgentCom work on this machine for a hub")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Dial out to the hub and run the work it assigns.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Hub URL.
+    #[arg(long, env = "AGENTCOM_HUB", default_value = "http://127.0.0.1:7420")]
+    hub: String,
+    /// Join token (the hub's `join.token`).
+    #[arg(long, env = "AGENTCOM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Read the join token from this file.
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Tasks run at once (one agent each).
+    #[arg(long, default_value_t = 4)]
+    slots: u32,
+    /// Sidecar id; defaults to the host name and a random suffix.
+    #[arg(long)]
+    id: Option<String>,
+    /// Tags the scheduler can match (repeatable).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Directory tasks run in unless they name one.
+    #[arg(long, default_value = ".")]
+    work_dir: PathBuf,
+    /// Environment variables tasks inherit from the sidecar (repeatable); replaces the default list.
+    #[arg(long = "env-allow")]
+    env_allow: Vec<String>,
+    /// Output kept per stream for tasks that set no cap, in bytes.
+    #[arg(long, default_value_t = agentcom_sidecar::DEFAULT_MAX_OUTPUT_BYTES)]
+    max_output_bytes: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let Command::Run(args) = Cli::parse().command;
+    let token = match (args.token, args.token_file) {
+        (Some(token), _) => token,
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the token file {}", path.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => anyhow::bail!("a join token is required: --token, --token-file or AGENTCOM_TOKEN"),
+    };
+    let work_dir = agentcom_sidecar::shell::resolve_work_dir(&args.work_dir)
+        .with_context(|| format!("work directory {}", args.work_dir.display()))?;
+    let allow: Vec<String> = if args.env_allow.is_empty() {
+        agentcom_sidecar::DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.env_allow
+    };
+    let hostname = agentcom_sidecar::hostname();
+    let config = agentcom_sidecar::Config {
+        hub_url: args.hub,
+        token,
+        sidecar_id: args.id.unwrap_or_else(|| agentcom_sidecar::default_sidecar_id(&hostname)),
+        hostname,
+        slots: args.slots,
+        tags: args.tags,
+        shell: agentcom_sidecar::shell_settings(work_dir, std::env::vars(), &allow),
+        default_max_output_bytes: args.max_output_bytes,
+    };
+    agentcom_sidecar::run(config, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
