@@ -1,1 +1,263 @@
-//! placeholder
+//! Test harness for AgentCom: hubs and sidecars on loopback, in-process or as real processes.
+//!
+//! - [`TestMesh`] starts a hub and N sidecars inside the test process, each on `127.0.0.1:0`
+//!   with its own temporary directory: fast, and good for wiring tests.
+//! - [`HubProcess`] and [`SidecarProcess`] start the real binaries, for crash tests (`kill -9`),
+//!   memory measurements and everything a user would run.
+//!
+//! Nothing here sleeps for a fixed time to wait for something: use [`assert_eventually!`] with
+//! a bounded patience instead.
+
+pub mod process;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use agentcom_hub::auth::Role;
+use agentcom_hub::core;
+use agentcom_hub::server::{self, DataDir};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use process::{HubProcess, SidecarProcess, binary};
+
+/// Retries `$check` (an expression evaluating to `bool`) until it holds or `$patience` runs out.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($check:expr, $patience:expr, $($msg:tt)+) => {{
+        let deadline = std::time::Instant::now() + $patience;
+        loop {
+            if $check {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("not true within {:?}: {}", $patience, format!($($msg)+));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }};
+}
+
+/// A small JSON client for the hub's HTTP API.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: impl Into<String>, token: impl Into<String>) -> Api {
+        let http = reqwest::Client::builder().tcp_nodelay(true).build().expect("building an HTTP client");
+        Api { base: base.into(), token: token.into(), http }
+    }
+
+    /// Sends a request and returns the status and JSON body.
+    pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap_or_else(|err| panic!("{path}: {err}"));
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// Submits a task body; panics unless the hub acknowledged it. Returns the task JSON.
+    pub async fn submit(&self, body: Value) -> Value {
+        let (status, response) = self.request(reqwest::Method::POST, "/api/v1/tasks", Some(body)).await;
+        assert!(status == 201 || status == 200, "submit answered {status}: {response}");
+        response["task"].clone()
+    }
+
+    pub async fn try_get(&self, id: &str) -> Option<Value> {
+        let (status, body) = self.request(reqwest::Method::GET, &format!("/api/v1/tasks/{id}"), None).await;
+        (status == 200).then(|| body["task"].clone())
+    }
+
+    pub async fn get(&self, id: &str) -> Value {
+        self.try_get(id).await.unwrap_or_else(|| panic!("task {id} not found"))
+    }
+
+    pub async fn agents(&self) -> Vec<Value> {
+        let (status, body) = self.request(reqwest::Method::GET, "/api/v1/agents", None).await;
+        assert_eq!(status, 200, "{body}");
+        body["agents"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until the task is in a final state and returns it.
+    pub async fn wait_final(&self, id: &str, patience: Duration) -> Value {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            let task = self.get(id).await;
+            if is_final(&task) {
+                return task;
+            }
+            assert!(std::time::Instant::now() < deadline, "task {id} not final within {patience:?}: {task}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub fn is_final(task: &Value) -> bool {
+    matches!(task["state"].as_str(), Some("succeeded" | "failed" | "cancelled" | "expired" | "dead_lettered"))
+}
+
+/// A shell task body for the HTTP API.
+pub fn shell(script: &str) -> Value {
+    serde_json::json!({ "shell": { "argv": ["sh", "-c", script] } })
+}
+
+pub struct TestMesh {
+    n_sidecars: usize,
+    slots: u32,
+    config: core::Config,
+}
+
+impl Default for TestMesh {
+    fn default() -> TestMesh {
+        TestMesh::new()
+    }
+}
+
+impl TestMesh {
+    pub fn new() -> TestMesh {
+        let config = core::Config {
+            heartbeat_interval: Duration::from_millis(100),
+            lease_ttl: Duration::from_millis(1_000),
+            ..core::Config::default()
+        };
+        TestMesh { n_sidecars: 1, slots: 2, config }
+    }
+
+    pub fn sidecars(mut self, n: usize) -> TestMesh {
+        self.n_sidecars = n;
+        self
+    }
+
+    pub fn slots(mut self, slots: u32) -> TestMesh {
+        self.slots = slots;
+        self
+    }
+
+    pub fn config(mut self, change: impl FnOnce(&mut core::Config)) -> TestMesh {
+        change(&mut self.config);
+        self
+    }
+
+    /// Starts the hub and the sidecars, and waits until every agent has joined.
+    pub async fn start(self) -> RunningMesh {
+        let dir = tempfile::tempdir().expect("creating a temporary directory");
+        let data_dir = DataDir::new(dir.path().join("hub"));
+        let store = data_dir.open().expect("opening the hub's store");
+        let tokens = server::ensure_tokens(&data_dir, &store).expect("minting tokens");
+        let read = |role| std::fs::read_to_string(data_dir.token_file(role)).expect("token file").trim().to_owned();
+        let (admin_token, join_token) = (read(Role::Admin), read(Role::Join));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding loopback");
+        let url = format!("http://{}", listener.local_addr().expect("bound address"));
+        let hub_stop = CancellationToken::new();
+        let stopped = hub_stop.clone();
+        let hub = tokio::spawn(async move {
+            server::run(listener, store, tokens, self.config, async move { stopped.cancelled().await })
+                .await
+                .expect("hub failed");
+        });
+        let mut mesh = RunningMesh {
+            url: url.clone(),
+            admin_token: admin_token.clone(),
+            join_token,
+            work_dir: dir.path().join("work"),
+            api: Api::new(url, admin_token),
+            hub_stop,
+            hub: Some(hub),
+            sidecars: Vec::new(),
+            _dir: dir,
+        };
+        std::fs::create_dir_all(&mesh.work_dir).expect("creating the work directory");
+        for _ in 0..self.n_sidecars {
+            mesh.add_sidecar(self.slots);
+        }
+        let expected = self.n_sidecars * self.slots as usize;
+        let api = mesh.api.clone();
+        assert_eventually!(
+            api.agents().await.iter().filter(|a| a["state"] == "idle").count() == expected,
+            Duration::from_secs(10),
+            "{expected} idle agents"
+        );
+        mesh
+    }
+}
+
+pub struct TestSidecar {
+    pub id: String,
+    stop: CancellationToken,
+    join: JoinHandle<()>,
+}
+
+impl TestSidecar {
+    /// Stops the sidecar the way Ctrl-C would: running work is cancelled and reported.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.join.await;
+    }
+
+    /// Drops the sidecar without any goodbye, as a crash would (its processes are killed).
+    pub fn abort(self) {
+        self.join.abort();
+    }
+}
+
+pub struct RunningMesh {
+    pub url: String,
+    pub admin_token: String,
+    pub join_token: String,
+    /// Where sidecars run tasks.
+    pub work_dir: PathBuf,
+    pub api: Api,
+    hub_stop: CancellationToken,
+    hub: Option<JoinHandle<()>>,
+    pub sidecars: Vec<TestSidecar>,
+    _dir: tempfile::TempDir,
+}
+
+impl RunningMesh {
+    pub fn add_sidecar(&mut self, slots: u32) -> &TestSidecar {
+        let id = format!("test-sidecar-{}", self.sidecars.len());
+        let config = agentcom_sidecar::Config {
+            hub_url: self.url.clone(),
+            token: self.join_token.clone(),
+            sidecar_id: id.clone(),
+            hostname: "localhost".to_owned(),
+            slots,
+            tags: Vec::new(),
+            shell: agentcom_sidecar::shell_settings(self.work_dir.clone(), std::env::vars(), &["PATH".to_owned()]),
+            default_max_output_bytes: agentcom_sidecar::DEFAULT_MAX_OUTPUT_BYTES,
+        };
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let join = tokio::spawn(async move {
+            agentcom_sidecar::run(config, async move { stopped.cancelled().await }).await.expect("sidecar failed");
+        });
+        self.sidecars.push(TestSidecar { id, stop, join });
+        self.sidecars.last().expect("just pushed")
+    }
+
+    /// An API client with another token.
+    pub fn api_with_token(&self, token: &str) -> Api {
+        Api::new(self.url.clone(), token)
+    }
+
+    /// Stops sidecars and the hub in order.
+    pub async fn stop(mut self) {
+        for sidecar in std::mem::take(&mut self.sidecars) {
+            sidecar.stop().await;
+        }
+        self.hub_stop.cancel();
+        if let Some(hub) = self.hub.take() {
+            let _ = hub.await;
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Wiring tests: a hub and sidecars in this process, over real loopback sockets.
+
+use std::time::Duration;
+
+use agentcom_integration::{TestMesh, assert_eventually, shell};
+use agentcom_proto::v1 as pb;
+use reqwest::Method;
+use serde_json::json;
+use tonic::metadata::MetadataValue;
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn a_task_runs_and_reports_output_and_exit_code() {
+    let mesh = TestMesh::new().start().await;
+    let ok = mesh.api.submit(shell("echo out; echo err >&2")).await;
+    let failed = mesh.api.submit(shell("exit 7")).await;
+    let ok = mesh.api.wait_final(ok["id"].as_str().unwrap(), PATIENCE).await;
+    let failed = mesh.api.wait_final(failed["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!(ok["state"], "succeeded", "{ok}");
+    assert_eq!(ok["outcome"]["stdout"], "out\n");
+    assert_eq!(ok["outcome"]["stderr"], "err\n");
+    assert_eq!(ok["attempt"], 1);
+    assert_eq!(failed["state"], "failed");
+    assert_eq!(failed["state_reason"], "exit code 7");
+    assert_eq!(failed["outcome"]["exit"]["code"], 7);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_nothing_is_stored() {
+    let mesh = TestMesh::new().start().await;
+    let cases = [
+        (json!({}), 400, "invalid_argument", "exactly one of shell, llm, agent"),
+        (json!({ "shell": { "argv": [] } }), 400, "invalid_argument", "needs argv or script"),
+        (json!({ "shell": { "argv": ["x"] }, "priority": "asap" }), 400, "invalid_argument", "not one of urgent"),
+        (json!({ "shell": { "argv": ["x"] }, "bogus": 1 }), 400, "invalid_argument", "unknown field"),
+        (
+            json!({ "shell": { "argv": ["x"] }, "limits": { "max_attempts": 1000 } }),
+            400,
+            "invalid_argument",
+            "max_attempts",
+        ),
+        (
+            json!({ "shell": { "argv": ["x"], "env": { "A-B": "1" } } }),
+            400,
+            "invalid_argument",
+            "not a valid variable name",
+        ),
+        (json!({ "shell": { "argv": ["x"] }, "name": "n".repeat(300) }), 400, "invalid_argument", "at most 256"),
+    ];
+    for (body, status, code, needle) in cases {
+        let (got, response) = mesh.api.request(Method::POST, "/api/v1/tasks", Some(body.clone())).await;
+        assert_eq!(got, status, "{body} -> {response}");
+        assert_eq!(response["error"]["code"], code, "{body} -> {response}");
+        let message = response["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{body} -> {message}");
+    }
+    let (status, body) = mesh.api.request(Method::GET, "/api/v1/tasks/not-an-id", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_argument")));
+    let (status, body) = mesh.api.request(Method::GET, "/api/v1/tasks/01ARZ3NDEKTSV4RRFFQ69G5FAV", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    let (status, body) = mesh.api.request(Method::GET, "/api/v1/tasks?state=sleeping", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_argument")));
+    let (status, body) = mesh.api.request(Method::GET, "/api/v1/tasks", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["tasks"], json!([]), "nothing malformed was stored");
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn http_refuses_missing_wrong_and_sidecar_tokens() {
+    let mesh = TestMesh::new().start().await;
+    let anonymous = mesh.api_with_token("");
+    let wrong = mesh.api_with_token("agentcom_admin_0000");
+    let sidecar = mesh.api_with_token(&mesh.join_token);
+    for (api, status, code) in
+        [(&anonymous, 401, "unauthenticated"), (&wrong, 401, "unauthenticated"), (&sidecar, 403, "permission_denied")]
+    {
+        for (method, path) in [
+            (Method::GET, "/api/v1/tasks"),
+            (Method::POST, "/api/v1/tasks"),
+            (Method::GET, "/api/v1/agents"),
+            (Method::GET, "/metrics"),
+        ] {
+            let (got, body) = api.request(method.clone(), path, Some(shell("true"))).await;
+            assert_eq!(got, status, "{method} {path}: {body}");
+            assert_eq!(body["error"]["code"], code);
+        }
+    }
+    // Health probes are open.
+    let (status, _) = anonymous.request(Method::GET, "/healthz", None).await;
+    assert_eq!(status, 200);
+    let (status, _) = anonymous.request(Method::GET, "/readyz", None).await;
+    assert_eq!(status, 200);
+    mesh.stop().await;
+}
+
+async fn admin_client(url: &str) -> pb::admin_client::AdminClient<tonic::transport::Channel> {
+    pb::admin_client::AdminClient::connect(url.to_owned()).await.expect("connecting over gRPC")
+}
+
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if !token.is_empty() {
+        request.metadata_mut().insert("authorization", MetadataValue::try_from(format!("Bearer {token}")).unwrap());
+    }
+    request
+}
+
+#[tokio::test]
+async fn grpc_refuses_missing_wrong_and_sidecar_tokens_and_serves_admins() {
+    let mesh = TestMesh::new().start().await;
+    let mut client = admin_client(&mesh.url).await;
+    for (token, code) in [
+        ("", tonic::Code::Unauthenticated),
+        ("agentcom_admin_0000", tonic::Code::Unauthenticated),
+        (mesh.join_token.as_str(), tonic::Code::PermissionDenied),
+    ] {
+        let err = client.list_tasks(with_token(pb::ListTasksRequest::default(), token)).await.unwrap_err();
+        assert_eq!(err.code(), code, "{token:?}: {err}");
+    }
+    // A sidecar session needs a join token too.
+    let mut link = pb::agent_link_client::AgentLinkClient::connect(mesh.url.clone()).await.unwrap();
+    let hello = pb::SidecarMessage {
+        msg: Some(pb::sidecar_message::Msg::Hello(pb::Hello {
+            sidecar_id: "x".into(),
+            slots: 1,
+            ..Default::default()
+        })),
+    };
+    let err = link.session(with_token(tokio_stream::iter(vec![hello]), "wrong")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+    // The admin token works, and gRPC validates like HTTP.
+    let spec = pb::TaskSpec {
+        work: Some(pb::Work {
+            kind: Some(pb::work::Kind::Shell(pb::ShellWork {
+                argv: vec!["echo".into(), "grpc".into()],
+                ..Default::default()
+            })),
+        }),
+        ..Default::default()
+    };
+    let submitted = client
+        .submit_task(with_token(pb::SubmitTaskRequest { spec: Some(spec) }, &mesh.admin_token))
+        .await
+        .unwrap()
+        .into_inner();
+    let id = submitted.task.unwrap().id;
+    let mut events = client
+        .watch_task(with_token(pb::WatchTaskRequest { id: id.clone() }, &mesh.admin_token))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut output = Vec::new();
+    let mut last_state = pb::TaskState::Unspecified;
+    while let Some(event) = events.message().await.unwrap() {
+        match event.kind.unwrap() {
+            pb::task_event::Kind::Output(chunk) => output.extend(chunk.data),
+            pb::task_event::Kind::Snapshot(task) => last_state = task.state(),
+        }
+    }
+    assert_eq!(output, b"grpc\n");
+    assert_eq!(last_state, pb::TaskState::Succeeded);
+    let err = client
+        .submit_task(with_token(pb::SubmitTaskRequest { spec: Some(pb::TaskSpec::default()) }, &mesh.admin_token))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("work"), "{}", err.message());
+    mesh.stop().await;
+}
+
+fn alive(pid: i32) -> bool {
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() && !zombie
+}
+
+async fn read_pid(path: &std::path::Path) -> i32 {
+    assert_eventually!(
+        std::fs::read_to_string(path).is_ok_and(|s| s.ends_with('\n')),
+        PATIENCE,
+        "{} written",
+        path.display()
+    );
+    std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
+}
+
+#[tokio::test]
+async fn cancel_and_timeout_kill_grandchildren() {
+    let mesh = TestMesh::new().start().await;
+    let script = |name: &str| format!("sleep 300 & echo $! > {name}.pid; sleep 300");
+
+    let running = mesh.api.submit(shell(&script("cancelled"))).await;
+    let id = running["id"].as_str().unwrap();
+    let grandchild = read_pid(&mesh.work_dir.join("cancelled.pid")).await;
+    assert!(alive(grandchild));
+    let (status, body) = mesh.api.request(Method::DELETE, &format!("/api/v1/tasks/{id}"), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["task"]["state"], "cancelled");
+    assert_eventually!(!alive(grandchild), PATIENCE, "the cancelled task's background sleep {grandchild} is gone");
+    // The sidecar's report of the killed process is recorded, and the agent is free again.
+    assert_eventually!(mesh.api.get(id).await["outcome"].is_object(), PATIENCE, "outcome recorded");
+    assert_eq!(mesh.api.get(id).await["state"], "cancelled");
+
+    let mut timed = shell(&script("timed"));
+    timed["limits"] = json!({ "timeout_ms": 300 });
+    let timed = mesh.api.submit(timed).await;
+    let grandchild = read_pid(&mesh.work_dir.join("timed.pid")).await;
+    let task = mesh.api.wait_final(timed["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!(task["state"], "failed");
+    assert_eq!(task["outcome"]["timed_out"], true);
+    assert!(task["state_reason"].as_str().unwrap().starts_with("timed out"), "{task}");
+    assert_eventually!(!alive(grandchild), PATIENCE, "the timed-out task's background sleep {grandchild} is gone");
+
+    // Cancelling a finished task is refused with a clear code.
+    let (status, body) = mesh.api.request(Method::DELETE, &format!("/api/v1/tasks/{id}"), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("failed_precondition")), "{body}");
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn queued_tasks_wait_for_a_sidecar_and_run_in_priority_order() {
+    let mut mesh = TestMesh::new().sidecars(0).start().await;
+    let mut ids = Vec::new();
+    for (priority, name) in [("low", "l"), ("normal", "n"), ("urgent", "u"), ("high", "h")] {
+        let mut body = shell(&format!("echo {name} >> order.txt"));
+        body["priority"] = json!(priority);
+        ids.push(mesh.api.submit(body).await["id"].as_str().unwrap().to_owned());
+    }
+    let (_, listed) = mesh.api.request(Method::GET, "/api/v1/tasks?state=queued", None).await;
+    assert_eq!(listed["tasks"].as_array().unwrap().len(), 4);
+    mesh.add_sidecar(1);
+    for id in &ids {
+        assert_eq!(mesh.api.wait_final(id, PATIENCE).await["state"], "succeeded");
+    }
+    assert_eq!(std::fs::read_to_string(mesh.work_dir.join("order.txt")).unwrap(), "u\nh\nn\nl\n");
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_lost_sidecar_has_its_task_requeued_to_another() {
+    let mut mesh = TestMesh::new().sidecars(1).slots(1).start().await;
+    // The first attempt hangs; the second finishes.
+    let body = shell(r#"if [ "$AGENTCOM_ATTEMPT" = 1 ]; then sleep 30; fi; echo "attempt $AGENTCOM_ATTEMPT""#);
+    let task = mesh.api.submit(body).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    assert_eventually!(mesh.api.get(&id).await["state"] == "running", PATIENCE, "task running");
+    let lost = mesh.sidecars.remove(0);
+    lost.abort();
+    assert_eventually!(mesh.api.get(&id).await["state"] == "queued", PATIENCE, "task requeued after the lease lapsed");
+    assert!(mesh.api.get(&id).await["state_reason"].as_str().unwrap().contains("lease expired"));
+    mesh.add_sidecar(1);
+    let task = mesh.api.wait_final(&id, PATIENCE).await;
+    assert_eq!(task["state"], "succeeded", "{task}");
+    assert_eq!(task["attempt"], 2);
+    assert_eq!(task["lease_generation"], 2);
+    assert_eq!(task["outcome"]["stdout"], "attempt 2\n");
+    mesh.stop().await;
+}

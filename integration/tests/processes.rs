@@ -1,0 +1,212 @@
+//! End-to-end tests with the real binaries as processes: what a user runs, `kill -9` included.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+
+use agentcom_integration::process::memory;
+use agentcom_integration::{HubProcess, SidecarProcess, assert_eventually, binary, shell};
+use serde_json::json;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+const FAST_BEATS: [&str; 4] = ["--heartbeat-interval-ms", "100", "--lease-ttl-ms", "1000"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_tasks_on_two_sidecars_each_run_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let hub = HubProcess::serve(&dir.path().join("hub"), &FAST_BEATS).await;
+    let _a = SidecarProcess::start(&hub, "side-a", 4, &work);
+    let _b = SidecarProcess::start(&hub, "side-b", 4, &work);
+    assert_eventually!(hub.api.agents().await.len() == 8, PATIENCE, "both sidecars joined");
+
+    let submits = (0..200).map(|n| {
+        let api = hub.api.clone();
+        tokio::spawn(async move {
+            // Each run appends one line; a task run twice would leave two.
+            let task = api.submit(shell(&format!("echo run-{n} >> runs.log; echo out-{n}"))).await;
+            (n, task["id"].as_str().unwrap().to_owned())
+        })
+    });
+    let ids: Vec<(usize, String)> =
+        futures_util::future::join_all(submits).await.into_iter().map(Result::unwrap).collect();
+    let mut sidecars_used = HashMap::new();
+    for (n, id) in &ids {
+        let task = hub.api.wait_final(id, PATIENCE).await;
+        assert_eq!(task["state"], "succeeded", "{task}");
+        assert_eq!(task["outcome"]["stdout"], format!("out-{n}\n"));
+        assert_eq!(task["attempt"], 1, "{task}");
+        *sidecars_used.entry(task["sidecar_id"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+    }
+    let runs = std::fs::read_to_string(work.join("runs.log")).unwrap();
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for line in runs.lines() {
+        *counts.entry(line).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 200, "every task ran");
+    assert!(counts.values().all(|c| *c == 1), "a task ran more than once: {counts:?}");
+    assert_eq!(sidecars_used.len(), 2, "work spread over both sidecars: {sidecars_used:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_submits_survive_kill_9_of_the_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hub = HubProcess::serve(&dir.path().join("hub"), &[]).await;
+    let mut acknowledged = Vec::new();
+    for round in 0..3 {
+        // Submitters run on until the kill; every answer we got is an acknowledgement.
+        let api = hub.api.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let submitters: Vec<_> = (0..8)
+            .map(|worker| {
+                let api = api.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    for n in 0.. {
+                        let body = shell(&format!("echo {round}-{worker}-{n}"));
+                        let response = api.request(reqwest::Method::POST, "/api/v1/tasks", Some(body)).await;
+                        if response.0 != 201 || tx.send(response.1["task"]["id"].as_str().unwrap().to_owned()).is_err()
+                        {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300 + 200 * round)).await;
+        hub.kill9();
+        for submitter in submitters {
+            // Requests in flight at the kill fail; that is the point.
+            let _ = tokio::time::timeout(Duration::from_secs(10), submitter).await;
+        }
+        drop(tx);
+        let before = acknowledged.len();
+        while let Some(id) = rx.recv().await {
+            acknowledged.push(id);
+        }
+        assert!(acknowledged.len() > before, "round {round} acknowledged nothing");
+        hub.restart().await;
+    }
+    for id in &acknowledged {
+        let task = hub.api.try_get(id).await;
+        assert!(task.is_some(), "acknowledged task {id} was lost");
+        assert_eq!(task.unwrap()["state"], "queued");
+    }
+    eprintln!("{} acknowledged submits survived 3 kills", acknowledged.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_killed_mid_task_does_not_leave_it_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let hub = HubProcess::serve(&dir.path().join("hub"), &FAST_BEATS).await;
+    let mut doomed = SidecarProcess::start(&hub, "doomed", 1, &work);
+    assert_eventually!(hub.api.agents().await.len() == 1, PATIENCE, "sidecar joined");
+    let mut body = shell(
+        r#"if [ "$AGENTCOM_ATTEMPT" = 1 ]; then echo $$ > first.pid; sleep 20; fi; echo "attempt $AGENTCOM_ATTEMPT""#,
+    );
+    body["limits"] = json!({ "max_attempts": 2 });
+    let id = hub.api.submit(body).await["id"].as_str().unwrap().to_owned();
+    assert_eventually!(hub.api.get(&id).await["state"] == "running", PATIENCE, "task running");
+    doomed.kill9();
+    assert_eventually!(hub.api.get(&id).await["state"] == "queued", PATIENCE, "task requeued once the lease lapsed");
+    let agents = hub.api.agents().await;
+    assert!(agents.iter().all(|a| a["state"] == "offline"), "{agents:?}");
+    let _rescuer = SidecarProcess::start(&hub, "rescuer", 1, &work);
+    let task = hub.api.wait_final(&id, PATIENCE).await;
+    assert_eq!(task["state"], "succeeded", "{task}");
+    assert_eq!((task["attempt"].as_u64(), task["sidecar_id"].as_str()), (Some(2), Some("rescuer")));
+    // The killed sidecar's own child is an orphan now; do not leave it behind.
+    if let Ok(pid) = std::fs::read_to_string(work.join("first.pid")) {
+        let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_mib_of_output_costs_the_cap_not_the_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let hub = HubProcess::serve(&dir.path().join("hub"), &[]).await;
+    let sidecar = SidecarProcess::start(&hub, "flood", 1, &work);
+    assert_eventually!(hub.api.agents().await.len() == 1, PATIENCE, "sidecar joined");
+    // Warm both up so one-time allocations are not counted against the flood.
+    let warm = hub.api.submit(shell("head -c 2000000 /dev/zero | tr '\\0' x")).await;
+    hub.api.wait_final(warm["id"].as_str().unwrap(), PATIENCE).await;
+    let (hub_before, _) = memory(hub.pid());
+    let (sidecar_before, _) = memory(sidecar.pid());
+
+    let flood = hub.api.submit(shell("head -c 52428800 /dev/zero | tr '\\0' x")).await;
+    let task = hub.api.wait_final(flood["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!(task["state"], "succeeded", "{}", task["state_reason"]);
+    assert_eq!(task["outcome"]["stdout_total_bytes"], 52_428_800);
+    assert_eq!(task["outcome"]["stdout"].as_str().unwrap().len(), 1024 * 1024);
+
+    let (_, hub_peak) = memory(hub.pid());
+    let (_, sidecar_peak) = memory(sidecar.pid());
+    // The cap is 1 MiB a stream; allow a few copies of it in flight plus allocator slack.
+    let allowance = 16 * 1024 * 1024;
+    eprintln!(
+        "hub rss {} MiB -> peak {} MiB; sidecar rss {} MiB -> peak {} MiB",
+        hub_before >> 20,
+        hub_peak >> 20,
+        sidecar_before >> 20,
+        sidecar_peak >> 20
+    );
+    assert!(hub_peak < hub_before + allowance, "hub grew from {hub_before} to a peak of {hub_peak} bytes");
+    assert!(
+        sidecar_peak < sidecar_before + allowance,
+        "sidecar grew from {sidecar_before} to a peak of {sidecar_peak} bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubctl_against_dev_prints_output_and_passes_exit_codes_through() {
+    let dir = tempfile::tempdir().unwrap();
+    // Run like a user: `agentcom-hub dev` in a directory, hubctl from the same directory, so it
+    // finds ./.agentcom/admin.token by itself.
+    let mut hub = HubProcess::dev(&dir.path().join(".agentcom"), dir.path(), &[]).await;
+    assert_eventually!(!hub.api.agents().await.is_empty(), PATIENCE, "the dev sidecar joined");
+    let hubctl = |args: &[&str]| {
+        Command::new(binary("hubctl"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("AGENTCOM_HUB", &hub.url)
+            .output()
+            .unwrap()
+    };
+    let hello = hubctl(&["submit", "--wait", "--", "echo", "hello"]);
+    assert_eq!(String::from_utf8_lossy(&hello.stdout), "hello\n");
+    assert_eq!(hello.status.code(), Some(0), "{}", String::from_utf8_lossy(&hello.stderr));
+    let three = hubctl(&["submit", "--wait", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(three.status.code(), Some(3));
+    let timed = hubctl(&["submit", "--wait", "--timeout", "200ms", "--", "sleep", "10"]);
+    assert_eq!(timed.status.code(), Some(124));
+
+    let list = hubctl(&["list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(listed["tasks"].as_array().unwrap().len(), 3);
+    let agents = hubctl(&["agents"]);
+    assert!(String::from_utf8_lossy(&agents.stdout).contains("idle"), "{}", String::from_utf8_lossy(&agents.stdout));
+    let unauthenticated = Command::new(binary("hubctl"))
+        .args(["--token", "wrong", "list"])
+        .env("AGENTCOM_HUB", &hub.url)
+        .output()
+        .unwrap();
+    assert_eq!(unauthenticated.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unauthenticated.stderr).contains("unauthenticated"));
+
+    // Ctrl-C with a task running: it is cancelled and recorded, and the hub exits cleanly.
+    let running = hub.api.submit(shell("sleep 30")).await;
+    let id = running["id"].as_str().unwrap().to_owned();
+    assert_eventually!(hub.api.get(&id).await["state"] == "running", PATIENCE, "task running");
+    let status = hub.interrupt();
+    assert!(status.success(), "dev exited with {status}");
+    hub.restart().await;
+    let task = hub.api.get(&id).await;
+    assert_eq!(task["state"], "cancelled", "{task}");
+    assert_eq!(task["state_reason"], "hub shutting down");
+    assert_eq!(task["outcome"]["exit"]["signal"], 15, "the sidecar's report of the killed process was recorded");
+}
