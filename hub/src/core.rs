@@ -136,7 +136,7 @@ pub enum Event {
     Get { id: TaskId, reply: Reply<Option<Task>> },
     List { state: Option<TaskState>, limit: usize, reply: Reply<Vec<Task>> },
     Cancel { id: TaskId, reason: String, reply: Reply<Result<Task, Error>> },
-    Watch { id: TaskId, reply: Reply<Result<Arc<Feed>, Error>> },
+    Watch { id: TaskId, reply: Reply<Result<WatchReply, Error>> },
     Agents { reply: Reply<Vec<AgentView>> },
     Hello { hello: SidecarHello, outbox: mpsc::Sender<ToSidecar>, reply: Reply<Result<(Welcome, u64), Error>> },
     FromSidecar { sidecar_id: String, session: u64, message: FromSidecar },
@@ -144,6 +144,13 @@ pub enum Event {
     Committed(Result<Vec<AfterCommit>, Arc<store::Error>>),
     Tick,
     Shutdown { reply: Reply<()> },
+}
+
+pub enum WatchReply {
+    /// The task can still change: follow its feed.
+    Live(Arc<Feed>),
+    /// The task is final (its output is on disk).
+    Final(Box<Task>),
 }
 
 /// Work that waits for a commit.
@@ -163,6 +170,8 @@ pub enum AfterCommit {
 pub struct Handle {
     events: mpsc::UnboundedSender<Event>,
     healthy: Arc<AtomicBool>,
+    /// Finished tasks' output lives only on disk; reads of it go here, off the core.
+    store: Store,
 }
 
 impl Handle {
@@ -176,8 +185,25 @@ impl Handle {
         self.ask(|reply| Event::Submit { spec: Box::new(spec), reply }).await?
     }
 
+    /// The task with its retained output (read from disk for a finished task).
     pub async fn get(&self, id: TaskId) -> Result<Task, Error> {
-        self.ask(|reply| Event::Get { id, reply }).await?.ok_or(Error::NotFound(id))
+        let task = self.ask(|reply| Event::Get { id, reply }).await?.ok_or(Error::NotFound(id))?;
+        if task.state.is_terminal() && task.outcome.is_some() {
+            return self.stored(task).await;
+        }
+        Ok(task)
+    }
+
+    /// The durable record of a finished task; `fallback` if it is (not yet) on disk.
+    async fn stored(&self, fallback: Task) -> Result<Task, Error> {
+        let store = self.store.clone();
+        let id = fallback.id;
+        match tokio::task::spawn_blocking(move || store.get_task(id)).await {
+            Ok(Ok(Some(task))) => Ok(task),
+            Ok(Ok(None)) => Ok(fallback),
+            Ok(Err(err)) => Err(Error::Storage(err.to_string())),
+            Err(err) => Err(Error::Storage(err.to_string())),
+        }
     }
 
     pub async fn list(&self, state: Option<TaskState>, limit: usize) -> Result<Vec<Task>, Error> {
@@ -189,7 +215,10 @@ impl Handle {
     }
 
     pub async fn watch(&self, id: TaskId) -> Result<Arc<Feed>, Error> {
-        self.ask(|reply| Event::Watch { id, reply }).await?
+        match self.ask(|reply| Event::Watch { id, reply }).await?? {
+            WatchReply::Live(feed) => Ok(feed),
+            WatchReply::Final(task) => Ok(Feed::new(self.stored(*task).await?)),
+        }
     }
 
     pub async fn agents(&self) -> Result<Vec<AgentView>, Error> {
@@ -266,7 +295,7 @@ impl Core {
     pub fn start(config: Config, store: &Store) -> Result<(Handle, tokio::task::JoinHandle<()>), store::Error> {
         let tasks = store.load_tasks()?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let handle = Handle { events: tx.clone(), healthy: Arc::new(AtomicBool::new(true)) };
+        let handle = Handle { events: tx.clone(), healthy: Arc::new(AtomicBool::new(true)), store: store.clone() };
         let writer = store.start_writer(move |result| {
             let _ = tx.send(Event::Committed(result));
         });
@@ -315,6 +344,10 @@ impl Core {
                     n_leased += 1;
                 }
                 _ => {}
+            }
+            let mut task = task;
+            if task.state.is_terminal() {
+                strip_output(&mut task);
             }
             self.tasks.insert(task.id, task);
         }
@@ -371,26 +404,31 @@ impl Core {
                 let _ = reply.send(self.tasks.get(&id).cloned());
             }
             Event::List { state, limit, reply } => {
+                // Summaries: output only comes with a single task.
                 let tasks = self
                     .tasks
                     .values()
                     .rev()
                     .filter(|t| state.is_none_or(|s| t.state == s))
                     .take(limit)
-                    .cloned()
+                    .map(|t| {
+                        let mut t = t.clone();
+                        strip_output(&mut t);
+                        t
+                    })
                     .collect();
                 let _ = reply.send(tasks);
             }
             Event::Cancel { id, reason, reply } => self.cancel(id, reason, reply, now),
             Event::Watch { id, reply } => {
                 let result = match self.feeds.get(&id) {
-                    Some(feed) => Ok(feed.clone()),
+                    Some(feed) => Ok(WatchReply::Live(feed.clone())),
                     None => match self.tasks.get(&id) {
-                        Some(task) if task.state.is_terminal() => Ok(Feed::new(task.clone())),
+                        Some(task) if task.state.is_terminal() => Ok(WatchReply::Final(Box::new(task.clone()))),
                         Some(task) => {
                             let feed = Feed::new(task.clone());
                             self.feeds.insert(id, feed.clone());
-                            Ok(feed)
+                            Ok(WatchReply::Live(feed))
                         }
                         None => Err(Error::NotFound(id)),
                     },
@@ -751,16 +789,21 @@ impl Core {
         }
     }
 
-    /// Tells watchers about a durable change; a task that is final and no longer leased has
-    /// nothing more to say, so its feed is finished and dropped.
+    /// Tells watchers about a durable change. A task that is final and no longer leased has
+    /// nothing more to say: its feed is finished and dropped, and its output, now on disk, leaves
+    /// memory.
     fn notify(&mut self, id: TaskId) {
-        let task = &self.tasks[&id];
-        let Some(feed) = self.feeds.get(&id) else { return };
-        if task.state.is_terminal() && self.queue.lease(id).is_none() {
-            feed.finish(task);
-            self.feeds.remove(&id);
-        } else {
-            feed.update(task);
+        let settled = self.tasks[&id].state.is_terminal() && self.queue.lease(id).is_none();
+        if let Some(feed) = self.feeds.get(&id) {
+            if settled {
+                feed.finish(&self.tasks[&id]);
+                self.feeds.remove(&id);
+            } else {
+                feed.update(&self.tasks[&id]);
+            }
+        }
+        if settled {
+            strip_output(self.tasks.get_mut(&id).expect("a notified task exists"));
         }
     }
 
@@ -851,6 +894,15 @@ impl Core {
                 }
             })
             .collect()
+    }
+}
+
+/// Drops the retained output bytes (their totals stay), for summaries and for finished tasks
+/// whose output is on disk.
+fn strip_output(task: &mut Task) {
+    if let Some(outcome) = &mut task.outcome {
+        outcome.stdout = Vec::new();
+        outcome.stderr = Vec::new();
     }
 }
 

@@ -16,12 +16,20 @@ use crate::domain::{Stream, Task};
 #[derive(Debug, Clone)]
 pub enum FeedEvent {
     Snapshot(Arc<Task>),
-    Output { stream: Stream, offset: u64, data: Vec<u8> },
+    /// `offset` counts from the start of this attempt's output: a retried task starts again at 0.
+    Output {
+        attempt: u32,
+        stream: Stream,
+        offset: u64,
+        data: Vec<u8>,
+    },
 }
 
 struct State {
     task: Arc<Task>,
     version: u64,
+    /// The attempt whose output `output` holds.
+    attempt: u32,
     output: [Vec<u8>; 2],
     cap: usize,
     finished: bool,
@@ -35,6 +43,7 @@ pub struct Feed {
 /// What one watcher has already been given.
 #[derive(Debug, Default, Clone)]
 pub struct Cursor {
+    attempt: u32,
     sent: [usize; 2],
     version: Option<u64>,
     done: bool,
@@ -54,6 +63,7 @@ impl Feed {
         let cap = task.spec.limits.max_output_bytes as usize;
         let feed = Arc::new(Feed {
             state: Mutex::new(State {
+                attempt: task.attempt,
                 task: Arc::new(task),
                 version: 0,
                 output: [Vec::new(), Vec::new()],
@@ -81,12 +91,16 @@ impl Feed {
         self.changed.subscribe()
     }
 
-    /// Records a new snapshot of the task.
+    /// Records a new snapshot of the task. A new attempt starts its output afresh.
     pub fn update(&self, task: &Task) {
         {
             let mut state = self.lock();
             if state.finished {
                 return;
+            }
+            if task.attempt != state.attempt {
+                state.attempt = task.attempt;
+                state.output = [Vec::new(), Vec::new()];
             }
             state.task = Arc::new(task.clone());
             state.version += 1;
@@ -116,6 +130,10 @@ impl Feed {
     pub fn finish(&self, task: &Task) {
         {
             let mut state = self.lock();
+            if task.attempt != state.attempt {
+                state.attempt = task.attempt;
+                state.output = [Vec::new(), Vec::new()];
+            }
             if let Some(outcome) = &task.outcome {
                 // The outcome holds at least what streamed live (same bytes, same cap), so a
                 // watcher's cursor stays valid.
@@ -141,12 +159,21 @@ impl Feed {
             events.push(FeedEvent::Snapshot(state.task.clone()));
             cursor.version = Some(state.version);
         }
+        if cursor.attempt != state.attempt {
+            cursor.attempt = state.attempt;
+            cursor.sent = [0, 0];
+        }
         for stream in [Stream::Stdout, Stream::Stderr] {
             let held = &state.output[stream.index()];
             let sent = &mut cursor.sent[stream.index()];
             while *sent < held.len() {
                 let end = held.len().min(*sent + MAX_EVENT_BYTES);
-                events.push(FeedEvent::Output { stream, offset: *sent as u64, data: held[*sent..end].to_vec() });
+                events.push(FeedEvent::Output {
+                    attempt: state.attempt,
+                    stream,
+                    offset: *sent as u64,
+                    data: held[*sent..end].to_vec(),
+                });
                 *sent = end;
             }
         }
@@ -204,7 +231,7 @@ mod tests {
         events
             .iter()
             .filter_map(|e| match e {
-                FeedEvent::Output { stream, offset, data } => Some((*stream, *offset, data.clone())),
+                FeedEvent::Output { stream, offset, data, .. } => Some((*stream, *offset, data.clone())),
                 FeedEvent::Snapshot(_) => None,
             })
             .collect()
@@ -226,6 +253,23 @@ mod tests {
         let events = feed.read(&mut late);
         assert!(matches!(events[0], FeedEvent::Snapshot(_)));
         assert_eq!(output(&events), vec![(Stream::Stdout, 0, b"hello worl".to_vec())]);
+    }
+
+    #[test]
+    fn a_new_attempt_starts_its_output_afresh() {
+        let mut first = task();
+        first.attempt = 1;
+        let feed = Feed::new(first.clone());
+        let mut cursor = Cursor::default();
+        feed.append(Stream::Stdout, 0, b"first");
+        feed.read(&mut cursor);
+        let mut second = first;
+        second.attempt = 2;
+        feed.update(&second);
+        feed.append(Stream::Stdout, 0, b"again");
+        let events = feed.read(&mut cursor);
+        assert_eq!(output(&events), vec![(Stream::Stdout, 0, b"again".to_vec())]);
+        assert!(events.iter().any(|e| matches!(e, FeedEvent::Output { attempt: 2, .. })));
     }
 
     #[test]

@@ -133,11 +133,19 @@ async fn serve(args: HubArgs, dev_slots: Option<u32>) -> anyhow::Result<()> {
     let admin_token = data_dir.token_file(Role::Admin);
     let join_token = data_dir.token_file(Role::Join);
     eprintln!();
-    eprintln!("  AgentCom hub on {url}   (dashboard: {url}/)");
+    eprintln!("  AgentCom hub on {url}");
     eprintln!("  admin token: {}", admin_token.display());
     eprintln!("  join token:  {}", join_token.display());
     if dev_slots.is_some() {
-        eprintln!("  try:  cargo run --release --bin hubctl -- submit --wait -- echo hello");
+        // hubctl finds ./.agentcom/admin.token and the default address by itself; say what else it needs.
+        let mut env = String::new();
+        if url != "http://127.0.0.1:7420" {
+            env.push_str(&format!("AGENTCOM_HUB={url} "));
+        }
+        if args.data_dir != std::path::Path::new(".agentcom") {
+            env.push_str(&format!("AGENTCOM_TOKEN=$(cat {}) ", admin_token.display()));
+        }
+        eprintln!("  try:  {env}cargo run --release --bin hubctl -- submit --wait -- echo hello");
         eprintln!("  more sidecars:  agentcom-sidecar run --hub {url} --token-file {}", join_token.display());
     }
     eprintln!();

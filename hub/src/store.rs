@@ -19,7 +19,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use tokio::sync::mpsc;
 
 use crate::convert;
-use crate::domain::Task;
+use crate::domain::{Task, TaskId};
 
 /// Task id (a ULID as u128, so keys sort by age) -> encoded `v1::Task`.
 const TASKS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("tasks");
@@ -114,6 +114,16 @@ impl Store {
             tasks.push(task);
         }
         Ok(tasks)
+    }
+
+    /// One stored task. Blocking: call from a blocking context.
+    pub fn get_task(&self, id: TaskId) -> Result<Option<Task>, Error> {
+        let txn = self.db.begin_read().map_err(redb_err)?;
+        let table = txn.open_table(TASKS).map_err(redb_err)?;
+        let key = u128::from(id.0);
+        let Some(value) = table.get(key).map_err(redb_err)? else { return Ok(None) };
+        let record = pb::Task::decode(value.value()).map_err(|err| Error::Corrupt { key, message: err.to_string() })?;
+        convert::task_from_pb(record).map(Some).map_err(|err| Error::Corrupt { key, message: err.to_string() })
     }
 
     /// Token hashes and their roles.
@@ -236,7 +246,7 @@ fn apply_batch(db: &Database, ops: Vec<Op>) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{SpecDefaults, TaskId, TaskSpec, TaskState};
+    use crate::domain::{SpecDefaults, TaskSpec, TaskState};
     use std::sync::mpsc as std_mpsc;
 
     fn task(n: i64) -> Task {
@@ -268,6 +278,8 @@ mod tests {
 
         let store = Store::open(&path).unwrap();
         assert_eq!(store.load_tasks().unwrap(), tasks);
+        assert_eq!(store.get_task(tasks[3].id).unwrap().as_ref(), Some(&tasks[3]));
+        assert_eq!(store.get_task(TaskId::new(7)).unwrap(), None);
     }
 
     #[test]

@@ -163,7 +163,7 @@ impl Client {
         let mut parser = sse::Parser::default();
         let mut bytes = response.bytes_stream();
         let mut last: Option<Value> = None;
-        let mut written = [0u64; 2];
+        let mut written = Written::default();
         while let Some(chunk) = bytes.next().await {
             let chunk = chunk.context("the event stream broke")?;
             for event in parser.feed(&chunk) {
@@ -185,8 +185,26 @@ impl Client {
     }
 }
 
+/// How much of the current attempt's output is already written, per stream.
+#[derive(Default)]
+struct Written {
+    attempt: u64,
+    bytes: [u64; 2],
+}
+
 /// Writes an output event's bytes to our stdout or stderr, skipping what was already written.
-fn write_output(output: &Value, written: &mut [u64; 2]) -> anyhow::Result<()> {
+/// A retried task's output starts again at offset 0; a note on stderr marks the new attempt.
+fn write_output(output: &Value, written: &mut Written) -> anyhow::Result<()> {
+    let attempt = output["attempt"].as_u64().unwrap_or(0);
+    if attempt > written.attempt {
+        if written.attempt > 0 {
+            eprintln!("[hubctl: the task is being retried: attempt {attempt}]");
+        }
+        *written = Written { attempt, bytes: [0, 0] };
+    } else if attempt < written.attempt {
+        return Ok(());
+    }
+    let written = &mut written.bytes;
     let index = if output["stream"] == "stderr" { 1 } else { 0 };
     let offset = output["offset"].as_u64().unwrap_or(0);
     let data = base64::engine::general_purpose::STANDARD

@@ -24,6 +24,14 @@ async fn a_task_runs_and_reports_output_and_exit_code() {
     assert_eq!(failed["state"], "failed");
     assert_eq!(failed["state_reason"], "exit code 7");
     assert_eq!(failed["outcome"]["exit"]["code"], 7);
+    // Listings are summaries; the output itself comes with the single task (read from disk).
+    let (status, listed) = mesh.api.request(Method::GET, "/api/v1/tasks?state=succeeded", None).await;
+    assert_eq!(status, 200);
+    let summary = &listed["tasks"][0];
+    assert_eq!(
+        (summary["outcome"]["stdout"].as_str(), summary["outcome"]["stdout_total_bytes"].as_u64()),
+        (Some(""), Some(4))
+    );
     mesh.stop().await;
 }
 
@@ -245,9 +253,25 @@ async fn queued_tasks_wait_for_a_sidecar_and_run_in_priority_order() {
 async fn a_lost_sidecar_has_its_task_requeued_to_another() {
     let mut mesh = TestMesh::new().sidecars(1).slots(1).start().await;
     // The first attempt hangs; the second finishes.
-    let body = shell(r#"if [ "$AGENTCOM_ATTEMPT" = 1 ]; then sleep 30; fi; echo "attempt $AGENTCOM_ATTEMPT""#);
+    let body = shell(r#"echo "attempt $AGENTCOM_ATTEMPT"; if [ "$AGENTCOM_ATTEMPT" = 1 ]; then sleep 30; fi"#);
     let task = mesh.api.submit(body).await;
     let id = task["id"].as_str().unwrap().to_owned();
+    // A watcher that stays through the retry sees each attempt's output from its own offset 0.
+    let mut client = admin_client(&mesh.url).await;
+    let mut events = client
+        .watch_task(with_token(pb::WatchTaskRequest { id: id.clone() }, &mesh.admin_token))
+        .await
+        .unwrap()
+        .into_inner();
+    let watcher = tokio::spawn(async move {
+        let mut outputs = Vec::new();
+        while let Some(event) = events.message().await.unwrap() {
+            if let Some(pb::task_event::Kind::Output(chunk)) = event.kind {
+                outputs.push((chunk.attempt, chunk.offset, String::from_utf8(chunk.data).unwrap()));
+            }
+        }
+        outputs
+    });
     assert_eventually!(mesh.api.get(&id).await["state"] == "running", PATIENCE, "task running");
     let lost = mesh.sidecars.remove(0);
     lost.abort();
@@ -259,5 +283,7 @@ async fn a_lost_sidecar_has_its_task_requeued_to_another() {
     assert_eq!(task["attempt"], 2);
     assert_eq!(task["lease_generation"], 2);
     assert_eq!(task["outcome"]["stdout"], "attempt 2\n");
+    let outputs = watcher.await.unwrap();
+    assert_eq!(outputs.last(), Some(&(2, 0, "attempt 2\n".to_owned())), "{outputs:?}");
     mesh.stop().await;
 }

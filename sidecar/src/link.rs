@@ -270,7 +270,7 @@ impl Link {
                 SideMsg::Started(pb::TaskStarted { task_id, lease_generation, pid })
             }
             JobEvent::Output { task_id, lease_generation, stream, offset, data } => {
-                let chunk = pb::OutputChunk { stream: stream_to_pb(stream).into(), offset, data };
+                let chunk = pb::OutputChunk { stream: stream_to_pb(stream).into(), offset, data, attempt: 0 };
                 let message = SideMsg::Output(pb::TaskOutput { task_id, lease_generation, chunk: Some(chunk) });
                 let _ = outbound.try_send(pb::SidecarMessage { msg: Some(message) });
                 return Ok(());

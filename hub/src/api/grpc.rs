@@ -117,10 +117,11 @@ impl pb::admin_server::Admin for AdminService {
         let stream = feed::events(feed, self.stop.clone()).map(|event| {
             let kind = match event {
                 FeedEvent::Snapshot(task) => pb::task_event::Kind::Snapshot(convert::task_to_pb(&task)),
-                FeedEvent::Output { stream, offset, data } => pb::task_event::Kind::Output(pb::OutputChunk {
+                FeedEvent::Output { attempt, stream, offset, data } => pb::task_event::Kind::Output(pb::OutputChunk {
                     stream: convert::stream_to_pb(stream).into(),
                     offset,
                     data,
+                    attempt,
                 }),
             };
             Ok(pb::TaskEvent { kind: Some(kind) })

@@ -332,17 +332,20 @@ async fn list_agents(State(state): State<HttpState>) -> Result<Json<serde_json::
 }
 
 /// `GET /api/v1/tasks/{id}/events`: `snapshot` events carry the task, `output` events carry
-/// `{stream, offset, data_base64}`. The stream ends after the task's final snapshot.
+/// `{attempt, stream, offset, data_base64}`. The stream ends after the task's final snapshot.
 async fn task_events(State(state): State<HttpState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let feed = state.hub.watch(id.parse::<TaskId>()?).await?;
     let events = feed::events(feed, state.stop.clone()).map(|event| {
         let sse = match event {
             FeedEvent::Snapshot(task) => SseEvent::default().event("snapshot").json_data(&*task),
-            FeedEvent::Output { stream, offset, data } => SseEvent::default().event("output").json_data(json!({
-                "stream": stream,
-                "offset": offset,
-                "data_base64": base64::engine::general_purpose::STANDARD.encode(&data),
-            })),
+            FeedEvent::Output { attempt, stream, offset, data } => {
+                SseEvent::default().event("output").json_data(json!({
+                    "attempt": attempt,
+                    "stream": stream,
+                    "offset": offset,
+                    "data_base64": base64::engine::general_purpose::STANDARD.encode(&data),
+                }))
+            }
         };
         Ok::<_, Infallible>(sse.expect("task events serialize"))
     });
