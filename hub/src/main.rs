@@ -150,10 +150,10 @@ async fn serve(args: HubArgs, dev_slots: Option<u32>) -> anyhow::Result<()> {
     }
     eprintln!();
 
-    shutdown_signal().await;
+    agentcom_sidecar::shutdown_signal().await;
     eprintln!("shutting down (Ctrl-C again to force)");
     tokio::spawn(async {
-        shutdown_signal().await;
+        agentcom_sidecar::shutdown_signal().await;
         std::process::exit(130);
     });
     // The hub first: it cancels in-flight work and waits for the local sidecar to report it.
@@ -164,13 +164,4 @@ async fn serve(args: HubArgs, dev_slots: Option<u32>) -> anyhow::Result<()> {
         join.await.context("sidecar task")??;
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -72,6 +72,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     link::Link::new(config).run(shutdown).await
 }
 
+/// Completes on Ctrl-C (SIGINT) or SIGTERM: the binaries' shutdown trigger.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 /// Default shell settings for a work directory, taking the allowlisted part of `vars`.
 pub fn shell_settings(
     work_dir: std::path::PathBuf,

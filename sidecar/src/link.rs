@@ -331,17 +331,7 @@ impl Link {
                     let sink = Arc::new(JobSink { task_id: task_id.clone(), lease_generation, events: events.clone() });
                     shell::run(&job, &settings, sink, cancel).await
                 }
-                Err(error) => Outcome {
-                    exit: Exit::Unknown,
-                    duration: Duration::ZERO,
-                    stdout: Vec::new(),
-                    stderr: Vec::new(),
-                    stdout_total_bytes: 0,
-                    stderr_total_bytes: 0,
-                    timed_out: false,
-                    cancelled: false,
-                    error: Some(error),
-                },
+                Err(error) => Outcome::failed_to_start(error),
             };
             let _ = events.send(JobEvent::Finished { task_id, lease_generation, outcome }).await;
         });

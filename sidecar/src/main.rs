@@ -82,15 +82,6 @@ async fn main() -> anyhow::Result<()> {
         shell: agentcom_sidecar::shell_settings(work_dir, std::env::vars(), &allow),
         default_max_output_bytes: args.max_output_bytes,
     };
-    agentcom_sidecar::run(config, shutdown_signal()).await?;
+    agentcom_sidecar::run(config, agentcom_sidecar::shutdown_signal()).await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

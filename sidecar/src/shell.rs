@@ -66,7 +66,8 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn failed_to_start(error: String) -> Outcome {
+    /// The work never ran as a process.
+    pub fn failed_to_start(error: String) -> Outcome {
         Outcome {
             exit: Exit::Unknown,
             duration: Duration::ZERO,
