@@ -210,3 +210,25 @@ async fn hubctl_against_dev_prints_output_and_passes_exit_codes_through() {
     assert_eq!(task["state_reason"], "hub shutting down");
     assert_eq!(task["outcome"]["exit"]["signal"], 15, "the sidecar's report of the killed process was recorded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_task_survives_kill_9_of_the_hub_and_finishes_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let beats = ["--heartbeat-interval-ms", "200", "--lease-ttl-ms", "3000"];
+    let mut hub = HubProcess::serve(&dir.path().join("hub"), &beats).await;
+    let _sidecar = SidecarProcess::start(&hub, "steady", 1, &work);
+    assert_eventually!(hub.api.agents().await.len() == 1, PATIENCE, "sidecar joined");
+    let id =
+        hub.api.submit(shell("echo started >> runs.log; sleep 2; echo done")).await["id"].as_str().unwrap().to_owned();
+    assert_eventually!(hub.api.get(&id).await["state"] == "running", PATIENCE, "task running");
+    hub.kill9();
+    hub.restart().await;
+    // The sidecar reconnects, reports the task it still runs, and keeps its lease.
+    let task = hub.api.wait_final(&id, PATIENCE).await;
+    assert_eq!(task["state"], "succeeded", "{task}");
+    assert_eq!(task["attempt"], 1, "the task was not retried: {task}");
+    assert_eq!(task["outcome"]["stdout"], "done\n");
+    assert_eq!(std::fs::read_to_string(work.join("runs.log")).unwrap(), "started\n");
+}
