@@ -120,6 +120,7 @@ pub fn spec_from_pb(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result<TaskS
     let context = spec.context.unwrap_or_default();
     let limits = spec.limits.unwrap_or_default();
     let placement = spec.placement.unwrap_or_default();
+    let retry = spec.retry.unwrap_or_default();
     let verification = spec
         .verification
         .into_iter()
@@ -162,6 +163,12 @@ pub fn spec_from_pb(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result<TaskS
         placement: Placement { tags: placement.tags, host: placement.host, model: placement.model },
         depends_on,
         labels: btree(spec.labels),
+        retry: RetryPolicy {
+            backoff_base_ms: opt_nonzero(retry.backoff_base_ms).unwrap_or(defaults.backoff_base_ms),
+            backoff_max_ms: opt_nonzero(retry.backoff_max_ms)
+                .unwrap_or(defaults.backoff_max_ms.max(retry.backoff_base_ms)),
+            retry_on_exit_codes: retry.retry_on_exit_codes,
+        },
     };
     spec.validate()?;
     Ok(spec)
@@ -246,6 +253,11 @@ pub fn spec_to_pb(spec: &TaskSpec) -> pb::TaskSpec {
         }),
         depends_on: spec.depends_on.iter().map(|id| id.to_string()).collect(),
         labels: spec.labels.clone().into_iter().collect(),
+        retry: Some(pb::RetryPolicy {
+            backoff_base_ms: spec.retry.backoff_base_ms,
+            backoff_max_ms: spec.retry.backoff_max_ms,
+            retry_on_exit_codes: spec.retry.retry_on_exit_codes.clone(),
+        }),
     }
 }
 
@@ -353,6 +365,7 @@ mod tests {
         spec.labels.insert("team".into(), "infra".into());
         spec.verification = vec![Verification::FileExists("out.txt".into()), Verification::GitClean];
         spec.limits.timeout_ms = Some(5_000);
+        spec.retry.retry_on_exit_codes = vec![75];
         let mut task = Task::new(TaskId::new(42), spec, 42);
         task.set_state(TaskState::Failed, "exit code 3", 50);
         task.outcome = Some(Outcome {
@@ -394,7 +407,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let defaults = SpecDefaults { max_attempts: 7, max_output_bytes: 99 };
+        let defaults = SpecDefaults { max_attempts: 7, max_output_bytes: 99, ..SpecDefaults::default() };
         let spec = spec_from_pb(spec, &defaults).unwrap();
         assert_eq!((spec.limits.max_attempts, spec.limits.max_output_bytes), (7, 99));
         assert_eq!(spec.priority, Lane::Normal);

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use crate::agent::{self, AgentEvent, AgentState};
 use crate::domain::*;
 use crate::feed::Feed;
-use crate::queue::{Fence, Lease, Queue};
+use crate::queue::{self, Fence, Lease, Queue};
 use crate::store::{self, Op, Store, Writer};
 
 #[derive(Clone, Debug)]
@@ -32,6 +32,8 @@ pub struct Config {
     pub cancel_inflight_on_shutdown: bool,
     /// How long a shutdown waits for sidecars to report cancelled work.
     pub shutdown_grace: Duration,
+    /// A ready task ranks one lane higher for every step it has existed (anti-starvation).
+    pub aging_step: Duration,
 }
 
 impl Default for Config {
@@ -42,6 +44,7 @@ impl Default for Config {
             spec_defaults: SpecDefaults::default(),
             cancel_inflight_on_shutdown: false,
             shutdown_grace: Duration::from_secs(3),
+            aging_step: Duration::from_millis(crate::queue::DEFAULT_AGING_STEP_MS as u64),
         }
     }
 }
@@ -55,6 +58,8 @@ pub enum Error {
     NotFound(TaskId),
     #[error("task {id} is already {state}")]
     AlreadyFinal { id: TaskId, state: &'static str },
+    #[error("task {id} is {state}, not dead-lettered")]
+    NotDeadLettered { id: TaskId, state: &'static str },
     #[error("storage failed: {0}")]
     Storage(String),
     #[error("the hub is shutting down")]
@@ -138,6 +143,8 @@ pub enum Event {
     Cancel { id: TaskId, reason: String, reply: Reply<Result<Task, Error>> },
     Watch { id: TaskId, reply: Reply<Result<WatchReply, Error>> },
     Agents { reply: Reply<Vec<AgentView>> },
+    RetryDeadLetter { id: TaskId, reply: Reply<Result<Task, Error>> },
+    PurgeDeadLetters { finished_before: UnixMs, reply: Reply<Result<usize, Error>> },
     Hello { hello: SidecarHello, outbox: mpsc::Sender<ToSidecar>, reply: Reply<Result<(Welcome, u64), Error>> },
     FromSidecar { sidecar_id: String, session: u64, message: FromSidecar },
     SessionClosed { sidecar_id: String, session: u64 },
@@ -162,7 +169,11 @@ pub enum AfterCommit {
     /// A state change is durable: tell watchers.
     Changed(TaskId),
     /// A cancel is durable: answer the caller.
-    Cancelled { task_id: TaskId, reply: Reply<Result<Task, Error>> },
+    Answer { task_id: TaskId, reply: Reply<Result<Task, Error>> },
+    /// A dead-letter retry is durable: answer the caller, then make the task dispatchable.
+    Requeued { task_id: TaskId, reply: Reply<Result<Task, Error>> },
+    /// A purge is durable: answer with how many tasks went.
+    Purged { count: usize, reply: Reply<Result<usize, Error>> },
 }
 
 /// A cheap, cloneable way to talk to the core.
@@ -225,6 +236,16 @@ impl Handle {
         self.ask(|reply| Event::Agents { reply }).await
     }
 
+    /// Puts a dead-lettered task back in the queue with a fresh set of attempts.
+    pub async fn retry_dead_letter(&self, id: TaskId) -> Result<Task, Error> {
+        self.ask(|reply| Event::RetryDeadLetter { id, reply }).await?
+    }
+
+    /// Deletes dead-lettered tasks that finished before `finished_before`; returns how many.
+    pub async fn purge_dead_letters(&self, finished_before: UnixMs) -> Result<usize, Error> {
+        self.ask(|reply| Event::PurgeDeadLetters { finished_before, reply }).await?
+    }
+
     /// Registers a sidecar session; returns the welcome and the session number to quote.
     pub async fn hello(&self, hello: SidecarHello, outbox: mpsc::Sender<ToSidecar>) -> Result<(Welcome, u64), Error> {
         self.ask(|reply| Event::Hello { hello, outbox, reply }).await?
@@ -276,6 +297,8 @@ pub struct Core {
     /// Submits not yet durable, with everyone waiting on them.
     pending_submits: HashMap<TaskId, Vec<SubmitWaiter>>,
     queue: Queue,
+    /// Deadlines of tasks waiting to start: (deadline, id).
+    deadlines: std::collections::BTreeSet<(UnixMs, TaskId)>,
     sidecars: HashMap<String, Sidecar>,
     agents: BTreeMap<String, Agent>,
     feeds: HashMap<TaskId, Arc<Feed>>,
@@ -299,6 +322,7 @@ impl Core {
         let writer = store.start_writer(move |result| {
             let _ = tx.send(Event::Committed(result));
         });
+        let aging_step_ms = config.aging_step.as_millis() as i64;
         let mut core = Core {
             config,
             events: rx,
@@ -307,7 +331,8 @@ impl Core {
             tasks: BTreeMap::new(),
             by_key: HashMap::new(),
             pending_submits: HashMap::new(),
-            queue: Queue::default(),
+            queue: Queue::new(aging_step_ms),
+            deadlines: std::collections::BTreeSet::new(),
             sidecars: HashMap::new(),
             agents: BTreeMap::new(),
             feeds: HashMap::new(),
@@ -329,7 +354,7 @@ impl Core {
             }
             match task.state {
                 TaskState::Queued | TaskState::Waiting | TaskState::Ready => {
-                    self.queue.push_ready(task.id, task.spec.priority);
+                    self.wait(&task, None);
                     n_ready += 1;
                 }
                 state if state.is_leased() => {
@@ -438,6 +463,8 @@ impl Core {
             Event::Agents { reply } => {
                 let _ = reply.send(self.agent_views());
             }
+            Event::RetryDeadLetter { id, reply } => self.retry_dead_letter(id, reply, now),
+            Event::PurgeDeadLetters { finished_before, reply } => self.purge_dead_letters(finished_before, reply),
             Event::Hello { hello, outbox, reply } => {
                 let _ = reply.send(self.hello(hello, outbox, now));
                 self.dispatch(now);
@@ -489,6 +516,13 @@ impl Core {
             }
             return;
         }
+        if let Some(deadline) = spec.limits.deadline_unix_ms
+            && deadline <= now
+        {
+            let message = format!("is {} ms in the past", now - deadline);
+            let _ = reply.send(Err(Error::Invalid(crate::domain::Error::invalid("limits.deadline_unix_ms", message))));
+            return;
+        }
         let id = TaskId::new(now);
         if let Some(key) = &spec.idempotency_key {
             self.by_key.insert(key.clone(), id);
@@ -509,7 +543,7 @@ impl Core {
         }
         let reason = if reason.is_empty() { "cancelled by user".to_owned() } else { reason };
         task.set_state(TaskState::Cancelled, reason.clone(), now);
-        self.queue.remove_ready(id);
+        self.queue.remove_waiting(id);
         // A leased task keeps its lease until the sidecar reports the killed process (or the
         // lease lapses), so its agent stays busy and the final output is recorded.
         if let Some(lease) = self.queue.lease(id).cloned() {
@@ -518,7 +552,49 @@ impl Core {
                 ToSidecar::Cancel { task_id: id, lease_generation: lease.generation, reason },
             );
         }
-        self.persist(id, AfterCommit::Cancelled { task_id: id, reply });
+        self.persist(id, AfterCommit::Answer { task_id: id, reply });
+    }
+
+    fn retry_dead_letter(&mut self, id: TaskId, reply: Reply<Result<Task, Error>>, now: UnixMs) {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            let _ = reply.send(Err(Error::NotFound(id)));
+            return;
+        };
+        if task.state != TaskState::DeadLettered {
+            let _ = reply.send(Err(Error::NotDeadLettered { id, state: task.state.as_str() }));
+            return;
+        }
+        if task.spec.limits.deadline_unix_ms.is_some_and(|deadline| deadline <= now) {
+            // Its deadline passed: it would only expire again. Retrying means a new deadline.
+            task.spec.limits.deadline_unix_ms = None;
+        }
+        // A fresh set of attempts; the lease generation keeps counting up, so late messages
+        // from earlier attempts stay fenced off.
+        task.attempt = 0;
+        task.outcome = None;
+        task.finished_unix_ms = None;
+        task.set_state(TaskState::Queued, "retried from the dead-letter queue", now);
+        self.persist(id, AfterCommit::Requeued { task_id: id, reply });
+    }
+
+    fn purge_dead_letters(&mut self, finished_before: UnixMs, reply: Reply<Result<usize, Error>>) {
+        let doomed: Vec<TaskId> = self
+            .tasks
+            .values()
+            .filter(|t| t.state == TaskState::DeadLettered && t.finished_unix_ms.unwrap_or(0) < finished_before)
+            .map(|t| t.id)
+            .collect();
+        for id in &doomed {
+            if let Some(task) = self.tasks.remove(id)
+                && let Some(key) = task.spec.idempotency_key
+                && self.by_key.get(&key) == Some(id)
+            {
+                self.by_key.remove(&key);
+            }
+        }
+        let count = doomed.len();
+        info!(count, "purging dead letters");
+        self.write(doomed.into_iter().map(Op::DeleteTask).collect(), AfterCommit::Purged { count, reply });
     }
 
     fn send_to(&mut self, sidecar_id: &str, message: ToSidecar) {
@@ -645,11 +721,18 @@ impl Core {
                 }
                 self.release(task_id, now);
                 let task = self.tasks.get_mut(&task_id).expect("a leased task exists");
-                if task.state != TaskState::Cancelled {
-                    let (state, reason) = judge(&outcome);
+                let retryable = matches!(outcome.exit, Exit::Code(code) if task.spec.retry.retry_on_exit_codes.contains(&code))
+                    && outcome.error.is_none()
+                    && !outcome.timed_out;
+                let (state, reason) = judge(&outcome);
+                task.outcome = Some(outcome);
+                if task.state == TaskState::Cancelled {
+                    // The user's cancel stands; the outcome is the killed process's.
+                } else if state == TaskState::Failed && retryable {
+                    self.retry_or_dead_letter(task_id, reason, now);
+                } else {
                     task.set_state(state, reason, now);
                 }
-                task.outcome = Some(outcome);
                 self.persist(task_id, AfterCommit::Changed(task_id));
             }
         }
@@ -687,18 +770,62 @@ impl Core {
             &lease.sidecar_id,
             ToSidecar::Cancel { task_id, lease_generation: lease.generation, reason: why.to_owned() },
         );
-        let task = self.tasks.get_mut(&task_id).expect("a leased task exists");
-        if task.state == TaskState::Cancelled {
-            // The cancel was recorded already; there is no outcome to wait for any more.
-        } else if task.attempt < task.spec.limits.max_attempts {
-            warn!(task_id = %task_id, attempt = task.attempt, sidecar_id = lease.sidecar_id, why, "lease lost, requeueing");
-            task.set_state(TaskState::Queued, format!("requeued: {why}"), now);
-            self.queue.push_ready(task_id, task.spec.priority);
-        } else {
-            warn!(task_id = %task_id, attempt = task.attempt, why, "lease lost on the last attempt");
-            task.set_state(TaskState::Failed, format!("lost after {} attempts: {why}", task.attempt), now);
+        // A cancel was recorded already: there is no outcome to wait for any more.
+        if self.tasks[&task_id].state != TaskState::Cancelled {
+            warn!(task_id = %task_id, sidecar_id = lease.sidecar_id, why, "lease lost");
+            self.retry_or_dead_letter(task_id, why.to_owned(), now);
         }
         self.persist(task_id, AfterCommit::Changed(task_id));
+    }
+
+    /// A failed attempt that may be retried: requeue it after a backoff while attempts remain,
+    /// else dead-letter it with the reason.
+    fn retry_or_dead_letter(&mut self, task_id: TaskId, why: String, now: UnixMs) {
+        let task = self.tasks.get_mut(&task_id).expect("a known task");
+        let max_attempts = task.spec.limits.max_attempts;
+        if task.attempt < max_attempts {
+            let retry = &task.spec.retry;
+            let delay =
+                queue::retry_delay_ms(task.attempt + 1, retry.backoff_base_ms, retry.backoff_max_ms, rand::random());
+            task.set_state(
+                TaskState::Queued,
+                format!("retrying in {delay} ms after attempt {}: {why}", task.attempt),
+                now,
+            );
+            let task = task.clone();
+            self.wait(&task, Some(now + delay));
+        } else {
+            let reason = format!("{why} (attempt {} of {max_attempts})", task.attempt);
+            warn!(task_id = %task_id, reason, "dead-lettered");
+            task.set_state(TaskState::DeadLettered, reason, now);
+        }
+    }
+
+    /// Puts a task in line to be dispatched, now or at `ready_at`, and minds its deadline.
+    fn wait(&mut self, task: &Task, ready_at: Option<UnixMs>) {
+        match ready_at {
+            Some(at) => self.queue.push_delayed(task.id, task.spec.priority, at),
+            None => self.queue.push_ready(task.id, task.spec.priority),
+        }
+        if let Some(deadline) = task.spec.limits.deadline_unix_ms {
+            self.deadlines.insert((deadline, task.id));
+        }
+    }
+
+    /// Dead-letters waiting tasks whose deadline passed before they started.
+    fn expire(&mut self, now: UnixMs) {
+        while let Some(&(deadline, id)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            if self.queue.remove_waiting(id) {
+                let task = self.tasks.get_mut(&id).expect("a waiting task exists");
+                task.set_state(TaskState::DeadLettered, "expired", now);
+                info!(task_id = %id, "expired before it started");
+                self.persist(id, AfterCommit::Changed(id));
+            }
+        }
     }
 
     fn session_closed(&mut self, sidecar_id: &str, session: u64, now: UnixMs) {
@@ -735,6 +862,8 @@ impl Core {
         for task_id in self.queue.expired(now) {
             self.lease_lost(task_id, "lease expired", now);
         }
+        self.queue.promote_due(now);
+        self.expire(now);
     }
 
     fn committed(&mut self, result: Result<Vec<AfterCommit>, Arc<store::Error>>) {
@@ -757,7 +886,7 @@ impl Core {
                 AfterCommit::Submitted(id) => {
                     let task = self.tasks[&id].clone();
                     if task.state == TaskState::Queued {
-                        self.queue.push_ready(id, task.spec.priority);
+                        self.wait(&task, None);
                     }
                     for (reply, existing) in self.pending_submits.remove(&id).unwrap_or_default() {
                         let _ = reply.send(Ok(Submitted { task: task.clone(), existing }));
@@ -781,9 +910,19 @@ impl Core {
                     self.notify(task_id);
                 }
                 AfterCommit::Changed(id) => self.notify(id),
-                AfterCommit::Cancelled { task_id, reply } => {
+                AfterCommit::Answer { task_id, reply } => {
                     let _ = reply.send(Ok(self.tasks[&task_id].clone()));
                     self.notify(task_id);
+                }
+                AfterCommit::Requeued { task_id, reply } => {
+                    let task = self.tasks[&task_id].clone();
+                    let _ = reply.send(Ok(task.clone()));
+                    if task.state == TaskState::Queued {
+                        self.wait(&task, None);
+                    }
+                }
+                AfterCommit::Purged { count, reply } => {
+                    let _ = reply.send(Ok(count));
                 }
             }
         }
@@ -824,26 +963,25 @@ impl Core {
             }
             let sidecars = &self.sidecars;
             let tasks = &self.tasks;
-            let mut choice = None;
-            let popped = self.queue.pop_ready(|id| {
-                let needed = tasks[&id].spec.work.capability();
-                let best = idle
-                    .iter()
+            let popped = self.queue.pop_ready(now, |id| {
+                let task = &tasks[&id];
+                if task.spec.limits.deadline_unix_ms.is_some_and(|deadline| deadline <= now) {
+                    return None; // Expired; the next tick dead-letters it.
+                }
+                let needed = task.spec.work.capability();
+                idle.iter()
                     .filter(|(sid, _)| {
                         sidecars
                             .get(**sid)
                             .is_some_and(|s| s.outbox.is_some() && s.hello.capabilities.iter().any(|c| c == needed))
                     })
-                    .max_by(|a, b| a.1.len().cmp(&b.1.len()).then_with(|| b.0.cmp(a.0)));
-                match best {
-                    Some((sid, agents)) => {
-                        choice = Some((sid.to_string(), agents[0].to_string()));
-                        true
-                    }
-                    None => false,
-                }
+                    .max_by(|a, b| a.1.len().cmp(&b.1.len()).then_with(|| b.0.cmp(a.0)))
+                    .map(|(sid, agents)| (sid.to_string(), agents[0].to_string()))
             });
-            let (Some(task_id), Some((sidecar_id, agent_id))) = (popped, choice) else { return };
+            let Some((task_id, (sidecar_id, agent_id))) = popped else { return };
+            if let Some(deadline) = self.tasks[&task_id].spec.limits.deadline_unix_ms {
+                self.deadlines.remove(&(deadline, task_id));
+            }
             let task = self.tasks.get_mut(&task_id).expect("a ready task exists");
             task.attempt += 1;
             task.lease_generation += 1;

@@ -29,6 +29,7 @@ pub mod limits {
     pub const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
     pub const MAX_ATTEMPTS: u32 = 100;
     pub const MAX_OUTPUT_BYTES: u64 = 64 * 1024 * 1024;
+    pub const MAX_BACKOFF_MS: u64 = 24 * 3600 * 1000;
 }
 
 /// A task's identity: a ULID, so ids sort by creation time.
@@ -289,16 +290,27 @@ pub struct Limits {
     pub max_output_bytes: u64,
 }
 
+/// When a failed attempt is retried, and after how long.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RetryPolicy {
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Exit codes that count as transient; other failures of the command are final.
+    pub retry_on_exit_codes: Vec<i32>,
+}
+
 /// Defaults for fields a submitter leaves unset; they come from the hub's configuration.
 #[derive(Clone, Debug)]
 pub struct SpecDefaults {
     pub max_attempts: u32,
     pub max_output_bytes: u64,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
 }
 
 impl Default for SpecDefaults {
     fn default() -> SpecDefaults {
-        SpecDefaults { max_attempts: 3, max_output_bytes: 1024 * 1024 }
+        SpecDefaults { max_attempts: 3, max_output_bytes: 1024 * 1024, backoff_base_ms: 1_000, backoff_max_ms: 60_000 }
     }
 }
 
@@ -324,6 +336,7 @@ pub struct TaskSpec {
     pub placement: Placement,
     pub depends_on: Vec<TaskId>,
     pub labels: BTreeMap<String, String>,
+    pub retry: RetryPolicy,
 }
 
 impl TaskSpec {
@@ -349,6 +362,11 @@ impl TaskSpec {
             placement: Placement::default(),
             depends_on: Vec::new(),
             labels: BTreeMap::new(),
+            retry: RetryPolicy {
+                backoff_base_ms: defaults.backoff_base_ms,
+                backoff_max_ms: defaults.backoff_max_ms,
+                retry_on_exit_codes: Vec::new(),
+            },
         }
     }
 
@@ -446,6 +464,19 @@ impl TaskSpec {
             return Err(Error::invalid("depends_on", format!("at most {MAX_LIST_ITEMS} dependencies allowed")));
         }
         check_env("labels", &self.labels)?;
+        let retry = &self.retry;
+        if retry.backoff_base_ms == 0 || retry.backoff_base_ms > MAX_BACKOFF_MS {
+            return Err(Error::invalid("retry.backoff_base_ms", format!("must be between 1 and {MAX_BACKOFF_MS}")));
+        }
+        if retry.backoff_max_ms < retry.backoff_base_ms || retry.backoff_max_ms > MAX_BACKOFF_MS {
+            return Err(Error::invalid(
+                "retry.backoff_max_ms",
+                format!("must be between backoff_base_ms and {MAX_BACKOFF_MS}"),
+            ));
+        }
+        if retry.retry_on_exit_codes.len() > 64 {
+            return Err(Error::invalid("retry.retry_on_exit_codes", "at most 64 codes allowed"));
+        }
         Ok(())
     }
 }
@@ -651,6 +682,8 @@ mod tests {
         check(&|s| s.limits.max_attempts = 0, "limits.max_attempts");
         check(&|s| s.limits.timeout_ms = Some(0), "limits.timeout_ms");
         check(&|s| s.limits.max_output_bytes = limits::MAX_OUTPUT_BYTES + 1, "limits.max_output_bytes");
+        check(&|s| s.retry.backoff_base_ms = 0, "retry.backoff_base_ms");
+        check(&|s| s.retry.backoff_max_ms = s.retry.backoff_base_ms - 1, "retry.backoff_max_ms");
         check(
             &|s| {
                 if let Work::Shell(w) = &mut s.work {

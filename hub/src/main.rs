@@ -53,6 +53,15 @@ struct HubArgs {
     /// Output kept per stream for tasks that set no cap, in bytes.
     #[arg(long, default_value_t = 1024 * 1024)]
     max_output_bytes: u64,
+    /// First retry backoff for tasks that set none, in milliseconds (doubles per attempt).
+    #[arg(long, default_value_t = 1_000)]
+    retry_backoff_base_ms: u64,
+    /// Longest retry backoff for tasks that set none, in milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    retry_backoff_max_ms: u64,
+    /// A waiting task ranks one priority lane higher for every this many milliseconds (anti-starvation).
+    #[arg(long, default_value_t = 30_000)]
+    aging_step_ms: u64,
 }
 
 impl HubArgs {
@@ -63,6 +72,13 @@ impl HubArgs {
             "--lease-ttl-ms must be at least twice --heartbeat-interval-ms"
         );
         anyhow::ensure!((1..=100).contains(&self.max_attempts), "--max-attempts must be between 1 and 100");
+        let max_backoff = agentcom_hub::domain::limits::MAX_BACKOFF_MS;
+        anyhow::ensure!(
+            (1..=max_backoff).contains(&self.retry_backoff_base_ms)
+                && (self.retry_backoff_base_ms..=max_backoff).contains(&self.retry_backoff_max_ms),
+            "retry backoffs must satisfy 1 <= --retry-backoff-base-ms <= --retry-backoff-max-ms <= {max_backoff}"
+        );
+        anyhow::ensure!(self.aging_step_ms >= 1, "--aging-step-ms must be at least 1");
         anyhow::ensure!(
             (1..=agentcom_hub::domain::limits::MAX_OUTPUT_BYTES).contains(&self.max_output_bytes),
             "--max-output-bytes must be between 1 and {}",
@@ -71,7 +87,13 @@ impl HubArgs {
         Ok(core::Config {
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
             lease_ttl: Duration::from_millis(self.lease_ttl_ms),
-            spec_defaults: SpecDefaults { max_attempts: self.max_attempts, max_output_bytes: self.max_output_bytes },
+            spec_defaults: SpecDefaults {
+                max_attempts: self.max_attempts,
+                max_output_bytes: self.max_output_bytes,
+                backoff_base_ms: self.retry_backoff_base_ms,
+                backoff_max_ms: self.retry_backoff_max_ms,
+            },
+            aging_step: Duration::from_millis(self.aging_step_ms),
             ..core::Config::default()
         })
     }

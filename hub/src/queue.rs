@@ -4,13 +4,50 @@
 //! The hub core decides *what* happens to a task; this module answers *which* task is next
 //! and *whether* a message about a leased task is current (fencing).
 //!
-//! Order: strict lane priority (urgent, high, normal, low), then age. Task ids are ULIDs, so
-//! ordering by id within a lane is ordering by submit time, also for requeued tasks, which
-//! keep their place. Anti-starvation between lanes comes with the full queue semantics.
+//! Order: lane priority (urgent, high, normal, low), then age, with aging against starvation:
+//! for every `aging_step_ms` a ready task has existed (counted from its submit time, which a
+//! ULID carries) it ranks one lane higher, up to urgent. A task submitted at `t` in lane `k`
+//! (urgent = 0, low = 3) therefore ranks as urgent from `t + k * aging_step_ms` on, and from then
+//! waits only for ready tasks submitted before it. Requeued tasks keep their submit time, so a
+//! retry does not go to the back.
+//!
+//! Tasks waiting out a retry backoff sit in a delayed set until their time comes.
 
 use std::collections::{BTreeSet, HashMap};
 
 use crate::domain::{Lane, TaskId, UnixMs};
+
+/// How long a ready task waits before it ranks one lane higher, unless configured.
+pub const DEFAULT_AGING_STEP_MS: i64 = 30_000;
+
+fn lane_index(lane: Lane) -> usize {
+    match lane {
+        Lane::Urgent => 0,
+        Lane::High => 1,
+        Lane::Normal => 2,
+        Lane::Low => 3,
+    }
+}
+
+/// The submit time a task id carries.
+pub fn submitted_at(id: TaskId) -> UnixMs {
+    id.0.timestamp_ms() as UnixMs
+}
+
+/// The lane a ready task ranks in at `now` (0 = urgent).
+pub fn effective_lane(lane: Lane, id: TaskId, now: UnixMs, aging_step_ms: i64) -> usize {
+    let lifts = (now - submitted_at(id)).max(0) / aging_step_ms.max(1);
+    lane_index(lane).saturating_sub(lifts as usize)
+}
+
+/// The backoff before attempt `next_attempt` (2 is the first retry): `base * 2^(next_attempt - 2)`,
+/// capped at `max`, times `jitter` taken in [0.5, 1] (so many retries do not land at once).
+pub fn retry_delay_ms(next_attempt: u32, base_ms: u64, max_ms: u64, jitter: f64) -> i64 {
+    let doublings = next_attempt.saturating_sub(2).min(62);
+    let full = base_ms.saturating_mul(1u64 << doublings).min(max_ms);
+    let jitter = jitter.clamp(0.5, 1.0);
+    (full as f64 * jitter).round() as i64
+}
 
 /// Who holds a task, under which generation, until when.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,16 +67,42 @@ pub enum Fence {
     Stale { current_generation: u64 },
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Queue {
-    ready: BTreeSet<(Lane, TaskId)>,
+    /// Ready tasks per lane, oldest first (task ids sort by submit time).
+    lanes: [BTreeSet<TaskId>; 4],
     ready_lane: HashMap<TaskId, Lane>,
+    /// Tasks waiting out a backoff: (ready at, id).
+    delayed: BTreeSet<(UnixMs, TaskId)>,
+    delayed_until: HashMap<TaskId, (UnixMs, Lane)>,
     leases: HashMap<TaskId, Lease>,
+    aging_step_ms: i64,
+}
+
+impl Default for Queue {
+    fn default() -> Queue {
+        Queue::new(DEFAULT_AGING_STEP_MS)
+    }
 }
 
 impl Queue {
+    pub fn new(aging_step_ms: i64) -> Queue {
+        Queue {
+            lanes: Default::default(),
+            ready_lane: HashMap::new(),
+            delayed: BTreeSet::new(),
+            delayed_until: HashMap::new(),
+            leases: HashMap::new(),
+            aging_step_ms: aging_step_ms.max(1),
+        }
+    }
+
     pub fn n_ready(&self) -> usize {
-        self.ready.len()
+        self.ready_lane.len()
+    }
+
+    pub fn n_delayed(&self) -> usize {
+        self.delayed_until.len()
     }
 
     pub fn n_leased(&self) -> usize {
@@ -48,34 +111,75 @@ impl Queue {
 
     pub fn push_ready(&mut self, id: TaskId, lane: Lane) {
         debug_assert!(!self.leases.contains_key(&id), "a leased task cannot be ready");
-        if let Some(old) = self.ready_lane.insert(id, lane) {
-            self.ready.remove(&(old, id));
+        self.remove_waiting(id);
+        self.ready_lane.insert(id, lane);
+        self.lanes[lane_index(lane)].insert(id);
+    }
+
+    /// Makes the task ready at `ready_at` (a retry backoff).
+    pub fn push_delayed(&mut self, id: TaskId, lane: Lane, ready_at: UnixMs) {
+        debug_assert!(!self.leases.contains_key(&id), "a leased task cannot wait");
+        self.remove_waiting(id);
+        self.delayed_until.insert(id, (ready_at, lane));
+        self.delayed.insert((ready_at, id));
+    }
+
+    /// Moves delayed tasks whose time has come to ready; returns them.
+    pub fn promote_due(&mut self, now: UnixMs) -> Vec<TaskId> {
+        let due: Vec<(UnixMs, TaskId)> = self.delayed.range(..(now + 1, TaskId(ulid::Ulid::nil()))).copied().collect();
+        for (_, id) in &due {
+            let (_, lane) = self.delayed_until[id];
+            self.push_ready(*id, lane);
         }
-        self.ready.insert((lane, id));
+        due.into_iter().map(|(_, id)| id).collect()
     }
 
-    pub fn remove_ready(&mut self, id: TaskId) -> bool {
-        match self.ready_lane.remove(&id) {
-            Some(lane) => self.ready.remove(&(lane, id)),
-            None => false,
+    /// Takes a task out of the ready or delayed set (a cancel, an expiry).
+    pub fn remove_waiting(&mut self, id: TaskId) -> bool {
+        if let Some(lane) = self.ready_lane.remove(&id) {
+            self.lanes[lane_index(lane)].remove(&id);
+            return true;
         }
+        if let Some((ready_at, _)) = self.delayed_until.remove(&id) {
+            self.delayed.remove(&(ready_at, id));
+            return true;
+        }
+        false
     }
 
-    /// Takes the first ready task, in dispatch order, that `accept` takes.
-    pub fn pop_ready(&mut self, mut accept: impl FnMut(TaskId) -> bool) -> Option<TaskId> {
-        let key = *self.ready.iter().find(|(_, id)| accept(*id))?;
-        self.ready.remove(&key);
-        self.ready_lane.remove(&key.1);
-        Some(key.1)
+    /// Takes the ready task that ranks first at `now` among those `place` can place, and what
+    /// `place` said about it. Within a lane the oldest placeable task is that lane's best, so
+    /// only one candidate per lane is compared.
+    pub fn pop_ready<T>(&mut self, now: UnixMs, mut place: impl FnMut(TaskId) -> Option<T>) -> Option<(TaskId, T)> {
+        let mut best: Option<((usize, TaskId), T)> = None;
+        for (index, lane) in self.lanes.iter().enumerate() {
+            let Some((id, placement)) = lane.iter().find_map(|id| place(*id).map(|p| (*id, p))) else { continue };
+            let rank = (effective_lane(Lane::ALL[index], id, now, self.aging_step_ms), id);
+            if best.as_ref().is_none_or(|(best_rank, _)| rank < *best_rank) {
+                best = Some((rank, placement));
+            }
+        }
+        let ((_, id), placement) = best?;
+        self.remove_waiting(id);
+        Some((id, placement))
     }
 
-    /// Ready tasks in dispatch order.
-    pub fn ready_in_order(&self) -> impl Iterator<Item = TaskId> + '_ {
-        self.ready.iter().map(|(_, id)| *id)
+    /// Ready tasks in the order they would be taken at `now` (for listings and tests).
+    pub fn ready_in_order(&self, now: UnixMs) -> Vec<TaskId> {
+        let mut ready: Vec<(usize, TaskId)> = self
+            .ready_lane
+            .iter()
+            .map(|(id, lane)| (effective_lane(*lane, *id, now, self.aging_step_ms), *id))
+            .collect();
+        ready.sort_unstable();
+        ready.into_iter().map(|(_, id)| id).collect()
     }
 
     pub fn grant(&mut self, id: TaskId, lease: Lease) {
-        debug_assert!(!self.ready_lane.contains_key(&id), "a ready task must be popped before it is leased");
+        debug_assert!(
+            !self.ready_lane.contains_key(&id) && !self.delayed_until.contains_key(&id),
+            "a waiting task must be taken out before it is leased"
+        );
         self.leases.insert(id, lease);
     }
 
@@ -144,24 +248,46 @@ mod tests {
     }
 
     proptest! {
-        /// Popping everything yields lanes in priority order and, within a lane, submit order.
+        /// Without aging, popping everything yields lanes in priority order and, within a lane,
+        /// submit order.
         #[test]
         fn pops_follow_lane_then_age(tasks in prop::collection::vec((0usize..4, 0u64..1_000), 0..200)) {
-            let mut queue = Queue::default();
+            let mut queue = Queue::new(i64::MAX);
             // The index makes every id unique; the millisecond part gives it an age.
             let tasks: Vec<(Lane, TaskId)> =
                 tasks.iter().enumerate().map(|(i, (lane, ms))| (Lane::ALL[*lane], id(*ms, i as u128))).collect();
             for (lane, task) in &tasks {
                 queue.push_ready(*task, *lane);
             }
-            let mut popped = Vec::new();
-            while let Some(task) = queue.pop_ready(|_| true) {
-                popped.push(task);
-            }
             let mut expected = tasks.clone();
             expected.sort();
-            prop_assert_eq!(popped, expected.into_iter().map(|(_, task)| task).collect::<Vec<_>>());
+            let expected: Vec<TaskId> = expected.into_iter().map(|(_, task)| task).collect();
+            prop_assert_eq!(queue.ready_in_order(1_000), expected.clone());
+            let mut popped = Vec::new();
+            while let Some((task, ())) = queue.pop_ready(1_000, |_| Some(())) {
+                popped.push(task);
+            }
+            prop_assert_eq!(popped, expected);
             prop_assert_eq!(queue.n_ready(), 0);
+        }
+
+        /// The anti-starvation bound: `lane * step` after its submit, a task is taken before
+        /// every task submitted after it, whatever their lanes.
+        #[test]
+        fn aging_bounds_how_long_a_lower_lane_waits(
+            lane in 0usize..4,
+            step in 1i64..10_000,
+            others in prop::collection::vec((0usize..4, 1u64..100_000), 0..100),
+            extra in 0i64..100_000,
+        ) {
+            let mut queue = Queue::new(step);
+            let target = id(1_000, u128::MAX);
+            queue.push_ready(target, Lane::ALL[lane]);
+            for (i, (other_lane, delay)) in others.iter().enumerate() {
+                queue.push_ready(id(1_000 + delay, i as u128), Lane::ALL[*other_lane]);
+            }
+            let now = 1_000 + lane as i64 * step + extra;
+            prop_assert_eq!(queue.pop_ready(now, |_| Some(())).map(|(task, ())| task), Some(target));
         }
 
         /// Only the holder of the current generation passes the fence; renewals never shorten a lease.
@@ -184,16 +310,50 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// Backoff grows by doubling, never passes the cap, and jitter keeps at least half.
+        #[test]
+        fn backoff_stays_within_its_bounds(attempt in 2u32..200, base in 1u64..100_000, extra in 0u64..1_000_000, jitter in 0.0f64..2.0) {
+            let max = base + extra;
+            let delay = retry_delay_ms(attempt, base, max, jitter);
+            let full = (base as u128 * (1u128 << (attempt - 2).min(62))).min(max as u128) as i64;
+            prop_assert!(delay <= full && delay * 2 >= full - 1, "{delay} vs {full}");
+            prop_assert!(delay <= max as i64);
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_base() {
+        let delays: Vec<i64> = (2..=6).map(|attempt| retry_delay_ms(attempt, 100, 1_000, 1.0)).collect();
+        assert_eq!(delays, vec![100, 200, 400, 800, 1_000]);
+        assert_eq!(retry_delay_ms(3, 100, 1_000, 0.5), 100);
+    }
+
     #[test]
     fn pop_skips_tasks_the_caller_cannot_place() {
         let mut queue = Queue::default();
         let (a, b) = (id(1, 0), id(2, 0));
         queue.push_ready(a, Lane::Urgent);
         queue.push_ready(b, Lane::Low);
-        assert_eq!(queue.pop_ready(|task| task == b), Some(b));
-        assert_eq!(queue.ready_in_order().collect::<Vec<_>>(), vec![a]);
-        assert!(queue.remove_ready(a));
-        assert!(!queue.remove_ready(a));
+        assert_eq!(queue.pop_ready(2, |task| (task == b).then_some("placed")), Some((b, "placed")));
+        assert_eq!(queue.ready_in_order(2), vec![a]);
+        assert!(queue.remove_waiting(a));
+        assert!(!queue.remove_waiting(a));
+    }
+
+    #[test]
+    fn delayed_tasks_become_ready_when_their_time_comes() {
+        let mut queue = Queue::default();
+        let (a, b) = (id(1, 0), id(2, 0));
+        queue.push_delayed(a, Lane::Normal, 500);
+        queue.push_delayed(b, Lane::High, 900);
+        assert_eq!(queue.pop_ready(100, |_| Some(())), None);
+        assert_eq!(queue.promote_due(499), vec![]);
+        assert_eq!(queue.promote_due(500), vec![a]);
+        assert_eq!((queue.n_ready(), queue.n_delayed()), (1, 1));
+        assert!(queue.remove_waiting(b));
+        assert_eq!(queue.promote_due(10_000), vec![]);
+        assert_eq!(queue.pop_ready(600, |_| Some(())), Some((a, ())));
     }
 
     #[test]

@@ -55,6 +55,7 @@ fn redb_err(err: impl Into<redb::Error>) -> Error {
 #[derive(Debug)]
 pub enum Op {
     PutTask(Box<Task>),
+    DeleteTask(TaskId),
     PutToken { hash: String, role: String },
 }
 
@@ -232,6 +233,9 @@ fn apply_batch(db: &Database, ops: Vec<Op>) -> Result<(), Error> {
                     buf.clear();
                     convert::task_to_pb(&task).encode(&mut buf).expect("encoding into a Vec cannot fail");
                     tasks.insert(u128::from(task.id.0), buf.as_slice()).map_err(redb_err)?;
+                }
+                Op::DeleteTask(id) => {
+                    tasks.remove(u128::from(id.0)).map_err(redb_err)?;
                 }
                 Op::PutToken { hash, role } => {
                     tokens.insert(hash.as_str(), role.as_str()).map_err(redb_err)?;

@@ -41,7 +41,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Submit a shell task (`-- COMMAND...`) or an LLM task (`--prompt`).
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// Show one task.
     Get { id: String },
     /// List tasks, newest first.
@@ -58,6 +58,30 @@ enum Command {
     Watch { id: String },
     /// List the agents (execution slots) of every sidecar.
     Agents,
+    /// The dead-letter queue: tasks that ran out of attempts or expired before they started.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead-lettered tasks, newest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one dead-lettered task, with its reason and last output.
+    Show { id: String },
+    /// Requeue a dead-lettered task with a fresh set of attempts.
+    Retry { id: String },
+    /// Delete dead-lettered tasks (all, or those dead-lettered longer ago than --older-than).
+    Purge {
+        /// For example 7d or 12h.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<Duration>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -83,9 +107,18 @@ struct SubmitArgs {
     /// Output kept per stream, in bytes.
     #[arg(long)]
     max_output_bytes: Option<u64>,
-    /// Attempts before the task fails for good (infrastructure failures only).
+    /// Attempts before the task is dead-lettered (lost sidecars, and exit codes given to --retry-on-exit).
     #[arg(long)]
     max_attempts: Option<u32>,
+    /// Retry when the command exits with this code (repeatable); other failures are final.
+    #[arg(long = "retry-on-exit")]
+    retry_on_exit: Vec<i32>,
+    /// A second submit with the same key returns the first task instead of a new one.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Dead-letter the task as expired if it has not started within this long (e.g. 10m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    deadline: Option<Duration>,
     /// An LLM prompt instead of a command.
     #[arg(long, conflicts_with = "command")]
     prompt: Option<String>,
@@ -304,8 +337,17 @@ fn submit_body(args: &SubmitArgs) -> anyhow::Result<Value> {
     if let Some(max) = args.max_attempts {
         limits.insert("max_attempts".into(), json!(max));
     }
+    if let Some(deadline) = args.deadline {
+        limits.insert("deadline_unix_ms".into(), json!(now_ms() + deadline.as_millis() as i64));
+    }
     if !limits.is_empty() {
         body["limits"] = limits.into();
+    }
+    if !args.retry_on_exit.is_empty() {
+        body["retry"] = json!({ "retry_on_exit_codes": args.retry_on_exit });
+    }
+    if let Some(key) = &args.idempotency_key {
+        body["idempotency_key"] = json!(key);
     }
     Ok(body)
 }
@@ -314,11 +356,13 @@ fn print_json(value: &Value) {
     println!("{}", serde_json::to_string_pretty(value).expect("JSON values serialize"));
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
 fn age(unix_ms: Option<i64>) -> String {
     let Some(ms) = unix_ms.filter(|ms| *ms > 0) else { return "-".into() };
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-    let secs = ((now - ms).max(0) / 1000) as u64;
+    let secs = ((now_ms() - ms).max(0) / 1000) as u64;
     match secs {
         0..=59 => format!("{secs}s"),
         60..=3599 => format!("{}m", secs / 60),
@@ -373,6 +417,63 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
+fn print_task_table(response: &Value) {
+    let rows = response["tasks"]
+        .as_array()
+        .map(|tasks| {
+            tasks
+                .iter()
+                .map(|t| {
+                    vec![
+                        t["id"].as_str().unwrap_or("").to_owned(),
+                        t["state"].as_str().unwrap_or("").to_owned(),
+                        t["spec"]["priority"].as_str().unwrap_or("").to_owned(),
+                        exit_text(t),
+                        t["attempt"].to_string(),
+                        age(t["created_unix_ms"].as_i64()),
+                        command_text(t),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["ID", "STATE", "PRIORITY", "EXIT", "ATTEMPT", "AGE", "COMMAND"], rows);
+    if let Some(reasons) = response["tasks"].as_array() {
+        for task in reasons.iter().filter(|t| t["state"] == "dead_lettered") {
+            println!("  {}: {}", task["id"].as_str().unwrap_or(""), task["state_reason"].as_str().unwrap_or(""));
+        }
+    }
+}
+
+async fn dlq(client: &Client, command: DlqCommand, json_out: bool) -> anyhow::Result<ExitCode> {
+    let response = match command {
+        DlqCommand::List { limit } => {
+            client.call(reqwest::Method::GET, &format!("/api/v1/dlq?limit={limit}"), None).await?
+        }
+        DlqCommand::Show { id } => client.call(reqwest::Method::GET, &format!("/api/v1/dlq/{id}"), None).await?,
+        DlqCommand::Retry { id } => {
+            client.call(reqwest::Method::POST, &format!("/api/v1/dlq/{id}/retry"), None).await?
+        }
+        DlqCommand::Purge { older_than } => {
+            let path = match older_than {
+                Some(age) => format!("/api/v1/dlq?older_than_ms={}", age.as_millis().max(1)),
+                None => "/api/v1/dlq".to_owned(),
+            };
+            client.call(reqwest::Method::DELETE, &path, None).await?
+        }
+    };
+    if json_out {
+        print_json(&response);
+    } else if response["tasks"].is_array() {
+        print_task_table(&response);
+    } else if response["task"].is_object() {
+        print_task(&response["task"]);
+    } else {
+        println!("purged {} dead-lettered tasks", response["purged"]);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_task(task: &Value) {
     let field = |name: &str| task[name].as_str().unwrap_or("").to_owned();
     let outcome = &task["outcome"];
@@ -420,6 +521,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(err) => return Err(err),
             };
             let id = response["task"]["id"].as_str().context("the hub returned no task id")?.to_owned();
+            if response["existing"] == true && !cli.json {
+                eprintln!("[hubctl: the idempotency key matched task {id}; not submitted again]");
+            }
             if !args.wait {
                 if cli.json {
                     print_json(&response);
@@ -449,29 +553,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if cli.json {
                 print_json(&response);
             } else {
-                let rows = response["tasks"]
-                    .as_array()
-                    .map(|tasks| {
-                        tasks
-                            .iter()
-                            .map(|t| {
-                                vec![
-                                    t["id"].as_str().unwrap_or("").to_owned(),
-                                    t["state"].as_str().unwrap_or("").to_owned(),
-                                    t["spec"]["priority"].as_str().unwrap_or("").to_owned(),
-                                    exit_text(t),
-                                    t["attempt"].to_string(),
-                                    age(t["created_unix_ms"].as_i64()),
-                                    command_text(t),
-                                ]
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                table(&["ID", "STATE", "PRIORITY", "EXIT", "ATTEMPT", "AGE", "COMMAND"], rows);
+                print_task_table(&response);
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dlq { command } => dlq(&client, command, cli.json).await,
         Command::Cancel { id } => {
             let response = client.call(reqwest::Method::DELETE, &format!("/api/v1/tasks/{id}"), None).await?;
             if cli.json {
@@ -571,6 +657,9 @@ mod tests {
             env: vec![("A".into(), "1".into())],
             max_output_bytes: None,
             max_attempts: None,
+            retry_on_exit: vec![75],
+            idempotency_key: Some("k".into()),
+            deadline: None,
             prompt: prompt.map(String::from),
             wait: false,
             command: command.into_iter().map(String::from).collect(),
@@ -579,6 +668,8 @@ mod tests {
         assert_eq!(body["shell"]["argv"], json!(["echo", "hi"]));
         assert_eq!(body["shell"]["env"]["A"], "1");
         assert_eq!(body["limits"]["timeout_ms"], 2000);
+        assert_eq!(body["retry"]["retry_on_exit_codes"], json!([75]));
+        assert_eq!(body["idempotency_key"], "k");
         assert!(submit_body(&args(vec![], None)).is_err());
         assert_eq!(submit_body(&args(vec![], Some("hi"))).unwrap()["llm"]["prompt"], "hi");
     }

@@ -287,3 +287,69 @@ async fn a_lost_sidecar_has_its_task_requeued_to_another() {
     assert_eq!(outputs.last(), Some(&(2, 0, "attempt 2\n".to_owned())), "{outputs:?}");
     mesh.stop().await;
 }
+
+fn fast_retries(config: &mut agentcom_hub::core::Config) {
+    config.spec_defaults.backoff_base_ms = 10;
+    config.spec_defaults.backoff_max_ms = 40;
+}
+
+#[tokio::test]
+async fn retryable_exit_codes_are_retried_then_dead_lettered_and_the_dlq_can_retry_and_purge() {
+    let mesh = TestMesh::new().config(fast_retries).start().await;
+    let mut body = shell("echo try $AGENTCOM_ATTEMPT; exit 75");
+    body["retry"] = json!({ "retry_on_exit_codes": [75] });
+    body["limits"] = json!({ "max_attempts": 3 });
+    let id = mesh.api.submit(body).await["id"].as_str().unwrap().to_owned();
+    let task = mesh.api.wait_final(&id, PATIENCE).await;
+    assert_eq!(task["state"], "dead_lettered", "{task}");
+    assert_eq!(task["attempt"], 3);
+    assert_eq!(task["state_reason"], "exit code 75 (attempt 3 of 3)");
+    assert_eq!(task["outcome"]["stdout"], "try 3\n", "the last attempt's output is kept");
+
+    let (status, listed) = mesh.api.request(Method::GET, "/api/v1/dlq", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["tasks"].as_array().unwrap().len(), 1);
+    let (status, shown) = mesh.api.request(Method::GET, &format!("/api/v1/dlq/{id}"), None).await;
+    assert_eq!((status, shown["task"]["id"].as_str()), (200, Some(id.as_str())));
+
+    // Retry: a fresh set of attempts under ever-increasing lease generations.
+    let (status, retried) = mesh.api.request(Method::POST, &format!("/api/v1/dlq/{id}/retry"), None).await;
+    assert_eq!(status, 200, "{retried}");
+    assert_eq!(retried["task"]["state"], "queued");
+    assert_eq!(retried["task"]["attempt"], 0);
+    let task = mesh.api.wait_final(&id, PATIENCE).await;
+    assert_eq!((task["state"].as_str(), task["attempt"].as_u64()), (Some("dead_lettered"), Some(3)));
+    assert_eq!(task["lease_generation"], 6);
+
+    // Retrying what is not dead-lettered is refused; purging removes it for good.
+    let done = mesh.api.submit(shell("true")).await["id"].as_str().unwrap().to_owned();
+    mesh.api.wait_final(&done, PATIENCE).await;
+    let (status, body) = mesh.api.request(Method::POST, &format!("/api/v1/dlq/{done}/retry"), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("failed_precondition")));
+    let (status, body) = mesh.api.request(Method::DELETE, "/api/v1/dlq?older_than_ms=3600000", None).await;
+    assert_eq!((status, body["purged"].as_u64()), (200, Some(0)), "nothing is an hour old");
+    let (status, body) = mesh.api.request(Method::DELETE, "/api/v1/dlq", None).await;
+    assert_eq!((status, body["purged"].as_u64()), (200, Some(1)));
+    assert!(mesh.api.try_get(&id).await.is_none());
+    assert!(mesh.api.try_get(&done).await.is_some(), "only dead letters are purged");
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_task_not_started_by_its_deadline_expires_into_the_dlq() {
+    let mesh = TestMesh::new().sidecars(0).start().await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let mut body = shell("echo never");
+    body["limits"] = json!({ "deadline_unix_ms": now + 300 });
+    let id = mesh.api.submit(body).await["id"].as_str().unwrap().to_owned();
+    let task = mesh.api.wait_final(&id, PATIENCE).await;
+    assert_eq!((task["state"].as_str(), task["state_reason"].as_str()), (Some("dead_lettered"), Some("expired")));
+    assert_eq!(task["attempt"], 0);
+
+    let mut late = shell("echo late");
+    late["limits"] = json!({ "deadline_unix_ms": now - 1_000 });
+    let (status, body) = mesh.api.request(Method::POST, "/api/v1/tasks", Some(late)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("deadline"), "{body}");
+    mesh.stop().await;
+}

@@ -232,3 +232,38 @@ async fn a_running_task_survives_kill_9_of_the_hub_and_finishes_once() {
     assert_eq!(task["outcome"]["stdout"], "done\n");
     assert_eq!(std::fs::read_to_string(work.join("runs.log")).unwrap(), "started\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_task_that_kills_its_sidecar_is_dead_lettered_after_exactly_max_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let flags = [&FAST_BEATS[..], &["--retry-backoff-base-ms", "50", "--retry-backoff-max-ms", "100"]].concat();
+    let hub = HubProcess::serve(&dir.path().join("hub"), &flags).await;
+    let mut body = shell("echo $AGENTCOM_ATTEMPT >> attempts.log; kill -9 $PPID; sleep 5");
+    body["limits"] = json!({ "max_attempts": 3 });
+    let id = hub.api.submit(body).await["id"].as_str().unwrap().to_owned();
+    // A supervisor's job: restart the sidecar whenever it dies, until the task is settled.
+    let mut restarts = 0;
+    let task = loop {
+        // Wait for the lease to lapse: the task is then either queued again or settled.
+        assert_eventually!(
+            matches!(hub.api.get(&id).await["state"].as_str(), Some("queued" | "dead_lettered")),
+            PATIENCE,
+            "task {id} requeued or settled"
+        );
+        let task = hub.api.get(&id).await;
+        if agentcom_integration::is_final(&task) {
+            break task;
+        }
+        assert!(restarts < 3, "a fourth attempt was made: {task}");
+        let mut sidecar = SidecarProcess::start(&hub, &format!("victim-{restarts}"), 1, &work);
+        restarts += 1;
+        assert_eventually!(sidecar.child.try_wait().unwrap().is_some(), PATIENCE, "the poison task killed its sidecar");
+    };
+    assert_eq!(task["state"], "dead_lettered", "{task}");
+    assert_eq!(task["attempt"], 3);
+    assert!(task["state_reason"].as_str().unwrap().contains("attempt 3 of 3"), "{task}");
+    assert_eq!(std::fs::read_to_string(work.join("attempts.log")).unwrap(), "1\n2\n3\n");
+    assert_eq!(restarts, 3);
+}

@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use super::{ApiError, list_limit};
 use crate::convert;
 use crate::core::{self, AgentView, FromSidecar, Handle, RunningTask, SidecarHello, ToSidecar};
-use crate::domain::{SpecDefaults, TaskId};
+use crate::domain::{SpecDefaults, TaskId, TaskState};
 use crate::feed::{self, FeedEvent};
 
 /// Largest message either side accepts: a finished task carries up to its output cap per stream.
@@ -135,6 +135,33 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let agents = self.hub.agents().await.map_err(status)?;
         Ok(Response::new(pb::ListAgentsResponse { agents: agents.iter().map(agent_to_pb).collect() }))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let limit = list_limit(request.into_inner().limit as usize)?;
+        let tasks = self.hub.list(Some(TaskState::DeadLettered), limit).await.map_err(status)?;
+        Ok(Response::new(pb::ListTasksResponse { tasks: tasks.iter().map(convert::task_to_pb).collect() }))
+    }
+
+    async fn retry_dead_letter(
+        &self,
+        request: Request<pb::RetryDeadLetterRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let id = parse_id(&request.into_inner().id)?;
+        let task = self.hub.retry_dead_letter(id).await.map_err(status)?;
+        Ok(Response::new(convert::task_to_pb(&task)))
+    }
+
+    async fn purge_dead_letters(
+        &self,
+        request: Request<pb::PurgeDeadLettersRequest>,
+    ) -> Result<Response<pb::PurgeDeadLettersResponse>, Status> {
+        let before = super::purge_cutoff(request.into_inner().older_than_ms)?;
+        let purged = self.hub.purge_dead_letters(before).await.map_err(status)?;
+        Ok(Response::new(pb::PurgeDeadLettersResponse { purged: purged as u64 }))
     }
 }
 

@@ -48,6 +48,9 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/tasks/{id}", get(get_task).delete(cancel_task))
         .route("/api/v1/tasks/{id}/events", get(task_events))
         .route("/api/v1/agents", get(list_agents))
+        .route("/api/v1/dlq", get(list_dead_letters).delete(purge_dead_letters))
+        .route("/api/v1/dlq/{id}", get(get_dead_letter))
+        .route("/api/v1/dlq/{id}/retry", axum::routing::post(retry_dead_letter))
         .with_state(state)
 }
 
@@ -163,6 +166,17 @@ struct PlacementBody {
     model: String,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RetryBody {
+    #[serde(default)]
+    backoff_base_ms: u64,
+    #[serde(default)]
+    backoff_max_ms: u64,
+    #[serde(default)]
+    retry_on_exit_codes: Vec<i32>,
+}
+
 /// `POST /api/v1/tasks`. Exactly one of `shell`, `llm`, `agent`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -195,6 +209,8 @@ struct SubmitBody {
     depends_on: Vec<String>,
     #[serde(default)]
     labels: HashMap<String, String>,
+    #[serde(default)]
+    retry: Option<RetryBody>,
 }
 
 impl TryFrom<SubmitBody> for pb::TaskSpec {
@@ -236,6 +252,7 @@ impl TryFrom<SubmitBody> for pb::TaskSpec {
         let context = body.context.unwrap_or_default();
         let limits = body.limits.unwrap_or_default();
         let placement = body.placement.unwrap_or_default();
+        let retry = body.retry.unwrap_or_default();
         let verification = body
             .verification
             .into_iter()
@@ -280,6 +297,11 @@ impl TryFrom<SubmitBody> for pb::TaskSpec {
             placement: Some(pb::Placement { tags: placement.tags, host: placement.host, model: placement.model }),
             depends_on: body.depends_on,
             labels: body.labels,
+            retry: Some(pb::RetryPolicy {
+                backoff_base_ms: retry.backoff_base_ms,
+                backoff_max_ms: retry.backoff_max_ms,
+                retry_on_exit_codes: retry.retry_on_exit_codes,
+            }),
         })
     }
 }
@@ -324,6 +346,56 @@ async fn cancel_task(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let task = state.hub.cancel(id.parse::<TaskId>()?, String::new()).await?;
     Ok(Json(json!({ "task": task })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DlqQuery {
+    limit: Option<usize>,
+}
+
+async fn list_dead_letters(
+    State(state): State<HttpState>,
+    query: Result<Query<DlqQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
+    let tasks = state.hub.list(Some(TaskState::DeadLettered), list_limit(query.limit.unwrap_or(0))?).await?;
+    Ok(Json(json!({ "tasks": tasks })))
+}
+
+async fn get_dead_letter(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let task = state.hub.get(id.parse::<TaskId>()?).await?;
+    if task.state != TaskState::DeadLettered {
+        return Err(ApiError::new(super::ErrorCode::NotFound, format!("task {id} is not in the dead-letter queue")));
+    }
+    Ok(Json(json!({ "task": task })))
+}
+
+async fn retry_dead_letter(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let task = state.hub.retry_dead_letter(id.parse::<TaskId>()?).await?;
+    Ok(Json(json!({ "task": task })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeQuery {
+    older_than_ms: Option<u64>,
+}
+
+async fn purge_dead_letters(
+    State(state): State<HttpState>,
+    query: Result<Query<PurgeQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
+    let before = super::purge_cutoff(query.older_than_ms.unwrap_or(0))?;
+    let purged = state.hub.purge_dead_letters(before).await?;
+    Ok(Json(json!({ "purged": purged })))
 }
 
 async fn list_agents(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -80,7 +80,7 @@ impl From<core::Error> for ApiError {
         let code = match &err {
             core::Error::Invalid(_) => ErrorCode::InvalidArgument,
             core::Error::NotFound(_) => ErrorCode::NotFound,
-            core::Error::AlreadyFinal { .. } => ErrorCode::FailedPrecondition,
+            core::Error::AlreadyFinal { .. } | core::Error::NotDeadLettered { .. } => ErrorCode::FailedPrecondition,
             core::Error::Storage(_) | core::Error::ShuttingDown => ErrorCode::Unavailable,
         };
         ApiError::new(code, err.to_string())
@@ -119,4 +119,14 @@ fn list_limit(requested: usize) -> Result<usize, ApiError> {
         n if n > MAX_LIST_LIMIT => Err(ApiError::invalid(format!("limit must be at most {MAX_LIST_LIMIT}"))),
         n => Ok(n),
     }
+}
+
+/// The finish time before which dead letters are purged: `older_than_ms` ago (0: all of them).
+fn purge_cutoff(older_than_ms: u64) -> Result<i64, ApiError> {
+    if older_than_ms > 10 * 365 * 24 * 3600 * 1000 {
+        return Err(ApiError::invalid("older_than_ms is more than ten years"));
+    }
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    Ok(if older_than_ms == 0 { i64::MAX } else { now - older_than_ms as i64 })
 }
