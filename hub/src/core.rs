@@ -34,6 +34,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// A ready task ranks one lane higher for every step it has existed (anti-starvation).
     pub aging_step: Duration,
+    /// How long an idempotency key keeps answering with its task, counted from that task's submit.
+    pub idempotency_retention: Duration,
 }
 
 impl Default for Config {
@@ -45,6 +47,7 @@ impl Default for Config {
             cancel_inflight_on_shutdown: false,
             shutdown_grace: Duration::from_secs(3),
             aging_step: Duration::from_millis(crate::queue::DEFAULT_AGING_STEP_MS as u64),
+            idempotency_retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -303,9 +306,14 @@ pub struct Core {
     agents: BTreeMap<String, Agent>,
     feeds: HashMap<TaskId, Arc<Feed>>,
     next_session: u64,
+    /// When idempotency keys past their retention were last forgotten.
+    last_key_sweep: UnixMs,
     shutting_down: bool,
     stale_messages: u64,
 }
+
+/// How often idempotency keys past their retention are swept from memory.
+const KEY_SWEEP_INTERVAL_MS: i64 = 60_000;
 
 fn now_ms() -> UnixMs {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -337,6 +345,7 @@ impl Core {
             agents: BTreeMap::new(),
             feeds: HashMap::new(),
             next_session: 1,
+            last_key_sweep: 0,
             shutting_down: false,
             stale_messages: 0,
         };
@@ -504,8 +513,11 @@ impl Core {
             let _ = reply.send(Err(Error::ShuttingDown));
             return;
         }
+        let retention = self.config.idempotency_retention.as_millis() as i64;
         if let Some(key) = &spec.idempotency_key
             && let Some(&existing) = self.by_key.get(key)
+            && queue::submitted_at(existing) + retention > now
+            && self.tasks.contains_key(&existing)
         {
             match self.pending_submits.get_mut(&existing) {
                 Some(waiters) => waiters.push((reply, true)),
@@ -864,6 +876,11 @@ impl Core {
         }
         self.queue.promote_due(now);
         self.expire(now);
+        if now - self.last_key_sweep >= KEY_SWEEP_INTERVAL_MS {
+            self.last_key_sweep = now;
+            let retention = self.config.idempotency_retention.as_millis() as i64;
+            self.by_key.retain(|_, id| queue::submitted_at(*id) + retention > now);
+        }
     }
 
     fn committed(&mut self, result: Result<Vec<AfterCommit>, Arc<store::Error>>) {

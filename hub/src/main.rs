@@ -62,6 +62,9 @@ struct HubArgs {
     /// A waiting task ranks one priority lane higher for every this many milliseconds (anti-starvation).
     #[arg(long, default_value_t = 30_000)]
     aging_step_ms: u64,
+    /// How long an idempotency key keeps returning its task, in milliseconds from the task's submit.
+    #[arg(long, default_value_t = 24 * 3600 * 1000)]
+    idempotency_retention_ms: u64,
 }
 
 impl HubArgs {
@@ -94,6 +97,7 @@ impl HubArgs {
                 backoff_max_ms: self.retry_backoff_max_ms,
             },
             aging_step: Duration::from_millis(self.aging_step_ms),
+            idempotency_retention: Duration::from_millis(self.idempotency_retention_ms),
             ..core::Config::default()
         })
     }

@@ -353,3 +353,31 @@ async fn a_task_not_started_by_its_deadline_expires_into_the_dlq() {
     assert!(body["error"]["message"].as_str().unwrap().contains("deadline"), "{body}");
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn racing_submits_with_one_idempotency_key_make_one_task_until_the_key_expires() {
+    let mesh =
+        TestMesh::new().sidecars(0).config(|c| c.idempotency_retention = Duration::from_millis(500)).start().await;
+    let submits = (0..32).map(|_| {
+        let api = mesh.api.clone();
+        tokio::spawn(async move {
+            let mut body = shell("echo once");
+            body["idempotency_key"] = json!("deploy-42");
+            api.request(Method::POST, "/api/v1/tasks", Some(body)).await
+        })
+    });
+    let answers: Vec<(u16, serde_json::Value)> =
+        futures_util::future::join_all(submits).await.into_iter().map(Result::unwrap).collect();
+    let ids: std::collections::HashSet<&str> = answers.iter().map(|(_, b)| b["task"]["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 1, "one key, one task: {ids:?}");
+    assert_eq!(answers.iter().filter(|(status, b)| *status == 201 && b["existing"] == false).count(), 1);
+    assert_eq!(answers.iter().filter(|(status, b)| *status == 200 && b["existing"] == true).count(), 31);
+    let first = ids.into_iter().next().unwrap().to_owned();
+
+    tokio::time::sleep(Duration::from_millis(600)).await; // Past the retention window.
+    let mut body = shell("echo again");
+    body["idempotency_key"] = json!("deploy-42");
+    let again = mesh.api.submit(body).await;
+    assert_ne!(again["id"].as_str().unwrap(), first, "an expired key makes a new task");
+    mesh.stop().await;
+}

@@ -85,6 +85,8 @@ pub(crate) struct Link {
 
 enum SessionEnd {
     Lost(String),
+    /// The hub ended the stream itself (it is shutting down or restarting).
+    Closed,
     Stop,
 }
 
@@ -111,6 +113,11 @@ impl Link {
             };
             match end {
                 SessionEnd::Stop => break,
+                SessionEnd::Closed => {
+                    self.joined = false;
+                    backoff = BACKOFF_START;
+                    info!(hub = self.config.hub_url, "the hub closed the stream; reconnecting");
+                }
                 SessionEnd::Lost(reason) => {
                     if std::mem::take(&mut self.joined) {
                         backoff = BACKOFF_START;
@@ -230,7 +237,7 @@ impl Link {
                 message = inbound.message() => match message {
                     Ok(Some(pb::HubMessage { msg: Some(msg) })) => self.on_hub_message(msg),
                     Ok(Some(_)) => {}
-                    Ok(None) => return SessionEnd::Lost("the hub closed the stream".into()),
+                    Ok(None) => return SessionEnd::Closed,
                     Err(status) => return SessionEnd::Lost(format!("{}: {}", code_name(status.code()), status.message())),
                 },
                 Some(event) = self.events_rx.recv() => {
