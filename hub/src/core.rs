@@ -300,6 +300,8 @@ pub struct Core {
     /// Submits not yet durable, with everyone waiting on them.
     pending_submits: HashMap<TaskId, Vec<SubmitWaiter>>,
     queue: Queue,
+    /// Waiting tasks by the unfinished dependency they wait on.
+    dependents: HashMap<TaskId, Vec<TaskId>>,
     /// Deadlines of tasks waiting to start: (deadline, id).
     deadlines: std::collections::BTreeSet<(UnixMs, TaskId)>,
     sidecars: HashMap<String, Sidecar>,
@@ -341,6 +343,7 @@ impl Core {
             pending_submits: HashMap::new(),
             queue: Queue::new(aging_step_ms),
             deadlines: std::collections::BTreeSet::new(),
+            dependents: HashMap::new(),
             sidecars: HashMap::new(),
             agents: BTreeMap::new(),
             feeds: HashMap::new(),
@@ -356,16 +359,18 @@ impl Core {
 
     fn restore(&mut self, tasks: Vec<Task>, now: UnixMs) {
         let (mut n_ready, mut n_leased) = (0, 0);
+        let mut waiting = Vec::new();
         let ttl = self.config.lease_ttl.as_millis() as i64;
         for task in tasks {
             if let Some(key) = &task.spec.idempotency_key {
                 self.by_key.insert(key.clone(), task.id);
             }
             match task.state {
-                TaskState::Queued | TaskState::Waiting | TaskState::Ready => {
+                TaskState::Queued | TaskState::Ready => {
                     self.wait(&task, None);
                     n_ready += 1;
                 }
+                TaskState::Waiting => waiting.push(task.id),
                 state if state.is_leased() => {
                     let lease = Lease {
                         generation: task.lease_generation,
@@ -385,7 +390,12 @@ impl Core {
             }
             self.tasks.insert(task.id, task);
         }
-        info!(tasks = self.tasks.len(), ready = n_ready, leased = n_leased, "restored queue");
+        // Dependencies may have settled after their dependents last changed on disk.
+        let n_waiting = waiting.len();
+        for id in waiting {
+            self.settle_dependencies(id, now);
+        }
+        info!(tasks = self.tasks.len(), ready = n_ready, leased = n_leased, waiting = n_waiting, "restored queue");
     }
 
     async fn run(mut self) {
@@ -484,7 +494,7 @@ impl Core {
             }
             Event::SessionClosed { sidecar_id, session } => self.session_closed(&sidecar_id, session, now),
             Event::Committed(result) => {
-                self.committed(result);
+                self.committed(result, now);
                 self.dispatch(now);
             }
             Event::Tick => {
@@ -535,13 +545,74 @@ impl Core {
             let _ = reply.send(Err(Error::Invalid(crate::domain::Error::invalid("limits.deadline_unix_ms", message))));
             return;
         }
+        // Dependencies must exist already, so a new task can never close a cycle.
+        let mut spec = spec;
+        spec.depends_on.sort();
+        spec.depends_on.dedup();
+        if let Some(unknown) = spec.depends_on.iter().find(|dep| !self.tasks.contains_key(dep)) {
+            let message = format!("task {unknown} does not exist");
+            let _ = reply.send(Err(Error::Invalid(crate::domain::Error::invalid("depends_on", message))));
+            return;
+        }
         let id = TaskId::new(now);
         if let Some(key) = &spec.idempotency_key {
             self.by_key.insert(key.clone(), id);
         }
-        self.tasks.insert(id, Task::new(id, spec, now));
+        let mut task = Task::new(id, spec, now);
+        if !task.spec.depends_on.is_empty() {
+            task.state = TaskState::Waiting;
+        }
+        self.tasks.insert(id, task);
         self.pending_submits.insert(id, vec![(reply, false)]);
         self.persist(id, AfterCommit::Submitted(id));
+    }
+
+    /// Moves a waiting task on once its dependencies allow: to the queue when all succeeded, to
+    /// cancelled when one failed for good; otherwise it stays registered under those unfinished.
+    fn settle_dependencies(&mut self, id: TaskId, now: UnixMs) {
+        let task = &self.tasks[&id];
+        if task.state != TaskState::Waiting {
+            return;
+        }
+        let mut unfinished = Vec::new();
+        for dep in &task.spec.depends_on {
+            match self.tasks.get(dep).map(|t| t.state) {
+                Some(TaskState::Succeeded) => {}
+                Some(state) if state.is_terminal() => {
+                    let reason = format!("dependency_failed: task {dep} is {}", state.as_str());
+                    let task = self.tasks.get_mut(&id).expect("checked above");
+                    task.set_state(TaskState::Cancelled, reason, now);
+                    self.persist(id, AfterCommit::Changed(id));
+                    return;
+                }
+                // A purged dependency was dead-lettered: it can no longer succeed.
+                None => {
+                    let reason = format!("dependency_failed: task {dep} was purged");
+                    let task = self.tasks.get_mut(&id).expect("checked above");
+                    task.set_state(TaskState::Cancelled, reason, now);
+                    self.persist(id, AfterCommit::Changed(id));
+                    return;
+                }
+                Some(_) => unfinished.push(*dep),
+            }
+        }
+        if unfinished.is_empty() {
+            let task = self.tasks.get_mut(&id).expect("checked above");
+            task.set_state(TaskState::Queued, "dependencies succeeded", now);
+            let task = task.clone();
+            self.persist(id, AfterCommit::Changed(id));
+            self.wait(&task, None);
+        } else {
+            if let Some(deadline) = task.spec.limits.deadline_unix_ms {
+                self.deadlines.insert((deadline, id));
+            }
+            for dep in unfinished {
+                let waiting = self.dependents.entry(dep).or_default();
+                if !waiting.contains(&id) {
+                    waiting.push(id);
+                }
+            }
+        }
     }
 
     fn cancel(&mut self, id: TaskId, reason: String, reply: Reply<Result<Task, Error>>, now: UnixMs) {
@@ -831,7 +902,8 @@ impl Core {
                 break;
             }
             self.deadlines.pop_first();
-            if self.queue.remove_waiting(id) {
+            let on_dependencies = self.tasks.get(&id).is_some_and(|t| t.state == TaskState::Waiting);
+            if self.queue.remove_waiting(id) || on_dependencies {
                 let task = self.tasks.get_mut(&id).expect("a waiting task exists");
                 task.set_state(TaskState::DeadLettered, "expired", now);
                 info!(task_id = %id, "expired before it started");
@@ -883,7 +955,7 @@ impl Core {
         }
     }
 
-    fn committed(&mut self, result: Result<Vec<AfterCommit>, Arc<store::Error>>) {
+    fn committed(&mut self, result: Result<Vec<AfterCommit>, Arc<store::Error>>, now: UnixMs) {
         let tickets = match result {
             Ok(tickets) => tickets,
             Err(err) => {
@@ -902,13 +974,15 @@ impl Core {
             match ticket {
                 AfterCommit::Submitted(id) => {
                     let task = self.tasks[&id].clone();
-                    if task.state == TaskState::Queued {
-                        self.wait(&task, None);
-                    }
                     for (reply, existing) in self.pending_submits.remove(&id).unwrap_or_default() {
                         let _ = reply.send(Ok(Submitted { task: task.clone(), existing }));
                     }
-                    self.notify(id);
+                    match task.state {
+                        TaskState::Queued => self.wait(&task, None),
+                        TaskState::Waiting => self.settle_dependencies(id, now),
+                        _ => {}
+                    }
+                    self.notify(id, now);
                 }
                 AfterCommit::Assigned { task_id, lease_generation } => {
                     let Some(lease) = self.queue.lease(task_id).cloned() else { continue };
@@ -924,12 +998,12 @@ impl Core {
                         spec: Box::new(task.spec.clone()),
                     };
                     self.send_to(&lease.sidecar_id, message);
-                    self.notify(task_id);
+                    self.notify(task_id, now);
                 }
-                AfterCommit::Changed(id) => self.notify(id),
+                AfterCommit::Changed(id) => self.notify(id, now),
                 AfterCommit::Answer { task_id, reply } => {
                     let _ = reply.send(Ok(self.tasks[&task_id].clone()));
-                    self.notify(task_id);
+                    self.notify(task_id, now);
                 }
                 AfterCommit::Requeued { task_id, reply } => {
                     let task = self.tasks[&task_id].clone();
@@ -948,7 +1022,7 @@ impl Core {
     /// Tells watchers about a durable change. A task that is final and no longer leased has
     /// nothing more to say: its feed is finished and dropped, and its output, now on disk, leaves
     /// memory.
-    fn notify(&mut self, id: TaskId) {
+    fn notify(&mut self, id: TaskId, now: UnixMs) {
         let settled = self.tasks[&id].state.is_terminal() && self.queue.lease(id).is_none();
         if let Some(feed) = self.feeds.get(&id) {
             if settled {
@@ -960,6 +1034,9 @@ impl Core {
         }
         if settled {
             strip_output(self.tasks.get_mut(&id).expect("a notified task exists"));
+            for dependent in self.dependents.remove(&id).unwrap_or_default() {
+                self.settle_dependencies(dependent, now);
+            }
         }
     }
 

@@ -113,6 +113,9 @@ struct SubmitArgs {
     /// Retry when the command exits with this code (repeatable); other failures are final.
     #[arg(long = "retry-on-exit")]
     retry_on_exit: Vec<i32>,
+    /// Run only after this task succeeded (repeatable); cancelled if it fails for good.
+    #[arg(long = "after")]
+    after: Vec<String>,
     /// A second submit with the same key returns the first task instead of a new one.
     #[arg(long)]
     idempotency_key: Option<String>,
@@ -348,6 +351,9 @@ fn submit_body(args: &SubmitArgs) -> anyhow::Result<Value> {
     }
     if let Some(key) = &args.idempotency_key {
         body["idempotency_key"] = json!(key);
+    }
+    if !args.after.is_empty() {
+        body["depends_on"] = json!(args.after);
     }
     Ok(body)
 }
@@ -659,6 +665,7 @@ mod tests {
             max_attempts: None,
             retry_on_exit: vec![75],
             idempotency_key: Some("k".into()),
+            after: vec!["01ARZ3NDEKTSV4RRFFQ69G5FAV".into()],
             deadline: None,
             prompt: prompt.map(String::from),
             wait: false,
@@ -670,6 +677,7 @@ mod tests {
         assert_eq!(body["limits"]["timeout_ms"], 2000);
         assert_eq!(body["retry"]["retry_on_exit_codes"], json!([75]));
         assert_eq!(body["idempotency_key"], "k");
+        assert_eq!(body["depends_on"], json!(["01ARZ3NDEKTSV4RRFFQ69G5FAV"]));
         assert!(submit_body(&args(vec![], None)).is_err());
         assert_eq!(submit_body(&args(vec![], Some("hi"))).unwrap()["llm"]["prompt"], "hi");
     }

@@ -381,3 +381,41 @@ async fn racing_submits_with_one_idempotency_key_make_one_task_until_the_key_exp
     assert_ne!(again["id"].as_str().unwrap(), first, "an expired key makes a new task");
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn dependencies_run_in_order_and_failures_cascade() {
+    let mesh = TestMesh::new().slots(4).start().await;
+    let submit_after = |script: &str, after: Vec<&str>| {
+        let mut body = shell(script);
+        body["depends_on"] = json!(after);
+        let api = mesh.api.clone();
+        async move { api.submit(body).await["id"].as_str().unwrap().to_owned() }
+    };
+    let a = submit_after("sleep 0.3; echo a >> order.txt", vec![]).await;
+    let b = submit_after("echo b >> order.txt", vec![&a]).await;
+    let c = submit_after("echo c >> order.txt", vec![&b, &a]).await;
+    assert_eq!(mesh.api.get(&c).await["state"], "waiting");
+    let failing = submit_after("exit 1", vec![]).await;
+    let d = submit_after("echo d >> never.txt", vec![&failing, &a]).await;
+    let e = submit_after("echo e >> never.txt", vec![&d]).await;
+
+    for id in [&a, &b, &c] {
+        assert_eq!(mesh.api.wait_final(id, PATIENCE).await["state"], "succeeded");
+    }
+    assert_eq!(std::fs::read_to_string(mesh.work_dir.join("order.txt")).unwrap(), "a\nb\nc\n");
+    let d = mesh.api.wait_final(&d, PATIENCE).await;
+    assert_eq!(d["state"], "cancelled");
+    assert_eq!(d["state_reason"], format!("dependency_failed: task {failing} is failed"));
+    let e = mesh.api.wait_final(&e, PATIENCE).await;
+    assert!(e["state_reason"].as_str().unwrap().starts_with("dependency_failed"), "{e}");
+    assert!(!mesh.work_dir.join("never.txt").exists());
+
+    // Unknown dependencies are refused (and a new task cannot be depended on before it exists,
+    // so no cycle can form).
+    let mut body = shell("true");
+    body["depends_on"] = json!(["01ARZ3NDEKTSV4RRFFQ69G5FAV"]);
+    let (status, body) = mesh.api.request(Method::POST, "/api/v1/tasks", Some(body)).await;
+    assert_eq!(status, 400);
+    assert!(body["error"]["message"].as_str().unwrap().contains("does not exist"), "{body}");
+    mesh.stop().await;
+}
