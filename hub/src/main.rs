@@ -5,9 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use agentcom_hub::auth::Role;
+use agentcom_hub::backup;
 use agentcom_hub::core;
 use agentcom_hub::domain::SpecDefaults;
 use agentcom_hub::server::{self, DataDir};
+use agentcom_hub::store::{self, Store};
+use agentcom_proto::v1 as pb;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
@@ -30,6 +33,25 @@ enum Command {
         /// Tasks the local sidecar runs at once.
         #[arg(long, default_value_t = 4)]
         slots: u32,
+    },
+    /// Write a backup now: through the running hub if there is one, else from the database.
+    Backup {
+        #[arg(long, env = "AGENTCOM_DATA_DIR", default_value = ".agentcom")]
+        data_dir: PathBuf,
+        /// The running hub to ask (its admin token is read from the data directory).
+        #[arg(long, env = "AGENTCOM_HUB", default_value = "http://127.0.0.1:7420")]
+        hub: String,
+        /// Where backups go [default: DATA_DIR/backups].
+        #[arg(long)]
+        backup_dir: Option<PathBuf>,
+    },
+    /// Replace the database with a backup (the hub must be stopped; the old file is kept aside).
+    Restore {
+        #[arg(long, env = "AGENTCOM_DATA_DIR", default_value = ".agentcom")]
+        data_dir: PathBuf,
+        /// The backup file, e.g. DATA_DIR/backups/hub-1795000000000.redb.
+        #[arg(long)]
+        from: PathBuf,
     },
 }
 
@@ -65,9 +87,27 @@ struct HubArgs {
     /// How long an idempotency key keeps returning its task, in milliseconds from the task's submit.
     #[arg(long, default_value_t = 24 * 3600 * 1000)]
     idempotency_retention_ms: u64,
+    /// Where backups go [default: DATA_DIR/backups].
+    #[arg(long)]
+    backup_dir: Option<PathBuf>,
+    /// Take a backup this often, in milliseconds; 0 turns periodic backups off.
+    #[arg(long, default_value_t = 3600 * 1000)]
+    backup_interval_ms: u64,
+    /// Backups kept; older ones are deleted.
+    #[arg(long, default_value_t = 3)]
+    backup_keep: usize,
 }
 
 impl HubArgs {
+    fn backup_policy(&self) -> anyhow::Result<backup::Policy> {
+        anyhow::ensure!(self.backup_keep >= 1, "--backup-keep must be at least 1");
+        Ok(backup::Policy {
+            dir: self.backup_dir.clone().unwrap_or_else(|| DataDir::new(&self.data_dir).backups()),
+            every: (self.backup_interval_ms > 0).then(|| Duration::from_millis(self.backup_interval_ms)),
+            keep: self.backup_keep,
+        })
+    }
+
     fn core_config(&self) -> anyhow::Result<core::Config> {
         anyhow::ensure!(self.heartbeat_interval_ms >= 50, "--heartbeat-interval-ms must be at least 50");
         anyhow::ensure!(
@@ -104,7 +144,17 @@ impl HubArgs {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -112,15 +162,76 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args, None).await,
         Command::Dev { hub, slots } => serve(hub, Some(slots)).await,
+        Command::Backup { data_dir, hub, backup_dir } => backup_now(data_dir, hub, backup_dir).await,
+        Command::Restore { data_dir, from } => {
+            let database = DataDir::new(&data_dir).database();
+            let restored = tokio::task::spawn_blocking(move || backup::restore(&from, &database)).await??;
+            eprintln!("restored {} tasks into {}", restored.tasks, DataDir::new(&data_dir).database().display());
+            if let Some(aside) = restored.kept_aside {
+                eprintln!("the replaced database was kept as {}", aside.display());
+            }
+            Ok(())
+        }
     }
+}
+
+/// Says what to do about a damaged database: which restore command, with the newest backup.
+fn explain_damage(err: &store::Error, data_dir: &std::path::Path, backup_dir: &std::path::Path) -> anyhow::Error {
+    let from = backup::latest(backup_dir)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| format!("{}/hub-TIMESTAMP.redb (none found there)", backup_dir.display()));
+    anyhow::anyhow!(
+        "{err}\nthe hub will not start on a damaged database. Restore the newest backup:\n  agentcom-hub restore --data-dir {} --from {from}",
+        data_dir.display()
+    )
+}
+
+async fn backup_now(data_dir: PathBuf, hub: String, backup_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let dir = DataDir::new(&data_dir);
+    let policy = backup::Policy { dir: backup_dir.unwrap_or_else(|| dir.backups()), every: None, keep: usize::MAX };
+    let database = dir.database();
+    if database.exists() {
+        let opened = {
+            let database = database.clone();
+            tokio::task::spawn_blocking(move || Store::open(&database)).await?
+        };
+        match opened {
+            Ok(store) => {
+                let info = tokio::task::spawn_blocking(move || backup::take(&store, &policy)).await??;
+                println!("{}", info.path.display());
+                eprintln!("backed up {} tasks ({} bytes)", info.tasks, info.bytes);
+                return Ok(());
+            }
+            Err(store::Error::InUse { .. }) => {} // A hub is running: ask it.
+            Err(err) => return Err(err.into()),
+        }
+    }
+    let token = std::fs::read_to_string(dir.token_file(Role::Admin))
+        .with_context(|| format!("reading {}", dir.token_file(Role::Admin).display()))?;
+    let mut client = pb::admin_client::AdminClient::connect(hub.clone())
+        .await
+        .with_context(|| format!("the database is in use, and the hub at {hub} cannot be reached"))?;
+    let mut request = tonic::Request::new(pb::BackupRequest {});
+    request.metadata_mut().insert("authorization", format!("Bearer {}", token.trim()).parse()?);
+    let info = client.backup(request).await.map_err(|status| anyhow::anyhow!("{}", status.message()))?.into_inner();
+    println!("{}", info.path);
+    eprintln!("backed up {} tasks ({} bytes) through the running hub", info.tasks, info.bytes);
+    Ok(())
 }
 
 /// Runs the hub; with `dev_slots`, also a sidecar in this process that stops with it.
 async fn serve(args: HubArgs, dev_slots: Option<u32>) -> anyhow::Result<()> {
     let mut config = args.core_config()?;
     config.cancel_inflight_on_shutdown = dev_slots.is_some();
+    let backups = args.backup_policy()?;
     let data_dir = DataDir::new(&args.data_dir);
-    let store = data_dir.open().with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
+    let store = match data_dir.open() {
+        Ok(store) => store,
+        Err(server::Error::Store(err)) if err.is_damage() => {
+            return Err(explain_damage(&err, &args.data_dir, &backups.dir));
+        }
+        Err(err) => return Err(anyhow::Error::new(err).context(format!("opening {}", args.data_dir.display()))),
+    };
     let tokens = server::ensure_tokens(&data_dir, &store)?;
     let listener = TcpListener::bind(args.listen)
         .await
@@ -128,9 +239,14 @@ async fn serve(args: HubArgs, dev_slots: Option<u32>) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
 
-    let stop_hub = tokio_util::sync::CancellationToken::new();
-    let hub_stopped = stop_hub.clone();
-    let hub = tokio::spawn(server::run(listener, store, tokens, config, async move { hub_stopped.cancelled().await }));
+    let backup_dir = backups.dir.clone();
+    let hub = match server::Hub::start(listener, store, tokens, config, backups).await {
+        Ok(hub) => hub,
+        Err(server::Error::Store(err)) if err.is_damage() => {
+            return Err(explain_damage(&err, &args.data_dir, &backup_dir));
+        }
+        Err(err) => return Err(err.into()),
+    };
 
     let sidecar = match dev_slots {
         None => None,
@@ -183,8 +299,7 @@ async fn serve(args: HubArgs, dev_slots: Option<u32>) -> anyhow::Result<()> {
         std::process::exit(130);
     });
     // The hub first: it cancels in-flight work and waits for the local sidecar to report it.
-    stop_hub.cancel();
-    hub.await.context("hub task")??;
+    hub.stop().await;
     if let Some((stop, join)) = sidecar {
         stop.cancel();
         join.await.context("sidecar task")??;

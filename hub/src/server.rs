@@ -21,6 +21,7 @@ use crate::api::ApiError;
 use crate::api::grpc::{AdminService, AgentLinkService, MAX_MESSAGE_BYTES};
 use crate::api::http::{self, HttpState};
 use crate::auth::{self, Role, Tokens};
+use crate::backup;
 use crate::core::{self, Core};
 use crate::store::{self, Op, Store};
 
@@ -49,6 +50,10 @@ impl DataDir {
 
     pub fn database(&self) -> PathBuf {
         self.root.join("hub.redb")
+    }
+
+    pub fn backups(&self) -> PathBuf {
+        self.root.join("backups")
     }
 
     pub fn token_file(&self, role: Role) -> PathBuf {
@@ -148,62 +153,100 @@ async fn fallback(request: Request) -> Response {
     }
 }
 
-/// Serves the hub on `listener` until `shutdown` completes, then stops in order: the core
-/// (cancelling in-flight work if configured, committing what is queued, closing the database),
-/// then the open streams, then the connections.
+/// A started hub: storage loaded, core running, listener serving.
+pub struct Hub {
+    handle: core::Handle,
+    core_task: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    periodic_backups: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+    stop_backups: CancellationToken,
+}
+
+impl Hub {
+    /// Loads the queue and starts serving on `listener`. Fails before serving anything if the
+    /// stored tasks cannot be read.
+    pub async fn start(
+        listener: TcpListener,
+        store: Store,
+        tokens: Tokens,
+        config: core::Config,
+        backups: backup::Policy,
+    ) -> Result<Hub, Error> {
+        let spec_defaults = config.spec_defaults.clone();
+        let (handle, core_task) = Core::start(config, &store)?;
+        let stop = CancellationToken::new();
+        let stop_backups = CancellationToken::new();
+        let periodic_backups = tokio::spawn(backup::run_periodic(store.clone(), backups.clone(), stop_backups.clone()));
+        let backups = backup::Backups::new(store, backups);
+
+        let admin = pb::admin_server::AdminServer::new(AdminService {
+            hub: handle.clone(),
+            spec_defaults: spec_defaults.clone(),
+            backups: backups.clone(),
+            stop: stop.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let link =
+            pb::agent_link_server::AgentLinkServer::new(AgentLinkService { hub: handle.clone(), stop: stop.clone() })
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let grpc = tonic::service::Routes::new(admin).add_service(link).into_axum_router();
+        let router = grpc
+            .merge(http::router(HttpState { hub: handle.clone(), spec_defaults, backups, stop: stop.clone() }))
+            .fallback(fallback)
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .layer(axum::middleware::from_fn_with_state(tokens, authenticate));
+
+        let addr = listener.local_addr().map_err(|source| Error::Io { path: "listener".into(), source })?;
+        info!(%addr, "hub listening");
+        // Tokens travel on these sockets: no Nagle delay.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let serve_stop = stop.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router).with_graceful_shutdown(serve_stop.cancelled_owned()).await
+        });
+        Ok(Hub { handle, core_task, server, periodic_backups, stop, stop_backups })
+    }
+
+    pub fn handle(&self) -> &core::Handle {
+        &self.handle
+    }
+
+    /// Stops in order: backups, the core (cancelling in-flight work if configured, committing
+    /// what is queued, closing the database), then the open streams, then the connections.
+    pub async fn stop(self) {
+        info!("shutting down");
+        self.stop_backups.cancel();
+        let _ = self.periodic_backups.await;
+        // The core first: in dev it cancels running work and needs the sidecar streams to hear back.
+        self.handle.shutdown().await;
+        let _ = self.core_task.await;
+        self.stop.cancel();
+        match tokio::time::timeout(DRAIN_TIMEOUT, self.server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => warn!(error = %err, "server ended with an error"),
+            Ok(Err(err)) => warn!(error = %err, "server task failed"),
+            Err(_) => warn!("connections did not close in time; leaving them"),
+        }
+        info!("hub stopped");
+    }
+}
+
+/// Serves the hub on `listener` until `shutdown` completes, then stops it in order.
 pub async fn run(
     listener: TcpListener,
     store: Store,
     tokens: Tokens,
     config: core::Config,
+    backups: backup::Policy,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let spec_defaults = config.spec_defaults.clone();
-    let (handle, core_task) = Core::start(config, &store)?;
-    drop(store);
-    let stop = CancellationToken::new();
-
-    let admin = pb::admin_server::AdminServer::new(AdminService {
-        hub: handle.clone(),
-        spec_defaults: spec_defaults.clone(),
-        stop: stop.clone(),
-    })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let link =
-        pb::agent_link_server::AgentLinkServer::new(AgentLinkService { hub: handle.clone(), stop: stop.clone() })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let grpc = tonic::service::Routes::new(admin).add_service(link).into_axum_router();
-    let router = grpc
-        .merge(http::router(HttpState { hub: handle.clone(), spec_defaults, stop: stop.clone() }))
-        .fallback(fallback)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn_with_state(tokens, authenticate));
-
-    let addr = listener.local_addr().map_err(|source| Error::Io { path: "listener".into(), source })?;
-    info!(%addr, "hub listening");
-    // Tokens travel on these sockets: no Nagle delay.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-
-    let serve_stop = stop.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router).with_graceful_shutdown(serve_stop.cancelled_owned()).await
-    });
-
+    let hub = Hub::start(listener, store, tokens, config, backups).await?;
     shutdown.await;
-    info!("shutting down");
-    handle.shutdown().await;
-    let _ = core_task.await;
-    stop.cancel();
-    match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(err))) => warn!(error = %err, "server ended with an error"),
-        Ok(Err(err)) => warn!(error = %err, "server task failed"),
-        Err(_) => warn!("connections did not close in time; leaving them"),
-    }
-    info!("hub stopped");
+    hub.stop().await;
     Ok(())
 }

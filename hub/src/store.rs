@@ -45,6 +45,22 @@ pub enum Error {
     Corrupt { key: u128, message: String },
     #[error("the storage writer has stopped")]
     WriterGone,
+    #[error("database {path} is damaged: {detail}")]
+    Damaged { path: PathBuf, detail: String },
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+        move |err| Error::Io { path: path.to_owned(), message: err.to_string() }
+    }
+
+    /// The database cannot be trusted: its content is damaged, not merely unreachable.
+    pub fn is_damage(&self) -> bool {
+        matches!(self, Error::Damaged { .. } | Error::Corrupt { .. } | Error::Schema { .. })
+    }
 }
 
 fn redb_err(err: impl Into<redb::Error>) -> Error {
@@ -66,12 +82,28 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens or creates the database at `path` and checks its schema version.
+    /// Opens or creates the database at `path`, checks its integrity and its schema version.
+    ///
+    /// redb recovers from a crash by itself while opening. A file that then fails the integrity
+    /// check is refused, also when redb could repair it, since a repair may have dropped data:
+    /// the hub must never start with part of its queue silently gone.
     pub fn open(path: &Path) -> Result<Store, Error> {
-        let db = Database::create(path).map_err(|err| match err {
+        let damaged = |detail: String| Error::Damaged { path: path.to_owned(), detail };
+        let mut db = Database::create(path).map_err(|err| match err {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse { path: path.to_owned() },
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => damaged(detail),
             other => Error::Open { path: path.to_owned(), source: other.into() },
         })?;
+        match db.check_integrity() {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(damaged(
+                    "it failed redb's integrity check (redb repaired the file, but data may be missing)".into(),
+                ));
+            }
+            Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail))) => return Err(damaged(detail)),
+            Err(err) => return Err(Error::Open { path: path.to_owned(), source: err.into() }),
+        }
         let store = Store { db: Arc::new(db), path: path.to_owned() };
         store.init()?;
         Ok(store)
@@ -139,6 +171,47 @@ impl Store {
                 Ok((hash.value().to_owned(), role.value().to_owned()))
             })
             .collect()
+    }
+
+    /// Writes a consistent copy of the whole database to `dest` (through `dest.partial`, renamed
+    /// once durable) and returns how many tasks it holds. Runs beside the writer. Blocking.
+    pub fn backup_to(&self, dest: &Path) -> Result<u64, Error> {
+        let partial = dest.with_extension("partial");
+        let _ = std::fs::remove_file(&partial);
+        let snapshot = self.db.begin_read().map_err(redb_err)?;
+        let copy = Database::create(&partial).map_err(redb_err)?;
+        let txn = copy.begin_write().map_err(redb_err)?;
+        let tasks;
+        {
+            let from = snapshot.open_table(TASKS).map_err(redb_err)?;
+            let mut to = txn.open_table(TASKS).map_err(redb_err)?;
+            for entry in from.iter().map_err(redb_err)? {
+                let (key, value) = entry.map_err(redb_err)?;
+                to.insert(key.value(), value.value()).map_err(redb_err)?;
+            }
+            tasks = to.len().map_err(redb_err)?;
+            let from = snapshot.open_table(TOKENS).map_err(redb_err)?;
+            let mut to = txn.open_table(TOKENS).map_err(redb_err)?;
+            for entry in from.iter().map_err(redb_err)? {
+                let (key, value) = entry.map_err(redb_err)?;
+                to.insert(key.value(), value.value()).map_err(redb_err)?;
+            }
+            let from = snapshot.open_table(META).map_err(redb_err)?;
+            let mut to = txn.open_table(META).map_err(redb_err)?;
+            for entry in from.iter().map_err(redb_err)? {
+                let (key, value) = entry.map_err(redb_err)?;
+                to.insert(key.value(), value.value()).map_err(redb_err)?;
+            }
+        }
+        txn.commit().map_err(redb_err)?;
+        drop(copy);
+        std::fs::rename(&partial, dest).map_err(Error::io(dest))?;
+        if let Some(dir) = dest.parent()
+            && let Ok(dir) = std::fs::File::open(dir)
+        {
+            let _ = dir.sync_all();
+        }
+        Ok(tasks)
     }
 
     /// Applies changes in one durable transaction. For use before the writer starts (setup,

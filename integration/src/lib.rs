@@ -160,8 +160,9 @@ impl TestMesh {
         let url = format!("http://{}", listener.local_addr().expect("bound address"));
         let hub_stop = CancellationToken::new();
         let stopped = hub_stop.clone();
+        let backups = agentcom_hub::backup::Policy { dir: data_dir.backups(), every: None, keep: 3 };
         let hub = tokio::spawn(async move {
-            server::run(listener, store, tokens, self.config, async move { stopped.cancelled().await })
+            server::run(listener, store, tokens, self.config, backups, async move { stopped.cancelled().await })
                 .await
                 .expect("hub failed");
         });

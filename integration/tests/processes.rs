@@ -267,3 +267,59 @@ async fn a_poison_task_that_kills_its_sidecar_is_dead_lettered_after_exactly_max
     assert_eq!(std::fs::read_to_string(work.join("attempts.log")).unwrap(), "1\n2\n3\n");
     assert_eq!(restarts, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_database_is_refused_and_restore_from_the_latest_backup_brings_the_hub_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("hub");
+    let mut hub = HubProcess::serve(&data_dir, &[]).await;
+    let mut ids = Vec::new();
+    for n in 0..300 {
+        let mut body = shell(&format!("echo {n}"));
+        body["name"] = json!(format!("{n:0>200}")); // Bulk, so damage lands on live pages.
+        ids.push(hub.api.submit(body).await["id"].as_str().unwrap().to_owned());
+    }
+    // A backup through the running hub, as an operator would take it.
+    let backup = Command::new(binary("agentcom-hub"))
+        .args(["backup", "--hub", &hub.url])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(backup.status.success(), "{}", String::from_utf8_lossy(&backup.stderr));
+    let backup_path = String::from_utf8(backup.stdout).unwrap().trim().to_owned();
+    assert!(std::path::Path::new(&backup_path).is_file(), "{backup_path}");
+
+    hub.kill9();
+    let database = data_dir.join("hub.redb");
+    let mut bytes = std::fs::read(&database).unwrap();
+    let len = bytes.len();
+    bytes[len / 4..len * 3 / 4].fill(0xAB);
+    std::fs::write(&database, bytes).unwrap();
+
+    let refused = Command::new(binary("agentcom-hub"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", hub.port)])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "the hub started on a damaged database: {stderr}");
+    assert!(stderr.contains("damaged"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("agentcom-hub restore --data-dir {} --from {backup_path}", data_dir.display())),
+        "{stderr}"
+    );
+
+    let restore = Command::new(binary("agentcom-hub"))
+        .args(["restore", "--from", &backup_path])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(restore.status.success(), "{}", String::from_utf8_lossy(&restore.stderr));
+    hub.restart().await;
+    for id in &ids {
+        assert!(hub.api.try_get(id).await.is_some(), "task {id} is missing after the restore");
+    }
+}

@@ -27,6 +27,7 @@ pub const MAX_MESSAGE_BYTES: usize = 160 * 1024 * 1024;
 pub struct AdminService {
     pub hub: Handle,
     pub spec_defaults: SpecDefaults,
+    pub backups: crate::backup::Backups,
     pub stop: CancellationToken,
 }
 
@@ -162,6 +163,15 @@ impl pb::admin_server::Admin for AdminService {
         let before = super::purge_cutoff(request.into_inner().older_than_ms)?;
         let purged = self.hub.purge_dead_letters(before).await.map_err(status)?;
         Ok(Response::new(pb::PurgeDeadLettersResponse { purged: purged as u64 }))
+    }
+
+    async fn backup(&self, _request: Request<pb::BackupRequest>) -> Result<Response<pb::BackupResponse>, Status> {
+        let info = self.backups.take().await.map_err(|err| Status::unavailable(format!("backup failed: {err}")))?;
+        Ok(Response::new(pb::BackupResponse {
+            path: info.path.display().to_string(),
+            tasks: info.tasks,
+            bytes: info.bytes,
+        }))
     }
 }
 

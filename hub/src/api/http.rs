@@ -30,6 +30,7 @@ use crate::feed::{self, FeedEvent};
 pub struct HttpState {
     pub hub: Handle,
     pub spec_defaults: SpecDefaults,
+    pub backups: crate::backup::Backups,
     pub stop: CancellationToken,
 }
 
@@ -51,6 +52,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/dlq", get(list_dead_letters).delete(purge_dead_letters))
         .route("/api/v1/dlq/{id}", get(get_dead_letter))
         .route("/api/v1/dlq/{id}/retry", axum::routing::post(retry_dead_letter))
+        .route("/api/v1/backups", axum::routing::post(take_backup))
         .with_state(state)
 }
 
@@ -396,6 +398,16 @@ async fn purge_dead_letters(
     let before = super::purge_cutoff(query.older_than_ms.unwrap_or(0))?;
     let purged = state.hub.purge_dead_letters(before).await?;
     Ok(Json(json!({ "purged": purged })))
+}
+
+/// `POST /api/v1/backups`: a consistent online backup into the hub's backup directory.
+async fn take_backup(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let info = state
+        .backups
+        .take()
+        .await
+        .map_err(|err| ApiError::new(super::ErrorCode::Unavailable, format!("backup failed: {err}")))?;
+    Ok(Json(json!({ "backup": info })))
 }
 
 async fn list_agents(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -1,0 +1,202 @@
+//! Online backups, their retention, and restoring one.
+//!
+//! A backup is a complete redb file written from one read transaction, so it is a consistent
+//! snapshot taken while the hub keeps serving (redb readers do not block the writer). It is
+//! written beside its final name and renamed into place once durable, so a crash mid-backup
+//! never leaves a half backup that looks whole.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::store::{self, Store};
+
+/// Where backups go, how often, and how many are kept.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub dir: PathBuf,
+    /// `None`: only on demand.
+    pub every: Option<Duration>,
+    pub keep: usize,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BackupInfo {
+    pub path: PathBuf,
+    pub tasks: u64,
+    pub bytes: u64,
+}
+
+const PREFIX: &str = "hub-";
+const SUFFIX: &str = ".redb";
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
+}
+
+/// Backups in `dir`, oldest first (names carry the time they were taken).
+pub fn list(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut backups: Vec<(u128, PathBuf)> = entries
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let stamp = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?.parse::<u128>().ok()?;
+            Some((stamp, entry.path()))
+        })
+        .collect();
+    backups.sort();
+    backups.into_iter().map(|(_, path)| path).collect()
+}
+
+pub fn latest(dir: &Path) -> Option<PathBuf> {
+    list(dir).pop()
+}
+
+/// Takes a backup into the policy's directory and prunes the oldest beyond `keep`. Blocking.
+pub fn take(store: &Store, policy: &Policy) -> Result<BackupInfo, store::Error> {
+    std::fs::create_dir_all(&policy.dir).map_err(store::Error::io(&policy.dir))?;
+    let mut stamp = now_ms();
+    // Two backups in one millisecond must not share a name.
+    while policy.dir.join(format!("{PREFIX}{stamp}{SUFFIX}")).exists() {
+        stamp += 1;
+    }
+    let path = policy.dir.join(format!("{PREFIX}{stamp}{SUFFIX}"));
+    let tasks = store.backup_to(&path)?;
+    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let all = list(&policy.dir);
+    for old in all.iter().take(all.len().saturating_sub(policy.keep.max(1))) {
+        if let Err(err) = std::fs::remove_file(old) {
+            warn!(path = %old.display(), error = %err, "could not remove an old backup");
+        }
+    }
+    info!(path = %path.display(), tasks, bytes, "backup written");
+    Ok(BackupInfo { path, tasks, bytes })
+}
+
+/// Takes backups on the policy's schedule until `stop`.
+pub async fn run_periodic(store: Store, policy: Policy, stop: CancellationToken) {
+    let Some(every) = policy.every else { return };
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let (store, policy) = (store.clone(), policy.clone());
+        match tokio::task::spawn_blocking(move || take(&store, &policy)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => warn!(error = %err, "periodic backup failed"),
+            Err(err) => warn!(error = %err, "periodic backup task failed"),
+        }
+    }
+}
+
+/// Backups on demand, one at a time, for the admin APIs.
+#[derive(Clone)]
+pub struct Backups {
+    store: Store,
+    policy: Policy,
+    one_at_a_time: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Backups {
+    pub fn new(store: Store, policy: Policy) -> Backups {
+        Backups { store, policy, one_at_a_time: Arc::new(tokio::sync::Mutex::new(())) }
+    }
+
+    pub async fn take(&self) -> Result<BackupInfo, store::Error> {
+        let _guard = self.one_at_a_time.lock().await;
+        let (store, policy) = (self.store.clone(), self.policy.clone());
+        tokio::task::spawn_blocking(move || take(&store, &policy))
+            .await
+            .map_err(|err| store::Error::Io { path: PathBuf::from("backup"), message: err.to_string() })?
+    }
+}
+
+#[derive(Debug)]
+pub struct Restored {
+    pub tasks: usize,
+    /// Where the database that was replaced now is, if there was one.
+    pub kept_aside: Option<PathBuf>,
+}
+
+/// Replaces the database at `database` with the backup `from`, after checking the backup opens,
+/// passes redb's integrity check and decodes completely. The replaced file is kept aside, never
+/// deleted. Refuses while a hub has the database open. Blocking.
+pub fn restore(from: &Path, database: &Path) -> Result<Restored, store::Error> {
+    if !from.is_file() {
+        return Err(store::Error::Io { path: from.to_owned(), message: "no such backup file".to_owned() });
+    }
+    // Opening takes redb's lock: this fails clearly if a hub is running on it. Any other outcome
+    // (it opens, or it is damaged) lets the restore go on.
+    if database.exists()
+        && let Err(err @ store::Error::InUse { .. }) = Store::open(database)
+    {
+        return Err(err);
+    }
+    let staging = database.with_extension("restoring");
+    std::fs::copy(from, &staging).map_err(store::Error::io(&staging))?;
+    let tasks = match Store::open(&staging).and_then(|store| store.load_tasks()) {
+        Ok(tasks) => tasks.len(),
+        Err(err) => {
+            let _ = std::fs::remove_file(&staging);
+            return Err(err);
+        }
+    };
+    let kept_aside = if database.exists() {
+        let aside = database.with_extension(format!("damaged-{}", now_ms()));
+        std::fs::rename(database, &aside).map_err(store::Error::io(database))?;
+        Some(aside)
+    } else {
+        None
+    };
+    std::fs::rename(&staging, database).map_err(store::Error::io(database))?;
+    if let Some(dir) = database.parent()
+        && let Ok(dir) = std::fs::File::open(dir)
+    {
+        let _ = dir.sync_all();
+    }
+    Ok(Restored { tasks, kept_aside })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{SpecDefaults, Task, TaskId, TaskSpec};
+    use crate::store::Op;
+
+    fn task(n: i64) -> Task {
+        Task::new(TaskId::new(n), TaskSpec::shell(vec!["echo".into()], &SpecDefaults::default()), n)
+    }
+
+    #[test]
+    fn backups_are_complete_pruned_to_keep_and_restorable() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = dir.path().join("hub.redb");
+        let store = Store::open(&database).unwrap();
+        store.apply((1..=20).map(|n| Op::PutTask(Box::new(task(n)))).collect()).unwrap();
+        let policy = Policy { dir: dir.path().join("backups"), every: None, keep: 2 };
+        let first = take(&store, &policy).unwrap();
+        assert_eq!(first.tasks, 20);
+        store.apply(vec![Op::PutTask(Box::new(task(21)))]).unwrap();
+        take(&store, &policy).unwrap();
+        let newest = take(&store, &policy).unwrap();
+        assert_eq!(list(&policy.dir), vec![list(&policy.dir)[0].clone(), newest.path.clone()]);
+        assert_eq!(list(&policy.dir).len(), 2, "pruned to keep");
+        assert!(!first.path.exists(), "the oldest went first");
+
+        // A running hub's database cannot be replaced under it.
+        let err = restore(&newest.path, &database).unwrap_err();
+        assert!(matches!(err, store::Error::InUse { .. }), "{err}");
+        drop(store);
+        let restored = restore(&newest.path, &database).unwrap();
+        assert_eq!(restored.tasks, 21);
+        assert!(restored.kept_aside.unwrap().exists());
+        assert_eq!(Store::open(&database).unwrap().load_tasks().unwrap().len(), 21);
+    }
+}
