@@ -200,6 +200,13 @@ impl Handle {
     }
 
     /// The task with its retained output (read from disk for a finished task).
+    /// Submits and returns only the id and whether the idempotency key matched: all the
+    /// streaming path acknowledges.
+    pub async fn submit_id(&self, spec: TaskSpec) -> Result<(TaskId, bool), Error> {
+        let submitted = self.submit(spec).await?;
+        Ok((submitted.task.id, submitted.existing))
+    }
+
     pub async fn get(&self, id: TaskId) -> Result<Task, Error> {
         let task = self.ask(|reply| Event::Get { id, reply }).await?.ok_or(Error::NotFound(id))?;
         if task.state.is_terminal() && task.outcome.is_some() {

@@ -5,6 +5,7 @@
 //! the task's exit code (128+N for a signal, 124 for a timeout, 130 when cancelled, 125 when
 //! hubctl itself failed).
 
+mod bulk;
 mod sse;
 
 use std::io::Write;
@@ -125,6 +126,10 @@ struct SubmitArgs {
     /// An LLM prompt instead of a command.
     #[arg(long, conflicts_with = "command")]
     prompt: Option<String>,
+    /// Submit every line of this file (JSON lines, each a `POST /api/v1/tasks` body; `-` reads
+    /// stdin) over one stream, printing each task's id in line order once it is durable.
+    #[arg(long, conflicts_with_all = ["command", "prompt", "wait"])]
+    from_file: Option<std::path::PathBuf>,
     /// Stream the output and exit with the task's exit code.
     #[arg(long)]
     wait: bool,
@@ -515,6 +520,10 @@ fn print_task(task: &Value) {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = Client::new(cli.hub, cli.token)?;
     match cli.command {
+        Command::Submit(args) if args.from_file.is_some() => {
+            let path = args.from_file.clone().expect("checked by the guard");
+            bulk::submit_file(&client.base, &client.token, &path, cli.json).await
+        }
         Command::Submit(args) => {
             let body = submit_body(&args)?;
             let response = client.call(reqwest::Method::POST, "/api/v1/tasks", Some(body)).await;
@@ -667,6 +676,7 @@ mod tests {
             idempotency_key: Some("k".into()),
             after: vec!["01ARZ3NDEKTSV4RRFFQ69G5FAV".into()],
             deadline: None,
+            from_file: None,
             prompt: prompt.map(String::from),
             wait: false,
             command: command.into_iter().map(String::from).collect(),

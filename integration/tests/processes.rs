@@ -323,3 +323,44 @@ async fn a_damaged_database_is_refused_and_restore_from_the_latest_backup_brings
         assert!(hub.api.try_get(id).await.is_some(), "task {id} is missing after the restore");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubctl_submits_a_jsonl_file_over_one_stream_and_prints_ids_in_line_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::serve(&dir.path().join("hub"), &[]).await;
+    let mut lines: Vec<String> =
+        (0..500).map(|n| json!({ "shell": { "argv": ["echo", n.to_string()] } }).to_string()).collect();
+    lines.insert(100, "{\"shell\": {\"argv\": [\"x\"]}, \"priority\": \"sometime\"}".to_owned());
+    lines.push(json!({ "shell": { "argv": ["true"] }, "idempotency_key": "k" }).to_string());
+    lines.push(json!({ "shell": { "argv": ["true"] }, "idempotency_key": "k" }).to_string());
+    let file = dir.path().join("tasks.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+
+    let output = Command::new(binary("hubctl"))
+        .args(["submit", "--from-file"])
+        .arg(&file)
+        .env("AGENTCOM_HUB", &hub.url)
+        .env("AGENTCOM_TOKEN", &hub.api.token)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "one line was refused: {stderr}");
+    assert!(stderr.contains("line 101: invalid priority"), "{stderr}");
+    assert!(stderr.contains("502 of 503 submitted durably"), "{stderr}");
+    let acked: Vec<(u64, String)> = stdout
+        .lines()
+        .map(|l| {
+            let (line, id) = l.split_once(' ').unwrap();
+            (line.parse().unwrap(), id.to_owned())
+        })
+        .collect();
+    assert_eq!(acked.len(), 502);
+    assert!(acked.windows(2).all(|w| w[0].0 < w[1].0), "ids come in line order");
+    assert_eq!(acked[500].1, acked[501].1, "one idempotency key, one task");
+    for (line, id) in acked[..500].iter().step_by(50) {
+        let task = hub.api.get(id).await;
+        let n = if *line <= 100 { line - 1 } else { line - 2 };
+        assert_eq!(task["spec"]["work"]["shell"]["command"]["argv"][1], n.to_string(), "line {line}");
+    }
+}

@@ -20,6 +20,9 @@ use crate::core::{self, AgentView, FromSidecar, Handle, RunningTask, SidecarHell
 use crate::domain::{SpecDefaults, TaskId, TaskState};
 use crate::feed::{self, FeedEvent};
 
+/// Submits of one stream that may wait for their commit at once.
+const SUBMIT_WINDOW: usize = 4096;
+
 /// Largest message either side accepts: a finished task carries up to its output cap per stream.
 pub const MAX_MESSAGE_BYTES: usize = 160 * 1024 * 1024;
 
@@ -78,6 +81,61 @@ impl pb::admin_server::Admin for AdminService {
             task: Some(convert::task_to_pb(&submitted.task)),
             existing: submitted.existing,
         }))
+    }
+
+    type SubmitStreamStream = EventStream<pb::SubmitAck>;
+
+    async fn submit_stream(
+        &self,
+        request: Request<Streaming<pb::SubmitStreamRequest>>,
+    ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (acks, acks_rx) = mpsc::channel::<Result<pb::SubmitAck, Status>>(SUBMIT_WINDOW);
+        let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(SUBMIT_WINDOW));
+        let (hub, defaults, stop) = (self.hub.clone(), self.spec_defaults.clone(), self.stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    next = inbound.message() => next,
+                    _ = stop.cancelled() => return,
+                };
+                let request = match next {
+                    Ok(Some(request)) => request,
+                    Ok(None) => return,
+                    Err(err) => {
+                        let _ = acks.send(Err(err)).await;
+                        return;
+                    }
+                };
+                // Backpressure: at most SUBMIT_WINDOW submits of one stream wait for their commit.
+                let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+                let (hub, defaults, acks) = (hub.clone(), defaults.clone(), acks.clone());
+                tokio::spawn(async move {
+                    let sequence = request.sequence;
+                    let result = match request.spec {
+                        None => Err(ApiError::invalid("invalid spec: is required")),
+                        Some(spec) => match convert::spec_from_pb(spec, &defaults) {
+                            Ok(spec) => hub.submit_id(spec).await.map_err(ApiError::from),
+                            Err(err) => Err(ApiError::from(err)),
+                        },
+                    };
+                    let ack = match result {
+                        Ok((task_id, existing)) => {
+                            pb::SubmitAck { sequence, task_id: task_id.to_string(), existing, ..Default::default() }
+                        }
+                        Err(err) => pb::SubmitAck {
+                            sequence,
+                            error_code: err.code.as_str().to_owned(),
+                            error_message: err.message,
+                            ..Default::default()
+                        },
+                    };
+                    let _ = acks.send(Ok(ack)).await;
+                    drop(permit);
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(acks_rx))))
     }
 
     async fn get_task(&self, request: Request<pb::GetTaskRequest>) -> Result<Response<pb::Task>, Status> {

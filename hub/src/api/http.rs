@@ -308,6 +308,14 @@ impl TryFrom<SubmitBody> for pb::TaskSpec {
     }
 }
 
+/// Reads one submit body (the JSON of `POST /api/v1/tasks`) into the wire contract's spec.
+/// Validation happens where the spec is submitted; this only checks the format. `hubctl submit
+/// --from-file` uses it, so a file line and an HTTP body are the same thing.
+pub fn spec_from_json(json: &str) -> Result<pb::TaskSpec, ApiError> {
+    let body: SubmitBody = serde_json::from_str(json).map_err(|err| ApiError::invalid(err.to_string()))?;
+    pb::TaskSpec::try_from(body)
+}
+
 async fn submit_task(
     State(state): State<HttpState>,
     body: Result<Json<SubmitBody>, JsonRejection>,
