@@ -9,8 +9,10 @@
 //! Records are the wire contract's `v1::Task`, encoded with prost: compact, and it evolves the
 //! way the contract does. redb's API is blocking, so everything here runs off the async workers.
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use agentcom_proto::v1 as pb;
@@ -79,6 +81,64 @@ pub enum Op {
 pub struct Store {
     db: Arc<Database>,
     path: PathBuf,
+    stats: Arc<Stats>,
+}
+
+/// Counters for benchmarks and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Write transactions committed.
+    pub commits: AtomicU64,
+    /// `sync_data` calls (fdatasync) made by the storage backend, when opened with
+    /// [`Store::open_counting_syncs`]; 0 otherwise.
+    pub syncs: Arc<AtomicU64>,
+}
+
+/// redb's file backend, counting the syncs redb asks for. Everything else is forwarded.
+#[derive(Debug)]
+struct CountingBackend {
+    inner: redb::backends::FileBackend,
+    syncs: Arc<AtomicU64>,
+}
+
+impl redb::StorageBackend for CountingBackend {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.inner.write(offset, data)
+    }
+    fn close(&self) -> Result<(), std::io::Error> {
+        self.inner.close()
+    }
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, redb::BackendError> {
+        self.inner.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, redb::BackendError> {
+        self.inner.try_lock_shared_range(start, end)
+    }
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
+        self.inner.lock_range(start, end)
+    }
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
+        self.inner.lock_shared_range(start, end)
+    }
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
+        self.inner.unlock_range(start, end)
+    }
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, redb::BackendError> {
+        self.inner.query_lock_range(start, end)
+    }
 }
 
 impl Store {
@@ -88,8 +148,32 @@ impl Store {
     /// check is refused, also when redb could repair it, since a repair may have dropped data:
     /// the hub must never start with part of its queue silently gone.
     pub fn open(path: &Path) -> Result<Store, Error> {
+        Store::open_with(path, None)
+    }
+
+    /// Like [`Store::open`], counting the storage syncs in [`Stats::syncs`] (for benchmarks).
+    pub fn open_counting_syncs(path: &Path) -> Result<Store, Error> {
+        Store::open_with(path, Some(Arc::new(AtomicU64::new(0))))
+    }
+
+    fn open_with(path: &Path, syncs: Option<Arc<AtomicU64>>) -> Result<Store, Error> {
         let damaged = |detail: String| Error::Damaged { path: path.to_owned(), detail };
-        let mut db = Database::create(path).map_err(|err| match err {
+        let opened = match &syncs {
+            None => Database::create(path),
+            Some(syncs) => {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(path)
+                    .map_err(Error::io(path))?;
+                let inner = redb::backends::FileBackend::new(file)
+                    .map_err(|err| Error::Open { path: path.to_owned(), source: err.into() })?;
+                Database::builder().create_with_backend(CountingBackend { inner, syncs: syncs.clone() })
+            }
+        };
+        let mut db = opened.map_err(|err| match err {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse { path: path.to_owned() },
             redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => damaged(detail),
             other => Error::Open { path: path.to_owned(), source: other.into() },
@@ -104,7 +188,8 @@ impl Store {
             Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail))) => return Err(damaged(detail)),
             Err(err) => return Err(Error::Open { path: path.to_owned(), source: err.into() }),
         }
-        let store = Store { db: Arc::new(db), path: path.to_owned() };
+        let stats = Arc::new(Stats { commits: AtomicU64::new(0), syncs: syncs.unwrap_or_default() });
+        let store = Store { db: Arc::new(db), path: path.to_owned(), stats };
         store.init()?;
         Ok(store)
     }
@@ -130,6 +215,10 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// Every stored task, oldest first. A record that does not decode stops the load: the hub
@@ -217,7 +306,7 @@ impl Store {
     /// Applies changes in one durable transaction. For use before the writer starts (setup,
     /// tools); once it runs, changes go through it.
     pub fn apply(&self, ops: Vec<Op>) -> Result<(), Error> {
-        apply_batch(&self.db, ops)
+        apply_batch(&self.db, &self.stats, ops)
     }
 
     /// Starts the writer thread. `on_commit` runs on that thread after each commit with the
@@ -227,10 +316,10 @@ impl Store {
         on_commit: impl FnMut(Result<Vec<T>, Arc<Error>>) + Send + 'static,
     ) -> Writer<T> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let db = self.db.clone();
+        let (db, stats) = (self.db.clone(), self.stats.clone());
         let thread = std::thread::Builder::new()
             .name("agentcom-store".into())
-            .spawn(move || writer_loop(db, rx, on_commit))
+            .spawn(move || writer_loop(db, stats, rx, on_commit))
             .expect("spawning the storage writer thread");
         Writer { tx, thread: Some(thread) }
     }
@@ -268,6 +357,7 @@ impl<T: Send + 'static> Writer<T> {
 
 fn writer_loop<T>(
     db: Arc<Database>,
+    stats: Arc<Stats>,
     mut rx: mpsc::UnboundedReceiver<Batch<T>>,
     mut on_commit: impl FnMut(Result<Vec<T>, Arc<Error>>),
 ) {
@@ -283,7 +373,7 @@ fn writer_loop<T>(
                 Err(_) => break,
             }
         }
-        match apply_batch(&db, ops) {
+        match apply_batch(&db, &stats, ops) {
             Ok(()) => on_commit(Ok(tickets)),
             Err(err) => {
                 tracing::error!(error = %err, "commit failed");
@@ -293,7 +383,7 @@ fn writer_loop<T>(
     }
 }
 
-fn apply_batch(db: &Database, ops: Vec<Op>) -> Result<(), Error> {
+fn apply_batch(db: &Database, stats: &Stats, ops: Vec<Op>) -> Result<(), Error> {
     // Durability::Immediate is redb's default: commit() returns after the fsync.
     let txn = db.begin_write().map_err(redb_err)?;
     {
@@ -317,6 +407,7 @@ fn apply_batch(db: &Database, ops: Vec<Op>) -> Result<(), Error> {
         }
     }
     txn.commit().map_err(redb_err)?;
+    stats.commits.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 
@@ -357,6 +448,22 @@ mod tests {
         assert_eq!(store.load_tasks().unwrap(), tasks);
         assert_eq!(store.get_task(tasks[3].id).unwrap().as_ref(), Some(&tasks[3]));
         assert_eq!(store.get_task(TaskId::new(7)).unwrap(), None);
+    }
+
+    #[test]
+    fn the_counting_backend_sees_one_sync_per_commit_and_keeps_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let store = Store::open_counting_syncs(&path).unwrap();
+        let (commits, syncs) = (store.stats().commits.load(Ordering::Relaxed), store.stats().syncs.load(Ordering::Relaxed));
+        for n in 0..10 {
+            store.apply(vec![Op::PutTask(Box::new(task(n)))]).unwrap();
+        }
+        let commits = store.stats().commits.load(Ordering::Relaxed) - commits;
+        let syncs = store.stats().syncs.load(Ordering::Relaxed) - syncs;
+        assert_eq!(commits, 10);
+        assert!(syncs >= commits, "{syncs} syncs for {commits} commits");
+        assert!(matches!(Store::open(&path).err(), Some(Error::InUse { .. })), "the file lock is forwarded");
     }
 
     #[test]

@@ -1,0 +1,422 @@
+//! `meshbench`: benchmark programs that print figures, each beside the physical limit measured
+//! in the same run. Not tests: nothing here fails on a slow machine.
+//!
+//! `meshbench queue` measures the durable queue: raw fdatasync on the data directory's disk,
+//! durable submit latency, submit throughput in-process, over unary gRPC and over the streaming
+//! path, fsyncs per commit, full durable cycles with sidecars over loopback gRPC, and start-up
+//! time with a large stored queue. Build with `--release`.
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use agentcom_hub::auth::Role;
+use agentcom_hub::backup;
+use agentcom_hub::core::{self, Core, Handle};
+use agentcom_hub::domain::{SpecDefaults, Task, TaskId, TaskSpec};
+use agentcom_hub::server::{self, DataDir};
+use agentcom_hub::store::{Op, Store};
+use agentcom_proto::v1 as pb;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(name = "meshbench", about = "AgentCom benchmarks: figures beside the limits measured in the same run")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The durable queue: fsync, submit latency and throughput, cycles, start-up.
+    Queue {
+        /// Directory on the disk to measure (a temporary directory is made inside it).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Seconds each throughput phase runs.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Concurrent submitters in the throughput phases.
+        #[arg(long, default_value_t = 64)]
+        submitters: usize,
+        /// Stored tasks for the start-up phase (0 skips it).
+        #[arg(long, default_value_t = 1_000_000)]
+        startup_tasks: usize,
+    },
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index].as_secs_f64() * 1e6
+}
+
+fn latency_summary(mut samples: Vec<Duration>) -> Value {
+    samples.sort_unstable();
+    json!({
+        "samples": samples.len(),
+        "p50_us": percentile(&samples, 0.50).round(),
+        "p99_us": percentile(&samples, 0.99).round(),
+    })
+}
+
+/// Raw fdatasync on the benchmark directory's disk: the floor under every durable commit.
+fn fdatasync_latency(dir: &Path, seconds: f64) -> anyhow::Result<Value> {
+    let path = dir.join("fdatasync.probe");
+    let file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
+    let page = [0x5au8; 4096];
+    let mut samples = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds.min(2.0));
+    let mut n = 0u64;
+    while Instant::now() < deadline || samples.len() < 100 {
+        file.write_at(&page, (n % 64) * 4096)?;
+        let started = Instant::now();
+        file.sync_data()?;
+        samples.push(started.elapsed());
+        n += 1;
+    }
+    std::fs::remove_file(&path)?;
+    Ok(latency_summary(samples))
+}
+
+struct BenchHub {
+    hub: server::Hub,
+    store: Store,
+    url: String,
+    admin_token: String,
+    join_token: String,
+}
+
+async fn start_hub(dir: &Path) -> anyhow::Result<BenchHub> {
+    let data_dir = DataDir::new(dir.join("hub"));
+    std::fs::create_dir_all(&data_dir.root)?;
+    let store = Store::open_counting_syncs(&data_dir.database())?;
+    let tokens = server::ensure_tokens(&data_dir, &store)?;
+    let read = |role| std::fs::read_to_string(data_dir.token_file(role)).map(|t| t.trim().to_owned());
+    let (admin_token, join_token) = (read(Role::Admin)?, read(Role::Join)?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let config = core::Config {
+        heartbeat_interval: Duration::from_secs(1),
+        lease_ttl: Duration::from_secs(30),
+        ..core::Config::default()
+    };
+    let backups = backup::Policy { dir: data_dir.backups(), every: None, keep: 1 };
+    let hub = server::Hub::start(listener, store.clone(), tokens, config, backups).await?;
+    Ok(BenchHub { hub, store, url, admin_token, join_token })
+}
+
+fn shell_spec() -> TaskSpec {
+    TaskSpec::shell(vec!["true".into()], &SpecDefaults::default())
+}
+
+fn shell_spec_pb() -> pb::TaskSpec {
+    pb::TaskSpec {
+        work: Some(pb::Work {
+            kind: Some(pb::work::Kind::Shell(pb::ShellWork { argv: vec!["true".into()], ..Default::default() })),
+        }),
+        ..Default::default()
+    }
+}
+
+fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", MetadataValue::try_from(format!("Bearer {token}")).expect("ascii"));
+    request
+}
+
+/// Commits and syncs during `run`.
+struct Counted<T> {
+    value: T,
+    commits: u64,
+    syncs: u64,
+}
+
+async fn counted<T>(store: &Store, run: impl std::future::Future<Output = T>) -> Counted<T> {
+    let stats = store.stats();
+    let (commits, syncs) = (stats.commits.load(Ordering::Relaxed), stats.syncs.load(Ordering::Relaxed));
+    let value = run.await;
+    Counted {
+        value,
+        commits: stats.commits.load(Ordering::Relaxed) - commits,
+        syncs: stats.syncs.load(Ordering::Relaxed) - syncs,
+    }
+}
+
+async fn single_submitter(handle: &Handle, seconds: f64) -> Value {
+    let mut samples = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    while Instant::now() < deadline {
+        let started = Instant::now();
+        handle.submit(shell_spec()).await.expect("submit");
+        samples.push(started.elapsed());
+    }
+    latency_summary(samples)
+}
+
+/// `submitters` loops, each waiting for its own acknowledgement; returns acknowledgements per second.
+async fn in_process_throughput(handle: &Handle, submitters: usize, seconds: f64) -> f64 {
+    let acked = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..submitters)
+        .map(|_| {
+            let (handle, acked) = (handle.clone(), acked.clone());
+            tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    handle.submit(shell_spec()).await.expect("submit");
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("submitter");
+    }
+    acked.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn channels(url: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::new();
+    for _ in 0..n {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true).connect().await?,
+        );
+    }
+    Ok(channels)
+}
+
+async fn unary_grpc_throughput(url: &str, token: &str, submitters: usize, seconds: f64) -> anyhow::Result<f64> {
+    let channels = channels(url, 4).await?;
+    let acked = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..submitters)
+        .map(|i| {
+            let mut client = pb::admin_client::AdminClient::new(channels[i % channels.len()].clone());
+            let (acked, token) = (acked.clone(), token.to_owned());
+            tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    let request = pb::SubmitTaskRequest { spec: Some(shell_spec_pb()) };
+                    client.submit_task(authorized(request, &token)).await.expect("unary submit");
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await?;
+    }
+    Ok(acked.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Streams that keep submitting for `seconds`; returns acknowledgements per second in that time.
+async fn streaming_throughput(url: &str, token: &str, streams: usize, seconds: f64) -> anyhow::Result<f64> {
+    let channels = channels(url, streams).await?;
+    let acked = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for channel in channels {
+        let mut client = pb::admin_client::AdminClient::new(channel);
+        let (tx, rx) = mpsc::channel(8192);
+        let mut acks = client.submit_stream(authorized(ReceiverStream::new(rx), token)).await?.into_inner();
+        tasks.push(tokio::spawn(async move {
+            for sequence in 0.. {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                if tx.send(pb::SubmitStreamRequest { sequence, spec: Some(shell_spec_pb()) }).await.is_err() {
+                    break;
+                }
+            }
+        }));
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Ok(Some(ack)) = acks.message().await {
+                assert!(ack.error_code.is_empty(), "refused: {}", ack.error_message);
+                if Instant::now() < deadline {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    break;
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    Ok(acked.load(Ordering::Relaxed) as f64 / seconds)
+}
+
+/// A sidecar that finishes every assignment at once, over the real AgentLink protocol.
+async fn instant_sidecar(url: String, token: String, id: String, slots: u32, finished: Arc<AtomicU64>) -> anyhow::Result<()> {
+    let mut client = pb::agent_link_client::AgentLinkClient::new(
+        tonic::transport::Endpoint::from_shared(url)?.tcp_nodelay(true).connect().await?,
+    );
+    let (tx, rx) = mpsc::channel(65_536);
+    let hello = pb::Hello { sidecar_id: id, slots, capabilities: vec!["shell".into()], ..Default::default() };
+    tx.send(pb::SidecarMessage { msg: Some(pb::sidecar_message::Msg::Hello(hello)) }).await?;
+    let mut inbound = client.session(authorized(ReceiverStream::new(rx), &token)).await?.into_inner();
+    while let Some(message) = inbound.message().await? {
+        if let Some(pb::hub_message::Msg::Assign(assign)) = message.msg {
+            let outcome = pb::TaskOutcome { exit: Some(pb::task_outcome::Exit::ExitCode(0)), ..Default::default() };
+            let finished_msg = pb::TaskFinished {
+                task_id: assign.task_id,
+                lease_generation: assign.lease_generation,
+                outcome: Some(outcome),
+            };
+            if tx.send(pb::SidecarMessage { msg: Some(pb::sidecar_message::Msg::Finished(finished_msg)) }).await.is_err() {
+                break;
+            }
+            finished.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+async fn full_cycles(bench: &BenchHub, seconds: f64) -> anyhow::Result<Value> {
+    let finished = Arc::new(AtomicU64::new(0));
+    let mut sidecars = Vec::new();
+    for n in 0..4 {
+        sidecars.push(tokio::spawn(instant_sidecar(
+            bench.url.clone(),
+            bench.join_token.clone(),
+            format!("bench-{n}"),
+            256,
+            finished.clone(),
+        )));
+    }
+    // Wait for the agents.
+    let handle = bench.hub.handle();
+    let wait = Instant::now();
+    while handle.agents().await.map(|a| a.len()).unwrap_or(0) < 1024 {
+        anyhow::ensure!(wait.elapsed() < Duration::from_secs(10), "bench sidecars did not join");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = finished.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let submitted = streaming_throughput(&bench.url, &bench.admin_token, 2, seconds).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cycles = (finished.load(Ordering::Relaxed) - before) as f64 / elapsed;
+    for sidecar in sidecars {
+        sidecar.abort();
+    }
+    Ok(json!({ "cycles_per_s": cycles.round(), "submits_per_s_meanwhile": submitted.round() }))
+}
+
+fn queued_task(n: u64) -> Task {
+    let spec = shell_spec();
+    Task::new(TaskId(ulid::Ulid::from_parts(1_700_000_000_000 + n / 1000, n as u128)), spec, 1_700_000_000_000)
+}
+
+/// Writes `n` queued tasks, then times opening (integrity check included) and loading them.
+async fn startup(dir: &Path, n: usize) -> anyhow::Result<Value> {
+    let path = dir.join("startup.redb");
+    let written = Instant::now();
+    {
+        let store = Store::open(&path)?;
+        let batch = 50_000;
+        for start in (0..n).step_by(batch) {
+            let ops = (start..(start + batch).min(n)).map(|i| Op::PutTask(Box::new(queued_task(i as u64)))).collect();
+            store.apply(ops)?;
+        }
+    }
+    let write_s = written.elapsed().as_secs_f64();
+    let bytes = std::fs::metadata(&path)?.len();
+    let started = Instant::now();
+    let store = Store::open(&path)?;
+    let opened = started.elapsed();
+    let (handle, core_task) = Core::start(core::Config::default(), &store)?;
+    let queued = handle.list(Some(agentcom_hub::domain::TaskState::Queued), 1).await?.len();
+    let ready = started.elapsed();
+    anyhow::ensure!(queued == 1, "the loaded hub has no queued task");
+    handle.shutdown().await;
+    core_task.await?;
+    Ok(json!({
+        "tasks": n,
+        "file_bytes": bytes,
+        "write_s": (write_s * 100.0).round() / 100.0,
+        "open_and_integrity_check_ms": opened.as_millis(),
+        "ready_ms": ready.as_millis(),
+    }))
+}
+
+async fn queue(dir: PathBuf, seconds: f64, submitters: usize, startup_tasks: usize) -> anyhow::Result<()> {
+    let work = tempfile::Builder::new().prefix("meshbench-").tempdir_in(&dir).context("making a temporary directory")?;
+    eprintln!("meshbench queue: measuring in {}", work.path().display());
+    let fdatasync = fdatasync_latency(work.path(), seconds)?;
+    eprintln!("  fdatasync: {fdatasync}");
+
+    let bench = start_hub(work.path()).await?;
+    let handle = bench.hub.handle().clone();
+    let single = counted(&bench.store, single_submitter(&handle, seconds.min(2.0))).await;
+    eprintln!("  single submitter: {}", single.value);
+    let in_process = counted(&bench.store, in_process_throughput(&handle, submitters, seconds)).await;
+    eprintln!("  {submitters} in-process submitters: {:.0}/s", in_process.value);
+    let unary = counted(&bench.store, unary_grpc_throughput(&bench.url, &bench.admin_token, submitters, seconds)).await;
+    let unary_rate = unary.value?;
+    eprintln!("  {submitters} unary gRPC submitters: {unary_rate:.0}/s");
+    let streaming = counted(&bench.store, streaming_throughput(&bench.url, &bench.admin_token, 2, seconds)).await;
+    let streaming_rate = streaming.value?;
+    eprintln!("  streaming submit: {streaming_rate:.0}/s");
+    let cycles = counted(&bench.store, full_cycles(&bench, seconds)).await;
+    let cycles_value = cycles.value?;
+    eprintln!("  full durable cycles: {cycles_value}");
+    bench.hub.stop().await;
+
+    let startup = if startup_tasks > 0 {
+        let figures = startup(work.path(), startup_tasks).await?;
+        eprintln!("  start-up: {figures}");
+        figures
+    } else {
+        Value::Null
+    };
+
+    let per_commit = |c: u64, s: u64| if c == 0 { 0.0 } else { s as f64 / c as f64 };
+    let report = json!({
+        "benchmark": "queue",
+        "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "dir": dir.display().to_string() },
+        "limit_fdatasync": fdatasync,
+        "durable_submit_single": single.value,
+        "submits_per_s": {
+            "submitters": submitters,
+            "in_process": in_process.value.round(),
+            "unary_grpc": unary_rate.round(),
+            "streaming_grpc": streaming_rate.round(),
+        },
+        "commits": {
+            "in_process": { "commits": in_process.commits, "syncs": in_process.syncs, "tasks_per_commit": if in_process.commits == 0 { 0.0 } else { (in_process.value * seconds / in_process.commits as f64).round() } },
+            "fsyncs_per_commit": {
+                "single": per_commit(single.commits, single.syncs),
+                "in_process": per_commit(in_process.commits, in_process.syncs),
+                "unary_grpc": per_commit(unary.commits, unary.syncs),
+                "streaming_grpc": per_commit(streaming.commits, streaming.syncs),
+                "cycles": per_commit(cycles.commits, cycles.syncs),
+            },
+        },
+        "full_cycles": cycles_value,
+        "startup": startup,
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match Cli::parse().command {
+        Command::Queue { dir, seconds, submitters, startup_tasks } => {
+            runtime.block_on(queue(dir, seconds, submitters, startup_tasks))
+        }
+    }
+}
