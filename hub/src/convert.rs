@@ -175,48 +175,47 @@ pub fn spec_from_pb(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result<TaskS
 }
 
 pub fn spec_to_pb(spec: &TaskSpec) -> pb::TaskSpec {
-    let work = match &spec.work {
+    spec_into_pb(spec.clone())
+}
+
+/// Converts by moving: the storage writer's path, which owns its copy already.
+pub fn spec_into_pb(spec: TaskSpec) -> pb::TaskSpec {
+    let work = match spec.work {
         Work::Shell(shell) => {
-            let (argv, script) = match &shell.command {
-                ShellCommand::Argv(argv) => (argv.clone(), String::new()),
-                ShellCommand::Script(script) => (Vec::new(), script.clone()),
+            let (argv, script) = match shell.command {
+                ShellCommand::Argv(argv) => (argv, String::new()),
+                ShellCommand::Script(script) => (Vec::new(), script),
             };
             pb::work::Kind::Shell(pb::ShellWork {
                 argv,
                 script,
-                cwd: shell.cwd.clone().unwrap_or_default(),
-                env: shell.env.clone().into_iter().collect(),
+                cwd: shell.cwd.unwrap_or_default(),
+                env: shell.env.into_iter().collect(),
             })
         }
         Work::Llm(llm) => pb::work::Kind::Llm(pb::LlmWork {
-            prompt: llm.prompt.clone(),
-            system: llm.system.clone(),
-            model: llm.model.clone(),
+            prompt: llm.prompt,
+            system: llm.system,
+            model: llm.model,
             max_tokens: llm.max_tokens,
         }),
         Work::Agent(agent) => pb::work::Kind::Agent(pb::AgentWork {
-            goal: agent.goal.clone(),
-            repository: agent.repository.clone(),
-            branch: agent.branch.clone(),
+            goal: agent.goal,
+            repository: agent.repository,
+            branch: agent.branch,
         }),
     };
     let verification = spec
         .verification
-        .iter()
+        .into_iter()
         .map(|step| {
             let kind = match step {
-                Verification::FileExists(path) => pb::verification_step::Kind::FileExists(path.clone()),
+                Verification::FileExists(path) => pb::verification_step::Kind::FileExists(path),
                 Verification::CommandSucceeds { argv, timeout_ms } => {
-                    pb::verification_step::Kind::CommandSucceeds(pb::CommandCheck {
-                        argv: argv.clone(),
-                        timeout_ms: *timeout_ms,
-                    })
+                    pb::verification_step::Kind::CommandSucceeds(pb::CommandCheck { argv, timeout_ms })
                 }
                 Verification::TestPasses { argv, timeout_ms } => {
-                    pb::verification_step::Kind::TestPasses(pb::CommandCheck {
-                        argv: argv.clone(),
-                        timeout_ms: *timeout_ms,
-                    })
+                    pb::verification_step::Kind::TestPasses(pb::CommandCheck { argv, timeout_ms })
                 }
                 Verification::GitClean => pb::verification_step::Kind::GitClean(true),
             };
@@ -224,19 +223,19 @@ pub fn spec_to_pb(spec: &TaskSpec) -> pb::TaskSpec {
         })
         .collect();
     pb::TaskSpec {
-        name: spec.name.clone(),
-        idempotency_key: spec.idempotency_key.clone().unwrap_or_default(),
+        name: spec.name,
+        idempotency_key: spec.idempotency_key.unwrap_or_default(),
         priority: lane_to_pb(spec.priority).into(),
         tier: tier_to_pb(spec.tier).into(),
         work: Some(pb::Work { kind: Some(work) }),
         context: Some(pb::TaskContext {
-            repository: spec.context.repository.clone(),
-            branch: spec.context.branch.clone(),
-            files: spec.context.files.clone(),
-            env: spec.context.env.clone().into_iter().collect(),
-            notes: spec.context.notes.clone(),
+            repository: spec.context.repository,
+            branch: spec.context.branch,
+            files: spec.context.files,
+            env: spec.context.env.into_iter().collect(),
+            notes: spec.context.notes,
         }),
-        success_criteria: spec.success_criteria.clone(),
+        success_criteria: spec.success_criteria,
         verification,
         limits: Some(pb::Limits {
             timeout_ms: spec.limits.timeout_ms.unwrap_or(0),
@@ -247,16 +246,16 @@ pub fn spec_to_pb(spec: &TaskSpec) -> pb::TaskSpec {
             max_output_bytes: spec.limits.max_output_bytes,
         }),
         placement: Some(pb::Placement {
-            tags: spec.placement.tags.clone(),
-            host: spec.placement.host.clone(),
-            model: spec.placement.model.clone(),
+            tags: spec.placement.tags,
+            host: spec.placement.host,
+            model: spec.placement.model,
         }),
         depends_on: spec.depends_on.iter().map(|id| id.to_string()).collect(),
-        labels: spec.labels.clone().into_iter().collect(),
+        labels: spec.labels.into_iter().collect(),
         retry: Some(pb::RetryPolicy {
             backoff_base_ms: spec.retry.backoff_base_ms,
             backoff_max_ms: spec.retry.backoff_max_ms,
-            retry_on_exit_codes: spec.retry.retry_on_exit_codes.clone(),
+            retry_on_exit_codes: spec.retry.retry_on_exit_codes,
         }),
     }
 }
@@ -280,6 +279,10 @@ pub fn outcome_from_pb(outcome: pb::TaskOutcome) -> Outcome {
 }
 
 pub fn outcome_to_pb(outcome: &Outcome) -> pb::TaskOutcome {
+    outcome_into_pb(outcome.clone())
+}
+
+fn outcome_into_pb(outcome: Outcome) -> pb::TaskOutcome {
     let exit = match outcome.exit {
         Exit::Code(code) => Some(pb::task_outcome::Exit::ExitCode(code)),
         Exit::Signal(signal) => Some(pb::task_outcome::Exit::Signal(signal)),
@@ -288,30 +291,35 @@ pub fn outcome_to_pb(outcome: &Outcome) -> pb::TaskOutcome {
     pb::TaskOutcome {
         exit,
         duration_ms: outcome.duration_ms,
-        stdout: outcome.stdout.clone(),
-        stderr: outcome.stderr.clone(),
+        stdout: outcome.stdout,
+        stderr: outcome.stderr,
         stdout_total_bytes: outcome.stdout_total_bytes,
         stderr_total_bytes: outcome.stderr_total_bytes,
         timed_out: outcome.timed_out,
-        error: outcome.error.clone().unwrap_or_default(),
+        error: outcome.error.unwrap_or_default(),
     }
 }
 
 pub fn task_to_pb(task: &Task) -> pb::Task {
+    task_into_pb(task.clone())
+}
+
+/// Converts by moving: the storage writer's path, which owns its copy already.
+pub fn task_into_pb(task: Task) -> pb::Task {
     pb::Task {
         id: task.id.to_string(),
-        spec: Some(spec_to_pb(&task.spec)),
+        spec: Some(spec_into_pb(task.spec)),
         state: state_to_pb(task.state).into(),
-        state_reason: task.state_reason.clone(),
+        state_reason: task.state_reason,
         attempt: task.attempt,
         lease_generation: task.lease_generation,
-        agent_id: task.agent_id.clone().unwrap_or_default(),
-        sidecar_id: task.sidecar_id.clone().unwrap_or_default(),
+        agent_id: task.agent_id.unwrap_or_default(),
+        sidecar_id: task.sidecar_id.unwrap_or_default(),
         created_unix_ms: task.created_unix_ms,
         updated_unix_ms: task.updated_unix_ms,
         started_unix_ms: task.started_unix_ms.unwrap_or(0),
         finished_unix_ms: task.finished_unix_ms.unwrap_or(0),
-        outcome: task.outcome.as_ref().map(outcome_to_pb),
+        outcome: task.outcome.map(outcome_into_pb),
     }
 }
 

@@ -313,6 +313,9 @@ pub struct Core {
     deadlines: std::collections::BTreeSet<(UnixMs, TaskId)>,
     sidecars: HashMap<String, Sidecar>,
     agents: BTreeMap<String, Agent>,
+    /// Idle agents by sidecar, kept in step with agent states by `move_agent`, so dispatch does
+    /// not scan every agent for every task it places.
+    idle: IdleIndex,
     feeds: HashMap<TaskId, Arc<Feed>>,
     next_session: u64,
     /// When idempotency keys past their retention were last forgotten.
@@ -353,6 +356,7 @@ impl Core {
             dependents: HashMap::new(),
             sidecars: HashMap::new(),
             agents: BTreeMap::new(),
+            idle: IdleIndex::default(),
             feeds: HashMap::new(),
             next_session: 1,
             last_key_sweep: 0,
@@ -386,7 +390,6 @@ impl Core {
                         expires_at: now + ttl,
                     };
                     self.queue.grant(task.id, lease);
-                    self.feeds.insert(task.id, Feed::new(task.clone()));
                     n_leased += 1;
                 }
                 _ => {}
@@ -714,8 +717,10 @@ impl Core {
         let agent_ids: Vec<String> = (0..hello.slots).map(|slot| format!("{sidecar_id}/{slot}")).collect();
         if let Some(old) = self.sidecars.get(&sidecar_id) {
             for agent_id in &old.agent_ids {
-                if !agent_ids.contains(agent_id) {
-                    self.agents.remove(agent_id);
+                if !agent_ids.contains(agent_id)
+                    && let Some(agent) = self.agents.remove(agent_id)
+                {
+                    self.idle.remove(&agent);
                 }
             }
         }
@@ -729,11 +734,13 @@ impl Core {
             });
             agent.task_id = None;
             if agent.state == AgentState::Offline {
-                move_agent(agent, AgentEvent::Rejoin, now);
+                move_agent(agent, AgentEvent::Rejoin, now, &mut self.idle);
             } else {
                 // A session replaced another without the old one being declared lost.
+                self.idle.remove(agent);
                 agent.state = AgentState::Idle;
                 agent.state_since = now;
+                self.idle.insert(agent);
             }
         }
 
@@ -746,8 +753,8 @@ impl Core {
                     let _ = self.queue.renew(task_id, generation, &sidecar_id, now, ttl);
                     if let Some(agent) = self.agents.get_mut(&lease.agent_id) {
                         agent.task_id = Some(task_id);
-                        move_agent(agent, AgentEvent::Assign, now);
-                        move_agent(agent, AgentEvent::Start, now);
+                        move_agent(agent, AgentEvent::Assign, now, &mut self.idle);
+                        move_agent(agent, AgentEvent::Start, now, &mut self.idle);
                     }
                 }
                 _ => self.lease_lost(task_id, "sidecar restarted without it", now),
@@ -786,7 +793,7 @@ impl Core {
                 }
                 let agent_id = self.queue.lease(task_id).map(|l| l.agent_id.clone());
                 if let Some(agent) = agent_id.and_then(|id| self.agents.get_mut(&id)) {
-                    move_agent(agent, AgentEvent::Start, now);
+                    move_agent(agent, AgentEvent::Start, now, &mut self.idle);
                 }
                 let task = self.tasks.get_mut(&task_id).expect("a leased task exists");
                 if task.state == TaskState::Dispatched {
@@ -800,9 +807,10 @@ impl Core {
                     self.refuse(sidecar_id, task_id, lease_generation, fence, "output");
                     return;
                 }
-                if let Some(feed) = self.feeds.get(&task_id) {
-                    feed.append(stream, offset, &data);
-                }
+                // Feeds are made when first needed: most tasks are never watched.
+                let tasks = &self.tasks;
+                let feed = self.feeds.entry(task_id).or_insert_with(|| Feed::new(tasks[&task_id].clone()));
+                feed.append(stream, offset, &data);
             }
             FromSidecar::Finished { task_id, lease_generation, outcome } => {
                 if let Err(fence) = self.queue.check(task_id, lease_generation, sidecar_id) {
@@ -847,7 +855,7 @@ impl Core {
         {
             agent.task_id = None;
             if agent.state != AgentState::Offline {
-                move_agent(agent, AgentEvent::Release, now);
+                move_agent(agent, AgentEvent::Release, now, &mut self.idle);
             }
         }
         Some(lease)
@@ -932,7 +940,7 @@ impl Core {
             if let Some(agent) = self.agents.get_mut(&agent_id)
                 && agent.state != AgentState::Offline
             {
-                move_agent(agent, AgentEvent::Lost, now);
+                move_agent(agent, AgentEvent::Lost, now, &mut self.idle);
             }
         }
     }
@@ -1055,15 +1063,12 @@ impl Core {
         }
         let ttl = self.config.lease_ttl.as_millis() as i64;
         loop {
-            let mut idle: HashMap<&str, Vec<&str>> = HashMap::new();
-            for agent in self.agents.values().filter(|a| a.state == AgentState::Idle) {
-                idle.entry(agent.sidecar_id.as_str()).or_default().push(agent.id.as_str());
-            }
-            if idle.is_empty() || self.queue.n_ready() == 0 {
+            if self.idle.is_empty() || self.queue.n_ready() == 0 {
                 return;
             }
             let sidecars = &self.sidecars;
             let tasks = &self.tasks;
+            let idle = &self.idle.by_sidecar;
             let popped = self.queue.pop_ready(now, |id| {
                 let task = &tasks[&id];
                 if task.spec.limits.deadline_unix_ms.is_some_and(|deadline| deadline <= now) {
@@ -1073,11 +1078,11 @@ impl Core {
                 idle.iter()
                     .filter(|(sid, _)| {
                         sidecars
-                            .get(**sid)
+                            .get(*sid)
                             .is_some_and(|s| s.outbox.is_some() && s.hello.capabilities.iter().any(|c| c == needed))
                     })
                     .max_by(|a, b| a.1.len().cmp(&b.1.len()).then_with(|| b.0.cmp(a.0)))
-                    .map(|(sid, agents)| (sid.to_string(), agents[0].to_string()))
+                    .and_then(|(sid, agents)| Some((sid.clone(), agents.first()?.clone())))
             });
             let Some((task_id, (sidecar_id, agent_id))) = popped else { return };
             if let Some(deadline) = self.tasks[&task_id].spec.limits.deadline_unix_ms {
@@ -1096,9 +1101,7 @@ impl Core {
             self.queue.grant(task_id, lease);
             let agent = self.agents.get_mut(&agent_id).expect("an idle agent exists");
             agent.task_id = Some(task_id);
-            move_agent(agent, AgentEvent::Assign, now);
-            let snapshot = self.tasks[&task_id].clone();
-            self.feeds.entry(task_id).or_insert_with(|| Feed::new(snapshot));
+            move_agent(agent, AgentEvent::Assign, now, &mut self.idle);
             self.persist(task_id, AfterCommit::Assigned { task_id, lease_generation });
         }
     }
@@ -1145,12 +1148,41 @@ fn strip_output(task: &mut Task) {
     }
 }
 
-fn move_agent(agent: &mut Agent, event: AgentEvent, now: UnixMs) {
+/// Idle agents by sidecar.
+#[derive(Default)]
+struct IdleIndex {
+    by_sidecar: HashMap<String, std::collections::BTreeSet<String>>,
+}
+
+impl IdleIndex {
+    fn insert(&mut self, agent: &Agent) {
+        if agent.state == AgentState::Idle {
+            self.by_sidecar.entry(agent.sidecar_id.clone()).or_default().insert(agent.id.clone());
+        }
+    }
+
+    fn remove(&mut self, agent: &Agent) {
+        if let Some(agents) = self.by_sidecar.get_mut(&agent.sidecar_id) {
+            agents.remove(&agent.id);
+            if agents.is_empty() {
+                self.by_sidecar.remove(&agent.sidecar_id);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_sidecar.is_empty()
+    }
+}
+
+fn move_agent(agent: &mut Agent, event: AgentEvent, now: UnixMs, idle: &mut IdleIndex) {
     match agent::transition(agent.state, event) {
         Ok(to) => {
             if to != agent.state {
+                idle.remove(agent);
                 agent.state = to;
                 agent.state_since = now;
+                idle.insert(agent);
             }
         }
         Err(err) => warn!(agent_id = agent.id, error = %err, "refused an agent transition"),

@@ -394,8 +394,9 @@ fn apply_batch(db: &Database, stats: &Stats, ops: Vec<Op>) -> Result<(), Error> 
             match op {
                 Op::PutTask(task) => {
                     buf.clear();
-                    convert::task_to_pb(&task).encode(&mut buf).expect("encoding into a Vec cannot fail");
-                    tasks.insert(u128::from(task.id.0), buf.as_slice()).map_err(redb_err)?;
+                    let key = u128::from(task.id.0);
+                    convert::task_into_pb(*task).encode(&mut buf).expect("encoding into a Vec cannot fail");
+                    tasks.insert(key, buf.as_slice()).map_err(redb_err)?;
                 }
                 Op::DeleteTask(id) => {
                     tasks.remove(u128::from(id.0)).map_err(redb_err)?;
@@ -455,7 +456,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hub.redb");
         let store = Store::open_counting_syncs(&path).unwrap();
-        let (commits, syncs) = (store.stats().commits.load(Ordering::Relaxed), store.stats().syncs.load(Ordering::Relaxed));
+        let (commits, syncs) =
+            (store.stats().commits.load(Ordering::Relaxed), store.stats().syncs.load(Ordering::Relaxed));
         for n in 0..10 {
             store.apply(vec![Op::PutTask(Box::new(task(n)))]).unwrap();
         }

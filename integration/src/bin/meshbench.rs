@@ -189,9 +189,7 @@ async fn in_process_throughput(handle: &Handle, submitters: usize, seconds: f64)
 async fn channels(url: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
     let mut channels = Vec::new();
     for _ in 0..n {
-        channels.push(
-            tonic::transport::Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true).connect().await?,
-        );
+        channels.push(tonic::transport::Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true).connect().await?);
     }
     Ok(channels)
 }
@@ -260,7 +258,13 @@ async fn streaming_throughput(url: &str, token: &str, streams: usize, seconds: f
 }
 
 /// A sidecar that finishes every assignment at once, over the real AgentLink protocol.
-async fn instant_sidecar(url: String, token: String, id: String, slots: u32, finished: Arc<AtomicU64>) -> anyhow::Result<()> {
+async fn instant_sidecar(
+    url: String,
+    token: String,
+    id: String,
+    slots: u32,
+    finished: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
     let mut client = pb::agent_link_client::AgentLinkClient::new(
         tonic::transport::Endpoint::from_shared(url)?.tcp_nodelay(true).connect().await?,
     );
@@ -276,7 +280,11 @@ async fn instant_sidecar(url: String, token: String, id: String, slots: u32, fin
                 lease_generation: assign.lease_generation,
                 outcome: Some(outcome),
             };
-            if tx.send(pb::SidecarMessage { msg: Some(pb::sidecar_message::Msg::Finished(finished_msg)) }).await.is_err() {
+            if tx
+                .send(pb::SidecarMessage { msg: Some(pb::sidecar_message::Msg::Finished(finished_msg)) })
+                .await
+                .is_err()
+            {
                 break;
             }
             finished.fetch_add(1, Ordering::Relaxed);
@@ -304,15 +312,45 @@ async fn full_cycles(bench: &BenchHub, seconds: f64) -> anyhow::Result<Value> {
         anyhow::ensure!(wait.elapsed() < Duration::from_secs(10), "bench sidecars did not join");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let before = finished.load(Ordering::Relaxed);
+    // Closed loop: submitters hold back while CYCLE_WINDOW submitted tasks are unfinished, so
+    // what is measured is the rate the whole cycle sustains, not a growing backlog.
+    const CYCLE_WINDOW: u64 = 4096;
+    let submitted = Arc::new(AtomicU64::new(0));
+    let base = finished.load(Ordering::Relaxed);
     let started = Instant::now();
-    let submitted = streaming_throughput(&bench.url, &bench.admin_token, 2, seconds).await?;
-    let elapsed = started.elapsed().as_secs_f64();
-    let cycles = (finished.load(Ordering::Relaxed) - before) as f64 / elapsed;
+    let deadline = started + Duration::from_secs_f64(seconds);
+    let mut streams = Vec::new();
+    for channel in channels(&bench.url, 2).await? {
+        let mut client = pb::admin_client::AdminClient::new(channel);
+        let (tx, rx) = mpsc::channel(1024);
+        let mut acks =
+            client.submit_stream(authorized(ReceiverStream::new(rx), &bench.admin_token)).await?.into_inner();
+        let (submitted, finished) = (submitted.clone(), finished.clone());
+        streams.push(tokio::spawn(async move {
+            let mut sequence = 0;
+            while Instant::now() < deadline {
+                if submitted.load(Ordering::Relaxed) - (finished.load(Ordering::Relaxed) - base) >= CYCLE_WINDOW {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                submitted.fetch_add(1, Ordering::Relaxed);
+                sequence += 1;
+                if tx.send(pb::SubmitStreamRequest { sequence, spec: Some(shell_spec_pb()) }).await.is_err() {
+                    break;
+                }
+            }
+        }));
+        streams.push(tokio::spawn(async move { while let Ok(Some(_)) = acks.message().await {} }));
+    }
+    tokio::time::sleep_until(deadline.into()).await;
+    let cycles = (finished.load(Ordering::Relaxed) - base) as f64 / started.elapsed().as_secs_f64();
+    for stream in streams {
+        stream.abort();
+    }
     for sidecar in sidecars {
         sidecar.abort();
     }
-    Ok(json!({ "cycles_per_s": cycles.round(), "submits_per_s_meanwhile": submitted.round() }))
+    Ok(json!({ "cycles_per_s": cycles.round(), "window": CYCLE_WINDOW }))
 }
 
 fn queued_task(n: u64) -> Task {
@@ -353,7 +391,8 @@ async fn startup(dir: &Path, n: usize) -> anyhow::Result<Value> {
 }
 
 async fn queue(dir: PathBuf, seconds: f64, submitters: usize, startup_tasks: usize) -> anyhow::Result<()> {
-    let work = tempfile::Builder::new().prefix("meshbench-").tempdir_in(&dir).context("making a temporary directory")?;
+    let work =
+        tempfile::Builder::new().prefix("meshbench-").tempdir_in(&dir).context("making a temporary directory")?;
     eprintln!("meshbench queue: measuring in {}", work.path().display());
     let fdatasync = fdatasync_latency(work.path(), seconds)?;
     eprintln!("  fdatasync: {fdatasync}");
