@@ -302,7 +302,8 @@ pub struct Core {
     events: mpsc::UnboundedReceiver<Event>,
     handle: Handle,
     writer: Option<Writer<AfterCommit>>,
-    tasks: BTreeMap<TaskId, Task>,
+    /// Boxed: a task record is large, and B-tree nodes move their values when they split.
+    tasks: BTreeMap<TaskId, Box<Task>>,
     by_key: HashMap<String, TaskId>,
     /// Submits not yet durable, with everyone waiting on them.
     pending_submits: HashMap<TaskId, Vec<SubmitWaiter>>,
@@ -336,7 +337,9 @@ impl Core {
     /// running when the hub stopped keep their leases for one lease TTL, so their sidecars can
     /// reconnect and claim them before they are requeued.
     pub fn start(config: Config, store: &Store) -> Result<(Handle, tokio::task::JoinHandle<()>), store::Error> {
+        let loading = std::time::Instant::now();
         let tasks = store.load_tasks()?;
+        let load_ms = loading.elapsed().as_millis() as u64;
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = Handle { events: tx.clone(), healthy: Arc::new(AtomicBool::new(true)), store: store.clone() };
         let writer = store.start_writer(move |result| {
@@ -363,12 +366,14 @@ impl Core {
             shutting_down: false,
             stale_messages: 0,
         };
+        let restoring = std::time::Instant::now();
         core.restore(tasks, now_ms());
+        info!(load_ms, restore_ms = restoring.elapsed().as_millis() as u64, "queue loaded");
         let join = tokio::spawn(core.run());
         Ok((handle, join))
     }
 
-    fn restore(&mut self, tasks: Vec<Task>, now: UnixMs) {
+    fn restore(&mut self, tasks: Vec<Box<Task>>, now: UnixMs) {
         let (mut n_ready, mut n_leased) = (0, 0);
         let mut waiting = Vec::new();
         let ttl = self.config.lease_ttl.as_millis() as i64;
@@ -455,7 +460,7 @@ impl Core {
         match event {
             Event::Submit { spec, reply } => self.submit(*spec, reply, now),
             Event::Get { id, reply } => {
-                let _ = reply.send(self.tasks.get(&id).cloned());
+                let _ = reply.send(self.tasks.get(&id).map(|task| Task::clone(task)));
             }
             Event::List { state, limit, reply } => {
                 // Summaries: output only comes with a single task.
@@ -466,7 +471,7 @@ impl Core {
                     .filter(|t| state.is_none_or(|s| t.state == s))
                     .take(limit)
                     .map(|t| {
-                        let mut t = t.clone();
+                        let mut t = Task::clone(t);
                         strip_output(&mut t);
                         t
                     })
@@ -478,9 +483,9 @@ impl Core {
                 let result = match self.feeds.get(&id) {
                     Some(feed) => Ok(WatchReply::Live(feed.clone())),
                     None => match self.tasks.get(&id) {
-                        Some(task) if task.state.is_terminal() => Ok(WatchReply::Final(Box::new(task.clone()))),
+                        Some(task) if task.state.is_terminal() => Ok(WatchReply::Final(task.clone())),
                         Some(task) => {
-                            let feed = Feed::new(task.clone());
+                            let feed = Feed::new(Task::clone(task));
                             self.feeds.insert(id, feed.clone());
                             Ok(WatchReply::Live(feed))
                         }
@@ -525,7 +530,7 @@ impl Core {
     fn persist(&mut self, id: TaskId, ticket: AfterCommit) {
         // Watchers see the change once it is durable, through the ticket.
         let task = self.tasks.get(&id).expect("persisting a known task").clone();
-        self.write(vec![Op::PutTask(Box::new(task))], ticket);
+        self.write(vec![Op::PutTask(task)], ticket);
     }
 
     fn submit(&mut self, spec: TaskSpec, reply: Reply<Result<Submitted, Error>>, now: UnixMs) {
@@ -542,7 +547,7 @@ impl Core {
             match self.pending_submits.get_mut(&existing) {
                 Some(waiters) => waiters.push((reply, true)),
                 None => {
-                    let task = self.tasks[&existing].clone();
+                    let task = Task::clone(&self.tasks[&existing]);
                     let _ = reply.send(Ok(Submitted { task, existing: true }));
                 }
             }
@@ -572,7 +577,7 @@ impl Core {
         if !task.spec.depends_on.is_empty() {
             task.state = TaskState::Waiting;
         }
-        self.tasks.insert(id, task);
+        self.tasks.insert(id, Box::new(task));
         self.pending_submits.insert(id, vec![(reply, false)]);
         self.persist(id, AfterCommit::Submitted(id));
     }
@@ -809,7 +814,7 @@ impl Core {
                 }
                 // Feeds are made when first needed: most tasks are never watched.
                 let tasks = &self.tasks;
-                let feed = self.feeds.entry(task_id).or_insert_with(|| Feed::new(tasks[&task_id].clone()));
+                let feed = self.feeds.entry(task_id).or_insert_with(|| Feed::new(Task::clone(&tasks[&task_id])));
                 feed.append(stream, offset, &data);
             }
             FromSidecar::Finished { task_id, lease_generation, outcome } => {
@@ -988,7 +993,7 @@ impl Core {
         for ticket in tickets {
             match ticket {
                 AfterCommit::Submitted(id) => {
-                    let task = self.tasks[&id].clone();
+                    let task = Task::clone(&self.tasks[&id]);
                     for (reply, existing) in self.pending_submits.remove(&id).unwrap_or_default() {
                         let _ = reply.send(Ok(Submitted { task: task.clone(), existing }));
                     }
@@ -1017,11 +1022,11 @@ impl Core {
                 }
                 AfterCommit::Changed(id) => self.notify(id, now),
                 AfterCommit::Answer { task_id, reply } => {
-                    let _ = reply.send(Ok(self.tasks[&task_id].clone()));
+                    let _ = reply.send(Ok(Task::clone(&self.tasks[&task_id])));
                     self.notify(task_id, now);
                 }
                 AfterCommit::Requeued { task_id, reply } => {
-                    let task = self.tasks[&task_id].clone();
+                    let task = Task::clone(&self.tasks[&task_id]);
                     let _ = reply.send(Ok(task.clone()));
                     if task.state == TaskState::Queued {
                         self.wait(&task, None);

@@ -452,6 +452,10 @@ async fn queue(dir: PathBuf, seconds: f64, submitters: usize, startup_tasks: usi
 }
 
 fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match Cli::parse().command {
         Command::Queue { dir, seconds, submitters, startup_tasks } => {
