@@ -142,7 +142,7 @@ type SubmitWaiter = (Reply<Result<Submitted, Error>>, bool);
 pub enum Event {
     Submit { spec: Box<TaskSpec>, reply: Reply<Result<Submitted, Error>> },
     Get { id: TaskId, reply: Reply<Option<Task>> },
-    List { state: Option<TaskState>, limit: usize, reply: Reply<Vec<Task>> },
+    List { state: Option<TaskState>, before: Option<TaskId>, limit: usize, reply: Reply<Vec<Task>> },
     Cancel { id: TaskId, reason: String, reply: Reply<Result<Task, Error>> },
     Watch { id: TaskId, reply: Reply<Result<WatchReply, Error>> },
     Agents { reply: Reply<Vec<AgentView>> },
@@ -228,7 +228,17 @@ impl Handle {
     }
 
     pub async fn list(&self, state: Option<TaskState>, limit: usize) -> Result<Vec<Task>, Error> {
-        self.ask(|reply| Event::List { state, limit, reply }).await
+        self.list_before(state, None, limit).await
+    }
+
+    /// Newest first, only tasks older than `before` (the last id of the previous page).
+    pub async fn list_before(
+        &self,
+        state: Option<TaskState>,
+        before: Option<TaskId>,
+        limit: usize,
+    ) -> Result<Vec<Task>, Error> {
+        self.ask(|reply| Event::List { state, before, limit, reply }).await
     }
 
     pub async fn cancel(&self, id: TaskId, reason: String) -> Result<Task, Error> {
@@ -373,6 +383,7 @@ impl Core {
         Ok((handle, join))
     }
 
+    #[allow(clippy::vec_box)] // Reason: the boxes move into `tasks` as they are; no 816-byte copies.
     fn restore(&mut self, tasks: Vec<Box<Task>>, now: UnixMs) {
         let (mut n_ready, mut n_leased) = (0, 0);
         let mut waiting = Vec::new();
@@ -462,11 +473,14 @@ impl Core {
             Event::Get { id, reply } => {
                 let _ = reply.send(self.tasks.get(&id).map(|task| Task::clone(task)));
             }
-            Event::List { state, limit, reply } => {
+            Event::List { state, before, limit, reply } => {
                 // Summaries: output only comes with a single task.
-                let tasks = self
-                    .tasks
-                    .values()
+                let older = match before {
+                    Some(before) => self.tasks.range(..before),
+                    None => self.tasks.range(..),
+                };
+                let tasks = older
+                    .map(|(_, task)| task)
                     .rev()
                     .filter(|t| state.is_none_or(|s| t.state == s))
                     .take(limit)
@@ -752,9 +766,11 @@ impl Core {
         // Leases this sidecar held: keep those it still runs, take back the rest.
         let held: Vec<(TaskId, Lease)> = self.queue.leased_to(&sidecar_id).map(|(id, l)| (id, l.clone())).collect();
         let ttl = self.config.lease_ttl.as_millis() as i64;
+        let mut kept = std::collections::HashSet::new();
         for (task_id, lease) in held {
             match claimed.get(&task_id) {
                 Some(&generation) if generation == lease.generation => {
+                    kept.insert(task_id);
                     let _ = self.queue.renew(task_id, generation, &sidecar_id, now, ttl);
                     if let Some(agent) = self.agents.get_mut(&lease.agent_id) {
                         agent.task_id = Some(task_id);
@@ -772,7 +788,15 @@ impl Core {
             heartbeat_interval: self.config.heartbeat_interval,
             lease_ttl: self.config.lease_ttl,
         };
-        self.sidecars.insert(sidecar_id, Sidecar { hello, session, outbox: Some(outbox), last_seen: now, agent_ids });
+        self.sidecars
+            .insert(sidecar_id.clone(), Sidecar { hello, session, outbox: Some(outbox), last_seen: now, agent_ids });
+        // Work the sidecar still runs under a lease it no longer holds: stop it now.
+        for (task_id, lease_generation) in claimed {
+            if !kept.contains(&task_id) {
+                let reason = "lease no longer held".to_owned();
+                self.send_to(&sidecar_id, ToSidecar::Cancel { task_id, lease_generation, reason });
+            }
+        }
         Ok((welcome, session))
     }
 

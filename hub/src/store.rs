@@ -225,6 +225,7 @@ impl Store {
     /// must never start with part of its queue silently missing. Records are copied out of one
     /// read transaction and decoded on every core.
     /// Boxed, because a task record is large and a million of them should move as pointers.
+    #[allow(clippy::vec_box)] // Reason: as above; the core keeps these boxes.
     pub fn load_tasks(&self) -> Result<Vec<Box<Task>>, Error> {
         let reading = std::time::Instant::now();
         let raw: Vec<(u128, Vec<u8>)> = {
@@ -416,7 +417,6 @@ fn apply_batch(db: &Database, stats: &Stats, ops: Vec<Op>) -> Result<(), Error> 
     let txn = db.begin_write().map_err(redb_err)?;
     {
         let mut tasks = txn.open_table(TASKS).map_err(redb_err)?;
-        let mut tokens = txn.open_table(TOKENS).map_err(redb_err)?;
         let mut buf = Vec::new();
         for op in ops {
             match op {
@@ -430,6 +430,7 @@ fn apply_batch(db: &Database, stats: &Stats, ops: Vec<Op>) -> Result<(), Error> 
                     tasks.remove(u128::from(id.0)).map_err(redb_err)?;
                 }
                 Op::PutToken { hash, role } => {
+                    let mut tokens = txn.open_table(TOKENS).map_err(redb_err)?;
                     tokens.insert(hash.as_str(), role.as_str()).map_err(redb_err)?;
                 }
             }

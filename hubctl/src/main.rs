@@ -52,6 +52,9 @@ enum Command {
         state: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Only tasks older than this id (the last id of the previous page).
+        #[arg(long)]
+        before: Option<String>,
     },
     /// Cancel a task, wherever it is.
     Cancel { id: String },
@@ -559,10 +562,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::List { state, limit } => {
+        Command::List { state, limit, before } => {
             let mut path = format!("/api/v1/tasks?limit={limit}");
             if let Some(state) = state {
                 path.push_str(&format!("&state={state}"));
+            }
+            if let Some(before) = before {
+                path.push_str(&format!("&before={before}"));
             }
             let response = client.call(reqwest::Method::GET, &path, None).await?;
             if cli.json {

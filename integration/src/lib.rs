@@ -66,6 +66,24 @@ impl Api {
         (status, body)
     }
 
+    /// Like [`Api::request`], but `None` when the hub cannot be reached or does not answer in time.
+    pub async fn request_timeout(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> Option<(u16, Value)> {
+        let mut request =
+            self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token).timeout(timeout);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.json().await.ok()?))
+    }
+
     /// Submits a task body; panics unless the hub acknowledged it. Returns the task JSON.
     pub async fn submit(&self, body: Value) -> Value {
         let (status, response) = self.request(reqwest::Method::POST, "/api/v1/tasks", Some(body)).await;

@@ -364,3 +364,100 @@ async fn hubctl_submits_a_jsonl_file_over_one_stream_and_prints_ids_in_line_orde
         assert_eq!(task["spec"]["work"]["shell"]["command"]["argv"][1], n.to_string(), "line {line}");
     }
 }
+
+/// Submits keys until each is acknowledged, retrying through hub restarts as a careful client
+/// would (the idempotency key makes a retry safe). Returns key -> every id the hub answered with.
+async fn submit_through_crashes(
+    api: agentcom_integration::Api,
+    worker: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> HashMap<String, Vec<String>> {
+    let mut answers: HashMap<String, Vec<String>> = HashMap::new();
+    let (mut n, mut resubmitted) = (0, false);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let key = format!("w{worker}-{n}");
+        let mut body = shell(r#"echo "$AGENTCOM_TASK_ID $AGENTCOM_LEASE_GENERATION" >> runs.log"#);
+        body["idempotency_key"] = json!(key);
+        let request = api.request_timeout(reqwest::Method::POST, "/api/v1/tasks", Some(body), Duration::from_secs(2));
+        match request.await {
+            Some((201 | 200, response)) => {
+                answers.entry(key).or_default().push(response["task"]["id"].as_str().unwrap().to_owned());
+                // Every seventh key is submitted twice: the second must answer with the same task.
+                if n % 7 == 6 && !resubmitted {
+                    resubmitted = true;
+                } else {
+                    resubmitted = false;
+                    n += 1;
+                }
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await, // The hub is down: retry the key.
+        }
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_kill_9s_under_load_lose_nothing_run_nothing_twice_and_keep_keys_unique() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let flags = [&FAST_BEATS[..], &["--retry-backoff-base-ms", "20", "--retry-backoff-max-ms", "200"]].concat();
+    let mut hub = HubProcess::serve(&dir.path().join("hub"), &flags).await;
+    let _a = SidecarProcess::start(&hub, "crash-a", 4, &work);
+    let _b = SidecarProcess::start(&hub, "crash-b", 4, &work);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let submitters: Vec<_> =
+        (0..4).map(|worker| tokio::spawn(submit_through_crashes(hub.api.clone(), worker, stop.clone()))).collect();
+
+    let mut rng_state = 0x9e3779b97f4a7c15u64;
+    for _ in 0..20 {
+        // A random moment: 50 to 400 ms of load between kills.
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        tokio::time::sleep(Duration::from_millis(50 + rng_state % 350)).await;
+        hub.kill9();
+        hub.restart().await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut answers: HashMap<String, Vec<String>> = HashMap::new();
+    for submitter in submitters {
+        answers.extend(submitter.await.unwrap());
+    }
+
+    // Every key answered with one task, however often it was submitted.
+    for (key, ids) in &answers {
+        assert!(ids.iter().all(|id| id == &ids[0]), "key {key} produced several tasks: {ids:?}");
+    }
+    // Every acknowledged task survived, and every task eventually runs to success.
+    let acknowledged: Vec<&String> = answers.values().map(|ids| &ids[0]).collect();
+    assert!(acknowledged.len() > 100, "too little load: {}", acknowledged.len());
+    for id in &acknowledged {
+        let task = hub.api.wait_final(id, PATIENCE).await;
+        assert_eq!(task["state"], "succeeded", "{task}");
+    }
+    // No key made a second task behind the answers' back: page through every task.
+    let mut tasks_per_key: HashMap<String, usize> = HashMap::new();
+    let mut path = "/api/v1/tasks?limit=1000".to_owned();
+    loop {
+        let (_, listed) = hub.api.request(reqwest::Method::GET, &path, None).await;
+        let page = listed["tasks"].as_array().unwrap();
+        for task in page {
+            *tasks_per_key.entry(task["spec"]["idempotency_key"].as_str().unwrap().to_owned()).or_default() += 1;
+        }
+        match page.last() {
+            Some(last) => path = format!("/api/v1/tasks?limit=1000&before={}", last["id"].as_str().unwrap()),
+            None => break,
+        }
+    }
+    assert_eq!(tasks_per_key.len(), answers.len(), "one task per key, and no task without an acknowledged key");
+    assert!(tasks_per_key.values().all(|n| *n == 1), "a key has two tasks: {tasks_per_key:?}");
+    // No task ran twice under the same lease generation.
+    let runs = std::fs::read_to_string(work.join("runs.log")).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for line in runs.lines() {
+        assert!(seen.insert(line.to_owned()), "ran twice under one generation: {line}");
+    }
+    eprintln!("{} tasks acknowledged across 20 kills; {} runs", acknowledged.len(), seen.len());
+}

@@ -256,15 +256,23 @@ impl Link {
         }
     }
 
+    /// What this sidecar still holds leases for: running jobs, and finished ones whose result
+    /// has not reached the hub yet (so the hub keeps those leases and accepts the result).
     fn running_list(&self) -> Vec<pb::RunningTask> {
-        self.running
-            .iter()
-            .map(|(task_id, job)| pb::RunningTask {
-                task_id: task_id.clone(),
-                lease_generation: job.lease_generation,
-                agent_id: job.agent_id.clone(),
-            })
-            .collect()
+        let running = self.running.iter().map(|(task_id, job)| pb::RunningTask {
+            task_id: task_id.clone(),
+            lease_generation: job.lease_generation,
+            agent_id: job.agent_id.clone(),
+        });
+        let unsent = self.unsent.iter().filter_map(|message| match &message.msg {
+            Some(SideMsg::Finished(finished)) => Some(pb::RunningTask {
+                task_id: finished.task_id.clone(),
+                lease_generation: finished.lease_generation,
+                agent_id: String::new(),
+            }),
+            _ => None,
+        });
+        running.chain(unsent).collect()
     }
 
     async fn forward(
@@ -362,6 +370,7 @@ fn job_from_assign(assign: &pb::Assign, default_max_output_bytes: usize) -> Resu
     let mut env: Vec<(String, String)> = shell.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     env.push(("AGENTCOM_TASK_ID".to_owned(), assign.task_id.clone()));
     env.push(("AGENTCOM_ATTEMPT".to_owned(), assign.attempt.to_string()));
+    env.push(("AGENTCOM_LEASE_GENERATION".to_owned(), assign.lease_generation.to_string()));
     env.sort();
     Ok(ShellJob {
         program,

@@ -151,7 +151,8 @@ impl pb::admin_server::Admin for AdminService {
         let request = request.into_inner();
         let state = convert::state_from_pb(request.state).map_err(ApiError::from)?;
         let limit = list_limit(request.limit as usize)?;
-        let tasks = self.hub.list(state, limit).await.map_err(status)?;
+        let before = if request.before.is_empty() { None } else { Some(parse_id(&request.before)?) };
+        let tasks = self.hub.list_before(state, before, limit).await.map_err(status)?;
         Ok(Response::new(pb::ListTasksResponse { tasks: tasks.iter().map(convert::task_to_pb).collect() }))
     }
 

@@ -332,6 +332,7 @@ async fn submit_task(
 struct ListQuery {
     state: Option<String>,
     limit: Option<usize>,
+    before: Option<String>,
 }
 
 async fn list_tasks(
@@ -341,7 +342,8 @@ async fn list_tasks(
     let Query(query) = query.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
     let filter = query.state.map(|s| s.parse::<TaskState>()).transpose()?;
     let limit = list_limit(query.limit.unwrap_or(0))?;
-    let tasks = state.hub.list(filter, limit).await?;
+    let before = query.before.map(|id| id.parse::<TaskId>()).transpose()?;
+    let tasks = state.hub.list_before(filter, before, limit).await?;
     Ok(Json(json!({ "tasks": tasks })))
 }
 

@@ -89,6 +89,23 @@ fn fdatasync_latency(dir: &Path, seconds: f64) -> anyhow::Result<Value> {
     Ok(latency_summary(samples))
 }
 
+/// One small record committed durably by redb, without the hub around it: the floor under a
+/// durable submit from storage alone.
+fn redb_commit_latency(dir: &Path, seconds: f64) -> anyhow::Result<Value> {
+    let store = Store::open(&dir.join("commit-probe.redb"))?;
+    let mut samples = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds.min(2.0));
+    let mut n = 0;
+    while Instant::now() < deadline || samples.len() < 100 {
+        let op = Op::PutTask(Box::new(queued_task(n)));
+        let started = Instant::now();
+        store.apply(vec![op])?;
+        samples.push(started.elapsed());
+        n += 1;
+    }
+    Ok(latency_summary(samples))
+}
+
 struct BenchHub {
     hub: server::Hub,
     store: Store,
@@ -396,6 +413,8 @@ async fn queue(dir: PathBuf, seconds: f64, submitters: usize, startup_tasks: usi
     eprintln!("meshbench queue: measuring in {}", work.path().display());
     let fdatasync = fdatasync_latency(work.path(), seconds)?;
     eprintln!("  fdatasync: {fdatasync}");
+    let redb_commit = redb_commit_latency(work.path(), seconds)?;
+    eprintln!("  redb commit of one record: {redb_commit}");
 
     let bench = start_hub(work.path()).await?;
     let handle = bench.hub.handle().clone();
@@ -427,6 +446,7 @@ async fn queue(dir: PathBuf, seconds: f64, submitters: usize, startup_tasks: usi
         "benchmark": "queue",
         "machine": { "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), "dir": dir.display().to_string() },
         "limit_fdatasync": fdatasync,
+        "limit_redb_commit_one_record": redb_commit,
         "durable_submit_single": single.value,
         "submits_per_s": {
             "submitters": submitters,
