@@ -127,6 +127,19 @@ pub struct AgentView {
     pub version: String,
 }
 
+/// Counts that describe the queue now.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct QueueStats {
+    pub tasks: usize,
+    pub ready: usize,
+    pub delayed: usize,
+    pub waiting_on_dependencies: usize,
+    pub leased: usize,
+    pub dead_lettered: usize,
+    /// Messages refused because the sender did not hold the task's current lease (fencing).
+    pub stale_messages_refused: u64,
+}
+
 #[derive(Clone, Debug)]
 pub struct Submitted {
     pub task: Task,
@@ -146,6 +159,7 @@ pub enum Event {
     Cancel { id: TaskId, reason: String, reply: Reply<Result<Task, Error>> },
     Watch { id: TaskId, reply: Reply<Result<WatchReply, Error>> },
     Agents { reply: Reply<Vec<AgentView>> },
+    Stats { reply: Reply<QueueStats> },
     RetryDeadLetter { id: TaskId, reply: Reply<Result<Task, Error>> },
     PurgeDeadLetters { finished_before: UnixMs, reply: Reply<Result<usize, Error>> },
     Hello { hello: SidecarHello, outbox: mpsc::Sender<ToSidecar>, reply: Reply<Result<(Welcome, u64), Error>> },
@@ -254,6 +268,10 @@ impl Handle {
 
     pub async fn agents(&self) -> Result<Vec<AgentView>, Error> {
         self.ask(|reply| Event::Agents { reply }).await
+    }
+
+    pub async fn stats(&self) -> Result<QueueStats, Error> {
+        self.ask(|reply| Event::Stats { reply }).await
     }
 
     /// Puts a dead-lettered task back in the queue with a fresh set of attempts.
@@ -511,6 +529,18 @@ impl Core {
             Event::Agents { reply } => {
                 let _ = reply.send(self.agent_views());
             }
+            Event::Stats { reply } => {
+                let count = |state| self.tasks.values().filter(|t| t.state == state).count();
+                let _ = reply.send(QueueStats {
+                    tasks: self.tasks.len(),
+                    ready: self.queue.n_ready(),
+                    delayed: self.queue.n_delayed(),
+                    waiting_on_dependencies: count(TaskState::Waiting),
+                    leased: self.queue.n_leased(),
+                    dead_lettered: count(TaskState::DeadLettered),
+                    stale_messages_refused: self.stale_messages,
+                });
+            }
             Event::RetryDeadLetter { id, reply } => self.retry_dead_letter(id, reply, now),
             Event::PurgeDeadLetters { finished_before, reply } => self.purge_dead_letters(finished_before, reply),
             Event::Hello { hello, outbox, reply } => {
@@ -603,42 +633,30 @@ impl Core {
         if task.state != TaskState::Waiting {
             return;
         }
-        let mut unfinished = Vec::new();
-        for dep in &task.spec.depends_on {
-            match self.tasks.get(dep).map(|t| t.state) {
-                Some(TaskState::Succeeded) => {}
-                Some(state) if state.is_terminal() => {
-                    let reason = format!("dependency_failed: task {dep} is {}", state.as_str());
-                    let task = self.tasks.get_mut(&id).expect("checked above");
-                    task.set_state(TaskState::Cancelled, reason, now);
-                    self.persist(id, AfterCommit::Changed(id));
-                    return;
-                }
-                // A purged dependency was dead-lettered: it can no longer succeed.
-                None => {
-                    let reason = format!("dependency_failed: task {dep} was purged");
-                    let task = self.tasks.get_mut(&id).expect("checked above");
-                    task.set_state(TaskState::Cancelled, reason, now);
-                    self.persist(id, AfterCommit::Changed(id));
-                    return;
-                }
-                Some(_) => unfinished.push(*dep),
+        let states = task.spec.depends_on.iter().map(|dep| (*dep, self.tasks.get(dep).map(|t| t.state)));
+        match queue::readiness(states) {
+            queue::Readiness::Failed(dep, state) => {
+                let how = state.map(|s| format!("is {}", s.as_str())).unwrap_or_else(|| "was purged".to_owned());
+                let task = self.tasks.get_mut(&id).expect("checked above");
+                task.set_state(TaskState::Cancelled, format!("dependency_failed: task {dep} {how}"), now);
+                self.persist(id, AfterCommit::Changed(id));
             }
-        }
-        if unfinished.is_empty() {
-            let task = self.tasks.get_mut(&id).expect("checked above");
-            task.set_state(TaskState::Queued, "dependencies succeeded", now);
-            let task = task.clone();
-            self.persist(id, AfterCommit::Changed(id));
-            self.wait(&task, None);
-        } else {
-            if let Some(deadline) = task.spec.limits.deadline_unix_ms {
-                self.deadlines.insert((deadline, id));
+            queue::Readiness::Ready => {
+                let task = self.tasks.get_mut(&id).expect("checked above");
+                task.set_state(TaskState::Queued, "dependencies succeeded", now);
+                let task = Task::clone(task);
+                self.persist(id, AfterCommit::Changed(id));
+                self.wait(&task, None);
             }
-            for dep in unfinished {
-                let waiting = self.dependents.entry(dep).or_default();
-                if !waiting.contains(&id) {
-                    waiting.push(id);
+            queue::Readiness::Waiting(unfinished) => {
+                if let Some(deadline) = task.spec.limits.deadline_unix_ms {
+                    self.deadlines.insert((deadline, id));
+                }
+                for dep in unfinished {
+                    let waiting = self.dependents.entry(dep).or_default();
+                    if !waiting.contains(&id) {
+                        waiting.push(id);
+                    }
                 }
             }
         }

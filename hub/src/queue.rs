@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::domain::{Lane, TaskId, UnixMs};
+use crate::domain::{Lane, TaskId, TaskState, UnixMs};
 
 /// How long a ready task waits before it ranks one lane higher, unless configured.
 pub const DEFAULT_AGING_STEP_MS: i64 = 30_000;
@@ -38,6 +38,30 @@ pub fn submitted_at(id: TaskId) -> UnixMs {
 pub fn effective_lane(lane: Lane, id: TaskId, now: UnixMs, aging_step_ms: i64) -> usize {
     let lifts = (now - submitted_at(id)).max(0) / aging_step_ms.max(1);
     lane_index(lane).saturating_sub(lifts as usize)
+}
+
+/// Where a task with dependencies stands, given each dependency's state (`None`: it no longer
+/// exists, which only a purge of a dead letter causes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// Every dependency succeeded.
+    Ready,
+    /// These dependencies have not finished yet.
+    Waiting(Vec<TaskId>),
+    /// This dependency failed for good, in this state (`None`: purged).
+    Failed(TaskId, Option<TaskState>),
+}
+
+pub fn readiness(dependencies: impl IntoIterator<Item = (TaskId, Option<TaskState>)>) -> Readiness {
+    let mut unfinished = Vec::new();
+    for (id, state) in dependencies {
+        match state {
+            Some(TaskState::Succeeded) => {}
+            Some(state) if !state.is_terminal() => unfinished.push(id),
+            failed => return Readiness::Failed(id, failed),
+        }
+    }
+    if unfinished.is_empty() { Readiness::Ready } else { Readiness::Waiting(unfinished) }
 }
 
 /// The backoff before attempt `next_attempt` (2 is the first retry): `base * 2^(next_attempt - 2)`,
@@ -319,6 +343,31 @@ mod tests {
             let full = (base as u128 * (1u128 << (attempt - 2).min(62))).min(max as u128) as i64;
             prop_assert!(delay <= full && delay * 2 >= full - 1, "{delay} vs {full}");
             prop_assert!(delay <= max as i64);
+        }
+    }
+
+    proptest! {
+        /// Ready exactly when every dependency succeeded; failed as soon as one failed for good
+        /// (or was purged); otherwise waiting on exactly the unfinished ones.
+        #[test]
+        fn dependency_readiness(states in prop::collection::vec(prop::option::weighted(0.95, 0usize..11), 0..20)) {
+            let deps: Vec<(TaskId, Option<TaskState>)> =
+                states.iter().enumerate().map(|(i, s)| (id(1, i as u128), s.map(|s| TaskState::ALL[s]))).collect();
+            let result = readiness(deps.clone());
+            let failed_for_good = |s: &Option<TaskState>| s.is_none_or(|s| s.is_terminal() && s != TaskState::Succeeded);
+            match result {
+                Readiness::Ready => prop_assert!(deps.iter().all(|(_, s)| *s == Some(TaskState::Succeeded))),
+                Readiness::Failed(dep, state) => {
+                    prop_assert!(failed_for_good(&state));
+                    prop_assert!(deps.contains(&(dep, state)));
+                }
+                Readiness::Waiting(unfinished) => {
+                    prop_assert!(!deps.iter().any(|(_, s)| failed_for_good(s)));
+                    let expected: Vec<TaskId> =
+                        deps.iter().filter(|(_, s)| s.is_some_and(|s| !s.is_terminal())).map(|(id, _)| *id).collect();
+                    prop_assert_eq!(unfinished, expected);
+                }
+            }
         }
     }
 

@@ -461,3 +461,47 @@ async fn twenty_kill_9s_under_load_lose_nothing_run_nothing_twice_and_keep_keys_
     }
     eprintln!("{} tasks acknowledged across 20 kills; {} runs", acknowledged.len(), seen.len());
 }
+
+fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_sidecars_late_result_is_refused_and_the_task_runs_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let flags = [&FAST_BEATS[..], &["--retry-backoff-base-ms", "20", "--retry-backoff-max-ms", "40"]].concat();
+    let hub = HubProcess::serve(&dir.path().join("hub"), &flags).await;
+    let stalled = SidecarProcess::start(&hub, "stalled", 1, &work);
+    assert_eventually!(hub.api.agents().await.len() == 1, PATIENCE, "sidecar joined");
+    // Attempt 1 finishes quickly, but its sidecar is frozen and cannot report it in time.
+    let body =
+        shell(r#"echo "attempt $AGENTCOM_ATTEMPT"; if [ "$AGENTCOM_ATTEMPT" = 1 ]; then sleep 0.5; else sleep 2; fi"#);
+    let id = hub.api.submit(body).await["id"].as_str().unwrap().to_owned();
+    assert_eventually!(hub.api.get(&id).await["state"] == "running", PATIENCE, "attempt 1 running");
+    signal(stalled.pid(), nix::sys::signal::Signal::SIGSTOP);
+    assert_eventually!(hub.api.get(&id).await["state"] == "queued", PATIENCE, "the lease lapsed");
+
+    let _rescuer = SidecarProcess::start(&hub, "rescuer", 1, &work);
+    assert_eventually!(
+        hub.api.get(&id).await["sidecar_id"] == "rescuer" && hub.api.get(&id).await["state"] == "running",
+        PATIENCE,
+        "attempt 2 running elsewhere"
+    );
+    // The frozen sidecar wakes up and reports attempt 1, under a lease it no longer holds.
+    signal(stalled.pid(), nix::sys::signal::Signal::SIGCONT);
+    let queue = |api: agentcom_integration::Api| async move {
+        api.request(reqwest::Method::GET, "/api/v1/queue", None).await.1["queue"].clone()
+    };
+    assert_eventually!(
+        queue(hub.api.clone()).await["stale_messages_refused"].as_u64().unwrap() >= 1,
+        PATIENCE,
+        "the late result was refused"
+    );
+    let task = hub.api.wait_final(&id, PATIENCE).await;
+    assert_eq!(task["state"], "succeeded", "{task}");
+    assert_eq!((task["attempt"].as_u64(), task["lease_generation"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(task["sidecar_id"], "rescuer");
+    assert_eq!(task["outcome"]["stdout"], "attempt 2\n", "the late result did not overwrite the current one");
+}

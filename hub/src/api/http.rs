@@ -49,6 +49,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/tasks/{id}", get(get_task).delete(cancel_task))
         .route("/api/v1/tasks/{id}/events", get(task_events))
         .route("/api/v1/agents", get(list_agents))
+        .route("/api/v1/queue", get(queue_stats))
         .route("/api/v1/dlq", get(list_dead_letters).delete(purge_dead_letters))
         .route("/api/v1/dlq/{id}", get(get_dead_letter))
         .route("/api/v1/dlq/{id}/retry", axum::routing::post(retry_dead_letter))
@@ -418,6 +419,11 @@ async fn take_backup(State(state): State<HttpState>) -> Result<Json<serde_json::
         .await
         .map_err(|err| ApiError::new(super::ErrorCode::Unavailable, format!("backup failed: {err}")))?;
     Ok(Json(json!({ "backup": info })))
+}
+
+/// `GET /api/v1/queue`: counts of the queue now (ready, delayed, leased, refused stale messages, ...).
+async fn queue_stats(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!({ "queue": state.hub.stats().await? })))
 }
 
 async fn list_agents(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
