@@ -241,6 +241,10 @@ async fn queued_tasks_wait_for_a_sidecar_and_run_in_priority_order() {
     }
     let (_, listed) = mesh.api.request(Method::GET, "/api/v1/tasks?state=queued", None).await;
     assert_eq!(listed["tasks"].as_array().unwrap().len(), 4);
+    // A queued task cancelled before any sidecar exists never runs.
+    let doomed = mesh.api.submit(shell("echo doomed >> order.txt")).await["id"].as_str().unwrap().to_owned();
+    let (status, cancelled) = mesh.api.request(Method::DELETE, &format!("/api/v1/tasks/{doomed}"), None).await;
+    assert_eq!((status, cancelled["task"]["state"].as_str()), (200, Some("cancelled")));
     mesh.add_sidecar(1);
     for id in &ids {
         assert_eq!(mesh.api.wait_final(id, PATIENCE).await["state"], "succeeded");

@@ -505,3 +505,33 @@ async fn a_stalled_sidecars_late_result_is_refused_and_the_task_runs_elsewhere()
     assert_eq!(task["sidecar_id"], "rescuer");
     assert_eq!(task["outcome"]["stdout"], "attempt 2\n", "the late result did not overwrite the current one");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_cut_off_longer_than_its_lease_stops_the_work_and_the_task_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let flags = [&FAST_BEATS[..], &["--retry-backoff-base-ms", "20", "--retry-backoff-max-ms", "40"]].concat();
+    let mut hub = HubProcess::serve(&dir.path().join("hub"), &flags).await;
+    let _sidecar = SidecarProcess::start(&hub, "cut-off", 1, &work);
+    assert_eventually!(hub.api.agents().await.len() == 1, PATIENCE, "sidecar joined");
+    let body = shell(
+        r#"if [ "$AGENTCOM_ATTEMPT" = 1 ]; then echo $$ > first.pid; sleep 30; fi; echo "attempt $AGENTCOM_ATTEMPT""#,
+    );
+    let id = hub.api.submit(body).await["id"].as_str().unwrap().to_owned();
+    assert_eventually!(work.join("first.pid").exists(), PATIENCE, "attempt 1 running");
+    let first: i32 = std::fs::read_to_string(work.join("first.pid")).unwrap().trim().parse().unwrap();
+
+    hub.kill9(); // And it stays down past the 1 s lease.
+    let gone = |pid: i32| {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z"))
+    };
+    assert_eventually!(gone(first), Duration::from_secs(10), "the cut-off sidecar stopped attempt 1 ({first})");
+
+    hub.restart().await;
+    let task = hub.api.wait_final(&id, PATIENCE).await;
+    assert_eq!(task["state"], "succeeded", "the lost attempt was retried, not recorded as a kill: {task}");
+    assert_eq!(task["attempt"], 2);
+    assert_eq!(task["outcome"]["stdout"], "attempt 2\n");
+}

@@ -70,6 +70,9 @@ struct RunningJob {
     lease_generation: u64,
     agent_id: String,
     cancel: CancellationToken,
+    /// Given up after the link was down longer than the lease: its result is not reported, so the
+    /// hub retries the task rather than recording a kill it caused by losing touch.
+    abandoned: bool,
 }
 
 pub(crate) struct Link {
@@ -81,6 +84,10 @@ pub(crate) struct Link {
     events_rx: mpsc::Receiver<JobEvent>,
     /// The last session got as far as a welcome (so the next retry starts with a short backoff).
     joined: bool,
+    /// When the link went down, while it is down.
+    offline_since: Option<std::time::Instant>,
+    /// The hub's lease TTL, from the last welcome.
+    lease_ttl: Option<Duration>,
 }
 
 enum SessionEnd {
@@ -93,7 +100,16 @@ enum SessionEnd {
 impl Link {
     pub(crate) fn new(config: Config) -> Link {
         let (events_tx, events_rx) = mpsc::channel(4096);
-        Link { config, running: HashMap::new(), unsent: VecDeque::new(), events_tx, events_rx, joined: false }
+        Link {
+            config,
+            running: HashMap::new(),
+            unsent: VecDeque::new(),
+            events_tx,
+            events_rx,
+            joined: false,
+            offline_since: None,
+            lease_ttl: None,
+        }
     }
 
     pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
@@ -129,9 +145,20 @@ impl Link {
             let delay = backoff.mul_f64(0.5 + rand::random::<f64>() * 0.5);
             let sleep = tokio::time::sleep(delay);
             tokio::pin!(sleep);
+            self.offline_since.get_or_insert_with(std::time::Instant::now);
             loop {
+                self.abandon_after_lease();
+                let lease_lapses = async {
+                    match (self.offline_since, self.lease_ttl) {
+                        (Some(since), Some(ttl)) if self.running.values().any(|job| !job.abandoned) => {
+                            tokio::time::sleep_until((since + ttl).into()).await
+                        }
+                        _ => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = &mut sleep => break,
+                    _ = lease_lapses => {}
                     _ = &mut shutdown => return self.stop_all().await,
                     Some(event) = self.events_rx.recv() => self.offline_event(event),
                 }
@@ -161,10 +188,32 @@ impl Link {
     }
 
     fn offline_event(&mut self, event: JobEvent) {
-        if let JobEvent::Finished { task_id, lease_generation, outcome } = event {
-            self.running.remove(&task_id);
+        if let JobEvent::Finished { task_id, lease_generation, outcome } = event
+            && self.running.remove(&task_id).is_some_and(|job| !job.abandoned)
+        {
             self.unsent.push_back(finished_message(task_id, lease_generation, &outcome));
         }
+    }
+
+    /// Cut off longer than the lease: the hub has given this work to someone else by now, so
+    /// stop it (fencing from this side).
+    fn abandon_after_lease(&mut self) {
+        let Some(since) = self.offline_since else { return };
+        let Some(lease_ttl) = self.lease_ttl else { return };
+        if since.elapsed() < lease_ttl {
+            return;
+        }
+        for (task_id, job) in self.running.iter_mut().filter(|(_, job)| !job.abandoned) {
+            warn!(
+                task_id,
+                offline_ms = since.elapsed().as_millis() as u64,
+                "cut off longer than the lease; stopping the task"
+            );
+            job.abandoned = true;
+            job.cancel.cancel();
+        }
+        // Results waiting to be sent are for leases that have lapsed too.
+        self.unsent.clear();
     }
 
     async fn connect(&self) -> Result<Channel, String> {
@@ -214,6 +263,8 @@ impl Link {
             Err(status) => return SessionEnd::Lost(format!("{}: {}", code_name(status.code()), status.message())),
         };
         self.joined = true;
+        self.offline_since = None;
+        self.lease_ttl = Some(Duration::from_millis(welcome.lease_ttl_ms.max(1)));
         let interval = Duration::from_millis(welcome.heartbeat_interval_ms.max(50));
         info!(
             sidecar_id = welcome.sidecar_id,
@@ -291,7 +342,9 @@ impl Link {
                 return Ok(());
             }
             JobEvent::Finished { task_id, lease_generation, outcome } => {
-                self.running.remove(&task_id);
+                if self.running.remove(&task_id).is_some_and(|job| job.abandoned) {
+                    return Ok(());
+                }
                 let message = finished_message(task_id, lease_generation, &outcome);
                 if let Err(err) = outbound.send(message).await {
                     self.unsent.push_back(err.0);
@@ -334,7 +387,12 @@ impl Link {
         let cancel = CancellationToken::new();
         self.running.insert(
             task_id.clone(),
-            RunningJob { lease_generation, agent_id: assign.agent_id.clone(), cancel: cancel.clone() },
+            RunningJob {
+                lease_generation,
+                agent_id: assign.agent_id.clone(),
+                cancel: cancel.clone(),
+                abandoned: false,
+            },
         );
         let events = self.events_tx.clone();
         let settings = self.config.shell.clone();
