@@ -99,6 +99,13 @@ fn btree(map: std::collections::HashMap<String, String>) -> BTreeMap<String, Str
 
 /// Converts and validates a submitted spec, filling unset fields from `defaults`.
 pub fn spec_from_pb(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result<TaskSpec, Error> {
+    let spec = spec_from_pb_unchecked(spec, defaults)?;
+    spec.validate()?;
+    Ok(spec)
+}
+
+/// Converts without the size checks: for records this hub stored after validating them.
+fn spec_from_pb_unchecked(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result<TaskSpec, Error> {
     let work = match spec.work.and_then(|w| w.kind) {
         None => return Err(Error::invalid("work", "is required (shell, llm or agent)")),
         Some(pb::work::Kind::Shell(shell)) => {
@@ -170,7 +177,6 @@ pub fn spec_from_pb(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result<TaskS
             retry_on_exit_codes: retry.retry_on_exit_codes,
         },
     };
-    spec.validate()?;
     Ok(spec)
 }
 
@@ -330,7 +336,8 @@ pub fn task_from_pb(task: pb::Task) -> Result<Task, Error> {
     let state = state_from_pb(task.state)?.ok_or_else(|| Error::invalid("state", "is missing"))?;
     Ok(Task {
         id: task.id.parse()?,
-        spec: spec_from_pb(spec, &SpecDefaults::default())?,
+        // Validated when it was submitted; the decode itself still checks the structure.
+        spec: spec_from_pb_unchecked(spec, &SpecDefaults::default())?,
         state,
         state_reason: task.state_reason,
         attempt: task.attempt,

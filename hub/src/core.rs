@@ -316,6 +316,13 @@ struct Agent {
     state_since: UnixMs,
 }
 
+impl Sidecar {
+    /// The session is up and its stream still reads our messages.
+    fn is_open(&self) -> bool {
+        self.outbox.as_ref().is_some_and(|outbox| !outbox.is_closed())
+    }
+}
+
 struct Sidecar {
     hello: SidecarHello,
     session: u64,
@@ -730,9 +737,12 @@ impl Core {
     fn send_to(&mut self, sidecar_id: &str, message: ToSidecar) {
         let Some(sidecar) = self.sidecars.get(sidecar_id) else { return };
         let Some(outbox) = &sidecar.outbox else { return };
-        if let Err(err) = outbox.try_send(message) {
-            // The session is gone or not reading; its leases will lapse and be handled then.
-            warn!(sidecar_id, error = %err, "could not queue a message for a sidecar");
+        match outbox.try_send(message) {
+            Ok(()) => {}
+            // The session is going away; its end is handled when the core hears of it.
+            Err(mpsc::error::TrySendError::Closed(_)) => debug!(sidecar_id, "dropped a message for a closed session"),
+            // Not reading: its leases will lapse and be handled then.
+            Err(mpsc::error::TrySendError::Full(_)) => warn!(sidecar_id, "a sidecar is not reading its messages"),
         }
     }
 
@@ -1126,7 +1136,7 @@ impl Core {
                     .filter(|(sid, _)| {
                         sidecars
                             .get(*sid)
-                            .is_some_and(|s| s.outbox.is_some() && s.hello.capabilities.iter().any(|c| c == needed))
+                            .is_some_and(|s| s.is_open() && s.hello.capabilities.iter().any(|c| c == needed))
                     })
                     .max_by(|a, b| a.1.len().cmp(&b.1.len()).then_with(|| b.0.cmp(a.0)))
                     .and_then(|(sid, agents)| Some((sid.clone(), agents.first()?.clone())))

@@ -411,6 +411,14 @@ async fn queue(dir: PathBuf, seconds: f64, submitters: usize, startup_tasks: usi
     let work =
         tempfile::Builder::new().prefix("meshbench-").tempdir_in(&dir).context("making a temporary directory")?;
     eprintln!("meshbench queue: measuring in {}", work.path().display());
+    // First, while the process is fresh, as a hub's start is.
+    let startup_figures = if startup_tasks > 0 {
+        let figures = startup(work.path(), startup_tasks).await?;
+        eprintln!("  start-up: {figures}");
+        figures
+    } else {
+        Value::Null
+    };
     let fdatasync = fdatasync_latency(work.path(), seconds)?;
     eprintln!("  fdatasync: {fdatasync}");
     let redb_commit = redb_commit_latency(work.path(), seconds)?;
@@ -432,14 +440,6 @@ async fn queue(dir: PathBuf, seconds: f64, submitters: usize, startup_tasks: usi
     let cycles_value = cycles.value?;
     eprintln!("  full durable cycles: {cycles_value}");
     bench.hub.stop().await;
-
-    let startup = if startup_tasks > 0 {
-        let figures = startup(work.path(), startup_tasks).await?;
-        eprintln!("  start-up: {figures}");
-        figures
-    } else {
-        Value::Null
-    };
 
     let per_commit = |c: u64, s: u64| if c == 0 { 0.0 } else { s as f64 / c as f64 };
     let report = json!({
@@ -465,7 +465,7 @@ async fn queue(dir: PathBuf, seconds: f64, submitters: usize, startup_tasks: usi
             },
         },
         "full_cycles": cycles_value,
-        "startup": startup,
+        "startup": startup_figures,
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
