@@ -1061,6 +1061,13 @@ impl Core {
                     if lease.generation != lease_generation {
                         continue;
                     }
+                    if self.tasks[&task_id].state.is_terminal() {
+                        // Cancelled while its dispatch was committing: the assignment never
+                        // leaves, so nothing runs; the lease ends here and the agent is free.
+                        self.release(task_id, now);
+                        self.notify(task_id, now);
+                        continue;
+                    }
                     let task = &self.tasks[&task_id];
                     let message = ToSidecar::Assign {
                         task_id,
