@@ -141,20 +141,30 @@ pub fn restore(from: &Path, database: &Path) -> Result<Restored, store::Error> {
     }
     let staging = database.with_extension("restoring");
     std::fs::copy(from, &staging).map_err(store::Error::io(&staging))?;
-    let tasks = match Store::open(&staging).and_then(|store| store.load_tasks()) {
+    let validated = Store::open(&staging).and_then(|store| store.load_tasks());
+    // Opening the staging copy made it a log of its own, which nothing needs.
+    let _ = std::fs::remove_file(store::wal_path(&staging));
+    let tasks = match validated {
         Ok(tasks) => tasks.len(),
         Err(err) => {
             let _ = std::fs::remove_file(&staging);
             return Err(err);
         }
     };
+    let stamp = now_ms();
     let kept_aside = if database.exists() {
-        let aside = database.with_extension(format!("damaged-{}", now_ms()));
+        let aside = database.with_extension(format!("damaged-{stamp}"));
         std::fs::rename(database, &aside).map_err(store::Error::io(database))?;
         Some(aside)
     } else {
         None
     };
+    // The log belongs to the replaced database: replayed onto the backup it would mix two pasts.
+    let log = store::wal_path(database);
+    if log.exists() {
+        let aside = database.with_extension(format!("damaged-{stamp}.wal"));
+        std::fs::rename(&log, &aside).map_err(store::Error::io(&log))?;
+    }
     std::fs::rename(&staging, database).map_err(store::Error::io(database))?;
     if let Some(dir) = database.parent()
         && let Ok(dir) = std::fs::File::open(dir)

@@ -16,3 +16,4 @@ pub mod feed;
 pub mod queue;
 pub mod server;
 pub mod store;
+pub mod wal;

@@ -17,11 +17,12 @@ use std::thread::JoinHandle;
 
 use agentcom_proto::v1 as pb;
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::mpsc;
 
 use crate::convert;
 use crate::domain::{Task, TaskId};
+use crate::wal::{self, Wal};
 
 /// Task id (a ULID as u128, so keys sort by age) -> encoded `v1::Task`.
 const TASKS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("tasks");
@@ -30,6 +31,8 @@ const TOKENS: TableDefinition<'_, &str, &str> = TableDefinition::new("tokens");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
 const SCHEMA_VERSION: u64 = 1;
+/// META key: the last write-ahead log record that redb's last durable commit covers.
+const CHECKPOINT_LSN: &str = "checkpoint_lsn";
 /// Most changes one commit takes; the rest wait for the next.
 const MAX_BATCH: usize = 16_384;
 
@@ -82,16 +85,37 @@ pub struct Store {
     db: Arc<Database>,
     path: PathBuf,
     stats: Arc<Stats>,
+    /// The write-ahead log, until the writer thread takes it.
+    wal: Arc<std::sync::Mutex<Option<Wal>>>,
 }
+
+/// The write-ahead log beside a database file: its full name plus `.wal`.
+pub fn wal_path(database: &Path) -> PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push(".wal");
+    PathBuf::from(name)
+}
+
+/// How often the writer checkpoints redb even when the log has room. Frequent checkpoints keep
+/// replay at start short and stop redb's bookkeeping for non-durable commits from growing
+/// (measured: full cycles fell from 33k/s to 19k/s with 10 s between checkpoints); each costs
+/// one `Immediate` commit (about 200 us), so ten a second cost about 0.2% of one core.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// Log bytes after which the writer checkpoints regardless of time.
+const CHECKPOINT_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Counters for benchmarks and metrics.
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Write transactions committed.
     pub commits: AtomicU64,
-    /// `sync_data` calls (fdatasync) made by the storage backend, when opened with
+    /// `sync_data` calls (fdatasync) made by redb's storage backend, when opened with
     /// [`Store::open_counting_syncs`]; 0 otherwise.
     pub syncs: Arc<AtomicU64>,
+    /// `fdatasync`s of the write-ahead log: one per group commit.
+    pub wal_syncs: AtomicU64,
+    /// Checkpoints: `Immediate` redb commits that make the log's changes durable in redb.
+    pub checkpoints: AtomicU64,
 }
 
 /// redb's file backend, counting the syncs redb asks for. Everything else is forwarded.
@@ -158,8 +182,18 @@ impl Store {
 
     fn open_with(path: &Path, syncs: Option<Arc<AtomicU64>>) -> Result<Store, Error> {
         let damaged = |detail: String| Error::Damaged { path: path.to_owned(), detail };
-        let opened = match &syncs {
-            None => Database::create(path),
+        // redb can panic on some damaged files (an `unreachable!` in a page walk) instead of
+        // returning `Corrupted`; either way the file is damaged and the answer is the same.
+        let panicked = |payload: Box<dyn std::any::Any + Send>| {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            damaged(format!("redb could not read it ({what})"))
+        };
+        let opened = std::panic::catch_unwind(|| match &syncs {
+            None => Ok::<_, Error>(Database::create(path)),
             Some(syncs) => {
                 let file = std::fs::OpenOptions::new()
                     .read(true)
@@ -170,15 +204,18 @@ impl Store {
                     .map_err(Error::io(path))?;
                 let inner = redb::backends::FileBackend::new(file)
                     .map_err(|err| Error::Open { path: path.to_owned(), source: err.into() })?;
-                Database::builder().create_with_backend(CountingBackend { inner, syncs: syncs.clone() })
+                Ok(Database::builder().create_with_backend(CountingBackend { inner, syncs: syncs.clone() }))
             }
-        };
+        })
+        .map_err(panicked)??;
         let mut db = opened.map_err(|err| match err {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse { path: path.to_owned() },
             redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => damaged(detail),
             other => Error::Open { path: path.to_owned(), source: other.into() },
         })?;
-        match db.check_integrity() {
+        let checked =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| db.check_integrity())).map_err(panicked)?;
+        match checked {
             Ok(true) => {}
             Ok(false) => {
                 return Err(damaged(
@@ -188,9 +225,11 @@ impl Store {
             Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail))) => return Err(damaged(detail)),
             Err(err) => return Err(Error::Open { path: path.to_owned(), source: err.into() }),
         }
-        let stats = Arc::new(Stats { commits: AtomicU64::new(0), syncs: syncs.unwrap_or_default() });
-        let store = Store { db: Arc::new(db), path: path.to_owned(), stats };
+        let stats = Arc::new(Stats { syncs: syncs.unwrap_or_default(), ..Stats::default() });
+        let mut store =
+            Store { db: Arc::new(db), path: path.to_owned(), stats, wal: Arc::new(std::sync::Mutex::new(None)) };
         store.init()?;
+        store.replay_wal()?;
         Ok(store)
     }
 
@@ -210,6 +249,39 @@ impl Store {
             txn.open_table(TOKENS).map_err(redb_err)?;
         }
         txn.commit().map_err(redb_err)?;
+        Ok(())
+    }
+
+    /// Applies what the log holds beyond redb's last checkpoint, then checkpoints, so that redb
+    /// alone has everything acknowledged before the last stop or crash.
+    fn replay_wal(&mut self) -> Result<(), Error> {
+        let checkpoint_lsn = {
+            let txn = self.db.begin_read().map_err(redb_err)?;
+            let meta = txn.open_table(META).map_err(redb_err)?;
+            meta.get(CHECKPOINT_LSN).map_err(redb_err)?.map(|v| v.value()).unwrap_or(0)
+        };
+        let wal_path = wal_path(&self.path);
+        let (wal, records) = Wal::open(&wal_path, wal::DEFAULT_CAPACITY, checkpoint_lsn).map_err(|err| match err {
+            wal::Error::Damaged { lsn, .. } => Error::Damaged {
+                path: wal_path.clone(),
+                detail: format!("log record {lsn} is damaged while later records are whole"),
+            },
+            other => Error::Io { path: wal_path.clone(), message: other.to_string() },
+        })?;
+        if !records.is_empty() {
+            let (first, last) = (records[0].lsn, records[records.len() - 1].lsn);
+            let mut prepared = Vec::new();
+            for record in &records {
+                prepared.extend(decode_ops(&record.payload).ok_or_else(|| Error::Damaged {
+                    path: wal_path.clone(),
+                    detail: format!("log record {} does not decode", record.lsn),
+                })?);
+            }
+            apply_prepared(&self.db, &prepared, Durability::None)?;
+            tracing::info!(first, last, records = records.len(), "replayed the write-ahead log");
+        }
+        checkpoint(&self.db, &self.stats, wal.lsn())?;
+        *self.wal.lock().expect("wal lock poisoned") = Some(wal);
         Ok(())
     }
 
@@ -335,7 +407,9 @@ impl Store {
     /// Applies changes in one durable transaction. For use before the writer starts (setup,
     /// tools); once it runs, changes go through it.
     pub fn apply(&self, ops: Vec<Op>) -> Result<(), Error> {
-        apply_batch(&self.db, &self.stats, ops)
+        apply_prepared(&self.db, &prepare(ops), Durability::Immediate)?;
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Starts the writer thread. `on_commit` runs on that thread after each commit with the
@@ -346,9 +420,10 @@ impl Store {
     ) -> Writer<T> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (db, stats) = (self.db.clone(), self.stats.clone());
+        let wal = self.wal.lock().expect("wal lock poisoned").take().expect("one writer per store");
         let thread = std::thread::Builder::new()
             .name("agentcom-store".into())
-            .spawn(move || writer_loop(db, stats, rx, on_commit))
+            .spawn(move || writer_loop(db, stats, wal, rx, on_commit))
             .expect("spawning the storage writer thread");
         Writer { tx, thread: Some(thread) }
     }
@@ -387,9 +462,11 @@ impl<T: Send + 'static> Writer<T> {
 fn writer_loop<T>(
     db: Arc<Database>,
     stats: Arc<Stats>,
+    mut wal: Wal,
     mut rx: mpsc::UnboundedReceiver<Batch<T>>,
     mut on_commit: impl FnMut(Result<Vec<T>, Arc<Error>>),
 ) {
+    let mut last_checkpoint = std::time::Instant::now();
     while let Some(first) = rx.blocking_recv() {
         let mut ops = first.ops;
         let mut tickets = vec![first.ticket];
@@ -402,34 +479,156 @@ fn writer_loop<T>(
                 Err(_) => break,
             }
         }
-        match apply_batch(&db, &stats, ops) {
+        match commit_batch(&db, &stats, &mut wal, ops) {
             Ok(()) => on_commit(Ok(tickets)),
             Err(err) => {
                 tracing::error!(error = %err, "commit failed");
                 on_commit(Err(Arc::new(err)));
+                continue;
             }
         }
+        let due = last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL || wal.position() >= CHECKPOINT_BYTES;
+        if due && wal.position() > 0 {
+            match checkpoint(&db, &stats, wal.lsn()) {
+                Ok(()) => wal.rewind(),
+                Err(err) => tracing::error!(error = %err, "checkpoint failed"),
+            }
+            last_checkpoint = std::time::Instant::now();
+        }
+    }
+    // Stopping: leave redb complete, so the next start has nothing to replay.
+    if let Err(err) = checkpoint(&db, &stats, wal.lsn()) {
+        tracing::error!(error = %err, "final checkpoint failed; the log will be replayed at the next start");
     }
 }
 
-fn apply_batch(db: &Database, stats: &Stats, ops: Vec<Op>) -> Result<(), Error> {
-    // Durability::Immediate is redb's default: commit() returns after the fsync.
+/// One group commit: the log record first (the durability point), then the same changes into
+/// redb without a sync, so readers see them before anyone is told they are durable.
+fn commit_batch(db: &Database, stats: &Stats, wal: &mut Wal, ops: Vec<Op>) -> Result<(), Error> {
+    let prepared = prepare(ops);
+    let payload = encode_ops(&prepared);
+    if !wal.fits(payload.len()) {
+        checkpoint(db, stats, wal.lsn())?;
+        wal.rewind();
+    }
+    let wal_error = |err: wal::Error| Error::Io { path: PathBuf::from("write-ahead log"), message: err.to_string() };
+    wal.append(&payload).map_err(wal_error)?;
+    stats.wal_syncs.fetch_add(1, Ordering::Relaxed);
+    apply_prepared(db, &prepared, Durability::None)?;
+    stats.commits.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Makes everything applied so far durable in redb, and records the last log record it covers.
+fn checkpoint(db: &Database, stats: &Stats, lsn: u64) -> Result<(), Error> {
     let txn = db.begin_write().map_err(redb_err)?;
+    txn.open_table(META).map_err(redb_err)?.insert(CHECKPOINT_LSN, lsn).map_err(redb_err)?;
+    txn.commit().map_err(redb_err)?;
+    stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// A change in its stored form, ready for the log and for redb.
+enum Prepared {
+    PutTask { key: u128, bytes: Vec<u8> },
+    DeleteTask { key: u128 },
+    PutToken { hash: String, role: String },
+}
+
+fn prepare(ops: Vec<Op>) -> Vec<Prepared> {
+    ops.into_iter()
+        .map(|op| match op {
+            Op::PutTask(task) => {
+                let key = u128::from(task.id.0);
+                Prepared::PutTask { key, bytes: convert::task_into_pb(*task).encode_to_vec() }
+            }
+            Op::DeleteTask(id) => Prepared::DeleteTask { key: u128::from(id.0) },
+            Op::PutToken { hash, role } => Prepared::PutToken { hash, role },
+        })
+        .collect()
+}
+
+const TAG_PUT_TASK: u8 = 1;
+const TAG_DELETE_TASK: u8 = 2;
+const TAG_PUT_TOKEN: u8 = 3;
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn encode_ops(ops: &[Prepared]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for op in ops {
+        match op {
+            Prepared::PutTask { key, bytes } => {
+                out.push(TAG_PUT_TASK);
+                out.extend_from_slice(&key.to_le_bytes());
+                put_bytes(&mut out, bytes);
+            }
+            Prepared::DeleteTask { key } => {
+                out.push(TAG_DELETE_TASK);
+                out.extend_from_slice(&key.to_le_bytes());
+            }
+            Prepared::PutToken { hash, role } => {
+                out.push(TAG_PUT_TOKEN);
+                put_bytes(&mut out, hash.as_bytes());
+                put_bytes(&mut out, role.as_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// `None` if the payload is not a sequence of whole changes.
+fn decode_ops(mut payload: &[u8]) -> Option<Vec<Prepared>> {
+    fn take<'a>(input: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (input.get(..n)?, input.get(n..)?);
+        *input = rest;
+        Some(head)
+    }
+    fn take_bytes<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let len = u32::from_le_bytes(take(input, 4)?.try_into().ok()?) as usize;
+        take(input, len)
+    }
+    let mut ops = Vec::new();
+    while !payload.is_empty() {
+        let tag = take(&mut payload, 1)?[0];
+        let op = match tag {
+            TAG_PUT_TASK => {
+                let key = u128::from_le_bytes(take(&mut payload, 16)?.try_into().ok()?);
+                Prepared::PutTask { key, bytes: take_bytes(&mut payload)?.to_vec() }
+            }
+            TAG_DELETE_TASK => {
+                Prepared::DeleteTask { key: u128::from_le_bytes(take(&mut payload, 16)?.try_into().ok()?) }
+            }
+            TAG_PUT_TOKEN => {
+                let hash = String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()?;
+                let role = String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()?;
+                Prepared::PutToken { hash, role }
+            }
+            _ => return None,
+        };
+        ops.push(op);
+    }
+    Some(ops)
+}
+
+fn apply_prepared(db: &Database, ops: &[Prepared], durability: Durability) -> Result<(), Error> {
+    let mut txn = db.begin_write().map_err(redb_err)?;
+    txn.set_durability(durability)
+        .map_err(|err| Error::Io { path: PathBuf::from("redb"), message: err.to_string() })?;
     {
         let mut tasks = txn.open_table(TASKS).map_err(redb_err)?;
-        let mut buf = Vec::new();
         for op in ops {
             match op {
-                Op::PutTask(task) => {
-                    buf.clear();
-                    let key = u128::from(task.id.0);
-                    convert::task_into_pb(*task).encode(&mut buf).expect("encoding into a Vec cannot fail");
-                    tasks.insert(key, buf.as_slice()).map_err(redb_err)?;
+                Prepared::PutTask { key, bytes } => {
+                    tasks.insert(*key, bytes.as_slice()).map_err(redb_err)?;
                 }
-                Op::DeleteTask(id) => {
-                    tasks.remove(u128::from(id.0)).map_err(redb_err)?;
+                Prepared::DeleteTask { key } => {
+                    tasks.remove(*key).map_err(redb_err)?;
                 }
-                Op::PutToken { hash, role } => {
+                Prepared::PutToken { hash, role } => {
                     let mut tokens = txn.open_table(TOKENS).map_err(redb_err)?;
                     tokens.insert(hash.as_str(), role.as_str()).map_err(redb_err)?;
                 }
@@ -437,7 +636,6 @@ fn apply_batch(db: &Database, stats: &Stats, ops: Vec<Op>) -> Result<(), Error> 
         }
     }
     txn.commit().map_err(redb_err)?;
-    stats.commits.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 

@@ -9,6 +9,22 @@ use agentcom_integration::{HubProcess, SidecarProcess, assert_eventually, binary
 use serde_json::json;
 
 const PATIENCE: Duration = Duration::from_secs(60);
+/// Runs a command to its end, killing it if it is still running after `limit` (a hub that
+/// wrongly starts must fail the test, not hang it).
+fn output_within(command: &mut Command, limit: Duration) -> std::process::Output {
+    let child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if rx.recv_timeout(limit).is_err() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    });
+    let output = child.wait_with_output().unwrap();
+    let _ = tx.send(());
+    output
+}
+
 const FAST_BEATS: [&str; 4] = ["--heartbeat-interval-ms", "100", "--lease-ttl-ms", "1000"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,19 +306,22 @@ async fn a_damaged_database_is_refused_and_restore_from_the_latest_backup_brings
     let backup_path = String::from_utf8(backup.stdout).unwrap().trim().to_owned();
     assert!(std::path::Path::new(&backup_path).is_file(), "{backup_path}");
 
-    hub.kill9();
+    // A clean stop: its final checkpoint puts every task into the database file itself, so the
+    // damage below lands on live pages (after a kill -9 they could still be in the log only).
+    assert!(hub.interrupt().success());
     let database = data_dir.join("hub.redb");
     let mut bytes = std::fs::read(&database).unwrap();
     let len = bytes.len();
     bytes[len / 4..len * 3 / 4].fill(0xAB);
     std::fs::write(&database, bytes).unwrap();
 
-    let refused = Command::new(binary("agentcom-hub"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{}", hub.port)])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .output()
-        .unwrap();
+    let refused = output_within(
+        Command::new(binary("agentcom-hub"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", hub.port)])
+            .arg("--data-dir")
+            .arg(&data_dir),
+        Duration::from_secs(30),
+    );
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "the hub started on a damaged database: {stderr}");
     assert!(stderr.contains("damaged"), "{stderr}");

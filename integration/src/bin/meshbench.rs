@@ -161,13 +161,11 @@ struct Counted<T> {
 
 async fn counted<T>(store: &Store, run: impl std::future::Future<Output = T>) -> Counted<T> {
     let stats = store.stats();
-    let (commits, syncs) = (stats.commits.load(Ordering::Relaxed), stats.syncs.load(Ordering::Relaxed));
+    // Every fsync: the log's (one per group commit) and redb's (checkpoints).
+    let syncs = || stats.syncs.load(Ordering::Relaxed) + stats.wal_syncs.load(Ordering::Relaxed);
+    let (commits_before, syncs_before) = (stats.commits.load(Ordering::Relaxed), syncs());
     let value = run.await;
-    Counted {
-        value,
-        commits: stats.commits.load(Ordering::Relaxed) - commits,
-        syncs: stats.syncs.load(Ordering::Relaxed) - syncs,
-    }
+    Counted { value, commits: stats.commits.load(Ordering::Relaxed) - commits_before, syncs: syncs() - syncs_before }
 }
 
 async fn single_submitter(handle: &Handle, seconds: f64) -> Value {
