@@ -279,6 +279,7 @@ async fn instant_sidecar(
     id: String,
     slots: u32,
     finished: Arc<AtomicU64>,
+    room: Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<()> {
     let mut client = pb::agent_link_client::AgentLinkClient::new(
         tonic::transport::Endpoint::from_shared(url)?.tcp_nodelay(true).connect().await?,
@@ -303,6 +304,7 @@ async fn instant_sidecar(
                 break;
             }
             finished.fetch_add(1, Ordering::Relaxed);
+            room.notify_one();
         }
     }
     Ok(())
@@ -310,6 +312,8 @@ async fn instant_sidecar(
 
 async fn full_cycles(bench: &BenchHub, seconds: f64) -> anyhow::Result<Value> {
     let finished = Arc::new(AtomicU64::new(0));
+    // Submitters sleep here while the window is full: spinning would take the hub's cores.
+    let room = Arc::new(tokio::sync::Notify::new());
     let mut sidecars = Vec::new();
     for n in 0..4 {
         sidecars.push(tokio::spawn(instant_sidecar(
@@ -318,6 +322,7 @@ async fn full_cycles(bench: &BenchHub, seconds: f64) -> anyhow::Result<Value> {
             format!("bench-{n}"),
             256,
             finished.clone(),
+            room.clone(),
         )));
     }
     // Wait for the agents.
@@ -340,12 +345,12 @@ async fn full_cycles(bench: &BenchHub, seconds: f64) -> anyhow::Result<Value> {
         let (tx, rx) = mpsc::channel(1024);
         let mut acks =
             client.submit_stream(authorized(ReceiverStream::new(rx), &bench.admin_token)).await?.into_inner();
-        let (submitted, finished) = (submitted.clone(), finished.clone());
+        let (submitted, finished, room) = (submitted.clone(), finished.clone(), room.clone());
         streams.push(tokio::spawn(async move {
             let mut sequence = 0;
             while Instant::now() < deadline {
                 if submitted.load(Ordering::Relaxed) - (finished.load(Ordering::Relaxed) - base) >= CYCLE_WINDOW {
-                    tokio::task::yield_now().await;
+                    let _ = tokio::time::timeout(Duration::from_millis(10), room.notified()).await;
                     continue;
                 }
                 submitted.fetch_add(1, Ordering::Relaxed);
