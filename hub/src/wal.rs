@@ -131,62 +131,76 @@ fn checksum(lsn: u64, payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
+/// What is found at a position of the file.
+enum Slot {
+    /// Never-written space, or a length that cannot be right: the end of the log.
+    End,
+    /// A record whose checksum does not hold, with what its header claims.
+    Bad {
+        lsn: u64,
+        next: u64,
+    },
+    Whole {
+        record: Record,
+        next: u64,
+    },
+}
+
+fn read_slot(file: &File, length: u64, position: u64) -> std::io::Result<Slot> {
+    if position + HEADER_BYTES as u64 > length {
+        return Ok(Slot::End);
+    }
+    let mut header = [0u8; HEADER_BYTES];
+    file.read_exact_at(&mut header, position)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as u64;
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let lsn = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    let next = position + HEADER_BYTES as u64 + len;
+    if len == 0 || next > length {
+        return Ok(Slot::End);
+    }
+    let mut payload = vec![0u8; len as usize];
+    file.read_exact_at(&mut payload, position + HEADER_BYTES as u64)?;
+    if checksum(lsn, &payload) != crc {
+        return Ok(Slot::Bad { lsn, next });
+    }
+    Ok(Slot::Whole { record: Record { lsn, payload }, next })
+}
+
 /// The records to replay, or `Err(lsn)` when record `lsn` is damaged but a whole record follows
 /// it: a torn write only ever hits the last record, so that is damage, not a crash.
 fn read_records(file: &File, length: u64, checkpoint_lsn: u64) -> std::io::Result<Result<Vec<Record>, u64>> {
     let mut records = Vec::new();
     let mut position = 0u64;
-    let mut header = [0u8; HEADER_BYTES];
     let mut expected: Option<u64> = None;
-    while position + HEADER_BYTES as u64 <= length {
-        file.read_exact_at(&mut header, position)?;
-        let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as u64;
-        let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-        let lsn = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-        if len == 0 || position + HEADER_BYTES as u64 + len > length {
-            break; // Never-written space, or a length that cannot be right.
-        }
-        let mut payload = vec![0u8; len as usize];
-        file.read_exact_at(&mut payload, position + HEADER_BYTES as u64)?;
-        if checksum(lsn, &payload) != crc {
-            let wanted = expected.unwrap_or(checkpoint_lsn + 1);
-            if lsn == wanted && whole_record_at(file, length, position + HEADER_BYTES as u64 + len, lsn + 1)? {
-                return Ok(Err(lsn));
+    loop {
+        let (record, next) = match read_slot(file, length, position)? {
+            Slot::End => break,
+            Slot::Bad { lsn, next } => {
+                let followed = matches!(
+                    read_slot(file, length, next)?,
+                    Slot::Whole { ref record, .. } if record.lsn == lsn + 1
+                );
+                if lsn == expected.unwrap_or(checkpoint_lsn + 1) && followed {
+                    return Ok(Err(lsn));
+                }
+                break; // Torn: the last record a crash interrupted.
             }
-            break; // Torn: the last record a crash interrupted.
+            Slot::Whole { record, next } => (record, next),
+        };
+        if expected.is_some_and(|lsn| record.lsn != lsn) {
+            break; // An older record from the previous cycle.
         }
-        match expected {
-            Some(next) if lsn != next => break, // An older record from the previous cycle.
-            _ => {}
-        }
-        if lsn > checkpoint_lsn {
-            if expected.is_none() && lsn != checkpoint_lsn + 1 {
+        if record.lsn > checkpoint_lsn {
+            if expected.is_none() && record.lsn != checkpoint_lsn + 1 {
                 break; // A gap after the checkpoint cannot be bridged.
             }
-            records.push(Record { lsn, payload });
-            expected = Some(lsn + 1);
+            expected = Some(record.lsn + 1);
+            records.push(record);
         }
-        position += HEADER_BYTES as u64 + len;
+        position = next;
     }
     Ok(Ok(records))
-}
-
-/// Whether a whole record numbered `lsn` starts at `position`.
-fn whole_record_at(file: &File, length: u64, position: u64, lsn: u64) -> std::io::Result<bool> {
-    let mut header = [0u8; HEADER_BYTES];
-    if position + HEADER_BYTES as u64 > length {
-        return Ok(false);
-    }
-    file.read_exact_at(&mut header, position)?;
-    let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as u64;
-    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-    let found = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-    if found != lsn || len == 0 || position + HEADER_BYTES as u64 + len > length {
-        return Ok(false);
-    }
-    let mut payload = vec![0u8; len as usize];
-    file.read_exact_at(&mut payload, position + HEADER_BYTES as u64)?;
-    Ok(checksum(lsn, &payload) == crc)
 }
 
 #[cfg(test)]
