@@ -310,9 +310,19 @@ async fn a_damaged_database_is_refused_and_restore_from_the_latest_backup_brings
     // damage below lands on live pages (after a kill -9 they could still be in the log only).
     assert!(hub.interrupt().success());
     let database = data_dir.join("hub.redb");
+    // Damage every copy of every task's name, live or stale: where redb put the live pages
+    // depends on how commits were grouped, so a fixed byte range may only hit free pages.
     let mut bytes = std::fs::read(&database).unwrap();
-    let len = bytes.len();
-    bytes[len / 4..len * 3 / 4].fill(0xAB);
+    let zeros = [b'0'; 150];
+    let mut damaged = 0;
+    let mut at = 0;
+    while let Some(found) = bytes[at..].windows(zeros.len()).position(|w| w == zeros) {
+        let start = at + found;
+        bytes[start..start + zeros.len()].fill(0xAB);
+        damaged += 1;
+        at = start + zeros.len();
+    }
+    assert!(damaged >= 300, "only {damaged} task names found in the database file");
     std::fs::write(&database, bytes).unwrap();
 
     let refused = output_within(
