@@ -46,19 +46,22 @@ pub enum AgentEvent {
     Start,
     /// The task ended, or its lease was taken back.
     Release,
-    /// Waiting on a model load, a rate limit or a human.
+    /// Its task waits on a model load, a rate limit or a human.
     Block,
     Unblock,
     /// Take no new work; finish what is running.
     Drain,
+    /// Drain lifted with no task in hand.
     Undrain,
+    /// Drain lifted while a task still runs.
+    Resume,
     /// The sidecar's heartbeat lapsed or its stream closed.
     Lost,
     /// The sidecar came back.
     Rejoin,
 }
 
-pub const ALL_EVENTS: [AgentEvent; 9] = [
+pub const ALL_EVENTS: [AgentEvent; 10] = [
     AgentEvent::Assign,
     AgentEvent::Start,
     AgentEvent::Release,
@@ -66,6 +69,7 @@ pub const ALL_EVENTS: [AgentEvent; 9] = [
     AgentEvent::Unblock,
     AgentEvent::Drain,
     AgentEvent::Undrain,
+    AgentEvent::Resume,
     AgentEvent::Lost,
     AgentEvent::Rejoin,
 ];
@@ -77,26 +81,40 @@ pub struct IllegalTransition {
     pub event: AgentEvent,
 }
 
-/// The whole table. A draining agent keeps its running task, so `Start` and `Release` are
-/// legal while draining and `Release` leaves it draining.
+/// The whole table. `blocked` is a task that waits (on a model load, a rate limit, a human),
+/// so only an agent with a task can block. A draining agent keeps its running task, so the
+/// task's own events are legal while draining and leave it draining.
 pub fn transition(from: AgentState, event: AgentEvent) -> Result<AgentState, IllegalTransition> {
     use AgentEvent as E;
     use AgentState as S;
     let to = match (from, event) {
         (S::Idle, E::Assign) => S::Assigned,
         (S::Assigned, E::Start) => S::Working,
-        (S::Assigned | S::Working, E::Release) => S::Idle,
-        (S::Idle, E::Block) => S::Blocked,
-        (S::Blocked, E::Unblock) => S::Idle,
+        (S::Assigned | S::Working | S::Blocked, E::Release) => S::Idle,
+        (S::Assigned | S::Working, E::Block) => S::Blocked,
+        (S::Blocked, E::Unblock) => S::Working,
         (S::Idle | S::Assigned | S::Working | S::Blocked, E::Drain) => S::Draining,
-        (S::Draining, E::Start | E::Release) => S::Draining,
+        (S::Draining, E::Start | E::Release | E::Block | E::Unblock) => S::Draining,
         (S::Draining, E::Undrain) => S::Idle,
+        (S::Draining, E::Resume) => S::Working,
         (S::Idle | S::Assigned | S::Working | S::Blocked | S::Draining, E::Lost) => S::Offline,
         (S::Offline, E::Rejoin) => S::Idle,
         _ => return Err(IllegalTransition { from, event }),
     };
     Ok(to)
 }
+
+/// One recorded transition of an agent.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Transition {
+    pub at_unix_ms: i64,
+    pub from: AgentState,
+    pub to: AgentState,
+    pub cause: String,
+}
+
+/// How many transitions each agent remembers.
+pub const HISTORY_LEN: usize = 32;
 
 #[cfg(test)]
 mod tests {
@@ -109,22 +127,27 @@ mod tests {
     fn the_table_is_exactly_this() {
         let legal = [
             (S::Idle, E::Assign, S::Assigned),
-            (S::Idle, E::Block, S::Blocked),
             (S::Idle, E::Drain, S::Draining),
             (S::Idle, E::Lost, S::Offline),
             (S::Assigned, E::Start, S::Working),
             (S::Assigned, E::Release, S::Idle),
+            (S::Assigned, E::Block, S::Blocked),
             (S::Assigned, E::Drain, S::Draining),
             (S::Assigned, E::Lost, S::Offline),
             (S::Working, E::Release, S::Idle),
+            (S::Working, E::Block, S::Blocked),
             (S::Working, E::Drain, S::Draining),
             (S::Working, E::Lost, S::Offline),
-            (S::Blocked, E::Unblock, S::Idle),
+            (S::Blocked, E::Unblock, S::Working),
+            (S::Blocked, E::Release, S::Idle),
             (S::Blocked, E::Drain, S::Draining),
             (S::Blocked, E::Lost, S::Offline),
             (S::Draining, E::Start, S::Draining),
             (S::Draining, E::Release, S::Draining),
+            (S::Draining, E::Block, S::Draining),
+            (S::Draining, E::Unblock, S::Draining),
             (S::Draining, E::Undrain, S::Idle),
+            (S::Draining, E::Resume, S::Working),
             (S::Draining, E::Lost, S::Offline),
             (S::Offline, E::Rejoin, S::Idle),
         ];

@@ -13,6 +13,8 @@ pub mod convert;
 pub mod core;
 pub mod domain;
 pub mod feed;
+pub mod fleet;
+pub mod probe;
 pub mod queue;
 pub mod server;
 pub mod store;

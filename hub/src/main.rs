@@ -33,6 +33,9 @@ enum Command {
         /// Tasks the local sidecar runs at once.
         #[arg(long, default_value_t = 4)]
         slots: u32,
+        /// The local sidecar reports N synthetic GPUs (shown as simulated).
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        simulate_gpus: u32,
     },
     /// Write a backup now: through the running hub if there is one, else from the database.
     Backup {
@@ -69,6 +72,19 @@ struct HubArgs {
     /// A lease not renewed for this long expires (and its task is requeued), in milliseconds.
     #[arg(long, default_value_t = 15_000)]
     lease_ttl_ms: u64,
+    /// A sidecar not heard from for this long is offline, in milliseconds [default: 2.5 heartbeat intervals].
+    #[arg(long)]
+    heartbeat_ttl_ms: Option<u64>,
+    /// A working agent whose task shows no output, tokens or progress for this long is flagged stalled, in milliseconds.
+    #[arg(long, default_value_t = 300_000)]
+    stall_after_ms: u64,
+    /// A host (or host:port) whose LLM endpoints the hub may probe itself; repeatable. Empty by
+    /// default: sidecars probe their own local endpoints.
+    #[arg(long = "allow-endpoint", value_name = "HOST[:PORT]")]
+    allow_endpoints: Vec<String>,
+    /// How often the hub probes the endpoints added with `hubctl endpoints add`, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    endpoint_check_interval_ms: u64,
     /// Attempts for tasks that set none.
     #[arg(long, default_value_t = 3)]
     max_attempts: u32,
@@ -114,6 +130,13 @@ impl HubArgs {
             self.lease_ttl_ms >= 2 * self.heartbeat_interval_ms,
             "--lease-ttl-ms must be at least twice --heartbeat-interval-ms"
         );
+        let heartbeat_ttl_ms = self.heartbeat_ttl_ms.unwrap_or(self.heartbeat_interval_ms * 5 / 2);
+        anyhow::ensure!(
+            heartbeat_ttl_ms > self.heartbeat_interval_ms,
+            "--heartbeat-ttl-ms must be longer than --heartbeat-interval-ms"
+        );
+        anyhow::ensure!(self.stall_after_ms >= 1_000, "--stall-after-ms must be at least 1000");
+        anyhow::ensure!(self.endpoint_check_interval_ms >= 100, "--endpoint-check-interval-ms must be at least 100");
         anyhow::ensure!((1..=100).contains(&self.max_attempts), "--max-attempts must be between 1 and 100");
         let max_backoff = agentcom_hub::domain::limits::MAX_BACKOFF_MS;
         anyhow::ensure!(
@@ -130,6 +153,10 @@ impl HubArgs {
         Ok(core::Config {
             heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
             lease_ttl: Duration::from_millis(self.lease_ttl_ms),
+            heartbeat_ttl: Duration::from_millis(heartbeat_ttl_ms),
+            stall_after: Duration::from_millis(self.stall_after_ms),
+            allow_endpoints: self.allow_endpoints.clone(),
+            endpoint_check_interval: Duration::from_millis(self.endpoint_check_interval_ms),
             spec_defaults: SpecDefaults {
                 max_attempts: self.max_attempts,
                 max_output_bytes: self.max_output_bytes,
@@ -161,7 +188,7 @@ async fn run() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve(args, None).await,
-        Command::Dev { hub, slots } => serve(hub, Some(slots)).await,
+        Command::Dev { hub, slots, simulate_gpus } => serve(hub, Some((slots, simulate_gpus))).await,
         Command::Backup { data_dir, hub, backup_dir } => backup_now(data_dir, hub, backup_dir).await,
         Command::Restore { data_dir, from } => {
             let database = DataDir::new(&data_dir).database();
@@ -220,7 +247,8 @@ async fn backup_now(data_dir: PathBuf, hub: String, backup_dir: Option<PathBuf>)
 }
 
 /// Runs the hub; with `dev_slots`, also a sidecar in this process that stops with it.
-async fn serve(args: HubArgs, dev_slots: Option<u32>) -> anyhow::Result<()> {
+/// `dev` is `Some((slots, simulated GPUs))` of the local sidecar.
+async fn serve(args: HubArgs, dev_slots: Option<(u32, u32)>) -> anyhow::Result<()> {
     let mut config = args.core_config()?;
     config.cancel_inflight_on_shutdown = dev_slots.is_some();
     let backups = args.backup_policy()?;
@@ -250,7 +278,7 @@ async fn serve(args: HubArgs, dev_slots: Option<u32>) -> anyhow::Result<()> {
 
     let sidecar = match dev_slots {
         None => None,
-        Some(slots) => {
+        Some((slots, simulate_gpus)) => {
             let token = std::fs::read_to_string(data_dir.token_file(Role::Join))?.trim().to_owned();
             let work_dir = std::env::current_dir()?;
             let hostname = agentcom_sidecar::hostname();
@@ -264,6 +292,7 @@ async fn serve(args: HubArgs, dev_slots: Option<u32>) -> anyhow::Result<()> {
                 tags: vec!["dev".to_owned()],
                 shell: agentcom_sidecar::shell_settings(work_dir, std::env::vars(), &allow),
                 default_max_output_bytes: args.max_output_bytes as usize,
+                reports: agentcom_sidecar::reports::Settings { simulate_gpus, ..Default::default() },
             };
             let stop = tokio_util::sync::CancellationToken::new();
             let stopped = stop.clone();

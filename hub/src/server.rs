@@ -174,9 +174,11 @@ impl Hub {
         backups: backup::Policy,
     ) -> Result<Hub, Error> {
         let spec_defaults = config.spec_defaults.clone();
+        let (allow, check_every) = (config.allow_endpoints.clone(), config.endpoint_check_interval);
         let (handle, core_task) = Core::start(config, &store)?;
         let stop = CancellationToken::new();
         let stop_backups = CancellationToken::new();
+        tokio::spawn(crate::probe::run(handle.clone(), allow, check_every, stop_backups.clone()));
         let periodic_backups = tokio::spawn(backup::run_periodic(store.clone(), backups.clone(), stop_backups.clone()));
         let backups = backup::Backups::new(store, backups);
 

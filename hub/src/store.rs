@@ -29,6 +29,8 @@ const TASKS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("tasks");
 /// SHA-256 of a token, hex -> its role.
 const TOKENS: TableDefinition<'_, &str, &str> = TableDefinition::new("tokens");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// Durable fleet settings, JSON by key: `cordon/{sidecar}`, `endpoint/{id}`.
+const FLEET: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("fleet");
 
 const SCHEMA_VERSION: u64 = 1;
 /// META key: the last write-ahead log record that redb's last durable commit covers.
@@ -77,7 +79,18 @@ fn redb_err(err: impl Into<redb::Error>) -> Error {
 pub enum Op {
     PutTask(Box<Task>),
     DeleteTask(TaskId),
-    PutToken { hash: String, role: String },
+    PutToken {
+        hash: String,
+        role: String,
+    },
+    /// A fleet setting: `key` in the `fleet` table, `value` its JSON.
+    PutFleet {
+        key: String,
+        value: Vec<u8>,
+    },
+    DeleteFleet {
+        key: String,
+    },
 }
 
 #[derive(Clone)]
@@ -247,6 +260,7 @@ impl Store {
             }
             txn.open_table(TASKS).map_err(redb_err)?;
             txn.open_table(TOKENS).map_err(redb_err)?;
+            txn.open_table(FLEET).map_err(redb_err)?;
         }
         txn.commit().map_err(redb_err)?;
         Ok(())
@@ -363,6 +377,20 @@ impl Store {
             .collect()
     }
 
+    /// Every fleet setting, by key.
+    pub fn load_fleet(&self) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        let txn = self.db.begin_read().map_err(redb_err)?;
+        let table = txn.open_table(FLEET).map_err(redb_err)?;
+        table
+            .iter()
+            .map_err(redb_err)?
+            .map(|entry| {
+                let (key, value) = entry.map_err(redb_err)?;
+                Ok((key.value().to_owned(), value.value().to_vec()))
+            })
+            .collect()
+    }
+
     /// Writes a consistent copy of the whole database to `dest` (through `dest.partial`, renamed
     /// once durable) and returns how many tasks it holds. Runs beside the writer. Blocking.
     pub fn backup_to(&self, dest: &Path) -> Result<u64, Error> {
@@ -388,6 +416,12 @@ impl Store {
             }
             let from = snapshot.open_table(META).map_err(redb_err)?;
             let mut to = txn.open_table(META).map_err(redb_err)?;
+            for entry in from.iter().map_err(redb_err)? {
+                let (key, value) = entry.map_err(redb_err)?;
+                to.insert(key.value(), value.value()).map_err(redb_err)?;
+            }
+            let from = snapshot.open_table(FLEET).map_err(redb_err)?;
+            let mut to = txn.open_table(FLEET).map_err(redb_err)?;
             for entry in from.iter().map_err(redb_err)? {
                 let (key, value) = entry.map_err(redb_err)?;
                 to.insert(key.value(), value.value()).map_err(redb_err)?;
@@ -533,6 +567,8 @@ enum Prepared {
     PutTask { key: u128, bytes: Vec<u8> },
     DeleteTask { key: u128 },
     PutToken { hash: String, role: String },
+    PutFleet { key: String, value: Vec<u8> },
+    DeleteFleet { key: String },
 }
 
 fn prepare(ops: Vec<Op>) -> Vec<Prepared> {
@@ -544,6 +580,8 @@ fn prepare(ops: Vec<Op>) -> Vec<Prepared> {
             }
             Op::DeleteTask(id) => Prepared::DeleteTask { key: u128::from(id.0) },
             Op::PutToken { hash, role } => Prepared::PutToken { hash, role },
+            Op::PutFleet { key, value } => Prepared::PutFleet { key, value },
+            Op::DeleteFleet { key } => Prepared::DeleteFleet { key },
         })
         .collect()
 }
@@ -551,6 +589,8 @@ fn prepare(ops: Vec<Op>) -> Vec<Prepared> {
 const TAG_PUT_TASK: u8 = 1;
 const TAG_DELETE_TASK: u8 = 2;
 const TAG_PUT_TOKEN: u8 = 3;
+const TAG_PUT_FLEET: u8 = 4;
+const TAG_DELETE_FLEET: u8 = 5;
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
@@ -574,6 +614,15 @@ fn encode_ops(ops: &[Prepared]) -> Vec<u8> {
                 out.push(TAG_PUT_TOKEN);
                 put_bytes(&mut out, hash.as_bytes());
                 put_bytes(&mut out, role.as_bytes());
+            }
+            Prepared::PutFleet { key, value } => {
+                out.push(TAG_PUT_FLEET);
+                put_bytes(&mut out, key.as_bytes());
+                put_bytes(&mut out, value);
+            }
+            Prepared::DeleteFleet { key } => {
+                out.push(TAG_DELETE_FLEET);
+                put_bytes(&mut out, key.as_bytes());
             }
         }
     }
@@ -607,6 +656,13 @@ fn decode_ops(mut payload: &[u8]) -> Option<Vec<Prepared>> {
                 let role = String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()?;
                 Prepared::PutToken { hash, role }
             }
+            TAG_PUT_FLEET => {
+                let key = String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()?;
+                Prepared::PutFleet { key, value: take_bytes(&mut payload)?.to_vec() }
+            }
+            TAG_DELETE_FLEET => {
+                Prepared::DeleteFleet { key: String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()? }
+            }
             _ => return None,
         };
         ops.push(op);
@@ -631,6 +687,14 @@ fn apply_prepared(db: &Database, ops: &[Prepared], durability: Durability) -> Re
                 Prepared::PutToken { hash, role } => {
                     let mut tokens = txn.open_table(TOKENS).map_err(redb_err)?;
                     tokens.insert(hash.as_str(), role.as_str()).map_err(redb_err)?;
+                }
+                Prepared::PutFleet { key, value } => {
+                    let mut fleet = txn.open_table(FLEET).map_err(redb_err)?;
+                    fleet.insert(key.as_str(), value.as_slice()).map_err(redb_err)?;
+                }
+                Prepared::DeleteFleet { key } => {
+                    let mut fleet = txn.open_table(FLEET).map_err(redb_err)?;
+                    fleet.remove(key.as_str()).map_err(redb_err)?;
                 }
             }
         }
@@ -676,6 +740,39 @@ mod tests {
         assert_eq!(store.load_tasks().unwrap().into_iter().map(|t| *t).collect::<Vec<_>>(), tasks);
         assert_eq!(store.get_task(tasks[3].id).unwrap().as_ref(), Some(&tasks[3]));
         assert_eq!(store.get_task(TaskId::new(7)).unwrap(), None);
+    }
+
+    #[test]
+    fn fleet_settings_survive_a_reopen_and_their_log_form_round_trips() {
+        let ops = prepare(vec![
+            Op::PutFleet { key: "endpoint/e".into(), value: b"{\"url\":1}".to_vec() },
+            Op::DeleteFleet { key: "cordon/c".into() },
+        ]);
+        let decoded = decode_ops(&encode_ops(&ops)).expect("decodes");
+        assert!(
+            matches!(&decoded[0], Prepared::PutFleet { key, value } if key == "endpoint/e" && value == b"{\"url\":1}")
+        );
+        assert!(matches!(&decoded[1], Prepared::DeleteFleet { key } if key == "cordon/c"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let store = Store::open(&path).unwrap();
+        let (done_tx, done_rx) = std_mpsc::channel();
+        let writer = store.start_writer(move |result: Result<Vec<u32>, Arc<Error>>| {
+            done_tx.send(result.unwrap()).unwrap();
+        });
+        let put = |key: &str, value: &str| Op::PutFleet { key: key.into(), value: value.as_bytes().to_vec() };
+        writer.write(vec![put("cordon/a", "1"), put("cordon/b", "2"), put("endpoint/x", "{}")], 1).unwrap();
+        writer.write(vec![Op::DeleteFleet { key: "cordon/a".into() }], 2).unwrap();
+        let mut acked = 0;
+        while acked < 2 {
+            acked += done_rx.recv().unwrap().len();
+        }
+        writer.close();
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        let expected = vec![("cordon/b".to_owned(), b"2".to_vec()), ("endpoint/x".to_owned(), b"{}".to_vec())];
+        assert_eq!(store.load_fleet().unwrap(), expected);
     }
 
     #[test]

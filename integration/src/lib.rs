@@ -244,6 +244,12 @@ pub struct RunningMesh {
 
 impl RunningMesh {
     pub fn add_sidecar(&mut self, slots: u32) -> &TestSidecar {
+        let reports = agentcom_sidecar::reports::Settings { discover_ollama: false, ..Default::default() };
+        self.add_sidecar_reporting(slots, reports)
+    }
+
+    /// A sidecar with its own resource and LLM reporting settings.
+    pub fn add_sidecar_reporting(&mut self, slots: u32, reports: agentcom_sidecar::reports::Settings) -> &TestSidecar {
         let id = format!("test-sidecar-{}", self.sidecars.len());
         let config = agentcom_sidecar::Config {
             hub_url: self.url.clone(),
@@ -254,6 +260,7 @@ impl RunningMesh {
             tags: Vec::new(),
             shell: agentcom_sidecar::shell_settings(self.work_dir.clone(), std::env::vars(), &["PATH".to_owned()]),
             default_max_output_bytes: agentcom_sidecar::DEFAULT_MAX_OUTPUT_BYTES,
+            reports,
         };
         let stop = CancellationToken::new();
         let stopped = stop.clone();

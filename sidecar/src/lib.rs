@@ -5,6 +5,9 @@
 //! `link` owns the stream to the hub. The sidecar never listens on a port.
 
 mod link;
+pub mod llm;
+pub mod reports;
+pub mod resources;
 pub mod shell;
 
 use std::future::Future;
@@ -28,6 +31,8 @@ pub struct Config {
     pub shell: shell::Settings,
     /// Output cap per stream for tasks that do not set one.
     pub default_max_output_bytes: usize,
+    /// Resource reports and the LLM inventory.
+    pub reports: reports::Settings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +85,10 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Default shell settings for a work directory, taking the allowlisted part of `vars`.

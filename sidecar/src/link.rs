@@ -21,8 +21,9 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
+use crate::reports::{self, Latest};
 use crate::shell::{self, Exit, Outcome, Program, ShellJob, Sink, Stream};
-use crate::{Config, Error};
+use crate::{Config, Error, now_ms};
 
 /// Most bytes a message may carry (a result holds up to the output cap per stream).
 const MAX_MESSAGE_BYTES: usize = 160 * 1024 * 1024;
@@ -88,6 +89,8 @@ pub(crate) struct Link {
     offline_since: Option<std::time::Instant>,
     /// The hub's lease TTL, from the last welcome.
     lease_ttl: Option<Duration>,
+    /// Resource and model reports, kept by their reporters; `None` until `run` starts them.
+    latest: Option<Latest>,
 }
 
 enum SessionEnd {
@@ -109,11 +112,14 @@ impl Link {
             joined: false,
             offline_since: None,
             lease_ttl: None,
+            latest: None,
         }
     }
 
     pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let stop = CancellationToken::new();
+        let stop_reports = stop.child_token();
+        self.latest = Some(reports::start(self.config.reports.clone(), stop_reports));
         let stop_on_shutdown = stop.clone();
         let shutdown = async move {
             shutdown.await;
@@ -283,6 +289,12 @@ impl Link {
 
         let mut heartbeat = tokio::time::interval(interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The latest reports go out now, and again each time they change.
+        let mut latest = self.latest.clone();
+        if let Some(latest) = &mut latest {
+            latest.resources.mark_changed();
+            latest.models.mark_changed();
+        }
         loop {
             tokio::select! {
                 message = inbound.message() => match message {
@@ -294,6 +306,11 @@ impl Link {
                 Some(event) = self.events_rx.recv() => {
                     if let Err(end) = self.forward(event, &outbound).await {
                         return end;
+                    }
+                }
+                Some(message) = next_report(&mut latest) => {
+                    if outbound.try_send(pb::SidecarMessage { msg: Some(message) }).is_err() {
+                        debug!("outbound queue full; skipping a report");
                     }
                 }
                 _ = heartbeat.tick() => {
@@ -371,7 +388,12 @@ impl Link {
                 }
             }
             HubMsg::Welcome(_) => warn!("ignoring a second welcome"),
-            HubMsg::Drain(_) => info!("the hub asked this sidecar to drain"),
+            HubMsg::Drain(drain) => match drain.deadline_unix_ms {
+                0 => info!("cordoned by the hub: no new work; running tasks go on"),
+                deadline => {
+                    info!(deadline_unix_ms = deadline, "cordoned by the hub: tasks still running then are requeued")
+                }
+            },
         }
     }
 
@@ -408,6 +430,31 @@ impl Link {
             };
             let _ = events.send(JobEvent::Finished { task_id, lease_generation, outcome }).await;
         });
+    }
+}
+
+/// The next report that changed, as a message; pending forever without reporters.
+async fn next_report(latest: &mut Option<Latest>) -> Option<SideMsg> {
+    let Some(Latest { resources, models }) = latest else { return std::future::pending().await };
+    loop {
+        tokio::select! {
+            changed = resources.changed() => {
+                if changed.is_err() {
+                    return std::future::pending().await;
+                }
+                if let Some(report) = resources.borrow_and_update().clone() {
+                    return Some(SideMsg::Resources(report));
+                }
+            }
+            changed = models.changed() => {
+                if changed.is_err() {
+                    return std::future::pending().await;
+                }
+                if let Some(inventory) = models.borrow_and_update().clone() {
+                    return Some(SideMsg::Models(inventory));
+                }
+            }
+        }
     }
 }
 
@@ -479,8 +526,4 @@ fn code_name(code: tonic::Code) -> &'static str {
         tonic::Code::InvalidArgument => "refused",
         _ => "error",
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

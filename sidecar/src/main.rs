@@ -47,6 +47,68 @@ struct RunArgs {
     /// Output kept per stream for tasks that set no cap, in bytes.
     #[arg(long, default_value_t = agentcom_sidecar::DEFAULT_MAX_OUTPUT_BYTES)]
     max_output_bytes: usize,
+    /// How often to report CPU, memory, disks and GPUs, in milliseconds.
+    #[arg(long, default_value_t = 15_000)]
+    resources_interval_ms: u64,
+    /// Report N synthetic GPUs instead of reading NVML (development and demos; shown as simulated).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    simulate_gpus: u32,
+    /// An Ollama server this sidecar may use (repeatable); reported up or down.
+    #[arg(long = "ollama", value_name = "URL")]
+    ollama: Vec<String>,
+    /// Do not look for Ollama at http://127.0.0.1:11434.
+    #[arg(long)]
+    no_ollama_discovery: bool,
+    /// How often to check LLM endpoints, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    llm_check_interval_ms: u64,
+    /// An OpenAI-compatible server (ending in /v1); its key comes from OPENAI_API_KEY.
+    #[arg(long, value_name = "URL")]
+    openai_base_url: Option<String>,
+    /// Models to offer from the OpenAI-compatible server (repeatable) [default: what it lists].
+    #[arg(long = "openai-model", value_name = "MODEL")]
+    openai_models: Vec<String>,
+    /// Claude models to offer when ANTHROPIC_API_KEY is set (repeatable).
+    #[arg(long = "anthropic-model", value_name = "MODEL")]
+    anthropic_models: Vec<String>,
+}
+
+impl RunArgs {
+    fn reports(&self) -> anyhow::Result<agentcom_sidecar::reports::Settings> {
+        use agentcom_sidecar::reports::{self, Anthropic, OpenAi};
+        anyhow::ensure!(self.resources_interval_ms >= 100, "--resources-interval-ms must be at least 100");
+        anyhow::ensure!(self.llm_check_interval_ms >= 100, "--llm-check-interval-ms must be at least 100");
+        anyhow::ensure!(self.simulate_gpus <= 64, "--simulate-gpus must be at most 64");
+        for url in self.ollama.iter().chain(&self.openai_base_url) {
+            anyhow::ensure!(
+                url.starts_with("http://") || url.starts_with("https://"),
+                "{url:?} must start with http:// or https://"
+            );
+        }
+        let key = |name: &str| std::env::var(name).ok().filter(|k| !k.trim().is_empty());
+        let anthropic = key("ANTHROPIC_API_KEY").map(|api_key| Anthropic {
+            api_key,
+            models: if self.anthropic_models.is_empty() {
+                reports::DEFAULT_ANTHROPIC_MODELS.iter().map(|m| m.to_string()).collect()
+            } else {
+                self.anthropic_models.clone()
+            },
+        });
+        let openai = self.openai_base_url.clone().map(|base_url| OpenAi {
+            base_url,
+            api_key: key("OPENAI_API_KEY"),
+            models: self.openai_models.clone(),
+        });
+        Ok(reports::Settings {
+            resources_every: std::time::Duration::from_millis(self.resources_interval_ms),
+            simulate_gpus: self.simulate_gpus,
+            llm_check_every: std::time::Duration::from_millis(self.llm_check_interval_ms),
+            ollama: self.ollama.clone(),
+            discover_ollama: !self.no_ollama_discovery,
+            openai,
+            anthropic,
+        })
+    }
 }
 
 #[tokio::main]
@@ -66,6 +128,7 @@ async fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let Command::Run(args) = Cli::parse().command;
+    let reports = args.reports()?;
     let token = match (args.token, args.token_file) {
         (Some(token), _) => token,
         (None, Some(path)) => std::fs::read_to_string(&path)
@@ -91,6 +154,7 @@ async fn run() -> anyhow::Result<()> {
         tags: args.tags,
         shell: agentcom_sidecar::shell_settings(work_dir, std::env::vars(), &allow),
         default_max_output_bytes: args.max_output_bytes,
+        reports,
     };
     agentcom_sidecar::run(config, agentcom_sidecar::shutdown_signal()).await?;
     Ok(())

@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use super::{ApiError, list_limit};
 use crate::convert;
-use crate::core::{self, AgentView, FromSidecar, Handle, RunningTask, SidecarHello, ToSidecar};
+use crate::core::{self, FromSidecar, Handle, RunningTask, SidecarHello, ToSidecar};
 use crate::domain::{SpecDefaults, TaskId, TaskState};
 use crate::feed::{self, FeedEvent};
 
@@ -40,30 +40,6 @@ fn parse_id(id: &str) -> Result<TaskId, Status> {
 
 fn status(err: core::Error) -> Status {
     ApiError::from(err).into()
-}
-
-pub fn agent_to_pb(agent: &AgentView) -> pb::Agent {
-    use crate::agent::AgentState as S;
-    let state = match agent.state {
-        S::Idle => pb::AgentState::Idle,
-        S::Assigned => pb::AgentState::Assigned,
-        S::Working => pb::AgentState::Working,
-        S::Blocked => pb::AgentState::Blocked,
-        S::Draining => pb::AgentState::Draining,
-        S::Offline => pb::AgentState::Offline,
-    };
-    pb::Agent {
-        id: agent.id.clone(),
-        sidecar_id: agent.sidecar_id.clone(),
-        hostname: agent.hostname.clone(),
-        state: state.into(),
-        task_id: agent.task_id.map(|id| id.to_string()).unwrap_or_default(),
-        last_seen_unix_ms: agent.last_seen_unix_ms,
-        state_since_unix_ms: agent.state_since_unix_ms,
-        capabilities: agent.capabilities.clone(),
-        tags: agent.tags.clone(),
-        version: agent.version.clone(),
-    }
 }
 
 type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -194,7 +170,7 @@ impl pb::admin_server::Admin for AdminService {
         _request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let agents = self.hub.agents().await.map_err(status)?;
-        Ok(Response::new(pb::ListAgentsResponse { agents: agents.iter().map(agent_to_pb).collect() }))
+        Ok(Response::new(pb::ListAgentsResponse { agents: agents.iter().map(convert::agent_to_pb).collect() }))
     }
 
     async fn list_dead_letters(
@@ -231,6 +207,67 @@ impl pb::admin_server::Admin for AdminService {
             tasks: info.tasks,
             bytes: info.bytes,
         }))
+    }
+
+    async fn get_agent(&self, request: Request<pb::GetAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+        let detail = self.hub.agent(request.into_inner().id).await.map_err(status)?;
+        Ok(Response::new(convert::agent_detail_to_pb(&detail)))
+    }
+
+    async fn drain_sidecar(&self, request: Request<pb::DrainSidecarRequest>) -> Result<Response<pb::Host>, Status> {
+        let request = request.into_inner();
+        let deadline = (request.deadline_unix_ms != 0).then_some(request.deadline_unix_ms);
+        let host = self.hub.drain(request.sidecar_id, deadline).await.map_err(status)?;
+        Ok(Response::new(convert::host_to_pb(&host)))
+    }
+
+    async fn uncordon_sidecar(
+        &self,
+        request: Request<pb::UncordonSidecarRequest>,
+    ) -> Result<Response<pb::Host>, Status> {
+        let host = self.hub.uncordon(request.into_inner().sidecar_id).await.map_err(status)?;
+        Ok(Response::new(convert::host_to_pb(&host)))
+    }
+
+    async fn list_hosts(
+        &self,
+        _request: Request<pb::ListHostsRequest>,
+    ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        let hosts = self.hub.hosts().await.map_err(status)?;
+        Ok(Response::new(pb::ListHostsResponse { hosts: hosts.iter().map(convert::host_to_pb).collect() }))
+    }
+
+    async fn get_host(&self, request: Request<pb::GetHostRequest>) -> Result<Response<pb::Host>, Status> {
+        let host = self.hub.host(request.into_inner().id).await.map_err(status)?;
+        Ok(Response::new(convert::host_to_pb(&host)))
+    }
+
+    async fn list_endpoints(
+        &self,
+        _request: Request<pb::ListEndpointsRequest>,
+    ) -> Result<Response<pb::ListEndpointsResponse>, Status> {
+        let endpoints = self.hub.endpoints().await.map_err(status)?;
+        Ok(Response::new(pb::ListEndpointsResponse {
+            endpoints: endpoints.iter().map(convert::endpoint_to_pb).collect(),
+        }))
+    }
+
+    async fn add_endpoint(
+        &self,
+        request: Request<pb::AddEndpointRequest>,
+    ) -> Result<Response<pb::LlmEndpoint>, Status> {
+        let request = request.into_inner();
+        let kind = super::endpoint_kind(&request.kind)?;
+        let endpoint = self.hub.add_endpoint(request.url, kind).await.map_err(status)?;
+        Ok(Response::new(convert::endpoint_to_pb(&endpoint)))
+    }
+
+    async fn remove_endpoint(
+        &self,
+        request: Request<pb::RemoveEndpointRequest>,
+    ) -> Result<Response<pb::LlmEndpoint>, Status> {
+        let endpoint = self.hub.remove_endpoint(request.into_inner().id).await.map_err(status)?;
+        Ok(Response::new(convert::endpoint_to_pb(&endpoint)))
     }
 }
 
@@ -280,7 +317,7 @@ fn running_from_pb(running: Vec<pb::RunningTask>) -> Result<Vec<RunningTask>, St
         .collect()
 }
 
-fn message_from_pb(message: pb::sidecar_message::Msg) -> Result<Option<FromSidecar>, Status> {
+fn message_from_pb(sidecar_id: &str, message: pb::sidecar_message::Msg) -> Result<Option<FromSidecar>, Status> {
     use pb::sidecar_message::Msg;
     let message = match message {
         Msg::Hello(_) => return Err(Status::invalid_argument("hello may only be the first message")),
@@ -307,10 +344,24 @@ fn message_from_pb(message: pb::sidecar_message::Msg) -> Result<Option<FromSidec
                 finished.outcome.ok_or_else(|| Status::invalid_argument("invalid finished: outcome is required"))?,
             ),
         },
-        // Progress, resources and model inventories are accepted and not yet used.
-        Msg::Progress(_) | Msg::Resources(_) | Msg::Models(_) => return Ok(None),
+        Msg::Progress(progress) => FromSidecar::Progress {
+            task_id: parse_id(&progress.task_id)?,
+            lease_generation: progress.lease_generation,
+            blocked: progress.blocked,
+            message: progress.message.chars().take(512).collect(),
+        },
+        Msg::Resources(report) => {
+            FromSidecar::Resources(Box::new(convert::resources_from_pb(report).map_err(invalid)?))
+        }
+        Msg::Models(inventory) => {
+            FromSidecar::Models(convert::inventory_from_pb(sidecar_id, inventory).map_err(invalid)?)
+        }
     };
     Ok(Some(message))
+}
+
+fn invalid(err: crate::domain::Error) -> Status {
+    ApiError::from(err).into()
 }
 
 fn to_pb(message: ToSidecar) -> pb::HubMessage {
@@ -325,6 +376,9 @@ fn to_pb(message: ToSidecar) -> pb::HubMessage {
         }),
         ToSidecar::Cancel { task_id, lease_generation, reason } => {
             Msg::Cancel(pb::CancelTask { task_id: task_id.to_string(), lease_generation, reason })
+        }
+        ToSidecar::Drain { deadline_unix_ms } => {
+            Msg::Drain(pb::Drain { deadline_unix_ms: deadline_unix_ms.unwrap_or(0) })
         }
     };
     pb::HubMessage { msg: Some(msg) }
@@ -359,7 +413,7 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
                     _ = stop.cancelled() => break,
                 };
                 match next {
-                    Ok(Some(pb::SidecarMessage { msg: Some(msg) })) => match message_from_pb(msg) {
+                    Ok(Some(pb::SidecarMessage { msg: Some(msg) })) => match message_from_pb(&sidecar_id, msg) {
                         Ok(Some(message)) => hub.from_sidecar(sidecar_id.clone(), session, message),
                         Ok(None) => {}
                         Err(err) => warn!(sidecar_id, error = %err.message(), "dropping a malformed sidecar message"),

@@ -49,6 +49,13 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/tasks/{id}", get(get_task).delete(cancel_task))
         .route("/api/v1/tasks/{id}/events", get(task_events))
         .route("/api/v1/agents", get(list_agents))
+        .route("/api/v1/agents/{id}", get(get_agent))
+        .route("/api/v1/hosts", get(list_hosts))
+        .route("/api/v1/hosts/{id}", get(get_host))
+        .route("/api/v1/hosts/{id}/drain", axum::routing::post(drain_host))
+        .route("/api/v1/hosts/{id}/uncordon", axum::routing::post(uncordon_host))
+        .route("/api/v1/endpoints", get(list_endpoints).post(add_endpoint))
+        .route("/api/v1/endpoints/{id}", axum::routing::delete(remove_endpoint))
         .route("/api/v1/queue", get(queue_stats))
         .route("/api/v1/dlq", get(list_dead_letters).delete(purge_dead_letters))
         .route("/api/v1/dlq/{id}", get(get_dead_letter))
@@ -429,6 +436,107 @@ async fn queue_stats(State(state): State<HttpState>) -> Result<Json<serde_json::
 async fn list_agents(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
     let agents = state.hub.agents().await?;
     Ok(Json(json!({ "agents": agents })))
+}
+
+/// `GET /api/v1/agents/{id}`: the agent and its recent transitions, with their causes.
+async fn get_agent(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!({ "agent": state.hub.agent(id).await? })))
+}
+
+/// `GET /api/v1/hosts`: every host with its latest resource report.
+async fn list_hosts(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!({ "hosts": state.hub.hosts().await? })))
+}
+
+/// `GET /api/v1/hosts/{id}`: one host with its resource history (one hour at report resolution).
+async fn get_host(State(state): State<HttpState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!({ "host": state.hub.host(id).await? })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DrainBody {
+    /// Requeue what still runs this many milliseconds from now.
+    deadline_ms: Option<u64>,
+}
+
+/// `POST /api/v1/hosts/{id}/drain` with an optional `{"deadline_ms": N}`: no new work goes to
+/// the sidecar; what still runs at the deadline is requeued.
+async fn drain_host(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body: DrainBody = if body.iter().all(u8::is_ascii_whitespace) {
+        DrainBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|err| ApiError::invalid(format!("invalid drain body: {err}")))?
+    };
+    let deadline = match body.deadline_ms {
+        Some(ms) if ms > 30 * 24 * 3600 * 1000 => return Err(ApiError::invalid("deadline_ms is more than 30 days")),
+        Some(ms) => Some(now_ms() + ms as i64),
+        None => None,
+    };
+    Ok(Json(json!({ "host": state.hub.drain(id, deadline).await? })))
+}
+
+/// `POST /api/v1/hosts/{id}/uncordon`: the sidecar takes work again.
+async fn uncordon_host(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!({ "host": state.hub.uncordon(id).await? })))
+}
+
+/// An endpoint as JSON, each model marked `warm` or `cold`.
+fn endpoint_json(endpoint: &crate::fleet::Endpoint) -> serde_json::Value {
+    let mut value = json!(endpoint);
+    if let Some(models) = value.get_mut("models").and_then(|m| m.as_array_mut()) {
+        for (json, model) in models.iter_mut().zip(&endpoint.models) {
+            json["state"] = json!(model.warmth());
+        }
+    }
+    value
+}
+
+/// `GET /api/v1/endpoints`: the LLM registry.
+async fn list_endpoints(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let endpoints = state.hub.endpoints().await?;
+    Ok(Json(json!({ "endpoints": endpoints.iter().map(endpoint_json).collect::<Vec<_>>() })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointBody {
+    url: String,
+    #[serde(default)]
+    kind: String,
+}
+
+/// `POST /api/v1/endpoints` `{"url": ..., "kind": "ollama"}`: an endpoint the hub probes itself.
+async fn add_endpoint(
+    State(state): State<HttpState>,
+    body: Result<Json<EndpointBody>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
+    let kind = super::endpoint_kind(&body.kind)?;
+    let endpoint = state.hub.add_endpoint(body.url, kind).await?;
+    Ok(Json(json!({ "endpoint": endpoint_json(&endpoint) })))
+}
+
+/// `DELETE /api/v1/endpoints/{id}`.
+async fn remove_endpoint(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(json!({ "endpoint": endpoint_json(&state.hub.remove_endpoint(id).await?) })))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// `GET /api/v1/tasks/{id}/events`: `snapshot` events carry the task, `output` events carry

@@ -82,6 +82,9 @@ impl From<core::Error> for ApiError {
             core::Error::NotFound(_) => ErrorCode::NotFound,
             core::Error::AlreadyFinal { .. } | core::Error::NotDeadLettered { .. } => ErrorCode::FailedPrecondition,
             core::Error::Storage(_) | core::Error::ShuttingDown => ErrorCode::Unavailable,
+            core::Error::UnknownName(_) => ErrorCode::NotFound,
+            core::Error::NotAllowed(_) => ErrorCode::PermissionDenied,
+            core::Error::Conflict(_) => ErrorCode::FailedPrecondition,
         };
         ApiError::new(code, err.to_string())
     }
@@ -107,6 +110,15 @@ impl From<ApiError> for tonic::Status {
     fn from(err: ApiError) -> tonic::Status {
         tonic::Status::new(err.code.grpc(), err.message)
     }
+}
+
+/// An endpoint kind as the admin APIs take it: empty means Ollama.
+fn endpoint_kind(kind: &str) -> Result<crate::fleet::EndpointKind, ApiError> {
+    if kind.is_empty() {
+        return Ok(crate::fleet::EndpointKind::Ollama);
+    }
+    crate::fleet::EndpointKind::parse(kind)
+        .ok_or_else(|| ApiError::invalid(format!("kind {kind:?} is not one of ollama, openai, anthropic")))
 }
 
 /// Largest page a list returns.

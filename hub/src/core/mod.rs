@@ -8,7 +8,9 @@
 //! **Architecture Invariant:** the core never touches a prost type or a socket. It speaks to
 //! sidecar sessions through [`ToSidecar`] messages in their outboxes; the gRPC layer converts.
 
-use std::collections::{BTreeMap, HashMap};
+mod fleet_ops;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -16,17 +18,26 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::agent::{self, AgentEvent, AgentState};
+use crate::agent::{self, AgentEvent, AgentState, Transition};
 use crate::domain::*;
 use crate::feed::Feed;
+use crate::fleet::{self, Cordon, Endpoint, EndpointKind};
 use crate::queue::{self, Fence, Lease, Queue};
 use crate::store::{self, Op, Store, Writer};
 
 #[derive(Clone, Debug)]
 pub struct Config {
     pub heartbeat_interval: Duration,
-    /// A lease not renewed for this long expires, and a sidecar not heard from for this long is offline.
+    /// A lease not renewed for this long expires.
     pub lease_ttl: Duration,
+    /// A sidecar not heard from for this long is offline (its agents with it).
+    pub heartbeat_ttl: Duration,
+    /// A working agent whose task shows no output, tokens or progress for this long is stalled.
+    pub stall_after: Duration,
+    /// Hosts (or `host:port`) whose LLM endpoints the hub may probe itself.
+    pub allow_endpoints: Vec<String>,
+    /// How often the hub probes the endpoints it owns.
+    pub endpoint_check_interval: Duration,
     pub spec_defaults: SpecDefaults,
     /// Cancel running tasks when the hub shuts down (`dev`, where the sidecar dies with the hub).
     pub cancel_inflight_on_shutdown: bool,
@@ -43,6 +54,10 @@ impl Default for Config {
         Config {
             heartbeat_interval: Duration::from_secs(5),
             lease_ttl: Duration::from_secs(15),
+            heartbeat_ttl: Duration::from_millis(12_500),
+            stall_after: Duration::from_secs(300),
+            allow_endpoints: Vec::new(),
+            endpoint_check_interval: Duration::from_secs(10),
             spec_defaults: SpecDefaults::default(),
             cancel_inflight_on_shutdown: false,
             shutdown_grace: Duration::from_secs(3),
@@ -67,6 +82,14 @@ pub enum Error {
     Storage(String),
     #[error("the hub is shutting down")]
     ShuttingDown,
+    #[error("{0}")]
+    UnknownName(String),
+    /// The request is well formed but the hub's configuration does not allow it.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// The request conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// What a sidecar says when it opens a session.
@@ -100,17 +123,56 @@ pub struct Welcome {
 /// Messages from a sidecar session, already converted and validated by the gRPC layer.
 #[derive(Clone, Debug)]
 pub enum FromSidecar {
-    Heartbeat { running: Vec<RunningTask> },
-    Started { task_id: TaskId, lease_generation: u64 },
-    Output { task_id: TaskId, lease_generation: u64, stream: Stream, offset: u64, data: Vec<u8> },
-    Finished { task_id: TaskId, lease_generation: u64, outcome: Outcome },
+    Heartbeat {
+        running: Vec<RunningTask>,
+    },
+    Started {
+        task_id: TaskId,
+        lease_generation: u64,
+    },
+    Output {
+        task_id: TaskId,
+        lease_generation: u64,
+        stream: Stream,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    Finished {
+        task_id: TaskId,
+        lease_generation: u64,
+        outcome: Outcome,
+    },
+    /// Progress renews the lease and counts as activity; `blocked` moves the agent.
+    Progress {
+        task_id: TaskId,
+        lease_generation: u64,
+        blocked: bool,
+        message: String,
+    },
+    Resources(Box<fleet::Resources>),
+    /// The sidecar's whole inventory of endpoints, ids and owners already set.
+    Models(Vec<Endpoint>),
 }
 
 /// What the core sends to a sidecar session.
 #[derive(Clone, Debug)]
 pub enum ToSidecar {
-    Assign { task_id: TaskId, lease_generation: u64, attempt: u32, agent_id: String, spec: Box<TaskSpec> },
-    Cancel { task_id: TaskId, lease_generation: u64, reason: String },
+    Assign {
+        task_id: TaskId,
+        lease_generation: u64,
+        attempt: u32,
+        agent_id: String,
+        spec: Box<TaskSpec>,
+    },
+    Cancel {
+        task_id: TaskId,
+        lease_generation: u64,
+        reason: String,
+    },
+    /// The sidecar is cordoned: it gets no new work (sent so it can say so in its log).
+    Drain {
+        deadline_unix_ms: Option<UnixMs>,
+    },
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -125,6 +187,36 @@ pub struct AgentView {
     pub capabilities: Vec<String>,
     pub tags: Vec<String>,
     pub version: String,
+    /// Working, with no output, tokens or progress for the hub's stall time.
+    pub stalled: bool,
+    pub last_activity_unix_ms: UnixMs,
+    pub cordoned: bool,
+}
+
+/// One agent with its recent transitions, oldest first.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AgentDetail {
+    #[serde(flatten)]
+    pub agent: AgentView,
+    pub history: Vec<Transition>,
+}
+
+/// A machine as the hub sees it: one per sidecar.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct HostView {
+    pub id: String,
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub version: String,
+    pub online: bool,
+    pub last_seen_unix_ms: UnixMs,
+    pub cordon: Option<Cordon>,
+    pub agents: usize,
+    pub resources: Option<fleet::Resources>,
+    /// Oldest first; only for a single host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<fleet::Sample>>,
 }
 
 /// Counts that describe the queue now.
@@ -153,21 +245,96 @@ type Reply<T> = oneshot::Sender<T>;
 type SubmitWaiter = (Reply<Result<Submitted, Error>>, bool);
 
 pub enum Event {
-    Submit { spec: Box<TaskSpec>, reply: Reply<Result<Submitted, Error>> },
-    Get { id: TaskId, reply: Reply<Option<Task>> },
-    List { state: Option<TaskState>, before: Option<TaskId>, limit: usize, reply: Reply<Vec<Task>> },
-    Cancel { id: TaskId, reason: String, reply: Reply<Result<Task, Error>> },
-    Watch { id: TaskId, reply: Reply<Result<WatchReply, Error>> },
-    Agents { reply: Reply<Vec<AgentView>> },
-    Stats { reply: Reply<QueueStats> },
-    RetryDeadLetter { id: TaskId, reply: Reply<Result<Task, Error>> },
-    PurgeDeadLetters { finished_before: UnixMs, reply: Reply<Result<usize, Error>> },
-    Hello { hello: SidecarHello, outbox: mpsc::Sender<ToSidecar>, reply: Reply<Result<(Welcome, u64), Error>> },
-    FromSidecar { sidecar_id: String, session: u64, message: FromSidecar },
-    SessionClosed { sidecar_id: String, session: u64 },
+    Submit {
+        spec: Box<TaskSpec>,
+        reply: Reply<Result<Submitted, Error>>,
+    },
+    Get {
+        id: TaskId,
+        reply: Reply<Option<Task>>,
+    },
+    List {
+        state: Option<TaskState>,
+        before: Option<TaskId>,
+        limit: usize,
+        reply: Reply<Vec<Task>>,
+    },
+    Cancel {
+        id: TaskId,
+        reason: String,
+        reply: Reply<Result<Task, Error>>,
+    },
+    Watch {
+        id: TaskId,
+        reply: Reply<Result<WatchReply, Error>>,
+    },
+    Agents {
+        reply: Reply<Vec<AgentView>>,
+    },
+    Stats {
+        reply: Reply<QueueStats>,
+    },
+    RetryDeadLetter {
+        id: TaskId,
+        reply: Reply<Result<Task, Error>>,
+    },
+    PurgeDeadLetters {
+        finished_before: UnixMs,
+        reply: Reply<Result<usize, Error>>,
+    },
+    Hello {
+        hello: SidecarHello,
+        outbox: mpsc::Sender<ToSidecar>,
+        reply: Reply<Result<(Welcome, u64), Error>>,
+    },
+    FromSidecar {
+        sidecar_id: String,
+        session: u64,
+        message: FromSidecar,
+    },
+    SessionClosed {
+        sidecar_id: String,
+        session: u64,
+    },
+    GetAgent {
+        id: String,
+        reply: Reply<Option<AgentDetail>>,
+    },
+    Drain {
+        sidecar_id: String,
+        deadline: Option<UnixMs>,
+        reply: Reply<Result<HostView, Error>>,
+    },
+    Uncordon {
+        sidecar_id: String,
+        reply: Reply<Result<HostView, Error>>,
+    },
+    Hosts {
+        reply: Reply<Vec<HostView>>,
+    },
+    Host {
+        id: String,
+        reply: Reply<Option<HostView>>,
+    },
+    Endpoints {
+        reply: Reply<Vec<Endpoint>>,
+    },
+    AddEndpoint {
+        url: String,
+        kind: EndpointKind,
+        reply: Reply<Result<Endpoint, Error>>,
+    },
+    RemoveEndpoint {
+        id: String,
+        reply: Reply<Result<Endpoint, Error>>,
+    },
+    /// The hub's own check of an endpoint it probes.
+    EndpointChecked(Box<Endpoint>),
     Committed(Result<Vec<AfterCommit>, Arc<store::Error>>),
     Tick,
-    Shutdown { reply: Reply<()> },
+    Shutdown {
+        reply: Reply<()>,
+    },
 }
 
 pub enum WatchReply {
@@ -191,6 +358,8 @@ pub enum AfterCommit {
     Requeued { task_id: TaskId, reply: Reply<Result<Task, Error>> },
     /// A purge is durable: answer with how many tasks went.
     Purged { count: usize, reply: Reply<Result<usize, Error>> },
+    /// Anything else that answers once durable (fleet settings).
+    Then(Box<dyn FnOnce() + Send>),
 }
 
 /// A cheap, cloneable way to talk to the core.
@@ -284,6 +453,46 @@ impl Handle {
         self.ask(|reply| Event::PurgeDeadLetters { finished_before, reply }).await?
     }
 
+    pub async fn agent(&self, id: String) -> Result<AgentDetail, Error> {
+        let missing = Error::UnknownName(format!("agent {id} not found"));
+        self.ask(|reply| Event::GetAgent { id, reply }).await?.ok_or(missing)
+    }
+
+    /// Cordons a sidecar: no new work; what still runs at `deadline` is requeued.
+    pub async fn drain(&self, sidecar_id: String, deadline: Option<UnixMs>) -> Result<HostView, Error> {
+        self.ask(|reply| Event::Drain { sidecar_id, deadline, reply }).await?
+    }
+
+    pub async fn uncordon(&self, sidecar_id: String) -> Result<HostView, Error> {
+        self.ask(|reply| Event::Uncordon { sidecar_id, reply }).await?
+    }
+
+    pub async fn hosts(&self) -> Result<Vec<HostView>, Error> {
+        self.ask(|reply| Event::Hosts { reply }).await
+    }
+
+    pub async fn host(&self, id: String) -> Result<HostView, Error> {
+        let missing = Error::UnknownName(format!("host {id} not found"));
+        self.ask(|reply| Event::Host { id, reply }).await?.ok_or(missing)
+    }
+
+    pub async fn endpoints(&self) -> Result<Vec<Endpoint>, Error> {
+        self.ask(|reply| Event::Endpoints { reply }).await
+    }
+
+    pub async fn add_endpoint(&self, url: String, kind: EndpointKind) -> Result<Endpoint, Error> {
+        self.ask(|reply| Event::AddEndpoint { url, kind, reply }).await?
+    }
+
+    pub async fn remove_endpoint(&self, id: String) -> Result<Endpoint, Error> {
+        self.ask(|reply| Event::RemoveEndpoint { id, reply }).await?
+    }
+
+    /// Reports the hub's own check of an endpoint.
+    pub fn endpoint_checked(&self, endpoint: Endpoint) {
+        let _ = self.events.send(Event::EndpointChecked(Box::new(endpoint)));
+    }
+
     /// Registers a sidecar session; returns the welcome and the session number to quote.
     pub async fn hello(&self, hello: SidecarHello, outbox: mpsc::Sender<ToSidecar>) -> Result<(Welcome, u64), Error> {
         self.ask(|reply| Event::Hello { hello, outbox, reply }).await?
@@ -314,6 +523,26 @@ struct Agent {
     state: AgentState,
     task_id: Option<TaskId>,
     state_since: UnixMs,
+    /// Transitions, most recent last, at most [`agent::HISTORY_LEN`].
+    history: VecDeque<Transition>,
+    /// The last sign of life of its task: assignment, start, output, progress.
+    last_activity: UnixMs,
+    stalled: bool,
+}
+
+impl Agent {
+    fn new(id: String, sidecar_id: String, now: UnixMs) -> Agent {
+        Agent {
+            id,
+            sidecar_id,
+            state: AgentState::Offline,
+            task_id: None,
+            state_since: now,
+            history: VecDeque::new(),
+            last_activity: now,
+            stalled: false,
+        }
+    }
 }
 
 impl Sidecar {
@@ -330,6 +559,7 @@ struct Sidecar {
     outbox: Option<mpsc::Sender<ToSidecar>>,
     last_seen: UnixMs,
     agent_ids: Vec<String>,
+    host: fleet::Host,
 }
 
 pub struct Core {
@@ -358,6 +588,10 @@ pub struct Core {
     last_key_sweep: UnixMs,
     shutting_down: bool,
     stale_messages: u64,
+    /// LLM endpoints, persisted in the `fleet` table.
+    registry: fleet::Registry,
+    /// Cordoned sidecars, persisted; a sidecar may be cordoned while away.
+    cordons: HashMap<String, Cordon>,
 }
 
 /// How often idempotency keys past their retention are swept from memory.
@@ -374,6 +608,7 @@ impl Core {
     pub fn start(config: Config, store: &Store) -> Result<(Handle, tokio::task::JoinHandle<()>), store::Error> {
         let loading = std::time::Instant::now();
         let tasks = store.load_tasks()?;
+        let (registry, cordons) = fleet_ops::load(store)?;
         let load_ms = loading.elapsed().as_millis() as u64;
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = Handle { events: tx.clone(), healthy: Arc::new(AtomicBool::new(true)), store: store.clone() };
@@ -400,6 +635,8 @@ impl Core {
             last_key_sweep: 0,
             shutting_down: false,
             stale_messages: 0,
+            registry,
+            cordons,
         };
         let restoring = std::time::Instant::now();
         core.restore(tasks, now_ms());
@@ -559,6 +796,23 @@ impl Core {
                 self.dispatch(now);
             }
             Event::SessionClosed { sidecar_id, session } => self.session_closed(&sidecar_id, session, now),
+            Event::GetAgent { id, reply } => {
+                let _ = reply.send(self.agent_detail(&id, now));
+            }
+            Event::Drain { sidecar_id, deadline, reply } => self.drain(sidecar_id, deadline, reply, now),
+            Event::Uncordon { sidecar_id, reply } => self.uncordon(sidecar_id, reply, now),
+            Event::Hosts { reply } => {
+                let _ = reply.send(self.host_views());
+            }
+            Event::Host { id, reply } => {
+                let _ = reply.send(self.host_view(&id, true));
+            }
+            Event::Endpoints { reply } => {
+                let _ = reply.send(self.registry.iter().cloned().collect());
+            }
+            Event::AddEndpoint { url, kind, reply } => self.add_endpoint(url, kind, reply, now),
+            Event::RemoveEndpoint { id, reply } => self.remove_endpoint(id, reply),
+            Event::EndpointChecked(endpoint) => self.endpoint_checked(*endpoint),
             Event::Committed(result) => {
                 self.committed(result, now);
                 self.dispatch(now);
@@ -772,23 +1026,16 @@ impl Core {
             }
         }
         for agent_id in &agent_ids {
-            let agent = self.agents.entry(agent_id.clone()).or_insert_with(|| Agent {
-                id: agent_id.clone(),
-                sidecar_id: sidecar_id.clone(),
-                state: AgentState::Offline,
-                task_id: None,
-                state_since: now,
-            });
+            let agent = self
+                .agents
+                .entry(agent_id.clone())
+                .or_insert_with(|| Agent::new(agent_id.clone(), sidecar_id.clone(), now));
             agent.task_id = None;
-            if agent.state == AgentState::Offline {
-                move_agent(agent, AgentEvent::Rejoin, now, &mut self.idle);
-            } else {
+            if agent.state != AgentState::Offline {
                 // A session replaced another without the old one being declared lost.
-                self.idle.remove(agent);
-                agent.state = AgentState::Idle;
-                agent.state_since = now;
-                self.idle.insert(agent);
+                move_agent(agent, AgentEvent::Lost, now, &mut self.idle, "replaced by a new session");
             }
+            move_agent(agent, AgentEvent::Rejoin, now, &mut self.idle, "sidecar joined");
         }
 
         // Leases this sidecar held: keep those it still runs, take back the rest.
@@ -802,8 +1049,10 @@ impl Core {
                     let _ = self.queue.renew(task_id, generation, &sidecar_id, now, ttl);
                     if let Some(agent) = self.agents.get_mut(&lease.agent_id) {
                         agent.task_id = Some(task_id);
-                        move_agent(agent, AgentEvent::Assign, now, &mut self.idle);
-                        move_agent(agent, AgentEvent::Start, now, &mut self.idle);
+                        agent.last_activity = now;
+                        let cause = format!("still running task {task_id} after reconnecting");
+                        move_agent(agent, AgentEvent::Assign, now, &mut self.idle, &cause);
+                        move_agent(agent, AgentEvent::Start, now, &mut self.idle, &cause);
                     }
                 }
                 _ => self.lease_lost(task_id, "sidecar restarted without it", now),
@@ -816,8 +1065,14 @@ impl Core {
             heartbeat_interval: self.config.heartbeat_interval,
             lease_ttl: self.config.lease_ttl,
         };
-        self.sidecars
-            .insert(sidecar_id.clone(), Sidecar { hello, session, outbox: Some(outbox), last_seen: now, agent_ids });
+        let host = self.sidecars.remove(&sidecar_id).map(|old| old.host).unwrap_or_default();
+        self.sidecars.insert(
+            sidecar_id.clone(),
+            Sidecar { hello, session, outbox: Some(outbox), last_seen: now, agent_ids, host },
+        );
+        if let Some(cordon) = self.cordons.get(&sidecar_id).copied() {
+            self.cordon_agents(&sidecar_id, cordon, now);
+        }
         // Work the sidecar still runs under a lease it no longer holds: stop it now.
         for (task_id, lease_generation) in claimed {
             if !kept.contains(&task_id) {
@@ -848,9 +1103,9 @@ impl Core {
                     self.refuse(sidecar_id, task_id, lease_generation, fence, "started");
                     return;
                 }
-                let agent_id = self.queue.lease(task_id).map(|l| l.agent_id.clone());
-                if let Some(agent) = agent_id.and_then(|id| self.agents.get_mut(&id)) {
-                    move_agent(agent, AgentEvent::Start, now, &mut self.idle);
+                if let Some(agent) = leased_agent(&self.queue, &mut self.agents, task_id) {
+                    agent.last_activity = now;
+                    move_agent(agent, AgentEvent::Start, now, &mut self.idle, &format!("started task {task_id}"));
                 }
                 let task = self.tasks.get_mut(&task_id).expect("a leased task exists");
                 if task.state == TaskState::Dispatched {
@@ -863,6 +1118,9 @@ impl Core {
                 if let Err(fence) = self.queue.renew(task_id, lease_generation, sidecar_id, now, ttl) {
                     self.refuse(sidecar_id, task_id, lease_generation, fence, "output");
                     return;
+                }
+                if let Some(agent) = leased_agent(&self.queue, &mut self.agents, task_id) {
+                    agent.last_activity = now;
                 }
                 // Feeds are made when first needed: most tasks are never watched.
                 let tasks = &self.tasks;
@@ -890,6 +1148,32 @@ impl Core {
                 }
                 self.persist(task_id, AfterCommit::Changed(task_id));
             }
+            FromSidecar::Progress { task_id, lease_generation, blocked, message } => {
+                if let Err(fence) = self.queue.renew(task_id, lease_generation, sidecar_id, now, ttl) {
+                    self.refuse(sidecar_id, task_id, lease_generation, fence, "progress");
+                    return;
+                }
+                if let Some(agent) = leased_agent(&self.queue, &mut self.agents, task_id) {
+                    agent.last_activity = now;
+                    match (blocked, agent.state) {
+                        (true, AgentState::Assigned | AgentState::Working) => {
+                            let cause = format!("task {task_id} waits: {message}");
+                            move_agent(agent, AgentEvent::Block, now, &mut self.idle, &cause);
+                        }
+                        (false, AgentState::Blocked) => {
+                            let cause = format!("task {task_id} goes on");
+                            move_agent(agent, AgentEvent::Unblock, now, &mut self.idle, &cause);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            FromSidecar::Resources(report) => {
+                if let Some(sidecar) = self.sidecars.get_mut(sidecar_id) {
+                    sidecar.host.record(*report);
+                }
+            }
+            FromSidecar::Models(endpoints) => self.sidecar_inventory(sidecar_id, endpoints),
         }
     }
 
@@ -911,8 +1195,9 @@ impl Core {
             && agent.task_id == Some(task_id)
         {
             agent.task_id = None;
+            agent.stalled = false;
             if agent.state != AgentState::Offline {
-                move_agent(agent, AgentEvent::Release, now, &mut self.idle);
+                move_agent(agent, AgentEvent::Release, now, &mut self.idle, &format!("task {task_id} ended"));
             }
         }
         Some(lease)
@@ -990,20 +1275,25 @@ impl Core {
             return;
         }
         sidecar.outbox = None;
-        info!(sidecar_id, session, "sidecar session closed");
+        let cause = if sidecar.last_seen + self.config.heartbeat_ttl.as_millis() as i64 <= now {
+            "heartbeat lapsed"
+        } else {
+            "session closed"
+        };
+        info!(sidecar_id, session, cause, "sidecar offline");
         // Its agents take no new work; its leases run until they lapse, so a quick reconnect
         // can claim them.
         for agent_id in sidecar.agent_ids.clone() {
             if let Some(agent) = self.agents.get_mut(&agent_id)
                 && agent.state != AgentState::Offline
             {
-                move_agent(agent, AgentEvent::Lost, now, &mut self.idle);
+                move_agent(agent, AgentEvent::Lost, now, &mut self.idle, cause);
             }
         }
     }
 
     fn tick(&mut self, now: UnixMs) {
-        let ttl = self.config.lease_ttl.as_millis() as i64;
+        let ttl = self.config.heartbeat_ttl.as_millis() as i64;
         let lapsed: Vec<String> = self
             .sidecars
             .iter()
@@ -1018,6 +1308,8 @@ impl Core {
         for task_id in self.queue.expired(now) {
             self.lease_lost(task_id, "lease expired", now);
         }
+        self.flag_stalled(now);
+        self.requeue_past_drain_deadlines(now);
         self.queue.promote_due(now);
         self.expire(now);
         if now - self.last_key_sweep >= KEY_SWEEP_INTERVAL_MS {
@@ -1094,6 +1386,7 @@ impl Core {
                 AfterCommit::Purged { count, reply } => {
                     let _ = reply.send(Ok(count));
                 }
+                AfterCommit::Then(answer) => answer(),
             }
         }
     }
@@ -1165,7 +1458,8 @@ impl Core {
             self.queue.grant(task_id, lease);
             let agent = self.agents.get_mut(&agent_id).expect("an idle agent exists");
             agent.task_id = Some(task_id);
-            move_agent(agent, AgentEvent::Assign, now, &mut self.idle);
+            agent.last_activity = now;
+            move_agent(agent, AgentEvent::Assign, now, &mut self.idle, &format!("assigned task {task_id}"));
             self.persist(task_id, AfterCommit::Assigned { task_id, lease_generation });
         }
     }
@@ -1182,24 +1476,26 @@ impl Core {
     }
 
     fn agent_views(&self) -> Vec<AgentView> {
-        self.agents
-            .values()
-            .map(|agent| {
-                let sidecar = self.sidecars.get(&agent.sidecar_id);
-                AgentView {
-                    id: agent.id.clone(),
-                    sidecar_id: agent.sidecar_id.clone(),
-                    hostname: sidecar.map(|s| s.hello.hostname.clone()).unwrap_or_default(),
-                    state: agent.state,
-                    task_id: agent.task_id,
-                    state_since_unix_ms: agent.state_since,
-                    last_seen_unix_ms: sidecar.map(|s| s.last_seen).unwrap_or_default(),
-                    capabilities: sidecar.map(|s| s.hello.capabilities.clone()).unwrap_or_default(),
-                    tags: sidecar.map(|s| s.hello.tags.clone()).unwrap_or_default(),
-                    version: sidecar.map(|s| s.hello.version.clone()).unwrap_or_default(),
-                }
-            })
-            .collect()
+        self.agents.values().map(|agent| self.agent_view(agent)).collect()
+    }
+
+    fn agent_view(&self, agent: &Agent) -> AgentView {
+        let sidecar = self.sidecars.get(&agent.sidecar_id);
+        AgentView {
+            id: agent.id.clone(),
+            sidecar_id: agent.sidecar_id.clone(),
+            hostname: sidecar.map(|s| s.hello.hostname.clone()).unwrap_or_default(),
+            state: agent.state,
+            task_id: agent.task_id,
+            state_since_unix_ms: agent.state_since,
+            last_seen_unix_ms: sidecar.map(|s| s.last_seen).unwrap_or_default(),
+            capabilities: sidecar.map(|s| s.hello.capabilities.clone()).unwrap_or_default(),
+            tags: sidecar.map(|s| s.hello.tags.clone()).unwrap_or_default(),
+            version: sidecar.map(|s| s.hello.version.clone()).unwrap_or_default(),
+            stalled: agent.stalled,
+            last_activity_unix_ms: agent.last_activity,
+            cordoned: self.cordons.contains_key(&agent.sidecar_id),
+        }
     }
 }
 
@@ -1239,17 +1535,29 @@ impl IdleIndex {
     }
 }
 
-fn move_agent(agent: &mut Agent, event: AgentEvent, now: UnixMs, idle: &mut IdleIndex) {
+/// The agent holding `task_id`'s lease.
+fn leased_agent<'a>(queue: &Queue, agents: &'a mut BTreeMap<String, Agent>, task_id: TaskId) -> Option<&'a mut Agent> {
+    agents.get_mut(&queue.lease(task_id)?.agent_id)
+}
+
+/// Applies `event` to an agent through the transition table, recording the change and its
+/// cause; a transition the table refuses is logged and changes nothing.
+fn move_agent(agent: &mut Agent, event: AgentEvent, now: UnixMs, idle: &mut IdleIndex, cause: &str) {
     match agent::transition(agent.state, event) {
         Ok(to) => {
             if to != agent.state {
                 idle.remove(agent);
+                if agent.history.len() == agent::HISTORY_LEN {
+                    agent.history.pop_front();
+                }
+                let from = agent.state;
+                agent.history.push_back(Transition { at_unix_ms: now, from, to, cause: cause.to_owned() });
                 agent.state = to;
                 agent.state_since = now;
                 idle.insert(agent);
             }
         }
-        Err(err) => warn!(agent_id = agent.id, error = %err, "refused an agent transition"),
+        Err(err) => warn!(agent_id = agent.id, error = %err, cause, "refused an agent transition"),
     }
 }
 

@@ -1,0 +1,402 @@
+//! What the hub knows about machines besides their agents: each host's resource reports with a
+//! bounded history, and the registry of LLM endpoints with their models.
+//!
+//! **Architecture Invariant:** pure data and rules. The core owns these values and decides when
+//! to persist; nothing here does I/O or reads the clock.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use crate::domain::UnixMs;
+
+/// One resource reading of a host, as its sidecar sent it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Resources {
+    pub at_unix_ms: UnixMs,
+    pub cpu_percent: f64,
+    pub cpu_per_core_percent: Vec<f32>,
+    pub load1: f64,
+    pub load5: f64,
+    pub load15: f64,
+    pub memory_total_bytes: u64,
+    pub memory_used_bytes: u64,
+    pub memory_available_bytes: u64,
+    pub disks: Vec<Disk>,
+    pub gpus: Vec<Gpu>,
+    /// The GPU readings are synthetic (`agentcom-sidecar run --simulate-gpus N`).
+    pub gpus_simulated: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Disk {
+    pub mount: String,
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+/// One GPU. A metric the device does not support is `None`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Gpu {
+    pub index: u32,
+    pub name: String,
+    pub uuid: String,
+    pub utilization_percent: Option<u32>,
+    pub memory_utilization_percent: Option<u32>,
+    pub memory_used_bytes: Option<u64>,
+    pub memory_total_bytes: Option<u64>,
+    pub temperature_celsius: Option<u32>,
+    pub power_milliwatts: Option<u32>,
+    pub processes: Vec<GpuProcess>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct GpuProcess {
+    pub pid: u32,
+    pub used_memory_bytes: Option<u64>,
+}
+
+/// A report reduced to what a history chart needs: 40 bytes, so an hour of 15-second reports
+/// costs about 10 KiB per host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Sample {
+    pub at_unix_ms: UnixMs,
+    pub cpu_percent: f32,
+    pub load1: f32,
+    pub memory_used_bytes: u64,
+    /// Mean utilization over the host's GPUs that report it.
+    pub gpu_utilization_percent: Option<f32>,
+    pub gpu_memory_used_bytes: u64,
+}
+
+impl Sample {
+    pub fn of(report: &Resources) -> Sample {
+        let utilizations: Vec<u32> = report.gpus.iter().filter_map(|g| g.utilization_percent).collect();
+        let gpu_utilization_percent = (!utilizations.is_empty())
+            .then(|| utilizations.iter().map(|&u| u as f32).sum::<f32>() / utilizations.len() as f32);
+        Sample {
+            at_unix_ms: report.at_unix_ms,
+            cpu_percent: report.cpu_percent as f32,
+            load1: report.load1 as f32,
+            memory_used_bytes: report.memory_used_bytes,
+            gpu_utilization_percent,
+            gpu_memory_used_bytes: report.gpus.iter().filter_map(|g| g.memory_used_bytes).sum(),
+        }
+    }
+}
+
+/// How much history a host keeps: one hour, and never more than this many samples whatever
+/// the report interval.
+pub const HISTORY_WINDOW_MS: i64 = 3_600_000;
+pub const HISTORY_MAX_SAMPLES: usize = 720;
+
+/// A host's latest report and its recent history.
+#[derive(Debug, Default)]
+pub struct Host {
+    pub latest: Option<Box<Resources>>,
+    pub history: VecDeque<Sample>,
+}
+
+impl Host {
+    /// Keeps `report` as the latest and adds it to the history, dropping samples older than the
+    /// window or beyond the cap. A report older than the latest (reordered) only joins history.
+    pub fn record(&mut self, report: Resources) {
+        let sample = Sample::of(&report);
+        let newest = self.latest.as_ref().map_or(i64::MIN, |r| r.at_unix_ms);
+        if report.at_unix_ms >= newest {
+            self.latest = Some(Box::new(report));
+        }
+        let at = self.history.partition_point(|s| s.at_unix_ms <= sample.at_unix_ms);
+        self.history.insert(at, sample);
+        let horizon = self.history.back().map_or(0, |s| s.at_unix_ms) - HISTORY_WINDOW_MS;
+        while self.history.front().is_some_and(|s| s.at_unix_ms < horizon) || self.history.len() > HISTORY_MAX_SAMPLES {
+            self.history.pop_front();
+        }
+    }
+}
+
+/// A sidecar taking no new work, since when, and when what still runs on it is requeued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cordon {
+    pub since_unix_ms: UnixMs,
+    pub deadline_unix_ms: Option<UnixMs>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointKind {
+    Ollama,
+    Anthropic,
+    Openai,
+}
+
+impl EndpointKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointKind::Ollama => "ollama",
+            EndpointKind::Anthropic => "anthropic",
+            EndpointKind::Openai => "openai",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EndpointKind> {
+        match s {
+            "ollama" => Some(EndpointKind::Ollama),
+            "anthropic" => Some(EndpointKind::Anthropic),
+            "openai" => Some(EndpointKind::Openai),
+            _ => None,
+        }
+    }
+}
+
+/// Who probes an endpoint: the sidecar on its machine, or the hub itself (added by an admin,
+/// and only if its host is allowlisted).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "by", content = "sidecar_id")]
+pub enum Owner {
+    Sidecar(String),
+    Hub,
+}
+
+/// A model an endpoint has downloaded; `loaded` when it is in memory (warm).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    pub name: String,
+    pub size_bytes: u64,
+    pub family: String,
+    pub parameter_size: String,
+    pub quantization: String,
+    pub loaded: bool,
+    /// Bytes of the loaded model in VRAM; below `size_bytes` means partly on the CPU.
+    pub size_vram_bytes: u64,
+    /// When a loaded model will be unloaded unless used.
+    pub expires_unix_ms: Option<UnixMs>,
+}
+
+impl Model {
+    pub fn warmth(&self) -> &'static str {
+        if self.loaded { "warm" } else { "cold" }
+    }
+}
+
+/// An LLM endpoint and what its last check found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub id: String,
+    pub url: String,
+    pub kind: EndpointKind,
+    pub owner: Owner,
+    pub healthy: bool,
+    pub version: String,
+    /// Why the last check failed.
+    pub error: Option<String>,
+    pub models: Vec<Model>,
+    pub checked_unix_ms: UnixMs,
+}
+
+impl Endpoint {
+    /// Equal apart from when it was checked: a change worth persisting and announcing.
+    fn same_as(&self, other: &Endpoint) -> bool {
+        Endpoint { checked_unix_ms: 0, ..self.clone() } == Endpoint { checked_unix_ms: 0, ..other.clone() }
+    }
+}
+
+/// The stable id of an endpoint: its owner and URL, hashed short enough to type.
+pub fn endpoint_id(owner: &Owner, url: &str) -> String {
+    let owner = match owner {
+        Owner::Sidecar(id) => id.as_str(),
+        Owner::Hub => "",
+    };
+    let digest = sha2::Sha256::digest(format!("{owner}\n{url}").as_bytes());
+    format!("ep-{}", &hex::encode(digest)[..12])
+}
+
+/// What changed in the registry, for the core to persist.
+#[derive(Debug, Default, PartialEq)]
+pub struct Changes {
+    pub put: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// Every known endpoint, by id.
+#[derive(Debug, Default)]
+pub struct Registry {
+    endpoints: BTreeMap<String, Endpoint>,
+}
+
+impl Registry {
+    pub fn get(&self, id: &str) -> Option<&Endpoint> {
+        self.endpoints.get(id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints.values()
+    }
+
+    /// Loads or replaces one endpoint; true when it differs from what was there (apart from the
+    /// time of its check).
+    pub fn put(&mut self, endpoint: Endpoint) -> bool {
+        let changed = self.endpoints.get(&endpoint.id).is_none_or(|old| !old.same_as(&endpoint));
+        self.endpoints.insert(endpoint.id.clone(), endpoint);
+        changed
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<Endpoint> {
+        self.endpoints.remove(id)
+    }
+
+    /// A sidecar's full inventory: its endpoints become exactly `reported`.
+    pub fn replace_owned(&mut self, sidecar_id: &str, reported: Vec<Endpoint>) -> Changes {
+        let owner = Owner::Sidecar(sidecar_id.to_owned());
+        let mut changes = Changes::default();
+        let keep: Vec<String> = reported.iter().map(|e| e.id.clone()).collect();
+        let gone: Vec<String> = self
+            .endpoints
+            .values()
+            .filter(|e| e.owner == owner && !keep.contains(&e.id))
+            .map(|e| e.id.clone())
+            .collect();
+        for id in gone {
+            self.endpoints.remove(&id);
+            changes.removed.push(id);
+        }
+        for endpoint in reported {
+            let id = endpoint.id.clone();
+            if self.put(endpoint) {
+                changes.put.push(id);
+            }
+        }
+        changes
+    }
+}
+
+/// Why the hub may not probe `url` itself, if it may not: its host (or `host:port`) must be on
+/// the allowlist, so a registered URL cannot turn the hub into a proxy to arbitrary hosts.
+pub fn check_allowed(url: &str, allow: &[String]) -> Result<(), String> {
+    let (host, port) = host_port(url)?;
+    let with_port = format!("{host}:{port}");
+    if allow.iter().any(|a| a.eq_ignore_ascii_case(&host) || a.eq_ignore_ascii_case(&with_port)) {
+        return Ok(());
+    }
+    Err(format!(
+        "the hub does not probe {with_port}: it is not on its endpoint allowlist (`agentcom-hub serve --allow-endpoint {with_port}`)"
+    ))
+}
+
+/// The host and port of an `http://` or `https://` URL, or why it is not one.
+pub fn host_port(url: &str) -> Result<(String, u16), String> {
+    let uri: http::Uri = url.parse().map_err(|err| format!("endpoint url {url:?} is not a URL: {err}"))?;
+    let default_port = match uri.scheme_str() {
+        Some("http") => 80,
+        Some("https") => 443,
+        _ => return Err(format!("endpoint url {url:?} must start with http:// or https://")),
+    };
+    let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| format!("endpoint url {url:?} has no host"))?;
+    Ok((host.trim_matches(['[', ']']).to_ascii_lowercase(), uri.port_u16().unwrap_or(default_port)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(at: i64, cpu: f64) -> Resources {
+        Resources { at_unix_ms: at, cpu_percent: cpu, memory_used_bytes: 7, ..Resources::default() }
+    }
+
+    #[test]
+    fn history_keeps_an_hour_and_the_latest_report() {
+        let mut host = Host::default();
+        for n in 0..400 {
+            host.record(report(n * 15_000, n as f64 % 100.0));
+        }
+        assert_eq!(host.latest.as_ref().unwrap().at_unix_ms, 399 * 15_000);
+        assert_eq!(host.history.len(), 241, "one hour at 15 s, both ends included");
+        assert_eq!(host.history.front().unwrap().at_unix_ms, 399 * 15_000 - HISTORY_WINDOW_MS);
+    }
+
+    #[test]
+    fn history_is_capped_whatever_the_interval_and_stays_ordered() {
+        let mut host = Host::default();
+        for n in 0..2000 {
+            host.record(report(n * 100, 1.0));
+        }
+        host.record(report(1_000, 2.0)); // Late and reordered: history only.
+        assert_eq!(host.history.len(), HISTORY_MAX_SAMPLES);
+        assert_eq!(host.latest.as_ref().unwrap().at_unix_ms, 1999 * 100);
+        assert!(host.history.iter().zip(host.history.iter().skip(1)).all(|(a, b)| a.at_unix_ms <= b.at_unix_ms));
+    }
+
+    #[test]
+    fn a_sample_averages_gpu_utilization_over_gpus_that_report_it() {
+        let gpu =
+            |u: Option<u32>, m: Option<u64>| Gpu { utilization_percent: u, memory_used_bytes: m, ..Gpu::default() };
+        let r = Resources {
+            gpus: vec![gpu(Some(30), Some(10)), gpu(None, None), gpu(Some(90), Some(5))],
+            ..report(1, 0.0)
+        };
+        let sample = Sample::of(&r);
+        assert_eq!(sample.gpu_utilization_percent, Some(60.0));
+        assert_eq!(sample.gpu_memory_used_bytes, 15);
+        assert_eq!(Sample::of(&report(1, 0.0)).gpu_utilization_percent, None);
+    }
+
+    fn endpoint(owner: Owner, url: &str, models: &[&str]) -> Endpoint {
+        Endpoint {
+            id: endpoint_id(&owner, url),
+            url: url.to_owned(),
+            kind: EndpointKind::Ollama,
+            owner,
+            healthy: true,
+            version: "0.12.6".into(),
+            error: None,
+            models: models.iter().map(|m| Model { name: (*m).into(), ..Model::default() }).collect(),
+            checked_unix_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_sidecars_inventory_replaces_only_its_own_endpoints_and_reports_real_changes() {
+        let mut registry = Registry::default();
+        let s1 = Owner::Sidecar("s1".into());
+        let admin = endpoint(Owner::Hub, "http://10.0.0.9:11434", &["x"]);
+        registry.put(admin.clone());
+        let a = endpoint(s1.clone(), "http://127.0.0.1:11434", &["llama3.2:3b"]);
+        let b = endpoint(s1.clone(), "http://127.0.0.1:11435", &[]);
+        let changes = registry.replace_owned("s1", vec![a.clone(), b.clone()]);
+        assert_eq!(changes.put.len(), 2);
+        // The same inventory checked later: nothing to persist.
+        let later = Endpoint { checked_unix_ms: 99, ..a.clone() };
+        assert_eq!(registry.replace_owned("s1", vec![later, b.clone()]), Changes::default());
+        // A model loads on one, the other goes away.
+        let mut warm = a.clone();
+        warm.models[0].loaded = true;
+        let changes = registry.replace_owned("s1", vec![warm]);
+        assert_eq!(changes, Changes { put: vec![a.id.clone()], removed: vec![b.id.clone()] });
+        assert!(registry.get(&admin.id).is_some(), "other owners are untouched");
+        assert_eq!(registry.iter().count(), 2);
+    }
+
+    #[test]
+    fn endpoint_ids_are_stable_and_tell_owners_apart() {
+        let url = "http://127.0.0.1:11434";
+        assert_eq!(endpoint_id(&Owner::Hub, url), endpoint_id(&Owner::Hub, url));
+        assert_ne!(endpoint_id(&Owner::Hub, url), endpoint_id(&Owner::Sidecar("s".into()), url));
+        assert!(endpoint_id(&Owner::Hub, url).starts_with("ep-") && endpoint_id(&Owner::Hub, url).len() == 15);
+    }
+
+    #[test]
+    fn the_hub_probes_only_allowlisted_hosts() {
+        let allow = vec!["gpu-1.tailnet".to_owned(), "10.0.0.5:11434".to_owned()];
+        assert!(check_allowed("http://gpu-1.tailnet:11434", &allow).is_ok());
+        assert!(check_allowed("http://GPU-1.tailnet:8080/", &allow).is_ok());
+        assert!(check_allowed("http://10.0.0.5:11434", &allow).is_ok());
+        let refused = check_allowed("http://10.0.0.5:11435", &allow).unwrap_err();
+        assert!(refused.contains("--allow-endpoint 10.0.0.5:11435"), "{refused}");
+        assert!(check_allowed("http://169.254.169.254/latest", &allow).is_err());
+        assert!(check_allowed("http://127.0.0.1:11434", &[]).is_err(), "empty by default");
+        assert!(check_allowed("ftp://gpu-1.tailnet", &allow).unwrap_err().contains("http://"));
+        assert!(check_allowed("not a url", &allow).is_err());
+        assert_eq!(host_port("https://[::1]/v1").unwrap(), ("::1".to_owned(), 443));
+    }
+}

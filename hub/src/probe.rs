@@ -1,0 +1,68 @@
+//! The hub's own checks of the LLM endpoints an admin added: every interval, each endpoint the
+//! hub owns is probed (if its host is still allowlisted) and the result goes to the core.
+//! Sidecars probe their local endpoints themselves; the hub never probes those.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::Handle;
+use crate::fleet::{self, Endpoint, EndpointKind, Owner};
+
+/// Runs until `stop` is cancelled.
+pub async fn run(hub: Handle, allow: Vec<String>, every: Duration, stop: CancellationToken) {
+    let client = agentcom_sidecar::llm::client();
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let Ok(endpoints) = hub.endpoints().await else { return };
+        let owned = endpoints.into_iter().filter(|e| e.owner == Owner::Hub);
+        let checks = owned.map(|endpoint| check(&client, &allow, endpoint));
+        for checked in join_all(checks).await {
+            hub.endpoint_checked(checked);
+        }
+    }
+}
+
+async fn check(client: &reqwest::Client, allow: &[String], endpoint: Endpoint) -> Endpoint {
+    let probe = match fleet::check_allowed(&endpoint.url, allow) {
+        // Allowed when added, but the allowlist changed since: do not call it.
+        Err(why) => agentcom_sidecar::llm::Probe { error: Some(why), ..Default::default() },
+        Ok(()) => match endpoint.kind {
+            EndpointKind::Ollama => agentcom_sidecar::llm::probe_ollama(client, &endpoint.url).await,
+            EndpointKind::Openai => agentcom_sidecar::llm::probe_openai(client, &endpoint.url, None).await,
+            EndpointKind::Anthropic => return endpoint,
+        },
+    };
+    Endpoint {
+        healthy: probe.healthy,
+        version: probe.version,
+        error: probe.error,
+        models: probe.models.into_iter().map(model).collect(),
+        checked_unix_ms: now_ms(),
+        ..endpoint
+    }
+}
+
+/// The sidecar's probe result in the registry's terms.
+pub fn model(m: agentcom_sidecar::llm::Model) -> fleet::Model {
+    fleet::Model {
+        name: m.name,
+        size_bytes: m.size_bytes,
+        family: m.family,
+        parameter_size: m.parameter_size,
+        quantization: m.quantization,
+        loaded: m.loaded,
+        size_vram_bytes: m.size_vram_bytes,
+        expires_unix_ms: m.expires_unix_ms,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

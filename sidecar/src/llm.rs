@@ -1,0 +1,293 @@
+//! Finding out what an LLM endpoint offers: health, version, downloaded and loaded models.
+//!
+//! Ollama is probed through `/api/version`, `/api/tags` and `/api/ps`; an OpenAI-compatible
+//! server through `/models`. The hub uses the same probe for the endpoints it checks itself.
+//! Parsing is separate from I/O and tested with the exact JSON the servers send.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// One model an endpoint offers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Model {
+    pub name: String,
+    pub size_bytes: u64,
+    pub family: String,
+    pub parameter_size: String,
+    pub quantization: String,
+    /// In memory now (warm).
+    pub loaded: bool,
+    pub size_vram_bytes: u64,
+    pub expires_unix_ms: Option<i64>,
+}
+
+/// What one check of an endpoint found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Probe {
+    pub healthy: bool,
+    pub version: String,
+    /// Why the endpoint is unhealthy.
+    pub error: Option<String>,
+    pub models: Vec<Model>,
+}
+
+impl Probe {
+    fn failed(error: String) -> Probe {
+        Probe { healthy: false, error: Some(error), ..Probe::default() }
+    }
+}
+
+/// How long one request of a probe may take.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A client for probes: short timeouts, no proxy (endpoints are local or on the tailnet).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(PROBE_TIMEOUT)
+        .connect_timeout(PROBE_TIMEOUT)
+        .no_proxy()
+        .tcp_nodelay(true)
+        .build()
+        .expect("a reqwest client with plain settings builds")
+}
+
+/// Checks an Ollama server at `base_url` (`http://127.0.0.1:11434`). Never fails: an endpoint
+/// that does not answer, or answers nonsense, is unhealthy with the reason.
+pub async fn probe_ollama(client: &reqwest::Client, base_url: &str) -> Probe {
+    let base = base_url.trim_end_matches('/');
+    let fetch = |path: &'static str| get_json(client, format!("{base}{path}"), None);
+    let (version, tags, ps) = tokio::join!(fetch("/api/version"), fetch("/api/tags"), fetch("/api/ps"));
+    match (version, tags, ps) {
+        (Ok(version), Ok(tags), Ok(ps)) => parse_ollama(&version, &tags, &ps).unwrap_or_else(Probe::failed),
+        (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => Probe::failed(err),
+    }
+}
+
+/// Checks an OpenAI-compatible server at `base_url` (ending in `/v1`) through `GET /models`.
+pub async fn probe_openai(client: &reqwest::Client, base_url: &str, api_key: Option<&str>) -> Probe {
+    let url = format!("{}/models", base_url.trim_end_matches('/'));
+    match get_json(client, url, api_key).await {
+        Ok(body) => parse_openai_models(&body).unwrap_or_else(Probe::failed),
+        Err(err) => Probe::failed(err),
+    }
+}
+
+async fn get_json(client: &reqwest::Client, url: String, bearer: Option<&str>) -> Result<Vec<u8>, String> {
+    let mut request = client.get(&url);
+    if let Some(key) = bearer {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.map_err(|err| format!("GET {url}: {}", describe(&err)))?;
+    let status = response.status();
+    let body = response.bytes().await.map_err(|err| format!("GET {url}: {}", describe(&err)))?;
+    if !status.is_success() {
+        let detail = serde_json::from_slice::<ErrorBody>(&body).map(|e| e.error).unwrap_or_default();
+        return Err(format!("GET {url}: HTTP {status} {detail}").trim_end().to_owned());
+    }
+    Ok(body.to_vec())
+}
+
+fn describe(err: &reqwest::Error) -> String {
+    if err.is_timeout() {
+        "timed out".to_owned()
+    } else if err.is_connect() {
+        "connection refused or unreachable".to_owned()
+    } else {
+        err.to_string()
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    error: String,
+}
+
+#[derive(Deserialize)]
+struct Version {
+    version: String,
+}
+
+#[derive(Deserialize)]
+#[serde(bound(deserialize = "T: Deserialize<'de>"))]
+struct ModelList<T> {
+    #[serde(default = "Vec::new", deserialize_with = "null_as_empty")]
+    models: Vec<T>,
+}
+
+#[derive(Deserialize)]
+struct Tag {
+    name: String,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    details: Details,
+}
+
+#[derive(Deserialize, Default)]
+struct Details {
+    #[serde(default)]
+    family: String,
+    #[serde(default)]
+    parameter_size: String,
+    #[serde(default)]
+    quantization_level: String,
+}
+
+#[derive(Deserialize)]
+struct Loaded {
+    name: String,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    size_vram: u64,
+    #[serde(default)]
+    expires_at: Option<String>,
+    #[serde(default)]
+    details: Details,
+}
+
+fn null_as_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// Joins Ollama's three answers: every downloaded model, marked loaded when `/api/ps` lists it
+/// (a loaded model missing from the tags, which a concurrent pull can cause, is still listed).
+pub fn parse_ollama(version: &[u8], tags: &[u8], ps: &[u8]) -> Result<Probe, String> {
+    let version: Version = serde_json::from_slice(version).map_err(|e| format!("/api/version: {e}"))?;
+    let tags: ModelList<Tag> = serde_json::from_slice(tags).map_err(|e| format!("/api/tags: {e}"))?;
+    let ps: ModelList<Loaded> = serde_json::from_slice(ps).map_err(|e| format!("/api/ps: {e}"))?;
+    let mut models: Vec<Model> = tags
+        .models
+        .into_iter()
+        .map(|t| Model {
+            name: t.name,
+            size_bytes: t.size,
+            family: t.details.family,
+            parameter_size: t.details.parameter_size,
+            quantization: t.details.quantization_level,
+            ..Model::default()
+        })
+        .collect();
+    for loaded in ps.models {
+        let expires_unix_ms = loaded.expires_at.as_deref().and_then(parse_time);
+        let model = match models.iter_mut().find(|m| m.name == loaded.name) {
+            Some(model) => model,
+            None => {
+                models.push(Model {
+                    name: loaded.name.clone(),
+                    size_bytes: loaded.size,
+                    family: loaded.details.family,
+                    parameter_size: loaded.details.parameter_size,
+                    quantization: loaded.details.quantization_level,
+                    ..Model::default()
+                });
+                models.last_mut().expect("just pushed")
+            }
+        };
+        model.loaded = true;
+        model.size_vram_bytes = loaded.size_vram;
+        model.expires_unix_ms = expires_unix_ms;
+    }
+    models.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Probe { healthy: true, version: version.version, error: None, models })
+}
+
+/// `GET /models` of an OpenAI-compatible server: `{"data": [{"id": ...}]}` (some send `null`).
+pub fn parse_openai_models(body: &[u8]) -> Result<Probe, String> {
+    #[derive(Deserialize)]
+    struct List {
+        #[serde(default = "Vec::new", deserialize_with = "null_as_empty")]
+        data: Vec<Entry>,
+    }
+    #[derive(Deserialize)]
+    struct Entry {
+        id: String,
+    }
+    let list: List = serde_json::from_slice(body).map_err(|e| format!("/models: {e}"))?;
+    let models = list.data.into_iter().map(|e| Model { name: e.id, ..Model::default() }).collect();
+    Ok(Probe { healthy: true, models, ..Probe::default() })
+}
+
+/// Ollama's times are RFC 3339 with nanoseconds and an offset; its "never expires" is a date
+/// centuries away, kept as it is.
+fn parse_time(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VERSION: &str = r#"{"version":"0.12.6"}"#;
+    const TAGS: &str = r#"{"models":[{"name":"llama3.2:3b","model":"llama3.2:3b","modified_at":"2025-10-02T09:13:44.529353872+02:00","size":2019393189,"digest":"a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72","details":{"parent_model":"","format":"gguf","family":"llama","families":["llama"],"parameter_size":"3.2B","quantization_level":"Q4_K_M"}},{"name":"qwen2.5-coder:7b","model":"qwen2.5-coder:7b","modified_at":"2025-09-30T18:01:02.1234+02:00","size":4683087332,"digest":"2b0496514337a3d5901f1d253d01726c890b721e891335a56d6e08cedf3e2cb0","details":{"parent_model":"","format":"gguf","family":"qwen2","families":["qwen2"],"parameter_size":"7.6B","quantization_level":"Q4_K_M"}}]}"#;
+    const PS: &str = r#"{"models":[{"name":"qwen2.5-coder:7b","model":"qwen2.5-coder:7b","size":6654289920,"digest":"2b0496514337a3d5901f1d253d01726c890b721e891335a56d6e08cedf3e2cb0","details":{"parent_model":"","format":"gguf","family":"qwen2","families":["qwen2"],"parameter_size":"7.6B","quantization_level":"Q4_K_M"},"expires_at":"2025-10-02T10:20:31.83753-07:00","size_vram":5832763392,"context_length":4096}]}"#;
+
+    #[test]
+    fn ollama_answers_join_into_warm_and_cold_models() {
+        let probe = parse_ollama(VERSION.as_bytes(), TAGS.as_bytes(), PS.as_bytes()).unwrap();
+        assert!(probe.healthy);
+        assert_eq!(probe.version, "0.12.6");
+        assert_eq!(probe.models.len(), 2);
+        let cold = &probe.models[0];
+        assert_eq!(
+            cold,
+            &Model {
+                name: "llama3.2:3b".into(),
+                size_bytes: 2019393189,
+                family: "llama".into(),
+                parameter_size: "3.2B".into(),
+                quantization: "Q4_K_M".into(),
+                ..Model::default()
+            }
+        );
+        let warm = &probe.models[1];
+        assert!(warm.loaded);
+        assert_eq!(warm.size_bytes, 4683087332, "the download size; VRAM is separate");
+        assert_eq!(warm.size_vram_bytes, 5832763392);
+        assert_eq!(warm.expires_unix_ms, Some(1759425631837), "2025-10-02T17:20:31.837Z");
+    }
+
+    #[test]
+    fn an_idle_ollama_with_nothing_loaded_or_nothing_pulled_parses() {
+        let probe = parse_ollama(VERSION.as_bytes(), br#"{"models":[]}"#, br#"{"models":null}"#).unwrap();
+        assert!(probe.healthy && probe.models.is_empty());
+    }
+
+    #[test]
+    fn a_loaded_model_missing_from_the_tags_is_still_listed() {
+        let probe = parse_ollama(VERSION.as_bytes(), br#"{"models":[]}"#, PS.as_bytes()).unwrap();
+        assert_eq!(probe.models.len(), 1);
+        assert!(probe.models[0].loaded);
+        assert_eq!(probe.models[0].family, "qwen2");
+    }
+
+    #[test]
+    fn nonsense_is_an_error_naming_the_path() {
+        let err = parse_ollama(VERSION.as_bytes(), b"<html>", PS.as_bytes()).unwrap_err();
+        assert!(err.starts_with("/api/tags:"), "{err}");
+    }
+
+    #[test]
+    fn openai_model_lists_parse_leniently() {
+        let body = br#"{"object":"list","data":[{"id":"meta-llama/Llama-3.1-8B-Instruct","object":"model","created":1727000000,"owned_by":"vllm"}]}"#;
+        let probe = parse_openai_models(body).unwrap();
+        assert_eq!(probe.models[0].name, "meta-llama/Llama-3.1-8B-Instruct");
+        assert!(parse_openai_models(br#"{"data":null}"#).unwrap().models.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_unhealthy_with_the_reason() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let probe = probe_ollama(&client(), &url).await;
+        assert!(!probe.healthy);
+        assert!(probe.error.as_deref().unwrap().contains("connection refused"), "{probe:?}");
+    }
+}
