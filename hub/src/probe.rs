@@ -13,7 +13,8 @@ use crate::fleet::{self, Endpoint, EndpointKind, Owner};
 /// Runs until `stop` is cancelled.
 pub async fn run(hub: Handle, allow: Vec<String>, every: Duration, stop: CancellationToken) {
     let client = agentcom_sidecar::llm::client();
-    let mut ticker = tokio::time::interval(every);
+    // The first check after one interval: until then the registry shows what was last stored.
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

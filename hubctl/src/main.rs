@@ -6,6 +6,7 @@
 //! hubctl itself failed).
 
 mod bulk;
+mod fleet;
 mod sse;
 
 use std::io::Write;
@@ -62,6 +63,24 @@ enum Command {
     Watch { id: String },
     /// List the agents (execution slots) of every sidecar.
     Agents,
+    /// One agent: its state, task, and recent transitions with their causes.
+    Agent { id: String },
+    /// Hosts with their latest resources; with an id, one host in detail.
+    Hosts { id: Option<String> },
+    /// Stop new work going to a sidecar; running work finishes (or is requeued at --deadline).
+    Drain {
+        sidecar: String,
+        /// Requeue what still runs after this long, e.g. 10m.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        deadline: Option<Duration>,
+    },
+    /// Let a drained sidecar take work again.
+    Uncordon { sidecar: String },
+    /// The LLM endpoint registry.
+    Endpoints {
+        #[command(subcommand)]
+        command: fleet::EndpointsCommand,
+    },
     /// The dead-letter queue: tasks that ran out of attempts or expired before they started.
     Dlq {
         #[command(subcommand)]
@@ -597,28 +616,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if cli.json {
                 print_json(&response);
             } else {
-                let rows = response["agents"]
-                    .as_array()
-                    .map(|agents| {
-                        agents
-                            .iter()
-                            .map(|a| {
-                                vec![
-                                    a["id"].as_str().unwrap_or("").to_owned(),
-                                    a["state"].as_str().unwrap_or("").to_owned(),
-                                    a["hostname"].as_str().unwrap_or("").to_owned(),
-                                    a["task_id"].as_str().unwrap_or("-").to_owned(),
-                                    age(a["last_seen_unix_ms"].as_i64()),
-                                    a["version"].as_str().unwrap_or("").to_owned(),
-                                ]
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                table(&["AGENT", "STATE", "HOST", "TASK", "SEEN", "VERSION"], rows);
+                fleet::print_agents(&response);
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Agent { id } => fleet::agent(&client, &id, cli.json).await,
+        Command::Hosts { id } => fleet::hosts(&client, id.as_deref(), cli.json).await,
+        Command::Drain { sidecar, deadline } => fleet::drain(&client, &sidecar, deadline, cli.json).await,
+        Command::Uncordon { sidecar } => fleet::uncordon(&client, &sidecar, cli.json).await,
+        Command::Endpoints { command } => fleet::endpoints(&client, command, cli.json).await,
     }
 }
 

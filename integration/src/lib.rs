@@ -8,6 +8,7 @@
 //! Nothing here sleeps for a fixed time to wait for something: use [`assert_eventually!`] with
 //! a bounded patience instead.
 
+pub mod ollama;
 pub mod process;
 
 use std::path::PathBuf;
@@ -146,6 +147,7 @@ impl TestMesh {
         let config = core::Config {
             heartbeat_interval: Duration::from_millis(100),
             lease_ttl: Duration::from_millis(1_000),
+            heartbeat_ttl: Duration::from_millis(1_000),
             ..core::Config::default()
         };
         TestMesh { n_sidecars: 1, slots: 2, config }

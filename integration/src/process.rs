@@ -188,6 +188,11 @@ pub struct SidecarProcess {
 impl SidecarProcess {
     /// `agentcom-sidecar run` against `hub`, working in `work_dir`.
     pub fn start(hub: &HubProcess, id: &str, slots: u32, work_dir: &Path) -> SidecarProcess {
+        SidecarProcess::start_with(hub, id, slots, work_dir, &[])
+    }
+
+    /// Like [`SidecarProcess::start`], with extra flags.
+    pub fn start_with(hub: &HubProcess, id: &str, slots: u32, work_dir: &Path, extra: &[&str]) -> SidecarProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -199,6 +204,8 @@ impl SidecarProcess {
             .arg(hub.join_token_file())
             .arg("--work-dir")
             .arg(work_dir)
+            .arg("--no-ollama-discovery")
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -127,8 +127,9 @@ impl Core {
     }
 
     /// Work still running on a cordoned sidecar past its drain deadline goes back to the queue
-    /// (without counting against the task's attempts: the drain was not its fault) and the
-    /// sidecar is told to stop it.
+    /// and the sidecar is told to stop it. The attempt counts (its output was seen as that
+    /// attempt), but a drained task is requeued even when it has used all its attempts: the
+    /// drain was not its fault.
     pub(super) fn requeue_past_drain_deadlines(&mut self, now: UnixMs) {
         let due: Vec<TaskId> = self
             .cordons
@@ -146,7 +147,6 @@ impl Core {
             if task.state != TaskState::Cancelled {
                 let why = format!("requeued: sidecar {} was drained during attempt {}", lease.sidecar_id, task.attempt);
                 info!(task_id = %task_id, sidecar_id = lease.sidecar_id, "requeued at the drain deadline");
-                task.attempt = task.attempt.saturating_sub(1);
                 task.set_state(TaskState::Queued, why, now);
                 let task = task.clone();
                 self.wait(&task, None);
