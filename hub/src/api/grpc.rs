@@ -406,6 +406,7 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
 
         let hub = self.hub.clone();
         let stop = self.stop.clone();
+        let last_seen = welcome.last_seen.clone();
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -413,6 +414,12 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
                     _ = stop.cancelled() => break,
                 };
                 match next {
+                    // A heartbeat with nothing to renew is liveness only: no trip to the core.
+                    Ok(Some(pb::SidecarMessage { msg: Some(pb::sidecar_message::Msg::Heartbeat(beat)) }))
+                        if beat.running.is_empty() =>
+                    {
+                        last_seen.fetch_max(now_ms(), std::sync::atomic::Ordering::Relaxed);
+                    }
                     Ok(Some(pb::SidecarMessage { msg: Some(msg) })) => match message_from_pb(&sidecar_id, msg) {
                         Ok(Some(message)) => hub.from_sidecar(sidecar_id.clone(), session, message),
                         Ok(None) => {}
@@ -444,4 +451,8 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
             .take_until(async move { stop.cancelled().await });
         Ok(Response::new(Box::pin(outbound)))
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

@@ -194,7 +194,7 @@ impl Core {
             arch: sidecar.hello.arch.clone(),
             version: sidecar.hello.version.clone(),
             online: sidecar.is_open(),
-            last_seen_unix_ms: sidecar.last_seen,
+            last_seen_unix_ms: sidecar.last_seen.load(std::sync::atomic::Ordering::Relaxed),
             cordon: self.cordons.get(id).copied(),
             agents: sidecar.agent_ids.len(),
             resources: sidecar.host.latest.as_deref().cloned(),

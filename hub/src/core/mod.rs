@@ -12,7 +12,7 @@ mod fleet_ops;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -114,6 +114,9 @@ pub struct RunningTask {
 
 #[derive(Clone, Debug)]
 pub struct Welcome {
+    /// When the sidecar was last heard from. The session stores into it on every message, so a
+    /// plain heartbeat (no running tasks to renew) never has to reach the core.
+    pub last_seen: Arc<AtomicI64>,
     pub sidecar_id: String,
     pub agent_ids: Vec<String>,
     pub heartbeat_interval: Duration,
@@ -557,7 +560,8 @@ struct Sidecar {
     session: u64,
     /// `None` while no session is open.
     outbox: Option<mpsc::Sender<ToSidecar>>,
-    last_seen: UnixMs,
+    /// Shared with the session, which stores into it on every message.
+    last_seen: Arc<AtomicI64>,
     agent_ids: Vec<String>,
     host: fleet::Host,
 }
@@ -1059,17 +1063,17 @@ impl Core {
             }
         }
         info!(sidecar_id, hostname = hello.hostname, slots = hello.slots, session, "sidecar joined");
+        let last_seen = Arc::new(AtomicI64::new(now));
         let welcome = Welcome {
+            last_seen: last_seen.clone(),
             sidecar_id: sidecar_id.clone(),
             agent_ids: agent_ids.clone(),
             heartbeat_interval: self.config.heartbeat_interval,
             lease_ttl: self.config.lease_ttl,
         };
         let host = self.sidecars.remove(&sidecar_id).map(|old| old.host).unwrap_or_default();
-        self.sidecars.insert(
-            sidecar_id.clone(),
-            Sidecar { hello, session, outbox: Some(outbox), last_seen: now, agent_ids, host },
-        );
+        self.sidecars
+            .insert(sidecar_id.clone(), Sidecar { hello, session, outbox: Some(outbox), last_seen, agent_ids, host });
         if let Some(cordon) = self.cordons.get(&sidecar_id).copied() {
             self.cordon_agents(&sidecar_id, cordon, now);
         }
@@ -1088,7 +1092,7 @@ impl Core {
         if sidecar.session != session {
             return; // A replaced session: its messages no longer count.
         }
-        sidecar.last_seen = now;
+        sidecar.last_seen.fetch_max(now, Ordering::Relaxed);
         let ttl = self.config.lease_ttl.as_millis() as i64;
         match message {
             FromSidecar::Heartbeat { running } => {
@@ -1275,7 +1279,7 @@ impl Core {
             return;
         }
         sidecar.outbox = None;
-        let cause = if sidecar.last_seen + self.config.heartbeat_ttl.as_millis() as i64 <= now {
+        let cause = if sidecar.last_seen.load(Ordering::Relaxed) + self.config.heartbeat_ttl.as_millis() as i64 <= now {
             "heartbeat lapsed"
         } else {
             "session closed"
@@ -1297,7 +1301,7 @@ impl Core {
         let lapsed: Vec<String> = self
             .sidecars
             .iter()
-            .filter(|(_, s)| s.outbox.is_some() && s.last_seen + ttl <= now)
+            .filter(|(_, s)| s.outbox.is_some() && s.last_seen.load(Ordering::Relaxed) + ttl <= now)
             .map(|(id, _)| id.clone())
             .collect();
         for sidecar_id in lapsed {
@@ -1488,7 +1492,7 @@ impl Core {
             state: agent.state,
             task_id: agent.task_id,
             state_since_unix_ms: agent.state_since,
-            last_seen_unix_ms: sidecar.map(|s| s.last_seen).unwrap_or_default(),
+            last_seen_unix_ms: sidecar.map(|s| s.last_seen.load(Ordering::Relaxed)).unwrap_or_default(),
             capabilities: sidecar.map(|s| s.hello.capabilities.clone()).unwrap_or_default(),
             tags: sidecar.map(|s| s.hello.tags.clone()).unwrap_or_default(),
             version: sidecar.map(|s| s.hello.version.clone()).unwrap_or_default(),

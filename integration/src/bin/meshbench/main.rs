@@ -6,6 +6,8 @@
 //! path, fsyncs per commit, full durable cycles with sidecars over loopback gRPC, and start-up
 //! time with a large stored queue. Build with `--release`.
 
+mod fleet;
+
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,6 +52,18 @@ enum Command {
         /// Stored tasks for the start-up phase (0 skips it).
         #[arg(long, default_value_t = 1_000_000)]
         startup_tasks: usize,
+    },
+    /// The fleet: simulated sidecars against one hub process; its CPU, memory per sidecar, and
+    /// how fast a silent sidecar is marked offline. Needs agentcom-hub built beside meshbench.
+    Fleet {
+        #[arg(long, default_value_t = 10_000)]
+        sidecars: usize,
+        /// Heartbeat interval; resources are reported every third beat.
+        #[arg(long, default_value_t = 5_000)]
+        heartbeat_ms: u64,
+        /// Seconds each CPU measurement runs.
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
     },
 }
 
@@ -483,6 +497,13 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Queue { dir, seconds, submitters, startup_tasks } => {
             runtime.block_on(queue(dir, seconds, submitters, startup_tasks))
+        }
+        Command::Fleet { sidecars, heartbeat_ms, seconds } => {
+            anyhow::ensure!(sidecars >= 2, "--sidecars must be at least 2");
+            let options = fleet::Options { sidecars, heartbeat_ms, measure_seconds: seconds };
+            let figures = runtime.block_on(fleet::run(options))?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+            Ok(())
         }
     }
 }
