@@ -14,6 +14,11 @@ use ulid::Ulid;
 /// Milliseconds since the Unix epoch. Pure code takes it as an argument and never reads a clock.
 pub type UnixMs = i64;
 
+/// The wall clock in milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> UnixMs {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
 /// Validation limits for submitted tasks. Generous for real work, small enough that one request
 /// cannot exhaust the hub.
 pub mod limits {

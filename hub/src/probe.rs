@@ -8,6 +8,7 @@ use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::Handle;
+use crate::domain::now_ms;
 use crate::fleet::{self, Endpoint, EndpointKind, Owner};
 
 /// Runs until `stop` is cancelled.
@@ -62,8 +63,4 @@ pub fn model(m: agentcom_sidecar::llm::Model) -> fleet::Model {
         size_vram_bytes: m.size_vram_bytes,
         expires_unix_ms: m.expires_unix_ms,
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

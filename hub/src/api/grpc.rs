@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 use super::{ApiError, list_limit};
 use crate::convert;
 use crate::core::{self, FromSidecar, Handle, RunningTask, SidecarHello, ToSidecar};
+use crate::domain::now_ms;
 use crate::domain::{SpecDefaults, TaskId, TaskState};
 use crate::feed::{self, FeedEvent};
 
@@ -451,8 +452,4 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
             .take_until(async move { stop.cancelled().await });
         Ok(Response::new(Box::pin(outbound)))
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

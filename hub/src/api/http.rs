@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::{ApiError, list_limit};
 use crate::convert;
 use crate::core::Handle;
+use crate::domain::now_ms;
 use crate::domain::{Lane, SpecDefaults, TaskId, TaskState, Tier};
 use crate::feed::{self, FeedEvent};
 
@@ -533,10 +534,6 @@ async fn remove_endpoint(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(json!({ "endpoint": endpoint_json(&state.hub.remove_endpoint(id).await?) })))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// `GET /api/v1/tasks/{id}/events`: `snapshot` events carry the task, `output` events carry

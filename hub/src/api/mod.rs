@@ -138,7 +138,6 @@ fn purge_cutoff(older_than_ms: u64) -> Result<i64, ApiError> {
     if older_than_ms > 10 * 365 * 24 * 3600 * 1000 {
         return Err(ApiError::invalid("older_than_ms is more than ten years"));
     }
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let now = crate::domain::now_ms();
     Ok(if older_than_ms == 0 { i64::MAX } else { now - older_than_ms as i64 })
 }

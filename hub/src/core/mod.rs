@@ -601,10 +601,6 @@ pub struct Core {
 /// How often idempotency keys past their retention are swept from memory.
 const KEY_SWEEP_INTERVAL_MS: i64 = 60_000;
 
-fn now_ms() -> UnixMs {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 impl Core {
     /// Loads the stored tasks and starts the core and its storage writer. Tasks that were
     /// running when the hub stopped keep their leases for one lease TTL, so their sidecars can
