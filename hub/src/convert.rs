@@ -443,50 +443,6 @@ pub fn resources_from_pb(report: pb::ResourceReport) -> Result<fleet::Resources,
     })
 }
 
-pub fn resources_to_pb(report: &fleet::Resources) -> pb::ResourceReport {
-    pb::ResourceReport {
-        at_unix_ms: report.at_unix_ms,
-        cpu_percent: report.cpu_percent,
-        cpu_per_core_percent: report.cpu_per_core_percent.clone(),
-        load1: report.load1,
-        load5: report.load5,
-        load15: report.load15,
-        memory_total_bytes: report.memory_total_bytes,
-        memory_used_bytes: report.memory_used_bytes,
-        memory_available_bytes: report.memory_available_bytes,
-        disks: report
-            .disks
-            .iter()
-            .map(|d| pb::Disk {
-                mount: d.mount.clone(),
-                total_bytes: d.total_bytes,
-                available_bytes: d.available_bytes,
-            })
-            .collect(),
-        gpus: report
-            .gpus
-            .iter()
-            .map(|g| pb::Gpu {
-                index: g.index,
-                name: g.name.clone(),
-                uuid: g.uuid.clone(),
-                utilization_percent: g.utilization_percent,
-                memory_utilization_percent: g.memory_utilization_percent,
-                memory_used_bytes: g.memory_used_bytes,
-                memory_total_bytes: g.memory_total_bytes,
-                temperature_celsius: g.temperature_celsius,
-                power_milliwatts: g.power_milliwatts,
-                processes: g
-                    .processes
-                    .iter()
-                    .map(|p| pb::GpuProcess { pid: p.pid, used_memory_bytes: p.used_memory_bytes })
-                    .collect(),
-            })
-            .collect(),
-        gpus_simulated: report.gpus_simulated,
-    }
-}
-
 /// A sidecar's inventory, owned by that sidecar; the hub gives each endpoint its id.
 pub fn inventory_from_pb(sidecar_id: &str, inventory: pb::ModelInventory) -> Result<Vec<fleet::Endpoint>, Error> {
     let owner = fleet::Owner::Sidecar(sidecar_id.to_owned());
@@ -540,20 +496,7 @@ pub fn endpoint_to_pb(endpoint: &fleet::Endpoint) -> pb::LlmEndpoint {
             fleet::Owner::Hub => String::new(),
         },
         checked_unix_ms: endpoint.checked_unix_ms,
-        models: endpoint
-            .models
-            .iter()
-            .map(|m| pb::Model {
-                name: m.name.clone(),
-                size_bytes: m.size_bytes,
-                family: m.family.clone(),
-                parameter_size: m.parameter_size.clone(),
-                quantization: m.quantization.clone(),
-                loaded: m.loaded,
-                size_vram_bytes: m.size_vram_bytes,
-                expires_unix_ms: m.expires_unix_ms.unwrap_or(0),
-            })
-            .collect(),
+        models: endpoint.models.iter().map(agentcom_sidecar::reports::model_to_pb).collect(),
     }
 }
 
@@ -610,7 +553,7 @@ pub fn host_to_pb(host: &HostView) -> pb::Host {
             .cordon
             .map(|c| pb::Cordon { since_unix_ms: c.since_unix_ms, deadline_unix_ms: c.deadline_unix_ms.unwrap_or(0) }),
         agents: host.agents as u32,
-        resources: host.resources.as_ref().map(resources_to_pb),
+        resources: host.resources.as_ref().map(agentcom_sidecar::reports::report_to_pb),
         history: host
             .history
             .iter()

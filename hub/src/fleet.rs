@@ -11,51 +11,13 @@ use sha2::Digest;
 
 use crate::domain::UnixMs;
 
-/// One resource reading of a host, as its sidecar sent it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Resources {
-    pub at_unix_ms: UnixMs,
-    pub cpu_percent: f64,
-    pub cpu_per_core_percent: Vec<f32>,
-    pub load1: f64,
-    pub load5: f64,
-    pub load15: f64,
-    pub memory_total_bytes: u64,
-    pub memory_used_bytes: u64,
-    pub memory_available_bytes: u64,
-    pub disks: Vec<Disk>,
-    pub gpus: Vec<Gpu>,
-    /// The GPU readings are synthetic (`agentcom-sidecar run --simulate-gpus N`).
-    pub gpus_simulated: bool,
-}
+/// A host's resource reading and its parts are the sidecar's own plain types: the hub keeps a
+/// report as the sidecar took it (validated on the way in, in `convert`).
+pub use agentcom_sidecar::resources::{Disk, Gpu, GpuProcess, Report as Resources};
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Disk {
-    pub mount: String,
-    pub total_bytes: u64,
-    pub available_bytes: u64,
-}
-
-/// One GPU. A metric the device does not support is `None`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Gpu {
-    pub index: u32,
-    pub name: String,
-    pub uuid: String,
-    pub utilization_percent: Option<u32>,
-    pub memory_utilization_percent: Option<u32>,
-    pub memory_used_bytes: Option<u64>,
-    pub memory_total_bytes: Option<u64>,
-    pub temperature_celsius: Option<u32>,
-    pub power_milliwatts: Option<u32>,
-    pub processes: Vec<GpuProcess>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct GpuProcess {
-    pub pid: u32,
-    pub used_memory_bytes: Option<u64>,
-}
+/// A model an endpoint offers, as the sidecar's probe (or the hub's own) found it; `loaded`
+/// means warm. Stored in the registry as JSON.
+pub use agentcom_sidecar::llm::Model;
 
 /// A report reduced to what a history chart needs: 40 bytes, so an hour of 15-second reports
 /// costs about 10 KiB per host.
@@ -157,27 +119,6 @@ impl EndpointKind {
 pub enum Owner {
     Sidecar(String),
     Hub,
-}
-
-/// A model an endpoint has downloaded; `loaded` when it is in memory (warm).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Model {
-    pub name: String,
-    pub size_bytes: u64,
-    pub family: String,
-    pub parameter_size: String,
-    pub quantization: String,
-    pub loaded: bool,
-    /// Bytes of the loaded model in VRAM; below `size_bytes` means partly on the CPU.
-    pub size_vram_bytes: u64,
-    /// When a loaded model will be unloaded unless used.
-    pub expires_unix_ms: Option<UnixMs>,
-}
-
-impl Model {
-    pub fn warmth(&self) -> &'static str {
-        if self.loaded { "warm" } else { "cold" }
-    }
 }
 
 /// An LLM endpoint and what its last check found.

@@ -45,22 +45,8 @@ async fn check(client: &reqwest::Client, allow: &[String], endpoint: Endpoint) -
         healthy: probe.healthy,
         version: probe.version,
         error: probe.error,
-        models: probe.models.into_iter().map(model).collect(),
+        models: probe.models,
         checked_unix_ms: now_ms(),
         ..endpoint
-    }
-}
-
-/// The sidecar's probe result in the registry's terms.
-pub fn model(m: agentcom_sidecar::llm::Model) -> fleet::Model {
-    fleet::Model {
-        name: m.name,
-        size_bytes: m.size_bytes,
-        family: m.family,
-        parameter_size: m.parameter_size,
-        quantization: m.quantization,
-        loaded: m.loaded,
-        size_vram_bytes: m.size_vram_bytes,
-        expires_unix_ms: m.expires_unix_ms,
     }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// One model an endpoint offers.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// One model an endpoint offers. The hub's registry stores these as they are (JSON).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, Deserialize)]
 pub struct Model {
     pub name: String,
     pub size_bytes: u64,
@@ -20,6 +20,13 @@ pub struct Model {
     pub loaded: bool,
     pub size_vram_bytes: u64,
     pub expires_unix_ms: Option<i64>,
+}
+
+impl Model {
+    /// `warm` when loaded in memory, else `cold`.
+    pub fn warmth(&self) -> &'static str {
+        if self.loaded { "warm" } else { "cold" }
+    }
 }
 
 /// What one check of an endpoint found.

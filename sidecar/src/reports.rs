@@ -128,15 +128,16 @@ async fn report_resources(
             return;
         };
         sampler = back;
-        latest.send_replace(Some(report_to_pb(report)));
+        latest.send_replace(Some(report_to_pb(&report)));
     }
 }
 
-pub(crate) fn report_to_pb(report: resources::Report) -> pb::ResourceReport {
+/// A resource report on the wire. The hub answers its API with the same conversion.
+pub fn report_to_pb(report: &resources::Report) -> pb::ResourceReport {
     pb::ResourceReport {
         at_unix_ms: report.at_unix_ms,
         cpu_percent: report.cpu_percent,
-        cpu_per_core_percent: report.cpu_per_core_percent,
+        cpu_per_core_percent: report.cpu_per_core_percent.clone(),
         load1: report.load1,
         load5: report.load5,
         load15: report.load15,
@@ -145,16 +146,20 @@ pub(crate) fn report_to_pb(report: resources::Report) -> pb::ResourceReport {
         memory_available_bytes: report.memory_available_bytes,
         disks: report
             .disks
-            .into_iter()
-            .map(|d| pb::Disk { mount: d.mount, total_bytes: d.total_bytes, available_bytes: d.available_bytes })
+            .iter()
+            .map(|d| pb::Disk {
+                mount: d.mount.clone(),
+                total_bytes: d.total_bytes,
+                available_bytes: d.available_bytes,
+            })
             .collect(),
         gpus: report
             .gpus
-            .into_iter()
+            .iter()
             .map(|g| pb::Gpu {
                 index: g.index,
-                name: g.name,
-                uuid: g.uuid,
+                name: g.name.clone(),
+                uuid: g.uuid.clone(),
                 utilization_percent: g.utilization_percent,
                 memory_utilization_percent: g.memory_utilization_percent,
                 memory_used_bytes: g.memory_used_bytes,
@@ -163,12 +168,26 @@ pub(crate) fn report_to_pb(report: resources::Report) -> pb::ResourceReport {
                 power_milliwatts: g.power_milliwatts,
                 processes: g
                     .processes
-                    .into_iter()
+                    .iter()
                     .map(|p| pb::GpuProcess { pid: p.pid, used_memory_bytes: p.used_memory_bytes })
                     .collect(),
             })
             .collect(),
         gpus_simulated: report.gpus_simulated,
+    }
+}
+
+/// A model on the wire. The hub answers its API with the same conversion.
+pub fn model_to_pb(m: &llm::Model) -> pb::Model {
+    pb::Model {
+        name: m.name.clone(),
+        size_bytes: m.size_bytes,
+        family: m.family.clone(),
+        parameter_size: m.parameter_size.clone(),
+        quantization: m.quantization.clone(),
+        loaded: m.loaded,
+        size_vram_bytes: m.size_vram_bytes,
+        expires_unix_ms: m.expires_unix_ms.unwrap_or(0),
     }
 }
 
@@ -249,20 +268,7 @@ fn endpoint_to_pb(url: &str, kind: &str, probe: llm::Probe) -> pb::LlmEndpoint {
         version: probe.version,
         error: probe.error.unwrap_or_default(),
         checked_unix_ms: crate::now_ms(),
-        models: probe
-            .models
-            .into_iter()
-            .map(|m| pb::Model {
-                name: m.name,
-                size_bytes: m.size_bytes,
-                family: m.family,
-                parameter_size: m.parameter_size,
-                quantization: m.quantization,
-                loaded: m.loaded,
-                size_vram_bytes: m.size_vram_bytes,
-                expires_unix_ms: m.expires_unix_ms.unwrap_or(0),
-            })
-            .collect(),
+        models: probe.models.iter().map(model_to_pb).collect(),
         ..Default::default()
     }
 }

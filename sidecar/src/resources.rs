@@ -29,8 +29,9 @@ use rand::{Rng, SeedableRng};
 use sysinfo::{CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, System};
 use tracing::{debug, info, warn};
 
-/// One resource reading of this machine. Plain data; the link converts it to protobuf.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// One resource reading of this machine. Plain data; the link converts it to protobuf, and the
+/// hub keeps it as it is (serialized as JSON on its API).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Report {
     /// When the reading was taken, in milliseconds since the Unix epoch.
     pub at_unix_ms: i64,
@@ -53,7 +54,7 @@ pub struct Report {
 }
 
 /// Space on one mounted file system.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Disk {
     pub mount: String,
     pub total_bytes: u64,
@@ -61,7 +62,7 @@ pub struct Disk {
 }
 
 /// One GPU. A metric the device does not support (or that could not be read) is `None`.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Gpu {
     /// NVML's device index.
     pub index: u32,
@@ -80,7 +81,7 @@ pub struct Gpu {
 }
 
 /// A process with a compute context on a GPU.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct GpuProcess {
     pub pid: u32,
     /// `None` where the driver does not account memory per process.
