@@ -399,34 +399,10 @@ impl Store {
         let snapshot = self.db.begin_read().map_err(redb_err)?;
         let copy = Database::create(&partial).map_err(redb_err)?;
         let txn = copy.begin_write().map_err(redb_err)?;
-        let tasks;
-        {
-            let from = snapshot.open_table(TASKS).map_err(redb_err)?;
-            let mut to = txn.open_table(TASKS).map_err(redb_err)?;
-            for entry in from.iter().map_err(redb_err)? {
-                let (key, value) = entry.map_err(redb_err)?;
-                to.insert(key.value(), value.value()).map_err(redb_err)?;
-            }
-            tasks = to.len().map_err(redb_err)?;
-            let from = snapshot.open_table(TOKENS).map_err(redb_err)?;
-            let mut to = txn.open_table(TOKENS).map_err(redb_err)?;
-            for entry in from.iter().map_err(redb_err)? {
-                let (key, value) = entry.map_err(redb_err)?;
-                to.insert(key.value(), value.value()).map_err(redb_err)?;
-            }
-            let from = snapshot.open_table(META).map_err(redb_err)?;
-            let mut to = txn.open_table(META).map_err(redb_err)?;
-            for entry in from.iter().map_err(redb_err)? {
-                let (key, value) = entry.map_err(redb_err)?;
-                to.insert(key.value(), value.value()).map_err(redb_err)?;
-            }
-            let from = snapshot.open_table(FLEET).map_err(redb_err)?;
-            let mut to = txn.open_table(FLEET).map_err(redb_err)?;
-            for entry in from.iter().map_err(redb_err)? {
-                let (key, value) = entry.map_err(redb_err)?;
-                to.insert(key.value(), value.value()).map_err(redb_err)?;
-            }
-        }
+        let tasks = copy_table(&snapshot, &txn, TASKS)?;
+        copy_table(&snapshot, &txn, TOKENS)?;
+        copy_table(&snapshot, &txn, META)?;
+        copy_table(&snapshot, &txn, FLEET)?;
         txn.commit().map_err(redb_err)?;
         drop(copy);
         std::fs::rename(&partial, dest).map_err(Error::io(dest))?;
@@ -560,6 +536,21 @@ fn checkpoint(db: &Database, stats: &Stats, lsn: u64) -> Result<(), Error> {
     txn.commit().map_err(redb_err)?;
     stats.checkpoints.fetch_add(1, Ordering::Relaxed);
     Ok(())
+}
+
+/// Copies every entry of `table` from a snapshot into a write transaction; returns how many.
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+    table: TableDefinition<'_, K, V>,
+) -> Result<u64, Error> {
+    let source = from.open_table(table).map_err(redb_err)?;
+    let mut dest = to.open_table(table).map_err(redb_err)?;
+    for entry in source.iter().map_err(redb_err)? {
+        let (key, value) = entry.map_err(redb_err)?;
+        dest.insert(key.value(), value.value()).map_err(redb_err)?;
+    }
+    dest.len().map_err(redb_err)
 }
 
 /// A change in its stored form, ready for the log and for redb.
