@@ -188,8 +188,8 @@ async fn drain_with_a_deadline_requeues_what_still_runs_and_uncordon_brings_the_
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let hub = HubProcess::serve(&dir.path().join("hub"), &["--heartbeat-interval-ms", "200"]).await;
-    let _a = SidecarProcess::start(&hub, "side-a", 1, &work);
+    let mut hub = HubProcess::serve(&dir.path().join("hub"), &["--heartbeat-interval-ms", "200"]).await;
+    let mut a = SidecarProcess::start(&hub, "side-a", 1, &work);
     assert_eventually!(hub.api.agents().await.len() == 1, Duration::from_secs(20), "sidecar a joined");
     // The first run outlives the drain deadline; a rerun (on the other sidecar) ends at once.
     let long =
@@ -243,6 +243,20 @@ async fn drain_with_a_deadline_requeues_what_still_runs_and_uncordon_brings_the_
     let unknown = hubctl(&hub, &["drain", "no-such-sidecar"]);
     assert_eq!(unknown.status.code(), Some(1), "{}", String::from_utf8_lossy(&unknown.stderr));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("not found"));
+
+    // A cordon outlives a hub crash, shows while its sidecar is away, and can be lifted then.
+    assert!(hubctl(&hub, &["drain", "side-a"]).status.success());
+    a.kill9();
+    hub.kill9();
+    hub.restart().await;
+    let (status, away) = hub.api.request(reqwest::Method::GET, "/api/v1/hosts/side-a", None).await;
+    assert_eq!(status, 200, "{away}");
+    assert_eq!(away["host"]["online"], false);
+    assert!(!away["host"]["cordon"].is_null(), "{away}");
+    let lifted = hubctl(&hub, &["uncordon", "side-a"]);
+    assert!(lifted.status.success(), "{}", String::from_utf8_lossy(&lifted.stderr));
+    let (status, gone) = hub.api.request(reqwest::Method::GET, "/api/v1/hosts/side-a", None).await;
+    assert_eq!(status, 404, "neither seen nor cordoned any more: {gone}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

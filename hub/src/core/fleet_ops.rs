@@ -75,12 +75,10 @@ impl Core {
         self.cordons.insert(sidecar_id.clone(), cordon);
         info!(sidecar_id, deadline, "sidecar cordoned");
         self.cordon_agents(&sidecar_id, cordon, now);
-        let view = self.host_view(&sidecar_id, false);
+        let view = self.host_view(&sidecar_id, false).expect("a sidecar or a cordon exists");
         self.write(
             vec![put_cordon(&sidecar_id, &cordon)],
-            AfterCommit::Then(Box::new(move || {
-                let _ = reply.send(view.ok_or_else(|| Self::unknown_sidecar(&sidecar_id)));
-            })),
+            AfterCommit::Then(Box::new(move || drop(reply.send(Ok(view))))),
         );
     }
 
@@ -106,6 +104,9 @@ impl Core {
             let _ = reply.send(Err(Self::unknown_sidecar(&sidecar_id)));
             return;
         }
+        // The view is taken before the cordon goes: a sidecar known only by its cordon has none after.
+        let mut view = self.host_view(&sidecar_id, false).expect("a sidecar or a cordon exists");
+        view.cordon = None;
         self.cordons.remove(&sidecar_id);
         info!(sidecar_id, "sidecar uncordoned");
         let agent_ids = self.sidecars.get(&sidecar_id).map(|s| s.agent_ids.clone()).unwrap_or_default();
@@ -117,12 +118,9 @@ impl Core {
                 move_agent(agent, event, now, &mut self.idle, "uncordoned");
             }
         }
-        let view = self.host_view(&sidecar_id, false);
         self.write(
             vec![Op::DeleteFleet { key: format!("{CORDON_PREFIX}{sidecar_id}") }],
-            AfterCommit::Then(Box::new(move || {
-                let _ = reply.send(view.ok_or_else(|| Self::unknown_sidecar(&sidecar_id)));
-            })),
+            AfterCommit::Then(Box::new(move || drop(reply.send(Ok(view))))),
         );
     }
 
@@ -174,19 +172,38 @@ impl Core {
         }
     }
 
-    pub(super) fn agent_detail(&self, id: &str, _now: UnixMs) -> Option<AgentDetail> {
+    pub(super) fn agent_detail(&self, id: &str) -> Option<AgentDetail> {
         let agent = self.agents.get(id)?;
         Some(AgentDetail { agent: self.agent_view(agent), history: agent.history.iter().cloned().collect() })
     }
 
+    /// Every sidecar seen since the hub started, and every cordoned one (a cordon outlives a
+    /// restart, so a cordoned sidecar may not have reconnected yet).
     pub(super) fn host_views(&self) -> Vec<HostView> {
-        let mut ids: Vec<&String> = self.sidecars.keys().collect();
+        let mut ids: Vec<&String> = self.sidecars.keys().chain(self.cordons.keys()).collect();
         ids.sort();
+        ids.dedup();
         ids.into_iter().filter_map(|id| self.host_view(id, false)).collect()
     }
 
     pub(super) fn host_view(&self, id: &str, with_history: bool) -> Option<HostView> {
-        let sidecar = self.sidecars.get(id)?;
+        let Some(sidecar) = self.sidecars.get(id) else {
+            // Known only by its stored cordon: not seen since the hub started.
+            let cordon = *self.cordons.get(id)?;
+            return Some(HostView {
+                id: id.to_owned(),
+                hostname: String::new(),
+                os: String::new(),
+                arch: String::new(),
+                version: String::new(),
+                online: false,
+                last_seen_unix_ms: 0,
+                cordon: Some(cordon),
+                agents: 0,
+                resources: None,
+                history: with_history.then(Vec::new),
+            });
+        };
         Some(HostView {
             id: id.to_owned(),
             hostname: sidecar.hello.hostname.clone(),
@@ -204,13 +221,7 @@ impl Core {
 
     /// Adds an endpoint the hub probes itself. Its host must be allowlisted; adding one that is
     /// there already answers with it.
-    pub(super) fn add_endpoint(
-        &mut self,
-        url: String,
-        kind: EndpointKind,
-        reply: Reply<Result<Endpoint, Error>>,
-        _now: UnixMs,
-    ) {
+    pub(super) fn add_endpoint(&mut self, url: String, kind: EndpointKind, reply: Reply<Result<Endpoint, Error>>) {
         if kind == EndpointKind::Anthropic {
             let why = "anthropic endpoints are advertised by sidecars that hold the key (ANTHROPIC_API_KEY); the hub never holds provider keys";
             let _ = reply.send(Err(Error::NotAllowed(why.to_owned())));
@@ -275,8 +286,9 @@ impl Core {
             return;
         }
         log_health_change(known, &endpoint);
-        let op = put_endpoint(&endpoint);
+        let id = endpoint.id.clone();
         if self.registry.put(endpoint) {
+            let op = put_endpoint(self.registry.get(&id).expect("just put"));
             self.write(vec![op], AfterCommit::Then(Box::new(|| {})));
         }
     }

@@ -797,7 +797,7 @@ impl Core {
             }
             Event::SessionClosed { sidecar_id, session } => self.session_closed(&sidecar_id, session, now),
             Event::GetAgent { id, reply } => {
-                let _ = reply.send(self.agent_detail(&id, now));
+                let _ = reply.send(self.agent_detail(&id));
             }
             Event::Drain { sidecar_id, deadline, reply } => self.drain(sidecar_id, deadline, reply, now),
             Event::Uncordon { sidecar_id, reply } => self.uncordon(sidecar_id, reply, now),
@@ -810,7 +810,7 @@ impl Core {
             Event::Endpoints { reply } => {
                 let _ = reply.send(self.registry.iter().cloned().collect());
             }
-            Event::AddEndpoint { url, kind, reply } => self.add_endpoint(url, kind, reply, now),
+            Event::AddEndpoint { url, kind, reply } => self.add_endpoint(url, kind, reply),
             Event::RemoveEndpoint { id, reply } => self.remove_endpoint(id, reply),
             Event::EndpointChecked(endpoint) => self.endpoint_checked(*endpoint),
             Event::Committed(result) => {
