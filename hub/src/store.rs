@@ -2,9 +2,10 @@
 //!
 //! **Architecture Invariant:** only the writer thread started by [`Store::start_writer`] opens
 //! write transactions once the hub runs. It drains every change queued since its last commit
-//! into one transaction, commits it with `Durability::Immediate` (one fsync for the batch: group
-//! commit), and only then reports the batch's tickets back, so nobody is answered before the
-//! commit holding their change returns.
+//! into one batch, writes it as one record to the write-ahead log and syncs it (one fsync for the
+//! batch: group commit), and only then hands the batch's tickets back, so nobody is answered
+//! before the sync holding their change returns. The same changes then go into redb without a
+//! sync; a periodic checkpoint makes redb durable on its own.
 //!
 //! Records are the wire contract's `v1::Task`, encoded with prost: compact, and it evolves the
 //! way the contract does. redb's API is blocking, so everything here runs off the async workers.
@@ -422,18 +423,23 @@ impl Store {
         Ok(())
     }
 
-    /// Starts the writer thread. `on_commit` runs on that thread after each commit with the
-    /// tickets of the changes it held, or the error that failed them.
+    /// Starts the writer thread. Both hooks run on that thread. `on_durable` sees each ticket as
+    /// soon as the log record holding its change is synced, before the change reaches redb: an
+    /// answer that needs nothing but durability can leave from there, without waiting for the
+    /// apply or a hop through whoever owns the tickets. `on_commit` then gets the batch's
+    /// tickets once the change is readable in redb, with the error if the commit failed (a
+    /// failure after the sync leaves the change durable in the log, replayed at the next start).
     pub fn start_writer<T: Send + 'static>(
         &self,
-        on_commit: impl FnMut(Result<Vec<T>, Arc<Error>>) + Send + 'static,
+        on_durable: impl FnMut(&mut T) + Send + 'static,
+        on_commit: impl FnMut(Vec<T>, Result<(), Arc<Error>>) + Send + 'static,
     ) -> Writer<T> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (db, stats) = (self.db.clone(), self.stats.clone());
         let wal = self.wal.lock().expect("wal lock poisoned").take().expect("one writer per store");
         let thread = std::thread::Builder::new()
             .name("agentcom-store".into())
-            .spawn(move || writer_loop(db, stats, wal, rx, on_commit))
+            .spawn(move || writer_loop(db, stats, wal, rx, on_durable, on_commit))
             .expect("spawning the storage writer thread");
         Writer { tx, thread: Some(thread) }
     }
@@ -474,7 +480,8 @@ fn writer_loop<T>(
     stats: Arc<Stats>,
     mut wal: Wal,
     mut rx: mpsc::UnboundedReceiver<Batch<T>>,
-    mut on_commit: impl FnMut(Result<Vec<T>, Arc<Error>>),
+    mut on_durable: impl FnMut(&mut T),
+    mut on_commit: impl FnMut(Vec<T>, Result<(), Arc<Error>>),
 ) {
     let mut last_checkpoint = std::time::Instant::now();
     while let Some(first) = rx.blocking_recv() {
@@ -489,11 +496,12 @@ fn writer_loop<T>(
                 Err(_) => break,
             }
         }
-        match commit_batch(&db, &stats, &mut wal, ops) {
-            Ok(()) => on_commit(Ok(tickets)),
+        let synced = || tickets.iter_mut().for_each(&mut on_durable);
+        match commit_batch(&db, &stats, &mut wal, ops, synced) {
+            Ok(()) => on_commit(tickets, Ok(())),
             Err(err) => {
                 tracing::error!(error = %err, "commit failed");
-                on_commit(Err(Arc::new(err)));
+                on_commit(tickets, Err(Arc::new(err)));
                 continue;
             }
         }
@@ -512,9 +520,9 @@ fn writer_loop<T>(
     }
 }
 
-/// One group commit: the log record first (the durability point), then the same changes into
-/// redb without a sync, so readers see them before anyone is told they are durable.
-fn commit_batch(db: &Database, stats: &Stats, wal: &mut Wal, ops: Vec<Op>) -> Result<(), Error> {
+/// One group commit: the log record first (the durability point, after which `synced` runs),
+/// then the same changes into redb without a sync, so readers see them before `on_commit`.
+fn commit_batch(db: &Database, stats: &Stats, wal: &mut Wal, ops: Vec<Op>, synced: impl FnOnce()) -> Result<(), Error> {
     let prepared = prepare(ops);
     let payload = encode_ops(&prepared);
     if !wal.fits(payload.len()) {
@@ -524,6 +532,7 @@ fn commit_batch(db: &Database, stats: &Stats, wal: &mut Wal, ops: Vec<Op>) -> Re
     let wal_error = |err: wal::Error| Error::Io { path: PathBuf::from("write-ahead log"), message: err.to_string() };
     wal.append(&payload).map_err(wal_error)?;
     stats.wal_syncs.fetch_add(1, Ordering::Relaxed);
+    synced();
     apply_prepared(db, &prepared, Durability::None)?;
     stats.commits.fetch_add(1, Ordering::Relaxed);
     Ok(())
@@ -709,18 +718,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hub.redb");
         let store = Store::open(&path).unwrap();
+        // Every ticket is seen as durable before its commit is reported, and each exactly once.
         let (done_tx, done_rx) = std_mpsc::channel();
-        let writer = store.start_writer(move |result: Result<Vec<u32>, Arc<Error>>| {
-            done_tx.send(result.unwrap()).unwrap();
-        });
+        let durable = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = durable.clone();
+        let writer = store.start_writer(
+            move |ticket: &mut u32| seen.lock().unwrap().push(*ticket),
+            move |tickets: Vec<u32>, result| {
+                result.unwrap();
+                done_tx.send(tickets).unwrap();
+            },
+        );
         let mut tasks: Vec<Task> = (1..=50).map(task).collect();
         for (i, t) in tasks.iter().enumerate() {
             writer.write(vec![Op::PutTask(Box::new(t.clone()))], i as u32).unwrap();
         }
-        let mut acked = 0;
-        while acked < 50 {
-            acked += done_rx.recv().unwrap().len();
+        let mut acked = Vec::new();
+        while acked.len() < 50 {
+            acked.extend(done_rx.recv().unwrap());
+            assert_eq!(*durable.lock().unwrap(), acked, "durable before committed, in order");
         }
+        assert_eq!(acked, (0..50).collect::<Vec<u32>>());
         tasks[3].set_state(TaskState::Cancelled, "test", 99);
         writer.write(vec![Op::PutTask(Box::new(tasks[3].clone()))], 99).unwrap();
         assert_eq!(done_rx.recv().unwrap(), vec![99]);
@@ -749,9 +767,13 @@ mod tests {
         let path = dir.path().join("hub.redb");
         let store = Store::open(&path).unwrap();
         let (done_tx, done_rx) = std_mpsc::channel();
-        let writer = store.start_writer(move |result: Result<Vec<u32>, Arc<Error>>| {
-            done_tx.send(result.unwrap()).unwrap();
-        });
+        let writer = store.start_writer(
+            |_: &mut u32| {},
+            move |tickets: Vec<u32>, result| {
+                result.unwrap();
+                done_tx.send(tickets).unwrap();
+            },
+        );
         let put = |key: &str, value: &str| Op::PutFleet { key: key.into(), value: value.as_bytes().to_vec() };
         writer.write(vec![put("cordon/a", "1"), put("cordon/b", "2"), put("endpoint/x", "{}")], 1).unwrap();
         writer.write(vec![Op::DeleteFleet { key: "cordon/a".into() }], 2).unwrap();

@@ -10,7 +10,7 @@
 
 mod fleet_ops;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
@@ -246,6 +246,8 @@ type Reply<T> = oneshot::Sender<T>;
 /// Someone waiting for a submit to become durable; `true` when their submit matched an
 /// existing idempotency key.
 type SubmitWaiter = (Reply<Result<Submitted, Error>>, bool);
+/// A submitter's answer, ready to go out once its submit is durable.
+type SubmitAnswer = (Reply<Result<Submitted, Error>>, Submitted);
 
 pub enum Event {
     Submit {
@@ -333,7 +335,10 @@ pub enum Event {
     },
     /// The hub's own check of an endpoint it probes.
     EndpointChecked(Box<Endpoint>),
-    Committed(Result<Vec<AfterCommit>, Arc<store::Error>>),
+    Committed {
+        tickets: Vec<AfterCommit>,
+        result: Result<(), Arc<store::Error>>,
+    },
     Tick,
     Shutdown {
         reply: Reply<()>,
@@ -349,8 +354,10 @@ pub enum WatchReply {
 
 /// Work that waits for a commit.
 pub enum AfterCommit {
-    /// A submit is durable: answer everyone waiting on it and make the task dispatchable.
-    Submitted(TaskId),
+    /// A submit is durable. Its submitter is answered on the writer thread the moment the log
+    /// is synced (see [`AfterCommit::durable`]); the core then answers anyone whose submit
+    /// matched the same idempotency key meanwhile, and makes the task dispatchable.
+    Submitted { id: TaskId, answer: Option<Box<SubmitAnswer>> },
     /// A dispatch is durable: send the assignment (if the lease is still the same).
     Assigned { task_id: TaskId, lease_generation: u64 },
     /// A state change is durable: tell watchers.
@@ -363,6 +370,22 @@ pub enum AfterCommit {
     Purged { count: usize, reply: Reply<Result<usize, Error>> },
     /// Anything else that answers once durable (fleet settings).
     Then(Box<dyn FnOnce() + Send>),
+}
+
+impl AfterCommit {
+    /// Runs on the writer thread once the change is durable in the log, before the core hears
+    /// of it: a submitter needs nothing but durability, so its answer skips the redb apply and
+    /// the hop through the core. Whatever it asks next may reach the core before `Committed`;
+    /// the core has held the task since the submit, so it is found, cancellable and usable as a
+    /// dependency, and only becomes dispatchable on `Committed`.
+    fn durable(&mut self) {
+        if let AfterCommit::Submitted { answer, .. } = self
+            && let Some(answer) = answer.take()
+        {
+            let (reply, submitted) = *answer;
+            let _ = reply.send(Ok(submitted));
+        }
+    }
 }
 
 /// A cheap, cloneable way to talk to the core.
@@ -580,7 +603,7 @@ pub struct Core {
     /// Waiting tasks by the unfinished dependency they wait on.
     dependents: HashMap<TaskId, Vec<TaskId>>,
     /// Deadlines of tasks waiting to start: (deadline, id).
-    deadlines: std::collections::BTreeSet<(UnixMs, TaskId)>,
+    deadlines: BTreeSet<(UnixMs, TaskId)>,
     sidecars: HashMap<String, Sidecar>,
     agents: BTreeMap<String, Agent>,
     /// Idle agents by sidecar, kept in step with agent states by `move_agent`, so dispatch does
@@ -612,8 +635,8 @@ impl Core {
         let load_ms = loading.elapsed().as_millis() as u64;
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = Handle { events: tx.clone(), healthy: Arc::new(AtomicBool::new(true)), store: store.clone() };
-        let writer = store.start_writer(move |result| {
-            let _ = tx.send(Event::Committed(result));
+        let writer = store.start_writer(AfterCommit::durable, move |tickets, result| {
+            let _ = tx.send(Event::Committed { tickets, result });
         });
         let aging_step_ms = config.aging_step.as_millis() as i64;
         let mut core = Core {
@@ -625,7 +648,7 @@ impl Core {
             by_key: HashMap::new(),
             pending_submits: HashMap::new(),
             queue: Queue::new(aging_step_ms),
-            deadlines: std::collections::BTreeSet::new(),
+            deadlines: BTreeSet::new(),
             dependents: HashMap::new(),
             sidecars: HashMap::new(),
             agents: BTreeMap::new(),
@@ -656,7 +679,7 @@ impl Core {
             }
             match task.state {
                 TaskState::Queued | TaskState::Ready => {
-                    self.wait(&task, None);
+                    enqueue(&mut self.queue, &mut self.deadlines, &task, None);
                     n_ready += 1;
                 }
                 TaskState::Waiting => waiting.push(task.id),
@@ -813,8 +836,8 @@ impl Core {
             Event::AddEndpoint { url, kind, reply } => self.add_endpoint(url, kind, reply),
             Event::RemoveEndpoint { id, reply } => self.remove_endpoint(id, reply),
             Event::EndpointChecked(endpoint) => self.endpoint_checked(*endpoint),
-            Event::Committed(result) => {
-                self.committed(result, now);
+            Event::Committed { tickets, result } => {
+                self.committed(tickets, result, now);
                 self.dispatch(now);
             }
             Event::Tick => {
@@ -882,9 +905,10 @@ impl Core {
         if !task.spec.depends_on.is_empty() {
             task.state = TaskState::Waiting;
         }
+        let answer = Submitted { task: Task::clone(&task), existing: false };
         self.tasks.insert(id, Box::new(task));
-        self.pending_submits.insert(id, vec![(reply, false)]);
-        self.persist(id, AfterCommit::Submitted(id));
+        self.pending_submits.insert(id, Vec::new());
+        self.persist(id, AfterCommit::Submitted { id, answer: Some(Box::new((reply, answer))) });
     }
 
     /// Moves a waiting task on once its dependencies allow: to the queue when all succeeded, to
@@ -905,9 +929,8 @@ impl Core {
             queue::Readiness::Ready => {
                 let task = self.tasks.get_mut(&id).expect("checked above");
                 task.set_state(TaskState::Queued, "dependencies succeeded", now);
-                let task = Task::clone(task);
                 self.persist(id, AfterCommit::Changed(id));
-                self.wait(&task, None);
+                self.wait(id, None);
             }
             queue::Readiness::Waiting(unfinished) => {
                 if let Some(deadline) = task.spec.limits.deadline_unix_ms {
@@ -1232,8 +1255,7 @@ impl Core {
                 format!("retrying in {delay} ms after attempt {}: {why}", task.attempt),
                 now,
             );
-            let task = task.clone();
-            self.wait(&task, Some(now + delay));
+            self.wait(task_id, Some(now + delay));
         } else {
             let reason = format!("{why} (attempt {} of {max_attempts})", task.attempt);
             warn!(task_id = %task_id, reason, "dead-lettered");
@@ -1242,14 +1264,8 @@ impl Core {
     }
 
     /// Puts a task in line to be dispatched, now or at `ready_at`, and minds its deadline.
-    fn wait(&mut self, task: &Task, ready_at: Option<UnixMs>) {
-        match ready_at {
-            Some(at) => self.queue.push_delayed(task.id, task.spec.priority, at),
-            None => self.queue.push_ready(task.id, task.spec.priority),
-        }
-        if let Some(deadline) = task.spec.limits.deadline_unix_ms {
-            self.deadlines.insert((deadline, task.id));
-        }
+    fn wait(&mut self, id: TaskId, ready_at: Option<UnixMs>) {
+        enqueue(&mut self.queue, &mut self.deadlines, &self.tasks[&id], ready_at);
     }
 
     /// Dead-letters waiting tasks whose deadline passed before they started.
@@ -1319,30 +1335,36 @@ impl Core {
         }
     }
 
-    fn committed(&mut self, result: Result<Vec<AfterCommit>, Arc<store::Error>>, now: UnixMs) {
-        let tickets = match result {
-            Ok(tickets) => tickets,
-            Err(err) => {
-                // The hub can no longer promise durability: stop accepting work. Submits that
-                // were waiting learn it; everything else stays in memory only.
-                self.handle.healthy.store(false, Ordering::Relaxed);
-                for (_, waiters) in self.pending_submits.drain() {
-                    for (reply, _) in waiters {
-                        let _ = reply.send(Err(Error::Storage(err.to_string())));
-                    }
+    fn committed(&mut self, tickets: Vec<AfterCommit>, result: Result<(), Arc<store::Error>>, now: UnixMs) {
+        if let Err(err) = result {
+            // The hub can no longer promise durability: stop accepting work. Submits that
+            // were waiting learn it (unless the log was synced and they were answered already);
+            // everything else stays in memory only.
+            self.handle.healthy.store(false, Ordering::Relaxed);
+            let failed = || Err(Error::Storage(err.to_string()));
+            for ticket in tickets {
+                if let AfterCommit::Submitted { answer: Some(answer), .. } = ticket {
+                    let _ = answer.0.send(failed());
                 }
-                return;
             }
-        };
+            for (_, waiters) in self.pending_submits.drain() {
+                for (reply, _) in waiters {
+                    let _ = reply.send(failed());
+                }
+            }
+            return;
+        }
         for ticket in tickets {
             match ticket {
-                AfterCommit::Submitted(id) => {
-                    let task = Task::clone(&self.tasks[&id]);
+                AfterCommit::Submitted { id, answer } => {
+                    debug_assert!(answer.is_none(), "the submitter is answered on the writer thread");
+                    let task = &self.tasks[&id];
+                    let state = task.state;
                     for (reply, existing) in self.pending_submits.remove(&id).unwrap_or_default() {
-                        let _ = reply.send(Ok(Submitted { task: task.clone(), existing }));
+                        let _ = reply.send(Ok(Submitted { task: Task::clone(task), existing }));
                     }
-                    match task.state {
-                        TaskState::Queued => self.wait(&task, None),
+                    match state {
+                        TaskState::Queued => self.wait(id, None),
                         TaskState::Waiting => self.settle_dependencies(id, now),
                         _ => {}
                     }
@@ -1377,10 +1399,11 @@ impl Core {
                     self.notify(task_id, now);
                 }
                 AfterCommit::Requeued { task_id, reply } => {
-                    let task = Task::clone(&self.tasks[&task_id]);
-                    let _ = reply.send(Ok(task.clone()));
-                    if task.state == TaskState::Queued {
-                        self.wait(&task, None);
+                    let task = &self.tasks[&task_id];
+                    let queued = task.state == TaskState::Queued;
+                    let _ = reply.send(Ok(Task::clone(task)));
+                    if queued {
+                        self.wait(task_id, None);
                     }
                 }
                 AfterCommit::Purged { count, reply } => {
@@ -1496,6 +1519,17 @@ impl Core {
             last_activity_unix_ms: agent.last_activity,
             cordoned: self.cordons.contains_key(&agent.sidecar_id),
         }
+    }
+}
+
+/// [`Core::wait`] for a task the core does not hold yet (restoring).
+fn enqueue(queue: &mut Queue, deadlines: &mut BTreeSet<(UnixMs, TaskId)>, task: &Task, ready_at: Option<UnixMs>) {
+    match ready_at {
+        Some(at) => queue.push_delayed(task.id, task.spec.priority, at),
+        None => queue.push_ready(task.id, task.spec.priority),
+    }
+    if let Some(deadline) = task.spec.limits.deadline_unix_ms {
+        deadlines.insert((deadline, task.id));
     }
 }
 
