@@ -406,13 +406,18 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
         let (welcome, session) = self.hub.hello(hello, outbox_tx).await.map_err(status)?;
 
         let hub = self.hub.clone();
-        let stop = self.stop.clone();
+        // A child token per session: the loop below polls it on every message, and a child
+        // has its own waiter list instead of sharing the hub-wide one with every other session.
+        let stop = self.stop.child_token();
         let last_seen = welcome.last_seen.clone();
         tokio::spawn(async move {
+            let cancelled = stop.cancelled();
+            tokio::pin!(cancelled);
             loop {
                 let next = tokio::select! {
+                    biased;
+                    _ = &mut cancelled => break,
                     next = inbound.message() => next,
-                    _ = stop.cancelled() => break,
                 };
                 match next {
                     // A heartbeat with nothing to renew is liveness only: no trip to the core.

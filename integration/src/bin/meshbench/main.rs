@@ -61,7 +61,7 @@ enum Command {
         /// Heartbeat interval; resources are reported every third beat.
         #[arg(long, default_value_t = 5_000)]
         heartbeat_ms: u64,
-        /// Seconds each CPU measurement runs.
+        /// Seconds each CPU measurement window runs (heartbeats alone are measured over three).
         #[arg(long, default_value_t = 20.0)]
         seconds: f64,
     },
