@@ -756,7 +756,9 @@ mod tests {
         let mut acked = Vec::new();
         while acked.len() < 50 {
             acked.extend(done_rx.recv().unwrap());
-            assert_eq!(*durable.lock().unwrap(), acked, "durable before committed, in order");
+            // The writer may already be past the next sync, so what is durable starts with what
+            // is committed.
+            assert!(durable.lock().unwrap().starts_with(&acked), "durable before committed, in order");
         }
         assert_eq!(acked, (0..50).collect::<Vec<u32>>());
         tasks[3].set_state(TaskState::Cancelled, "test", 99);
