@@ -1611,3 +1611,39 @@ fn judge(outcome: &Outcome) -> (TaskState, String) {
         Exit::Unknown => (TaskState::Failed, "ended without an exit status".to_owned()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::SpecDefaults;
+
+    /// A submitter is answered from the writer thread, possibly before the core hears of the
+    /// commit. Whatever it asks next must still find the task, and a cancel that wins that race
+    /// must not be undone when the commit arrives.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_a_submitter_asks_right_after_its_answer_sees_the_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.redb")).unwrap();
+        let (hub, core) = Core::start(Config::default(), &store).unwrap();
+        let spec = || TaskSpec::shell(vec!["true".into()], &SpecDefaults::default());
+        let rounds = 200;
+        for _ in 0..rounds {
+            // Cancelled straight after the answer.
+            let lone = hub.submit(spec()).await.unwrap().task;
+            assert_eq!(hub.cancel(lone.id, String::new()).await.unwrap().state, TaskState::Cancelled);
+            // Depended on straight after the answer, then cancelled, which cancels the dependent.
+            let first = hub.submit(spec()).await.unwrap().task;
+            let mut after = spec();
+            after.depends_on = vec![first.id];
+            assert_eq!(hub.submit(after).await.unwrap().task.state, TaskState::Waiting);
+            assert_eq!(hub.cancel(first.id, String::new()).await.unwrap().state, TaskState::Cancelled);
+        }
+        let stats = hub.stats().await.unwrap();
+        assert_eq!((stats.tasks, stats.ready, stats.waiting_on_dependencies), (3 * rounds, 0, 0), "{stats:?}");
+        for task in hub.list(None, 3 * rounds).await.unwrap() {
+            assert_eq!(task.state, TaskState::Cancelled, "{}: {}", task.id, task.state_reason);
+        }
+        hub.shutdown().await;
+        core.await.unwrap();
+    }
+}
