@@ -115,7 +115,12 @@ fn spec_from_pb_unchecked(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result
                 (true, true) => return Err(Error::invalid("work.shell", "needs argv or script")),
                 (false, false) => return Err(Error::invalid("work.shell", "takes argv or script, not both")),
             };
-            Work::Shell(ShellWork { command, cwd: nonempty(shell.cwd), env: btree(shell.env) })
+            Work::Shell(ShellWork {
+                command,
+                cwd: nonempty(shell.cwd),
+                env: btree(shell.env),
+                secret_env: shell.secret_env,
+            })
         }
         Some(pb::work::Kind::Llm(llm)) => {
             Work::Llm(LlmWork { prompt: llm.prompt, system: llm.system, model: llm.model, max_tokens: llm.max_tokens })
@@ -166,6 +171,8 @@ fn spec_from_pb_unchecked(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result
             max_tokens: opt_nonzero(limits.max_tokens),
             max_cost_micros: opt_nonzero(limits.max_cost_micros),
             max_output_bytes: opt_nonzero(limits.max_output_bytes).unwrap_or(defaults.max_output_bytes),
+            max_memory_bytes: opt_nonzero(limits.max_memory_bytes),
+            max_pids: opt_nonzero(limits.max_pids),
         },
         placement: Placement { tags: placement.tags, host: placement.host, model: placement.model },
         depends_on,
@@ -197,6 +204,7 @@ pub fn spec_into_pb(spec: TaskSpec) -> pb::TaskSpec {
                 script,
                 cwd: shell.cwd.unwrap_or_default(),
                 env: shell.env.into_iter().collect(),
+                secret_env: shell.secret_env,
             })
         }
         Work::Llm(llm) => pb::work::Kind::Llm(pb::LlmWork {
@@ -250,6 +258,8 @@ pub fn spec_into_pb(spec: TaskSpec) -> pb::TaskSpec {
             max_tokens: spec.limits.max_tokens.unwrap_or(0),
             max_cost_micros: spec.limits.max_cost_micros.unwrap_or(0),
             max_output_bytes: spec.limits.max_output_bytes,
+            max_memory_bytes: spec.limits.max_memory_bytes.unwrap_or(0),
+            max_pids: spec.limits.max_pids.unwrap_or(0),
         }),
         placement: Some(pb::Placement {
             tags: spec.placement.tags,
@@ -553,6 +563,7 @@ pub fn host_to_pb(host: &HostView) -> pb::Host {
             .cordon
             .map(|c| pb::Cordon { since_unix_ms: c.since_unix_ms, deadline_unix_ms: c.deadline_unix_ms.unwrap_or(0) }),
         agents: host.agents as u32,
+        containment: host.containment.clone(),
         resources: host.resources.as_ref().map(agentcom_sidecar::reports::report_to_pb),
         history: host
             .history

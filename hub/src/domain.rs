@@ -35,6 +35,9 @@ pub mod limits {
     pub const MAX_ATTEMPTS: u32 = 100;
     pub const MAX_OUTPUT_BYTES: u64 = 64 * 1024 * 1024;
     pub const MAX_BACKOFF_MS: u64 = 24 * 3600 * 1000;
+    pub const MIN_MEMORY_BYTES: u64 = 1024 * 1024;
+    pub const MAX_MEMORY_BYTES: u64 = 1 << 50;
+    pub const MAX_PIDS: u64 = 4 * 1024 * 1024;
 }
 
 /// A task's identity: a ULID, so ids sort by creation time.
@@ -226,8 +229,12 @@ pub struct ShellWork {
     pub command: ShellCommand,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
+    /// Visible in every API response and stored with the task; secrets go in `secret_env`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Names the sidecar fills in from its own secret files; the values never reach the hub.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -293,6 +300,10 @@ pub struct Limits {
     pub max_tokens: Option<u64>,
     pub max_cost_micros: Option<u64>,
     pub max_output_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_memory_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pids: Option<u64>,
 }
 
 /// When a failed attempt is retried, and after how long.
@@ -352,7 +363,12 @@ impl TaskSpec {
             idempotency_key: None,
             priority: Lane::Normal,
             tier: None,
-            work: Work::Shell(ShellWork { command: ShellCommand::Argv(argv), cwd: None, env: BTreeMap::new() }),
+            work: Work::Shell(ShellWork {
+                command: ShellCommand::Argv(argv),
+                cwd: None,
+                env: BTreeMap::new(),
+                secret_env: Vec::new(),
+            }),
             context: TaskContext::default(),
             success_criteria: Vec::new(),
             verification: Vec::new(),
@@ -363,6 +379,8 @@ impl TaskSpec {
                 max_tokens: None,
                 max_cost_micros: None,
                 max_output_bytes: defaults.max_output_bytes,
+                max_memory_bytes: None,
+                max_pids: None,
             },
             placement: Placement::default(),
             depends_on: Vec::new(),
@@ -423,6 +441,25 @@ impl TaskSpec {
                     check_len("work.shell.cwd", cwd, MAX_TEXT_BYTES)?;
                 }
                 check_env("work.shell.env", &shell.env)?;
+                if shell.secret_env.len() > MAX_ENV_ITEMS {
+                    return Err(Error::invalid(
+                        "work.shell.secret_env",
+                        format!("at most {MAX_ENV_ITEMS} names allowed"),
+                    ));
+                }
+                for name in &shell.secret_env {
+                    if !is_env_name(name) {
+                        return Err(Error::invalid(
+                            "work.shell.secret_env",
+                            format!(
+                                "{name:?} is not a variable name (letters, digits and '_', not starting with a digit)"
+                            ),
+                        ));
+                    }
+                    if shell.env.contains_key(name) {
+                        return Err(Error::invalid("work.shell.secret_env", format!("{name} is also set in env")));
+                    }
+                }
             }
             Work::Llm(llm) => {
                 if llm.prompt.is_empty() {
@@ -462,6 +499,19 @@ impl TaskSpec {
         if limits.max_output_bytes == 0 || limits.max_output_bytes > MAX_OUTPUT_BYTES {
             return Err(Error::invalid("limits.max_output_bytes", format!("must be between 1 and {MAX_OUTPUT_BYTES}")));
         }
+        if let Some(bytes) = limits.max_memory_bytes
+            && !(MIN_MEMORY_BYTES..=MAX_MEMORY_BYTES).contains(&bytes)
+        {
+            return Err(Error::invalid(
+                "limits.max_memory_bytes",
+                format!("must be between {MIN_MEMORY_BYTES} and {MAX_MEMORY_BYTES}"),
+            ));
+        }
+        if let Some(pids) = limits.max_pids
+            && !(1..=MAX_PIDS).contains(&pids)
+        {
+            return Err(Error::invalid("limits.max_pids", format!("must be between 1 and {MAX_PIDS}")));
+        }
         check_list("placement.tags", &self.placement.tags)?;
         check_len("placement.host", &self.placement.host, MAX_NAME_BYTES)?;
         check_len("placement.model", &self.placement.model, MAX_NAME_BYTES)?;
@@ -482,8 +532,19 @@ impl TaskSpec {
         if retry.retry_on_exit_codes.len() > 64 {
             return Err(Error::invalid("retry.retry_on_exit_codes", "at most 64 codes allowed"));
         }
+        if let Some(code) = retry.retry_on_exit_codes.iter().find(|code| !(0..=255).contains(*code)) {
+            return Err(Error::invalid("retry.retry_on_exit_codes", format!("{code} is not an exit code (0 to 255)")));
+        }
         Ok(())
     }
+}
+
+/// A portable environment variable name.
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 256
 }
 
 fn check_len(field: &'static str, value: &str, max: usize) -> Result<(), Error> {
@@ -668,7 +729,12 @@ mod tests {
         check(&|s| s.work = shell(&[""]).work, "work.shell.argv");
         check(
             &|s| {
-                s.work = Work::Shell(ShellWork { command: ShellCommand::Argv(vec![]), cwd: None, env: BTreeMap::new() })
+                s.work = Work::Shell(ShellWork {
+                    command: ShellCommand::Argv(vec![]),
+                    cwd: None,
+                    env: BTreeMap::new(),
+                    secret_env: Vec::new(),
+                })
             },
             "work.shell.argv",
         );
@@ -678,6 +744,7 @@ mod tests {
                     command: ShellCommand::Script("  ".into()),
                     cwd: None,
                     env: BTreeMap::new(),
+                    secret_env: Vec::new(),
                 })
             },
             "work.shell.script",
@@ -698,6 +765,26 @@ mod tests {
             "work.shell.env",
         );
         check(&|s| s.labels.insert("bad-key".into(), "v".into()).map(drop).unwrap_or(()), "labels");
+        check(&|s| s.retry.retry_on_exit_codes = vec![1, -1], "retry.retry_on_exit_codes");
+        check(&|s| s.retry.retry_on_exit_codes = vec![256], "retry.retry_on_exit_codes");
+        check(&|s| s.limits.max_memory_bytes = Some(0), "limits.max_memory_bytes");
+        check(&|s| s.limits.max_pids = Some(0), "limits.max_pids");
+        let secret = |names: &[&str], env: &[&str]| {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let env: BTreeMap<String, String> = env.iter().map(|n| (n.to_string(), "v".to_owned())).collect();
+            move |s: &mut TaskSpec| {
+                if let Work::Shell(w) = &mut s.work {
+                    w.secret_env = names.clone();
+                    w.env = env.clone();
+                }
+            }
+        };
+        check(&secret(&["1BAD"], &[]), "work.shell.secret_env");
+        check(&secret(&["A=B"], &[]), "work.shell.secret_env");
+        check(&secret(&["TOKEN"], &["TOKEN"]), "work.shell.secret_env");
+        let mut spec = shell(&["echo"]);
+        secret(&["API_TOKEN", "_X1"], &["OTHER"])(&mut spec);
+        spec.validate().unwrap();
         check(
             &|s| {
                 s.work = Work::Llm(LlmWork {

@@ -170,9 +170,19 @@ impl HubArgs {
     }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    match run().await {
+fn main() -> std::process::ExitCode {
+    // Before any thread: `dev` runs a sidecar in this process, so keep the environment out of
+    // its tasks' reach (this may re-execute the process with a clean environment block).
+    let allow: Vec<String> = agentcom_sidecar::DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect();
+    let isolation = agentcom_sidecar::secure::isolate(&allow);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(isolation)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -181,11 +191,14 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run() -> anyhow::Result<()> {
+async fn run(isolation: agentcom_sidecar::secure::Isolation) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    if let agentcom_sidecar::secure::Isolation::Failed(why) = &isolation {
+        tracing::warn!(why, "the hub's environment stays readable through /proc by root");
+    }
     match Cli::parse().command {
         Command::Serve(args) => serve(args, None).await,
         Command::Dev { hub, slots, simulate_gpus } => serve(hub, Some((slots, simulate_gpus))).await,
@@ -267,6 +280,38 @@ async fn serve(args: HubArgs, dev_slots: Option<(u32, u32)>) -> anyhow::Result<(
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
 
+    // The local sidecar is made ready before the hub serves: a restart after a crash kills what
+    // the crash left running before anything can be dispatched again.
+    let dev_sidecar = match dev_slots {
+        None => None,
+        Some((slots, simulate_gpus)) => {
+            let token = std::fs::read_to_string(data_dir.token_file(Role::Join))?.trim().to_owned();
+            let work_dir = std::env::current_dir()?;
+            let hostname = agentcom_sidecar::hostname();
+            let allow: Vec<String> = agentcom_sidecar::DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect();
+            // The local sidecar keeps its id and its record of running tasks in the data directory.
+            let state_dir = args.data_dir.join("sidecar");
+            let state = agentcom_sidecar::state::StateDir::open(&state_dir)
+                .with_context(|| format!("state directory {}", state_dir.display()))?;
+            let sidecar_id = state.sidecar_id(|| agentcom_sidecar::default_sidecar_id(&hostname))?;
+            let config = agentcom_sidecar::Config {
+                hub_url: url.clone(),
+                token,
+                sidecar_id,
+                hostname,
+                slots,
+                tags: vec!["dev".to_owned()],
+                shell: agentcom_sidecar::shell::Options::new(work_dir, std::env::vars(), &allow),
+                containment: agentcom_sidecar::contain::Preference::Auto,
+                state_dir: Some(state_dir),
+                default_max_output_bytes: args.max_output_bytes as usize,
+                reports: agentcom_sidecar::reports::Settings { simulate_gpus, ..Default::default() },
+            };
+            let prepared = agentcom_sidecar::prepare(&config).await?;
+            Some((config, prepared))
+        }
+    };
+
     let backup_dir = backups.dir.clone();
     let hub = match server::Hub::start(listener, store, tokens, config, backups).await {
         Ok(hub) => hub,
@@ -276,28 +321,13 @@ async fn serve(args: HubArgs, dev_slots: Option<(u32, u32)>) -> anyhow::Result<(
         Err(err) => return Err(err.into()),
     };
 
-    let sidecar = match dev_slots {
+    let sidecar = match dev_sidecar {
         None => None,
-        Some((slots, simulate_gpus)) => {
-            let token = std::fs::read_to_string(data_dir.token_file(Role::Join))?.trim().to_owned();
-            let work_dir = std::env::current_dir()?;
-            let hostname = agentcom_sidecar::hostname();
-            let allow: Vec<String> = agentcom_sidecar::DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect();
-            let config = agentcom_sidecar::Config {
-                hub_url: url.clone(),
-                token,
-                sidecar_id: agentcom_sidecar::default_sidecar_id(&hostname),
-                hostname,
-                slots,
-                tags: vec!["dev".to_owned()],
-                shell: agentcom_sidecar::shell_settings(work_dir, std::env::vars(), &allow),
-                default_max_output_bytes: args.max_output_bytes as usize,
-                reports: agentcom_sidecar::reports::Settings { simulate_gpus, ..Default::default() },
-            };
+        Some((config, prepared)) => {
             let stop = tokio_util::sync::CancellationToken::new();
             let stopped = stop.clone();
-            let join = tokio::spawn(agentcom_sidecar::run(config, async move { stopped.cancelled().await }));
-            Some((stop, join))
+            let run = agentcom_sidecar::run_prepared(config, prepared, async move { stopped.cancelled().await });
+            Some((stop, tokio::spawn(run)))
         }
     };
 

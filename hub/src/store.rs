@@ -13,7 +13,7 @@
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use agentcom_proto::v1 as pb;
@@ -434,16 +434,25 @@ impl Store {
     pub fn start_writer<T: Send + 'static>(
         &self,
         on_durable: impl FnMut(&mut T) + Send + 'static,
-        on_commit: impl FnMut(Vec<T>, Result<(), Arc<Error>>) + Send + 'static,
+        mut on_commit: impl FnMut(Vec<T>, Result<(), Arc<Error>>) + Send + 'static,
     ) -> Writer<T> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (db, stats) = (self.db.clone(), self.stats.clone());
         let wal = self.wal.lock().expect("wal lock poisoned").take().expect("one writer per store");
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let mut on_commit = {
+            let backlog = backlog.clone();
+            move |tickets: Vec<T>, result| {
+                let n = tickets.len();
+                on_commit(tickets, result);
+                backlog.fetch_sub(n, Ordering::Relaxed);
+            }
+        };
         let thread = std::thread::Builder::new()
             .name("agentcom-store".into())
-            .spawn(move || writer_loop(db, stats, wal, rx, on_durable, on_commit))
+            .spawn(move || writer_loop(db, stats, wal, rx, on_durable, &mut on_commit))
             .expect("spawning the storage writer thread");
-        Writer { tx, thread: Some(thread) }
+        Writer { tx, backlog, thread: Some(thread) }
     }
 }
 
@@ -454,15 +463,30 @@ struct Batch<T> {
 
 /// The handle to the writer thread. Dropping every clone of the sender (through [`Writer::close`])
 /// lets the thread commit what is queued and exit.
+///
+/// The queue itself takes every change, so the core never blocks on it; it is bounded by
+/// admission instead: the core reads [`Writer::backlog`] and refuses new submits while storage
+/// is that far behind, and every other change is bounded by the work already admitted.
 pub struct Writer<T> {
     tx: mpsc::UnboundedSender<Batch<T>>,
+    /// Changes queued or being committed.
+    backlog: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl<T: Send + 'static> Writer<T> {
     /// Queues changes for the next commit; `ticket` comes back through `on_commit` once durable.
     pub fn write(&self, ops: Vec<Op>, ticket: T) -> Result<(), Error> {
-        self.tx.send(Batch { ops, ticket }).map_err(|_| Error::WriterGone)
+        self.backlog.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(Batch { ops, ticket }).map_err(|_| {
+            self.backlog.fetch_sub(1, Ordering::Relaxed);
+            Error::WriterGone
+        })
+    }
+
+    /// Changes handed to the writer and not yet reported committed.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
     }
 
     /// Commits what is queued and stops the thread. Blocks: call from a blocking context.
@@ -483,7 +507,7 @@ fn writer_loop<T>(
     mut wal: Wal,
     mut rx: mpsc::UnboundedReceiver<Batch<T>>,
     mut on_durable: impl FnMut(&mut T),
-    mut on_commit: impl FnMut(Vec<T>, Result<(), Arc<Error>>),
+    on_commit: &mut impl FnMut(Vec<T>, Result<(), Arc<Error>>),
 ) {
     let mut last_checkpoint = std::time::Instant::now();
     let mut lone = false;

@@ -149,6 +149,8 @@ fn print_host(h: &Value) {
     println!("host      {} ({})", text(&h["id"]), text(&h["hostname"]));
     println!("status    {}", host_status(h));
     println!("system    {} {}, sidecar {}", text(&h["os"]), text(&h["arch"]), text(&h["version"]));
+    let containment = text(&h["containment"]);
+    println!("contain   {}", if containment.is_empty() { "not reported" } else { containment.as_str() });
     let r = &h["resources"];
     if r.is_null() {
         println!("resources not reported yet");

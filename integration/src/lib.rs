@@ -260,7 +260,9 @@ impl RunningMesh {
             hostname: "localhost".to_owned(),
             slots,
             tags: Vec::new(),
-            shell: agentcom_sidecar::shell_settings(self.work_dir.clone(), std::env::vars(), &["PATH".to_owned()]),
+            shell: agentcom_sidecar::shell::Options::new(self.work_dir.clone(), std::env::vars(), &["PATH".to_owned()]),
+            containment: agentcom_sidecar::contain::Preference::Auto,
+            state_dir: None,
             default_max_output_bytes: agentcom_sidecar::DEFAULT_MAX_OUTPUT_BYTES,
             reports,
         };

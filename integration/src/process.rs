@@ -72,6 +72,7 @@ pub struct HubProcess {
     pub data_dir: PathBuf,
     pub api: Api,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     dev: bool,
     cwd: PathBuf,
 }
@@ -79,17 +80,30 @@ pub struct HubProcess {
 impl HubProcess {
     /// `agentcom-hub serve` on a free port with `data_dir`, plus extra flags.
     pub async fn serve(data_dir: &Path, extra: &[&str]) -> HubProcess {
-        HubProcess::start(data_dir, extra, false, data_dir.parent().unwrap_or(data_dir), free_port()).await
+        HubProcess::start(data_dir, extra, &[], false, data_dir.parent().unwrap_or(data_dir), free_port()).await
     }
 
     /// `agentcom-hub dev` run from `cwd` (its sidecar works there).
     pub async fn dev(data_dir: &Path, cwd: &Path, extra: &[&str]) -> HubProcess {
-        HubProcess::start(data_dir, extra, true, cwd, free_port()).await
+        HubProcess::start(data_dir, extra, &[], true, cwd, free_port()).await
     }
 
-    async fn start(data_dir: &Path, extra: &[&str], dev: bool, cwd: &Path, port: u16) -> HubProcess {
+    /// `agentcom-hub dev` with extra environment variables (kept for restarts).
+    pub async fn dev_with_env(data_dir: &Path, cwd: &Path, extra: &[&str], env: &[(&str, &str)]) -> HubProcess {
+        HubProcess::start(data_dir, extra, env, true, cwd, free_port()).await
+    }
+
+    async fn start(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        dev: bool,
+        cwd: &Path,
+        port: u16,
+    ) -> HubProcess {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let child = spawn_hub(data_dir, &args, dev, cwd, port);
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let child = spawn_hub(data_dir, &args, &env, dev, cwd, port);
         let url = format!("http://127.0.0.1:{port}");
         wait_healthy(&url).await;
         let token = std::fs::read_to_string(data_dir.join("admin.token")).expect("admin.token").trim().to_owned();
@@ -100,6 +114,7 @@ impl HubProcess {
             port,
             data_dir: data_dir.to_owned(),
             args,
+            env,
             dev,
             cwd: cwd.to_owned(),
         }
@@ -120,7 +135,7 @@ impl HubProcess {
 
     /// Starts the hub again on the same port and data directory.
     pub async fn restart(&mut self) {
-        self.child = spawn_hub(&self.data_dir, &self.args, self.dev, &self.cwd, self.port);
+        self.child = spawn_hub(&self.data_dir, &self.args, &self.env, self.dev, &self.cwd, self.port);
         wait_healthy(&self.url).await;
     }
 
@@ -145,7 +160,7 @@ impl Drop for HubProcess {
     }
 }
 
-fn spawn_hub(data_dir: &Path, args: &[String], dev: bool, cwd: &Path, port: u16) -> Child {
+fn spawn_hub(data_dir: &Path, args: &[String], env: &[(String, String)], dev: bool, cwd: &Path, port: u16) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -160,6 +175,7 @@ fn spawn_hub(data_dir: &Path, args: &[String], dev: bool, cwd: &Path, port: u16)
         .args(args)
         .current_dir(cwd)
         .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -193,6 +209,18 @@ impl SidecarProcess {
 
     /// Like [`SidecarProcess::start`], with extra flags.
     pub fn start_with(hub: &HubProcess, id: &str, slots: u32, work_dir: &Path, extra: &[&str]) -> SidecarProcess {
+        SidecarProcess::start_with_env(hub, id, slots, work_dir, extra, &[])
+    }
+
+    /// Like [`SidecarProcess::start_with`], with extra environment variables.
+    pub fn start_with_env(
+        hub: &HubProcess,
+        id: &str,
+        slots: u32,
+        work_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> SidecarProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -207,6 +235,7 @@ impl SidecarProcess {
             .arg("--no-ollama-discovery")
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

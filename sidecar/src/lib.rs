@@ -4,14 +4,16 @@
 //! [`run`] is the whole sidecar; the binary only parses flags. [`shell`] runs processes,
 //! `link` owns the stream to the hub. The sidecar never listens on a port.
 
+pub mod contain;
 mod link;
 pub mod llm;
 pub mod reports;
 pub mod resources;
+pub mod secure;
 pub mod shell;
+pub mod state;
 
 use std::future::Future;
-use std::time::Duration;
 
 /// Environment variables a task inherits from the sidecar unless configured otherwise.
 pub const DEFAULT_ENV_ALLOWLIST: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
@@ -28,7 +30,12 @@ pub struct Config {
     pub hostname: String,
     pub slots: u32,
     pub tags: Vec<String>,
-    pub shell: shell::Settings,
+    pub shell: shell::Options,
+    /// How task processes are contained.
+    pub containment: contain::Preference,
+    /// Where running attempts are recorded (and the next start cleans up after a crash);
+    /// `None` keeps no records.
+    pub state_dir: Option<std::path::PathBuf>,
     /// Output cap per stream for tasks that do not set one.
     pub default_max_output_bytes: usize,
     /// Resource reports and the LLM inventory.
@@ -73,8 +80,52 @@ pub fn default_sidecar_id(hostname: &str) -> String {
 
 /// Runs the sidecar until `shutdown` completes; running work is then cancelled and reported.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let prepared = prepare(&config).await?;
+    run_prepared(config, prepared, shutdown).await
+}
+
+/// A sidecar whose containment is set up and whose earlier run's leftovers are dead.
+pub struct Prepared {
+    settings: shell::Settings,
+}
+
+/// Runs a sidecar that [`prepare`] made ready.
+pub async fn run_prepared(config: Config, prepared: Prepared, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    link::Link::new(config, prepared.settings).run(shutdown).await
+}
+
+/// Checks the configuration, sets up containment, and kills whatever an earlier run of this
+/// sidecar left behind, before the sidecar says hello (so the hub may run those tasks again).
+/// `dev` calls this before its hub starts serving.
+pub async fn prepare(config: &Config) -> Result<Prepared, Error> {
     config.validate()?;
-    link::Link::new(config).run(shutdown).await
+    let durable = config.state_dir.is_some();
+    let containment =
+        contain::Containment::setup(&config.sidecar_id, config.containment, durable).map_err(Error::Config)?;
+    let state = match &config.state_dir {
+        Some(dir) => Some(
+            state::StateDir::open(dir)
+                .and_then(|state| state.for_sidecar(&config.sidecar_id))
+                .map_err(|err| Error::Config(format!("state directory {}: {err}", dir.display())))?,
+        ),
+        None => None,
+    };
+    if let Some(state) = state.clone() {
+        let containment = containment.clone();
+        let cleanup = tokio::task::spawn_blocking(move || {
+            let ended = containment.kill_leftovers(&state.records());
+            state.clear();
+            ended
+        });
+        let ended = cleanup.await.map_err(|err| Error::Config(format!("cleaning up after an earlier run: {err}")))?;
+        if ended > 0 {
+            tracing::warn!(ended, "killed task processes an earlier run of this sidecar left behind");
+        }
+    }
+    if config.shell.run_as.is_none() && nix::unistd::geteuid().is_root() {
+        tracing::warn!("tasks run as root; give --run-as USER to run them as an unprivileged user");
+    }
+    Ok(Prepared { settings: shell::Settings::new(config.shell.clone(), containment, state) })
 }
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM: the binaries' shutdown trigger.
@@ -89,13 +140,4 @@ pub async fn shutdown_signal() {
 
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-/// Default shell settings for a work directory, taking the allowlisted part of `vars`.
-pub fn shell_settings(
-    work_dir: std::path::PathBuf,
-    vars: impl IntoIterator<Item = (String, String)>,
-    allow: &[String],
-) -> shell::Settings {
-    shell::Settings { work_dir, base_env: shell::allowlisted_env(vars, allow), kill_grace: Duration::from_secs(5) }
 }

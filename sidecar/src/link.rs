@@ -21,6 +21,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
+use crate::contain::{self, TaskKey};
 use crate::reports::{self, Latest};
 use crate::shell::{self, Exit, Outcome, Program, ShellJob, Sink, Stream};
 use crate::{Config, Error, now_ms};
@@ -78,6 +79,7 @@ struct RunningJob {
 
 pub(crate) struct Link {
     config: Config,
+    settings: shell::Settings,
     running: HashMap<String, RunningJob>,
     /// Results not yet handed to a session.
     unsent: VecDeque<pb::SidecarMessage>,
@@ -101,10 +103,11 @@ enum SessionEnd {
 }
 
 impl Link {
-    pub(crate) fn new(config: Config) -> Link {
+    pub(crate) fn new(config: Config, settings: shell::Settings) -> Link {
         let (events_tx, events_rx) = mpsc::channel(4096);
         Link {
             config,
+            settings,
             running: HashMap::new(),
             unsent: VecDeque::new(),
             events_tx,
@@ -252,6 +255,7 @@ impl Link {
             capabilities: vec!["shell".to_owned()],
             tags: self.config.tags.clone(),
             running: self.running_list(),
+            containment: self.settings.containment.summary().describe(),
         };
         let _ = outbound.try_send(pb::SidecarMessage { msg: Some(SideMsg::Hello(hello)) });
         let mut request = tonic::Request::new(ReceiverStream::new(outbound_rx));
@@ -417,7 +421,7 @@ impl Link {
             },
         );
         let events = self.events_tx.clone();
-        let settings = self.config.shell.clone();
+        let settings = self.settings.clone();
         let job = job_from_assign(&assign, self.config.default_max_output_bytes);
         info!(task_id, lease_generation, attempt = assign.attempt, agent_id = assign.agent_id, "running task");
         tokio::spawn(async move {
@@ -473,12 +477,17 @@ fn job_from_assign(assign: &pb::Assign, default_max_output_bytes: usize) -> Resu
     };
     let limits = spec.limits.unwrap_or_default();
     let mut env: Vec<(String, String)> = shell.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    env.push(("AGENTCOM_TASK_ID".to_owned(), assign.task_id.clone()));
+    // The task id and lease generation come as the containment marks (see `contain`).
     env.push(("AGENTCOM_ATTEMPT".to_owned(), assign.attempt.to_string()));
-    env.push(("AGENTCOM_LEASE_GENERATION".to_owned(), assign.lease_generation.to_string()));
     env.sort();
     Ok(ShellJob {
+        key: TaskKey { task_id: assign.task_id.clone(), lease_generation: assign.lease_generation },
         program,
+        secret_env: shell.secret_env.clone(),
+        limits: contain::Limits {
+            max_memory_bytes: (limits.max_memory_bytes > 0).then_some(limits.max_memory_bytes),
+            max_pids: (limits.max_pids > 0).then_some(limits.max_pids),
+        },
         cwd: (!shell.cwd.is_empty()).then(|| shell.cwd.clone().into()),
         env,
         timeout: (limits.timeout_ms > 0).then(|| Duration::from_millis(limits.timeout_ms)),

@@ -32,9 +32,32 @@ struct RunArgs {
     /// Tasks run at once (one agent each).
     #[arg(long, default_value_t = 4)]
     slots: u32,
-    /// Sidecar id; defaults to the host name and a random suffix.
+    /// Sidecar id [default: kept in the state directory, made from the host name and a random
+    /// suffix on first start].
     #[arg(long)]
     id: Option<String>,
+    /// Where the sidecar keeps its id and its record of running tasks [default: WORK_DIR/.agentcom-sidecar].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// How task processes are contained: auto (cgroup v2 where the sidecar can make cgroups,
+    /// else a subreaper), cgroup (refuse to start without), subreaper.
+    #[arg(long, default_value = "auto")]
+    containment: agentcom_sidecar::contain::Preference,
+    /// A directory outside the work directory that tasks may name as their cwd (repeatable).
+    #[arg(long = "allow-cwd", value_name = "PATH")]
+    allow_cwd: Vec<PathBuf>,
+    /// A secret tasks may ask for by name in secret_env, read from FILE when a task starts (repeatable).
+    #[arg(long = "secret", value_name = "NAME=FILE")]
+    secrets: Vec<String>,
+    /// Run tasks as this unprivileged user (the sidecar itself usually runs as root for cgroups).
+    #[arg(long, value_name = "USER")]
+    run_as: Option<String>,
+    /// Read the Claude API key from this file instead of ANTHROPIC_API_KEY.
+    #[arg(long, value_name = "FILE")]
+    anthropic_key_file: Option<PathBuf>,
+    /// Read the OpenAI-compatible server's key from this file instead of OPENAI_API_KEY.
+    #[arg(long, value_name = "FILE")]
+    openai_key_file: Option<PathBuf>,
     /// Tags the scheduler can match (repeatable).
     #[arg(long = "tag")]
     tags: Vec<String>,
@@ -85,8 +108,13 @@ impl RunArgs {
                 "{url:?} must start with http:// or https://"
             );
         }
-        let key = |name: &str| std::env::var(name).ok().filter(|k| !k.trim().is_empty());
-        let anthropic = key("ANTHROPIC_API_KEY").map(|api_key| Anthropic {
+        let key = |name: &str, file: &Option<PathBuf>| -> anyhow::Result<Option<String>> {
+            match file {
+                Some(path) => agentcom_sidecar::secure::read_key_file(path).map(Some).map_err(anyhow::Error::msg),
+                None => Ok(std::env::var(name).ok().filter(|k| !k.trim().is_empty())),
+            }
+        };
+        let anthropic = key("ANTHROPIC_API_KEY", &self.anthropic_key_file)?.map(|api_key| Anthropic {
             api_key,
             models: if self.anthropic_models.is_empty() {
                 reports::DEFAULT_ANTHROPIC_MODELS.iter().map(|m| m.to_string()).collect()
@@ -94,9 +122,10 @@ impl RunArgs {
                 self.anthropic_models.clone()
             },
         });
+        let openai_key = key("OPENAI_API_KEY", &self.openai_key_file)?;
         let openai = self.openai_base_url.clone().map(|base_url| OpenAi {
             base_url,
-            api_key: key("OPENAI_API_KEY"),
+            api_key: openai_key,
             models: self.openai_models.clone(),
         });
         Ok(reports::Settings {
@@ -111,9 +140,18 @@ impl RunArgs {
     }
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    match run().await {
+fn main() -> std::process::ExitCode {
+    // Before any thread: this may re-execute the process with a clean environment block.
+    let allow = env_allowlist_from_args();
+    let isolation = agentcom_sidecar::secure::isolate(&allow);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(isolation)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -122,11 +160,33 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run() -> anyhow::Result<()> {
+/// The task environment allowlist, read from the arguments before clap runs (the environment
+/// isolation needs it first): every `--env-allow NAME` / `--env-allow=NAME`, or the default list.
+fn env_allowlist_from_args() -> Vec<String> {
+    let args: Vec<String> = std::env::args().collect();
+    let mut allow = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if arg == "--env-allow" {
+            allow.extend(iter.next().cloned());
+        } else if let Some(name) = arg.strip_prefix("--env-allow=") {
+            allow.push(name.to_owned());
+        }
+    }
+    if allow.is_empty() {
+        allow = agentcom_sidecar::DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect();
+    }
+    allow
+}
+
+async fn run(isolation: agentcom_sidecar::secure::Isolation) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    if let agentcom_sidecar::secure::Isolation::Failed(why) = &isolation {
+        tracing::warn!(why, "the sidecar's environment stays readable through /proc by root");
+    }
     let Command::Run(args) = Cli::parse().command;
     let reports = args.reports()?;
     let token = match (args.token, args.token_file) {
@@ -145,14 +205,38 @@ async fn run() -> anyhow::Result<()> {
         args.env_allow
     };
     let hostname = agentcom_sidecar::hostname();
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| work_dir.join(".agentcom-sidecar"));
+    let state = agentcom_sidecar::state::StateDir::open(&state_dir)
+        .with_context(|| format!("state directory {}", state_dir.display()))?;
+    let sidecar_id = match args.id {
+        Some(id) => id,
+        None => state
+            .sidecar_id(|| agentcom_sidecar::default_sidecar_id(&hostname))
+            .with_context(|| format!("keeping the sidecar id in {}", state_dir.display()))?,
+    };
+    let mut shell = agentcom_sidecar::shell::Options::new(work_dir, std::env::vars(), &allow);
+    for dir in &args.allow_cwd {
+        shell.allow_cwd.push(std::fs::canonicalize(dir).with_context(|| format!("--allow-cwd {}", dir.display()))?);
+    }
+    for secret in &args.secrets {
+        let (name, file) = secret.split_once('=').with_context(|| format!("--secret {secret:?} must be NAME=FILE"))?;
+        anyhow::ensure!(!name.is_empty() && !file.is_empty(), "--secret {secret:?} must be NAME=FILE");
+        let file = std::fs::canonicalize(file).with_context(|| format!("--secret {name}: the file {file}"))?;
+        shell.secrets.insert(name.to_owned(), file);
+    }
+    if let Some(user) = &args.run_as {
+        shell.run_as = Some(agentcom_sidecar::shell::RunAs::lookup(user).map_err(anyhow::Error::msg)?);
+    }
     let config = agentcom_sidecar::Config {
         hub_url: args.hub,
         token,
-        sidecar_id: args.id.unwrap_or_else(|| agentcom_sidecar::default_sidecar_id(&hostname)),
+        sidecar_id,
         hostname,
         slots: args.slots,
         tags: args.tags,
-        shell: agentcom_sidecar::shell_settings(work_dir, std::env::vars(), &allow),
+        shell,
+        containment: args.containment,
+        state_dir: Some(state_dir),
         default_max_output_bytes: args.max_output_bytes,
         reports,
     };

@@ -1,27 +1,32 @@
-//! Runs one shell task as its own process group, and ends the whole group.
+//! Runs one shell task inside its containment scope, and ends all of it.
 //!
-//! The child gets a new process group, an environment built only from an allowlist plus the
-//! task's own variables, and its working directory. Output is read as it comes: the first
+//! The child gets its own cgroup (or, without cgroups, its own process group under a subreaper;
+//! see `contain`), an environment built only from an allowlist plus the task's own variables
+//! and secrets, and a working directory that stays inside the work root. Output is read as it comes: the first
 //! `max_output_bytes` of each stream are kept and streamed, the rest is counted and dropped,
 //! so a task that writes gigabytes costs the sidecar no more than the cap.
 //!
-//! On timeout or cancel the group gets SIGTERM, then SIGKILL after a grace period. When the
-//! main process exits on its own, whatever it left behind in its group is killed too (as
-//! systemd does for a unit's control group), so no background child outlives its task.
+//! On timeout or cancel every process of the task gets SIGTERM, then SIGKILL after a grace
+//! period. When the main process exits on its own, whatever it left behind is killed too (as
+//! systemd does for a unit's control group), `setsid` descendants included, so no background
+//! child outlives its task.
 //!
 //! **Architecture Invariant:** this is the only module that starts processes.
 
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::contain::{self, Containment, TaskKey};
+use crate::state::{Record, StateDir};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Program {
@@ -31,12 +36,17 @@ pub enum Program {
 
 #[derive(Clone, Debug)]
 pub struct ShellJob {
+    /// The attempt this job is; it names the job's cgroup and marks its processes.
+    pub key: TaskKey,
     pub program: Program,
     /// Relative paths are taken from the sidecar's work directory.
     pub cwd: Option<PathBuf>,
     pub env: Vec<(String, String)>,
+    /// Variables whose values the sidecar fills in from its own `--secret NAME=FILE`.
+    pub secret_env: Vec<String>,
     pub timeout: Option<Duration>,
     pub max_output_bytes: usize,
+    pub limits: contain::Limits,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,14 +99,87 @@ pub trait Sink: Send + Sync + 'static {
     fn output(&self, stream: Stream, offset: u64, data: &[u8]);
 }
 
-/// How the sidecar runs processes.
+/// How the sidecar runs processes, as configured.
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub struct Options {
     pub work_dir: PathBuf,
+    /// Directories outside the work directory tasks may name as `cwd` (`--allow-cwd`).
+    pub allow_cwd: Vec<PathBuf>,
     /// The allowlisted part of the sidecar's own environment.
     pub base_env: Vec<(String, String)>,
     /// Between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
+    /// Values for tasks' `secret_env`, read from these files when a task starts.
+    pub secrets: BTreeMap<String, PathBuf>,
+    /// Run tasks as this user instead of the sidecar's own.
+    pub run_as: Option<RunAs>,
+}
+
+impl Options {
+    /// Options for a work directory, taking the allowlisted part of `vars` as the base
+    /// environment; nothing else allowed or configured.
+    pub fn new(work_dir: PathBuf, vars: impl IntoIterator<Item = (String, String)>, allow: &[String]) -> Options {
+        Options {
+            work_dir,
+            allow_cwd: Vec::new(),
+            base_env: allowlisted_env(vars, allow),
+            kill_grace: Duration::from_secs(5),
+            secrets: BTreeMap::new(),
+            run_as: None,
+        }
+    }
+}
+
+/// How the sidecar runs processes: the options plus what was set up at start.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub work_dir: PathBuf,
+    /// Directories outside the work directory tasks may name as `cwd` (`--allow-cwd`).
+    pub allow_cwd: Vec<PathBuf>,
+    /// The allowlisted part of the sidecar's own environment.
+    pub base_env: Vec<(String, String)>,
+    /// Between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    pub containment: Containment,
+    /// Where running attempts are recorded, so a later start can kill what a crash left.
+    pub state: Option<StateDir>,
+    /// Values for tasks' `secret_env`, read from these files when a task starts.
+    pub secrets: BTreeMap<String, PathBuf>,
+    /// Run tasks as this user instead of the sidecar's own.
+    pub run_as: Option<RunAs>,
+}
+
+impl Settings {
+    pub fn new(options: Options, containment: Containment, state: Option<StateDir>) -> Settings {
+        let Options { work_dir, allow_cwd, base_env, kill_grace, secrets, run_as } = options;
+        // Canonical, so a task's resolved cwd can be checked against them by prefix.
+        let canonical = |dir: PathBuf| std::fs::canonicalize(&dir).unwrap_or(dir);
+        let work_dir = canonical(work_dir);
+        let allow_cwd = allow_cwd.into_iter().map(canonical).collect();
+        Settings { work_dir, allow_cwd, base_env, kill_grace, containment, state, secrets, run_as }
+    }
+}
+
+/// An unprivileged user tasks run as (`--run-as`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+impl RunAs {
+    /// Looks a user up by name.
+    pub fn lookup(name: &str) -> Result<RunAs, String> {
+        match nix::unistd::User::from_name(name) {
+            Ok(Some(user)) => {
+                Ok(RunAs { name: name.to_owned(), uid: user.uid.as_raw(), gid: user.gid.as_raw(), home: user.dir })
+            }
+            Ok(None) => Err(format!("no user named {name:?}")),
+            Err(err) => Err(format!("looking up user {name:?}: {err}")),
+        }
+    }
 }
 
 /// How long to keep reading pipes after the process group is gone. Only a descendant that
@@ -109,32 +192,70 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
         Program::Argv(argv) => (&argv[0], argv[1..].iter().map(String::as_str).collect()),
         Program::Script(script) => ("sh", vec!["-c", script]),
     };
-    let cwd = match &job.cwd {
-        Some(dir) => settings.work_dir.join(dir),
-        None => settings.work_dir.clone(),
+    let cwd = match working_dir(job.cwd.as_deref(), &settings.work_dir, &settings.allow_cwd) {
+        Ok(cwd) => cwd,
+        Err(error) => return Outcome::failed_to_start(error),
     };
-    if !cwd.is_dir() {
-        return Outcome::failed_to_start(format!("working directory {} does not exist", cwd.display()));
-    }
+    let secrets = match resolve_secrets(&job.secret_env, &settings.secrets) {
+        Ok(secrets) => secrets,
+        Err(error) => return Outcome::failed_to_start(error),
+    };
+    let mut scope = match settings.containment.scope(&job.key, job.limits) {
+        Ok(scope) => scope,
+        Err(error) => return Outcome::failed_to_start(error),
+    };
     let mut command = Command::new(program);
     command
         .args(&args)
         .env_clear()
         .envs(settings.base_env.iter().map(|(k, v)| (k, v)))
         .envs(job.env.iter().map(|(k, v)| (k, v)))
+        .envs(secrets.iter().map(|(k, v)| (k, v)))
+        .env(contain::MARK_SIDECAR, settings.containment.sidecar_id())
+        .env(contain::MARK_TASK, &job.key.task_id)
+        .env(contain::MARK_GENERATION, job.key.lease_generation.to_string())
         .current_dir(&cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(user) = &settings.run_as {
+        command.uid(user.uid).gid(user.gid).env("HOME", &user.home).env("USER", &user.name).env("LOGNAME", &user.name);
+    }
+    let setup = scope.child_setup();
+    #[allow(unsafe_code)] // The hook only makes async-signal-safe calls; see `contain::ChildSetup::apply`.
+    // SAFETY: `apply` allocates nothing, takes no locks and only calls prctl, getppid, write, _exit.
+    unsafe {
+        command.pre_exec(move || setup.apply());
+    }
     let started_at = Instant::now();
-    let mut child = match command.spawn() {
+    let spawned = contain::register_root(|| {
+        let child = command.spawn()?;
+        let pid = child.id().expect("a child that was just spawned has a pid") as i32;
+        Ok((child, pid))
+    });
+    let mut child = match spawned {
         Ok(child) => child,
-        Err(err) => return Outcome::failed_to_start(format!("cannot start {program}: {err}")),
+        Err(err) => {
+            scope.finish().await;
+            return Outcome::failed_to_start(format!("cannot start {program}: {err}"));
+        }
     };
     let pid = child.id().expect("a child that was just spawned has a pid");
-    let group = Pid::from_raw(pid as i32);
+    scope.started(pid as i32);
+    if let Some(state) = &settings.state {
+        let record = Record {
+            task_id: job.key.task_id.clone(),
+            lease_generation: job.key.lease_generation,
+            pid: Some(pid as i32),
+            pid_start_ticks: contain::pid_start_ticks(pid as i32),
+            cgroup: scope.cgroup().map(Path::to_owned),
+        };
+        if let Err(err) = state.started(&record) {
+            warn!(task_id = job.key.task_id, error = %err, "cannot record the running task");
+        }
+    }
     sink.started(pid);
 
     let cap = job.max_output_bytes;
@@ -170,26 +291,25 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
         _ = cancel.cancelled() => { cancelled = true; None }
     };
     let status = match status {
-        Some(status) => {
-            // The main process is done; take anything it left running with it.
-            let _ = killpg(group, Signal::SIGKILL);
-            status
-        }
+        Some(status) => status,
         None => {
-            let _ = killpg(group, Signal::SIGTERM);
+            scope.terminate();
             match tokio::time::timeout(settings.kill_grace, child.wait()).await {
-                Ok(status) => {
-                    let _ = killpg(group, Signal::SIGKILL);
-                    status
-                }
+                Ok(status) => status,
                 Err(_) => {
-                    let _ = killpg(group, Signal::SIGKILL);
+                    scope.kill();
                     child.wait().await
                 }
             }
         }
     };
+    contain::unregister_root(pid as i32);
     let duration = started_at.elapsed();
+    // The main process is done: whatever it left running dies with it, wherever it went.
+    scope.finish().await;
+    if let Some(state) = &settings.state {
+        state.finished(&job.key);
+    }
     for reader in readers {
         let abort = reader.abort_handle();
         if tokio::time::timeout(PIPE_DRAIN_TIMEOUT, reader).await.is_err() {
@@ -217,6 +337,48 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
         cancelled,
         error,
     }
+}
+
+/// The directory a task runs in: the work directory, or `cwd` resolved against it (symlinks
+/// and `..` included), which must stay inside the work directory or an allowed one.
+pub fn working_dir(cwd: Option<&Path>, work_dir: &Path, allow: &[PathBuf]) -> Result<PathBuf, String> {
+    let Some(cwd) = cwd else {
+        return if work_dir.is_dir() {
+            Ok(work_dir.to_owned())
+        } else {
+            Err(format!("working directory {} does not exist", work_dir.display()))
+        };
+    };
+    let joined = work_dir.join(cwd);
+    let resolved =
+        std::fs::canonicalize(&joined).map_err(|_| format!("working directory {} does not exist", joined.display()))?;
+    if !resolved.is_dir() {
+        return Err(format!("working directory {} is not a directory", joined.display()));
+    }
+    if resolved.starts_with(work_dir) || allow.iter().any(|dir| resolved.starts_with(dir)) {
+        Ok(resolved)
+    } else {
+        Err(format!(
+            "working directory {} is outside the sidecar's work directory {} (allow it with --allow-cwd)",
+            cwd.display(),
+            work_dir.display()
+        ))
+    }
+}
+
+/// The values of a task's `secret_env`, read now from the files configured for them.
+fn resolve_secrets(names: &[String], secrets: &BTreeMap<String, PathBuf>) -> Result<Vec<(String, String)>, String> {
+    names
+        .iter()
+        .map(|name| {
+            let path = secrets
+                .get(name)
+                .ok_or_else(|| format!("secret {name} is not configured on this sidecar (--secret {name}=FILE)"))?;
+            let value =
+                std::fs::read_to_string(path).map_err(|err| format!("secret {name}: cannot read its file: {err}"))?;
+            Ok((name.clone(), value.trim_end_matches(['\r', '\n']).to_owned()))
+        })
+        .collect()
 }
 
 #[derive(Default)]
@@ -268,6 +430,8 @@ pub fn resolve_work_dir(dir: &Path) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contain::Preference;
+    use nix::unistd::Pid;
 
     #[derive(Default)]
     struct Recorder {
@@ -284,21 +448,34 @@ mod tests {
         }
     }
 
-    fn settings(dir: &Path) -> Settings {
+    fn settings_with(dir: &Path, preference: Preference) -> Settings {
+        let sidecar_id = format!("shell-test-{:08x}", rand::random::<u32>());
         Settings {
-            work_dir: dir.to_owned(),
+            work_dir: dir.canonicalize().unwrap(),
+            allow_cwd: Vec::new(),
             base_env: allowlisted_env(std::env::vars(), &["PATH".to_owned()]),
             kill_grace: Duration::from_millis(500),
+            containment: Containment::setup(&sidecar_id, preference, false).unwrap(),
+            state: None,
+            secrets: BTreeMap::new(),
+            run_as: None,
         }
+    }
+
+    fn settings(dir: &Path) -> Settings {
+        settings_with(dir, Preference::Auto)
     }
 
     fn script(s: &str) -> ShellJob {
         ShellJob {
+            key: TaskKey { task_id: format!("T{:016x}", rand::random::<u64>()), lease_generation: 1 },
             program: Program::Script(s.into()),
             cwd: None,
             env: Vec::new(),
+            secret_env: Vec::new(),
             timeout: None,
             max_output_bytes: 1 << 20,
+            limits: contain::Limits::default(),
         }
     }
 
@@ -320,17 +497,66 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_environment_is_only_the_allowlist_and_the_task_env() {
+    async fn the_environment_is_only_the_allowlist_the_task_env_and_the_marks() {
         let mut job = script("env | sort");
         job.env = vec![("TASK_VAR".into(), "1".into())];
         let (outcome, _) = run_job(job, CancellationToken::new()).await;
         let out = String::from_utf8(outcome.stdout).unwrap();
         let names: Vec<&str> = out.lines().filter_map(|l| l.split('=').next()).collect();
         // sh may add PWD, SHLVL and `_` itself.
-        let unexpected: Vec<&&str> =
-            names.iter().filter(|n| !["PATH", "TASK_VAR", "PWD", "SHLVL", "_", "OLDPWD"].contains(n)).collect();
+        let expected = [
+            "PATH",
+            "TASK_VAR",
+            "PWD",
+            "SHLVL",
+            "_",
+            "OLDPWD",
+            contain::MARK_SIDECAR,
+            contain::MARK_TASK,
+            contain::MARK_GENERATION,
+        ];
+        let unexpected: Vec<&&str> = names.iter().filter(|n| !expected.contains(n)).collect();
         assert!(unexpected.is_empty(), "leaked variables: {unexpected:?}");
         assert!(names.contains(&"TASK_VAR"));
+    }
+
+    #[tokio::test]
+    async fn secrets_come_from_the_sidecars_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret-value\n").unwrap();
+        let mut settings = settings(dir.path());
+        settings.secrets.insert("API_TOKEN".into(), file);
+        let mut job = script("test \"$API_TOKEN\" = s3cret-value && echo matched");
+        job.secret_env = vec!["API_TOKEN".into()];
+        let outcome = run(&job, &settings, Arc::new(Recorder::default()), CancellationToken::new()).await;
+        assert_eq!((outcome.exit, outcome.stdout.as_slice()), (Exit::Code(0), &b"matched\n"[..]));
+
+        job.secret_env = vec!["MISSING".into()];
+        let outcome = run(&job, &settings, Arc::new(Recorder::default()), CancellationToken::new()).await;
+        assert!(outcome.error.unwrap().contains("secret MISSING is not configured"));
+    }
+
+    #[test]
+    fn working_directories_stay_inside_the_work_root() {
+        let root = tempfile::tempdir().unwrap();
+        let work = root.path().join("work");
+        let outside = root.path().join("outside");
+        std::fs::create_dir_all(work.join("sub")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, work.join("link")).unwrap();
+        let work = work.canonicalize().unwrap();
+        let outside = outside.canonicalize().unwrap();
+        let check = |cwd: &str, allow: &[PathBuf]| working_dir(Some(Path::new(cwd)), &work, allow);
+        assert_eq!(check("sub", &[]), Ok(work.join("sub")));
+        assert_eq!(check("sub/../sub", &[]), Ok(work.join("sub")));
+        for escape in ["../../../../etc", "/etc", "link", "sub/../../outside"] {
+            let err = check(escape, &[]).unwrap_err();
+            assert!(err.contains("outside the sidecar's work directory"), "{escape}: {err}");
+        }
+        assert_eq!(check("link", std::slice::from_ref(&outside)), Ok(outside.clone()));
+        assert!(check("missing", &[]).unwrap_err().contains("does not exist"));
+        assert_eq!(working_dir(None, &work, &[]), Ok(work.clone()));
     }
 
     #[tokio::test]
@@ -346,39 +572,30 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_program_is_an_error_not_a_panic() {
-        let job = ShellJob {
-            program: Program::Argv(vec!["/nonexistent/program".into()]),
-            cwd: None,
-            env: Vec::new(),
-            timeout: None,
-            max_output_bytes: 10,
-        };
+        let mut job = script("");
+        job.program = Program::Argv(vec!["/nonexistent/program".into()]);
         let (outcome, _) = run_job(job, CancellationToken::new()).await;
         assert!(outcome.error.unwrap().contains("cannot start /nonexistent/program"));
     }
 
-    fn alive(pid: i32) -> bool {
-        nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
+    #[tokio::test]
+    async fn limits_are_enforced_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let mut job = script("echo ran");
+        job.limits = contain::Limits { max_memory_bytes: Some(64 << 20), max_pids: Some(16) };
+        let outcome = run(&job, &settings, Arc::new(Recorder::default()), CancellationToken::new()).await;
+        let summary = settings.containment.summary();
+        if summary.memory_limit && summary.pids_limit {
+            assert_eq!(outcome.exit, Exit::Code(0));
+        } else {
+            // This host cannot enforce them: the task is refused, not run without them.
+            assert!(outcome.error.unwrap().contains("cannot enforce limits."), "{}", summary.describe());
+        }
     }
 
-    async fn background_sleep_dies(job_script: &str, cancel: CancellationToken, timeout: Option<Duration>) -> Outcome {
-        let dir = tempfile::tempdir().unwrap();
-        let pidfile = dir.path().join("bg.pid");
-        let mut job = script(&job_script.replace("PIDFILE", pidfile.to_str().unwrap()));
-        job.timeout = timeout;
-        let outcome = run(&job, &settings(dir.path()), Arc::new(Recorder::default()), cancel).await;
-        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
-        // The grandchild was killed; give the kernel a moment to reap it (it is re-parented).
-        let mut dead = false;
-        for _ in 0..100 {
-            if !alive(pid) || is_zombie(pid) {
-                dead = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(dead, "background sleep {pid} survived");
-        outcome
+    fn alive(pid: i32) -> bool {
+        nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
     }
 
     fn is_zombie(pid: i32) -> bool {
@@ -387,34 +604,64 @@ mod tests {
             .unwrap_or(false)
     }
 
-    #[tokio::test]
-    async fn timeout_kills_the_whole_group() {
-        let outcome = background_sleep_dies(
-            "sleep 300 & echo $! > PIDFILE; sleep 300",
+    /// Runs `job_script` (which writes the pids of what it leaves behind to PIDFILE) and checks
+    /// that every one of them is dead once the job's outcome is in.
+    async fn leftovers_die(
+        preference: Preference,
+        job_script: &str,
+        cancel: CancellationToken,
+        timeout: Option<Duration>,
+    ) -> Outcome {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("bg.pid");
+        let mut job = script(&job_script.replace("PIDFILE", pidfile.to_str().unwrap()));
+        job.timeout = timeout;
+        let settings = settings_with(dir.path(), preference);
+        let outcome = run(&job, &settings, Arc::new(Recorder::default()), cancel).await;
+        let pids: Vec<i32> =
+            std::fs::read_to_string(&pidfile).unwrap().split_whitespace().map(|p| p.parse().unwrap()).collect();
+        assert!(!pids.is_empty());
+        // No waiting: once the outcome is in, nothing of the task may run.
+        for pid in pids {
+            assert!(!alive(pid) || is_zombie(pid), "{} left {pid} alive", settings.containment.summary().describe());
+        }
+        outcome
+    }
+
+    const BACKGROUND: &str =
+        "sleep 300 & echo $! >> PIDFILE; setsid sh -c 'echo $$ >> PIDFILE; sleep 300' & sleep 0.2;";
+
+    async fn everything_dies(preference: Preference) {
+        let outcome = leftovers_die(
+            preference,
+            &format!("{BACKGROUND} sleep 300"),
             CancellationToken::new(),
-            Some(Duration::from_millis(300)),
+            Some(Duration::from_millis(400)),
         )
         .await;
         assert!(outcome.timed_out);
         assert_eq!(outcome.exit, Exit::Signal(15));
-    }
 
-    #[tokio::test]
-    async fn cancel_kills_the_whole_group() {
         let cancel = CancellationToken::new();
         let trigger = cancel.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(Duration::from_millis(400)).await;
             trigger.cancel();
         });
-        let outcome = background_sleep_dies("sleep 300 & echo $! > PIDFILE; sleep 300", cancel, None).await;
+        let outcome = leftovers_die(preference, &format!("{BACKGROUND} sleep 300"), cancel, None).await;
         assert!(outcome.cancelled);
+
+        let outcome = leftovers_die(preference, &format!("{BACKGROUND} exit 0"), CancellationToken::new(), None).await;
+        assert_eq!(outcome.exit, Exit::Code(0));
     }
 
     #[tokio::test]
-    async fn leftovers_die_when_the_main_process_exits() {
-        let outcome =
-            background_sleep_dies("sleep 300 & echo $! > PIDFILE; exit 0", CancellationToken::new(), None).await;
-        assert_eq!(outcome.exit, Exit::Code(0));
+    async fn setsid_descendants_die_on_timeout_cancel_and_exit() {
+        everything_dies(Preference::Auto).await;
+    }
+
+    #[tokio::test]
+    async fn without_cgroups_the_subreaper_catches_setsid_descendants() {
+        everything_dies(Preference::Subreaper).await;
     }
 }

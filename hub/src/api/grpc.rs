@@ -295,7 +295,11 @@ fn hello_from_pb(hello: pb::Hello) -> Result<SidecarHello, Status> {
     if hello.slots == 0 || hello.slots > MAX_SLOTS {
         return Err(Status::invalid_argument(format!("invalid hello.slots: must be between 1 and {MAX_SLOTS}")));
     }
-    if hello.capabilities.len() > 64 || hello.tags.len() > 256 || hello.hostname.len() > 256 {
+    if hello.capabilities.len() > 64
+        || hello.tags.len() > 256
+        || hello.hostname.len() > 256
+        || hello.containment.len() > 1024
+    {
         return Err(Status::invalid_argument("invalid hello: too many capabilities or tags, or hostname too long"));
     }
     Ok(SidecarHello {
@@ -308,6 +312,7 @@ fn hello_from_pb(hello: pb::Hello) -> Result<SidecarHello, Status> {
         capabilities: hello.capabilities,
         tags: hello.tags,
         running: running_from_pb(hello.running)?,
+        containment: hello.containment,
     })
 }
 

@@ -93,6 +93,8 @@ struct ShellBody {
     cwd: String,
     #[serde(default)]
     env: HashMap<String, String>,
+    #[serde(default)]
+    secret_env: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -149,21 +151,36 @@ enum VerificationBody {
     GitClean(bool),
 }
 
+/// Limits as JSON takes them: a field left out means the hub's default, and a field given must
+/// be in range (0 is refused, where protobuf's 0 can only mean "unset").
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct LimitsBody {
     #[serde(default)]
-    timeout_ms: u64,
+    timeout_ms: Option<u64>,
     #[serde(default)]
-    deadline_unix_ms: i64,
+    deadline_unix_ms: Option<i64>,
     #[serde(default)]
-    max_attempts: u32,
+    max_attempts: Option<u32>,
     #[serde(default)]
-    max_tokens: u64,
+    max_tokens: Option<u64>,
     #[serde(default)]
-    max_cost_micros: u64,
+    max_cost_micros: Option<u64>,
     #[serde(default)]
-    max_output_bytes: u64,
+    max_output_bytes: Option<u64>,
+    #[serde(default)]
+    max_memory_bytes: Option<u64>,
+    #[serde(default)]
+    max_pids: Option<u64>,
+}
+
+/// A number the JSON body gave: 0 is refused, naming the field.
+fn given<T: Default + PartialEq + Copy>(field: &str, value: Option<T>) -> Result<T, ApiError> {
+    match value {
+        Some(v) if v == T::default() => Err(ApiError::invalid(format!("invalid {field}: must not be 0 when given"))),
+        Some(v) => Ok(v),
+        None => Ok(T::default()),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -181,9 +198,9 @@ struct PlacementBody {
 #[serde(deny_unknown_fields)]
 struct RetryBody {
     #[serde(default)]
-    backoff_base_ms: u64,
+    backoff_base_ms: Option<u64>,
     #[serde(default)]
-    backoff_max_ms: u64,
+    backoff_max_ms: Option<u64>,
     #[serde(default)]
     retry_on_exit_codes: Vec<i32>,
 }
@@ -234,6 +251,7 @@ impl TryFrom<SubmitBody> for pb::TaskSpec {
                 script: shell.script,
                 cwd: shell.cwd,
                 env: shell.env,
+                secret_env: shell.secret_env,
             }),
             (None, Some(llm), None) => pb::work::Kind::Llm(pb::LlmWork {
                 prompt: llm.prompt,
@@ -298,19 +316,21 @@ impl TryFrom<SubmitBody> for pb::TaskSpec {
             success_criteria: body.success_criteria,
             verification,
             limits: Some(pb::Limits {
-                timeout_ms: limits.timeout_ms,
-                deadline_unix_ms: limits.deadline_unix_ms,
-                max_attempts: limits.max_attempts,
-                max_tokens: limits.max_tokens,
-                max_cost_micros: limits.max_cost_micros,
-                max_output_bytes: limits.max_output_bytes,
+                timeout_ms: given("limits.timeout_ms", limits.timeout_ms)?,
+                deadline_unix_ms: given("limits.deadline_unix_ms", limits.deadline_unix_ms)?,
+                max_attempts: given("limits.max_attempts", limits.max_attempts)?,
+                max_tokens: given("limits.max_tokens", limits.max_tokens)?,
+                max_cost_micros: given("limits.max_cost_micros", limits.max_cost_micros)?,
+                max_output_bytes: given("limits.max_output_bytes", limits.max_output_bytes)?,
+                max_memory_bytes: given("limits.max_memory_bytes", limits.max_memory_bytes)?,
+                max_pids: given("limits.max_pids", limits.max_pids)?,
             }),
             placement: Some(pb::Placement { tags: placement.tags, host: placement.host, model: placement.model }),
             depends_on: body.depends_on,
             labels: body.labels,
             retry: Some(pb::RetryPolicy {
-                backoff_base_ms: retry.backoff_base_ms,
-                backoff_max_ms: retry.backoff_max_ms,
+                backoff_base_ms: given("retry.backoff_base_ms", retry.backoff_base_ms)?,
+                backoff_max_ms: given("retry.backoff_max_ms", retry.backoff_max_ms)?,
                 retry_on_exit_codes: retry.retry_on_exit_codes,
             }),
         })

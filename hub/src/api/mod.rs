@@ -15,6 +15,12 @@ pub enum ErrorCode {
     FailedPrecondition,
     Unauthenticated,
     PermissionDenied,
+    /// The request contradicts what the hub already holds (an idempotency key reused).
+    Conflict,
+    /// Too many requests from this caller: retry after a while.
+    RateLimited,
+    /// The hub is saturated (storage behind, connections full): retry after a while.
+    ResourceExhausted,
     Unavailable,
     Internal,
 }
@@ -27,6 +33,9 @@ impl ErrorCode {
             ErrorCode::FailedPrecondition => "failed_precondition",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::ResourceExhausted => "resource_exhausted",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -39,6 +48,8 @@ impl ErrorCode {
             ErrorCode::FailedPrecondition => tonic::Code::FailedPrecondition,
             ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
+            ErrorCode::Conflict => tonic::Code::AlreadyExists,
+            ErrorCode::RateLimited | ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
             ErrorCode::Unavailable => tonic::Code::Unavailable,
             ErrorCode::Internal => tonic::Code::Internal,
         }
@@ -52,6 +63,9 @@ impl ErrorCode {
             ErrorCode::FailedPrecondition => S::CONFLICT,
             ErrorCode::Unauthenticated => S::UNAUTHORIZED,
             ErrorCode::PermissionDenied => S::FORBIDDEN,
+            ErrorCode::Conflict => S::CONFLICT,
+            ErrorCode::RateLimited => S::TOO_MANY_REQUESTS,
+            ErrorCode::ResourceExhausted => S::SERVICE_UNAVAILABLE,
             ErrorCode::Unavailable => S::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => S::INTERNAL_SERVER_ERROR,
         }
@@ -85,6 +99,8 @@ impl From<core::Error> for ApiError {
             core::Error::UnknownName(_) => ErrorCode::NotFound,
             core::Error::NotAllowed(_) => ErrorCode::PermissionDenied,
             core::Error::Conflict(_) => ErrorCode::FailedPrecondition,
+            core::Error::KeyReused { .. } => ErrorCode::Conflict,
+            core::Error::Overloaded => ErrorCode::ResourceExhausted,
         };
         ApiError::new(code, err.to_string())
     }

@@ -199,6 +199,7 @@ impl Core {
                 last_seen_unix_ms: 0,
                 cordon: Some(cordon),
                 agents: 0,
+                containment: String::new(),
                 resources: None,
                 history: with_history.then(Vec::new),
             });
@@ -213,6 +214,7 @@ impl Core {
             last_seen_unix_ms: sidecar.last_seen.load(std::sync::atomic::Ordering::Relaxed),
             cordon: self.cordons.get(id).copied(),
             agents: sidecar.agent_ids.len(),
+            containment: sidecar.hello.containment.clone(),
             resources: sidecar.host.latest.as_deref().cloned(),
             history: with_history.then(|| sidecar.host.history.iter().copied().collect()),
         })

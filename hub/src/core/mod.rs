@@ -47,6 +47,8 @@ pub struct Config {
     pub aging_step: Duration,
     /// How long an idempotency key keeps answering with its task, counted from that task's submit.
     pub idempotency_retention: Duration,
+    /// Changes the storage writer may have queued before new submits are refused as overloaded.
+    pub max_write_backlog: usize,
 }
 
 impl Default for Config {
@@ -63,6 +65,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(3),
             aging_step: Duration::from_millis(crate::queue::DEFAULT_AGING_STEP_MS as u64),
             idempotency_retention: Duration::from_secs(24 * 3600),
+            max_write_backlog: 100_000,
         }
     }
 }
@@ -90,6 +93,12 @@ pub enum Error {
     /// The request conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
+    /// The idempotency key belongs to a task submitted with a different body.
+    #[error("idempotency key {key:?} was already used by task {existing} with a different body")]
+    KeyReused { key: String, existing: TaskId },
+    /// Storage is too far behind to take more submits for now.
+    #[error("the hub's storage is behind; retry shortly")]
+    Overloaded,
 }
 
 /// What a sidecar says when it opens a session.
@@ -104,6 +113,8 @@ pub struct SidecarHello {
     pub capabilities: Vec<String>,
     pub tags: Vec<String>,
     pub running: Vec<RunningTask>,
+    /// How the sidecar contains task processes, in its own words.
+    pub containment: String,
 }
 
 #[derive(Clone, Debug)]
@@ -216,6 +227,8 @@ pub struct HostView {
     pub last_seen_unix_ms: UnixMs,
     pub cordon: Option<Cordon>,
     pub agents: usize,
+    /// How the sidecar contains task processes (empty when it never said).
+    pub containment: String,
     pub resources: Option<fleet::Resources>,
     /// Oldest first; only for a single host.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -870,8 +883,12 @@ impl Core {
         if let Some(key) = &spec.idempotency_key
             && let Some(&existing) = self.by_key.get(key)
             && queue::submitted_at(existing) + retention > now
-            && self.tasks.contains_key(&existing)
+            && let Some(first) = self.tasks.get(&existing)
         {
+            if !same_submission(&first.spec, &spec) {
+                let _ = reply.send(Err(Error::KeyReused { key: key.clone(), existing }));
+                return;
+            }
             match self.pending_submits.get_mut(&existing) {
                 Some(waiters) => waiters.push((reply, true)),
                 None => {
@@ -879,6 +896,10 @@ impl Core {
                     let _ = reply.send(Ok(Submitted { task, existing: true }));
                 }
             }
+            return;
+        }
+        if self.writer.as_ref().is_some_and(|writer| writer.backlog() >= self.config.max_write_backlog) {
+            let _ = reply.send(Err(Error::Overloaded));
             return;
         }
         if let Some(deadline) = spec.limits.deadline_unix_ms
@@ -1523,6 +1544,18 @@ impl Core {
 }
 
 /// [`Core::wait`] for a task the core does not hold yet (restoring).
+/// Whether a submit with an idempotency key asks for what the key's first task asked for. The
+/// core sorts and dedups dependencies on submit, so they are compared that way.
+fn same_submission(first: &TaskSpec, again: &TaskSpec) -> bool {
+    if first.depends_on.len() == again.depends_on.len() && first.depends_on == again.depends_on {
+        return first == again;
+    }
+    let mut normalized = again.clone();
+    normalized.depends_on.sort();
+    normalized.depends_on.dedup();
+    *first == normalized
+}
+
 fn enqueue(queue: &mut Queue, deadlines: &mut BTreeSet<(UnixMs, TaskId)>, task: &Task, ready_at: Option<UnixMs>) {
     match ready_at {
         Some(at) => queue.push_delayed(task.id, task.spec.priority, at),

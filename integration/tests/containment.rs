@@ -1,0 +1,285 @@
+//! Containment end to end, with the real binaries: what a task starts dies with the task, a
+//! `kill -9` of the hub or a sidecar leaves nothing running once it has started again, no task
+//! has two attempts alive at once, and a task cannot read its sidecar's secrets.
+
+use std::path::Path;
+use std::time::Duration;
+
+use agentcom_integration::{HubProcess, SidecarProcess, assert_eventually};
+use serde_json::{Value, json};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+const FAST_BEATS: [&str; 4] = ["--heartbeat-interval-ms", "100", "--lease-ttl-ms", "1000"];
+
+/// Alive, and not a zombie waiting to be reaped.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn pids(path: &Path) -> Vec<i32> {
+    std::fs::read_to_string(path).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
+fn script_task(script: &str) -> Value {
+    json!({ "shell": { "script": script } })
+}
+
+/// A task that starts a `setsid` grandchild (its pid goes to `file`), waits until the file is
+/// written, then does `rest`.
+fn with_setsid_grandchild(file: &Path, rest: &str) -> Value {
+    let file = file.display();
+    script_task(&format!(
+        "setsid sh -c 'echo $$ > {file}.tmp; mv {file}.tmp {file}; exec sleep 300' & \
+         while [ ! -s {file} ]; do sleep 0.01; done; {rest}"
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setsid_grandchild_dies_on_cancel_on_timeout_and_when_the_main_process_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let hub = HubProcess::serve(&dir.path().join("hub"), &FAST_BEATS).await;
+    let _sidecar = SidecarProcess::start(&hub, "contain-a", 3, &work);
+    assert_eventually!(hub.api.agents().await.len() == 3, PATIENCE, "the sidecar joined");
+
+    let on_cancel = work.join("cancel.pid");
+    let cancelled = hub.api.submit(with_setsid_grandchild(&on_cancel, "sleep 300")).await;
+    let mut on_timeout_task = with_setsid_grandchild(&work.join("timeout.pid"), "sleep 300");
+    on_timeout_task["limits"] = json!({ "timeout_ms": 3000 });
+    let timed_out = hub.api.submit(on_timeout_task).await;
+    let exited = hub.api.submit(with_setsid_grandchild(&work.join("exit.pid"), "exit 0")).await;
+
+    assert_eventually!(!pids(&on_cancel).is_empty(), PATIENCE, "the grandchild started");
+    let id = cancelled["id"].as_str().unwrap();
+    let (status, body) = hub.api.request(reqwest::Method::DELETE, &format!("/api/v1/tasks/{id}"), None).await;
+    assert_eq!(status, 200, "{body}");
+
+    for (task, file, state) in [
+        (&cancelled, "cancel.pid", "cancelled"),
+        (&timed_out, "timeout.pid", "failed"),
+        (&exited, "exit.pid", "succeeded"),
+    ] {
+        let task = hub.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+        assert_eq!(task["state"], state, "{task}");
+        let grandchildren = pids(&work.join(file));
+        assert_eq!(grandchildren.len(), 1, "{file}");
+        // Checked as soon as the result is in: the sidecar reports only once the task's
+        // processes are gone.
+        assert!(!alive(grandchildren[0]), "the setsid grandchild of the {state} task is still running");
+    }
+}
+
+/// Tasks that record their processes under their attempt number, and that check, as attempt 2,
+/// whether any process of attempt 1 is still alive (an overlap).
+fn crash_task(work: &Path) -> Value {
+    let work = work.display();
+    script_task(&format!(
+        r#"cd {work}
+for p in $(cat attempt-1.pids 2>/dev/null); do
+  if [ "$AGENTCOM_ATTEMPT" != 1 ] && [ -e /proc/$p ] && ! grep -q ') Z' /proc/$p/stat; then echo $p >> overlap; fi
+done
+echo $$ >> attempt-$AGENTCOM_ATTEMPT.pids
+setsid sh -c 'echo $$ >> attempt-'$AGENTCOM_ATTEMPT'.pids; exec sleep 300' &
+sleep 300"#
+    ))
+}
+
+async fn running_attempt(hub: &HubProcess, ids: &[String], attempt: u64) -> bool {
+    for id in ids {
+        let task = hub.api.get(id).await;
+        if task["state"] != "running" || task["attempt"] != attempt {
+            return false;
+        }
+    }
+    true
+}
+
+async fn cancel_all(hub: &HubProcess, ids: &[String]) {
+    for id in ids {
+        hub.api.request(reqwest::Method::DELETE, &format!("/api/v1/tasks/{id}"), None).await;
+        hub.api.wait_final(id, PATIENCE).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_of_the_dev_hub_nothing_of_the_killed_attempts_runs_and_no_attempts_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut hub = HubProcess::dev(&dir.path().join("hub"), &work, &["--slots", "4"]).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(hub.api.submit(crash_task(&work)).await["id"].as_str().unwrap().to_owned());
+    }
+    assert_eventually!(pids(&work.join("attempt-1.pids")).len() == 6, PATIENCE, "three tasks with a grandchild each");
+    let first = pids(&work.join("attempt-1.pids"));
+
+    hub.kill9();
+    hub.restart().await;
+    // The local sidecar cleans up before the hub serves anything.
+    let survivors: Vec<i32> = first.iter().copied().filter(|&pid| alive(pid)).collect();
+    assert!(survivors.is_empty(), "processes of killed attempts survived the restart: {survivors:?}");
+
+    assert_eventually!(running_attempt(&hub, &ids, 2).await, PATIENCE, "every task runs again as attempt 2");
+    assert_eventually!(pids(&work.join("attempt-2.pids")).len() == 6, PATIENCE, "attempt 2 started its processes");
+    assert!(!work.join("overlap").exists(), "attempt 2 saw attempt 1 alive: {:?}", pids(&work.join("overlap")));
+    cancel_all(&hub, &ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_of_a_sidecar_its_next_start_kills_what_was_left_before_it_says_hello() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    // A long lease: the tasks can only run again once the restarted sidecar has said hello.
+    let hub =
+        HubProcess::serve(&dir.path().join("hub"), &["--heartbeat-interval-ms", "100", "--lease-ttl-ms", "60000"])
+            .await;
+    let mut sidecar = SidecarProcess::start(&hub, "contain-k", 2, &work);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(hub.api.submit(crash_task(&work)).await["id"].as_str().unwrap().to_owned());
+    }
+    assert_eventually!(pids(&work.join("attempt-1.pids")).len() == 4, PATIENCE, "two tasks with a grandchild each");
+    let first = pids(&work.join("attempt-1.pids"));
+
+    sidecar.kill9();
+    let host_online = || async {
+        let (_, host) = hub.api.request(reqwest::Method::GET, "/api/v1/hosts/contain-k", None).await;
+        host["host"]["online"] == true || host["online"] == true
+    };
+    assert_eventually!(!host_online().await, PATIENCE, "the hub saw the sidecar go");
+    // Without cgroups the grandchildren are orphans of init now; with them they sit in their
+    // cgroups. Either way something of attempt 1 is still alive here.
+    assert!(first.iter().any(|&pid| alive(pid)), "nothing was left to clean up; the test proves nothing");
+
+    let _sidecar = SidecarProcess::start(&hub, "contain-k", 2, &work);
+    assert_eventually!(host_online().await, PATIENCE, "the sidecar came back");
+    let survivors: Vec<i32> = first.iter().copied().filter(|&pid| alive(pid)).collect();
+    assert!(survivors.is_empty(), "processes of killed attempts survived the sidecar's restart: {survivors:?}");
+
+    assert_eventually!(running_attempt(&hub, &ids, 2).await, PATIENCE, "both tasks run again as attempt 2");
+    assert_eventually!(pids(&work.join("attempt-2.pids")).len() == 4, PATIENCE, "attempt 2 started its processes");
+    assert!(!work.join("overlap").exists(), "attempt 2 saw attempt 1 alive: {:?}", pids(&work.join("overlap")));
+    cancel_all(&hub, &ids).await;
+}
+
+const CANARY_KEY: &str = "sk-ant-canary-7f3a9c1e5b";
+
+fn reads_parent_environment() -> Value {
+    script_task(
+        "cat /proc/$PPID/environ | tr '\\0' '\\n'; echo; cat /proc/$PPID/cmdline | tr '\\0' ' '; echo PPID=$PPID",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_cannot_read_its_sidecars_environment_through_proc() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let hub = HubProcess::serve(&dir.path().join("hub"), &FAST_BEATS).await;
+    let env = [("ANTHROPIC_API_KEY", CANARY_KEY), ("SOME_OTHER_SECRET", CANARY_KEY)];
+    let sidecar = SidecarProcess::start_with_env(&hub, "contain-env", 1, &work, &[], &env);
+    assert_eventually!(hub.api.agents().await.len() == 1, PATIENCE, "the sidecar joined");
+
+    let task = hub.api.submit(reads_parent_environment()).await;
+    let task = hub.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+    let stdout = task["outcome"]["stdout"].as_str().unwrap();
+    assert!(stdout.contains(&format!("PPID={}", sidecar.pid())), "the task's parent is the sidecar: {stdout}");
+    assert!(stdout.contains("PATH="), "the clean environment block is still there: {stdout}");
+    assert!(!stdout.contains(CANARY_KEY), "the task read the sidecar's secret: {stdout}");
+    // The sidecar itself still holds its key: it offers the Claude models.
+    assert_eventually!(
+        {
+            let (_, body) = hub.api.request(reqwest::Method::GET, "/api/v1/endpoints", None).await;
+            body.to_string().contains("anthropic")
+        },
+        PATIENCE,
+        "the sidecar advertises anthropic, so it kept ANTHROPIC_API_KEY"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_of_the_dev_hub_cannot_read_the_hubs_environment_through_proc() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let env = [("ANTHROPIC_API_KEY", CANARY_KEY), ("AGENTCOM_TOKEN", CANARY_KEY)];
+    let hub = HubProcess::dev_with_env(&dir.path().join("hub"), &work, &["--slots", "1"], &env).await;
+    let task = hub.api.submit(reads_parent_environment()).await;
+    let task = hub.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+    let stdout = task["outcome"]["stdout"].as_str().unwrap();
+    assert!(stdout.contains(&format!("PPID={}", hub.pid())), "the task's parent is the dev hub: {stdout}");
+    assert!(!stdout.contains(CANARY_KEY), "the task read the hub's environment: {stdout}");
+}
+
+const CANARY_SECRET: &str = "canary-secret-d41d8cd98f00b204e980";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_env_value_reaches_the_task_and_nothing_else() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let secret_file = dir.path().join("api-token");
+    std::fs::write(&secret_file, format!("{CANARY_SECRET}\n")).unwrap();
+    let hub = HubProcess::serve(&dir.path().join("hub"), &FAST_BEATS).await;
+    let secret_arg = format!("API_TOKEN={}", secret_file.display());
+    let _sidecar = SidecarProcess::start_with(&hub, "contain-secret", 1, &work, &["--secret", &secret_arg]);
+    assert_eventually!(hub.api.agents().await.len() == 1, PATIENCE, "the sidecar joined");
+
+    let body = json!({ "shell": { "script": "printf %s \"$API_TOKEN\" | sha256sum", "secret_env": ["API_TOKEN"] } });
+    let submitted = hub.api.submit(body).await;
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    let task = hub.api.wait_final(&id, PATIENCE).await;
+    assert_eq!(task["state"], "succeeded", "{task}");
+    let expected = hex::encode(sha2::Sha256::digest(CANARY_SECRET.as_bytes()));
+    assert!(task["outcome"]["stdout"].as_str().unwrap().starts_with(&expected), "the task got the secret: {task}");
+    assert_eq!(task["spec"]["work"]["shell"]["secret_env"], json!(["API_TOKEN"]), "the name is visible: {task}");
+
+    // Nowhere else: API responses, the event stream, logs, and every stored byte.
+    let mut seen = vec![submitted.to_string(), task.to_string()];
+    seen.push(hub.api.request(reqwest::Method::GET, "/api/v1/tasks", None).await.1.to_string());
+    let events = reqwest::Client::new()
+        .get(format!("{}/api/v1/tasks/{id}/events", hub.url))
+        .bearer_auth(&hub.api.token)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    seen.push(events.text().await.unwrap_or_default());
+    for text in &seen {
+        assert!(!text.contains(CANARY_SECRET), "an API response holds the secret: {text}");
+    }
+    let (status, _) = hub.api.request(reqwest::Method::POST, "/api/v1/backups", None).await;
+    assert_eq!(status, 200);
+    for entry in walk(dir.path()) {
+        if entry.starts_with(&secret_file) || entry.starts_with(&work) {
+            continue;
+        }
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        let found = bytes.windows(CANARY_SECRET.len()).any(|w| w == CANARY_SECRET.as_bytes());
+        assert!(!found, "{} holds the secret", entry.display());
+    }
+}
+
+/// Every file under `dir` (logs, the database, its log, backups).
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(next) = stack.pop() {
+        for entry in std::fs::read_dir(&next).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
