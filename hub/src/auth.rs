@@ -112,6 +112,11 @@ impl Tokens {
 
     /// Checks an `authorization` header value against what `access` needs.
     pub fn authorize(&self, header: Option<&str>, access: Access) -> Result<Option<Role>, Error> {
+        self.authorize_keyed(header, access).map(|found| found.map(|(role, _)| role))
+    }
+
+    /// Like [`Tokens::authorize`], also returning the token's hash (a key for per-token limits).
+    pub fn authorize_keyed(&self, header: Option<&str>, access: Access) -> Result<Option<(Role, String)>, Error> {
         if access == Access::Open {
             return Ok(None);
         }
@@ -122,10 +127,11 @@ impl Tokens {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(Error::Malformed)?;
-        let role = *self.by_hash.read().expect("token lock poisoned").get(&hash(token)).ok_or(Error::Unknown)?;
+        let token_hash = hash(token);
+        let role = *self.by_hash.read().expect("token lock poisoned").get(&token_hash).ok_or(Error::Unknown)?;
         match (access, role) {
             (Access::Admin, Role::Join) => Err(Error::Forbidden("join")),
-            _ => Ok(Some(role)),
+            _ => Ok(Some((role, token_hash))),
         }
     }
 }

@@ -112,9 +112,48 @@ struct HubArgs {
     /// Backups kept; older ones are deleted.
     #[arg(long, default_value_t = 3)]
     backup_keep: usize,
+    /// Open connections at most [default: three quarters of the open-file limit].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Connections from one address that have not sent a complete request yet.
+    #[arg(long)]
+    max_pending_per_source: Option<usize>,
+    /// How long a connection may take to send its first request's headers, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// Requests per second one admin token may make (bursts of twice that); 0 turns limiting off.
+    #[arg(long, default_value_t = agentcom_hub::server::DEFAULT_RATE_PER_TOKEN)]
+    rate_limit_per_token: u32,
+    /// Changes storage may have queued before submits are refused with 503 and retry-after.
+    #[arg(long, default_value_t = 100_000)]
+    max_write_backlog: usize,
 }
 
 impl HubArgs {
+    fn serve_options(&self, open_files: u64) -> anyhow::Result<server::ServeOptions> {
+        let mut edge = agentcom_hub::edge::Limits::for_open_files(open_files);
+        if let Some(max) = self.max_connections {
+            anyhow::ensure!(
+                (64..=open_files as usize).contains(&max),
+                "--max-connections must be between 64 and the open-file limit ({open_files})"
+            );
+            edge = agentcom_hub::edge::Limits { max_connections: max, ..edge };
+            edge.sidecar_reserve = (max / 10).max(16);
+            edge.max_pending = (max - edge.sidecar_reserve) / 2;
+            edge.max_pending_per_source = edge.max_pending_per_source.min(edge.max_pending);
+        }
+        if let Some(per_source) = self.max_pending_per_source {
+            anyhow::ensure!(per_source >= 1, "--max-pending-per-source must be at least 1");
+            edge.max_pending_per_source = per_source;
+        }
+        anyhow::ensure!(self.header_timeout_ms >= 100, "--header-timeout-ms must be at least 100");
+        edge.header_timeout = Duration::from_millis(self.header_timeout_ms);
+        Ok(server::ServeOptions {
+            edge,
+            rate_per_token: agentcom_hub::ratelimit::Rate::per_second(self.rate_limit_per_token),
+        })
+    }
+
     fn backup_policy(&self) -> anyhow::Result<backup::Policy> {
         anyhow::ensure!(self.backup_keep >= 1, "--backup-keep must be at least 1");
         Ok(backup::Policy {
@@ -165,6 +204,7 @@ impl HubArgs {
             },
             aging_step: Duration::from_millis(self.aging_step_ms),
             idempotency_retention: Duration::from_millis(self.idempotency_retention_ms),
+            max_write_backlog: self.max_write_backlog.max(1),
             ..core::Config::default()
         })
     }
@@ -264,6 +304,8 @@ async fn backup_now(data_dir: PathBuf, hub: String, backup_dir: Option<PathBuf>)
 async fn serve(args: HubArgs, dev_slots: Option<(u32, u32)>) -> anyhow::Result<()> {
     let mut config = args.core_config()?;
     config.cancel_inflight_on_shutdown = dev_slots.is_some();
+    let open_files = agentcom_hub::edge::raise_open_file_limit();
+    let serve_options = args.serve_options(open_files)?;
     let backups = args.backup_policy()?;
     let data_dir = DataDir::new(&args.data_dir);
     let store = match data_dir.open() {
@@ -313,7 +355,7 @@ async fn serve(args: HubArgs, dev_slots: Option<(u32, u32)>) -> anyhow::Result<(
     };
 
     let backup_dir = backups.dir.clone();
-    let hub = match server::Hub::start(listener, store, tokens, config, backups).await {
+    let hub = match server::Hub::start_with(listener, store, tokens, config, backups, serve_options).await {
         Ok(hub) => hub,
         Err(server::Error::Store(err)) if err.is_damage() => {
             return Err(explain_damage(&err, &args.data_dir, &backup_dir));

@@ -6,23 +6,25 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use agentcom_proto::v1 as pb;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::api::ApiError;
 use crate::api::grpc::{AdminService, AgentLinkService, MAX_MESSAGE_BYTES};
 use crate::api::http::{self, HttpState};
+use crate::api::{ApiError, ErrorCode};
 use crate::auth::{self, Role, Tokens};
 use crate::backup;
 use crate::core::{self, Core};
+use crate::edge;
+use crate::ratelimit::{self, Limiter};
 use crate::store::{self, Op, Store};
 
 /// Largest HTTP request body (a submit with a large prompt fits).
@@ -116,26 +118,61 @@ fn write_secret(path: &Path, secret: &str) -> Result<(), Error> {
     std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.to_owned(), source })
 }
 
-/// Checks the bearer token before any handler runs, answering in the caller's protocol.
-async fn authenticate(State(tokens): State<Tokens>, request: Request, next: Next) -> Response {
+/// What the authentication layer needs: the tokens and the per-token rate limits.
+#[derive(Clone)]
+struct Gate {
+    tokens: Tokens,
+    limiter: Arc<Limiter>,
+}
+
+/// Checks the bearer token before any handler runs, and the token's rate on the admin API,
+/// answering in the caller's protocol.
+async fn authenticate(State(gate): State<Gate>, request: Request, next: Next) -> Response {
     let access = auth::access_for(request.uri().path());
     let header = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match tokens.authorize(header, access) {
-        Ok(_) => next.run(request).await,
-        Err(err) => {
-            let is_grpc = request
-                .headers()
-                .get(axum::http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|ct| ct.starts_with("application/grpc"));
-            let err = ApiError::from(err);
-            if is_grpc {
-                tonic::Status::from(err).into_http::<axum::body::Body>().into_response()
-            } else {
-                err.into_response()
+    let is_grpc = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"));
+    let refusal = match gate.tokens.authorize_keyed(header, access) {
+        Ok(Some((_, token_hash))) if access == auth::Access::Admin => {
+            match gate.limiter.check(&token_hash, std::time::Instant::now()) {
+                Ok(()) => None,
+                Err(wait) => {
+                    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+                    let message = format!("too many requests for this token; retry in {seconds} s");
+                    Some((ApiError::new(ErrorCode::RateLimited, message), Some(seconds)))
+                }
             }
         }
+        Ok(_) => None,
+        Err(err) => Some((ApiError::from(err), None)),
+    };
+    let Some((err, retry_after)) = refusal else { return next.run(request).await };
+    let mut response = if is_grpc {
+        let mut status = tonic::Status::from(err);
+        if let Some(seconds) = retry_after
+            && let Ok(value) = seconds.to_string().parse()
+        {
+            status.metadata_mut().insert("retry-after", value);
+        }
+        status.into_http::<axum::body::Body>().into_response()
+    } else {
+        err.into_response()
+    };
+    if let Some(seconds) = retry_after
+        && !is_grpc
+    {
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
     }
+    response
+}
+
+/// A known path with a method it does not take: 405, in the API's error shape.
+async fn method_not_allowed(request: Request) -> Response {
+    let message = format!("{} is not allowed on {}", request.method(), request.uri().path());
+    ApiError::new(ErrorCode::MethodNotAllowed, message).into_response()
 }
 
 async fn fallback(request: Request) -> Response {
@@ -153,11 +190,32 @@ async fn fallback(request: Request) -> Response {
     }
 }
 
+/// How the hub serves its listener.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub edge: edge::Limits,
+    /// Requests per second per admin token (bursts of twice that); `None` is unlimited.
+    pub rate_per_token: Option<ratelimit::Rate>,
+}
+
+/// Requests per second an admin token may make by default.
+pub const DEFAULT_RATE_PER_TOKEN: u32 = 5_000;
+
+impl Default for ServeOptions {
+    fn default() -> ServeOptions {
+        ServeOptions {
+            edge: edge::Limits::for_this_process(),
+            rate_per_token: ratelimit::Rate::per_second(DEFAULT_RATE_PER_TOKEN),
+        }
+    }
+}
+
 /// A started hub: storage loaded, core running, listener serving.
 pub struct Hub {
     handle: core::Handle,
+    edge: edge::Edge,
     core_task: tokio::task::JoinHandle<()>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    server: tokio::task::JoinHandle<()>,
     periodic_backups: tokio::task::JoinHandle<()>,
     stop: CancellationToken,
     stop_backups: CancellationToken,
@@ -172,6 +230,18 @@ impl Hub {
         tokens: Tokens,
         config: core::Config,
         backups: backup::Policy,
+    ) -> Result<Hub, Error> {
+        Hub::start_with(listener, store, tokens, config, backups, ServeOptions::default()).await
+    }
+
+    /// [`Hub::start`] with explicit listener limits.
+    pub async fn start_with(
+        listener: TcpListener,
+        store: Store,
+        tokens: Tokens,
+        config: core::Config,
+        backups: backup::Policy,
+        options: ServeOptions,
     ) -> Result<Hub, Error> {
         let spec_defaults = config.spec_defaults.clone();
         let (allow, check_every) = (config.allow_endpoints.clone(), config.endpoint_check_interval);
@@ -198,24 +268,34 @@ impl Hub {
         let router = grpc
             .merge(http::router(HttpState { hub: handle.clone(), spec_defaults, backups, stop: stop.clone() }))
             .fallback(fallback)
+            .method_not_allowed_fallback(method_not_allowed)
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-            .layer(axum::middleware::from_fn_with_state(tokens, authenticate));
+            .layer(axum::middleware::from_fn_with_state(
+                Gate { tokens, limiter: Arc::new(Limiter::new(options.rate_per_token)) },
+                authenticate,
+            ));
 
         let addr = listener.local_addr().map_err(|source| Error::Io { path: "listener".into(), source })?;
-        info!(%addr, "hub listening");
-        // Tokens travel on these sockets: no Nagle delay.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let serve_stop = stop.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router).with_graceful_shutdown(serve_stop.cancelled_owned()).await
-        });
-        Ok(Hub { handle, core_task, server, periodic_backups, stop, stop_backups })
+        let limits = &options.edge;
+        info!(
+            %addr,
+            max_connections = limits.max_connections,
+            sidecar_reserve = limits.sidecar_reserve,
+            max_pending_per_source = limits.max_pending_per_source,
+            "hub listening"
+        );
+        let edge = edge::Edge::new(options.edge);
+        let server = tokio::spawn(edge.clone().serve(listener, router, stop.clone(), DRAIN_TIMEOUT));
+        Ok(Hub { handle, edge, core_task, server, periodic_backups, stop, stop_backups })
     }
 
     pub fn handle(&self) -> &core::Handle {
         &self.handle
+    }
+
+    /// The listener's connection counts.
+    pub fn edge(&self) -> &edge::Edge {
+        &self.edge
     }
 
     /// Stops in order: backups, the core (cancelling in-flight work if configured, committing
@@ -228,11 +308,11 @@ impl Hub {
         self.handle.shutdown().await;
         let _ = self.core_task.await;
         self.stop.cancel();
-        match tokio::time::timeout(DRAIN_TIMEOUT, self.server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(err))) => warn!(error = %err, "server ended with an error"),
+        // The listener waits up to DRAIN_TIMEOUT for connections itself.
+        match tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), self.server).await {
+            Ok(Ok(())) => {}
             Ok(Err(err)) => warn!(error = %err, "server task failed"),
-            Err(_) => warn!("connections did not close in time; leaving them"),
+            Err(_) => warn!("the listener did not stop in time"),
         }
         info!("hub stopped");
     }

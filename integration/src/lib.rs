@@ -134,6 +134,7 @@ pub struct TestMesh {
     n_sidecars: usize,
     slots: u32,
     config: core::Config,
+    serve: server::ServeOptions,
 }
 
 impl Default for TestMesh {
@@ -150,7 +151,13 @@ impl TestMesh {
             heartbeat_ttl: Duration::from_millis(1_000),
             ..core::Config::default()
         };
-        TestMesh { n_sidecars: 1, slots: 2, config }
+        TestMesh { n_sidecars: 1, slots: 2, config, serve: server::ServeOptions::default() }
+    }
+
+    /// Changes how the hub serves its listener (limits, timeouts, rate limits).
+    pub fn serve_options(mut self, change: impl FnOnce(&mut server::ServeOptions)) -> TestMesh {
+        change(&mut self.serve);
+        self
     }
 
     pub fn sidecars(mut self, n: usize) -> TestMesh {
@@ -181,10 +188,12 @@ impl TestMesh {
         let hub_stop = CancellationToken::new();
         let stopped = hub_stop.clone();
         let backups = agentcom_hub::backup::Policy { dir: data_dir.backups(), every: None, keep: 3 };
+        let (config, serve) = (self.config, self.serve);
         let hub = tokio::spawn(async move {
-            server::run(listener, store, tokens, self.config, backups, async move { stopped.cancelled().await })
-                .await
-                .expect("hub failed");
+            let hub =
+                server::Hub::start_with(listener, store, tokens, config, backups, serve).await.expect("hub failed");
+            stopped.cancelled().await;
+            hub.stop().await;
         });
         let mut mesh = RunningMesh {
             url: url.clone(),

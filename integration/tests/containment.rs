@@ -80,7 +80,7 @@ fn crash_task(work: &Path) -> Value {
     script_task(&format!(
         r#"cd {work}
 for p in $(cat attempt-1.pids 2>/dev/null); do
-  if [ "$AGENTCOM_ATTEMPT" != 1 ] && [ -e /proc/$p ] && ! grep -q ') Z' /proc/$p/stat; then echo $p >> overlap; fi
+  if [ "$AGENTCOM_ATTEMPT" != 1 ] && [ -e /proc/$p ] && ! grep -q ') Z' /proc/$p/stat; then echo "$p $AGENTCOM_TASK_ID $AGENTCOM_ATTEMPT $(cat /proc/$p/stat)" >> overlap; fi
 done
 echo $$ >> attempt-$AGENTCOM_ATTEMPT.pids
 setsid sh -c 'echo $$ >> attempt-'$AGENTCOM_ATTEMPT'.pids; exec sleep 300' &
@@ -126,7 +126,11 @@ async fn after_kill_9_of_the_dev_hub_nothing_of_the_killed_attempts_runs_and_no_
 
     assert_eventually!(running_attempt(&hub, &ids, 2).await, PATIENCE, "every task runs again as attempt 2");
     assert_eventually!(pids(&work.join("attempt-2.pids")).len() == 6, PATIENCE, "attempt 2 started its processes");
-    assert!(!work.join("overlap").exists(), "attempt 2 saw attempt 1 alive: {:?}", pids(&work.join("overlap")));
+    assert!(
+        !work.join("overlap").exists(),
+        "attempt 2 saw attempt 1 alive: {}",
+        std::fs::read_to_string(work.join("overlap")).unwrap_or_default()
+    );
     cancel_all(&hub, &ids).await;
 }
 
@@ -164,7 +168,11 @@ async fn after_kill_9_of_a_sidecar_its_next_start_kills_what_was_left_before_it_
 
     assert_eventually!(running_attempt(&hub, &ids, 2).await, PATIENCE, "both tasks run again as attempt 2");
     assert_eventually!(pids(&work.join("attempt-2.pids")).len() == 4, PATIENCE, "attempt 2 started its processes");
-    assert!(!work.join("overlap").exists(), "attempt 2 saw attempt 1 alive: {:?}", pids(&work.join("overlap")));
+    assert!(
+        !work.join("overlap").exists(),
+        "attempt 2 saw attempt 1 alive: {}",
+        std::fs::read_to_string(work.join("overlap")).unwrap_or_default()
+    );
     cancel_all(&hub, &ids).await;
 }
 

@@ -127,7 +127,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         let request = request.into_inner();
         let state = convert::state_from_pb(request.state).map_err(ApiError::from)?;
-        let limit = list_limit(request.limit as usize)?;
+        let limit = list_limit((request.limit > 0).then_some(request.limit as usize))?;
         let before = if request.before.is_empty() { None } else { Some(parse_id(&request.before)?) };
         let tasks = self.hub.list_before(state, before, limit).await.map_err(status)?;
         Ok(Response::new(pb::ListTasksResponse { tasks: tasks.iter().map(convert::task_to_pb).collect() }))
@@ -178,7 +178,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        let limit = list_limit(request.into_inner().limit as usize)?;
+        let limit = list_limit(Some(request.into_inner().limit as usize).filter(|&n| n > 0))?;
         let tasks = self.hub.list(Some(TaskState::DeadLettered), limit).await.map_err(status)?;
         Ok(Response::new(pb::ListTasksResponse { tasks: tasks.iter().map(convert::task_to_pb).collect() }))
     }

@@ -38,7 +38,11 @@ pub struct HttpState {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code.as_str(), "message": self.message } });
-        (self.code.http(), Json(body)).into_response()
+        let mut response = (self.code.http(), Json(body)).into_response();
+        if matches!(self.code, super::ErrorCode::RateLimited | super::ErrorCode::ResourceExhausted) {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -370,7 +374,7 @@ async fn list_tasks(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(query) = query.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
     let filter = query.state.map(|s| s.parse::<TaskState>()).transpose()?;
-    let limit = list_limit(query.limit.unwrap_or(0))?;
+    let limit = list_limit(query.limit)?;
     let before = query.before.map(|id| id.parse::<TaskId>()).transpose()?;
     let tasks = state.hub.list_before(filter, before, limit).await?;
     Ok(Json(json!({ "tasks": tasks })))
@@ -400,7 +404,7 @@ async fn list_dead_letters(
     query: Result<Query<DlqQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(query) = query.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
-    let tasks = state.hub.list(Some(TaskState::DeadLettered), list_limit(query.limit.unwrap_or(0))?).await?;
+    let tasks = state.hub.list(Some(TaskState::DeadLettered), list_limit(query.limit)?).await?;
     Ok(Json(json!({ "tasks": tasks })))
 }
 

@@ -12,6 +12,8 @@ use crate::{auth, core};
 pub enum ErrorCode {
     InvalidArgument,
     NotFound,
+    /// The path exists, the method does not (HTTP only; gRPC says unimplemented).
+    MethodNotAllowed,
     FailedPrecondition,
     Unauthenticated,
     PermissionDenied,
@@ -30,6 +32,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidArgument => "invalid_argument",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::FailedPrecondition => "failed_precondition",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::PermissionDenied => "permission_denied",
@@ -45,6 +48,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidArgument => tonic::Code::InvalidArgument,
             ErrorCode::NotFound => tonic::Code::NotFound,
+            ErrorCode::MethodNotAllowed => tonic::Code::Unimplemented,
             ErrorCode::FailedPrecondition => tonic::Code::FailedPrecondition,
             ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
@@ -60,6 +64,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidArgument => S::BAD_REQUEST,
             ErrorCode::NotFound => S::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
             ErrorCode::FailedPrecondition => S::CONFLICT,
             ErrorCode::Unauthenticated => S::UNAUTHORIZED,
             ErrorCode::PermissionDenied => S::FORBIDDEN,
@@ -141,11 +146,16 @@ fn endpoint_kind(kind: &str) -> Result<crate::fleet::EndpointKind, ApiError> {
 pub const MAX_LIST_LIMIT: usize = 1000;
 pub const DEFAULT_LIST_LIMIT: usize = 100;
 
-fn list_limit(requested: usize) -> Result<usize, ApiError> {
+/// The page size a list asks for: absent means the default; 0 and more than the maximum are
+/// refused.
+fn list_limit(requested: Option<usize>) -> Result<usize, ApiError> {
     match requested {
-        0 => Ok(DEFAULT_LIST_LIMIT),
-        n if n > MAX_LIST_LIMIT => Err(ApiError::invalid(format!("limit must be at most {MAX_LIST_LIMIT}"))),
-        n => Ok(n),
+        None => Ok(DEFAULT_LIST_LIMIT),
+        Some(0) => Err(ApiError::invalid(format!("invalid limit: must be between 1 and {MAX_LIST_LIMIT}"))),
+        Some(n) if n > MAX_LIST_LIMIT => {
+            Err(ApiError::invalid(format!("invalid limit: must be between 1 and {MAX_LIST_LIMIT}")))
+        }
+        Some(n) => Ok(n),
     }
 }
 

@@ -143,7 +143,9 @@ async fn start_hub(dir: &Path) -> anyhow::Result<BenchHub> {
         ..core::Config::default()
     };
     let backups = backup::Policy { dir: data_dir.backups(), every: None, keep: 1 };
-    let hub = server::Hub::start(listener, store.clone(), tokens, config, backups).await?;
+    // The queue is measured, not the per-token rate policy: that is off here.
+    let options = server::ServeOptions { rate_per_token: None, ..server::ServeOptions::default() };
+    let hub = server::Hub::start_with(listener, store.clone(), tokens, config, backups, options).await?;
     Ok(BenchHub { hub, store, url, admin_token, join_token })
 }
 
