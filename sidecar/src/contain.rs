@@ -19,11 +19,12 @@
 //!
 //! **Architecture Invariant:** this module decides and cleans up; only `shell` starts processes.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -111,12 +112,29 @@ struct Inner {
     kind: Kind,
     summary: Summary,
     durable: bool,
+    /// Emptied task cgroups, kept for the next task: making and removing a cgroup costs more
+    /// than running a small task.
+    pool: Mutex<Vec<Pooled>>,
+    /// The cgroup each running attempt is in, for moving a process found in the supervisor.
+    live: Mutex<HashMap<TaskKey, PathBuf>>,
+    next_cgroup: std::sync::atomic::AtomicU64,
 }
+
+/// An empty task cgroup waiting for its next task.
+struct Pooled {
+    path: PathBuf,
+    procs: File,
+    /// Whether memory.max or pids.max were set (and must be reset before reuse).
+    limited: bool,
+}
+
+/// Idle cgroups kept at most.
+const POOL_MAX: usize = 64;
 
 impl Drop for Inner {
     fn drop(&mut self) {
         // A durable sidecar's directory stays for its next start; others go (once empty).
-        if let Kind::Cgroup { dir } = &self.kind
+        if let Kind::Cgroup { dir, .. } = &self.kind
             && !self.durable
         {
             let _ = fs::remove_dir(dir);
@@ -125,8 +143,19 @@ impl Drop for Inner {
 }
 
 enum Kind {
-    Cgroup { dir: PathBuf },
+    /// `supervisor` is the leaf cgroup a durable sidecar moves itself into: every process it
+    /// spawns is born there and moved to its task's cgroup at once, so anything found there
+    /// besides the sidecar is a task process that forked before the move.
+    Cgroup {
+        dir: PathBuf,
+        supervisor: Option<Arc<Supervisor>>,
+    },
     Subreaper,
+}
+
+/// The supervisor cgroup's `cgroup.procs`, kept open.
+struct Supervisor {
+    procs: File,
 }
 
 impl std::fmt::Debug for Containment {
@@ -163,7 +192,8 @@ impl Containment {
                     memory_limit: memory,
                     pids_limit: pids,
                 };
-                (Kind::Cgroup { dir }, summary)
+                let supervisor = if durable { supervisor_setup(&dir) } else { None };
+                (Kind::Cgroup { dir, supervisor }, summary)
             }
             Err(why) if preference == Preference::Cgroup => {
                 return Err(format!("cgroup containment is not available: {why}"));
@@ -177,7 +207,17 @@ impl Containment {
             }
         };
         info!(sidecar_id, containment = summary.describe(), "task containment");
-        Ok(Containment { inner: Arc::new(Inner { sidecar_id: sidecar_id.to_owned(), kind, summary, durable }) })
+        Ok(Containment {
+            inner: Arc::new(Inner {
+                sidecar_id: sidecar_id.to_owned(),
+                kind,
+                summary,
+                durable,
+                pool: Mutex::new(Vec::new()),
+                live: Mutex::new(HashMap::new()),
+                next_cgroup: std::sync::atomic::AtomicU64::new(0),
+            }),
+        })
     }
 
     pub fn summary(&self) -> &Summary {
@@ -204,23 +244,37 @@ impl Containment {
             ));
         }
         let kind = match &self.inner.kind {
-            Kind::Cgroup { dir } => {
-                let path = dir.join(cgroup_name(key));
-                if path.exists() {
-                    // A previous run of this very attempt: end it before reusing the name.
-                    kill_cgroup(&path);
-                }
-                create_cgroup(&path, limits)
-                    .map_err(|err| format!("cannot make the task cgroup {}: {err}", path.display()))?;
-                let procs = OpenOptions::new()
-                    .write(true)
-                    .open(path.join("cgroup.procs"))
-                    .map_err(|err| format!("cannot open {}/cgroup.procs: {err}", path.display()))?;
-                ScopeKind::Cgroup { path, procs }
+            Kind::Cgroup { dir, supervisor } => {
+                let pooled = self.inner.pool.lock().expect("pool lock poisoned").pop();
+                let Pooled { path, procs, limited } = match pooled {
+                    Some(pooled) => {
+                        let limited = pooled.limited || limits != Limits::default();
+                        set_limits(&pooled.path, limits, pooled.limited)
+                            .map_err(|err| format!("cannot set limits on {}: {err}", pooled.path.display()))?;
+                        Pooled { limited, ..pooled }
+                    }
+                    None => {
+                        let n = self.inner.next_cgroup.fetch_add(1, Ordering::Relaxed);
+                        let path = dir.join(format!("task-{n}"));
+                        if path.exists() {
+                            kill_cgroup(&path);
+                        }
+                        create_cgroup(&path, limits)
+                            .map_err(|err| format!("cannot make the task cgroup {}: {err}", path.display()))?;
+                        let procs = OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .open(path.join("cgroup.procs"))
+                            .map_err(|err| format!("cannot open {}/cgroup.procs: {err}", path.display()))?;
+                        Pooled { path, procs, limited: limits != Limits::default() }
+                    }
+                };
+                self.inner.live.lock().expect("live lock poisoned").insert(key.clone(), path.clone());
+                ScopeKind::Cgroup { path, procs, limited, supervisor: supervisor.clone() }
             }
             Kind::Subreaper => ScopeKind::Subreaper,
         };
-        Ok(Scope { key: key.clone(), sidecar_id: self.inner.sidecar_id.clone(), kind, root: None })
+        Ok(Scope { key: key.clone(), containment: self.inner.clone(), kind, root: None })
     }
 
     /// Kills what earlier runs of this sidecar left: every task cgroup under its directory, the
@@ -240,7 +294,7 @@ impl Containment {
                 ended += 1;
             }
         }
-        if let Kind::Cgroup { dir } = &self.inner.kind
+        if let Kind::Cgroup { dir, .. } = &self.inner.kind
             && let Ok(entries) = fs::read_dir(dir)
         {
             for entry in entries.flatten() {
@@ -283,13 +337,13 @@ impl Containment {
 /// Where one attempt's processes live.
 pub struct Scope {
     key: TaskKey,
-    sidecar_id: String,
+    containment: Arc<Inner>,
     kind: ScopeKind,
     root: Option<i32>,
 }
 
 enum ScopeKind {
-    Cgroup { path: PathBuf, procs: File },
+    Cgroup { path: PathBuf, procs: File, limited: bool, supervisor: Option<Arc<Supervisor>> },
     Subreaper,
 }
 
@@ -327,6 +381,48 @@ impl ChildSetup {
 }
 
 impl Scope {
+    /// Whether the first process must be set up between fork and exec ([`Scope::child_setup`]):
+    /// without cgroups (for `PR_SET_PDEATHSIG`), and without a supervisor cgroup to catch what
+    /// forks before a move. With both, the process is spawned the fast way (`posix_spawn`, which
+    /// does not fork the sidecar's memory) and moved into its cgroup by [`Scope::adopt`].
+    pub fn needs_child_setup(&self) -> bool {
+        !matches!(self.kind, ScopeKind::Cgroup { supervisor: Some(_), .. })
+    }
+
+    /// Moves a just-spawned first process into the task's cgroup, then moves (or kills) any
+    /// process it forked before the move: those are in the supervisor cgroup, where nothing but
+    /// the sidecar belongs. Call with the root registry locked ([`register_root`]), so no other
+    /// spawn is between its spawn and its move. The kernel orders fork against cgroup
+    /// migration, so whatever forks after the move is born in the task's cgroup.
+    pub fn adopt(&self, pid: i32) -> io::Result<()> {
+        let ScopeKind::Cgroup { procs, supervisor, .. } = &self.kind else { return Ok(()) };
+        use std::io::Write;
+        (&*procs).write_all(pid.to_string().as_bytes())?;
+        let Some(supervisor) = supervisor else { return Ok(()) };
+        let own = std::process::id() as i32;
+        // A stray being moved may fork meanwhile, its child born where it was: look again until
+        // nothing is left, and kill what a fork bomb keeps making.
+        for round in 0..64 {
+            let strays: Vec<i32> = read_pids_at(&supervisor.procs).into_iter().filter(|&p| p != own).collect();
+            if strays.is_empty() {
+                break;
+            }
+            for stray in strays {
+                let target =
+                    marks(stray).filter(|m| m.sidecar == self.containment.sidecar_id && round < 63).and_then(|m| {
+                        let key = TaskKey { task_id: m.task, lease_generation: m.generation };
+                        self.containment.live.lock().expect("live lock poisoned").get(&key).cloned()
+                    });
+                let moved = target.is_some_and(|t| fs::write(t.join("cgroup.procs"), stray.to_string()).is_ok());
+                if !moved {
+                    warn!(pid = stray, "killing a process that forked before its task was contained");
+                    let _ = kill(Pid::from_raw(stray), Signal::SIGKILL);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// What the child must do before exec.
     pub fn child_setup(&self) -> ChildSetup {
         ChildSetup {
@@ -400,7 +496,7 @@ impl Scope {
             }
             let belongs = match marks(child) {
                 Some(mark) => {
-                    mark.sidecar == self.sidecar_id
+                    mark.sidecar == self.containment.sidecar_id
                         && mark.task == self.key.task_id
                         && mark.generation == self.key.lease_generation
                 }
@@ -424,7 +520,7 @@ impl Scope {
         let mut empty = false;
         while Instant::now() < deadline {
             let alive = match &self.kind {
-                ScopeKind::Cgroup { path, .. } => !read_pids(&path.join("cgroup.procs")).is_empty(),
+                ScopeKind::Cgroup { procs, .. } => !read_pids_at(procs).is_empty(),
                 ScopeKind::Subreaper => {
                     reap_orphans();
                     let members = self.subreaper_members();
@@ -445,10 +541,17 @@ impl Scope {
         if let ScopeKind::Subreaper = self.kind {
             reap_orphans();
         }
-        if let ScopeKind::Cgroup { path, procs } = self.kind {
-            drop(procs);
-            if let Err(err) = fs::remove_dir(&path) {
-                debug!(cgroup = %path.display(), error = %err, "cannot remove the task cgroup yet");
+        if let ScopeKind::Cgroup { path, procs, limited, .. } = self.kind {
+            self.containment.live.lock().expect("live lock poisoned").remove(&self.key);
+            let mut pool = self.containment.pool.lock().expect("pool lock poisoned");
+            if empty && pool.len() < POOL_MAX {
+                pool.push(Pooled { path, procs, limited });
+            } else {
+                drop(pool);
+                drop(procs);
+                if let Err(err) = fs::remove_dir(&path) {
+                    debug!(cgroup = %path.display(), error = %err, "cannot remove the task cgroup yet");
+                }
             }
         }
         empty
@@ -462,7 +565,8 @@ static ROOTS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 /// never takes an exit status another part of this process is waiting on.
 static ORPHANS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 
-/// Runs `spawn` with the root registry locked, then records the pid it returns.
+/// Runs `spawn` with the root registry locked, then records the pid it returns; `spawn` adopts
+/// the process into its cgroup before it returns (see [`Scope::adopt`]).
 pub fn register_root<T>(spawn: impl FnOnce() -> io::Result<(T, i32)>) -> io::Result<T> {
     let mut roots = ROOTS.lock().expect("roots lock poisoned");
     let (value, pid) = spawn()?;
@@ -508,10 +612,6 @@ fn start_reaper() {
             }
         });
     });
-}
-
-fn cgroup_name(key: &TaskKey) -> String {
-    format!("task-{}-g{}", sanitize(&key.task_id), key.lease_generation)
 }
 
 fn sanitize(s: &str) -> String {
@@ -567,6 +667,26 @@ fn cgroup_setup(dir_name: &str) -> Result<(PathBuf, bool, bool), String> {
     Ok((dir.clone(), has("memory"), has("pids")))
 }
 
+/// Makes `dir/supervisor` and moves this process into it; `None` (and a warning) if it cannot.
+fn supervisor_setup(dir: &Path) -> Option<Arc<Supervisor>> {
+    let path = dir.join("supervisor");
+    let made = match fs::create_dir(&path) {
+        Ok(()) => true,
+        Err(err) => err.kind() == io::ErrorKind::AlreadyExists,
+    };
+    let procs = OpenOptions::new().read(true).write(true).open(path.join("cgroup.procs"));
+    match procs {
+        Ok(procs) if made && fs::write(path.join("cgroup.procs"), b"0").is_ok() => {
+            info!(cgroup = %path.display(), "the sidecar runs in its supervisor cgroup");
+            Some(Arc::new(Supervisor { procs }))
+        }
+        _ => {
+            warn!(cgroup = %path.display(), "cannot move the sidecar into its supervisor cgroup");
+            None
+        }
+    }
+}
+
 /// The mount point of the cgroup v2 hierarchy, from `/proc/self/mountinfo`.
 fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
@@ -584,25 +704,40 @@ fn own_cgroup(cgroup: &str) -> Option<&str> {
 
 fn create_cgroup(path: &Path, limits: Limits) -> io::Result<()> {
     fs::create_dir(path)?;
+    let result = set_limits(path, limits, false);
+    if result.is_err() {
+        let _ = fs::remove_dir(path);
+    }
+    result
+}
+
+/// Sets a task cgroup's limits; `reset` puts back "no limit" where `limits` sets none (for a
+/// pooled cgroup an earlier task limited).
+fn set_limits(path: &Path, limits: Limits, reset: bool) -> io::Result<()> {
     let set = |file: &str, value: String| {
         fs::write(path.join(file), value).map_err(|err| io::Error::new(err.kind(), format!("{file}: {err}")))
     };
-    let result = (|| {
-        if let Some(bytes) = limits.max_memory_bytes {
+    match limits.max_memory_bytes {
+        Some(bytes) => {
             set("memory.max", bytes.to_string())?;
             // An out-of-memory kill takes the whole task, not one process of it.
             let _ = set("memory.oom.group", "1".to_owned());
             let _ = set("memory.swap.max", "0".to_owned());
         }
-        if let Some(pids) = limits.max_pids {
-            set("pids.max", pids.to_string())?;
+        None if reset => {
+            let _ = set("memory.max", "max".to_owned());
+            let _ = set("memory.swap.max", "max".to_owned());
         }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_dir(path);
+        None => {}
     }
-    result
+    match limits.max_pids {
+        Some(pids) => set("pids.max", pids.to_string())?,
+        None if reset => {
+            let _ = set("pids.max", "max".to_owned());
+        }
+        None => {}
+    }
+    Ok(())
 }
 
 /// Kills everything in a cgroup, waits (bounded) until it is empty, and removes it.
@@ -620,6 +755,20 @@ fn kill_cgroup(path: &Path) {
         std::thread::sleep(Duration::from_millis(2));
     }
     let _ = fs::remove_dir(path);
+}
+
+/// Reads a cgroup's `cgroup.procs` through a descriptor kept open (no open and close per look).
+fn read_pids_at(file: &File) -> Vec<i32> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 4096];
+    let mut text = Vec::new();
+    loop {
+        match file.read_at(&mut buf, text.len() as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => text.extend_from_slice(&buf[..n]),
+        }
+    }
+    parse_pids(&String::from_utf8_lossy(&text))
 }
 
 fn read_pids(path: &Path) -> Vec<i32> {

@@ -60,7 +60,9 @@ fn reexec(vars: &[(OsString, OsString)], allow: &[String]) -> Result<std::conver
     let fd = file.into_raw_fd();
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_else(|| "agentcom".into());
-    let mut command = std::process::Command::new("/proc/self/exe");
+    // The binary's own path rather than /proc/self/exe, so the process keeps its name in ps.
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+    let mut command = std::process::Command::new(exe);
     command.arg0(argv0).args(args).env_clear().env(ENV_FD, fd.to_string());
     for (key, value) in vars {
         if allow.iter().any(|a| a.as_bytes() == key.as_bytes()) {

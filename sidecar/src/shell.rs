@@ -147,6 +147,7 @@ pub struct Settings {
     pub secrets: BTreeMap<String, PathBuf>,
     /// Run tasks as this user instead of the sidecar's own.
     pub run_as: Option<RunAs>,
+    pub programs: Programs,
 }
 
 impl Settings {
@@ -156,7 +157,17 @@ impl Settings {
         let canonical = |dir: PathBuf| std::fs::canonicalize(&dir).unwrap_or(dir);
         let work_dir = canonical(work_dir);
         let allow_cwd = allow_cwd.into_iter().map(canonical).collect();
-        Settings { work_dir, allow_cwd, base_env, kill_grace, containment, state, secrets, run_as }
+        Settings {
+            work_dir,
+            allow_cwd,
+            base_env,
+            kill_grace,
+            containment,
+            state,
+            secrets,
+            run_as,
+            programs: Programs::default(),
+        }
     }
 }
 
@@ -204,8 +215,19 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
         Ok(scope) => scope,
         Err(error) => return Outcome::failed_to_start(error),
     };
-    let mut command = Command::new(program);
+    // An absolute program path lets the spawn take the fast way (posix_spawn, which does not
+    // copy the sidecar's memory): with a PATH of its own and a bare name, std would fork.
+    let env_path = job.env.iter().chain(&settings.base_env).find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
+    let executable = match settings.programs.resolve(program, env_path, &cwd) {
+        Ok(executable) => executable,
+        Err(error) => {
+            scope.finish().await;
+            return Outcome::failed_to_start(error);
+        }
+    };
+    let mut command = Command::new(&executable);
     command
+        .arg0(program)
         .args(&args)
         .env_clear()
         .envs(settings.base_env.iter().map(|(k, v)| (k, v)))
@@ -223,16 +245,25 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
     if let Some(user) = &settings.run_as {
         command.uid(user.uid).gid(user.gid).env("HOME", &user.home).env("USER", &user.name).env("LOGNAME", &user.name);
     }
-    let setup = scope.child_setup();
-    #[allow(unsafe_code)] // The hook only makes async-signal-safe calls; see `contain::ChildSetup::apply`.
-    // SAFETY: `apply` allocates nothing, takes no locks and only calls prctl, getppid, write, _exit.
-    unsafe {
-        command.pre_exec(move || setup.apply());
+    // Changing user forks anyway, so the child sets itself up then; without cgroups it must
+    // (for PR_SET_PDEATHSIG).
+    let in_child = scope.needs_child_setup() || settings.run_as.is_some();
+    if in_child {
+        let setup = scope.child_setup();
+        #[allow(unsafe_code)] // The hook only makes async-signal-safe calls; see `contain::ChildSetup::apply`.
+        // SAFETY: `apply` allocates nothing, takes no locks and only calls prctl, getppid, write, _exit.
+        unsafe {
+            command.pre_exec(move || setup.apply());
+        }
     }
     let started_at = Instant::now();
     let spawned = contain::register_root(|| {
-        let child = command.spawn()?;
+        let mut child = command.spawn()?;
         let pid = child.id().expect("a child that was just spawned has a pid") as i32;
+        if !in_child && let Err(err) = scope.adopt(pid) {
+            let _ = child.start_kill();
+            return Err(std::io::Error::new(err.kind(), format!("cannot move it into its cgroup: {err}")));
+        }
         Ok((child, pid))
     });
     let mut child = match spawned {
@@ -249,7 +280,9 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
             task_id: job.key.task_id.clone(),
             lease_generation: job.key.lease_generation,
             pid: Some(pid as i32),
-            pid_start_ticks: contain::pid_start_ticks(pid as i32),
+            // With a cgroup, the cgroup is what a later start kills; the pid alone needs its
+            // start time to be told from a reuse.
+            pid_start_ticks: if scope.cgroup().is_some() { None } else { contain::pid_start_ticks(pid as i32) },
             cgroup: scope.cgroup().map(Path::to_owned),
         };
         if let Err(err) = state.started(&record) {
@@ -342,13 +375,8 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
 /// The directory a task runs in: the work directory, or `cwd` resolved against it (symlinks
 /// and `..` included), which must stay inside the work directory or an allowed one.
 pub fn working_dir(cwd: Option<&Path>, work_dir: &Path, allow: &[PathBuf]) -> Result<PathBuf, String> {
-    let Some(cwd) = cwd else {
-        return if work_dir.is_dir() {
-            Ok(work_dir.to_owned())
-        } else {
-            Err(format!("working directory {} does not exist", work_dir.display()))
-        };
-    };
+    // The work directory was checked at start; a spawn in a vanished one says so itself.
+    let Some(cwd) = cwd else { return Ok(work_dir.to_owned()) };
     let joined = work_dir.join(cwd);
     let resolved =
         std::fs::canonicalize(&joined).map_err(|_| format!("working directory {} does not exist", joined.display()))?;
@@ -364,6 +392,52 @@ pub fn working_dir(cwd: Option<&Path>, work_dir: &Path, allow: &[PathBuf]) -> Re
             work_dir.display()
         ))
     }
+}
+
+/// Where bare program names were found on a PATH, so a task's spawn costs one `stat` of the
+/// program rather than one per PATH entry.
+#[derive(Clone, Debug, Default)]
+pub struct Programs {
+    found: Arc<Mutex<std::collections::HashMap<(String, String), PathBuf>>>,
+}
+
+impl Programs {
+    fn resolve(&self, program: &str, path: Option<&str>, cwd: &Path) -> Result<PathBuf, String> {
+        let relative_path = path.is_some_and(|p| p.split(':').any(|dir| !dir.starts_with('/')));
+        if program.contains('/') || relative_path {
+            return resolve_program(program, path, cwd);
+        }
+        let key = (path.unwrap_or_default().to_owned(), program.to_owned());
+        let cached = self.found.lock().expect("program cache poisoned").get(&key).cloned();
+        if let Some(found) = cached
+            && is_executable(&found)
+        {
+            return Ok(found);
+        }
+        let found = resolve_program(program, path, cwd)?;
+        self.found.lock().expect("program cache poisoned").insert(key, found.clone());
+        Ok(found)
+    }
+}
+
+fn is_executable(candidate: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The executable `program` names: a path (relative ones from `cwd`) as it is, a bare name
+/// looked up on `path` as `execvp` would.
+fn resolve_program(program: &str, path: Option<&str>, cwd: &Path) -> Result<PathBuf, String> {
+    if program.contains('/') {
+        // Left to the spawn: it reports a missing or unrunnable file in its own words.
+        return Ok(cwd.join(program));
+    }
+    let path = path.unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    path.split(':')
+        .map(|dir| if dir.is_empty() { cwd.to_owned() } else { cwd.join(dir) })
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+        .ok_or_else(|| format!("cannot start {program}: not found on PATH ({path})"))
 }
 
 /// The values of a task's `secret_env`, read now from the files configured for them.
@@ -459,6 +533,7 @@ mod tests {
             state: None,
             secrets: BTreeMap::new(),
             run_as: None,
+            programs: Programs::default(),
         }
     }
 
@@ -623,7 +698,14 @@ mod tests {
         assert!(!pids.is_empty());
         // No waiting: once the outcome is in, nothing of the task may run.
         for pid in pids {
-            assert!(!alive(pid) || is_zombie(pid), "{} left {pid} alive", settings.containment.summary().describe());
+            assert!(
+                !alive(pid) || is_zombie(pid),
+                "{} left {pid} alive: {:?} {:?} {:?}",
+                settings.containment.summary().describe(),
+                std::fs::read_to_string(format!("/proc/{pid}/cgroup")),
+                std::fs::read_to_string(format!("/proc/{pid}/cmdline")),
+                outcome
+            );
         }
         outcome
     }

@@ -2,13 +2,16 @@
 //! running attempt (first pid, its start time, its cgroup), so the next start of a sidecar with
 //! the same id can kill what a `kill -9` left behind before it says hello.
 //!
-//! A record is one small file per attempt, written after the spawn and removed once the
-//! attempt's processes are known dead. It is not fsynced: it has to survive the sidecar's
-//! process, not the machine, and a machine that goes down takes the processes with it.
+//! The record is an append-only log per sidecar id: a `+` line when an attempt starts and a `-`
+//! line once its processes are known dead, compacted when it grows. One `write` per change
+//! keeps it off the task's path. It is not fsynced: it has to survive the sidecar's process,
+//! not the machine, and a machine that goes down takes the processes with it.
 
-use std::fs;
-use std::io;
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -24,12 +27,30 @@ pub struct Record {
     pub cgroup: Option<PathBuf>,
 }
 
+/// The log is rewritten with only the live records once it is this large.
+const COMPACT_BYTES: u64 = 1 << 20;
+
 /// The state directory. Records live under `running/SIDECAR_ID/`, so sidecars that share a
 /// work directory never read (or kill) each other's.
 #[derive(Clone, Debug)]
 pub struct StateDir {
     root: PathBuf,
     running: PathBuf,
+    log: Arc<Mutex<Log>>,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    file: Option<File>,
+    live: HashMap<(String, u64), Record>,
+    bytes: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Line {
+    Started(Record),
+    Finished { task_id: String, lease_generation: u64 },
 }
 
 impl StateDir {
@@ -39,7 +60,7 @@ impl StateDir {
         let root = root.into();
         fs::create_dir_all(&root)?;
         fs::set_permissions(&root, fs::Permissions::from_mode(0o700))?;
-        Ok(StateDir { running: root.join("running"), root })
+        Ok(StateDir { running: root.join("running"), root, log: Arc::default() })
     }
 
     /// The records of one sidecar id.
@@ -48,7 +69,7 @@ impl StateDir {
             sidecar_id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
         let running = self.root.join("running").join(name);
         fs::create_dir_all(&running)?;
-        Ok(StateDir { root: self.root.clone(), running })
+        Ok(StateDir { root: self.root.clone(), running, log: Arc::default() })
     }
 
     pub fn path(&self) -> &Path {
@@ -73,55 +94,95 @@ impl StateDir {
         Ok(id)
     }
 
-    fn record_path(&self, key: &TaskKey) -> PathBuf {
-        let name: String = key.task_id.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-        self.running.join(format!("{name}.g{}.json", key.lease_generation))
+    fn log_path(&self) -> PathBuf {
+        self.running.join("runs.log")
+    }
+
+    fn append(&self, log: &mut Log, line: &Line) -> io::Result<()> {
+        let mut bytes = serde_json::to_vec(line).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        if log.file.is_none() {
+            log.file = Some(OpenOptions::new().create(true).append(true).open(self.log_path())?);
+        }
+        log.file.as_mut().expect("opened above").write_all(&bytes)?;
+        log.bytes += bytes.len() as u64;
+        if log.bytes > COMPACT_BYTES {
+            self.compact(log)?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the log with the live records only.
+    fn compact(&self, log: &mut Log) -> io::Result<()> {
+        let tmp = self.running.join("runs.log.tmp");
+        let mut out = Vec::new();
+        for record in log.live.values() {
+            out.extend(serde_json::to_vec(&Line::Started(record.clone())).map_err(io::Error::other)?);
+            out.push(b'\n');
+        }
+        fs::write(&tmp, &out)?;
+        fs::rename(&tmp, self.log_path())?;
+        log.file = None;
+        log.bytes = out.len() as u64;
+        Ok(())
     }
 
     /// Notes a running attempt.
     pub fn started(&self, record: &Record) -> io::Result<()> {
-        let key = TaskKey { task_id: record.task_id.clone(), lease_generation: record.lease_generation };
-        let path = self.record_path(&key);
-        let tmp = path.with_extension("tmp");
-        fs::write(&tmp, serde_json::to_vec(record).map_err(io::Error::other)?)?;
-        fs::rename(&tmp, &path)
+        let mut log = self.log.lock().expect("state log lock poisoned");
+        log.live.insert((record.task_id.clone(), record.lease_generation), record.clone());
+        self.append(&mut log, &Line::Started(record.clone()))
     }
 
     /// Forgets an attempt whose processes are gone.
     pub fn finished(&self, key: &TaskKey) {
-        let _ = fs::remove_file(self.record_path(key));
+        let mut log = self.log.lock().expect("state log lock poisoned");
+        if log.live.remove(&(key.task_id.clone(), key.lease_generation)).is_none() {
+            return;
+        }
+        let line = Line::Finished { task_id: key.task_id.clone(), lease_generation: key.lease_generation };
+        if let Err(err) = self.append(&mut log, &line) {
+            tracing::warn!(error = %err, "cannot record a finished task");
+        }
     }
 
-    /// Every record left, unreadable ones skipped (and removed).
+    /// The attempts the log says are running (what a crash left behind); unreadable lines are
+    /// skipped.
     pub fn records(&self) -> Vec<Record> {
-        let Ok(entries) = fs::read_dir(&self.running) else { return Vec::new() };
-        let mut records = Vec::new();
-        for entry in entries.flatten() {
-            let path = entry.path();
-            match fs::read(&path).ok().and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok()) {
-                Some(record) => records.push(record),
-                None => {
-                    tracing::warn!(path = %path.display(), "removing an unreadable run record");
-                    let _ = fs::remove_file(&path);
+        let Ok(text) = fs::read_to_string(self.log_path()) else { return Vec::new() };
+        let mut live: HashMap<(String, u64), Record> = HashMap::new();
+        let mut skipped = 0;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            match serde_json::from_str::<Line>(line) {
+                Ok(Line::Started(record)) => {
+                    live.insert((record.task_id.clone(), record.lease_generation), record);
                 }
+                Ok(Line::Finished { task_id, lease_generation }) => {
+                    live.remove(&(task_id, lease_generation));
+                }
+                Err(_) => skipped += 1,
             }
         }
-        records
+        if skipped > 0 {
+            tracing::warn!(skipped, path = %self.log_path().display(), "skipped unreadable run records");
+        }
+        live.into_values().collect()
     }
 
-    /// Removes every record (after their processes were killed).
+    /// Forgets every record (after their processes were killed).
     pub fn clear(&self) {
-        if let Ok(entries) = fs::read_dir(&self.running) {
-            for entry in entries.flatten() {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
+        let mut log = self.log.lock().expect("state log lock poisoned");
+        log.live.clear();
+        log.file = None;
+        log.bytes = 0;
+        let _ = fs::remove_file(self.log_path());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn records_round_trip_and_are_forgotten() {
@@ -140,9 +201,36 @@ mod tests {
         assert!(other.records().is_empty(), "another sidecar's records are its own");
         state.finished(&TaskKey { task_id: "01JTASK".into(), lease_generation: 3 });
         assert!(state.records().is_empty());
-        fs::write(dir.path().join("state/running/side_1/bad.json"), b"{").unwrap();
-        assert!(state.records().is_empty());
-        assert!(!dir.path().join("state/running/side_1/bad.json").exists());
+        // A crash: the log is read back by a new process, torn last line and all.
+        let again = StateDir::open(dir.path().join("state")).unwrap().for_sidecar("side/1").unwrap();
+        state.started(&record).unwrap();
+        let mut log =
+            fs::OpenOptions::new().append(true).open(dir.path().join("state/running/side_1/runs.log")).unwrap();
+        log.write_all(b"{\"op\":\"sta").unwrap();
+        assert_eq!(again.records(), vec![record.clone()]);
+        again.clear();
+        assert!(again.records().is_empty());
+    }
+
+    #[test]
+    fn the_log_compacts_to_what_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap().for_sidecar("s").unwrap();
+        let record = |n: u64| Record {
+            task_id: format!("T{n}"),
+            lease_generation: 1,
+            pid: Some(1),
+            pid_start_ticks: Some(n),
+            cgroup: None,
+        };
+        state.started(&record(0)).unwrap();
+        for n in 1..20_000 {
+            state.started(&record(n)).unwrap();
+            state.finished(&TaskKey { task_id: format!("T{n}"), lease_generation: 1 });
+        }
+        assert_eq!(state.records(), vec![record(0)]);
+        let size = fs::metadata(dir.path().join("running/s/runs.log")).unwrap().len();
+        assert!(size <= COMPACT_BYTES + 1024, "the log grew to {size} bytes");
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //! `meshbench queue` measures the durable queue: raw fdatasync on the data directory's disk,
 //! durable submit latency, submit throughput in-process, over unary gRPC and over the streaming
 //! path, fsyncs per commit, full durable cycles with sidecars over loopback gRPC, and start-up
-//! time with a large stored queue. Build with `--release`.
+//! time with a large stored queue. `meshbench fleet` and `meshbench shell` run the real binaries
+//! (see their modules). Build with `--release`.
 
 mod fleet;
+mod shell;
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -64,6 +66,19 @@ enum Command {
         /// Seconds each CPU measurement window runs (heartbeats alone are measured over three).
         #[arg(long, default_value_t = 20.0)]
         seconds: f64,
+    },
+    /// Trivial shell tasks through a hub and a sidecar with containment on, at several slot
+    /// counts, beside `xargs -P` spawning the same commands. Needs the binaries built beside it.
+    Shell {
+        /// Tasks per measurement.
+        #[arg(long, default_value_t = 3_000)]
+        tasks: usize,
+        /// Slot counts to measure (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+        slots: Vec<u32>,
+        /// Use `agentcom-hub dev` (the sidecar in the hub's process).
+        #[arg(long)]
+        dev: bool,
     },
 }
 
@@ -504,6 +519,13 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(sidecars >= 2, "--sidecars must be at least 2");
             let options = fleet::Options { sidecars, heartbeat_ms, measure_seconds: seconds };
             let figures = runtime.block_on(fleet::run(options))?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+            Ok(())
+        }
+        Command::Shell { tasks, slots, dev } => {
+            anyhow::ensure!(tasks >= 100, "--tasks must be at least 100");
+            anyhow::ensure!(slots.iter().all(|s| (1..=1024).contains(s)), "--slots must be between 1 and 1024");
+            let figures = runtime.block_on(shell::run(shell::Options { tasks, slots, dev }))?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(())
         }
