@@ -15,6 +15,8 @@ pub mod domain;
 pub mod edge;
 pub mod feed;
 pub mod fleet;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod probe;
 pub mod queue;
 pub mod ratelimit;

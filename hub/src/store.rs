@@ -860,3 +860,19 @@ mod tests {
         assert!(matches!(err, Error::InUse { .. }), "{err}");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+        /// A log record's payload as replay decodes it: arbitrary bytes never panic.
+        #[test]
+        fn log_payloads_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..1024)) {
+            let _ = decode_ops(&bytes);
+        }
+    }
+}

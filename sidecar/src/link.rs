@@ -536,3 +536,31 @@ fn code_name(code: tonic::Code) -> &'static str {
         _ => "error",
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+        /// Whatever the hub sends as an assignment: a job or a reason, never a panic.
+        #[test]
+        fn assignments_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(assign) = pb::Assign::decode(bytes.as_slice()) {
+                let _ = job_from_assign(&assign, 1024);
+            }
+        }
+    }
+
+    #[test]
+    fn an_assignment_with_argv_and_script_is_refused() {
+        let shell = pb::ShellWork { argv: vec!["true".into()], script: "true".into(), ..Default::default() };
+        let spec =
+            pb::TaskSpec { work: Some(pb::Work { kind: Some(pb::work::Kind::Shell(shell)) }), ..Default::default() };
+        let assign = pb::Assign { task_id: "T".into(), spec: Some(spec), ..Default::default() };
+        assert_eq!(job_from_assign(&assign, 1024).unwrap_err(), "shell work needs argv or script");
+    }
+}

@@ -463,3 +463,25 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
         Ok(Response::new(Box::pin(outbound)))
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+        /// Whatever a sidecar sends, decoded and converted: no panic.
+        #[test]
+        fn sidecar_messages_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(pb::SidecarMessage { msg: Some(msg) }) = pb::SidecarMessage::decode(bytes.as_slice()) {
+                match msg {
+                    pb::sidecar_message::Msg::Hello(hello) => drop(hello_from_pb(hello)),
+                    other => drop(message_from_pb("fuzz", other)),
+                }
+            }
+        }
+    }
+}
