@@ -124,9 +124,20 @@ struct SubmitArgs {
     /// Working directory on the sidecar.
     #[arg(long)]
     cwd: Option<String>,
-    /// Environment variable for the task, NAME=VALUE (repeatable).
+    /// Environment variable for the task, NAME=VALUE (repeatable). Stored with the task and shown
+    /// by the API: use --secret-env for secrets.
     #[arg(long = "env", value_parser = parse_env)]
     env: Vec<(String, String)>,
+    /// A variable the sidecar fills in from its own --secret NAME=FILE (repeatable); the value
+    /// never passes through the hub.
+    #[arg(long = "secret-env", value_name = "NAME")]
+    secret_env: Vec<String>,
+    /// Memory the task's processes may use together, in bytes (cgroup memory.max).
+    #[arg(long)]
+    max_memory_bytes: Option<u64>,
+    /// Processes the task may have at once (cgroup pids.max).
+    #[arg(long)]
+    max_pids: Option<u64>,
     /// Output kept per stream, in bytes.
     #[arg(long)]
     max_output_bytes: Option<u64>,
@@ -346,6 +357,9 @@ fn submit_body(args: &SubmitArgs) -> anyhow::Result<Value> {
                 shell["env"] =
                     args.env.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>().into();
             }
+            if !args.secret_env.is_empty() {
+                shell["secret_env"] = json!(args.secret_env);
+            }
             body["shell"] = shell;
         }
         (None, true) => bail!("nothing to run: give a command after `--` (hubctl submit -- echo hello) or --prompt"),
@@ -366,6 +380,12 @@ fn submit_body(args: &SubmitArgs) -> anyhow::Result<Value> {
     }
     if let Some(max) = args.max_attempts {
         limits.insert("max_attempts".into(), json!(max));
+    }
+    if let Some(max) = args.max_memory_bytes {
+        limits.insert("max_memory_bytes".into(), json!(max));
+    }
+    if let Some(max) = args.max_pids {
+        limits.insert("max_pids".into(), json!(max));
     }
     if let Some(deadline) = args.deadline {
         limits.insert("deadline_unix_ms".into(), json!(now_ms() + deadline.as_millis() as i64));
@@ -682,6 +702,9 @@ mod tests {
             timeout: Some(Duration::from_secs(2)),
             cwd: None,
             env: vec![("A".into(), "1".into())],
+            secret_env: vec!["TOKEN".into()],
+            max_memory_bytes: Some(1 << 30),
+            max_pids: None,
             max_output_bytes: None,
             max_attempts: None,
             retry_on_exit: vec![75],
@@ -696,6 +719,8 @@ mod tests {
         let body = submit_body(&args(vec!["echo", "hi"], None)).unwrap();
         assert_eq!(body["shell"]["argv"], json!(["echo", "hi"]));
         assert_eq!(body["shell"]["env"]["A"], "1");
+        assert_eq!(body["shell"]["secret_env"], json!(["TOKEN"]));
+        assert_eq!(body["limits"]["max_memory_bytes"], 1 << 30);
         assert_eq!(body["limits"]["timeout_ms"], 2000);
         assert_eq!(body["retry"]["retry_on_exit_codes"], json!([75]));
         assert_eq!(body["idempotency_key"], "k");
