@@ -317,10 +317,15 @@ async fn serve_connection(
     let limits = slot.shared.limits.clone();
     let service = {
         let slot = slot.clone();
-        let limits = limits.clone();
+        // The checks run before the request's future is made, so a long-lived request (a sidecar
+        // session) holds the router's future and nothing of the edge's.
         hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-            let (slot, router, limits) = (slot.clone(), router.clone(), limits.clone());
-            async move { Ok::<_, std::convert::Infallible>(handle(request, &slot, router, &limits).await) }
+            use futures_util::future::{Either, FutureExt, ready};
+            match admit_request(request, &slot) {
+                Ok(request) => Either::Left(router.clone().oneshot(request)),
+                Err(refusal) => Either::Right(ready(Ok(refusal))),
+            }
+            .map(|result: Result<Response<Body>, std::convert::Infallible>| result)
         })
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -371,48 +376,45 @@ async fn serve_connection(
     }
 }
 
-async fn handle(
-    request: Request<hyper::body::Incoming>,
-    slot: &Slot,
-    router: Router,
-    limits: &Limits,
-) -> Response<Body> {
+/// Classifies the connection at its first request and checks the request's headers; the
+/// request to pass on (its body under a timeout unless it is gRPC), or the refusal to send.
+fn admit_request(request: Request<hyper::body::Incoming>, slot: &Slot) -> Result<Request<Body>, Response<Body>> {
+    let limits = &slot.shared.limits;
     let is_grpc = request
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"));
-    let header_bytes = request.uri().to_string().len()
-        + request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>();
     let is_sidecar = request.uri().path().starts_with("/agentcom.v1.AgentLink/");
     if !slot.classify(is_sidecar) {
-        return refuse(
+        return Err(refuse(
             is_grpc,
             StatusCode::SERVICE_UNAVAILABLE,
             "resource_exhausted",
             "the hub has as many client connections as it takes; retry shortly",
             true,
-        );
+        ));
     }
+    let header_bytes = request.uri().path().len()
+        + request.uri().query().map_or(0, str::len)
+        + request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>();
     if header_bytes > limits.max_header_bytes {
-        return refuse(
+        return Err(refuse(
             is_grpc,
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "invalid_argument",
             &format!("request headers are {header_bytes} bytes, at most {} allowed", limits.max_header_bytes),
             false,
-        );
+        ));
     }
-    let request = if is_grpc {
+    Ok(if is_grpc {
         request.map(Body::new)
     } else {
-        let deadline = Box::pin(tokio::time::sleep(limits.body_timeout));
-        request.map(|body| Body::new(TimedBody { inner: Body::new(body), deadline, limit: limits.body_timeout }))
-    };
-    match router.oneshot(request).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    }
+        let limit = limits.body_timeout;
+        request.map(|body| {
+            Body::new(TimedBody { inner: Body::new(body), deadline: Box::pin(tokio::time::sleep(limit)), limit })
+        })
+    })
 }
 
 /// An error answer from the edge, in the caller's protocol.

@@ -211,6 +211,7 @@ impl HubArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    agentcom_sidecar::contain::watchdog_main_if_requested();
     // Before any thread: `dev` runs a sidecar in this process, so keep the environment out of
     // its tasks' reach (this may re-execute the process with a clean environment block).
     let allow: Vec<String> = agentcom_sidecar::DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect();

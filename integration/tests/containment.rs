@@ -73,14 +73,17 @@ async fn a_setsid_grandchild_dies_on_cancel_on_timeout_and_when_the_main_process
     }
 }
 
-/// Tasks that record their processes under their attempt number, and that check, as attempt 2,
-/// whether any process of attempt 1 is still alive (an overlap).
+/// Tasks that record their processes under their attempt number, and that check, when they
+/// start, whether any process of an earlier attempt is still alive (an overlap).
 fn crash_task(work: &Path) -> Value {
     let work = work.display();
     script_task(&format!(
         r#"cd {work}
-for p in $(cat attempt-1.pids 2>/dev/null); do
-  if [ "$AGENTCOM_ATTEMPT" != 1 ] && [ -e /proc/$p ] && ! grep -q ') Z' /proc/$p/stat; then echo "$p $AGENTCOM_TASK_ID $AGENTCOM_ATTEMPT $(cat /proc/$p/stat)" >> overlap; fi
+for f in attempt-*.pids; do
+  [ "$f" = "attempt-$AGENTCOM_ATTEMPT.pids" ] && continue
+  for p in $(cat "$f" 2>/dev/null); do
+    if [ -e /proc/$p ] && ! grep -q ') Z' /proc/$p/stat; then echo "$p $AGENTCOM_TASK_ID $AGENTCOM_ATTEMPT $(cat /proc/$p/stat)" >> overlap; fi
+  done
 done
 echo $$ >> attempt-$AGENTCOM_ATTEMPT.pids
 setsid sh -c 'echo $$ >> attempt-'$AGENTCOM_ATTEMPT'.pids; exec sleep 300' &
@@ -134,8 +137,19 @@ async fn after_kill_9_of_the_dev_hub_nothing_of_the_killed_attempts_runs_and_no_
     cancel_all(&hub, &ids).await;
 }
 
+/// The watchdog a sidecar started, found by its command line.
+fn watchdog_of(sidecar_id: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        (args.get(1) == Some(&&b"__agentcom-watchdog"[..]) && args.get(2) == Some(&sidecar_id.as_bytes()))
+            .then_some(pid)
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_kill_9_of_a_sidecar_its_next_start_kills_what_was_left_before_it_says_hello() {
+async fn a_sidecar_killed_with_9_takes_its_tasks_with_it_or_its_next_start_kills_them_before_hello() {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
@@ -143,6 +157,10 @@ async fn after_kill_9_of_a_sidecar_its_next_start_kills_what_was_left_before_it_
     let hub =
         HubProcess::serve(&dir.path().join("hub"), &["--heartbeat-interval-ms", "100", "--lease-ttl-ms", "60000"])
             .await;
+    let host_online = || async {
+        let (_, host) = hub.api.request(reqwest::Method::GET, "/api/v1/hosts/contain-k", None).await;
+        host["host"]["online"] == true || host["online"] == true
+    };
     let mut sidecar = SidecarProcess::start(&hub, "contain-k", 2, &work);
     let mut ids = Vec::new();
     for _ in 0..2 {
@@ -151,26 +169,33 @@ async fn after_kill_9_of_a_sidecar_its_next_start_kills_what_was_left_before_it_
     assert_eventually!(pids(&work.join("attempt-1.pids")).len() == 4, PATIENCE, "two tasks with a grandchild each");
     let first = pids(&work.join("attempt-1.pids"));
 
+    // The sidecar dies: its watchdog kills its tasks, setsid grandchildren included.
+    assert!(watchdog_of("contain-k").is_some(), "the sidecar has a watchdog");
     sidecar.kill9();
-    let host_online = || async {
-        let (_, host) = hub.api.request(reqwest::Method::GET, "/api/v1/hosts/contain-k", None).await;
-        host["host"]["online"] == true || host["online"] == true
-    };
+    assert_eventually!(first.iter().all(|&pid| !alive(pid)), PATIENCE, "the sidecar's tasks died with it");
     assert_eventually!(!host_online().await, PATIENCE, "the hub saw the sidecar go");
-    // Without cgroups the grandchildren are orphans of init now; with them they sit in their
-    // cgroups. Either way something of attempt 1 is still alive here.
-    assert!(first.iter().any(|&pid| alive(pid)), "nothing was left to clean up; the test proves nothing");
-
-    let _sidecar = SidecarProcess::start(&hub, "contain-k", 2, &work);
-    assert_eventually!(host_online().await, PATIENCE, "the sidecar came back");
-    let survivors: Vec<i32> = first.iter().copied().filter(|&pid| alive(pid)).collect();
-    assert!(survivors.is_empty(), "processes of killed attempts survived the sidecar's restart: {survivors:?}");
-
+    let mut sidecar = SidecarProcess::start(&hub, "contain-k", 2, &work);
     assert_eventually!(running_attempt(&hub, &ids, 2).await, PATIENCE, "both tasks run again as attempt 2");
     assert_eventually!(pids(&work.join("attempt-2.pids")).len() == 4, PATIENCE, "attempt 2 started its processes");
+    let second = pids(&work.join("attempt-2.pids"));
+
+    // The sidecar and its watchdog die together (the OOM killer, a kill of the whole group):
+    // the tasks stay behind, and the next start kills them before it says hello.
+    let watchdog = watchdog_of("contain-k").expect("the restarted sidecar has a watchdog");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(watchdog), nix::sys::signal::Signal::SIGKILL).unwrap();
+    sidecar.kill9();
+    assert_eventually!(!host_online().await, PATIENCE, "the hub saw the sidecar go");
+    assert!(second.iter().any(|&pid| alive(pid)), "nothing was left to clean up; this part proves nothing");
+    let _sidecar = SidecarProcess::start(&hub, "contain-k", 2, &work);
+    assert_eventually!(host_online().await, PATIENCE, "the sidecar came back");
+    let survivors: Vec<i32> = second.iter().copied().filter(|&pid| alive(pid)).collect();
+    assert!(survivors.is_empty(), "processes of killed attempts survived the sidecar's restart: {survivors:?}");
+
+    assert_eventually!(running_attempt(&hub, &ids, 3).await, PATIENCE, "both tasks run again as attempt 3");
+    assert_eventually!(pids(&work.join("attempt-3.pids")).len() == 4, PATIENCE, "attempt 3 started its processes");
     assert!(
         !work.join("overlap").exists(),
-        "attempt 2 saw attempt 1 alive: {}",
+        "an attempt saw an earlier one alive: {}",
         std::fs::read_to_string(work.join("overlap")).unwrap_or_default()
     );
     cancel_all(&hub, &ids).await;
@@ -240,7 +265,11 @@ async fn a_secret_env_value_reaches_the_task_and_nothing_else() {
     let _sidecar = SidecarProcess::start_with(&hub, "contain-secret", 1, &work, &["--secret", &secret_arg]);
     assert_eventually!(hub.api.agents().await.len() == 1, PATIENCE, "the sidecar joined");
 
-    let body = json!({ "shell": { "script": "printf %s \"$API_TOKEN\" | sha256sum", "secret_env": ["API_TOKEN"] } });
+    let body = json!({ "shell": {
+        "script": "printf %s \"$API_TOKEN\" | sha256sum",
+        "secret_env": ["API_TOKEN"],
+        "env": { "PLAIN": "visible-value" },
+    } });
     let submitted = hub.api.submit(body).await;
     let id = submitted["id"].as_str().unwrap().to_owned();
     let task = hub.api.wait_final(&id, PATIENCE).await;
@@ -248,6 +277,8 @@ async fn a_secret_env_value_reaches_the_task_and_nothing_else() {
     let expected = hex::encode(sha2::Sha256::digest(CANARY_SECRET.as_bytes()));
     assert!(task["outcome"]["stdout"].as_str().unwrap().starts_with(&expected), "the task got the secret: {task}");
     assert_eq!(task["spec"]["work"]["shell"]["secret_env"], json!(["API_TOKEN"]), "the name is visible: {task}");
+    // Plain env values are part of the task, as documented: visible to whoever may read it.
+    assert_eq!(task["spec"]["work"]["shell"]["env"]["PLAIN"], "visible-value", "{task}");
 
     // Nowhere else: API responses, the event stream, logs, and every stored byte.
     let mut seen = vec![submitted.to_string(), task.to_string()];
@@ -290,4 +321,29 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_run_as_the_given_user_and_stay_contained() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // The unprivileged user must reach its work directory.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let hub = HubProcess::serve(&dir.path().join("hub"), &FAST_BEATS).await;
+    let _sidecar = SidecarProcess::start_with(&hub, "contain-user", 1, &work, &["--run-as", "nobody"]);
+    assert_eventually!(hub.api.agents().await.len() == 1, PATIENCE, "the sidecar joined");
+
+    let pidfile = work.join("user.pid");
+    let task = hub.api.submit(with_setsid_grandchild(&pidfile, "id -u; echo HOME=$HOME")).await;
+    let task = hub.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!(task["state"], "succeeded", "{task}");
+    let stdout = task["outcome"]["stdout"].as_str().unwrap();
+    assert!(stdout.starts_with("65534\n"), "the task ran as nobody: {stdout}");
+    assert!(stdout.contains("HOME=/nonexistent"), "with that user's home: {stdout}");
+    let grandchild = pids(&pidfile);
+    assert_eq!(grandchild.len(), 1);
+    assert!(!alive(grandchild[0]), "the setsid grandchild of a task run as nobody survived");
 }

@@ -118,6 +118,8 @@ struct Inner {
     /// The cgroup each running attempt is in, for moving a process found in the supervisor.
     live: Mutex<HashMap<TaskKey, PathBuf>>,
     next_cgroup: std::sync::atomic::AtomicU64,
+    /// The watchdog's end of the pipe: closed without a word when this process dies.
+    watchdog: Mutex<Option<Watchdog>>,
 }
 
 /// An empty task cgroup waiting for its next task.
@@ -180,6 +182,7 @@ impl Containment {
                 rand::random::<u32>() & 0xff_ffff
             )
         };
+        let mut watchdog = None;
         let cgroup = match preference {
             Preference::Subreaper => Err("subreaper chosen by configuration".to_owned()),
             Preference::Auto | Preference::Cgroup => cgroup_setup(&dir_name),
@@ -192,6 +195,10 @@ impl Containment {
                     memory_limit: memory,
                     pids_limit: pids,
                 };
+                // The watchdog first, so it stays outside the supervisor cgroup.
+                if durable {
+                    watchdog = Watchdog::start(sidecar_id, Some(&dir));
+                }
                 let supervisor = if durable { supervisor_setup(&dir) } else { None };
                 (Kind::Cgroup { dir, supervisor }, summary)
             }
@@ -199,6 +206,9 @@ impl Containment {
                 return Err(format!("cgroup containment is not available: {why}"));
             }
             Err(why) => {
+                if durable {
+                    watchdog = Watchdog::start(sidecar_id, None);
+                }
                 nix::sys::prctl::set_child_subreaper(true)
                     .map_err(|err| format!("cannot become a subreaper: {err}"))?;
                 start_reaper();
@@ -216,12 +226,21 @@ impl Containment {
                 pool: Mutex::new(Vec::new()),
                 live: Mutex::new(HashMap::new()),
                 next_cgroup: std::sync::atomic::AtomicU64::new(0),
+                watchdog: Mutex::new(watchdog),
             }),
         })
     }
 
     pub fn summary(&self) -> &Summary {
         &self.inner.summary
+    }
+
+    /// Tells the watchdog this sidecar is stopping cleanly (its tasks are handled), so it
+    /// leaves without killing anything.
+    pub fn release_watchdog(&self) {
+        if let Some(watchdog) = self.inner.watchdog.lock().expect("watchdog lock poisoned").take() {
+            watchdog.release();
+        }
     }
 
     pub fn sidecar_id(&self) -> &str {
@@ -556,6 +575,93 @@ impl Scope {
         }
         empty
     }
+}
+
+/// The argument that makes either binary a watchdog (see [`watchdog_main_if_requested`]).
+const WATCHDOG_ARG: &str = "__agentcom-watchdog";
+
+/// A small process that outlives a crashed sidecar long enough to kill its tasks: it waits on
+/// a pipe the sidecar holds, and when the pipe closes without "stop" (the sidecar died, `kill -9`
+/// included) it kills every task cgroup under the sidecar's directory and every process marked
+/// with its id. The next start of the sidecar cleans up too; this makes a sidecar's death take
+/// its tasks with it at once.
+struct Watchdog {
+    child: std::process::Child,
+}
+
+impl Watchdog {
+    fn start(sidecar_id: &str, dir: Option<&Path>) -> Option<Watchdog> {
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe().ok()?;
+        let dir = dir.map_or("-".to_owned(), |d| d.display().to_string());
+        let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".to_owned());
+        // No environment: the sidecar's holds secrets, and the watchdog needs none of them. Its
+        // own process group, so a Ctrl-C to the terminal does not end it first.
+        let spawned = std::process::Command::new(exe)
+            .args([WATCHDOG_ARG, sidecar_id, &dir])
+            .env_clear()
+            .env("PATH", path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .process_group(0)
+            .spawn();
+        match spawned {
+            Ok(child) => Some(Watchdog { child }),
+            Err(err) => {
+                warn!(error = %err, "cannot start the watchdog; a crash's leftovers wait for the next start");
+                None
+            }
+        }
+    }
+
+    fn release(mut self) {
+        use std::io::Write;
+        if let Some(mut stdin) = self.child.stdin.take() {
+            let _ = stdin.write_all(b"stop");
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Call first in `main` of a binary that runs a sidecar: when started as the watchdog, watch
+/// and exit; otherwise return at once.
+pub fn watchdog_main_if_requested() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) != Some(WATCHDOG_ARG) || args.len() != 4 {
+        return;
+    }
+    use std::io::Read;
+    let mut said = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut said);
+    if said == b"stop" {
+        std::process::exit(0);
+    }
+    let (sidecar_id, dir) = (&args[2], &args[3]);
+    if dir != "-"
+        && let Ok(entries) = fs::read_dir(dir)
+    {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("task-") {
+                kill_cgroup(&entry.path());
+            }
+        }
+    }
+    let own = std::process::id() as i32;
+    for _ in 0..20 {
+        let marked: Vec<i32> = all_pids()
+            .into_iter()
+            .filter(|&pid| pid != own && !is_zombie(pid) && marks(pid).is_some_and(|m| &m.sidecar == sidecar_id))
+            .collect();
+        if marked.is_empty() {
+            break;
+        }
+        for pid in marked {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!("agentcom watchdog: sidecar {sidecar_id} died; its tasks were killed");
+    std::process::exit(0);
 }
 
 /// The first processes of running tasks in this process (subreaper mode): these are tokio's to

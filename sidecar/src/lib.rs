@@ -91,7 +91,11 @@ pub struct Prepared {
 
 /// Runs a sidecar that [`prepare`] made ready.
 pub async fn run_prepared(config: Config, prepared: Prepared, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    link::Link::new(config, prepared.settings).run(shutdown).await
+    let containment = prepared.settings.containment.clone();
+    let result = link::Link::new(config, prepared.settings).run(shutdown).await;
+    // A clean stop: running work was cancelled and reported, so the watchdog has nothing to do.
+    containment.release_watchdog();
+    result
 }
 
 /// Checks the configuration, sets up containment, and kills whatever an earlier run of this

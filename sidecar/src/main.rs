@@ -141,6 +141,7 @@ impl RunArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    agentcom_sidecar::contain::watchdog_main_if_requested();
     // Before any thread: this may re-execute the process with a clean environment block.
     let allow = env_allowlist_from_args();
     let isolation = agentcom_sidecar::secure::isolate(&allow);
