@@ -323,7 +323,7 @@ async fn serve_connection(
             use futures_util::future::{Either, FutureExt, ready};
             match admit_request(request, &slot) {
                 Ok(request) => Either::Left(router.clone().oneshot(request)),
-                Err(refusal) => Either::Right(ready(Ok(refusal))),
+                Err(refusal) => Either::Right(ready(Ok(*refusal))),
             }
             .map(|result: Result<Response<Body>, std::convert::Infallible>| result)
         })
@@ -378,7 +378,7 @@ async fn serve_connection(
 
 /// Classifies the connection at its first request and checks the request's headers; the
 /// request to pass on (its body under a timeout unless it is gRPC), or the refusal to send.
-fn admit_request(request: Request<hyper::body::Incoming>, slot: &Slot) -> Result<Request<Body>, Response<Body>> {
+fn admit_request(request: Request<hyper::body::Incoming>, slot: &Slot) -> Result<Request<Body>, Box<Response<Body>>> {
     let limits = &slot.shared.limits;
     let is_grpc = request
         .headers()
@@ -387,25 +387,25 @@ fn admit_request(request: Request<hyper::body::Incoming>, slot: &Slot) -> Result
         .is_some_and(|ct| ct.starts_with("application/grpc"));
     let is_sidecar = request.uri().path().starts_with("/agentcom.v1.AgentLink/");
     if !slot.classify(is_sidecar) {
-        return Err(refuse(
+        return Err(Box::new(refuse(
             is_grpc,
             StatusCode::SERVICE_UNAVAILABLE,
             "resource_exhausted",
             "the hub has as many client connections as it takes; retry shortly",
             true,
-        ));
+        )));
     }
     let header_bytes = request.uri().path().len()
         + request.uri().query().map_or(0, str::len)
         + request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>();
     if header_bytes > limits.max_header_bytes {
-        return Err(refuse(
+        return Err(Box::new(refuse(
             is_grpc,
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "invalid_argument",
             &format!("request headers are {header_bytes} bytes, at most {} allowed", limits.max_header_bytes),
             false,
-        ));
+        )));
     }
     Ok(if is_grpc {
         request.map(Body::new)
