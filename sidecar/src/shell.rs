@@ -294,22 +294,13 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
     let cap = job.max_output_bytes;
     let stdout = Arc::new(Mutex::new(Capture::default()));
     let stderr = Arc::new(Mutex::new(Capture::default()));
-    let readers = [
-        tokio::spawn(read_stream(
-            child.stdout.take().expect("piped"),
-            Stream::Stdout,
-            cap,
-            stdout.clone(),
-            sink.clone(),
-        )),
-        tokio::spawn(read_stream(
-            child.stderr.take().expect("piped"),
-            Stream::Stderr,
-            cap,
-            stderr.clone(),
-            sink.clone(),
-        )),
-    ];
+    // Both pipes are read inside this task, polled beside the wait: no task spawned per stream.
+    let readers = futures_util::future::join(
+        read_stream(child.stdout.take().expect("piped"), Stream::Stdout, cap, stdout.clone(), sink.clone()),
+        read_stream(child.stderr.take().expect("piped"), Stream::Stderr, cap, stderr.clone(), sink.clone()),
+    );
+    tokio::pin!(readers);
+    let mut read_all = false;
 
     let timeout = async {
         match job.timeout {
@@ -317,21 +308,30 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
             None => std::future::pending().await,
         }
     };
+    tokio::pin!(timeout);
     let (mut timed_out, mut cancelled) = (false, false);
-    let status = tokio::select! {
-        status = child.wait() => Some(status),
-        _ = timeout => { timed_out = true; None }
-        _ = cancel.cancelled() => { cancelled = true; None }
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break Some(status),
+            _ = &mut readers, if !read_all => read_all = true,
+            _ = &mut timeout => { timed_out = true; break None }
+            _ = cancel.cancelled() => { cancelled = true; break None }
+        }
     };
     let status = match status {
         Some(status) => status,
         None => {
             scope.terminate();
-            match tokio::time::timeout(settings.kill_grace, child.wait()).await {
-                Ok(status) => status,
-                Err(_) => {
-                    scope.kill();
-                    child.wait().await
+            let grace = tokio::time::sleep(settings.kill_grace);
+            tokio::pin!(grace);
+            loop {
+                tokio::select! {
+                    status = child.wait() => break status,
+                    _ = &mut readers, if !read_all => read_all = true,
+                    _ = &mut grace => {
+                        scope.kill();
+                        break child.wait().await;
+                    }
                 }
             }
         }
@@ -343,11 +343,10 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
     if let Some(state) = &settings.state {
         state.finished(&job.key);
     }
-    for reader in readers {
-        let abort = reader.abort_handle();
-        if tokio::time::timeout(PIPE_DRAIN_TIMEOUT, reader).await.is_err() {
-            abort.abort();
-        }
+    // Nothing of the task is left to hold the pipes open, so this ends at once; the bound is
+    // for a descendant that escaped containment.
+    if !read_all {
+        let _ = tokio::time::timeout(PIPE_DRAIN_TIMEOUT, &mut readers).await;
     }
     let (exit, error) = match status {
         Ok(status) => match (status.code(), status.signal()) {
