@@ -63,13 +63,21 @@ async fn a_setsid_grandchild_dies_on_cancel_on_timeout_and_when_the_main_process
         (&timed_out, "timeout.pid", "failed"),
         (&exited, "exit.pid", "succeeded"),
     ] {
-        let task = hub.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+        let id = task["id"].as_str().unwrap();
+        let task = hub.api.wait_final(id, PATIENCE).await;
         assert_eq!(task["state"], state, "{task}");
+        // A cancel is final at once; the killed attempt's outcome follows once the sidecar has
+        // ended every process of it.
+        assert_eventually!(!hub.api.get(id).await["outcome"].is_null(), PATIENCE, "the {state} attempt reported");
         let grandchildren = pids(&work.join(file));
         assert_eq!(grandchildren.len(), 1, "{file}");
-        // Checked as soon as the result is in: the sidecar reports only once the task's
+        // Checked as soon as the outcome is in: the sidecar reports only once the task's
         // processes are gone.
-        assert!(!alive(grandchildren[0]), "the setsid grandchild of the {state} task is still running");
+        assert!(
+            !alive(grandchildren[0]),
+            "the setsid grandchild of the {state} task is still running, in {:?}",
+            std::fs::read_to_string(format!("/proc/{}/cgroup", grandchildren[0])).unwrap_or_default().lines().last()
+        );
     }
 }
 

@@ -19,7 +19,7 @@
 //!
 //! **Architecture Invariant:** this module decides and cleans up; only `shell` starts processes.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -115,8 +115,6 @@ struct Inner {
     /// Emptied task cgroups, kept for the next task: making and removing a cgroup costs more
     /// than running a small task.
     pool: Mutex<Vec<Pooled>>,
-    /// The cgroup each running attempt is in, for moving a process found in the supervisor.
-    live: Mutex<HashMap<TaskKey, PathBuf>>,
     next_cgroup: std::sync::atomic::AtomicU64,
     /// The watchdog's end of the pipe: closed without a word when this process dies.
     watchdog: Mutex<Option<Watchdog>>,
@@ -224,7 +222,6 @@ impl Containment {
                 summary,
                 durable,
                 pool: Mutex::new(Vec::new()),
-                live: Mutex::new(HashMap::new()),
                 next_cgroup: std::sync::atomic::AtomicU64::new(0),
                 watchdog: Mutex::new(watchdog),
             }),
@@ -288,7 +285,6 @@ impl Containment {
                         Pooled { path, procs, limited: limits != Limits::default() }
                     }
                 };
-                self.inner.live.lock().expect("live lock poisoned").insert(key.clone(), path.clone());
                 ScopeKind::Cgroup { path, procs, limited, supervisor: supervisor.clone() }
             }
             Kind::Subreaper => ScopeKind::Subreaper,
@@ -309,6 +305,16 @@ impl Containment {
                 && record.pid_start_ticks.is_some()
             {
                 warn!(task_id = record.task_id, pid, "killing a process left by an earlier run");
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                ended += 1;
+            }
+        }
+        if let Kind::Cgroup { dir, .. } = &self.inner.kind {
+            // A crash can leave a task's first process in the supervisor cgroup, spawned and not
+            // yet moved: everything there but this process is such a leftover.
+            let own = std::process::id() as i32;
+            for pid in read_pids(&dir.join("supervisor").join("cgroup.procs")).into_iter().filter(|&p| p != own) {
+                warn!(pid, "killing a process an earlier run left in its supervisor cgroup");
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 ended += 1;
             }
@@ -418,23 +424,22 @@ impl Scope {
         use std::io::Write;
         (&*procs).write_all(pid.to_string().as_bytes())?;
         let Some(supervisor) = supervisor else { return Ok(()) };
+        // Whatever is in the supervisor cgroup besides the sidecar is this process's: every
+        // earlier spawn was followed by a sweep like this one under the same lock, and what its
+        // processes fork since is born in their own cgroups. So a stray goes where its first
+        // process went, with no need to read anything of it (a process in the middle of exec
+        // has no readable environment). A stray being moved may fork meanwhile, its child born
+        // where it was: look again until nothing is left, and kill what a fork bomb keeps making.
         let own = std::process::id() as i32;
-        // A stray being moved may fork meanwhile, its child born where it was: look again until
-        // nothing is left, and kill what a fork bomb keeps making.
         for round in 0..64 {
             let strays: Vec<i32> = read_pids_at(&supervisor.procs).into_iter().filter(|&p| p != own).collect();
             if strays.is_empty() {
                 break;
             }
             for stray in strays {
-                let target =
-                    marks(stray).filter(|m| m.sidecar == self.containment.sidecar_id && round < 63).and_then(|m| {
-                        let key = TaskKey { task_id: m.task, lease_generation: m.generation };
-                        self.containment.live.lock().expect("live lock poisoned").get(&key).cloned()
-                    });
-                let moved = target.is_some_and(|t| fs::write(t.join("cgroup.procs"), stray.to_string()).is_ok());
+                let moved = round < 63 && (&*procs).write_all(stray.to_string().as_bytes()).is_ok();
                 if !moved {
-                    warn!(pid = stray, "killing a process that forked before its task was contained");
+                    warn!(pid = stray, "killing a process that kept forking before its task was contained");
                     let _ = kill(Pid::from_raw(stray), Signal::SIGKILL);
                 }
             }
@@ -561,7 +566,6 @@ impl Scope {
             reap_orphans();
         }
         if let ScopeKind::Cgroup { path, procs, limited, .. } = self.kind {
-            self.containment.live.lock().expect("live lock poisoned").remove(&self.key);
             let mut pool = self.containment.pool.lock().expect("pool lock poisoned");
             if empty && pool.len() < POOL_MAX {
                 pool.push(Pooled { path, procs, limited });
@@ -637,6 +641,12 @@ pub fn watchdog_main_if_requested() {
         std::process::exit(0);
     }
     let (sidecar_id, dir) = (&args[2], &args[3]);
+    if dir != "-" {
+        // The sidecar is gone, so whatever is left in its supervisor cgroup is a task's.
+        for pid in read_pids(&Path::new(dir).join("supervisor").join("cgroup.procs")) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
     if dir != "-"
         && let Ok(entries) = fs::read_dir(dir)
     {
