@@ -133,10 +133,23 @@ const POOL_MAX: usize = 64;
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // A durable sidecar's directory stays for its next start; others go (once empty).
-        if let Kind::Cgroup { dir, .. } = &self.kind
-            && !self.durable
-        {
+        // The pooled cgroups are empty: they go, and so does the sidecar's directory, unless a
+        // task cgroup is left in it for the next start to find.
+        let pooled = std::mem::take(&mut *self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        for Pooled { path, procs, .. } in pooled {
+            drop(procs);
+            let _ = fs::remove_dir(&path);
+        }
+        if let Kind::Cgroup { dir, supervisor } = &self.kind {
+            if supervisor.is_some()
+                && let Some(base) = dir.parent()
+            {
+                // A clean stop: back to where the sidecar started, so its cgroups can go.
+                if fs::write(base.join("cgroup.procs"), b"0").is_ok() {
+                    let _ = fs::remove_dir(dir.join("supervisor"));
+                }
+            }
+            // Fails, and keeps the directory for the next start, if a task cgroup is left.
             let _ = fs::remove_dir(dir);
         }
     }
@@ -289,7 +302,7 @@ impl Containment {
             }
             Kind::Subreaper => ScopeKind::Subreaper,
         };
-        Ok(Scope { key: key.clone(), containment: self.inner.clone(), kind, root: None })
+        Ok(Scope { key: key.clone(), containment: self.inner.clone(), kind, root: None, finished: false })
     }
 
     /// Kills what earlier runs of this sidecar left: every task cgroup under its directory, the
@@ -359,12 +372,22 @@ impl Containment {
     }
 }
 
-/// Where one attempt's processes live.
+/// Where one attempt's processes live. Dropped without [`Scope::finish`] (the job's future
+/// dropped, as when its sidecar is torn down), it kills what is in it.
 pub struct Scope {
     key: TaskKey,
     containment: Arc<Inner>,
     kind: ScopeKind,
     root: Option<i32>,
+    finished: bool,
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.kill();
+        }
+    }
 }
 
 enum ScopeKind {
@@ -538,7 +561,7 @@ impl Scope {
 
     /// Ends whatever is left of the attempt and waits until nothing of it runs, then removes
     /// its cgroup. Returns false if something was still alive after the wait.
-    pub async fn finish(self) -> bool {
+    pub async fn finish(mut self) -> bool {
         let deadline = Instant::now() + EMPTY_TIMEOUT;
         let mut pause = Duration::from_micros(200);
         let mut empty = false;
@@ -565,7 +588,9 @@ impl Scope {
         if let ScopeKind::Subreaper = self.kind {
             reap_orphans();
         }
-        if let ScopeKind::Cgroup { path, procs, limited, .. } = self.kind {
+        self.finished = true;
+        if let ScopeKind::Cgroup { path, procs, limited, .. } = std::mem::replace(&mut self.kind, ScopeKind::Subreaper)
+        {
             let mut pool = self.containment.pool.lock().expect("pool lock poisoned");
             if empty && pool.len() < POOL_MAX {
                 pool.push(Pooled { path, procs, limited });
@@ -669,6 +694,13 @@ pub fn watchdog_main_if_requested() {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+    if dir != "-" {
+        let dir = Path::new(dir);
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let _ = fs::remove_dir(entry.path());
+        }
+        let _ = fs::remove_dir(dir);
     }
     eprintln!("agentcom watchdog: sidecar {sidecar_id} died; its tasks were killed");
     std::process::exit(0);
