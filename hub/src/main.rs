@@ -211,25 +211,9 @@ impl HubArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    agentcom_sidecar::contain::watchdog_main_if_requested();
-    // Before any thread: `dev` runs a sidecar in this process, so keep the environment out of
-    // its tasks' reach (this may re-execute the process with a clean environment block).
+    // `dev` runs a sidecar in this process: its environment is kept out of the tasks' reach.
     let allow: Vec<String> = agentcom_sidecar::DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect();
-    let isolation = agentcom_sidecar::secure::isolate(&allow);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: starting the runtime: {err}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(isolation)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    agentcom_sidecar::binary_main(&allow, run)
 }
 
 async fn run(isolation: agentcom_sidecar::secure::Isolation) -> anyhow::Result<()> {

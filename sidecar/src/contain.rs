@@ -149,7 +149,13 @@ impl Drop for Inner {
                     let _ = fs::remove_dir(dir.join("supervisor"));
                 }
             }
-            // Fails, and keeps the directory for the next start, if a task cgroup is left.
+            // Task cgroups that emptied since (a scope dropped unfinished kills, but cannot wait);
+            // one still holding processes keeps the directory for the next start.
+            for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().starts_with("task-") {
+                    let _ = fs::remove_dir(entry.path());
+                }
+            }
             let _ = fs::remove_dir(dir);
         }
     }
@@ -346,30 +352,37 @@ impl Containment {
                 }
             }
         }
-        let own = std::process::id() as i32;
-        let mut seen = HashSet::new();
-        for _ in 0..20 {
-            let marked: Vec<i32> = all_pids()
-                .into_iter()
-                .filter(|&pid| {
-                    pid != own && !is_zombie(pid) && marks(pid).is_some_and(|m| m.sidecar == self.inner.sidecar_id)
-                })
-                .collect();
-            if marked.is_empty() {
-                break;
-            }
-            for pid in marked {
-                if seen.insert(pid) {
-                    warn!(pid, "killing a task process left by an earlier run");
-                    ended += 1;
-                }
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                reap_if_ours(pid);
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        for pid in kill_marked(&self.inner.sidecar_id) {
+            warn!(pid, "killed a task process left by an earlier run");
+            ended += 1;
         }
         ended
     }
+}
+
+/// Kills every process on the machine marked with `sidecar_id`, looking again (bounded) for what
+/// they fork meanwhile. Returns the pids killed.
+fn kill_marked(sidecar_id: &str) -> Vec<i32> {
+    let own = std::process::id() as i32;
+    let mut killed = Vec::new();
+    for _ in 0..20 {
+        let marked: Vec<i32> = all_pids()
+            .into_iter()
+            .filter(|&pid| pid != own && !is_zombie(pid) && marks(pid).is_some_and(|m| m.sidecar == sidecar_id))
+            .collect();
+        if marked.is_empty() {
+            break;
+        }
+        for pid in marked {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            reap_if_ours(pid);
+            if !killed.contains(&pid) {
+                killed.push(pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    killed
 }
 
 /// Where one attempt's processes live. Dropped without [`Scope::finish`] (the job's future
@@ -681,20 +694,7 @@ pub fn watchdog_main_if_requested() {
             }
         }
     }
-    let own = std::process::id() as i32;
-    for _ in 0..20 {
-        let marked: Vec<i32> = all_pids()
-            .into_iter()
-            .filter(|&pid| pid != own && !is_zombie(pid) && marks(pid).is_some_and(|m| &m.sidecar == sidecar_id))
-            .collect();
-        if marked.is_empty() {
-            break;
-        }
-        for pid in marked {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    kill_marked(sidecar_id);
     if dir != "-" {
         let dir = Path::new(dir);
         for entry in fs::read_dir(dir).into_iter().flatten().flatten() {

@@ -132,6 +132,34 @@ pub async fn prepare(config: &Config) -> Result<Prepared, Error> {
     Ok(Prepared { settings: shell::Settings::new(config.shell.clone(), containment, state) })
 }
 
+/// The `main` of a binary that runs a sidecar (`agentcom-sidecar`, and `agentcom-hub` for `dev`):
+/// the watchdog if that is what was started, then the environment isolation before any thread
+/// (`allow` is the task allowlist), then `run` on a multi-threaded runtime; errors are printed
+/// and turn into a failing exit code.
+pub fn binary_main<F, Fut>(allow: &[String], run: F) -> std::process::ExitCode
+where
+    F: FnOnce(secure::Isolation) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    contain::watchdog_main_if_requested();
+    // Before any thread: this may re-execute the process with a clean environment block.
+    let isolation = secure::isolate(allow);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(isolation)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Completes on Ctrl-C (SIGINT) or SIGTERM: the binaries' shutdown trigger.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

@@ -141,24 +141,7 @@ impl RunArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    agentcom_sidecar::contain::watchdog_main_if_requested();
-    // Before any thread: this may re-execute the process with a clean environment block.
-    let allow = env_allowlist_from_args();
-    let isolation = agentcom_sidecar::secure::isolate(&allow);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: starting the runtime: {err}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(isolation)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    agentcom_sidecar::binary_main(&env_allowlist_from_args(), run)
 }
 
 /// The task environment allowlist, read from the arguments before clap runs (the environment
