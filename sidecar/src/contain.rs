@@ -192,11 +192,12 @@ impl Containment {
         let dir_name = if durable {
             format!("agentcom-{}", sanitize(sidecar_id))
         } else {
+            // A prefix no durable name has ("agentcom-"), so a sweep can never take one for another.
             format!(
-                "agentcom-{}-{}-{:06x}",
-                sanitize(sidecar_id),
+                "{EPHEMERAL_PREFIX}{}-{:06x}-{}",
                 std::process::id(),
-                rand::random::<u32>() & 0xff_ffff
+                rand::random::<u32>() & 0xff_ffff,
+                sanitize(sidecar_id)
             )
         };
         let mut watchdog = None;
@@ -777,6 +778,7 @@ fn cgroup_setup(dir_name: &str) -> Result<(PathBuf, bool, bool), String> {
     let own = fs::read_to_string("/proc/self/cgroup").map_err(|err| format!("/proc/self/cgroup: {err}"))?;
     let own = own_cgroup(&own).ok_or("this process is in no cgroup v2")?;
     let base = mount.join(own.trim_start_matches('/'));
+    sweep_dead_processes_dirs(&base);
     let dir = base.join(dir_name);
     match fs::create_dir(&dir) {
         Ok(()) => {}
@@ -813,6 +815,27 @@ fn cgroup_setup(dir_name: &str) -> Result<(PathBuf, bool, bool), String> {
     let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
     let has = |name: &str| enabled.split_whitespace().any(|c| c == name);
     Ok((dir.clone(), has("memory"), has("pids")))
+}
+
+/// Directories of sidecars without a state directory: `agentcom.ephemeral-PID-RANDOM-ID`.
+const EPHEMERAL_PREFIX: &str = "agentcom.ephemeral-";
+
+/// Removes what sidecars without a state directory left when their process ended abruptly: a
+/// directory whose PID is gone is nobody's.
+fn sweep_dead_processes_dirs(base: &Path) {
+    for entry in fs::read_dir(base).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(EPHEMERAL_PREFIX) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        if pid > 0 && !Path::new(&format!("/proc/{pid}")).exists() {
+            for task in fs::read_dir(entry.path()).into_iter().flatten().flatten() {
+                if task.file_name().to_string_lossy().starts_with("task-") {
+                    kill_cgroup(&task.path());
+                }
+            }
+            let _ = fs::remove_dir(entry.path());
+        }
+    }
 }
 
 /// Makes `dir/supervisor` and moves this process into it; `None` (and a warning) if it cannot.
@@ -1061,6 +1084,29 @@ mod tests {
         assert_eq!((marks.sidecar.as_str(), marks.task.as_str(), marks.generation), ("s1", "t1", 7));
         assert!(parse_marks(b"AGENTCOM_SIDECAR_ID=s1\0AGENTCOM_TASK_ID=t1\0").is_none());
         assert!(parse_marks(b"").is_none());
+    }
+
+    #[test]
+    fn only_ephemeral_directories_of_dead_processes_are_swept() {
+        let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else { return };
+        let (Some(mount), Ok(own)) = (cgroup2_mount(&mountinfo), fs::read_to_string("/proc/self/cgroup")) else {
+            return; // No cgroup v2 here: nothing is swept, nothing to check.
+        };
+        let base = mount.join(own_cgroup(&own).unwrap_or("/").trim_start_matches('/'));
+        let dead = std::process::Command::new("true").spawn().and_then(|mut c| c.wait().map(|_| c.id())).unwrap();
+        let ours = format!("{EPHEMERAL_PREFIX}{}-000000-sweep-test", std::process::id());
+        let gone = format!("{EPHEMERAL_PREFIX}{dead}-000000-sweep-test");
+        // A durable name whose id happens to end like a pid and a suffix.
+        let durable = format!("agentcom-node-{dead}-3fa1b2");
+        let made: Vec<PathBuf> = [&ours, &gone, &durable].iter().map(|n| base.join(n)).collect();
+        if made.iter().any(|dir| fs::create_dir(dir).is_err()) {
+            made.iter().for_each(|dir| drop(fs::remove_dir(dir)));
+            return; // Not writable here (the subreaper case): nothing is swept.
+        }
+        sweep_dead_processes_dirs(&base);
+        let exists: Vec<bool> = made.iter().map(|dir| dir.exists()).collect();
+        made.iter().for_each(|dir| drop(fs::remove_dir(dir)));
+        assert_eq!(exists, vec![true, false, true], "only the dead process's ephemeral directory goes");
     }
 
     #[test]
