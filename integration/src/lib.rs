@@ -8,6 +8,8 @@
 //! Nothing here sleeps for a fixed time to wait for something: use [`assert_eventually!`] with
 //! a bounded patience instead.
 
+#![allow(clippy::disallowed_methods)] // Tests and benchmarks start the real binaries and tools.
+
 pub mod ollama;
 pub mod process;
 

@@ -1,5 +1,7 @@
 //! The fleet view: LLM endpoints against an Ollama double, resource reports, stalls, and drain.
 
+#![allow(clippy::disallowed_methods)] // Tests and benchmarks start the real binaries and tools.
+
 use std::process::Command;
 use std::time::Duration;
 

@@ -1,5 +1,7 @@
 //! End-to-end tests with the real binaries as processes: what a user runs, `kill -9` included.
 
+#![allow(clippy::disallowed_methods)] // Tests and benchmarks start the real binaries and tools.
+
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;

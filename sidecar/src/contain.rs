@@ -640,6 +640,7 @@ impl Watchdog {
         let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".to_owned());
         // No environment: the sidecar's holds secrets, and the watchdog needs none of them. Its
         // own process group, so a Ctrl-C to the terminal does not end it first.
+        #[allow(clippy::disallowed_methods)] // The watchdog is containment's own process.
         let spawned = std::process::Command::new(exe)
             .args([WATCHDOG_ARG, sidecar_id, &dir])
             .env_clear()
@@ -1093,6 +1094,7 @@ mod tests {
             return; // No cgroup v2 here: nothing is swept, nothing to check.
         };
         let base = mount.join(own_cgroup(&own).unwrap_or("/").trim_start_matches('/'));
+        #[allow(clippy::disallowed_methods)] // A process to be dead, for its pid.
         let dead = std::process::Command::new("true").spawn().and_then(|mut c| c.wait().map(|_| c.id())).unwrap();
         let ours = format!("{EPHEMERAL_PREFIX}{}-000000-sweep-test", std::process::id());
         let gone = format!("{EPHEMERAL_PREFIX}{dead}-000000-sweep-test");

@@ -62,6 +62,7 @@ fn reexec(vars: &[(OsString, OsString)], allow: &[String]) -> Result<std::conver
     let argv0 = args.next().unwrap_or_else(|| "agentcom".into());
     // The binary's own path rather than /proc/self/exe, so the process keeps its name in ps.
     let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+    #[allow(clippy::disallowed_methods)] // The re-exec of this very binary.
     let mut command = std::process::Command::new(exe);
     command.arg0(argv0).args(args).env_clear().env(ENV_FD, fd.to_string());
     for (key, value) in vars {
@@ -85,7 +86,7 @@ fn restore(fd: &std::ffi::OsStr) -> Isolation {
         Err(err) => return Isolation::Failed(format!("reading the environment back: {err}")),
     };
     let vars = decode(&bytes);
-    #[allow(unsafe_code)] // Setting variables is sound here: no other thread exists yet.
+    #[allow(unsafe_code, clippy::disallowed_methods)] // Sound here: no other thread exists yet.
     // SAFETY: `isolate` is documented to run first in `main`, before any thread is started, so
     // nothing reads the environment concurrently.
     unsafe {

@@ -225,6 +225,7 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
             return Outcome::failed_to_start(error);
         }
     };
+    #[allow(clippy::disallowed_methods)] // This is where tasks start.
     let mut command = Command::new(&executable);
     command
         .arg0(program)

@@ -7,6 +7,8 @@
 //! time with a large stored queue. `meshbench fleet` and `meshbench shell` run the real binaries
 //! (see their modules). Build with `--release`.
 
+#![allow(clippy::disallowed_methods)] // Tests and benchmarks start the real binaries and tools.
+
 mod fleet;
 mod shell;
 
