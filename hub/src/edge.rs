@@ -229,7 +229,7 @@ impl Drop for Slot {
     }
 }
 
-/// Counts the listener keeps, for the queue stats and tests.
+/// Counts the listener keeps (read through `Hub::edge`; not yet in any API response).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     pub connections: usize,
@@ -249,10 +249,6 @@ pub struct Edge {
 impl Edge {
     pub fn new(limits: Limits) -> Edge {
         Edge { shared: Arc::new(Shared { limits, admission: Mutex::new(Admission::default()) }) }
-    }
-
-    pub fn limits(&self) -> &Limits {
-        &self.shared.limits
     }
 
     pub fn stats(&self) -> Stats {

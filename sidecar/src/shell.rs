@@ -133,41 +133,23 @@ impl Options {
 /// How the sidecar runs processes: the options plus what was set up at start.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub work_dir: PathBuf,
-    /// Directories outside the work directory tasks may name as `cwd` (`--allow-cwd`).
-    pub allow_cwd: Vec<PathBuf>,
-    /// The allowlisted part of the sidecar's own environment.
-    pub base_env: Vec<(String, String)>,
-    /// Between SIGTERM and SIGKILL.
-    pub kill_grace: Duration,
+    /// As configured, with the work directory and `allow_cwd` made canonical.
+    pub options: Options,
     pub containment: Containment,
     /// Where running attempts are recorded, so a later start can kill what a crash left.
     pub state: Option<StateDir>,
-    /// Values for tasks' `secret_env`, read from these files when a task starts.
-    pub secrets: BTreeMap<String, PathBuf>,
-    /// Run tasks as this user instead of the sidecar's own.
-    pub run_as: Option<RunAs>,
     pub programs: Programs,
 }
 
 impl Settings {
-    pub fn new(options: Options, containment: Containment, state: Option<StateDir>) -> Settings {
-        let Options { work_dir, allow_cwd, base_env, kill_grace, secrets, run_as } = options;
+    pub fn new(mut options: Options, containment: Containment, state: Option<StateDir>) -> Settings {
         // Canonical, so a task's resolved cwd can be checked against them by prefix.
-        let canonical = |dir: PathBuf| std::fs::canonicalize(&dir).unwrap_or(dir);
-        let work_dir = canonical(work_dir);
-        let allow_cwd = allow_cwd.into_iter().map(canonical).collect();
-        Settings {
-            work_dir,
-            allow_cwd,
-            base_env,
-            kill_grace,
-            containment,
-            state,
-            secrets,
-            run_as,
-            programs: Programs::default(),
+        fn canonical(dir: PathBuf) -> PathBuf {
+            std::fs::canonicalize(&dir).unwrap_or(dir)
         }
+        options.work_dir = canonical(options.work_dir);
+        options.allow_cwd = std::mem::take(&mut options.allow_cwd).into_iter().map(canonical).collect();
+        Settings { options, containment, state, programs: Programs::default() }
     }
 }
 
@@ -203,11 +185,11 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
         Program::Argv(argv) => (&argv[0], argv[1..].iter().map(String::as_str).collect()),
         Program::Script(script) => ("sh", vec!["-c", script]),
     };
-    let cwd = match working_dir(job.cwd.as_deref(), &settings.work_dir, &settings.allow_cwd) {
+    let cwd = match working_dir(job.cwd.as_deref(), &settings.options.work_dir, &settings.options.allow_cwd) {
         Ok(cwd) => cwd,
         Err(error) => return Outcome::failed_to_start(error),
     };
-    let secrets = match resolve_secrets(&job.secret_env, &settings.secrets) {
+    let secrets = match resolve_secrets(&job.secret_env, &settings.options.secrets) {
         Ok(secrets) => secrets,
         Err(error) => return Outcome::failed_to_start(error),
     };
@@ -217,7 +199,7 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
     };
     // An absolute program path lets the spawn take the fast way (posix_spawn, which does not
     // copy the sidecar's memory): with a PATH of its own and a bare name, std would fork.
-    let env_path = job.env.iter().chain(&settings.base_env).find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
+    let env_path = job.env.iter().chain(&settings.options.base_env).find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
     let executable = match settings.programs.resolve(program, env_path, &cwd) {
         Ok(executable) => executable,
         Err(error) => {
@@ -231,7 +213,7 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
         .arg0(program)
         .args(&args)
         .env_clear()
-        .envs(settings.base_env.iter().map(|(k, v)| (k, v)))
+        .envs(settings.options.base_env.iter().map(|(k, v)| (k, v)))
         .envs(job.env.iter().map(|(k, v)| (k, v)))
         .envs(secrets.iter().map(|(k, v)| (k, v)))
         .env(contain::MARK_SIDECAR, settings.containment.sidecar_id())
@@ -243,12 +225,12 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(user) = &settings.run_as {
+    if let Some(user) = &settings.options.run_as {
         command.uid(user.uid).gid(user.gid).env("HOME", &user.home).env("USER", &user.name).env("LOGNAME", &user.name);
     }
     // Changing user forks anyway, so the child sets itself up then; without cgroups it must
     // (for PR_SET_PDEATHSIG).
-    let in_child = scope.needs_child_setup() || settings.run_as.is_some();
+    let in_child = scope.needs_child_setup() || settings.options.run_as.is_some();
     if in_child {
         let setup = scope.child_setup();
         #[allow(unsafe_code)] // The hook only makes async-signal-safe calls; see `contain::ChildSetup::apply`.
@@ -323,7 +305,7 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
         Some(status) => status,
         None => {
             scope.terminate();
-            let grace = tokio::time::sleep(settings.kill_grace);
+            let grace = tokio::time::sleep(settings.options.kill_grace);
             tokio::pin!(grace);
             loop {
                 tokio::select! {
@@ -524,17 +506,9 @@ mod tests {
 
     fn settings_with(dir: &Path, preference: Preference) -> Settings {
         let sidecar_id = format!("shell-test-{:08x}", rand::random::<u32>());
-        Settings {
-            work_dir: dir.canonicalize().unwrap(),
-            allow_cwd: Vec::new(),
-            base_env: allowlisted_env(std::env::vars(), &["PATH".to_owned()]),
-            kill_grace: Duration::from_millis(500),
-            containment: Containment::setup(&sidecar_id, preference, false).unwrap(),
-            state: None,
-            secrets: BTreeMap::new(),
-            run_as: None,
-            programs: Programs::default(),
-        }
+        let mut options = Options::new(dir.to_owned(), std::env::vars(), &["PATH".to_owned()]);
+        options.kill_grace = Duration::from_millis(500);
+        Settings::new(options, Containment::setup(&sidecar_id, preference, false).unwrap(), None)
     }
 
     fn settings(dir: &Path) -> Settings {
@@ -601,7 +575,7 @@ mod tests {
         let file = dir.path().join("token");
         std::fs::write(&file, "s3cret-value\n").unwrap();
         let mut settings = settings(dir.path());
-        settings.secrets.insert("API_TOKEN".into(), file);
+        settings.options.secrets.insert("API_TOKEN".into(), file);
         let mut job = script("test \"$API_TOKEN\" = s3cret-value && echo matched");
         job.secret_env = vec!["API_TOKEN".into()];
         let outcome = run(&job, &settings, Arc::new(Recorder::default()), CancellationToken::new()).await;

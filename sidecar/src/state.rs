@@ -72,10 +72,6 @@ impl StateDir {
         Ok(StateDir { root: self.root.clone(), running, log: Arc::default() })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.root
-    }
-
     /// The sidecar id kept here, or `make()`'s, which is then kept.
     pub fn sidecar_id(&self, make: impl FnOnce() -> String) -> io::Result<String> {
         let path = self.root.join("sidecar.id");
