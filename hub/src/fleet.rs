@@ -6,47 +6,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use serde::{Deserialize, Serialize};
-use sha2::Digest;
-
-use crate::domain::UnixMs;
-
-/// A host's resource reading and its parts are the sidecar's own plain types: the hub keeps a
-/// report as the sidecar took it (validated on the way in, in `convert`).
-pub use agentcom_sidecar::resources::{Disk, Gpu, GpuProcess, Report as Resources};
-
-/// A model an endpoint offers, as the sidecar's probe (or the hub's own) found it; `loaded`
-/// means warm. Stored in the registry as JSON.
-pub use agentcom_sidecar::llm::Model;
-
-/// A report reduced to what a history chart needs: 40 bytes, so an hour of 15-second reports
-/// costs about 10 KiB per host.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
-pub struct Sample {
-    pub at_unix_ms: UnixMs,
-    pub cpu_percent: f32,
-    pub load1: f32,
-    pub memory_used_bytes: u64,
-    /// Mean utilization over the host's GPUs that report it.
-    pub gpu_utilization_percent: Option<f32>,
-    pub gpu_memory_used_bytes: u64,
-}
-
-impl Sample {
-    pub fn of(report: &Resources) -> Sample {
-        let utilizations: Vec<u32> = report.gpus.iter().filter_map(|g| g.utilization_percent).collect();
-        let gpu_utilization_percent = (!utilizations.is_empty())
-            .then(|| utilizations.iter().map(|&u| u as f32).sum::<f32>() / utilizations.len() as f32);
-        Sample {
-            at_unix_ms: report.at_unix_ms,
-            cpu_percent: report.cpu_percent as f32,
-            load1: report.load1 as f32,
-            memory_used_bytes: report.memory_used_bytes,
-            gpu_utilization_percent,
-            gpu_memory_used_bytes: report.gpus.iter().filter_map(|g| g.memory_used_bytes).sum(),
-        }
-    }
-}
+pub use agentcom_types::fleet::{
+    AgentDetail, AgentView, Cordon, Disk, Endpoint, EndpointKind, Gpu, GpuProcess, HostView, Model, Owner, Resources,
+    Sample, endpoint_id,
+};
 
 /// How much history a host keeps: one hour, and never more than this many samples whatever
 /// the report interval.
@@ -76,81 +39,6 @@ impl Host {
             self.history.pop_front();
         }
     }
-}
-
-/// A sidecar taking no new work, since when, and when what still runs on it is requeued.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cordon {
-    pub since_unix_ms: UnixMs,
-    pub deadline_unix_ms: Option<UnixMs>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EndpointKind {
-    Ollama,
-    Anthropic,
-    Openai,
-}
-
-impl EndpointKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndpointKind::Ollama => "ollama",
-            EndpointKind::Anthropic => "anthropic",
-            EndpointKind::Openai => "openai",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<EndpointKind> {
-        match s {
-            "ollama" => Some(EndpointKind::Ollama),
-            "anthropic" => Some(EndpointKind::Anthropic),
-            "openai" => Some(EndpointKind::Openai),
-            _ => None,
-        }
-    }
-}
-
-/// Who probes an endpoint: the sidecar on its machine, or the hub itself (added by an admin,
-/// and only if its host is allowlisted).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "by", content = "sidecar_id")]
-pub enum Owner {
-    Sidecar(String),
-    Hub,
-}
-
-/// An LLM endpoint and what its last check found.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Endpoint {
-    pub id: String,
-    pub url: String,
-    pub kind: EndpointKind,
-    pub owner: Owner,
-    pub healthy: bool,
-    pub version: String,
-    /// Why the last check failed.
-    pub error: Option<String>,
-    pub models: Vec<Model>,
-    pub checked_unix_ms: UnixMs,
-}
-
-impl Endpoint {
-    /// Equal apart from when it was checked: a change worth persisting and announcing.
-    fn same_as(&self, other: &Endpoint) -> bool {
-        Endpoint { checked_unix_ms: 0, ..self.clone() } == Endpoint { checked_unix_ms: 0, ..other.clone() }
-    }
-}
-
-/// The stable id of an endpoint: its owner and URL, hashed short enough to type.
-pub fn endpoint_id(owner: &Owner, url: &str) -> String {
-    let owner = match owner {
-        Owner::Sidecar(id) => id.as_str(),
-        Owner::Hub => "",
-    };
-    let digest = sha2::Sha256::digest(format!("{owner}\n{url}").as_bytes());
-    format!("ep-{}", &hex::encode(digest)[..12])
 }
 
 /// What changed in the registry, for the core to persist.
@@ -268,20 +156,6 @@ mod tests {
         assert!(host.history.iter().zip(host.history.iter().skip(1)).all(|(a, b)| a.at_unix_ms <= b.at_unix_ms));
     }
 
-    #[test]
-    fn a_sample_averages_gpu_utilization_over_gpus_that_report_it() {
-        let gpu =
-            |u: Option<u32>, m: Option<u64>| Gpu { utilization_percent: u, memory_used_bytes: m, ..Gpu::default() };
-        let r = Resources {
-            gpus: vec![gpu(Some(30), Some(10)), gpu(None, None), gpu(Some(90), Some(5))],
-            ..report(1, 0.0)
-        };
-        let sample = Sample::of(&r);
-        assert_eq!(sample.gpu_utilization_percent, Some(60.0));
-        assert_eq!(sample.gpu_memory_used_bytes, 15);
-        assert_eq!(Sample::of(&report(1, 0.0)).gpu_utilization_percent, None);
-    }
-
     fn endpoint(owner: Owner, url: &str, models: &[&str]) -> Endpoint {
         Endpoint {
             id: endpoint_id(&owner, url),
@@ -316,14 +190,6 @@ mod tests {
         assert_eq!(changes, Changes { put: vec![a.id.clone()], removed: vec![b.id.clone()] });
         assert!(registry.get(&admin.id).is_some(), "other owners are untouched");
         assert_eq!(registry.iter().count(), 2);
-    }
-
-    #[test]
-    fn endpoint_ids_are_stable_and_tell_owners_apart() {
-        let url = "http://127.0.0.1:11434";
-        assert_eq!(endpoint_id(&Owner::Hub, url), endpoint_id(&Owner::Hub, url));
-        assert_ne!(endpoint_id(&Owner::Hub, url), endpoint_id(&Owner::Sidecar("s".into()), url));
-        assert!(endpoint_id(&Owner::Hub, url).starts_with("ep-") && endpoint_id(&Owner::Hub, url).len() == 15);
     }
 
     #[test]

@@ -10,8 +10,8 @@ use proptest::prelude::*;
 use prost::Message;
 use serde_json::{Map, Value};
 
-use crate::convert;
 use crate::domain::SpecDefaults;
+use agentcom_types::wire as convert;
 
 /// Field names of the submit body, at every level, so generated objects look like real ones.
 const KEYS: &[&str] = &[
@@ -88,7 +88,7 @@ fn json_value() -> impl Strategy<Value = Value> {
 }
 
 fn check_json(text: &str) {
-    if let Ok(spec) = crate::api::http::spec_from_json(text)
+    if let Ok(spec) = agentcom_types::json::spec_from_json(text)
         && let Ok(spec) = convert::spec_from_pb(spec, &SpecDefaults::default())
     {
         // Whatever conversion accepts has passed validation and survives the trip to storage.
@@ -132,7 +132,7 @@ proptest! {
 fn valid_bodies_pass_the_json_check() {
     // The check itself can tell valid from invalid: a real body goes all the way through.
     let body = r#"{"shell":{"argv":["echo","hi"],"secret_env":["TOKEN"]},"limits":{"timeout_ms":5},"priority":"high"}"#;
-    let spec = crate::api::http::spec_from_json(body).unwrap();
+    let spec = agentcom_types::json::spec_from_json(body).unwrap();
     assert!(convert::spec_from_pb(spec, &SpecDefaults::default()).is_ok());
     check_json(body);
 }

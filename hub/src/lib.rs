@@ -2,16 +2,13 @@
 //! their agents, and the admin APIs.
 //!
 //! Start at [`server::run`]: it wires storage ([`store`]), the core actor ([`core`]) and the
-//! gRPC/HTTP edges ([`api`]). Pure logic lives in [`queue`], [`agent`] and [`domain`], and is
-//! tested without a runtime.
+//! gRPC/HTTP edges ([`api`]). Pure logic lives in [`queue`] and [`fleet`], and is tested
+//! without a runtime; the shared types ([`domain`], [`agent`]) are `agentcom-types`'.
 
-pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod backup;
-pub mod convert;
 pub mod core;
-pub mod domain;
 pub mod edge;
 pub mod feed;
 pub mod fleet;
@@ -20,6 +17,9 @@ mod fuzz_tests;
 pub mod probe;
 pub mod queue;
 pub mod ratelimit;
+pub mod sched;
 pub mod server;
 pub mod store;
 pub mod wal;
+
+pub use agentcom_types::{agent, domain};

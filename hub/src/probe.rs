@@ -13,7 +13,7 @@ use crate::fleet::{self, Endpoint, EndpointKind, Owner};
 
 /// Runs until `stop` is cancelled.
 pub async fn run(hub: Handle, allow: Vec<String>, every: Duration, stop: CancellationToken) {
-    let client = agentcom_sidecar::llm::client();
+    let client = agentcom_llm::client();
     // The first check after one interval: until then the registry shows what was last stored.
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -34,19 +34,12 @@ pub async fn run(hub: Handle, allow: Vec<String>, every: Duration, stop: Cancell
 async fn check(client: &reqwest::Client, allow: &[String], endpoint: Endpoint) -> Endpoint {
     let probe = match fleet::check_allowed(&endpoint.url, allow) {
         // Allowed when added, but the allowlist changed since: do not call it.
-        Err(why) => agentcom_sidecar::llm::Probe { error: Some(why), ..Default::default() },
+        Err(why) => agentcom_llm::Probe::failed(why),
         Ok(()) => match endpoint.kind {
-            EndpointKind::Ollama => agentcom_sidecar::llm::probe_ollama(client, &endpoint.url).await,
-            EndpointKind::Openai => agentcom_sidecar::llm::probe_openai(client, &endpoint.url, None).await,
+            EndpointKind::Ollama => agentcom_llm::probe_ollama(client, &endpoint.url).await,
+            EndpointKind::Openai => agentcom_llm::probe_openai(client, &endpoint.url, None).await,
             EndpointKind::Anthropic => return endpoint,
         },
     };
-    Endpoint {
-        healthy: probe.healthy,
-        version: probe.version,
-        error: probe.error,
-        models: probe.models,
-        checked_unix_ms: now_ms(),
-        ..endpoint
-    }
+    probe.found(endpoint, now_ms())
 }

@@ -10,6 +10,7 @@
 //! Records are the wire contract's `v1::Task`, encoded with prost: compact, and it evolves the
 //! way the contract does. redb's API is blocking, so everything here runs off the async workers.
 
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,8 +22,8 @@ use prost::Message;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::mpsc;
 
-use crate::convert;
 use crate::domain::{Task, TaskId};
+use crate::fleet::{Cordon, Endpoint, Registry};
 use crate::wal::{self, Wal};
 
 /// Task id (a ULID as u128, so keys sort by age) -> encoded `v1::Task`.
@@ -34,6 +35,9 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const FLEET: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("fleet");
 
 const SCHEMA_VERSION: u64 = 1;
+/// Keys in the `fleet` table.
+const CORDON_PREFIX: &str = "cordon/";
+const ENDPOINT_PREFIX: &str = "endpoint/";
 /// META key: the last write-ahead log record that redb's last durable commit covers.
 const CHECKPOINT_LSN: &str = "checkpoint_lsn";
 /// Most changes one commit takes; the rest wait for the next.
@@ -80,18 +84,18 @@ fn redb_err(err: impl Into<redb::Error>) -> Error {
 pub enum Op {
     PutTask(Box<Task>),
     DeleteTask(TaskId),
-    PutToken {
-        hash: String,
-        role: String,
-    },
-    /// A fleet setting: `key` in the `fleet` table, `value` its JSON.
-    PutFleet {
-        key: String,
-        value: Vec<u8>,
-    },
-    DeleteFleet {
-        key: String,
-    },
+    PutToken { hash: String, role: String },
+    PutCordon { sidecar_id: String, cordon: Cordon },
+    DeleteCordon { sidecar_id: String },
+    PutEndpoint(Box<Endpoint>),
+    DeleteEndpoint { id: String },
+}
+
+/// The durable fleet settings: the LLM registry and the cordons.
+#[derive(Debug, Default)]
+pub struct Fleet {
+    pub registry: Registry,
+    pub cordons: HashMap<String, Cordon>,
 }
 
 #[derive(Clone)]
@@ -333,7 +337,7 @@ impl Store {
                 .map(|(key, bytes)| {
                     let record = pb::Task::decode(bytes.as_slice())
                         .map_err(|err| Error::Corrupt { key: *key, message: err.to_string() })?;
-                    convert::task_from_pb(record)
+                    agentcom_types::wire::task_from_pb(record)
                         .map(Box::new)
                         .map_err(|err| Error::Corrupt { key: *key, message: err.to_string() })
                 })
@@ -363,7 +367,9 @@ impl Store {
         let key = u128::from(id.0);
         let Some(value) = table.get(key).map_err(redb_err)? else { return Ok(None) };
         let record = pb::Task::decode(value.value()).map_err(|err| Error::Corrupt { key, message: err.to_string() })?;
-        convert::task_from_pb(record).map(Some).map_err(|err| Error::Corrupt { key, message: err.to_string() })
+        agentcom_types::wire::task_from_pb(record)
+            .map(Some)
+            .map_err(|err| Error::Corrupt { key, message: err.to_string() })
     }
 
     /// Token hashes and their roles.
@@ -380,18 +386,30 @@ impl Store {
             .collect()
     }
 
-    /// Every fleet setting, by key.
-    pub fn load_fleet(&self) -> Result<Vec<(String, Vec<u8>)>, Error> {
+    /// The registry and the cordons, as stored. A record that does not decode is skipped with a
+    /// warning naming it: these are settings an operator can redo, and the queue matters more.
+    pub fn load_fleet(&self) -> Result<Fleet, Error> {
         let txn = self.db.begin_read().map_err(redb_err)?;
         let table = txn.open_table(FLEET).map_err(redb_err)?;
-        table
-            .iter()
-            .map_err(redb_err)?
-            .map(|entry| {
-                let (key, value) = entry.map_err(redb_err)?;
-                Ok((key.value().to_owned(), value.value().to_vec()))
-            })
-            .collect()
+        let mut fleet = Fleet::default();
+        for entry in table.iter().map_err(redb_err)? {
+            let (key, value) = entry.map_err(redb_err)?;
+            let (key, value) = (key.value(), value.value());
+            if let Some(sidecar_id) = key.strip_prefix(CORDON_PREFIX) {
+                match serde_json::from_slice::<Cordon>(value) {
+                    Ok(cordon) => drop(fleet.cordons.insert(sidecar_id.to_owned(), cordon)),
+                    Err(err) => tracing::warn!(key, error = %err, "skipped a stored cordon that does not decode"),
+                }
+            } else if key.starts_with(ENDPOINT_PREFIX) {
+                match serde_json::from_slice::<Endpoint>(value) {
+                    Ok(endpoint) => drop(fleet.registry.put(endpoint)),
+                    Err(err) => tracing::warn!(key, error = %err, "skipped a stored endpoint that does not decode"),
+                }
+            } else {
+                tracing::warn!(key, "skipped an unknown fleet setting");
+            }
+        }
+        Ok(fleet)
     }
 
     /// Writes a consistent copy of the whole database to `dest` (through `dest.partial`, renamed
@@ -620,12 +638,20 @@ fn prepare(ops: Vec<Op>) -> Vec<Prepared> {
         .map(|op| match op {
             Op::PutTask(task) => {
                 let key = u128::from(task.id.0);
-                Prepared::PutTask { key, bytes: convert::task_into_pb(*task).encode_to_vec() }
+                Prepared::PutTask { key, bytes: agentcom_types::wire::task_into_pb(*task).encode_to_vec() }
             }
             Op::DeleteTask(id) => Prepared::DeleteTask { key: u128::from(id.0) },
             Op::PutToken { hash, role } => Prepared::PutToken { hash, role },
-            Op::PutFleet { key, value } => Prepared::PutFleet { key, value },
-            Op::DeleteFleet { key } => Prepared::DeleteFleet { key },
+            Op::PutCordon { sidecar_id, cordon } => Prepared::PutFleet {
+                key: format!("{CORDON_PREFIX}{sidecar_id}"),
+                value: serde_json::to_vec(&cordon).expect("a cordon serializes"),
+            },
+            Op::DeleteCordon { sidecar_id } => Prepared::DeleteFleet { key: format!("{CORDON_PREFIX}{sidecar_id}") },
+            Op::PutEndpoint(endpoint) => Prepared::PutFleet {
+                key: format!("{ENDPOINT_PREFIX}{}", endpoint.id),
+                value: serde_json::to_vec(&endpoint).expect("an endpoint serializes"),
+            },
+            Op::DeleteEndpoint { id } => Prepared::DeleteFleet { key: format!("{ENDPOINT_PREFIX}{id}") },
         })
         .collect()
 }
@@ -799,15 +825,20 @@ mod tests {
 
     #[test]
     fn fleet_settings_survive_a_reopen_and_their_log_form_round_trips() {
-        let ops = prepare(vec![
-            Op::PutFleet { key: "endpoint/e".into(), value: b"{\"url\":1}".to_vec() },
-            Op::DeleteFleet { key: "cordon/c".into() },
-        ]);
-        let decoded = decode_ops(&encode_ops(&ops)).expect("decodes");
-        assert!(
-            matches!(&decoded[0], Prepared::PutFleet { key, value } if key == "endpoint/e" && value == b"{\"url\":1}")
-        );
-        assert!(matches!(&decoded[1], Prepared::DeleteFleet { key } if key == "cordon/c"));
+        use crate::fleet::{EndpointKind, Model, Owner};
+        let mut endpoint = Endpoint::new(Owner::Hub, "http://gpu-1:11434".into(), EndpointKind::Ollama);
+        endpoint.models = vec![Model { loaded: true, expires_unix_ms: Some(9), ..Model::named("llama3.2:3b") }];
+        endpoint.error = Some("not checked yet".into());
+        let cordon = |since| Cordon { since_unix_ms: since, deadline_unix_ms: Some(since + 5) };
+        let ops = vec![
+            Op::PutCordon { sidecar_id: "a".into(), cordon: cordon(1) },
+            Op::PutCordon { sidecar_id: "b".into(), cordon: cordon(2) },
+            Op::PutEndpoint(Box::new(endpoint.clone())),
+            Op::DeleteCordon { sidecar_id: "a".into() },
+        ];
+        let prepared = prepare(ops);
+        let decoded = decode_ops(&encode_ops(&prepared)).expect("decodes");
+        assert_eq!(encode_ops(&decoded), encode_ops(&prepared), "the log form round-trips");
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hub.redb");
@@ -820,18 +851,20 @@ mod tests {
                 done_tx.send(tickets).unwrap();
             },
         );
-        let put = |key: &str, value: &str| Op::PutFleet { key: key.into(), value: value.as_bytes().to_vec() };
-        writer.write(vec![put("cordon/a", "1"), put("cordon/b", "2"), put("endpoint/x", "{}")], 1).unwrap();
-        writer.write(vec![Op::DeleteFleet { key: "cordon/a".into() }], 2).unwrap();
+        writer.write(vec![Op::PutCordon { sidecar_id: "a".into(), cordon: cordon(1) }], 1).unwrap();
+        writer.write(vec![Op::PutCordon { sidecar_id: "b".into(), cordon: cordon(2) }], 2).unwrap();
+        writer
+            .write(vec![Op::PutEndpoint(Box::new(endpoint.clone())), Op::DeleteCordon { sidecar_id: "a".into() }], 3)
+            .unwrap();
         let mut acked = 0;
-        while acked < 2 {
+        while acked < 3 {
             acked += done_rx.recv().unwrap().len();
         }
         writer.close();
         drop(store);
-        let store = Store::open(&path).unwrap();
-        let expected = vec![("cordon/b".to_owned(), b"2".to_vec()), ("endpoint/x".to_owned(), b"{}".to_vec())];
-        assert_eq!(store.load_fleet().unwrap(), expected);
+        let fleet = Store::open(&path).unwrap().load_fleet().unwrap();
+        assert_eq!(fleet.cordons, HashMap::from([("b".to_owned(), cordon(2))]));
+        assert_eq!(fleet.registry.iter().cloned().collect::<Vec<_>>(), vec![endpoint]);
     }
 
     #[test]

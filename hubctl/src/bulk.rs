@@ -45,10 +45,10 @@ pub(crate) async fn submit_file(hub: &str, token: &str, path: &Path, json_out: b
     let mut results: BTreeMap<u64, Outcome> = BTreeMap::new();
     let mut specs = Vec::with_capacity(total);
     for (line, text) in lines {
-        match agentcom_hub::api::http::spec_from_json(&text) {
+        match agentcom_types::json::spec_from_json(&text) {
             Ok(spec) => specs.push(pb::SubmitStreamRequest { sequence: line, spec: Some(spec) }),
             Err(err) => {
-                results.insert(line, Outcome::Refused(err.message));
+                results.insert(line, Outcome::Refused(err.0));
             }
         }
     }

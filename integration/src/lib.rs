@@ -264,19 +264,15 @@ impl RunningMesh {
     /// A sidecar with its own resource and LLM reporting settings.
     pub fn add_sidecar_reporting(&mut self, slots: u32, reports: agentcom_sidecar::reports::Settings) -> &TestSidecar {
         let id = format!("test-sidecar-{}", self.sidecars.len());
-        let config = agentcom_sidecar::Config {
-            hub_url: self.url.clone(),
-            token: self.join_token.clone(),
-            sidecar_id: id.clone(),
-            hostname: "localhost".to_owned(),
-            slots,
-            tags: Vec::new(),
-            shell: agentcom_sidecar::shell::Options::new(self.work_dir.clone(), std::env::vars(), &["PATH".to_owned()]),
-            containment: agentcom_sidecar::contain::Preference::Auto,
-            state_dir: None,
-            default_max_output_bytes: agentcom_sidecar::DEFAULT_MAX_OUTPUT_BYTES,
-            reports,
-        };
+        let config =
+            agentcom_sidecar::Config::builder(self.url.clone(), self.join_token.clone(), self.work_dir.clone())
+                .sidecar_id(id.clone())
+                .hostname("localhost")
+                .slots(slots)
+                .env_allow(&["PATH".to_owned()])
+                .reports(reports)
+                .build()
+                .expect("a test sidecar's configuration is valid");
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let join = tokio::spawn(async move {

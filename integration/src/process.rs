@@ -24,7 +24,7 @@ pub fn binary(name: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let dir = profile_dir();
         let mut cargo = Command::new(env!("CARGO"));
-        cargo.args(["build", "--quiet", "--bins", "-p", "agentcom-hub", "-p", "agentcom-sidecar", "-p", "hubctl"]);
+        cargo.args(["build", "--quiet", "--bins", "-p", "agentcom-hub-cli", "-p", "agentcom-sidecar", "-p", "hubctl"]);
         if dir.file_name().is_some_and(|n| n == "release") {
             cargo.arg("--release");
         }

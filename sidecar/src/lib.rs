@@ -1,19 +1,23 @@
 //! The AgentCom sidecar: dials out to the hub over one gRPC stream, runs the work it is
 //! assigned, and streams progress and results back.
 //!
-//! [`run`] is the whole sidecar; the binary only parses flags. [`shell`] runs processes,
-//! `link` owns the stream to the hub. The sidecar never listens on a port.
+//! [`run`] is the whole sidecar; the binary only parses flags into a [`Config`] (through
+//! [`Config::builder`], as `dev` and the test harness do). [`runners`] run the work, `link`
+//! owns the stream to the hub and is the only place protobuf appears. The sidecar never listens
+//! on a port.
 
 pub mod contain;
 mod link;
-pub mod llm;
 pub mod reports;
 pub mod resources;
+pub mod runners;
 pub mod secure;
-pub mod shell;
 pub mod state;
 
 use std::future::Future;
+use std::path::PathBuf;
+
+use runners::shell;
 
 /// Environment variables a task inherits from the sidecar unless configured otherwise.
 pub const DEFAULT_ENV_ALLOWLIST: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
@@ -49,6 +53,25 @@ pub enum Error {
 }
 
 impl Config {
+    /// A configuration for a sidecar of the hub at `hub_url` that runs work in `work_dir`, with
+    /// every other setting at its default.
+    pub fn builder(hub_url: impl Into<String>, token: impl Into<String>, work_dir: PathBuf) -> ConfigBuilder {
+        let allow: Vec<String> = DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect();
+        ConfigBuilder {
+            hub_url: hub_url.into(),
+            token: token.into(),
+            sidecar_id: None,
+            hostname: None,
+            slots: 4,
+            tags: Vec::new(),
+            shell: shell::Options::new(work_dir, std::env::vars(), &allow),
+            containment: contain::Preference::Auto,
+            state_dir: None,
+            default_max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            reports: reports::Settings::default(),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), Error> {
         if !(self.hub_url.starts_with("http://") || self.hub_url.starts_with("https://")) {
             return Err(Error::Config(format!("hub url {:?} must start with http:// or https://", self.hub_url)));
@@ -60,6 +83,110 @@ impl Config {
             return Err(Error::Config(format!("slots must be between 1 and 1024, not {}", self.slots)));
         }
         Ok(())
+    }
+}
+
+/// Builds a [`Config`]; see [`Config::builder`].
+#[must_use]
+pub struct ConfigBuilder {
+    hub_url: String,
+    token: String,
+    sidecar_id: Option<String>,
+    hostname: Option<String>,
+    slots: u32,
+    tags: Vec<String>,
+    shell: shell::Options,
+    containment: contain::Preference,
+    state_dir: Option<PathBuf>,
+    default_max_output_bytes: usize,
+    reports: reports::Settings,
+}
+
+impl ConfigBuilder {
+    /// The sidecar's id [default: the one kept in the state directory, else a new one].
+    pub fn sidecar_id(mut self, id: impl Into<String>) -> ConfigBuilder {
+        self.sidecar_id = Some(id.into());
+        self
+    }
+
+    /// [default: the machine's host name]
+    pub fn hostname(mut self, hostname: impl Into<String>) -> ConfigBuilder {
+        self.hostname = Some(hostname.into());
+        self
+    }
+
+    /// Tasks run at once [default: 4].
+    pub fn slots(mut self, slots: u32) -> ConfigBuilder {
+        self.slots = slots;
+        self
+    }
+
+    pub fn tags(mut self, tags: Vec<String>) -> ConfigBuilder {
+        self.tags = tags;
+        self
+    }
+
+    /// The variables tasks inherit from the sidecar's environment [default: `DEFAULT_ENV_ALLOWLIST`].
+    pub fn env_allow(mut self, allow: &[String]) -> ConfigBuilder {
+        self.shell.base_env = shell::allowlisted_env(std::env::vars(), allow);
+        self
+    }
+
+    /// Changes the shell settings (allowed directories, secrets, the user tasks run as).
+    pub fn shell(mut self, change: impl FnOnce(&mut shell::Options)) -> ConfigBuilder {
+        change(&mut self.shell);
+        self
+    }
+
+    /// [default: cgroups where they can be made, else a subreaper]
+    pub fn containment(mut self, containment: contain::Preference) -> ConfigBuilder {
+        self.containment = containment;
+        self
+    }
+
+    /// Where the id and the running attempts are kept [default: none, nothing is kept].
+    pub fn state_dir(mut self, dir: PathBuf) -> ConfigBuilder {
+        self.state_dir = Some(dir);
+        self
+    }
+
+    /// Output kept per stream for tasks that set no cap [default: 1 MiB].
+    pub fn max_output_bytes(mut self, bytes: usize) -> ConfigBuilder {
+        self.default_max_output_bytes = bytes;
+        self
+    }
+
+    pub fn reports(mut self, reports: reports::Settings) -> ConfigBuilder {
+        self.reports = reports;
+        self
+    }
+
+    /// The configuration, with the id read from (or first written to) the state directory when
+    /// none was given; checked.
+    pub fn build(self) -> Result<Config, Error> {
+        let hostname = self.hostname.unwrap_or_else(hostname);
+        let sidecar_id = match (self.sidecar_id, &self.state_dir) {
+            (Some(id), _) => id,
+            (None, Some(dir)) => state::StateDir::open(dir)
+                .and_then(|state| state.sidecar_id(|| default_sidecar_id(&hostname)))
+                .map_err(|err| Error::Config(format!("keeping the sidecar id in {}: {err}", dir.display())))?,
+            (None, None) => default_sidecar_id(&hostname),
+        };
+        let config = Config {
+            hub_url: self.hub_url,
+            token: self.token,
+            sidecar_id,
+            hostname,
+            slots: self.slots,
+            tags: self.tags,
+            shell: self.shell,
+            containment: self.containment,
+            state_dir: self.state_dir,
+            default_max_output_bytes: self.default_max_output_bytes,
+            reports: self.reports,
+        };
+        config.validate()?;
+        Ok(config)
     }
 }
 
@@ -89,10 +216,18 @@ pub struct Prepared {
     settings: shell::Settings,
 }
 
+impl Prepared {
+    /// The runners this sidecar has.
+    fn runners(&self) -> runners::Runners {
+        runners::Runners::default().with(runners::ShellRunner { settings: self.settings.clone() })
+    }
+}
+
 /// Runs a sidecar that [`prepare`] made ready.
 pub async fn run_prepared(config: Config, prepared: Prepared, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let containment = prepared.settings.containment.clone();
-    let result = link::Link::new(config, prepared.settings).run(shutdown).await;
+    let summary = containment.summary().describe();
+    let result = link::Link::new(config, prepared.runners(), summary).run(shutdown).await;
     // A clean stop: running work was cancelled and reported, so the watchdog has nothing to do.
     containment.release_watchdog();
     result

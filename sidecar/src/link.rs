@@ -21,9 +21,12 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
-use crate::contain::{self, TaskKey};
+use agentcom_types::domain::{Outcome, SpecDefaults, Stream};
+use agentcom_types::wire;
+
+use crate::contain::TaskKey;
 use crate::reports::{self, Latest};
-use crate::shell::{self, Exit, Outcome, Program, ShellJob, Sink, Stream};
+use crate::runners::{self, Assignment, Runners, Sink};
 use crate::{Config, Error, now_ms};
 
 /// Most bytes a message may carry (a result holds up to the output cap per stream).
@@ -79,7 +82,9 @@ struct RunningJob {
 
 pub(crate) struct Link {
     config: Config,
-    settings: shell::Settings,
+    runners: Runners,
+    /// How the sidecar contains task processes, in its own words (sent in every hello).
+    containment: String,
     running: HashMap<String, RunningJob>,
     /// Results not yet handed to a session.
     unsent: VecDeque<pb::SidecarMessage>,
@@ -103,11 +108,12 @@ enum SessionEnd {
 }
 
 impl Link {
-    pub(crate) fn new(config: Config, settings: shell::Settings) -> Link {
+    pub(crate) fn new(config: Config, runners: Runners, containment: String) -> Link {
         let (events_tx, events_rx) = mpsc::channel(4096);
         Link {
             config,
-            settings,
+            runners,
+            containment,
             running: HashMap::new(),
             unsent: VecDeque::new(),
             events_tx,
@@ -122,7 +128,7 @@ impl Link {
     pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let stop = CancellationToken::new();
         let stop_reports = stop.child_token();
-        self.latest = Some(reports::start(self.config.reports.clone(), stop_reports));
+        self.latest = Some(reports::start(&self.config.sidecar_id, self.config.reports.clone(), stop_reports));
         let stop_on_shutdown = stop.clone();
         let shutdown = async move {
             shutdown.await;
@@ -200,7 +206,7 @@ impl Link {
         if let JobEvent::Finished { task_id, lease_generation, outcome } = event
             && self.running.remove(&task_id).is_some_and(|job| !job.abandoned)
         {
-            self.unsent.push_back(finished_message(task_id, lease_generation, &outcome));
+            self.unsent.push_back(finished_message(task_id, lease_generation, outcome));
         }
     }
 
@@ -252,10 +258,10 @@ impl Link {
             arch: std::env::consts::ARCH.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             slots: self.config.slots,
-            capabilities: vec!["shell".to_owned()],
+            capabilities: self.runners.capabilities(),
             tags: self.config.tags.clone(),
             running: self.running_list(),
-            containment: self.settings.containment.summary().describe(),
+            containment: self.containment.clone(),
         };
         let _ = outbound.try_send(pb::SidecarMessage { msg: Some(SideMsg::Hello(hello)) });
         let mut request = tonic::Request::new(ReceiverStream::new(outbound_rx));
@@ -357,7 +363,7 @@ impl Link {
                 SideMsg::Started(pb::TaskStarted { task_id, lease_generation, pid })
             }
             JobEvent::Output { task_id, lease_generation, stream, offset, data } => {
-                let chunk = pb::OutputChunk { stream: stream_to_pb(stream).into(), offset, data, attempt: 0 };
+                let chunk = pb::OutputChunk { stream: wire::stream_to_pb(stream).into(), offset, data, attempt: 0 };
                 let message = SideMsg::Output(pb::TaskOutput { task_id, lease_generation, chunk: Some(chunk) });
                 let _ = outbound.try_send(pb::SidecarMessage { msg: Some(message) });
                 return Ok(());
@@ -366,7 +372,7 @@ impl Link {
                 if self.running.remove(&task_id).is_some_and(|job| job.abandoned) {
                     return Ok(());
                 }
-                let message = finished_message(task_id, lease_generation, &outcome);
+                let message = finished_message(task_id, lease_generation, outcome);
                 if let Err(err) = outbound.send(message).await {
                     self.unsent.push_back(err.0);
                     return Err(SessionEnd::Lost("the stream closed while sending a result".into()));
@@ -421,17 +427,14 @@ impl Link {
             },
         );
         let events = self.events_tx.clone();
-        let settings = self.settings.clone();
-        let job = job_from_assign(&assign, self.config.default_max_output_bytes);
         info!(task_id, lease_generation, attempt = assign.attempt, agent_id = assign.agent_id, "running task");
+        let sink = Arc::new(JobSink { task_id: task_id.clone(), lease_generation, events: events.clone() });
+        let running = match assignment(assign, self.config.default_max_output_bytes) {
+            Ok(assignment) => self.runners.run(assignment, sink, cancel),
+            Err(error) => Box::pin(async move { runners::failed_to_start(error) }),
+        };
         tokio::spawn(async move {
-            let outcome = match job {
-                Ok(job) => {
-                    let sink = Arc::new(JobSink { task_id: task_id.clone(), lease_generation, events: events.clone() });
-                    shell::run(&job, &settings, sink, cancel).await
-                }
-                Err(error) => Outcome::failed_to_start(error),
-            };
+            let outcome = running.await;
             let _ = events.send(JobEvent::Finished { task_id, lease_generation, outcome }).await;
         });
     }
@@ -446,85 +449,39 @@ async fn next_report(latest: &mut Option<Latest>) -> Option<SideMsg> {
                 if changed.is_err() {
                     return std::future::pending().await;
                 }
-                if let Some(report) = resources.borrow_and_update().clone() {
-                    return Some(SideMsg::Resources(report));
+                if let Some(report) = resources.borrow_and_update().as_ref() {
+                    return Some(SideMsg::Resources(wire::report_to_pb(report)));
                 }
             }
             changed = models.changed() => {
                 if changed.is_err() {
                     return std::future::pending().await;
                 }
-                if let Some(inventory) = models.borrow_and_update().clone() {
-                    return Some(SideMsg::Models(inventory));
+                if let Some(inventory) = models.borrow_and_update().as_ref() {
+                    return Some(SideMsg::Models(wire::inventory_to_pb(inventory)));
                 }
             }
         }
     }
 }
 
-/// Converts an assignment into a job this sidecar can run, or says why it cannot.
-fn job_from_assign(assign: &pb::Assign, default_max_output_bytes: usize) -> Result<ShellJob, String> {
-    let spec = assign.spec.as_ref().ok_or("the assignment has no spec")?;
-    let shell = match spec.work.as_ref().and_then(|w| w.kind.as_ref()) {
-        Some(pb::work::Kind::Shell(shell)) => shell,
-        Some(_) => return Err("this sidecar runs shell work only".to_owned()),
-        None => return Err("the assignment has no work".to_owned()),
-    };
-    let program = match (shell.argv.is_empty(), shell.script.is_empty()) {
-        (false, true) => Program::Argv(shell.argv.clone()),
-        (true, false) => Program::Script(shell.script.clone()),
-        _ => return Err("shell work needs argv or script".to_owned()),
-    };
-    let limits = spec.limits.unwrap_or_default();
-    let mut env: Vec<(String, String)> = shell.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    // The task id and lease generation come as the containment marks (see `contain`).
-    env.push(("AGENTCOM_ATTEMPT".to_owned(), assign.attempt.to_string()));
-    env.sort();
-    Ok(ShellJob {
-        key: TaskKey { task_id: assign.task_id.clone(), lease_generation: assign.lease_generation },
-        program,
-        secret_env: shell.secret_env.clone(),
-        limits: contain::Limits {
-            max_memory_bytes: (limits.max_memory_bytes > 0).then_some(limits.max_memory_bytes),
-            max_pids: (limits.max_pids > 0).then_some(limits.max_pids),
-        },
-        cwd: (!shell.cwd.is_empty()).then(|| shell.cwd.clone().into()),
-        env,
-        timeout: (limits.timeout_ms > 0).then(|| Duration::from_millis(limits.timeout_ms)),
-        max_output_bytes: if limits.max_output_bytes > 0 {
-            limits.max_output_bytes as usize
-        } else {
-            default_max_output_bytes
-        },
+/// An assignment as the runners take it: the spec converted and validated by `wire`, as the
+/// hub does on submit, or why it cannot run.
+fn assignment(assign: pb::Assign, default_max_output_bytes: usize) -> Result<Assignment, String> {
+    let spec = assign.spec.ok_or("the assignment has no spec")?;
+    let defaults = SpecDefaults { max_output_bytes: default_max_output_bytes as u64, ..SpecDefaults::default() };
+    let spec = wire::spec_from_pb(spec, &defaults).map_err(|err| err.to_string())?;
+    Ok(Assignment {
+        key: TaskKey { task_id: assign.task_id, lease_generation: assign.lease_generation },
+        attempt: assign.attempt,
+        agent_id: assign.agent_id,
+        spec,
     })
 }
 
-fn stream_to_pb(stream: Stream) -> pb::OutputStream {
-    match stream {
-        Stream::Stdout => pb::OutputStream::Stdout,
-        Stream::Stderr => pb::OutputStream::Stderr,
-    }
-}
-
-fn finished_message(task_id: String, lease_generation: u64, outcome: &Outcome) -> pb::SidecarMessage {
-    let exit = match outcome.exit {
-        Exit::Code(code) => Some(pb::task_outcome::Exit::ExitCode(code)),
-        Exit::Signal(signal) => Some(pb::task_outcome::Exit::Signal(signal)),
-        Exit::Unknown => None,
-    };
-    let outcome = pb::TaskOutcome {
-        exit,
-        duration_ms: outcome.duration.as_millis() as u64,
-        stdout: outcome.stdout.clone(),
-        stderr: outcome.stderr.clone(),
-        stdout_total_bytes: outcome.stdout_total_bytes,
-        stderr_total_bytes: outcome.stderr_total_bytes,
-        timed_out: outcome.timed_out,
-        error: outcome.error.clone().unwrap_or_default(),
-    };
-    pb::SidecarMessage {
-        msg: Some(SideMsg::Finished(pb::TaskFinished { task_id, lease_generation, outcome: Some(outcome) })),
-    }
+fn finished_message(task_id: String, lease_generation: u64, outcome: Outcome) -> pb::SidecarMessage {
+    let outcome = Some(wire::outcome_into_pb(outcome));
+    pb::SidecarMessage { msg: Some(SideMsg::Finished(pb::TaskFinished { task_id, lease_generation, outcome })) }
 }
 
 fn code_name(code: tonic::Code) -> &'static str {
@@ -550,7 +507,7 @@ mod fuzz {
         #[test]
         fn assignments_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
             if let Ok(assign) = pb::Assign::decode(bytes.as_slice()) {
-                let _ = job_from_assign(&assign, 1024);
+                let _ = assignment(assign, 1024);
             }
         }
     }
@@ -561,6 +518,6 @@ mod fuzz {
         let spec =
             pb::TaskSpec { work: Some(pb::Work { kind: Some(pb::work::Kind::Shell(shell)) }), ..Default::default() };
         let assign = pb::Assign { task_id: "T".into(), spec: Some(spec), ..Default::default() };
-        assert_eq!(job_from_assign(&assign, 1024).unwrap_err(), "shell work needs argv or script");
+        assert_eq!(assignment(assign, 1024).unwrap_err(), "invalid work.shell: takes argv or script, not both");
     }
 }

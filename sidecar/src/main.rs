@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use agentcom_sidecar::runners::shell;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
@@ -181,49 +182,43 @@ async fn run(isolation: agentcom_sidecar::secure::Isolation) -> anyhow::Result<(
             .to_owned(),
         (None, None) => anyhow::bail!("a join token is required: --token, --token-file or AGENTCOM_TOKEN"),
     };
-    let work_dir = agentcom_sidecar::shell::resolve_work_dir(&args.work_dir)
+    let work_dir = shell::resolve_work_dir(&args.work_dir)
         .with_context(|| format!("work directory {}", args.work_dir.display()))?;
     let allow: Vec<String> = if args.env_allow.is_empty() {
         agentcom_sidecar::DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect()
     } else {
         args.env_allow
     };
-    let hostname = agentcom_sidecar::hostname();
-    let state_dir = args.state_dir.clone().unwrap_or_else(|| work_dir.join(".agentcom-sidecar"));
-    let state = agentcom_sidecar::state::StateDir::open(&state_dir)
-        .with_context(|| format!("state directory {}", state_dir.display()))?;
-    let sidecar_id = match args.id {
-        Some(id) => id,
-        None => state
-            .sidecar_id(|| agentcom_sidecar::default_sidecar_id(&hostname))
-            .with_context(|| format!("keeping the sidecar id in {}", state_dir.display()))?,
-    };
-    let mut shell = agentcom_sidecar::shell::Options::new(work_dir, std::env::vars(), &allow);
+    let mut allow_cwd = Vec::new();
     for dir in &args.allow_cwd {
-        shell.allow_cwd.push(std::fs::canonicalize(dir).with_context(|| format!("--allow-cwd {}", dir.display()))?);
+        allow_cwd.push(std::fs::canonicalize(dir).with_context(|| format!("--allow-cwd {}", dir.display()))?);
     }
+    let mut secrets = std::collections::BTreeMap::new();
     for secret in &args.secrets {
         let (name, file) = secret.split_once('=').with_context(|| format!("--secret {secret:?} must be NAME=FILE"))?;
         anyhow::ensure!(!name.is_empty() && !file.is_empty(), "--secret {secret:?} must be NAME=FILE");
         let file = std::fs::canonicalize(file).with_context(|| format!("--secret {name}: the file {file}"))?;
-        shell.secrets.insert(name.to_owned(), file);
+        secrets.insert(name.to_owned(), file);
     }
-    if let Some(user) = &args.run_as {
-        shell.run_as = Some(agentcom_sidecar::shell::RunAs::lookup(user).map_err(anyhow::Error::msg)?);
+    let run_as = args.run_as.as_deref().map(shell::RunAs::lookup).transpose().map_err(anyhow::Error::msg)?;
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| work_dir.join(".agentcom-sidecar"));
+    let mut config = agentcom_sidecar::Config::builder(args.hub, token, work_dir)
+        .slots(args.slots)
+        .tags(args.tags)
+        .env_allow(&allow)
+        .shell(|shell| {
+            shell.allow_cwd = allow_cwd;
+            shell.secrets = secrets;
+            shell.run_as = run_as;
+        })
+        .containment(args.containment)
+        .state_dir(state_dir)
+        .max_output_bytes(args.max_output_bytes)
+        .reports(reports);
+    if let Some(id) = args.id {
+        config = config.sidecar_id(id);
     }
-    let config = agentcom_sidecar::Config {
-        hub_url: args.hub,
-        token,
-        sidecar_id,
-        hostname,
-        slots: args.slots,
-        tags: args.tags,
-        shell,
-        containment: args.containment,
-        state_dir: Some(state_dir),
-        default_max_output_bytes: args.max_output_bytes,
-        reports,
-    };
+    let config = config.build()?;
     agentcom_sidecar::run(config, agentcom_sidecar::shutdown_signal()).await?;
     Ok(())
 }

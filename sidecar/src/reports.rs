@@ -1,19 +1,19 @@
 //! What the sidecar tells the hub about its machine, whether or not a session is open: resource
 //! readings every interval, and the inventory of its LLM endpoints every check cycle.
 //!
-//! Each reporter keeps only its latest report in a `watch` channel; a session sends a report
-//! when it changes and the current one right after joining. Provider keys stay here: the
+//! Each reporter keeps only its latest report in a `watch` channel, as domain types; a session
+//! converts and sends a report when it changes, and the current one right after joining. Provider keys stay here: the
 //! inventory names providers and models, never keys.
 
 use std::time::Duration;
 
-use agentcom_proto::v1 as pb;
+use agentcom_llm as llm;
+use agentcom_types::fleet::{Endpoint, EndpointKind, Model, Owner, Resources};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::llm;
-use crate::resources::{self, Sampler};
+use crate::resources::Sampler;
 
 /// Where Ollama listens unless configured otherwise.
 pub const DEFAULT_OLLAMA_URL: &str = "http://127.0.0.1:11434";
@@ -88,24 +88,22 @@ impl std::fmt::Debug for Anthropic {
 /// The latest reports, as sessions read them.
 #[derive(Clone)]
 pub(crate) struct Latest {
-    pub(crate) resources: watch::Receiver<Option<pb::ResourceReport>>,
-    pub(crate) models: watch::Receiver<Option<pb::ModelInventory>>,
+    pub(crate) resources: watch::Receiver<Option<Resources>>,
+    /// The endpoints, owned by this sidecar.
+    pub(crate) models: watch::Receiver<Option<Vec<Endpoint>>>,
 }
 
 /// Starts both reporters; they stop with `stop`.
-pub(crate) fn start(settings: Settings, stop: CancellationToken) -> Latest {
+pub(crate) fn start(sidecar_id: &str, settings: Settings, stop: CancellationToken) -> Latest {
     let (resources_tx, resources) = watch::channel(None);
     let (models_tx, models) = watch::channel(None);
     tokio::spawn(report_resources(settings.clone(), resources_tx, stop.clone()));
-    tokio::spawn(report_models(settings, models_tx, stop));
+    let owner = Owner::Sidecar(sidecar_id.to_owned());
+    tokio::spawn(report_models(owner, settings, models_tx, stop));
     Latest { resources, models }
 }
 
-async fn report_resources(
-    settings: Settings,
-    latest: watch::Sender<Option<pb::ResourceReport>>,
-    stop: CancellationToken,
-) {
+async fn report_resources(settings: Settings, latest: watch::Sender<Option<Resources>>, stop: CancellationToken) {
     let simulate = settings.simulate_gpus;
     let Ok(mut sampler) = tokio::task::spawn_blocking(move || Sampler::new(simulate)).await else { return };
     if simulate > 0 {
@@ -128,70 +126,16 @@ async fn report_resources(
             return;
         };
         sampler = back;
-        latest.send_replace(Some(report_to_pb(&report)));
+        latest.send_replace(Some(report));
     }
 }
 
-/// A resource report on the wire. The hub answers its API with the same conversion.
-pub fn report_to_pb(report: &resources::Report) -> pb::ResourceReport {
-    pb::ResourceReport {
-        at_unix_ms: report.at_unix_ms,
-        cpu_percent: report.cpu_percent,
-        cpu_per_core_percent: report.cpu_per_core_percent.clone(),
-        load1: report.load1,
-        load5: report.load5,
-        load15: report.load15,
-        memory_total_bytes: report.memory_total_bytes,
-        memory_used_bytes: report.memory_used_bytes,
-        memory_available_bytes: report.memory_available_bytes,
-        disks: report
-            .disks
-            .iter()
-            .map(|d| pb::Disk {
-                mount: d.mount.clone(),
-                total_bytes: d.total_bytes,
-                available_bytes: d.available_bytes,
-            })
-            .collect(),
-        gpus: report
-            .gpus
-            .iter()
-            .map(|g| pb::Gpu {
-                index: g.index,
-                name: g.name.clone(),
-                uuid: g.uuid.clone(),
-                utilization_percent: g.utilization_percent,
-                memory_utilization_percent: g.memory_utilization_percent,
-                memory_used_bytes: g.memory_used_bytes,
-                memory_total_bytes: g.memory_total_bytes,
-                temperature_celsius: g.temperature_celsius,
-                power_milliwatts: g.power_milliwatts,
-                processes: g
-                    .processes
-                    .iter()
-                    .map(|p| pb::GpuProcess { pid: p.pid, used_memory_bytes: p.used_memory_bytes })
-                    .collect(),
-            })
-            .collect(),
-        gpus_simulated: report.gpus_simulated,
-    }
-}
-
-/// A model on the wire. The hub answers its API with the same conversion.
-pub fn model_to_pb(m: &llm::Model) -> pb::Model {
-    pb::Model {
-        name: m.name.clone(),
-        size_bytes: m.size_bytes,
-        family: m.family.clone(),
-        parameter_size: m.parameter_size.clone(),
-        quantization: m.quantization.clone(),
-        loaded: m.loaded,
-        size_vram_bytes: m.size_vram_bytes,
-        expires_unix_ms: m.expires_unix_ms.unwrap_or(0),
-    }
-}
-
-async fn report_models(settings: Settings, latest: watch::Sender<Option<pb::ModelInventory>>, stop: CancellationToken) {
+async fn report_models(
+    owner: Owner,
+    settings: Settings,
+    latest: watch::Sender<Option<Vec<Endpoint>>>,
+    stop: CancellationToken,
+) {
     let mut settings = settings;
     let discover = settings.discover_ollama && !settings.ollama.iter().any(|u| same_url(u, DEFAULT_OLLAMA_URL));
     if discover {
@@ -207,15 +151,15 @@ async fn report_models(settings: Settings, latest: watch::Sender<Option<pb::Mode
             _ = ticker.tick() => {}
             _ = stop.cancelled() => return,
         }
-        let mut inventory = check_all(&client, &settings).await;
+        let mut inventory = check_all(&client, &owner, &settings).await;
         if discover && !discovered {
             // The default address counts only once something has answered there.
-            match inventory.endpoints.iter().position(|e| same_url(&e.url, DEFAULT_OLLAMA_URL)) {
-                Some(at) if inventory.endpoints[at].healthy => {
+            match inventory.iter().position(|e| same_url(&e.url, DEFAULT_OLLAMA_URL)) {
+                Some(at) if inventory[at].healthy => {
                     discovered = true;
                     info!(url = DEFAULT_OLLAMA_URL, "found a local Ollama");
                 }
-                Some(at) => drop(inventory.endpoints.remove(at)),
+                Some(at) => drop(inventory.remove(at)),
                 None => {}
             }
         }
@@ -225,22 +169,24 @@ async fn report_models(settings: Settings, latest: watch::Sender<Option<pb::Mode
 }
 
 /// One check of every configured endpoint, all at once.
-pub(crate) async fn check_all(client: &reqwest::Client, settings: &Settings) -> pb::ModelInventory {
+pub(crate) async fn check_all(client: &reqwest::Client, owner: &Owner, settings: &Settings) -> Vec<Endpoint> {
+    let found = |url: &str, kind, probe: llm::Probe| {
+        probe.found(Endpoint::new(owner.clone(), url.to_owned(), kind), crate::now_ms())
+    };
     let ollama = futures_util::future::join_all(
         settings
             .ollama
             .iter()
-            .map(|url| async move { endpoint_to_pb(url, "ollama", llm::probe_ollama(client, url).await) }),
+            .map(|url| async move { found(url, EndpointKind::Ollama, llm::probe_ollama(client, url).await) }),
     );
     let openai = async {
         match &settings.openai {
             Some(openai) => {
                 let mut probe = llm::probe_openai(client, &openai.base_url, openai.api_key.as_deref()).await;
                 if !openai.models.is_empty() {
-                    probe.models =
-                        openai.models.iter().map(|m| llm::Model { name: m.clone(), ..Default::default() }).collect();
+                    probe.models = openai.models.iter().map(Model::named).collect();
                 }
-                Some(endpoint_to_pb(&openai.base_url, "openai", probe))
+                Some(found(&openai.base_url, EndpointKind::Openai, probe))
             }
             None => None,
         }
@@ -250,27 +196,11 @@ pub(crate) async fn check_all(client: &reqwest::Client, settings: &Settings) -> 
     if let Some(anthropic) = &settings.anthropic {
         // Not probed: a call would cost money and send the key out on a timer. The key's
         // presence is the capability; failures show up on the first task.
-        let models = anthropic.models.iter().map(|m| llm::Model { name: m.clone(), ..Default::default() }).collect();
-        endpoints.push(endpoint_to_pb(
-            ANTHROPIC_URL,
-            "anthropic",
-            llm::Probe { healthy: true, models, ..Default::default() },
-        ));
+        let models = anthropic.models.iter().map(Model::named).collect();
+        let probe = llm::Probe { healthy: true, models, ..Default::default() };
+        endpoints.push(found(ANTHROPIC_URL, EndpointKind::Anthropic, probe));
     }
-    pb::ModelInventory { endpoints }
-}
-
-fn endpoint_to_pb(url: &str, kind: &str, probe: llm::Probe) -> pb::LlmEndpoint {
-    pb::LlmEndpoint {
-        url: url.to_owned(),
-        kind: kind.to_owned(),
-        healthy: probe.healthy,
-        version: probe.version,
-        error: probe.error.unwrap_or_default(),
-        checked_unix_ms: crate::now_ms(),
-        models: probe.models.iter().map(model_to_pb).collect(),
-        ..Default::default()
-    }
+    endpoints
 }
 
 fn same_url(a: &str, b: &str) -> bool {
@@ -278,14 +208,16 @@ fn same_url(a: &str, b: &str) -> bool {
 }
 
 /// One line when an endpoint comes up or goes down, not one per check.
-fn log_health_changes(inventory: &pb::ModelInventory, was: &mut Vec<Option<bool>>) {
-    was.resize(inventory.endpoints.len(), None);
-    for (endpoint, was) in inventory.endpoints.iter().zip(was.iter_mut()) {
+fn log_health_changes(inventory: &[Endpoint], was: &mut Vec<Option<bool>>) {
+    was.resize(inventory.len(), None);
+    for (endpoint, was) in inventory.iter().zip(was.iter_mut()) {
         if *was != Some(endpoint.healthy) {
             if endpoint.healthy {
-                info!(url = endpoint.url, kind = endpoint.kind, models = endpoint.models.len(), "LLM endpoint up");
+                let kind = endpoint.kind.as_str();
+                info!(url = endpoint.url, kind, models = endpoint.models.len(), "LLM endpoint up");
             } else {
-                info!(url = endpoint.url, kind = endpoint.kind, error = endpoint.error, "LLM endpoint down");
+                let kind = endpoint.kind.as_str();
+                info!(url = endpoint.url, kind, error = endpoint.error, "LLM endpoint down");
             }
             *was = Some(endpoint.healthy);
         }

@@ -1,6 +1,6 @@
 //! Resource readings of this machine: CPU, memory, load, disks and NVIDIA GPUs.
 //!
-//! [`Sampler::sample`] takes one [`Report`]. It is synchronous and may block for up to
+//! [`Sampler::sample`] takes one [`Resources`]. It is synchronous and may block for up to
 //! [`sysinfo::MINIMUM_CPU_UPDATE_INTERVAL`] on its first call (CPU usage is a difference
 //! between two readings), so run it on a blocking thread.
 //!
@@ -29,64 +29,7 @@ use rand::{Rng, SeedableRng};
 use sysinfo::{CpuRefreshKind, DiskRefreshKind, Disks, MemoryRefreshKind, System};
 use tracing::{debug, info, warn};
 
-/// One resource reading of this machine. Plain data; the link converts it to protobuf, and the
-/// hub keeps it as it is (serialized as JSON on its API).
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct Report {
-    /// When the reading was taken, in milliseconds since the Unix epoch.
-    pub at_unix_ms: i64,
-    /// Overall CPU usage, 0 to 100.
-    pub cpu_percent: f64,
-    /// Usage of each logical core, 0 to 100.
-    pub cpu_per_core_percent: Vec<f32>,
-    pub load1: f64,
-    pub load5: f64,
-    pub load15: f64,
-    pub memory_total_bytes: u64,
-    /// Total less available (what the kernel could not hand out without swapping).
-    pub memory_used_bytes: u64,
-    pub memory_available_bytes: u64,
-    /// Real file systems, one per mount point, sorted by mount point.
-    pub disks: Vec<Disk>,
-    pub gpus: Vec<Gpu>,
-    /// True when `gpus` are synthetic (the sidecar runs with GPU simulation on).
-    pub gpus_simulated: bool,
-}
-
-/// Space on one mounted file system.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct Disk {
-    pub mount: String,
-    pub total_bytes: u64,
-    pub available_bytes: u64,
-}
-
-/// One GPU. A metric the device does not support (or that could not be read) is `None`.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct Gpu {
-    /// NVML's device index.
-    pub index: u32,
-    pub name: String,
-    pub uuid: String,
-    /// Share of the last sample period with a kernel running, 0 to 100.
-    pub utilization_percent: Option<u32>,
-    /// Share of the last sample period with device memory being read or written, 0 to 100.
-    pub memory_utilization_percent: Option<u32>,
-    pub memory_used_bytes: Option<u64>,
-    pub memory_total_bytes: Option<u64>,
-    pub temperature_celsius: Option<u32>,
-    pub power_milliwatts: Option<u32>,
-    /// Processes with a compute context on this GPU.
-    pub processes: Vec<GpuProcess>,
-}
-
-/// A process with a compute context on a GPU.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct GpuProcess {
-    pub pid: u32,
-    /// `None` where the driver does not account memory per process.
-    pub used_memory_bytes: Option<u64>,
-}
+pub use agentcom_types::fleet::{Disk, Gpu, GpuProcess, Resources};
 
 /// The raw values of one device as NVML returns them; `None` is a metric that is absent.
 #[derive(Clone, Debug, Default)]
@@ -197,9 +140,9 @@ impl Sampler {
 
     /// Takes one reading. The first call waits until CPU usage can be measured (at most
     /// [`sysinfo::MINIMUM_CPU_UPDATE_INTERVAL`] after [`Sampler::new`]).
-    pub fn sample(&mut self) -> Report {
+    pub fn sample(&mut self) -> Resources {
         self.wait_for_cpu_baseline();
-        let mut report = Report { at_unix_ms: unix_ms(SystemTime::now()), ..Report::default() };
+        let mut report = Resources { at_unix_ms: unix_ms(SystemTime::now()), ..Resources::default() };
         self.read_system(&mut report);
         report.disks = self.read_disks();
         match &self.gpus {
@@ -220,7 +163,7 @@ impl Sampler {
         }
     }
 
-    fn read_system(&mut self, report: &mut Report) {
+    fn read_system(&mut self, report: &mut Resources) {
         if let Some(system) = &mut self.system {
             system.refresh_cpu_specifics(CpuRefreshKind::nothing().with_usage());
             system.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());

@@ -15,11 +15,11 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
 use super::{ApiError, list_limit};
-use crate::convert;
 use crate::core::{self, FromSidecar, Handle, RunningTask, SidecarHello, ToSidecar};
 use crate::domain::now_ms;
 use crate::domain::{SpecDefaults, TaskId, TaskState};
 use crate::feed::{self, FeedEvent};
+use agentcom_types::wire as convert;
 
 /// Submits of one stream that may wait for their commit at once.
 const SUBMIT_WINDOW: usize = 4096;

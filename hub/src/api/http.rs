@@ -3,7 +3,6 @@
 //! Request bodies are converted into the wire contract's `TaskSpec` and validated by the same
 //! code as gRPC submits, so both APIs accept and refuse exactly the same tasks.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 
 use agentcom_proto::v1 as pb;
@@ -21,11 +20,11 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{ApiError, list_limit};
-use crate::convert;
 use crate::core::Handle;
 use crate::domain::now_ms;
-use crate::domain::{Lane, SpecDefaults, TaskId, TaskState, Tier};
+use crate::domain::{SpecDefaults, TaskId, TaskState};
 use crate::feed::{self, FeedEvent};
+use agentcom_types::wire as convert;
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -86,275 +85,13 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ShellBody {
-    #[serde(default)]
-    argv: Vec<String>,
-    #[serde(default)]
-    script: String,
-    #[serde(default)]
-    cwd: String,
-    #[serde(default)]
-    env: HashMap<String, String>,
-    #[serde(default)]
-    secret_env: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LlmBody {
-    prompt: String,
-    #[serde(default)]
-    system: String,
-    #[serde(default)]
-    model: String,
-    #[serde(default)]
-    max_tokens: u32,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AgentBody {
-    goal: String,
-    #[serde(default)]
-    repository: String,
-    #[serde(default)]
-    branch: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ContextBody {
-    #[serde(default)]
-    repository: String,
-    #[serde(default)]
-    branch: String,
-    #[serde(default)]
-    files: Vec<String>,
-    #[serde(default)]
-    env: HashMap<String, String>,
-    #[serde(default)]
-    notes: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-enum VerificationBody {
-    FileExists(String),
-    CommandSucceeds {
-        argv: Vec<String>,
-        #[serde(default)]
-        timeout_ms: u64,
-    },
-    TestPasses {
-        argv: Vec<String>,
-        #[serde(default)]
-        timeout_ms: u64,
-    },
-    GitClean(bool),
-}
-
-/// Limits as JSON takes them: a field left out means the hub's default, and a field given must
-/// be in range (0 is refused, where protobuf's 0 can only mean "unset").
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct LimitsBody {
-    #[serde(default)]
-    timeout_ms: Option<u64>,
-    #[serde(default)]
-    deadline_unix_ms: Option<i64>,
-    #[serde(default)]
-    max_attempts: Option<u32>,
-    #[serde(default)]
-    max_tokens: Option<u64>,
-    #[serde(default)]
-    max_cost_micros: Option<u64>,
-    #[serde(default)]
-    max_output_bytes: Option<u64>,
-    #[serde(default)]
-    max_memory_bytes: Option<u64>,
-    #[serde(default)]
-    max_pids: Option<u64>,
-}
-
-/// A number the JSON body gave: 0 is refused, naming the field.
-fn given<T: Default + PartialEq + Copy>(field: &str, value: Option<T>) -> Result<T, ApiError> {
-    match value {
-        Some(v) if v == T::default() => Err(ApiError::invalid(format!("invalid {field}: must not be 0 when given"))),
-        Some(v) => Ok(v),
-        None => Ok(T::default()),
-    }
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct PlacementBody {
-    #[serde(default)]
-    tags: Vec<String>,
-    #[serde(default)]
-    host: String,
-    #[serde(default)]
-    model: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RetryBody {
-    #[serde(default)]
-    backoff_base_ms: Option<u64>,
-    #[serde(default)]
-    backoff_max_ms: Option<u64>,
-    #[serde(default)]
-    retry_on_exit_codes: Vec<i32>,
-}
-
-/// `POST /api/v1/tasks`. Exactly one of `shell`, `llm`, `agent`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SubmitBody {
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    idempotency_key: String,
-    #[serde(default)]
-    priority: Option<String>,
-    #[serde(default)]
-    tier: Option<String>,
-    #[serde(default)]
-    shell: Option<ShellBody>,
-    #[serde(default)]
-    llm: Option<LlmBody>,
-    #[serde(default)]
-    agent: Option<AgentBody>,
-    #[serde(default)]
-    context: Option<ContextBody>,
-    #[serde(default)]
-    success_criteria: Vec<String>,
-    #[serde(default)]
-    verification: Vec<VerificationBody>,
-    #[serde(default)]
-    limits: Option<LimitsBody>,
-    #[serde(default)]
-    placement: Option<PlacementBody>,
-    #[serde(default)]
-    depends_on: Vec<String>,
-    #[serde(default)]
-    labels: HashMap<String, String>,
-    #[serde(default)]
-    retry: Option<RetryBody>,
-}
-
-impl TryFrom<SubmitBody> for pb::TaskSpec {
-    type Error = ApiError;
-
-    fn try_from(body: SubmitBody) -> Result<pb::TaskSpec, ApiError> {
-        let kind = match (body.shell, body.llm, body.agent) {
-            (Some(shell), None, None) => pb::work::Kind::Shell(pb::ShellWork {
-                argv: shell.argv,
-                script: shell.script,
-                cwd: shell.cwd,
-                env: shell.env,
-                secret_env: shell.secret_env,
-            }),
-            (None, Some(llm), None) => pb::work::Kind::Llm(pb::LlmWork {
-                prompt: llm.prompt,
-                system: llm.system,
-                model: llm.model,
-                max_tokens: llm.max_tokens,
-            }),
-            (None, None, Some(agent)) => pb::work::Kind::Agent(pb::AgentWork {
-                goal: agent.goal,
-                repository: agent.repository,
-                branch: agent.branch,
-            }),
-            _ => return Err(ApiError::invalid("invalid work: give exactly one of shell, llm, agent")),
-        };
-        let priority = match body.priority {
-            Some(p) => convert::lane_to_pb(p.parse::<Lane>()?),
-            None => pb::Priority::Unspecified,
-        };
-        let tier = match body.tier {
-            Some(t) => match t.parse::<Tier>()? {
-                Tier::Trivial => pb::Tier::Trivial,
-                Tier::Standard => pb::Tier::Standard,
-                Tier::Complex => pb::Tier::Complex,
-            },
-            None => pb::Tier::Unspecified,
-        };
-        let context = body.context.unwrap_or_default();
-        let limits = body.limits.unwrap_or_default();
-        let placement = body.placement.unwrap_or_default();
-        let retry = body.retry.unwrap_or_default();
-        let verification = body
-            .verification
-            .into_iter()
-            .map(|step| {
-                use pb::verification_step::Kind;
-                let kind = match step {
-                    VerificationBody::FileExists(path) => Kind::FileExists(path),
-                    VerificationBody::CommandSucceeds { argv, timeout_ms } => {
-                        Kind::CommandSucceeds(pb::CommandCheck { argv, timeout_ms })
-                    }
-                    VerificationBody::TestPasses { argv, timeout_ms } => {
-                        Kind::TestPasses(pb::CommandCheck { argv, timeout_ms })
-                    }
-                    VerificationBody::GitClean(flag) => Kind::GitClean(flag),
-                };
-                pb::VerificationStep { kind: Some(kind) }
-            })
-            .collect();
-        Ok(pb::TaskSpec {
-            name: body.name,
-            idempotency_key: body.idempotency_key,
-            priority: priority.into(),
-            tier: tier.into(),
-            work: Some(pb::Work { kind: Some(kind) }),
-            context: Some(pb::TaskContext {
-                repository: context.repository,
-                branch: context.branch,
-                files: context.files,
-                env: context.env,
-                notes: context.notes,
-            }),
-            success_criteria: body.success_criteria,
-            verification,
-            limits: Some(pb::Limits {
-                timeout_ms: given("limits.timeout_ms", limits.timeout_ms)?,
-                deadline_unix_ms: given("limits.deadline_unix_ms", limits.deadline_unix_ms)?,
-                max_attempts: given("limits.max_attempts", limits.max_attempts)?,
-                max_tokens: given("limits.max_tokens", limits.max_tokens)?,
-                max_cost_micros: given("limits.max_cost_micros", limits.max_cost_micros)?,
-                max_output_bytes: given("limits.max_output_bytes", limits.max_output_bytes)?,
-                max_memory_bytes: given("limits.max_memory_bytes", limits.max_memory_bytes)?,
-                max_pids: given("limits.max_pids", limits.max_pids)?,
-            }),
-            placement: Some(pb::Placement { tags: placement.tags, host: placement.host, model: placement.model }),
-            depends_on: body.depends_on,
-            labels: body.labels,
-            retry: Some(pb::RetryPolicy {
-                backoff_base_ms: given("retry.backoff_base_ms", retry.backoff_base_ms)?,
-                backoff_max_ms: given("retry.backoff_max_ms", retry.backoff_max_ms)?,
-                retry_on_exit_codes: retry.retry_on_exit_codes,
-            }),
-        })
-    }
-}
-
-/// Reads one submit body (the JSON of `POST /api/v1/tasks`) into the wire contract's spec.
-/// Validation happens where the spec is submitted; this only checks the format. `hubctl submit
-/// --from-file` uses it, so a file line and an HTTP body are the same thing.
-pub fn spec_from_json(json: &str) -> Result<pb::TaskSpec, ApiError> {
-    let body: SubmitBody = serde_json::from_str(json).map_err(|err| ApiError::invalid(err.to_string()))?;
-    pb::TaskSpec::try_from(body)
-}
-
 async fn submit_task(
     State(state): State<HttpState>,
-    body: Result<Json<SubmitBody>, JsonRejection>,
+    body: Result<Json<agentcom_types::json::SubmitBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
-    let spec = convert::spec_from_pb(pb::TaskSpec::try_from(body)?, &state.spec_defaults)?;
+    let spec = pb::TaskSpec::try_from(body).map_err(|err| ApiError::invalid(err.0))?;
+    let spec = convert::spec_from_pb(spec, &state.spec_defaults)?;
     let submitted = state.hub.submit(spec).await?;
     let status = if submitted.existing { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(json!({ "task": submitted.task, "existing": submitted.existing }))).into_response())

@@ -2,58 +2,18 @@
 //! LLM registry. Settings that must outlive a restart (cordons, endpoints) go through the same
 //! writer as tasks, into the `fleet` table, and callers are answered once they are durable.
 
-use std::collections::HashMap;
-
 use tracing::{info, warn};
 
-use super::*;
-use crate::fleet::Owner;
+use super::State;
+use super::commit::AfterCommit;
+use super::handle::{Error, Reply, ToSidecar};
+use super::sessions::move_agent;
+use crate::agent::{AgentEvent, AgentState};
+use crate::domain::*;
+use crate::fleet::{self, AgentDetail, Cordon, Endpoint, EndpointKind, HostView, Owner};
+use crate::store::Op;
 
-const CORDON_PREFIX: &str = "cordon/";
-const ENDPOINT_PREFIX: &str = "endpoint/";
-
-/// The registry and the cordons, as stored. A record that does not decode is skipped with a
-/// warning naming it: these are settings an operator can redo, and the queue matters more.
-pub(super) fn load(store: &Store) -> Result<(fleet::Registry, HashMap<String, Cordon>), store::Error> {
-    let mut registry = fleet::Registry::default();
-    let mut cordons = HashMap::new();
-    for (key, value) in store.load_fleet()? {
-        if let Some(sidecar_id) = key.strip_prefix(CORDON_PREFIX) {
-            match serde_json::from_slice::<Cordon>(&value) {
-                Ok(cordon) => {
-                    cordons.insert(sidecar_id.to_owned(), cordon);
-                }
-                Err(err) => warn!(key, error = %err, "skipped a stored cordon that does not decode"),
-            }
-        } else if key.starts_with(ENDPOINT_PREFIX) {
-            match serde_json::from_slice::<Endpoint>(&value) {
-                Ok(endpoint) => {
-                    registry.put(endpoint);
-                }
-                Err(err) => warn!(key, error = %err, "skipped a stored endpoint that does not decode"),
-            }
-        } else {
-            warn!(key, "skipped an unknown fleet setting");
-        }
-    }
-    Ok((registry, cordons))
-}
-
-fn put_cordon(sidecar_id: &str, cordon: &Cordon) -> Op {
-    let value = serde_json::to_vec(cordon).expect("a cordon serializes");
-    Op::PutFleet { key: format!("{CORDON_PREFIX}{sidecar_id}"), value }
-}
-
-fn put_endpoint(endpoint: &Endpoint) -> Op {
-    let value = serde_json::to_vec(endpoint).expect("an endpoint serializes");
-    Op::PutFleet { key: format!("{ENDPOINT_PREFIX}{}", endpoint.id), value }
-}
-
-fn delete_endpoint(id: &str) -> Op {
-    Op::DeleteFleet { key: format!("{ENDPOINT_PREFIX}{id}") }
-}
-
-impl Core {
+impl State {
     fn unknown_sidecar(sidecar_id: &str) -> Error {
         Error::UnknownName(format!("sidecar {sidecar_id} not found (`hubctl hosts` lists them)"))
     }
@@ -77,7 +37,7 @@ impl Core {
         self.cordon_agents(&sidecar_id, cordon, now);
         let view = self.host_view(&sidecar_id, false).expect("a sidecar or a cordon exists");
         self.write(
-            vec![put_cordon(&sidecar_id, &cordon)],
+            vec![Op::PutCordon { sidecar_id: sidecar_id.clone(), cordon }],
             AfterCommit::Then(Box::new(move || drop(reply.send(Ok(view))))),
         );
     }
@@ -119,7 +79,7 @@ impl Core {
             }
         }
         self.write(
-            vec![Op::DeleteFleet { key: format!("{CORDON_PREFIX}{sidecar_id}") }],
+            vec![Op::DeleteCordon { sidecar_id: sidecar_id.clone() }],
             AfterCommit::Then(Box::new(move || drop(reply.send(Ok(view))))),
         );
     }
@@ -255,7 +215,7 @@ impl Core {
         };
         info!(id = endpoint.id, url = endpoint.url, "endpoint added");
         self.registry.put(endpoint.clone());
-        let op = put_endpoint(&endpoint);
+        let op = Op::PutEndpoint(Box::new(endpoint.clone()));
         self.write(vec![op], AfterCommit::Then(Box::new(move || drop(reply.send(Ok(endpoint))))));
     }
 
@@ -277,7 +237,8 @@ impl Core {
         }
         let endpoint = self.registry.remove(&id).expect("checked above");
         info!(id, url = endpoint.url, "endpoint removed");
-        self.write(vec![delete_endpoint(&id)], AfterCommit::Then(Box::new(move || drop(reply.send(Ok(endpoint))))));
+        let op = Op::DeleteEndpoint { id };
+        self.write(vec![op], AfterCommit::Then(Box::new(move || drop(reply.send(Ok(endpoint))))));
     }
 
     /// The hub's own probe of an endpoint came back.
@@ -289,7 +250,7 @@ impl Core {
         log_health_change(known, &endpoint);
         let id = endpoint.id.clone();
         if self.registry.put(endpoint) {
-            let op = put_endpoint(self.registry.get(&id).expect("just put"));
+            let op = Op::PutEndpoint(Box::new(self.registry.get(&id).expect("just put").clone()));
             self.write(vec![op], AfterCommit::Then(Box::new(|| {})));
         }
     }
@@ -305,8 +266,10 @@ impl Core {
         if changes.put.is_empty() && changes.removed.is_empty() {
             return;
         }
-        let mut ops: Vec<Op> = changes.removed.iter().map(|id| delete_endpoint(id)).collect();
-        ops.extend(changes.put.iter().filter_map(|id| self.registry.get(id)).map(put_endpoint));
+        let mut ops: Vec<Op> = changes.removed.into_iter().map(|id| Op::DeleteEndpoint { id }).collect();
+        ops.extend(
+            changes.put.iter().filter_map(|id| self.registry.get(id)).map(|e| Op::PutEndpoint(Box::new(e.clone()))),
+        );
         self.write(ops, AfterCommit::Then(Box::new(|| {})));
     }
 }

@@ -313,27 +313,14 @@ async fn serve(args: HubArgs, dev_slots: Option<(u32, u32)>) -> anyhow::Result<(
         None => None,
         Some((slots, simulate_gpus)) => {
             let token = std::fs::read_to_string(data_dir.token_file(Role::Join))?.trim().to_owned();
-            let work_dir = std::env::current_dir()?;
-            let hostname = agentcom_sidecar::hostname();
-            let allow: Vec<String> = agentcom_sidecar::DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect();
             // The local sidecar keeps its id and its record of running tasks in the data directory.
-            let state_dir = args.data_dir.join("sidecar");
-            let state = agentcom_sidecar::state::StateDir::open(&state_dir)
-                .with_context(|| format!("state directory {}", state_dir.display()))?;
-            let sidecar_id = state.sidecar_id(|| agentcom_sidecar::default_sidecar_id(&hostname))?;
-            let config = agentcom_sidecar::Config {
-                hub_url: url.clone(),
-                token,
-                sidecar_id,
-                hostname,
-                slots,
-                tags: vec!["dev".to_owned()],
-                shell: agentcom_sidecar::shell::Options::new(work_dir, std::env::vars(), &allow),
-                containment: agentcom_sidecar::contain::Preference::Auto,
-                state_dir: Some(state_dir),
-                default_max_output_bytes: args.max_output_bytes as usize,
-                reports: agentcom_sidecar::reports::Settings { simulate_gpus, ..Default::default() },
-            };
+            let config = agentcom_sidecar::Config::builder(url.clone(), token, std::env::current_dir()?)
+                .slots(slots)
+                .tags(vec!["dev".to_owned()])
+                .state_dir(args.data_dir.join("sidecar"))
+                .max_output_bytes(args.max_output_bytes as usize)
+                .reports(agentcom_sidecar::reports::Settings { simulate_gpus, ..Default::default() })
+                .build()?;
             let prepared = agentcom_sidecar::prepare(&config).await?;
             Some((config, prepared))
         }

@@ -1,7 +1,8 @@
-//! Conversions between the wire contract (`agentcom_proto::v1`) and the hub's domain types.
+//! Conversions between the wire contract (`agentcom_proto::v1`) and the domain types: the only
+//! ones, used by the hub's gRPC API, the sidecar's link and `hubctl`.
 //!
-//! This is where protobuf stops. Inbound conversions validate and fill defaults; outbound ones
-//! cannot fail. The storage layer reuses the same encoding, so a stored task is a `v1::Task`.
+//! This is where protobuf stops. Inbound conversions validate (sizes, enum values, ids) and fill
+//! defaults; outbound ones cannot fail.
 
 use std::collections::BTreeMap;
 
@@ -38,7 +39,7 @@ pub fn tier_from_pb(value: i32) -> Result<Option<Tier>, Error> {
     }
 }
 
-fn tier_to_pb(tier: Option<Tier>) -> pb::Tier {
+pub fn tier_to_pb(tier: Option<Tier>) -> pb::Tier {
     match tier {
         None => pb::Tier::Unspecified,
         Some(Tier::Trivial) => pb::Tier::Trivial,
@@ -298,7 +299,7 @@ pub fn outcome_to_pb(outcome: &Outcome) -> pb::TaskOutcome {
     outcome_into_pb(outcome.clone())
 }
 
-fn outcome_into_pb(outcome: Outcome) -> pb::TaskOutcome {
+pub fn outcome_into_pb(outcome: Outcome) -> pb::TaskOutcome {
     let exit = match outcome.exit {
         Exit::Code(code) => Some(pb::task_outcome::Exit::ExitCode(code)),
         Exit::Signal(signal) => Some(pb::task_outcome::Exit::Signal(signal)),
@@ -380,8 +381,7 @@ pub fn stream_from_pb(value: i32) -> Option<Stream> {
 // ---- The fleet: agents, hosts and their resources, LLM endpoints. ----
 
 use crate::agent::{AgentState, Transition};
-use crate::core::{AgentDetail, AgentView, HostView};
-use crate::fleet;
+use crate::fleet::{self, AgentDetail, AgentView, HostView};
 
 /// Bounds on what a sidecar may report, so one report cannot take the hub's memory.
 const MAX_CORES: usize = 4096;
@@ -493,6 +493,68 @@ pub fn inventory_from_pb(sidecar_id: &str, inventory: pb::ModelInventory) -> Res
         .collect()
 }
 
+pub fn report_to_pb(report: &fleet::Resources) -> pb::ResourceReport {
+    pb::ResourceReport {
+        at_unix_ms: report.at_unix_ms,
+        cpu_percent: report.cpu_percent,
+        cpu_per_core_percent: report.cpu_per_core_percent.clone(),
+        load1: report.load1,
+        load5: report.load5,
+        load15: report.load15,
+        memory_total_bytes: report.memory_total_bytes,
+        memory_used_bytes: report.memory_used_bytes,
+        memory_available_bytes: report.memory_available_bytes,
+        disks: report
+            .disks
+            .iter()
+            .map(|d| pb::Disk {
+                mount: d.mount.clone(),
+                total_bytes: d.total_bytes,
+                available_bytes: d.available_bytes,
+            })
+            .collect(),
+        gpus: report
+            .gpus
+            .iter()
+            .map(|g| pb::Gpu {
+                index: g.index,
+                name: g.name.clone(),
+                uuid: g.uuid.clone(),
+                utilization_percent: g.utilization_percent,
+                memory_utilization_percent: g.memory_utilization_percent,
+                memory_used_bytes: g.memory_used_bytes,
+                memory_total_bytes: g.memory_total_bytes,
+                temperature_celsius: g.temperature_celsius,
+                power_milliwatts: g.power_milliwatts,
+                processes: g
+                    .processes
+                    .iter()
+                    .map(|p| pb::GpuProcess { pid: p.pid, used_memory_bytes: p.used_memory_bytes })
+                    .collect(),
+            })
+            .collect(),
+        gpus_simulated: report.gpus_simulated,
+    }
+}
+
+pub fn model_to_pb(m: &fleet::Model) -> pb::Model {
+    pb::Model {
+        name: m.name.clone(),
+        size_bytes: m.size_bytes,
+        family: m.family.clone(),
+        parameter_size: m.parameter_size.clone(),
+        quantization: m.quantization.clone(),
+        loaded: m.loaded,
+        size_vram_bytes: m.size_vram_bytes,
+        expires_unix_ms: m.expires_unix_ms.unwrap_or(0),
+    }
+}
+
+/// A sidecar's inventory on the wire; the hub gives each endpoint its id and owner again.
+pub fn inventory_to_pb(endpoints: &[fleet::Endpoint]) -> pb::ModelInventory {
+    pb::ModelInventory { endpoints: endpoints.iter().map(endpoint_to_pb).collect() }
+}
+
 pub fn endpoint_to_pb(endpoint: &fleet::Endpoint) -> pb::LlmEndpoint {
     pb::LlmEndpoint {
         id: endpoint.id.clone(),
@@ -506,7 +568,7 @@ pub fn endpoint_to_pb(endpoint: &fleet::Endpoint) -> pb::LlmEndpoint {
             fleet::Owner::Hub => String::new(),
         },
         checked_unix_ms: endpoint.checked_unix_ms,
-        models: endpoint.models.iter().map(agentcom_sidecar::reports::model_to_pb).collect(),
+        models: endpoint.models.iter().map(model_to_pb).collect(),
     }
 }
 
@@ -564,7 +626,7 @@ pub fn host_to_pb(host: &HostView) -> pb::Host {
             .map(|c| pb::Cordon { since_unix_ms: c.since_unix_ms, deadline_unix_ms: c.deadline_unix_ms.unwrap_or(0) }),
         agents: host.agents as u32,
         containment: host.containment.clone(),
-        resources: host.resources.as_ref().map(agentcom_sidecar::reports::report_to_pb),
+        resources: host.resources.as_ref().map(report_to_pb),
         history: host
             .history
             .iter()

@@ -1,33 +1,15 @@
 //! Finding out what an LLM endpoint offers: health, version, downloaded and loaded models.
 //!
 //! Ollama is probed through `/api/version`, `/api/tags` and `/api/ps`; an OpenAI-compatible
-//! server through `/models`. The hub uses the same probe for the endpoints it checks itself.
+//! server through `/models`. The hub uses these probes for the endpoints it checks itself, the
+//! sidecar for its local ones.
 //! Parsing is separate from I/O and tested with the exact JSON the servers send.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
-/// One model an endpoint offers. The hub's registry stores these as they are (JSON).
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, Deserialize)]
-pub struct Model {
-    pub name: String,
-    pub size_bytes: u64,
-    pub family: String,
-    pub parameter_size: String,
-    pub quantization: String,
-    /// In memory now (warm).
-    pub loaded: bool,
-    pub size_vram_bytes: u64,
-    pub expires_unix_ms: Option<i64>,
-}
-
-impl Model {
-    /// `warm` when loaded in memory, else `cold`.
-    pub fn warmth(&self) -> &'static str {
-        if self.loaded { "warm" } else { "cold" }
-    }
-}
+pub use agentcom_types::fleet::{Endpoint, Model};
 
 /// What one check of an endpoint found.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -40,8 +22,21 @@ pub struct Probe {
 }
 
 impl Probe {
-    fn failed(error: String) -> Probe {
+    /// An unhealthy endpoint, and why.
+    pub fn failed(error: String) -> Probe {
         Probe { healthy: false, error: Some(error), ..Probe::default() }
+    }
+
+    /// `endpoint` as this check, made at `now`, found it.
+    pub fn found(self, endpoint: Endpoint, now: i64) -> Endpoint {
+        Endpoint {
+            healthy: self.healthy,
+            version: self.version,
+            error: self.error,
+            models: self.models,
+            checked_unix_ms: now,
+            ..endpoint
+        }
     }
 }
 

@@ -11,7 +11,7 @@
 //! systemd does for a unit's control group), `setsid` descendants included, so no background
 //! child outlives its task.
 //!
-//! **Architecture Invariant:** this is the only module that starts processes.
+//! **Architecture Invariant:** this is the only module that starts task processes.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
@@ -25,6 +25,9 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use agentcom_types::domain::{Exit, Outcome, Stream};
+
+use super::Sink;
 use crate::contain::{self, Containment, TaskKey};
 use crate::state::{Record, StateDir};
 
@@ -47,56 +50,6 @@ pub struct ShellJob {
     pub timeout: Option<Duration>,
     pub max_output_bytes: usize,
     pub limits: contain::Limits,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Exit {
-    Code(i32),
-    Signal(i32),
-    Unknown,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outcome {
-    pub exit: Exit,
-    pub duration: Duration,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub stdout_total_bytes: u64,
-    pub stderr_total_bytes: u64,
-    pub timed_out: bool,
-    pub cancelled: bool,
-    pub error: Option<String>,
-}
-
-impl Outcome {
-    /// The work never ran as a process.
-    pub fn failed_to_start(error: String) -> Outcome {
-        Outcome {
-            exit: Exit::Unknown,
-            duration: Duration::ZERO,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            stdout_total_bytes: 0,
-            stderr_total_bytes: 0,
-            timed_out: false,
-            cancelled: false,
-            error: Some(error),
-        }
-    }
-}
-
-/// Where a running job reports. Output chunks may be dropped by the sink (the final outcome
-/// carries the retained output in full), so reporting never blocks the job.
-pub trait Sink: Send + Sync + 'static {
-    fn started(&self, pid: u32);
-    fn output(&self, stream: Stream, offset: u64, data: &[u8]);
 }
 
 /// How the sidecar runs processes, as configured.
@@ -187,15 +140,15 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
     };
     let cwd = match working_dir(job.cwd.as_deref(), &settings.options.work_dir, &settings.options.allow_cwd) {
         Ok(cwd) => cwd,
-        Err(error) => return Outcome::failed_to_start(error),
+        Err(error) => return super::failed_to_start(error),
     };
     let secrets = match resolve_secrets(&job.secret_env, &settings.options.secrets) {
         Ok(secrets) => secrets,
-        Err(error) => return Outcome::failed_to_start(error),
+        Err(error) => return super::failed_to_start(error),
     };
     let mut scope = match settings.containment.scope(&job.key, job.limits) {
         Ok(scope) => scope,
-        Err(error) => return Outcome::failed_to_start(error),
+        Err(error) => return super::failed_to_start(error),
     };
     // An absolute program path lets the spawn take the fast way (posix_spawn, which does not
     // copy the sidecar's memory): with a PATH of its own and a bare name, std would fork.
@@ -204,7 +157,7 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
         Ok(executable) => executable,
         Err(error) => {
             scope.finish().await;
-            return Outcome::failed_to_start(error);
+            return super::failed_to_start(error);
         }
     };
     #[allow(clippy::disallowed_methods)] // This is where tasks start.
@@ -253,7 +206,7 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
         Ok(child) => child,
         Err(err) => {
             scope.finish().await;
-            return Outcome::failed_to_start(format!("cannot start {program}: {err}"));
+            return super::failed_to_start(format!("cannot start {program}: {err}"));
         }
     };
     let pid = child.id().expect("a child that was just spawned has a pid");
@@ -292,13 +245,13 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
         }
     };
     tokio::pin!(timeout);
-    let (mut timed_out, mut cancelled) = (false, false);
+    let mut timed_out = false;
     let status = loop {
         tokio::select! {
             status = child.wait() => break Some(status),
             _ = &mut readers, if !read_all => read_all = true,
             _ = &mut timeout => { timed_out = true; break None }
-            _ = cancel.cancelled() => { cancelled = true; break None }
+            _ = cancel.cancelled() => break None,
         }
     };
     let status = match status {
@@ -343,13 +296,12 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
     let (stdout, stderr) = (take(&stdout), take(&stderr));
     Outcome {
         exit,
-        duration,
+        duration_ms: duration.as_millis() as u64,
         stdout: stdout.kept,
         stderr: stderr.kept,
         stdout_total_bytes: stdout.total,
         stderr_total_bytes: stderr.total,
         timed_out,
-        cancelled,
         error,
     }
 }
@@ -705,7 +657,8 @@ mod tests {
             trigger.cancel();
         });
         let outcome = leftovers_die(preference, &format!("{BACKGROUND} sleep 300"), cancel, None).await;
-        assert!(outcome.cancelled);
+        assert!(!outcome.timed_out);
+        assert_eq!(outcome.exit, Exit::Signal(15), "cancelled: terminated");
 
         let outcome = leftovers_die(preference, &format!("{BACKGROUND} exit 0"), CancellationToken::new(), None).await;
         assert_eq!(outcome.exit, Exit::Code(0));

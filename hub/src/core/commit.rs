@@ -1,0 +1,148 @@
+//! What waits for a commit: the [`AfterCommit`] tickets that ride along with each write, and
+//! what the core does when the storage writer reports them durable.
+
+use std::sync::Arc;
+
+use super::State;
+use super::handle::{Error, Reply, SubmitAnswer, Submitted, ToSidecar};
+use super::tasks::strip_output;
+use crate::domain::*;
+use crate::store;
+
+/// Work that waits for a commit.
+pub enum AfterCommit {
+    /// A submit is durable. Its submitter is answered on the writer thread the moment the log
+    /// is synced (see [`AfterCommit::durable`]); the core then answers anyone whose submit
+    /// matched the same idempotency key meanwhile, and makes the task dispatchable.
+    Submitted { id: TaskId, answer: Option<Box<SubmitAnswer>> },
+    /// A dispatch is durable: send the assignment (if the lease is still the same).
+    Assigned { task_id: TaskId, lease_generation: u64 },
+    /// A state change is durable: tell watchers.
+    Changed(TaskId),
+    /// A cancel is durable: answer the caller.
+    Answer { task_id: TaskId, reply: Reply<Result<Task, Error>> },
+    /// A dead-letter retry is durable: answer the caller, then make the task dispatchable.
+    Requeued { task_id: TaskId, reply: Reply<Result<Task, Error>> },
+    /// A purge is durable: answer with how many tasks went.
+    Purged { count: usize, reply: Reply<Result<usize, Error>> },
+    /// Anything else that answers once durable (fleet settings).
+    Then(Box<dyn FnOnce() + Send>),
+}
+
+impl AfterCommit {
+    /// Runs on the writer thread once the change is durable in the log, before the core hears
+    /// of it: a submitter needs nothing but durability, so its answer skips the redb apply and
+    /// the hop through the core. Whatever it asks next may reach the core before `Committed`;
+    /// the core has held the task since the submit, so it is found, cancellable and usable as a
+    /// dependency, and only becomes dispatchable on `Committed`.
+    pub(super) fn durable(&mut self) {
+        if let AfterCommit::Submitted { answer, .. } = self
+            && let Some(answer) = answer.take()
+        {
+            let (reply, submitted) = *answer;
+            let _ = reply.send(Ok(submitted));
+        }
+    }
+}
+
+impl State {
+    pub(super) fn committed(&mut self, tickets: Vec<AfterCommit>, result: Result<(), Arc<store::Error>>, now: UnixMs) {
+        if let Err(err) = result {
+            // The hub can no longer promise durability: stop accepting work. Submits that
+            // were waiting learn it (unless the log was synced and they were answered already);
+            // everything else stays in memory only.
+            self.fx.unhealthy = true;
+            let failed = || Err(Error::Storage(err.to_string()));
+            for ticket in tickets {
+                if let AfterCommit::Submitted { answer: Some(answer), .. } = ticket {
+                    let _ = answer.0.send(failed());
+                }
+            }
+            for (_, waiters) in self.pending_submits.drain() {
+                for (reply, _) in waiters {
+                    let _ = reply.send(failed());
+                }
+            }
+            return;
+        }
+        for ticket in tickets {
+            match ticket {
+                AfterCommit::Submitted { id, answer } => {
+                    debug_assert!(answer.is_none(), "the submitter is answered on the writer thread");
+                    let task = &self.tasks[&id];
+                    let state = task.state;
+                    for (reply, existing) in self.pending_submits.remove(&id).unwrap_or_default() {
+                        let _ = reply.send(Ok(Submitted { task: Task::clone(task), existing }));
+                    }
+                    match state {
+                        TaskState::Queued => self.wait(id, None),
+                        TaskState::Waiting => self.settle_dependencies(id, now),
+                        _ => {}
+                    }
+                    self.notify(id, now);
+                }
+                AfterCommit::Assigned { task_id, lease_generation } => {
+                    let Some(lease) = self.queue.lease(task_id).cloned() else { continue };
+                    if lease.generation != lease_generation {
+                        continue;
+                    }
+                    if self.tasks[&task_id].state.is_terminal() {
+                        // Cancelled while its dispatch was committing: the assignment never
+                        // leaves, so nothing runs; the lease ends here and the agent is free.
+                        self.release(task_id, now);
+                        self.notify(task_id, now);
+                        continue;
+                    }
+                    let task = &self.tasks[&task_id];
+                    let message = ToSidecar::Assign {
+                        task_id,
+                        lease_generation,
+                        attempt: task.attempt,
+                        agent_id: lease.agent_id.clone(),
+                        spec: Box::new(task.spec.clone()),
+                    };
+                    self.send_to(&lease.sidecar_id, message);
+                    self.notify(task_id, now);
+                }
+                AfterCommit::Changed(id) => self.notify(id, now),
+                AfterCommit::Answer { task_id, reply } => {
+                    let _ = reply.send(Ok(Task::clone(&self.tasks[&task_id])));
+                    self.notify(task_id, now);
+                }
+                AfterCommit::Requeued { task_id, reply } => {
+                    let task = &self.tasks[&task_id];
+                    let queued = task.state == TaskState::Queued;
+                    let _ = reply.send(Ok(Task::clone(task)));
+                    if queued {
+                        self.wait(task_id, None);
+                    }
+                }
+                AfterCommit::Purged { count, reply } => {
+                    let _ = reply.send(Ok(count));
+                }
+                AfterCommit::Then(answer) => answer(),
+            }
+        }
+    }
+
+    /// Tells watchers about a durable change. A task that is final and no longer leased has
+    /// nothing more to say: its feed is finished and dropped, and its output, now on disk, leaves
+    /// memory.
+    pub(super) fn notify(&mut self, id: TaskId, now: UnixMs) {
+        let settled = self.tasks[&id].state.is_terminal() && self.queue.lease(id).is_none();
+        if let Some(feed) = self.feeds.get(&id) {
+            if settled {
+                feed.finish(&self.tasks[&id]);
+                self.feeds.remove(&id);
+            } else {
+                feed.update(&self.tasks[&id]);
+            }
+        }
+        if settled {
+            strip_output(self.tasks.get_mut(&id).expect("a notified task exists"));
+            for dependent in self.dependents.remove(&id).unwrap_or_default() {
+                self.settle_dependencies(dependent, now);
+            }
+        }
+    }
+}

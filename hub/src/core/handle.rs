@@ -1,0 +1,565 @@
+//! How the rest of the hub talks to the core: the cheap, cloneable [`Handle`], the closed
+//! [`Event`] enum it sends, and the messages between the core and sidecar sessions. The core's
+//! answer to each event starts in [`State::handle`](super::State).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::State;
+use super::commit::AfterCommit;
+use super::tasks::strip_output;
+use crate::domain::*;
+use crate::feed::Feed;
+use crate::fleet::{self, AgentDetail, AgentView, Endpoint, EndpointKind, HostView};
+use crate::store::{self, Store};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub heartbeat_interval: Duration,
+    /// A lease not renewed for this long expires.
+    pub lease_ttl: Duration,
+    /// A sidecar not heard from for this long is offline (its agents with it).
+    pub heartbeat_ttl: Duration,
+    /// A working agent whose task shows no output, tokens or progress for this long is stalled.
+    pub stall_after: Duration,
+    /// Hosts (or `host:port`) whose LLM endpoints the hub may probe itself.
+    pub allow_endpoints: Vec<String>,
+    /// How often the hub probes the endpoints it owns.
+    pub endpoint_check_interval: Duration,
+    pub spec_defaults: SpecDefaults,
+    /// Cancel running tasks when the hub shuts down (`dev`, where the sidecar dies with the hub).
+    pub cancel_inflight_on_shutdown: bool,
+    /// How long a shutdown waits for sidecars to report cancelled work.
+    pub shutdown_grace: Duration,
+    /// A ready task ranks one lane higher for every step it has existed (anti-starvation).
+    pub aging_step: Duration,
+    /// How long an idempotency key keeps answering with its task, counted from that task's submit.
+    pub idempotency_retention: Duration,
+    /// Changes the storage writer may have queued before new submits are refused as overloaded.
+    pub max_write_backlog: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            heartbeat_interval: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(15),
+            heartbeat_ttl: Duration::from_millis(12_500),
+            stall_after: Duration::from_secs(300),
+            allow_endpoints: Vec::new(),
+            endpoint_check_interval: Duration::from_secs(10),
+            spec_defaults: SpecDefaults::default(),
+            cancel_inflight_on_shutdown: false,
+            shutdown_grace: Duration::from_secs(3),
+            aging_step: Duration::from_millis(crate::queue::DEFAULT_AGING_STEP_MS as u64),
+            idempotency_retention: Duration::from_secs(24 * 3600),
+            max_write_backlog: 100_000,
+        }
+    }
+}
+
+/// Errors the core answers with; the API layers map them to status codes.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Invalid(#[from] crate::domain::Error),
+    #[error("task {0} not found")]
+    NotFound(TaskId),
+    #[error("task {id} is already {state}")]
+    AlreadyFinal { id: TaskId, state: &'static str },
+    #[error("task {id} is {state}, not dead-lettered")]
+    NotDeadLettered { id: TaskId, state: &'static str },
+    #[error("storage failed: {0}")]
+    Storage(String),
+    #[error("the hub is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    UnknownName(String),
+    /// The request is well formed but the hub's configuration does not allow it.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// The request conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The idempotency key belongs to a task submitted with a different body.
+    #[error("idempotency key {key:?} was already used by task {existing} with a different body")]
+    KeyReused { key: String, existing: TaskId },
+    /// Storage is too far behind to take more submits for now.
+    #[error("the hub's storage is behind; retry shortly")]
+    Overloaded,
+}
+
+/// What a sidecar says when it opens a session.
+#[derive(Clone, Debug)]
+pub struct SidecarHello {
+    pub sidecar_id: String,
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub version: String,
+    pub slots: u32,
+    pub capabilities: Vec<String>,
+    pub tags: Vec<String>,
+    pub running: Vec<RunningTask>,
+    /// How the sidecar contains task processes, in its own words.
+    pub containment: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunningTask {
+    pub task_id: TaskId,
+    pub lease_generation: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Welcome {
+    /// When the sidecar was last heard from. The session stores into it on every message, so a
+    /// plain heartbeat (no running tasks to renew) never has to reach the core.
+    pub last_seen: Arc<AtomicI64>,
+    pub sidecar_id: String,
+    pub agent_ids: Vec<String>,
+    pub heartbeat_interval: Duration,
+    pub lease_ttl: Duration,
+}
+
+/// Messages from a sidecar session, already converted and validated by the gRPC layer.
+#[derive(Clone, Debug)]
+pub enum FromSidecar {
+    Heartbeat {
+        running: Vec<RunningTask>,
+    },
+    Started {
+        task_id: TaskId,
+        lease_generation: u64,
+    },
+    Output {
+        task_id: TaskId,
+        lease_generation: u64,
+        stream: Stream,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    Finished {
+        task_id: TaskId,
+        lease_generation: u64,
+        outcome: Outcome,
+    },
+    /// Progress renews the lease and counts as activity; `blocked` moves the agent.
+    Progress {
+        task_id: TaskId,
+        lease_generation: u64,
+        blocked: bool,
+        message: String,
+    },
+    Resources(Box<fleet::Resources>),
+    /// The sidecar's whole inventory of endpoints, ids and owners already set.
+    Models(Vec<Endpoint>),
+}
+
+/// What the core sends to a sidecar session.
+#[derive(Clone, Debug)]
+pub enum ToSidecar {
+    Assign {
+        task_id: TaskId,
+        lease_generation: u64,
+        attempt: u32,
+        agent_id: String,
+        spec: Box<TaskSpec>,
+    },
+    Cancel {
+        task_id: TaskId,
+        lease_generation: u64,
+        reason: String,
+    },
+    /// The sidecar is cordoned: it gets no new work (sent so it can say so in its log).
+    Drain {
+        deadline_unix_ms: Option<UnixMs>,
+    },
+}
+
+/// Counts that describe the queue now.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct QueueStats {
+    pub tasks: usize,
+    pub ready: usize,
+    pub delayed: usize,
+    pub waiting_on_dependencies: usize,
+    pub leased: usize,
+    pub dead_lettered: usize,
+    /// Messages refused because the sender did not hold the task's current lease (fencing).
+    pub stale_messages_refused: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Submitted {
+    pub task: Task,
+    /// The idempotency key matched an existing task, which is returned instead.
+    pub existing: bool,
+}
+
+pub(super) type Reply<T> = oneshot::Sender<T>;
+/// Someone waiting for a submit to become durable; `true` when their submit matched an
+/// existing idempotency key.
+pub(super) type SubmitWaiter = (Reply<Result<Submitted, Error>>, bool);
+/// A submitter's answer, ready to go out once its submit is durable.
+pub(super) type SubmitAnswer = (Reply<Result<Submitted, Error>>, Submitted);
+
+pub enum Event {
+    Submit {
+        spec: Box<TaskSpec>,
+        reply: Reply<Result<Submitted, Error>>,
+    },
+    Get {
+        id: TaskId,
+        reply: Reply<Option<Task>>,
+    },
+    List {
+        state: Option<TaskState>,
+        before: Option<TaskId>,
+        limit: usize,
+        reply: Reply<Vec<Task>>,
+    },
+    Cancel {
+        id: TaskId,
+        reason: String,
+        reply: Reply<Result<Task, Error>>,
+    },
+    Watch {
+        id: TaskId,
+        reply: Reply<Result<WatchReply, Error>>,
+    },
+    Agents {
+        reply: Reply<Vec<AgentView>>,
+    },
+    Stats {
+        reply: Reply<QueueStats>,
+    },
+    RetryDeadLetter {
+        id: TaskId,
+        reply: Reply<Result<Task, Error>>,
+    },
+    PurgeDeadLetters {
+        finished_before: UnixMs,
+        reply: Reply<Result<usize, Error>>,
+    },
+    Hello {
+        hello: SidecarHello,
+        outbox: mpsc::Sender<ToSidecar>,
+        reply: Reply<Result<(Welcome, u64), Error>>,
+    },
+    FromSidecar {
+        sidecar_id: String,
+        session: u64,
+        message: FromSidecar,
+    },
+    SessionClosed {
+        sidecar_id: String,
+        session: u64,
+    },
+    GetAgent {
+        id: String,
+        reply: Reply<Option<AgentDetail>>,
+    },
+    Drain {
+        sidecar_id: String,
+        deadline: Option<UnixMs>,
+        reply: Reply<Result<HostView, Error>>,
+    },
+    Uncordon {
+        sidecar_id: String,
+        reply: Reply<Result<HostView, Error>>,
+    },
+    Hosts {
+        reply: Reply<Vec<HostView>>,
+    },
+    Host {
+        id: String,
+        reply: Reply<Option<HostView>>,
+    },
+    Endpoints {
+        reply: Reply<Vec<Endpoint>>,
+    },
+    AddEndpoint {
+        url: String,
+        kind: EndpointKind,
+        reply: Reply<Result<Endpoint, Error>>,
+    },
+    RemoveEndpoint {
+        id: String,
+        reply: Reply<Result<Endpoint, Error>>,
+    },
+    /// The hub's own check of an endpoint it probes.
+    EndpointChecked(Box<Endpoint>),
+    Committed {
+        tickets: Vec<AfterCommit>,
+        result: Result<(), Arc<store::Error>>,
+    },
+    Tick,
+    Shutdown {
+        reply: Reply<()>,
+    },
+}
+
+pub enum WatchReply {
+    /// The task can still change: follow its feed.
+    Live(Arc<Feed>),
+    /// The task is final (its output is on disk).
+    Final(Box<Task>),
+}
+
+/// A cheap, cloneable way to talk to the core.
+#[derive(Clone)]
+pub struct Handle {
+    pub(super) events: mpsc::UnboundedSender<Event>,
+    pub(super) healthy: Arc<AtomicBool>,
+    /// Finished tasks' output lives only on disk; reads of it go here, off the core.
+    pub(super) store: Store,
+}
+
+impl Handle {
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Event) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.events.send(make(tx)).map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)
+    }
+
+    pub async fn submit(&self, spec: TaskSpec) -> Result<Submitted, Error> {
+        self.ask(|reply| Event::Submit { spec: Box::new(spec), reply }).await?
+    }
+
+    /// The task with its retained output (read from disk for a finished task).
+    /// Submits and returns only the id and whether the idempotency key matched: all the
+    /// streaming path acknowledges.
+    pub async fn submit_id(&self, spec: TaskSpec) -> Result<(TaskId, bool), Error> {
+        let submitted = self.submit(spec).await?;
+        Ok((submitted.task.id, submitted.existing))
+    }
+
+    pub async fn get(&self, id: TaskId) -> Result<Task, Error> {
+        let task = self.ask(|reply| Event::Get { id, reply }).await?.ok_or(Error::NotFound(id))?;
+        if task.state.is_terminal() && task.outcome.is_some() {
+            return self.stored(task).await;
+        }
+        Ok(task)
+    }
+
+    /// The durable record of a finished task; `fallback` if it is (not yet) on disk.
+    async fn stored(&self, fallback: Task) -> Result<Task, Error> {
+        let store = self.store.clone();
+        let id = fallback.id;
+        match tokio::task::spawn_blocking(move || store.get_task(id)).await {
+            Ok(Ok(Some(task))) => Ok(task),
+            Ok(Ok(None)) => Ok(fallback),
+            Ok(Err(err)) => Err(Error::Storage(err.to_string())),
+            Err(err) => Err(Error::Storage(err.to_string())),
+        }
+    }
+
+    pub async fn list(&self, state: Option<TaskState>, limit: usize) -> Result<Vec<Task>, Error> {
+        self.list_before(state, None, limit).await
+    }
+
+    /// Newest first, only tasks older than `before` (the last id of the previous page).
+    pub async fn list_before(
+        &self,
+        state: Option<TaskState>,
+        before: Option<TaskId>,
+        limit: usize,
+    ) -> Result<Vec<Task>, Error> {
+        self.ask(|reply| Event::List { state, before, limit, reply }).await
+    }
+
+    pub async fn cancel(&self, id: TaskId, reason: String) -> Result<Task, Error> {
+        self.ask(|reply| Event::Cancel { id, reason, reply }).await?
+    }
+
+    pub async fn watch(&self, id: TaskId) -> Result<Arc<Feed>, Error> {
+        match self.ask(|reply| Event::Watch { id, reply }).await?? {
+            WatchReply::Live(feed) => Ok(feed),
+            WatchReply::Final(task) => Ok(Feed::new(self.stored(*task).await?)),
+        }
+    }
+
+    pub async fn agents(&self) -> Result<Vec<AgentView>, Error> {
+        self.ask(|reply| Event::Agents { reply }).await
+    }
+
+    pub async fn stats(&self) -> Result<QueueStats, Error> {
+        self.ask(|reply| Event::Stats { reply }).await
+    }
+
+    /// Puts a dead-lettered task back in the queue with a fresh set of attempts.
+    pub async fn retry_dead_letter(&self, id: TaskId) -> Result<Task, Error> {
+        self.ask(|reply| Event::RetryDeadLetter { id, reply }).await?
+    }
+
+    /// Deletes dead-lettered tasks that finished before `finished_before`; returns how many.
+    pub async fn purge_dead_letters(&self, finished_before: UnixMs) -> Result<usize, Error> {
+        self.ask(|reply| Event::PurgeDeadLetters { finished_before, reply }).await?
+    }
+
+    pub async fn agent(&self, id: String) -> Result<AgentDetail, Error> {
+        let missing = Error::UnknownName(format!("agent {id} not found"));
+        self.ask(|reply| Event::GetAgent { id, reply }).await?.ok_or(missing)
+    }
+
+    /// Cordons a sidecar: no new work; what still runs at `deadline` is requeued.
+    pub async fn drain(&self, sidecar_id: String, deadline: Option<UnixMs>) -> Result<HostView, Error> {
+        self.ask(|reply| Event::Drain { sidecar_id, deadline, reply }).await?
+    }
+
+    pub async fn uncordon(&self, sidecar_id: String) -> Result<HostView, Error> {
+        self.ask(|reply| Event::Uncordon { sidecar_id, reply }).await?
+    }
+
+    pub async fn hosts(&self) -> Result<Vec<HostView>, Error> {
+        self.ask(|reply| Event::Hosts { reply }).await
+    }
+
+    pub async fn host(&self, id: String) -> Result<HostView, Error> {
+        let missing = Error::UnknownName(format!("host {id} not found"));
+        self.ask(|reply| Event::Host { id, reply }).await?.ok_or(missing)
+    }
+
+    pub async fn endpoints(&self) -> Result<Vec<Endpoint>, Error> {
+        self.ask(|reply| Event::Endpoints { reply }).await
+    }
+
+    pub async fn add_endpoint(&self, url: String, kind: EndpointKind) -> Result<Endpoint, Error> {
+        self.ask(|reply| Event::AddEndpoint { url, kind, reply }).await?
+    }
+
+    pub async fn remove_endpoint(&self, id: String) -> Result<Endpoint, Error> {
+        self.ask(|reply| Event::RemoveEndpoint { id, reply }).await?
+    }
+
+    /// Reports the hub's own check of an endpoint.
+    pub fn endpoint_checked(&self, endpoint: Endpoint) {
+        let _ = self.events.send(Event::EndpointChecked(Box::new(endpoint)));
+    }
+
+    /// Registers a sidecar session; returns the welcome and the session number to quote.
+    pub async fn hello(&self, hello: SidecarHello, outbox: mpsc::Sender<ToSidecar>) -> Result<(Welcome, u64), Error> {
+        self.ask(|reply| Event::Hello { hello, outbox, reply }).await?
+    }
+
+    pub fn from_sidecar(&self, sidecar_id: String, session: u64, message: FromSidecar) {
+        let _ = self.events.send(Event::FromSidecar { sidecar_id, session, message });
+    }
+
+    pub fn session_closed(&self, sidecar_id: String, session: u64) {
+        let _ = self.events.send(Event::SessionClosed { sidecar_id, session });
+    }
+
+    /// Stops the core: cancels in-flight work if configured, waits for it to be recorded.
+    pub async fn shutdown(&self) {
+        let _ = self.ask(|reply| Event::Shutdown { reply }).await;
+    }
+
+    /// False once storage has failed; `/readyz` reports it.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.events.is_closed()
+    }
+}
+
+impl State {
+    /// Answers one event: the decisions, whose effects the loop then carries out.
+    pub(super) fn handle(&mut self, event: Event, now: UnixMs) {
+        match event {
+            Event::Submit { spec, reply } => self.submit(*spec, reply, now),
+            Event::Get { id, reply } => {
+                let _ = reply.send(self.tasks.get(&id).map(|task| Task::clone(task)));
+            }
+            Event::List { state, before, limit, reply } => {
+                // Summaries: output only comes with a single task.
+                let older = match before {
+                    Some(before) => self.tasks.range(..before),
+                    None => self.tasks.range(..),
+                };
+                let tasks = older
+                    .map(|(_, task)| task)
+                    .rev()
+                    .filter(|t| state.is_none_or(|s| t.state == s))
+                    .take(limit)
+                    .map(|t| {
+                        let mut t = Task::clone(t);
+                        strip_output(&mut t);
+                        t
+                    })
+                    .collect();
+                let _ = reply.send(tasks);
+            }
+            Event::Cancel { id, reason, reply } => self.cancel(id, reason, reply, now),
+            Event::Watch { id, reply } => {
+                let result = match self.feeds.get(&id) {
+                    Some(feed) => Ok(WatchReply::Live(feed.clone())),
+                    None => match self.tasks.get(&id) {
+                        Some(task) if task.state.is_terminal() => Ok(WatchReply::Final(task.clone())),
+                        Some(task) => {
+                            let feed = Feed::new(Task::clone(task));
+                            self.feeds.insert(id, feed.clone());
+                            Ok(WatchReply::Live(feed))
+                        }
+                        None => Err(Error::NotFound(id)),
+                    },
+                };
+                let _ = reply.send(result);
+            }
+            Event::Agents { reply } => {
+                let _ = reply.send(self.agent_views());
+            }
+            Event::Stats { reply } => {
+                let count = |state| self.tasks.values().filter(|t| t.state == state).count();
+                let _ = reply.send(QueueStats {
+                    tasks: self.tasks.len(),
+                    ready: self.queue.n_ready(),
+                    delayed: self.queue.n_delayed(),
+                    waiting_on_dependencies: count(TaskState::Waiting),
+                    leased: self.queue.n_leased(),
+                    dead_lettered: count(TaskState::DeadLettered),
+                    stale_messages_refused: self.stale_messages,
+                });
+            }
+            Event::RetryDeadLetter { id, reply } => self.retry_dead_letter(id, reply, now),
+            Event::PurgeDeadLetters { finished_before, reply } => self.purge_dead_letters(finished_before, reply),
+            Event::Hello { hello, outbox, reply } => {
+                let _ = reply.send(self.hello(hello, outbox, now));
+                self.dispatch(now);
+            }
+            Event::FromSidecar { sidecar_id, session, message } => {
+                self.on_sidecar_message(&sidecar_id, session, message, now);
+                self.dispatch(now);
+            }
+            Event::SessionClosed { sidecar_id, session } => self.session_closed(&sidecar_id, session, now),
+            Event::GetAgent { id, reply } => {
+                let _ = reply.send(self.agent_detail(&id));
+            }
+            Event::Drain { sidecar_id, deadline, reply } => self.drain(sidecar_id, deadline, reply, now),
+            Event::Uncordon { sidecar_id, reply } => self.uncordon(sidecar_id, reply, now),
+            Event::Hosts { reply } => {
+                let _ = reply.send(self.host_views());
+            }
+            Event::Host { id, reply } => {
+                let _ = reply.send(self.host_view(&id, true));
+            }
+            Event::Endpoints { reply } => {
+                let _ = reply.send(self.registry.iter().cloned().collect());
+            }
+            Event::AddEndpoint { url, kind, reply } => self.add_endpoint(url, kind, reply),
+            Event::RemoveEndpoint { id, reply } => self.remove_endpoint(id, reply),
+            Event::EndpointChecked(endpoint) => self.endpoint_checked(*endpoint),
+            Event::Committed { tickets, result } => {
+                self.committed(tickets, result, now);
+                self.dispatch(now);
+            }
+            Event::Tick => {
+                self.tick(now);
+                self.dispatch(now);
+            }
+            Event::Shutdown { .. } => unreachable!("handled in run"),
+        }
+    }
+}

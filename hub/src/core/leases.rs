@@ -1,0 +1,258 @@
+//! The core's lease side: what sidecars report under a lease (fenced by its generation),
+//! releasing and losing leases, dispatch through the scheduler, and what time passing does.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+
+use tracing::{debug, warn};
+
+use super::State;
+use super::commit::AfterCommit;
+use super::handle::{FromSidecar, ToSidecar};
+use super::sessions::{Agent, Sidecar, move_agent};
+use super::tasks::judge;
+use crate::agent::{AgentEvent, AgentState};
+use crate::domain::*;
+use crate::feed::Feed;
+use crate::queue::{self, Fence, Lease, Queue};
+use crate::sched;
+
+/// How often idempotency keys past their retention are swept from memory.
+const KEY_SWEEP_INTERVAL_MS: i64 = 60_000;
+
+impl State {
+    pub(super) fn on_sidecar_message(&mut self, sidecar_id: &str, session: u64, message: FromSidecar, now: UnixMs) {
+        let Some(sidecar) = self.sidecars.get_mut(sidecar_id) else { return };
+        if sidecar.session != session {
+            return; // A replaced session: its messages no longer count.
+        }
+        sidecar.last_seen.fetch_max(now, Ordering::Relaxed);
+        let ttl = self.config.lease_ttl.as_millis() as i64;
+        match message {
+            FromSidecar::Heartbeat { running } => {
+                for run in running {
+                    if let Err(fence) = self.queue.renew(run.task_id, run.lease_generation, sidecar_id, now, ttl) {
+                        self.refuse(sidecar_id, run.task_id, run.lease_generation, fence, "heartbeat");
+                    }
+                }
+            }
+            FromSidecar::Started { task_id, lease_generation } => {
+                if let Err(fence) = self.queue.renew(task_id, lease_generation, sidecar_id, now, ttl) {
+                    self.refuse(sidecar_id, task_id, lease_generation, fence, "started");
+                    return;
+                }
+                if let Some(agent) = leased_agent(&self.queue, &mut self.agents, task_id) {
+                    agent.last_activity = now;
+                    move_agent(agent, AgentEvent::Start, now, &mut self.idle, &format!("started task {task_id}"));
+                }
+                let task = self.tasks.get_mut(&task_id).expect("a leased task exists");
+                if task.state == TaskState::Dispatched {
+                    task.set_state(TaskState::Running, "", now);
+                    task.started_unix_ms = Some(now);
+                    self.persist(task_id, AfterCommit::Changed(task_id));
+                }
+            }
+            FromSidecar::Output { task_id, lease_generation, stream, offset, data } => {
+                if let Err(fence) = self.queue.renew(task_id, lease_generation, sidecar_id, now, ttl) {
+                    self.refuse(sidecar_id, task_id, lease_generation, fence, "output");
+                    return;
+                }
+                if let Some(agent) = leased_agent(&self.queue, &mut self.agents, task_id) {
+                    agent.last_activity = now;
+                }
+                // Feeds are made when first needed: most tasks are never watched.
+                let tasks = &self.tasks;
+                let feed = self.feeds.entry(task_id).or_insert_with(|| Feed::new(Task::clone(&tasks[&task_id])));
+                feed.append(stream, offset, &data);
+            }
+            FromSidecar::Finished { task_id, lease_generation, outcome } => {
+                if let Err(fence) = self.queue.check(task_id, lease_generation, sidecar_id) {
+                    self.refuse(sidecar_id, task_id, lease_generation, fence, "finished");
+                    return;
+                }
+                self.release(task_id, now);
+                let task = self.tasks.get_mut(&task_id).expect("a leased task exists");
+                let retryable = matches!(outcome.exit, Exit::Code(code) if task.spec.retry.retry_on_exit_codes.contains(&code))
+                    && outcome.error.is_none()
+                    && !outcome.timed_out;
+                let (state, reason) = judge(&outcome);
+                task.outcome = Some(outcome);
+                if task.state == TaskState::Cancelled {
+                    // The user's cancel stands; the outcome is the killed process's.
+                } else if state == TaskState::Failed && retryable {
+                    self.retry_or_dead_letter(task_id, reason, now);
+                } else {
+                    task.set_state(state, reason, now);
+                }
+                self.persist(task_id, AfterCommit::Changed(task_id));
+            }
+            FromSidecar::Progress { task_id, lease_generation, blocked, message } => {
+                if let Err(fence) = self.queue.renew(task_id, lease_generation, sidecar_id, now, ttl) {
+                    self.refuse(sidecar_id, task_id, lease_generation, fence, "progress");
+                    return;
+                }
+                if let Some(agent) = leased_agent(&self.queue, &mut self.agents, task_id) {
+                    agent.last_activity = now;
+                    match (blocked, agent.state) {
+                        (true, AgentState::Assigned | AgentState::Working) => {
+                            let cause = format!("task {task_id} waits: {message}");
+                            move_agent(agent, AgentEvent::Block, now, &mut self.idle, &cause);
+                        }
+                        (false, AgentState::Blocked) => {
+                            let cause = format!("task {task_id} goes on");
+                            move_agent(agent, AgentEvent::Unblock, now, &mut self.idle, &cause);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            FromSidecar::Resources(report) => {
+                if let Some(sidecar) = self.sidecars.get_mut(sidecar_id) {
+                    sidecar.host.record(*report);
+                }
+            }
+            FromSidecar::Models(endpoints) => self.sidecar_inventory(sidecar_id, endpoints),
+        }
+    }
+
+    /// A message under a lease the sender does not hold: count it, and make sure the sender
+    /// stops that work.
+    pub(super) fn refuse(
+        &mut self,
+        sidecar_id: &str,
+        task_id: TaskId,
+        lease_generation: u64,
+        fence: Fence,
+        what: &str,
+    ) {
+        self.stale_messages += 1;
+        debug!(sidecar_id, task_id = %task_id, lease_generation, ?fence, what, "refused a stale message");
+        self.send_to(
+            sidecar_id,
+            ToSidecar::Cancel { task_id, lease_generation, reason: "lease no longer held".to_owned() },
+        );
+    }
+
+    /// Ends a lease and frees its agent.
+    pub(super) fn release(&mut self, task_id: TaskId, now: UnixMs) -> Option<Lease> {
+        let lease = self.queue.release(task_id)?;
+        if let Some(agent) = self.agents.get_mut(&lease.agent_id)
+            && agent.task_id == Some(task_id)
+        {
+            agent.task_id = None;
+            agent.stalled = false;
+            if agent.state != AgentState::Offline {
+                move_agent(agent, AgentEvent::Release, now, &mut self.idle, &format!("task {task_id} ended"));
+            }
+        }
+        Some(lease)
+    }
+
+    /// A lease lapsed or its holder lost the work: requeue the task or fail it for good.
+    pub(super) fn lease_lost(&mut self, task_id: TaskId, why: &str, now: UnixMs) {
+        let Some(lease) = self.release(task_id, now) else { return };
+        self.send_to(
+            &lease.sidecar_id,
+            ToSidecar::Cancel { task_id, lease_generation: lease.generation, reason: why.to_owned() },
+        );
+        // A cancel was recorded already: there is no outcome to wait for any more.
+        if self.tasks[&task_id].state != TaskState::Cancelled {
+            warn!(task_id = %task_id, sidecar_id = lease.sidecar_id, why, "lease lost");
+            self.retry_or_dead_letter(task_id, why.to_owned(), now);
+        }
+        self.persist(task_id, AfterCommit::Changed(task_id));
+    }
+
+    pub(super) fn tick(&mut self, now: UnixMs) {
+        let ttl = self.config.heartbeat_ttl.as_millis() as i64;
+        let lapsed: Vec<String> = self
+            .sidecars
+            .iter()
+            .filter(|(_, s)| s.outbox.is_some() && s.last_seen.load(Ordering::Relaxed) + ttl <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for sidecar_id in lapsed {
+            warn!(sidecar_id, "sidecar heartbeat lapsed; marking it offline");
+            let session = self.sidecars[&sidecar_id].session;
+            self.session_closed(&sidecar_id, session, now);
+        }
+        for task_id in self.queue.expired(now) {
+            self.lease_lost(task_id, "lease expired", now);
+        }
+        self.flag_stalled(now);
+        self.requeue_past_drain_deadlines(now);
+        self.queue.promote_due(now);
+        self.expire(now);
+        if now - self.last_key_sweep >= KEY_SWEEP_INTERVAL_MS {
+            self.last_key_sweep = now;
+            let retention = self.config.idempotency_retention.as_millis() as i64;
+            self.by_key.retain(|_, id| queue::submitted_at(*id) + retention > now);
+        }
+    }
+
+    /// Places ready tasks on idle agents, lane then age, each where [`sched::place`] puts it.
+    pub(super) fn dispatch(&mut self, now: UnixMs) {
+        if self.shutting_down {
+            return;
+        }
+        let ttl = self.config.lease_ttl.as_millis() as i64;
+        loop {
+            if self.idle.is_empty() || self.queue.n_ready() == 0 {
+                return;
+            }
+            let fleet = Fleet { idle: &self.idle, sidecars: &self.sidecars };
+            let tasks = &self.tasks;
+            let popped = self.queue.pop_ready(now, |id| match sched::place(&tasks[&id], &fleet, now) {
+                sched::Decision::Place { sidecar_id, agent_id } => Some((sidecar_id, agent_id)),
+                sched::Decision::Wait(_) => None,
+            });
+            let Some((task_id, (sidecar_id, agent_id))) = popped else { return };
+            if let Some(deadline) = self.tasks[&task_id].spec.limits.deadline_unix_ms {
+                self.deadlines.remove(&(deadline, task_id));
+            }
+            let task = self.tasks.get_mut(&task_id).expect("a ready task exists");
+            task.attempt += 1;
+            task.lease_generation += 1;
+            task.agent_id = Some(agent_id.clone());
+            task.sidecar_id = Some(sidecar_id.clone());
+            task.outcome = None;
+            task.set_state(TaskState::Dispatched, "", now);
+            let lease_generation = task.lease_generation;
+            let lease =
+                Lease { generation: lease_generation, sidecar_id, agent_id: agent_id.clone(), expires_at: now + ttl };
+            self.queue.grant(task_id, lease);
+            let agent = self.agents.get_mut(&agent_id).expect("an idle agent exists");
+            agent.task_id = Some(task_id);
+            agent.last_activity = now;
+            move_agent(agent, AgentEvent::Assign, now, &mut self.idle, &format!("assigned task {task_id}"));
+            self.persist(task_id, AfterCommit::Assigned { task_id, lease_generation });
+        }
+    }
+}
+
+/// The agent holding `task_id`'s lease.
+pub(super) fn leased_agent<'a>(
+    queue: &Queue,
+    agents: &'a mut BTreeMap<String, Agent>,
+    task_id: TaskId,
+) -> Option<&'a mut Agent> {
+    agents.get_mut(&queue.lease(task_id)?.agent_id)
+}
+
+/// The fleet as placement sees it.
+struct Fleet<'a> {
+    idle: &'a sched::IdleIndex,
+    sidecars: &'a HashMap<String, Sidecar>,
+}
+
+impl sched::FleetView for Fleet<'_> {
+    fn idle(&self) -> &sched::IdleIndex {
+        self.idle
+    }
+
+    fn can_run(&self, sidecar_id: &str, capability: &str) -> bool {
+        self.sidecars
+            .get(sidecar_id)
+            .is_some_and(|s| s.is_open() && s.hello.capabilities.iter().any(|c| c == capability))
+    }
+}

@@ -1,0 +1,323 @@
+//! The core's task side: restoring the queue at start, submits and idempotency, dependencies,
+//! cancel, retries and the dead-letter queue, deadlines, and judging outcomes.
+
+use std::collections::BTreeSet;
+
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::State;
+use super::commit::AfterCommit;
+use super::handle::{Error, Reply, Submitted, ToSidecar};
+use crate::domain::*;
+use crate::queue::{self, Lease, Queue};
+use crate::store::Op;
+
+impl State {
+    #[allow(clippy::vec_box)] // Reason: the boxes move into `tasks` as they are; no 816-byte copies.
+    pub(super) fn restore(&mut self, tasks: Vec<Box<Task>>, now: UnixMs) {
+        let (mut n_ready, mut n_leased) = (0, 0);
+        let mut waiting = Vec::new();
+        let ttl = self.config.lease_ttl.as_millis() as i64;
+        for task in tasks {
+            if let Some(key) = &task.spec.idempotency_key {
+                self.by_key.insert(key.clone(), task.id);
+            }
+            match task.state {
+                TaskState::Queued | TaskState::Ready => {
+                    enqueue(&mut self.queue, &mut self.deadlines, &task, None);
+                    n_ready += 1;
+                }
+                TaskState::Waiting => waiting.push(task.id),
+                state if state.is_leased() => {
+                    let lease = Lease {
+                        generation: task.lease_generation,
+                        sidecar_id: task.sidecar_id.clone().unwrap_or_default(),
+                        agent_id: task.agent_id.clone().unwrap_or_default(),
+                        expires_at: now + ttl,
+                    };
+                    self.queue.grant(task.id, lease);
+                    n_leased += 1;
+                }
+                _ => {}
+            }
+            let mut task = task;
+            if task.state.is_terminal() {
+                strip_output(&mut task);
+            }
+            self.tasks.insert(task.id, task);
+        }
+        // Dependencies may have settled after their dependents last changed on disk.
+        let n_waiting = waiting.len();
+        for id in waiting {
+            self.settle_dependencies(id, now);
+        }
+        info!(tasks = self.tasks.len(), ready = n_ready, leased = n_leased, waiting = n_waiting, "restored queue");
+    }
+
+    pub(super) fn submit(&mut self, spec: TaskSpec, reply: Reply<Result<Submitted, Error>>, now: UnixMs) {
+        if self.shutting_down {
+            let _ = reply.send(Err(Error::ShuttingDown));
+            return;
+        }
+        let retention = self.config.idempotency_retention.as_millis() as i64;
+        if let Some(key) = &spec.idempotency_key
+            && let Some(&existing) = self.by_key.get(key)
+            && queue::submitted_at(existing) + retention > now
+            && let Some(first) = self.tasks.get(&existing)
+        {
+            if !same_submission(&first.spec, &spec) {
+                let _ = reply.send(Err(Error::KeyReused { key: key.clone(), existing }));
+                return;
+            }
+            match self.pending_submits.get_mut(&existing) {
+                Some(waiters) => waiters.push((reply, true)),
+                None => {
+                    let task = Task::clone(&self.tasks[&existing]);
+                    let _ = reply.send(Ok(Submitted { task, existing: true }));
+                }
+            }
+            return;
+        }
+        if self.write_backlog >= self.config.max_write_backlog {
+            let _ = reply.send(Err(Error::Overloaded));
+            return;
+        }
+        if let Some(deadline) = spec.limits.deadline_unix_ms
+            && deadline <= now
+        {
+            let message = format!("is {} ms in the past", now - deadline);
+            let _ = reply.send(Err(Error::Invalid(crate::domain::Error::invalid("limits.deadline_unix_ms", message))));
+            return;
+        }
+        // Dependencies must exist already, so a new task can never close a cycle.
+        let mut spec = spec;
+        spec.depends_on.sort();
+        spec.depends_on.dedup();
+        if let Some(unknown) = spec.depends_on.iter().find(|dep| !self.tasks.contains_key(dep)) {
+            let message = format!("task {unknown} does not exist");
+            let _ = reply.send(Err(Error::Invalid(crate::domain::Error::invalid("depends_on", message))));
+            return;
+        }
+        let id = TaskId::new(now);
+        if let Some(key) = &spec.idempotency_key {
+            self.by_key.insert(key.clone(), id);
+        }
+        let mut task = Task::new(id, spec, now);
+        if !task.spec.depends_on.is_empty() {
+            task.state = TaskState::Waiting;
+        }
+        let answer = Submitted { task: Task::clone(&task), existing: false };
+        self.tasks.insert(id, Box::new(task));
+        self.pending_submits.insert(id, Vec::new());
+        self.persist(id, AfterCommit::Submitted { id, answer: Some(Box::new((reply, answer))) });
+    }
+
+    /// Moves a waiting task on once its dependencies allow: to the queue when all succeeded, to
+    /// cancelled when one failed for good; otherwise it stays registered under those unfinished.
+    pub(super) fn settle_dependencies(&mut self, id: TaskId, now: UnixMs) {
+        let task = &self.tasks[&id];
+        if task.state != TaskState::Waiting {
+            return;
+        }
+        let states = task.spec.depends_on.iter().map(|dep| (*dep, self.tasks.get(dep).map(|t| t.state)));
+        match queue::readiness(states) {
+            queue::Readiness::Failed(dep, state) => {
+                let how = state.map(|s| format!("is {}", s.as_str())).unwrap_or_else(|| "was purged".to_owned());
+                let task = self.tasks.get_mut(&id).expect("checked above");
+                task.set_state(TaskState::Cancelled, format!("dependency_failed: task {dep} {how}"), now);
+                self.persist(id, AfterCommit::Changed(id));
+            }
+            queue::Readiness::Ready => {
+                let task = self.tasks.get_mut(&id).expect("checked above");
+                task.set_state(TaskState::Queued, "dependencies succeeded", now);
+                self.persist(id, AfterCommit::Changed(id));
+                self.wait(id, None);
+            }
+            queue::Readiness::Waiting(unfinished) => {
+                if let Some(deadline) = task.spec.limits.deadline_unix_ms {
+                    self.deadlines.insert((deadline, id));
+                }
+                for dep in unfinished {
+                    let waiting = self.dependents.entry(dep).or_default();
+                    if !waiting.contains(&id) {
+                        waiting.push(id);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn cancel(&mut self, id: TaskId, reason: String, reply: Reply<Result<Task, Error>>, now: UnixMs) {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            let _ = reply.send(Err(Error::NotFound(id)));
+            return;
+        };
+        if task.state.is_terminal() {
+            let _ = reply.send(Err(Error::AlreadyFinal { id, state: task.state.as_str() }));
+            return;
+        }
+        let reason = if reason.is_empty() { "cancelled by user".to_owned() } else { reason };
+        task.set_state(TaskState::Cancelled, reason.clone(), now);
+        self.queue.remove_waiting(id);
+        // A leased task keeps its lease until the sidecar reports the killed process (or the
+        // lease lapses), so its agent stays busy and the final output is recorded.
+        if let Some(lease) = self.queue.lease(id).cloned() {
+            self.send_to(
+                &lease.sidecar_id,
+                ToSidecar::Cancel { task_id: id, lease_generation: lease.generation, reason },
+            );
+        }
+        self.persist(id, AfterCommit::Answer { task_id: id, reply });
+    }
+
+    pub(super) fn retry_dead_letter(&mut self, id: TaskId, reply: Reply<Result<Task, Error>>, now: UnixMs) {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            let _ = reply.send(Err(Error::NotFound(id)));
+            return;
+        };
+        if task.state != TaskState::DeadLettered {
+            let _ = reply.send(Err(Error::NotDeadLettered { id, state: task.state.as_str() }));
+            return;
+        }
+        if task.spec.limits.deadline_unix_ms.is_some_and(|deadline| deadline <= now) {
+            // Its deadline passed: it would only expire again. Retrying means a new deadline.
+            task.spec.limits.deadline_unix_ms = None;
+        }
+        // A fresh set of attempts; the lease generation keeps counting up, so late messages
+        // from earlier attempts stay fenced off.
+        task.attempt = 0;
+        task.outcome = None;
+        task.finished_unix_ms = None;
+        task.set_state(TaskState::Queued, "retried from the dead-letter queue", now);
+        self.persist(id, AfterCommit::Requeued { task_id: id, reply });
+    }
+
+    pub(super) fn purge_dead_letters(&mut self, finished_before: UnixMs, reply: Reply<Result<usize, Error>>) {
+        let doomed: Vec<TaskId> = self
+            .tasks
+            .values()
+            .filter(|t| t.state == TaskState::DeadLettered && t.finished_unix_ms.unwrap_or(0) < finished_before)
+            .map(|t| t.id)
+            .collect();
+        for id in &doomed {
+            if let Some(task) = self.tasks.remove(id)
+                && let Some(key) = task.spec.idempotency_key
+                && self.by_key.get(&key) == Some(id)
+            {
+                self.by_key.remove(&key);
+            }
+        }
+        let count = doomed.len();
+        info!(count, "purging dead letters");
+        self.write(doomed.into_iter().map(Op::DeleteTask).collect(), AfterCommit::Purged { count, reply });
+    }
+
+    /// A failed attempt that may be retried: requeue it after a backoff while attempts remain,
+    /// else dead-letter it with the reason.
+    pub(super) fn retry_or_dead_letter(&mut self, task_id: TaskId, why: String, now: UnixMs) {
+        let task = self.tasks.get_mut(&task_id).expect("a known task");
+        let max_attempts = task.spec.limits.max_attempts;
+        if task.attempt < max_attempts {
+            let retry = &task.spec.retry;
+            let delay =
+                queue::retry_delay_ms(task.attempt + 1, retry.backoff_base_ms, retry.backoff_max_ms, rand::random());
+            task.set_state(
+                TaskState::Queued,
+                format!("retrying in {delay} ms after attempt {}: {why}", task.attempt),
+                now,
+            );
+            self.wait(task_id, Some(now + delay));
+        } else {
+            let reason = format!("{why} (attempt {} of {max_attempts})", task.attempt);
+            warn!(task_id = %task_id, reason, "dead-lettered");
+            task.set_state(TaskState::DeadLettered, reason, now);
+        }
+    }
+
+    /// Puts a task in line to be dispatched, now or at `ready_at`, and minds its deadline.
+    pub(super) fn wait(&mut self, id: TaskId, ready_at: Option<UnixMs>) {
+        enqueue(&mut self.queue, &mut self.deadlines, &self.tasks[&id], ready_at);
+    }
+
+    /// Dead-letters waiting tasks whose deadline passed before they started.
+    pub(super) fn expire(&mut self, now: UnixMs) {
+        while let Some(&(deadline, id)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            let on_dependencies = self.tasks.get(&id).is_some_and(|t| t.state == TaskState::Waiting);
+            if self.queue.remove_waiting(id) || on_dependencies {
+                let task = self.tasks.get_mut(&id).expect("a waiting task exists");
+                task.set_state(TaskState::DeadLettered, "expired", now);
+                info!(task_id = %id, "expired before it started");
+                self.persist(id, AfterCommit::Changed(id));
+            }
+        }
+    }
+
+    pub(super) fn begin_shutdown(&mut self, now: UnixMs) {
+        self.shutting_down = true;
+        if self.config.cancel_inflight_on_shutdown {
+            let leased: Vec<TaskId> = self.tasks.values().filter(|t| t.state.is_leased()).map(|t| t.id).collect();
+            for id in leased {
+                let (reply, _) = oneshot::channel();
+                self.cancel(id, "hub shutting down".to_owned(), reply, now);
+            }
+        }
+    }
+}
+
+/// Whether a submit with an idempotency key asks for what the key's first task asked for. The
+/// core sorts and dedups dependencies on submit, so they are compared that way.
+pub(super) fn same_submission(first: &TaskSpec, again: &TaskSpec) -> bool {
+    if first.depends_on.len() == again.depends_on.len() && first.depends_on == again.depends_on {
+        return first == again;
+    }
+    let mut normalized = again.clone();
+    normalized.depends_on.sort();
+    normalized.depends_on.dedup();
+    *first == normalized
+}
+
+pub(super) fn enqueue(
+    queue: &mut Queue,
+    deadlines: &mut BTreeSet<(UnixMs, TaskId)>,
+    task: &Task,
+    ready_at: Option<UnixMs>,
+) {
+    match ready_at {
+        Some(at) => queue.push_delayed(task.id, task.spec.priority, at),
+        None => queue.push_ready(task.id, task.spec.priority),
+    }
+    if let Some(deadline) = task.spec.limits.deadline_unix_ms {
+        deadlines.insert((deadline, task.id));
+    }
+}
+
+/// Drops the retained output bytes (their totals stay), for summaries and for finished tasks
+/// whose output is on disk.
+pub(super) fn strip_output(task: &mut Task) {
+    if let Some(outcome) = &mut task.outcome {
+        outcome.stdout = Vec::new();
+        outcome.stderr = Vec::new();
+    }
+}
+
+/// The final state and reason for an outcome. Only infrastructure failures are retried (by
+/// lease expiry); a command that ran and failed is final.
+pub(super) fn judge(outcome: &Outcome) -> (TaskState, String) {
+    if let Some(error) = &outcome.error {
+        return (TaskState::Failed, error.clone());
+    }
+    if outcome.timed_out {
+        return (TaskState::Failed, format!("timed out after {} ms", outcome.duration_ms));
+    }
+    match outcome.exit {
+        Exit::Code(0) => (TaskState::Succeeded, String::new()),
+        Exit::Code(code) => (TaskState::Failed, format!("exit code {code}")),
+        Exit::Signal(signal) => (TaskState::Failed, format!("killed by signal {signal}")),
+        Exit::Unknown => (TaskState::Failed, "ended without an exit status".to_owned()),
+    }
+}

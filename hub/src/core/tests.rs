@@ -1,0 +1,309 @@
+//! The core's decisions, tested without a store or a runtime: a [`Harness`] feeds events to a
+//! [`State`] at times it chooses, commits every write at once, and keeps what was sent to each
+//! sidecar. One test at the end runs the real loop against a real store.
+
+use std::collections::HashMap;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::*;
+use crate::agent::AgentState;
+use crate::domain::{Exit, Outcome, RetryPolicy, SpecDefaults, TaskSpec, TaskState};
+
+const T0: UnixMs = 1_800_000_000_000;
+
+struct Harness {
+    state: State,
+    now: UnixMs,
+    /// Every message for each sidecar, in order.
+    sent: HashMap<String, Vec<ToSidecar>>,
+    /// Each sidecar's current session, and its outbox's other end (kept open).
+    sessions: HashMap<String, (u64, mpsc::Receiver<ToSidecar>)>,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let state = State::new(Config::default(), fleet::Registry::default(), HashMap::new());
+        Harness { state, now: T0, sent: HashMap::new(), sessions: HashMap::new() }
+    }
+
+    /// Handles an event, then commits everything it wrote (and what the commits lead to) the way
+    /// the writer would: durable first, then reported.
+    fn event(&mut self, event: Event) {
+        self.state.handle(event, self.now);
+        loop {
+            let Effects { writes, sends, unhealthy } = self.state.take_effects();
+            assert!(!unhealthy);
+            for (sidecar_id, message) in sends {
+                self.sent.entry(sidecar_id).or_default().push(message);
+            }
+            if writes.is_empty() {
+                return;
+            }
+            let tickets = writes
+                .into_iter()
+                .map(|(_, mut ticket)| {
+                    ticket.durable();
+                    ticket
+                })
+                .collect();
+            self.state.handle(Event::Committed { tickets, result: Ok(()) }, self.now);
+        }
+    }
+
+    fn ask<T>(&mut self, make: impl FnOnce(oneshot::Sender<T>) -> Event) -> T {
+        let (tx, mut rx) = oneshot::channel();
+        self.event(make(tx));
+        rx.try_recv().expect("the core answers within the event and its commits")
+    }
+
+    fn submit(&mut self, spec: TaskSpec) -> TaskId {
+        self.ask(|reply| Event::Submit { spec: Box::new(spec), reply }).expect("submitted").task.id
+    }
+
+    fn task(&mut self, id: TaskId) -> Task {
+        self.ask(|reply| Event::Get { id, reply }).expect("a known task")
+    }
+
+    fn join(&mut self, sidecar_id: &str, slots: u32, running: Vec<RunningTask>) {
+        let hello = SidecarHello {
+            sidecar_id: sidecar_id.to_owned(),
+            hostname: "host".into(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            version: "test".into(),
+            slots,
+            capabilities: vec!["shell".into()],
+            tags: Vec::new(),
+            running,
+            containment: String::new(),
+        };
+        let (outbox, inbox) = mpsc::channel(1024);
+        let (_, session) = self.ask(|reply| Event::Hello { hello, outbox, reply }).expect("joined");
+        self.sessions.insert(sidecar_id.to_owned(), (session, inbox));
+    }
+
+    fn leave(&mut self, sidecar_id: &str) {
+        let (session, _) = self.sessions.remove(sidecar_id).expect("a joined sidecar");
+        self.event(Event::SessionClosed { sidecar_id: sidecar_id.to_owned(), session });
+    }
+
+    fn report(&mut self, sidecar_id: &str, message: FromSidecar) {
+        let session = self.sessions[sidecar_id].0;
+        self.event(Event::FromSidecar { sidecar_id: sidecar_id.to_owned(), session, message });
+    }
+
+    fn finish(&mut self, sidecar_id: &str, task_id: TaskId, lease_generation: u64, code: i32) {
+        let outcome = Outcome {
+            exit: Exit::Code(code),
+            duration_ms: 1,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            stdout_total_bytes: 0,
+            stderr_total_bytes: 0,
+            timed_out: false,
+            error: None,
+        };
+        self.report(sidecar_id, FromSidecar::Finished { task_id, lease_generation, outcome });
+    }
+
+    fn tick_at(&mut self, at: UnixMs) {
+        self.now = at;
+        self.event(Event::Tick);
+    }
+
+    /// Assignments sent to a sidecar so far: (task, generation).
+    fn assigned(&self, sidecar_id: &str) -> Vec<(TaskId, u64)> {
+        let sent = self.sent.get(sidecar_id).map(Vec::as_slice).unwrap_or_default();
+        sent.iter()
+            .filter_map(|m| match m {
+                ToSidecar::Assign { task_id, lease_generation, .. } => Some((*task_id, *lease_generation)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn cancels(&self, sidecar_id: &str) -> Vec<(TaskId, u64)> {
+        let sent = self.sent.get(sidecar_id).map(Vec::as_slice).unwrap_or_default();
+        sent.iter()
+            .filter_map(|m| match m {
+                ToSidecar::Cancel { task_id, lease_generation, .. } => Some((*task_id, *lease_generation)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn shell() -> TaskSpec {
+    TaskSpec::shell(vec!["true".into()], &SpecDefaults::default())
+}
+
+fn ms(duration: std::time::Duration) -> i64 {
+    duration.as_millis() as i64
+}
+
+#[test]
+fn a_submitted_task_is_assigned_once_durable_and_succeeds() {
+    let mut hub = Harness::new();
+    hub.join("s1", 1, Vec::new());
+    let id = hub.submit(shell());
+    assert_eq!(hub.assigned("s1"), vec![(id, 1)]);
+    assert_eq!(hub.task(id).state, TaskState::Dispatched);
+    hub.report("s1", FromSidecar::Started { task_id: id, lease_generation: 1 });
+    assert_eq!(hub.task(id).state, TaskState::Running);
+    hub.finish("s1", id, 1, 0);
+    assert_eq!(hub.task(id).state, TaskState::Succeeded);
+}
+
+#[test]
+fn messages_under_a_stale_generation_are_refused_and_their_work_stopped() {
+    let config = Config::default();
+    let mut hub = Harness::new();
+    hub.join("s1", 1, Vec::new());
+    let id = hub.submit(shell());
+    // The sidecar goes away; its lease lapses and the task is retried, on the next sidecar.
+    hub.leave("s1");
+    hub.tick_at(T0 + ms(config.lease_ttl) + 1);
+    assert_eq!(hub.task(id).state, TaskState::Queued, "{}", hub.task(id).state_reason);
+    hub.join("s2", 1, Vec::new());
+    hub.tick_at(hub.now + 3_000); // Past the retry backoff (at most 2 s for attempt 2).
+    assert_eq!(hub.assigned("s2"), vec![(id, 2)]);
+    // The first attempt reports late, from a new session: refused, and told to stop.
+    hub.join("s1", 1, Vec::new());
+    hub.finish("s1", id, 1, 0);
+    assert_eq!(hub.task(id).state, TaskState::Dispatched, "the stale result changes nothing");
+    assert!(hub.cancels("s1").contains(&(id, 1)));
+    let stats = hub.ask(|reply| Event::Stats { reply });
+    assert_eq!(stats.stale_messages_refused, 1);
+    // The current holder's result counts.
+    hub.finish("s2", id, 2, 0);
+    assert_eq!(hub.task(id).state, TaskState::Succeeded);
+}
+
+#[test]
+fn a_sidecar_that_reconnects_keeps_the_work_it_still_runs_and_loses_the_rest() {
+    let mut hub = Harness::new();
+    hub.join("s1", 2, Vec::new());
+    let kept = hub.submit(shell());
+    let dropped = hub.submit(shell());
+    for id in [kept, dropped] {
+        hub.report("s1", FromSidecar::Started { task_id: id, lease_generation: 1 });
+    }
+    hub.leave("s1");
+    // Back within the lease TTL, still running one of them.
+    hub.now += 1_000;
+    hub.join("s1", 2, vec![RunningTask { task_id: kept, lease_generation: 1 }]);
+    let kept_task = hub.task(kept);
+    assert_eq!((kept_task.state, kept_task.lease_generation), (TaskState::Running, 1));
+    let agents = hub.ask(|reply| Event::Agents { reply });
+    assert!(agents.iter().any(|a| a.task_id == Some(kept) && a.state == AgentState::Working), "{agents:?}");
+    let lost = hub.task(dropped);
+    assert_eq!(lost.state, TaskState::Queued);
+    assert!(lost.state_reason.contains("sidecar restarted without it"), "{}", lost.state_reason);
+    assert!(!hub.cancels("s1").contains(&(kept, 1)));
+    // Its result is accepted under the lease it kept.
+    hub.finish("s1", kept, 1, 0);
+    assert_eq!(hub.task(kept).state, TaskState::Succeeded);
+}
+
+#[test]
+fn a_retryable_exit_code_is_retried_until_the_attempts_run_out() {
+    let mut hub = Harness::new();
+    hub.join("s1", 1, Vec::new());
+    let mut spec = shell();
+    spec.limits.max_attempts = 2;
+    spec.retry.retry_on_exit_codes = vec![75];
+    let retried = hub.submit(spec);
+    hub.finish("s1", retried, 1, 75);
+    let task = hub.task(retried);
+    assert_eq!(task.state, TaskState::Queued);
+    assert!(task.state_reason.starts_with("retrying in "), "{}", task.state_reason);
+    hub.tick_at(hub.now + 3_000);
+    assert_eq!(hub.assigned("s1").last(), Some(&(retried, 2)));
+    hub.finish("s1", retried, 2, 75);
+    let task = hub.task(retried);
+    assert_eq!((task.state, task.state_reason.as_str()), (TaskState::DeadLettered, "exit code 75 (attempt 2 of 2)"));
+
+    // Any other failure of the command is final at once.
+    let failed =
+        hub.submit(TaskSpec { retry: RetryPolicy { retry_on_exit_codes: vec![75], ..shell().retry }, ..shell() });
+    hub.finish("s1", failed, 1, 3);
+    let task = hub.task(failed);
+    assert_eq!((task.state, task.state_reason.as_str()), (TaskState::Failed, "exit code 3"));
+}
+
+#[test]
+fn a_drain_deadline_requeues_what_still_runs_and_stops_it() {
+    let mut hub = Harness::new();
+    hub.join("s1", 1, Vec::new());
+    let id = hub.submit(shell());
+    hub.report("s1", FromSidecar::Started { task_id: id, lease_generation: 1 });
+    let deadline = hub.now + 1_000;
+    let host = hub.ask(|reply| Event::Drain { sidecar_id: "s1".into(), deadline: Some(deadline), reply }).unwrap();
+    assert_eq!(host.cordon.map(|c| c.deadline_unix_ms), Some(Some(deadline)));
+    hub.tick_at(deadline - 1);
+    assert_eq!(hub.task(id).state, TaskState::Running, "before the deadline the work goes on");
+    hub.tick_at(deadline);
+    let task = hub.task(id);
+    assert_eq!(task.state, TaskState::Queued);
+    assert!(task.state_reason.contains("was drained during attempt 1"), "{}", task.state_reason);
+    assert!(hub.cancels("s1").contains(&(id, 1)));
+    // Nothing new goes to a cordoned sidecar; the task waits for another.
+    hub.tick_at(deadline + 1_000);
+    assert_eq!(hub.assigned("s1"), vec![(id, 1)]);
+    hub.join("s2", 1, Vec::new());
+    assert_eq!(hub.assigned("s2"), vec![(id, 2)]);
+}
+
+#[test]
+fn dependencies_release_on_success_and_cascade_on_failure() {
+    let mut hub = Harness::new();
+    let first = hub.submit(shell());
+    let after = |deps: Vec<TaskId>| TaskSpec { depends_on: deps, ..shell() };
+    let second = hub.submit(after(vec![first]));
+    let third = hub.submit(after(vec![second]));
+    assert_eq!(hub.task(second).state, TaskState::Waiting);
+    // Failing the first cancels the chain behind it.
+    let cancelled = hub.ask(|reply| Event::Cancel { id: first, reason: String::new(), reply }).unwrap();
+    assert_eq!(cancelled.state, TaskState::Cancelled);
+    for id in [second, third] {
+        let task = hub.task(id);
+        assert_eq!(task.state, TaskState::Cancelled);
+        assert!(task.state_reason.starts_with("dependency_failed: task "), "{}", task.state_reason);
+    }
+    // A success queues its dependent.
+    let ok = hub.submit(shell());
+    let next = hub.submit(after(vec![ok]));
+    hub.join("s1", 1, Vec::new());
+    hub.finish("s1", ok, 1, 0);
+    assert_eq!(hub.assigned("s1"), vec![(ok, 1), (next, 1)]);
+}
+
+/// A submitter is answered from the writer thread, possibly before the core hears of the
+/// commit. Whatever it asks next must still find the task, and a cancel that wins that race
+/// must not be undone when the commit arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_submitter_asks_right_after_its_answer_sees_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("hub.redb")).unwrap();
+    let (hub, core) = Core::start(Config::default(), &store).unwrap();
+    let rounds = 200;
+    for _ in 0..rounds {
+        // Cancelled straight after the answer.
+        let lone = hub.submit(shell()).await.unwrap().task;
+        assert_eq!(hub.cancel(lone.id, String::new()).await.unwrap().state, TaskState::Cancelled);
+        // Depended on straight after the answer, then cancelled, which cancels the dependent.
+        let first = hub.submit(shell()).await.unwrap().task;
+        let mut after = shell();
+        after.depends_on = vec![first.id];
+        assert_eq!(hub.submit(after).await.unwrap().task.state, TaskState::Waiting);
+        assert_eq!(hub.cancel(first.id, String::new()).await.unwrap().state, TaskState::Cancelled);
+    }
+    let stats = hub.stats().await.unwrap();
+    assert_eq!((stats.tasks, stats.ready, stats.waiting_on_dependencies), (3 * rounds, 0, 0), "{stats:?}");
+    for task in hub.list(None, 3 * rounds).await.unwrap() {
+        assert_eq!(task.state, TaskState::Cancelled, "{}: {}", task.id, task.state_reason);
+    }
+    hub.shutdown().await;
+    core.await.unwrap();
+}

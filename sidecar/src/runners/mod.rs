@@ -1,0 +1,140 @@
+//! What the sidecar can run, behind one trait: a [`Runner`] takes an [`Assignment`] (domain
+//! types, never protobuf) and runs it to an [`Outcome`], reporting on the way through a [`Sink`].
+//!
+//! `shell` is the first runner; the LLM and agent runners are the next ones. The link picks the
+//! runner by the work's capability and advertises the capabilities of the runners it has.
+
+pub mod shell;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentcom_types::domain::{Exit, Outcome, Stream, TaskSpec, Work};
+use tokio_util::sync::CancellationToken;
+
+use crate::contain::{self, TaskKey};
+
+/// One attempt of a task, as the hub assigned it.
+#[derive(Clone, Debug)]
+pub struct Assignment {
+    pub key: TaskKey,
+    pub attempt: u32,
+    pub agent_id: String,
+    pub spec: TaskSpec,
+}
+
+/// Where a running attempt reports. Output chunks may be dropped by the sink (the final outcome
+/// carries the retained output in full), so reporting never blocks the work.
+pub trait Sink: Send + Sync + 'static {
+    fn started(&self, pid: u32);
+    fn output(&self, stream: Stream, offset: u64, data: &[u8]);
+}
+
+/// A future a runner returns.
+pub type Running = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
+
+/// Runs one kind of work.
+pub trait Runner: Send + Sync + 'static {
+    /// The capability it gives, as work names it (`shell`, `llm`, `agent`).
+    fn capability(&self) -> &'static str;
+
+    /// Runs one attempt to its end. It never fails as such: what went wrong is in the outcome.
+    /// `cancel` ends the work early (every process of it, for shell work).
+    fn run(&self, assignment: Assignment, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running;
+}
+
+/// The runners a sidecar has, found by the capability a task's work needs.
+#[derive(Clone, Default)]
+pub struct Runners {
+    runners: Vec<Arc<dyn Runner>>,
+}
+
+impl Runners {
+    pub fn with(mut self, runner: impl Runner) -> Runners {
+        self.runners.push(Arc::new(runner));
+        self
+    }
+
+    /// What this sidecar says it can run.
+    pub fn capabilities(&self) -> Vec<String> {
+        self.runners.iter().map(|r| r.capability().to_owned()).collect()
+    }
+
+    /// Runs `assignment` on the runner for its work, or fails it at once if there is none.
+    pub fn run(&self, assignment: Assignment, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
+        let needed = assignment.spec.work.capability();
+        match self.runners.iter().find(|r| r.capability() == needed) {
+            Some(runner) => runner.run(assignment, sink, cancel),
+            None => {
+                let have = self.capabilities().join(", ");
+                let error = format!("this sidecar cannot run {needed} work (it runs: {have})");
+                Box::pin(async move { failed_to_start(error) })
+            }
+        }
+    }
+}
+
+/// The outcome of work that never ran.
+pub fn failed_to_start(error: String) -> Outcome {
+    Outcome {
+        exit: Exit::Unknown,
+        duration_ms: 0,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        stdout_total_bytes: 0,
+        stderr_total_bytes: 0,
+        timed_out: false,
+        error: Some(error),
+    }
+}
+
+/// Shell work: one process tree per attempt, contained (see `contain`).
+pub struct ShellRunner {
+    pub settings: shell::Settings,
+}
+
+impl ShellRunner {
+    /// The job an assignment of shell work is, or why it is not one.
+    fn job(assignment: &Assignment) -> Result<shell::ShellJob, String> {
+        let Work::Shell(work) = &assignment.spec.work else {
+            return Err(format!("{} work is not shell work", assignment.spec.work.capability()));
+        };
+        let program = match &work.command {
+            agentcom_types::domain::ShellCommand::Argv(argv) => shell::Program::Argv(argv.clone()),
+            agentcom_types::domain::ShellCommand::Script(script) => shell::Program::Script(script.clone()),
+        };
+        let limits = &assignment.spec.limits;
+        let mut env: Vec<(String, String)> = work.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        // The task id and lease generation come as the containment marks (see `contain`).
+        env.push(("AGENTCOM_ATTEMPT".to_owned(), assignment.attempt.to_string()));
+        env.sort();
+        Ok(shell::ShellJob {
+            key: assignment.key.clone(),
+            program,
+            cwd: work.cwd.as_ref().map(Into::into),
+            env,
+            secret_env: work.secret_env.clone(),
+            timeout: limits.timeout_ms.map(Duration::from_millis),
+            max_output_bytes: usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX),
+            limits: contain::Limits { max_memory_bytes: limits.max_memory_bytes, max_pids: limits.max_pids },
+        })
+    }
+}
+
+impl Runner for ShellRunner {
+    fn capability(&self) -> &'static str {
+        "shell"
+    }
+
+    fn run(&self, assignment: Assignment, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
+        let settings = self.settings.clone();
+        Box::pin(async move {
+            match ShellRunner::job(&assignment) {
+                Ok(job) => shell::run(&job, &settings, sink, cancel).await,
+                Err(error) => failed_to_start(error),
+            }
+        })
+    }
+}

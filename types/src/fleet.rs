@@ -1,0 +1,289 @@
+//! The fleet as plain data: a machine's resource reading, the LLM endpoints and models it
+//! offers, and the views the hub answers with (agents, hosts).
+//!
+//! **Architecture Invariant:** data and pure rules only; nothing here does I/O or reads a clock.
+//! The sidecar fills these in, `wire` carries them, the hub keeps and shows them.
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use crate::agent::{AgentState, Transition};
+use crate::domain::{TaskId, UnixMs};
+
+/// One resource reading of a machine, as its sidecar took it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Resources {
+    /// When the reading was taken, in milliseconds since the Unix epoch.
+    pub at_unix_ms: i64,
+    /// Overall CPU usage, 0 to 100.
+    pub cpu_percent: f64,
+    /// Usage of each logical core, 0 to 100.
+    pub cpu_per_core_percent: Vec<f32>,
+    pub load1: f64,
+    pub load5: f64,
+    pub load15: f64,
+    pub memory_total_bytes: u64,
+    /// Total less available (what the kernel could not hand out without swapping).
+    pub memory_used_bytes: u64,
+    pub memory_available_bytes: u64,
+    /// Real file systems, one per mount point, sorted by mount point.
+    pub disks: Vec<Disk>,
+    pub gpus: Vec<Gpu>,
+    /// True when `gpus` are synthetic (the sidecar runs with GPU simulation on).
+    pub gpus_simulated: bool,
+}
+
+/// Space on one mounted file system.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Disk {
+    pub mount: String,
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+/// One GPU. A metric the device does not support (or that could not be read) is `None`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Gpu {
+    /// NVML's device index.
+    pub index: u32,
+    pub name: String,
+    pub uuid: String,
+    /// Share of the last sample period with a kernel running, 0 to 100.
+    pub utilization_percent: Option<u32>,
+    /// Share of the last sample period with device memory being read or written, 0 to 100.
+    pub memory_utilization_percent: Option<u32>,
+    pub memory_used_bytes: Option<u64>,
+    pub memory_total_bytes: Option<u64>,
+    pub temperature_celsius: Option<u32>,
+    pub power_milliwatts: Option<u32>,
+    /// Processes with a compute context on this GPU.
+    pub processes: Vec<GpuProcess>,
+}
+
+/// A process with a compute context on a GPU.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct GpuProcess {
+    pub pid: u32,
+    /// `None` where the driver does not account memory per process.
+    pub used_memory_bytes: Option<u64>,
+}
+
+/// A report reduced to what a history chart needs: 40 bytes, so an hour of 15-second reports
+/// costs about 10 KiB per host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Sample {
+    pub at_unix_ms: UnixMs,
+    pub cpu_percent: f32,
+    pub load1: f32,
+    pub memory_used_bytes: u64,
+    /// Mean utilization over the host's GPUs that report it.
+    pub gpu_utilization_percent: Option<f32>,
+    pub gpu_memory_used_bytes: u64,
+}
+
+impl Sample {
+    pub fn of(report: &Resources) -> Sample {
+        let utilizations: Vec<u32> = report.gpus.iter().filter_map(|g| g.utilization_percent).collect();
+        let gpu_utilization_percent = (!utilizations.is_empty())
+            .then(|| utilizations.iter().map(|&u| u as f32).sum::<f32>() / utilizations.len() as f32);
+        Sample {
+            at_unix_ms: report.at_unix_ms,
+            cpu_percent: report.cpu_percent as f32,
+            load1: report.load1 as f32,
+            memory_used_bytes: report.memory_used_bytes,
+            gpu_utilization_percent,
+            gpu_memory_used_bytes: report.gpus.iter().filter_map(|g| g.memory_used_bytes).sum(),
+        }
+    }
+}
+
+/// One model an endpoint offers, as a probe found it; `loaded` means warm.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    pub name: String,
+    pub size_bytes: u64,
+    pub family: String,
+    pub parameter_size: String,
+    pub quantization: String,
+    /// In memory now (warm).
+    pub loaded: bool,
+    pub size_vram_bytes: u64,
+    pub expires_unix_ms: Option<i64>,
+}
+
+impl Model {
+    /// A model known by name only (configured, not probed).
+    pub fn named(name: impl Into<String>) -> Model {
+        Model { name: name.into(), ..Model::default() }
+    }
+
+    /// `warm` when loaded in memory, else `cold`.
+    pub fn warmth(&self) -> &'static str {
+        if self.loaded { "warm" } else { "cold" }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointKind {
+    Ollama,
+    Anthropic,
+    Openai,
+}
+
+impl EndpointKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointKind::Ollama => "ollama",
+            EndpointKind::Anthropic => "anthropic",
+            EndpointKind::Openai => "openai",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EndpointKind> {
+        match s {
+            "ollama" => Some(EndpointKind::Ollama),
+            "anthropic" => Some(EndpointKind::Anthropic),
+            "openai" => Some(EndpointKind::Openai),
+            _ => None,
+        }
+    }
+}
+
+/// Who probes an endpoint: the sidecar on its machine, or the hub itself (added by an admin,
+/// and only if its host is allowlisted).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "by", content = "sidecar_id")]
+pub enum Owner {
+    Sidecar(String),
+    Hub,
+}
+
+/// An LLM endpoint and what its last check found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub id: String,
+    pub url: String,
+    pub kind: EndpointKind,
+    pub owner: Owner,
+    pub healthy: bool,
+    pub version: String,
+    /// Why the last check failed.
+    pub error: Option<String>,
+    pub models: Vec<Model>,
+    pub checked_unix_ms: UnixMs,
+}
+
+impl Endpoint {
+    /// An endpoint with its id derived from its owner and URL.
+    pub fn new(owner: Owner, url: String, kind: EndpointKind) -> Endpoint {
+        Endpoint {
+            id: endpoint_id(&owner, &url),
+            url,
+            kind,
+            owner,
+            healthy: false,
+            version: String::new(),
+            error: None,
+            models: Vec::new(),
+            checked_unix_ms: 0,
+        }
+    }
+
+    /// Equal apart from when it was checked: a change worth persisting and announcing.
+    pub fn same_as(&self, other: &Endpoint) -> bool {
+        Endpoint { checked_unix_ms: 0, ..self.clone() } == Endpoint { checked_unix_ms: 0, ..other.clone() }
+    }
+}
+
+/// The stable id of an endpoint: its owner and URL, hashed short enough to type.
+pub fn endpoint_id(owner: &Owner, url: &str) -> String {
+    let owner = match owner {
+        Owner::Sidecar(id) => id.as_str(),
+        Owner::Hub => "",
+    };
+    let digest = sha2::Sha256::digest(format!("{owner}\n{url}").as_bytes());
+    format!("ep-{}", &hex::encode(digest)[..12])
+}
+
+/// A sidecar taking no new work, since when, and when what still runs on it is requeued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cordon {
+    pub since_unix_ms: UnixMs,
+    pub deadline_unix_ms: Option<UnixMs>,
+}
+
+/// An agent as the hub shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AgentView {
+    pub id: String,
+    pub sidecar_id: String,
+    pub hostname: String,
+    pub state: AgentState,
+    pub task_id: Option<TaskId>,
+    pub state_since_unix_ms: UnixMs,
+    pub last_seen_unix_ms: UnixMs,
+    pub capabilities: Vec<String>,
+    pub tags: Vec<String>,
+    pub version: String,
+    /// Working, with no output, tokens or progress for the hub's stall time.
+    pub stalled: bool,
+    pub last_activity_unix_ms: UnixMs,
+    pub cordoned: bool,
+}
+
+/// One agent with its recent transitions, oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AgentDetail {
+    #[serde(flatten)]
+    pub agent: AgentView,
+    pub history: Vec<Transition>,
+}
+
+/// A machine as the hub sees it: one per sidecar.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HostView {
+    pub id: String,
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub version: String,
+    pub online: bool,
+    pub last_seen_unix_ms: UnixMs,
+    pub cordon: Option<Cordon>,
+    pub agents: usize,
+    /// How the sidecar contains task processes (empty when it never said).
+    pub containment: String,
+    pub resources: Option<Resources>,
+    /// Oldest first; only for a single host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<Sample>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_averages_gpu_utilization_over_gpus_that_report_it() {
+        let gpu =
+            |u: Option<u32>, m: Option<u64>| Gpu { utilization_percent: u, memory_used_bytes: m, ..Gpu::default() };
+        let r = Resources {
+            gpus: vec![gpu(Some(30), Some(10)), gpu(None, None), gpu(Some(90), Some(5))],
+            at_unix_ms: 1,
+            ..Resources::default()
+        };
+        let sample = Sample::of(&r);
+        assert_eq!(sample.gpu_utilization_percent, Some(60.0));
+        assert_eq!(sample.gpu_memory_used_bytes, 15);
+        assert_eq!(Sample::of(&Resources::default()).gpu_utilization_percent, None);
+    }
+
+    #[test]
+    fn endpoint_ids_are_stable_and_tell_owners_apart() {
+        let url = "http://127.0.0.1:11434";
+        assert_eq!(endpoint_id(&Owner::Hub, url), endpoint_id(&Owner::Hub, url));
+        assert_ne!(endpoint_id(&Owner::Hub, url), endpoint_id(&Owner::Sidecar("s".into()), url));
+        assert!(endpoint_id(&Owner::Hub, url).starts_with("ep-") && endpoint_id(&Owner::Hub, url).len() == 15);
+    }
+}
