@@ -120,8 +120,9 @@ proptest! {
         }
     }
 
+    /// Tasks as the contract carries them (and format 1 of storage stored them).
     #[test]
-    fn stored_task_records_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+    fn wire_task_records_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         if let Ok(task) = pb::Task::decode(bytes.as_slice()) {
             let _ = convert::task_from_pb(task);
         }

@@ -7,7 +7,6 @@
 
 pub mod api;
 pub mod auth;
-pub mod backup;
 pub mod core;
 pub mod edge;
 pub mod feed;
@@ -20,6 +19,6 @@ pub mod ratelimit;
 pub mod sched;
 pub mod server;
 pub mod store;
-pub mod wal;
 
 pub use agentcom_types::{agent, domain};
+pub use store::backup;

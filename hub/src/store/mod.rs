@@ -7,49 +7,57 @@
 //! before the sync holding their change returns. The same changes then go into redb without a
 //! sync; a periodic checkpoint makes redb durable on its own.
 //!
-//! Records are the wire contract's `v1::Task`, encoded with prost: compact, and it evolves the
-//! way the contract does. redb's API is blocking, so everything here runs off the async workers.
+//! Records are the hub's own format (`codec`, from `storage.proto`), not the wire contract, and
+//! the database records which version it holds; a database of an older version is migrated once
+//! when it opens. redb's API is blocking, so everything here runs off the async workers.
+//!
+//! `writer` is the writer thread, `wal` the write-ahead log, `backup` online backups and their
+//! retention, `codec` the encoding of records and of log payloads.
 
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use agentcom_proto::v1 as pb;
-use prost::Message;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use tokio::sync::mpsc;
 
+use self::codec::{FORMAT_VERSION, Prepared, prepare};
+use self::wal::Wal;
 use crate::domain::{Task, TaskId};
 use crate::fleet::{Cordon, Endpoint, Registry};
-use crate::wal::{self, Wal};
 
-/// Task id (a ULID as u128, so keys sort by age) -> encoded `v1::Task`.
+pub mod backup;
+mod codec;
+pub mod wal;
+mod writer;
+
+pub use self::writer::Writer;
+
+/// Task id (a ULID as u128, so keys sort by age) -> a stored task (`codec`).
 const TASKS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("tasks");
 /// SHA-256 of a token, hex -> its role.
 const TOKENS: TableDefinition<'_, &str, &str> = TableDefinition::new("tokens");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
-/// Durable fleet settings, JSON by key: `cordon/{sidecar}`, `endpoint/{id}`.
+/// Durable fleet settings by key: `cordon/{sidecar}`, `endpoint/{id}` (`codec`).
 const FLEET: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("fleet");
 
-const SCHEMA_VERSION: u64 = 1;
+/// META key: the version of the record format the database holds.
+const SCHEMA_VERSION: &str = "schema_version";
 /// Keys in the `fleet` table.
 const CORDON_PREFIX: &str = "cordon/";
 const ENDPOINT_PREFIX: &str = "endpoint/";
 /// META key: the last write-ahead log record that redb's last durable commit covers.
 const CHECKPOINT_LSN: &str = "checkpoint_lsn";
-/// Most changes one commit takes; the rest wait for the next.
-const MAX_BATCH: usize = 16_384;
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("database {path}: {source}")]
     Open { path: PathBuf, source: redb::Error },
     #[error("database {path} is already in use by another process")]
     InUse { path: PathBuf },
-    #[error("database {path} has schema version {found}, this hub reads version {SCHEMA_VERSION}")]
+    #[error(
+        "database {path} has format version {found}; this hub reads versions 1 to {FORMAT_VERSION} (a newer hub wrote it?)"
+    )]
     Schema { path: PathBuf, found: u64 },
     #[error("storage: {0}")]
     Redb(#[from] redb::Error),
@@ -113,16 +121,6 @@ pub fn wal_path(database: &Path) -> PathBuf {
     name.push(".wal");
     PathBuf::from(name)
 }
-
-/// How often the writer checkpoints redb even when the log has room. Frequent checkpoints keep
-/// replay at start short and stop redb's bookkeeping for non-durable commits from growing
-/// (measured: full cycles fell from 33k/s to 19k/s with 10 s between checkpoints); each costs
-/// one `Immediate` commit (about 200 us), so ten a second cost about 0.2% of one core.
-const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
-/// Log bytes after which the writer checkpoints regardless of time.
-const CHECKPOINT_BYTES: u64 = 4 * 1024 * 1024;
-/// How long the writer looks for more work before it parks (see `next_batch`).
-const SPIN_BEFORE_PARKING: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// Counters for benchmarks and metrics.
 #[derive(Debug, Default)]
@@ -248,28 +246,86 @@ impl Store {
         let stats = Arc::new(Stats { syncs: syncs.unwrap_or_default(), ..Stats::default() });
         let mut store =
             Store { db: Arc::new(db), path: path.to_owned(), stats, wal: Arc::new(std::sync::Mutex::new(None)) };
-        store.init()?;
+        let older = store.init()?;
         store.replay_wal()?;
+        if let Some(from) = older {
+            store.migrate(from)?;
+        }
         Ok(store)
     }
 
-    fn init(&self) -> Result<(), Error> {
+    /// Creates the tables and reads the format version: `Some(v)` when the records are of an
+    /// older version `v` and must be migrated (after the log is replayed, since its records are
+    /// of that version too).
+    fn init(&self) -> Result<Option<u64>, Error> {
         let txn = self.db.begin_write().map_err(redb_err)?;
-        {
+        let older = {
             let mut meta = txn.open_table(META).map_err(redb_err)?;
-            let found = meta.get("schema_version").map_err(redb_err)?.map(|v| v.value());
+            let found = meta.get(SCHEMA_VERSION).map_err(redb_err)?.map(|v| v.value());
+            let tasks = txn.open_table(TASKS).map_err(redb_err)?;
+            let empty = tasks.is_empty().map_err(redb_err)?;
+            drop(tasks);
             match found {
-                None => {
-                    meta.insert("schema_version", SCHEMA_VERSION).map_err(redb_err)?;
+                // A new database, or one made by a hub that stopped before it wrote anything.
+                None if empty => {
+                    meta.insert(SCHEMA_VERSION, FORMAT_VERSION).map_err(redb_err)?;
+                    None
                 }
-                Some(SCHEMA_VERSION) => {}
+                None => Some(1),
+                Some(FORMAT_VERSION) => None,
+                Some(1) => Some(1),
                 Some(found) => return Err(Error::Schema { path: self.path.clone(), found }),
             }
-            txn.open_table(TASKS).map_err(redb_err)?;
-            txn.open_table(TOKENS).map_err(redb_err)?;
-            txn.open_table(FLEET).map_err(redb_err)?;
+        };
+        txn.open_table(TOKENS).map_err(redb_err)?;
+        txn.open_table(FLEET).map_err(redb_err)?;
+        txn.commit().map_err(redb_err)?;
+        Ok(older)
+    }
+
+    /// Rewrites every record of format `from` in this format, in one durable transaction, and
+    /// records the new version. A record that does not convert stops the migration (nothing is
+    /// changed): the hub must never start with part of its queue silently gone.
+    fn migrate(&self, from: u64) -> Result<(), Error> {
+        let started = std::time::Instant::now();
+        let mut txn = self.db.begin_write().map_err(redb_err)?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|err| Error::Io { path: self.path.clone(), message: err.to_string() })?;
+        let (mut tasks, mut settings) = (0u64, 0u64);
+        {
+            let mut table = txn.open_table(TASKS).map_err(redb_err)?;
+            let old: Vec<(u128, Vec<u8>)> = table
+                .iter()
+                .map_err(redb_err)?
+                .map(|entry| entry.map(|(k, v)| (k.value(), v.value().to_vec())).map_err(redb_err))
+                .collect::<Result<_, _>>()?;
+            for (key, bytes) in old {
+                let new = codec::task_from_v1(&bytes).map_err(|message| Error::Corrupt { key, message })?;
+                table.insert(key, new.as_slice()).map_err(redb_err)?;
+                tasks += 1;
+            }
+            let mut table = txn.open_table(FLEET).map_err(redb_err)?;
+            let old: Vec<(String, Vec<u8>)> = table
+                .iter()
+                .map_err(redb_err)?
+                .map(|entry| entry.map(|(k, v)| (k.value().to_owned(), v.value().to_vec())).map_err(redb_err))
+                .collect::<Result<_, _>>()?;
+            for (key, value) in old {
+                match codec::fleet_from_v1(&key, &value) {
+                    Ok(new) => drop(table.insert(key.as_str(), new.as_slice()).map_err(redb_err)?),
+                    // Settings an operator can redo; the queue matters more.
+                    Err(err) => {
+                        tracing::warn!(key, error = %err, "dropped a stored fleet setting that does not convert");
+                        table.remove(key.as_str()).map_err(redb_err)?;
+                    }
+                }
+                settings += 1;
+            }
+            txn.open_table(META).map_err(redb_err)?.insert(SCHEMA_VERSION, FORMAT_VERSION).map_err(redb_err)?;
         }
         txn.commit().map_err(redb_err)?;
+        let ms = started.elapsed().as_millis() as u64;
+        tracing::info!(from, to = FORMAT_VERSION, tasks, settings, ms, "migrated the database's records");
         Ok(())
     }
 
@@ -293,7 +349,7 @@ impl Store {
             let (first, last) = (records[0].lsn, records[records.len() - 1].lsn);
             let mut prepared = Vec::new();
             for record in &records {
-                prepared.extend(decode_ops(&record.payload).ok_or_else(|| Error::Damaged {
+                prepared.extend(codec::decode_ops(&record.payload).ok_or_else(|| Error::Damaged {
                     path: wal_path.clone(),
                     detail: format!("log record {} does not decode", record.lsn),
                 })?);
@@ -335,11 +391,7 @@ impl Store {
             chunk
                 .iter()
                 .map(|(key, bytes)| {
-                    let record = pb::Task::decode(bytes.as_slice())
-                        .map_err(|err| Error::Corrupt { key: *key, message: err.to_string() })?;
-                    agentcom_types::wire::task_from_pb(record)
-                        .map(Box::new)
-                        .map_err(|err| Error::Corrupt { key: *key, message: err.to_string() })
+                    codec::decode_task(bytes).map(Box::new).map_err(|message| Error::Corrupt { key: *key, message })
                 })
                 .collect()
         };
@@ -366,10 +418,7 @@ impl Store {
         let table = txn.open_table(TASKS).map_err(redb_err)?;
         let key = u128::from(id.0);
         let Some(value) = table.get(key).map_err(redb_err)? else { return Ok(None) };
-        let record = pb::Task::decode(value.value()).map_err(|err| Error::Corrupt { key, message: err.to_string() })?;
-        agentcom_types::wire::task_from_pb(record)
-            .map(Some)
-            .map_err(|err| Error::Corrupt { key, message: err.to_string() })
+        codec::decode_task(value.value()).map(Some).map_err(|message| Error::Corrupt { key, message })
     }
 
     /// Token hashes and their roles.
@@ -396,12 +445,12 @@ impl Store {
             let (key, value) = entry.map_err(redb_err)?;
             let (key, value) = (key.value(), value.value());
             if let Some(sidecar_id) = key.strip_prefix(CORDON_PREFIX) {
-                match serde_json::from_slice::<Cordon>(value) {
+                match codec::decode_cordon(value) {
                     Ok(cordon) => drop(fleet.cordons.insert(sidecar_id.to_owned(), cordon)),
                     Err(err) => tracing::warn!(key, error = %err, "skipped a stored cordon that does not decode"),
                 }
             } else if key.starts_with(ENDPOINT_PREFIX) {
-                match serde_json::from_slice::<Endpoint>(value) {
+                match codec::decode_endpoint(value) {
                     Ok(endpoint) => drop(fleet.registry.put(endpoint)),
                     Err(err) => tracing::warn!(key, error = %err, "skipped a stored endpoint that does not decode"),
                 }
@@ -412,29 +461,6 @@ impl Store {
         Ok(fleet)
     }
 
-    /// Writes a consistent copy of the whole database to `dest` (through `dest.partial`, renamed
-    /// once durable) and returns how many tasks it holds. Runs beside the writer. Blocking.
-    pub fn backup_to(&self, dest: &Path) -> Result<u64, Error> {
-        let partial = dest.with_extension("partial");
-        let _ = std::fs::remove_file(&partial);
-        let snapshot = self.db.begin_read().map_err(redb_err)?;
-        let copy = Database::create(&partial).map_err(redb_err)?;
-        let txn = copy.begin_write().map_err(redb_err)?;
-        let tasks = copy_table(&snapshot, &txn, TASKS)?;
-        copy_table(&snapshot, &txn, TOKENS)?;
-        copy_table(&snapshot, &txn, META)?;
-        copy_table(&snapshot, &txn, FLEET)?;
-        txn.commit().map_err(redb_err)?;
-        drop(copy);
-        std::fs::rename(&partial, dest).map_err(Error::io(dest))?;
-        if let Some(dir) = dest.parent()
-            && let Ok(dir) = std::fs::File::open(dir)
-        {
-            let _ = dir.sync_all();
-        }
-        Ok(tasks)
-    }
-
     /// Applies changes in one durable transaction. For use before the writer starts (setup,
     /// tools); once it runs, changes go through it.
     pub fn apply(&self, ops: Vec<Op>) -> Result<(), Error> {
@@ -442,162 +468,6 @@ impl Store {
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
-
-    /// Starts the writer thread. Both hooks run on that thread. `on_durable` sees each ticket as
-    /// soon as the log record holding its change is synced, before the change reaches redb: an
-    /// answer that needs nothing but durability can leave from there, without waiting for the
-    /// apply or a hop through whoever owns the tickets. `on_commit` then gets the batch's
-    /// tickets once the change is readable in redb, with the error if the commit failed (a
-    /// failure after the sync leaves the change durable in the log, replayed at the next start).
-    pub fn start_writer<T: Send + 'static>(
-        &self,
-        on_durable: impl FnMut(&mut T) + Send + 'static,
-        mut on_commit: impl FnMut(Vec<T>, Result<(), Arc<Error>>) + Send + 'static,
-    ) -> Writer<T> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (db, stats) = (self.db.clone(), self.stats.clone());
-        let wal = self.wal.lock().expect("wal lock poisoned").take().expect("one writer per store");
-        let backlog = Arc::new(AtomicUsize::new(0));
-        let mut on_commit = {
-            let backlog = backlog.clone();
-            move |tickets: Vec<T>, result| {
-                let n = tickets.len();
-                on_commit(tickets, result);
-                backlog.fetch_sub(n, Ordering::Relaxed);
-            }
-        };
-        let thread = std::thread::Builder::new()
-            .name("agentcom-store".into())
-            .spawn(move || writer_loop(db, stats, wal, rx, on_durable, &mut on_commit))
-            .expect("spawning the storage writer thread");
-        Writer { tx, backlog, thread: Some(thread) }
-    }
-}
-
-struct Batch<T> {
-    ops: Vec<Op>,
-    ticket: T,
-}
-
-/// The handle to the writer thread. Dropping every clone of the sender (through [`Writer::close`])
-/// lets the thread commit what is queued and exit.
-///
-/// The queue itself takes every change, so the core never blocks on it; it is bounded by
-/// admission instead: the core reads [`Writer::backlog`] and refuses new submits while storage
-/// is that far behind, and every other change is bounded by the work already admitted.
-pub struct Writer<T> {
-    tx: mpsc::UnboundedSender<Batch<T>>,
-    /// Changes queued or being committed.
-    backlog: Arc<AtomicUsize>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl<T: Send + 'static> Writer<T> {
-    /// Queues changes for the next commit; `ticket` comes back through `on_commit` once durable.
-    pub fn write(&self, ops: Vec<Op>, ticket: T) -> Result<(), Error> {
-        self.backlog.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(Batch { ops, ticket }).map_err(|_| {
-            self.backlog.fetch_sub(1, Ordering::Relaxed);
-            Error::WriterGone
-        })
-    }
-
-    /// Changes handed to the writer and not yet reported committed.
-    pub fn backlog(&self) -> usize {
-        self.backlog.load(Ordering::Relaxed)
-    }
-
-    /// Commits what is queued and stops the thread. Blocks: call from a blocking context.
-    pub fn close(mut self) {
-        let thread = self.thread.take();
-        drop(self);
-        if let Some(thread) = thread
-            && thread.join().is_err()
-        {
-            tracing::error!("storage writer thread panicked");
-        }
-    }
-}
-
-fn writer_loop<T>(
-    db: Arc<Database>,
-    stats: Arc<Stats>,
-    mut wal: Wal,
-    mut rx: mpsc::UnboundedReceiver<Batch<T>>,
-    mut on_durable: impl FnMut(&mut T),
-    on_commit: &mut impl FnMut(Vec<T>, Result<(), Arc<Error>>),
-) {
-    let mut last_checkpoint = std::time::Instant::now();
-    let mut lone = false;
-    while let Some(first) = next_batch(&mut rx, lone) {
-        let mut ops = first.ops;
-        let mut tickets = vec![first.ticket];
-        while ops.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(batch) => {
-                    ops.extend(batch.ops);
-                    tickets.push(batch.ticket);
-                }
-                Err(_) => break,
-            }
-        }
-        lone = tickets.len() == 1;
-        let synced = || tickets.iter_mut().for_each(&mut on_durable);
-        match commit_batch(&db, &stats, &mut wal, ops, synced) {
-            Ok(()) => on_commit(tickets, Ok(())),
-            Err(err) => {
-                tracing::error!(error = %err, "commit failed");
-                on_commit(tickets, Err(Arc::new(err)));
-                continue;
-            }
-        }
-        let due = last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL || wal.position() >= CHECKPOINT_BYTES;
-        if due && wal.position() > 0 {
-            match checkpoint(&db, &stats, wal.lsn()) {
-                Ok(()) => wal.rewind(),
-                Err(err) => tracing::error!(error = %err, "checkpoint failed"),
-            }
-            last_checkpoint = std::time::Instant::now();
-        }
-    }
-    // Stopping: leave redb complete, so the next start has nothing to replay.
-    if let Err(err) = checkpoint(&db, &stats, wal.lsn()) {
-        tracing::error!(error = %err, "final checkpoint failed; the log will be replayed at the next start");
-    }
-}
-
-/// The next change to commit. After a commit that held a single change (a lone submitter, not a
-/// crowd), the writer looks for the next one for a short while before it parks: that submitter,
-/// just answered, usually sends it within tens of microseconds, sooner than a parked thread
-/// wakes up. After bigger commits it parks at once, leaving the cores to those producing work.
-fn next_batch<T>(rx: &mut mpsc::UnboundedReceiver<Batch<T>>, spin: bool) -> Option<Batch<T>> {
-    let spinning = std::time::Instant::now();
-    while spin && spinning.elapsed() < SPIN_BEFORE_PARKING {
-        match rx.try_recv() {
-            Ok(batch) => return Some(batch),
-            Err(mpsc::error::TryRecvError::Disconnected) => return None,
-            Err(mpsc::error::TryRecvError::Empty) => std::hint::spin_loop(),
-        }
-    }
-    rx.blocking_recv()
-}
-
-/// One group commit: the log record first (the durability point, after which `synced` runs),
-/// then the same changes into redb without a sync, so readers see them before `on_commit`.
-fn commit_batch(db: &Database, stats: &Stats, wal: &mut Wal, ops: Vec<Op>, synced: impl FnOnce()) -> Result<(), Error> {
-    let prepared = prepare(ops);
-    let payload = encode_ops(&prepared);
-    if !wal.fits(payload.len()) {
-        checkpoint(db, stats, wal.lsn())?;
-        wal.rewind();
-    }
-    let wal_error = |err: wal::Error| Error::Io { path: PathBuf::from("write-ahead log"), message: err.to_string() };
-    wal.append(&payload).map_err(wal_error)?;
-    stats.wal_syncs.fetch_add(1, Ordering::Relaxed);
-    synced();
-    apply_prepared(db, &prepared, Durability::None)?;
-    stats.commits.fetch_add(1, Ordering::Relaxed);
-    Ok(())
 }
 
 /// Makes everything applied so far durable in redb, and records the last log record it covers.
@@ -607,137 +477,6 @@ fn checkpoint(db: &Database, stats: &Stats, lsn: u64) -> Result<(), Error> {
     txn.commit().map_err(redb_err)?;
     stats.checkpoints.fetch_add(1, Ordering::Relaxed);
     Ok(())
-}
-
-/// Copies every entry of `table` from a snapshot into a write transaction; returns how many.
-fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
-    from: &redb::ReadTransaction,
-    to: &redb::WriteTransaction,
-    table: TableDefinition<'_, K, V>,
-) -> Result<u64, Error> {
-    let source = from.open_table(table).map_err(redb_err)?;
-    let mut dest = to.open_table(table).map_err(redb_err)?;
-    for entry in source.iter().map_err(redb_err)? {
-        let (key, value) = entry.map_err(redb_err)?;
-        dest.insert(key.value(), value.value()).map_err(redb_err)?;
-    }
-    dest.len().map_err(redb_err)
-}
-
-/// A change in its stored form, ready for the log and for redb.
-enum Prepared {
-    PutTask { key: u128, bytes: Vec<u8> },
-    DeleteTask { key: u128 },
-    PutToken { hash: String, role: String },
-    PutFleet { key: String, value: Vec<u8> },
-    DeleteFleet { key: String },
-}
-
-fn prepare(ops: Vec<Op>) -> Vec<Prepared> {
-    ops.into_iter()
-        .map(|op| match op {
-            Op::PutTask(task) => {
-                let key = u128::from(task.id.0);
-                Prepared::PutTask { key, bytes: agentcom_types::wire::task_into_pb(*task).encode_to_vec() }
-            }
-            Op::DeleteTask(id) => Prepared::DeleteTask { key: u128::from(id.0) },
-            Op::PutToken { hash, role } => Prepared::PutToken { hash, role },
-            Op::PutCordon { sidecar_id, cordon } => Prepared::PutFleet {
-                key: format!("{CORDON_PREFIX}{sidecar_id}"),
-                value: serde_json::to_vec(&cordon).expect("a cordon serializes"),
-            },
-            Op::DeleteCordon { sidecar_id } => Prepared::DeleteFleet { key: format!("{CORDON_PREFIX}{sidecar_id}") },
-            Op::PutEndpoint(endpoint) => Prepared::PutFleet {
-                key: format!("{ENDPOINT_PREFIX}{}", endpoint.id),
-                value: serde_json::to_vec(&endpoint).expect("an endpoint serializes"),
-            },
-            Op::DeleteEndpoint { id } => Prepared::DeleteFleet { key: format!("{ENDPOINT_PREFIX}{id}") },
-        })
-        .collect()
-}
-
-const TAG_PUT_TASK: u8 = 1;
-const TAG_DELETE_TASK: u8 = 2;
-const TAG_PUT_TOKEN: u8 = 3;
-const TAG_PUT_FLEET: u8 = 4;
-const TAG_DELETE_FLEET: u8 = 5;
-
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-    out.extend_from_slice(bytes);
-}
-
-fn encode_ops(ops: &[Prepared]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for op in ops {
-        match op {
-            Prepared::PutTask { key, bytes } => {
-                out.push(TAG_PUT_TASK);
-                out.extend_from_slice(&key.to_le_bytes());
-                put_bytes(&mut out, bytes);
-            }
-            Prepared::DeleteTask { key } => {
-                out.push(TAG_DELETE_TASK);
-                out.extend_from_slice(&key.to_le_bytes());
-            }
-            Prepared::PutToken { hash, role } => {
-                out.push(TAG_PUT_TOKEN);
-                put_bytes(&mut out, hash.as_bytes());
-                put_bytes(&mut out, role.as_bytes());
-            }
-            Prepared::PutFleet { key, value } => {
-                out.push(TAG_PUT_FLEET);
-                put_bytes(&mut out, key.as_bytes());
-                put_bytes(&mut out, value);
-            }
-            Prepared::DeleteFleet { key } => {
-                out.push(TAG_DELETE_FLEET);
-                put_bytes(&mut out, key.as_bytes());
-            }
-        }
-    }
-    out
-}
-
-/// `None` if the payload is not a sequence of whole changes.
-fn decode_ops(mut payload: &[u8]) -> Option<Vec<Prepared>> {
-    fn take<'a>(input: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        let (head, rest) = (input.get(..n)?, input.get(n..)?);
-        *input = rest;
-        Some(head)
-    }
-    fn take_bytes<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
-        let len = u32::from_le_bytes(take(input, 4)?.try_into().ok()?) as usize;
-        take(input, len)
-    }
-    let mut ops = Vec::new();
-    while !payload.is_empty() {
-        let tag = take(&mut payload, 1)?[0];
-        let op = match tag {
-            TAG_PUT_TASK => {
-                let key = u128::from_le_bytes(take(&mut payload, 16)?.try_into().ok()?);
-                Prepared::PutTask { key, bytes: take_bytes(&mut payload)?.to_vec() }
-            }
-            TAG_DELETE_TASK => {
-                Prepared::DeleteTask { key: u128::from_le_bytes(take(&mut payload, 16)?.try_into().ok()?) }
-            }
-            TAG_PUT_TOKEN => {
-                let hash = String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()?;
-                let role = String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()?;
-                Prepared::PutToken { hash, role }
-            }
-            TAG_PUT_FLEET => {
-                let key = String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()?;
-                Prepared::PutFleet { key, value: take_bytes(&mut payload)?.to_vec() }
-            }
-            TAG_DELETE_FLEET => {
-                Prepared::DeleteFleet { key: String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()? }
-            }
-            _ => return None,
-        };
-        ops.push(op);
-    }
-    Some(ops)
 }
 
 fn apply_prepared(db: &Database, ops: &[Prepared], durability: Durability) -> Result<(), Error> {
@@ -837,8 +576,8 @@ mod tests {
             Op::DeleteCordon { sidecar_id: "a".into() },
         ];
         let prepared = prepare(ops);
-        let decoded = decode_ops(&encode_ops(&prepared)).expect("decodes");
-        assert_eq!(encode_ops(&decoded), encode_ops(&prepared), "the log form round-trips");
+        let decoded = codec::decode_ops(&codec::encode_ops(&prepared)).expect("decodes");
+        assert_eq!(codec::encode_ops(&decoded), codec::encode_ops(&prepared), "the log form round-trips");
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hub.redb");
@@ -865,6 +604,77 @@ mod tests {
         let fleet = Store::open(&path).unwrap().load_fleet().unwrap();
         assert_eq!(fleet.cordons, HashMap::from([("b".to_owned(), cordon(2))]));
         assert_eq!(fleet.registry.iter().cloned().collect::<Vec<_>>(), vec![endpoint]);
+    }
+
+    /// A data directory written by the hub before storage had its own format (format 1), kept
+    /// in `integration/fixtures/datadir-v1` (its README says how it was made).
+    fn v1_fixture() -> (tempfile::TempDir, PathBuf) {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../integration/fixtures/datadir-v1/hub.redb");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        std::fs::copy(&fixture, &path).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn a_database_of_format_1_is_migrated_once_and_reads_the_same() {
+        use crate::domain::{Exit, TaskState, Work};
+        let (_dir, path) = v1_fixture();
+        let store = Store::open(&path).unwrap();
+        let tasks = store.load_tasks().unwrap();
+        let by_name = |name: &str| tasks.iter().find(|t| t.spec.name == name).unwrap_or_else(|| panic!("{name}"));
+        let states: Vec<(&str, TaskState)> = tasks.iter().map(|t| (t.spec.name.as_str(), t.state)).collect();
+        assert_eq!(
+            states,
+            vec![
+                ("ok", TaskState::Succeeded),
+                ("fails", TaskState::DeadLettered),
+                ("llm", TaskState::Queued),
+                ("long", TaskState::Cancelled),
+                ("waits", TaskState::Cancelled),
+                ("long2", TaskState::Running),
+            ]
+        );
+        let ok = by_name("ok");
+        let outcome = ok.outcome.as_ref().unwrap();
+        assert_eq!((outcome.exit, outcome.stdout.as_slice()), (Exit::Code(0), &b"hello fixture\n"[..]));
+        assert_eq!(ok.spec.idempotency_key.as_deref(), Some("fx-1"));
+        assert_eq!(ok.spec.labels.get("team").map(String::as_str), Some("infra"));
+        assert_eq!(ok.spec.limits.timeout_ms, Some(60_000));
+        assert_eq!(ok.spec.verification.len(), 2);
+        assert_eq!(by_name("fails").state_reason, "exit code 3 (attempt 1 of 1)");
+        assert!(matches!(&by_name("llm").spec.work, Work::Llm(llm) if llm.model == "llama3.2:3b"));
+        assert_eq!(by_name("waits").spec.depends_on, vec![by_name("long").id]);
+        let running = by_name("long2");
+        assert_eq!((running.lease_generation, running.sidecar_id.is_some()), (1, true));
+        let fleet = store.load_fleet().unwrap();
+        assert_eq!(fleet.cordons.len(), 1);
+        let endpoints: Vec<_> = fleet.registry.iter().collect();
+        assert_eq!(endpoints.len(), 1);
+        assert_eq!((endpoints[0].url.as_str(), &endpoints[0].owner), ("http://127.0.0.1:9", &crate::fleet::Owner::Hub));
+        assert_eq!(store.load_tokens().unwrap().len(), 2);
+        let version = |store: &Store| {
+            let txn = store.db.begin_read().unwrap();
+            txn.open_table(META).unwrap().get(SCHEMA_VERSION).unwrap().map(|v| v.value())
+        };
+        assert_eq!(version(&store), Some(FORMAT_VERSION));
+        drop(store);
+        // Opened again: nothing left to migrate, and the same records.
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.load_tasks().unwrap(), tasks);
+    }
+
+    #[test]
+    fn a_database_of_a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.redb");
+        let store = Store::open(&path).unwrap();
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert(SCHEMA_VERSION, FORMAT_VERSION + 1).unwrap();
+        txn.commit().unwrap();
+        drop(store);
+        let err = Store::open(&path).err().expect("a newer format is refused");
+        assert!(matches!(err, Error::Schema { found, .. } if found == FORMAT_VERSION + 1), "{err}");
     }
 
     #[test]
@@ -905,7 +715,7 @@ mod fuzz {
         /// A log record's payload as replay decodes it: arbitrary bytes never panic.
         #[test]
         fn log_payloads_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..1024)) {
-            let _ = decode_ops(&bytes);
+            let _ = codec::decode_ops(&bytes);
         }
     }
 }

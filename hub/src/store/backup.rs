@@ -12,7 +12,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::store::{self, Store};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use super::{FLEET, META, TASKS, TOKENS, redb_err};
+use crate::store::{self, Error, Store};
 
 /// Where backups go, how often, and how many are kept.
 #[derive(Clone, Debug)]
@@ -172,6 +175,46 @@ pub fn restore(from: &Path, database: &Path) -> Result<Restored, store::Error> {
         let _ = dir.sync_all();
     }
     Ok(Restored { tasks, kept_aside })
+}
+
+impl Store {
+    /// Writes a consistent copy of the whole database to `dest` (through `dest.partial`, renamed
+    /// once durable) and returns how many tasks it holds. Runs beside the writer. Blocking.
+    pub fn backup_to(&self, dest: &Path) -> Result<u64, Error> {
+        let partial = dest.with_extension("partial");
+        let _ = std::fs::remove_file(&partial);
+        let snapshot = self.db.begin_read().map_err(redb_err)?;
+        let copy = Database::create(&partial).map_err(redb_err)?;
+        let txn = copy.begin_write().map_err(redb_err)?;
+        let tasks = copy_table(&snapshot, &txn, TASKS)?;
+        copy_table(&snapshot, &txn, TOKENS)?;
+        copy_table(&snapshot, &txn, META)?;
+        copy_table(&snapshot, &txn, FLEET)?;
+        txn.commit().map_err(redb_err)?;
+        drop(copy);
+        std::fs::rename(&partial, dest).map_err(Error::io(dest))?;
+        if let Some(dir) = dest.parent()
+            && let Ok(dir) = std::fs::File::open(dir)
+        {
+            let _ = dir.sync_all();
+        }
+        Ok(tasks)
+    }
+}
+
+/// Copies every entry of `table` from a snapshot into a write transaction; returns how many.
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    from: &redb::ReadTransaction,
+    to: &redb::WriteTransaction,
+    table: TableDefinition<'_, K, V>,
+) -> Result<u64, Error> {
+    let source = from.open_table(table).map_err(redb_err)?;
+    let mut dest = to.open_table(table).map_err(redb_err)?;
+    for entry in source.iter().map_err(redb_err)? {
+        let (key, value) = entry.map_err(redb_err)?;
+        dest.insert(key.value(), value.value()).map_err(redb_err)?;
+    }
+    dest.len().map_err(redb_err)
 }
 
 #[cfg(test)]

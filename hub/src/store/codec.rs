@@ -1,0 +1,729 @@
+//! How records are stored: the hub's own format (`proto/agentcom/storage/v1/storage.proto`),
+//! separate from the wire contract, and the changes a write-ahead log record holds.
+//!
+//! This is the only code that encodes or decodes stored bytes. Encoding takes records by move
+//! (the writer owns its copy); decoding checks the structure (enum values, ids) and fails with
+//! a reason rather than guess. Version 1 of the format (a stored `agentcom.v1.Task`, fleet
+//! settings as JSON) is read here too, once, by the migration.
+
+use prost::Message;
+use ulid::Ulid;
+
+use crate::domain::*;
+use crate::fleet::{Cordon, Endpoint, EndpointKind, Model, Owner};
+
+/// Generated code for `agentcom.storage.v1`.
+#[allow(unreachable_pub, clippy::all, rust_2018_idioms)] // Reason: generated code; prost's style.
+mod pb {
+    include!(concat!(env!("OUT_DIR"), "/agentcom.storage.v1.rs"));
+}
+
+/// The format this hub writes, recorded in the database's `meta` table.
+pub(super) const FORMAT_VERSION: u64 = 2;
+
+// ---- Tasks ----
+
+pub(super) fn encode_task(task: Task) -> Vec<u8> {
+    task_into_pb(task).encode_to_vec()
+}
+
+pub(super) fn decode_task(bytes: &[u8]) -> Result<Task, String> {
+    let record = pb::Task::decode(bytes).map_err(|err| err.to_string())?;
+    task_from_pb(record)
+}
+
+fn id_bytes(id: TaskId) -> Vec<u8> {
+    id.0.to_bytes().to_vec()
+}
+
+fn id_from_bytes(bytes: &[u8]) -> Result<TaskId, String> {
+    let bytes: [u8; 16] = bytes.try_into().map_err(|_| format!("a task id of {} bytes, not 16", bytes.len()))?;
+    Ok(TaskId(Ulid::from_bytes(bytes)))
+}
+
+fn lane_into(lane: Lane) -> pb::Lane {
+    match lane {
+        Lane::Urgent => pb::Lane::Urgent,
+        Lane::High => pb::Lane::High,
+        Lane::Normal => pb::Lane::Normal,
+        Lane::Low => pb::Lane::Low,
+    }
+}
+
+fn lane_from(value: i32) -> Result<Lane, String> {
+    match pb::Lane::try_from(value) {
+        Ok(pb::Lane::Urgent) => Ok(Lane::Urgent),
+        Ok(pb::Lane::High) => Ok(Lane::High),
+        Ok(pb::Lane::Normal) => Ok(Lane::Normal),
+        Ok(pb::Lane::Low) => Ok(Lane::Low),
+        _ => Err(format!("lane {value} is unknown")),
+    }
+}
+
+fn tier_into(tier: Option<Tier>) -> pb::Tier {
+    match tier {
+        None => pb::Tier::Unspecified,
+        Some(Tier::Trivial) => pb::Tier::Trivial,
+        Some(Tier::Standard) => pb::Tier::Standard,
+        Some(Tier::Complex) => pb::Tier::Complex,
+    }
+}
+
+fn tier_from(value: i32) -> Result<Option<Tier>, String> {
+    match pb::Tier::try_from(value) {
+        Ok(pb::Tier::Unspecified) => Ok(None),
+        Ok(pb::Tier::Trivial) => Ok(Some(Tier::Trivial)),
+        Ok(pb::Tier::Standard) => Ok(Some(Tier::Standard)),
+        Ok(pb::Tier::Complex) => Ok(Some(Tier::Complex)),
+        Err(_) => Err(format!("tier {value} is unknown")),
+    }
+}
+
+fn state_into(state: TaskState) -> pb::State {
+    use pb::State as P;
+    match state {
+        TaskState::Queued => P::Queued,
+        TaskState::Waiting => P::Waiting,
+        TaskState::Ready => P::Ready,
+        TaskState::Dispatched => P::Dispatched,
+        TaskState::Running => P::Running,
+        TaskState::Verifying => P::Verifying,
+        TaskState::Succeeded => P::Succeeded,
+        TaskState::Failed => P::Failed,
+        TaskState::Cancelled => P::Cancelled,
+        TaskState::Expired => P::Expired,
+        TaskState::DeadLettered => P::DeadLettered,
+    }
+}
+
+fn state_from(value: i32) -> Result<TaskState, String> {
+    use pb::State as P;
+    Ok(match P::try_from(value) {
+        Ok(P::Queued) => TaskState::Queued,
+        Ok(P::Waiting) => TaskState::Waiting,
+        Ok(P::Ready) => TaskState::Ready,
+        Ok(P::Dispatched) => TaskState::Dispatched,
+        Ok(P::Running) => TaskState::Running,
+        Ok(P::Verifying) => TaskState::Verifying,
+        Ok(P::Succeeded) => TaskState::Succeeded,
+        Ok(P::Failed) => TaskState::Failed,
+        Ok(P::Cancelled) => TaskState::Cancelled,
+        Ok(P::Expired) => TaskState::Expired,
+        Ok(P::DeadLettered) => TaskState::DeadLettered,
+        Ok(P::Unspecified) | Err(_) => return Err(format!("state {value} is unknown")),
+    })
+}
+
+fn work_into(work: Work) -> pb::spec::Work {
+    match work {
+        Work::Shell(shell) => pb::spec::Work::Shell(pb::Shell {
+            command: Some(match shell.command {
+                ShellCommand::Argv(items) => pb::shell::Command::Argv(pb::Argv { items }),
+                ShellCommand::Script(script) => pb::shell::Command::Script(script),
+            }),
+            cwd: shell.cwd,
+            env: shell.env,
+            secret_env: shell.secret_env,
+        }),
+        Work::Llm(llm) => pb::spec::Work::Llm(pb::Llm {
+            prompt: llm.prompt,
+            system: llm.system,
+            model: llm.model,
+            max_tokens: llm.max_tokens,
+        }),
+        Work::Agent(agent) => {
+            pb::spec::Work::Agent(pb::Agent { goal: agent.goal, repository: agent.repository, branch: agent.branch })
+        }
+    }
+}
+
+fn work_from(work: Option<pb::spec::Work>) -> Result<Work, String> {
+    Ok(match work.ok_or("the spec has no work")? {
+        pb::spec::Work::Shell(shell) => Work::Shell(ShellWork {
+            command: match shell.command.ok_or("shell work has no command")? {
+                pb::shell::Command::Argv(argv) => ShellCommand::Argv(argv.items),
+                pb::shell::Command::Script(script) => ShellCommand::Script(script),
+            },
+            cwd: shell.cwd,
+            env: shell.env,
+            secret_env: shell.secret_env,
+        }),
+        pb::spec::Work::Llm(llm) => {
+            Work::Llm(LlmWork { prompt: llm.prompt, system: llm.system, model: llm.model, max_tokens: llm.max_tokens })
+        }
+        pb::spec::Work::Agent(agent) => {
+            Work::Agent(AgentWork { goal: agent.goal, repository: agent.repository, branch: agent.branch })
+        }
+    })
+}
+
+fn verification_into(step: Verification) -> pb::Verification {
+    use pb::verification::Kind;
+    let kind = match step {
+        Verification::FileExists(path) => Kind::FileExists(path),
+        Verification::CommandSucceeds { argv, timeout_ms } => Kind::CommandSucceeds(pb::Check { argv, timeout_ms }),
+        Verification::TestPasses { argv, timeout_ms } => Kind::TestPasses(pb::Check { argv, timeout_ms }),
+        Verification::GitClean => Kind::GitClean(true),
+    };
+    pb::Verification { kind: Some(kind) }
+}
+
+fn verification_from(step: pb::Verification) -> Result<Verification, String> {
+    use pb::verification::Kind;
+    Ok(match step.kind.ok_or("a verification step has no kind")? {
+        Kind::FileExists(path) => Verification::FileExists(path),
+        Kind::CommandSucceeds(c) => Verification::CommandSucceeds { argv: c.argv, timeout_ms: c.timeout_ms },
+        Kind::TestPasses(c) => Verification::TestPasses { argv: c.argv, timeout_ms: c.timeout_ms },
+        Kind::GitClean(_) => Verification::GitClean,
+    })
+}
+
+fn spec_into(spec: TaskSpec) -> pb::Spec {
+    let limits = spec.limits;
+    pb::Spec {
+        name: spec.name,
+        idempotency_key: spec.idempotency_key,
+        lane: lane_into(spec.priority).into(),
+        tier: tier_into(spec.tier).into(),
+        work: Some(work_into(spec.work)),
+        context: Some(pb::Context {
+            repository: spec.context.repository,
+            branch: spec.context.branch,
+            files: spec.context.files,
+            env: spec.context.env,
+            notes: spec.context.notes,
+        }),
+        success_criteria: spec.success_criteria,
+        verification: spec.verification.into_iter().map(verification_into).collect(),
+        limits: Some(pb::Limits {
+            timeout_ms: limits.timeout_ms,
+            deadline_unix_ms: limits.deadline_unix_ms,
+            max_attempts: limits.max_attempts,
+            max_tokens: limits.max_tokens,
+            max_cost_micros: limits.max_cost_micros,
+            max_output_bytes: limits.max_output_bytes,
+            max_memory_bytes: limits.max_memory_bytes,
+            max_pids: limits.max_pids,
+        }),
+        placement: Some(pb::Placement {
+            tags: spec.placement.tags,
+            host: spec.placement.host,
+            model: spec.placement.model,
+        }),
+        depends_on: spec.depends_on.into_iter().map(id_bytes).collect(),
+        labels: spec.labels,
+        retry: Some(pb::Retry {
+            backoff_base_ms: spec.retry.backoff_base_ms,
+            backoff_max_ms: spec.retry.backoff_max_ms,
+            retry_on_exit_codes: spec.retry.retry_on_exit_codes,
+        }),
+    }
+}
+
+fn spec_from(spec: pb::Spec) -> Result<TaskSpec, String> {
+    let context = spec.context.unwrap_or_default();
+    let limits = spec.limits.ok_or("the spec has no limits")?;
+    let placement = spec.placement.unwrap_or_default();
+    let retry = spec.retry.ok_or("the spec has no retry policy")?;
+    Ok(TaskSpec {
+        name: spec.name,
+        idempotency_key: spec.idempotency_key,
+        priority: lane_from(spec.lane)?,
+        tier: tier_from(spec.tier)?,
+        work: work_from(spec.work)?,
+        context: TaskContext {
+            repository: context.repository,
+            branch: context.branch,
+            files: context.files,
+            env: context.env,
+            notes: context.notes,
+        },
+        success_criteria: spec.success_criteria,
+        verification: spec.verification.into_iter().map(verification_from).collect::<Result<_, _>>()?,
+        limits: Limits {
+            timeout_ms: limits.timeout_ms,
+            deadline_unix_ms: limits.deadline_unix_ms,
+            max_attempts: limits.max_attempts,
+            max_tokens: limits.max_tokens,
+            max_cost_micros: limits.max_cost_micros,
+            max_output_bytes: limits.max_output_bytes,
+            max_memory_bytes: limits.max_memory_bytes,
+            max_pids: limits.max_pids,
+        },
+        placement: Placement { tags: placement.tags, host: placement.host, model: placement.model },
+        depends_on: spec.depends_on.iter().map(|id| id_from_bytes(id)).collect::<Result<_, _>>()?,
+        labels: spec.labels,
+        retry: RetryPolicy {
+            backoff_base_ms: retry.backoff_base_ms,
+            backoff_max_ms: retry.backoff_max_ms,
+            retry_on_exit_codes: retry.retry_on_exit_codes,
+        },
+    })
+}
+
+fn outcome_into(outcome: Outcome) -> pb::Outcome {
+    pb::Outcome {
+        exit: match outcome.exit {
+            Exit::Code(code) => Some(pb::outcome::Exit::Code(code)),
+            Exit::Signal(signal) => Some(pb::outcome::Exit::Signal(signal)),
+            Exit::Unknown => None,
+        },
+        duration_ms: outcome.duration_ms,
+        stdout: outcome.stdout,
+        stderr: outcome.stderr,
+        stdout_total_bytes: outcome.stdout_total_bytes,
+        stderr_total_bytes: outcome.stderr_total_bytes,
+        timed_out: outcome.timed_out,
+        error: outcome.error,
+    }
+}
+
+fn outcome_from(outcome: pb::Outcome) -> Outcome {
+    Outcome {
+        exit: match outcome.exit {
+            Some(pb::outcome::Exit::Code(code)) => Exit::Code(code),
+            Some(pb::outcome::Exit::Signal(signal)) => Exit::Signal(signal),
+            None => Exit::Unknown,
+        },
+        duration_ms: outcome.duration_ms,
+        stdout: outcome.stdout,
+        stderr: outcome.stderr,
+        stdout_total_bytes: outcome.stdout_total_bytes,
+        stderr_total_bytes: outcome.stderr_total_bytes,
+        timed_out: outcome.timed_out,
+        error: outcome.error,
+    }
+}
+
+fn task_into_pb(task: Task) -> pb::Task {
+    pb::Task {
+        id: id_bytes(task.id),
+        spec: Some(spec_into(task.spec)),
+        state: state_into(task.state).into(),
+        state_reason: task.state_reason,
+        attempt: task.attempt,
+        lease_generation: task.lease_generation,
+        agent_id: task.agent_id,
+        sidecar_id: task.sidecar_id,
+        created_unix_ms: task.created_unix_ms,
+        updated_unix_ms: task.updated_unix_ms,
+        started_unix_ms: task.started_unix_ms,
+        finished_unix_ms: task.finished_unix_ms,
+        outcome: task.outcome.map(outcome_into),
+    }
+}
+
+fn task_from_pb(task: pb::Task) -> Result<Task, String> {
+    Ok(Task {
+        id: id_from_bytes(&task.id)?,
+        spec: spec_from(task.spec.ok_or("the task has no spec")?)?,
+        state: state_from(task.state)?,
+        state_reason: task.state_reason,
+        attempt: task.attempt,
+        lease_generation: task.lease_generation,
+        agent_id: task.agent_id,
+        sidecar_id: task.sidecar_id,
+        created_unix_ms: task.created_unix_ms,
+        updated_unix_ms: task.updated_unix_ms,
+        started_unix_ms: task.started_unix_ms,
+        finished_unix_ms: task.finished_unix_ms,
+        outcome: task.outcome.map(outcome_from),
+    })
+}
+
+// ---- Fleet settings ----
+
+pub(super) fn encode_cordon(cordon: &Cordon) -> Vec<u8> {
+    pb::Cordon { since_unix_ms: cordon.since_unix_ms, deadline_unix_ms: cordon.deadline_unix_ms }.encode_to_vec()
+}
+
+pub(super) fn decode_cordon(bytes: &[u8]) -> Result<Cordon, String> {
+    let cordon = pb::Cordon::decode(bytes).map_err(|err| err.to_string())?;
+    Ok(Cordon { since_unix_ms: cordon.since_unix_ms, deadline_unix_ms: cordon.deadline_unix_ms })
+}
+
+pub(super) fn encode_endpoint(endpoint: &Endpoint) -> Vec<u8> {
+    let models = endpoint
+        .models
+        .iter()
+        .map(|m| pb::Model {
+            name: m.name.clone(),
+            size_bytes: m.size_bytes,
+            family: m.family.clone(),
+            parameter_size: m.parameter_size.clone(),
+            quantization: m.quantization.clone(),
+            loaded: m.loaded,
+            size_vram_bytes: m.size_vram_bytes,
+            expires_unix_ms: m.expires_unix_ms,
+        })
+        .collect();
+    pb::Endpoint {
+        id: endpoint.id.clone(),
+        url: endpoint.url.clone(),
+        kind: endpoint.kind.as_str().to_owned(),
+        owner: Some(match &endpoint.owner {
+            Owner::Sidecar(id) => pb::endpoint::Owner::SidecarId(id.clone()),
+            Owner::Hub => pb::endpoint::Owner::Hub(true),
+        }),
+        healthy: endpoint.healthy,
+        version: endpoint.version.clone(),
+        error: endpoint.error.clone(),
+        models,
+        checked_unix_ms: endpoint.checked_unix_ms,
+    }
+    .encode_to_vec()
+}
+
+pub(super) fn decode_endpoint(bytes: &[u8]) -> Result<Endpoint, String> {
+    let endpoint = pb::Endpoint::decode(bytes).map_err(|err| err.to_string())?;
+    let kind =
+        EndpointKind::parse(&endpoint.kind).ok_or_else(|| format!("endpoint kind {:?} is unknown", endpoint.kind))?;
+    let owner = match endpoint.owner.ok_or("the endpoint has no owner")? {
+        pb::endpoint::Owner::SidecarId(id) => Owner::Sidecar(id),
+        pb::endpoint::Owner::Hub(_) => Owner::Hub,
+    };
+    let models = endpoint
+        .models
+        .into_iter()
+        .map(|m| Model {
+            name: m.name,
+            size_bytes: m.size_bytes,
+            family: m.family,
+            parameter_size: m.parameter_size,
+            quantization: m.quantization,
+            loaded: m.loaded,
+            size_vram_bytes: m.size_vram_bytes,
+            expires_unix_ms: m.expires_unix_ms,
+        })
+        .collect();
+    Ok(Endpoint {
+        id: endpoint.id,
+        url: endpoint.url,
+        kind,
+        owner,
+        healthy: endpoint.healthy,
+        version: endpoint.version,
+        error: endpoint.error,
+        models,
+        checked_unix_ms: endpoint.checked_unix_ms,
+    })
+}
+
+// ---- Format 1, read once by the migration ----
+
+/// A task stored by format 1 (an encoded `agentcom.v1.Task`), in this format.
+pub(super) fn task_from_v1(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let record = agentcom_proto::v1::Task::decode(bytes).map_err(|err| err.to_string())?;
+    let task = agentcom_types::wire::task_from_pb(record).map_err(|err| err.to_string())?;
+    Ok(encode_task(task))
+}
+
+/// A fleet setting stored by format 1 (JSON), in this format.
+pub(super) fn fleet_from_v1(key: &str, value: &[u8]) -> Result<Vec<u8>, String> {
+    #[derive(serde::Deserialize)]
+    struct CordonV1 {
+        since_unix_ms: i64,
+        deadline_unix_ms: Option<i64>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ModelV1 {
+        name: String,
+        size_bytes: u64,
+        family: String,
+        parameter_size: String,
+        quantization: String,
+        loaded: bool,
+        size_vram_bytes: u64,
+        expires_unix_ms: Option<i64>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "snake_case", tag = "by", content = "sidecar_id")]
+    enum OwnerV1 {
+        Sidecar(String),
+        Hub,
+    }
+    #[derive(serde::Deserialize)]
+    struct EndpointV1 {
+        id: String,
+        url: String,
+        kind: String,
+        owner: OwnerV1,
+        healthy: bool,
+        version: String,
+        error: Option<String>,
+        models: Vec<ModelV1>,
+        checked_unix_ms: i64,
+    }
+    let json_error = |err: serde_json::Error| err.to_string();
+    if key.starts_with(super::CORDON_PREFIX) {
+        let v1: CordonV1 = serde_json::from_slice(value).map_err(json_error)?;
+        return Ok(encode_cordon(&Cordon { since_unix_ms: v1.since_unix_ms, deadline_unix_ms: v1.deadline_unix_ms }));
+    }
+    if key.starts_with(super::ENDPOINT_PREFIX) {
+        let v1: EndpointV1 = serde_json::from_slice(value).map_err(json_error)?;
+        let kind = EndpointKind::parse(&v1.kind).ok_or_else(|| format!("endpoint kind {:?} is unknown", v1.kind))?;
+        let endpoint = Endpoint {
+            id: v1.id,
+            url: v1.url,
+            kind,
+            owner: match v1.owner {
+                OwnerV1::Sidecar(id) => Owner::Sidecar(id),
+                OwnerV1::Hub => Owner::Hub,
+            },
+            healthy: v1.healthy,
+            version: v1.version,
+            error: v1.error,
+            models: v1
+                .models
+                .into_iter()
+                .map(|m| Model {
+                    name: m.name,
+                    size_bytes: m.size_bytes,
+                    family: m.family,
+                    parameter_size: m.parameter_size,
+                    quantization: m.quantization,
+                    loaded: m.loaded,
+                    size_vram_bytes: m.size_vram_bytes,
+                    expires_unix_ms: m.expires_unix_ms,
+                })
+                .collect(),
+            checked_unix_ms: v1.checked_unix_ms,
+        };
+        return Ok(encode_endpoint(&endpoint));
+    }
+    Err(format!("{key:?} is not a fleet setting"))
+}
+
+// ---- Changes, as the write-ahead log holds them ----
+
+/// A change in its stored form, ready for the log and for redb.
+pub(super) enum Prepared {
+    PutTask { key: u128, bytes: Vec<u8> },
+    DeleteTask { key: u128 },
+    PutToken { hash: String, role: String },
+    PutFleet { key: String, value: Vec<u8> },
+    DeleteFleet { key: String },
+}
+
+pub(super) fn prepare(ops: Vec<super::Op>) -> Vec<Prepared> {
+    use super::{CORDON_PREFIX, ENDPOINT_PREFIX, Op};
+    ops.into_iter()
+        .map(|op| match op {
+            Op::PutTask(task) => Prepared::PutTask { key: u128::from(task.id.0), bytes: encode_task(*task) },
+            Op::DeleteTask(id) => Prepared::DeleteTask { key: u128::from(id.0) },
+            Op::PutToken { hash, role } => Prepared::PutToken { hash, role },
+            Op::PutCordon { sidecar_id, cordon } => {
+                Prepared::PutFleet { key: format!("{CORDON_PREFIX}{sidecar_id}"), value: encode_cordon(&cordon) }
+            }
+            Op::DeleteCordon { sidecar_id } => Prepared::DeleteFleet { key: format!("{CORDON_PREFIX}{sidecar_id}") },
+            Op::PutEndpoint(endpoint) => Prepared::PutFleet {
+                key: format!("{ENDPOINT_PREFIX}{}", endpoint.id),
+                value: encode_endpoint(&endpoint),
+            },
+            Op::DeleteEndpoint { id } => Prepared::DeleteFleet { key: format!("{ENDPOINT_PREFIX}{id}") },
+        })
+        .collect()
+}
+
+const TAG_PUT_TASK: u8 = 1;
+const TAG_DELETE_TASK: u8 = 2;
+const TAG_PUT_TOKEN: u8 = 3;
+const TAG_PUT_FLEET: u8 = 4;
+const TAG_DELETE_FLEET: u8 = 5;
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// The payload of one log record: the changes of one group commit, tagged and length-prefixed.
+pub(super) fn encode_ops(ops: &[Prepared]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for op in ops {
+        match op {
+            Prepared::PutTask { key, bytes } => {
+                out.push(TAG_PUT_TASK);
+                out.extend_from_slice(&key.to_le_bytes());
+                put_bytes(&mut out, bytes);
+            }
+            Prepared::DeleteTask { key } => {
+                out.push(TAG_DELETE_TASK);
+                out.extend_from_slice(&key.to_le_bytes());
+            }
+            Prepared::PutToken { hash, role } => {
+                out.push(TAG_PUT_TOKEN);
+                put_bytes(&mut out, hash.as_bytes());
+                put_bytes(&mut out, role.as_bytes());
+            }
+            Prepared::PutFleet { key, value } => {
+                out.push(TAG_PUT_FLEET);
+                put_bytes(&mut out, key.as_bytes());
+                put_bytes(&mut out, value);
+            }
+            Prepared::DeleteFleet { key } => {
+                out.push(TAG_DELETE_FLEET);
+                put_bytes(&mut out, key.as_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// `None` if the payload is not a sequence of whole changes.
+pub(super) fn decode_ops(mut payload: &[u8]) -> Option<Vec<Prepared>> {
+    fn take<'a>(input: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (input.get(..n)?, input.get(n..)?);
+        *input = rest;
+        Some(head)
+    }
+    fn take_bytes<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let len = u32::from_le_bytes(take(input, 4)?.try_into().ok()?) as usize;
+        take(input, len)
+    }
+    let mut ops = Vec::new();
+    while !payload.is_empty() {
+        let tag = take(&mut payload, 1)?[0];
+        let op = match tag {
+            TAG_PUT_TASK => {
+                let key = u128::from_le_bytes(take(&mut payload, 16)?.try_into().ok()?);
+                Prepared::PutTask { key, bytes: take_bytes(&mut payload)?.to_vec() }
+            }
+            TAG_DELETE_TASK => {
+                Prepared::DeleteTask { key: u128::from_le_bytes(take(&mut payload, 16)?.try_into().ok()?) }
+            }
+            TAG_PUT_TOKEN => {
+                let hash = String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()?;
+                let role = String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()?;
+                Prepared::PutToken { hash, role }
+            }
+            TAG_PUT_FLEET => {
+                let key = String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()?;
+                Prepared::PutFleet { key, value: take_bytes(&mut payload)?.to_vec() }
+            }
+            TAG_DELETE_FLEET => {
+                Prepared::DeleteFleet { key: String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()? }
+            }
+            _ => return None,
+        };
+        ops.push(op);
+    }
+    Some(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full_task() -> Task {
+        let mut spec = TaskSpec::shell(vec!["echo".into(), "hi".into()], &SpecDefaults::default());
+        spec.name = "everything".into();
+        spec.priority = Lane::High;
+        spec.tier = Some(Tier::Complex);
+        spec.idempotency_key = Some("k1".into());
+        spec.labels.insert("team".into(), "infra".into());
+        spec.context.env.insert("A".into(), "1".into());
+        spec.context.files = vec!["src/lib.rs".into()];
+        spec.verification = vec![
+            Verification::FileExists("out.txt".into()),
+            Verification::CommandSucceeds { argv: vec!["true".into()], timeout_ms: 5 },
+            Verification::TestPasses { argv: vec!["make".into(), "test".into()], timeout_ms: 0 },
+            Verification::GitClean,
+        ];
+        spec.limits.timeout_ms = Some(5_000);
+        spec.limits.deadline_unix_ms = Some(99);
+        spec.limits.max_memory_bytes = Some(1 << 30);
+        spec.retry.retry_on_exit_codes = vec![75];
+        spec.depends_on = vec![TaskId::new(7), TaskId::new(8)];
+        spec.placement.tags = vec!["gpu".into()];
+        let mut task = Task::new(TaskId::new(42), spec, 42);
+        task.set_state(TaskState::Failed, "exit code 3", 50);
+        task.attempt = 2;
+        task.lease_generation = 3;
+        task.agent_id = Some("s/0".into());
+        task.started_unix_ms = Some(45);
+        task.outcome = Some(Outcome {
+            exit: Exit::Signal(9),
+            duration_ms: 8,
+            stdout: b"out".to_vec(),
+            stderr: vec![0xff, 0x00],
+            stdout_total_bytes: 3,
+            stderr_total_bytes: 2,
+            timed_out: true,
+            error: Some("boom".into()),
+        });
+        task
+    }
+
+    #[test]
+    fn every_field_of_a_task_survives_storage() {
+        let task = full_task();
+        assert_eq!(decode_task(&encode_task(task.clone())), Ok(task));
+        let mut llm = full_task();
+        llm.spec.work = Work::Llm(LlmWork { prompt: "p".into(), system: "s".into(), model: "m".into(), max_tokens: 9 });
+        llm.outcome = None;
+        llm.spec.idempotency_key = None;
+        assert_eq!(decode_task(&encode_task(llm.clone())), Ok(llm));
+    }
+
+    #[test]
+    fn a_v1_task_reads_as_the_same_task() {
+        let task = full_task();
+        let v1 = agentcom_types::wire::task_to_pb(&task).encode_to_vec();
+        assert_eq!(decode_task(&task_from_v1(&v1).unwrap()), Ok(task));
+    }
+
+    #[test]
+    fn v1_fleet_settings_read_as_the_same_settings() {
+        let cordon = br#"{"since_unix_ms":5,"deadline_unix_ms":null}"#;
+        let migrated = fleet_from_v1("cordon/s1", cordon).unwrap();
+        assert_eq!(decode_cordon(&migrated), Ok(Cordon { since_unix_ms: 5, deadline_unix_ms: None }));
+        let endpoint = br#"{"id":"ep-1","url":"http://x:1","kind":"ollama","owner":{"by":"sidecar","sidecar_id":"s1"},"healthy":true,"version":"0.12","error":null,"models":[{"name":"m","size_bytes":1,"family":"f","parameter_size":"3B","quantization":"Q4","loaded":true,"size_vram_bytes":2,"expires_unix_ms":3}],"checked_unix_ms":4}"#;
+        let endpoint = decode_endpoint(&fleet_from_v1("endpoint/ep-1", endpoint).unwrap()).unwrap();
+        assert_eq!(
+            (endpoint.owner, endpoint.kind, endpoint.models[0].loaded),
+            (Owner::Sidecar("s1".into()), EndpointKind::Ollama, true)
+        );
+        assert!(fleet_from_v1("other/x", b"{}").is_err());
+    }
+
+    #[test]
+    fn damaged_records_are_refused_with_a_reason() {
+        let mut bytes = encode_task(full_task());
+        bytes.truncate(bytes.len() / 2);
+        assert!(decode_task(&bytes).is_err());
+        assert!(
+            decode_task(&pb::Task { id: vec![1, 2], ..Default::default() }.encode_to_vec()).unwrap_err().contains("16")
+        );
+        let no_spec = pb::Task { id: vec![0; 16], ..Default::default() }.encode_to_vec();
+        assert_eq!(decode_task(&no_spec).unwrap_err(), "the task has no spec");
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+        /// Whatever bytes a stored record holds (damage, or a format this code does not know),
+        /// reading it fails with a reason or succeeds; it never panics.
+        #[test]
+        fn stored_records_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_task(&bytes);
+            let _ = decode_cordon(&bytes);
+            let _ = decode_endpoint(&bytes);
+            let _ = task_from_v1(&bytes);
+            let _ = fleet_from_v1("endpoint/x", &bytes);
+        }
+
+        /// A record that decodes encodes back to the same task.
+        #[test]
+        fn decoded_records_round_trip(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(task) = decode_task(&bytes) {
+                prop_assert_eq!(decode_task(&encode_task(task.clone())), Ok(task));
+            }
+        }
+    }
+}
