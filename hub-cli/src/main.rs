@@ -216,14 +216,7 @@ fn main() -> std::process::ExitCode {
     agentcom_sidecar::binary_main(&allow, run)
 }
 
-async fn run(isolation: agentcom_sidecar::secure::Isolation) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    if let agentcom_sidecar::secure::Isolation::Failed(why) = &isolation {
-        tracing::warn!(why, "the hub's environment stays readable through /proc by root");
-    }
+async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args, None).await,
         Command::Dev { hub, slots, simulate_gpus } => serve(hub, Some((slots, simulate_gpus))).await,

@@ -269,16 +269,23 @@ pub async fn prepare(config: &Config) -> Result<Prepared, Error> {
 
 /// The `main` of a binary that runs a sidecar (`agentcom-sidecar`, and `agentcom-hub` for `dev`):
 /// the watchdog if that is what was started, then the environment isolation before any thread
-/// (`allow` is the task allowlist), then `run` on a multi-threaded runtime; errors are printed
-/// and turn into a failing exit code.
+/// (`allow` is the task allowlist), logging to stderr (`RUST_LOG`, default `info`), then `run`
+/// on a multi-threaded runtime; errors are printed and turn into a failing exit code.
 pub fn binary_main<F, Fut>(allow: &[String], run: F) -> std::process::ExitCode
 where
-    F: FnOnce(secure::Isolation) -> Fut,
+    F: FnOnce() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
     contain::watchdog_main_if_requested();
     // Before any thread: this may re-execute the process with a clean environment block.
     let isolation = secure::isolate(allow);
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    if let secure::Isolation::Failed(why) = &isolation {
+        tracing::warn!(why, "this process's environment stays readable through /proc by root");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -286,7 +293,7 @@ where
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(isolation)) {
+    match runtime.block_on(run()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

@@ -164,14 +164,7 @@ fn env_allowlist_from_args() -> Vec<String> {
     allow
 }
 
-async fn run(isolation: agentcom_sidecar::secure::Isolation) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    if let agentcom_sidecar::secure::Isolation::Failed(why) = &isolation {
-        tracing::warn!(why, "the sidecar's environment stays readable through /proc by root");
-    }
+async fn run() -> anyhow::Result<()> {
     let Command::Run(args) = Cli::parse().command;
     let reports = args.reports()?;
     let token = match (args.token, args.token_file) {

@@ -3,10 +3,7 @@
 //! **Architecture Invariant:** pure. [`transition`] is the only way an agent's state changes;
 //! anything the table does not list is refused, and the caller logs the refusal.
 
-use serde::Serialize;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AgentState {
     Idle,
     Assigned,
@@ -14,6 +11,10 @@ pub enum AgentState {
     Blocked,
     Draining,
     Offline,
+}
+
+impl crate::domain::Numbered for AgentState {
+    const ALL: &'static [AgentState] = &AgentState::ALL;
 }
 
 impl AgentState {
@@ -105,7 +106,7 @@ pub fn transition(from: AgentState, event: AgentEvent) -> Result<AgentState, Ill
 }
 
 /// One recorded transition of an agent.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Transition {
     pub at_unix_ms: i64,
     pub from: AgentState,

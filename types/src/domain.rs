@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Serialize;
 use ulid::Ulid;
 
 /// Milliseconds since the Unix epoch. Pure code takes it as an argument and never reads a clock.
@@ -38,6 +37,39 @@ pub mod limits {
     pub const MIN_MEMORY_BYTES: u64 = 1024 * 1024;
     pub const MAX_MEMORY_BYTES: u64 = 1 << 50;
     pub const MAX_PIDS: u64 = 4 * 1024 * 1024;
+}
+
+/// An enumeration with stable numbers: 1 and up in declaration order ([`Numbered::ALL`]), the
+/// same in the wire contract and in the hub's storage format, where 0 means unset. Both
+/// formats convert through these numbers, so the mapping exists once.
+pub trait Numbered: Sized + Copy + PartialEq + 'static {
+    const ALL: &'static [Self];
+
+    fn number(self) -> i32 {
+        Self::ALL.iter().position(|&v| v == self).expect("every value is in ALL") as i32 + 1
+    }
+
+    /// `None` for 0 (unset) and for numbers this version does not know.
+    fn from_number(number: i32) -> Option<Self> {
+        usize::try_from(number).ok()?.checked_sub(1).and_then(|i| Self::ALL.get(i).copied())
+    }
+}
+
+/// Checks that a protobuf enum numbers `T`'s values as [`Numbered`] does: `name_of` is the
+/// enum's name for a number (prost's `as_str_name`), which must end with the value's own name.
+/// Each format's tests call this for each enum it stores.
+pub fn check_numbering<T: Numbered>(
+    name_of: impl Fn(i32) -> Option<&'static str>,
+    ours: impl Fn(T) -> &'static str,
+) -> Result<(), String> {
+    for &value in T::ALL {
+        let (number, ours) = (value.number(), ours(value));
+        match name_of(number) {
+            Some(name) if name.ends_with(&ours.to_ascii_uppercase()) => {}
+            other => return Err(format!("{number} is {other:?} there, {ours} here")),
+        }
+    }
+    Ok(())
 }
 
 /// A task's identity: a ULID, so ids sort by creation time.
@@ -71,21 +103,18 @@ impl FromStr for TaskId {
     }
 }
 
-impl Serialize for TaskId {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&self.0)
-    }
-}
-
 /// Priority lane. Declared in dispatch order: `Urgent` sorts first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum Lane {
     Urgent,
     High,
     #[default]
     Normal,
     Low,
+}
+
+impl Numbered for Lane {
+    const ALL: &'static [Lane] = &Lane::ALL;
 }
 
 impl Lane {
@@ -110,12 +139,15 @@ impl FromStr for Lane {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
     Trivial,
     Standard,
     Complex,
+}
+
+impl Numbered for Tier {
+    const ALL: &'static [Tier] = &Tier::ALL;
 }
 
 impl Tier {
@@ -139,8 +171,7 @@ impl FromStr for Tier {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TaskState {
     Queued,
     Waiting,
@@ -153,6 +184,10 @@ pub enum TaskState {
     Cancelled,
     Expired,
     DeadLettered,
+}
+
+impl Numbered for TaskState {
+    const ALL: &'static [TaskState] = &TaskState::ALL;
 }
 
 impl TaskState {
@@ -215,8 +250,7 @@ impl FromStr for TaskState {
 }
 
 /// How a shell task names its program.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ShellCommand {
     /// Run directly: `argv[0]` is looked up on the allowlisted `PATH`.
     Argv(Vec<String>),
@@ -224,39 +258,32 @@ pub enum ShellCommand {
     Script(String),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShellWork {
     pub command: ShellCommand,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
     /// Visible in every API response and stored with the task; secrets go in `secret_env`.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// Names the sidecar fills in from its own secret files; the values never reach the hub.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub secret_env: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LlmWork {
     pub prompt: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
     pub system: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
     pub model: String,
     pub max_tokens: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentWork {
     pub goal: String,
     pub repository: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
     pub branch: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Work {
     Shell(ShellWork),
     Llm(LlmWork),
@@ -274,7 +301,7 @@ impl Work {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TaskContext {
     pub repository: String,
     pub branch: String,
@@ -283,8 +310,7 @@ pub struct TaskContext {
     pub notes: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verification {
     FileExists(String),
     CommandSucceeds { argv: Vec<String>, timeout_ms: u64 },
@@ -292,7 +318,7 @@ pub enum Verification {
     GitClean,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub timeout_ms: Option<u64>,
     pub deadline_unix_ms: Option<UnixMs>,
@@ -300,14 +326,12 @@ pub struct Limits {
     pub max_tokens: Option<u64>,
     pub max_cost_micros: Option<u64>,
     pub max_output_bytes: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_memory_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_pids: Option<u64>,
 }
 
 /// When a failed attempt is retried, and after how long.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
@@ -330,14 +354,14 @@ impl Default for SpecDefaults {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Placement {
     pub tags: Vec<String>,
     pub host: String,
     pub model: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskSpec {
     pub name: String,
     pub idempotency_key: Option<String>,
@@ -593,8 +617,7 @@ fn check_env(field: &'static str, env: &BTreeMap<String, String>) -> Result<(), 
 }
 
 /// How the process ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
     Code(i32),
     Signal(i32),
@@ -602,18 +625,15 @@ pub enum Exit {
     Unknown,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {
     pub exit: Exit,
     pub duration_ms: u64,
-    #[serde(serialize_with = "lossy_utf8")]
     pub stdout: Vec<u8>,
-    #[serde(serialize_with = "lossy_utf8")]
     pub stderr: Vec<u8>,
     pub stdout_total_bytes: u64,
     pub stderr_total_bytes: u64,
     pub timed_out: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
@@ -623,12 +643,8 @@ impl Outcome {
     }
 }
 
-fn lossy_utf8<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&String::from_utf8_lossy(bytes))
-}
-
 /// A task as the hub records it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Task {
     pub id: TaskId,
     pub spec: TaskSpec,
@@ -675,14 +691,20 @@ impl Task {
 }
 
 /// Which output stream a chunk belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {
     Stdout,
     Stderr,
 }
 
 impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+
     pub fn index(self) -> usize {
         match self {
             Stream::Stdout => 0,

@@ -4,14 +4,13 @@
 //! **Architecture Invariant:** data and pure rules only; nothing here does I/O or reads a clock.
 //! The sidecar fills these in, `wire` carries them, the hub keeps and shows them.
 
-use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use crate::agent::{AgentState, Transition};
 use crate::domain::{TaskId, UnixMs};
 
 /// One resource reading of a machine, as its sidecar took it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resources {
     /// When the reading was taken, in milliseconds since the Unix epoch.
     pub at_unix_ms: i64,
@@ -34,7 +33,7 @@ pub struct Resources {
 }
 
 /// Space on one mounted file system.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Disk {
     pub mount: String,
     pub total_bytes: u64,
@@ -42,7 +41,7 @@ pub struct Disk {
 }
 
 /// One GPU. A metric the device does not support (or that could not be read) is `None`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Gpu {
     /// NVML's device index.
     pub index: u32,
@@ -61,7 +60,7 @@ pub struct Gpu {
 }
 
 /// A process with a compute context on a GPU.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct GpuProcess {
     pub pid: u32,
     /// `None` where the driver does not account memory per process.
@@ -70,7 +69,7 @@ pub struct GpuProcess {
 
 /// A report reduced to what a history chart needs: 40 bytes, so an hour of 15-second reports
 /// costs about 10 KiB per host.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Sample {
     pub at_unix_ms: UnixMs,
     pub cpu_percent: f32,
@@ -98,7 +97,7 @@ impl Sample {
 }
 
 /// One model an endpoint offers, as a probe found it; `loaded` means warm.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Model {
     pub name: String,
     pub size_bytes: u64,
@@ -123,8 +122,7 @@ impl Model {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EndpointKind {
     Ollama,
     Anthropic,
@@ -152,15 +150,14 @@ impl EndpointKind {
 
 /// Who probes an endpoint: the sidecar on its machine, or the hub itself (added by an admin,
 /// and only if its host is allowlisted).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "by", content = "sidecar_id")]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Owner {
     Sidecar(String),
     Hub,
 }
 
 /// An LLM endpoint and what its last check found.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Endpoint {
     pub id: String,
     pub url: String,
@@ -207,14 +204,14 @@ pub fn endpoint_id(owner: &Owner, url: &str) -> String {
 }
 
 /// A sidecar taking no new work, since when, and when what still runs on it is requeued.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cordon {
     pub since_unix_ms: UnixMs,
     pub deadline_unix_ms: Option<UnixMs>,
 }
 
 /// An agent as the hub shows it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AgentView {
     pub id: String,
     pub sidecar_id: String,
@@ -233,15 +230,14 @@ pub struct AgentView {
 }
 
 /// One agent with its recent transitions, oldest first.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AgentDetail {
-    #[serde(flatten)]
     pub agent: AgentView,
     pub history: Vec<Transition>,
 }
 
 /// A machine as the hub sees it: one per sidecar.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct HostView {
     pub id: String,
     pub hostname: String,
@@ -256,7 +252,6 @@ pub struct HostView {
     pub containment: String,
     pub resources: Option<Resources>,
     /// Oldest first; only for a single host.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<Sample>>,
 }
 

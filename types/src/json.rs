@@ -11,8 +11,7 @@ use std::collections::HashMap;
 use agentcom_proto::v1 as pb;
 use serde::Deserialize;
 
-use crate::domain::{Lane, Tier};
-use crate::wire;
+use crate::domain::{Lane, Numbered, Tier};
 
 /// A body that is not a submit: the message says what is wrong, naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -209,14 +208,9 @@ impl TryFrom<SubmitBody> for pb::TaskSpec {
             }),
             _ => return Err(Error("invalid work: give exactly one of shell, llm, agent".to_owned())),
         };
-        let priority = match body.priority {
-            Some(p) => wire::lane_to_pb(p.parse::<Lane>()?),
-            None => pb::Priority::Unspecified,
-        };
-        let tier = match body.tier {
-            Some(t) => wire::tier_to_pb(Some(t.parse::<Tier>()?)),
-            None => pb::Tier::Unspecified,
-        };
+        // 0 is unset: the hub's default lane, and a tier it infers.
+        let priority = body.priority.map(|p| p.parse::<Lane>()).transpose()?.map_or(0, Numbered::number);
+        let tier = body.tier.map(|t| t.parse::<Tier>()).transpose()?.map_or(0, Numbered::number);
         let context = body.context.unwrap_or_default();
         let limits = body.limits.unwrap_or_default();
         let placement = body.placement.unwrap_or_default();
@@ -242,8 +236,8 @@ impl TryFrom<SubmitBody> for pb::TaskSpec {
         Ok(pb::TaskSpec {
             name: body.name,
             idempotency_key: body.idempotency_key,
-            priority: priority.into(),
-            tier: tier.into(),
+            priority,
+            tier,
             work: Some(pb::Work { kind: Some(kind) }),
             context: Some(pb::TaskContext {
                 repository: context.repository,

@@ -11,78 +11,26 @@ use agentcom_proto::v1 as pb;
 use crate::domain::*;
 
 pub fn lane_from_pb(value: i32) -> Result<Lane, Error> {
-    match pb::Priority::try_from(value) {
-        Ok(pb::Priority::Unspecified) | Ok(pb::Priority::Normal) => Ok(Lane::Normal),
-        Ok(pb::Priority::Urgent) => Ok(Lane::Urgent),
-        Ok(pb::Priority::High) => Ok(Lane::High),
-        Ok(pb::Priority::Low) => Ok(Lane::Low),
-        Err(_) => Err(Error::invalid("priority", format!("{value} is not a priority"))),
-    }
-}
-
-pub fn lane_to_pb(lane: Lane) -> pb::Priority {
-    match lane {
-        Lane::Urgent => pb::Priority::Urgent,
-        Lane::High => pb::Priority::High,
-        Lane::Normal => pb::Priority::Normal,
-        Lane::Low => pb::Priority::Low,
+    match value {
+        0 => Ok(Lane::Normal),
+        n => Lane::from_number(n).ok_or_else(|| Error::invalid("priority", format!("{n} is not a priority"))),
     }
 }
 
 pub fn tier_from_pb(value: i32) -> Result<Option<Tier>, Error> {
-    match pb::Tier::try_from(value) {
-        Ok(pb::Tier::Unspecified) => Ok(None),
-        Ok(pb::Tier::Trivial) => Ok(Some(Tier::Trivial)),
-        Ok(pb::Tier::Standard) => Ok(Some(Tier::Standard)),
-        Ok(pb::Tier::Complex) => Ok(Some(Tier::Complex)),
-        Err(_) => Err(Error::invalid("tier", format!("{value} is not a tier"))),
-    }
-}
-
-pub fn tier_to_pb(tier: Option<Tier>) -> pb::Tier {
-    match tier {
-        None => pb::Tier::Unspecified,
-        Some(Tier::Trivial) => pb::Tier::Trivial,
-        Some(Tier::Standard) => pb::Tier::Standard,
-        Some(Tier::Complex) => pb::Tier::Complex,
+    match value {
+        0 => Ok(None),
+        n => Tier::from_number(n).map(Some).ok_or_else(|| Error::invalid("tier", format!("{n} is not a tier"))),
     }
 }
 
 /// `None` for UNSPECIFIED (meaning "any state" in filters).
 pub fn state_from_pb(value: i32) -> Result<Option<TaskState>, Error> {
-    use pb::TaskState as P;
-    let state = match P::try_from(value) {
-        Ok(P::Unspecified) => return Ok(None),
-        Ok(P::Queued) => TaskState::Queued,
-        Ok(P::Waiting) => TaskState::Waiting,
-        Ok(P::Ready) => TaskState::Ready,
-        Ok(P::Dispatched) => TaskState::Dispatched,
-        Ok(P::Running) => TaskState::Running,
-        Ok(P::Verifying) => TaskState::Verifying,
-        Ok(P::Succeeded) => TaskState::Succeeded,
-        Ok(P::Failed) => TaskState::Failed,
-        Ok(P::Cancelled) => TaskState::Cancelled,
-        Ok(P::Expired) => TaskState::Expired,
-        Ok(P::DeadLettered) => TaskState::DeadLettered,
-        Err(_) => return Err(Error::invalid("state", format!("{value} is not a task state"))),
-    };
-    Ok(Some(state))
-}
-
-pub fn state_to_pb(state: TaskState) -> pb::TaskState {
-    use pb::TaskState as P;
-    match state {
-        TaskState::Queued => P::Queued,
-        TaskState::Waiting => P::Waiting,
-        TaskState::Ready => P::Ready,
-        TaskState::Dispatched => P::Dispatched,
-        TaskState::Running => P::Running,
-        TaskState::Verifying => P::Verifying,
-        TaskState::Succeeded => P::Succeeded,
-        TaskState::Failed => P::Failed,
-        TaskState::Cancelled => P::Cancelled,
-        TaskState::Expired => P::Expired,
-        TaskState::DeadLettered => P::DeadLettered,
+    match value {
+        0 => Ok(None),
+        n => TaskState::from_number(n)
+            .map(Some)
+            .ok_or_else(|| Error::invalid("state", format!("{n} is not a task state"))),
     }
 }
 
@@ -240,8 +188,8 @@ pub fn spec_into_pb(spec: TaskSpec) -> pb::TaskSpec {
     pb::TaskSpec {
         name: spec.name,
         idempotency_key: spec.idempotency_key.unwrap_or_default(),
-        priority: lane_to_pb(spec.priority).into(),
-        tier: tier_to_pb(spec.tier).into(),
+        priority: spec.priority.number(),
+        tier: spec.tier.map_or(0, Numbered::number),
         work: Some(pb::Work { kind: Some(work) }),
         context: Some(pb::TaskContext {
             repository: spec.context.repository,
@@ -326,7 +274,7 @@ pub fn task_into_pb(task: Task) -> pb::Task {
     pb::Task {
         id: task.id.to_string(),
         spec: Some(spec_into_pb(task.spec)),
-        state: state_to_pb(task.state).into(),
+        state: task.state.number(),
         state_reason: task.state_reason,
         attempt: task.attempt,
         lease_generation: task.lease_generation,
@@ -380,7 +328,8 @@ pub fn stream_from_pb(value: i32) -> Option<Stream> {
 
 // ---- The fleet: agents, hosts and their resources, LLM endpoints. ----
 
-use crate::agent::{AgentState, Transition};
+use crate::agent::Transition;
+use crate::domain::Numbered;
 use crate::fleet::{self, AgentDetail, AgentView, HostView};
 
 /// Bounds on what a sidecar may report, so one report cannot take the hub's memory.
@@ -572,23 +521,12 @@ pub fn endpoint_to_pb(endpoint: &fleet::Endpoint) -> pb::LlmEndpoint {
     }
 }
 
-fn agent_state_to_pb(state: AgentState) -> pb::AgentState {
-    match state {
-        AgentState::Idle => pb::AgentState::Idle,
-        AgentState::Assigned => pb::AgentState::Assigned,
-        AgentState::Working => pb::AgentState::Working,
-        AgentState::Blocked => pb::AgentState::Blocked,
-        AgentState::Draining => pb::AgentState::Draining,
-        AgentState::Offline => pb::AgentState::Offline,
-    }
-}
-
 pub fn agent_to_pb(agent: &AgentView) -> pb::Agent {
     pb::Agent {
         id: agent.id.clone(),
         sidecar_id: agent.sidecar_id.clone(),
         hostname: agent.hostname.clone(),
-        state: agent_state_to_pb(agent.state).into(),
+        state: agent.state.number(),
         task_id: agent.task_id.map(|id| id.to_string()).unwrap_or_default(),
         last_seen_unix_ms: agent.last_seen_unix_ms,
         state_since_unix_ms: agent.state_since_unix_ms,
@@ -605,8 +543,8 @@ pub fn agent_to_pb(agent: &AgentView) -> pb::Agent {
 pub fn agent_detail_to_pb(detail: &AgentDetail) -> pb::Agent {
     let transition = |t: &Transition| pb::AgentTransition {
         at_unix_ms: t.at_unix_ms,
-        from: agent_state_to_pb(t.from).into(),
-        to: agent_state_to_pb(t.to).into(),
+        from: t.from.number(),
+        to: t.to.number(),
         cause: t.cause.clone(),
     };
     pb::Agent { history: detail.history.iter().map(transition).collect(), ..agent_to_pb(&detail.agent) }
@@ -646,6 +584,7 @@ pub fn host_to_pb(host: &HostView) -> pb::Host {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::AgentState;
 
     #[test]
     fn a_task_survives_the_round_trip_through_protobuf() {
@@ -670,6 +609,17 @@ mod tests {
             error: None,
         });
         assert_eq!(task_from_pb(task_to_pb(&task)), Ok(task));
+    }
+
+    /// Lanes, tiers and states go through their stable numbers: those must be the contract's.
+    #[test]
+    fn stable_numbers_are_the_contracts_enum_values() {
+        let name = |n| pb::Priority::try_from(n).ok().map(|e| e.as_str_name());
+        check_numbering(name, Lane::as_str).unwrap();
+        check_numbering(|n| pb::Tier::try_from(n).ok().map(|e| e.as_str_name()), Tier::as_str).unwrap();
+        check_numbering(|n| pb::TaskState::try_from(n).ok().map(|e| e.as_str_name()), TaskState::as_str).unwrap();
+        check_numbering(|n| pb::AgentState::try_from(n).ok().map(|e| e.as_str_name()), AgentState::as_str).unwrap();
+        assert_eq!((Lane::from_number(0), Lane::from_number(5), Lane::from_number(-1)), (None, None, None));
     }
 
     #[test]

@@ -75,7 +75,7 @@ impl State {
                         let _ = reply.send(Ok(Submitted { task: Task::clone(task), existing }));
                     }
                     match state {
-                        TaskState::Queued => self.wait(id, None),
+                        TaskState::Queued => self.enqueue(id, None),
                         TaskState::Waiting => self.settle_dependencies(id, now),
                         _ => {}
                     }
@@ -114,7 +114,7 @@ impl State {
                     let queued = task.state == TaskState::Queued;
                     let _ = reply.send(Ok(Task::clone(task)));
                     if queued {
-                        self.wait(task_id, None);
+                        self.enqueue(task_id, None);
                     }
                 }
                 AfterCommit::Purged { count, reply } => {

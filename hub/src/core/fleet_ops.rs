@@ -106,7 +106,7 @@ impl State {
                 let why = format!("requeued: sidecar {} was drained during attempt {}", lease.sidecar_id, task.attempt);
                 info!(task_id = %task_id, sidecar_id = lease.sidecar_id, "requeued at the drain deadline");
                 task.set_state(TaskState::Queued, why, now);
-                self.wait(task_id, None);
+                self.enqueue(task_id, None);
             }
             self.persist(task_id, AfterCommit::Changed(task_id));
         }

@@ -181,7 +181,7 @@ pub enum ToSidecar {
 }
 
 /// Counts that describe the queue now.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct QueueStats {
     pub tasks: usize,
     pub ready: usize,

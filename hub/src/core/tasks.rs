@@ -1,8 +1,6 @@
 //! The core's task side: restoring the queue at start, submits and idempotency, dependencies,
 //! cancel, retries and the dead-letter queue, deadlines, and judging outcomes.
 
-use std::collections::BTreeSet;
-
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
@@ -10,7 +8,7 @@ use super::State;
 use super::commit::AfterCommit;
 use super::handle::{Error, Reply, Submitted, ToSidecar};
 use crate::domain::*;
-use crate::queue::{self, Lease, Queue};
+use crate::queue::{self, Lease};
 use crate::store::Op;
 
 impl State {
@@ -23,9 +21,10 @@ impl State {
             if let Some(key) = &task.spec.idempotency_key {
                 self.by_key.insert(key.clone(), task.id);
             }
+            let mut ready = false;
             match task.state {
                 TaskState::Queued | TaskState::Ready => {
-                    enqueue(&mut self.queue, &mut self.deadlines, &task, None);
+                    ready = true;
                     n_ready += 1;
                 }
                 TaskState::Waiting => waiting.push(task.id),
@@ -45,7 +44,11 @@ impl State {
             if task.state.is_terminal() {
                 strip_output(&mut task);
             }
-            self.tasks.insert(task.id, task);
+            let id = task.id;
+            self.tasks.insert(id, task);
+            if ready {
+                self.enqueue(id, None);
+            }
         }
         // Dependencies may have settled after their dependents last changed on disk.
         let n_waiting = waiting.len();
@@ -132,7 +135,7 @@ impl State {
                 let task = self.tasks.get_mut(&id).expect("checked above");
                 task.set_state(TaskState::Queued, "dependencies succeeded", now);
                 self.persist(id, AfterCommit::Changed(id));
-                self.wait(id, None);
+                self.enqueue(id, None);
             }
             queue::Readiness::Waiting(unfinished) => {
                 if let Some(deadline) = task.spec.limits.deadline_unix_ms {
@@ -227,7 +230,7 @@ impl State {
                 format!("retrying in {delay} ms after attempt {}: {why}", task.attempt),
                 now,
             );
-            self.wait(task_id, Some(now + delay));
+            self.enqueue(task_id, Some(now + delay));
         } else {
             let reason = format!("{why} (attempt {} of {max_attempts})", task.attempt);
             warn!(task_id = %task_id, reason, "dead-lettered");
@@ -236,8 +239,15 @@ impl State {
     }
 
     /// Puts a task in line to be dispatched, now or at `ready_at`, and minds its deadline.
-    pub(super) fn wait(&mut self, id: TaskId, ready_at: Option<UnixMs>) {
-        enqueue(&mut self.queue, &mut self.deadlines, &self.tasks[&id], ready_at);
+    pub(super) fn enqueue(&mut self, id: TaskId, ready_at: Option<UnixMs>) {
+        let task = &self.tasks[&id];
+        match ready_at {
+            Some(at) => self.queue.push_delayed(id, task.spec.priority, at),
+            None => self.queue.push_ready(id, task.spec.priority),
+        }
+        if let Some(deadline) = task.spec.limits.deadline_unix_ms {
+            self.deadlines.insert((deadline, id));
+        }
     }
 
     /// Dead-letters waiting tasks whose deadline passed before they started.
@@ -279,21 +289,6 @@ pub(super) fn same_submission(first: &TaskSpec, again: &TaskSpec) -> bool {
     normalized.depends_on.sort();
     normalized.depends_on.dedup();
     *first == normalized
-}
-
-pub(super) fn enqueue(
-    queue: &mut Queue,
-    deadlines: &mut BTreeSet<(UnixMs, TaskId)>,
-    task: &Task,
-    ready_at: Option<UnixMs>,
-) {
-    match ready_at {
-        Some(at) => queue.push_delayed(task.id, task.spec.priority, at),
-        None => queue.push_ready(task.id, task.spec.priority),
-    }
-    if let Some(deadline) = task.spec.limits.deadline_unix_ms {
-        deadlines.insert((deadline, task.id));
-    }
 }
 
 /// Drops the retained output bytes (their totals stay), for summaries and for finished tasks

@@ -26,7 +26,7 @@ pub struct Policy {
     pub keep: usize,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct BackupInfo {
     pub path: PathBuf,
     pub tasks: u64,

@@ -41,77 +41,9 @@ fn id_from_bytes(bytes: &[u8]) -> Result<TaskId, String> {
     Ok(TaskId(Ulid::from_bytes(bytes)))
 }
 
-fn lane_into(lane: Lane) -> pb::Lane {
-    match lane {
-        Lane::Urgent => pb::Lane::Urgent,
-        Lane::High => pb::Lane::High,
-        Lane::Normal => pb::Lane::Normal,
-        Lane::Low => pb::Lane::Low,
-    }
-}
-
-fn lane_from(value: i32) -> Result<Lane, String> {
-    match pb::Lane::try_from(value) {
-        Ok(pb::Lane::Urgent) => Ok(Lane::Urgent),
-        Ok(pb::Lane::High) => Ok(Lane::High),
-        Ok(pb::Lane::Normal) => Ok(Lane::Normal),
-        Ok(pb::Lane::Low) => Ok(Lane::Low),
-        _ => Err(format!("lane {value} is unknown")),
-    }
-}
-
-fn tier_into(tier: Option<Tier>) -> pb::Tier {
-    match tier {
-        None => pb::Tier::Unspecified,
-        Some(Tier::Trivial) => pb::Tier::Trivial,
-        Some(Tier::Standard) => pb::Tier::Standard,
-        Some(Tier::Complex) => pb::Tier::Complex,
-    }
-}
-
-fn tier_from(value: i32) -> Result<Option<Tier>, String> {
-    match pb::Tier::try_from(value) {
-        Ok(pb::Tier::Unspecified) => Ok(None),
-        Ok(pb::Tier::Trivial) => Ok(Some(Tier::Trivial)),
-        Ok(pb::Tier::Standard) => Ok(Some(Tier::Standard)),
-        Ok(pb::Tier::Complex) => Ok(Some(Tier::Complex)),
-        Err(_) => Err(format!("tier {value} is unknown")),
-    }
-}
-
-fn state_into(state: TaskState) -> pb::State {
-    use pb::State as P;
-    match state {
-        TaskState::Queued => P::Queued,
-        TaskState::Waiting => P::Waiting,
-        TaskState::Ready => P::Ready,
-        TaskState::Dispatched => P::Dispatched,
-        TaskState::Running => P::Running,
-        TaskState::Verifying => P::Verifying,
-        TaskState::Succeeded => P::Succeeded,
-        TaskState::Failed => P::Failed,
-        TaskState::Cancelled => P::Cancelled,
-        TaskState::Expired => P::Expired,
-        TaskState::DeadLettered => P::DeadLettered,
-    }
-}
-
-fn state_from(value: i32) -> Result<TaskState, String> {
-    use pb::State as P;
-    Ok(match P::try_from(value) {
-        Ok(P::Queued) => TaskState::Queued,
-        Ok(P::Waiting) => TaskState::Waiting,
-        Ok(P::Ready) => TaskState::Ready,
-        Ok(P::Dispatched) => TaskState::Dispatched,
-        Ok(P::Running) => TaskState::Running,
-        Ok(P::Verifying) => TaskState::Verifying,
-        Ok(P::Succeeded) => TaskState::Succeeded,
-        Ok(P::Failed) => TaskState::Failed,
-        Ok(P::Cancelled) => TaskState::Cancelled,
-        Ok(P::Expired) => TaskState::Expired,
-        Ok(P::DeadLettered) => TaskState::DeadLettered,
-        Ok(P::Unspecified) | Err(_) => return Err(format!("state {value} is unknown")),
-    })
+/// Lanes, tiers and states are stored as their stable numbers (`Numbered`), 0 for an unset tier.
+fn known<T: Numbered>(what: &str, number: i32) -> Result<T, String> {
+    T::from_number(number).ok_or_else(|| format!("{what} {number} is unknown"))
 }
 
 fn work_into(work: Work) -> pb::spec::Work {
@@ -183,8 +115,8 @@ fn spec_into(spec: TaskSpec) -> pb::Spec {
     pb::Spec {
         name: spec.name,
         idempotency_key: spec.idempotency_key,
-        lane: lane_into(spec.priority).into(),
-        tier: tier_into(spec.tier).into(),
+        lane: spec.priority.number(),
+        tier: spec.tier.map_or(0, Numbered::number),
         work: Some(work_into(spec.work)),
         context: Some(pb::Context {
             repository: spec.context.repository,
@@ -228,8 +160,8 @@ fn spec_from(spec: pb::Spec) -> Result<TaskSpec, String> {
     Ok(TaskSpec {
         name: spec.name,
         idempotency_key: spec.idempotency_key,
-        priority: lane_from(spec.lane)?,
-        tier: tier_from(spec.tier)?,
+        priority: known("lane", spec.lane)?,
+        tier: if spec.tier == 0 { None } else { Some(known("tier", spec.tier)?) },
         work: work_from(spec.work)?,
         context: TaskContext {
             repository: context.repository,
@@ -299,7 +231,7 @@ fn task_into_pb(task: Task) -> pb::Task {
     pb::Task {
         id: id_bytes(task.id),
         spec: Some(spec_into(task.spec)),
-        state: state_into(task.state).into(),
+        state: task.state.number(),
         state_reason: task.state_reason,
         attempt: task.attempt,
         lease_generation: task.lease_generation,
@@ -317,7 +249,7 @@ fn task_from_pb(task: pb::Task) -> Result<Task, String> {
     Ok(Task {
         id: id_from_bytes(&task.id)?,
         spec: spec_from(task.spec.ok_or("the task has no spec")?)?,
-        state: state_from(task.state)?,
+        state: known("state", task.state)?,
         state_reason: task.state_reason,
         attempt: task.attempt,
         lease_generation: task.lease_generation,
@@ -420,12 +352,15 @@ pub(super) fn task_from_v1(bytes: &[u8]) -> Result<Vec<u8>, String> {
 
 /// A fleet setting stored by format 1 (JSON), in this format.
 pub(super) fn fleet_from_v1(key: &str, value: &[u8]) -> Result<Vec<u8>, String> {
+    // Format 1 was the serde form of these types, as they were then: these mirror it.
     #[derive(serde::Deserialize)]
+    #[serde(remote = "Cordon")]
     struct CordonV1 {
         since_unix_ms: i64,
         deadline_unix_ms: Option<i64>,
     }
     #[derive(serde::Deserialize)]
+    #[serde(remote = "Model")]
     struct ModelV1 {
         name: String,
         size_bytes: u64,
@@ -437,58 +372,47 @@ pub(super) fn fleet_from_v1(key: &str, value: &[u8]) -> Result<Vec<u8>, String> 
         expires_unix_ms: Option<i64>,
     }
     #[derive(serde::Deserialize)]
-    #[serde(rename_all = "snake_case", tag = "by", content = "sidecar_id")]
+    #[serde(remote = "Owner", rename_all = "snake_case", tag = "by", content = "sidecar_id")]
     enum OwnerV1 {
         Sidecar(String),
         Hub,
     }
     #[derive(serde::Deserialize)]
+    #[serde(remote = "EndpointKind", rename_all = "snake_case")]
+    enum KindV1 {
+        Ollama,
+        Anthropic,
+        Openai,
+    }
+    #[derive(serde::Deserialize)]
+    struct Models(#[serde(with = "ModelV1")] Model);
+    #[derive(serde::Deserialize)]
+    #[serde(remote = "Endpoint")]
     struct EndpointV1 {
         id: String,
         url: String,
-        kind: String,
-        owner: OwnerV1,
+        #[serde(with = "KindV1")]
+        kind: EndpointKind,
+        #[serde(with = "OwnerV1")]
+        owner: Owner,
         healthy: bool,
         version: String,
         error: Option<String>,
-        models: Vec<ModelV1>,
+        #[serde(deserialize_with = "models")]
+        models: Vec<Model>,
         checked_unix_ms: i64,
+    }
+    fn models<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Model>, D::Error> {
+        let models: Vec<Models> = serde::Deserialize::deserialize(deserializer)?;
+        Ok(models.into_iter().map(|Models(m)| m).collect())
     }
     let json_error = |err: serde_json::Error| err.to_string();
     if key.starts_with(super::CORDON_PREFIX) {
-        let v1: CordonV1 = serde_json::from_slice(value).map_err(json_error)?;
-        return Ok(encode_cordon(&Cordon { since_unix_ms: v1.since_unix_ms, deadline_unix_ms: v1.deadline_unix_ms }));
+        let cordon = CordonV1::deserialize(&mut serde_json::Deserializer::from_slice(value)).map_err(json_error)?;
+        return Ok(encode_cordon(&cordon));
     }
     if key.starts_with(super::ENDPOINT_PREFIX) {
-        let v1: EndpointV1 = serde_json::from_slice(value).map_err(json_error)?;
-        let kind = EndpointKind::parse(&v1.kind).ok_or_else(|| format!("endpoint kind {:?} is unknown", v1.kind))?;
-        let endpoint = Endpoint {
-            id: v1.id,
-            url: v1.url,
-            kind,
-            owner: match v1.owner {
-                OwnerV1::Sidecar(id) => Owner::Sidecar(id),
-                OwnerV1::Hub => Owner::Hub,
-            },
-            healthy: v1.healthy,
-            version: v1.version,
-            error: v1.error,
-            models: v1
-                .models
-                .into_iter()
-                .map(|m| Model {
-                    name: m.name,
-                    size_bytes: m.size_bytes,
-                    family: m.family,
-                    parameter_size: m.parameter_size,
-                    quantization: m.quantization,
-                    loaded: m.loaded,
-                    size_vram_bytes: m.size_vram_bytes,
-                    expires_unix_ms: m.expires_unix_ms,
-                })
-                .collect(),
-            checked_unix_ms: v1.checked_unix_ms,
-        };
+        let endpoint = EndpointV1::deserialize(&mut serde_json::Deserializer::from_slice(value)).map_err(json_error)?;
         return Ok(encode_endpoint(&endpoint));
     }
     Err(format!("{key:?} is not a fleet setting"))
@@ -652,6 +576,14 @@ mod tests {
             error: Some("boom".into()),
         });
         task
+    }
+
+    /// The storage format's enums number their values as `Numbered` does.
+    #[test]
+    fn stored_enum_values_are_the_stable_numbers() {
+        check_numbering(|n| pb::Lane::try_from(n).ok().map(|e| e.as_str_name()), Lane::as_str).unwrap();
+        check_numbering(|n| pb::Tier::try_from(n).ok().map(|e| e.as_str_name()), Tier::as_str).unwrap();
+        check_numbering(|n| pb::State::try_from(n).ok().map(|e| e.as_str_name()), TaskState::as_str).unwrap();
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The HTTP JSON API (`/api/v1/...`), health probes, and task events as server-sent events.
 //!
 //! Request bodies are converted into the wire contract's `TaskSpec` and validated by the same
-//! code as gRPC submits, so both APIs accept and refuse exactly the same tasks.
+//! code as gRPC submits, so both APIs accept and refuse exactly the same tasks. Responses are
+//! the explicit shapes of [`dto`], never the serde form of a domain type.
+
+pub mod dto;
 
 use std::convert::Infallible;
 
@@ -24,6 +27,11 @@ use crate::core::Handle;
 use crate::domain::now_ms;
 use crate::domain::{SpecDefaults, TaskId, TaskState};
 use crate::feed::{self, FeedEvent};
+use dto::{AgentDto, BackupDto, EndpointDto, HostDto, OutputEventDto, QueueDto, TaskDto};
+
+fn tasks_json(tasks: &[crate::domain::Task]) -> serde_json::Value {
+    json!({ "tasks": tasks.iter().map(TaskDto::from).collect::<Vec<_>>() })
+}
 use agentcom_types::wire as convert;
 
 #[derive(Clone)]
@@ -94,7 +102,8 @@ async fn submit_task(
     let spec = convert::spec_from_pb(spec, &state.spec_defaults)?;
     let submitted = state.hub.submit(spec).await?;
     let status = if submitted.existing { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(json!({ "task": submitted.task, "existing": submitted.existing }))).into_response())
+    Ok((status, Json(json!({ "task": TaskDto::from(&submitted.task), "existing": submitted.existing })))
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -114,12 +123,12 @@ async fn list_tasks(
     let limit = list_limit(query.limit)?;
     let before = query.before.map(|id| id.parse::<TaskId>()).transpose()?;
     let tasks = state.hub.list_before(filter, before, limit).await?;
-    Ok(Json(json!({ "tasks": tasks })))
+    Ok(Json(tasks_json(&tasks)))
 }
 
 async fn get_task(State(state): State<HttpState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
     let task = state.hub.get(id.parse::<TaskId>()?).await?;
-    Ok(Json(json!({ "task": task })))
+    Ok(Json(json!({ "task": TaskDto::from(&task) })))
 }
 
 async fn cancel_task(
@@ -127,7 +136,7 @@ async fn cancel_task(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let task = state.hub.cancel(id.parse::<TaskId>()?, String::new()).await?;
-    Ok(Json(json!({ "task": task })))
+    Ok(Json(json!({ "task": TaskDto::from(&task) })))
 }
 
 #[derive(Deserialize)]
@@ -142,7 +151,7 @@ async fn list_dead_letters(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(query) = query.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
     let tasks = state.hub.list(Some(TaskState::DeadLettered), list_limit(query.limit)?).await?;
-    Ok(Json(json!({ "tasks": tasks })))
+    Ok(Json(tasks_json(&tasks)))
 }
 
 async fn get_dead_letter(
@@ -153,7 +162,7 @@ async fn get_dead_letter(
     if task.state != TaskState::DeadLettered {
         return Err(ApiError::new(super::ErrorCode::NotFound, format!("task {id} is not in the dead-letter queue")));
     }
-    Ok(Json(json!({ "task": task })))
+    Ok(Json(json!({ "task": TaskDto::from(&task) })))
 }
 
 async fn retry_dead_letter(
@@ -161,7 +170,7 @@ async fn retry_dead_letter(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let task = state.hub.retry_dead_letter(id.parse::<TaskId>()?).await?;
-    Ok(Json(json!({ "task": task })))
+    Ok(Json(json!({ "task": TaskDto::from(&task) })))
 }
 
 #[derive(Deserialize)]
@@ -187,17 +196,17 @@ async fn take_backup(State(state): State<HttpState>) -> Result<Json<serde_json::
         .take()
         .await
         .map_err(|err| ApiError::new(super::ErrorCode::Unavailable, format!("backup failed: {err}")))?;
-    Ok(Json(json!({ "backup": info })))
+    Ok(Json(json!({ "backup": BackupDto::from(&info) })))
 }
 
 /// `GET /api/v1/queue`: counts of the queue now (ready, delayed, leased, refused stale messages, ...).
 async fn queue_stats(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(json!({ "queue": state.hub.stats().await? })))
+    Ok(Json(json!({ "queue": QueueDto::from(&state.hub.stats().await?) })))
 }
 
 async fn list_agents(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
     let agents = state.hub.agents().await?;
-    Ok(Json(json!({ "agents": agents })))
+    Ok(Json(json!({ "agents": agents.iter().map(AgentDto::from).collect::<Vec<_>>() })))
 }
 
 /// `GET /api/v1/agents/{id}`: the agent and its recent transitions, with their causes.
@@ -205,17 +214,18 @@ async fn get_agent(
     State(state): State<HttpState>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(json!({ "agent": state.hub.agent(id).await? })))
+    Ok(Json(json!({ "agent": AgentDto::from(&state.hub.agent(id).await?) })))
 }
 
 /// `GET /api/v1/hosts`: every host with its latest resource report.
 async fn list_hosts(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(json!({ "hosts": state.hub.hosts().await? })))
+    let hosts = state.hub.hosts().await?;
+    Ok(Json(json!({ "hosts": hosts.iter().map(HostDto::from).collect::<Vec<_>>() })))
 }
 
 /// `GET /api/v1/hosts/{id}`: one host with its resource history (one hour at report resolution).
 async fn get_host(State(state): State<HttpState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(json!({ "host": state.hub.host(id).await? })))
+    Ok(Json(json!({ "host": HostDto::from(&state.hub.host(id).await?) })))
 }
 
 #[derive(Deserialize, Default)]
@@ -242,7 +252,7 @@ async fn drain_host(
         Some(ms) => Some(now_ms() + ms as i64),
         None => None,
     };
-    Ok(Json(json!({ "host": state.hub.drain(id, deadline).await? })))
+    Ok(Json(json!({ "host": HostDto::from(&state.hub.drain(id, deadline).await?) })))
 }
 
 /// `POST /api/v1/hosts/{id}/uncordon`: the sidecar takes work again.
@@ -250,24 +260,13 @@ async fn uncordon_host(
     State(state): State<HttpState>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(json!({ "host": state.hub.uncordon(id).await? })))
-}
-
-/// An endpoint as JSON, each model marked `warm` or `cold`.
-fn endpoint_json(endpoint: &crate::fleet::Endpoint) -> serde_json::Value {
-    let mut value = json!(endpoint);
-    if let Some(models) = value.get_mut("models").and_then(|m| m.as_array_mut()) {
-        for (json, model) in models.iter_mut().zip(&endpoint.models) {
-            json["state"] = json!(model.warmth());
-        }
-    }
-    value
+    Ok(Json(json!({ "host": HostDto::from(&state.hub.uncordon(id).await?) })))
 }
 
 /// `GET /api/v1/endpoints`: the LLM registry.
 async fn list_endpoints(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
     let endpoints = state.hub.endpoints().await?;
-    Ok(Json(json!({ "endpoints": endpoints.iter().map(endpoint_json).collect::<Vec<_>>() })))
+    Ok(Json(json!({ "endpoints": endpoints.iter().map(EndpointDto::from).collect::<Vec<_>>() })))
 }
 
 #[derive(Deserialize)]
@@ -286,7 +285,7 @@ async fn add_endpoint(
     let Json(body) = body.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
     let kind = super::endpoint_kind(&body.kind)?;
     let endpoint = state.hub.add_endpoint(body.url, kind).await?;
-    Ok(Json(json!({ "endpoint": endpoint_json(&endpoint) })))
+    Ok(Json(json!({ "endpoint": EndpointDto::from(&endpoint) })))
 }
 
 /// `DELETE /api/v1/endpoints/{id}`.
@@ -294,7 +293,7 @@ async fn remove_endpoint(
     State(state): State<HttpState>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(json!({ "endpoint": endpoint_json(&state.hub.remove_endpoint(id).await?) })))
+    Ok(Json(json!({ "endpoint": EndpointDto::from(&state.hub.remove_endpoint(id).await?) })))
 }
 
 /// `GET /api/v1/tasks/{id}/events`: `snapshot` events carry the task, `output` events carry
@@ -303,14 +302,14 @@ async fn task_events(State(state): State<HttpState>, Path(id): Path<String>) -> 
     let feed = state.hub.watch(id.parse::<TaskId>()?).await?;
     let events = feed::events(feed, state.stop.clone()).map(|event| {
         let sse = match event {
-            FeedEvent::Snapshot(task) => SseEvent::default().event("snapshot").json_data(&*task),
+            FeedEvent::Snapshot(task) => SseEvent::default().event("snapshot").json_data(TaskDto::from(&*task)),
             FeedEvent::Output { attempt, stream, offset, data } => {
-                SseEvent::default().event("output").json_data(json!({
-                    "attempt": attempt,
-                    "stream": stream,
-                    "offset": offset,
-                    "data_base64": base64::engine::general_purpose::STANDARD.encode(&data),
-                }))
+                SseEvent::default().event("output").json_data(OutputEventDto {
+                    attempt,
+                    stream: stream.as_str(),
+                    offset,
+                    data_base64: base64::engine::general_purpose::STANDARD.encode(&data),
+                })
             }
         };
         Ok::<_, Infallible>(sse.expect("task events serialize"))

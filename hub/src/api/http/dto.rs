@@ -1,0 +1,860 @@
+//! The HTTP API's JSON, as its own types: what each response looks like is written here, field
+//! by field, and documented in `docs/api.md` ("JSON shapes"). The domain types do not
+//! serialize at all, so a change inside the domain cannot change the contract by accident;
+//! the test below fails when a shape here and its documentation disagree.
+//!
+//! The request half (the submit body) is `agentcom_types::json`, shared with `hubctl`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::agent::Transition;
+use crate::core::QueueStats;
+use crate::domain::{
+    Exit, Limits, Outcome, Placement, RetryPolicy, ShellCommand, Task, TaskContext, TaskSpec, Verification, Work,
+};
+use crate::fleet::{AgentDetail, AgentView, Cordon, Endpoint, HostView, Model, Owner, Resources, Sample};
+
+pub use agentcom_types::json::SubmitBody;
+
+fn skip_empty<T>(items: &[T]) -> bool {
+    items.is_empty()
+}
+
+fn is_empty_string(text: &str) -> bool {
+    text.is_empty()
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct TaskDto {
+    pub id: String,
+    pub spec: SpecDto,
+    pub state: &'static str,
+    pub state_reason: String,
+    pub attempt: u32,
+    pub lease_generation: u64,
+    pub agent_id: Option<String>,
+    pub sidecar_id: Option<String>,
+    pub created_unix_ms: i64,
+    pub updated_unix_ms: i64,
+    pub started_unix_ms: Option<i64>,
+    pub finished_unix_ms: Option<i64>,
+    pub outcome: Option<OutcomeDto>,
+}
+
+impl From<&Task> for TaskDto {
+    fn from(task: &Task) -> TaskDto {
+        TaskDto {
+            id: task.id.to_string(),
+            spec: SpecDto::from(&task.spec),
+            state: task.state.as_str(),
+            state_reason: task.state_reason.clone(),
+            attempt: task.attempt,
+            lease_generation: task.lease_generation,
+            agent_id: task.agent_id.clone(),
+            sidecar_id: task.sidecar_id.clone(),
+            created_unix_ms: task.created_unix_ms,
+            updated_unix_ms: task.updated_unix_ms,
+            started_unix_ms: task.started_unix_ms,
+            finished_unix_ms: task.finished_unix_ms,
+            outcome: task.outcome.as_ref().map(OutcomeDto::from),
+        }
+    }
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct SpecDto {
+    pub name: String,
+    pub idempotency_key: Option<String>,
+    pub priority: &'static str,
+    pub tier: Option<&'static str>,
+    pub work: WorkDto,
+    pub context: ContextDto,
+    pub success_criteria: Vec<String>,
+    pub verification: Vec<VerificationDto>,
+    pub limits: LimitsDto,
+    pub placement: PlacementDto,
+    pub depends_on: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub retry: RetryDto,
+}
+
+impl From<&TaskSpec> for SpecDto {
+    fn from(spec: &TaskSpec) -> SpecDto {
+        SpecDto {
+            name: spec.name.clone(),
+            idempotency_key: spec.idempotency_key.clone(),
+            priority: spec.priority.as_str(),
+            tier: spec.tier.map(|t| t.as_str()),
+            work: WorkDto::from(&spec.work),
+            context: ContextDto::from(&spec.context),
+            success_criteria: spec.success_criteria.clone(),
+            verification: spec.verification.iter().map(VerificationDto::from).collect(),
+            limits: LimitsDto::from(&spec.limits),
+            placement: PlacementDto::from(&spec.placement),
+            depends_on: spec.depends_on.iter().map(|id| id.to_string()).collect(),
+            labels: spec.labels.clone(),
+            retry: RetryDto::from(&spec.retry),
+        }
+    }
+}
+
+/// `{"shell": {...}}`, `{"llm": {...}}` or `{"agent": {...}}`.
+#[derive(Serialize, Debug, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkDto {
+    Shell(ShellDto),
+    Llm(LlmDto),
+    Agent(AgentWorkDto),
+}
+
+impl From<&Work> for WorkDto {
+    fn from(work: &Work) -> WorkDto {
+        match work {
+            Work::Shell(shell) => WorkDto::Shell(ShellDto {
+                command: match &shell.command {
+                    ShellCommand::Argv(argv) => CommandDto::Argv(argv.clone()),
+                    ShellCommand::Script(script) => CommandDto::Script(script.clone()),
+                },
+                cwd: shell.cwd.clone(),
+                env: shell.env.clone(),
+                secret_env: shell.secret_env.clone(),
+            }),
+            Work::Llm(llm) => WorkDto::Llm(LlmDto {
+                prompt: llm.prompt.clone(),
+                system: llm.system.clone(),
+                model: llm.model.clone(),
+                max_tokens: llm.max_tokens,
+            }),
+            Work::Agent(agent) => WorkDto::Agent(AgentWorkDto {
+                goal: agent.goal.clone(),
+                repository: agent.repository.clone(),
+                branch: agent.branch.clone(),
+            }),
+        }
+    }
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct ShellDto {
+    pub command: CommandDto,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "skip_empty")]
+    pub secret_env: Vec<String>,
+}
+
+/// `{"argv": [...]}` or `{"script": "..."}`.
+#[derive(Serialize, Debug, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandDto {
+    Argv(Vec<String>),
+    Script(String),
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct LlmDto {
+    pub prompt: String,
+    #[serde(skip_serializing_if = "is_empty_string")]
+    pub system: String,
+    #[serde(skip_serializing_if = "is_empty_string")]
+    pub model: String,
+    pub max_tokens: u32,
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct AgentWorkDto {
+    pub goal: String,
+    pub repository: String,
+    #[serde(skip_serializing_if = "is_empty_string")]
+    pub branch: String,
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct ContextDto {
+    pub repository: String,
+    pub branch: String,
+    pub files: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub notes: String,
+}
+
+impl From<&TaskContext> for ContextDto {
+    fn from(context: &TaskContext) -> ContextDto {
+        ContextDto {
+            repository: context.repository.clone(),
+            branch: context.branch.clone(),
+            files: context.files.clone(),
+            env: context.env.clone(),
+            notes: context.notes.clone(),
+        }
+    }
+}
+
+/// `{"file_exists": "path"}`, `{"command_succeeds": {"argv", "timeout_ms"}}`,
+/// `{"test_passes": {"argv", "timeout_ms"}}` or `"git_clean"`.
+#[derive(Serialize, Debug, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum VerificationDto {
+    FileExists(String),
+    CommandSucceeds { argv: Vec<String>, timeout_ms: u64 },
+    TestPasses { argv: Vec<String>, timeout_ms: u64 },
+    GitClean,
+}
+
+impl From<&Verification> for VerificationDto {
+    fn from(step: &Verification) -> VerificationDto {
+        match step {
+            Verification::FileExists(path) => VerificationDto::FileExists(path.clone()),
+            Verification::CommandSucceeds { argv, timeout_ms } => {
+                VerificationDto::CommandSucceeds { argv: argv.clone(), timeout_ms: *timeout_ms }
+            }
+            Verification::TestPasses { argv, timeout_ms } => {
+                VerificationDto::TestPasses { argv: argv.clone(), timeout_ms: *timeout_ms }
+            }
+            Verification::GitClean => VerificationDto::GitClean,
+        }
+    }
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct LimitsDto {
+    pub timeout_ms: Option<u64>,
+    pub deadline_unix_ms: Option<i64>,
+    pub max_attempts: u32,
+    pub max_tokens: Option<u64>,
+    pub max_cost_micros: Option<u64>,
+    pub max_output_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_memory_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pids: Option<u64>,
+}
+
+impl From<&Limits> for LimitsDto {
+    fn from(limits: &Limits) -> LimitsDto {
+        LimitsDto {
+            timeout_ms: limits.timeout_ms,
+            deadline_unix_ms: limits.deadline_unix_ms,
+            max_attempts: limits.max_attempts,
+            max_tokens: limits.max_tokens,
+            max_cost_micros: limits.max_cost_micros,
+            max_output_bytes: limits.max_output_bytes,
+            max_memory_bytes: limits.max_memory_bytes,
+            max_pids: limits.max_pids,
+        }
+    }
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct PlacementDto {
+    pub tags: Vec<String>,
+    pub host: String,
+    pub model: String,
+}
+
+impl From<&Placement> for PlacementDto {
+    fn from(placement: &Placement) -> PlacementDto {
+        PlacementDto { tags: placement.tags.clone(), host: placement.host.clone(), model: placement.model.clone() }
+    }
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct RetryDto {
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    pub retry_on_exit_codes: Vec<i32>,
+}
+
+impl From<&RetryPolicy> for RetryDto {
+    fn from(retry: &RetryPolicy) -> RetryDto {
+        RetryDto {
+            backoff_base_ms: retry.backoff_base_ms,
+            backoff_max_ms: retry.backoff_max_ms,
+            retry_on_exit_codes: retry.retry_on_exit_codes.clone(),
+        }
+    }
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct OutcomeDto {
+    pub exit: ExitDto,
+    pub duration_ms: u64,
+    /// Output as text; bytes that are not UTF-8 show as U+FFFD.
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_total_bytes: u64,
+    pub stderr_total_bytes: u64,
+    pub timed_out: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl From<&Outcome> for OutcomeDto {
+    fn from(outcome: &Outcome) -> OutcomeDto {
+        OutcomeDto {
+            exit: match outcome.exit {
+                Exit::Code(code) => ExitDto::Code(code),
+                Exit::Signal(signal) => ExitDto::Signal(signal),
+                Exit::Unknown => ExitDto::Unknown,
+            },
+            duration_ms: outcome.duration_ms,
+            stdout: String::from_utf8_lossy(&outcome.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&outcome.stderr).into_owned(),
+            stdout_total_bytes: outcome.stdout_total_bytes,
+            stderr_total_bytes: outcome.stderr_total_bytes,
+            timed_out: outcome.timed_out,
+            error: outcome.error.clone(),
+        }
+    }
+}
+
+/// `{"code": N}`, `{"signal": N}` or `"unknown"`.
+#[derive(Serialize, Debug, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitDto {
+    Code(i32),
+    Signal(i32),
+    Unknown,
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct AgentDto {
+    pub id: String,
+    pub sidecar_id: String,
+    pub hostname: String,
+    pub state: &'static str,
+    pub task_id: Option<String>,
+    pub state_since_unix_ms: i64,
+    pub last_seen_unix_ms: i64,
+    pub capabilities: Vec<String>,
+    pub tags: Vec<String>,
+    pub version: String,
+    pub stalled: bool,
+    pub last_activity_unix_ms: i64,
+    pub cordoned: bool,
+    /// Only for a single agent: its last transitions, oldest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<TransitionDto>>,
+}
+
+impl From<&AgentView> for AgentDto {
+    fn from(agent: &AgentView) -> AgentDto {
+        AgentDto {
+            id: agent.id.clone(),
+            sidecar_id: agent.sidecar_id.clone(),
+            hostname: agent.hostname.clone(),
+            state: agent.state.as_str(),
+            task_id: agent.task_id.map(|id| id.to_string()),
+            state_since_unix_ms: agent.state_since_unix_ms,
+            last_seen_unix_ms: agent.last_seen_unix_ms,
+            capabilities: agent.capabilities.clone(),
+            tags: agent.tags.clone(),
+            version: agent.version.clone(),
+            stalled: agent.stalled,
+            last_activity_unix_ms: agent.last_activity_unix_ms,
+            cordoned: agent.cordoned,
+            history: None,
+        }
+    }
+}
+
+impl From<&AgentDetail> for AgentDto {
+    fn from(detail: &AgentDetail) -> AgentDto {
+        AgentDto {
+            history: Some(detail.history.iter().map(TransitionDto::from).collect()),
+            ..AgentDto::from(&detail.agent)
+        }
+    }
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct TransitionDto {
+    pub at_unix_ms: i64,
+    pub from: &'static str,
+    pub to: &'static str,
+    pub cause: String,
+}
+
+impl From<&Transition> for TransitionDto {
+    fn from(t: &Transition) -> TransitionDto {
+        TransitionDto { at_unix_ms: t.at_unix_ms, from: t.from.as_str(), to: t.to.as_str(), cause: t.cause.clone() }
+    }
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct HostDto {
+    pub id: String,
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub version: String,
+    pub online: bool,
+    pub last_seen_unix_ms: i64,
+    pub cordon: Option<CordonDto>,
+    pub agents: usize,
+    pub containment: String,
+    pub resources: Option<ResourcesDto>,
+    /// Only for a single host: an hour of samples, oldest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<SampleDto>>,
+}
+
+impl From<&HostView> for HostDto {
+    fn from(host: &HostView) -> HostDto {
+        HostDto {
+            id: host.id.clone(),
+            hostname: host.hostname.clone(),
+            os: host.os.clone(),
+            arch: host.arch.clone(),
+            version: host.version.clone(),
+            online: host.online,
+            last_seen_unix_ms: host.last_seen_unix_ms,
+            cordon: host.cordon.as_ref().map(CordonDto::from),
+            agents: host.agents,
+            containment: host.containment.clone(),
+            resources: host.resources.as_ref().map(ResourcesDto::from),
+            history: host.history.as_ref().map(|h| h.iter().map(SampleDto::from).collect()),
+        }
+    }
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct CordonDto {
+    pub since_unix_ms: i64,
+    pub deadline_unix_ms: Option<i64>,
+}
+
+impl From<&Cordon> for CordonDto {
+    fn from(cordon: &Cordon) -> CordonDto {
+        CordonDto { since_unix_ms: cordon.since_unix_ms, deadline_unix_ms: cordon.deadline_unix_ms }
+    }
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct ResourcesDto {
+    pub at_unix_ms: i64,
+    pub cpu_percent: f64,
+    pub cpu_per_core_percent: Vec<f32>,
+    pub load1: f64,
+    pub load5: f64,
+    pub load15: f64,
+    pub memory_total_bytes: u64,
+    pub memory_used_bytes: u64,
+    pub memory_available_bytes: u64,
+    pub disks: Vec<DiskDto>,
+    pub gpus: Vec<GpuDto>,
+    pub gpus_simulated: bool,
+}
+
+impl From<&Resources> for ResourcesDto {
+    fn from(r: &Resources) -> ResourcesDto {
+        ResourcesDto {
+            at_unix_ms: r.at_unix_ms,
+            cpu_percent: r.cpu_percent,
+            cpu_per_core_percent: r.cpu_per_core_percent.clone(),
+            load1: r.load1,
+            load5: r.load5,
+            load15: r.load15,
+            memory_total_bytes: r.memory_total_bytes,
+            memory_used_bytes: r.memory_used_bytes,
+            memory_available_bytes: r.memory_available_bytes,
+            disks: r
+                .disks
+                .iter()
+                .map(|d| DiskDto {
+                    mount: d.mount.clone(),
+                    total_bytes: d.total_bytes,
+                    available_bytes: d.available_bytes,
+                })
+                .collect(),
+            gpus: r
+                .gpus
+                .iter()
+                .map(|g| GpuDto {
+                    index: g.index,
+                    name: g.name.clone(),
+                    uuid: g.uuid.clone(),
+                    utilization_percent: g.utilization_percent,
+                    memory_utilization_percent: g.memory_utilization_percent,
+                    memory_used_bytes: g.memory_used_bytes,
+                    memory_total_bytes: g.memory_total_bytes,
+                    temperature_celsius: g.temperature_celsius,
+                    power_milliwatts: g.power_milliwatts,
+                    processes: g
+                        .processes
+                        .iter()
+                        .map(|p| GpuProcessDto { pid: p.pid, used_memory_bytes: p.used_memory_bytes })
+                        .collect(),
+                })
+                .collect(),
+            gpus_simulated: r.gpus_simulated,
+        }
+    }
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct DiskDto {
+    pub mount: String,
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+/// A metric the device does not report is `null`.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct GpuDto {
+    pub index: u32,
+    pub name: String,
+    pub uuid: String,
+    pub utilization_percent: Option<u32>,
+    pub memory_utilization_percent: Option<u32>,
+    pub memory_used_bytes: Option<u64>,
+    pub memory_total_bytes: Option<u64>,
+    pub temperature_celsius: Option<u32>,
+    pub power_milliwatts: Option<u32>,
+    pub processes: Vec<GpuProcessDto>,
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct GpuProcessDto {
+    pub pid: u32,
+    pub used_memory_bytes: Option<u64>,
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct SampleDto {
+    pub at_unix_ms: i64,
+    pub cpu_percent: f32,
+    pub load1: f32,
+    pub memory_used_bytes: u64,
+    pub gpu_utilization_percent: Option<f32>,
+    pub gpu_memory_used_bytes: u64,
+}
+
+impl From<&Sample> for SampleDto {
+    fn from(s: &Sample) -> SampleDto {
+        SampleDto {
+            at_unix_ms: s.at_unix_ms,
+            cpu_percent: s.cpu_percent,
+            load1: s.load1,
+            memory_used_bytes: s.memory_used_bytes,
+            gpu_utilization_percent: s.gpu_utilization_percent,
+            gpu_memory_used_bytes: s.gpu_memory_used_bytes,
+        }
+    }
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct EndpointDto {
+    pub id: String,
+    pub url: String,
+    pub kind: &'static str,
+    pub owner: OwnerDto,
+    pub healthy: bool,
+    pub version: String,
+    pub error: Option<String>,
+    pub models: Vec<ModelDto>,
+    pub checked_unix_ms: i64,
+}
+
+impl From<&Endpoint> for EndpointDto {
+    fn from(e: &Endpoint) -> EndpointDto {
+        EndpointDto {
+            id: e.id.clone(),
+            url: e.url.clone(),
+            kind: e.kind.as_str(),
+            owner: match &e.owner {
+                Owner::Sidecar(id) => OwnerDto::Sidecar { sidecar_id: id.clone() },
+                Owner::Hub => OwnerDto::Hub,
+            },
+            healthy: e.healthy,
+            version: e.version.clone(),
+            error: e.error.clone(),
+            models: e.models.iter().map(ModelDto::from).collect(),
+            checked_unix_ms: e.checked_unix_ms,
+        }
+    }
+}
+
+/// `{"by": "sidecar", "sidecar_id": ...}` or `{"by": "hub"}`.
+#[derive(Serialize, Debug, PartialEq)]
+#[serde(rename_all = "snake_case", tag = "by")]
+pub enum OwnerDto {
+    Sidecar { sidecar_id: String },
+    Hub,
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct ModelDto {
+    pub name: String,
+    pub size_bytes: u64,
+    pub family: String,
+    pub parameter_size: String,
+    pub quantization: String,
+    pub loaded: bool,
+    pub size_vram_bytes: u64,
+    pub expires_unix_ms: Option<i64>,
+    /// `warm` when loaded, else `cold`.
+    pub state: &'static str,
+}
+
+impl From<&Model> for ModelDto {
+    fn from(m: &Model) -> ModelDto {
+        ModelDto {
+            name: m.name.clone(),
+            size_bytes: m.size_bytes,
+            family: m.family.clone(),
+            parameter_size: m.parameter_size.clone(),
+            quantization: m.quantization.clone(),
+            loaded: m.loaded,
+            size_vram_bytes: m.size_vram_bytes,
+            expires_unix_ms: m.expires_unix_ms,
+            state: m.warmth(),
+        }
+    }
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct QueueDto {
+    pub tasks: usize,
+    pub ready: usize,
+    pub delayed: usize,
+    pub waiting_on_dependencies: usize,
+    pub leased: usize,
+    pub dead_lettered: usize,
+    pub stale_messages_refused: u64,
+}
+
+impl From<&QueueStats> for QueueDto {
+    fn from(q: &QueueStats) -> QueueDto {
+        QueueDto {
+            tasks: q.tasks,
+            ready: q.ready,
+            delayed: q.delayed,
+            waiting_on_dependencies: q.waiting_on_dependencies,
+            leased: q.leased,
+            dead_lettered: q.dead_lettered,
+            stale_messages_refused: q.stale_messages_refused,
+        }
+    }
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct BackupDto {
+    pub path: PathBuf,
+    pub tasks: u64,
+    pub bytes: u64,
+}
+
+impl From<&crate::backup::BackupInfo> for BackupDto {
+    fn from(b: &crate::backup::BackupInfo) -> BackupDto {
+        BackupDto { path: b.path.clone(), tasks: b.tasks, bytes: b.bytes }
+    }
+}
+
+/// `event: output` of a task's event stream.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct OutputEventDto {
+    pub attempt: u32,
+    pub stream: &'static str,
+    pub offset: u64,
+    pub data_base64: String,
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each shape, filled in completely (every optional field present, every list with an
+    //! item), against the example under its heading in `docs/api.md` "JSON shapes": the same
+    //! set of field paths, or the test names what differs.
+
+    use std::collections::BTreeSet;
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::agent::AgentState;
+    use crate::domain::{Lane, SpecDefaults, TaskId, TaskState, Tier};
+    use crate::fleet::{Disk, EndpointKind, Gpu, GpuProcess};
+
+    fn paths(value: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                    out.insert(path.clone());
+                    paths(value, &path, out);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|item| paths(item, &format!("{prefix}[]"), out)),
+            _ => {}
+        }
+    }
+
+    /// The example JSON under `#### \`name\`` in the "JSON shapes" section of docs/api.md.
+    fn documented(name: &str) -> Value {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/api.md")).unwrap();
+        let section = doc.split("\n## JSON shapes").nth(1).expect("docs/api.md has a JSON shapes section");
+        let heading = format!("\n#### `{name}`");
+        let after = section.split(&heading).nth(1).unwrap_or_else(|| panic!("docs/api.md documents no `{name}` shape"));
+        let block = after.split("```json\n").nth(1).and_then(|b| b.split("\n```").next()).expect("a json block");
+        serde_json::from_str(block).unwrap_or_else(|err| panic!("the `{name}` example is not JSON: {err}"))
+    }
+
+    fn check(name: &str, shape: impl Serialize) {
+        let (mut actual, mut expected) = (BTreeSet::new(), BTreeSet::new());
+        paths(&serde_json::to_value(shape).unwrap(), "", &mut actual);
+        paths(&documented(name), "", &mut expected);
+        let missing: Vec<_> = actual.difference(&expected).collect();
+        let stale: Vec<_> = expected.difference(&actual).collect();
+        assert!(
+            missing.is_empty() && stale.is_empty(),
+            "docs/api.md `{name}` is out of date: not documented {missing:?}; documented but not sent {stale:?}"
+        );
+    }
+
+    fn full_task() -> Task {
+        let mut spec = TaskSpec::shell(vec!["make".into(), "test".into()], &SpecDefaults::default());
+        spec.name = "unit tests".into();
+        spec.idempotency_key = Some("build-1234".into());
+        spec.priority = Lane::High;
+        spec.tier = Some(Tier::Trivial);
+        if let Work::Shell(shell) = &mut spec.work {
+            shell.cwd = Some("repo".into());
+            shell.env.insert("CI".into(), "1".into());
+            shell.secret_env.push("API_TOKEN".into());
+        }
+        spec.context.env.insert("A".into(), "1".into());
+        spec.context.files.push("src/lib.rs".into());
+        spec.success_criteria.push("tests pass".into());
+        spec.verification.push(Verification::FileExists("out.txt".into()));
+        spec.limits.timeout_ms = Some(600_000);
+        spec.limits.deadline_unix_ms = Some(1);
+        spec.limits.max_tokens = Some(1);
+        spec.limits.max_cost_micros = Some(1);
+        spec.limits.max_memory_bytes = Some(1 << 30);
+        spec.limits.max_pids = Some(64);
+        spec.placement.tags.push("gpu".into());
+        spec.depends_on.push(TaskId::new(1));
+        spec.labels.insert("team".into(), "infra".into());
+        spec.retry.retry_on_exit_codes.push(75);
+        let mut task = Task::new(TaskId::new(2), spec, 2);
+        task.set_state(TaskState::Succeeded, "", 3);
+        task.agent_id = Some("host/0".into());
+        task.sidecar_id = Some("host".into());
+        task.started_unix_ms = Some(2);
+        task.outcome = Some(Outcome {
+            exit: Exit::Code(0),
+            duration_ms: 3,
+            stdout: b"hello\n".to_vec(),
+            stderr: Vec::new(),
+            stdout_total_bytes: 6,
+            stderr_total_bytes: 0,
+            timed_out: false,
+            error: Some("only when the work could not run".into()),
+        });
+        task
+    }
+
+    #[test]
+    fn the_task_shape_is_documented() {
+        check("task", TaskDto::from(&full_task()));
+    }
+
+    #[test]
+    fn the_agent_shape_is_documented() {
+        let agent = AgentView {
+            id: "host/0".into(),
+            sidecar_id: "host".into(),
+            hostname: "host".into(),
+            state: AgentState::Working,
+            task_id: Some(TaskId::new(1)),
+            state_since_unix_ms: 1,
+            last_seen_unix_ms: 1,
+            capabilities: vec!["shell".into()],
+            tags: vec!["dev".into()],
+            version: "0.1.0".into(),
+            stalled: false,
+            last_activity_unix_ms: 1,
+            cordoned: false,
+        };
+        let transition =
+            Transition { at_unix_ms: 1, from: AgentState::Idle, to: AgentState::Assigned, cause: "x".into() };
+        check("agent", AgentDto::from(&AgentDetail { agent, history: vec![transition] }));
+    }
+
+    #[test]
+    fn the_host_shape_is_documented() {
+        let gpu = Gpu {
+            index: 0,
+            name: "NVIDIA H200".into(),
+            uuid: "GPU-1".into(),
+            utilization_percent: Some(1),
+            memory_utilization_percent: Some(1),
+            memory_used_bytes: Some(1),
+            memory_total_bytes: Some(1),
+            temperature_celsius: Some(1),
+            power_milliwatts: Some(1),
+            processes: vec![GpuProcess { pid: 1, used_memory_bytes: Some(1) }],
+        };
+        let resources = Resources {
+            cpu_per_core_percent: vec![1.0],
+            disks: vec![Disk { mount: "/".into(), total_bytes: 1, available_bytes: 1 }],
+            gpus: vec![gpu],
+            ..Resources::default()
+        };
+        let host = HostView {
+            id: "host".into(),
+            hostname: "host".into(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            version: "0.1.0".into(),
+            online: true,
+            last_seen_unix_ms: 1,
+            cordon: Some(Cordon { since_unix_ms: 1, deadline_unix_ms: Some(2) }),
+            agents: 4,
+            containment: "cgroup-v2".into(),
+            history: Some(vec![Sample::of(&resources)]),
+            resources: Some(resources),
+        };
+        check("host", HostDto::from(&host));
+    }
+
+    #[test]
+    fn the_endpoint_shape_is_documented() {
+        let mut endpoint =
+            Endpoint::new(Owner::Sidecar("host".into()), "http://127.0.0.1:11434".into(), EndpointKind::Ollama);
+        endpoint.error = Some("connection refused".into());
+        endpoint.models = vec![Model { expires_unix_ms: Some(1), ..Model::named("llama3.2:3b") }];
+        check("endpoint", EndpointDto::from(&endpoint));
+    }
+
+    #[test]
+    fn the_queue_and_backup_shapes_are_documented() {
+        let queue = QueueStats {
+            tasks: 1,
+            ready: 1,
+            delayed: 0,
+            waiting_on_dependencies: 0,
+            leased: 0,
+            dead_lettered: 0,
+            stale_messages_refused: 0,
+        };
+        check("queue", QueueDto::from(&queue));
+        check("backup", BackupDto { path: "/var/lib/agentcom/backups/hub-1.redb".into(), tasks: 1, bytes: 1 });
+        check("output", OutputEventDto { attempt: 1, stream: "stdout", offset: 0, data_base64: "aGk=".into() });
+    }
+
+    #[test]
+    fn enumerations_serialize_as_documented() {
+        let json = |value: serde_json::Result<String>| value.unwrap();
+        assert_eq!(json(serde_json::to_string(&ExitDto::Signal(9))), r#"{"signal":9}"#);
+        assert_eq!(json(serde_json::to_string(&ExitDto::Unknown)), r#""unknown""#);
+        assert_eq!(json(serde_json::to_string(&VerificationDto::GitClean)), r#""git_clean""#);
+        assert_eq!(json(serde_json::to_string(&CommandDto::Script("make".into()))), r#"{"script":"make"}"#);
+        assert_eq!(json(serde_json::to_string(&OwnerDto::Hub)), r#"{"by":"hub"}"#);
+    }
+}
