@@ -1,8 +1,6 @@
 //! A data directory written before storage had its own format opens, is migrated once, and
 //! serves its tasks, with the real hub binary.
 
-#![allow(clippy::disallowed_methods)] // Tests start the real binaries.
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
