@@ -289,6 +289,7 @@ mod tests {
             stderr_total_bytes: 3,
             timed_out: false,
             error: None,
+            usage: None,
         });
         feed.finish(&done);
         let events = feed.read(&mut cursor);

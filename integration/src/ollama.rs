@@ -1,5 +1,7 @@
 //! An Ollama protocol double: `/api/version`, `/api/tags` and `/api/ps` with the exact JSON
-//! shapes Ollama sends, models that can be loaded and unloaded, and failure on demand.
+//! shapes Ollama sends, models that can be loaded and unloaded, and failure on demand; and
+//! `POST /api/chat` streaming NDJSON chunks as Ollama does (a scripted reply, its timings, a
+//! load time for a cold model, an error line after HTTP 200 on demand).
 //! It counts the checks it serves, so tests can reason in check cycles rather than seconds.
 
 use std::net::SocketAddr;
@@ -9,9 +11,10 @@ use std::sync::{Arc, Mutex};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
@@ -40,10 +43,41 @@ impl FakeModel {
     }
 }
 
+/// What `/api/chat` answers.
+#[derive(Clone, Debug)]
+pub struct ChatScript {
+    /// The reply, one chunk per piece.
+    pub pieces: Vec<String>,
+    pub prompt_eval_count: u64,
+    /// Before the first chunk (after any load).
+    pub first_piece_after: std::time::Duration,
+    pub between_pieces: std::time::Duration,
+    /// How long loading a cold model takes (it is warm afterwards).
+    pub load_time: std::time::Duration,
+    /// Ends with `{"error": ...}` after this many pieces instead of the final chunk.
+    pub fail_after: Option<usize>,
+}
+
+impl Default for ChatScript {
+    fn default() -> ChatScript {
+        ChatScript {
+            pieces: vec!["Hello".into(), ", ".into(), "world".into()],
+            prompt_eval_count: 26,
+            first_piece_after: std::time::Duration::from_millis(5),
+            between_pieces: std::time::Duration::from_millis(2),
+            load_time: std::time::Duration::from_millis(50),
+            fail_after: None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     models: Vec<FakeModel>,
     failing: bool,
+    script: ChatScript,
+    /// Bodies of the chat requests received, oldest first.
+    chats: Vec<Value>,
 }
 
 #[derive(Clone, Default)]
@@ -51,6 +85,8 @@ struct Shared {
     inner: Arc<Mutex<Inner>>,
     /// `/api/ps` requests served (one per check of a prober).
     ps_requests: Arc<AtomicU64>,
+    /// Chat streams whose client went away before the end.
+    abandoned_chats: Arc<AtomicU64>,
 }
 
 pub struct OllamaDouble {
@@ -71,6 +107,7 @@ impl OllamaDouble {
             .route("/api/version", get(version))
             .route("/api/tags", get(tags))
             .route("/api/ps", get(ps))
+            .route("/api/chat", post(chat))
             .with_state(shared.clone());
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true); // As Ollama (Go) does.
@@ -104,6 +141,21 @@ impl OllamaDouble {
     /// How many `/api/ps` requests it has served: one per check.
     pub fn checks(&self) -> u64 {
         self.shared.ps_requests.load(Ordering::SeqCst)
+    }
+
+    /// What `/api/chat` answers from now on.
+    pub fn script(&self, script: ChatScript) {
+        self.shared.inner.lock().expect("lock").script = script;
+    }
+
+    /// The chat requests received, oldest first.
+    pub fn chats(&self) -> Vec<Value> {
+        self.shared.inner.lock().expect("lock").chats.clone()
+    }
+
+    /// Chat streams the client closed before their end (a cancel, a timeout).
+    pub fn abandoned_chats(&self) -> u64 {
+        self.shared.abandoned_chats.load(Ordering::SeqCst)
     }
 }
 
@@ -184,4 +236,107 @@ async fn ps(State(shared): State<Shared>) -> Response {
         })
         .collect();
     Json(json!({ "models": models })).into_response()
+}
+
+/// Counts a stream as abandoned unless it was read to its end.
+struct EndGuard {
+    finished: bool,
+    abandoned: Arc<AtomicU64>,
+}
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.abandoned.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn chat_chunk(model: &str, content: &str) -> Value {
+    json!({
+        "model": model,
+        "created_at": "2025-10-02T10:00:00.123456789Z",
+        "message": { "role": "assistant", "content": content },
+        "done": false,
+    })
+}
+
+async fn chat(State(shared): State<Shared>, Json(body): Json<Value>) -> Response {
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    let (script, cold) = {
+        let mut inner = shared.inner.lock().expect("lock");
+        inner.chats.push(body.clone());
+        if inner.failing {
+            return failure();
+        }
+        let script = inner.script.clone();
+        let Some(found) = inner.models.iter_mut().find(|m| m.name == model) else {
+            let error = json!({ "error": format!("model \"{model}\" not found, try pulling it first") });
+            return (StatusCode::NOT_FOUND, Json(error)).into_response();
+        };
+        let cold = found.loaded_vram.is_none();
+        (script, cold)
+    };
+    let shared_after = shared.clone();
+    let stream = async_stream(move |tx| async move {
+        let mut guard = EndGuard { finished: false, abandoned: shared_after.abandoned_chats.clone() };
+        let started = std::time::Instant::now();
+        let mut load = std::time::Duration::ZERO;
+        if cold {
+            tokio::time::sleep(script.load_time).await;
+            load = script.load_time;
+            let mut inner = shared_after.inner.lock().expect("lock");
+            if let Some(m) = inner.models.iter_mut().find(|m| m.name == model) {
+                m.loaded_vram = Some(m.size);
+            }
+        }
+        tokio::time::sleep(script.first_piece_after).await;
+        let generating = std::time::Instant::now();
+        for (n, piece) in script.pieces.iter().enumerate() {
+            if script.fail_after == Some(n) {
+                let error = json!({ "error": "an error was encountered while running the model: unexpected EOF" });
+                let _ = tx.send(format!("{error}\n")).await;
+                guard.finished = true;
+                return;
+            }
+            if n > 0 {
+                tokio::time::sleep(script.between_pieces).await;
+            }
+            if tx.send(format!("{}\n", chat_chunk(&model, piece))).await.is_err() {
+                return; // The client went away.
+            }
+        }
+        let last = json!({
+            "model": model,
+            "created_at": "2025-10-02T10:00:01.123456789Z",
+            "message": { "role": "assistant", "content": "" },
+            "done": true,
+            "done_reason": "stop",
+            "total_duration": started.elapsed().as_nanos() as u64,
+            "load_duration": load.as_nanos() as u64,
+            "prompt_eval_count": script.prompt_eval_count,
+            "prompt_eval_duration": 1_000_000u64,
+            "eval_count": script.pieces.len(),
+            "eval_duration": generating.elapsed().as_nanos() as u64,
+        });
+        if tx.send(format!("{last}\n")).await.is_ok() {
+            guard.finished = true;
+        }
+    });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(axum::body::Body::from_stream(stream))
+        .expect("a chat response builds")
+}
+
+/// A body stream fed by `produce` through a channel; a closed body (the client went away)
+/// makes the producer's sends fail.
+fn async_stream<F, Fut>(produce: F) -> impl futures_util::Stream<Item = Result<String, std::convert::Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<String>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(produce(tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok)
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod chat;
+
 pub use agentcom_types::fleet::{Endpoint, Model};
 
 /// What one check of an endpoint found.

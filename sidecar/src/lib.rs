@@ -217,9 +217,21 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// The runners this sidecar has.
-    fn runners(&self) -> runners::Runners {
-        runners::Runners::default().with(runners::ShellRunner { settings: self.settings.clone() })
+    /// The runners this sidecar has: shell, and LLM work when it has a provider (configured, or
+    /// a local Ollama that answers at start).
+    async fn runners(&self, config: &Config, latest: &reports::Latest) -> runners::Runners {
+        let shell = runners::Runners::default().with(runners::ShellRunner { settings: self.settings.clone() });
+        let mut settings = config.reports.clone();
+        if settings.ollama.is_empty() && settings.discover_ollama {
+            let found = agentcom_llm::probe_ollama(&agentcom_llm::client(), reports::DEFAULT_OLLAMA_URL).await;
+            if found.healthy {
+                settings.ollama.push(reports::DEFAULT_OLLAMA_URL.to_owned());
+            }
+        }
+        if !runners::llm::LlmRunner::configured(&settings) {
+            return shell;
+        }
+        shell.with(runners::llm::LlmRunner::new(settings, latest.models.clone()))
     }
 }
 
@@ -227,7 +239,13 @@ impl Prepared {
 pub async fn run_prepared(config: Config, prepared: Prepared, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let containment = prepared.settings.containment.clone();
     let summary = containment.summary().describe();
-    let result = link::Link::new(config, prepared.runners(), summary).run(shutdown).await;
+    // Reports run beside the link whether or not a session is open; the LLM runner reads the
+    // same inventory the hub is sent.
+    let stop_reports = tokio_util::sync::CancellationToken::new();
+    let latest = reports::start(&config.sidecar_id, config.reports.clone(), stop_reports.clone());
+    let runners = prepared.runners(&config, &latest).await;
+    let result = link::Link::new(config, runners, summary, latest).run(shutdown).await;
+    stop_reports.cancel();
     // A clean stop: running work was cancelled and reported, so the watchdog has nothing to do.
     containment.release_watchdog();
     result

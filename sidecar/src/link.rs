@@ -25,7 +25,7 @@ use agentcom_types::domain::{Outcome, SpecDefaults, Stream};
 use agentcom_types::wire;
 
 use crate::contain::TaskKey;
-use crate::reports::{self, Latest};
+use crate::reports::Latest;
 use crate::runners::{self, Assignment, Runners, Sink};
 use crate::{Config, Error, now_ms};
 
@@ -41,7 +41,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 enum JobEvent {
     Started { task_id: String, lease_generation: u64, pid: u32 },
     Output { task_id: String, lease_generation: u64, stream: Stream, offset: u64, data: Vec<u8> },
-    Finished { task_id: String, lease_generation: u64, outcome: Outcome },
+    Progress { task_id: String, lease_generation: u64, blocked: bool, message: String },
+    Finished { task_id: String, lease_generation: u64, outcome: Box<Outcome> },
 }
 
 struct JobSink {
@@ -67,6 +68,15 @@ impl Sink for JobSink {
             stream,
             offset,
             data: data.to_vec(),
+        });
+    }
+
+    fn progress(&self, blocked: bool, message: &str) {
+        let _ = self.events.try_send(JobEvent::Progress {
+            task_id: self.task_id.clone(),
+            lease_generation: self.lease_generation,
+            blocked,
+            message: message.to_owned(),
         });
     }
 }
@@ -108,7 +118,7 @@ enum SessionEnd {
 }
 
 impl Link {
-    pub(crate) fn new(config: Config, runners: Runners, containment: String) -> Link {
+    pub(crate) fn new(config: Config, runners: Runners, containment: String, latest: Latest) -> Link {
         let (events_tx, events_rx) = mpsc::channel(4096);
         Link {
             config,
@@ -121,14 +131,12 @@ impl Link {
             joined: false,
             offline_since: None,
             lease_ttl: None,
-            latest: None,
+            latest: Some(latest),
         }
     }
 
     pub(crate) async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let stop = CancellationToken::new();
-        let stop_reports = stop.child_token();
-        self.latest = Some(reports::start(&self.config.sidecar_id, self.config.reports.clone(), stop_reports));
         let stop_on_shutdown = stop.clone();
         let shutdown = async move {
             shutdown.await;
@@ -368,6 +376,18 @@ impl Link {
                 let _ = outbound.try_send(pb::SidecarMessage { msg: Some(message) });
                 return Ok(());
             }
+            JobEvent::Progress { task_id, lease_generation, blocked, message } => {
+                let progress = pb::TaskProgress {
+                    task_id,
+                    lease_generation,
+                    message,
+                    blocked,
+                    fraction: -1.0,
+                    ..Default::default()
+                };
+                let _ = outbound.try_send(pb::SidecarMessage { msg: Some(SideMsg::Progress(progress)) });
+                return Ok(());
+            }
             JobEvent::Finished { task_id, lease_generation, outcome } => {
                 if self.running.remove(&task_id).is_some_and(|job| job.abandoned) {
                     return Ok(());
@@ -435,7 +455,7 @@ impl Link {
         };
         tokio::spawn(async move {
             let outcome = running.await;
-            let _ = events.send(JobEvent::Finished { task_id, lease_generation, outcome }).await;
+            let _ = events.send(JobEvent::Finished { task_id, lease_generation, outcome: Box::new(outcome) }).await;
         });
     }
 }
@@ -479,8 +499,8 @@ fn assignment(assign: pb::Assign, default_max_output_bytes: usize) -> Result<Ass
     })
 }
 
-fn finished_message(task_id: String, lease_generation: u64, outcome: Outcome) -> pb::SidecarMessage {
-    let outcome = Some(wire::outcome_into_pb(outcome));
+fn finished_message(task_id: String, lease_generation: u64, outcome: Box<Outcome>) -> pb::SidecarMessage {
+    let outcome = Some(wire::outcome_into_pb(*outcome));
     pb::SidecarMessage { msg: Some(SideMsg::Finished(pb::TaskFinished { task_id, lease_generation, outcome })) }
 }
 

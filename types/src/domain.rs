@@ -268,12 +268,90 @@ pub struct ShellWork {
     pub secret_env: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LlmWork {
+    /// A single user turn; with `messages`, it comes after them.
     pub prompt: String,
     pub system: String,
+    /// The conversation so far, oldest first.
+    pub messages: Vec<ChatMessage>,
+    /// Empty: the scheduler or the sidecar picks one.
     pub model: String,
+    /// 0: the provider's default.
     pub max_tokens: u32,
+    /// 0 to 2.
+    pub temperature: Option<f32>,
+    pub stop: Vec<String>,
+    /// Ask the model for one JSON object.
+    pub json: bool,
+    /// Ollama: how long the model stays loaded afterwards (`"10m"`, `"-1"` for ever).
+    pub keep_alive: Option<String>,
+}
+
+impl LlmWork {
+    /// A plain prompt with every other field at its default.
+    pub fn prompt(prompt: impl Into<String>) -> LlmWork {
+        LlmWork {
+            prompt: prompt.into(),
+            system: String::new(),
+            messages: Vec::new(),
+            model: String::new(),
+            max_tokens: 0,
+            temperature: None,
+            stop: Vec::new(),
+            json: false,
+            keep_alive: None,
+        }
+    }
+
+    /// The turns to send: `messages`, then `prompt` as a user turn if there is one.
+    pub fn turns(&self) -> Vec<ChatMessage> {
+        let mut turns = self.messages.clone();
+        if !self.prompt.is_empty() {
+            turns.push(ChatMessage { role: ChatRole::User, content: self.prompt.clone() });
+        }
+        turns
+    }
+}
+
+/// Who said a turn of a conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChatRole {
+    User,
+    Assistant,
+}
+
+impl Numbered for ChatRole {
+    const ALL: &'static [ChatRole] = &[ChatRole::User, ChatRole::Assistant];
+}
+
+impl ChatRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatRole::User => "user",
+            ChatRole::Assistant => "assistant",
+        }
+    }
+}
+
+impl FromStr for ChatRole {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<ChatRole, Error> {
+        match s {
+            "user" => Ok(ChatRole::User),
+            "assistant" => Ok(ChatRole::Assistant),
+            _ => Err(Error::invalid(
+                "work.llm.messages.role",
+                format!("{s:?} is not user or assistant (the system prompt goes in system)"),
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub role: ChatRole,
+    pub content: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -283,7 +361,7 @@ pub struct AgentWork {
     pub branch: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Work {
     Shell(ShellWork),
     Llm(LlmWork),
@@ -361,7 +439,7 @@ pub struct Placement {
     pub model: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TaskSpec {
     pub name: String,
     pub idempotency_key: Option<String>,
@@ -486,12 +564,37 @@ impl TaskSpec {
                 }
             }
             Work::Llm(llm) => {
-                if llm.prompt.is_empty() {
-                    return Err(Error::invalid("work.llm.prompt", "must not be empty"));
+                if llm.prompt.is_empty() && llm.messages.is_empty() {
+                    return Err(Error::invalid("work.llm.prompt", "must not be empty (or give messages)"));
                 }
                 check_len("work.llm.prompt", &llm.prompt, MAX_PROMPT_BYTES)?;
                 check_len("work.llm.system", &llm.system, MAX_PROMPT_BYTES)?;
                 check_len("work.llm.model", &llm.model, MAX_NAME_BYTES)?;
+                if llm.messages.len() > MAX_LIST_ITEMS {
+                    return Err(Error::invalid(
+                        "work.llm.messages",
+                        format!("at most {MAX_LIST_ITEMS} messages allowed"),
+                    ));
+                }
+                let bytes: usize = llm.messages.iter().map(|m| m.content.len()).sum::<usize>() + llm.prompt.len();
+                if bytes > MAX_PROMPT_BYTES {
+                    return Err(Error::invalid(
+                        "work.llm.messages",
+                        format!("are {bytes} bytes with the prompt, at most {MAX_PROMPT_BYTES} allowed"),
+                    ));
+                }
+                if let Some(t) = llm.temperature
+                    && !(0.0..=2.0).contains(&t)
+                {
+                    return Err(Error::invalid("work.llm.temperature", "must be between 0 and 2"));
+                }
+                if llm.stop.len() > 16 {
+                    return Err(Error::invalid("work.llm.stop", "at most 16 stop sequences allowed"));
+                }
+                llm.stop.iter().try_for_each(|stop| check_len("work.llm.stop", stop, MAX_NAME_BYTES))?;
+                if let Some(keep_alive) = &llm.keep_alive {
+                    check_len("work.llm.keep_alive", keep_alive, 32)?;
+                }
             }
             Work::Agent(agent) => {
                 if agent.goal.is_empty() {
@@ -625,7 +728,7 @@ pub enum Exit {
     Unknown,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Outcome {
     pub exit: Exit,
     pub duration_ms: u64,
@@ -635,6 +738,29 @@ pub struct Outcome {
     pub stderr_total_bytes: u64,
     pub timed_out: bool,
     pub error: Option<String>,
+    /// What LLM work used; `None` for shell work.
+    pub usage: Option<Usage>,
+}
+
+/// What one LLM attempt used and how fast it ran, measured at the sidecar; the hub prices it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Usage {
+    /// `ollama`, `anthropic` or `openai`.
+    pub provider: String,
+    pub endpoint_id: String,
+    /// The model that answered.
+    pub model: String,
+    /// Input tokens, those read from the provider's cache excluded.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_input_tokens: u64,
+    /// From the request to the first token.
+    pub ttft_ms: Option<u64>,
+    pub output_tokens_per_s: Option<f64>,
+    /// Loading the model first (Ollama's `load_duration`).
+    pub load_ms: Option<u64>,
+    /// What the attempt cost in millionths of a dollar, from the hub's price table.
+    pub cost_micros: Option<u64>,
 }
 
 impl Outcome {
@@ -807,17 +933,32 @@ mod tests {
         let mut spec = shell(&["echo"]);
         secret(&["API_TOKEN", "_X1"], &["OTHER"])(&mut spec);
         spec.validate().unwrap();
+        check(&|s| s.work = Work::Llm(LlmWork::prompt("")), "work.llm.prompt");
+        let llm = |change: fn(&mut LlmWork)| {
+            move |s: &mut TaskSpec| {
+                let mut work = LlmWork::prompt("hi");
+                change(&mut work);
+                s.work = Work::Llm(work);
+            }
+        };
+        check(&llm(|w| w.temperature = Some(2.5)), "work.llm.temperature");
+        check(&llm(|w| w.temperature = Some(f32::NAN)), "work.llm.temperature");
+        check(&llm(|w| w.stop = vec!["x".into(); 17]), "work.llm.stop");
+        check(&llm(|w| w.keep_alive = Some("x".repeat(33))), "work.llm.keep_alive");
         check(
-            &|s| {
-                s.work = Work::Llm(LlmWork {
-                    prompt: String::new(),
-                    system: String::new(),
-                    model: String::new(),
-                    max_tokens: 0,
-                })
-            },
-            "work.llm.prompt",
+            &llm(|w| {
+                w.messages = vec![ChatMessage { role: ChatRole::User, content: "x".repeat(limits::MAX_PROMPT_BYTES) }]
+            }),
+            "work.llm.messages",
         );
+        // Messages alone are a conversation to continue: no prompt needed.
+        let mut spec = shell(&["echo"]);
+        llm(|w| {
+            w.prompt.clear();
+            w.messages = vec![ChatMessage { role: ChatRole::User, content: "hi".into() }];
+        })(&mut spec);
+        spec.validate().unwrap();
+        assert_eq!("system".parse::<ChatRole>().unwrap_err().field, "work.llm.messages.role");
     }
 
     #[test]

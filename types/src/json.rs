@@ -42,13 +42,33 @@ struct ShellBody {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LlmBody {
+    #[serde(default)]
     prompt: String,
     #[serde(default)]
     system: String,
     #[serde(default)]
+    messages: Vec<MessageBody>,
+    #[serde(default)]
     model: String,
     #[serde(default)]
     max_tokens: u32,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    stop: Vec<String>,
+    /// `"json"` asks for one JSON object.
+    #[serde(default)]
+    format: Option<String>,
+    /// `"10m"`, or seconds (negative: for ever), as Ollama takes it.
+    #[serde(default)]
+    keep_alive: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageBody {
+    role: String,
+    content: String,
 }
 
 #[derive(Deserialize)]
@@ -195,12 +215,36 @@ impl TryFrom<SubmitBody> for pb::TaskSpec {
                 env: shell.env,
                 secret_env: shell.secret_env,
             }),
-            (None, Some(llm), None) => pb::work::Kind::Llm(pb::LlmWork {
-                prompt: llm.prompt,
-                system: llm.system,
-                model: llm.model,
-                max_tokens: llm.max_tokens,
-            }),
+            (None, Some(llm), None) => {
+                let json = match llm.format.as_deref() {
+                    None => false,
+                    Some("json") => true,
+                    Some(other) => return Err(Error(format!("invalid work.llm.format: {other:?} is not \"json\""))),
+                };
+                let keep_alive = match llm.keep_alive {
+                    None => String::new(),
+                    Some(serde_json::Value::String(text)) => text,
+                    Some(serde_json::Value::Number(seconds)) => seconds.to_string(),
+                    Some(_) => {
+                        return Err(Error("invalid work.llm.keep_alive: give \"10m\" or a number of seconds".into()));
+                    }
+                };
+                pb::work::Kind::Llm(pb::LlmWork {
+                    prompt: llm.prompt,
+                    system: llm.system,
+                    model: llm.model,
+                    max_tokens: llm.max_tokens,
+                    messages: llm
+                        .messages
+                        .into_iter()
+                        .map(|m| pb::ChatMessage { role: m.role, content: m.content })
+                        .collect(),
+                    temperature: llm.temperature,
+                    stop: llm.stop,
+                    json,
+                    keep_alive,
+                })
+            }
             (None, None, Some(agent)) => pb::work::Kind::Agent(pb::AgentWork {
                 goal: agent.goal,
                 repository: agent.repository,

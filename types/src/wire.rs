@@ -34,6 +34,15 @@ pub fn state_from_pb(value: i32) -> Result<Option<TaskState>, Error> {
     }
 }
 
+/// At most 256 bytes, cut at a character boundary.
+fn clip(mut text: String) -> String {
+    if text.len() > 256 {
+        let end = (0..=256).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        text.truncate(end);
+    }
+    text
+}
+
 fn opt_nonzero(value: u64) -> Option<u64> {
     (value != 0).then_some(value)
 }
@@ -72,7 +81,22 @@ fn spec_from_pb_unchecked(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result
             })
         }
         Some(pb::work::Kind::Llm(llm)) => {
-            Work::Llm(LlmWork { prompt: llm.prompt, system: llm.system, model: llm.model, max_tokens: llm.max_tokens })
+            let messages = llm
+                .messages
+                .into_iter()
+                .map(|m| Ok(ChatMessage { role: m.role.parse()?, content: m.content }))
+                .collect::<Result<_, Error>>()?;
+            Work::Llm(LlmWork {
+                prompt: llm.prompt,
+                system: llm.system,
+                messages,
+                model: llm.model,
+                max_tokens: llm.max_tokens,
+                temperature: llm.temperature,
+                stop: llm.stop,
+                json: llm.json,
+                keep_alive: nonempty(llm.keep_alive),
+            })
         }
         Some(pb::work::Kind::Agent(agent)) => {
             Work::Agent(AgentWork { goal: agent.goal, repository: agent.repository, branch: agent.branch })
@@ -161,6 +185,15 @@ pub fn spec_into_pb(spec: TaskSpec) -> pb::TaskSpec {
             system: llm.system,
             model: llm.model,
             max_tokens: llm.max_tokens,
+            messages: llm
+                .messages
+                .into_iter()
+                .map(|m| pb::ChatMessage { role: m.role.as_str().to_owned(), content: m.content })
+                .collect(),
+            temperature: llm.temperature,
+            stop: llm.stop,
+            json: llm.json,
+            keep_alive: llm.keep_alive.unwrap_or_default(),
         }),
         Work::Agent(agent) => pb::work::Kind::Agent(pb::AgentWork {
             goal: agent.goal,
@@ -240,6 +273,19 @@ pub fn outcome_from_pb(outcome: pb::TaskOutcome) -> Outcome {
         stderr_total_bytes: outcome.stderr_total_bytes,
         timed_out: outcome.timed_out,
         error: nonempty(outcome.error),
+        // From a sidecar: names are clipped rather than trusted.
+        usage: outcome.usage.map(|u| Usage {
+            provider: clip(u.provider),
+            endpoint_id: clip(u.endpoint_id),
+            model: clip(u.model),
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cached_input_tokens: u.cached_input_tokens,
+            ttft_ms: u.ttft_ms,
+            output_tokens_per_s: u.output_tokens_per_s.filter(|r| r.is_finite() && *r >= 0.0),
+            load_ms: u.load_ms,
+            cost_micros: u.cost_micros,
+        }),
     }
 }
 
@@ -262,6 +308,18 @@ pub fn outcome_into_pb(outcome: Outcome) -> pb::TaskOutcome {
         stderr_total_bytes: outcome.stderr_total_bytes,
         timed_out: outcome.timed_out,
         error: outcome.error.unwrap_or_default(),
+        usage: outcome.usage.map(|u| pb::Usage {
+            provider: u.provider,
+            endpoint_id: u.endpoint_id,
+            model: u.model,
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cached_input_tokens: u.cached_input_tokens,
+            ttft_ms: u.ttft_ms,
+            output_tokens_per_s: u.output_tokens_per_s,
+            load_ms: u.load_ms,
+            cost_micros: u.cost_micros,
+        }),
     }
 }
 
@@ -607,6 +665,7 @@ mod tests {
             stderr_total_bytes: 2,
             timed_out: false,
             error: None,
+            usage: None,
         });
         assert_eq!(task_from_pb(task_to_pb(&task)), Ok(task));
     }

@@ -346,9 +346,9 @@ fn message_from_pb(sidecar_id: &str, message: pb::sidecar_message::Msg) -> Resul
         Msg::Finished(finished) => FromSidecar::Finished {
             task_id: parse_id(&finished.task_id)?,
             lease_generation: finished.lease_generation,
-            outcome: convert::outcome_from_pb(
+            outcome: Box::new(convert::outcome_from_pb(
                 finished.outcome.ok_or_else(|| Status::invalid_argument("invalid finished: outcome is required"))?,
-            ),
+            )),
         },
         Msg::Progress(progress) => FromSidecar::Progress {
             task_id: parse_id(&progress.task_id)?,

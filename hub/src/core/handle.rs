@@ -145,7 +145,7 @@ pub enum FromSidecar {
     Finished {
         task_id: TaskId,
         lease_generation: u64,
-        outcome: Outcome,
+        outcome: Box<Outcome>,
     },
     /// Progress renews the lease and counts as activity; `blocked` moves the agent.
     Progress {

@@ -76,7 +76,7 @@ impl State {
                     && outcome.error.is_none()
                     && !outcome.timed_out;
                 let (state, reason) = judge(&outcome);
-                task.outcome = Some(outcome);
+                task.outcome = Some(*outcome);
                 if task.state == TaskState::Cancelled {
                     // The user's cancel stands; the outcome is the killed process's.
                 } else if state == TaskState::Failed && retryable {

@@ -103,8 +103,9 @@ impl Harness {
             stderr_total_bytes: 0,
             timed_out: false,
             error: None,
+            usage: None,
         };
-        self.report(sidecar_id, FromSidecar::Finished { task_id, lease_generation, outcome });
+        self.report(sidecar_id, FromSidecar::Finished { task_id, lease_generation, outcome: Box::new(outcome) });
     }
 
     fn tick_at(&mut self, at: UnixMs) {

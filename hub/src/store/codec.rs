@@ -62,6 +62,15 @@ fn work_into(work: Work) -> pb::spec::Work {
             system: llm.system,
             model: llm.model,
             max_tokens: llm.max_tokens,
+            messages: llm
+                .messages
+                .into_iter()
+                .map(|m| pb::Turn { role: m.role.number(), content: m.content })
+                .collect(),
+            temperature: llm.temperature,
+            stop: llm.stop,
+            json: llm.json,
+            keep_alive: llm.keep_alive,
         }),
         Work::Agent(agent) => {
             pb::spec::Work::Agent(pb::Agent { goal: agent.goal, repository: agent.repository, branch: agent.branch })
@@ -80,9 +89,21 @@ fn work_from(work: Option<pb::spec::Work>) -> Result<Work, String> {
             env: shell.env,
             secret_env: shell.secret_env,
         }),
-        pb::spec::Work::Llm(llm) => {
-            Work::Llm(LlmWork { prompt: llm.prompt, system: llm.system, model: llm.model, max_tokens: llm.max_tokens })
-        }
+        pb::spec::Work::Llm(llm) => Work::Llm(LlmWork {
+            prompt: llm.prompt,
+            system: llm.system,
+            messages: llm
+                .messages
+                .into_iter()
+                .map(|m| Ok(ChatMessage { role: known("role", m.role)?, content: m.content }))
+                .collect::<Result<_, String>>()?,
+            model: llm.model,
+            max_tokens: llm.max_tokens,
+            temperature: llm.temperature,
+            stop: llm.stop,
+            json: llm.json,
+            keep_alive: llm.keep_alive,
+        }),
         pb::spec::Work::Agent(agent) => {
             Work::Agent(AgentWork { goal: agent.goal, repository: agent.repository, branch: agent.branch })
         }
@@ -207,6 +228,18 @@ fn outcome_into(outcome: Outcome) -> pb::Outcome {
         stderr_total_bytes: outcome.stderr_total_bytes,
         timed_out: outcome.timed_out,
         error: outcome.error,
+        usage: outcome.usage.map(|u| pb::Usage {
+            provider: u.provider,
+            endpoint_id: u.endpoint_id,
+            model: u.model,
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cached_input_tokens: u.cached_input_tokens,
+            ttft_ms: u.ttft_ms,
+            output_tokens_per_s: u.output_tokens_per_s,
+            load_ms: u.load_ms,
+            cost_micros: u.cost_micros,
+        }),
     }
 }
 
@@ -224,6 +257,18 @@ fn outcome_from(outcome: pb::Outcome) -> Outcome {
         stderr_total_bytes: outcome.stderr_total_bytes,
         timed_out: outcome.timed_out,
         error: outcome.error,
+        usage: outcome.usage.map(|u| Usage {
+            provider: u.provider,
+            endpoint_id: u.endpoint_id,
+            model: u.model,
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cached_input_tokens: u.cached_input_tokens,
+            ttft_ms: u.ttft_ms,
+            output_tokens_per_s: u.output_tokens_per_s,
+            load_ms: u.load_ms,
+            cost_micros: u.cost_micros,
+        }),
     }
 }
 
@@ -574,6 +619,7 @@ mod tests {
             stderr_total_bytes: 2,
             timed_out: true,
             error: Some("boom".into()),
+            usage: None,
         });
         task
     }
@@ -591,8 +637,34 @@ mod tests {
         let task = full_task();
         assert_eq!(decode_task(&encode_task(task.clone())), Ok(task));
         let mut llm = full_task();
-        llm.spec.work = Work::Llm(LlmWork { prompt: "p".into(), system: "s".into(), model: "m".into(), max_tokens: 9 });
-        llm.outcome = None;
+        llm.spec.work = Work::Llm(LlmWork {
+            system: "s".into(),
+            messages: vec![
+                ChatMessage { role: ChatRole::User, content: "hi".into() },
+                ChatMessage { role: ChatRole::Assistant, content: "hello".into() },
+            ],
+            model: "m".into(),
+            max_tokens: 9,
+            temperature: Some(0.25),
+            stop: vec!["END".into()],
+            json: true,
+            keep_alive: Some("10m".into()),
+            ..LlmWork::prompt("p")
+        });
+        if let Some(outcome) = &mut llm.outcome {
+            outcome.usage = Some(Usage {
+                provider: "ollama".into(),
+                endpoint_id: "ep-1".into(),
+                model: "m".into(),
+                input_tokens: 26,
+                output_tokens: 9,
+                cached_input_tokens: 1,
+                ttft_ms: Some(40),
+                output_tokens_per_s: Some(88.5),
+                load_ms: Some(900),
+                cost_micros: Some(0),
+            });
+        }
         llm.spec.idempotency_key = None;
         assert_eq!(decode_task(&encode_task(llm.clone())), Ok(llm));
     }

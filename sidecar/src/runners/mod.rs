@@ -1,9 +1,11 @@
 //! What the sidecar can run, behind one trait: a [`Runner`] takes an [`Assignment`] (domain
 //! types, never protobuf) and runs it to an [`Outcome`], reporting on the way through a [`Sink`].
 //!
-//! `shell` is the first runner; the LLM and agent runners are the next ones. The link picks the
+//! `shell` runs processes, `llm` streams a chat from this sidecar's LLM endpoints; the agent
+//! runner is the next one. The link picks the
 //! runner by the work's capability and advertises the capabilities of the runners it has.
 
+pub mod llm;
 pub mod shell;
 
 use std::future::Future;
@@ -30,6 +32,8 @@ pub struct Assignment {
 pub trait Sink: Send + Sync + 'static {
     fn started(&self, pid: u32);
     fn output(&self, stream: Stream, offset: u64, data: &[u8]);
+    /// The work waits (`blocked`: on a model load, a rate limit) or goes on, and why.
+    fn progress(&self, _blocked: bool, _message: &str) {}
 }
 
 /// A future a runner returns.
@@ -39,6 +43,11 @@ pub type Running = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
 pub trait Runner: Send + Sync + 'static {
     /// The capability it gives, as work names it (`shell`, `llm`, `agent`).
     fn capability(&self) -> &'static str;
+
+    /// What the hello says this runner gives: its capability, and for LLM work the providers.
+    fn advertises(&self) -> Vec<String> {
+        vec![self.capability().to_owned()]
+    }
 
     /// Runs one attempt to its end. It never fails as such: what went wrong is in the outcome.
     /// `cancel` ends the work early (every process of it, for shell work).
@@ -59,7 +68,7 @@ impl Runners {
 
     /// What this sidecar says it can run.
     pub fn capabilities(&self) -> Vec<String> {
-        self.runners.iter().map(|r| r.capability().to_owned()).collect()
+        self.runners.iter().flat_map(|r| r.advertises()).collect()
     }
 
     /// Runs `assignment` on the runner for its work, or fails it at once if there is none.
@@ -68,7 +77,8 @@ impl Runners {
         match self.runners.iter().find(|r| r.capability() == needed) {
             Some(runner) => runner.run(assignment, sink, cancel),
             None => {
-                let have = self.capabilities().join(", ");
+                let have: Vec<&str> = self.runners.iter().map(|r| r.capability()).collect();
+                let have = have.join(", ");
                 let error = format!("this sidecar cannot run {needed} work (it runs: {have})");
                 Box::pin(async move { failed_to_start(error) })
             }
@@ -87,6 +97,7 @@ pub fn failed_to_start(error: String) -> Outcome {
         stderr_total_bytes: 0,
         timed_out: false,
         error: Some(error),
+        usage: None,
     }
 }
 

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::agent::Transition;
 use crate::core::QueueStats;
 use crate::domain::{
-    Exit, Limits, Outcome, Placement, RetryPolicy, ShellCommand, Task, TaskContext, TaskSpec, Verification, Work,
+    Exit, Limits, Outcome, Placement, RetryPolicy, ShellCommand, Task, TaskContext, TaskSpec, Usage, Verification, Work,
 };
 use crate::fleet::{AgentDetail, AgentView, Cordon, Endpoint, HostView, Model, Owner, Resources, Sample};
 
@@ -125,8 +125,17 @@ impl From<&Work> for WorkDto {
             Work::Llm(llm) => WorkDto::Llm(LlmDto {
                 prompt: llm.prompt.clone(),
                 system: llm.system.clone(),
+                messages: llm
+                    .messages
+                    .iter()
+                    .map(|m| MessageDto { role: m.role.as_str(), content: m.content.clone() })
+                    .collect(),
                 model: llm.model.clone(),
                 max_tokens: llm.max_tokens,
+                temperature: llm.temperature,
+                stop: llm.stop.clone(),
+                format: llm.json.then_some("json"),
+                keep_alive: llm.keep_alive.clone(),
             }),
             Work::Agent(agent) => WorkDto::Agent(AgentWorkDto {
                 goal: agent.goal.clone(),
@@ -161,9 +170,25 @@ pub struct LlmDto {
     pub prompt: String,
     #[serde(skip_serializing_if = "is_empty_string")]
     pub system: String,
+    #[serde(skip_serializing_if = "skip_empty")]
+    pub messages: Vec<MessageDto>,
     #[serde(skip_serializing_if = "is_empty_string")]
     pub model: String,
     pub max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(skip_serializing_if = "skip_empty")]
+    pub stop: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<String>,
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct MessageDto {
+    pub role: &'static str,
+    pub content: String,
 }
 
 #[derive(Serialize, Debug, PartialEq)]
@@ -292,6 +317,40 @@ pub struct OutcomeDto {
     pub timed_out: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// LLM work only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageDto>,
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct UsageDto {
+    pub provider: String,
+    pub endpoint_id: String,
+    pub model: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub ttft_ms: Option<u64>,
+    pub output_tokens_per_s: Option<f64>,
+    pub load_ms: Option<u64>,
+    pub cost_micros: Option<u64>,
+}
+
+impl From<&Usage> for UsageDto {
+    fn from(u: &Usage) -> UsageDto {
+        UsageDto {
+            provider: u.provider.clone(),
+            endpoint_id: u.endpoint_id.clone(),
+            model: u.model.clone(),
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cached_input_tokens: u.cached_input_tokens,
+            ttft_ms: u.ttft_ms,
+            output_tokens_per_s: u.output_tokens_per_s,
+            load_ms: u.load_ms,
+            cost_micros: u.cost_micros,
+        }
+    }
 }
 
 impl From<&Outcome> for OutcomeDto {
@@ -309,6 +368,7 @@ impl From<&Outcome> for OutcomeDto {
             stderr_total_bytes: outcome.stderr_total_bytes,
             timed_out: outcome.timed_out,
             error: outcome.error.clone(),
+            usage: outcome.usage.as_ref().map(UsageDto::from),
         }
     }
 }
@@ -755,8 +815,37 @@ mod tests {
             stderr_total_bytes: 0,
             timed_out: false,
             error: Some("only when the work could not run".into()),
+            usage: Some(Usage {
+                provider: "ollama".into(),
+                endpoint_id: "ep-7b3b6fba1efa".into(),
+                model: "llama3.2:3b".into(),
+                input_tokens: 26,
+                output_tokens: 2,
+                cached_input_tokens: 0,
+                ttft_ms: Some(41),
+                output_tokens_per_s: Some(20.0),
+                load_ms: Some(900),
+                cost_micros: Some(0),
+            }),
         });
         task
+    }
+
+    #[test]
+    fn the_llm_work_shape_is_documented() {
+        use crate::domain::{ChatMessage, ChatRole, LlmWork};
+        let work = Work::Llm(LlmWork {
+            system: "be brief".into(),
+            messages: vec![ChatMessage { role: ChatRole::User, content: "hi".into() }],
+            model: "llama3.2:3b".into(),
+            max_tokens: 256,
+            temperature: Some(0.2),
+            stop: vec!["\n\n".into()],
+            json: true,
+            keep_alive: Some("10m".into()),
+            ..LlmWork::prompt("Summarize the log")
+        });
+        check("llm", WorkDto::from(&work));
     }
 
     #[test]

@@ -1,0 +1,115 @@
+//! LLM work end to end: a sidecar in front of an Ollama protocol double, the reply streamed to
+//! the hub and recorded with its usage, an error after HTTP 200, a cold load, and a cancel that
+//! closes the upstream request.
+
+use std::time::Duration;
+
+use agentcom_integration::ollama::{ChatScript, FakeModel, OllamaDouble};
+use agentcom_integration::{TestMesh, assert_eventually};
+use agentcom_sidecar::reports::Settings;
+use serde_json::{Value, json};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+const MODEL: &str = "llama3.2:3b";
+
+async fn mesh_with_ollama(double: &OllamaDouble) -> agentcom_integration::RunningMesh {
+    let mut mesh = TestMesh::new().sidecars(0).start().await;
+    let reports = Settings {
+        llm_check_every: Duration::from_millis(200),
+        ollama: vec![double.url.clone()],
+        discover_ollama: false,
+        ..Settings::default()
+    };
+    mesh.add_sidecar_reporting(2, reports);
+    assert_eventually!(mesh.api.agents().await.len() == 2, PATIENCE, "the sidecar joined");
+    mesh
+}
+
+fn llm(prompt: &str) -> Value {
+    json!({ "llm": { "prompt": prompt, "model": MODEL, "max_tokens": 64 } })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_llm_task_streams_from_ollama_and_records_its_usage() {
+    let double = OllamaDouble::start(vec![FakeModel::new(MODEL, 2_019_393_189, "llama", "3.2B")]).await;
+    let script = ChatScript { load_time: Duration::from_millis(300), ..ChatScript::default() };
+    double.script(script);
+    let mesh = mesh_with_ollama(&double).await;
+    let agents = mesh.api.agents().await;
+    assert!(agents[0]["capabilities"].as_array().unwrap().contains(&json!("llm")), "{agents:?}");
+
+    let task = mesh.api.submit(llm("say hello")).await;
+    let id = task["id"].as_str().unwrap();
+    let done = mesh.api.wait_final(id, PATIENCE).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let outcome = &done["outcome"];
+    assert_eq!(outcome["stdout"], "Hello, world");
+    let usage = &outcome["usage"];
+    assert_eq!((usage["provider"].as_str(), usage["model"].as_str()), (Some("ollama"), Some(MODEL)), "{usage}");
+    assert_eq!((usage["input_tokens"].as_u64(), usage["output_tokens"].as_u64()), (Some(26), Some(3)));
+    assert!(usage["endpoint_id"].as_str().unwrap().starts_with("ep-"), "{usage}");
+    assert!(usage["load_ms"].as_u64().unwrap() >= 300, "the cold load: {usage}");
+    assert!(usage["ttft_ms"].as_u64().unwrap() >= 300, "the first token comes after the load: {usage}");
+    assert!(usage["output_tokens_per_s"].as_f64().unwrap() > 0.0, "{usage}");
+
+    // The double got the chat as Ollama takes it.
+    let chat = &double.chats()[0];
+    assert_eq!(chat["messages"], json!([{ "role": "user", "content": "say hello" }]));
+    assert_eq!((chat["stream"].as_bool(), chat["options"]["num_predict"].as_u64()), (Some(true), Some(64)));
+
+    // While the model loaded, the agent was blocked, and working again at the first token.
+    let agent_id = done["agent_id"].as_str().unwrap().replace('/', "%2F");
+    let (_, agent) = mesh.api.request(reqwest::Method::GET, &format!("/api/v1/agents/{agent_id}"), None).await;
+    let history: Vec<(String, String)> = agent["agent"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["to"].as_str().unwrap().to_owned(), t["cause"].as_str().unwrap().to_owned()))
+        .collect();
+    let blocked = history.iter().position(|(to, cause)| to == "blocked" && cause.contains("loading llama3.2:3b"));
+    let working = history.iter().rposition(|(to, _)| to == "working");
+    assert!(blocked.is_some() && working > blocked, "{history:?}");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_after_http_200_fails_the_task_and_keeps_the_partial_reply() {
+    let double = OllamaDouble::start(vec![FakeModel::new(MODEL, 1, "llama", "3.2B")]).await;
+    double.load(MODEL, 1);
+    double.script(ChatScript { fail_after: Some(2), ..ChatScript::default() });
+    let mesh = mesh_with_ollama(&double).await;
+    let task = mesh.api.submit(llm("say hello")).await;
+    let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(done["state_reason"].as_str().unwrap().contains("unexpected EOF"), "{done}");
+    assert_eq!(done["outcome"]["stdout"], "Hello, ");
+
+    // A model the endpoint does not have fails at once, saying where it looked.
+    let task = mesh.api.submit(json!({ "llm": { "prompt": "x", "model": "nope:1b" } })).await;
+    let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(done["state_reason"].as_str().unwrap().contains("model nope:1b is on none"), "{done}");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_an_llm_task_closes_the_upstream_request() {
+    let double = OllamaDouble::start(vec![FakeModel::new(MODEL, 1, "llama", "3.2B")]).await;
+    double.load(MODEL, 1);
+    let slow = ChatScript {
+        pieces: (0..100).map(|n| format!("t{n} ")).collect(),
+        between_pieces: Duration::from_millis(100),
+        ..ChatScript::default()
+    };
+    double.script(slow);
+    let mesh = mesh_with_ollama(&double).await;
+    let task = mesh.api.submit(llm("count")).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    assert_eventually!(mesh.api.get(&id).await["state"] == "running", PATIENCE, "the chat started");
+    let (status, _) = mesh.api.request(reqwest::Method::DELETE, &format!("/api/v1/tasks/{id}"), None).await;
+    assert_eq!(status, 200);
+    assert_eventually!(double.abandoned_chats() == 1, PATIENCE, "the double saw the connection close");
+    let done = mesh.api.wait_final(&id, PATIENCE).await;
+    assert_eq!(done["state"], "cancelled", "{done}");
+    mesh.stop().await;
+}

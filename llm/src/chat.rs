@@ -1,0 +1,896 @@
+//! Streaming chat against the three kinds of provider: Ollama's `/api/chat` (NDJSON), the
+//! Anthropic Messages API (SSE) and OpenAI-compatible chat completions (SSE).
+//!
+//! Each provider has a pure, incremental parser ([`OllamaStream`], [`AnthropicStream`],
+//! [`OpenAiStream`]) that takes the response body in whatever pieces the network delivers and
+//! yields [`Delta`]s; [`stream`] drives one request through it. The parsers are tested with the
+//! exact bytes the servers send (`../shared/REFERENCE.md`), including an error after HTTP 200.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Which API an endpoint speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provider {
+    Ollama,
+    Anthropic,
+    OpenAi,
+}
+
+impl Provider {
+    /// The name in usage records and OpenTelemetry's `gen_ai.provider.name`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Ollama => "ollama",
+            Provider::Anthropic => "anthropic",
+            Provider::OpenAi => "openai",
+        }
+    }
+}
+
+/// The Anthropic API version requests pin (it accepts `temperature`).
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    /// `user`, `assistant` (or `system` for providers that take it in the list).
+    pub role: String,
+    pub content: String,
+}
+
+/// One chat completion to run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub model: String,
+    pub system: String,
+    pub messages: Vec<Message>,
+    /// 0: the provider's default (Anthropic requires one: 1,024 is sent).
+    pub max_tokens: u32,
+    pub temperature: Option<f32>,
+    pub stop: Vec<String>,
+    /// Ask for a JSON object.
+    pub json: bool,
+    /// Ollama only: how long the model stays loaded (`"10m"`, `"-1"`).
+    pub keep_alive: Option<String>,
+}
+
+/// The default `max_tokens` sent to Anthropic, which requires one.
+pub const ANTHROPIC_DEFAULT_MAX_TOKENS: u32 = 1024;
+
+impl Request {
+    /// The request body for `provider`, streaming.
+    pub fn body(&self, provider: Provider) -> Value {
+        let mut messages: Vec<Value> = Vec::new();
+        if provider != Provider::Anthropic && !self.system.is_empty() {
+            messages.push(json!({ "role": "system", "content": self.system }));
+        }
+        messages.extend(self.messages.iter().map(|m| json!({ "role": m.role, "content": m.content })));
+        match provider {
+            Provider::Ollama => {
+                let mut options = serde_json::Map::new();
+                if self.max_tokens > 0 {
+                    options.insert("num_predict".into(), json!(self.max_tokens));
+                }
+                if let Some(t) = self.temperature {
+                    options.insert("temperature".into(), json!(t));
+                }
+                if !self.stop.is_empty() {
+                    options.insert("stop".into(), json!(self.stop));
+                }
+                let mut body = json!({ "model": self.model, "messages": messages, "stream": true, "options": options });
+                if self.json {
+                    body["format"] = json!("json");
+                }
+                if let Some(keep_alive) = &self.keep_alive {
+                    body["keep_alive"] = json!(keep_alive);
+                }
+                body
+            }
+            Provider::Anthropic => {
+                let max_tokens = if self.max_tokens > 0 { self.max_tokens } else { ANTHROPIC_DEFAULT_MAX_TOKENS };
+                let mut body =
+                    json!({ "model": self.model, "max_tokens": max_tokens, "messages": messages, "stream": true });
+                if !self.system.is_empty() {
+                    body["system"] = json!(self.system);
+                }
+                if let Some(t) = self.temperature {
+                    body["temperature"] = json!(t);
+                }
+                if !self.stop.is_empty() {
+                    body["stop_sequences"] = json!(self.stop);
+                }
+                body
+            }
+            Provider::OpenAi => {
+                let mut body = json!({
+                    "model": self.model,
+                    "messages": messages,
+                    "stream": true,
+                    "stream_options": { "include_usage": true },
+                });
+                if self.max_tokens > 0 {
+                    body["max_tokens"] = json!(self.max_tokens);
+                }
+                if let Some(t) = self.temperature {
+                    body["temperature"] = json!(t);
+                }
+                if !self.stop.is_empty() {
+                    body["stop"] = json!(self.stop);
+                }
+                if self.json {
+                    body["response_format"] = json!({ "type": "json_object" });
+                }
+                body
+            }
+        }
+    }
+}
+
+/// What the provider counted. Fields it does not report stay 0 or `None`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counts {
+    /// The model that answered, as the provider names it.
+    pub model: String,
+    /// Input tokens, cached ones excluded.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Input tokens read from (or written to) the provider's prompt cache.
+    pub cached_input_tokens: u64,
+    pub cache_write_tokens: u64,
+    /// Ollama: loading the model, and generating the output.
+    pub load_ns: Option<u64>,
+    pub eval_ns: Option<u64>,
+    /// Why generation stopped (`stop`, `length`, `end_turn`, `max_tokens`, ...).
+    pub stop_reason: String,
+}
+
+/// What a stream yields.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Delta {
+    Text(String),
+    /// The stream ended normally, with the final counts.
+    Done(Counts),
+}
+
+/// Why a chat failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The provider said so: an HTTP error status, or an error in the stream after 200.
+    #[error("{provider}: {message}")]
+    Provider {
+        provider: &'static str,
+        status: Option<u16>,
+        kind: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// The request did not get through, or the connection broke.
+    #[error("{0}")]
+    Transport(String),
+    /// The stream ended without its final message, or sent what no server sends.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// Worth retrying after a pause: Anthropic's 429, 500 and 529 (`overloaded_error`), and
+    /// 503 from a full Ollama queue.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Provider { status: Some(status), .. } => matches!(status, 429 | 500 | 503 | 529),
+            Error::Provider { kind, .. } => kind == "overloaded_error" || kind == "rate_limit_error",
+            _ => false,
+        }
+    }
+}
+
+/// Splits a body into lines, across the pieces it arrives in.
+#[derive(Default, Debug)]
+struct Lines {
+    pending: Vec<u8>,
+}
+
+impl Lines {
+    fn feed<'a>(&'a mut self, bytes: &[u8]) -> impl Iterator<Item = String> + 'a {
+        self.pending.extend_from_slice(bytes);
+        std::iter::from_fn(move || {
+            let at = self.pending.iter().position(|&b| b == b'\n')?;
+            let line: Vec<u8> = self.pending.drain(..=at).collect();
+            let line = String::from_utf8_lossy(&line[..at]).trim_end_matches('\r').to_owned();
+            Some(line)
+        })
+    }
+
+    /// What is left without a newline at the end of the body.
+    fn rest(&mut self) -> Option<String> {
+        let rest = std::mem::take(&mut self.pending);
+        let text = String::from_utf8_lossy(&rest).trim().to_owned();
+        (!text.is_empty()).then_some(text)
+    }
+}
+
+/// Ollama's `/api/chat` stream: one JSON object per line; the last has `done: true` and the
+/// timings; an `{"error": ...}` line ends it (also after HTTP 200).
+#[derive(Default, Debug)]
+pub struct OllamaStream {
+    lines: Lines,
+    done: bool,
+}
+
+#[derive(Deserialize)]
+struct OllamaChunk {
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    message: Option<OllamaMessage>,
+    #[serde(default)]
+    done: bool,
+    #[serde(default)]
+    done_reason: String,
+    #[serde(default)]
+    load_duration: u64,
+    #[serde(default)]
+    prompt_eval_count: u64,
+    #[serde(default)]
+    eval_count: u64,
+    #[serde(default)]
+    eval_duration: u64,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct OllamaMessage {
+    #[serde(default)]
+    content: String,
+}
+
+impl OllamaStream {
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Delta>, Error> {
+        let lines: Vec<String> = self.lines.feed(bytes).collect();
+        let mut out = Vec::new();
+        for line in lines {
+            self.line(&line, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// The body ended: a last line without a newline counts; no `done` is an error.
+    pub fn finish(&mut self) -> Result<Vec<Delta>, Error> {
+        let mut out = Vec::new();
+        if let Some(line) = self.lines.rest() {
+            self.line(&line, &mut out)?;
+        }
+        if !self.done {
+            return Err(Error::Protocol("ollama: the stream ended before its last message".into()));
+        }
+        Ok(out)
+    }
+
+    fn line(&mut self, line: &str, out: &mut Vec<Delta>) -> Result<(), Error> {
+        if line.trim().is_empty() || self.done {
+            return Ok(());
+        }
+        let chunk: OllamaChunk = serde_json::from_str(line)
+            .map_err(|err| Error::Protocol(format!("ollama sent a line that is not a chat chunk: {err}")))?;
+        if let Some(message) = chunk.error {
+            return Err(Error::Provider {
+                provider: "ollama",
+                status: None,
+                kind: String::new(),
+                message,
+                retry_after: None,
+            });
+        }
+        if let Some(message) = chunk.message
+            && !message.content.is_empty()
+        {
+            out.push(Delta::Text(message.content));
+        }
+        if chunk.done {
+            self.done = true;
+            out.push(Delta::Done(Counts {
+                model: chunk.model,
+                input_tokens: chunk.prompt_eval_count,
+                output_tokens: chunk.eval_count,
+                load_ns: Some(chunk.load_duration),
+                eval_ns: Some(chunk.eval_duration),
+                stop_reason: chunk.done_reason,
+                ..Counts::default()
+            }));
+        }
+        Ok(())
+    }
+}
+
+/// Server-sent events: `event:` and `data:` lines, an empty line ends an event.
+#[derive(Default, Debug)]
+struct Sse {
+    lines: Lines,
+    event: String,
+    data: String,
+}
+
+impl Sse {
+    /// Complete events in `bytes`: (event name, data).
+    fn feed(&mut self, bytes: &[u8]) -> Vec<(String, String)> {
+        let lines: Vec<String> = self.lines.feed(bytes).collect();
+        let mut events = Vec::new();
+        for line in lines {
+            if line.is_empty() {
+                if !self.data.is_empty() || !self.event.is_empty() {
+                    events.push((std::mem::take(&mut self.event), std::mem::take(&mut self.data)));
+                }
+            } else if let Some(name) = line.strip_prefix("event:") {
+                self.event = name.trim().to_owned();
+            } else if let Some(data) = line.strip_prefix("data:") {
+                if !self.data.is_empty() {
+                    self.data.push('\n');
+                }
+                self.data.push_str(data.strip_prefix(' ').unwrap_or(data));
+            }
+            // Comments (`:`), `id:` and `retry:` carry nothing here.
+        }
+        events
+    }
+
+    /// An event the body ended in the middle of (no closing empty line).
+    fn rest(&mut self) -> Option<(String, String)> {
+        if let Some(line) = self.lines.rest() {
+            self.feed(format!("{line}\n").as_bytes());
+        }
+        (!self.data.is_empty()).then(|| (std::mem::take(&mut self.event), std::mem::take(&mut self.data)))
+    }
+}
+
+/// The Anthropic Messages stream: `message_start`, content blocks with `text_delta`s,
+/// `message_delta` (cumulative usage, the stop reason), `message_stop`. `ping` and unknown
+/// events are ignored; an `error` event (also after HTTP 200) ends it.
+#[derive(Default, Debug)]
+pub struct AnthropicStream {
+    sse: Sse,
+    counts: Counts,
+    done: bool,
+}
+
+#[derive(Deserialize, Default)]
+struct AnthropicUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+impl AnthropicStream {
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Delta>, Error> {
+        let events = self.sse.feed(bytes);
+        let mut out = Vec::new();
+        for (event, data) in events {
+            self.event(&event, &data, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    pub fn finish(&mut self) -> Result<Vec<Delta>, Error> {
+        let mut out = Vec::new();
+        if let Some((event, data)) = self.sse.rest() {
+            self.event(&event, &data, &mut out)?;
+        }
+        if !self.done {
+            return Err(Error::Protocol("anthropic: the stream ended before message_stop".into()));
+        }
+        Ok(out)
+    }
+
+    fn usage(&mut self, usage: AnthropicUsage) {
+        let counts = &mut self.counts;
+        // Counts are cumulative: the latest value of each wins.
+        counts.input_tokens = usage.input_tokens.unwrap_or(counts.input_tokens);
+        counts.output_tokens = usage.output_tokens.unwrap_or(counts.output_tokens);
+        counts.cache_write_tokens = usage.cache_creation_input_tokens.unwrap_or(counts.cache_write_tokens);
+        counts.cached_input_tokens = usage.cache_read_input_tokens.unwrap_or(counts.cached_input_tokens);
+    }
+
+    fn event(&mut self, event: &str, data: &str, out: &mut Vec<Delta>) -> Result<(), Error> {
+        if self.done {
+            return Ok(());
+        }
+        let value: Value = match serde_json::from_str(data) {
+            Ok(value) => value,
+            Err(_) if event == "ping" || data.is_empty() => return Ok(()),
+            Err(err) => return Err(Error::Protocol(format!("anthropic sent an event that is not JSON: {err}"))),
+        };
+        let kind = value["type"].as_str().unwrap_or(event);
+        match kind {
+            "message_start" => {
+                let message = &value["message"];
+                self.counts.model = message["model"].as_str().unwrap_or_default().to_owned();
+                if let Ok(usage) = serde_json::from_value::<AnthropicUsage>(message["usage"].clone()) {
+                    self.usage(usage);
+                }
+            }
+            "content_block_delta" => {
+                if value["delta"]["type"] == "text_delta"
+                    && let Some(text) = value["delta"]["text"].as_str()
+                    && !text.is_empty()
+                {
+                    out.push(Delta::Text(text.to_owned()));
+                }
+            }
+            "message_delta" => {
+                if let Some(reason) = value["delta"]["stop_reason"].as_str() {
+                    self.counts.stop_reason = reason.to_owned();
+                }
+                if let Ok(usage) = serde_json::from_value::<AnthropicUsage>(value["usage"].clone()) {
+                    self.usage(usage);
+                }
+            }
+            "message_stop" => {
+                self.done = true;
+                out.push(Delta::Done(std::mem::take(&mut self.counts)));
+            }
+            "error" => {
+                let error = &value["error"];
+                return Err(Error::Provider {
+                    provider: "anthropic",
+                    status: None,
+                    kind: error["type"].as_str().unwrap_or_default().to_owned(),
+                    message: error["message"].as_str().unwrap_or("an error event with no message").to_owned(),
+                    retry_after: None,
+                });
+            }
+            _ => {} // ping, content_block_start/stop, and whatever comes later.
+        }
+        Ok(())
+    }
+}
+
+/// An OpenAI-compatible chat completions stream: `data: {chunk}` events ending with
+/// `data: [DONE]`; with `include_usage` the last chunk has the usage (and `choices: []`, or
+/// `null` from some servers).
+#[derive(Default, Debug)]
+pub struct OpenAiStream {
+    sse: Sse,
+    counts: Counts,
+    done: bool,
+}
+
+impl OpenAiStream {
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Delta>, Error> {
+        let events = self.sse.feed(bytes);
+        let mut out = Vec::new();
+        for (_, data) in events {
+            self.data(&data, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    pub fn finish(&mut self) -> Result<Vec<Delta>, Error> {
+        let mut out = Vec::new();
+        if let Some((_, data)) = self.sse.rest() {
+            self.data(&data, &mut out)?;
+        }
+        if !self.done {
+            return Err(Error::Protocol("openai: the stream ended before [DONE]".into()));
+        }
+        Ok(out)
+    }
+
+    fn data(&mut self, data: &str, out: &mut Vec<Delta>) -> Result<(), Error> {
+        if self.done || data.is_empty() {
+            return Ok(());
+        }
+        if data.trim() == "[DONE]" {
+            self.done = true;
+            out.push(Delta::Done(std::mem::take(&mut self.counts)));
+            return Ok(());
+        }
+        let value: Value = serde_json::from_str(data)
+            .map_err(|err| Error::Protocol(format!("openai sent an event that is not JSON: {err}")))?;
+        if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
+            return Err(Error::Provider {
+                provider: "openai",
+                status: None,
+                kind: error["type"].as_str().unwrap_or_default().to_owned(),
+                message: error["message"].as_str().unwrap_or("an error with no message").to_owned(),
+                retry_after: None,
+            });
+        }
+        if let Some(model) = value["model"].as_str()
+            && self.counts.model.is_empty()
+        {
+            self.counts.model = model.to_owned();
+        }
+        for choice in value["choices"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            if let Some(text) = choice["delta"]["content"].as_str()
+                && !text.is_empty()
+            {
+                out.push(Delta::Text(text.to_owned()));
+            }
+            if let Some(reason) = choice["finish_reason"].as_str() {
+                self.counts.stop_reason = reason.to_owned();
+            }
+        }
+        let usage = &value["usage"];
+        if usage.is_object() {
+            let cached = usage["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0);
+            self.counts.input_tokens = usage["prompt_tokens"].as_u64().unwrap_or(0).saturating_sub(cached);
+            self.counts.cached_input_tokens = cached;
+            self.counts.output_tokens = usage["completion_tokens"].as_u64().unwrap_or(0);
+        }
+        Ok(())
+    }
+}
+
+/// One of the three parsers, as [`stream`] drives it.
+enum Parser {
+    Ollama(OllamaStream),
+    Anthropic(AnthropicStream),
+    OpenAi(OpenAiStream),
+}
+
+impl Parser {
+    fn new(provider: Provider) -> Parser {
+        match provider {
+            Provider::Ollama => Parser::Ollama(OllamaStream::default()),
+            Provider::Anthropic => Parser::Anthropic(AnthropicStream::default()),
+            Provider::OpenAi => Parser::OpenAi(OpenAiStream::default()),
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Delta>, Error> {
+        match self {
+            Parser::Ollama(p) => p.feed(bytes),
+            Parser::Anthropic(p) => p.feed(bytes),
+            Parser::OpenAi(p) => p.feed(bytes),
+        }
+    }
+
+    fn finish(&mut self) -> Result<Vec<Delta>, Error> {
+        match self {
+            Parser::Ollama(p) => p.finish(),
+            Parser::Anthropic(p) => p.finish(),
+            Parser::OpenAi(p) => p.finish(),
+        }
+    }
+}
+
+/// Where a chat goes: the provider, its base URL (`http://127.0.0.1:11434`,
+/// `https://api.anthropic.com`, an OpenAI-compatible `.../v1`) and its key, if any.
+#[derive(Clone)]
+pub struct Target {
+    pub provider: Provider,
+    pub base_url: String,
+    pub api_key: Option<String>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("provider", &self.provider)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Target {
+    fn url(&self) -> String {
+        let base = self.base_url.trim_end_matches('/');
+        match self.provider {
+            Provider::Ollama => format!("{base}/api/chat"),
+            Provider::Anthropic => format!("{base}/v1/messages"),
+            Provider::OpenAi => format!("{base}/chat/completions"),
+        }
+    }
+}
+
+/// What a finished chat measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finished {
+    pub counts: Counts,
+    /// From sending the request to the first text.
+    pub ttft: Option<Duration>,
+    pub elapsed: Duration,
+}
+
+/// A client for chats: no overall timeout (a generation takes as long as it takes; the caller
+/// bounds it), short connects, no proxy, `TCP_NODELAY` so the first token is not held back.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .no_proxy()
+        .tcp_nodelay(true)
+        .build()
+        .expect("a reqwest client with plain settings builds")
+}
+
+/// Runs one streaming chat, calling `on_text` with each piece of text as it arrives. Dropping
+/// the returned future closes the connection, which is how a cancel or a timeout aborts the
+/// upstream request.
+pub async fn stream(
+    client: &reqwest::Client,
+    target: &Target,
+    request: &Request,
+    mut on_text: impl FnMut(&str),
+) -> Result<Finished, Error> {
+    let started = Instant::now();
+    let provider = target.provider;
+    let mut http = client.post(target.url()).json(&request.body(provider));
+    http = match (provider, &target.api_key) {
+        (Provider::Anthropic, Some(key)) => {
+            http.header("x-api-key", key).header("anthropic-version", ANTHROPIC_VERSION)
+        }
+        (Provider::Anthropic, None) => http.header("anthropic-version", ANTHROPIC_VERSION),
+        (_, Some(key)) => http.bearer_auth(key),
+        (_, None) => http,
+    };
+    let response =
+        http.send().await.map_err(|err| Error::Transport(format!("{}: {}", provider.as_str(), describe(&err))))?;
+    let status = response.status();
+    if !status.is_success() {
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|s| Duration::from_secs_f64(s.clamp(0.0, 3600.0)));
+        let body = response.bytes().await.unwrap_or_default();
+        let (kind, message) = error_body(&body);
+        let message = if message.is_empty() { format!("HTTP {}", status.as_u16()) } else { message };
+        return Err(Error::Provider {
+            provider: provider.as_str(),
+            status: Some(status.as_u16()),
+            kind,
+            message,
+            retry_after,
+        });
+    }
+    let mut parser = Parser::new(provider);
+    let mut ttft = None;
+    let mut body = response.bytes_stream();
+    let mut done = None;
+    let mut deliver = |deltas: Vec<Delta>, ttft: &mut Option<Duration>| {
+        for delta in deltas {
+            match delta {
+                Delta::Text(text) => {
+                    ttft.get_or_insert_with(|| started.elapsed());
+                    on_text(&text);
+                }
+                Delta::Done(counts) => done = Some(counts),
+            }
+        }
+    };
+    while let Some(piece) = body.next().await {
+        let piece = piece
+            .map_err(|err| Error::Transport(format!("{}: the stream broke: {}", provider.as_str(), describe(&err))))?;
+        deliver(parser.feed(&piece)?, &mut ttft);
+    }
+    deliver(parser.finish()?, &mut ttft);
+    let counts = done.ok_or_else(|| Error::Protocol(format!("{}: no final message", provider.as_str())))?;
+    Ok(Finished { counts, ttft, elapsed: started.elapsed() })
+}
+
+/// `(error type, message)` from an error body of any of the three providers.
+fn error_body(body: &[u8]) -> (String, String) {
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return (String::new(), String::from_utf8_lossy(body).chars().take(300).collect());
+    };
+    match &value["error"] {
+        Value::String(message) => (String::new(), message.clone()),
+        error @ Value::Object(_) => (
+            error["type"].as_str().unwrap_or_default().to_owned(),
+            error["message"].as_str().unwrap_or_default().to_owned(),
+        ),
+        _ => (String::new(), String::new()),
+    }
+}
+
+fn describe(err: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `body` to a parser in pieces of every size, so no split point is special.
+    fn all_splits(body: &[u8], parse: impl Fn(&[&[u8]]) -> Result<Vec<Delta>, Error>) -> Result<Vec<Delta>, Error> {
+        let whole = parse(&[body])?;
+        for size in 1..body.len().min(64) {
+            let pieces: Vec<&[u8]> = body.chunks(size).collect();
+            assert_eq!(parse(&pieces)?, whole, "split into pieces of {size}");
+        }
+        Ok(whole)
+    }
+
+    fn ollama(pieces: &[&[u8]]) -> Result<Vec<Delta>, Error> {
+        let mut stream = OllamaStream::default();
+        let mut out = Vec::new();
+        for piece in pieces {
+            out.extend(stream.feed(piece)?);
+        }
+        out.extend(stream.finish()?);
+        Ok(out)
+    }
+
+    fn anthropic(pieces: &[&[u8]]) -> Result<Vec<Delta>, Error> {
+        let mut stream = AnthropicStream::default();
+        let mut out = Vec::new();
+        for piece in pieces {
+            out.extend(stream.feed(piece)?);
+        }
+        out.extend(stream.finish()?);
+        Ok(out)
+    }
+
+    fn openai(pieces: &[&[u8]]) -> Result<Vec<Delta>, Error> {
+        let mut stream = OpenAiStream::default();
+        let mut out = Vec::new();
+        for piece in pieces {
+            out.extend(stream.feed(piece)?);
+        }
+        out.extend(stream.finish()?);
+        Ok(out)
+    }
+
+    fn text(deltas: &[Delta]) -> String {
+        deltas.iter().filter_map(|d| if let Delta::Text(t) = d { Some(t.as_str()) } else { None }).collect()
+    }
+
+    fn counts(deltas: &[Delta]) -> Counts {
+        match deltas.last() {
+            Some(Delta::Done(counts)) => counts.clone(),
+            other => panic!("no final counts: {other:?}"),
+        }
+    }
+
+    const OLLAMA: &str = concat!(
+        r#"{"model":"llama3.2:3b","created_at":"2025-10-02T10:00:00.1Z","message":{"role":"assistant","content":"Hel"},"done":false}"#,
+        "\n",
+        r#"{"model":"llama3.2:3b","created_at":"2025-10-02T10:00:00.2Z","message":{"role":"assistant","content":"lo ✓"},"done":false}"#,
+        "\n",
+        r#"{"model":"llama3.2:3b","created_at":"2025-10-02T10:00:00.3Z","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop","total_duration":1200000000,"load_duration":900000000,"prompt_eval_count":26,"prompt_eval_duration":50000000,"eval_count":2,"eval_duration":100000000}"#,
+        "\n",
+    );
+
+    #[test]
+    fn an_ollama_stream_gives_its_text_and_timings() {
+        let deltas = all_splits(OLLAMA.as_bytes(), ollama).unwrap();
+        assert_eq!(text(&deltas), "Hello ✓");
+        let counts = counts(&deltas);
+        assert_eq!((counts.input_tokens, counts.output_tokens), (26, 2));
+        assert_eq!((counts.load_ns, counts.eval_ns), (Some(900_000_000), Some(100_000_000)));
+        assert_eq!((counts.model.as_str(), counts.stop_reason.as_str()), ("llama3.2:3b", "stop"));
+    }
+
+    #[test]
+    fn an_ollama_error_after_200_fails_with_its_message_and_a_cut_stream_is_an_error() {
+        let body = concat!(
+            r#"{"model":"m","message":{"role":"assistant","content":"par"},"done":false}"#,
+            "\n",
+            r#"{"error":"an error was encountered while running the model: unexpected EOF"}"#,
+            "\n"
+        );
+        let err = ollama(&[body.as_bytes()]).unwrap_err();
+        assert_eq!(err.to_string(), "ollama: an error was encountered while running the model: unexpected EOF");
+        let cut = &OLLAMA.as_bytes()[..OLLAMA.len() / 2];
+        assert!(matches!(ollama(&[cut]), Err(Error::Protocol(_))));
+        // Missing timings count as 0, and a last line without a newline still counts.
+        let bare = r#"{"model":"m","message":{"role":"assistant","content":"x"},"done":true}"#;
+        let deltas = ollama(&[bare.as_bytes()]).unwrap();
+        assert_eq!((text(&deltas).as_str(), counts(&deltas).output_tokens), ("x", 0));
+    }
+
+    const ANTHROPIC: &str = "event: message_start\n\
+data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":10,\"output_tokens\":1}}}\n\
+\n\
+event: content_block_start\n\
+data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\
+\n\
+event: ping\n\
+data: {\"type\": \"ping\"}\n\
+\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\
+\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"!\"}}\n\
+\n\
+event: some_future_event\n\
+data: {\"type\":\"some_future_event\"}\n\
+\n\
+event: content_block_stop\n\
+data: {\"type\":\"content_block_stop\",\"index\":0}\n\
+\n\
+event: message_delta\n\
+data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":15}}\n\
+\n\
+event: message_stop\n\
+data: {\"type\":\"message_stop\"}\n\
+\n";
+
+    #[test]
+    fn an_anthropic_stream_gives_its_text_and_cumulative_usage() {
+        let deltas = all_splits(ANTHROPIC.as_bytes(), anthropic).unwrap();
+        assert_eq!(text(&deltas), "Hello!");
+        let counts = counts(&deltas);
+        assert_eq!((counts.input_tokens, counts.cached_input_tokens, counts.output_tokens), (25, 10, 15));
+        assert_eq!((counts.model.as_str(), counts.stop_reason.as_str()), ("claude-sonnet-4-5", "end_turn"));
+    }
+
+    #[test]
+    fn an_anthropic_error_event_after_200_fails_with_its_type() {
+        let body = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-haiku-4-5\",\"usage\":{\"input_tokens\":3}}}\n\n\
+event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+        let err = anthropic(&[body.as_bytes()]).unwrap_err();
+        assert!(matches!(&err, Error::Provider { kind, .. } if kind == "overloaded_error"), "{err:?}");
+        assert!(err.is_transient());
+        assert_eq!(err.to_string(), "anthropic: Overloaded");
+    }
+
+    const OPENAI: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"qwen2.5:7b\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n\
+data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"qwen2.5:7b\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n\
+data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"qwen2.5:7b\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" there\"},\"finish_reason\":\"stop\"}]}\n\n\
+data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"qwen2.5:7b\",\"choices\":null,\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":2,\"total_tokens\":14,\"prompt_tokens_details\":{\"cached_tokens\":4}}}\n\n\
+data: [DONE]\n\n";
+
+    #[test]
+    fn an_openai_stream_gives_its_text_and_usage_with_choices_null() {
+        let deltas = all_splits(OPENAI.as_bytes(), openai).unwrap();
+        assert_eq!(text(&deltas), "Hi there");
+        let counts = counts(&deltas);
+        assert_eq!((counts.input_tokens, counts.cached_input_tokens, counts.output_tokens), (8, 4, 2));
+        assert_eq!((counts.model.as_str(), counts.stop_reason.as_str()), ("qwen2.5:7b", "stop"));
+        assert!(matches!(openai(&[b"data: {\"choices\":[]}\n\n"]), Err(Error::Protocol(_))), "no [DONE]");
+    }
+
+    #[test]
+    fn request_bodies_follow_each_providers_api() {
+        let request = Request {
+            model: "m".into(),
+            system: "be brief".into(),
+            messages: vec![Message { role: "user".into(), content: "hi".into() }],
+            max_tokens: 0,
+            temperature: Some(0.5),
+            stop: vec!["\n\n".into()],
+            json: true,
+            keep_alive: Some("10m".into()),
+        };
+        let ollama = request.body(Provider::Ollama);
+        assert_eq!(ollama["messages"][0], json!({"role": "system", "content": "be brief"}));
+        assert_eq!((ollama["format"].as_str(), ollama["keep_alive"].as_str()), (Some("json"), Some("10m")));
+        assert_eq!(ollama["options"]["stop"], json!(["\n\n"]));
+        assert!(ollama["options"].get("num_predict").is_none());
+        let anthropic = request.body(Provider::Anthropic);
+        assert_eq!((anthropic["system"].as_str(), anthropic["max_tokens"].as_u64()), (Some("be brief"), Some(1024)));
+        assert_eq!(anthropic["messages"].as_array().unwrap().len(), 1, "the system prompt is not a message");
+        assert_eq!(anthropic["stop_sequences"], json!(["\n\n"]));
+        let openai = request.body(Provider::OpenAi);
+        assert_eq!(openai["stream_options"], json!({"include_usage": true}));
+        assert_eq!(openai["response_format"], json!({"type": "json_object"}));
+    }
+
+    #[test]
+    fn error_bodies_of_every_provider_are_read() {
+        assert_eq!(error_body(br#"{"error":"model 'x' not found"}"#), (String::new(), "model 'x' not found".into()));
+        let anthropic = br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#;
+        assert_eq!(error_body(anthropic), ("rate_limit_error".into(), "slow down".into()));
+        assert_eq!(error_body(b"<html>bad gateway</html>").1, "<html>bad gateway</html>");
+    }
+}

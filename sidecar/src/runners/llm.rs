@@ -1,0 +1,391 @@
+//! LLM work: one streaming chat against this sidecar's Ollama, OpenAI-compatible server or the
+//! Claude API (`agentcom_llm::chat`), with the text streamed to the hub as it arrives and the
+//! usage measured here.
+//!
+//! The endpoint comes from this sidecar's latest inventory (the same probes it reports): the
+//! model the task names (`work.llm.model`, else `placement.model`) on a healthy endpoint, warm
+//! before cold; with no model named, a warm one, then any. While Ollama loads a cold model
+//! the agent is `blocked`, and `working` again at the first token.
+//!
+//! Text goes out as output chunks: the first at once, later ones coalesced for at most
+//! [`COALESCE`]. Cancel and timeout drop the request, which closes the connection upstream.
+//! Transient provider errors (429, 500, 503, 529) before any text are retried with jittered
+//! backoff, honouring `retry-after`, within the task's timeout.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agentcom_llm::chat::{self, Provider};
+use agentcom_types::domain::{Exit, LlmWork, Outcome, Stream, Usage, Work};
+use agentcom_types::fleet::{Endpoint, EndpointKind};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{Assignment, Runner, Running, Sink, failed_to_start};
+use crate::reports;
+
+/// Longest a piece of text waits to be sent with the next.
+pub const COALESCE: Duration = Duration::from_millis(10);
+/// How long a task waits for the sidecar's first inventory when it arrives right after start.
+const FIRST_INVENTORY: Duration = Duration::from_secs(5);
+const MAX_RETRIES: u32 = 4;
+
+pub struct LlmRunner {
+    settings: reports::Settings,
+    /// The latest inventory: this sidecar's endpoints and their models.
+    inventory: watch::Receiver<Option<Vec<Endpoint>>>,
+    client: reqwest::Client,
+}
+
+impl LlmRunner {
+    pub fn new(settings: reports::Settings, inventory: watch::Receiver<Option<Vec<Endpoint>>>) -> LlmRunner {
+        LlmRunner { settings, inventory, client: chat::client() }
+    }
+
+    /// Whether this sidecar has any provider configured (otherwise it takes no LLM work).
+    pub fn configured(settings: &reports::Settings) -> bool {
+        !settings.ollama.is_empty() || settings.openai.is_some() || settings.anthropic.is_some()
+    }
+}
+
+/// Where one attempt goes.
+#[derive(Debug, PartialEq)]
+struct Choice {
+    target_url: String,
+    provider: Provider,
+    endpoint_id: String,
+    model: String,
+    /// Ollama has to load the model first.
+    cold: bool,
+}
+
+fn provider_of(kind: EndpointKind) -> Provider {
+    match kind {
+        EndpointKind::Ollama => Provider::Ollama,
+        EndpointKind::Anthropic => Provider::Anthropic,
+        EndpointKind::Openai => Provider::OpenAi,
+    }
+}
+
+/// Picks the endpoint and model for `wanted` (empty: any) from `inventory`. Pure.
+fn choose(inventory: &[Endpoint], wanted: &str) -> Result<Choice, String> {
+    let healthy = || inventory.iter().filter(|e| e.healthy);
+    let choice = |e: &Endpoint, model: &str, cold: bool| Choice {
+        target_url: e.url.clone(),
+        provider: provider_of(e.kind),
+        endpoint_id: e.id.clone(),
+        model: model.to_owned(),
+        cold: cold && e.kind == EndpointKind::Ollama,
+    };
+    if wanted.is_empty() {
+        // A warm model first, then any model of a local server, then the Claude API.
+        let warm = healthy().find_map(|e| e.models.iter().find(|m| m.loaded).map(|m| choice(e, &m.name, false)));
+        let local = || {
+            healthy()
+                .filter(|e| e.kind != EndpointKind::Anthropic)
+                .find_map(|e| e.models.first().map(|m| choice(e, &m.name, !m.loaded)))
+        };
+        let cloud = || healthy().find_map(|e| e.models.first().map(|m| choice(e, &m.name, false)));
+        return warm
+            .or_else(local)
+            .or_else(cloud)
+            .ok_or_else(|| "no model given, and this sidecar's endpoints offer none (give work.llm.model)".to_owned());
+    }
+    let mut with_model: Vec<(&Endpoint, bool)> =
+        healthy().filter_map(|e| e.models.iter().find(|m| m.name == wanted).map(|m| (e, m.loaded))).collect();
+    // Warm before cold; otherwise the inventory's order.
+    with_model.sort_by_key(|(_, loaded)| !*loaded);
+    if let Some((endpoint, loaded)) = with_model.first() {
+        return Ok(choice(endpoint, wanted, !loaded));
+    }
+    // The Claude API serves models by name beyond those advertised.
+    if wanted.starts_with("claude-")
+        && let Some(anthropic) = healthy().find(|e| e.kind == EndpointKind::Anthropic)
+    {
+        return Ok(choice(anthropic, wanted, false));
+    }
+    let offered: Vec<String> = inventory
+        .iter()
+        .map(|e| {
+            let models: Vec<&str> = e.models.iter().map(|m| m.name.as_str()).collect();
+            let health = if e.healthy { "" } else { ", down" };
+            format!(
+                "{} {}{health}: {}",
+                e.kind.as_str(),
+                e.url,
+                if models.is_empty() { "none".into() } else { models.join(", ") }
+            )
+        })
+        .collect();
+    Err(format!("model {wanted} is on none of this sidecar's healthy endpoints ({})", offered.join("; ")))
+}
+
+impl Runner for LlmRunner {
+    fn capability(&self) -> &'static str {
+        "llm"
+    }
+
+    fn advertises(&self) -> Vec<String> {
+        let mut names = vec!["llm".to_owned()];
+        if !self.settings.ollama.is_empty() {
+            names.push("ollama".into());
+        }
+        if self.settings.openai.is_some() {
+            names.push("openai".into());
+        }
+        if self.settings.anthropic.is_some() {
+            names.push("anthropic".into());
+        }
+        names
+    }
+
+    fn run(&self, assignment: Assignment, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
+        let (settings, mut inventory, client) = (self.settings.clone(), self.inventory.clone(), self.client.clone());
+        Box::pin(async move {
+            let Work::Llm(work) = &assignment.spec.work else {
+                return failed_to_start(format!("{} work is not LLM work", assignment.spec.work.capability()));
+            };
+            // Right after start the first check may still be running.
+            let _ = tokio::time::timeout(FIRST_INVENTORY, inventory.wait_for(Option::is_some)).await;
+            let endpoints = inventory.borrow().clone().unwrap_or_default();
+            let wanted =
+                if work.model.is_empty() { assignment.spec.placement.model.as_str() } else { work.model.as_str() };
+            let choice = match choose(&endpoints, wanted) {
+                Ok(choice) => choice,
+                Err(why) => return failed_to_start(why),
+            };
+            let api_key = match choice.provider {
+                Provider::Anthropic => settings.anthropic.as_ref().map(|a| a.api_key.clone()),
+                Provider::OpenAi => settings.openai.as_ref().and_then(|o| o.api_key.clone()),
+                Provider::Ollama => None,
+            };
+            let target = chat::Target { provider: choice.provider, base_url: choice.target_url.clone(), api_key };
+            let request = request(work, &choice.model);
+            let timeout = assignment.spec.limits.timeout_ms.map(Duration::from_millis);
+            let cap = usize::try_from(assignment.spec.limits.max_output_bytes).unwrap_or(usize::MAX);
+            let attempt = attempt(&client, &target, &request, &choice, sink, cap);
+            tokio::select! {
+                outcome = run_within(timeout, attempt) => outcome,
+                _ = cancel.cancelled() => Outcome { error: Some("cancelled".into()), ..empty_outcome() },
+            }
+        })
+    }
+}
+
+fn request(work: &LlmWork, model: &str) -> chat::Request {
+    chat::Request {
+        model: model.to_owned(),
+        system: work.system.clone(),
+        messages: work
+            .turns()
+            .into_iter()
+            .map(|t| chat::Message { role: t.role.as_str().to_owned(), content: t.content })
+            .collect(),
+        max_tokens: work.max_tokens,
+        temperature: work.temperature,
+        stop: work.stop.clone(),
+        json: work.json,
+        keep_alive: work.keep_alive.clone(),
+    }
+}
+
+fn empty_outcome() -> Outcome {
+    Outcome {
+        exit: Exit::Unknown,
+        duration_ms: 0,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        stdout_total_bytes: 0,
+        stderr_total_bytes: 0,
+        timed_out: false,
+        error: None,
+        usage: None,
+    }
+}
+
+/// Runs `work` to its end, or to the timeout (dropping it, which closes the connection).
+async fn run_within(timeout: Option<Duration>, work: impl Future<Output = Outcome>) -> Outcome {
+    let started = Instant::now();
+    match timeout {
+        None => work.await,
+        Some(limit) => match tokio::time::timeout(limit, work).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome {
+                timed_out: true,
+                duration_ms: started.elapsed().as_millis() as u64,
+                error: Some(format!("timed out after {} ms", limit.as_millis())),
+                ..empty_outcome()
+            },
+        },
+    }
+}
+
+/// The text so far: what is kept (up to the cap) and what is still to send.
+#[derive(Default)]
+struct Text {
+    kept: Vec<u8>,
+    total: u64,
+    unsent: Vec<u8>,
+    sent_any: bool,
+    offset: u64,
+}
+
+/// One request, retried while the provider says it is busy and nothing was streamed yet.
+async fn attempt(
+    client: &reqwest::Client,
+    target: &chat::Target,
+    request: &chat::Request,
+    choice: &Choice,
+    sink: Arc<dyn Sink>,
+    cap: usize,
+) -> Outcome {
+    let started = Instant::now();
+    sink.started(0); // No process: the hub only needs to know the attempt began.
+    if choice.cold {
+        sink.progress(true, &format!("loading {} on {}", choice.model, choice.target_url));
+    }
+    let text = Arc::new(Mutex::new(Text::default()));
+    // The coalescer: whatever arrived since the last send goes out every COALESCE.
+    let flusher = {
+        let (text, sink) = (text.clone(), sink.clone());
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(COALESCE);
+            loop {
+                ticker.tick().await;
+                flush(&text, sink.as_ref());
+            }
+        })
+    };
+    let mut retries = 0;
+    let result = loop {
+        let on_text = |piece: &str| {
+            let mut t = text.lock().expect("text lock poisoned");
+            let first = !t.sent_any;
+            t.total += piece.len() as u64;
+            let room = cap.saturating_sub(t.kept.len());
+            let keep = &piece.as_bytes()[..piece.len().min(room)];
+            t.kept.extend_from_slice(keep);
+            t.unsent.extend_from_slice(keep);
+            drop(t);
+            if first {
+                if choice.cold {
+                    sink.progress(false, "generating");
+                }
+                flush(&text, sink.as_ref()); // The first token at once.
+            }
+        };
+        match chat::stream(client, target, request, on_text).await {
+            Err(err) if err.is_transient() && retries < MAX_RETRIES && !text.lock().expect("lock").sent_any => {
+                retries += 1;
+                let backoff = Duration::from_millis(500 << retries).mul_f64(0.5 + rand::random::<f64>() * 0.5);
+                let pause = match &err {
+                    chat::Error::Provider { retry_after: Some(after), .. } => (*after).max(backoff),
+                    _ => backoff,
+                };
+                sink.progress(true, &format!("{err}; retrying in {} ms", pause.as_millis()));
+                tokio::time::sleep(pause).await;
+            }
+            result => break result,
+        }
+    };
+    flusher.abort();
+    flush(&text, sink.as_ref());
+    let mut text = std::mem::take(&mut *text.lock().expect("text lock poisoned"));
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let stdout = std::mem::take(&mut text.kept);
+    match result {
+        Ok(finished) => {
+            let counts = &finished.counts;
+            let generating = finished.elapsed.saturating_sub(finished.ttft.unwrap_or_default());
+            let per_s = match counts.eval_ns {
+                Some(ns) if ns > 0 => Some(counts.output_tokens as f64 * 1e9 / ns as f64),
+                _ if !generating.is_zero() && counts.output_tokens > 0 => {
+                    Some(counts.output_tokens as f64 / generating.as_secs_f64())
+                }
+                _ => None,
+            };
+            let usage = Usage {
+                provider: target.provider.as_str().to_owned(),
+                endpoint_id: choice.endpoint_id.clone(),
+                model: if counts.model.is_empty() { choice.model.clone() } else { counts.model.clone() },
+                input_tokens: counts.input_tokens,
+                output_tokens: counts.output_tokens,
+                cached_input_tokens: counts.cached_input_tokens,
+                ttft_ms: finished.ttft.map(|t| t.as_millis() as u64),
+                output_tokens_per_s: per_s,
+                load_ms: counts.load_ns.map(|ns| ns / 1_000_000),
+                cost_micros: None,
+            };
+            Outcome {
+                exit: Exit::Code(0),
+                duration_ms,
+                stdout,
+                stdout_total_bytes: text.total,
+                usage: Some(usage),
+                ..empty_outcome()
+            }
+        }
+        Err(err) => Outcome {
+            duration_ms,
+            stdout,
+            stdout_total_bytes: text.total,
+            error: Some(err.to_string()),
+            ..empty_outcome()
+        },
+    }
+}
+
+fn flush(text: &Mutex<Text>, sink: &dyn Sink) {
+    let mut t = text.lock().expect("text lock poisoned");
+    if t.unsent.is_empty() {
+        return;
+    }
+    let piece = std::mem::take(&mut t.unsent);
+    let offset = t.offset;
+    t.offset += piece.len() as u64;
+    t.sent_any = true;
+    drop(t);
+    sink.output(Stream::Stdout, offset, &piece);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentcom_types::fleet::{Model, Owner};
+
+    fn endpoint(kind: EndpointKind, url: &str, models: &[(&str, bool)], healthy: bool) -> Endpoint {
+        let mut e = Endpoint::new(Owner::Sidecar("s".into()), url.into(), kind);
+        e.healthy = healthy;
+        e.models = models.iter().map(|(name, loaded)| Model { loaded: *loaded, ..Model::named(*name) }).collect();
+        e
+    }
+
+    #[test]
+    fn the_named_model_goes_where_it_is_warm_then_where_it_is_cold() {
+        let a = endpoint(EndpointKind::Ollama, "http://a", &[("llama3.2:3b", false)], true);
+        let b = endpoint(EndpointKind::Ollama, "http://b", &[("llama3.2:3b", true)], true);
+        let down = endpoint(EndpointKind::Ollama, "http://c", &[("qwen", true)], false);
+        let inventory = [a.clone(), b.clone(), down];
+        let warm = choose(&inventory, "llama3.2:3b").unwrap();
+        assert_eq!((warm.target_url.as_str(), warm.cold, warm.endpoint_id), ("http://b", false, b.id.clone()));
+        let cold = choose(&inventory[..1], "llama3.2:3b").unwrap();
+        assert!(cold.cold);
+        let missing = choose(&inventory, "qwen").unwrap_err();
+        assert!(missing.contains("model qwen is on none") && missing.contains("http://c, down: qwen"), "{missing}");
+    }
+
+    #[test]
+    fn without_a_model_a_warm_one_then_a_local_one_then_the_claude_api() {
+        let cold = endpoint(EndpointKind::Ollama, "http://a", &[("m1", false)], true);
+        let warm = endpoint(EndpointKind::Openai, "http://v/v1", &[("m2", true)], true);
+        let claude =
+            endpoint(EndpointKind::Anthropic, "https://api.anthropic.com", &[("claude-haiku-4-5", false)], true);
+        assert_eq!(choose(&[cold.clone(), warm, claude.clone()], "").unwrap().model, "m2");
+        assert_eq!(choose(&[claude.clone(), cold], "").unwrap().model, "m1");
+        let cloud = choose(std::slice::from_ref(&claude), "").unwrap();
+        assert_eq!((cloud.provider, cloud.cold), (Provider::Anthropic, false));
+        // Claude models by name, advertised or not.
+        assert_eq!(choose(&[claude], "claude-opus-4-1").unwrap().model, "claude-opus-4-1");
+        assert!(choose(&[], "").unwrap_err().contains("no model given"));
+    }
+}
