@@ -156,9 +156,21 @@ struct SubmitArgs {
     /// Dead-letter the task as expired if it has not started within this long (e.g. 10m).
     #[arg(long, value_parser = humantime::parse_duration)]
     deadline: Option<Duration>,
-    /// An LLM prompt instead of a command.
+    /// An LLM prompt instead of a command; with --wait the reply streams to stdout.
     #[arg(long, conflicts_with = "command")]
     prompt: Option<String>,
+    /// The system prompt (with --prompt).
+    #[arg(long, requires = "prompt")]
+    system: Option<String>,
+    /// The model (with --prompt) [default: the sidecar's choice].
+    #[arg(long, requires = "prompt")]
+    model: Option<String>,
+    /// Most tokens to generate (with --prompt).
+    #[arg(long, requires = "prompt")]
+    max_tokens: Option<u32>,
+    /// Sampling temperature, 0 to 2 (with --prompt).
+    #[arg(long, requires = "prompt")]
+    temperature: Option<f32>,
     /// Submit every line of this file (JSON lines, each a `POST /api/v1/tasks` body; `-` reads
     /// stdin) over one stream, printing each task's id in line order once it is durable.
     #[arg(long, conflicts_with_all = ["command", "prompt", "wait"])]
@@ -332,12 +344,47 @@ fn report_end(task: &Value) {
             eprintln!("[hubctl: {stream} truncated: kept the first {kept} of {total} bytes]");
         }
     }
+    if let Some(line) = usage_line(task) {
+        eprintln!("[hubctl: {line}]");
+    }
     let state = task["state"].as_str().unwrap_or("?");
     if state != "succeeded" && (outcome["exit"]["code"].is_null() || state == "cancelled") {
         let reason = task["state_reason"].as_str().unwrap_or("");
         let error = outcome["error"].as_str().unwrap_or("");
         eprintln!("[hubctl: task {} {state}{}{}]", task["id"].as_str().unwrap_or("?"), sep(reason), sep(error));
     }
+}
+
+/// One line about what LLM work used: `llama3.2:3b (ollama) on gpu-1: 26 in / 3 out tokens, TTFT
+/// 41 ms, 20.0 tokens/s, load 900 ms, $0.000120`; `None` for other work.
+fn usage_line(task: &Value) -> Option<String> {
+    let usage = task["outcome"]["usage"].as_object()?;
+    let text = |name: &str| usage.get(name).and_then(Value::as_str).unwrap_or("?").to_owned();
+    let number = |name: &str| usage.get(name).and_then(Value::as_u64);
+    let host = task["sidecar_id"].as_str().unwrap_or("?");
+    let mut line = format!(
+        "{} ({}) on {host}: {} in / {} out tokens",
+        text("model"),
+        text("provider"),
+        number("input_tokens").unwrap_or(0),
+        number("output_tokens").unwrap_or(0)
+    );
+    if let Some(cached) = number("cached_input_tokens").filter(|n| *n > 0) {
+        line.push_str(&format!(" ({cached} cached)"));
+    }
+    if let Some(ttft) = number("ttft_ms") {
+        line.push_str(&format!(", TTFT {ttft} ms"));
+    }
+    if let Some(rate) = usage.get("output_tokens_per_s").and_then(Value::as_f64) {
+        line.push_str(&format!(", {rate:.1} tokens/s"));
+    }
+    if let Some(load) = number("load_ms").filter(|n| *n > 0) {
+        line.push_str(&format!(", load {load} ms"));
+    }
+    if let Some(cost) = number("cost_micros") {
+        line.push_str(&format!(", ${:.6}", cost as f64 / 1e6));
+    }
+    Some(line)
 }
 
 fn sep(s: &str) -> String {
@@ -347,7 +394,22 @@ fn sep(s: &str) -> String {
 fn submit_body(args: &SubmitArgs) -> anyhow::Result<Value> {
     let mut body = json!({ "priority": args.priority });
     match (&args.prompt, args.command.is_empty()) {
-        (Some(prompt), true) => body["llm"] = json!({ "prompt": prompt }),
+        (Some(prompt), true) => {
+            let mut llm = json!({ "prompt": prompt });
+            if let Some(system) = &args.system {
+                llm["system"] = json!(system);
+            }
+            if let Some(model) = &args.model {
+                llm["model"] = json!(model);
+            }
+            if let Some(max) = args.max_tokens {
+                llm["max_tokens"] = json!(max);
+            }
+            if let Some(t) = args.temperature {
+                llm["temperature"] = json!(t);
+            }
+            body["llm"] = llm;
+        }
         (None, false) => {
             let mut shell = json!({ "argv": args.command });
             if let Some(cwd) = &args.cwd {
@@ -540,6 +602,9 @@ fn print_task(task: &Value) {
     if outcome.is_object() {
         println!("exit:      {}", exit_text(task));
         println!("duration:  {} ms", outcome["duration_ms"]);
+        if let Some(line) = usage_line(task) {
+            println!("usage:     {line}");
+        }
         for stream in ["stdout", "stderr"] {
             let text = outcome[stream].as_str().unwrap_or("");
             let total = outcome[format!("{stream}_total_bytes")].as_u64().unwrap_or(0);
@@ -694,6 +759,22 @@ mod tests {
     }
 
     #[test]
+    fn the_usage_line_says_what_llm_work_used() {
+        let task = json!({
+            "sidecar_id": "gpu-1",
+            "outcome": {"usage": {
+                "provider": "ollama", "model": "llama3.2:3b", "input_tokens": 26, "output_tokens": 3,
+                "cached_input_tokens": 0, "ttft_ms": 41, "output_tokens_per_s": 20.04, "load_ms": 900, "cost_micros": 120
+            }}
+        });
+        assert_eq!(
+            usage_line(&task).unwrap(),
+            "llama3.2:3b (ollama) on gpu-1: 26 in / 3 out tokens, TTFT 41 ms, 20.0 tokens/s, load 900 ms, $0.000120"
+        );
+        assert_eq!(usage_line(&json!({"outcome": {"exit": {"code": 0}}})), None);
+    }
+
+    #[test]
     fn submit_needs_exactly_one_kind_of_work() {
         let args = |command: Vec<&str>, prompt: Option<&str>| SubmitArgs {
             priority: "normal".into(),
@@ -713,6 +794,10 @@ mod tests {
             deadline: None,
             from_file: None,
             prompt: prompt.map(String::from),
+            system: prompt.map(|_| "be brief".to_owned()),
+            model: None,
+            max_tokens: prompt.map(|_| 64),
+            temperature: None,
             wait: false,
             command: command.into_iter().map(String::from).collect(),
         };
@@ -726,6 +811,7 @@ mod tests {
         assert_eq!(body["idempotency_key"], "k");
         assert_eq!(body["depends_on"], json!(["01ARZ3NDEKTSV4RRFFQ69G5FAV"]));
         assert!(submit_body(&args(vec![], None)).is_err());
-        assert_eq!(submit_body(&args(vec![], Some("hi"))).unwrap()["llm"]["prompt"], "hi");
+        let llm = submit_body(&args(vec![], Some("hi"))).unwrap();
+        assert_eq!(llm["llm"], json!({ "prompt": "hi", "system": "be brief", "max_tokens": 64 }));
     }
 }

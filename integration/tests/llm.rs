@@ -2,10 +2,12 @@
 //! the hub and recorded with its usage, an error after HTTP 200, a cold load, and a cancel that
 //! closes the upstream request.
 
+#![allow(clippy::disallowed_methods)] // Tests start the real binaries.
+
 use std::time::Duration;
 
 use agentcom_integration::ollama::{ChatScript, FakeModel, OllamaDouble};
-use agentcom_integration::{TestMesh, assert_eventually};
+use agentcom_integration::{TestMesh, assert_eventually, binary};
 use agentcom_sidecar::reports::Settings;
 use serde_json::{Value, json};
 
@@ -111,5 +113,32 @@ async fn cancelling_an_llm_task_closes_the_upstream_request() {
     assert_eventually!(double.abandoned_chats() == 1, PATIENCE, "the double saw the connection close");
     let done = mesh.api.wait_final(&id, PATIENCE).await;
     assert_eq!(done["state"], "cancelled", "{done}");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubctl_streams_a_prompts_reply_and_ends_with_its_usage() {
+    let double = OllamaDouble::start(vec![FakeModel::new(MODEL, 1, "llama", "3.2B")]).await;
+    double.load(MODEL, 1);
+    let mesh = mesh_with_ollama(&double).await;
+    let (url, token) = (mesh.url.clone(), mesh.api.token.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(binary("hubctl"))
+            .args(["submit", "--prompt", "say hello", "--model", MODEL, "--max-tokens", "32", "--wait"])
+            .env("AGENTCOM_HUB", url)
+            .env("AGENTCOM_TOKEN", token)
+            .output()
+            .expect("running hubctl")
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(stdout, "Hello, world");
+    assert!(
+        stderr.contains("[hubctl: llama3.2:3b (ollama) on test-sidecar-0: 26 in / 3 out tokens, TTFT "),
+        "{stderr}"
+    );
+    assert_eq!(double.chats()[0]["options"]["num_predict"], 32);
     mesh.stop().await;
 }
