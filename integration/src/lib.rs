@@ -10,6 +10,7 @@
 
 #![allow(clippy::disallowed_methods)] // Tests and benchmarks start the real binaries and tools.
 
+pub mod chat_doubles;
 pub mod ollama;
 pub mod process;
 

@@ -1,7 +1,8 @@
 //! An Ollama protocol double: `/api/version`, `/api/tags` and `/api/ps` with the exact JSON
 //! shapes Ollama sends, models that can be loaded and unloaded, and failure on demand; and
 //! `POST /api/chat` streaming NDJSON chunks as Ollama does (a scripted reply, its timings, a
-//! load time for a cold model, an error line after HTTP 200 on demand).
+//! load time for a cold model, an error line after HTTP 200 on demand, or when the last turn
+//! is "fail").
 //! It counts the checks it serves, so tests can reason in check cycles rather than seconds.
 
 use std::net::SocketAddr;
@@ -269,7 +270,12 @@ async fn chat(State(shared): State<Shared>, Json(body): Json<Value>) -> Response
         if inner.failing {
             return failure();
         }
-        let script = inner.script.clone();
+        let mut script = inner.script.clone();
+        // A conversation whose last turn is "fail" ends with an error line, whatever the script:
+        // for clients that cannot change the script between calls.
+        if body["messages"].as_array().and_then(|m| m.last()).is_some_and(|m| m["content"] == "fail") {
+            script.fail_after = Some(1);
+        }
         let Some(found) = inner.models.iter_mut().find(|m| m.name == model) else {
             let error = json!({ "error": format!("model \"{model}\" not found, try pulling it first") });
             return (StatusCode::NOT_FOUND, Json(error)).into_response();

@@ -142,3 +142,100 @@ async fn hubctl_streams_a_prompts_reply_and_ends_with_its_usage() {
     assert_eq!(double.chats()[0]["options"]["num_predict"], 32);
     mesh.stop().await;
 }
+
+async fn mesh_with(reports: Settings) -> agentcom_integration::RunningMesh {
+    let mut mesh = TestMesh::new().sidecars(0).start().await;
+    mesh.add_sidecar_reporting(
+        1,
+        Settings { llm_check_every: Duration::from_millis(200), discover_ollama: false, ..reports },
+    );
+    assert_eventually!(mesh.api.agents().await.len() == 1, PATIENCE, "the sidecar joined");
+    mesh
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_work_streams_from_the_messages_api_and_retries_a_rate_limit() {
+    use agentcom_integration::chat_doubles::{ChatDouble, Fault};
+    use agentcom_sidecar::reports::Anthropic;
+    let double = ChatDouble::anthropic().await;
+    double.faults(vec![Fault::RateLimited { retry_after_s: 1 }]);
+    let anthropic = Anthropic {
+        api_key: "sk-ant-test".into(),
+        base_url: double.url.clone(),
+        models: vec!["claude-sonnet-4-5".into()],
+    };
+    let mesh = mesh_with(Settings { anthropic: Some(anthropic), ..Settings::default() }).await;
+    let agents = mesh.api.agents().await;
+    assert!(agents[0]["capabilities"].as_array().unwrap().contains(&json!("anthropic")), "{agents:?}");
+
+    let started = std::time::Instant::now();
+    let task =
+        mesh.api.submit(json!({ "llm": { "system": "be brief", "prompt": "hi", "model": "claude-sonnet-4-5" } })).await;
+    let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(started.elapsed() >= Duration::from_secs(1), "retry-after was honoured");
+    assert_eq!(done["outcome"]["stdout"], "Hello!");
+    let usage = &done["outcome"]["usage"];
+    assert_eq!(usage["provider"], "anthropic");
+    assert_eq!(
+        (usage["input_tokens"].as_u64(), usage["cached_input_tokens"].as_u64(), usage["output_tokens"].as_u64()),
+        (Some(25), Some(10), Some(15)),
+        "{usage}"
+    );
+
+    let requests = double.requests();
+    assert_eq!(requests.len(), 2, "the rate-limited request, then the one that went through");
+    let (headers, body) = &requests[1];
+    assert_eq!(headers["x-api-key"], "sk-ant-test");
+    assert_eq!(headers["anthropic-version"], "2023-06-01");
+    assert_eq!(
+        (body["system"].as_str(), body["max_tokens"].as_u64(), body["stream"].as_bool()),
+        (Some("be brief"), Some(1024), Some(true))
+    );
+
+    // An error event after HTTP 200 fails the attempt with the provider's message.
+    double.faults(vec![Fault::ErrorAfter(1)]);
+    let task = mesh
+        .api
+        .submit(json!({ "llm": { "prompt": "hi", "model": "claude-sonnet-4-5" }, "limits": { "max_attempts": 1 } }))
+        .await;
+    let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(done["state_reason"].as_str().unwrap().contains("anthropic: Overloaded"), "{done}");
+    assert_eq!(done["outcome"]["stdout"], "Hello");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_compatible_work_streams_with_usage_and_a_dropped_stream_fails() {
+    use agentcom_integration::chat_doubles::{ChatDouble, Fault};
+    use agentcom_sidecar::reports::OpenAi;
+    let double = ChatDouble::openai().await;
+    let openai =
+        OpenAi { base_url: double.url.clone(), api_key: Some("sk-test".into()), models: vec!["qwen2.5:7b".into()] };
+    let mesh = mesh_with(Settings { openai: Some(openai), ..Settings::default() }).await;
+    let task = mesh.api.submit(json!({ "llm": { "prompt": "hi", "model": "qwen2.5:7b", "format": "json" } })).await;
+    let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["outcome"]["stdout"], "Hello!");
+    let usage = &done["outcome"]["usage"];
+    assert_eq!(
+        (usage["provider"].as_str(), usage["input_tokens"].as_u64(), usage["cached_input_tokens"].as_u64()),
+        (Some("openai"), Some(25), Some(10)),
+        "{usage}"
+    );
+    let (headers, body) = &double.requests()[0];
+    assert_eq!(headers["authorization"], "Bearer sk-test");
+    assert_eq!(body["stream_options"], json!({ "include_usage": true }));
+    assert_eq!(body["response_format"], json!({ "type": "json_object" }));
+
+    double.faults(vec![Fault::DropAfter(1)]);
+    let task = mesh
+        .api
+        .submit(json!({ "llm": { "prompt": "hi", "model": "qwen2.5:7b" }, "limits": { "max_attempts": 1 } }))
+        .await;
+    let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(done["state_reason"].as_str().unwrap().contains("before [DONE]"), "{done}");
+    mesh.stop().await;
+}

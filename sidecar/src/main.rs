@@ -95,6 +95,9 @@ struct RunArgs {
     /// Claude models to offer when ANTHROPIC_API_KEY is set (repeatable).
     #[arg(long = "anthropic-model", value_name = "MODEL")]
     anthropic_models: Vec<String>,
+    /// Where the Claude API is (a gateway or proxy in front of it).
+    #[arg(long, value_name = "URL", default_value = agentcom_sidecar::reports::ANTHROPIC_URL)]
+    anthropic_base_url: String,
 }
 
 impl RunArgs {
@@ -103,7 +106,7 @@ impl RunArgs {
         anyhow::ensure!(self.resources_interval_ms >= 100, "--resources-interval-ms must be at least 100");
         anyhow::ensure!(self.llm_check_interval_ms >= 100, "--llm-check-interval-ms must be at least 100");
         anyhow::ensure!(self.simulate_gpus <= 64, "--simulate-gpus must be at most 64");
-        for url in self.ollama.iter().chain(&self.openai_base_url) {
+        for url in self.ollama.iter().chain(&self.openai_base_url).chain([&self.anthropic_base_url]) {
             anyhow::ensure!(
                 url.starts_with("http://") || url.starts_with("https://"),
                 "{url:?} must start with http:// or https://"
@@ -117,6 +120,7 @@ impl RunArgs {
         };
         let anthropic = key("ANTHROPIC_API_KEY", &self.anthropic_key_file)?.map(|api_key| Anthropic {
             api_key,
+            base_url: self.anthropic_base_url.trim_end_matches('/').to_owned(),
             models: if self.anthropic_models.is_empty() {
                 reports::DEFAULT_ANTHROPIC_MODELS.iter().map(|m| m.to_string()).collect()
             } else {

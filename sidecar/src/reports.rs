@@ -76,12 +76,18 @@ impl std::fmt::Debug for OpenAi {
 #[derive(Clone)]
 pub struct Anthropic {
     pub api_key: String,
+    /// `https://api.anthropic.com` unless a gateway stands in front of it.
+    pub base_url: String,
     pub models: Vec<String>,
 }
 
 impl std::fmt::Debug for Anthropic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Anthropic").field("api_key", &"<redacted>").field("models", &self.models).finish()
+        f.debug_struct("Anthropic")
+            .field("api_key", &"<redacted>")
+            .field("base_url", &self.base_url)
+            .field("models", &self.models)
+            .finish()
     }
 }
 
@@ -198,7 +204,7 @@ pub(crate) async fn check_all(client: &reqwest::Client, owner: &Owner, settings:
         // presence is the capability; failures show up on the first task.
         let models = anthropic.models.iter().map(Model::named).collect();
         let probe = llm::Probe { healthy: true, models, ..Default::default() };
-        endpoints.push(found(ANTHROPIC_URL, EndpointKind::Anthropic, probe));
+        endpoints.push(found(&anthropic.base_url, EndpointKind::Anthropic, probe));
     }
     endpoints
 }

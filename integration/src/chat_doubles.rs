@@ -1,0 +1,333 @@
+//! Protocol doubles for the two SSE chat APIs: the Anthropic Messages API (`POST /v1/messages`)
+//! and OpenAI-compatible chat completions (`POST /v1/chat/completions`), each speaking the exact
+//! event stream the real server sends (`../shared/REFERENCE.md`), with scripted replies and
+//! usage, a time to first token and per token, and faults on demand: 429 with `retry-after`,
+//! 529 `overloaded_error`, an error event in the middle of a stream, a dropped connection.
+//!
+//! The OpenAI-compatible double also lists its models (`GET /v1/models`), as the sidecar's
+//! probe asks. `.ci/run` checks them against the official Python clients (`tests/official_clients.rs`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+/// A fault the next requests meet, in order; once they are used up, requests succeed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// HTTP 429 with `retry-after` in seconds.
+    RateLimited { retry_after_s: u64 },
+    /// HTTP 529 `overloaded_error` (Anthropic) or 503 (OpenAI-compatible).
+    Overloaded,
+    /// An error event after this many pieces, after HTTP 200.
+    ErrorAfter(usize),
+    /// The connection closes after this many pieces, with no end.
+    DropAfter(usize),
+}
+
+/// What the double answers.
+#[derive(Clone, Debug)]
+pub struct Script {
+    pub pieces: Vec<String>,
+    pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub output_tokens: u64,
+    pub first_piece_after: Duration,
+    pub between_pieces: Duration,
+}
+
+impl Default for Script {
+    fn default() -> Script {
+        Script {
+            pieces: vec!["Hello".into(), "!".into()],
+            input_tokens: 25,
+            cached_input_tokens: 10,
+            output_tokens: 15,
+            first_piece_after: Duration::from_millis(5),
+            between_pieces: Duration::from_millis(2),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    script: Script,
+    faults: Vec<Fault>,
+    /// (headers, body) of every request, oldest first.
+    requests: Vec<(HeaderMap, Value)>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Api {
+    Anthropic,
+    OpenAi,
+}
+
+#[derive(Clone)]
+struct Shared {
+    api: Api,
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// One double, listening on `127.0.0.1:0`.
+pub struct ChatDouble {
+    /// The base URL clients take: `http://ADDR` for Anthropic, `http://ADDR/v1` for OpenAI.
+    pub url: String,
+    pub addr: SocketAddr,
+    shared: Shared,
+    server: JoinHandle<()>,
+}
+
+impl ChatDouble {
+    pub async fn anthropic() -> ChatDouble {
+        ChatDouble::start(Api::Anthropic).await
+    }
+
+    pub async fn openai() -> ChatDouble {
+        ChatDouble::start(Api::OpenAi).await
+    }
+
+    async fn start(api: Api) -> ChatDouble {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding a chat double");
+        let addr = listener.local_addr().expect("local addr");
+        let shared = Shared { api, inner: Arc::default() };
+        let router = match api {
+            Api::Anthropic => Router::new().route("/v1/messages", post(chat)),
+            Api::OpenAi => Router::new().route("/v1/chat/completions", post(chat)).route("/v1/models", get(models)),
+        }
+        .with_state(shared.clone());
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        let url = match api {
+            Api::Anthropic => format!("http://{addr}"),
+            Api::OpenAi => format!("http://{addr}/v1"),
+        };
+        ChatDouble { url, addr, shared, server }
+    }
+
+    pub fn script(&self, script: Script) {
+        self.shared.inner.lock().expect("lock").script = script;
+    }
+
+    /// Faults for the next requests, in order.
+    pub fn faults(&self, faults: Vec<Fault>) {
+        self.shared.inner.lock().expect("lock").faults = faults;
+    }
+
+    /// Every request received: its headers and its JSON body.
+    pub fn requests(&self) -> Vec<(HeaderMap, Value)> {
+        self.shared.inner.lock().expect("lock").requests.clone()
+    }
+}
+
+impl Drop for ChatDouble {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// The models an OpenAI-compatible server lists.
+pub const OPENAI_MODELS: &[&str] = &["qwen2.5:7b", "llama3.2:3b"];
+
+async fn models() -> Json<Value> {
+    let data: Vec<Value> = OPENAI_MODELS
+        .iter()
+        .map(|id| json!({"id": id, "object": "model", "created": 1_795_000_000, "owned_by": "library"}))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+fn sse(event: Option<&str>, data: &Value) -> String {
+    match event {
+        Some(event) => format!("event: {event}\ndata: {data}\n\n"),
+        None => format!("data: {data}\n\n"),
+    }
+}
+
+async fn chat(State(shared): State<Shared>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    let (script, fault) = {
+        let mut inner = shared.inner.lock().expect("lock");
+        inner.requests.push((headers.clone(), body.clone()));
+        let fault = (!inner.faults.is_empty()).then(|| inner.faults.remove(0));
+        (inner.script.clone(), fault)
+    };
+    // A key as `x-api-key` (what AgentCom and older clients send) or a bearer token (newer
+    // official clients), and a pinned API version, as the real API wants.
+    let has_key = headers.contains_key("x-api-key") || headers.contains_key("authorization");
+    if shared.api == Api::Anthropic && (!has_key || !headers.contains_key("anthropic-version")) {
+        let error = json!({"type": "error", "error": {"type": "authentication_error", "message": "x-api-key header is required"}});
+        return (StatusCode::UNAUTHORIZED, Json(error)).into_response();
+    }
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    match (&fault, shared.api) {
+        (Some(Fault::RateLimited { retry_after_s }), api) => {
+            let error = match api {
+                Api::Anthropic => {
+                    json!({"type": "error", "error": {"type": "rate_limit_error", "message": "Number of requests has exceeded your rate limit"}})
+                }
+                Api::OpenAi => {
+                    json!({"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}})
+                }
+            };
+            return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", retry_after_s.to_string())], Json(error))
+                .into_response();
+        }
+        (Some(Fault::Overloaded), Api::Anthropic) => {
+            let error = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
+            let status = StatusCode::from_u16(529).expect("529 is a status code");
+            return (status, Json(error)).into_response();
+        }
+        (Some(Fault::Overloaded), Api::OpenAi) => {
+            let error = json!({"error": {"message": "The server is overloaded", "type": "server_error"}});
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(error)).into_response();
+        }
+        _ => {}
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(16);
+    let api = shared.api;
+    tokio::spawn(async move {
+        let stop_after = match fault {
+            Some(Fault::ErrorAfter(n)) | Some(Fault::DropAfter(n)) => Some(n),
+            _ => None,
+        };
+        let events = match api {
+            Api::Anthropic => anthropic_events(&model, &script),
+            Api::OpenAi => openai_events(&model, &script),
+        };
+        let (head, pieces, tail) = events;
+        for event in head {
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(script.first_piece_after).await;
+        for (n, event) in pieces.into_iter().enumerate() {
+            if Some(n) == stop_after {
+                if let Some(Fault::ErrorAfter(_)) = fault {
+                    let error = match api {
+                        Api::Anthropic => sse(
+                            Some("error"),
+                            &json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+                        ),
+                        Api::OpenAi => {
+                            sse(None, &json!({"error": {"message": "the model crashed", "type": "server_error"}}))
+                        }
+                    };
+                    let _ = tx.send(error).await;
+                }
+                return; // DropAfter: the body ends here, with no end marker.
+            }
+            if n > 0 {
+                tokio::time::sleep(script.between_pieces).await;
+            }
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+        for event in tail {
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>);
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(axum::body::Body::from_stream(body))
+        .expect("a stream response builds")
+}
+
+/// The Messages stream, as (before the text, one event per piece, after the text).
+fn anthropic_events(model: &str, script: &Script) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let start = json!({
+        "type": "message_start",
+        "message": {
+            "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
+            "type": "message",
+            "role": "assistant",
+            "content": [],
+            "model": model,
+            "stop_reason": null,
+            "stop_sequence": null,
+            "usage": {
+                "input_tokens": script.input_tokens,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": script.cached_input_tokens,
+                "output_tokens": 1
+            }
+        }
+    });
+    let head = vec![
+        sse(Some("message_start"), &start),
+        sse(
+            Some("content_block_start"),
+            &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        sse(Some("ping"), &json!({"type": "ping"})),
+    ];
+    let pieces = script
+        .pieces
+        .iter()
+        .map(|text| {
+            sse(
+                Some("content_block_delta"),
+                &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+            )
+        })
+        .collect();
+    let tail = vec![
+        sse(Some("content_block_stop"), &json!({"type": "content_block_stop", "index": 0})),
+        sse(
+            Some("message_delta"),
+            &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": script.output_tokens}}),
+        ),
+        sse(Some("message_stop"), &json!({"type": "message_stop"})),
+    ];
+    (head, pieces, tail)
+}
+
+/// The chat completions stream with `include_usage`, as (before, pieces, after).
+fn openai_events(model: &str, script: &Script) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let chunk = |delta: Value, finish: Value| {
+        json!({
+            "id": "chatcmpl-7f3a",
+            "object": "chat.completion.chunk",
+            "created": 1_795_000_000,
+            "model": model,
+            "system_fingerprint": "fp_44709d6fcb",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]
+        })
+    };
+    let head = vec![sse(None, &chunk(json!({"role": "assistant", "content": ""}), Value::Null))];
+    let pieces = script.pieces.iter().map(|text| sse(None, &chunk(json!({"content": text}), Value::Null))).collect();
+    let usage = json!({
+        "id": "chatcmpl-7f3a",
+        "object": "chat.completion.chunk",
+        "created": 1_795_000_000,
+        "model": model,
+        "choices": [],
+        "usage": {
+            "prompt_tokens": script.input_tokens + script.cached_input_tokens,
+            "completion_tokens": script.output_tokens,
+            "total_tokens": script.input_tokens + script.cached_input_tokens + script.output_tokens,
+            "prompt_tokens_details": {"cached_tokens": script.cached_input_tokens}
+        }
+    });
+    let tail = vec![sse(None, &chunk(json!({}), json!("stop"))), sse(None, &usage), "data: [DONE]\n\n".to_owned()];
+    (head, pieces, tail)
+}
