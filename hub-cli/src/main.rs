@@ -127,6 +127,10 @@ struct HubArgs {
     /// Changes storage may have queued before submits are refused with 503 and retry-after.
     #[arg(long, default_value_t = 100_000)]
     max_write_backlog: usize,
+    /// A price table (TOML: dollars per million tokens per model) on top of the built-in Claude
+    /// prices, to put a cost on each LLM result.
+    #[arg(long, value_name = "FILE")]
+    prices: Option<PathBuf>,
 }
 
 impl HubArgs {
@@ -205,6 +209,10 @@ impl HubArgs {
             aging_step: Duration::from_millis(self.aging_step_ms),
             idempotency_retention: Duration::from_millis(self.idempotency_retention_ms),
             max_write_backlog: self.max_write_backlog.max(1),
+            prices: match &self.prices {
+                Some(path) => agentcom_hub::prices::Prices::load(path).map_err(anyhow::Error::msg)?,
+                None => agentcom_hub::prices::Prices::default(),
+            },
             ..core::Config::default()
         })
     }

@@ -53,6 +53,7 @@ async fn an_llm_task_streams_from_ollama_and_records_its_usage() {
     assert!(usage["load_ms"].as_u64().unwrap() >= 300, "the cold load: {usage}");
     assert!(usage["ttft_ms"].as_u64().unwrap() >= 300, "the first token comes after the load: {usage}");
     assert!(usage["output_tokens_per_s"].as_f64().unwrap() > 0.0, "{usage}");
+    assert_eq!(usage["cost_micros"], 0, "a local model costs nothing unless priced: {usage}");
 
     // The double got the chat as Ollama takes it.
     let chat = &double.chats()[0];
@@ -182,6 +183,8 @@ async fn claude_work_streams_from_the_messages_api_and_retries_a_rate_limit() {
         (Some(25), Some(10), Some(15)),
         "{usage}"
     );
+    // 25 in at $3/M, 10 read from the cache at a tenth of that, 15 out at $15/M.
+    assert_eq!(usage["cost_micros"], 25 * 3 + 3 + 15 * 15, "{usage}");
 
     let requests = double.requests();
     assert_eq!(requests.len(), 2, "the rate-limited request, then the one that went through");
@@ -224,6 +227,7 @@ async fn openai_compatible_work_streams_with_usage_and_a_dropped_stream_fails() 
         (Some("openai"), Some(25), Some(10)),
         "{usage}"
     );
+    assert!(usage["cost_micros"].is_null(), "a model the table does not price has no cost: {usage}");
     let (headers, body) = &double.requests()[0];
     assert_eq!(headers["authorization"], "Bearer sk-test");
     assert_eq!(body["stream_options"], json!({ "include_usage": true }));

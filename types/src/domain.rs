@@ -754,6 +754,8 @@ pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cached_input_tokens: u64,
+    /// Input tokens written to the provider's prompt cache (Anthropic prices them higher).
+    pub cache_write_tokens: u64,
     /// From the request to the first token.
     pub ttft_ms: Option<u64>,
     pub output_tokens_per_s: Option<f64>,

@@ -40,6 +40,8 @@ pub struct Config {
     pub idempotency_retention: Duration,
     /// Changes the storage writer may have queued before new submits are refused as overloaded.
     pub max_write_backlog: usize,
+    /// What LLM work costs, to price each result.
+    pub prices: crate::prices::Prices,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             aging_step: Duration::from_millis(crate::queue::DEFAULT_AGING_STEP_MS as u64),
             idempotency_retention: Duration::from_secs(24 * 3600),
             max_write_backlog: 100_000,
+            prices: crate::prices::Prices::default(),
         }
     }
 }

@@ -76,6 +76,10 @@ impl State {
                     && outcome.error.is_none()
                     && !outcome.timed_out;
                 let (state, reason) = judge(&outcome);
+                let mut outcome = outcome;
+                if let Some(usage) = &mut outcome.usage {
+                    usage.cost_micros = self.config.prices.cost_micros(usage);
+                }
                 task.outcome = Some(*outcome);
                 if task.state == TaskState::Cancelled {
                     // The user's cancel stands; the outcome is the killed process's.

@@ -311,6 +311,7 @@ async fn attempt(
                 input_tokens: counts.input_tokens,
                 output_tokens: counts.output_tokens,
                 cached_input_tokens: counts.cached_input_tokens,
+                cache_write_tokens: counts.cache_write_tokens,
                 ttft_ms: finished.ttft.map(|t| t.as_millis() as u64),
                 output_tokens_per_s: per_s,
                 load_ms: counts.load_ns.map(|ns| ns / 1_000_000),
