@@ -71,6 +71,11 @@ impl Registry {
         changed
     }
 
+    /// The endpoints a sidecar reports.
+    pub fn owned_by<'a, 'b>(&'a self, sidecar_id: &'b str) -> impl Iterator<Item = &'a Endpoint> + use<'a, 'b> {
+        self.endpoints.values().filter(move |e| matches!(&e.owner, Owner::Sidecar(id) if id == sidecar_id))
+    }
+
     pub fn remove(&mut self, id: &str) -> Option<Endpoint> {
         self.endpoints.remove(id)
     }

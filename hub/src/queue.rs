@@ -80,6 +80,8 @@ pub struct Lease {
     pub sidecar_id: String,
     pub agent_id: String,
     pub expires_at: UnixMs,
+    /// The LLM endpoint placement chose, if it chose one (counted in flight while the lease lasts).
+    pub endpoint_id: Option<String>,
 }
 
 /// Why a message about a task was refused.
@@ -268,7 +270,13 @@ mod tests {
     }
 
     fn lease(generation: u64, sidecar: &str, expires_at: UnixMs) -> Lease {
-        Lease { generation, sidecar_id: sidecar.into(), agent_id: format!("{sidecar}-0"), expires_at }
+        Lease {
+            generation,
+            sidecar_id: sidecar.into(),
+            agent_id: format!("{sidecar}-0"),
+            expires_at,
+            endpoint_id: None,
+        }
     }
 
     proptest! {

@@ -87,11 +87,12 @@ async fn an_error_after_http_200_fails_the_task_and_keeps_the_partial_reply() {
     assert!(done["state_reason"].as_str().unwrap().contains("unexpected EOF"), "{done}");
     assert_eq!(done["outcome"]["stdout"], "Hello, ");
 
-    // A model the endpoint does not have fails at once, saying where it looked.
+    // A model no endpoint has is not placed at all: it waits (and runs once one has it).
     let task = mesh.api.submit(json!({ "llm": { "prompt": "x", "model": "nope:1b" } })).await;
-    let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
-    assert_eq!(done["state"], "failed", "{done}");
-    assert!(done["state_reason"].as_str().unwrap().contains("model nope:1b is on none"), "{done}");
+    let id = task["id"].as_str().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting = mesh.api.get(id).await;
+    assert_eq!((waiting["state"].as_str(), waiting["attempt"].as_u64()), (Some("queued"), Some(0)), "{waiting}");
     mesh.stop().await;
 }
 
@@ -241,5 +242,51 @@ async fn openai_compatible_work_streams_with_usage_and_a_dropped_stream_fails() 
     let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
     assert_eq!(done["state"], "failed", "{done}");
     assert!(done["state_reason"].as_str().unwrap().contains("before [DONE]"), "{done}");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_work_goes_where_its_model_is_warm_until_that_is_busy_then_spills_over() {
+    // Two sidecars, each in front of its own Ollama: the model warm on one, cold on the other.
+    let size = 2_000_000_000; // Priced as a 1 s load until a load is observed.
+    let warm = OllamaDouble::start(vec![FakeModel::new(MODEL, size, "llama", "3.2B")]).await;
+    warm.load(MODEL, size);
+    let cold = OllamaDouble::start(vec![FakeModel::new(MODEL, size, "llama", "3.2B")]).await;
+    let slow = ChatScript { between_pieces: Duration::from_millis(300), ..ChatScript::default() };
+    warm.script(slow.clone());
+    cold.script(slow);
+    let mut mesh = TestMesh::new().sidecars(0).start().await;
+    for double in [&warm, &cold] {
+        let reports = Settings {
+            llm_check_every: Duration::from_millis(200),
+            ollama: vec![double.url.clone()],
+            discover_ollama: false,
+            ..Settings::default()
+        };
+        mesh.add_sidecar_reporting(2, reports);
+    }
+    assert_eventually!(
+        {
+            let (_, list) = mesh.api.request(reqwest::Method::GET, "/api/v1/endpoints", None).await;
+            list["endpoints"].as_array().is_some_and(|e| e.len() == 2 && e.iter().all(|e| e["healthy"] == true))
+        },
+        PATIENCE,
+        "both inventories reached the hub"
+    );
+    // 100 tokens at the assumed 30/s is 3.3 s: once one request runs on the warm model, a 1 s
+    // cold load elsewhere finishes sooner.
+    let body = json!({ "llm": { "prompt": "hi", "model": MODEL, "max_tokens": 100 } });
+    let first = mesh.api.submit(body.clone()).await;
+    let first_id = first["id"].as_str().unwrap().to_owned();
+    assert_eventually!(mesh.api.get(&first_id).await["sidecar_id"].is_string(), PATIENCE, "the first was placed");
+    let second = mesh.api.submit(body).await;
+    let first = mesh.api.wait_final(&first_id, PATIENCE).await;
+    let second = mesh.api.wait_final(second["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!((first["state"].as_str(), second["state"].as_str()), (Some("succeeded"), Some("succeeded")));
+    let ran_on = |task: &Value| task["sidecar_id"].as_str().unwrap().to_owned();
+    assert_eq!(ran_on(&first), "test-sidecar-0", "the warm model first: {first}");
+    assert_eq!(ran_on(&second), "test-sidecar-1", "then the cold one, rather than wait: {second}");
+    assert_eq!((warm.chats().len(), cold.chats().len()), (1, 1));
+    assert!(second["outcome"]["usage"]["load_ms"].as_u64().unwrap() > 0, "{second}");
     mesh.stop().await;
 }

@@ -496,6 +496,7 @@ fn assignment(assign: pb::Assign, default_max_output_bytes: usize) -> Result<Ass
         attempt: assign.attempt,
         agent_id: assign.agent_id,
         spec,
+        endpoint_id: (!assign.endpoint_id.is_empty()).then_some(assign.endpoint_id),
     })
 }
 

@@ -373,13 +373,16 @@ fn invalid(err: crate::domain::Error) -> Status {
 fn to_pb(message: ToSidecar) -> pb::HubMessage {
     use pb::hub_message::Msg;
     let msg = match message {
-        ToSidecar::Assign { task_id, lease_generation, attempt, agent_id, spec } => Msg::Assign(pb::Assign {
-            task_id: task_id.to_string(),
-            lease_generation,
-            attempt,
-            agent_id,
-            spec: Some(convert::spec_to_pb(&spec)),
-        }),
+        ToSidecar::Assign { task_id, lease_generation, attempt, agent_id, spec, endpoint_id } => {
+            Msg::Assign(pb::Assign {
+                task_id: task_id.to_string(),
+                lease_generation,
+                attempt,
+                agent_id,
+                spec: Some(convert::spec_into_pb(*spec)),
+                endpoint_id: endpoint_id.unwrap_or_default(),
+            })
+        }
         ToSidecar::Cancel { task_id, lease_generation, reason } => {
             Msg::Cancel(pb::CancelTask { task_id: task_id.to_string(), lease_generation, reason })
         }

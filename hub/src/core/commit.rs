@@ -100,6 +100,7 @@ impl State {
                         attempt: task.attempt,
                         agent_id: lease.agent_id.clone(),
                         spec: Box::new(task.spec.clone()),
+                        endpoint_id: lease.endpoint_id.clone(),
                     };
                     self.send_to(&lease.sidecar_id, message);
                     self.notify(task_id, now);

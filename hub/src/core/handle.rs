@@ -171,6 +171,8 @@ pub enum ToSidecar {
         attempt: u32,
         agent_id: String,
         spec: Box<TaskSpec>,
+        /// LLM work: the endpoint placement chose.
+        endpoint_id: Option<String>,
     },
     Cancel {
         task_id: TaskId,

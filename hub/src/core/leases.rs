@@ -79,6 +79,7 @@ impl State {
                 let mut outcome = outcome;
                 if let Some(usage) = &mut outcome.usage {
                     usage.cost_micros = self.config.prices.cost_micros(usage);
+                    self.learned.observe(sidecar_id, &usage.model, usage.load_ms, usage.output_tokens_per_s);
                 }
                 task.outcome = Some(*outcome);
                 if task.state == TaskState::Cancelled {
@@ -140,6 +141,14 @@ impl State {
     /// Ends a lease and frees its agent.
     pub(super) fn release(&mut self, task_id: TaskId, now: UnixMs) -> Option<Lease> {
         let lease = self.queue.release(task_id)?;
+        if let Some(endpoint) = &lease.endpoint_id
+            && let Some(count) = self.in_flight.get_mut(endpoint)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.in_flight.remove(endpoint);
+            }
+        }
         if let Some(agent) = self.agents.get_mut(&lease.agent_id)
             && agent.task_id == Some(task_id)
         {
@@ -204,13 +213,21 @@ impl State {
             if self.idle.is_empty() || self.queue.n_ready() == 0 {
                 return;
             }
-            let fleet = Fleet { idle: &self.idle, sidecars: &self.sidecars };
+            let fleet = Fleet {
+                idle: &self.idle,
+                sidecars: &self.sidecars,
+                registry: &self.registry,
+                in_flight: &self.in_flight,
+                learned: &self.learned,
+            };
             let tasks = &self.tasks;
             let popped = self.queue.pop_ready(now, |id| match sched::place(&tasks[&id], &fleet, now) {
-                sched::Decision::Place { sidecar_id, agent_id } => Some((sidecar_id, agent_id)),
+                sched::Decision::Place { sidecar_id, agent_id, endpoint_id, .. } => {
+                    Some((sidecar_id, agent_id, endpoint_id))
+                }
                 sched::Decision::Wait(_) => None,
             });
-            let Some((task_id, (sidecar_id, agent_id))) = popped else { return };
+            let Some((task_id, (sidecar_id, agent_id, endpoint_id))) = popped else { return };
             if let Some(deadline) = self.tasks[&task_id].spec.limits.deadline_unix_ms {
                 self.deadlines.remove(&(deadline, task_id));
             }
@@ -222,8 +239,16 @@ impl State {
             task.outcome = None;
             task.set_state(TaskState::Dispatched, "", now);
             let lease_generation = task.lease_generation;
-            let lease =
-                Lease { generation: lease_generation, sidecar_id, agent_id: agent_id.clone(), expires_at: now + ttl };
+            if let Some(endpoint) = &endpoint_id {
+                *self.in_flight.entry(endpoint.clone()).or_default() += 1;
+            }
+            let lease = Lease {
+                generation: lease_generation,
+                sidecar_id,
+                agent_id: agent_id.clone(),
+                expires_at: now + ttl,
+                endpoint_id,
+            };
             self.queue.grant(task_id, lease);
             let agent = self.agents.get_mut(&agent_id).expect("an idle agent exists");
             agent.task_id = Some(task_id);
@@ -247,6 +272,9 @@ pub(super) fn leased_agent<'a>(
 struct Fleet<'a> {
     idle: &'a sched::IdleIndex,
     sidecars: &'a HashMap<String, Sidecar>,
+    registry: &'a crate::fleet::Registry,
+    in_flight: &'a HashMap<String, u32>,
+    learned: &'a sched::Learned,
 }
 
 impl sched::FleetView for Fleet<'_> {
@@ -258,5 +286,17 @@ impl sched::FleetView for Fleet<'_> {
         self.sidecars
             .get(sidecar_id)
             .is_some_and(|s| s.is_open() && s.hello.capabilities.iter().any(|c| c == capability))
+    }
+
+    fn endpoints(&self, sidecar_id: &str) -> impl Iterator<Item = &crate::fleet::Endpoint> {
+        self.registry.owned_by(sidecar_id)
+    }
+
+    fn in_flight(&self, endpoint_id: &str) -> u32 {
+        self.in_flight.get(endpoint_id).copied().unwrap_or(0)
+    }
+
+    fn learned(&self) -> &sched::Learned {
+        self.learned
     }
 }

@@ -97,6 +97,10 @@ pub(crate) struct State {
     registry: fleet::Registry,
     /// Cordoned sidecars, persisted; a sidecar may be cordoned while away.
     cordons: HashMap<String, Cordon>,
+    /// LLM requests placed on each endpoint whose lease still runs.
+    in_flight: HashMap<String, u32>,
+    /// Load times and speeds observed per sidecar and model.
+    learned: crate::sched::Learned,
 }
 
 impl State {
@@ -122,6 +126,8 @@ impl State {
             stale_messages: 0,
             registry,
             cordons,
+            in_flight: HashMap::new(),
+            learned: crate::sched::Learned::default(),
         }
     }
 

@@ -34,6 +34,7 @@ impl State {
                         sidecar_id: task.sidecar_id.clone().unwrap_or_default(),
                         agent_id: task.agent_id.clone().unwrap_or_default(),
                         expires_at: now + ttl,
+                        endpoint_id: None,
                     };
                     self.queue.grant(task.id, lease);
                     n_leased += 1;

@@ -2,9 +2,10 @@
 //! Claude API (`agentcom_llm::chat`), with the text streamed to the hub as it arrives and the
 //! usage measured here.
 //!
-//! The endpoint comes from this sidecar's latest inventory (the same probes it reports): the
-//! model the task names (`work.llm.model`, else `placement.model`) on a healthy endpoint, warm
-//! before cold; with no model named, a warm one, then any. While Ollama loads a cold model
+//! The endpoint is the one the hub placed the task on, when it named one and it still has the
+//! model; otherwise it comes from this sidecar's latest inventory (the same probes it reports):
+//! the model the task names (`work.llm.model`, else `placement.model`) on a healthy endpoint,
+//! warm before cold; with no model named, a warm one, then any. While Ollama loads a cold model
 //! the agent is `blocked`, and `working` again at the first token.
 //!
 //! Text goes out as output chunks: the first at once, later ones coalesced for at most
@@ -150,7 +151,15 @@ impl Runner for LlmRunner {
             let endpoints = inventory.borrow().clone().unwrap_or_default();
             let wanted =
                 if work.model.is_empty() { assignment.spec.placement.model.as_str() } else { work.model.as_str() };
-            let choice = match choose(&endpoints, wanted) {
+            let placed = assignment.endpoint_id.as_deref().and_then(|id| endpoints.iter().find(|e| e.id == id));
+            let choice = match placed {
+                // Where the hub placed it, unless that endpoint no longer has the model here.
+                Some(endpoint) => {
+                    choose(std::slice::from_ref(endpoint), wanted).or_else(|_| choose(&endpoints, wanted))
+                }
+                None => choose(&endpoints, wanted),
+            };
+            let choice = match choice {
                 Ok(choice) => choice,
                 Err(why) => return failed_to_start(why),
             };

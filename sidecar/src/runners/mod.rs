@@ -25,6 +25,8 @@ pub struct Assignment {
     pub attempt: u32,
     pub agent_id: String,
     pub spec: TaskSpec,
+    /// LLM work: the endpoint the hub placed it on, if it chose one.
+    pub endpoint_id: Option<String>,
 }
 
 /// Where a running attempt reports. Output chunks may be dropped by the sink (the final outcome
