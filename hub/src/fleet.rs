@@ -4,7 +4,7 @@
 //! **Architecture Invariant:** pure data and rules. The core owns these values and decides when
 //! to persist; nothing here does I/O or reads the clock.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub use agentcom_types::fleet::{
     AgentDetail, AgentView, Cordon, Disk, Endpoint, EndpointKind, Gpu, GpuProcess, HostView, Model, Owner, Resources,
@@ -48,10 +48,15 @@ pub struct Changes {
     pub removed: Vec<String>,
 }
 
-/// Every known endpoint, by id.
+/// Every known endpoint, by id, and which endpoints offer each model (so placement looks only
+/// at those).
 #[derive(Debug, Default)]
 pub struct Registry {
     endpoints: BTreeMap<String, Endpoint>,
+    /// Model name -> ids of the endpoints that list it.
+    by_model: BTreeMap<String, BTreeSet<String>>,
+    /// Claude API endpoints, which serve their models by name, listed or not.
+    cloud: BTreeSet<String>,
 }
 
 impl Registry {
@@ -67,17 +72,42 @@ impl Registry {
     /// time of its check).
     pub fn put(&mut self, endpoint: Endpoint) -> bool {
         let changed = self.endpoints.get(&endpoint.id).is_none_or(|old| !old.same_as(&endpoint));
+        self.unindex(&endpoint.id);
+        for model in &endpoint.models {
+            self.by_model.entry(model.name.clone()).or_default().insert(endpoint.id.clone());
+        }
+        if endpoint.kind == EndpointKind::Anthropic {
+            self.cloud.insert(endpoint.id.clone());
+        }
         self.endpoints.insert(endpoint.id.clone(), endpoint);
         changed
     }
 
-    /// The endpoints a sidecar reports.
-    pub fn owned_by<'a, 'b>(&'a self, sidecar_id: &'b str) -> impl Iterator<Item = &'a Endpoint> + use<'a, 'b> {
-        self.endpoints.values().filter(move |e| matches!(&e.owner, Owner::Sidecar(id) if id == sidecar_id))
+    /// The endpoints that can serve `model`, in id order: those that list it, and the Claude API
+    /// for a `claude-…` name it does not list.
+    pub fn offering<'a, 'b>(&'a self, model: &'b str) -> impl Iterator<Item = &'a Endpoint> + use<'a, 'b> {
+        let listed = self.by_model.get(model).into_iter().flatten();
+        let by_name = self.cloud.iter().filter(move |_| model.starts_with("claude-"));
+        let by_name = by_name.filter(move |id| !self.by_model.get(model).is_some_and(|ids| ids.contains(*id)));
+        listed.chain(by_name).filter_map(|id| self.endpoints.get(id))
     }
 
     pub fn remove(&mut self, id: &str) -> Option<Endpoint> {
+        self.unindex(id);
         self.endpoints.remove(id)
+    }
+
+    fn unindex(&mut self, id: &str) {
+        let Some(old) = self.endpoints.get(id) else { return };
+        for model in &old.models {
+            if let Some(ids) = self.by_model.get_mut(&model.name) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    self.by_model.remove(&model.name);
+                }
+            }
+        }
+        self.cloud.remove(id);
     }
 
     /// A sidecar's full inventory: its endpoints become exactly `reported`.
@@ -92,7 +122,7 @@ impl Registry {
             .map(|e| e.id.clone())
             .collect();
         for id in gone {
-            self.endpoints.remove(&id);
+            self.remove(&id);
             changes.removed.push(id);
         }
         for endpoint in reported {
@@ -195,6 +225,33 @@ mod tests {
         assert_eq!(changes, Changes { put: vec![a.id.clone()], removed: vec![b.id.clone()] });
         assert!(registry.get(&admin.id).is_some(), "other owners are untouched");
         assert_eq!(registry.iter().count(), 2);
+    }
+
+    #[test]
+    fn the_registry_knows_which_endpoints_offer_a_model() {
+        let mut registry = Registry::default();
+        let a = endpoint(Owner::Sidecar("a".into()), "http://a:11434", &["m1", "m2"]);
+        let b = endpoint(Owner::Sidecar("b".into()), "http://b:11434", &["m2"]);
+        let mut claude = endpoint(Owner::Sidecar("c".into()), "https://api.anthropic.com", &["claude-haiku-4-5"]);
+        claude.kind = EndpointKind::Anthropic;
+        for e in [a.clone(), b.clone(), claude.clone()] {
+            registry.put(e);
+        }
+        fn ids(registry: &Registry, model: &str) -> Vec<String> {
+            registry.offering(model).map(|e| e.id.clone()).collect()
+        }
+        let mut both = vec![a.id.clone(), b.id.clone()];
+        both.sort();
+        assert_eq!(ids(&registry, "m2"), both);
+        assert_eq!(ids(&registry, "claude-haiku-4-5"), vec![claude.id.clone()], "listed once");
+        assert_eq!(ids(&registry, "claude-opus-4-1"), vec![claude.id.clone()], "by name");
+        // A new inventory replaces the index too.
+        registry.replace_owned("a", vec![endpoint(Owner::Sidecar("a".into()), "http://a:11434", &["m3"])]);
+        assert_eq!(ids(&registry, "m1"), Vec::<String>::new());
+        assert_eq!(ids(&registry, "m2"), vec![b.id.clone()]);
+        assert_eq!(ids(&registry, "m3"), vec![a.id.clone()]);
+        registry.remove(&b.id);
+        assert!(ids(&registry, "m2").is_empty());
     }
 
     #[test]

@@ -288,8 +288,8 @@ impl sched::FleetView for Fleet<'_> {
             .is_some_and(|s| s.is_open() && s.hello.capabilities.iter().any(|c| c == capability))
     }
 
-    fn endpoints(&self, sidecar_id: &str) -> impl Iterator<Item = &crate::fleet::Endpoint> {
-        self.registry.owned_by(sidecar_id)
+    fn offering(&self, model: &str) -> impl Iterator<Item = &crate::fleet::Endpoint> {
+        self.registry.offering(model)
     }
 
     fn in_flight(&self, endpoint_id: &str) -> u32 {

@@ -18,7 +18,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::domain::{Task, UnixMs, Work};
-use crate::fleet::{Endpoint, EndpointKind};
+use crate::fleet::{Endpoint, EndpointKind, Owner};
 
 /// Idle agents by sidecar, kept in step with agent states by the core, so placement does not
 /// scan every agent for every task it places.
@@ -52,6 +52,11 @@ impl IdleIndex {
         self.by_sidecar.is_empty()
     }
 
+    /// A sidecar's first idle agent, in id order.
+    pub fn first(&self, sidecar_id: &str) -> Option<&String> {
+        self.by_sidecar.get(sidecar_id)?.first()
+    }
+
     /// Sidecars with idle agents, and those agents in id order.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &BTreeSet<String>)> {
         self.by_sidecar.iter()
@@ -63,8 +68,9 @@ pub trait FleetView {
     fn idle(&self) -> &IdleIndex;
     /// The sidecar's session is open and it runs work that needs `capability`.
     fn can_run(&self, sidecar_id: &str, capability: &str) -> bool;
-    /// The LLM endpoints a sidecar reports.
-    fn endpoints(&self, sidecar_id: &str) -> impl Iterator<Item = &Endpoint>;
+    /// The healthy or not endpoints that can serve `model` (see `Registry::offering`), in a
+    /// stable order.
+    fn offering(&self, model: &str) -> impl Iterator<Item = &Endpoint>;
     /// Requests the hub has placed on an endpoint that have not finished.
     fn in_flight(&self, endpoint_id: &str) -> u32;
     fn learned(&self) -> &Learned;
@@ -111,7 +117,8 @@ pub struct Observed {
 /// Load times and speeds per (sidecar, model), as exponentially weighted moving averages.
 #[derive(Clone, Debug, Default)]
 pub struct Learned {
-    by: HashMap<(String, String), Observed>,
+    /// Sidecar -> model -> what was observed (looked up by `&str`, without allocating).
+    by: HashMap<String, HashMap<String, Observed>>,
 }
 
 /// Weight of the newest observation.
@@ -126,12 +133,12 @@ pub const DEFAULT_LOAD_BYTES_PER_MS: f64 = 2_000_000.0;
 
 impl Learned {
     pub fn get(&self, sidecar_id: &str, model: &str) -> Observed {
-        self.by.get(&(sidecar_id.to_owned(), model.to_owned())).copied().unwrap_or_default()
+        self.by.get(sidecar_id).and_then(|models| models.get(model)).copied().unwrap_or_default()
     }
 
     /// Records a finished request: its load time (`None` or 0 when the model was warm) and speed.
     pub fn observe(&mut self, sidecar_id: &str, model: &str, load_ms: Option<u64>, tokens_per_s: Option<f64>) {
-        let entry = self.by.entry((sidecar_id.to_owned(), model.to_owned())).or_default();
+        let entry = self.by.entry(sidecar_id.to_owned()).or_default().entry(model.to_owned()).or_default();
         let blend = |old: Option<f64>, new: f64| Some(old.map_or(new, |old| old + EWMA_ALPHA * (new - old)));
         if let Some(load) = load_ms.filter(|ms| *ms > 0) {
             entry.load_ms = blend(entry.load_ms, load as f64);
@@ -214,29 +221,28 @@ pub fn estimate(
 fn place_model(model: &str, tokens: u32, fleet: &impl FleetView) -> Decision {
     // (estimate, warm, in flight, sidecar, agent, endpoint) of the best candidate so far.
     let mut best: Option<(Estimate, bool, u32, &String, &String, &String)> = None;
-    for (sidecar_id, agents) in fleet.idle().iter() {
-        let Some(agent_id) = agents.first() else { continue };
+    for endpoint in fleet.offering(model) {
+        let Owner::Sidecar(sidecar_id) = &endpoint.owner else { continue };
+        let Some(agent_id) = fleet.idle().first(sidecar_id) else { continue };
         if !fleet.can_run(sidecar_id, "llm") {
             continue;
         }
-        for endpoint in fleet.endpoints(sidecar_id) {
-            let Some((estimate, warm)) = self::estimate(fleet, sidecar_id, endpoint, model, tokens) else { continue };
-            let in_flight = fleet.in_flight(&endpoint.id);
-            let better = match &best {
-                None => true,
-                Some((b, b_warm, b_flight, b_sidecar, _, b_endpoint)) => {
-                    let key = (estimate.total_ms(), !warm, in_flight);
-                    let best_key = (b.total_ms(), !b_warm, *b_flight);
-                    match key.partial_cmp(&best_key) {
-                        Some(std::cmp::Ordering::Less) => true,
-                        Some(std::cmp::Ordering::Equal) => (sidecar_id, &endpoint.id) < (*b_sidecar, *b_endpoint),
-                        _ => false,
-                    }
+        let Some((estimate, warm)) = self::estimate(fleet, sidecar_id, endpoint, model, tokens) else { continue };
+        let in_flight = fleet.in_flight(&endpoint.id);
+        let better = match &best {
+            None => true,
+            Some((b, b_warm, b_flight, b_sidecar, _, b_endpoint)) => {
+                let key = (estimate.total_ms(), !warm, in_flight);
+                let best_key = (b.total_ms(), !b_warm, *b_flight);
+                match key.partial_cmp(&best_key) {
+                    Some(std::cmp::Ordering::Less) => true,
+                    Some(std::cmp::Ordering::Equal) => (sidecar_id, &endpoint.id) < (*b_sidecar, *b_endpoint),
+                    _ => false,
                 }
-            };
-            if better {
-                best = Some((estimate, warm, in_flight, sidecar_id, agent_id, &endpoint.id));
             }
+        };
+        if better {
+            best = Some((estimate, warm, in_flight, sidecar_id, agent_id, &endpoint.id));
         }
     }
     match best {
@@ -254,7 +260,7 @@ fn place_model(model: &str, tokens: u32, fleet: &impl FleetView) -> Decision {
 mod tests {
     use super::*;
     use crate::domain::{LlmWork, SpecDefaults, TaskId, TaskSpec};
-    use crate::fleet::{Model, Owner};
+    use crate::fleet::Model;
 
     #[derive(Default, Debug)]
     struct Fleet {
@@ -273,9 +279,12 @@ mod tests {
         fn can_run(&self, sidecar_id: &str, capability: &str) -> bool {
             self.can.iter().any(|&(s, c)| s == sidecar_id && c == capability)
         }
-        fn endpoints(&self, sidecar_id: &str) -> impl Iterator<Item = &Endpoint> {
-            let owner = Owner::Sidecar(sidecar_id.to_owned());
-            self.endpoints.iter().filter(move |e| e.owner == owner)
+        fn offering(&self, model: &str) -> impl Iterator<Item = &Endpoint> {
+            let model = model.to_owned();
+            self.endpoints.iter().filter(move |e| {
+                e.models.iter().any(|m| m.name == model)
+                    || (e.kind == EndpointKind::Anthropic && model.starts_with("claude-"))
+            })
         }
         fn in_flight(&self, endpoint_id: &str) -> u32 {
             self.in_flight.get(endpoint_id).copied().unwrap_or(0)

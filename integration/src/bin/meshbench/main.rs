@@ -4,12 +4,13 @@
 //! `meshbench queue` measures the durable queue: raw fdatasync on the data directory's disk,
 //! durable submit latency, submit throughput in-process, over unary gRPC and over the streaming
 //! path, fsyncs per commit, full durable cycles with sidecars over loopback gRPC, and start-up
-//! time with a large stored queue. `meshbench fleet` and `meshbench shell` run the real binaries
-//! (see their modules). Build with `--release`.
+//! time with a large stored queue. `meshbench fleet` and `meshbench shell` run the real binaries,
+//! `meshbench sched` times placement decisions (see their modules). Build with `--release`.
 
 #![allow(clippy::disallowed_methods)] // Tests and benchmarks start the real binaries and tools.
 
 mod fleet;
+mod sched;
 mod shell;
 
 use std::os::unix::fs::FileExt;
@@ -81,6 +82,16 @@ enum Command {
         /// Use `agentcom-hub dev` (the sidecar in the hub's process).
         #[arg(long)]
         dev: bool,
+    },
+    /// Placement decisions for LLM work over 100 endpoints x 20 models, at several fleet sizes,
+    /// beside a decision with one candidate.
+    Sched {
+        /// Fleet sizes, in agents (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        agents: Vec<usize>,
+        /// Decisions timed per fleet.
+        #[arg(long, default_value_t = 200_000)]
+        decisions: usize,
     },
 }
 
@@ -521,6 +532,13 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(sidecars >= 2, "--sidecars must be at least 2");
             let options = fleet::Options { sidecars, heartbeat_ms, measure_seconds: seconds };
             let figures = runtime.block_on(fleet::run(options))?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+            Ok(())
+        }
+        Command::Sched { agents, decisions } => {
+            anyhow::ensure!(decisions >= 1_000, "--decisions must be at least 1000");
+            anyhow::ensure!(agents.iter().all(|&a| a >= 100), "--agents must be at least 100 (one per endpoint)");
+            let figures = sched::run(sched::Options { agents, decisions })?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(())
         }
