@@ -131,6 +131,10 @@ struct HubArgs {
     /// prices, to put a cost on each LLM result.
     #[arg(long, value_name = "FILE")]
     prices: Option<PathBuf>,
+    /// The model LLM work of a tier runs on when it names none, e.g. `standard=llama3.2:3b`
+    /// (repeatable; tiers: trivial, standard, complex). Without one, the sidecar picks.
+    #[arg(long = "tier-model", value_name = "TIER=MODEL")]
+    tier_models: Vec<String>,
 }
 
 impl HubArgs {
@@ -209,6 +213,13 @@ impl HubArgs {
             aging_step: Duration::from_millis(self.aging_step_ms),
             idempotency_retention: Duration::from_millis(self.idempotency_retention_ms),
             max_write_backlog: self.max_write_backlog.max(1),
+            tier_models: {
+                let mut tiers = agentcom_hub::sched::TierModels::default();
+                for text in &self.tier_models {
+                    tiers.set(text).map_err(|err| anyhow::anyhow!("--tier-model: {err}"))?;
+                }
+                tiers
+            },
             prices: match &self.prices {
                 Some(path) => agentcom_hub::prices::Prices::load(path).map_err(anyhow::Error::msg)?,
                 None => agentcom_hub::prices::Prices::default(),

@@ -80,8 +80,10 @@ pub struct Lease {
     pub sidecar_id: String,
     pub agent_id: String,
     pub expires_at: UnixMs,
-    /// The LLM endpoint placement chose, if it chose one (counted in flight while the lease lasts).
+    /// The LLM endpoint placement chose, if it chose one (counted in flight while the lease lasts),
+    /// and the model.
     pub endpoint_id: Option<String>,
+    pub model: Option<String>,
 }
 
 /// Why a message about a task was refused.
@@ -276,6 +278,7 @@ mod tests {
             agent_id: format!("{sidecar}-0"),
             expires_at,
             endpoint_id: None,
+            model: None,
         }
     }
 

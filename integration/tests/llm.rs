@@ -290,3 +290,33 @@ async fn llm_work_goes_where_its_model_is_warm_until_that_is_busy_then_spills_ov
     assert!(second["outcome"]["usage"]["load_ms"].as_u64().unwrap() > 0, "{second}");
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_work_that_names_no_model_runs_on_its_tiers_model() {
+    let double = OllamaDouble::start(vec![
+        FakeModel::new(MODEL, 1, "llama", "3.2B"),
+        FakeModel::new("qwen2.5:7b", 1, "qwen2", "7B"),
+    ])
+    .await;
+    double.load("qwen2.5:7b", 1); // Warm, so the sidecar on its own would pick it.
+    let mut mesh = TestMesh::new()
+        .sidecars(0)
+        .config(|config| config.tier_models.set(&format!("trivial={MODEL}")).unwrap())
+        .start()
+        .await;
+    let reports = Settings {
+        llm_check_every: Duration::from_millis(200),
+        ollama: vec![double.url.clone()],
+        discover_ollama: false,
+        ..Settings::default()
+    };
+    mesh.add_sidecar_reporting(1, reports);
+    assert_eventually!(mesh.api.agents().await.len() == 1, PATIENCE, "the sidecar joined");
+    // A short question is trivial: the hub names the trivial tier's model in the assignment.
+    let task = mesh.api.submit(json!({ "llm": { "prompt": "What is 2 + 2?" } })).await;
+    let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["outcome"]["usage"]["model"], MODEL, "{done}");
+    assert_eq!(double.chats()[0]["model"], MODEL);
+    mesh.stop().await;
+}

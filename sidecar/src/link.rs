@@ -497,6 +497,7 @@ fn assignment(assign: pb::Assign, default_max_output_bytes: usize) -> Result<Ass
         agent_id: assign.agent_id,
         spec,
         endpoint_id: (!assign.endpoint_id.is_empty()).then_some(assign.endpoint_id),
+        model: (!assign.model.is_empty()).then_some(assign.model),
     })
 }
 

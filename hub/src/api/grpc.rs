@@ -373,7 +373,7 @@ fn invalid(err: crate::domain::Error) -> Status {
 fn to_pb(message: ToSidecar) -> pb::HubMessage {
     use pb::hub_message::Msg;
     let msg = match message {
-        ToSidecar::Assign { task_id, lease_generation, attempt, agent_id, spec, endpoint_id } => {
+        ToSidecar::Assign { task_id, lease_generation, attempt, agent_id, spec, endpoint_id, model } => {
             Msg::Assign(pb::Assign {
                 task_id: task_id.to_string(),
                 lease_generation,
@@ -381,6 +381,7 @@ fn to_pb(message: ToSidecar) -> pb::HubMessage {
                 agent_id,
                 spec: Some(convert::spec_into_pb(*spec)),
                 endpoint_id: endpoint_id.unwrap_or_default(),
+                model: model.unwrap_or_default(),
             })
         }
         ToSidecar::Cancel { task_id, lease_generation, reason } => {

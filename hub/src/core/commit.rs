@@ -101,6 +101,7 @@ impl State {
                         agent_id: lease.agent_id.clone(),
                         spec: Box::new(task.spec.clone()),
                         endpoint_id: lease.endpoint_id.clone(),
+                        model: lease.model.clone(),
                     };
                     self.send_to(&lease.sidecar_id, message);
                     self.notify(task_id, now);

@@ -42,6 +42,8 @@ pub struct Config {
     pub max_write_backlog: usize,
     /// What LLM work costs, to price each result.
     pub prices: crate::prices::Prices,
+    /// The models LLM work that names none runs on, by tier.
+    pub tier_models: crate::sched::TierModels,
 }
 
 impl Default for Config {
@@ -60,6 +62,7 @@ impl Default for Config {
             idempotency_retention: Duration::from_secs(24 * 3600),
             max_write_backlog: 100_000,
             prices: crate::prices::Prices::default(),
+            tier_models: crate::sched::TierModels::default(),
         }
     }
 }
@@ -171,8 +174,9 @@ pub enum ToSidecar {
         attempt: u32,
         agent_id: String,
         spec: Box<TaskSpec>,
-        /// LLM work: the endpoint placement chose.
+        /// LLM work: the endpoint and model placement chose.
         endpoint_id: Option<String>,
+        model: Option<String>,
     },
     Cancel {
         task_id: TaskId,

@@ -219,15 +219,16 @@ impl State {
                 registry: &self.registry,
                 in_flight: &self.in_flight,
                 learned: &self.learned,
+                tiers: &self.config.tier_models,
             };
             let tasks = &self.tasks;
             let popped = self.queue.pop_ready(now, |id| match sched::place(&tasks[&id], &fleet, now) {
-                sched::Decision::Place { sidecar_id, agent_id, endpoint_id, .. } => {
-                    Some((sidecar_id, agent_id, endpoint_id))
+                sched::Decision::Place { sidecar_id, agent_id, endpoint_id, model, .. } => {
+                    Some((sidecar_id, agent_id, endpoint_id, model))
                 }
                 sched::Decision::Wait(_) => None,
             });
-            let Some((task_id, (sidecar_id, agent_id, endpoint_id))) = popped else { return };
+            let Some((task_id, (sidecar_id, agent_id, endpoint_id, model))) = popped else { return };
             if let Some(deadline) = self.tasks[&task_id].spec.limits.deadline_unix_ms {
                 self.deadlines.remove(&(deadline, task_id));
             }
@@ -248,6 +249,7 @@ impl State {
                 agent_id: agent_id.clone(),
                 expires_at: now + ttl,
                 endpoint_id,
+                model,
             };
             self.queue.grant(task_id, lease);
             let agent = self.agents.get_mut(&agent_id).expect("an idle agent exists");
@@ -275,6 +277,7 @@ struct Fleet<'a> {
     registry: &'a crate::fleet::Registry,
     in_flight: &'a HashMap<String, u32>,
     learned: &'a sched::Learned,
+    tiers: &'a sched::TierModels,
 }
 
 impl sched::FleetView for Fleet<'_> {
@@ -298,5 +301,9 @@ impl sched::FleetView for Fleet<'_> {
 
     fn learned(&self) -> &sched::Learned {
         self.learned
+    }
+
+    fn tier_model(&self, tier: crate::domain::Tier) -> Option<&str> {
+        self.tiers.get(tier)
     }
 }

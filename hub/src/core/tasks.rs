@@ -35,6 +35,7 @@ impl State {
                         agent_id: task.agent_id.clone().unwrap_or_default(),
                         expires_at: now + ttl,
                         endpoint_id: None,
+                        model: None,
                     };
                     self.queue.grant(task.id, lease);
                     n_leased += 1;

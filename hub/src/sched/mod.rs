@@ -15,9 +15,11 @@
 //! **Architecture Invariant:** pure. The core owns the fleet and asks through [`FleetView`];
 //! nothing here does I/O or reads a clock.
 
+pub mod tier;
+
 use std::collections::{BTreeSet, HashMap};
 
-use crate::domain::{Task, UnixMs, Work};
+use crate::domain::{Task, Tier, UnixMs, Work};
 use crate::fleet::{Endpoint, EndpointKind, Owner};
 
 /// Idle agents by sidecar, kept in step with agent states by the core, so placement does not
@@ -74,6 +76,44 @@ pub trait FleetView {
     /// Requests the hub has placed on an endpoint that have not finished.
     fn in_flight(&self, endpoint_id: &str) -> u32;
     fn learned(&self) -> &Learned;
+    /// The model LLM work of `tier` runs on when it names none (`--tier-model`).
+    fn tier_model(&self, _tier: Tier) -> Option<&str> {
+        None
+    }
+}
+
+/// The models LLM work runs on by tier, when it names none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TierModels {
+    pub trivial: Option<String>,
+    pub standard: Option<String>,
+    pub complex: Option<String>,
+}
+
+impl TierModels {
+    pub fn get(&self, tier: Tier) -> Option<&str> {
+        match tier {
+            Tier::Trivial => self.trivial.as_deref(),
+            Tier::Standard => self.standard.as_deref(),
+            Tier::Complex => self.complex.as_deref(),
+        }
+    }
+
+    /// Sets one from `TIER=MODEL`.
+    pub fn set(&mut self, text: &str) -> Result<(), String> {
+        let (tier, model) = text.split_once('=').ok_or_else(|| format!("{text:?} is not TIER=MODEL"))?;
+        let tier: Tier = tier.parse().map_err(|err: crate::domain::Error| err.to_string())?;
+        if model.is_empty() {
+            return Err(format!("{text:?} names no model"));
+        }
+        let slot = match tier {
+            Tier::Trivial => &mut self.trivial,
+            Tier::Standard => &mut self.standard,
+            Tier::Complex => &mut self.complex,
+        };
+        *slot = Some(model.to_owned());
+        Ok(())
+    }
 }
 
 /// Where a task goes, or why it waits.
@@ -82,8 +122,10 @@ pub enum Decision {
     Place {
         sidecar_id: String,
         agent_id: String,
-        /// For LLM work placed on a model: the endpoint the estimate chose.
+        /// For LLM work placed on a model: the endpoint the estimate chose, and the model (the
+        /// task's own, or its tier's).
         endpoint_id: Option<String>,
+        model: Option<String>,
         estimate: Option<Estimate>,
     },
     Wait(Wait),
@@ -164,7 +206,11 @@ pub fn place(task: &Task, fleet: &impl FleetView, now: UnixMs) -> Decision {
     }
     if let Work::Llm(llm) = &task.spec.work {
         let model = if llm.model.is_empty() { task.spec.placement.model.as_str() } else { llm.model.as_str() };
-        if !model.is_empty() {
+        let model = match model {
+            "" => fleet.tier_model(tier::tier_of(&task.spec)),
+            named => Some(named),
+        };
+        if let Some(model) = model {
             let tokens = if llm.max_tokens > 0 { llm.max_tokens } else { EXPECTED_OUTPUT_TOKENS };
             return place_model(model, tokens, fleet);
         }
@@ -180,6 +226,7 @@ pub fn place(task: &Task, fleet: &impl FleetView, now: UnixMs) -> Decision {
                 sidecar_id: sidecar_id.clone(),
                 agent_id: agents.first()?.clone(),
                 endpoint_id: None,
+                model: None,
                 estimate: None,
             })
         })
@@ -250,6 +297,7 @@ fn place_model(model: &str, tokens: u32, fleet: &impl FleetView) -> Decision {
             sidecar_id: sidecar_id.clone(),
             agent_id: agent_id.clone(),
             endpoint_id: Some(endpoint_id.clone()),
+            model: Some(model.to_owned()),
             estimate: Some(estimate),
         },
         None => Decision::Wait(Wait::NoCapableAgent),
@@ -270,6 +318,7 @@ mod tests {
         endpoints: Vec<Endpoint>,
         in_flight: HashMap<String, u32>,
         learned: Learned,
+        tiers: TierModels,
     }
 
     impl FleetView for Fleet {
@@ -291,6 +340,9 @@ mod tests {
         }
         fn learned(&self) -> &Learned {
             &self.learned
+        }
+        fn tier_model(&self, tier: Tier) -> Option<&str> {
+            self.tiers.get(tier)
         }
     }
 
@@ -340,8 +392,13 @@ mod tests {
         }
         let fleet = Fleet { idle, can: vec![("a", "shell"), ("b", "shell"), ("c", "llm")], ..Fleet::default() };
         let placed = place(&shell_task(), &fleet, 10);
-        let expected =
-            Decision::Place { sidecar_id: "b".into(), agent_id: "b/0".into(), endpoint_id: None, estimate: None };
+        let expected = Decision::Place {
+            sidecar_id: "b".into(),
+            agent_id: "b/0".into(),
+            endpoint_id: None,
+            model: None,
+            estimate: None,
+        };
         assert_eq!(placed, expected);
     }
 
@@ -416,6 +473,34 @@ mod tests {
         fleet.idle.insert("cloud", "cloud/0");
         fleet.can.push(("cloud", "llm"));
         assert_eq!(placed_on(&place(&llm_task("claude-sonnet-4-5"), &fleet, 0)), "cloud");
+    }
+
+    #[test]
+    fn llm_work_without_a_model_runs_on_its_tiers_model() {
+        let mut fleet = warm_and_cold();
+        let mut claude =
+            Endpoint::new(Owner::Sidecar("cloud".into()), "https://api.anthropic.com".into(), EndpointKind::Anthropic);
+        claude.healthy = true;
+        fleet.endpoints.push(claude);
+        fleet.idle.insert("cloud", "cloud/0");
+        fleet.can.push(("cloud", "llm"));
+        let mut unnamed = llm_task("");
+        // No tier models configured: placed as plain work, the sidecar picks.
+        let Decision::Place { model, .. } = place(&unnamed, &fleet, 0) else { panic!("waits") };
+        assert_eq!(model, None);
+        fleet.tiers.set("standard=m").unwrap();
+        fleet.tiers.set("complex=claude-sonnet-4-5").unwrap();
+        fleet.tiers.set("trivial=m").unwrap();
+        let Decision::Place { sidecar_id, model, .. } = place(&unnamed, &fleet, 0) else { panic!("waits") };
+        assert_eq!((sidecar_id.as_str(), model.as_deref()), ("warm", Some("m")), "a short question is trivial");
+        if let Work::Llm(work) = &mut unnamed.spec.work {
+            work.prompt = "Refactor the scheduler and design its explanations".into();
+        }
+        let Decision::Place { sidecar_id, model, .. } = place(&unnamed, &fleet, 0) else { panic!("waits") };
+        assert_eq!((sidecar_id.as_str(), model.as_deref()), ("cloud", Some("claude-sonnet-4-5")), "inferred complex");
+        unnamed.spec.tier = Some(Tier::Standard);
+        assert_eq!(placed_on(&place(&unnamed, &fleet, 0)), "warm", "an explicit tier wins");
+        assert!(fleet.tiers.set("huge=m").is_err() && fleet.tiers.set("standard").is_err());
     }
 
     mod properties {

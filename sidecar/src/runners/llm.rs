@@ -149,8 +149,11 @@ impl Runner for LlmRunner {
             // Right after start the first check may still be running.
             let _ = tokio::time::timeout(FIRST_INVENTORY, inventory.wait_for(Option::is_some)).await;
             let endpoints = inventory.borrow().clone().unwrap_or_default();
-            let wanted =
-                if work.model.is_empty() { assignment.spec.placement.model.as_str() } else { work.model.as_str() };
+            let wanted = match (work.model.as_str(), assignment.spec.placement.model.as_str()) {
+                ("", "") => assignment.model.as_deref().unwrap_or_default(),
+                ("", placed) => placed,
+                (named, _) => named,
+            };
             let placed = assignment.endpoint_id.as_deref().and_then(|id| endpoints.iter().find(|e| e.id == id));
             let choice = match placed {
                 // Where the hub placed it, unless that endpoint no longer has the model here.

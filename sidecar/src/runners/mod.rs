@@ -25,8 +25,10 @@ pub struct Assignment {
     pub attempt: u32,
     pub agent_id: String,
     pub spec: TaskSpec,
-    /// LLM work: the endpoint the hub placed it on, if it chose one.
+    /// LLM work: the endpoint the hub placed it on, if it chose one, and the model when the
+    /// spec names none.
     pub endpoint_id: Option<String>,
+    pub model: Option<String>,
 }
 
 /// Where a running attempt reports. Output chunks may be dropped by the sink (the final outcome
