@@ -187,6 +187,19 @@ async fn claude_work_streams_from_the_messages_api_and_retries_a_rate_limit() {
     // 25 in at $3/M, 10 read from the cache at a tenth of that, 15 out at $15/M.
     assert_eq!(usage["cost_micros"], 25 * 3 + 3 + 15 * 15, "{usage}");
 
+    // While it waited to retry, the agent was blocked; working again at the first token.
+    let agent_id = done["agent_id"].as_str().unwrap().replace('/', "%2F");
+    let (_, agent) = mesh.api.request(reqwest::Method::GET, &format!("/api/v1/agents/{agent_id}"), None).await;
+    let history: Vec<(String, String)> = agent["agent"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["to"].as_str().unwrap().to_owned(), t["cause"].as_str().unwrap().to_owned()))
+        .collect();
+    let blocked = history.iter().position(|(to, cause)| to == "blocked" && cause.contains("retrying in"));
+    let working = history.iter().rposition(|(to, _)| to == "working");
+    assert!(blocked.is_some() && working > blocked, "{history:?}");
+
     let requests = double.requests();
     assert_eq!(requests.len(), 2, "the rate-limited request, then the one that went through");
     let (headers, body) = &requests[1];

@@ -373,15 +373,16 @@ fn invalid(err: crate::domain::Error) -> Status {
 fn to_pb(message: ToSidecar) -> pb::HubMessage {
     use pb::hub_message::Msg;
     let msg = match message {
-        ToSidecar::Assign { task_id, lease_generation, attempt, agent_id, spec, endpoint_id, model } => {
+        ToSidecar::Assign(assignment) => {
+            let assignment = *assignment;
             Msg::Assign(pb::Assign {
-                task_id: task_id.to_string(),
-                lease_generation,
-                attempt,
-                agent_id,
-                spec: Some(convert::spec_into_pb(*spec)),
-                endpoint_id: endpoint_id.unwrap_or_default(),
-                model: model.unwrap_or_default(),
+                task_id: assignment.task_id.to_string(),
+                lease_generation: assignment.lease_generation,
+                attempt: assignment.attempt,
+                agent_id: assignment.agent_id,
+                spec: Some(convert::spec_into_pb(assignment.spec)),
+                endpoint_id: assignment.endpoint_id.unwrap_or_default(),
+                model: assignment.model.unwrap_or_default(),
             })
         }
         ToSidecar::Cancel { task_id, lease_generation, reason } => {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::State;
-use super::handle::{Error, Reply, SubmitAnswer, Submitted, ToSidecar};
+use super::handle::{Assignment, Error, Reply, SubmitAnswer, Submitted, ToSidecar};
 use super::tasks::strip_output;
 use crate::domain::*;
 use crate::store;
@@ -94,15 +94,15 @@ impl State {
                         continue;
                     }
                     let task = &self.tasks[&task_id];
-                    let message = ToSidecar::Assign {
+                    let message = ToSidecar::Assign(Box::new(Assignment {
                         task_id,
                         lease_generation,
                         attempt: task.attempt,
                         agent_id: lease.agent_id.clone(),
-                        spec: Box::new(task.spec.clone()),
+                        spec: task.spec.clone(),
                         endpoint_id: lease.endpoint_id.clone(),
                         model: lease.model.clone(),
-                    };
+                    }));
                     self.send_to(&lease.sidecar_id, message);
                     self.notify(task_id, now);
                 }

@@ -165,19 +165,24 @@ pub enum FromSidecar {
     Models(Vec<Endpoint>),
 }
 
-/// What the core sends to a sidecar session.
+/// An attempt the core gives a sidecar.
+#[derive(Clone, Debug)]
+pub struct Assignment {
+    pub task_id: TaskId,
+    pub lease_generation: u64,
+    pub attempt: u32,
+    pub agent_id: String,
+    pub spec: TaskSpec,
+    /// LLM work: the endpoint and model placement chose.
+    pub endpoint_id: Option<String>,
+    pub model: Option<String>,
+}
+
+/// What the core sends to a sidecar session. Small: every session's outbox holds its slots
+/// whether or not they are used, so the assignment travels boxed.
 #[derive(Clone, Debug)]
 pub enum ToSidecar {
-    Assign {
-        task_id: TaskId,
-        lease_generation: u64,
-        attempt: u32,
-        agent_id: String,
-        spec: Box<TaskSpec>,
-        /// LLM work: the endpoint and model placement chose.
-        endpoint_id: Option<String>,
-        model: Option<String>,
-    },
+    Assign(Box<Assignment>),
     Cancel {
         task_id: TaskId,
         lease_generation: u64,

@@ -40,8 +40,8 @@ use tracing::{debug, info, warn};
 
 pub use self::commit::AfterCommit;
 pub use self::handle::{
-    Config, Error, Event, FromSidecar, Handle, QueueStats, RunningTask, SidecarHello, Submitted, ToSidecar, WatchReply,
-    Welcome,
+    Assignment, Config, Error, Event, FromSidecar, Handle, QueueStats, RunningTask, SidecarHello, Submitted, ToSidecar,
+    WatchReply, Welcome,
 };
 pub use crate::fleet::{AgentDetail, AgentView, HostView};
 

@@ -118,7 +118,7 @@ impl Harness {
         let sent = self.sent.get(sidecar_id).map(Vec::as_slice).unwrap_or_default();
         sent.iter()
             .filter_map(|m| match m {
-                ToSidecar::Assign { task_id, lease_generation, .. } => Some((*task_id, *lease_generation)),
+                ToSidecar::Assign(a) => Some((a.task_id, a.lease_generation)),
                 _ => None,
             })
             .collect()

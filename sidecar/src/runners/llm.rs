@@ -256,6 +256,8 @@ async fn attempt(
     if choice.cold {
         sink.progress(true, &format!("loading {} on {}", choice.model, choice.target_url));
     }
+    // Reported blocked (loading, or waiting to retry): the first text unblocks the agent.
+    let blocked = std::sync::atomic::AtomicBool::new(choice.cold);
     let text = Arc::new(Mutex::new(Text::default()));
     // The coalescer: whatever arrived since the last send goes out every COALESCE.
     let flusher = {
@@ -280,7 +282,7 @@ async fn attempt(
             t.unsent.extend_from_slice(keep);
             drop(t);
             if first {
-                if choice.cold {
+                if blocked.swap(false, std::sync::atomic::Ordering::Relaxed) {
                     sink.progress(false, "generating");
                 }
                 flush(&text, sink.as_ref()); // The first token at once.
@@ -294,6 +296,7 @@ async fn attempt(
                     chat::Error::Provider { retry_after: Some(after), .. } => (*after).max(backoff),
                     _ => backoff,
                 };
+                blocked.store(true, std::sync::atomic::Ordering::Relaxed);
                 sink.progress(true, &format!("{err}; retrying in {} ms", pause.as_millis()));
                 tokio::time::sleep(pause).await;
             }

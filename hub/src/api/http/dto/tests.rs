@@ -1,0 +1,219 @@
+//! Each shape, filled in completely (every optional field present, every list with an
+//! item), against the example under its heading in `docs/api.md` "JSON shapes": the same
+//! set of field paths, or the test names what differs.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use super::*;
+use crate::agent::AgentState;
+use crate::domain::{Lane, SpecDefaults, TaskId, TaskState, Tier};
+use crate::fleet::{Disk, EndpointKind, Gpu, GpuProcess};
+
+fn paths(value: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, value) in map {
+                let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                out.insert(path.clone());
+                paths(value, &path, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|item| paths(item, &format!("{prefix}[]"), out)),
+        _ => {}
+    }
+}
+
+/// The example JSON under `#### \`name\`` in the "JSON shapes" section of docs/api.md.
+fn documented(name: &str) -> Value {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/api.md")).unwrap();
+    let section = doc.split("\n## JSON shapes").nth(1).expect("docs/api.md has a JSON shapes section");
+    let heading = format!("\n#### `{name}`");
+    let after = section.split(&heading).nth(1).unwrap_or_else(|| panic!("docs/api.md documents no `{name}` shape"));
+    let block = after.split("```json\n").nth(1).and_then(|b| b.split("\n```").next()).expect("a json block");
+    serde_json::from_str(block).unwrap_or_else(|err| panic!("the `{name}` example is not JSON: {err}"))
+}
+
+fn check(name: &str, shape: impl Serialize) {
+    let (mut actual, mut expected) = (BTreeSet::new(), BTreeSet::new());
+    paths(&serde_json::to_value(shape).unwrap(), "", &mut actual);
+    paths(&documented(name), "", &mut expected);
+    let missing: Vec<_> = actual.difference(&expected).collect();
+    let stale: Vec<_> = expected.difference(&actual).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "docs/api.md `{name}` is out of date: not documented {missing:?}; documented but not sent {stale:?}"
+    );
+}
+
+fn full_task() -> Task {
+    let mut spec = TaskSpec::shell(vec!["make".into(), "test".into()], &SpecDefaults::default());
+    spec.name = "unit tests".into();
+    spec.idempotency_key = Some("build-1234".into());
+    spec.priority = Lane::High;
+    spec.tier = Some(Tier::Trivial);
+    if let Work::Shell(shell) = &mut spec.work {
+        shell.cwd = Some("repo".into());
+        shell.env.insert("CI".into(), "1".into());
+        shell.secret_env.push("API_TOKEN".into());
+    }
+    spec.context.env.insert("A".into(), "1".into());
+    spec.context.files.push("src/lib.rs".into());
+    spec.success_criteria.push("tests pass".into());
+    spec.verification.push(Verification::FileExists("out.txt".into()));
+    spec.limits.timeout_ms = Some(600_000);
+    spec.limits.deadline_unix_ms = Some(1);
+    spec.limits.max_tokens = Some(1);
+    spec.limits.max_cost_micros = Some(1);
+    spec.limits.max_memory_bytes = Some(1 << 30);
+    spec.limits.max_pids = Some(64);
+    spec.placement.tags.push("gpu".into());
+    spec.depends_on.push(TaskId::new(1));
+    spec.labels.insert("team".into(), "infra".into());
+    spec.retry.retry_on_exit_codes.push(75);
+    let mut task = Task::new(TaskId::new(2), spec, 2);
+    task.set_state(TaskState::Succeeded, "", 3);
+    task.agent_id = Some("host/0".into());
+    task.sidecar_id = Some("host".into());
+    task.started_unix_ms = Some(2);
+    task.outcome = Some(Outcome {
+        exit: Exit::Code(0),
+        duration_ms: 3,
+        stdout: b"hello\n".to_vec(),
+        stderr: Vec::new(),
+        stdout_total_bytes: 6,
+        stderr_total_bytes: 0,
+        timed_out: false,
+        error: Some("only when the work could not run".into()),
+        usage: Some(Usage {
+            provider: "ollama".into(),
+            endpoint_id: "ep-7b3b6fba1efa".into(),
+            model: "llama3.2:3b".into(),
+            input_tokens: 26,
+            output_tokens: 2,
+            cached_input_tokens: 0,
+            cache_write_tokens: 0,
+            ttft_ms: Some(41),
+            output_tokens_per_s: Some(20.0),
+            load_ms: Some(900),
+            cost_micros: Some(0),
+        }),
+    });
+    task
+}
+
+#[test]
+fn the_llm_work_shape_is_documented() {
+    use crate::domain::{ChatMessage, ChatRole, LlmWork};
+    let work = Work::Llm(LlmWork {
+        system: "be brief".into(),
+        messages: vec![ChatMessage { role: ChatRole::User, content: "hi".into() }],
+        model: "llama3.2:3b".into(),
+        max_tokens: 256,
+        temperature: Some(0.2),
+        stop: vec!["\n\n".into()],
+        json: true,
+        keep_alive: Some("10m".into()),
+        ..LlmWork::prompt("Summarize the log")
+    });
+    check("llm", WorkDto::from(&work));
+}
+
+#[test]
+fn the_task_shape_is_documented() {
+    check("task", TaskDto::from(&full_task()));
+}
+
+#[test]
+fn the_agent_shape_is_documented() {
+    let agent = AgentView {
+        id: "host/0".into(),
+        sidecar_id: "host".into(),
+        hostname: "host".into(),
+        state: AgentState::Working,
+        task_id: Some(TaskId::new(1)),
+        state_since_unix_ms: 1,
+        last_seen_unix_ms: 1,
+        capabilities: vec!["shell".into()],
+        tags: vec!["dev".into()],
+        version: "0.1.0".into(),
+        stalled: false,
+        last_activity_unix_ms: 1,
+        cordoned: false,
+    };
+    let transition = Transition { at_unix_ms: 1, from: AgentState::Idle, to: AgentState::Assigned, cause: "x".into() };
+    check("agent", AgentDto::from(&AgentDetail { agent, history: vec![transition] }));
+}
+
+#[test]
+fn the_host_shape_is_documented() {
+    let gpu = Gpu {
+        index: 0,
+        name: "NVIDIA H200".into(),
+        uuid: "GPU-1".into(),
+        utilization_percent: Some(1),
+        memory_utilization_percent: Some(1),
+        memory_used_bytes: Some(1),
+        memory_total_bytes: Some(1),
+        temperature_celsius: Some(1),
+        power_milliwatts: Some(1),
+        processes: vec![GpuProcess { pid: 1, used_memory_bytes: Some(1) }],
+    };
+    let resources = Resources {
+        cpu_per_core_percent: vec![1.0],
+        disks: vec![Disk { mount: "/".into(), total_bytes: 1, available_bytes: 1 }],
+        gpus: vec![gpu],
+        ..Resources::default()
+    };
+    let host = HostView {
+        id: "host".into(),
+        hostname: "host".into(),
+        os: "linux".into(),
+        arch: "x86_64".into(),
+        version: "0.1.0".into(),
+        online: true,
+        last_seen_unix_ms: 1,
+        cordon: Some(Cordon { since_unix_ms: 1, deadline_unix_ms: Some(2) }),
+        agents: 4,
+        containment: "cgroup-v2".into(),
+        history: Some(vec![Sample::of(&resources)]),
+        resources: Some(resources),
+    };
+    check("host", HostDto::from(&host));
+}
+
+#[test]
+fn the_endpoint_shape_is_documented() {
+    let mut endpoint =
+        Endpoint::new(Owner::Sidecar("host".into()), "http://127.0.0.1:11434".into(), EndpointKind::Ollama);
+    endpoint.error = Some("connection refused".into());
+    endpoint.models = vec![Model { expires_unix_ms: Some(1), ..Model::named("llama3.2:3b") }];
+    check("endpoint", EndpointDto::from(&endpoint));
+}
+
+#[test]
+fn the_queue_and_backup_shapes_are_documented() {
+    let queue = QueueStats {
+        tasks: 1,
+        ready: 1,
+        delayed: 0,
+        waiting_on_dependencies: 0,
+        leased: 0,
+        dead_lettered: 0,
+        stale_messages_refused: 0,
+    };
+    check("queue", QueueDto::from(&queue));
+    check("backup", BackupDto { path: "/var/lib/agentcom/backups/hub-1.redb".into(), tasks: 1, bytes: 1 });
+    check("output", OutputEventDto { attempt: 1, stream: "stdout", offset: 0, data_base64: "aGk=".into() });
+}
+
+#[test]
+fn enumerations_serialize_as_documented() {
+    let json = |value: serde_json::Result<String>| value.unwrap();
+    assert_eq!(json(serde_json::to_string(&ExitDto::Signal(9))), r#"{"signal":9}"#);
+    assert_eq!(json(serde_json::to_string(&ExitDto::Unknown)), r#""unknown""#);
+    assert_eq!(json(serde_json::to_string(&VerificationDto::GitClean)), r#""git_clean""#);
+    assert_eq!(json(serde_json::to_string(&CommandDto::Script("make".into()))), r#"{"script":"make"}"#);
+    assert_eq!(json(serde_json::to_string(&OwnerDto::Hub)), r#"{"by":"hub"}"#);
+}
