@@ -14,17 +14,41 @@ use serde_json::{Value, json};
 const PATIENCE: Duration = Duration::from_secs(30);
 const MODEL: &str = "llama3.2:3b";
 
-async fn mesh_with_ollama(double: &OllamaDouble) -> agentcom_integration::RunningMesh {
-    let mut mesh = TestMesh::new().sidecars(0).start().await;
-    let reports = Settings {
-        llm_check_every: Duration::from_millis(200),
-        ollama: vec![double.url.clone()],
-        discover_ollama: false,
-        ..Settings::default()
-    };
-    mesh.add_sidecar_reporting(2, reports);
-    assert_eventually!(mesh.api.agents().await.len() == 2, PATIENCE, "the sidecar joined");
+/// A hub (its configuration changed by `config`) and one sidecar with `slots` agents that
+/// checks its LLM endpoints every 200 ms and discovers none.
+async fn start_mesh(
+    config: impl FnOnce(&mut agentcom_hub::core::Config),
+    slots: u32,
+    reports: Settings,
+) -> agentcom_integration::RunningMesh {
+    let mut mesh = TestMesh::new().sidecars(0).config(config).start().await;
+    let reports = Settings { llm_check_every: Duration::from_millis(200), discover_ollama: false, ..reports };
+    mesh.add_sidecar_reporting(slots, reports);
+    assert_eventually!(mesh.api.agents().await.len() == slots as usize, PATIENCE, "the sidecar joined");
     mesh
+}
+
+fn ollama_at(double: &OllamaDouble) -> Settings {
+    Settings { ollama: vec![double.url.clone()], ..Settings::default() }
+}
+
+async fn mesh_with_ollama(double: &OllamaDouble) -> agentcom_integration::RunningMesh {
+    start_mesh(|_| {}, 2, ollama_at(double)).await
+}
+
+/// The agent that ran `task` went `blocked` for a reason containing `why`, then `working`.
+async fn blocked_then_working(api: &agentcom_integration::Api, task: &Value, why: &str) {
+    let agent_id = task["agent_id"].as_str().unwrap().replace('/', "%2F");
+    let (_, agent) = api.request(reqwest::Method::GET, &format!("/api/v1/agents/{agent_id}"), None).await;
+    let history: Vec<(String, String)> = agent["agent"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["to"].as_str().unwrap().to_owned(), t["cause"].as_str().unwrap().to_owned()))
+        .collect();
+    let blocked = history.iter().position(|(to, cause)| to == "blocked" && cause.contains(why));
+    let working = history.iter().rposition(|(to, _)| to == "working");
+    assert!(blocked.is_some() && working > blocked, "{history:?}");
 }
 
 fn llm(prompt: &str) -> Value {
@@ -61,17 +85,7 @@ async fn an_llm_task_streams_from_ollama_and_records_its_usage() {
     assert_eq!((chat["stream"].as_bool(), chat["options"]["num_predict"].as_u64()), (Some(true), Some(64)));
 
     // While the model loaded, the agent was blocked, and working again at the first token.
-    let agent_id = done["agent_id"].as_str().unwrap().replace('/', "%2F");
-    let (_, agent) = mesh.api.request(reqwest::Method::GET, &format!("/api/v1/agents/{agent_id}"), None).await;
-    let history: Vec<(String, String)> = agent["agent"]["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["to"].as_str().unwrap().to_owned(), t["cause"].as_str().unwrap().to_owned()))
-        .collect();
-    let blocked = history.iter().position(|(to, cause)| to == "blocked" && cause.contains("loading llama3.2:3b"));
-    let working = history.iter().rposition(|(to, _)| to == "working");
-    assert!(blocked.is_some() && working > blocked, "{history:?}");
+    blocked_then_working(&mesh.api, &done, "loading llama3.2:3b").await;
     mesh.stop().await;
 }
 
@@ -146,13 +160,7 @@ async fn hubctl_streams_a_prompts_reply_and_ends_with_its_usage() {
 }
 
 async fn mesh_with(reports: Settings) -> agentcom_integration::RunningMesh {
-    let mut mesh = TestMesh::new().sidecars(0).start().await;
-    mesh.add_sidecar_reporting(
-        1,
-        Settings { llm_check_every: Duration::from_millis(200), discover_ollama: false, ..reports },
-    );
-    assert_eventually!(mesh.api.agents().await.len() == 1, PATIENCE, "the sidecar joined");
-    mesh
+    start_mesh(|_| {}, 1, reports).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,17 +196,7 @@ async fn claude_work_streams_from_the_messages_api_and_retries_a_rate_limit() {
     assert_eq!(usage["cost_micros"], 25 * 3 + 3 + 15 * 15, "{usage}");
 
     // While it waited to retry, the agent was blocked; working again at the first token.
-    let agent_id = done["agent_id"].as_str().unwrap().replace('/', "%2F");
-    let (_, agent) = mesh.api.request(reqwest::Method::GET, &format!("/api/v1/agents/{agent_id}"), None).await;
-    let history: Vec<(String, String)> = agent["agent"]["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["to"].as_str().unwrap().to_owned(), t["cause"].as_str().unwrap().to_owned()))
-        .collect();
-    let blocked = history.iter().position(|(to, cause)| to == "blocked" && cause.contains("retrying in"));
-    let working = history.iter().rposition(|(to, _)| to == "working");
-    assert!(blocked.is_some() && working > blocked, "{history:?}");
+    blocked_then_working(&mesh.api, &done, "retrying in").await;
 
     let requests = double.requests();
     assert_eq!(requests.len(), 2, "the rate-limited request, then the one that went through");
@@ -268,16 +266,11 @@ async fn llm_work_goes_where_its_model_is_warm_until_that_is_busy_then_spills_ov
     let slow = ChatScript { between_pieces: Duration::from_millis(300), ..ChatScript::default() };
     warm.script(slow.clone());
     cold.script(slow);
-    let mut mesh = TestMesh::new().sidecars(0).start().await;
-    for double in [&warm, &cold] {
-        let reports = Settings {
-            llm_check_every: Duration::from_millis(200),
-            ollama: vec![double.url.clone()],
-            discover_ollama: false,
-            ..Settings::default()
-        };
-        mesh.add_sidecar_reporting(2, reports);
-    }
+    let mut mesh = start_mesh(|_| {}, 2, ollama_at(&warm)).await;
+    mesh.add_sidecar_reporting(
+        2,
+        Settings { llm_check_every: Duration::from_millis(200), discover_ollama: false, ..ollama_at(&cold) },
+    );
     assert_eventually!(
         {
             let (_, list) = mesh.api.request(reqwest::Method::GET, "/api/v1/endpoints", None).await;
@@ -312,19 +305,8 @@ async fn llm_work_that_names_no_model_runs_on_its_tiers_model() {
     ])
     .await;
     double.load("qwen2.5:7b", 1); // Warm, so the sidecar on its own would pick it.
-    let mut mesh = TestMesh::new()
-        .sidecars(0)
-        .config(|config| config.tier_models.set(&format!("trivial={MODEL}")).unwrap())
-        .start()
-        .await;
-    let reports = Settings {
-        llm_check_every: Duration::from_millis(200),
-        ollama: vec![double.url.clone()],
-        discover_ollama: false,
-        ..Settings::default()
-    };
-    mesh.add_sidecar_reporting(1, reports);
-    assert_eventually!(mesh.api.agents().await.len() == 1, PATIENCE, "the sidecar joined");
+    let tiers = |config: &mut agentcom_hub::core::Config| config.tier_models.set(&format!("trivial={MODEL}")).unwrap();
+    let mesh = start_mesh(tiers, 1, ollama_at(&double)).await;
     // A short question is trivial: the hub names the trivial tier's model in the assignment.
     let task = mesh.api.submit(json!({ "llm": { "prompt": "What is 2 + 2?" } })).await;
     let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
