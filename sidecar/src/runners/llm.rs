@@ -22,7 +22,7 @@ use agentcom_types::fleet::{Endpoint, EndpointKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Assignment, Runner, Running, Sink, failed_to_start};
+use super::{Assignment, Runner, Running, Sink, empty_outcome, failed_to_start};
 use crate::reports;
 
 /// Longest a piece of text waits to be sent with the next.
@@ -198,20 +198,6 @@ fn request(work: &LlmWork, model: &str) -> chat::Request {
         stop: work.stop.clone(),
         json: work.json,
         keep_alive: work.keep_alive.clone(),
-    }
-}
-
-fn empty_outcome() -> Outcome {
-    Outcome {
-        exit: Exit::Unknown,
-        duration_ms: 0,
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-        stdout_total_bytes: 0,
-        stderr_total_bytes: 0,
-        timed_out: false,
-        error: None,
-        usage: None,
     }
 }
 

@@ -90,8 +90,8 @@ impl Runners {
     }
 }
 
-/// The outcome of work that never ran.
-pub fn failed_to_start(error: String) -> Outcome {
+/// An outcome with nothing in it yet: no exit status, no output, no error.
+pub fn empty_outcome() -> Outcome {
     Outcome {
         exit: Exit::Unknown,
         duration_ms: 0,
@@ -100,9 +100,14 @@ pub fn failed_to_start(error: String) -> Outcome {
         stdout_total_bytes: 0,
         stderr_total_bytes: 0,
         timed_out: false,
-        error: Some(error),
+        error: None,
         usage: None,
     }
+}
+
+/// The outcome of work that never ran.
+pub fn failed_to_start(error: String) -> Outcome {
+    Outcome { error: Some(error), ..empty_outcome() }
 }
 
 /// Shell work: one process tree per attempt, contained (see `contain`).
