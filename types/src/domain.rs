@@ -766,6 +766,21 @@ pub struct Usage {
 }
 
 impl Outcome {
+    /// An outcome with nothing in it yet: no exit status, no output, no error, no usage.
+    pub fn empty() -> Outcome {
+        Outcome {
+            exit: Exit::Unknown,
+            duration_ms: 0,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            stdout_total_bytes: 0,
+            stderr_total_bytes: 0,
+            timed_out: false,
+            error: None,
+            usage: None,
+        }
+    }
+
     pub fn succeeded(&self) -> bool {
         self.exit == Exit::Code(0) && !self.timed_out && self.error.is_none()
     }

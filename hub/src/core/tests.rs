@@ -94,17 +94,7 @@ impl Harness {
     }
 
     fn finish(&mut self, sidecar_id: &str, task_id: TaskId, lease_generation: u64, code: i32) {
-        let outcome = Outcome {
-            exit: Exit::Code(code),
-            duration_ms: 1,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            stdout_total_bytes: 0,
-            stderr_total_bytes: 0,
-            timed_out: false,
-            error: None,
-            usage: None,
-        };
+        let outcome = Outcome { exit: Exit::Code(code), duration_ms: 1, ..Outcome::empty() };
         self.report(sidecar_id, FromSidecar::Finished { task_id, lease_generation, outcome: Box::new(outcome) });
     }
 

@@ -22,7 +22,7 @@ use agentcom_types::fleet::{Endpoint, EndpointKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Assignment, Runner, Running, Sink, empty_outcome, failed_to_start};
+use super::{Assignment, Runner, Running, Sink, failed_to_start};
 use crate::reports;
 
 /// Longest a piece of text waits to be sent with the next.
@@ -178,7 +178,7 @@ impl Runner for LlmRunner {
             let attempt = attempt(&client, &target, &request, &choice, sink, cap);
             tokio::select! {
                 outcome = run_within(timeout, attempt) => outcome,
-                _ = cancel.cancelled() => Outcome { error: Some("cancelled".into()), ..empty_outcome() },
+                _ = cancel.cancelled() => Outcome { error: Some("cancelled".into()), ..Outcome::empty() },
             }
         })
     }
@@ -212,7 +212,7 @@ async fn run_within(timeout: Option<Duration>, work: impl Future<Output = Outcom
                 timed_out: true,
                 duration_ms: started.elapsed().as_millis() as u64,
                 error: Some(format!("timed out after {} ms", limit.as_millis())),
-                ..empty_outcome()
+                ..Outcome::empty()
             },
         },
     }
@@ -324,7 +324,7 @@ async fn attempt(
                 stdout,
                 stdout_total_bytes: text.total,
                 usage: Some(usage),
-                ..empty_outcome()
+                ..Outcome::empty()
             }
         }
         Err(err) => Outcome {
@@ -332,7 +332,7 @@ async fn attempt(
             stdout,
             stdout_total_bytes: text.total,
             error: Some(err.to_string()),
-            ..empty_outcome()
+            ..Outcome::empty()
         },
     }
 }

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentcom_types::domain::{Exit, Outcome, Stream, TaskSpec, Work};
+use agentcom_types::domain::{Outcome, Stream, TaskSpec, Work};
 use tokio_util::sync::CancellationToken;
 
 use crate::contain::{self, TaskKey};
@@ -90,24 +90,9 @@ impl Runners {
     }
 }
 
-/// An outcome with nothing in it yet: no exit status, no output, no error.
-pub fn empty_outcome() -> Outcome {
-    Outcome {
-        exit: Exit::Unknown,
-        duration_ms: 0,
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-        stdout_total_bytes: 0,
-        stderr_total_bytes: 0,
-        timed_out: false,
-        error: None,
-        usage: None,
-    }
-}
-
 /// The outcome of work that never ran.
 pub fn failed_to_start(error: String) -> Outcome {
-    Outcome { error: Some(error), ..empty_outcome() }
+    Outcome { error: Some(error), ..Outcome::empty() }
 }
 
 /// Shell work: one process tree per attempt, contained (see `contain`).
