@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub use agentcom_types::fleet::{
     AgentDetail, AgentView, Cordon, Disk, Endpoint, EndpointKind, Gpu, GpuProcess, HostView, Model, Owner, Resources,
-    Sample, endpoint_id,
+    Sample, endpoint_id, is_cloud,
 };
 
 /// How much history a host keeps: one hour, and never more than this many samples whatever

@@ -171,6 +171,9 @@ struct SubmitArgs {
     /// Sampling temperature, 0 to 2 (with --prompt).
     #[arg(long, requires = "prompt")]
     temperature: Option<f32>,
+    /// Private work: never send it to a cloud provider (the Claude API, a hosted OpenAI API).
+    #[arg(long)]
+    local_only: bool,
     /// Submit every line of this file (JSON lines, each a `POST /api/v1/tasks` body; `-` reads
     /// stdin) over one stream, printing each task's id in line order once it is durable.
     #[arg(long, conflicts_with_all = ["command", "prompt", "wait"])]
@@ -429,6 +432,9 @@ fn submit_body(args: &SubmitArgs) -> anyhow::Result<Value> {
     }
     if let Some(tier) = &args.tier {
         body["tier"] = json!(tier);
+    }
+    if args.local_only {
+        body["placement"] = json!({ "local_only": true });
     }
     if let Some(name) = &args.name {
         body["name"] = json!(name);
@@ -798,6 +804,7 @@ mod tests {
             model: None,
             max_tokens: prompt.map(|_| 64),
             temperature: None,
+            local_only: prompt.is_some(),
             wait: false,
             command: command.into_iter().map(String::from).collect(),
         };
@@ -813,5 +820,6 @@ mod tests {
         assert!(submit_body(&args(vec![], None)).is_err());
         let llm = submit_body(&args(vec![], Some("hi"))).unwrap();
         assert_eq!(llm["llm"], json!({ "prompt": "hi", "system": "be brief", "max_tokens": 64 }));
+        assert_eq!(llm["placement"], json!({ "local_only": true }));
     }
 }

@@ -208,6 +208,23 @@ async fn claude_work_streams_from_the_messages_api_and_retries_a_rate_limit() {
         (Some("be brief"), Some(1024), Some(true))
     );
 
+    // Private work never reaches the Claude API: with no local endpoint for it, it waits.
+    let private =
+        json!({ "llm": { "prompt": "hi", "model": "claude-sonnet-4-5" }, "placement": { "local_only": true } });
+    let task = mesh.api.submit(private).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting = mesh.api.get(task["id"].as_str().unwrap()).await;
+    assert_eq!(
+        (waiting["state"].as_str(), waiting["spec"]["placement"]["local_only"].as_bool()),
+        (Some("queued"), Some(true))
+    );
+    assert_eq!(double.requests().len(), 2, "nothing more was sent to the Claude API");
+    let (status, _) = mesh
+        .api
+        .request(reqwest::Method::DELETE, &format!("/api/v1/tasks/{}", task["id"].as_str().unwrap()), None)
+        .await;
+    assert_eq!(status, 200);
+
     // An error event after HTTP 200 fails the attempt with the provider's message.
     double.faults(vec![Fault::ErrorAfter(1)]);
     let task = mesh

@@ -437,6 +437,8 @@ pub struct Placement {
     pub tags: Vec<String>,
     pub host: String,
     pub model: String,
+    /// Private work: never sent to a cloud provider (see `fleet::is_cloud`).
+    pub local_only: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -193,6 +193,42 @@ impl Endpoint {
     }
 }
 
+/// Whether an endpoint sends work off the machines you run: the Claude API always, an
+/// OpenAI-compatible server unless its host is loopback, a private or tailnet address
+/// (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7), `localhost`, a single-label name, or
+/// a name under `.local`, `.internal`, `.lan` or `.ts.net`; never Ollama, which runs beside its
+/// sidecar. `local_only` work goes only where this is false.
+pub fn is_cloud(endpoint: &Endpoint) -> bool {
+    match endpoint.kind {
+        EndpointKind::Ollama => false,
+        EndpointKind::Anthropic => true,
+        EndpointKind::Openai => !is_private_host(&endpoint.url),
+    }
+}
+
+fn is_private_host(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(host, _)| host),
+    }
+    .to_ascii_lowercase();
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return match ip {
+            std::net::IpAddr::V4(v4) => {
+                let [a, b, ..] = v4.octets();
+                v4.is_loopback() || v4.is_private() || (a == 100 && (64..128).contains(&b))
+            }
+            std::net::IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+        };
+    }
+    host == "localhost"
+        || !host.contains('.')
+        || [".local", ".internal", ".lan", ".ts.net", ".localhost"].iter().any(|suffix| host.ends_with(suffix))
+}
+
 /// The stable id of an endpoint: its owner and URL, hashed short enough to type.
 pub fn endpoint_id(owner: &Owner, url: &str) -> String {
     let owner = match owner {
@@ -272,6 +308,36 @@ mod tests {
         assert_eq!(sample.gpu_utilization_percent, Some(60.0));
         assert_eq!(sample.gpu_memory_used_bytes, 15);
         assert_eq!(Sample::of(&Resources::default()).gpu_utilization_percent, None);
+    }
+
+    #[test]
+    fn cloud_endpoints_are_the_claude_api_and_public_openai_compatible_hosts() {
+        let at = |kind, url: &str| is_cloud(&Endpoint::new(Owner::Hub, url.to_owned(), kind));
+        assert!(at(EndpointKind::Anthropic, "https://api.anthropic.com"));
+        assert!(!at(EndpointKind::Ollama, "http://gpu-1.example.com:11434"), "Ollama is always local");
+        for public in [
+            "https://api.openai.com/v1",
+            "https://user:key@api.together.xyz/v1",
+            "http://8.8.8.8/v1",
+            "http://[2001:db8::1]:8000/v1",
+        ] {
+            assert!(at(EndpointKind::Openai, public), "{public}");
+        }
+        for private in [
+            "http://127.0.0.1:8000/v1",
+            "http://10.1.2.3/v1",
+            "http://172.20.0.5:8000/v1",
+            "http://192.168.1.9/v1",
+            "http://100.101.102.103:8000/v1",
+            "http://[::1]:8000/v1",
+            "http://[fd00::5]/v1",
+            "http://localhost:8000/v1",
+            "http://vllm:8000/v1",
+            "http://gpu-1.tailnet-abc.ts.net:8000/v1",
+            "http://box.local/v1",
+        ] {
+            assert!(!at(EndpointKind::Openai, private), "{private}");
+        }
     }
 
     #[test]

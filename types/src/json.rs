@@ -154,6 +154,9 @@ struct PlacementBody {
     host: String,
     #[serde(default)]
     model: String,
+    /// Never send the task to a cloud provider.
+    #[serde(default)]
+    local_only: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -302,7 +305,12 @@ impl TryFrom<SubmitBody> for pb::TaskSpec {
                 max_memory_bytes: given("limits.max_memory_bytes", limits.max_memory_bytes)?,
                 max_pids: given("limits.max_pids", limits.max_pids)?,
             }),
-            placement: Some(pb::Placement { tags: placement.tags, host: placement.host, model: placement.model }),
+            placement: Some(pb::Placement {
+                tags: placement.tags,
+                host: placement.host,
+                model: placement.model,
+                local_only: placement.local_only,
+            }),
             depends_on: body.depends_on,
             labels: body.labels,
             retry: Some(pb::RetryPolicy {

@@ -147,7 +147,12 @@ fn spec_from_pb_unchecked(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result
             max_memory_bytes: opt_nonzero(limits.max_memory_bytes),
             max_pids: opt_nonzero(limits.max_pids),
         },
-        placement: Placement { tags: placement.tags, host: placement.host, model: placement.model },
+        placement: Placement {
+            tags: placement.tags,
+            host: placement.host,
+            model: placement.model,
+            local_only: placement.local_only,
+        },
         depends_on,
         labels: btree(spec.labels),
         retry: RetryPolicy {
@@ -247,6 +252,7 @@ pub fn spec_into_pb(spec: TaskSpec) -> pb::TaskSpec {
             tags: spec.placement.tags,
             host: spec.placement.host,
             model: spec.placement.model,
+            local_only: spec.placement.local_only,
         }),
         depends_on: spec.depends_on.iter().map(|id| id.to_string()).collect(),
         labels: spec.labels.into_iter().collect(),

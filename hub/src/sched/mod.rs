@@ -212,7 +212,7 @@ pub fn place(task: &Task, fleet: &impl FleetView, now: UnixMs) -> Decision {
         };
         if let Some(model) = model {
             let tokens = if llm.max_tokens > 0 { llm.max_tokens } else { EXPECTED_OUTPUT_TOKENS };
-            return place_model(model, tokens, fleet);
+            return place_model(model, tokens, task.spec.placement.local_only, fleet);
         }
     }
     let needed = task.spec.work.capability();
@@ -233,15 +233,17 @@ pub fn place(task: &Task, fleet: &impl FleetView, now: UnixMs) -> Decision {
         .unwrap_or(Decision::Wait(Wait::NoCapableAgent))
 }
 
-/// The estimate for `model` on endpoint `e` of `sidecar_id`, or `None` if it cannot run it.
+/// The estimate for `model` on endpoint `e` of `sidecar_id`, or `None` if it cannot run it
+/// (or, for `local_only` work, may not: a cloud endpoint).
 pub fn estimate(
     fleet: &impl FleetView,
     sidecar_id: &str,
     e: &Endpoint,
     model: &str,
     tokens: u32,
+    local_only: bool,
 ) -> Option<(Estimate, bool)> {
-    if !e.healthy {
+    if !e.healthy || (local_only && crate::fleet::is_cloud(e)) {
         return None;
     }
     let listed = e.models.iter().find(|m| m.name == model);
@@ -265,7 +267,7 @@ pub fn estimate(
     Some((Estimate { wait_ms, load_ms, generate_ms }, warm))
 }
 
-fn place_model(model: &str, tokens: u32, fleet: &impl FleetView) -> Decision {
+fn place_model(model: &str, tokens: u32, local_only: bool, fleet: &impl FleetView) -> Decision {
     // (estimate, warm, in flight, sidecar, agent, endpoint) of the best candidate so far.
     let mut best: Option<(Estimate, bool, u32, &String, &String, &String)> = None;
     for endpoint in fleet.offering(model) {
@@ -274,7 +276,9 @@ fn place_model(model: &str, tokens: u32, fleet: &impl FleetView) -> Decision {
         if !fleet.can_run(sidecar_id, "llm") {
             continue;
         }
-        let Some((estimate, warm)) = self::estimate(fleet, sidecar_id, endpoint, model, tokens) else { continue };
+        let Some((estimate, warm)) = self::estimate(fleet, sidecar_id, endpoint, model, tokens, local_only) else {
+            continue;
+        };
         let in_flight = fleet.in_flight(&endpoint.id);
         let better = match &best {
             None => true,
@@ -557,6 +561,23 @@ mod tests {
                         prop_assert!(fleet.idle.iter().any(|(s, agents)| s == sidecar_id && agents.contains(agent_id)));
                     }
                     Decision::Wait(_) => prop_assert!(eligible.is_empty(), "waits while {} candidates exist", eligible.len()),
+                }
+            }
+
+            /// `local_only` work never reaches a cloud candidate, however much sooner it would finish.
+            #[test]
+            fn local_only_never_reaches_a_cloud_candidate(fleet in arb_fleet(), model in 0..3usize, cloud_in in 0..4usize) {
+                let mut fleet = fleet;
+                let mut claude = Endpoint::new(Owner::Sidecar(format!("s{cloud_in}")), "https://api.anthropic.com".into(), EndpointKind::Anthropic);
+                claude.healthy = true;
+                claude.models = vec![Model { loaded: true, ..Model::named(format!("m{model}")) }];
+                let claude_id = claude.id.clone();
+                fleet.endpoints.push(claude);
+                let mut task = llm_task(&format!("m{model}"));
+                task.spec.placement.local_only = true;
+                match place(&task, &fleet, 0) {
+                    Decision::Place { endpoint_id, .. } => prop_assert_ne!(endpoint_id, Some(claude_id)),
+                    Decision::Wait(_) => {}
                 }
             }
 

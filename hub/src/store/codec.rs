@@ -162,6 +162,7 @@ fn spec_into(spec: TaskSpec) -> pb::Spec {
             tags: spec.placement.tags,
             host: spec.placement.host,
             model: spec.placement.model,
+            local_only: spec.placement.local_only,
         }),
         depends_on: spec.depends_on.into_iter().map(id_bytes).collect(),
         labels: spec.labels,
@@ -203,7 +204,12 @@ fn spec_from(spec: pb::Spec) -> Result<TaskSpec, String> {
             max_memory_bytes: limits.max_memory_bytes,
             max_pids: limits.max_pids,
         },
-        placement: Placement { tags: placement.tags, host: placement.host, model: placement.model },
+        placement: Placement {
+            tags: placement.tags,
+            host: placement.host,
+            model: placement.model,
+            local_only: placement.local_only,
+        },
         depends_on: spec.depends_on.iter().map(|id| id_from_bytes(id)).collect::<Result<_, _>>()?,
         labels: spec.labels,
         retry: RetryPolicy {

@@ -148,7 +148,10 @@ impl Runner for LlmRunner {
             };
             // Right after start the first check may still be running.
             let _ = tokio::time::timeout(FIRST_INVENTORY, inventory.wait_for(Option::is_some)).await;
-            let endpoints = inventory.borrow().clone().unwrap_or_default();
+            let mut endpoints = inventory.borrow().clone().unwrap_or_default();
+            if assignment.spec.placement.local_only {
+                endpoints.retain(|e| !agentcom_types::fleet::is_cloud(e)); // Private work stays here.
+            }
             let wanted = match (work.model.as_str(), assignment.spec.placement.model.as_str()) {
                 ("", "") => assignment.model.as_deref().unwrap_or_default(),
                 ("", placed) => placed,

@@ -280,11 +280,17 @@ pub struct PlacementDto {
     pub tags: Vec<String>,
     pub host: String,
     pub model: String,
+    pub local_only: bool,
 }
 
 impl From<&Placement> for PlacementDto {
     fn from(placement: &Placement) -> PlacementDto {
-        PlacementDto { tags: placement.tags.clone(), host: placement.host.clone(), model: placement.model.clone() }
+        PlacementDto {
+            tags: placement.tags.clone(),
+            host: placement.host.clone(),
+            model: placement.model.clone(),
+            local_only: placement.local_only,
+        }
     }
 }
 
