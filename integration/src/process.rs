@@ -157,6 +157,14 @@ impl HubProcess {
 impl Drop for HubProcess {
     fn drop(&mut self) {
         kill9(&mut self.child);
+        // A failing test is easier to read with what the hub said: the end of its log.
+        if std::thread::panicking()
+            && let Ok(log) = std::fs::read_to_string(self.data_dir.with_extension("log"))
+        {
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(200)..];
+            eprintln!("--- the last {} lines of the hub's log ---\n{}\n---", tail.len(), tail.join("\n"));
+        }
     }
 }
 
