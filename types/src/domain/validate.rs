@@ -1,0 +1,341 @@
+//! `TaskSpec::validate`: the sizes and required fields every edge checks before a spec goes
+//! further, each refusal naming the field at fault.
+
+use std::collections::BTreeMap;
+
+use super::limits::{self, *};
+use super::{Error, ShellCommand, TaskSpec, Work};
+
+impl TaskSpec {
+    /// Checks sizes and required fields. Every edge calls this before a spec goes further.
+    pub fn validate(&self) -> Result<(), Error> {
+        check_len("name", &self.name, MAX_NAME_BYTES)?;
+        if let Some(key) = &self.idempotency_key {
+            if key.is_empty() {
+                return Err(Error::invalid("idempotency_key", "must not be empty when given"));
+            }
+            check_len("idempotency_key", key, MAX_KEY_BYTES)?;
+        }
+        match &self.work {
+            Work::Shell(shell) => {
+                match &shell.command {
+                    ShellCommand::Argv(argv) => {
+                        if argv.is_empty() || argv[0].is_empty() {
+                            return Err(Error::invalid("work.shell.argv", "needs a program name"));
+                        }
+                        if argv.len() > MAX_ARGV_ITEMS {
+                            return Err(Error::invalid(
+                                "work.shell.argv",
+                                format!("has {} items, at most {MAX_ARGV_ITEMS} allowed", argv.len()),
+                            ));
+                        }
+                        let bytes: usize = argv.iter().map(|a| a.len()).sum();
+                        if bytes > MAX_COMMAND_BYTES {
+                            return Err(Error::invalid(
+                                "work.shell.argv",
+                                format!("is {bytes} bytes, at most {MAX_COMMAND_BYTES} allowed"),
+                            ));
+                        }
+                        if argv.iter().any(|a| a.contains('\0')) {
+                            return Err(Error::invalid("work.shell.argv", "must not contain NUL bytes"));
+                        }
+                    }
+                    ShellCommand::Script(script) => {
+                        if script.trim().is_empty() {
+                            return Err(Error::invalid("work.shell.script", "must not be empty"));
+                        }
+                        check_len("work.shell.script", script, MAX_COMMAND_BYTES)?;
+                        if script.contains('\0') {
+                            return Err(Error::invalid("work.shell.script", "must not contain NUL bytes"));
+                        }
+                    }
+                }
+                if let Some(cwd) = &shell.cwd {
+                    check_len("work.shell.cwd", cwd, MAX_TEXT_BYTES)?;
+                }
+                check_env("work.shell.env", &shell.env)?;
+                if shell.secret_env.len() > MAX_ENV_ITEMS {
+                    return Err(Error::invalid(
+                        "work.shell.secret_env",
+                        format!("at most {MAX_ENV_ITEMS} names allowed"),
+                    ));
+                }
+                for name in &shell.secret_env {
+                    if !is_env_name(name) {
+                        return Err(Error::invalid(
+                            "work.shell.secret_env",
+                            format!(
+                                "{name:?} is not a variable name (letters, digits and '_', not starting with a digit)"
+                            ),
+                        ));
+                    }
+                    if shell.env.contains_key(name) {
+                        return Err(Error::invalid("work.shell.secret_env", format!("{name} is also set in env")));
+                    }
+                }
+            }
+            Work::Llm(llm) => {
+                if llm.prompt.is_empty() && llm.messages.is_empty() {
+                    return Err(Error::invalid("work.llm.prompt", "must not be empty (or give messages)"));
+                }
+                check_len("work.llm.prompt", &llm.prompt, MAX_PROMPT_BYTES)?;
+                check_len("work.llm.system", &llm.system, MAX_PROMPT_BYTES)?;
+                check_len("work.llm.model", &llm.model, MAX_NAME_BYTES)?;
+                if llm.messages.len() > MAX_LIST_ITEMS {
+                    return Err(Error::invalid(
+                        "work.llm.messages",
+                        format!("at most {MAX_LIST_ITEMS} messages allowed"),
+                    ));
+                }
+                let bytes: usize = llm.messages.iter().map(|m| m.content.len()).sum::<usize>() + llm.prompt.len();
+                if bytes > MAX_PROMPT_BYTES {
+                    return Err(Error::invalid(
+                        "work.llm.messages",
+                        format!("are {bytes} bytes with the prompt, at most {MAX_PROMPT_BYTES} allowed"),
+                    ));
+                }
+                if let Some(t) = llm.temperature
+                    && !(0.0..=2.0).contains(&t)
+                {
+                    return Err(Error::invalid("work.llm.temperature", "must be between 0 and 2"));
+                }
+                if llm.stop.len() > 16 {
+                    return Err(Error::invalid("work.llm.stop", "at most 16 stop sequences allowed"));
+                }
+                llm.stop.iter().try_for_each(|stop| check_len("work.llm.stop", stop, MAX_NAME_BYTES))?;
+                if let Some(keep_alive) = &llm.keep_alive {
+                    check_len("work.llm.keep_alive", keep_alive, 32)?;
+                }
+            }
+            Work::Agent(agent) => {
+                if agent.goal.is_empty() {
+                    return Err(Error::invalid("work.agent.goal", "must not be empty"));
+                }
+                check_len("work.agent.goal", &agent.goal, MAX_PROMPT_BYTES)?;
+                check_len("work.agent.repository", &agent.repository, MAX_TEXT_BYTES)?;
+                check_len("work.agent.branch", &agent.branch, MAX_NAME_BYTES)?;
+            }
+        }
+        check_len("context.repository", &self.context.repository, MAX_TEXT_BYTES)?;
+        check_len("context.branch", &self.context.branch, MAX_NAME_BYTES)?;
+        check_len("context.notes", &self.context.notes, MAX_PROMPT_BYTES)?;
+        check_list("context.files", &self.context.files)?;
+        check_env("context.env", &self.context.env)?;
+        check_list("success_criteria", &self.success_criteria)?;
+        if self.verification.len() > MAX_LIST_ITEMS {
+            return Err(Error::invalid("verification", format!("at most {MAX_LIST_ITEMS} steps allowed")));
+        }
+        let limits = &self.limits;
+        if let Some(timeout) = limits.timeout_ms
+            && (timeout == 0 || timeout > MAX_TIMEOUT_MS)
+        {
+            return Err(Error::invalid("limits.timeout_ms", format!("must be between 1 and {MAX_TIMEOUT_MS}")));
+        }
+        if limits.max_attempts == 0 || limits.max_attempts > MAX_ATTEMPTS {
+            return Err(Error::invalid("limits.max_attempts", format!("must be between 1 and {MAX_ATTEMPTS}")));
+        }
+        if limits.max_output_bytes == 0 || limits.max_output_bytes > MAX_OUTPUT_BYTES {
+            return Err(Error::invalid("limits.max_output_bytes", format!("must be between 1 and {MAX_OUTPUT_BYTES}")));
+        }
+        if let Some(bytes) = limits.max_memory_bytes
+            && !(MIN_MEMORY_BYTES..=MAX_MEMORY_BYTES).contains(&bytes)
+        {
+            return Err(Error::invalid(
+                "limits.max_memory_bytes",
+                format!("must be between {MIN_MEMORY_BYTES} and {MAX_MEMORY_BYTES}"),
+            ));
+        }
+        if let Some(pids) = limits.max_pids
+            && !(1..=MAX_PIDS).contains(&pids)
+        {
+            return Err(Error::invalid("limits.max_pids", format!("must be between 1 and {MAX_PIDS}")));
+        }
+        check_list("placement.tags", &self.placement.tags)?;
+        check_len("placement.host", &self.placement.host, MAX_NAME_BYTES)?;
+        check_len("placement.model", &self.placement.model, MAX_NAME_BYTES)?;
+        if self.depends_on.len() > MAX_LIST_ITEMS {
+            return Err(Error::invalid("depends_on", format!("at most {MAX_LIST_ITEMS} dependencies allowed")));
+        }
+        check_env("labels", &self.labels)?;
+        let retry = &self.retry;
+        if retry.backoff_base_ms == 0 || retry.backoff_base_ms > MAX_BACKOFF_MS {
+            return Err(Error::invalid("retry.backoff_base_ms", format!("must be between 1 and {MAX_BACKOFF_MS}")));
+        }
+        if retry.backoff_max_ms < retry.backoff_base_ms || retry.backoff_max_ms > MAX_BACKOFF_MS {
+            return Err(Error::invalid(
+                "retry.backoff_max_ms",
+                format!("must be between backoff_base_ms and {MAX_BACKOFF_MS}"),
+            ));
+        }
+        if retry.retry_on_exit_codes.len() > 64 {
+            return Err(Error::invalid("retry.retry_on_exit_codes", "at most 64 codes allowed"));
+        }
+        if let Some(code) = retry.retry_on_exit_codes.iter().find(|code| !(0..=255).contains(*code)) {
+            return Err(Error::invalid("retry.retry_on_exit_codes", format!("{code} is not an exit code (0 to 255)")));
+        }
+        Ok(())
+    }
+}
+
+/// A portable environment variable name.
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 256
+}
+
+fn check_len(field: &'static str, value: &str, max: usize) -> Result<(), Error> {
+    if value.len() > max {
+        return Err(Error::invalid(field, format!("is {} bytes, at most {max} allowed", value.len())));
+    }
+    Ok(())
+}
+
+fn check_list(field: &'static str, items: &[String]) -> Result<(), Error> {
+    if items.len() > limits::MAX_LIST_ITEMS {
+        return Err(Error::invalid(
+            field,
+            format!("has {} items, at most {} allowed", items.len(), limits::MAX_LIST_ITEMS),
+        ));
+    }
+    items.iter().try_for_each(|item| check_len(field, item, limits::MAX_TEXT_BYTES))
+}
+
+fn check_env(field: &'static str, env: &BTreeMap<String, String>) -> Result<(), Error> {
+    if env.len() > limits::MAX_ENV_ITEMS {
+        return Err(Error::invalid(
+            field,
+            format!("has {} entries, at most {} allowed", env.len(), limits::MAX_ENV_ITEMS),
+        ));
+    }
+    let bytes: usize = env.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > limits::MAX_ENV_BYTES {
+        return Err(Error::invalid(field, format!("is {bytes} bytes, at most {} allowed", limits::MAX_ENV_BYTES)));
+    }
+    for key in env.keys() {
+        let valid = !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(Error::invalid(
+                field,
+                format!("{key:?} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)"),
+            ));
+        }
+    }
+    if env.values().any(|v| v.contains('\0')) {
+        return Err(Error::invalid(field, "values must not contain NUL bytes"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ChatMessage, ChatRole, LlmWork, ShellWork, SpecDefaults};
+
+    fn shell(argv: &[&str]) -> TaskSpec {
+        TaskSpec::shell(argv.iter().map(|s| s.to_string()).collect(), &SpecDefaults::default())
+    }
+
+    #[test]
+    fn a_plain_shell_spec_is_valid() {
+        assert_eq!(shell(&["echo", "hi"]).validate(), Ok(()));
+    }
+
+    #[test]
+    fn bad_specs_name_the_field_at_fault() {
+        let check = |mutate: &dyn Fn(&mut TaskSpec), field: &str| {
+            let mut spec = shell(&["echo"]);
+            mutate(&mut spec);
+            let err = spec.validate().expect_err("spec should be refused");
+            assert_eq!(err.field, field, "{err}");
+        };
+        check(&|s| s.work = shell(&[""]).work, "work.shell.argv");
+        check(
+            &|s| {
+                s.work = Work::Shell(ShellWork {
+                    command: ShellCommand::Argv(vec![]),
+                    cwd: None,
+                    env: BTreeMap::new(),
+                    secret_env: Vec::new(),
+                })
+            },
+            "work.shell.argv",
+        );
+        check(
+            &|s| {
+                s.work = Work::Shell(ShellWork {
+                    command: ShellCommand::Script("  ".into()),
+                    cwd: None,
+                    env: BTreeMap::new(),
+                    secret_env: Vec::new(),
+                })
+            },
+            "work.shell.script",
+        );
+        check(&|s| s.name = "x".repeat(limits::MAX_NAME_BYTES + 1), "name");
+        check(&|s| s.idempotency_key = Some(String::new()), "idempotency_key");
+        check(&|s| s.limits.max_attempts = 0, "limits.max_attempts");
+        check(&|s| s.limits.timeout_ms = Some(0), "limits.timeout_ms");
+        check(&|s| s.limits.max_output_bytes = limits::MAX_OUTPUT_BYTES + 1, "limits.max_output_bytes");
+        check(&|s| s.retry.backoff_base_ms = 0, "retry.backoff_base_ms");
+        check(&|s| s.retry.backoff_max_ms = s.retry.backoff_base_ms - 1, "retry.backoff_max_ms");
+        check(
+            &|s| {
+                if let Work::Shell(w) = &mut s.work {
+                    w.env.insert("1BAD".into(), "x".into());
+                }
+            },
+            "work.shell.env",
+        );
+        check(&|s| s.labels.insert("bad-key".into(), "v".into()).map(drop).unwrap_or(()), "labels");
+        check(&|s| s.retry.retry_on_exit_codes = vec![1, -1], "retry.retry_on_exit_codes");
+        check(&|s| s.retry.retry_on_exit_codes = vec![256], "retry.retry_on_exit_codes");
+        check(&|s| s.limits.max_memory_bytes = Some(0), "limits.max_memory_bytes");
+        check(&|s| s.limits.max_pids = Some(0), "limits.max_pids");
+        let secret = |names: &[&str], env: &[&str]| {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let env: BTreeMap<String, String> = env.iter().map(|n| (n.to_string(), "v".to_owned())).collect();
+            move |s: &mut TaskSpec| {
+                if let Work::Shell(w) = &mut s.work {
+                    w.secret_env = names.clone();
+                    w.env = env.clone();
+                }
+            }
+        };
+        check(&secret(&["1BAD"], &[]), "work.shell.secret_env");
+        check(&secret(&["A=B"], &[]), "work.shell.secret_env");
+        check(&secret(&["TOKEN"], &["TOKEN"]), "work.shell.secret_env");
+        let mut spec = shell(&["echo"]);
+        secret(&["API_TOKEN", "_X1"], &["OTHER"])(&mut spec);
+        spec.validate().unwrap();
+        check(&|s| s.work = Work::Llm(LlmWork::prompt("")), "work.llm.prompt");
+        let llm = |change: fn(&mut LlmWork)| {
+            move |s: &mut TaskSpec| {
+                let mut work = LlmWork::prompt("hi");
+                change(&mut work);
+                s.work = Work::Llm(work);
+            }
+        };
+        check(&llm(|w| w.temperature = Some(2.5)), "work.llm.temperature");
+        check(&llm(|w| w.temperature = Some(f32::NAN)), "work.llm.temperature");
+        check(&llm(|w| w.stop = vec!["x".into(); 17]), "work.llm.stop");
+        check(&llm(|w| w.keep_alive = Some("x".repeat(33))), "work.llm.keep_alive");
+        check(
+            &llm(|w| {
+                w.messages = vec![ChatMessage { role: ChatRole::User, content: "x".repeat(limits::MAX_PROMPT_BYTES) }]
+            }),
+            "work.llm.messages",
+        );
+        // Messages alone are a conversation to continue: no prompt needed.
+        let mut spec = shell(&["echo"]);
+        llm(|w| {
+            w.prompt.clear();
+            w.messages = vec![ChatMessage { role: ChatRole::User, content: "hi".into() }];
+        })(&mut spec);
+        spec.validate().unwrap();
+        assert_eq!("system".parse::<ChatRole>().unwrap_err().field, "work.llm.messages.role");
+    }
+}
