@@ -86,10 +86,10 @@ impl Registry {
     /// The endpoints that can serve `model`, in id order: those that list it, and the Claude API
     /// for a `claude-…` name it does not list.
     pub fn offering<'a, 'b>(&'a self, model: &'b str) -> impl Iterator<Item = &'a Endpoint> + use<'a, 'b> {
-        let listed = self.by_model.get(model).into_iter().flatten();
+        let listed = self.by_model.get(model);
         let by_name = self.cloud.iter().filter(move |_| model.starts_with("claude-"));
-        let by_name = by_name.filter(move |id| !self.by_model.get(model).is_some_and(|ids| ids.contains(*id)));
-        listed.chain(by_name).filter_map(|id| self.endpoints.get(id))
+        let by_name = by_name.filter(move |id| !listed.is_some_and(|ids| ids.contains(*id)));
+        listed.into_iter().flatten().chain(by_name).filter_map(|id| self.endpoints.get(id))
     }
 
     pub fn remove(&mut self, id: &str) -> Option<Endpoint> {

@@ -233,8 +233,8 @@ pub fn place(task: &Task, fleet: &impl FleetView, now: UnixMs) -> Decision {
         .unwrap_or(Decision::Wait(Wait::NoCapableAgent))
 }
 
-/// The estimate for `model` on endpoint `e` of `sidecar_id`, or `None` if it cannot run it
-/// (or, for `local_only` work, may not: a cloud endpoint).
+/// The estimate for `model` on endpoint `e` of `sidecar_id` and whether the model is warm there,
+/// or `None` if it cannot run it (or, for `local_only` work, may not: a cloud endpoint).
 pub fn estimate(
     fleet: &impl FleetView,
     sidecar_id: &str,
@@ -242,6 +242,7 @@ pub fn estimate(
     model: &str,
     tokens: u32,
     local_only: bool,
+    in_flight: u32,
 ) -> Option<(Estimate, bool)> {
     if !e.healthy || (local_only && crate::fleet::is_cloud(e)) {
         return None;
@@ -263,7 +264,7 @@ pub fn estimate(
         observed.load_ms.unwrap_or(size / DEFAULT_LOAD_BYTES_PER_MS)
     };
     // One request at a time per local server (Ollama's default parallelism); the cloud scales.
-    let wait_ms = if cloud { 0.0 } else { f64::from(fleet.in_flight(&e.id)) * generate_ms };
+    let wait_ms = if cloud { 0.0 } else { f64::from(in_flight) * generate_ms };
     Some((Estimate { wait_ms, load_ms, generate_ms }, warm))
 }
 
@@ -276,10 +277,11 @@ fn place_model(model: &str, tokens: u32, local_only: bool, fleet: &impl FleetVie
         if !fleet.can_run(sidecar_id, "llm") {
             continue;
         }
-        let Some((estimate, warm)) = self::estimate(fleet, sidecar_id, endpoint, model, tokens, local_only) else {
+        let in_flight = fleet.in_flight(&endpoint.id);
+        let Some((estimate, warm)) = self::estimate(fleet, sidecar_id, endpoint, model, tokens, local_only, in_flight)
+        else {
             continue;
         };
-        let in_flight = fleet.in_flight(&endpoint.id);
         let better = match &best {
             None => true,
             Some((b, b_warm, b_flight, b_sidecar, _, b_endpoint)) => {
