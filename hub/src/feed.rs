@@ -290,6 +290,7 @@ mod tests {
             timed_out: false,
             error: None,
             usage: None,
+            budget_exceeded: false,
         });
         feed.finish(&done);
         let events = feed.read(&mut cursor);

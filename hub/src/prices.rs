@@ -23,7 +23,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::domain::Usage;
+use crate::domain::{TokenPrice, Usage};
 
 /// Dollars per million tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
@@ -97,6 +97,11 @@ impl Prices {
     pub fn load(path: &Path) -> Result<Prices, String> {
         let text = std::fs::read_to_string(path).map_err(|err| format!("{}: {err}", path.display()))?;
         Prices::parse(&text).map_err(|err| format!("{}: {err}", path.display()))
+    }
+
+    /// What `model`'s tokens cost, if the table has it.
+    pub fn token_price(&self, model: &str) -> Option<TokenPrice> {
+        self.models.get(model).map(|p| TokenPrice { input: p.input, output: p.output })
     }
 
     /// What `usage` cost in millionths of a dollar: from the table when it has the model; 0 for

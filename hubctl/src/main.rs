@@ -174,6 +174,13 @@ struct SubmitArgs {
     /// Private work: never send it to a cloud provider (the Claude API, a hosted OpenAI API).
     #[arg(long)]
     local_only: bool,
+    /// Budget in US dollars (e.g. 0.05): LLM work stops there and fails as budget_exceeded,
+    /// keeping its output so far.
+    #[arg(long, value_parser = parse_dollars)]
+    max_cost: Option<u64>,
+    /// Budget in tokens, read and written together: LLM work stops there like at --max-cost.
+    #[arg(long)]
+    max_total_tokens: Option<u64>,
     /// Submit every line of this file (JSON lines, each a `POST /api/v1/tasks` body; `-` reads
     /// stdin) over one stream, printing each task's id in line order once it is durable.
     #[arg(long, conflicts_with_all = ["command", "prompt", "wait"])]
@@ -454,6 +461,12 @@ fn submit_body(args: &SubmitArgs) -> anyhow::Result<Value> {
     }
     if let Some(max) = args.max_pids {
         limits.insert("max_pids".into(), json!(max));
+    }
+    if let Some(micros) = args.max_cost {
+        limits.insert("max_cost_micros".into(), json!(micros));
+    }
+    if let Some(tokens) = args.max_total_tokens {
+        limits.insert("max_tokens".into(), json!(tokens));
     }
     if let Some(deadline) = args.deadline {
         limits.insert("deadline_unix_ms".into(), json!(now_ms() + deadline.as_millis() as i64));
@@ -748,6 +761,15 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Dollars (`0.05`) as millionths of a dollar.
+fn parse_dollars(text: &str) -> Result<u64, String> {
+    let dollars: f64 = text.parse().map_err(|_| format!("{text:?} is not an amount of dollars such as 0.05"))?;
+    if !dollars.is_finite() || dollars <= 0.0 || dollars > 1e9 {
+        return Err(format!("{text:?}: give an amount of dollars above 0"));
+    }
+    Ok((dollars * 1e6).round() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -805,6 +827,8 @@ mod tests {
             max_tokens: prompt.map(|_| 64),
             temperature: None,
             local_only: prompt.is_some(),
+            max_cost: prompt.map(|_| 50_000),
+            max_total_tokens: None,
             wait: false,
             command: command.into_iter().map(String::from).collect(),
         };
@@ -821,5 +845,8 @@ mod tests {
         let llm = submit_body(&args(vec![], Some("hi"))).unwrap();
         assert_eq!(llm["llm"], json!({ "prompt": "hi", "system": "be brief", "max_tokens": 64 }));
         assert_eq!(llm["placement"], json!({ "local_only": true }));
+        assert_eq!(llm["limits"]["max_cost_micros"], 50_000);
+        assert_eq!((parse_dollars("0.05"), parse_dollars("2")), (Ok(50_000), Ok(2_000_000)));
+        assert!(parse_dollars("-1").is_err() && parse_dollars("$1").is_err() && parse_dollars("inf").is_err());
     }
 }

@@ -332,3 +332,69 @@ async fn llm_work_that_names_no_model_runs_on_its_tiers_model() {
     assert_eq!(double.chats()[0]["model"], MODEL);
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_budget_stops_the_stream_keeps_the_partial_reply_and_is_not_retried() {
+    let double = OllamaDouble::start(vec![FakeModel::new(MODEL, 1, "llama", "3.2B")]).await;
+    double.load(MODEL, 1);
+    let long = ChatScript {
+        pieces: (0..200).map(|n| format!("t{n} ")).collect(),
+        between_pieces: Duration::from_millis(5),
+        ..ChatScript::default()
+    };
+    double.script(long);
+    let mesh = mesh_with_ollama(&double).await;
+    // "x" is one token of input (estimated); the stream stops at the 30th token in all.
+    let spec = json!({
+        "llm": { "prompt": "x", "model": MODEL },
+        "limits": { "max_tokens": 30, "max_attempts": 3 },
+    });
+    let task = mesh.api.submit(spec).await;
+    let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert_eq!(done["state_reason"], "budget_exceeded: 30 tokens, limit 30", "{done}");
+    assert_eq!(done["attempt"], 1, "a budget stop is final: {done}");
+    let outcome = &done["outcome"];
+    assert_eq!(outcome["budget_exceeded"], true, "{outcome}");
+    let expected: String = (0..29).map(|n| format!("t{n} ")).collect();
+    assert_eq!(outcome["stdout"], expected, "the partial reply is kept");
+    assert_eq!(
+        (outcome["usage"]["input_tokens"].as_u64(), outcome["usage"]["output_tokens"].as_u64()),
+        (Some(1), Some(29))
+    );
+    assert_eventually!(double.abandoned_chats() == 1, PATIENCE, "the double saw the connection close");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cost_budget_stops_claude_work_at_the_placed_models_price() {
+    use agentcom_integration::chat_doubles::{ChatDouble, Script};
+    use agentcom_sidecar::reports::Anthropic;
+    let double = ChatDouble::anthropic().await;
+    double.script(Script {
+        pieces: (0..40).map(|n| format!("w{n} ")).collect(),
+        between_pieces: Duration::from_millis(5),
+        ..Script::default()
+    });
+    let anthropic = Anthropic {
+        api_key: "sk-ant-test".into(),
+        base_url: double.url.clone(),
+        models: vec!["claude-sonnet-4-5".into()],
+    };
+    let mesh = mesh_with(Settings { anthropic: Some(anthropic), ..Settings::default() }).await;
+    // $3 / $15 per million: the 35 input tokens message_start reports cost 105 millionths, each
+    // output token 15, so 200 millionths stop the stream at the 7th token.
+    let spec = json!({
+        "llm": { "prompt": "hi", "model": "claude-sonnet-4-5" },
+        "limits": { "max_cost_micros": 200 },
+    });
+    let task = mesh.api.submit(spec).await;
+    let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    let reason = done["state_reason"].as_str().unwrap();
+    assert!(reason.starts_with("budget_exceeded: cost $0.000183, limit $0.0002"), "{done}");
+    let expected: String = (0..7).map(|n| format!("w{n} ")).collect();
+    assert_eq!(done["outcome"]["stdout"], expected, "{done}");
+    assert_eq!(done["outcome"]["usage"]["output_tokens"], 7, "{done}");
+    mesh.stop().await;
+}

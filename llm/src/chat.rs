@@ -6,6 +6,7 @@
 //! yields [`Delta`]s; [`stream`] drives one request through it. The parsers are tested with the
 //! exact bytes the servers send (`../shared/REFERENCE.md`), including an error after HTTP 200.
 
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -553,6 +554,27 @@ impl Parser {
         }
     }
 
+    /// Input tokens (cached ones included), when the provider says so before the end (Anthropic,
+    /// at `message_start`).
+    fn input_so_far(&self) -> Option<u64> {
+        match self {
+            Parser::Anthropic(p) if !p.counts.model.is_empty() => {
+                let c = &p.counts;
+                Some(c.input_tokens + c.cached_input_tokens + c.cache_write_tokens)
+            }
+            _ => None,
+        }
+    }
+
+    /// What the provider has counted before the end (Anthropic: the input, at `message_start`).
+    fn counts_so_far(&self) -> Counts {
+        match self {
+            Parser::Ollama(_) => Counts::default(),
+            Parser::Anthropic(p) => p.counts.clone(),
+            Parser::OpenAi(p) => p.counts.clone(),
+        }
+    }
+
     fn finish(&mut self) -> Result<Vec<Delta>, Error> {
         match self {
             Parser::Ollama(p) => p.finish(),
@@ -599,6 +621,9 @@ pub struct Finished {
     /// From sending the request to the first text.
     pub ttft: Option<Duration>,
     pub elapsed: Duration,
+    /// `on_text` stopped the stream before its end; `counts` are what the provider had counted
+    /// by then (often only the input, or nothing).
+    pub stopped: bool,
 }
 
 /// A client for chats: no overall timeout (a generation takes as long as it takes; the caller
@@ -612,14 +637,15 @@ pub fn client() -> reqwest::Client {
         .expect("a reqwest client with plain settings builds")
 }
 
-/// Runs one streaming chat, calling `on_text` with each piece of text as it arrives. Dropping
-/// the returned future closes the connection, which is how a cancel or a timeout aborts the
-/// upstream request.
+/// Runs one streaming chat, calling `on_text` with each piece of text as it arrives and the input
+/// tokens if the provider has said by then; `on_text` may stop it (a budget), which closes the
+/// connection. Dropping the returned future closes it
+/// too, which is how a cancel or a timeout aborts the upstream request.
 pub async fn stream(
     client: &reqwest::Client,
     target: &Target,
     request: &Request,
-    mut on_text: impl FnMut(&str),
+    mut on_text: impl FnMut(&str, Option<u64>) -> ControlFlow<()>,
 ) -> Result<Finished, Error> {
     let started = Instant::now();
     let provider = target.provider;
@@ -657,25 +683,40 @@ pub async fn stream(
     let mut ttft = None;
     let mut body = response.bytes_stream();
     let mut done = None;
-    let mut deliver = |deltas: Vec<Delta>, ttft: &mut Option<Duration>| {
+    // Hands text on until `on_text` says stop; `Break` then.
+    let mut deliver = |deltas: Vec<Delta>, input: Option<u64>, ttft: &mut Option<Duration>| {
         for delta in deltas {
             match delta {
                 Delta::Text(text) => {
                     ttft.get_or_insert_with(|| started.elapsed());
-                    on_text(&text);
+                    on_text(&text, input)?;
                 }
                 Delta::Done(counts) => done = Some(counts),
             }
         }
+        ControlFlow::Continue(())
     };
+    let mut stopped = false;
     while let Some(piece) = body.next().await {
         let piece = piece
             .map_err(|err| Error::Transport(format!("{}: the stream broke: {}", provider.as_str(), describe(&err))))?;
-        deliver(parser.feed(&piece)?, &mut ttft);
+        let deltas = parser.feed(&piece)?;
+        if deliver(deltas, parser.input_so_far(), &mut ttft).is_break() {
+            stopped = true;
+            break;
+        }
     }
-    deliver(parser.finish()?, &mut ttft);
-    let counts = done.ok_or_else(|| Error::Protocol(format!("{}: no final message", provider.as_str())))?;
-    Ok(Finished { counts, ttft, elapsed: started.elapsed() })
+    if !stopped {
+        let deltas = parser.finish()?;
+        stopped = deliver(deltas, parser.input_so_far(), &mut ttft).is_break();
+    }
+    let counts = match done {
+        Some(counts) => counts,
+        // Dropping the body closes the connection: the provider stops generating.
+        None if stopped => parser.counts_so_far(),
+        None => return Err(Error::Protocol(format!("{}: no final message", provider.as_str()))),
+    };
+    Ok(Finished { counts, ttft, elapsed: started.elapsed(), stopped })
 }
 
 /// `(error type, message)` from an error body of any of the three providers.

@@ -264,6 +264,16 @@ pub fn spec_into_pb(spec: TaskSpec) -> pb::TaskSpec {
     }
 }
 
+/// A price from the hub. Refused unless both are finite and not negative.
+pub fn price_from_pb(price: pb::Price) -> Option<TokenPrice> {
+    let fine = |v: f64| v.is_finite() && v >= 0.0;
+    (fine(price.input) && fine(price.output)).then_some(TokenPrice { input: price.input, output: price.output })
+}
+
+pub fn price_into_pb(price: TokenPrice) -> pb::Price {
+    pb::Price { input: price.input, output: price.output }
+}
+
 pub fn outcome_from_pb(outcome: pb::TaskOutcome) -> Outcome {
     let exit = match outcome.exit {
         Some(pb::task_outcome::Exit::ExitCode(code)) => Exit::Code(code),
@@ -293,6 +303,7 @@ pub fn outcome_from_pb(outcome: pb::TaskOutcome) -> Outcome {
             load_ms: u.load_ms,
             cost_micros: u.cost_micros,
         }),
+        budget_exceeded: outcome.budget_exceeded,
     }
 }
 
@@ -328,6 +339,7 @@ pub fn outcome_into_pb(outcome: Outcome) -> pb::TaskOutcome {
             load_ms: u.load_ms,
             cost_micros: u.cost_micros,
         }),
+        budget_exceeded: outcome.budget_exceeded,
     }
 }
 
@@ -674,6 +686,7 @@ mod tests {
             timed_out: false,
             error: None,
             usage: None,
+            budget_exceeded: true,
         });
         assert_eq!(task_from_pb(task_to_pb(&task)), Ok(task));
     }

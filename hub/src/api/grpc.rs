@@ -383,6 +383,7 @@ fn to_pb(message: ToSidecar) -> pb::HubMessage {
                 spec: Some(convert::spec_into_pb(assignment.spec)),
                 endpoint_id: assignment.endpoint_id.unwrap_or_default(),
                 model: assignment.model.unwrap_or_default(),
+                price: assignment.price.map(convert::price_into_pb),
             })
         }
         ToSidecar::Cancel { task_id, lease_generation, reason } => {

@@ -102,6 +102,7 @@ impl State {
                         spec: task.spec.clone(),
                         endpoint_id: lease.endpoint_id.clone(),
                         model: lease.model.clone(),
+                        price: lease.model.as_deref().and_then(|m| self.config.prices.token_price(m)),
                     }));
                     self.send_to(&lease.sidecar_id, message);
                     self.notify(task_id, now);

@@ -176,6 +176,8 @@ pub struct Assignment {
     /// LLM work: the endpoint and model placement chose.
     pub endpoint_id: Option<String>,
     pub model: Option<String>,
+    /// What the placed model costs (from the price table), for the runner's cost budget.
+    pub price: Option<TokenPrice>,
 }
 
 /// What the core sends to a sidecar session. Small: every session's outbox holds its slots

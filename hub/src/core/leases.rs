@@ -10,7 +10,7 @@ use super::State;
 use super::commit::AfterCommit;
 use super::handle::{FromSidecar, ToSidecar};
 use super::sessions::{Agent, Sidecar, move_agent};
-use super::tasks::judge;
+use super::tasks::{judge, over_budget};
 use crate::agent::{AgentEvent, AgentState};
 use crate::domain::*;
 use crate::feed::Feed;
@@ -72,15 +72,22 @@ impl State {
                 }
                 self.release(task_id, now);
                 let task = self.tasks.get_mut(&task_id).expect("a leased task exists");
-                let retryable = matches!(outcome.exit, Exit::Code(code) if task.spec.retry.retry_on_exit_codes.contains(&code))
-                    && outcome.error.is_none()
-                    && !outcome.timed_out;
-                let (state, reason) = judge(&outcome);
                 let mut outcome = outcome;
                 if let Some(usage) = &mut outcome.usage {
                     usage.cost_micros = self.config.prices.cost_micros(usage);
                     self.learned.observe(sidecar_id, &usage.model, usage.load_ms, usage.output_tokens_per_s);
                 }
+                // Past its budget, whoever noticed: final, with the output so far.
+                let over = over_budget(&outcome, &task.spec.limits);
+                outcome.budget_exceeded = over.is_some();
+                let (state, reason) = match over {
+                    Some(why) => (TaskState::Failed, why),
+                    None => judge(&outcome),
+                };
+                let retryable = matches!(outcome.exit, Exit::Code(code) if task.spec.retry.retry_on_exit_codes.contains(&code))
+                    && outcome.error.is_none()
+                    && !outcome.timed_out
+                    && !outcome.budget_exceeded;
                 task.outcome = Some(*outcome);
                 if task.state == TaskState::Cancelled {
                     // The user's cancel stands; the outcome is the killed process's.

@@ -318,3 +318,27 @@ pub(super) fn judge(outcome: &Outcome) -> (TaskState, String) {
         Exit::Unknown => (TaskState::Failed, "ended without an exit status".to_owned()),
     }
 }
+
+/// `budget_exceeded: ...` when the attempt went past `limits.max_tokens` (every token it read
+/// and wrote) or `limits.max_cost_micros` (as the hub priced it), or its runner stopped it there.
+pub(super) fn over_budget(outcome: &Outcome, limits: &Limits) -> Option<String> {
+    let usage = outcome.usage.as_ref();
+    let tokens = usage.map(|u| u.input_tokens + u.cached_input_tokens + u.cache_write_tokens + u.output_tokens);
+    if let (Some(max), Some(used)) = (limits.max_tokens, tokens)
+        && (used > max || (outcome.budget_exceeded && used >= max))
+    {
+        return Some(format!("budget_exceeded: {used} tokens, limit {max}"));
+    }
+    if let (Some(max), Some(cost)) = (limits.max_cost_micros, usage.and_then(|u| u.cost_micros))
+        && (cost > max || outcome.budget_exceeded)
+    {
+        return Some(format!("budget_exceeded: cost ${}, limit ${}", dollars(cost), dollars(max)));
+    }
+    outcome.budget_exceeded.then(|| "budget_exceeded: stopped by the sidecar at its budget".to_owned())
+}
+
+/// Millionths of a dollar as dollars, without trailing zeros.
+fn dollars(micros: u64) -> String {
+    let text = format!("{:.6}", micros as f64 / 1e6);
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}

@@ -247,6 +247,7 @@ fn outcome_into(outcome: Outcome) -> pb::Outcome {
             load_ms: u.load_ms,
             cost_micros: u.cost_micros,
         }),
+        budget_exceeded: outcome.budget_exceeded,
     }
 }
 
@@ -277,6 +278,7 @@ fn outcome_from(outcome: pb::Outcome) -> Outcome {
             load_ms: u.load_ms,
             cost_micros: u.cost_micros,
         }),
+        budget_exceeded: outcome.budget_exceeded,
     }
 }
 
@@ -628,6 +630,7 @@ mod tests {
             timed_out: true,
             error: Some("boom".into()),
             usage: None,
+            budget_exceeded: true,
         });
         task
     }

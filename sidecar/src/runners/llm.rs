@@ -13,11 +13,12 @@
 //! Transient provider errors (429, 500, 503, 529) before any text are retried with jittered
 //! backoff, honouring `retry-after`, within the task's timeout.
 
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentcom_llm::chat::{self, Provider};
-use agentcom_types::domain::{Exit, LlmWork, Outcome, Stream, Usage, Work};
+use agentcom_types::domain::{Exit, LlmWork, Outcome, Stream, TokenPrice, Usage, Work};
 use agentcom_types::fleet::{Endpoint, EndpointKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -176,9 +177,16 @@ impl Runner for LlmRunner {
             };
             let target = chat::Target { provider: choice.provider, base_url: choice.target_url.clone(), api_key };
             let request = request(work, &choice.model);
-            let timeout = assignment.spec.limits.timeout_ms.map(Duration::from_millis);
-            let cap = usize::try_from(assignment.spec.limits.max_output_bytes).unwrap_or(usize::MAX);
-            let attempt = attempt(&client, &target, &request, &choice, sink, cap);
+            let limits = &assignment.spec.limits;
+            let budget = Budget {
+                max_tokens: limits.max_tokens,
+                max_cost_micros: limits.max_cost_micros,
+                price: assignment.price,
+                input_estimate: estimate_input(&request),
+            };
+            let timeout = limits.timeout_ms.map(Duration::from_millis);
+            let cap = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
+            let attempt = attempt(&client, &target, &request, &choice, sink, cap, budget);
             tokio::select! {
                 outcome = run_within(timeout, attempt) => outcome,
                 _ = cancel.cancelled() => Outcome { error: Some("cancelled".into()), ..Outcome::empty() },
@@ -221,6 +229,46 @@ async fn run_within(timeout: Option<Duration>, work: impl Future<Output = Outcom
     }
 }
 
+/// Where the work stops: the task's budgets (`limits.max_tokens` counts every token read and
+/// written, `limits.max_cost_micros` prices them at the placed model's price).
+///
+/// While text streams, output tokens are estimated (a piece of text is a token, or one per six
+/// characters of a longer piece), and input tokens are the provider's count once it gives one
+/// (Anthropic does at the start), else one per four characters of the request. The hub judges the
+/// final usage again with its price table.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Budget {
+    max_tokens: Option<u64>,
+    max_cost_micros: Option<u64>,
+    price: Option<TokenPrice>,
+    input_estimate: u64,
+}
+
+impl Budget {
+    /// Whether `output` tokens after the input (`input`: the provider's count) reach a budget.
+    fn reached(&self, input: Option<u64>, output: u64) -> bool {
+        let input = input.unwrap_or(self.input_estimate);
+        let tokens = self.max_tokens.is_some_and(|max| input + output >= max);
+        let cost = match (self.max_cost_micros, self.price) {
+            (Some(max), Some(price)) => price.micros(input, output) >= max as f64,
+            _ => false,
+        };
+        tokens || cost
+    }
+}
+
+/// Output tokens in a piece of streamed text, estimated.
+fn estimate_output(piece: &str) -> u64 {
+    (piece.chars().count() as u64 / 6).max(1)
+}
+
+/// Input tokens of a request, estimated (one per four characters).
+fn estimate_input(request: &chat::Request) -> u64 {
+    let chars: usize =
+        request.system.chars().count() + request.messages.iter().map(|m| m.content.chars().count()).sum::<usize>();
+    chars.div_ceil(4) as u64
+}
+
 /// The text so far: what is kept (up to the cap) and what is still to send.
 #[derive(Default)]
 struct Text {
@@ -229,6 +277,10 @@ struct Text {
     unsent: Vec<u8>,
     sent_any: bool,
     offset: u64,
+    /// Estimated, for the budget.
+    output_tokens: u64,
+    /// The provider's input count when the budget was reached.
+    input_tokens: Option<u64>,
 }
 
 /// One request, retried while the provider says it is busy and nothing was streamed yet.
@@ -239,6 +291,7 @@ async fn attempt(
     choice: &Choice,
     sink: Arc<dyn Sink>,
     cap: usize,
+    budget: Budget,
 ) -> Outcome {
     let started = Instant::now();
     sink.started(0); // No process: the hub only needs to know the attempt began.
@@ -261,7 +314,7 @@ async fn attempt(
     };
     let mut retries = 0;
     let result = loop {
-        let on_text = |piece: &str| {
+        let on_text = |piece: &str, input: Option<u64>| {
             let mut t = text.lock().expect("text lock poisoned");
             let first = !t.sent_any;
             t.total += piece.len() as u64;
@@ -269,6 +322,9 @@ async fn attempt(
             let keep = &piece.as_bytes()[..piece.len().min(room)];
             t.kept.extend_from_slice(keep);
             t.unsent.extend_from_slice(keep);
+            t.output_tokens += estimate_output(piece);
+            t.input_tokens = input;
+            let reached = budget.reached(input, t.output_tokens);
             drop(t);
             if first {
                 if blocked.swap(false, std::sync::atomic::Ordering::Relaxed) {
@@ -276,6 +332,7 @@ async fn attempt(
                 }
                 flush(&text, sink.as_ref()); // The first token at once.
             }
+            if reached { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
         };
         match chat::stream(client, target, request, on_text).await {
             Err(err) if err.is_transient() && retries < MAX_RETRIES && !text.lock().expect("lock").sent_any => {
@@ -308,12 +365,19 @@ async fn attempt(
                 }
                 _ => None,
             };
+            // Stopped at the budget, the provider's counts end early: the estimates fill in.
+            let (input_tokens, output_tokens) = if finished.stopped {
+                let input = text.input_tokens.map_or(budget.input_estimate, |_| counts.input_tokens);
+                (input, counts.output_tokens.max(text.output_tokens))
+            } else {
+                (counts.input_tokens, counts.output_tokens)
+            };
             let usage = Usage {
                 provider: target.provider.as_str().to_owned(),
                 endpoint_id: choice.endpoint_id.clone(),
                 model: if counts.model.is_empty() { choice.model.clone() } else { counts.model.clone() },
-                input_tokens: counts.input_tokens,
-                output_tokens: counts.output_tokens,
+                input_tokens,
+                output_tokens,
                 cached_input_tokens: counts.cached_input_tokens,
                 cache_write_tokens: counts.cache_write_tokens,
                 ttft_ms: finished.ttft.map(|t| t.as_millis() as u64),
@@ -322,11 +386,13 @@ async fn attempt(
                 cost_micros: None,
             };
             Outcome {
-                exit: Exit::Code(0),
+                // Stopped at the budget, the work did not end by itself.
+                exit: if finished.stopped { Exit::Unknown } else { Exit::Code(0) },
                 duration_ms,
                 stdout,
                 stdout_total_bytes: text.total,
                 usage: Some(usage),
+                budget_exceeded: finished.stopped,
                 ..Outcome::empty()
             }
         }
@@ -363,6 +429,19 @@ mod tests {
         e.healthy = healthy;
         e.models = models.iter().map(|(name, loaded)| Model { loaded: *loaded, ..Model::named(*name) }).collect();
         e
+    }
+
+    #[test]
+    fn a_budget_is_reached_at_its_tokens_or_its_cost() {
+        let tokens = Budget { max_tokens: Some(10), input_estimate: 4, ..Budget::default() };
+        assert!(!tokens.reached(None, 5) && tokens.reached(None, 6), "the estimate counts until the provider's");
+        assert!(!tokens.reached(Some(2), 7) && tokens.reached(Some(2), 8));
+        let price = TokenPrice { input: 3.0, output: 15.0 };
+        let cost = Budget { max_cost_micros: Some(100), price: Some(price), input_estimate: 10, ..Budget::default() };
+        assert!(!cost.reached(None, 4) && cost.reached(None, 5), "30 + 5 x 15 >= 100");
+        let unpriced = Budget { max_cost_micros: Some(1), ..Budget::default() };
+        assert!(!unpriced.reached(Some(1_000), 1_000), "no price: the hub judges the final usage");
+        assert_eq!((estimate_output("a"), estimate_output("tok "), estimate_output(&"x".repeat(36))), (1, 1, 6));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentcom_types::domain::{Outcome, Stream, TaskSpec, Work};
+use agentcom_types::domain::{Outcome, Stream, TaskSpec, TokenPrice, Work};
 use tokio_util::sync::CancellationToken;
 
 use crate::contain::{self, TaskKey};
@@ -29,6 +29,8 @@ pub struct Assignment {
     /// spec names none.
     pub endpoint_id: Option<String>,
     pub model: Option<String>,
+    /// What the placed model costs, for `limits.max_cost_micros` while the work streams.
+    pub price: Option<TokenPrice>,
 }
 
 /// Where a running attempt reports. Output chunks may be dropped by the sink (the final outcome

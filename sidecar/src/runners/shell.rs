@@ -304,6 +304,7 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
         timed_out,
         error,
         usage: None,
+        budget_exceeded: false,
     }
 }
 

@@ -521,6 +521,8 @@ pub struct Outcome {
     pub error: Option<String>,
     /// What LLM work used; `None` for shell work.
     pub usage: Option<Usage>,
+    /// Stopped at its token or cost budget, with the output so far kept.
+    pub budget_exceeded: bool,
 }
 
 /// What one LLM attempt used and how fast it ran, measured at the sidecar; the hub prices it.
@@ -546,6 +548,21 @@ pub struct Usage {
     pub cost_micros: Option<u64>,
 }
 
+/// What a model's tokens cost, in dollars per million tokens, which is millionths of a dollar per
+/// token (prompt-cache factors left out: this is what a runner budgets with while it streams).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TokenPrice {
+    pub input: f64,
+    pub output: f64,
+}
+
+impl TokenPrice {
+    /// Millionths of a dollar for these tokens.
+    pub fn micros(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        input_tokens as f64 * self.input + output_tokens as f64 * self.output
+    }
+}
+
 impl Outcome {
     /// An outcome with nothing in it yet: no exit status, no output, no error, no usage.
     pub fn empty() -> Outcome {
@@ -559,11 +576,12 @@ impl Outcome {
             timed_out: false,
             error: None,
             usage: None,
+            budget_exceeded: false,
         }
     }
 
     pub fn succeeded(&self) -> bool {
-        self.exit == Exit::Code(0) && !self.timed_out && self.error.is_none()
+        self.exit == Exit::Code(0) && !self.timed_out && self.error.is_none() && !self.budget_exceeded
     }
 }
 

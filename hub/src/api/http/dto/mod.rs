@@ -321,6 +321,8 @@ pub struct OutcomeDto {
     pub stdout_total_bytes: u64,
     pub stderr_total_bytes: u64,
     pub timed_out: bool,
+    /// Stopped at its token or cost budget; the output so far is kept.
+    pub budget_exceeded: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// LLM work only.
@@ -375,6 +377,7 @@ impl From<&Outcome> for OutcomeDto {
             stdout_total_bytes: outcome.stdout_total_bytes,
             stderr_total_bytes: outcome.stderr_total_bytes,
             timed_out: outcome.timed_out,
+            budget_exceeded: outcome.budget_exceeded,
             error: outcome.error.clone(),
             usage: outcome.usage.as_ref().map(UsageDto::from),
         }

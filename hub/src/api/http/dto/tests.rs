@@ -99,6 +99,7 @@ fn full_task() -> Task {
             load_ms: Some(900),
             cost_micros: Some(0),
         }),
+        budget_exceeded: false,
     });
     task
 }
