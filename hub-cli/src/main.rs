@@ -135,6 +135,14 @@ struct HubArgs {
     /// (repeatable; tiers: trivial, standard, complex). Without one, the sidecar picks.
     #[arg(long = "tier-model", value_name = "TIER=MODEL")]
     tier_models: Vec<String>,
+    /// How long LLM work waits for its tier's model, with no agent able to take it, before it
+    /// moves one tier up or down (e.g. 30s, 2m).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    tier_fallback_after: Duration,
+    /// Send no task to a cloud provider (the Claude API, a hosted OpenAI-compatible API): all
+    /// work is treated as local-only and waits for a local model.
+    #[arg(long)]
+    offline: bool,
 }
 
 impl HubArgs {
@@ -224,6 +232,8 @@ impl HubArgs {
                 Some(path) => agentcom_hub::prices::Prices::load(path).map_err(anyhow::Error::msg)?,
                 None => agentcom_hub::prices::Prices::default(),
             },
+            tier_fallback_after: self.tier_fallback_after,
+            offline: self.offline,
             ..core::Config::default()
         })
     }

@@ -12,10 +12,15 @@
 //! retry does not go to the back.
 //!
 //! Tasks waiting out a retry backoff sit in a delayed set until their time comes.
+//!
+//! A ready task that cannot be placed now goes to the blocked set, keyed by what it needs (like
+//! Nomad's blocked evaluations), so the tasks behind it are placed without it being looked at
+//! again; it goes back to ready when the fleet changes in a way that could serve that need.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::domain::{Lane, TaskId, TaskState, UnixMs};
+use crate::sched::Need;
 
 /// How long a ready task waits before it ranks one lane higher, unless configured.
 pub const DEFAULT_AGING_STEP_MS: i64 = 30_000;
@@ -104,6 +109,9 @@ pub struct Queue {
     delayed: BTreeSet<(UnixMs, TaskId)>,
     delayed_until: HashMap<TaskId, (UnixMs, Lane)>,
     leases: HashMap<TaskId, Lease>,
+    /// Ready tasks placement could not place: their lane and need, and the tasks by need.
+    blocked: HashMap<TaskId, (Lane, Need)>,
+    blocked_by_need: BTreeMap<Need, BTreeSet<TaskId>>,
     aging_step_ms: i64,
 }
 
@@ -121,12 +129,75 @@ impl Queue {
             delayed: BTreeSet::new(),
             delayed_until: HashMap::new(),
             leases: HashMap::new(),
+            blocked: HashMap::new(),
+            blocked_by_need: BTreeMap::new(),
             aging_step_ms: aging_step_ms.max(1),
         }
     }
 
+    /// Ready tasks placement has yet to look at (blocked ones not counted).
     pub fn n_ready(&self) -> usize {
         self.ready_lane.len()
+    }
+
+    /// The task waits out a retry backoff.
+    pub fn is_delayed(&self, id: TaskId) -> bool {
+        self.delayed_until.contains_key(&id)
+    }
+
+    /// Ready tasks in the blocked set.
+    pub fn n_blocked(&self) -> usize {
+        self.blocked.len()
+    }
+
+    /// What a blocked task needs; `None` if it is not blocked.
+    pub fn blocked_on(&self, id: TaskId) -> Option<&Need> {
+        self.blocked.get(&id).map(|(_, need)| need)
+    }
+
+    /// The distinct needs of blocked tasks.
+    pub fn blocked_needs(&self) -> impl Iterator<Item = &Need> {
+        self.blocked_by_need.keys()
+    }
+
+    /// Moves the blocked tasks whose need `serves` says yes to back to ready; returns how many.
+    pub fn unblock(&mut self, mut serves: impl FnMut(&Need) -> bool) -> usize {
+        let needs: Vec<Need> = self.blocked_by_need.keys().filter(|need| serves(need)).cloned().collect();
+        let mut count = 0;
+        for need in needs {
+            for id in self.blocked_by_need.remove(&need).unwrap_or_default() {
+                let (lane, _) = self.blocked.remove(&id).expect("indexed blocked tasks are blocked");
+                self.ready_lane.insert(id, lane);
+                self.lanes[lane_index(lane)].insert(id);
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// Moves one blocked task back to ready (its need changed); false if it was not blocked.
+    pub fn unblock_task(&mut self, id: TaskId) -> bool {
+        let Some((lane, _)) = self.take_blocked(id) else { return false };
+        self.push_ready(id, lane);
+        true
+    }
+
+    fn take_blocked(&mut self, id: TaskId) -> Option<(Lane, Need)> {
+        let (lane, need) = self.blocked.remove(&id)?;
+        if let Some(ids) = self.blocked_by_need.get_mut(&need) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.blocked_by_need.remove(&need);
+            }
+        }
+        Some((lane, need))
+    }
+
+    fn block(&mut self, id: TaskId, need: Need) {
+        let Some(lane) = self.ready_lane.remove(&id) else { return };
+        self.lanes[lane_index(lane)].remove(&id);
+        self.blocked_by_need.entry(need.clone()).or_default().insert(id);
+        self.blocked.insert(id, (lane, need));
     }
 
     pub fn n_delayed(&self) -> usize {
@@ -162,8 +233,11 @@ impl Queue {
         due.into_iter().map(|(_, id)| id).collect()
     }
 
-    /// Takes a task out of the ready or delayed set (a cancel, an expiry).
+    /// Takes a task out of the ready, blocked or delayed set (a cancel, an expiry).
     pub fn remove_waiting(&mut self, id: TaskId) -> bool {
+        if self.take_blocked(id).is_some() {
+            return true;
+        }
         if let Some(lane) = self.ready_lane.remove(&id) {
             self.lanes[lane_index(lane)].remove(&id);
             return true;
@@ -177,26 +251,46 @@ impl Queue {
 
     /// Takes the ready task that ranks first at `now` among those `place` can place, and what
     /// `place` said about it. Within a lane the oldest placeable task is that lane's best, so
-    /// only one candidate per lane is compared.
-    pub fn pop_ready<T>(&mut self, now: UnixMs, mut place: impl FnMut(TaskId) -> Option<T>) -> Option<(TaskId, T)> {
+    /// only one candidate per lane is compared. A task `place` refuses with a need moves to the
+    /// blocked set (and its id to `blocked`); one refused without (expired) stays ready.
+    pub fn pop_ready<T>(
+        &mut self,
+        now: UnixMs,
+        mut place: impl FnMut(TaskId) -> Result<T, Option<Need>>,
+        blocked: &mut Vec<(TaskId, Need)>,
+    ) -> Option<(TaskId, T)> {
+        let first = blocked.len();
         let mut best: Option<((usize, TaskId), T)> = None;
         for (index, lane) in self.lanes.iter().enumerate() {
-            let Some((id, placement)) = lane.iter().find_map(|id| place(*id).map(|p| (*id, p))) else { continue };
+            let found = lane.iter().find_map(|id| match place(*id) {
+                Ok(placement) => Some((*id, placement)),
+                Err(Some(need)) => {
+                    blocked.push((*id, need));
+                    None
+                }
+                Err(None) => None,
+            });
+            let Some((id, placement)) = found else { continue };
             let rank = (effective_lane(Lane::ALL[index], id, now, self.aging_step_ms), id);
             if best.as_ref().is_none_or(|(best_rank, _)| rank < *best_rank) {
                 best = Some((rank, placement));
             }
+        }
+        for (id, need) in &blocked[first..] {
+            self.block(*id, need.clone());
         }
         let ((_, id), placement) = best?;
         self.remove_waiting(id);
         Some((id, placement))
     }
 
-    /// Ready tasks in the order they would be taken at `now` (for listings and tests).
+    /// Ready tasks, blocked ones included, in the order they would be taken at `now` (for
+    /// listings and tests).
     pub fn ready_in_order(&self, now: UnixMs) -> Vec<TaskId> {
         let mut ready: Vec<(usize, TaskId)> = self
             .ready_lane
             .iter()
+            .chain(self.blocked.iter().map(|(id, (lane, _))| (id, lane)))
             .map(|(id, lane)| (effective_lane(*lane, *id, now, self.aging_step_ms), *id))
             .collect();
         ready.sort_unstable();
@@ -205,7 +299,9 @@ impl Queue {
 
     pub fn grant(&mut self, id: TaskId, lease: Lease) {
         debug_assert!(
-            !self.ready_lane.contains_key(&id) && !self.delayed_until.contains_key(&id),
+            !self.ready_lane.contains_key(&id)
+                && !self.delayed_until.contains_key(&id)
+                && !self.blocked.contains_key(&id),
             "a waiting task must be taken out before it is leased"
         );
         self.leases.insert(id, lease);
@@ -299,7 +395,7 @@ mod tests {
             let expected: Vec<TaskId> = expected.into_iter().map(|(_, task)| task).collect();
             prop_assert_eq!(queue.ready_in_order(1_000), expected.clone());
             let mut popped = Vec::new();
-            while let Some((task, ())) = queue.pop_ready(1_000, |_| Some(())) {
+            while let Some((task, ())) = queue.pop_ready(1_000, |_| Ok(()), &mut Vec::new()) {
                 popped.push(task);
             }
             prop_assert_eq!(popped, expected);
@@ -322,7 +418,7 @@ mod tests {
                 queue.push_ready(id(1_000 + delay, i as u128), Lane::ALL[*other_lane]);
             }
             let now = 1_000 + lane as i64 * step + extra;
-            prop_assert_eq!(queue.pop_ready(now, |_| Some(())).map(|(task, ())| task), Some(target));
+            prop_assert_eq!(queue.pop_ready(now, |_| Ok(()), &mut Vec::new()).map(|(task, ())| task), Some(target));
         }
 
         /// Only the holder of the current generation passes the fence; renewals never shorten a lease.
@@ -395,10 +491,51 @@ mod tests {
         let (a, b) = (id(1, 0), id(2, 0));
         queue.push_ready(a, Lane::Urgent);
         queue.push_ready(b, Lane::Low);
-        assert_eq!(queue.pop_ready(2, |task| (task == b).then_some("placed")), Some((b, "placed")));
+        let mut blocked = Vec::new();
+        let placed = queue.pop_ready(2, |task| if task == b { Ok("placed") } else { Err(None) }, &mut blocked);
+        assert_eq!((placed, blocked.len()), (Some((b, "placed")), 0));
         assert_eq!(queue.ready_in_order(2), vec![a]);
         assert!(queue.remove_waiting(a));
         assert!(!queue.remove_waiting(a));
+    }
+
+    #[test]
+    fn a_task_that_cannot_be_placed_is_blocked_by_its_need_until_that_is_served() {
+        let mut queue = Queue::default();
+        let (a, b, c) = (id(1, 0), id(2, 0), id(3, 0));
+        queue.push_ready(a, Lane::Urgent);
+        queue.push_ready(b, Lane::Urgent);
+        queue.push_ready(c, Lane::Normal);
+        let need = |task: TaskId| if task == c { Need::Capability("shell") } else { Need::Model("m".into()) };
+        let mut blocked = Vec::new();
+        let placed = queue.pop_ready(5, |task| if task == c { Ok(()) } else { Err(Some(need(task))) }, &mut blocked);
+        assert_eq!(placed, Some((c, ())), "the tasks behind the unplaceable ones run");
+        assert_eq!(blocked, vec![(a, need(a)), (b, need(b))]);
+        assert_eq!((queue.n_ready(), queue.n_blocked()), (0, 2));
+        assert_eq!(queue.ready_in_order(5), vec![a, b], "blocked tasks are still ready");
+        // Nothing is looked at again until its need is served.
+        let mut looked = 0;
+        assert_eq!(
+            queue.pop_ready(
+                5,
+                |_| {
+                    looked += 1;
+                    Ok(())
+                },
+                &mut blocked
+            ),
+            None
+        );
+        assert_eq!(looked, 0);
+        assert_eq!(queue.unblock(|n| *n == Need::Capability("shell")), 0);
+        assert!(queue.unblock_task(b));
+        assert_eq!(queue.blocked_on(a), Some(&Need::Model("m".into())));
+        assert_eq!(queue.unblock(|n| *n == Need::Model("m".into())), 1);
+        assert_eq!((queue.n_ready(), queue.n_blocked(), queue.blocked_needs().count()), (2, 0, 0));
+        // A blocked task can be cancelled.
+        queue.pop_ready(5, |task| Err::<(), _>(Some(need(task))), &mut Vec::new());
+        assert!(queue.remove_waiting(a) && queue.blocked_on(a).is_none());
+        assert_eq!(queue.blocked_needs().count(), 1);
     }
 
     #[test]
@@ -407,13 +544,13 @@ mod tests {
         let (a, b) = (id(1, 0), id(2, 0));
         queue.push_delayed(a, Lane::Normal, 500);
         queue.push_delayed(b, Lane::High, 900);
-        assert_eq!(queue.pop_ready(100, |_| Some(())), None);
+        assert_eq!(queue.pop_ready(100, |_| Ok(()), &mut Vec::new()), None);
         assert_eq!(queue.promote_due(499), vec![]);
         assert_eq!(queue.promote_due(500), vec![a]);
         assert_eq!((queue.n_ready(), queue.n_delayed()), (1, 1));
         assert!(queue.remove_waiting(b));
         assert_eq!(queue.promote_due(10_000), vec![]);
-        assert_eq!(queue.pop_ready(600, |_| Some(())), Some((a, ())));
+        assert_eq!(queue.pop_ready(600, |_| Ok(()), &mut Vec::new()), Some((a, ())));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 mod bulk;
 mod fleet;
+mod placement;
 mod sse;
 
 use std::io::Write;
@@ -61,6 +62,10 @@ enum Command {
     Cancel { id: String },
     /// Stream a task's output until it ends; exits with its exit code.
     Watch { id: String },
+    /// Where placement put a task and why: every candidate it weighed, with its estimate.
+    Explain { id: String },
+    /// Why a task waits (no capable agent, all busy, model nowhere, local-only, over budget, ...).
+    Why { id: String },
     /// List the agents (execution slots) of every sidecar.
     Agents,
     /// One agent: its state, task, and recent transitions with their causes.
@@ -676,6 +681,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             wait_for(&client, &id, cli.json).await
         }
         Command::Watch { id } => wait_for(&client, &id, cli.json).await,
+        Command::Explain { id } => {
+            let response = client.call(reqwest::Method::GET, &format!("/api/v1/tasks/{id}/decision"), None).await?;
+            if cli.json {
+                print_json(&response)
+            } else {
+                placement::print_decisions(&id, &response)
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Why { id } => {
+            let response = client.call(reqwest::Method::GET, &format!("/api/v1/tasks/{id}/why"), None).await?;
+            if cli.json {
+                print_json(&response)
+            } else {
+                placement::print_why(&response)
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Get { id } => {
             let response = client.call(reqwest::Method::GET, &format!("/api/v1/tasks/{id}"), None).await?;
             if cli.json {

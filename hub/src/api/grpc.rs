@@ -14,10 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
+use super::http::dto::{DecisionDto, WhyDto};
 use super::{ApiError, list_limit};
 use crate::core::{self, FromSidecar, Handle, RunningTask, SidecarHello, ToSidecar};
 use crate::domain::now_ms;
-use crate::domain::{SpecDefaults, TaskId, TaskState};
+use crate::domain::{Numbered, SpecDefaults, TaskId, TaskState};
 use crate::feed::{self, FeedEvent};
 use agentcom_types::wire as convert;
 
@@ -210,6 +211,35 @@ impl pb::admin_server::Admin for AdminService {
         }))
     }
 
+    async fn explain_task(
+        &self,
+        request: Request<pb::ExplainTaskRequest>,
+    ) -> Result<Response<pb::ExplainTaskResponse>, Status> {
+        let id = parse_id(&request.into_inner().id)?;
+        let decisions = self.hub.explain(id).await.map_err(status)?;
+        let decisions = decisions.iter().map(|d| decision_to_pb(DecisionDto::from(d))).collect();
+        Ok(Response::new(pb::ExplainTaskResponse { decisions }))
+    }
+
+    async fn why_task(&self, request: Request<pb::WhyTaskRequest>) -> Result<Response<pb::WhyTaskResponse>, Status> {
+        let id = parse_id(&request.into_inner().id)?;
+        let why = self.hub.why(id).await.map_err(status)?;
+        let state = why.state.number();
+        let why = WhyDto::from(&why);
+        Ok(Response::new(pb::WhyTaskResponse {
+            task_id: why.task_id,
+            state,
+            waiting: why.waiting,
+            code: why.code,
+            message: why.message,
+            since_unix_ms: why.since_unix_ms,
+            tier: why.tier.to_owned(),
+            model: why.model.unwrap_or_default(),
+            fallback_at_unix_ms: why.fallback_at_unix_ms.unwrap_or(0),
+            placement_now: why.placement_now.map(decision_to_pb),
+        }))
+    }
+
     async fn get_agent(&self, request: Request<pb::GetAgentRequest>) -> Result<Response<pb::Agent>, Status> {
         let detail = self.hub.agent(request.into_inner().id).await.map_err(status)?;
         Ok(Response::new(convert::agent_detail_to_pb(&detail)))
@@ -368,6 +398,44 @@ fn message_from_pb(sidecar_id: &str, message: pb::sidecar_message::Msg) -> Resul
 
 fn invalid(err: crate::domain::Error) -> Status {
     ApiError::from(err).into()
+}
+
+/// A decision as the HTTP API flattens it, in its gRPC form (the same fields).
+fn decision_to_pb(d: DecisionDto) -> pb::PlacementDecision {
+    pb::PlacementDecision {
+        kind: d.kind.unwrap_or_default().to_owned(),
+        at_unix_ms: d.at_unix_ms.unwrap_or(0),
+        attempt: d.attempt.unwrap_or(0),
+        reason: d.reason,
+        tier: d.tier.to_owned(),
+        tier_source: d.tier_source,
+        model: d.model.unwrap_or_default(),
+        sidecar_id: d.sidecar_id.unwrap_or_default(),
+        agent_id: d.agent_id.unwrap_or_default(),
+        endpoint_id: d.endpoint_id.unwrap_or_default(),
+        wait: d.wait.unwrap_or_default().to_owned(),
+        candidates: d
+            .candidates
+            .into_iter()
+            .map(|c| pb::PlacementCandidate {
+                sidecar_id: c.sidecar_id,
+                agent_id: c.agent_id.unwrap_or_default(),
+                endpoint_id: c.endpoint_id.unwrap_or_default(),
+                verdict: c.verdict.to_owned(),
+                warm: c.warm,
+                in_flight: c.in_flight,
+                idle_agents: c.idle_agents,
+                estimate: c.estimate.map(|e| pb::PlacementEstimate {
+                    total_ms: e.total_ms,
+                    wait_ms: e.wait_ms,
+                    load_ms: e.load_ms,
+                    generate_ms: e.generate_ms,
+                    fit_ms: e.fit_ms,
+                }),
+            })
+            .collect(),
+        more_candidates: d.more_candidates as u32,
+    }
 }
 
 fn to_pb(message: ToSidecar) -> pb::HubMessage {

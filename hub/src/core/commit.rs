@@ -94,12 +94,15 @@ impl State {
                         continue;
                     }
                     let task = &self.tasks[&task_id];
+                    let mut spec = task.spec.clone();
+                    // An `--offline` hub's work is local-only wherever the sidecar chooses.
+                    spec.placement.local_only |= self.config.offline;
                     let message = ToSidecar::Assign(Box::new(Assignment {
                         task_id,
                         lease_generation,
                         attempt: task.attempt,
                         agent_id: lease.agent_id.clone(),
-                        spec: task.spec.clone(),
+                        spec,
                         endpoint_id: lease.endpoint_id.clone(),
                         model: lease.model.clone(),
                         price: lease.model.as_deref().and_then(|m| self.config.prices.token_price(m)),

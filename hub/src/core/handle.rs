@@ -44,6 +44,11 @@ pub struct Config {
     pub prices: crate::prices::Prices,
     /// The models LLM work that names none runs on, by tier.
     pub tier_models: crate::sched::TierModels,
+    /// How long LLM work waits for its tier's model, with nothing able to take it, before it
+    /// moves to another tier.
+    pub tier_fallback_after: Duration,
+    /// No task goes to a cloud provider (`--offline`).
+    pub offline: bool,
 }
 
 impl Default for Config {
@@ -63,6 +68,8 @@ impl Default for Config {
             max_write_backlog: 100_000,
             prices: crate::prices::Prices::default(),
             tier_models: crate::sched::TierModels::default(),
+            tier_fallback_after: Duration::from_secs(30),
+            offline: false,
         }
     }
 }
@@ -207,6 +214,60 @@ pub struct QueueStats {
     pub dead_lettered: usize,
     /// Messages refused because the sender did not hold the task's current lease (fencing).
     pub stale_messages_refused: u64,
+    /// Of the ready tasks, those placement could not place, waiting for the fleet to change.
+    pub blocked: usize,
+    /// Tasks moved to another tier since the hub started.
+    pub tier_fallbacks: u64,
+}
+
+/// A placement decision kept for `explain`.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub at: UnixMs,
+    /// The attempt it placed, or (a fallback) the next one.
+    pub attempt: u32,
+    pub kind: RecordedKind,
+    /// One line: where and why, or what changed.
+    pub reason: String,
+    pub explanation: crate::sched::Explanation,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordedKind {
+    /// The task was placed.
+    Placed,
+    /// The task moved to another tier.
+    Fallback,
+}
+
+impl RecordedKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordedKind::Placed => "placed",
+            RecordedKind::Fallback => "fallback",
+        }
+    }
+}
+
+/// Why a task is where it is: for a ready one, what placement says now.
+#[derive(Clone, Debug)]
+pub struct WhyAnswer {
+    pub task_id: TaskId,
+    pub state: TaskState,
+    pub waiting: bool,
+    /// A stable code: `dependencies`, `retry_backoff`, a placement wait (`all_busy`,
+    /// `no_capable_agent`, `model_nowhere`, `local_only`, `over_budget`, `no_room`, `expired`),
+    /// `placeable`, `running`, `finished`.
+    pub code: String,
+    pub message: String,
+    /// Since its last change of state.
+    pub since_unix_ms: UnixMs,
+    pub tier: Tier,
+    pub tier_source: crate::sched::TierSource,
+    pub model: Option<String>,
+    /// When it moves to another tier if nothing changes.
+    pub fallback_at_unix_ms: Option<UnixMs>,
+    pub explanation: Option<crate::sched::Explanation>,
 }
 
 #[derive(Clone, Debug)]
@@ -252,6 +313,14 @@ pub enum Event {
     },
     Stats {
         reply: Reply<QueueStats>,
+    },
+    Explain {
+        id: TaskId,
+        reply: Reply<Result<Vec<Recorded>, Error>>,
+    },
+    Why {
+        id: TaskId,
+        reply: Reply<Result<WhyAnswer, Error>>,
     },
     RetryDeadLetter {
         id: TaskId,
@@ -407,6 +476,16 @@ impl Handle {
         self.ask(|reply| Event::Stats { reply }).await
     }
 
+    /// The placement decisions kept for a task, oldest first.
+    pub async fn explain(&self, id: TaskId) -> Result<Vec<Recorded>, Error> {
+        self.ask(|reply| Event::Explain { id, reply }).await?
+    }
+
+    /// Why a task waits (or that it does not).
+    pub async fn why(&self, id: TaskId) -> Result<WhyAnswer, Error> {
+        self.ask(|reply| Event::Why { id, reply }).await?
+    }
+
     /// Puts a dead-lettered task back in the queue with a fresh set of attempts.
     pub async fn retry_dead_letter(&self, id: TaskId) -> Result<Task, Error> {
         self.ask(|reply| Event::RetryDeadLetter { id, reply }).await?
@@ -531,13 +610,21 @@ impl State {
                 let count = |state| self.tasks.values().filter(|t| t.state == state).count();
                 let _ = reply.send(QueueStats {
                     tasks: self.tasks.len(),
-                    ready: self.queue.n_ready(),
+                    ready: self.queue.n_ready() + self.queue.n_blocked(),
                     delayed: self.queue.n_delayed(),
                     waiting_on_dependencies: count(TaskState::Waiting),
                     leased: self.queue.n_leased(),
                     dead_lettered: count(TaskState::DeadLettered),
                     stale_messages_refused: self.stale_messages,
+                    blocked: self.queue.n_blocked(),
+                    tier_fallbacks: self.tier_fallbacks,
                 });
+            }
+            Event::Explain { id, reply } => {
+                let _ = reply.send(self.explain(id));
+            }
+            Event::Why { id, reply } => {
+                let _ = reply.send(self.why(id, now));
             }
             Event::RetryDeadLetter { id, reply } => self.retry_dead_letter(id, reply, now),
             Event::PurgeDeadLetters { finished_before, reply } => self.purge_dead_letters(finished_before, reply),

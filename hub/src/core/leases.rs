@@ -1,7 +1,7 @@
 //! The core's lease side: what sidecars report under a lease (fenced by its generation),
-//! releasing and losing leases, dispatch through the scheduler, and what time passing does.
+//! releasing and losing leases, and what time passing does.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use tracing::{debug, warn};
@@ -9,13 +9,12 @@ use tracing::{debug, warn};
 use super::State;
 use super::commit::AfterCommit;
 use super::handle::{FromSidecar, ToSidecar};
-use super::sessions::{Agent, Sidecar, move_agent};
+use super::sessions::{Agent, move_agent};
 use super::tasks::{judge, over_budget};
 use crate::agent::{AgentEvent, AgentState};
 use crate::domain::*;
 use crate::feed::Feed;
 use crate::queue::{self, Fence, Lease, Queue};
-use crate::sched;
 
 /// How often idempotency keys past their retention are swept from memory.
 const KEY_SWEEP_INTERVAL_MS: i64 = 60_000;
@@ -203,67 +202,11 @@ impl State {
         self.requeue_past_drain_deadlines(now);
         self.queue.promote_due(now);
         self.expire(now);
+        self.fall_back(now);
         if now - self.last_key_sweep >= KEY_SWEEP_INTERVAL_MS {
             self.last_key_sweep = now;
             let retention = self.config.idempotency_retention.as_millis() as i64;
             self.by_key.retain(|_, id| queue::submitted_at(*id) + retention > now);
-        }
-    }
-
-    /// Places ready tasks on idle agents, lane then age, each where [`sched::place`] puts it.
-    pub(super) fn dispatch(&mut self, now: UnixMs) {
-        if self.shutting_down {
-            return;
-        }
-        let ttl = self.config.lease_ttl.as_millis() as i64;
-        loop {
-            if self.idle.is_empty() || self.queue.n_ready() == 0 {
-                return;
-            }
-            let fleet = Fleet {
-                idle: &self.idle,
-                sidecars: &self.sidecars,
-                registry: &self.registry,
-                in_flight: &self.in_flight,
-                learned: &self.learned,
-                tiers: &self.config.tier_models,
-            };
-            let tasks = &self.tasks;
-            let popped = self.queue.pop_ready(now, |id| match sched::place(&tasks[&id], &fleet, now) {
-                sched::Decision::Place { sidecar_id, agent_id, endpoint_id, model, .. } => {
-                    Some((sidecar_id, agent_id, endpoint_id, model))
-                }
-                sched::Decision::Wait(_) => None,
-            });
-            let Some((task_id, (sidecar_id, agent_id, endpoint_id, model))) = popped else { return };
-            if let Some(deadline) = self.tasks[&task_id].spec.limits.deadline_unix_ms {
-                self.deadlines.remove(&(deadline, task_id));
-            }
-            let task = self.tasks.get_mut(&task_id).expect("a ready task exists");
-            task.attempt += 1;
-            task.lease_generation += 1;
-            task.agent_id = Some(agent_id.clone());
-            task.sidecar_id = Some(sidecar_id.clone());
-            task.outcome = None;
-            task.set_state(TaskState::Dispatched, "", now);
-            let lease_generation = task.lease_generation;
-            if let Some(endpoint) = &endpoint_id {
-                *self.in_flight.entry(endpoint.clone()).or_default() += 1;
-            }
-            let lease = Lease {
-                generation: lease_generation,
-                sidecar_id,
-                agent_id: agent_id.clone(),
-                expires_at: now + ttl,
-                endpoint_id,
-                model,
-            };
-            self.queue.grant(task_id, lease);
-            let agent = self.agents.get_mut(&agent_id).expect("an idle agent exists");
-            agent.task_id = Some(task_id);
-            agent.last_activity = now;
-            move_agent(agent, AgentEvent::Assign, now, &mut self.idle, &format!("assigned task {task_id}"));
-            self.persist(task_id, AfterCommit::Assigned { task_id, lease_generation });
         }
     }
 }
@@ -275,42 +218,4 @@ pub(super) fn leased_agent<'a>(
     task_id: TaskId,
 ) -> Option<&'a mut Agent> {
     agents.get_mut(&queue.lease(task_id)?.agent_id)
-}
-
-/// The fleet as placement sees it.
-struct Fleet<'a> {
-    idle: &'a sched::IdleIndex,
-    sidecars: &'a HashMap<String, Sidecar>,
-    registry: &'a crate::fleet::Registry,
-    in_flight: &'a HashMap<String, u32>,
-    learned: &'a sched::Learned,
-    tiers: &'a sched::TierModels,
-}
-
-impl sched::FleetView for Fleet<'_> {
-    fn idle(&self) -> &sched::IdleIndex {
-        self.idle
-    }
-
-    fn can_run(&self, sidecar_id: &str, capability: &str) -> bool {
-        self.sidecars
-            .get(sidecar_id)
-            .is_some_and(|s| s.is_open() && s.hello.capabilities.iter().any(|c| c == capability))
-    }
-
-    fn offering(&self, model: &str) -> impl Iterator<Item = &crate::fleet::Endpoint> {
-        self.registry.offering(model)
-    }
-
-    fn in_flight(&self, endpoint_id: &str) -> u32 {
-        self.in_flight.get(endpoint_id).copied().unwrap_or(0)
-    }
-
-    fn learned(&self) -> &sched::Learned {
-        self.learned
-    }
-
-    fn tier_model(&self, tier: crate::domain::Tier) -> Option<&str> {
-        self.tiers.get(tier)
-    }
 }

@@ -25,6 +25,7 @@ mod commit;
 mod fleet_ops;
 mod handle;
 mod leases;
+mod placing;
 mod sessions;
 mod tasks;
 #[cfg(test)]
@@ -40,8 +41,8 @@ use tracing::{debug, info, warn};
 
 pub use self::commit::AfterCommit;
 pub use self::handle::{
-    Assignment, Config, Error, Event, FromSidecar, Handle, QueueStats, RunningTask, SidecarHello, Submitted, ToSidecar,
-    WatchReply, Welcome,
+    Assignment, Config, Error, Event, FromSidecar, Handle, QueueStats, Recorded, RecordedKind, RunningTask,
+    SidecarHello, Submitted, ToSidecar, WatchReply, Welcome, WhyAnswer,
 };
 pub use crate::fleet::{AgentDetail, AgentView, HostView};
 
@@ -101,6 +102,11 @@ pub(crate) struct State {
     in_flight: HashMap<String, u32>,
     /// Load times and speeds observed per sidecar and model.
     learned: crate::sched::Learned,
+    /// Blocked tasks placed by their tier's model, for the tier fallback.
+    tier_waits: HashMap<TaskId, placing::TierWait>,
+    tier_fallbacks: u64,
+    /// Placement decisions of recent tasks, for `explain`.
+    decisions: placing::Decisions,
 }
 
 impl State {
@@ -128,6 +134,9 @@ impl State {
             cordons,
             in_flight: HashMap::new(),
             learned: crate::sched::Learned::default(),
+            tier_waits: HashMap::new(),
+            tier_fallbacks: 0,
+            decisions: placing::Decisions::default(),
         }
     }
 

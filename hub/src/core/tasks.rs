@@ -206,6 +206,7 @@ impl State {
             .map(|t| t.id)
             .collect();
         for id in &doomed {
+            self.decisions.forget(*id);
             if let Some(task) = self.tasks.remove(id)
                 && let Some(key) = task.spec.idempotency_key
                 && self.by_key.get(&key) == Some(id)

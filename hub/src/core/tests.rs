@@ -298,3 +298,98 @@ async fn what_a_submitter_asks_right_after_its_answer_sees_the_task() {
     hub.shutdown().await;
     core.await.unwrap();
 }
+
+/// A hub whose LLM work runs on `m` (standard) and Claude (complex), falling back after 1 s; a
+/// local sidecar with `m` warm on Ollama and one slot, and a cloud sidecar with the Claude API.
+fn llm_fleet() -> Harness {
+    use crate::fleet::{Endpoint, EndpointKind, Model, Owner};
+    let mut config = Config { tier_fallback_after: std::time::Duration::from_secs(1), ..Config::default() };
+    config.tier_models.set("standard=m").unwrap();
+    config.tier_models.set("complex=claude-sonnet-4-5").unwrap();
+    let mut hub = Harness { state: State::new(config, fleet::Registry::default(), HashMap::new()), ..Harness::new() };
+    for (sidecar, kind, url) in [
+        ("local", EndpointKind::Ollama, "http://local:11434"),
+        ("cloud", EndpointKind::Anthropic, "https://api.anthropic.com"),
+    ] {
+        hub.join(sidecar, 1, Vec::new());
+        hub.state.sidecars.get_mut(sidecar).unwrap().hello.capabilities = vec!["shell".into(), "llm".into()];
+        let mut endpoint = Endpoint::new(Owner::Sidecar(sidecar.into()), url.into(), kind);
+        endpoint.healthy = true;
+        if kind == EndpointKind::Ollama {
+            endpoint.models = vec![Model { loaded: true, ..Model::named("m") }];
+        }
+        hub.report(sidecar, FromSidecar::Models(vec![endpoint]));
+    }
+    hub
+}
+
+fn llm_spec(tier: Tier) -> TaskSpec {
+    let mut spec = shell();
+    spec.work = Work::Llm(LlmWork::prompt("hi"));
+    spec.tier = Some(tier);
+    spec
+}
+
+#[test]
+fn blocked_tasks_wait_aside_and_run_when_an_agent_that_can_serve_them_frees() {
+    let mut hub = llm_fleet();
+    let first = hub.submit(llm_spec(Tier::Standard));
+    let second = hub.submit(llm_spec(Tier::Standard));
+    let shell_task = hub.submit(shell());
+    assert_eq!(hub.assigned("local"), vec![(first, 1)]);
+    assert_eq!(hub.assigned("cloud"), vec![(shell_task, 1)], "the shell task behind the blocked one ran");
+    let stats = hub.ask(|reply| Event::Stats { reply });
+    assert_eq!((stats.ready, stats.blocked), (1, 1));
+    let why = hub.ask(|reply| Event::Why { id: second, reply }).unwrap();
+    assert_eq!((why.code.as_str(), why.waiting, why.model.as_deref()), ("all_busy", true, Some("m")));
+    // The cloud sidecar frees up: it cannot serve `m`, so the blocked task stays put.
+    hub.finish("cloud", shell_task, 1, 0);
+    assert_eq!(hub.assigned("cloud").len(), 1);
+    // The local agent frees: the blocked task goes there.
+    hub.finish("local", first, 1, 0);
+    assert_eq!(hub.assigned("local"), vec![(first, 1), (second, 1)]);
+    let decisions = hub.ask(|reply| Event::Explain { id: second, reply }).unwrap();
+    assert_eq!(decisions.len(), 1);
+    assert_eq!(decisions[0].kind, RecordedKind::Placed);
+    assert!(decisions[0].reason.contains("on local/0 (m warm)"), "{}", decisions[0].reason);
+}
+
+#[test]
+fn complex_work_falls_back_to_the_standard_tier_when_no_claude_sidecar_is_left() {
+    let mut hub = llm_fleet();
+    let placed = hub.submit(llm_spec(Tier::Complex));
+    assert_eq!(hub.assigned("cloud"), vec![(placed, 1)]);
+    hub.finish("cloud", placed, 1, 0);
+    hub.leave("cloud");
+    let waiting = hub.submit(llm_spec(Tier::Complex));
+    let why = hub.ask(|reply| Event::Why { id: waiting, reply }).unwrap();
+    assert_eq!((why.code.as_str(), why.fallback_at_unix_ms), ("model_nowhere", Some(hub.now + 1_000)), "{why:?}");
+    hub.tick_at(hub.now + 999);
+    assert!(hub.assigned("local").is_empty());
+    hub.tick_at(hub.now + 1);
+    assert_eq!(hub.assigned("local"), vec![(waiting, 1)], "moved to standard, it runs on the local model");
+    let decisions = hub.ask(|reply| Event::Explain { id: waiting, reply }).unwrap();
+    let kinds: Vec<RecordedKind> = decisions.iter().map(|d| d.kind).collect();
+    assert_eq!(kinds, vec![RecordedKind::Fallback, RecordedKind::Placed]);
+    assert!(
+        decisions[0].reason.starts_with("moved from tier complex to standard after 1.0 s"),
+        "{}",
+        decisions[0].reason
+    );
+    assert_eq!(decisions[1].explanation.tier_source, crate::sched::TierSource::Fallback { from: Tier::Complex });
+    assert_eq!(hub.ask(|reply| Event::Stats { reply }).tier_fallbacks, 1);
+    // Local-only work never falls back onto the Claude API, and an explicit model never moves.
+    let mut private = llm_spec(Tier::Standard);
+    private.placement.local_only = true;
+    let busy = hub.submit(private);
+    let mut named = llm_spec(Tier::Standard);
+    if let Work::Llm(llm) = &mut named.work {
+        llm.model = "m".into();
+    }
+    let pinned = hub.submit(named);
+    hub.tick_at(hub.now + 5_000);
+    for id in [busy, pinned] {
+        assert_eq!(hub.task(id).state, TaskState::Queued);
+    }
+    assert_eq!(hub.ask(|reply| Event::Stats { reply }).tier_fallbacks, 1, "busy is not missing: no fallback");
+}

@@ -17,9 +17,9 @@
 
 pub mod tier;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
-use crate::domain::{Task, Tier, UnixMs, Work};
+use crate::domain::{Placement, Task, TaskId, Tier, TokenPrice, UnixMs, Work};
 use crate::fleet::{Endpoint, EndpointKind, Owner};
 
 /// Idle agents by sidecar, kept in step with agent states by the core, so placement does not
@@ -27,10 +27,26 @@ use crate::fleet::{Endpoint, EndpointKind, Owner};
 #[derive(Debug, Default)]
 pub struct IdleIndex {
     by_sidecar: HashMap<String, BTreeSet<String>>,
+    /// Sidecars that gained an idle agent (or changed otherwise, see [`IdleIndex::touch`]) since
+    /// [`IdleIndex::take_touched`]: where blocked tasks may now go.
+    touched: HashSet<String>,
 }
 
 impl IdleIndex {
+    /// Notes that what the sidecar can serve may have grown (an agent freed, its inventory
+    /// changed).
+    pub fn touch(&mut self, sidecar_id: &str) {
+        if !self.touched.contains(sidecar_id) {
+            self.touched.insert(sidecar_id.to_owned());
+        }
+    }
+
+    pub fn take_touched(&mut self) -> HashSet<String> {
+        std::mem::take(&mut self.touched)
+    }
+
     pub fn insert(&mut self, sidecar_id: &str, agent_id: &str) {
+        self.touch(sidecar_id);
         match self.by_sidecar.get_mut(sidecar_id) {
             Some(agents) => {
                 agents.insert(agent_id.to_owned());
@@ -79,6 +95,33 @@ pub trait FleetView {
     /// The model LLM work of `tier` runs on when it names none (`--tier-model`).
     fn tier_model(&self, _tier: Tier) -> Option<&str> {
         None
+    }
+    /// The sidecar matches the task's `placement.tags` (it has them all) and `placement.host`
+    /// (its hostname or id).
+    fn admits(&self, _sidecar_id: &str, _placement: &Placement) -> bool {
+        true
+    }
+    /// Some open sidecar that admits `placement` runs `capability`, idle or not (asked only to
+    /// say why a task waits).
+    fn any_open(&self, _capability: &str, _placement: &Placement) -> bool {
+        false
+    }
+    /// What `model` costs, if the price table has it.
+    fn price(&self, _model: &str) -> Option<TokenPrice> {
+        None
+    }
+    /// Memory free for a model on the sidecar's host: its GPUs' free memory together, or its
+    /// available RAM without GPUs; `None` until it reports.
+    fn free_memory(&self, _sidecar_id: &str) -> Option<u64> {
+        None
+    }
+    /// The tier a task was moved to after waiting too long at its own (see [`tier::fallback`]).
+    fn fallback_tier(&self, _task: TaskId) -> Option<Tier> {
+        None
+    }
+    /// The hub runs `--offline`: every task is local-only.
+    fn offline(&self) -> bool {
+        false
     }
 }
 
@@ -132,7 +175,7 @@ pub enum Decision {
 }
 
 /// The estimated time to completion of LLM work on one endpoint, in milliseconds.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Estimate {
     /// Behind the requests already in flight there.
     pub wait_ms: f64,
@@ -140,11 +183,14 @@ pub struct Estimate {
     pub load_ms: f64,
     /// Generating the expected output.
     pub generate_ms: f64,
+    /// A cold model that does not fit in the free memory evicts warm ones: loading those again
+    /// later is priced here.
+    pub fit_ms: f64,
 }
 
 impl Estimate {
     pub fn total_ms(&self) -> f64 {
-        self.wait_ms + self.load_ms + self.generate_ms
+        self.wait_ms + self.load_ms + self.generate_ms + self.fit_ms
     }
 }
 
@@ -172,6 +218,8 @@ pub const DEFAULT_LOCAL_TOKENS_PER_S: f64 = 30.0;
 pub const DEFAULT_CLOUD_TOKENS_PER_S: f64 = 60.0;
 /// A cold load is priced at this rate until one is observed (bytes per millisecond: 2 GB/s).
 pub const DEFAULT_LOAD_BYTES_PER_MS: f64 = 2_000_000.0;
+/// Candidates an explanation keeps (the best ones); the rest are counted.
+pub const EXPLAINED_CANDIDATES: usize = 8;
 
 impl Learned {
     pub fn get(&self, sidecar_id: &str, model: &str) -> Observed {
@@ -191,46 +239,301 @@ impl Learned {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why a ready task is not placed now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Wait {
     /// Its deadline passed; the next tick dead-letters it.
     Expired,
-    /// No idle agent on an open sidecar that runs its kind of work.
+    /// No open sidecar runs its kind of work (and matches its tags and host).
     NoCapableAgent,
+    /// The sidecars that could run it are all busy.
+    AllBusy,
+    /// No healthy endpoint of an open sidecar has its model.
+    ModelNowhere,
+    /// Local-only work (or an `--offline` hub) whose model only a cloud provider offers.
+    LocalOnly,
+    /// Every candidate would cost more than the task's budget.
+    OverBudget,
+    /// Its model is cold everywhere it could go, and fits in none of their free memory even
+    /// after the warm models there are evicted.
+    NoRoom,
+}
+
+impl Wait {
+    /// The stable code (`hubctl why`, the API).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Wait::Expired => "expired",
+            Wait::NoCapableAgent => "no_capable_agent",
+            Wait::AllBusy => "all_busy",
+            Wait::ModelNowhere => "model_nowhere",
+            Wait::LocalOnly => "local_only",
+            Wait::OverBudget => "over_budget",
+            Wait::NoRoom => "no_room",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Wait::Expired => "its deadline passed: it is dead-lettered as expired",
+            Wait::NoCapableAgent => "no open sidecar runs this kind of work (and matches its tags and host)",
+            Wait::AllBusy => "every agent that could run it is busy",
+            Wait::ModelNowhere => "no healthy endpoint has its model",
+            Wait::LocalOnly => "it is local-only and only a cloud provider offers its model",
+            Wait::OverBudget => "every candidate would cost more than its budget",
+            Wait::NoRoom => "its model is cold everywhere and fits in no host's free memory",
+        }
+    }
+
+    /// Waiting cannot help until the fleet changes: nothing there could ever take it (a busy
+    /// fleet frees up by itself). Only these move a task to another tier.
+    pub fn lacks_capacity(self) -> bool {
+        !matches!(self, Wait::AllBusy | Wait::Expired)
+    }
+}
+
+/// What a task needs of the fleet, by which blocked tasks are kept until the fleet changes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Need {
+    /// A model on an endpoint (LLM work with a model, named or its tier's).
+    Model(String),
+    /// An agent that runs this kind of work.
+    Capability(&'static str),
+}
+
+/// The tier a task is placed at, and whether it was given, inferred, or moved there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TierSource {
+    Given,
+    Inferred,
+    /// Moved from `from` after waiting too long there.
+    Fallback {
+        from: Tier,
+    },
+}
+
+/// The tier `task` is placed at now.
+pub fn tier_now(task: &Task, fleet: &impl FleetView) -> (Tier, TierSource) {
+    let own = tier::tier_of(&task.spec);
+    match fleet.fallback_tier(task.id) {
+        Some(tier) => (tier, TierSource::Fallback { from: own }),
+        None if task.spec.tier.is_some() => (own, TierSource::Given),
+        None => (own, TierSource::Inferred),
+    }
+}
+
+/// The model LLM work runs on: its own (`work.llm.model`, else `placement.model`), or its tier's;
+/// `None` for other work and when neither names one (the sidecar then picks).
+pub fn model_of<'a>(task: &'a Task, fleet: &'a impl FleetView) -> Option<&'a str> {
+    let Work::Llm(llm) = &task.spec.work else { return None };
+    match (llm.model.as_str(), task.spec.placement.model.as_str()) {
+        ("", "") => fleet.tier_model(tier_now(task, fleet).0),
+        ("", placed) => Some(placed),
+        (named, _) => Some(named),
+    }
+}
+
+/// What `task` needs, for the blocked set.
+pub fn need_of(task: &Task, fleet: &impl FleetView) -> Need {
+    match model_of(task, fleet) {
+        Some(model) => Need::Model(model.to_owned()),
+        None => Need::Capability(task.spec.work.capability()),
+    }
+}
+
+/// One candidate a decision weighed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    pub sidecar_id: String,
+    /// The idle agent it would have gone to; `None` when the sidecar had none.
+    pub agent_id: Option<String>,
+    pub endpoint_id: Option<String>,
+    pub estimate: Option<Estimate>,
+    pub warm: bool,
+    pub in_flight: u32,
+    /// Idle agents on the sidecar (work placed by capability).
+    pub idle_agents: u32,
+    pub verdict: Verdict,
+}
+
+/// What became of a candidate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    Chosen,
+    /// Eligible, and would have finished later (or, placed by capability, has fewer idle agents).
+    Slower,
+    /// No idle agent there.
+    Busy,
+    /// Its estimated cost is over the task's budget.
+    OverBudget,
+    /// The model is cold and does not fit, even evicting what is warm there.
+    NoRoom,
+    /// A cloud provider, and the task is local-only.
+    Cloud,
+    /// The endpoint is down.
+    Unhealthy,
+    /// Not listed by the endpoint.
+    NoModel,
+    /// The sidecar does not match the task's tags or host, its session is closed, or it is
+    /// cordoned.
+    Excluded,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Chosen => "chosen",
+            Verdict::Slower => "slower",
+            Verdict::Busy => "busy",
+            Verdict::OverBudget => "over_budget",
+            Verdict::NoRoom => "no_room",
+            Verdict::Cloud => "cloud_refused",
+            Verdict::Unhealthy => "unhealthy",
+            Verdict::NoModel => "no_model",
+            Verdict::Excluded => "excluded",
+        }
+    }
+}
+
+/// A decision with everything it weighed: what `explain` and `why` show.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Explanation {
+    pub decision: Decision,
+    pub tier: Tier,
+    pub tier_source: TierSource,
+    pub model: Option<String>,
+    /// The best candidates, the chosen one first, then by estimated time to completion.
+    pub candidates: Vec<Candidate>,
+    /// Candidates weighed beyond those kept.
+    pub more_candidates: usize,
+}
+
+/// Where candidates go as they are weighed: nowhere for [`place`], a list for [`explain`].
+trait Record {
+    fn note(&mut self, make: impl FnOnce() -> Candidate);
+}
+
+impl Record for () {
+    #[inline]
+    fn note(&mut self, _make: impl FnOnce() -> Candidate) {}
+}
+
+impl Record for Vec<Candidate> {
+    fn note(&mut self, make: impl FnOnce() -> Candidate) {
+        self.push(make());
+    }
 }
 
 /// Places one ready task. See the module documentation for the rule.
 pub fn place(task: &Task, fleet: &impl FleetView, now: UnixMs) -> Decision {
+    decide(task, fleet, now, &mut ())
+}
+
+/// Places one task as [`place`] does, and says what was weighed.
+pub fn explain(task: &Task, fleet: &impl FleetView, now: UnixMs) -> Explanation {
+    let mut candidates = Vec::new();
+    let decision = decide(task, fleet, now, &mut candidates);
+    let chosen = match &decision {
+        Decision::Place { sidecar_id, endpoint_id, .. } => Some((sidecar_id, endpoint_id)),
+        Decision::Wait(_) => None,
+    };
+    for c in &mut candidates {
+        if c.verdict == Verdict::Slower && chosen == Some((&c.sidecar_id, &c.endpoint_id)) {
+            c.verdict = Verdict::Chosen;
+        }
+    }
+    let total = |c: &Candidate| c.estimate.map_or(0.0, |e| e.total_ms());
+    candidates.sort_by(|a, b| {
+        (a.verdict, total(a), std::cmp::Reverse(a.idle_agents), &a.sidecar_id, &a.endpoint_id)
+            .partial_cmp(&(b.verdict, total(b), std::cmp::Reverse(b.idle_agents), &b.sidecar_id, &b.endpoint_id))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let more_candidates = candidates.len().saturating_sub(EXPLAINED_CANDIDATES);
+    candidates.truncate(EXPLAINED_CANDIDATES);
+    let (tier, tier_source) = tier_now(task, fleet);
+    Explanation {
+        decision,
+        tier,
+        tier_source,
+        model: model_of(task, fleet).map(str::to_owned),
+        candidates,
+        more_candidates,
+    }
+}
+
+/// One line on an explanation's outcome: where it went and why there, or why it waits.
+pub fn summarize(explained: &Explanation) -> String {
+    let agent = |c: &Candidate| c.agent_id.clone().unwrap_or_else(|| c.sidecar_id.clone());
+    let seconds = |e: &Estimate| format!("{:.1} s", e.total_ms() / 1000.0);
+    match &explained.decision {
+        Decision::Wait(why) => format!("waits: {}", why.describe()),
+        Decision::Place { agent_id, estimate: Some(estimate), model, .. } => {
+            let model = model.as_deref().unwrap_or("?");
+            let how = if estimate.load_ms > 0.0 { "cold" } else { "warm" };
+            let next = explained.candidates.iter().find(|c| c.verdict == Verdict::Slower);
+            let next = match next.and_then(|c| Some((c, c.estimate?))) {
+                Some((c, e)) => format!("; next best {} on {}", seconds(&e), agent(c)),
+                None => "; the only agent free for it".to_owned(),
+            };
+            format!("finishes soonest: {} on {agent_id} ({model} {how}){next}", seconds(estimate))
+        }
+        Decision::Place { agent_id, .. } => {
+            let idle = explained.candidates.iter().find(|c| c.verdict == Verdict::Chosen).map_or(1, |c| c.idle_agents);
+            format!("to {agent_id}: its sidecar has the most idle agents that run this work ({idle})")
+        }
+    }
+}
+
+fn decide(task: &Task, fleet: &impl FleetView, now: UnixMs, record: &mut impl Record) -> Decision {
     if task.spec.limits.deadline_unix_ms.is_some_and(|deadline| deadline <= now) {
         return Decision::Wait(Wait::Expired);
     }
-    if let Work::Llm(llm) = &task.spec.work {
-        let model = if llm.model.is_empty() { task.spec.placement.model.as_str() } else { llm.model.as_str() };
-        let model = match model {
-            "" => fleet.tier_model(tier::tier_of(&task.spec)),
-            named => Some(named),
-        };
-        if let Some(model) = model {
-            let tokens = if llm.max_tokens > 0 { llm.max_tokens } else { EXPECTED_OUTPUT_TOKENS };
-            return place_model(model, tokens, task.spec.placement.local_only, fleet);
-        }
+    if let Work::Llm(llm) = &task.spec.work
+        && let Some(model) = model_of(task, fleet)
+    {
+        let tokens = if llm.max_tokens > 0 { llm.max_tokens } else { EXPECTED_OUTPUT_TOKENS };
+        return place_model(task, model, tokens, fleet, record);
     }
     let needed = task.spec.work.capability();
-    fleet
-        .idle()
-        .iter()
-        .filter(|(sidecar_id, _)| fleet.can_run(sidecar_id, needed))
-        .max_by(|a, b| a.1.len().cmp(&b.1.len()).then_with(|| b.0.cmp(a.0)))
-        .and_then(|(sidecar_id, agents)| {
-            Some(Decision::Place {
-                sidecar_id: sidecar_id.clone(),
-                agent_id: agents.first()?.clone(),
-                endpoint_id: None,
-                model: None,
-                estimate: None,
-            })
-        })
-        .unwrap_or(Decision::Wait(Wait::NoCapableAgent))
+    let placement = &task.spec.placement;
+    let mut best: Option<(&String, &BTreeSet<String>)> = None;
+    for (sidecar_id, agents) in fleet.idle().iter() {
+        if !fleet.can_run(sidecar_id, needed) || !fleet.admits(sidecar_id, placement) {
+            continue;
+        }
+        record.note(|| Candidate {
+            sidecar_id: sidecar_id.clone(),
+            agent_id: agents.first().cloned(),
+            endpoint_id: None,
+            estimate: None,
+            warm: false,
+            in_flight: 0,
+            idle_agents: agents.len() as u32,
+            verdict: Verdict::Slower,
+        });
+        // The most idle agents; ties to the smaller id.
+        let key = (agents.len(), std::cmp::Reverse(sidecar_id));
+        if best.is_none_or(|(b_id, b_agents)| key > (b_agents.len(), std::cmp::Reverse(b_id))) {
+            best = Some((sidecar_id, agents));
+        }
+    }
+    match best.and_then(|(sidecar_id, agents)| Some((sidecar_id, agents.first()?))) {
+        Some((sidecar_id, agent_id)) => Decision::Place {
+            sidecar_id: sidecar_id.clone(),
+            agent_id: agent_id.clone(),
+            endpoint_id: None,
+            model: None,
+            estimate: None,
+        },
+        None if fleet.any_open(needed, placement) => Decision::Wait(Wait::AllBusy),
+        None => Decision::Wait(Wait::NoCapableAgent),
+    }
+}
+
+/// Input tokens of LLM work, estimated from its text (four bytes a token), for the cost filter.
+pub fn input_tokens_estimate(llm: &crate::domain::LlmWork) -> u64 {
+    let bytes = llm.prompt.len() + llm.system.len() + llm.messages.iter().map(|m| m.content.len()).sum::<usize>();
+    bytes.div_ceil(4) as u64
 }
 
 /// The estimate for `model` on endpoint `e` of `sidecar_id` and whether the model is warm there,
@@ -244,44 +547,118 @@ pub fn estimate(
     local_only: bool,
     in_flight: u32,
 ) -> Option<(Estimate, bool)> {
-    if !e.healthy || (local_only && crate::fleet::is_cloud(e)) {
-        return None;
+    weigh(fleet, sidecar_id, e, model, tokens, local_only, in_flight).ok()
+}
+
+/// [`estimate`], or the verdict that rules the endpoint out.
+fn weigh(
+    fleet: &impl FleetView,
+    sidecar_id: &str,
+    e: &Endpoint,
+    model: &str,
+    tokens: u32,
+    local_only: bool,
+    in_flight: u32,
+) -> Result<(Estimate, bool), Verdict> {
+    if local_only && crate::fleet::is_cloud(e) {
+        return Err(Verdict::Cloud);
+    }
+    if !e.healthy {
+        return Err(Verdict::Unhealthy);
     }
     let listed = e.models.iter().find(|m| m.name == model);
     let cloud = e.kind == EndpointKind::Anthropic;
     // The Claude API serves its models by name, listed or not.
     if listed.is_none() && !(cloud && model.starts_with("claude-")) {
-        return None;
+        return Err(Verdict::NoModel);
     }
     let warm = cloud || listed.is_some_and(|m| m.loaded);
     let observed = fleet.learned().get(sidecar_id, model);
     let default_rate = if cloud { DEFAULT_CLOUD_TOKENS_PER_S } else { DEFAULT_LOCAL_TOKENS_PER_S };
     let generate_ms = f64::from(tokens) * 1000.0 / observed.tokens_per_s.unwrap_or(default_rate);
-    let load_ms = if warm {
-        0.0
-    } else {
-        let size = listed.map_or(0, |m| m.size_vram_bytes.max(m.size_bytes)) as f64;
-        observed.load_ms.unwrap_or(size / DEFAULT_LOAD_BYTES_PER_MS)
-    };
+    let (mut load_ms, mut fit_ms) = (0.0, 0.0);
+    if !warm {
+        let size = listed.map_or(0, |m| m.size_vram_bytes.max(m.size_bytes));
+        load_ms = observed.load_ms.unwrap_or(size as f64 / DEFAULT_LOAD_BYTES_PER_MS);
+        if let Some(free) = fleet.free_memory(sidecar_id)
+            && size > free
+        {
+            // Room is made by evicting warm models, which then have to load again later.
+            let warm_models = e.models.iter().filter(|m| m.loaded);
+            let evictable: u64 = warm_models.clone().map(|m| m.size_vram_bytes.max(m.size_bytes)).sum();
+            if size > free + evictable {
+                return Err(Verdict::NoRoom);
+            }
+            fit_ms = warm_models
+                .map(|m| {
+                    let bytes = m.size_vram_bytes.max(m.size_bytes) as f64;
+                    fleet.learned().get(sidecar_id, &m.name).load_ms.unwrap_or(bytes / DEFAULT_LOAD_BYTES_PER_MS)
+                })
+                .sum();
+        }
+    }
     // One request at a time per local server (Ollama's default parallelism); the cloud scales.
     let wait_ms = if cloud { 0.0 } else { f64::from(in_flight) * generate_ms };
-    Some((Estimate { wait_ms, load_ms, generate_ms }, warm))
+    Ok((Estimate { wait_ms, load_ms, generate_ms, fit_ms }, warm))
 }
 
-fn place_model(model: &str, tokens: u32, local_only: bool, fleet: &impl FleetView) -> Decision {
+fn place_model(task: &Task, model: &str, tokens: u32, fleet: &impl FleetView, record: &mut impl Record) -> Decision {
+    let placement = &task.spec.placement;
+    let local_only = placement.local_only || fleet.offline();
+    // The budget filter, if the model is priced: reading the prompt and writing the reply it
+    // asks for (`max_tokens`; one token when it sets none, as a reply's length is not known)
+    // must fit. A reply that runs past the budget is stopped there by the sidecar.
+    let over_budget = match (task.spec.limits.max_cost_micros, fleet.price(model), &task.spec.work) {
+        (Some(max), Some(price), Work::Llm(llm)) => {
+            let reply = u64::from(llm.max_tokens.max(1));
+            price.micros(input_tokens_estimate(llm), reply) > max as f64
+        }
+        _ => false,
+    };
     // (estimate, warm, in flight, sidecar, agent, endpoint) of the best candidate so far.
     let mut best: Option<(Estimate, bool, u32, &String, &String, &String)> = None;
+    // Why nothing was placed, from the most hopeful cause down.
+    let (mut busy, mut budget, mut no_room, mut cloud, mut open) = (false, false, false, false, false);
     for endpoint in fleet.offering(model) {
         let Owner::Sidecar(sidecar_id) = &endpoint.owner else { continue };
-        let Some(agent_id) = fleet.idle().first(sidecar_id) else { continue };
-        if !fleet.can_run(sidecar_id, "llm") {
+        let agent_id = fleet.idle().first(sidecar_id);
+        let in_flight = fleet.in_flight(&endpoint.id);
+        let note = |estimate: Option<(Estimate, bool)>, verdict| Candidate {
+            sidecar_id: sidecar_id.clone(),
+            agent_id: agent_id.cloned(),
+            endpoint_id: Some(endpoint.id.clone()),
+            estimate: estimate.map(|(e, _)| e),
+            warm: estimate.is_some_and(|(_, warm)| warm),
+            in_flight,
+            idle_agents: 0,
+            verdict,
+        };
+        if !fleet.can_run(sidecar_id, "llm") || !fleet.admits(sidecar_id, placement) {
+            record.note(|| note(None, Verdict::Excluded));
             continue;
         }
-        let in_flight = fleet.in_flight(&endpoint.id);
-        let Some((estimate, warm)) = self::estimate(fleet, sidecar_id, endpoint, model, tokens, local_only, in_flight)
-        else {
+        open = true;
+        let weighed = match weigh(fleet, sidecar_id, endpoint, model, tokens, local_only, in_flight) {
+            Ok(weighed) => weighed,
+            Err(verdict) => {
+                cloud |= verdict == Verdict::Cloud;
+                no_room |= verdict == Verdict::NoRoom;
+                record.note(|| note(None, verdict));
+                continue;
+            }
+        };
+        if over_budget {
+            budget = true;
+            record.note(|| note(Some(weighed), Verdict::OverBudget));
+            continue;
+        }
+        let Some(agent_id) = agent_id else {
+            busy = true;
+            record.note(|| note(Some(weighed), Verdict::Busy));
             continue;
         };
+        record.note(|| note(Some(weighed), Verdict::Slower));
+        let (estimate, warm) = weighed;
         let better = match &best {
             None => true,
             Some((b, b_warm, b_flight, b_sidecar, _, b_endpoint)) => {
@@ -298,6 +675,19 @@ fn place_model(model: &str, tokens: u32, local_only: bool, fleet: &impl FleetVie
             best = Some((estimate, warm, in_flight, sidecar_id, agent_id, &endpoint.id));
         }
     }
+    let wait = if busy {
+        Wait::AllBusy
+    } else if budget {
+        Wait::OverBudget
+    } else if no_room {
+        Wait::NoRoom
+    } else if cloud {
+        Wait::LocalOnly
+    } else if open || fleet.any_open("llm", placement) {
+        Wait::ModelNowhere
+    } else {
+        Wait::NoCapableAgent
+    };
     match best {
         Some((estimate, _, _, sidecar_id, agent_id, endpoint_id)) => Decision::Place {
             sidecar_id: sidecar_id.clone(),
@@ -306,7 +696,7 @@ fn place_model(model: &str, tokens: u32, local_only: bool, fleet: &impl FleetVie
             model: Some(model.to_owned()),
             estimate: Some(estimate),
         },
-        None => Decision::Wait(Wait::NoCapableAgent),
+        None => Decision::Wait(wait),
     }
 }
 
@@ -325,9 +715,30 @@ mod tests {
         in_flight: HashMap<String, u32>,
         learned: Learned,
         tiers: TierModels,
+        /// Free memory per sidecar (unknown when absent).
+        free: HashMap<String, u64>,
+        prices: HashMap<String, TokenPrice>,
+        /// Tags per sidecar.
+        tags: HashMap<String, Vec<String>>,
+        /// What `any_open` answers.
+        open_any: bool,
     }
 
     impl FleetView for Fleet {
+        fn admits(&self, sidecar_id: &str, placement: &Placement) -> bool {
+            let tags = self.tags.get(sidecar_id).cloned().unwrap_or_default();
+            (placement.host.is_empty() || placement.host == sidecar_id)
+                && placement.tags.iter().all(|t| tags.contains(t))
+        }
+        fn any_open(&self, _capability: &str, _placement: &Placement) -> bool {
+            self.open_any
+        }
+        fn price(&self, model: &str) -> Option<TokenPrice> {
+            self.prices.get(model).copied()
+        }
+        fn free_memory(&self, sidecar_id: &str) -> Option<u64> {
+            self.free.get(sidecar_id).copied()
+        }
         fn idle(&self) -> &IdleIndex {
             &self.idle
         }
@@ -507,6 +918,122 @@ mod tests {
         unnamed.spec.tier = Some(Tier::Standard);
         assert_eq!(placed_on(&place(&unnamed, &fleet, 0)), "warm", "an explicit tier wins");
         assert!(fleet.tiers.set("huge=m").is_err() && fleet.tiers.set("standard").is_err());
+    }
+
+    fn claude_on(fleet: &mut Fleet, sidecar: &'static str) -> String {
+        let mut claude =
+            Endpoint::new(Owner::Sidecar(sidecar.into()), "https://api.anthropic.com".into(), EndpointKind::Anthropic);
+        claude.healthy = true;
+        let id = claude.id.clone();
+        fleet.endpoints.push(claude);
+        fleet.idle.insert(sidecar, &format!("{sidecar}/0"));
+        fleet.can.push((sidecar, "llm"));
+        id
+    }
+
+    #[test]
+    fn a_waiting_task_names_its_reason() {
+        // Busy: the model is there, but no agent is idle.
+        let mut fleet = warm_and_cold();
+        fleet.idle = IdleIndex::default();
+        assert_eq!(place(&llm_task("m"), &fleet, 0), Decision::Wait(Wait::AllBusy));
+        // Nowhere: no endpoint has it, though llm sidecars are open.
+        let fleet = Fleet { open_any: true, ..warm_and_cold() };
+        assert_eq!(place(&llm_task("other"), &fleet, 0), Decision::Wait(Wait::ModelNowhere));
+        // Local-only, and only the Claude API offers it.
+        let mut fleet = warm_and_cold();
+        claude_on(&mut fleet, "cloud");
+        let mut private = llm_task("claude-sonnet-4-5");
+        private.spec.placement.local_only = true;
+        assert_eq!(place(&private, &fleet, 0), Decision::Wait(Wait::LocalOnly));
+        // Over budget: 100 output tokens at $15/M are 1,500 millionths.
+        fleet.prices.insert("claude-sonnet-4-5".into(), TokenPrice { input: 3.0, output: 15.0 });
+        let mut cheap = llm_task("claude-sonnet-4-5");
+        cheap.spec.limits.max_cost_micros = Some(1_000);
+        assert_eq!(place(&cheap, &fleet, 0), Decision::Wait(Wait::OverBudget));
+        cheap.spec.limits.max_cost_micros = Some(2_000);
+        assert_eq!(placed_on(&place(&cheap, &fleet, 0)), "cloud");
+        // No room: a 4 GB cold model where 1 GB is free and nothing warm can make room.
+        let mut fleet = warm_and_cold();
+        fleet.endpoints.remove(1);
+        fleet.free.insert("cold".into(), 1_000_000_000);
+        assert_eq!(place(&llm_task("m"), &fleet, 0), Decision::Wait(Wait::NoRoom));
+        // And shell work with no capable sidecar at all, against one that is only busy.
+        let fleet = Fleet::default();
+        assert_eq!(place(&shell_task(), &fleet, 0), Decision::Wait(Wait::NoCapableAgent));
+        let fleet = Fleet { open_any: true, ..Fleet::default() };
+        assert_eq!(place(&shell_task(), &fleet, 0), Decision::Wait(Wait::AllBusy));
+    }
+
+    #[test]
+    fn a_cold_model_that_does_not_fit_pays_for_the_eviction() {
+        let mut fleet = warm_and_cold();
+        // The cold host has another model warm; 1 GB free, so loading 4 GB evicts the 8 GB one.
+        fleet.endpoints[0].models.push(Model { loaded: true, size_bytes: 8_000_000_000, ..Model::named("big") });
+        fleet.free.insert("cold".into(), 1_000_000_000);
+        let (estimate, warm) = estimate(&fleet, "cold", &fleet.endpoints[0], "m", 100, false, 0).unwrap();
+        assert!(!warm && (estimate.fit_ms - 4_000.0).abs() < 1e-6, "reloading 8 GB later: {estimate:?}");
+        // With the warm host busy behind one request (3.3 s), the 2 s load alone would win; the
+        // eviction's 4 s more does not.
+        fleet.in_flight.insert(fleet.endpoints[1].id.clone(), 1);
+        assert_eq!(placed_on(&place(&llm_task("m"), &fleet, 0)), "warm");
+        fleet.free.insert("cold".into(), 8_000_000_000);
+        assert_eq!(placed_on(&place(&llm_task("m"), &fleet, 0)), "cold", "room enough: no eviction");
+    }
+
+    #[test]
+    fn tags_and_host_narrow_the_candidates() {
+        let mut fleet = warm_and_cold();
+        fleet.tags.insert("cold".into(), vec!["gpu".into(), "eu".into()]);
+        let mut task = llm_task("m");
+        task.spec.placement.tags = vec!["gpu".into()];
+        assert_eq!(placed_on(&place(&task, &fleet, 0)), "cold", "only the tagged host");
+        task.spec.placement.tags = vec!["gpu".into(), "us".into()];
+        assert_eq!(place(&task, &fleet, 0), Decision::Wait(Wait::NoCapableAgent));
+        let mut task = llm_task("m");
+        task.spec.placement.host = "cold".into();
+        assert_eq!(placed_on(&place(&task, &fleet, 0)), "cold");
+        let mut shell = shell_task();
+        shell.spec.placement.host = "nowhere".into();
+        let mut idle = IdleIndex::default();
+        idle.insert("a", "a/0");
+        let fleet = Fleet { idle, can: vec![("a", "shell")], ..Fleet::default() };
+        assert_eq!(place(&shell, &fleet, 0), Decision::Wait(Wait::NoCapableAgent));
+    }
+
+    #[test]
+    fn an_explanation_lists_every_candidate_with_its_verdict_the_winner_first() {
+        let mut fleet = warm_and_cold();
+        let mut down = ollama("down", "m", true, 1);
+        down.healthy = false;
+        fleet.endpoints.push(down);
+        fleet.can.push(("down", "llm"));
+        fleet.idle.insert("down", "down/0");
+        fleet.endpoints.push(ollama("busy", "m", true, 1));
+        fleet.can.push(("busy", "llm"));
+        let explained = explain(&llm_task("m"), &fleet, 0);
+        assert_eq!(explained.decision, place(&llm_task("m"), &fleet, 0), "explain decides as place does");
+        let verdicts: Vec<(&str, Verdict)> =
+            explained.candidates.iter().map(|c| (c.sidecar_id.as_str(), c.verdict)).collect();
+        assert_eq!(
+            verdicts,
+            vec![
+                ("warm", Verdict::Chosen),
+                ("cold", Verdict::Slower),
+                ("busy", Verdict::Busy),
+                ("down", Verdict::Unhealthy)
+            ]
+        );
+        let cold = &explained.candidates[1];
+        assert!(!cold.warm && cold.estimate.unwrap().load_ms > 0.0);
+        assert_eq!((explained.model.as_deref(), explained.tier_source), (Some("m"), TierSource::Inferred));
+        let line = summarize(&explained);
+        assert!(line.starts_with("finishes soonest: 3.3 s on warm/0 (m warm); next best 5.3 s on cold/0"), "{line}");
+        let waiting = explain(&llm_task("other"), &fleet, 0);
+        assert_eq!(
+            summarize(&waiting),
+            "waits: no open sidecar runs this kind of work (and matches its tags and host)"
+        );
     }
 
     mod properties {

@@ -18,6 +18,13 @@
 //!
 //! An explicit tier always wins; so does an explicit model (the tier then only says what the task
 //! is).
+//!
+//! Tier policy: shell work is trivial and runs as shell (no tokens); LLM work that names no model
+//! runs on its tier's model (`--tier-model`: by default none, and the sidecar picks). When that
+//! model has had no capable agent for `--tier-fallback-after`, [`fallback`] moves the task one
+//! tier: up first (a stronger model), else down, never back to a tier it left, and only to a tier
+//! with a model. Privacy is not the policy's business: placement never sends local-only work to
+//! a cloud provider, whatever its tier.
 
 use crate::domain::{TaskSpec, Tier, Work};
 
@@ -88,6 +95,17 @@ pub fn infer(spec: &TaskSpec) -> Tier {
     }
 }
 
+/// The tier a task that waited too long at `from` moves to, having been at `tried` before; `None`
+/// when no neighbour has a model (`has_model`) or every one was tried.
+pub fn fallback(from: Tier, tried: &[Tier], has_model: impl Fn(Tier) -> bool) -> Option<Tier> {
+    let neighbours: &[Tier] = match from {
+        Tier::Trivial => &[Tier::Standard],
+        Tier::Standard => &[Tier::Complex, Tier::Trivial],
+        Tier::Complex => &[Tier::Standard],
+    };
+    neighbours.iter().copied().find(|tier| *tier != from && !tried.contains(tier) && has_model(*tier))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +144,25 @@ mod tests {
         for (what, spec, expected) in cases {
             assert_eq!(infer(spec), *expected, "{what}");
         }
+    }
+
+    #[test]
+    fn fallback_moves_one_tier_up_first_never_back_and_only_to_a_tier_with_a_model() {
+        use Tier::*;
+        let all = |_: Tier| true;
+        let cases: &[(Tier, &[Tier], Option<Tier>)] = &[
+            (Trivial, &[], Some(Standard)),
+            (Standard, &[], Some(Complex)),
+            (Standard, &[Complex], Some(Trivial)),
+            (Complex, &[], Some(Standard)),
+            (Standard, &[Complex, Trivial], None),
+            (Complex, &[Standard], None),
+        ];
+        for (from, tried, expected) in cases {
+            assert_eq!(fallback(*from, tried, all), *expected, "{from:?} after {tried:?}");
+        }
+        assert_eq!(fallback(Standard, &[], |t| t == Trivial), Some(Trivial), "no complex model: down");
+        assert_eq!(fallback(Complex, &[], |_| false), None);
     }
 
     #[test]

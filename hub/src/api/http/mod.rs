@@ -27,7 +27,7 @@ use crate::core::Handle;
 use crate::domain::now_ms;
 use crate::domain::{SpecDefaults, TaskId, TaskState};
 use crate::feed::{self, FeedEvent};
-use dto::{AgentDto, BackupDto, EndpointDto, HostDto, OutputEventDto, QueueDto, TaskDto};
+use dto::{AgentDto, BackupDto, DecisionDto, EndpointDto, HostDto, OutputEventDto, QueueDto, TaskDto, WhyDto};
 
 fn tasks_json(tasks: &[crate::domain::Task]) -> serde_json::Value {
     json!({ "tasks": tasks.iter().map(TaskDto::from).collect::<Vec<_>>() })
@@ -60,6 +60,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/tasks", get(list_tasks).post(submit_task))
         .route("/api/v1/tasks/{id}", get(get_task).delete(cancel_task))
         .route("/api/v1/tasks/{id}/events", get(task_events))
+        .route("/api/v1/tasks/{id}/decision", get(task_decision))
+        .route("/api/v1/tasks/{id}/why", get(task_why))
         .route("/api/v1/agents", get(list_agents))
         .route("/api/v1/agents/{id}", get(get_agent))
         .route("/api/v1/hosts", get(list_hosts))
@@ -129,6 +131,21 @@ async fn list_tasks(
 async fn get_task(State(state): State<HttpState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
     let task = state.hub.get(id.parse::<TaskId>()?).await?;
     Ok(Json(json!({ "task": TaskDto::from(&task) })))
+}
+
+/// `GET /api/v1/tasks/{id}/decision`: the placement decisions kept for the task, oldest first.
+async fn task_decision(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let decisions = state.hub.explain(id.parse::<TaskId>()?).await?;
+    Ok(Json(json!({ "decisions": decisions.iter().map(DecisionDto::from).collect::<Vec<_>>() })))
+}
+
+/// `GET /api/v1/tasks/{id}/why`: why the task waits, or that it does not.
+async fn task_why(State(state): State<HttpState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let why = state.hub.why(id.parse::<TaskId>()?).await?;
+    Ok(Json(json!({ "why": WhyDto::from(&why) })))
 }
 
 async fn cancel_task(

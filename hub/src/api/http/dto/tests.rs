@@ -203,6 +203,8 @@ fn the_queue_and_backup_shapes_are_documented() {
         leased: 0,
         dead_lettered: 0,
         stale_messages_refused: 0,
+        blocked: 0,
+        tier_fallbacks: 0,
     };
     check("queue", QueueDto::from(&queue));
     check("backup", BackupDto { path: "/var/lib/agentcom/backups/hub-1.redb".into(), tasks: 1, bytes: 1 });
@@ -217,4 +219,66 @@ fn enumerations_serialize_as_documented() {
     assert_eq!(json(serde_json::to_string(&VerificationDto::GitClean)), r#""git_clean""#);
     assert_eq!(json(serde_json::to_string(&CommandDto::Script("make".into()))), r#"{"script":"make"}"#);
     assert_eq!(json(serde_json::to_string(&OwnerDto::Hub)), r#"{"by":"hub"}"#);
+}
+
+#[test]
+fn the_decision_and_why_shapes_are_documented() {
+    use crate::core::{Recorded, RecordedKind, WhyAnswer};
+    use crate::sched::{Candidate, Decision, Estimate, Explanation, TierSource, Verdict, Wait};
+    let estimate = Estimate { wait_ms: 0.0, load_ms: 0.0, generate_ms: 2133.3, fit_ms: 0.0 };
+    let candidate = Candidate {
+        sidecar_id: "warm-host".into(),
+        agent_id: Some("warm-host/0".into()),
+        endpoint_id: Some("ep-7b3b6fba1efa".into()),
+        estimate: Some(estimate),
+        warm: true,
+        in_flight: 0,
+        idle_agents: 0,
+        verdict: Verdict::Chosen,
+    };
+    let placed = Explanation {
+        decision: Decision::Place {
+            sidecar_id: "warm-host".into(),
+            agent_id: "warm-host/0".into(),
+            endpoint_id: Some("ep-7b3b6fba1efa".into()),
+            model: Some("llama3.2:3b".into()),
+            estimate: Some(estimate),
+        },
+        tier: Tier::Standard,
+        tier_source: TierSource::Inferred,
+        model: Some("llama3.2:3b".into()),
+        candidates: vec![candidate.clone()],
+        more_candidates: 0,
+    };
+    let recorded = Recorded {
+        at: 1,
+        attempt: 1,
+        kind: RecordedKind::Placed,
+        reason: "finishes soonest".into(),
+        explanation: placed,
+    };
+    let dto = DecisionDto::from(&recorded);
+    assert_eq!((dto.kind, dto.tier_source.as_str(), dto.wait), (Some("placed"), "inferred", None));
+    check("decision", dto);
+    let waiting = Explanation {
+        decision: Decision::Wait(Wait::AllBusy),
+        candidates: vec![Candidate { agent_id: None, verdict: Verdict::Busy, ..candidate }],
+        ..recorded.explanation.clone()
+    };
+    let why = WhyAnswer {
+        task_id: TaskId::new(7),
+        state: TaskState::Queued,
+        waiting: true,
+        code: "all_busy".into(),
+        message: Wait::AllBusy.describe().into(),
+        since_unix_ms: 1,
+        tier: Tier::Standard,
+        tier_source: TierSource::Inferred,
+        model: Some("llama3.2:3b".into()),
+        fallback_at_unix_ms: None,
+        explanation: Some(waiting),
+    };
+    let dto = WhyDto::from(&why);
+    assert_eq!(dto.placement_now.as_ref().unwrap().wait, Some("all_busy"));
+    check("why", dto);
 }

@@ -1,0 +1,385 @@
+//! The core's placement side: dispatch through the scheduler, the blocked set and what unblocks
+//! it, the tier fallback, and the decisions kept for `explain` and `why`.
+
+use std::collections::{HashMap, VecDeque};
+
+use tracing::info;
+
+use super::State;
+use super::commit::AfterCommit;
+use super::handle::{Error, Recorded, RecordedKind, WhyAnswer};
+use super::sessions::{Sidecar, move_agent};
+use crate::agent::AgentEvent;
+use crate::domain::*;
+use crate::fleet::Owner;
+use crate::queue::Lease;
+use crate::sched::{self, Decision, Need, tier};
+
+/// The fleet as placement sees it, borrowing only the fields it reads (so the rest of the state
+/// can change beside it).
+macro_rules! fleet {
+    ($state:expr) => {
+        Fleet {
+            idle: &$state.idle,
+            sidecars: &$state.sidecars,
+            cordons: &$state.cordons,
+            registry: &$state.registry,
+            in_flight: &$state.in_flight,
+            learned: &$state.learned,
+            config: &$state.config,
+            tier_waits: &$state.tier_waits,
+        }
+    };
+}
+
+/// Decisions kept per task, newest last.
+pub(super) const DECISIONS_PER_TASK: usize = 4;
+/// Tasks whose decisions are kept; the oldest are forgotten first.
+pub(super) const DECISIONS_KEPT_FOR: usize = 10_000;
+
+/// The decisions of the most recently placed tasks, in memory (they describe the fleet as it
+/// was, and are not kept across restarts).
+#[derive(Debug, Default)]
+pub(super) struct Decisions {
+    by_task: HashMap<TaskId, VecDeque<Recorded>>,
+    /// Tasks in the order their first decision was kept.
+    order: VecDeque<TaskId>,
+}
+
+impl Decisions {
+    fn keep(&mut self, task_id: TaskId, recorded: Recorded) {
+        let kept = self.by_task.entry(task_id).or_insert_with(|| {
+            self.order.push_back(task_id);
+            VecDeque::new()
+        });
+        if kept.len() == DECISIONS_PER_TASK {
+            kept.pop_front();
+        }
+        kept.push_back(recorded);
+        while self.order.len() > DECISIONS_KEPT_FOR {
+            if let Some(oldest) = self.order.pop_front() {
+                self.by_task.remove(&oldest);
+            }
+        }
+    }
+
+    pub(super) fn of(&self, task_id: TaskId) -> Vec<Recorded> {
+        self.by_task.get(&task_id).map(|kept| kept.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    pub(super) fn forget(&mut self, task_id: TaskId) {
+        self.by_task.remove(&task_id);
+    }
+}
+
+/// A task placed by its tier's model that could not be placed: since when, at which tier, and
+/// the tiers it has left.
+#[derive(Debug)]
+pub(super) struct TierWait {
+    since: UnixMs,
+    /// The tier it was moved to; `None` while at its own.
+    moved_to: Option<Tier>,
+    left: Vec<Tier>,
+}
+
+impl State {
+    /// Places ready tasks on idle agents, lane then age, each where [`sched::place`] puts it.
+    /// Tasks it cannot place go to the blocked set until the fleet changes for them.
+    pub(super) fn dispatch(&mut self, now: UnixMs) {
+        self.unblock_served();
+        if self.shutting_down {
+            return;
+        }
+        let ttl = self.config.lease_ttl.as_millis() as i64;
+        let mut blocked = Vec::new();
+        loop {
+            if self.idle.is_empty() || self.queue.n_ready() == 0 {
+                break;
+            }
+            let fleet = fleet!(self);
+            let tasks = &self.tasks;
+            let popped = self.queue.pop_ready(
+                now,
+                |id| {
+                    let task = &tasks[&id];
+                    match sched::place(task, &fleet, now) {
+                        Decision::Place { sidecar_id, agent_id, endpoint_id, model, .. } => {
+                            Ok((sidecar_id, agent_id, endpoint_id, model))
+                        }
+                        Decision::Wait(sched::Wait::Expired) => Err(None),
+                        Decision::Wait(_) => Err(Some(sched::need_of(task, &fleet))),
+                    }
+                },
+                &mut blocked,
+            );
+            let Some((task_id, (sidecar_id, agent_id, endpoint_id, model))) = popped else { break };
+            let explanation = sched::explain(&self.tasks[&task_id], &fleet, now);
+            self.tier_waits.remove(&task_id);
+            if let Some(deadline) = self.tasks[&task_id].spec.limits.deadline_unix_ms {
+                self.deadlines.remove(&(deadline, task_id));
+            }
+            let task = self.tasks.get_mut(&task_id).expect("a ready task exists");
+            task.attempt += 1;
+            task.lease_generation += 1;
+            task.agent_id = Some(agent_id.clone());
+            task.sidecar_id = Some(sidecar_id.clone());
+            task.outcome = None;
+            task.set_state(TaskState::Dispatched, "", now);
+            let (lease_generation, attempt) = (task.lease_generation, task.attempt);
+            if let Some(endpoint) = &endpoint_id {
+                *self.in_flight.entry(endpoint.clone()).or_default() += 1;
+            }
+            let lease = Lease {
+                generation: lease_generation,
+                sidecar_id,
+                agent_id: agent_id.clone(),
+                expires_at: now + ttl,
+                endpoint_id,
+                model,
+            };
+            self.queue.grant(task_id, lease);
+            let reason = sched::summarize(&explanation);
+            self.decisions
+                .keep(task_id, Recorded { at: now, attempt, kind: RecordedKind::Placed, reason, explanation });
+            let agent = self.agents.get_mut(&agent_id).expect("an idle agent exists");
+            agent.task_id = Some(task_id);
+            agent.last_activity = now;
+            move_agent(agent, AgentEvent::Assign, now, &mut self.idle, &format!("assigned task {task_id}"));
+            self.persist(task_id, AfterCommit::Assigned { task_id, lease_generation });
+        }
+        // Tasks placed by their tier's model start their fallback clock when first blocked.
+        for (task_id, _) in blocked {
+            if self.tier_waits.contains_key(&task_id) || !self.by_tier_model(&self.tasks[&task_id]) {
+                continue;
+            }
+            self.tier_waits.insert(task_id, TierWait { since: now, moved_to: None, left: Vec::new() });
+        }
+    }
+
+    /// LLM work that names no model and runs on its tier's: the work the tier fallback moves.
+    fn by_tier_model(&self, task: &Task) -> bool {
+        let Work::Llm(llm) = &task.spec.work else { return false };
+        llm.model.is_empty()
+            && task.spec.placement.model.is_empty()
+            && self.config.tier_models.get(sched::tier_now(task, &fleet!(self)).0).is_some()
+    }
+
+    /// Blocked tasks go back to ready when a sidecar that gained an agent or changed its
+    /// inventory could serve what they need.
+    fn unblock_served(&mut self) {
+        let touched = self.idle.take_touched();
+        if self.queue.n_blocked() == 0 {
+            return;
+        }
+        for sidecar_id in touched {
+            let Some(sidecar) = self.sidecars.get(&sidecar_id) else { continue };
+            let registry = &self.registry;
+            let owner = Owner::Sidecar(sidecar_id.clone());
+            let runs = |capability: &str| sidecar.hello.capabilities.iter().any(|c| c == capability);
+            self.queue.unblock(|need| match need {
+                Need::Capability(capability) => runs(capability),
+                Need::Model(model) => runs("llm") && registry.offering(model).any(|e| e.owner == owner),
+            });
+        }
+    }
+
+    /// Moves blocked tasks that have waited `--tier-fallback-after` for their tier's model, with
+    /// nothing able to take them, one tier along (see [`tier::fallback`]).
+    pub(super) fn fall_back(&mut self, now: UnixMs) {
+        let after = self.config.tier_fallback_after.as_millis() as i64;
+        let due: Vec<TaskId> =
+            self.tier_waits.iter().filter(|(_, wait)| wait.since + after <= now).map(|(id, _)| *id).collect();
+        for task_id in due {
+            let Some(task) = self.tasks.get(&task_id) else {
+                self.tier_waits.remove(&task_id);
+                continue;
+            };
+            if !matches!(task.state, TaskState::Queued | TaskState::Ready) {
+                self.tier_waits.remove(&task_id);
+                continue;
+            }
+            if self.queue.blocked_on(task_id).is_none() {
+                continue; // Ready again: dispatch looks at it next.
+            }
+            let (explanation, from) = {
+                let fleet = fleet!(self);
+                (sched::explain(task, &fleet, now), sched::tier_now(task, &fleet).0)
+            };
+            let wait = self.tier_waits.get_mut(&task_id).expect("due tasks wait");
+            let why = match explanation.decision {
+                Decision::Wait(why) if why.lacks_capacity() => why,
+                _ => {
+                    wait.since = now; // Busy, not missing: it waits on at its tier.
+                    continue;
+                }
+            };
+            let models = &self.config.tier_models;
+            let Some(to) = tier::fallback(from, &wait.left, |t| models.get(t).is_some()) else {
+                wait.since = now;
+                continue;
+            };
+            let waited = now - wait.since;
+            wait.left.push(from);
+            wait.moved_to = Some(to);
+            wait.since = now;
+            self.tier_fallbacks += 1;
+            let reason = format!(
+                "moved from tier {} to {} after {:.1} s: {}",
+                from.as_str(),
+                to.as_str(),
+                waited as f64 / 1000.0,
+                why.describe()
+            );
+            info!(task_id = %task_id, from = from.as_str(), to = to.as_str(), why = why.as_str(), "tier fallback");
+            let attempt = task.attempt + 1;
+            let recorded = Recorded { at: now, attempt, kind: RecordedKind::Fallback, reason, explanation };
+            self.decisions.keep(task_id, recorded);
+            self.queue.unblock_task(task_id);
+        }
+    }
+
+    /// The decisions kept for a task, oldest first.
+    pub(super) fn explain(&self, task_id: TaskId) -> Result<Vec<Recorded>, Error> {
+        if !self.tasks.contains_key(&task_id) {
+            return Err(Error::NotFound(task_id));
+        }
+        Ok(self.decisions.of(task_id))
+    }
+
+    /// Why a task is where it is, and for a ready one, what placement says now.
+    pub(super) fn why(&self, task_id: TaskId, now: UnixMs) -> Result<WhyAnswer, Error> {
+        let task = self.tasks.get(&task_id).ok_or(Error::NotFound(task_id))?;
+        let fleet = fleet!(self);
+        let (tier, tier_source) = sched::tier_now(task, &fleet);
+        let mut answer = WhyAnswer {
+            task_id,
+            state: task.state,
+            waiting: false,
+            code: String::new(),
+            message: String::new(),
+            since_unix_ms: task.updated_unix_ms,
+            tier,
+            tier_source,
+            model: sched::model_of(task, &fleet).map(str::to_owned),
+            fallback_at_unix_ms: None,
+            explanation: None,
+        };
+        let (code, message) = match task.state {
+            TaskState::Waiting => {
+                let unfinished: Vec<String> = task
+                    .spec
+                    .depends_on
+                    .iter()
+                    .filter(|d| self.tasks.get(d).is_some_and(|t| t.state != TaskState::Succeeded))
+                    .map(|d| d.to_string())
+                    .collect();
+                answer.waiting = true;
+                ("dependencies", format!("it waits for {} to succeed", unfinished.join(", ")))
+            }
+            TaskState::Queued | TaskState::Ready if self.queue.is_delayed(task_id) => {
+                answer.waiting = true;
+                ("retry_backoff", "it waits out its retry backoff".to_owned())
+            }
+            TaskState::Queued | TaskState::Ready => {
+                answer.waiting = true;
+                let explanation = sched::explain(task, &fleet, now);
+                let (code, message) = match explanation.decision {
+                    Decision::Wait(why) => (why.as_str(), why.describe().to_owned()),
+                    Decision::Place { .. } if self.shutting_down => {
+                        ("shutting_down", "the hub is shutting down".into())
+                    }
+                    Decision::Place { .. } => {
+                        ("placeable", "an agent can take it now; it goes with the next dispatch".into())
+                    }
+                };
+                if let Some(wait) = self.tier_waits.get(&task_id) {
+                    answer.fallback_at_unix_ms = Some(wait.since + self.config.tier_fallback_after.as_millis() as i64);
+                }
+                answer.explanation = Some(explanation);
+                (code, message)
+            }
+            TaskState::Dispatched | TaskState::Running | TaskState::Verifying => (
+                "running",
+                format!("it is not waiting: {} on {}", task.state.as_str(), task.agent_id.as_deref().unwrap_or("?")),
+            ),
+            state => ("finished", format!("it is not waiting: it is {}", state.as_str())),
+        };
+        answer.code = code.to_owned();
+        answer.message = message;
+        Ok(answer)
+    }
+}
+
+/// The fleet as placement sees it.
+pub(super) struct Fleet<'a> {
+    idle: &'a sched::IdleIndex,
+    sidecars: &'a HashMap<String, Sidecar>,
+    cordons: &'a HashMap<String, crate::fleet::Cordon>,
+    registry: &'a crate::fleet::Registry,
+    in_flight: &'a HashMap<String, u32>,
+    learned: &'a sched::Learned,
+    config: &'a super::Config,
+    tier_waits: &'a HashMap<TaskId, TierWait>,
+}
+
+impl sched::FleetView for Fleet<'_> {
+    fn idle(&self) -> &sched::IdleIndex {
+        self.idle
+    }
+
+    fn can_run(&self, sidecar_id: &str, capability: &str) -> bool {
+        self.sidecars
+            .get(sidecar_id)
+            .is_some_and(|s| s.is_open() && s.hello.capabilities.iter().any(|c| c == capability))
+    }
+
+    fn offering(&self, model: &str) -> impl Iterator<Item = &crate::fleet::Endpoint> {
+        self.registry.offering(model)
+    }
+
+    fn in_flight(&self, endpoint_id: &str) -> u32 {
+        self.in_flight.get(endpoint_id).copied().unwrap_or(0)
+    }
+
+    fn learned(&self) -> &sched::Learned {
+        self.learned
+    }
+
+    fn tier_model(&self, tier: Tier) -> Option<&str> {
+        self.config.tier_models.get(tier)
+    }
+
+    fn admits(&self, sidecar_id: &str, placement: &Placement) -> bool {
+        let Some(sidecar) = self.sidecars.get(sidecar_id) else { return false };
+        let hello = &sidecar.hello;
+        let host = placement.host.is_empty() || placement.host == hello.hostname || placement.host == hello.sidecar_id;
+        host && placement.tags.iter().all(|tag| hello.tags.contains(tag))
+    }
+
+    fn any_open(&self, capability: &str, placement: &Placement) -> bool {
+        self.sidecars
+            .keys()
+            .any(|id| !self.cordons.contains_key(id) && self.can_run(id, capability) && self.admits(id, placement))
+    }
+
+    fn price(&self, model: &str) -> Option<TokenPrice> {
+        self.config.prices.token_price(model)
+    }
+
+    fn free_memory(&self, sidecar_id: &str) -> Option<u64> {
+        let report = self.sidecars.get(sidecar_id)?.host.latest.as_ref()?;
+        if report.gpus.is_empty() {
+            return Some(report.memory_available_bytes);
+        }
+        let free = report.gpus.iter().map(|g| Some(g.memory_total_bytes?.saturating_sub(g.memory_used_bytes?)));
+        free.sum()
+    }
+
+    fn fallback_tier(&self, task: TaskId) -> Option<Tier> {
+        self.tier_waits.get(&task)?.moved_to
+    }
+
+    fn offline(&self) -> bool {
+        self.config.offline
+    }
+}

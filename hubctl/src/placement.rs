@@ -1,0 +1,117 @@
+//! `hubctl explain` and `hubctl why`: placement decisions and waits, as text.
+
+use serde_json::Value;
+
+use crate::{age, table};
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn seconds(ms: &Value) -> String {
+    ms.as_f64().map_or("-".into(), |ms| format!("{:.2}s", ms / 1000.0))
+}
+
+/// The tier line: `tier standard (inferred), model llama3.2:3b`.
+fn tier_line(decision: &Value) -> String {
+    let model = decision["model"].as_str().map_or(String::new(), |m| format!(", model {m}"));
+    format!("tier {} ({}){model}", text(&decision["tier"]), text(&decision["tier_source"]))
+}
+
+/// The candidates a decision weighed, best first.
+fn print_candidates(decision: &Value) {
+    let candidates = decision["candidates"].as_array().cloned().unwrap_or_default();
+    if candidates.is_empty() {
+        println!("  no candidates: nothing open could take it");
+        return;
+    }
+    let rows = candidates
+        .iter()
+        .map(|c| {
+            let e = &c["estimate"];
+            let agent = c["agent_id"]
+                .as_str()
+                .map_or_else(|| format!("{} (no idle agent)", text(&c["sidecar_id"])), str::to_owned);
+            vec![
+                agent,
+                text(&c["endpoint_id"]),
+                text(&c["verdict"]),
+                seconds(&e["total_ms"]),
+                seconds(&e["wait_ms"]),
+                seconds(&e["load_ms"]),
+                seconds(&e["generate_ms"]),
+                seconds(&e["fit_ms"]),
+                if e.is_null() {
+                    "-".into()
+                } else if c["warm"] == true {
+                    "warm".into()
+                } else {
+                    "cold".into()
+                },
+                text(&c["in_flight"]),
+                text(&c["idle_agents"]),
+            ]
+        })
+        .collect();
+    table(
+        &["  AGENT", "ENDPOINT", "VERDICT", "TOTAL", "WAIT", "LOAD", "GENERATE", "FIT", "MODEL", "IN FLIGHT", "IDLE"],
+        rows_indented(rows),
+    );
+    if let Some(more) = decision["more_candidates"].as_u64().filter(|n| *n > 0) {
+        println!("  ... and {more} more candidates");
+    }
+}
+
+fn rows_indented(rows: Vec<Vec<String>>) -> Vec<Vec<String>> {
+    rows.into_iter()
+        .map(|mut row| {
+            row[0] = format!("  {}", row[0]);
+            row
+        })
+        .collect()
+}
+
+/// `GET /api/v1/tasks/{id}/decision` as text.
+pub(crate) fn print_decisions(id: &str, response: &Value) {
+    let decisions = response["decisions"].as_array().cloned().unwrap_or_default();
+    if decisions.is_empty() {
+        println!("task {id}: no placement decision kept (not placed yet, or placed before this hub started)");
+        return;
+    }
+    for (n, d) in decisions.iter().enumerate() {
+        if n > 0 {
+            println!();
+        }
+        let at = age(d["at_unix_ms"].as_i64());
+        println!("{} for attempt {} ({at} ago): {}", text(&d["kind"]), text(&d["attempt"]), text(&d["reason"]));
+        let place = match d["agent_id"].as_str() {
+            Some(agent) => {
+                format!("to {agent}{}", d["endpoint_id"].as_str().map_or(String::new(), |e| format!(" via {e}")))
+            }
+            None => format!("waited: {}", text(&d["wait"])),
+        };
+        println!("  {}; {place}", tier_line(d));
+        print_candidates(d);
+    }
+}
+
+/// `GET /api/v1/tasks/{id}/why` as text.
+pub(crate) fn print_why(response: &Value) {
+    let why = &response["why"];
+    let id = text(&why["task_id"]);
+    let verb = if why["waiting"] == true { "waits" } else { "is not waiting" };
+    println!("task {id} {verb}: {} ({})", text(&why["message"]), text(&why["code"]));
+    println!("  {} for {}", text(&why["state"]), age(why["since_unix_ms"].as_i64()));
+    if let Some(now) = why["placement_now"].as_object().map(|_| &why["placement_now"]) {
+        println!("  {}", tier_line(now));
+        if let Some(at) = why["fallback_at_unix_ms"].as_i64() {
+            let in_s = (at - crate::now_ms()).max(0) as f64 / 1000.0;
+            println!("  moves to another tier in {in_s:.0}s if nothing changes");
+        }
+        print_candidates(now);
+    }
+}
