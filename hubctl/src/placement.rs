@@ -29,6 +29,15 @@ fn print_candidates(decision: &Value) {
         println!("  no candidates: nothing open could take it");
         return;
     }
+    if candidates.iter().all(|c| c["estimate"].is_null()) {
+        // Placed by capability: what counted is the idle agents.
+        let rows = candidates
+            .iter()
+            .map(|c| vec![text(&c["agent_id"]), text(&c["sidecar_id"]), text(&c["verdict"]), text(&c["idle_agents"])])
+            .collect();
+        table(&["  AGENT", "SIDECAR", "VERDICT", "IDLE AGENTS"], rows_indented(rows));
+        return;
+    }
     let rows = candidates
         .iter()
         .map(|c| {
@@ -53,12 +62,11 @@ fn print_candidates(decision: &Value) {
                     "cold".into()
                 },
                 text(&c["in_flight"]),
-                text(&c["idle_agents"]),
             ]
         })
         .collect();
     table(
-        &["  AGENT", "ENDPOINT", "VERDICT", "TOTAL", "WAIT", "LOAD", "GENERATE", "FIT", "MODEL", "IN FLIGHT", "IDLE"],
+        &["  AGENT", "ENDPOINT", "VERDICT", "TOTAL", "WAIT", "LOAD", "GENERATE", "FIT", "MODEL", "IN FLIGHT"],
         rows_indented(rows),
     );
     if let Some(more) = decision["more_candidates"].as_u64().filter(|n| *n > 0) {

@@ -266,6 +266,8 @@ impl State {
         if changes.put.is_empty() && changes.removed.is_empty() {
             return;
         }
+        // A model may be there now, or healthy again: blocked tasks that need it look again.
+        self.idle.touch(sidecar_id);
         let mut ops: Vec<Op> = changes.removed.into_iter().map(|id| Op::DeleteEndpoint { id }).collect();
         ops.extend(
             changes.put.iter().filter_map(|id| self.registry.get(id)).map(|e| Op::PutEndpoint(Box::new(e.clone()))),

@@ -298,11 +298,10 @@ impl State {
                 answer.explanation = Some(explanation);
                 (code, message)
             }
-            TaskState::Dispatched | TaskState::Running | TaskState::Verifying => (
-                "running",
-                format!("it is not waiting: {} on {}", task.state.as_str(), task.agent_id.as_deref().unwrap_or("?")),
-            ),
-            state => ("finished", format!("it is not waiting: it is {}", state.as_str())),
+            TaskState::Dispatched | TaskState::Running | TaskState::Verifying => {
+                ("running", format!("it is {} on {}", task.state.as_str(), task.agent_id.as_deref().unwrap_or("?")))
+            }
+            state => ("finished", format!("it is {}", state.as_str())),
         };
         answer.code = code.to_owned();
         answer.message = message;

@@ -393,3 +393,21 @@ fn complex_work_falls_back_to_the_standard_tier_when_no_claude_sidecar_is_left()
     }
     assert_eq!(hub.ask(|reply| Event::Stats { reply }).tier_fallbacks, 1, "busy is not missing: no fallback");
 }
+
+#[test]
+fn a_blocked_task_runs_once_a_sidecar_reports_its_model() {
+    use crate::fleet::{Endpoint, EndpointKind, Model, Owner};
+    let mut hub = llm_fleet();
+    let mut spec = llm_spec(Tier::Standard);
+    if let Work::Llm(llm) = &mut spec.work {
+        llm.model = "new:7b".into();
+    }
+    let id = hub.submit(spec);
+    assert_eq!(hub.ask(|reply| Event::Why { id, reply }).unwrap().code, "model_nowhere");
+    assert_eq!(hub.ask(|reply| Event::Stats { reply }).blocked, 1);
+    let mut endpoint = Endpoint::new(Owner::Sidecar("local".into()), "http://local:11434".into(), EndpointKind::Ollama);
+    endpoint.healthy = true;
+    endpoint.models = vec![Model::named("m"), Model::named("new:7b")];
+    hub.report("local", FromSidecar::Models(vec![endpoint]));
+    assert_eq!(hub.assigned("local"), vec![(id, 1)], "the inventory change unblocked it");
+}
