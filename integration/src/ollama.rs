@@ -5,6 +5,7 @@
 //! is "fail").
 //! It counts the checks it serves, so tests can reason in check cycles rather than seconds.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,6 +80,8 @@ struct Inner {
     script: ChatScript,
     /// Bodies of the chat requests received, oldest first.
     chats: Vec<Value>,
+    /// When each chat arrived, by the content of its last turn.
+    arrivals: HashMap<String, std::time::Instant>,
 }
 
 #[derive(Clone, Default)]
@@ -150,6 +153,11 @@ impl OllamaDouble {
     }
 
     /// The chat requests received, oldest first.
+    /// When the chat whose last turn was `content` arrived.
+    pub fn arrived(&self, content: &str) -> Option<std::time::Instant> {
+        self.shared.inner.lock().expect("lock").arrivals.get(content).copied()
+    }
+
     pub fn chats(&self) -> Vec<Value> {
         self.shared.inner.lock().expect("lock").chats.clone()
     }
@@ -267,6 +275,9 @@ async fn chat(State(shared): State<Shared>, Json(body): Json<Value>) -> Response
     let (script, cold) = {
         let mut inner = shared.inner.lock().expect("lock");
         inner.chats.push(body.clone());
+        if let Some(last) = body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()) {
+            inner.arrivals.insert(last.to_owned(), std::time::Instant::now());
+        }
         if inner.failing {
             return failure();
         }
@@ -296,7 +307,10 @@ async fn chat(State(shared): State<Shared>, Json(body): Json<Value>) -> Response
                 m.loaded_vram = Some(m.size);
             }
         }
-        tokio::time::sleep(script.first_piece_after).await;
+        // A zero sleep still waits for the timer's next tick (a millisecond): skip it.
+        if !script.first_piece_after.is_zero() {
+            tokio::time::sleep(script.first_piece_after).await;
+        }
         let generating = std::time::Instant::now();
         for (n, piece) in script.pieces.iter().enumerate() {
             if script.fail_after == Some(n) {
@@ -305,7 +319,7 @@ async fn chat(State(shared): State<Shared>, Json(body): Json<Value>) -> Response
                 guard.finished = true;
                 return;
             }
-            if n > 0 {
+            if n > 0 && !script.between_pieces.is_zero() {
                 tokio::time::sleep(script.between_pieces).await;
             }
             if tx.send(format!("{}\n", chat_chunk(&model, piece))).await.is_err() {

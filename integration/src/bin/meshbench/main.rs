@@ -4,12 +4,14 @@
 //! `meshbench queue` measures the durable queue: raw fdatasync on the data directory's disk,
 //! durable submit latency, submit throughput in-process, over unary gRPC and over the streaming
 //! path, fsyncs per commit, full durable cycles with sidecars over loopback gRPC, and start-up
-//! time with a large stored queue. `meshbench fleet` and `meshbench shell` run the real binaries,
-//! `meshbench sched` times placement decisions (see their modules). Build with `--release`.
+//! time with a large stored queue. `meshbench fleet`, `meshbench shell` and `meshbench relay`
+//! run the real binaries, `meshbench sched` times placement decisions (see their modules). Build
+//! with `--release`.
 
 #![allow(clippy::disallowed_methods)] // Tests and benchmarks start the real binaries and tools.
 
 mod fleet;
+mod relay;
 mod sched;
 mod shell;
 
@@ -82,6 +84,25 @@ enum Command {
         /// Use `agentcom-hub dev` (the sidecar in the hub's process).
         #[arg(long)]
         dev: bool,
+    },
+    /// LLM tokens from an Ollama double through a sidecar and a hub to watching clients, beside
+    /// the same chats sent to the double directly. Needs the binaries built beside meshbench.
+    Relay {
+        /// Concurrent streams per phase (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,100")]
+        streams: Vec<usize>,
+        /// Tokens per reply.
+        #[arg(long, default_value_t = 2_000)]
+        tokens: usize,
+        /// Replies per stream in each phase.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Between tokens in the time-to-first-token phase, in milliseconds (10: 100 tokens/s).
+        #[arg(long, default_value_t = 10)]
+        pace_ms: u64,
+        /// Directory for the hub's data (a temporary directory is made inside it).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
     /// Placement decisions for LLM work over 100 endpoints x 20 models, at several fleet sizes,
     /// beside a decision with one candidate.
@@ -532,6 +553,16 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(sidecars >= 2, "--sidecars must be at least 2");
             let options = fleet::Options { sidecars, heartbeat_ms, measure_seconds: seconds };
             let figures = runtime.block_on(fleet::run(options))?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+            Ok(())
+        }
+        Command::Relay { streams, tokens, rounds, pace_ms, dir } => {
+            anyhow::ensure!(streams.iter().all(|&s| (1..=1_000).contains(&s)), "--streams must be 1 to 1000 each");
+            anyhow::ensure!((1..=100_000).contains(&tokens), "--tokens must be 1 to 100000");
+            anyhow::ensure!((1..=10_000).contains(&rounds), "--rounds must be 1 to 10000");
+            anyhow::ensure!((1..=1_000).contains(&pace_ms), "--pace-ms must be 1 to 1000");
+            let options = relay::Options { streams, tokens, rounds, pace: Duration::from_millis(pace_ms) };
+            let figures = runtime.block_on(relay::run(options, &dir))?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(())
         }

@@ -23,7 +23,7 @@ pub(crate) struct Options {
     pub(crate) dev: bool,
 }
 
-struct Processes(Vec<Child>);
+pub(crate) struct Processes(Vec<Child>);
 
 impl Drop for Processes {
     fn drop(&mut self) {
@@ -68,7 +68,12 @@ async fn get(client: &reqwest::Client, url: &str, token: &str) -> anyhow::Result
 }
 
 /// Starts a hub and a sidecar (or a dev hub) with `slots`, and waits until its agents are idle.
-async fn start_mesh(dir: &Path, slots: u32, dev: bool) -> anyhow::Result<(Processes, String, String)> {
+pub(crate) async fn start_mesh(
+    dir: &Path,
+    slots: u32,
+    dev: bool,
+    sidecar_flags: &[&str],
+) -> anyhow::Result<(Processes, String, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let url = format!("http://127.0.0.1:{port}");
     let data_dir = dir.join("hub");
@@ -102,6 +107,7 @@ async fn start_mesh(dir: &Path, slots: u32, dev: bool) -> anyhow::Result<(Proces
             .arg(data_dir.join("join.token"))
             .arg("--work-dir")
             .arg(&work)
+            .args(sidecar_flags)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -180,7 +186,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<Value> {
     let mut containment = String::new();
     for &slots in &options.slots {
         let dir = tempfile::tempdir()?;
-        let (processes, url, admin) = start_mesh(dir.path(), slots, options.dev).await?;
+        let (processes, url, admin) = start_mesh(dir.path(), slots, options.dev, &[]).await?;
         let hosts = get(&reqwest::Client::new(), &format!("{url}/api/v1/hosts"), &admin).await?;
         if let Some(host) = hosts["hosts"].as_array().and_then(|h| h.first()) {
             containment = host["containment"].as_str().unwrap_or_default().to_owned();

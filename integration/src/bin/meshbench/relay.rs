@@ -1,0 +1,283 @@
+//! `meshbench relay`: LLM tokens relayed from an Ollama protocol double through a sidecar
+//! process and a hub process to a watching client, at 1 and 100 concurrent streams, beside the
+//! floor measured in the same run: the same chats sent to the double directly.
+//!
+//! Each mesh stream submits an LLM task over gRPC (`SubmitTask`, durable), follows it with
+//! `WatchTask`, and counts the reply's bytes (every token is `tok `, four bytes) until the task
+//! ends. Two phases per concurrency:
+//! - throughput: the double sends its tokens as fast as it can; tokens per second is every token
+//!   received by the watchers over the wall time of the phase;
+//! - time to first token, with the double pacing its tokens as a model does (`--pace-ms`), so the
+//!   figure is the mesh's path and not a saturated machine's queue: from sending the submit to
+//!   the first output at the watcher, against the direct chat's time from sending the request to
+//!   its first chunk. The difference is what the mesh adds: the durable submit (one commit with
+//!   the dispatch when an agent is free), placement, the assignment, the chat request, and the
+//!   token's way back through sidecar and hub to a watcher that subscribed after the submit's
+//!   answer. The raw fdatasync of the same disk is printed beside it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentcom_integration::ollama::{ChatScript, FakeModel, OllamaDouble};
+use agentcom_proto::v1 as pb;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tonic::metadata::MetadataValue;
+
+use crate::latency_summary;
+
+const MODEL: &str = "relay:1b";
+const TOKEN: &str = "tok ";
+
+pub(crate) struct Options {
+    /// Concurrent streams per phase.
+    pub(crate) streams: Vec<usize>,
+    /// Tokens in each reply.
+    pub(crate) tokens: usize,
+    /// Replies per stream in each phase.
+    pub(crate) rounds: usize,
+    /// Between tokens in the latency phase.
+    pub(crate) pace: Duration,
+}
+
+/// Tokens in each reply of the latency phase.
+const PACED_TOKENS: usize = 20;
+
+/// What one phase measured: tokens per second, each reply's time to first token, and (through
+/// the mesh) each durable submit's round trip.
+#[derive(Default)]
+struct Phase {
+    tokens_per_s: f64,
+    ttft: Vec<Duration>,
+    submit: Vec<Duration>,
+    /// From sending the submit to the chat request reaching the double.
+    to_double: Vec<Duration>,
+}
+
+impl Phase {
+    fn json(self) -> Value {
+        let mut figures = json!({ "tokens_per_s": self.tokens_per_s.round(), "ttft": latency_summary(self.ttft) });
+        if !self.submit.is_empty() {
+            figures["durable_submit"] = latency_summary(self.submit);
+            figures["submit_to_the_chat_request"] = latency_summary(self.to_double);
+        }
+        figures
+    }
+}
+
+/// `streams` clients each chatting with the double `rounds` times, directly.
+async fn direct(url: &str, streams: usize, rounds: usize, tokens: usize) -> anyhow::Result<Phase> {
+    let client = agentcom_llm::chat::client();
+    let started = Instant::now();
+    let runs = (0..streams).map(|_| {
+        let (client, url) = (client.clone(), url.to_owned());
+        tokio::spawn(async move {
+            let mut ttfts = Vec::new();
+            let mut received = 0;
+            for _ in 0..rounds {
+                let body = json!({ "model": MODEL, "messages": [{ "role": "user", "content": "go" }], "stream": true });
+                let sent = Instant::now();
+                let response = client.post(format!("{url}/api/chat")).json(&body).send().await?;
+                let mut body = response.bytes_stream();
+                let mut reply = Vec::new();
+                while let Some(piece) = body.next().await {
+                    if reply.is_empty() {
+                        ttfts.push(sent.elapsed());
+                    }
+                    reply.extend_from_slice(&piece?);
+                }
+                // One NDJSON line per token, then the final one.
+                let content = format!("\"content\":\"{TOKEN}\"");
+                received += reply.windows(content.len()).filter(|w| *w == content.as_bytes()).count();
+            }
+            anyhow::ensure!(received == rounds * tokens, "the double sent {received} tokens, not {}", rounds * tokens);
+            anyhow::Ok((ttfts, received))
+        })
+    });
+    let mut phase = Phase::default();
+    let mut total = 0;
+    for run in futures_util::future::join_all(runs).await {
+        let (ttfts, received) = run??;
+        phase.ttft.extend(ttfts);
+        total += received;
+    }
+    phase.tokens_per_s = total as f64 / started.elapsed().as_secs_f64();
+    Ok(phase)
+}
+
+fn authorized<T>(message: T, token: &MetadataValue<tonic::metadata::Ascii>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", token.clone());
+    request
+}
+
+/// One LLM task through the mesh, with a prompt of its own (so the double says when its chat
+/// arrived).
+async fn through_mesh(
+    client: &mut pb::admin_client::AdminClient<tonic::transport::Channel>,
+    token: &MetadataValue<tonic::metadata::Ascii>,
+    tokens: usize,
+    double: &OllamaDouble,
+) -> anyhow::Result<Reply> {
+    let prompt = ulid::Ulid::new().to_string();
+    let llm =
+        pb::LlmWork { prompt: prompt.clone(), model: MODEL.into(), max_tokens: tokens as u32, ..Default::default() };
+    let spec = pb::TaskSpec {
+        work: Some(pb::Work { kind: Some(pb::work::Kind::Llm(llm)) }),
+        limits: Some(pb::Limits { max_attempts: 1, ..Default::default() }),
+        ..Default::default()
+    };
+    let sent = Instant::now();
+    let submitted =
+        client.submit_task(authorized(pb::SubmitTaskRequest { spec: Some(spec) }, token)).await?.into_inner();
+    let acknowledged = sent.elapsed();
+    let id = submitted.task.map(|t| t.id).unwrap_or_default();
+    let mut events = client.watch_task(authorized(pb::WatchTaskRequest { id: id.clone() }, token)).await?.into_inner();
+    let (mut ttft, mut bytes, mut state) = (None, 0, 0);
+    while let Some(event) = events.next().await {
+        match event?.kind {
+            Some(pb::task_event::Kind::Output(chunk)) => {
+                ttft.get_or_insert_with(|| sent.elapsed());
+                bytes = bytes.max(chunk.offset as usize + chunk.data.len());
+            }
+            Some(pb::task_event::Kind::Snapshot(task)) => state = task.state,
+            None => {}
+        }
+    }
+    anyhow::ensure!(state == pb::TaskState::Succeeded as i32, "task {id} ended in state {state}");
+    let arrived =
+        double.arrived(&prompt).ok_or_else(|| anyhow::anyhow!("task {id}'s chat never reached the double"))?;
+    Ok(Reply {
+        ttft: ttft.ok_or_else(|| anyhow::anyhow!("task {id} streamed no output"))?,
+        submit: acknowledged,
+        to_double: arrived.saturating_duration_since(sent),
+        bytes,
+    })
+}
+
+/// One reply through the mesh.
+struct Reply {
+    ttft: Duration,
+    submit: Duration,
+    to_double: Duration,
+    bytes: usize,
+}
+
+async fn mesh(
+    url: &str,
+    admin: &str,
+    (streams, rounds, tokens): (usize, usize, usize),
+    double: &Arc<OllamaDouble>,
+) -> anyhow::Result<Phase> {
+    let token = MetadataValue::try_from(format!("Bearer {admin}"))?;
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true).connect().await?;
+    let started = Instant::now();
+    let runs = (0..streams).map(|_| {
+        let (mut client, token) = (pb::admin_client::AdminClient::new(channel.clone()), token.clone());
+        let double = double.clone();
+        tokio::spawn(async move {
+            let mut replies = Vec::new();
+            for _ in 0..rounds {
+                let reply = through_mesh(&mut client, &token, tokens, &double).await?;
+                let bytes = reply.bytes;
+                anyhow::ensure!(
+                    bytes == tokens * TOKEN.len(),
+                    "a reply of {bytes} bytes, not {}",
+                    tokens * TOKEN.len()
+                );
+                replies.push(reply);
+            }
+            anyhow::Ok(replies)
+        })
+    });
+    let mut phase = Phase::default();
+    let mut total = 0;
+    for run in futures_util::future::join_all(runs).await {
+        for reply in run?? {
+            phase.ttft.push(reply.ttft);
+            phase.submit.push(reply.submit);
+            phase.to_double.push(reply.to_double);
+            total += reply.bytes / TOKEN.len();
+        }
+    }
+    phase.tokens_per_s = total as f64 / started.elapsed().as_secs_f64();
+    Ok(phase)
+}
+
+/// Waits until the sidecar's inventory shows the model warm on a healthy endpoint.
+async fn wait_for_model(url: &str, admin: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list: Value = http.get(format!("{url}/api/v1/endpoints")).bearer_auth(admin).send().await?.json().await?;
+        let warm = list["endpoints"].as_array().is_some_and(|endpoints| {
+            endpoints.iter().any(|e| {
+                e["healthy"] == true
+                    && e["models"]
+                        .as_array()
+                        .is_some_and(|m| m.iter().any(|m| m["name"] == MODEL && m["loaded"] == true))
+            })
+        });
+        if warm {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the sidecar never reported {MODEL} warm");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub(crate) async fn run(options: Options, dir: &Path) -> anyhow::Result<Value> {
+    let double = Arc::new(OllamaDouble::start(vec![FakeModel::new(MODEL, 1_000_000_000, "llama", "1B")]).await);
+    double.load(MODEL, 1_000_000_000);
+    let script = |tokens: usize, pace: Duration| ChatScript {
+        pieces: vec![TOKEN.to_owned(); tokens],
+        first_piece_after: Duration::ZERO,
+        between_pieces: pace,
+        ..ChatScript::default()
+    };
+    let slots = options.streams.iter().copied().max().unwrap_or(1) as u32;
+    let dir = tempfile::tempdir_in(dir)?;
+    let fdatasync = crate::fdatasync_latency(dir.path(), 1.0)?;
+    let sidecar_flags = ["--ollama", double.url.as_str(), "--llm-check-interval-ms", "200"];
+    let (_processes, url, admin) = crate::shell::start_mesh(dir.path(), slots, false, &sidecar_flags).await?;
+    wait_for_model(&url, &admin).await?;
+    // Warm both paths up (connections, first allocations) before measuring.
+    double.script(script(options.tokens, Duration::ZERO));
+    direct(&double.url, 4, 2, options.tokens).await?;
+    mesh(&url, &admin, (4, 2, options.tokens), &double).await?;
+    let percentile = |phase: &Phase, q: f64| {
+        let mut sorted = phase.ttft.clone();
+        sorted.sort_unstable();
+        crate::percentile(&sorted, q)
+    };
+    let mut phases = Vec::new();
+    for &streams in &options.streams {
+        double.script(script(options.tokens, Duration::ZERO));
+        let floor = direct(&double.url, streams, options.rounds, options.tokens).await?;
+        let through = mesh(&url, &admin, (streams, options.rounds, options.tokens), &double).await?;
+        let throughput = json!({
+            "replies": streams * options.rounds,
+            "tokens_per_reply": options.tokens,
+            "mesh_tokens_per_s": through.tokens_per_s.round(),
+            "direct_tokens_per_s": floor.tokens_per_s.round(),
+        });
+        double.script(script(PACED_TOKENS, options.pace));
+        let floor = direct(&double.url, streams, options.rounds, PACED_TOKENS).await?;
+        let through = mesh(&url, &admin, (streams, options.rounds, PACED_TOKENS), &double).await?;
+        let added = json!({
+            "p50_us": (percentile(&through, 0.5) - percentile(&floor, 0.5)).round(),
+            "p99_us": (percentile(&through, 0.99) - percentile(&floor, 0.99)).round(),
+        });
+        let latency = json!({
+            "replies": streams * options.rounds,
+            "tokens_per_reply": PACED_TOKENS,
+            "pace_ms": options.pace.as_millis() as u64,
+            "ttft_added_by_the_mesh": added,
+            "mesh": through.json(),
+            "direct_to_the_double": floor.json(),
+        });
+        phases.push(json!({ "streams": streams, "throughput": throughput, "time_to_first_token": latency }));
+    }
+    Ok(json!({ "floor": { "fdatasync": fdatasync }, "relay": phases }))
+}
