@@ -13,7 +13,7 @@ use crate::store;
 pub enum AfterCommit {
     /// A submit is durable. Its submitter is answered on the writer thread the moment the log
     /// is synced (see [`AfterCommit::durable`]); the core then answers anyone whose submit
-    /// matched the same idempotency key meanwhile, and makes the task dispatchable.
+    /// matched the same idempotency key meanwhile, and settles a task with dependencies.
     Submitted { id: TaskId, answer: Option<Box<SubmitAnswer>> },
     /// A dispatch is durable: send the assignment (if the lease is still the same).
     Assigned { task_id: TaskId, lease_generation: u64 },
@@ -34,7 +34,8 @@ impl AfterCommit {
     /// of it: a submitter needs nothing but durability, so its answer skips the redb apply and
     /// the hop through the core. Whatever it asks next may reach the core before `Committed`;
     /// the core has held the task since the submit, so it is found, cancellable and usable as a
-    /// dependency, and only becomes dispatchable on `Committed`.
+    /// dependency. A queued task is dispatchable from its submit on: its dispatch is written
+    /// after the submit in the ordered log, and its assignment leaves only once that is durable.
     pub(super) fn durable(&mut self) {
         if let AfterCommit::Submitted { answer, .. } = self
             && let Some(answer) = answer.take()
@@ -54,8 +55,19 @@ impl State {
             self.fx.unhealthy = true;
             let failed = || Err(Error::Storage(err.to_string()));
             for ticket in tickets {
-                if let AfterCommit::Submitted { answer: Some(answer), .. } = ticket {
-                    let _ = answer.0.send(failed());
+                if let AfterCommit::Submitted { id, answer } = ticket {
+                    if let Some(answer) = answer {
+                        let _ = answer.0.send(failed());
+                    }
+                    // Not durable, so it must not run: a later commit could still carry its
+                    // dispatch, whose assignment then never leaves (the task is final; as
+                    // cancelled, a lease it holds ends without a retry).
+                    self.queue.remove_waiting(id);
+                    if let Some(task) = self.tasks.get_mut(&id)
+                        && !task.state.is_terminal()
+                    {
+                        task.set_state(TaskState::Cancelled, format!("not stored: {err}"), now);
+                    }
                 }
             }
             for (_, waiters) in self.pending_submits.drain() {
@@ -74,10 +86,9 @@ impl State {
                     for (reply, existing) in self.pending_submits.remove(&id).unwrap_or_default() {
                         let _ = reply.send(Ok(Submitted { task: Task::clone(task), existing }));
                     }
-                    match state {
-                        TaskState::Queued => self.enqueue(id, None),
-                        TaskState::Waiting => self.settle_dependencies(id, now),
-                        _ => {}
+                    // A queued task was made dispatchable at its submit.
+                    if state == TaskState::Waiting {
+                        self.settle_dependencies(id, now);
                     }
                     self.notify(id, now);
                 }

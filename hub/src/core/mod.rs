@@ -256,12 +256,12 @@ impl Core {
         for (sidecar_id, message) in sends {
             self.state.deliver(&sidecar_id, message);
         }
-        if let Some(writer) = &self.writer {
-            for (ops, ticket) in writes {
-                if writer.write(ops, ticket).is_err() {
-                    self.healthy.store(false, Ordering::Relaxed);
-                }
-            }
+        // One event's changes go into one commit, in order.
+        if let Some(writer) = &self.writer
+            && !writes.is_empty()
+            && writer.write_together(writes).is_err()
+        {
+            self.healthy.store(false, Ordering::Relaxed);
         }
         if unhealthy {
             self.healthy.store(false, Ordering::Relaxed);

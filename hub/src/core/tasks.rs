@@ -113,9 +113,16 @@ impl State {
             task.state = TaskState::Waiting;
         }
         let answer = Submitted { task: Task::clone(&task), existing: false };
+        let queued = task.state == TaskState::Queued;
         self.tasks.insert(id, Box::new(task));
         self.pending_submits.insert(id, Vec::new());
         self.persist(id, AfterCommit::Submitted { id, answer: Some(Box::new((reply, answer))) });
+        // Dispatchable at once: its dispatch is written after the submit in the same ordered log
+        // (usually the same commit), and the assignment leaves only once that is durable, so
+        // the first token does not wait for two commits in a row.
+        if queued {
+            self.enqueue(id, None);
+        }
     }
 
     /// Moves a waiting task on once its dependencies allow: to the queue when all succeeded, to

@@ -58,9 +58,10 @@ impl Store {
     }
 }
 
+/// Changes sent together: they go into the same commit.
 struct Batch<T> {
     ops: Vec<Op>,
-    ticket: T,
+    tickets: Vec<T>,
 }
 
 /// The handle to the writer thread. Dropping every clone of the sender (through [`Writer::close`])
@@ -79,9 +80,25 @@ pub struct Writer<T> {
 impl<T: Send + 'static> Writer<T> {
     /// Queues changes for the next commit; `ticket` comes back through `on_commit` once durable.
     pub fn write(&self, ops: Vec<Op>, ticket: T) -> Result<(), Error> {
-        self.backlog.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(Batch { ops, ticket }).map_err(|_| {
-            self.backlog.fetch_sub(1, Ordering::Relaxed);
+        self.send(Batch { ops, tickets: vec![ticket] })
+    }
+
+    /// Queues several changes for the same commit, in order (a submit and the dispatch it
+    /// allowed, so the assignment does not wait for a second commit).
+    pub fn write_together(&self, writes: Vec<(Vec<Op>, T)>) -> Result<(), Error> {
+        let mut batch = Batch { ops: Vec::new(), tickets: Vec::with_capacity(writes.len()) };
+        for (ops, ticket) in writes {
+            batch.ops.extend(ops);
+            batch.tickets.push(ticket);
+        }
+        self.send(batch)
+    }
+
+    fn send(&self, batch: Batch<T>) -> Result<(), Error> {
+        let n = batch.tickets.len();
+        self.backlog.fetch_add(n, Ordering::Relaxed);
+        self.tx.send(batch).map_err(|_| {
+            self.backlog.fetch_sub(n, Ordering::Relaxed);
             Error::WriterGone
         })
     }
@@ -114,18 +131,19 @@ fn writer_loop<T>(
     let mut last_checkpoint = std::time::Instant::now();
     let mut lone = false;
     while let Some(first) = next_batch(&mut rx, lone) {
-        let mut ops = first.ops;
-        let mut tickets = vec![first.ticket];
+        let (mut ops, mut tickets) = (first.ops, first.tickets);
+        let mut sent = 1;
         while ops.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(batch) => {
                     ops.extend(batch.ops);
-                    tickets.push(batch.ticket);
+                    tickets.extend(batch.tickets);
+                    sent += 1;
                 }
                 Err(_) => break,
             }
         }
-        lone = tickets.len() == 1;
+        lone = sent == 1;
         let synced = || tickets.iter_mut().for_each(&mut on_durable);
         match commit_batch(&db, &stats, &mut wal, ops, synced) {
             Ok(()) => on_commit(tickets, Ok(())),
@@ -150,7 +168,7 @@ fn writer_loop<T>(
     }
 }
 
-/// The next change to commit. After a commit that held a single change (a lone submitter, not a
+/// The next change to commit. After a commit that held a single send (a lone submitter, not a
 /// crowd), the writer looks for the next one for a short while before it parks: that submitter,
 /// just answered, usually sends it within tens of microseconds, sooner than a parked thread
 /// wakes up. After bigger commits it parks at once, leaving the cores to those producing work.
