@@ -19,8 +19,10 @@ fn alive(pid: i32) -> bool {
     }
 }
 
+/// The pids in a file, one per line (`PID` or `PID:START_TIME`).
 fn pids(path: &Path) -> Vec<i32> {
-    std::fs::read_to_string(path).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.split_whitespace().filter_map(|p| p.split(':').next()?.parse().ok()).collect()
 }
 
 fn script_task(script: &str) -> Value {
@@ -89,12 +91,16 @@ fn crash_task(work: &Path) -> Value {
         r#"cd {work}
 for f in attempt-*.pids; do
   [ "$f" = "attempt-$AGENTCOM_ATTEMPT.pids" ] && continue
-  for p in $(cat "$f" 2>/dev/null); do
-    if [ -e /proc/$p ] && ! grep -q ') Z' /proc/$p/stat; then echo "$p $AGENTCOM_TASK_ID $AGENTCOM_ATTEMPT $(cat /proc/$p/stat)" >> overlap; fi
+  for entry in $(cat "$f" 2>/dev/null); do
+    p=${{entry%%:*}}; start=${{entry#*:}}
+    # The same process (pid and start time: a pid can be reused), alive and not a zombie.
+    if [ "$(cut -d' ' -f22 /proc/$p/stat 2>/dev/null)" = "$start" ] && ! grep -q ') Z' /proc/$p/stat; then
+      echo "$p $AGENTCOM_TASK_ID $AGENTCOM_ATTEMPT $(cat /proc/$p/stat)" >> overlap
+    fi
   done
 done
-echo $$ >> attempt-$AGENTCOM_ATTEMPT.pids
-setsid sh -c 'echo $$ >> attempt-'$AGENTCOM_ATTEMPT'.pids; exec sleep 300' &
+echo "$$:$(cut -d' ' -f22 /proc/$$/stat)" >> attempt-$AGENTCOM_ATTEMPT.pids
+setsid sh -c 'echo "$$:$(cut -d" " -f22 /proc/$$/stat)" >> attempt-'$AGENTCOM_ATTEMPT'.pids; exec sleep 300' &
 sleep 300"#
     ))
 }

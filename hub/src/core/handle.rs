@@ -227,9 +227,16 @@ pub struct Recorded {
     /// The attempt it placed, or (a fallback) the next one.
     pub attempt: u32,
     pub kind: RecordedKind,
-    /// One line: where and why, or what changed.
-    pub reason: String,
+    /// What changed, when the explanation does not say it (a fallback).
+    pub note: Option<String>,
     pub explanation: crate::sched::Explanation,
+}
+
+impl Recorded {
+    /// One line: where and why, or what changed (made when asked: placing is the hot path).
+    pub fn reason(&self) -> String {
+        self.note.clone().unwrap_or_else(|| crate::sched::summarize(&self.explanation))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -564,7 +571,11 @@ impl State {
     /// Answers one event: the decisions, whose effects the loop then carries out.
     pub(super) fn handle(&mut self, event: Event, now: UnixMs) {
         match event {
-            Event::Submit { spec, reply } => self.submit(*spec, reply, now),
+            Event::Submit { spec, reply } => {
+                self.submit(*spec, reply, now);
+                // Placed now, its dispatch joins the submit's commit.
+                self.dispatch(now);
+            }
             Event::Get { id, reply } => {
                 let _ = reply.send(self.tasks.get(&id).map(|task| Task::clone(task)));
             }

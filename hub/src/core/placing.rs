@@ -138,15 +138,15 @@ impl State {
                 model,
             };
             self.queue.grant(task_id, lease);
-            let reason = sched::summarize(&explanation);
-            self.decisions
-                .keep(task_id, Recorded { at: now, attempt, kind: RecordedKind::Placed, reason, explanation });
+            let recorded = Recorded { at: now, attempt, kind: RecordedKind::Placed, note: None, explanation };
+            self.decisions.keep(task_id, recorded);
             let agent = self.agents.get_mut(&agent_id).expect("an idle agent exists");
             agent.task_id = Some(task_id);
             agent.last_activity = now;
             move_agent(agent, AgentEvent::Assign, now, &mut self.idle, &format!("assigned task {task_id}"));
             self.persist(task_id, AfterCommit::Assigned { task_id, lease_generation });
         }
+        self.idle.track_touches(self.queue.n_blocked() > 0);
         // Tasks placed by their tier's model start their fallback clock when first blocked.
         for (task_id, _) in blocked {
             if self.tier_waits.contains_key(&task_id) || !self.by_tier_model(&self.tasks[&task_id]) {
@@ -167,11 +167,10 @@ impl State {
     /// Blocked tasks go back to ready when a sidecar that gained an agent or changed its
     /// inventory could serve what they need.
     fn unblock_served(&mut self) {
-        let touched = self.idle.take_touched();
         if self.queue.n_blocked() == 0 {
             return;
         }
-        for sidecar_id in touched {
+        for sidecar_id in self.idle.take_touched() {
             let Some(sidecar) = self.sidecars.get(&sidecar_id) else { continue };
             let registry = &self.registry;
             let owner = Owner::Sidecar(sidecar_id.clone());
@@ -232,7 +231,8 @@ impl State {
             );
             info!(task_id = %task_id, from = from.as_str(), to = to.as_str(), why = why.as_str(), "tier fallback");
             let attempt = task.attempt + 1;
-            let recorded = Recorded { at: now, attempt, kind: RecordedKind::Fallback, reason, explanation };
+            let note = Some(reason);
+            let recorded = Recorded { at: now, attempt, kind: RecordedKind::Fallback, note, explanation };
             self.decisions.keep(task_id, recorded);
             self.queue.unblock_task(task_id);
         }

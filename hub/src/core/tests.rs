@@ -351,7 +351,7 @@ fn blocked_tasks_wait_aside_and_run_when_an_agent_that_can_serve_them_frees() {
     let decisions = hub.ask(|reply| Event::Explain { id: second, reply }).unwrap();
     assert_eq!(decisions.len(), 1);
     assert_eq!(decisions[0].kind, RecordedKind::Placed);
-    assert!(decisions[0].reason.contains("on local/0 (m warm)"), "{}", decisions[0].reason);
+    assert!(decisions[0].reason().contains("on local/0 (m warm)"), "{}", decisions[0].reason());
 }
 
 #[test]
@@ -372,9 +372,9 @@ fn complex_work_falls_back_to_the_standard_tier_when_no_claude_sidecar_is_left()
     let kinds: Vec<RecordedKind> = decisions.iter().map(|d| d.kind).collect();
     assert_eq!(kinds, vec![RecordedKind::Fallback, RecordedKind::Placed]);
     assert!(
-        decisions[0].reason.starts_with("moved from tier complex to standard after 1.0 s"),
+        decisions[0].reason().starts_with("moved from tier complex to standard after 1.0 s"),
         "{}",
-        decisions[0].reason
+        decisions[0].reason()
     );
     assert_eq!(decisions[1].explanation.tier_source, crate::sched::TierSource::Fallback { from: Tier::Complex });
     assert_eq!(hub.ask(|reply| Event::Stats { reply }).tier_fallbacks, 1);

@@ -1,16 +1,25 @@
-//! Placement: which idle agent a ready task goes to, and why a task waits.
+//! Placement: which idle agent a ready task goes to, why a task waits, and what was weighed.
 //!
 //! [`place`] is the whole rule, kept apart from the core:
 //! - An expired task is kept back for the tick that dead-letters it.
-//! - LLM work that names a model goes where it will finish soonest: every idle agent's sidecar
-//!   with a healthy endpoint that has the model is a candidate, scored by its estimated time to
-//!   completion ([`Estimate`]): the wait behind that endpoint's requests in flight, the load
-//!   if the model is cold, and the expected output tokens at the observed speed. Load times and
-//!   speeds are learned per model and sidecar ([`Learned`]); until observed, a load is priced
-//!   from the model's size. Ties go to a warm model, then fewer requests in flight, then the
-//!   smaller ids, so the same view always gives the same decision.
+//! - Candidates are filtered: an open sidecar that runs the work and matches `placement.tags`
+//!   and `placement.host` ([`FleetView::admits`]); for a model, a healthy endpoint that offers it,
+//!   never a cloud one for local-only work or on an `--offline` hub, an estimated cost within
+//!   `limits.max_cost_micros`, and room for a cold model (or warm models to evict for it).
+//! - LLM work with a model (its own, or its tier's: [`model_of`]) goes where it will finish
+//!   soonest: each candidate endpoint is scored by its estimated time to completion
+//!   ([`Estimate`]): the wait behind that endpoint's requests in flight, the load if the model is
+//!   cold, the expected output tokens at the observed speed, and the reload of what a cold model
+//!   evicts. Load times and speeds are learned per model and sidecar ([`Learned`]); until
+//!   observed, a load is priced from the model's size. Ties go to a warm model, then fewer
+//!   requests in flight, then the smaller ids, so the same view always gives the same decision.
 //! - Other work goes to the open sidecar that has the capability and the most idle agents
 //!   (ties to the smaller id).
+//! - A task that cannot be placed gets a [`Wait`] that names why, and a [`Need`] by which the
+//!   queue keeps it blocked until the fleet changes for it.
+//!
+//! [`explain`] runs the same code with a recorder that keeps every candidate and its
+//! [`Verdict`]; [`place`] passes a recorder that does nothing, so the hot path pays nothing.
 //!
 //! **Architecture Invariant:** pure. The core owns the fleet and asks through [`FleetView`];
 //! nothing here does I/O or reads a clock.
@@ -28,16 +37,26 @@ use crate::fleet::{Endpoint, EndpointKind, Owner};
 pub struct IdleIndex {
     by_sidecar: HashMap<String, BTreeSet<String>>,
     /// Sidecars that gained an idle agent (or changed otherwise, see [`IdleIndex::touch`]) since
-    /// [`IdleIndex::take_touched`]: where blocked tasks may now go.
+    /// [`IdleIndex::take_touched`]: where blocked tasks may now go. Kept only while `tracking`
+    /// (some task is blocked), so the common path allocates nothing for it.
     touched: HashSet<String>,
+    tracking: bool,
 }
 
 impl IdleIndex {
     /// Notes that what the sidecar can serve may have grown (an agent freed, its inventory
     /// changed).
     pub fn touch(&mut self, sidecar_id: &str) {
-        if !self.touched.contains(sidecar_id) {
+        if self.tracking && !self.touched.contains(sidecar_id) {
             self.touched.insert(sidecar_id.to_owned());
+        }
+    }
+
+    /// Whether touches are kept: on while any task is blocked.
+    pub fn track_touches(&mut self, on: bool) {
+        self.tracking = on;
+        if !on {
+            self.touched.clear();
         }
     }
 

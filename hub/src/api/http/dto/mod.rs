@@ -853,7 +853,7 @@ impl From<&crate::core::Recorded> for DecisionDto {
             kind: Some(r.kind.as_str()),
             at_unix_ms: Some(r.at),
             attempt: Some(r.attempt),
-            ..DecisionDto::from_explanation(&r.explanation, r.reason.clone())
+            ..DecisionDto::from_explanation(&r.explanation, r.reason())
         }
     }
 }

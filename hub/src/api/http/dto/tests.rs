@@ -250,13 +250,7 @@ fn the_decision_and_why_shapes_are_documented() {
         candidates: vec![candidate.clone()],
         more_candidates: 0,
     };
-    let recorded = Recorded {
-        at: 1,
-        attempt: 1,
-        kind: RecordedKind::Placed,
-        reason: "finishes soonest".into(),
-        explanation: placed,
-    };
+    let recorded = Recorded { at: 1, attempt: 1, kind: RecordedKind::Placed, note: None, explanation: placed };
     let dto = DecisionDto::from(&recorded);
     assert_eq!((dto.kind, dto.tier_source.as_str(), dto.wait), (Some("placed"), "inferred", None));
     check("decision", dto);
