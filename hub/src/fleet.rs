@@ -202,6 +202,7 @@ mod tests {
             error: None,
             models: models.iter().map(|m| Model { name: (*m).into(), ..Model::default() }).collect(),
             checked_unix_ms: 1,
+            parallel: 0,
         }
     }
 

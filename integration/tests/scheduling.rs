@@ -78,7 +78,8 @@ async fn tasks_go_where_they_finish_soonest_fall_back_when_claude_is_gone_and_sa
     let hub = HubProcess::serve(&dir.path().join("hub"), &flags).await;
     let checks = ["--llm-check-interval-ms", "200"];
     let _warm = SidecarProcess::start_with(&hub, "warm", 2, &work, &[&["--ollama", &warm.url][..], &checks].concat());
-    let _cold = SidecarProcess::start_with(&hub, "cold", 2, &work, &[&["--ollama", &cold.url][..], &checks].concat());
+    let cold_flags = [&["--ollama", &cold.url, "--ollama-parallel", "3"][..], &checks].concat();
+    let _cold = SidecarProcess::start_with(&hub, "cold", 2, &work, &cold_flags);
     let anthropic = [&["--anthropic-base-url", &claude.url, "--anthropic-model", CLAUDE][..], &checks].concat();
     let mut cloud =
         SidecarProcess::start_with_env(&hub, "cloud", 2, &work, &anthropic, &[("ANTHROPIC_API_KEY", "sk-ant-test")]);
@@ -90,6 +91,14 @@ async fn tasks_go_where_they_finish_soonest_fall_back_when_claude_is_gone_and_sa
         PATIENCE,
         "all three inventories reached the hub"
     );
+    let (_, list) = hub.api.request(reqwest::Method::GET, "/api/v1/endpoints", None).await;
+    let parallel: Vec<(String, u64)> = list["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["owner"]["sidecar_id"].as_str().unwrap().to_owned(), e["parallel"].as_u64().unwrap()))
+        .collect();
+    assert!(parallel.contains(&("cold".into(), 3)) && parallel.contains(&("warm".into(), 0)), "{parallel:?}");
 
     // Standard work: the warm model first; with it busy, the cold one (a 1 s load beats a 3.3 s
     // wait), rather than queue behind it.

@@ -83,6 +83,10 @@ struct RunArgs {
     /// Do not look for Ollama at http://127.0.0.1:11434.
     #[arg(long)]
     no_ollama_discovery: bool,
+    /// Requests each Ollama server runs at once, as its OLLAMA_NUM_PARALLEL says; the hub's
+    /// placement counts the wait behind requests in flight with it [default: 1].
+    #[arg(long, env = "OLLAMA_NUM_PARALLEL", value_name = "N")]
+    ollama_parallel: Option<u32>,
     /// How often to check LLM endpoints, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     llm_check_interval_ms: u64,
@@ -106,6 +110,10 @@ impl RunArgs {
         anyhow::ensure!(self.resources_interval_ms >= 100, "--resources-interval-ms must be at least 100");
         anyhow::ensure!(self.llm_check_interval_ms >= 100, "--llm-check-interval-ms must be at least 100");
         anyhow::ensure!(self.simulate_gpus <= 64, "--simulate-gpus must be at most 64");
+        anyhow::ensure!(
+            self.ollama_parallel.is_none_or(|n| (1..=1_024).contains(&n)),
+            "--ollama-parallel (or OLLAMA_NUM_PARALLEL) must be 1 to 1024"
+        );
         for url in self.ollama.iter().chain(&self.openai_base_url).chain([&self.anthropic_base_url]) {
             anyhow::ensure!(
                 url.starts_with("http://") || url.starts_with("https://"),
@@ -139,6 +147,7 @@ impl RunArgs {
             llm_check_every: std::time::Duration::from_millis(self.llm_check_interval_ms),
             ollama: self.ollama.clone(),
             discover_ollama: !self.no_ollama_discovery,
+            ollama_parallel: self.ollama_parallel.unwrap_or(0),
             openai,
             anthropic,
         })

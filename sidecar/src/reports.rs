@@ -34,6 +34,8 @@ pub struct Settings {
     pub ollama: Vec<String>,
     /// Also look for Ollama at its default address, and report it once it has answered.
     pub discover_ollama: bool,
+    /// Requests each Ollama server runs at once (its `OLLAMA_NUM_PARALLEL`); 0: not said.
+    pub ollama_parallel: u32,
     pub openai: Option<OpenAi>,
     pub anthropic: Option<Anthropic>,
 }
@@ -46,6 +48,7 @@ impl Default for Settings {
             llm_check_every: Duration::from_secs(10),
             ollama: Vec::new(),
             discover_ollama: true,
+            ollama_parallel: 0,
             openai: None,
             anthropic: None,
         }
@@ -185,6 +188,13 @@ pub(crate) async fn check_all(client: &reqwest::Client, owner: &Owner, settings:
             .iter()
             .map(|url| async move { found(url, EndpointKind::Ollama, llm::probe_ollama(client, url).await) }),
     );
+    let ollama = async {
+        let mut endpoints = ollama.await;
+        for endpoint in &mut endpoints {
+            endpoint.parallel = settings.ollama_parallel;
+        }
+        endpoints
+    };
     let openai = async {
         match &settings.openai {
             Some(openai) => {

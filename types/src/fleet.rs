@@ -169,6 +169,10 @@ pub struct Endpoint {
     pub error: Option<String>,
     pub models: Vec<Model>,
     pub checked_unix_ms: UnixMs,
+    /// Requests it runs at once, as configured where it is probed (Ollama's
+    /// `OLLAMA_NUM_PARALLEL`, `agentcom-sidecar run --ollama-parallel`); 0: not said, taken as 1
+    /// for a local server.
+    pub parallel: u32,
 }
 
 impl Endpoint {
@@ -184,6 +188,7 @@ impl Endpoint {
             error: None,
             models: Vec::new(),
             checked_unix_ms: 0,
+            parallel: 0,
         }
     }
 

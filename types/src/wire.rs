@@ -515,6 +515,7 @@ pub fn inventory_from_pb(sidecar_id: &str, inventory: pb::ModelInventory) -> Res
                 error: nonempty(name("models.endpoints.error", e.error)?),
                 models,
                 checked_unix_ms: e.checked_unix_ms,
+                parallel: e.parallel.min(1_024),
             })
         })
         .collect()
@@ -596,6 +597,7 @@ pub fn endpoint_to_pb(endpoint: &fleet::Endpoint) -> pb::LlmEndpoint {
         },
         checked_unix_ms: endpoint.checked_unix_ms,
         models: endpoint.models.iter().map(model_to_pb).collect(),
+        parallel: endpoint.parallel,
     }
 }
 

@@ -212,6 +212,7 @@ impl State {
             error: Some("not checked yet".to_owned()),
             models: Vec::new(),
             checked_unix_ms: 0,
+            parallel: 0,
         };
         info!(id = endpoint.id, url = endpoint.url, "endpoint added");
         self.registry.put(endpoint.clone());

@@ -616,8 +616,9 @@ fn weigh(
                 .sum();
         }
     }
-    // One request at a time per local server (Ollama's default parallelism); the cloud scales.
-    let wait_ms = if cloud { 0.0 } else { f64::from(in_flight) * generate_ms };
+    // A local server runs `parallel` requests at once (1 unless configured: Ollama's default);
+    // behind the rest, this one waits its turn. The cloud scales.
+    let wait_ms = if cloud { 0.0 } else { f64::from(in_flight / e.parallel.max(1)) * generate_ms };
     Ok((Estimate { wait_ms, load_ms, generate_ms, fit_ms }, warm))
 }
 
@@ -982,6 +983,19 @@ mod tests {
         assert_eq!(place(&shell_task(), &fleet, 0), Decision::Wait(Wait::NoCapableAgent));
         let fleet = Fleet { open_any: true, ..Fleet::default() };
         assert_eq!(place(&shell_task(), &fleet, 0), Decision::Wait(Wait::AllBusy));
+    }
+
+    #[test]
+    fn a_server_that_runs_requests_in_parallel_makes_the_wait_behind_them_shorter() {
+        let mut fleet = warm_and_cold();
+        fleet.in_flight.insert(fleet.endpoints[1].id.clone(), 1);
+        assert_eq!(placed_on(&place(&llm_task("m"), &fleet, 0)), "cold", "one at a time: a 3.3 s wait");
+        fleet.endpoints[1].parallel = 2;
+        let (one, _) = estimate(&fleet, "warm", &fleet.endpoints[1], "m", 100, false, 1).unwrap();
+        assert_eq!(one.wait_ms, 0.0, "a second slot is free");
+        assert_eq!(placed_on(&place(&llm_task("m"), &fleet, 0)), "warm");
+        let (five, _) = estimate(&fleet, "warm", &fleet.endpoints[1], "m", 100, false, 5).unwrap();
+        assert!((five.wait_ms - 2.0 * five.generate_ms).abs() < 1e-9, "five in flight on two: two rounds");
     }
 
     #[test]

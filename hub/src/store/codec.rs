@@ -357,6 +357,7 @@ pub(super) fn encode_endpoint(endpoint: &Endpoint) -> Vec<u8> {
         error: endpoint.error.clone(),
         models,
         checked_unix_ms: endpoint.checked_unix_ms,
+        parallel: endpoint.parallel,
     }
     .encode_to_vec()
 }
@@ -393,6 +394,7 @@ pub(super) fn decode_endpoint(bytes: &[u8]) -> Result<Endpoint, String> {
         error: endpoint.error,
         models,
         checked_unix_ms: endpoint.checked_unix_ms,
+        parallel: endpoint.parallel,
     })
 }
 
@@ -456,6 +458,9 @@ pub(super) fn fleet_from_v1(key: &str, value: &[u8]) -> Result<Vec<u8>, String> 
         #[serde(deserialize_with = "models")]
         models: Vec<Model>,
         checked_unix_ms: i64,
+        /// Not in format 1.
+        #[serde(default)]
+        parallel: u32,
     }
     fn models<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Model>, D::Error> {
         let models: Vec<Models> = serde::Deserialize::deserialize(deserializer)?;

@@ -630,6 +630,8 @@ pub struct EndpointDto {
     pub error: Option<String>,
     pub models: Vec<ModelDto>,
     pub checked_unix_ms: i64,
+    /// Requests it runs at once; 0: not said.
+    pub parallel: u32,
 }
 
 impl From<&Endpoint> for EndpointDto {
@@ -647,6 +649,7 @@ impl From<&Endpoint> for EndpointDto {
             error: e.error.clone(),
             models: e.models.iter().map(ModelDto::from).collect(),
             checked_unix_ms: e.checked_unix_ms,
+            parallel: e.parallel,
         }
     }
 }
