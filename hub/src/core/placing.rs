@@ -374,6 +374,12 @@ impl sched::FleetView for Fleet<'_> {
         free.sum()
     }
 
+    fn gpu_busy(&self, sidecar_id: &str) -> u32 {
+        let Some(report) = self.sidecars.get(sidecar_id).and_then(|s| s.host.latest.as_ref()) else { return 0 };
+        let busy: Vec<u32> = report.gpus.iter().filter_map(|g| g.utilization_percent).collect();
+        if busy.is_empty() { 0 } else { busy.iter().sum::<u32>() / busy.len() as u32 }
+    }
+
     fn fallback_tier(&self, task: TaskId) -> Option<Tier> {
         self.tier_waits.get(&task)?.moved_to
     }

@@ -11,8 +11,9 @@
 //!   ([`Estimate`]): the wait behind that endpoint's requests in flight, the load if the model is
 //!   cold, the expected output tokens at the observed speed, and the reload of what a cold model
 //!   evicts. Load times and speeds are learned per model and sidecar ([`Learned`]); until
-//!   observed, a load is priced from the model's size. Ties go to a warm model, then fewer
-//!   requests in flight, then the smaller ids, so the same view always gives the same decision.
+//!   observed, a load is priced from the model's size. Ties go to a warm model, then the less
+//!   busy GPUs, then fewer requests in flight, then the smaller ids, so the same view always
+//!   gives the same decision.
 //! - Other work goes to the open sidecar that has the capability and the most idle agents
 //!   (ties to the smaller id).
 //! - A task that cannot be placed gets a [`Wait`] that names why, and a [`Need`] by which the
@@ -133,6 +134,11 @@ pub trait FleetView {
     /// available RAM without GPUs; `None` until it reports.
     fn free_memory(&self, _sidecar_id: &str) -> Option<u64> {
         None
+    }
+    /// How busy the sidecar's GPUs are, 0 to 100 (their mean utilization; 0 without GPUs or a
+    /// report): breaks ties between equal estimates.
+    fn gpu_busy(&self, _sidecar_id: &str) -> u32 {
+        0
     }
     /// The tier a task was moved to after waiting too long at its own (see [`tier::fallback`]).
     fn fallback_tier(&self, _task: TaskId) -> Option<Tier> {
@@ -682,11 +688,19 @@ fn place_model(task: &Task, model: &str, tokens: u32, fleet: &impl FleetView, re
         let better = match &best {
             None => true,
             Some((b, b_warm, b_flight, b_sidecar, _, b_endpoint)) => {
-                let key = (estimate.total_ms(), !warm, in_flight);
-                let best_key = (b.total_ms(), !b_warm, *b_flight);
-                match key.partial_cmp(&best_key) {
-                    Some(std::cmp::Ordering::Less) => true,
-                    Some(std::cmp::Ordering::Equal) => (sidecar_id, &endpoint.id) < (*b_sidecar, *b_endpoint),
+                use std::cmp::Ordering::{Equal, Less};
+                match (estimate.total_ms(), !warm).partial_cmp(&(b.total_ms(), !b_warm)) {
+                    Some(Less) => true,
+                    // A tie: the less-loaded GPUs, then fewer in flight, then the smaller ids
+                    // (looked up only now: ties are rare, and this is the hot loop).
+                    Some(Equal) => {
+                        let load = (fleet.gpu_busy(sidecar_id), in_flight);
+                        match load.cmp(&(fleet.gpu_busy(b_sidecar), *b_flight)) {
+                            Less => true,
+                            Equal => (sidecar_id, &endpoint.id) < (*b_sidecar, *b_endpoint),
+                            _ => false,
+                        }
+                    }
                     _ => false,
                 }
             }
@@ -742,6 +756,7 @@ mod tests {
         tags: HashMap<String, Vec<String>>,
         /// What `any_open` answers.
         open_any: bool,
+        gpu_busy: HashMap<String, u32>,
     }
 
     impl FleetView for Fleet {
@@ -758,6 +773,9 @@ mod tests {
         }
         fn free_memory(&self, sidecar_id: &str) -> Option<u64> {
             self.free.get(sidecar_id).copied()
+        }
+        fn gpu_busy(&self, sidecar_id: &str) -> u32 {
+            self.gpu_busy.get(sidecar_id).copied().unwrap_or(0)
         }
         fn idle(&self) -> &IdleIndex {
             &self.idle
@@ -983,6 +1001,16 @@ mod tests {
         assert_eq!(place(&shell_task(), &fleet, 0), Decision::Wait(Wait::NoCapableAgent));
         let fleet = Fleet { open_any: true, ..Fleet::default() };
         assert_eq!(place(&shell_task(), &fleet, 0), Decision::Wait(Wait::AllBusy));
+    }
+
+    #[test]
+    fn between_equal_estimates_the_less_busy_gpus_win() {
+        let mut fleet = warm_and_cold();
+        fleet.endpoints[0].models[0].loaded = true; // Both warm: a tie, so far to "cold" by id.
+        assert_eq!(placed_on(&place(&llm_task("m"), &fleet, 0)), "cold");
+        fleet.gpu_busy.insert("cold".into(), 90);
+        fleet.gpu_busy.insert("warm".into(), 10);
+        assert_eq!(placed_on(&place(&llm_task("m"), &fleet, 0)), "warm");
     }
 
     #[test]
