@@ -1,0 +1,445 @@
+//! Placement's unit and property tests.
+
+use super::*;
+use crate::domain::{LlmWork, SpecDefaults, TaskId, TaskSpec};
+use crate::fleet::Model;
+
+#[derive(Default, Debug)]
+struct Fleet {
+    idle: IdleIndex,
+    /// (sidecar, capability) pairs that can run.
+    can: Vec<(&'static str, &'static str)>,
+    endpoints: Vec<Endpoint>,
+    in_flight: HashMap<String, u32>,
+    learned: Learned,
+    tiers: TierModels,
+    /// Free memory per sidecar (unknown when absent).
+    free: HashMap<String, u64>,
+    prices: HashMap<String, TokenPrice>,
+    /// Tags per sidecar.
+    tags: HashMap<String, Vec<String>>,
+    /// What `any_open` answers.
+    open_any: bool,
+    gpu_busy: HashMap<String, u32>,
+}
+
+impl FleetView for Fleet {
+    fn admits(&self, sidecar_id: &str, placement: &Placement) -> bool {
+        let tags = self.tags.get(sidecar_id).cloned().unwrap_or_default();
+        (placement.host.is_empty() || placement.host == sidecar_id) && placement.tags.iter().all(|t| tags.contains(t))
+    }
+    fn any_open(&self, _capability: &str, _placement: &Placement) -> bool {
+        self.open_any
+    }
+    fn price(&self, model: &str) -> Option<TokenPrice> {
+        self.prices.get(model).copied()
+    }
+    fn free_memory(&self, sidecar_id: &str) -> Option<u64> {
+        self.free.get(sidecar_id).copied()
+    }
+    fn gpu_busy(&self, sidecar_id: &str) -> u32 {
+        self.gpu_busy.get(sidecar_id).copied().unwrap_or(0)
+    }
+    fn idle(&self) -> &IdleIndex {
+        &self.idle
+    }
+    fn can_run(&self, sidecar_id: &str, capability: &str) -> bool {
+        self.can.iter().any(|&(s, c)| s == sidecar_id && c == capability)
+    }
+    fn offering(&self, model: &str) -> impl Iterator<Item = &Endpoint> {
+        let model = model.to_owned();
+        self.endpoints.iter().filter(move |e| {
+            e.models.iter().any(|m| m.name == model)
+                || (e.kind == EndpointKind::Anthropic && model.starts_with("claude-"))
+        })
+    }
+    fn in_flight(&self, endpoint_id: &str) -> u32 {
+        self.in_flight.get(endpoint_id).copied().unwrap_or(0)
+    }
+    fn learned(&self) -> &Learned {
+        &self.learned
+    }
+    fn tier_model(&self, tier: Tier) -> Option<&str> {
+        self.tiers.get(tier)
+    }
+}
+
+fn shell_task() -> Task {
+    Task::new(TaskId::new(1), TaskSpec::shell(vec!["true".into()], &SpecDefaults::default()), 1)
+}
+
+fn llm_task(model: &str) -> Task {
+    let mut task = shell_task();
+    task.spec.work = Work::Llm(LlmWork { model: model.into(), max_tokens: 100, ..LlmWork::prompt("hi") });
+    task
+}
+
+fn ollama(sidecar: &str, model: &str, loaded: bool, size: u64) -> Endpoint {
+    let mut e = Endpoint::new(Owner::Sidecar(sidecar.into()), format!("http://{sidecar}:11434"), EndpointKind::Ollama);
+    e.healthy = true;
+    e.models = vec![Model { loaded, size_bytes: size, ..Model::named(model) }];
+    e
+}
+
+/// Two sidecars, each one idle agent, one with the model warm and one cold (4 GB: 2 s).
+fn warm_and_cold() -> Fleet {
+    let mut idle = IdleIndex::default();
+    idle.insert("cold", "cold/0");
+    idle.insert("warm", "warm/0");
+    Fleet {
+        idle,
+        can: vec![("cold", "llm"), ("warm", "llm")],
+        endpoints: vec![ollama("cold", "m", false, 4_000_000_000), ollama("warm", "m", true, 4_000_000_000)],
+        ..Fleet::default()
+    }
+}
+
+fn placed_on(decision: &Decision) -> &str {
+    match decision {
+        Decision::Place { sidecar_id, .. } => sidecar_id,
+        Decision::Wait(why) => panic!("waits: {why:?}"),
+    }
+}
+
+#[test]
+fn a_task_goes_to_the_capable_sidecar_with_the_most_idle_agents() {
+    let mut idle = IdleIndex::default();
+    for (sidecar, agent) in [("a", "a/0"), ("b", "b/0"), ("b", "b/1"), ("c", "c/0"), ("c", "c/1"), ("c", "c/2")] {
+        idle.insert(sidecar, agent);
+    }
+    let fleet = Fleet { idle, can: vec![("a", "shell"), ("b", "shell"), ("c", "llm")], ..Fleet::default() };
+    let placed = place(&shell_task(), &fleet, 10);
+    let expected = Decision::Place {
+        sidecar_id: "b".into(),
+        agent_id: "b/0".into(),
+        endpoint_id: None,
+        model: None,
+        estimate: None,
+    };
+    assert_eq!(placed, expected);
+}
+
+#[test]
+fn ties_go_to_the_smaller_sidecar_id_and_nothing_capable_waits() {
+    let mut idle = IdleIndex::default();
+    idle.insert("z", "z/0");
+    idle.insert("m", "m/0");
+    let fleet = Fleet { idle, can: vec![("z", "shell"), ("m", "shell")], ..Fleet::default() };
+    assert_eq!(placed_on(&place(&shell_task(), &fleet, 10)), "m");
+    let fleet = Fleet { can: vec![("z", "llm")], ..fleet };
+    assert_eq!(place(&shell_task(), &fleet, 10), Decision::Wait(Wait::NoCapableAgent));
+}
+
+#[test]
+fn an_expired_task_is_not_placed() {
+    let mut idle = IdleIndex::default();
+    idle.insert("a", "a/0");
+    let fleet = Fleet { idle, can: vec![("a", "shell")], ..Fleet::default() };
+    let mut task = shell_task();
+    task.spec.limits.deadline_unix_ms = Some(5);
+    assert_eq!(place(&task, &fleet, 5), Decision::Wait(Wait::Expired));
+    assert!(matches!(place(&task, &fleet, 4), Decision::Place { .. }));
+}
+
+#[test]
+fn the_index_forgets_sidecars_without_idle_agents() {
+    let mut idle = IdleIndex::default();
+    idle.insert("a", "a/0");
+    idle.remove("a", "a/0");
+    assert!(idle.is_empty());
+}
+
+#[test]
+fn a_model_goes_where_it_is_warm_until_the_wait_there_costs_more_than_a_load() {
+    let mut fleet = warm_and_cold();
+    let decision = place(&llm_task("m"), &fleet, 0);
+    assert_eq!(placed_on(&decision), "warm");
+    let Decision::Place { endpoint_id, estimate: Some(estimate), .. } = &decision else { unreachable!() };
+    assert_eq!(endpoint_id.as_deref(), Some(fleet.endpoints[1].id.as_str()));
+    // 100 tokens at 30/s, nothing in flight, no load.
+    assert_eq!((estimate.wait_ms, estimate.load_ms), (0.0, 0.0));
+    assert!((estimate.generate_ms - 3_333.3).abs() < 1.0, "{estimate:?}");
+    // One request in flight on the warm one: 3.3 s of waiting against a 2 s load.
+    fleet.in_flight.insert(fleet.endpoints[1].id.clone(), 1);
+    assert_eq!(placed_on(&place(&llm_task("m"), &fleet, 0)), "cold");
+}
+
+#[test]
+fn an_observed_slow_load_changes_later_placements() {
+    let mut fleet = warm_and_cold();
+    fleet.in_flight.insert(fleet.endpoints[1].id.clone(), 1);
+    assert_eq!(placed_on(&place(&llm_task("m"), &fleet, 0)), "cold", "a 2 s load beats a 3.3 s wait");
+    fleet.learned.observe("cold", "m", Some(20_000), None);
+    assert_eq!(placed_on(&place(&llm_task("m"), &fleet, 0)), "warm", "a 20 s load does not");
+    // Speeds are learned too: a fast warm server makes its queue short.
+    let mut fleet = warm_and_cold();
+    fleet.in_flight.insert(fleet.endpoints[1].id.clone(), 1);
+    fleet.learned.observe("warm", "m", None, Some(300.0));
+    assert_eq!(placed_on(&place(&llm_task("m"), &fleet, 0)), "warm");
+}
+
+#[test]
+fn a_model_nobody_has_waits_and_the_claude_api_takes_its_models_by_name() {
+    let fleet = warm_and_cold();
+    assert_eq!(place(&llm_task("other"), &fleet, 0), Decision::Wait(Wait::NoCapableAgent));
+    let mut fleet = warm_and_cold();
+    let mut claude =
+        Endpoint::new(Owner::Sidecar("cloud".into()), "https://api.anthropic.com".into(), EndpointKind::Anthropic);
+    claude.healthy = true;
+    fleet.endpoints.push(claude);
+    fleet.idle.insert("cloud", "cloud/0");
+    fleet.can.push(("cloud", "llm"));
+    assert_eq!(placed_on(&place(&llm_task("claude-sonnet-4-5"), &fleet, 0)), "cloud");
+}
+
+#[test]
+fn llm_work_without_a_model_runs_on_its_tiers_model() {
+    let mut fleet = warm_and_cold();
+    let mut claude =
+        Endpoint::new(Owner::Sidecar("cloud".into()), "https://api.anthropic.com".into(), EndpointKind::Anthropic);
+    claude.healthy = true;
+    fleet.endpoints.push(claude);
+    fleet.idle.insert("cloud", "cloud/0");
+    fleet.can.push(("cloud", "llm"));
+    let mut unnamed = llm_task("");
+    // No tier models configured: placed as plain work, the sidecar picks.
+    let Decision::Place { model, .. } = place(&unnamed, &fleet, 0) else { panic!("waits") };
+    assert_eq!(model, None);
+    fleet.tiers.set("standard=m").unwrap();
+    fleet.tiers.set("complex=claude-sonnet-4-5").unwrap();
+    fleet.tiers.set("trivial=m").unwrap();
+    let Decision::Place { sidecar_id, model, .. } = place(&unnamed, &fleet, 0) else { panic!("waits") };
+    assert_eq!((sidecar_id.as_str(), model.as_deref()), ("warm", Some("m")), "a short question is trivial");
+    if let Work::Llm(work) = &mut unnamed.spec.work {
+        work.prompt = "Refactor the scheduler and design its explanations".into();
+    }
+    let Decision::Place { sidecar_id, model, .. } = place(&unnamed, &fleet, 0) else { panic!("waits") };
+    assert_eq!((sidecar_id.as_str(), model.as_deref()), ("cloud", Some("claude-sonnet-4-5")), "inferred complex");
+    unnamed.spec.tier = Some(Tier::Standard);
+    assert_eq!(placed_on(&place(&unnamed, &fleet, 0)), "warm", "an explicit tier wins");
+    assert!(fleet.tiers.set("huge=m").is_err() && fleet.tiers.set("standard").is_err());
+}
+
+fn claude_on(fleet: &mut Fleet, sidecar: &'static str) -> String {
+    let mut claude =
+        Endpoint::new(Owner::Sidecar(sidecar.into()), "https://api.anthropic.com".into(), EndpointKind::Anthropic);
+    claude.healthy = true;
+    let id = claude.id.clone();
+    fleet.endpoints.push(claude);
+    fleet.idle.insert(sidecar, &format!("{sidecar}/0"));
+    fleet.can.push((sidecar, "llm"));
+    id
+}
+
+#[test]
+fn a_waiting_task_names_its_reason() {
+    // Busy: the model is there, but no agent is idle.
+    let mut fleet = warm_and_cold();
+    fleet.idle = IdleIndex::default();
+    assert_eq!(place(&llm_task("m"), &fleet, 0), Decision::Wait(Wait::AllBusy));
+    // Nowhere: no endpoint has it, though llm sidecars are open.
+    let fleet = Fleet { open_any: true, ..warm_and_cold() };
+    assert_eq!(place(&llm_task("other"), &fleet, 0), Decision::Wait(Wait::ModelNowhere));
+    // Local-only, and only the Claude API offers it.
+    let mut fleet = warm_and_cold();
+    claude_on(&mut fleet, "cloud");
+    let mut private = llm_task("claude-sonnet-4-5");
+    private.spec.placement.local_only = true;
+    assert_eq!(place(&private, &fleet, 0), Decision::Wait(Wait::LocalOnly));
+    // Over budget: 100 output tokens at $15/M are 1,500 millionths.
+    fleet.prices.insert("claude-sonnet-4-5".into(), TokenPrice { input: 3.0, output: 15.0 });
+    let mut cheap = llm_task("claude-sonnet-4-5");
+    cheap.spec.limits.max_cost_micros = Some(1_000);
+    assert_eq!(place(&cheap, &fleet, 0), Decision::Wait(Wait::OverBudget));
+    cheap.spec.limits.max_cost_micros = Some(2_000);
+    assert_eq!(placed_on(&place(&cheap, &fleet, 0)), "cloud");
+    // No room: a 4 GB cold model where 1 GB is free and nothing warm can make room.
+    let mut fleet = warm_and_cold();
+    fleet.endpoints.remove(1);
+    fleet.free.insert("cold".into(), 1_000_000_000);
+    assert_eq!(place(&llm_task("m"), &fleet, 0), Decision::Wait(Wait::NoRoom));
+    // And shell work with no capable sidecar at all, against one that is only busy.
+    let fleet = Fleet::default();
+    assert_eq!(place(&shell_task(), &fleet, 0), Decision::Wait(Wait::NoCapableAgent));
+    let fleet = Fleet { open_any: true, ..Fleet::default() };
+    assert_eq!(place(&shell_task(), &fleet, 0), Decision::Wait(Wait::AllBusy));
+}
+
+#[test]
+fn between_equal_estimates_the_less_busy_gpus_win() {
+    let mut fleet = warm_and_cold();
+    fleet.endpoints[0].models[0].loaded = true; // Both warm: a tie, so far to "cold" by id.
+    assert_eq!(placed_on(&place(&llm_task("m"), &fleet, 0)), "cold");
+    fleet.gpu_busy.insert("cold".into(), 90);
+    fleet.gpu_busy.insert("warm".into(), 10);
+    assert_eq!(placed_on(&place(&llm_task("m"), &fleet, 0)), "warm");
+}
+
+#[test]
+fn a_server_that_runs_requests_in_parallel_makes_the_wait_behind_them_shorter() {
+    let mut fleet = warm_and_cold();
+    fleet.in_flight.insert(fleet.endpoints[1].id.clone(), 1);
+    assert_eq!(placed_on(&place(&llm_task("m"), &fleet, 0)), "cold", "one at a time: a 3.3 s wait");
+    fleet.endpoints[1].parallel = 2;
+    let (one, _) = estimate(&fleet, "warm", &fleet.endpoints[1], "m", 100, false, 1).unwrap();
+    assert_eq!(one.wait_ms, 0.0, "a second slot is free");
+    assert_eq!(placed_on(&place(&llm_task("m"), &fleet, 0)), "warm");
+    let (five, _) = estimate(&fleet, "warm", &fleet.endpoints[1], "m", 100, false, 5).unwrap();
+    assert!((five.wait_ms - 2.0 * five.generate_ms).abs() < 1e-9, "five in flight on two: two rounds");
+}
+
+#[test]
+fn a_cold_model_that_does_not_fit_pays_for_the_eviction() {
+    let mut fleet = warm_and_cold();
+    // The cold host has another model warm; 1 GB free, so loading 4 GB evicts the 8 GB one.
+    fleet.endpoints[0].models.push(Model { loaded: true, size_bytes: 8_000_000_000, ..Model::named("big") });
+    fleet.free.insert("cold".into(), 1_000_000_000);
+    let (estimate, warm) = estimate(&fleet, "cold", &fleet.endpoints[0], "m", 100, false, 0).unwrap();
+    assert!(!warm && (estimate.fit_ms - 4_000.0).abs() < 1e-6, "reloading 8 GB later: {estimate:?}");
+    // With the warm host busy behind one request (3.3 s), the 2 s load alone would win; the
+    // eviction's 4 s more does not.
+    fleet.in_flight.insert(fleet.endpoints[1].id.clone(), 1);
+    assert_eq!(placed_on(&place(&llm_task("m"), &fleet, 0)), "warm");
+    fleet.free.insert("cold".into(), 8_000_000_000);
+    assert_eq!(placed_on(&place(&llm_task("m"), &fleet, 0)), "cold", "room enough: no eviction");
+}
+
+#[test]
+fn tags_and_host_narrow_the_candidates() {
+    let mut fleet = warm_and_cold();
+    fleet.tags.insert("cold".into(), vec!["gpu".into(), "eu".into()]);
+    let mut task = llm_task("m");
+    task.spec.placement.tags = vec!["gpu".into()];
+    assert_eq!(placed_on(&place(&task, &fleet, 0)), "cold", "only the tagged host");
+    task.spec.placement.tags = vec!["gpu".into(), "us".into()];
+    assert_eq!(place(&task, &fleet, 0), Decision::Wait(Wait::NoCapableAgent));
+    let mut task = llm_task("m");
+    task.spec.placement.host = "cold".into();
+    assert_eq!(placed_on(&place(&task, &fleet, 0)), "cold");
+    let mut shell = shell_task();
+    shell.spec.placement.host = "nowhere".into();
+    let mut idle = IdleIndex::default();
+    idle.insert("a", "a/0");
+    let fleet = Fleet { idle, can: vec![("a", "shell")], ..Fleet::default() };
+    assert_eq!(place(&shell, &fleet, 0), Decision::Wait(Wait::NoCapableAgent));
+}
+
+#[test]
+fn an_explanation_lists_every_candidate_with_its_verdict_the_winner_first() {
+    let mut fleet = warm_and_cold();
+    let mut down = ollama("down", "m", true, 1);
+    down.healthy = false;
+    fleet.endpoints.push(down);
+    fleet.can.push(("down", "llm"));
+    fleet.idle.insert("down", "down/0");
+    fleet.endpoints.push(ollama("busy", "m", true, 1));
+    fleet.can.push(("busy", "llm"));
+    let explained = explain(&llm_task("m"), &fleet, 0);
+    assert_eq!(explained.decision, place(&llm_task("m"), &fleet, 0), "explain decides as place does");
+    let verdicts: Vec<(&str, Verdict)> =
+        explained.candidates.iter().map(|c| (c.sidecar_id.as_str(), c.verdict)).collect();
+    assert_eq!(
+        verdicts,
+        vec![
+            ("warm", Verdict::Chosen),
+            ("cold", Verdict::Slower),
+            ("busy", Verdict::Busy),
+            ("down", Verdict::Unhealthy)
+        ]
+    );
+    let cold = &explained.candidates[1];
+    assert!(!cold.warm && cold.estimate.unwrap().load_ms > 0.0);
+    assert_eq!((explained.model.as_deref(), explained.tier_source), (Some("m"), TierSource::Inferred));
+    let line = summarize(&explained);
+    assert!(line.starts_with("finishes soonest: 3.3 s on warm/0 (m warm); next best 5.3 s on cold/0"), "{line}");
+    let waiting = explain(&llm_task("other"), &fleet, 0);
+    assert_eq!(summarize(&waiting), "waits: no open sidecar runs this kind of work (and matches its tags and host)");
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_fleet() -> impl Strategy<Value = Fleet> {
+        let endpoint = (0..4usize, 0..3usize, any::<bool>(), any::<bool>(), 1u64..8_000_000_000, 0u32..3);
+        (prop::collection::vec(endpoint, 0..10), prop::collection::vec((0..4usize, 0..3u8), 0..8), any::<u8>())
+            .prop_map(|(endpoints, agents, capable)| {
+                let sidecar = |n: usize| format!("s{n}");
+                let mut fleet = Fleet::default();
+                for (n, slot) in agents {
+                    fleet.idle.insert(&sidecar(n), &format!("s{n}/{slot}"));
+                }
+                for (n, model, loaded, healthy, size, flight) in endpoints {
+                    let mut e = ollama(&sidecar(n), &format!("m{model}"), loaded, size);
+                    e.url = format!("{}/{}", e.url, fleet.endpoints.len());
+                    e.id = crate::fleet::endpoint_id(&e.owner, &e.url);
+                    e.healthy = healthy;
+                    fleet.in_flight.insert(e.id.clone(), flight);
+                    fleet.endpoints.push(e);
+                }
+                let names: [&'static str; 4] = ["s0", "s1", "s2", "s3"];
+                fleet.can = (0..4).filter(|n| capable & (1 << n) != 0).map(|n| (names[n], "llm")).collect();
+                fleet
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        /// Never an ineligible agent: idle, on a capable sidecar, with a healthy endpoint that
+        /// has the model; and the same view gives the same decision.
+        #[test]
+        fn placements_are_eligible_and_deterministic(fleet in arb_fleet(), model in 0..3usize) {
+            let task = llm_task(&format!("m{model}"));
+            let decision = place(&task, &fleet, 0);
+            prop_assert_eq!(&decision, &place(&task, &fleet, 0));
+            let eligible: Vec<&Endpoint> = fleet
+                .endpoints
+                .iter()
+                .filter(|e| e.healthy && e.models.iter().any(|m| m.name == format!("m{model}")))
+                .filter(|e| {
+                    let Owner::Sidecar(s) = &e.owner else { return false };
+                    fleet.can_run(s, "llm") && fleet.idle.iter().any(|(id, agents)| id == s && !agents.is_empty())
+                })
+                .collect();
+            match &decision {
+                Decision::Place { sidecar_id, agent_id, endpoint_id, .. } => {
+                    let endpoint = eligible.iter().find(|e| Some(&e.id) == endpoint_id.as_ref());
+                    prop_assert!(endpoint.is_some(), "placed on an ineligible endpoint");
+                    prop_assert_eq!(&endpoint.unwrap().owner, &Owner::Sidecar(sidecar_id.clone()));
+                    prop_assert!(fleet.idle.iter().any(|(s, agents)| s == sidecar_id && agents.contains(agent_id)));
+                }
+                Decision::Wait(_) => prop_assert!(eligible.is_empty(), "waits while {} candidates exist", eligible.len()),
+            }
+        }
+
+        /// `local_only` work never reaches a cloud candidate, however much sooner it would finish.
+        #[test]
+        fn local_only_never_reaches_a_cloud_candidate(fleet in arb_fleet(), model in 0..3usize, cloud_in in 0..4usize) {
+            let mut fleet = fleet;
+            let mut claude = Endpoint::new(Owner::Sidecar(format!("s{cloud_in}")), "https://api.anthropic.com".into(), EndpointKind::Anthropic);
+            claude.healthy = true;
+            claude.models = vec![Model { loaded: true, ..Model::named(format!("m{model}")) }];
+            let claude_id = claude.id.clone();
+            fleet.endpoints.push(claude);
+            let mut task = llm_task(&format!("m{model}"));
+            task.spec.placement.local_only = true;
+            match place(&task, &fleet, 0) {
+                Decision::Place { endpoint_id, .. } => prop_assert_ne!(endpoint_id, Some(claude_id)),
+                Decision::Wait(_) => {}
+            }
+        }
+
+        /// Warm beats cold when all else is equal.
+        #[test]
+        fn warm_beats_cold_when_all_else_is_equal(size in 1u64..100_000_000_000, flight in 0u32..5) {
+            let mut fleet = warm_and_cold();
+            for e in &mut fleet.endpoints {
+                e.models[0].size_bytes = size;
+                fleet.in_flight.insert(e.id.clone(), flight);
+            }
+            let decision = place(&llm_task("m"), &fleet, 0);
+            prop_assert_eq!(placed_on(&decision), "warm");
+        }
+    }
+}
