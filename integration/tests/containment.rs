@@ -93,10 +93,12 @@ for f in attempt-*.pids; do
   [ "$f" = "attempt-$AGENTCOM_ATTEMPT.pids" ] && continue
   for entry in $(cat "$f" 2>/dev/null); do
     p=${{entry%%:*}}; start=${{entry#*:}}
-    # The same process (pid and start time: a pid can be reused), alive and not a zombie.
-    if [ "$(cut -d' ' -f22 /proc/$p/stat 2>/dev/null)" = "$start" ] && ! grep -q ') Z' /proc/$p/stat; then
-      echo "$p $AGENTCOM_TASK_ID $AGENTCOM_ATTEMPT $(cat /proc/$p/stat)" >> overlap
-    fi
+    # The same process (pid and start time: a pid can be reused), alive and not a zombie, all
+    # from one read of its stat: a zombie reaped between two reads is not alive.
+    stat=$(cat /proc/$p/stat 2>/dev/null) || continue
+    [ "$(echo "$stat" | cut -d' ' -f22)" = "$start" ] || continue
+    case "$stat" in *") Z "*) continue;; esac
+    echo "$p $AGENTCOM_TASK_ID $AGENTCOM_ATTEMPT $stat" >> overlap
   done
 done
 echo "$$:$(cut -d' ' -f22 /proc/$$/stat)" >> attempt-$AGENTCOM_ATTEMPT.pids
