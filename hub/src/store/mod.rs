@@ -563,6 +563,31 @@ mod tests {
     }
 
     #[test]
+    fn a_quiet_writer_checkpoints_what_its_log_holds_without_waiting_for_more_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hub.redb")).unwrap();
+        let (done_tx, done_rx) = std_mpsc::channel();
+        let writer = store.start_writer(
+            |_: &mut u32| {},
+            move |tickets: Vec<u32>, result| {
+                result.unwrap();
+                done_tx.send(tickets).unwrap();
+            },
+        );
+        let before = store.stats().checkpoints.load(Ordering::Relaxed);
+        writer.write(vec![Op::PutTask(Box::new(task(1)))], 1).unwrap();
+        assert_eq!(done_rx.recv().unwrap(), vec![1]);
+        // No further change comes: the checkpoint runs in the quiet, within its interval and the
+        // quiet after it (polled for up to ten seconds, for a loaded machine).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.stats().checkpoints.load(Ordering::Relaxed) == before {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint while the writer was idle");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        writer.close();
+    }
+
+    #[test]
     fn fleet_settings_survive_a_reopen_and_their_log_form_round_trips() {
         use crate::fleet::{EndpointKind, Model, Owner};
         let mut endpoint = Endpoint::new(Owner::Hub, "http://gpu-1:11434".into(), EndpointKind::Ollama);

@@ -8,7 +8,9 @@
 //! - throughput: the double sends its tokens as fast as it can; tokens per second is every token
 //!   received by the watchers over the wall time of the phase;
 //! - time to first token, with the double pacing its tokens as a model does (`--pace-ms`), so the
-//!   figure is the mesh's path and not a saturated machine's queue: from sending the submit to
+//!   figure is the mesh's path and not a saturated machine's queue, with the streams' starts
+//!   spread over a reply's time (as independent streams arrive) and, separately, all together
+//!   (a burst of submits each round, the worst moment): from sending the submit to
 //!   the first output at the watcher, against the direct chat's time from sending the request to
 //!   its first chunk. The difference is what the mesh adds: the durable submit (one commit with
 //!   the dispatch when an agent is free), placement, the assignment, the chat request, and the
@@ -67,12 +69,17 @@ impl Phase {
 }
 
 /// `streams` clients each chatting with the double `rounds` times, directly.
-async fn direct(url: &str, streams: usize, rounds: usize, tokens: usize) -> anyhow::Result<Phase> {
+async fn direct(
+    url: &str,
+    (streams, rounds, tokens): (usize, usize, usize),
+    stagger: Duration,
+) -> anyhow::Result<Phase> {
     let client = agentcom_llm::chat::client();
     let started = Instant::now();
-    let runs = (0..streams).map(|_| {
+    let runs = (0..streams).map(|i| {
         let (client, url) = (client.clone(), url.to_owned());
         tokio::spawn(async move {
+            tokio::time::sleep(stagger * i as u32).await;
             let mut ttfts = Vec::new();
             let mut received = 0;
             for _ in 0..rounds {
@@ -169,14 +176,16 @@ async fn mesh(
     admin: &str,
     (streams, rounds, tokens): (usize, usize, usize),
     double: &Arc<OllamaDouble>,
+    stagger: Duration,
 ) -> anyhow::Result<Phase> {
     let token = MetadataValue::try_from(format!("Bearer {admin}"))?;
     let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true).connect().await?;
     let started = Instant::now();
-    let runs = (0..streams).map(|_| {
+    let runs = (0..streams).map(|i| {
         let (mut client, token) = (pb::admin_client::AdminClient::new(channel.clone()), token.clone());
         let double = double.clone();
         tokio::spawn(async move {
+            tokio::time::sleep(stagger * i as u32).await;
             let mut replies = Vec::new();
             for _ in 0..rounds {
                 let reply = through_mesh(&mut client, &token, tokens, &double).await?;
@@ -244,8 +253,8 @@ pub(crate) async fn run(options: Options, dir: &Path) -> anyhow::Result<Value> {
     wait_for_model(&url, &admin).await?;
     // Warm both paths up (connections, first allocations) before measuring.
     double.script(script(options.tokens, Duration::ZERO));
-    direct(&double.url, 4, 2, options.tokens).await?;
-    mesh(&url, &admin, (4, 2, options.tokens), &double).await?;
+    direct(&double.url, (4, 2, options.tokens), Duration::ZERO).await?;
+    mesh(&url, &admin, (4, 2, options.tokens), &double, Duration::ZERO).await?;
     let percentile = |phase: &Phase, q: f64| {
         let mut sorted = phase.ttft.clone();
         sorted.sort_unstable();
@@ -254,29 +263,47 @@ pub(crate) async fn run(options: Options, dir: &Path) -> anyhow::Result<Value> {
     let mut phases = Vec::new();
     for &streams in &options.streams {
         double.script(script(options.tokens, Duration::ZERO));
-        let floor = direct(&double.url, streams, options.rounds, options.tokens).await?;
-        let through = mesh(&url, &admin, (streams, options.rounds, options.tokens), &double).await?;
+        let shape = (streams, options.rounds, options.tokens);
+        let floor = direct(&double.url, shape, Duration::ZERO).await?;
+        let through = mesh(&url, &admin, shape, &double, Duration::ZERO).await?;
         let throughput = json!({
             "replies": streams * options.rounds,
             "tokens_per_reply": options.tokens,
             "mesh_tokens_per_s": through.tokens_per_s.round(),
             "direct_tokens_per_s": floor.tokens_per_s.round(),
         });
+        // Streams that start together stay in step (each reply takes as long), so every
+        // round is a burst of `streams` submits at once: the machine's worst moment, not the
+        // usual one. Spread, their starts are a reply's time apart over all of them, as
+        // streams that come and go independently are.
         double.script(script(PACED_TOKENS, options.pace));
-        let floor = direct(&double.url, streams, options.rounds, PACED_TOKENS).await?;
-        let through = mesh(&url, &admin, (streams, options.rounds, PACED_TOKENS), &double).await?;
-        let added = json!({
-            "p50_us": (percentile(&through, 0.5) - percentile(&floor, 0.5)).round(),
-            "p99_us": (percentile(&through, 0.99) - percentile(&floor, 0.99)).round(),
-        });
-        let latency = json!({
-            "replies": streams * options.rounds,
-            "tokens_per_reply": PACED_TOKENS,
-            "pace_ms": options.pace.as_millis() as u64,
-            "ttft_added_by_the_mesh": added,
-            "mesh": through.json(),
-            "direct_to_the_double": floor.json(),
-        });
+        let reply_time = options.pace * PACED_TOKENS as u32;
+        let arrivals: &[(&str, Duration)] = if streams == 1 {
+            &[("one_stream", Duration::ZERO)]
+        } else {
+            &[("spread", reply_time / streams as u32), ("together", Duration::ZERO)]
+        };
+        let mut latency = serde_json::Map::new();
+        for &(name, stagger) in arrivals {
+            let shape = (streams, options.rounds, PACED_TOKENS);
+            let floor = direct(&double.url, shape, stagger).await?;
+            let through = mesh(&url, &admin, shape, &double, stagger).await?;
+            let added = json!({
+                "p50_us": (percentile(&through, 0.5) - percentile(&floor, 0.5)).round(),
+                "p99_us": (percentile(&through, 0.99) - percentile(&floor, 0.99)).round(),
+            });
+            let figures = json!({
+                "starts_apart_us": stagger.as_micros() as u64,
+                "replies": streams * options.rounds,
+                "tokens_per_reply": PACED_TOKENS,
+                "pace_ms": options.pace.as_millis() as u64,
+                "ttft_added_by_the_mesh": added,
+                "mesh": through.json(),
+                "direct_to_the_double": floor.json(),
+            });
+            latency.insert(name.to_owned(), figures);
+        }
+        let latency = Value::Object(latency);
         phases.push(json!({ "streams": streams, "throughput": throughput, "time_to_first_token": latency }));
     }
     Ok(json!({ "floor": { "fdatasync": fdatasync }, "relay": phases }))
