@@ -143,6 +143,11 @@ struct HubArgs {
     /// work is treated as local-only and waits for a local model.
     #[arg(long)]
     offline: bool,
+    /// Do not load models ahead of the tasks that wait for them (pre-warming: when a model's
+    /// tasks have waited longer than its load time and a host with room has it cold and idle,
+    /// the hub asks that host's sidecar to load it).
+    #[arg(long)]
+    no_prewarm: bool,
 }
 
 impl HubArgs {
@@ -234,6 +239,7 @@ impl HubArgs {
             },
             tier_fallback_after: self.tier_fallback_after,
             offline: self.offline,
+            prewarm: !self.no_prewarm,
             ..core::Config::default()
         })
     }

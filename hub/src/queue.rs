@@ -89,6 +89,9 @@ pub struct Lease {
     /// and the model.
     pub endpoint_id: Option<String>,
     pub model: Option<String>,
+    /// Requests already in flight on that endpoint when this one was placed (to learn how many
+    /// it runs at once).
+    pub beside: u32,
 }
 
 /// Why a message about a task was refused.
@@ -158,6 +161,13 @@ impl Queue {
     /// The distinct needs of blocked tasks.
     pub fn blocked_needs(&self) -> impl Iterator<Item = &Need> {
         self.blocked_by_need.keys()
+    }
+
+    /// The oldest `per_set` ready tasks of each lane and blocked tasks of each need (task ids
+    /// sort by submit time): a bounded look at what waits.
+    pub fn waiting_sample(&self, per_set: usize) -> impl Iterator<Item = TaskId> + '_ {
+        let ready = self.lanes.iter().flat_map(move |lane| lane.iter().take(per_set).copied());
+        ready.chain(self.blocked_by_need.values().flat_map(move |ids| ids.iter().take(per_set).copied()))
     }
 
     /// Moves the blocked tasks whose need `serves` says yes to back to ready; returns how many.
@@ -375,6 +385,7 @@ mod tests {
             expires_at,
             endpoint_id: None,
             model: None,
+            beside: 0,
         }
     }
 

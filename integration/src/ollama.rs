@@ -2,7 +2,8 @@
 //! shapes Ollama sends, models that can be loaded and unloaded, and failure on demand; and
 //! `POST /api/chat` streaming NDJSON chunks as Ollama does (a scripted reply, its timings, a
 //! load time for a cold model, an error line after HTTP 200 on demand, or when the last turn
-//! is "fail").
+//! is "fail"); and `POST /api/generate` without a prompt, Ollama's preload, answered as Ollama
+//! does once the model is loaded (its load time when cold).
 //! It counts the checks it serves, so tests can reason in check cycles rather than seconds.
 
 use std::collections::HashMap;
@@ -82,6 +83,8 @@ struct Inner {
     chats: Vec<Value>,
     /// When each chat arrived, by the content of its last turn.
     arrivals: HashMap<String, std::time::Instant>,
+    /// Bodies of the preloads received, oldest first.
+    preloads: Vec<Value>,
 }
 
 #[derive(Clone, Default)]
@@ -112,6 +115,7 @@ impl OllamaDouble {
             .route("/api/tags", get(tags))
             .route("/api/ps", get(ps))
             .route("/api/chat", post(chat))
+            .route("/api/generate", post(generate))
             .with_state(shared.clone());
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true); // As Ollama (Go) does.
@@ -156,6 +160,16 @@ impl OllamaDouble {
     /// When the chat whose last turn was `content` arrived.
     pub fn arrived(&self, content: &str) -> Option<std::time::Instant> {
         self.shared.inner.lock().expect("lock").arrivals.get(content).copied()
+    }
+
+    /// The preloads received (`/api/generate` bodies), oldest first.
+    pub fn preloads(&self) -> Vec<Value> {
+        self.shared.inner.lock().expect("lock").preloads.clone()
+    }
+
+    /// Whether a model is loaded now.
+    pub fn is_loaded(&self, name: &str) -> bool {
+        self.shared.inner.lock().expect("lock").models.iter().any(|m| m.name == name && m.loaded_vram.is_some())
     }
 
     pub fn chats(&self) -> Vec<Value> {
@@ -245,6 +259,45 @@ async fn ps(State(shared): State<Shared>) -> Response {
         })
         .collect();
     Json(json!({ "models": models })).into_response()
+}
+
+/// `POST /api/generate` with no prompt: a preload. Loads the model (taking the script's load
+/// time when it is cold) and answers as Ollama does, `done_reason: "load"`. Generating is not
+/// what the double is for: a prompt is refused.
+async fn generate(State(shared): State<Shared>, Json(body): Json<Value>) -> Response {
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    let (cold, load_time) = {
+        let mut inner = shared.inner.lock().expect("lock");
+        if inner.failing {
+            return failure();
+        }
+        if body["prompt"].as_str().is_some_and(|p| !p.is_empty()) {
+            let error = json!({ "error": "the Ollama double answers /api/generate only to preload a model" });
+            return (StatusCode::BAD_REQUEST, Json(error)).into_response();
+        }
+        inner.preloads.push(body.clone());
+        let load_time = inner.script.load_time;
+        let Some(found) = inner.models.iter().find(|m| m.name == model) else {
+            let error = json!({ "error": format!("model '{model}' not found") });
+            return (StatusCode::NOT_FOUND, Json(error)).into_response();
+        };
+        (found.loaded_vram.is_none(), load_time)
+    };
+    if cold {
+        tokio::time::sleep(load_time).await;
+        let mut inner = shared.inner.lock().expect("lock");
+        if let Some(m) = inner.models.iter_mut().find(|m| m.name == model) {
+            m.loaded_vram = Some(m.size);
+        }
+    }
+    let answer = json!({
+        "model": model,
+        "created_at": "2025-10-02T10:00:00.123456789Z",
+        "response": "",
+        "done": true,
+        "done_reason": "load",
+    });
+    Json(answer).into_response()
 }
 
 /// Counts a stream as abandoned unless it was read to its end.

@@ -398,3 +398,52 @@ async fn a_cost_budget_stops_claude_work_at_the_placed_models_price() {
     assert_eq!(done["outcome"]["usage"]["output_tokens"], 7, "{done}");
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_is_prewarmed_while_its_task_waits_for_an_agent_and_the_task_then_runs_warm() {
+    // One sidecar with one slot, busy with shell work; its Ollama has the model cold (200 MB:
+    // priced as a 0.1 s load), and the double takes 0.3 s to load it.
+    let size = 200_000_000;
+    let double = OllamaDouble::start(vec![FakeModel::new(MODEL, size, "llama", "3.2B")]).await;
+    double.script(ChatScript { load_time: Duration::from_millis(300), ..ChatScript::default() });
+    let mesh = start_mesh(|_| {}, 1, ollama_at(&double)).await;
+    assert_eventually!(
+        {
+            let (_, list) = mesh.api.request(reqwest::Method::GET, "/api/v1/endpoints", None).await;
+            list["endpoints"][0]["healthy"] == true
+        },
+        PATIENCE,
+        "the inventory reached the hub"
+    );
+    let busy = mesh.api.submit(agentcom_integration::shell("sleep 3")).await;
+    let busy_id = busy["id"].as_str().unwrap().to_owned();
+    assert_eventually!(mesh.api.get(&busy_id).await["state"] == "running", PATIENCE, "the shell task runs");
+    let body = json!({ "llm": { "prompt": "hi", "model": MODEL, "max_tokens": 8, "keep_alive": "30m" } });
+    let task = mesh.api.submit(body).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+
+    // It waits longer than the load takes: the hub asks the sidecar to load the model, which
+    // it does with an Ollama preload (no prompt, the task's keep_alive).
+    assert_eventually!(double.preloads().len() == 1, PATIENCE, "a pre-warm reached Ollama");
+    let preload = &double.preloads()[0];
+    assert_eq!((preload["model"].as_str(), preload["keep_alive"].as_str()), (Some(MODEL), Some("30m")), "{preload}");
+    assert!(preload.get("prompt").is_none(), "{preload}");
+    assert_eventually!(double.is_loaded(MODEL), PATIENCE, "the model loaded");
+    let (_, decisions) = mesh.api.request(reqwest::Method::GET, &format!("/api/v1/tasks/{id}/decision"), None).await;
+    let prewarm = decisions["decisions"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["kind"] == "prewarm"))
+        .unwrap_or_else(|| panic!("no pre-warm decision: {decisions}"));
+    assert!(prewarm["reason"].as_str().unwrap().starts_with("pre-warm: asked test-sidecar-0 to load"), "{prewarm}");
+    let (_, queue) = mesh.api.request(reqwest::Method::GET, "/api/v1/queue", None).await;
+    assert_eq!(queue["queue"]["prewarms"], 1, "{queue}");
+
+    // Once the shell task ends, the waiting task runs on the model already warm.
+    let done = mesh.api.wait_final(&id, PATIENCE).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(mesh.api.wait_final(&busy_id, PATIENCE).await["state"], "succeeded");
+    assert_eq!(double.chats().len(), 1);
+    assert_eq!(done["outcome"]["usage"]["load_ms"].as_u64().unwrap_or(0), 0, "it ran warm: {done}");
+    assert_eq!(double.preloads().len(), 1, "one pre-warm");
+    mesh.stop().await;
+}

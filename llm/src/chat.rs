@@ -86,7 +86,7 @@ impl Request {
                     body["format"] = json!("json");
                 }
                 if let Some(keep_alive) = &self.keep_alive {
-                    body["keep_alive"] = json!(keep_alive);
+                    body["keep_alive"] = crate::keep_alive_json(keep_alive);
                 }
                 body
             }

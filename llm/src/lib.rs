@@ -77,6 +77,46 @@ pub async fn probe_openai(client: &reqwest::Client, base_url: &str, api_key: Opt
     }
 }
 
+/// How long a preload may take: Ollama gives up on a load after 5 minutes (`OLLAMA_LOAD_TIMEOUT`).
+pub const PRELOAD_TIMEOUT: Duration = Duration::from_secs(330);
+
+/// Loads `model` into memory on the Ollama server at `base_url` without generating anything
+/// (a preload: `POST /api/generate` with the model and no prompt), kept there for `keep_alive`
+/// (the server's default when `None`). Returns how long the load took, from the request to its
+/// answer.
+pub async fn preload_ollama(
+    client: &reqwest::Client,
+    base_url: &str,
+    model: &str,
+    keep_alive: Option<&str>,
+) -> Result<Duration, String> {
+    let url = format!("{}/api/generate", base_url.trim_end_matches('/'));
+    let mut body = serde_json::json!({ "model": model, "stream": false });
+    if let Some(keep_alive) = keep_alive {
+        body["keep_alive"] = keep_alive_json(keep_alive);
+    }
+    let started = std::time::Instant::now();
+    let sent = client.post(&url).timeout(PRELOAD_TIMEOUT).json(&body).send().await;
+    let response = sent.map_err(|err| format!("POST {url}: {}", describe(&err)))?;
+    let status = response.status();
+    let answer = response.bytes().await.map_err(|err| format!("POST {url}: {}", describe(&err)))?;
+    let took = started.elapsed();
+    let detail = serde_json::from_slice::<ErrorBody>(&answer).map(|e| e.error).unwrap_or_default();
+    if !status.is_success() || !detail.is_empty() {
+        return Err(format!("POST {url}: HTTP {status} {detail}").trim_end().to_owned());
+    }
+    Ok(took)
+}
+
+/// Ollama's `keep_alive` as sent: seconds as a number (Ollama reads a string with Go's duration
+/// syntax, in which "3600" has no unit), anything else as text ("10m", "-1m").
+pub fn keep_alive_json(keep_alive: &str) -> serde_json::Value {
+    match keep_alive.parse::<i64>() {
+        Ok(seconds) => seconds.into(),
+        Err(_) => keep_alive.into(),
+    }
+}
+
 async fn get_json(client: &reqwest::Client, url: String, bearer: Option<&str>) -> Result<Vec<u8>, String> {
     let mut request = client.get(&url);
     if let Some(key) = bearer {
@@ -231,6 +271,14 @@ mod tests {
     const VERSION: &str = r#"{"version":"0.12.6"}"#;
     const TAGS: &str = r#"{"models":[{"name":"llama3.2:3b","model":"llama3.2:3b","modified_at":"2025-10-02T09:13:44.529353872+02:00","size":2019393189,"digest":"a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72","details":{"parent_model":"","format":"gguf","family":"llama","families":["llama"],"parameter_size":"3.2B","quantization_level":"Q4_K_M"}},{"name":"qwen2.5-coder:7b","model":"qwen2.5-coder:7b","modified_at":"2025-09-30T18:01:02.1234+02:00","size":4683087332,"digest":"2b0496514337a3d5901f1d253d01726c890b721e891335a56d6e08cedf3e2cb0","details":{"parent_model":"","format":"gguf","family":"qwen2","families":["qwen2"],"parameter_size":"7.6B","quantization_level":"Q4_K_M"}}]}"#;
     const PS: &str = r#"{"models":[{"name":"qwen2.5-coder:7b","model":"qwen2.5-coder:7b","size":6654289920,"digest":"2b0496514337a3d5901f1d253d01726c890b721e891335a56d6e08cedf3e2cb0","details":{"parent_model":"","format":"gguf","family":"qwen2","families":["qwen2"],"parameter_size":"7.6B","quantization_level":"Q4_K_M"},"expires_at":"2025-10-02T10:20:31.83753-07:00","size_vram":5832763392,"context_length":4096}]}"#;
+
+    #[test]
+    fn keep_alive_goes_as_seconds_when_it_is_a_number_and_as_a_duration_otherwise() {
+        assert_eq!(keep_alive_json("3600"), serde_json::json!(3600));
+        assert_eq!(keep_alive_json("-1"), serde_json::json!(-1));
+        assert_eq!(keep_alive_json("10m"), serde_json::json!("10m"));
+        assert_eq!(keep_alive_json("0"), serde_json::json!(0));
+    }
 
     #[test]
     fn ollama_answers_join_into_warm_and_cold_models() {

@@ -39,10 +39,31 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// What a job reports while it runs.
 enum JobEvent {
-    Started { task_id: String, lease_generation: u64, pid: u32 },
-    Output { task_id: String, lease_generation: u64, stream: Stream, offset: u64, data: Vec<u8> },
-    Progress { task_id: String, lease_generation: u64, blocked: bool, message: String },
-    Finished { task_id: String, lease_generation: u64, outcome: Box<Outcome> },
+    Started {
+        task_id: String,
+        lease_generation: u64,
+        pid: u32,
+    },
+    Output {
+        task_id: String,
+        lease_generation: u64,
+        stream: Stream,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    Progress {
+        task_id: String,
+        lease_generation: u64,
+        blocked: bool,
+        message: String,
+    },
+    Finished {
+        task_id: String,
+        lease_generation: u64,
+        outcome: Box<Outcome>,
+    },
+    /// A preload the hub asked for ended.
+    Preloaded(pb::Preloaded),
 }
 
 struct JobSink {
@@ -388,6 +409,7 @@ impl Link {
                 let _ = outbound.try_send(pb::SidecarMessage { msg: Some(SideMsg::Progress(progress)) });
                 return Ok(());
             }
+            JobEvent::Preloaded(preloaded) => SideMsg::Preloaded(preloaded),
             JobEvent::Finished { task_id, lease_generation, outcome } => {
                 if self.running.remove(&task_id).is_some_and(|job| job.abandoned) {
                     return Ok(());
@@ -418,6 +440,7 @@ impl Link {
                 }
             }
             HubMsg::Welcome(_) => warn!("ignoring a second welcome"),
+            HubMsg::Preload(preload) => self.preload(preload),
             HubMsg::Drain(drain) => match drain.deadline_unix_ms {
                 0 => info!("cordoned by the hub: no new work; running tasks go on"),
                 deadline => {
@@ -425,6 +448,40 @@ impl Link {
                 }
             },
         }
+    }
+
+    /// Loads a model on one of this sidecar's Ollama endpoints, as the hub asked (a pre-warm),
+    /// then reports how it went and checks the endpoints at once, so the hub sees it warm.
+    fn preload(&self, preload: pb::Preload) {
+        let Some(latest) = &self.latest else { return };
+        let url = latest.models.borrow().as_ref().and_then(|endpoints| {
+            let endpoint = endpoints.iter().find(|e| e.id == preload.endpoint_id)?;
+            (endpoint.kind == agentcom_types::fleet::EndpointKind::Ollama).then(|| endpoint.url.clone())
+        });
+        let (events, recheck) = (self.events_tx.clone(), latest.recheck.clone());
+        tokio::spawn(async move {
+            let pb::Preload { endpoint_id, model, keep_alive } = preload;
+            let keep_alive = (!keep_alive.is_empty()).then_some(keep_alive);
+            info!(endpoint_id, model, "pre-warming a model, as the hub asked");
+            let loaded = match &url {
+                Some(url) => {
+                    agentcom_llm::preload_ollama(&agentcom_llm::client(), url, &model, keep_alive.as_deref()).await
+                }
+                None => Err(format!("no Ollama endpoint {endpoint_id} here")),
+            };
+            let preloaded = match loaded {
+                Ok(took) => {
+                    info!(endpoint_id, model, load_ms = took.as_millis() as u64, "pre-warmed a model");
+                    pb::Preloaded { endpoint_id, model, load_ms: took.as_millis() as u64, error: String::new() }
+                }
+                Err(error) => {
+                    warn!(endpoint_id, model, error, "a pre-warm failed");
+                    pb::Preloaded { endpoint_id, model, load_ms: 0, error }
+                }
+            };
+            recheck.notify_one();
+            let _ = events.send(JobEvent::Preloaded(preloaded)).await;
+        });
     }
 
     fn start(&mut self, assign: pb::Assign) {
@@ -462,7 +519,7 @@ impl Link {
 
 /// The next report that changed, as a message; pending forever without reporters.
 async fn next_report(latest: &mut Option<Latest>) -> Option<SideMsg> {
-    let Some(Latest { resources, models }) = latest else { return std::future::pending().await };
+    let Some(Latest { resources, models, .. }) = latest else { return std::future::pending().await };
     loop {
         tokio::select! {
             changed = resources.changed() => {

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use agentcom_llm as llm;
 use agentcom_types::fleet::{Endpoint, EndpointKind, Model, Owner, Resources};
-use tokio::sync::watch;
+use std::sync::Arc;
+
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -100,6 +102,9 @@ pub(crate) struct Latest {
     pub(crate) resources: watch::Receiver<Option<Resources>>,
     /// The endpoints, owned by this sidecar.
     pub(crate) models: watch::Receiver<Option<Vec<Endpoint>>>,
+    /// Asks the model reporter to check its endpoints now (after a preload) rather than at its
+    /// next tick.
+    pub(crate) recheck: Arc<Notify>,
 }
 
 /// Starts both reporters; they stop with `stop`.
@@ -108,8 +113,9 @@ pub(crate) fn start(sidecar_id: &str, settings: Settings, stop: CancellationToke
     let (models_tx, models) = watch::channel(None);
     tokio::spawn(report_resources(settings.clone(), resources_tx, stop.clone()));
     let owner = Owner::Sidecar(sidecar_id.to_owned());
-    tokio::spawn(report_models(owner, settings, models_tx, stop));
-    Latest { resources, models }
+    let recheck = Arc::new(Notify::new());
+    tokio::spawn(report_models(owner, settings, models_tx, recheck.clone(), stop));
+    Latest { resources, models, recheck }
 }
 
 async fn report_resources(settings: Settings, latest: watch::Sender<Option<Resources>>, stop: CancellationToken) {
@@ -143,6 +149,7 @@ async fn report_models(
     owner: Owner,
     settings: Settings,
     latest: watch::Sender<Option<Vec<Endpoint>>>,
+    recheck: Arc<Notify>,
     stop: CancellationToken,
 ) {
     let mut settings = settings;
@@ -158,6 +165,7 @@ async fn report_models(
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            _ = recheck.notified() => {}
             _ = stop.cancelled() => return,
         }
         let mut inventory = check_all(&client, &owner, &settings).await;

@@ -598,6 +598,7 @@ pub fn endpoint_to_pb(endpoint: &fleet::Endpoint) -> pb::LlmEndpoint {
         checked_unix_ms: endpoint.checked_unix_ms,
         models: endpoint.models.iter().map(model_to_pb).collect(),
         parallel: endpoint.parallel,
+        parallel_learned: 0,
     }
 }
 

@@ -277,10 +277,12 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _request: Request<pb::ListEndpointsRequest>,
     ) -> Result<Response<pb::ListEndpointsResponse>, Status> {
-        let endpoints = self.hub.endpoints().await.map_err(status)?;
-        Ok(Response::new(pb::ListEndpointsResponse {
-            endpoints: endpoints.iter().map(convert::endpoint_to_pb).collect(),
-        }))
+        let endpoints = self.hub.endpoint_listing().await.map_err(status)?;
+        let listed = |(e, learned): &(_, Option<u32>)| pb::LlmEndpoint {
+            parallel_learned: learned.unwrap_or(0),
+            ..convert::endpoint_to_pb(e)
+        };
+        Ok(Response::new(pb::ListEndpointsResponse { endpoints: endpoints.iter().map(listed).collect() }))
     }
 
     async fn add_endpoint(
@@ -392,6 +394,12 @@ fn message_from_pb(sidecar_id: &str, message: pb::sidecar_message::Msg) -> Resul
         Msg::Models(inventory) => {
             FromSidecar::Models(convert::inventory_from_pb(sidecar_id, inventory).map_err(invalid)?)
         }
+        Msg::Preloaded(preloaded) => FromSidecar::Preloaded {
+            endpoint_id: preloaded.endpoint_id.chars().take(256).collect(),
+            model: preloaded.model.chars().take(256).collect(),
+            load_ms: preloaded.load_ms,
+            error: (!preloaded.error.is_empty()).then(|| preloaded.error.chars().take(1024).collect()),
+        },
     };
     Ok(Some(message))
 }
@@ -459,6 +467,9 @@ fn to_pb(message: ToSidecar) -> pb::HubMessage {
         }
         ToSidecar::Drain { deadline_unix_ms } => {
             Msg::Drain(pb::Drain { deadline_unix_ms: deadline_unix_ms.unwrap_or(0) })
+        }
+        ToSidecar::Preload { endpoint_id, model, keep_alive } => {
+            Msg::Preload(pb::Preload { endpoint_id, model, keep_alive: keep_alive.unwrap_or_default() })
         }
     };
     pb::HubMessage { msg: Some(msg) }

@@ -49,6 +49,9 @@ pub struct Config {
     pub tier_fallback_after: Duration,
     /// No task goes to a cloud provider (`--offline`).
     pub offline: bool,
+    /// Load a model ahead of tasks that have waited longer than its load time, where a host
+    /// has it cold and room for it (`--no-prewarm` turns it off).
+    pub prewarm: bool,
 }
 
 impl Default for Config {
@@ -70,6 +73,7 @@ impl Default for Config {
             tier_models: crate::sched::TierModels::default(),
             tier_fallback_after: Duration::from_secs(30),
             offline: false,
+            prewarm: true,
         }
     }
 }
@@ -170,6 +174,13 @@ pub enum FromSidecar {
     Resources(Box<fleet::Resources>),
     /// The sidecar's whole inventory of endpoints, ids and owners already set.
     Models(Vec<Endpoint>),
+    /// How a pre-warm the hub asked for went: the model's load time, or why it failed.
+    Preloaded {
+        endpoint_id: String,
+        model: String,
+        load_ms: u64,
+        error: Option<String>,
+    },
 }
 
 /// An attempt the core gives a sidecar.
@@ -201,6 +212,12 @@ pub enum ToSidecar {
     Drain {
         deadline_unix_ms: Option<UnixMs>,
     },
+    /// Load a model on one of its endpoints ahead of the tasks that wait for it.
+    Preload {
+        endpoint_id: String,
+        model: String,
+        keep_alive: Option<String>,
+    },
 }
 
 /// Counts that describe the queue now.
@@ -218,6 +235,8 @@ pub struct QueueStats {
     pub blocked: usize,
     /// Tasks moved to another tier since the hub started.
     pub tier_fallbacks: u64,
+    /// Models loaded ahead of their waiting tasks (pre-warms asked for) since the hub started.
+    pub prewarms: u64,
 }
 
 /// A placement decision kept for `explain`.
@@ -245,6 +264,8 @@ pub enum RecordedKind {
     Placed,
     /// The task moved to another tier.
     Fallback,
+    /// Its model was loaded ahead of it somewhere (a pre-warm).
+    Prewarm,
 }
 
 impl RecordedKind {
@@ -252,6 +273,7 @@ impl RecordedKind {
         match self {
             RecordedKind::Placed => "placed",
             RecordedKind::Fallback => "fallback",
+            RecordedKind::Prewarm => "prewarm",
         }
     }
 }
@@ -372,7 +394,7 @@ pub enum Event {
         reply: Reply<Option<HostView>>,
     },
     Endpoints {
-        reply: Reply<Vec<Endpoint>>,
+        reply: Reply<Vec<(Endpoint, Option<u32>)>>,
     },
     AddEndpoint {
         url: String,
@@ -527,6 +549,11 @@ impl Handle {
     }
 
     pub async fn endpoints(&self) -> Result<Vec<Endpoint>, Error> {
+        Ok(self.endpoint_listing().await?.into_iter().map(|(e, _)| e).collect())
+    }
+
+    /// The registry, each endpoint with the parallelism learned for it (if it says none).
+    pub async fn endpoint_listing(&self) -> Result<Vec<(Endpoint, Option<u32>)>, Error> {
         self.ask(|reply| Event::Endpoints { reply }).await
     }
 
@@ -629,6 +656,7 @@ impl State {
                     stale_messages_refused: self.stale_messages,
                     blocked: self.queue.n_blocked(),
                     tier_fallbacks: self.tier_fallbacks,
+                    prewarms: self.prewarms,
                 });
             }
             Event::Explain { id, reply } => {
@@ -660,7 +688,8 @@ impl State {
                 let _ = reply.send(self.host_view(&id, true));
             }
             Event::Endpoints { reply } => {
-                let _ = reply.send(self.registry.iter().cloned().collect());
+                let learned = |e: &Endpoint| if e.parallel == 0 { self.learned.parallel(&e.id) } else { None };
+                let _ = reply.send(self.registry.iter().map(|e| (e.clone(), learned(e))).collect());
             }
             Event::AddEndpoint { url, kind, reply } => self.add_endpoint(url, kind, reply),
             Event::RemoveEndpoint { id, reply } => self.remove_endpoint(id, reply),

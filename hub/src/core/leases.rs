@@ -28,6 +28,9 @@ impl State {
         sidecar.last_seen.fetch_max(now, Ordering::Relaxed);
         let ttl = self.config.lease_ttl.as_millis() as i64;
         match message {
+            FromSidecar::Preloaded { endpoint_id, model, load_ms, error } => {
+                self.preloaded(sidecar_id, &endpoint_id, &model, load_ms, error, now);
+            }
             FromSidecar::Heartbeat { running } => {
                 for run in running {
                     if let Err(fence) = self.queue.renew(run.task_id, run.lease_generation, sidecar_id, now, ttl) {
@@ -69,12 +72,17 @@ impl State {
                     self.refuse(sidecar_id, task_id, lease_generation, fence, "finished");
                     return;
                 }
-                self.release(task_id, now);
+                let lease = self.release(task_id, now);
                 let task = self.tasks.get_mut(&task_id).expect("a leased task exists");
                 let mut outcome = outcome;
                 if let Some(usage) = &mut outcome.usage {
                     usage.cost_micros = self.config.prices.cost_micros(usage);
                     self.learned.observe(sidecar_id, &usage.model, usage.load_ms, usage.output_tokens_per_s);
+                    if let (Some(lease), Some(ttft_ms)) = (&lease, usage.ttft_ms)
+                        && let Some(endpoint_id) = &lease.endpoint_id
+                    {
+                        self.learned.observe_concurrency(endpoint_id, lease.beside, ttft_ms, usage.load_ms);
+                    }
                 }
                 // Past its budget, whoever noticed: final, with the output so far.
                 let over = over_budget(&outcome, &task.spec.limits);
@@ -203,6 +211,7 @@ impl State {
         self.queue.promote_due(now);
         self.expire(now);
         self.fall_back(now);
+        self.prewarm(now);
         if now - self.last_key_sweep >= KEY_SWEEP_INTERVAL_MS {
             self.last_key_sweep = now;
             let retention = self.config.idempotency_retention.as_millis() as i64;

@@ -105,6 +105,11 @@ pub(crate) struct State {
     /// Blocked tasks placed by their tier's model, for the tier fallback.
     tier_waits: HashMap<TaskId, placing::TierWait>,
     tier_fallbacks: u64,
+    /// Pre-warms asked for and not yet answered, by model.
+    preloads: HashMap<String, placing::Preloading>,
+    prewarms: u64,
+    /// When the waiting tasks are next looked at for pre-warming.
+    next_prewarm_scan: UnixMs,
     /// Placement decisions of recent tasks, for `explain`.
     decisions: placing::Decisions,
 }
@@ -136,6 +141,9 @@ impl State {
             learned: crate::sched::Learned::default(),
             tier_waits: HashMap::new(),
             tier_fallbacks: 0,
+            preloads: HashMap::new(),
+            prewarms: 0,
+            next_prewarm_scan: 0,
             decisions: placing::Decisions::default(),
         }
     }

@@ -1,13 +1,13 @@
 //! The core's placement side: dispatch through the scheduler, the blocked set and what unblocks
 //! it, the tier fallback, and the decisions kept for `explain` and `why`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use tracing::info;
+use tracing::{debug, info, warn};
 
 use super::State;
 use super::commit::AfterCommit;
-use super::handle::{Error, Recorded, RecordedKind, WhyAnswer};
+use super::handle::{Error, Recorded, RecordedKind, ToSidecar, WhyAnswer};
 use super::sessions::{Sidecar, move_agent};
 use crate::agent::AgentEvent;
 use crate::domain::*;
@@ -72,6 +72,23 @@ impl Decisions {
     }
 }
 
+/// Waiting tasks are looked at for pre-warming at most this often.
+const PREWARM_SCAN_EVERY_MS: i64 = 1_000;
+/// Of each ready lane and each blocked need, the oldest tasks looked at for pre-warming.
+const PREWARM_SAMPLE: usize = 256;
+/// A pre-warm not answered by then is forgotten (Ollama gives up on a load after 5 minutes).
+const PRELOAD_TIMEOUT_MS: i64 = 6 * 60_000;
+/// A pre-warm is recorded as a decision of this many of the oldest tasks it is for.
+const PREWARM_RECORDED_ON: usize = 16;
+
+/// A pre-warm asked for and not yet answered.
+#[derive(Debug)]
+pub(super) struct Preloading {
+    sidecar_id: String,
+    endpoint_id: String,
+    since: UnixMs,
+}
+
 /// A task placed by its tier's model that could not be placed: since when, at which tier, and
 /// the tiers it has left.
 #[derive(Debug)]
@@ -126,8 +143,11 @@ impl State {
             task.outcome = None;
             task.set_state(TaskState::Dispatched, "", now);
             let (lease_generation, attempt) = (task.lease_generation, task.attempt);
+            let mut beside = 0;
             if let Some(endpoint) = &endpoint_id {
-                *self.in_flight.entry(endpoint.clone()).or_default() += 1;
+                let in_flight = self.in_flight.entry(endpoint.clone()).or_default();
+                beside = *in_flight;
+                *in_flight += 1;
             }
             let lease = Lease {
                 generation: lease_generation,
@@ -136,6 +156,7 @@ impl State {
                 expires_at: now + ttl,
                 endpoint_id,
                 model,
+                beside,
             };
             self.queue.grant(task_id, lease);
             let recorded = Recorded { at: now, attempt, kind: RecordedKind::Placed, note: None, explanation };
@@ -235,6 +256,130 @@ impl State {
             let recorded = Recorded { at: now, attempt, kind: RecordedKind::Fallback, note, explanation };
             self.decisions.keep(task_id, recorded);
             self.queue.unblock_task(task_id);
+        }
+    }
+
+    /// Loads a model ahead of its tasks where [`sched::prewarm::target`] says, once a second:
+    /// the oldest waiting tasks (a sample of each lane and blocked need) are grouped by model,
+    /// and each model with no pre-warm under way is looked at. The pre-warm is recorded as a
+    /// decision of the oldest of its tasks.
+    pub(super) fn prewarm(&mut self, now: UnixMs) {
+        if !self.config.prewarm || self.shutting_down || now < self.next_prewarm_scan {
+            return;
+        }
+        self.next_prewarm_scan = now + PREWARM_SCAN_EVERY_MS;
+        let sidecars = &self.sidecars;
+        self.preloads.retain(|_, p| {
+            p.since + PRELOAD_TIMEOUT_MS > now && sidecars.get(&p.sidecar_id).is_some_and(|s| s.is_open())
+        });
+        if self.queue.n_ready() + self.queue.n_blocked() == 0 {
+            return;
+        }
+        let mut by_model: BTreeMap<String, Vec<TaskId>> = BTreeMap::new();
+        {
+            let fleet = fleet!(self);
+            for id in self.queue.waiting_sample(PREWARM_SAMPLE) {
+                let Some(model) = self.tasks.get(&id).and_then(|task| sched::model_of(task, &fleet)) else { continue };
+                by_model.entry(model.to_owned()).or_default().push(id);
+            }
+        }
+        for (model, mut ids) in by_model {
+            if self.preloads.contains_key(&model) {
+                continue;
+            }
+            // Longest waiting first: a task is ready since its last change of state.
+            ids.sort_by_key(|id| (self.tasks[id].updated_unix_ms, *id));
+            let oldest = &self.tasks[&ids[0]];
+            let waited = now - oldest.updated_unix_ms;
+            // Warm copies with nothing in flight wait for agents, not loads: no more are made
+            // than there are tasks to use them.
+            let in_flight = &self.in_flight;
+            let copies = self
+                .registry
+                .offering(&model)
+                .filter(|e| !in_flight.contains_key(&e.id) && e.models.iter().any(|m| m.name == model && m.loaded));
+            let fleet = fleet!(self);
+            let Some(target) = sched::prewarm::target(oldest, &model, ids.len(), copies.count(), waited, &fleet) else {
+                continue;
+            };
+            let explanation = sched::explain(oldest, &fleet, now);
+            let keep_alive = match &oldest.spec.work {
+                Work::Llm(llm) => llm.keep_alive.clone(),
+                _ => None,
+            };
+            let note = format!(
+                "pre-warm: asked {} to load {} on {} (cold there, fits its free memory, nothing in flight): \
+                 {} waiting task(s) waited up to {:.1} s, longer than its load time there ({:.1} s)",
+                target.sidecar_id,
+                model,
+                target.endpoint_id,
+                ids.len(),
+                waited as f64 / 1000.0,
+                target.load_ms / 1000.0,
+            );
+            info!(
+                model,
+                sidecar_id = target.sidecar_id,
+                endpoint_id = target.endpoint_id,
+                waiting = ids.len(),
+                waited_ms = waited,
+                load_ms = target.load_ms as u64,
+                "pre-warming a model"
+            );
+            for id in ids.iter().take(PREWARM_RECORDED_ON) {
+                let attempt = self.tasks[id].attempt + 1;
+                let recorded = Recorded {
+                    at: now,
+                    attempt,
+                    kind: RecordedKind::Prewarm,
+                    note: Some(note.clone()),
+                    explanation: explanation.clone(),
+                };
+                self.decisions.keep(*id, recorded);
+            }
+            let preloading = Preloading {
+                sidecar_id: target.sidecar_id.clone(),
+                endpoint_id: target.endpoint_id.clone(),
+                since: now,
+            };
+            self.preloads.insert(model.clone(), preloading);
+            self.prewarms += 1;
+            let preload = ToSidecar::Preload { endpoint_id: target.endpoint_id, model, keep_alive };
+            self.send_to(&target.sidecar_id, preload);
+        }
+    }
+
+    /// A sidecar answered a pre-warm the hub asked it for: its load time is learned (the model
+    /// shows as warm with the sidecar's next inventory, which it sends at once). After a failure
+    /// the model is not pre-warmed again until the pre-warm would have timed out, so a load that
+    /// cannot succeed is not retried every second. Answers nobody asked for are ignored.
+    pub(super) fn preloaded(
+        &mut self,
+        sidecar_id: &str,
+        endpoint_id: &str,
+        model: &str,
+        load_ms: u64,
+        error: Option<String>,
+        now: UnixMs,
+    ) {
+        let asked = self.preloads.get_mut(model).filter(|p| p.sidecar_id == sidecar_id && p.endpoint_id == endpoint_id);
+        let Some(asked) = asked else {
+            debug!(model, sidecar_id, endpoint_id, "ignored the answer to a pre-warm not asked for");
+            return;
+        };
+        match error {
+            None => {
+                info!(model, sidecar_id, endpoint_id, load_ms, "pre-warmed a model");
+                self.preloads.remove(model);
+                self.learned.observe(sidecar_id, model, Some(load_ms), None);
+            }
+            Some(error) => {
+                warn!(
+                    model,
+                    sidecar_id, endpoint_id, error, "a pre-warm failed; not trying the model again for a while"
+                );
+                asked.since = now;
+            }
         }
     }
 
@@ -386,5 +531,9 @@ impl sched::FleetView for Fleet<'_> {
 
     fn offline(&self) -> bool {
         self.config.offline
+    }
+
+    fn cordoned(&self, sidecar_id: &str) -> bool {
+        self.cordons.contains_key(sidecar_id)
     }
 }

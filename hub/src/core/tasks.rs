@@ -36,6 +36,7 @@ impl State {
                         expires_at: now + ttl,
                         endpoint_id: None,
                         model: None,
+                        beside: 0,
                     };
                     self.queue.grant(task.id, lease);
                     n_leased += 1;

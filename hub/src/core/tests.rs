@@ -411,3 +411,155 @@ fn a_blocked_task_runs_once_a_sidecar_reports_its_model() {
     hub.report("local", FromSidecar::Models(vec![endpoint]));
     assert_eq!(hub.assigned("local"), vec![(id, 1)], "the inventory change unblocked it");
 }
+
+/// The sidecar `spare`: shell and LLM work, one slot, `m` (1 GB: half a second to load by
+/// default) cold on its Ollama, 8 GB of RAM free and no GPUs.
+fn join_spare(hub: &mut Harness, loaded: bool) -> String {
+    use crate::fleet::{Endpoint, EndpointKind, Model, Owner, Resources};
+    if !hub.sessions.contains_key("spare") {
+        hub.join("spare", 1, Vec::new());
+        hub.state.sidecars.get_mut("spare").unwrap().hello.capabilities = vec!["shell".into(), "llm".into()];
+        let free = Resources { memory_available_bytes: 8_000_000_000, ..Resources::default() };
+        hub.report("spare", FromSidecar::Resources(Box::new(free)));
+    }
+    let mut endpoint = Endpoint::new(Owner::Sidecar("spare".into()), "http://spare:11434".into(), EndpointKind::Ollama);
+    endpoint.healthy = true;
+    endpoint.models = vec![Model { loaded, size_bytes: 1_000_000_000, ..Model::named("m") }];
+    let id = endpoint.id.clone();
+    hub.report("spare", FromSidecar::Models(vec![endpoint]));
+    id
+}
+
+fn preloads(hub: &Harness, sidecar_id: &str) -> Vec<(String, String, Option<String>)> {
+    let sent = hub.sent.get(sidecar_id).map(Vec::as_slice).unwrap_or_default();
+    sent.iter()
+        .filter_map(|m| match m {
+            ToSidecar::Preload { endpoint_id, model, keep_alive } => {
+                Some((endpoint_id.clone(), model.clone(), keep_alive.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_model_is_prewarmed_on_an_idle_host_once_its_task_waited_longer_than_the_load() {
+    let mut hub = llm_fleet();
+    let first = hub.submit(llm_spec(Tier::Standard));
+    assert_eq!(hub.assigned("local"), vec![(first, 1)]);
+    let endpoint = join_spare(&mut hub, false);
+    // The spare's only slot runs shell work; its GPU-less host has room for `m`.
+    let mut busy = shell();
+    busy.placement.host = "spare".into();
+    let busy = hub.submit(busy);
+    assert_eq!(hub.assigned("spare"), vec![(busy, 1)]);
+    let mut waiting = llm_spec(Tier::Standard);
+    if let Work::Llm(llm) = &mut waiting.work {
+        llm.keep_alive = Some("30m".into());
+    }
+    let waiting = hub.submit(waiting);
+    assert_eq!(hub.ask(|reply| Event::Why { id: waiting, reply }).unwrap().code, "all_busy");
+    // 0.4 s waited is less than the 0.5 s load: nothing yet.
+    let submitted = hub.now;
+    hub.tick_at(submitted + 400);
+    assert!(preloads(&hub, "spare").is_empty());
+    // 1.5 s is more: the spare is asked to load it, once.
+    hub.tick_at(submitted + 1_500);
+    assert_eq!(preloads(&hub, "spare"), vec![(endpoint.clone(), "m".to_owned(), Some("30m".to_owned()))]);
+    assert!(preloads(&hub, "local").is_empty(), "warm there already");
+    hub.tick_at(submitted + 3_000);
+    assert_eq!(preloads(&hub, "spare").len(), 1, "one pre-warm under way at a time");
+    assert_eq!(hub.ask(|reply| Event::Stats { reply }).prewarms, 1);
+    let decisions = hub.ask(|reply| Event::Explain { id: waiting, reply }).unwrap();
+    assert_eq!(decisions.len(), 1);
+    assert_eq!(decisions[0].kind, RecordedKind::Prewarm);
+    let reason = decisions[0].reason();
+    assert!(reason.starts_with("pre-warm: asked spare to load m on"), "{reason}");
+    assert!(reason.contains("waited up to 1.5 s, longer than its load time there (0.5 s)"), "{reason}");
+    // The sidecar answers with the load time, learned for later placements, and reports the
+    // model warm: when its slot frees, the waiting task runs there warm.
+    let preloaded = FromSidecar::Preloaded { endpoint_id: endpoint, model: "m".into(), load_ms: 450, error: None };
+    hub.report("spare", preloaded);
+    assert_eq!(hub.state.learned.get("spare", "m").load_ms, Some(450.0));
+    join_spare(&mut hub, true);
+    hub.finish("spare", busy, 1, 0);
+    assert_eq!(hub.assigned("spare"), vec![(busy, 1), (waiting, 1)]);
+    hub.tick_at(submitted + 10_000);
+    assert_eq!(preloads(&hub, "spare").len(), 1);
+}
+
+#[test]
+fn no_prewarm_on_a_hub_that_turned_it_off() {
+    let mut hub = llm_fleet();
+    hub.state.config.prewarm = false;
+    hub.submit(llm_spec(Tier::Standard));
+    join_spare(&mut hub, false);
+    let mut busy = shell();
+    busy.placement.host = "spare".into();
+    hub.submit(busy);
+    hub.submit(llm_spec(Tier::Standard));
+    let submitted = hub.now;
+    hub.tick_at(submitted + 5_000);
+    assert!(preloads(&hub, "spare").is_empty());
+}
+
+#[test]
+fn an_endpoints_parallelism_is_learned_from_requests_placed_beside_others() {
+    let mut hub = llm_fleet();
+    hub.join("local", 2, Vec::new()); // Two slots now, in front of the same Ollama.
+    hub.state.sidecars.get_mut("local").unwrap().hello.capabilities = vec!["shell".into(), "llm".into()];
+    let endpoint = hub.state.registry.iter().find(|e| e.kind == crate::fleet::EndpointKind::Ollama).unwrap().id.clone();
+    let mut named = llm_spec(Tier::Standard);
+    if let Work::Llm(llm) = &mut named.work {
+        llm.model = "m".into();
+    }
+    let (first, second) = (hub.submit(named.clone()), hub.submit(named));
+    assert_eq!(hub.assigned("local").len(), 2, "both on the one endpoint");
+    assert_eq!(hub.state.in_flight.get(&endpoint), Some(&2));
+    let finish = |hub: &mut Harness, id, ttft_ms| {
+        let usage = Usage { model: "m".into(), ttft_ms: Some(ttft_ms), ..Usage::default() };
+        let outcome = Outcome { exit: Exit::Code(0), usage: Some(usage), ..Outcome::empty() };
+        hub.report("local", FromSidecar::Finished { task_id: id, lease_generation: 1, outcome: Box::new(outcome) });
+    };
+    // The first ran alone (its usual first token: 40 ms); the second, placed beside it, got its
+    // first token on time: the endpoint runs two at once.
+    finish(&mut hub, first, 40);
+    finish(&mut hub, second, 55);
+    assert_eq!(hub.state.learned.parallel(&endpoint), Some(2));
+    let listed = hub.ask(|reply| Event::Endpoints { reply });
+    let learned: Vec<Option<u32>> = listed.iter().filter(|(e, _)| e.id == endpoint).map(|(_, l)| *l).collect();
+    assert_eq!(learned, vec![Some(2)]);
+}
+
+#[test]
+fn a_failed_prewarm_is_not_retried_at_once_and_unasked_answers_teach_nothing() {
+    let mut hub = llm_fleet();
+    // Minutes pass without heartbeats in this test: nothing lapses meanwhile.
+    hub.state.config.heartbeat_ttl = std::time::Duration::from_secs(3_600);
+    hub.state.config.lease_ttl = std::time::Duration::from_secs(3_600);
+    hub.submit(llm_spec(Tier::Standard));
+    let endpoint = join_spare(&mut hub, false);
+    let mut busy = shell();
+    busy.placement.host = "spare".into();
+    hub.submit(busy);
+    hub.submit(llm_spec(Tier::Standard));
+    let submitted = hub.now;
+    // An answer to nothing asked changes nothing.
+    let unasked = FromSidecar::Preloaded { endpoint_id: endpoint.clone(), model: "m".into(), load_ms: 9, error: None };
+    hub.report("spare", unasked);
+    assert_eq!(hub.state.learned.get("spare", "m").load_ms, None);
+    hub.tick_at(submitted + 1_500);
+    assert_eq!(preloads(&hub, "spare").len(), 1);
+    let failed = FromSidecar::Preloaded {
+        endpoint_id: endpoint,
+        model: "m".into(),
+        load_ms: 0,
+        error: Some("model requires more system memory".into()),
+    };
+    hub.report("spare", failed);
+    hub.tick_at(submitted + 3_000);
+    hub.tick_at(submitted + 60_000);
+    assert_eq!(preloads(&hub, "spare").len(), 1, "not again within the timeout");
+    hub.tick_at(submitted + 1_500 + 6 * 60_000 + 1_000);
+    assert_eq!(preloads(&hub, "spare").len(), 2, "tried again after it");
+}

@@ -26,10 +26,13 @@
 //! nothing here does I/O or reads a clock.
 
 mod explain;
+mod learned;
+pub mod prewarm;
 pub mod tier;
 
 use self::explain::Record;
 pub use self::explain::{Candidate, EXPLAINED_CANDIDATES, Explanation, Verdict, explain, summarize};
+pub use self::learned::{Concurrency, EWMA_ALPHA, Learned, MAX_PARALLEL, Observed, QUEUED_AFTER_MS};
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -152,6 +155,18 @@ pub trait FleetView {
     fn offline(&self) -> bool {
         false
     }
+    /// How many requests a local endpoint serves at once: what it says, else what was learned,
+    /// else one (Ollama's default).
+    fn parallel(&self, endpoint: &Endpoint) -> u32 {
+        match endpoint.parallel {
+            0 => self.learned().parallel(&endpoint.id).unwrap_or(1),
+            configured => configured,
+        }
+    }
+    /// The sidecar is cordoned (it takes no new work).
+    fn cordoned(&self, _sidecar_id: &str) -> bool {
+        false
+    }
 }
 
 /// The models LLM work runs on by tier, when it names none.
@@ -223,23 +238,6 @@ impl Estimate {
     }
 }
 
-/// What the hub has observed of a model on a sidecar.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Observed {
-    /// Of cold loads (Ollama's `load_duration`).
-    pub load_ms: Option<f64>,
-    pub tokens_per_s: Option<f64>,
-}
-
-/// Load times and speeds per (sidecar, model), as exponentially weighted moving averages.
-#[derive(Clone, Debug, Default)]
-pub struct Learned {
-    /// Sidecar -> model -> what was observed (looked up by `&str`, without allocating).
-    by: HashMap<String, HashMap<String, Observed>>,
-}
-
-/// Weight of the newest observation.
-pub const EWMA_ALPHA: f64 = 0.3;
 /// Output tokens expected of a task that sets no `max_tokens`.
 pub const EXPECTED_OUTPUT_TOKENS: u32 = 256;
 /// Speeds assumed until one is observed.
@@ -247,24 +245,6 @@ pub const DEFAULT_LOCAL_TOKENS_PER_S: f64 = 30.0;
 pub const DEFAULT_CLOUD_TOKENS_PER_S: f64 = 60.0;
 /// A cold load is priced at this rate until one is observed (bytes per millisecond: 2 GB/s).
 pub const DEFAULT_LOAD_BYTES_PER_MS: f64 = 2_000_000.0;
-
-impl Learned {
-    pub fn get(&self, sidecar_id: &str, model: &str) -> Observed {
-        self.by.get(sidecar_id).and_then(|models| models.get(model)).copied().unwrap_or_default()
-    }
-
-    /// Records a finished request: its load time (`None` or 0 when the model was warm) and speed.
-    pub fn observe(&mut self, sidecar_id: &str, model: &str, load_ms: Option<u64>, tokens_per_s: Option<f64>) {
-        let entry = self.by.entry(sidecar_id.to_owned()).or_default().entry(model.to_owned()).or_default();
-        let blend = |old: Option<f64>, new: f64| Some(old.map_or(new, |old| old + EWMA_ALPHA * (new - old)));
-        if let Some(load) = load_ms.filter(|ms| *ms > 0) {
-            entry.load_ms = blend(entry.load_ms, load as f64);
-        }
-        if let Some(rate) = tokens_per_s.filter(|r| r.is_finite() && *r > 0.0) {
-            entry.tokens_per_s = blend(entry.tokens_per_s, rate);
-        }
-    }
-}
 
 /// Why a ready task is not placed now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -486,9 +466,9 @@ fn weigh(
                 .sum();
         }
     }
-    // A local server runs `parallel` requests at once (1 unless configured: Ollama's default);
-    // behind the rest, this one waits its turn. The cloud scales.
-    let wait_ms = if cloud { 0.0 } else { f64::from(in_flight / e.parallel.max(1)) * generate_ms };
+    // A local server runs `parallel` requests at once (configured or learned; 1 until then,
+    // Ollama's default); behind the rest, this one waits its turn. The cloud scales.
+    let wait_ms = if cloud { 0.0 } else { f64::from(in_flight / fleet.parallel(e).max(1)) * generate_ms };
     Ok((Estimate { wait_ms, load_ms, generate_ms, fit_ms }, warm))
 }
 

@@ -21,6 +21,7 @@ struct Fleet {
     /// What `any_open` answers.
     open_any: bool,
     gpu_busy: HashMap<String, u32>,
+    cordoned: Vec<&'static str>,
 }
 
 impl FleetView for Fleet {
@@ -61,6 +62,9 @@ impl FleetView for Fleet {
     }
     fn tier_model(&self, tier: Tier) -> Option<&str> {
         self.tiers.get(tier)
+    }
+    fn cordoned(&self, sidecar_id: &str) -> bool {
+        self.cordoned.contains(&sidecar_id)
     }
 }
 
@@ -442,4 +446,77 @@ mod properties {
             prop_assert_eq!(placed_on(&decision), "warm");
         }
     }
+}
+
+#[test]
+fn a_learned_parallelism_lets_a_busy_warm_endpoint_win_again() {
+    // One warm endpoint with two requests in flight, one cold and idle (4 GB: 2 s to load).
+    let mut fleet = warm_and_cold();
+    let warm_endpoint = fleet.endpoints[1].id.clone();
+    fleet.in_flight.insert(warm_endpoint.clone(), 2);
+    // Taken to run one at a time (Ollama's default), the warm one is two replies away
+    // (100 tokens at 30/s each): the cold load is quicker.
+    assert_eq!(placed_on(&place(&llm_task("m"), &fleet, 10)), "cold");
+    // A request beside three others got its first token on time there: it runs four at once.
+    fleet.learned.observe_concurrency(&warm_endpoint, 0, 50, None);
+    fleet.learned.observe_concurrency(&warm_endpoint, 3, 60, None);
+    assert_eq!(fleet.parallel(&fleet.endpoints[1]), 4);
+    assert_eq!(placed_on(&place(&llm_task("m"), &fleet, 10)), "warm");
+    // What the endpoint says wins over what was learned.
+    fleet.endpoints[1].parallel = 1;
+    assert_eq!(placed_on(&place(&llm_task("m"), &fleet, 10)), "cold");
+}
+
+/// Tasks for `m` wait: a warm endpoint is busy, two hosts have it cold and idle, neither with
+/// an idle agent.
+fn waiting_for_m() -> Fleet {
+    let mut busy = ollama("busy", "m", true, 4_000_000_000);
+    busy.id = "e-busy".into();
+    let mut a = ollama("a", "m", false, 4_000_000_000);
+    a.id = "e-a".into();
+    let mut b = ollama("b", "m", false, 4_000_000_000);
+    b.id = "e-b".into();
+    Fleet {
+        can: vec![("busy", "llm"), ("a", "llm"), ("b", "llm")],
+        endpoints: vec![busy, a, b],
+        in_flight: HashMap::from([("e-busy".to_owned(), 1)]),
+        free: HashMap::from([("a".to_owned(), 8_000_000_000), ("b".to_owned(), 8_000_000_000)]),
+        ..Fleet::default()
+    }
+}
+
+#[test]
+fn a_model_is_prewarmed_where_it_loads_quickest_once_its_tasks_waited_longer_than_that() {
+    use super::prewarm::target;
+    let task = llm_task("m");
+    let mut fleet = waiting_for_m();
+    // 4 GB loads in 2 s by default: 1.5 s of waiting is not enough, 2.5 s is; the ids break the tie.
+    assert_eq!(target(&task, "m", 3, 1, 1_500, &fleet), None);
+    let chosen = target(&task, "m", 3, 1, 2_500, &fleet).expect("a target");
+    assert_eq!((chosen.sidecar_id.as_str(), chosen.endpoint_id.as_str()), ("a", "e-a"));
+    assert_eq!(chosen.load_ms, 2_000.0);
+    // A load learned quicker on b moves it there.
+    fleet.learned.observe("b", "m", Some(900), None);
+    assert_eq!(target(&task, "m", 3, 1, 1_500, &fleet).map(|p| p.sidecar_id), Some("b".to_owned()));
+    // Not where something is in flight, memory is short or unknown, the sidecar is cordoned
+    // or the task's tags rule it out.
+    fleet.in_flight.insert("e-b".into(), 1);
+    assert_eq!(target(&task, "m", 3, 1, 2_500, &fleet).map(|p| p.sidecar_id), Some("a".to_owned()));
+    fleet.free.insert("a".into(), 3_000_000_000);
+    assert_eq!(target(&task, "m", 3, 1, 2_500, &fleet), None, "4 GB does not fit in 3 GB");
+    fleet.free.remove("a");
+    assert_eq!(target(&task, "m", 3, 1, 2_500, &fleet), None, "memory unknown");
+    fleet.free.insert("a".into(), 8_000_000_000);
+    fleet.cordoned.push("a");
+    assert_eq!(target(&task, "m", 3, 1, 2_500, &fleet), None);
+    fleet.cordoned.clear();
+    let mut tagged = task.clone();
+    tagged.spec.placement.tags = vec!["gpu".into()];
+    assert_eq!(target(&tagged, "m", 3, 1, 2_500, &fleet), None);
+    // No more copies than tasks waiting.
+    assert_eq!(target(&task, "m", 2, 2, 2_500, &fleet), None);
+    assert!(target(&task, "m", 3, 2, 2_500, &fleet).is_some());
+    // Only Ollama servers are pre-warmed, and only a model they have cold.
+    fleet.endpoints[1].models[0].loaded = true;
+    assert_eq!(target(&task, "m", 3, 1, 2_500, &fleet), None);
 }

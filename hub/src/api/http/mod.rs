@@ -282,8 +282,9 @@ async fn uncordon_host(
 
 /// `GET /api/v1/endpoints`: the LLM registry.
 async fn list_endpoints(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let endpoints = state.hub.endpoints().await?;
-    Ok(Json(json!({ "endpoints": endpoints.iter().map(EndpointDto::from).collect::<Vec<_>>() })))
+    let endpoints = state.hub.endpoint_listing().await?;
+    let listed = |(e, learned): &(_, Option<u32>)| EndpointDto { parallel_learned: *learned, ..EndpointDto::from(e) };
+    Ok(Json(json!({ "endpoints": endpoints.iter().map(listed).collect::<Vec<_>>() })))
 }
 
 #[derive(Deserialize)]

@@ -632,6 +632,9 @@ pub struct EndpointDto {
     pub checked_unix_ms: i64,
     /// Requests it runs at once; 0: not said.
     pub parallel: u32,
+    /// For one that does not say: how many it has been seen to run at once (listings only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parallel_learned: Option<u32>,
 }
 
 impl From<&Endpoint> for EndpointDto {
@@ -650,6 +653,7 @@ impl From<&Endpoint> for EndpointDto {
             models: e.models.iter().map(ModelDto::from).collect(),
             checked_unix_ms: e.checked_unix_ms,
             parallel: e.parallel,
+            parallel_learned: None,
         }
     }
 }
@@ -703,6 +707,7 @@ pub struct QueueDto {
     pub dead_lettered: usize,
     pub stale_messages_refused: u64,
     pub tier_fallbacks: u64,
+    pub prewarms: u64,
 }
 
 impl From<&QueueStats> for QueueDto {
@@ -717,6 +722,7 @@ impl From<&QueueStats> for QueueDto {
             dead_lettered: q.dead_lettered,
             stale_messages_refused: q.stale_messages_refused,
             tier_fallbacks: q.tier_fallbacks,
+            prewarms: q.prewarms,
         }
     }
 }
