@@ -291,6 +291,7 @@ mod tests {
             error: None,
             usage: None,
             budget_exceeded: false,
+            verification: None,
         });
         feed.finish(&done);
         let events = feed.read(&mut cursor);

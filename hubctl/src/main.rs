@@ -190,12 +190,75 @@ struct SubmitArgs {
     /// stdin) over one stream, printing each task's id in line order once it is durable.
     #[arg(long, conflicts_with_all = ["command", "prompt", "wait"])]
     from_file: Option<std::path::PathBuf>,
+    /// A check the work must pass, run by the sidecar after it (repeatable, in order):
+    /// file_exists=PATH, 'command_succeeds=CMD ARGS', 'test_passes=CMD ARGS', git_clean,
+    /// output_contains=TEXT, output_matches=REGEX, http_ok=URL (loopback). A failed check fails
+    /// the task as verification_failed.
+    #[arg(long = "verify", value_name = "KIND[=ARG]", value_parser = parse_verify)]
+    verify: Vec<Value>,
     /// Stream the output and exit with the task's exit code.
     #[arg(long)]
     wait: bool,
     /// The command and its arguments, after `--`.
     #[arg(last = true)]
     command: Vec<String>,
+}
+
+/// One `--verify` as the JSON API takes it. Commands are split on whitespace, with '...' and
+/// "..." quoting.
+fn parse_verify(s: &str) -> Result<Value, String> {
+    let (kind, arg) = match s.split_once('=') {
+        Some((kind, arg)) => (kind.trim(), Some(arg)),
+        None => (s.trim(), None),
+    };
+    let needs =
+        |what: &str| arg.filter(|a| !a.trim().is_empty()).ok_or_else(|| format!("{kind} needs {what}: {kind}=..."));
+    Ok(match kind {
+        "file_exists" => json!({ "file_exists": needs("a path")? }),
+        "command_succeeds" | "test_passes" => {
+            let argv = split_words(needs("a command")?)?;
+            json!({ kind: { "argv": argv } })
+        }
+        "git_clean" if arg.is_none() => json!("git_clean"),
+        "output_contains" => json!({ "output_contains": { "text": needs("the text")? } }),
+        "output_matches" => json!({ "output_contains": { "regex": needs("a regex")? } }),
+        "http_ok" => json!({ "http_ok": needs("a URL")? }),
+        "git_clean" => return Err("git_clean takes no argument".into()),
+        other => {
+            return Err(format!(
+                "unknown check {other:?}: use file_exists, command_succeeds, test_passes, git_clean, output_contains, output_matches or http_ok"
+            ));
+        }
+    })
+}
+
+/// Words split on whitespace; '...' and "..." keep spaces inside one word.
+fn split_words(text: &str) -> Result<Vec<String>, String> {
+    let (mut words, mut word, mut quote, mut any) = (Vec::new(), String::new(), None, false);
+    for c in text.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => word.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                any = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if any || !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                    any = false;
+                }
+            }
+            (None, c) => word.push(c),
+        }
+    }
+    if quote.is_some() {
+        return Err(format!("unclosed quote in {text:?}"));
+    }
+    if any || !word.is_empty() {
+        words.push(word);
+    }
+    Ok(words)
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -342,6 +405,8 @@ fn exit_code_of(task: &Value) -> u8 {
         _ if outcome["timed_out"] == true => 124,
         _ if outcome["error"].is_string() => 127,
         _ => match (outcome["exit"]["code"].as_i64(), outcome["exit"]["signal"].as_i64()) {
+            // The work ran well and still failed (its verification, its budget): not 0.
+            (Some(0), _) => 1,
             (Some(code), _) => code.clamp(0, 255) as u8,
             (None, Some(signal)) => (128 + signal).clamp(0, 255) as u8,
             _ => 1,
@@ -363,11 +428,35 @@ fn report_end(task: &Value) {
         eprintln!("[hubctl: {line}]");
     }
     let state = task["state"].as_str().unwrap_or("?");
-    if state != "succeeded" && (outcome["exit"]["code"].is_null() || state == "cancelled") {
+    let code = outcome["exit"]["code"].as_i64();
+    if state != "succeeded" && (code.is_none() || code == Some(0) || state == "cancelled") {
         let reason = task["state_reason"].as_str().unwrap_or("");
         let error = outcome["error"].as_str().unwrap_or("");
         eprintln!("[hubctl: task {} {state}{}{}]", task["id"].as_str().unwrap_or("?"), sep(reason), sep(error));
     }
+}
+
+/// The verification report, for `hubctl get`: the verdict, then a line per step with its
+/// evidence indented under it.
+fn verification_lines(task: &Value) -> Vec<String> {
+    let report = &task["outcome"]["verification"];
+    let Some(steps) = report["steps"].as_array() else { return Vec::new() };
+    let passed = steps.iter().filter(|s| s["passed"] == true).count();
+    let verdict = report["verdict"].as_str().unwrap_or("?");
+    let mut lines = vec![format!("verified:  {verdict} ({passed} of {} steps passed)", steps.len())];
+    for step in steps {
+        let mark = if step["passed"] == true { "pass" } else { "FAIL" };
+        let kind = step["kind"].as_str().unwrap_or("?");
+        let target = step["target"].as_str().unwrap_or("");
+        lines.push(format!("  {mark}  {kind} {target} ({} ms)", step["duration_ms"]));
+        if let Some(summary) = step["summary"].as_str() {
+            lines.push(format!("        {summary}"));
+        }
+        if step["passed"] != true {
+            lines.extend(step["evidence"].as_str().unwrap_or("").lines().map(|l| format!("        {l}")));
+        }
+    }
+    lines
 }
 
 /// One line about what LLM work used: `llama3.2:3b (ollama) on gpu-1: 26 in / 3 out tokens, TTFT
@@ -487,6 +576,9 @@ fn submit_body(args: &SubmitArgs) -> anyhow::Result<Value> {
     }
     if !args.after.is_empty() {
         body["depends_on"] = json!(args.after);
+    }
+    if !args.verify.is_empty() {
+        body["verification"] = json!(args.verify);
     }
     Ok(body)
 }
@@ -628,6 +720,9 @@ fn print_task(task: &Value) {
         println!("duration:  {} ms", outcome["duration_ms"]);
         if let Some(line) = usage_line(task) {
             println!("usage:     {line}");
+        }
+        for line in verification_lines(task) {
+            println!("{line}");
         }
         for stream in ["stdout", "stderr"] {
             let text = outcome[stream].as_str().unwrap_or("");
@@ -798,6 +893,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn verify_flags_become_verification_steps() {
+        let step = |s: &str| parse_verify(s).unwrap();
+        assert_eq!(step("file_exists=out.txt"), json!({"file_exists": "out.txt"}));
+        assert_eq!(
+            step("command_succeeds=test -s out.txt"),
+            json!({"command_succeeds": {"argv": ["test", "-s", "out.txt"]}})
+        );
+        assert_eq!(
+            step(r#"test_passes=sh -c 'cargo test --quiet' """#),
+            json!({"test_passes": {"argv": ["sh", "-c", "cargo test --quiet", ""]}})
+        );
+        assert_eq!(step("git_clean"), json!("git_clean"));
+        assert_eq!(step("output_contains=all done"), json!({"output_contains": {"text": "all done"}}));
+        assert_eq!(step(r"output_matches=^ok \d+"), json!({"output_contains": {"regex": r"^ok \d+"}}));
+        assert_eq!(step("http_ok=http://127.0.0.1:8080/health"), json!({"http_ok": "http://127.0.0.1:8080/health"}));
+        for bad in ["file_exists", "file_exists=", "git_clean=x", "nope=1", "command_succeeds=sh -c 'x"] {
+            assert!(parse_verify(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_verification_report_shows_each_step_and_why_it_failed() {
+        let task = json!({"outcome": {"verification": {"verdict": "failed", "steps": [
+            {"kind": "file_exists", "target": "out.txt", "passed": true, "duration_ms": 0, "evidence": "out.txt exists (a file)"},
+            {"kind": "test_passes", "target": "cargo test", "passed": false, "duration_ms": 812,
+             "evidence": "exit code 101; output:\ntest it ... FAILED", "summary": "test result: FAILED. 0 passed; 1 failed"}
+        ]}}});
+        assert_eq!(
+            verification_lines(&task),
+            vec![
+                "verified:  failed (1 of 2 steps passed)",
+                "  pass  file_exists out.txt (0 ms)",
+                "  FAIL  test_passes cargo test (812 ms)",
+                "        test result: FAILED. 0 passed; 1 failed",
+                "        exit code 101; output:",
+                "        test it ... FAILED",
+            ]
+        );
+        assert!(verification_lines(&json!({"outcome": {}})).is_empty());
+    }
+
+    #[test]
     fn exit_codes_follow_the_shell_conventions() {
         let check = |task: Value, code: u8| assert_eq!(exit_code_of(&task), code, "{task}");
         check(json!({"state": "succeeded", "outcome": {"exit": {"code": 0}}}), 0);
@@ -852,6 +989,7 @@ mod tests {
             local_only: prompt.is_some(),
             max_cost: prompt.map(|_| 50_000),
             max_total_tokens: None,
+            verify: Vec::new(),
             wait: false,
             command: command.into_iter().map(String::from).collect(),
         };

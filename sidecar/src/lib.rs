@@ -13,6 +13,7 @@ pub mod resources;
 pub mod runners;
 pub mod secure;
 pub mod state;
+pub mod verify;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -220,7 +221,9 @@ impl Prepared {
     /// The runners this sidecar has: shell, and LLM work when it has a provider (configured, or
     /// a local Ollama that answers at start).
     async fn runners(&self, config: &Config, latest: &reports::Latest) -> runners::Runners {
-        let shell = runners::Runners::default().with(runners::ShellRunner { settings: self.settings.clone() });
+        let shell = runners::Runners::default()
+            .with(runners::ShellRunner { settings: self.settings.clone() })
+            .verifying_with(crate::verify::Verifier::new(self.settings.clone()));
         let mut settings = config.reports.clone();
         if settings.ollama.is_empty() && settings.discover_ollama {
             let found = agentcom_llm::probe_ollama(&agentcom_llm::client(), reports::DEFAULT_OLLAMA_URL).await;

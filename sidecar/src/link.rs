@@ -55,6 +55,7 @@ enum JobEvent {
         task_id: String,
         lease_generation: u64,
         blocked: bool,
+        verifying: bool,
         message: String,
     },
     Finished {
@@ -97,7 +98,18 @@ impl Sink for JobSink {
             task_id: self.task_id.clone(),
             lease_generation: self.lease_generation,
             blocked,
+            verifying: false,
             message: message.to_owned(),
+        });
+    }
+
+    fn verifying(&self) {
+        let _ = self.events.try_send(JobEvent::Progress {
+            task_id: self.task_id.clone(),
+            lease_generation: self.lease_generation,
+            blocked: false,
+            verifying: true,
+            message: "verifying".to_owned(),
         });
     }
 }
@@ -397,12 +409,13 @@ impl Link {
                 let _ = outbound.try_send(pb::SidecarMessage { msg: Some(message) });
                 return Ok(());
             }
-            JobEvent::Progress { task_id, lease_generation, blocked, message } => {
+            JobEvent::Progress { task_id, lease_generation, blocked, verifying, message } => {
                 let progress = pb::TaskProgress {
                     task_id,
                     lease_generation,
                     message,
                     blocked,
+                    verifying,
                     fraction: -1.0,
                     ..Default::default()
                 };

@@ -111,6 +111,30 @@ enum VerificationBody {
         timeout_ms: u64,
     },
     GitClean(bool),
+    /// `{"output_contains": {"text": "..."}}` or `{"output_contains": {"regex": "..."}}`.
+    OutputContains(PatternBody),
+    HttpOk(String),
+}
+
+/// A step as JSON takes it: `"git_clean"` (as the API shows it) or an object, with the object's
+/// own error when it is wrong.
+struct StepBody(VerificationBody);
+
+impl<'de> Deserialize<'de> for StepBody {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<StepBody, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        if value == "git_clean" {
+            return Ok(StepBody(VerificationBody::GitClean(true)));
+        }
+        serde_json::from_value(value).map(StepBody).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum PatternBody {
+    Text(String),
+    Regex(String),
 }
 
 /// Limits as JSON takes them: a field left out means the hub's default, and a field given must
@@ -193,7 +217,7 @@ pub struct SubmitBody {
     #[serde(default)]
     success_criteria: Vec<String>,
     #[serde(default)]
-    verification: Vec<VerificationBody>,
+    verification: Vec<StepBody>,
     #[serde(default)]
     limits: Option<LimitsBody>,
     #[serde(default)]
@@ -267,7 +291,7 @@ impl TryFrom<SubmitBody> for pb::TaskSpec {
             .into_iter()
             .map(|step| {
                 use pb::verification_step::Kind;
-                let kind = match step {
+                let kind = match step.0 {
                     VerificationBody::FileExists(path) => Kind::FileExists(path),
                     VerificationBody::CommandSucceeds { argv, timeout_ms } => {
                         Kind::CommandSucceeds(pb::CommandCheck { argv, timeout_ms })
@@ -276,6 +300,13 @@ impl TryFrom<SubmitBody> for pb::TaskSpec {
                         Kind::TestPasses(pb::CommandCheck { argv, timeout_ms })
                     }
                     VerificationBody::GitClean(flag) => Kind::GitClean(flag),
+                    VerificationBody::OutputContains(pattern) => Kind::OutputContains(pb::OutputPattern {
+                        pattern: Some(match pattern {
+                            PatternBody::Text(text) => pb::output_pattern::Pattern::Text(text),
+                            PatternBody::Regex(regex) => pb::output_pattern::Pattern::Regex(regex),
+                        }),
+                    }),
+                    VerificationBody::HttpOk(url) => Kind::HttpOk(url),
                 };
                 pb::VerificationStep { kind: Some(kind) }
             })

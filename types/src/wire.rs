@@ -35,12 +35,97 @@ pub fn state_from_pb(value: i32) -> Result<Option<TaskState>, Error> {
 }
 
 /// At most 256 bytes, cut at a character boundary.
-fn clip(mut text: String) -> String {
-    if text.len() > 256 {
-        let end = (0..=256).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+fn clip(text: String) -> String {
+    clip_to(text, 256)
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+pub fn clip_to(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let end = (0..=max).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
         text.truncate(end);
     }
     text
+}
+
+/// Steps a verification report from a sidecar may hold, and bytes of each step's evidence.
+pub const MAX_REPORTED_STEPS: usize = 64;
+pub const MAX_EVIDENCE_BYTES: usize = 4096;
+
+/// A report from a sidecar: bounded and clipped rather than trusted; an unknown verdict counts
+/// as failed.
+pub fn report_from_pb(report: pb::VerificationReport) -> VerificationReport {
+    VerificationReport {
+        verdict: Verdict::parse(&report.verdict).unwrap_or(Verdict::Failed),
+        steps: report
+            .steps
+            .into_iter()
+            .take(MAX_REPORTED_STEPS)
+            .map(|s| StepReport {
+                kind: clip(s.kind),
+                target: clip_to(s.target, 1024),
+                passed: s.passed,
+                duration_ms: s.duration_ms,
+                evidence: clip_to(s.evidence, MAX_EVIDENCE_BYTES),
+                summary: s.summary.map(|line| clip_to(line, 1024)),
+            })
+            .collect(),
+    }
+}
+
+pub fn report_into_pb(report: VerificationReport) -> pb::VerificationReport {
+    pb::VerificationReport {
+        verdict: report.verdict.as_str().to_owned(),
+        steps: report
+            .steps
+            .into_iter()
+            .map(|s| pb::StepReport {
+                kind: s.kind,
+                target: s.target,
+                passed: s.passed,
+                duration_ms: s.duration_ms,
+                evidence: s.evidence,
+                summary: s.summary,
+            })
+            .collect(),
+    }
+}
+
+pub fn verification_from_pb(step: pb::VerificationStep) -> Result<Verification, Error> {
+    use pb::verification_step::Kind;
+    Ok(match step.kind {
+        Some(Kind::FileExists(path)) => Verification::FileExists(path),
+        Some(Kind::CommandSucceeds(c)) => Verification::CommandSucceeds { argv: c.argv, timeout_ms: c.timeout_ms },
+        Some(Kind::TestPasses(c)) => Verification::TestPasses { argv: c.argv, timeout_ms: c.timeout_ms },
+        Some(Kind::GitClean(_)) => Verification::GitClean,
+        Some(Kind::OutputContains(pattern)) => Verification::OutputContains(match pattern.pattern {
+            Some(pb::output_pattern::Pattern::Text(text)) => Pattern::Text(text),
+            Some(pb::output_pattern::Pattern::Regex(regex)) => Pattern::Regex(regex),
+            None => return Err(Error::invalid("verification", "output_contains needs text or regex")),
+        }),
+        Some(Kind::HttpOk(url)) => Verification::HttpOk(url),
+        None => return Err(Error::invalid("verification", "a step has no kind")),
+    })
+}
+
+pub fn verification_into_pb(step: Verification) -> pb::VerificationStep {
+    use pb::verification_step::Kind;
+    let kind = match step {
+        Verification::FileExists(path) => Kind::FileExists(path),
+        Verification::CommandSucceeds { argv, timeout_ms } => {
+            Kind::CommandSucceeds(pb::CommandCheck { argv, timeout_ms })
+        }
+        Verification::TestPasses { argv, timeout_ms } => Kind::TestPasses(pb::CommandCheck { argv, timeout_ms }),
+        Verification::GitClean => Kind::GitClean(true),
+        Verification::OutputContains(pattern) => Kind::OutputContains(pb::OutputPattern {
+            pattern: Some(match pattern {
+                Pattern::Text(text) => pb::output_pattern::Pattern::Text(text),
+                Pattern::Regex(regex) => pb::output_pattern::Pattern::Regex(regex),
+            }),
+        }),
+        Verification::HttpOk(url) => Kind::HttpOk(url),
+    };
+    pb::VerificationStep { kind: Some(kind) }
 }
 
 fn opt_nonzero(value: u64) -> Option<u64> {
@@ -106,21 +191,7 @@ fn spec_from_pb_unchecked(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result
     let limits = spec.limits.unwrap_or_default();
     let placement = spec.placement.unwrap_or_default();
     let retry = spec.retry.unwrap_or_default();
-    let verification = spec
-        .verification
-        .into_iter()
-        .map(|step| match step.kind {
-            Some(pb::verification_step::Kind::FileExists(path)) => Ok(Verification::FileExists(path)),
-            Some(pb::verification_step::Kind::CommandSucceeds(c)) => {
-                Ok(Verification::CommandSucceeds { argv: c.argv, timeout_ms: c.timeout_ms })
-            }
-            Some(pb::verification_step::Kind::TestPasses(c)) => {
-                Ok(Verification::TestPasses { argv: c.argv, timeout_ms: c.timeout_ms })
-            }
-            Some(pb::verification_step::Kind::GitClean(_)) => Ok(Verification::GitClean),
-            None => Err(Error::invalid("verification", "a step has no kind")),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let verification = spec.verification.into_iter().map(verification_from_pb).collect::<Result<Vec<_>, _>>()?;
     let depends_on = spec.depends_on.iter().map(|id| id.parse()).collect::<Result<Vec<TaskId>, _>>()?;
     let spec = TaskSpec {
         name: spec.name,
@@ -206,23 +277,7 @@ pub fn spec_into_pb(spec: TaskSpec) -> pb::TaskSpec {
             branch: agent.branch,
         }),
     };
-    let verification = spec
-        .verification
-        .into_iter()
-        .map(|step| {
-            let kind = match step {
-                Verification::FileExists(path) => pb::verification_step::Kind::FileExists(path),
-                Verification::CommandSucceeds { argv, timeout_ms } => {
-                    pb::verification_step::Kind::CommandSucceeds(pb::CommandCheck { argv, timeout_ms })
-                }
-                Verification::TestPasses { argv, timeout_ms } => {
-                    pb::verification_step::Kind::TestPasses(pb::CommandCheck { argv, timeout_ms })
-                }
-                Verification::GitClean => pb::verification_step::Kind::GitClean(true),
-            };
-            pb::VerificationStep { kind: Some(kind) }
-        })
-        .collect();
+    let verification = spec.verification.into_iter().map(verification_into_pb).collect();
     pb::TaskSpec {
         name: spec.name,
         idempotency_key: spec.idempotency_key.unwrap_or_default(),
@@ -304,6 +359,7 @@ pub fn outcome_from_pb(outcome: pb::TaskOutcome) -> Outcome {
             cost_micros: u.cost_micros,
         }),
         budget_exceeded: outcome.budget_exceeded,
+        verification: outcome.verification.map(report_from_pb),
     }
 }
 
@@ -340,6 +396,7 @@ pub fn outcome_into_pb(outcome: Outcome) -> pb::TaskOutcome {
             cost_micros: u.cost_micros,
         }),
         budget_exceeded: outcome.budget_exceeded,
+        verification: outcome.verification.map(report_into_pb),
     }
 }
 
@@ -674,7 +731,14 @@ mod tests {
         spec.tier = Some(Tier::Standard);
         spec.idempotency_key = Some("k1".into());
         spec.labels.insert("team".into(), "infra".into());
-        spec.verification = vec![Verification::FileExists("out.txt".into()), Verification::GitClean];
+        spec.verification = vec![
+            Verification::FileExists("out.txt".into()),
+            Verification::GitClean,
+            Verification::OutputContains(Pattern::Text("done".into())),
+            Verification::OutputContains(Pattern::Regex("^ok".into())),
+            Verification::HttpOk("http://127.0.0.1:8080/".into()),
+            Verification::TestPasses { argv: vec!["cargo".into(), "test".into()], timeout_ms: 60_000 },
+        ];
         spec.limits.timeout_ms = Some(5_000);
         spec.retry.retry_on_exit_codes = vec![75];
         let mut task = Task::new(TaskId::new(42), spec, 42);
@@ -690,6 +754,17 @@ mod tests {
             error: None,
             usage: None,
             budget_exceeded: true,
+            verification: Some(VerificationReport {
+                verdict: Verdict::Failed,
+                steps: vec![StepReport {
+                    kind: "test_passes".into(),
+                    target: "cargo test".into(),
+                    passed: false,
+                    duration_ms: 812,
+                    evidence: "test it_works ... FAILED".into(),
+                    summary: Some("test result: FAILED. 0 passed; 1 failed".into()),
+                }],
+            }),
         });
         assert_eq!(task_from_pb(task_to_pb(&task)), Ok(task));
     }

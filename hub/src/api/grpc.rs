@@ -386,6 +386,7 @@ fn message_from_pb(sidecar_id: &str, message: pb::sidecar_message::Msg) -> Resul
             task_id: parse_id(&progress.task_id)?,
             lease_generation: progress.lease_generation,
             blocked: progress.blocked,
+            verifying: progress.verifying,
             message: progress.message.chars().take(512).collect(),
         },
         Msg::Resources(report) => {

@@ -169,6 +169,8 @@ pub enum FromSidecar {
         task_id: TaskId,
         lease_generation: u64,
         blocked: bool,
+        /// The work is done and its verification steps run now.
+        verifying: bool,
         message: String,
     },
     Resources(Box<fleet::Resources>),

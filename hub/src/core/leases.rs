@@ -89,7 +89,7 @@ impl State {
                 outcome.budget_exceeded = over.is_some();
                 let (state, reason) = match over {
                     Some(why) => (TaskState::Failed, why),
-                    None => judge(&outcome),
+                    None => judge(&outcome, !task.spec.verification.is_empty()),
                 };
                 let retryable = matches!(outcome.exit, Exit::Code(code) if task.spec.retry.retry_on_exit_codes.contains(&code))
                     && outcome.error.is_none()
@@ -105,7 +105,7 @@ impl State {
                 }
                 self.persist(task_id, AfterCommit::Changed(task_id));
             }
-            FromSidecar::Progress { task_id, lease_generation, blocked, message } => {
+            FromSidecar::Progress { task_id, lease_generation, blocked, verifying, message } => {
                 if let Err(fence) = self.queue.renew(task_id, lease_generation, sidecar_id, now, ttl) {
                     self.refuse(sidecar_id, task_id, lease_generation, fence, "progress");
                     return;
@@ -123,6 +123,11 @@ impl State {
                         }
                         _ => {}
                     }
+                }
+                let task = self.tasks.get_mut(&task_id).expect("a leased task exists");
+                if verifying && matches!(task.state, TaskState::Dispatched | TaskState::Running) {
+                    task.set_state(TaskState::Verifying, "", now);
+                    self.persist(task_id, AfterCommit::Changed(task_id));
                 }
             }
             FromSidecar::Resources(report) => {

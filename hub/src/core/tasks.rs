@@ -312,8 +312,10 @@ pub(super) fn strip_output(task: &mut Task) {
 }
 
 /// The final state and reason for an outcome. Only infrastructure failures are retried (by
-/// lease expiry); a command that ran and failed is final.
-pub(super) fn judge(outcome: &Outcome) -> (TaskState, String) {
+/// lease expiry); a command that ran and failed is final, and so is work that ran but failed
+/// its verification (`verified`: the task has steps, so a successful outcome needs a passing
+/// report).
+pub(super) fn judge(outcome: &Outcome, verified: bool) -> (TaskState, String) {
     if let Some(error) = &outcome.error {
         return (TaskState::Failed, error.clone());
     }
@@ -321,11 +323,30 @@ pub(super) fn judge(outcome: &Outcome) -> (TaskState, String) {
         return (TaskState::Failed, format!("timed out after {} ms", outcome.duration_ms));
     }
     match outcome.exit {
+        Exit::Code(0) if verified => match &outcome.verification {
+            Some(report) if report.verdict == Verdict::Passed => (TaskState::Succeeded, String::new()),
+            Some(report) => (TaskState::Failed, verification_failed(report)),
+            None => (TaskState::Failed, "verification_failed: the sidecar sent no verification report".to_owned()),
+        },
         Exit::Code(0) => (TaskState::Succeeded, String::new()),
         Exit::Code(code) => (TaskState::Failed, format!("exit code {code}")),
         Exit::Signal(signal) => (TaskState::Failed, format!("killed by signal {signal}")),
         Exit::Unknown => (TaskState::Failed, "ended without an exit status".to_owned()),
     }
+}
+
+/// `verification_failed: ` and the first failed step with the first line of its evidence.
+fn verification_failed(report: &VerificationReport) -> String {
+    let failed: Vec<&StepReport> = report.steps.iter().filter(|s| !s.passed).collect();
+    let Some(first) = failed.first() else {
+        return format!("verification_failed: verification was {}", report.verdict.as_str());
+    };
+    let evidence = first.evidence.lines().next().unwrap_or_default();
+    let more = match failed.len() {
+        1 => String::new(),
+        n => format!(" (and {} more failed step{})", n - 1, if n == 2 { "" } else { "s" }),
+    };
+    format!("verification_failed: {} {}: {evidence}{more}", first.kind, first.target)
 }
 
 /// `budget_exceeded: ...` when the attempt went past `limits.max_tokens` (every token it read

@@ -563,3 +563,51 @@ fn a_failed_prewarm_is_not_retried_at_once_and_unasked_answers_teach_nothing() {
     hub.tick_at(submitted + 1_500 + 6 * 60_000 + 1_000);
     assert_eq!(preloads(&hub, "spare").len(), 2, "tried again after it");
 }
+
+#[test]
+fn verification_moves_a_task_to_verifying_and_its_verdict_decides_the_end() {
+    use crate::domain::{StepReport, Verdict, Verification, VerificationReport};
+    let mut hub = Harness::new();
+    hub.join("s1", 1, Vec::new());
+    let mut spec = shell();
+    spec.verification = vec![Verification::FileExists("out.txt".into())];
+    let report = |passed: bool| VerificationReport {
+        verdict: if passed { Verdict::Passed } else { Verdict::Failed },
+        steps: vec![StepReport {
+            kind: "file_exists".into(),
+            target: "out.txt".into(),
+            passed,
+            duration_ms: 0,
+            evidence: if passed { "out.txt exists (a file)".into() } else { "out.txt does not exist\nmore".into() },
+            summary: None,
+        }],
+    };
+    let end = |hub: &mut Harness, report: Option<VerificationReport>| {
+        let id = hub.submit(spec.clone());
+        let generation = hub.task(id).lease_generation;
+        hub.report("s1", FromSidecar::Started { task_id: id, lease_generation: generation });
+        let verifying = FromSidecar::Progress {
+            task_id: id,
+            lease_generation: generation,
+            blocked: false,
+            verifying: true,
+            message: "verifying".into(),
+        };
+        hub.report("s1", verifying);
+        assert_eq!(hub.task(id).state, TaskState::Verifying);
+        let outcome = Outcome { exit: Exit::Code(0), verification: report, ..Outcome::empty() };
+        hub.report(
+            "s1",
+            FromSidecar::Finished { task_id: id, lease_generation: generation, outcome: Box::new(outcome) },
+        );
+        hub.task(id)
+    };
+    let passed = end(&mut hub, Some(report(true)));
+    assert_eq!(passed.state, TaskState::Succeeded);
+    let failed = end(&mut hub, Some(report(false)));
+    assert_eq!((failed.state, failed.attempt), (TaskState::Failed, 1), "final, not retried");
+    assert_eq!(failed.state_reason, "verification_failed: file_exists out.txt: out.txt does not exist");
+    let unreported = end(&mut hub, None);
+    assert_eq!(unreported.state, TaskState::Failed);
+    assert!(unreported.state_reason.starts_with("verification_failed: the sidecar sent no verification report"));
+}

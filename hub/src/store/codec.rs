@@ -117,6 +117,13 @@ fn verification_into(step: Verification) -> pb::Verification {
         Verification::CommandSucceeds { argv, timeout_ms } => Kind::CommandSucceeds(pb::Check { argv, timeout_ms }),
         Verification::TestPasses { argv, timeout_ms } => Kind::TestPasses(pb::Check { argv, timeout_ms }),
         Verification::GitClean => Kind::GitClean(true),
+        Verification::OutputContains(pattern) => Kind::OutputContains(pb::OutputPattern {
+            pattern: Some(match pattern {
+                Pattern::Text(text) => pb::output_pattern::Pattern::Text(text),
+                Pattern::Regex(regex) => pb::output_pattern::Pattern::Regex(regex),
+            }),
+        }),
+        Verification::HttpOk(url) => Kind::HttpOk(url),
     };
     pb::Verification { kind: Some(kind) }
 }
@@ -128,7 +135,49 @@ fn verification_from(step: pb::Verification) -> Result<Verification, String> {
         Kind::CommandSucceeds(c) => Verification::CommandSucceeds { argv: c.argv, timeout_ms: c.timeout_ms },
         Kind::TestPasses(c) => Verification::TestPasses { argv: c.argv, timeout_ms: c.timeout_ms },
         Kind::GitClean(_) => Verification::GitClean,
+        Kind::OutputContains(pattern) => Verification::OutputContains(match pattern.pattern {
+            Some(pb::output_pattern::Pattern::Text(text)) => Pattern::Text(text),
+            Some(pb::output_pattern::Pattern::Regex(regex)) => Pattern::Regex(regex),
+            None => return Err("an output_contains step has no pattern".into()),
+        }),
+        Kind::HttpOk(url) => Verification::HttpOk(url),
     })
+}
+
+fn report_into(report: VerificationReport) -> pb::VerificationReport {
+    pb::VerificationReport {
+        verdict: report.verdict.as_str().to_owned(),
+        steps: report
+            .steps
+            .into_iter()
+            .map(|s| pb::StepReport {
+                kind: s.kind,
+                target: s.target,
+                passed: s.passed,
+                duration_ms: s.duration_ms,
+                evidence: s.evidence,
+                summary: s.summary,
+            })
+            .collect(),
+    }
+}
+
+fn report_from(report: pb::VerificationReport) -> VerificationReport {
+    VerificationReport {
+        verdict: Verdict::parse(&report.verdict).unwrap_or(Verdict::Failed),
+        steps: report
+            .steps
+            .into_iter()
+            .map(|s| StepReport {
+                kind: s.kind,
+                target: s.target,
+                passed: s.passed,
+                duration_ms: s.duration_ms,
+                evidence: s.evidence,
+                summary: s.summary,
+            })
+            .collect(),
+    }
 }
 
 fn spec_into(spec: TaskSpec) -> pb::Spec {
@@ -248,6 +297,7 @@ fn outcome_into(outcome: Outcome) -> pb::Outcome {
             cost_micros: u.cost_micros,
         }),
         budget_exceeded: outcome.budget_exceeded,
+        verification: outcome.verification.map(report_into),
     }
 }
 
@@ -279,6 +329,7 @@ fn outcome_from(outcome: pb::Outcome) -> Outcome {
             cost_micros: u.cost_micros,
         }),
         budget_exceeded: outcome.budget_exceeded,
+        verification: outcome.verification.map(report_from),
     }
 }
 
@@ -636,6 +687,7 @@ mod tests {
             error: Some("boom".into()),
             usage: None,
             budget_exceeded: true,
+            verification: None,
         });
         task
     }

@@ -40,6 +40,8 @@ pub trait Sink: Send + Sync + 'static {
     fn output(&self, stream: Stream, offset: u64, data: &[u8]);
     /// The work waits (`blocked`: on a model load, a rate limit) or goes on, and why.
     fn progress(&self, _blocked: bool, _message: &str) {}
+    /// The work is done and its verification steps run now.
+    fn verifying(&self) {}
 }
 
 /// A future a runner returns.
@@ -60,15 +62,23 @@ pub trait Runner: Send + Sync + 'static {
     fn run(&self, assignment: Assignment, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running;
 }
 
-/// The runners a sidecar has, found by the capability a task's work needs.
+/// The runners a sidecar has, found by the capability a task's work needs, and the verifier
+/// that checks the work of tasks with verification steps.
 #[derive(Clone, Default)]
 pub struct Runners {
     runners: Vec<Arc<dyn Runner>>,
+    verifier: Option<Arc<crate::verify::Verifier>>,
 }
 
 impl Runners {
     pub fn with(mut self, runner: impl Runner) -> Runners {
         self.runners.push(Arc::new(runner));
+        self
+    }
+
+    /// Verifies work with `verifier` (without one, verification steps are reported as not run).
+    pub fn verifying_with(mut self, verifier: crate::verify::Verifier) -> Runners {
+        self.verifier = Some(Arc::new(verifier));
         self
     }
 
@@ -78,17 +88,59 @@ impl Runners {
     }
 
     /// Runs `assignment` on the runner for its work, or fails it at once if there is none.
+    /// Work that ran well and has verification steps is then verified (see [`crate::verify`]);
+    /// the report goes in the outcome.
     pub fn run(&self, assignment: Assignment, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
         let needed = assignment.spec.work.capability();
-        match self.runners.iter().find(|r| r.capability() == needed) {
-            Some(runner) => runner.run(assignment, sink, cancel),
-            None => {
-                let have: Vec<&str> = self.runners.iter().map(|r| r.capability()).collect();
-                let have = have.join(", ");
-                let error = format!("this sidecar cannot run {needed} work (it runs: {have})");
-                Box::pin(async move { failed_to_start(error) })
-            }
+        let Some(runner) = self.runners.iter().find(|r| r.capability() == needed) else {
+            let have: Vec<&str> = self.runners.iter().map(|r| r.capability()).collect();
+            let have = have.join(", ");
+            let error = format!("this sidecar cannot run {needed} work (it runs: {have})");
+            return Box::pin(async move { failed_to_start(error) });
+        };
+        if assignment.spec.verification.is_empty() {
+            return runner.run(assignment, sink, cancel);
         }
+        let job = verification_job(&assignment);
+        let verifier = self.verifier.clone();
+        let running = runner.run(assignment, sink.clone(), cancel.clone());
+        Box::pin(async move {
+            let mut outcome = running.await;
+            if !crate::verify::ran_well(&outcome) || cancel.is_cancelled() {
+                return outcome;
+            }
+            let Some(verifier) = verifier else {
+                outcome.error = Some("this sidecar cannot verify work".to_owned());
+                return outcome;
+            };
+            sink.verifying();
+            outcome.verification = Some(verifier.check(&job, &outcome.stdout, &cancel).await);
+            outcome
+        })
+    }
+}
+
+/// What verifying an attempt needs of its assignment: the steps, and for shell work its
+/// working directory and environment (the steps' commands get the same).
+fn verification_job(assignment: &Assignment) -> crate::verify::Job {
+    let spec = &assignment.spec;
+    let (cwd, mut env, secret_env) = match &spec.work {
+        Work::Shell(work) => (
+            work.cwd.as_ref().map(Into::into),
+            work.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            work.secret_env.clone(),
+        ),
+        _ => (None, Vec::new(), Vec::new()),
+    };
+    env.push(("AGENTCOM_ATTEMPT".to_owned(), assignment.attempt.to_string()));
+    env.sort();
+    crate::verify::Job {
+        steps: spec.verification.clone(),
+        key: assignment.key.clone(),
+        cwd,
+        env,
+        secret_env,
+        limits: contain::Limits { max_memory_bytes: spec.limits.max_memory_bytes, max_pids: spec.limits.max_pids },
     }
 }
 

@@ -305,6 +305,7 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
         error,
         usage: None,
         budget_exceeded: false,
+        verification: None,
     }
 }
 

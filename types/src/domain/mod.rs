@@ -22,6 +22,8 @@ pub fn now_ms() -> UnixMs {
 /// cannot exhaust the hub.
 mod validate;
 
+pub use self::validate::loopback_url;
+
 pub mod limits {
     pub const MAX_NAME_BYTES: usize = 256;
     pub const MAX_KEY_BYTES: usize = 256;
@@ -390,12 +392,94 @@ pub struct TaskContext {
     pub notes: String,
 }
 
+/// A check the sidecar runs after the work, in its working directory, that the work must pass.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verification {
+    /// A path, relative to the working directory and inside it, exists.
     FileExists(String),
+    /// The command exits 0 (within `timeout_ms`, 0: the default), in the shell sandbox.
     CommandSucceeds { argv: Vec<String>, timeout_ms: u64 },
+    /// A test command exits 0; its summary line is kept.
     TestPasses { argv: Vec<String>, timeout_ms: u64 },
+    /// The working directory is a git work tree with nothing uncommitted.
     GitClean,
+    /// The work's output (stdout; an LLM's reply) contains the text, or matches the regex.
+    OutputContains(Pattern),
+    /// A GET of the URL (loopback only) answers 2xx.
+    HttpOk(String),
+}
+
+impl Verification {
+    /// The step's kind, as the API names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Verification::FileExists(_) => "file_exists",
+            Verification::CommandSucceeds { .. } => "command_succeeds",
+            Verification::TestPasses { .. } => "test_passes",
+            Verification::GitClean => "git_clean",
+            Verification::OutputContains(_) => "output_contains",
+            Verification::HttpOk(_) => "http_ok",
+        }
+    }
+}
+
+/// What `output_contains` looks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pattern {
+    Text(String),
+    Regex(String),
+}
+
+/// How the verification of an attempt went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerificationReport {
+    pub verdict: Verdict,
+    /// Every step, in the order run.
+    pub steps: Vec<StepReport>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every step passed.
+    Passed,
+    /// A step failed.
+    Failed,
+    /// Some steps could not be run (the work was stopped part way): what ran is reported.
+    Partial,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Passed => "passed",
+            Verdict::Failed => "failed",
+            Verdict::Partial => "partial",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Verdict> {
+        match text {
+            "passed" => Some(Verdict::Passed),
+            "failed" => Some(Verdict::Failed),
+            "partial" => Some(Verdict::Partial),
+            _ => None,
+        }
+    }
+}
+
+/// One step of a verification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepReport {
+    /// `file_exists`, `command_succeeds`, ... ([`Verification::kind`]).
+    pub kind: String,
+    /// What it checked: the path, the command line, the pattern, the URL.
+    pub target: String,
+    pub passed: bool,
+    pub duration_ms: u64,
+    /// Why it passed or failed: an output tail, a message (capped).
+    pub evidence: String,
+    /// `test_passes`: the test runner's summary line, when one was found.
+    pub summary: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -523,6 +607,8 @@ pub struct Outcome {
     pub usage: Option<Usage>,
     /// Stopped at its token or cost budget, with the output so far kept.
     pub budget_exceeded: bool,
+    /// The checks run after the work, when the task has any and the work succeeded.
+    pub verification: Option<VerificationReport>,
 }
 
 /// What one LLM attempt used and how fast it ran, measured at the sidecar; the hub prices it.
@@ -577,6 +663,7 @@ impl Outcome {
             error: None,
             usage: None,
             budget_exceeded: false,
+            verification: None,
         }
     }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::limits::{self, *};
-use super::{Error, ShellCommand, TaskSpec, Work};
+use super::{Error, Pattern, ShellCommand, TaskSpec, Verification, Work};
 
 impl TaskSpec {
     /// Checks sizes and required fields. Every edge calls this before a spec goes further.
@@ -125,6 +125,9 @@ impl TaskSpec {
         if self.verification.len() > MAX_LIST_ITEMS {
             return Err(Error::invalid("verification", format!("at most {MAX_LIST_ITEMS} steps allowed")));
         }
+        for step in &self.verification {
+            check_step(step)?;
+        }
         let limits = &self.limits;
         if let Some(timeout) = limits.timeout_ms
             && (timeout == 0 || timeout > MAX_TIMEOUT_MS)
@@ -226,6 +229,92 @@ fn check_env(field: &'static str, env: &BTreeMap<String, String>) -> Result<(), 
     }
     if env.values().any(|v| v.contains('\0')) {
         return Err(Error::invalid(field, "values must not contain NUL bytes"));
+    }
+    Ok(())
+}
+
+/// A verification step is checked as far as it can be without the sidecar's files: a path
+/// that stays relative and inside the working directory, a command, a regex that compiles, a
+/// loopback URL.
+fn check_step(step: &Verification) -> Result<(), Error> {
+    let field = match step {
+        Verification::FileExists(_) => "verification.file_exists",
+        Verification::CommandSucceeds { .. } => "verification.command_succeeds",
+        Verification::TestPasses { .. } => "verification.test_passes",
+        Verification::GitClean => "verification.git_clean",
+        Verification::OutputContains(_) => "verification.output_contains",
+        Verification::HttpOk(_) => "verification.http_ok",
+    };
+    match step {
+        Verification::FileExists(path) => {
+            check_len(field, path, MAX_TEXT_BYTES)?;
+            relative_inside(field, path)
+        }
+        Verification::CommandSucceeds { argv, timeout_ms } | Verification::TestPasses { argv, timeout_ms } => {
+            if argv.is_empty() || argv[0].is_empty() {
+                return Err(Error::invalid(field, "the command is empty"));
+            }
+            check_list(field, argv)?;
+            if *timeout_ms > MAX_TIMEOUT_MS {
+                return Err(Error::invalid(field, format!("timeout_ms must be at most {MAX_TIMEOUT_MS}")));
+            }
+            Ok(())
+        }
+        Verification::GitClean => Ok(()),
+        Verification::OutputContains(Pattern::Text(text)) => {
+            if text.is_empty() {
+                return Err(Error::invalid(field, "the text is empty"));
+            }
+            check_len(field, text, MAX_TEXT_BYTES)
+        }
+        Verification::OutputContains(Pattern::Regex(regex)) => {
+            check_len(field, regex, MAX_TEXT_BYTES)?;
+            regex::RegexBuilder::new(regex)
+                .size_limit(1 << 20)
+                .build()
+                .map(drop)
+                .map_err(|err| Error::invalid(field, format!("the regex does not compile: {err}")))
+        }
+        Verification::HttpOk(url) => {
+            check_len(field, url, MAX_TEXT_BYTES)?;
+            loopback_url(url).map_err(|why| Error::invalid(field, why))
+        }
+    }
+}
+
+/// A path relative to the working directory that does not climb out of it by its components
+/// (symlinks are the sidecar's to resolve).
+fn relative_inside(field: &'static str, path: &str) -> Result<(), Error> {
+    let p = std::path::Path::new(path);
+    if path.is_empty() || p.is_absolute() {
+        return Err(Error::invalid(field, "must be a path relative to the working directory"));
+    }
+    if p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(Error::invalid(field, "must stay inside the working directory (no `..`)"));
+    }
+    Ok(())
+}
+
+/// `http://` or `https://` to a loopback host (`localhost`, 127.0.0.0/8, `[::1]`), with an
+/// optional port and path: verification may not reach out of the machine.
+pub fn loopback_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or("must be an http:// or https:// URL")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err("must not carry credentials".into());
+    }
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(host, _)| host)
+    };
+    let loopback =
+        host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        return Err(format!("must be a loopback URL (localhost, 127.0.0.0/8 or [::1]), not {host:?}"));
     }
     Ok(())
 }
@@ -337,5 +426,46 @@ mod tests {
         })(&mut spec);
         spec.validate().unwrap();
         assert_eq!("system".parse::<ChatRole>().unwrap_err().field, "work.llm.messages.role");
+    }
+}
+
+#[cfg(test)]
+mod step_tests {
+    use super::*;
+    use crate::domain::SpecDefaults;
+
+    fn with(step: Verification) -> Result<(), Error> {
+        let mut spec = TaskSpec::shell(vec!["true".into()], &SpecDefaults::default());
+        spec.verification = vec![step];
+        spec.validate()
+    }
+
+    #[test]
+    fn verification_steps_are_checked_before_they_reach_a_sidecar() {
+        let refused = |step: Verification, field: &str, why: &str| {
+            let err = with(step).expect_err("refused");
+            assert_eq!(err.field, field, "{err}");
+            assert!(err.to_string().contains(why), "{err}");
+        };
+        assert_eq!(with(Verification::FileExists("out/report.txt".into())), Ok(()));
+        refused(Verification::FileExists("/etc/passwd".into()), "verification.file_exists", "relative");
+        refused(Verification::FileExists("a/../../x".into()), "verification.file_exists", "no `..`");
+        refused(Verification::FileExists(String::new()), "verification.file_exists", "relative");
+        let command = |argv: &[&str], timeout_ms| Verification::CommandSucceeds {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            timeout_ms,
+        };
+        assert_eq!(with(command(&["test", "-s", "out.txt"], 0)), Ok(()));
+        refused(command(&[], 0), "verification.command_succeeds", "empty");
+        refused(command(&["x"], MAX_TIMEOUT_MS + 1), "verification.command_succeeds", "timeout_ms");
+        assert_eq!(with(Verification::OutputContains(Pattern::Regex(r"^ok \d+$".into()))), Ok(()));
+        refused(Verification::OutputContains(Pattern::Regex("(".into())), "verification.output_contains", "compile");
+        refused(Verification::OutputContains(Pattern::Text(String::new())), "verification.output_contains", "empty");
+        for url in ["http://127.0.0.1:8080/health", "http://localhost/", "https://[::1]:9/x", "http://127.3.4.5"] {
+            assert_eq!(with(Verification::HttpOk(url.into())), Ok(()), "{url}");
+        }
+        for url in ["http://example.com/", "http://10.0.0.1/", "ftp://127.0.0.1/", "http://user@127.0.0.1@evil/"] {
+            refused(Verification::HttpOk(url.into()), "verification.http_ok", "must");
+        }
     }
 }

@@ -13,7 +13,8 @@ use serde::Serialize;
 use crate::agent::Transition;
 use crate::core::QueueStats;
 use crate::domain::{
-    Exit, Limits, Outcome, Placement, RetryPolicy, ShellCommand, Task, TaskContext, TaskSpec, Usage, Verification, Work,
+    Exit, Limits, Outcome, Pattern, Placement, RetryPolicy, ShellCommand, Task, TaskContext, TaskSpec, Usage,
+    Verification, VerificationReport, Work,
 };
 use crate::fleet::{AgentDetail, AgentView, Cordon, Endpoint, HostView, Model, Owner, Resources, Sample};
 
@@ -221,7 +222,8 @@ impl From<&TaskContext> for ContextDto {
 }
 
 /// `{"file_exists": "path"}`, `{"command_succeeds": {"argv", "timeout_ms"}}`,
-/// `{"test_passes": {"argv", "timeout_ms"}}` or `"git_clean"`.
+/// `{"test_passes": {"argv", "timeout_ms"}}`, `"git_clean"`,
+/// `{"output_contains": {"text": T}}` or `{"output_contains": {"regex": R}}`, `{"http_ok": URL}`.
 #[derive(Serialize, Debug, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum VerificationDto {
@@ -229,6 +231,53 @@ pub enum VerificationDto {
     CommandSucceeds { argv: Vec<String>, timeout_ms: u64 },
     TestPasses { argv: Vec<String>, timeout_ms: u64 },
     GitClean,
+    OutputContains(PatternDto),
+    HttpOk(String),
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum PatternDto {
+    Text(String),
+    Regex(String),
+}
+
+/// `{"verdict": "passed" | "failed" | "partial", "steps": [...]}`.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct VerificationReportDto {
+    pub verdict: &'static str,
+    pub steps: Vec<StepReportDto>,
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct StepReportDto {
+    pub kind: String,
+    pub target: String,
+    pub passed: bool,
+    pub duration_ms: u64,
+    pub evidence: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+}
+
+impl From<&VerificationReport> for VerificationReportDto {
+    fn from(report: &VerificationReport) -> VerificationReportDto {
+        VerificationReportDto {
+            verdict: report.verdict.as_str(),
+            steps: report
+                .steps
+                .iter()
+                .map(|s| StepReportDto {
+                    kind: s.kind.clone(),
+                    target: s.target.clone(),
+                    passed: s.passed,
+                    duration_ms: s.duration_ms,
+                    evidence: s.evidence.clone(),
+                    summary: s.summary.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 impl From<&Verification> for VerificationDto {
@@ -242,6 +291,13 @@ impl From<&Verification> for VerificationDto {
                 VerificationDto::TestPasses { argv: argv.clone(), timeout_ms: *timeout_ms }
             }
             Verification::GitClean => VerificationDto::GitClean,
+            Verification::OutputContains(Pattern::Text(text)) => {
+                VerificationDto::OutputContains(PatternDto::Text(text.clone()))
+            }
+            Verification::OutputContains(Pattern::Regex(regex)) => {
+                VerificationDto::OutputContains(PatternDto::Regex(regex.clone()))
+            }
+            Verification::HttpOk(url) => VerificationDto::HttpOk(url.clone()),
         }
     }
 }
@@ -328,6 +384,9 @@ pub struct OutcomeDto {
     /// LLM work only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageDto>,
+    /// The checks run after the work, when the task has verification steps and the work succeeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerificationReportDto>,
 }
 
 #[derive(Serialize, Debug, PartialEq)]
@@ -380,6 +439,7 @@ impl From<&Outcome> for OutcomeDto {
             budget_exceeded: outcome.budget_exceeded,
             error: outcome.error.clone(),
             usage: outcome.usage.as_ref().map(UsageDto::from),
+            verification: outcome.verification.as_ref().map(VerificationReportDto::from),
         }
     }
 }

@@ -100,6 +100,17 @@ fn full_task() -> Task {
             cost_micros: Some(0),
         }),
         budget_exceeded: false,
+        verification: Some(crate::domain::VerificationReport {
+            verdict: crate::domain::Verdict::Passed,
+            steps: vec![crate::domain::StepReport {
+                kind: "test_passes".into(),
+                target: "make test".into(),
+                passed: true,
+                duration_ms: 812,
+                evidence: "exit code 0".into(),
+                summary: Some("test result: ok. 3 passed; 0 failed".into()),
+            }],
+        }),
     });
     task
 }
