@@ -292,6 +292,7 @@ mod tests {
             usage: None,
             budget_exceeded: false,
             verification: None,
+            workspace: None,
         });
         feed.finish(&done);
         let events = feed.read(&mut cursor);

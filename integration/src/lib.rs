@@ -264,16 +264,25 @@ impl RunningMesh {
 
     /// A sidecar with its own resource and LLM reporting settings.
     pub fn add_sidecar_reporting(&mut self, slots: u32, reports: agentcom_sidecar::reports::Settings) -> &TestSidecar {
+        self.add_sidecar_configured(slots, |config| config.reports(reports))
+    }
+
+    /// A sidecar configured further by `configure` (its shell options, its reports).
+    pub fn add_sidecar_configured(
+        &mut self,
+        slots: u32,
+        configure: impl FnOnce(agentcom_sidecar::ConfigBuilder) -> agentcom_sidecar::ConfigBuilder,
+    ) -> &TestSidecar {
         let id = format!("test-sidecar-{}", self.sidecars.len());
+        let reports = agentcom_sidecar::reports::Settings { discover_ollama: false, ..Default::default() };
         let config =
             agentcom_sidecar::Config::builder(self.url.clone(), self.join_token.clone(), self.work_dir.clone())
                 .sidecar_id(id.clone())
                 .hostname("localhost")
                 .slots(slots)
                 .env_allow(&["PATH".to_owned()])
-                .reports(reports)
-                .build()
-                .expect("a test sidecar's configuration is valid");
+                .reports(reports);
+        let config = configure(config).build().expect("a test sidecar's configuration is valid");
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let join = tokio::spawn(async move {

@@ -14,6 +14,7 @@ pub mod runners;
 pub mod secure;
 pub mod state;
 pub mod verify;
+pub mod workspace;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -215,6 +216,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// A sidecar whose containment is set up and whose earlier run's leftovers are dead.
 pub struct Prepared {
     settings: shell::Settings,
+    workspaces: std::sync::Arc<workspace::Workspaces>,
 }
 
 impl Prepared {
@@ -223,7 +225,8 @@ impl Prepared {
     async fn runners(&self, config: &Config, latest: &reports::Latest) -> runners::Runners {
         let shell = runners::Runners::default()
             .with(runners::ShellRunner { settings: self.settings.clone() })
-            .verifying_with(crate::verify::Verifier::new(self.settings.clone()));
+            .verifying_with(crate::verify::Verifier::new(self.settings.clone()))
+            .with_workspaces(self.workspaces.clone());
         let mut settings = config.reports.clone();
         if settings.ollama.is_empty() && settings.discover_ollama {
             let found = agentcom_llm::probe_ollama(&agentcom_llm::client(), reports::DEFAULT_OLLAMA_URL).await;
@@ -247,6 +250,19 @@ pub async fn run_prepared(config: Config, prepared: Prepared, shutdown: impl Fut
     let stop_reports = tokio_util::sync::CancellationToken::new();
     let latest = reports::start(&config.sidecar_id, config.reports.clone(), stop_reports.clone());
     let runners = prepared.runners(&config, &latest).await;
+    // Failed attempts' workspaces are kept a while for a look, then swept: now and hourly.
+    let workspaces = prepared.workspaces.clone();
+    let sweeping = stop_reports.clone();
+    tokio::spawn(async move {
+        let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = hourly.tick() => {}
+                _ = sweeping.cancelled() => return,
+            }
+            workspaces.sweep().await;
+        }
+    });
     let result = link::Link::new(config, runners, summary, latest).run(shutdown).await;
     stop_reports.cancel();
     // A clean stop: running work was cancelled and reported, so the watchdog has nothing to do.
@@ -285,7 +301,16 @@ pub async fn prepare(config: &Config) -> Result<Prepared, Error> {
     if config.shell.run_as.is_none() && nix::unistd::geteuid().is_root() {
         tracing::warn!("tasks run as root; give --run-as USER to run them as an unprivileged user");
     }
-    Ok(Prepared { settings: shell::Settings::new(config.shell.clone(), containment, state) })
+    let settings = shell::Settings::new(config.shell.clone(), containment, state);
+    let options = &settings.options;
+    let owner = options.run_as.as_ref().map(|user| (user.uid, user.gid));
+    let workspaces = workspace::Workspaces::new(
+        &options.work_dir,
+        options.repo_allow.clone(),
+        options.keep_failed_workspaces,
+        owner,
+    );
+    Ok(Prepared { settings, workspaces: std::sync::Arc::new(workspaces) })
 }
 
 /// The `main` of a binary that runs a sidecar (`agentcom-sidecar`, and `agentcom-hub` for `dev`):

@@ -47,6 +47,13 @@ struct RunArgs {
     /// A directory outside the work directory that tasks may name as their cwd (repeatable).
     #[arg(long = "allow-cwd", value_name = "PATH")]
     allow_cwd: Vec<PathBuf>,
+    /// A repository tasks may name as context.repository (repeatable): a local path (those
+    /// under it are allowed too) or a URL prefix. Such work runs in a git working copy of its own.
+    #[arg(long = "repo-allow", value_name = "PATH|URL")]
+    repo_allow: Vec<String>,
+    /// How long the workspace of a failed attempt is kept for a look (e.g. 24h, 30m).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    keep_failed_workspaces: std::time::Duration,
     /// A secret tasks may ask for by name in secret_env, read from FILE when a task starts (repeatable).
     #[arg(long = "secret", value_name = "NAME=FILE")]
     secrets: Vec<String>,
@@ -216,6 +223,8 @@ async fn run() -> anyhow::Result<()> {
             shell.allow_cwd = allow_cwd;
             shell.secrets = secrets;
             shell.run_as = run_as;
+            shell.repo_allow = args.repo_allow.clone();
+            shell.keep_failed_workspaces = args.keep_failed_workspaces;
         })
         .containment(args.containment)
         .state_dir(state_dir)

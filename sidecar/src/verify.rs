@@ -124,7 +124,18 @@ impl Verifier {
             }
             Verification::GitClean => {
                 // No fsmonitor or other hooks from the repository's own configuration.
-                let argv = ["git", "-c", "core.fsmonitor=false", "status", "--porcelain", "--untracked-files=normal"];
+                // A workspace's git directory is the sidecar's clone, owned by another user than
+                // the task's under --run-as: it is safe to read here.
+                let argv = [
+                    "git",
+                    "-c",
+                    "core.fsmonitor=false",
+                    "-c",
+                    "safe.directory=*",
+                    "status",
+                    "--porcelain",
+                    "--untracked-files=normal",
+                ];
                 let ran = self.command(job, argv.iter().map(|s| s.to_string()).collect(), dir, 60_000, cancel).await;
                 git_clean(&ran)
             }

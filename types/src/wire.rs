@@ -48,6 +48,10 @@ pub fn clip_to(mut text: String, max: usize) -> String {
     text
 }
 
+/// Bytes of a workspace's diff, and of its `--stat`, an outcome keeps.
+pub const MAX_DIFF_BYTES: usize = 256 * 1024;
+pub const MAX_DIFF_STAT_BYTES: usize = 16 * 1024;
+
 /// Steps a verification report from a sidecar may hold, and bytes of each step's evidence.
 pub const MAX_REPORTED_STEPS: usize = 64;
 pub const MAX_EVIDENCE_BYTES: usize = 4096;
@@ -360,6 +364,16 @@ pub fn outcome_from_pb(outcome: pb::TaskOutcome) -> Outcome {
         }),
         budget_exceeded: outcome.budget_exceeded,
         verification: outcome.verification.map(report_from_pb),
+        workspace: outcome.workspace.map(|w| WorkspaceReport {
+            repository: clip_to(w.repository, 4096),
+            base: clip(w.base),
+            branch: w.branch.map(clip),
+            commit: w.commit.map(clip),
+            diff_stat: clip_to(w.diff_stat, MAX_DIFF_STAT_BYTES),
+            diff: clip_to(w.diff, MAX_DIFF_BYTES),
+            diff_total_bytes: w.diff_total_bytes,
+            kept_at: w.kept_at.map(|p| clip_to(p, 4096)),
+        }),
     }
 }
 
@@ -397,6 +411,16 @@ pub fn outcome_into_pb(outcome: Outcome) -> pb::TaskOutcome {
         }),
         budget_exceeded: outcome.budget_exceeded,
         verification: outcome.verification.map(report_into_pb),
+        workspace: outcome.workspace.map(|w| pb::WorkspaceReport {
+            repository: w.repository,
+            base: w.base,
+            branch: w.branch,
+            commit: w.commit,
+            diff_stat: w.diff_stat,
+            diff: w.diff,
+            diff_total_bytes: w.diff_total_bytes,
+            kept_at: w.kept_at,
+        }),
     }
 }
 
@@ -764,6 +788,16 @@ mod tests {
                     evidence: "test it_works ... FAILED".into(),
                     summary: Some("test result: FAILED. 0 passed; 1 failed".into()),
                 }],
+            }),
+            workspace: Some(WorkspaceReport {
+                repository: "/srv/repos/app".into(),
+                base: "3f2a".into(),
+                branch: Some("agentcom/01M7".into()),
+                commit: Some("9c1d".into()),
+                diff_stat: " a.txt | 1 +".into(),
+                diff: "+x".into(),
+                diff_total_bytes: 2,
+                kept_at: None,
             }),
         });
         assert_eq!(task_from_pb(task_to_pb(&task)), Ok(task));

@@ -298,6 +298,16 @@ fn outcome_into(outcome: Outcome) -> pb::Outcome {
         }),
         budget_exceeded: outcome.budget_exceeded,
         verification: outcome.verification.map(report_into),
+        workspace: outcome.workspace.map(|w| pb::WorkspaceReport {
+            repository: w.repository,
+            base: w.base,
+            branch: w.branch,
+            commit: w.commit,
+            diff_stat: w.diff_stat,
+            diff: w.diff,
+            diff_total_bytes: w.diff_total_bytes,
+            kept_at: w.kept_at,
+        }),
     }
 }
 
@@ -330,6 +340,16 @@ fn outcome_from(outcome: pb::Outcome) -> Outcome {
         }),
         budget_exceeded: outcome.budget_exceeded,
         verification: outcome.verification.map(report_from),
+        workspace: outcome.workspace.map(|w| WorkspaceReport {
+            repository: w.repository,
+            base: w.base,
+            branch: w.branch,
+            commit: w.commit,
+            diff_stat: w.diff_stat,
+            diff: w.diff,
+            diff_total_bytes: w.diff_total_bytes,
+            kept_at: w.kept_at,
+        }),
     }
 }
 
@@ -688,6 +708,7 @@ mod tests {
             usage: None,
             budget_exceeded: true,
             verification: None,
+            workspace: None,
         });
         task
     }

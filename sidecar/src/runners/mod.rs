@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentcom_types::domain::{Outcome, Stream, TaskSpec, TokenPrice, Work};
+use agentcom_types::domain::{Outcome, Stream, TaskSpec, TokenPrice, Verdict, Work};
 use tokio_util::sync::CancellationToken;
 
 use crate::contain::{self, TaskKey};
@@ -68,6 +68,7 @@ pub trait Runner: Send + Sync + 'static {
 pub struct Runners {
     runners: Vec<Arc<dyn Runner>>,
     verifier: Option<Arc<crate::verify::Verifier>>,
+    workspaces: Option<Arc<crate::workspace::Workspaces>>,
 }
 
 impl Runners {
@@ -76,9 +77,16 @@ impl Runners {
         self
     }
 
-    /// Verifies work with `verifier` (without one, verification steps are reported as not run).
+    /// Verifies work with `verifier` (without one, work with verification steps fails).
     pub fn verifying_with(mut self, verifier: crate::verify::Verifier) -> Runners {
         self.verifier = Some(Arc::new(verifier));
+        self
+    }
+
+    /// Runs shell work that names a repository in a workspace of `workspaces` (without them,
+    /// such work fails).
+    pub fn with_workspaces(mut self, workspaces: Arc<crate::workspace::Workspaces>) -> Runners {
+        self.workspaces = Some(workspaces);
         self
     }
 
@@ -88,36 +96,79 @@ impl Runners {
     }
 
     /// Runs `assignment` on the runner for its work, or fails it at once if there is none.
-    /// Work that ran well and has verification steps is then verified (see [`crate::verify`]);
-    /// the report goes in the outcome.
-    pub fn run(&self, assignment: Assignment, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
+    /// Shell work that names a repository runs in a workspace made for it (see
+    /// [`crate::workspace`]), which is described, committed and removed afterwards. Work that
+    /// ran well and has verification steps is verified (see [`crate::verify`]). Both reports go
+    /// in the outcome.
+    pub fn run(&self, mut assignment: Assignment, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
         let needed = assignment.spec.work.capability();
-        let Some(runner) = self.runners.iter().find(|r| r.capability() == needed) else {
+        let Some(runner) = self.runners.iter().find(|r| r.capability() == needed).cloned() else {
             let have: Vec<&str> = self.runners.iter().map(|r| r.capability()).collect();
             let have = have.join(", ");
             let error = format!("this sidecar cannot run {needed} work (it runs: {have})");
             return Box::pin(async move { failed_to_start(error) });
         };
-        if assignment.spec.verification.is_empty() {
+        let repository = assignment.spec.context.repository.clone();
+        let in_workspace = !repository.is_empty() && matches!(assignment.spec.work, Work::Shell(_));
+        if assignment.spec.verification.is_empty() && !in_workspace {
             return runner.run(assignment, sink, cancel);
         }
-        let job = verification_job(&assignment);
-        let verifier = self.verifier.clone();
-        let running = runner.run(assignment, sink.clone(), cancel.clone());
+        let (verifier, workspaces) = (self.verifier.clone(), self.workspaces.clone());
         Box::pin(async move {
-            let mut outcome = running.await;
-            if !crate::verify::ran_well(&outcome) || cancel.is_cancelled() {
-                return outcome;
+            let mut workspace = None;
+            if in_workspace {
+                let Some(workspaces) = &workspaces else {
+                    return failed_to_start("this sidecar has no workspaces for work in a repository".into());
+                };
+                let branch = assignment.spec.context.branch.clone();
+                match workspaces.open(&assignment.key, &repository, &branch).await {
+                    Ok(opened) => {
+                        if let Err(error) = run_inside(&mut assignment, &opened.dir) {
+                            return failed_to_start(error);
+                        }
+                        workspace = Some(opened);
+                    }
+                    Err(error) => return failed_to_start(format!("workspace: {error}")),
+                }
             }
-            let Some(verifier) = verifier else {
-                outcome.error = Some("this sidecar cannot verify work".to_owned());
-                return outcome;
-            };
-            sink.verifying();
-            outcome.verification = Some(verifier.check(&job, &outcome.stdout, &cancel).await);
+            let job = verification_job(&assignment);
+            let (task_id, title) = (assignment.key.task_id.clone(), assignment.spec.name.clone());
+            let mut outcome = runner.run(assignment, sink.clone(), cancel.clone()).await;
+            if !job.steps.is_empty() && crate::verify::ran_well(&outcome) && !cancel.is_cancelled() {
+                match &verifier {
+                    Some(verifier) => {
+                        sink.verifying();
+                        outcome.verification = Some(verifier.check(&job, &outcome.stdout, &cancel).await);
+                    }
+                    None => outcome.error = Some("this sidecar cannot verify work".to_owned()),
+                }
+            }
+            if let (Some(opened), Some(workspaces)) = (workspace, &workspaces) {
+                let passed = outcome.verification.as_ref().is_none_or(|r| r.verdict == Verdict::Passed);
+                let succeeded = crate::verify::ran_well(&outcome) && passed && !cancel.is_cancelled();
+                outcome.workspace = Some(workspaces.close(opened, &task_id, &title, succeeded).await);
+            }
             outcome
         })
     }
+}
+
+/// Points shell work at its workspace: its `cwd`, if it names one, is taken inside it (and may
+/// not climb out).
+fn run_inside(assignment: &mut Assignment, dir: &std::path::Path) -> Result<(), String> {
+    let Work::Shell(work) = &mut assignment.spec.work else { return Ok(()) };
+    let inside = match work.cwd.as_deref() {
+        None | Some("") => dir.to_owned(),
+        Some(cwd) => {
+            let relative = std::path::Path::new(cwd);
+            if relative.is_absolute() || relative.components().any(|c| c == std::path::Component::ParentDir) {
+                return Err(format!("cwd {cwd:?} must be a path inside the repository's workspace"));
+            }
+            dir.join(relative)
+        }
+    };
+    work.cwd = Some(inside.to_string_lossy().into_owned());
+    Ok(())
 }
 
 /// What verifying an attempt needs of its assignment: the steps, and for shell work its

@@ -66,6 +66,11 @@ pub struct Options {
     pub secrets: BTreeMap<String, PathBuf>,
     /// Run tasks as this user instead of the sidecar's own.
     pub run_as: Option<RunAs>,
+    /// Repositories tasks may name as `context.repository` (`--repo-allow`): local paths or URL
+    /// prefixes. Empty: none.
+    pub repo_allow: Vec<String>,
+    /// How long a failed attempt's workspace is kept (`--keep-failed-workspaces`).
+    pub keep_failed_workspaces: Duration,
 }
 
 impl Options {
@@ -79,6 +84,8 @@ impl Options {
             kill_grace: Duration::from_secs(5),
             secrets: BTreeMap::new(),
             run_as: None,
+            repo_allow: Vec::new(),
+            keep_failed_workspaces: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -306,6 +313,7 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
         usage: None,
         budget_exceeded: false,
         verification: None,
+        workspace: None,
     }
 }
 

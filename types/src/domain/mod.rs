@@ -609,6 +609,28 @@ pub struct Outcome {
     pub budget_exceeded: bool,
     /// The checks run after the work, when the task has any and the work succeeded.
     pub verification: Option<VerificationReport>,
+    /// Work that ran in a git workspace (`context.repository`): what it changed.
+    pub workspace: Option<WorkspaceReport>,
+}
+
+/// What work in a git workspace changed, and where the change was kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkspaceReport {
+    pub repository: String,
+    /// The commit the workspace was made at.
+    pub base: String,
+    /// On success with changes: the branch (`agentcom/TASK_ID`) and commit holding them, in the
+    /// sidecar's clone of the repository.
+    pub branch: Option<String>,
+    pub commit: Option<String>,
+    /// `git diff --stat` of the changes against `base`.
+    pub diff_stat: String,
+    /// The diff itself, up to the cap.
+    pub diff: String,
+    /// Bytes of the whole diff (more than `diff` holds when it was cut).
+    pub diff_total_bytes: u64,
+    /// Where a failed attempt's workspace is kept on the sidecar, for a while.
+    pub kept_at: Option<String>,
 }
 
 /// What one LLM attempt used and how fast it ran, measured at the sidecar; the hub prices it.
@@ -664,6 +686,7 @@ impl Outcome {
             usage: None,
             budget_exceeded: false,
             verification: None,
+            workspace: None,
         }
     }
 

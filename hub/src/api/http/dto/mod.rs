@@ -387,6 +387,36 @@ pub struct OutcomeDto {
     /// The checks run after the work, when the task has verification steps and the work succeeded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verification: Option<VerificationReportDto>,
+    /// Work in a git workspace: what it changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<WorkspaceDto>,
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct WorkspaceDto {
+    pub repository: String,
+    pub base: String,
+    pub branch: Option<String>,
+    pub commit: Option<String>,
+    pub diff_stat: String,
+    pub diff: String,
+    pub diff_total_bytes: u64,
+    pub kept_at: Option<String>,
+}
+
+impl From<&crate::domain::WorkspaceReport> for WorkspaceDto {
+    fn from(w: &crate::domain::WorkspaceReport) -> WorkspaceDto {
+        WorkspaceDto {
+            repository: w.repository.clone(),
+            base: w.base.clone(),
+            branch: w.branch.clone(),
+            commit: w.commit.clone(),
+            diff_stat: w.diff_stat.clone(),
+            diff: w.diff.clone(),
+            diff_total_bytes: w.diff_total_bytes,
+            kept_at: w.kept_at.clone(),
+        }
+    }
 }
 
 #[derive(Serialize, Debug, PartialEq)]
@@ -440,6 +470,7 @@ impl From<&Outcome> for OutcomeDto {
             error: outcome.error.clone(),
             usage: outcome.usage.as_ref().map(UsageDto::from),
             verification: outcome.verification.as_ref().map(VerificationReportDto::from),
+            workspace: outcome.workspace.as_ref().map(WorkspaceDto::from),
         }
     }
 }

@@ -111,6 +111,16 @@ fn full_task() -> Task {
                 summary: Some("test result: ok. 3 passed; 0 failed".into()),
             }],
         }),
+        workspace: Some(crate::domain::WorkspaceReport {
+            repository: "/srv/repos/app".into(),
+            base: "3f2a9c".into(),
+            branch: Some("agentcom/01M7".into()),
+            commit: Some("9c1d07".into()),
+            diff_stat: " out.txt | 1 +".into(),
+            diff: "+hello".into(),
+            diff_total_bytes: 6,
+            kept_at: None,
+        }),
     });
     task
 }
