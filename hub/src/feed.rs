@@ -293,6 +293,7 @@ mod tests {
             budget_exceeded: false,
             verification: None,
             workspace: None,
+            rounds: Vec::new(),
         });
         feed.finish(&done);
         let events = feed.read(&mut cursor);

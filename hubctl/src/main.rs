@@ -164,6 +164,20 @@ struct SubmitArgs {
     /// An LLM prompt instead of a command; with --wait the reply streams to stdout.
     #[arg(long, conflicts_with = "command")]
     prompt: Option<String>,
+    /// An agent goal instead of a command: an agent (Claude Code) works on it in a workspace of
+    /// --repo, and its changes come back as a diff and a commit on agentcom/TASK_ID.
+    #[arg(long, conflicts_with_all = ["command", "prompt"], requires = "repo")]
+    agent: Option<String>,
+    /// The repository the agent (or a command) works in: a path or URL the sidecar allows
+    /// (agentcom-sidecar --repo-allow).
+    #[arg(long)]
+    repo: Option<String>,
+    /// The branch or commit of --repo to start from [default: its default branch].
+    #[arg(long, requires = "repo")]
+    branch: Option<String>,
+    /// Rounds of fixing after a failed --verify, each given what failed (with --agent) [default: 2].
+    #[arg(long, requires = "agent")]
+    fix_rounds: Option<u32>,
     /// The system prompt (with --prompt).
     #[arg(long, requires = "prompt")]
     system: Option<String>,
@@ -192,10 +206,14 @@ struct SubmitArgs {
     from_file: Option<std::path::PathBuf>,
     /// A check the work must pass, run by the sidecar after it (repeatable, in order):
     /// file_exists=PATH, 'command_succeeds=CMD ARGS', 'test_passes=CMD ARGS', git_clean,
-    /// output_contains=TEXT, output_matches=REGEX, http_ok=URL (loopback). A failed check fails
+    /// output_contains=TEXT, output_matches=REGEX, http_ok=URL (loopback), llm_judge[=MODEL] (a
+    /// model judges the result against --criterion, after the others pass). A failed check fails
     /// the task as verification_failed.
     #[arg(long = "verify", value_name = "KIND[=ARG]", value_parser = parse_verify)]
     verify: Vec<Value>,
+    /// A success criterion (repeatable): what done means, for people and for llm_judge.
+    #[arg(long = "criterion", value_name = "TEXT")]
+    criteria: Vec<String>,
     /// Stream the output and exit with the task's exit code.
     #[arg(long)]
     wait: bool,
@@ -223,10 +241,11 @@ fn parse_verify(s: &str) -> Result<Value, String> {
         "output_contains" => json!({ "output_contains": { "text": needs("the text")? } }),
         "output_matches" => json!({ "output_contains": { "regex": needs("a regex")? } }),
         "http_ok" => json!({ "http_ok": needs("a URL")? }),
+        "llm_judge" => json!({ "llm_judge": { "model": arg.unwrap_or_default().trim() } }),
         "git_clean" => return Err("git_clean takes no argument".into()),
         other => {
             return Err(format!(
-                "unknown check {other:?}: use file_exists, command_succeeds, test_passes, git_clean, output_contains, output_matches or http_ok"
+                "unknown check {other:?}: use file_exists, command_succeeds, test_passes, git_clean, output_contains, output_matches, http_ok or llm_judge"
             ));
         }
     })
@@ -436,6 +455,42 @@ fn report_end(task: &Value) {
     }
 }
 
+/// Agent rounds and the workspace, for `hubctl get`: a line per round, then where the change
+/// went.
+fn work_lines(task: &Value) -> Vec<String> {
+    let outcome = &task["outcome"];
+    let mut lines = Vec::new();
+    for round in outcome["rounds"].as_array().into_iter().flatten() {
+        let failed: Vec<&str> = round["failed"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let failed = if failed.is_empty() { String::new() } else { format!(" ({})", failed.join(", ")) };
+        let changed = round["diff_stat"].as_str().and_then(|s| s.lines().last()).unwrap_or("").trim().to_owned();
+        let cost = round["cost_micros"].as_u64().map(|c| format!(", ${:.4}", c as f64 / 1e6)).unwrap_or_default();
+        lines.push(format!(
+            "round {}:   {}{failed}; {}; {} in / {} out tokens{cost}",
+            round["number"],
+            round["verdict"].as_str().unwrap_or("?"),
+            if changed.is_empty() { "no changes" } else { &changed },
+            round["input_tokens"],
+            round["output_tokens"],
+        ));
+    }
+    let workspace = &outcome["workspace"];
+    if let Some(repository) = workspace["repository"].as_str() {
+        let base: String = workspace["base"].as_str().unwrap_or("").chars().take(12).collect();
+        let changed = workspace["diff_stat"].as_str().and_then(|s| s.lines().last()).unwrap_or("").trim().to_owned();
+        let place = match (workspace["branch"].as_str(), workspace["commit"].as_str(), workspace["kept_at"].as_str()) {
+            (Some(branch), Some(commit), _) => {
+                format!("committed on {branch} ({})", commit.chars().take(12).collect::<String>())
+            }
+            (_, _, Some(kept)) => format!("kept at {kept}"),
+            _ => "nothing committed".to_owned(),
+        };
+        let changed = if changed.is_empty() { "no changes".to_owned() } else { changed };
+        lines.push(format!("workspace: {repository} at {base}: {changed}; {place}"));
+    }
+    lines
+}
+
 /// The verification report, for `hubctl get`: the verdict, then a line per step with its
 /// evidence indented under it.
 fn verification_lines(task: &Value) -> Vec<String> {
@@ -498,6 +553,16 @@ fn sep(s: &str) -> String {
 fn submit_body(args: &SubmitArgs) -> anyhow::Result<Value> {
     let mut body = json!({ "priority": args.priority });
     match (&args.prompt, args.command.is_empty()) {
+        _ if args.agent.is_some() => {
+            let mut agent = json!({ "goal": args.agent, "repository": args.repo });
+            if let Some(branch) = &args.branch {
+                agent["branch"] = json!(branch);
+            }
+            if let Some(rounds) = args.fix_rounds {
+                agent["fix_rounds"] = json!(rounds);
+            }
+            body["agent"] = agent;
+        }
         (Some(prompt), true) => {
             let mut llm = json!({ "prompt": prompt });
             if let Some(system) = &args.system {
@@ -528,8 +593,17 @@ fn submit_body(args: &SubmitArgs) -> anyhow::Result<Value> {
             }
             body["shell"] = shell;
         }
-        (None, true) => bail!("nothing to run: give a command after `--` (hubctl submit -- echo hello) or --prompt"),
+        (None, true) => {
+            bail!("nothing to run: give a command after `--` (hubctl submit -- echo hello), --prompt or --agent")
+        }
         (Some(_), false) => bail!("give a command or --prompt, not both"),
+    }
+    if let (Some(repo), None) = (&args.repo, &args.agent) {
+        let mut context = json!({ "repository": repo });
+        if let Some(branch) = &args.branch {
+            context["branch"] = json!(branch);
+        }
+        body["context"] = context;
     }
     if let Some(tier) = &args.tier {
         body["tier"] = json!(tier);
@@ -579,6 +653,9 @@ fn submit_body(args: &SubmitArgs) -> anyhow::Result<Value> {
     }
     if !args.verify.is_empty() {
         body["verification"] = json!(args.verify);
+    }
+    if !args.criteria.is_empty() {
+        body["success_criteria"] = json!(args.criteria);
     }
     Ok(body)
 }
@@ -721,7 +798,7 @@ fn print_task(task: &Value) {
         if let Some(line) = usage_line(task) {
             println!("usage:     {line}");
         }
-        for line in verification_lines(task) {
+        for line in verification_lines(task).into_iter().chain(work_lines(task)) {
             println!("{line}");
         }
         for stream in ["stdout", "stderr"] {
@@ -908,9 +985,30 @@ mod tests {
         assert_eq!(step("output_contains=all done"), json!({"output_contains": {"text": "all done"}}));
         assert_eq!(step(r"output_matches=^ok \d+"), json!({"output_contains": {"regex": r"^ok \d+"}}));
         assert_eq!(step("http_ok=http://127.0.0.1:8080/health"), json!({"http_ok": "http://127.0.0.1:8080/health"}));
+        assert_eq!(step("llm_judge"), json!({"llm_judge": {"model": ""}}));
+        assert_eq!(step("llm_judge=qwen2.5:7b"), json!({"llm_judge": {"model": "qwen2.5:7b"}}));
         for bad in ["file_exists", "file_exists=", "git_clean=x", "nope=1", "command_succeeds=sh -c 'x"] {
             assert!(parse_verify(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn agent_rounds_and_the_workspace_are_shown_a_line_each() {
+        let task = json!({"outcome": {
+            "rounds": [
+                {"number": 1, "verdict": "failed", "failed": ["test_passes sh check.sh"], "diff_stat": " answer.txt | 2 +-\n 1 file changed, 1 insertion(+), 1 deletion(-)\n", "input_tokens": 100, "output_tokens": 20, "cost_micros": 10000},
+                {"number": 2, "verdict": "passed", "failed": [], "diff_stat": "", "input_tokens": 90, "output_tokens": 15, "cost_micros": null}
+            ],
+            "workspace": {"repository": "/srv/repos/app", "base": "164fffa82caf283e98", "branch": "agentcom/01M8", "commit": "9c1d07aa11bb22cc", "diff_stat": " answer.txt | 2 +-\n 1 file changed", "kept_at": null}
+        }});
+        assert_eq!(
+            work_lines(&task),
+            vec![
+                "round 1:   failed (test_passes sh check.sh); 1 file changed, 1 insertion(+), 1 deletion(-); 100 in / 20 out tokens, $0.0100",
+                "round 2:   passed; no changes; 90 in / 15 out tokens",
+                "workspace: /srv/repos/app at 164fffa82caf: 1 file changed; committed on agentcom/01M8 (9c1d07aa11bb)",
+            ]
+        );
     }
 
     #[test]
@@ -990,6 +1088,11 @@ mod tests {
             max_cost: prompt.map(|_| 50_000),
             max_total_tokens: None,
             verify: Vec::new(),
+            criteria: Vec::new(),
+            agent: None,
+            repo: None,
+            branch: None,
+            fix_rounds: None,
             wait: false,
             command: command.into_iter().map(String::from).collect(),
         };
@@ -1009,5 +1112,22 @@ mod tests {
         assert_eq!(llm["limits"]["max_cost_micros"], 50_000);
         assert_eq!((parse_dollars("0.05"), parse_dollars("2")), (Ok(50_000), Ok(2_000_000)));
         assert!(parse_dollars("-1").is_err() && parse_dollars("$1").is_err() && parse_dollars("inf").is_err());
+        let agent = SubmitArgs {
+            agent: Some("fix it".into()),
+            repo: Some("/srv/repos/app".into()),
+            branch: Some("main".into()),
+            fix_rounds: Some(3),
+            verify: vec![json!({"test_passes": {"argv": ["cargo", "test"]}})],
+            ..args(vec![], None)
+        };
+        let body = submit_body(&agent).unwrap();
+        assert_eq!(
+            body["agent"],
+            json!({"goal": "fix it", "repository": "/srv/repos/app", "branch": "main", "fix_rounds": 3})
+        );
+        assert_eq!(body["verification"], json!([{"test_passes": {"argv": ["cargo", "test"]}}]));
+        assert!(body["shell"].is_null() && body["context"].is_null());
+        let in_repo = SubmitArgs { repo: Some("/srv/repos/app".into()), ..args(vec!["make"], None) };
+        assert_eq!(submit_body(&in_repo).unwrap()["context"], json!({"repository": "/srv/repos/app"}));
     }
 }

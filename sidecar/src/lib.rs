@@ -221,12 +221,12 @@ pub struct Prepared {
 
 impl Prepared {
     /// The runners this sidecar has: shell, and LLM work when it has a provider (configured, or
-    /// a local Ollama that answers at start).
+    /// a local Ollama that answers at start), which also judges `llm_judge` steps.
     async fn runners(&self, config: &Config, latest: &reports::Latest) -> runners::Runners {
-        let shell = runners::Runners::default()
+        let mut runners = runners::Runners::default()
             .with(runners::ShellRunner { settings: self.settings.clone() })
-            .verifying_with(crate::verify::Verifier::new(self.settings.clone()))
             .with_workspaces(self.workspaces.clone());
+        let mut verifier = crate::verify::Verifier::new(self.settings.clone());
         let mut settings = config.reports.clone();
         if settings.ollama.is_empty() && settings.discover_ollama {
             let found = agentcom_llm::probe_ollama(&agentcom_llm::client(), reports::DEFAULT_OLLAMA_URL).await;
@@ -234,10 +234,21 @@ impl Prepared {
                 settings.ollama.push(reports::DEFAULT_OLLAMA_URL.to_owned());
             }
         }
-        if !runners::llm::LlmRunner::configured(&settings) {
-            return shell;
+        if runners::llm::LlmRunner::configured(&settings) {
+            let llm: std::sync::Arc<dyn runners::Runner> =
+                std::sync::Arc::new(runners::llm::LlmRunner::new(settings, latest.models.clone()));
+            verifier = verifier.judging_with(llm.clone());
+            runners = runners.with_shared(llm);
         }
-        shell.with(runners::llm::LlmRunner::new(settings, latest.models.clone()))
+        // Agent work runs on Claude Code where its CLI is: --claude, or `claude` on the PATH.
+        let options = &self.settings.options;
+        let path = options.base_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or_default();
+        let claude = options.claude.clone().or_else(|| runners::claude::find_on_path(path));
+        if let Some(program) = claude {
+            tracing::info!(program = %program.display(), "agent work runs on Claude Code");
+            runners = runners.with(runners::claude::ClaudeCodeRunner { settings: self.settings.clone(), program });
+        }
+        runners.verifying_with(verifier)
     }
 }
 

@@ -569,6 +569,7 @@ fn assignment(assign: pb::Assign, default_max_output_bytes: usize) -> Result<Ass
         endpoint_id: (!assign.endpoint_id.is_empty()).then_some(assign.endpoint_id),
         model: (!assign.model.is_empty()).then_some(assign.model),
         price: assign.price.and_then(wire::price_from_pb),
+        workspace: None,
     })
 }
 

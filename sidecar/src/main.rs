@@ -51,6 +51,10 @@ struct RunArgs {
     /// under it are allowed too) or a URL prefix. Such work runs in a git working copy of its own.
     #[arg(long = "repo-allow", value_name = "PATH|URL")]
     repo_allow: Vec<String>,
+    /// The Claude Code CLI agent work runs on [default: `claude` on the PATH, if there]. It
+    /// runs with its own login, in the task's workspace and sandbox.
+    #[arg(long, value_name = "PATH")]
+    claude: Option<PathBuf>,
     /// How long the workspace of a failed attempt is kept for a look (e.g. 24h, 30m).
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     keep_failed_workspaces: std::time::Duration,
@@ -213,6 +217,10 @@ async fn run() -> anyhow::Result<()> {
         let file = std::fs::canonicalize(file).with_context(|| format!("--secret {name}: the file {file}"))?;
         secrets.insert(name.to_owned(), file);
     }
+    let claude = match &args.claude {
+        Some(path) => Some(std::fs::canonicalize(path).with_context(|| format!("--claude {}", path.display()))?),
+        None => None,
+    };
     let run_as = args.run_as.as_deref().map(shell::RunAs::lookup).transpose().map_err(anyhow::Error::msg)?;
     let state_dir = args.state_dir.clone().unwrap_or_else(|| work_dir.join(".agentcom-sidecar"));
     let mut config = agentcom_sidecar::Config::builder(args.hub, token, work_dir)
@@ -225,6 +233,7 @@ async fn run() -> anyhow::Result<()> {
             shell.run_as = run_as;
             shell.repo_allow = args.repo_allow.clone();
             shell.keep_failed_workspaces = args.keep_failed_workspaces;
+            shell.claude = claude;
         })
         .containment(args.containment)
         .state_dir(state_dir)

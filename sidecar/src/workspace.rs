@@ -193,6 +193,33 @@ impl Workspaces {
         report
     }
 
+    /// The state of the workspace's files now, as a tree id (through an index of its own, so
+    /// the workspace's own index is left as the work keeps it).
+    pub async fn snapshot(&self, workspace: &Workspace) -> Result<String, String> {
+        let index = workspace.dir.with_extension("index");
+        let tree = async {
+            git_with(Some(&workspace.dir), Some(&index), &["add", "--all"]).await?;
+            git_with(Some(&workspace.dir), Some(&index), &["write-tree"]).await
+        }
+        .await;
+        let _ = std::fs::remove_file(&index);
+        Ok(tree?.trim().to_owned())
+    }
+
+    /// `git diff --stat` of the workspace's files now against a [`Workspaces::snapshot`] (or
+    /// the base).
+    pub async fn changes_since(&self, workspace: &Workspace, snapshot: Option<&str>) -> String {
+        let index = workspace.dir.with_extension("index");
+        let since = snapshot.unwrap_or(&workspace.base);
+        let stat = async {
+            git_with(Some(&workspace.dir), Some(&index), &["add", "--all"]).await?;
+            git_with(Some(&workspace.dir), Some(&index), &["diff", "--cached", "--no-color", "--stat", since]).await
+        }
+        .await;
+        let _ = std::fs::remove_file(&index);
+        stat.unwrap_or_else(|error| format!("could not describe the changes: {error}"))
+    }
+
     /// Removes kept workspaces older than `--keep-failed-workspaces`; returns how many.
     pub async fn sweep(&self) -> usize {
         let Ok(entries) = std::fs::read_dir(&self.root) else { return 0 };
@@ -281,11 +308,18 @@ async fn git_in(dir: &Path, args: &[&str]) -> Result<String, String> {
     git(Some(dir), args).await
 }
 
+async fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, String> {
+    git_with(dir, None, args).await
+}
+
 /// One git command of the sidecar's own: hooks and fsmonitor off, no prompt, no pager, stdout
 /// returned.
 #[allow(clippy::disallowed_methods)] // The sidecar's git, on its own cache; never task code.
-async fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, String> {
+async fn git_with(dir: Option<&Path>, index: Option<&Path>, args: &[&str]) -> Result<String, String> {
     let mut command = tokio::process::Command::new("git");
+    if let Some(index) = index {
+        command.env("GIT_INDEX_FILE", index);
+    }
     // Workspaces belong to the task's user under --run-as; these commands are still the sidecar's.
     command.args(["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "safe.directory=*"]).args(args);
     if let Some(dir) = dir {

@@ -79,6 +79,8 @@ struct AgentBody {
     repository: String,
     #[serde(default)]
     branch: String,
+    #[serde(default)]
+    fix_rounds: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -114,6 +116,10 @@ enum VerificationBody {
     /// `{"output_contains": {"text": "..."}}` or `{"output_contains": {"regex": "..."}}`.
     OutputContains(PatternBody),
     HttpOk(String),
+    LlmJudge {
+        #[serde(default)]
+        model: String,
+    },
 }
 
 /// A step as JSON takes it: `"git_clean"` (as the API shows it) or an object, with the object's
@@ -125,6 +131,9 @@ impl<'de> Deserialize<'de> for StepBody {
         let value = serde_json::Value::deserialize(deserializer)?;
         if value == "git_clean" {
             return Ok(StepBody(VerificationBody::GitClean(true)));
+        }
+        if value == "llm_judge" {
+            return Ok(StepBody(VerificationBody::LlmJudge { model: String::new() }));
         }
         serde_json::from_value(value).map(StepBody).map_err(serde::de::Error::custom)
     }
@@ -276,6 +285,7 @@ impl TryFrom<SubmitBody> for pb::TaskSpec {
                 goal: agent.goal,
                 repository: agent.repository,
                 branch: agent.branch,
+                fix_rounds: agent.fix_rounds,
             }),
             _ => return Err(Error("invalid work: give exactly one of shell, llm, agent".to_owned())),
         };
@@ -307,6 +317,7 @@ impl TryFrom<SubmitBody> for pb::TaskSpec {
                         }),
                     }),
                     VerificationBody::HttpOk(url) => Kind::HttpOk(url),
+                    VerificationBody::LlmJudge { model } => Kind::LlmJudge(pb::LlmJudge { model }),
                 };
                 pb::VerificationStep { kind: Some(kind) }
             })

@@ -48,6 +48,9 @@ pub fn clip_to(mut text: String, max: usize) -> String {
     text
 }
 
+/// Rounds an outcome from a sidecar may list.
+pub const MAX_ROUNDS: usize = 32;
+
 /// Bytes of a workspace's diff, and of its `--stat`, an outcome keeps.
 pub const MAX_DIFF_BYTES: usize = 256 * 1024;
 pub const MAX_DIFF_STAT_BYTES: usize = 16 * 1024;
@@ -108,6 +111,7 @@ pub fn verification_from_pb(step: pb::VerificationStep) -> Result<Verification, 
             None => return Err(Error::invalid("verification", "output_contains needs text or regex")),
         }),
         Some(Kind::HttpOk(url)) => Verification::HttpOk(url),
+        Some(Kind::LlmJudge(judge)) => Verification::LlmJudge { model: judge.model },
         None => return Err(Error::invalid("verification", "a step has no kind")),
     })
 }
@@ -128,6 +132,7 @@ pub fn verification_into_pb(step: Verification) -> pb::VerificationStep {
             }),
         }),
         Verification::HttpOk(url) => Kind::HttpOk(url),
+        Verification::LlmJudge { model } => Kind::LlmJudge(pb::LlmJudge { model }),
     };
     pb::VerificationStep { kind: Some(kind) }
 }
@@ -187,9 +192,12 @@ fn spec_from_pb_unchecked(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result
                 keep_alive: nonempty(llm.keep_alive),
             })
         }
-        Some(pb::work::Kind::Agent(agent)) => {
-            Work::Agent(AgentWork { goal: agent.goal, repository: agent.repository, branch: agent.branch })
-        }
+        Some(pb::work::Kind::Agent(agent)) => Work::Agent(AgentWork {
+            goal: agent.goal,
+            repository: agent.repository,
+            branch: agent.branch,
+            fix_rounds: agent.fix_rounds,
+        }),
     };
     let context = spec.context.unwrap_or_default();
     let limits = spec.limits.unwrap_or_default();
@@ -279,6 +287,7 @@ pub fn spec_into_pb(spec: TaskSpec) -> pb::TaskSpec {
             goal: agent.goal,
             repository: agent.repository,
             branch: agent.branch,
+            fix_rounds: agent.fix_rounds,
         }),
     };
     let verification = spec.verification.into_iter().map(verification_into_pb).collect();
@@ -374,6 +383,20 @@ pub fn outcome_from_pb(outcome: pb::TaskOutcome) -> Outcome {
             diff_total_bytes: w.diff_total_bytes,
             kept_at: w.kept_at.map(|p| clip_to(p, 4096)),
         }),
+        rounds: outcome
+            .rounds
+            .into_iter()
+            .take(MAX_ROUNDS)
+            .map(|r| Round {
+                number: r.number,
+                verdict: clip(r.verdict),
+                failed: r.failed.into_iter().take(MAX_REPORTED_STEPS).map(|f| clip_to(f, 1024)).collect(),
+                diff_stat: clip_to(r.diff_stat, MAX_DIFF_STAT_BYTES),
+                input_tokens: r.input_tokens,
+                output_tokens: r.output_tokens,
+                cost_micros: r.cost_micros,
+            })
+            .collect(),
     }
 }
 
@@ -421,6 +444,19 @@ pub fn outcome_into_pb(outcome: Outcome) -> pb::TaskOutcome {
             diff_total_bytes: w.diff_total_bytes,
             kept_at: w.kept_at,
         }),
+        rounds: outcome
+            .rounds
+            .into_iter()
+            .map(|r| pb::Round {
+                number: r.number,
+                verdict: r.verdict,
+                failed: r.failed,
+                diff_stat: r.diff_stat,
+                input_tokens: r.input_tokens,
+                output_tokens: r.output_tokens,
+                cost_micros: r.cost_micros,
+            })
+            .collect(),
     }
 }
 
@@ -761,6 +797,7 @@ mod tests {
             Verification::OutputContains(Pattern::Text("done".into())),
             Verification::OutputContains(Pattern::Regex("^ok".into())),
             Verification::HttpOk("http://127.0.0.1:8080/".into()),
+            Verification::LlmJudge { model: "llama3.2:3b".into() },
             Verification::TestPasses { argv: vec!["cargo".into(), "test".into()], timeout_ms: 60_000 },
         ];
         spec.limits.timeout_ms = Some(5_000);
@@ -799,6 +836,15 @@ mod tests {
                 diff_total_bytes: 2,
                 kept_at: None,
             }),
+            rounds: vec![Round {
+                number: 1,
+                verdict: "failed".into(),
+                failed: vec!["test_passes cargo test".into()],
+                diff_stat: " a.txt | 1 +".into(),
+                input_tokens: 10,
+                output_tokens: 5,
+                cost_micros: Some(120),
+            }],
         });
         assert_eq!(task_from_pb(task_to_pb(&task)), Ok(task));
     }

@@ -76,7 +76,11 @@ impl State {
                 let task = self.tasks.get_mut(&task_id).expect("a leased task exists");
                 let mut outcome = outcome;
                 if let Some(usage) = &mut outcome.usage {
-                    usage.cost_micros = self.config.prices.cost_micros(usage);
+                    // Claude Code reports what a whole agent run cost (several models, cache
+                    // tiers): that figure stands. Everything else is priced here.
+                    if usage.provider != "claude-code" || usage.cost_micros.is_none() {
+                        usage.cost_micros = self.config.prices.cost_micros(usage);
+                    }
                     self.learned.observe(sidecar_id, &usage.model, usage.load_ms, usage.output_tokens_per_s);
                     if let (Some(lease), Some(ttft_ms)) = (&lease, usage.ttft_ms)
                         && let Some(endpoint_id) = &lease.endpoint_id

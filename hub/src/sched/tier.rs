@@ -181,7 +181,12 @@ mod tests {
         assert_eq!(infer(&spec), Tier::Trivial, "1 point");
         assert_eq!(infer(&TaskSpec::shell(vec!["make".into()], &SpecDefaults::default())), Tier::Trivial);
         let mut agent = llm("x");
-        agent.work = Work::Agent(AgentWork { goal: "fix it".into(), repository: String::new(), branch: String::new() });
+        agent.work = Work::Agent(AgentWork {
+            goal: "fix it".into(),
+            repository: String::new(),
+            branch: String::new(),
+            fix_rounds: None,
+        });
         assert_eq!(infer(&agent), Tier::Complex);
         let mut explicit = llm("Refactor everything");
         explicit.tier = Some(Tier::Trivial);

@@ -72,9 +72,12 @@ fn work_into(work: Work) -> pb::spec::Work {
             json: llm.json,
             keep_alive: llm.keep_alive,
         }),
-        Work::Agent(agent) => {
-            pb::spec::Work::Agent(pb::Agent { goal: agent.goal, repository: agent.repository, branch: agent.branch })
-        }
+        Work::Agent(agent) => pb::spec::Work::Agent(pb::Agent {
+            goal: agent.goal,
+            repository: agent.repository,
+            branch: agent.branch,
+            fix_rounds: agent.fix_rounds,
+        }),
     }
 }
 
@@ -104,9 +107,12 @@ fn work_from(work: Option<pb::spec::Work>) -> Result<Work, String> {
             json: llm.json,
             keep_alive: llm.keep_alive,
         }),
-        pb::spec::Work::Agent(agent) => {
-            Work::Agent(AgentWork { goal: agent.goal, repository: agent.repository, branch: agent.branch })
-        }
+        pb::spec::Work::Agent(agent) => Work::Agent(AgentWork {
+            goal: agent.goal,
+            repository: agent.repository,
+            branch: agent.branch,
+            fix_rounds: agent.fix_rounds,
+        }),
     })
 }
 
@@ -124,6 +130,7 @@ fn verification_into(step: Verification) -> pb::Verification {
             }),
         }),
         Verification::HttpOk(url) => Kind::HttpOk(url),
+        Verification::LlmJudge { model } => Kind::LlmJudge(pb::LlmJudge { model }),
     };
     pb::Verification { kind: Some(kind) }
 }
@@ -141,6 +148,7 @@ fn verification_from(step: pb::Verification) -> Result<Verification, String> {
             None => return Err("an output_contains step has no pattern".into()),
         }),
         Kind::HttpOk(url) => Verification::HttpOk(url),
+        Kind::LlmJudge(judge) => Verification::LlmJudge { model: judge.model },
     })
 }
 
@@ -308,6 +316,19 @@ fn outcome_into(outcome: Outcome) -> pb::Outcome {
             diff_total_bytes: w.diff_total_bytes,
             kept_at: w.kept_at,
         }),
+        rounds: outcome
+            .rounds
+            .into_iter()
+            .map(|r| pb::Round {
+                number: r.number,
+                verdict: r.verdict,
+                failed: r.failed,
+                diff_stat: r.diff_stat,
+                input_tokens: r.input_tokens,
+                output_tokens: r.output_tokens,
+                cost_micros: r.cost_micros,
+            })
+            .collect(),
     }
 }
 
@@ -350,6 +371,19 @@ fn outcome_from(outcome: pb::Outcome) -> Outcome {
             diff_total_bytes: w.diff_total_bytes,
             kept_at: w.kept_at,
         }),
+        rounds: outcome
+            .rounds
+            .into_iter()
+            .map(|r| Round {
+                number: r.number,
+                verdict: r.verdict,
+                failed: r.failed,
+                diff_stat: r.diff_stat,
+                input_tokens: r.input_tokens,
+                output_tokens: r.output_tokens,
+                cost_micros: r.cost_micros,
+            })
+            .collect(),
     }
 }
 
@@ -709,6 +743,7 @@ mod tests {
             budget_exceeded: true,
             verification: None,
             workspace: None,
+            rounds: Vec::new(),
         });
         task
     }

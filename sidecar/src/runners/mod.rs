@@ -5,6 +5,7 @@
 //! runner is the next one. The link picks the
 //! runner by the work's capability and advertises the capabilities of the runners it has.
 
+pub mod claude;
 pub mod llm;
 pub mod shell;
 
@@ -31,6 +32,8 @@ pub struct Assignment {
     pub model: Option<String>,
     /// What the placed model costs, for `limits.max_cost_micros` while the work streams.
     pub price: Option<TokenPrice>,
+    /// Agent work: the workspace it runs in (made by [`Runners::run`]).
+    pub workspace: Option<std::path::PathBuf>,
 }
 
 /// Where a running attempt reports. Output chunks may be dropped by the sink (the final outcome
@@ -77,6 +80,12 @@ impl Runners {
         self
     }
 
+    /// A runner also used elsewhere (the LLM runner, which judges `llm_judge` steps too).
+    pub fn with_shared(mut self, runner: Arc<dyn Runner>) -> Runners {
+        self.runners.push(runner);
+        self
+    }
+
     /// Verifies work with `verifier` (without one, work with verification steps fails).
     pub fn verifying_with(mut self, verifier: crate::verify::Verifier) -> Runners {
         self.verifier = Some(Arc::new(verifier));
@@ -108,9 +117,14 @@ impl Runners {
             let error = format!("this sidecar cannot run {needed} work (it runs: {have})");
             return Box::pin(async move { failed_to_start(error) });
         };
-        let repository = assignment.spec.context.repository.clone();
-        let in_workspace = !repository.is_empty() && matches!(assignment.spec.work, Work::Shell(_));
-        if assignment.spec.verification.is_empty() && !in_workspace {
+        let spec = &assignment.spec;
+        let (repository, branch) = match &spec.work {
+            Work::Agent(agent) if !agent.repository.is_empty() => (agent.repository.clone(), agent.branch.clone()),
+            _ => (spec.context.repository.clone(), spec.context.branch.clone()),
+        };
+        let agent = matches!(spec.work, Work::Agent(_));
+        let in_workspace = !repository.is_empty() && matches!(spec.work, Work::Shell(_) | Work::Agent(_));
+        if spec.verification.is_empty() && !in_workspace {
             return runner.run(assignment, sink, cancel);
         }
         let (verifier, workspaces) = (self.verifier.clone(), self.workspaces.clone());
@@ -120,7 +134,6 @@ impl Runners {
                 let Some(workspaces) = &workspaces else {
                     return failed_to_start("this sidecar has no workspaces for work in a repository".into());
                 };
-                let branch = assignment.spec.context.branch.clone();
                 match workspaces.open(&assignment.key, &repository, &branch).await {
                     Ok(opened) => {
                         if let Err(error) = run_inside(&mut assignment, &opened.dir) {
@@ -133,15 +146,60 @@ impl Runners {
             }
             let job = verification_job(&assignment);
             let (task_id, title) = (assignment.key.task_id.clone(), assignment.spec.name.clone());
-            let mut outcome = runner.run(assignment, sink.clone(), cancel.clone()).await;
-            if !job.steps.is_empty() && crate::verify::ran_well(&outcome) && !cancel.is_cancelled() {
-                match &verifier {
-                    Some(verifier) => {
-                        sink.verifying();
-                        outcome.verification = Some(verifier.check(&job, &outcome.stdout, &cancel).await);
+            let fix_rounds = match &assignment.spec.work {
+                Work::Agent(work) => work.fix_rounds.unwrap_or(agentcom_types::domain::DEFAULT_FIX_ROUNDS),
+                _ => 0,
+            };
+            let goal = match &assignment.spec.work {
+                Work::Agent(work) => work.goal.clone(),
+                _ => String::new(),
+            };
+            let (mut rounds, mut used) = (Vec::new(), Used::default());
+            let mut outcome = loop {
+                let number = rounds.len() as u32 + 1;
+                let before = match (&workspace, &workspaces) {
+                    (Some(opened), Some(workspaces)) if agent => workspaces.snapshot(opened).await.ok(),
+                    _ => None,
+                };
+                let mut outcome = runner.run(assignment.clone(), sink.clone(), cancel.clone()).await;
+                if !job.steps.is_empty() && crate::verify::ran_well(&outcome) && !cancel.is_cancelled() {
+                    match &verifier {
+                        Some(verifier) => {
+                            sink.verifying();
+                            outcome.verification = Some(verifier.check(&job, &outcome.stdout, &cancel).await);
+                        }
+                        None => outcome.error = Some("this sidecar cannot verify work".to_owned()),
                     }
-                    None => outcome.error = Some("this sidecar cannot verify work".to_owned()),
                 }
+                if !agent {
+                    break outcome;
+                }
+                let diff_stat = match (&workspace, &workspaces) {
+                    (Some(opened), Some(workspaces)) => workspaces.changes_since(opened, before.as_deref()).await,
+                    _ => String::new(),
+                };
+                used.add(&outcome);
+                rounds.push(round(number, &outcome, diff_stat));
+                let passed = outcome.verification.as_ref().is_none_or(|r| r.verdict == Verdict::Passed);
+                let stop = passed || !crate::verify::ran_well(&outcome) || cancel.is_cancelled();
+                if stop || number > fix_rounds {
+                    if !stop && fix_rounds > 0 {
+                        // The fix rounds are spent: the report is partial, the work kept.
+                        if let Some(report) = &mut outcome.verification {
+                            report.verdict = Verdict::Partial;
+                        }
+                    }
+                    break outcome;
+                }
+                if let (Work::Agent(work), Some(report)) = (&mut assignment.spec.work, &outcome.verification) {
+                    work.goal = fix_goal(&goal, report, number);
+                }
+            };
+            if agent {
+                if let Some(usage) = &mut outcome.usage {
+                    used.write_to(usage);
+                }
+                outcome.rounds = rounds;
             }
             if let (Some(opened), Some(workspaces)) = (workspace, &workspaces) {
                 let passed = outcome.verification.as_ref().is_none_or(|r| r.verdict == Verdict::Passed);
@@ -153,9 +211,94 @@ impl Runners {
     }
 }
 
-/// Points shell work at its workspace: its `cwd`, if it names one, is taken inside it (and may
-/// not climb out).
+/// Tokens and cost of every round of agent work together.
+#[derive(Default)]
+struct Used {
+    input: u64,
+    output: u64,
+    cached: u64,
+    cache_write: u64,
+    cost: Option<u64>,
+}
+
+impl Used {
+    fn add(&mut self, outcome: &Outcome) {
+        let Some(usage) = &outcome.usage else { return };
+        self.input += usage.input_tokens;
+        self.output += usage.output_tokens;
+        self.cached += usage.cached_input_tokens;
+        self.cache_write += usage.cache_write_tokens;
+        if let Some(cost) = usage.cost_micros {
+            self.cost = Some(self.cost.unwrap_or(0) + cost);
+        }
+    }
+
+    fn write_to(self, usage: &mut agentcom_types::domain::Usage) {
+        usage.input_tokens = self.input;
+        usage.output_tokens = self.output;
+        usage.cached_input_tokens = self.cached;
+        usage.cache_write_tokens = self.cache_write;
+        usage.cost_micros = self.cost;
+    }
+}
+
+/// One round of agent work as the result lists it.
+fn round(number: u32, outcome: &Outcome, diff_stat: String) -> agentcom_types::domain::Round {
+    let (verdict, failed) = match &outcome.verification {
+        _ if !crate::verify::ran_well(outcome) => {
+            let why = outcome.error.clone().unwrap_or_else(|| format!("the work ended with {:?}", outcome.exit));
+            ("failed".to_owned(), vec![why])
+        }
+        Some(report) => (
+            report.verdict.as_str().to_owned(),
+            report.steps.iter().filter(|s| !s.passed).map(|s| format!("{} {}", s.kind, s.target)).collect(),
+        ),
+        None => ("passed".to_owned(), Vec::new()),
+    };
+    let usage = outcome.usage.as_ref();
+    agentcom_types::domain::Round {
+        number,
+        verdict,
+        failed,
+        diff_stat,
+        input_tokens: usage.map_or(0, |u| u.input_tokens),
+        output_tokens: usage.map_or(0, |u| u.output_tokens),
+        cost_micros: usage.and_then(|u| u.cost_micros),
+    }
+}
+
+/// The goal of a fix round: the original goal, and what failed last time with its evidence.
+fn fix_goal(goal: &str, report: &agentcom_types::domain::VerificationReport, round: u32) -> String {
+    let failed: String = report
+        .steps
+        .iter()
+        .filter(|s| !s.passed)
+        .map(|s| {
+            format!(
+                "- {} {}:
+{}
+",
+                s.kind, s.target, s.evidence
+            )
+        })
+        .collect();
+    format!(
+        "Your work on the goal below (round {round}) did not pass its checks. Fix the work in this          directory so that they pass.
+
+Goal: {goal}
+
+What failed:
+{failed}"
+    )
+}
+
+/// Points work at its workspace: shell work's `cwd`, if it names one, is taken inside it (and
+/// may not climb out); agent work gets the directory.
 fn run_inside(assignment: &mut Assignment, dir: &std::path::Path) -> Result<(), String> {
+    if matches!(assignment.spec.work, Work::Agent(_)) {
+        assignment.workspace = Some(dir.to_owned());
+        return Ok(());
+    }
     let Work::Shell(work) = &mut assignment.spec.work else { return Ok(()) };
     let inside = match work.cwd.as_deref() {
         None | Some("") => dir.to_owned(),
@@ -181,11 +324,23 @@ fn verification_job(assignment: &Assignment) -> crate::verify::Job {
             work.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             work.secret_env.clone(),
         ),
-        _ => (None, Vec::new(), Vec::new()),
+        // Agent work is checked in its workspace.
+        _ => (assignment.workspace.clone(), Vec::new(), Vec::new()),
     };
     env.push(("AGENTCOM_ATTEMPT".to_owned(), assignment.attempt.to_string()));
     env.sort();
+    let asked = match &spec.work {
+        Work::Shell(work) => match &work.command {
+            agentcom_types::domain::ShellCommand::Argv(argv) => format!("run: {}", argv.join(" ")),
+            agentcom_types::domain::ShellCommand::Script(script) => format!("run: {script}"),
+        },
+        Work::Llm(llm) => llm.prompt.clone(),
+        Work::Agent(agent) => agent.goal.clone(),
+    };
+    let asked = if spec.name.is_empty() { asked } else { format!("{} ({asked})", spec.name) };
     crate::verify::Job {
+        asked,
+        criteria: spec.success_criteria.clone(),
         steps: spec.verification.clone(),
         key: assignment.key.clone(),
         cwd,

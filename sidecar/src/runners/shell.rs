@@ -71,6 +71,9 @@ pub struct Options {
     pub repo_allow: Vec<String>,
     /// How long a failed attempt's workspace is kept (`--keep-failed-workspaces`).
     pub keep_failed_workspaces: Duration,
+    /// The Claude Code CLI agent work runs (`--claude`, or `claude` on the PATH); `None`: this
+    /// sidecar runs no agent work.
+    pub claude: Option<PathBuf>,
 }
 
 impl Options {
@@ -86,6 +89,7 @@ impl Options {
             run_as: None,
             repo_allow: Vec::new(),
             keep_failed_workspaces: Duration::from_secs(24 * 3600),
+            claude: None,
         }
     }
 }
@@ -314,6 +318,7 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
         budget_exceeded: false,
         verification: None,
         workspace: None,
+        rounds: Vec::new(),
     }
 }
 

@@ -363,6 +363,27 @@ pub struct AgentWork {
     pub goal: String,
     pub repository: String,
     pub branch: String,
+    /// Rounds of fixing after a failed verification; `None`: the default (2).
+    pub fix_rounds: Option<u32>,
+}
+
+/// Fix rounds agent work gets when it sets none.
+pub const DEFAULT_FIX_ROUNDS: u32 = 2;
+
+/// One round of agent work: the work, then its verification.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Round {
+    /// 1 for the first attempt at the goal, 2 for the first fix, ...
+    pub number: u32,
+    /// Its verification's verdict; `failed` too when the work itself failed.
+    pub verdict: String,
+    /// The steps that failed (`kind target`), or why the work failed.
+    pub failed: Vec<String>,
+    /// `git diff --stat` of what this round changed.
+    pub diff_stat: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_micros: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -407,6 +428,9 @@ pub enum Verification {
     OutputContains(Pattern),
     /// A GET of the URL (loopback only) answers 2xx.
     HttpOk(String),
+    /// A model judges the result against the task's success criteria; runs after the other
+    /// steps, and only when they all passed. `model` empty: the sidecar's choice.
+    LlmJudge { model: String },
 }
 
 impl Verification {
@@ -419,6 +443,7 @@ impl Verification {
             Verification::GitClean => "git_clean",
             Verification::OutputContains(_) => "output_contains",
             Verification::HttpOk(_) => "http_ok",
+            Verification::LlmJudge { .. } => "llm_judge",
         }
     }
 }
@@ -611,6 +636,8 @@ pub struct Outcome {
     pub verification: Option<VerificationReport>,
     /// Work that ran in a git workspace (`context.repository`): what it changed.
     pub workspace: Option<WorkspaceReport>,
+    /// Agent work: each round of work and verification, the fixes included.
+    pub rounds: Vec<Round>,
 }
 
 /// What work in a git workspace changed, and where the change was kept.
@@ -687,6 +714,7 @@ impl Outcome {
             budget_exceeded: false,
             verification: None,
             workspace: None,
+            rounds: Vec::new(),
         }
     }
 

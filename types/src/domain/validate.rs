@@ -128,6 +128,14 @@ impl TaskSpec {
         for step in &self.verification {
             check_step(step)?;
         }
+        if self.verification.iter().any(|s| matches!(s, Verification::LlmJudge { .. }))
+            && self.success_criteria.is_empty()
+        {
+            return Err(Error::invalid(
+                "verification.llm_judge",
+                "judges the result against success_criteria: give some",
+            ));
+        }
         let limits = &self.limits;
         if let Some(timeout) = limits.timeout_ms
             && (timeout == 0 || timeout > MAX_TIMEOUT_MS)
@@ -244,6 +252,7 @@ fn check_step(step: &Verification) -> Result<(), Error> {
         Verification::GitClean => "verification.git_clean",
         Verification::OutputContains(_) => "verification.output_contains",
         Verification::HttpOk(_) => "verification.http_ok",
+        Verification::LlmJudge { .. } => "verification.llm_judge",
     };
     match step {
         Verification::FileExists(path) => {
@@ -279,6 +288,7 @@ fn check_step(step: &Verification) -> Result<(), Error> {
             check_len(field, url, MAX_TEXT_BYTES)?;
             loopback_url(url).map_err(|why| Error::invalid(field, why))
         }
+        Verification::LlmJudge { model } => check_len(field, model, MAX_NAME_BYTES),
     }
 }
 

@@ -142,6 +142,7 @@ impl From<&Work> for WorkDto {
                 goal: agent.goal.clone(),
                 repository: agent.repository.clone(),
                 branch: agent.branch.clone(),
+                fix_rounds: agent.fix_rounds.unwrap_or(crate::domain::DEFAULT_FIX_ROUNDS),
             }),
         }
     }
@@ -198,6 +199,8 @@ pub struct AgentWorkDto {
     pub repository: String,
     #[serde(skip_serializing_if = "is_empty_string")]
     pub branch: String,
+    /// Fix rounds after a failed verification (the default, 2, when not set).
+    pub fix_rounds: u32,
 }
 
 #[derive(Serialize, Debug, PartialEq)]
@@ -223,7 +226,8 @@ impl From<&TaskContext> for ContextDto {
 
 /// `{"file_exists": "path"}`, `{"command_succeeds": {"argv", "timeout_ms"}}`,
 /// `{"test_passes": {"argv", "timeout_ms"}}`, `"git_clean"`,
-/// `{"output_contains": {"text": T}}` or `{"output_contains": {"regex": R}}`, `{"http_ok": URL}`.
+/// `{"output_contains": {"text": T}}` or `{"output_contains": {"regex": R}}`, `{"http_ok": URL}`,
+/// `{"llm_judge": {"model": M}}`.
 #[derive(Serialize, Debug, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum VerificationDto {
@@ -233,6 +237,7 @@ pub enum VerificationDto {
     GitClean,
     OutputContains(PatternDto),
     HttpOk(String),
+    LlmJudge { model: String },
 }
 
 #[derive(Serialize, Debug, PartialEq)]
@@ -298,6 +303,7 @@ impl From<&Verification> for VerificationDto {
                 VerificationDto::OutputContains(PatternDto::Regex(regex.clone()))
             }
             Verification::HttpOk(url) => VerificationDto::HttpOk(url.clone()),
+            Verification::LlmJudge { model } => VerificationDto::LlmJudge { model: model.clone() },
         }
     }
 }
@@ -390,6 +396,20 @@ pub struct OutcomeDto {
     /// Work in a git workspace: what it changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workspace: Option<WorkspaceDto>,
+    /// Agent work: each round of work and verification.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<RoundDto>,
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct RoundDto {
+    pub number: u32,
+    pub verdict: String,
+    pub failed: Vec<String>,
+    pub diff_stat: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_micros: Option<u64>,
 }
 
 #[derive(Serialize, Debug, PartialEq)]
@@ -471,6 +491,19 @@ impl From<&Outcome> for OutcomeDto {
             usage: outcome.usage.as_ref().map(UsageDto::from),
             verification: outcome.verification.as_ref().map(VerificationReportDto::from),
             workspace: outcome.workspace.as_ref().map(WorkspaceDto::from),
+            rounds: outcome
+                .rounds
+                .iter()
+                .map(|r| RoundDto {
+                    number: r.number,
+                    verdict: r.verdict.clone(),
+                    failed: r.failed.clone(),
+                    diff_stat: r.diff_stat.clone(),
+                    input_tokens: r.input_tokens,
+                    output_tokens: r.output_tokens,
+                    cost_micros: r.cost_micros,
+                })
+                .collect(),
         }
     }
 }

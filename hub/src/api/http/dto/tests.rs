@@ -121,6 +121,15 @@ fn full_task() -> Task {
             diff_total_bytes: 6,
             kept_at: None,
         }),
+        rounds: vec![crate::domain::Round {
+            number: 1,
+            verdict: "passed".into(),
+            failed: Vec::new(),
+            diff_stat: " out.txt | 1 +".into(),
+            input_tokens: 1200,
+            output_tokens: 300,
+            cost_micros: Some(8100),
+        }],
     });
     task
 }

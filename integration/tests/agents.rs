@@ -1,0 +1,155 @@
+//! Agent work end to end on Claude Code, with a scripted stand-in for the `claude` CLI that
+//! prints the stream-json Claude Code prints: a small project in a real git repository has a
+//! failing check; round 1 writes a wrong fix and fails `test_passes`; the evidence goes back for
+//! round 2, which writes the right fix and passes. The result lists both rounds, the final diff
+//! and a commit on `agentcom/TASK_ID`; the workspace is gone afterwards.
+
+#![allow(clippy::disallowed_methods)] // Tests drive git to make and read repositories.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use agentcom_integration::TestMesh;
+use serde_json::json;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let output = std::process::Command::new("git")
+        .args(["-c", "user.email=t@example.com", "-c", "user.name=t", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running git");
+    assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A project whose check wants `answer.txt` to say 42; it says 0.
+fn project(root: &Path) -> PathBuf {
+    let repo = root.join("project");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q"]);
+    std::fs::write(repo.join("answer.txt"), "0\n").unwrap();
+    let check = "if [ \"$(cat answer.txt)\" = 42 ]; then echo 'test result: ok. 1 passed; 0 failed'; \
+                 else echo \"expected 42, got $(cat answer.txt)\"; echo 'test result: FAILED. 0 passed; 1 failed'; exit 1; fi\n";
+    std::fs::write(repo.join("check.sh"), check).unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "a failing check"]);
+    repo
+}
+
+/// A stand-in for `claude`: it logs each goal, then edits `answer.txt` as Claude Code would
+/// with its Edit tool, printing the same stream-json lines. A goal that says it failed gets
+/// the right answer (unless the goal says "never"); a first goal gets a wrong one.
+fn fake_claude(dir: &Path, log: &Path) -> PathBuf {
+    let script = format!(
+        r#"#!/bin/sh
+goal="$2"
+printf '%s\n=====\n' "$goal" >> {log}
+answer=41
+case "$goal" in *"did not pass its checks"*) answer=42 ;; esac
+case "$goal" in *never*) answer=41 ;; esac
+echo '{{"type":"system","subtype":"init","session_id":"s1","cwd":"'"$PWD"'","model":"claude-sonnet-4-5","tools":["Read","Edit","Bash"]}}'
+echo '{{"type":"assistant","message":{{"content":[{{"type":"text","text":"Reading the check."}},{{"type":"tool_use","id":"t1","name":"Read","input":{{"file_path":"check.sh"}}}}],"usage":{{"input_tokens":50,"output_tokens":10}}}}}}'
+echo '{{"type":"user","message":{{"content":[{{"type":"tool_result","tool_use_id":"t1","is_error":false,"content":"if [ ... ]"}}]}}}}'
+echo "$answer" > answer.txt
+echo '{{"type":"assistant","message":{{"content":[{{"type":"tool_use","id":"t2","name":"Edit","input":{{"file_path":"answer.txt","old_string":"0","new_string":"'"$answer"'"}}}}]}}}}'
+echo '{{"type":"user","message":{{"content":[{{"type":"tool_result","tool_use_id":"t2","is_error":false,"content":"The file answer.txt has been updated."}}]}}}}'
+echo '{{"type":"result","subtype":"success","is_error":false,"duration_ms":120,"num_turns":3,"result":"Set the answer to '"$answer"'.","session_id":"s1","total_cost_usd":0.01,"usage":{{"input_tokens":100,"output_tokens":20,"cache_creation_input_tokens":0,"cache_read_input_tokens":30}}}}'
+"#,
+        log = log.display()
+    );
+    let path = dir.join("claude");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_fixes_a_failing_check_in_two_rounds_and_its_change_is_committed() {
+    let root = tempfile::tempdir().unwrap();
+    let repo = project(root.path());
+    let log = root.path().join("goals.log");
+    let claude = fake_claude(root.path(), &log);
+    let mut mesh = TestMesh::new().sidecars(0).start().await;
+    let allowed = root.path().to_string_lossy().into_owned();
+    mesh.add_sidecar_configured(1, |config| {
+        config.shell(|shell| {
+            shell.repo_allow = vec![allowed];
+            shell.claude = Some(claude);
+        })
+    });
+    agentcom_integration::assert_eventually!(mesh.api.agents().await.len() == 1, PATIENCE, "the sidecar joined");
+
+    let check = json!([{ "test_passes": { "argv": ["sh", "check.sh"] } }]);
+    let body = json!({
+        "name": "make the check pass",
+        "agent": { "goal": "make the check pass", "repository": repo.to_string_lossy(), "branch": "main" },
+        "verification": check,
+    });
+    let task = mesh.api.submit(body).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let done = mesh.api.wait_final(&id, PATIENCE).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let outcome = &done["outcome"];
+
+    // Both rounds: the first failed its check, the second passed.
+    let rounds = outcome["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2, "{outcome}");
+    assert_eq!((rounds[0]["number"].as_u64(), rounds[0]["verdict"].as_str()), (Some(1), Some("failed")));
+    assert_eq!(rounds[0]["failed"], json!(["test_passes sh check.sh"]));
+    assert!(rounds[0]["diff_stat"].as_str().unwrap().contains("answer.txt"), "{}", rounds[0]);
+    assert_eq!((rounds[1]["number"].as_u64(), rounds[1]["verdict"].as_str()), (Some(2), Some("passed")));
+    assert!(rounds[1]["diff_stat"].as_str().unwrap().contains("answer.txt"), "round 2 changed it again: {}", rounds[1]);
+    assert_eq!(rounds[0]["cost_micros"], 10_000);
+    // The second goal carried what failed, with the check's own words.
+    let goals = std::fs::read_to_string(&log).unwrap();
+    let second = goals.split("=====\n").nth(1).unwrap();
+    assert!(second.contains("did not pass its checks") && second.contains("Goal: make the check pass"), "{second}");
+    assert!(second.contains("expected 42, got 41"), "{second}");
+    // Usage adds up the rounds, at Claude Code's own cost.
+    let usage = &outcome["usage"];
+    assert_eq!((usage["provider"].as_str(), usage["model"].as_str()), (Some("claude-code"), Some("claude-sonnet-4-5")));
+    assert_eq!((usage["input_tokens"].as_u64(), usage["output_tokens"].as_u64()), (Some(200), Some(40)));
+    assert_eq!(usage["cost_micros"], 20_000);
+    // The transcript streamed as the task's output.
+    let stdout = outcome["stdout"].as_str().unwrap();
+    assert!(
+        stdout.contains("[tool] Edit answer.txt") && stdout.contains("[claude-code] success after 3 turns"),
+        "{stdout}"
+    );
+    // The final diff, and a commit on agentcom/ID in the sidecar's clone; the workspace is gone.
+    let workspace = &outcome["workspace"];
+    let diff = workspace["diff"].as_str().unwrap();
+    assert!(diff.contains("-0") && diff.contains("+42"), "{diff}");
+    assert_eq!(workspace["branch"], format!("agentcom/{id}"));
+    let clones: Vec<PathBuf> =
+        std::fs::read_dir(mesh.work_dir.join(".agentcom/repos")).unwrap().map(|e| e.unwrap().path()).collect();
+    let clone = clones[0].to_string_lossy().into_owned();
+    let committed = git(root.path(), &["--git-dir", &clone, "show", &format!("agentcom/{id}:answer.txt")]);
+    assert_eq!(committed, "42");
+    let left: Vec<_> = std::fs::read_dir(mesh.work_dir.join(".agentcom/workspaces")).unwrap().collect();
+    assert!(left.is_empty(), "the workspace is removed: {left:?}");
+
+    // Rounds that never pass: one fix round, then a partial report; the work is kept, not committed.
+    let body = json!({
+        "agent": { "goal": "never get it right", "repository": repo.to_string_lossy(), "fix_rounds": 1 },
+        "verification": check,
+    });
+    let task = mesh.api.submit(body).await;
+    let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(
+        done["state_reason"].as_str().unwrap().starts_with("verification_failed: test_passes sh check.sh"),
+        "{done}"
+    );
+    let outcome = &done["outcome"];
+    assert_eq!(outcome["rounds"].as_array().unwrap().len(), 2);
+    assert_eq!(outcome["verification"]["verdict"], "partial");
+    assert!(outcome["workspace"]["commit"].is_null());
+    let kept = outcome["workspace"]["kept_at"].as_str().expect("kept");
+    assert_eq!(std::fs::read_to_string(Path::new(kept).join("answer.txt")).unwrap(), "41\n");
+    mesh.stop().await;
+}
