@@ -148,6 +148,10 @@ struct HubArgs {
     /// the hub asks that host's sidecar to load it).
     #[arg(long)]
     no_prewarm: bool,
+    /// LLM work placed by its tier's model that fails its verification goes again, as a new
+    /// attempt, one tier up (trivial to standard, standard to complex), recorded in explain.
+    #[arg(long)]
+    escalate: bool,
 }
 
 impl HubArgs {
@@ -240,6 +244,7 @@ impl HubArgs {
             tier_fallback_after: self.tier_fallback_after,
             offline: self.offline,
             prewarm: !self.no_prewarm,
+            escalate: self.escalate,
             ..core::Config::default()
         })
     }

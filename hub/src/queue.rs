@@ -92,6 +92,8 @@ pub struct Lease {
     /// Requests already in flight on that endpoint when this one was placed (to learn how many
     /// it runs at once).
     pub beside: u32,
+    /// The tier it was placed at (its own, or where a fallback or escalation moved it).
+    pub tier: Option<crate::domain::Tier>,
 }
 
 /// Why a message about a task was refused.
@@ -386,6 +388,7 @@ mod tests {
             endpoint_id: None,
             model: None,
             beside: 0,
+            tier: None,
         }
     }
 

@@ -66,6 +66,8 @@ enum Command {
     Explain { id: String },
     /// Why a task waits (no capable agent, all busy, model nowhere, local-only, over budget, ...).
     Why { id: String },
+    /// How each model's verified results went, by kind of work and tier: passed, failed, pass rate.
+    Models,
     /// List the agents (execution slots) of every sidecar.
     Agents,
     /// One agent: its state, task, and recent transitions with their causes.
@@ -709,6 +711,13 @@ fn exit_text(task: &Value) -> String {
 
 /// Prints rows as left-aligned columns.
 fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    for line in table_lines(header, rows) {
+        println!("{line}");
+    }
+}
+
+/// A header and rows in columns as wide as their widest cell.
+fn table_lines(header: &[&str], rows: Vec<Vec<String>>) -> Vec<String> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -717,12 +726,11 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
     }
     let line = |cells: Vec<String>| {
         let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", parts.join("  ").trim_end());
+        parts.join("  ").trim_end().to_owned()
     };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        line(row);
-    }
+    let mut lines = vec![line(header.iter().map(|h| h.to_string()).collect())];
+    lines.extend(rows.into_iter().map(line));
+    lines
 }
 
 fn print_task_table(response: &Value) {
@@ -859,6 +867,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_json(&response)
             } else {
                 placement::print_decisions(&id, &response)
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Models => {
+            let response = client.call(reqwest::Method::GET, "/api/v1/models/stats", None).await?;
+            if cli.json {
+                print_json(&response)
+            } else {
+                placement::print_model_stats(&response)
             }
             Ok(ExitCode::SUCCESS)
         }

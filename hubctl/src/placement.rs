@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::{age, table};
+use crate::{age, table, table_lines};
 
 fn text(value: &Value) -> String {
     match value {
@@ -121,5 +121,50 @@ pub(crate) fn print_why(response: &Value) {
             println!("  moves to another tier in {in_s:.0}s if nothing changes");
         }
         print_candidates(now);
+    }
+}
+
+/// `hubctl models`: one line per model, kind of work and tier.
+pub(crate) fn print_model_stats(response: &Value) {
+    let models = response["models"].as_array().cloned().unwrap_or_default();
+    if models.is_empty() {
+        println!("no verified results yet (verdicts come from tasks with verification steps)");
+        return;
+    }
+    for line in model_stat_lines(&models) {
+        println!("{line}");
+    }
+}
+
+fn model_stat_lines(models: &[Value]) -> Vec<String> {
+    let rows = models
+        .iter()
+        .map(|m| {
+            let text = |name: &str| m[name].as_str().unwrap_or("?").to_owned();
+            let rate = m["pass_rate"].as_f64().map(|r| format!("{:.0}%", r * 100.0)).unwrap_or_else(|| "?".into());
+            vec![text("model"), text("kind"), text("tier"), m["passed"].to_string(), m["failed"].to_string(), rate]
+        })
+        .collect();
+    table_lines(&["MODEL", "KIND", "TIER", "PASSED", "FAILED", "PASS RATE"], rows)
+}
+
+#[cfg(test)]
+mod model_tests {
+    use super::*;
+
+    #[test]
+    fn model_stats_print_as_a_table() {
+        let models = vec![
+            serde_json::json!({"model": "qwen2.5:7b", "kind": "llm", "tier": "standard", "passed": 3, "failed": 5, "pass_rate": 0.5}),
+            serde_json::json!({"model": "claude-sonnet-4-5", "kind": "agent", "tier": "complex", "passed": 9, "failed": 1, "pass_rate": 0.857}),
+        ];
+        assert_eq!(
+            model_stat_lines(&models),
+            vec![
+                "MODEL              KIND   TIER      PASSED  FAILED  PASS RATE",
+                "qwen2.5:7b         llm    standard  3       5       50%",
+                "claude-sonnet-4-5  agent  complex   9       1       86%",
+            ]
+        );
     }
 }

@@ -151,5 +151,30 @@ async fn an_agent_fixes_a_failing_check_in_two_rounds_and_its_change_is_committe
     assert!(outcome["workspace"]["commit"].is_null());
     let kept = outcome["workspace"]["kept_at"].as_str().expect("kept");
     assert_eq!(std::fs::read_to_string(Path::new(kept).join("answer.txt")).unwrap(), "41\n");
+
+    // The verdicts are counted by model: one pass and one failure, shown by hubctl models.
+    let (_, stats) = mesh.api.request(reqwest::Method::GET, "/api/v1/models/stats", None).await;
+    let row = &stats["models"][0];
+    assert_eq!((row["model"].as_str(), row["kind"].as_str()), (Some("claude-sonnet-4-5"), Some("agent")), "{stats}");
+    assert_eq!(
+        (row["passed"].as_u64(), row["failed"].as_u64(), row["pass_rate"].as_f64()),
+        (Some(1), Some(1), Some(0.667))
+    );
+    let (url, token) = (mesh.url.clone(), mesh.api.token.clone());
+    let shown = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(agentcom_integration::binary("hubctl"))
+            .arg("models")
+            .env("AGENTCOM_HUB", url)
+            .env("AGENTCOM_TOKEN", token)
+            .output()
+            .expect("running hubctl")
+    })
+    .await
+    .unwrap();
+    let table = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        table.starts_with("MODEL") && table.contains("claude-sonnet-4-5  agent") && table.contains("67%"),
+        "{table}"
+    );
     mesh.stop().await;
 }

@@ -52,6 +52,9 @@ pub struct Config {
     /// Load a model ahead of tasks that have waited longer than its load time, where a host
     /// has it cold and room for it (`--no-prewarm` turns it off).
     pub prewarm: bool,
+    /// LLM work placed by its tier's model that fails its verification goes again one tier up
+    /// (`--escalate`).
+    pub escalate: bool,
 }
 
 impl Default for Config {
@@ -74,6 +77,7 @@ impl Default for Config {
             tier_fallback_after: Duration::from_secs(30),
             offline: false,
             prewarm: true,
+            escalate: false,
         }
     }
 }
@@ -239,6 +243,20 @@ pub struct QueueStats {
     pub tier_fallbacks: u64,
     /// Models loaded ahead of their waiting tasks (pre-warms asked for) since the hub started.
     pub prewarms: u64,
+    /// Tasks escalated a tier after a failed verification since the hub started.
+    pub escalations: u64,
+}
+
+/// How a model's verified results went, for one kind of work at one tier.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelStat {
+    pub model: String,
+    pub kind: &'static str,
+    pub tier: &'static str,
+    pub passed: u64,
+    pub failed: u64,
+    /// With the prior (3 passes and 1 failure) included.
+    pub pass_rate: f64,
 }
 
 /// A placement decision kept for `explain`.
@@ -268,6 +286,8 @@ pub enum RecordedKind {
     Fallback,
     /// Its model was loaded ahead of it somewhere (a pre-warm).
     Prewarm,
+    /// It failed its verification and goes again one tier up.
+    Escalate,
 }
 
 impl RecordedKind {
@@ -276,6 +296,7 @@ impl RecordedKind {
             RecordedKind::Placed => "placed",
             RecordedKind::Fallback => "fallback",
             RecordedKind::Prewarm => "prewarm",
+            RecordedKind::Escalate => "escalate",
         }
     }
 }
@@ -397,6 +418,10 @@ pub enum Event {
     },
     Endpoints {
         reply: Reply<Vec<(Endpoint, Option<u32>)>>,
+    },
+    /// Verdicts of verified results by model, kind of work and tier.
+    ModelStats {
+        reply: Reply<Vec<ModelStat>>,
     },
     AddEndpoint {
         url: String,
@@ -554,6 +579,11 @@ impl Handle {
         Ok(self.endpoint_listing().await?.into_iter().map(|(e, _)| e).collect())
     }
 
+    /// Verdicts of verified results by model, kind of work and tier.
+    pub async fn model_stats(&self) -> Result<Vec<ModelStat>, Error> {
+        self.ask(|reply| Event::ModelStats { reply }).await
+    }
+
     /// The registry, each endpoint with the parallelism learned for it (if it says none).
     pub async fn endpoint_listing(&self) -> Result<Vec<(Endpoint, Option<u32>)>, Error> {
         self.ask(|reply| Event::Endpoints { reply }).await
@@ -659,6 +689,7 @@ impl State {
                     blocked: self.queue.n_blocked(),
                     tier_fallbacks: self.tier_fallbacks,
                     prewarms: self.prewarms,
+                    escalations: self.escalations,
                 });
             }
             Event::Explain { id, reply } => {
@@ -688,6 +719,17 @@ impl State {
             }
             Event::Host { id, reply } => {
                 let _ = reply.send(self.host_view(&id, true));
+            }
+            Event::ModelStats { reply } => {
+                let stats = self.learned.verdicts().into_iter().map(|(model, kind, tier, tally)| ModelStat {
+                    model,
+                    kind,
+                    tier,
+                    passed: tally.passed,
+                    failed: tally.failed,
+                    pass_rate: tally.pass_rate(),
+                });
+                let _ = reply.send(stats.collect());
             }
             Event::Endpoints { reply } => {
                 let learned = |e: &Endpoint| if e.parallel == 0 { self.learned.parallel(&e.id) } else { None };

@@ -99,12 +99,21 @@ impl State {
                     && outcome.error.is_none()
                     && !outcome.timed_out
                     && !outcome.budget_exceeded;
+                let verdict = outcome.verification.as_ref().map(|r| r.verdict == Verdict::Passed);
+                let placed_at = lease.as_ref().and_then(|l| l.tier);
+                let model = outcome.usage.as_ref().map(|u| u.model.clone()).or_else(|| lease.and_then(|l| l.model));
+                let failed_verification = verdict == Some(false) && reason.starts_with("verification_failed");
                 task.outcome = Some(*outcome);
-                if task.state == TaskState::Cancelled {
+                let cancelled = task.state == TaskState::Cancelled;
+                if let (Some(passed), Some(model)) = (verdict, model.as_deref()) {
+                    self.tally_verdict(task_id, model, passed, placed_at);
+                }
+                if cancelled {
                     // The user's cancel stands; the outcome is the killed process's.
                 } else if state == TaskState::Failed && retryable {
                     self.retry_or_dead_letter(task_id, reason, now);
-                } else {
+                } else if !(failed_verification && self.escalate(task_id, model.as_deref(), &reason, now)) {
+                    let task = self.tasks.get_mut(&task_id).expect("a leased task exists");
                     task.set_state(state, reason, now);
                 }
                 self.persist(task_id, AfterCommit::Changed(task_id));

@@ -41,7 +41,7 @@ use tracing::{debug, info, warn};
 
 pub use self::commit::AfterCommit;
 pub use self::handle::{
-    Assignment, Config, Error, Event, FromSidecar, Handle, QueueStats, Recorded, RecordedKind, RunningTask,
+    Assignment, Config, Error, Event, FromSidecar, Handle, ModelStat, QueueStats, Recorded, RecordedKind, RunningTask,
     SidecarHello, Submitted, ToSidecar, WatchReply, Welcome, WhyAnswer,
 };
 pub use crate::fleet::{AgentDetail, AgentView, HostView};
@@ -108,6 +108,7 @@ pub(crate) struct State {
     /// Pre-warms asked for and not yet answered, by model.
     preloads: HashMap<String, placing::Preloading>,
     prewarms: u64,
+    escalations: u64,
     /// When the waiting tasks are next looked at for pre-warming.
     next_prewarm_scan: UnixMs,
     /// Placement decisions of recent tasks, for `explain`.
@@ -143,6 +144,7 @@ impl State {
             tier_fallbacks: 0,
             preloads: HashMap::new(),
             prewarms: 0,
+            escalations: 0,
             next_prewarm_scan: 0,
             decisions: placing::Decisions::default(),
         }

@@ -157,6 +157,7 @@ impl State {
                 endpoint_id,
                 model,
                 beside,
+                tier: Some(explanation.tier),
             };
             self.queue.grant(task_id, lease);
             let recorded = Recorded { at: now, attempt, kind: RecordedKind::Placed, note: None, explanation };
@@ -175,6 +176,60 @@ impl State {
             }
             self.tier_waits.insert(task_id, TierWait { since: now, moved_to: None, left: Vec::new() });
         }
+    }
+
+    /// Counts a verified result's verdict by its model, the kind of work and the tier it ran at
+    /// (`placed_at`, else the task's tier now).
+    pub(super) fn tally_verdict(&mut self, task_id: TaskId, model: &str, passed: bool, placed_at: Option<Tier>) {
+        let Some(task) = self.tasks.get(&task_id) else { return };
+        let tier = placed_at.unwrap_or_else(|| sched::tier_now(task, &fleet!(self)).0);
+        let kind = task.spec.work.capability();
+        self.learned.observe_verdict(model, kind, tier, passed);
+    }
+
+    /// With `--escalate`: LLM work placed by its tier's model that failed its verification goes
+    /// again, as a new attempt, one tier up (a stronger model), if that tier has a model and the
+    /// task has attempts left. Recorded as an `escalate` decision. False when it does not apply.
+    pub(super) fn escalate(&mut self, task_id: TaskId, model: Option<&str>, why: &str, now: UnixMs) -> bool {
+        if !self.config.escalate {
+            return false;
+        }
+        let Some(task) = self.tasks.get(&task_id) else { return false };
+        if task.attempt >= task.spec.limits.max_attempts || !self.by_tier_model(task) {
+            return false;
+        }
+        let (explanation, from) = {
+            let fleet = fleet!(self);
+            (sched::explain(task, &fleet, now), sched::tier_now(task, &fleet).0)
+        };
+        let up = match from {
+            Tier::Trivial => Tier::Standard,
+            Tier::Standard => Tier::Complex,
+            Tier::Complex => return false,
+        };
+        let Some(to_model) = self.config.tier_models.get(up).map(str::to_owned) else { return false };
+        let note = format!(
+            "escalated from tier {} ({}) to {} ({to_model}) for attempt {}: {why}",
+            from.as_str(),
+            model.unwrap_or("?"),
+            up.as_str(),
+            task.attempt + 1
+        );
+        info!(task_id = %task_id, from = from.as_str(), to = up.as_str(), "escalated after a failed verification");
+        let recorded = Recorded {
+            at: now,
+            attempt: task.attempt + 1,
+            kind: RecordedKind::Escalate,
+            note: Some(note.clone()),
+            explanation,
+        };
+        self.decisions.keep(task_id, recorded);
+        self.tier_waits.insert(task_id, TierWait { since: now, moved_to: Some(up), left: vec![from] });
+        self.escalations += 1;
+        let task = self.tasks.get_mut(&task_id).expect("a known task");
+        task.set_state(TaskState::Queued, note, now);
+        self.enqueue(task_id, None);
+        true
     }
 
     /// LLM work that names no model and runs on its tier's: the work the tier fallback moves.

@@ -37,6 +37,7 @@ impl State {
                         endpoint_id: None,
                         model: None,
                         beside: 0,
+                        tier: None,
                     };
                     self.queue.grant(task.id, lease);
                     n_leased += 1;
@@ -48,7 +49,15 @@ impl State {
                 strip_output(&mut task);
             }
             let id = task.id;
+            // Verdicts are counted from the stored results: the pass rates survive a restart.
+            let verdict = task.outcome.as_ref().and_then(|o| {
+                let model = o.usage.as_ref().map(|u| u.model.clone()).filter(|m| !m.is_empty())?;
+                Some((model, o.verification.as_ref()?.verdict == crate::domain::Verdict::Passed))
+            });
             self.tasks.insert(id, task);
+            if let Some((model, passed)) = verdict {
+                self.tally_verdict(id, &model, passed, None);
+            }
             if ready {
                 self.enqueue(id, None);
             }

@@ -611,3 +611,72 @@ fn verification_moves_a_task_to_verifying_and_its_verdict_decides_the_end() {
     assert_eq!(unreported.state, TaskState::Failed);
     assert!(unreported.state_reason.starts_with("verification_failed: the sidecar sent no verification report"));
 }
+
+#[test]
+fn a_failed_verification_escalates_a_tier_and_the_verdicts_are_counted_by_model() {
+    use crate::domain::{StepReport, Usage, Verdict, Verification, VerificationReport};
+    let mut hub = llm_fleet();
+    hub.state.config.escalate = true;
+    let mut spec = llm_spec(Tier::Standard);
+    spec.verification = vec![Verification::OutputContains(crate::domain::Pattern::Text("42".into()))];
+    let id = hub.submit(spec);
+    assert_eq!(hub.assigned("local"), vec![(id, 1)]);
+    let finish = |hub: &mut Harness, sidecar: &str, generation: u64, model: &str, passed: bool| {
+        let report = VerificationReport {
+            verdict: if passed { Verdict::Passed } else { Verdict::Failed },
+            steps: vec![StepReport {
+                kind: "output_contains".into(),
+                target: "text \"42\"".into(),
+                passed,
+                duration_ms: 0,
+                evidence: if passed { "found \"42\"".into() } else { "\"42\" is not in the 2 bytes of output".into() },
+                summary: None,
+            }],
+        };
+        let usage = Usage { model: model.into(), provider: "ollama".into(), ..Usage::default() };
+        let outcome =
+            Outcome { exit: Exit::Code(0), usage: Some(usage), verification: Some(report), ..Outcome::empty() };
+        hub.report(
+            sidecar,
+            FromSidecar::Finished { task_id: id, lease_generation: generation, outcome: Box::new(outcome) },
+        );
+    };
+    // The local model's answer fails its check: the task goes again, one tier up, on Claude.
+    finish(&mut hub, "local", 1, "m", false);
+    assert_eq!(hub.assigned("cloud"), vec![(id, 2)], "escalated to the complex tier's model");
+    let task = hub.task(id);
+    assert_eq!((task.state, task.attempt), (TaskState::Dispatched, 2));
+    let decisions = hub.ask(|reply| Event::Explain { id, reply }).unwrap();
+    let kinds: Vec<RecordedKind> = decisions.iter().map(|d| d.kind).collect();
+    assert_eq!(kinds, vec![RecordedKind::Placed, RecordedKind::Escalate, RecordedKind::Placed]);
+    assert!(
+        decisions[1].reason().starts_with(
+            "escalated from tier standard (m) to complex (claude-sonnet-4-5) for attempt 2: verification_failed"
+        ),
+        "{}",
+        decisions[1].reason()
+    );
+    assert_eq!(decisions[2].explanation.tier_source, crate::sched::TierSource::Fallback { from: Tier::Standard });
+    finish(&mut hub, "cloud", 2, "claude-sonnet-4-5", true);
+    assert_eq!(hub.task(id).state, TaskState::Succeeded);
+    let stats = hub.ask(|reply| Event::ModelStats { reply });
+    let rows: Vec<(&str, &str, &str, u64, u64)> =
+        stats.iter().map(|s| (s.model.as_str(), s.kind, s.tier, s.passed, s.failed)).collect();
+    assert_eq!(rows, vec![("claude-sonnet-4-5", "llm", "complex", 1, 0), ("m", "llm", "standard", 0, 1)]);
+    assert_eq!(stats[1].pass_rate, 0.6, "3 prior passes of 5");
+    assert_eq!(hub.ask(|reply| Event::Stats { reply }).escalations, 1);
+
+    // Without --escalate, the failure is final.
+    hub.state.config.escalate = false;
+    let mut spec = llm_spec(Tier::Standard);
+    spec.verification = vec![Verification::OutputContains(crate::domain::Pattern::Text("42".into()))];
+    let again = hub.submit(spec);
+    let generation = hub.task(again).lease_generation;
+    let report = VerificationReport { verdict: Verdict::Failed, steps: Vec::new() };
+    let outcome = Outcome { exit: Exit::Code(0), verification: Some(report), ..Outcome::empty() };
+    hub.report(
+        "local",
+        FromSidecar::Finished { task_id: again, lease_generation: generation, outcome: Box::new(outcome) },
+    );
+    assert_eq!(hub.task(again).state, TaskState::Failed);
+}

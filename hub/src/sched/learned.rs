@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use crate::domain::Tier;
+
 /// What the hub has observed of a model on a sidecar.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Observed {
@@ -19,6 +21,27 @@ pub struct Learned {
     by: HashMap<String, HashMap<String, Observed>>,
     /// Endpoint -> how it has been seen to serve requests side by side.
     at_once: HashMap<String, Concurrency>,
+    /// (model, kind of work, tier) -> the verdicts of its verified results.
+    verdicts: HashMap<(String, &'static str, &'static str), Tally>,
+}
+
+/// Verdicts of verified results.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+/// The prior a pass rate starts from, as if this many results had passed and failed: a model
+/// never seen is taken to pass 3 times in 4.
+pub const PRIOR_PASSES: f64 = 3.0;
+pub const PRIOR_FAILS: f64 = 1.0;
+
+impl Tally {
+    /// The pass rate, the prior included.
+    pub fn pass_rate(&self) -> f64 {
+        (self.passed as f64 + PRIOR_PASSES) / ((self.passed + self.failed) as f64 + PRIOR_PASSES + PRIOR_FAILS)
+    }
 }
 
 /// Weight of the newest observation.
@@ -54,6 +77,28 @@ impl Learned {
         if let Some(rate) = tokens_per_s.filter(|r| r.is_finite() && *r > 0.0) {
             entry.tokens_per_s = blend(entry.tokens_per_s, rate);
         }
+    }
+
+    /// Counts a verified result of `model` on work of `kind` at `tier`.
+    pub fn observe_verdict(&mut self, model: &str, kind: &'static str, tier: Tier, passed: bool) {
+        let tally = self.verdicts.entry((model.to_owned(), kind, tier.as_str())).or_default();
+        if passed {
+            tally.passed += 1;
+        } else {
+            tally.failed += 1;
+        }
+    }
+
+    /// Every (model, kind, tier) with verdicts, in that order.
+    pub fn verdicts(&self) -> Vec<(String, &'static str, &'static str, Tally)> {
+        let mut all: Vec<_> = self.verdicts.iter().map(|((m, k, t), tally)| (m.clone(), *k, *t, *tally)).collect();
+        all.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
+        all
+    }
+
+    /// The pass rate of `model` on work of `kind` at `tier`, the prior included.
+    pub fn pass_rate(&self, model: &str, kind: &'static str, tier: Tier) -> f64 {
+        self.verdicts.get(&(model.to_owned(), kind, tier.as_str())).copied().unwrap_or_default().pass_rate()
     }
 
     /// How many requests the endpoint has been seen to serve at once; `None` until a request

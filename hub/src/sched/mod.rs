@@ -32,7 +32,9 @@ pub mod tier;
 
 use self::explain::Record;
 pub use self::explain::{Candidate, EXPLAINED_CANDIDATES, Explanation, Verdict, explain, summarize};
-pub use self::learned::{Concurrency, EWMA_ALPHA, Learned, MAX_PARALLEL, Observed, QUEUED_AFTER_MS};
+pub use self::learned::{
+    Concurrency, EWMA_ALPHA, Learned, MAX_PARALLEL, Observed, PRIOR_FAILS, PRIOR_PASSES, QUEUED_AFTER_MS, Tally,
+};
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 

@@ -71,6 +71,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/endpoints", get(list_endpoints).post(add_endpoint))
         .route("/api/v1/endpoints/{id}", axum::routing::delete(remove_endpoint))
         .route("/api/v1/queue", get(queue_stats))
+        .route("/api/v1/models/stats", get(model_stats))
         .route("/api/v1/dlq", get(list_dead_letters).delete(purge_dead_letters))
         .route("/api/v1/dlq/{id}", get(get_dead_letter))
         .route("/api/v1/dlq/{id}/retry", axum::routing::post(retry_dead_letter))
@@ -219,6 +220,12 @@ async fn take_backup(State(state): State<HttpState>) -> Result<Json<serde_json::
 /// `GET /api/v1/queue`: counts of the queue now (ready, delayed, leased, refused stale messages, ...).
 async fn queue_stats(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(json!({ "queue": QueueDto::from(&state.hub.stats().await?) })))
+}
+
+/// `GET /api/v1/models/stats`: verdicts of verified results by model, kind of work and tier.
+async fn model_stats(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let stats = state.hub.model_stats().await?;
+    Ok(Json(json!({ "models": stats.iter().map(dto::ModelStatDto::from).collect::<Vec<_>>() })))
 }
 
 async fn list_agents(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {

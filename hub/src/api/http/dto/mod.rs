@@ -832,6 +832,31 @@ pub struct QueueDto {
     pub stale_messages_refused: u64,
     pub tier_fallbacks: u64,
     pub prewarms: u64,
+    pub escalations: u64,
+}
+
+/// One row of `GET /api/v1/models/stats`.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct ModelStatDto {
+    pub model: String,
+    pub kind: &'static str,
+    pub tier: &'static str,
+    pub passed: u64,
+    pub failed: u64,
+    pub pass_rate: f64,
+}
+
+impl From<&crate::core::ModelStat> for ModelStatDto {
+    fn from(s: &crate::core::ModelStat) -> ModelStatDto {
+        ModelStatDto {
+            model: s.model.clone(),
+            kind: s.kind,
+            tier: s.tier,
+            passed: s.passed,
+            failed: s.failed,
+            pass_rate: (s.pass_rate * 1000.0).round() / 1000.0,
+        }
+    }
 }
 
 impl From<&QueueStats> for QueueDto {
@@ -847,6 +872,7 @@ impl From<&QueueStats> for QueueDto {
             stale_messages_refused: q.stale_messages_refused,
             tier_fallbacks: q.tier_fallbacks,
             prewarms: q.prewarms,
+            escalations: q.escalations,
         }
     }
 }

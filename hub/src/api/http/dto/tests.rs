@@ -236,6 +236,7 @@ fn the_queue_and_backup_shapes_are_documented() {
         blocked: 0,
         tier_fallbacks: 0,
         prewarms: 0,
+        escalations: 0,
     };
     check("queue", QueueDto::from(&queue));
     check("backup", BackupDto { path: "/var/lib/agentcom/backups/hub-1.redb".into(), tasks: 1, bytes: 1 });
