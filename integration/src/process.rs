@@ -18,6 +18,35 @@ fn profile_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).expect("the test lives in target/<profile>/deps").to_owned()
 }
 
+/// `hubctl ARGS` against the hub at `url` with `token`, run off the async workers.
+pub async fn hubctl(url: &str, token: &str, args: &[&str]) -> std::process::Output {
+    let (url, token) = (url.to_owned(), token.to_owned());
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        Command::new(binary("hubctl"))
+            .args(&args)
+            .env("AGENTCOM_HUB", url)
+            .env("AGENTCOM_TOKEN", token)
+            .output()
+            .expect("running hubctl")
+    })
+    .await
+    .expect("the hubctl thread")
+}
+
+/// `git ARGS` in `dir` with a test identity and `main` as the default branch; its trimmed
+/// stdout. Panics when git fails.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .args(["-c", "user.email=t@example.com", "-c", "user.name=t", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running git");
+    assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
 /// The path of a workspace binary, building the binaries once if needed.
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();

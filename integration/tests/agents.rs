@@ -4,27 +4,15 @@
 //! round 2, which writes the right fix and passes. The result lists both rounds, the final diff
 //! and a commit on `agentcom/TASK_ID`; the workspace is gone afterwards.
 
-#![allow(clippy::disallowed_methods)] // Tests drive git to make and read repositories.
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agentcom_integration::TestMesh;
+use agentcom_integration::process::git;
 use serde_json::json;
 
 const PATIENCE: Duration = Duration::from_secs(60);
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let output = std::process::Command::new("git")
-        .args(["-c", "user.email=t@example.com", "-c", "user.name=t", "-c", "init.defaultBranch=main"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("running git");
-    assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
 
 /// A project whose check wants `answer.txt` to say 42; it says 0.
 fn project(root: &Path) -> PathBuf {
@@ -160,17 +148,7 @@ async fn an_agent_fixes_a_failing_check_in_two_rounds_and_its_change_is_committe
         (row["passed"].as_u64(), row["failed"].as_u64(), row["pass_rate"].as_f64()),
         (Some(1), Some(1), Some(0.667))
     );
-    let (url, token) = (mesh.url.clone(), mesh.api.token.clone());
-    let shown = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(agentcom_integration::binary("hubctl"))
-            .arg("models")
-            .env("AGENTCOM_HUB", url)
-            .env("AGENTCOM_TOKEN", token)
-            .output()
-            .expect("running hubctl")
-    })
-    .await
-    .unwrap();
+    let shown = agentcom_integration::process::hubctl(&mesh.url, &mesh.api.token, &["models"]).await;
     let table = String::from_utf8_lossy(&shown.stdout);
     assert!(
         table.starts_with("MODEL") && table.contains("claude-sonnet-4-5  agent") && table.contains("67%"),

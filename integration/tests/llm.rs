@@ -2,12 +2,10 @@
 //! the hub and recorded with its usage, an error after HTTP 200, a cold load, and a cancel that
 //! closes the upstream request.
 
-#![allow(clippy::disallowed_methods)] // Tests start the real binaries.
-
 use std::time::Duration;
 
 use agentcom_integration::ollama::{ChatScript, FakeModel, OllamaDouble};
-use agentcom_integration::{TestMesh, assert_eventually, binary};
+use agentcom_integration::{TestMesh, assert_eventually};
 use agentcom_sidecar::reports::Settings;
 use serde_json::{Value, json};
 
@@ -137,17 +135,8 @@ async fn hubctl_streams_a_prompts_reply_and_ends_with_its_usage() {
     let double = OllamaDouble::start(vec![FakeModel::new(MODEL, 1, "llama", "3.2B")]).await;
     double.load(MODEL, 1);
     let mesh = mesh_with_ollama(&double).await;
-    let (url, token) = (mesh.url.clone(), mesh.api.token.clone());
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(binary("hubctl"))
-            .args(["submit", "--prompt", "say hello", "--model", MODEL, "--max-tokens", "32", "--wait"])
-            .env("AGENTCOM_HUB", url)
-            .env("AGENTCOM_TOKEN", token)
-            .output()
-            .expect("running hubctl")
-    })
-    .await
-    .unwrap();
+    let args = ["submit", "--prompt", "say hello", "--model", MODEL, "--max-tokens", "32", "--wait"];
+    let output = agentcom_integration::process::hubctl(&mesh.url, &mesh.api.token, &args).await;
     let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "{stderr}");
     assert_eq!(stdout, "Hello, world");

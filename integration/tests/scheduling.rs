@@ -4,13 +4,11 @@
 //! complex work goes to Claude; local-only work never does; when the Claude sidecar is gone,
 //! complex work falls back to the standard tier, and `hubctl explain` and `hubctl why` say so.
 
-#![allow(clippy::disallowed_methods)] // Tests start the real binaries.
-
 use std::time::Duration;
 
 use agentcom_integration::chat_doubles::{ChatDouble, Script};
 use agentcom_integration::ollama::{ChatScript, FakeModel, OllamaDouble};
-use agentcom_integration::{HubProcess, SidecarProcess, assert_eventually, binary};
+use agentcom_integration::{HubProcess, SidecarProcess, assert_eventually};
 use serde_json::{Value, json};
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -19,18 +17,7 @@ const CLAUDE: &str = "claude-sonnet-4-5";
 
 /// `hubctl ARGS` against `hub`: (success, stdout, stderr).
 async fn hubctl(hub: &HubProcess, args: &[&str]) -> (bool, String, String) {
-    let (url, token) = (hub.url.clone(), hub.api.token.clone());
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(binary("hubctl"))
-            .args(&args)
-            .env("AGENTCOM_HUB", url)
-            .env("AGENTCOM_TOKEN", token)
-            .output()
-            .expect("running hubctl")
-    })
-    .await
-    .unwrap();
+    let output = agentcom_integration::process::hubctl(&hub.url, &hub.api.token, args).await;
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     (output.status.success(), text(&output.stdout), text(&output.stderr))
 }

@@ -3,8 +3,6 @@
 //! loopback HTTP server; the report comes back with the task, and a failed step fails it with
 //! `verification_failed`, once, without a retry.
 
-#![allow(clippy::disallowed_methods)] // Tests start the real binaries.
-
 use std::time::Duration;
 
 use agentcom_integration::{TestMesh, shell};
@@ -144,19 +142,9 @@ async fn steps_that_would_reach_outside_are_refused_at_submit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubctl_submits_checks_waits_on_them_and_shows_the_report() {
     let mesh = TestMesh::new().sidecars(1).start().await;
-    let hubctl = |args: Vec<String>| {
-        let (url, token) = (mesh.url.clone(), mesh.api.token.clone());
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(agentcom_integration::binary("hubctl"))
-                .args(&args)
-                .env("AGENTCOM_HUB", url)
-                .env("AGENTCOM_TOKEN", token)
-                .output()
-                .expect("running hubctl")
-        })
-    };
-    let args = |extra: &[&str]| extra.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let passed = hubctl(args(&[
+    let hubctl =
+        |args: &'static [&'static str]| agentcom_integration::process::hubctl(&mesh.url, &mesh.api.token, args);
+    let passed = hubctl(&[
         "submit",
         "--verify",
         "file_exists=out.txt",
@@ -169,19 +157,18 @@ async fn hubctl_submits_checks_waits_on_them_and_shows_the_report() {
         "sh",
         "-c",
         "echo hi > out.txt && echo written",
-    ]))
-    .await
-    .unwrap();
+    ])
+    .await;
     assert!(passed.status.success(), "{}", String::from_utf8_lossy(&passed.stderr));
     assert_eq!(String::from_utf8_lossy(&passed.stdout), "written\n");
 
-    let failed = hubctl(args(&["submit", "--verify", "file_exists=never.txt", "--wait", "--", "true"])).await.unwrap();
+    let failed = hubctl(&["submit", "--verify", "file_exists=never.txt", "--wait", "--", "true"]).await;
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert_eq!(failed.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("verification_failed: file_exists never.txt: never.txt does not exist"), "{stderr}");
     let id =
         stderr.split("task ").nth(1).and_then(|rest| rest.split_whitespace().next()).expect("the task id").to_owned();
-    let shown = hubctl(args(&["get", &id])).await.unwrap();
+    let shown = agentcom_integration::process::hubctl(&mesh.url, &mesh.api.token, &["get", &id]).await;
     let stdout = String::from_utf8_lossy(&shown.stdout);
     assert!(stdout.contains("verified:  failed (0 of 1 steps passed)"), "{stdout}");
     assert!(stdout.contains("  FAIL  file_exists never.txt"), "{stdout}");

@@ -4,27 +4,15 @@
 //! worktree is removed then, or kept after a failure; repositories off the allowlist, unknown
 //! revisions and a `cwd` that climbs out are refused.
 
-#![allow(clippy::disallowed_methods)] // Tests drive git to make and read repositories.
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agentcom_integration::TestMesh;
+use agentcom_integration::process::git;
 use serde_json::{Value, json};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 const COMMIT: &str = "git -c user.email=t@example.com -c user.name=t commit -q";
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let output = std::process::Command::new("git")
-        .args(["-c", "user.email=t@example.com", "-c", "user.name=t", "-c", "init.defaultBranch=main"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("running git");
-    assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
 
 /// A repository with `app.txt` saying "bug" on `main`; returns it and its head commit.
 fn upstream(root: &Path) -> (PathBuf, String) {
