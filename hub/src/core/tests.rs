@@ -680,3 +680,30 @@ fn a_failed_verification_escalates_a_tier_and_the_verdicts_are_counted_by_model(
     );
     assert_eq!(hub.task(again).state, TaskState::Failed);
 }
+
+#[test]
+fn failed_verdicts_of_a_tier_model_move_later_verified_work_up_a_tier() {
+    use crate::domain::{Verdict, Verification, VerificationReport};
+    let mut hub = llm_fleet();
+    // Inferred standard: a file to look at, and three checks.
+    let mut spec = llm_spec(Tier::Standard);
+    spec.tier = None;
+    spec.context.files = vec!["src/lib.rs".into()];
+    spec.verification = vec![Verification::FileExists("a".into()); 3];
+    for n in 1..=5 {
+        let id = hub.submit(spec.clone());
+        assert_eq!(hub.assigned("local").last(), Some(&(id, 1)), "round {n} on the tier's model");
+        let usage = Usage { model: "m".into(), provider: "ollama".into(), ..Usage::default() };
+        let report = VerificationReport { verdict: Verdict::Failed, steps: Vec::new() };
+        let outcome =
+            Outcome { exit: Exit::Code(0), usage: Some(usage), verification: Some(report), ..Outcome::empty() };
+        hub.report("local", FromSidecar::Finished { task_id: id, lease_generation: 1, outcome: Box::new(outcome) });
+        assert_eq!(hub.task(id).state, TaskState::Failed);
+    }
+    // m has failed five times in five: the next one goes to the complex tier's Claude.
+    let id = hub.submit(spec);
+    assert_eq!(hub.assigned("cloud"), vec![(id, 1)]);
+    let decisions = hub.ask(|reply| Event::Explain { id, reply }).unwrap();
+    assert_eq!(decisions[0].explanation.tier_source, crate::sched::TierSource::PassRate { from: Tier::Standard });
+    assert_eq!(decisions[0].explanation.model.as_deref(), Some("claude-sonnet-4-5"));
+}

@@ -2,7 +2,7 @@
 //! `why` and the decisions the core keeps. [`explain`] runs placement's own `decide` with a
 //! recorder that keeps the candidates; [`place`](super::place) passes one that keeps nothing.
 
-use super::{Decision, Estimate, FleetView, TierSource, decide, model_of, tier_now};
+use super::{Decision, Estimate, FleetView, TierSource, decide, model_of, pass_rate_move, tier_now};
 use crate::domain::{Task, Tier, UnixMs};
 
 /// Candidates an explanation keeps (the best ones); the rest are counted.
@@ -112,15 +112,14 @@ pub fn explain(task: &Task, fleet: &impl FleetView, now: UnixMs) -> Explanation 
     });
     let more_candidates = candidates.len().saturating_sub(EXPLAINED_CANDIDATES);
     candidates.truncate(EXPLAINED_CANDIDATES);
-    let (tier, tier_source) = tier_now(task, fleet);
-    Explanation {
-        decision,
-        tier,
-        tier_source,
-        model: model_of(task, fleet).map(str::to_owned),
-        candidates,
-        more_candidates,
-    }
+    let (tier, tier_source, model) = match pass_rate_move(task, fleet) {
+        Some((up, model)) => (up, TierSource::PassRate { from: tier_now(task, fleet).0 }, Some(model)),
+        None => {
+            let (tier, source) = tier_now(task, fleet);
+            (tier, source, model_of(task, fleet))
+        }
+    };
+    Explanation { decision, tier, tier_source, model: model.map(str::to_owned), candidates, more_candidates }
 }
 
 /// One line on an explanation's outcome: where it went and why there, or why it waits.

@@ -96,6 +96,11 @@ impl Learned {
         all
     }
 
+    /// The verdicts of `model` on work of `kind` at `tier`.
+    pub fn tally(&self, model: &str, kind: &'static str, tier: Tier) -> Tally {
+        self.verdicts.get(&(model.to_owned(), kind, tier.as_str())).copied().unwrap_or_default()
+    }
+
     /// The pass rate of `model` on work of `kind` at `tier`, the prior included.
     pub fn pass_rate(&self, model: &str, kind: &'static str, tier: Tier) -> f64 {
         self.verdicts.get(&(model.to_owned(), kind, tier.as_str())).copied().unwrap_or_default().pass_rate()

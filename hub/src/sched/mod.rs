@@ -14,6 +14,9 @@
 //!   observed, a load is priced from the model's size. Ties go to a warm model, then the less
 //!   busy GPUs, then fewer requests in flight, then the smaller ids, so the same view always
 //!   gives the same decision.
+//! - Verified LLM work placed by its inferred tier's model goes one tier up when that model's
+//!   verified results fail often enough that the next tier's model, passing more often, is
+//!   expected to finish sooner counting the retries ([`pass_rate_move`]).
 //! - Other work goes to the open sidecar that has the capability and the most idle agents
 //!   (ties to the smaller id).
 //! - A task that cannot be placed gets a [`Wait`] that names why, and a [`Need`] by which the
@@ -319,6 +322,55 @@ pub enum TierSource {
     Fallback {
         from: Tier,
     },
+    /// Moved up from `from`, whose model's verified results pass so rarely that the next tier's
+    /// model is expected to finish sooner counting the retries ([`pass_rate_move`]).
+    PassRate {
+        from: Tier,
+    },
+}
+
+/// Verified results a tier's model needs before its pass rate may move work up a tier.
+pub const MIN_VERDICTS_TO_MOVE: u64 = 5;
+
+/// The tier up that LLM work should go to by pass rates, and its model, or `None`. Only for
+/// work with verification steps, placed by its inferred tier's model (a given tier or model
+/// always wins), whose model has at least [`MIN_VERDICTS_TO_MOVE`] verdicts at that tier and
+/// kind of work. It moves when the next tier's model (placeable now) passes more often and is
+/// expected to finish sooner counting the retries a failure costs (estimated time ÷ pass rate):
+/// a model that passes as often as the one above keeps its tier's work, which the tier policy
+/// sends to the cheaper model.
+pub fn pass_rate_move<'a>(task: &Task, fleet: &'a impl FleetView) -> Option<(Tier, &'a str)> {
+    let Work::Llm(llm) = &task.spec.work else { return None };
+    if task.spec.verification.is_empty() || !llm.model.is_empty() || !task.spec.placement.model.is_empty() {
+        return None;
+    }
+    let (tier, source) = tier_now(task, fleet);
+    if source != TierSource::Inferred {
+        return None;
+    }
+    let up = match tier {
+        Tier::Trivial => Tier::Standard,
+        Tier::Standard => Tier::Complex,
+        Tier::Complex => return None,
+    };
+    let (here, there) = (fleet.tier_model(tier)?, fleet.tier_model(up)?);
+    let kind = task.spec.work.capability();
+    let seen = fleet.learned().tally(here, kind, tier);
+    if here == there || seen.passed + seen.failed < MIN_VERDICTS_TO_MOVE {
+        return None;
+    }
+    let tokens = if llm.max_tokens > 0 { llm.max_tokens } else { EXPECTED_OUTPUT_TOKENS };
+    let expected = |model: &str, pass_rate: f64| match place_model(task, model, tokens, fleet, &mut ()) {
+        Decision::Place { estimate: Some(estimate), .. } => Some(estimate.total_ms() / pass_rate.max(0.01)),
+        _ => None,
+    };
+    let (here_rate, there_rate) = (seen.pass_rate(), fleet.learned().pass_rate(there, kind, up));
+    if there_rate <= here_rate {
+        return None;
+    }
+    let here_ms = expected(here, here_rate)?;
+    let there_ms = expected(there, there_rate)?;
+    (there_ms < here_ms).then_some((up, there))
 }
 
 /// The tier `task` is placed at now.
@@ -363,6 +415,7 @@ fn decide(task: &Task, fleet: &impl FleetView, now: UnixMs, record: &mut impl Re
         && let Some(model) = model_of(task, fleet)
     {
         let tokens = if llm.max_tokens > 0 { llm.max_tokens } else { EXPECTED_OUTPUT_TOKENS };
+        let model = pass_rate_move(task, fleet).map_or(model, |(_, up)| up);
         return place_model(task, model, tokens, fleet, record);
     }
     let needed = task.spec.work.capability();

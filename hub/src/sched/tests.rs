@@ -520,3 +520,63 @@ fn a_model_is_prewarmed_where_it_loads_quickest_once_its_tasks_waited_longer_tha
     fleet.endpoints[1].models[0].loaded = true;
     assert_eq!(target(&task, "m", 3, 1, 2_500, &fleet), None);
 }
+
+#[test]
+fn a_tier_model_that_fails_its_checks_sends_verified_work_up_a_tier() {
+    use crate::domain::Verification;
+    let mut fleet = warm_and_cold();
+    let mut claude =
+        Endpoint::new(Owner::Sidecar("cloud".into()), "https://api.anthropic.com".into(), EndpointKind::Anthropic);
+    claude.healthy = true;
+    fleet.endpoints.push(claude);
+    fleet.idle.insert("cloud", "cloud/0");
+    fleet.can.push(("cloud", "llm"));
+    let mut task = llm_task("");
+    task.spec.verification = vec![Verification::FileExists("out.txt".into())];
+    let (tier, source) = tier_now(&task, &fleet);
+    assert_eq!(source, TierSource::Inferred);
+    // The inferred tier runs `m` (local, warm); the tier above runs Claude.
+    let up = match tier {
+        Tier::Trivial => Tier::Standard,
+        Tier::Standard => Tier::Complex,
+        Tier::Complex => panic!("a short prompt is not complex"),
+    };
+    fleet.tiers.set(&format!("{}=m", tier.as_str())).unwrap();
+    fleet.tiers.set(&format!("{}=claude-sonnet-4-5", up.as_str())).unwrap();
+    let placed_model = |fleet: &Fleet, task: &Task| match place(task, fleet, 0) {
+        Decision::Place { model, .. } => model,
+        Decision::Wait(why) => panic!("waits: {why:?}"),
+    };
+    // With too little evidence, the tier policy stands.
+    for _ in 0..4 {
+        fleet.learned.observe_verdict("m", "llm", tier, false);
+    }
+    assert_eq!(pass_rate_move(&task, &fleet), None, "4 verdicts are not enough");
+    assert_eq!(placed_model(&fleet, &task).as_deref(), Some("m"));
+    // Five failures: m passes 3 in 9 (with the prior), Claude is taken to pass 3 in 4, and the
+    // expected time counting retries is lower there.
+    fleet.learned.observe_verdict("m", "llm", tier, false);
+    assert_eq!(pass_rate_move(&task, &fleet), Some((up, "claude-sonnet-4-5")));
+    assert_eq!(placed_model(&fleet, &task).as_deref(), Some("claude-sonnet-4-5"));
+    let explained = explain(&task, &fleet, 0);
+    assert_eq!((explained.tier, explained.tier_source), (up, TierSource::PassRate { from: tier }));
+    assert_eq!(explained.model.as_deref(), Some("claude-sonnet-4-5"));
+    assert_eq!(explained.decision, place(&task, &fleet, 0), "explain decides as place does");
+    // A model that passes as often as the one above keeps its work.
+    for _ in 0..20 {
+        fleet.learned.observe_verdict("m", "llm", tier, true);
+    }
+    assert_eq!(pass_rate_move(&task, &fleet), None);
+    assert_eq!(placed_model(&fleet, &task).as_deref(), Some("m"));
+    // A given tier, or work without checks, is never moved.
+    for _ in 0..40 {
+        fleet.learned.observe_verdict("m", "llm", tier, false);
+    }
+    assert!(pass_rate_move(&task, &fleet).is_some());
+    let mut given = task.clone();
+    given.spec.tier = Some(tier);
+    assert_eq!(pass_rate_move(&given, &fleet), None);
+    let mut unchecked = task.clone();
+    unchecked.spec.verification.clear();
+    assert_eq!(pass_rate_move(&unchecked, &fleet), None);
+}

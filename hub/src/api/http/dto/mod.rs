@@ -967,6 +967,7 @@ impl DecisionDto {
             TierSource::Given => "given".to_owned(),
             TierSource::Inferred => "inferred".to_owned(),
             TierSource::Fallback { from } => format!("fallback from {}", from.as_str()),
+            TierSource::PassRate { from } => format!("pass rate from {}", from.as_str()),
         };
         let candidates = e
             .candidates
