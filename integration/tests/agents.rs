@@ -140,18 +140,31 @@ async fn an_agent_fixes_a_failing_check_in_two_rounds_and_its_change_is_committe
     let kept = outcome["workspace"]["kept_at"].as_str().expect("kept");
     assert_eq!(std::fs::read_to_string(Path::new(kept).join("answer.txt")).unwrap(), "41\n");
 
-    // The verdicts are counted by model: one pass and one failure, shown by hubctl models.
+    // A budget across the rounds: each costs $0.01, so a $0.015 budget stops after round 2 of 3.
+    let body = json!({
+        "agent": { "goal": "never get it right", "repository": repo.to_string_lossy(), "fix_rounds": 2 },
+        "verification": check,
+        "limits": { "max_cost_micros": 15_000 },
+    });
+    let task = mesh.api.submit(body).await;
+    let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert_eq!(done["outcome"]["rounds"].as_array().unwrap().len(), 2, "{done}");
+    assert_eq!(done["outcome"]["verification"]["verdict"], "partial");
+    assert!(done["state_reason"].as_str().unwrap().starts_with("budget_exceeded: cost $0.02"), "{done}");
+
+    // The verdicts are counted by model: one pass and two failures, shown by hubctl models.
     let (_, stats) = mesh.api.request(reqwest::Method::GET, "/api/v1/models/stats", None).await;
     let row = &stats["models"][0];
     assert_eq!((row["model"].as_str(), row["kind"].as_str()), (Some("claude-sonnet-4-5"), Some("agent")), "{stats}");
     assert_eq!(
         (row["passed"].as_u64(), row["failed"].as_u64(), row["pass_rate"].as_f64()),
-        (Some(1), Some(1), Some(0.667))
+        (Some(1), Some(2), Some(0.571))
     );
     let shown = agentcom_integration::process::hubctl(&mesh.url, &mesh.api.token, &["models"]).await;
     let table = String::from_utf8_lossy(&shown.stdout);
     assert!(
-        table.starts_with("MODEL") && table.contains("claude-sonnet-4-5  agent") && table.contains("67%"),
+        table.starts_with("MODEL") && table.contains("claude-sonnet-4-5  agent") && table.contains("57%"),
         "{table}"
     );
     mesh.stop().await;

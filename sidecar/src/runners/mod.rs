@@ -155,6 +155,8 @@ impl Runners {
                 _ => String::new(),
             };
             let (mut rounds, mut used) = (Vec::new(), Used::default());
+            let limits = assignment.spec.limits.clone();
+            let started = std::time::Instant::now();
             let mut outcome = loop {
                 let number = rounds.len() as u32 + 1;
                 let before = match (&workspace, &workspaces) {
@@ -182,9 +184,10 @@ impl Runners {
                 rounds.push(round(number, &outcome, diff_stat));
                 let passed = outcome.verification.as_ref().is_none_or(|r| r.verdict == Verdict::Passed);
                 let stop = passed || !crate::verify::ran_well(&outcome) || cancel.is_cancelled();
-                if stop || number > fix_rounds {
+                if stop || number > fix_rounds || used.spent(&limits, started.elapsed()) {
                     if !stop && fix_rounds > 0 {
-                        // The fix rounds are spent: the report is partial, the work kept.
+                        // The fix rounds, the budget or the time are spent: the report is
+                        // partial, the work kept.
                         if let Some(report) = &mut outcome.verification {
                             report.verdict = Verdict::Partial;
                         }
@@ -222,6 +225,15 @@ struct Used {
 }
 
 impl Used {
+    /// Whether another round would go past the task's budget (tokens, cost) or its time, all
+    /// rounds together: what was used so far reached it.
+    fn spent(&self, limits: &agentcom_types::domain::Limits, elapsed: std::time::Duration) -> bool {
+        let tokens = self.input + self.output + self.cached + self.cache_write;
+        limits.max_tokens.is_some_and(|max| tokens >= max)
+            || limits.max_cost_micros.is_some_and(|max| self.cost.is_some_and(|cost| cost >= max))
+            || limits.timeout_ms.is_some_and(|max| elapsed.as_millis() as u64 >= max)
+    }
+
     fn add(&mut self, outcome: &Outcome) {
         let Some(usage) = &outcome.usage else { return };
         self.input += usage.input_tokens;
