@@ -85,6 +85,16 @@ struct Inner {
     arrivals: HashMap<String, std::time::Instant>,
     /// Bodies of the preloads received, oldest first.
     preloads: Vec<Value>,
+    /// Replies to chats asked with `"stream": false`, in order (an agent's turns).
+    turns: std::collections::VecDeque<Turn>,
+}
+
+/// One scripted reply to a non-streaming chat: text, or calls of the tools the request offered,
+/// as Ollama sends them (`message.tool_calls[].function.{name, arguments}`, arguments an object).
+#[derive(Clone, Debug)]
+pub enum Turn {
+    Text(String),
+    ToolCalls(Vec<(String, Value)>),
 }
 
 #[derive(Clone, Default)]
@@ -160,6 +170,11 @@ impl OllamaDouble {
     /// When the chat whose last turn was `content` arrived.
     pub fn arrived(&self, content: &str) -> Option<std::time::Instant> {
         self.shared.inner.lock().expect("lock").arrivals.get(content).copied()
+    }
+
+    /// Queues replies for non-streaming chats (an agent's turns), answered in order.
+    pub fn turns(&self, turns: Vec<Turn>) {
+        self.shared.inner.lock().expect("lock").turns.extend(turns);
     }
 
     /// The preloads received (`/api/generate` bodies), oldest first.
@@ -345,6 +360,11 @@ async fn chat(State(shared): State<Shared>, Json(body): Json<Value>) -> Response
             return (StatusCode::NOT_FOUND, Json(error)).into_response();
         };
         let cold = found.loaded_vram.is_none();
+        if body["stream"] == false {
+            found.loaded_vram.get_or_insert(found.size);
+            let turn = inner.turns.pop_front().unwrap_or_else(|| Turn::Text(script.pieces.concat()));
+            return Json(turn_reply(&model, turn, script.prompt_eval_count)).into_response();
+        }
         (script, cold)
     };
     let shared_after = shared.clone();
@@ -400,6 +420,41 @@ async fn chat(State(shared): State<Shared>, Json(body): Json<Value>) -> Response
         .header("content-type", "application/x-ndjson")
         .body(axum::body::Body::from_stream(stream))
         .expect("a chat response builds")
+}
+
+/// The whole reply to a non-streaming chat, as Ollama sends it.
+fn turn_reply(model: &str, turn: Turn, prompt_eval_count: u64) -> Value {
+    let (content, tool_calls, eval_count) = match turn {
+        Turn::Text(text) => {
+            let words = text.split_whitespace().count().max(1);
+            (text, Vec::new(), words)
+        }
+        Turn::ToolCalls(calls) => {
+            let n = calls.len();
+            let calls: Vec<Value> = calls
+                .into_iter()
+                .map(|(name, arguments)| json!({ "function": { "name": name, "arguments": arguments } }))
+                .collect();
+            (String::new(), calls, 10 * n)
+        }
+    };
+    let mut message = json!({ "role": "assistant", "content": content });
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = Value::Array(tool_calls);
+    }
+    json!({
+        "model": model,
+        "created_at": "2025-10-02T10:00:01.123456789Z",
+        "message": message,
+        "done": true,
+        "done_reason": "stop",
+        "total_duration": 2_000_000u64,
+        "load_duration": 0u64,
+        "prompt_eval_count": prompt_eval_count,
+        "prompt_eval_duration": 1_000_000u64,
+        "eval_count": eval_count,
+        "eval_duration": 1_000_000u64,
+    })
 }
 
 /// A body stream fed by `produce` through a channel; a closed body (the client went away)

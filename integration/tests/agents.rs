@@ -108,6 +108,7 @@ async fn an_agent_fixes_a_failing_check_in_two_rounds_and_its_change_is_committe
         stdout.contains("[tool] Edit answer.txt") && stdout.contains("[claude-code] success after 3 turns"),
         "{stdout}"
     );
+    assert_eq!(stdout.matches("[claude-code] started").count(), 2, "both rounds' transcripts, one after the other");
     // The final diff, and a commit on agentcom/ID in the sidecar's clone; the workspace is gone.
     let workspace = &outcome["workspace"];
     let diff = workspace["diff"].as_str().unwrap();
@@ -167,5 +168,92 @@ async fn an_agent_fixes_a_failing_check_in_two_rounds_and_its_change_is_committe
         table.starts_with("MODEL") && table.contains("claude-sonnet-4-5  agent") && table.contains("57%"),
         "{table}"
     );
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_loop_on_a_local_model_fixes_a_failing_check_through_tool_calls() {
+    use agentcom_integration::ollama::{FakeModel, OllamaDouble, Turn};
+    let root = tempfile::tempdir().unwrap();
+    let repo = project(root.path());
+    let model = "qwen2.5-coder:7b";
+    let double = OllamaDouble::start(vec![FakeModel::new(model, 1, "qwen2", "7.6B")]).await;
+    double.load(model, 1);
+    let call = |name: &str, arguments: serde_json::Value| (name.to_owned(), arguments);
+    double.turns(vec![
+        // Round 1: it reads the check and writes a wrong answer.
+        Turn::ToolCalls(vec![call("read_file", json!({ "path": "check.sh" }))]),
+        Turn::ToolCalls(vec![call("write_file", json!({ "path": "answer.txt", "content": "41\n" }))]),
+        Turn::Text("I set the answer.".into()),
+        // Round 2, told what failed: it runs the check, then edits the answer.
+        Turn::ToolCalls(vec![call("run_command", json!({ "command": "sh check.sh" }))]),
+        Turn::ToolCalls(vec![call(
+            "edit_file",
+            json!({ "path": "answer.txt", "old_string": "41", "new_string": "42" }),
+        )]),
+        Turn::Text("Fixed: the check wants 42.".into()),
+    ]);
+    let mut mesh = TestMesh::new().sidecars(0).start().await;
+    let allowed = root.path().to_string_lossy().into_owned();
+    let reports = agentcom_sidecar::reports::Settings {
+        ollama: vec![double.url.clone()],
+        llm_check_every: Duration::from_millis(200),
+        discover_ollama: false,
+        ..Default::default()
+    };
+    mesh.add_sidecar_configured(1, |config| config.reports(reports).shell(|shell| shell.repo_allow = vec![allowed]));
+    agentcom_integration::assert_eventually!(
+        {
+            let (_, list) = mesh.api.request(reqwest::Method::GET, "/api/v1/endpoints", None).await;
+            list["endpoints"][0]["healthy"] == true
+        },
+        PATIENCE,
+        "the inventory reached the hub"
+    );
+    let body = json!({
+        "agent": { "goal": "make the check pass", "repository": repo.to_string_lossy() },
+        "verification": [{ "test_passes": { "argv": ["sh", "check.sh"] } }],
+    });
+    let task = mesh.api.submit(body).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let done = mesh.api.wait_final(&id, PATIENCE).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let outcome = &done["outcome"];
+    let verdicts: Vec<&str> =
+        outcome["rounds"].as_array().unwrap().iter().map(|r| r["verdict"].as_str().unwrap()).collect();
+    assert_eq!(verdicts, vec!["failed", "passed"], "{outcome}");
+    let stdout = outcome["stdout"].as_str().unwrap();
+    for step in [
+        "[tool] read_file check.sh",
+        "[tool] write_file answer.txt",
+        "[tool] run_command sh check.sh",
+        "[tool] edit_file answer.txt",
+    ] {
+        assert!(stdout.contains(step), "{step} in {stdout}");
+    }
+    assert_eq!(
+        (outcome["usage"]["provider"].as_str(), outcome["usage"]["model"].as_str()),
+        (Some("ollama"), Some(model))
+    );
+    // What the model was sent: the tools, each tool's result, and in round 2 what failed.
+    let chats = double.chats();
+    assert_eq!(chats.len(), 6);
+    assert_eq!(chats[0]["tools"].as_array().unwrap().len(), 6);
+    let messages = chats[1]["messages"].as_array().unwrap();
+    let result = messages.last().unwrap();
+    assert_eq!((result["role"].as_str(), result["tool_name"].as_str()), (Some("tool"), Some("read_file")));
+    assert!(result["content"].as_str().unwrap().contains("expected 42"), "{result}");
+    let goal = chats[3]["messages"][1]["content"].as_str().unwrap();
+    assert!(goal.contains("did not pass its checks") && goal.contains("expected 42, got 41"), "{goal}");
+    let ran = chats[4]["messages"].as_array().unwrap().last().unwrap()["content"].as_str().unwrap().to_owned();
+    assert!(ran.starts_with("exit code 1") && ran.contains("expected 42, got 41"), "{ran}");
+    // The change is committed on agentcom/ID; the workspace is gone.
+    assert_eq!(outcome["workspace"]["branch"], format!("agentcom/{id}"));
+    let clones: Vec<PathBuf> =
+        std::fs::read_dir(mesh.work_dir.join(".agentcom/repos")).unwrap().map(|e| e.unwrap().path()).collect();
+    let clone = clones[0].to_string_lossy().into_owned();
+    assert_eq!(git(root.path(), &["--git-dir", &clone, "show", &format!("agentcom/{id}:answer.txt")]), "42");
+    let left: Vec<_> = std::fs::read_dir(mesh.work_dir.join(".agentcom/workspaces")).unwrap().collect();
+    assert!(left.is_empty(), "the workspace is removed: {left:?}");
     mesh.stop().await;
 }

@@ -234,19 +234,27 @@ impl Prepared {
                 settings.ollama.push(reports::DEFAULT_OLLAMA_URL.to_owned());
             }
         }
+        let local_models = !settings.ollama.is_empty();
         if runners::llm::LlmRunner::configured(&settings) {
             let llm: std::sync::Arc<dyn runners::Runner> =
                 std::sync::Arc::new(runners::llm::LlmRunner::new(settings, latest.models.clone()));
             verifier = verifier.judging_with(llm.clone());
             runners = runners.with_shared(llm);
         }
-        // Agent work runs on Claude Code where its CLI is: --claude, or `claude` on the PATH.
+        // Agent work runs on Claude Code where its CLI is (--claude, or `claude` on the PATH),
+        // else as a tool-calling loop on a local Ollama model.
         let options = &self.settings.options;
         let path = options.base_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or_default();
         let claude = options.claude.clone().or_else(|| runners::claude::find_on_path(path));
         if let Some(program) = claude {
             tracing::info!(program = %program.display(), "agent work runs on Claude Code");
             runners = runners.with(runners::claude::ClaudeCodeRunner { settings: self.settings.clone(), program });
+        } else if local_models {
+            runners = runners.with(runners::agent::AgentLoopRunner {
+                settings: self.settings.clone(),
+                inventory: latest.models.clone(),
+                client: agentcom_llm::chat::client(),
+            });
         }
         runners.verifying_with(verifier)
     }

@@ -190,6 +190,10 @@ pub enum FromSidecar {
 }
 
 /// An attempt the core gives a sidecar.
+/// How often, and how far apart, a read of a settled task waits for redb to catch up with it.
+const STORED_CATCH_UP_TRIES: usize = 100;
+const STORED_CATCH_UP_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
 #[derive(Clone, Debug)]
 pub struct Assignment {
     pub task_id: TaskId,
@@ -489,14 +493,21 @@ impl Handle {
 
     /// The durable record of a finished task; `fallback` if it is (not yet) on disk.
     async fn stored(&self, fallback: Task) -> Result<Task, Error> {
-        let store = self.store.clone();
         let id = fallback.id;
-        match tokio::task::spawn_blocking(move || store.get_task(id)).await {
-            Ok(Ok(Some(task))) => Ok(task),
-            Ok(Ok(None)) => Ok(fallback),
-            Ok(Err(err)) => Err(Error::Storage(err.to_string())),
-            Err(err) => Err(Error::Storage(err.to_string())),
+        // The core may have settled a task (and let its output go from memory) on the commit of
+        // an earlier change of it, while the commit of its end is still on its way to redb: wait
+        // for the stored copy to catch up with the state the core has, a moment at most.
+        for _ in 0..STORED_CATCH_UP_TRIES {
+            let store = self.store.clone();
+            match tokio::task::spawn_blocking(move || store.get_task(id)).await {
+                Ok(Ok(Some(task))) if task.state == fallback.state => return Ok(task),
+                Ok(Ok(Some(_))) => tokio::time::sleep(STORED_CATCH_UP_PAUSE).await,
+                Ok(Ok(None)) => return Ok(fallback),
+                Ok(Err(err)) => return Err(Error::Storage(err.to_string())),
+                Err(err) => return Err(Error::Storage(err.to_string())),
+            }
         }
+        Ok(fallback)
     }
 
     pub async fn list(&self, state: Option<TaskState>, limit: usize) -> Result<Vec<Task>, Error> {

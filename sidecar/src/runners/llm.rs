@@ -52,11 +52,11 @@ impl LlmRunner {
 
 /// Where one attempt goes.
 #[derive(Debug, PartialEq)]
-struct Choice {
-    target_url: String,
+pub(super) struct Choice {
+    pub(super) target_url: String,
     provider: Provider,
-    endpoint_id: String,
-    model: String,
+    pub(super) endpoint_id: String,
+    pub(super) model: String,
     /// Ollama has to load the model first.
     cold: bool,
 }
@@ -70,7 +70,7 @@ fn provider_of(kind: EndpointKind) -> Provider {
 }
 
 /// Picks the endpoint and model for `wanted` (empty: any) from `inventory`. Pure.
-fn choose(inventory: &[Endpoint], wanted: &str) -> Result<Choice, String> {
+pub(super) fn choose(inventory: &[Endpoint], wanted: &str) -> Result<Choice, String> {
     let healthy = || inventory.iter().filter(|e| e.healthy);
     let choice = |e: &Endpoint, model: &str, cold: bool| Choice {
         target_url: e.url.clone(),

@@ -5,9 +5,11 @@
 //! runner is the next one. The link picks the
 //! runner by the work's capability and advertises the capabilities of the runners it has.
 
+pub mod agent;
 pub mod claude;
 pub mod llm;
 pub mod shell;
+pub mod tools;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -155,6 +157,7 @@ impl Runners {
                 _ => String::new(),
             };
             let (mut rounds, mut used) = (Vec::new(), Used::default());
+            let (mut shift, mut transcripts) = ((0u64, 0u64), (Vec::new(), Vec::new()));
             let limits = assignment.spec.limits.clone();
             let started = std::time::Instant::now();
             let mut outcome = loop {
@@ -163,7 +166,15 @@ impl Runners {
                     (Some(opened), Some(workspaces)) if agent => workspaces.snapshot(opened).await.ok(),
                     _ => None,
                 };
-                let mut outcome = runner.run(assignment.clone(), sink.clone(), cancel.clone()).await;
+                // Each round's output follows the rounds before it in the task's streams.
+                let shifted: Arc<dyn Sink> =
+                    Arc::new(Shifted { inner: sink.clone(), stdout: shift.0, stderr: shift.1 });
+                let mut outcome = runner.run(assignment.clone(), shifted, cancel.clone()).await;
+                if agent {
+                    shift = (shift.0 + outcome.stdout_total_bytes, shift.1 + outcome.stderr_total_bytes);
+                    transcripts.0.extend_from_slice(&outcome.stdout);
+                    transcripts.1.extend_from_slice(&outcome.stderr);
+                }
                 if !job.steps.is_empty() && crate::verify::ran_well(&outcome) && !cancel.is_cancelled() {
                     match &verifier {
                         Some(verifier) => {
@@ -203,6 +214,12 @@ impl Runners {
                     used.write_to(usage);
                 }
                 outcome.rounds = rounds;
+                // The output of every round, up to the task's cap.
+                let cap = usize::try_from(assignment.spec.limits.max_output_bytes).unwrap_or(usize::MAX);
+                (outcome.stdout_total_bytes, outcome.stderr_total_bytes) = shift;
+                transcripts.0.truncate(cap);
+                transcripts.1.truncate(cap);
+                (outcome.stdout, outcome.stderr) = transcripts;
             }
             if let (Some(opened), Some(workspaces)) = (workspace, &workspaces) {
                 let passed = outcome.verification.as_ref().is_none_or(|r| r.verdict == Verdict::Passed);
@@ -211,6 +228,32 @@ impl Runners {
             }
             outcome
         })
+    }
+}
+
+/// A sink for a later round: its output goes after what the rounds before wrote.
+struct Shifted {
+    inner: Arc<dyn Sink>,
+    stdout: u64,
+    stderr: u64,
+}
+
+impl Sink for Shifted {
+    fn started(&self, pid: u32) {
+        self.inner.started(pid);
+    }
+
+    fn output(&self, stream: Stream, offset: u64, data: &[u8]) {
+        let base = if stream == Stream::Stdout { self.stdout } else { self.stderr };
+        self.inner.output(stream, base + offset, data);
+    }
+
+    fn progress(&self, blocked: bool, message: &str) {
+        self.inner.progress(blocked, message);
+    }
+
+    fn verifying(&self) {
+        self.inner.verifying();
     }
 }
 
