@@ -202,11 +202,7 @@ impl State {
             let fleet = fleet!(self);
             (sched::explain(task, &fleet, now), sched::tier_now(task, &fleet).0)
         };
-        let up = match from {
-            Tier::Trivial => Tier::Standard,
-            Tier::Standard => Tier::Complex,
-            Tier::Complex => return false,
-        };
+        let Some(up) = tier::up(from) else { return false };
         let Some(to_model) = self.config.tier_models.get(up).map(str::to_owned) else { return false };
         let note = format!(
             "escalated from tier {} ({}) to {} ({to_model}) for attempt {}: {why}",

@@ -2,7 +2,7 @@
 //! `why` and the decisions the core keeps. [`explain`] runs placement's own `decide` with a
 //! recorder that keeps the candidates; [`place`](super::place) passes one that keeps nothing.
 
-use super::{Decision, Estimate, FleetView, TierSource, decide, model_of, pass_rate_move, tier_now};
+use super::{Decision, Estimate, FleetView, TierSource, decide, model_of, tier_now};
 use crate::domain::{Task, Tier, UnixMs};
 
 /// Candidates an explanation keeps (the best ones); the rest are counted.
@@ -94,7 +94,7 @@ impl Record for Vec<Candidate> {
 /// Places one task as [`place`] does, and says what was weighed.
 pub fn explain(task: &Task, fleet: &impl FleetView, now: UnixMs) -> Explanation {
     let mut candidates = Vec::new();
-    let decision = decide(task, fleet, now, &mut candidates);
+    let (decision, moved) = decide(task, fleet, now, &mut candidates);
     let chosen = match &decision {
         Decision::Place { sidecar_id, endpoint_id, .. } => Some((sidecar_id, endpoint_id)),
         Decision::Wait(_) => None,
@@ -112,7 +112,7 @@ pub fn explain(task: &Task, fleet: &impl FleetView, now: UnixMs) -> Explanation 
     });
     let more_candidates = candidates.len().saturating_sub(EXPLAINED_CANDIDATES);
     candidates.truncate(EXPLAINED_CANDIDATES);
-    let (tier, tier_source, model) = match pass_rate_move(task, fleet) {
+    let (tier, tier_source, model) = match moved {
         Some((up, model)) => (up, TierSource::PassRate { from: tier_now(task, fleet).0 }, Some(model)),
         None => {
             let (tier, source) = tier_now(task, fleet);

@@ -348,11 +348,7 @@ pub fn pass_rate_move<'a>(task: &Task, fleet: &'a impl FleetView) -> Option<(Tie
     if source != TierSource::Inferred {
         return None;
     }
-    let up = match tier {
-        Tier::Trivial => Tier::Standard,
-        Tier::Standard => Tier::Complex,
-        Tier::Complex => return None,
-    };
+    let up = tier::up(tier)?;
     let (here, there) = (fleet.tier_model(tier)?, fleet.tier_model(up)?);
     let kind = task.spec.work.capability();
     let seen = fleet.learned().tally(here, kind, tier);
@@ -404,19 +400,26 @@ pub fn need_of(task: &Task, fleet: &impl FleetView) -> Need {
 
 /// Places one ready task. See the module documentation for the rule.
 pub fn place(task: &Task, fleet: &impl FleetView, now: UnixMs) -> Decision {
-    decide(task, fleet, now, &mut ())
+    decide(task, fleet, now, &mut ()).0
 }
 
-fn decide(task: &Task, fleet: &impl FleetView, now: UnixMs, record: &mut impl Record) -> Decision {
+/// The decision, and the tier (with its model) pass rates moved the task to, if they did.
+fn decide<'a>(
+    task: &Task,
+    fleet: &'a impl FleetView,
+    now: UnixMs,
+    record: &mut impl Record,
+) -> (Decision, Option<(Tier, &'a str)>) {
     if task.spec.limits.deadline_unix_ms.is_some_and(|deadline| deadline <= now) {
-        return Decision::Wait(Wait::Expired);
+        return (Decision::Wait(Wait::Expired), None);
     }
     if let Work::Llm(llm) = &task.spec.work
         && let Some(model) = model_of(task, fleet)
     {
         let tokens = if llm.max_tokens > 0 { llm.max_tokens } else { EXPECTED_OUTPUT_TOKENS };
-        let model = pass_rate_move(task, fleet).map_or(model, |(_, up)| up);
-        return place_model(task, model, tokens, fleet, record);
+        let moved = pass_rate_move(task, fleet);
+        let model = moved.map_or(model, |(_, up)| up);
+        return (place_model(task, model, tokens, fleet, record), moved);
     }
     let needed = task.spec.work.capability();
     let placement = &task.spec.placement;
@@ -441,7 +444,7 @@ fn decide(task: &Task, fleet: &impl FleetView, now: UnixMs, record: &mut impl Re
             best = Some((sidecar_id, agents));
         }
     }
-    match best.and_then(|(sidecar_id, agents)| Some((sidecar_id, agents.first()?))) {
+    let decision = match best.and_then(|(sidecar_id, agents)| Some((sidecar_id, agents.first()?))) {
         Some((sidecar_id, agent_id)) => Decision::Place {
             sidecar_id: sidecar_id.clone(),
             agent_id: agent_id.clone(),
@@ -451,7 +454,8 @@ fn decide(task: &Task, fleet: &impl FleetView, now: UnixMs, record: &mut impl Re
         },
         None if fleet.any_open(needed, placement) => Decision::Wait(Wait::AllBusy),
         None => Decision::Wait(Wait::NoCapableAgent),
-    }
+    };
+    (decision, None)
 }
 
 /// Input tokens of LLM work, estimated from its text (four bytes a token), for the cost filter.

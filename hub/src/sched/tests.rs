@@ -187,24 +187,14 @@ fn a_model_nobody_has_waits_and_the_claude_api_takes_its_models_by_name() {
     let fleet = warm_and_cold();
     assert_eq!(place(&llm_task("other"), &fleet, 0), Decision::Wait(Wait::NoCapableAgent));
     let mut fleet = warm_and_cold();
-    let mut claude =
-        Endpoint::new(Owner::Sidecar("cloud".into()), "https://api.anthropic.com".into(), EndpointKind::Anthropic);
-    claude.healthy = true;
-    fleet.endpoints.push(claude);
-    fleet.idle.insert("cloud", "cloud/0");
-    fleet.can.push(("cloud", "llm"));
+    claude_on(&mut fleet, "cloud");
     assert_eq!(placed_on(&place(&llm_task("claude-sonnet-4-5"), &fleet, 0)), "cloud");
 }
 
 #[test]
 fn llm_work_without_a_model_runs_on_its_tiers_model() {
     let mut fleet = warm_and_cold();
-    let mut claude =
-        Endpoint::new(Owner::Sidecar("cloud".into()), "https://api.anthropic.com".into(), EndpointKind::Anthropic);
-    claude.healthy = true;
-    fleet.endpoints.push(claude);
-    fleet.idle.insert("cloud", "cloud/0");
-    fleet.can.push(("cloud", "llm"));
+    claude_on(&mut fleet, "cloud");
     let mut unnamed = llm_task("");
     // No tier models configured: placed as plain work, the sidecar picks.
     let Decision::Place { model, .. } = place(&unnamed, &fleet, 0) else { panic!("waits") };
@@ -525,22 +515,13 @@ fn a_model_is_prewarmed_where_it_loads_quickest_once_its_tasks_waited_longer_tha
 fn a_tier_model_that_fails_its_checks_sends_verified_work_up_a_tier() {
     use crate::domain::Verification;
     let mut fleet = warm_and_cold();
-    let mut claude =
-        Endpoint::new(Owner::Sidecar("cloud".into()), "https://api.anthropic.com".into(), EndpointKind::Anthropic);
-    claude.healthy = true;
-    fleet.endpoints.push(claude);
-    fleet.idle.insert("cloud", "cloud/0");
-    fleet.can.push(("cloud", "llm"));
+    claude_on(&mut fleet, "cloud");
     let mut task = llm_task("");
     task.spec.verification = vec![Verification::FileExists("out.txt".into())];
     let (tier, source) = tier_now(&task, &fleet);
     assert_eq!(source, TierSource::Inferred);
     // The inferred tier runs `m` (local, warm); the tier above runs Claude.
-    let up = match tier {
-        Tier::Trivial => Tier::Standard,
-        Tier::Standard => Tier::Complex,
-        Tier::Complex => panic!("a short prompt is not complex"),
-    };
+    let up = tier::up(tier).expect("a short prompt is not complex");
     fleet.tiers.set(&format!("{}=m", tier.as_str())).unwrap();
     fleet.tiers.set(&format!("{}=claude-sonnet-4-5", up.as_str())).unwrap();
     let placed_model = |fleet: &Fleet, task: &Task| match place(task, fleet, 0) {

@@ -95,6 +95,15 @@ pub fn infer(spec: &TaskSpec) -> Tier {
     }
 }
 
+/// The tier above `tier` (a stronger, dearer model), if there is one.
+pub fn up(tier: Tier) -> Option<Tier> {
+    match tier {
+        Tier::Trivial => Some(Tier::Standard),
+        Tier::Standard => Some(Tier::Complex),
+        Tier::Complex => None,
+    }
+}
+
 /// The tier a task that waited too long at `from` moves to, having been at `tried` before; `None`
 /// when no neighbour has a model (`has_model`) or every one was tried.
 pub fn fallback(from: Tier, tried: &[Tier], has_model: impl Fn(Tier) -> bool) -> Option<Tier> {
