@@ -279,7 +279,12 @@ pub async fn run_prepared(config: Config, prepared: Prepared, shutdown: impl Fut
                 _ = hourly.tick() => {}
                 _ = sweeping.cancelled() => return,
             }
-            workspaces.sweep().await;
+            tokio::task::spawn_blocking({
+                let workspaces = workspaces.clone();
+                move || workspaces.sweep()
+            })
+            .await
+            .ok();
         }
     });
     let result = link::Link::new(config, runners, summary, latest).run(shutdown).await;

@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentcom_types::domain::{
-    Exit, LlmWork, Outcome, Pattern, SpecDefaults, StepReport, Stream, TaskSpec, Verdict, Verification,
-    VerificationReport, Work,
+    Exit, LlmWork, Outcome, Pattern, SpecDefaults, StepReport, TaskSpec, Verdict, Verification, VerificationReport,
+    Work,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::contain::{self, TaskKey};
-use crate::runners::{Assignment, Runner, Sink, shell};
+use crate::runners::{Assignment, Quiet, Runner, shell};
 
 /// A step's command runs this long at most unless the step says otherwise.
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(600);
@@ -245,14 +245,6 @@ impl Verifier {
     }
 }
 
-/// Step commands' output goes to the report, not the task's output stream.
-struct Quiet;
-
-impl Sink for Quiet {
-    fn started(&self, _pid: u32) {}
-    fn output(&self, _stream: Stream, _offset: u64, _data: &[u8]) {}
-}
-
 struct Checked {
     passed: bool,
     evidence: String,
@@ -424,11 +416,13 @@ fn tail(text: &str, max: usize) -> String {
 /// pytest's `== 3 passed in 0.1s ==`, jest's `Tests: 1 failed, 2 passed`, go's `ok`/`FAIL`
 /// package lines, unittest's `Ran 3 tests`, a TAP `# pass`).
 pub fn summary_line(output: &str) -> Option<String> {
-    let re = regex::Regex::new(
-        r"(?i)(test result:|\b\d+ (passed|failed|failing|passing)\b|^tests?:\s|^ok\s+\S|^fail\s+\S|^FAILED|^Ran \d+ tests?|^# (pass|fail)\b)",
-    )
-    .expect("the summary pattern compiles");
-    output.lines().rev().map(str::trim).find(|line| re.is_match(line)).map(|line| tail(line, 512))
+    static SUMMARY: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r"(?i)(test result:|\b\d+ (passed|failed|failing|passing)\b|^tests?:\s|^ok\s+\S|^fail\s+\S|^FAILED|^Ran \d+ tests?|^# (pass|fail)\b)",
+        )
+        .expect("the summary pattern compiles")
+    });
+    output.lines().rev().map(str::trim).find(|line| SUMMARY.is_match(line)).map(|line| tail(line, 512))
 }
 
 #[cfg(test)]

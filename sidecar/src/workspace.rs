@@ -221,7 +221,7 @@ impl Workspaces {
     }
 
     /// Removes kept workspaces older than `--keep-failed-workspaces`; returns how many.
-    pub async fn sweep(&self) -> usize {
+    pub fn sweep(&self) -> usize {
         let Ok(entries) = std::fs::read_dir(&self.root) else { return 0 };
         let cutoff = SystemTime::now().checked_sub(self.keep_failed).unwrap_or(SystemTime::UNIX_EPOCH);
         let mut swept = 0;
@@ -385,17 +385,17 @@ mod tests {
         assert!(!workspaces.allowed(""));
     }
 
-    #[tokio::test]
-    async fn kept_workspaces_are_swept_once_they_are_old() {
+    #[test]
+    fn kept_workspaces_are_swept_once_they_are_old() {
         let root = tempfile::tempdir().unwrap();
         let kept = root.path().join(".agentcom/workspaces/01M8-1");
         std::fs::create_dir_all(&kept).unwrap();
         std::fs::write(kept.join("file"), "x").unwrap();
         let young = Workspaces::new(root.path(), Vec::new(), Duration::from_secs(3600), None);
-        assert_eq!(young.sweep().await, 0);
+        assert_eq!(young.sweep(), 0);
         assert!(kept.exists());
         let old = Workspaces::new(root.path(), Vec::new(), Duration::ZERO, None);
-        assert_eq!(old.sweep().await, 1);
+        assert_eq!(old.sweep(), 1);
         assert!(!kept.exists());
     }
 }

@@ -141,7 +141,7 @@ impl Runner for AgentLoopRunner {
                     .collect();
                 messages.push(json!({ "role": "assistant", "content": reply.content, "tool_calls": calls }));
                 for (name, arguments) in &reply.tool_calls {
-                    transcript.line(&format!("[tool] {name} {}", summarize(arguments)));
+                    transcript.line(&format!("[tool] {name} {}", tools::summarize(arguments)));
                     let (ok, result) = tools::run(name, arguments, &workspace).await;
                     let failed = if ok { "" } else { ", an error" };
                     transcript.line(&format!("[tool result] {} bytes{failed}", result.len()));
@@ -186,14 +186,4 @@ impl Transcript {
         self.sink.output(Stream::Stdout, self.text.len() as u64, &bytes);
         self.text.extend_from_slice(&bytes);
     }
-}
-
-/// A tool call's arguments in a few words: the path or command it names.
-fn summarize(arguments: &Value) -> String {
-    for key in ["path", "command", "text"] {
-        if let Some(value) = arguments[key].as_str() {
-            return value.chars().take(120).collect();
-        }
-    }
-    String::new()
 }

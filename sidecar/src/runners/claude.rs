@@ -222,7 +222,11 @@ pub fn describe(line: &str, parsed: &mut Parsed) -> Option<String> {
                     Some("text") => block["text"].as_str().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()),
                     Some("tool_use") => {
                         parsed.tool_calls += 1;
-                        Some(format!("[tool] {} {}", block["name"].as_str().unwrap_or("?"), summarize(&block["input"])))
+                        Some(format!(
+                            "[tool] {} {}",
+                            block["name"].as_str().unwrap_or("?"),
+                            super::tools::summarize(&block["input"])
+                        ))
                     }
                     _ => None,
                 })
@@ -255,18 +259,6 @@ pub fn describe(line: &str, parsed: &mut Parsed) -> Option<String> {
         }
         _ => None,
     }
-}
-
-/// A tool call's arguments in a few words: the path, command or pattern it names.
-fn summarize(input: &Value) -> String {
-    for key in ["file_path", "path", "command", "pattern", "url"] {
-        if let Some(value) = input[key].as_str() {
-            let value: String = value.chars().take(120).collect();
-            return value;
-        }
-    }
-    let text = input.to_string();
-    text.chars().take(120).collect()
 }
 
 #[cfg(test)]

@@ -49,6 +49,15 @@ pub trait Sink: Send + Sync + 'static {
     fn verifying(&self) {}
 }
 
+/// A sink that keeps nothing: for work whose output goes elsewhere than the task's streams (a
+/// verification step's command, an agent tool's command, a judge's chat).
+pub struct Quiet;
+
+impl Sink for Quiet {
+    fn started(&self, _pid: u32) {}
+    fn output(&self, _stream: Stream, _offset: u64, _data: &[u8]) {}
+}
+
 /// A future a runner returns.
 pub type Running = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
 

@@ -11,11 +11,11 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentcom_types::domain::{Exit, Stream};
+use agentcom_types::domain::Exit;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::{Sink, shell};
+use super::{Quiet, shell};
 use crate::contain::{self, TaskKey};
 
 /// Bytes of a file or of a tool's result a model is shown.
@@ -66,6 +66,18 @@ pub fn definitions() -> Value {
             &["command"],
         ),
     ])
+}
+
+/// A tool call's arguments in a few words, for a transcript: the path, command or text it
+/// names (the keys of these tools and of Claude Code's), else the arguments themselves.
+pub fn summarize(arguments: &Value) -> String {
+    let named = ["file_path", "path", "command", "pattern", "text", "url"].iter().find_map(|k| arguments[*k].as_str());
+    let text = match named {
+        Some(value) => value.to_owned(),
+        None if arguments.as_object().is_none_or(|o| o.is_empty()) => String::new(),
+        None => arguments.to_string(),
+    };
+    text.chars().take(120).collect()
 }
 
 /// Where a tool runs: the workspace, and what a command there needs.
@@ -238,14 +250,6 @@ fn search(root: &Path, arguments: &Value) -> Result<String, String> {
         }
     }
     Ok(if matches.is_empty() { format!("no line contains {needle:?}") } else { matches.join("\n") })
-}
-
-/// Step commands' output goes to the model, not the task's output stream.
-struct Quiet;
-
-impl Sink for Quiet {
-    fn started(&self, _pid: u32) {}
-    fn output(&self, _stream: Stream, _offset: u64, _data: &[u8]) {}
 }
 
 async fn run_command(workspace: &Workspace<'_>, arguments: &Value) -> Result<String, String> {
