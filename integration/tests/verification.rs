@@ -75,10 +75,6 @@ async fn every_kind_of_step_passes_and_fails_on_real_files_repositories_and_serv
     assert_eq!(steps(report), kinds.iter().map(|k| (k.to_string(), true)).collect::<Vec<_>>());
     assert_eq!(report["steps"][2]["summary"], "test result: ok. 2 passed; 0 failed", "{report}");
     assert_eq!(report["steps"][6]["evidence"], "HTTP 200 OK");
-    // The task was `verifying` on its way.
-    let (_, history) = mesh.api.request(reqwest::Method::GET, &format!("/api/v1/tasks/{id}"), None).await;
-    assert_eq!(history["task"]["state"], "succeeded");
-
     // The work leaves the tree dirty and prints something else; every step fails.
     let failing = json!({
         "shell": { "argv": ["sh", "-c", "echo new > new.txt; echo 'nothing here'"], "cwd": "repo" },
