@@ -3,7 +3,8 @@
 //! The core writes to a feed; any number of watchers read from it at their own pace. Each
 //! watcher keeps a [`Cursor`] (bytes seen per stream, snapshot version seen), so a slow watcher
 //! never makes the core wait or buffer, and a watcher that joins late still gets the retained
-//! output from the start. Memory per feed is bounded by the task's output cap per stream.
+//! output from the start. Memory per feed is bounded by the task's output cap per stream (and
+//! an agent's steps by [`MAX_STEPS`]).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{Stream, Task};
+use crate::domain::{AgentStep, MAX_STEPS, Stream, Task};
 
 #[derive(Debug, Clone)]
 pub enum FeedEvent {
@@ -23,6 +24,12 @@ pub enum FeedEvent {
         offset: u64,
         data: Vec<u8>,
     },
+    /// A step agent work took, the attempt's `number`th (from 0).
+    Step {
+        attempt: u32,
+        number: usize,
+        step: AgentStep,
+    },
 }
 
 struct State {
@@ -31,6 +38,7 @@ struct State {
     /// The attempt whose output `output` holds.
     attempt: u32,
     output: [Vec<u8>; 2],
+    steps: Vec<AgentStep>,
     cap: usize,
     finished: bool,
 }
@@ -45,6 +53,7 @@ pub struct Feed {
 pub struct Cursor {
     attempt: u32,
     sent: [usize; 2],
+    steps: usize,
     version: Option<u64>,
     done: bool,
 }
@@ -67,6 +76,7 @@ impl Feed {
                 task: Arc::new(task),
                 version: 0,
                 output: [Vec::new(), Vec::new()],
+                steps: Vec::new(),
                 cap,
                 finished: false,
             }),
@@ -101,6 +111,7 @@ impl Feed {
             if task.attempt != state.attempt {
                 state.attempt = task.attempt;
                 state.output = [Vec::new(), Vec::new()];
+                state.steps.clear();
             }
             state.task = Arc::new(task.clone());
             state.version += 1;
@@ -126,6 +137,18 @@ impl Feed {
         self.changed.send_replace(());
     }
 
+    /// Appends a step agent work took.
+    pub fn step(&self, step: AgentStep) {
+        {
+            let mut state = self.lock();
+            if state.finished || state.steps.len() >= MAX_STEPS {
+                return;
+            }
+            state.steps.push(step);
+        }
+        self.changed.send_replace(());
+    }
+
     /// The task reached a final state: its outcome's output is authoritative from here on.
     pub fn finish(&self, task: &Task) {
         {
@@ -133,6 +156,7 @@ impl Feed {
             if task.attempt != state.attempt {
                 state.attempt = task.attempt;
                 state.output = [Vec::new(), Vec::new()];
+                state.steps.clear();
             }
             if let Some(outcome) = &task.outcome {
                 // The outcome holds at least what streamed live (same bytes, same cap), so a
@@ -141,6 +165,10 @@ impl Feed {
                     if full.len() >= held.len() {
                         held.clone_from(full);
                     }
+                }
+                // Steps lost on the way are in the outcome too.
+                if outcome.steps.len() >= state.steps.len() {
+                    state.steps.clone_from(&outcome.steps);
                 }
             }
             state.task = Arc::new(task.clone());
@@ -162,7 +190,12 @@ impl Feed {
         if cursor.attempt != state.attempt {
             cursor.attempt = state.attempt;
             cursor.sent = [0, 0];
+            cursor.steps = 0;
         }
+        for (number, step) in state.steps.iter().enumerate().skip(cursor.steps) {
+            events.push(FeedEvent::Step { attempt: state.attempt, number, step: step.clone() });
+        }
+        cursor.steps = cursor.steps.max(state.steps.len());
         for stream in [Stream::Stdout, Stream::Stderr] {
             let held = &state.output[stream.index()];
             let sent = &mut cursor.sent[stream.index()];
@@ -232,7 +265,7 @@ mod tests {
             .iter()
             .filter_map(|e| match e {
                 FeedEvent::Output { stream, offset, data, .. } => Some((*stream, *offset, data.clone())),
-                FeedEvent::Snapshot(_) => None,
+                FeedEvent::Snapshot(_) | FeedEvent::Step { .. } => None,
             })
             .collect()
     }
@@ -290,10 +323,7 @@ mod tests {
             timed_out: false,
             error: None,
             usage: None,
-            budget_exceeded: false,
-            verification: None,
-            workspace: None,
-            rounds: Vec::new(),
+            ..Outcome::empty()
         });
         feed.finish(&done);
         let events = feed.read(&mut cursor);
@@ -301,5 +331,37 @@ mod tests {
         assert!(matches!(events.last(), Some(FeedEvent::Snapshot(t)) if t.state == TaskState::Succeeded));
         assert!(cursor.is_done());
         assert!(feed.read(&mut cursor).is_empty());
+    }
+
+    #[test]
+    fn steps_reach_each_watcher_once_and_the_outcome_fills_those_lost() {
+        let step = |tool: &str| AgentStep { round: 1, tool: tool.into(), ok: true, ..AgentStep::default() };
+        let steps = |events: &[FeedEvent]| -> Vec<(usize, String)> {
+            events
+                .iter()
+                .filter_map(|e| match e {
+                    FeedEvent::Step { number, step, .. } => Some((*number, step.tool.clone())),
+                    _ => None,
+                })
+                .collect()
+        };
+        let feed = Feed::new(task());
+        let mut early = Cursor::default();
+        feed.step(step("read_file"));
+        assert_eq!(steps(&feed.read(&mut early)), vec![(0, "read_file".to_owned())]);
+        feed.step(step("write_file"));
+        assert_eq!(steps(&feed.read(&mut early)), vec![(1, "write_file".to_owned())]);
+        assert!(steps(&feed.read(&mut early)).is_empty());
+        let mut late = Cursor::default();
+        assert_eq!(steps(&feed.read(&mut late)).len(), 2);
+        // The third step never arrived live; the outcome has it.
+        let mut done = task();
+        done.set_state(TaskState::Succeeded, "", 5);
+        done.outcome = Some(Outcome {
+            steps: vec![step("read_file"), step("write_file"), step("run_command")],
+            ..Outcome::empty()
+        });
+        feed.finish(&done);
+        assert_eq!(steps(&feed.read(&mut early)), vec![(2, "run_command".to_owned())]);
     }
 }

@@ -187,6 +187,15 @@ impl Client {
                         let output: Value = serde_json::from_str(&event.data).context("a malformed output event")?;
                         write_output(&output, &mut written)?;
                     }
+                    // An agent's steps go to stderr, beside the output (which is the model's text).
+                    "step" if !quiet_json => {
+                        let step: Value = serde_json::from_str(&event.data).context("a malformed step event")?;
+                        eprintln!(
+                            "[step {}] {}",
+                            step["number"].as_u64().unwrap_or(0) + 1,
+                            work::step_line(&step["step"])
+                        );
+                    }
                     _ => {}
                 }
             }

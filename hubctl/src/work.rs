@@ -61,8 +61,21 @@ fn split_words(text: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
-/// Agent rounds and the workspace, for `hubctl get`: a line per round, then where the change
-/// went.
+/// Steps `hubctl get` lists; `--json` has them all.
+const STEPS_SHOWN: usize = 40;
+
+/// One agent step in a line: `write_file answer.txt: 14 bytes back (1200 in / 40 out tokens)`.
+pub(crate) fn step_line(step: &Value) -> String {
+    let summary = step["summary"].as_str().unwrap_or("");
+    let target = if summary.is_empty() { String::new() } else { format!(" {summary}") };
+    let failed = if step["ok"] == false { ", an error" } else { "" };
+    let (input, output) = (step["input_tokens"].as_u64().unwrap_or(0), step["output_tokens"].as_u64().unwrap_or(0));
+    let tokens = if input + output > 0 { format!(" ({input} in / {output} out tokens)") } else { String::new() };
+    format!("{}{target}: {} bytes back{failed}{tokens}", step["tool"].as_str().unwrap_or("?"), step["result_bytes"])
+}
+
+/// Agent rounds, steps and the workspace, for `hubctl get`: a line per round, the steps, then
+/// where the change went.
 pub(crate) fn work_lines(task: &Value) -> Vec<String> {
     let outcome = &task["outcome"];
     let mut lines = Vec::new();
@@ -79,6 +92,13 @@ pub(crate) fn work_lines(task: &Value) -> Vec<String> {
             round["input_tokens"],
             round["output_tokens"],
         ));
+    }
+    let steps = outcome["steps"].as_array().map(Vec::as_slice).unwrap_or_default();
+    for (n, step) in steps.iter().enumerate().take(STEPS_SHOWN) {
+        lines.push(format!("  step {:>3}, round {}: {}", n + 1, step["round"], step_line(step)));
+    }
+    if steps.len() > STEPS_SHOWN {
+        lines.push(format!("  ... {} more steps (--json shows them all)", steps.len() - STEPS_SHOWN));
     }
     let workspace = &outcome["workspace"];
     if let Some(repository) = workspace["repository"].as_str() {
@@ -154,6 +174,10 @@ mod tests {
                 {"number": 1, "verdict": "failed", "failed": ["test_passes sh check.sh"], "diff_stat": " answer.txt | 2 +-\n 1 file changed, 1 insertion(+), 1 deletion(-)\n", "input_tokens": 100, "output_tokens": 20, "cost_micros": 10000},
                 {"number": 2, "verdict": "passed", "failed": [], "diff_stat": "", "input_tokens": 90, "output_tokens": 15, "cost_micros": null}
             ],
+            "steps": [
+                {"round": 1, "tool": "read_file", "summary": "check.sh", "result_bytes": 130, "ok": true, "input_tokens": 100, "output_tokens": 20},
+                {"round": 2, "tool": "run_command", "summary": "", "result_bytes": 9, "ok": false, "input_tokens": 0, "output_tokens": 0}
+            ],
             "workspace": {"repository": "/srv/repos/app", "base": "164fffa82caf283e98", "branch": "agentcom/01M8", "commit": "9c1d07aa11bb22cc", "diff_stat": " answer.txt | 2 +-\n 1 file changed", "kept_at": null}
         }});
         assert_eq!(
@@ -161,6 +185,8 @@ mod tests {
             vec![
                 "round 1:   failed (test_passes sh check.sh); 1 file changed, 1 insertion(+), 1 deletion(-); 100 in / 20 out tokens, $0.0100",
                 "round 2:   passed; no changes; 90 in / 15 out tokens",
+                "  step   1, round 1: read_file check.sh: 130 bytes back (100 in / 20 out tokens)",
+                "  step   2, round 2: run_command: 9 bytes back, an error",
                 "workspace: /srv/repos/app at 164fffa82caf: 1 file changed; committed on agentcom/01M8 (9c1d07aa11bb)",
             ]
         );

@@ -6,6 +6,11 @@
 //!
 //! The OpenAI-compatible double also lists its models (`GET /v1/models`), as the sidecar's
 //! probe asks. `.ci/run` checks them against the official Python clients (`tests/official_clients.rs`).
+//!
+//! A request that does not stream (an agent's turn with `tools`) is answered with one whole
+//! message: the next scripted [`Turn`] (text, or calls of the tools, as `tool_use` blocks or
+//! `tool_calls` with ids), else the script's text. Like the real APIs, the doubles refuse (400)
+//! a tool result that answers no call of the assistant message before it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,6 +26,8 @@ use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
+
+pub use crate::ollama::Turn;
 
 /// A fault the next requests meet, in order; once they are used up, requests succeed.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,6 +72,10 @@ struct Inner {
     faults: Vec<Fault>,
     /// (headers, body) of every request, oldest first.
     requests: Vec<(HeaderMap, Value)>,
+    /// Replies to requests that do not stream, in order.
+    turns: std::collections::VecDeque<Turn>,
+    /// Tool calls handed out so far (for their ids).
+    calls: u64,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -126,6 +137,11 @@ impl ChatDouble {
     /// Faults for the next requests, in order.
     pub fn faults(&self, faults: Vec<Fault>) {
         self.shared.inner.lock().expect("lock").faults = faults;
+    }
+
+    /// Replies to the next requests that do not stream (an agent's turns), in order.
+    pub fn turns(&self, turns: Vec<Turn>) {
+        self.shared.inner.lock().expect("lock").turns = turns.into();
     }
 
     /// Every request received: its headers and its JSON body.
@@ -197,6 +213,25 @@ async fn chat(State(shared): State<Shared>, headers: HeaderMap, Json(body): Json
         }
         _ => {}
     }
+    if body["stream"] != true {
+        if let Err(why) = answers_follow_calls(shared.api, &body) {
+            let error = match shared.api {
+                Api::Anthropic => json!({"type": "error", "error": {"type": "invalid_request_error", "message": why}}),
+                Api::OpenAi => json!({"error": {"message": why, "type": "invalid_request_error", "code": null}}),
+            };
+            return (StatusCode::BAD_REQUEST, Json(error)).into_response();
+        }
+        let (turn, first_call) = {
+            let mut inner = shared.inner.lock().expect("lock");
+            let turn = inner.turns.pop_front().unwrap_or_else(|| Turn::Text(script.pieces.concat()));
+            let first_call = inner.calls;
+            if let Turn::ToolCalls(calls) = &turn {
+                inner.calls += calls.len() as u64;
+            }
+            (turn, first_call)
+        };
+        return Json(whole_reply(shared.api, &model, &script, turn, first_call)).into_response();
+    }
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(16);
     let api = shared.api;
     tokio::spawn(async move {
@@ -250,6 +285,116 @@ async fn chat(State(shared): State<Shared>, headers: HeaderMap, Json(body): Json
         .header("cache-control", "no-cache")
         .body(axum::body::Body::from_stream(body))
         .expect("a stream response builds")
+}
+
+/// Whether every tool result in `body` answers a call of the assistant message just before it,
+/// as both real APIs insist.
+fn answers_follow_calls(api: Api, body: &Value) -> Result<(), String> {
+    let messages = body["messages"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let mut asked: Vec<String> = Vec::new();
+    for (n, message) in messages.iter().enumerate() {
+        let answered: Vec<&str> = match api {
+            Api::Anthropic => message["content"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|b| b["type"] == "tool_result")
+                .filter_map(|b| b["tool_use_id"].as_str())
+                .collect(),
+            Api::OpenAi if message["role"] == "tool" => message["tool_call_id"].as_str().into_iter().collect(),
+            Api::OpenAi => Vec::new(),
+        };
+        if let Some(stray) = answered.iter().find(|id| !asked.iter().any(|a| a == *id)) {
+            return Err(format!("messages.{n}: a tool result for {stray}, which the message before did not call"));
+        }
+        if message["role"] == "assistant" {
+            asked = match api {
+                Api::Anthropic => message["content"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|b| b["type"] == "tool_use")
+                    .filter_map(|b| b["id"].as_str().map(str::to_owned))
+                    .collect(),
+                Api::OpenAi => message["tool_calls"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["id"].as_str().map(str::to_owned))
+                    .collect(),
+            };
+        } else if api == Api::Anthropic || message["role"] != "tool" {
+            asked.clear();
+        }
+    }
+    Ok(())
+}
+
+/// A whole message, as the API answers a request that does not stream.
+fn whole_reply(api: Api, model: &str, script: &Script, turn: Turn, first_call: u64) -> Value {
+    let (text, calls) = match turn {
+        Turn::Text(text) => (text, Vec::new()),
+        Turn::ToolCalls(calls) => (String::new(), calls),
+    };
+    let ids = (first_call..).map(|n| format!("toolu_01{n:020}"));
+    match api {
+        Api::Anthropic => {
+            let mut content: Vec<Value> = Vec::new();
+            if !text.is_empty() {
+                content.push(json!({"type": "text", "text": text}));
+            }
+            let stop = if calls.is_empty() { "end_turn" } else { "tool_use" };
+            content.extend(
+                calls
+                    .into_iter()
+                    .zip(ids)
+                    .map(|((name, input), id)| json!({"type": "tool_use", "id": id, "name": name, "input": input})),
+            );
+            json!({
+                "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": content,
+                "stop_reason": stop,
+                "stop_sequence": null,
+                "usage": {
+                    "input_tokens": script.input_tokens,
+                    "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": script.cached_input_tokens,
+                    "output_tokens": script.output_tokens
+                }
+            })
+        }
+        Api::OpenAi => {
+            let finish = if calls.is_empty() { "stop" } else { "tool_calls" };
+            let mut message = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { json!(text) }, "refusal": null});
+            if !calls.is_empty() {
+                let calls: Vec<Value> = calls
+                    .into_iter()
+                    .zip(ids.map(|id| id.replace("toolu_01", "call_")))
+                    .map(|((name, arguments), id)| {
+                        json!({"id": id, "type": "function", "function": {"name": name, "arguments": arguments.to_string()}})
+                    })
+                    .collect();
+                message["tool_calls"] = Value::Array(calls);
+            }
+            json!({
+                "id": "chatcmpl-7f3a",
+                "object": "chat.completion",
+                "created": 1_795_000_000,
+                "model": model,
+                "system_fingerprint": "fp_44709d6fcb",
+                "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
+                "usage": {
+                    "prompt_tokens": script.input_tokens + script.cached_input_tokens,
+                    "completion_tokens": script.output_tokens,
+                    "total_tokens": script.input_tokens + script.cached_input_tokens + script.output_tokens,
+                    "prompt_tokens_details": {"cached_tokens": script.cached_input_tokens}
+                }
+            })
+        }
+    }
 }
 
 /// The Messages stream, as (before the text, one event per piece, after the text).

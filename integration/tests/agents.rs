@@ -102,12 +102,19 @@ async fn an_agent_fixes_a_failing_check_in_two_rounds_and_its_change_is_committe
     assert_eq!((usage["provider"].as_str(), usage["model"].as_str()), (Some("claude-code"), Some("claude-sonnet-4-5")));
     assert_eq!((usage["input_tokens"].as_u64(), usage["output_tokens"].as_u64()), (Some(200), Some(40)));
     assert_eq!(usage["cost_micros"], 20_000);
-    // The transcript streamed as the task's output.
+    // The transcript streamed as the task's output; each tool call is a step of its round.
     let stdout = outcome["stdout"].as_str().unwrap();
     assert!(
-        stdout.contains("[tool] Edit answer.txt") && stdout.contains("[claude-code] success after 3 turns"),
+        stdout.contains("Reading the check.") && stdout.contains("[claude-code] success after 3 turns"),
         "{stdout}"
     );
+    let steps: Vec<String> = outcome["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{} {} {}", s["round"], s["tool"].as_str().unwrap(), s["summary"].as_str().unwrap()))
+        .collect();
+    assert_eq!(steps, ["1 Read check.sh", "1 Edit answer.txt", "2 Read check.sh", "2 Edit answer.txt"]);
     assert_eq!(stdout.matches("[claude-code] started").count(), 2, "both rounds' transcripts, one after the other");
     // The final diff, and a commit on agentcom/ID in the sidecar's clone; the workspace is gone.
     let workspace = &outcome["workspace"];
@@ -222,15 +229,12 @@ async fn an_agent_loop_on_a_local_model_fixes_a_failing_check_through_tool_calls
     let verdicts: Vec<&str> =
         outcome["rounds"].as_array().unwrap().iter().map(|r| r["verdict"].as_str().unwrap()).collect();
     assert_eq!(verdicts, vec!["failed", "passed"], "{outcome}");
+    assert_eq!(
+        steps_of(outcome),
+        ["1 read_file check.sh", "1 write_file answer.txt", "2 run_command sh check.sh", "2 edit_file answer.txt"]
+    );
     let stdout = outcome["stdout"].as_str().unwrap();
-    for step in [
-        "[tool] read_file check.sh",
-        "[tool] write_file answer.txt",
-        "[tool] run_command sh check.sh",
-        "[tool] edit_file answer.txt",
-    ] {
-        assert!(stdout.contains(step), "{step} in {stdout}");
-    }
+    assert!(stdout.contains("I set the answer.") && stdout.contains("Fixed: the check wants 42."), "{stdout}");
     assert_eq!(
         (outcome["usage"]["provider"].as_str(), outcome["usage"]["model"].as_str()),
         (Some("ollama"), Some(model))
@@ -255,5 +259,170 @@ async fn an_agent_loop_on_a_local_model_fixes_a_failing_check_through_tool_calls
     assert_eq!(git(root.path(), &["--git-dir", &clone, "show", &format!("agentcom/{id}:answer.txt")]), "42");
     let left: Vec<_> = std::fs::read_dir(mesh.work_dir.join(".agentcom/workspaces")).unwrap().collect();
     assert!(left.is_empty(), "the workspace is removed: {left:?}");
+    mesh.stop().await;
+}
+
+/// An agent's steps as `round tool summary`.
+fn steps_of(outcome: &serde_json::Value) -> Vec<String> {
+    outcome["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{} {} {}", s["round"], s["tool"].as_str().unwrap(), s["summary"].as_str().unwrap()))
+        .collect()
+}
+
+/// The model's side of the two rounds: a wrong fix, then (told what failed) the right one.
+fn two_rounds() -> Vec<agentcom_integration::ollama::Turn> {
+    use agentcom_integration::ollama::Turn;
+    let call = |name: &str, arguments: serde_json::Value| (name.to_owned(), arguments);
+    vec![
+        Turn::ToolCalls(vec![call("read_file", json!({ "path": "check.sh" }))]),
+        Turn::ToolCalls(vec![call("write_file", json!({ "path": "answer.txt", "content": "41\n" }))]),
+        Turn::Text("I set the answer.".into()),
+        // Two calls in one turn: both answered in the next request.
+        Turn::ToolCalls(vec![
+            call("run_command", json!({ "command": "sh check.sh" })),
+            call("read_file", json!({ "path": "answer.txt" })),
+        ]),
+        Turn::ToolCalls(vec![call(
+            "edit_file",
+            json!({ "path": "answer.txt", "old_string": "41", "new_string": "42" }),
+        )]),
+        Turn::Text("Fixed: the check wants 42.".into()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_loop_on_the_claude_api_fixes_a_failing_check_through_tool_use() {
+    use agentcom_integration::chat_doubles::{ChatDouble, Fault};
+    let root = tempfile::tempdir().unwrap();
+    let repo = project(root.path());
+    let double = ChatDouble::anthropic().await;
+    double.turns(two_rounds());
+    // The first turn meets a rate limit: the loop waits it out.
+    double.faults(vec![Fault::RateLimited { retry_after_s: 1 }]);
+    let mut mesh = TestMesh::new().sidecars(0).start().await;
+    let allowed = root.path().to_string_lossy().into_owned();
+    let reports = agentcom_sidecar::reports::Settings {
+        anthropic: Some(agentcom_sidecar::reports::Anthropic {
+            api_key: "sk-ant-agent-secret".into(),
+            base_url: double.url.clone(),
+            models: vec!["claude-sonnet-4-5".into()],
+        }),
+        discover_ollama: false,
+        ..Default::default()
+    };
+    mesh.add_sidecar_configured(1, |config| config.reports(reports).shell(|shell| shell.repo_allow = vec![allowed]));
+    agentcom_integration::assert_eventually!(
+        mesh.api
+            .agents()
+            .await
+            .first()
+            .is_some_and(|a| a["capabilities"].as_array().unwrap().contains(&json!("agent-loop"))),
+        PATIENCE,
+        "the sidecar joined, running agent work as a tool loop"
+    );
+    let body = json!({
+        "agent": { "goal": "make the check pass", "repository": repo.to_string_lossy() },
+        "verification": [{ "test_passes": { "argv": ["sh", "check.sh"] } }],
+    });
+    let task = mesh.api.submit(body).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    // Watched while it runs: the steps show on hubctl watch's stderr.
+    let watched = agentcom_integration::process::hubctl(&mesh.url, &mesh.api.token, &["watch", &id]).await;
+    let done = mesh.api.wait_final(&id, PATIENCE).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let outcome = &done["outcome"];
+    let verdicts: Vec<&str> =
+        outcome["rounds"].as_array().unwrap().iter().map(|r| r["verdict"].as_str().unwrap()).collect();
+    assert_eq!(verdicts, vec!["failed", "passed"], "{outcome}");
+    assert_eq!(
+        steps_of(outcome),
+        [
+            "1 read_file check.sh",
+            "1 write_file answer.txt",
+            "2 run_command sh check.sh",
+            "2 read_file answer.txt",
+            "2 edit_file answer.txt"
+        ]
+    );
+    let shown = String::from_utf8_lossy(&watched.stderr);
+    assert!(
+        shown.contains("[step 1] read_file check.sh: ") && shown.contains("[step 5] edit_file answer.txt: "),
+        "{shown}"
+    );
+    // The usage is the Messages API's, summed over every turn, and priced by the hub.
+    let usage = &outcome["usage"];
+    assert_eq!((usage["provider"].as_str(), usage["model"].as_str()), (Some("anthropic"), Some("claude-sonnet-4-5")));
+    assert_eq!(usage["input_tokens"], 25 * 6, "six turns of 25 tokens: {usage}");
+    assert!(usage["cost_micros"].as_u64().unwrap() > 0, "{usage}");
+    // What the API was sent: its own tool format, each result answering its call by id, the key
+    // only in the header.
+    let requests = double.requests();
+    assert_eq!(requests.len(), 7, "six turns and the rate-limited one");
+    let (headers, first) = &requests[1];
+    assert_eq!(headers["x-api-key"], "sk-ant-agent-secret");
+    assert_eq!(first["tools"].as_array().unwrap().len(), 6);
+    assert!(first["tools"][0]["input_schema"].is_object() && first.get("stream").is_none(), "{first}");
+    let fifth = &requests[5].1["messages"];
+    let answers = fifth.as_array().unwrap().last().unwrap()["content"].as_array().unwrap();
+    assert_eq!(answers.len(), 2, "both calls of the turn answered together: {fifth}");
+    assert!(answers[0]["content"].as_str().unwrap().starts_with("exit code 1"), "{answers:?}");
+    for (_, body) in &requests {
+        assert!(!body.to_string().contains("sk-ant-agent-secret"), "the key never reaches a prompt");
+    }
+    assert_eq!(outcome["workspace"]["branch"], format!("agentcom/{id}"));
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_loop_on_an_openai_compatible_server_uses_its_tool_calls() {
+    use agentcom_integration::chat_doubles::ChatDouble;
+    let root = tempfile::tempdir().unwrap();
+    let repo = project(root.path());
+    let double = ChatDouble::openai().await;
+    double.turns(two_rounds());
+    let mut mesh = TestMesh::new().sidecars(0).start().await;
+    let allowed = root.path().to_string_lossy().into_owned();
+    let reports = agentcom_sidecar::reports::Settings {
+        openai: Some(agentcom_sidecar::reports::OpenAi {
+            base_url: double.url.clone(),
+            api_key: Some("sk-openai-secret".into()),
+            models: Vec::new(),
+        }),
+        llm_check_every: Duration::from_millis(200),
+        discover_ollama: false,
+        ..Default::default()
+    };
+    mesh.add_sidecar_configured(1, |config| config.reports(reports).shell(|shell| shell.repo_allow = vec![allowed]));
+    agentcom_integration::assert_eventually!(
+        {
+            let (_, list) = mesh.api.request(reqwest::Method::GET, "/api/v1/endpoints", None).await;
+            list["endpoints"][0]["healthy"] == true
+        },
+        PATIENCE,
+        "the inventory reached the hub"
+    );
+    let body = json!({
+        "agent": { "goal": "make the check pass", "repository": repo.to_string_lossy() },
+        "placement": { "model": "qwen2.5:7b" },
+        "verification": [{ "test_passes": { "argv": ["sh", "check.sh"] } }],
+    });
+    let task = mesh.api.submit(body).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let done = mesh.api.wait_final(&id, PATIENCE).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["outcome"]["usage"]["provider"], "openai");
+    assert_eq!(steps_of(&done["outcome"]).len(), 5);
+    let requests = double.requests();
+    assert_eq!(requests.len(), 6);
+    let (headers, second) = &requests[1];
+    assert_eq!(headers["authorization"], "Bearer sk-openai-secret");
+    let messages = second["messages"].as_array().unwrap();
+    let (call, answer) = (&messages[2], &messages[3]);
+    assert!(call["tool_calls"][0]["function"]["arguments"].is_string(), "arguments are a JSON string: {call}");
+    assert_eq!(answer["role"], "tool");
+    assert_eq!(answer["tool_call_id"], call["tool_calls"][0]["id"]);
     mesh.stop().await;
 }

@@ -167,6 +167,7 @@ async fn grpc_refuses_missing_wrong_and_sidecar_tokens_and_serves_admins() {
         match event.kind.unwrap() {
             pb::task_event::Kind::Output(chunk) => output.extend(chunk.data),
             pb::task_event::Kind::Snapshot(task) => last_state = task.state(),
+            pb::task_event::Kind::Step(step) => panic!("shell work takes no agent steps: {step:?}"),
         }
     }
     assert_eq!(output, b"grpc\n");

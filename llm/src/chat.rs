@@ -604,7 +604,7 @@ impl std::fmt::Debug for Target {
 }
 
 impl Target {
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         let base = self.base_url.trim_end_matches('/');
         match self.provider {
             Provider::Ollama => format!("{base}/api/chat"),
@@ -649,25 +649,14 @@ pub async fn stream(
 ) -> Result<Finished, Error> {
     let started = Instant::now();
     let provider = target.provider;
-    let mut http = client.post(target.url()).json(&request.body(provider));
-    http = match (provider, &target.api_key) {
-        (Provider::Anthropic, Some(key)) => {
-            http.header("x-api-key", key).header("anthropic-version", ANTHROPIC_VERSION)
-        }
-        (Provider::Anthropic, None) => http.header("anthropic-version", ANTHROPIC_VERSION),
-        (_, Some(key)) => http.bearer_auth(key),
-        (_, None) => http,
-    };
-    let response =
-        http.send().await.map_err(|err| Error::Transport(format!("{}: {}", provider.as_str(), describe(&err))))?;
+    let http = authorized(client.post(target.url()), target).json(&request.body(provider));
+    let response = http
+        .send()
+        .await
+        .map_err(|err| Error::Transport(format!("{}: {}", provider.as_str(), crate::describe(&err))))?;
     let status = response.status();
     if !status.is_success() {
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|s| Duration::from_secs_f64(s.clamp(0.0, 3600.0)));
+        let retry_after = retry_after(response.headers());
         let body = response.bytes().await.unwrap_or_default();
         let (kind, message) = error_body(&body);
         let message = if message.is_empty() { format!("HTTP {}", status.as_u16()) } else { message };
@@ -698,8 +687,9 @@ pub async fn stream(
     };
     let mut stopped = false;
     while let Some(piece) = body.next().await {
-        let piece = piece
-            .map_err(|err| Error::Transport(format!("{}: the stream broke: {}", provider.as_str(), describe(&err))))?;
+        let piece = piece.map_err(|err| {
+            Error::Transport(format!("{}: the stream broke: {}", provider.as_str(), crate::describe(&err)))
+        })?;
         let deltas = parser.feed(&piece)?;
         if deliver(deltas, parser.input_so_far(), &mut ttft).is_break() {
             stopped = true;
@@ -719,8 +709,30 @@ pub async fn stream(
     Ok(Finished { counts, ttft, elapsed: started.elapsed(), stopped })
 }
 
+/// A request with the provider's authentication: Anthropic's key and pinned version, else a
+/// bearer token if there is a key.
+pub(crate) fn authorized(http: reqwest::RequestBuilder, target: &Target) -> reqwest::RequestBuilder {
+    match (target.provider, &target.api_key) {
+        (Provider::Anthropic, Some(key)) => {
+            http.header("x-api-key", key).header("anthropic-version", ANTHROPIC_VERSION)
+        }
+        (Provider::Anthropic, None) => http.header("anthropic-version", ANTHROPIC_VERSION),
+        (_, Some(key)) => http.bearer_auth(key),
+        (_, None) => http,
+    }
+}
+
+/// A `retry-after` header in seconds, capped at an hour.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|s| Duration::from_secs_f64(s.clamp(0.0, 3600.0)))
+}
+
 /// `(error type, message)` from an error body of any of the three providers.
-fn error_body(body: &[u8]) -> (String, String) {
+pub(crate) fn error_body(body: &[u8]) -> (String, String) {
     let Ok(value) = serde_json::from_slice::<Value>(body) else {
         return (String::new(), String::from_utf8_lossy(body).chars().take(300).collect());
     };
@@ -732,18 +744,6 @@ fn error_body(body: &[u8]) -> (String, String) {
         ),
         _ => (String::new(), String::new()),
     }
-}
-
-fn describe(err: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub mod chat;
+pub mod tools;
 
 pub use agentcom_types::fleet::{Endpoint, Model};
 
@@ -108,61 +109,6 @@ pub async fn preload_ollama(
     Ok(took)
 }
 
-/// One turn of a chat with tools on an Ollama server, not streamed: what the assistant said,
-/// the tools it called (name and arguments), and the tokens it read and wrote.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ToolTurn {
-    pub content: String,
-    pub tool_calls: Vec<(String, serde_json::Value)>,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-}
-
-/// Sends `body` (an `/api/chat` request with `tools`, `"stream": false`) to the Ollama server at
-/// `base_url` and reads its one reply.
-pub async fn ollama_tool_turn(
-    client: &reqwest::Client,
-    base_url: &str,
-    body: &serde_json::Value,
-    timeout: Duration,
-) -> Result<ToolTurn, String> {
-    let url = format!("{}/api/chat", base_url.trim_end_matches('/'));
-    let sent = client.post(&url).timeout(timeout).json(body).send().await;
-    let response = sent.map_err(|err| format!("POST {url}: {}", describe(&err)))?;
-    let status = response.status();
-    let bytes = response.bytes().await.map_err(|err| format!("POST {url}: {}", describe(&err)))?;
-    let reply: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|err| format!("POST {url}: HTTP {status}, not JSON: {err}"))?;
-    if let Some(error) = reply["error"].as_str() {
-        return Err(format!("POST {url}: HTTP {status} {error}"));
-    }
-    if !status.is_success() {
-        return Err(format!("POST {url}: HTTP {status}"));
-    }
-    let message = &reply["message"];
-    let tool_calls = message["tool_calls"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|call| {
-            let function = &call["function"];
-            let name = function["name"].as_str()?.to_owned();
-            // Arguments are an object; some servers send them as a JSON string.
-            let arguments = match &function["arguments"] {
-                serde_json::Value::String(text) => serde_json::from_str(text).unwrap_or(serde_json::Value::Null),
-                other => other.clone(),
-            };
-            Some((name, arguments))
-        })
-        .collect();
-    Ok(ToolTurn {
-        content: message["content"].as_str().unwrap_or_default().to_owned(),
-        tool_calls,
-        input_tokens: reply["prompt_eval_count"].as_u64().unwrap_or(0),
-        output_tokens: reply["eval_count"].as_u64().unwrap_or(0),
-    })
-}
-
 /// Ollama's `keep_alive` as sent: seconds as a number (Ollama reads a string with Go's duration
 /// syntax, in which "3600" has no unit), anything else as text ("10m", "-1m").
 pub fn keep_alive_json(keep_alive: &str) -> serde_json::Value {
@@ -187,7 +133,7 @@ async fn get_json(client: &reqwest::Client, url: String, bearer: Option<&str>) -
     Ok(body.to_vec())
 }
 
-fn describe(err: &reqwest::Error) -> String {
+pub(crate) fn describe(err: &reqwest::Error) -> String {
     if err.is_timeout() {
         "timed out".to_owned()
     } else if err.is_connect() {

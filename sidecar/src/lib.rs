@@ -234,24 +234,25 @@ impl Prepared {
                 settings.ollama.push(reports::DEFAULT_OLLAMA_URL.to_owned());
             }
         }
-        let local_models = !settings.ollama.is_empty();
-        if runners::llm::LlmRunner::configured(&settings) {
+        let has_models = runners::llm::LlmRunner::configured(&settings);
+        if has_models {
             let llm: std::sync::Arc<dyn runners::Runner> =
-                std::sync::Arc::new(runners::llm::LlmRunner::new(settings, latest.models.clone()));
+                std::sync::Arc::new(runners::llm::LlmRunner::new(settings.clone(), latest.models.clone()));
             verifier = verifier.judging_with(llm.clone());
             runners = runners.with_shared(llm);
         }
         // Agent work runs on Claude Code where its CLI is (--claude, or `claude` on the PATH),
-        // else as a tool-calling loop on a local Ollama model.
+        // else as a tool-calling loop on this sidecar's models (Ollama, OpenAI-compatible, Claude).
         let options = &self.settings.options;
         let path = options.base_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or_default();
         let claude = options.claude.clone().or_else(|| runners::claude::find_on_path(path));
         if let Some(program) = claude {
             tracing::info!(program = %program.display(), "agent work runs on Claude Code");
             runners = runners.with(runners::claude::ClaudeCodeRunner { settings: self.settings.clone(), program });
-        } else if local_models {
+        } else if has_models {
             runners = runners.with(runners::agent::AgentLoopRunner {
                 settings: self.settings.clone(),
+                providers: settings,
                 inventory: latest.models.clone(),
                 client: agentcom_llm::chat::client(),
             });

@@ -21,7 +21,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
-use agentcom_types::domain::{Outcome, SpecDefaults, Stream};
+use agentcom_types::domain::{AgentStep, Outcome, SpecDefaults, Stream};
 use agentcom_types::wire;
 
 use crate::contain::TaskKey;
@@ -63,6 +63,12 @@ enum JobEvent {
         lease_generation: u64,
         outcome: Box<Outcome>,
     },
+    /// Agent work took a step.
+    Step {
+        task_id: String,
+        lease_generation: u64,
+        step: AgentStep,
+    },
     /// A preload the hub asked for ended.
     Preloaded(pb::Preloaded),
 }
@@ -100,6 +106,14 @@ impl Sink for JobSink {
             blocked,
             verifying: false,
             message: message.to_owned(),
+        });
+    }
+
+    fn step(&self, step: &AgentStep) {
+        let _ = self.events.try_send(JobEvent::Step {
+            task_id: self.task_id.clone(),
+            lease_generation: self.lease_generation,
+            step: step.clone(),
         });
     }
 
@@ -417,6 +431,18 @@ impl Link {
                     blocked,
                     verifying,
                     fraction: -1.0,
+                    ..Default::default()
+                };
+                let _ = outbound.try_send(pb::SidecarMessage { msg: Some(SideMsg::Progress(progress)) });
+                return Ok(());
+            }
+            JobEvent::Step { task_id, lease_generation, step } => {
+                let progress = pb::TaskProgress {
+                    task_id,
+                    lease_generation,
+                    message: format!("{} {}", step.tool, step.summary),
+                    fraction: -1.0,
+                    step: Some(wire::step_into_pb(step)),
                     ..Default::default()
                 };
                 let _ = outbound.try_send(pb::SidecarMessage { msg: Some(SideMsg::Progress(progress)) });

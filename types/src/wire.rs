@@ -397,6 +397,32 @@ pub fn outcome_from_pb(outcome: pb::TaskOutcome) -> Outcome {
                 cost_micros: r.cost_micros,
             })
             .collect(),
+        steps: outcome.steps.into_iter().take(MAX_STEPS).map(step_from_pb).collect(),
+    }
+}
+
+/// An agent's step from a sidecar, its text clipped.
+pub fn step_from_pb(step: pb::AgentStep) -> AgentStep {
+    AgentStep {
+        round: step.round,
+        tool: clip_to(step.tool, 128),
+        summary: clip_to(step.summary, 512),
+        result_bytes: step.result_bytes,
+        ok: step.ok,
+        input_tokens: step.input_tokens,
+        output_tokens: step.output_tokens,
+    }
+}
+
+pub fn step_into_pb(step: AgentStep) -> pb::AgentStep {
+    pb::AgentStep {
+        round: step.round,
+        tool: step.tool,
+        summary: step.summary,
+        result_bytes: step.result_bytes,
+        ok: step.ok,
+        input_tokens: step.input_tokens,
+        output_tokens: step.output_tokens,
     }
 }
 
@@ -457,6 +483,7 @@ pub fn outcome_into_pb(outcome: Outcome) -> pb::TaskOutcome {
                 cost_micros: r.cost_micros,
             })
             .collect(),
+        steps: outcome.steps.into_iter().map(step_into_pb).collect(),
     }
 }
 
@@ -844,6 +871,15 @@ mod tests {
                 input_tokens: 10,
                 output_tokens: 5,
                 cost_micros: Some(120),
+            }],
+            steps: vec![AgentStep {
+                round: 1,
+                tool: "edit_file".into(),
+                summary: "a.txt".into(),
+                result_bytes: 9,
+                ok: false,
+                input_tokens: 300,
+                output_tokens: 20,
             }],
         });
         assert_eq!(task_from_pb(task_to_pb(&task)), Ok(task));

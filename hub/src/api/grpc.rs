@@ -161,6 +161,11 @@ impl pb::admin_server::Admin for AdminService {
                     data,
                     attempt,
                 }),
+                FeedEvent::Step { attempt, number, step } => pb::task_event::Kind::Step(pb::StepEvent {
+                    attempt,
+                    number: number as u32,
+                    step: Some(convert::step_into_pb(step)),
+                }),
             };
             Ok(pb::TaskEvent { kind: Some(kind) })
         });
@@ -388,6 +393,7 @@ fn message_from_pb(sidecar_id: &str, message: pb::sidecar_message::Msg) -> Resul
             blocked: progress.blocked,
             verifying: progress.verifying,
             message: progress.message.chars().take(512).collect(),
+            step: progress.step.map(|s| Box::new(convert::step_from_pb(s))),
         },
         Msg::Resources(report) => {
             FromSidecar::Resources(Box::new(convert::resources_from_pb(report).map_err(invalid)?))

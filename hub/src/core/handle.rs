@@ -176,6 +176,8 @@ pub enum FromSidecar {
         /// The work is done and its verification steps run now.
         verifying: bool,
         message: String,
+        /// Agent work took this step.
+        step: Option<Box<AgentStep>>,
     },
     Resources(Box<fleet::Resources>),
     /// The sidecar's whole inventory of endpoints, ids and owners already set.

@@ -118,7 +118,7 @@ impl State {
                 }
                 self.persist(task_id, AfterCommit::Changed(task_id));
             }
-            FromSidecar::Progress { task_id, lease_generation, blocked, verifying, message } => {
+            FromSidecar::Progress { task_id, lease_generation, blocked, verifying, message, step } => {
                 if let Err(fence) = self.queue.renew(task_id, lease_generation, sidecar_id, now, ttl) {
                     self.refuse(sidecar_id, task_id, lease_generation, fence, "progress");
                     return;
@@ -136,6 +136,11 @@ impl State {
                         }
                         _ => {}
                     }
+                }
+                if let Some(step) = step {
+                    let tasks = &self.tasks;
+                    let feed = self.feeds.entry(task_id).or_insert_with(|| Feed::new(Task::clone(&tasks[&task_id])));
+                    feed.step(*step);
                 }
                 let task = self.tasks.get_mut(&task_id).expect("a leased task exists");
                 if verifying && matches!(task.state, TaskState::Dispatched | TaskState::Running) {

@@ -592,6 +592,7 @@ fn verification_moves_a_task_to_verifying_and_its_verdict_decides_the_end() {
             blocked: false,
             verifying: true,
             message: "verifying".into(),
+            step: None,
         };
         hub.report("s1", verifying);
         assert_eq!(hub.task(id).state, TaskState::Verifying);

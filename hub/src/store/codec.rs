@@ -329,6 +329,19 @@ fn outcome_into(outcome: Outcome) -> pb::Outcome {
                 cost_micros: r.cost_micros,
             })
             .collect(),
+        steps: outcome
+            .steps
+            .into_iter()
+            .map(|s| pb::AgentStep {
+                round: s.round,
+                tool: s.tool,
+                summary: s.summary,
+                result_bytes: s.result_bytes,
+                ok: s.ok,
+                input_tokens: s.input_tokens,
+                output_tokens: s.output_tokens,
+            })
+            .collect(),
     }
 }
 
@@ -382,6 +395,19 @@ fn outcome_from(outcome: pb::Outcome) -> Outcome {
                 input_tokens: r.input_tokens,
                 output_tokens: r.output_tokens,
                 cost_micros: r.cost_micros,
+            })
+            .collect(),
+        steps: outcome
+            .steps
+            .into_iter()
+            .map(|s| AgentStep {
+                round: s.round,
+                tool: s.tool,
+                summary: s.summary,
+                result_bytes: s.result_bytes,
+                ok: s.ok,
+                input_tokens: s.input_tokens,
+                output_tokens: s.output_tokens,
             })
             .collect(),
     }
@@ -744,6 +770,7 @@ mod tests {
             verification: None,
             workspace: None,
             rounds: Vec::new(),
+            steps: vec![AgentStep { round: 2, tool: "run_command".into(), ok: true, ..AgentStep::default() }],
         });
         task
     }

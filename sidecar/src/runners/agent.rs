@@ -1,29 +1,32 @@
 //! Agent work on this sidecar's own LLM endpoints: a tool-calling loop in the task's workspace.
 //!
-//! The model (on a local Ollama server, through its native tool calling) gets the goal and the
-//! workspace tools of [`super::tools`]; each turn it calls tools or answers. Tool calls run in
-//! the workspace (paths bound to it, commands in the shell sandbox) and their results go back
-//! as `tool` messages. The loop ends when the model answers without calling a tool, and is
-//! bounded by its turns, the task's token budget and its time. Each step is a transcript line
-//! of the task's output (`[tool] write_file answer.txt`, `[tool result] 12 bytes`).
+//! The model (on a local Ollama server, an OpenAI-compatible server or the Claude API, each
+//! through its native tool calling: [`agentcom_llm::tools`]) gets the goal and the workspace
+//! tools of [`super::tools`]; each turn it calls tools or answers. Tool calls run in the
+//! workspace (paths bound to it, commands in the shell sandbox) and their results go back to it.
+//! The loop ends when the model answers without calling a tool, and is bounded by its turns,
+//! the task's token and cost budgets and its time. Each tool call is an [`AgentStep`] that
+//! streams to the hub as it happens; the model's text is the task's output.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentcom_types::domain::{Exit, Outcome, Stream, Usage, Work};
-use agentcom_types::fleet::EndpointKind;
-use serde_json::{Value, json};
+use agentcom_llm::chat;
+use agentcom_llm::tools::{Answer, Conversation, Entry};
+use agentcom_types::domain::{AgentStep, Exit, MAX_STEPS, Outcome, Stream, Usage, Work};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Assignment, Runner, Running, Sink, failed_to_start, shell, tools};
-use crate::contain;
+use crate::{contain, reports};
 use agentcom_llm::Endpoint;
 
 /// Turns (model replies) an attempt may take.
 pub const MAX_TURNS: usize = 30;
 /// One turn may take this long when the task sets no timeout.
 const TURN_TIMEOUT: Duration = Duration::from_secs(300);
+/// Output tokens one turn may take.
+const TURN_MAX_TOKENS: u32 = 4096;
 
 const SYSTEM: &str = "You are an agent working in a git workspace. Use the tools to read and change \
 files and to run commands until the goal is met, then answer with a short summary and no tool \
@@ -31,6 +34,8 @@ call. Paths are relative to the workspace; you cannot leave it.";
 
 pub struct AgentLoopRunner {
     pub settings: shell::Settings,
+    /// The providers and their keys (keys go in request headers only).
+    pub providers: reports::Settings,
     pub inventory: watch::Receiver<Option<Vec<Endpoint>>>,
     pub client: reqwest::Client,
 }
@@ -45,7 +50,8 @@ impl Runner for AgentLoopRunner {
     }
 
     fn run(&self, assignment: Assignment, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
-        let (settings, inventory, client) = (self.settings.clone(), self.inventory.clone(), self.client.clone());
+        let (settings, providers) = (self.settings.clone(), self.providers.clone());
+        let (mut inventory, client) = (self.inventory.clone(), self.client.clone());
         Box::pin(async move {
             let Work::Agent(work) = &assignment.spec.work else {
                 return failed_to_start(format!("{} work is not agent work", assignment.spec.work.capability()));
@@ -55,22 +61,20 @@ impl Runner for AgentLoopRunner {
                     "agent work needs a repository (work.agent.repository or context.repository)".into(),
                 );
             };
-            // Native tool calling runs on this sidecar's Ollama servers.
-            let endpoints: Vec<Endpoint> = inventory
-                .borrow()
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|e| e.kind == EndpointKind::Ollama)
-                .collect();
+            let _ = tokio::time::timeout(super::llm::FIRST_INVENTORY, inventory.wait_for(Option::is_some)).await;
+            let mut endpoints = inventory.borrow().clone().unwrap_or_default();
+            if assignment.spec.placement.local_only {
+                endpoints.retain(|e| !agentcom_types::fleet::is_cloud(e)); // Private work stays here.
+            }
             let wanted = match (assignment.spec.placement.model.as_str(), assignment.model.as_deref()) {
                 ("", Some(model)) => model.to_owned(),
                 (named, _) => named.to_owned(),
             };
             let choice = match super::llm::choose(&endpoints, &wanted) {
                 Ok(choice) => choice,
-                Err(why) => return failed_to_start(format!("the agent loop runs on a local Ollama model: {why}")),
+                Err(why) => return failed_to_start(format!("the agent loop has no model: {why}")),
             };
+            let target = super::llm::target(&providers, &choice);
             let limits = &assignment.spec.limits;
             let deadline = limits.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
             let workspace = tools::Workspace {
@@ -80,42 +84,53 @@ impl Runner for AgentLoopRunner {
                 limits: contain::Limits { max_memory_bytes: limits.max_memory_bytes, max_pids: limits.max_pids },
                 cancel: &cancel,
             };
-            let mut transcript = Transcript { sink, text: Vec::new() };
-            let mut messages =
-                vec![json!({ "role": "system", "content": SYSTEM }), json!({ "role": "user", "content": work.goal })];
-            let (mut input, mut output) = (0u64, 0u64);
+            let mut transcript = Transcript { sink: sink.clone(), text: Vec::new(), steps: Vec::new() };
+            let mut conversation = Conversation {
+                model: choice.model.clone(),
+                system: SYSTEM.to_owned(),
+                entries: vec![Entry::User(work.goal.clone())],
+                tools: tools::definitions(),
+                max_tokens: TURN_MAX_TOKENS,
+            };
+            let mut used = Usage {
+                provider: choice.provider.as_str().to_owned(),
+                endpoint_id: choice.endpoint_id.clone(),
+                model: choice.model.clone(),
+                ..Usage::default()
+            };
+            let spent = |used: &Usage| {
+                let tokens = used.input_tokens + used.output_tokens + used.cached_input_tokens;
+                let cost = assignment.price.map(|p| p.micros(used.input_tokens, used.output_tokens));
+                limits.max_tokens.is_some_and(|max| tokens >= max)
+                    || limits.max_cost_micros.zip(cost).is_some_and(|(max, cost)| cost >= max as f64)
+            };
             let started = Instant::now();
-            let mut error = None;
+            let (mut error, mut budget_exceeded) = (None, false);
+            sink.started(0); // No process: the hub only needs to know the attempt began.
             transcript.line(&format!("[agent] started ({} on {})", choice.model, choice.endpoint_id));
             for turn in 0.. {
                 if turn == MAX_TURNS {
                     error = Some(format!("the agent took {MAX_TURNS} turns without finishing"));
                     break;
                 }
-                if limits.max_tokens.is_some_and(|max| input + output >= max) {
-                    error = Some(format!("the agent used its {} tokens", input + output));
+                if spent(&used) {
+                    budget_exceeded = true;
                     break;
                 }
-                let timeout = match deadline {
+                let reply = match deadline {
                     Some(at) if at <= Instant::now() => {
                         error = Some(format!("timed out after {} ms", started.elapsed().as_millis()));
                         break;
                     }
-                    Some(at) => at - Instant::now(),
-                    None => TURN_TIMEOUT,
-                };
-                let body = json!({
-                    "model": choice.model,
-                    "messages": messages,
-                    "tools": tools::definitions(),
-                    "stream": false,
-                });
-                let asked = agentcom_llm::ollama_tool_turn(&client, &choice.target_url, &body, timeout);
-                let reply = tokio::select! {
-                    reply = asked => reply,
-                    _ = cancel.cancelled() => {
-                        error = Some("cancelled".to_owned());
-                        break;
+                    _ => {
+                        let asked = ask(&client, &target, &conversation, deadline, sink.as_ref());
+                        tokio::select! {
+                            reply = asked => reply,
+                            _ = cancel.cancelled() => {
+                                error = Some("cancelled".to_owned());
+                                break;
+                            }
+                        }
                     }
                 };
                 let reply = match reply {
@@ -125,59 +140,99 @@ impl Runner for AgentLoopRunner {
                         break;
                     }
                 };
-                input += reply.input_tokens;
-                output += reply.output_tokens;
-                if !reply.content.trim().is_empty() {
-                    transcript.line(reply.content.trim());
+                used.input_tokens += reply.input_tokens;
+                used.output_tokens += reply.output_tokens;
+                used.cached_input_tokens += reply.cached_input_tokens;
+                used.cache_write_tokens += reply.cache_write_tokens;
+                if !reply.model.is_empty() {
+                    used.model.clone_from(&reply.model);
                 }
-                if reply.tool_calls.is_empty() {
+                if !reply.text.trim().is_empty() {
+                    transcript.line(reply.text.trim());
+                }
+                if reply.calls.is_empty() {
                     transcript.line(&format!("[agent] done after {} turns", turn + 1));
                     break;
                 }
-                let calls: Vec<Value> = reply
-                    .tool_calls
-                    .iter()
-                    .map(|(name, arguments)| json!({ "function": { "name": name, "arguments": arguments } }))
-                    .collect();
-                messages.push(json!({ "role": "assistant", "content": reply.content, "tool_calls": calls }));
-                for (name, arguments) in &reply.tool_calls {
-                    transcript.line(&format!("[tool] {name} {}", tools::summarize(arguments)));
-                    let (ok, result) = tools::run(name, arguments, &workspace).await;
-                    let failed = if ok { "" } else { ", an error" };
-                    transcript.line(&format!("[tool result] {} bytes{failed}", result.len()));
-                    messages.push(json!({ "role": "tool", "tool_name": name, "content": result }));
+                let mut answers = Vec::with_capacity(reply.calls.len());
+                for (n, call) in reply.calls.iter().enumerate() {
+                    let (ok, content) = tools::run(&call.name, &call.arguments, &workspace).await;
+                    let first = n == 0;
+                    transcript.step(AgentStep {
+                        round: 0,
+                        tool: call.name.clone(),
+                        summary: tools::summarize(&call.arguments),
+                        result_bytes: content.len() as u64,
+                        ok,
+                        input_tokens: if first { reply.input_tokens + reply.cached_input_tokens } else { 0 },
+                        output_tokens: if first { reply.output_tokens } else { 0 },
+                    });
+                    answers.push(Answer { call_id: call.id.clone(), name: call.name.clone(), content, is_error: !ok });
                 }
+                conversation.entries.push(Entry::Assistant { text: reply.text, calls: reply.calls });
+                conversation.entries.push(Entry::Answers(answers));
             }
-            let usage = Usage {
-                provider: "ollama".to_owned(),
-                endpoint_id: choice.endpoint_id.clone(),
-                model: choice.model.clone(),
-                input_tokens: input,
-                output_tokens: output,
-                ..Usage::default()
-            };
             let cap = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
             let total = transcript.text.len() as u64;
             let mut stdout = transcript.text;
             stdout.truncate(cap);
+            let ended_well = error.is_none() && !budget_exceeded;
             Outcome {
-                exit: if error.is_none() { Exit::Code(0) } else { Exit::Unknown },
+                exit: if ended_well { Exit::Code(0) } else { Exit::Unknown },
                 duration_ms: started.elapsed().as_millis() as u64,
                 stdout,
                 stdout_total_bytes: total,
                 timed_out: error.as_deref().is_some_and(|e| e.starts_with("timed out")),
                 error,
-                usage: Some(usage),
+                usage: Some(used),
+                budget_exceeded,
+                steps: transcript.steps,
                 ..Outcome::empty()
             }
         })
     }
 }
 
-/// The agent's steps as lines of the task's output.
+/// One turn, retried while the provider is busy (429, 529, a full queue), within the deadline.
+async fn ask(
+    client: &reqwest::Client,
+    target: &chat::Target,
+    conversation: &Conversation,
+    deadline: Option<Instant>,
+    sink: &dyn Sink,
+) -> Result<agentcom_llm::tools::Reply, String> {
+    let mut retries = 0;
+    loop {
+        let timeout = deadline.map_or(TURN_TIMEOUT, |at| at.saturating_duration_since(Instant::now()));
+        match agentcom_llm::tools::turn(client, target, conversation, timeout).await {
+            Ok(reply) => {
+                if retries > 0 {
+                    sink.progress(false, "the provider answers again");
+                }
+                return Ok(reply);
+            }
+            Err(err) if err.is_transient() && retries < super::llm::MAX_RETRIES => {
+                retries += 1;
+                let pause = super::llm::retry_pause(&err, retries);
+                if deadline.is_some_and(|at| Instant::now() + pause >= at) {
+                    return Err(err.to_string());
+                }
+                sink.progress(true, &format!("{err}; retrying in {} ms", pause.as_millis()));
+                tokio::time::sleep(pause).await;
+            }
+            Err(chat::Error::Transport(why)) if why.contains("timed out") || timeout.is_zero() => {
+                return Err(format!("timed out: {why}"));
+            }
+            Err(err) => return Err(err.to_string()),
+        }
+    }
+}
+
+/// The model's text as the task's output, and the steps it took.
 struct Transcript {
     sink: Arc<dyn Sink>,
     text: Vec<u8>,
+    steps: Vec<AgentStep>,
 }
 
 impl Transcript {
@@ -185,5 +240,12 @@ impl Transcript {
         let bytes = format!("{line}\n").into_bytes();
         self.sink.output(Stream::Stdout, self.text.len() as u64, &bytes);
         self.text.extend_from_slice(&bytes);
+    }
+
+    fn step(&mut self, step: AgentStep) {
+        self.sink.step(&step);
+        if self.steps.len() < MAX_STEPS {
+            self.steps.push(step);
+        }
     }
 }

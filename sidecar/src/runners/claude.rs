@@ -5,15 +5,16 @@
 //! The CLI prints one JSON object per line: a `system`/`init` line, `assistant` messages (text
 //! and `tool_use` blocks), `user` messages (`tool_result` blocks), and a final `result` with
 //! `total_cost_usd`, `usage`, `num_turns` and `is_error`. The runner turns them, as they come,
-//! into a readable transcript that streams as the task's output (`[tool] Edit answer.txt`,
-//! `[tool result] 12 bytes`, the assistant's text), and the `result` into the outcome's usage.
-//! Unknown line types are ignored; a line that is not JSON is kept as it is.
+//! into a readable transcript that streams as the task's output (the assistant's text, a line at
+//! the start and at the end), each `tool_use` and its `tool_result` into an [`AgentStep`] that
+//! streams to the hub, and the `result` into the outcome's usage. Unknown line types are
+//! ignored; a line that is not JSON is kept as it is.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentcom_types::domain::{Outcome, Stream, Usage, Work};
+use agentcom_types::domain::{AgentStep, MAX_STEPS, Outcome, Stream, Usage, Work};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -92,6 +93,10 @@ pub struct Parsed {
     pub tool_calls: u32,
     /// The `result` line, when it came.
     pub result: Option<Value>,
+    /// Tool calls waiting for their result, by `tool_use` id.
+    calls: std::collections::HashMap<String, AgentStep>,
+    /// The steps finished so far (a call and its result), in order.
+    pub steps: Vec<AgentStep>,
 }
 
 /// Turns the CLI's JSON lines into transcript lines as they arrive, and streams those.
@@ -108,6 +113,8 @@ struct State {
     text: Vec<u8>,
     total: u64,
     parsed: Parsed,
+    /// Steps already handed to the sink.
+    stepped: usize,
 }
 
 impl Transcript {
@@ -124,6 +131,14 @@ impl Transcript {
         self.inner.output(Stream::Stdout, offset, &bytes);
     }
 
+    /// Hands the steps finished since the last call to the sink.
+    fn steps(&self, state: &mut State) {
+        for step in &state.parsed.steps[state.stepped..] {
+            self.inner.step(step);
+        }
+        state.stepped = state.parsed.steps.len();
+    }
+
     /// The outcome of the CLI's run: its exit, the transcript as stdout, the usage and cost of
     /// its `result`, and its error when it reported one (or ended without a result).
     fn outcome_of(&self, mut ran: Outcome) -> Outcome {
@@ -134,8 +149,10 @@ impl Transcript {
             if let Some(shown) = shown {
                 self.add(&mut state, &shown);
             }
+            self.steps(&mut state);
         }
         ran.stdout = std::mem::take(&mut state.text);
+        ran.steps = std::mem::take(&mut state.parsed.steps);
         ran.stdout_total_bytes = state.total;
         let parsed = &state.parsed;
         let result = parsed.result.as_ref();
@@ -192,6 +209,7 @@ impl Sink for Transcript {
             if let Some(shown) = describe(&line, &mut state.parsed) {
                 self.add(&mut state, &shown);
             }
+            self.steps(&mut state);
         }
     }
 
@@ -215,40 +233,61 @@ pub fn describe(line: &str, parsed: &mut Parsed) -> Option<String> {
             ))
         }
         Some("assistant") => {
-            let blocks = event["message"]["content"].as_array()?;
-            let lines: Vec<String> = blocks
-                .iter()
-                .filter_map(|block| match block["type"].as_str() {
-                    Some("text") => block["text"].as_str().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()),
+            let message = &event["message"];
+            let blocks = message["content"].as_array()?;
+            // The message's tokens go on its first call.
+            let mut usage = Some((
+                message["usage"]["input_tokens"].as_u64().unwrap_or(0)
+                    + message["usage"]["cache_read_input_tokens"].as_u64().unwrap_or(0),
+                message["usage"]["output_tokens"].as_u64().unwrap_or(0),
+            ));
+            let mut lines = Vec::new();
+            for block in blocks {
+                match block["type"].as_str() {
+                    Some("text") => {
+                        let text = block["text"].as_str().unwrap_or_default().trim();
+                        if !text.is_empty() {
+                            lines.push(text.to_owned());
+                        }
+                    }
                     Some("tool_use") => {
                         parsed.tool_calls += 1;
-                        Some(format!(
-                            "[tool] {} {}",
-                            block["name"].as_str().unwrap_or("?"),
-                            super::tools::summarize(&block["input"])
-                        ))
+                        let (input_tokens, output_tokens) = usage.take().unwrap_or_default();
+                        let step = AgentStep {
+                            round: 0,
+                            tool: block["name"].as_str().unwrap_or("?").chars().take(128).collect(),
+                            summary: super::tools::summarize(&block["input"]),
+                            input_tokens,
+                            output_tokens,
+                            ..AgentStep::default()
+                        };
+                        let id = block["id"].as_str().unwrap_or_default().to_owned();
+                        if parsed.calls.len() < MAX_STEPS {
+                            parsed.calls.insert(id, step);
+                        }
                     }
-                    _ => None,
-                })
-                .collect();
+                    _ => {}
+                }
+            }
             (!lines.is_empty()).then(|| lines.join("\n"))
         }
         Some("user") => {
             let blocks = event["message"]["content"].as_array()?;
-            let lines: Vec<String> = blocks
-                .iter()
-                .filter(|b| b["type"] == "tool_result")
-                .map(|b| {
-                    let size = match &b["content"] {
-                        Value::String(text) => text.len(),
-                        Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).map(str::len).sum(),
-                        other => other.to_string().len(),
-                    };
-                    let failed = if b["is_error"] == true { ", an error" } else { "" };
-                    format!("[tool result] {size} bytes{failed}")
-                })
-                .collect();
-            (!lines.is_empty()).then(|| lines.join("\n"))
+            for block in blocks.iter().filter(|b| b["type"] == "tool_result") {
+                let Some(mut step) = block["tool_use_id"].as_str().and_then(|id| parsed.calls.remove(id)) else {
+                    continue;
+                };
+                step.result_bytes = match &block["content"] {
+                    Value::String(text) => text.len(),
+                    Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).map(str::len).sum(),
+                    other => other.to_string().len(),
+                } as u64;
+                step.ok = block["is_error"] != true;
+                if parsed.steps.len() < MAX_STEPS {
+                    parsed.steps.push(step);
+                }
+            }
+            None
         }
         Some("result") => {
             let turns = event["num_turns"].as_u64().unwrap_or(0);
@@ -275,12 +314,15 @@ mod tests {
 {"type":"result","subtype":"success","is_error":false,"duration_ms":900,"num_turns":3,"result":"Done.","session_id":"s1","total_cost_usd":0.0123,"usage":{"input_tokens":120,"output_tokens":45,"cache_creation_input_tokens":7,"cache_read_input_tokens":300}}"#;
 
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<(u64, Vec<u8>)>>);
+    struct Recorder(Mutex<Vec<(u64, Vec<u8>)>>, Mutex<Vec<AgentStep>>);
 
     impl Sink for Recorder {
         fn started(&self, _pid: u32) {}
         fn output(&self, _stream: Stream, offset: u64, data: &[u8]) {
             self.0.lock().unwrap().push((offset, data.to_vec()));
+        }
+        fn step(&self, step: &AgentStep) {
+            self.1.lock().unwrap().push(step.clone());
         }
     }
 
@@ -297,9 +339,29 @@ mod tests {
         let text = String::from_utf8(outcome.stdout.clone()).unwrap();
         assert_eq!(
             text,
-            "[claude-code] started (claude-sonnet-4-5)\nLet me look.\n[tool] Read answer.txt\n[tool result] 2 bytes\n\
-             [tool] Edit answer.txt\n[tool result] 6 bytes, an error\n[claude-code] success after 3 turns, 2 tool calls, $0.0123\n"
+            "[claude-code] started (claude-sonnet-4-5)\nLet me look.\n\
+             [claude-code] success after 3 turns, 2 tool calls, $0.0123\n"
         );
+        // Each call with its result is a step, streamed as it finished and kept in the outcome.
+        let read = AgentStep {
+            round: 0,
+            tool: "Read".into(),
+            summary: "answer.txt".into(),
+            result_bytes: 2,
+            ok: true,
+            input_tokens: 10,
+            output_tokens: 5,
+        };
+        let edit = AgentStep {
+            tool: "Edit".into(),
+            result_bytes: 6,
+            ok: false,
+            input_tokens: 0,
+            output_tokens: 0,
+            ..read.clone()
+        };
+        assert_eq!(outcome.steps, vec![read, edit]);
+        assert_eq!(*recorder.1.lock().unwrap(), outcome.steps);
         // What streamed is the transcript, at consecutive offsets.
         let streamed = recorder.0.lock().unwrap().clone();
         let mut at = 0;

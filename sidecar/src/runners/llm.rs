@@ -29,8 +29,8 @@ use crate::reports;
 /// Longest a piece of text waits to be sent with the next.
 pub const COALESCE: Duration = Duration::from_millis(10);
 /// How long a task waits for the sidecar's first inventory when it arrives right after start.
-const FIRST_INVENTORY: Duration = Duration::from_secs(5);
-const MAX_RETRIES: u32 = 4;
+pub(super) const FIRST_INVENTORY: Duration = Duration::from_secs(5);
+pub(super) const MAX_RETRIES: u32 = 4;
 
 pub struct LlmRunner {
     settings: reports::Settings,
@@ -54,7 +54,7 @@ impl LlmRunner {
 #[derive(Debug, PartialEq)]
 pub(super) struct Choice {
     pub(super) target_url: String,
-    provider: Provider,
+    pub(super) provider: Provider,
     pub(super) endpoint_id: String,
     pub(super) model: String,
     /// Ollama has to load the model first.
@@ -170,12 +170,7 @@ impl Runner for LlmRunner {
                 Ok(choice) => choice,
                 Err(why) => return failed_to_start(why),
             };
-            let api_key = match choice.provider {
-                Provider::Anthropic => settings.anthropic.as_ref().map(|a| a.api_key.clone()),
-                Provider::OpenAi => settings.openai.as_ref().and_then(|o| o.api_key.clone()),
-                Provider::Ollama => None,
-            };
-            let target = chat::Target { provider: choice.provider, base_url: choice.target_url.clone(), api_key };
+            let target = target(&settings, &choice);
             let request = request(work, &choice.model);
             let limits = &assignment.spec.limits;
             let budget = Budget {
@@ -192,6 +187,26 @@ impl Runner for LlmRunner {
                 _ = cancel.cancelled() => Outcome { error: Some("cancelled".into()), ..Outcome::empty() },
             }
         })
+    }
+}
+
+/// Where `choice` is sent, with the provider's key from the sidecar's settings.
+pub(super) fn target(settings: &reports::Settings, choice: &Choice) -> chat::Target {
+    let api_key = match choice.provider {
+        Provider::Anthropic => settings.anthropic.as_ref().map(|a| a.api_key.clone()),
+        Provider::OpenAi => settings.openai.as_ref().and_then(|o| o.api_key.clone()),
+        Provider::Ollama => None,
+    };
+    chat::Target { provider: choice.provider, base_url: choice.target_url.clone(), api_key }
+}
+
+/// The pause before retry `retries` (1 and up) of a busy provider: jittered exponential
+/// backoff, or the provider's `retry-after` if longer.
+pub(super) fn retry_pause(err: &chat::Error, retries: u32) -> Duration {
+    let backoff = Duration::from_millis(500 << retries).mul_f64(0.5 + rand::random::<f64>() * 0.5);
+    match err {
+        chat::Error::Provider { retry_after: Some(after), .. } => (*after).max(backoff),
+        _ => backoff,
     }
 }
 
@@ -337,11 +352,7 @@ async fn attempt(
         match chat::stream(client, target, request, on_text).await {
             Err(err) if err.is_transient() && retries < MAX_RETRIES && !text.lock().expect("lock").sent_any => {
                 retries += 1;
-                let backoff = Duration::from_millis(500 << retries).mul_f64(0.5 + rand::random::<f64>() * 0.5);
-                let pause = match &err {
-                    chat::Error::Provider { retry_after: Some(after), .. } => (*after).max(backoff),
-                    _ => backoff,
-                };
+                let pause = retry_pause(&err, retries);
                 blocked.store(true, std::sync::atomic::Ordering::Relaxed);
                 sink.progress(true, &format!("{err}; retrying in {} ms", pause.as_millis()));
                 tokio::time::sleep(pause).await;

@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentcom_types::domain::{Outcome, Stream, TaskSpec, TokenPrice, Verdict, Work};
+use agentcom_types::domain::{AgentStep, Outcome, Stream, TaskSpec, TokenPrice, Verdict, Work};
 use tokio_util::sync::CancellationToken;
 
 use crate::contain::{self, TaskKey};
@@ -47,6 +47,8 @@ pub trait Sink: Send + Sync + 'static {
     fn progress(&self, _blocked: bool, _message: &str) {}
     /// The work is done and its verification steps run now.
     fn verifying(&self) {}
+    /// Agent work took a step (called a tool).
+    fn step(&self, _step: &AgentStep) {}
 }
 
 /// A sink that keeps nothing: for work whose output goes elsewhere than the task's streams (a
@@ -167,6 +169,7 @@ impl Runners {
             };
             let (mut rounds, mut used) = (Vec::new(), Used::default());
             let (mut shift, mut transcripts) = ((0u64, 0u64), (Vec::new(), Vec::new()));
+            let mut steps = Vec::new();
             let limits = assignment.spec.limits.clone();
             let started = std::time::Instant::now();
             let mut outcome = loop {
@@ -177,12 +180,14 @@ impl Runners {
                 };
                 // Each round's output follows the rounds before it in the task's streams.
                 let shifted: Arc<dyn Sink> =
-                    Arc::new(Shifted { inner: sink.clone(), stdout: shift.0, stderr: shift.1 });
+                    Arc::new(Shifted { inner: sink.clone(), round: number, stdout: shift.0, stderr: shift.1 });
                 let mut outcome = runner.run(assignment.clone(), shifted, cancel.clone()).await;
                 if agent {
                     shift = (shift.0 + outcome.stdout_total_bytes, shift.1 + outcome.stderr_total_bytes);
                     transcripts.0.extend_from_slice(&outcome.stdout);
                     transcripts.1.extend_from_slice(&outcome.stderr);
+                    let room = agentcom_types::domain::MAX_STEPS.saturating_sub(steps.len());
+                    steps.extend(outcome.steps.drain(..).take(room).map(|s| AgentStep { round: number, ..s }));
                 }
                 if !job.steps.is_empty() && crate::verify::ran_well(&outcome) && !cancel.is_cancelled() {
                     match &verifier {
@@ -223,6 +228,7 @@ impl Runners {
                     used.write_to(usage);
                 }
                 outcome.rounds = rounds;
+                outcome.steps = steps;
                 // The output of every round, up to the task's cap.
                 let cap = usize::try_from(assignment.spec.limits.max_output_bytes).unwrap_or(usize::MAX);
                 (outcome.stdout_total_bytes, outcome.stderr_total_bytes) = shift;
@@ -240,9 +246,11 @@ impl Runners {
     }
 }
 
-/// A sink for a later round: its output goes after what the rounds before wrote.
+/// A sink for one round: its output goes after what the rounds before wrote, its steps are
+/// numbered with the round.
 struct Shifted {
     inner: Arc<dyn Sink>,
+    round: u32,
     stdout: u64,
     stderr: u64,
 }
@@ -263,6 +271,10 @@ impl Sink for Shifted {
 
     fn verifying(&self) {
         self.inner.verifying();
+    }
+
+    fn step(&self, step: &AgentStep) {
+        self.inner.step(&AgentStep { round: self.round, ..step.clone() });
     }
 }
 
@@ -337,22 +349,11 @@ fn fix_goal(goal: &str, report: &agentcom_types::domain::VerificationReport, rou
         .steps
         .iter()
         .filter(|s| !s.passed)
-        .map(|s| {
-            format!(
-                "- {} {}:
-{}
-",
-                s.kind, s.target, s.evidence
-            )
-        })
+        .map(|s| format!("- {} {}:\n{}\n", s.kind, s.target, s.evidence))
         .collect();
     format!(
-        "Your work on the goal below (round {round}) did not pass its checks. Fix the work in this          directory so that they pass.
-
-Goal: {goal}
-
-What failed:
-{failed}"
+        "Your work on the goal below (round {round}) did not pass its checks. Fix the work in this \
+         directory so that they pass.\n\nGoal: {goal}\n\nWhat failed:\n{failed}"
     )
 }
 

@@ -314,11 +314,7 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
         stderr_total_bytes: stderr.total,
         timed_out,
         error,
-        usage: None,
-        budget_exceeded: false,
-        verification: None,
-        workspace: None,
-        rounds: Vec::new(),
+        ..Outcome::empty()
     }
 }
 

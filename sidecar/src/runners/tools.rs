@@ -25,20 +25,15 @@ const MAX_LISTED: usize = 500;
 /// How long a `run_command` may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The tools as Ollama and OpenAI-compatible servers take them (`tools` in a chat request).
-pub fn definitions() -> Value {
-    let tool = |name: &str, description: &str, properties: Value, required: &[&str]| {
-        json!({
-            "type": "function",
-            "function": {
-                "name": name,
-                "description": description,
-                "parameters": { "type": "object", "properties": properties, "required": required },
-            }
-        })
+/// The workspace's tools, as every provider's tool calling takes them.
+pub fn definitions() -> Vec<agentcom_llm::tools::Tool> {
+    let tool = |name: &str, description: &str, properties: Value, required: &[&str]| agentcom_llm::tools::Tool {
+        name: name.to_owned(),
+        description: description.to_owned(),
+        parameters: json!({ "type": "object", "properties": properties, "required": required }),
     };
     let path = json!({ "type": "string", "description": "a path relative to the workspace" });
-    json!([
+    vec![
         tool("read_file", "Read a file of the workspace.", json!({ "path": path }), &["path"]),
         tool(
             "write_file",
@@ -65,7 +60,7 @@ pub fn definitions() -> Value {
             json!({ "command": { "type": "string" } }),
             &["command"],
         ),
-    ])
+    ]
 }
 
 /// A tool call's arguments in a few words, for a transcript: the path, command or text it

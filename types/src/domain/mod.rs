@@ -638,6 +638,30 @@ pub struct Outcome {
     pub workspace: Option<WorkspaceReport>,
     /// Agent work: each round of work and verification, the fixes included.
     pub rounds: Vec<Round>,
+    /// Agent work: the tools the model called, in order, every round's (the first
+    /// [`MAX_STEPS`] of them).
+    pub steps: Vec<AgentStep>,
+}
+
+/// Steps of agent work an outcome keeps.
+pub const MAX_STEPS: usize = 1000;
+
+/// One step of agent work: a tool the model called, and what came of it. Each streams to the
+/// hub as it happens and the outcome keeps them all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentStep {
+    /// The round it belongs to (1, then the fix rounds).
+    pub round: u32,
+    pub tool: String,
+    /// The arguments in a few words: the path, command or text they name.
+    pub summary: String,
+    /// Bytes of the tool's result, as the model was given it.
+    pub result_bytes: u64,
+    /// The tool did what was asked (a command that exits non-zero still ran: true).
+    pub ok: bool,
+    /// Tokens of the model's turn that asked for it (on the turn's first call; 0 on the rest).
+    pub input_tokens: u64,
+    pub output_tokens: u64,
 }
 
 /// What work in a git workspace changed, and where the change was kept.
@@ -715,6 +739,7 @@ impl Outcome {
             verification: None,
             workspace: None,
             rounds: Vec::new(),
+            steps: Vec::new(),
         }
     }
 

@@ -27,7 +27,9 @@ use crate::core::Handle;
 use crate::domain::now_ms;
 use crate::domain::{SpecDefaults, TaskId, TaskState};
 use crate::feed::{self, FeedEvent};
-use dto::{AgentDto, BackupDto, DecisionDto, EndpointDto, HostDto, OutputEventDto, QueueDto, TaskDto, WhyDto};
+use dto::{
+    AgentDto, BackupDto, DecisionDto, EndpointDto, HostDto, OutputEventDto, QueueDto, StepEventDto, TaskDto, WhyDto,
+};
 
 fn tasks_json(tasks: &[crate::domain::Task]) -> serde_json::Value {
     json!({ "tasks": tasks.iter().map(TaskDto::from).collect::<Vec<_>>() })
@@ -322,7 +324,8 @@ async fn remove_endpoint(
 }
 
 /// `GET /api/v1/tasks/{id}/events`: `snapshot` events carry the task, `output` events carry
-/// `{attempt, stream, offset, data_base64}`. The stream ends after the task's final snapshot.
+/// `{attempt, stream, offset, data_base64}`, `step` events an agent's step
+/// `{attempt, number, step}`. The stream ends after the task's final snapshot.
 async fn task_events(State(state): State<HttpState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let feed = state.hub.watch(id.parse::<TaskId>()?).await?;
     let events = feed::events(feed, state.stop.clone()).map(|event| {
@@ -335,6 +338,9 @@ async fn task_events(State(state): State<HttpState>, Path(id): Path<String>) -> 
                     offset,
                     data_base64: base64::engine::general_purpose::STANDARD.encode(&data),
                 })
+            }
+            FeedEvent::Step { attempt, number, step } => {
+                SseEvent::default().event("step").json_data(StepEventDto { attempt, number, step: (&step).into() })
             }
         };
         Ok::<_, Infallible>(sse.expect("task events serialize"))

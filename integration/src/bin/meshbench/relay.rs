@@ -149,7 +149,7 @@ async fn through_mesh(
                 bytes = bytes.max(chunk.offset as usize + chunk.data.len());
             }
             Some(pb::task_event::Kind::Snapshot(task)) => state = task.state,
-            None => {}
+            Some(pb::task_event::Kind::Step(_)) | None => {}
         }
     }
     anyhow::ensure!(state == pb::TaskState::Succeeded as i32, "task {id} ended in state {state}");

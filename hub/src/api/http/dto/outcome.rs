@@ -29,6 +29,44 @@ pub struct OutcomeDto {
     /// Agent work: each round of work and verification.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rounds: Vec<RoundDto>,
+    /// Agent work: the tools the model called, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepDto>,
+}
+
+/// One step of agent work.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct StepDto {
+    pub round: u32,
+    pub tool: String,
+    pub summary: String,
+    pub result_bytes: u64,
+    pub ok: bool,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+impl From<&crate::domain::AgentStep> for StepDto {
+    fn from(s: &crate::domain::AgentStep) -> StepDto {
+        StepDto {
+            round: s.round,
+            tool: s.tool.clone(),
+            summary: s.summary.clone(),
+            result_bytes: s.result_bytes,
+            ok: s.ok,
+            input_tokens: s.input_tokens,
+            output_tokens: s.output_tokens,
+        }
+    }
+}
+
+/// `event: step` of a task's event stream.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct StepEventDto {
+    pub attempt: u32,
+    /// The attempt's steps before this one.
+    pub number: usize,
+    pub step: StepDto,
 }
 
 #[derive(Serialize, Debug, PartialEq)]
@@ -134,6 +172,7 @@ impl From<&Outcome> for OutcomeDto {
                     cost_micros: r.cost_micros,
                 })
                 .collect(),
+            steps: outcome.steps.iter().map(StepDto::from).collect(),
         }
     }
 }

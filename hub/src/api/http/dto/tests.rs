@@ -130,8 +130,21 @@ fn full_task() -> Task {
             output_tokens: 300,
             cost_micros: Some(8100),
         }],
+        steps: vec![step()],
     });
     task
+}
+
+fn step() -> crate::domain::AgentStep {
+    crate::domain::AgentStep {
+        round: 1,
+        tool: "write_file".into(),
+        summary: "out.txt".into(),
+        result_bytes: 14,
+        ok: true,
+        input_tokens: 1200,
+        output_tokens: 40,
+    }
 }
 
 #[test]
@@ -241,6 +254,7 @@ fn the_queue_and_backup_shapes_are_documented() {
     check("queue", QueueDto::from(&queue));
     check("backup", BackupDto { path: "/var/lib/agentcom/backups/hub-1.redb".into(), tasks: 1, bytes: 1 });
     check("output", OutputEventDto { attempt: 1, stream: "stdout", offset: 0, data_base64: "aGk=".into() });
+    check("step", StepEventDto { attempt: 1, number: 0, step: (&step()).into() });
 }
 
 #[test]
