@@ -68,8 +68,9 @@ pub(crate) struct SubmitArgs {
     /// The branch or commit of --repo to start from [default: its default branch].
     #[arg(long, requires = "repo")]
     pub(crate) branch: Option<String>,
-    /// Rounds of fixing after a failed --verify, each given what failed (with --agent) [default: 2].
-    #[arg(long, requires = "agent")]
+    /// Rounds of fixing after a failed --verify, each given what failed [default: 2 with
+    /// --agent, 0 with --prompt].
+    #[arg(long, conflicts_with = "command")]
     pub(crate) fix_rounds: Option<u32>,
     /// The system prompt (with --prompt).
     #[arg(long, requires = "prompt")]
@@ -155,6 +156,9 @@ pub(crate) fn submit_body(args: &SubmitArgs) -> anyhow::Result<Value> {
             }
             if let Some(t) = args.temperature {
                 llm["temperature"] = json!(t);
+            }
+            if let Some(rounds) = args.fix_rounds {
+                llm["fix_rounds"] = json!(rounds);
             }
             body["llm"] = llm;
         }
@@ -293,6 +297,8 @@ mod tests {
         assert_eq!(llm["llm"], json!({ "prompt": "hi", "system": "be brief", "max_tokens": 64 }));
         assert_eq!(llm["placement"], json!({ "local_only": true }));
         assert_eq!(llm["limits"]["max_cost_micros"], 50_000);
+        let fixing = SubmitArgs { fix_rounds: Some(2), ..args(vec![], Some("hi")) };
+        assert_eq!(submit_body(&fixing).unwrap()["llm"]["fix_rounds"], 2);
         assert_eq!((parse_dollars("0.05"), parse_dollars("2")), (Ok(50_000), Ok(2_000_000)));
         assert!(parse_dollars("-1").is_err() && parse_dollars("$1").is_err() && parse_dollars("inf").is_err());
         let agent = SubmitArgs {

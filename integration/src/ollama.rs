@@ -172,7 +172,8 @@ impl OllamaDouble {
         self.shared.inner.lock().expect("lock").arrivals.get(content).copied()
     }
 
-    /// Queues replies for non-streaming chats (an agent's turns), answered in order.
+    /// Queues replies, answered in order: for non-streaming chats (an agent's turns), and for
+    /// streamed chats while the next one is text (streamed a word at a time).
     pub fn turns(&self, turns: Vec<Turn>) {
         self.shared.inner.lock().expect("lock").turns.extend(turns);
     }
@@ -364,6 +365,11 @@ async fn chat(State(shared): State<Shared>, Json(body): Json<Value>) -> Response
             found.loaded_vram.get_or_insert(found.size);
             let turn = inner.turns.pop_front().unwrap_or_else(|| Turn::Text(script.pieces.concat()));
             return Json(turn_reply(&model, turn, script.prompt_eval_count)).into_response();
+        }
+        if let Some(Turn::Text(_)) = inner.turns.front()
+            && let Some(Turn::Text(text)) = inner.turns.pop_front()
+        {
+            script.pieces = text.split_inclusive(' ').map(str::to_owned).collect();
         }
         (script, cold)
     };

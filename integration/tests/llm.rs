@@ -503,3 +503,59 @@ async fn an_llm_judge_checks_the_result_against_the_success_criteria_after_the_o
     assert!(answer.to_string().contains("success_criteria"), "{answer}");
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_that_fails_its_checks_goes_back_to_the_model_with_what_failed() {
+    use agentcom_integration::ollama::Turn;
+    let double = OllamaDouble::start(vec![FakeModel::new(MODEL, 1, "llama", "3.2B")]).await;
+    double.load(MODEL, 1);
+    double.turns(vec![Turn::Text("The answer is 41.".into()), Turn::Text("The answer is 42.".into())]);
+    let mesh = start_mesh(|_| {}, 1, ollama_at(&double)).await;
+    let body = json!({
+        "llm": { "prompt": "What is six times seven?", "model": MODEL, "fix_rounds": 2 },
+        "verification": [{ "output_contains": { "text": "42" } }],
+    });
+    let task = mesh.api.submit(body).await;
+    let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let outcome = &done["outcome"];
+    // The result is the reply that passed; both rounds are listed, their tokens summed.
+    assert_eq!(outcome["stdout"], "The answer is 42.");
+    let rounds = outcome["rounds"].as_array().unwrap();
+    let verdicts: Vec<&str> = rounds.iter().map(|r| r["verdict"].as_str().unwrap()).collect();
+    assert_eq!(verdicts, ["failed", "passed"]);
+    assert_eq!(rounds[0]["failed"], json!(["output_contains text \"42\""]));
+    let per_round = rounds[0]["input_tokens"].as_u64().unwrap();
+    assert_eq!(
+        outcome["usage"]["input_tokens"].as_u64(),
+        Some(per_round + rounds[1]["input_tokens"].as_u64().unwrap())
+    );
+    // Round 2 asked again with the conversation, the failed reply and what failed.
+    let chats = double.chats();
+    assert_eq!(chats.len(), 2);
+    let messages: Vec<(&str, &str)> = chats[1]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    assert_eq!(messages[..2], [("user", "What is six times seven?"), ("assistant", "The answer is 41.")]);
+    assert_eq!(messages[2].0, "user");
+    assert!(
+        messages[2].1.contains("did not pass its checks") && messages[2].1.contains("output_contains text \"42\""),
+        "{messages:?}"
+    );
+
+    // Without fix rounds (the default for LLM work) a failed reply fails the task at once.
+    double.turns(vec![Turn::Text("Forty-one.".into())]);
+    let body = json!({
+        "llm": { "prompt": "What is six times seven?", "model": MODEL },
+        "verification": [{ "output_contains": { "text": "42" } }],
+    });
+    let task = mesh.api.submit(body).await;
+    let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(done["outcome"].get("rounds").is_none(), "one reply, no rounds: {done}");
+    assert_eq!(double.chats().len(), 3);
+    mesh.stop().await;
+}

@@ -62,6 +62,8 @@ struct LlmBody {
     /// `"10m"`, or seconds (negative: for ever), as Ollama takes it.
     #[serde(default)]
     keep_alive: Option<serde_json::Value>,
+    #[serde(default)]
+    fix_rounds: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -279,6 +281,7 @@ impl TryFrom<SubmitBody> for pb::TaskSpec {
                     stop: llm.stop,
                     json,
                     keep_alive,
+                    fix_rounds: llm.fix_rounds,
                 })
             }
             (None, None, Some(agent)) => pb::work::Kind::Agent(pb::AgentWork {

@@ -190,6 +190,7 @@ fn spec_from_pb_unchecked(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result
                 stop: llm.stop,
                 json: llm.json,
                 keep_alive: nonempty(llm.keep_alive),
+                fix_rounds: llm.fix_rounds,
             })
         }
         Some(pb::work::Kind::Agent(agent)) => Work::Agent(AgentWork {
@@ -282,6 +283,7 @@ pub fn spec_into_pb(spec: TaskSpec) -> pb::TaskSpec {
             stop: llm.stop,
             json: llm.json,
             keep_alive: llm.keep_alive.unwrap_or_default(),
+            fix_rounds: llm.fix_rounds,
         }),
         Work::Agent(agent) => pb::work::Kind::Agent(pb::AgentWork {
             goal: agent.goal,

@@ -71,6 +71,7 @@ fn work_into(work: Work) -> pb::spec::Work {
             stop: llm.stop,
             json: llm.json,
             keep_alive: llm.keep_alive,
+            fix_rounds: llm.fix_rounds,
         }),
         Work::Agent(agent) => pb::spec::Work::Agent(pb::Agent {
             goal: agent.goal,
@@ -106,6 +107,7 @@ fn work_from(work: Option<pb::spec::Work>) -> Result<Work, String> {
             stop: llm.stop,
             json: llm.json,
             keep_alive: llm.keep_alive,
+            fix_rounds: llm.fix_rounds,
         }),
         pb::spec::Work::Agent(agent) => Work::Agent(AgentWork {
             goal: agent.goal,

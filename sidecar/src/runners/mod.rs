@@ -161,8 +161,11 @@ impl Runners {
             let (task_id, title) = (assignment.key.task_id.clone(), assignment.spec.name.clone());
             let fix_rounds = match &assignment.spec.work {
                 Work::Agent(work) => work.fix_rounds.unwrap_or(agentcom_types::domain::DEFAULT_FIX_ROUNDS),
-                _ => 0,
+                Work::Llm(work) => work.fix_rounds.unwrap_or(0),
+                Work::Shell(_) => 0,
             };
+            // Work that goes in rounds: agent work, and LLM work that may fix its reply.
+            let in_rounds = agent || (fix_rounds > 0 && matches!(assignment.spec.work, Work::Llm(_)));
             let goal = match &assignment.spec.work {
                 Work::Agent(work) => work.goal.clone(),
                 _ => String::new(),
@@ -198,7 +201,7 @@ impl Runners {
                         None => outcome.error = Some("this sidecar cannot verify work".to_owned()),
                     }
                 }
-                if !agent {
+                if !in_rounds {
                     break outcome;
                 }
                 let diff_stat = match (&workspace, &workspaces) {
@@ -219,15 +222,19 @@ impl Runners {
                     }
                     break outcome;
                 }
-                if let (Work::Agent(work), Some(report)) = (&mut assignment.spec.work, &outcome.verification) {
-                    work.goal = fix_goal(&goal, report, number);
+                match (&mut assignment.spec.work, &outcome.verification) {
+                    (Work::Agent(work), Some(report)) => work.goal = fix_goal(&goal, report, number),
+                    (Work::Llm(work), Some(report)) => fix_reply(work, &outcome.stdout, report),
+                    _ => {}
                 }
             };
-            if agent {
+            if in_rounds {
                 if let Some(usage) = &mut outcome.usage {
                     used.write_to(usage);
                 }
                 outcome.rounds = rounds;
+            }
+            if agent {
                 outcome.steps = steps;
                 // The output of every round, up to the task's cap.
                 let cap = usize::try_from(assignment.spec.limits.max_output_bytes).unwrap_or(usize::MAX);
@@ -345,16 +352,36 @@ fn round(number: u32, outcome: &Outcome, diff_stat: String) -> agentcom_types::d
 
 /// The goal of a fix round: the original goal, and what failed last time with its evidence.
 fn fix_goal(goal: &str, report: &agentcom_types::domain::VerificationReport, round: u32) -> String {
-    let failed: String = report
-        .steps
-        .iter()
-        .filter(|s| !s.passed)
-        .map(|s| format!("- {} {}:\n{}\n", s.kind, s.target, s.evidence))
-        .collect();
+    let failed = failed_steps(report);
     format!(
         "Your work on the goal below (round {round}) did not pass its checks. Fix the work in this \
          directory so that they pass.\n\nGoal: {goal}\n\nWhat failed:\n{failed}"
     )
+}
+
+/// The failed steps of a report with their evidence, a few lines each, for the model.
+fn failed_steps(report: &agentcom_types::domain::VerificationReport) -> String {
+    report.steps.iter().filter(|s| !s.passed).map(|s| format!("- {} {}:\n{}\n", s.kind, s.target, s.evidence)).collect()
+}
+
+/// LLM work's next round: the conversation so far, the reply that failed, and what failed with
+/// its evidence, asking for a reply that passes.
+fn fix_reply(
+    work: &mut agentcom_types::domain::LlmWork,
+    reply: &[u8],
+    report: &agentcom_types::domain::VerificationReport,
+) {
+    use agentcom_types::domain::{ChatMessage, ChatRole};
+    work.messages = work.turns();
+    work.prompt.clear();
+    work.messages.push(ChatMessage { role: ChatRole::Assistant, content: String::from_utf8_lossy(reply).into_owned() });
+    let failed = failed_steps(report);
+    work.messages.push(ChatMessage {
+        role: ChatRole::User,
+        content: format!(
+            "Your reply did not pass its checks. Answer again, in full, so that it passes.\n\nWhat failed:\n{failed}"
+        ),
+    });
 }
 
 /// Points work at its workspace: shell work's `cwd`, if it names one, is taken inside it (and

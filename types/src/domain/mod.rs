@@ -290,6 +290,9 @@ pub struct LlmWork {
     pub json: bool,
     /// Ollama: how long the model stays loaded afterwards (`"10m"`, `"-1"` for ever).
     pub keep_alive: Option<String>,
+    /// Rounds of fixing after a failed verification, each given the reply and what failed
+    /// (`None`: 0).
+    pub fix_rounds: Option<u32>,
 }
 
 impl LlmWork {
@@ -305,6 +308,7 @@ impl LlmWork {
             stop: Vec::new(),
             json: false,
             keep_alive: None,
+            fix_rounds: None,
         }
     }
 

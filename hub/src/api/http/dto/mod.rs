@@ -137,6 +137,7 @@ impl From<&Work> for WorkDto {
                 stop: llm.stop.clone(),
                 format: llm.json.then_some("json"),
                 keep_alive: llm.keep_alive.clone(),
+                fix_rounds: llm.fix_rounds.unwrap_or(0),
             }),
             Work::Agent(agent) => WorkDto::Agent(AgentWorkDto {
                 goal: agent.goal.clone(),
@@ -185,6 +186,8 @@ pub struct LlmDto {
     pub format: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_alive: Option<String>,
+    /// Fix rounds after a failed verification (0 when not set).
+    pub fix_rounds: u32,
 }
 
 #[derive(Serialize, Debug, PartialEq)]
