@@ -112,7 +112,12 @@ pub(crate) fn work_lines(task: &Value) -> Vec<String> {
             _ => "nothing committed".to_owned(),
         };
         let changed = if changed.is_empty() { "no changes".to_owned() } else { changed };
-        lines.push(format!("workspace: {repository} at {base}: {changed}; {place}"));
+        let pushed = match (workspace["pushed_to"].as_str(), workspace["push_error"].as_str()) {
+            (Some(to), _) => format!("; pushed to {to}"),
+            (_, Some(why)) => format!("; NOT pushed: {}", why.lines().next().unwrap_or(why)),
+            _ => String::new(),
+        };
+        lines.push(format!("workspace: {repository} at {base}: {changed}; {place}{pushed}"));
     }
     lines
 }
@@ -178,7 +183,7 @@ mod tests {
                 {"round": 1, "tool": "read_file", "summary": "check.sh", "result_bytes": 130, "ok": true, "input_tokens": 100, "output_tokens": 20},
                 {"round": 2, "tool": "run_command", "summary": "", "result_bytes": 9, "ok": false, "input_tokens": 0, "output_tokens": 0}
             ],
-            "workspace": {"repository": "/srv/repos/app", "base": "164fffa82caf283e98", "branch": "agentcom/01M8", "commit": "9c1d07aa11bb22cc", "diff_stat": " answer.txt | 2 +-\n 1 file changed", "kept_at": null}
+            "workspace": {"repository": "/srv/repos/app", "base": "164fffa82caf283e98", "branch": "agentcom/01M8", "commit": "9c1d07aa11bb22cc", "diff_stat": " answer.txt | 2 +-\n 1 file changed", "kept_at": null, "pushed_to": "/srv/repos/app"}
         }});
         assert_eq!(
             work_lines(&task),
@@ -187,7 +192,7 @@ mod tests {
                 "round 2:   passed; no changes; 90 in / 15 out tokens",
                 "  step   1, round 1: read_file check.sh: 130 bytes back (100 in / 20 out tokens)",
                 "  step   2, round 2: run_command: 9 bytes back, an error",
-                "workspace: /srv/repos/app at 164fffa82caf: 1 file changed; committed on agentcom/01M8 (9c1d07aa11bb)",
+                "workspace: /srv/repos/app at 164fffa82caf: 1 file changed; committed on agentcom/01M8 (9c1d07aa11bb); pushed to /srv/repos/app",
             ]
         );
     }

@@ -151,3 +151,42 @@ async fn work_in_a_repository_runs_in_its_own_worktree_and_comes_back_as_a_diff_
     }
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_that_pushes_branches_pushes_each_successful_change_to_its_repository() {
+    let root = tempfile::tempdir().unwrap();
+    let (repo, head) = upstream(root.path());
+    let mut mesh = TestMesh::new().sidecars(0).start().await;
+    let allowed = root.path().to_string_lossy().into_owned();
+    mesh.add_sidecar_configured(1, |config| {
+        config.shell(|shell| {
+            shell.repo_allow = vec![allowed];
+            shell.push_branches = true;
+        })
+    });
+    let submitted = mesh.api.submit(task(&repo, "echo ok > app.txt", json!({}))).await;
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    let done = mesh.api.wait_final(&id, PATIENCE).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let workspace = &done["outcome"]["workspace"];
+    assert_eq!(workspace["pushed_to"], repo.to_string_lossy().as_ref(), "{workspace}");
+    assert!(workspace["push_error"].is_null());
+    // The branch is in the repository itself now, holding the change on top of main.
+    let branch = format!("agentcom/{id}");
+    assert_eq!(git(&repo, &["rev-parse", &branch]), workspace["commit"].as_str().unwrap());
+    assert_eq!(git(&repo, &["show", &format!("{branch}:app.txt")]), "ok");
+    assert_eq!(git(&repo, &["rev-parse", "main"]), head, "main is untouched");
+
+    // The repository refuses the push: the task still succeeds, the commit is kept in the
+    // sidecar's clone, and the result says why the push failed.
+    git(&repo, &["config", "receive.maxInputSize", "1"]);
+    let submitted = mesh.api.submit(task(&repo, "echo better > app.txt", json!({}))).await;
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    let done = mesh.api.wait_final(&id, PATIENCE).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let workspace = &done["outcome"]["workspace"];
+    assert!(workspace["pushed_to"].is_null(), "{workspace}");
+    assert!(workspace["push_error"].as_str().unwrap().contains("git push failed"), "{workspace}");
+    assert_eq!(workspace["branch"], format!("agentcom/{id}"));
+    mesh.stop().await;
+}

@@ -329,12 +329,13 @@ pub async fn prepare(config: &Config) -> Result<Prepared, Error> {
     let settings = shell::Settings::new(config.shell.clone(), containment, state);
     let options = &settings.options;
     let owner = options.run_as.as_ref().map(|user| (user.uid, user.gid));
-    let workspaces = workspace::Workspaces::new(
+    let mut workspaces = workspace::Workspaces::new(
         &options.work_dir,
         options.repo_allow.clone(),
         options.keep_failed_workspaces,
         owner,
     );
+    workspaces.push_branches = options.push_branches;
     Ok(Prepared { settings, workspaces: std::sync::Arc::new(workspaces) })
 }
 

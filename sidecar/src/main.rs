@@ -55,6 +55,10 @@ struct RunArgs {
     /// runs with its own login, in the task's workspace and sandbox.
     #[arg(long, value_name = "PATH")]
     claude: Option<PathBuf>,
+    /// Push each branch of successful work (agentcom/TASK_ID) to the repository it came from,
+    /// with this machine's git credentials. A failed push is reported; the result stands.
+    #[arg(long)]
+    push_branches: bool,
     /// How long the workspace of a failed attempt is kept for a look (e.g. 24h, 30m).
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     keep_failed_workspaces: std::time::Duration,
@@ -233,6 +237,7 @@ async fn run() -> anyhow::Result<()> {
             shell.run_as = run_as;
             shell.repo_allow = args.repo_allow.clone();
             shell.keep_failed_workspaces = args.keep_failed_workspaces;
+            shell.push_branches = args.push_branches;
             shell.claude = claude;
         })
         .containment(args.containment)

@@ -13,6 +13,9 @@
 //!   capped). On success with changes the change is committed and fetched into the clone as
 //!   the branch `agentcom/TASK_ID`, and the workspace is removed. A failed attempt's workspace
 //!   is kept for `--keep-failed-workspaces` and swept after.
+//! - With `--push-branches`, that branch is then pushed to the repository it came from (the
+//!   clone's `origin`), with the machine's git credentials and no prompt. A failed push is
+//!   reported beside the commit; it does not fail the work.
 //!
 //! Only repositories on the sidecar's allowlist (`--repo-allow`) are used. These git commands
 //! are the sidecar's own, on its cache: they run with hooks off (`core.hooksPath=/dev/null`)
@@ -44,6 +47,8 @@ pub struct Workspaces {
     keep_failed: Duration,
     /// Tasks run as this user own their workspace's files.
     owner: Option<(u32, u32)>,
+    /// Push the branches of successful work to their repository.
+    pub push_branches: bool,
     /// One clone or fetch of a repository at a time.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -66,6 +71,7 @@ impl Workspaces {
             allow,
             keep_failed,
             owner,
+            push_branches: false,
             locks: Mutex::new(HashMap::new()),
         }
     }
@@ -180,6 +186,16 @@ impl Workspaces {
             match committed.await {
                 Ok(commit) => {
                     report.commit = Some(commit.trim().to_owned());
+                    if self.push_branches {
+                        let refspec = format!("refs/heads/{branch}:refs/heads/{branch}");
+                        match git_dir(&mirror, &["push", "--quiet", "--no-verify", "origin", &refspec]).await {
+                            Ok(_) => report.pushed_to = Some(report.repository.clone()),
+                            Err(error) => {
+                                warn!(task_id, error, "could not push the branch");
+                                report.push_error = Some(error);
+                            }
+                        }
+                    }
                     report.branch = Some(branch);
                 }
                 Err(error) => warn!(task_id, error, "could not commit the workspace's changes"),
@@ -338,7 +354,11 @@ async fn git_with(dir: Option<&Path>, index: Option<&Path>, args: &[&str]) -> Re
         return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
-    Err(format!("git {} failed: {}", args.first().copied().unwrap_or_default(), stderr.trim()))
+    // The subcommand, past the options before it (`--git-dir DIR`, `-c NAME=VALUE`).
+    let verb = (0..args.len())
+        .find(|&i| !args[i].starts_with('-') && (i == 0 || !matches!(args[i - 1], "--git-dir" | "-c" | "-C")))
+        .map_or("", |i| args[i]);
+    Err(format!("git {verb} failed: {}", stderr.trim()))
 }
 
 fn chown_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {

@@ -384,6 +384,8 @@ pub fn outcome_from_pb(outcome: pb::TaskOutcome) -> Outcome {
             diff: clip_to(w.diff, MAX_DIFF_BYTES),
             diff_total_bytes: w.diff_total_bytes,
             kept_at: w.kept_at.map(|p| clip_to(p, 4096)),
+            pushed_to: w.pushed_to.map(|p| clip_to(p, 4096)),
+            push_error: w.push_error.map(|e| clip_to(e, MAX_EVIDENCE_BYTES)),
         }),
         rounds: outcome
             .rounds
@@ -471,6 +473,8 @@ pub fn outcome_into_pb(outcome: Outcome) -> pb::TaskOutcome {
             diff: w.diff,
             diff_total_bytes: w.diff_total_bytes,
             kept_at: w.kept_at,
+            pushed_to: w.pushed_to,
+            push_error: w.push_error,
         }),
         rounds: outcome
             .rounds
@@ -864,6 +868,8 @@ mod tests {
                 diff: "+x".into(),
                 diff_total_bytes: 2,
                 kept_at: None,
+                pushed_to: Some("/srv/repos/app".into()),
+                push_error: None,
             }),
             rounds: vec![Round {
                 number: 1,

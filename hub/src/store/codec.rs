@@ -317,6 +317,8 @@ fn outcome_into(outcome: Outcome) -> pb::Outcome {
             diff: w.diff,
             diff_total_bytes: w.diff_total_bytes,
             kept_at: w.kept_at,
+            pushed_to: w.pushed_to,
+            push_error: w.push_error,
         }),
         rounds: outcome
             .rounds
@@ -385,6 +387,8 @@ fn outcome_from(outcome: pb::Outcome) -> Outcome {
             diff: w.diff,
             diff_total_bytes: w.diff_total_bytes,
             kept_at: w.kept_at,
+            pushed_to: w.pushed_to,
+            push_error: w.push_error,
         }),
         rounds: outcome
             .rounds

@@ -71,6 +71,8 @@ pub struct Options {
     pub repo_allow: Vec<String>,
     /// How long a failed attempt's workspace is kept (`--keep-failed-workspaces`).
     pub keep_failed_workspaces: Duration,
+    /// Push each `agentcom/TASK_ID` branch to the repository it came from (`--push-branches`).
+    pub push_branches: bool,
     /// The Claude Code CLI agent work runs (`--claude`, or `claude` on the PATH); `None`: this
     /// sidecar runs no agent work.
     pub claude: Option<PathBuf>,
@@ -89,6 +91,7 @@ impl Options {
             run_as: None,
             repo_allow: Vec::new(),
             keep_failed_workspaces: Duration::from_secs(24 * 3600),
+            push_branches: false,
             claude: None,
         }
     }

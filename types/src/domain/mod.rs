@@ -686,6 +686,10 @@ pub struct WorkspaceReport {
     pub diff_total_bytes: u64,
     /// Where a failed attempt's workspace is kept on the sidecar, for a while.
     pub kept_at: Option<String>,
+    /// The branch was pushed to the repository it came from (`--push-branches`): its URL.
+    pub pushed_to: Option<String>,
+    /// The push was tried and failed: why (the change is still on the branch in the clone).
+    pub push_error: Option<String>,
 }
 
 /// What one LLM attempt used and how fast it ran, measured at the sidecar; the hub prices it.

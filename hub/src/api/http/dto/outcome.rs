@@ -90,6 +90,8 @@ pub struct WorkspaceDto {
     pub diff: String,
     pub diff_total_bytes: u64,
     pub kept_at: Option<String>,
+    pub pushed_to: Option<String>,
+    pub push_error: Option<String>,
 }
 
 impl From<&crate::domain::WorkspaceReport> for WorkspaceDto {
@@ -103,6 +105,8 @@ impl From<&crate::domain::WorkspaceReport> for WorkspaceDto {
             diff: w.diff.clone(),
             diff_total_bytes: w.diff_total_bytes,
             kept_at: w.kept_at.clone(),
+            pushed_to: w.pushed_to.clone(),
+            push_error: w.push_error.clone(),
         }
     }
 }

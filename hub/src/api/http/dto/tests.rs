@@ -120,6 +120,8 @@ fn full_task() -> Task {
             diff: "+hello".into(),
             diff_total_bytes: 6,
             kept_at: None,
+            pushed_to: None,
+            push_error: None,
         }),
         rounds: vec![crate::domain::Round {
             number: 1,
