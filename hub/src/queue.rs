@@ -94,6 +94,9 @@ pub struct Lease {
     pub beside: u32,
     /// The tier it was placed at (its own, or where a fallback or escalation moved it).
     pub tier: Option<crate::domain::Tier>,
+    /// The model and endpoint placement chose to judge the work's `llm_judge` steps that name
+    /// no model (see `sched::judge`).
+    pub judge: Option<(String, String)>,
 }
 
 /// Why a message about a task was refused.
@@ -389,6 +392,7 @@ mod tests {
             model: None,
             beside: 0,
             tier: None,
+            judge: None,
         }
     }
 

@@ -103,8 +103,22 @@ pub(crate) fn print_decisions(id: &str, response: &Value) {
             None => format!("waited: {}", text(&d["wait"])),
         };
         println!("  {}; {place}", tier_line(d));
+        if let Some(line) = judge_line(d) {
+            println!("  {line}");
+        }
         print_candidates(d);
     }
+}
+
+/// Who judges the work's `llm_judge` steps: `judged by qwen2.5:7b via ep-... (est 0.53s)`.
+fn judge_line(decision: &Value) -> Option<String> {
+    let judge = &decision["judge"];
+    let model = judge["model"].as_str()?;
+    Some(format!(
+        "judged by {model} via {} (est {})",
+        text(&judge["endpoint_id"]),
+        seconds(&judge["estimate"]["total_ms"])
+    ))
 }
 
 /// `GET /api/v1/tasks/{id}/why` as text.
@@ -151,6 +165,13 @@ fn model_stat_lines(models: &[Value]) -> Vec<String> {
 #[cfg(test)]
 mod model_tests {
     use super::*;
+
+    #[test]
+    fn the_judge_shows_in_a_line_when_placement_chose_one() {
+        let decision = serde_json::json!({"judge": {"model": "qwen2.5:7b", "endpoint_id": "ep-1", "estimate": {"total_ms": 533.3}}});
+        assert_eq!(judge_line(&decision).as_deref(), Some("judged by qwen2.5:7b via ep-1 (est 0.53s)"));
+        assert_eq!(judge_line(&serde_json::json!({"judge": null})), None);
+    }
 
     #[test]
     fn model_stats_print_as_a_table() {

@@ -559,3 +559,47 @@ async fn a_reply_that_fails_its_checks_goes_back_to_the_model_with_what_failed()
     assert_eq!(double.chats().len(), 3);
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_picks_the_judge_and_explain_says_which() {
+    let double = OllamaDouble::start(vec![
+        FakeModel::new(MODEL, 1, "llama", "3.2B"),
+        FakeModel::new("qwen2.5:7b", 1, "qwen2", "7B"),
+    ])
+    .await;
+    // Both warm: left to itself the sidecar would judge with the first it lists.
+    double.load(MODEL, 1);
+    double.load("qwen2.5:7b", 1);
+    double.script(ChatScript {
+        pieces: vec![r#"{"verdict": "pass", "reason": "it greets"}"#.into()],
+        ..ChatScript::default()
+    });
+    let tiers = |config: &mut agentcom_hub::core::Config| config.tier_models.set("standard=qwen2.5:7b").unwrap();
+    let mesh = start_mesh(tiers, 1, ollama_at(&double)).await;
+    assert_eventually!(
+        {
+            let (_, list) = mesh.api.request(reqwest::Method::GET, "/api/v1/endpoints", None).await;
+            list["endpoints"][0]["models"].as_array().is_some_and(|m| m.len() == 2)
+        },
+        PATIENCE,
+        "the inventory reached the hub"
+    );
+    let body = json!({
+        "shell": { "argv": ["echo", "Hello, world!"] },
+        "success_criteria": ["it greets the world"],
+        "verification": ["llm_judge"],
+    });
+    let task = mesh.api.submit(body).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let done = mesh.api.wait_final(&id, PATIENCE).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(double.chats()[0]["model"], "qwen2.5:7b", "the standard tier's model judged");
+    let evidence = done["outcome"]["verification"]["steps"][0]["evidence"].as_str().unwrap();
+    assert!(evidence.ends_with("(judged by qwen2.5:7b)"), "{evidence}");
+    let (_, decisions) = mesh.api.request(reqwest::Method::GET, &format!("/api/v1/tasks/{id}/decision"), None).await;
+    assert_eq!(decisions["decisions"][0]["judge"]["model"], "qwen2.5:7b", "{decisions}");
+    let shown = agentcom_integration::process::hubctl(&mesh.url, &mesh.api.token, &["explain", &id]).await;
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("judged by qwen2.5:7b via ep-"), "{text}");
+    mesh.stop().await;
+}

@@ -595,6 +595,7 @@ fn assignment(assign: pb::Assign, default_max_output_bytes: usize) -> Result<Ass
         endpoint_id: (!assign.endpoint_id.is_empty()).then_some(assign.endpoint_id),
         model: (!assign.model.is_empty()).then_some(assign.model),
         price: assign.price.and_then(wire::price_from_pb),
+        judge: (!assign.judge_model.is_empty()).then_some((assign.judge_model, assign.judge_endpoint_id)),
         workspace: None,
     })
 }

@@ -45,6 +45,8 @@ pub struct Job {
     /// For `llm_judge`: what the task was asked to do, and its success criteria.
     pub asked: String,
     pub criteria: Vec<String>,
+    /// For `llm_judge` steps that name no model: the model and endpoint the hub chose.
+    pub judge: Option<(String, String)>,
 }
 
 /// Runs verification steps; one per sidecar.
@@ -177,6 +179,11 @@ impl Verifier {
         let Some(runner) = &self.judge else {
             return Checked::failed("this sidecar has no LLM endpoint to judge with".to_owned());
         };
+        // A step that names no model is judged where the hub chose, else where the sidecar does.
+        let (model, endpoint_id) = match (&job.judge, model) {
+            (Some((chosen, endpoint_id)), "") => (chosen.as_str(), Some(endpoint_id.clone())),
+            _ => (model, None),
+        };
         let mut spec = TaskSpec::shell(vec!["true".into()], &SpecDefaults::default());
         spec.work = Work::Llm(LlmWork {
             system: JUDGE_SYSTEM.to_owned(),
@@ -192,9 +199,10 @@ impl Verifier {
             attempt: 1,
             agent_id: String::new(),
             spec,
-            endpoint_id: None,
+            endpoint_id,
             model: None,
             price: None,
+            judge: None,
             workspace: None,
         };
         let answer = runner.run(assignment, Arc::new(Quiet), cancel.child_token()).await;
@@ -506,6 +514,7 @@ mod tests {
             limits: contain::Limits::default(),
             asked: "run: echo hi".into(),
             criteria: vec!["it greets".into(), "it is short".into()],
+            judge: None,
         };
         let prompt = judge_prompt(&job, &[b"x".repeat(20_000), b"hello world".to_vec()].concat());
         assert!(prompt.starts_with("Success criteria:\n- it greets\n- it is short\n"), "{prompt}");

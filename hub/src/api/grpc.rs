@@ -467,6 +467,8 @@ fn to_pb(message: ToSidecar) -> pb::HubMessage {
                 endpoint_id: assignment.endpoint_id.unwrap_or_default(),
                 model: assignment.model.unwrap_or_default(),
                 price: assignment.price.map(convert::price_into_pb),
+                judge_model: assignment.judge.as_ref().map(|j| j.0.clone()).unwrap_or_default(),
+                judge_endpoint_id: assignment.judge.map(|j| j.1).unwrap_or_default(),
             })
         }
         ToSidecar::Cancel { task_id, lease_generation, reason } => {

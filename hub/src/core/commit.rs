@@ -117,6 +117,7 @@ impl State {
                         endpoint_id: lease.endpoint_id.clone(),
                         model: lease.model.clone(),
                         price: lease.model.as_deref().and_then(|m| self.config.prices.token_price(m)),
+                        judge: lease.judge.clone(),
                     }));
                     self.send_to(&lease.sidecar_id, message);
                     self.notify(task_id, now);

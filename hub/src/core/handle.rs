@@ -208,6 +208,8 @@ pub struct Assignment {
     pub model: Option<String>,
     /// What the placed model costs (from the price table), for the runner's cost budget.
     pub price: Option<TokenPrice>,
+    /// The model and endpoint that judge the work's `llm_judge` steps that name no model.
+    pub judge: Option<(String, String)>,
 }
 
 /// What the core sends to a sidecar session. Small: every session's outbox holds its slots

@@ -158,6 +158,7 @@ impl State {
                 model,
                 beside,
                 tier: Some(explanation.tier),
+                judge: explanation.judge.as_ref().map(|j| (j.model.clone(), j.endpoint_id.clone())),
             };
             self.queue.grant(task_id, lease);
             let recorded = Recorded { at: now, attempt, kind: RecordedKind::Placed, note: None, explanation };

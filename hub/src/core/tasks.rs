@@ -38,6 +38,7 @@ impl State {
                         model: None,
                         beside: 0,
                         tier: None,
+                        judge: None,
                     };
                     self.queue.grant(task.id, lease);
                     n_leased += 1;

@@ -73,6 +73,8 @@ pub struct Explanation {
     pub candidates: Vec<Candidate>,
     /// Candidates weighed beyond those kept.
     pub more_candidates: usize,
+    /// Placed work with an `llm_judge` step that names no model: the model that judges it there.
+    pub judge: Option<super::judge::Judge>,
 }
 
 /// Where candidates go as they are weighed: nowhere for [`place`], a list for [`explain`].
@@ -119,7 +121,11 @@ pub fn explain(task: &Task, fleet: &impl FleetView, now: UnixMs) -> Explanation 
             (tier, source, model_of(task, fleet))
         }
     };
-    Explanation { decision, tier, tier_source, model: model.map(str::to_owned), candidates, more_candidates }
+    let judge = match &decision {
+        Decision::Place { sidecar_id, .. } => super::judge::judge(task, sidecar_id, fleet),
+        Decision::Wait(_) => None,
+    };
+    Explanation { decision, tier, tier_source, model: model.map(str::to_owned), candidates, more_candidates, judge }
 }
 
 /// One line on an explanation's outcome: where it went and why there, or why it waits.

@@ -29,6 +29,7 @@
 //! nothing here does I/O or reads a clock.
 
 mod explain;
+pub mod judge;
 mod learned;
 pub mod prewarm;
 pub mod tier;

@@ -561,3 +561,42 @@ fn a_tier_model_that_fails_its_checks_sends_verified_work_up_a_tier() {
     unchecked.spec.verification.clear();
     assert_eq!(pass_rate_move(&unchecked, &fleet), None);
 }
+
+#[test]
+fn the_judge_is_the_soonest_tier_model_on_the_sidecar_that_ran_the_work_and_not_the_worker() {
+    use crate::domain::Verification;
+    let mut fleet = warm_and_cold();
+    // "warm" has m warm and j cold; "cold" has j warm. Standard is j, complex is m.
+    fleet.endpoints[1].models.push(Model { loaded: false, size_bytes: 8_000_000_000, ..Model::named("j") });
+    fleet.endpoints.push(ollama("cold", "j", true, 1));
+    fleet.tiers.set("standard=j").unwrap();
+    fleet.tiers.set("complex=m").unwrap();
+    let mut task = shell_task();
+    assert_eq!(judge::judge(&task, "warm", &fleet), None, "no llm_judge step");
+    task.spec.verification.push(Verification::LlmJudge { model: "named".into() });
+    assert_eq!(judge::judge(&task, "warm", &fleet), None, "the step names its model");
+    task.spec.verification.push(Verification::LlmJudge { model: String::new() });
+    // On "warm": m is warm there and answers before j loads.
+    let chosen = judge::judge(&task, "warm", &fleet).unwrap();
+    assert_eq!(chosen.model, "m");
+    assert!(chosen.estimate.load_ms == 0.0 && chosen.estimate.generate_ms > 0.0, "{chosen:?}");
+    // On "cold" only j is there (m is cold there too, but j is warm).
+    assert_eq!(judge::judge(&task, "cold", &fleet).unwrap().model, "j");
+    // Work that runs on m is not judged by m while j can judge it, even slower.
+    let mut on_m = llm_task("m");
+    on_m.spec.verification = task.spec.verification.clone();
+    assert_eq!(judge::judge(&on_m, "warm", &fleet).unwrap().model, "j");
+    // Local-only work is never judged in the cloud; with no tier model there, the sidecar picks.
+    fleet.tiers = TierModels::default();
+    fleet.tiers.set("standard=claude-sonnet-4-5").unwrap();
+    claude_on(&mut fleet, "warm");
+    assert_eq!(judge::judge(&task, "warm", &fleet).unwrap().model, "claude-sonnet-4-5");
+    task.spec.placement.local_only = true;
+    assert_eq!(judge::judge(&task, "warm", &fleet), None);
+    // And explain carries it for placed work.
+    task.spec.placement.local_only = false;
+    fleet.can.push(("warm", "shell"));
+    let explained = explain(&task, &fleet, 0);
+    assert_eq!(placed_on(&explained.decision), "warm");
+    assert_eq!(explained.judge.map(|j| j.model).as_deref(), Some("claude-sonnet-4-5"));
+}

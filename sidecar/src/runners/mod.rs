@@ -34,6 +34,8 @@ pub struct Assignment {
     pub model: Option<String>,
     /// What the placed model costs, for `limits.max_cost_micros` while the work streams.
     pub price: Option<TokenPrice>,
+    /// The model and endpoint the hub chose to judge `llm_judge` steps that name no model.
+    pub judge: Option<(String, String)>,
     /// Agent work: the workspace it runs in (made by [`Runners::run`]).
     pub workspace: Option<std::path::PathBuf>,
 }
@@ -433,6 +435,7 @@ fn verification_job(assignment: &Assignment) -> crate::verify::Job {
     crate::verify::Job {
         asked,
         criteria: spec.success_criteria.clone(),
+        judge: assignment.judge.clone(),
         steps: spec.verification.clone(),
         key: assignment.key.clone(),
         cwd,

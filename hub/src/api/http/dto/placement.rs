@@ -25,6 +25,16 @@ pub struct DecisionDto {
     pub wait: Option<&'static str>,
     pub candidates: Vec<CandidateDto>,
     pub more_candidates: usize,
+    /// Work with an `llm_judge` step that names no model: the model that judges it, where, and
+    /// how soon it is expected to answer; `null` when the sidecar chooses.
+    pub judge: Option<JudgeDto>,
+}
+
+#[derive(Serialize, Debug, PartialEq)]
+pub struct JudgeDto {
+    pub model: String,
+    pub endpoint_id: String,
+    pub estimate: EstimateDto,
 }
 
 #[derive(Serialize, Debug, PartialEq)]
@@ -80,13 +90,7 @@ impl DecisionDto {
                 warm: c.warm,
                 in_flight: c.in_flight,
                 idle_agents: c.idle_agents,
-                estimate: c.estimate.map(|x| EstimateDto {
-                    total_ms: round_ms(x.total_ms()),
-                    wait_ms: round_ms(x.wait_ms),
-                    load_ms: round_ms(x.load_ms),
-                    generate_ms: round_ms(x.generate_ms),
-                    fit_ms: round_ms(x.fit_ms),
-                }),
+                estimate: c.estimate.as_ref().map(EstimateDto::from),
             })
             .collect();
         DecisionDto {
@@ -103,6 +107,23 @@ impl DecisionDto {
             wait,
             candidates,
             more_candidates: e.more_candidates,
+            judge: e.judge.as_ref().map(|j| JudgeDto {
+                model: j.model.clone(),
+                endpoint_id: j.endpoint_id.clone(),
+                estimate: EstimateDto::from(&j.estimate),
+            }),
+        }
+    }
+}
+
+impl From<&crate::sched::Estimate> for EstimateDto {
+    fn from(x: &crate::sched::Estimate) -> EstimateDto {
+        EstimateDto {
+            total_ms: round_ms(x.total_ms()),
+            wait_ms: round_ms(x.wait_ms),
+            load_ms: round_ms(x.load_ms),
+            generate_ms: round_ms(x.generate_ms),
+            fit_ms: round_ms(x.fit_ms),
         }
     }
 }

@@ -297,6 +297,11 @@ fn the_decision_and_why_shapes_are_documented() {
         model: Some("llama3.2:3b".into()),
         candidates: vec![candidate.clone()],
         more_candidates: 0,
+        judge: Some(crate::sched::judge::Judge {
+            model: "qwen2.5:7b".into(),
+            endpoint_id: "ep-7b3b6fba1efa".into(),
+            estimate: Estimate { wait_ms: 0.0, load_ms: 0.0, generate_ms: 533.3, fit_ms: 0.0 },
+        }),
     };
     let recorded = Recorded { at: 1, attempt: 1, kind: RecordedKind::Placed, note: None, explanation: placed };
     let dto = DecisionDto::from(&recorded);
@@ -305,6 +310,7 @@ fn the_decision_and_why_shapes_are_documented() {
     let waiting = Explanation {
         decision: Decision::Wait(Wait::AllBusy),
         candidates: vec![Candidate { agent_id: None, verdict: Verdict::Busy, ..candidate }],
+        judge: None,
         ..recorded.explanation.clone()
     };
     let why = WhyAnswer {
