@@ -201,6 +201,7 @@ impl Core {
             let _ = tx.send(Event::Committed { tickets, result });
         });
         let mut state = State::new(config, fleet.registry, fleet.cordons);
+        state.learned.seed_verdicts(fleet.verdicts);
         let restoring = std::time::Instant::now();
         state.restore(tasks, now_ms());
         info!(load_ms, restore_ms = restoring.elapsed().as_millis() as u64, "queue loaded");

@@ -180,12 +180,28 @@ impl State {
     }
 
     /// Counts a verified result's verdict by its model, the kind of work and the tier it ran at
-    /// (`placed_at`, else the task's tier now).
+    /// (`placed_at`, else the task's tier now), and stores the new count.
     pub(super) fn tally_verdict(&mut self, task_id: TaskId, model: &str, passed: bool, placed_at: Option<Tier>) {
-        let Some(task) = self.tasks.get(&task_id) else { return };
+        if let Some((kind, tier)) = self.count_verdict(task_id, model, passed, placed_at) {
+            let tally = self.learned.tally(model, kind, tier);
+            let op = crate::store::Op::PutVerdicts { model: model.to_owned(), kind, tier, tally };
+            self.write(vec![op], AfterCommit::Then(Box::new(|| {})));
+        }
+    }
+
+    /// Counts a verdict in memory only; returns the kind of work and tier it counted under.
+    pub(super) fn count_verdict(
+        &mut self,
+        task_id: TaskId,
+        model: &str,
+        passed: bool,
+        placed_at: Option<Tier>,
+    ) -> Option<(&'static str, Tier)> {
+        let task = self.tasks.get(&task_id)?;
         let tier = placed_at.unwrap_or_else(|| sched::tier_now(task, &fleet!(self)).0);
         let kind = task.spec.work.capability();
         self.learned.observe_verdict(model, kind, tier, passed);
+        Some((kind, tier))
     }
 
     /// With `--escalate`: LLM work placed by its tier's model that failed its verification goes

@@ -17,6 +17,7 @@ impl State {
         let (mut n_ready, mut n_leased) = (0, 0);
         let mut waiting = Vec::new();
         let ttl = self.config.lease_ttl.as_millis() as i64;
+        let count_from_tasks = !self.learned.has_verdicts();
         for task in tasks {
             if let Some(key) = &task.spec.idempotency_key {
                 self.by_key.insert(key.clone(), task.id);
@@ -50,18 +51,30 @@ impl State {
                 strip_output(&mut task);
             }
             let id = task.id;
-            // Verdicts are counted from the stored results: the pass rates survive a restart.
-            let verdict = task.outcome.as_ref().and_then(|o| {
+            // A store that holds no verdicts yet (made before they were stored) counts them
+            // from the stored results once; from then on they are stored as they come.
+            let verdict = task.outcome.as_ref().filter(|_| count_from_tasks).and_then(|o| {
                 let model = o.usage.as_ref().map(|u| u.model.clone()).filter(|m| !m.is_empty())?;
                 Some((model, o.verification.as_ref()?.verdict == crate::domain::Verdict::Passed))
             });
             self.tasks.insert(id, task);
             if let Some((model, passed)) = verdict {
-                self.tally_verdict(id, &model, passed, None);
+                self.count_verdict(id, &model, passed, None);
             }
             if ready {
                 self.enqueue(id, None);
             }
+        }
+        if count_from_tasks && self.learned.has_verdicts() {
+            let ops = self
+                .learned
+                .verdicts()
+                .into_iter()
+                .filter_map(|(model, kind, tier, tally)| {
+                    Some(Op::PutVerdicts { model, kind, tier: tier.parse().ok()?, tally })
+                })
+                .collect();
+            self.write(ops, AfterCommit::Then(Box::new(|| {})));
         }
         // Dependencies may have settled after their dependents last changed on disk.
         let n_waiting = waiting.len();

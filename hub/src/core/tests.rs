@@ -19,12 +19,14 @@ struct Harness {
     sent: HashMap<String, Vec<ToSidecar>>,
     /// Each sidecar's current session, and its outbox's other end (kept open).
     sessions: HashMap<String, (u64, mpsc::Receiver<ToSidecar>)>,
+    /// The verdict counts written, in order: (model, kind, tier, passed, failed).
+    verdicts_written: Vec<(String, &'static str, Tier, u64, u64)>,
 }
 
 impl Harness {
     fn new() -> Harness {
         let state = State::new(Config::default(), fleet::Registry::default(), HashMap::new());
-        Harness { state, now: T0, sent: HashMap::new(), sessions: HashMap::new() }
+        Harness { state, now: T0, sent: HashMap::new(), sessions: HashMap::new(), verdicts_written: Vec::new() }
     }
 
     /// Handles an event, then commits everything it wrote (and what the commits lead to) the way
@@ -42,7 +44,12 @@ impl Harness {
             }
             let tickets = writes
                 .into_iter()
-                .map(|(_, mut ticket)| {
+                .map(|(ops, mut ticket)| {
+                    for op in ops {
+                        if let crate::store::Op::PutVerdicts { model, kind, tier, tally } = op {
+                            self.verdicts_written.push((model, kind, tier, tally.passed, tally.failed));
+                        }
+                    }
                     ticket.durable();
                     ticket
                 })
@@ -666,6 +673,32 @@ fn a_failed_verification_escalates_a_tier_and_the_verdicts_are_counted_by_model(
     assert_eq!(rows, vec![("claude-sonnet-4-5", "llm", "complex", 1, 0), ("m", "llm", "standard", 0, 1)]);
     assert_eq!(stats[1].pass_rate, 0.6, "3 prior passes of 5");
     assert_eq!(hub.ask(|reply| Event::Stats { reply }).escalations, 1);
+    // Each count is stored as it changes, the escalated attempt's included, so a restart
+    // (which has only the task's last outcome) keeps both.
+    assert_eq!(
+        hub.verdicts_written,
+        vec![
+            ("m".to_owned(), "llm", Tier::Standard, 0, 1),
+            ("claude-sonnet-4-5".to_owned(), "llm", Tier::Complex, 1, 0)
+        ]
+    );
+    let stored = hub
+        .verdicts_written
+        .iter()
+        .map(|(m, k, t, p, f)| (m.clone(), *k, *t, crate::sched::Tally { passed: *p, failed: *f }));
+    let mut restarted = Harness::new();
+    restarted.state.learned.seed_verdicts(stored.collect());
+    restarted.state.restore(vec![Box::new(hub.task(id))], T0);
+    let stats = restarted.ask(|reply| Event::ModelStats { reply });
+    let rows: Vec<(&str, u64, u64)> = stats.iter().map(|s| (s.model.as_str(), s.passed, s.failed)).collect();
+    assert_eq!(rows, vec![("claude-sonnet-4-5", 1, 0), ("m", 0, 1)], "stored counts, not recounted");
+    // A store from before verdicts were stored counts them from its tasks once (each task's
+    // last outcome, at the task's own tier: where an escalation took it is not stored), and
+    // stores them.
+    let mut upgraded = Harness::new();
+    upgraded.state.restore(vec![Box::new(hub.task(id))], T0);
+    upgraded.event(Event::Tick);
+    assert_eq!(upgraded.verdicts_written, vec![("claude-sonnet-4-5".to_owned(), "llm", Tier::Standard, 1, 0)]);
 
     // Without --escalate, the failure is final.
     hub.state.config.escalate = false;

@@ -89,6 +89,18 @@ impl Learned {
         }
     }
 
+    /// Whether any verdict has been counted.
+    pub fn has_verdicts(&self) -> bool {
+        !self.verdicts.is_empty()
+    }
+
+    /// Verdicts counted before (stored), taken as they are.
+    pub fn seed_verdicts(&mut self, verdicts: Vec<(String, &'static str, Tier, Tally)>) {
+        for (model, kind, tier, tally) in verdicts {
+            self.verdicts.insert((model, kind, tier.as_str()), tally);
+        }
+    }
+
     /// Every (model, kind, tier) with verdicts, in that order.
     pub fn verdicts(&self) -> Vec<(String, &'static str, &'static str, Tally)> {
         let mut all: Vec<_> = self.verdicts.iter().map(|((m, k, t), tally)| (m.clone(), *k, *t, *tally)).collect();

@@ -627,7 +627,7 @@ pub(super) enum Prepared {
 }
 
 pub(super) fn prepare(ops: Vec<super::Op>) -> Vec<Prepared> {
-    use super::{CORDON_PREFIX, ENDPOINT_PREFIX, Op};
+    use super::{CORDON_PREFIX, ENDPOINT_PREFIX, Op, VERDICTS_PREFIX};
     ops.into_iter()
         .map(|op| match op {
             Op::PutTask(task) => Prepared::PutTask { key: u128::from(task.id.0), bytes: encode_task(*task) },
@@ -642,8 +642,33 @@ pub(super) fn prepare(ops: Vec<super::Op>) -> Vec<Prepared> {
                 value: encode_endpoint(&endpoint),
             },
             Op::DeleteEndpoint { id } => Prepared::DeleteFleet { key: format!("{ENDPOINT_PREFIX}{id}") },
+            Op::PutVerdicts { model, kind, tier, tally } => Prepared::PutFleet {
+                key: format!("{VERDICTS_PREFIX}{kind}/{}/{model}", tier.as_str()),
+                value: pb::Tally { passed: tally.passed, failed: tally.failed }.encode_to_vec(),
+            },
         })
         .collect()
+}
+
+/// Stored verdicts: `rest` is the key past `verdicts/` (`KIND/TIER/MODEL`).
+pub(super) fn decode_verdicts(
+    rest: &str,
+    value: &[u8],
+) -> Result<(String, &'static str, Tier, crate::sched::Tally), String> {
+    let mut parts = rest.splitn(3, '/');
+    let (kind, tier, model) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let kind = match kind {
+        "shell" => "shell",
+        "llm" => "llm",
+        "agent" => "agent",
+        other => return Err(format!("{other:?} is not a kind of work")),
+    };
+    let tier: Tier = tier.parse().map_err(|err: Error| err.to_string())?;
+    if model.is_empty() {
+        return Err("no model".to_owned());
+    }
+    let tally = pb::Tally::decode(value).map_err(|err| err.to_string())?;
+    Ok((model.to_owned(), kind, tier, crate::sched::Tally { passed: tally.passed, failed: tally.failed }))
 }
 
 const TAG_PUT_TASK: u8 = 1;

@@ -47,6 +47,8 @@ const SCHEMA_VERSION: &str = "schema_version";
 /// Keys in the `fleet` table.
 const CORDON_PREFIX: &str = "cordon/";
 const ENDPOINT_PREFIX: &str = "endpoint/";
+/// `verdicts/KIND/TIER/MODEL` (the model last: its name may hold a `/`).
+const VERDICTS_PREFIX: &str = "verdicts/";
 /// META key: the last write-ahead log record that redb's last durable commit covers.
 const CHECKPOINT_LSN: &str = "checkpoint_lsn";
 #[derive(Debug, thiserror::Error)]
@@ -92,18 +94,36 @@ fn redb_err(err: impl Into<redb::Error>) -> Error {
 pub enum Op {
     PutTask(Box<Task>),
     DeleteTask(TaskId),
-    PutToken { hash: String, role: String },
-    PutCordon { sidecar_id: String, cordon: Cordon },
-    DeleteCordon { sidecar_id: String },
+    PutToken {
+        hash: String,
+        role: String,
+    },
+    PutCordon {
+        sidecar_id: String,
+        cordon: Cordon,
+    },
+    DeleteCordon {
+        sidecar_id: String,
+    },
     PutEndpoint(Box<Endpoint>),
-    DeleteEndpoint { id: String },
+    DeleteEndpoint {
+        id: String,
+    },
+    /// The verdicts counted so far for a model, kind of work and tier (a put of the totals).
+    PutVerdicts {
+        model: String,
+        kind: &'static str,
+        tier: crate::domain::Tier,
+        tally: crate::sched::Tally,
+    },
 }
 
-/// The durable fleet settings: the LLM registry and the cordons.
+/// The durable fleet settings: the LLM registry, the cordons, and the verdicts counted by model.
 #[derive(Debug, Default)]
 pub struct Fleet {
     pub registry: Registry,
     pub cordons: HashMap<String, Cordon>,
+    pub verdicts: Vec<(String, &'static str, crate::domain::Tier, crate::sched::Tally)>,
 }
 
 #[derive(Clone)]
@@ -454,6 +474,11 @@ impl Store {
                     Ok(endpoint) => drop(fleet.registry.put(endpoint)),
                     Err(err) => tracing::warn!(key, error = %err, "skipped a stored endpoint that does not decode"),
                 }
+            } else if let Some(rest) = key.strip_prefix(VERDICTS_PREFIX) {
+                match codec::decode_verdicts(rest, value) {
+                    Ok(verdicts) => fleet.verdicts.push(verdicts),
+                    Err(err) => tracing::warn!(key, error = %err, "skipped stored verdicts that do not decode"),
+                }
             } else {
                 tracing::warn!(key, "skipped an unknown fleet setting");
             }
@@ -594,11 +619,16 @@ mod tests {
         endpoint.models = vec![Model { loaded: true, expires_unix_ms: Some(9), ..Model::named("llama3.2:3b") }];
         endpoint.error = Some("not checked yet".into());
         let cordon = |since| Cordon { since_unix_ms: since, deadline_unix_ms: Some(since + 5) };
+        let tally = crate::sched::Tally { passed: 3, failed: 2 };
+        let model = "hf.co/org/model:Q4".to_owned(); // A model name with slashes.
+        let verdicts =
+            || Op::PutVerdicts { model: model.clone(), kind: "agent", tier: crate::domain::Tier::Complex, tally };
         let ops = vec![
             Op::PutCordon { sidecar_id: "a".into(), cordon: cordon(1) },
             Op::PutCordon { sidecar_id: "b".into(), cordon: cordon(2) },
             Op::PutEndpoint(Box::new(endpoint.clone())),
             Op::DeleteCordon { sidecar_id: "a".into() },
+            verdicts(),
         ];
         let prepared = prepare(ops);
         let decoded = codec::decode_ops(&codec::encode_ops(&prepared)).expect("decodes");
@@ -617,9 +647,9 @@ mod tests {
         );
         writer.write(vec![Op::PutCordon { sidecar_id: "a".into(), cordon: cordon(1) }], 1).unwrap();
         writer.write(vec![Op::PutCordon { sidecar_id: "b".into(), cordon: cordon(2) }], 2).unwrap();
-        writer
-            .write(vec![Op::PutEndpoint(Box::new(endpoint.clone())), Op::DeleteCordon { sidecar_id: "a".into() }], 3)
-            .unwrap();
+        let last =
+            vec![Op::PutEndpoint(Box::new(endpoint.clone())), Op::DeleteCordon { sidecar_id: "a".into() }, verdicts()];
+        writer.write(last, 3).unwrap();
         let mut acked = 0;
         while acked < 3 {
             acked += done_rx.recv().unwrap().len();
@@ -629,6 +659,7 @@ mod tests {
         let fleet = Store::open(&path).unwrap().load_fleet().unwrap();
         assert_eq!(fleet.cordons, HashMap::from([("b".to_owned(), cordon(2))]));
         assert_eq!(fleet.registry.iter().cloned().collect::<Vec<_>>(), vec![endpoint]);
+        assert_eq!(fleet.verdicts, vec![(model, "agent", crate::domain::Tier::Complex, tally)]);
     }
 
     /// A data directory written by the hub before storage had its own format (format 1), kept
