@@ -519,8 +519,10 @@ async fn a_reply_that_fails_its_checks_goes_back_to_the_model_with_what_failed()
     let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let outcome = &done["outcome"];
-    // The result is the reply that passed; both rounds are listed, their tokens summed.
+    // The result is the reply that passed; both rounds are listed, their tokens summed; a
+    // note on stderr says why it was asked again.
     assert_eq!(outcome["stdout"], "The answer is 42.");
+    assert_eq!(outcome["stderr"], "[round 2: the reply failed output_contains text \"42\"; asked again]\n");
     let rounds = outcome["rounds"].as_array().unwrap();
     let verdicts: Vec<&str> = rounds.iter().map(|r| r["verdict"].as_str().unwrap()).collect();
     assert_eq!(verdicts, ["failed", "passed"]);

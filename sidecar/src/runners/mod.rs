@@ -187,6 +187,10 @@ impl Runners {
                 let shifted: Arc<dyn Sink> =
                     Arc::new(Shifted { inner: sink.clone(), round: number, stdout: shift.0, stderr: shift.1 });
                 let mut outcome = runner.run(assignment.clone(), shifted, cancel.clone()).await;
+                if in_rounds && !agent {
+                    // LLM work: each reply streams after the last; the result is the last one.
+                    shift.0 += outcome.stdout_total_bytes;
+                }
                 if agent {
                     shift = (shift.0 + outcome.stdout_total_bytes, shift.1 + outcome.stderr_total_bytes);
                     transcripts.0.extend_from_slice(&outcome.stdout);
@@ -226,7 +230,21 @@ impl Runners {
                 }
                 match (&mut assignment.spec.work, &outcome.verification) {
                     (Work::Agent(work), Some(report)) => work.goal = fix_goal(&goal, report, number),
-                    (Work::Llm(work), Some(report)) => fix_reply(work, &outcome.stdout, report),
+                    (Work::Llm(work), Some(report)) => {
+                        fix_reply(work, &outcome.stdout, report);
+                        // Between the replies, a note on stderr says why it is asked again.
+                        let failed: Vec<String> = report
+                            .steps
+                            .iter()
+                            .filter(|s| !s.passed)
+                            .map(|s| format!("{} {}", s.kind, s.target))
+                            .collect();
+                        let note =
+                            format!("[round {}: the reply failed {}; asked again]\n", number + 1, failed.join(", "));
+                        sink.output(Stream::Stderr, shift.1, note.as_bytes());
+                        shift.1 += note.len() as u64;
+                        transcripts.1.extend_from_slice(note.as_bytes());
+                    }
                     _ => {}
                 }
             };
@@ -235,6 +253,9 @@ impl Runners {
                     used.write_to(usage);
                 }
                 outcome.rounds = rounds;
+                if !agent {
+                    (outcome.stderr_total_bytes, outcome.stderr) = (shift.1, std::mem::take(&mut transcripts.1));
+                }
             }
             if agent {
                 outcome.steps = steps;
