@@ -295,7 +295,7 @@ fn two_rounds() -> Vec<agentcom_integration::ollama::Turn> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_loop_on_the_claude_api_fixes_a_failing_check_through_tool_use() {
-    use agentcom_integration::chat_doubles::{ChatDouble, Fault};
+    use agentcom_integration::chat_doubles::{ChatDouble, Fault, Turn};
     let root = tempfile::tempdir().unwrap();
     let repo = project(root.path());
     let double = ChatDouble::anthropic().await;
@@ -373,6 +373,22 @@ async fn an_agent_loop_on_the_claude_api_fixes_a_failing_check_through_tool_use(
         assert!(!body.to_string().contains("sk-ant-agent-secret"), "the key never reaches a prompt");
     }
     assert_eq!(outcome["workspace"]["branch"], format!("agentcom/{id}"));
+
+    // A cost budget: each turn costs 25 in and 15 out at $3 and $15 a million, $0.0003; with
+    // $0.0005 the loop stops after its second turn, at the price the hub sent with the work.
+    let list = || Turn::ToolCalls(vec![("list_files".to_owned(), json!({}))]);
+    double.turns(vec![list(), list(), list(), list()]);
+    let body = json!({
+        "agent": { "goal": "look around", "repository": repo.to_string_lossy(), "fix_rounds": 0 },
+        "limits": { "max_cost_micros": 500 },
+    });
+    let task = mesh.api.submit(body).await;
+    let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(done["state_reason"].as_str().unwrap().starts_with("budget_exceeded"), "{done}");
+    assert_eq!(done["outcome"]["steps"].as_array().unwrap().len(), 2, "{done}");
+    // The hub's price counts the 10 cached tokens of each turn too, at a tenth.
+    assert_eq!(done["outcome"]["usage"]["cost_micros"], 606);
     mesh.stop().await;
 }
 

@@ -596,6 +596,7 @@ fn assignment(assign: pb::Assign, default_max_output_bytes: usize) -> Result<Ass
         model: (!assign.model.is_empty()).then_some(assign.model),
         price: assign.price.and_then(wire::price_from_pb),
         judge: (!assign.judge_model.is_empty()).then_some((assign.judge_model, assign.judge_endpoint_id)),
+        prices: assign.prices.into_iter().filter_map(|(m, p)| Some((m, wire::price_from_pb(p)?))).collect(),
         workspace: None,
     })
 }

@@ -203,6 +203,7 @@ impl Verifier {
             model: None,
             price: None,
             judge: None,
+            prices: Vec::new(),
             workspace: None,
         };
         let answer = runner.run(assignment, Arc::new(Quiet), cancel.child_token()).await;

@@ -469,6 +469,7 @@ fn to_pb(message: ToSidecar) -> pb::HubMessage {
                 price: assignment.price.map(convert::price_into_pb),
                 judge_model: assignment.judge.as_ref().map(|j| j.0.clone()).unwrap_or_default(),
                 judge_endpoint_id: assignment.judge.map(|j| j.1).unwrap_or_default(),
+                prices: assignment.prices.into_iter().map(|(m, p)| (m, convert::price_into_pb(p))).collect(),
             })
         }
         ToSidecar::Cancel { task_id, lease_generation, reason } => {

@@ -47,6 +47,24 @@ impl AfterCommit {
 }
 
 impl State {
+    /// Agent work with a cost budget, placed without a model: the prices of the models the
+    /// sidecar's endpoints offer, from the price table (the sidecar picks one of them).
+    fn prices_on(&self, sidecar_id: &str, task: &Task) -> Vec<(String, crate::domain::TokenPrice)> {
+        if !matches!(task.spec.work, crate::domain::Work::Agent(_)) || task.spec.limits.max_cost_micros.is_none() {
+            return Vec::new();
+        }
+        let mut prices: Vec<(String, crate::domain::TokenPrice)> = self
+            .registry
+            .iter()
+            .filter(|e| matches!(&e.owner, crate::fleet::Owner::Sidecar(s) if s == sidecar_id))
+            .flat_map(|e| e.models.iter())
+            .filter_map(|m| Some((m.name.clone(), self.config.prices.token_price(&m.name)?)))
+            .collect();
+        prices.sort_by(|a, b| a.0.cmp(&b.0));
+        prices.dedup_by(|a, b| a.0 == b.0);
+        prices
+    }
+
     pub(super) fn committed(&mut self, tickets: Vec<AfterCommit>, result: Result<(), Arc<store::Error>>, now: UnixMs) {
         if let Err(err) = result {
             // The hub can no longer promise durability: stop accepting work. Submits that
@@ -118,6 +136,7 @@ impl State {
                         model: lease.model.clone(),
                         price: lease.model.as_deref().and_then(|m| self.config.prices.token_price(m)),
                         judge: lease.judge.clone(),
+                        prices: self.prices_on(&lease.sidecar_id, task),
                     }));
                     self.send_to(&lease.sidecar_id, message);
                     self.notify(task_id, now);

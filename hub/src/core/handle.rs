@@ -210,6 +210,9 @@ pub struct Assignment {
     pub price: Option<TokenPrice>,
     /// The model and endpoint that judge the work's `llm_judge` steps that name no model.
     pub judge: Option<(String, String)>,
+    /// Agent work with a cost budget: the prices of the models the sidecar's endpoints offer
+    /// (it chooses the model), so it can stop at the budget.
+    pub prices: Vec<(String, TokenPrice)>,
 }
 
 /// What the core sends to a sidecar session. Small: every session's outbox holds its slots

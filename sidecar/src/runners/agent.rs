@@ -98,9 +98,13 @@ impl Runner for AgentLoopRunner {
                 model: choice.model.clone(),
                 ..Usage::default()
             };
+            // The placed model's price, else the chosen one's (the hub sends those it knows).
+            let price = assignment
+                .price
+                .or_else(|| assignment.prices.iter().find(|(m, _)| *m == choice.model).map(|(_, p)| *p));
             let spent = |used: &Usage| {
                 let tokens = used.input_tokens + used.output_tokens + used.cached_input_tokens;
-                let cost = assignment.price.map(|p| p.micros(used.input_tokens, used.output_tokens));
+                let cost = price.map(|p| p.micros(used.input_tokens, used.output_tokens));
                 limits.max_tokens.is_some_and(|max| tokens >= max)
                     || limits.max_cost_micros.zip(cost).is_some_and(|(max, cost)| cost >= max as f64)
             };
@@ -172,6 +176,8 @@ impl Runner for AgentLoopRunner {
                 conversation.entries.push(Entry::Assistant { text: reply.text, calls: reply.calls });
                 conversation.entries.push(Entry::Answers(answers));
             }
+            // An estimate for the rounds' budget; the hub prices the result with its own table.
+            used.cost_micros = price.map(|p| p.micros(used.input_tokens, used.output_tokens).round() as u64);
             let cap = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
             let total = transcript.text.len() as u64;
             let mut stdout = transcript.text;

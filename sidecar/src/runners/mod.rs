@@ -36,6 +36,8 @@ pub struct Assignment {
     pub price: Option<TokenPrice>,
     /// The model and endpoint the hub chose to judge `llm_judge` steps that name no model.
     pub judge: Option<(String, String)>,
+    /// Agent work with a cost budget: the prices of the models this sidecar offers.
+    pub prices: Vec<(String, TokenPrice)>,
     /// Agent work: the workspace it runs in (made by [`Runners::run`]).
     pub workspace: Option<std::path::PathBuf>,
 }
