@@ -442,3 +442,82 @@ async fn an_agent_loop_on_an_openai_compatible_server_uses_its_tool_calls() {
     assert_eq!(answer["tool_call_id"], call["tool_calls"][0]["id"]);
     mesh.stop().await;
 }
+
+/// The two scenarios again with the real binaries: a hub process and two sidecar processes,
+/// one running the tool loop on the Claude API (its key in its environment, as in production),
+/// one running Claude Code. Neither the key nor anything of it reaches the model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_fix_a_failing_check_through_the_real_binaries_on_either_backend() {
+    use agentcom_integration::chat_doubles::{ChatDouble, Turn};
+    use agentcom_integration::{HubProcess, SidecarProcess};
+    const SECRET: &str = "sk-ant-process-secret-4f1c";
+    let root = tempfile::tempdir().unwrap();
+    let repo = project(root.path());
+    let allowed = root.path().to_string_lossy().into_owned();
+    let double = ChatDouble::anthropic().await;
+    // The model first looks at its environment (and its process's), then does the two rounds.
+    let snoop = Turn::ToolCalls(vec![(
+        "run_command".to_owned(),
+        json!({ "command": "env; tr '\\0' '\\n' < /proc/self/environ; tr '\\0' '\\n' < /proc/$PPID/environ" }),
+    )]);
+    double.turns([vec![snoop], two_rounds()].concat());
+    let claude = fake_claude(root.path(), &root.path().join("goals.log"));
+    let hub = HubProcess::serve(&root.path().join("hub"), &["--heartbeat-interval-ms", "200"]).await;
+    let (api_dir, cli_dir) = (root.path().join("api-work"), root.path().join("cli-work"));
+    for dir in [&api_dir, &cli_dir] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let api_flags = [
+        "--anthropic-base-url",
+        &double.url,
+        "--anthropic-model",
+        "claude-sonnet-4-5",
+        "--repo-allow",
+        &allowed,
+        "--tag",
+        "api",
+        "--llm-check-interval-ms",
+        "200",
+    ];
+    let _api = SidecarProcess::start_with_env(&hub, "api", 1, &api_dir, &api_flags, &[("ANTHROPIC_API_KEY", SECRET)]);
+    let claude_path = claude.to_string_lossy().into_owned();
+    let cli_flags = ["--claude", &claude_path, "--repo-allow", &allowed, "--tag", "cli"];
+    let _cli = SidecarProcess::start_with(&hub, "cli", 1, &cli_dir, &cli_flags);
+    agentcom_integration::assert_eventually!(hub.api.agents().await.len() == 2, PATIENCE, "both sidecars joined");
+
+    for (tag, dir) in [("api", &api_dir), ("cli", &cli_dir)] {
+        let body = json!({
+            "agent": { "goal": "make the check pass", "repository": repo.to_string_lossy() },
+            "placement": { "tags": [tag] },
+            "verification": [{ "test_passes": { "argv": ["sh", "check.sh"] } }],
+        });
+        let task = hub.api.submit(body).await;
+        let id = task["id"].as_str().unwrap().to_owned();
+        let done = hub.api.wait_final(&id, PATIENCE).await;
+        assert_eq!(done["state"], "succeeded", "{tag}: {done}");
+        assert_eq!(done["sidecar_id"], tag);
+        let outcome = &done["outcome"];
+        let verdicts: Vec<&str> =
+            outcome["rounds"].as_array().unwrap().iter().map(|r| r["verdict"].as_str().unwrap()).collect();
+        assert_eq!(verdicts, ["failed", "passed"], "{tag}: {outcome}");
+        let workspace = &outcome["workspace"];
+        let diff = workspace["diff"].as_str().unwrap();
+        assert!(diff.contains("-0") && diff.contains("+42"), "{tag}: {diff}");
+        assert_eq!(workspace["branch"], format!("agentcom/{id}"));
+        let clones: Vec<PathBuf> =
+            std::fs::read_dir(dir.join(".agentcom/repos")).unwrap().map(|e| e.unwrap().path()).collect();
+        let clone = clones[0].to_string_lossy().into_owned();
+        assert_eq!(git(root.path(), &["--git-dir", &clone, "show", &format!("agentcom/{id}:answer.txt")]), "42");
+        let left: Vec<_> = std::fs::read_dir(dir.join(".agentcom/workspaces")).unwrap().collect();
+        assert!(left.is_empty(), "{tag}: the workspace is removed: {left:?}");
+    }
+    // The key went in the header of every request, and in nothing the model was sent: the
+    // environment the command saw (its own and its parent's) does not hold it.
+    let requests = double.requests();
+    assert!(requests.iter().all(|(headers, _)| headers["x-api-key"] == SECRET));
+    let looked = &requests[1].1["messages"].as_array().unwrap().last().unwrap()["content"][0]["content"];
+    assert!(looked.as_str().unwrap().contains("PATH="), "the command ran and showed its environment: {looked}");
+    for (_, body) in &requests {
+        assert!(!body.to_string().contains(SECRET), "the key reached the model: {body}");
+    }
+}
