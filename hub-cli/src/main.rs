@@ -36,6 +36,10 @@ enum Command {
         /// The local sidecar reports N synthetic GPUs (shown as simulated).
         #[arg(long, default_value_t = 0, value_name = "N")]
         simulate_gpus: u32,
+        /// A repository the local sidecar's work may run in (repeatable): a local path (those
+        /// under it too) or a URL prefix; agent tasks need one.
+        #[arg(long = "repo-allow", value_name = "PATH|URL")]
+        repo_allow: Vec<String>,
     },
     /// Write a backup now: through the running hub if there is one, else from the database.
     Backup {
@@ -259,7 +263,9 @@ fn main() -> std::process::ExitCode {
 async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args, None).await,
-        Command::Dev { hub, slots, simulate_gpus } => serve(hub, Some((slots, simulate_gpus))).await,
+        Command::Dev { hub, slots, simulate_gpus, repo_allow } => {
+            serve(hub, Some(Dev { slots, simulate_gpus, repo_allow })).await
+        }
         Command::Backup { data_dir, hub, backup_dir } => backup_now(data_dir, hub, backup_dir).await,
         Command::Restore { data_dir, from } => {
             let database = DataDir::new(&data_dir).database();
@@ -317,11 +323,19 @@ async fn backup_now(data_dir: PathBuf, hub: String, backup_dir: Option<PathBuf>)
     Ok(())
 }
 
+/// The local sidecar of `agentcom-hub dev`.
+struct Dev {
+    slots: u32,
+    simulate_gpus: u32,
+    repo_allow: Vec<String>,
+}
+
 /// Runs the hub; with `dev_slots`, also a sidecar in this process that stops with it.
 /// `dev` is `Some((slots, simulated GPUs))` of the local sidecar.
-async fn serve(args: HubArgs, dev_slots: Option<(u32, u32)>) -> anyhow::Result<()> {
+async fn serve(args: HubArgs, dev_slots: Option<Dev>) -> anyhow::Result<()> {
     let mut config = args.core_config()?;
-    config.cancel_inflight_on_shutdown = dev_slots.is_some();
+    let dev = dev_slots.is_some();
+    config.cancel_inflight_on_shutdown = dev;
     let open_files = agentcom_hub::edge::raise_open_file_limit();
     let serve_options = args.serve_options(open_files)?;
     let backups = args.backup_policy()?;
@@ -344,12 +358,13 @@ async fn serve(args: HubArgs, dev_slots: Option<(u32, u32)>) -> anyhow::Result<(
     // the crash left running before anything can be dispatched again.
     let dev_sidecar = match dev_slots {
         None => None,
-        Some((slots, simulate_gpus)) => {
+        Some(Dev { slots, simulate_gpus, repo_allow }) => {
             let token = std::fs::read_to_string(data_dir.token_file(Role::Join))?.trim().to_owned();
             // The local sidecar keeps its id and its record of running tasks in the data directory.
             let config = agentcom_sidecar::Config::builder(url.clone(), token, std::env::current_dir()?)
                 .slots(slots)
                 .tags(vec!["dev".to_owned()])
+                .shell(|shell| shell.repo_allow = repo_allow)
                 .state_dir(args.data_dir.join("sidecar"))
                 .max_output_bytes(args.max_output_bytes as usize)
                 .reports(agentcom_sidecar::reports::Settings { simulate_gpus, ..Default::default() })
@@ -384,7 +399,7 @@ async fn serve(args: HubArgs, dev_slots: Option<(u32, u32)>) -> anyhow::Result<(
     eprintln!("  AgentCom hub on {url}");
     eprintln!("  admin token: {}", admin_token.display());
     eprintln!("  join token:  {}", join_token.display());
-    if dev_slots.is_some() {
+    if dev {
         // hubctl finds ./.agentcom/admin.token and the default address by itself; say what else it needs.
         let mut env = String::new();
         if url != "http://127.0.0.1:7420" {

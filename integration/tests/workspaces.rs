@@ -190,3 +190,23 @@ async fn a_sidecar_that_pushes_branches_pushes_each_successful_change_to_its_rep
     assert_eq!(workspace["branch"], format!("agentcom/{id}"));
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dev_hubs_sidecar_runs_work_in_a_repository_it_is_allowed() {
+    let root = tempfile::tempdir().unwrap();
+    let (repo, _) = upstream(root.path());
+    let work = root.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let allowed = repo.to_string_lossy().into_owned();
+    let hub = agentcom_integration::HubProcess::dev(&root.path().join("hub"), &work, &["--repo-allow", &allowed]).await;
+    let submitted = hub.api.submit(task(&repo, "echo ok > app.txt", json!({}))).await;
+    let done = hub.api.wait_final(submitted["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(done["outcome"]["workspace"]["diff"].as_str().unwrap().contains("+ok"), "{done}");
+    // A repository it was not given is refused.
+    let (other, _) = upstream(&root.path().join("elsewhere"));
+    let submitted = hub.api.submit(task(&other, "true", json!({}))).await;
+    let done = hub.api.wait_final(submitted["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(done["outcome"]["error"].as_str().unwrap().contains("--repo-allow"), "{done}");
+}
