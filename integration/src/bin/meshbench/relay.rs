@@ -214,6 +214,31 @@ async fn mesh(
     Ok(phase)
 }
 
+/// The hub's cheapest unary gRPC answer (`GetTask` of a task that does not exist), one at a
+/// time: back to back, and after a pause as long as a paced reply's gap (the machine idle, as
+/// it is between one stream's submits).
+async fn grpc_round_trips(url: &str, admin: &str, pause: Duration) -> anyhow::Result<Value> {
+    let token = MetadataValue::try_from(format!("Bearer {admin}"))?;
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true).connect().await?;
+    let mut client = pb::admin_client::AdminClient::new(channel);
+    let missing = ulid::Ulid::new().to_string();
+    let mut figures = serde_json::Map::new();
+    for (name, gap, samples) in [("back_to_back", Duration::ZERO, 2000), ("after_a_pause", pause, 200)] {
+        let mut took = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            if !gap.is_zero() {
+                tokio::time::sleep(gap).await;
+            }
+            let sent = Instant::now();
+            let answer = client.get_task(authorized(pb::GetTaskRequest { id: missing.clone() }, &token)).await;
+            took.push(sent.elapsed());
+            anyhow::ensure!(answer.is_err_and(|s| s.code() == tonic::Code::NotFound), "GetTask of nothing");
+        }
+        figures.insert(name.to_owned(), latency_summary(took));
+    }
+    Ok(Value::Object(figures))
+}
+
 /// Waits until the sidecar's inventory shows the model warm on a healthy endpoint.
 async fn wait_for_model(url: &str, admin: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
@@ -251,6 +276,7 @@ pub(crate) async fn run(options: Options, dir: &Path) -> anyhow::Result<Value> {
     let sidecar_flags = ["--ollama", double.url.as_str(), "--llm-check-interval-ms", "200"];
     let (_processes, url, admin) = crate::shell::start_mesh(dir.path(), slots, false, &sidecar_flags).await?;
     wait_for_model(&url, &admin).await?;
+    let round_trips = grpc_round_trips(&url, &admin, options.pace).await?;
     // Warm both paths up (connections, first allocations) before measuring.
     double.script(script(options.tokens, Duration::ZERO));
     direct(&double.url, (4, 2, options.tokens), Duration::ZERO).await?;
@@ -306,5 +332,5 @@ pub(crate) async fn run(options: Options, dir: &Path) -> anyhow::Result<Value> {
         let latency = Value::Object(latency);
         phases.push(json!({ "streams": streams, "throughput": throughput, "time_to_first_token": latency }));
     }
-    Ok(json!({ "floor": { "fdatasync": fdatasync }, "relay": phases }))
+    Ok(json!({ "floor": { "fdatasync": fdatasync, "grpc_round_trip_to_the_hub": round_trips }, "relay": phases }))
 }
