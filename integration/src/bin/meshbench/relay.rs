@@ -15,7 +15,9 @@
 //!   its first chunk. The difference is what the mesh adds: the durable submit (one commit with
 //!   the dispatch when an agent is free), placement, the assignment, the chat request, and the
 //!   token's way back through sidecar and hub to a watcher that subscribed after the submit's
-//!   answer. The raw fdatasync of the same disk is printed beside it.
+//!   answer. The raw fdatasync of the same disk is printed beside it, and the hub's cheapest
+//!   gRPC answer (`GetTask` of nothing) back to back and after a pause as long as a token's
+//!   gap: what one request costs a process that has been idle, which each hop of the mesh pays.
 
 use std::path::Path;
 use std::sync::Arc;
