@@ -13,6 +13,7 @@ pub mod feed;
 pub mod fleet;
 #[cfg(test)]
 mod fuzz_tests;
+pub mod metrics;
 pub mod prices;
 pub mod probe;
 pub mod queue;

@@ -84,7 +84,9 @@ impl State {
                     if let Some(task) = self.tasks.get_mut(&id)
                         && !task.state.is_terminal()
                     {
-                        task.set_state(TaskState::Cancelled, format!("not stored: {err}"), now);
+                        let reason = format!("not stored: {err}");
+                        task.set_state(TaskState::Cancelled, reason.clone(), now);
+                        self.observe_end(TaskState::Cancelled, &reason);
                     }
                 }
             }
@@ -122,6 +124,8 @@ impl State {
                         self.notify(task_id, now);
                         continue;
                     }
+                    let dispatched_ms = now - self.tasks[&task_id].updated_unix_ms;
+                    self.observe_assignment(dispatched_ms);
                     let task = &self.tasks[&task_id];
                     let mut spec = task.spec.clone();
                     // An `--offline` hub's work is local-only wherever the sidecar chooses.

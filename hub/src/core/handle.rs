@@ -55,6 +55,8 @@ pub struct Config {
     /// LLM work placed by its tier's model that fails its verification goes again one tier up
     /// (`--escalate`).
     pub escalate: bool,
+    /// Where the core and the storage writer record their metrics (`GET /metrics`).
+    pub metrics: crate::metrics::Shared,
 }
 
 impl Default for Config {
@@ -78,6 +80,7 @@ impl Default for Config {
             offline: false,
             prewarm: true,
             escalate: false,
+            metrics: crate::metrics::Shared::default(),
         }
     }
 }
@@ -377,6 +380,10 @@ pub enum Event {
     Stats {
         reply: Reply<QueueStats>,
     },
+    /// What the gauges of `/metrics` say now.
+    Metrics {
+        reply: Reply<crate::metrics::Snapshot>,
+    },
     Explain {
         id: TaskId,
         reply: Reply<Result<Vec<Recorded>, Error>>,
@@ -469,6 +476,7 @@ pub struct Handle {
     pub(super) healthy: Arc<AtomicBool>,
     /// Finished tasks' output lives only on disk; reads of it go here, off the core.
     pub(super) store: Store,
+    pub(super) metrics: crate::metrics::Shared,
 }
 
 impl Handle {
@@ -544,6 +552,13 @@ impl Handle {
 
     pub async fn agents(&self) -> Result<Vec<AgentView>, Error> {
         self.ask(|reply| Event::Agents { reply }).await
+    }
+
+    /// The metrics in the Prometheus text format, the gauges of this moment set first.
+    pub async fn metrics(&self) -> Result<String, Error> {
+        let snapshot = self.ask(|reply| Event::Metrics { reply }).await?;
+        let hosts = self.hosts().await?;
+        Ok(self.metrics.render(&snapshot, &hosts))
     }
 
     pub async fn stats(&self) -> Result<QueueStats, Error> {
@@ -693,6 +708,9 @@ impl State {
             }
             Event::Agents { reply } => {
                 let _ = reply.send(self.agent_views());
+            }
+            Event::Metrics { reply } => {
+                let _ = reply.send(self.metrics_snapshot(now));
             }
             Event::Stats { reply } => {
                 let count = |state| self.tasks.values().filter(|t| t.state == state).count();

@@ -82,6 +82,7 @@ impl State {
                         usage.cost_micros = self.config.prices.cost_micros(usage);
                     }
                     self.learned.observe(sidecar_id, &usage.model, usage.load_ms, usage.output_tokens_per_s);
+                    self.recorded.usage(&self.config.metrics, usage);
                     if let (Some(lease), Some(ttft_ms)) = (&lease, usage.ttft_ms)
                         && let Some(endpoint_id) = &lease.endpoint_id
                     {
@@ -113,6 +114,7 @@ impl State {
                 } else if state == TaskState::Failed && retryable {
                     self.retry_or_dead_letter(task_id, reason, now);
                 } else if !(failed_verification && self.escalate(task_id, model.as_deref(), &reason, now)) {
+                    self.observe_end(state, &reason);
                     let task = self.tasks.get_mut(&task_id).expect("a leased task exists");
                     task.set_state(state, reason, now);
                 }
@@ -227,6 +229,7 @@ impl State {
             self.session_closed(&sidecar_id, session, now);
         }
         for task_id in self.queue.expired(now) {
+            self.observe_lease_expiry();
             self.lease_lost(task_id, "lease expired", now);
         }
         self.flag_stalled(now);

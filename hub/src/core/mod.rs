@@ -25,6 +25,7 @@ mod commit;
 mod fleet_ops;
 mod handle;
 mod leases;
+mod observe;
 mod placing;
 mod sessions;
 mod tasks;
@@ -69,6 +70,8 @@ pub(crate) struct Effects {
 /// Everything the core decides with. See the module documentation.
 pub(crate) struct State {
     config: Config,
+    /// The metric handles the core records into.
+    recorded: observe::Recorded,
     /// What the current event's decisions asked for; the loop takes it after each event.
     fx: Effects,
     /// Changes the storage writer has queued, as of the current event (admission control).
@@ -119,6 +122,7 @@ impl State {
     pub(crate) fn new(config: Config, registry: fleet::Registry, cordons: HashMap<String, Cordon>) -> State {
         let aging_step_ms = config.aging_step.as_millis() as i64;
         State {
+            recorded: observe::Recorded::new(&config.metrics),
             config,
             fx: Effects::default(),
             write_backlog: 0,
@@ -196,7 +200,12 @@ impl Core {
         let load_ms = loading.elapsed().as_millis() as u64;
         let (tx, rx) = mpsc::unbounded_channel();
         let healthy = Arc::new(AtomicBool::new(true));
-        let handle = Handle { events: tx.clone(), healthy: healthy.clone(), store: store.clone() };
+        let metrics = config.metrics.clone();
+        store.stats().commit_metrics.get_or_init(|| crate::store::CommitMetrics {
+            seconds: metrics.histogram("agentcom_storage_commit_seconds", &[]),
+            changes: metrics.histogram("agentcom_storage_commit_changes", &[]),
+        });
+        let handle = Handle { events: tx.clone(), healthy: healthy.clone(), store: store.clone(), metrics };
         let writer = store.start_writer(AfterCommit::durable, move |tickets, result| {
             let _ = tx.send(Event::Committed { tickets, result });
         });

@@ -135,6 +135,15 @@ impl State {
             if let Some(deadline) = self.tasks[&task_id].spec.limits.deadline_unix_ms {
                 self.deadlines.remove(&(deadline, task_id));
             }
+            let task = &self.tasks[&task_id];
+            let source = match explanation.tier_source {
+                sched::TierSource::Given => "given",
+                sched::TierSource::Inferred => "inferred",
+                sched::TierSource::Fallback { .. } => "fallback",
+                sched::TierSource::PassRate { .. } => "pass_rate",
+            };
+            let (kind, waited) = (task.spec.work.capability(), now - task.updated_unix_ms);
+            self.observe_dispatch(kind, waited, explanation.tier.as_str(), source);
             let task = self.tasks.get_mut(&task_id).expect("a ready task exists");
             task.attempt += 1;
             task.lease_generation += 1;
@@ -183,6 +192,7 @@ impl State {
     /// (`placed_at`, else the task's tier now), and stores the new count.
     pub(super) fn tally_verdict(&mut self, task_id: TaskId, model: &str, passed: bool, placed_at: Option<Tier>) {
         if let Some((kind, tier)) = self.count_verdict(task_id, model, passed, placed_at) {
+            self.observe_verdict(model, kind, passed);
             let tally = self.learned.tally(model, kind, tier);
             let op = crate::store::Op::PutVerdicts { model: model.to_owned(), kind, tier, tally };
             self.write(vec![op], AfterCommit::Then(Box::new(|| {})));

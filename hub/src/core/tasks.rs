@@ -138,6 +138,7 @@ impl State {
         }
         let answer = Submitted { task: Task::clone(&task), existing: false };
         let queued = task.state == TaskState::Queued;
+        self.observe_submit(task.spec.priority);
         self.tasks.insert(id, Box::new(task));
         self.pending_submits.insert(id, Vec::new());
         self.persist(id, AfterCommit::Submitted { id, answer: Some(Box::new((reply, answer))) });
@@ -160,6 +161,7 @@ impl State {
         match queue::readiness(states) {
             queue::Readiness::Failed(dep, state) => {
                 let how = state.map(|s| format!("is {}", s.as_str())).unwrap_or_else(|| "was purged".to_owned());
+                self.observe_end(TaskState::Cancelled, "dependency_failed");
                 let task = self.tasks.get_mut(&id).expect("checked above");
                 task.set_state(TaskState::Cancelled, format!("dependency_failed: task {dep} {how}"), now);
                 self.persist(id, AfterCommit::Changed(id));
@@ -195,6 +197,7 @@ impl State {
         }
         let reason = if reason.is_empty() { "cancelled by user".to_owned() } else { reason };
         task.set_state(TaskState::Cancelled, reason.clone(), now);
+        self.observe_end(TaskState::Cancelled, "cancelled");
         self.queue.remove_waiting(id);
         // A leased task keeps its lease until the sidecar reports the killed process (or the
         // lease lapses), so its agent stays busy and the final output is recorded.
@@ -269,6 +272,7 @@ impl State {
             let reason = format!("{why} (attempt {} of {max_attempts})", task.attempt);
             warn!(task_id = %task_id, reason, "dead-lettered");
             task.set_state(TaskState::DeadLettered, reason, now);
+            self.observe_end(TaskState::DeadLettered, &why);
         }
     }
 
@@ -295,6 +299,7 @@ impl State {
             if self.queue.remove_waiting(id) || on_dependencies {
                 let task = self.tasks.get_mut(&id).expect("a waiting task exists");
                 task.set_state(TaskState::DeadLettered, "expired", now);
+                self.observe_end(TaskState::DeadLettered, "expired");
                 info!(task_id = %id, "expired before it started");
                 self.persist(id, AfterCommit::Changed(id));
             }

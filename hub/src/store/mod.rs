@@ -154,6 +154,15 @@ pub struct Stats {
     pub wal_syncs: AtomicU64,
     /// Checkpoints: `Immediate` redb commits that make the log's changes durable in redb.
     pub checkpoints: AtomicU64,
+    /// Where each group commit's time (log write and sync) and size are recorded, once set.
+    pub commit_metrics: std::sync::OnceLock<CommitMetrics>,
+}
+
+/// The storage writer's histograms.
+#[derive(Debug)]
+pub struct CommitMetrics {
+    pub seconds: metrics::Histogram,
+    pub changes: metrics::Histogram,
 }
 
 /// redb's file backend, counting the syncs redb asks for. Everything else is forwarded.

@@ -249,8 +249,13 @@ fn commit_batch(db: &Database, stats: &Stats, wal: &mut Wal, ops: Vec<Op>, synce
         wal.rewind();
     }
     let wal_error = |err: wal::Error| Error::Io { path: PathBuf::from("write-ahead log"), message: err.to_string() };
+    let started = std::time::Instant::now();
     wal.append(&payload).map_err(wal_error)?;
     stats.wal_syncs.fetch_add(1, Ordering::Relaxed);
+    if let Some(metrics) = stats.commit_metrics.get() {
+        metrics.seconds.record(started.elapsed().as_secs_f64());
+        metrics.changes.record(prepared.len() as f64);
+    }
     synced();
     apply_prepared(db, &prepared, Durability::None)?;
     stats.commits.fetch_add(1, Ordering::Relaxed);

@@ -73,6 +73,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/endpoints", get(list_endpoints).post(add_endpoint))
         .route("/api/v1/endpoints/{id}", axum::routing::delete(remove_endpoint))
         .route("/api/v1/queue", get(queue_stats))
+        .route("/metrics", get(metrics))
         .route("/api/v1/models/stats", get(model_stats))
         .route("/api/v1/dlq", get(list_dead_letters).delete(purge_dead_letters))
         .route("/api/v1/dlq/{id}", get(get_dead_letter))
@@ -222,6 +223,12 @@ async fn take_backup(State(state): State<HttpState>) -> Result<Json<serde_json::
 /// `GET /api/v1/queue`: counts of the queue now (ready, delayed, leased, refused stale messages, ...).
 async fn queue_stats(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(json!({ "queue": QueueDto::from(&state.hub.stats().await?) })))
+}
+
+/// `GET /metrics`: the Prometheus text format (version 0.0.4), an admin token required.
+async fn metrics(State(state): State<HttpState>) -> Result<Response, ApiError> {
+    let text = state.hub.metrics().await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }
 
 /// `GET /api/v1/models/stats`: verdicts of verified results by model, kind of work and tier.
