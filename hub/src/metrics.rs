@@ -1,9 +1,7 @@
 //! The hub's Prometheus metrics (`GET /metrics`, the classic text format).
 //!
-//! One [`Metrics`] per hub: a `metrics-exporter-prometheus` recorder that is not installed as
-//! the process's global one (a test process runs many hubs), with explicit histogram buckets and
-//! a help text for every metric. Names follow `../shared/REFERENCE.md`: the `agentcom_` prefix,
-//! base units in the name, `_total` on counters, low-cardinality labels only (never a task id).
+//! One [`Metrics`] per hub, over an [`agentcom_metrics::Registry`] (a recorder of its own, every
+//! metric described, explicit buckets). Labels are low-cardinality only (never a task id).
 //!
 //! Counters and histograms are recorded where things happen (the core, the storage writer)
 //! through handles registered once ([`Metrics::counter`] and friends; an increment is an atomic
@@ -12,148 +10,104 @@
 //! set for [`GAUGE_IDLE`] (a host that went away) is dropped.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
-use metrics_util::MetricKindMask;
+use agentcom_metrics::{
+    Counter, Described, Gauge, Histogram, LONG_SECONDS, Registry, SECONDS, TOKENS_PER_S, counter, gauge, histogram,
+};
 
 use crate::fleet::HostView;
 
-/// A gauge not set for this long is left out (its host or label value is gone).
-pub const GAUGE_IDLE: Duration = Duration::from_secs(60);
+pub use agentcom_metrics::{CONTENT_TYPE, GAUGE_IDLE};
 
-/// Buckets for latencies in seconds: 100 us to 30 s.
-const SECONDS: &[f64] =
-    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-/// Buckets for waits in a queue, in seconds: 1 ms to an hour.
-const WAIT_SECONDS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
 /// Buckets for changes per storage commit.
 const BATCH: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
-/// Buckets for output tokens per second.
-const TOKENS_PER_S: &[f64] = &[1.0, 5.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 150.0, 200.0, 400.0, 1000.0];
 
-/// Every metric the hub serves: (name, kind, unit, help).
-const DESCRIBED: &[(&str, Kind, Option<Unit>, &str)] = &[
-    ("agentcom_build_info", Kind::Gauge, None, "The hub's version, as a label; always 1."),
-    ("agentcom_tasks", Kind::Gauge, None, "Tasks not yet final, by lane and state."),
-    ("agentcom_dead_letters", Kind::Gauge, None, "Tasks in the dead-letter queue."),
-    (
-        "agentcom_oldest_ready_task_age_seconds",
-        Kind::Gauge,
-        Some(Unit::Seconds),
-        "How long the oldest ready task has been waiting for an agent.",
-    ),
-    ("agentcom_tasks_submitted_total", Kind::Counter, None, "Tasks submitted (durably), by lane."),
-    ("agentcom_tasks_dispatched_total", Kind::Counter, None, "Attempts dispatched to an agent, by kind of work."),
-    (
+/// Every metric the hub serves.
+static DESCRIBED: &[Described] = &[
+    gauge("agentcom_build_info", "The hub's version, as a label; always 1."),
+    gauge("agentcom_tasks", "Tasks not yet final, by lane and state."),
+    gauge("agentcom_dead_letters", "Tasks in the dead-letter queue."),
+    gauge("agentcom_oldest_ready_task_age_seconds", "How long the oldest ready task has been waiting for an agent."),
+    counter("agentcom_tasks_submitted_total", "Tasks submitted (durably), by lane."),
+    counter("agentcom_tasks_dispatched_total", "Attempts dispatched to an agent, by kind of work."),
+    counter(
         "agentcom_tasks_finished_total",
-        Kind::Counter,
-        None,
         "Tasks that reached a final state, by state and a reason class (exit_code, signal, timeout, \
          verification_failed, budget_exceeded, cancelled, expired, lease, dependency, error, other, none).",
     ),
-    (
+    histogram(
         "agentcom_queue_wait_seconds",
-        Kind::Histogram,
-        Some(Unit::Seconds),
+        LONG_SECONDS,
         "From a task becoming ready (submit, retry, requeue) to its dispatch.",
     ),
-    (
+    histogram(
         "agentcom_dispatch_latency_seconds",
-        Kind::Histogram,
-        Some(Unit::Seconds),
+        SECONDS,
         "From the dispatch decision to the assignment leaving for the sidecar (the durable commit between).",
     ),
-    ("agentcom_lease_expiries_total", Kind::Counter, None, "Leases that expired (their sidecar went silent)."),
-    (
+    counter("agentcom_lease_expiries_total", "Leases that expired (their sidecar went silent)."),
+    counter(
         "agentcom_stale_messages_refused_total",
-        Kind::Counter,
-        None,
         "Sidecar messages refused because the sender did not hold the task's current lease.",
     ),
-    (
+    histogram(
         "agentcom_storage_commit_seconds",
-        Kind::Histogram,
-        Some(Unit::Seconds),
+        SECONDS,
         "One group commit of the storage writer: the log write and its fdatasync.",
     ),
-    ("agentcom_storage_commit_changes", Kind::Histogram, None, "Changes in one group commit."),
-    ("agentcom_agents", Kind::Gauge, None, "Agents (execution slots), by state."),
-    ("agentcom_sidecars", Kind::Gauge, None, "Sidecars known to the hub, by state (online, offline, cordoned)."),
-    ("agentcom_host_cpu_ratio", Kind::Gauge, None, "A host's CPU use, 0 to 1."),
-    ("agentcom_host_memory_used_bytes", Kind::Gauge, Some(Unit::Bytes), "A host's memory in use."),
-    ("agentcom_host_memory_total_bytes", Kind::Gauge, Some(Unit::Bytes), "A host's memory."),
-    ("agentcom_host_disk_used_bytes", Kind::Gauge, Some(Unit::Bytes), "Space used on a host's file system."),
-    ("agentcom_host_disk_total_bytes", Kind::Gauge, Some(Unit::Bytes), "Size of a host's file system."),
-    ("agentcom_gpu_utilization_ratio", Kind::Gauge, None, "A GPU's busy share of the last sample period, 0 to 1."),
-    ("agentcom_gpu_memory_used_bytes", Kind::Gauge, Some(Unit::Bytes), "A GPU's memory in use."),
-    ("agentcom_gpu_memory_total_bytes", Kind::Gauge, Some(Unit::Bytes), "A GPU's memory."),
-    ("agentcom_gpu_temperature_celsius", Kind::Gauge, None, "A GPU's temperature."),
-    ("agentcom_gpu_power_watts", Kind::Gauge, None, "A GPU's power draw."),
-    ("agentcom_llm_requests_total", Kind::Counter, None, "LLM attempts that finished, by provider and model."),
-    ("agentcom_llm_input_tokens_total", Kind::Counter, None, "Input tokens read, by provider and model."),
-    ("agentcom_llm_output_tokens_total", Kind::Counter, None, "Output tokens written, by provider and model."),
-    (
+    histogram("agentcom_storage_commit_changes", BATCH, "Changes in one group commit."),
+    gauge("agentcom_agents", "Agents (execution slots), by state."),
+    gauge("agentcom_sidecars", "Sidecars known to the hub, by state (online, offline, cordoned)."),
+    gauge("agentcom_host_cpu_ratio", "A host's CPU use, 0 to 1."),
+    gauge("agentcom_host_memory_used_bytes", "A host's memory in use."),
+    gauge("agentcom_host_memory_total_bytes", "A host's memory."),
+    gauge("agentcom_host_disk_used_bytes", "Space used on a host's file system."),
+    gauge("agentcom_host_disk_total_bytes", "Size of a host's file system."),
+    gauge("agentcom_gpu_utilization_ratio", "A GPU's busy share of the last sample period, 0 to 1."),
+    gauge("agentcom_gpu_memory_used_bytes", "A GPU's memory in use."),
+    gauge("agentcom_gpu_memory_total_bytes", "A GPU's memory."),
+    gauge("agentcom_gpu_temperature_celsius", "A GPU's temperature."),
+    gauge("agentcom_gpu_power_watts", "A GPU's power draw."),
+    counter("agentcom_llm_requests_total", "LLM attempts that finished, by provider and model."),
+    counter("agentcom_llm_input_tokens_total", "Input tokens read, by provider and model."),
+    counter("agentcom_llm_output_tokens_total", "Output tokens written, by provider and model."),
+    counter(
         "agentcom_llm_cost_microdollars_total",
-        Kind::Counter,
-        None,
         "What LLM work cost, in millionths of a US dollar, by provider and model.",
     ),
-    (
+    histogram(
         "agentcom_llm_time_to_first_token_seconds",
-        Kind::Histogram,
-        Some(Unit::Seconds),
+        SECONDS,
         "From the request to the first token, measured at the sidecar, by provider and model.",
     ),
-    (
+    histogram(
         "agentcom_llm_output_tokens_per_second",
-        Kind::Histogram,
-        None,
+        TOKENS_PER_S,
         "Generation speed of a reply, by provider and model.",
     ),
-    (
+    counter(
         "agentcom_placements_total",
-        Kind::Counter,
-        None,
         "Placement decisions that dispatched a task, by tier and where the tier came from \
          (given, inferred, fallback, pass_rate).",
     ),
-    ("agentcom_tier_fallbacks_total", Kind::Counter, None, "Tasks moved to another tier after waiting for their own."),
-    ("agentcom_escalations_total", Kind::Counter, None, "Tasks escalated a tier after failing their verification."),
-    ("agentcom_prewarms_total", Kind::Counter, None, "Models loaded ahead of the tasks waiting for them."),
-    (
+    counter("agentcom_tier_fallbacks_total", "Tasks moved to another tier after waiting for their own."),
+    counter("agentcom_escalations_total", "Tasks escalated a tier after failing their verification."),
+    counter("agentcom_prewarms_total", "Models loaded ahead of the tasks waiting for them."),
+    counter(
         "agentcom_verdicts_total",
-        Kind::Counter,
-        None,
         "Verified results, by the model that produced them, the kind of work and the verdict.",
     ),
 ];
 
 /// The names of every metric the hub serves (each with a help text).
 pub fn names() -> impl Iterator<Item = &'static str> {
-    DESCRIBED.iter().map(|(name, ..)| *name)
+    DESCRIBED.iter().map(|d| d.name)
 }
-
-#[derive(Clone, Copy, PartialEq)]
-enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-}
-
-static METADATA: Metadata<'static> = Metadata::new("agentcom", metrics::Level::INFO, Some(module_path!()));
 
 /// One hub's metrics.
+#[derive(Debug)]
 pub struct Metrics {
-    recorder: PrometheusRecorder,
-    handle: PrometheusHandle,
-}
-
-impl std::fmt::Debug for Metrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Metrics")
-    }
+    registry: Registry,
 }
 
 impl Default for Metrics {
@@ -162,53 +116,24 @@ impl Default for Metrics {
     }
 }
 
-fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
-    let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.to_string())).collect();
-    Key::from_parts(name, labels)
-}
-
 impl Metrics {
     pub fn new() -> Metrics {
-        let buckets: &[(&str, &[f64])] = &[
-            ("agentcom_queue_wait_seconds", WAIT_SECONDS),
-            ("agentcom_dispatch_latency_seconds", SECONDS),
-            ("agentcom_storage_commit_seconds", SECONDS),
-            ("agentcom_storage_commit_changes", BATCH),
-            ("agentcom_llm_time_to_first_token_seconds", SECONDS),
-            ("agentcom_llm_output_tokens_per_second", TOKENS_PER_S),
-        ];
-        let mut builder = PrometheusBuilder::new().idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE));
-        for (name, values) in buckets {
-            builder = builder
-                .set_buckets_for_metric(Matcher::Full((*name).to_owned()), values)
-                .expect("the bucket lists are not empty");
-        }
-        let recorder = builder.build_recorder();
-        for (name, kind, unit, help) in DESCRIBED {
-            let (name, help) = (KeyName::from_const_str(name), SharedString::const_str(help));
-            match kind {
-                Kind::Counter => recorder.describe_counter(name, *unit, help),
-                Kind::Gauge => recorder.describe_gauge(name, *unit, help),
-                Kind::Histogram => recorder.describe_histogram(name, *unit, help),
-            }
-        }
-        let handle = recorder.handle();
-        let metrics = Metrics { recorder, handle };
+        let metrics = Metrics { registry: Registry::new(DESCRIBED) };
         metrics.gauge("agentcom_build_info", &[("version", env!("CARGO_PKG_VERSION"))]).set(1.0);
         metrics
     }
 
     /// The counter `name` with `labels` (registered on first use; keep the handle on hot paths).
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
-        self.recorder.register_counter(&key(name, labels), &METADATA)
+        self.registry.counter(name, labels)
     }
 
     pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
-        self.recorder.register_gauge(&key(name, labels), &METADATA)
+        self.registry.gauge(name, labels)
     }
 
     pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
-        self.recorder.register_histogram(&key(name, labels), &METADATA)
+        self.registry.histogram(name, labels)
     }
 
     /// Sets the gauges of the moment, then renders everything in the Prometheus text format.
@@ -245,8 +170,7 @@ impl Metrics {
         for (state, n) in [("online", online), ("offline", offline), ("cordoned", cordoned)] {
             self.gauge("agentcom_sidecars", &[("state", state)]).set(f64::from(n));
         }
-        self.handle.run_upkeep();
-        self.handle.render()
+        self.registry.render()
     }
 
     /// A host's latest resource report as gauges.
@@ -340,9 +264,9 @@ mod tests {
             "a histogram, not a summary: {text}"
         );
         assert!(text.contains("agentcom_build_info{version="), "{text}");
-        for (name, kind, _, _) in DESCRIBED {
-            assert!(name.starts_with("agentcom_"), "{name}");
-            assert_eq!(*kind == Kind::Counter, name.ends_with("_total"), "{name}");
+        for d in DESCRIBED {
+            assert!(d.name.starts_with("agentcom_"), "{}", d.name);
+            assert_eq!(d.kind == agentcom_metrics::Kind::Counter, d.name.ends_with("_total"), "{}", d.name);
         }
     }
 

@@ -211,3 +211,46 @@ async fn every_metric_the_alerts_and_the_dashboard_use_is_one_the_hub_serves() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecars_own_metrics_pass_promtool_and_count_its_work() {
+    use agentcom_integration::ollama::{FakeModel, OllamaDouble};
+    let double = OllamaDouble::start(vec![FakeModel::new("llama3.2:3b", 1, "llama", "3.2B")]).await;
+    double.load("llama3.2:3b", 1);
+    let mut mesh = TestMesh::new().sidecars(0).start().await;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let reports = agentcom_sidecar::reports::Settings {
+        ollama: vec![double.url.clone()],
+        llm_check_every: Duration::from_millis(200),
+        resources_every: Duration::from_millis(200),
+        discover_ollama: false,
+        ..Default::default()
+    };
+    mesh.add_sidecar_configured(1, |config| config.reports(reports).metrics_listen(Some(addr)));
+    assert_eventually!(mesh.api.agents().await.len() == 1, PATIENCE, "the sidecar joined");
+    for body in [
+        json!({ "shell": { "argv": ["true"] } }),
+        json!({ "shell": { "argv": ["false"] } }),
+        json!({ "llm": { "prompt": "hi", "model": "llama3.2:3b" } }),
+    ] {
+        let task = mesh.api.submit(body).await;
+        mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+    }
+    let scrape = || async { reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap() };
+    assert_eventually!(scrape().await.contains("agentcom_sidecar_memory_total_bytes "), PATIENCE, "a resource reading");
+    let text = scrape().await;
+    assert_eq!(promtool_check(&text), "", "promtool check metrics:\n{text}");
+    let at = |series: &str| sample(&text, series).unwrap_or_else(|| panic!("{series} in\n{text}"));
+    assert_eq!(at("agentcom_sidecar_connected"), 1.0);
+    assert_eq!(at("agentcom_sidecar_sessions_total"), 1.0);
+    assert_eq!(at("agentcom_sidecar_tasks_running"), 0.0);
+    assert_eq!(at("agentcom_sidecar_tasks_finished_total{kind=\"shell\",result=\"succeeded\"}"), 1.0);
+    assert_eq!(at("agentcom_sidecar_tasks_finished_total{kind=\"shell\",result=\"failed\"}"), 1.0);
+    assert_eq!(at("agentcom_sidecar_llm_requests_total{provider=\"ollama\",model=\"llama3.2:3b\"}"), 1.0);
+    assert!(at("agentcom_sidecar_memory_total_bytes") > 0.0);
+    let served: std::collections::BTreeSet<&str> = agentcom_sidecar::metrics::names().collect();
+    for name in text.lines().filter_map(|l| l.strip_prefix("# HELP ")?.split(' ').next()) {
+        assert!(served.contains(name), "{name} is served but not described");
+    }
+    mesh.stop().await;
+}

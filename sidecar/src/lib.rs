@@ -8,6 +8,7 @@
 
 pub mod contain;
 mod link;
+pub mod metrics;
 pub mod reports;
 pub mod resources;
 pub mod runners;
@@ -46,6 +47,8 @@ pub struct Config {
     pub default_max_output_bytes: usize,
     /// Resource reports and the LLM inventory.
     pub reports: reports::Settings,
+    /// Serve `/metrics` here (`--metrics-listen`); `None`: no metrics server.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,7 @@ impl Config {
             state_dir: None,
             default_max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             reports: reports::Settings::default(),
+            metrics_listen: None,
         }
     }
 
@@ -102,6 +106,7 @@ pub struct ConfigBuilder {
     state_dir: Option<PathBuf>,
     default_max_output_bytes: usize,
     reports: reports::Settings,
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl ConfigBuilder {
@@ -163,6 +168,12 @@ impl ConfigBuilder {
         self
     }
 
+    /// Serves the sidecar's `/metrics` at `addr` [default: nowhere].
+    pub fn metrics_listen(mut self, addr: Option<std::net::SocketAddr>) -> ConfigBuilder {
+        self.metrics_listen = addr;
+        self
+    }
+
     /// The configuration, with the id read from (or first written to) the state directory when
     /// none was given; checked.
     pub fn build(self) -> Result<Config, Error> {
@@ -186,6 +197,7 @@ impl ConfigBuilder {
             state_dir: self.state_dir,
             default_max_output_bytes: self.default_max_output_bytes,
             reports: self.reports,
+            metrics_listen: self.metrics_listen,
         };
         config.validate()?;
         Ok(config)
@@ -270,6 +282,11 @@ pub async fn run_prepared(config: Config, prepared: Prepared, shutdown: impl Fut
     let stop_reports = tokio_util::sync::CancellationToken::new();
     let latest = reports::start(&config.sidecar_id, config.reports.clone(), stop_reports.clone());
     let runners = prepared.runners(&config, &latest).await;
+    let metrics = metrics::Metrics::new(&config.sidecar_id);
+    if let Some(addr) = config.metrics_listen {
+        let listener = metrics::bind(addr).await.map_err(Error::Config)?;
+        tokio::spawn(metrics::serve(listener, metrics.clone(), latest.resources.clone(), stop_reports.clone()));
+    }
     // Failed attempts' workspaces are kept a while for a look, then swept: now and hourly.
     let workspaces = prepared.workspaces.clone();
     let sweeping = stop_reports.clone();
@@ -288,7 +305,7 @@ pub async fn run_prepared(config: Config, prepared: Prepared, shutdown: impl Fut
             .ok();
         }
     });
-    let result = link::Link::new(config, runners, summary, latest).run(shutdown).await;
+    let result = link::Link::new(config, runners, summary, latest, metrics).run(shutdown).await;
     stop_reports.cancel();
     // A clean stop: running work was cancelled and reported, so the watchdog has nothing to do.
     containment.release_watchdog();

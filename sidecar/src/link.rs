@@ -139,6 +139,7 @@ struct RunningJob {
 
 pub(crate) struct Link {
     config: Config,
+    metrics: Arc<crate::metrics::Metrics>,
     runners: Runners,
     /// How the sidecar contains task processes, in its own words (sent in every hello).
     containment: String,
@@ -165,9 +166,16 @@ enum SessionEnd {
 }
 
 impl Link {
-    pub(crate) fn new(config: Config, runners: Runners, containment: String, latest: Latest) -> Link {
+    pub(crate) fn new(
+        config: Config,
+        runners: Runners,
+        containment: String,
+        latest: Latest,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Link {
         let (events_tx, events_rx) = mpsc::channel(4096);
         Link {
+            metrics,
             config,
             runners,
             containment,
@@ -197,6 +205,7 @@ impl Link {
                 end = session => end,
                 _ = &mut shutdown => SessionEnd::Stop,
             };
+            self.metrics.connected(false);
             match end {
                 SessionEnd::Stop => break,
                 SessionEnd::Closed => {
@@ -334,6 +343,7 @@ impl Link {
             Err(status) => return SessionEnd::Lost(format!("{}: {}", code_name(status.code()), status.message())),
         };
         self.joined = true;
+        self.metrics.connected(true);
         self.offline_since = None;
         self.lease_ttl = Some(Duration::from_millis(welcome.lease_ttl_ms.max(1)));
         let interval = Duration::from_millis(welcome.heartbeat_interval_ms.max(50));
@@ -545,12 +555,18 @@ impl Link {
         let events = self.events_tx.clone();
         info!(task_id, lease_generation, attempt = assign.attempt, agent_id = assign.agent_id, "running task");
         let sink = Arc::new(JobSink { task_id: task_id.clone(), lease_generation, events: events.clone() });
-        let running = match assignment(assign, self.config.default_max_output_bytes) {
-            Ok(assignment) => self.runners.run(assignment, sink, cancel),
-            Err(error) => Box::pin(async move { runners::failed_to_start(error) }),
+        let (running, kind) = match assignment(assign, self.config.default_max_output_bytes) {
+            Ok(assignment) => {
+                let kind = assignment.spec.work.capability();
+                (self.runners.run(assignment, sink, cancel), kind)
+            }
+            Err(error) => (Box::pin(async move { runners::failed_to_start(error) }) as runners::Running, "unknown"),
         };
+        let metrics = self.metrics.clone();
+        metrics.started(kind);
         tokio::spawn(async move {
             let outcome = running.await;
+            metrics.finished(kind, &outcome);
             let _ = events.send(JobEvent::Finished { task_id, lease_generation, outcome: Box::new(outcome) }).await;
         });
     }

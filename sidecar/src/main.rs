@@ -59,6 +59,10 @@ struct RunArgs {
     /// with this machine's git credentials. A failed push is reported; the result stands.
     #[arg(long)]
     push_branches: bool,
+    /// Serve this sidecar's Prometheus metrics at http://ADDR/metrics (its link, its tasks, its
+    /// LLM requests); off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// How long the workspace of a failed attempt is kept for a look (e.g. 24h, 30m).
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     keep_failed_workspaces: std::time::Duration,
@@ -243,6 +247,7 @@ async fn run() -> anyhow::Result<()> {
         .containment(args.containment)
         .state_dir(state_dir)
         .max_output_bytes(args.max_output_bytes)
+        .metrics_listen(args.metrics_listen)
         .reports(reports);
     if let Some(id) = args.id {
         config = config.sidecar_id(id);

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use metrics::{Counter, Histogram};
+use agentcom_metrics::{Counter, Histogram};
 
 use super::State;
 use crate::domain::{Lane, TaskState, Usage};

@@ -161,8 +161,8 @@ pub struct Stats {
 /// The storage writer's histograms.
 #[derive(Debug)]
 pub struct CommitMetrics {
-    pub seconds: metrics::Histogram,
-    pub changes: metrics::Histogram,
+    pub seconds: agentcom_metrics::Histogram,
+    pub changes: agentcom_metrics::Histogram,
 }
 
 /// redb's file backend, counting the syncs redb asks for. Everything else is forwarded.

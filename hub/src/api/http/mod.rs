@@ -228,7 +228,7 @@ async fn queue_stats(State(state): State<HttpState>) -> Result<Json<serde_json::
 /// `GET /metrics`: the Prometheus text format (version 0.0.4), an admin token required.
 async fn metrics(State(state): State<HttpState>) -> Result<Response, ApiError> {
     let text = state.hub.metrics().await?;
-    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+    Ok(([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 /// `GET /api/v1/models/stats`: verdicts of verified results by model, kind of work and tier.
