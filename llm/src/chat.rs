@@ -177,6 +177,13 @@ pub enum Error {
 }
 
 impl Error {
+    /// The provider's error answer (`status`, its body, its `retry-after`).
+    pub(crate) fn from_body(provider: Provider, status: u16, retry_after: Option<Duration>, body: &[u8]) -> Error {
+        let (kind, message) = error_body(body);
+        let message = if message.is_empty() { format!("HTTP {status}") } else { message };
+        Error::Provider { provider: provider.as_str(), status: Some(status), kind, message, retry_after }
+    }
+
     /// Worth retrying after a pause: Anthropic's 429, 500 and 529 (`overloaded_error`), and
     /// 503 from a full Ollama queue.
     pub fn is_transient(&self) -> bool {
@@ -658,15 +665,7 @@ pub async fn stream(
     if !status.is_success() {
         let retry_after = retry_after(response.headers());
         let body = response.bytes().await.unwrap_or_default();
-        let (kind, message) = error_body(&body);
-        let message = if message.is_empty() { format!("HTTP {}", status.as_u16()) } else { message };
-        return Err(Error::Provider {
-            provider: provider.as_str(),
-            status: Some(status.as_u16()),
-            kind,
-            message,
-            retry_after,
-        });
+        return Err(Error::from_body(provider, status.as_u16(), retry_after, &body));
     }
     let mut parser = Parser::new(provider);
     let mut ttft = None;
@@ -732,7 +731,7 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
 }
 
 /// `(error type, message)` from an error body of any of the three providers.
-pub(crate) fn error_body(body: &[u8]) -> (String, String) {
+fn error_body(body: &[u8]) -> (String, String) {
     let Ok(value) = serde_json::from_slice::<Value>(body) else {
         return (String::new(), String::from_utf8_lossy(body).chars().take(300).collect());
     };

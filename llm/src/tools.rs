@@ -229,6 +229,23 @@ fn count(value: &Value) -> u64 {
     value.as_u64().unwrap_or(0)
 }
 
+/// `tool_calls` as Ollama and OpenAI-compatible servers send them (`{id?, function: {name,
+/// arguments}}`); a call without an id is numbered.
+fn function_calls(calls: &Value) -> Result<Vec<Call>, String> {
+    calls
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(n, call)| {
+            let function = &call["function"];
+            let name = function["name"].as_str().ok_or("a tool call without a name")?;
+            let id = call["id"].as_str().map_or_else(|| format!("call_{n}"), str::to_owned);
+            Ok(Call { id, name: name.to_owned(), arguments: arguments(&function["arguments"]) })
+        })
+        .collect()
+}
+
 /// A whole reply of `provider`, read strictly enough to trust what it calls: a call needs a
 /// name, everything else defaults.
 pub fn parse_reply(provider: Provider, reply: &Value) -> Result<Reply, String> {
@@ -236,18 +253,7 @@ pub fn parse_reply(provider: Provider, reply: &Value) -> Result<Reply, String> {
     match provider {
         Provider::Ollama => {
             let message = &reply["message"];
-            let calls = message["tool_calls"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .enumerate()
-                .map(|(n, call)| {
-                    let function = &call["function"];
-                    let name = function["name"].as_str().ok_or("a tool call without a name")?;
-                    let id = call["id"].as_str().map_or_else(|| format!("call_{n}"), str::to_owned);
-                    Ok(Call { id, name: name.to_owned(), arguments: arguments(&function["arguments"]) })
-                })
-                .collect::<Result<_, String>>()?;
+            let calls = function_calls(&message["tool_calls"])?;
             Ok(Reply {
                 text: message["content"].as_str().unwrap_or_default().to_owned(),
                 calls,
@@ -261,18 +267,7 @@ pub fn parse_reply(provider: Provider, reply: &Value) -> Result<Reply, String> {
         Provider::OpenAi => {
             let choice = reply["choices"].get(0).ok_or("a reply with no choices")?;
             let message = &choice["message"];
-            let calls = message["tool_calls"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .enumerate()
-                .map(|(n, call)| {
-                    let function = &call["function"];
-                    let name = function["name"].as_str().ok_or("a tool call without a name")?;
-                    let id = call["id"].as_str().map_or_else(|| format!("call_{n}"), str::to_owned);
-                    Ok(Call { id, name: name.to_owned(), arguments: arguments(&function["arguments"]) })
-                })
-                .collect::<Result<_, String>>()?;
+            let calls = function_calls(&message["tool_calls"])?;
             let usage = &reply["usage"];
             let cached = count(&usage["prompt_tokens_details"]["cached_tokens"]);
             Ok(Reply {
@@ -341,15 +336,7 @@ pub async fn turn(
     // Ollama can answer 200 with `{"error": ...}`.
     let error_inside = value.as_ref().is_ok_and(|v| v.get("error").is_some_and(|e| !e.is_null()));
     if !status.is_success() || error_inside {
-        let (kind, message) = crate::chat::error_body(&bytes);
-        let message = if message.is_empty() { format!("HTTP {}", status.as_u16()) } else { message };
-        return Err(Error::Provider {
-            provider: provider.as_str(),
-            status: Some(status.as_u16()),
-            kind,
-            message,
-            retry_after,
-        });
+        return Err(Error::from_body(provider, status.as_u16(), retry_after, &bytes));
     }
     let value = value.map_err(|err| Error::Protocol(format!("{}: the reply is not JSON: {err}", provider.as_str())))?;
     parse_reply(provider, &value).map_err(|why| Error::Protocol(format!("{}: {why}", provider.as_str())))
