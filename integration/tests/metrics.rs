@@ -85,6 +85,9 @@ async fn the_hubs_metrics_pass_promtool_and_say_what_happened() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(queued, 3.0, "{text}");
+    // A lane and state with nothing in it says 0, not its last value.
+    assert_eq!(at("agentcom_tasks{lane=\"normal\",state=\"running\"}"), 0.0);
+    assert_eq!(at("agentcom_agents{state=\"working\"}"), 0.0);
     assert!(
         text.lines().any(|l| l.starts_with("agentcom_gpu_utilization_ratio{") && l.contains("gpu=\"1\"")),
         "{text}"

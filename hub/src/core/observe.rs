@@ -148,9 +148,16 @@ impl State {
             .increment(1);
     }
 
-    /// The gauges of this moment: one pass over the tasks and the agents.
+    /// The gauges of this moment: one pass over the tasks and the agents. Every lane and state
+    /// not final, and every agent state, is there, 0 when empty (a gauge not set would keep its
+    /// last value until it is dropped).
     pub(super) fn metrics_snapshot(&self, now: crate::domain::UnixMs) -> Snapshot {
         let mut by: BTreeMap<(&'static str, &'static str), usize> = BTreeMap::new();
+        for lane in Lane::ALL {
+            for state in TaskState::ALL.into_iter().filter(|s| !s.is_terminal()) {
+                by.insert((lane.as_str(), state.as_str()), 0);
+            }
+        }
         let (mut dead_letters, mut oldest_ready) = (0, None::<i64>);
         for task in self.tasks.values() {
             if task.state == TaskState::DeadLettered {
@@ -164,7 +171,8 @@ impl State {
                 oldest_ready = Some(oldest_ready.map_or(task.updated_unix_ms, |o| o.min(task.updated_unix_ms)));
             }
         }
-        let mut agents: BTreeMap<&'static str, usize> = BTreeMap::new();
+        let mut agents: BTreeMap<&'static str, usize> =
+            crate::agent::AgentState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
         for agent in self.agents.values() {
             *agents.entry(agent.state.as_str()).or_default() += 1;
         }
