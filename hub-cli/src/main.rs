@@ -20,6 +20,10 @@ use tokio::net::TcpListener;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text or JSON (auto: JSON when standard output is not a terminal). Every line
+    /// is redacted; RUST_LOG filters.
+    #[arg(long, global = true, value_enum, default_value = "auto", env = "AGENTCOM_LOG_FORMAT")]
+    log_format: agentcom_sidecar::logging::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -257,7 +261,7 @@ impl HubArgs {
 fn main() -> std::process::ExitCode {
     // `dev` runs a sidecar in this process: its environment is kept out of the tasks' reach.
     let allow: Vec<String> = agentcom_sidecar::DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect();
-    agentcom_sidecar::binary_main(&allow, run)
+    agentcom_sidecar::binary_main(&allow, agentcom_sidecar::logging::LogFormat::from_args(), run)
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -395,26 +399,17 @@ async fn serve(args: HubArgs, dev_slots: Option<Dev>) -> anyhow::Result<()> {
 
     let admin_token = data_dir.token_file(Role::Admin);
     let join_token = data_dir.token_file(Role::Join);
-    eprintln!();
-    eprintln!("  AgentCom hub on {url}");
-    eprintln!("  admin token: {}", admin_token.display());
-    eprintln!("  join token:  {}", join_token.display());
-    if dev {
-        // hubctl finds ./.agentcom/admin.token and the default address by itself; say what else it needs.
-        let mut env = String::new();
-        if url != "http://127.0.0.1:7420" {
-            env.push_str(&format!("AGENTCOM_HUB={url} "));
-        }
-        if args.data_dir != std::path::Path::new(".agentcom") {
-            env.push_str(&format!("AGENTCOM_TOKEN=$(cat {}) ", admin_token.display()));
-        }
-        eprintln!("  try:  {env}cargo run --release --bin hubctl -- submit --wait -- echo hello");
-        eprintln!("  more sidecars:  agentcom-sidecar run --hub {url} --token-file {}", join_token.display());
+    if agentcom_sidecar::logging::is_json() {
+        // Machines read the log: the banner is one event of it.
+        let (admin, join) = (admin_token.display().to_string(), join_token.display().to_string());
+        tracing::info!(url, admin_token = admin, join_token = join, "serving");
+    } else {
+        banner(&url, &admin_token, &join_token, dev, &args.data_dir);
     }
-    eprintln!();
 
     agentcom_sidecar::shutdown_signal().await;
-    eprintln!("shutting down (Ctrl-C again to force)");
+    tracing::info!("shutting down (Ctrl-C again to force)");
+
     tokio::spawn(async {
         agentcom_sidecar::shutdown_signal().await;
         std::process::exit(130);
@@ -426,4 +421,31 @@ async fn serve(args: HubArgs, dev_slots: Option<Dev>) -> anyhow::Result<()> {
         join.await.context("sidecar task")??;
     }
     Ok(())
+}
+
+/// What `serve` and `dev` say on a terminal once they listen.
+fn banner(
+    url: &str,
+    admin_token: &std::path::Path,
+    join_token: &std::path::Path,
+    dev: bool,
+    data_dir: &std::path::Path,
+) {
+    eprintln!();
+    eprintln!("  AgentCom hub on {url}");
+    eprintln!("  admin token: {}", admin_token.display());
+    eprintln!("  join token:  {}", join_token.display());
+    if dev {
+        // hubctl finds ./.agentcom/admin.token and the default address by itself; say what else it needs.
+        let mut env = String::new();
+        if url != "http://127.0.0.1:7420" {
+            env.push_str(&format!("AGENTCOM_HUB={url} "));
+        }
+        if data_dir != std::path::Path::new(".agentcom") {
+            env.push_str(&format!("AGENTCOM_TOKEN=$(cat {}) ", admin_token.display()));
+        }
+        eprintln!("  try:  {env}cargo run --release --bin hubctl -- submit --wait -- echo hello");
+        eprintln!("  more sidecars:  agentcom-sidecar run --hub {url} --token-file {}", join_token.display());
+    }
+    eprintln!();
 }

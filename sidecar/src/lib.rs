@@ -8,6 +8,7 @@
 
 pub mod contain;
 mod link;
+pub mod logging;
 pub mod metrics;
 pub mod reports;
 pub mod resources;
@@ -358,9 +359,10 @@ pub async fn prepare(config: &Config) -> Result<Prepared, Error> {
 
 /// The `main` of a binary that runs a sidecar (`agentcom-sidecar`, and `agentcom-hub` for `dev`):
 /// the watchdog if that is what was started, then the environment isolation before any thread
-/// (`allow` is the task allowlist), logging to stderr (`RUST_LOG`, default `info`), then `run`
-/// on a multi-threaded runtime; errors are printed and turn into a failing exit code.
-pub fn binary_main<F, Fut>(allow: &[String], run: F) -> std::process::ExitCode
+/// (`allow` is the task allowlist), logging to stderr in `log_format` (`RUST_LOG`, default
+/// `info`; every line redacted, see [`logging`]), then `run` on a multi-threaded runtime; errors
+/// are printed and turn into a failing exit code.
+pub fn binary_main<F, Fut>(allow: &[String], log_format: logging::LogFormat, run: F) -> std::process::ExitCode
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
@@ -368,10 +370,7 @@ where
     contain::watchdog_main_if_requested();
     // Before any thread: this may re-execute the process with a clean environment block.
     let isolation = secure::isolate(allow);
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init(log_format);
     if let secure::Isolation::Failed(why) = &isolation {
         tracing::warn!(why, "this process's environment stays readable through /proc by root");
     }
@@ -385,7 +384,7 @@ where
     match runtime.block_on(run()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", logging::redactor().scrub(&format!("{err:#}")));
             std::process::ExitCode::FAILURE
         }
     }

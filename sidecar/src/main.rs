@@ -11,6 +11,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text or JSON (auto: JSON when standard output is not a terminal). Every line
+    /// is redacted; RUST_LOG filters.
+    #[arg(long, global = true, value_enum, default_value = "auto", env = "AGENTCOM_LOG_FORMAT")]
+    log_format: agentcom_sidecar::logging::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -140,10 +144,14 @@ impl RunArgs {
             );
         }
         let key = |name: &str, file: &Option<PathBuf>| -> anyhow::Result<Option<String>> {
-            match file {
-                Some(path) => agentcom_sidecar::secure::read_key_file(path).map(Some).map_err(anyhow::Error::msg),
-                None => Ok(std::env::var(name).ok().filter(|k| !k.trim().is_empty())),
+            let key = match file {
+                Some(path) => agentcom_sidecar::secure::read_key_file(path).map(Some).map_err(anyhow::Error::msg)?,
+                None => std::env::var(name).ok().filter(|k| !k.trim().is_empty()),
+            };
+            if let Some(key) = &key {
+                agentcom_sidecar::logging::redact(key); // No log line carries it.
             }
+            Ok(key)
         };
         let anthropic = key("ANTHROPIC_API_KEY", &self.anthropic_key_file)?.map(|api_key| Anthropic {
             api_key,
@@ -174,7 +182,8 @@ impl RunArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    agentcom_sidecar::binary_main(&env_allowlist_from_args(), run)
+    let log_format = agentcom_sidecar::logging::LogFormat::from_args();
+    agentcom_sidecar::binary_main(&env_allowlist_from_args(), log_format, run)
 }
 
 /// The task environment allowlist, read from the arguments before clap runs (the environment

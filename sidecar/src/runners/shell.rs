@@ -399,7 +399,9 @@ fn resolve_secrets(names: &[String], secrets: &BTreeMap<String, PathBuf>) -> Res
                 .ok_or_else(|| format!("secret {name} is not configured on this sidecar (--secret {name}=FILE)"))?;
             let value =
                 std::fs::read_to_string(path).map_err(|err| format!("secret {name}: cannot read its file: {err}"))?;
-            Ok((name.clone(), value.trim_end_matches(['\r', '\n']).to_owned()))
+            let value = value.trim_end_matches(['\r', '\n']).to_owned();
+            crate::logging::redact(&value); // No log line carries it.
+            Ok((name.clone(), value))
         })
         .collect()
 }

@@ -1,0 +1,59 @@
+//! Logs of the real binaries: one JSON object per line with `--log-format json`, and no planted
+//! secret in any line: not a provider key from the environment, not a `--secret` file's value,
+//! not a URL's password (which the sidecar does log, as the endpoint it could not reach), not a
+//! token.
+
+use std::time::Duration;
+
+use agentcom_integration::{HubProcess, SidecarProcess, assert_eventually};
+use serde_json::{Value, json};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_no_planted_secret() {
+    const KEY: &str = "sk-ant-canary-key-5be1d07";
+    const FILE_SECRET: &str = "canary-file-secret-93c2";
+    const URL_PASSWORD: &str = "canary-url-password-1f4";
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let secret_file = dir.path().join("canary.secret");
+    std::fs::write(&secret_file, format!("{FILE_SECRET}\n")).unwrap();
+    let hub = HubProcess::serve(&dir.path().join("hub"), &["--log-format", "json"]).await;
+    // An Ollama URL with a password, on a port nothing listens on: the sidecar logs it as down.
+    let ollama = format!("http://agent:{URL_PASSWORD}@127.0.0.1:9");
+    let secret = format!("CANARY={}", secret_file.display());
+    let flags = ["--log-format", "json", "--ollama", &ollama, "--llm-check-interval-ms", "200", "--secret", &secret];
+    let _sidecar = SidecarProcess::start_with_env(&hub, "canary", 1, &work, &flags, &[("ANTHROPIC_API_KEY", KEY)]);
+    assert_eventually!(hub.api.agents().await.len() == 1, PATIENCE, "the sidecar joined");
+    // A task that reads the secret (its output is the task's own business) and fails.
+    let body = json!({ "shell": { "argv": ["sh", "-c", "test -n \"$CANARY\" && exit 3"], "secret_env": ["CANARY"] } });
+    let task = hub.api.submit(body).await;
+    let done = hub.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!(done["state_reason"], "exit code 3", "{done}");
+
+    let hub_log = dir.path().join("hub.log");
+    let sidecar_log = dir.path().join("hub.canary.log");
+    assert_eventually!(
+        std::fs::read_to_string(&sidecar_log).unwrap_or_default().contains("LLM endpoint down"),
+        PATIENCE,
+        "the sidecar logged the endpoint it could not reach"
+    );
+    let token = std::fs::read_to_string(hub.join_token_file()).unwrap().trim().to_owned();
+    for log in [&hub_log, &sidecar_log] {
+        let text = std::fs::read_to_string(log).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(!lines.is_empty(), "{} is empty", log.display());
+        for line in &lines {
+            let parsed: Value = serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
+            assert!(parsed["level"].is_string() && parsed["timestamp"].is_string(), "{line}");
+        }
+        for canary in [KEY, FILE_SECRET, URL_PASSWORD, token.as_str(), hub.api.token.as_str()] {
+            assert!(!text.contains(canary), "{canary} in {}:\n{text}", log.display());
+        }
+    }
+    let sidecar_text = std::fs::read_to_string(&sidecar_log).unwrap();
+    let down = sidecar_text.lines().find(|l| l.contains("LLM endpoint down")).unwrap();
+    assert!(down.contains("http://agent:[redacted]@127.0.0.1:9"), "{down}");
+}

@@ -1,0 +1,172 @@
+//! Logging for the binaries (`agentcom-hub`, `agentcom-sidecar`): human lines on a terminal,
+//! one JSON object per line otherwise (`--log-format`), filtered by `RUST_LOG`, and redacted at
+//! the source: every line passes through [`Redactor`] on its way to stderr, so no secret the
+//! process knows of, and nothing shaped like one, is written.
+//!
+//! What is redacted: AgentCom tokens (`agentcom_admin_...`, `agentcom_join_...`), Anthropic and
+//! OpenAI-style keys (`sk-...`), the credentials of `Authorization` headers (`Bearer ...`), the
+//! password of a URL (`scheme://user:password@host`), and every value registered with
+//! [`redact`]: provider keys and the values of `--secret` files, as the sidecar reads them.
+
+use std::io::{IsTerminal, Write};
+use std::sync::{OnceLock, RwLock};
+
+use regex::Regex;
+
+/// How log lines look.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// JSON when standard output is not a terminal, else text.
+    #[default]
+    Auto,
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    /// `--log-format` as the arguments give it (read before clap runs: logging starts first), else
+    /// `AGENTCOM_LOG_FORMAT`, else `auto`. An unknown value is left for clap to refuse.
+    pub fn from_args() -> LogFormat {
+        let args: Vec<String> = std::env::args().collect();
+        let given = args.iter().enumerate().find_map(|(i, arg)| match arg.strip_prefix("--log-format") {
+            Some("") => args.get(i + 1).cloned(),
+            Some(rest) => rest.strip_prefix('=').map(str::to_owned),
+            None => None,
+        });
+        let given = given.or_else(|| std::env::var("AGENTCOM_LOG_FORMAT").ok());
+        given.and_then(|g| <LogFormat as clap::ValueEnum>::from_str(&g, true).ok()).unwrap_or_default()
+    }
+}
+
+/// What stands in for a secret.
+pub const REDACTED: &str = "[redacted]";
+
+/// Values shorter than this are not registered (they would match too much).
+const MIN_SECRET_LEN: usize = 6;
+
+/// The secrets a process knows of, and the shapes of those it does not.
+pub struct Redactor {
+    values: RwLock<Vec<String>>,
+    shapes: Regex,
+}
+
+impl Redactor {
+    fn new() -> Redactor {
+        let shapes = Regex::new(concat!(
+            r"agentcom_(?:admin|join)_[0-9a-f]{16,}",
+            r"|sk-[A-Za-z0-9_\-]{8,}",
+            r"|(?i:bearer)\s+[A-Za-z0-9._~+/=\-]{8,}",
+            r"|(?i:x-api-key)\W{1,3}[A-Za-z0-9._\-]{8,}",
+        ))
+        .expect("the secret shapes compile");
+        Redactor { values: RwLock::new(Vec::new()), shapes }
+    }
+
+    /// `text` with every secret replaced by [`REDACTED`].
+    pub fn scrub(&self, text: &str) -> String {
+        let mut text = self.shapes.replace_all(text, REDACTED).into_owned();
+        text = scrub_url_passwords(&text);
+        for value in self.values.read().expect("redactor lock").iter() {
+            if text.contains(value.as_str()) {
+                text = text.replace(value.as_str(), REDACTED);
+            }
+        }
+        text
+    }
+
+    fn add(&self, secret: &str) {
+        let secret = secret.trim();
+        if secret.len() < MIN_SECRET_LEN {
+            return;
+        }
+        let mut values = self.values.write().expect("redactor lock");
+        if !values.iter().any(|v| v == secret) {
+            values.push(secret.to_owned());
+            // Longest first, so a secret that holds another is replaced whole.
+            values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        }
+    }
+}
+
+/// `scheme://user:password@host` with the password replaced.
+fn scrub_url_passwords(text: &str) -> String {
+    static USERINFO: OnceLock<Regex> = OnceLock::new();
+    let userinfo = USERINFO.get_or_init(|| Regex::new(r"(://[^/\s:@]+):[^/\s@]+@").expect("compiles"));
+    userinfo.replace_all(text, format!("$1:{REDACTED}@")).into_owned()
+}
+
+/// The process's redactor.
+pub fn redactor() -> &'static Redactor {
+    static REDACTOR: OnceLock<Redactor> = OnceLock::new();
+    REDACTOR.get_or_init(Redactor::new)
+}
+
+/// Registers a secret value: no log line will carry it.
+pub fn redact(secret: &str) {
+    redactor().add(secret);
+}
+
+/// A writer that scrubs each line (the fmt layer writes one event per call) before stderr.
+struct Scrubbing;
+
+impl Write for Scrubbing {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr().lock().write_all(redactor().scrub(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// Whether log lines are JSON (set once logging starts).
+static JSON: OnceLock<bool> = OnceLock::new();
+
+/// Whether this process logs JSON: what it says for people (a banner) then goes in the log.
+pub fn is_json() -> bool {
+    JSON.get().copied().unwrap_or(false)
+}
+
+/// Starts logging to stderr in `format`, every line scrubbed.
+pub fn init(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
+    };
+    let _ = JSON.set(json);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| Scrubbing);
+    if json {
+        builder.json().flatten_event(true).with_current_span(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_and_what_looks_like_them_are_scrubbed() {
+        let redactor = Redactor::new();
+        redactor.add("hunter2-canary-value");
+        redactor.add("abc"); // too short to register
+        let token = format!("agentcom_admin_{}", "ab12".repeat(12));
+        let line = format!(
+            "token {token}; key sk-ant-api03-AbCdEf123456; authorization: Bearer eyJhbGciOi.x-y_z; \
+             x-api-key: k3y-4bcdefgh; url https://bob:s3cr3t@git.example.com/repo.git; \
+             output hunter2-canary-value; abc stays"
+        );
+        let scrubbed = redactor.scrub(&line);
+        for secret in [token.as_str(), "sk-ant-api03", "eyJhbGciOi", "k3y-4bcdefgh", "s3cr3t", "hunter2"] {
+            assert!(!scrubbed.contains(secret), "{secret} in {scrubbed}");
+        }
+        assert!(scrubbed.contains("https://bob:[redacted]@git.example.com/repo.git"), "{scrubbed}");
+        assert!(scrubbed.contains("abc stays"), "{scrubbed}");
+        assert_eq!(redactor.scrub("nothing secret here"), "nothing secret here");
+    }
+}
