@@ -296,8 +296,22 @@ async fn a_secret_env_value_reaches_the_task_and_nothing_else() {
     // Plain env values are part of the task, as documented: visible to whoever may read it.
     assert_eq!(task["spec"]["work"]["shell"]["env"]["PLAIN"], "visible-value", "{task}");
 
+    // A task that prints its secret (out, err, and into its verification's evidence) gets it
+    // back masked, byte for byte: the sidecar masks what it knows to be secret before anything
+    // leaves it.
+    let body = json!({
+        "shell": { "script": "printf %s \"$API_TOKEN\"; printf %s \"$API_TOKEN\" >&2", "secret_env": ["API_TOKEN"] },
+        "verification": [{ "output_contains": { "text": "not there" } }],
+    });
+    let printed = hub.api.submit(body).await;
+    let printed = hub.api.wait_final(printed["id"].as_str().unwrap(), PATIENCE).await;
+    let mask = "*".repeat(CANARY_SECRET.len());
+    assert_eq!(printed["outcome"]["stdout"], mask.as_str(), "{printed}");
+    assert_eq!(printed["outcome"]["stderr"], mask.as_str(), "{printed}");
+    assert!(printed["state_reason"].as_str().unwrap().starts_with("verification_failed"), "{printed}");
+
     // Nowhere else: API responses, the event stream, logs, and every stored byte.
-    let mut seen = vec![submitted.to_string(), task.to_string()];
+    let mut seen = vec![submitted.to_string(), task.to_string(), printed.to_string()];
     seen.push(hub.api.request(reqwest::Method::GET, "/api/v1/tasks", None).await.1.to_string());
     let events = reqwest::Client::new()
         .get(format!("{}/api/v1/tasks/{id}/events", hub.url))

@@ -89,13 +89,15 @@ impl Sink for JobSink {
     }
 
     fn output(&self, stream: Stream, offset: u64, data: &[u8]) {
+        // Secrets this sidecar knows never leave it, not even in a task's own output.
+        let data = crate::logging::redactor().mask(data).unwrap_or_else(|| data.to_vec());
         // Dropped when the link is backed up: the final outcome carries the output anyway.
         let _ = self.events.try_send(JobEvent::Output {
             task_id: self.task_id.clone(),
             lease_generation: self.lease_generation,
             stream,
             offset,
-            data: data.to_vec(),
+            data,
         });
     }
 
@@ -617,9 +619,46 @@ fn assignment(assign: pb::Assign, default_max_output_bytes: usize) -> Result<Ass
     })
 }
 
-fn finished_message(task_id: String, lease_generation: u64, outcome: Box<Outcome>) -> pb::SidecarMessage {
+fn finished_message(task_id: String, lease_generation: u64, mut outcome: Box<Outcome>) -> pb::SidecarMessage {
+    mask_outcome(&mut outcome);
     let outcome = Some(wire::outcome_into_pb(*outcome));
     pb::SidecarMessage { msg: Some(SideMsg::Finished(pb::TaskFinished { task_id, lease_generation, outcome })) }
+}
+
+/// Masks the secrets this sidecar knows in everything of a result that holds text from the work:
+/// its output, error, verification evidence, rounds and workspace diff.
+fn mask_outcome(outcome: &mut Outcome) {
+    let redactor = crate::logging::redactor();
+    for stream in [&mut outcome.stdout, &mut outcome.stderr] {
+        if let Some(masked) = redactor.mask(stream) {
+            *stream = masked;
+        }
+    }
+    if let Some(error) = &mut outcome.error {
+        redactor.mask_string(error);
+    }
+    if let Some(report) = &mut outcome.verification {
+        for step in &mut report.steps {
+            redactor.mask_string(&mut step.evidence);
+            redactor.mask_string(&mut step.target);
+            if let Some(summary) = &mut step.summary {
+                redactor.mask_string(summary);
+            }
+        }
+    }
+    for round in &mut outcome.rounds {
+        round.failed.iter_mut().for_each(|f| redactor.mask_string(f));
+    }
+    for step in &mut outcome.steps {
+        redactor.mask_string(&mut step.summary);
+    }
+    if let Some(workspace) = &mut outcome.workspace {
+        redactor.mask_string(&mut workspace.diff);
+        redactor.mask_string(&mut workspace.diff_stat);
+        if let Some(error) = &mut workspace.push_error {
+            redactor.mask_string(error);
+        }
+    }
 }
 
 fn code_name(code: tonic::Code) -> &'static str {

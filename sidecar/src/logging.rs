@@ -53,10 +53,10 @@ pub struct Redactor {
 impl Redactor {
     fn new() -> Redactor {
         let shapes = Regex::new(concat!(
-            r"agentcom_(?:admin|join)_[0-9a-f]{16,}",
-            r"|sk-[A-Za-z0-9_\-]{8,}",
-            r"|(?i:bearer)\s+[A-Za-z0-9._~+/=\-]{8,}",
-            r"|(?i:x-api-key)\W{1,3}[A-Za-z0-9._\-]{8,}",
+            r"\bagentcom_(?:admin|join)_[0-9a-f]{16,}",
+            r"|\bsk-[A-Za-z0-9_\-]{20,}",
+            r"|\b(?i:bearer)\s+[A-Za-z0-9._~+/=\-]{8,}",
+            r"|\b(?i:x-api-key)\W{1,3}[A-Za-z0-9._\-]{8,}",
         ))
         .expect("the secret shapes compile");
         Redactor { values: RwLock::new(Vec::new()), shapes }
@@ -74,6 +74,43 @@ impl Redactor {
         text
     }
 
+    /// `bytes` with every registered secret value, and every token or key shape, overwritten by
+    /// `*` of the same length (so byte offsets into a stream stay right); `None` if there was
+    /// nothing to mask. For what leaves the sidecar: output, error text, evidence, diffs.
+    pub fn mask(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let values = self.values.read().expect("redactor lock");
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        for value in values.iter() {
+            let needle = value.as_bytes();
+            let mut from = 0;
+            while let Some(at) = find(&bytes[from..], needle) {
+                spans.push((from + at, from + at + needle.len()));
+                from += at + needle.len();
+            }
+        }
+        drop(values);
+        let text = String::from_utf8_lossy(bytes);
+        if let std::borrow::Cow::Borrowed(text) = text {
+            // Shapes are matched in valid UTF-8 only (where their byte offsets are the text's).
+            spans.extend(self.shapes.find_iter(text).map(|m| (m.start(), m.end())));
+        }
+        if spans.is_empty() {
+            return None;
+        }
+        let mut masked = bytes.to_vec();
+        for (start, end) in spans {
+            masked[start..end].fill(b'*');
+        }
+        Some(masked)
+    }
+
+    /// [`Redactor::mask`] of a string, in place.
+    pub fn mask_string(&self, text: &mut String) {
+        if let Some(masked) = self.mask(text.as_bytes()) {
+            *text = String::from_utf8_lossy(&masked).into_owned();
+        }
+    }
+
     fn add(&self, secret: &str) {
         let secret = secret.trim();
         if secret.len() < MIN_SECRET_LEN {
@@ -86,6 +123,13 @@ impl Redactor {
             values.sort_by_key(|v| std::cmp::Reverse(v.len()));
         }
     }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// `scheme://user:password@host` with the password replaced.
@@ -168,5 +212,25 @@ mod tests {
         assert!(scrubbed.contains("https://bob:[redacted]@git.example.com/repo.git"), "{scrubbed}");
         assert!(scrubbed.contains("abc stays"), "{scrubbed}");
         assert_eq!(redactor.scrub("nothing secret here"), "nothing secret here");
+        // Words that merely contain a shape's start are left alone.
+        let plain = "disk-usage-report-for-the-whole-fleet, task-0123456789abcdefghij";
+        assert_eq!(redactor.scrub(plain), plain);
+    }
+
+    #[test]
+    fn masking_keeps_the_length_and_finds_every_occurrence() {
+        let redactor = Redactor::new();
+        redactor.add("hunter2-canary-value");
+        let out = b"a hunter2-canary-value b hunter2-canary-value sk-ant-api03-AbCdEf123456 \xff end";
+        let masked = redactor.mask(out).unwrap();
+        assert_eq!(masked.len(), out.len());
+        let text = String::from_utf8_lossy(&masked);
+        assert!(!text.contains("hunter2") && text.contains("a ******************** b ********************"), "{text}");
+        // Not valid UTF-8: the values are masked, the shapes are not looked for.
+        assert!(text.contains("sk-ant-api03"), "{text}");
+        assert_eq!(redactor.mask(b"plain"), None);
+        let mut error = "cannot open hunter2-canary-value".to_owned();
+        redactor.mask_string(&mut error);
+        assert_eq!(error, "cannot open ********************");
     }
 }
