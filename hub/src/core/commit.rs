@@ -47,12 +47,13 @@ impl AfterCommit {
 }
 
 impl State {
-    /// Agent work with a cost budget, placed without a model: the prices of the models the
-    /// sidecar's endpoints offer, from the price table (the sidecar picks one of them).
-    fn prices_on(&self, sidecar_id: &str, task: &Task) -> Vec<(String, crate::domain::TokenPrice)> {
-        if !matches!(task.spec.work, crate::domain::Work::Agent(_)) || task.spec.limits.max_cost_micros.is_none() {
+    /// Work with a cost budget placed without a model (the sidecar picks one): the prices of
+    /// the models the sidecar's endpoints offer, from the price table.
+    fn prices_on(&self, lease: &crate::queue::Lease, task: &Task) -> Vec<(String, crate::domain::TokenPrice)> {
+        if lease.model.is_some() || task.spec.limits.max_cost_micros.is_none() {
             return Vec::new();
         }
+        let sidecar_id = &lease.sidecar_id;
         let mut prices: Vec<(String, crate::domain::TokenPrice)> = self
             .registry
             .iter()
@@ -140,7 +141,7 @@ impl State {
                         model: lease.model.clone(),
                         price: lease.model.as_deref().and_then(|m| self.config.prices.token_price(m)),
                         judge: lease.judge.clone(),
-                        prices: self.prices_on(&lease.sidecar_id, task),
+                        prices: self.prices_on(&lease, task),
                     }));
                     self.send_to(&lease.sidecar_id, message);
                     self.notify(task_id, now);

@@ -213,8 +213,8 @@ pub struct Assignment {
     pub price: Option<TokenPrice>,
     /// The model and endpoint that judge the work's `llm_judge` steps that name no model.
     pub judge: Option<(String, String)>,
-    /// Agent work with a cost budget: the prices of the models the sidecar's endpoints offer
-    /// (it chooses the model), so it can stop at the budget.
+    /// Work with a cost budget placed without a model: the prices of the models the sidecar's
+    /// endpoints offer (it chooses the model), so it can stop at the budget.
     pub prices: Vec<(String, TokenPrice)>,
 }
 

@@ -98,10 +98,7 @@ impl Runner for AgentLoopRunner {
                 model: choice.model.clone(),
                 ..Usage::default()
             };
-            // The placed model's price, else the chosen one's (the hub sends those it knows).
-            let price = assignment
-                .price
-                .or_else(|| assignment.prices.iter().find(|(m, _)| *m == choice.model).map(|(_, p)| *p));
+            let price = assignment.price_of(&choice.model);
             let spent = |used: &Usage| {
                 let tokens = used.input_tokens + used.output_tokens + used.cached_input_tokens;
                 let cost = price.map(|p| p.micros(used.input_tokens, used.output_tokens));

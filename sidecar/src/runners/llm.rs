@@ -176,7 +176,7 @@ impl Runner for LlmRunner {
             let budget = Budget {
                 max_tokens: limits.max_tokens,
                 max_cost_micros: limits.max_cost_micros,
-                price: assignment.price,
+                price: assignment.price_of(&choice.model),
                 input_estimate: estimate_input(&request),
             };
             let timeout = limits.timeout_ms.map(Duration::from_millis);

@@ -36,10 +36,23 @@ pub struct Assignment {
     pub price: Option<TokenPrice>,
     /// The model and endpoint the hub chose to judge `llm_judge` steps that name no model.
     pub judge: Option<(String, String)>,
-    /// Agent work with a cost budget: the prices of the models this sidecar offers.
+    /// Work with a cost budget placed without a model: the prices of the models this sidecar
+    /// offers (it picks one). See [`Assignment::price_of`].
     pub prices: Vec<(String, TokenPrice)>,
     /// Agent work: the workspace it runs in (made by [`Runners::run`]).
     pub workspace: Option<std::path::PathBuf>,
+}
+
+impl Assignment {
+    /// What `model` costs, for the cost budget: the placed model's price, else the price the hub
+    /// sent for the model the sidecar picked; `None` when unknown (the hub still judges the
+    /// final usage).
+    pub fn price_of(&self, model: &str) -> Option<TokenPrice> {
+        match self.model.as_deref() {
+            Some(placed) if placed == model => self.price,
+            _ => self.prices.iter().find(|(m, _)| m == model).map(|(_, price)| *price),
+        }
+    }
 }
 
 /// Where a running attempt reports. Output chunks may be dropped by the sink (the final outcome
@@ -519,5 +532,33 @@ impl Runner for ShellRunner {
                 Err(error) => failed_to_start(error),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentcom_types::domain::SpecDefaults;
+
+    #[test]
+    fn a_model_is_priced_as_placed_else_as_the_hub_listed_it() {
+        let price = |input: f64| TokenPrice { input, output: input * 5.0 };
+        let mut assignment = Assignment {
+            key: TaskKey { task_id: "t".into(), lease_generation: 1 },
+            attempt: 1,
+            agent_id: String::new(),
+            spec: TaskSpec::shell(vec!["true".into()], &SpecDefaults::default()),
+            endpoint_id: None,
+            model: Some("placed".into()),
+            price: Some(price(3.0)),
+            judge: None,
+            prices: vec![("picked".into(), price(1.0))],
+            workspace: None,
+        };
+        assert_eq!(assignment.price_of("placed"), Some(price(3.0)));
+        assert_eq!(assignment.price_of("picked"), Some(price(1.0)));
+        assert_eq!(assignment.price_of("unknown"), None);
+        assignment.model = None;
+        assert_eq!(assignment.price_of("placed"), None, "no placed model: only the listed prices");
     }
 }
