@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use agentcom_metrics::{Described, LONG_SECONDS, Registry, SECONDS, counter, gauge, histogram};
-use agentcom_types::domain::{Exit, Outcome};
+use agentcom_types::domain::{Exit, Outcome, Verdict};
 use agentcom_types::fleet::Resources;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -54,9 +54,7 @@ fn result(outcome: &Outcome) -> &'static str {
         (Some(error), _, _) if error == "cancelled" => "cancelled",
         (Some(_), _, _) => "error",
         (None, true, _) => "timed_out",
-        (None, false, Exit::Code(0))
-            if outcome.verification.as_ref().is_none_or(|r| r.verdict.as_str() == "passed") =>
-        {
+        (None, false, Exit::Code(0)) if outcome.verification.as_ref().is_none_or(|r| r.verdict == Verdict::Passed) => {
             "succeeded"
         }
         _ => "failed",
