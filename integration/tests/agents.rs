@@ -200,23 +200,8 @@ async fn an_agent_loop_on_a_local_model_fixes_a_failing_check_through_tool_calls
         )]),
         Turn::Text("Fixed: the check wants 42.".into()),
     ]);
-    let mut mesh = TestMesh::new().sidecars(0).start().await;
-    let allowed = root.path().to_string_lossy().into_owned();
-    let reports = agentcom_sidecar::reports::Settings {
-        ollama: vec![double.url.clone()],
-        llm_check_every: Duration::from_millis(200),
-        discover_ollama: false,
-        ..Default::default()
-    };
-    mesh.add_sidecar_configured(1, |config| config.reports(reports).shell(|shell| shell.repo_allow = vec![allowed]));
-    agentcom_integration::assert_eventually!(
-        {
-            let (_, list) = mesh.api.request(reqwest::Method::GET, "/api/v1/endpoints", None).await;
-            list["endpoints"][0]["healthy"] == true
-        },
-        PATIENCE,
-        "the inventory reached the hub"
-    );
+    let reports = agentcom_sidecar::reports::Settings { ollama: vec![double.url.clone()], ..Default::default() };
+    let mesh = tool_loop_mesh(root.path(), reports).await;
     let body = json!({
         "agent": { "goal": "make the check pass", "repository": repo.to_string_lossy() },
         "verification": [{ "test_passes": { "argv": ["sh", "check.sh"] } }],
@@ -262,6 +247,35 @@ async fn an_agent_loop_on_a_local_model_fixes_a_failing_check_through_tool_calls
     mesh.stop().await;
 }
 
+/// A hub and one sidecar that runs agent work as its tool loop on the endpoints of `reports`
+/// (checked every 200 ms, nothing discovered), allowed the repositories under `root`; ready once
+/// the sidecar's endpoint is healthy at the hub.
+async fn tool_loop_mesh(
+    root: &Path,
+    reports: agentcom_sidecar::reports::Settings,
+) -> agentcom_integration::RunningMesh {
+    let mut mesh = TestMesh::new().sidecars(0).start().await;
+    let allowed = root.to_string_lossy().into_owned();
+    let reports = agentcom_sidecar::reports::Settings {
+        llm_check_every: Duration::from_millis(200),
+        discover_ollama: false,
+        ..reports
+    };
+    mesh.add_sidecar_configured(1, |config| config.reports(reports).shell(|shell| shell.repo_allow = vec![allowed]));
+    agentcom_integration::assert_eventually!(
+        {
+            let agents = mesh.api.agents().await;
+            let looping =
+                agents.first().is_some_and(|a| a["capabilities"].as_array().unwrap().contains(&json!("agent-loop")));
+            let (_, list) = mesh.api.request(reqwest::Method::GET, "/api/v1/endpoints", None).await;
+            looping && list["endpoints"][0]["healthy"] == true
+        },
+        PATIENCE,
+        "the sidecar joined, its endpoint healthy at the hub"
+    );
+    mesh
+}
+
 /// An agent's steps as `round tool summary`.
 fn steps_of(outcome: &serde_json::Value) -> Vec<String> {
     outcome["steps"]
@@ -302,27 +316,15 @@ async fn an_agent_loop_on_the_claude_api_fixes_a_failing_check_through_tool_use(
     double.turns(two_rounds());
     // The first turn meets a rate limit: the loop waits it out.
     double.faults(vec![Fault::RateLimited { retry_after_s: 1 }]);
-    let mut mesh = TestMesh::new().sidecars(0).start().await;
-    let allowed = root.path().to_string_lossy().into_owned();
     let reports = agentcom_sidecar::reports::Settings {
         anthropic: Some(agentcom_sidecar::reports::Anthropic {
             api_key: "sk-ant-agent-secret".into(),
             base_url: double.url.clone(),
             models: vec!["claude-sonnet-4-5".into()],
         }),
-        discover_ollama: false,
         ..Default::default()
     };
-    mesh.add_sidecar_configured(1, |config| config.reports(reports).shell(|shell| shell.repo_allow = vec![allowed]));
-    agentcom_integration::assert_eventually!(
-        mesh.api
-            .agents()
-            .await
-            .first()
-            .is_some_and(|a| a["capabilities"].as_array().unwrap().contains(&json!("agent-loop"))),
-        PATIENCE,
-        "the sidecar joined, running agent work as a tool loop"
-    );
+    let mesh = tool_loop_mesh(root.path(), reports).await;
     let body = json!({
         "agent": { "goal": "make the check pass", "repository": repo.to_string_lossy() },
         "verification": [{ "test_passes": { "argv": ["sh", "check.sh"] } }],
@@ -399,27 +401,15 @@ async fn an_agent_loop_on_an_openai_compatible_server_uses_its_tool_calls() {
     let repo = project(root.path());
     let double = ChatDouble::openai().await;
     double.turns(two_rounds());
-    let mut mesh = TestMesh::new().sidecars(0).start().await;
-    let allowed = root.path().to_string_lossy().into_owned();
     let reports = agentcom_sidecar::reports::Settings {
         openai: Some(agentcom_sidecar::reports::OpenAi {
             base_url: double.url.clone(),
             api_key: Some("sk-openai-secret".into()),
             models: Vec::new(),
         }),
-        llm_check_every: Duration::from_millis(200),
-        discover_ollama: false,
         ..Default::default()
     };
-    mesh.add_sidecar_configured(1, |config| config.reports(reports).shell(|shell| shell.repo_allow = vec![allowed]));
-    agentcom_integration::assert_eventually!(
-        {
-            let (_, list) = mesh.api.request(reqwest::Method::GET, "/api/v1/endpoints", None).await;
-            list["endpoints"][0]["healthy"] == true
-        },
-        PATIENCE,
-        "the inventory reached the hub"
-    );
+    let mesh = tool_loop_mesh(root.path(), reports).await;
     let body = json!({
         "agent": { "goal": "make the check pass", "repository": repo.to_string_lossy() },
         "placement": { "model": "qwen2.5:7b" },
