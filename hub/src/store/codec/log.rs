@@ -1,0 +1,147 @@
+//! Changes, as the write-ahead log holds them: each `Op` prepared into its stored form once
+//! (for the log and for redb alike), and a group commit's changes as one tagged,
+//! length-prefixed payload.
+
+use prost::Message;
+
+use super::{Error, Tier, encode_cordon, encode_endpoint, encode_task, pb};
+use crate::store::Op;
+
+/// A change in its stored form, ready for the log and for redb.
+pub(in crate::store) enum Prepared {
+    PutTask { key: u128, bytes: Vec<u8> },
+    DeleteTask { key: u128 },
+    PutToken { hash: String, role: String },
+    PutFleet { key: String, value: Vec<u8> },
+    DeleteFleet { key: String },
+}
+
+pub(in crate::store) fn prepare(ops: Vec<Op>) -> Vec<Prepared> {
+    use crate::store::{CORDON_PREFIX, ENDPOINT_PREFIX, VERDICTS_PREFIX};
+    ops.into_iter()
+        .map(|op| match op {
+            Op::PutTask(task) => Prepared::PutTask { key: u128::from(task.id.0), bytes: encode_task(*task) },
+            Op::DeleteTask(id) => Prepared::DeleteTask { key: u128::from(id.0) },
+            Op::PutToken { hash, role } => Prepared::PutToken { hash, role },
+            Op::PutCordon { sidecar_id, cordon } => {
+                Prepared::PutFleet { key: format!("{CORDON_PREFIX}{sidecar_id}"), value: encode_cordon(&cordon) }
+            }
+            Op::DeleteCordon { sidecar_id } => Prepared::DeleteFleet { key: format!("{CORDON_PREFIX}{sidecar_id}") },
+            Op::PutEndpoint(endpoint) => Prepared::PutFleet {
+                key: format!("{ENDPOINT_PREFIX}{}", endpoint.id),
+                value: encode_endpoint(&endpoint),
+            },
+            Op::DeleteEndpoint { id } => Prepared::DeleteFleet { key: format!("{ENDPOINT_PREFIX}{id}") },
+            Op::PutVerdicts { model, kind, tier, tally } => Prepared::PutFleet {
+                key: format!("{VERDICTS_PREFIX}{kind}/{}/{model}", tier.as_str()),
+                value: pb::Tally { passed: tally.passed, failed: tally.failed }.encode_to_vec(),
+            },
+        })
+        .collect()
+}
+
+/// Stored verdicts: `rest` is the key past `verdicts/` (`KIND/TIER/MODEL`).
+pub(in crate::store) fn decode_verdicts(
+    rest: &str,
+    value: &[u8],
+) -> Result<(String, &'static str, Tier, crate::sched::Tally), String> {
+    let mut parts = rest.splitn(3, '/');
+    let (kind, tier, model) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let kind = match kind {
+        "shell" => "shell",
+        "llm" => "llm",
+        "agent" => "agent",
+        other => return Err(format!("{other:?} is not a kind of work")),
+    };
+    let tier: Tier = tier.parse().map_err(|err: Error| err.to_string())?;
+    if model.is_empty() {
+        return Err("no model".to_owned());
+    }
+    let tally = pb::Tally::decode(value).map_err(|err| err.to_string())?;
+    Ok((model.to_owned(), kind, tier, crate::sched::Tally { passed: tally.passed, failed: tally.failed }))
+}
+
+const TAG_PUT_TASK: u8 = 1;
+const TAG_DELETE_TASK: u8 = 2;
+const TAG_PUT_TOKEN: u8 = 3;
+const TAG_PUT_FLEET: u8 = 4;
+const TAG_DELETE_FLEET: u8 = 5;
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// The payload of one log record: the changes of one group commit, tagged and length-prefixed.
+pub(in crate::store) fn encode_ops(ops: &[Prepared]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for op in ops {
+        match op {
+            Prepared::PutTask { key, bytes } => {
+                out.push(TAG_PUT_TASK);
+                out.extend_from_slice(&key.to_le_bytes());
+                put_bytes(&mut out, bytes);
+            }
+            Prepared::DeleteTask { key } => {
+                out.push(TAG_DELETE_TASK);
+                out.extend_from_slice(&key.to_le_bytes());
+            }
+            Prepared::PutToken { hash, role } => {
+                out.push(TAG_PUT_TOKEN);
+                put_bytes(&mut out, hash.as_bytes());
+                put_bytes(&mut out, role.as_bytes());
+            }
+            Prepared::PutFleet { key, value } => {
+                out.push(TAG_PUT_FLEET);
+                put_bytes(&mut out, key.as_bytes());
+                put_bytes(&mut out, value);
+            }
+            Prepared::DeleteFleet { key } => {
+                out.push(TAG_DELETE_FLEET);
+                put_bytes(&mut out, key.as_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// `None` if the payload is not a sequence of whole changes.
+pub(in crate::store) fn decode_ops(mut payload: &[u8]) -> Option<Vec<Prepared>> {
+    fn take<'a>(input: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (input.get(..n)?, input.get(n..)?);
+        *input = rest;
+        Some(head)
+    }
+    fn take_bytes<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let len = u32::from_le_bytes(take(input, 4)?.try_into().ok()?) as usize;
+        take(input, len)
+    }
+    let mut ops = Vec::new();
+    while !payload.is_empty() {
+        let tag = take(&mut payload, 1)?[0];
+        let op = match tag {
+            TAG_PUT_TASK => {
+                let key = u128::from_le_bytes(take(&mut payload, 16)?.try_into().ok()?);
+                Prepared::PutTask { key, bytes: take_bytes(&mut payload)?.to_vec() }
+            }
+            TAG_DELETE_TASK => {
+                Prepared::DeleteTask { key: u128::from_le_bytes(take(&mut payload, 16)?.try_into().ok()?) }
+            }
+            TAG_PUT_TOKEN => {
+                let hash = String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()?;
+                let role = String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()?;
+                Prepared::PutToken { hash, role }
+            }
+            TAG_PUT_FLEET => {
+                let key = String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()?;
+                Prepared::PutFleet { key, value: take_bytes(&mut payload)?.to_vec() }
+            }
+            TAG_DELETE_FLEET => {
+                Prepared::DeleteFleet { key: String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()? }
+            }
+            _ => return None,
+        };
+        ops.push(op);
+    }
+    Some(ops)
+}
