@@ -24,6 +24,9 @@ struct Cli {
     /// is redacted; RUST_LOG filters.
     #[arg(long, global = true, value_enum, default_value = "auto", env = "AGENTCOM_LOG_FORMAT")]
     log_format: agentcom_sidecar::logging::LogFormat,
+    /// Export traces to this OTLP/gRPC collector (`http://HOST:4317`); off when unset.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -265,7 +268,14 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let _traces = match &cli.command {
+        Command::Serve(_) | Command::Dev { .. } => {
+            agentcom_sidecar::start_traces("agentcom-hub", cli.otlp_endpoint.as_deref())?
+        }
+        _ => None,
+    };
+    match cli.command {
         Command::Serve(args) => serve(args, None).await,
         Command::Dev { hub, slots, simulate_gpus, repo_allow } => {
             serve(hub, Some(Dev { slots, simulate_gpus, repo_allow })).await
@@ -436,6 +446,12 @@ fn banner(
     eprintln!("  admin token: {}", admin_token.display());
     eprintln!("  join token:  {}", join_token.display());
     if dev {
+        // A URL that signs the dashboard in: the token rides in the fragment, which the browser
+        // never sends, and the page takes it out of the address bar.
+        match std::fs::read_to_string(admin_token) {
+            Ok(token) => eprintln!("  dashboard:   {url}/#token={}", token.trim()),
+            Err(_) => eprintln!("  dashboard:   {url}/"),
+        }
         // hubctl finds ./.agentcom/admin.token and the default address by itself; say what else it needs.
         let mut env = String::new();
         if url != "http://127.0.0.1:7420" {

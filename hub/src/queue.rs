@@ -153,6 +153,24 @@ impl Queue {
         self.delayed_until.contains_key(&id)
     }
 
+    /// Ready tasks, blocked ones included, by lane (urgent first).
+    pub fn ready_by_lane(&self) -> [usize; 4] {
+        let mut by_lane = [0; 4];
+        for (i, lane) in self.lanes.iter().enumerate() {
+            by_lane[i] = lane.len();
+        }
+        for (lane, _) in self.blocked.values() {
+            by_lane[lane_index(*lane)] += 1;
+        }
+        by_lane
+    }
+
+    /// The ready task submitted first, blocked ones included (ids sort by submit time).
+    pub fn oldest_ready(&self) -> Option<TaskId> {
+        let ready = self.lanes.iter().filter_map(|lane| lane.first().copied());
+        ready.chain(self.blocked_by_need.values().filter_map(|ids| ids.first().copied())).min()
+    }
+
     /// Ready tasks in the blocked set.
     pub fn n_blocked(&self) -> usize {
         self.blocked.len()

@@ -10,11 +10,14 @@
 
 #![allow(clippy::disallowed_methods)] // Tests and benchmarks start the real binaries and tools.
 
+pub mod browser;
 pub mod chat_doubles;
 pub mod ollama;
+pub mod otlp;
 pub mod process;
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentcom_hub::auth::Role;
@@ -86,6 +89,42 @@ impl Api {
         let response = request.send().await.ok()?;
         let status = response.status().as_u16();
         Some((status, response.json().await.ok()?))
+    }
+
+    /// Follows a server-sent-events stream (`GET path`) in the background: its events as
+    /// `(event, data)` pairs, appended as they arrive (data as JSON, or a string when not).
+    pub fn follow(&self, path: &str) -> Followed {
+        let request = self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token);
+        let events: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+        let raw: Arc<Mutex<String>> = Arc::default();
+        let (kept, kept_raw) = (events.clone(), raw.clone());
+        let task = tokio::spawn(async move {
+            let Ok(mut response) = request.send().await else { return };
+            let mut pending = String::new();
+            while let Ok(Some(chunk)) = response.chunk().await {
+                let text = String::from_utf8_lossy(&chunk).replace("\r\n", "\n");
+                kept_raw.lock().expect("raw").push_str(&text);
+                pending.push_str(&text);
+                while let Some(end) = pending.find("\n\n") {
+                    let block: String = pending.drain(..end + 2).collect();
+                    let (mut event, mut data) = ("message".to_owned(), Vec::new());
+                    for line in block.lines() {
+                        if let Some(name) = line.strip_prefix("event:") {
+                            event = name.trim().to_owned();
+                        } else if let Some(d) = line.strip_prefix("data:") {
+                            data.push(d.strip_prefix(' ').unwrap_or(d).to_owned());
+                        }
+                    }
+                    if data.is_empty() {
+                        continue; // A keep-alive comment.
+                    }
+                    let data = data.join("\n");
+                    let value = serde_json::from_str(&data).unwrap_or(Value::String(data));
+                    kept.lock().expect("events").push((event, value));
+                }
+            }
+        });
+        Followed { events, raw, task }
     }
 
     /// Submits a task body; panics unless the hub acknowledged it. Returns the task JSON.
@@ -221,6 +260,30 @@ impl TestMesh {
             "{expected} idle agents"
         );
         mesh
+    }
+}
+
+/// A stream [`Api::follow`] reads; it stops when dropped.
+pub struct Followed {
+    events: Arc<Mutex<Vec<(String, Value)>>>,
+    raw: Arc<Mutex<String>>,
+    task: JoinHandle<()>,
+}
+
+impl Followed {
+    pub fn events(&self) -> Vec<(String, Value)> {
+        self.events.lock().expect("events").clone()
+    }
+
+    /// Everything received, as sent.
+    pub fn raw(&self) -> String {
+        self.raw.lock().expect("raw").clone()
+    }
+}
+
+impl Drop for Followed {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

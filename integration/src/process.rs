@@ -112,6 +112,11 @@ impl HubProcess {
         HubProcess::start(data_dir, extra, &[], false, data_dir.parent().unwrap_or(data_dir), free_port()).await
     }
 
+    /// `agentcom-hub serve` with extra environment variables (kept for restarts).
+    pub async fn serve_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> HubProcess {
+        HubProcess::start(data_dir, extra, env, false, data_dir.parent().unwrap_or(data_dir), free_port()).await
+    }
+
     /// `agentcom-hub dev` run from `cwd` (its sidecar works there).
     pub async fn dev(data_dir: &Path, cwd: &Path, extra: &[&str]) -> HubProcess {
         HubProcess::start(data_dir, extra, &[], true, cwd, free_port()).await

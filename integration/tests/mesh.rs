@@ -424,3 +424,45 @@ async fn dependencies_run_in_order_and_failures_cascade() {
     assert!(body["error"]["message"].as_str().unwrap().contains("does not exist"), "{body}");
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn the_event_stream_follows_tasks_agents_hosts_and_the_queue() {
+    let mesh = TestMesh::new().sidecars(2).start().await;
+    let followed = mesh.api.follow("/api/v1/events");
+    assert_eventually!(followed.events().first().map(|e| e.0.clone()) == Some("ready".into()), PATIENCE, "ready first");
+    let task = mesh.api.submit(shell("sleep 0.3; echo done")).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    mesh.api.wait_final(&id, PATIENCE).await;
+    let states = |events: &[(String, serde_json::Value)]| -> Vec<String> {
+        let mine = events.iter().filter(|(e, t)| e == "task" && t["id"] == id.as_str());
+        mine.map(|(_, t)| t["state"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eventually!(
+        states(&followed.events()).last().map(String::as_str) == Some("succeeded"),
+        PATIENCE,
+        "the task's end arrived"
+    );
+    let events = followed.events();
+    let seen = states(&events);
+    assert!(seen.iter().any(|s| s == "running"), "the task's changes, coalesced: {seen:?}");
+    let working = events.iter().any(|(e, a)| e == "agent" && a["state"] == "working" && a["task_id"] == id.as_str());
+    assert!(working, "an agent event names the task it works on: {events:?}");
+
+    // A drain is a host event; the queue's counts come at most once a second.
+    let (status, _) =
+        mesh.api.request(Method::POST, &format!("/api/v1/hosts/{}/drain", mesh.sidecars[0].id), None).await;
+    assert_eq!(status, 200);
+    let drained = |events: &[(String, serde_json::Value)]| {
+        events.iter().any(|(e, h)| e == "host" && h["id"] == mesh.sidecars[0].id.as_str() && !h["cordon"].is_null())
+    };
+    assert_eventually!(drained(&followed.events()), PATIENCE, "the drain arrived as a host event");
+    assert_eventually!(
+        followed.events().iter().any(|(e, q)| e == "queue" && q["tasks"] == 1 && q["ready_by_lane"]["normal"] == 0),
+        PATIENCE,
+        "a queue event"
+    );
+    // The stream shapes are the API's: the same task JSON as a listing.
+    let (_, listed) = mesh.api.request(Method::GET, "/api/v1/tasks", None).await;
+    let last = followed.events().into_iter().rev().find(|(e, t)| e == "task" && t["id"] == id.as_str()).unwrap().1;
+    assert_eq!(last, listed["tasks"][0], "an event's task is the listing's");
+}

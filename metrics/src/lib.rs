@@ -6,6 +6,8 @@
 //! `../shared/REFERENCE.md`: the `agentcom_` prefix, base units in the name, `_total` on
 //! counters, low-cardinality labels only.
 
+pub mod trace;
+
 use std::time::Duration;
 
 pub use metrics::{Counter, Gauge, Histogram};

@@ -14,6 +14,7 @@ pub mod reports;
 pub mod resources;
 pub mod runners;
 pub mod secure;
+mod spans;
 pub mod state;
 pub mod verify;
 pub mod workspace;
@@ -388,6 +389,19 @@ where
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Starts exporting this process's spans over OTLP/gRPC when `--otlp-endpoint` (`flag`) or
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` names a collector; keep the guard until the process ends (it
+/// flushes what is queued). Off otherwise, and then free.
+pub fn start_traces(
+    service: &'static str,
+    flag: Option<&str>,
+) -> anyhow::Result<Option<agentcom_metrics::trace::Guard>> {
+    let Some(endpoint) = agentcom_metrics::trace::endpoint(flag) else { return Ok(None) };
+    let guard = agentcom_metrics::trace::init(service, &endpoint).map_err(anyhow::Error::msg)?;
+    tracing::info!(endpoint = logging::redactor().scrub(&endpoint), "exporting traces over OTLP/gRPC");
+    Ok(Some(guard))
 }
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM: the binaries' shutdown trigger.

@@ -21,7 +21,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
-use agentcom_types::domain::{AgentStep, Outcome, SpecDefaults, Stream};
+use agentcom_types::domain::{AgentStep, Outcome, SpecDefaults, Stream, TraceParent};
 use agentcom_types::wire;
 
 use crate::contain::TaskKey;
@@ -557,20 +557,41 @@ impl Link {
         let events = self.events_tx.clone();
         info!(task_id, lease_generation, attempt = assign.attempt, agent_id = assign.agent_id, "running task");
         let sink = Arc::new(JobSink { task_id: task_id.clone(), lease_generation, events: events.clone() });
+        // The attempt's span, under the hub's dispatch span (when the hub traces and so do we).
+        let dispatched = assign.traceparent.parse::<TraceParent>().ok();
+        let mut span = crate::spans::child(dispatched.as_ref(), "execute").map(|span| {
+            span.kind(agentcom_metrics::trace::Kind::Consumer)
+                .remote_parent()
+                .attr("agentcom.task.id", task_id.clone())
+                .attr("agentcom.task.attempt", i64::from(assign.attempt))
+                .attr("agentcom.agent.id", assign.agent_id.clone())
+        });
         let (running, kind) = match assignment(assign, self.config.default_max_output_bytes) {
-            Ok(assignment) => {
+            Ok(mut assignment) => {
                 let kind = assignment.spec.work.capability();
+                assignment.trace = span
+                    .as_ref()
+                    .zip(dispatched)
+                    .map(|(span, parent)| TraceParent { span_id: span.span_id(), ..parent });
                 (self.runners.run(assignment, sink, cancel), kind)
             }
             Err(error) => (Box::pin(async move { runners::failed_to_start(error) }) as runners::Running, "unknown"),
         };
+        if let Some(span) = &mut span {
+            span.set("agentcom.task.kind", kind);
+        }
         let metrics = self.metrics.clone();
         metrics.started(kind);
-        tokio::spawn(async move {
-            let outcome = running.await;
-            metrics.finished(kind, &outcome);
-            let _ = events.send(JobEvent::Finished { task_id, lease_generation, outcome: Box::new(outcome) }).await;
-        });
+        let in_task = tracing::info_span!("task", task_id = %task_id);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let outcome = running.await;
+                crate::spans::executed(span, &outcome);
+                metrics.finished(kind, &outcome);
+                let _ = events.send(JobEvent::Finished { task_id, lease_generation, outcome: Box::new(outcome) }).await;
+            },
+            in_task,
+        ));
     }
 }
 
@@ -616,6 +637,7 @@ fn assignment(assign: pb::Assign, default_max_output_bytes: usize) -> Result<Ass
         judge: (!assign.judge_model.is_empty()).then_some((assign.judge_model, assign.judge_endpoint_id)),
         prices: assign.prices.into_iter().filter_map(|(m, p)| Some((m, wire::price_from_pb(p)?))).collect(),
         workspace: None,
+        trace: None,
     })
 }
 

@@ -93,6 +93,7 @@ impl Redactor {
         if let std::borrow::Cow::Borrowed(text) = text {
             // Shapes are matched in valid UTF-8 only (where their byte offsets are the text's).
             spans.extend(self.shapes.find_iter(text).map(|m| (m.start(), m.end())));
+            spans.extend(url_userinfo().captures_iter(text).filter_map(|c| c.get(2)).map(|m| (m.start(), m.end())));
         }
         if spans.is_empty() {
             return None;
@@ -132,11 +133,15 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// `://user:password@`: the user (1) and the password (2) of a URL.
+fn url_userinfo() -> &'static Regex {
+    static USERINFO: OnceLock<Regex> = OnceLock::new();
+    USERINFO.get_or_init(|| Regex::new(r"(://[^/\s:@]+):([^/\s@]+)@").expect("compiles"))
+}
+
 /// `scheme://user:password@host` with the password replaced.
 fn scrub_url_passwords(text: &str) -> String {
-    static USERINFO: OnceLock<Regex> = OnceLock::new();
-    let userinfo = USERINFO.get_or_init(|| Regex::new(r"(://[^/\s:@]+):[^/\s@]+@").expect("compiles"));
-    userinfo.replace_all(text, format!("$1:{REDACTED}@")).into_owned()
+    url_userinfo().replace_all(text, format!("$1:{REDACTED}@")).into_owned()
 }
 
 /// The process's redactor.
@@ -156,6 +161,7 @@ struct Scrubbing;
 impl Write for Scrubbing {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
+        let text = if is_json() { lift_task_id(&text) } else { text };
         std::io::stderr().lock().write_all(redactor().scrub(&text).as_bytes())?;
         Ok(buf.len())
     }
@@ -163,6 +169,20 @@ impl Write for Scrubbing {
     fn flush(&mut self) -> std::io::Result<()> {
         std::io::stderr().flush()
     }
+}
+
+/// A JSON line logged inside a task's span (`"span":{"name":"task","task_id":...}`) with the
+/// task's id also at the top, where queries look for it (`.task_id`), unless the event named one.
+fn lift_task_id(line: &str) -> std::borrow::Cow<'_, str> {
+    const SPAN: &str = ",\"span\":{";
+    let Some(at) = line.find(SPAN) else { return line.into() };
+    let (top, span) = line.split_at(at);
+    if top.contains("\"task_id\":") {
+        return line.into();
+    }
+    let Some(start) = span.find("\"task_id\":\"").map(|i| i + "\"task_id\":\"".len()) else { return line.into() };
+    let Some(len) = span[start..].find('"') else { return line.into() };
+    format!("{top},\"task_id\":\"{}\"{span}", &span[start..start + len]).into()
 }
 
 /// Whether log lines are JSON (set once logging starts).
@@ -218,6 +238,19 @@ mod tests {
     }
 
     #[test]
+    fn a_tasks_id_is_lifted_to_the_top_of_its_lines() {
+        let inside = r#"{"level":"INFO","message":"made a workspace","target":"x","span":{"task_id":"01M8","name":"task"},"spans":[]}"#;
+        assert_eq!(
+            lift_task_id(inside),
+            r#"{"level":"INFO","message":"made a workspace","target":"x","task_id":"01M8","span":{"task_id":"01M8","name":"task"},"spans":[]}"#
+        );
+        let named = r#"{"message":"m","task_id":"01M8","span":{"task_id":"01M8","name":"task"}}"#;
+        assert_eq!(lift_task_id(named), named, "an event that names it keeps its own");
+        let outside = r#"{"message":"hub listening","target":"x"}"#;
+        assert_eq!(lift_task_id(outside), outside);
+    }
+
+    #[test]
     fn masking_keeps_the_length_and_finds_every_occurrence() {
         let redactor = Redactor::new();
         redactor.add("hunter2-canary-value");
@@ -232,5 +265,8 @@ mod tests {
         let mut error = "cannot open hunter2-canary-value".to_owned();
         redactor.mask_string(&mut error);
         assert_eq!(error, "cannot open ********************");
+        let mut url = "cannot reach http://agent:pa55word@10.0.0.2:11434/api/tags".to_owned();
+        redactor.mask_string(&mut url);
+        assert_eq!(url, "cannot reach http://agent:********@10.0.0.2:11434/api/tags", "a URL's password, not its user");
     }
 }

@@ -15,6 +15,9 @@ struct Cli {
     /// is redacted; RUST_LOG filters.
     #[arg(long, global = true, value_enum, default_value = "auto", env = "AGENTCOM_LOG_FORMAT")]
     log_format: agentcom_sidecar::logging::LogFormat,
+    /// Export traces to this OTLP/gRPC collector (`http://HOST:4317`); off when unset.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -206,7 +209,9 @@ fn env_allowlist_from_args() -> Vec<String> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let Command::Run(args) = Cli::parse().command;
+    let cli = Cli::parse();
+    let _traces = agentcom_sidecar::start_traces("agentcom-sidecar", cli.otlp_endpoint.as_deref())?;
+    let Command::Run(args) = cli.command;
     let reports = args.reports()?;
     let token = match (args.token, args.token_file) {
         (Some(token), _) => token,

@@ -47,6 +47,8 @@ pub struct Job {
     pub criteria: Vec<String>,
     /// For `llm_judge` steps that name no model: the model and endpoint the hub chose.
     pub judge: Option<(String, String)>,
+    /// The attempt's span, the parent of the judge's LLM call (traces exported only).
+    pub trace: Option<agentcom_types::domain::TraceParent>,
 }
 
 /// Runs verification steps; one per sidecar.
@@ -205,6 +207,7 @@ impl Verifier {
             judge: None,
             prices: Vec::new(),
             workspace: None,
+            trace: job.trace,
         };
         let answer = runner.run(assignment, Arc::new(Quiet), cancel.child_token()).await;
         if let Some(error) = &answer.error {
@@ -516,6 +519,7 @@ mod tests {
             asked: "run: echo hi".into(),
             criteria: vec!["it greets".into(), "it is short".into()],
             judge: None,
+            trace: None,
         };
         let prompt = judge_prompt(&job, &[b"x".repeat(20_000), b"hello world".to_vec()].concat());
         assert!(prompt.starts_with("Success criteria:\n- it greets\n- it is short\n"), "{prompt}");

@@ -363,6 +363,8 @@ impl TryFrom<SubmitBody> for pb::TaskSpec {
                 backoff_max_ms: given("retry.backoff_max_ms", retry.backoff_max_ms)?,
                 retry_on_exit_codes: retry.retry_on_exit_codes,
             }),
+            // HTTP takes it from the `traceparent` header.
+            traceparent: String::new(),
         })
     }
 }

@@ -206,6 +206,10 @@ fn spec_from_pb_unchecked(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result
     let retry = spec.retry.unwrap_or_default();
     let verification = spec.verification.into_iter().map(verification_from_pb).collect::<Result<Vec<_>, _>>()?;
     let depends_on = spec.depends_on.iter().map(|id| id.parse()).collect::<Result<Vec<TaskId>, _>>()?;
+    let trace_parent = match spec.traceparent.as_str() {
+        "" => None,
+        given => Some(given.parse::<TraceParent>().map_err(|err| Error::invalid("traceparent", err.to_string()))?),
+    };
     let spec = TaskSpec {
         name: spec.name,
         idempotency_key: nonempty(spec.idempotency_key),
@@ -245,6 +249,7 @@ fn spec_from_pb_unchecked(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result
                 .unwrap_or(defaults.backoff_max_ms.max(retry.backoff_base_ms)),
             retry_on_exit_codes: retry.retry_on_exit_codes,
         },
+        trace_parent,
     };
     Ok(spec)
 }
@@ -331,6 +336,7 @@ pub fn spec_into_pb(spec: TaskSpec) -> pb::TaskSpec {
             backoff_max_ms: spec.retry.backoff_max_ms,
             retry_on_exit_codes: spec.retry.retry_on_exit_codes,
         }),
+        traceparent: spec.trace_parent.map(|p| p.to_string()).unwrap_or_default(),
     }
 }
 

@@ -52,7 +52,13 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::SubmitTaskRequest>,
     ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
-        let spec = request.into_inner().spec.ok_or_else(|| Status::invalid_argument("invalid spec: is required"))?;
+        // A `traceparent` in the call's metadata, unless the spec carries one.
+        let parent = request.metadata().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let mut spec =
+            request.into_inner().spec.ok_or_else(|| Status::invalid_argument("invalid spec: is required"))?;
+        if spec.traceparent.is_empty() {
+            spec.traceparent = parent.unwrap_or_default();
+        }
         let spec = convert::spec_from_pb(spec, &self.spec_defaults).map_err(ApiError::from)?;
         let submitted = self.hub.submit(spec).await.map_err(status)?;
         Ok(Response::new(pb::SubmitTaskResponse {
@@ -283,10 +289,8 @@ impl pb::admin_server::Admin for AdminService {
         _request: Request<pb::ListEndpointsRequest>,
     ) -> Result<Response<pb::ListEndpointsResponse>, Status> {
         let endpoints = self.hub.endpoint_listing().await.map_err(status)?;
-        let listed = |(e, learned): &(_, Option<u32>)| pb::LlmEndpoint {
-            parallel_learned: learned.unwrap_or(0),
-            ..convert::endpoint_to_pb(e)
-        };
+        let listed =
+            |(e, learned): &(_, Option<u32>)| pb::LlmEndpoint { parallel_learned: learned.unwrap_or(0), ..shown(e) };
         Ok(Response::new(pb::ListEndpointsResponse { endpoints: endpoints.iter().map(listed).collect() }))
     }
 
@@ -297,7 +301,7 @@ impl pb::admin_server::Admin for AdminService {
         let request = request.into_inner();
         let kind = super::endpoint_kind(&request.kind)?;
         let endpoint = self.hub.add_endpoint(request.url, kind).await.map_err(status)?;
-        Ok(Response::new(convert::endpoint_to_pb(&endpoint)))
+        Ok(Response::new(shown(&endpoint)))
     }
 
     async fn remove_endpoint(
@@ -305,7 +309,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::RemoveEndpointRequest>,
     ) -> Result<Response<pb::LlmEndpoint>, Status> {
         let endpoint = self.hub.remove_endpoint(request.into_inner().id).await.map_err(status)?;
-        Ok(Response::new(convert::endpoint_to_pb(&endpoint)))
+        Ok(Response::new(shown(&endpoint)))
     }
 }
 
@@ -470,6 +474,7 @@ fn to_pb(message: ToSidecar) -> pb::HubMessage {
                 judge_model: assignment.judge.as_ref().map(|j| j.0.clone()).unwrap_or_default(),
                 judge_endpoint_id: assignment.judge.map(|j| j.1).unwrap_or_default(),
                 prices: assignment.prices.into_iter().map(|(m, p)| (m, convert::price_into_pb(p))).collect(),
+                traceparent: assignment.trace.map(|t| t.to_string()).unwrap_or_default(),
             })
         }
         ToSidecar::Cancel { task_id, lease_generation, reason } => {
@@ -557,6 +562,13 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
             .take_until(async move { stop.cancelled().await });
         Ok(Response::new(Box::pin(outbound)))
     }
+}
+
+/// An endpoint as the admin API shows it: passwords in its URL and error masked.
+fn shown(endpoint: &crate::fleet::Endpoint) -> pb::LlmEndpoint {
+    let masked = |text: &str| crate::fleet::without_password(text);
+    let pb = convert::endpoint_to_pb(endpoint);
+    pb::LlmEndpoint { url: masked(&pb.url), error: masked(&pb.error), ..pb }
 }
 
 #[cfg(test)]

@@ -111,6 +111,7 @@ impl State {
                     if state == TaskState::Waiting {
                         self.settle_dependencies(id, now);
                     }
+                    self.span_submitted(id, now);
                     self.notify(id, now);
                 }
                 AfterCommit::Assigned { task_id, lease_generation } => {
@@ -127,6 +128,7 @@ impl State {
                     }
                     let dispatched_ms = now - self.tasks[&task_id].updated_unix_ms;
                     self.observe_assignment(dispatched_ms);
+                    let trace = self.span_assigned(task_id, &lease.sidecar_id, now);
                     let task = &self.tasks[&task_id];
                     let mut spec = task.spec.clone();
                     // An `--offline` hub's work is local-only wherever the sidecar chooses.
@@ -142,6 +144,7 @@ impl State {
                         price: lease.model.as_deref().and_then(|m| self.config.prices.token_price(m)),
                         judge: lease.judge.clone(),
                         prices: self.prices_on(&lease, task),
+                        trace,
                     }));
                     self.send_to(&lease.sidecar_id, message);
                     self.notify(task_id, now);
@@ -171,6 +174,7 @@ impl State {
     /// nothing more to say: its feed is finished and dropped, and its output, now on disk, leaves
     /// memory.
     pub(super) fn notify(&mut self, id: TaskId, now: UnixMs) {
+        self.changes.mark_task(id);
         let settled = self.tasks[&id].state.is_terminal() && self.queue.lease(id).is_none();
         if let Some(feed) = self.feeds.get(&id) {
             if settled {
@@ -181,6 +185,7 @@ impl State {
             }
         }
         if settled {
+            self.span_settled(id);
             strip_output(self.tasks.get_mut(&id).expect("a notified task exists"));
             for dependent in self.dependents.remove(&id).unwrap_or_default() {
                 self.settle_dependencies(dependent, now);

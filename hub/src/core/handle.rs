@@ -216,6 +216,8 @@ pub struct Assignment {
     /// Work with a cost budget placed without a model: the prices of the models the sidecar's
     /// endpoints offer (it chooses the model), so it can stop at the budget.
     pub prices: Vec<(String, TokenPrice)>,
+    /// The dispatch's trace context, the parent of the sidecar's spans (traces exported only).
+    pub trace: Option<TraceParent>,
 }
 
 /// What the core sends to a sidecar session. Small: every session's outbox holds its slots
@@ -241,7 +243,7 @@ pub enum ToSidecar {
 }
 
 /// Counts that describe the queue now.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct QueueStats {
     pub tasks: usize,
     pub ready: usize,
@@ -259,6 +261,10 @@ pub struct QueueStats {
     pub prewarms: u64,
     /// Tasks escalated a tier after a failed verification since the hub started.
     pub escalations: u64,
+    /// Ready tasks (blocked ones included) by lane, in `Lane::ALL` order.
+    pub ready_by_lane: [usize; 4],
+    /// When the oldest ready task was submitted.
+    pub oldest_ready_unix_ms: Option<UnixMs>,
 }
 
 /// How a model's verified results went, for one kind of work at one tier.
@@ -477,9 +483,15 @@ pub struct Handle {
     /// Finished tasks' output lives only on disk; reads of it go here, off the core.
     pub(super) store: Store,
     pub(super) metrics: crate::metrics::Shared,
+    pub(super) changes: super::Changes,
 }
 
 impl Handle {
+    /// Follows the hub's changes (`GET /api/v1/events`) from now on.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<super::Change>> {
+        self.changes.subscribe()
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Event) -> Result<T, Error> {
         let (tx, rx) = oneshot::channel();
         self.events.send(make(tx)).map_err(|_| Error::ShuttingDown)?;
@@ -660,6 +672,32 @@ impl Handle {
 }
 
 impl State {
+    /// The queue's counts now: one pass over the tasks.
+    pub(super) fn queue_stats(&self) -> QueueStats {
+        let count = |state| self.tasks.values().filter(|t| t.state == state).count();
+        QueueStats {
+            tasks: self.tasks.len(),
+            ready: self.queue.n_ready() + self.queue.n_blocked(),
+            delayed: self.queue.n_delayed(),
+            waiting_on_dependencies: count(TaskState::Waiting),
+            leased: self.queue.n_leased(),
+            dead_lettered: count(TaskState::DeadLettered),
+            stale_messages_refused: self.stale_messages,
+            blocked: self.queue.n_blocked(),
+            tier_fallbacks: self.tier_fallbacks,
+            prewarms: self.prewarms,
+            escalations: self.escalations,
+            ready_by_lane: self.queue.ready_by_lane(),
+            oldest_ready_unix_ms: self.queue.oldest_ready().map(crate::queue::submitted_at),
+        }
+    }
+
+    /// The LLM registry, with the parallelism learned for endpoints that were not told theirs.
+    pub(super) fn endpoint_listing(&self) -> Vec<(Endpoint, Option<u32>)> {
+        let learned = |e: &Endpoint| if e.parallel == 0 { self.learned.parallel(&e.id) } else { None };
+        self.registry.iter().map(|e| (e.clone(), learned(e))).collect()
+    }
+
     /// Answers one event: the decisions, whose effects the loop then carries out.
     pub(super) fn handle(&mut self, event: Event, now: UnixMs) {
         match event {
@@ -713,20 +751,7 @@ impl State {
                 let _ = reply.send(self.metrics_snapshot(now));
             }
             Event::Stats { reply } => {
-                let count = |state| self.tasks.values().filter(|t| t.state == state).count();
-                let _ = reply.send(QueueStats {
-                    tasks: self.tasks.len(),
-                    ready: self.queue.n_ready() + self.queue.n_blocked(),
-                    delayed: self.queue.n_delayed(),
-                    waiting_on_dependencies: count(TaskState::Waiting),
-                    leased: self.queue.n_leased(),
-                    dead_lettered: count(TaskState::DeadLettered),
-                    stale_messages_refused: self.stale_messages,
-                    blocked: self.queue.n_blocked(),
-                    tier_fallbacks: self.tier_fallbacks,
-                    prewarms: self.prewarms,
-                    escalations: self.escalations,
-                });
+                let _ = reply.send(self.queue_stats());
             }
             Event::Explain { id, reply } => {
                 let _ = reply.send(self.explain(id));
@@ -768,8 +793,7 @@ impl State {
                 let _ = reply.send(stats.collect());
             }
             Event::Endpoints { reply } => {
-                let learned = |e: &Endpoint| if e.parallel == 0 { self.learned.parallel(&e.id) } else { None };
-                let _ = reply.send(self.registry.iter().map(|e| (e.clone(), learned(e))).collect());
+                let _ = reply.send(self.endpoint_listing());
             }
             Event::AddEndpoint { url, kind, reply } => self.add_endpoint(url, kind, reply),
             Event::RemoveEndpoint { id, reply } => self.remove_endpoint(id, reply),

@@ -21,6 +21,7 @@
 //! **Architecture Invariant:** the core never touches a prost type or a socket. It speaks to
 //! sidecar sessions through [`ToSidecar`] messages in their outboxes; the gRPC layer converts.
 
+mod changes;
 mod commit;
 mod fleet_ops;
 mod handle;
@@ -28,6 +29,7 @@ mod leases;
 mod observe;
 mod placing;
 mod sessions;
+mod spans;
 mod tasks;
 #[cfg(test)]
 mod tests;
@@ -40,6 +42,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+pub use self::changes::{Change, Changes};
 pub use self::commit::AfterCommit;
 pub use self::handle::{
     Assignment, Config, Error, Event, FromSidecar, Handle, ModelStat, QueueStats, Recorded, RecordedKind, RunningTask,
@@ -116,6 +119,8 @@ pub(crate) struct State {
     next_prewarm_scan: UnixMs,
     /// Placement decisions of recent tasks, for `explain`.
     decisions: placing::Decisions,
+    /// What the change stream has yet to send, and what it sent last.
+    changes: changes::Outbox,
 }
 
 impl State {
@@ -151,6 +156,7 @@ impl State {
             escalations: 0,
             next_prewarm_scan: 0,
             decisions: placing::Decisions::default(),
+            changes: changes::Outbox::new(),
         }
     }
 
@@ -205,11 +211,12 @@ impl Core {
             seconds: metrics.histogram("agentcom_storage_commit_seconds", &[]),
             changes: metrics.histogram("agentcom_storage_commit_changes", &[]),
         });
-        let handle = Handle { events: tx.clone(), healthy: healthy.clone(), store: store.clone(), metrics };
+        let mut state = State::new(config, fleet.registry, fleet.cordons);
+        let changes = state.changes.bus();
+        let handle = Handle { events: tx.clone(), healthy: healthy.clone(), store: store.clone(), metrics, changes };
         let writer = store.start_writer(AfterCommit::durable, move |tickets, result| {
             let _ = tx.send(Event::Committed { tickets, result });
         });
-        let mut state = State::new(config, fleet.registry, fleet.cordons);
         state.learned.seed_verdicts(fleet.verdicts);
         let restoring = std::time::Instant::now();
         state.restore(tasks, now_ms());
@@ -226,6 +233,8 @@ impl Core {
         let (grace, wait_for_inflight) = (config.shutdown_grace, config.cancel_inflight_on_shutdown);
         let mut ticker = tokio::time::interval(tick_every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flush = tokio::time::interval(Duration::from_millis(changes::FLUSH_EVERY_MS));
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown_reply: Option<Reply<()>> = None;
         let mut shutdown_deadline: Option<tokio::time::Instant> = None;
         loop {
@@ -244,6 +253,10 @@ impl Core {
                     None => break,
                 },
                 _ = ticker.tick() => Event::Tick,
+                _ = flush.tick(), if self.state.changes.live() => {
+                    self.state.flush_changes(now_ms());
+                    continue;
+                }
             };
             if let Some(writer) = &self.writer {
                 self.state.write_backlog = writer.backlog();

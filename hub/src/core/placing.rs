@@ -144,6 +144,7 @@ impl State {
             };
             let (kind, waited) = (task.spec.work.capability(), now - task.updated_unix_ms);
             self.observe_dispatch(kind, waited, explanation.tier.as_str(), source);
+            self.span_placed(task_id, now - waited, &explanation, now);
             let task = self.tasks.get_mut(&task_id).expect("a ready task exists");
             task.attempt += 1;
             task.lease_generation += 1;

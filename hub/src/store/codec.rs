@@ -230,6 +230,7 @@ fn spec_into(spec: TaskSpec) -> pb::Spec {
             backoff_max_ms: spec.retry.backoff_max_ms,
             retry_on_exit_codes: spec.retry.retry_on_exit_codes,
         }),
+        traceparent: spec.trace_parent.map(|p| p.to_string()).unwrap_or_default(),
     }
 }
 
@@ -275,6 +276,10 @@ fn spec_from(spec: pb::Spec) -> Result<TaskSpec, String> {
             backoff_base_ms: retry.backoff_base_ms,
             backoff_max_ms: retry.backoff_max_ms,
             retry_on_exit_codes: retry.retry_on_exit_codes,
+        },
+        trace_parent: match spec.traceparent.as_str() {
+            "" => None,
+            stored => Some(stored.parse().map_err(|err: InvalidTraceParent| err.to_string())?),
         },
     })
 }

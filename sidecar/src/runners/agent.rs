@@ -106,6 +106,7 @@ impl Runner for AgentLoopRunner {
                     || limits.max_cost_micros.zip(cost).is_some_and(|(max, cost)| cost >= max as f64)
             };
             let started = Instant::now();
+            let trace = assignment.trace.as_ref();
             let (mut error, mut budget_exceeded) = (None, false);
             sink.started(0); // No process: the hub only needs to know the attempt began.
             transcript.line(&format!("[agent] started ({} on {})", choice.model, choice.endpoint_id));
@@ -124,14 +125,17 @@ impl Runner for AgentLoopRunner {
                         break;
                     }
                     _ => {
+                        let span = crate::spans::llm_call(trace, choice.provider.as_str(), &conversation.model);
                         let asked = ask(&client, &target, &conversation, deadline, sink.as_ref());
-                        tokio::select! {
+                        let reply = tokio::select! {
                             reply = asked => reply,
-                            _ = cancel.cancelled() => {
-                                error = Some("cancelled".to_owned());
-                                break;
-                            }
+                            _ = cancel.cancelled() => Err("cancelled".to_owned()),
+                        };
+                        match &reply {
+                            Ok(r) => crate::spans::llm_answered(span, &r.model, r.input_tokens, r.output_tokens, None),
+                            Err(why) => crate::spans::llm_answered(span, "", 0, 0, Some(why)),
                         }
+                        reply
                     }
                 };
                 let reply = match reply {
@@ -157,7 +161,14 @@ impl Runner for AgentLoopRunner {
                 }
                 let mut answers = Vec::with_capacity(reply.calls.len());
                 for (n, call) in reply.calls.iter().enumerate() {
+                    let span = crate::spans::child(trace, format!("{} {}", crate::spans::EXECUTE_TOOL, call.name));
                     let (ok, content) = tools::run(&call.name, &call.arguments, &workspace).await;
+                    if let Some(span) = span {
+                        let span = span
+                            .attr("gen_ai.operation.name", crate::spans::EXECUTE_TOOL)
+                            .attr("gen_ai.tool.name", call.name.clone());
+                        if ok { span.end() } else { span.error("the tool failed").end() }
+                    }
                     let first = n == 0;
                     transcript.step(AgentStep {
                         round: 0,

@@ -181,11 +181,14 @@ impl Runner for LlmRunner {
             };
             let timeout = limits.timeout_ms.map(Duration::from_millis);
             let cap = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
+            let span = crate::spans::llm_call(assignment.trace.as_ref(), target.provider.as_str(), &choice.model);
             let attempt = attempt(&client, &target, &request, &choice, sink, cap, budget);
-            tokio::select! {
+            let outcome = tokio::select! {
                 outcome = run_within(timeout, attempt) => outcome,
                 _ = cancel.cancelled() => Outcome { error: Some("cancelled".into()), ..Outcome::empty() },
-            }
+            };
+            crate::spans::llm_finished(span, &outcome);
+            outcome
         })
     }
 }

@@ -41,6 +41,8 @@ pub struct Assignment {
     pub prices: Vec<(String, TokenPrice)>,
     /// Agent work: the workspace it runs in (made by [`Runners::run`]).
     pub workspace: Option<std::path::PathBuf>,
+    /// The attempt's `execute` span, the parent of the runners' spans (traces exported only).
+    pub trace: Option<agentcom_types::domain::TraceParent>,
 }
 
 impl Assignment {
@@ -217,7 +219,15 @@ impl Runners {
                     match &verifier {
                         Some(verifier) => {
                             sink.verifying();
-                            outcome.verification = Some(verifier.check(&job, &outcome.stdout, &cancel).await);
+                            let span = crate::spans::child(assignment.trace.as_ref(), "verify");
+                            let report = verifier.check(&job, &outcome.stdout, &cancel).await;
+                            if let Some(mut span) = span {
+                                span.set("agentcom.verification.verdict", report.verdict.as_str());
+                                span.set("agentcom.verification.steps", report.steps.len() as i64);
+                                span.set("agentcom.round", i64::from(number));
+                                span.end();
+                            }
+                            outcome.verification = Some(report);
                         }
                         None => outcome.error = Some("this sidecar cannot verify work".to_owned()),
                     }
@@ -478,6 +488,7 @@ fn verification_job(assignment: &Assignment) -> crate::verify::Job {
         env,
         secret_env,
         limits: contain::Limits { max_memory_bytes: spec.limits.max_memory_bytes, max_pids: spec.limits.max_pids },
+        trace: assignment.trace,
     }
 }
 
@@ -554,6 +565,7 @@ mod tests {
             judge: None,
             prices: vec![("picked".into(), price(1.0))],
             workspace: None,
+            trace: None,
         };
         assert_eq!(assignment.price_of("placed"), Some(price(3.0)));
         assert_eq!(assignment.price_of("picked"), Some(price(1.0)));

@@ -20,8 +20,10 @@ pub fn now_ms() -> UnixMs {
 
 /// Validation limits for submitted tasks. Generous for real work, small enough that one request
 /// cannot exhaust the hub.
+mod trace;
 mod validate;
 
+pub use self::trace::{InvalidTraceParent, TaskTrace, TraceParent};
 pub use self::validate::loopback_url;
 
 pub mod limits {
@@ -572,6 +574,9 @@ pub struct TaskSpec {
     pub depends_on: Vec<TaskId>,
     pub labels: BTreeMap<String, String>,
     pub retry: RetryPolicy,
+    /// The submitter's trace context (a `traceparent` header or field), which the task's spans
+    /// join; `None`: the task is a trace of its own.
+    pub trace_parent: Option<TraceParent>,
 }
 
 impl TaskSpec {
@@ -609,6 +614,7 @@ impl TaskSpec {
                 backoff_max_ms: defaults.backoff_max_ms,
                 retry_on_exit_codes: Vec::new(),
             },
+            trace_parent: None,
         }
     }
 }
@@ -775,6 +781,11 @@ pub struct Task {
 }
 
 impl Task {
+    /// Where the task's spans hang.
+    pub fn trace(&self) -> TaskTrace {
+        TaskTrace::of(self.id, self.spec.trace_parent.as_ref())
+    }
+
     pub fn new(id: TaskId, spec: TaskSpec, now: UnixMs) -> Task {
         Task {
             id,

@@ -5,6 +5,7 @@
 //! the explicit shapes of [`dto`], never the serde form of a domain type.
 
 pub mod dto;
+mod ui;
 
 use std::convert::Infallible;
 
@@ -62,6 +63,9 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/tasks", get(list_tasks).post(submit_task))
         .route("/api/v1/tasks/{id}", get(get_task).delete(cancel_task))
         .route("/api/v1/tasks/{id}/events", get(task_events))
+        .route("/api/v1/events", get(hub_events))
+        .route("/", get(ui::index))
+        .route("/ui/{file}", get(ui::file))
         .route("/api/v1/tasks/{id}/decision", get(task_decision))
         .route("/api/v1/tasks/{id}/why", get(task_why))
         .route("/api/v1/agents", get(list_agents))
@@ -99,12 +103,17 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     }
 }
 
+/// `POST /api/v1/tasks`; a W3C `traceparent` header makes the task's spans part of the caller's trace.
 async fn submit_task(
     State(state): State<HttpState>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<agentcom_types::json::SubmitBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
-    let spec = pb::TaskSpec::try_from(body).map_err(|err| ApiError::invalid(err.0))?;
+    let mut spec = pb::TaskSpec::try_from(body).map_err(|err| ApiError::invalid(err.0))?;
+    if let Some(parent) = headers.get("traceparent") {
+        spec.traceparent = parent.to_str().map_err(|_| ApiError::invalid("invalid traceparent header"))?.to_owned();
+    }
     let spec = convert::spec_from_pb(spec, &state.spec_defaults)?;
     let submitted = state.hub.submit(spec).await?;
     let status = if submitted.existing { StatusCode::OK } else { StatusCode::CREATED };
@@ -353,4 +362,40 @@ async fn task_events(State(state): State<HttpState>, Path(id): Path<String>) -> 
         Ok::<_, Infallible>(sse.expect("task events serialize"))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// `GET /api/v1/events`: the hub's changes as server-sent events: `ready` once the subscription
+/// is live (fetch what you show after it, and nothing is missed), then `task`, `agent`, `host`,
+/// `endpoints` and `queue` as they change (coalesced, at most every 100 ms), and `resync` when
+/// the client fell behind and must fetch everything again.
+async fn hub_events(State(state): State<HttpState>) -> Response {
+    use crate::core::Change;
+    use tokio_stream::wrappers::BroadcastStream;
+    use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+    let changes = BroadcastStream::new(state.hub.changes()).map(|change| {
+        let event = match change {
+            Ok(change) => match &*change {
+                Change::Task(task) => SseEvent::default().event("task").json_data(TaskDto::from(&**task)),
+                Change::Agent(agent) => SseEvent::default().event("agent").json_data(AgentDto::from(agent)),
+                Change::Host(host) => SseEvent::default().event("host").json_data(HostDto::from(host)),
+                Change::Endpoints(endpoints) => {
+                    let listed = |(e, learned): &(_, Option<u32>)| EndpointDto {
+                        parallel_learned: *learned,
+                        ..EndpointDto::from(e)
+                    };
+                    let endpoints = endpoints.iter().map(listed).collect::<Vec<_>>();
+                    SseEvent::default().event("endpoints").json_data(json!({ "endpoints": endpoints }))
+                }
+                Change::Queue(stats) => SseEvent::default().event("queue").json_data(QueueDto::from(stats)),
+            },
+            Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                SseEvent::default().event("resync").json_data(json!({ "missed": missed }))
+            }
+        };
+        Ok::<_, Infallible>(event.expect("hub events serialize"))
+    });
+    let ready = futures_util::stream::once(async { Ok(SseEvent::default().event("ready").data("{}")) });
+    let stop = state.stop.clone();
+    let events = ready.chain(changes).take_until(async move { stop.cancelled().await });
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
 }

@@ -59,6 +59,10 @@ enum Command {
         /// Stored tasks for the start-up phase (0 skips it).
         #[arg(long, default_value_t = 1_000_000)]
         startup_tasks: usize,
+        /// Export the hub's spans over OTLP to a receiver in this process (traces on), to
+        /// measure what they cost against a run without.
+        #[arg(long)]
+        traces: bool,
     },
     /// The fleet: simulated sidecars against one hub process; its CPU, memory per sidecar, and
     /// how fast a silent sidecar is marked offline. Needs agentcom-hub built beside meshbench.
@@ -546,9 +550,23 @@ fn main() -> anyhow::Result<()> {
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match Cli::parse().command {
-        Command::Queue { dir, seconds, submitters, startup_tasks } => {
-            runtime.block_on(queue(dir, seconds, submitters, startup_tasks))
-        }
+        Command::Queue { dir, seconds, submitters, startup_tasks, traces } => runtime.block_on(async {
+            // The receiver and the guard live until the figures are printed.
+            let (receiver, guard) = if traces {
+                let receiver = agentcom_integration::otlp::OtlpReceiver::start().await?;
+                let guard =
+                    agentcom_metrics::trace::init("agentcom-hub", &receiver.endpoint()).map_err(anyhow::Error::msg)?;
+                (Some(receiver), Some(guard))
+            } else {
+                (None, None)
+            };
+            queue(dir, seconds, submitters, startup_tasks).await?;
+            if let Some(receiver) = receiver {
+                drop(tokio::task::spawn_blocking(move || drop(guard)).await);
+                eprintln!("  spans received by the OTLP receiver: {}", receiver.spans().len());
+            }
+            Ok(())
+        }),
         Command::Fleet { sidecars, heartbeat_ms, seconds } => {
             anyhow::ensure!(sidecars >= 2, "--sidecars must be at least 2");
             let options = fleet::Options { sidecars, heartbeat_ms, measure_seconds: seconds };

@@ -43,6 +43,8 @@ pub struct TaskDto {
     pub started_unix_ms: Option<i64>,
     pub finished_unix_ms: Option<i64>,
     pub outcome: Option<OutcomeDto>,
+    /// The trace its spans belong to (hex): the submitter's, or the task's own.
+    pub trace_id: String,
 }
 
 impl From<&Task> for TaskDto {
@@ -61,6 +63,7 @@ impl From<&Task> for TaskDto {
             started_unix_ms: task.started_unix_ms,
             finished_unix_ms: task.finished_unix_ms,
             outcome: task.outcome.as_ref().map(OutcomeDto::from),
+            trace_id: task.trace().trace_id_hex(),
         }
     }
 }
@@ -586,7 +589,7 @@ impl From<&Endpoint> for EndpointDto {
     fn from(e: &Endpoint) -> EndpointDto {
         EndpointDto {
             id: e.id.clone(),
-            url: e.url.clone(),
+            url: crate::fleet::without_password(&e.url),
             kind: e.kind.as_str(),
             owner: match &e.owner {
                 Owner::Sidecar(id) => OwnerDto::Sidecar { sidecar_id: id.clone() },
@@ -594,7 +597,7 @@ impl From<&Endpoint> for EndpointDto {
             },
             healthy: e.healthy,
             version: e.version.clone(),
-            error: e.error.clone(),
+            error: e.error.as_deref().map(crate::fleet::without_password),
             models: e.models.iter().map(ModelDto::from).collect(),
             checked_unix_ms: e.checked_unix_ms,
             parallel: e.parallel,
@@ -654,6 +657,17 @@ pub struct QueueDto {
     pub tier_fallbacks: u64,
     pub prewarms: u64,
     pub escalations: u64,
+    pub ready_by_lane: LanesDto,
+    pub oldest_ready_unix_ms: Option<i64>,
+}
+
+/// Counts by lane.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct LanesDto {
+    pub urgent: usize,
+    pub high: usize,
+    pub normal: usize,
+    pub low: usize,
 }
 
 /// One row of `GET /api/v1/models/stats`.
@@ -694,6 +708,13 @@ impl From<&QueueStats> for QueueDto {
             tier_fallbacks: q.tier_fallbacks,
             prewarms: q.prewarms,
             escalations: q.escalations,
+            ready_by_lane: LanesDto {
+                urgent: q.ready_by_lane[0],
+                high: q.ready_by_lane[1],
+                normal: q.ready_by_lane[2],
+                low: q.ready_by_lane[3],
+            },
+            oldest_ready_unix_ms: q.oldest_ready_unix_ms,
         }
     }
 }

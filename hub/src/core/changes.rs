@@ -1,0 +1,162 @@
+//! The hub's change stream (`GET /api/v1/events`): what changed in the tasks, the fleet and the
+//! queue, for the dashboard and any client that follows the hub live.
+//!
+//! Changes are coalesced, not logged: a task is marked when one of its changes is durable
+//! ([`State::notify`]), and agents, hosts, endpoints and the queue are compared with what was
+//! last sent. A flush, at most every [`FLUSH_EVERY_MS`] and only while someone listens, sends
+//! what differs. A hub nobody watches does nothing here but load one counter per notify.
+//!
+//! A subscriber that falls more than [`BUFFER`] changes behind misses some; the HTTP edge tells
+//! it to fetch everything again (`event: resync`).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use super::State;
+use super::handle::QueueStats;
+use crate::agent::AgentState;
+use crate::domain::{Task, TaskId, UnixMs};
+use crate::fleet::{AgentView, Cordon, Endpoint, HostView};
+
+/// Changes a subscriber may be behind before it has to resync.
+pub(super) const BUFFER: usize = 4096;
+/// How often a flush runs while someone listens.
+pub(super) const FLUSH_EVERY_MS: u64 = 100;
+/// The queue's counts scan every task, so they are compared at most this often.
+const QUEUE_EVERY_MS: UnixMs = 1000;
+
+/// One change, as the core saw it when it flushed.
+#[derive(Debug)]
+pub enum Change {
+    Task(Box<Task>),
+    Agent(AgentView),
+    /// Without its history.
+    Host(HostView),
+    /// The whole registry, with each endpoint's learned parallelism.
+    Endpoints(Vec<(Endpoint, Option<u32>)>),
+    Queue(QueueStats),
+}
+
+pub type Changes = broadcast::Sender<Arc<Change>>;
+
+/// What an agent looks like to a watcher: its heartbeat alone is not a change.
+type AgentKey = (AgentState, UnixMs, Option<TaskId>, bool, bool);
+/// A host's session, whether it is open, its cordon, agents and latest report's time.
+type HostKey = (u64, bool, Option<Cordon>, usize, Option<UnixMs>);
+
+/// The core's side of the stream: what is marked, and what was last sent.
+pub(super) struct Outbox {
+    bus: Changes,
+    tasks: BTreeSet<TaskId>,
+    agents: HashMap<String, AgentKey>,
+    hosts: HashMap<String, HostKey>,
+    endpoints: Vec<(Endpoint, Option<u32>)>,
+    queue: Option<QueueStats>,
+    last_queue: UnixMs,
+}
+
+impl Outbox {
+    pub(super) fn new() -> Outbox {
+        let (bus, _) = broadcast::channel(BUFFER);
+        Outbox {
+            bus,
+            tasks: BTreeSet::new(),
+            agents: HashMap::new(),
+            hosts: HashMap::new(),
+            endpoints: Vec::new(),
+            queue: None,
+            last_queue: 0,
+        }
+    }
+
+    /// The sender subscribers subscribe to.
+    pub(super) fn bus(&self) -> Changes {
+        self.bus.clone()
+    }
+
+    /// Someone listens.
+    pub(super) fn live(&self) -> bool {
+        self.bus.receiver_count() > 0
+    }
+
+    pub(super) fn mark_task(&mut self, id: TaskId) {
+        if self.live() {
+            self.tasks.insert(id);
+        }
+    }
+
+    fn send(&self, change: Change) {
+        // No receiver left is not an error: the next flush finds nobody listening.
+        let _ = self.bus.send(Arc::new(change));
+    }
+}
+
+impl State {
+    /// Sends what changed since the last flush to the stream's subscribers.
+    pub(super) fn flush_changes(&mut self, now: UnixMs) {
+        if !self.changes.live() {
+            // Nobody to tell: forget what was marked, so a later subscriber starts from its
+            // own snapshot and the marks do not grow.
+            self.changes.tasks.clear();
+            return;
+        }
+        for id in std::mem::take(&mut self.changes.tasks) {
+            if let Some(task) = self.tasks.get(&id) {
+                self.changes.send(Change::Task(task.clone()));
+            }
+        }
+        let mut agents = Vec::new();
+        for agent in self.agents.values() {
+            let key = (
+                agent.state,
+                agent.state_since,
+                agent.task_id,
+                agent.stalled,
+                self.cordons.contains_key(&agent.sidecar_id),
+            );
+            if self.changes.agents.get(&agent.id) != Some(&key) {
+                self.changes.agents.insert(agent.id.clone(), key);
+                agents.push(self.agent_view(agent));
+            }
+        }
+        for view in agents {
+            self.changes.send(Change::Agent(view));
+        }
+        let mut hosts: Vec<(&String, HostKey)> = Vec::new();
+        for (id, sidecar) in &self.sidecars {
+            let latest = sidecar.host.latest.as_ref().map(|r| r.at_unix_ms);
+            let cordon = self.cordons.get(id).copied();
+            hosts.push((id, (sidecar.session, sidecar.is_open(), cordon, sidecar.agent_ids.len(), latest)));
+        }
+        for (id, cordon) in self.cordons.iter().filter(|(id, _)| !self.sidecars.contains_key(*id)) {
+            hosts.push((id, (0, false, Some(*cordon), 0, None)));
+        }
+        let mut changed = Vec::new();
+        for (id, key) in hosts {
+            if self.changes.hosts.get(id) != Some(&key) {
+                self.changes.hosts.insert(id.clone(), key);
+                changed.push(id.clone());
+            }
+        }
+        for id in changed {
+            if let Some(host) = self.host_view(&id, false) {
+                self.changes.send(Change::Host(host));
+            }
+        }
+        let endpoints = self.endpoint_listing();
+        if endpoints != self.changes.endpoints {
+            self.changes.endpoints = endpoints.clone();
+            self.changes.send(Change::Endpoints(endpoints));
+        }
+        if now - self.changes.last_queue >= QUEUE_EVERY_MS {
+            self.changes.last_queue = now;
+            let stats = self.queue_stats();
+            if self.changes.queue.as_ref() != Some(&stats) {
+                self.changes.queue = Some(stats.clone());
+                self.changes.send(Change::Queue(stats));
+            }
+        }
+    }
+}
