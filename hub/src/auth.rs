@@ -1,57 +1,130 @@
 //! Bearer tokens: minting, hashing, and deciding who may call what.
 //!
 //! The hub stores only SHA-256 hashes of its tokens. A plaintext token exists once, when it is
-//! minted, and is handed to the operator (in `dev` mode, written to `admin.token` and
-//! `join.token` with mode 0600). Admin tokens may call everything; join tokens may only open a
-//! sidecar session.
+//! minted, and is handed to the operator (the bootstrap ones written to `admin.token` and
+//! `join.token` with mode 0600; others shown once by `hubctl tokens create`). Roles gate the
+//! API (see [`access_for`]); join tokens may only open a sidecar session.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a token may do. The API roles are ranked: each may do what the ones below it may.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Role {
-    Admin,
+    /// Opens sidecar sessions, nothing else.
     Join,
+    /// Reads everything: tasks, the fleet, metrics, the event stream.
+    Viewer,
+    /// Also submits and cancels tasks.
+    Submitter,
+    /// Also drains and uncordons hosts, retries and purges dead letters, changes endpoints, and
+    /// takes backups.
+    Operator,
+    /// Also manages tokens and reads the audit log.
+    Admin,
 }
 
 impl Role {
+    /// What a refusal says is needed.
+    fn needs(self) -> &'static str {
+        match self {
+            Role::Viewer => "a viewer token or above",
+            Role::Submitter => "a submitter token or above",
+            Role::Operator => "an operator or admin token",
+            Role::Admin | Role::Join => "an admin token",
+        }
+    }
+
+    pub const API: [Role; 4] = [Role::Viewer, Role::Submitter, Role::Operator, Role::Admin];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Submitter => "submitter",
+            Role::Viewer => "viewer",
             Role::Join => "join",
         }
     }
 
-    fn parse(s: &str) -> Option<Role> {
+    pub fn parse(s: &str) -> Option<Role> {
         match s {
             "admin" => Some(Role::Admin),
+            "operator" => Some(Role::Operator),
+            "submitter" => Some(Role::Submitter),
+            "viewer" => Some(Role::Viewer),
             "join" => Some(Role::Join),
             _ => None,
         }
     }
+
+    /// Whether a token of this role may make a request that needs `access`.
+    pub fn may(self, access: Access) -> bool {
+        match access {
+            Access::Open => true,
+            // Admin tokens may open sessions too (a sidecar run by hand).
+            Access::Sidecar => matches!(self, Role::Join | Role::Admin),
+            Access::Api(needed) => self != Role::Join && self >= needed,
+        }
+    }
 }
 
-/// What a request needs, decided by its path.
+/// What a request needs, decided by its method and path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
     Open,
     /// A sidecar session: join or admin tokens.
     Sidecar,
-    Admin,
+    /// The API, with at least this role.
+    Api(Role),
 }
 
 pub const AGENT_LINK_PREFIX: &str = "/agentcom.v1.AgentLink/";
+const ADMIN_PREFIX: &str = "/agentcom.v1.Admin/";
 
-/// The access rule for a request path. Open: health probes and the dashboard's static files.
-pub fn access_for(path: &str) -> Access {
+/// The access rule for a request. Open: health probes and the dashboard's static files. Reads
+/// need a viewer; submits and cancels a submitter; fleet changes, dead letters, endpoints and
+/// backups an operator; tokens and the audit log an admin. Anything not listed needs an admin.
+pub fn access_for(method: &str, path: &str) -> Access {
     if path == "/healthz" || path == "/readyz" || path == "/" || path.starts_with("/ui/") {
-        Access::Open
-    } else if path.starts_with(AGENT_LINK_PREFIX) {
-        Access::Sidecar
-    } else {
-        Access::Admin
+        return Access::Open;
+    }
+    if path.starts_with(AGENT_LINK_PREFIX) {
+        return Access::Sidecar;
+    }
+    if let Some(rpc) = path.strip_prefix(ADMIN_PREFIX) {
+        return Access::Api(grpc_role(rpc));
+    }
+    Access::Api(http_role(method, path))
+}
+
+fn grpc_role(rpc: &str) -> Role {
+    match rpc {
+        "GetTask" | "ListTasks" | "WatchTask" | "ListAgents" | "GetAgent" | "ListHosts" | "GetHost"
+        | "ListEndpoints" | "ListDeadLetters" | "ExplainTask" | "WhyTask" => Role::Viewer,
+        "SubmitTask" | "SubmitStream" | "CancelTask" => Role::Submitter,
+        "RetryDeadLetter" | "PurgeDeadLetters" | "Backup" | "DrainSidecar" | "UncordonSidecar" | "AddEndpoint"
+        | "RemoveEndpoint" => Role::Operator,
+        _ => Role::Admin,
+    }
+}
+
+fn http_role(method: &str, path: &str) -> Role {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let read = matches!(method, "GET" | "HEAD");
+    match (segments.as_slice(), read) {
+        (["api", "v1", "tokens", ..], _) | (["api", "v1", "audit"], _) => Role::Admin,
+        (["metrics"], true) | (["api", "v1", ..], true) => Role::Viewer,
+        (["api", "v1", "tasks"], false) if method == "POST" => Role::Submitter,
+        (["api", "v1", "tasks", _], false) if method == "DELETE" => Role::Submitter,
+        (["api", "v1", "hosts", _, "drain" | "uncordon"], false)
+        | (["api", "v1", "dlq"], false)
+        | (["api", "v1", "dlq", _, "retry"], false)
+        | (["api", "v1", "endpoints", ..], false)
+        | (["api", "v1", "backups"], false) => Role::Operator,
+        _ => Role::Admin,
     }
 }
 
@@ -63,8 +136,21 @@ pub enum Error {
     Malformed,
     #[error("unknown or revoked token")]
     Unknown,
-    #[error("a {0} token cannot call this API")]
-    Forbidden(&'static str),
+    #[error("a {0} token cannot call this API (it needs {1})")]
+    Forbidden(&'static str, &'static str),
+}
+
+/// Who made an API request: put in the request's extensions by the authentication layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub role: Role,
+    /// [`token_id`] of its token.
+    pub token_id: String,
+}
+
+/// A token's public name: `tok-` and the first 12 hex digits of its hash.
+pub fn token_id(hash: &str) -> String {
+    format!("tok-{}", &hash[..hash.len().min(12)])
 }
 
 /// A freshly minted token: the plaintext to hand out and the hash to store.
@@ -84,30 +170,69 @@ pub fn hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// A token the hub accepts, as `tokens ls` shows it (never its secret).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// [`token_id`] of its hash.
+    pub id: String,
+    pub role: Role,
+    pub name: String,
+    /// 0 for the bootstrap tokens (`admin.token`, `join.token`).
+    pub created_unix_ms: i64,
+}
+
 /// The hashes the hub accepts, shared by the HTTP and gRPC layers.
 #[derive(Clone, Default)]
 pub struct Tokens {
-    by_hash: Arc<RwLock<HashMap<String, Role>>>,
+    by_hash: Arc<RwLock<HashMap<String, TokenInfo>>>,
 }
 
 impl Tokens {
-    pub fn from_stored(stored: Vec<(String, String)>) -> Tokens {
+    pub fn from_stored(stored: Vec<crate::store::StoredToken>) -> Tokens {
         let tokens = Tokens::default();
-        for (hash, role) in stored {
-            match Role::parse(&role) {
-                Some(role) => tokens.insert(hash, role),
-                None => tracing::warn!(role, "ignoring a stored token with an unknown role"),
+        for token in stored {
+            match Role::parse(&token.role) {
+                Some(role) => tokens.insert_named(token.hash, role, token.name, token.created_unix_ms),
+                None => tracing::warn!(role = token.role, "ignoring a stored token with an unknown role"),
             }
         }
         tokens
     }
 
+    /// A bootstrap token.
     pub fn insert(&self, hash: String, role: Role) {
-        self.by_hash.write().expect("token lock poisoned").insert(hash, role);
+        self.insert_named(hash, role, String::new(), 0);
+    }
+
+    pub fn insert_named(&self, hash: String, role: Role, name: String, created_unix_ms: i64) {
+        let info = TokenInfo { id: token_id(&hash), role, name, created_unix_ms };
+        self.by_hash.write().expect("token lock poisoned").insert(hash, info);
+    }
+
+    /// Every token, oldest first (the bootstrap ones first).
+    pub fn list(&self) -> Vec<TokenInfo> {
+        let mut all: Vec<TokenInfo> = self.by_hash.read().expect("token lock poisoned").values().cloned().collect();
+        all.sort_by(|a, b| (a.created_unix_ms, &a.id).cmp(&(b.created_unix_ms, &b.id)));
+        all
+    }
+
+    /// The hash and the token with this id.
+    pub fn find(&self, id: &str) -> Option<(String, TokenInfo)> {
+        let tokens = self.by_hash.read().expect("token lock poisoned");
+        tokens.iter().find(|(_, info)| info.id == id).map(|(hash, info)| (hash.clone(), info.clone()))
+    }
+
+    /// A revoked token is refused from its next request on.
+    pub fn remove(&self, hash: &str) {
+        self.by_hash.write().expect("token lock poisoned").remove(hash);
     }
 
     pub fn has_role(&self, role: Role) -> bool {
-        self.by_hash.read().expect("token lock poisoned").values().any(|r| *r == role)
+        self.count(role) > 0
+    }
+
+    pub fn count(&self, role: Role) -> usize {
+        self.by_hash.read().expect("token lock poisoned").values().filter(|t| t.role == role).count()
     }
 
     /// Checks an `authorization` header value against what `access` needs.
@@ -128,10 +253,15 @@ impl Tokens {
             .filter(|t| !t.is_empty())
             .ok_or(Error::Malformed)?;
         let token_hash = hash(token);
-        let role = *self.by_hash.read().expect("token lock poisoned").get(&token_hash).ok_or(Error::Unknown)?;
-        match (access, role) {
-            (Access::Admin, Role::Join) => Err(Error::Forbidden("join")),
-            _ => Ok(Some((role, token_hash))),
+        let role = self.by_hash.read().expect("token lock poisoned").get(&token_hash).ok_or(Error::Unknown)?.role;
+        if role.may(access) {
+            Ok(Some((role, token_hash)))
+        } else {
+            let needed = match access {
+                Access::Api(needed) => needed.needs(),
+                _ => "a join or admin token",
+            };
+            Err(Error::Forbidden(role.as_str(), needed))
         }
     }
 }
@@ -141,24 +271,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_authorize_by_role_and_path() {
+    fn tokens_authorize_by_role_method_and_path() {
         let tokens = Tokens::default();
-        let admin = mint(Role::Admin);
-        let join = mint(Role::Join);
-        tokens.insert(admin.hash.clone(), Role::Admin);
-        tokens.insert(join.hash.clone(), Role::Join);
-        let bearer = |t: &str| format!("Bearer {t}");
-
-        let check = |header: Option<&str>, path: &str| tokens.authorize(header, access_for(path));
-        assert_eq!(check(None, "/healthz"), Ok(None));
-        assert_eq!(check(None, "/api/v1/tasks"), Err(Error::Missing));
-        assert_eq!(check(Some("Basic abc"), "/api/v1/tasks"), Err(Error::Malformed));
-        assert_eq!(check(Some("Bearer nope"), "/api/v1/tasks"), Err(Error::Unknown));
-        assert_eq!(check(Some(&bearer(&admin.token)), "/api/v1/tasks"), Ok(Some(Role::Admin)));
-        assert_eq!(check(Some(&bearer(&join.token)), "/api/v1/tasks"), Err(Error::Forbidden("join")));
-        assert_eq!(check(Some(&bearer(&join.token)), "/agentcom.v1.Admin/SubmitTask"), Err(Error::Forbidden("join")));
-        assert_eq!(check(Some(&bearer(&join.token)), "/agentcom.v1.AgentLink/Session"), Ok(Some(Role::Join)));
-        assert_eq!(check(None, "/metrics"), Err(Error::Missing));
+        let minted: Vec<(Role, Minted)> = [Role::Admin, Role::Operator, Role::Submitter, Role::Viewer, Role::Join]
+            .into_iter()
+            .map(|role| (role, mint(role)))
+            .collect();
+        for (role, m) in &minted {
+            tokens.insert(m.hash.clone(), *role);
+        }
+        let bearer = |role: Role| format!("Bearer {}", minted.iter().find(|(r, _)| *r == role).unwrap().1.token);
+        let check = |role: Option<Role>, method: &str, path: &str| {
+            let header = role.map(bearer);
+            tokens.authorize(header.as_deref(), access_for(method, path)).map(|_| ())
+        };
+        assert_eq!(check(None, "GET", "/healthz"), Ok(()));
+        assert_eq!(check(None, "GET", "/ui/app.js"), Ok(()));
+        assert_eq!(check(None, "GET", "/api/v1/tasks"), Err(Error::Missing));
+        assert_eq!(tokens.authorize(Some("Basic abc"), access_for("GET", "/api/v1/tasks")), Err(Error::Malformed));
+        assert_eq!(tokens.authorize(Some("Bearer nope"), access_for("GET", "/api/v1/tasks")), Err(Error::Unknown));
+        assert_eq!(check(None, "GET", "/metrics"), Err(Error::Missing));
+        assert_eq!(check(Some(Role::Viewer), "GET", "/metrics"), Ok(()));
+        assert_eq!(check(Some(Role::Viewer), "GET", "/api/v1/events"), Ok(()));
+        let viewer_submits = check(Some(Role::Viewer), "POST", "/api/v1/tasks");
+        assert_eq!(viewer_submits, Err(Error::Forbidden("viewer", "a submitter token or above")));
+        assert_eq!(check(Some(Role::Submitter), "POST", "/api/v1/tasks"), Ok(()));
+        assert_eq!(check(Some(Role::Submitter), "DELETE", "/api/v1/tasks/01M7Y9VFDHQ7Q41RY49FHBT5Z0"), Ok(()));
+        assert!(check(Some(Role::Submitter), "POST", "/api/v1/hosts/h/drain").is_err());
+        assert_eq!(check(Some(Role::Operator), "POST", "/api/v1/hosts/h/drain"), Ok(()));
+        assert!(check(Some(Role::Operator), "GET", "/api/v1/audit").is_err());
+        assert!(check(Some(Role::Operator), "POST", "/api/v1/tokens").is_err());
+        assert_eq!(check(Some(Role::Admin), "POST", "/api/v1/tokens"), Ok(()));
+        assert_eq!(check(Some(Role::Viewer), "POST", "/agentcom.v1.Admin/ListTasks"), Ok(()));
+        assert!(check(Some(Role::Viewer), "POST", "/agentcom.v1.Admin/SubmitTask").is_err());
+        assert!(check(Some(Role::Submitter), "POST", "/agentcom.v1.Admin/DrainSidecar").is_err());
+        assert!(check(Some(Role::Operator), "POST", "/agentcom.v1.Admin/Unknown").is_err(), "unlisted: admins only");
+        // Join tokens open sessions and nothing else; API tokens other than admin open none.
+        assert_eq!(check(Some(Role::Join), "POST", "/agentcom.v1.AgentLink/Session"), Ok(()));
+        assert_eq!(check(Some(Role::Admin), "POST", "/agentcom.v1.AgentLink/Session"), Ok(()));
+        assert!(check(Some(Role::Operator), "POST", "/agentcom.v1.AgentLink/Session").is_err());
+        assert!(check(Some(Role::Join), "GET", "/api/v1/tasks").is_err());
+        assert!(check(Some(Role::Join), "POST", "/agentcom.v1.Admin/SubmitTask").is_err());
     }
 
     #[test]

@@ -91,7 +91,7 @@ pub fn ensure_tokens(data_dir: &DataDir, store: &Store) -> Result<Tokens, Error>
             continue;
         }
         let minted = auth::mint(role);
-        store.apply(vec![Op::PutToken { hash: minted.hash.clone(), role: role.as_str().to_owned() }])?;
+        store.apply(vec![Op::PutToken { hash: minted.hash.clone(), value: role.as_str().to_owned() }])?;
         tokens.insert(minted.hash, role);
         write_secret(&path, &minted.token)?;
         info!(path = %path.display(), role = role.as_str(), "minted a token");
@@ -101,8 +101,8 @@ pub fn ensure_tokens(data_dir: &DataDir, store: &Store) -> Result<Tokens, Error>
 
 fn access_for_role(role: Role) -> auth::Access {
     match role {
-        Role::Admin => auth::Access::Admin,
         Role::Join => auth::Access::Sidecar,
+        api => auth::Access::Api(api),
     }
 }
 
@@ -127,8 +127,8 @@ struct Gate {
 
 /// Checks the bearer token before any handler runs, and the token's rate on the admin API,
 /// answering in the caller's protocol.
-async fn authenticate(State(gate): State<Gate>, request: Request, next: Next) -> Response {
-    let access = auth::access_for(request.uri().path());
+async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
+    let access = auth::access_for(request.method().as_str(), request.uri().path());
     let header = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let is_grpc = request
         .headers()
@@ -136,7 +136,9 @@ async fn authenticate(State(gate): State<Gate>, request: Request, next: Next) ->
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"));
     let refusal = match gate.tokens.authorize_keyed(header, access) {
-        Ok(Some((_, token_hash))) if access == auth::Access::Admin => {
+        Ok(Some((role, token_hash))) if matches!(access, auth::Access::Api(_)) => {
+            // Handlers that record what they did (the audit log) say who did it.
+            request.extensions_mut().insert(auth::Caller { role, token_id: auth::token_id(&token_hash) });
             match gate.limiter.check(&token_hash, std::time::Instant::now()) {
                 Ok(()) => None,
                 Err(wait) => {
@@ -266,7 +268,13 @@ impl Hub {
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let grpc = tonic::service::Routes::new(admin).add_service(link).into_axum_router();
         let router = grpc
-            .merge(http::router(HttpState { hub: handle.clone(), spec_defaults, backups, stop: stop.clone() }))
+            .merge(http::router(HttpState {
+                hub: handle.clone(),
+                spec_defaults,
+                backups,
+                stop: stop.clone(),
+                tokens: tokens.clone(),
+            }))
             .fallback(fallback)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -10,6 +10,7 @@ mod fleet;
 mod placement;
 mod sse;
 mod submit;
+mod tokens;
 mod work;
 
 use std::io::Write;
@@ -94,6 +95,16 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// Admin tokens with roles: create, ls, revoke (an admin token needed).
+    Tokens {
+        #[command(subcommand)]
+        command: tokens::TokensCommand,
+    },
+    /// Admin actions (drains, dead-letter retries and purges, endpoint and token changes), newest first.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
     },
 }
 
@@ -610,6 +621,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Drain { sidecar, deadline } => fleet::drain(&client, &sidecar, deadline, cli.json).await,
         Command::Uncordon { sidecar } => fleet::uncordon(&client, &sidecar, cli.json).await,
         Command::Endpoints { command } => fleet::endpoints(&client, command, cli.json).await,
+        Command::Tokens { command } => tokens::tokens(&client, command, cli.json).await,
+        Command::Audit { limit } => tokens::audit(&client, limit, cli.json).await,
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// The hub's metrics as Prometheus sees them (an admin token required).
+/// The hub's metrics as Prometheus sees them (a token required: a viewer's is enough).
 async fn scrape(url: &str, token: &str) -> String {
     let response = reqwest::Client::new().get(format!("{url}/metrics")).bearer_auth(token).send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -119,9 +119,15 @@ async fn a_real_prometheus_scrapes_the_hub_and_promql_sees_the_queue() {
     for _ in 0..4 {
         mesh.api.submit(json!({ "shell": { "argv": ["true"] }, "priority": "low" })).await;
     }
+    // A read-only token is all Prometheus needs.
+    let (status, made) = mesh
+        .api
+        .request(reqwest::Method::POST, "/api/v1/tokens", Some(json!({ "role": "viewer", "name": "prometheus" })))
+        .await;
+    assert_eq!(status, 201, "{made}");
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("admin.token");
-    std::fs::write(&token_file, &mesh.api.token).unwrap();
+    let token_file = dir.path().join("viewer.token");
+    std::fs::write(&token_file, made["secret"].as_str().unwrap()).unwrap();
     let target = mesh.url.trim_start_matches("http://").to_owned();
     let config = format!(
         "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: agentcom-hub\n    authorization:\n      credentials_file: {}\n    static_configs:\n      - targets: ['{target}']\n",
@@ -179,10 +185,10 @@ fn the_shipped_prometheus_config_and_alert_rules_check_and_their_tests_pass() {
     // The config names a token file that exists on a real server: check a copy that points at one.
     let scratch = tempfile::tempdir().unwrap();
     let token = scratch.path().join("token");
-    std::fs::write(&token, "agentcom_admin_x").unwrap();
+    std::fs::write(&token, "agentcom_viewer_x").unwrap();
     let config = std::fs::read_to_string(dir.join("prometheus.yml")).unwrap();
-    assert!(config.contains("/etc/prometheus/agentcom-admin.token"));
-    let config = config.replace("/etc/prometheus/agentcom-admin.token", &token.to_string_lossy());
+    assert!(config.contains("/etc/prometheus/agentcom-viewer.token"));
+    let config = config.replace("/etc/prometheus/agentcom-viewer.token", &token.to_string_lossy());
     std::fs::write(scratch.path().join("prometheus.yml"), config).unwrap();
     std::fs::copy(dir.join("alerts.yml"), scratch.path().join("alerts.yml")).unwrap();
     promtool(scratch.path(), &["check", "config", "prometheus.yml"]).unwrap();

@@ -199,8 +199,10 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::RetryDeadLetterRequest>,
     ) -> Result<Response<pb::Task>, Status> {
+        let caller = caller_of(&request);
         let id = parse_id(&request.into_inner().id)?;
         let task = self.hub.retry_dead_letter(id).await.map_err(status)?;
+        super::audited(&self.hub, caller.as_ref(), "dlq.retry", &id.to_string(), String::new()).await?;
         Ok(Response::new(convert::task_to_pb(&task)))
     }
 
@@ -208,8 +210,12 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::PurgeDeadLettersRequest>,
     ) -> Result<Response<pb::PurgeDeadLettersResponse>, Status> {
-        let before = super::purge_cutoff(request.into_inner().older_than_ms)?;
+        let caller = caller_of(&request);
+        let older_than_ms = request.into_inner().older_than_ms;
+        let before = super::purge_cutoff(older_than_ms)?;
         let purged = self.hub.purge_dead_letters(before).await.map_err(status)?;
+        let detail = format!("{purged} purged, older than {older_than_ms} ms");
+        super::audited(&self.hub, caller.as_ref(), "dlq.purge", "dlq", detail).await?;
         Ok(Response::new(pb::PurgeDeadLettersResponse { purged: purged as u64 }))
     }
 
@@ -257,9 +263,12 @@ impl pb::admin_server::Admin for AdminService {
     }
 
     async fn drain_sidecar(&self, request: Request<pb::DrainSidecarRequest>) -> Result<Response<pb::Host>, Status> {
+        let caller = caller_of(&request);
         let request = request.into_inner();
         let deadline = (request.deadline_unix_ms != 0).then_some(request.deadline_unix_ms);
-        let host = self.hub.drain(request.sidecar_id, deadline).await.map_err(status)?;
+        let host = self.hub.drain(request.sidecar_id.clone(), deadline).await.map_err(status)?;
+        let detail = deadline.map(|at| format!("deadline at {at}")).unwrap_or_default();
+        super::audited(&self.hub, caller.as_ref(), "drain", &request.sidecar_id, detail).await?;
         Ok(Response::new(convert::host_to_pb(&host)))
     }
 
@@ -267,7 +276,10 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::UncordonSidecarRequest>,
     ) -> Result<Response<pb::Host>, Status> {
-        let host = self.hub.uncordon(request.into_inner().sidecar_id).await.map_err(status)?;
+        let caller = caller_of(&request);
+        let sidecar_id = request.into_inner().sidecar_id;
+        let host = self.hub.uncordon(sidecar_id.clone()).await.map_err(status)?;
+        super::audited(&self.hub, caller.as_ref(), "uncordon", &sidecar_id, String::new()).await?;
         Ok(Response::new(convert::host_to_pb(&host)))
     }
 
@@ -298,9 +310,12 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::AddEndpointRequest>,
     ) -> Result<Response<pb::LlmEndpoint>, Status> {
+        let caller = caller_of(&request);
         let request = request.into_inner();
         let kind = super::endpoint_kind(&request.kind)?;
         let endpoint = self.hub.add_endpoint(request.url, kind).await.map_err(status)?;
+        let url = crate::fleet::without_password(&endpoint.url);
+        super::audited(&self.hub, caller.as_ref(), "endpoint.add", &endpoint.id, url).await?;
         Ok(Response::new(shown(&endpoint)))
     }
 
@@ -308,7 +323,10 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::RemoveEndpointRequest>,
     ) -> Result<Response<pb::LlmEndpoint>, Status> {
+        let caller = caller_of(&request);
         let endpoint = self.hub.remove_endpoint(request.into_inner().id).await.map_err(status)?;
+        let url = crate::fleet::without_password(&endpoint.url);
+        super::audited(&self.hub, caller.as_ref(), "endpoint.remove", &endpoint.id, url).await?;
         Ok(Response::new(shown(&endpoint)))
     }
 }
@@ -562,6 +580,11 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
             .take_until(async move { stop.cancelled().await });
         Ok(Response::new(Box::pin(outbound)))
     }
+}
+
+/// Who made the call, as the authentication layer recorded it.
+fn caller_of<T>(request: &Request<T>) -> Option<crate::auth::Caller> {
+    request.extensions().get::<crate::auth::Caller>().cloned()
 }
 
 /// An endpoint as the admin API shows it: passwords in its URL and error masked.

@@ -120,7 +120,7 @@ impl From<crate::domain::Error> for ApiError {
 impl From<auth::Error> for ApiError {
     fn from(err: auth::Error) -> ApiError {
         let code = match err {
-            auth::Error::Forbidden(_) => ErrorCode::PermissionDenied,
+            auth::Error::Forbidden(..) => ErrorCode::PermissionDenied,
             _ => ErrorCode::Unauthenticated,
         };
         ApiError::new(code, err.to_string())
@@ -131,6 +131,30 @@ impl From<ApiError> for tonic::Status {
     fn from(err: ApiError) -> tonic::Status {
         tonic::Status::new(err.code.grpc(), err.message)
     }
+}
+
+/// Records an admin action in the audit log (durably) once it has been done: who (the caller's
+/// token), what and on what.
+async fn audited(
+    hub: &core::Handle,
+    caller: Option<&auth::Caller>,
+    action: &str,
+    target: &str,
+    detail: String,
+) -> Result<(), ApiError> {
+    let (actor, role) = caller.map_or(("unknown".to_owned(), ""), |c| (c.token_id.clone(), c.role.as_str()));
+    let entry = crate::store::AuditEntry {
+        id: ulid::Ulid::new(),
+        at_unix_ms: crate::domain::now_ms(),
+        actor,
+        role: role.to_owned(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        detail,
+    };
+    tracing::info!(action, target, actor = entry.actor, role, "admin action");
+    hub.persist(vec![crate::store::Op::PutAudit(entry)]).await?;
+    Ok(())
 }
 
 /// An endpoint kind as the admin APIs take it: empty means Ollama.

@@ -447,6 +447,12 @@ pub enum Event {
     ModelStats {
         reply: Reply<Vec<ModelStat>>,
     },
+    /// Changes outside the core's own state (tokens, the audit log), written in order with the
+    /// rest; answered once durable.
+    Persist {
+        ops: Vec<store::Op>,
+        reply: Reply<()>,
+    },
     AddEndpoint {
         url: String,
         kind: EndpointKind,
@@ -629,6 +635,22 @@ impl Handle {
         self.ask(|reply| Event::ModelStats { reply }).await
     }
 
+    /// Writes `ops` through the storage writer (the only writer once the hub runs) and waits
+    /// until they are durable.
+    pub async fn persist(&self, ops: Vec<store::Op>) -> Result<(), Error> {
+        self.ask(|reply| Event::Persist { ops, reply }).await
+    }
+
+    /// The newest `limit` entries of the audit log, newest first, read off the core.
+    pub async fn audit_log(&self, limit: usize) -> Result<Vec<store::AuditEntry>, Error> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.audit(limit)).await {
+            Ok(Ok(entries)) => Ok(entries),
+            Ok(Err(err)) => Err(Error::Storage(err.to_string())),
+            Err(err) => Err(Error::Storage(err.to_string())),
+        }
+    }
+
     /// The registry, each endpoint with the parallelism learned for it (if it says none).
     pub async fn endpoint_listing(&self) -> Result<Vec<(Endpoint, Option<u32>)>, Error> {
         self.ask(|reply| Event::Endpoints { reply }).await
@@ -794,6 +816,14 @@ impl State {
             }
             Event::Endpoints { reply } => {
                 let _ = reply.send(self.endpoint_listing());
+            }
+            Event::Persist { ops, reply } => {
+                self.write(
+                    ops,
+                    AfterCommit::Then(Box::new(move || {
+                        let _ = reply.send(());
+                    })),
+                );
             }
             Event::AddEndpoint { url, kind, reply } => self.add_endpoint(url, kind, reply),
             Event::RemoveEndpoint { id, reply } => self.remove_endpoint(id, reply),

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{FLEET, META, TASKS, TOKENS, redb_err};
+use super::{AUDIT, FLEET, META, TASKS, TOKENS, redb_err};
 use crate::store::{self, Error, Store};
 
 /// Where backups go, how often, and how many are kept.
@@ -190,6 +190,7 @@ impl Store {
         copy_table(&snapshot, &txn, TOKENS)?;
         copy_table(&snapshot, &txn, META)?;
         copy_table(&snapshot, &txn, FLEET)?;
+        copy_table(&snapshot, &txn, AUDIT)?;
         txn.commit().map_err(redb_err)?;
         drop(copy);
         std::fs::rename(&partial, dest).map_err(Error::io(dest))?;

@@ -462,6 +462,46 @@ fn task_from_pb(task: pb::Task) -> Result<Task, String> {
 
 // ---- Fleet settings ----
 
+pub(super) fn encode_audit(entry: &crate::store::AuditEntry) -> Vec<u8> {
+    pb::AuditEntry {
+        at_unix_ms: entry.at_unix_ms,
+        actor: entry.actor.clone(),
+        role: entry.role.clone(),
+        action: entry.action.clone(),
+        target: entry.target.clone(),
+        detail: entry.detail.clone(),
+    }
+    .encode_to_vec()
+}
+
+/// An audit record and its key.
+pub(super) fn decode_audit(key: u128, bytes: &[u8]) -> Result<crate::store::AuditEntry, String> {
+    let e = pb::AuditEntry::decode(bytes).map_err(|err| err.to_string())?;
+    Ok(crate::store::AuditEntry {
+        id: Ulid::from(key),
+        at_unix_ms: e.at_unix_ms,
+        actor: e.actor,
+        role: e.role,
+        action: e.action,
+        target: e.target,
+        detail: e.detail,
+    })
+}
+
+/// A token's stored value: its role alone (the bootstrap tokens, and every token of format 1),
+/// or `ROLE\tCREATED_UNIX_MS\tNAME` for one made through the API.
+pub fn encode_token(role: &str, created_unix_ms: i64, name: &str) -> String {
+    if created_unix_ms == 0 && name.is_empty() { role.to_owned() } else { format!("{role}\t{created_unix_ms}\t{name}") }
+}
+
+pub(super) fn decode_token(hash: &str, value: &str) -> crate::store::StoredToken {
+    let mut parts = value.splitn(3, '\t');
+    let role = parts.next().unwrap_or_default().to_owned();
+    let created_unix_ms = parts.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+    let name = parts.next().unwrap_or_default().to_owned();
+    crate::store::StoredToken { hash: hash.to_owned(), role, created_unix_ms, name }
+}
+
 pub(super) fn encode_cordon(cordon: &Cordon) -> Vec<u8> {
     pb::Cordon { since_unix_ms: cordon.since_unix_ms, deadline_unix_ms: cordon.deadline_unix_ms }.encode_to_vec()
 }

@@ -32,6 +32,7 @@ mod codec;
 pub mod wal;
 mod writer;
 
+pub use self::codec::encode_token;
 pub use self::writer::Writer;
 
 /// Task id (a ULID as u128, so keys sort by age) -> a stored task (`codec`).
@@ -41,6 +42,8 @@ const TOKENS: TableDefinition<'_, &str, &str> = TableDefinition::new("tokens");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 /// Durable fleet settings by key: `cordon/{sidecar}`, `endpoint/{id}` (`codec`).
 const FLEET: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("fleet");
+/// Admin actions, keyed by a ULID (time order).
+const AUDIT: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("audit");
 
 /// META key: the version of the record format the database holds.
 const SCHEMA_VERSION: &str = "schema_version";
@@ -94,10 +97,16 @@ fn redb_err(err: impl Into<redb::Error>) -> Error {
 pub enum Op {
     PutTask(Box<Task>),
     DeleteTask(TaskId),
+    /// A token's hash and its stored value (`codec::encode_token`: its role, and for tokens made
+    /// through the API when and under what name).
     PutToken {
         hash: String,
-        role: String,
+        value: String,
     },
+    DeleteToken {
+        hash: String,
+    },
+    PutAudit(AuditEntry),
     PutCordon {
         sidecar_id: String,
         cordon: Cordon,
@@ -116,6 +125,29 @@ pub enum Op {
         tier: crate::domain::Tier,
         tally: crate::sched::Tally,
     },
+}
+
+/// One admin action, as the audit log keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Its key: time-ordered.
+    pub id: ulid::Ulid,
+    pub at_unix_ms: i64,
+    /// The token that did it (`tok-...`) and its role.
+    pub actor: String,
+    pub role: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+/// A stored token: its role, and for those made through the API, when and under what name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredToken {
+    pub hash: String,
+    pub role: String,
+    pub created_unix_ms: i64,
+    pub name: String,
 }
 
 /// The durable fleet settings: the LLM registry, the cordons, and the verdicts counted by model.
@@ -308,6 +340,7 @@ impl Store {
         };
         txn.open_table(TOKENS).map_err(redb_err)?;
         txn.open_table(FLEET).map_err(redb_err)?;
+        txn.open_table(AUDIT).map_err(redb_err)?;
         txn.commit().map_err(redb_err)?;
         Ok(older)
     }
@@ -451,17 +484,37 @@ impl Store {
     }
 
     /// Token hashes and their roles.
-    pub fn load_tokens(&self) -> Result<Vec<(String, String)>, Error> {
+    pub fn load_tokens(&self) -> Result<Vec<StoredToken>, Error> {
         let txn = self.db.begin_read().map_err(redb_err)?;
         let table = txn.open_table(TOKENS).map_err(redb_err)?;
         table
             .iter()
             .map_err(redb_err)?
             .map(|entry| {
-                let (hash, role) = entry.map_err(redb_err)?;
-                Ok((hash.value().to_owned(), role.value().to_owned()))
+                let (hash, value) = entry.map_err(redb_err)?;
+                Ok(codec::decode_token(hash.value(), value.value()))
             })
             .collect()
+    }
+
+    /// The newest `limit` admin actions, newest first (a record that does not decode is skipped).
+    pub fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, Error> {
+        let txn = self.db.begin_read().map_err(redb_err)?;
+        let table = match txn.open_table(AUDIT) {
+            Ok(table) => table,
+            // A database from before the audit log: nothing recorded yet.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(err) => return Err(redb_err(err)),
+        };
+        let mut entries = Vec::new();
+        for entry in table.iter().map_err(redb_err)?.rev().take(limit) {
+            let (key, bytes) = entry.map_err(redb_err)?;
+            match codec::decode_audit(key.value(), bytes.value()) {
+                Ok(entry) => entries.push(entry),
+                Err(err) => tracing::warn!(error = err, "skipping an audit record that does not decode"),
+            }
+        }
+        Ok(entries)
     }
 
     /// The registry and the cordons, as stored. A record that does not decode is skipped with a
@@ -527,9 +580,17 @@ fn apply_prepared(db: &Database, ops: &[Prepared], durability: Durability) -> Re
                 Prepared::DeleteTask { key } => {
                     tasks.remove(*key).map_err(redb_err)?;
                 }
-                Prepared::PutToken { hash, role } => {
+                Prepared::PutToken { hash, value } => {
                     let mut tokens = txn.open_table(TOKENS).map_err(redb_err)?;
-                    tokens.insert(hash.as_str(), role.as_str()).map_err(redb_err)?;
+                    tokens.insert(hash.as_str(), value.as_str()).map_err(redb_err)?;
+                }
+                Prepared::DeleteToken { hash } => {
+                    let mut tokens = txn.open_table(TOKENS).map_err(redb_err)?;
+                    tokens.remove(hash.as_str()).map_err(redb_err)?;
+                }
+                Prepared::PutAudit { key, bytes } => {
+                    let mut audit = txn.open_table(AUDIT).map_err(redb_err)?;
+                    audit.insert(*key, bytes.as_slice()).map_err(redb_err)?;
                 }
                 Prepared::PutFleet { key, value } => {
                     let mut fleet = txn.open_table(FLEET).map_err(redb_err)?;

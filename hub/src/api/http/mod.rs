@@ -5,6 +5,7 @@
 //! the explicit shapes of [`dto`], never the serde form of a domain type.
 
 pub mod dto;
+mod tokens;
 mod ui;
 
 use std::convert::Infallible;
@@ -23,11 +24,13 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{ApiError, list_limit};
+use super::{ApiError, audited, list_limit};
+use crate::auth::Caller;
 use crate::core::Handle;
 use crate::domain::now_ms;
 use crate::domain::{SpecDefaults, TaskId, TaskState};
 use crate::feed::{self, FeedEvent};
+use axum::Extension;
 use dto::{
     AgentDto, BackupDto, DecisionDto, EndpointDto, HostDto, OutputEventDto, QueueDto, StepEventDto, TaskDto, WhyDto,
 };
@@ -43,6 +46,8 @@ pub struct HttpState {
     pub spec_defaults: SpecDefaults,
     pub backups: crate::backup::Backups,
     pub stop: CancellationToken,
+    /// The tokens the hub accepts (token management changes them).
+    pub tokens: crate::auth::Tokens,
 }
 
 impl IntoResponse for ApiError {
@@ -83,6 +88,9 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/dlq/{id}", get(get_dead_letter))
         .route("/api/v1/dlq/{id}/retry", axum::routing::post(retry_dead_letter))
         .route("/api/v1/backups", axum::routing::post(take_backup))
+        .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/api/v1/audit", get(tokens::audit))
         .with_state(state)
 }
 
@@ -197,9 +205,11 @@ async fn get_dead_letter(
 
 async fn retry_dead_letter(
     State(state): State<HttpState>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let task = state.hub.retry_dead_letter(id.parse::<TaskId>()?).await?;
+    audited(&state.hub, caller.as_deref(), "dlq.retry", &id, String::new()).await?;
     Ok(Json(json!({ "task": TaskDto::from(&task) })))
 }
 
@@ -211,11 +221,14 @@ struct PurgeQuery {
 
 async fn purge_dead_letters(
     State(state): State<HttpState>,
+    caller: Option<Extension<Caller>>,
     query: Result<Query<PurgeQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(query) = query.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
     let before = super::purge_cutoff(query.older_than_ms.unwrap_or(0))?;
     let purged = state.hub.purge_dead_letters(before).await?;
+    let detail = format!("{purged} purged, older than {} ms", query.older_than_ms.unwrap_or(0));
+    audited(&state.hub, caller.as_deref(), "dlq.purge", "dlq", detail).await?;
     Ok(Json(json!({ "purged": purged })))
 }
 
@@ -281,6 +294,7 @@ struct DrainBody {
 /// the sidecar; what still runs at the deadline is requeued.
 async fn drain_host(
     State(state): State<HttpState>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -294,15 +308,21 @@ async fn drain_host(
         Some(ms) => Some(now_ms() + ms as i64),
         None => None,
     };
-    Ok(Json(json!({ "host": HostDto::from(&state.hub.drain(id, deadline).await?) })))
+    let host = state.hub.drain(id.clone(), deadline).await?;
+    let detail = body.deadline_ms.map(|ms| format!("deadline in {ms} ms")).unwrap_or_default();
+    audited(&state.hub, caller.as_deref(), "drain", &id, detail).await?;
+    Ok(Json(json!({ "host": HostDto::from(&host) })))
 }
 
 /// `POST /api/v1/hosts/{id}/uncordon`: the sidecar takes work again.
 async fn uncordon_host(
     State(state): State<HttpState>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(json!({ "host": HostDto::from(&state.hub.uncordon(id).await?) })))
+    let host = state.hub.uncordon(id.clone()).await?;
+    audited(&state.hub, caller.as_deref(), "uncordon", &id, String::new()).await?;
+    Ok(Json(json!({ "host": HostDto::from(&host) })))
 }
 
 /// `GET /api/v1/endpoints`: the LLM registry.
@@ -323,20 +343,27 @@ struct EndpointBody {
 /// `POST /api/v1/endpoints` `{"url": ..., "kind": "ollama"}`: an endpoint the hub probes itself.
 async fn add_endpoint(
     State(state): State<HttpState>,
+    caller: Option<Extension<Caller>>,
     body: Result<Json<EndpointBody>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Json(body) = body.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
     let kind = super::endpoint_kind(&body.kind)?;
     let endpoint = state.hub.add_endpoint(body.url, kind).await?;
+    let url = crate::fleet::without_password(&endpoint.url);
+    audited(&state.hub, caller.as_deref(), "endpoint.add", &endpoint.id, url).await?;
     Ok(Json(json!({ "endpoint": EndpointDto::from(&endpoint) })))
 }
 
 /// `DELETE /api/v1/endpoints/{id}`.
 async fn remove_endpoint(
     State(state): State<HttpState>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(json!({ "endpoint": EndpointDto::from(&state.hub.remove_endpoint(id).await?) })))
+    let endpoint = state.hub.remove_endpoint(id.clone()).await?;
+    let url = crate::fleet::without_password(&endpoint.url);
+    audited(&state.hub, caller.as_deref(), "endpoint.remove", &id, url).await?;
+    Ok(Json(json!({ "endpoint": EndpointDto::from(&endpoint) })))
 }
 
 /// `GET /api/v1/tasks/{id}/events`: `snapshot` events carry the task, `output` events carry

@@ -11,7 +11,9 @@ use crate::store::Op;
 pub(in crate::store) enum Prepared {
     PutTask { key: u128, bytes: Vec<u8> },
     DeleteTask { key: u128 },
-    PutToken { hash: String, role: String },
+    PutToken { hash: String, value: String },
+    DeleteToken { hash: String },
+    PutAudit { key: u128, bytes: Vec<u8> },
     PutFleet { key: String, value: Vec<u8> },
     DeleteFleet { key: String },
 }
@@ -22,7 +24,9 @@ pub(in crate::store) fn prepare(ops: Vec<Op>) -> Vec<Prepared> {
         .map(|op| match op {
             Op::PutTask(task) => Prepared::PutTask { key: u128::from(task.id.0), bytes: encode_task(*task) },
             Op::DeleteTask(id) => Prepared::DeleteTask { key: u128::from(id.0) },
-            Op::PutToken { hash, role } => Prepared::PutToken { hash, role },
+            Op::PutToken { hash, value } => Prepared::PutToken { hash, value },
+            Op::DeleteToken { hash } => Prepared::DeleteToken { hash },
+            Op::PutAudit(entry) => Prepared::PutAudit { key: u128::from(entry.id), bytes: super::encode_audit(&entry) },
             Op::PutCordon { sidecar_id, cordon } => {
                 Prepared::PutFleet { key: format!("{CORDON_PREFIX}{sidecar_id}"), value: encode_cordon(&cordon) }
             }
@@ -66,6 +70,8 @@ const TAG_DELETE_TASK: u8 = 2;
 const TAG_PUT_TOKEN: u8 = 3;
 const TAG_PUT_FLEET: u8 = 4;
 const TAG_DELETE_FLEET: u8 = 5;
+const TAG_DELETE_TOKEN: u8 = 6;
+const TAG_PUT_AUDIT: u8 = 7;
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
@@ -86,10 +92,19 @@ pub(in crate::store) fn encode_ops(ops: &[Prepared]) -> Vec<u8> {
                 out.push(TAG_DELETE_TASK);
                 out.extend_from_slice(&key.to_le_bytes());
             }
-            Prepared::PutToken { hash, role } => {
+            Prepared::PutToken { hash, value } => {
                 out.push(TAG_PUT_TOKEN);
                 put_bytes(&mut out, hash.as_bytes());
-                put_bytes(&mut out, role.as_bytes());
+                put_bytes(&mut out, value.as_bytes());
+            }
+            Prepared::DeleteToken { hash } => {
+                out.push(TAG_DELETE_TOKEN);
+                put_bytes(&mut out, hash.as_bytes());
+            }
+            Prepared::PutAudit { key, bytes } => {
+                out.push(TAG_PUT_AUDIT);
+                out.extend_from_slice(&key.to_le_bytes());
+                put_bytes(&mut out, bytes);
             }
             Prepared::PutFleet { key, value } => {
                 out.push(TAG_PUT_FLEET);
@@ -129,8 +144,15 @@ pub(in crate::store) fn decode_ops(mut payload: &[u8]) -> Option<Vec<Prepared>> 
             }
             TAG_PUT_TOKEN => {
                 let hash = String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()?;
-                let role = String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()?;
-                Prepared::PutToken { hash, role }
+                let value = String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()?;
+                Prepared::PutToken { hash, value }
+            }
+            TAG_DELETE_TOKEN => {
+                Prepared::DeleteToken { hash: String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()? }
+            }
+            TAG_PUT_AUDIT => {
+                let key = u128::from_le_bytes(take(&mut payload, 16)?.try_into().ok()?);
+                Prepared::PutAudit { key, bytes: take_bytes(&mut payload)?.to_vec() }
             }
             TAG_PUT_FLEET => {
                 let key = String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()?;

@@ -670,6 +670,53 @@ pub struct LanesDto {
     pub low: usize,
 }
 
+/// A token the hub accepts (`GET /api/v1/tokens`): never its secret.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct TokenDto {
+    pub id: String,
+    pub role: &'static str,
+    pub name: String,
+    /// `null` for the bootstrap tokens (`admin.token`, `join.token`).
+    pub created_unix_ms: Option<i64>,
+}
+
+impl From<&crate::auth::TokenInfo> for TokenDto {
+    fn from(t: &crate::auth::TokenInfo) -> TokenDto {
+        TokenDto {
+            id: t.id.clone(),
+            role: t.role.as_str(),
+            name: t.name.clone(),
+            created_unix_ms: (t.created_unix_ms != 0).then_some(t.created_unix_ms),
+        }
+    }
+}
+
+/// One admin action (`GET /api/v1/audit`).
+#[derive(Serialize, Debug, PartialEq)]
+pub struct AuditDto {
+    pub id: String,
+    pub at_unix_ms: i64,
+    pub actor: String,
+    pub role: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+impl From<&crate::store::AuditEntry> for AuditDto {
+    fn from(e: &crate::store::AuditEntry) -> AuditDto {
+        AuditDto {
+            id: e.id.to_string(),
+            at_unix_ms: e.at_unix_ms,
+            actor: e.actor.clone(),
+            role: e.role.clone(),
+            action: e.action.clone(),
+            target: e.target.clone(),
+            detail: e.detail.clone(),
+        }
+    }
+}
+
 /// One row of `GET /api/v1/models/stats`.
 #[derive(Serialize, Debug, PartialEq)]
 pub struct ModelStatDto {

@@ -257,6 +257,23 @@ fn the_queue_and_backup_shapes_are_documented() {
     };
     check("queue", QueueDto::from(&queue));
     check("backup", BackupDto { path: "/var/lib/agentcom/backups/hub-1.redb".into(), tasks: 1, bytes: 1 });
+    let token = crate::auth::TokenInfo {
+        id: "tok-1a2b3c4d5e6f".into(),
+        role: crate::auth::Role::Viewer,
+        name: "grafana".into(),
+        created_unix_ms: 1,
+    };
+    check("token", TokenDto::from(&token));
+    let entry = crate::store::AuditEntry {
+        id: ulid::Ulid::nil(),
+        at_unix_ms: 1,
+        actor: "tok-1a2b3c4d5e6f".into(),
+        role: "operator".into(),
+        action: "drain".into(),
+        target: "host-3fa2c1".into(),
+        detail: String::new(),
+    };
+    check("audit", AuditDto::from(&entry));
     check("output", OutputEventDto { attempt: 1, stream: "stdout", offset: 0, data_base64: "aGk=".into() });
     check("step", StepEventDto { attempt: 1, number: 0, step: (&step()).into() });
 }
