@@ -25,6 +25,8 @@ pub(crate) struct Options {
     pub(crate) sidecars: usize,
     pub(crate) heartbeat_ms: u64,
     pub(crate) measure_seconds: f64,
+    /// Followers of `GET /api/v1/events` (dashboards) in the last window.
+    pub(crate) watchers: usize,
 }
 
 struct Hub {
@@ -293,6 +295,32 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<Value> {
     tokio::time::sleep(heartbeat * 4).await;
     let busy_cpu = cpu_share(pid, options.measure_seconds).await?;
     let rss_after = rss_bytes(pid);
+
+    // The same with dashboards open: each follows the event stream (every agent and host sent
+    // once when it starts, then what changes: resource reports here).
+    let received = Arc::new(AtomicUsize::new(0));
+    let mut followers = tokio::task::JoinSet::new();
+    for _ in 0..options.watchers {
+        let request = reqwest::Client::new().get(format!("{}/api/v1/events", hub.url)).bearer_auth(&hub.admin);
+        let received = received.clone();
+        followers.spawn(async move {
+            let Ok(mut response) = request.send().await else { return };
+            while let Ok(Some(chunk)) = response.chunk().await {
+                // One `event:` line per event (one split across two chunks is missed: rare).
+                received.fetch_add(chunk.windows(6).filter(|w| w == b"event:").count(), Ordering::Relaxed);
+            }
+        });
+    }
+    let watched_cpu = if options.watchers > 0 {
+        tokio::time::sleep(heartbeat * 2).await;
+        let before = received.load(Ordering::Relaxed);
+        let cpu = cpu_share(pid, options.measure_seconds).await?;
+        let events = (received.load(Ordering::Relaxed) - before) as f64 / options.measure_seconds;
+        followers.abort_all();
+        Some((cpu, events))
+    } else {
+        None
+    };
     let per_sidecar = rss_after.saturating_sub(rss_before) as f64 / options.sidecars as f64;
 
     // A sidecar goes silent (its stream stays open: a hung machine, not a closed socket).
@@ -325,6 +353,11 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<Value> {
             "heartbeats_per_window": beats_windows,
             "window_seconds": options.measure_seconds,
             "heartbeats_and_resource_reports": round2(busy_cpu),
+            "with_event_stream_followers": watched_cpu.map(|(cpu, events)| json!({
+                "followers": options.watchers,
+                "hub_cpu": round2(cpu),
+                "events_per_s_per_follower": round2(events / options.watchers as f64),
+            })),
             "target_for_heartbeats": cpu_target,
             "met": beats_cpu <= cpu_target,
         },

@@ -75,6 +75,9 @@ enum Command {
         /// Seconds each CPU measurement window runs (heartbeats alone are measured over three).
         #[arg(long, default_value_t = 20.0)]
         seconds: f64,
+        /// Dashboards following `GET /api/v1/events` in a last window (0 skips it).
+        #[arg(long, default_value_t = 1)]
+        watchers: usize,
     },
     /// Trivial shell tasks through a hub and a sidecar with containment on, at several slot
     /// counts, beside `xargs -P` spawning the same commands. Needs the binaries built beside it.
@@ -567,9 +570,10 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }),
-        Command::Fleet { sidecars, heartbeat_ms, seconds } => {
+        Command::Fleet { sidecars, heartbeat_ms, seconds, watchers } => {
             anyhow::ensure!(sidecars >= 2, "--sidecars must be at least 2");
-            let options = fleet::Options { sidecars, heartbeat_ms, measure_seconds: seconds };
+            anyhow::ensure!(watchers <= 100, "--watchers must be at most 100");
+            let options = fleet::Options { sidecars, heartbeat_ms, measure_seconds: seconds, watchers };
             let figures = runtime.block_on(fleet::run(options))?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(())
