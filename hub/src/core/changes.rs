@@ -3,7 +3,8 @@
 //!
 //! Changes are coalesced, not logged: a task is marked when one of its changes is durable
 //! ([`State::notify`]), and agents, hosts, endpoints and the queue are compared with what was
-//! last sent. A flush, at most every [`FLUSH_EVERY_MS`] and only while someone listens, sends
+//! last sent (agents and hosts keep that key themselves, so the scan is a walk over them with
+//! no lookups). A flush, at most every [`FLUSH_EVERY_MS`] and only while someone listens, sends
 //! what differs. A hub nobody watches does nothing here but load one counter per notify.
 //!
 //! A subscriber that falls more than [`BUFFER`] changes behind misses some; the HTTP edge tells
@@ -42,16 +43,16 @@ pub enum Change {
 pub type Changes = broadcast::Sender<Arc<Change>>;
 
 /// What an agent looks like to a watcher: its heartbeat alone is not a change.
-type AgentKey = (AgentState, UnixMs, Option<TaskId>, bool, bool);
+pub(super) type AgentKey = (AgentState, UnixMs, Option<TaskId>, bool, bool);
 /// A host's session, whether it is open, its cordon, agents and latest report's time.
-type HostKey = (u64, bool, Option<Cordon>, usize, Option<UnixMs>);
+pub(super) type HostKey = (u64, bool, Option<Cordon>, usize, Option<UnixMs>);
 
 /// The core's side of the stream: what is marked, and what was last sent.
 pub(super) struct Outbox {
     bus: Changes,
     tasks: BTreeSet<TaskId>,
-    agents: HashMap<String, AgentKey>,
-    hosts: HashMap<String, HostKey>,
+    /// Hosts known only by a stored cordon (no session since the hub started).
+    cordoned_away: HashMap<String, HostKey>,
     endpoints: Vec<(Endpoint, Option<u32>)>,
     queue: Option<QueueStats>,
     last_queue: UnixMs,
@@ -63,8 +64,7 @@ impl Outbox {
         Outbox {
             bus,
             tasks: BTreeSet::new(),
-            agents: HashMap::new(),
-            hosts: HashMap::new(),
+            cordoned_away: HashMap::new(),
             endpoints: Vec::new(),
             queue: None,
             last_queue: 0,
@@ -107,40 +107,39 @@ impl State {
                 self.changes.send(Change::Task(task.clone()));
             }
         }
+        let any_cordon = !self.cordons.is_empty();
         let mut agents = Vec::new();
-        for agent in self.agents.values() {
-            let key = (
-                agent.state,
-                agent.state_since,
-                agent.task_id,
-                agent.stalled,
-                self.cordons.contains_key(&agent.sidecar_id),
-            );
-            if self.changes.agents.get(&agent.id) != Some(&key) {
-                self.changes.agents.insert(agent.id.clone(), key);
-                agents.push(self.agent_view(agent));
+        for agent in self.agents.values_mut() {
+            let cordoned = any_cordon && self.cordons.contains_key(&agent.sidecar_id);
+            let key = (agent.state, agent.state_since, agent.task_id, agent.stalled, cordoned);
+            if agent.shown != Some(key) {
+                agent.shown = Some(key);
+                agents.push(agent.id.clone());
             }
         }
-        for view in agents {
-            self.changes.send(Change::Agent(view));
+        for id in agents {
+            if let Some(agent) = self.agents.get(&id) {
+                self.changes.send(Change::Agent(self.agent_view(agent)));
+            }
         }
-        let mut hosts: Vec<(&String, HostKey)> = Vec::new();
-        for (id, sidecar) in &self.sidecars {
+        let mut hosts = Vec::new();
+        for (id, sidecar) in self.sidecars.iter_mut() {
             let latest = sidecar.host.latest.as_ref().map(|r| r.at_unix_ms);
-            let cordon = self.cordons.get(id).copied();
-            hosts.push((id, (sidecar.session, sidecar.is_open(), cordon, sidecar.agent_ids.len(), latest)));
-        }
-        for (id, cordon) in self.cordons.iter().filter(|(id, _)| !self.sidecars.contains_key(*id)) {
-            hosts.push((id, (0, false, Some(*cordon), 0, None)));
-        }
-        let mut changed = Vec::new();
-        for (id, key) in hosts {
-            if self.changes.hosts.get(id) != Some(&key) {
-                self.changes.hosts.insert(id.clone(), key);
-                changed.push(id.clone());
+            let cordon = if any_cordon { self.cordons.get(id).copied() } else { None };
+            let key = (sidecar.session, sidecar.is_open(), cordon, sidecar.agent_ids.len(), latest);
+            if sidecar.shown != Some(key) {
+                sidecar.shown = Some(key);
+                hosts.push(id.clone());
             }
         }
-        for id in changed {
+        for (id, cordon) in &self.cordons {
+            let key = (0, false, Some(*cordon), 0, None);
+            if !self.sidecars.contains_key(id) && self.changes.cordoned_away.get(id) != Some(&key) {
+                self.changes.cordoned_away.insert(id.clone(), key);
+                hosts.push(id.clone());
+            }
+        }
+        for id in hosts {
             if let Some(host) = self.host_view(&id, false) {
                 self.changes.send(Change::Host(host));
             }

@@ -27,6 +27,8 @@ pub(super) struct Agent {
     /// The last sign of life of its task: assignment, start, output, progress.
     pub(super) last_activity: UnixMs,
     pub(super) stalled: bool,
+    /// What the change stream last sent of it (see `changes.rs`).
+    pub(super) shown: Option<super::changes::AgentKey>,
 }
 
 impl Agent {
@@ -40,6 +42,7 @@ impl Agent {
             history: VecDeque::new(),
             last_activity: now,
             stalled: false,
+            shown: None,
         }
     }
 }
@@ -60,6 +63,8 @@ pub(super) struct Sidecar {
     pub(super) last_seen: Arc<AtomicI64>,
     pub(super) agent_ids: Vec<String>,
     pub(super) host: fleet::Host,
+    /// What the change stream last sent of it (see `changes.rs`).
+    pub(super) shown: Option<super::changes::HostKey>,
 }
 
 impl State {
@@ -136,8 +141,10 @@ impl State {
             lease_ttl: self.config.lease_ttl,
         };
         let host = self.sidecars.remove(&sidecar_id).map(|old| old.host).unwrap_or_default();
-        self.sidecars
-            .insert(sidecar_id.clone(), Sidecar { hello, session, outbox: Some(outbox), last_seen, agent_ids, host });
+        self.sidecars.insert(
+            sidecar_id.clone(),
+            Sidecar { hello, session, outbox: Some(outbox), last_seen, agent_ids, host, shown: None },
+        );
         if let Some(cordon) = self.cordons.get(&sidecar_id).copied() {
             self.cordon_agents(&sidecar_id, cordon, now);
         }
