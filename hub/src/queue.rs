@@ -97,9 +97,6 @@ pub struct Lease {
     /// The model and endpoint placement chose to judge the work's `llm_judge` steps that name
     /// no model (see `sched::judge`).
     pub judge: Option<(String, String)>,
-    /// Restored at start from a lease of the hub's previous run: its assignment may never have
-    /// left (the hub died between the dispatch's commit and the send).
-    pub restored: bool,
 }
 
 /// Why a message about a task was refused.
@@ -414,7 +411,6 @@ mod tests {
             beside: 0,
             tier: None,
             judge: None,
-            restored: false,
         }
     }
 

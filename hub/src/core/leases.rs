@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::State;
 use super::commit::AfterCommit;
@@ -211,24 +211,6 @@ impl State {
         if self.tasks[&task_id].state != TaskState::Cancelled {
             warn!(task_id = %task_id, sidecar_id = lease.sidecar_id, why, "lease lost");
             self.retry_or_dead_letter(task_id, why.to_owned(), now);
-        }
-        self.persist(task_id, AfterCommit::Changed(task_id));
-    }
-
-    /// A lease whose assignment never reached its sidecar: the task goes back to the queue at
-    /// once, its attempt not counted (nothing ran).
-    pub(super) fn lease_unsent(&mut self, task_id: TaskId, now: UnixMs) {
-        let Some(lease) = self.release(task_id, now) else { return };
-        let task = self.tasks.get_mut(&task_id).expect("a leased task exists");
-        if task.state != TaskState::Cancelled {
-            info!(task_id = %task_id, sidecar_id = lease.sidecar_id, "requeued an assignment the hub's restart kept from its sidecar");
-            task.attempt = task.attempt.saturating_sub(1);
-            task.set_state(
-                TaskState::Queued,
-                "requeued: its assignment never reached the sidecar before the hub restarted",
-                now,
-            );
-            self.enqueue(task_id, None);
         }
         self.persist(task_id, AfterCommit::Changed(task_id));
     }

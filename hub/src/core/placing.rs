@@ -169,7 +169,6 @@ impl State {
                 beside,
                 tier: Some(explanation.tier),
                 judge: explanation.judge.as_ref().map(|j| (j.model.clone(), j.endpoint_id.clone())),
-                restored: false,
             };
             self.queue.grant(task_id, lease);
             let recorded = Recorded { at: now, attempt, kind: RecordedKind::Placed, note: None, explanation };

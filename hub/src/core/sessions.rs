@@ -123,11 +123,6 @@ impl State {
                         move_agent(agent, AgentEvent::Start, now, &mut self.idle, &cause);
                     }
                 }
-                // Dispatched before the hub's restart and never started: the assignment may
-                // never have left, so the attempt is given back rather than spent.
-                _ if lease.restored && self.tasks[&task_id].state == TaskState::Dispatched => {
-                    self.lease_unsent(task_id, now)
-                }
                 _ => self.lease_lost(task_id, "sidecar restarted without it", now),
             }
         }

@@ -40,7 +40,6 @@ impl State {
                         beside: 0,
                         tier: None,
                         judge: None,
-                        restored: true,
                     };
                     self.queue.grant(task.id, lease);
                     n_leased += 1;

@@ -205,34 +205,6 @@ fn a_sidecar_that_reconnects_keeps_the_work_it_still_runs_and_loses_the_rest() {
 }
 
 #[test]
-fn an_assignment_a_hub_restart_kept_from_its_sidecar_does_not_spend_an_attempt() {
-    let mut hub = Harness::new();
-    hub.join("s1", 1, Vec::new());
-    let unsent =
-        hub.submit(TaskSpec { limits: crate::domain::Limits { max_attempts: 1, ..shell().limits }, ..shell() });
-    let started = hub.submit(shell());
-    assert_eq!(hub.task(unsent).state, TaskState::Dispatched);
-    // The hub dies with both leased: one dispatched (its assignment perhaps never sent), the
-    // other reported running.
-    let mut running = hub.task(started);
-    running.state = TaskState::Running;
-    running.attempt = 1;
-    running.lease_generation = 1;
-    running.sidecar_id = Some("s1".into());
-    running.agent_id = Some("s1/1".into());
-    let mut restarted = Harness::new();
-    restarted.state.restore(vec![Box::new(hub.task(unsent)), Box::new(running)], T0);
-    // The sidecar comes back running neither.
-    restarted.join("s1", 1, Vec::new());
-    let requeued = restarted.task(unsent);
-    assert_ne!(requeued.state, TaskState::DeadLettered, "its one attempt was not spent: {}", requeued.state_reason);
-    assert_eq!(requeued.attempt, 1, "dispatched again, as its first attempt");
-    assert_eq!(requeued.lease_generation, 2, "under a new generation");
-    let lost = restarted.task(started);
-    assert!(lost.state_reason.contains("sidecar restarted without it"), "work that ran counts: {}", lost.state_reason);
-}
-
-#[test]
 fn a_retryable_exit_code_is_retried_until_the_attempts_run_out() {
     let mut hub = Harness::new();
     hub.join("s1", 1, Vec::new());
