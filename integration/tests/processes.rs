@@ -409,6 +409,10 @@ async fn submit_through_crashes(
         let key = format!("w{worker}-{n}");
         let mut body = shell(r#"echo "$AGENTCOM_TASK_ID $AGENTCOM_LEASE_GENERATION" >> runs.log"#);
         body["idempotency_key"] = json!(key);
+        // A hub killed between a dispatch's commit and its assignment's send costs that attempt
+        // (after a restart the hub cannot tell it from work the sidecar abandoned): with twenty
+        // kills, three can land on one task's dispatches, so give each room for more.
+        body["limits"] = json!({ "max_attempts": 10 });
         let request = api.request_timeout(reqwest::Method::POST, "/api/v1/tasks", Some(body), Duration::from_secs(2));
         match request.await {
             Some((201 | 200, response)) => {
