@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub use agentcom_types::fleet::{
     AgentDetail, AgentView, Cordon, Disk, Endpoint, EndpointKind, Gpu, GpuProcess, HostView, Model, Owner, Resources,
-    Sample, endpoint_id, is_cloud,
+    Sample, endpoint_id, is_cloud, without_password,
 };
 
 /// How much history a host keeps: one hour, and never more than this many samples whatever
@@ -160,48 +160,9 @@ pub fn host_port(url: &str) -> Result<(String, u16), String> {
     Ok((host.trim_matches(['[', ']']).to_ascii_lowercase(), uri.port_u16().unwrap_or(default_port)))
 }
 
-/// `text` with the password of every URL in it (`scheme://user:PASSWORD@host`) masked, for
-/// what the hub shows of endpoint URLs and errors: an endpoint's id still comes from the whole
-/// URL, so two endpoints that differ only in their password stay apart.
-pub fn without_password(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("://") {
-        let (head, tail) = rest.split_at(at + 3);
-        out.push_str(head);
-        // The authority ends at the first '/', '?', '#' or whitespace; userinfo before its last '@'.
-        let end = tail.find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace()).unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@').and_then(|a| authority[..a].find(':').map(|c| (c, a))) {
-            Some((colon, at)) if at > colon + 1 => {
-                out.push_str(&authority[..=colon]);
-                out.push_str("****");
-                out.push_str(&authority[at..]);
-            }
-            _ => out.push_str(authority),
-        }
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_in_urls_are_masked_and_nothing_else_changes() {
-        assert_eq!(without_password("http://127.0.0.1:11434"), "http://127.0.0.1:11434");
-        assert_eq!(without_password("https://bob:hunter2@ollama.lan:443/v1"), "https://bob:****@ollama.lan:443/v1");
-        assert_eq!(without_password("https://token@host/x"), "https://token@host/x", "a user alone is not a secret");
-        assert_eq!(
-            without_password("error sending request for url (http://u:p4ss@h:1/api/tags): refused; retry http://h:2/"),
-            "error sending request for url (http://u:****@h:1/api/tags): refused; retry http://h:2/"
-        );
-        assert_eq!(without_password("no url here: a:b@c"), "no url here: a:b@c");
-        assert_eq!(without_password("http://u:@h"), "http://u:@h");
-    }
 
     fn report(at: i64, cpu: f64) -> Resources {
         Resources { at_unix_ms: at, cpu_percent: cpu, memory_used_bytes: 7, ..Resources::default() }

@@ -65,7 +65,7 @@ impl Redactor {
     /// `text` with every secret replaced by [`REDACTED`].
     pub fn scrub(&self, text: &str) -> String {
         let mut text = self.shapes.replace_all(text, REDACTED).into_owned();
-        text = scrub_url_passwords(&text);
+        text = agentcom_types::fleet::replace_url_passwords(&text, REDACTED);
         for value in self.values.read().expect("redactor lock").iter() {
             if text.contains(value.as_str()) {
                 text = text.replace(value.as_str(), REDACTED);
@@ -93,7 +93,7 @@ impl Redactor {
         if let std::borrow::Cow::Borrowed(text) = text {
             // Shapes are matched in valid UTF-8 only (where their byte offsets are the text's).
             spans.extend(self.shapes.find_iter(text).map(|m| (m.start(), m.end())));
-            spans.extend(url_userinfo().captures_iter(text).filter_map(|c| c.get(2)).map(|m| (m.start(), m.end())));
+            spans.extend(agentcom_types::fleet::url_password_spans(text).map(|r| (r.start, r.end)));
         }
         if spans.is_empty() {
             return None;
@@ -131,17 +131,6 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         return None;
     }
     haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// `://user:password@`: the user (1) and the password (2) of a URL.
-fn url_userinfo() -> &'static Regex {
-    static USERINFO: OnceLock<Regex> = OnceLock::new();
-    USERINFO.get_or_init(|| Regex::new(r"(://[^/\s:@]+):([^/\s@]+)@").expect("compiles"))
-}
-
-/// `scheme://user:password@host` with the password replaced.
-fn scrub_url_passwords(text: &str) -> String {
-    url_userinfo().replace_all(text, format!("$1:{REDACTED}@")).into_owned()
 }
 
 /// The process's redactor.

@@ -296,9 +296,55 @@ pub struct HostView {
     pub history: Option<Vec<Sample>>,
 }
 
+/// Where the passwords of the URLs in `text` are: the byte range of `PASSWORD` in every
+/// `scheme://user:PASSWORD@host` (a password may hold `@`: it runs to the authority's last one).
+/// The one rule for what the hub shows of endpoint URLs and errors, and what a sidecar scrubs
+/// from its logs and masks in what a task sends back.
+pub fn url_password_spans(text: &str) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    static USERINFO: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let userinfo = USERINFO
+        .get_or_init(|| regex::Regex::new(r"://[^/?#\s:@]*:([^/?#\s]+)@").expect("the userinfo pattern compiles"));
+    userinfo.captures_iter(text).filter_map(|c| c.get(1)).map(|m| m.range())
+}
+
+/// `text` with the password of every URL in it replaced by `with`.
+pub fn replace_url_passwords(text: &str, with: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut from = 0;
+    for span in url_password_spans(text) {
+        out.push_str(&text[from..span.start]);
+        out.push_str(with);
+        from = span.end;
+    }
+    out.push_str(&text[from..]);
+    out
+}
+
+/// `text` with the password of every URL in it shown as `****`, for what the hub shows of
+/// endpoint URLs and errors: an endpoint's id still comes from the whole URL, so two endpoints
+/// that differ only in their password stay apart.
+pub fn without_password(text: &str) -> String {
+    replace_url_passwords(text, "****")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_in_urls_are_masked_and_nothing_else_changes() {
+        assert_eq!(without_password("http://127.0.0.1:11434"), "http://127.0.0.1:11434");
+        assert_eq!(without_password("https://bob:hunter2@ollama.lan:443/v1"), "https://bob:****@ollama.lan:443/v1");
+        assert_eq!(without_password("https://token@host/x"), "https://token@host/x", "a user alone is not a secret");
+        assert_eq!(without_password("http://u:p@ss@h:1/x"), "http://u:****@h:1/x", "to the authority's last @");
+        assert_eq!(
+            without_password("error sending request for url (http://u:p4ss@h:1/api/tags): refused; retry http://h:2/"),
+            "error sending request for url (http://u:****@h:1/api/tags): refused; retry http://h:2/"
+        );
+        assert_eq!(without_password("no url here: a:b@c"), "no url here: a:b@c");
+        assert_eq!(without_password("http://u:@h"), "http://u:@h");
+        assert_eq!(replace_url_passwords("a https://x:y@h b", "[redacted]"), "a https://x:[redacted]@h b");
+    }
 
     #[test]
     fn a_sample_averages_gpu_utilization_over_gpus_that_report_it() {
