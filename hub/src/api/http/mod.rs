@@ -328,8 +328,13 @@ async fn uncordon_host(
 /// `GET /api/v1/endpoints`: the LLM registry.
 async fn list_endpoints(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
     let endpoints = state.hub.endpoint_listing().await?;
+    Ok(Json(json!({ "endpoints": listing(&endpoints) })))
+}
+
+/// The registry as `GET /api/v1/endpoints` and `event: endpoints` show it.
+fn listing(endpoints: &[(crate::fleet::Endpoint, Option<u32>)]) -> Vec<EndpointDto> {
     let listed = |(e, learned): &(_, Option<u32>)| EndpointDto { parallel_learned: *learned, ..EndpointDto::from(e) };
-    Ok(Json(json!({ "endpoints": endpoints.iter().map(listed).collect::<Vec<_>>() })))
+    endpoints.iter().map(listed).collect()
 }
 
 #[derive(Deserialize)]
@@ -406,12 +411,7 @@ async fn hub_events(State(state): State<HttpState>) -> Response {
                 Change::Agent(agent) => SseEvent::default().event("agent").json_data(AgentDto::from(agent)),
                 Change::Host(host) => SseEvent::default().event("host").json_data(HostDto::from(host)),
                 Change::Endpoints(endpoints) => {
-                    let listed = |(e, learned): &(_, Option<u32>)| EndpointDto {
-                        parallel_learned: *learned,
-                        ..EndpointDto::from(e)
-                    };
-                    let endpoints = endpoints.iter().map(listed).collect::<Vec<_>>();
-                    SseEvent::default().event("endpoints").json_data(json!({ "endpoints": endpoints }))
+                    SseEvent::default().event("endpoints").json_data(json!({ "endpoints": listing(endpoints) }))
                 }
                 Change::Queue(stats) => SseEvent::default().event("queue").json_data(QueueDto::from(stats)),
             },
