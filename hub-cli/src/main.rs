@@ -74,9 +74,22 @@ struct HubArgs {
     /// Where the database and token files live.
     #[arg(long, env = "AGENTCOM_DATA_DIR", default_value = ".agentcom")]
     data_dir: PathBuf,
-    /// Address for gRPC and HTTP (one port).
+    /// Address for gRPC and HTTP (one port), served over TLS with the hub's own CA.
     #[arg(long, env = "AGENTCOM_LISTEN", default_value = "127.0.0.1:7420")]
     listen: SocketAddr,
+    /// Serve plaintext instead of TLS: tokens then travel in the clear, and sidecars cannot
+    /// enrol. `dev` on a loopback address serves plaintext without it.
+    #[arg(long)]
+    insecure_plaintext: bool,
+    /// Also serve the sidecar link over QUIC on this UDP address (e.g. 0.0.0.0:7421; sidecars
+    /// dial quic://HOST:7421). Needs TLS.
+    #[arg(long, value_name = "ADDR")]
+    quic_listen: Option<SocketAddr>,
+    /// A DNS name or IP address to put in the serving certificate besides agentcom-hub,
+    /// localhost and loopback (repeatable), for clients that check names (curl --cacert
+    /// DATA_DIR/ca.pem). AgentCom's own clients pin the CA instead.
+    #[arg(long = "tls-name", value_name = "NAME")]
+    tls_names: Vec<String>,
     /// How often sidecars heartbeat, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     heartbeat_interval_ms: u64,
@@ -187,6 +200,8 @@ impl HubArgs {
         Ok(server::ServeOptions {
             edge,
             rate_per_token: agentcom_hub::ratelimit::Rate::per_second(self.rate_limit_per_token),
+            tls: None,
+            quic_listen: None,
         })
     }
 
@@ -324,13 +339,20 @@ async fn backup_now(data_dir: PathBuf, hub: String, backup_dir: Option<PathBuf>)
             Err(err) => return Err(err.into()),
         }
     }
-    let token = std::fs::read_to_string(dir.token_file(Role::Admin))
+    let text = std::fs::read_to_string(dir.token_file(Role::Admin))
         .with_context(|| format!("reading {}", dir.token_file(Role::Admin).display()))?;
-    let mut client = pb::admin_client::AdminClient::connect(hub.clone())
-        .await
-        .with_context(|| format!("the database is in use, and the hub at {hub} cannot be reached"))?;
+    let file = agentcom_link::token_file::TokenFile::parse(&text)?;
+    let pin = file.ca.map(|ca| agentcom_link::tls::Pin::fingerprint(ca, "the data directory's admin.token"));
+    let dialer = agentcom_link::connect::Dialer::new(agentcom_link::connect::HubUrl::parse(&hub)?, pin, None)?;
+    let channel = agentcom_link::connect::channel(std::sync::Arc::new(dialer)).await.map_err(|err| {
+        anyhow::anyhow!(
+            "the database is in use, and the hub at {hub} cannot be reached: {}",
+            agentcom_link::error_chain(&err)
+        )
+    })?;
+    let mut client = pb::admin_client::AdminClient::new(channel);
     let mut request = tonic::Request::new(pb::BackupRequest {});
-    request.metadata_mut().insert("authorization", format!("Bearer {}", token.trim()).parse()?);
+    request.metadata_mut().insert("authorization", format!("Bearer {}", file.token).parse()?);
     let info = client.backup(request).await.map_err(|status| anyhow::anyhow!("{}", status.message()))?.into_inner();
     println!("{}", info.path);
     eprintln!("backed up {} tasks ({} bytes) through the running hub", info.tasks, info.bytes);
@@ -361,12 +383,32 @@ async fn serve(args: HubArgs, dev_slots: Option<Dev>) -> anyhow::Result<()> {
         }
         Err(err) => return Err(anyhow::Error::new(err).context(format!("opening {}", args.data_dir.display()))),
     };
-    let tokens = server::ensure_tokens(&data_dir, &store)?;
+    let plaintext = args.insecure_plaintext || (dev && args.listen.ip().is_loopback());
+    let tls = if plaintext {
+        if !args.listen.ip().is_loopback() {
+            tracing::warn!(listen = %args.listen, "serving plaintext beyond loopback (--insecure-plaintext): tokens travel in the clear");
+        }
+        None
+    } else {
+        let mut names = args.tls_names.clone();
+        if let Ok(host) = nix::unistd::gethostname() {
+            names.push(host.to_string_lossy().into_owned());
+        }
+        if !args.listen.ip().is_unspecified() {
+            names.push(args.listen.ip().to_string());
+        }
+        Some(data_dir.tls(&names).with_context(|| format!("setting up TLS in {}", args.data_dir.display()))?)
+    };
+    let ca = tls.as_ref().map(|tls| tls.authority.fingerprint());
+    let tokens = server::ensure_tokens(&data_dir, &store, ca)?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {} (is another hub running?)", args.listen))?;
     let addr = listener.local_addr()?;
-    let url = format!("http://{addr}");
+    let url = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
+    let mut serve_options = serve_options;
+    serve_options.tls = tls;
+    serve_options.quic_listen = args.quic_listen;
 
     // The local sidecar is made ready before the hub serves: a restart after a crash kills what
     // the crash left running before anything can be dispatched again.
@@ -376,6 +418,7 @@ async fn serve(args: HubArgs, dev_slots: Option<Dev>) -> anyhow::Result<()> {
             let token = std::fs::read_to_string(data_dir.token_file(Role::Join))?.trim().to_owned();
             // The local sidecar keeps its id and its record of running tasks in the data directory.
             let config = agentcom_sidecar::Config::builder(url.clone(), token, std::env::current_dir()?)
+                .ca_fingerprint(ca)
                 .slots(slots)
                 .tags(vec!["dev".to_owned()])
                 .shell(|shell| shell.repo_allow = repo_allow)
@@ -412,9 +455,10 @@ async fn serve(args: HubArgs, dev_slots: Option<Dev>) -> anyhow::Result<()> {
     if agentcom_sidecar::logging::is_json() {
         // Machines read the log: the banner is one event of it.
         let (admin, join) = (admin_token.display().to_string(), join_token.display().to_string());
-        tracing::info!(url, admin_token = admin, join_token = join, "serving");
+        let ca_sha256 = ca.map(|ca| ca.hex());
+        tracing::info!(url, admin_token = admin, join_token = join, ca_sha256, "serving");
     } else {
-        banner(&url, &admin_token, &join_token, dev, &args.data_dir);
+        banner(&url, &admin_token, &join_token, dev, &args.data_dir, ca);
     }
 
     agentcom_sidecar::shutdown_signal().await;
@@ -440,17 +484,25 @@ fn banner(
     join_token: &std::path::Path,
     dev: bool,
     data_dir: &std::path::Path,
+    ca: Option<agentcom_link::Fingerprint>,
 ) {
     eprintln!();
     eprintln!("  AgentCom hub on {url}");
-    eprintln!("  admin token: {}", admin_token.display());
-    eprintln!("  join token:  {}", join_token.display());
+    eprintln!("  admin token: {} (hubctl reads it, with the CA pin in it)", admin_token.display());
+    match ca {
+        Some(ca) => {
+            eprintln!("  hub CA:      sha256 {ca} ({}/ca.pem)", data_dir.display());
+            eprintln!("  new sidecar: hubctl join-token create --print-install");
+        }
+        None => eprintln!("  join token:  {} (plaintext: loopback only)", join_token.display()),
+    }
     if dev {
         // A URL that signs the dashboard in: the token rides in the fragment, which the browser
         // never sends, and the page takes it out of the address bar.
-        match std::fs::read_to_string(admin_token) {
-            Ok(token) => eprintln!("  dashboard:   {url}/#token={}", token.trim()),
-            Err(_) => eprintln!("  dashboard:   {url}/"),
+        let file = std::fs::read_to_string(admin_token).ok();
+        match file.and_then(|text| agentcom_link::token_file::TokenFile::parse(&text).ok()) {
+            Some(file) => eprintln!("  dashboard:   {url}/#token={}", file.token),
+            None => eprintln!("  dashboard:   {url}/"),
         }
         // hubctl finds ./.agentcom/admin.token and the default address by itself; say what else it needs.
         let mut env = String::new();
@@ -461,7 +513,9 @@ fn banner(
             env.push_str(&format!("AGENTCOM_TOKEN=$(cat {}) ", admin_token.display()));
         }
         eprintln!("  try:  {env}cargo run --release --bin hubctl -- submit --wait -- echo hello");
-        eprintln!("  more sidecars:  agentcom-sidecar run --hub {url} --token-file {}", join_token.display());
+        if ca.is_none() {
+            eprintln!("  more sidecars:  agentcom-sidecar run --hub {url} --token-file {}", join_token.display());
+        }
     }
     eprintln!();
 }

@@ -83,12 +83,17 @@ pub enum Access {
 
 pub const AGENT_LINK_PREFIX: &str = "/agentcom.v1.AgentLink/";
 const ADMIN_PREFIX: &str = "/agentcom.v1.Admin/";
+const ENROLL_PATH: &str = "/agentcom.v1.AgentLink/Enroll";
 
 /// The access rule for a request. Open: health probes and the dashboard's static files. Reads
 /// need a viewer; submits and cancels a submitter; fleet changes, dead letters, endpoints and
 /// backups an operator; tokens and the audit log an admin. Anything not listed needs an admin.
 pub fn access_for(method: &str, path: &str) -> Access {
     if path == "/healthz" || path == "/readyz" || path == "/" || path.starts_with("/ui/") {
+        return Access::Open;
+    }
+    if path == ENROLL_PATH {
+        // The join token in the request is the credential.
         return Access::Open;
     }
     if path.starts_with(AGENT_LINK_PREFIX) {
@@ -115,7 +120,7 @@ fn http_role(method: &str, path: &str) -> Role {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let read = matches!(method, "GET" | "HEAD");
     match (segments.as_slice(), read) {
-        (["api", "v1", "tokens", ..], _) | (["api", "v1", "audit"], _) => Role::Admin,
+        (["api", "v1", "tokens" | "join-tokens", ..], _) | (["api", "v1", "audit"], _) => Role::Admin,
         (["metrics"], true) | (["api", "v1", ..], true) => Role::Viewer,
         (["api", "v1", "tasks"], false) if method == "POST" => Role::Submitter,
         (["api", "v1", "tasks", _], false) if method == "DELETE" => Role::Submitter,
@@ -147,6 +152,24 @@ pub struct Caller {
     /// [`token_id`] of its token.
     pub token_id: String,
 }
+
+/// An enrolled sidecar, known by its client certificate: put in a session request's extensions
+/// by the authentication layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnrolledPeer {
+    pub sidecar_id: String,
+    /// Bound at enrolment by its join token.
+    pub tags: Vec<String>,
+}
+
+/// What a revoked sidecar is told; it starts with `REVOKED`, which the sidecar looks for.
+pub fn revoked_message(sidecar_id: &str) -> String {
+    format!(
+        "{REVOKED}: sidecar {sidecar_id} was revoked by an admin; enrol it again with a new join token (`hubctl join-token create`) into a fresh state directory"
+    )
+}
+
+pub use agentcom_link::REVOKED;
 
 /// A token's public name: `tok-` and the first 12 hex digits of its hash.
 pub fn token_id(hash: &str) -> String {

@@ -264,10 +264,20 @@ impl Edge {
     }
 
     /// Serves `router` on `listener` until `stop`, then lets open connections finish for up to
-    /// `drain` (HTTP/2 connections get a GOAWAY, HTTP/1 ones close after their request).
-    pub async fn serve(self, listener: TcpListener, router: Router, stop: CancellationToken, drain: Duration) {
+    /// `drain` (HTTP/2 connections get a GOAWAY, HTTP/1 ones close after their request). With
+    /// `tls`, each connection's handshake must finish within the first-request timeout, and a
+    /// client certificate it presents goes with each of its requests as a [`PeerCertificate`].
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        router: Router,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        stop: CancellationToken,
+        drain: Duration,
+    ) {
         let connections = tokio_util::task::TaskTracker::new();
         let shutdown = CancellationToken::new();
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
@@ -292,31 +302,124 @@ impl Edge {
             };
             // Tokens travel on these sockets: no Nagle delay.
             let _ = tcp.set_nodelay(true);
-            connections.spawn(serve_connection(tcp, peer, slot, router.clone(), shutdown.clone()));
+            let (router, shutdown) = (router.clone(), shutdown.clone());
+            match &acceptor {
+                None => connections.spawn(serve_connection(TokioIo::new(tcp), peer, slot, router, shutdown, None)),
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(tcp);
+                    connections.spawn(async move {
+                        let Some(tls) = handshaken(handshake, &slot, peer).await else { return };
+                        let cert = agentcom_link::tls::peer_fingerprint(tls.get_ref().1.peer_certificates());
+                        serve_connection(TokioIo::new(tls), peer, slot, router, shutdown, cert.map(PeerCertificate))
+                            .await
+                    })
+                }
+            };
         }
         drop(listener);
-        shutdown.cancel();
-        connections.close();
-        if tokio::time::timeout(drain, connections.wait()).await.is_err() {
-            warn!("connections did not close in time; leaving them");
+        finish(connections, shutdown, drain).await;
+    }
+
+    /// Serves `router` over QUIC: each connection carries one bidirectional stream of HTTP/2,
+    /// admitted and limited like a TCP connection. quinn follows a client whose address
+    /// changes (connection migration); its session goes on.
+    pub async fn serve_quic(self, endpoint: quinn::Endpoint, router: Router, stop: CancellationToken, drain: Duration) {
+        let connections = tokio_util::task::TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        loop {
+            let incoming = tokio::select! {
+                incoming = endpoint.accept() => incoming,
+                _ = stop.cancelled() => break,
+            };
+            let Some(incoming) = incoming else { break };
+            let peer = incoming.remote_address();
+            let slot = match self.shared.admit(peer.ip()) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    debug!(%peer, why, "quic connection refused");
+                    incoming.refuse();
+                    continue;
+                }
+            };
+            let (router, shutdown) = (router.clone(), shutdown.clone());
+            connections.spawn(async move {
+                let stream = async {
+                    let connection = incoming.await.map_err(|err| err.to_string())?;
+                    let (send, recv) = connection.accept_bi().await.map_err(|err| err.to_string())?;
+                    Ok::<_, String>(agentcom_link::quic::BiStream { send, recv, connection })
+                };
+                let Some(stream) = handshaken(stream, &slot, peer).await else { return };
+                let certs = stream
+                    .connection
+                    .peer_identity()
+                    .and_then(|identity| identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok());
+                let cert = agentcom_link::tls::peer_fingerprint(certs.as_deref().map(Vec::as_slice));
+                serve_connection(TokioIo::new(stream), peer, slot, router, shutdown, cert.map(PeerCertificate)).await
+            });
         }
+        endpoint.close(0u32.into(), b"the hub is stopping");
+        finish(connections, shutdown, drain).await;
     }
 }
 
-async fn serve_connection(
-    tcp: tokio::net::TcpStream,
+/// A connection's TLS (or QUIC) handshake, bounded by the first-request timeout and cut short
+/// by eviction, as a connection that never sends a request is.
+async fn handshaken<T, E: std::fmt::Display>(
+    handshake: impl std::future::Future<Output = Result<T, E>>,
+    slot: &Slot,
+    peer: SocketAddr,
+) -> Option<T> {
+    let timeout = slot.shared.limits.header_timeout;
+    tokio::select! {
+        done = tokio::time::timeout(timeout, handshake) => match done {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(err)) => {
+                debug!(%peer, error = %err, "handshake failed");
+                None
+            }
+            Err(_) => {
+                debug!(%peer, "no handshake in time; closing");
+                None
+            }
+        },
+        _ = slot.evict.cancelled() => None,
+    }
+}
+
+/// Lets open connections finish for up to `drain` once the listener has stopped.
+async fn finish(connections: tokio_util::task::TaskTracker, shutdown: CancellationToken, drain: Duration) {
+    shutdown.cancel();
+    connections.close();
+    if tokio::time::timeout(drain, connections.wait()).await.is_err() {
+        warn!("connections did not close in time; leaving them");
+    }
+}
+
+/// The fingerprint of the client certificate a connection presented, in each of its requests'
+/// extensions (the authentication layer maps it to an enrolled sidecar).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCertificate(pub agentcom_link::Fingerprint);
+
+async fn serve_connection<I>(
+    io: I,
     peer: SocketAddr,
     slot: Arc<Slot>,
     router: Router,
     shutdown: CancellationToken,
-) {
+    cert: Option<PeerCertificate>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let limits = slot.shared.limits.clone();
     let service = {
         let slot = slot.clone();
         // The checks run before the request's future is made, so a long-lived request (a sidecar
         // session) holds the router's future and nothing of the edge's.
-        hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+        hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
             use futures_util::future::{Either, FutureExt, ready};
+            if let Some(cert) = cert {
+                request.extensions_mut().insert(cert);
+            }
             match admit_request(request, &slot) {
                 Ok(request) => Either::Left(router.clone().oneshot(request)),
                 Err(refusal) => Either::Right(ready(Ok(*refusal))),
@@ -337,7 +440,7 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(limits.max_header_bytes as u32);
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+    let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     let first_request = tokio::time::sleep(limits.header_timeout);
     tokio::pin!(first_request);

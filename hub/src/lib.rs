@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod core;
 pub mod edge;
+pub mod enrol;
 pub mod feed;
 pub mod fleet;
 #[cfg(test)]

@@ -24,6 +24,7 @@ use crate::auth::{self, Role, Tokens};
 use crate::backup;
 use crate::core::{self, Core};
 use crate::edge;
+use crate::enrol::Enrolment;
 use crate::ratelimit::{self, Limiter};
 use crate::store::{self, Op, Store};
 
@@ -62,6 +63,24 @@ impl DataDir {
         self.root.join(format!("{}.token", role.as_str()))
     }
 
+    /// The hub's TLS: its CA (made on first start, `ca.pem` and `ca.key`), and a serving
+    /// certificate issued at this start (`hub.pem`, `hub.key`) for `names` as well as
+    /// `agentcom-hub`, `localhost` and the loopback addresses.
+    pub fn tls(&self, names: &[String]) -> Result<LinkTls, Error> {
+        agentcom_link::install_crypto_provider();
+        let tls_err = |err: agentcom_link::Error| Error::Io {
+            path: self.root.clone(),
+            source: std::io::Error::other(err.to_string()),
+        };
+        let authority = agentcom_link::pki::Authority::load_or_create(&self.root).map_err(tls_err)?;
+        let serving = authority.serving(&self.root, names).map_err(tls_err)?;
+        let tcp = agentcom_link::tls::server_config(&serving, authority.cert(), &agentcom_link::tls::TCP_ALPN, false)
+            .map_err(tls_err)?;
+        let quic = agentcom_link::tls::server_config(&serving, authority.cert(), &[agentcom_link::quic::ALPN], true)
+            .map_err(tls_err)?;
+        Ok(LinkTls { authority: Arc::new(authority), tcp: Arc::new(tcp), quic: Arc::new(quic) })
+    }
+
     /// Creates the directory (mode 0700) and opens the database.
     pub fn open(&self) -> Result<Store, Error> {
         std::fs::create_dir_all(&self.root).map_err(|source| Error::Io { path: self.root.clone(), source })?;
@@ -76,24 +95,54 @@ fn restrict(path: &Path, mode: u32) -> Result<(), Error> {
         .map_err(|source| Error::Io { path: path.to_owned(), source })
 }
 
+/// The hub's TLS, made by [`DataDir::tls`].
+#[derive(Clone)]
+pub struct LinkTls {
+    pub authority: Arc<agentcom_link::pki::Authority>,
+    /// For the TCP listener (TLS 1.2 and 1.3; h2 and http/1.1).
+    pub tcp: Arc<rustls::ServerConfig>,
+    /// For QUIC (TLS 1.3).
+    pub quic: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for LinkTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkTls").field("ca", &self.authority.fingerprint()).finish_non_exhaustive()
+    }
+}
+
 /// Makes sure an admin and a join token exist and their plaintext is in the data directory.
 /// A token file whose hash the hub knows is kept; otherwise a new token is minted, its hash
 /// stored, and the file (mode 0600) rewritten. The hub never stores a plaintext token itself.
-pub fn ensure_tokens(data_dir: &DataDir, store: &Store) -> Result<Tokens, Error> {
+/// With `ca` (a hub that serves TLS), `admin.token` also pins the hub's CA (its `ca-sha256=`
+/// line), so `hubctl` given that file trusts this hub and no other.
+pub fn ensure_tokens(
+    data_dir: &DataDir,
+    store: &Store,
+    ca: Option<agentcom_link::Fingerprint>,
+) -> Result<Tokens, Error> {
+    use agentcom_link::token_file::TokenFile;
     let tokens = Tokens::from_stored(store.load_tokens()?);
     for role in [Role::Admin, Role::Join] {
         let path = data_dir.token_file(role);
-        let known = std::fs::read_to_string(&path)
-            .ok()
-            .map(|t| t.trim().to_owned())
-            .is_some_and(|t| tokens.authorize(Some(&format!("Bearer {t}")), access_for_role(role)).is_ok());
-        if known {
-            continue;
+        let pin = if role == Role::Admin { ca } else { None };
+        let file = std::fs::read_to_string(&path).ok().and_then(|text| TokenFile::parse(&text).ok());
+        let known = file
+            .as_ref()
+            .filter(|f| tokens.authorize(Some(&format!("Bearer {}", f.token)), access_for_role(role)).is_ok());
+        match known {
+            Some(file) if file.ca == pin => continue,
+            Some(file) => {
+                // The same token, pinning what the hub serves now.
+                write_secret(&path, &TokenFile { token: file.token.clone(), ca: pin }.render())?;
+                continue;
+            }
+            None => {}
         }
         let minted = auth::mint(role);
         store.apply(vec![Op::PutToken { hash: minted.hash.clone(), value: role.as_str().to_owned() }])?;
         tokens.insert(minted.hash, role);
-        write_secret(&path, &minted.token)?;
+        write_secret(&path, &TokenFile { token: minted.token, ca: pin }.render())?;
         info!(path = %path.display(), role = role.as_str(), "minted a token");
     }
     Ok(tokens)
@@ -113,7 +162,7 @@ fn write_secret(path: &Path, secret: &str) -> Result<(), Error> {
     let io = |source| Error::Io { path: tmp.clone(), source };
     let mut file =
         std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
-    file.write_all(format!("{secret}\n").as_bytes()).map_err(io)?;
+    file.write_all(secret.as_bytes()).map_err(io)?;
     file.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.to_owned(), source })
 }
@@ -123,6 +172,7 @@ fn write_secret(path: &Path, secret: &str) -> Result<(), Error> {
 struct Gate {
     tokens: Tokens,
     limiter: Arc<Limiter>,
+    enrolment: Enrolment,
 }
 
 /// Checks the bearer token before any handler runs, and the token's rate on the admin API,
@@ -135,6 +185,25 @@ async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/grpc"));
+    // An enrolled sidecar is known by its client certificate; it needs no token.
+    if access == auth::Access::Sidecar
+        && let Some(crate::edge::PeerCertificate(cert)) = request.extensions().get().copied()
+    {
+        let refusal = match gate.enrolment.resolve(&cert) {
+            Some(identity) if identity.revoked_unix_ms == 0 => {
+                request
+                    .extensions_mut()
+                    .insert(auth::EnrolledPeer { sidecar_id: identity.sidecar_id, tags: identity.tags });
+                return next.run(request).await;
+            }
+            Some(identity) => ApiError::new(ErrorCode::PermissionDenied, auth::revoked_message(&identity.sidecar_id)),
+            None => ApiError::new(
+                ErrorCode::Unauthenticated,
+                "this client certificate is not one this hub issued (or its record is gone): enrol the sidecar again with a new join token",
+            ),
+        };
+        return tonic::Status::from(refusal).into_http::<axum::body::Body>().into_response();
+    }
     let refusal = match gate.tokens.authorize_keyed(header, access) {
         Ok(Some((role, token_hash))) if matches!(access, auth::Access::Api(_)) => {
             // Handlers that record what they did (the audit log) say who did it.
@@ -198,6 +267,10 @@ pub struct ServeOptions {
     pub edge: edge::Limits,
     /// Requests per second per admin token (bursts of twice that); `None` is unlimited.
     pub rate_per_token: Option<ratelimit::Rate>,
+    /// Serve TLS (and enrol sidecars); `None` serves plaintext.
+    pub tls: Option<LinkTls>,
+    /// Also serve the sidecar link over QUIC here (needs `tls`).
+    pub quic_listen: Option<std::net::SocketAddr>,
 }
 
 /// Requests per second an admin token may make by default.
@@ -208,6 +281,8 @@ impl Default for ServeOptions {
         ServeOptions {
             edge: edge::Limits::for_this_process(),
             rate_per_token: ratelimit::Rate::per_second(DEFAULT_RATE_PER_TOKEN),
+            tls: None,
+            quic_listen: None,
         }
     }
 }
@@ -218,6 +293,7 @@ pub struct Hub {
     edge: edge::Edge,
     core_task: tokio::task::JoinHandle<()>,
     server: tokio::task::JoinHandle<()>,
+    quic_server: Option<tokio::task::JoinHandle<()>>,
     periodic_backups: tokio::task::JoinHandle<()>,
     stop: CancellationToken,
     stop_backups: CancellationToken,
@@ -245,6 +321,20 @@ impl Hub {
         backups: backup::Policy,
         options: ServeOptions,
     ) -> Result<Hub, Error> {
+        agentcom_link::install_crypto_provider();
+        let enrolment = Enrolment::new(options.tls.as_ref().map(|tls| tls.authority.clone()), store.load_enrolled()?);
+        // Bound before anything starts, so a port in use fails the start and not later.
+        let quic = match (options.quic_listen, &options.tls) {
+            (None, _) => None,
+            (Some(addr), None) => {
+                let message =
+                    format!("--quic-listen {addr} needs TLS: QUIC has no plaintext (drop --insecure-plaintext)");
+                return Err(Error::Io { path: "quic".into(), source: std::io::Error::other(message) });
+            }
+            (Some(addr), Some(tls)) => Some(agentcom_link::quic::server(addr, (*tls.quic).clone()).map_err(|err| {
+                Error::Io { path: format!("udp {addr}").into(), source: std::io::Error::other(err.to_string()) }
+            })?),
+        };
         let spec_defaults = config.spec_defaults.clone();
         let (allow, check_every) = (config.allow_endpoints.clone(), config.endpoint_check_interval);
         let (handle, core_task) = Core::start(config, &store)?;
@@ -262,10 +352,13 @@ impl Hub {
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let link =
-            pb::agent_link_server::AgentLinkServer::new(AgentLinkService { hub: handle.clone(), stop: stop.clone() })
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let link = pb::agent_link_server::AgentLinkServer::new(AgentLinkService {
+            hub: handle.clone(),
+            stop: stop.clone(),
+            enrolment: enrolment.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let grpc = tonic::service::Routes::new(admin).add_service(link).into_axum_router();
         let router = grpc
             .merge(http::router(HttpState {
@@ -274,12 +367,13 @@ impl Hub {
                 backups,
                 stop: stop.clone(),
                 tokens: tokens.clone(),
+                enrolment: enrolment.clone(),
             }))
             .fallback(fallback)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
             .layer(axum::middleware::from_fn_with_state(
-                Gate { tokens, limiter: Arc::new(Limiter::new(options.rate_per_token)) },
+                Gate { tokens, limiter: Arc::new(Limiter::new(options.rate_per_token)), enrolment },
                 authenticate,
             ));
 
@@ -287,14 +381,21 @@ impl Hub {
         let limits = &options.edge;
         info!(
             %addr,
+            tls = options.tls.is_some(),
+            ca_sha256 = options.tls.as_ref().map(|tls| tls.authority.fingerprint().hex()),
+            quic = quic.as_ref().and_then(|q| q.local_addr().ok()).map(|a| a.to_string()),
             max_connections = limits.max_connections,
             sidecar_reserve = limits.sidecar_reserve,
             max_pending_per_source = limits.max_pending_per_source,
             "hub listening"
         );
         let edge = edge::Edge::new(options.edge);
-        let server = tokio::spawn(edge.clone().serve(listener, router, stop.clone(), DRAIN_TIMEOUT));
-        Ok(Hub { handle, edge, core_task, server, periodic_backups, stop, stop_backups })
+        let quic_server = quic.map(|endpoint| {
+            tokio::spawn(edge.clone().serve_quic(endpoint, router.clone(), stop.clone(), DRAIN_TIMEOUT))
+        });
+        let tcp_tls = options.tls.map(|tls| tls.tcp);
+        let server = tokio::spawn(edge.clone().serve(listener, router, tcp_tls, stop.clone(), DRAIN_TIMEOUT));
+        Ok(Hub { handle, edge, core_task, server, quic_server, periodic_backups, stop, stop_backups })
     }
 
     pub fn handle(&self) -> &core::Handle {
@@ -321,6 +422,9 @@ impl Hub {
             Ok(Ok(())) => {}
             Ok(Err(err)) => warn!(error = %err, "server task failed"),
             Err(_) => warn!("the listener did not stop in time"),
+        }
+        if let Some(quic) = self.quic_server {
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), quic).await;
         }
         info!("hub stopped");
     }

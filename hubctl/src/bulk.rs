@@ -39,7 +39,7 @@ fn read_lines(path: &Path) -> anyhow::Result<Vec<(u64, String)>> {
     Ok(lines)
 }
 
-pub(crate) async fn submit_file(hub: &str, token: &str, path: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
+pub(crate) async fn submit_file(client: &crate::Client, path: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
     let lines = read_lines(path)?;
     let total = lines.len();
     let mut results: BTreeMap<u64, Outcome> = BTreeMap::new();
@@ -54,9 +54,11 @@ pub(crate) async fn submit_file(hub: &str, token: &str, path: &Path, json_out: b
     }
     let all_lines: Vec<u64> = specs.iter().map(|r| r.sequence).chain(results.keys().copied()).collect();
 
-    let mut client = pb::admin_client::AdminClient::connect(hub.to_owned())
+    let (hub, token) = (&client.base, &client.token);
+    let channel = agentcom_link::connect::channel(client.dialer.clone())
         .await
-        .with_context(|| format!("cannot reach the hub at {hub}"))?;
+        .map_err(|err| anyhow::anyhow!("cannot reach the hub at {hub}: {}", agentcom_link::error_chain(&err)))?;
+    let mut client = pb::admin_client::AdminClient::new(channel);
     let (tx, rx) = mpsc::channel(1024);
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().context("a malformed token")?);

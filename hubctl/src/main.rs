@@ -6,6 +6,7 @@
 //! hubctl itself failed).
 
 mod bulk;
+mod enrol;
 mod fleet;
 mod placement;
 mod sse;
@@ -34,9 +35,18 @@ struct Cli {
     /// Hub URL [default: http://127.0.0.1:7420].
     #[arg(long, env = "AGENTCOM_HUB", global = true)]
     hub: Option<String>,
-    /// Admin token [default: the contents of ./.agentcom/admin.token].
+    /// Admin token [default: the one in --token-file].
     #[arg(long, env = "AGENTCOM_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// A token file: the token, and the hub CA's fingerprint on a `ca-sha256=` line to pin
+    /// (the hub's DATA_DIR/admin.token, or one `hubctl tokens create --out` wrote)
+    /// [default: ./.agentcom/admin.token].
+    #[arg(long, env = "AGENTCOM_TOKEN_FILE", global = true)]
+    token_file: Option<std::path::PathBuf>,
+    /// The hub CA's SHA-256 to pin for an https:// hub (the hub prints it at start), instead of
+    /// the token file's.
+    #[arg(long, env = "AGENTCOM_CA_FINGERPRINT", global = true, value_name = "HEX")]
+    ca_fingerprint: Option<String>,
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -101,6 +111,18 @@ enum Command {
         #[command(subcommand)]
         command: tokens::TokensCommand,
     },
+    /// Join tokens that enrol new sidecars: create (with --print-install, the line to run on the
+    /// new machine), ls, revoke.
+    #[command(name = "join-token")]
+    JoinToken {
+        #[command(subcommand)]
+        command: enrol::JoinTokenCommand,
+    },
+    /// Enrolled sidecars: ls, and revoke (its stream closes at once; it cannot reconnect).
+    Sidecars {
+        #[command(subcommand)]
+        command: enrol::SidecarsCommand,
+    },
     /// Admin actions (drains, dead-letter retries and purges, endpoint and token changes), newest first.
     Audit {
         #[arg(long, default_value_t = 50)]
@@ -131,22 +153,59 @@ struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
+    /// The hub CA pinned, when it is known whole (a token file's, or --ca-fingerprint).
+    ca: Option<agentcom_link::Fingerprint>,
+    /// For the gRPC calls (`submit --from-file`), pinned the same way.
+    dialer: std::sync::Arc<agentcom_link::connect::Dialer>,
 }
 
 impl Client {
-    fn new(hub: Option<String>, token: Option<String>) -> anyhow::Result<Client> {
-        let base = hub.unwrap_or_else(|| DEFAULT_HUB.to_owned()).trim_end_matches('/').to_owned();
-        let token = match token {
-            Some(token) => token,
-            None => std::fs::read_to_string(DEFAULT_TOKEN_FILE).map(|t| t.trim().to_owned()).map_err(|_| {
-                anyhow::anyhow!(
-                    "no admin token: pass --token or set AGENTCOM_TOKEN (no {DEFAULT_TOKEN_FILE} in {})",
-                    std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default()
-                )
-            })?,
+    fn new(cli: &Cli) -> anyhow::Result<Client> {
+        use agentcom_link::token_file::TokenFile;
+        agentcom_link::install_crypto_provider();
+        let base = cli.hub.clone().unwrap_or_else(|| DEFAULT_HUB.to_owned()).trim_end_matches('/').to_owned();
+        let url = agentcom_link::connect::HubUrl::parse(&base)?;
+        anyhow::ensure!(
+            url.scheme != agentcom_link::connect::Scheme::Quic,
+            "{base}: hubctl speaks to the hub's TCP port (https://HOST:7420); quic:// is for sidecars"
+        );
+        let path = cli.token_file.clone().unwrap_or_else(|| DEFAULT_TOKEN_FILE.into());
+        let file = match std::fs::read_to_string(&path) {
+            Ok(text) => Some(TokenFile::parse(&text).with_context(|| format!("reading {}", path.display()))?),
+            Err(_) if cli.token_file.is_none() => None,
+            Err(err) => bail!("reading the token file {}: {err}", path.display()),
         };
-        let http = reqwest::Client::builder().tcp_nodelay(true).connect_timeout(Duration::from_secs(5)).build()?;
-        Ok(Client { http, base, token })
+        let token = match (&cli.token, &file) {
+            (Some(token), _) => token.clone(),
+            (None, Some(file)) => file.token.clone(),
+            (None, None) => bail!(
+                "no admin token: pass --token or --token-file, or set AGENTCOM_TOKEN (no {DEFAULT_TOKEN_FILE} in {})",
+                std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default()
+            ),
+        };
+        let (ca, source) = match (&cli.ca_fingerprint, file.as_ref().and_then(|f| f.ca)) {
+            (Some(hex), _) => (Some(agentcom_link::Fingerprint::parse(hex)?), "--ca-fingerprint".to_owned()),
+            (None, Some(ca)) => (Some(ca), format!("the token file {}", path.display())),
+            (None, None) => (None, String::new()),
+        };
+        if url.is_encrypted() && ca.is_none() {
+            bail!(
+                "{base} serves TLS, and hubctl trusts only the hub's own CA: use the hub's DATA_DIR/admin.token (its ca-sha256 line pins it) as --token-file, or pass --ca-fingerprint HEX (the hub logs it at start)"
+            );
+        }
+        let pin = ca.map(|ca| agentcom_link::tls::Pin::fingerprint(ca, source));
+        let mut http = reqwest::Client::builder().tcp_nodelay(true).connect_timeout(Duration::from_secs(5));
+        if let Some(pin) = &pin {
+            let tls = agentcom_link::tls::client_config(pin.clone(), None, &[b"http/1.1"], false)?;
+            http = http.use_preconfigured_tls(tls);
+        }
+        let dialer = std::sync::Arc::new(agentcom_link::connect::Dialer::new(url, pin, None)?);
+        Ok(Client { http: http.build()?, base, token, ca, dialer })
+    }
+
+    /// The hub could not be reached: every cause, so a pin that does not match says so.
+    fn unreachable(&self, err: &reqwest::Error) -> anyhow::Error {
+        anyhow::anyhow!("cannot reach the hub at {}: {}", self.base, agentcom_link::error_chain(err))
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
@@ -155,7 +214,7 @@ impl Client {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.with_context(|| format!("cannot reach the hub at {}", self.base))?;
+        let response = request.send().await.map_err(|err| self.unreachable(&err))?;
         let status = response.status();
         let body: Value = response.json().await.with_context(|| format!("the hub answered {status} with no JSON"))?;
         if !status.is_success() {
@@ -169,13 +228,8 @@ impl Client {
     /// Streams a task's events, writing its output as it comes; returns the final task.
     async fn follow(&self, id: &str, quiet_json: bool) -> anyhow::Result<Value> {
         let url = format!("{}/api/v1/tasks/{id}/events", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the hub at {}", self.base))?;
+        let response =
+            self.http.get(&url).bearer_auth(&self.token).send().await.map_err(|err| self.unreachable(&err))?;
         if !response.status().is_success() {
             let status = response.status();
             let body: Value = response.json().await.unwrap_or(Value::Null);
@@ -509,11 +563,11 @@ fn print_task(task: &Value) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let client = Client::new(cli.hub, cli.token)?;
+    let client = Client::new(&cli)?;
     match cli.command {
         Command::Submit(args) if args.from_file.is_some() => {
             let path = args.from_file.clone().expect("checked by the guard");
-            bulk::submit_file(&client.base, &client.token, &path, cli.json).await
+            bulk::submit_file(&client, &path, cli.json).await
         }
         Command::Submit(args) => {
             let body = submit::submit_body(&args)?;
@@ -623,6 +677,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Endpoints { command } => fleet::endpoints(&client, command, cli.json).await,
         Command::Tokens { command } => tokens::tokens(&client, command, cli.json).await,
         Command::Audit { limit } => tokens::audit(&client, limit, cli.json).await,
+        Command::JoinToken { command } => enrol::join_tokens(&client, command, cli.json).await,
+        Command::Sidecars { command } => enrol::sidecars(&client, command, cli.json).await,
     }
 }
 

@@ -18,6 +18,10 @@ pub(crate) enum TokensCommand {
         /// What it is for, as `tokens ls` shows it.
         #[arg(long, default_value = "")]
         name: String,
+        /// Write a token file (mode 0600) instead of printing the secret: the token and the hub
+        /// CA's fingerprint, which `hubctl --token-file FILE` pins.
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
     },
     /// List the tokens the hub accepts (never their secrets).
     Ls,
@@ -38,7 +42,7 @@ fn created(token: &Value) -> String {
 
 pub(crate) async fn tokens(client: &Client, command: TokensCommand, json_out: bool) -> anyhow::Result<ExitCode> {
     let response = match &command {
-        TokensCommand::Create { role, name } => {
+        TokensCommand::Create { role, name, .. } => {
             let body = json!({ "role": role, "name": name });
             client.call(reqwest::Method::POST, "/api/v1/tokens", Some(body)).await?
         }
@@ -52,10 +56,18 @@ pub(crate) async fn tokens(client: &Client, command: TokensCommand, json_out: bo
         return Ok(ExitCode::SUCCESS);
     }
     match command {
-        TokensCommand::Create { .. } => {
+        TokensCommand::Create { out, .. } => {
             let token = &response["token"];
-            // The secret alone on stdout, so `hubctl tokens create ... > viewer.token` keeps it.
-            println!("{}", text(&response["secret"]));
+            let secret = text(&response["secret"]);
+            match out {
+                Some(path) => {
+                    let file = agentcom_link::token_file::TokenFile { token: secret, ca: client.ca };
+                    agentcom_link::pki::write_private(&path, &file.render())?;
+                    eprintln!("wrote {} (mode 0600)", path.display());
+                }
+                // The secret alone on stdout, so `hubctl tokens create ... > viewer.token` keeps it.
+                None => println!("{secret}"),
+            }
             eprintln!(
                 "made {} ({}): keep the secret above, it is not shown again",
                 text(&token["id"]),

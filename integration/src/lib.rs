@@ -15,6 +15,7 @@ pub mod chat_doubles;
 pub mod ollama;
 pub mod otlp;
 pub mod process;
+pub mod relay;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -52,12 +53,25 @@ macro_rules! assert_eventually {
 pub struct Api {
     pub base: String,
     pub token: String,
-    http: reqwest::Client,
+    pub http: reqwest::Client,
 }
 
 impl Api {
     pub fn new(base: impl Into<String>, token: impl Into<String>) -> Api {
         let http = reqwest::Client::builder().tcp_nodelay(true).build().expect("building an HTTP client");
+        Api { base: base.into(), token: token.into(), http }
+    }
+
+    /// An API client for a hub that serves TLS, pinning its CA as hubctl does.
+    pub fn pinned(base: impl Into<String>, token: impl Into<String>, ca: agentcom_link::Fingerprint) -> Api {
+        agentcom_link::install_crypto_provider();
+        let pin = agentcom_link::tls::Pin::fingerprint(ca, "the test");
+        let tls = agentcom_link::tls::client_config(pin, None, &[b"http/1.1"], false).expect("a TLS configuration");
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .use_preconfigured_tls(tls)
+            .build()
+            .expect("building an HTTP client");
         Api { base: base.into(), token: token.into(), http }
     }
 
@@ -222,7 +236,7 @@ impl TestMesh {
         let dir = tempfile::tempdir().expect("creating a temporary directory");
         let data_dir = DataDir::new(dir.path().join("hub"));
         let store = data_dir.open().expect("opening the hub's store");
-        let tokens = server::ensure_tokens(&data_dir, &store).expect("minting tokens");
+        let tokens = server::ensure_tokens(&data_dir, &store, None).expect("minting tokens");
         let read = |role| std::fs::read_to_string(data_dir.token_file(role)).expect("token file").trim().to_owned();
         let (admin_token, join_token) = (read(Role::Admin), read(Role::Join));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding loopback");

@@ -107,14 +107,25 @@ pub struct HubProcess {
 }
 
 impl HubProcess {
-    /// `agentcom-hub serve` on a free port with `data_dir`, plus extra flags.
+    /// `agentcom-hub serve --insecure-plaintext` on a free port with `data_dir`, plus extra flags.
     pub async fn serve(data_dir: &Path, extra: &[&str]) -> HubProcess {
+        HubProcess::serve_with_env(data_dir, extra, &[]).await
+    }
+
+    /// `agentcom-hub serve --insecure-plaintext` with extra environment variables (kept for restarts).
+    pub async fn serve_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> HubProcess {
+        let extra: Vec<&str> = ["--insecure-plaintext"].into_iter().chain(extra.iter().copied()).collect();
+        HubProcess::start(data_dir, &extra, env, false, data_dir.parent().unwrap_or(data_dir), free_port()).await
+    }
+
+    /// `agentcom-hub serve` as it runs by default: TLS with its own CA. `api` pins that CA.
+    pub async fn serve_tls(data_dir: &Path, extra: &[&str]) -> HubProcess {
         HubProcess::start(data_dir, extra, &[], false, data_dir.parent().unwrap_or(data_dir), free_port()).await
     }
 
-    /// `agentcom-hub serve` with extra environment variables (kept for restarts).
-    pub async fn serve_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> HubProcess {
-        HubProcess::start(data_dir, extra, env, false, data_dir.parent().unwrap_or(data_dir), free_port()).await
+    /// The admin token file's CA pin (a hub that serves TLS).
+    pub fn ca(&self) -> Option<agentcom_link::Fingerprint> {
+        read_token_file(&self.data_dir).ca
     }
 
     /// `agentcom-hub dev` run from `cwd` (its sidecar works there).
@@ -138,20 +149,15 @@ impl HubProcess {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let child = spawn_hub(data_dir, &args, &env, dev, cwd, port);
-        let url = format!("http://127.0.0.1:{port}");
-        wait_healthy(&url).await;
-        let token = std::fs::read_to_string(data_dir.join("admin.token")).expect("admin.token").trim().to_owned();
-        HubProcess {
-            child,
-            api: Api::new(url.clone(), token),
-            url,
-            port,
-            data_dir: data_dir.to_owned(),
-            args,
-            env,
-            dev,
-            cwd: cwd.to_owned(),
-        }
+        let tls = !dev && !args.iter().any(|a| a == "--insecure-plaintext");
+        let url = format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" });
+        wait_healthy(&url, data_dir).await;
+        let file = read_token_file(data_dir);
+        let api = match file.ca {
+            Some(ca) => Api::pinned(url.clone(), file.token, ca),
+            None => Api::new(url.clone(), file.token),
+        };
+        HubProcess { child, api, url, port, data_dir: data_dir.to_owned(), args, env, dev, cwd: cwd.to_owned() }
     }
 
     pub fn pid(&self) -> u32 {
@@ -170,7 +176,7 @@ impl HubProcess {
     /// Starts the hub again on the same port and data directory.
     pub async fn restart(&mut self) {
         self.child = spawn_hub(&self.data_dir, &self.args, &self.env, self.dev, &self.cwd, self.port);
-        wait_healthy(&self.url).await;
+        wait_healthy(&self.url, &self.data_dir).await;
     }
 
     /// SIGINT (Ctrl-C), then waits for the process to exit; returns its exit status.
@@ -225,11 +231,26 @@ fn spawn_hub(data_dir: &Path, args: &[String], env: &[(String, String)], dev: bo
         .expect("starting agentcom-hub")
 }
 
-async fn wait_healthy(url: &str) {
-    let client = reqwest::Client::new();
+/// The data directory's admin token file.
+pub fn read_token_file(data_dir: &Path) -> agentcom_link::token_file::TokenFile {
+    let text = std::fs::read_to_string(data_dir.join("admin.token")).expect("admin.token");
+    agentcom_link::token_file::TokenFile::parse(&text).expect("a token file")
+}
+
+async fn wait_healthy(url: &str, data_dir: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(response) = client.get(format!("{url}/healthz")).send().await
+        // A hub that serves TLS writes its pinned token file before it listens.
+        let client = match url.starts_with("https://") {
+            false => Some(reqwest::Client::new()),
+            true => std::fs::read_to_string(data_dir.join("admin.token"))
+                .ok()
+                .and_then(|text| agentcom_link::token_file::TokenFile::parse(&text).ok())
+                .and_then(|file| file.ca)
+                .map(|ca| Api::pinned(url, "", ca).http.clone()),
+        };
+        if let Some(client) = client
+            && let Ok(response) = client.get(format!("{url}/healthz")).send().await
             && response.status().is_success()
         {
             return;

@@ -157,6 +157,18 @@ async fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address")))
 }
 
+/// A gRPC channel to the hub through `dialer` (connected now, so a wrong pin fails here).
+pub async fn channel(dialer: Arc<Dialer>) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    tonic::transport::Endpoint::from_shared(dialer.url().channel_uri())
+        .expect("a host and a port make a valid URI")
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .http2_keep_alive_interval(std::time::Duration::from_secs(10))
+        .keep_alive_timeout(std::time::Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .connect_with_connector(Connector(dialer))
+        .await
+}
+
 /// The tonic connector over a [`Dialer`]: `Endpoint::connect_with_connector(Connector(..))`.
 #[derive(Clone)]
 pub struct Connector(pub Arc<Dialer>);

@@ -13,6 +13,7 @@ pub mod join;
 pub mod pki;
 pub mod quic;
 pub mod tls;
+pub mod token_file;
 
 use sha2::{Digest, Sha256};
 
@@ -20,6 +21,10 @@ use sha2::{Digest, Sha256};
 /// is reached by many names (an address, a tailnet name, a container's name), and what proves
 /// it is the hub is its chain to the pinned authority, not the name in the URL.
 pub const HUB_NAME: &str = "agentcom-hub";
+
+/// How a hub's refusal of a revoked sidecar begins; the sidecar stops (and does not reconnect)
+/// when it reads it.
+pub const REVOKED: &str = "identity revoked";
 
 /// Makes *ring* the process's rustls provider (once; later calls do nothing).
 pub fn install_crypto_provider() {

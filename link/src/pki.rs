@@ -148,6 +148,16 @@ pub struct Identity {
     pub ca: CertificateDer<'static>,
 }
 
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("sidecar_id", &self.sidecar_id)
+            .field("cert", &Fingerprint::of(&self.cert))
+            .field("ca", &Fingerprint::of(&self.ca))
+            .finish_non_exhaustive()
+    }
+}
+
 impl Identity {
     pub fn dir(state_dir: &Path) -> PathBuf {
         state_dir.join("identity")

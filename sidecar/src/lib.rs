@@ -7,6 +7,7 @@
 //! on a port.
 
 pub mod contain;
+pub mod enrol;
 mod link;
 pub mod logging;
 pub mod metrics;
@@ -32,8 +33,14 @@ pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 pub struct Config {
     /// `http://host:port` of the hub.
     pub hub_url: String,
-    /// A join token (or an admin token).
+    /// The hub's bootstrap join token (or an admin token); empty for an enrolled sidecar, which
+    /// authenticates with its certificate.
     pub token: String,
+    /// The hub CA to pin for `https://` and `quic://` when the sidecar has no identity (an
+    /// identity pins the CA it was enrolled by).
+    pub ca_fingerprint: Option<agentcom_link::Fingerprint>,
+    /// The identity the sidecar enrolled for, from its state directory.
+    pub identity: Option<std::sync::Arc<agentcom_link::pki::Identity>>,
     /// Stable for this process; a reconnect reuses it so the hub keeps its leases.
     pub sidecar_id: String,
     pub hostname: String,
@@ -57,6 +64,22 @@ pub struct Config {
 pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("enrolment: {0}")]
+    Enrol(String),
+    /// The hub revoked this sidecar's identity: it stops and must be enrolled again.
+    #[error("{0}")]
+    Revoked(String),
+}
+
+impl Error {
+    /// The exit status for this error: 78 (EX_CONFIG) for a revoked identity, so that systemd
+    /// does not restart it (`RestartPreventExitStatus=78`).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Revoked(_) => 78,
+            _ => 1,
+        }
+    }
 }
 
 impl Config {
@@ -67,6 +90,7 @@ impl Config {
         ConfigBuilder {
             hub_url: hub_url.into(),
             token: token.into(),
+            ca_fingerprint: None,
             sidecar_id: None,
             hostname: None,
             slots: 4,
@@ -81,11 +105,19 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), Error> {
-        if !(self.hub_url.starts_with("http://") || self.hub_url.starts_with("https://")) {
-            return Err(Error::Config(format!("hub url {:?} must start with http:// or https://", self.hub_url)));
-        }
-        if self.token.trim().is_empty() {
-            return Err(Error::Config("a join token is required (--token or AGENTCOM_TOKEN)".into()));
+        let url = agentcom_link::connect::HubUrl::parse(&self.hub_url).map_err(|err| Error::Config(err.to_string()))?;
+        if self.identity.is_none() {
+            if url.is_encrypted() && self.ca_fingerprint.is_none() {
+                return Err(Error::Config(format!(
+                    "{} is encrypted and this sidecar has not enrolled: give a join token (--join acj_..., from `hubctl join-token create`)",
+                    self.hub_url
+                )));
+            }
+            if self.token.trim().is_empty() {
+                return Err(Error::Config(
+                    "no credential: enrol with --join (an https:// or quic:// hub), or give the hub's join.token (--token-file)".into(),
+                ));
+            }
         }
         if self.slots == 0 || self.slots > 1024 {
             return Err(Error::Config(format!("slots must be between 1 and 1024, not {}", self.slots)));
@@ -99,6 +131,7 @@ impl Config {
 pub struct ConfigBuilder {
     hub_url: String,
     token: String,
+    ca_fingerprint: Option<agentcom_link::Fingerprint>,
     sidecar_id: Option<String>,
     hostname: Option<String>,
     slots: u32,
@@ -115,6 +148,12 @@ impl ConfigBuilder {
     /// The sidecar's id [default: the one kept in the state directory, else a new one].
     pub fn sidecar_id(mut self, id: impl Into<String>) -> ConfigBuilder {
         self.sidecar_id = Some(id.into());
+        self
+    }
+
+    /// The hub CA to pin for an encrypted URL, for a sidecar that has not enrolled (`dev`'s own).
+    pub fn ca_fingerprint(mut self, ca: Option<agentcom_link::Fingerprint>) -> ConfigBuilder {
+        self.ca_fingerprint = ca;
         self
     }
 
@@ -180,16 +219,30 @@ impl ConfigBuilder {
     /// none was given; checked.
     pub fn build(self) -> Result<Config, Error> {
         let hostname = self.hostname.unwrap_or_else(hostname);
-        let sidecar_id = match (self.sidecar_id, &self.state_dir) {
-            (Some(id), _) => id,
-            (None, Some(dir)) => state::StateDir::open(dir)
+        // An enrolled sidecar's id is the one its certificate was issued for.
+        let identity = match &self.state_dir {
+            Some(dir) => agentcom_link::pki::Identity::load(dir).map_err(|err| Error::Config(err.to_string()))?,
+            None => None,
+        };
+        let sidecar_id = match (self.sidecar_id, &self.state_dir, &identity) {
+            (Some(id), _, Some(identity)) if id != identity.sidecar_id => {
+                return Err(Error::Config(format!(
+                    "--id {id}: this state directory holds the identity of sidecar {}, and a sidecar's id is its certificate's",
+                    identity.sidecar_id
+                )));
+            }
+            (_, _, Some(identity)) => identity.sidecar_id.clone(),
+            (Some(id), _, None) => id,
+            (None, Some(dir), None) => state::StateDir::open(dir)
                 .and_then(|state| state.sidecar_id(|| default_sidecar_id(&hostname)))
                 .map_err(|err| Error::Config(format!("keeping the sidecar id in {}: {err}", dir.display())))?,
-            (None, None) => default_sidecar_id(&hostname),
+            (None, None, _) => default_sidecar_id(&hostname),
         };
         let config = Config {
             hub_url: self.hub_url,
             token: self.token,
+            ca_fingerprint: self.ca_fingerprint,
+            identity: identity.map(std::sync::Arc::new),
             sidecar_id,
             hostname,
             slots: self.slots,
@@ -318,6 +371,7 @@ pub async fn run_prepared(config: Config, prepared: Prepared, shutdown: impl Fut
 /// sidecar left behind, before the sidecar says hello (so the hub may run those tasks again).
 /// `dev` calls this before its hub starts serving.
 pub async fn prepare(config: &Config) -> Result<Prepared, Error> {
+    agentcom_link::install_crypto_provider();
     config.validate()?;
     let durable = config.state_dir.is_some();
     let containment =
@@ -382,11 +436,13 @@ where
             return std::process::ExitCode::FAILURE;
         }
     };
+    agentcom_link::install_crypto_provider();
     match runtime.block_on(run()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {}", logging::redactor().scrub(&format!("{err:#}")));
-            std::process::ExitCode::FAILURE
+            let code = err.downcast_ref::<Error>().map_or(1, Error::exit_code);
+            std::process::ExitCode::from(code)
         }
     }
 }

@@ -11,6 +11,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentcom_link::connect::{Dialer, HubUrl, channel};
+use agentcom_link::tls::Pin;
 use agentcom_proto::v1 as pb;
 use pb::hub_message::Msg as HubMsg;
 use pb::sidecar_message::Msg as SideMsg;
@@ -18,8 +20,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
-use tracing::{debug, info, warn};
+use tonic::transport::Channel;
+use tracing::{debug, error, info, warn};
 
 use agentcom_types::domain::{AgentStep, Outcome, SpecDefaults, Stream, TraceParent};
 use agentcom_types::wire;
@@ -158,10 +160,14 @@ pub(crate) struct Link {
     lease_ttl: Option<Duration>,
     /// Resource and model reports, kept by their reporters; `None` until `run` starts them.
     latest: Option<Latest>,
+    /// Made at the first connect and kept (a `quic://` dialer keeps its endpoint).
+    dialer: Option<Arc<Dialer>>,
 }
 
 enum SessionEnd {
     Lost(String),
+    /// The hub revoked this sidecar's identity.
+    Revoked(String),
     /// The hub ended the stream itself (it is shutting down or restarting).
     Closed,
     Stop,
@@ -189,6 +195,7 @@ impl Link {
             offline_since: None,
             lease_ttl: None,
             latest: Some(latest),
+            dialer: None,
         }
     }
 
@@ -214,6 +221,11 @@ impl Link {
                     self.joined = false;
                     backoff = BACKOFF_START;
                     info!(hub = self.config.hub_url, "the hub closed the stream; reconnecting");
+                }
+                SessionEnd::Revoked(reason) => {
+                    error!(hub = self.config.hub_url, reason, "the hub revoked this sidecar; stopping");
+                    self.stop_all().await?;
+                    return Err(Error::Revoked(reason));
                 }
                 SessionEnd::Lost(reason) => {
                     if std::mem::take(&mut self.joined) {
@@ -297,15 +309,23 @@ impl Link {
         self.unsent.clear();
     }
 
-    async fn connect(&self) -> Result<Channel, String> {
-        let endpoint = Endpoint::from_shared(self.config.hub_url.clone())
-            .map_err(|err| format!("bad hub url {}: {err}", self.config.hub_url))?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
-        endpoint.connect().await.map_err(|err| format!("connect: {err}"))
+    async fn connect(&mut self) -> Result<Channel, String> {
+        let dialer = match &self.dialer {
+            Some(dialer) => dialer.clone(),
+            None => {
+                let url = HubUrl::parse(&self.config.hub_url).map_err(|err| err.to_string())?;
+                let (pin, identity) = match &self.config.identity {
+                    Some(identity) => {
+                        let pin = Pin::authority(identity.ca.clone(), "this sidecar's enrolment");
+                        (Some(pin), Some(identity.certified_key()))
+                    }
+                    None => (self.config.ca_fingerprint.map(|ca| Pin::fingerprint(ca, "--ca-fingerprint")), None),
+                };
+                let dialer = Arc::new(Dialer::new(url, pin, identity.as_ref()).map_err(|err| err.to_string())?);
+                self.dialer.insert(dialer).clone()
+            }
+        };
+        channel(dialer).await.map_err(|err| format!("connect: {}", agentcom_link::error_chain(&err)))
     }
 
     async fn session(&mut self, stop: &CancellationToken) -> SessionEnd {
@@ -331,18 +351,21 @@ impl Link {
         };
         let _ = outbound.try_send(pb::SidecarMessage { msg: Some(SideMsg::Hello(hello)) });
         let mut request = tonic::Request::new(ReceiverStream::new(outbound_rx));
-        let Ok(bearer) = MetadataValue::try_from(format!("Bearer {}", self.config.token)) else {
-            return SessionEnd::Lost("the token contains characters a header cannot carry".into());
-        };
-        request.metadata_mut().insert("authorization", bearer);
+        // An enrolled sidecar is known by its certificate; a token is for the others.
+        if self.config.identity.is_none() {
+            let Ok(bearer) = MetadataValue::try_from(format!("Bearer {}", self.config.token)) else {
+                return SessionEnd::Lost("the token contains characters a header cannot carry".into());
+            };
+            request.metadata_mut().insert("authorization", bearer);
+        }
         let mut inbound = match client.session(request).await {
             Ok(response) => response.into_inner(),
-            Err(status) => return SessionEnd::Lost(format!("{}: {}", code_name(status.code()), status.message())),
+            Err(status) => return ended(&status),
         };
         let welcome = match inbound.message().await {
             Ok(Some(pb::HubMessage { msg: Some(HubMsg::Welcome(welcome)) })) => welcome,
             Ok(_) => return SessionEnd::Lost("the hub did not send a welcome".into()),
-            Err(status) => return SessionEnd::Lost(format!("{}: {}", code_name(status.code()), status.message())),
+            Err(status) => return ended(&status),
         };
         self.joined = true;
         self.metrics.connected(true);
@@ -378,7 +401,7 @@ impl Link {
                     Ok(Some(pb::HubMessage { msg: Some(msg) })) => self.on_hub_message(msg),
                     Ok(Some(_)) => {}
                     Ok(None) => return SessionEnd::Closed,
-                    Err(status) => return SessionEnd::Lost(format!("{}: {}", code_name(status.code()), status.message())),
+                    Err(status) => return ended(&status),
                 },
                 Some(event) = self.events_rx.recv() => {
                     if let Err(end) = self.forward(event, &outbound).await {
@@ -680,6 +703,16 @@ fn mask_outcome(outcome: &mut Outcome) {
         if let Some(error) = &mut workspace.push_error {
             redactor.mask_string(error);
         }
+    }
+}
+
+/// How a session ended with `status`: a revocation stops the sidecar, anything else is retried.
+fn ended(status: &tonic::Status) -> SessionEnd {
+    let reason = format!("{}: {}", code_name(status.code()), status.message());
+    if status.code() == tonic::Code::PermissionDenied && status.message().starts_with(agentcom_link::REVOKED) {
+        SessionEnd::Revoked(reason)
+    } else {
+        SessionEnd::Lost(reason)
     }
 }
 

@@ -3,7 +3,7 @@
 //! the source: every line passes through [`Redactor`] on its way to stderr, so no secret the
 //! process knows of, and nothing shaped like one, is written.
 //!
-//! What is redacted: AgentCom tokens (`agentcom_admin_...`, `agentcom_join_...`), Anthropic and
+//! What is redacted: AgentCom tokens (`agentcom_ROLE_...`, join tokens `acj_...`), Anthropic and
 //! OpenAI-style keys (`sk-...`), the credentials of `Authorization` headers (`Bearer ...`), the
 //! password of a URL (`scheme://user:password@host`), and every value registered with
 //! [`redact`]: provider keys and the values of `--secret` files, as the sidecar reads them.
@@ -53,7 +53,8 @@ pub struct Redactor {
 impl Redactor {
     fn new() -> Redactor {
         let shapes = Regex::new(concat!(
-            r"\bagentcom_(?:admin|join)_[0-9a-f]{16,}",
+            r"\bagentcom_(?:admin|operator|submitter|viewer|join)_[0-9a-f]{16,}",
+            r"|\bacj_[0-9a-f]{12}_[0-9a-f]{48}_[0-9a-f]{32}",
             r"|\bsk-[A-Za-z0-9_\-]{20,}",
             r"|\b(?i:bearer)\s+[A-Za-z0-9._~+/=\-]{8,}",
             r"|\b(?i:x-api-key)\W{1,3}[A-Za-z0-9._\-]{8,}",

@@ -24,16 +24,43 @@ struct Cli {
 enum Command {
     /// Dial out to the hub and run the work it assigns.
     Run(RunArgs),
+    /// Trade a join token for this sidecar's own certificate, kept in the state directory, and exit.
+    Enroll(EnrollArgs),
+}
+
+#[derive(clap::Args)]
+struct EnrollArgs {
+    /// Hub URL: https://HOST:7420 or quic://HOST:7421.
+    #[arg(long, env = "AGENTCOM_HUB")]
+    hub: String,
+    /// The join token `hubctl join-token create` printed (acj_...); it can be used as often as
+    /// it was made for, and the hub keeps only its hash.
+    #[arg(long, env = "AGENTCOM_JOIN", hide_env_values = true)]
+    join: String,
+    /// Where the identity is kept (identity/: key.pem 0600, cert.pem, ca.pem, id).
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// The host name the hub makes the sidecar id from [default: this machine's].
+    #[arg(long)]
+    hostname: Option<String>,
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Hub URL.
+    /// Hub URL: https://HOST:7420 (TLS), quic://HOST:7421 (QUIC), or http:// for a plaintext hub.
     #[arg(long, env = "AGENTCOM_HUB", default_value = "http://127.0.0.1:7420")]
     hub: String,
-    /// Join token (the hub's `join.token`).
+    /// A join token (acj_..., from `hubctl join-token create`): the sidecar enrols with it when
+    /// its state directory holds no identity yet, and ignores it after.
+    #[arg(long, env = "AGENTCOM_JOIN", hide_env_values = true)]
+    join: Option<String>,
+    /// The hub's bootstrap join token (its data directory's `join.token`), for a sidecar that
+    /// does not enrol (a plaintext hub on loopback).
     #[arg(long, env = "AGENTCOM_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The hub CA's SHA-256 to pin when the bootstrap token is used over https:// or quic://.
+    #[arg(long, env = "AGENTCOM_CA_FINGERPRINT", value_name = "HEX")]
+    ca_fingerprint: Option<String>,
     /// Read the join token from this file.
     #[arg(long, conflicts_with = "token")]
     token_file: Option<PathBuf>,
@@ -211,7 +238,20 @@ fn env_allowlist_from_args() -> Vec<String> {
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let _traces = agentcom_sidecar::start_traces("agentcom-sidecar", cli.otlp_endpoint.as_deref())?;
-    let Command::Run(args) = cli.command;
+    let args = match cli.command {
+        Command::Run(args) => args,
+        Command::Enroll(args) => {
+            let hostname = args.hostname.unwrap_or_else(agentcom_sidecar::hostname);
+            let identity = agentcom_sidecar::enrol::enroll(&args.hub, &args.join, &args.state_dir, &hostname).await?;
+            println!("{}", identity.sidecar_id);
+            eprintln!(
+                "enrolled as {}; its identity is in {}",
+                identity.sidecar_id,
+                agentcom_link::pki::Identity::dir(&args.state_dir).display()
+            );
+            return Ok(());
+        }
+    };
     let reports = args.reports()?;
     let token = match (args.token, args.token_file) {
         (Some(token), _) => token,
@@ -219,8 +259,9 @@ async fn run() -> anyhow::Result<()> {
             .with_context(|| format!("reading the token file {}", path.display()))?
             .trim()
             .to_owned(),
-        (None, None) => anyhow::bail!("a join token is required: --token, --token-file or AGENTCOM_TOKEN"),
+        (None, None) => String::new(),
     };
+    let ca_fingerprint = args.ca_fingerprint.as_deref().map(agentcom_link::Fingerprint::parse).transpose()?;
     let work_dir = shell::resolve_work_dir(&args.work_dir)
         .with_context(|| format!("work directory {}", args.work_dir.display()))?;
     let allow: Vec<String> = if args.env_allow.is_empty() {
@@ -245,7 +286,16 @@ async fn run() -> anyhow::Result<()> {
     };
     let run_as = args.run_as.as_deref().map(shell::RunAs::lookup).transpose().map_err(anyhow::Error::msg)?;
     let state_dir = args.state_dir.clone().unwrap_or_else(|| work_dir.join(".agentcom-sidecar"));
+    // An empty AGENTCOM_JOIN (a compose file's unset variable) is no token.
+    let join = args.join.filter(|join| !join.trim().is_empty());
+    if let Some(join) = &join
+        && agentcom_link::pki::Identity::load(&state_dir)?.is_none()
+    {
+        let hostname = agentcom_sidecar::hostname();
+        agentcom_sidecar::enrol::enroll(&args.hub, join, &state_dir, &hostname).await?;
+    }
     let mut config = agentcom_sidecar::Config::builder(args.hub, token, work_dir)
+        .ca_fingerprint(ca_fingerprint)
         .slots(args.slots)
         .tags(args.tags)
         .env_allow(&allow)

@@ -335,7 +335,11 @@ impl pb::admin_server::Admin for AdminService {
 pub struct AgentLinkService {
     pub hub: Handle,
     pub stop: CancellationToken,
+    pub enrolment: crate::enrol::Enrolment,
 }
+
+/// Largest certificate signing request an enrolment may send.
+const MAX_CSR_BYTES: usize = 16 * 1024;
 
 /// Most slots one sidecar may offer.
 pub const MAX_SLOTS: u32 = 1024;
@@ -516,14 +520,34 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
         &self,
         request: Request<Streaming<pb::SidecarMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = request.extensions().get::<crate::auth::EnrolledPeer>().cloned();
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??;
-        let hello = match first.and_then(|m| m.msg) {
+        let mut hello = match first.and_then(|m| m.msg) {
             Some(pb::sidecar_message::Msg::Hello(hello)) => hello_from_pb(hello)?,
             _ => return Err(Status::invalid_argument("the first message must be hello")),
         };
+        // An enrolled sidecar speaks for its own id only, and keeps the tags it was enrolled with.
+        let live = match &peer {
+            Some(peer) if peer.sidecar_id != hello.sidecar_id => {
+                return Err(Status::permission_denied(format!(
+                    "this client certificate belongs to sidecar {}, not {}",
+                    peer.sidecar_id, hello.sidecar_id
+                )));
+            }
+            Some(peer) => {
+                for tag in &peer.tags {
+                    if !hello.tags.contains(tag) {
+                        hello.tags.push(tag.clone());
+                    }
+                }
+                Some(self.enrolment.attach(&peer.sidecar_id))
+            }
+            None => None,
+        };
+        let revoked = live.as_ref().map(|live| live.revoked.clone()).unwrap_or_default();
         let sidecar_id = hello.sidecar_id.clone();
         let (outbox_tx, outbox_rx) = mpsc::channel::<ToSidecar>(1024);
         let (welcome, session) = self.hub.hello(hello, outbox_tx).await.map_err(status)?;
@@ -533,13 +557,20 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
         // has its own waiter list instead of sharing the hub-wide one with every other session.
         let stop = self.stop.child_token();
         let last_seen = welcome.last_seen.clone();
+        let ended_by_revocation = revoked.clone();
         tokio::spawn(async move {
+            // Held for the session: a revocation cancels `revoked` through it.
+            let _live = live;
             let cancelled = stop.cancelled();
             tokio::pin!(cancelled);
             loop {
                 let next = tokio::select! {
                     biased;
                     _ = &mut cancelled => break,
+                    _ = ended_by_revocation.cancelled() => {
+                        tracing::info!(sidecar_id, "closing the session of a revoked sidecar");
+                        break;
+                    }
                     next = inbound.message() => next,
                 };
                 match next {
@@ -575,11 +606,60 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
             })),
         };
         let stop = self.stop.clone();
+        let (until, after) = (revoked.clone(), revoked);
+        let refused_id = sidecar_id_for_refusal(&peer);
         let outbound = futures_util::stream::once(async move { Ok(welcome) })
             .chain(ReceiverStream::new(outbox_rx).map(|m| Ok(to_pb(m))))
-            .take_until(async move { stop.cancelled().await });
+            .take_until(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = until.cancelled() => {}
+                }
+            })
+            // A revoked sidecar is told why its stream ends, so it stops instead of reconnecting.
+            .chain(futures_util::stream::once(async move { after.is_cancelled() }).filter_map(move |revoked| {
+                let refused =
+                    revoked.then(|| Err(Status::permission_denied(crate::auth::revoked_message(&refused_id))));
+                futures_util::future::ready(refused)
+            }));
         Ok(Response::new(Box::pin(outbound)))
     }
+
+    async fn enroll(&self, request: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+        let request = request.into_inner();
+        if request.csr_der.len() > MAX_CSR_BYTES {
+            return Err(Status::invalid_argument(format!("csr_der: at most {MAX_CSR_BYTES} bytes")));
+        }
+        let issued = self.enrolment.enrol(&request.join_token, &request.csr_der, &request.hostname, now_ms()).map_err(
+            |err| {
+                warn!(error = %err.message, "refused an enrolment");
+                Status::from(err)
+            },
+        )?;
+        let ops = vec![
+            crate::store::Op::PutJoinGrant(Box::new(issued.grant.clone())),
+            crate::store::Op::PutIdentity(Box::new(issued.identity.clone())),
+        ];
+        if let Err(err) = self.hub.persist(ops).await {
+            self.enrolment.undo(&issued);
+            return Err(status(err));
+        }
+        let caller =
+            crate::auth::Caller { role: crate::auth::Role::Join, token_id: format!("acj-{}", issued.grant.id) };
+        let identity = &issued.identity;
+        let detail = format!("host {:?}, tags {:?}", identity.hostname, identity.tags);
+        super::audited(&self.hub, Some(&caller), "sidecar.enrol", &identity.sidecar_id, detail).await?;
+        Ok(Response::new(pb::EnrollResponse {
+            sidecar_id: identity.sidecar_id.clone(),
+            certificate_der: issued.certificate,
+            ca_der: issued.ca,
+            tags: identity.tags.clone(),
+        }))
+    }
+}
+
+fn sidecar_id_for_refusal(peer: &Option<crate::auth::EnrolledPeer>) -> String {
+    peer.as_ref().map(|p| p.sidecar_id.clone()).unwrap_or_default()
 }
 
 /// Who made the call, as the authentication layer recorded it.

@@ -488,6 +488,58 @@ pub(super) fn decode_audit(key: u128, bytes: &[u8]) -> Result<crate::store::Audi
     })
 }
 
+pub(super) fn encode_join_grant(grant: &crate::store::JoinGrant) -> Vec<u8> {
+    pb::JoinGrant {
+        secret_sha256: grant.secret_sha256.clone(),
+        uses: grant.uses,
+        used: grant.used,
+        expires_unix_ms: grant.expires_unix_ms,
+        tags: grant.tags.clone(),
+        created_unix_ms: grant.created_unix_ms,
+        created_by: grant.created_by.clone(),
+    }
+    .encode_to_vec()
+}
+
+pub(super) fn decode_join_grant(id: &str, bytes: &[u8]) -> Result<crate::store::JoinGrant, String> {
+    let g = pb::JoinGrant::decode(bytes).map_err(|err| err.to_string())?;
+    Ok(crate::store::JoinGrant {
+        id: id.to_owned(),
+        secret_sha256: g.secret_sha256,
+        uses: g.uses,
+        used: g.used,
+        expires_unix_ms: g.expires_unix_ms,
+        tags: g.tags,
+        created_unix_ms: g.created_unix_ms,
+        created_by: g.created_by,
+    })
+}
+
+pub(super) fn encode_identity(identity: &crate::store::SidecarIdentity) -> Vec<u8> {
+    pb::SidecarIdentity {
+        cert_sha256: identity.cert_sha256.clone(),
+        hostname: identity.hostname.clone(),
+        tags: identity.tags.clone(),
+        join_token_id: identity.join_token_id.clone(),
+        enrolled_unix_ms: identity.enrolled_unix_ms,
+        revoked_unix_ms: identity.revoked_unix_ms,
+    }
+    .encode_to_vec()
+}
+
+pub(super) fn decode_identity(sidecar_id: &str, bytes: &[u8]) -> Result<crate::store::SidecarIdentity, String> {
+    let i = pb::SidecarIdentity::decode(bytes).map_err(|err| err.to_string())?;
+    Ok(crate::store::SidecarIdentity {
+        sidecar_id: sidecar_id.to_owned(),
+        cert_sha256: i.cert_sha256,
+        hostname: i.hostname,
+        tags: i.tags,
+        join_token_id: i.join_token_id,
+        enrolled_unix_ms: i.enrolled_unix_ms,
+        revoked_unix_ms: i.revoked_unix_ms,
+    })
+}
+
 /// A token's stored value: its role alone (the bootstrap tokens, and every token of format 1),
 /// or `ROLE\tCREATED_UNIX_MS\tNAME` for one made through the API.
 pub fn encode_token(role: &str, created_unix_ms: i64, name: &str) -> String {

@@ -50,6 +50,9 @@ const SCHEMA_VERSION: &str = "schema_version";
 /// Keys in the `fleet` table.
 const CORDON_PREFIX: &str = "cordon/";
 const ENDPOINT_PREFIX: &str = "endpoint/";
+/// `join/{id}`: a join token; `identity/{sidecar_id}`: an enrolled sidecar.
+const JOIN_PREFIX: &str = "join/";
+const IDENTITY_PREFIX: &str = "identity/";
 /// `verdicts/KIND/TIER/MODEL` (the model last: its name may hold a `/`).
 const VERDICTS_PREFIX: &str = "verdicts/";
 /// META key: the last write-ahead log record that redb's last durable commit covers.
@@ -107,6 +110,11 @@ pub enum Op {
         hash: String,
     },
     PutAudit(AuditEntry),
+    PutJoinGrant(Box<JoinGrant>),
+    DeleteJoinGrant {
+        id: String,
+    },
+    PutIdentity(Box<SidecarIdentity>),
     PutCordon {
         sidecar_id: String,
         cordon: Cordon,
@@ -139,6 +147,41 @@ pub struct AuditEntry {
     pub action: String,
     pub target: String,
     pub detail: String,
+}
+
+/// A join token as the hub keeps it: its secret's hash, how often and until when it may enrol
+/// a sidecar, and the tags it binds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinGrant {
+    /// 12 hex digits (the token's `acj_<id>_...`).
+    pub id: String,
+    pub secret_sha256: String,
+    pub uses: u32,
+    pub used: u32,
+    pub expires_unix_ms: i64,
+    pub tags: Vec<String>,
+    pub created_unix_ms: i64,
+    pub created_by: String,
+}
+
+/// A sidecar enrolled with a join token: the certificate it was issued, by fingerprint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SidecarIdentity {
+    pub sidecar_id: String,
+    pub cert_sha256: String,
+    pub hostname: String,
+    pub tags: Vec<String>,
+    pub join_token_id: String,
+    pub enrolled_unix_ms: i64,
+    /// 0 while it may connect.
+    pub revoked_unix_ms: i64,
+}
+
+/// The join tokens and enrolled sidecars, as stored.
+#[derive(Debug, Default)]
+pub struct Enrolled {
+    pub joins: Vec<JoinGrant>,
+    pub identities: Vec<SidecarIdentity>,
 }
 
 /// A stored token: its role, and for those made through the API, when and under what name.
@@ -541,11 +584,37 @@ impl Store {
                     Ok(verdicts) => fleet.verdicts.push(verdicts),
                     Err(err) => tracing::warn!(key, error = %err, "skipped stored verdicts that do not decode"),
                 }
-            } else {
+            } else if !(key.starts_with(JOIN_PREFIX) || key.starts_with(IDENTITY_PREFIX)) {
                 tracing::warn!(key, "skipped an unknown fleet setting");
             }
         }
         Ok(fleet)
+    }
+
+    /// The join tokens and enrolled sidecars. A record that does not decode is skipped with a
+    /// warning (a sidecar whose identity is skipped cannot connect until it enrols again).
+    pub fn load_enrolled(&self) -> Result<Enrolled, Error> {
+        let txn = self.db.begin_read().map_err(redb_err)?;
+        let table = txn.open_table(FLEET).map_err(redb_err)?;
+        let mut enrolled = Enrolled::default();
+        for entry in table.iter().map_err(redb_err)? {
+            let (key, value) = entry.map_err(redb_err)?;
+            let (key, value) = (key.value(), value.value());
+            if let Some(id) = key.strip_prefix(JOIN_PREFIX) {
+                match codec::decode_join_grant(id, value) {
+                    Ok(grant) => enrolled.joins.push(grant),
+                    Err(err) => tracing::warn!(key, error = %err, "skipped a stored join token that does not decode"),
+                }
+            } else if let Some(id) = key.strip_prefix(IDENTITY_PREFIX) {
+                match codec::decode_identity(id, value) {
+                    Ok(identity) => enrolled.identities.push(identity),
+                    Err(err) => {
+                        tracing::warn!(key, error = %err, "skipped a stored sidecar identity that does not decode")
+                    }
+                }
+            }
+        }
+        Ok(enrolled)
     }
 
     /// Applies changes in one durable transaction. For use before the writer starts (setup,

@@ -5,6 +5,7 @@
 //! the explicit shapes of [`dto`], never the serde form of a domain type.
 
 pub mod dto;
+mod enrolment;
 mod tokens;
 mod ui;
 
@@ -48,6 +49,8 @@ pub struct HttpState {
     pub stop: CancellationToken,
     /// The tokens the hub accepts (token management changes them).
     pub tokens: crate::auth::Tokens,
+    /// Join tokens and enrolled sidecars.
+    pub enrolment: crate::enrol::Enrolment,
 }
 
 impl IntoResponse for ApiError {
@@ -91,6 +94,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/api/v1/audit", get(tokens::audit))
+        .route("/api/v1/join-tokens", get(enrolment::list).post(enrolment::create))
+        .route("/api/v1/join-tokens/{id}", axum::routing::delete(enrolment::revoke))
+        .route("/api/v1/sidecars", get(enrolment::list_sidecars))
+        .route("/api/v1/sidecars/{id}/revoke", axum::routing::post(enrolment::revoke_sidecar))
         .with_state(state)
 }
 

@@ -19,7 +19,7 @@ pub(in crate::store) enum Prepared {
 }
 
 pub(in crate::store) fn prepare(ops: Vec<Op>) -> Vec<Prepared> {
-    use crate::store::{CORDON_PREFIX, ENDPOINT_PREFIX, VERDICTS_PREFIX};
+    use crate::store::{CORDON_PREFIX, ENDPOINT_PREFIX, IDENTITY_PREFIX, JOIN_PREFIX, VERDICTS_PREFIX};
     ops.into_iter()
         .map(|op| match op {
             Op::PutTask(task) => Prepared::PutTask { key: u128::from(task.id.0), bytes: encode_task(*task) },
@@ -27,6 +27,15 @@ pub(in crate::store) fn prepare(ops: Vec<Op>) -> Vec<Prepared> {
             Op::PutToken { hash, value } => Prepared::PutToken { hash, value },
             Op::DeleteToken { hash } => Prepared::DeleteToken { hash },
             Op::PutAudit(entry) => Prepared::PutAudit { key: u128::from(entry.id), bytes: super::encode_audit(&entry) },
+            Op::PutJoinGrant(grant) => Prepared::PutFleet {
+                key: format!("{JOIN_PREFIX}{}", grant.id),
+                value: super::encode_join_grant(&grant),
+            },
+            Op::DeleteJoinGrant { id } => Prepared::DeleteFleet { key: format!("{JOIN_PREFIX}{id}") },
+            Op::PutIdentity(identity) => Prepared::PutFleet {
+                key: format!("{IDENTITY_PREFIX}{}", identity.sidecar_id),
+                value: super::encode_identity(&identity),
+            },
             Op::PutCordon { sidecar_id, cordon } => {
                 Prepared::PutFleet { key: format!("{CORDON_PREFIX}{sidecar_id}"), value: encode_cordon(&cordon) }
             }

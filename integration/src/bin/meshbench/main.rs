@@ -188,7 +188,7 @@ async fn start_hub(dir: &Path) -> anyhow::Result<BenchHub> {
     let data_dir = DataDir::new(dir.join("hub"));
     std::fs::create_dir_all(&data_dir.root)?;
     let store = Store::open_counting_syncs(&data_dir.database())?;
-    let tokens = server::ensure_tokens(&data_dir, &store)?;
+    let tokens = server::ensure_tokens(&data_dir, &store, None)?;
     let read = |role| std::fs::read_to_string(data_dir.token_file(role)).map(|t| t.trim().to_owned());
     let (admin_token, join_token) = (read(Role::Admin)?, read(Role::Join)?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

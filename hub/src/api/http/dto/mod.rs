@@ -691,6 +691,73 @@ impl From<&crate::auth::TokenInfo> for TokenDto {
     }
 }
 
+/// A join token (`GET /api/v1/join-tokens`): never its secret.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct JoinTokenDto {
+    pub id: String,
+    pub uses: u32,
+    pub used: u32,
+    pub tags: Vec<String>,
+    pub created_unix_ms: i64,
+    pub expires_unix_ms: i64,
+    /// The token that made it.
+    pub created_by: String,
+    /// `usable`, `used_up` or `expired`.
+    pub state: &'static str,
+}
+
+impl JoinTokenDto {
+    pub fn new(g: &crate::store::JoinGrant, now_ms: i64) -> JoinTokenDto {
+        let state = if g.used >= g.uses {
+            "used_up"
+        } else if g.expires_unix_ms <= now_ms {
+            "expired"
+        } else {
+            "usable"
+        };
+        JoinTokenDto {
+            id: g.id.clone(),
+            uses: g.uses,
+            used: g.used,
+            tags: g.tags.clone(),
+            created_unix_ms: g.created_unix_ms,
+            expires_unix_ms: g.expires_unix_ms,
+            created_by: g.created_by.clone(),
+            state,
+        }
+    }
+}
+
+/// An enrolled sidecar (`GET /api/v1/sidecars`).
+#[derive(Serialize, Debug, PartialEq)]
+pub struct SidecarIdentityDto {
+    pub id: String,
+    pub hostname: String,
+    pub tags: Vec<String>,
+    pub join_token_id: String,
+    pub cert_sha256: String,
+    pub enrolled_unix_ms: i64,
+    /// `null` while it may connect.
+    pub revoked_unix_ms: Option<i64>,
+    /// Whether it has a session now.
+    pub connected: bool,
+}
+
+impl SidecarIdentityDto {
+    pub fn new(i: &crate::store::SidecarIdentity, connected: bool) -> SidecarIdentityDto {
+        SidecarIdentityDto {
+            id: i.sidecar_id.clone(),
+            hostname: i.hostname.clone(),
+            tags: i.tags.clone(),
+            join_token_id: i.join_token_id.clone(),
+            cert_sha256: i.cert_sha256.clone(),
+            enrolled_unix_ms: i.enrolled_unix_ms,
+            revoked_unix_ms: (i.revoked_unix_ms != 0).then_some(i.revoked_unix_ms),
+            connected,
+        }
+    }
+}
+
 /// One admin action (`GET /api/v1/audit`).
 #[derive(Serialize, Debug, PartialEq)]
 pub struct AuditDto {
