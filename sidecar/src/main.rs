@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Dial out to the hub and run the work it assigns.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Trade a join token for this sidecar's own certificate, kept in the state directory, and exit.
     Enroll(EnrollArgs),
 }
@@ -67,6 +67,9 @@ struct RunArgs {
     /// Tasks run at once (one agent each).
     #[arg(long, default_value_t = 4)]
     slots: u32,
+    /// The host name the sidecar reports, and enrols under [default: this machine's].
+    #[arg(long)]
+    hostname: Option<String>,
     /// Sidecar id [default: kept in the state directory, made from the host name and a random
     /// suffix on first start].
     #[arg(long)]
@@ -291,7 +294,7 @@ async fn run() -> anyhow::Result<()> {
     if let Some(join) = &join
         && agentcom_link::pki::Identity::load(&state_dir)?.is_none()
     {
-        let hostname = agentcom_sidecar::hostname();
+        let hostname = args.hostname.clone().unwrap_or_else(agentcom_sidecar::hostname);
         agentcom_sidecar::enrol::enroll(&args.hub, join, &state_dir, &hostname).await?;
     }
     let mut config = agentcom_sidecar::Config::builder(args.hub, token, work_dir)
@@ -315,6 +318,9 @@ async fn run() -> anyhow::Result<()> {
         .reports(reports);
     if let Some(id) = args.id {
         config = config.sidecar_id(id);
+    }
+    if let Some(hostname) = args.hostname {
+        config = config.hostname(hostname);
     }
     let config = config.build()?;
     agentcom_sidecar::run(config, agentcom_sidecar::shutdown_signal()).await?;
