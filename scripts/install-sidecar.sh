@@ -29,7 +29,7 @@ hub signs its certificate, and the token is not written anywhere.
   --binary PATH    the agentcom-sidecar binary to install [default: agentcom-sidecar beside
                    this script, else target/release/agentcom-sidecar of this checkout]
   --slots N        tasks run at once [default: 4]
-  --tag T          a tag for enrolment and placement (repeatable)
+  --tag T          a tag the sidecar offers to placement (repeatable; the join token's tags are bound at enrolment)
   --work-dir DIR   where tasks run [default: /var/lib/agentcom-sidecar/work]
   --root DIR       install under DIR instead of /, as any user: the files only; making the
                    user, enrolling and systemctl are printed as "would run: ..."
@@ -183,8 +183,6 @@ would() {
   echo "would run: $*"
 }
 
-tag_args=()
-for tag in ${tags[@]+"${tags[@]}"}; do tag_args+=(--tag "$tag"); done
 
 # --- the unit ------------------------------------------------------------------------------
 
@@ -298,10 +296,10 @@ elif [ -n "$root" ]; then
   # The token is a secret: the line says where it goes, not what it is.
   shown=TOKEN
   if [ -n "$join" ]; then shown=acj_...; fi
-  would "$bin" enroll --hub "$hub" --join "$shown" --state-dir "$state" ${tag_args[@]+"${tag_args[@]}"}
+  would "$bin" enroll --hub "$hub" --join "$shown" --state-dir "$state"
 else
   echo "enrolling with $hub"
-  if ! "$bin" enroll --hub "$hub" --join "$join" --state-dir "$state" ${tag_args[@]+"${tag_args[@]}"}; then
+  if ! "$bin" enroll --hub "$hub" --join "$join" --state-dir "$state"; then
     die "enrolment failed (see above). Check that $hub is reachable from here, and that the join token is neither used up nor expired (on the hub: hubctl join-token ls; a new one: hubctl join-token create)"
   fi
 fi

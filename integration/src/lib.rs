@@ -48,6 +48,18 @@ macro_rules! assert_eventually {
     }};
 }
 
+/// An HTTP client builder, after making *ring* the process's TLS provider (reqwest needs one
+/// installed before it builds a client; see `agentcom_link::install_crypto_provider`).
+pub fn http() -> reqwest::ClientBuilder {
+    agentcom_link::install_crypto_provider();
+    reqwest::Client::builder()
+}
+
+/// [`http`] with the defaults.
+pub fn http_client() -> reqwest::Client {
+    http().build().expect("building an HTTP client")
+}
+
 /// A small JSON client for the hub's HTTP API.
 #[derive(Clone)]
 pub struct Api {
@@ -58,7 +70,7 @@ pub struct Api {
 
 impl Api {
     pub fn new(base: impl Into<String>, token: impl Into<String>) -> Api {
-        let http = reqwest::Client::builder().tcp_nodelay(true).build().expect("building an HTTP client");
+        let http = http().tcp_nodelay(true).build().expect("building an HTTP client");
         Api { base: base.into(), token: token.into(), http }
     }
 
@@ -67,11 +79,7 @@ impl Api {
         agentcom_link::install_crypto_provider();
         let pin = agentcom_link::tls::Pin::fingerprint(ca, "the test");
         let tls = agentcom_link::tls::client_config(pin, None, &[b"http/1.1"], false).expect("a TLS configuration");
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .use_preconfigured_tls(tls)
-            .build()
-            .expect("building an HTTP client");
+        let http = http().tcp_nodelay(true).use_preconfigured_tls(tls).build().expect("building an HTTP client");
         Api { base: base.into(), token: token.into(), http }
     }
 

@@ -242,7 +242,7 @@ async fn wait_healthy(url: &str, data_dir: &Path) {
     loop {
         // A hub that serves TLS writes its pinned token file before it listens.
         let client = match url.starts_with("https://") {
-            false => Some(reqwest::Client::new()),
+            false => Some(crate::http_client()),
             true => std::fs::read_to_string(data_dir.join("admin.token"))
                 .ok()
                 .and_then(|text| agentcom_link::token_file::TokenFile::parse(&text).ok())

@@ -313,7 +313,7 @@ async fn a_secret_env_value_reaches_the_task_and_nothing_else() {
     // Nowhere else: API responses, the event stream, logs, and every stored byte.
     let mut seen = vec![submitted.to_string(), task.to_string(), printed.to_string()];
     seen.push(hub.api.request(reqwest::Method::GET, "/api/v1/tasks", None).await.1.to_string());
-    let events = reqwest::Client::new()
+    let events = agentcom_integration::http_client()
         .get(format!("{}/api/v1/tasks/{id}/events", hub.url))
         .bearer_auth(&hub.api.token)
         .timeout(Duration::from_secs(5))

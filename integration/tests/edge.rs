@@ -73,7 +73,7 @@ async fn an_idle_connection_flood_from_one_address_leaves_the_hub_answering_ever
     let files = open_files(hub.pid());
     let (rss_peak, _) = memory(hub.pid());
 
-    let client = || reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let client = || agentcom_integration::http().pool_max_idle_per_host(0).build().unwrap();
     let health = best_of_three(|| async {
         let response = client().get(format!("{}/healthz", hub.url)).send().await.unwrap();
         assert!(response.status().is_success());
@@ -177,7 +177,7 @@ async fn a_token_past_its_rate_gets_429_with_retry_after() {
         .serve_options(|o| o.rate_per_token = agentcom_hub::ratelimit::Rate::per_second(5))
         .start()
         .await;
-    let client = reqwest::Client::new();
+    let client = agentcom_integration::http_client();
     let mut statuses = Vec::new();
     let mut retry_after = None;
     for _ in 0..15 {
@@ -206,7 +206,7 @@ async fn a_token_past_its_rate_gets_429_with_retry_after() {
 async fn submits_past_the_storage_backlog_get_503_with_retry_after() {
     // A backlog bound of zero: storage is always "behind", so every submit is refused.
     let mesh = TestMesh::new().sidecars(0).config(|c| c.max_write_backlog = 0).start().await;
-    let response = reqwest::Client::new()
+    let response = agentcom_integration::http_client()
         .post(format!("{}/api/v1/tasks", mesh.url))
         .bearer_auth(&mesh.admin_token)
         .json(&shell("true"))

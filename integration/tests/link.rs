@@ -115,7 +115,9 @@ async fn a_sidecar_enrols_over_tls_once_per_token_and_a_revoked_one_is_cut_off()
     let ca = hub.ca().expect("admin.token pins the CA");
 
     // A plain HTTP request to a TLS port gets nothing useful; curl-like clients need the CA.
-    assert!(reqwest::get(format!("http://127.0.0.1:{}/healthz", hub.port)).await.is_err());
+    assert!(
+        agentcom_integration::http_client().get(format!("http://127.0.0.1:{}/healthz", hub.port)).send().await.is_err()
+    );
 
     let token = join_token(&hub, &["--uses", "1", "--ttl", "10m", "--tag", "gpu"]);
     assert!(token.starts_with("acj_"), "{token}");

@@ -70,7 +70,7 @@ async fn json_logs_carry_no_planted_secret() {
     seen.push(task_events.raw());
     assert_eventually!(events.raw().contains("event: task"), PATIENCE, "the hub's events");
     seen.push(events.raw());
-    let http = reqwest::Client::new();
+    let http = agentcom_integration::http_client();
     let page = http.get(format!("{}/", hub.url)).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("<html"), "{page}");
     let mut files = vec![page];

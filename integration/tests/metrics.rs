@@ -12,7 +12,8 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 /// The hub's metrics as Prometheus sees them (a token required: a viewer's is enough).
 async fn scrape(url: &str, token: &str) -> String {
-    let response = reqwest::Client::new().get(format!("{url}/metrics")).bearer_auth(token).send().await.unwrap();
+    let response =
+        agentcom_integration::http_client().get(format!("{url}/metrics")).bearer_auth(token).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let kind = response.headers()["content-type"].to_str().unwrap().to_owned();
     assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
@@ -98,7 +99,7 @@ async fn the_hubs_metrics_pass_promtool_and_say_what_happened() {
         assert!(!text.contains(task["id"].as_str().unwrap()));
     }
     // Without a token there is nothing to see.
-    let anonymous = reqwest::get(format!("{}/metrics", mesh.url)).await.unwrap();
+    let anonymous = agentcom_integration::http_client().get(format!("{}/metrics", mesh.url)).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
     mesh.stop().await;
 }
@@ -149,7 +150,7 @@ async fn a_real_prometheus_scrapes_the_hub_and_promql_sees_the_queue() {
     let mut answer = Value::Null;
     assert_eventually!(
         {
-            if let Ok(response) = reqwest::get(&query).await {
+            if let Ok(response) = agentcom_integration::http_client().get(&query).send().await {
                 answer = response.json().await.unwrap_or(Value::Null);
             }
             answer["data"]["result"][0]["value"][1] == "4"
@@ -158,7 +159,11 @@ async fn a_real_prometheus_scrapes_the_hub_and_promql_sees_the_queue() {
         "Prometheus scraped the hub and counts four queued tasks"
     );
     let (_, targets) = {
-        let response = reqwest::get(format!("http://127.0.0.1:{port}/api/v1/targets")).await.unwrap();
+        let response = agentcom_integration::http_client()
+            .get(format!("http://127.0.0.1:{port}/api/v1/targets"))
+            .send()
+            .await
+            .unwrap();
         (response.status(), response.json::<Value>().await.unwrap())
     };
     assert_eq!(targets["data"]["activeTargets"][0]["health"], "up", "{targets}");
@@ -245,7 +250,16 @@ async fn a_sidecars_own_metrics_pass_promtool_and_count_its_work() {
         let task = mesh.api.submit(body).await;
         mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
     }
-    let scrape = || async { reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap() };
+    let scrape = || async {
+        agentcom_integration::http_client()
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
     assert_eventually!(scrape().await.contains("agentcom_sidecar_memory_total_bytes "), PATIENCE, "a resource reading");
     let text = scrape().await;
     assert_eq!(promtool_check(&text), "", "promtool check metrics:\n{text}");

@@ -40,13 +40,17 @@ fn routes(task: &str) -> Vec<(Method, String, Option<Value>, &'static str)> {
         (Method::POST, "/api/v1/tokens".into(), Some(json!({ "role": "nobody" })), "admin"),
         (Method::DELETE, "/api/v1/tokens/tok-000000000000".into(), None, "admin"),
         (Method::GET, "/api/v1/audit".into(), None, "admin"),
+        get("/api/v1/join-tokens"),
+        (Method::POST, "/api/v1/join-tokens".into(), Some(json!({ "uses": 0 })), "admin"),
+        (Method::DELETE, "/api/v1/join-tokens/000000000000".into(), None, "admin"),
+        get("/api/v1/sidecars"),
+        (Method::POST, "/api/v1/sidecars/no-such-sidecar/revoke".into(), None, "admin"),
     ]
     .into_iter()
-    .map(
-        |(m, p, b, least)| {
-            if p == "/api/v1/tokens" && m == Method::GET { (m, p, b, "admin") } else { (m, p, b, least) }
-        },
-    )
+    .map(|(m, p, b, least)| {
+        let admin_read = p == "/api/v1/tokens" || p == "/api/v1/join-tokens";
+        if admin_read && m == Method::GET { (m, p, b, "admin") } else { (m, p, b, least) }
+    })
     .collect()
 }
 
@@ -90,7 +94,7 @@ async fn every_route_refuses_the_roles_below_it_with_403() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 24 * 5);
+    assert_eq!(checked, 29 * 5);
 
     // gRPC: the same roles, as PermissionDenied.
     let grpc = |token: &str| {
@@ -141,8 +145,12 @@ async fn admin_actions_are_audited_and_a_revoked_token_is_refused_at_once() {
         mesh.api_with_token(&operator).request(Method::POST, &format!("/api/v1/hosts/{sidecar}/drain"), None).await;
     assert_eq!(status, 200);
     // A viewer reads what Prometheus reads.
-    let metrics =
-        reqwest::Client::new().get(format!("{}/metrics", mesh.url)).bearer_auth(&viewer).send().await.unwrap();
+    let metrics = agentcom_integration::http_client()
+        .get(format!("{}/metrics", mesh.url))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(metrics.status(), 200);
 
     let (status, revoked) = mesh.api.request(Method::DELETE, &format!("/api/v1/tokens/{viewer_id}"), None).await;

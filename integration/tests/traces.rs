@@ -47,7 +47,7 @@ async fn a_tasks_trace_holds_hub_and_sidecar_spans_with_genai_attributes() {
     // An LLM task submitted inside a caller's trace.
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
-    let response = reqwest::Client::new()
+    let response = agentcom_integration::http_client()
         .post(format!("{}/api/v1/tasks", hub.url))
         .bearer_auth(&hub.api.token)
         .header("traceparent", format!("00-{caller_trace}-{caller_span}-01"))

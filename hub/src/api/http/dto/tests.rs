@@ -274,6 +274,27 @@ fn the_queue_and_backup_shapes_are_documented() {
         detail: String::new(),
     };
     check("audit", AuditDto::from(&entry));
+    let grant = crate::store::JoinGrant {
+        id: "3fa2c1d4e5f6".into(),
+        secret_sha256: "x".into(),
+        uses: 1,
+        used: 0,
+        expires_unix_ms: 1_795_003_600_000,
+        tags: vec!["gpu".into()],
+        created_unix_ms: 1,
+        created_by: "tok-1a2b3c4d5e6f".into(),
+    };
+    check("join_token", JoinTokenDto::new(&grant, 0));
+    let identity = crate::store::SidecarIdentity {
+        sidecar_id: "gpu-1-9c0d1e2f".into(),
+        cert_sha256: "5d41".into(),
+        hostname: "gpu-1".into(),
+        tags: vec!["gpu".into()],
+        join_token_id: "3fa2c1d4e5f6".into(),
+        enrolled_unix_ms: 1,
+        revoked_unix_ms: 0,
+    };
+    check("sidecar", SidecarIdentityDto::new(&identity, true));
     check("output", OutputEventDto { attempt: 1, stream: "stdout", offset: 0, data_base64: "aGk=".into() });
     check("step", StepEventDto { attempt: 1, number: 0, step: (&step()).into() });
 }
