@@ -58,7 +58,8 @@ async fn start_hub(dir: &Path, heartbeat_ms: u64) -> anyhow::Result<Hub> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let data_dir = dir.join("hub");
     let child = Command::new(hub_binary()?)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--backup-interval-ms", "0"])
+        // Plaintext: the figures are the hub's, not TLS's (the simulated sidecars dial h2c).
+        .args(["serve", "--insecure-plaintext", "--listen", &format!("127.0.0.1:{port}"), "--backup-interval-ms", "0"])
         .args(["--heartbeat-interval-ms", &heartbeat_ms.to_string()])
         .arg("--data-dir")
         .arg(&data_dir)
