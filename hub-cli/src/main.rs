@@ -52,9 +52,10 @@ enum Command {
     Backup {
         #[arg(long, env = "AGENTCOM_DATA_DIR", default_value = ".agentcom")]
         data_dir: PathBuf,
-        /// The running hub to ask (its admin token is read from the data directory).
-        #[arg(long, env = "AGENTCOM_HUB", default_value = "http://127.0.0.1:7420")]
-        hub: String,
+        /// The running hub to ask (its admin token, and the CA pin in it, are read from the data
+        /// directory) [default: https://127.0.0.1:7420 for a hub that serves TLS, else http://].
+        #[arg(long, env = "AGENTCOM_HUB")]
+        hub: Option<String>,
         /// Where backups go [default: DATA_DIR/backups].
         #[arg(long)]
         backup_dir: Option<PathBuf>,
@@ -319,7 +320,7 @@ fn explain_damage(err: &store::Error, data_dir: &std::path::Path, backup_dir: &s
     )
 }
 
-async fn backup_now(data_dir: PathBuf, hub: String, backup_dir: Option<PathBuf>) -> anyhow::Result<()> {
+async fn backup_now(data_dir: PathBuf, hub: Option<String>, backup_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let dir = DataDir::new(&data_dir);
     let policy = backup::Policy { dir: backup_dir.unwrap_or_else(|| dir.backups()), every: None, keep: usize::MAX };
     let database = dir.database();
@@ -342,6 +343,7 @@ async fn backup_now(data_dir: PathBuf, hub: String, backup_dir: Option<PathBuf>)
     let text = std::fs::read_to_string(dir.token_file(Role::Admin))
         .with_context(|| format!("reading {}", dir.token_file(Role::Admin).display()))?;
     let file = agentcom_link::token_file::TokenFile::parse(&text)?;
+    let hub = hub.unwrap_or_else(|| format!("{}://127.0.0.1:7420", if file.ca.is_some() { "https" } else { "http" }));
     let pin = file.ca.map(|ca| agentcom_link::tls::Pin::fingerprint(ca, "the data directory's admin.token"));
     let dialer = agentcom_link::connect::Dialer::new(agentcom_link::connect::HubUrl::parse(&hub)?, pin, None)?;
     let channel = agentcom_link::connect::channel(std::sync::Arc::new(dialer)).await.map_err(|err| {

@@ -19,6 +19,7 @@ fn the_installer_writes_a_hardened_unit_and_enrols_without_storing_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let binary = dir.path().join("agentcom-sidecar");
     std::fs::write(&binary, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&binary, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let root = dir.path().join("root");
     let output = Command::new("bash")
         .arg(script())

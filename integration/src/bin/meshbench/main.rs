@@ -110,6 +110,13 @@ enum Command {
         /// Directory for the hub's data (a temporary directory is made inside it).
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// The sidecar's link: plain (h2c), tls (TLS on TCP, enrolled) or quic.
+        #[arg(long, value_enum, default_value = "plain")]
+        link: relay::Link,
+        /// Put the link behind the impairing relay: 50 ms each way; on UDP 1 % loss and no
+        /// datagram over 1,232 bytes.
+        #[arg(long)]
+        impair: bool,
     },
     /// Placement decisions for LLM work over 100 endpoints x 20 models, at several fleet sizes,
     /// beside a decision with one candidate.
@@ -579,12 +586,13 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(())
         }
-        Command::Relay { streams, tokens, rounds, pace_ms, dir } => {
+        Command::Relay { streams, tokens, rounds, pace_ms, dir, link, impair } => {
             anyhow::ensure!(streams.iter().all(|&s| (1..=1_000).contains(&s)), "--streams must be 1 to 1000 each");
             anyhow::ensure!((1..=100_000).contains(&tokens), "--tokens must be 1 to 100000");
             anyhow::ensure!((1..=10_000).contains(&rounds), "--rounds must be 1 to 10000");
             anyhow::ensure!((1..=1_000).contains(&pace_ms), "--pace-ms must be 1 to 1000");
-            let options = relay::Options { streams, tokens, rounds, pace: Duration::from_millis(pace_ms) };
+            let options =
+                relay::Options { link, impair, streams, tokens, rounds, pace: Duration::from_millis(pace_ms) };
             let figures = runtime.block_on(relay::run(options, &dir))?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(())

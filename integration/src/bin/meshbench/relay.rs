@@ -18,12 +18,19 @@
 //!   answer. The raw fdatasync of the same disk is printed beside it, and the hub's cheapest
 //!   gRPC answer (`GetTask` of nothing) back to back and after a pause as long as a token's
 //!   gap: what one request costs a process that has been idle, which each hop of the mesh pays.
+//!
+//! `--link` picks the sidecar's link: `plain` (h2c, the default), `tls` (the hub's default:
+//! TLS on TCP, the sidecar enrolled with a join token) or `quic`; `--impair` puts it behind the
+//! test relays (`agentcom_integration::relay`): 50 ms each way, and on UDP 1 % loss and no
+//! datagram over 1,232 bytes. Submits and watchers reach the hub directly, over TLS when it
+//! serves TLS, so the difference is the link's.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentcom_integration::ollama::{ChatScript, FakeModel, OllamaDouble};
+use agentcom_integration::relay::{Impairment, TcpRelay, UdpRelay};
 use agentcom_proto::v1 as pb;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -34,7 +41,18 @@ use crate::latency_summary;
 const MODEL: &str = "relay:1b";
 const TOKEN: &str = "tok ";
 
+/// The sidecar's link to the hub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Link {
+    Plain,
+    Tls,
+    Quic,
+}
+
 pub(crate) struct Options {
+    /// How the sidecar reaches the hub, and whether through the impairing relay.
+    pub(crate) link: Link,
+    pub(crate) impair: bool,
     /// Concurrent streams per phase.
     pub(crate) streams: Vec<usize>,
     /// Tokens in each reply.
@@ -174,14 +192,14 @@ struct Reply {
 }
 
 async fn mesh(
-    url: &str,
+    hub: &Target,
     admin: &str,
     (streams, rounds, tokens): (usize, usize, usize),
     double: &Arc<OllamaDouble>,
     stagger: Duration,
 ) -> anyhow::Result<Phase> {
     let token = MetadataValue::try_from(format!("Bearer {admin}"))?;
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true).connect().await?;
+    let channel = hub.channel().await?;
     let started = Instant::now();
     let runs = (0..streams).map(|i| {
         let (mut client, token) = (pb::admin_client::AdminClient::new(channel.clone()), token.clone());
@@ -219,9 +237,9 @@ async fn mesh(
 /// The hub's cheapest unary gRPC answer (`GetTask` of a task that does not exist), one at a
 /// time: back to back, and after a pause as long as a paced reply's gap (the machine idle, as
 /// it is between one stream's submits).
-async fn grpc_round_trips(url: &str, admin: &str, pause: Duration) -> anyhow::Result<Value> {
+async fn grpc_round_trips(hub: &Target, admin: &str, pause: Duration) -> anyhow::Result<Value> {
     let token = MetadataValue::try_from(format!("Bearer {admin}"))?;
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?.tcp_nodelay(true).connect().await?;
+    let channel = hub.channel().await?;
     let mut client = pb::admin_client::AdminClient::new(channel);
     let missing = ulid::Ulid::new().to_string();
     let mut figures = serde_json::Map::new();
@@ -242,11 +260,10 @@ async fn grpc_round_trips(url: &str, admin: &str, pause: Duration) -> anyhow::Re
 }
 
 /// Waits until the sidecar's inventory shows the model warm on a healthy endpoint.
-async fn wait_for_model(url: &str, admin: &str) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
+async fn wait_for_model(hub: &Target, admin: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let list: Value = http.get(format!("{url}/api/v1/endpoints")).bearer_auth(admin).send().await?.json().await?;
+        let list: Value = hub.get("/api/v1/endpoints", admin).await?;
         let warm = list["endpoints"].as_array().is_some_and(|endpoints| {
             endpoints.iter().any(|e| {
                 e["healthy"] == true
@@ -276,13 +293,14 @@ pub(crate) async fn run(options: Options, dir: &Path) -> anyhow::Result<Value> {
     let dir = tempfile::tempdir_in(dir)?;
     let fdatasync = crate::fdatasync_latency(dir.path(), 1.0)?;
     let sidecar_flags = ["--ollama", double.url.as_str(), "--llm-check-interval-ms", "200"];
-    let (_processes, url, admin) = crate::shell::start_mesh(dir.path(), slots, false, &sidecar_flags).await?;
-    wait_for_model(&url, &admin).await?;
-    let round_trips = grpc_round_trips(&url, &admin, options.pace).await?;
+    let (_processes, hub, admin) = start(dir.path(), slots, options.link, options.impair, &sidecar_flags).await?;
+
+    wait_for_model(&hub, &admin).await?;
+    let round_trips = grpc_round_trips(&hub, &admin, options.pace).await?;
     // Warm both paths up (connections, first allocations) before measuring.
     double.script(script(options.tokens, Duration::ZERO));
     direct(&double.url, (4, 2, options.tokens), Duration::ZERO).await?;
-    mesh(&url, &admin, (4, 2, options.tokens), &double, Duration::ZERO).await?;
+    mesh(&hub, &admin, (4, 2, options.tokens), &double, Duration::ZERO).await?;
     let percentile = |phase: &Phase, q: f64| {
         let mut sorted = phase.ttft.clone();
         sorted.sort_unstable();
@@ -293,7 +311,7 @@ pub(crate) async fn run(options: Options, dir: &Path) -> anyhow::Result<Value> {
         double.script(script(options.tokens, Duration::ZERO));
         let shape = (streams, options.rounds, options.tokens);
         let floor = direct(&double.url, shape, Duration::ZERO).await?;
-        let through = mesh(&url, &admin, shape, &double, Duration::ZERO).await?;
+        let through = mesh(&hub, &admin, shape, &double, Duration::ZERO).await?;
         let throughput = json!({
             "replies": streams * options.rounds,
             "tokens_per_reply": options.tokens,
@@ -315,7 +333,7 @@ pub(crate) async fn run(options: Options, dir: &Path) -> anyhow::Result<Value> {
         for &(name, stagger) in arrivals {
             let shape = (streams, options.rounds, PACED_TOKENS);
             let floor = direct(&double.url, shape, stagger).await?;
-            let through = mesh(&url, &admin, shape, &double, stagger).await?;
+            let through = mesh(&hub, &admin, shape, &double, stagger).await?;
             let added = json!({
                 "p50_us": (percentile(&through, 0.5) - percentile(&floor, 0.5)).round(),
                 "p99_us": (percentile(&through, 0.99) - percentile(&floor, 0.99)).round(),
@@ -334,5 +352,149 @@ pub(crate) async fn run(options: Options, dir: &Path) -> anyhow::Result<Value> {
         let latency = Value::Object(latency);
         phases.push(json!({ "streams": streams, "throughput": throughput, "time_to_first_token": latency }));
     }
-    Ok(json!({ "floor": { "fdatasync": fdatasync, "grpc_round_trip_to_the_hub": round_trips }, "relay": phases }))
+    let link = json!({
+        "transport": format!("{:?}", options.link).to_lowercase(),
+        "impaired": options.impair.then(|| {
+            let i = Impairment::tailnet_on_a_bad_day();
+            json!({ "delay_ms_each_way": i.delay.as_millis() as u64, "udp_loss": i.loss, "udp_max_datagram": i.max_datagram })
+        }),
+    });
+    Ok(
+        json!({ "link": link, "floor": { "fdatasync": fdatasync, "grpc_round_trip_to_the_hub": round_trips }, "relay": phases }),
+    )
+}
+
+/// The hub as the benchmark's clients reach it: directly, pinned to its CA when it serves TLS.
+pub(crate) struct Target {
+    pub(crate) url: String,
+    dialer: Arc<agentcom_link::connect::Dialer>,
+    http: reqwest::Client,
+}
+
+impl Target {
+    fn new(url: String, ca: Option<agentcom_link::Fingerprint>) -> anyhow::Result<Target> {
+        let pin = ca.map(|ca| agentcom_link::tls::Pin::fingerprint(ca, "the benchmark's hub"));
+        let mut http = reqwest::Client::builder().tcp_nodelay(true);
+        if let Some(pin) = &pin {
+            http = http.use_preconfigured_tls(agentcom_link::tls::client_config(
+                pin.clone(),
+                None,
+                &[b"http/1.1"],
+                false,
+            )?);
+        }
+        let dialer = agentcom_link::connect::Dialer::new(agentcom_link::connect::HubUrl::parse(&url)?, pin, None)?;
+        Ok(Target { url, dialer: Arc::new(dialer), http: http.build()? })
+    }
+
+    async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        Ok(agentcom_link::connect::channel(self.dialer.clone()).await?)
+    }
+
+    async fn get(&self, path: &str, admin: &str) -> anyhow::Result<Value> {
+        Ok(self.http.get(format!("{}{path}", self.url)).bearer_auth(admin).send().await?.json().await?)
+    }
+}
+
+/// A hub and one sidecar process, the sidecar on `link` (through the impairing relay with
+/// `impair`), its agents idle.
+async fn start(
+    dir: &Path,
+    slots: u32,
+    link: Link,
+    impair: bool,
+    sidecar_flags: &[&str],
+) -> anyhow::Result<(crate::shell::Processes, Target, String)> {
+    use std::process::{Command, Stdio};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let quic_port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    let data_dir = dir.join("hub");
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work)?;
+    let mut hub = Command::new(crate::shell::binary("agentcom-hub")?);
+    hub.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--backup-interval-ms", "0"])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    match link {
+        Link::Plain => drop(hub.arg("--insecure-plaintext")),
+        Link::Tls => {}
+        Link::Quic => drop(hub.args(["--quic-listen", &format!("127.0.0.1:{quic_port}")])),
+    }
+    let mut processes = crate::shell::Processes(vec![hub.spawn()?]);
+    let scheme = if link == Link::Plain { "http" } else { "https" };
+    let url = format!("{scheme}://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // The token file is written before the hub listens.
+    let file = loop {
+        let text = std::fs::read_to_string(data_dir.join("admin.token")).unwrap_or_default();
+        if let Ok(file) = agentcom_link::token_file::TokenFile::parse(&text)
+            && !file.token.is_empty()
+            && (link == Link::Plain || file.ca.is_some())
+        {
+            break file;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the hub wrote no admin token");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let target = Target::new(url.clone(), file.ca)?;
+    while target.http.get(format!("{url}/readyz")).send().await.map(|r| r.status().is_success()).ok() != Some(true) {
+        anyhow::ensure!(Instant::now() < deadline, "the hub did not become ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let admin = file.token;
+    // Where the sidecar dials: the hub, or the relay in front of it.
+    let impairment = Impairment::tailnet_on_a_bad_day();
+    let sidecar_url = match (link, impair) {
+        (Link::Quic, false) => format!("quic://127.0.0.1:{quic_port}"),
+        (Link::Quic, true) => {
+            format!("quic://{}", UdpRelay::start(([127, 0, 0, 1], quic_port).into(), impairment).await.addr)
+        }
+        (_, false) => url.clone(),
+        (_, true) => {
+            format!("{scheme}://{}", TcpRelay::start(([127, 0, 0, 1], port).into(), impairment.delay).await.addr)
+        }
+    };
+    let mut sidecar = Command::new(crate::shell::binary("agentcom-sidecar")?);
+    sidecar
+        .args(["run", "--hub", &sidecar_url, "--slots", &slots.to_string(), "--no-ollama-discovery"])
+        .arg("--work-dir")
+        .arg(&work)
+        .arg("--state-dir")
+        .arg(dir.join("sidecar-state"))
+        .args(sidecar_flags)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    if link == Link::Plain {
+        sidecar.arg("--token-file").arg(data_dir.join("join.token"));
+    } else {
+        let made: Value = target
+            .http
+            .post(format!("{url}/api/v1/join-tokens"))
+            .bearer_auth(&admin)
+            .json(&json!({ "uses": 1 }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let token = made["token"].as_str().ok_or_else(|| anyhow::anyhow!("no join token: {made}"))?;
+        sidecar.env("AGENTCOM_JOIN", token);
+    }
+    processes.0.push(sidecar.spawn()?);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let agents = target.get("/api/v1/agents", &admin).await?;
+        let idle = agents["agents"].as_array().map_or(0, |a| a.iter().filter(|a| a["state"] == "idle").count());
+        if idle == slots as usize {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the sidecar did not join");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((processes, target, admin))
 }

@@ -23,7 +23,7 @@ pub(crate) struct Options {
     pub(crate) dev: bool,
 }
 
-pub(crate) struct Processes(Vec<Child>);
+pub(crate) struct Processes(pub(crate) Vec<Child>);
 
 impl Drop for Processes {
     fn drop(&mut self) {
@@ -34,7 +34,7 @@ impl Drop for Processes {
     }
 }
 
-fn binary(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let path = std::env::current_exe()?.with_file_name(name);
     anyhow::ensure!(
         path.exists(),
