@@ -11,6 +11,7 @@
 //! (through the core's writer) before they answer.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,24 +47,26 @@ struct State {
     identities: HashMap<String, SidecarIdentity>,
     /// Certificate fingerprint (hex) -> sidecar id.
     by_cert: HashMap<String, String>,
-    /// Live sessions per sidecar id, each with the token that ends it.
-    live: HashMap<String, Vec<(u64, CancellationToken)>>,
+    /// Live sessions per sidecar id, each with the token that ends it and the flag that says
+    /// a revocation did.
+    live: HashMap<String, Vec<(u64, CancellationToken, Arc<AtomicBool>)>>,
     next_session: u64,
 }
 
-/// A session of an enrolled sidecar; cancelled when its identity is revoked.
+/// A session of an enrolled sidecar, registered for as long as it is held: a revocation sets
+/// `revoked` and cancels the session's token.
 pub struct LiveSession {
     enrolment: Enrolment,
     sidecar_id: String,
     key: u64,
-    pub revoked: CancellationToken,
+    pub revoked: Arc<AtomicBool>,
 }
 
 impl Drop for LiveSession {
     fn drop(&mut self) {
         let mut state = self.enrolment.lock();
         if let Some(sessions) = state.live.get_mut(&self.sidecar_id) {
-            sessions.retain(|(key, _)| *key != self.key);
+            sessions.retain(|(key, _, _)| *key != self.key);
             if sessions.is_empty() {
                 state.live.remove(&self.sidecar_id);
             }
@@ -252,7 +255,8 @@ impl Enrolment {
             identity.revoked_unix_ms = now_ms;
         }
         let identity = identity.clone();
-        for (_, session) in state.live.remove(sidecar_id).unwrap_or_default() {
+        for (_, session, revoked) in state.live.remove(sidecar_id).unwrap_or_default() {
+            revoked.store(true, Ordering::Release);
             session.cancel();
         }
         Ok(identity)
@@ -263,16 +267,18 @@ impl Enrolment {
         self.lock().live.contains_key(sidecar_id)
     }
 
-    /// Registers a session of an enrolled sidecar, to be cancelled if it is revoked.
-    pub fn attach(&self, sidecar_id: &str) -> LiveSession {
-        let revoked = CancellationToken::new();
+    /// Registers a session of an enrolled sidecar: `session` is cancelled if it is revoked
+    /// (at once, if that has already happened).
+    pub fn attach(&self, sidecar_id: &str, session: CancellationToken) -> LiveSession {
+        let revoked = Arc::new(AtomicBool::new(false));
         let mut state = self.lock();
         let key = state.next_session;
         state.next_session += 1;
         if state.identities.get(sidecar_id).is_some_and(|i| i.revoked_unix_ms != 0) {
-            revoked.cancel();
+            revoked.store(true, Ordering::Release);
+            session.cancel();
         }
-        state.live.entry(sidecar_id.to_owned()).or_default().push((key, revoked.clone()));
+        state.live.entry(sidecar_id.to_owned()).or_default().push((key, session, revoked.clone()));
         drop(state);
         LiveSession { enrolment: self.clone(), sidecar_id: sidecar_id.to_owned(), key, revoked }
     }
@@ -354,12 +360,15 @@ mod tests {
         let id = enrolled.identity.sidecar_id.clone();
         let cert = Fingerprint::of(&enrolled.certificate);
         assert_eq!(e.resolve(&cert).unwrap().revoked_unix_ms, 0);
-        let session = e.attach(&id);
-        assert!(!session.revoked.is_cancelled());
+        let token = CancellationToken::new();
+        let session = e.attach(&id, token.clone());
+        assert!(!token.is_cancelled() && e.is_connected(&id));
         e.revoke(&id, 5).unwrap();
-        assert!(session.revoked.is_cancelled());
+        assert!(token.is_cancelled() && session.revoked.load(Ordering::Acquire));
         assert_eq!(e.resolve(&cert).unwrap().revoked_unix_ms, 5);
-        assert!(e.attach(&id).revoked.is_cancelled(), "a session that races the revocation ends too");
+        let late = CancellationToken::new();
+        assert!(e.attach(&id, late.clone()).revoked.load(Ordering::Acquire), "a session that races the revocation");
+        assert!(late.is_cancelled());
         drop(session);
         assert!(e.revoke("nobody", 5).is_err());
     }

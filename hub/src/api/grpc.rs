@@ -530,24 +530,19 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
             _ => return Err(Status::invalid_argument("the first message must be hello")),
         };
         // An enrolled sidecar speaks for its own id only, and keeps the tags it was enrolled with.
-        let live = match &peer {
-            Some(peer) if peer.sidecar_id != hello.sidecar_id => {
+        if let Some(peer) = &peer {
+            if peer.sidecar_id != hello.sidecar_id {
                 return Err(Status::permission_denied(format!(
                     "this client certificate belongs to sidecar {}, not {}",
                     peer.sidecar_id, hello.sidecar_id
                 )));
             }
-            Some(peer) => {
-                for tag in &peer.tags {
-                    if !hello.tags.contains(tag) {
-                        hello.tags.push(tag.clone());
-                    }
+            for tag in &peer.tags {
+                if !hello.tags.contains(tag) {
+                    hello.tags.push(tag.clone());
                 }
-                Some(self.enrolment.attach(&peer.sidecar_id))
             }
-            None => None,
-        };
-        let revoked = live.as_ref().map(|live| live.revoked.clone()).unwrap_or_default();
+        }
         let sidecar_id = hello.sidecar_id.clone();
         let (outbox_tx, outbox_rx) = mpsc::channel::<ToSidecar>(1024);
         let (welcome, session) = self.hub.hello(hello, outbox_tx).await.map_err(status)?;
@@ -555,11 +550,15 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
         let hub = self.hub.clone();
         // A child token per session: the loop below polls it on every message, and a child
         // has its own waiter list instead of sharing the hub-wide one with every other session.
+        // Revoking an enrolled sidecar cancels it too.
         let stop = self.stop.child_token();
+        let live = peer.as_ref().map(|peer| self.enrolment.attach(&peer.sidecar_id, stop.clone()));
+        let revoked = live.as_ref().map(|live| live.revoked.clone());
         let last_seen = welcome.last_seen.clone();
-        let ended_by_revocation = revoked.clone();
+        let session_stop = stop.clone();
+        let refused_id = sidecar_id.clone();
         tokio::spawn(async move {
-            // Held for the session: a revocation cancels `revoked` through it.
+            // Held for the session, so that a revocation finds it.
             let _live = live;
             let cancelled = stop.cancelled();
             tokio::pin!(cancelled);
@@ -567,10 +566,6 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
                 let next = tokio::select! {
                     biased;
                     _ = &mut cancelled => break,
-                    _ = ended_by_revocation.cancelled() => {
-                        tracing::info!(sidecar_id, "closing the session of a revoked sidecar");
-                        break;
-                    }
                     next = inbound.message() => next,
                 };
                 match next {
@@ -605,24 +600,19 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
                 hub_version: env!("CARGO_PKG_VERSION").to_owned(),
             })),
         };
-        let stop = self.stop.clone();
-        let (until, after) = (revoked.clone(), revoked);
-        let refused_id = sidecar_id_for_refusal(&peer);
         let outbound = futures_util::stream::once(async move { Ok(welcome) })
             .chain(ReceiverStream::new(outbox_rx).map(|m| Ok(to_pb(m))))
-            .take_until(async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = until.cancelled() => {}
-                }
+            .take_until(async move { session_stop.cancelled().await });
+        let Some(revoked) = revoked else { return Ok(Response::new(Box::pin(outbound))) };
+        // A revoked sidecar is told why its stream ends, so it stops instead of reconnecting.
+        let refused = futures_util::stream::once(async move {
+            revoked.load(std::sync::atomic::Ordering::Acquire).then(|| {
+                tracing::info!(sidecar_id = refused_id, "closed the session of a revoked sidecar");
+                Err(Status::permission_denied(crate::auth::revoked_message(&refused_id)))
             })
-            // A revoked sidecar is told why its stream ends, so it stops instead of reconnecting.
-            .chain(futures_util::stream::once(async move { after.is_cancelled() }).filter_map(move |revoked| {
-                let refused =
-                    revoked.then(|| Err(Status::permission_denied(crate::auth::revoked_message(&refused_id))));
-                futures_util::future::ready(refused)
-            }));
-        Ok(Response::new(Box::pin(outbound)))
+        })
+        .filter_map(futures_util::future::ready);
+        Ok(Response::new(Box::pin(outbound.chain(refused))))
     }
 
     async fn enroll(&self, request: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
@@ -656,10 +646,6 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
             tags: identity.tags.clone(),
         }))
     }
-}
-
-fn sidecar_id_for_refusal(peer: &Option<crate::auth::EnrolledPeer>) -> String {
-    peer.as_ref().map(|p| p.sidecar_id.clone()).unwrap_or_default()
 }
 
 /// Who made the call, as the authentication layer recorded it.

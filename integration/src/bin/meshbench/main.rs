@@ -117,6 +117,9 @@ enum Command {
         /// datagram over 1,232 bytes.
         #[arg(long)]
         impair: bool,
+        /// With --impair: the share of UDP datagrams lost each way, in percent.
+        #[arg(long, default_value_t = 1.0)]
+        loss_percent: f64,
     },
     /// Placement decisions for LLM work over 100 endpoints x 20 models, at several fleet sizes,
     /// beside a decision with one candidate.
@@ -586,11 +589,16 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(())
         }
-        Command::Relay { streams, tokens, rounds, pace_ms, dir, link, impair } => {
+        Command::Relay { streams, tokens, rounds, pace_ms, dir, link, impair, loss_percent } => {
+            anyhow::ensure!((0.0..=50.0).contains(&loss_percent), "--loss-percent must be 0 to 50");
             anyhow::ensure!(streams.iter().all(|&s| (1..=1_000).contains(&s)), "--streams must be 1 to 1000 each");
             anyhow::ensure!((1..=100_000).contains(&tokens), "--tokens must be 1 to 100000");
             anyhow::ensure!((1..=10_000).contains(&rounds), "--rounds must be 1 to 10000");
             anyhow::ensure!((1..=1_000).contains(&pace_ms), "--pace-ms must be 1 to 1000");
+            let impair = impair.then(|| agentcom_integration::relay::Impairment {
+                loss: loss_percent / 100.0,
+                ..agentcom_integration::relay::Impairment::tailnet_on_a_bad_day()
+            });
             let options =
                 relay::Options { link, impair, streams, tokens, rounds, pace: Duration::from_millis(pace_ms) };
             let figures = runtime.block_on(relay::run(options, &dir))?;

@@ -50,9 +50,9 @@ pub(crate) enum Link {
 }
 
 pub(crate) struct Options {
-    /// How the sidecar reaches the hub, and whether through the impairing relay.
+    /// How the sidecar reaches the hub, and whether through the impairing relay (and how).
     pub(crate) link: Link,
-    pub(crate) impair: bool,
+    pub(crate) impair: Option<Impairment>,
     /// Concurrent streams per phase.
     pub(crate) streams: Vec<usize>,
     /// Tokens in each reply.
@@ -354,8 +354,7 @@ pub(crate) async fn run(options: Options, dir: &Path) -> anyhow::Result<Value> {
     }
     let link = json!({
         "transport": format!("{:?}", options.link).to_lowercase(),
-        "impaired": options.impair.then(|| {
-            let i = Impairment::tailnet_on_a_bad_day();
+        "impaired": options.impair.map(|i| {
             json!({ "delay_ms_each_way": i.delay.as_millis() as u64, "udp_loss": i.loss, "udp_max_datagram": i.max_datagram })
         }),
     });
@@ -402,7 +401,7 @@ async fn start(
     dir: &Path,
     slots: u32,
     link: Link,
-    impair: bool,
+    impair: Option<Impairment>,
     sidecar_flags: &[&str],
 ) -> anyhow::Result<(crate::shell::Processes, Target, String)> {
     use std::process::{Command, Stdio};
@@ -447,16 +446,13 @@ async fn start(
     }
     let admin = file.token;
     // Where the sidecar dials: the hub, or the relay in front of it.
-    let impairment = Impairment::tailnet_on_a_bad_day();
     let sidecar_url = match (link, impair) {
-        (Link::Quic, false) => format!("quic://127.0.0.1:{quic_port}"),
-        (Link::Quic, true) => {
-            format!("quic://{}", UdpRelay::start(([127, 0, 0, 1], quic_port).into(), impairment).await.addr)
+        (Link::Quic, None) => format!("quic://127.0.0.1:{quic_port}"),
+        (Link::Quic, Some(i)) => {
+            format!("quic://{}", UdpRelay::start(([127, 0, 0, 1], quic_port).into(), i).await.addr)
         }
-        (_, false) => url.clone(),
-        (_, true) => {
-            format!("{scheme}://{}", TcpRelay::start(([127, 0, 0, 1], port).into(), impairment.delay).await.addr)
-        }
+        (_, None) => url.clone(),
+        (_, Some(i)) => format!("{scheme}://{}", TcpRelay::start(([127, 0, 0, 1], port).into(), i.delay).await.addr),
     };
     let mut sidecar = Command::new(crate::shell::binary("agentcom-sidecar")?);
     sidecar
