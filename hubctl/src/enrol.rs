@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use crate::{Client, age, print_json, table};
+use crate::{Client, age, print_json, table, until};
 
 #[derive(Subcommand)]
 pub(crate) enum JoinTokenCommand {
@@ -93,10 +93,10 @@ pub(crate) async fn join_tokens(
                 println!("{token}");
             }
             eprintln!(
-                "join token {} enrols {} sidecar(s) until {}; it is not shown again",
+                "join token {} enrols {} sidecar(s), expiring {}; it is not shown again",
                 text(&made["id"]),
                 made["uses"],
-                age(made["expires_unix_ms"].as_i64()),
+                until(made["expires_unix_ms"].as_i64()),
             );
         }
         JoinTokenCommand::Ls => {
@@ -109,7 +109,7 @@ pub(crate) async fn join_tokens(
                         text(&t["id"]),
                         format!("{}/{}", t["used"], t["uses"]),
                         text(&t["state"]),
-                        age(t["expires_unix_ms"].as_i64()),
+                        until(t["expires_unix_ms"].as_i64()),
                         tags(&t["tags"]),
                     ]
                 })

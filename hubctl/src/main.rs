@@ -32,7 +32,7 @@ const EXIT_HUBCTL_FAILED: u8 = 125;
 #[derive(Parser)]
 #[command(name = "hubctl", version, about = "Command-line client for the AgentCom hub")]
 struct Cli {
-    /// Hub URL [default: http://127.0.0.1:7420].
+    /// Hub URL [default: https://127.0.0.1:7420 when the token file pins a CA, else http://127.0.0.1:7420].
     #[arg(long, env = "AGENTCOM_HUB", global = true)]
     hub: Option<String>,
     /// Admin token [default: the one in --token-file].
@@ -163,18 +163,24 @@ impl Client {
     fn new(cli: &Cli) -> anyhow::Result<Client> {
         use agentcom_link::token_file::TokenFile;
         agentcom_link::install_crypto_provider();
-        let base = cli.hub.clone().unwrap_or_else(|| DEFAULT_HUB.to_owned()).trim_end_matches('/').to_owned();
-        let url = agentcom_link::connect::HubUrl::parse(&base)?;
-        anyhow::ensure!(
-            url.scheme != agentcom_link::connect::Scheme::Quic,
-            "{base}: hubctl speaks to the hub's TCP port (https://HOST:7420); quic:// is for sidecars"
-        );
         let path = cli.token_file.clone().unwrap_or_else(|| DEFAULT_TOKEN_FILE.into());
         let file = match std::fs::read_to_string(&path) {
             Ok(text) => Some(TokenFile::parse(&text).with_context(|| format!("reading {}", path.display()))?),
             Err(_) if cli.token_file.is_none() => None,
             Err(err) => bail!("reading the token file {}: {err}", path.display()),
         };
+        // With no --hub, the local hub: over TLS when the token file pins a CA (a hub that
+        // serves TLS wrote it), else plaintext (`dev`).
+        let default_hub = match file.as_ref().and_then(|f| f.ca) {
+            Some(_) => DEFAULT_HUB.replacen("http://", "https://", 1),
+            None => DEFAULT_HUB.to_owned(),
+        };
+        let base = cli.hub.clone().unwrap_or(default_hub).trim_end_matches('/').to_owned();
+        let url = agentcom_link::connect::HubUrl::parse(&base)?;
+        anyhow::ensure!(
+            url.scheme != agentcom_link::connect::Scheme::Quic,
+            "{base}: hubctl speaks to the hub's TCP port (https://HOST:7420); quic:// is for sidecars"
+        );
         let token = match (&cli.token, &file) {
             (Some(token), _) => token.clone(),
             (None, Some(file)) => file.token.clone(),
@@ -406,7 +412,28 @@ fn now_ms() -> i64 {
 
 fn age(unix_ms: Option<i64>) -> String {
     let Some(ms) = unix_ms.filter(|ms| *ms > 0) else { return "-".into() };
-    let secs = ((now_ms() - ms).max(0) / 1000) as u64;
+    span(((now_ms() - ms).max(0) / 1000) as u64)
+}
+
+/// How long until a time: `in 59m`, or `past` once it has gone by.
+fn until(unix_ms: Option<i64>) -> String {
+    let Some(ms) = unix_ms.filter(|ms| *ms > 0) else { return "-".into() };
+    let secs = (ms - now_ms()) / 1000;
+    if secs < 0 {
+        return "past".into();
+    }
+    // Rounded up: a token made for 2h says `in 2h` until an hour has gone.
+    let secs = secs as u64;
+    let up = |unit: u64, suffix: &str| format!("in {}{suffix}", secs.div_ceil(unit));
+    match secs {
+        0..=59 => format!("in {secs}s"),
+        60..=3599 => up(60, "m"),
+        3600..=86_399 => up(3600, "h"),
+        _ => up(86_400, "d"),
+    }
+}
+
+fn span(secs: u64) -> String {
     match secs {
         0..=59 => format!("{secs}s"),
         60..=3599 => format!("{}m", secs / 60),
