@@ -177,6 +177,18 @@ async fn a_sidecar_enrols_over_tls_once_per_token_and_a_revoked_one_is_cut_off()
     assert!(!output.status.success());
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains("reading the token file") || err.contains("trusts only the hub's own CA"), "{err}");
+    // A token file made by hubctl pins the hub as admin.token does: a viewer reads with it.
+    let viewer_file = dir.path().join("viewer.token");
+    let viewer_path = viewer_file.to_str().unwrap();
+    stdout(&hubctl(&hub, &["tokens", "create", "--role", "viewer", "--name", "wall", "--out", viewer_path]));
+    assert_eq!(mode(&viewer_file), 0o600);
+    assert!(std::fs::read_to_string(&viewer_file).unwrap().contains(&format!("ca-sha256={}", ca.hex())));
+    let output = Command::new(binary("hubctl"))
+        .args(["--hub", &hub.url, "--token-file", viewer_path, "list"])
+        .env_remove("AGENTCOM_TOKEN")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let listed = stdout(&hubctl(&hub, &["sidecars", "ls"]));
     assert!(listed.contains(&id) && listed.contains("connected"), "{listed}");
 
