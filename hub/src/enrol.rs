@@ -53,6 +53,34 @@ struct State {
     next_session: u64,
 }
 
+/// Whether a join token may still enrol a sidecar: the one rule enrolment and listings share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinState {
+    Usable,
+    UsedUp,
+    Expired,
+}
+
+impl JoinState {
+    pub fn of(grant: &JoinGrant, now_ms: i64) -> JoinState {
+        if grant.used >= grant.uses {
+            JoinState::UsedUp
+        } else if grant.expires_unix_ms <= now_ms {
+            JoinState::Expired
+        } else {
+            JoinState::Usable
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinState::Usable => "usable",
+            JoinState::UsedUp => "used_up",
+            JoinState::Expired => "expired",
+        }
+    }
+}
+
 /// A session of an enrolled sidecar, registered for as long as it is held: a revocation sets
 /// `revoked` and cancels the session's token.
 pub struct LiveSession {
@@ -180,17 +208,20 @@ impl Enrolment {
                 token.id
             )));
         };
-        if grant.expires_unix_ms <= now_ms {
-            return Err(refused(format!(
-                "join token {} has expired: make a new one with `hubctl join-token create`",
-                token.id
-            )));
-        }
-        if grant.used >= grant.uses {
-            return Err(refused(format!(
-                "join token {} has been used {} of {} times: make a new one with `hubctl join-token create`",
-                token.id, grant.used, grant.uses
-            )));
+        match JoinState::of(grant, now_ms) {
+            JoinState::Usable => {}
+            JoinState::UsedUp => {
+                return Err(refused(format!(
+                    "join token {} has been used {} of {} times: make a new one with `hubctl join-token create`",
+                    token.id, grant.used, grant.uses
+                )));
+            }
+            JoinState::Expired => {
+                return Err(refused(format!(
+                    "join token {} has expired: make a new one with `hubctl join-token create`",
+                    token.id
+                )));
+            }
         }
         let sidecar_id = loop {
             let id = format!("{hostname}-{}", hex::encode(rand::random::<[u8; 4]>()));

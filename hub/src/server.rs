@@ -39,6 +39,11 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// The CA, a certificate, a key file or a listener of the link.
+    #[error(transparent)]
+    Link(#[from] agentcom_link::Error),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// The data directory's files.
@@ -68,16 +73,10 @@ impl DataDir {
     /// `agentcom-hub`, `localhost` and the loopback addresses.
     pub fn tls(&self, names: &[String]) -> Result<LinkTls, Error> {
         agentcom_link::install_crypto_provider();
-        let tls_err = |err: agentcom_link::Error| Error::Io {
-            path: self.root.clone(),
-            source: std::io::Error::other(err.to_string()),
-        };
-        let authority = agentcom_link::pki::Authority::load_or_create(&self.root).map_err(tls_err)?;
-        let serving = authority.serving(&self.root, names).map_err(tls_err)?;
-        let tcp = agentcom_link::tls::server_config(&serving, authority.cert(), &agentcom_link::tls::TCP_ALPN, false)
-            .map_err(tls_err)?;
-        let quic = agentcom_link::tls::server_config(&serving, authority.cert(), &[agentcom_link::quic::ALPN], true)
-            .map_err(tls_err)?;
+        let authority = agentcom_link::pki::Authority::load_or_create(&self.root)?;
+        let serving = authority.serving(&self.root, names)?;
+        let tcp = agentcom_link::tls::server_config(&serving, authority.cert(), &agentcom_link::tls::TCP_ALPN, false)?;
+        let quic = agentcom_link::tls::server_config(&serving, authority.cert(), &[agentcom_link::quic::ALPN], true)?;
         Ok(LinkTls { authority: Arc::new(authority), tcp: Arc::new(tcp), quic: Arc::new(quic) })
     }
 
@@ -134,7 +133,7 @@ pub fn ensure_tokens(
             Some(file) if file.ca == pin => continue,
             Some(file) => {
                 // The same token, pinning what the hub serves now.
-                write_secret(&path, &TokenFile { token: file.token.clone(), ca: pin }.render())?;
+                agentcom_link::pki::write_private(&path, &TokenFile { token: file.token.clone(), ca: pin }.render())?;
                 continue;
             }
             None => {}
@@ -142,7 +141,7 @@ pub fn ensure_tokens(
         let minted = auth::mint(role);
         store.apply(vec![Op::PutToken { hash: minted.hash.clone(), value: role.as_str().to_owned() }])?;
         tokens.insert(minted.hash, role);
-        write_secret(&path, &TokenFile { token: minted.token, ca: pin }.render())?;
+        agentcom_link::pki::write_private(&path, &TokenFile { token: minted.token, ca: pin }.render())?;
         info!(path = %path.display(), role = role.as_str(), "minted a token");
     }
     Ok(tokens)
@@ -153,18 +152,6 @@ fn access_for_role(role: Role) -> auth::Access {
         Role::Join => auth::Access::Sidecar,
         api => auth::Access::Api(api),
     }
-}
-
-fn write_secret(path: &Path, secret: &str) -> Result<(), Error> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let io = |source| Error::Io { path: tmp.clone(), source };
-    let mut file =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
-    file.write_all(secret.as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.to_owned(), source })
 }
 
 /// What the authentication layer needs: the tokens and the per-token rate limits.
@@ -327,13 +314,11 @@ impl Hub {
         let quic = match (options.quic_listen, &options.tls) {
             (None, _) => None,
             (Some(addr), None) => {
-                let message =
-                    format!("--quic-listen {addr} needs TLS: QUIC has no plaintext (drop --insecure-plaintext)");
-                return Err(Error::Io { path: "quic".into(), source: std::io::Error::other(message) });
+                return Err(Error::Config(format!(
+                    "--quic-listen {addr} needs TLS: QUIC has no plaintext (drop --insecure-plaintext)"
+                )));
             }
-            (Some(addr), Some(tls)) => Some(agentcom_link::quic::server(addr, (*tls.quic).clone()).map_err(|err| {
-                Error::Io { path: format!("udp {addr}").into(), source: std::io::Error::other(err.to_string()) }
-            })?),
+            (Some(addr), Some(tls)) => Some(agentcom_link::quic::server(addr, (*tls.quic).clone())?),
         };
         let spec_defaults = config.spec_defaults.clone();
         let (allow, check_every) = (config.allow_endpoints.clone(), config.endpoint_check_interval);

@@ -42,29 +42,31 @@ pub struct Counts {
     pub bytes: AtomicU64,
 }
 
-/// Sends what it is given after `delay`, in order.
-fn delayed_sender<F>(delay: Duration, mut send: F) -> mpsc::UnboundedSender<Vec<u8>>
-where
-    F: FnMut(Vec<u8>) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + 'static,
-{
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-    tokio::spawn(async move {
-        while let Some((at, data)) = rx.recv().await {
-            tokio::time::sleep_until(at + delay).await;
-            if !send(data).await {
-                return;
+/// Sends what it is given `delay` after it was given, in order.
+#[derive(Clone)]
+struct Delayed(mpsc::UnboundedSender<(Instant, Vec<u8>)>);
+
+impl Delayed {
+    fn new<F>(delay: Duration, mut send: F) -> Delayed
+    where
+        F: FnMut(Vec<u8>) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + 'static,
+    {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+        tokio::spawn(async move {
+            while let Some((at, data)) = rx.recv().await {
+                tokio::time::sleep_until(at + delay).await;
+                if !send(data).await {
+                    return;
+                }
             }
-        }
-    });
-    let (outer_tx, mut outer_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    tokio::spawn(async move {
-        while let Some(data) = outer_rx.recv().await {
-            if tx.send((Instant::now(), data)).is_err() {
-                return;
-            }
-        }
-    });
-    outer_tx
+        });
+        Delayed(tx)
+    }
+
+    /// False once the sending side has stopped.
+    fn send(&self, data: Vec<u8>) -> bool {
+        self.0.send((Instant::now(), data)).is_ok()
+    }
 }
 
 /// A UDP relay in front of `upstream`, for one client.
@@ -87,7 +89,7 @@ impl UdpRelay {
         // Towards the client: what any upstream socket receives, delayed.
         let to_client = {
             let (front, client) = (front.clone(), client.clone());
-            delayed_sender(impairment.delay, move |data| {
+            Delayed::new(impairment.delay, move |data| {
                 let (front, client) = (front.clone(), *client.lock().expect("client"));
                 Box::pin(async move {
                     if let Some(client) = client {
@@ -105,7 +107,7 @@ impl UdpRelay {
                     let mut buf = vec![0u8; 65_536];
                     while let Ok(n) = socket.recv(&mut buf).await {
                         if pass(&counts, n, &impairment) {
-                            let _ = to_client.send(buf[..n].to_vec());
+                            to_client.send(buf[..n].to_vec());
                         }
                     }
                 });
@@ -116,7 +118,7 @@ impl UdpRelay {
         // Towards the hub: through whichever upstream socket is current when it leaves.
         let to_upstream = {
             let upstream_socket = upstream_socket.clone();
-            delayed_sender(impairment.delay, move |data| {
+            Delayed::new(impairment.delay, move |data| {
                 let socket = upstream_socket.lock().expect("upstream").clone();
                 Box::pin(async move {
                     let _ = socket.send_to(&data, upstream).await;
@@ -131,7 +133,7 @@ impl UdpRelay {
                 while let Ok((n, from)) = front.recv_from(&mut buf).await {
                     *client.lock().expect("client") = Some(from);
                     if pass(&counts, n, &impairment) {
-                        let _ = to_upstream.send(buf[..n].to_vec());
+                        to_upstream.send(buf[..n].to_vec());
                     }
                 }
             });
@@ -191,14 +193,14 @@ async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, to: tokio::net::tcp::Own
     let to = Arc::new(tokio::sync::Mutex::new(to));
     let sender = {
         let to = to.clone();
-        delayed_sender(delay, move |data| {
+        Delayed::new(delay, move |data| {
             let to = to.clone();
             Box::pin(async move { to.lock().await.write_all(&data).await.is_ok() })
         })
     };
     let mut buf = vec![0u8; 64 * 1024];
     while let Ok(n) = from.read(&mut buf).await {
-        if n == 0 || sender.send(buf[..n].to_vec()).is_err() {
+        if n == 0 || !sender.send(buf[..n].to_vec()) {
             break;
         }
     }

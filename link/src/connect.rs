@@ -83,8 +83,8 @@ pub struct Dialer {
 
 struct QuicDialer {
     config: quinn::ClientConfig,
-    /// Made on first dial, for the address family of the hub's address, and kept: its socket is
-    /// what [`Dialer::quic_endpoint`] lets a caller rebind.
+    /// Made on first dial, for the address family of the hub's address, and kept for the
+    /// next connections (one UDP socket per dialer).
     endpoint: Mutex<Option<quinn::Endpoint>>,
 }
 
@@ -114,11 +114,6 @@ impl Dialer {
 
     pub fn url(&self) -> &HubUrl {
         &self.url
-    }
-
-    /// The QUIC endpoint, once a `quic://` dialer has dialed.
-    pub fn quic_endpoint(&self) -> Option<quinn::Endpoint> {
-        self.quic.as_ref().and_then(|q| q.endpoint.lock().expect("endpoint lock poisoned").clone())
     }
 
     pub async fn dial(&self) -> io::Result<Box<dyn Io>> {

@@ -708,13 +708,7 @@ pub struct JoinTokenDto {
 
 impl JoinTokenDto {
     pub fn new(g: &crate::store::JoinGrant, now_ms: i64) -> JoinTokenDto {
-        let state = if g.used >= g.uses {
-            "used_up"
-        } else if g.expires_unix_ms <= now_ms {
-            "expired"
-        } else {
-            "usable"
-        };
+        let state = crate::enrol::JoinState::of(g, now_ms).as_str();
         JoinTokenDto {
             id: g.id.clone(),
             uses: g.uses,
