@@ -47,6 +47,24 @@ enum Command {
         /// under it too) or a URL prefix; agent tasks need one.
         #[arg(long = "repo-allow", value_name = "PATH|URL")]
         repo_allow: Vec<String>,
+        /// An Ollama server the local sidecar uses (repeatable) [default: one found at
+        /// http://127.0.0.1:11434].
+        #[arg(long = "ollama", value_name = "URL")]
+        ollama: Vec<String>,
+        /// An OpenAI-compatible server the local sidecar uses (ending in /v1: llama.cpp's server,
+        /// vLLM); its key, if it needs one, comes from OPENAI_API_KEY.
+        #[arg(long, value_name = "URL")]
+        openai_base_url: Option<String>,
+        /// Models to offer from it (repeatable) [default: what it lists].
+        #[arg(long = "openai-model", value_name = "MODEL")]
+        openai_models: Vec<String>,
+        /// Requests it runs at once [default: 1: llama.cpp's server interrupts a generation for
+        /// the next request].
+        #[arg(long, value_name = "N")]
+        openai_parallel: Option<u32>,
+        /// Its model's context window in tokens, when the server does not say it.
+        #[arg(long, value_name = "TOKENS")]
+        openai_context: Option<u64>,
     },
     /// Write a backup now: through the running hub if there is one, else from the database.
     Backup {
@@ -293,8 +311,38 @@ async fn run() -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Serve(args) => serve(args, None).await,
-        Command::Dev { hub, slots, simulate_gpus, repo_allow } => {
-            serve(hub, Some(Dev { slots, simulate_gpus, repo_allow })).await
+        Command::Dev {
+            hub,
+            slots,
+            simulate_gpus,
+            repo_allow,
+            ollama,
+            openai_base_url,
+            openai_models,
+            openai_parallel,
+            openai_context,
+        } => {
+            for url in ollama.iter().chain(&openai_base_url) {
+                anyhow::ensure!(
+                    url.starts_with("http://") || url.starts_with("https://"),
+                    "{url:?} must start with http:// or https://"
+                );
+            }
+            anyhow::ensure!(
+                openai_parallel.is_none_or(|n| (1..=1_024).contains(&n)),
+                "--openai-parallel must be 1 to 1024"
+            );
+            let openai = openai_base_url.map(|base_url| agentcom_sidecar::reports::OpenAi {
+                base_url: base_url.trim_end_matches('/').to_owned(),
+                api_key: std::env::var("OPENAI_API_KEY").ok().filter(|k| !k.trim().is_empty()),
+                models: openai_models,
+                parallel: openai_parallel.unwrap_or(0),
+                context: openai_context,
+            });
+            if let Some(key) = openai.as_ref().and_then(|o| o.api_key.as_deref()) {
+                agentcom_sidecar::logging::redact(key);
+            }
+            serve(hub, Some(Dev { slots, simulate_gpus, repo_allow, ollama, openai })).await
         }
         Command::Backup { data_dir, hub, backup_dir } => backup_now(data_dir, hub, backup_dir).await,
         Command::Restore { data_dir, from } => {
@@ -366,6 +414,9 @@ struct Dev {
     slots: u32,
     simulate_gpus: u32,
     repo_allow: Vec<String>,
+    /// The local sidecar's LLM endpoints.
+    ollama: Vec<String>,
+    openai: Option<agentcom_sidecar::reports::OpenAi>,
 }
 
 /// Runs the hub; with `dev_slots`, also a sidecar in this process that stops with it.
@@ -416,7 +467,7 @@ async fn serve(args: HubArgs, dev_slots: Option<Dev>) -> anyhow::Result<()> {
     // the crash left running before anything can be dispatched again.
     let dev_sidecar = match dev_slots {
         None => None,
-        Some(Dev { slots, simulate_gpus, repo_allow }) => {
+        Some(Dev { slots, simulate_gpus, repo_allow, ollama, openai }) => {
             let token = std::fs::read_to_string(data_dir.token_file(Role::Join))?.trim().to_owned();
             // The local sidecar keeps its id and its record of running tasks in the data directory.
             let config = agentcom_sidecar::Config::builder(url.clone(), token, std::env::current_dir()?)
@@ -426,7 +477,7 @@ async fn serve(args: HubArgs, dev_slots: Option<Dev>) -> anyhow::Result<()> {
                 .shell(|shell| shell.repo_allow = repo_allow)
                 .state_dir(args.data_dir.join("sidecar"))
                 .max_output_bytes(args.max_output_bytes as usize)
-                .reports(agentcom_sidecar::reports::Settings { simulate_gpus, ..Default::default() })
+                .reports(agentcom_sidecar::reports::Settings { simulate_gpus, ollama, openai, ..Default::default() })
                 .build()?;
             let prepared = agentcom_sidecar::prepare(&config).await?;
             Some((config, prepared))

@@ -18,6 +18,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use agentcom_types::domain::FailureReason;
 use anyhow::{Context, bail};
 use base64::Engine;
 use clap::{Parser, Subcommand};
@@ -333,6 +334,9 @@ fn exit_code_of(task: &Value) -> u8 {
         Some("succeeded") => 0,
         Some("cancelled") => 130,
         _ if outcome["timed_out"] == true => 124,
+        // An LLM failure (truncated, stream_broken, ...) ran and failed; anything else the
+        // sidecar said instead of an exit status is work that could not start.
+        _ if outcome["error"].as_str().is_some_and(|e| FailureReason::of(e).is_some()) => 1,
         _ if outcome["error"].is_string() => 127,
         _ => match (outcome["exit"]["code"].as_i64(), outcome["exit"]["signal"].as_i64()) {
             // The work ran well and still failed (its verification, its budget): not 0.
@@ -362,6 +366,8 @@ fn report_end(task: &Value) {
     if state != "succeeded" && (code.is_none() || code == Some(0) || state == "cancelled") {
         let reason = task["state_reason"].as_str().unwrap_or("");
         let error = outcome["error"].as_str().unwrap_or("");
+        // The reason usually is the error (or holds it): said once.
+        let error = if reason.contains(error) { "" } else { error };
         eprintln!("[hubctl: task {} {state}{}{}]", task["id"].as_str().unwrap_or("?"), sep(reason), sep(error));
     }
 }
@@ -728,6 +734,7 @@ async fn wait_for(client: &Client, id: &str, json_out: bool) -> anyhow::Result<E
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => code,
@@ -736,6 +743,25 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `hubctl list | head -3`: once the reader has gone, printing more fails; the rest of the
+/// output has nowhere to go, so hubctl stops there, quietly and successfully, as `ls` and `cat`
+/// do, rather than panicking with a backtrace.
+fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("failed printing to std") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }
 
 #[cfg(test)]
@@ -751,6 +777,8 @@ mod tests {
         check(json!({"state": "failed", "outcome": {"exit": {"signal": 15}, "timed_out": true}}), 124);
         check(json!({"state": "cancelled", "outcome": {"exit": {"signal": 15}}}), 130);
         check(json!({"state": "failed", "outcome": {"exit": "unknown", "error": "cannot start x"}}), 127);
+        let truncated = "truncated: openai: [DONE] came without a finish_reason";
+        check(json!({"state": "dead_lettered", "outcome": {"exit": "unknown", "error": truncated}}), 1);
         check(json!({"state": "failed", "state_reason": "lost"}), 1);
     }
 

@@ -5,7 +5,10 @@
 //! 529 `overloaded_error`, an error event in the middle of a stream, a dropped connection.
 //!
 //! The OpenAI-compatible double also lists its models (`GET /v1/models`), as the sidecar's
-//! probe asks. `.ci/run` checks them against the official Python clients (`tests/official_clients.rs`).
+//! probe asks. It can behave as llama.cpp's server does ([`Script::llama_cpp`]): no usage chunk
+//! (it ignores `include_usage`), one generation at a time, and a second request (a probe
+//! included) interrupting the running one, which then ends with `[DONE]` and no
+//! `finish_reason`; or, with interruption off, every request waiting while one generates. `.ci/run` checks them against the official Python clients (`tests/official_clients.rs`).
 //!
 //! A request that does not stream (an agent's turn with `tools`) is answered with one whole
 //! message: the next scripted [`Turn`] (text, or calls of the tools, as `tool_use` blocks or
@@ -51,6 +54,34 @@ pub struct Script {
     pub output_tokens: u64,
     pub first_piece_after: Duration,
     pub between_pieces: Duration,
+    /// Usage in the stream (OpenAI: the `include_usage` chunk; Anthropic: the counts in
+    /// `message_start` and `message_delta`). Off: none, as llama.cpp's server.
+    pub usage: bool,
+    /// The stream ends with its API's end marker (OpenAI: a `finish_reason`; Anthropic: a
+    /// `stop_reason`). Off: `[DONE]` or `message_stop` alone, as an interrupted llama.cpp.
+    pub end_marker: bool,
+    /// How a second request meets a running generation (OpenAI only).
+    pub busy: Busy,
+}
+
+/// What a request does while a generation runs (llama.cpp's server runs one at a time).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Busy {
+    /// Served at once, beside it (a server that batches).
+    #[default]
+    Beside,
+    /// Interrupts it: the running stream ends at once with `[DONE]` and no `finish_reason`
+    /// (llama-cpp-python's default, `interrupt_requests`).
+    Interrupts,
+    /// Waits until it is done (llama-cpp-python with `--interrupt_requests false`).
+    Waits,
+}
+
+impl Script {
+    /// As llama.cpp's server (llama-cpp-python, default settings) answers.
+    pub fn llama_cpp() -> Script {
+        Script { usage: false, busy: Busy::Interrupts, ..Script::default() }
+    }
 }
 
 impl Default for Script {
@@ -62,6 +93,9 @@ impl Default for Script {
             output_tokens: 15,
             first_piece_after: Duration::from_millis(5),
             between_pieces: Duration::from_millis(2),
+            usage: true,
+            end_marker: true,
+            busy: Busy::Beside,
         }
     }
 }
@@ -88,6 +122,25 @@ enum Api {
 struct Shared {
     api: Api,
     inner: Arc<Mutex<Inner>>,
+    /// Generations streaming now, and requests seen (each bumps it: a running generation that
+    /// sees it change was interrupted).
+    generating: Arc<std::sync::atomic::AtomicUsize>,
+    requests_seen: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Shared {
+    /// A request arrives while generations may run: with `Busy::Waits` it waits for them, with
+    /// `Busy::Interrupts` it cuts them short.
+    async fn arrive(&self) {
+        use std::sync::atomic::Ordering;
+        let busy = self.inner.lock().expect("lock").script.busy;
+        if busy == Busy::Waits {
+            while self.generating.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        self.requests_seen.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 /// One double, listening on `127.0.0.1:0`.
@@ -111,7 +164,7 @@ impl ChatDouble {
     async fn start(api: Api) -> ChatDouble {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding a chat double");
         let addr = listener.local_addr().expect("local addr");
-        let shared = Shared { api, inner: Arc::default() };
+        let shared = Shared { api, inner: Arc::default(), generating: Arc::default(), requests_seen: Arc::default() };
         let router = match api {
             Api::Anthropic => Router::new().route("/v1/messages", post(chat)),
             Api::OpenAi => Router::new().route("/v1/chat/completions", post(chat)).route("/v1/models", get(models)),
@@ -159,7 +212,8 @@ impl Drop for ChatDouble {
 /// The models an OpenAI-compatible server lists.
 pub const OPENAI_MODELS: &[&str] = &["qwen2.5:7b", "llama3.2:3b"];
 
-async fn models() -> Json<Value> {
+async fn models(State(shared): State<Shared>) -> Json<Value> {
+    shared.arrive().await;
     let data: Vec<Value> = OPENAI_MODELS
         .iter()
         .map(|id| json!({"id": id, "object": "model", "created": 1_795_000_000, "owned_by": "library"}))
@@ -175,6 +229,7 @@ fn sse(event: Option<&str>, data: &Value) -> String {
 }
 
 async fn chat(State(shared): State<Shared>, headers: HeaderMap, Json(body): Json<Value>) -> Response {
+    shared.arrive().await;
     let (script, fault) = {
         let mut inner = shared.inner.lock().expect("lock");
         inner.requests.push((headers.clone(), body.clone()));
@@ -234,7 +289,9 @@ async fn chat(State(shared): State<Shared>, headers: HeaderMap, Json(body): Json
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(16);
     let api = shared.api;
+    let generating = Generating::start(&shared);
     tokio::spawn(async move {
+        let generating = generating;
         let stop_after = match fault {
             Some(Fault::ErrorAfter(n)) | Some(Fault::DropAfter(n)) => Some(n),
             _ => None,
@@ -269,10 +326,15 @@ async fn chat(State(shared): State<Shared>, headers: HeaderMap, Json(body): Json
             if n > 0 {
                 tokio::time::sleep(script.between_pieces).await;
             }
+            if script.busy == Busy::Interrupts && generating.interrupted() {
+                let _ = tx.send("data: [DONE]\n\n".to_owned()).await;
+                return; // Cut short, cleanly, with no finish_reason.
+            }
             if tx.send(event).await.is_err() {
                 return;
             }
         }
+        drop(generating);
         for event in tail {
             if tx.send(event).await.is_err() {
                 return;
@@ -285,6 +347,32 @@ async fn chat(State(shared): State<Shared>, headers: HeaderMap, Json(body): Json
         .header("cache-control", "no-cache")
         .body(axum::body::Body::from_stream(body))
         .expect("a stream response builds")
+}
+
+/// One generation streaming, counted while it lives.
+struct Generating {
+    shared: Shared,
+    /// Requests seen when it began.
+    seen: u64,
+}
+
+impl Generating {
+    fn start(shared: &Shared) -> Generating {
+        use std::sync::atomic::Ordering;
+        shared.generating.fetch_add(1, Ordering::SeqCst);
+        Generating { shared: shared.clone(), seen: shared.requests_seen.load(Ordering::SeqCst) }
+    }
+
+    /// Another request has arrived since it began.
+    fn interrupted(&self) -> bool {
+        self.shared.requests_seen.load(std::sync::atomic::Ordering::SeqCst) != self.seen
+    }
+}
+
+impl Drop for Generating {
+    fn drop(&mut self) {
+        self.shared.generating.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Whether every tool result in `body` answers a call of the assistant message just before it,
@@ -399,7 +487,7 @@ fn whole_reply(api: Api, model: &str, script: &Script, turn: Turn, first_call: u
 
 /// The Messages stream, as (before the text, one event per piece, after the text).
 fn anthropic_events(model: &str, script: &Script) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let start = json!({
+    let mut start = json!({
         "type": "message_start",
         "message": {
             "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
@@ -417,7 +505,7 @@ fn anthropic_events(model: &str, script: &Script) -> (Vec<String>, Vec<String>, 
             }
         }
     });
-    let head = vec![
+    let mut head = vec![
         sse(Some("message_start"), &start),
         sse(
             Some("content_block_start"),
@@ -425,6 +513,17 @@ fn anthropic_events(model: &str, script: &Script) -> (Vec<String>, Vec<String>, 
         ),
         sse(Some("ping"), &json!({"type": "ping"})),
     ];
+    if !script.usage {
+        start["message"].as_object_mut().expect("an object").remove("usage");
+        head[0] = sse(Some("message_start"), &start);
+    }
+    let mut delta = json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": script.output_tokens}});
+    if !script.usage {
+        delta.as_object_mut().expect("an object").remove("usage");
+    }
+    if !script.end_marker {
+        delta["delta"] = json!({"stop_sequence": null});
+    }
     let pieces = script
         .pieces
         .iter()
@@ -437,10 +536,7 @@ fn anthropic_events(model: &str, script: &Script) -> (Vec<String>, Vec<String>, 
         .collect();
     let tail = vec![
         sse(Some("content_block_stop"), &json!({"type": "content_block_stop", "index": 0})),
-        sse(
-            Some("message_delta"),
-            &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": script.output_tokens}}),
-        ),
+        sse(Some("message_delta"), &delta),
         sse(Some("message_stop"), &json!({"type": "message_stop"})),
     ];
     (head, pieces, tail)
@@ -473,6 +569,11 @@ fn openai_events(model: &str, script: &Script) -> (Vec<String>, Vec<String>, Vec
             "prompt_tokens_details": {"cached_tokens": script.cached_input_tokens}
         }
     });
-    let tail = vec![sse(None, &chunk(json!({}), json!("stop"))), sse(None, &usage), "data: [DONE]\n\n".to_owned()];
+    let finish = if script.end_marker { json!("stop") } else { Value::Null };
+    let mut tail = vec![sse(None, &chunk(json!({}), finish))];
+    if script.usage {
+        tail.push(sse(None, &usage));
+    }
+    tail.push("data: [DONE]\n\n".to_owned());
     (head, pieces, tail)
 }

@@ -59,6 +59,10 @@ pub struct ChatScript {
     pub load_time: std::time::Duration,
     /// Ends with `{"error": ...}` after this many pieces instead of the final chunk.
     pub fail_after: Option<usize>,
+    /// The body ends after the pieces, without the `done: true` chunk (a cut stream).
+    pub no_done: bool,
+    /// The last chunk leaves out its counts (`prompt_eval_count`, `eval_count`).
+    pub no_counts: bool,
 }
 
 impl Default for ChatScript {
@@ -70,6 +74,8 @@ impl Default for ChatScript {
             between_pieces: std::time::Duration::from_millis(2),
             load_time: std::time::Duration::from_millis(50),
             fail_after: None,
+            no_done: false,
+            no_counts: false,
         }
     }
 }
@@ -405,7 +411,11 @@ async fn chat(State(shared): State<Shared>, Json(body): Json<Value>) -> Response
                 return; // The client went away.
             }
         }
-        let last = json!({
+        if script.no_done {
+            guard.finished = true;
+            return; // The body ends without its last message.
+        }
+        let mut last = json!({
             "model": model,
             "created_at": "2025-10-02T10:00:01.123456789Z",
             "message": { "role": "assistant", "content": "" },
@@ -418,6 +428,11 @@ async fn chat(State(shared): State<Shared>, Json(body): Json<Value>) -> Response
             "eval_count": script.pieces.len(),
             "eval_duration": generating.elapsed().as_nanos() as u64,
         });
+        if script.no_counts {
+            for field in ["prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration"] {
+                last.as_object_mut().expect("an object").remove(field);
+            }
+        }
         if tx.send(format!("{last}\n")).await.is_ok() {
             guard.finished = true;
         }

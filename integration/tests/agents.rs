@@ -406,6 +406,8 @@ async fn an_agent_loop_on_an_openai_compatible_server_uses_its_tool_calls() {
             base_url: double.url.clone(),
             api_key: Some("sk-openai-secret".into()),
             models: Vec::new(),
+            parallel: 0,
+            context: None,
         }),
         ..Default::default()
     };

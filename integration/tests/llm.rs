@@ -232,8 +232,13 @@ async fn openai_compatible_work_streams_with_usage_and_a_dropped_stream_fails() 
     use agentcom_integration::chat_doubles::{ChatDouble, Fault};
     use agentcom_sidecar::reports::OpenAi;
     let double = ChatDouble::openai().await;
-    let openai =
-        OpenAi { base_url: double.url.clone(), api_key: Some("sk-test".into()), models: vec!["qwen2.5:7b".into()] };
+    let openai = OpenAi {
+        base_url: double.url.clone(),
+        api_key: Some("sk-test".into()),
+        models: vec!["qwen2.5:7b".into()],
+        parallel: 0,
+        context: None,
+    };
     let mesh = mesh_with(Settings { openai: Some(openai), ..Settings::default() }).await;
     let task = mesh.api.submit(json!({ "llm": { "prompt": "hi", "model": "qwen2.5:7b", "format": "json" } })).await;
     let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;

@@ -13,6 +13,8 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+pub use agentcom_types::domain::FailureReason;
+
 /// Which API an endpoint speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Provider {
@@ -168,10 +170,17 @@ pub enum Error {
         message: String,
         retry_after: Option<Duration>,
     },
-    /// The request did not get through, or the connection broke.
+    /// The request did not get through: the endpoint is down or unreachable.
     #[error("{0}")]
     Transport(String),
-    /// The stream ended without its final message, or sent what no server sends.
+    /// The connection broke in the middle of the reply.
+    #[error("{0}")]
+    StreamBroken(String),
+    /// The reply ended cleanly but without its API's end marker (OpenAI's `finish_reason`,
+    /// Anthropic's `message_stop` with a `stop_reason`, Ollama's `done: true`): cut short.
+    #[error("{0}")]
+    Truncated(String),
+    /// The server sent what no server of its API sends.
     #[error("{0}")]
     Protocol(String),
 }
@@ -184,6 +193,50 @@ impl Error {
         Error::Provider { provider: provider.as_str(), status: Some(status), kind, message, retry_after }
     }
 
+    /// The failure reason an attempt records for this error, if it is one of the
+    /// infrastructure's (others are the provider's own words).
+    pub fn reason(&self) -> Option<FailureReason> {
+        match self {
+            Error::Transport(_) => Some(FailureReason::EndpointDown),
+            Error::StreamBroken(_) => Some(FailureReason::StreamBroken),
+            Error::Truncated(_) => Some(FailureReason::Truncated),
+            Error::Provider { kind, message, .. } if context_exceeded(kind, message) => {
+                Some(FailureReason::ContextLengthExceeded)
+            }
+            Error::Provider { status: Some(400..=499), message, .. } if tools_refused(message) => {
+                Some(FailureReason::ToolsUnsupported)
+            }
+            Error::Provider { .. } | Error::Protocol(_) => None,
+        }
+    }
+
+    /// The error as an attempt records it: `REASON: detail` when it has a reason.
+    pub fn describe(&self) -> String {
+        match self.reason() {
+            Some(reason) => reason.error(self),
+            None => self.to_string(),
+        }
+    }
+
+    /// The model's context window, when the error says it (llama.cpp: "Requested tokens (2100)
+    /// exceed context window of 2048"; OpenAI: "This model's maximum context length is 8192
+    /// tokens"; vLLM and llama-server: "... context length of 4096 ...").
+    pub fn context_window(&self) -> Option<u64> {
+        let Error::Provider { message, .. } = self else { return None };
+        let lower = message.to_ascii_lowercase();
+        ["context window of", "maximum context length is", "context length of", "n_ctx", "context size"]
+            .iter()
+            .find_map(|marker| {
+                let at = lower.find(marker)? + marker.len();
+                let digits: String = lower[at..]
+                    .trim_start_matches(|c: char| !c.is_ascii_digit())
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                digits.parse().ok().filter(|&n| n > 0)
+            })
+    }
+
     /// Worth retrying after a pause: Anthropic's 429, 500 and 529 (`overloaded_error`), and
     /// 503 from a full Ollama queue.
     pub fn is_transient(&self) -> bool {
@@ -193,6 +246,36 @@ impl Error {
             _ => false,
         }
     }
+}
+
+/// What the body ended in the middle of: a line or event that does not parse was cut short.
+fn cut_short(err: Error) -> Error {
+    match err {
+        Error::Protocol(why) => Error::Truncated(format!("{why} (the body ended in the middle of it)")),
+        other => other,
+    }
+}
+
+/// A provider's error that says the request is longer than the model's context.
+fn context_exceeded(kind: &str, message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    kind == "context_length_exceeded"
+        || kind == "exceed_context_size_error"
+        || message.contains("context_length_exceeded")
+        || message.contains("exceed context window")
+        || message.contains("maximum context length")
+        || message.contains("exceeds the available context size")
+        || (message.contains("prompt is too long") && message.contains("token"))
+}
+
+/// A provider's error that says it does not do tool calling (Ollama: "llama3 does not support
+/// tools"; vLLM: `"auto" tool choice requires --enable-auto-tool-choice`).
+fn tools_refused(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    message.contains("does not support tools")
+        || message.contains("tool choice requires")
+        || message.contains("tools are not supported")
+        || message.contains("tool_choice")
 }
 
 /// Splits a body into lines, across the pieces it arrives in.
@@ -270,10 +353,10 @@ impl OllamaStream {
     pub fn finish(&mut self) -> Result<Vec<Delta>, Error> {
         let mut out = Vec::new();
         if let Some(line) = self.lines.rest() {
-            self.line(&line, &mut out)?;
+            self.line(&line, &mut out).map_err(cut_short)?;
         }
         if !self.done {
-            return Err(Error::Protocol("ollama: the stream ended before its last message".into()));
+            return Err(Error::Truncated("ollama: the stream ended before its last message (done: true)".into()));
         }
         Ok(out)
     }
@@ -389,10 +472,10 @@ impl AnthropicStream {
     pub fn finish(&mut self) -> Result<Vec<Delta>, Error> {
         let mut out = Vec::new();
         if let Some((event, data)) = self.sse.rest() {
-            self.event(&event, &data, &mut out)?;
+            self.event(&event, &data, &mut out).map_err(cut_short)?;
         }
         if !self.done {
-            return Err(Error::Protocol("anthropic: the stream ended before message_stop".into()));
+            return Err(Error::Truncated("anthropic: the stream ended before message_stop".into()));
         }
         Ok(out)
     }
@@ -441,6 +524,9 @@ impl AnthropicStream {
                 }
             }
             "message_stop" => {
+                if self.counts.stop_reason.is_empty() {
+                    return Err(Error::Truncated("anthropic: message_stop came without a stop_reason".into()));
+                }
                 self.done = true;
                 out.push(Delta::Done(std::mem::take(&mut self.counts)));
             }
@@ -462,7 +548,8 @@ impl AnthropicStream {
 
 /// An OpenAI-compatible chat completions stream: `data: {chunk}` events ending with
 /// `data: [DONE]`; with `include_usage` the last chunk has the usage (and `choices: []`, or
-/// `null` from some servers).
+/// `null` from some servers). A reply is whole only when a choice gave its `finish_reason`:
+/// llama.cpp's server ends an interrupted generation with `[DONE]` and none.
 #[derive(Default, Debug)]
 pub struct OpenAiStream {
     sse: Sse,
@@ -483,10 +570,17 @@ impl OpenAiStream {
     pub fn finish(&mut self) -> Result<Vec<Delta>, Error> {
         let mut out = Vec::new();
         if let Some((_, data)) = self.sse.rest() {
-            self.data(&data, &mut out)?;
+            self.data(&data, &mut out).map_err(cut_short)?;
         }
         if !self.done {
-            return Err(Error::Protocol("openai: the stream ended before [DONE]".into()));
+            // Some servers end at the finish_reason without a [DONE]: the reply is whole.
+            if self.counts.stop_reason.is_empty() {
+                return Err(Error::Truncated(
+                    "openai: the stream ended before [DONE] and without a finish_reason".into(),
+                ));
+            }
+            self.done = true;
+            out.push(Delta::Done(std::mem::take(&mut self.counts)));
         }
         Ok(out)
     }
@@ -496,6 +590,11 @@ impl OpenAiStream {
             return Ok(());
         }
         if data.trim() == "[DONE]" {
+            if self.counts.stop_reason.is_empty() {
+                return Err(Error::Truncated(
+                    "openai: [DONE] came without a finish_reason (the server cut the reply short)".into(),
+                ));
+            }
             self.done = true;
             out.push(Delta::Done(std::mem::take(&mut self.counts)));
             return Ok(());
@@ -688,7 +787,7 @@ pub async fn stream(
     let mut stopped = false;
     while let Some(piece) = body.next().await {
         let piece = piece.map_err(|err| {
-            Error::Transport(format!("{}: the stream broke: {}", provider.as_str(), crate::describe(&err)))
+            Error::StreamBroken(format!("{}: the stream broke: {}", provider.as_str(), crate::describe(&err)))
         })?;
         let deltas = parser.feed(&piece)?;
         if deliver(deltas, parser.input_so_far(), &mut ttft).is_break() {
@@ -704,7 +803,9 @@ pub async fn stream(
         Some(counts) => counts,
         // Dropping the body closes the connection: the provider stops generating.
         None if stopped => parser.counts_so_far(),
-        None => return Err(Error::Protocol(format!("{}: no final message", provider.as_str()))),
+        None => {
+            return Err(Error::Truncated(format!("{}: the stream ended without its final message", provider.as_str())));
+        }
     };
     Ok(Finished { counts, ttft, elapsed: started.elapsed(), stopped })
 }

@@ -79,6 +79,113 @@ pub async fn probe_openai(client: &reqwest::Client, base_url: &str, api_key: Opt
     }
 }
 
+/// How long a count of tokens may take.
+pub const COUNT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Tokens in `text` as the model at an OpenAI-compatible server's `base_url` (ending in `/v1`)
+/// counts them, through the server's tokenizer: llama-cpp-python's `POST /extras/tokenize/count`,
+/// else llama.cpp's `POST /tokenize`. `None` when the server has neither (vLLM, a hosted API).
+///
+/// The count includes the beginning-of-text token these servers add. Mind that llama.cpp's
+/// server interrupts a running generation for any request: count only while none is in flight.
+pub async fn count_tokens(
+    client: &reqwest::Client,
+    base_url: &str,
+    api_key: Option<&str>,
+    model: &str,
+    text: &str,
+) -> Option<u64> {
+    let root = base_url.trim_end_matches('/');
+    let root = root.strip_suffix("/v1").unwrap_or(root);
+    let post = |path: &str, body: serde_json::Value| {
+        let mut request = client.post(format!("{root}{path}")).timeout(COUNT_TIMEOUT).json(&body);
+        if let Some(key) = api_key {
+            request = request.bearer_auth(key);
+        }
+        async move {
+            let response = request.send().await.ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            response.json::<serde_json::Value>().await.ok()
+        }
+    };
+    if let Some(answer) = post("/extras/tokenize/count", serde_json::json!({ "input": text, "model": model })).await
+        && let Some(count) = answer["count"].as_u64()
+    {
+        return Some(count);
+    }
+    let answer = post("/tokenize", serde_json::json!({ "content": text, "add_special": true })).await?;
+    answer["tokens"].as_array().map(|tokens| tokens.len() as u64)
+}
+
+/// The context window of the model an OpenAI-compatible server serves, when it says: llama.cpp's
+/// `GET /props` (`default_generation_settings.n_ctx`), vLLM's `max_model_len` in `GET /v1/models`.
+pub async fn context_window(
+    client: &reqwest::Client,
+    base_url: &str,
+    api_key: Option<&str>,
+    model: &str,
+) -> Option<u64> {
+    let base = base_url.trim_end_matches('/');
+    let root = base.strip_suffix("/v1").unwrap_or(base);
+    if let Ok(props) = get_json(client, format!("{root}/props"), api_key).await
+        && let Some(n_ctx) = parse_props_context(&props)
+    {
+        return Some(n_ctx);
+    }
+    let models = get_json(client, format!("{base}/models"), api_key).await.ok()?;
+    parse_models_context(&models, model)
+}
+
+/// Ollama's context window for `model`: `POST /api/show`, `model_info["<arch>.context_length"]`
+/// (what the model supports; the server may run it with less, `num_ctx`, 2,048 or 4,096 by
+/// default, which `parameters` says when set).
+pub async fn ollama_context_window(client: &reqwest::Client, base_url: &str, model: &str) -> Option<u64> {
+    let url = format!("{}/api/show", base_url.trim_end_matches('/'));
+    let response = client.post(&url).json(&serde_json::json!({ "model": model })).send().await.ok()?;
+    let body = response.bytes().await.ok()?;
+    parse_ollama_show_context(&body)
+}
+
+/// `n_ctx` from llama.cpp's `/props`.
+pub fn parse_props_context(body: &[u8]) -> Option<u64> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value["default_generation_settings"]["n_ctx"].as_u64().or_else(|| value["n_ctx"].as_u64()).filter(|&n| n > 0)
+}
+
+/// vLLM's `max_model_len` of `model` (or of the only model) in `/v1/models`.
+pub fn parse_models_context(body: &[u8], model: &str) -> Option<u64> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let data = value["data"].as_array()?;
+    let entry = data.iter().find(|m| m["id"] == model).or(if data.len() == 1 { data.first() } else { None })?;
+    entry["max_model_len"].as_u64().filter(|&n| n > 0)
+}
+
+/// The context Ollama runs a model with: `num_ctx` in its parameters when set, else the
+/// smaller of the model's own `*.context_length` and Ollama's default of 4,096.
+pub fn parse_ollama_show_context(body: &[u8]) -> Option<u64> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let configured = value["parameters"].as_str().and_then(|parameters| {
+        parameters.lines().find_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("num_ctx")).then(|| words.next()?.parse::<u64>().ok()).flatten()
+        })
+    });
+    if configured.is_some() {
+        return configured;
+    }
+    let trained = value["model_info"]
+        .as_object()?
+        .iter()
+        .find(|(key, _)| key.ends_with(".context_length"))
+        .and_then(|(_, v)| v.as_u64())?;
+    Some(trained.min(OLLAMA_DEFAULT_CONTEXT))
+}
+
+/// The context Ollama gives a model unless told otherwise (`OLLAMA_CONTEXT_LENGTH`).
+pub const OLLAMA_DEFAULT_CONTEXT: u64 = 4_096;
+
 /// How long a preload may take: Ollama gives up on a load after 5 minutes (`OLLAMA_LOAD_TIMEOUT`).
 pub const PRELOAD_TIMEOUT: Duration = Duration::from_secs(330);
 
@@ -256,7 +363,9 @@ pub fn parse_openai_models(body: &[u8]) -> Result<Probe, String> {
         id: String,
     }
     let list: List = serde_json::from_slice(body).map_err(|e| format!("/models: {e}"))?;
-    let models = list.data.into_iter().map(|e| Model { name: e.id, ..Model::default() }).collect();
+    // A server that serves one model (llama.cpp's, vLLM) has it loaded while it answers.
+    let single = list.data.len() == 1;
+    let models = list.data.into_iter().map(|e| Model { name: e.id, loaded: single, ..Model::default() }).collect();
     Ok(Probe { healthy: true, models, ..Probe::default() })
 }
 
@@ -332,7 +441,30 @@ mod tests {
         let body = br#"{"object":"list","data":[{"id":"meta-llama/Llama-3.1-8B-Instruct","object":"model","created":1727000000,"owned_by":"vllm"}]}"#;
         let probe = parse_openai_models(body).unwrap();
         assert_eq!(probe.models[0].name, "meta-llama/Llama-3.1-8B-Instruct");
+        assert!(probe.models[0].loaded, "a server of one model serves it loaded: warm");
         assert!(parse_openai_models(br#"{"data":null}"#).unwrap().models.is_empty());
+        let two = br#"{"data":[{"id":"a"},{"id":"b"}]}"#;
+        assert!(parse_openai_models(two).unwrap().models.iter().all(|m| !m.loaded), "a router of several: not known");
+    }
+
+    #[test]
+    fn context_windows_are_read_where_each_server_says_them() {
+        // llama.cpp's server (llama-server) `/props`.
+        let props = br#"{"default_generation_settings":{"n_ctx":2048,"params":{"n_predict":-1}},"total_slots":1,"chat_template":"..."}"#;
+        assert_eq!(parse_props_context(props), Some(2048));
+        assert_eq!(parse_props_context(b"{}"), None);
+        // vLLM's `/v1/models`.
+        let vllm = br#"{"object":"list","data":[{"id":"Qwen/Qwen2.5-7B-Instruct","object":"model","owned_by":"vllm","root":"Qwen/Qwen2.5-7B-Instruct","max_model_len":32768}]}"#;
+        assert_eq!(parse_models_context(vllm, "Qwen/Qwen2.5-7B-Instruct"), Some(32768));
+        assert_eq!(parse_models_context(vllm, "other"), Some(32768), "the only model");
+        assert_eq!(parse_models_context(br#"{"data":[{"id":"gemma"}]}"#, "gemma"), None);
+        // Ollama's `/api/show`: num_ctx when set, else the model's own length capped at 4,096.
+        let show = br#"{"parameters":"stop \"<end_of_turn>\"\nnum_ctx 8192","model_info":{"general.architecture":"gemma3","gemma3.context_length":32768}}"#;
+        assert_eq!(parse_ollama_show_context(show), Some(8192));
+        let plain = br#"{"model_info":{"general.architecture":"llama","llama.context_length":131072}}"#;
+        assert_eq!(parse_ollama_show_context(plain), Some(4096));
+        let small = br#"{"model_info":{"llama.context_length":2048}}"#;
+        assert_eq!(parse_ollama_show_context(small), Some(2048));
     }
 
     #[tokio::test]

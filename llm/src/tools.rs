@@ -97,6 +97,11 @@ impl Conversation {
                 if self.max_tokens > 0 {
                     body["max_tokens"] = json!(self.max_tokens);
                 }
+                // Servers differ on what a missing tool_choice means: llama.cpp's takes it as
+                // "none", and the model then never sees the tools.
+                if !self.tools.is_empty() {
+                    body["tool_choice"] = json!("auto");
+                }
                 body
             }
             Provider::Anthropic => {
@@ -331,7 +336,9 @@ pub async fn turn(
     let response = http.send().await.map_err(transport)?;
     let status = response.status();
     let retry_after = crate::chat::retry_after(response.headers());
-    let bytes = response.bytes().await.map_err(transport)?;
+    let bytes = response.bytes().await.map_err(|err| {
+        Error::StreamBroken(format!("{}: the reply broke off: {}", provider.as_str(), crate::describe(&err)))
+    })?;
     let value = serde_json::from_slice::<Value>(&bytes);
     // Ollama can answer 200 with `{"error": ...}`.
     let error_inside = value.as_ref().is_ok_and(|v| v.get("error").is_some_and(|e| !e.is_null()));

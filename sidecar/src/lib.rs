@@ -303,8 +303,11 @@ impl Prepared {
         }
         let has_models = runners::llm::LlmRunner::configured(&settings);
         if has_models {
-            let llm: std::sync::Arc<dyn runners::Runner> =
-                std::sync::Arc::new(runners::llm::LlmRunner::new(settings.clone(), latest.models.clone()));
+            let llm: std::sync::Arc<dyn runners::Runner> = std::sync::Arc::new(runners::llm::LlmRunner::new(
+                settings.clone(),
+                latest.models.clone(),
+                latest.in_flight.clone(),
+            ));
             verifier = verifier.judging_with(llm.clone());
             runners = runners.with_shared(llm);
         }
@@ -321,6 +324,7 @@ impl Prepared {
                 settings: self.settings.clone(),
                 providers: settings,
                 inventory: latest.models.clone(),
+                in_flight: latest.in_flight.clone(),
                 client: agentcom_llm::chat::client(),
             });
         }

@@ -152,6 +152,15 @@ struct RunArgs {
     /// Models to offer from the OpenAI-compatible server (repeatable) [default: what it lists].
     #[arg(long = "openai-model", value_name = "MODEL")]
     openai_models: Vec<String>,
+    /// Requests the OpenAI-compatible server runs at once (vLLM's batch, llama.cpp's --parallel);
+    /// the hub sends it no more [default: 1, since llama.cpp's server interrupts a generation for
+    /// the next request].
+    #[arg(long, value_name = "N")]
+    openai_parallel: Option<u32>,
+    /// The context window of the OpenAI-compatible server's model, in tokens, for servers that
+    /// do not say it (llama-cpp-python); agents keep their conversations inside it.
+    #[arg(long, value_name = "TOKENS")]
+    openai_context: Option<u64>,
     /// Claude models to offer when ANTHROPIC_API_KEY is set (repeatable).
     #[arg(long = "anthropic-model", value_name = "MODEL")]
     anthropic_models: Vec<String>,
@@ -196,10 +205,17 @@ impl RunArgs {
             },
         });
         let openai_key = key("OPENAI_API_KEY", &self.openai_key_file)?;
+        anyhow::ensure!(
+            self.openai_parallel.is_none_or(|n| (1..=1_024).contains(&n)),
+            "--openai-parallel must be 1 to 1024"
+        );
+        anyhow::ensure!(self.openai_context.is_none_or(|n| n >= 512), "--openai-context must be at least 512 tokens");
         let openai = self.openai_base_url.clone().map(|base_url| OpenAi {
             base_url,
             api_key: openai_key,
             models: self.openai_models.clone(),
+            parallel: self.openai_parallel.unwrap_or(0),
+            context: self.openai_context,
         });
         Ok(reports::Settings {
             resources_every: std::time::Duration::from_millis(self.resources_interval_ms),
@@ -294,6 +310,12 @@ async fn run() -> anyhow::Result<()> {
     if let Some(join) = &join
         && agentcom_link::pki::Identity::load(&state_dir)?.is_none()
     {
+        // Checked before the token is spent: enrolment would give another id.
+        if let Some(id) = &args.id {
+            anyhow::bail!(
+                "--id {id} cannot be used with a join token: an enrolled sidecar's id is the one the hub gives its                  certificate (made from --hostname); leave out --id, or give --hostname instead"
+            );
+        }
         let hostname = args.hostname.clone().unwrap_or_else(agentcom_sidecar::hostname);
         agentcom_sidecar::enrol::enroll(&args.hub, join, &state_dir, &hostname).await?;
     }

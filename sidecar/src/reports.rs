@@ -4,12 +4,19 @@
 //! Each reporter keeps only its latest report in a `watch` channel, as domain types; a session
 //! converts and sends a report when it changes, and the current one right after joining. Provider keys stay here: the
 //! inventory names providers and models, never keys.
+//!
+//! Probes never disturb work: an endpoint with requests of this sidecar in flight ([`InFlight`])
+//! is not probed (llama.cpp's server interrupts a generation for any request, and answers none
+//! while it generates), and keeps what the last probe found; a probe that fails while requests
+//! went out meanwhile is set aside the same way. A stream that delivers tokens is better evidence
+//! of health than a probe.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentcom_llm as llm;
 use agentcom_types::fleet::{Endpoint, EndpointKind, Model, Owner, Resources};
-use std::sync::Arc;
 
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -65,6 +72,12 @@ pub struct OpenAi {
     pub api_key: Option<String>,
     /// Models to offer; empty: whatever `GET /models` lists.
     pub models: Vec<String>,
+    /// Requests it runs at once (vLLM's batch, llama.cpp's `--parallel`); 0: not said, and the
+    /// hub gives it one at a time (llama.cpp's server interrupts a generation for the next).
+    pub parallel: u32,
+    /// The model's context window in tokens, when the server does not say it (llama-cpp-python
+    /// has no `/props`); agents keep their conversations inside it.
+    pub context: Option<u64>,
 }
 
 impl std::fmt::Debug for OpenAi {
@@ -73,6 +86,8 @@ impl std::fmt::Debug for OpenAi {
             .field("base_url", &self.base_url)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("models", &self.models)
+            .field("parallel", &self.parallel)
+            .field("context", &self.context)
             .finish()
     }
 }
@@ -96,6 +111,44 @@ impl std::fmt::Debug for Anthropic {
     }
 }
 
+/// Requests this sidecar has in flight to each endpoint (by URL), counted by the runners that
+/// send them: the model reporter sends no probe to a busy endpoint.
+#[derive(Clone, Default, Debug)]
+pub struct InFlight(Arc<Mutex<HashMap<String, u32>>>);
+
+/// One request in flight; dropping it ends it.
+#[derive(Debug)]
+pub struct InFlightGuard {
+    in_flight: InFlight,
+    url: String,
+}
+
+impl InFlight {
+    /// Counts a request to `url` until the guard is dropped.
+    pub fn enter(&self, url: &str) -> InFlightGuard {
+        let url = url.trim_end_matches('/').to_owned();
+        *self.0.lock().expect("in-flight lock poisoned").entry(url.clone()).or_default() += 1;
+        InFlightGuard { in_flight: self.clone(), url }
+    }
+
+    /// Requests in flight to `url` now.
+    pub fn count(&self, url: &str) -> u32 {
+        self.0.lock().expect("in-flight lock poisoned").get(url.trim_end_matches('/')).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let mut map = self.in_flight.0.lock().expect("in-flight lock poisoned");
+        if let Some(n) = map.get_mut(&self.url) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.url);
+            }
+        }
+    }
+}
+
 /// The latest reports, as sessions read them.
 #[derive(Clone)]
 pub(crate) struct Latest {
@@ -105,6 +158,8 @@ pub(crate) struct Latest {
     /// Asks the model reporter to check its endpoints now (after a preload) rather than at its
     /// next tick.
     pub(crate) recheck: Arc<Notify>,
+    /// Requests the runners have in flight, which the model reporter does not probe over.
+    pub(crate) in_flight: InFlight,
 }
 
 /// Starts both reporters; they stop with `stop`.
@@ -114,8 +169,9 @@ pub(crate) fn start(sidecar_id: &str, settings: Settings, stop: CancellationToke
     tokio::spawn(report_resources(settings.clone(), resources_tx, stop.clone()));
     let owner = Owner::Sidecar(sidecar_id.to_owned());
     let recheck = Arc::new(Notify::new());
-    tokio::spawn(report_models(owner, settings, models_tx, recheck.clone(), stop));
-    Latest { resources, models, recheck }
+    let in_flight = InFlight::default();
+    tokio::spawn(report_models(owner, settings, models_tx, recheck.clone(), in_flight.clone(), stop));
+    Latest { resources, models, recheck, in_flight }
 }
 
 async fn report_resources(settings: Settings, latest: watch::Sender<Option<Resources>>, stop: CancellationToken) {
@@ -150,6 +206,7 @@ async fn report_models(
     settings: Settings,
     latest: watch::Sender<Option<Vec<Endpoint>>>,
     recheck: Arc<Notify>,
+    in_flight: InFlight,
     stop: CancellationToken,
 ) {
     let mut settings = settings;
@@ -168,7 +225,8 @@ async fn report_models(
             _ = recheck.notified() => {}
             _ = stop.cancelled() => return,
         }
-        let mut inventory = check_all(&client, &owner, &settings).await;
+        let previous = latest.borrow().clone().unwrap_or_default();
+        let mut inventory = check_all(&client, &owner, &settings, &in_flight, &previous).await;
         if discover && !discovered {
             // The default address counts only once something has answered there.
             match inventory.iter().position(|e| same_url(&e.url, DEFAULT_OLLAMA_URL)) {
@@ -185,17 +243,23 @@ async fn report_models(
     }
 }
 
-/// One check of every configured endpoint, all at once.
-pub(crate) async fn check_all(client: &reqwest::Client, owner: &Owner, settings: &Settings) -> Vec<Endpoint> {
+/// One check of every configured endpoint, all at once; an endpoint busy with this sidecar's
+/// requests keeps what `previous` says of it (see the module's docs).
+pub(crate) async fn check_all(
+    client: &reqwest::Client,
+    owner: &Owner,
+    settings: &Settings,
+    in_flight: &InFlight,
+    previous: &[Endpoint],
+) -> Vec<Endpoint> {
     let found = |url: &str, kind, probe: llm::Probe| {
         probe.found(Endpoint::new(owner.clone(), url.to_owned(), kind), crate::now_ms())
     };
-    let ollama = futures_util::future::join_all(
-        settings
-            .ollama
-            .iter()
-            .map(|url| async move { found(url, EndpointKind::Ollama, llm::probe_ollama(client, url).await) }),
-    );
+    let ollama = futures_util::future::join_all(settings.ollama.iter().map(|url| {
+        undisturbed(url, in_flight, previous, async move {
+            found(url, EndpointKind::Ollama, llm::probe_ollama(client, url).await)
+        })
+    }));
     let ollama = async {
         let mut endpoints = ollama.await;
         for endpoint in &mut endpoints {
@@ -205,13 +269,21 @@ pub(crate) async fn check_all(client: &reqwest::Client, owner: &Owner, settings:
     };
     let openai = async {
         match &settings.openai {
-            Some(openai) => {
-                let mut probe = llm::probe_openai(client, &openai.base_url, openai.api_key.as_deref()).await;
-                if !openai.models.is_empty() {
-                    probe.models = openai.models.iter().map(Model::named).collect();
-                }
-                Some(found(&openai.base_url, EndpointKind::Openai, probe))
-            }
+            Some(openai) => Some(
+                undisturbed(&openai.base_url, in_flight, previous, async {
+                    let mut probe = llm::probe_openai(client, &openai.base_url, openai.api_key.as_deref()).await;
+                    if !openai.models.is_empty() {
+                        let serving = probe.models.iter().find(|m| m.loaded).map(|m| m.name.clone());
+                        probe.models = openai
+                            .models
+                            .iter()
+                            .map(|name| Model { loaded: serving.as_ref() == Some(name), ..Model::named(name) })
+                            .collect();
+                    }
+                    Endpoint { parallel: openai.parallel, ..found(&openai.base_url, EndpointKind::Openai, probe) }
+                })
+                .await,
+            ),
             None => None,
         }
     };
@@ -225,6 +297,28 @@ pub(crate) async fn check_all(client: &reqwest::Client, owner: &Owner, settings:
         endpoints.push(found(&anthropic.base_url, EndpointKind::Anthropic, probe));
     }
     endpoints
+}
+
+/// `probe`'s finding for the endpoint at `url`, unless this sidecar's own requests are in flight
+/// there: then no probe is sent, and what the last check found stands (a probe that failed while
+/// requests went out is set aside the same way, since a busy server answers late).
+async fn undisturbed(
+    url: &str,
+    in_flight: &InFlight,
+    previous: &[Endpoint],
+    probe: impl Future<Output = Endpoint>,
+) -> Endpoint {
+    let last = || previous.iter().find(|e| same_url(&e.url, url)).cloned();
+    if in_flight.count(url) > 0
+        && let Some(last) = last()
+    {
+        return last;
+    }
+    let found = probe.await;
+    match last() {
+        Some(last) if !found.healthy && in_flight.count(url) > 0 => last,
+        _ => found,
+    }
 }
 
 fn same_url(a: &str, b: &str) -> bool {

@@ -347,6 +347,22 @@ fn file_exists(dir: &Path, path: &str) -> Checked {
     }
 }
 
+/// `reply` without the lines of `feedback` it repeats: a fix round's reply is checked on what
+/// it says itself, not on the expected text the feedback quoted to it. Only whole feedback lines
+/// of some length go (a short line such as `- ok` could be part of a real answer).
+pub(crate) fn without_echo(reply: &[u8], feedback: &str) -> Vec<u8> {
+    let mut text = String::from_utf8_lossy(reply).into_owned();
+    let mut lines: Vec<&str> = feedback.lines().map(str::trim).filter(|l| l.chars().count() >= 12).collect();
+    // Longer lines first, so a line that holds a shorter one goes whole.
+    lines.sort_by_key(|l| std::cmp::Reverse(l.len()));
+    for line in lines {
+        if text.contains(line) {
+            text = text.replace(line, "");
+        }
+    }
+    text.into_bytes()
+}
+
 fn output_contains(output: &[u8], pattern: &Pattern) -> Checked {
     let n = output.len();
     match pattern {
@@ -464,6 +480,18 @@ mod tests {
     fn output_is_searched_for_text_and_regexes() {
         let out = b"build ok\nwrote 3 files\n";
         assert!(output_contains(out, &Pattern::Text("wrote 3".into())).passed);
+        // A fix round's reply that parrots its feedback does not pass by the quoted text.
+        let feedback = "Your reply did not pass its checks. Answer again, in full, so that it passes.\n\nWhat failed:\n\
+                        - output_contains PINEAPPLE:\n\"PINEAPPLE\" is not in the 12 bytes of output\n";
+        let parrot = format!("Sure! {feedback}");
+        let checked = without_echo(parrot.as_bytes(), feedback);
+        assert!(
+            !output_contains(&checked, &Pattern::Text("PINEAPPLE".into())).passed,
+            "{}",
+            String::from_utf8_lossy(&checked)
+        );
+        let answer = without_echo(b"The word is PINEAPPLE.", feedback);
+        assert!(output_contains(&answer, &Pattern::Text("PINEAPPLE".into())).passed, "a real answer still counts");
         assert!(!output_contains(out, &Pattern::Text("wrote 4".into())).passed);
         let matched = output_contains(out, &Pattern::Regex(r"wrote (\d+) files".into()));
         assert!(matched.passed && matched.evidence.contains("wrote 3 files"), "{}", matched.evidence);

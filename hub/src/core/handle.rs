@@ -715,9 +715,19 @@ impl State {
     }
 
     /// The LLM registry, with the parallelism learned for endpoints that were not told theirs.
+    /// The registry as it is listed: the endpoints of a sidecar whose session is closed are
+    /// unreachable through it, whatever its last report said.
     pub(super) fn endpoint_listing(&self) -> Vec<(Endpoint, Option<u32>)> {
         let learned = |e: &Endpoint| if e.parallel == 0 { self.learned.parallel(&e.id) } else { None };
-        self.registry.iter().map(|e| (e.clone(), learned(e))).collect()
+        let listed = |e: &Endpoint| match &e.owner {
+            crate::fleet::Owner::Sidecar(id) if !self.sidecars.contains_key(id) => Endpoint {
+                healthy: false,
+                error: Some(format!("unreachable: its sidecar {id} is offline")),
+                ..e.clone()
+            },
+            _ => e.clone(),
+        };
+        self.registry.iter().map(|e| (listed(e), learned(e))).collect()
     }
 
     /// Answers one event: the decisions, whose effects the loop then carries out.

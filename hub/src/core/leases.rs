@@ -75,19 +75,29 @@ impl State {
                 let lease = self.release(task_id, now);
                 let task = self.tasks.get_mut(&task_id).expect("a leased task exists");
                 let mut outcome = outcome;
+                let failure = outcome.error.as_deref().and_then(FailureReason::of);
                 if let Some(usage) = &mut outcome.usage {
                     // Claude Code reports what a whole agent run cost (several models, cache
-                    // tiers): that figure stands. Everything else is priced here.
+                    // tiers): that figure stands. Everything else is priced here; a local
+                    // server the price table does not list costs nothing.
                     if usage.provider != "claude-code" || usage.cost_micros.is_none() {
-                        usage.cost_micros = self.config.prices.cost_micros(usage);
+                        let local = self.registry.get(&usage.endpoint_id).is_some_and(|e| !crate::fleet::is_cloud(e));
+                        usage.cost_micros = self.config.prices.cost_micros(usage).or(local.then_some(0));
                     }
                     self.learned.observe(sidecar_id, &usage.model, usage.load_ms, usage.output_tokens_per_s);
                     self.recorded.usage(&self.config.metrics, usage);
-                    if let (Some(lease), Some(ttft_ms)) = (&lease, usage.ttft_ms)
+                    // A failed request's first token says nothing of how the endpoint queues.
+                    if let (Some(lease), Some(ttft_ms), None) = (&lease, usage.ttft_ms, failure)
                         && let Some(endpoint_id) = &lease.endpoint_id
                     {
                         self.learned.observe_concurrency(endpoint_id, lease.beside, ttft_ms, usage.load_ms);
                     }
+                }
+                if let (Some(FailureReason::Truncated), Some(endpoint_id)) =
+                    (failure, lease.as_ref().and_then(|l| l.endpoint_id.as_ref()))
+                {
+                    let others = self.in_flight.get(endpoint_id).copied().unwrap_or(0);
+                    self.learned.observe_truncation(endpoint_id, others.max(lease.as_ref().map_or(0, |l| l.beside)));
                 }
                 // Past its budget, whoever noticed: final, with the output so far.
                 let over = over_budget(&outcome, &task.spec.limits);
@@ -96,10 +106,18 @@ impl State {
                     Some(why) => (TaskState::Failed, why),
                     None => judge(&outcome, !task.spec.verification.is_empty()),
                 };
-                let retryable = matches!(outcome.exit, Exit::Code(code) if task.spec.retry.retry_on_exit_codes.contains(&code))
-                    && outcome.error.is_none()
-                    && !outcome.timed_out
-                    && !outcome.budget_exceeded;
+                // A reply cut short, a broken stream or an endpoint down before the work began is
+                // the infrastructure's failure, retried like a lost lease; so is an exit code the
+                // task lists as retryable.
+                let retryable = !outcome.timed_out
+                    && !outcome.budget_exceeded
+                    && match failure {
+                        Some(reason) => reason.retryable(),
+                        None => {
+                            matches!(outcome.exit, Exit::Code(code) if task.spec.retry.retry_on_exit_codes.contains(&code))
+                                && outcome.error.is_none()
+                        }
+                    };
                 let verdict = outcome.verification.as_ref().map(|r| r.verdict == Verdict::Passed);
                 let placed_at = lease.as_ref().and_then(|l| l.tier);
                 let model = outcome.usage.as_ref().map(|u| u.model.clone()).or_else(|| lease.and_then(|l| l.model));

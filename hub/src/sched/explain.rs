@@ -136,7 +136,10 @@ pub fn summarize(explained: &Explanation) -> String {
         Decision::Wait(why) => format!("waits: {}", why.describe()),
         Decision::Place { agent_id, estimate: Some(estimate), model, .. } => {
             let model = model.as_deref().unwrap_or("?");
-            let how = if estimate.load_ms > 0.0 { "cold" } else { "warm" };
+            // As the candidates' table says it: the chosen one's own warmth.
+            let chosen = explained.candidates.iter().find(|c| c.verdict == Verdict::Chosen);
+            let warm = chosen.map_or(estimate.load_ms == 0.0, |c| c.warm);
+            let how = if warm { "warm" } else { "cold" };
             let next = explained.candidates.iter().find(|c| c.verdict == Verdict::Slower);
             let next = match next.and_then(|c| Some((c, c.estimate?))) {
                 Some((c, e)) => format!("; next best {} on {}", seconds(&e), agent(c)),

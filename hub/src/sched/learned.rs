@@ -61,6 +61,10 @@ pub struct Concurrency {
     /// The most requests seen running at once (a request that started at once beside `n`
     /// others shows `n + 1`), lowered when one queued beside fewer.
     pub at_once: Option<u32>,
+    /// A reply there was cut short while other requests were in flight: the server interrupts a
+    /// generation for the next request (llama.cpp's server does by default), so it runs one
+    /// at a time and takes no second request while one runs.
+    pub interrupts: bool,
 }
 
 impl Learned {
@@ -121,7 +125,19 @@ impl Learned {
     /// How many requests the endpoint has been seen to serve at once; `None` until a request
     /// placed beside others has shown it.
     pub fn parallel(&self, endpoint_id: &str) -> Option<u32> {
-        self.at_once.get(endpoint_id)?.at_once
+        let learned = self.at_once.get(endpoint_id)?;
+        if learned.interrupts { Some(1) } else { learned.at_once }
+    }
+
+    /// Records a reply cut short (`truncated`) on an endpoint while `others` requests were in
+    /// flight there: it interrupts one generation for another, so from now on it is given one
+    /// request at a time. Cut short alone says nothing of that (the server may have stopped).
+    pub fn observe_truncation(&mut self, endpoint_id: &str, others: u32) {
+        if others > 0 {
+            let entry = self.at_once.entry(endpoint_id.to_owned()).or_default();
+            entry.interrupts = true;
+            entry.at_once = Some(1);
+        }
     }
 
     pub fn concurrency(&self, endpoint_id: &str) -> Concurrency {
@@ -135,6 +151,9 @@ impl Learned {
     pub fn observe_concurrency(&mut self, endpoint_id: &str, beside: u32, ttft_ms: u64, load_ms: Option<u64>) {
         let first_token = ttft_ms.saturating_sub(load_ms.unwrap_or(0)) as f64;
         let entry = self.at_once.entry(endpoint_id.to_owned()).or_default();
+        if entry.interrupts {
+            return; // An on-time first token there may have cut another reply short.
+        }
         if beside == 0 {
             entry.alone_ttft_ms = blend(entry.alone_ttft_ms, first_token);
             return;
@@ -187,6 +206,13 @@ mod tests {
         assert_eq!(learned.parallel("e"), Some(3));
         // Endpoints are learned apart.
         assert_eq!(learned.parallel("other"), None);
+        // A reply cut short while another was in flight: one at a time, whatever comes later.
+        learned.observe_truncation("other", 0);
+        assert_eq!(learned.parallel("other"), None, "cut short alone says nothing of parallelism");
+        learned.observe_truncation("e", 1);
+        assert_eq!((learned.parallel("e"), learned.concurrency("e").interrupts), (Some(1), true));
+        learned.observe_concurrency("e", 3, 40, None);
+        assert_eq!(learned.parallel("e"), Some(1), "an on-time first token beside others may have interrupted them");
     }
 
     #[test]

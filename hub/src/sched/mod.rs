@@ -161,6 +161,15 @@ pub trait FleetView {
     fn offline(&self) -> bool {
         false
     }
+    /// Whether a second request to the endpoint must wait, at the hub, until it has fewer than
+    /// [`FleetView::parallel`] in flight, rather than queue at the server: a local
+    /// OpenAI-compatible server (llama.cpp's interrupts the running generation for the next
+    /// request; vLLM says its parallelism with `--openai-parallel`), and any endpoint seen
+    /// cutting a reply short for another. Ollama queues requests itself.
+    fn holds_at_parallel(&self, endpoint: &Endpoint) -> bool {
+        (endpoint.kind == EndpointKind::Openai && !crate::fleet::is_cloud(endpoint))
+            || self.learned().concurrency(&endpoint.id).interrupts
+    }
     /// How many requests a local endpoint serves at once: what it says, else what was learned,
     /// else one (Ollama's default).
     fn parallel(&self, endpoint: &Endpoint) -> u32 {
@@ -246,6 +255,8 @@ impl Estimate {
 
 /// Output tokens expected of a task that sets no `max_tokens`.
 pub const EXPECTED_OUTPUT_TOKENS: u32 = 256;
+/// Output tokens an agent run is expected to write over its turns, for estimates.
+pub const EXPECTED_AGENT_TOKENS: u32 = 4_096;
 /// Speeds assumed until one is observed.
 pub const DEFAULT_LOCAL_TOKENS_PER_S: f64 = 30.0;
 pub const DEFAULT_CLOUD_TOKENS_PER_S: f64 = 60.0;
@@ -380,11 +391,15 @@ pub fn tier_now(task: &Task, fleet: &impl FleetView) -> (Tier, TierSource) {
     }
 }
 
-/// The model LLM work runs on: its own (`work.llm.model`, else `placement.model`), or its tier's;
-/// `None` for other work and when neither names one (the sidecar then picks).
+/// The model LLM and agent work runs on: its own (`work.llm.model`, else `placement.model`),
+/// or its tier's; `None` for shell work and when neither names one (the sidecar then picks).
 pub fn model_of<'a>(task: &'a Task, fleet: &'a impl FleetView) -> Option<&'a str> {
-    let Work::Llm(llm) = &task.spec.work else { return None };
-    match (llm.model.as_str(), task.spec.placement.model.as_str()) {
+    let named = match &task.spec.work {
+        Work::Llm(llm) => llm.model.as_str(),
+        Work::Agent(_) => "",
+        Work::Shell(_) => return None,
+    };
+    match (named, task.spec.placement.model.as_str()) {
         ("", "") => fleet.tier_model(tier_now(task, fleet).0),
         ("", placed) => Some(placed),
         (named, _) => Some(named),
@@ -414,10 +429,12 @@ fn decide<'a>(
     if task.spec.limits.deadline_unix_ms.is_some_and(|deadline| deadline <= now) {
         return (Decision::Wait(Wait::Expired), None);
     }
-    if let Work::Llm(llm) = &task.spec.work
-        && let Some(model) = model_of(task, fleet)
-    {
-        let tokens = if llm.max_tokens > 0 { llm.max_tokens } else { EXPECTED_OUTPUT_TOKENS };
+    if let Some(model) = model_of(task, fleet) {
+        let tokens = match &task.spec.work {
+            Work::Llm(llm) if llm.max_tokens > 0 => llm.max_tokens,
+            Work::Agent(_) => EXPECTED_AGENT_TOKENS,
+            _ => EXPECTED_OUTPUT_TOKENS,
+        };
         let moved = pass_rate_move(task, fleet);
         let model = moved.map_or(model, |(_, up)| up);
         return (place_model(task, model, tokens, fleet, record), moved);
@@ -501,6 +518,9 @@ fn weigh(
     if listed.is_none() && !(cloud && model.starts_with("claude-")) {
         return Err(Verdict::NoModel);
     }
+    if fleet.holds_at_parallel(e) && in_flight >= fleet.parallel(e).max(1) {
+        return Err(Verdict::Busy);
+    }
     let warm = cloud || listed.is_some_and(|m| m.loaded);
     let observed = fleet.learned().get(sidecar_id, model);
     let default_rate = if cloud { DEFAULT_CLOUD_TOKENS_PER_S } else { DEFAULT_LOCAL_TOKENS_PER_S };
@@ -563,7 +583,7 @@ fn place_model(task: &Task, model: &str, tokens: u32, fleet: &impl FleetView, re
             idle_agents: 0,
             verdict,
         };
-        if !fleet.can_run(sidecar_id, "llm") || !fleet.admits(sidecar_id, placement) {
+        if !fleet.can_run(sidecar_id, task.spec.work.capability()) || !fleet.admits(sidecar_id, placement) {
             record.note(|| note(None, Verdict::Excluded));
             continue;
         }
@@ -571,6 +591,7 @@ fn place_model(task: &Task, model: &str, tokens: u32, fleet: &impl FleetView, re
         let weighed = match weigh(fleet, sidecar_id, endpoint, model, tokens, local_only, in_flight) {
             Ok(weighed) => weighed,
             Err(verdict) => {
+                busy |= verdict == Verdict::Busy;
                 cloud |= verdict == Verdict::Cloud;
                 no_room |= verdict == Verdict::NoRoom;
                 record.note(|| note(None, verdict));
@@ -621,7 +642,7 @@ fn place_model(task: &Task, model: &str, tokens: u32, fleet: &impl FleetView, re
         Wait::NoRoom
     } else if cloud {
         Wait::LocalOnly
-    } else if open || fleet.any_open("llm", placement) {
+    } else if open || fleet.any_open(task.spec.work.capability(), placement) {
         Wait::ModelNowhere
     } else {
         Wait::NoCapableAgent

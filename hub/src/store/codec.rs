@@ -310,6 +310,8 @@ fn outcome_into(outcome: Outcome) -> pb::Outcome {
             output_tokens_per_s: u.output_tokens_per_s,
             load_ms: u.load_ms,
             cost_micros: u.cost_micros,
+            estimated: u.estimated,
+            stop_reason: u.stop_reason,
         }),
         budget_exceeded: outcome.budget_exceeded,
         verification: outcome.verification.map(report_into),
@@ -380,6 +382,8 @@ fn outcome_from(outcome: pb::Outcome) -> Outcome {
             output_tokens_per_s: u.output_tokens_per_s,
             load_ms: u.load_ms,
             cost_micros: u.cost_micros,
+            estimated: u.estimated,
+            stop_reason: u.stop_reason,
         }),
         budget_exceeded: outcome.budget_exceeded,
         verification: outcome.verification.map(report_from),
@@ -805,6 +809,8 @@ mod tests {
                 output_tokens_per_s: Some(88.5),
                 load_ms: Some(900),
                 cost_micros: Some(0),
+                estimated: true,
+                stop_reason: "length".into(),
             });
         }
         llm.spec.idempotency_key = None;

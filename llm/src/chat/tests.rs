@@ -83,7 +83,7 @@ fn an_ollama_error_after_200_fails_with_its_message_and_a_cut_stream_is_an_error
     let err = ollama(&[body.as_bytes()]).unwrap_err();
     assert_eq!(err.to_string(), "ollama: an error was encountered while running the model: unexpected EOF");
     let cut = &OLLAMA.as_bytes()[..OLLAMA.len() / 2];
-    assert!(matches!(ollama(&[cut]), Err(Error::Protocol(_))));
+    assert!(matches!(ollama(&[cut]), Err(Error::Truncated(_))), "no done: true");
     // Missing timings count as 0, and a last line without a newline still counts.
     let bare = r#"{"model":"m","message":{"role":"assistant","content":"x"},"done":true}"#;
     let deltas = ollama(&[bare.as_bytes()]).unwrap();
@@ -150,7 +150,69 @@ fn an_openai_stream_gives_its_text_and_usage_with_choices_null() {
     let counts = counts(&deltas);
     assert_eq!((counts.input_tokens, counts.cached_input_tokens, counts.output_tokens), (8, 4, 2));
     assert_eq!((counts.model.as_str(), counts.stop_reason.as_str()), ("qwen2.5:7b", "stop"));
-    assert!(matches!(openai(&[b"data: {\"choices\":[]}\n\n"]), Err(Error::Protocol(_))), "no [DONE]");
+    assert!(matches!(openai(&[b"data: {\"choices\":[]}\n\n"]), Err(Error::Truncated(_))), "no [DONE]");
+}
+
+/// llama.cpp's server (llama-cpp-python, default settings) when a second request interrupts a
+/// generation: the chunks so far, then `[DONE]`, and no chunk ever had a `finish_reason`.
+const LLAMA_CPP_INTERRUPTED: &str = "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gemma\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"},\"logprobs\":null,\"finish_reason\":null}]}\r\n\r\n\
+data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gemma\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Once\"},\"logprobs\":null,\"finish_reason\":null}]}\r\n\r\n\
+data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gemma\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" upon\"},\"logprobs\":null,\"finish_reason\":null}]}\r\n\r\n\
+data: [DONE]\r\n\r\n";
+
+#[test]
+fn a_reply_without_its_end_marker_is_truncated_never_whole() {
+    let err = all_splits(LLAMA_CPP_INTERRUPTED.as_bytes(), openai).unwrap_err();
+    assert!(matches!(err, Error::Truncated(_)), "{err:?}");
+    assert_eq!(err.reason(), Some(FailureReason::Truncated));
+    assert!(err.describe().starts_with("truncated: openai: [DONE] came without a finish_reason"), "{}", err.describe());
+    // The same stream with its finish_reason is whole, [DONE] or not.
+    let whole = LLAMA_CPP_INTERRUPTED.replace(
+        "\" upon\"},\"logprobs\":null,\"finish_reason\":null",
+        "\" upon\"},\"logprobs\":null,\"finish_reason\":\"length\"",
+    );
+    let deltas = openai(&[whole.as_bytes()]).unwrap();
+    assert_eq!((text(&deltas).as_str(), counts(&deltas).stop_reason.as_str()), ("Once upon", "length"));
+    let no_done = whole.replace("data: [DONE]\r\n\r\n", "");
+    assert_eq!(counts(&openai(&[no_done.as_bytes()]).unwrap()).stop_reason, "length");
+    // Anthropic: message_stop without a stop_reason, or no message_stop at all.
+    let no_reason = ANTHROPIC.replace("\"stop_reason\":\"end_turn\",", "");
+    assert!(matches!(anthropic(&[no_reason.as_bytes()]), Err(Error::Truncated(_))));
+    let cut = &ANTHROPIC[..ANTHROPIC.find("event: message_stop").unwrap()];
+    assert!(matches!(anthropic(&[cut.as_bytes()]), Err(Error::Truncated(_))));
+}
+
+#[test]
+fn errors_carry_the_reason_an_attempt_records() {
+    let provider = |status: u16, kind: &str, message: &str| Error::Provider {
+        provider: "openai",
+        status: Some(status),
+        kind: kind.into(),
+        message: message.into(),
+        retry_after: None,
+    };
+    let llama = provider(400, "", "Requested tokens (2100) exceed context window of 2048");
+    assert_eq!((llama.reason(), llama.context_window()), (Some(FailureReason::ContextLengthExceeded), Some(2048)));
+    let openai = provider(
+        400,
+        "invalid_request_error",
+        "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens",
+    );
+    assert_eq!((openai.reason(), openai.context_window()), (Some(FailureReason::ContextLengthExceeded), Some(8192)));
+    let code = provider(400, "context_length_exceeded", "too long");
+    assert_eq!((code.reason(), code.context_window()), (Some(FailureReason::ContextLengthExceeded), None));
+    let tools = provider(400, "", "registry.ollama.ai/library/gemma:2b does not support tools");
+    assert_eq!(tools.reason(), Some(FailureReason::ToolsUnsupported));
+    assert!(tools.describe().starts_with("tools_unsupported: openai: "), "{}", tools.describe());
+    assert_eq!(
+        provider(500, "", "does not support tools").reason(),
+        None,
+        "a 5xx is the server's fault, not a refusal"
+    );
+    assert_eq!(provider(429, "rate_limit_error", "slow down").reason(), None);
+    assert_eq!(provider(429, "rate_limit_error", "slow down").describe(), "openai: slow down");
+    assert_eq!(Error::Transport("openai: connection refused".into()).reason(), Some(FailureReason::EndpointDown));
+    assert_eq!(Error::StreamBroken("x".into()).describe(), "stream_broken: x");
 }
 
 #[test]

@@ -59,6 +59,7 @@ fn an_openai_request_sends_arguments_as_a_string_and_answers_by_call_id() {
     let body = conversation().body(Provider::OpenAi);
     assert_eq!(body["stream"], false);
     assert_eq!(body["tools"][0]["type"], "function");
+    assert_eq!(body["tool_choice"], "auto", "llama.cpp's server takes a missing tool_choice as none");
     let messages = body["messages"].as_array().unwrap();
     assert_eq!(messages[0], json!({"role": "system", "content": "be brief"}));
     assert_eq!(

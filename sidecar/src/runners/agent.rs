@@ -7,6 +7,12 @@
 //! The loop ends when the model answers without calling a tool, and is bounded by its turns,
 //! the task's token and cost budgets and its time. Each tool call is an [`AgentStep`] that
 //! streams to the hub as it happens; the model's text is the task's output.
+//!
+//! The loop keeps to the model's context window ([`context`]): learned from the server where it
+//! says (llama.cpp's `/props`, vLLM's `max_model_len`, Ollama's `/api/show`), or from an error
+//! that names it; each turn asks for no more output than the window leaves, old tool results are
+//! trimmed before the conversation would outgrow it, and a `context_length_exceeded` answer is
+//! met by one trimmed retry of the turn.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,8 +23,9 @@ use agentcom_types::domain::{AgentStep, Exit, MAX_STEPS, Outcome, Stream, Usage,
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Assignment, Runner, Running, Sink, failed_to_start, shell, tools};
-use crate::{contain, reports};
+use super::{Assignment, Runner, Running, Sink, context, failed_to_start, shell, tools};
+use crate::contain;
+use crate::reports::{self, InFlight};
 use agentcom_llm::Endpoint;
 
 /// Turns (model replies) an attempt may take.
@@ -37,6 +44,8 @@ pub struct AgentLoopRunner {
     /// The providers and their keys (keys go in request headers only).
     pub providers: reports::Settings,
     pub inventory: watch::Receiver<Option<Vec<Endpoint>>>,
+    /// Requests in flight to each endpoint, shared with the model reporter.
+    pub in_flight: InFlight,
     pub client: reqwest::Client,
 }
 
@@ -52,6 +61,7 @@ impl Runner for AgentLoopRunner {
     fn run(&self, assignment: Assignment, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
         let (settings, providers) = (self.settings.clone(), self.providers.clone());
         let (mut inventory, client) = (self.inventory.clone(), self.client.clone());
+        let in_flight = self.in_flight.clone();
         Box::pin(async move {
             let Work::Agent(work) = &assignment.spec.work else {
                 return failed_to_start(format!("{} work is not agent work", assignment.spec.work.capability()));
@@ -75,6 +85,12 @@ impl Runner for AgentLoopRunner {
                 Err(why) => return failed_to_start(format!("the agent loop has no model: {why}")),
             };
             let target = super::llm::target(&providers, &choice);
+            let configured =
+                providers.openai.as_ref().filter(|o| o.base_url == choice.target_url).and_then(|o| o.context);
+            let mut window = match configured {
+                Some(tokens) => Some(tokens),
+                None => context::window_of(&client, &target, &choice.model, &choice.target_url, &in_flight).await,
+            };
             let limits = &assignment.spec.limits;
             let deadline = limits.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
             let workspace = tools::Workspace {
@@ -108,6 +124,7 @@ impl Runner for AgentLoopRunner {
             let started = Instant::now();
             let trace = assignment.trace.as_ref();
             let (mut error, mut budget_exceeded) = (None, false);
+            let mut retried_trimmed = false;
             sink.started(0); // No process: the hub only needs to know the attempt began.
             transcript.line(&format!("[agent] started ({} on {})", choice.model, choice.endpoint_id));
             for turn in 0.. {
@@ -119,6 +136,13 @@ impl Runner for AgentLoopRunner {
                     budget_exceeded = true;
                     break;
                 }
+                if let Some(window) = window {
+                    let trimmed = context::fit(&mut conversation, window, TURN_MAX_TOKENS);
+                    if trimmed > 0 {
+                        transcript
+                            .line(&format!("[agent] trimmed {trimmed} earlier tool results to fit {window} tokens"));
+                    }
+                }
                 let reply = match deadline {
                     Some(at) if at <= Instant::now() => {
                         error = Some(format!("timed out after {} ms", started.elapsed().as_millis()));
@@ -126,22 +150,35 @@ impl Runner for AgentLoopRunner {
                     }
                     _ => {
                         let span = crate::spans::llm_call(trace, choice.provider.as_str(), &conversation.model);
+                        let asking = in_flight.enter(&choice.target_url);
                         let asked = ask(&client, &target, &conversation, deadline, sink.as_ref());
                         let reply = tokio::select! {
                             reply = asked => reply,
-                            _ = cancel.cancelled() => Err("cancelled".to_owned()),
+                            _ = cancel.cancelled() => Err(Failed::Said("cancelled".to_owned())),
                         };
+                        drop(asking);
                         match &reply {
                             Ok(r) => crate::spans::llm_answered(span, &r.model, r.input_tokens, r.output_tokens, None),
-                            Err(why) => crate::spans::llm_answered(span, "", 0, 0, Some(why)),
+                            Err(failed) => crate::spans::llm_answered(span, "", 0, 0, Some(&failed.describe())),
                         }
                         reply
                     }
                 };
                 let reply = match reply {
                     Ok(reply) => reply,
-                    Err(why) => {
-                        error = Some(why);
+                    // Too long for the model: learn its window and try the turn once more, trimmed.
+                    Err(Failed::Provider(err))
+                        if err.reason() == Some(chat::FailureReason::ContextLengthExceeded) && !retried_trimmed =>
+                    {
+                        retried_trimmed = true;
+                        let asked = context::estimate(&conversation) + u64::from(conversation.max_tokens);
+                        let learned = err.context_window().unwrap_or(asked * 3 / 4);
+                        window = Some(window.map_or(learned, |w| w.min(learned)));
+                        transcript.line(&format!("[agent] {err}; trimming to {learned} tokens and asking again"));
+                        continue;
+                    }
+                    Err(failed) => {
+                        error = Some(failed.describe());
                         break;
                     }
                 };
@@ -207,6 +244,24 @@ impl Runner for AgentLoopRunner {
     }
 }
 
+/// Why a turn got no reply.
+enum Failed {
+    /// The provider or the link to it: the error says which reason it is.
+    Provider(chat::Error),
+    /// Out of time, or cancelled: said in words.
+    Said(String),
+}
+
+impl Failed {
+    /// As the attempt records it (`REASON: detail` where the error has a reason).
+    fn describe(&self) -> String {
+        match self {
+            Failed::Provider(err) => err.describe(),
+            Failed::Said(why) => why.clone(),
+        }
+    }
+}
+
 /// One turn, retried while the provider is busy (429, 529, a full queue), within the deadline.
 async fn ask(
     client: &reqwest::Client,
@@ -214,7 +269,7 @@ async fn ask(
     conversation: &Conversation,
     deadline: Option<Instant>,
     sink: &dyn Sink,
-) -> Result<agentcom_llm::tools::Reply, String> {
+) -> Result<agentcom_llm::tools::Reply, Failed> {
     let mut retries = 0;
     loop {
         let timeout = deadline.map_or(TURN_TIMEOUT, |at| at.saturating_duration_since(Instant::now()));
@@ -229,15 +284,15 @@ async fn ask(
                 retries += 1;
                 let pause = super::llm::retry_pause(&err, retries);
                 if deadline.is_some_and(|at| Instant::now() + pause >= at) {
-                    return Err(err.to_string());
+                    return Err(Failed::Provider(err));
                 }
                 sink.progress(true, &format!("{err}; retrying in {} ms", pause.as_millis()));
                 tokio::time::sleep(pause).await;
             }
             Err(chat::Error::Transport(why)) if why.contains("timed out") || timeout.is_zero() => {
-                return Err(format!("timed out: {why}"));
+                return Err(Failed::Said(format!("timed out: {why}")));
             }
-            Err(err) => return Err(err.to_string()),
+            Err(err) => return Err(Failed::Provider(err)),
         }
     }
 }

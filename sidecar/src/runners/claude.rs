@@ -170,6 +170,8 @@ impl Transcript {
             output_tokens_per_s: None,
             load_ms: None,
             cost_micros: result.and_then(|r| r["total_cost_usd"].as_f64()).map(|usd| (usd * 1e6).round() as u64),
+            estimated: false,
+            stop_reason: result.and_then(|r| r["subtype"].as_str()).unwrap_or_default().to_owned(),
         });
         if ran.error.is_none() && !ran.timed_out {
             match result {

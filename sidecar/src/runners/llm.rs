@@ -12,19 +12,27 @@
 //! [`COALESCE`]. Cancel and timeout drop the request, which closes the connection upstream.
 //! Transient provider errors (429, 500, 503, 529) before any text are retried with jittered
 //! backoff, honouring `retry-after`, within the task's timeout.
+//!
+//! A reply is whole only when it ends with its API's end marker; one cut short fails the attempt
+//! as `truncated`, a connection broken mid-reply as `stream_broken`, an endpoint down before the
+//! work began as `endpoint_down` (each keeping the text so far, and retried by the hub). Usage is
+//! the server's count when it sends one, else this sidecar's, marked `estimated`: the server's
+//! tokenizer for the input where it has one (counted only while nothing else is in flight
+//! there, since llama.cpp's server interrupts a generation for any request), and the streamed
+//! pieces for the output.
 
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agentcom_llm::chat::{self, Provider};
+use agentcom_llm::chat::{self, FailureReason, Provider};
 use agentcom_types::domain::{Exit, LlmWork, Outcome, Stream, TokenPrice, Usage, Work};
 use agentcom_types::fleet::{Endpoint, EndpointKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Assignment, Runner, Running, Sink, failed_to_start};
-use crate::reports;
+use crate::reports::{self, InFlight};
 
 /// Longest a piece of text waits to be sent with the next.
 pub const COALESCE: Duration = Duration::from_millis(10);
@@ -36,12 +44,18 @@ pub struct LlmRunner {
     settings: reports::Settings,
     /// The latest inventory: this sidecar's endpoints and their models.
     inventory: watch::Receiver<Option<Vec<Endpoint>>>,
+    /// Requests in flight to each endpoint, shared with the model reporter.
+    in_flight: InFlight,
     client: reqwest::Client,
 }
 
 impl LlmRunner {
-    pub fn new(settings: reports::Settings, inventory: watch::Receiver<Option<Vec<Endpoint>>>) -> LlmRunner {
-        LlmRunner { settings, inventory, client: chat::client() }
+    pub fn new(
+        settings: reports::Settings,
+        inventory: watch::Receiver<Option<Vec<Endpoint>>>,
+        in_flight: InFlight,
+    ) -> LlmRunner {
+        LlmRunner { settings, inventory, in_flight, client: chat::client() }
     }
 
     /// Whether this sidecar has any provider configured (otherwise it takes no LLM work).
@@ -88,10 +102,14 @@ pub(super) fn choose(inventory: &[Endpoint], wanted: &str) -> Result<Choice, Str
                 .find_map(|e| e.models.first().map(|m| choice(e, &m.name, !m.loaded)))
         };
         let cloud = || healthy().find_map(|e| e.models.first().map(|m| choice(e, &m.name, false)));
-        return warm
-            .or_else(local)
-            .or_else(cloud)
-            .ok_or_else(|| "no model given, and this sidecar's endpoints offer none (give work.llm.model)".to_owned());
+        let none = || {
+            let why = "no model given, and this sidecar's endpoints offer none (give work.llm.model)";
+            match inventory.iter().find(|e| !e.healthy && !e.models.is_empty()) {
+                Some(down) => FailureReason::EndpointDown.error(format!("{why}: {} is down", down.url)),
+                None => why.to_owned(),
+            }
+        };
+        return warm.or_else(local).or_else(cloud).ok_or_else(none);
     }
     let mut with_model: Vec<(&Endpoint, bool)> =
         healthy().filter_map(|e| e.models.iter().find(|m| m.name == wanted).map(|m| (e, m.loaded))).collect();
@@ -106,6 +124,9 @@ pub(super) fn choose(inventory: &[Endpoint], wanted: &str) -> Result<Choice, Str
     {
         return Ok(choice(anthropic, wanted, false));
     }
+    // The model is where the hub saw it, but that endpoint is down now: the work may run when it
+    // is back, or elsewhere.
+    let down = inventory.iter().any(|e| !e.healthy && e.models.iter().any(|m| m.name == wanted));
     let offered: Vec<String> = inventory
         .iter()
         .map(|e| {
@@ -119,7 +140,8 @@ pub(super) fn choose(inventory: &[Endpoint], wanted: &str) -> Result<Choice, Str
             )
         })
         .collect();
-    Err(format!("model {wanted} is on none of this sidecar's healthy endpoints ({})", offered.join("; ")))
+    let why = format!("model {wanted} is on none of this sidecar's healthy endpoints ({})", offered.join("; "));
+    Err(if down { FailureReason::EndpointDown.error(why) } else { why })
 }
 
 impl Runner for LlmRunner {
@@ -143,6 +165,7 @@ impl Runner for LlmRunner {
 
     fn run(&self, assignment: Assignment, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
         let (settings, mut inventory, client) = (self.settings.clone(), self.inventory.clone(), self.client.clone());
+        let in_flight = self.in_flight.clone();
         Box::pin(async move {
             let Work::Llm(work) = &assignment.spec.work else {
                 return failed_to_start(format!("{} work is not LLM work", assignment.spec.work.capability()));
@@ -182,7 +205,7 @@ impl Runner for LlmRunner {
             let timeout = limits.timeout_ms.map(Duration::from_millis);
             let cap = usize::try_from(limits.max_output_bytes).unwrap_or(usize::MAX);
             let span = crate::spans::llm_call(assignment.trace.as_ref(), target.provider.as_str(), &choice.model);
-            let attempt = attempt(&client, &target, &request, &choice, sink, cap, budget);
+            let attempt = attempt(&client, &target, &request, &choice, &in_flight, sink, cap, budget);
             let outcome = tokio::select! {
                 outcome = run_within(timeout, attempt) => outcome,
                 _ = cancel.cancelled() => Outcome { error: Some("cancelled".into()), ..Outcome::empty() },
@@ -299,14 +322,20 @@ struct Text {
     output_tokens: u64,
     /// The provider's input count when the budget was reached.
     input_tokens: Option<u64>,
+    /// Pieces of text streamed: about a token each from a server that streams token by token.
+    pieces: u64,
+    first_at: Option<Instant>,
+    last_at: Option<Instant>,
 }
 
 /// One request, retried while the provider says it is busy and nothing was streamed yet.
+#[allow(clippy::too_many_arguments)] // One attempt's inputs, each distinct; a struct would only rename them.
 async fn attempt(
     client: &reqwest::Client,
     target: &chat::Target,
     request: &chat::Request,
     choice: &Choice,
+    in_flight: &InFlight,
     sink: Arc<dyn Sink>,
     cap: usize,
     budget: Budget,
@@ -341,6 +370,10 @@ async fn attempt(
             t.kept.extend_from_slice(keep);
             t.unsent.extend_from_slice(keep);
             t.output_tokens += estimate_output(piece);
+            t.pieces += 1;
+            let now = Instant::now();
+            t.first_at.get_or_insert(now);
+            t.last_at = Some(now);
             t.input_tokens = input;
             let reached = budget.reached(input, t.output_tokens);
             drop(t);
@@ -352,7 +385,10 @@ async fn attempt(
             }
             if reached { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
         };
-        match chat::stream(client, target, request, on_text).await {
+        let streaming = in_flight.enter(&choice.target_url);
+        let result = chat::stream(client, target, request, on_text).await;
+        drop(streaming);
+        match result {
             Err(err) if err.is_transient() && retries < MAX_RETRIES && !text.lock().expect("lock").sent_any => {
                 retries += 1;
                 let pause = retry_pause(&err, retries);
@@ -366,58 +402,97 @@ async fn attempt(
     flusher.abort();
     flush(&text, sink.as_ref());
     let mut text = std::mem::take(&mut *text.lock().expect("text lock poisoned"));
-    let duration_ms = started.elapsed().as_millis() as u64;
     let stdout = std::mem::take(&mut text.kept);
-    match result {
-        Ok(finished) => {
-            let counts = &finished.counts;
-            let generating = finished.elapsed.saturating_sub(finished.ttft.unwrap_or_default());
-            let per_s = match counts.eval_ns {
-                Some(ns) if ns > 0 => Some(counts.output_tokens as f64 * 1e9 / ns as f64),
-                _ if !generating.is_zero() && counts.output_tokens > 0 => {
-                    Some(counts.output_tokens as f64 / generating.as_secs_f64())
-                }
-                _ => None,
-            };
-            // Stopped at the budget, the provider's counts end early: the estimates fill in.
-            let (input_tokens, output_tokens) = if finished.stopped {
-                let input = text.input_tokens.map_or(budget.input_estimate, |_| counts.input_tokens);
-                (input, counts.output_tokens.max(text.output_tokens))
-            } else {
-                (counts.input_tokens, counts.output_tokens)
-            };
-            let usage = Usage {
-                provider: target.provider.as_str().to_owned(),
-                endpoint_id: choice.endpoint_id.clone(),
-                model: if counts.model.is_empty() { choice.model.clone() } else { counts.model.clone() },
-                input_tokens,
-                output_tokens,
-                cached_input_tokens: counts.cached_input_tokens,
-                cache_write_tokens: counts.cache_write_tokens,
-                ttft_ms: finished.ttft.map(|t| t.as_millis() as u64),
-                output_tokens_per_s: per_s,
-                load_ms: counts.load_ns.map(|ns| ns / 1_000_000),
-                cost_micros: None,
-            };
-            Outcome {
-                // Stopped at the budget, the work did not end by itself.
-                exit: if finished.stopped { Exit::Unknown } else { Exit::Code(0) },
-                duration_ms,
-                stdout,
-                stdout_total_bytes: text.total,
-                usage: Some(usage),
-                budget_exceeded: finished.stopped,
-                ..Outcome::empty()
-            }
-        }
-        Err(err) => Outcome {
-            duration_ms,
-            stdout,
-            stdout_total_bytes: text.total,
-            error: Some(err.to_string()),
-            ..Outcome::empty()
-        },
+    let (finished, error) = match result {
+        Ok(finished) => (Some(finished), None),
+        Err(err) => (None, Some(err)),
+    };
+    let counts = finished.as_ref().map(|f| f.counts.clone()).unwrap_or_default();
+    let stopped = finished.as_ref().is_some_and(|f| f.stopped);
+    // Stopped at the budget, the provider's counts end early: the estimates fill in.
+    let (mut input_tokens, mut output_tokens) = if stopped {
+        let input = text.input_tokens.map_or(budget.input_estimate, |_| counts.input_tokens);
+        (input, counts.output_tokens.max(text.output_tokens))
+    } else {
+        (counts.input_tokens, counts.output_tokens)
+    };
+    // A server that counts nothing (llama.cpp's ignores `include_usage`), or a reply that never
+    // reached its counts: this sidecar counts.
+    let estimated = input_tokens == 0 && output_tokens == 0 && (text.pieces > 0 || error.is_none());
+    if estimated {
+        output_tokens = text.pieces;
+        input_tokens = count_input(client, target, request, &choice.target_url, in_flight).await;
     }
+    let ttft = finished.as_ref().and_then(|f| f.ttft).or(text.first_at.map(|at| at.duration_since(started)));
+    let generating = match &finished {
+        Some(f) => f.elapsed.saturating_sub(f.ttft.unwrap_or_default()),
+        None => text.last_at.zip(text.first_at).map(|(last, first)| last.duration_since(first)).unwrap_or_default(),
+    };
+    let per_s = match counts.eval_ns {
+        Some(ns) if ns > 0 && !estimated => Some(counts.output_tokens as f64 * 1e9 / ns as f64),
+        _ if !generating.is_zero() && output_tokens > 0 => Some(output_tokens as f64 / generating.as_secs_f64()),
+        _ => None,
+    };
+    let usage = Usage {
+        provider: target.provider.as_str().to_owned(),
+        endpoint_id: choice.endpoint_id.clone(),
+        model: if counts.model.is_empty() { choice.model.clone() } else { counts.model.clone() },
+        input_tokens,
+        output_tokens,
+        cached_input_tokens: counts.cached_input_tokens,
+        cache_write_tokens: counts.cache_write_tokens,
+        ttft_ms: ttft.map(|t| t.as_millis() as u64),
+        output_tokens_per_s: per_s,
+        load_ms: counts.load_ns.map(|ns| ns / 1_000_000),
+        cost_micros: None,
+        estimated,
+        stop_reason: counts.stop_reason.clone(),
+    };
+    let duration_ms = started.elapsed().as_millis() as u64;
+    // Nothing was asked of the server (it was down before the work began): no usage.
+    let usage =
+        (finished.is_some() || text.pieces > 0 || !matches!(error, Some(chat::Error::Transport(_)))).then_some(usage);
+    Outcome {
+        // Stopped at the budget, the work did not end by itself.
+        exit: if finished.is_some() && !stopped { Exit::Code(0) } else { Exit::Unknown },
+        duration_ms,
+        stdout,
+        stdout_total_bytes: text.total,
+        usage,
+        budget_exceeded: stopped,
+        error: error.map(|err| err.describe()),
+        ..Outcome::empty()
+    }
+}
+
+/// Input tokens of `request`, counted by the server's tokenizer when it has one and nothing else
+/// is in flight there (a count is a request, and llama.cpp's server interrupts a generation for
+/// any), else estimated from its characters. Chat templates wrap each message in a few tokens
+/// (a role line and an end marker: five for ChatML, Gemma and Llama 3) and prime the reply with
+/// about three more.
+async fn count_input(
+    client: &reqwest::Client,
+    target: &chat::Target,
+    request: &chat::Request,
+    url: &str,
+    in_flight: &InFlight,
+) -> u64 {
+    let messages = request.messages.len() as u64 + u64::from(!request.system.is_empty());
+    let framing = 5 * messages + 3;
+    let mut contents: Vec<&str> = Vec::new();
+    if !request.system.is_empty() {
+        contents.push(&request.system);
+    }
+    contents.extend(request.messages.iter().map(|m| m.content.as_str()));
+    let text = contents.join("\n");
+    if target.provider == Provider::OpenAi && in_flight.count(url) == 0 {
+        let _counting = in_flight.enter(url);
+        let key = target.api_key.as_deref();
+        if let Some(count) = agentcom_llm::count_tokens(client, &target.base_url, key, &request.model, &text).await {
+            return count + framing;
+        }
+    }
+    estimate_input(request) + framing
 }
 
 fn flush(text: &Mutex<Text>, sink: &dyn Sink) {

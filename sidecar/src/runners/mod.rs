@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod claude;
+pub mod context;
 pub mod llm;
 pub mod shell;
 pub mod tools;
@@ -192,6 +193,7 @@ impl Runners {
             let (mut rounds, mut used) = (Vec::new(), Used::default());
             let (mut shift, mut transcripts) = ((0u64, 0u64), (Vec::new(), Vec::new()));
             let mut steps = Vec::new();
+            let mut feedback: Option<String> = None;
             let limits = assignment.spec.limits.clone();
             let started = std::time::Instant::now();
             let mut outcome = loop {
@@ -220,7 +222,12 @@ impl Runners {
                         Some(verifier) => {
                             sink.verifying();
                             let span = crate::spans::child(assignment.trace.as_ref(), "verify");
-                            let report = verifier.check(&job, &outcome.stdout, &cancel).await;
+                            // A reply that repeats the feedback it was given does not pass by it.
+                            let checked = match &feedback {
+                                Some(feedback) => crate::verify::without_echo(&outcome.stdout, feedback),
+                                None => outcome.stdout.clone(),
+                            };
+                            let report = verifier.check(&job, &checked, &cancel).await;
                             if let Some(mut span) = span {
                                 span.set("agentcom.verification.verdict", report.verdict.as_str());
                                 span.set("agentcom.verification.steps", report.steps.len() as i64);
@@ -256,7 +263,7 @@ impl Runners {
                 match (&mut assignment.spec.work, &outcome.verification) {
                     (Work::Agent(work), Some(report)) => work.goal = fix_goal(&goal, report, number),
                     (Work::Llm(work), Some(report)) => {
-                        fix_reply(work, &outcome.stdout, report);
+                        feedback = Some(fix_reply(work, &outcome.stdout, report));
                         // Between the replies, a note on stderr says why it is asked again.
                         let failed: Vec<String> = report
                             .steps
@@ -274,9 +281,7 @@ impl Runners {
                 }
             };
             if in_rounds {
-                if let Some(usage) = &mut outcome.usage {
-                    used.write_to(usage);
-                }
+                used.write_to(&mut outcome.usage);
                 outcome.rounds = rounds;
                 if !agent {
                     (outcome.stderr_total_bytes, outcome.stderr) = (shift.1, std::mem::take(&mut transcripts.1));
@@ -336,6 +341,9 @@ impl Sink for Shifted {
 /// Tokens and cost of every round of agent work together.
 #[derive(Default)]
 struct Used {
+    /// The usage of the latest round that had one: provider, endpoint and model.
+    last: Option<agentcom_types::domain::Usage>,
+    estimated: bool,
     input: u64,
     output: u64,
     cached: u64,
@@ -355,6 +363,8 @@ impl Used {
 
     fn add(&mut self, outcome: &Outcome) {
         let Some(usage) = &outcome.usage else { return };
+        self.last = Some(usage.clone());
+        self.estimated |= usage.estimated;
         self.input += usage.input_tokens;
         self.output += usage.output_tokens;
         self.cached += usage.cached_input_tokens;
@@ -364,7 +374,14 @@ impl Used {
         }
     }
 
-    fn write_to(self, usage: &mut agentcom_types::domain::Usage) {
+    /// Every round's usage summed into the outcome's, which a last round that never reached
+    /// its model (an endpoint down) lacks: the latest round's then stands for it.
+    fn write_to(self, usage: &mut Option<agentcom_types::domain::Usage>) {
+        if usage.is_none() {
+            usage.clone_from(&self.last);
+        }
+        let Some(usage) = usage else { return };
+        usage.estimated |= self.estimated;
         usage.input_tokens = self.input;
         usage.output_tokens = self.output;
         usage.cached_input_tokens = self.cached;
@@ -414,22 +431,22 @@ fn failed_steps(report: &agentcom_types::domain::VerificationReport) -> String {
 
 /// LLM work's next round: the conversation so far, the reply that failed, and what failed with
 /// its evidence, asking for a reply that passes.
+/// Returns the feedback it asked with, whose echo the next round's checks ignore.
 fn fix_reply(
     work: &mut agentcom_types::domain::LlmWork,
     reply: &[u8],
     report: &agentcom_types::domain::VerificationReport,
-) {
+) -> String {
     use agentcom_types::domain::{ChatMessage, ChatRole};
     work.messages = work.turns();
     work.prompt.clear();
     work.messages.push(ChatMessage { role: ChatRole::Assistant, content: String::from_utf8_lossy(reply).into_owned() });
     let failed = failed_steps(report);
-    work.messages.push(ChatMessage {
-        role: ChatRole::User,
-        content: format!(
-            "Your reply did not pass its checks. Answer again, in full, so that it passes.\n\nWhat failed:\n{failed}"
-        ),
-    });
+    let feedback = format!(
+        "Your reply did not pass its checks. Answer again, in full, so that it passes.\n\nWhat failed:\n{failed}"
+    );
+    work.messages.push(ChatMessage { role: ChatRole::User, content: feedback.clone() });
+    feedback
 }
 
 /// Points work at its workspace: shell work's `cwd`, if it names one, is taken inside it (and

@@ -20,9 +20,11 @@ pub fn now_ms() -> UnixMs {
 
 /// Validation limits for submitted tasks. Generous for real work, small enough that one request
 /// cannot exhaust the hub.
+mod reason;
 mod trace;
 mod validate;
 
+pub use self::reason::FailureReason;
 pub use self::trace::{InvalidTraceParent, TaskTrace, TraceParent};
 pub use self::validate::loopback_url;
 
@@ -719,6 +721,11 @@ pub struct Usage {
     pub load_ms: Option<u64>,
     /// What the attempt cost in millionths of a dollar, from the hub's price table.
     pub cost_micros: Option<u64>,
+    /// The token counts are the sidecar's (a tokenizer endpoint, or the streamed pieces), not
+    /// the server's: it sent none.
+    pub estimated: bool,
+    /// Why generation ended, in the API's words (`stop`, `length`, `end_turn`, `tool_calls`).
+    pub stop_reason: String,
 }
 
 /// What a model's tokens cost, in dollars per million tokens, which is millionths of a dollar per

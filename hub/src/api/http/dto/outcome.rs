@@ -124,6 +124,8 @@ pub struct UsageDto {
     pub output_tokens_per_s: Option<f64>,
     pub load_ms: Option<u64>,
     pub cost_micros: Option<u64>,
+    pub estimated: bool,
+    pub stop_reason: String,
 }
 
 impl From<&Usage> for UsageDto {
@@ -140,6 +142,8 @@ impl From<&Usage> for UsageDto {
             output_tokens_per_s: u.output_tokens_per_s,
             load_ms: u.load_ms,
             cost_micros: u.cost_micros,
+            estimated: u.estimated,
+            stop_reason: u.stop_reason.clone(),
         }
     }
 }

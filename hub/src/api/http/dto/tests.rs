@@ -98,6 +98,8 @@ fn full_task() -> Task {
             output_tokens_per_s: Some(20.0),
             load_ms: Some(900),
             cost_micros: Some(0),
+            estimated: false,
+            stop_reason: "stop".into(),
         }),
         budget_exceeded: false,
         verification: Some(crate::domain::VerificationReport {
