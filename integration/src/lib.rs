@@ -12,6 +12,7 @@
 
 pub mod browser;
 pub mod chat_doubles;
+pub mod llama;
 pub mod ollama;
 pub mod otlp;
 pub mod process;

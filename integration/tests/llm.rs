@@ -250,7 +250,7 @@ async fn openai_compatible_work_streams_with_usage_and_a_dropped_stream_fails() 
         (Some("openai"), Some(25), Some(10)),
         "{usage}"
     );
-    assert!(usage["cost_micros"].is_null(), "a model the table does not price has no cost: {usage}");
+    assert_eq!(usage["cost_micros"], 0, "a local server the table does not price costs nothing: {usage}");
     let (headers, body) = &double.requests()[0];
     assert_eq!(headers["authorization"], "Bearer sk-test");
     assert_eq!(body["stream_options"], json!({ "include_usage": true }));
@@ -262,8 +262,10 @@ async fn openai_compatible_work_streams_with_usage_and_a_dropped_stream_fails() 
         .submit(json!({ "llm": { "prompt": "hi", "model": "qwen2.5:7b" }, "limits": { "max_attempts": 1 } }))
         .await;
     let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
-    assert_eq!(done["state"], "failed", "{done}");
-    assert!(done["state_reason"].as_str().unwrap().contains("before [DONE]"), "{done}");
+    // Cut short: truncated, retried by its policy (one attempt), never succeeded.
+    assert_eq!(done["state"], "dead_lettered", "{done}");
+    let reason = done["state_reason"].as_str().unwrap();
+    assert!(reason.starts_with("truncated: ") && reason.contains("before [DONE]"), "{done}");
     mesh.stop().await;
 }
 

@@ -720,7 +720,7 @@ impl State {
     pub(super) fn endpoint_listing(&self) -> Vec<(Endpoint, Option<u32>)> {
         let learned = |e: &Endpoint| if e.parallel == 0 { self.learned.parallel(&e.id) } else { None };
         let listed = |e: &Endpoint| match &e.owner {
-            crate::fleet::Owner::Sidecar(id) if !self.sidecars.contains_key(id) => Endpoint {
+            crate::fleet::Owner::Sidecar(id) if self.sidecars.get(id).is_none_or(|s| s.outbox.is_none()) => Endpoint {
                 healthy: false,
                 error: Some(format!("unreachable: its sidecar {id} is offline")),
                 ..e.clone()
