@@ -332,3 +332,19 @@ async fn quic_and_tcp_carry_a_task_whole_through_an_impaired_relay_and_quic_foll
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+#[test]
+fn an_id_beside_a_join_token_is_refused_before_the_token_is_spent() {
+    // No hub at all: the refusal comes before any enrolment is tried.
+    let state = tempfile::tempdir().unwrap();
+    let output = Command::new(binary("agentcom-sidecar"))
+        .args(["run", "--hub", "https://127.0.0.1:9", "--join", "acj_abc_def_0123456789abcdef0123456789abcdef"])
+        .args(["--id", "mine", "--no-ollama-discovery", "--state-dir"])
+        .arg(state.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("--id mine cannot be used with a join token"), "{stderr}");
+    assert!(!state.path().join("identity").exists(), "nothing was written");
+}
