@@ -323,6 +323,11 @@ async fn the_registry_survives_a_hub_restart_and_the_hub_probes_only_allowlisted
             .map(|e| {
                 let mut e = e.clone();
                 e["checked_unix_ms"] = json!(0);
+                // Until its sidecar is back, a sidecar's endpoint is listed unreachable.
+                if e["owner"]["by"] == "sidecar" {
+                    e["healthy"] = json!(null);
+                    e["error"] = json!(null);
+                }
                 e
             })
             .collect()
