@@ -350,6 +350,83 @@ fn an_explanation_lists_every_candidate_with_its_verdict_the_winner_first() {
     assert_eq!(summarize(&waiting), "waits: no open sidecar runs this kind of work (and matches its tags and host)");
 }
 
+/// An OpenAI-compatible server on the sidecar's own machine (llama.cpp's, vLLM).
+fn local_openai(sidecar: &str, model: &str, loaded: bool) -> Endpoint {
+    let url = format!("http://127.0.0.1:8080/{sidecar}/v1");
+    let mut e = Endpoint::new(Owner::Sidecar(sidecar.into()), url, EndpointKind::Openai);
+    e.healthy = true;
+    e.models = vec![Model { loaded, ..Model::named(model) }];
+    e
+}
+
+#[test]
+fn explains_headline_says_warm_or_cold_as_its_table_does() {
+    // A model known by name only has no size: nothing to load, yet it is not known warm.
+    let mut idle = IdleIndex::default();
+    idle.insert("s", "s/0");
+    let fleet =
+        Fleet { idle, can: vec![("s", "llm")], endpoints: vec![local_openai("s", "m", false)], ..Fleet::default() };
+    let explained = explain(&llm_task("m"), &fleet, 0);
+    assert!(!explained.candidates[0].warm);
+    assert!(summarize(&explained).contains("(m cold)"), "{}", summarize(&explained));
+}
+
+#[test]
+fn a_local_openai_server_takes_no_more_than_its_parallelism_and_the_rest_waits_busy() {
+    let mut idle = IdleIndex::default();
+    idle.insert("s", "s/0");
+    idle.insert("s", "s/1");
+    let endpoint = local_openai("s", "m", true);
+    let id = endpoint.id.clone();
+    let mut fleet = Fleet { idle, can: vec![("s", "llm")], endpoints: vec![endpoint], ..Fleet::default() };
+    assert_eq!(placed_on(&place(&llm_task("m"), &fleet, 0)), "s");
+    // One in flight: llama.cpp's server would interrupt it for a second.
+    fleet.in_flight.insert(id.clone(), 1);
+    assert_eq!(place(&llm_task("m"), &fleet, 0), Decision::Wait(Wait::AllBusy));
+    let explained = explain(&llm_task("m"), &fleet, 0);
+    assert_eq!(explained.candidates[0].verdict, Verdict::Busy);
+    // Configured to run two at once, it takes the second.
+    fleet.endpoints[0].parallel = 2;
+    assert_eq!(placed_on(&place(&llm_task("m"), &fleet, 0)), "s");
+    // Ollama queues requests itself: it takes more, its estimate counting the wait.
+    let mut ollama_fleet = warm_and_cold();
+    let warm_id = ollama_fleet.endpoints[1].id.clone();
+    ollama_fleet.in_flight.insert(warm_id.clone(), 1);
+    assert!(matches!(place(&llm_task("m"), &ollama_fleet, 0), Decision::Place { .. }));
+    // Until it is seen cutting a reply short beside another: then one at a time there too.
+    ollama_fleet.learned.observe_truncation(&warm_id, 1);
+    ollama_fleet.endpoints.remove(0);
+    assert_eq!(place(&llm_task("m"), &ollama_fleet, 0), Decision::Wait(Wait::AllBusy));
+}
+
+#[test]
+fn agent_work_that_names_a_model_goes_where_the_model_is() {
+    let mut idle = IdleIndex::default();
+    idle.insert("with", "with/0");
+    idle.insert("without", "without/0");
+    idle.insert("without", "without/1");
+    let fleet = Fleet {
+        idle,
+        can: vec![("with", "agent"), ("with", "llm"), ("without", "agent"), ("without", "llm")],
+        endpoints: vec![ollama("with", "m", true, 1), ollama("without", "other", true, 1)],
+        open_any: true,
+        ..Fleet::default()
+    };
+    let mut task = shell_task();
+    task.spec.work = Work::Agent(crate::domain::AgentWork {
+        goal: "fix it".into(),
+        repository: String::new(),
+        branch: String::new(),
+        fix_rounds: None,
+    });
+    // Naming none, it goes where the most agents are idle.
+    assert_eq!(placed_on(&place(&task, &fleet, 0)), "without");
+    task.spec.placement.model = "m".into();
+    assert_eq!(placed_on(&place(&task, &fleet, 0)), "with");
+    task.spec.placement.model = "nowhere".into();
+    assert_eq!(place(&task, &fleet, 0), Decision::Wait(Wait::ModelNowhere));
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;

@@ -125,6 +125,9 @@ impl Runner for AgentLoopRunner {
             let trace = assignment.trace.as_ref();
             let (mut error, mut budget_exceeded) = (None, false);
             let mut retried_trimmed = false;
+            // The server's count of a turn's input over the estimate of it.
+            let mut counted_scale = 1.0;
+            let mut asked_estimate = 0;
             sink.started(0); // No process: the hub only needs to know the attempt began.
             transcript.line(&format!("[agent] started ({} on {})", choice.model, choice.endpoint_id));
             for turn in 0.. {
@@ -137,7 +140,7 @@ impl Runner for AgentLoopRunner {
                     break;
                 }
                 if let Some(window) = window {
-                    let trimmed = context::fit(&mut conversation, window, TURN_MAX_TOKENS);
+                    let trimmed = context::fit(&mut conversation, window, TURN_MAX_TOKENS, counted_scale);
                     if trimmed > 0 {
                         transcript
                             .line(&format!("[agent] trimmed {trimmed} earlier tool results to fit {window} tokens"));
@@ -150,6 +153,7 @@ impl Runner for AgentLoopRunner {
                     }
                     _ => {
                         let span = crate::spans::llm_call(trace, choice.provider.as_str(), &conversation.model);
+                        asked_estimate = context::estimate(&conversation);
                         let asking = in_flight.enter(&choice.target_url);
                         let asked = ask(&client, &target, &conversation, deadline, sink.as_ref());
                         let reply = tokio::select! {
@@ -165,13 +169,19 @@ impl Runner for AgentLoopRunner {
                     }
                 };
                 let reply = match reply {
-                    Ok(reply) => reply,
+                    Ok(reply) => {
+                        retried_trimmed = false; // Each turn may overflow once.
+                        let counted = reply.input_tokens + reply.cached_input_tokens + reply.cache_write_tokens;
+                        counted_scale = context::scale(counted, asked_estimate);
+                        reply
+                    }
                     // Too long for the model: learn its window and try the turn once more, trimmed.
                     Err(Failed::Provider(err))
                         if err.reason() == Some(chat::FailureReason::ContextLengthExceeded) && !retried_trimmed =>
                     {
                         retried_trimmed = true;
-                        let asked = context::estimate(&conversation) + u64::from(conversation.max_tokens);
+                        let asked = (context::estimate(&conversation) as f64 * counted_scale) as u64
+                            + u64::from(conversation.max_tokens);
                         let learned = err.context_window().unwrap_or(asked * 3 / 4);
                         window = Some(window.map_or(learned, |w| w.min(learned)));
                         transcript.line(&format!("[agent] {err}; trimming to {learned} tokens and asking again"));
