@@ -127,7 +127,7 @@ impl Runner for AgentLoopRunner {
             let mut retried_trimmed = false;
             // The server's count of a turn's input over the estimate of it.
             let mut counted_scale = 1.0;
-            let mut asked_estimate = 0;
+            let mut asked_estimate;
             sink.started(0); // No process: the hub only needs to know the attempt began.
             transcript.line(&format!("[agent] started ({} on {})", choice.model, choice.endpoint_id));
             for turn in 0.. {
