@@ -248,3 +248,32 @@ async fn an_offline_sidecars_endpoints_are_listed_unreachable() {
     );
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_takes_an_openai_compatible_server_and_an_ollama_address_for_its_sidecar() {
+    use agentcom_integration::process::HubProcess;
+    let openai = ChatDouble::openai().await;
+    let ollama = OllamaDouble::start(vec![FakeModel::new(OLLAMA_MODEL, 1, "llama", "3.2B")]).await;
+    ollama.load(OLLAMA_MODEL, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let args = ["--openai-base-url", openai.url.as_str(), "--openai-model", OPENAI_MODEL, "--ollama", ollama.url.as_str()];
+    let hub = HubProcess::dev(&dir.path().join("hub"), &work, &args).await;
+    assert_eventually!(
+        {
+            let (_, list) = hub.api.request(reqwest::Method::GET, "/api/v1/endpoints", None).await;
+            let endpoints = list["endpoints"].as_array().cloned().unwrap_or_default();
+            let up = |kind: &str| endpoints.iter().any(|e| e["kind"] == kind && e["healthy"] == true);
+            up("openai") && up("ollama")
+        },
+        PATIENCE,
+        "both endpoints are up at the hub"
+    );
+    for model in [OPENAI_MODEL, OLLAMA_MODEL] {
+        let task = hub.api.submit(prompt(model, 1)).await;
+        let done = hub.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+        assert_eq!(done["outcome"]["usage"]["model"], model, "{done}");
+    }
+}
