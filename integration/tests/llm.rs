@@ -566,6 +566,24 @@ async fn a_reply_that_fails_its_checks_goes_back_to_the_model_with_what_failed()
     assert_eq!(done["state"], "failed", "{done}");
     assert!(done["outcome"].get("rounds").is_none(), "one reply, no rounds: {done}");
     assert_eq!(double.chats().len(), 3);
+
+    // A reply that repeats the feedback (which quotes the expected text) does not pass by it.
+    let echo = "What failed:\n- output_contains text \"42\":\n\"42\" is not in the 17 bytes of output";
+    double.turns(vec![
+        Turn::Text("The answer is 41.".into()),
+        Turn::Text(echo.into()),
+        Turn::Text("The answer is 42.".into()),
+    ]);
+    let body = json!({
+        "llm": { "prompt": "What is six times seven?", "model": MODEL, "fix_rounds": 2 },
+        "verification": [{ "output_contains": { "text": "42" } }],
+    });
+    let task = mesh.api.submit(body).await;
+    let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let rounds = done["outcome"]["rounds"].as_array().unwrap();
+    let verdicts: Vec<&str> = rounds.iter().map(|r| r["verdict"].as_str().unwrap()).collect();
+    assert_eq!(verdicts, ["failed", "failed", "passed"], "the echo failed its round: {done}");
     mesh.stop().await;
 }
 

@@ -258,7 +258,8 @@ async fn dev_takes_an_openai_compatible_server_and_an_ollama_address_for_its_sid
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let args = ["--openai-base-url", openai.url.as_str(), "--openai-model", OPENAI_MODEL, "--ollama", ollama.url.as_str()];
+    let args =
+        ["--openai-base-url", openai.url.as_str(), "--openai-model", OPENAI_MODEL, "--ollama", ollama.url.as_str()];
     let hub = HubProcess::dev(&dir.path().join("hub"), &work, &args).await;
     assert_eventually!(
         {
