@@ -334,9 +334,10 @@ fn exit_code_of(task: &Value) -> u8 {
         Some("succeeded") => 0,
         Some("cancelled") => 130,
         _ if outcome["timed_out"] == true => 124,
-        // An LLM failure (truncated, stream_broken, ...) ran and failed; anything else the
-        // sidecar said instead of an exit status is work that could not start.
+        // An LLM failure (truncated, stream_broken, ...) ran and failed, and LLM and agent work
+        // start no process: 127 is only a command that could not start.
         _ if outcome["error"].as_str().is_some_and(|e| FailureReason::of(e).is_some()) => 1,
+        _ if outcome["error"].is_string() && !task["spec"]["work"]["shell"].is_object() => 1,
         _ if outcome["error"].is_string() => 127,
         _ => match (outcome["exit"]["code"].as_i64(), outcome["exit"]["signal"].as_i64()) {
             // The work ran well and still failed (its verification, its budget): not 0.
@@ -776,7 +777,16 @@ mod tests {
         check(json!({"state": "failed", "outcome": {"exit": {"signal": 9}}}), 137);
         check(json!({"state": "failed", "outcome": {"exit": {"signal": 15}, "timed_out": true}}), 124);
         check(json!({"state": "cancelled", "outcome": {"exit": {"signal": 15}}}), 130);
-        check(json!({"state": "failed", "outcome": {"exit": "unknown", "error": "cannot start x"}}), 127);
+        let shell = json!({"shell": {"command": {"argv": ["x"]}}});
+        check(
+            json!({"state": "failed", "spec": {"work": shell}, "outcome": {"exit": "unknown", "error": "cannot start x"}}),
+            127,
+        );
+        let llm = json!({"llm": {"prompt": "hi"}});
+        check(
+            json!({"state": "failed", "spec": {"work": llm}, "outcome": {"exit": "unknown", "error": "openai: bad key"}}),
+            1,
+        );
         let truncated = "truncated: openai: [DONE] came without a finish_reason";
         check(json!({"state": "dead_lettered", "outcome": {"exit": "unknown", "error": truncated}}), 1);
         check(json!({"state": "failed", "state_reason": "lost"}), 1);
