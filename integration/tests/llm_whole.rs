@@ -215,6 +215,12 @@ async fn an_endpoint_down_before_the_work_began_requeues_it_and_hubctl_says_so_o
     let output = agentcom_integration::process::hubctl(&mesh.url, &mesh.api.token, &["get", id]).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(stdout.matches("endpoint_down").count(), 1, "said once: {stdout}");
+    // Following it (as `submit --wait` does) says why once, and exits 1: LLM work starts no
+    // process that could fail to start.
+    let waited = agentcom_integration::process::hubctl(&mesh.url, &mesh.api.token, &["watch", id]).await;
+    let stderr = String::from_utf8_lossy(&waited.stderr);
+    assert_eq!(waited.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.matches("endpoint_down").count(), 1, "said once: {stderr}");
     // Into a pipe closed after its first line: quiet, and successful.
     let get = format!("AGENTCOM_HUB={} AGENTCOM_TOKEN={} {} get {id} | head -1", mesh.url, mesh.api.token, hubctl());
     let piped = std::process::Command::new("bash").args(["-o", "pipefail", "-c", &get]).output().unwrap();
