@@ -57,6 +57,8 @@ pub struct LlamaServer {
     /// The model's id, as `GET /v1/models` lists it.
     pub model: String,
     chat_format: String,
+    /// More of the server's flags.
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -64,12 +66,19 @@ impl LlamaServer {
     /// Starts a server with `chat_format` (`gemma`; `chatml-function-calling` for tools) on a
     /// free port, and waits until it answers.
     pub async fn start(chat_format: &str) -> LlamaServer {
+        LlamaServer::start_with(chat_format, &[]).await
+    }
+
+    /// [`LlamaServer::start`] with more of the server's flags (`--seed N` makes its sampling
+    /// repeat from one run to the next).
+    pub async fn start_with(chat_format: &str, extra: &[&str]) -> LlamaServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut server = LlamaServer {
             url: format!("http://127.0.0.1:{port}/v1"),
             port,
             model: String::new(),
             chat_format: chat_format.to_owned(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         server.restart().await;
@@ -85,6 +94,7 @@ impl LlamaServer {
             .arg("--model")
             .arg(&model)
             .args(["--chat_format", &self.chat_format])
+            .args(&self.extra)
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
