@@ -9,10 +9,10 @@
 //! streams to the hub as it happens; the model's text is the task's output.
 //!
 //! The loop keeps to the model's context window ([`context`]): learned from the server where it
-//! says (llama.cpp's `/props`, vLLM's `max_model_len`, Ollama's `/api/show`), or from an error
-//! that names it; each turn asks for no more output than the window leaves, old tool results are
-//! trimmed before the conversation would outgrow it, and a `context_length_exceeded` answer is
-//! met by one trimmed retry of the turn.
+//! says (llama.cpp's `/props`, vLLM's `max_model_len`, Ollama's `/api/show`, `--openai-context`),
+//! or from an error that names it; each turn asks for no more output than the window leaves, old
+//! tool results are trimmed (then old exchanges dropped) before the conversation would outgrow
+//! it, and a `context_length_exceeded` answer is met by one trimmed retry of the turn.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

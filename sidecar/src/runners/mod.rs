@@ -261,7 +261,10 @@ impl Runners {
                     break outcome;
                 }
                 match (&mut assignment.spec.work, &outcome.verification) {
-                    (Work::Agent(work), Some(report)) => work.goal = fix_goal(&goal, report, number),
+                    (Work::Agent(work), Some(report)) => {
+                        work.goal = fix_goal(&goal, report, number);
+                        feedback = Some(work.goal.clone());
+                    }
                     (Work::Llm(work), Some(report)) => {
                         feedback = Some(fix_reply(work, &outcome.stdout, report));
                         // Between the replies, a note on stderr says why it is asked again.
