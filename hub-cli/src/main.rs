@@ -51,20 +51,8 @@ enum Command {
         /// http://127.0.0.1:11434].
         #[arg(long = "ollama", value_name = "URL")]
         ollama: Vec<String>,
-        /// An OpenAI-compatible server the local sidecar uses (ending in /v1: llama.cpp's server,
-        /// vLLM); its key, if it needs one, comes from OPENAI_API_KEY.
-        #[arg(long, value_name = "URL")]
-        openai_base_url: Option<String>,
-        /// Models to offer from it (repeatable) [default: what it lists].
-        #[arg(long = "openai-model", value_name = "MODEL")]
-        openai_models: Vec<String>,
-        /// Requests it runs at once [default: 1: llama.cpp's server interrupts a generation for
-        /// the next request].
-        #[arg(long, value_name = "N")]
-        openai_parallel: Option<u32>,
-        /// Its model's context window in tokens, when the server does not say it.
-        #[arg(long, value_name = "TOKENS")]
-        openai_context: Option<u64>,
+        #[command(flatten)]
+        openai: agentcom_sidecar::reports::OpenAiArgs,
     },
     /// Write a backup now: through the running hub if there is one, else from the database.
     Backup {
@@ -311,37 +299,18 @@ async fn run() -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Serve(args) => serve(args, None).await,
-        Command::Dev {
-            hub,
-            slots,
-            simulate_gpus,
-            repo_allow,
-            ollama,
-            openai_base_url,
-            openai_models,
-            openai_parallel,
-            openai_context,
-        } => {
-            for url in ollama.iter().chain(&openai_base_url) {
+        Command::Dev { hub, slots, simulate_gpus, repo_allow, ollama, openai } => {
+            for url in &ollama {
                 anyhow::ensure!(
                     url.starts_with("http://") || url.starts_with("https://"),
-                    "{url:?} must start with http:// or https://"
+                    "--ollama {url:?} must start with http:// or https://"
                 );
             }
-            anyhow::ensure!(
-                openai_parallel.is_none_or(|n| (1..=1_024).contains(&n)),
-                "--openai-parallel must be 1 to 1024"
-            );
-            let openai = openai_base_url.map(|base_url| agentcom_sidecar::reports::OpenAi {
-                base_url: base_url.trim_end_matches('/').to_owned(),
-                api_key: std::env::var("OPENAI_API_KEY").ok().filter(|k| !k.trim().is_empty()),
-                models: openai_models,
-                parallel: openai_parallel.unwrap_or(0),
-                context: openai_context,
-            });
-            if let Some(key) = openai.as_ref().and_then(|o| o.api_key.as_deref()) {
+            let key = std::env::var("OPENAI_API_KEY").ok().filter(|k| !k.trim().is_empty());
+            if let Some(key) = &key {
                 agentcom_sidecar::logging::redact(key);
             }
+            let openai = openai.openai(key).map_err(anyhow::Error::msg)?;
             serve(hub, Some(Dev { slots, simulate_gpus, repo_allow, ollama, openai })).await
         }
         Command::Backup { data_dir, hub, backup_dir } => backup_now(data_dir, hub, backup_dir).await,

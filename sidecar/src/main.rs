@@ -146,21 +146,8 @@ struct RunArgs {
     /// How often to check LLM endpoints, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     llm_check_interval_ms: u64,
-    /// An OpenAI-compatible server (ending in /v1); its key comes from OPENAI_API_KEY.
-    #[arg(long, value_name = "URL")]
-    openai_base_url: Option<String>,
-    /// Models to offer from the OpenAI-compatible server (repeatable) [default: what it lists].
-    #[arg(long = "openai-model", value_name = "MODEL")]
-    openai_models: Vec<String>,
-    /// Requests the OpenAI-compatible server runs at once (vLLM's batch, llama.cpp's --parallel);
-    /// the hub sends it no more [default: 1, since llama.cpp's server interrupts a generation for
-    /// the next request].
-    #[arg(long, value_name = "N")]
-    openai_parallel: Option<u32>,
-    /// The context window of the OpenAI-compatible server's model, in tokens, for servers that
-    /// do not say it (llama-cpp-python); agents keep their conversations inside it.
-    #[arg(long, value_name = "TOKENS")]
-    openai_context: Option<u64>,
+    #[command(flatten)]
+    openai: agentcom_sidecar::reports::OpenAiArgs,
     /// Claude models to offer when ANTHROPIC_API_KEY is set (repeatable).
     #[arg(long = "anthropic-model", value_name = "MODEL")]
     anthropic_models: Vec<String>,
@@ -171,7 +158,7 @@ struct RunArgs {
 
 impl RunArgs {
     fn reports(&self) -> anyhow::Result<agentcom_sidecar::reports::Settings> {
-        use agentcom_sidecar::reports::{self, Anthropic, OpenAi};
+        use agentcom_sidecar::reports::{self, Anthropic};
         anyhow::ensure!(self.resources_interval_ms >= 100, "--resources-interval-ms must be at least 100");
         anyhow::ensure!(self.llm_check_interval_ms >= 100, "--llm-check-interval-ms must be at least 100");
         anyhow::ensure!(self.simulate_gpus <= 64, "--simulate-gpus must be at most 64");
@@ -179,7 +166,7 @@ impl RunArgs {
             self.ollama_parallel.is_none_or(|n| (1..=1_024).contains(&n)),
             "--ollama-parallel (or OLLAMA_NUM_PARALLEL) must be 1 to 1024"
         );
-        for url in self.ollama.iter().chain(&self.openai_base_url).chain([&self.anthropic_base_url]) {
+        for url in self.ollama.iter().chain([&self.anthropic_base_url]) {
             anyhow::ensure!(
                 url.starts_with("http://") || url.starts_with("https://"),
                 "{url:?} must start with http:// or https://"
@@ -205,18 +192,7 @@ impl RunArgs {
             },
         });
         let openai_key = key("OPENAI_API_KEY", &self.openai_key_file)?;
-        anyhow::ensure!(
-            self.openai_parallel.is_none_or(|n| (1..=1_024).contains(&n)),
-            "--openai-parallel must be 1 to 1024"
-        );
-        anyhow::ensure!(self.openai_context.is_none_or(|n| n >= 512), "--openai-context must be at least 512 tokens");
-        let openai = self.openai_base_url.clone().map(|base_url| OpenAi {
-            base_url,
-            api_key: openai_key,
-            models: self.openai_models.clone(),
-            parallel: self.openai_parallel.unwrap_or(0),
-            context: self.openai_context,
-        });
+        let openai = self.openai.openai(openai_key).map_err(anyhow::Error::msg)?;
         Ok(reports::Settings {
             resources_every: std::time::Duration::from_millis(self.resources_interval_ms),
             simulate_gpus: self.simulate_gpus,

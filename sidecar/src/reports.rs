@@ -92,6 +92,51 @@ impl std::fmt::Debug for OpenAi {
     }
 }
 
+/// The flags that give a sidecar an OpenAI-compatible server, shared by `agentcom-sidecar run`
+/// and `agentcom-hub dev`.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct OpenAiArgs {
+    /// An OpenAI-compatible server (ending in /v1: llama.cpp's server, vLLM); its key comes from
+    /// OPENAI_API_KEY.
+    #[arg(long, value_name = "URL")]
+    pub openai_base_url: Option<String>,
+    /// Models to offer from the OpenAI-compatible server (repeatable) [default: what it lists].
+    #[arg(long = "openai-model", value_name = "MODEL")]
+    pub openai_models: Vec<String>,
+    /// Requests the OpenAI-compatible server runs at once (vLLM's batch, llama.cpp's --parallel);
+    /// the hub sends it no more [default: 1, since llama.cpp's server interrupts a generation for
+    /// the next request].
+    #[arg(long, value_name = "N")]
+    pub openai_parallel: Option<u32>,
+    /// The context window of the OpenAI-compatible server's model, in tokens, for servers that
+    /// do not say it (llama-cpp-python); agents keep their conversations inside it.
+    #[arg(long, value_name = "TOKENS")]
+    pub openai_context: Option<u64>,
+}
+
+impl OpenAiArgs {
+    /// The server these flags name, with its key, or why the flags are wrong.
+    pub fn openai(&self, api_key: Option<String>) -> Result<Option<OpenAi>, String> {
+        let Some(base_url) = &self.openai_base_url else { return Ok(None) };
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+            return Err(format!("--openai-base-url {base_url:?} must start with http:// or https://"));
+        }
+        if self.openai_parallel.is_some_and(|n| !(1..=1_024).contains(&n)) {
+            return Err("--openai-parallel must be 1 to 1024".to_owned());
+        }
+        if self.openai_context.is_some_and(|n| n < 512) {
+            return Err("--openai-context must be at least 512 tokens".to_owned());
+        }
+        Ok(Some(OpenAi {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            api_key,
+            models: self.openai_models.clone(),
+            parallel: self.openai_parallel.unwrap_or(0),
+            context: self.openai_context,
+        }))
+    }
+}
+
 /// The Claude API, available because this sidecar holds a key.
 #[derive(Clone)]
 pub struct Anthropic {
@@ -339,5 +384,34 @@ fn log_health_changes(inventory: &[Endpoint], was: &mut Vec<Option<bool>>) {
             }
             *was = Some(endpoint.healthy);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_flags_make_a_server_or_say_what_is_wrong() {
+        let flags = |url: &str, parallel: Option<u32>, context: Option<u64>| OpenAiArgs {
+            openai_base_url: Some(url.to_owned()),
+            openai_models: vec!["m".into()],
+            openai_parallel: parallel,
+            openai_context: context,
+        };
+        assert!(matches!(OpenAiArgs::default().openai(None), Ok(None)));
+        let server = flags("http://127.0.0.1:8080/v1/", Some(2), Some(4096)).openai(Some("k".into())).unwrap().unwrap();
+        assert_eq!(
+            (server.base_url.as_str(), server.parallel, server.context),
+            ("http://127.0.0.1:8080/v1", 2, Some(4096))
+        );
+        assert_eq!(
+            flags("http://h/v1", None, None).openai(None).unwrap().unwrap().parallel,
+            0,
+            "not said: the hub's 1"
+        );
+        assert!(flags("127.0.0.1:8080", None, None).openai(None).unwrap_err().contains("must start with http://"));
+        assert!(flags("http://h/v1", Some(0), None).openai(None).unwrap_err().contains("--openai-parallel"));
+        assert!(flags("http://h/v1", None, Some(100)).openai(None).unwrap_err().contains("--openai-context"));
     }
 }
