@@ -121,7 +121,9 @@ async fn cancelling_an_llm_task_closes_the_upstream_request() {
     let mesh = mesh_with_ollama(&double).await;
     let task = mesh.api.submit(llm("count")).await;
     let id = task["id"].as_str().unwrap().to_owned();
-    assert_eventually!(mesh.api.get(&id).await["state"] == "running", PATIENCE, "the chat started");
+    assert_eventually!(mesh.api.get(&id).await["state"] == "running", PATIENCE, "the task runs");
+    // A cancel that lands before the request has gone out has no connection to close.
+    assert_eventually!(double.chats().len() == 1, PATIENCE, "the chat reached the server");
     let (status, _) = mesh.api.request(reqwest::Method::DELETE, &format!("/api/v1/tasks/{id}"), None).await;
     assert_eq!(status, 200);
     assert_eventually!(double.abandoned_chats() == 1, PATIENCE, "the double saw the connection close");
