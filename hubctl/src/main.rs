@@ -8,6 +8,7 @@
 mod bulk;
 mod enrol;
 mod fleet;
+mod pipe;
 mod placement;
 mod sse;
 mod submit;
@@ -735,7 +736,7 @@ async fn wait_for(client: &Client, id: &str, json_out: bool) -> anyhow::Result<E
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    quiet_on_closed_pipe();
+    pipe::quiet_on_closed_pipe();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => code,
@@ -744,25 +745,6 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// `hubctl list | head -3`: once the reader has gone, printing more fails; the rest of the
-/// output has nowhere to go, so hubctl stops there, quietly and successfully, as `ls` and `cat`
-/// do, rather than panicking with a backtrace.
-fn quiet_on_closed_pipe() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let message = info
-            .payload()
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| info.payload().downcast_ref::<&str>().copied())
-            .unwrap_or_default();
-        if message.contains("failed printing to std") && message.contains("Broken pipe") {
-            std::process::exit(0);
-        }
-        default(info);
-    }));
 }
 
 #[cfg(test)]

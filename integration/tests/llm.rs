@@ -520,11 +520,12 @@ async fn a_reply_that_fails_its_checks_goes_back_to_the_model_with_what_failed()
     double.load(MODEL, 1);
     double.turns(vec![Turn::Text("The answer is 41.".into()), Turn::Text("The answer is 42.".into())]);
     let mesh = start_mesh(|_| {}, 1, ollama_at(&double)).await;
-    let body = json!({
+    // Two fix rounds, passed by a reply that holds "42".
+    let with_fixes = json!({
         "llm": { "prompt": "What is six times seven?", "model": MODEL, "fix_rounds": 2 },
         "verification": [{ "output_contains": { "text": "42" } }],
     });
-    let task = mesh.api.submit(body).await;
+    let task = mesh.api.submit(with_fixes.clone()).await;
     let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let outcome = &done["outcome"];
@@ -576,11 +577,7 @@ async fn a_reply_that_fails_its_checks_goes_back_to_the_model_with_what_failed()
         Turn::Text(echo.into()),
         Turn::Text("The answer is 42.".into()),
     ]);
-    let body = json!({
-        "llm": { "prompt": "What is six times seven?", "model": MODEL, "fix_rounds": 2 },
-        "verification": [{ "output_contains": { "text": "42" } }],
-    });
-    let task = mesh.api.submit(body).await;
+    let task = mesh.api.submit(with_fixes).await;
     let done = mesh.api.wait_final(task["id"].as_str().unwrap(), PATIENCE).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let rounds = done["outcome"]["rounds"].as_array().unwrap();

@@ -1,5 +1,6 @@
 //! The stream parsers and request bodies, against recorded provider output.
 
+use super::error::error_body;
 use super::*;
 
 /// Feeds `body` to a parser in pieces of every size, so no split point is special.
