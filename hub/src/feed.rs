@@ -137,6 +137,25 @@ impl Feed {
         self.changed.send_replace(());
     }
 
+    /// A finished attempt's whole output, before its end is announced: fills what was lost on
+    /// the way (output chunks are dropped when the link is busy), so the feed holds all of it.
+    pub fn fill(&self, attempt: u32, stdout: &[u8], stderr: &[u8]) {
+        {
+            let mut state = self.lock();
+            if state.finished || attempt != state.attempt {
+                return;
+            }
+            let cap = state.cap;
+            for (held, full) in state.output.iter_mut().zip([stdout, stderr]) {
+                if full.len() > held.len() {
+                    held.clear();
+                    held.extend_from_slice(&full[..full.len().min(cap.max(held.len()))]);
+                }
+            }
+        }
+        self.changed.send_replace(());
+    }
+
     /// Appends a step agent work took.
     pub fn step(&self, step: AgentStep) {
         {

@@ -148,8 +148,10 @@ pub(crate) struct Link {
     /// How the sidecar contains task processes, in its own words (sent in every hello).
     containment: String,
     running: HashMap<String, RunningJob>,
-    /// Results not yet handed to a session.
-    unsent: VecDeque<pb::SidecarMessage>,
+    /// Results the hub has not said are stored (`ResultStored`), in the order they finished:
+    /// sent at the start of every session, and kept until the hub has them durably, so neither
+    /// a lost link nor a hub that crashed (or failed to commit) before storing one loses it.
+    unacked: VecDeque<pb::SidecarMessage>,
     events_tx: mpsc::Sender<JobEvent>,
     events_rx: mpsc::Receiver<JobEvent>,
     /// The last session got as far as a welcome (so the next retry starts with a short backoff).
@@ -188,7 +190,7 @@ impl Link {
             runners,
             containment,
             running: HashMap::new(),
-            unsent: VecDeque::new(),
+            unacked: VecDeque::new(),
             events_tx,
             events_rx,
             joined: false,
@@ -284,7 +286,7 @@ impl Link {
         if let JobEvent::Finished { task_id, lease_generation, outcome } = event
             && self.running.remove(&task_id).is_some_and(|job| !job.abandoned)
         {
-            self.unsent.push_back(finished_message(task_id, lease_generation, outcome));
+            self.unacked.push_back(finished_message(task_id, lease_generation, outcome));
         }
     }
 
@@ -305,8 +307,8 @@ impl Link {
             job.abandoned = true;
             job.cancel.cancel();
         }
-        // Results waiting to be sent are for leases that have lapsed too.
-        self.unsent.clear();
+        // Results waiting to be stored are for leases that have lapsed too.
+        self.unacked.clear();
     }
 
     async fn connect(&mut self) -> Result<Channel, String> {
@@ -379,10 +381,9 @@ impl Link {
             "joined the hub"
         );
 
-        // Results that finished while the link was down go first.
-        while let Some(message) = self.unsent.pop_front() {
-            if outbound.send(message.clone()).await.is_err() {
-                self.unsent.push_front(message);
+        // Results the hub has not stored yet go first (again, if an earlier session sent them).
+        for message in self.unacked.clone() {
+            if outbound.send(message).await.is_err() {
                 return SessionEnd::Lost("the stream closed while sending results".into());
             }
         }
@@ -432,7 +433,7 @@ impl Link {
             lease_generation: job.lease_generation,
             agent_id: job.agent_id.clone(),
         });
-        let unsent = self.unsent.iter().filter_map(|message| match &message.msg {
+        let unacked = self.unacked.iter().filter_map(|message| match &message.msg {
             Some(SideMsg::Finished(finished)) => Some(pb::RunningTask {
                 task_id: finished.task_id.clone(),
                 lease_generation: finished.lease_generation,
@@ -440,7 +441,7 @@ impl Link {
             }),
             _ => None,
         });
-        running.chain(unsent).collect()
+        running.chain(unacked).collect()
     }
 
     async fn forward(
@@ -489,8 +490,8 @@ impl Link {
                     return Ok(());
                 }
                 let message = finished_message(task_id, lease_generation, outcome);
-                if let Err(err) = outbound.send(message).await {
-                    self.unsent.push_back(err.0);
+                self.unacked.push_back(message.clone());
+                if outbound.send(message).await.is_err() {
                     return Err(SessionEnd::Lost("the stream closed while sending a result".into()));
                 }
                 return Ok(());
@@ -512,7 +513,16 @@ impl Link {
                     info!(task_id = cancel.task_id, reason = cancel.reason, "cancelling");
                     job.cancel.cancel();
                 }
+                // A result the hub will not take (its lease is gone): nothing to keep it for.
+                self.unacked.retain(|message| {
+                    !matches!(&message.msg, Some(SideMsg::Finished(f))
+                        if f.task_id == cancel.task_id && f.lease_generation <= cancel.lease_generation)
+                });
             }
+            HubMsg::Stored(stored) => self.unacked.retain(|message| {
+                !matches!(&message.msg, Some(SideMsg::Finished(f))
+                    if f.task_id == stored.task_id && f.lease_generation == stored.lease_generation)
+            }),
             HubMsg::Welcome(_) => warn!("ignoring a second welcome"),
             HubMsg::Preload(preload) => self.preload(preload),
             HubMsg::Drain(drain) => match drain.deadline_unix_ms {

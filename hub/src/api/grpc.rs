@@ -502,6 +502,9 @@ fn to_pb(message: ToSidecar) -> pb::HubMessage {
         ToSidecar::Cancel { task_id, lease_generation, reason } => {
             Msg::Cancel(pb::CancelTask { task_id: task_id.to_string(), lease_generation, reason })
         }
+        ToSidecar::Stored { task_id, lease_generation } => {
+            Msg::Stored(pb::ResultStored { task_id: task_id.to_string(), lease_generation })
+        }
         ToSidecar::Drain { deadline_unix_ms } => {
             Msg::Drain(pb::Drain { deadline_unix_ms: deadline_unix_ms.unwrap_or(0) })
         }

@@ -103,8 +103,8 @@ impl State {
             return;
         }
         for id in std::mem::take(&mut self.changes.tasks) {
-            if let Some(task) = self.tasks.get(&id) {
-                self.changes.send(Change::Task(task.clone()));
+            if let Some(task) = self.visible(id) {
+                self.changes.send(Change::Task(Box::new(task.clone())));
             }
         }
         let any_cordon = !self.cordons.is_empty();

@@ -19,6 +19,9 @@ pub enum AfterCommit {
     Assigned { task_id: TaskId, lease_generation: u64 },
     /// A state change is durable: tell watchers.
     Changed(TaskId),
+    /// A sidecar's result is durable (output and record): show the task as it now is, tell
+    /// watchers, and let the sidecar forget the result.
+    Stored { task_id: TaskId, lease_generation: u64, sidecar_id: String },
     /// A cancel is durable: answer the caller.
     Answer { task_id: TaskId, reply: Reply<Result<Task, Error>> },
     /// A dead-letter retry is durable: answer the caller, then make the task dispatchable.
@@ -68,34 +71,11 @@ impl State {
 
     pub(super) fn committed(&mut self, tickets: Vec<AfterCommit>, result: Result<(), Arc<store::Error>>, now: UnixMs) {
         if let Err(err) = result {
-            // The hub can no longer promise durability: stop accepting work. Submits that
-            // were waiting learn it (unless the log was synced and they were answered already);
-            // everything else stays in memory only.
-            self.fx.unhealthy = true;
-            let failed = || Err(Error::Storage(err.to_string()));
-            for ticket in tickets {
-                if let AfterCommit::Submitted { id, answer } = ticket {
-                    if let Some(answer) = answer {
-                        let _ = answer.0.send(failed());
-                    }
-                    // Not durable, so it must not run: a later commit could still carry its
-                    // dispatch, whose assignment then never leaves (the task is final; as
-                    // cancelled, a lease it holds ends without a retry).
-                    self.queue.remove_waiting(id);
-                    if let Some(task) = self.tasks.get_mut(&id)
-                        && !task.state.is_terminal()
-                    {
-                        let reason = format!("not stored: {err}");
-                        task.set_state(TaskState::Cancelled, reason.clone(), now);
-                        self.observe_end(TaskState::Cancelled, &reason);
-                    }
-                }
-            }
-            for (_, waiters) in self.pending_submits.drain() {
-                for (reply, _) in waiters {
-                    let _ = reply.send(failed());
-                }
-            }
+            self.storage_failed(tickets, &err, now);
+            return;
+        }
+        if tickets.is_empty() && self.storage_fault.is_some() {
+            self.storage_recovered(now);
             return;
         }
         for ticket in tickets {
@@ -150,6 +130,11 @@ impl State {
                     self.notify(task_id, now);
                 }
                 AfterCommit::Changed(id) => self.notify(id, now),
+                AfterCommit::Stored { task_id, lease_generation, sidecar_id } => {
+                    self.shown.remove(&task_id);
+                    self.send_to(&sidecar_id, ToSidecar::Stored { task_id, lease_generation });
+                    self.notify(task_id, now);
+                }
                 AfterCommit::Answer { task_id, reply } => {
                     let _ = reply.send(Ok(Task::clone(&self.tasks[&task_id])));
                     self.notify(task_id, now);
@@ -170,10 +155,90 @@ impl State {
         }
     }
 
+    /// A commit failed (or storage failed between commits, with no tickets): the hub can no
+    /// longer promise durability, so it takes no submits until storage works again. Submits
+    /// that were waiting learn it (unless the log was synced and they were answered already);
+    /// what else changed stays in memory and is written again once storage recovers.
+    fn storage_failed(&mut self, tickets: Vec<AfterCommit>, err: &store::Error, now: UnixMs) {
+        if self.storage_fault.is_none() {
+            tracing::error!(error = %err, "storage failed; refusing submits until it works again");
+        }
+        self.storage_fault = Some(err.to_string());
+        self.fx.fault = Some(Some(err.to_string()));
+        let failed = || Error::Storage(err.to_string());
+        for ticket in tickets {
+            match ticket {
+                AfterCommit::Submitted { id, answer } => {
+                    if let Some(answer) = answer {
+                        let _ = answer.0.send(Err(failed()));
+                    }
+                    // Not durable, so it must not run: a later commit could still carry its
+                    // dispatch, whose assignment then never leaves (the task is final; as
+                    // cancelled, a lease it holds ends without a retry).
+                    self.queue.remove_waiting(id);
+                    if let Some(task) = self.tasks.get_mut(&id)
+                        && !task.state.is_terminal()
+                    {
+                        let reason = format!("not stored: {err}");
+                        task.set_state(TaskState::Cancelled, reason.clone(), now);
+                        self.observe_end(TaskState::Cancelled, &reason);
+                    }
+                    self.unstored.insert(id);
+                }
+                // The sidecar keeps a result until it hears it is stored; it sends it again in
+                // the new session it is made to open once storage works again.
+                AfterCommit::Stored { task_id, sidecar_id, .. } => {
+                    self.resend.insert(sidecar_id);
+                    self.unstored.insert(task_id);
+                }
+                AfterCommit::Assigned { task_id, .. } | AfterCommit::Changed(task_id) => {
+                    self.unstored.insert(task_id);
+                }
+                AfterCommit::Answer { task_id, reply } | AfterCommit::Requeued { task_id, reply } => {
+                    self.unstored.insert(task_id);
+                    let _ = reply.send(Err(failed()));
+                }
+                AfterCommit::Purged { reply, .. } => {
+                    let _ = reply.send(Err(failed()));
+                }
+                // Its caller learns it from the dropped answer.
+                AfterCommit::Then(_) => {}
+            }
+        }
+        for (_, waiters) in self.pending_submits.drain() {
+            for (reply, _) in waiters {
+                let _ = reply.send(Err(failed()));
+            }
+        }
+    }
+
+    /// Storage works again: what did not reach it is written now, sidecars whose results were
+    /// lost with a failed commit are made to send them again (a new session), and submits are
+    /// taken again.
+    fn storage_recovered(&mut self, now: UnixMs) {
+        tracing::info!(tasks = self.unstored.len(), sidecars = self.resend.len(), "storage works again");
+        self.storage_fault = None;
+        self.fx.fault = Some(None);
+        for id in std::mem::take(&mut self.unstored) {
+            // A result's own task is written with the result when it comes again.
+            if self.tasks.contains_key(&id) && !self.shown.contains_key(&id) {
+                self.persist(id, AfterCommit::Changed(id));
+            }
+        }
+        for sidecar_id in std::mem::take(&mut self.resend) {
+            if let Some(session) = self.sidecars.get(&sidecar_id).map(|s| s.session) {
+                self.session_closed(&sidecar_id, session, now);
+            }
+        }
+    }
+
     /// Tells watchers about a durable change. A task that is final and no longer leased has
     /// nothing more to say: its feed is finished and dropped, and its output, now on disk, leaves
     /// memory.
     pub(super) fn notify(&mut self, id: TaskId, now: UnixMs) {
+        if self.shown.contains_key(&id) {
+            return; // Its end is not durable yet: nothing to tell.
+        }
         self.changes.mark_task(id);
         let settled = self.tasks[&id].state.is_terminal() && self.queue.lease(id).is_none();
         if let Some(feed) = self.feeds.get(&id) {

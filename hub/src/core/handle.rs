@@ -111,6 +111,9 @@ pub enum Error {
     /// The idempotency key belongs to a task submitted with a different body.
     #[error("idempotency key {key:?} was already used by task {existing} with a different body")]
     KeyReused { key: String, existing: TaskId },
+    /// Storage failed (a full disk): nothing is taken until it works again.
+    #[error("the hub cannot store changes now: {0}; it takes them again as soon as storage works")]
+    StorageFault(String),
     /// Storage is too far behind to take more submits for now.
     #[error("the hub's storage is behind; retry shortly")]
     Overloaded,
@@ -195,10 +198,6 @@ pub enum FromSidecar {
 }
 
 /// An attempt the core gives a sidecar.
-/// How often, and how far apart, a read of a settled task waits for redb to catch up with it.
-const STORED_CATCH_UP_TRIES: usize = 100;
-const STORED_CATCH_UP_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
-
 #[derive(Clone, Debug)]
 pub struct Assignment {
     pub task_id: TaskId,
@@ -233,6 +232,11 @@ pub enum ToSidecar {
     /// The sidecar is cordoned: it gets no new work (sent so it can say so in its log).
     Drain {
         deadline_unix_ms: Option<UnixMs>,
+    },
+    /// A result the sidecar sent is durable: it may forget it.
+    Stored {
+        task_id: TaskId,
+        lease_generation: u64,
     },
     /// Load a model on one of its endpoints ahead of the tasks that wait for it.
     Preload {
@@ -486,6 +490,7 @@ pub enum WatchReply {
 pub struct Handle {
     pub(super) events: mpsc::UnboundedSender<Event>,
     pub(super) healthy: Arc<AtomicBool>,
+    pub(super) fault: Arc<std::sync::Mutex<Option<String>>>,
     /// Finished tasks' output lives only on disk; reads of it go here, off the core.
     pub(super) store: Store,
     pub(super) metrics: crate::metrics::Shared,
@@ -516,31 +521,38 @@ impl Handle {
         Ok((submitted.task.id, submitted.existing))
     }
 
+    /// The task with its output, which is read from storage: the core keeps none.
     pub async fn get(&self, id: TaskId) -> Result<Task, Error> {
         let task = self.ask(|reply| Event::Get { id, reply }).await?.ok_or(Error::NotFound(id))?;
-        if task.state.is_terminal() && task.outcome.is_some() {
-            return self.stored(task).await;
-        }
-        Ok(task)
+        self.with_output(task).await
     }
 
-    /// The durable record of a finished task; `fallback` if it is (not yet) on disk.
-    async fn stored(&self, fallback: Task) -> Result<Task, Error> {
-        let id = fallback.id;
-        // The core may have settled a task (and let its output go from memory) on the commit of
-        // an earlier change of it, while the commit of its end is still on its way to redb: wait
-        // for the stored copy to catch up with the state the core has, a moment at most.
-        for _ in 0..STORED_CATCH_UP_TRIES {
-            let store = self.store.clone();
-            match tokio::task::spawn_blocking(move || store.get_task(id)).await {
-                Ok(Ok(Some(task))) if task.state == fallback.state => return Ok(task),
-                Ok(Ok(Some(_))) => tokio::time::sleep(STORED_CATCH_UP_PAUSE).await,
-                Ok(Ok(None)) => return Ok(fallback),
-                Ok(Err(err)) => return Err(Error::Storage(err.to_string())),
-                Err(err) => return Err(Error::Storage(err.to_string())),
+    /// `task` with the output stored for it. A task is shown ended only once its end (output
+    /// included) is durable, so what is read here is that end's.
+    async fn with_output(&self, mut task: Task) -> Result<Task, Error> {
+        let Some(outcome) = &mut task.outcome else { return Ok(task) };
+        let store = self.store.clone();
+        let id = task.id;
+        let (state, generation) = (task.state, task.lease_generation);
+        // While storage is failing, the database holds what its last checkpoint did; a newer
+        // end's output is in the log, readable again once storage recovers.
+        let behind = |stored: Option<&Task>| {
+            self.storage_fault().filter(|_| stored.is_none_or(|s| s.state != state || s.lease_generation != generation))
+        };
+        match tokio::task::spawn_blocking(move || store.get_task(id)).await {
+            Ok(Ok(stored)) if let Some(fault) = behind(stored.as_ref()) => Err(Error::StorageFault(format!(
+                "{fault}; the output of task {id} is in the write-ahead log and readable once storage recovers"
+            ))),
+            Ok(Ok(Some(stored))) => {
+                if let Some(stored) = stored.outcome {
+                    (outcome.stdout, outcome.stderr) = (stored.stdout, stored.stderr);
+                }
+                Ok(task)
             }
+            Ok(Ok(None)) => Ok(task),
+            Ok(Err(err)) => Err(Error::Storage(err.to_string())),
+            Err(err) => Err(Error::Storage(err.to_string())),
         }
-        Ok(fallback)
     }
 
     pub async fn list(&self, state: Option<TaskState>, limit: usize) -> Result<Vec<Task>, Error> {
@@ -564,7 +576,7 @@ impl Handle {
     pub async fn watch(&self, id: TaskId) -> Result<Arc<Feed>, Error> {
         match self.ask(|reply| Event::Watch { id, reply }).await?? {
             WatchReply::Live(feed) => Ok(feed),
-            WatchReply::Final(task) => Ok(Feed::new(self.stored(*task).await?)),
+            WatchReply::Final(task) => Ok(Feed::new(self.with_output(*task).await?)),
         }
     }
 
@@ -688,6 +700,11 @@ impl Handle {
     }
 
     /// False once storage has failed; `/readyz` reports it.
+    /// Why storage takes no changes, while it does not.
+    pub fn storage_fault(&self) -> Option<String> {
+        self.fault.lock().expect("fault lock poisoned").clone()
+    }
+
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed) && !self.events.is_closed()
     }
@@ -739,7 +756,7 @@ impl State {
                 self.dispatch(now);
             }
             Event::Get { id, reply } => {
-                let _ = reply.send(self.tasks.get(&id).map(|task| Task::clone(task)));
+                let _ = reply.send(self.visible(id).cloned());
             }
             Event::List { state, before, limit, reply } => {
                 // Summaries: output only comes with a single task.
@@ -748,7 +765,7 @@ impl State {
                     None => self.tasks.range(..),
                 };
                 let tasks = older
-                    .map(|(_, task)| task)
+                    .map(|(id, task)| self.shown.get(id).unwrap_or(task))
                     .rev()
                     .filter(|t| state.is_none_or(|s| t.state == s))
                     .take(limit)
@@ -764,8 +781,8 @@ impl State {
             Event::Watch { id, reply } => {
                 let result = match self.feeds.get(&id) {
                     Some(feed) => Ok(WatchReply::Live(feed.clone())),
-                    None => match self.tasks.get(&id) {
-                        Some(task) if task.state.is_terminal() => Ok(WatchReply::Final(task.clone())),
+                    None => match self.visible(id) {
+                        Some(task) if task.state.is_terminal() => Ok(WatchReply::Final(Box::new(task.clone()))),
                         Some(task) => {
                             let feed = Feed::new(Task::clone(task));
                             self.feeds.insert(id, feed.clone());

@@ -15,6 +15,7 @@ use crate::agent::{AgentEvent, AgentState};
 use crate::domain::*;
 use crate::feed::Feed;
 use crate::queue::{self, Fence, Lease, Queue};
+use crate::store::Op;
 
 /// How often idempotency keys past their retention are swept from memory.
 const KEY_SWEEP_INTERVAL_MS: i64 = 60_000;
@@ -33,7 +34,9 @@ impl State {
             }
             FromSidecar::Heartbeat { running } => {
                 for run in running {
-                    if let Err(fence) = self.queue.renew(run.task_id, run.lease_generation, sidecar_id, now, ttl) {
+                    if let Err(fence) = self.queue.renew(run.task_id, run.lease_generation, sidecar_id, now, ttl)
+                        && !self.result_taken(run.task_id, run.lease_generation)
+                    {
                         self.refuse(sidecar_id, run.task_id, run.lease_generation, fence, "heartbeat");
                     }
                 }
@@ -69,12 +72,23 @@ impl State {
             }
             FromSidecar::Finished { task_id, lease_generation, outcome } => {
                 if let Err(fence) = self.queue.check(task_id, lease_generation, sidecar_id) {
-                    self.refuse(sidecar_id, task_id, lease_generation, fence, "finished");
+                    if !self.stored_again(sidecar_id, task_id, lease_generation, outcome) {
+                        self.refuse(sidecar_id, task_id, lease_generation, fence, "finished");
+                    }
                     return;
                 }
+                // Until the commit that holds the result returns, everyone is shown the task as
+                // it was: an end is never seen before it is durable.
+                let shown = Task::clone(&self.tasks[&task_id]);
                 let lease = self.release(task_id, now);
                 let task = self.tasks.get_mut(&task_id).expect("a leased task exists");
                 let mut outcome = outcome;
+                // The output goes to storage apart from the record (in chunks), not into memory.
+                if let Some(feed) = self.feeds.get(&task_id) {
+                    feed.fill(task.attempt, &outcome.stdout, &outcome.stderr);
+                }
+                let stdout = std::mem::take(&mut outcome.stdout);
+                let stderr = std::mem::take(&mut outcome.stderr);
                 let failure = outcome.error.as_deref().and_then(FailureReason::of);
                 if let Some(usage) = &mut outcome.usage {
                     // Claude Code reports what a whole agent run cost (several models, cache
@@ -136,7 +150,12 @@ impl State {
                     let task = self.tasks.get_mut(&task_id).expect("a leased task exists");
                     task.set_state(state, reason, now);
                 }
-                self.persist(task_id, AfterCommit::Changed(task_id));
+                if self.tasks[&task_id].state.is_terminal() && !shown.state.is_terminal() {
+                    self.shown.entry(task_id).or_insert_with(|| Box::new(shown));
+                }
+                let record = self.tasks[&task_id].clone();
+                let ticket = AfterCommit::Stored { task_id, lease_generation, sidecar_id: sidecar_id.to_owned() };
+                self.write(vec![Op::PutOutput { id: task_id, stdout, stderr }, Op::PutTask(record)], ticket);
             }
             FromSidecar::Progress { task_id, lease_generation, blocked, verifying, message, step } => {
                 if let Err(fence) = self.queue.renew(task_id, lease_generation, sidecar_id, now, ttl) {
@@ -175,6 +194,33 @@ impl State {
             }
             FromSidecar::Models(endpoints) => self.sidecar_inventory(sidecar_id, endpoints),
         }
+    }
+
+    /// The attempt's result is here already (a sidecar lists it until it hears it is stored).
+    pub(super) fn result_taken(&self, task_id: TaskId, lease_generation: u64) -> bool {
+        self.tasks.get(&task_id).is_some_and(|task| {
+            task.lease_generation == lease_generation && task.outcome.is_some() && self.queue.lease(task_id).is_none()
+        })
+    }
+
+    /// A result sent again for an attempt whose result this hub has already taken (its
+    /// acknowledgement was lost to a restart or a failed commit): stored again, output and all,
+    /// and acknowledged once durable. False if it is not such a result.
+    fn stored_again(
+        &mut self,
+        sidecar_id: &str,
+        task_id: TaskId,
+        lease_generation: u64,
+        outcome: Box<Outcome>,
+    ) -> bool {
+        if !self.result_taken(task_id, lease_generation) {
+            return false;
+        }
+        let Outcome { stdout, stderr, .. } = *outcome;
+        let record = self.tasks[&task_id].clone();
+        let ticket = AfterCommit::Stored { task_id, lease_generation, sidecar_id: sidecar_id.to_owned() };
+        self.write(vec![Op::PutOutput { id: task_id, stdout, stderr }, Op::PutTask(record)], ticket);
+        true
     }
 
     /// A message under a lease the sender does not hold: count it, and make sure the sender

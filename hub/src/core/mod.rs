@@ -66,8 +66,9 @@ pub(crate) struct Effects {
     writes: Vec<(Vec<Op>, AfterCommit)>,
     /// Messages for sidecar sessions, by sidecar id.
     sends: Vec<(String, ToSidecar)>,
-    /// Storage failed: the hub can no longer promise durability.
-    unhealthy: bool,
+    /// Storage failed (`Some(Some(why))`: the hub can no longer promise durability), or works
+    /// again (`Some(None)`).
+    fault: Option<Option<String>>,
 }
 
 /// Everything the core decides with. See the module documentation.
@@ -82,6 +83,16 @@ pub(crate) struct State {
     /// Boxed: a task record is large, and B-tree nodes move their values when they split.
     tasks: BTreeMap<TaskId, Box<Task>>,
     by_key: HashMap<String, TaskId>,
+    /// Tasks whose end is not durable yet, as they were before it: what reads show until the
+    /// commit that holds the end returns (and, if it fails, until the result is stored again).
+    shown: HashMap<TaskId, Box<Task>>,
+    /// Why storage takes no changes, while it does not: submits are refused until it recovers.
+    storage_fault: Option<String>,
+    /// Tasks whose last change did not reach storage: written again once storage recovers.
+    unstored: BTreeSet<TaskId>,
+    /// Sidecars with results whose commit failed: once storage works again, their sessions
+    /// are ended so that they send those results again.
+    resend: std::collections::HashSet<String>,
     /// Submits not yet durable, with everyone waiting on them.
     pending_submits: HashMap<TaskId, Vec<SubmitWaiter>>,
     queue: Queue,
@@ -133,6 +144,10 @@ impl State {
             write_backlog: 0,
             tasks: BTreeMap::new(),
             by_key: HashMap::new(),
+            shown: HashMap::new(),
+            storage_fault: None,
+            unstored: BTreeSet::new(),
+            resend: std::collections::HashSet::new(),
             pending_submits: HashMap::new(),
             queue: Queue::new(aging_step_ms),
             dependents: HashMap::new(),
@@ -170,6 +185,11 @@ impl State {
         self.fx.writes.push((ops, ticket));
     }
 
+    /// A task as everyone is shown it: as it was before an end that is not durable yet.
+    fn visible(&self, id: TaskId) -> Option<&Task> {
+        self.shown.get(&id).or_else(|| self.tasks.get(&id)).map(|task| &**task)
+    }
+
     /// Persists a task as it is now. Watchers see the change once it is durable, through the ticket.
     fn persist(&mut self, id: TaskId, ticket: AfterCommit) {
         let task = self.tasks.get(&id).expect("persisting a known task").clone();
@@ -192,6 +212,8 @@ pub struct Core {
     state: State,
     events: mpsc::UnboundedReceiver<Event>,
     healthy: Arc<AtomicBool>,
+    /// Why storage takes no changes, while it does not (`/readyz` says it).
+    fault: Arc<std::sync::Mutex<Option<String>>>,
     writer: Option<Writer<AfterCommit>>,
 }
 
@@ -206,6 +228,7 @@ impl Core {
         let load_ms = loading.elapsed().as_millis() as u64;
         let (tx, rx) = mpsc::unbounded_channel();
         let healthy = Arc::new(AtomicBool::new(true));
+        let fault = Arc::new(std::sync::Mutex::new(None));
         let metrics = config.metrics.clone();
         store.stats().commit_metrics.get_or_init(|| crate::store::CommitMetrics {
             seconds: metrics.histogram("agentcom_storage_commit_seconds", &[]),
@@ -213,7 +236,14 @@ impl Core {
         });
         let mut state = State::new(config, fleet.registry, fleet.cordons);
         let changes = state.changes.bus();
-        let handle = Handle { events: tx.clone(), healthy: healthy.clone(), store: store.clone(), metrics, changes };
+        let handle = Handle {
+            events: tx.clone(),
+            healthy: healthy.clone(),
+            fault: fault.clone(),
+            store: store.clone(),
+            metrics,
+            changes,
+        };
         let writer = store.start_writer(AfterCommit::durable, move |tickets, result| {
             let _ = tx.send(Event::Committed { tickets, result });
         });
@@ -221,7 +251,7 @@ impl Core {
         let restoring = std::time::Instant::now();
         state.restore(tasks, now_ms());
         info!(load_ms, restore_ms = restoring.elapsed().as_millis() as u64, "queue loaded");
-        let mut core = Core { state, events: rx, healthy, writer: Some(writer) };
+        let mut core = Core { state, events: rx, healthy, fault, writer: Some(writer) };
         core.carry_out();
         let join = tokio::spawn(core.run());
         Ok((handle, join))
@@ -285,7 +315,7 @@ impl Core {
 
     /// Carries out what the state asked for, in order.
     fn carry_out(&mut self) {
-        let Effects { writes, sends, unhealthy } = self.state.take_effects();
+        let Effects { writes, sends, fault } = self.state.take_effects();
         for (sidecar_id, message) in sends {
             self.state.deliver(&sidecar_id, message);
         }
@@ -296,8 +326,9 @@ impl Core {
         {
             self.healthy.store(false, Ordering::Relaxed);
         }
-        if unhealthy {
-            self.healthy.store(false, Ordering::Relaxed);
+        if let Some(fault) = fault {
+            self.healthy.store(fault.is_none(), Ordering::Relaxed);
+            *self.fault.lock().expect("fault lock poisoned") = fault;
         }
     }
 }

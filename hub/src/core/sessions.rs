@@ -143,9 +143,10 @@ impl State {
         if let Some(cordon) = self.cordons.get(&sidecar_id).copied() {
             self.cordon_agents(&sidecar_id, cordon, now);
         }
-        // Work the sidecar still runs under a lease it no longer holds: stop it now.
+        // Work the sidecar still runs under a lease it no longer holds: stop it now. (A result
+        // it lists that is here already is not work: it sends it again and hears it is stored.)
         for (task_id, lease_generation) in claimed {
-            if !kept.contains(&task_id) {
+            if !kept.contains(&task_id) && !self.result_taken(task_id, lease_generation) {
                 let reason = "lease no longer held".to_owned();
                 self.send_to(&sidecar_id, ToSidecar::Cancel { task_id, lease_generation, reason });
             }

@@ -112,6 +112,10 @@ impl State {
             let _ = reply.send(Err(Error::Overloaded));
             return;
         }
+        if let Some(fault) = &self.storage_fault {
+            let _ = reply.send(Err(Error::StorageFault(fault.clone())));
+            return;
+        }
         if let Some(deadline) = spec.limits.deadline_unix_ms
             && deadline <= now
         {

@@ -183,7 +183,7 @@ impl Store {
     pub fn backup_to(&self, dest: &Path) -> Result<u64, Error> {
         let partial = dest.with_extension("partial");
         let _ = std::fs::remove_file(&partial);
-        let snapshot = self.db.begin_read().map_err(redb_err)?;
+        let snapshot = self.db()?.begin_read().map_err(redb_err)?;
         let copy = Database::create(&partial).map_err(redb_err)?;
         let txn = copy.begin_write().map_err(redb_err)?;
         let tasks = copy_table(&snapshot, &txn, TASKS)?;

@@ -44,6 +44,18 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const FLEET: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("fleet");
 /// Admin actions, keyed by a ULID (time order).
 const AUDIT: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("audit");
+/// A task's output, apart from its record: (task id, stream, chunk number) -> at most
+/// [`OUTPUT_CHUNK`] bytes. Stream 1 is stdout, 2 stderr. A task record keeps none of its
+/// output, so loading the queue reads no output, and no single value grows with a result.
+const OUTPUT: TableDefinition<'_, (u128, u8, u32), &[u8]> = TableDefinition::new("output");
+/// The least free space a new database is made in: its first pages and the smallest log.
+const MIN_FREE_TO_CREATE: u64 = 4 * 1024 * 1024;
+/// The most bytes one stored chunk of output holds.
+pub const OUTPUT_CHUNK: usize = 256 * 1024;
+/// redb's page cache (reads and the write buffer of commits not yet checkpointed). redb's own
+/// default is 1 GiB, which a hub reading results back would fill with output it has no more use
+/// for; the hot path (submits, dispatches, ends) touches a few pages per commit.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// META key: the version of the record format the database holds.
 const SCHEMA_VERSION: &str = "schema_version";
@@ -73,6 +85,11 @@ pub enum Error {
     Corrupt { key: u128, message: String },
     #[error("the storage writer has stopped")]
     WriterGone,
+    #[error("storage is recovering from an earlier failure; retry shortly")]
+    Recovering,
+    /// A commit failed: the hub stores nothing more until storage works again.
+    #[error("{detail} ({free} free on the file system holding {dir})", free = human_bytes(*free_bytes))]
+    Fault { detail: String, dir: PathBuf, free_bytes: u64 },
     #[error("database {path} is damaged: {detail}")]
     Damaged { path: PathBuf, detail: String },
     #[error("{path}: {message}")]
@@ -91,6 +108,24 @@ impl Error {
     }
 }
 
+/// Bytes as people read them: `512 B`, `3.2 MiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+/// Space left to an unprivileged writer on the file system holding `dir`.
+pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
+    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
+}
+
 fn redb_err(err: impl Into<redb::Error>) -> Error {
     Error::Redb(err.into())
 }
@@ -98,7 +133,18 @@ fn redb_err(err: impl Into<redb::Error>) -> Error {
 /// A change the writer applies.
 #[derive(Debug)]
 pub enum Op {
+    /// A task's record. Its outcome's output, if any, is not stored with it: that is
+    /// [`Op::PutOutput`]'s.
     PutTask(Box<Task>),
+    /// A task's output, in place of what was stored for it (stdout, then stderr).
+    PutOutput {
+        id: TaskId,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+    },
+    /// A task's output goes; its record stays (retention).
+    DropOutput(TaskId),
+    /// A task's record and its output.
     DeleteTask(TaskId),
     /// A token's hash and its stored value (`codec::encode_token`: its role, and for tokens made
     /// through the API when and under what name).
@@ -203,11 +249,47 @@ pub struct Fleet {
 
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    db: Arc<Slot>,
     path: PathBuf,
     stats: Arc<Stats>,
     /// The write-ahead log, until the writer thread takes it.
     wal: Arc<std::sync::Mutex<Option<Wal>>>,
+}
+
+/// The open database. After an I/O error redb refuses everything until it is opened again, so
+/// the writer may close it and open it again (`writer.rs`, `recover`); while it does, the slot
+/// is empty and readers are told storage is recovering.
+struct Slot {
+    current: std::sync::RwLock<Option<Arc<Database>>>,
+    /// Counts the syncs of the database opened next (benchmarks).
+    syncs: Option<Arc<AtomicU64>>,
+}
+
+impl Store {
+    fn db(&self) -> Result<Arc<Database>, Error> {
+        self.db.current.read().expect("database slot poisoned").clone().ok_or(Error::Recovering)
+    }
+}
+
+/// Opens (or creates) the database file with the hub's settings; `syncs` counts its syncs.
+fn open_database(path: &Path, syncs: Option<&Arc<AtomicU64>>) -> Result<Result<Database, redb::DatabaseError>, Error> {
+    let mut builder = Database::builder();
+    builder.set_cache_size(CACHE_BYTES);
+    match syncs {
+        None => Ok(builder.create(path)),
+        Some(syncs) => {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(Error::io(path))?;
+            let inner = redb::backends::FileBackend::new(file)
+                .map_err(|err| Error::Open { path: path.to_owned(), source: err.into() })?;
+            Ok(builder.create_with_backend(CountingBackend { inner, syncs: syncs.clone() }))
+        }
+    }
 }
 
 /// The write-ahead log beside a database file: its full name plus `.wal`.
@@ -229,6 +311,8 @@ pub struct Stats {
     pub wal_syncs: AtomicU64,
     /// Checkpoints: `Immediate` redb commits that make the log's changes durable in redb.
     pub checkpoints: AtomicU64,
+    /// Batches too large for the log, committed straight into redb.
+    pub direct_commits: AtomicU64,
     /// Where each group commit's time (log write and sync) and size are recorded, once set.
     pub commit_metrics: std::sync::OnceLock<CommitMetrics>,
 }
@@ -294,12 +378,35 @@ impl Store {
     /// check is refused, also when redb could repair it, since a repair may have dropped data:
     /// the hub must never start with part of its queue silently gone.
     pub fn open(path: &Path) -> Result<Store, Error> {
-        Store::open_with(path, None)
+        Store::open_fresh_or_not(path, None)
     }
 
     /// Like [`Store::open`], counting the storage syncs in [`Stats::syncs`] (for benchmarks).
     pub fn open_counting_syncs(path: &Path) -> Result<Store, Error> {
-        Store::open_with(path, Some(Arc::new(AtomicU64::new(0))))
+        Store::open_fresh_or_not(path, Some(Arc::new(AtomicU64::new(0))))
+    }
+
+    /// A database this start creates and cannot finish making (a disk too full for it) leaves
+    /// nothing behind.
+    fn open_fresh_or_not(path: &Path, syncs: Option<Arc<AtomicU64>>) -> Result<Store, Error> {
+        let fresh = !path.exists() && !wal_path(path).exists();
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if fresh
+            && let Ok(free) = free_bytes(dir)
+            && free < MIN_FREE_TO_CREATE
+        {
+            return Err(Error::Fault {
+                detail: format!("not enough space to create the database {}", path.display()),
+                dir: dir.to_owned(),
+                free_bytes: free,
+            });
+        }
+        let opened = Store::open_with(path, syncs);
+        if opened.is_err() && fresh {
+            let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(wal_path(path));
+        }
+        opened
     }
 
     fn open_with(path: &Path, syncs: Option<Arc<AtomicU64>>) -> Result<Store, Error> {
@@ -314,22 +421,7 @@ impl Store {
                 .unwrap_or_default();
             damaged(format!("redb could not read it ({what})"))
         };
-        let opened = std::panic::catch_unwind(|| match &syncs {
-            None => Ok::<_, Error>(Database::create(path)),
-            Some(syncs) => {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(path)
-                    .map_err(Error::io(path))?;
-                let inner = redb::backends::FileBackend::new(file)
-                    .map_err(|err| Error::Open { path: path.to_owned(), source: err.into() })?;
-                Ok(Database::builder().create_with_backend(CountingBackend { inner, syncs: syncs.clone() }))
-            }
-        })
-        .map_err(panicked)??;
+        let opened = std::panic::catch_unwind(|| open_database(path, syncs.as_ref())).map_err(panicked)??;
         let mut db = opened.map_err(|err| match err {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::InUse { path: path.to_owned() },
             redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => damaged(detail),
@@ -347,9 +439,10 @@ impl Store {
             Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail))) => return Err(damaged(detail)),
             Err(err) => return Err(Error::Open { path: path.to_owned(), source: err.into() }),
         }
-        let stats = Arc::new(Stats { syncs: syncs.unwrap_or_default(), ..Stats::default() });
+        let stats = Arc::new(Stats { syncs: syncs.clone().unwrap_or_default(), ..Stats::default() });
+        let slot = Slot { current: std::sync::RwLock::new(Some(Arc::new(db))), syncs };
         let mut store =
-            Store { db: Arc::new(db), path: path.to_owned(), stats, wal: Arc::new(std::sync::Mutex::new(None)) };
+            Store { db: Arc::new(slot), path: path.to_owned(), stats, wal: Arc::new(std::sync::Mutex::new(None)) };
         let older = store.init()?;
         store.replay_wal()?;
         if let Some(from) = older {
@@ -362,7 +455,7 @@ impl Store {
     /// older version `v` and must be migrated (after the log is replayed, since its records are
     /// of that version too).
     fn init(&self) -> Result<Option<u64>, Error> {
-        let txn = self.db.begin_write().map_err(redb_err)?;
+        let txn = self.db()?.begin_write().map_err(redb_err)?;
         let older = {
             let mut meta = txn.open_table(META).map_err(redb_err)?;
             let found = meta.get(SCHEMA_VERSION).map_err(redb_err)?.map(|v| v.value());
@@ -384,6 +477,7 @@ impl Store {
         txn.open_table(TOKENS).map_err(redb_err)?;
         txn.open_table(FLEET).map_err(redb_err)?;
         txn.open_table(AUDIT).map_err(redb_err)?;
+        txn.open_table(OUTPUT).map_err(redb_err)?;
         txn.commit().map_err(redb_err)?;
         Ok(older)
     }
@@ -393,7 +487,7 @@ impl Store {
     /// changed): the hub must never start with part of its queue silently gone.
     fn migrate(&self, from: u64) -> Result<(), Error> {
         let started = std::time::Instant::now();
-        let mut txn = self.db.begin_write().map_err(redb_err)?;
+        let mut txn = self.db()?.begin_write().map_err(redb_err)?;
         txn.set_durability(Durability::Immediate)
             .map_err(|err| Error::Io { path: self.path.clone(), message: err.to_string() })?;
         let (mut tasks, mut settings) = (0u64, 0u64);
@@ -438,12 +532,13 @@ impl Store {
     /// alone has everything acknowledged before the last stop or crash.
     fn replay_wal(&mut self) -> Result<(), Error> {
         let checkpoint_lsn = {
-            let txn = self.db.begin_read().map_err(redb_err)?;
+            let txn = self.db()?.begin_read().map_err(redb_err)?;
             let meta = txn.open_table(META).map_err(redb_err)?;
             meta.get(CHECKPOINT_LSN).map_err(redb_err)?.map(|v| v.value()).unwrap_or(0)
         };
         let wal_path = wal_path(&self.path);
-        let (wal, records) = Wal::open(&wal_path, wal::DEFAULT_CAPACITY, checkpoint_lsn).map_err(|err| match err {
+        let capacity = self.log_capacity(&wal_path)?;
+        let (wal, records) = Wal::open(&wal_path, capacity, checkpoint_lsn).map_err(|err| match err {
             wal::Error::Damaged { lsn, .. } => Error::Damaged {
                 path: wal_path.clone(),
                 detail: format!("log record {lsn} is damaged while later records are whole"),
@@ -459,12 +554,38 @@ impl Store {
                     detail: format!("log record {} does not decode", record.lsn),
                 })?);
             }
-            apply_prepared(&self.db, &prepared, Durability::None)?;
+            apply_prepared(self.db()?.as_ref(), &prepared, Durability::None)?;
             tracing::info!(first, last, records = records.len(), "replayed the write-ahead log");
         }
-        checkpoint(&self.db, &self.stats, wal.lsn())?;
+        checkpoint(self.db()?.as_ref(), &self.stats, wal.lsn())?;
         *self.wal.lock().expect("wal lock poisoned") = Some(wal);
         Ok(())
+    }
+
+    /// The log's size: [`wal::DEFAULT_CAPACITY`], or what half the free space allows on a
+    /// disk with less (never less than a log it finds); refused below [`wal::MIN_CAPACITY`].
+    fn log_capacity(&self, wal_path: &Path) -> Result<u64, Error> {
+        let existing = std::fs::metadata(wal_path).map(|m| m.len()).unwrap_or(0);
+        if existing >= wal::DEFAULT_CAPACITY {
+            return Ok(existing);
+        }
+        let dir = wal_path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let free = free_bytes(dir).map_err(Error::io(dir))?;
+        const MIB: u64 = 1024 * 1024;
+        let fits = (existing + free / 2) / MIB * MIB;
+        let capacity = fits.min(wal::DEFAULT_CAPACITY).max(existing);
+        if capacity < wal::MIN_CAPACITY {
+            return Err(Error::Fault {
+                detail: format!(
+                    "not enough space for the write-ahead log {} (it needs {})",
+                    wal_path.display(),
+                    human_bytes(wal::MIN_CAPACITY * 2 - existing)
+                ),
+                dir: dir.to_owned(),
+                free_bytes: free,
+            });
+        }
+        Ok(capacity)
     }
 
     pub fn path(&self) -> &Path {
@@ -483,7 +604,7 @@ impl Store {
     pub fn load_tasks(&self) -> Result<Vec<Box<Task>>, Error> {
         let reading = std::time::Instant::now();
         let raw: Vec<(u128, Vec<u8>)> = {
-            let txn = self.db.begin_read().map_err(redb_err)?;
+            let txn = self.db()?.begin_read().map_err(redb_err)?;
             let table = txn.open_table(TASKS).map_err(redb_err)?;
             let mut raw = Vec::with_capacity(table.len().map_err(redb_err)? as usize);
             for entry in table.iter().map_err(redb_err)? {
@@ -517,18 +638,36 @@ impl Store {
         Ok(tasks)
     }
 
-    /// One stored task. Blocking: call from a blocking context.
+    /// One stored task, with its output. Blocking: call from a blocking context.
     pub fn get_task(&self, id: TaskId) -> Result<Option<Task>, Error> {
-        let txn = self.db.begin_read().map_err(redb_err)?;
+        let txn = self.db()?.begin_read().map_err(redb_err)?;
         let table = txn.open_table(TASKS).map_err(redb_err)?;
         let key = u128::from(id.0);
         let Some(value) = table.get(key).map_err(redb_err)? else { return Ok(None) };
-        codec::decode_task(value.value()).map(Some).map_err(|message| Error::Corrupt { key, message })
+        let mut task = codec::decode_task(value.value()).map_err(|message| Error::Corrupt { key, message })?;
+        if let Some(outcome) = &mut task.outcome {
+            // Records written before output was kept apart hold it inline.
+            let output = txn.open_table(OUTPUT).map_err(redb_err)?;
+            let (stdout, stderr) = (read_output(&output, key, 1)?, read_output(&output, key, 2)?);
+            if !stdout.is_empty() || !stderr.is_empty() {
+                (outcome.stdout, outcome.stderr) = (stdout, stderr);
+            }
+        }
+        Ok(Some(task))
+    }
+
+    /// A task's stored output, stdout and stderr: what [`Op::PutOutput`] wrote, and nothing
+    /// once retention dropped it. Blocking.
+    pub fn output(&self, id: TaskId) -> Result<(Vec<u8>, Vec<u8>), Error> {
+        let txn = self.db()?.begin_read().map_err(redb_err)?;
+        let output = txn.open_table(OUTPUT).map_err(redb_err)?;
+        let key = u128::from(id.0);
+        Ok((read_output(&output, key, 1)?, read_output(&output, key, 2)?))
     }
 
     /// Token hashes and their roles.
     pub fn load_tokens(&self) -> Result<Vec<StoredToken>, Error> {
-        let txn = self.db.begin_read().map_err(redb_err)?;
+        let txn = self.db()?.begin_read().map_err(redb_err)?;
         let table = txn.open_table(TOKENS).map_err(redb_err)?;
         table
             .iter()
@@ -542,7 +681,7 @@ impl Store {
 
     /// The newest `limit` admin actions, newest first (a record that does not decode is skipped).
     pub fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, Error> {
-        let txn = self.db.begin_read().map_err(redb_err)?;
+        let txn = self.db()?.begin_read().map_err(redb_err)?;
         let table = match txn.open_table(AUDIT) {
             Ok(table) => table,
             // A database from before the audit log: nothing recorded yet.
@@ -563,7 +702,7 @@ impl Store {
     /// The registry and the cordons, as stored. A record that does not decode is skipped with a
     /// warning naming it: these are settings an operator can redo, and the queue matters more.
     pub fn load_fleet(&self) -> Result<Fleet, Error> {
-        let txn = self.db.begin_read().map_err(redb_err)?;
+        let txn = self.db()?.begin_read().map_err(redb_err)?;
         let table = txn.open_table(FLEET).map_err(redb_err)?;
         let mut fleet = Fleet::default();
         for entry in table.iter().map_err(redb_err)? {
@@ -594,7 +733,7 @@ impl Store {
     /// The join tokens and enrolled sidecars. A record that does not decode is skipped with a
     /// warning (a sidecar whose identity is skipped cannot connect until it enrols again).
     pub fn load_enrolled(&self) -> Result<Enrolled, Error> {
-        let txn = self.db.begin_read().map_err(redb_err)?;
+        let txn = self.db()?.begin_read().map_err(redb_err)?;
         let table = txn.open_table(FLEET).map_err(redb_err)?;
         let mut enrolled = Enrolled::default();
         for entry in table.iter().map_err(redb_err)? {
@@ -620,10 +759,29 @@ impl Store {
     /// Applies changes in one durable transaction. For use before the writer starts (setup,
     /// tools); once it runs, changes go through it.
     pub fn apply(&self, ops: Vec<Op>) -> Result<(), Error> {
-        apply_prepared(&self.db, &prepare(ops), Durability::Immediate)?;
+        apply_prepared(self.db()?.as_ref(), &prepare(ops), Durability::Immediate)?;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// One stream of a task's stored output, its chunks joined.
+fn read_output(
+    table: &impl ReadableTable<(u128, u8, u32), &'static [u8]>,
+    key: u128,
+    stream: u8,
+) -> Result<Vec<u8>, Error> {
+    let mut bytes = Vec::new();
+    for entry in table.range((key, stream, 0)..=(key, stream, u32::MAX)).map_err(redb_err)? {
+        let (_, chunk) = entry.map_err(redb_err)?;
+        bytes.extend_from_slice(chunk.value());
+    }
+    Ok(bytes)
+}
+
+/// Removes a task's stored output (both streams).
+fn remove_output(table: &mut redb::Table<'_, (u128, u8, u32), &'static [u8]>, key: u128) -> Result<(), Error> {
+    table.retain_in((key, 0, 0)..=(key, u8::MAX, u32::MAX), |_, _| false).map_err(redb_err)
 }
 
 /// Makes everything applied so far durable in redb, and records the last log record it covers.
@@ -641,13 +799,24 @@ fn apply_prepared(db: &Database, ops: &[Prepared], durability: Durability) -> Re
         .map_err(|err| Error::Io { path: PathBuf::from("redb"), message: err.to_string() })?;
     {
         let mut tasks = txn.open_table(TASKS).map_err(redb_err)?;
+        let mut output = txn.open_table(OUTPUT).map_err(redb_err)?;
         for op in ops {
             match op {
                 Prepared::PutTask { key, bytes } => {
                     tasks.insert(*key, bytes.as_slice()).map_err(redb_err)?;
                 }
+                Prepared::PutOutput { key, stdout, stderr } => {
+                    remove_output(&mut output, *key)?;
+                    for (stream, bytes) in [(1u8, stdout), (2u8, stderr)] {
+                        for (n, chunk) in bytes.chunks(OUTPUT_CHUNK).enumerate() {
+                            output.insert((*key, stream, n as u32), chunk).map_err(redb_err)?;
+                        }
+                    }
+                }
+                Prepared::DropOutput { key } => remove_output(&mut output, *key)?,
                 Prepared::DeleteTask { key } => {
                     tasks.remove(*key).map_err(redb_err)?;
+                    remove_output(&mut output, *key)?;
                 }
                 Prepared::PutToken { hash, value } => {
                     let mut tokens = txn.open_table(TOKENS).map_err(redb_err)?;

@@ -228,7 +228,7 @@ fn a_database_of_format_1_is_migrated_once_and_reads_the_same() {
     assert_eq!((endpoints[0].url.as_str(), &endpoints[0].owner), ("http://127.0.0.1:9", &crate::fleet::Owner::Hub));
     assert_eq!(store.load_tokens().unwrap().len(), 2);
     let version = |store: &Store| {
-        let txn = store.db.begin_read().unwrap();
+        let txn = store.db().unwrap().begin_read().unwrap();
         txn.open_table(META).unwrap().get(SCHEMA_VERSION).unwrap().map(|v| v.value())
     };
     assert_eq!(version(&store), Some(FORMAT_VERSION));
@@ -243,7 +243,7 @@ fn a_database_of_a_newer_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hub.redb");
     let store = Store::open(&path).unwrap();
-    let txn = store.db.begin_write().unwrap();
+    let txn = store.db().unwrap().begin_write().unwrap();
     txn.open_table(META).unwrap().insert(SCHEMA_VERSION, FORMAT_VERSION + 1).unwrap();
     txn.commit().unwrap();
     drop(store);
@@ -274,4 +274,92 @@ fn a_second_open_of_the_same_file_is_refused_clearly() {
     let _first = Store::open(&path).unwrap();
     let err = Store::open(&path).err().expect("second open must fail");
     assert!(matches!(err, Error::InUse { .. }), "{err}");
+}
+
+/// A task whose outcome holds `stdout` and `stderr`.
+fn finished(n: i64, stdout: Vec<u8>, stderr: Vec<u8>) -> Task {
+    let mut task = task(n);
+    let (stdout_total_bytes, stderr_total_bytes) = (stdout.len() as u64, stderr.len() as u64);
+    task.outcome = Some(crate::domain::Outcome {
+        exit: crate::domain::Exit::Code(0),
+        stdout,
+        stderr,
+        stdout_total_bytes,
+        stderr_total_bytes,
+        ..crate::domain::Outcome::empty()
+    });
+    task.set_state(TaskState::Succeeded, "", n + 1);
+    task
+}
+
+#[test]
+fn output_larger_than_the_log_commits_reads_back_whole_and_stays_out_of_the_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.redb");
+    let store = Store::open(&path).unwrap();
+    let (done_tx, done_rx) = std_mpsc::channel();
+    let writer = store.start_writer(
+        |_: &mut u32| {},
+        move |tickets: Vec<u32>, result| {
+            result.unwrap();
+            done_tx.send(tickets).unwrap();
+        },
+    );
+    // 40 MiB and 64 MiB: each more than the whole log holds; beside them a small one that goes
+    // through the log, and one with no output at all.
+    let big = b"0123456789abcdef".repeat(40 * 1024 * 1024 / 16);
+    let huge = vec![b'x'; 64 * 1024 * 1024];
+    let tasks = [
+        finished(1, big.clone(), b"warning\n".to_vec()),
+        finished(2, b"small\n".to_vec(), Vec::new()),
+        finished(3, huge.clone(), huge.clone()),
+        finished(4, Vec::new(), Vec::new()),
+    ];
+    for (i, t) in tasks.iter().enumerate() {
+        writer.write(vec![Op::PutTask(Box::new(t.clone()))], i as u32).unwrap();
+    }
+    let mut acked = Vec::new();
+    while acked.len() < tasks.len() {
+        acked.extend(done_rx.recv().unwrap());
+    }
+    assert!(
+        store.stats().direct_commits.load(Ordering::Relaxed) >= 1,
+        "a batch too large for the log went straight to redb"
+    );
+    for t in &tasks {
+        assert_eq!(store.get_task(t.id).unwrap().as_ref(), Some(t), "readable before a reopen");
+    }
+    // A later change of the record without its output (as the core keeps it) leaves the stored
+    // output alone; a new output replaces it whole.
+    let mut changed = tasks[0].clone();
+    changed.outcome.as_mut().unwrap().stdout.clear();
+    changed.outcome.as_mut().unwrap().stderr.clear();
+    changed.state_reason = "noted".into();
+    writer.write(vec![Op::PutTask(Box::new(changed.clone()))], 10).unwrap();
+    writer.write(vec![Op::PutOutput { id: tasks[1].id, stdout: b"second".to_vec(), stderr: Vec::new() }], 11).unwrap();
+    writer.write(vec![Op::DeleteTask(tasks[3].id)], 12).unwrap();
+    while !acked.contains(&12) {
+        acked.extend(done_rx.recv().unwrap());
+    }
+    writer.close();
+    drop(store);
+
+    let store = Store::open(&path).unwrap();
+    let loaded = store.load_tasks().unwrap();
+    assert_eq!(loaded.len(), 3);
+    assert!(
+        loaded.iter().all(|t| t.outcome.as_ref().is_some_and(|o| o.stdout.is_empty() && o.stderr.is_empty())),
+        "loading the queue reads no output"
+    );
+    let first = store.get_task(tasks[0].id).unwrap().unwrap();
+    assert_eq!(first.state_reason, "noted");
+    assert!(first.outcome.as_ref().unwrap().stdout == big, "40 MiB back whole after a reopen");
+    assert_eq!(store.output(tasks[1].id).unwrap(), (b"second".to_vec(), Vec::new()));
+    let third = store.output(tasks[2].id).unwrap();
+    assert!(third.0 == huge && third.1 == huge, "64 MiB per stream back whole");
+    assert_eq!(store.get_task(tasks[3].id).unwrap(), None);
+    assert_eq!(store.output(tasks[3].id).unwrap(), (Vec::new(), Vec::new()));
+    store.apply(vec![Op::DropOutput(tasks[2].id)]).unwrap();
+    assert_eq!(store.output(tasks[2].id).unwrap(), (Vec::new(), Vec::new()), "retention drops the output");
+    assert!(store.get_task(tasks[2].id).unwrap().is_some(), "and keeps the record");
 }

@@ -24,6 +24,8 @@ const HEADER_BYTES: usize = 16;
 
 /// Size of the log file. A checkpoint runs when a record would not fit.
 pub const DEFAULT_CAPACITY: u64 = 32 * 1024 * 1024;
+/// The smallest log the hub makes (on a disk with less room than the default needs).
+pub const MIN_CAPACITY: u64 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -83,6 +85,16 @@ impl Wal {
         // The records will be in redb by the checkpoint that follows replay; writing then starts
         // over at the start, and whatever older records follow are told apart by their numbers.
         Ok((Wal { file, path: path.to_owned(), capacity: capacity.max(length), position: 0, lsn }, records))
+    }
+
+    /// The records after `checkpoint_lsn` still in the file, as replay at open would find them:
+    /// what a database opened again must be given (see the writer's recovery).
+    pub fn records_after(&self, checkpoint_lsn: u64) -> Result<Vec<Record>, Error> {
+        let io = |source| Error::Io { path: self.path.clone(), source };
+        match read_records(&self.file, self.capacity, checkpoint_lsn).map_err(io)? {
+            Ok(records) => Ok(records),
+            Err(lsn) => Err(Error::Damaged { path: self.path.clone(), lsn }),
+        }
     }
 
     pub fn lsn(&self) -> u64 {

@@ -1,18 +1,18 @@
 //! The one writer: a thread that owns redb's write transactions once the hub runs, and commits
 //! in groups through the write-ahead log (see the `store` module for the invariant).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability};
+use redb::{Database, Durability, ReadableDatabase};
 
-use super::codec::{encode_ops, prepare};
+use super::codec::{encode_ops, encoded_len, prepare};
 use super::wal::{self, Wal};
-use super::{Error, Op, Stats, Store, apply_prepared, checkpoint};
+use super::{Error, Op, Slot, Stats, Store, apply_prepared, checkpoint};
 
 /// Most changes one commit takes; the rest wait for the next.
 const MAX_BATCH: usize = 16_384;
@@ -32,6 +32,10 @@ const QUIET_BEFORE_CHECKPOINT: Duration = Duration::from_millis(2);
 const CHECKPOINT_AT_THE_LATEST: Duration = Duration::from_millis(200);
 /// Log bytes after which the writer checkpoints regardless of time.
 const CHECKPOINT_BYTES: u64 = 4 * 1024 * 1024;
+/// How often a writer whose storage failed tries to recover.
+const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
+/// The free space recovery waits for: room for a checkpoint and the next commits.
+const RECOVERY_FREE_BYTES: u64 = 2 * 1024 * 1024;
 /// How long the writer looks for more work before it parks (see `next`).
 const SPIN_BEFORE_PARKING: Duration = Duration::from_micros(50);
 
@@ -48,8 +52,9 @@ impl Store {
         mut on_commit: impl FnMut(Vec<T>, Result<(), Arc<Error>>) + Send + 'static,
     ) -> Writer<T> {
         let (tx, rx) = mpsc::channel();
-        let (db, stats) = (self.db.clone(), self.stats.clone());
         let wal = self.wal.lock().expect("wal lock poisoned").take().expect("one writer per store");
+        let db = Some(self.db().expect("the database is open when the writer starts"));
+        let storage = Storage { slot: self.db.clone(), db, path: self.path.clone(), stats: self.stats.clone(), wal };
         let backlog = Arc::new(AtomicUsize::new(0));
         let mut on_commit = {
             let backlog = backlog.clone();
@@ -61,7 +66,7 @@ impl Store {
         };
         let thread = std::thread::Builder::new()
             .name("agentcom-store".into())
-            .spawn(move || writer_loop(db, stats, wal, rx, on_durable, &mut on_commit))
+            .spawn(move || writer_loop(storage, rx, on_durable, &mut on_commit))
             .expect("spawning the storage writer thread");
         Writer { tx, backlog, thread: Some(thread) }
     }
@@ -129,43 +134,154 @@ impl<T: Send + 'static> Writer<T> {
     }
 }
 
-fn writer_loop<T>(
-    db: Arc<Database>,
+/// What the writer owns: the database it commits to (taken from the store's slot, which it may
+/// fill again after an I/O error), and the log.
+struct Storage {
+    slot: Arc<Slot>,
+    /// `None` only while recovery has closed it and not yet opened it again.
+    db: Option<Arc<Database>>,
+    path: PathBuf,
     stats: Arc<Stats>,
-    mut wal: Wal,
+    wal: Wal,
+}
+
+impl Storage {
+    fn db(&self) -> &Database {
+        self.db.as_deref().expect("the writer commits only while the database is open")
+    }
+
+    fn dir(&self) -> &Path {
+        self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
+    }
+
+    /// The failure as the hub reports it: what failed, and the space left on the disk.
+    fn fault(&self, err: Error) -> Arc<Error> {
+        let free_bytes = super::free_bytes(self.dir()).unwrap_or(0);
+        Arc::new(Error::Fault { detail: format!("storage failed: {err}"), dir: self.dir().to_owned(), free_bytes })
+    }
+
+    /// Closes the database (readers hold it for a moment at most) and opens it again: after an
+    /// I/O error redb refuses everything, reads included, until then. Opened again it serves
+    /// reads of what its last checkpoint holds; the log holds the rest.
+    fn reopen(&mut self) -> Result<Arc<Database>, Error> {
+        drop(self.slot.current.write().expect("database slot poisoned").take());
+        if let Some(db) = self.db.take() {
+            let waited = Instant::now();
+            while Arc::strong_count(&db) > 1 {
+                if waited.elapsed() > Duration::from_secs(1) {
+                    *self.slot.current.write().expect("database slot poisoned") = Some(db.clone());
+                    self.db = Some(db);
+                    return Err(Error::Recovering);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let reopened = super::open_database(&self.path, self.slot.syncs.as_ref())?
+            .map_err(|err| Error::Open { path: self.path.clone(), source: err.into() })?;
+        let db = Arc::new(reopened);
+        self.db = Some(db.clone());
+        *self.slot.current.write().expect("database slot poisoned") = Some(db.clone());
+        Ok(db)
+    }
+
+    /// After a failure: once the disk has room again, opens the database afresh, gives it what
+    /// the log holds beyond its last checkpoint, and checkpoints. The log itself was never
+    /// lost: it is preallocated.
+    fn recover(&mut self) -> Result<(), Error> {
+        let free = super::free_bytes(self.dir()).map_err(Error::io(self.dir()))?;
+        if free < RECOVERY_FREE_BYTES {
+            return Err(Error::Fault { detail: "still no room".into(), dir: self.dir().to_owned(), free_bytes: free });
+        }
+        let db = self.reopen()?;
+        let checkpoint_lsn = {
+            let txn = db.begin_read().map_err(super::redb_err)?;
+            let meta = txn.open_table(super::META).map_err(super::redb_err)?;
+            meta.get(super::CHECKPOINT_LSN).map_err(super::redb_err)?.map(|v| v.value()).unwrap_or(0)
+        };
+        let wal_error =
+            |err: wal::Error| Error::Io { path: PathBuf::from("write-ahead log"), message: err.to_string() };
+        let mut prepared = Vec::new();
+        for record in self.wal.records_after(checkpoint_lsn).map_err(wal_error)? {
+            prepared.extend(super::codec::decode_ops(&record.payload).ok_or(Error::Damaged {
+                path: PathBuf::from("write-ahead log"),
+                detail: format!("log record {} does not decode", record.lsn),
+            })?);
+        }
+        apply_prepared(&db, &prepared, Durability::None)?;
+        checkpoint(&db, &self.stats, self.wal.lsn())?;
+        self.wal.rewind();
+        Ok(())
+    }
+
+    /// A commit or checkpoint failed: from now on changes are refused until [`Storage::recover`]
+    /// succeeds; the database is opened again at once so that reads go on meanwhile.
+    fn failed(&mut self, err: Error) -> Arc<Error> {
+        let fault = self.fault(err);
+        tracing::error!(error = %fault, "storage failed; refusing changes until it recovers");
+        if let Err(err) = self.reopen() {
+            tracing::warn!(error = %err, "could not open the database again for reads; retrying with recovery");
+        }
+        fault
+    }
+}
+
+fn writer_loop<T>(
+    mut storage: Storage,
     rx: mpsc::Receiver<Batch<T>>,
     mut on_durable: impl FnMut(&mut T),
     on_commit: &mut impl FnMut(Vec<T>, Result<(), Arc<Error>>),
 ) {
     // When the oldest change the log holds beyond the last checkpoint was committed.
     let mut dirty_since: Option<Instant> = None;
-    // After a failed checkpoint the next waits an interval (one failing every commit would
-    // only fill the log with errors).
-    let mut not_before = Instant::now();
     let mut lone = false;
+    // Set after a failed commit or checkpoint: until storage recovers, every change is refused
+    // at once (its ticket comes back with this error) and recovery is tried once a second. An
+    // empty report then tells the owner: with the error when the fault begins, `Ok` when it ends.
+    let mut fault: Option<Arc<Error>> = None;
     loop {
+        if let Some(err) = &fault {
+            match rx.recv_timeout(RECOVERY_INTERVAL) {
+                Ok(batch) => {
+                    let mut tickets = batch.tickets;
+                    while let Ok(more) = rx.try_recv() {
+                        tickets.extend(more.tickets);
+                    }
+                    on_commit(tickets, Err(err.clone()));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => match storage.recover() {
+                    Ok(()) => {
+                        tracing::info!("storage works again; taking changes");
+                        fault = None;
+                        dirty_since = None;
+                        on_commit(Vec::new(), Ok(()));
+                    }
+                    Err(err) => tracing::debug!(error = %err, "storage not recovered yet"),
+                },
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            continue;
+        }
         // A checkpoint is due once the oldest change it would cover is an interval old (or the
         // log is big). It waits for quiet, up to its latest; with nothing to checkpoint the
         // writer just waits for work.
         let now = Instant::now();
         let age = dirty_since.map(|since| now.saturating_duration_since(since));
-        let overdue = now >= not_before
-            && age.is_some_and(|age| age >= CHECKPOINT_AT_THE_LATEST || wal.position() >= CHECKPOINT_BYTES);
-        let quiet_for = age.map(|age| {
-            let due_in = CHECKPOINT_INTERVAL.saturating_sub(age).max(not_before.saturating_duration_since(now));
-            due_in.max(QUIET_BEFORE_CHECKPOINT)
-        });
+        let overdue =
+            age.is_some_and(|age| age >= CHECKPOINT_AT_THE_LATEST || storage.wal.position() >= CHECKPOINT_BYTES);
+        let quiet_for = age.map(|age| CHECKPOINT_INTERVAL.saturating_sub(age).max(QUIET_BEFORE_CHECKPOINT));
         let first = match if overdue { Next::Quiet } else { next(&rx, lone, quiet_for) } {
             Next::Batch(batch) => batch,
             Next::Quiet => {
-                match checkpoint(&db, &stats, wal.lsn()) {
+                match checkpoint(storage.db(), &storage.stats, storage.wal.lsn()) {
                     Ok(()) => {
-                        wal.rewind();
+                        storage.wal.rewind();
                         dirty_since = None;
                     }
                     Err(err) => {
-                        tracing::error!(error = %err, "checkpoint failed; the log keeps the changes");
-                        not_before = Instant::now() + CHECKPOINT_INTERVAL;
+                        // The log keeps the changes; redb takes none until it is opened again.
+                        let err = storage.failed(err);
+                        on_commit(Vec::new(), Err(err.clone()));
+                        fault = Some(err);
                     }
                 }
                 lone = false;
@@ -186,21 +302,36 @@ fn writer_loop<T>(
             }
         }
         lone = sent == 1;
-        let synced = || tickets.iter_mut().for_each(&mut on_durable);
-        match commit_batch(&db, &stats, &mut wal, ops, synced) {
+        let mut durable = false;
+        let synced = || {
+            durable = true;
+            tickets.iter_mut().for_each(&mut on_durable)
+        };
+        let committed = commit_batch(&mut storage, ops, synced);
+        match committed {
             Ok(()) => {
                 // (A commit that checkpointed for room leaves the log holding only itself.)
                 dirty_since.get_or_insert_with(Instant::now);
                 on_commit(tickets, Ok(()));
             }
             Err(err) => {
-                tracing::error!(error = %err, "commit failed");
-                on_commit(tickets, Err(Arc::new(err)));
+                let err = storage.failed(err);
+                if durable {
+                    // In the log, synced: it is durable, and recovery gives it to redb.
+                    dirty_since.get_or_insert_with(Instant::now);
+                    on_commit(tickets, Ok(()));
+                    on_commit(Vec::new(), Err(err.clone()));
+                } else {
+                    on_commit(tickets, Err(err.clone()));
+                }
+                fault = Some(err);
             }
         }
     }
     // Stopping: leave redb complete, so the next start has nothing to replay.
-    if let Err(err) = checkpoint(&db, &stats, wal.lsn()) {
+    if fault.is_none()
+        && let Err(err) = checkpoint(storage.db(), &storage.stats, storage.wal.lsn())
+    {
         tracing::error!(error = %err, "final checkpoint failed; the log will be replayed at the next start");
     }
 }
@@ -241,21 +372,40 @@ fn next<T>(rx: &mpsc::Receiver<Batch<T>>, spin: bool, quiet_for: Option<Duration
 
 /// One group commit: the log record first (the durability point, after which `synced` runs),
 /// then the same changes into redb without a sync, so readers see them before `on_commit`.
-fn commit_batch(db: &Database, stats: &Stats, wal: &mut Wal, ops: Vec<Op>, synced: impl FnOnce()) -> Result<(), Error> {
+///
+/// A batch larger than the whole log (a result with much output) goes straight into redb in one
+/// `Immediate` commit instead, after a checkpoint that leaves the log empty: that commit is then
+/// its durability point. Nothing about a change's size decides whether it can be stored.
+fn commit_batch(storage: &mut Storage, ops: Vec<Op>, synced: impl FnOnce()) -> Result<(), Error> {
+    let db = &*storage.db.clone().expect("the writer commits only while the database is open");
+    let Storage { stats, wal, .. } = storage;
     let prepared = prepare(ops);
-    let payload = encode_ops(&prepared);
-    if !wal.fits(payload.len()) {
+    let len = encoded_len(&prepared);
+    if !wal.fits(len) {
         checkpoint(db, stats, wal.lsn())?;
         wal.rewind();
     }
-    let wal_error = |err: wal::Error| Error::Io { path: PathBuf::from("write-ahead log"), message: err.to_string() };
     let started = std::time::Instant::now();
-    wal.append(&payload).map_err(wal_error)?;
-    stats.wal_syncs.fetch_add(1, Ordering::Relaxed);
-    if let Some(metrics) = stats.commit_metrics.get() {
-        metrics.seconds.record(started.elapsed().as_secs_f64());
-        metrics.changes.record(prepared.len() as f64);
+    let record = |stats: &Stats| {
+        if let Some(metrics) = stats.commit_metrics.get() {
+            metrics.seconds.record(started.elapsed().as_secs_f64());
+            metrics.changes.record(prepared.len() as f64);
+        }
+    };
+    if !wal.fits(len) {
+        apply_prepared(db, &prepared, Durability::Immediate)?;
+        stats.direct_commits.fetch_add(1, Ordering::Relaxed);
+        record(stats);
+        synced();
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        return Ok(());
     }
+    let payload = encode_ops(&prepared);
+    let wal_error = |err: wal::Error| Error::Io { path: PathBuf::from("write-ahead log"), message: err.to_string() };
+    wal.append(&payload).map_err(wal_error)?;
+    drop(payload);
+    stats.wal_syncs.fetch_add(1, Ordering::Relaxed);
+    record(stats);
     synced();
     apply_prepared(db, &prepared, Durability::None)?;
     stats.commits.fetch_add(1, Ordering::Relaxed);

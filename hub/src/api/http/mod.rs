@@ -114,7 +114,8 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     if state.hub.is_healthy() {
         Json(json!({ "status": "ready" })).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable" }))).into_response()
+        let reason = state.hub.storage_fault().unwrap_or_else(|| "the hub core has stopped".to_owned());
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "reason": reason }))).into_response()
     }
 }
 

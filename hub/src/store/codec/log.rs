@@ -10,6 +10,8 @@ use crate::store::Op;
 /// A change in its stored form, ready for the log and for redb.
 pub(in crate::store) enum Prepared {
     PutTask { key: u128, bytes: Vec<u8> },
+    PutOutput { key: u128, stdout: Vec<u8>, stderr: Vec<u8> },
+    DropOutput { key: u128 },
     DeleteTask { key: u128 },
     PutToken { hash: String, value: String },
     DeleteToken { hash: String },
@@ -18,39 +20,59 @@ pub(in crate::store) enum Prepared {
     DeleteFleet { key: String },
 }
 
+/// Each change in its stored form. A task's output never goes into its record: a record that
+/// holds some has it split off as the task's output (`PutOutput`), stored in chunks apart.
 pub(in crate::store) fn prepare(ops: Vec<Op>) -> Vec<Prepared> {
-    use crate::store::{CORDON_PREFIX, ENDPOINT_PREFIX, IDENTITY_PREFIX, JOIN_PREFIX, VERDICTS_PREFIX};
-    ops.into_iter()
-        .map(|op| match op {
-            Op::PutTask(task) => Prepared::PutTask { key: u128::from(task.id.0), bytes: encode_task(*task) },
-            Op::DeleteTask(id) => Prepared::DeleteTask { key: u128::from(id.0) },
-            Op::PutToken { hash, value } => Prepared::PutToken { hash, value },
-            Op::DeleteToken { hash } => Prepared::DeleteToken { hash },
-            Op::PutAudit(entry) => Prepared::PutAudit { key: u128::from(entry.id), bytes: super::encode_audit(&entry) },
-            Op::PutJoinGrant(grant) => Prepared::PutFleet {
-                key: format!("{JOIN_PREFIX}{}", grant.id),
-                value: super::encode_join_grant(&grant),
-            },
-            Op::DeleteJoinGrant { id } => Prepared::DeleteFleet { key: format!("{JOIN_PREFIX}{id}") },
-            Op::PutIdentity(identity) => Prepared::PutFleet {
-                key: format!("{IDENTITY_PREFIX}{}", identity.sidecar_id),
-                value: super::encode_identity(&identity),
-            },
-            Op::PutCordon { sidecar_id, cordon } => {
-                Prepared::PutFleet { key: format!("{CORDON_PREFIX}{sidecar_id}"), value: encode_cordon(&cordon) }
+    let mut prepared = Vec::with_capacity(ops.len());
+    for op in ops {
+        match op {
+            Op::PutTask(mut task) => {
+                let key = u128::from(task.id.0);
+                if let Some(outcome) = &mut task.outcome
+                    && !(outcome.stdout.is_empty() && outcome.stderr.is_empty())
+                {
+                    let (stdout, stderr) = (std::mem::take(&mut outcome.stdout), std::mem::take(&mut outcome.stderr));
+                    prepared.push(Prepared::PutOutput { key, stdout, stderr });
+                }
+                prepared.push(Prepared::PutTask { key, bytes: encode_task(*task) });
             }
-            Op::DeleteCordon { sidecar_id } => Prepared::DeleteFleet { key: format!("{CORDON_PREFIX}{sidecar_id}") },
-            Op::PutEndpoint(endpoint) => Prepared::PutFleet {
-                key: format!("{ENDPOINT_PREFIX}{}", endpoint.id),
-                value: encode_endpoint(&endpoint),
-            },
-            Op::DeleteEndpoint { id } => Prepared::DeleteFleet { key: format!("{ENDPOINT_PREFIX}{id}") },
-            Op::PutVerdicts { model, kind, tier, tally } => Prepared::PutFleet {
-                key: format!("{VERDICTS_PREFIX}{kind}/{}/{model}", tier.as_str()),
-                value: pb::Tally { passed: tally.passed, failed: tally.failed }.encode_to_vec(),
-            },
-        })
-        .collect()
+            op => prepared.push(prepare_one(op)),
+        }
+    }
+    prepared
+}
+
+fn prepare_one(op: Op) -> Prepared {
+    use crate::store::{CORDON_PREFIX, ENDPOINT_PREFIX, IDENTITY_PREFIX, JOIN_PREFIX, VERDICTS_PREFIX};
+    match op {
+        Op::PutTask(task) => Prepared::PutTask { key: u128::from(task.id.0), bytes: encode_task(*task) },
+        Op::PutOutput { id, stdout, stderr } => Prepared::PutOutput { key: u128::from(id.0), stdout, stderr },
+        Op::DropOutput(id) => Prepared::DropOutput { key: u128::from(id.0) },
+        Op::DeleteTask(id) => Prepared::DeleteTask { key: u128::from(id.0) },
+        Op::PutToken { hash, value } => Prepared::PutToken { hash, value },
+        Op::DeleteToken { hash } => Prepared::DeleteToken { hash },
+        Op::PutAudit(entry) => Prepared::PutAudit { key: u128::from(entry.id), bytes: super::encode_audit(&entry) },
+        Op::PutJoinGrant(grant) => {
+            Prepared::PutFleet { key: format!("{JOIN_PREFIX}{}", grant.id), value: super::encode_join_grant(&grant) }
+        }
+        Op::DeleteJoinGrant { id } => Prepared::DeleteFleet { key: format!("{JOIN_PREFIX}{id}") },
+        Op::PutIdentity(identity) => Prepared::PutFleet {
+            key: format!("{IDENTITY_PREFIX}{}", identity.sidecar_id),
+            value: super::encode_identity(&identity),
+        },
+        Op::PutCordon { sidecar_id, cordon } => {
+            Prepared::PutFleet { key: format!("{CORDON_PREFIX}{sidecar_id}"), value: encode_cordon(&cordon) }
+        }
+        Op::DeleteCordon { sidecar_id } => Prepared::DeleteFleet { key: format!("{CORDON_PREFIX}{sidecar_id}") },
+        Op::PutEndpoint(endpoint) => {
+            Prepared::PutFleet { key: format!("{ENDPOINT_PREFIX}{}", endpoint.id), value: encode_endpoint(&endpoint) }
+        }
+        Op::DeleteEndpoint { id } => Prepared::DeleteFleet { key: format!("{ENDPOINT_PREFIX}{id}") },
+        Op::PutVerdicts { model, kind, tier, tally } => Prepared::PutFleet {
+            key: format!("{VERDICTS_PREFIX}{kind}/{}/{model}", tier.as_str()),
+            value: pb::Tally { passed: tally.passed, failed: tally.failed }.encode_to_vec(),
+        },
+    }
 }
 
 /// Stored verdicts: `rest` is the key past `verdicts/` (`KIND/TIER/MODEL`).
@@ -81,17 +103,44 @@ const TAG_PUT_FLEET: u8 = 4;
 const TAG_DELETE_FLEET: u8 = 5;
 const TAG_DELETE_TOKEN: u8 = 6;
 const TAG_PUT_AUDIT: u8 = 7;
+const TAG_PUT_OUTPUT: u8 = 8;
+const TAG_DROP_OUTPUT: u8 = 9;
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
     out.extend_from_slice(bytes);
 }
 
+/// The size of [`encode_ops`]'s payload, without making it.
+pub(in crate::store) fn encoded_len(ops: &[Prepared]) -> usize {
+    ops.iter()
+        .map(|op| match op {
+            Prepared::PutTask { bytes, .. } | Prepared::PutAudit { bytes, .. } => 1 + 16 + 4 + bytes.len(),
+            Prepared::PutOutput { stdout, stderr, .. } => 1 + 16 + 4 + stdout.len() + 4 + stderr.len(),
+            Prepared::DropOutput { .. } | Prepared::DeleteTask { .. } => 1 + 16,
+            Prepared::PutToken { hash, value } => 1 + 4 + hash.len() + 4 + value.len(),
+            Prepared::DeleteToken { hash } => 1 + 4 + hash.len(),
+            Prepared::PutFleet { key, value } => 1 + 4 + key.len() + 4 + value.len(),
+            Prepared::DeleteFleet { key } => 1 + 4 + key.len(),
+        })
+        .sum()
+}
+
 /// The payload of one log record: the changes of one group commit, tagged and length-prefixed.
 pub(in crate::store) fn encode_ops(ops: &[Prepared]) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(encoded_len(ops));
     for op in ops {
         match op {
+            Prepared::PutOutput { key, stdout, stderr } => {
+                out.push(TAG_PUT_OUTPUT);
+                out.extend_from_slice(&key.to_le_bytes());
+                put_bytes(&mut out, stdout);
+                put_bytes(&mut out, stderr);
+            }
+            Prepared::DropOutput { key } => {
+                out.push(TAG_DROP_OUTPUT);
+                out.extend_from_slice(&key.to_le_bytes());
+            }
             Prepared::PutTask { key, bytes } => {
                 out.push(TAG_PUT_TASK);
                 out.extend_from_slice(&key.to_le_bytes());
@@ -147,6 +196,14 @@ pub(in crate::store) fn decode_ops(mut payload: &[u8]) -> Option<Vec<Prepared>> 
             TAG_PUT_TASK => {
                 let key = u128::from_le_bytes(take(&mut payload, 16)?.try_into().ok()?);
                 Prepared::PutTask { key, bytes: take_bytes(&mut payload)?.to_vec() }
+            }
+            TAG_PUT_OUTPUT => {
+                let key = u128::from_le_bytes(take(&mut payload, 16)?.try_into().ok()?);
+                let stdout = take_bytes(&mut payload)?.to_vec();
+                Prepared::PutOutput { key, stdout, stderr: take_bytes(&mut payload)?.to_vec() }
+            }
+            TAG_DROP_OUTPUT => {
+                Prepared::DropOutput { key: u128::from_le_bytes(take(&mut payload, 16)?.try_into().ok()?) }
             }
             TAG_DELETE_TASK => {
                 Prepared::DeleteTask { key: u128::from_le_bytes(take(&mut payload, 16)?.try_into().ok()?) }
