@@ -518,9 +518,9 @@ async fn a_stalled_sidecars_late_result_is_refused_and_the_task_runs_elsewhere()
     signal(stalled.pid(), nix::sys::signal::Signal::SIGSTOP);
     assert_eventually!(hub.api.get(&id).await["state"] == "queued", PATIENCE, "the lease lapsed");
 
-    let _rescuer = SidecarProcess::start(&hub, "rescuer", 1, &work);
+    let _rescuer = SidecarProcess::start(&hub, "rescuer-2", 1, &work);
     assert_eventually!(
-        hub.api.get(&id).await["sidecar_id"] == "rescuer" && hub.api.get(&id).await["state"] == "running",
+        hub.api.get(&id).await["sidecar_id"] == "rescuer-2" && hub.api.get(&id).await["state"] == "running",
         PATIENCE,
         "attempt 2 running elsewhere"
     );
@@ -537,7 +537,7 @@ async fn a_stalled_sidecars_late_result_is_refused_and_the_task_runs_elsewhere()
     let task = hub.api.wait_final(&id, PATIENCE).await;
     assert_eq!(task["state"], "succeeded", "{task}");
     assert_eq!((task["attempt"].as_u64(), task["lease_generation"].as_u64()), (Some(2), Some(2)));
-    assert_eq!(task["sidecar_id"], "rescuer");
+    assert_eq!(task["sidecar_id"], "rescuer-2");
     assert_eq!(task["outcome"]["stdout"], "attempt 2\n", "the late result did not overwrite the current one");
 }
 
@@ -569,4 +569,53 @@ async fn a_sidecar_cut_off_longer_than_its_lease_stops_the_work_and_the_task_is_
     assert_eq!(task["state"], "succeeded", "the lost attempt was retried, not recorded as a kill: {task}");
     assert_eq!(task["attempt"], 2);
     assert_eq!(task["outcome"]["stdout"], "attempt 2\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sidecar_with_a_used_id_is_refused_and_the_first_keeps_its_work() {
+    use agentcom_proto::v1 as pb;
+    let dir = tempfile::tempdir().unwrap();
+    let (first_work, second_work) = (dir.path().join("first"), dir.path().join("second"));
+    std::fs::create_dir_all(&first_work).unwrap();
+    std::fs::create_dir_all(&second_work).unwrap();
+    let hub = HubProcess::serve(&dir.path().join("hub"), &FAST_BEATS).await;
+    let _first = SidecarProcess::start(&hub, "dup-id", 1, &first_work);
+    let id = hub.api.submit(shell("sleep 3; echo still here")).await["id"].as_str().unwrap().to_owned();
+    assert_eventually!(hub.api.get(&id).await["state"] == "running", PATIENCE, "the first sidecar runs the task");
+
+    // On the same machine: refused before it touches anything, with the reason.
+    let mut second = SidecarProcess::start(&hub, "dup-id", 1, &second_work);
+    assert_eventually!(second.child.try_wait().unwrap().is_some(), PATIENCE, "the second sidecar exits");
+    assert!(!second.child.try_wait().unwrap().unwrap().success());
+    let log = std::fs::read_to_string(hub.data_dir.with_extension("dup-id.log")).unwrap();
+    assert!(log.contains("another sidecar with the id dup-id is running on this machine"), "{log}");
+
+    // From elsewhere (another machine's sidecar, here a session opened by hand): the hub refuses
+    // a hello with an id that is connected, and the first session stays.
+    let token = agentcom_link::token_file::TokenFile::parse(&std::fs::read_to_string(hub.join_token_file()).unwrap())
+        .unwrap()
+        .token;
+    let mut link = pb::agent_link_client::AgentLinkClient::connect(hub.url.clone()).await.unwrap();
+    let hello = pb::Hello {
+        sidecar_id: "dup-id".into(),
+        hostname: "elsewhere".into(),
+        slots: 1,
+        capabilities: vec!["shell".into()],
+        instance: 42,
+        ..Default::default()
+    };
+    let messages = tokio_stream::iter(vec![pb::SidecarMessage { msg: Some(pb::sidecar_message::Msg::Hello(hello)) }]);
+    let mut request = tonic::Request::new(messages);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let refused = match link.session(request).await {
+        Err(status) => status,
+        Ok(response) => response.into_inner().message().await.expect_err("no welcome for a second sidecar"),
+    };
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("connected already"), "{}", refused.message());
+
+    let task = hub.api.wait_final(&id, PATIENCE).await;
+    assert_eq!(task["state"], "succeeded", "{task}");
+    assert_eq!(task["attempt"], 1, "the first sidecar's task was never disturbed");
+    assert_eq!(task["outcome"]["stdout"], "still here\n");
 }

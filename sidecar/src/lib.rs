@@ -284,6 +284,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 pub struct Prepared {
     settings: shell::Settings,
     workspaces: std::sync::Arc<workspace::Workspaces>,
+    /// A durable sidecar's claim on its id on this machine, held while it runs.
+    _claim: Option<state::IdClaim>,
 }
 
 impl Prepared {
@@ -378,6 +380,9 @@ pub async fn prepare(config: &Config) -> Result<Prepared, Error> {
     agentcom_link::install_crypto_provider();
     config.validate()?;
     let durable = config.state_dir.is_some();
+    // Before anything is touched: a durable sidecar kills what an earlier run of its id left
+    // behind, which must never be another sidecar's running work.
+    let claim = durable.then(|| state::IdClaim::take(&config.sidecar_id)).transpose().map_err(Error::Config)?;
     let containment =
         contain::Containment::setup(&config.sidecar_id, config.containment, durable).map_err(Error::Config)?;
     let state = match &config.state_dir {
@@ -413,7 +418,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, Error> {
         owner,
     );
     workspaces.push_branches = options.push_branches;
-    Ok(Prepared { settings, workspaces: std::sync::Arc::new(workspaces) })
+    Ok(Prepared { settings, workspaces: std::sync::Arc::new(workspaces), _claim: claim })
 }
 
 /// The `main` of a binary that runs a sidecar (`agentcom-sidecar`, and `agentcom-hub` for `dev`):

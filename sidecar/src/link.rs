@@ -164,6 +164,8 @@ pub(crate) struct Link {
     latest: Option<Latest>,
     /// Made at the first connect and kept (a `quic://` dialer keeps its endpoint).
     dialer: Option<Arc<Dialer>>,
+    /// Drawn once: every hello of this process carries it (see `Hello.instance`).
+    instance: u64,
 }
 
 enum SessionEnd {
@@ -198,6 +200,7 @@ impl Link {
             lease_ttl: None,
             latest: Some(latest),
             dialer: None,
+            instance: rand::random::<u64>() | 1,
         }
     }
 
@@ -350,6 +353,7 @@ impl Link {
             tags: self.config.tags.clone(),
             running: self.running_list(),
             containment: self.containment.clone(),
+            instance: self.instance,
         };
         let _ = outbound.try_send(pb::SidecarMessage { msg: Some(SideMsg::Hello(hello)) });
         let mut request = tonic::Request::new(ReceiverStream::new(outbound_rx));
@@ -731,7 +735,7 @@ fn code_name(code: tonic::Code) -> &'static str {
         tonic::Code::Unauthenticated => "unauthenticated (check the join token)",
         tonic::Code::PermissionDenied => "permission denied",
         tonic::Code::Unavailable => "hub unavailable",
-        tonic::Code::InvalidArgument => "refused",
+        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => "refused",
         _ => "error",
     }
 }

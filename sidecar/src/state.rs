@@ -237,3 +237,29 @@ mod tests {
         assert_eq!(state.sidecar_id(|| "second".into()).unwrap(), "first");
     }
 }
+
+/// A sidecar id's claim on this machine: an abstract Unix socket named after the id, bound for
+/// as long as the sidecar runs and released by the kernel when it exits, `kill -9` included.
+/// A second sidecar with the same id on the machine is refused before it touches anything
+/// (it would otherwise kill the first one's tasks as an earlier run's leftovers).
+#[derive(Debug)]
+pub struct IdClaim {
+    _socket: std::os::unix::net::UnixListener,
+}
+
+impl IdClaim {
+    pub fn take(sidecar_id: &str) -> Result<IdClaim, String> {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("agentcom-sidecar/{sidecar_id}");
+        let address = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .map_err(|err| format!("claiming the sidecar id {sidecar_id}: {err}"))?;
+        match std::os::unix::net::UnixListener::bind_addr(&address) {
+            Ok(socket) => Ok(IdClaim { _socket: socket }),
+            Err(err) if err.kind() == io::ErrorKind::AddrInUse => Err(format!(
+                "another sidecar with the id {sidecar_id} is running on this machine; refusing to start \
+                 (it would take that sidecar's tasks for leftovers of an earlier run): give this one its own --id"
+            )),
+            Err(err) => Err(format!("claiming the sidecar id {sidecar_id}: {err}")),
+        }
+    }
+}

@@ -376,6 +376,7 @@ fn hello_from_pb(hello: pb::Hello) -> Result<SidecarHello, Status> {
         tags: hello.tags,
         running: running_from_pb(hello.running)?,
         containment: hello.containment,
+        instance: hello.instance,
     })
 }
 

@@ -133,6 +133,8 @@ pub struct SidecarHello {
     pub running: Vec<RunningTask>,
     /// How the sidecar contains task processes, in its own words.
     pub containment: String,
+    /// Drawn once per sidecar process (0: unknown): tells a reconnect from a second sidecar.
+    pub instance: u64,
 }
 
 #[derive(Clone, Debug)]

@@ -77,9 +77,24 @@ impl State {
         if self.shutting_down {
             return Err(Error::ShuttingDown);
         }
+        let sidecar_id = hello.sidecar_id.clone();
+        // A second sidecar with an id that is connected would take over the first one's session
+        // and its leases: refused, and the first keeps its work. (A sidecar that reconnects
+        // while its old session still looks open is the same instance.)
+        if let Some(old) = self.sidecars.get(&sidecar_id)
+            && old.is_open()
+            && hello.instance != 0
+            && old.hello.instance != 0
+            && old.hello.instance != hello.instance
+        {
+            warn!(sidecar_id, hostname = hello.hostname, "refused a second sidecar with an id that is connected");
+            return Err(Error::Conflict(format!(
+                "sidecar id {sidecar_id} is connected already (from host {}); this second sidecar with the same id was refused and the first keeps its work: give each sidecar its own --id",
+                old.hello.hostname
+            )));
+        }
         let session = self.next_session;
         self.next_session += 1;
-        let sidecar_id = hello.sidecar_id.clone();
         let claimed: HashMap<TaskId, u64> = hello.running.iter().map(|r| (r.task_id, r.lease_generation)).collect();
 
         // Agents: reuse the ids of a returning sidecar, so its leases stay meaningful.

@@ -84,6 +84,7 @@ impl Harness {
             tags: Vec::new(),
             running,
             containment: String::new(),
+            instance: 0,
         };
         let (outbox, inbox) = mpsc::channel(1024);
         let (_, session) = self.ask(|reply| Event::Hello { hello, outbox, reply }).expect("joined");
