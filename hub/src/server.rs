@@ -28,8 +28,7 @@ use crate::enrol::Enrolment;
 use crate::ratelimit::{self, Limiter};
 use crate::store::{self, Op, Store};
 
-/// Largest HTTP request body (a submit with a large prompt fits).
-const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+use crate::api::http::MAX_BODY_BYTES;
 /// How long open connections get to finish after the core has stopped.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 

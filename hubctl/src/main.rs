@@ -12,6 +12,7 @@ mod pipe;
 mod placement;
 mod sse;
 mod submit;
+mod term;
 mod tokens;
 mod work;
 
@@ -224,7 +225,11 @@ impl Client {
         }
         let response = request.send().await.map_err(|err| self.unreachable(&err))?;
         let status = response.status();
-        let body: Value = response.json().await.with_context(|| format!("the hub answered {status} with no JSON"))?;
+        let mut body: Value =
+            response.json().await.with_context(|| format!("the hub answered {status} with no JSON"))?;
+        if term::human() {
+            term::escape_value(&mut body);
+        }
         if !status.is_success() {
             let code = body["error"]["code"].as_str().unwrap_or("error");
             let message = body["error"]["message"].as_str().unwrap_or("no message");
@@ -240,7 +245,8 @@ impl Client {
             self.http.get(&url).bearer_auth(&self.token).send().await.map_err(|err| self.unreachable(&err))?;
         if !response.status().is_success() {
             let status = response.status();
-            let body: Value = response.json().await.unwrap_or(Value::Null);
+            let mut body: Value = response.json().await.unwrap_or(Value::Null);
+            term::escape_value(&mut body);
             bail!(
                 "{} (HTTP {})",
                 body["error"]["message"].as_str().unwrap_or("cannot watch the task"),
@@ -255,14 +261,21 @@ impl Client {
             let chunk = chunk.context("the event stream broke")?;
             for event in parser.feed(&chunk) {
                 match event.name.as_str() {
-                    "snapshot" => last = Some(serde_json::from_str(&event.data).context("a malformed snapshot")?),
+                    "snapshot" => {
+                        let mut snapshot: Value = serde_json::from_str(&event.data).context("a malformed snapshot")?;
+                        if term::human() {
+                            term::escape_value(&mut snapshot);
+                        }
+                        last = Some(snapshot);
+                    }
                     "output" if !quiet_json => {
                         let output: Value = serde_json::from_str(&event.data).context("a malformed output event")?;
                         write_output(&output, &mut written)?;
                     }
                     // An agent's steps go to stderr, beside the output (which is the model's text).
                     "step" if !quiet_json => {
-                        let step: Value = serde_json::from_str(&event.data).context("a malformed step event")?;
+                        let mut step: Value = serde_json::from_str(&event.data).context("a malformed step event")?;
+                        term::escape_value(&mut step);
                         eprintln!(
                             "[step {}] {}",
                             step["number"].as_u64().unwrap_or(0) + 1,
@@ -314,11 +327,11 @@ fn write_output(output: &Value, written: &mut Written) -> anyhow::Result<()> {
     written[index] = end;
     if index == 0 {
         let mut out = std::io::stdout().lock();
-        out.write_all(fresh)?;
+        out.write_all(&term::output_for(fresh, term::stdout_is_terminal()))?;
         out.flush()?;
     } else {
         let mut err = std::io::stderr().lock();
-        err.write_all(fresh)?;
+        err.write_all(&term::output_for(fresh, term::stderr_is_terminal()))?;
         err.flush()?;
     }
     Ok(())
@@ -738,10 +751,11 @@ async fn wait_for(client: &Client, id: &str, json_out: bool) -> anyhow::Result<E
 async fn main() -> ExitCode {
     pipe::quiet_on_closed_pipe();
     let cli = Cli::parse();
+    term::set_human(!cli.json);
     match run(cli).await {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("hubctl: {err:#}");
+            eprintln!("hubctl: {}", term::escape(&format!("{err:#}")));
             ExitCode::FAILURE
         }
     }

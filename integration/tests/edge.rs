@@ -291,3 +291,16 @@ async fn a_cwd_outside_the_work_root_fails_the_task_without_running_it() {
     assert_eq!(task["outcome"]["stdout"], "", "nothing ran: {task}");
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn an_oversized_body_gets_413_naming_the_limit() {
+    let mesh = TestMesh::new().sidecars(0).start().await;
+    let mut body = shell("true");
+    body["context"] = json!({ "notes": "n".repeat(9 * 1024 * 1024) });
+    let (status, answer) = mesh.api.request(reqwest::Method::POST, "/api/v1/tasks", Some(body)).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["error"]["code"], "payload_too_large");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains("8388608 bytes") && message.contains("8 MiB"), "{message}");
+    mesh.stop().await;
+}

@@ -23,6 +23,8 @@ pub enum ErrorCode {
     RateLimited,
     /// The hub is saturated (storage behind, connections full): retry after a while.
     ResourceExhausted,
+    /// The request body is larger than the hub takes.
+    PayloadTooLarge,
     Unavailable,
     Internal,
 }
@@ -39,6 +41,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::ResourceExhausted => "resource_exhausted",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -53,7 +56,9 @@ impl ErrorCode {
             ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
             ErrorCode::Conflict => tonic::Code::AlreadyExists,
-            ErrorCode::RateLimited | ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
+            ErrorCode::RateLimited | ErrorCode::ResourceExhausted | ErrorCode::PayloadTooLarge => {
+                tonic::Code::ResourceExhausted
+            }
             ErrorCode::Unavailable => tonic::Code::Unavailable,
             ErrorCode::Internal => tonic::Code::Internal,
         }
@@ -71,6 +76,7 @@ impl ErrorCode {
             ErrorCode::Conflict => S::CONFLICT,
             ErrorCode::RateLimited => S::TOO_MANY_REQUESTS,
             ErrorCode::ResourceExhausted => S::SERVICE_UNAVAILABLE,
+            ErrorCode::PayloadTooLarge => S::PAYLOAD_TOO_LARGE,
             ErrorCode::Unavailable => S::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => S::INTERNAL_SERVER_ERROR,
         }

@@ -44,7 +44,7 @@ pub(super) async fn create(
     caller: Option<Extension<Caller>>,
     body: Result<Json<CreateBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
+    let Json(body) = body.map_err(super::body_error)?;
     let now = crate::domain::now_ms();
     let by = caller.as_ref().map_or_else(String::new, |c| c.token_id.clone());
     let ttl = Duration::from_secs(body.ttl_seconds);

@@ -36,6 +36,23 @@ use dto::{
     AgentDto, BackupDto, DecisionDto, EndpointDto, HostDto, OutputEventDto, QueueDto, StepEventDto, TaskDto, WhyDto,
 };
 
+/// Largest HTTP request body (a submit with a large prompt fits).
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// A JSON body the hub could not take: too large (413, naming the limit), or malformed.
+pub(crate) fn body_error(rejection: JsonRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(
+            super::ErrorCode::PayloadTooLarge,
+            format!(
+                "the request body is larger than the hub takes: at most {MAX_BODY_BYTES} bytes ({} MiB)",
+                MAX_BODY_BYTES / (1024 * 1024)
+            ),
+        );
+    }
+    ApiError::invalid(rejection.body_text())
+}
+
 fn tasks_json(tasks: &[crate::domain::Task]) -> serde_json::Value {
     json!({ "tasks": tasks.iter().map(TaskDto::from).collect::<Vec<_>>() })
 }
@@ -125,7 +142,7 @@ async fn submit_task(
     headers: axum::http::HeaderMap,
     body: Result<Json<agentcom_types::json::SubmitBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
+    let Json(body) = body.map_err(body_error)?;
     let mut spec = pb::TaskSpec::try_from(body).map_err(|err| ApiError::invalid(err.0))?;
     if let Some(parent) = headers.get("traceparent") {
         spec.traceparent = parent.to_str().map_err(|_| ApiError::invalid("invalid traceparent header"))?.to_owned();
@@ -359,7 +376,7 @@ async fn add_endpoint(
     caller: Option<Extension<Caller>>,
     body: Result<Json<EndpointBody>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(body) = body.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
+    let Json(body) = body.map_err(body_error)?;
     let kind = super::endpoint_kind(&body.kind)?;
     let endpoint = state.hub.add_endpoint(body.url, kind).await?;
     let url = crate::fleet::without_password(&endpoint.url);

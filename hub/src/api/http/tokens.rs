@@ -35,7 +35,7 @@ pub(super) async fn create(
     caller: Option<Extension<Caller>>,
     body: Result<Json<CreateBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
+    let Json(body) = body.map_err(super::body_error)?;
     let role = Role::parse(&body.role).filter(|r| Role::API.contains(r)).ok_or_else(|| {
         ApiError::invalid(format!("invalid role {:?}: one of admin, operator, submitter, viewer", body.role))
     })?;
