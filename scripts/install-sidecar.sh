@@ -16,7 +16,7 @@ placeholder_hub=https://hub:7420
 
 usage() {
   cat <<'EOF'
-usage: install-sidecar.sh --hub URL --join TOKEN [options]
+usage: install-sidecar.sh --hub URL --join-file FILE|- [options]
 
 Installs agentcom-sidecar as the systemd service agentcom-sidecar, running tasks as the
 system user agentcom. The machine enrols with the join token once: it makes its own key, the
@@ -24,8 +24,10 @@ hub signs its certificate, and the token is not written anywhere.
 
   --hub URL        the hub: https://HOST:7420 (TLS over TCP), quic://HOST:7421 (QUIC over
                    UDP), or http://HOST:7420 (a plaintext hub: nothing is encrypted)
-  --join TOKEN     a join token (acj_...) from `hubctl join-token create`; not needed when
-                   the machine has enrolled already
+  --join-file FILE the file holding a join token (acj_...) from `hubctl join-token create`,
+                   or - to read it from standard input; or set AGENTCOM_JOIN. Not needed
+                   when the machine has enrolled already. (--join TOKEN works too, but puts
+                   the token where every local user can read it: /proc/PID/cmdline.)
   --binary PATH    the agentcom-sidecar binary to install [default: agentcom-sidecar beside
                    this script, else target/release/agentcom-sidecar of this checkout]
   --slots N        tasks run at once [default: 4]
@@ -54,7 +56,7 @@ usage_error() {
   exit 2
 }
 
-hub="" join="" binary="" slots=4 work="$base/work" root="" no_start=""
+hub="" join="${AGENTCOM_JOIN:-}" join_file="" binary="" slots=4 work="$base/work" root="" no_start=""
 tags=()
 
 need_value() {
@@ -63,7 +65,7 @@ need_value() {
 
 while [ "$#" -gt 0 ]; do
   case "$1" in
-    --hub | --join | --binary | --slots | --tag | --work-dir | --root)
+    --hub | --join | --join-file | --binary | --slots | --tag | --work-dir | --root)
       need_value "$@"
       opt=$1 value=$2
       shift 2
@@ -71,7 +73,7 @@ while [ "$#" -gt 0 ]; do
     --*=*)
       opt=${1%%=*} value=${1#*=}
       case "$opt" in
-        --hub | --join | --binary | --slots | --tag | --work-dir | --root) ;;
+        --hub | --join | --join-file | --binary | --slots | --tag | --work-dir | --root) ;;
         *) usage_error "unknown option $opt" ;;
       esac
       [ -n "$value" ] || usage_error "$opt needs a value"
@@ -90,7 +92,11 @@ while [ "$#" -gt 0 ]; do
   esac
   case "$opt" in
     --hub) hub=$value ;;
-    --join) join=$value ;;
+    --join)
+      join=$value
+      echo "$me: warning: --join puts the token on a command line every local user can read; use --join-file or AGENTCOM_JOIN" >&2
+      ;;
+    --join-file) join_file=$value ;;
     --binary) binary=$value ;;
     --slots) slots=$value ;;
     --tag) tags+=("$value") ;;
@@ -100,6 +106,16 @@ while [ "$#" -gt 0 ]; do
 done
 
 # --- checks: all of them pass before anything is written -------------------------------------
+
+if [ -n "$join_file" ]; then
+  if [ "$join_file" = - ]; then
+    IFS= read -r join || [ -n "$join" ] || die "--join-file -: no token on standard input"
+  else
+    [ -r "$join_file" ] || die "--join-file $join_file: cannot read it"
+    IFS= read -r join <"$join_file" || [ -n "$join" ] || die "--join-file $join_file: it is empty"
+  fi
+  join=${join//[[:space:]]/}
+fi
 
 if [ -n "$root" ]; then
   root=$(realpath -m -- "$root")
@@ -171,7 +187,7 @@ fi
 enrolled=""
 if [ -f "$root$state/identity/id" ]; then enrolled=1; fi
 if [ -z "$root" ] && [ -z "$enrolled" ] && [ -z "$join" ]; then
-  usage_error "--join TOKEN is required: this machine has not enrolled yet (make one on the hub with: hubctl join-token create)"
+  usage_error "a join token is required (--join-file FILE, --join-file - or AGENTCOM_JOIN): this machine has not enrolled yet (make one on the hub with: hubctl join-token create)"
 fi
 
 if [ -z "$hub" ]; then
@@ -197,7 +213,7 @@ write_unit() {
   cat <<EOF
 # AgentCom sidecar, as scripts/install-sidecar.sh writes it. By hand, before the first start:
 #   useradd --system --user-group --home-dir $home --shell /usr/sbin/nologin agentcom
-#   agentcom-sidecar enroll --hub $hub --join acj_... --state-dir $state
+#   AGENTCOM_JOIN=acj_... agentcom-sidecar enroll --hub $hub --state-dir $state
 # (make the join token on the hub: hubctl join-token create), then
 #   systemctl enable --now agentcom-sidecar
 [Unit]
@@ -296,10 +312,11 @@ elif [ -n "$root" ]; then
   # The token is a secret: the line says where it goes, not what it is.
   shown=TOKEN
   if [ -n "$join" ]; then shown=acj_...; fi
-  would "$bin" enroll --hub "$hub" --join "$shown" --state-dir "$state"
+  would AGENTCOM_JOIN="$shown" "$bin" enroll --hub "$hub" --state-dir "$state"
 else
   echo "enrolling with $hub"
-  if ! "$bin" enroll --hub "$hub" --join "$join" --state-dir "$state"; then
+  # The token goes by the environment, never on a command line.
+  if ! AGENTCOM_JOIN="$join" "$bin" enroll --hub "$hub" --state-dir "$state"; then
     die "enrolment failed (see above). Check that $hub is reachable from here, and that the join token is neither used up nor expired (on the hub: hubctl join-token ls; a new one: hubctl join-token create)"
   fi
 fi

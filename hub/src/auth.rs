@@ -208,6 +208,8 @@ pub struct TokenInfo {
 #[derive(Clone, Default)]
 pub struct Tokens {
     by_hash: Arc<RwLock<HashMap<String, TokenInfo>>>,
+    /// By token id: cancelled when the token is revoked, which ends the streams opened with it.
+    revocations: Arc<std::sync::Mutex<HashMap<String, tokio_util::sync::CancellationToken>>>,
 }
 
 impl Tokens {
@@ -245,9 +247,20 @@ impl Tokens {
         tokens.iter().find(|(_, info)| info.id == id).map(|(hash, info)| (hash.clone(), info.clone()))
     }
 
-    /// A revoked token is refused from its next request on.
+    /// A revoked token is refused from its next request on, and the streams it opened end.
     pub fn remove(&self, hash: &str) {
         self.by_hash.write().expect("token lock poisoned").remove(hash);
+        if let Some(revoked) = self.revocations.lock().expect("revocation lock poisoned").remove(&token_id(hash)) {
+            revoked.cancel();
+        }
+    }
+
+    /// Cancelled when the token with this id is revoked: a long-lived stream (server-sent
+    /// events) opened with it ends then, instead of going on for a token that no longer exists.
+    pub fn revocation(&self, token_id: &str) -> tokio_util::sync::CancellationToken {
+        // One entry per token that opened a stream (tokens are few), gone when it is revoked.
+        let mut revocations = self.revocations.lock().expect("revocation lock poisoned");
+        revocations.entry(token_id.to_owned()).or_default().clone()
     }
 
     pub fn has_role(&self, role: Role) -> bool {

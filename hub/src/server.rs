@@ -333,6 +333,7 @@ impl Hub {
             spec_defaults: spec_defaults.clone(),
             backups: backups.clone(),
             stop: stop.clone(),
+            tokens: tokens.clone(),
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

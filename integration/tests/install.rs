@@ -21,16 +21,22 @@ fn the_installer_writes_a_hardened_unit_and_enrols_without_storing_the_token() {
     std::fs::write(&binary, "#!/bin/sh\n").unwrap();
     std::fs::set_permissions(&binary, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let root = dir.path().join("root");
-    let output = Command::new("bash")
+    // As `hubctl join-token create --print-install` says to run it: the token on standard input.
+    let mut child = Command::new("bash")
         .arg(script())
-        .args(["--hub", "quic://hub.tail1234.ts.net:7421", "--join", &token(), "--tag", "gpu", "--slots", "8"])
+        .args(["--hub", "quic://hub.tail1234.ts.net:7421", "--join-file", "-", "--tag", "gpu", "--slots", "8"])
         .arg("--binary")
         .arg(&binary)
         .arg("--root")
         .arg(&root)
         .arg("--no-start")
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), format!("{}\n", token()).as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
     let said = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{said}");
     assert!(root.join("usr/local/bin/agentcom-sidecar").exists());
@@ -48,7 +54,10 @@ fn the_installer_writes_a_hardened_unit_and_enrols_without_storing_the_token() {
         assert!(unit.contains(line), "{line} in\n{unit}");
     }
     assert!(said.contains("would run: useradd --system"), "{said}");
-    assert!(said.contains("enroll --hub quic://hub.tail1234.ts.net:7421 --join acj_..."), "{said}");
+    // The token reaches the enrolment through the environment, never a command line.
+    assert!(said.contains("AGENTCOM_JOIN=acj_..."), "{said}");
+    assert!(said.contains("enroll --hub quic://hub.tail1234.ts.net:7421 --state-dir"), "{said}");
+    assert!(!said.contains("--join"), "{said}");
     // The join token is written nowhere.
     for entry in walk(&root) {
         if entry.is_file() {
@@ -71,6 +80,10 @@ fn the_installer_refuses_what_it_cannot_use() {
     assert!(!ok && err.contains("acj_"), "{err}");
     let (ok, _) = run(&["--help"]);
     assert!(ok);
+    // A token on the command line still works, with a warning.
+    let (_, err) =
+        run(&["--hub", "https://hub:7420", "--join", &token(), "--root", "/nonexistent/\u{1}", "--no-start"]);
+    assert!(err.contains("warning: --join puts the token on a command line"), "{err}");
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -84,4 +97,34 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[test]
+fn a_token_on_the_sidecar_command_line_is_warned_of_and_one_from_a_file_or_the_environment_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = agentcom_integration::binary("agentcom-sidecar");
+    let token_file = dir.path().join("join.token");
+    std::fs::write(&token_file, "agentcom_join_0123\n").unwrap();
+    // No hub listens on port 1: each run stays up retrying until `timeout` ends it.
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let output = Command::new("timeout")
+            .arg("2")
+            .arg(&sidecar)
+            .args(["run", "--hub", "http://127.0.0.1:1", "--no-ollama-discovery", "--log-format", "text"])
+            .arg("--work-dir")
+            .arg(dir.path())
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("AGENTCOM_JOIN")
+            .env_remove("AGENTCOM_TOKEN")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let said = run(&["--token", "agentcom_join_0123"], &[]);
+    assert!(said.contains("--token on the command line is readable by every user"), "{said}");
+    let said = run(&["--token-file", token_file.to_str().unwrap()], &[]);
+    assert!(!said.contains("on the command line is readable"), "{said}");
+    let said = run(&[], &[("AGENTCOM_TOKEN", "agentcom_join_0123")]);
+    assert!(!said.contains("on the command line is readable"), "{said}");
 }

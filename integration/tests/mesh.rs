@@ -466,3 +466,46 @@ async fn the_event_stream_follows_tasks_agents_hosts_and_the_queue() {
     let last = followed.events().into_iter().rev().find(|(e, t)| e == "task" && t["id"] == id.as_str()).unwrap().1;
     assert_eq!(last, listed["tasks"][0], "an event's task is the listing's");
 }
+
+/// Reads a response body to its end in the background; the instant it ended comes back.
+fn until_closed(response: reqwest::Response) -> tokio::task::JoinHandle<std::time::Instant> {
+    use futures_util::StreamExt;
+    tokio::spawn(async move {
+        let mut body = response.bytes_stream();
+        while let Some(Ok(_)) = body.next().await {}
+        std::time::Instant::now()
+    })
+}
+
+#[tokio::test]
+async fn a_revoked_tokens_open_event_streams_close_within_a_second() {
+    let mesh = TestMesh::new().sidecars(0).start().await;
+    let (status, made) =
+        mesh.api.request(Method::POST, "/api/v1/tokens", Some(json!({ "role": "viewer", "name": "wall" }))).await;
+    assert_eq!(status, 201, "{made}");
+    let (secret, token_id) =
+        (made["secret"].as_str().unwrap().to_owned(), made["token"]["id"].as_str().unwrap().to_owned());
+    let waiting = mesh.api.submit(shell("true")).await["id"].as_str().unwrap().to_owned(); // No sidecar: it waits.
+    let http = agentcom_integration::http_client();
+    let open = |path: String| http.get(format!("{}{path}", mesh.url)).bearer_auth(&secret).send();
+    let hub_events = until_closed(open("/api/v1/events".into()).await.unwrap());
+    let task_events = until_closed(open(format!("/api/v1/tasks/{waiting}/events")).await.unwrap());
+    // The admin's own stream is not touched.
+    let admin_events = until_closed(
+        http.get(format!("{}/api/v1/events", mesh.url)).bearer_auth(&mesh.api.token).send().await.unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!hub_events.is_finished() && !task_events.is_finished(), "the streams stay open while the token is valid");
+
+    let revoked_at = std::time::Instant::now();
+    let (status, body) = mesh.api.request(Method::DELETE, &format!("/api/v1/tokens/{token_id}"), None).await;
+    assert_eq!(status, 200, "{body}");
+    for stream in [hub_events, task_events] {
+        let closed = tokio::time::timeout(Duration::from_secs(1), stream).await.expect("closed within 1 s").unwrap();
+        assert!(closed.duration_since(revoked_at) < Duration::from_secs(1));
+    }
+    assert!(!admin_events.is_finished(), "another token's stream goes on");
+    let (status, _) = mesh.api_with_token(&secret).request(Method::GET, "/api/v1/tasks", None).await;
+    assert_eq!(status, 401);
+    mesh.stop().await;
+}

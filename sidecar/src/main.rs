@@ -34,9 +34,13 @@ struct EnrollArgs {
     #[arg(long, env = "AGENTCOM_HUB")]
     hub: String,
     /// The join token `hubctl join-token create` printed (acj_...); it can be used as often as
-    /// it was made for, and the hub keeps only its hash.
-    #[arg(long, env = "AGENTCOM_JOIN", hide_env_values = true)]
-    join: String,
+    /// it was made for, and the hub keeps only its hash. Prefer AGENTCOM_JOIN or --join-file: a
+    /// command line is readable by every local user.
+    #[arg(long, env = "AGENTCOM_JOIN", hide_env_values = true, required_unless_present = "join_file")]
+    join: Option<String>,
+    /// Read the join token from this file (`-`: standard input).
+    #[arg(long, value_name = "FILE", conflicts_with = "join")]
+    join_file: Option<PathBuf>,
     /// Where the identity is kept (identity/: key.pem 0600, cert.pem, ca.pem, id).
     #[arg(long)]
     state_dir: PathBuf,
@@ -51,11 +55,15 @@ struct RunArgs {
     #[arg(long, env = "AGENTCOM_HUB", default_value = "http://127.0.0.1:7420")]
     hub: String,
     /// A join token (acj_..., from `hubctl join-token create`): the sidecar enrols with it when
-    /// its state directory holds no identity yet, and ignores it after.
+    /// its state directory holds no identity yet, and ignores it after. Prefer AGENTCOM_JOIN or
+    /// --join-file: a command line is readable by every local user.
     #[arg(long, env = "AGENTCOM_JOIN", hide_env_values = true)]
     join: Option<String>,
+    /// Read the join token from this file (`-`: standard input).
+    #[arg(long, value_name = "FILE", conflicts_with = "join")]
+    join_file: Option<PathBuf>,
     /// The hub's bootstrap join token (its data directory's `join.token`), for a sidecar that
-    /// does not enrol (a plaintext hub on loopback).
+    /// does not enrol (a plaintext hub on loopback). Prefer AGENTCOM_TOKEN or --token-file.
     #[arg(long, env = "AGENTCOM_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// The hub CA's SHA-256 to pin when the bootstrap token is used over https:// or quic://.
@@ -230,14 +238,47 @@ fn env_allowlist_from_args() -> Vec<String> {
     allow
 }
 
+/// A token from its file (`-`: standard input), trimmed.
+fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the token from standard input")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading the token file {}", path.display()))?
+    };
+    Ok(text.trim().to_owned())
+}
+
+/// A token given as a command-line argument is readable by every local user, tasks included,
+/// in /proc/PID/cmdline: said once, with what to use instead.
+fn warn_of_tokens_on_the_command_line(matches: &clap::ArgMatches) {
+    let Some((_, args)) = matches.subcommand() else { return };
+    for (id, instead) in [("join", "AGENTCOM_JOIN or --join-file"), ("token", "AGENTCOM_TOKEN or --token-file")] {
+        if args.try_get_raw(id).ok().flatten().is_some()
+            && args.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+        {
+            tracing::warn!(
+                "--{id} on the command line is readable by every user of this machine (/proc/PID/cmdline); use {instead}"
+            );
+        }
+    }
+}
+
 async fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches)?;
+    warn_of_tokens_on_the_command_line(&matches);
     let _traces = agentcom_sidecar::start_traces("agentcom-sidecar", cli.otlp_endpoint.as_deref())?;
     let args = match cli.command {
         Command::Run(args) => args,
         Command::Enroll(args) => {
             let hostname = args.hostname.unwrap_or_else(agentcom_sidecar::hostname);
-            let identity = agentcom_sidecar::enrol::enroll(&args.hub, &args.join, &args.state_dir, &hostname).await?;
+            let join = match (args.join, &args.join_file) {
+                (_, Some(path)) => read_token(path)?,
+                (Some(join), None) => join,
+                (None, None) => anyhow::bail!("no join token: give AGENTCOM_JOIN, --join-file or --join"),
+            };
+            let identity = agentcom_sidecar::enrol::enroll(&args.hub, &join, &args.state_dir, &hostname).await?;
             println!("{}", identity.sidecar_id);
             eprintln!(
                 "enrolled as {}; its identity is in {}",
@@ -250,10 +291,7 @@ async fn run() -> anyhow::Result<()> {
     let reports = args.reports()?;
     let token = match (args.token, args.token_file) {
         (Some(token), _) => token,
-        (None, Some(path)) => std::fs::read_to_string(&path)
-            .with_context(|| format!("reading the token file {}", path.display()))?
-            .trim()
-            .to_owned(),
+        (None, Some(path)) => read_token(&path)?,
         (None, None) => String::new(),
     };
     let ca_fingerprint = args.ca_fingerprint.as_deref().map(agentcom_link::Fingerprint::parse).transpose()?;
@@ -282,7 +320,11 @@ async fn run() -> anyhow::Result<()> {
     let run_as = args.run_as.as_deref().map(shell::RunAs::lookup).transpose().map_err(anyhow::Error::msg)?;
     let state_dir = args.state_dir.clone().unwrap_or_else(|| work_dir.join(".agentcom-sidecar"));
     // An empty AGENTCOM_JOIN (a compose file's unset variable) is no token.
-    let join = args.join.filter(|join| !join.trim().is_empty());
+    let join = match &args.join_file {
+        Some(path) => Some(read_token(path)?),
+        None => args.join.clone(),
+    };
+    let join = join.filter(|join| !join.trim().is_empty());
     if let Some(join) = &join
         && agentcom_link::pki::Identity::load(&state_dir)?.is_none()
     {

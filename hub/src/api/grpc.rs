@@ -34,6 +34,26 @@ pub struct AdminService {
     pub spec_defaults: SpecDefaults,
     pub backups: crate::backup::Backups,
     pub stop: CancellationToken,
+    /// For the streams: each ends when the token that opened it is revoked.
+    pub tokens: crate::auth::Tokens,
+}
+
+impl AdminService {
+    /// Cancelled when the hub stops or the token that made `request` is revoked. Whoever serves
+    /// the stream keeps `end.drop_guard()`, so the watch on the token ends with the stream.
+    fn stream_end<T>(&self, request: &Request<T>) -> CancellationToken {
+        let end = self.stop.child_token();
+        if let Some(caller) = request.extensions().get::<crate::auth::Caller>() {
+            let (revoked, end) = (self.tokens.revocation(&caller.token_id), end.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = revoked.cancelled() => end.cancel(),
+                    _ = end.cancelled() => {}
+                }
+            });
+        }
+        end
+    }
 }
 
 fn parse_id(id: &str) -> Result<TaskId, Status> {
@@ -73,11 +93,13 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<Streaming<pb::SubmitStreamRequest>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        let end = self.stream_end(&request);
         let mut inbound = request.into_inner();
         let (acks, acks_rx) = mpsc::channel::<Result<pb::SubmitAck, Status>>(SUBMIT_WINDOW);
         let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(SUBMIT_WINDOW));
-        let (hub, defaults, stop) = (self.hub.clone(), self.spec_defaults.clone(), self.stop.clone());
+        let (hub, defaults, stop) = (self.hub.clone(), self.spec_defaults.clone(), end.clone());
         tokio::spawn(async move {
+            let _watching = end.drop_guard();
             loop {
                 let next = tokio::select! {
                     next = inbound.message() => next,
@@ -156,9 +178,12 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
+        let end = self.stream_end(&request);
         let id = parse_id(&request.into_inner().id)?;
         let feed = self.hub.watch(id).await.map_err(status)?;
-        let stream = feed::events(feed, self.stop.clone()).map(|event| {
+        let watching = end.clone().drop_guard();
+        let stream = feed::events(feed, end).map(move |event| {
+            let _ = &watching;
             let kind = match event {
                 FeedEvent::Snapshot(task) => pb::task_event::Kind::Snapshot(convert::task_to_pb(&task)),
                 FeedEvent::Output { attempt, stream, offset, data } => pb::task_event::Kind::Output(pb::OutputChunk {

@@ -399,7 +399,11 @@ async fn remove_endpoint(
 /// `GET /api/v1/tasks/{id}/events`: `snapshot` events carry the task, `output` events carry
 /// `{attempt, stream, offset, data_base64}`, `step` events an agent's step
 /// `{attempt, number, step}`. The stream ends after the task's final snapshot.
-async fn task_events(State(state): State<HttpState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn task_events(
+    State(state): State<HttpState>,
+    caller: Option<Extension<Caller>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let feed = state.hub.watch(id.parse::<TaskId>()?).await?;
     let events = feed::events(feed, state.stop.clone()).map(|event| {
         let sse = match event {
@@ -418,14 +422,21 @@ async fn task_events(State(state): State<HttpState>, Path(id): Path<String>) -> 
         };
         Ok::<_, Infallible>(sse.expect("task events serialize"))
     });
+    let revoked = revoked(&state, caller.as_deref());
+    let events = events.take_until(async move { revoked.cancelled().await });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// Cancelled when the token that opened a stream is revoked (never for a request without one).
+fn revoked(state: &HttpState, caller: Option<&Caller>) -> CancellationToken {
+    caller.map(|caller| state.tokens.revocation(&caller.token_id)).unwrap_or_default()
 }
 
 /// `GET /api/v1/events`: the hub's changes as server-sent events: `ready` once the subscription
 /// is live (fetch what you show after it, and nothing is missed), then `task`, `agent`, `host`,
 /// `endpoints` and `queue` as they change (coalesced, at most every 100 ms), and `resync` when
 /// the client fell behind and must fetch everything again.
-async fn hub_events(State(state): State<HttpState>) -> Response {
+async fn hub_events(State(state): State<HttpState>, caller: Option<Extension<Caller>>) -> Response {
     use crate::core::Change;
     use tokio_stream::wrappers::BroadcastStream;
     use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
@@ -448,6 +459,12 @@ async fn hub_events(State(state): State<HttpState>) -> Response {
     });
     let ready = futures_util::stream::once(async { Ok(SseEvent::default().event("ready").data("{}")) });
     let stop = state.stop.clone();
-    let events = ready.chain(changes).take_until(async move { stop.cancelled().await });
+    let revoked = revoked(&state, caller.as_deref());
+    let events = ready.chain(changes).take_until(async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = revoked.cancelled() => {}
+        }
+    });
     Sse::new(events).keep_alive(KeepAlive::default()).into_response()
 }
