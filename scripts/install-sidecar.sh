@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# Installs an AgentCom sidecar on this machine: the binary, the agentcom user that tasks run
-# as, the machine's own identity (enrolled once with a join token, which is never stored), and
-# a hardened systemd unit. `hubctl join-token create --print-install` prints the line to run.
+# Installs an AgentCom sidecar on this machine: the binary, the machine's own identity (enrolled once with a join token, which is never stored), and
+# a hardened systemd unit that runs each task as a uid of its own. `hubctl join-token create --print-install` prints the line to run.
 # `install-sidecar.sh --help` says the rest.
 set -euo pipefail
 umask 022
@@ -9,7 +8,6 @@ umask 022
 me=install-sidecar.sh
 base=/var/lib/agentcom-sidecar
 state=$base/state
-home=$base/home
 bin=/usr/local/bin/agentcom-sidecar
 unit=/etc/systemd/system/agentcom-sidecar.service
 placeholder_hub=https://hub:7420
@@ -18,8 +16,9 @@ usage() {
   cat <<'EOF'
 usage: install-sidecar.sh --hub URL --join-file FILE|- [options]
 
-Installs agentcom-sidecar as the systemd service agentcom-sidecar, running tasks as the
-system user agentcom. The machine enrols with the join token once: it makes its own key, the
+Installs agentcom-sidecar as the systemd service agentcom-sidecar, running each task as a uid
+of its own (--run-as-range: no accounts; a task cannot read another's environment or files,
+nor signal it). The machine enrols with the join token once: it makes its own key, the
 hub signs its certificate, and the token is not written anywhere.
 
   --hub URL        the hub: https://HOST:7420 (TLS over TCP), quic://HOST:7421 (QUIC over
@@ -33,14 +32,15 @@ hub signs its certificate, and the token is not written anywhere.
   --slots N        tasks run at once [default: 4]
   --tag T          a tag the sidecar offers to placement (repeatable; the join token's tags are bound at enrolment)
   --work-dir DIR   where tasks run [default: /var/lib/agentcom-sidecar/work]
+  --uids FIRST-LAST the uids tasks run as, one each, unused by any account [default: 61000-61999]
   --root DIR       install under DIR instead of /, as any user: the files only; making the
                    user, enrolling and systemctl are printed as "would run: ..."
   --no-start       install and enrol, but neither enable nor start the service
   -h, --help       this text
 
 Installs /usr/local/bin/agentcom-sidecar and /etc/systemd/system/agentcom-sidecar.service;
-keeps the identity in /var/lib/agentcom-sidecar/state (root's, 0700) and runs tasks in the
-work directory (the agentcom user's), with /var/lib/agentcom-sidecar/home as that user's home.
+keeps the identity in /var/lib/agentcom-sidecar/state (root's, 0700) and runs each task in a
+directory of its own under the work directory (root's, 0711), which is also its home.
 Running it again upgrades the binary and the unit and restarts the service.
 EOF
 }
@@ -56,7 +56,7 @@ usage_error() {
   exit 2
 }
 
-hub="" join="${AGENTCOM_JOIN:-}" join_file="" binary="" slots=4 work="$base/work" root="" no_start=""
+hub="" join="${AGENTCOM_JOIN:-}" join_file="" binary="" slots=4 work="$base/work" root="" no_start="" uids=61000-61999
 tags=()
 
 need_value() {
@@ -65,7 +65,7 @@ need_value() {
 
 while [ "$#" -gt 0 ]; do
   case "$1" in
-    --hub | --join | --join-file | --binary | --slots | --tag | --work-dir | --root)
+    --hub | --join | --join-file | --binary | --slots | --tag | --work-dir | --root | --uids)
       need_value "$@"
       opt=$1 value=$2
       shift 2
@@ -73,7 +73,7 @@ while [ "$#" -gt 0 ]; do
     --*=*)
       opt=${1%%=*} value=${1#*=}
       case "$opt" in
-        --hub | --join | --join-file | --binary | --slots | --tag | --work-dir | --root) ;;
+        --hub | --join | --join-file | --binary | --slots | --tag | --work-dir | --root | --uids) ;;
         *) usage_error "unknown option $opt" ;;
       esac
       [ -n "$value" ] || usage_error "$opt needs a value"
@@ -102,6 +102,7 @@ while [ "$#" -gt 0 ]; do
     --tag) tags+=("$value") ;;
     --work-dir) work=$value ;;
     --root) root=$value ;;
+    --uids) uids=$value ;;
   esac
 done
 
@@ -150,6 +151,14 @@ if [ -n "$join" ] && ! [[ "$join" =~ ^acj_[0-9A-Fa-f]+_[0-9A-Fa-f]+_[0-9A-Fa-f]{
 fi
 
 [[ "$slots" =~ ^[1-9][0-9]*$ ]] || die "--slots $slots: expected a whole number, 1 or more"
+[[ "$uids" =~ ^([1-9][0-9]*)-([1-9][0-9]*)$ ]] || die "--uids $uids: expected FIRST-LAST, two uids above 0 (e.g. 61000-61999)"
+uid_first=${BASH_REMATCH[1]} uid_last=${BASH_REMATCH[2]}
+((uid_first <= uid_last)) || die "--uids $uids: FIRST is above LAST"
+((uid_last - uid_first + 1 >= slots)) || die "--uids $uids: fewer uids than --slots $slots (each running task needs its own)"
+if [ -z "$root" ] && command -v getent >/dev/null; then
+  taken=$(getent passwd | awk -F: -v a="$uid_first" -v b="$uid_last" '$3 >= a && $3 <= b { print $1 " (" $3 ")"; exit }')
+  [ -z "$taken" ] || die "--uids $uids: the account $taken uses a uid in that range; choose another"
+fi
 
 for tag in ${tags[@]+"${tags[@]}"}; do
   [[ "$tag" =~ ^[A-Za-z0-9._:=/-]+$ ]] || die "--tag $tag: letters, digits and . _ : = / - only"
@@ -160,7 +169,7 @@ work=${work%/}
 case "$work/" in
   /home/* | /root/* | /run/user/*)
     die "--work-dir $work: the unit hides /home, /root and /run/user (ProtectHome=yes); choose a directory under /var/lib or /srv" ;;
-  "$state"/* | "$home"/*) die "--work-dir $work: that is the sidecar's state or the task user's home" ;;
+  "$state"/*) die "--work-dir $work: that is the sidecar's state" ;;
   "$base"/) die "--work-dir $work: choose a directory of its own, such as $base/work" ;;
   /usr/* | /etc/* | /boot/* | /proc/* | /sys/* | /dev/*) die "--work-dir $work: not under a system directory" ;;
 esac
@@ -170,7 +179,6 @@ if [ -z "$root" ]; then
   if [ ! -d /run/systemd/system ]; then
     [ -n "$no_start" ] || die "systemd is not running on this machine (no /run/systemd/system): the service cannot start; pass --no-start to install the files and enrol anyway"
   fi
-  command -v useradd >/dev/null || die "useradd not found: it makes the agentcom user"
 fi
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -205,14 +213,13 @@ would() {
 # deploy/systemd/agentcom-sidecar.service is what this writes for `--hub https://hub:7420`
 # and the defaults; keep the two the same.
 write_unit() {
-  local exec_start="$bin run --hub $hub --state-dir $state --work-dir $work --slots $slots --run-as agentcom"
+  local exec_start="$bin run --hub $hub --state-dir $state --work-dir $work --slots $slots --run-as-range $uids"
   local tag
   for tag in ${tags[@]+"${tags[@]}"}; do exec_start+=" --tag $tag"; done
   local writable=$base
   case "$work/" in "$base"/*) ;; *) writable+=" $work" ;; esac
   cat <<EOF
 # AgentCom sidecar, as scripts/install-sidecar.sh writes it. By hand, before the first start:
-#   useradd --system --user-group --home-dir $home --shell /usr/sbin/nologin agentcom
 #   AGENTCOM_JOIN=acj_... agentcom-sidecar enroll --hub $hub --state-dir $state
 # (make the join token on the hub: hubctl join-token create), then
 #   systemctl enable --now agentcom-sidecar
@@ -222,10 +229,12 @@ After=network-online.target
 Wants=network-online.target
 
 [Service]
-# The sidecar runs as root to make a cgroup per task in its delegated subtree, and runs the
-# tasks themselves as the unprivileged agentcom user, in a work directory that user owns, with
-# $home as their home. Its own state (its identity and key) stays root's.
-ExecStartPre=/usr/bin/install -d -o agentcom -g agentcom -m 0700 $work $home
+# The sidecar runs as root to make a cgroup per task in its delegated subtree, and runs each
+# task as a uid of its own from $uids (no account; nothing else may use them), in a directory
+# of its own under the work directory, which is also its home. A task cannot read another's
+# environment or files, nor signal it. The sidecar's own state (its identity and key) stays
+# root's.
+ExecStartPre=/usr/bin/install -d -m 0711 $work
 ExecStart=$exec_start
 StateDirectory=agentcom-sidecar
 # systemd hands the unit's cgroup subtree to the sidecar, which makes a cgroup per task in it.
@@ -246,7 +255,7 @@ TimeoutStopSec=30
 # elsewhere (a repository under --repo-allow, say) need it added to ReadWritePaths.
 ProtectSystem=strict
 ReadWritePaths=$writable
-# /home, /root and /run/user are empty; the task user's home is under /var/lib instead.
+# /home, /root and /run/user are empty; each task's home is its own directory under the work directory.
 ProtectHome=yes
 # A /tmp and /var/tmp of the unit's own, emptied when it stops.
 PrivateTmp=yes
@@ -280,31 +289,10 @@ else
   mv -f "$root$bin.new" "$root$bin"
 fi
 
-nologin=/usr/sbin/nologin
-for shell in /usr/sbin/nologin /sbin/nologin /bin/false; do
-  if [ -x "$shell" ]; then nologin=$shell; break; fi
-done
-if [ -n "$root" ]; then
-  would useradd --system --user-group --home-dir "$home" --shell "$nologin" agentcom
-elif id -u agentcom >/dev/null 2>&1; then
-  user_home=$(getent passwd agentcom | cut -d: -f6)
-  case "$user_home/" in
-    /home/* | /root/*)
-      echo "$me: warning: the agentcom user's home is $user_home, which the unit hides (ProtectHome=yes); tasks that need one should get $home (usermod --home $home agentcom)" >&2 ;;
-  esac
-else
-  echo "making the system user agentcom"
-  useradd --system --user-group --home-dir "$home" --shell "$nologin" agentcom
-fi
-
 install -d -m 0755 "$root$base"
 install -d -m 0700 "$root$state"
-if [ -n "$root" ]; then
-  install -d -m 0700 "$root$work" "$root$home"
-  would chown agentcom:agentcom "$work" "$home"
-else
-  install -d -m 0700 -o agentcom -g agentcom "$work" "$home"
-fi
+# Tasks run as uids without accounts: they pass through the work directory to their own.
+install -d -m 0711 "$root$work"
 
 if [ -n "$enrolled" ]; then
   echo "already enrolled ($state/identity holds this machine's identity)${join:+; the join token was not used}"

@@ -53,6 +53,11 @@ enum Command {
         ollama: Vec<String>,
         #[command(flatten)]
         openai: agentcom_sidecar::reports::OpenAiArgs,
+        /// Run each task of the local sidecar as a uid of its own from this range (e.g.
+        /// 61000-61999), in a private directory: tasks cannot read each other's environment or
+        /// files, nor signal each other. Needs root.
+        #[arg(long, value_name = "FIRST-LAST")]
+        run_as_range: Option<agentcom_sidecar::users::UidRange>,
     },
     /// Write a backup now: through the running hub if there is one, else from the database.
     Backup {
@@ -299,7 +304,7 @@ async fn run() -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Serve(args) => serve(args, None).await,
-        Command::Dev { hub, slots, simulate_gpus, repo_allow, ollama, openai } => {
+        Command::Dev { hub, slots, simulate_gpus, repo_allow, ollama, openai, run_as_range } => {
             for url in &ollama {
                 anyhow::ensure!(
                     url.starts_with("http://") || url.starts_with("https://"),
@@ -311,7 +316,7 @@ async fn run() -> anyhow::Result<()> {
                 agentcom_sidecar::logging::redact(key);
             }
             let openai = openai.openai(key).map_err(anyhow::Error::msg)?;
-            serve(hub, Some(Dev { slots, simulate_gpus, repo_allow, ollama, openai })).await
+            serve(hub, Some(Dev { slots, simulate_gpus, repo_allow, ollama, openai, run_as_range })).await
         }
         Command::Backup { data_dir, hub, backup_dir } => backup_now(data_dir, hub, backup_dir).await,
         Command::Restore { data_dir, from } => {
@@ -386,6 +391,7 @@ struct Dev {
     /// The local sidecar's LLM endpoints.
     ollama: Vec<String>,
     openai: Option<agentcom_sidecar::reports::OpenAi>,
+    run_as_range: Option<agentcom_sidecar::users::UidRange>,
 }
 
 /// Runs the hub; with `dev_slots`, also a sidecar in this process that stops with it.
@@ -436,14 +442,17 @@ async fn serve(args: HubArgs, dev_slots: Option<Dev>) -> anyhow::Result<()> {
     // the crash left running before anything can be dispatched again.
     let dev_sidecar = match dev_slots {
         None => None,
-        Some(Dev { slots, simulate_gpus, repo_allow, ollama, openai }) => {
+        Some(Dev { slots, simulate_gpus, repo_allow, ollama, openai, run_as_range }) => {
             let token = std::fs::read_to_string(data_dir.token_file(Role::Join))?.trim().to_owned();
             // The local sidecar keeps its id and its record of running tasks in the data directory.
             let config = agentcom_sidecar::Config::builder(url.clone(), token, std::env::current_dir()?)
                 .ca_fingerprint(ca)
                 .slots(slots)
                 .tags(vec!["dev".to_owned()])
-                .shell(|shell| shell.repo_allow = repo_allow)
+                .shell(|shell| {
+                    shell.repo_allow = repo_allow;
+                    shell.run_as_range = run_as_range;
+                })
                 .state_dir(args.data_dir.join("sidecar"))
                 .max_output_bytes(args.max_output_bytes as usize)
                 .reports(agentcom_sidecar::reports::Settings { simulate_gpus, ollama, openai, ..Default::default() })

@@ -377,3 +377,81 @@ async fn tasks_run_as_the_given_user_and_stay_contained() {
     assert_eq!(grandchild.len(), 1);
     assert!(!alive(grandchild[0]), "the setsid grandchild of a task run as nobody survived");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_under_run_as_range_cannot_read_or_signal_each_other_nor_read_the_sidecars_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // Tasks run as uids without accounts: the directories on their way must let them through.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let work = dir.path().join("work");
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let secret_file = dir.path().join("api-token");
+    std::fs::write(&secret_file, format!("{CANARY_SECRET}\n")).unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let hub = HubProcess::serve(&dir.path().join("hub"), &FAST_BEATS).await;
+    let secret_arg = format!("API_TOKEN={}", secret_file.display());
+    let flags = ["--run-as-range", "61000-61009", "--secret", &secret_arg];
+    let _sidecar = SidecarProcess::start_with(&hub, "contain-uids", 2, &work, &flags);
+    assert_eventually!(hub.api.agents().await.len() == 2, PATIENCE, "the sidecar joined");
+
+    let shared = shared.display().to_string();
+    let first = json!({ "shell": {
+        "script": format!(
+            "id -u > {shared}/a.uid; pwd > {shared}/a.dir; echo mine > mine.txt; echo $$ > {shared}/a.pid; sleep 6; echo first done"
+        ),
+        "secret_env": ["API_TOKEN"],
+        "env": { "FIRST_ONLY": "alpha-7731" },
+    } });
+    let first = hub.api.submit(first).await["id"].as_str().unwrap().to_owned();
+    let probes = format!(
+        r#"for i in $(seq 50); do [ -s {shared}/a.pid ] && break; sleep 0.1; done
+p=$(cat {shared}/a.pid); d=$(cat {shared}/a.dir)
+echo "uid:$(id -u) first:$(cat {shared}/a.uid)"
+if tr '\0' '\n' < /proc/$p/environ 2>/dev/null | grep -q alpha-7731; then echo environ:read; else echo environ:denied; fi
+if kill -0 $p 2>/dev/null; then echo signal:sent; else echo signal:denied; fi
+if cat $d/mine.txt >/dev/null 2>&1; then echo files:read; else echo files:denied; fi
+if ls $d >/dev/null 2>&1; then echo dir:listed; else echo dir:denied; fi
+if cat {secret} >/dev/null 2>&1; then echo secret:read; else echo secret:denied; fi
+if cat {token} >/dev/null 2>&1; then echo token:read; else echo token:denied; fi
+if ls {state} >/dev/null 2>&1; then echo state:listed; else echo state:denied; fi
+"#,
+        secret = secret_file.display(),
+        token = hub.join_token_file().display(),
+        state = work.join(".agentcom-sidecar").display(),
+    );
+    let second = hub.api.submit(json!({ "shell": { "script": probes } })).await["id"].as_str().unwrap().to_owned();
+    let second = hub.api.wait_final(&second, PATIENCE).await;
+    assert_eq!(second["state"], "succeeded", "{second}");
+    let said = second["outcome"]["stdout"].as_str().unwrap();
+    for denied in [
+        "environ:denied",
+        "signal:denied",
+        "files:denied",
+        "dir:denied",
+        "secret:denied",
+        "token:denied",
+        "state:denied",
+    ] {
+        assert!(said.contains(denied), "{denied} expected in:\n{said}");
+    }
+    let uids: Vec<u32> = said
+        .lines()
+        .find_map(|line| line.strip_prefix("uid:"))
+        .map(|line| line.split(" first:").map(|n| n.trim().parse().unwrap()).collect())
+        .unwrap();
+    assert_ne!(uids[0], uids[1], "each task has a uid of its own: {said}");
+    assert!(uids.iter().all(|uid| (61000..=61009).contains(uid)), "{said}");
+    let first = hub.api.wait_final(&first, PATIENCE).await;
+    assert_eq!(first["state"], "succeeded", "the first task was not disturbed: {first}");
+    assert_eq!(first["outcome"]["stdout"], "first done\n");
+    // Its own directory went with it.
+    assert_eventually!(
+        std::fs::read_dir(work.join(".agentcom/run")).unwrap().next().is_none(),
+        PATIENCE,
+        "the tasks' own directories are removed when they end"
+    );
+}

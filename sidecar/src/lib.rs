@@ -17,6 +17,7 @@ pub mod runners;
 pub mod secure;
 mod spans;
 pub mod state;
+pub mod users;
 pub mod verify;
 pub mod workspace;
 
@@ -294,7 +295,8 @@ impl Prepared {
     async fn runners(&self, config: &Config, latest: &reports::Latest) -> runners::Runners {
         let mut runners = runners::Runners::default()
             .with(runners::ShellRunner { settings: self.settings.clone() })
-            .with_workspaces(self.workspaces.clone());
+            .with_workspaces(self.workspaces.clone())
+            .with_users(self.settings.users.clone());
         let mut verifier = crate::verify::Verifier::new(self.settings.clone());
         let mut settings = config.reports.clone();
         if settings.ollama.is_empty() && settings.discover_ollama {
@@ -405,10 +407,17 @@ pub async fn prepare(config: &Config) -> Result<Prepared, Error> {
             tracing::warn!(ended, "killed task processes an earlier run of this sidecar left behind");
         }
     }
-    if config.shell.run_as.is_none() && nix::unistd::geteuid().is_root() {
-        tracing::warn!("tasks run as root; give --run-as USER to run them as an unprivileged user");
+    if config.shell.run_as.is_none() && config.shell.run_as_range.is_none() && nix::unistd::geteuid().is_root() {
+        tracing::warn!(
+            "tasks run as root; give --run-as-range FIRST-LAST (e.g. 61000-61999: a uid of its own for each task) or --run-as USER"
+        );
     }
-    let settings = shell::Settings::new(config.shell.clone(), containment, state);
+    let mut settings = shell::Settings::new(config.shell.clone(), containment, state);
+    if let Some(range) = config.shell.run_as_range {
+        range.check(config.slots).map_err(Error::Config)?;
+        let users = users::Users::new(range, &settings.options.work_dir).map_err(Error::Config)?;
+        settings.users = Some(std::sync::Arc::new(users));
+    }
     let options = &settings.options;
     let owner = options.run_as.as_ref().map(|user| (user.uid, user.gid));
     let mut workspaces = workspace::Workspaces::new(
@@ -417,6 +426,7 @@ pub async fn prepare(config: &Config) -> Result<Prepared, Error> {
         options.keep_failed_workspaces,
         owner,
     );
+    workspaces.users = settings.users.clone();
     workspaces.push_branches = options.push_branches;
     Ok(Prepared { settings, workspaces: std::sync::Arc::new(workspaces), _claim: claim })
 }

@@ -115,8 +115,15 @@ struct RunArgs {
     #[arg(long = "secret", value_name = "NAME=FILE")]
     secrets: Vec<String>,
     /// Run tasks as this unprivileged user (the sidecar itself usually runs as root for cgroups).
-    #[arg(long, value_name = "USER")]
+    /// All tasks share it: one can read another's environment and files, and signal it; prefer
+    /// --run-as-range.
+    #[arg(long, value_name = "USER", conflicts_with = "run_as_range")]
     run_as: Option<String>,
+    /// Run each task as a uid of its own from this range (e.g. 61000-61999; no accounts needed,
+    /// none may use them), in a private directory of its own: tasks cannot read each other's
+    /// environment or files, nor signal each other. Needs root, and at least as many uids as slots.
+    #[arg(long, value_name = "FIRST-LAST")]
+    run_as_range: Option<agentcom_sidecar::users::UidRange>,
     /// Read the Claude API key from this file instead of ANTHROPIC_API_KEY.
     #[arg(long, value_name = "FILE")]
     anthropic_key_file: Option<PathBuf>,
@@ -346,6 +353,7 @@ async fn run() -> anyhow::Result<()> {
             shell.allow_cwd = allow_cwd;
             shell.secrets = secrets;
             shell.run_as = run_as;
+            shell.run_as_range = args.run_as_range;
             shell.repo_allow = args.repo_allow.clone();
             shell.keep_failed_workspaces = args.keep_failed_workspaces;
             shell.push_branches = args.push_branches;

@@ -47,6 +47,8 @@ pub struct Workspaces {
     keep_failed: Duration,
     /// Tasks run as this user own their workspace's files.
     owner: Option<(u32, u32)>,
+    /// With `--run-as-range`: each workspace is its attempt's uid's, and no one else's (0700).
+    pub users: Option<std::sync::Arc<crate::users::Users>>,
     /// Push the branches of successful work to their repository.
     pub push_branches: bool,
     /// One clone or fetch of a repository at a time.
@@ -71,6 +73,7 @@ impl Workspaces {
             allow,
             keep_failed,
             owner,
+            users: None,
             push_branches: false,
             locks: Mutex::new(HashMap::new()),
         }
@@ -134,8 +137,14 @@ impl Workspaces {
         let (from, to) = (mirror.to_string_lossy(), dir.to_string_lossy());
         git(None, &["clone", "--shared", "--no-checkout", "--quiet", "--", &from, &to]).await?;
         git_in(&dir, &["checkout", "--quiet", "--detach", &base]).await?;
-        if let Some((uid, gid)) = self.owner {
+        let own = self.users.as_ref().and_then(|users| users.of(key)).map(|user| (user.uid, user.uid));
+        if let Some((uid, gid)) = own.or(self.owner) {
             chown_tree(&dir, uid, gid).map_err(|err| format!("handing the workspace to the task's user: {err}"))?;
+        }
+        if own.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|err| format!("keeping the workspace to its task: {err}"))?;
         }
         info!(task_id = key.task_id, repository, base, dir = %dir.display(), "made a workspace");
         Ok(Workspace { dir, mirror, repository: repository.to_owned(), base })

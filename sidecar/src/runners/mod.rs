@@ -105,6 +105,7 @@ pub struct Runners {
     runners: Vec<Arc<dyn Runner>>,
     verifier: Option<Arc<crate::verify::Verifier>>,
     workspaces: Option<Arc<crate::workspace::Workspaces>>,
+    users: Option<Arc<crate::users::Users>>,
 }
 
 impl Runners {
@@ -127,6 +128,13 @@ impl Runners {
 
     /// Runs shell work that names a repository in a workspace of `workspaces` (without them,
     /// such work fails).
+    /// With `--run-as-range`: each attempt holds a uid of its own from start to end (its work,
+    /// its verification, its workspace).
+    pub fn with_users(mut self, users: Option<Arc<crate::users::Users>>) -> Runners {
+        self.users = users;
+        self
+    }
+
     pub fn with_workspaces(mut self, workspaces: Arc<crate::workspace::Workspaces>) -> Runners {
         self.workspaces = Some(workspaces);
         self
@@ -142,7 +150,21 @@ impl Runners {
     /// [`crate::workspace`]), which is described, committed and removed afterwards. Work that
     /// ran well and has verification steps is verified (see [`crate::verify`]). Both reports go
     /// in the outcome.
-    pub fn run(&self, mut assignment: Assignment, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
+    pub fn run(&self, assignment: Assignment, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
+        let Some(users) = &self.users else { return self.run_as_lent(assignment, sink, cancel) };
+        let lease = match users.lend(&assignment.key) {
+            Ok(lease) => lease,
+            Err(error) => return Box::pin(async move { failed_to_start(error) }),
+        };
+        let running = self.run_as_lent(assignment, sink, cancel);
+        Box::pin(async move {
+            let outcome = running.await;
+            drop(lease);
+            outcome
+        })
+    }
+
+    fn run_as_lent(&self, mut assignment: Assignment, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
         let needed = assignment.spec.work.capability();
         let Some(runner) = self.runners.iter().find(|r| r.capability() == needed).cloned() else {
             let have: Vec<&str> = self.runners.iter().map(|r| r.capability()).collect();

@@ -66,6 +66,9 @@ pub struct Options {
     pub secrets: BTreeMap<String, PathBuf>,
     /// Run tasks as this user instead of the sidecar's own.
     pub run_as: Option<RunAs>,
+    /// Run each attempt as a uid of its own from this range (`--run-as-range`), in a private
+    /// directory of its own.
+    pub run_as_range: Option<crate::users::UidRange>,
     /// Repositories tasks may name as `context.repository` (`--repo-allow`): local paths or URL
     /// prefixes. Empty: none.
     pub repo_allow: Vec<String>,
@@ -89,6 +92,7 @@ impl Options {
             kill_grace: Duration::from_secs(5),
             secrets: BTreeMap::new(),
             run_as: None,
+            run_as_range: None,
             repo_allow: Vec::new(),
             keep_failed_workspaces: Duration::from_secs(24 * 3600),
             push_branches: false,
@@ -106,6 +110,8 @@ pub struct Settings {
     /// Where running attempts are recorded, so a later start can kill what a crash left.
     pub state: Option<StateDir>,
     pub programs: Programs,
+    /// The uids attempts run as, with `--run-as-range`.
+    pub users: Option<Arc<crate::users::Users>>,
 }
 
 impl Settings {
@@ -116,7 +122,7 @@ impl Settings {
         }
         options.work_dir = canonical(options.work_dir);
         options.allow_cwd = std::mem::take(&mut options.allow_cwd).into_iter().map(canonical).collect();
-        Settings { options, containment, state, programs: Programs::default() }
+        Settings { options, containment, state, programs: Programs::default(), users: None }
     }
 }
 
@@ -152,7 +158,19 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
         Program::Argv(argv) => (&argv[0], argv[1..].iter().map(String::as_str).collect()),
         Program::Script(script) => ("sh", vec!["-c", script]),
     };
-    let cwd = match working_dir(job.cwd.as_deref(), &settings.options.work_dir, &settings.options.allow_cwd) {
+    // With --run-as-range the attempt runs as the uid lent to it, in its own directory.
+    let task_user = match &settings.users {
+        Some(users) => match users.of(&job.key) {
+            Some(user) => Some(user),
+            None => return super::failed_to_start("no uid was lent to this attempt (--run-as-range)".into()),
+        },
+        None => None,
+    };
+    let cwd = match (&task_user, &job.cwd) {
+        (Some(user), None) => Ok(user.dir.clone()),
+        _ => working_dir(job.cwd.as_deref(), &settings.options.work_dir, &settings.options.allow_cwd),
+    };
+    let cwd = match cwd {
         Ok(cwd) => cwd,
         Err(error) => return super::failed_to_start(error),
     };
@@ -192,12 +210,16 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(user) = &settings.options.run_as {
+    if let Some(user) = &task_user {
+        // No account: the uid's own name, and its private directory as its home.
+        let name = format!("task-{}", user.uid);
+        command.uid(user.uid).gid(user.uid).env("HOME", &user.dir).env("USER", &name).env("LOGNAME", &name);
+    } else if let Some(user) = &settings.options.run_as {
         command.uid(user.uid).gid(user.gid).env("HOME", &user.home).env("USER", &user.name).env("LOGNAME", &user.name);
     }
     // Changing user forks anyway, so the child sets itself up then; without cgroups it must
     // (for PR_SET_PDEATHSIG).
-    let in_child = scope.needs_child_setup() || settings.options.run_as.is_some();
+    let in_child = scope.needs_child_setup() || settings.options.run_as.is_some() || task_user.is_some();
     if in_child {
         let setup = scope.child_setup();
         #[allow(unsafe_code)] // The hook only makes async-signal-safe calls; see `contain::ChildSetup::apply`.
