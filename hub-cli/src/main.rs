@@ -139,6 +139,17 @@ struct HubArgs {
     /// How long an idempotency key keeps returning its task, in milliseconds from the task's submit.
     #[arg(long, default_value_t = 24 * 3600 * 1000)]
     idempotency_retention_ms: u64,
+    /// How long a finished task's output is kept (e.g. 7d, 12h); then it is dropped and the
+    /// task's record says so.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    retain_output: Duration,
+    /// The most bytes finished tasks' outputs may take (e.g. 20GiB, 500MiB); beyond it the
+    /// oldest outputs are dropped first.
+    #[arg(long, default_value = "20GiB", value_parser = parse_size)]
+    retain_output_bytes: u64,
+    /// How long a finished task's record is kept (e.g. 30d); then the task is forgotten.
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    retain_tasks: Duration,
     /// Where backups go [default: DATA_DIR/backups].
     #[arg(long)]
     backup_dir: Option<PathBuf>,
@@ -283,6 +294,9 @@ impl HubArgs {
             offline: self.offline,
             prewarm: !self.no_prewarm,
             escalate: self.escalate,
+            retain_output: self.retain_output,
+            retain_output_bytes: self.retain_output_bytes,
+            retain_tasks: self.retain_tasks,
             ..core::Config::default()
         })
     }
@@ -549,4 +563,44 @@ fn banner(
         }
     }
     eprintln!();
+}
+
+/// A size as people write it: `20GiB`, `500MiB`, `64KiB`, `1.5GB`, `1048576` (bytes).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = (&text[..split], text[split..].trim());
+    let number: f64 = number.parse().map_err(|_| format!("{text:?}: expected a size such as 20GiB or 500MiB"))?;
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (B, KiB, MiB, GiB, TiB, or KB, MB, GB, TB)")),
+    };
+    let bytes = number * scale as f64;
+    if !bytes.is_finite() || bytes > u64::MAX as f64 {
+        return Err(format!("{text:?}: too large"));
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_as_people_write_them() {
+        assert_eq!(parse_size("20GiB"), Ok(20 << 30));
+        assert_eq!(parse_size("500 MiB"), Ok(500 << 20));
+        assert_eq!(parse_size("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("3 parsecs").unwrap_err().contains("unknown unit"));
+    }
 }

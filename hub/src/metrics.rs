@@ -27,6 +27,15 @@ static DESCRIBED: &[Described] = &[
     gauge("agentcom_build_info", "The hub's version, as a label; always 1."),
     gauge("agentcom_tasks", "Tasks not yet final, by lane and state."),
     gauge("agentcom_dead_letters", "Tasks in the dead-letter queue."),
+    gauge(
+        "agentcom_storage_ok",
+        "1 while the hub's storage takes changes; 0 while it refuses them (a full disk: see /readyz).",
+    ),
+    gauge("agentcom_tasks_retained", "Finished tasks whose record the hub keeps (--retain-tasks)."),
+    gauge(
+        "agentcom_output_retained_bytes",
+        "Bytes of finished tasks' output the hub keeps (--retain-output, --retain-output-bytes).",
+    ),
     gauge("agentcom_oldest_ready_task_age_seconds", "How long the oldest ready task has been waiting for an agent."),
     counter("agentcom_tasks_submitted_total", "Tasks submitted (durably), by lane."),
     counter("agentcom_tasks_dispatched_total", "Attempts dispatched to an agent, by kind of work."),
@@ -142,6 +151,9 @@ impl Metrics {
             self.gauge("agentcom_tasks", &[("lane", lane), ("state", state)]).set(*n as f64);
         }
         self.gauge("agentcom_dead_letters", &[]).set(snapshot.dead_letters as f64);
+        self.gauge("agentcom_storage_ok", &[]).set(if snapshot.storage_ok { 1.0 } else { 0.0 });
+        self.gauge("agentcom_tasks_retained", &[]).set(snapshot.tasks_retained as f64);
+        self.gauge("agentcom_output_retained_bytes", &[]).set(snapshot.output_retained_bytes as f64);
         let oldest = snapshot.oldest_ready_ms.map_or(0.0, |ms| ms as f64 / 1000.0);
         self.gauge("agentcom_oldest_ready_task_age_seconds", &[]).set(oldest);
         for (state, n) in &snapshot.agents {
@@ -216,6 +228,11 @@ pub struct Snapshot {
     pub tier_fallbacks: u64,
     pub escalations: u64,
     pub prewarms: u64,
+    /// Storage takes changes (no fault).
+    pub storage_ok: bool,
+    /// Finished tasks whose record is kept, and the bytes of the outputs kept.
+    pub tasks_retained: usize,
+    pub output_retained_bytes: u64,
 }
 
 /// A final state's reason as a label value: its class, never its free text.

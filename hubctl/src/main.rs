@@ -591,6 +591,14 @@ fn print_task(task: &Value) {
         for line in work::verification_lines(task).into_iter().chain(work::work_lines(task)) {
             println!("{line}");
         }
+        if let Some(dropped) = outcome["output_dropped_unix_ms"].as_i64() {
+            let total = outcome["stdout_total_bytes"].as_u64().unwrap_or(0)
+                + outcome["stderr_total_bytes"].as_u64().unwrap_or(0);
+            println!(
+                "output:    dropped {} ago by the hub's retention (--retain-output, --retain-output-bytes); it was {total} bytes",
+                age(Some(dropped))
+            );
+        }
         for stream in ["stdout", "stderr"] {
             let text = outcome[stream].as_str().unwrap_or("");
             let total = outcome[format!("{stream}_total_bytes")].as_u64().unwrap_or(0);

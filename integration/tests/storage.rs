@@ -270,3 +270,65 @@ async fn a_start_on_a_16_mib_disk_runs_or_fails_clearly_leaving_nothing_behind()
         std::fs::read_dir(&data).map(|entries| entries.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(!left.iter().any(|name| name.to_string_lossy().contains("redb")), "a failed start left {left:?} behind");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_outputs_by_bytes_and_age_then_forgets_tasks_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let retention = ["--retain-output", "4s", "--retain-output-bytes", "1MiB", "--retain-tasks", "9s"];
+    let mut hub = HubProcess::serve(&dir.path().join("hub"), &retention).await;
+    let _sidecar = SidecarProcess::start(&hub, "keeper", 1, &work);
+    let size = 600 * 1024;
+    let first = hub.api.submit(printing("first", size)).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(hub.api.wait_final(&first, PATIENCE).await["state"], "succeeded");
+    let started = Instant::now();
+    let second = hub.api.submit(printing("second", size)).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(hub.api.wait_final(&second, PATIENCE).await["state"], "succeeded");
+
+    // Over the byte budget: the oldest output goes at once, the record stays and says so.
+    assert_eventually!(
+        hub.api.get(&first).await["outcome"]["output_dropped_unix_ms"].is_i64(),
+        Duration::from_secs(3),
+        "the older output was dropped for room"
+    );
+    let dropped = hub.api.get(&first).await;
+    assert_eq!(dropped["state"], "succeeded");
+    assert_eq!(dropped["outcome"]["stdout"], "", "{dropped}");
+    assert_eq!(dropped["outcome"]["stdout_total_bytes"], size);
+    let kept = hub.api.get(&second).await;
+    assert!(started.elapsed() < Duration::from_secs(4), "checked before the age limit");
+    assert_whole(&kept, size);
+    let said = agentcom_integration::process::hubctl(&hub.url, &hub.api.token, &["get", &first]).await;
+    let said = String::from_utf8_lossy(&said.stdout);
+    assert!(said.contains("output:    dropped") && said.contains("retention"), "{said}");
+
+    // A restart keeps what was dropped dropped, and counts the rest again.
+    hub.kill9();
+    hub.restart().await;
+    assert!(hub.api.get(&first).await["outcome"]["output_dropped_unix_ms"].is_i64());
+    // Past the age limit: the newer output goes too.
+    assert_eventually!(
+        hub.api.get(&second).await["outcome"]["output_dropped_unix_ms"].is_i64(),
+        Duration::from_secs(10),
+        "the output past --retain-output was dropped"
+    );
+    // Past --retain-tasks: the tasks themselves are forgotten.
+    assert_eventually!(
+        hub.api.try_get(&first).await.is_none() && hub.api.try_get(&second).await.is_none(),
+        Duration::from_secs(15),
+        "the tasks past --retain-tasks were forgotten"
+    );
+    let metrics = agentcom_integration::http_client()
+        .get(format!("{}/metrics", hub.url))
+        .bearer_auth(&hub.api.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in ["agentcom_storage_ok 1", "agentcom_tasks_retained 0", "agentcom_output_retained_bytes 0"] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+}

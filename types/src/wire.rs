@@ -410,6 +410,7 @@ pub fn outcome_from_pb(outcome: pb::TaskOutcome) -> Outcome {
             })
             .collect(),
         steps: outcome.steps.into_iter().take(MAX_STEPS).map(step_from_pb).collect(),
+        output_dropped_unix_ms: Some(outcome.output_dropped_unix_ms).filter(|&ms| ms > 0),
     }
 }
 
@@ -500,6 +501,7 @@ pub fn outcome_into_pb(outcome: Outcome) -> pb::TaskOutcome {
             })
             .collect(),
         steps: outcome.steps.into_iter().map(step_into_pb).collect(),
+        output_dropped_unix_ms: outcome.output_dropped_unix_ms.unwrap_or(0),
     }
 }
 
@@ -644,6 +646,7 @@ mod tests {
                 input_tokens: 300,
                 output_tokens: 20,
             }],
+            output_dropped_unix_ms: Some(1_700_000_000_000),
         });
         assert_eq!(task_from_pb(task_to_pb(&task)), Ok(task));
     }

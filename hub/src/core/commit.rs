@@ -250,6 +250,7 @@ impl State {
             }
         }
         if settled {
+            self.retain(id);
             self.span_settled(id);
             strip_output(self.tasks.get_mut(&id).expect("a notified task exists"));
             for dependent in self.dependents.remove(&id).unwrap_or_default() {

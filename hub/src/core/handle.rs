@@ -57,7 +57,21 @@ pub struct Config {
     pub escalate: bool,
     /// Where the core and the storage writer record their metrics (`GET /metrics`).
     pub metrics: crate::metrics::Shared,
+    /// How long a finished task's output is kept (`--retain-output`).
+    pub retain_output: Duration,
+    /// The most bytes finished tasks' outputs may hold; the oldest go first
+    /// (`--retain-output-bytes`).
+    pub retain_output_bytes: u64,
+    /// How long a finished task's record is kept (`--retain-tasks`).
+    pub retain_tasks: Duration,
 }
+
+/// `--retain-output`: a week.
+pub const DEFAULT_RETAIN_OUTPUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// `--retain-output-bytes`: 20 GiB.
+pub const DEFAULT_RETAIN_OUTPUT_BYTES: u64 = 20 << 30;
+/// `--retain-tasks`: 30 days.
+pub const DEFAULT_RETAIN_TASKS: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Default for Config {
     fn default() -> Config {
@@ -81,6 +95,9 @@ impl Default for Config {
             prewarm: true,
             escalate: false,
             metrics: crate::metrics::Shared::default(),
+            retain_output: DEFAULT_RETAIN_OUTPUT,
+            retain_output_bytes: DEFAULT_RETAIN_OUTPUT_BYTES,
+            retain_tasks: DEFAULT_RETAIN_TASKS,
         }
     }
 }

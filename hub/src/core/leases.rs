@@ -296,6 +296,7 @@ impl State {
             self.observe_lease_expiry();
             self.lease_lost(task_id, "lease expired", now);
         }
+        self.apply_retention(now);
         self.flag_stalled(now);
         self.requeue_past_drain_deadlines(now);
         self.queue.promote_due(now);

@@ -28,6 +28,7 @@ mod handle;
 mod leases;
 mod observe;
 mod placing;
+mod retention;
 mod sessions;
 mod spans;
 mod tasks;
@@ -48,6 +49,7 @@ pub use self::handle::{
     Assignment, Config, Error, Event, FromSidecar, Handle, ModelStat, QueueStats, Recorded, RecordedKind, RunningTask,
     SidecarHello, Submitted, ToSidecar, WatchReply, Welcome, WhyAnswer,
 };
+pub use self::handle::{DEFAULT_RETAIN_OUTPUT, DEFAULT_RETAIN_OUTPUT_BYTES, DEFAULT_RETAIN_TASKS};
 pub use crate::fleet::{AgentDetail, AgentView, HostView};
 
 use self::handle::{Reply, SubmitWaiter};
@@ -86,6 +88,8 @@ pub(crate) struct State {
     /// Tasks whose end is not durable yet, as they were before it: what reads show until the
     /// commit that holds the end returns (and, if it fails, until the result is stored again).
     shown: HashMap<TaskId, Box<Task>>,
+    /// Finished tasks by when they finished, for retention.
+    retained: retention::Retained,
     /// Why storage takes no changes, while it does not: submits are refused until it recovers.
     storage_fault: Option<String>,
     /// Tasks whose last change did not reach storage: written again once storage recovers.
@@ -145,6 +149,7 @@ impl State {
             tasks: BTreeMap::new(),
             by_key: HashMap::new(),
             shown: HashMap::new(),
+            retained: retention::Retained::default(),
             storage_fault: None,
             unstored: BTreeSet::new(),
             resend: std::collections::HashSet::new(),

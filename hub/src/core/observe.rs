@@ -185,6 +185,9 @@ impl State {
             tier_fallbacks: self.tier_fallbacks,
             escalations: self.escalations,
             prewarms: self.prewarms,
+            storage_ok: self.storage_fault.is_none(),
+            tasks_retained: self.retained.tasks(),
+            output_retained_bytes: self.retained.output_bytes(),
         }
     }
 }

@@ -51,6 +51,7 @@ impl State {
                 strip_output(&mut task);
             }
             let id = task.id;
+            let settled = task.state.is_terminal();
             // A store that holds no verdicts yet (made before they were stored) counts them
             // from the stored results once; from then on they are stored as they come.
             let verdict = task.outcome.as_ref().filter(|_| count_from_tasks).and_then(|o| {
@@ -58,6 +59,9 @@ impl State {
                 Some((model, o.verification.as_ref()?.verdict == crate::domain::Verdict::Passed))
             });
             self.tasks.insert(id, task);
+            if settled {
+                self.retain(id);
+            }
             if let Some((model, passed)) = verdict {
                 self.count_verdict(id, &model, passed, None);
             }

@@ -353,6 +353,7 @@ fn outcome_into(outcome: Outcome) -> pb::Outcome {
                 output_tokens: s.output_tokens,
             })
             .collect(),
+        output_dropped_unix_ms: outcome.output_dropped_unix_ms.unwrap_or(0),
     }
 }
 
@@ -425,6 +426,7 @@ fn outcome_from(outcome: pb::Outcome) -> Outcome {
                 output_tokens: s.output_tokens,
             })
             .collect(),
+        output_dropped_unix_ms: Some(outcome.output_dropped_unix_ms).filter(|&ms| ms > 0),
     }
 }
 
@@ -765,6 +767,7 @@ mod tests {
             workspace: None,
             rounds: Vec::new(),
             steps: vec![AgentStep { round: 2, tool: "run_command".into(), ok: true, ..AgentStep::default() }],
+            output_dropped_unix_ms: Some(1_800_000_000_123),
         });
         task
     }

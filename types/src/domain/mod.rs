@@ -653,6 +653,9 @@ pub struct Outcome {
     /// Agent work: the tools the model called, in order, every round's (the first
     /// [`MAX_STEPS`] of them).
     pub steps: Vec<AgentStep>,
+    /// When the hub dropped the output by its retention (`--retain-output`,
+    /// `--retain-output-bytes`); the rest of the outcome stays.
+    pub output_dropped_unix_ms: Option<UnixMs>,
 }
 
 /// Steps of agent work an outcome keeps.
@@ -761,6 +764,7 @@ impl Outcome {
             workspace: None,
             rounds: Vec::new(),
             steps: Vec::new(),
+            output_dropped_unix_ms: None,
         }
     }
 

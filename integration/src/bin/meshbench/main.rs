@@ -4,7 +4,8 @@
 //! `meshbench queue` measures the durable queue: raw fdatasync on the data directory's disk,
 //! durable submit latency, submit throughput in-process, over unary gRPC and over the streaming
 //! path, fsyncs per commit, full durable cycles with sidecars over loopback gRPC, and start-up
-//! time with a large stored queue. `meshbench fleet`, `meshbench shell` and `meshbench relay`
+//! time with a large stored queue. `meshbench retention` measures what finished tasks cost a hub
+//! process in memory and start-up time. `meshbench fleet`, `meshbench shell` and `meshbench relay`
 //! run the real binaries, `meshbench sched` times placement decisions (see their modules). Build
 //! with `--release`.
 
@@ -12,6 +13,7 @@
 
 mod fleet;
 mod relay;
+mod retention;
 mod sched;
 mod shell;
 
@@ -120,6 +122,19 @@ enum Command {
         /// With --impair: the share of UDP datagrams lost each way, in percent.
         #[arg(long, default_value_t = 1.0)]
         loss_percent: f64,
+    },
+    /// Finished tasks with output, stored: the hub process's memory and start-up time with them,
+    /// beside an empty hub and beside reading the records in-process. Needs agentcom-hub beside it.
+    Retention {
+        /// Finished tasks stored.
+        #[arg(long, default_value_t = 100_000)]
+        tasks: usize,
+        /// Output of each, in bytes.
+        #[arg(long, default_value_t = 64 * 1024)]
+        output_bytes: usize,
+        /// Directory on the disk to use (a temporary directory is made inside it).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
     /// Placement decisions for LLM work over 100 endpoints x 20 models, at several fleet sizes,
     /// beside a decision with one candidate.
@@ -609,6 +624,13 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(decisions >= 1_000, "--decisions must be at least 1000");
             anyhow::ensure!(agents.iter().all(|&a| a >= 100), "--agents must be at least 100 (one per endpoint)");
             let figures = sched::run(sched::Options { agents, decisions })?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+            Ok(())
+        }
+        Command::Retention { tasks, output_bytes, dir } => {
+            anyhow::ensure!(tasks >= 1, "--tasks must be at least 1");
+            anyhow::ensure!(output_bytes <= 64 << 20, "--output-bytes must be at most 64 MiB");
+            let figures = runtime.block_on(retention::run(retention::Options { tasks, output_bytes }, &dir))?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(())
         }

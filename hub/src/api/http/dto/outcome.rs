@@ -32,6 +32,9 @@ pub struct OutcomeDto {
     /// Agent work: the tools the model called, in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepDto>,
+    /// When retention dropped the output; left out while it is kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_dropped_unix_ms: Option<i64>,
 }
 
 /// One step of agent work.
@@ -181,6 +184,7 @@ impl From<&Outcome> for OutcomeDto {
                 })
                 .collect(),
             steps: outcome.steps.iter().map(StepDto::from).collect(),
+            output_dropped_unix_ms: outcome.output_dropped_unix_ms,
         }
     }
 }

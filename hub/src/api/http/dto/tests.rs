@@ -135,6 +135,7 @@ fn full_task() -> Task {
             cost_micros: Some(8100),
         }],
         steps: vec![step()],
+        output_dropped_unix_ms: Some(1795000600000),
     });
     task
 }
