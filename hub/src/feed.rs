@@ -30,6 +30,9 @@ pub enum FeedEvent {
         number: usize,
         step: AgentStep,
     },
+    /// The task's end cannot be stored now (storage fails): the stream ends with this, rather
+    /// than waiting for an end nobody may be shown yet.
+    Failed(String),
 }
 
 struct State {
@@ -41,6 +44,8 @@ struct State {
     steps: Vec<AgentStep>,
     cap: usize,
     finished: bool,
+    /// Why the feed ends without the task's end (see [`Feed::fail`]).
+    failed: Option<String>,
 }
 
 pub struct Feed {
@@ -79,6 +84,7 @@ impl Feed {
                 steps: Vec::new(),
                 cap,
                 finished: false,
+                failed: None,
             }),
             changed: watch::Sender::new(()),
         });
@@ -197,6 +203,13 @@ impl Feed {
         self.changed.send_replace(());
     }
 
+    /// The task's result cannot be stored now: its watchers are told why and their streams
+    /// end. (The task ends later, once storage works again and the result is stored.)
+    pub fn fail(&self, reason: String) {
+        self.lock().failed = Some(reason);
+        self.changed.send_replace(());
+    }
+
     /// What `cursor` has not seen yet: new output first, then the snapshot if it changed (the
     /// first read always includes one). Marks the cursor done once the final snapshot is read.
     pub fn read(&self, cursor: &mut Cursor) -> Vec<FeedEvent> {
@@ -232,6 +245,10 @@ impl Feed {
         if cursor.version != Some(state.version) {
             events.push(FeedEvent::Snapshot(state.task.clone()));
             cursor.version = Some(state.version);
+        }
+        if let Some(reason) = &state.failed {
+            events.push(FeedEvent::Failed(reason.clone()));
+            cursor.done = true;
         }
         if state.finished {
             cursor.done = true;
@@ -284,7 +301,7 @@ mod tests {
             .iter()
             .filter_map(|e| match e {
                 FeedEvent::Output { stream, offset, data, .. } => Some((*stream, *offset, data.clone())),
-                FeedEvent::Snapshot(_) | FeedEvent::Step { .. } => None,
+                FeedEvent::Snapshot(_) | FeedEvent::Step { .. } | FeedEvent::Failed(_) => None,
             })
             .collect()
     }

@@ -272,6 +272,12 @@ impl Client {
                         let output: Value = serde_json::from_str(&event.data).context("a malformed output event")?;
                         write_output(&output, &mut written)?;
                     }
+                    // The hub cannot store the task's result now: say so, rather than wait.
+                    "error" => {
+                        let mut error: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+                        term::escape_value(&mut error);
+                        bail!("{}", error["message"].as_str().unwrap_or("the hub ended the task's event stream"));
+                    }
                     // An agent's steps go to stderr, beside the output (which is the model's text).
                     "step" if !quiet_json => {
                         let mut step: Value = serde_json::from_str(&event.data).context("a malformed step event")?;

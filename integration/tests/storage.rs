@@ -60,6 +60,21 @@ async fn a_result_of_64_mib_per_stream_commits_reads_back_and_survives_a_restart
     assert_eq!(task["state"], "succeeded", "{}", task["state_reason"]);
     assert_whole(&task, size);
     assert_eq!(task["outcome"]["stderr"].as_str().map(str::len), Some(size as usize));
+    // It streams back whole: `hubctl watch` writes both streams, byte for byte, into files.
+    let (out_file, err_file) = (dir.path().join("watched.out"), dir.path().join("watched.err"));
+    let watched = Command::new(binary("hubctl"))
+        .args(["watch", &id])
+        .env("AGENTCOM_HUB", &hub.url)
+        .env("AGENTCOM_TOKEN", &hub.api.token)
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .status()
+        .unwrap();
+    assert!(watched.success());
+    let streamed = std::fs::read(&out_file).unwrap();
+    assert!(streamed.len() as u64 == size && streamed.iter().all(|&b| b == b'x'), "stdout streamed back whole");
+    let streamed = std::fs::read(&err_file).unwrap();
+    assert!(streamed.len() as u64 >= size && streamed[..size as usize].iter().all(|&b| b == b'y'), "stderr too");
 
     hub.kill9();
     hub.restart().await;
@@ -187,6 +202,21 @@ async fn a_full_disk_refuses_submits_serves_reads_and_recovers_without_a_restart
     // Their results are checkpointed into the database by now (reads during the failure see
     // what its last checkpoint holds; a newer result's output waits for the recovery).
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // A task that ends while the disk is full, watched as `submit --wait` would: it waits for a
+    // gate the test opens once the hub refuses submits.
+    let gate = dir.path().join("gate");
+    let mut slow = shell(&format!("while [ ! -e {} ]; do sleep 0.1; done; echo slow done", gate.display()));
+    slow["name"] = json!("slow");
+    let slow = hub.api.submit(slow).await["id"].as_str().unwrap().to_owned();
+    assert_eventually!(hub.api.get(&slow).await["state"] == "running", PATIENCE, "the slow task runs");
+    let mut watcher = Command::new(binary("hubctl"))
+        .args(["watch", &slow])
+        .env("AGENTCOM_HUB", &hub.url)
+        .env("AGENTCOM_TOKEN", &hub.api.token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
 
     fill(&disk.0.join("filler"));
     // Results with output need room in the database: submit until the hub says it has none.
@@ -217,6 +247,20 @@ async fn a_full_disk_refuses_submits_serves_reads_and_recovers_without_a_restart
         let (status, _) = hub.api.request(reqwest::Method::POST, "/api/v1/tasks", Some(shell("true"))).await;
         assert_eq!(status, 503);
     }
+    // The watched task ends now: its result cannot be stored, and the watcher is told so at once
+    // instead of waiting in silence.
+    std::fs::write(&gate, "").unwrap();
+    let waited = Instant::now();
+    while watcher.try_wait().unwrap().is_none() {
+        assert!(waited.elapsed() < PATIENCE, "hubctl watch still waits for a result the hub cannot store");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let watched = watcher.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&watched.stderr);
+    assert!(!watched.status.success(), "{said}");
+    assert!(said.contains("could not store the result") && said.contains("ends once storage works again"), "{said}");
+    assert_ne!(hub.api.get(&slow).await["state"], "succeeded", "not shown ended before its end is stored");
+    accepted.push(slow);
     // Reads go on: the tasks done before, with their output.
     for id in &done {
         let task = hub.api.get(id).await;
@@ -253,6 +297,13 @@ async fn a_start_on_a_16_mib_disk_runs_or_fails_clearly_leaving_nothing_behind()
     let hub = HubProcess::serve(&disk.0.join("hub"), &[]).await;
     let id = hub.api.submit(shell("true")).await["id"].as_str().unwrap().to_owned();
     assert!(hub.api.try_get(&id).await.is_some());
+    // A task whose output could not fit the disk is refused at submit, saying why.
+    let mut big = shell("true");
+    big["limits"] = json!({ "max_output_bytes": 64 * MIB });
+    let (status, refused) = hub.api.request(reqwest::Method::POST, "/api/v1/tasks", Some(big)).await;
+    assert_eq!(status, 503, "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("limits.max_output_bytes") && message.contains("free"), "{message}");
     drop(hub);
 
     // Nearly full: refused with the reason, and no partial database or log left behind.

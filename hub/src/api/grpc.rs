@@ -197,6 +197,7 @@ impl pb::admin_server::Admin for AdminService {
                     number: number as u32,
                     step: Some(convert::step_into_pb(step)),
                 }),
+                FeedEvent::Failed(message) => return Err(Status::unavailable(message)),
             };
             Ok(pb::TaskEvent { kind: Some(kind) })
         });

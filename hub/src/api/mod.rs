@@ -111,7 +111,9 @@ impl From<core::Error> for ApiError {
             core::Error::NotAllowed(_) => ErrorCode::PermissionDenied,
             core::Error::Conflict(_) => ErrorCode::FailedPrecondition,
             core::Error::KeyReused { .. } => ErrorCode::Conflict,
-            core::Error::Overloaded | core::Error::StorageFault(_) => ErrorCode::ResourceExhausted,
+            core::Error::Overloaded | core::Error::StorageFault(_) | core::Error::NoRoom(_) => {
+                ErrorCode::ResourceExhausted
+            }
         };
         ApiError::new(code, err.to_string())
     }

@@ -49,6 +49,13 @@ impl AfterCommit {
     }
 }
 
+/// What watchers of a task whose result could not be stored are told.
+pub(super) fn result_unstored(id: TaskId, err: &store::Error) -> String {
+    format!(
+        "the hub could not store the result of task {id}: {err}; the task ends once storage works again (hubctl watch {id})"
+    )
+}
+
 impl State {
     /// Work with a cost budget placed without a model (the sidecar picks one): the prices of
     /// the models the sidecar's endpoints offer, from the price table.
@@ -190,6 +197,10 @@ impl State {
                 AfterCommit::Stored { task_id, sidecar_id, .. } => {
                     self.resend.insert(sidecar_id);
                     self.unstored.insert(task_id);
+                    // Its watchers (`submit --wait`) hear why, instead of waiting in silence.
+                    if let Some(feed) = self.feeds.remove(&task_id) {
+                        feed.fail(result_unstored(task_id, err));
+                    }
                 }
                 AfterCommit::Assigned { task_id, .. } | AfterCommit::Changed(task_id) => {
                     self.unstored.insert(task_id);

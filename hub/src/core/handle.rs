@@ -128,6 +128,9 @@ pub enum Error {
     /// The idempotency key belongs to a task submitted with a different body.
     #[error("idempotency key {key:?} was already used by task {existing} with a different body")]
     KeyReused { key: String, existing: TaskId },
+    /// The task's output could not be stored: its caps exceed the disk's free space.
+    #[error("{0}")]
+    NoRoom(String),
     /// Storage failed (a full disk): nothing is taken until it works again.
     #[error("the hub cannot store changes now: {0}; it takes them again as soon as storage works")]
     StorageFault(String),
@@ -529,6 +532,17 @@ impl Handle {
     }
 
     pub async fn submit(&self, spec: TaskSpec) -> Result<Submitted, Error> {
+        // Its output (both streams, up to their cap) must fit the disk that stores it.
+        let free = self.store.stats().free_bytes.load(Ordering::Relaxed);
+        let most = spec.limits.max_output_bytes.saturating_mul(2);
+        if free > 0 && most > free {
+            return Err(Error::NoRoom(format!(
+                "limits.max_output_bytes {} (up to {} of output, both streams) is more than the hub's data disk has free ({}); lower it or free space",
+                spec.limits.max_output_bytes,
+                store::human_bytes(most),
+                store::human_bytes(free)
+            )));
+        }
         self.ask(|reply| Event::Submit { spec: Box::new(spec), reply }).await?
     }
 
@@ -798,9 +812,14 @@ impl State {
             }
             Event::Cancel { id, reason, reply } => self.cancel(id, reason, reply, now),
             Event::Watch { id, reply } => {
-                let result = match self.feeds.get(&id) {
-                    Some(feed) => Ok(WatchReply::Live(feed.clone())),
-                    None => match self.visible(id) {
+                // A result that could not be stored: no end can be shown until storage recovers.
+                let unstored = self.storage_fault.as_ref().filter(|_| self.shown.contains_key(&id));
+                let result = match (self.feeds.get(&id), unstored) {
+                    (_, Some(fault)) => Err(Error::StorageFault(format!(
+                        "{fault}; the result of task {id} is stored once storage works again"
+                    ))),
+                    (Some(feed), None) => Ok(WatchReply::Live(feed.clone())),
+                    (None, None) => match self.visible(id) {
                         Some(task) if task.state.is_terminal() => Ok(WatchReply::Final(Box::new(task.clone()))),
                         Some(task) => {
                             let feed = Feed::new(Task::clone(task));

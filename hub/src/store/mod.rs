@@ -313,6 +313,8 @@ pub struct Stats {
     pub checkpoints: AtomicU64,
     /// Batches too large for the log, committed straight into redb.
     pub direct_commits: AtomicU64,
+    /// Free space on the database's file system, as of the last checkpoint (0: unknown).
+    pub free_bytes: AtomicU64,
     /// Where each group commit's time (log write and sync) and size are recorded, once set.
     pub commit_metrics: std::sync::OnceLock<CommitMetrics>,
 }
@@ -443,6 +445,7 @@ impl Store {
         let slot = Slot { current: std::sync::RwLock::new(Some(Arc::new(db))), syncs };
         let mut store =
             Store { db: Arc::new(slot), path: path.to_owned(), stats, wal: Arc::new(std::sync::Mutex::new(None)) };
+        store.note_free_space();
         let older = store.init()?;
         store.replay_wal()?;
         if let Some(from) = older {
@@ -586,6 +589,14 @@ impl Store {
             });
         }
         Ok(capacity)
+    }
+
+    /// Records the free space of the database's file system in [`Stats::free_bytes`].
+    pub fn note_free_space(&self) {
+        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if let Ok(free) = free_bytes(dir) {
+            self.stats.free_bytes.store(free, Ordering::Relaxed);
+        }
     }
 
     pub fn path(&self) -> &Path {

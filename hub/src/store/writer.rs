@@ -53,6 +53,14 @@ impl Store {
     ) -> Writer<T> {
         let (tx, rx) = mpsc::channel();
         let wal = self.wal.lock().expect("wal lock poisoned").take().expect("one writer per store");
+        let free = self.stats.free_bytes.load(Ordering::Relaxed);
+        let largest = 2 * crate::domain::limits::MAX_OUTPUT_BYTES;
+        if free > 0 && free < largest {
+            tracing::warn!(
+                free = %super::human_bytes(free),
+                "the database's disk has less room than one task's output may take (two streams of 64 MiB); submits whose caps do not fit are refused"
+            );
+        }
         let db = Some(self.db().expect("the database is open when the writer starts"));
         let storage = Storage { slot: self.db.clone(), db, path: self.path.clone(), stats: self.stats.clone(), wal };
         let backlog = Arc::new(AtomicUsize::new(0));
@@ -276,6 +284,9 @@ fn writer_loop<T>(
                     Ok(()) => {
                         storage.wal.rewind();
                         dirty_since = None;
+                        if let Ok(free) = super::free_bytes(storage.dir()) {
+                            storage.stats.free_bytes.store(free, Ordering::Relaxed);
+                        }
                     }
                     Err(err) => {
                         // The log keeps the changes; redb takes none until it is opened again.

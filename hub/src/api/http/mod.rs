@@ -419,6 +419,7 @@ async fn task_events(
             FeedEvent::Step { attempt, number, step } => {
                 SseEvent::default().event("step").json_data(StepEventDto { attempt, number, step: (&step).into() })
             }
+            FeedEvent::Failed(message) => SseEvent::default().event("error").json_data(json!({ "message": message })),
         };
         Ok::<_, Infallible>(sse.expect("task events serialize"))
     });
