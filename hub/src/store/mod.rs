@@ -15,7 +15,6 @@
 //! retention, `codec` the encoding of records and of log payloads.
 
 use std::collections::HashMap;
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,10 +28,13 @@ use crate::fleet::{Cordon, Endpoint, Registry};
 
 pub mod backup;
 mod codec;
+mod file;
 pub mod wal;
 mod writer;
 
 pub use self::codec::encode_token;
+use self::file::{Slot, dir_of, open_database};
+pub use self::file::{free_bytes, human_bytes};
 pub use self::writer::Writer;
 
 /// Task id (a ULID as u128, so keys sort by age) -> a stored task (`codec`).
@@ -52,10 +54,6 @@ const OUTPUT: TableDefinition<'_, (u128, u8, u32), &[u8]> = TableDefinition::new
 const MIN_FREE_TO_CREATE: u64 = 4 * 1024 * 1024;
 /// The most bytes one stored chunk of output holds.
 pub const OUTPUT_CHUNK: usize = 256 * 1024;
-/// redb's page cache (reads and the write buffer of commits not yet checkpointed). redb's own
-/// default is 1 GiB, which a hub reading results back would fill with output it has no more use
-/// for; the hot path (submits, dispatches, ends) touches a few pages per commit.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// META key: the version of the record format the database holds.
 const SCHEMA_VERSION: &str = "schema_version";
@@ -106,24 +104,6 @@ impl Error {
     pub fn is_damage(&self) -> bool {
         matches!(self, Error::Damaged { .. } | Error::Corrupt { .. } | Error::Schema { .. })
     }
-}
-
-/// Bytes as people read them: `512 B`, `3.2 MiB`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
-}
-
-/// Space left to an unprivileged writer on the file system holding `dir`.
-pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
-    let stat = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
-    Ok(stat.blocks_available() as u64 * stat.fragment_size() as u64)
 }
 
 fn redb_err(err: impl Into<redb::Error>) -> Error {
@@ -256,42 +236,6 @@ pub struct Store {
     wal: Arc<std::sync::Mutex<Option<Wal>>>,
 }
 
-/// The open database. After an I/O error redb refuses everything until it is opened again, so
-/// the writer may close it and open it again (`writer.rs`, `recover`); while it does, the slot
-/// is empty and readers are told storage is recovering.
-struct Slot {
-    current: std::sync::RwLock<Option<Arc<Database>>>,
-    /// Counts the syncs of the database opened next (benchmarks).
-    syncs: Option<Arc<AtomicU64>>,
-}
-
-impl Store {
-    fn db(&self) -> Result<Arc<Database>, Error> {
-        self.db.current.read().expect("database slot poisoned").clone().ok_or(Error::Recovering)
-    }
-}
-
-/// Opens (or creates) the database file with the hub's settings; `syncs` counts its syncs.
-fn open_database(path: &Path, syncs: Option<&Arc<AtomicU64>>) -> Result<Result<Database, redb::DatabaseError>, Error> {
-    let mut builder = Database::builder();
-    builder.set_cache_size(CACHE_BYTES);
-    match syncs {
-        None => Ok(builder.create(path)),
-        Some(syncs) => {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)
-                .map_err(Error::io(path))?;
-            let inner = redb::backends::FileBackend::new(file)
-                .map_err(|err| Error::Open { path: path.to_owned(), source: err.into() })?;
-            Ok(builder.create_with_backend(CountingBackend { inner, syncs: syncs.clone() }))
-        }
-    }
-}
-
 /// The write-ahead log beside a database file: its full name plus `.wal`.
 pub fn wal_path(database: &Path) -> PathBuf {
     let mut name = database.as_os_str().to_owned();
@@ -326,53 +270,6 @@ pub struct CommitMetrics {
     pub changes: agentcom_metrics::Histogram,
 }
 
-/// redb's file backend, counting the syncs redb asks for. Everything else is forwarded.
-#[derive(Debug)]
-struct CountingBackend {
-    inner: redb::backends::FileBackend,
-    syncs: Arc<AtomicU64>,
-}
-
-impl redb::StorageBackend for CountingBackend {
-    fn len(&self) -> Result<u64, std::io::Error> {
-        self.inner.len()
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-        self.inner.read(offset, out)
-    }
-    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self) -> Result<(), std::io::Error> {
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        self.inner.sync_data()
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        self.inner.write(offset, data)
-    }
-    fn close(&self) -> Result<(), std::io::Error> {
-        self.inner.close()
-    }
-    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, redb::BackendError> {
-        self.inner.try_lock_range(start, end)
-    }
-    fn try_lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, redb::BackendError> {
-        self.inner.try_lock_shared_range(start, end)
-    }
-    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
-        self.inner.lock_range(start, end)
-    }
-    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
-        self.inner.lock_shared_range(start, end)
-    }
-    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), redb::BackendError> {
-        self.inner.unlock_range(start, end)
-    }
-    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, redb::BackendError> {
-        self.inner.query_lock_range(start, end)
-    }
-}
-
 impl Store {
     /// Opens or creates the database at `path`, checks its integrity and its schema version.
     ///
@@ -392,7 +289,7 @@ impl Store {
     /// nothing behind.
     fn open_fresh_or_not(path: &Path, syncs: Option<Arc<AtomicU64>>) -> Result<Store, Error> {
         let fresh = !path.exists() && !wal_path(path).exists();
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = dir_of(path);
         if fresh
             && let Ok(free) = free_bytes(dir)
             && free < MIN_FREE_TO_CREATE
@@ -534,11 +431,7 @@ impl Store {
     /// Applies what the log holds beyond redb's last checkpoint, then checkpoints, so that redb
     /// alone has everything acknowledged before the last stop or crash.
     fn replay_wal(&mut self) -> Result<(), Error> {
-        let checkpoint_lsn = {
-            let txn = self.db()?.begin_read().map_err(redb_err)?;
-            let meta = txn.open_table(META).map_err(redb_err)?;
-            meta.get(CHECKPOINT_LSN).map_err(redb_err)?.map(|v| v.value()).unwrap_or(0)
-        };
+        let checkpoint_lsn = file::checkpoint_lsn(self.db()?.as_ref())?;
         let wal_path = wal_path(&self.path);
         let capacity = self.log_capacity(&wal_path)?;
         let (wal, records) = Wal::open(&wal_path, capacity, checkpoint_lsn).map_err(|err| match err {
@@ -550,14 +443,7 @@ impl Store {
         })?;
         if !records.is_empty() {
             let (first, last) = (records[0].lsn, records[records.len() - 1].lsn);
-            let mut prepared = Vec::new();
-            for record in &records {
-                prepared.extend(codec::decode_ops(&record.payload).ok_or_else(|| Error::Damaged {
-                    path: wal_path.clone(),
-                    detail: format!("log record {} does not decode", record.lsn),
-                })?);
-            }
-            apply_prepared(self.db()?.as_ref(), &prepared, Durability::None)?;
+            file::replay(self.db()?.as_ref(), &records, &wal_path)?;
             tracing::info!(first, last, records = records.len(), "replayed the write-ahead log");
         }
         checkpoint(self.db()?.as_ref(), &self.stats, wal.lsn())?;
@@ -572,7 +458,7 @@ impl Store {
         if existing >= wal::DEFAULT_CAPACITY {
             return Ok(existing);
         }
-        let dir = wal_path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = dir_of(wal_path);
         let free = free_bytes(dir).map_err(Error::io(dir))?;
         const MIB: u64 = 1024 * 1024;
         let fits = (existing + free / 2) / MIB * MIB;
@@ -593,7 +479,7 @@ impl Store {
 
     /// Records the free space of the database's file system in [`Stats::free_bytes`].
     pub fn note_free_space(&self) {
-        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = dir_of(&self.path);
         if let Ok(free) = free_bytes(dir) {
             self.stats.free_bytes.store(free, Ordering::Relaxed);
         }

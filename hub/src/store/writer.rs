@@ -8,11 +8,12 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableDatabase};
+use redb::{Database, Durability};
 
 use super::codec::{encode_ops, encoded_len, prepare};
+use super::file::Slot;
 use super::wal::{self, Wal};
-use super::{Error, Op, Slot, Stats, Store, apply_prepared, checkpoint};
+use super::{Error, Op, Stats, Store, apply_prepared, checkpoint};
 
 /// Most changes one commit takes; the rest wait for the next.
 const MAX_BATCH: usize = 16_384;
@@ -159,7 +160,7 @@ impl Storage {
     }
 
     fn dir(&self) -> &Path {
-        self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
+        super::file::dir_of(&self.path)
     }
 
     /// The failure as the hub reports it: what failed, and the space left on the disk.
@@ -184,7 +185,7 @@ impl Storage {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
-        let reopened = super::open_database(&self.path, self.slot.syncs.as_ref())?
+        let reopened = super::file::open_database(&self.path, self.slot.syncs.as_ref())?
             .map_err(|err| Error::Open { path: self.path.clone(), source: err.into() })?;
         let db = Arc::new(reopened);
         self.db = Some(db.clone());
@@ -201,21 +202,10 @@ impl Storage {
             return Err(Error::Fault { detail: "still no room".into(), dir: self.dir().to_owned(), free_bytes: free });
         }
         let db = self.reopen()?;
-        let checkpoint_lsn = {
-            let txn = db.begin_read().map_err(super::redb_err)?;
-            let meta = txn.open_table(super::META).map_err(super::redb_err)?;
-            meta.get(super::CHECKPOINT_LSN).map_err(super::redb_err)?.map(|v| v.value()).unwrap_or(0)
-        };
-        let wal_error =
-            |err: wal::Error| Error::Io { path: PathBuf::from("write-ahead log"), message: err.to_string() };
-        let mut prepared = Vec::new();
-        for record in self.wal.records_after(checkpoint_lsn).map_err(wal_error)? {
-            prepared.extend(super::codec::decode_ops(&record.payload).ok_or(Error::Damaged {
-                path: PathBuf::from("write-ahead log"),
-                detail: format!("log record {} does not decode", record.lsn),
-            })?);
-        }
-        apply_prepared(&db, &prepared, Durability::None)?;
+        let log = PathBuf::from("write-ahead log");
+        let wal_error = |err: wal::Error| Error::Io { path: log.clone(), message: err.to_string() };
+        let records = self.wal.records_after(super::file::checkpoint_lsn(&db)?).map_err(wal_error)?;
+        super::file::replay(&db, &records, &log)?;
         checkpoint(&db, &self.stats, self.wal.lsn())?;
         self.wal.rewind();
         Ok(())
