@@ -9,6 +9,20 @@ fn task(n: i64) -> Task {
     Task::new(TaskId::new(n), TaskSpec::shell(vec!["echo".into(), n.to_string()], &SpecDefaults::default()), n)
 }
 
+/// A writer whose tickets are `u32`s, each batch reported on the receiver once committed (a
+/// failed commit fails the test).
+fn reporting_writer(store: &Store) -> (Writer<u32>, std_mpsc::Receiver<Vec<u32>>) {
+    let (done_tx, done_rx) = std_mpsc::channel();
+    let writer = store.start_writer(
+        |_: &mut u32| {},
+        move |tickets: Vec<u32>, result| {
+            result.unwrap();
+            done_tx.send(tickets).unwrap();
+        },
+    );
+    (writer, done_rx)
+}
+
 #[test]
 fn committed_tasks_are_there_after_reopening() {
     let dir = tempfile::tempdir().unwrap();
@@ -53,14 +67,7 @@ fn committed_tasks_are_there_after_reopening() {
 fn a_quiet_writer_checkpoints_what_its_log_holds_without_waiting_for_more_work() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("hub.redb")).unwrap();
-    let (done_tx, done_rx) = std_mpsc::channel();
-    let writer = store.start_writer(
-        |_: &mut u32| {},
-        move |tickets: Vec<u32>, result| {
-            result.unwrap();
-            done_tx.send(tickets).unwrap();
-        },
-    );
+    let (writer, done_rx) = reporting_writer(&store);
     let before = store.stats().checkpoints.load(Ordering::Relaxed);
     writer.write(vec![Op::PutTask(Box::new(task(1)))], 1).unwrap();
     assert_eq!(done_rx.recv().unwrap(), vec![1]);
@@ -99,14 +106,7 @@ fn fleet_settings_survive_a_reopen_and_their_log_form_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hub.redb");
     let store = Store::open(&path).unwrap();
-    let (done_tx, done_rx) = std_mpsc::channel();
-    let writer = store.start_writer(
-        |_: &mut u32| {},
-        move |tickets: Vec<u32>, result| {
-            result.unwrap();
-            done_tx.send(tickets).unwrap();
-        },
-    );
+    let (writer, done_rx) = reporting_writer(&store);
     writer.write(vec![Op::PutCordon { sidecar_id: "a".into(), cordon: cordon(1) }], 1).unwrap();
     writer.write(vec![Op::PutCordon { sidecar_id: "b".into(), cordon: cordon(2) }], 2).unwrap();
     let last =
@@ -151,14 +151,7 @@ fn join_tokens_and_identities_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hub.redb");
     let store = Store::open(&path).unwrap();
-    let (done_tx, done_rx) = std_mpsc::channel();
-    let writer = store.start_writer(
-        |_: &mut u32| {},
-        move |tickets: Vec<u32>, result| {
-            result.unwrap();
-            done_tx.send(tickets).unwrap();
-        },
-    );
+    let (writer, done_rx) = reporting_writer(&store);
     let first = vec![
         Op::PutJoinGrant(Box::new(grant.clone())),
         Op::PutJoinGrant(Box::new(gone.clone())),
@@ -297,14 +290,7 @@ fn output_larger_than_the_log_commits_reads_back_whole_and_stays_out_of_the_reco
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hub.redb");
     let store = Store::open(&path).unwrap();
-    let (done_tx, done_rx) = std_mpsc::channel();
-    let writer = store.start_writer(
-        |_: &mut u32| {},
-        move |tickets: Vec<u32>, result| {
-            result.unwrap();
-            done_tx.send(tickets).unwrap();
-        },
-    );
+    let (writer, done_rx) = reporting_writer(&store);
     // 40 MiB and 64 MiB: each more than the whole log holds; beside them a small one that goes
     // through the log, and one with no output at all.
     let big = b"0123456789abcdef".repeat(40 * 1024 * 1024 / 16);
