@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use super::State;
 use super::handle::{Assignment, Error, Reply, SubmitAnswer, Submitted, ToSidecar};
-use super::tasks::strip_output;
 use crate::domain::*;
 use crate::store;
 
@@ -244,8 +243,7 @@ impl State {
     }
 
     /// Tells watchers about a durable change. A task that is final and no longer leased has
-    /// nothing more to say: its feed is finished and dropped, and its output, now on disk, leaves
-    /// memory.
+    /// nothing more to say: its feed is finished and dropped (and with it the output it held).
     pub(super) fn notify(&mut self, id: TaskId, now: UnixMs) {
         if self.shown.contains_key(&id) {
             return; // Its end is not durable yet: nothing to tell.
@@ -263,7 +261,6 @@ impl State {
         if settled {
             self.retain(id);
             self.span_settled(id);
-            strip_output(self.tasks.get_mut(&id).expect("a notified task exists"));
             for dependent in self.dependents.remove(&id).unwrap_or_default() {
                 self.settle_dependencies(dependent, now);
             }

@@ -10,7 +10,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::State;
 use super::commit::AfterCommit;
-use super::tasks::strip_output;
 use crate::domain::*;
 use crate::feed::Feed;
 use crate::fleet::{self, AgentDetail, AgentView, Endpoint, EndpointKind, HostView};
@@ -792,7 +791,7 @@ impl State {
                 let _ = reply.send(self.visible(id).cloned());
             }
             Event::List { state, before, limit, reply } => {
-                // Summaries: output only comes with a single task.
+                // Summaries: the core holds no output (a single task's is read from storage).
                 let older = match before {
                     Some(before) => self.tasks.range(..before),
                     None => self.tasks.range(..),
@@ -802,11 +801,7 @@ impl State {
                     .rev()
                     .filter(|t| state.is_none_or(|s| t.state == s))
                     .take(limit)
-                    .map(|t| {
-                        let mut t = Task::clone(t);
-                        strip_output(&mut t);
-                        t
-                    })
+                    .map(|t| Task::clone(t))
                     .collect();
                 let _ = reply.send(tasks);
             }

@@ -46,10 +46,10 @@ impl State {
                 }
                 _ => {}
             }
+            // The core keeps no output: a record of the format before output was stored apart
+            // still carries its own, which stays on disk and is read from there.
             let mut task = task;
-            if task.state.is_terminal() {
-                strip_output(&mut task);
-            }
+            strip_output(&mut task);
             let id = task.id;
             let settled = task.state.is_terminal();
             // A store that holds no verdicts yet (made before they were stored) counts them
@@ -338,8 +338,7 @@ pub(super) fn same_submission(first: &TaskSpec, again: &TaskSpec) -> bool {
     *first == normalized
 }
 
-/// Drops the retained output bytes (their totals stay), for summaries and for finished tasks
-/// whose output is on disk.
+/// Drops the retained output bytes (their totals stay): a record read at start may carry them.
 pub(super) fn strip_output(task: &mut Task) {
     if let Some(outcome) = &mut task.outcome {
         outcome.stdout = Vec::new();
