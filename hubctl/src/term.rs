@@ -97,12 +97,15 @@ pub(crate) fn output_for(bytes: &[u8], to_terminal: bool) -> Cow<'_, [u8]> {
     if changed { Cow::Owned(out.into_bytes()) } else { Cow::Borrowed(bytes) }
 }
 
+/// Asked once: output events come by the thousand.
 pub(crate) fn stdout_is_terminal() -> bool {
-    std::io::stdout().is_terminal()
+    static TERMINAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TERMINAL.get_or_init(|| std::io::stdout().is_terminal())
 }
 
 pub(crate) fn stderr_is_terminal() -> bool {
-    std::io::stderr().is_terminal()
+    static TERMINAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TERMINAL.get_or_init(|| std::io::stderr().is_terminal())
 }
 
 #[cfg(test)]

@@ -44,23 +44,20 @@ impl std::str::FromStr for UidRange {
 }
 
 impl UidRange {
-    pub fn len(&self) -> u32 {
+    /// How many uids it holds (never none: the parse refuses an empty range).
+    fn count(&self) -> u32 {
         self.last - self.first + 1
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// Refuses a range that cannot keep tasks apart: one smaller than the slots, or one that
     /// holds an account's uid or a group's gid (a task would act as that account).
     pub fn check(&self, slots: u32) -> Result<(), String> {
-        if self.len() < slots {
+        if self.count() < slots {
             return Err(format!(
                 "--run-as-range {}-{} holds {} uids for {slots} slots: each running task needs its own",
                 self.first,
                 self.last,
-                self.len()
+                self.count()
             ));
         }
         for id in self.first..=self.last {
@@ -214,7 +211,7 @@ mod tests {
     #[test]
     fn ranges_parse_and_refuse_what_cannot_work() {
         assert_eq!("61000-61999".parse::<UidRange>(), Ok(UidRange { first: 61000, last: 61999 }));
-        assert_eq!("61000-61999".parse::<UidRange>().unwrap().len(), 1000);
+        assert_eq!("61000-61999".parse::<UidRange>().unwrap().count(), 1000);
         for bad in ["", "61000", "0-10", "20-10", "a-b", "1-4294967295", "1-2000000"] {
             assert!(bad.parse::<UidRange>().is_err(), "{bad}");
         }
