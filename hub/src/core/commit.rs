@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use super::State;
-use super::handle::{Assignment, Error, Reply, SubmitAnswer, Submitted, ToSidecar};
+use super::config::Error;
+use super::handle::{Assignment, Reply, SubmitAnswer, Submitted, ToSidecar};
 use crate::domain::*;
 use crate::store;
 

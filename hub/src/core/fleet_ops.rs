@@ -6,7 +6,8 @@ use tracing::{info, warn};
 
 use super::State;
 use super::commit::AfterCommit;
-use super::handle::{Error, Reply, ToSidecar};
+use super::config::Error;
+use super::handle::{Reply, ToSidecar};
 use super::sessions::move_agent;
 use crate::agent::{AgentEvent, AgentState};
 use crate::domain::*;

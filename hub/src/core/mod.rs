@@ -23,6 +23,7 @@
 
 mod changes;
 mod commit;
+mod config;
 mod fleet_ops;
 mod handle;
 mod leases;
@@ -45,11 +46,12 @@ use tracing::{debug, info, warn};
 
 pub use self::changes::{Change, Changes};
 pub use self::commit::AfterCommit;
+pub use self::config::{Config, Error};
+pub use self::config::{DEFAULT_RETAIN_OUTPUT, DEFAULT_RETAIN_OUTPUT_BYTES, DEFAULT_RETAIN_TASKS};
 pub use self::handle::{
-    Assignment, Config, Error, Event, FromSidecar, Handle, ModelStat, QueueStats, Recorded, RecordedKind, RunningTask,
-    SidecarHello, Submitted, ToSidecar, WatchReply, Welcome, WhyAnswer,
+    Assignment, Event, FromSidecar, Handle, ModelStat, QueueStats, Recorded, RecordedKind, RunningTask, SidecarHello,
+    Submitted, ToSidecar, WatchReply, Welcome, WhyAnswer,
 };
-pub use self::handle::{DEFAULT_RETAIN_OUTPUT, DEFAULT_RETAIN_OUTPUT_BYTES, DEFAULT_RETAIN_TASKS};
 pub use crate::fleet::{AgentDetail, AgentView, HostView};
 
 use self::handle::{Reply, SubmitWaiter};

@@ -7,7 +7,8 @@ use tracing::{debug, info, warn};
 
 use super::State;
 use super::commit::AfterCommit;
-use super::handle::{Error, Recorded, RecordedKind, ToSidecar, WhyAnswer};
+use super::config::Error;
+use super::handle::{Recorded, RecordedKind, ToSidecar, WhyAnswer};
 use super::sessions::{Sidecar, move_agent};
 use crate::agent::AgentEvent;
 use crate::domain::*;

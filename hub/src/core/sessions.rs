@@ -9,7 +9,8 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::State;
-use super::handle::{Error, SidecarHello, ToSidecar, Welcome};
+use super::config::Error;
+use super::handle::{SidecarHello, ToSidecar, Welcome};
 use crate::agent::{self, AgentEvent, AgentState, Transition};
 use crate::domain::*;
 use crate::fleet::{self, AgentView};

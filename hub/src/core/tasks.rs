@@ -6,7 +6,8 @@ use tracing::{info, warn};
 
 use super::State;
 use super::commit::AfterCommit;
-use super::handle::{Error, Reply, Submitted, ToSidecar};
+use super::config::Error;
+use super::handle::{Reply, Submitted, ToSidecar};
 use crate::domain::*;
 use crate::queue::{self, Lease};
 use crate::store::Op;
