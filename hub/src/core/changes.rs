@@ -104,7 +104,7 @@ impl State {
         }
         for id in std::mem::take(&mut self.changes.tasks) {
             if let Some(task) = self.visible(id) {
-                self.changes.send(Change::Task(Box::new(task.clone())));
+                self.changes.send(Change::Task(Box::new(task.into_owned())));
             }
         }
         let any_cordon = !self.cordons.is_empty();

@@ -89,11 +89,13 @@ impl State {
             match ticket {
                 AfterCommit::Submitted { id, answer } => {
                     debug_assert!(answer.is_none(), "the submitter is answered on the writer thread");
-                    let task = &self.tasks[&id];
+                    // (Cancelled before this commit returned, it may have settled already.)
+                    let Some(task) = self.tasks.get(&id) else { continue };
                     let state = task.state;
                     for (reply, existing) in self.pending_submits.remove(&id).unwrap_or_default() {
-                        let _ = reply.send(Ok(Submitted { task: Task::clone(task), existing }));
+                        let _ = reply.send(Ok(Submitted { task: Task::clone(&task), existing }));
                     }
+                    drop(task);
                     // A queued task was made dispatchable at its submit.
                     if state == TaskState::Waiting {
                         self.settle_dependencies(id, now);
@@ -143,13 +145,18 @@ impl State {
                     self.notify(task_id, now);
                 }
                 AfterCommit::Answer { task_id, reply } => {
-                    let _ = reply.send(Ok(Task::clone(&self.tasks[&task_id])));
+                    // A task settled meanwhile (by an earlier commit's news) is packed: `get`.
+                    let task = self.tasks.get(&task_id).map(std::borrow::Cow::into_owned);
+                    let _ = reply.send(task.ok_or(Error::NotFound(task_id)));
                     self.notify(task_id, now);
                 }
                 AfterCommit::Requeued { task_id, reply } => {
-                    let task = &self.tasks[&task_id];
+                    let Some(task) = self.tasks.get(&task_id).map(std::borrow::Cow::into_owned) else {
+                        let _ = reply.send(Err(Error::NotFound(task_id)));
+                        continue;
+                    };
                     let queued = task.state == TaskState::Queued;
-                    let _ = reply.send(Ok(Task::clone(task)));
+                    let _ = reply.send(Ok(task));
                     if queued {
                         self.enqueue(task_id, None);
                     }
@@ -183,8 +190,8 @@ impl State {
                     // dispatch, whose assignment then never leaves (the task is final; as
                     // cancelled, a lease it holds ends without a retry).
                     self.queue.remove_waiting(id);
-                    if let Some(task) = self.tasks.get_mut(&id)
-                        && !task.state.is_terminal()
+                    if self.tasks.state(&id).is_some_and(|state| !state.is_terminal())
+                        && let Some(task) = self.tasks.get_mut(&id)
                     {
                         let reason = format!("not stored: {err}");
                         task.set_state(TaskState::Cancelled, reason.clone(), now);
@@ -244,13 +251,19 @@ impl State {
     }
 
     /// Tells watchers about a durable change. A task that is final and no longer leased has
-    /// nothing more to say: its feed is finished and dropped (and with it the output it held).
+    /// nothing more to say: its feed is finished and dropped (and with it the output it held),
+    /// retention counts it, its dependents move, and it is packed (`kept`). A packed task that
+    /// changes again (retention dropped its output) was settled before: only the change is told.
     pub(super) fn notify(&mut self, id: TaskId, now: UnixMs) {
         if self.shown.contains_key(&id) {
             return; // Its end is not durable yet: nothing to tell.
         }
         self.changes.mark_task(id);
-        let settled = self.tasks[&id].state.is_terminal() && self.queue.lease(id).is_none();
+        if self.tasks.is_packed(&id) {
+            return;
+        }
+        let Some(state) = self.tasks.state(&id) else { return };
+        let settled = state.is_terminal() && self.queue.lease(id).is_none();
         if let Some(feed) = self.feeds.get(&id) {
             if settled {
                 feed.finish(&self.tasks[&id]);
@@ -265,6 +278,7 @@ impl State {
             for dependent in self.dependents.remove(&id).unwrap_or_default() {
                 self.settle_dependencies(dependent, now);
             }
+            self.tasks.pack(&id);
         }
     }
 }

@@ -623,7 +623,7 @@ impl Handle {
 impl State {
     /// The queue's counts now: one pass over the tasks.
     pub(super) fn queue_stats(&self) -> QueueStats {
-        let count = |state| self.tasks.values().filter(|t| t.state == state).count();
+        let count = |state| self.tasks.states().filter(|(_, s, _)| *s == state).count();
         QueueStats {
             tasks: self.tasks.len(),
             ready: self.queue.n_ready() + self.queue.n_blocked(),
@@ -666,20 +666,21 @@ impl State {
                 self.dispatch(now);
             }
             Event::Get { id, reply } => {
-                let _ = reply.send(self.visible(id).cloned());
+                let _ = reply.send(self.visible(id).map(std::borrow::Cow::into_owned));
             }
             Event::List { state, before, limit, reply } => {
                 // Summaries: the core holds no output (a single task's is read from storage).
-                let older = match before {
-                    Some(before) => self.tasks.range(..before),
-                    None => self.tasks.range(..),
-                };
-                let tasks = older
-                    .map(|(id, task)| self.shown.get(id).unwrap_or(task))
+                // A settled task is unpacked only when it is listed.
+                let before = before.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+                let tasks = self
+                    .tasks
+                    .range((std::ops::Bound::Unbounded, before))
                     .rev()
-                    .filter(|t| state.is_none_or(|s| t.state == s))
+                    .filter_map(|(id, kept_state, entry)| match self.shown.get(&id) {
+                        Some(shown) => state.is_none_or(|s| shown.state == s).then(|| Task::clone(shown)),
+                        None => state.is_none_or(|s| kept_state == s).then(|| entry.task().into_owned()),
+                    })
                     .take(limit)
-                    .map(|t| Task::clone(t))
                     .collect();
                 let _ = reply.send(tasks);
             }
@@ -693,9 +694,9 @@ impl State {
                     ))),
                     (Some(feed), None) => Ok(WatchReply::Live(feed.clone())),
                     (None, None) => match self.visible(id) {
-                        Some(task) if task.state.is_terminal() => Ok(WatchReply::Final(Box::new(task.clone()))),
+                        Some(task) if task.state.is_terminal() => Ok(WatchReply::Final(Box::new(task.into_owned()))),
                         Some(task) => {
-                            let feed = Feed::new(Task::clone(task));
+                            let feed = Feed::new(task.into_owned());
                             self.feeds.insert(id, feed.clone());
                             Ok(WatchReply::Live(feed))
                         }

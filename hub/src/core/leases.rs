@@ -153,7 +153,7 @@ impl State {
                 if self.tasks[&task_id].state.is_terminal() && !shown.state.is_terminal() {
                     self.shown.entry(task_id).or_insert_with(|| Box::new(shown));
                 }
-                let record = self.tasks[&task_id].clone();
+                let record = Box::new(self.tasks[&task_id].clone());
                 let ticket = AfterCommit::Stored { task_id, lease_generation, sidecar_id: sidecar_id.to_owned() };
                 self.write(vec![Op::PutOutput { id: task_id, stdout, stderr }, Op::PutTask(record)], ticket);
             }
@@ -217,7 +217,8 @@ impl State {
             return false;
         }
         let Outcome { stdout, stderr, .. } = *outcome;
-        let record = self.tasks[&task_id].clone();
+        // Settled long ago, perhaps, and so packed.
+        let record = Box::new(self.tasks.get(&task_id).expect("a taken result's task exists").into_owned());
         let ticket = AfterCommit::Stored { task_id, lease_generation, sidecar_id: sidecar_id.to_owned() };
         self.write(vec![Op::PutOutput { id: task_id, stdout, stderr }, Op::PutTask(record)], ticket);
         true

@@ -26,6 +26,7 @@ mod commit;
 mod config;
 mod fleet_ops;
 mod handle;
+mod kept;
 mod leases;
 mod observe;
 mod placing;
@@ -84,8 +85,8 @@ pub(crate) struct State {
     fx: Effects,
     /// Changes the storage writer has queued, as of the current event (admission control).
     write_backlog: usize,
-    /// Boxed: a task record is large, and B-tree nodes move their values when they split.
-    tasks: BTreeMap<TaskId, Box<Task>>,
+    /// Every task: decoded while it is not settled, packed once it is (`kept`).
+    tasks: kept::Tasks,
     by_key: HashMap<String, TaskId>,
     /// Tasks whose end is not durable yet, as they were before it: what reads show until the
     /// commit that holds the end returns (and, if it fails, until the result is stored again).
@@ -148,7 +149,7 @@ impl State {
             config,
             fx: Effects::default(),
             write_backlog: 0,
-            tasks: BTreeMap::new(),
+            tasks: kept::Tasks::default(),
             by_key: HashMap::new(),
             shown: HashMap::new(),
             retained: retention::Retained::default(),
@@ -193,13 +194,16 @@ impl State {
     }
 
     /// A task as everyone is shown it: as it was before an end that is not durable yet.
-    fn visible(&self, id: TaskId) -> Option<&Task> {
-        self.shown.get(&id).or_else(|| self.tasks.get(&id)).map(|task| &**task)
+    fn visible(&self, id: TaskId) -> Option<std::borrow::Cow<'_, Task>> {
+        match self.shown.get(&id) {
+            Some(shown) => Some(std::borrow::Cow::Borrowed(&**shown)),
+            None => self.tasks.get(&id),
+        }
     }
 
     /// Persists a task as it is now. Watchers see the change once it is durable, through the ticket.
     fn persist(&mut self, id: TaskId, ticket: AfterCommit) {
-        let task = self.tasks.get(&id).expect("persisting a known task").clone();
+        let task = Box::new(self.tasks.get(&id).expect("persisting a known task").into_owned());
         self.write(vec![Op::PutTask(task)], ticket);
     }
 
@@ -230,7 +234,7 @@ impl Core {
     /// reconnect and claim them before they are requeued.
     pub fn start(config: Config, store: &Store) -> Result<(Handle, tokio::task::JoinHandle<()>), store::Error> {
         let loading = std::time::Instant::now();
-        let tasks = store.load_tasks()?;
+        let tasks = store.load_queue()?;
         let fleet = store.load_fleet()?;
         let load_ms = loading.elapsed().as_millis() as u64;
         let (tx, rx) = mpsc::unbounded_channel();

@@ -159,10 +159,8 @@ impl State {
             }
         }
         let (mut dead_letters, mut oldest_ready) = (0, None::<i64>);
-        for task in self.tasks.values() {
-            if task.state == TaskState::DeadLettered {
-                dead_letters += 1;
-            }
+        dead_letters += self.tasks.states().filter(|(_, state, _)| *state == TaskState::DeadLettered).count();
+        for task in self.tasks.decoded() {
             if task.state.is_terminal() {
                 continue;
             }

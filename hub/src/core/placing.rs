@@ -210,6 +210,7 @@ impl State {
         placed_at: Option<Tier>,
     ) -> Option<(&'static str, Tier)> {
         let task = self.tasks.get(&task_id)?;
+        let task = &*task;
         let tier = placed_at.unwrap_or_else(|| sched::tier_now(task, &fleet!(self)).0);
         let kind = task.spec.work.capability();
         self.learned.observe_verdict(model, kind, tier, passed);
@@ -224,6 +225,7 @@ impl State {
             return false;
         }
         let Some(task) = self.tasks.get(&task_id) else { return false };
+        let task = &*task;
         if task.attempt >= task.spec.limits.max_attempts || !self.by_tier_model(task) {
             return false;
         }
@@ -294,6 +296,7 @@ impl State {
                 self.tier_waits.remove(&task_id);
                 continue;
             };
+            let task = &*task;
             if !matches!(task.state, TaskState::Queued | TaskState::Ready) {
                 self.tier_waits.remove(&task_id);
                 continue;
@@ -359,7 +362,8 @@ impl State {
         {
             let fleet = fleet!(self);
             for id in self.queue.waiting_sample(PREWARM_SAMPLE) {
-                let Some(model) = self.tasks.get(&id).and_then(|task| sched::model_of(task, &fleet)) else { continue };
+                let Some(task) = self.tasks.get(&id) else { continue };
+                let Some(model) = sched::model_of(&task, &fleet) else { continue };
                 by_model.entry(model.to_owned()).or_default().push(id);
             }
         }
@@ -474,6 +478,7 @@ impl State {
     /// Why a task is where it is, and for a ready one, what placement says now.
     pub(super) fn why(&self, task_id: TaskId, now: UnixMs) -> Result<WhyAnswer, Error> {
         let task = self.tasks.get(&task_id).ok_or(Error::NotFound(task_id))?;
+        let task = &*task;
         let fleet = fleet!(self);
         let (tier, tier_source) = sched::tier_now(task, &fleet);
         let mut answer = WhyAnswer {
@@ -495,7 +500,7 @@ impl State {
                     .spec
                     .depends_on
                     .iter()
-                    .filter(|d| self.tasks.get(d).is_some_and(|t| t.state != TaskState::Succeeded))
+                    .filter(|d| self.tasks.state(d).is_some_and(|state| state != TaskState::Succeeded))
                     .map(|d| d.to_string())
                     .collect();
                 answer.waiting = true;

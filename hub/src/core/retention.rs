@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use super::State;
 use super::commit::AfterCommit;
 use crate::domain::*;
-use crate::store::Op;
+use crate::store::{Op, stored_output_bytes};
 
 /// Most tasks one tick drops or deletes, so that a large backlog (a retention just shortened)
 /// never holds the core for long.
@@ -50,22 +50,17 @@ impl Retained {
     }
 }
 
-/// The bytes a finished task's output takes in storage: what each stream kept.
-fn stored_bytes(task: &Task) -> u64 {
-    let Some(outcome) = &task.outcome else { return 0 };
-    if outcome.output_dropped_unix_ms.is_some() {
-        return 0;
-    }
-    let cap = task.spec.limits.max_output_bytes;
-    outcome.stdout_total_bytes.min(cap) + outcome.stderr_total_bytes.min(cap)
-}
-
 impl State {
     /// A task is settled (final, its lease ended): from now on retention counts it.
     pub(super) fn retain(&mut self, id: TaskId) {
         let Some(task) = self.tasks.get(&id) else { return };
-        let at = task.finished_unix_ms.unwrap_or(task.updated_unix_ms);
-        let bytes = stored_bytes(task);
+        let (at, bytes) = (task.finished_unix_ms.unwrap_or(task.updated_unix_ms), stored_output_bytes(&task));
+        drop(task);
+        self.retain_at(id, at, bytes);
+    }
+
+    /// As [`State::retain`], for a task that finished at `at` with `bytes` of output stored.
+    pub(super) fn retain_at(&mut self, id: TaskId, at: UnixMs, bytes: u64) {
         let retained = &mut self.retained;
         retained.tasks.insert((at, id));
         retained.forget_output(id);
@@ -103,7 +98,8 @@ impl State {
             if let Some(outcome) = &mut task.outcome {
                 outcome.output_dropped_unix_ms = Some(now);
             }
-            let record = task.clone();
+            let record = Box::new(task.clone());
+            self.tasks.pack(&id);
             self.write(vec![Op::DropOutput(id), Op::PutTask(record)], AfterCommit::Changed(id));
         }
         while done < PER_TICK {
@@ -113,9 +109,9 @@ impl State {
             }
             done += 1;
             self.retained.tasks.pop_first();
-            let Some(task) = self.tasks.get(&id) else { continue };
-            let settled = task.state.is_terminal() && self.queue.lease(id).is_none() && !self.shown.contains_key(&id);
-            if !settled || task.finished_unix_ms.unwrap_or(task.updated_unix_ms) != at {
+            let Some((state, finished)) = self.tasks.finished(&id) else { continue };
+            let settled = state.is_terminal() && self.queue.lease(id).is_none() && !self.shown.contains_key(&id);
+            if !settled || finished != at {
                 continue; // It changed since: its next end counts anew.
             }
             self.retained.forget_output(id);
@@ -128,22 +124,5 @@ impl State {
             }
             self.write(vec![Op::DeleteTask(id)], AfterCommit::Then(Box::new(|| {})));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stored_bytes_are_what_each_stream_kept() {
-        let mut spec = TaskSpec::shell(vec!["true".into()], &SpecDefaults::default());
-        spec.limits.max_output_bytes = 100;
-        let mut task = Task::new(TaskId::new(1), spec, 1);
-        assert_eq!(stored_bytes(&task), 0);
-        task.outcome = Some(Outcome { stdout_total_bytes: 250, stderr_total_bytes: 7, ..Outcome::empty() });
-        assert_eq!(stored_bytes(&task), 107);
-        task.outcome.as_mut().unwrap().output_dropped_unix_ms = Some(5);
-        assert_eq!(stored_bytes(&task), 0);
     }
 }

@@ -25,7 +25,7 @@ impl State {
         if !trace::enabled() {
             return;
         }
-        let task = &self.tasks[&id];
+        let Some(task) = self.tasks.get(&id) else { return };
         let ids = task.trace();
         Span::new("submit", ids.trace_id, Some(ids.root_span_id), at_ms(task.created_unix_ms))
             .kind(Kind::Server)

@@ -10,16 +10,24 @@ use super::config::Error;
 use super::handle::{Reply, Submitted, ToSidecar};
 use crate::domain::*;
 use crate::queue::{self, Lease};
-use crate::store::Op;
+use crate::store::{Loaded, Op, Packed};
 
 impl State {
-    #[allow(clippy::vec_box)] // Reason: the boxes move into `tasks` as they are; no 816-byte copies.
-    pub(super) fn restore(&mut self, tasks: Vec<Box<Task>>, now: UnixMs) {
+    /// Takes the stored tasks: those not finished back into the queue (leased ones keep their
+    /// leases for a TTL), finished ones packed, as they were stored, into retention.
+    pub(super) fn restore(&mut self, tasks: Vec<Loaded>, now: UnixMs) {
         let (mut n_ready, mut n_leased) = (0, 0);
         let mut waiting = Vec::new();
         let ttl = self.config.lease_ttl.as_millis() as i64;
         let count_from_tasks = !self.learned.has_verdicts();
-        for task in tasks {
+        for loaded in tasks {
+            let task = match loaded {
+                Loaded::Live(task) => task,
+                Loaded::Settled { id, packed, idempotency_key } => {
+                    self.restore_settled(id, packed, idempotency_key, count_from_tasks);
+                    continue;
+                }
+            };
             if let Some(key) = &task.spec.idempotency_key {
                 self.by_key.insert(key.clone(), task.id);
             }
@@ -47,25 +55,8 @@ impl State {
                 }
                 _ => {}
             }
-            // The core keeps no output: a record of the format before output was stored apart
-            // still carries its own, which stays on disk and is read from there.
-            let mut task = task;
-            strip_output(&mut task);
             let id = task.id;
-            let settled = task.state.is_terminal();
-            // A store that holds no verdicts yet (made before they were stored) counts them
-            // from the stored results once; from then on they are stored as they come.
-            let verdict = task.outcome.as_ref().filter(|_| count_from_tasks).and_then(|o| {
-                let model = o.usage.as_ref().map(|u| u.model.clone()).filter(|m| !m.is_empty())?;
-                Some((model, o.verification.as_ref()?.verdict == crate::domain::Verdict::Passed))
-            });
             self.tasks.insert(id, task);
-            if settled {
-                self.retain(id);
-            }
-            if let Some((model, passed)) = verdict {
-                self.count_verdict(id, &model, passed, None);
-            }
             if ready {
                 self.enqueue(id, None);
             }
@@ -89,6 +80,25 @@ impl State {
         info!(tasks = self.tasks.len(), ready = n_ready, leased = n_leased, waiting = n_waiting, "restored queue");
     }
 
+    /// A finished task from storage: kept packed, its key indexed, counted by retention, and
+    /// (for a store made before verdicts were stored) its verdict counted.
+    fn restore_settled(&mut self, id: TaskId, packed: Packed, idempotency_key: Option<String>, count_from_tasks: bool) {
+        if let Some(key) = idempotency_key {
+            self.by_key.insert(key, id);
+        }
+        let verdict = count_from_tasks.then(|| packed.unpack()).and_then(|task| {
+            let outcome = task.outcome?;
+            let model = outcome.usage.map(|u| u.model).filter(|m| !m.is_empty())?;
+            Some((model, outcome.verification?.verdict == crate::domain::Verdict::Passed))
+        });
+        let (at, bytes) = (packed.finished_unix_ms(), packed.output_bytes());
+        self.tasks.insert_packed(id, packed);
+        self.retain_at(id, at, bytes);
+        if let Some((model, passed)) = verdict {
+            self.count_verdict(id, &model, passed, None);
+        }
+    }
+
     pub(super) fn submit(&mut self, spec: TaskSpec, reply: Reply<Result<Submitted, Error>>, now: UnixMs) {
         if self.shutting_down {
             let _ = reply.send(Err(Error::ShuttingDown));
@@ -107,8 +117,7 @@ impl State {
             match self.pending_submits.get_mut(&existing) {
                 Some(waiters) => waiters.push((reply, true)),
                 None => {
-                    let task = Task::clone(&self.tasks[&existing]);
-                    let _ = reply.send(Ok(Submitted { task, existing: true }));
+                    let _ = reply.send(Ok(Submitted { task: first.into_owned(), existing: true }));
                 }
             }
             return;
@@ -162,11 +171,11 @@ impl State {
     /// Moves a waiting task on once its dependencies allow: to the queue when all succeeded, to
     /// cancelled when one failed for good; otherwise it stays registered under those unfinished.
     pub(super) fn settle_dependencies(&mut self, id: TaskId, now: UnixMs) {
-        let task = &self.tasks[&id];
-        if task.state != TaskState::Waiting {
-            return;
+        if self.tasks.state(&id) != Some(TaskState::Waiting) {
+            return; // Cancelled meanwhile (and perhaps settled and packed), or gone.
         }
-        let states = task.spec.depends_on.iter().map(|dep| (*dep, self.tasks.get(dep).map(|t| t.state)));
+        let task = &self.tasks[&id];
+        let states = task.spec.depends_on.iter().map(|dep| (*dep, self.tasks.state(dep)));
         match queue::readiness(states) {
             queue::Readiness::Failed(dep, state) => {
                 let how = state.map(|s| format!("is {}", s.as_str())).unwrap_or_else(|| "was purged".to_owned());
@@ -196,14 +205,18 @@ impl State {
     }
 
     pub(super) fn cancel(&mut self, id: TaskId, reason: String, reply: Reply<Result<Task, Error>>, now: UnixMs) {
-        let Some(task) = self.tasks.get_mut(&id) else {
-            let _ = reply.send(Err(Error::NotFound(id)));
-            return;
-        };
-        if task.state.is_terminal() {
-            let _ = reply.send(Err(Error::AlreadyFinal { id, state: task.state.as_str() }));
-            return;
+        match self.tasks.state(&id) {
+            None => {
+                let _ = reply.send(Err(Error::NotFound(id)));
+                return;
+            }
+            Some(state) if state.is_terminal() => {
+                let _ = reply.send(Err(Error::AlreadyFinal { id, state: state.as_str() }));
+                return;
+            }
+            Some(_) => {}
         }
+        let task = self.tasks.get_mut(&id).expect("checked above");
         let reason = if reason.is_empty() { "cancelled by user".to_owned() } else { reason };
         task.set_state(TaskState::Cancelled, reason.clone(), now);
         self.observe_end(TaskState::Cancelled, "cancelled");
@@ -220,14 +233,19 @@ impl State {
     }
 
     pub(super) fn retry_dead_letter(&mut self, id: TaskId, reply: Reply<Result<Task, Error>>, now: UnixMs) {
-        let Some(task) = self.tasks.get_mut(&id) else {
-            let _ = reply.send(Err(Error::NotFound(id)));
-            return;
-        };
-        if task.state != TaskState::DeadLettered {
-            let _ = reply.send(Err(Error::NotDeadLettered { id, state: task.state.as_str() }));
-            return;
+        match self.tasks.state(&id) {
+            None => {
+                let _ = reply.send(Err(Error::NotFound(id)));
+                return;
+            }
+            Some(state) if state != TaskState::DeadLettered => {
+                let _ = reply.send(Err(Error::NotDeadLettered { id, state: state.as_str() }));
+                return;
+            }
+            Some(_) => {}
         }
+        // Unpacked: it goes round again.
+        let task = self.tasks.get_mut(&id).expect("checked above");
         if task.spec.limits.deadline_unix_ms.is_some_and(|deadline| deadline <= now) {
             // Its deadline passed: it would only expire again. Retrying means a new deadline.
             task.spec.limits.deadline_unix_ms = None;
@@ -244,9 +262,9 @@ impl State {
     pub(super) fn purge_dead_letters(&mut self, finished_before: UnixMs, reply: Reply<Result<usize, Error>>) {
         let doomed: Vec<TaskId> = self
             .tasks
-            .values()
-            .filter(|t| t.state == TaskState::DeadLettered && t.finished_unix_ms.unwrap_or(0) < finished_before)
-            .map(|t| t.id)
+            .states()
+            .filter(|(_, state, finished)| *state == TaskState::DeadLettered && finished.unwrap_or(0) < finished_before)
+            .map(|(id, _, _)| id)
             .collect();
         for id in &doomed {
             self.decisions.forget(*id);
@@ -318,7 +336,7 @@ impl State {
     pub(super) fn begin_shutdown(&mut self, now: UnixMs) {
         self.shutting_down = true;
         if self.config.cancel_inflight_on_shutdown {
-            let leased: Vec<TaskId> = self.tasks.values().filter(|t| t.state.is_leased()).map(|t| t.id).collect();
+            let leased: Vec<TaskId> = self.tasks.decoded().filter(|t| t.state.is_leased()).map(|t| t.id).collect();
             for id in leased {
                 let (reply, _) = oneshot::channel();
                 self.cancel(id, "hub shutting down".to_owned(), reply, now);
@@ -337,14 +355,6 @@ pub(super) fn same_submission(first: &TaskSpec, again: &TaskSpec) -> bool {
     normalized.depends_on.sort();
     normalized.depends_on.dedup();
     *first == normalized
-}
-
-/// Drops the retained output bytes (their totals stay): a record read at start may carry them.
-pub(super) fn strip_output(task: &mut Task) {
-    if let Some(outcome) = &mut task.outcome {
-        outcome.stdout = Vec::new();
-        outcome.stderr = Vec::new();
-    }
 }
 
 /// The final state and reason for an outcome. Only infrastructure failures are retried (by

@@ -14,7 +14,8 @@ use tracing::{info, warn};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{AUDIT, FLEET, META, TASKS, TOKENS, redb_err};
+use super::blobs::Blobs;
+use super::{AUDIT, FLEET, META, OUTPUT, TASKS, TOKENS, redb_err};
 use crate::store::{self, Error, Store};
 
 /// Where backups go, how often, and how many are kept.
@@ -72,7 +73,7 @@ pub fn take(store: &Store, policy: &Policy) -> Result<BackupInfo, store::Error> 
     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let all = list(&policy.dir);
     for old in all.iter().take(all.len().saturating_sub(policy.keep.max(1))) {
-        if let Err(err) = std::fs::remove_file(old) {
+        if let Err(err) = std::fs::remove_file(old).and_then(|()| Blobs::beside(old).remove_all()) {
             warn!(path = %old.display(), error = %err, "could not remove an old backup");
         }
     }
@@ -143,25 +144,41 @@ pub fn restore(from: &Path, database: &Path) -> Result<Restored, store::Error> {
         return Err(err);
     }
     let staging = database.with_extension("restoring");
+    let (from_files, staging_files) = (Blobs::beside(from), Blobs::beside(&staging));
+    staging_files.remove_all().map_err(store::Error::io(staging_files.dir()))?;
     std::fs::copy(from, &staging).map_err(store::Error::io(&staging))?;
-    let validated = Store::open(&staging).and_then(|store| store.load_tasks());
+    let validated = from_files
+        .link_into(&staging_files, &from_files.keys())
+        .map_err(store::Error::io(staging_files.dir()))
+        .and_then(|_| Store::open(&staging))
+        .and_then(|store| store.load_tasks());
     // Opening the staging copy made it a log of its own, which nothing needs.
     let _ = std::fs::remove_file(store::wal_path(&staging));
     let tasks = match validated {
         Ok(tasks) => tasks.len(),
         Err(err) => {
             let _ = std::fs::remove_file(&staging);
+            let _ = staging_files.remove_all();
             return Err(err);
         }
     };
     let stamp = now_ms();
+    let files = Blobs::beside(database);
     let kept_aside = if database.exists() {
         let aside = database.with_extension(format!("damaged-{stamp}"));
         std::fs::rename(database, &aside).map_err(store::Error::io(database))?;
+        if files.dir().exists() {
+            let aside_files = Blobs::beside(&aside);
+            std::fs::rename(files.dir(), aside_files.dir()).map_err(store::Error::io(files.dir()))?;
+        }
         Some(aside)
     } else {
         None
     };
+    files.remove_all().map_err(store::Error::io(files.dir()))?;
+    if staging_files.dir().exists() {
+        std::fs::rename(staging_files.dir(), files.dir()).map_err(store::Error::io(files.dir()))?;
+    }
     // The log belongs to the replaced database: replayed onto the backup it would mix two pasts.
     let log = store::wal_path(database);
     if log.exists() {
@@ -191,8 +208,35 @@ impl Store {
         copy_table(&snapshot, &txn, META)?;
         copy_table(&snapshot, &txn, FLEET)?;
         copy_table(&snapshot, &txn, AUDIT)?;
+        copy_table(&snapshot, &txn, OUTPUT)?;
+        // Outputs in files: linked (they never change once written), kept only where the
+        // snapshot names them.
+        let marked: Vec<u128> = {
+            let output = snapshot.open_table(OUTPUT).map_err(redb_err)?;
+            let keys: Result<Vec<u128>, redb::StorageError> = output
+                .iter()
+                .map_err(redb_err)?
+                .filter_map(|entry| {
+                    entry.map(|(key, _)| key.value()).map(|(k, s, _)| (s == 0).then_some(k)).transpose()
+                })
+                .collect();
+            keys.map_err(redb_err)?
+        };
+        let (files, partial_files) = (self.blobs.clone(), Blobs::beside(&partial));
+        partial_files.remove_all().map_err(Error::io(partial_files.dir()))?;
+        if !marked.is_empty() {
+            let whole = files.link_into(&partial_files, &marked).map_err(Error::io(partial_files.dir()))?;
+            if whole.len() < marked.len() {
+                warn!(missing = marked.len() - whole.len(), "outputs dropped while the backup was taken are not in it");
+            }
+        }
         txn.commit().map_err(redb_err)?;
         drop(copy);
+        let dest_files = Blobs::beside(dest);
+        dest_files.remove_all().map_err(Error::io(dest_files.dir()))?;
+        if partial_files.dir().exists() {
+            std::fs::rename(partial_files.dir(), dest_files.dir()).map_err(Error::io(dest_files.dir()))?;
+        }
         std::fs::rename(&partial, dest).map_err(Error::io(dest))?;
         if let Some(dir) = dest.parent()
             && let Ok(dir) = std::fs::File::open(dir)
@@ -234,23 +278,37 @@ mod tests {
         let database = dir.path().join("hub.redb");
         let store = Store::open(&database).unwrap();
         store.apply((1..=20).map(|n| Op::PutTask(Box::new(task(n)))).collect()).unwrap();
+        // Output of both kinds: in the database (small) and in a file (large).
+        let (small, large) = (b"small".to_vec(), vec![b'L'; 100_000]);
+        let (small_id, large_id) = (TaskId::new(1), TaskId::new(2));
+        store.apply(vec![Op::PutOutput { id: small_id, stdout: small.clone(), stderr: Vec::new() }]).unwrap();
+        store.apply(vec![Op::PutOutput { id: large_id, stdout: large.clone(), stderr: Vec::new() }]).unwrap();
         let policy = Policy { dir: dir.path().join("backups"), every: None, keep: 2 };
         let first = take(&store, &policy).unwrap();
         assert_eq!(first.tasks, 20);
+        let first_files = Blobs::beside(&first.path);
+        assert_eq!(first_files.keys(), vec![u128::from(large_id.0)], "the large output's file is in the backup");
         store.apply(vec![Op::PutTask(Box::new(task(21)))]).unwrap();
         take(&store, &policy).unwrap();
         let newest = take(&store, &policy).unwrap();
         assert_eq!(list(&policy.dir), vec![list(&policy.dir)[0].clone(), newest.path.clone()]);
         assert_eq!(list(&policy.dir).len(), 2, "pruned to keep");
         assert!(!first.path.exists(), "the oldest went first");
+        assert!(!first_files.dir().exists(), "with its output files");
 
         // A running hub's database cannot be replaced under it.
         let err = restore(&newest.path, &database).unwrap_err();
         assert!(matches!(err, store::Error::InUse { .. }), "{err}");
+        // The live output goes after the backup: the restore brings it back.
+        store.apply(vec![Op::DropOutput(large_id)]).unwrap();
         drop(store);
         let restored = restore(&newest.path, &database).unwrap();
         assert_eq!(restored.tasks, 21);
-        assert!(restored.kept_aside.unwrap().exists());
-        assert_eq!(Store::open(&database).unwrap().load_tasks().unwrap().len(), 21);
+        let aside = restored.kept_aside.unwrap();
+        assert!(aside.exists());
+        let store = Store::open(&database).unwrap();
+        assert_eq!(store.load_tasks().unwrap().len(), 21);
+        assert_eq!(store.output(small_id).unwrap().0, small);
+        assert_eq!(store.output(large_id).unwrap().0, large);
     }
 }

@@ -27,14 +27,17 @@ use crate::domain::{Task, TaskId};
 use crate::fleet::{Cordon, Endpoint, Registry};
 
 pub mod backup;
+mod blobs;
 mod codec;
 mod file;
+mod packed;
 pub mod wal;
 mod writer;
 
 pub use self::codec::encode_token;
 use self::file::{Slot, dir_of, open_database};
 pub use self::file::{free_bytes, human_bytes};
+pub use self::packed::{Packed, stored_output_bytes};
 pub use self::writer::Writer;
 
 /// Task id (a ULID as u128, so keys sort by age) -> a stored task (`codec`).
@@ -49,11 +52,18 @@ const AUDIT: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("audit");
 /// A task's output, apart from its record: (task id, stream, chunk number) -> at most
 /// [`OUTPUT_CHUNK`] bytes. Stream 1 is stdout, 2 stderr. A task record keeps none of its
 /// output, so loading the queue reads no output, and no single value grows with a result.
+/// Stream 0 (chunk 0, empty) marks an output kept in files instead (`blobs`): outputs of more
+/// than [`blobs::IN_FILE_FROM`] bytes.
 const OUTPUT: TableDefinition<'_, (u128, u8, u32), &[u8]> = TableDefinition::new("output");
 /// The least free space a new database is made in: its first pages and the smallest log.
 const MIN_FREE_TO_CREATE: u64 = 4 * 1024 * 1024;
 /// The most bytes one stored chunk of output holds.
 pub const OUTPUT_CHUNK: usize = 256 * 1024;
+pub use self::blobs::IN_FILE_FROM;
+/// The `output` table's key for a task's marker: its output is in files.
+fn in_files(key: u128) -> (u128, u8, u32) {
+    (key, 0, 0)
+}
 
 /// META key: the version of the record format the database holds.
 const SCHEMA_VERSION: &str = "schema_version";
@@ -108,6 +118,25 @@ impl Error {
 
 fn redb_err(err: impl Into<redb::Error>) -> Error {
     Error::Redb(err.into())
+}
+
+/// A stored task as [`Store::load_queue`] gives it to the hub.
+pub enum Loaded {
+    /// Not finished: the core works with it.
+    Live(Box<Task>),
+    /// Finished: kept packed; its idempotency key apart, for the core's index of keys.
+    Settled { id: TaskId, packed: Packed, idempotency_key: Option<String> },
+}
+
+impl Loaded {
+    /// A task as the load gives it: packed if it is finished.
+    pub fn from_task(task: Task) -> Loaded {
+        if !task.state.is_terminal() {
+            return Loaded::Live(Box::new(task));
+        }
+        let (id, idempotency_key) = (task.id, task.spec.idempotency_key.clone());
+        Loaded::Settled { id, packed: Packed::pack(task), idempotency_key }
+    }
 }
 
 /// A change the writer applies.
@@ -231,6 +260,8 @@ pub struct Fleet {
 pub struct Store {
     db: Arc<Slot>,
     path: PathBuf,
+    /// Outputs too large for the log, as files beside the database.
+    blobs: blobs::Blobs,
     stats: Arc<Stats>,
     /// The write-ahead log, until the writer thread takes it.
     wal: Arc<std::sync::Mutex<Option<Wal>>>,
@@ -340,14 +371,21 @@ impl Store {
         }
         let stats = Arc::new(Stats { syncs: syncs.clone().unwrap_or_default(), ..Stats::default() });
         let slot = Slot { current: std::sync::RwLock::new(Some(Arc::new(db))), syncs };
-        let mut store =
-            Store { db: Arc::new(slot), path: path.to_owned(), stats, wal: Arc::new(std::sync::Mutex::new(None)) };
+        let blobs = blobs::Blobs::beside(path);
+        let mut store = Store {
+            db: Arc::new(slot),
+            path: path.to_owned(),
+            blobs,
+            stats,
+            wal: Arc::new(std::sync::Mutex::new(None)),
+        };
         store.note_free_space();
         let older = store.init()?;
         store.replay_wal()?;
         if let Some(from) = older {
             store.migrate(from)?;
         }
+        store.sweep_output_files()?;
         Ok(store)
     }
 
@@ -493,14 +531,45 @@ impl Store {
         &self.stats
     }
 
-    /// Every stored task, oldest first. A record that does not decode stops the load: the hub
-    /// must never start with part of its queue silently missing. Records are copied out of one
-    /// read transaction and decoded on every core.
+    /// Every stored task, oldest first, decoded whole (tools and tests; the hub loads with
+    /// [`Store::load_queue`]). A record that does not decode stops the load.
     /// Boxed, because a task record is large and a million of them should move as pointers.
-    #[allow(clippy::vec_box)] // Reason: as above; the core keeps these boxes.
+    #[allow(clippy::vec_box)] // Reason: as above.
     pub fn load_tasks(&self) -> Result<Vec<Box<Task>>, Error> {
+        self.load_records(|key, bytes| {
+            codec::decode_task(&bytes).map(Box::new).map_err(|message| Error::Corrupt { key, message })
+        })
+    }
+
+    /// Every stored task, oldest first, as the hub keeps it: a task not finished decoded, a
+    /// finished one packed (its record's bytes). A record that does not decode stops the load:
+    /// the hub must never start with part of its queue silently missing.
+    pub fn load_queue(&self) -> Result<Vec<Loaded>, Error> {
+        self.load_records(|key, bytes| {
+            let mut task = codec::decode_task(&bytes).map_err(|message| Error::Corrupt { key, message })?;
+            if !task.state.is_terminal() {
+                if let Some(outcome) = &mut task.outcome {
+                    // A record of the format before output was stored apart holds its own,
+                    // which stays on disk and is read from there.
+                    (outcome.stdout, outcome.stderr) = (Vec::new(), Vec::new());
+                }
+                return Ok(Loaded::Live(Box::new(task)));
+            }
+            if task.outcome.as_ref().is_some_and(|o| !(o.stdout.is_empty() && o.stderr.is_empty())) {
+                return Ok(Loaded::from_task(task)); // Packed without its inline output.
+            }
+            let packed = Packed::from_record(&task, bytes);
+            Ok(Loaded::Settled { id: task.id, packed, idempotency_key: task.spec.idempotency_key })
+        })
+    }
+
+    /// Reads every task record in one read transaction, then converts them on every core.
+    fn load_records<T: Send>(
+        &self,
+        convert: impl Fn(u128, Vec<u8>) -> Result<T, Error> + Sync,
+    ) -> Result<Vec<T>, Error> {
         let reading = std::time::Instant::now();
-        let raw: Vec<(u128, Vec<u8>)> = {
+        let mut raw: Vec<(u128, Vec<u8>)> = {
             let txn = self.db()?.begin_read().map_err(redb_err)?;
             let table = txn.open_table(TASKS).map_err(redb_err)?;
             let mut raw = Vec::with_capacity(table.len().map_err(redb_err)? as usize);
@@ -510,29 +579,25 @@ impl Store {
             }
             raw
         };
-        let decode = |chunk: &[(u128, Vec<u8>)]| -> Result<Vec<Box<Task>>, Error> {
-            chunk
-                .iter()
-                .map(|(key, bytes)| {
-                    codec::decode_task(bytes).map(Box::new).map_err(|message| Error::Corrupt { key: *key, message })
-                })
-                .collect()
-        };
         tracing::debug!(records = raw.len(), read_ms = reading.elapsed().as_millis() as u64, "read stored tasks");
+        let convert_all = |chunk: &mut [(u128, Vec<u8>)]| -> Result<Vec<T>, Error> {
+            chunk.iter_mut().map(|(key, bytes)| convert(*key, std::mem::take(bytes))).collect()
+        };
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         if raw.len() < 10_000 || threads == 1 {
-            return decode(&raw);
+            return convert_all(&mut raw);
         }
         let chunk = raw.len().div_ceil(threads);
-        let decoded: Vec<Result<Vec<Box<Task>>, Error>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = raw.chunks(chunk).map(|part| scope.spawn(move || decode(part))).collect();
+        let converted: Vec<Result<Vec<T>, Error>> = std::thread::scope(|scope| {
+            let convert_all = &convert_all;
+            let workers: Vec<_> = raw.chunks_mut(chunk).map(|part| scope.spawn(move || convert_all(part))).collect();
             workers.into_iter().map(|w| w.join().expect("a decoding thread panicked")).collect()
         });
-        let mut tasks = Vec::with_capacity(raw.len());
-        for part in decoded {
-            tasks.extend(part?);
+        let mut records = Vec::with_capacity(raw.len());
+        for part in converted {
+            records.extend(part?);
         }
-        Ok(tasks)
+        Ok(records)
     }
 
     /// One stored task, with its output. Blocking: call from a blocking context.
@@ -545,7 +610,7 @@ impl Store {
         if let Some(outcome) = &mut task.outcome {
             // Records written before output was kept apart hold it inline.
             let output = txn.open_table(OUTPUT).map_err(redb_err)?;
-            let (stdout, stderr) = (read_output(&output, key, 1)?, read_output(&output, key, 2)?);
+            let (stdout, stderr) = self.read_outputs(&output, key)?;
             if !stdout.is_empty() || !stderr.is_empty() {
                 (outcome.stdout, outcome.stderr) = (stdout, stderr);
             }
@@ -553,13 +618,40 @@ impl Store {
         Ok(Some(task))
     }
 
+    /// A task's stdout and stderr, from its files or its chunks.
+    fn read_outputs(
+        &self,
+        table: &impl ReadableTable<(u128, u8, u32), &'static [u8]>,
+        key: u128,
+    ) -> Result<(Vec<u8>, Vec<u8>), Error> {
+        if table.get(in_files(key)).map_err(redb_err)?.is_none() {
+            return Ok((read_output(table, key, 1)?, read_output(table, key, 2)?));
+        }
+        let read = |stream| self.blobs.read(key, stream).map_err(Error::io(self.blobs.dir()));
+        Ok((read(1)?, read(2)?))
+    }
+
+    /// Removes output files no marker names: what a crash left between writing a file and the
+    /// commit naming it, or between a commit dropping it and its removal.
+    fn sweep_output_files(&self) -> Result<(), Error> {
+        if !self.blobs.dir().exists() {
+            return Ok(());
+        }
+        let txn = self.db()?.begin_read().map_err(redb_err)?;
+        let output = txn.open_table(OUTPUT).map_err(redb_err)?;
+        let removed = self.blobs.sweep(|key| output.get(in_files(key)).ok().flatten().is_some());
+        if removed > 0 {
+            tracing::info!(removed, dir = %self.blobs.dir().display(), "removed output files no task names");
+        }
+        Ok(())
+    }
+
     /// A task's stored output, stdout and stderr: what [`Op::PutOutput`] wrote, and nothing
     /// once retention dropped it. Blocking.
     pub fn output(&self, id: TaskId) -> Result<(Vec<u8>, Vec<u8>), Error> {
         let txn = self.db()?.begin_read().map_err(redb_err)?;
         let output = txn.open_table(OUTPUT).map_err(redb_err)?;
-        let key = u128::from(id.0);
-        Ok((read_output(&output, key, 1)?, read_output(&output, key, 2)?))
+        self.read_outputs(&output, u128::from(id.0))
     }
 
     /// Token hashes and their roles.
@@ -656,7 +748,10 @@ impl Store {
     /// Applies changes in one durable transaction. For use before the writer starts (setup,
     /// tools); once it runs, changes go through it.
     pub fn apply(&self, ops: Vec<Op>) -> Result<(), Error> {
-        apply_prepared(self.db()?.as_ref(), &prepare(ops), Durability::Immediate)?;
+        let mut prepared = prepare(ops);
+        self.blobs.take_large(&mut prepared).map_err(Error::io(self.blobs.dir()))?;
+        apply_prepared(self.db()?.as_ref(), &prepared, Durability::Immediate)?;
+        self.blobs.committed(&prepared);
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -709,6 +804,10 @@ fn apply_prepared(db: &Database, ops: &[Prepared], durability: Durability) -> Re
                             output.insert((*key, stream, n as u32), chunk).map_err(redb_err)?;
                         }
                     }
+                }
+                Prepared::OutputInFiles { key } => {
+                    remove_output(&mut output, *key)?;
+                    output.insert(in_files(*key), [].as_slice()).map_err(redb_err)?;
                 }
                 Prepared::DropOutput { key } => remove_output(&mut output, *key)?,
                 Prepared::DeleteTask { key } => {

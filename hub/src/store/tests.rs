@@ -286,13 +286,14 @@ fn finished(n: i64, stdout: Vec<u8>, stderr: Vec<u8>) -> Task {
 }
 
 #[test]
-fn output_larger_than_the_log_commits_reads_back_whole_and_stays_out_of_the_records() {
+fn large_output_goes_to_files_reads_back_whole_and_stays_out_of_the_records() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hub.redb");
+    let files = dir.path().join("hub.redb.output");
     let store = Store::open(&path).unwrap();
     let (writer, done_rx) = reporting_writer(&store);
-    // 40 MiB and 64 MiB: each more than the whole log holds; beside them a small one that goes
-    // through the log, and one with no output at all.
+    // 40 MiB and 64 MiB per stream go to files; beside them a small one that goes through the
+    // log, and one with no output at all.
     let big = b"0123456789abcdef".repeat(40 * 1024 * 1024 / 16);
     let huge = vec![b'x'; 64 * 1024 * 1024];
     let tasks = [
@@ -308,10 +309,11 @@ fn output_larger_than_the_log_commits_reads_back_whole_and_stays_out_of_the_reco
     while acked.len() < tasks.len() {
         acked.extend(done_rx.recv().unwrap());
     }
-    assert!(
-        store.stats().direct_commits.load(Ordering::Relaxed) >= 1,
-        "a batch too large for the log went straight to redb"
-    );
+    assert_eq!(store.stats().direct_commits.load(Ordering::Relaxed), 0, "the log holds only the records");
+    let file = |n: usize, stream: &str| files.join(format!("{}.{stream}", tasks[n].id));
+    assert_eq!(std::fs::metadata(file(0, "stdout")).unwrap().len(), big.len() as u64);
+    assert!(file(0, "stderr").exists() && file(2, "stderr").exists());
+    assert!(!file(1, "stdout").exists(), "a small output stays in the database");
     for t in &tasks {
         assert_eq!(store.get_task(t.id).unwrap().as_ref(), Some(t), "readable before a reopen");
     }
@@ -329,8 +331,15 @@ fn output_larger_than_the_log_commits_reads_back_whole_and_stays_out_of_the_reco
     }
     writer.close();
     drop(store);
+    // What a crash can leave: a file written before the commit naming it never came, and a
+    // partial one.
+    let orphan = files.join(format!("{}.stdout", crate::domain::TaskId::new(99)));
+    std::fs::write(&orphan, b"never committed").unwrap();
+    std::fs::write(files.join(format!("{}.stdout.partial", tasks[1].id)), b"half").unwrap();
 
     let store = Store::open(&path).unwrap();
+    assert!(!orphan.exists(), "a file no task names is removed at open");
+    assert_eq!(std::fs::read_dir(&files).unwrap().count(), 4, "the partial file went too");
     let loaded = store.load_tasks().unwrap();
     assert_eq!(loaded.len(), 3);
     assert!(
@@ -347,5 +356,31 @@ fn output_larger_than_the_log_commits_reads_back_whole_and_stays_out_of_the_reco
     assert_eq!(store.output(tasks[3].id).unwrap(), (Vec::new(), Vec::new()));
     store.apply(vec![Op::DropOutput(tasks[2].id)]).unwrap();
     assert_eq!(store.output(tasks[2].id).unwrap(), (Vec::new(), Vec::new()), "retention drops the output");
+    assert!(!file(2, "stdout").exists() && !file(2, "stderr").exists(), "and its files");
     assert!(store.get_task(tasks[2].id).unwrap().is_some(), "and keeps the record");
+}
+
+#[test]
+fn a_batch_larger_than_the_log_commits_straight_to_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.redb");
+    let store = Store::open(&path).unwrap();
+    let (writer, done_rx) = reporting_writer(&store);
+    // Outputs just small enough to stay in the database, more of them in one commit than the
+    // log holds.
+    let each = vec![b'y'; crate::store::IN_FILE_FROM];
+    let tasks: Vec<Task> = (0..2_500).map(|n| finished(n, each.clone(), Vec::new())).collect();
+    let writes = tasks.iter().enumerate().map(|(i, t)| (vec![Op::PutTask(Box::new(t.clone()))], i as u32)).collect();
+    writer.write_together(writes).unwrap();
+    let mut acked = Vec::new();
+    while acked.len() < tasks.len() {
+        acked.extend(done_rx.recv().unwrap());
+    }
+    assert_eq!(store.stats().direct_commits.load(Ordering::Relaxed), 1);
+    writer.close();
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.load_tasks().unwrap().len(), tasks.len());
+    assert_eq!(store.output(tasks[1_234].id).unwrap().0, each);
+    assert!(!dir.path().join("hub.redb.output").exists(), "nothing went to files");
 }

@@ -63,7 +63,14 @@ impl Store {
             );
         }
         let db = Some(self.db().expect("the database is open when the writer starts"));
-        let storage = Storage { slot: self.db.clone(), db, path: self.path.clone(), stats: self.stats.clone(), wal };
+        let storage = Storage {
+            slot: self.db.clone(),
+            db,
+            path: self.path.clone(),
+            blobs: self.blobs.clone(),
+            stats: self.stats.clone(),
+            wal,
+        };
         let backlog = Arc::new(AtomicUsize::new(0));
         let mut on_commit = {
             let backlog = backlog.clone();
@@ -150,6 +157,7 @@ struct Storage {
     /// `None` only while recovery has closed it and not yet opened it again.
     db: Option<Arc<Database>>,
     path: PathBuf,
+    blobs: super::blobs::Blobs,
     stats: Arc<Stats>,
     wal: Wal,
 }
@@ -379,8 +387,10 @@ fn next<T>(rx: &mpsc::Receiver<Batch<T>>, spin: bool, quiet_for: Option<Duration
 /// its durability point. Nothing about a change's size decides whether it can be stored.
 fn commit_batch(storage: &mut Storage, ops: Vec<Op>, synced: impl FnOnce()) -> Result<(), Error> {
     let db = &*storage.db.clone().expect("the writer commits only while the database is open");
-    let Storage { stats, wal, .. } = storage;
-    let prepared = prepare(ops);
+    let Storage { stats, wal, blobs, .. } = storage;
+    let mut prepared = prepare(ops);
+    // Large outputs go to files first: the log record then only names them.
+    blobs.take_large(&mut prepared).map_err(Error::io(blobs.dir()))?;
     let len = encoded_len(&prepared);
     if !wal.fits(len) {
         checkpoint(db, stats, wal.lsn())?;
@@ -398,6 +408,7 @@ fn commit_batch(storage: &mut Storage, ops: Vec<Op>, synced: impl FnOnce()) -> R
         stats.direct_commits.fetch_add(1, Ordering::Relaxed);
         record(stats);
         synced();
+        blobs.committed(&prepared);
         stats.commits.fetch_add(1, Ordering::Relaxed);
         return Ok(());
     }
@@ -409,6 +420,7 @@ fn commit_batch(storage: &mut Storage, ops: Vec<Op>, synced: impl FnOnce()) -> R
     record(stats);
     synced();
     apply_prepared(db, &prepared, Durability::None)?;
+    blobs.committed(&prepared);
     stats.commits.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }

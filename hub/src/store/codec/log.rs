@@ -9,15 +9,43 @@ use crate::store::Op;
 
 /// A change in its stored form, ready for the log and for redb.
 pub(in crate::store) enum Prepared {
-    PutTask { key: u128, bytes: Vec<u8> },
-    PutOutput { key: u128, stdout: Vec<u8>, stderr: Vec<u8> },
-    DropOutput { key: u128 },
-    DeleteTask { key: u128 },
-    PutToken { hash: String, value: String },
-    DeleteToken { hash: String },
-    PutAudit { key: u128, bytes: Vec<u8> },
-    PutFleet { key: String, value: Vec<u8> },
-    DeleteFleet { key: String },
+    PutTask {
+        key: u128,
+        bytes: Vec<u8>,
+    },
+    PutOutput {
+        key: u128,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+    },
+    /// A task's output is in files (`blobs`), written and synced before this is logged.
+    OutputInFiles {
+        key: u128,
+    },
+    DropOutput {
+        key: u128,
+    },
+    DeleteTask {
+        key: u128,
+    },
+    PutToken {
+        hash: String,
+        value: String,
+    },
+    DeleteToken {
+        hash: String,
+    },
+    PutAudit {
+        key: u128,
+        bytes: Vec<u8>,
+    },
+    PutFleet {
+        key: String,
+        value: Vec<u8>,
+    },
+    DeleteFleet {
+        key: String,
+    },
 }
 
 /// Each change in its stored form. A task's output never goes into its record: a record that
@@ -105,6 +133,7 @@ const TAG_DELETE_TOKEN: u8 = 6;
 const TAG_PUT_AUDIT: u8 = 7;
 const TAG_PUT_OUTPUT: u8 = 8;
 const TAG_DROP_OUTPUT: u8 = 9;
+const TAG_OUTPUT_IN_FILES: u8 = 10;
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
@@ -117,7 +146,7 @@ pub(in crate::store) fn encoded_len(ops: &[Prepared]) -> usize {
         .map(|op| match op {
             Prepared::PutTask { bytes, .. } | Prepared::PutAudit { bytes, .. } => 1 + 16 + 4 + bytes.len(),
             Prepared::PutOutput { stdout, stderr, .. } => 1 + 16 + 4 + stdout.len() + 4 + stderr.len(),
-            Prepared::DropOutput { .. } | Prepared::DeleteTask { .. } => 1 + 16,
+            Prepared::DropOutput { .. } | Prepared::DeleteTask { .. } | Prepared::OutputInFiles { .. } => 1 + 16,
             Prepared::PutToken { hash, value } => 1 + 4 + hash.len() + 4 + value.len(),
             Prepared::DeleteToken { hash } => 1 + 4 + hash.len(),
             Prepared::PutFleet { key, value } => 1 + 4 + key.len() + 4 + value.len(),
@@ -139,6 +168,10 @@ pub(in crate::store) fn encode_ops(ops: &[Prepared]) -> Vec<u8> {
             }
             Prepared::DropOutput { key } => {
                 out.push(TAG_DROP_OUTPUT);
+                out.extend_from_slice(&key.to_le_bytes());
+            }
+            Prepared::OutputInFiles { key } => {
+                out.push(TAG_OUTPUT_IN_FILES);
                 out.extend_from_slice(&key.to_le_bytes());
             }
             Prepared::PutTask { key, bytes } => {
@@ -204,6 +237,9 @@ pub(in crate::store) fn decode_ops(mut payload: &[u8]) -> Option<Vec<Prepared>> 
             }
             TAG_DROP_OUTPUT => {
                 Prepared::DropOutput { key: u128::from_le_bytes(take(&mut payload, 16)?.try_into().ok()?) }
+            }
+            TAG_OUTPUT_IN_FILES => {
+                Prepared::OutputInFiles { key: u128::from_le_bytes(take(&mut payload, 16)?.try_into().ok()?) }
             }
             TAG_DELETE_TASK => {
                 Prepared::DeleteTask { key: u128::from_le_bytes(take(&mut payload, 16)?.try_into().ok()?) }

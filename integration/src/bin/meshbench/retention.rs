@@ -1,6 +1,6 @@
 //! `meshbench retention`: what finished tasks cost a hub process. A data directory is filled
 //! with N finished tasks, each with `--output-bytes` of output (through the store, as the hub
-//! writes them: the output in chunks apart from the record), then the real `agentcom-hub serve`
+//! writes them: the output apart from the record, in files when it is large), then the real `agentcom-hub serve`
 //! starts on it. Printed: its resident memory beside the same hub on an empty data directory
 //! (and so the bytes per finished task), its start-up time, and beside it the floor measured in
 //! the same run: reading and decoding the stored records in this process (what any start reads).
@@ -89,6 +89,11 @@ pub(crate) async fn run(options: Options, dir: &Path) -> anyhow::Result<Value> {
     }
     let write_s = written.elapsed().as_secs_f64();
     let file_bytes = std::fs::metadata(&database)?.len();
+    // Outputs of more than `IN_FILE_FROM` bytes are files beside the database.
+    let output_files_bytes: u64 = match std::fs::read_dir(full_dir.join("hub.redb.output")) {
+        Ok(entries) => entries.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum(),
+        Err(_) => 0,
+    };
 
     // The floor: reading and decoding every stored record in this process.
     let reading = Instant::now();
@@ -103,10 +108,11 @@ pub(crate) async fn run(options: Options, dir: &Path) -> anyhow::Result<Value> {
     drop(hub);
     let per_task = full_rss.saturating_sub(empty_rss) as f64 / options.tasks.max(1) as f64;
     eprintln!(
-        "retention: {} finished tasks of {} B output ({:.2} GiB stored): hub RSS {:.1} MiB beside {:.1} MiB empty = {:.0} B per finished task; ready in {:.2} s beside {:.2} s empty (reading the records alone: {:.2} s)",
+        "retention: {} finished tasks of {} B output (database {:.2} GiB, output files {:.2} GiB): hub RSS {:.1} MiB beside {:.1} MiB empty = {:.0} B per finished task; ready in {:.2} s beside {:.2} s empty (reading the records alone: {:.2} s)",
         options.tasks,
         options.output_bytes,
         file_bytes as f64 / (1u64 << 30) as f64,
+        output_files_bytes as f64 / (1u64 << 30) as f64,
         full_rss as f64 / (1u64 << 20) as f64,
         empty_rss as f64 / (1u64 << 20) as f64,
         per_task,
@@ -118,6 +124,7 @@ pub(crate) async fn run(options: Options, dir: &Path) -> anyhow::Result<Value> {
         "tasks": options.tasks,
         "output_bytes_each": options.output_bytes,
         "database_bytes": file_bytes,
+        "output_files_bytes": output_files_bytes,
         "write_s": (write_s * 100.0).round() / 100.0,
         "rss_empty_bytes": empty_rss,
         "rss_with_tasks_bytes": full_rss,

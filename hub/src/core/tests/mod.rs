@@ -689,7 +689,7 @@ fn a_failed_verification_escalates_a_tier_and_the_verdicts_are_counted_by_model(
         .map(|(m, k, t, p, f)| (m.clone(), *k, *t, crate::sched::Tally { passed: *p, failed: *f }));
     let mut restarted = Harness::new();
     restarted.state.learned.seed_verdicts(stored.collect());
-    restarted.state.restore(vec![Box::new(hub.task(id))], T0);
+    restarted.state.restore(vec![store::Loaded::from_task(hub.task(id))], T0);
     let stats = restarted.ask(|reply| Event::ModelStats { reply });
     let rows: Vec<(&str, u64, u64)> = stats.iter().map(|s| (s.model.as_str(), s.passed, s.failed)).collect();
     assert_eq!(rows, vec![("claude-sonnet-4-5", 1, 0), ("m", 0, 1)], "stored counts, not recounted");
@@ -697,7 +697,7 @@ fn a_failed_verification_escalates_a_tier_and_the_verdicts_are_counted_by_model(
     // last outcome, at the task's own tier: where an escalation took it is not stored), and
     // stores them.
     let mut upgraded = Harness::new();
-    upgraded.state.restore(vec![Box::new(hub.task(id))], T0);
+    upgraded.state.restore(vec![store::Loaded::from_task(hub.task(id))], T0);
     upgraded.event(Event::Tick);
     assert_eq!(upgraded.verdicts_written, vec![("claude-sonnet-4-5".to_owned(), "llm", Tier::Standard, 1, 0)]);
 
@@ -797,3 +797,5 @@ fn an_end_is_shown_only_once_durable_and_the_sidecar_hears_when_its_result_is_st
     h.report("s1", FromSidecar::Heartbeat { running: vec![RunningTask { task_id: id, lease_generation: generation }] });
     assert!(h.cancels("s1").is_empty());
 }
+
+mod packing;
