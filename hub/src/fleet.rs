@@ -57,6 +57,8 @@ pub struct Registry {
     by_model: BTreeMap<String, BTreeSet<String>>,
     /// Claude API endpoints, which serve their models by name, listed or not.
     cloud: BTreeSet<String>,
+    /// Sidecar id -> how many of its endpoints are healthy (those with any).
+    healthy_by_owner: BTreeMap<String, u32>,
 }
 
 impl Registry {
@@ -79,8 +81,16 @@ impl Registry {
         if endpoint.kind == EndpointKind::Anthropic {
             self.cloud.insert(endpoint.id.clone());
         }
+        if let (Owner::Sidecar(owner), true) = (&endpoint.owner, endpoint.healthy) {
+            *self.healthy_by_owner.entry(owner.clone()).or_default() += 1;
+        }
         self.endpoints.insert(endpoint.id.clone(), endpoint);
         changed
+    }
+
+    /// The sidecar has a healthy endpoint (of any model).
+    pub fn has_healthy(&self, sidecar_id: &str) -> bool {
+        self.healthy_by_owner.contains_key(sidecar_id)
     }
 
     /// The endpoints that can serve `model`, in id order: those that list it, and the Claude API
@@ -108,6 +118,14 @@ impl Registry {
             }
         }
         self.cloud.remove(id);
+        if let (Owner::Sidecar(owner), true) = (&old.owner, old.healthy)
+            && let Some(count) = self.healthy_by_owner.get_mut(owner)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.healthy_by_owner.remove(owner);
+            }
+        }
     }
 
     /// A sidecar's full inventory: its endpoints become exactly `reported`.

@@ -330,6 +330,20 @@ impl Queue {
         ready.into_iter().map(|(_, id)| id).collect()
     }
 
+    /// How many ready tasks (blocked ones included) would be taken before `id` at `now`; `None`
+    /// if it is not ready.
+    pub fn ahead_of(&self, id: TaskId, now: UnixMs) -> Option<usize> {
+        let lane = self.ready_lane.get(&id).or_else(|| self.blocked.get(&id).map(|(lane, _)| lane))?;
+        let rank = (effective_lane(*lane, id, now, self.aging_step_ms), id);
+        let ahead = self
+            .ready_lane
+            .iter()
+            .chain(self.blocked.iter().map(|(id, (lane, _))| (id, lane)))
+            .filter(|(other, lane)| (effective_lane(**lane, **other, now, self.aging_step_ms), **other) < rank)
+            .count();
+        Some(ahead)
+    }
+
     pub fn grant(&mut self, id: TaskId, lease: Lease) {
         debug_assert!(
             !self.ready_lane.contains_key(&id)

@@ -354,6 +354,7 @@ impl Link {
             running: self.running_list(),
             containment: self.containment.clone(),
             instance: self.instance,
+            repo_allow: self.runners.repositories(),
         };
         let _ = outbound.try_send(pb::SidecarMessage { msg: Some(SideMsg::Hello(hello)) });
         let mut request = tonic::Request::new(ReceiverStream::new(outbound_rx));

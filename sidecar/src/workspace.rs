@@ -79,27 +79,44 @@ impl Workspaces {
         }
     }
 
-    /// Whether `repository` is on the allowlist: a local path under (or at) an allowed one, or a
-    /// URL under an allowed prefix, compared by path segments.
+    /// Whether `repository` is on the allowlist (`agentcom_types::fleet::repository_allowed`),
+    /// local paths compared with their symbolic links resolved.
     pub fn allowed(&self, repository: &str) -> bool {
         let local = Path::new(repository);
         let repository = if local.is_absolute() {
-            std::fs::canonicalize(local).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+            match std::fs::canonicalize(local) {
+                Ok(path) => path.to_string_lossy().into_owned(),
+                Err(_) => return false,
+            }
         } else {
             repository.to_owned()
         };
-        if repository.is_empty() {
-            return false;
+        agentcom_types::fleet::repository_allowed(&self.resolved(), &repository)
+    }
+
+    /// The allowlist with local paths resolved (as they are given where they do not exist).
+    fn resolved(&self) -> Vec<String> {
+        self.allow
+            .iter()
+            .map(|allowed| match Path::new(allowed).is_absolute() {
+                true => {
+                    std::fs::canonicalize(allowed).map(|p| p.to_string_lossy().into_owned()).unwrap_or(allowed.clone())
+                }
+                false => allowed.clone(),
+            })
+            .collect()
+    }
+
+    /// The allowlist as the hub is told it: each entry as given, and resolved where that differs,
+    /// so the hub matches a task's repository named either way.
+    pub fn advertised(&self) -> Vec<String> {
+        let mut all = self.allow.clone();
+        for resolved in self.resolved() {
+            if !all.contains(&resolved) {
+                all.push(resolved);
+            }
         }
-        self.allow.iter().any(|allowed| {
-            let allowed = if Path::new(allowed).is_absolute() {
-                std::fs::canonicalize(allowed).map(|p| p.to_string_lossy().into_owned()).unwrap_or(allowed.clone())
-            } else {
-                allowed.clone()
-            };
-            let allowed = allowed.trim_end_matches('/');
-            repository == allowed || repository.starts_with(&format!("{allowed}/"))
-        })
+        all
     }
 
     /// Makes the workspace for an attempt, at `revision` (a branch or commit; empty: the

@@ -399,3 +399,75 @@ mod tests {
         assert!(endpoint_id(&Owner::Hub, url).starts_with("ep-") && endpoint_id(&Owner::Hub, url).len() == 15);
     }
 }
+
+/// Whether `repository` is on an allowlist (`--repo-allow`): a local path at or under an
+/// allowed one, or a URL under an allowed prefix, compared by whole path segments after `.` and
+/// `..` segments and repeated or trailing slashes are resolved. The sidecar resolves symbolic
+/// links of local paths before it asks; the hub, which cannot, asks with the paths as given.
+pub fn repository_allowed(allow: &[String], repository: &str) -> bool {
+    let repository = normal_segments(repository);
+    if repository.is_empty() {
+        return false;
+    }
+    allow.iter().any(|allowed| {
+        let allowed = normal_segments(allowed);
+        !allowed.is_empty() && repository.len() >= allowed.len() && repository[..allowed.len()] == allowed[..]
+    })
+}
+
+/// A path or URL as segments: a URL's scheme and host are its first segment, `.` goes and `..`
+/// takes the one before it.
+fn normal_segments(text: &str) -> Vec<&str> {
+    let (head, path) = match text.split_once("://") {
+        Some((scheme, rest)) => {
+            let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+            (Some((scheme, host)), path)
+        }
+        None => (None, text),
+    };
+    let mut segments: Vec<&str> = Vec::new();
+    if let Some((scheme, host)) = head {
+        segments.push(scheme);
+        segments.push(host);
+    } else if text.starts_with('/') {
+        segments.push("/");
+    }
+    let floor = segments.len();
+    for segment in path.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                if segments.len() > floor {
+                    segments.pop();
+                }
+            }
+            segment => segments.push(segment),
+        }
+    }
+    if segments.len() == floor && head.is_none() && floor == 0 {
+        return Vec::new();
+    }
+    segments
+}
+
+#[cfg(test)]
+mod repository_tests {
+    use super::repository_allowed;
+
+    #[test]
+    fn repositories_match_their_allowlist_by_whole_segments() {
+        let allow = vec!["/srv/repos".to_owned(), "https://git.example.com/team/".to_owned()];
+        assert!(repository_allowed(&allow, "/srv/repos"));
+        assert!(repository_allowed(&allow, "/srv/repos/app"));
+        assert!(repository_allowed(&allow, "/srv/repos//app/"));
+        assert!(repository_allowed(&allow, "https://git.example.com/team/app.git"));
+        assert!(!repository_allowed(&allow, "/srv/repos-other/app"), "a prefix of a segment is not enough");
+        assert!(!repository_allowed(&allow, "/srv/repos/../etc"), "`..` leaves the allowed tree");
+        assert!(!repository_allowed(&allow, "/srv"));
+        assert!(!repository_allowed(&allow, "https://git.example.com/other/app"));
+        assert!(!repository_allowed(&allow, "https://git.example.com.evil/team/app"));
+        assert!(!repository_allowed(&allow, ""));
+        assert!(!repository_allowed(&[], "/srv/repos/app"));
+        assert!(repository_allowed(&["/".to_owned()], "/anything"), "an allowlist of / allows every local path");
+    }
+}

@@ -388,8 +388,12 @@ fn hello_from_pb(hello: pb::Hello) -> Result<SidecarHello, Status> {
         || hello.tags.len() > 256
         || hello.hostname.len() > 256
         || hello.containment.len() > 1024
+        || hello.repo_allow.len() > 256
+        || hello.repo_allow.iter().any(|r| r.len() > 4096)
     {
-        return Err(Status::invalid_argument("invalid hello: too many capabilities or tags, or hostname too long"));
+        return Err(Status::invalid_argument(
+            "invalid hello: too many capabilities, tags or allowed repositories, or one too long",
+        ));
     }
     Ok(SidecarHello {
         sidecar_id: hello.sidecar_id,
@@ -403,6 +407,7 @@ fn hello_from_pb(hello: pb::Hello) -> Result<SidecarHello, Status> {
         running: running_from_pb(hello.running)?,
         containment: hello.containment,
         instance: hello.instance,
+        repo_allow: hello.repo_allow,
     })
 }
 

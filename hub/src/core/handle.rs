@@ -32,6 +32,8 @@ pub struct SidecarHello {
     pub containment: String,
     /// Drawn once per sidecar process (0: unknown): tells a reconnect from a second sidecar.
     pub instance: u64,
+    /// Its `--repo-allow` list: work that names a repository goes only where it is covered.
+    pub repo_allow: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -230,9 +232,10 @@ pub struct WhyAnswer {
     pub task_id: TaskId,
     pub state: TaskState,
     pub waiting: bool,
-    /// A stable code: `dependencies`, `retry_backoff`, a placement wait (`all_busy`,
-    /// `no_capable_agent`, `model_nowhere`, `local_only`, `over_budget`, `no_room`, `expired`),
-    /// `placeable`, `running`, `finished`.
+    /// A stable code: `dependencies`, `retry_backoff`, a placement wait (`no_sidecar`,
+    /// `no_capable_agent`, `no_llm_endpoint`, `repository_not_allowed`, `all_busy`,
+    /// `model_nowhere`, `local_only`, `over_budget`, `no_room`, `expired`), `placeable`,
+    /// `running`, `finished`.
     pub code: String,
     pub message: String,
     /// Since its last change of state.
@@ -243,6 +246,9 @@ pub struct WhyAnswer {
     /// When it moves to another tier if nothing changes.
     pub fallback_at_unix_ms: Option<UnixMs>,
     pub explanation: Option<crate::sched::Explanation>,
+    /// No connected sidecar could ever take it as the fleet is: it waits for one that can (it
+    /// is not failed: one may join).
+    pub stuck: bool,
 }
 
 #[derive(Clone, Debug)]

@@ -493,6 +493,7 @@ impl State {
             model: sched::model_of(task, &fleet).map(str::to_owned),
             fallback_at_unix_ms: None,
             explanation: None,
+            stuck: false,
         };
         let (code, message) = match task.state {
             TaskState::Waiting => {
@@ -514,7 +515,15 @@ impl State {
                 answer.waiting = true;
                 let explanation = sched::explain(task, &fleet, now);
                 let (code, message) = match explanation.decision {
-                    Decision::Wait(why) => (why.as_str(), why.describe().to_owned()),
+                    Decision::Wait(why @ sched::Wait::AllBusy) => {
+                        let ahead = self.queue.ahead_of(task_id, now).unwrap_or(0);
+                        (why.as_str(), format!("{}; {ahead} ahead of it in the queue", why.describe()))
+                    }
+                    Decision::Wait(why) => {
+                        // Nothing connected could ever take it: it waits for the fleet to change.
+                        answer.stuck = why.lacks_capacity();
+                        (why.as_str(), why.describe().to_owned())
+                    }
                     Decision::Place { .. } if self.shutting_down => {
                         ("shutting_down", "the hub is shutting down".into())
                     }
@@ -585,10 +594,25 @@ impl sched::FleetView for Fleet<'_> {
         host && placement.tags.iter().all(|tag| hello.tags.contains(tag))
     }
 
-    fn any_open(&self, capability: &str, placement: &Placement) -> bool {
+    fn open(&self) -> Vec<&str> {
+        let mut open: Vec<&str> = self
+            .sidecars
+            .iter()
+            .filter(|(id, s)| s.is_open() && !self.cordons.contains_key(*id))
+            .map(|(id, _)| id.as_str())
+            .collect();
+        open.sort_unstable();
+        open
+    }
+
+    fn has_llm(&self, sidecar_id: &str) -> bool {
+        self.registry.has_healthy(sidecar_id)
+    }
+
+    fn allows_repository(&self, sidecar_id: &str, repository: &str) -> bool {
         self.sidecars
-            .keys()
-            .any(|id| !self.cordons.contains_key(id) && self.can_run(id, capability) && self.admits(id, placement))
+            .get(sidecar_id)
+            .is_some_and(|s| agentcom_types::fleet::repository_allowed(&s.hello.repo_allow, repository))
     }
 
     fn price(&self, model: &str) -> Option<TokenPrice> {

@@ -134,10 +134,18 @@ pub trait FleetView {
     fn admits(&self, _sidecar_id: &str, _placement: &Placement) -> bool {
         true
     }
-    /// Some open sidecar that admits `placement` runs `capability`, idle or not (asked only to
+    /// The sidecars whose session is open and that are not cordoned, idle or not (asked only to
     /// say why a task waits).
-    fn any_open(&self, _capability: &str, _placement: &Placement) -> bool {
-        false
+    fn open(&self) -> Vec<&str> {
+        Vec::new()
+    }
+    /// The sidecar has a healthy LLM endpoint (of any model).
+    fn has_llm(&self, _sidecar_id: &str) -> bool {
+        true
+    }
+    /// The sidecar's `--repo-allow` covers `repository`.
+    fn allows_repository(&self, _sidecar_id: &str, _repository: &str) -> bool {
+        true
     }
     /// What `model` costs, if the price table has it.
     fn price(&self, _model: &str) -> Option<TokenPrice> {
@@ -268,8 +276,15 @@ pub const DEFAULT_LOAD_BYTES_PER_MS: f64 = 2_000_000.0;
 pub enum Wait {
     /// Its deadline passed; the next tick dead-letters it.
     Expired,
+    /// No sidecar is connected at all.
+    NoSidecar,
     /// No open sidecar runs its kind of work (and matches its tags and host).
     NoCapableAgent,
+    /// LLM work (or agent work without Claude Code) and no open sidecar has a healthy LLM
+    /// endpoint.
+    NoLlmEndpoint,
+    /// Work in a repository that no open sidecar's `--repo-allow` covers.
+    RepositoryNotAllowed,
     /// The sidecars that could run it are all busy.
     AllBusy,
     /// No healthy endpoint of an open sidecar has its model.
@@ -288,7 +303,10 @@ impl Wait {
     pub fn as_str(self) -> &'static str {
         match self {
             Wait::Expired => "expired",
+            Wait::NoSidecar => "no_sidecar",
             Wait::NoCapableAgent => "no_capable_agent",
+            Wait::NoLlmEndpoint => "no_llm_endpoint",
+            Wait::RepositoryNotAllowed => "repository_not_allowed",
             Wait::AllBusy => "all_busy",
             Wait::ModelNowhere => "model_nowhere",
             Wait::LocalOnly => "local_only",
@@ -297,15 +315,35 @@ impl Wait {
         }
     }
 
+    /// Why, in words that name the fix (`hubctl why`, `submit --wait`, the dashboard).
     pub fn describe(self) -> &'static str {
         match self {
             Wait::Expired => "its deadline passed: it is dead-lettered as expired",
-            Wait::NoCapableAgent => "no open sidecar runs this kind of work (and matches its tags and host)",
-            Wait::AllBusy => "every agent that could run it is busy",
-            Wait::ModelNowhere => "no healthy endpoint has its model",
-            Wait::LocalOnly => "it is local-only and only a cloud provider offers its model",
-            Wait::OverBudget => "every candidate would cost more than its budget",
-            Wait::NoRoom => "its model is cold everywhere and fits in no host's free memory",
+            Wait::NoSidecar => {
+                "no sidecar is connected: start one with `agentcom-sidecar run --hub URL --token-file FILE` (or run `agentcom-hub dev`, which has its own)"
+            }
+            Wait::NoCapableAgent => {
+                "no connected sidecar runs this kind of work with its tags and host: see `hubctl agents` for what each one runs"
+            }
+            Wait::NoLlmEndpoint => {
+                "no connected sidecar has a working LLM endpoint: start Ollama on a sidecar's machine (found at 127.0.0.1:11434), or give a sidecar `--ollama URL`, `--openai-base-url URL` (llama.cpp, vLLM) or ANTHROPIC_API_KEY; `hubctl endpoints ls` shows what there is"
+            }
+            Wait::RepositoryNotAllowed => {
+                "no connected sidecar allows its repository: give a sidecar `--repo-allow PATH` (or a URL prefix) that covers it"
+            }
+            Wait::AllBusy => "every agent that could run it is busy: it runs when one frees",
+            Wait::ModelNowhere => {
+                "no healthy endpoint has its model: pull it where a sidecar's Ollama runs (`ollama pull MODEL`), or name a model `hubctl endpoints ls` lists"
+            }
+            Wait::LocalOnly => {
+                "it is local-only (or the hub runs --offline) and only a cloud provider offers its model: serve the model locally, or drop local_only"
+            }
+            Wait::OverBudget => {
+                "every candidate would cost more than its budget: raise --max-cost or name a cheaper model"
+            }
+            Wait::NoRoom => {
+                "its model is cold everywhere and fits in no host's free memory, even with the loaded models unloaded: free memory or name a smaller model"
+            }
         }
     }
 
@@ -443,7 +481,8 @@ fn decide<'a>(
     let placement = &task.spec.placement;
     let mut best: Option<(&String, &BTreeSet<String>)> = None;
     for (sidecar_id, agents) in fleet.idle().iter() {
-        if !fleet.can_run(sidecar_id, needed) || !fleet.admits(sidecar_id, placement) {
+        if !fleet.can_run(sidecar_id, needed) || !fleet.admits(sidecar_id, placement) || !takes(fleet, sidecar_id, task)
+        {
             continue;
         }
         record.note(|| Candidate {
@@ -470,10 +509,52 @@ fn decide<'a>(
             model: None,
             estimate: None,
         },
-        None if fleet.any_open(needed, placement) => Decision::Wait(Wait::AllBusy),
-        None => Decision::Wait(Wait::NoCapableAgent),
+        None => Decision::Wait(unplaced(task, fleet)),
     };
     (decision, None)
+}
+
+/// Whether the sidecar can take the task as far as what it has goes (beyond its capability,
+/// tags and host): the repository its work runs in is on its allowlist, and LLM work (or agent
+/// work on a sidecar without Claude Code) has a healthy LLM endpoint there.
+pub fn takes(fleet: &impl FleetView, sidecar_id: &str, task: &Task) -> bool {
+    let repository_ok =
+        task.spec.workspace_repository().is_none_or(|repository| fleet.allows_repository(sidecar_id, repository));
+    let llm_ok = match &task.spec.work {
+        Work::Llm(_) => fleet.has_llm(sidecar_id),
+        Work::Agent(_) => fleet.can_run(sidecar_id, "claude-code") || fleet.has_llm(sidecar_id),
+        Work::Shell(_) => true,
+    };
+    repository_ok && llm_ok
+}
+
+/// Why a task that names no model has no idle agent to go to, the most basic lack first: no
+/// sidecar, none that runs its work, none that allows its repository, none with an LLM
+/// endpoint; else they are busy.
+fn unplaced(task: &Task, fleet: &impl FleetView) -> Wait {
+    let open = fleet.open();
+    if open.is_empty() {
+        return Wait::NoSidecar;
+    }
+    let placement = &task.spec.placement;
+    let runs: Vec<&str> = open.into_iter().filter(|id| fleet.can_run(id, task.spec.work.capability())).collect();
+    if runs.is_empty() && matches!(task.spec.work, Work::Llm(_)) {
+        // A sidecar runs LLM work only with an endpoint: say how to give it one.
+        return Wait::NoLlmEndpoint;
+    }
+    let capable: Vec<&str> = runs.into_iter().filter(|id| fleet.admits(id, placement)).collect();
+    if capable.is_empty() {
+        return Wait::NoCapableAgent;
+    }
+    if let Some(repository) = task.spec.workspace_repository()
+        && !capable.iter().any(|id| fleet.allows_repository(id, repository))
+    {
+        return Wait::RepositoryNotAllowed;
+    }
+    if !capable.iter().any(|id| takes(fleet, id, task)) {
+        return Wait::NoLlmEndpoint;
+    }
+    Wait::AllBusy
 }
 
 /// Input tokens of LLM work, estimated from its text (four bytes a token), for the cost filter.
@@ -583,7 +664,10 @@ fn place_model(task: &Task, model: &str, tokens: u32, fleet: &impl FleetView, re
             idle_agents: 0,
             verdict,
         };
-        if !fleet.can_run(sidecar_id, task.spec.work.capability()) || !fleet.admits(sidecar_id, placement) {
+        if !fleet.can_run(sidecar_id, task.spec.work.capability())
+            || !fleet.admits(sidecar_id, placement)
+            || !task.spec.workspace_repository().is_none_or(|r| fleet.allows_repository(sidecar_id, r))
+        {
             record.note(|| note(None, Verdict::Excluded));
             continue;
         }
@@ -642,10 +726,16 @@ fn place_model(task: &Task, model: &str, tokens: u32, fleet: &impl FleetView, re
         Wait::NoRoom
     } else if cloud {
         Wait::LocalOnly
-    } else if open || fleet.any_open(task.spec.work.capability(), placement) {
+    } else if open {
         Wait::ModelNowhere
     } else {
-        Wait::NoCapableAgent
+        // No endpoint with the model on a sidecar that could run the task: say what is lacking
+        // most basically (no sidecar, none that runs it or allows its repository), else that
+        // the model is nowhere.
+        match unplaced(task, fleet) {
+            Wait::AllBusy => Wait::ModelNowhere,
+            lacking => lacking,
+        }
     };
     match best {
         Some((estimate, _, _, sidecar_id, agent_id, endpoint_id)) => Decision::Place {

@@ -18,8 +18,10 @@ struct Fleet {
     prices: HashMap<String, TokenPrice>,
     /// Tags per sidecar.
     tags: HashMap<String, Vec<String>>,
-    /// What `any_open` answers.
-    open_any: bool,
+    /// Sidecars without a healthy LLM endpoint.
+    no_llm: Vec<&'static str>,
+    /// Allowed repositories per sidecar (absent: any).
+    repos: HashMap<String, Vec<String>>,
     gpu_busy: HashMap<String, u32>,
     cordoned: Vec<&'static str>,
 }
@@ -29,8 +31,18 @@ impl FleetView for Fleet {
         let tags = self.tags.get(sidecar_id).cloned().unwrap_or_default();
         (placement.host.is_empty() || placement.host == sidecar_id) && placement.tags.iter().all(|t| tags.contains(t))
     }
-    fn any_open(&self, _capability: &str, _placement: &Placement) -> bool {
-        self.open_any
+    /// Every sidecar that runs something is open.
+    fn open(&self) -> Vec<&str> {
+        let mut open: Vec<&str> = self.can.iter().map(|&(s, _)| s).collect();
+        open.sort_unstable();
+        open.dedup();
+        open
+    }
+    fn has_llm(&self, sidecar_id: &str) -> bool {
+        !self.no_llm.contains(&sidecar_id)
+    }
+    fn allows_repository(&self, sidecar_id: &str, repository: &str) -> bool {
+        self.repos.get(sidecar_id).is_none_or(|allow| agentcom_types::fleet::repository_allowed(allow, repository))
     }
     fn price(&self, model: &str) -> Option<TokenPrice> {
         self.prices.get(model).copied()
@@ -185,7 +197,7 @@ fn an_observed_slow_load_changes_later_placements() {
 #[test]
 fn a_model_nobody_has_waits_and_the_claude_api_takes_its_models_by_name() {
     let fleet = warm_and_cold();
-    assert_eq!(place(&llm_task("other"), &fleet, 0), Decision::Wait(Wait::NoCapableAgent));
+    assert_eq!(place(&llm_task("other"), &fleet, 0), Decision::Wait(Wait::ModelNowhere));
     let mut fleet = warm_and_cold();
     claude_on(&mut fleet, "cloud");
     assert_eq!(placed_on(&place(&llm_task("claude-sonnet-4-5"), &fleet, 0)), "cloud");
@@ -232,7 +244,7 @@ fn a_waiting_task_names_its_reason() {
     fleet.idle = IdleIndex::default();
     assert_eq!(place(&llm_task("m"), &fleet, 0), Decision::Wait(Wait::AllBusy));
     // Nowhere: no endpoint has it, though llm sidecars are open.
-    let fleet = Fleet { open_any: true, ..warm_and_cold() };
+    let fleet = warm_and_cold();
     assert_eq!(place(&llm_task("other"), &fleet, 0), Decision::Wait(Wait::ModelNowhere));
     // Local-only, and only the Claude API offers it.
     let mut fleet = warm_and_cold();
@@ -252,10 +264,12 @@ fn a_waiting_task_names_its_reason() {
     fleet.endpoints.remove(1);
     fleet.free.insert("cold".into(), 1_000_000_000);
     assert_eq!(place(&llm_task("m"), &fleet, 0), Decision::Wait(Wait::NoRoom));
-    // And shell work with no capable sidecar at all, against one that is only busy.
+    // And shell work with no sidecar at all, none that runs shell work, and one only busy.
     let fleet = Fleet::default();
+    assert_eq!(place(&shell_task(), &fleet, 0), Decision::Wait(Wait::NoSidecar));
+    let fleet = Fleet { can: vec![("a", "llm")], ..Fleet::default() };
     assert_eq!(place(&shell_task(), &fleet, 0), Decision::Wait(Wait::NoCapableAgent));
-    let fleet = Fleet { open_any: true, ..Fleet::default() };
+    let fleet = Fleet { can: vec![("a", "shell")], ..Fleet::default() };
     assert_eq!(place(&shell_task(), &fleet, 0), Decision::Wait(Wait::AllBusy));
 }
 
@@ -347,7 +361,7 @@ fn an_explanation_lists_every_candidate_with_its_verdict_the_winner_first() {
     let line = summarize(&explained);
     assert!(line.starts_with("finishes soonest: 3.3 s on warm/0 (m warm); next best 5.3 s on cold/0"), "{line}");
     let waiting = explain(&llm_task("other"), &fleet, 0);
-    assert_eq!(summarize(&waiting), "waits: no open sidecar runs this kind of work (and matches its tags and host)");
+    assert_eq!(summarize(&waiting), format!("waits: {}", Wait::ModelNowhere.describe()));
 }
 
 /// An OpenAI-compatible server on the sidecar's own machine (llama.cpp's, vLLM).
@@ -409,7 +423,6 @@ fn agent_work_that_names_a_model_goes_where_the_model_is() {
         idle,
         can: vec![("with", "agent"), ("with", "llm"), ("without", "agent"), ("without", "llm")],
         endpoints: vec![ollama("with", "m", true, 1), ollama("without", "other", true, 1)],
-        open_any: true,
         ..Fleet::default()
     };
     let mut task = shell_task();
@@ -425,6 +438,50 @@ fn agent_work_that_names_a_model_goes_where_the_model_is() {
     assert_eq!(placed_on(&place(&task, &fleet, 0)), "with");
     task.spec.placement.model = "nowhere".into();
     assert_eq!(place(&task, &fleet, 0), Decision::Wait(Wait::ModelNowhere));
+}
+
+#[test]
+fn work_goes_only_where_its_endpoint_works_and_its_repository_is_allowed() {
+    let mut idle = IdleIndex::default();
+    idle.insert("down", "down/0");
+    idle.insert("down", "down/1");
+    idle.insert("up", "up/0");
+    let mut fleet = Fleet {
+        idle,
+        can: vec![("down", "llm"), ("up", "llm"), ("down", "shell"), ("up", "shell")],
+        no_llm: vec!["down"],
+        ..Fleet::default()
+    };
+    // LLM work naming no model: not to the sidecar whose only endpoint is down, though it has
+    // more idle agents.
+    let prompt = llm_task("");
+    assert_eq!(placed_on(&place(&prompt, &fleet, 0)), "up");
+    fleet.no_llm.push("up");
+    assert_eq!(place(&prompt, &fleet, 0), Decision::Wait(Wait::NoLlmEndpoint));
+
+    // Work in a repository: only where the allowlist covers it.
+    fleet.repos.insert("down".into(), vec!["/srv/other".into()]);
+    fleet.repos.insert("up".into(), vec!["/srv/repos".into()]);
+    let mut in_repo = shell_task();
+    in_repo.spec.context.repository = "/srv/repos/app".into();
+    assert_eq!(placed_on(&place(&in_repo, &fleet, 0)), "up");
+    in_repo.spec.context.repository = "/srv/nowhere/app".into();
+    assert_eq!(place(&in_repo, &fleet, 0), Decision::Wait(Wait::RepositoryNotAllowed));
+    assert!(Wait::RepositoryNotAllowed.lacks_capacity() && Wait::NoLlmEndpoint.lacks_capacity());
+
+    // Agent work without a model: a sidecar with Claude Code needs no endpoint.
+    let mut agent = shell_task();
+    agent.spec.work = Work::Agent(crate::domain::AgentWork {
+        goal: "fix it".into(),
+        repository: "/srv/repos/app".into(),
+        branch: String::new(),
+        fix_rounds: None,
+    });
+    fleet.can.extend([("down", "agent"), ("up", "agent")]);
+    fleet.repos.insert("down".into(), vec!["/srv".into()]);
+    assert_eq!(place(&agent, &fleet, 0), Decision::Wait(Wait::NoLlmEndpoint));
+    fleet.can.push(("down", "claude-code"));
+    assert_eq!(placed_on(&place(&agent, &fleet, 0)), "down");
 }
 
 mod properties {

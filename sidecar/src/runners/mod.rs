@@ -140,6 +140,11 @@ impl Runners {
         self
     }
 
+    /// The repositories work may run in here, as the hub is told them.
+    pub fn repositories(&self) -> Vec<String> {
+        self.workspaces.as_ref().map(|w| w.advertised()).unwrap_or_default()
+    }
+
     /// What this sidecar says it can run.
     pub fn capabilities(&self) -> Vec<String> {
         self.runners.iter().flat_map(|r| r.advertises()).collect()

@@ -582,6 +582,17 @@ pub struct TaskSpec {
 }
 
 impl TaskSpec {
+    /// The repository the work runs in, in a workspace of its own: agent work's own, else the
+    /// context's for shell and agent work (LLM work reads no repository).
+    pub fn workspace_repository(&self) -> Option<&str> {
+        let repository = match &self.work {
+            Work::Agent(agent) if !agent.repository.is_empty() => &agent.repository,
+            Work::Shell(_) | Work::Agent(_) => &self.context.repository,
+            Work::Llm(_) => return None,
+        };
+        (!repository.is_empty()).then_some(repository.as_str())
+    }
+
     /// A shell task with every other field at its default.
     pub fn shell(argv: Vec<String>, defaults: &SpecDefaults) -> TaskSpec {
         TaskSpec {

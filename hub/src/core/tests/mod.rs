@@ -85,6 +85,7 @@ impl Harness {
             running,
             containment: String::new(),
             instance: 0,
+            repo_allow: Vec::new(),
         };
         let (outbox, inbox) = mpsc::channel(1024);
         let (_, session) = self.ask(|reply| Event::Hello { hello, outbox, reply }).expect("joined");

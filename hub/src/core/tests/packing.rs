@@ -25,7 +25,8 @@ fn a_settled_task_is_packed_and_read_listed_watched_and_found_by_its_key() {
     assert_eq!((task.state, task.attempt), (TaskState::Succeeded, 1));
     let listed = hub.ask(|reply| Event::List { state: None, before: None, limit: 10, reply });
     assert_eq!(listed.iter().map(|t| t.id).collect::<Vec<_>>(), vec![done, dead], "newest first");
-    let dead_only = hub.ask(|reply| Event::List { state: Some(TaskState::DeadLettered), before: None, limit: 10, reply });
+    let dead_only =
+        hub.ask(|reply| Event::List { state: Some(TaskState::DeadLettered), before: None, limit: 10, reply });
     assert_eq!(dead_only.iter().map(|t| t.id).collect::<Vec<_>>(), vec![dead]);
     match hub.ask(|reply| Event::Watch { id: done, reply }) {
         Ok(WatchReply::Final(task)) => assert_eq!(task.state, TaskState::Succeeded),

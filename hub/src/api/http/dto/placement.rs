@@ -145,6 +145,8 @@ pub struct WhyDto {
     pub task_id: String,
     pub state: &'static str,
     pub waiting: bool,
+    /// Nothing connected could ever take it: it waits for the fleet to change.
+    pub stuck: bool,
     pub code: String,
     pub message: String,
     pub since_unix_ms: i64,
@@ -161,6 +163,7 @@ impl From<&crate::core::WhyAnswer> for WhyDto {
             task_id: w.task_id.to_string(),
             state: w.state.as_str(),
             waiting: w.waiting,
+            stuck: w.stuck,
             code: w.code.clone(),
             message: w.message.clone(),
             since_unix_ms: w.since_unix_ms,

@@ -361,13 +361,14 @@ fn the_decision_and_why_shapes_are_documented() {
         state: TaskState::Queued,
         waiting: true,
         code: "all_busy".into(),
-        message: Wait::AllBusy.describe().into(),
+        message: format!("{}; 3 ahead of it in the queue", Wait::AllBusy.describe()),
         since_unix_ms: 1,
         tier: Tier::Standard,
         tier_source: TierSource::Inferred,
         model: Some("llama3.2:3b".into()),
         fallback_at_unix_ms: None,
         explanation: Some(waiting),
+        stuck: false,
     };
     let dto = WhyDto::from(&why);
     assert_eq!(dto.placement_now.as_ref().unwrap().wait, Some("all_busy"));
