@@ -40,6 +40,10 @@ enum Command {
         /// Tasks the local sidecar runs at once.
         #[arg(long, default_value_t = 4)]
         slots: u32,
+        /// Where the local sidecar runs tasks: their working directory, and its workspaces
+        /// [default: DATA_DIR/work, so that tasks do not write into the directory dev runs in].
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
         /// The local sidecar reports N synthetic GPUs (shown as simulated).
         #[arg(long, default_value_t = 0, value_name = "N")]
         simulate_gpus: u32,
@@ -64,7 +68,7 @@ enum Command {
         #[arg(long, env = "AGENTCOM_DATA_DIR", default_value = ".agentcom")]
         data_dir: PathBuf,
         /// The running hub to ask (its admin token, and the CA pin in it, are read from the data
-        /// directory) [default: https://127.0.0.1:7420 for a hub that serves TLS, else http://].
+        /// directory) [default: the URL the hub on DATA_DIR recorded in DATA_DIR/hub.url].
         #[arg(long, env = "AGENTCOM_HUB")]
         hub: Option<String>,
         /// Where backups go [default: DATA_DIR/backups].
@@ -318,7 +322,7 @@ async fn run() -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Serve(args) => serve(args, None).await,
-        Command::Dev { hub, slots, simulate_gpus, repo_allow, ollama, openai, run_as_range } => {
+        Command::Dev { hub, slots, work_dir, simulate_gpus, repo_allow, ollama, openai, run_as_range } => {
             for url in &ollama {
                 anyhow::ensure!(
                     url.starts_with("http://") || url.starts_with("https://"),
@@ -330,7 +334,8 @@ async fn run() -> anyhow::Result<()> {
                 agentcom_sidecar::logging::redact(key);
             }
             let openai = openai.openai(key).map_err(anyhow::Error::msg)?;
-            serve(hub, Some(Dev { slots, simulate_gpus, repo_allow, ollama, openai, run_as_range })).await
+            let work_dir = work_dir.unwrap_or_else(|| hub.data_dir.join("work"));
+            serve(hub, Some(Dev { slots, work_dir, simulate_gpus, repo_allow, ollama, openai, run_as_range })).await
         }
         Command::Backup { data_dir, hub, backup_dir } => backup_now(data_dir, hub, backup_dir).await,
         Command::Restore { data_dir, from } => {
@@ -379,7 +384,11 @@ async fn backup_now(data_dir: PathBuf, hub: Option<String>, backup_dir: Option<P
     let text = std::fs::read_to_string(dir.token_file(Role::Admin))
         .with_context(|| format!("reading {}", dir.token_file(Role::Admin).display()))?;
     let file = agentcom_link::token_file::TokenFile::parse(&text)?;
-    let hub = hub.unwrap_or_else(|| format!("{}://127.0.0.1:7420", if file.ca.is_some() { "https" } else { "http" }));
+    // The hub that serves this data directory says where (`DATA_DIR/hub.url`).
+    let recorded = std::fs::read_to_string(dir.url_file()).ok().map(|text| text.trim().to_owned());
+    let hub = hub
+        .or(recorded)
+        .unwrap_or_else(|| format!("{}://127.0.0.1:7420", if file.ca.is_some() { "https" } else { "http" }));
     let pin = file.ca.map(|ca| agentcom_link::tls::Pin::fingerprint(ca, "the data directory's admin.token"));
     let dialer = agentcom_link::connect::Dialer::new(agentcom_link::connect::HubUrl::parse(&hub)?, pin, None)?;
     let channel = agentcom_link::connect::channel(std::sync::Arc::new(dialer)).await.map_err(|err| {
@@ -400,6 +409,7 @@ async fn backup_now(data_dir: PathBuf, hub: Option<String>, backup_dir: Option<P
 /// The local sidecar of `agentcom-hub dev`.
 struct Dev {
     slots: u32,
+    work_dir: PathBuf,
     simulate_gpus: u32,
     repo_allow: Vec<String>,
     /// The local sidecar's LLM endpoints.
@@ -456,10 +466,12 @@ async fn serve(args: HubArgs, dev_slots: Option<Dev>) -> anyhow::Result<()> {
     // the crash left running before anything can be dispatched again.
     let dev_sidecar = match dev_slots {
         None => None,
-        Some(Dev { slots, simulate_gpus, repo_allow, ollama, openai, run_as_range }) => {
+        Some(Dev { slots, work_dir, simulate_gpus, repo_allow, ollama, openai, run_as_range }) => {
             let token = std::fs::read_to_string(data_dir.token_file(Role::Join))?.trim().to_owned();
+            std::fs::create_dir_all(&work_dir).with_context(|| format!("making {}", work_dir.display()))?;
+            let work_dir = std::fs::canonicalize(&work_dir)?;
             // The local sidecar keeps its id and its record of running tasks in the data directory.
-            let config = agentcom_sidecar::Config::builder(url.clone(), token, std::env::current_dir()?)
+            let config = agentcom_sidecar::Config::builder(url.clone(), token, work_dir)
                 .ca_fingerprint(ca)
                 .slots(slots)
                 .tags(vec!["dev".to_owned()])
@@ -497,6 +509,11 @@ async fn serve(args: HubArgs, dev_slots: Option<Dev>) -> anyhow::Result<()> {
 
     let admin_token = data_dir.token_file(Role::Admin);
     let join_token = data_dir.token_file(Role::Join);
+    // For the tools given only the data directory: which address this hub serves.
+    let url_file = data_dir.url_file();
+    if let Err(err) = std::fs::write(&url_file, format!("{url}\n")) {
+        tracing::warn!(path = %url_file.display(), error = %err, "could not record the hub's URL");
+    }
     if agentcom_sidecar::logging::is_json() {
         // Machines read the log: the banner is one event of it.
         let (admin, join) = (admin_token.display().to_string(), join_token.display().to_string());
@@ -515,6 +532,7 @@ async fn serve(args: HubArgs, dev_slots: Option<Dev>) -> anyhow::Result<()> {
     });
     // The hub first: it cancels in-flight work and waits for the local sidecar to report it.
     hub.stop().await;
+    let _ = std::fs::remove_file(&url_file);
     if let Some((stop, join)) = sidecar {
         stop.cancel();
         join.await.context("sidecar task")??;
@@ -533,7 +551,10 @@ fn banner(
 ) {
     eprintln!();
     eprintln!("  AgentCom hub on {url}");
-    eprintln!("  admin token: {} (hubctl reads it, with the CA pin in it)", admin_token.display());
+    match ca {
+        Some(_) => eprintln!("  admin token: {} (hubctl reads it, with the CA pin in it)", admin_token.display()),
+        None => eprintln!("  admin token: {} (hubctl reads it)", admin_token.display()),
+    }
     match ca {
         Some(ca) => {
             eprintln!("  hub CA:      sha256 {ca} ({}/ca.pem)", data_dir.display());
@@ -549,17 +570,27 @@ fn banner(
             Some(file) => eprintln!("  dashboard:   {url}/#token={}", file.token),
             None => eprintln!("  dashboard:   {url}/"),
         }
-        // hubctl finds ./.agentcom/admin.token and the default address by itself; say what else it needs.
+        // hubctl finds ./.agentcom/admin.token, and the hub's URL beside it, by itself; from
+        // another data directory it needs to be told where the token is.
         let mut env = String::new();
-        if url != "http://127.0.0.1:7420" {
-            env.push_str(&format!("AGENTCOM_HUB={url} "));
-        }
         if data_dir != std::path::Path::new(".agentcom") {
-            env.push_str(&format!("AGENTCOM_TOKEN=$(cat {}) ", admin_token.display()));
+            env.push_str(&format!("AGENTCOM_TOKEN_FILE={} ", admin_token.display()));
         }
-        eprintln!("  try:  {env}cargo run --release --bin hubctl -- submit --wait -- echo hello");
+        // The binaries beside this one, as they can be typed from here.
+        let beside = |name: &str| {
+            let path = std::env::current_exe().ok()?.with_file_name(name);
+            let here = std::env::current_dir().ok()?;
+            path.exists().then(|| match path.strip_prefix(&here) {
+                Ok(relative) => relative.display().to_string(),
+                Err(_) => path.display().to_string(),
+            })
+        };
+        let hubctl = beside("hubctl").unwrap_or_else(|| "cargo run --release --bin hubctl --".into());
+        eprintln!("  try:  {env}{hubctl} submit --wait -- echo hello");
         if ca.is_none() {
-            eprintln!("  more sidecars:  agentcom-sidecar run --hub {url} --token-file {}", join_token.display());
+            let sidecar =
+                beside("agentcom-sidecar").unwrap_or_else(|| "cargo run --release --bin agentcom-sidecar --".into());
+            eprintln!("  more sidecars:  {sidecar} run --hub {url} --token-file {}", join_token.display());
         }
     }
     eprintln!();

@@ -59,6 +59,12 @@ impl DataDir {
         self.root.join("hub.redb")
     }
 
+    /// Where a running hub writes the URL it serves (`http://127.0.0.1:7420`), for the tools
+    /// given only the data directory (`agentcom-hub backup`, `hubctl`); removed when it stops.
+    pub fn url_file(&self) -> PathBuf {
+        self.root.join("hub.url")
+    }
+
     pub fn backups(&self) -> PathBuf {
         self.root.join("backups")
     }

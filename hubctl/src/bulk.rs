@@ -39,6 +39,17 @@ fn read_lines(path: &Path) -> anyhow::Result<Vec<(u64, String)>> {
     Ok(lines)
 }
 
+/// A JSON error as said of one line of the file: serde's "at line 1 column C" would contradict
+/// the file's line number in front of it, so only the column stays.
+fn in_line(message: &str) -> String {
+    match message.rsplit_once(" at line 1 column ") {
+        Some((what, column)) if !column.is_empty() && column.chars().all(|c| c.is_ascii_digit()) => {
+            format!("{what} (column {column})")
+        }
+        _ => message.to_owned(),
+    }
+}
+
 pub(crate) async fn submit_file(client: &crate::Client, path: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
     let lines = read_lines(path)?;
     let total = lines.len();
@@ -48,7 +59,7 @@ pub(crate) async fn submit_file(client: &crate::Client, path: &Path, json_out: b
         match agentcom_types::json::spec_from_json(&text) {
             Ok(spec) => specs.push(pb::SubmitStreamRequest { sequence: line, spec: Some(spec) }),
             Err(err) => {
-                results.insert(line, Outcome::Refused(err.0));
+                results.insert(line, Outcome::Refused(in_line(&err.0)));
             }
         }
     }
@@ -147,5 +158,17 @@ impl InOrder {
         }
         out.flush()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod line_tests {
+    #[test]
+    fn a_json_error_names_the_column_of_its_line_only() {
+        assert_eq!(
+            super::in_line("missing field `command` at line 1 column 37"),
+            "missing field `command` (column 37)"
+        );
+        assert_eq!(super::in_line("no work given"), "no work given");
     }
 }

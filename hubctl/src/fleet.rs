@@ -235,6 +235,9 @@ pub(crate) async fn uncordon(client: &Client, sidecar: &str, json_out: bool) -> 
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `endpoints ls` says when there are none: how to get one.
+pub(crate) const NO_ENDPOINTS: &str = "no LLM endpoints yet. A sidecar reports its own: start Ollama on its machine (found at 127.0.0.1:11434), or run it with --ollama URL, --openai-base-url URL (llama.cpp's server, vLLM) or ANTHROPIC_API_KEY set; or add one the hub probes itself: hubctl endpoints add URL --kind ollama|openai (its host must be on the hub's --allow-endpoint)";
+
 pub(crate) async fn endpoints(client: &Client, command: EndpointsCommand, json_out: bool) -> anyhow::Result<ExitCode> {
     let response = match &command {
         EndpointsCommand::Ls => client.call(reqwest::Method::GET, "/api/v1/endpoints", None).await?,
@@ -254,6 +257,10 @@ pub(crate) async fn endpoints(client: &Client, command: EndpointsCommand, json_o
         EndpointsCommand::Ls => response["endpoints"].as_array().cloned().unwrap_or_default(),
         _ => vec![response["endpoint"].clone()],
     };
+    if list.is_empty() {
+        println!("{NO_ENDPOINTS}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut rows = Vec::new();
     for e in &list {
         let by = e["owner"]["sidecar_id"].as_str().unwrap_or("hub").to_owned();

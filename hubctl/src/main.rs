@@ -175,9 +175,12 @@ impl Client {
         };
         // With no --hub, the local hub: over TLS when the token file pins a CA (a hub that
         // serves TLS wrote it), else plaintext (`dev`).
-        let default_hub = match file.as_ref().and_then(|f| f.ca) {
-            Some(_) => DEFAULT_HUB.replacen("http://", "https://", 1),
-            None => DEFAULT_HUB.to_owned(),
+        // A running hub records its URL beside its tokens (`DATA_DIR/hub.url`).
+        let recorded = path.parent().and_then(|dir| std::fs::read_to_string(dir.join("hub.url")).ok());
+        let default_hub = match (recorded, file.as_ref().and_then(|f| f.ca)) {
+            (Some(url), _) if !url.trim().is_empty() => url.trim().to_owned(),
+            (_, Some(_)) => DEFAULT_HUB.replacen("http://", "https://", 1),
+            (_, None) => DEFAULT_HUB.to_owned(),
         };
         let base = cli.hub.clone().unwrap_or(default_hub).trim_end_matches('/').to_owned();
         let url = agentcom_link::connect::HubUrl::parse(&base)?;
@@ -200,7 +203,8 @@ impl Client {
         };
         if url.is_encrypted() && ca.is_none() {
             bail!(
-                "{base} serves TLS, and hubctl trusts only the hub's own CA: use the hub's DATA_DIR/admin.token (its ca-sha256 line pins it) as --token-file, or pass --ca-fingerprint HEX (the hub logs it at start)"
+                "{base} asks for TLS, and hubctl trusts only the hub's own CA, which nothing here pins: use the hub's DATA_DIR/admin.token (its ca-sha256 line pins it) as --token-file, or pass --ca-fingerprint HEX (the hub logs it at start). A hub that serves plaintext (`agentcom-hub dev`) is {}",
+                base.replacen("https://", "http://", 1)
             );
         }
         let pin = ca.map(|ca| agentcom_link::tls::Pin::fingerprint(ca, source));
@@ -215,7 +219,9 @@ impl Client {
 
     /// The hub could not be reached: every cause, so a pin that does not match says so.
     fn unreachable(&self, err: &reqwest::Error) -> anyhow::Error {
-        anyhow::anyhow!("cannot reach the hub at {}: {}", self.base, agentcom_link::error_chain(err))
+        let chain = agentcom_link::error_chain(err);
+        let fix = transport_fix(&self.base, &chain).map(|fix| format!("\n{fix}")).unwrap_or_default();
+        anyhow::anyhow!("cannot reach the hub at {}: {chain}{fix}", self.base)
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
@@ -239,6 +245,24 @@ impl Client {
         Ok(body)
     }
 
+    /// Says on stderr why a task waits, if that changed since `said` (a failed ask says nothing:
+    /// the event stream is what matters).
+    async fn say_why(&self, id: &str, said: &mut String) {
+        let Ok(mut answer) = self.call(reqwest::Method::GET, &format!("/api/v1/tasks/{id}/why"), None).await else {
+            return;
+        };
+        term::escape_value(&mut answer);
+        let why = &answer["why"];
+        if why["waiting"] != true {
+            return;
+        }
+        let line = format!("{} ({})", why["message"].as_str().unwrap_or("?"), why["code"].as_str().unwrap_or("?"));
+        if line != *said {
+            eprintln!("hubctl: waiting: {line}");
+            *said = line;
+        }
+    }
+
     /// Streams a task's events, writing its output as it comes; returns the final task.
     async fn follow(&self, id: &str, quiet_json: bool) -> anyhow::Result<Value> {
         let url = format!("{}/api/v1/tasks/{id}/events", self.base);
@@ -258,7 +282,23 @@ impl Client {
         let mut bytes = response.bytes_stream();
         let mut last: Option<Value> = None;
         let mut written = Written::default();
-        while let Some(chunk) = bytes.next().await {
+        // While the task waits to start, why it waits is asked every second and said on stderr
+        // whenever it changes: nobody should wait in silence.
+        let first = tokio::time::Instant::now() + WHY_EVERY;
+        let mut asking = tokio::time::interval_at(first, WHY_EVERY);
+        let mut said = String::new();
+        loop {
+            let waits = last
+                .as_ref()
+                .is_some_and(|task| matches!(task["state"].as_str(), Some("queued" | "ready" | "waiting")));
+            let chunk = tokio::select! {
+                chunk = bytes.next() => chunk,
+                _ = asking.tick(), if waits => {
+                    self.say_why(id, &mut said).await;
+                    continue;
+                }
+            };
+            let Some(chunk) = chunk else { break };
             let chunk = chunk.context("the event stream broke")?;
             for event in parser.feed(&chunk) {
                 match event.name.as_str() {
@@ -300,6 +340,27 @@ impl Client {
         Ok(task)
     }
 }
+
+/// What to do about a connection that failed because the two ends speak different things: TLS
+/// to a plaintext hub, or plaintext to a hub that serves TLS.
+fn transport_fix(base: &str, error: &str) -> Option<String> {
+    if base.starts_with("http://") && (error.contains("invalid HTTP version") || error.contains("invalid HTTP")) {
+        let https = base.replacen("http://", "https://", 1);
+        return Some(format!(
+            "the hub answered in TLS: it serves https. Use --hub {https} with the hub's DATA_DIR/admin.token as --token-file (its ca-sha256 line pins the hub's CA)"
+        ));
+    }
+    if base.starts_with("https://") && (error.contains("InvalidContentType") || error.contains("corrupt message")) {
+        let http = base.replacen("https://", "http://", 1);
+        return Some(format!(
+            "the hub does not speak TLS there (a plaintext hub, such as `agentcom-hub dev`): use --hub {http}"
+        ));
+    }
+    None
+}
+
+/// How often `--wait` and `watch` ask why a task that has not started waits.
+const WHY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How much of the current attempt's output is already written, per stream.
 #[derive(Default)]
@@ -677,6 +738,21 @@ async fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scheme_that_does_not_match_the_hub_names_the_one_that_does() {
+        let fix = transport_fix(
+            "http://hub:7420",
+            "error sending request: client error (Connect): invalid HTTP version parsed",
+        );
+        assert!(fix.unwrap().contains("--hub https://hub:7420"));
+        let fix = transport_fix(
+            "https://127.0.0.1:7420",
+            "error sending request: client error (Connect): received corrupt message of type InvalidContentType",
+        );
+        assert!(fix.unwrap().contains("--hub http://127.0.0.1:7420"));
+        assert_eq!(transport_fix("http://hub:7420", "tcp connect error: Connection refused"), None);
+    }
 
     #[test]
     fn exit_codes_follow_the_shell_conventions() {

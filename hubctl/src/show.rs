@@ -23,7 +23,10 @@ pub(crate) fn command_text(task: &Value) -> String {
 
 pub(crate) fn exit_text(task: &Value) -> String {
     let exit = &task["outcome"]["exit"];
-    if let Some(code) = exit["code"].as_i64() {
+    if task["outcome"]["timed_out"] == true {
+        // Killed by the sidecar at its timeout, not by a signal from anyone else.
+        "timeout".into()
+    } else if let Some(code) = exit["code"].as_i64() {
         code.to_string()
     } else if let Some(signal) = exit["signal"].as_i64() {
         format!("sig {signal}")
@@ -103,5 +106,19 @@ pub(crate) fn print_task(task: &Value) {
                 println!("  {line}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn a_timed_out_task_lists_as_timeout_not_its_signal() {
+        let timed_out = json!({"outcome": {"exit": {"signal": 15}, "timed_out": true}});
+        assert_eq!(super::exit_text(&timed_out), "timeout");
+        assert_eq!(super::exit_text(&json!({"outcome": {"exit": {"signal": 9}}})), "sig 9");
+        assert_eq!(super::exit_text(&json!({"outcome": {"exit": {"code": 3}}})), "3");
+        assert_eq!(super::exit_text(&json!({"state": "queued"})), "-");
     }
 }

@@ -129,13 +129,23 @@ impl HubProcess {
     }
 
     /// `agentcom-hub dev` run from `cwd` (its sidecar works there).
+    /// Its local sidecar runs tasks in `cwd` too (`--work-dir`).
     pub async fn dev(data_dir: &Path, cwd: &Path, extra: &[&str]) -> HubProcess {
+        HubProcess::dev_with_env(data_dir, cwd, extra, &[]).await
+    }
+
+    /// `agentcom-hub dev` as a user starts it: run from `cwd`, its sidecar in its default work
+    /// directory (`DATA_DIR/work`).
+    pub async fn dev_as_given(data_dir: &Path, cwd: &Path, extra: &[&str]) -> HubProcess {
         HubProcess::start(data_dir, extra, &[], true, cwd, free_port()).await
     }
 
     /// `agentcom-hub dev` with extra environment variables (kept for restarts).
     pub async fn dev_with_env(data_dir: &Path, cwd: &Path, extra: &[&str], env: &[(&str, &str)]) -> HubProcess {
-        HubProcess::start(data_dir, extra, env, true, cwd, free_port()).await
+        let work_dir = cwd.to_string_lossy().into_owned();
+        let mut args = vec!["--work-dir", work_dir.as_str()];
+        args.extend_from_slice(extra);
+        HubProcess::start(data_dir, &args, env, true, cwd, free_port()).await
     }
 
     async fn start(

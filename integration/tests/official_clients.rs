@@ -2,8 +2,9 @@
 //! versions pinned in `integration/clients/requirements.txt`): proof that they speak the real
 //! wire formats, since the tests that use them trust that.
 //!
-//! Needs `AGENTCOM_PYTHON`, the interpreter of a virtualenv with those clients; `.ci/run` makes
-//! one. Without it the test says so and passes, except in CI (`CI=true`), where it fails.
+//! Needs a Python with those clients: `AGENTCOM_PYTHON`, else `target/pyclients/bin/python`,
+//! which `scripts/test` (the README's test command) makes. Without either the test fails and
+//! says how to get one: it never passes without having run.
 
 #![allow(clippy::disallowed_methods)] // Tests start the real tools.
 
@@ -14,16 +15,15 @@ use agentcom_integration::ollama::{FakeModel, OllamaDouble};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_clients_stream_from_the_doubles() {
-    let Some(python) = std::env::var_os("AGENTCOM_PYTHON") else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must check the doubles with the official clients: set AGENTCOM_PYTHON (.ci/run does)"
-        );
-        eprintln!(
-            "skipped: AGENTCOM_PYTHON is not set (a python with the clients in integration/clients/requirements.txt)"
-        );
-        return;
-    };
+    let made = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyclients/bin/python");
+    let python = std::env::var_os("AGENTCOM_PYTHON").map(std::path::PathBuf::from).unwrap_or(made);
+    assert!(
+        python.exists(),
+        "{} is missing: this test checks the doubles with the official Python clients. Run `scripts/test` \
+         (it makes target/pyclients with integration/clients/requirements.txt), or set AGENTCOM_PYTHON to a python \
+         that has them",
+        python.display()
+    );
     let ollama = OllamaDouble::start(vec![FakeModel::new("llama3.2:3b", 1, "llama", "3.2B")]).await;
     ollama.load("llama3.2:3b", 1);
     let anthropic = ChatDouble::anthropic().await;

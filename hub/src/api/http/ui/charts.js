@@ -64,7 +64,8 @@ export function gauge(fraction, label) {
 
 /**
  * A line chart over time. series: [{ name, cls, points: [[unixMs, value], ...] }].
- * opts: { fmt(v) for the y labels, tfmt(t) for the time labels, min, max, label, h }.
+ * opts: { fmt(v) for the y labels, tfmt(t) for the time labels, min, max, label, h, legend (false: none,
+ * where the page shows the keys itself) }.
  */
 export function lineChart(series, opts = {}) {
   const W = 600;
@@ -108,7 +109,8 @@ export function lineChart(series, opts = {}) {
     `<div class="plot"><span class="ymax">${esc(fmt(max))}</span><span class="ymin">${esc(fmt(min))}</span>` +
     `<svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none">${grid}${lines}</svg></div>` +
     `<div class="taxis"><span>${esc(tfmt(t0))}</span><span>${esc(tfmt(t1))}</span></div>` +
-    `<figcaption class="legend">${legend}</figcaption></figure>`
+    (opts.legend === false ? '' : `<figcaption class="legend">${legend}</figcaption>`) +
+    `</figure>`
   );
 }
 

@@ -282,7 +282,10 @@ export function renderQueue(S) {
   const lanes = q.ready_by_lane && typeof q.ready_by_lane === 'object' ? q.ready_by_lane : null;
   setHTML(
     $('queue-lanes'),
-    lanes ? LANES.map((l) => `<span class="key lane-${l}">${l} <b>${fmtNum(lanes[l])}</b></span>`).join('') : '',
+    lanes
+      ? LANES.map((l) => `<span class="key lane-${l}">${l} <b>${fmtNum(lanes[l])}</b></span>`).join('') +
+          `<span class="key lane-blocked">blocked <b>${fmtNum(q.blocked)}</b></span>`
+      : '',
   );
   setHTML(
     $('queue-extra'),
@@ -332,7 +335,11 @@ export function renderQueueChart(S) {
     ? LANES.map((l) => ({ name: l, cls: 'lane-' + l, points: samples.map((s) => [s.t, s.lanes ? s.lanes[l] : null]) }))
     : [{ name: 'ready', cls: 'lane-normal', points: samples.map((s) => [s.t, s.ready]) }];
   series.push({ name: 'blocked', cls: 'lane-blocked', points: samples.map((s) => [s.t, s.blocked]) });
-  setHTML($('queue-chart'), lineChart(series, { label: 'ready tasks by lane since the page opened', tfmt: fmtClockS, fmt: (v) => fmtNum(v) }));
+  // Its keys, with the counts now, are the line above it (queue-lanes): no second legend.
+  setHTML(
+    $('queue-chart'),
+    lineChart(series, { label: 'ready tasks by lane since the page opened', tfmt: fmtClockS, fmt: (v) => fmtNum(v), legend: !hasLanes }),
+  );
 }
 
 const fmtClockS = (t) => new Date(t).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
