@@ -4,6 +4,21 @@
 //! minted, and is handed to the operator (the bootstrap ones written to `admin.token` and
 //! `join.token` with mode 0600; others shown once by `hubctl tokens create`). Roles gate the
 //! API (see [`access_for`]); join tokens may only open a sidecar session.
+//!
+//! In detail:
+//!
+//! `auth`: bearer tokens, minted as `agentcom_<role>_<48 hex>`, stored as SHA-256 hashes (with, for
+//! those made through `POST /api/v1/tokens`, their name and creation time); roles `viewer` <
+//! `submitter` < `operator` < `admin`, and `join` for sidecar sessions; `access_for(method, path)`
+//! is the one table of what each HTTP route and gRPC method needs. A session request that comes
+//! with a client certificate is authenticated by it instead of a token: an enrolled, unrevoked
+//! identity puts an `EnrolledPeer` in the request (the session must then say hello as that id, and
+//! carries the identity's tags), a revoked one is refused with a message that begins `identity
+//! revoked`. Revoking a token cancels its `Tokens::revocation`, which ends the server-sent event
+//! streams and the gRPC `WatchTask` and `SubmitStream` streams it opened. The authentication layer
+//! puts the `Caller` (role and token id) in the request for handlers that record admin actions in
+//! the audit log (`api::audited`, a durable `Op::PutAudit` into the `audit` table, read newest
+//! first off the core).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

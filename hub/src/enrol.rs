@@ -9,6 +9,15 @@
 //!
 //! This module decides and keeps the in-memory view; the API edges persist what it returns
 //! (through the core's writer) before they answer.
+//!
+//! In detail:
+//!
+//! `enrol`: join tokens (uses, expiry, bound tags; the secret's hash kept) and the sidecar
+//! identities they are traded for (by certificate fingerprint), the enrolment decision itself (the
+//! token's pin must be this hub's CA, then its uses and expiry; the hub picks the sidecar id), and
+//! revocation, which cancels the identity's live sessions through the `LiveSession` each holds.
+//! Stored in the `fleet` table (`join/ID`, `identity/ID`); the API edges persist before they answer
+//! (`Handle::persist`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -5,6 +5,14 @@
 //! never makes the core wait or buffer, and a watcher that joins late still gets the retained
 //! output from the start. Memory per feed is bounded by the task's output cap per stream (and
 //! an agent's steps by [`MAX_STEPS`]).
+//!
+//! In detail:
+//!
+//! `feed`: a task's live view for watchers: latest snapshot plus retained output (bounded by the
+//! task's output cap) and an agent's steps (at most 1,000).
+//!
+//! Each watcher reads at its own pace with a cursor of byte offsets, so slow watchers cost nothing
+//! and late watchers get the output from the start.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

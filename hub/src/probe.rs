@@ -1,6 +1,11 @@
 //! The hub's own checks of the LLM endpoints an admin added: every interval, each endpoint the
 //! hub owns is probed (if its host is still allowlisted) and the result goes to the core.
 //! Sidecars probe their local endpoints themselves; the hub never probes those.
+//!
+//! In detail:
+//!
+//! `probe`: the hub's own checks of endpoints an admin added (only allowlisted hosts, re-checked
+//! against the allowlist at every probe), with `agentcom-llm`'s probes.
 
 use std::time::Duration;
 

@@ -3,6 +3,15 @@
 //!
 //! [`run`] takes a bound listener and a shutdown future (mini-redis style), so tests bind
 //! `127.0.0.1:0` and run many hubs in one process.
+//!
+//! In detail:
+//!
+//! `server`: `DataDir::tls` makes or loads the CA and issues the serving certificate;
+//! `ensure_tokens` writes `admin.token` with the CA's pin. `Hub::start` loads the queue (failing
+//! before it serves anything if storage is damaged) and serves gRPC and HTTP on one listener (tonic
+//! routes merged into an axum router, JSON answers for unknown paths and methods) behind one
+//! authentication and rate-limit layer, through `edge`; `Hub::stop` shuts down in order (backups,
+//! core, streams, connections). Also data-directory and token bootstrap.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

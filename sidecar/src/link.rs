@@ -5,6 +5,23 @@
 //! first on the next session; live output produced meanwhile is dropped (the result carries the
 //! retained output in full). The hello of a new session lists what is still running, so the
 //! hub can keep those leases.
+//!
+//! In detail:
+//!
+//! `link`: the stream to the hub, and the only place protobuf appears in the sidecar
+//! (`agentcom_types::wire` converts). Before the first hello (`prepare`): containment set up and a
+//! crash's leftovers killed. Hello (with the tasks still running and results not yet delivered, so
+//! the hub keeps those leases, and the containment in use), welcome, heartbeats, assignments and
+//! cancels; reconnects with jittered exponential backoff (through one `agentcom_link` dialer: the
+//! identity's certificate and CA when enrolled, else a bearer token); a session ended with
+//! `identity revoked` stops the sidecar (its work killed, exit status 78) instead; results are kept
+//! until the hub says they are stored (`ResultStored`) and sent again first in every new session (a
+//! result the hub cancels the lease of is dropped).
+//!
+//! A link down longer than the lease TTL abandons its running work without reporting it, so the hub
+//! retries those tasks.
+//!
+//! Reports go out when they change and right after each join.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;

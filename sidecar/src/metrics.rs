@@ -2,6 +2,12 @@
 //! default; the hub's `/metrics` already has every host's resources and the fleet's work). What
 //! only the sidecar sees: its link to the hub, the tasks it runs and how they ended, the LLM
 //! requests it made, and its latest resource reading.
+//!
+//! In detail:
+//!
+//! `metrics`: the sidecar's own metrics (`--metrics-listen`, an axum server of its own): the link's
+//! state and sessions, attempts started, running and finished by kind and result with their run
+//! time, LLM requests and tokens, the latest resource reading. The link records them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -10,6 +10,15 @@
 //! while it generates), and keeps what the last probe found; a probe that fails while requests
 //! went out meanwhile is set aside the same way. A stream that delivers tokens is better evidence
 //! of health than a probe.
+//!
+//! In detail:
+//!
+//! `reports`: the resource reporter and the LLM inventory reporter (with `agentcom-llm`'s probes),
+//! each keeping its latest report, as domain types, in a `watch` channel, independent of sessions.
+//! `InFlight` counts the runners' requests to each endpoint; the reporter sends no probe to a busy
+//! endpoint (llama.cpp's server interrupts a generation for any request) and sets aside a probe
+//! that failed while requests went out. Provider keys stay in the sidecar: the inventory names
+//! providers and models only.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

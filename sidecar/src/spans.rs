@@ -4,6 +4,14 @@
 //!
 //! The GenAI conventions are still marked development and their names still move: they are
 //! written here and nowhere else.
+//!
+//! In detail:
+//!
+//! `spans`: the sidecar's spans, under the hub's `dispatch` span its assignment names: `execute`
+//! for the attempt (its id goes to the runners in `Assignment::trace`), `chat MODEL` per LLM call
+//! with the OpenTelemetry GenAI attributes (the LLM runner, each agent turn, the judge),
+//! `execute_tool NAME` per agent tool, and `verify`. The GenAI names live in this module only. The
+//! link also runs each attempt inside a `task` tracing span, so its log lines carry `task_id`.
 
 use std::time::SystemTime;
 

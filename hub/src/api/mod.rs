@@ -2,6 +2,30 @@
 //!
 //! Both speak the same error vocabulary: one [`ErrorCode`] maps to a `tonic::Code` and an HTTP
 //! status, so a client sees the same code whichever protocol it uses.
+//!
+//! In detail:
+//!
+//! `api`: the edges. `grpc` implements `Admin` and `AgentLink` (converting through
+//! `agentcom_types::wire`); `http` the JSON API and server-sent events (a task's, and the hub's
+//! `GET /api/v1/events`); `ErrorCode` maps to both `tonic::Code` and HTTP status. Endpoint URLs and
+//! errors are shown with their passwords masked (`agentcom_types::fleet::without_password`).
+//!
+//! `api/http/ui.rs` and `api/http/ui/` are the fleet dashboard: HTML, CSS and six ES modules, no
+//! build step, embedded with `include_str!` and served at `/` and `/ui/FILE` without a token, under
+//! a strict content security policy (`'self'` only, no inline script). `app.js` signs in (a token
+//! kept in session storage; `#token=` in the URL logs in and is removed), routes (`#/fleet`,
+//! `#/queue`, `#/tasks`, `#/tasks/ID`, `#/llm`), keeps the store and follows `/api/v1/events` and a
+//! task's events through `sse.js` (server-sent events read with `fetch`, which can send the token,
+//! reconnecting with backoff); `views.js` draws, `charts.js` is the SVG sparklines, gauges and
+//! charts (no chart library), `api.js` the fetch wrapper, `util.js` escaping and formatting. A test
+//! keeps the JS and CSS under 150 KiB and checks every file the page loads is served.
+//!
+//! `api/http/dto/` is the JSON contract, written out: a response shape per resource (task, agent,
+//! host, endpoint, queue, backup, output event), built from the domain by `From` (a task's outcome
+//! in `outcome.rs`, placement decisions and `why` in `placement.rs`), and the request half
+//! re-exported from `agentcom_types::json`. The domain types do not implement `Serialize`, so
+//! nothing reaches a response except through a DTO; a test compares every shape with its example in
+//! `docs/api.md` ("JSON shapes") and names the fields that differ.
 
 pub mod grpc;
 pub mod http;

@@ -20,6 +20,48 @@
 //!
 //! **Architecture Invariant:** the core never touches a prost type or a socket. It speaks to
 //! sidecar sessions through [`ToSidecar`] messages in their outboxes; the gRPC layer converts.
+//!
+//! In detail:
+//!
+//! `core`: the hub actor, a state machine that emits effects. `State` owns every task record, the
+//! queue, sidecars and agents (each keeps its last 32 transitions with time and cause), hosts, the
+//! registry, and per-task feeds; it answers each event by changing itself and recording `Effects`
+//! (writes with their `AfterCommit` tickets, messages for sidecars). `Core` is the loop: it hands
+//! events to the state with the time and carries the effects out (writes to the storage writer,
+//! messages into session outboxes).
+//!
+//! By concern: `handle.rs` (the cloneable `Handle`, the closed `Event` enum, the messages),
+//! `config.rs` (the core's `Config` with the defaults the binaries show, and the `Error` it answers
+//! with), `tasks.rs` (restore, submits and idempotency, dependencies, cancel, retries, dead
+//! letters, deadlines), `leases.rs` (fenced sidecar reports, release and loss of leases, the tick),
+//! `placing.rs` (dispatch through `sched`, the blocked set and what unblocks it (the idle index
+//! notes sidecars that gained an agent or changed inventory), the tier fallback, the decisions kept
+//! for `explain` (last 4 per task, 10,000 tasks, in memory) and `why`, and the `FleetView` the core
+//! gives `sched`), `sessions.rs` (hello and reclaim, session loss, agents), `commit.rs` (what
+//! follows a commit, and storage faults and their recovery), `retention.rs` (finished tasks by
+//! finish time: outputs dropped past `--retain-output` or beyond `--retain-output-bytes`, oldest
+//! first, records forgotten past `--retain-tasks`, at most 1,000 a tick), `fleet_ops.rs` (drain and
+//! cordon, stall flags, host views, registry changes, persisted only when something other than the
+//! check time changed), `kept.rs` (the tasks by id: decoded until they settle, then packed as their
+//! stored record (`store::Packed`); a read of a packed task unpacks a copy, a change (a dead letter
+//! retried, retention) unpacks it in place, and settling packs it again). `tests/` drives the state
+//! with no store and no runtime: fencing, reclaim on reconnect, retry against dead letter, drain
+//! deadlines, dependency cascades.
+//!
+//! Work that must wait for durability (answering a submit, sending an assignment, telling watchers)
+//! travels as an `AfterCommit` ticket and runs when the commit comes back; a submitter's answer
+//! goes out from the writer thread as soon as the log is synced, without waiting for the core.
+//!
+//! A result's end is visible only once durable: the core takes a result at once (the lease is
+//! released, retries decided), but every read (`Get`, `List`, `Watch`, the change stream) is shown
+//! the task as it was (`State::shown`) until the `AfterCommit::Stored` ticket of the write holding
+//! the result and its output returns; then the sidecar is sent `ToSidecar::Stored`. A sidecar keeps
+//! each result until then and sends those it still holds in every new session; a result sent again
+//! for an attempt whose result the hub has is stored again and acknowledged (`leases.rs`,
+//! `stored_again`). While storage fails (`commit.rs`, `storage_failed`), submits are refused with
+//! `Error::StorageFault`, tasks whose changes were lost are noted and written again at recovery,
+//! and the sessions of sidecars whose results were lost are ended then, so that they send them
+//! again.
 
 mod changes;
 mod commit;

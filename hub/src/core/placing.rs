@@ -594,15 +594,8 @@ impl sched::FleetView for Fleet<'_> {
         host && placement.tags.iter().all(|tag| hello.tags.contains(tag))
     }
 
-    fn open(&self) -> Vec<&str> {
-        let mut open: Vec<&str> = self
-            .sidecars
-            .iter()
-            .filter(|(id, s)| s.is_open() && !self.cordons.contains_key(*id))
-            .map(|(id, _)| id.as_str())
-            .collect();
-        open.sort_unstable();
-        open
+    fn open(&self) -> impl Iterator<Item = &str> {
+        self.sidecars.iter().filter(|(id, s)| s.is_open() && !self.cordons.contains_key(*id)).map(|(id, _)| id.as_str())
     }
 
     fn has_llm(&self, sidecar_id: &str) -> bool {

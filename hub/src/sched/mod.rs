@@ -27,6 +27,39 @@
 //!
 //! **Architecture Invariant:** pure. The core owns the fleet and asks through [`FleetView`];
 //! nothing here does I/O or reads a clock.
+//!
+//! In detail:
+//!
+//! `sched`: placement. `place(&Task, &impl FleetView, now) -> Decision`: candidates are filtered
+//! (capability, tags and host, healthy endpoint with the model, privacy and `--offline`, the cost
+//! budget, room for a cold model); LLM work that names a model goes to the idle agent and endpoint
+//! with the lowest estimated time to completion (wait behind requests in flight + cold load +
+//! expected tokens at the observed speed + the reload of what a cold model evicts; loads and speeds
+//! learned per sidecar and model as `Learned` EWMAs); LLM work that names none takes its tier's
+//! model (`--tier-model`; the tier given, inferred by the pure heuristic in `sched/tier.rs`, or
+//! moved by `tier::fallback`); agent work that names a model (`placement.model`) or has a tier
+//! model is placed the same way, on sidecars that run agents; other work goes to the open sidecar
+//! with the capability and the most idle agents. A local OpenAI-compatible endpoint, and any
+//! endpoint seen cutting a reply short for another (`Learned::observe_truncation`), takes no more
+//! requests than its parallelism (`FleetView::holds_at_parallel`): the rest wait as busy. A task
+//! that cannot be placed gets a `Wait` naming why. `explain` runs the same code with a recorder
+//! that keeps every candidate and its `Verdict` (`place` passes a no-op one, so the hot path
+//! allocates nothing for it); `summarize` is its one-line reason (both in `sched/explain.rs`; the
+//! tests in `sched/tests.rs`). `sched/learned.rs` holds what is learned from results: load times
+//! and speeds per sidecar and model, and each endpoint's parallelism from first tokens of requests
+//! placed beside others (`FleetView::parallel`: configured, else learned, else 1).
+//! `sched::pass_rate_move` moves verified LLM work placed by its inferred tier's model up a tier
+//! when that model has at least 5 verdicts, the next tier's model passes more often, and estimated
+//! time ÷ pass rate is lower there (`TierSource::PassRate`); the verdicts are counted in `Learned`
+//! (by model, kind of work and the tier the lease was placed at) from results, each new count
+//! stored (`Op::PutVerdicts`), and seeded at start from the stored counts (a store without any
+//! counts them from its tasks once). `sched/judge.rs` picks the model for `llm_judge` steps that
+//! name none: the tier model on the placed sidecar expected to answer soonest, never the worker's
+//! own model while another can (`Explanation.judge`, carried in the lease and the assignment).
+//! `sched/prewarm.rs` is `prewarm::target`: where to load a model ahead of tasks that have waited
+//! longer than its load time; the core (`core/placing.rs`, once a second from the tick) asks that
+//! sidecar with a `Preload` hub message, which the sidecar carries out as an Ollama preload and
+//! answers with `Preloaded`. See `docs/scheduling.md`.
 
 mod explain;
 pub mod judge;
@@ -136,8 +169,8 @@ pub trait FleetView {
     }
     /// The sidecars whose session is open and that are not cordoned, idle or not (asked only to
     /// say why a task waits).
-    fn open(&self) -> Vec<&str> {
-        Vec::new()
+    fn open(&self) -> impl Iterator<Item = &str> {
+        std::iter::empty()
     }
     /// The sidecar has a healthy LLM endpoint (of any model).
     fn has_llm(&self, _sidecar_id: &str) -> bool {
@@ -530,31 +563,38 @@ pub fn takes(fleet: &impl FleetView, sidecar_id: &str, task: &Task) -> bool {
 
 /// Why a task that names no model has no idle agent to go to, the most basic lack first: no
 /// sidecar, none that runs its work, none that allows its repository, none with an LLM
-/// endpoint; else they are busy.
+/// endpoint; else they are busy. One pass over the open sidecars, ended by the first that
+/// would take the task (then it only waits for a free agent).
 fn unplaced(task: &Task, fleet: &impl FleetView) -> Wait {
-    let open = fleet.open();
-    if open.is_empty() {
-        return Wait::NoSidecar;
+    let (capability, placement) = (task.spec.work.capability(), &task.spec.placement);
+    let repository = task.spec.workspace_repository();
+    let (mut open, mut runs, mut capable, mut allowed) = (false, false, false, false);
+    for id in fleet.open() {
+        open = true;
+        if !fleet.can_run(id, capability) {
+            continue;
+        }
+        runs = true;
+        if !fleet.admits(id, placement) {
+            continue;
+        }
+        capable = true;
+        if repository.is_some_and(|r| !fleet.allows_repository(id, r)) {
+            continue;
+        }
+        allowed = true;
+        if takes(fleet, id, task) {
+            return Wait::AllBusy;
+        }
     }
-    let placement = &task.spec.placement;
-    let runs: Vec<&str> = open.into_iter().filter(|id| fleet.can_run(id, task.spec.work.capability())).collect();
-    if runs.is_empty() && matches!(task.spec.work, Work::Llm(_)) {
+    match (open, runs, capable, allowed) {
+        (false, ..) => Wait::NoSidecar,
         // A sidecar runs LLM work only with an endpoint: say how to give it one.
-        return Wait::NoLlmEndpoint;
+        (true, false, ..) if matches!(task.spec.work, Work::Llm(_)) => Wait::NoLlmEndpoint,
+        (true, _, false, _) => Wait::NoCapableAgent,
+        (true, true, true, false) => Wait::RepositoryNotAllowed,
+        _ => Wait::NoLlmEndpoint,
     }
-    let capable: Vec<&str> = runs.into_iter().filter(|id| fleet.admits(id, placement)).collect();
-    if capable.is_empty() {
-        return Wait::NoCapableAgent;
-    }
-    if let Some(repository) = task.spec.workspace_repository()
-        && !capable.iter().any(|id| fleet.allows_repository(id, repository))
-    {
-        return Wait::RepositoryNotAllowed;
-    }
-    if !capable.iter().any(|id| takes(fleet, id, task)) {
-        return Wait::NoLlmEndpoint;
-    }
-    Wait::AllBusy
 }
 
 /// Input tokens of LLM work, estimated from its text (four bytes a token), for the cost filter.

@@ -32,11 +32,11 @@ impl FleetView for Fleet {
         (placement.host.is_empty() || placement.host == sidecar_id) && placement.tags.iter().all(|t| tags.contains(t))
     }
     /// Every sidecar that runs something is open.
-    fn open(&self) -> Vec<&str> {
+    fn open(&self) -> impl Iterator<Item = &str> {
         let mut open: Vec<&str> = self.can.iter().map(|&(s, _)| s).collect();
         open.sort_unstable();
         open.dedup();
-        open
+        open.into_iter()
     }
     fn has_llm(&self, sidecar_id: &str) -> bool {
         !self.no_llm.contains(&sidecar_id)

@@ -9,6 +9,21 @@
 //! the start and at the end), each `tool_use` and its `tool_result` into an [`AgentStep`] that
 //! streams to the hub, and the `result` into the outcome's usage. Unknown line types are
 //! ignored; a line that is not JSON is kept as it is.
+//!
+//! In detail:
+//!
+//! `runners/claude`: agent work on Claude Code. `claude -p GOAL --output-format stream-json
+//! --verbose` runs through `shell::run` in the workspace; a `Transcript` sink parses its JSON lines
+//! as they stream (`describe`: init, assistant text and `tool_use`, `tool_result`, `result`;
+//! unknown types ignored) into the task's output (the assistant's text), `AgentStep`s (a `tool_use`
+//! with its `tool_result`, through `Sink::step`, which the link sends as a `TaskProgress` with a
+//! step and the hub appends to the task's feed), and the `result` into `Usage` (provider
+//! `claude-code`, `total_cost_usd` as the cost, which the hub keeps). `Runners::run` drives the
+//! rounds for agent work (and for LLM work with `fix_rounds`, whose next round is the conversation
+//! with the failed reply and what failed: `fix_reply`): work, verify, and while a step fails and
+//! `fix_rounds` are left, again with a goal that carries the failed steps' evidence (`fix_goal`);
+//! each round is a `Round` in the outcome (its `diff_stat` from a snapshot tree written through a
+//! private index), the usage is summed, and spent rounds make the verdict `partial`.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

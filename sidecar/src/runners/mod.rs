@@ -4,6 +4,13 @@
 //! `shell` runs processes, `llm` streams a chat from this sidecar's LLM endpoints; the agent
 //! runner is the next one. The link picks the
 //! runner by the work's capability and advertises the capabilities of the runners it has.
+//!
+//! In detail:
+//!
+//! `runners`: what the sidecar can run, behind the `Runner` trait: an `Assignment` (domain types)
+//! in, an `Outcome` out, progress through a `Sink`. The link picks the runner by the work's
+//! capability and advertises the capabilities of the runners it has; work it has no runner for
+//! fails at once, saying so. `ShellRunner` is the first.
 
 pub mod agent;
 pub mod claude;
