@@ -218,21 +218,28 @@ async fn a_full_disk_refuses_submits_serves_reads_and_recovers_without_a_restart
         .spawn()
         .unwrap();
 
-    fill(&disk.0.join("filler"));
-    // Results with output need room in the database: submit until the hub says it has none.
-    let started = Instant::now();
+    // Tasks taken while there is room, whose results (512 KiB each, so output files) come once
+    // the disk is full: storing them fails.
+    let late_gate = dir.path().join("late-gate");
     let mut accepted = Vec::new();
-    let refusal = loop {
-        assert!(started.elapsed() < PATIENCE, "the hub never refused a submit on a full disk");
-        let (status, body) =
-            hub.api.request(reqwest::Method::POST, "/api/v1/tasks", Some(printing("during", 512 * 1024))).await;
-        match status {
-            201 => accepted.push(body["task"]["id"].as_str().unwrap().to_owned()),
-            503 => break body,
-            other => panic!("submit on a full disk answered {other}: {body}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    for n in 0..2 {
+        let mut late = printing(&format!("late{n}"), 512 * 1024);
+        let script = late["shell"]["argv"][2].as_str().unwrap().to_owned();
+        late["shell"]["argv"][2] =
+            json!(format!("while [ ! -e {} ]; do sleep 0.1; done; {script}", late_gate.display()));
+        accepted.push(hub.api.submit(late).await["id"].as_str().unwrap().to_owned());
+    }
+    fill(&disk.0.join("filler"));
+    std::fs::write(&late_gate, "").unwrap();
+    // Storage fails with their results; from then on every submit is refused, naming the disk.
+    assert_eventually!(
+        hub.api.request(reqwest::Method::GET, "/readyz", None).await.0 == 503,
+        PATIENCE,
+        "storage failed once results could not be stored"
+    );
+    let (status, refusal) =
+        hub.api.request(reqwest::Method::POST, "/api/v1/tasks", Some(printing("during", 512 * 1024))).await;
+    assert_eq!(status, 503, "{refusal}");
     assert_eq!(refusal["error"]["code"], "resource_exhausted", "{refusal}");
     let message = refusal["error"]["message"].as_str().unwrap();
     assert!(

@@ -419,11 +419,13 @@ impl Handle {
         let free = self.store.stats().free_bytes.load(Ordering::Relaxed);
         let most = spec.limits.max_output_bytes.saturating_mul(2);
         if free > 0 && most > free {
+            let dir = self.store.path().parent().unwrap_or(std::path::Path::new("."));
             return Err(Error::NoRoom(format!(
-                "limits.max_output_bytes {} (up to {} of output, both streams) is more than the hub's data disk has free ({}); lower it or free space",
+                "limits.max_output_bytes {} (up to {} of output, both streams) is more than the hub's data disk has room for ({} free on the file system holding {}); lower it or free space",
                 spec.limits.max_output_bytes,
                 store::human_bytes(most),
-                store::human_bytes(free)
+                store::human_bytes(free),
+                dir.display()
             )));
         }
         self.ask(|reply| Event::Submit { spec: Box::new(spec), reply }).await?
