@@ -344,7 +344,7 @@ impl Client {
 /// What to do about a connection that failed because the two ends speak different things: TLS
 /// to a plaintext hub, or plaintext to a hub that serves TLS.
 fn transport_fix(base: &str, error: &str) -> Option<String> {
-    if base.starts_with("http://") && (error.contains("invalid HTTP version") || error.contains("invalid HTTP")) {
+    if base.starts_with("http://") && error.contains("invalid HTTP") {
         let https = base.replacen("http://", "https://", 1);
         return Some(format!(
             "the hub answered in TLS: it serves https. Use --hub {https} with the hub's DATA_DIR/admin.token as --token-file (its ca-sha256 line pins the hub's CA)"

@@ -121,11 +121,12 @@ async fn work_in_a_repository_runs_in_its_own_worktree_and_comes_back_as_a_diff_
     assert_eq!(done["outcome"]["workspace"]["diff_total_bytes"], 0, "nothing changed, nothing committed");
     assert!(done["outcome"]["workspace"]["commit"].is_null());
 
-    // Refused: a repository off the allowlist, an unknown branch, a cwd that climbs out.
+    // A repository off the allowlist is never placed: it waits, saying why.
     let elsewhere = tempfile::tempdir().unwrap();
     let (other, _) = upstream(elsewhere.path());
+    waits_for_an_allowed_sidecar(&mesh.api, task(&other, "true", json!({}))).await;
+    // Refused by the sidecar: an unknown branch, a cwd that climbs out.
     for (body, why) in [
-        (task(&other, "true", json!({})), "is not allowed on this sidecar (--repo-allow)"),
         (
             {
                 let mut body = task(&repo, "true", json!({}));
@@ -203,10 +204,21 @@ async fn the_dev_hubs_sidecar_runs_work_in_a_repository_it_is_allowed() {
     let done = hub.api.wait_final(submitted["id"].as_str().unwrap(), PATIENCE).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert!(done["outcome"]["workspace"]["diff"].as_str().unwrap().contains("+ok"), "{done}");
-    // A repository it was not given is refused.
+    // A repository it was not given is not sent to it: the task waits, saying why.
     let (other, _) = upstream(&root.path().join("elsewhere"));
-    let submitted = hub.api.submit(task(&other, "true", json!({}))).await;
-    let done = hub.api.wait_final(submitted["id"].as_str().unwrap(), PATIENCE).await;
-    assert_eq!(done["state"], "failed", "{done}");
-    assert!(done["outcome"]["error"].as_str().unwrap().contains("--repo-allow"), "{done}");
+    waits_for_an_allowed_sidecar(&hub.api, task(&other, "true", json!({}))).await;
+}
+
+/// Submits work in a repository no sidecar allows: it stays queued with `why` saying
+/// `repository_not_allowed` (it is not failed: a sidecar that allows it may join), and is
+/// cancelled.
+async fn waits_for_an_allowed_sidecar(api: &agentcom_integration::Api, body: Value) {
+    let id = api.submit(body).await["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let why = api.request(reqwest::Method::GET, &format!("/api/v1/tasks/{id}/why"), None).await.1;
+    assert_eq!(why["why"]["code"], "repository_not_allowed", "{why}");
+    assert!(why["why"]["message"].as_str().unwrap().contains("--repo-allow"), "{why}");
+    assert_eq!(api.get(&id).await["state"], "queued");
+    let (status, _) = api.request(reqwest::Method::DELETE, &format!("/api/v1/tasks/{id}"), None).await;
+    assert_eq!(status, 200);
 }
