@@ -675,6 +675,7 @@ fn weigh(
 
 fn place_model(task: &Task, model: &str, tokens: u32, fleet: &impl FleetView, record: &mut impl Record) -> Decision {
     let placement = &task.spec.placement;
+    let repository = task.spec.workspace_repository();
     let local_only = placement.local_only || fleet.offline();
     // The budget filter, if the model is priced: reading the prompt and writing the reply it
     // asks for (`max_tokens`; one token when it sets none, as a reply's length is not known)
@@ -706,7 +707,7 @@ fn place_model(task: &Task, model: &str, tokens: u32, fleet: &impl FleetView, re
         };
         if !fleet.can_run(sidecar_id, task.spec.work.capability())
             || !fleet.admits(sidecar_id, placement)
-            || !task.spec.workspace_repository().is_none_or(|r| fleet.allows_repository(sidecar_id, r))
+            || !repository.is_none_or(|r| fleet.allows_repository(sidecar_id, r))
         {
             record.note(|| note(None, Verdict::Excluded));
             continue;

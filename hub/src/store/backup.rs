@@ -211,17 +211,13 @@ impl Store {
         copy_table(&snapshot, &txn, OUTPUT)?;
         // Outputs in files: linked (they never change once written), kept only where the
         // snapshot names them.
-        let marked: Vec<u128> = {
-            let output = snapshot.open_table(OUTPUT).map_err(redb_err)?;
-            let keys: Result<Vec<u128>, redb::StorageError> = output
-                .iter()
-                .map_err(redb_err)?
-                .filter_map(|entry| {
-                    entry.map(|(key, _)| key.value()).map(|(k, s, _)| (s == 0).then_some(k)).transpose()
-                })
-                .collect();
-            keys.map_err(redb_err)?
-        };
+        let mut marked = Vec::new();
+        for entry in snapshot.open_table(OUTPUT).map_err(redb_err)?.iter().map_err(redb_err)? {
+            let (task, stream, _) = entry.map_err(redb_err)?.0.value();
+            if stream == 0 {
+                marked.push(task);
+            }
+        }
         let (files, partial_files) = (self.blobs.clone(), Blobs::beside(&partial));
         partial_files.remove_all().map_err(Error::io(partial_files.dir()))?;
         if !marked.is_empty() {
