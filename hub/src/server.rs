@@ -15,6 +15,7 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -313,8 +314,20 @@ impl Hub {
         Hub::start_with(listener, store, tokens, config, backups, ServeOptions::default()).await
     }
 
-    /// [`Hub::start`] with explicit listener limits.
-    pub async fn start_with(
+    /// [`Hub::start`] with explicit listener limits. The future is boxed here so that its body
+    /// (the whole router) is compiled once, in this crate, and not again in each binary.
+    pub fn start_with(
+        listener: TcpListener,
+        store: Store,
+        tokens: Tokens,
+        config: core::Config,
+        backups: backup::Policy,
+        options: ServeOptions,
+    ) -> Pin<Box<dyn Future<Output = Result<Hub, Error>> + Send>> {
+        Box::pin(Hub::start_inner(listener, store, tokens, config, backups, options))
+    }
+
+    async fn start_inner(
         listener: TcpListener,
         store: Store,
         tokens: Tokens,
@@ -409,7 +422,11 @@ impl Hub {
 
     /// Stops in order: backups, the core (cancelling in-flight work if configured, committing
     /// what is queued, closing the database), then the open streams, then the connections.
-    pub async fn stop(self) {
+    pub fn stop(self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(self.stop_inner())
+    }
+
+    async fn stop_inner(self) {
         info!("shutting down");
         self.stop_backups.cancel();
         let _ = self.periodic_backups.await;

@@ -15,7 +15,8 @@ use crate::fleet::{Cordon, Endpoint, EndpointKind, Model, Owner};
 /// Generated code for `agentcom.storage.v1`.
 #[allow(unreachable_pub, clippy::all, rust_2018_idioms)] // Reason: generated code; prost's style.
 mod pb {
-    include!(concat!(env!("OUT_DIR"), "/agentcom.storage.v1.rs"));
+    // Checked in; proto/tests/generated.rs makes it from hub/proto and checks it.
+    include!("generated/agentcom.storage.v1.rs");
 }
 
 /// The format this hub writes, recorded in the database's `meta` table.
