@@ -190,6 +190,9 @@ impl State {
             FromSidecar::Resources(report) => {
                 if let Some(sidecar) = self.sidecars.get_mut(sidecar_id) {
                     sidecar.host.record(*report);
+                    if let Some(placing) = self.placing.get_mut(sidecar_id) {
+                        placing.reported(sidecar.host.latest.as_deref());
+                    }
                 }
             }
             FromSidecar::Models(endpoints) => self.sidecar_inventory(sidecar_id, endpoints),

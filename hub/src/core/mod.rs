@@ -36,8 +36,8 @@
 //! letters, deadlines), `leases.rs` (fenced sidecar reports, release and loss of leases, the tick),
 //! `placing.rs` (dispatch through `sched`, the blocked set and what unblocks it (the idle index
 //! notes sidecars that gained an agent or changed inventory), the tier fallback, the decisions kept
-//! for `explain` (last 4 per task, 10,000 tasks, in memory) and `why`, and the `FleetView` the core
-//! gives `sched`), `sessions.rs` (hello and reclaim, session loss, agents), `commit.rs` (what
+//! for `explain` (last 4 per task, 10,000 tasks, in memory) and `why`, and the `sched::Fleet` the
+//! core lends `sched`, with `placing`, what placement knows of each sidecar), `sessions.rs` (hello and reclaim, session loss, agents), `commit.rs` (what
 //! follows a commit, and storage faults and their recovery), `retention.rs` (finished tasks by
 //! finish time: outputs dropped past `--retain-output` or beyond `--retain-output-bytes`, oldest
 //! first, records forgotten past `--retain-tasks`, at most 1,000 a tick), `fleet_ops.rs` (drain and
@@ -150,6 +150,9 @@ pub(crate) struct State {
     /// Deadlines of tasks waiting to start: (deadline, id).
     deadlines: BTreeSet<(UnixMs, TaskId)>,
     sidecars: HashMap<String, Sidecar>,
+    /// What placement knows of each sidecar (`sched::Sidecar`), kept beside its session: set at
+    /// hello, closed with the session, its memory and GPU figures from each resource report.
+    placing: HashMap<String, crate::sched::Sidecar>,
     agents: BTreeMap<String, Agent>,
     /// Idle agents by sidecar, kept in step with agent states by `move_agent`, so dispatch does
     /// not scan every agent for every task it places.
@@ -169,7 +172,7 @@ pub(crate) struct State {
     /// Load times and speeds observed per sidecar and model.
     learned: crate::sched::Learned,
     /// Blocked tasks placed by their tier's model, for the tier fallback.
-    tier_waits: HashMap<TaskId, placing::TierWait>,
+    tier_waits: HashMap<TaskId, crate::sched::TierWait>,
     tier_fallbacks: u64,
     /// Pre-warms asked for and not yet answered, by model.
     preloads: HashMap<String, placing::Preloading>,
@@ -203,6 +206,7 @@ impl State {
             dependents: HashMap::new(),
             deadlines: BTreeSet::new(),
             sidecars: HashMap::new(),
+            placing: HashMap::new(),
             agents: BTreeMap::new(),
             idle: IdleIndex::default(),
             feeds: HashMap::new(),

@@ -9,7 +9,7 @@ use super::State;
 use super::commit::AfterCommit;
 use super::config::Error;
 use super::handle::{Recorded, RecordedKind, ToSidecar, WhyAnswer};
-use super::sessions::{Sidecar, move_agent};
+use super::sessions::move_agent;
 use crate::agent::AgentEvent;
 use crate::domain::*;
 use crate::fleet::Owner;
@@ -20,15 +20,17 @@ use crate::sched::{self, Decision, Need, tier};
 /// can change beside it).
 macro_rules! fleet {
     ($state:expr) => {
-        Fleet {
+        sched::Fleet {
             idle: &$state.idle,
-            sidecars: &$state.sidecars,
+            sidecars: &$state.placing,
             cordons: &$state.cordons,
             registry: &$state.registry,
             in_flight: &$state.in_flight,
             learned: &$state.learned,
-            config: &$state.config,
+            tier_models: &$state.config.tier_models,
+            prices: &$state.config.prices,
             tier_waits: &$state.tier_waits,
+            offline: $state.config.offline,
         }
     };
 }
@@ -90,16 +92,6 @@ pub(super) struct Preloading {
     since: UnixMs,
 }
 
-/// A task placed by its tier's model that could not be placed: since when, at which tier, and
-/// the tiers it has left.
-#[derive(Debug)]
-pub(super) struct TierWait {
-    since: UnixMs,
-    /// The tier it was moved to; `None` while at its own.
-    moved_to: Option<Tier>,
-    left: Vec<Tier>,
-}
-
 impl State {
     /// Places ready tasks on idle agents, lane then age, each where [`sched::place`] puts it.
     /// Tasks it cannot place go to the blocked set until the fleet changes for them.
@@ -120,18 +112,19 @@ impl State {
                 now,
                 |id| {
                     let task = &tasks[&id];
-                    match sched::place(task, &fleet, now) {
-                        Decision::Place { sidecar_id, agent_id, endpoint_id, model, .. } => {
-                            Ok((sidecar_id, agent_id, endpoint_id, model))
-                        }
-                        Decision::Wait(sched::Wait::Expired) => Err(None),
-                        Decision::Wait(_) => Err(Some(sched::need_of(task, &fleet))),
+                    // One pass places the task and keeps what was weighed, for `explain`.
+                    match sched::place_explained(task, &fleet, now) {
+                        Ok(explanation) => Ok(Box::new(explanation)),
+                        Err(sched::Wait::Expired) => Err(None),
+                        Err(_) => Err(Some(sched::need_of(task, &fleet))),
                     }
                 },
                 &mut blocked,
             );
-            let Some((task_id, (sidecar_id, agent_id, endpoint_id, model))) = popped else { break };
-            let explanation = sched::explain(&self.tasks[&task_id], &fleet, now);
+            let Some((task_id, explanation)) = popped else { break };
+            let Decision::Place { sidecar_id, agent_id, endpoint_id, model, .. } = explanation.decision.clone() else {
+                unreachable!("place_explained returns placed decisions only")
+            };
             self.tier_waits.remove(&task_id);
             if let Some(deadline) = self.tasks[&task_id].spec.limits.deadline_unix_ms {
                 self.deadlines.remove(&(deadline, task_id));
@@ -172,7 +165,8 @@ impl State {
                 judge: explanation.judge.as_ref().map(|j| (j.model.clone(), j.endpoint_id.clone())),
             };
             self.queue.grant(task_id, lease);
-            let recorded = Recorded { at: now, attempt, kind: RecordedKind::Placed, note: None, explanation };
+            let recorded =
+                Recorded { at: now, attempt, kind: RecordedKind::Placed, note: None, explanation: *explanation };
             self.decisions.keep(task_id, recorded);
             let agent = self.agents.get_mut(&agent_id).expect("an idle agent exists");
             agent.task_id = Some(task_id);
@@ -186,7 +180,7 @@ impl State {
             if self.tier_waits.contains_key(&task_id) || !self.by_tier_model(&self.tasks[&task_id]) {
                 continue;
             }
-            self.tier_waits.insert(task_id, TierWait { since: now, moved_to: None, left: Vec::new() });
+            self.tier_waits.insert(task_id, sched::TierWait { since: now, moved_to: None, left: Vec::new() });
         }
     }
 
@@ -251,7 +245,7 @@ impl State {
             explanation,
         };
         self.decisions.keep(task_id, recorded);
-        self.tier_waits.insert(task_id, TierWait { since: now, moved_to: Some(up), left: vec![from] });
+        self.tier_waits.insert(task_id, sched::TierWait { since: now, moved_to: Some(up), left: vec![from] });
         self.escalations += 1;
         let task = self.tasks.get_mut(&task_id).expect("a known task");
         task.set_state(TaskState::Queued, note, now);
@@ -545,97 +539,5 @@ impl State {
         answer.code = code.to_owned();
         answer.message = message;
         Ok(answer)
-    }
-}
-
-/// The fleet as placement sees it.
-pub(super) struct Fleet<'a> {
-    idle: &'a sched::IdleIndex,
-    sidecars: &'a HashMap<String, Sidecar>,
-    cordons: &'a HashMap<String, crate::fleet::Cordon>,
-    registry: &'a crate::fleet::Registry,
-    in_flight: &'a HashMap<String, u32>,
-    learned: &'a sched::Learned,
-    config: &'a super::Config,
-    tier_waits: &'a HashMap<TaskId, TierWait>,
-}
-
-impl sched::FleetView for Fleet<'_> {
-    fn idle(&self) -> &sched::IdleIndex {
-        self.idle
-    }
-
-    fn can_run(&self, sidecar_id: &str, capability: &str) -> bool {
-        self.sidecars
-            .get(sidecar_id)
-            .is_some_and(|s| s.is_open() && s.hello.capabilities.iter().any(|c| c == capability))
-    }
-
-    fn offering(&self, model: &str) -> impl Iterator<Item = &crate::fleet::Endpoint> {
-        self.registry.offering(model)
-    }
-
-    fn in_flight(&self, endpoint_id: &str) -> u32 {
-        self.in_flight.get(endpoint_id).copied().unwrap_or(0)
-    }
-
-    fn learned(&self) -> &sched::Learned {
-        self.learned
-    }
-
-    fn tier_model(&self, tier: Tier) -> Option<&str> {
-        self.config.tier_models.get(tier)
-    }
-
-    fn admits(&self, sidecar_id: &str, placement: &Placement) -> bool {
-        let Some(sidecar) = self.sidecars.get(sidecar_id) else { return false };
-        let hello = &sidecar.hello;
-        let host = placement.host.is_empty() || placement.host == hello.hostname || placement.host == hello.sidecar_id;
-        host && placement.tags.iter().all(|tag| hello.tags.contains(tag))
-    }
-
-    fn open(&self) -> impl Iterator<Item = &str> {
-        self.sidecars.iter().filter(|(id, s)| s.is_open() && !self.cordons.contains_key(*id)).map(|(id, _)| id.as_str())
-    }
-
-    fn has_llm(&self, sidecar_id: &str) -> bool {
-        self.registry.has_healthy(sidecar_id)
-    }
-
-    fn allows_repository(&self, sidecar_id: &str, repository: &str) -> bool {
-        self.sidecars
-            .get(sidecar_id)
-            .is_some_and(|s| agentcom_types::fleet::repository_allowed(&s.hello.repo_allow, repository))
-    }
-
-    fn price(&self, model: &str) -> Option<TokenPrice> {
-        self.config.prices.token_price(model)
-    }
-
-    fn free_memory(&self, sidecar_id: &str) -> Option<u64> {
-        let report = self.sidecars.get(sidecar_id)?.host.latest.as_ref()?;
-        if report.gpus.is_empty() {
-            return Some(report.memory_available_bytes);
-        }
-        let free = report.gpus.iter().map(|g| Some(g.memory_total_bytes?.saturating_sub(g.memory_used_bytes?)));
-        free.sum()
-    }
-
-    fn gpu_busy(&self, sidecar_id: &str) -> u32 {
-        let Some(report) = self.sidecars.get(sidecar_id).and_then(|s| s.host.latest.as_ref()) else { return 0 };
-        let busy: Vec<u32> = report.gpus.iter().filter_map(|g| g.utilization_percent).collect();
-        if busy.is_empty() { 0 } else { busy.iter().sum::<u32>() / busy.len() as u32 }
-    }
-
-    fn fallback_tier(&self, task: TaskId) -> Option<Tier> {
-        self.tier_waits.get(&task)?.moved_to
-    }
-
-    fn offline(&self) -> bool {
-        self.config.offline
-    }
-
-    fn cordoned(&self, sidecar_id: &str) -> bool {
-        self.cordons.contains_key(sidecar_id)
     }
 }

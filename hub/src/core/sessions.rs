@@ -152,6 +152,16 @@ impl State {
             lease_ttl: self.config.lease_ttl,
         };
         let host = self.sidecars.remove(&sidecar_id).map(|old| old.host).unwrap_or_default();
+        let mut placing = crate::sched::Sidecar {
+            hostname: hello.hostname.clone(),
+            capabilities: hello.capabilities.clone(),
+            tags: hello.tags.clone(),
+            repo_allow: hello.repo_allow.clone(),
+            open: true,
+            ..Default::default()
+        };
+        placing.reported(host.latest.as_deref());
+        self.placing.insert(sidecar_id.clone(), placing);
         self.sidecars.insert(
             sidecar_id.clone(),
             Sidecar { hello, session, outbox: Some(outbox), last_seen, agent_ids, host, shown: None },
@@ -176,6 +186,9 @@ impl State {
             return;
         }
         sidecar.outbox = None;
+        if let Some(placing) = self.placing.get_mut(sidecar_id) {
+            placing.open = false;
+        }
         let cause = if sidecar.last_seen.load(Ordering::Relaxed) + self.config.heartbeat_ttl.as_millis() as i64 <= now {
             "heartbeat lapsed"
         } else {

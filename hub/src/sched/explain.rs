@@ -1,8 +1,9 @@
 //! What placement weighed: every candidate with its estimate and verdict, for `explain`,
 //! `why` and the decisions the core keeps. [`explain`] runs placement's own `decide` with a
 //! recorder that keeps the candidates; [`place`](super::place) passes one that keeps nothing.
+//! Dispatch uses [`place_explained`]: one pass that places the task and keeps what it weighed.
 
-use super::{Decision, Estimate, FleetView, TierSource, decide, model_of, tier_now};
+use super::{Decision, Estimate, Fleet, TierSource, Wait, decide, model_of, tier_now};
 use crate::domain::{Task, Tier, UnixMs};
 
 /// Candidates an explanation keeps (the best ones); the rest are counted.
@@ -94,9 +95,31 @@ impl Record for Vec<Candidate> {
 }
 
 /// Places one task as [`place`] does, and says what was weighed.
-pub fn explain(task: &Task, fleet: &impl FleetView, now: UnixMs) -> Explanation {
+pub fn explain(task: &Task, fleet: &Fleet<'_>, now: UnixMs) -> Explanation {
     let mut candidates = Vec::new();
     let (decision, moved) = decide(task, fleet, now, &mut candidates);
+    finish(task, fleet, decision, moved, candidates)
+}
+
+/// Places one task and says what was weighed, in one pass: what dispatch keeps for `explain`.
+/// A task that waits gets only its reason; nothing is sorted or judged for it.
+pub fn place_explained(task: &Task, fleet: &Fleet<'_>, now: UnixMs) -> Result<Explanation, Wait> {
+    let mut candidates = Vec::new();
+    let (decision, moved) = decide(task, fleet, now, &mut candidates);
+    match decision {
+        Decision::Wait(why) => Err(why),
+        placed => Ok(finish(task, fleet, placed, moved, candidates)),
+    }
+}
+
+/// The explanation of a decision from the candidates it weighed.
+fn finish(
+    task: &Task,
+    fleet: &Fleet<'_>,
+    decision: Decision,
+    moved: Option<(Tier, &str)>,
+    mut candidates: Vec<Candidate>,
+) -> Explanation {
     let chosen = match &decision {
         Decision::Place { sidecar_id, endpoint_id, .. } => Some((sidecar_id, endpoint_id)),
         Decision::Wait(_) => None,

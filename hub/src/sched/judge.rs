@@ -7,7 +7,7 @@
 //! a model never judges its own work while another candidate can. With no tier models, or none
 //! there, the sidecar picks (a warm model first).
 
-use super::{Estimate, FleetView, model_of, weigh};
+use super::{Estimate, Fleet, model_of, weigh};
 use crate::domain::{Task, Tier, Verification};
 use crate::fleet::Owner;
 
@@ -24,12 +24,12 @@ pub struct Judge {
 
 /// The judge for `task` run on `sidecar_id`, if it has an `llm_judge` step that names no model
 /// and a tier model is there to judge. Pure.
-pub fn judge(task: &Task, sidecar_id: &str, fleet: &impl FleetView) -> Option<Judge> {
+pub fn judge(task: &Task, sidecar_id: &str, fleet: &Fleet<'_>) -> Option<Judge> {
     let unnamed = |step: &Verification| matches!(step, Verification::LlmJudge { model } if model.is_empty());
     if !task.spec.verification.iter().any(unnamed) {
         return None;
     }
-    let local_only = task.spec.placement.local_only || fleet.offline();
+    let local_only = task.spec.placement.local_only || fleet.offline;
     let own = model_of(task, fleet);
     let mut models: Vec<&str> = Vec::with_capacity(3);
     for tier in [Tier::Standard, Tier::Complex, Tier::Trivial] {

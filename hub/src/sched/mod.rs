@@ -3,7 +3,8 @@
 //! [`place`] is the whole rule, kept apart from the core:
 //! - An expired task is kept back for the tick that dead-letters it.
 //! - Candidates are filtered: an open sidecar that runs the work and matches `placement.tags`
-//!   and `placement.host` ([`FleetView::admits`]); for a model, a healthy endpoint that offers it,
+//!   and `placement.host` ([`Fleet::admits`]), whose allowlist covers the task's repository and
+//!   which has a healthy LLM endpoint for LLM work ([`Fleet::takes`]); for a model, a healthy endpoint that offers it,
 //!   never a cloud one for local-only work or on an `--offline` hub, an estimated cost within
 //!   `limits.max_cost_micros`, and room for a cold model (or warm models to evict for it).
 //! - LLM work with a model (its own, or its tier's: [`model_of`]) goes where it will finish
@@ -25,12 +26,15 @@
 //! [`explain`] runs the same code with a recorder that keeps every candidate and its
 //! [`Verdict`]; [`place`] passes a recorder that does nothing, so the hot path pays nothing.
 //!
-//! **Architecture Invariant:** pure. The core owns the fleet and asks through [`FleetView`];
-//! nothing here does I/O or reads a clock.
+//! **Architecture Invariant:** pure, and the whole rule. The core keeps the fleet's data
+//! ([`Sidecar`] per sidecar, the registry, the idle index, what was learned) and lends it as a
+//! [`Fleet`] of plain borrowed structures; the admission rule, free memory and the rest are
+//! computed here, so the tests (which build the same structures) check the code that runs.
+//! Nothing here does I/O or reads a clock.
 //!
 //! In detail:
 //!
-//! `sched`: placement. `place(&Task, &impl FleetView, now) -> Decision`: candidates are filtered
+//! `sched`: placement. `place(&Task, &Fleet, now) -> Decision`: candidates are filtered
 //! (capability, tags and host, healthy endpoint with the model, privacy and `--offline`, the cost
 //! budget, room for a cold model); LLM work that names a model goes to the idle agent and endpoint
 //! with the lowest estimated time to completion (wait behind requests in flight + cold load +
@@ -41,13 +45,14 @@
 //! model is placed the same way, on sidecars that run agents; other work goes to the open sidecar
 //! with the capability and the most idle agents. A local OpenAI-compatible endpoint, and any
 //! endpoint seen cutting a reply short for another (`Learned::observe_truncation`), takes no more
-//! requests than its parallelism (`FleetView::holds_at_parallel`): the rest wait as busy. A task
+//! requests than its parallelism (`Fleet::holds_at_parallel`): the rest wait as busy. A task
 //! that cannot be placed gets a `Wait` naming why. `explain` runs the same code with a recorder
 //! that keeps every candidate and its `Verdict` (`place` passes a no-op one, so the hot path
-//! allocates nothing for it); `summarize` is its one-line reason (both in `sched/explain.rs`; the
+//! allocates nothing for it; dispatch calls `place_explained`, one pass that places and keeps
+//! what it weighed); `summarize` is its one-line reason (both in `sched/explain.rs`; the
 //! tests in `sched/tests.rs`). `sched/learned.rs` holds what is learned from results: load times
 //! and speeds per sidecar and model, and each endpoint's parallelism from first tokens of requests
-//! placed beside others (`FleetView::parallel`: configured, else learned, else 1).
+//! placed beside others (`Fleet::parallel`: configured, else learned, else 1).
 //! `sched::pass_rate_move` moves verified LLM work placed by its inferred tier's model up a tier
 //! when that model has at least 5 verdicts, the next tier's model passes more often, and estimated
 //! time ÷ pass rate is lower there (`TierSource::PassRate`); the verdicts are counted in `Learned`
@@ -62,20 +67,22 @@
 //! answers with `Preloaded`. See `docs/scheduling.md`.
 
 mod explain;
+mod fleet;
 pub mod judge;
 mod learned;
 pub mod prewarm;
 pub mod tier;
 
 use self::explain::Record;
-pub use self::explain::{Candidate, EXPLAINED_CANDIDATES, Explanation, Verdict, explain, summarize};
+pub use self::explain::{Candidate, EXPLAINED_CANDIDATES, Explanation, Verdict, explain, place_explained, summarize};
+pub use self::fleet::{Fleet, Sidecar, TierWait, free_memory, gpu_busy};
 pub use self::learned::{
     Concurrency, EWMA_ALPHA, Learned, MAX_PARALLEL, Observed, PRIOR_FAILS, PRIOR_PASSES, QUEUED_AFTER_MS, Tally,
 };
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use crate::domain::{Placement, Task, TaskId, Tier, TokenPrice, UnixMs, Work};
+use crate::domain::{Task, Tier, UnixMs, Work};
 use crate::fleet::{Endpoint, EndpointKind, Owner};
 
 /// Idle agents by sidecar, kept in step with agent states by the core, so placement does not
@@ -144,84 +151,6 @@ impl IdleIndex {
     /// Sidecars with idle agents, and those agents in id order.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &BTreeSet<String>)> {
         self.by_sidecar.iter()
-    }
-}
-
-/// What placement may ask about the fleet.
-pub trait FleetView {
-    fn idle(&self) -> &IdleIndex;
-    /// The sidecar's session is open and it runs work that needs `capability`.
-    fn can_run(&self, sidecar_id: &str, capability: &str) -> bool;
-    /// The healthy or not endpoints that can serve `model` (see `Registry::offering`), in a
-    /// stable order.
-    fn offering(&self, model: &str) -> impl Iterator<Item = &Endpoint>;
-    /// Requests the hub has placed on an endpoint that have not finished.
-    fn in_flight(&self, endpoint_id: &str) -> u32;
-    fn learned(&self) -> &Learned;
-    /// The model LLM work of `tier` runs on when it names none (`--tier-model`).
-    fn tier_model(&self, _tier: Tier) -> Option<&str> {
-        None
-    }
-    /// The sidecar matches the task's `placement.tags` (it has them all) and `placement.host`
-    /// (its hostname or id).
-    fn admits(&self, _sidecar_id: &str, _placement: &Placement) -> bool {
-        true
-    }
-    /// The sidecars whose session is open and that are not cordoned, idle or not (asked only to
-    /// say why a task waits).
-    fn open(&self) -> impl Iterator<Item = &str> {
-        std::iter::empty()
-    }
-    /// The sidecar has a healthy LLM endpoint (of any model).
-    fn has_llm(&self, _sidecar_id: &str) -> bool {
-        true
-    }
-    /// The sidecar's `--repo-allow` covers `repository`.
-    fn allows_repository(&self, _sidecar_id: &str, _repository: &str) -> bool {
-        true
-    }
-    /// What `model` costs, if the price table has it.
-    fn price(&self, _model: &str) -> Option<TokenPrice> {
-        None
-    }
-    /// Memory free for a model on the sidecar's host: its GPUs' free memory together, or its
-    /// available RAM without GPUs; `None` until it reports.
-    fn free_memory(&self, _sidecar_id: &str) -> Option<u64> {
-        None
-    }
-    /// How busy the sidecar's GPUs are, 0 to 100 (their mean utilization; 0 without GPUs or a
-    /// report): breaks ties between equal estimates.
-    fn gpu_busy(&self, _sidecar_id: &str) -> u32 {
-        0
-    }
-    /// The tier a task was moved to after waiting too long at its own (see [`tier::fallback`]).
-    fn fallback_tier(&self, _task: TaskId) -> Option<Tier> {
-        None
-    }
-    /// The hub runs `--offline`: every task is local-only.
-    fn offline(&self) -> bool {
-        false
-    }
-    /// Whether a second request to the endpoint must wait, at the hub, until it has fewer than
-    /// [`FleetView::parallel`] in flight, rather than queue at the server: a local
-    /// OpenAI-compatible server (llama.cpp's interrupts the running generation for the next
-    /// request; vLLM says its parallelism with `--openai-parallel`), and any endpoint seen
-    /// cutting a reply short for another. Ollama queues requests itself.
-    fn holds_at_parallel(&self, endpoint: &Endpoint) -> bool {
-        (endpoint.kind == EndpointKind::Openai && !crate::fleet::is_cloud(endpoint))
-            || self.learned().concurrency(&endpoint.id).interrupts
-    }
-    /// How many requests a local endpoint serves at once: what it says, else what was learned,
-    /// else one (Ollama's default).
-    fn parallel(&self, endpoint: &Endpoint) -> u32 {
-        match endpoint.parallel {
-            0 => self.learned().parallel(&endpoint.id).unwrap_or(1),
-            configured => configured,
-        }
-    }
-    /// The sidecar is cordoned (it takes no new work).
-    fn cordoned(&self, _sidecar_id: &str) -> bool {
-        false
     }
 }
 
@@ -422,7 +351,7 @@ pub const MIN_VERDICTS_TO_MOVE: u64 = 5;
 /// expected to finish sooner counting the retries a failure costs (estimated time ÷ pass rate):
 /// a model that passes as often as the one above keeps its tier's work, which the tier policy
 /// sends to the cheaper model.
-pub fn pass_rate_move<'a>(task: &Task, fleet: &'a impl FleetView) -> Option<(Tier, &'a str)> {
+pub fn pass_rate_move<'a>(task: &Task, fleet: &Fleet<'a>) -> Option<(Tier, &'a str)> {
     let Work::Llm(llm) = &task.spec.work else { return None };
     if task.spec.verification.is_empty() || !llm.model.is_empty() || !task.spec.placement.model.is_empty() {
         return None;
@@ -434,7 +363,7 @@ pub fn pass_rate_move<'a>(task: &Task, fleet: &'a impl FleetView) -> Option<(Tie
     let up = tier::up(tier)?;
     let (here, there) = (fleet.tier_model(tier)?, fleet.tier_model(up)?);
     let kind = task.spec.work.capability();
-    let seen = fleet.learned().tally(here, kind, tier);
+    let seen = fleet.learned.tally(here, kind, tier);
     if here == there || seen.passed + seen.failed < MIN_VERDICTS_TO_MOVE {
         return None;
     }
@@ -443,7 +372,7 @@ pub fn pass_rate_move<'a>(task: &Task, fleet: &'a impl FleetView) -> Option<(Tie
         Decision::Place { estimate: Some(estimate), .. } => Some(estimate.total_ms() / pass_rate.max(0.01)),
         _ => None,
     };
-    let (here_rate, there_rate) = (seen.pass_rate(), fleet.learned().pass_rate(there, kind, up));
+    let (here_rate, there_rate) = (seen.pass_rate(), fleet.learned.pass_rate(there, kind, up));
     if there_rate <= here_rate {
         return None;
     }
@@ -453,7 +382,7 @@ pub fn pass_rate_move<'a>(task: &Task, fleet: &'a impl FleetView) -> Option<(Tie
 }
 
 /// The tier `task` is placed at now.
-pub fn tier_now(task: &Task, fleet: &impl FleetView) -> (Tier, TierSource) {
+pub fn tier_now(task: &Task, fleet: &Fleet<'_>) -> (Tier, TierSource) {
     let own = tier::tier_of(&task.spec);
     match fleet.fallback_tier(task.id) {
         Some(tier) => (tier, TierSource::Fallback { from: own }),
@@ -464,7 +393,7 @@ pub fn tier_now(task: &Task, fleet: &impl FleetView) -> (Tier, TierSource) {
 
 /// The model LLM and agent work runs on: its own (`work.llm.model`, else `placement.model`),
 /// or its tier's; `None` for shell work and when neither names one (the sidecar then picks).
-pub fn model_of<'a>(task: &'a Task, fleet: &'a impl FleetView) -> Option<&'a str> {
+pub fn model_of<'a>(task: &'a Task, fleet: &Fleet<'a>) -> Option<&'a str> {
     let named = match &task.spec.work {
         Work::Llm(llm) => llm.model.as_str(),
         Work::Agent(_) => "",
@@ -478,7 +407,7 @@ pub fn model_of<'a>(task: &'a Task, fleet: &'a impl FleetView) -> Option<&'a str
 }
 
 /// What `task` needs, for the blocked set.
-pub fn need_of(task: &Task, fleet: &impl FleetView) -> Need {
+pub fn need_of(task: &Task, fleet: &Fleet<'_>) -> Need {
     match model_of(task, fleet) {
         Some(model) => Need::Model(model.to_owned()),
         None => Need::Capability(task.spec.work.capability()),
@@ -486,14 +415,14 @@ pub fn need_of(task: &Task, fleet: &impl FleetView) -> Need {
 }
 
 /// Places one ready task. See the module documentation for the rule.
-pub fn place(task: &Task, fleet: &impl FleetView, now: UnixMs) -> Decision {
+pub fn place(task: &Task, fleet: &Fleet<'_>, now: UnixMs) -> Decision {
     decide(task, fleet, now, &mut ()).0
 }
 
 /// The decision, and the tier (with its model) pass rates moved the task to, if they did.
 fn decide<'a>(
     task: &Task,
-    fleet: &'a impl FleetView,
+    fleet: &Fleet<'a>,
     now: UnixMs,
     record: &mut impl Record,
 ) -> (Decision, Option<(Tier, &'a str)>) {
@@ -510,12 +439,9 @@ fn decide<'a>(
         let model = moved.map_or(model, |(_, up)| up);
         return (place_model(task, model, tokens, fleet, record), moved);
     }
-    let needed = task.spec.work.capability();
-    let placement = &task.spec.placement;
     let mut best: Option<(&String, &BTreeSet<String>)> = None;
-    for (sidecar_id, agents) in fleet.idle().iter() {
-        if !fleet.can_run(sidecar_id, needed) || !fleet.admits(sidecar_id, placement) || !takes(fleet, sidecar_id, task)
-        {
+    for (sidecar_id, agents) in fleet.idle.iter() {
+        if !fleet.admits(sidecar_id, task) || !fleet.takes(sidecar_id, task) {
             continue;
         }
         record.note(|| Candidate {
@@ -547,43 +473,29 @@ fn decide<'a>(
     (decision, None)
 }
 
-/// Whether the sidecar can take the task as far as what it has goes (beyond its capability,
-/// tags and host): the repository its work runs in is on its allowlist, and LLM work (or agent
-/// work on a sidecar without Claude Code) has a healthy LLM endpoint there.
-pub fn takes(fleet: &impl FleetView, sidecar_id: &str, task: &Task) -> bool {
-    let repository_ok =
-        task.spec.workspace_repository().is_none_or(|repository| fleet.allows_repository(sidecar_id, repository));
-    let llm_ok = match &task.spec.work {
-        Work::Llm(_) => fleet.has_llm(sidecar_id),
-        Work::Agent(_) => fleet.can_run(sidecar_id, "claude-code") || fleet.has_llm(sidecar_id),
-        Work::Shell(_) => true,
-    };
-    repository_ok && llm_ok
-}
-
 /// Why a task that names no model has no idle agent to go to, the most basic lack first: no
 /// sidecar, none that runs its work, none that allows its repository, none with an LLM
 /// endpoint; else they are busy. One pass over the open sidecars, ended by the first that
 /// would take the task (then it only waits for a free agent).
-fn unplaced(task: &Task, fleet: &impl FleetView) -> Wait {
+fn unplaced(task: &Task, fleet: &Fleet<'_>) -> Wait {
     let (capability, placement) = (task.spec.work.capability(), &task.spec.placement);
     let repository = task.spec.workspace_repository();
     let (mut open, mut runs, mut capable, mut allowed) = (false, false, false, false);
-    for id in fleet.open() {
+    for (id, sidecar) in fleet.open() {
         open = true;
-        if !fleet.can_run(id, capability) {
+        if !sidecar.runs(capability) {
             continue;
         }
         runs = true;
-        if !fleet.admits(id, placement) {
+        if !sidecar.admits(id, placement) {
             continue;
         }
         capable = true;
-        if repository.is_some_and(|r| !fleet.allows_repository(id, r)) {
+        if repository.is_some_and(|r| !sidecar.allows_repository(r)) {
             continue;
         }
         allowed = true;
-        if takes(fleet, id, task) {
+        if fleet.takes(id, task) {
             return Wait::AllBusy;
         }
     }
@@ -606,7 +518,7 @@ pub fn input_tokens_estimate(llm: &crate::domain::LlmWork) -> u64 {
 /// The estimate for `model` on endpoint `e` of `sidecar_id` and whether the model is warm there,
 /// or `None` if it cannot run it (or, for `local_only` work, may not: a cloud endpoint).
 pub fn estimate(
-    fleet: &impl FleetView,
+    fleet: &Fleet<'_>,
     sidecar_id: &str,
     e: &Endpoint,
     model: &str,
@@ -619,7 +531,7 @@ pub fn estimate(
 
 /// [`estimate`], or the verdict that rules the endpoint out.
 fn weigh(
-    fleet: &impl FleetView,
+    fleet: &Fleet<'_>,
     sidecar_id: &str,
     e: &Endpoint,
     model: &str,
@@ -643,7 +555,7 @@ fn weigh(
         return Err(Verdict::Busy);
     }
     let warm = cloud || listed.is_some_and(|m| m.loaded);
-    let observed = fleet.learned().get(sidecar_id, model);
+    let observed = fleet.learned.get(sidecar_id, model);
     let default_rate = if cloud { DEFAULT_CLOUD_TOKENS_PER_S } else { DEFAULT_LOCAL_TOKENS_PER_S };
     let generate_ms = f64::from(tokens) * 1000.0 / observed.tokens_per_s.unwrap_or(default_rate);
     let (mut load_ms, mut fit_ms) = (0.0, 0.0);
@@ -662,7 +574,7 @@ fn weigh(
             fit_ms = warm_models
                 .map(|m| {
                     let bytes = m.size_vram_bytes.max(m.size_bytes) as f64;
-                    fleet.learned().get(sidecar_id, &m.name).load_ms.unwrap_or(bytes / DEFAULT_LOAD_BYTES_PER_MS)
+                    fleet.learned.get(sidecar_id, &m.name).load_ms.unwrap_or(bytes / DEFAULT_LOAD_BYTES_PER_MS)
                 })
                 .sum();
         }
@@ -673,10 +585,10 @@ fn weigh(
     Ok((Estimate { wait_ms, load_ms, generate_ms, fit_ms }, warm))
 }
 
-fn place_model(task: &Task, model: &str, tokens: u32, fleet: &impl FleetView, record: &mut impl Record) -> Decision {
+fn place_model(task: &Task, model: &str, tokens: u32, fleet: &Fleet<'_>, record: &mut impl Record) -> Decision {
     let placement = &task.spec.placement;
     let repository = task.spec.workspace_repository();
-    let local_only = placement.local_only || fleet.offline();
+    let local_only = placement.local_only || fleet.offline;
     // The budget filter, if the model is priced: reading the prompt and writing the reply it
     // asks for (`max_tokens`; one token when it sets none, as a reply's length is not known)
     // must fit. A reply that runs past the budget is stopped there by the sidecar.
@@ -693,7 +605,7 @@ fn place_model(task: &Task, model: &str, tokens: u32, fleet: &impl FleetView, re
     let (mut busy, mut budget, mut no_room, mut cloud, mut open) = (false, false, false, false, false);
     for endpoint in fleet.offering(model) {
         let Owner::Sidecar(sidecar_id) = &endpoint.owner else { continue };
-        let agent_id = fleet.idle().first(sidecar_id);
+        let agent_id = fleet.idle.first(sidecar_id);
         let in_flight = fleet.in_flight(&endpoint.id);
         let note = |estimate: Option<(Estimate, bool)>, verdict| Candidate {
             sidecar_id: sidecar_id.clone(),
@@ -705,9 +617,8 @@ fn place_model(task: &Task, model: &str, tokens: u32, fleet: &impl FleetView, re
             idle_agents: 0,
             verdict,
         };
-        if !fleet.can_run(sidecar_id, task.spec.work.capability())
-            || !fleet.admits(sidecar_id, placement)
-            || !repository.is_none_or(|r| fleet.allows_repository(sidecar_id, r))
+        if !fleet.admits(sidecar_id, task)
+            || !repository.is_none_or(|r| fleet.sidecar(sidecar_id).is_some_and(|s| s.allows_repository(r)))
         {
             record.note(|| note(None, Verdict::Excluded));
             continue;

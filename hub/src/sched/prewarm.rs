@@ -5,7 +5,7 @@
 //! an agent there starts warm. [`target`] says where; the core asks that sidecar (an Ollama
 //! preload) and records it as a decision of the waiting tasks.
 
-use super::{DEFAULT_LOAD_BYTES_PER_MS, FleetView};
+use super::{DEFAULT_LOAD_BYTES_PER_MS, Fleet};
 use crate::domain::Task;
 use crate::fleet::{EndpointKind, Owner};
 
@@ -33,7 +33,7 @@ pub fn target(
     waiting: usize,
     copies: usize,
     waited_ms: i64,
-    fleet: &impl FleetView,
+    fleet: &Fleet<'_>,
 ) -> Option<Prewarm> {
     if waiting <= copies {
         return None;
@@ -46,14 +46,15 @@ pub fn target(
             continue;
         }
         let Some(listed) = e.models.iter().find(|m| m.name == model && !m.loaded) else { continue };
-        if !fleet.can_run(sidecar_id, "llm") || fleet.cordoned(sidecar_id) || !fleet.admits(sidecar_id, placement) {
+        let admitted = fleet.sidecar(sidecar_id).is_some_and(|s| s.runs("llm") && s.admits(sidecar_id, placement));
+        if !admitted || fleet.cordoned(sidecar_id) {
             continue;
         }
         let size = listed.size_vram_bytes.max(listed.size_bytes);
         if fleet.free_memory(sidecar_id).is_none_or(|free| size > free) {
             continue;
         }
-        let observed = fleet.learned().get(sidecar_id, model);
+        let observed = fleet.learned.get(sidecar_id, model);
         let load_ms = observed.load_ms.unwrap_or(size as f64 / DEFAULT_LOAD_BYTES_PER_MS);
         if waited_ms as f64 <= load_ms {
             continue;

@@ -92,6 +92,13 @@ impl Harness {
         self.sessions.insert(sidecar_id.to_owned(), (session, inbox));
     }
 
+    /// The sidecar runs LLM work as well as shell commands, as if it had said so at hello.
+    fn runs_llm(&mut self, sidecar_id: &str) {
+        let capabilities = vec!["shell".to_owned(), "llm".to_owned()];
+        self.state.sidecars.get_mut(sidecar_id).expect("a joined sidecar").hello.capabilities = capabilities.clone();
+        self.state.placing.get_mut(sidecar_id).expect("a joined sidecar").capabilities = capabilities;
+    }
+
     fn leave(&mut self, sidecar_id: &str) {
         let (session, _) = self.sessions.remove(sidecar_id).expect("a joined sidecar");
         self.event(Event::SessionClosed { sidecar_id: sidecar_id.to_owned(), session });
@@ -321,7 +328,7 @@ fn llm_fleet() -> Harness {
         ("cloud", EndpointKind::Anthropic, "https://api.anthropic.com"),
     ] {
         hub.join(sidecar, 1, Vec::new());
-        hub.state.sidecars.get_mut(sidecar).unwrap().hello.capabilities = vec!["shell".into(), "llm".into()];
+        hub.runs_llm(sidecar);
         let mut endpoint = Endpoint::new(Owner::Sidecar(sidecar.into()), url.into(), kind);
         endpoint.healthy = true;
         if kind == EndpointKind::Ollama {
@@ -427,7 +434,7 @@ fn join_spare(hub: &mut Harness, loaded: bool) -> String {
     use crate::fleet::{Endpoint, EndpointKind, Model, Owner, Resources};
     if !hub.sessions.contains_key("spare") {
         hub.join("spare", 1, Vec::new());
-        hub.state.sidecars.get_mut("spare").unwrap().hello.capabilities = vec!["shell".into(), "llm".into()];
+        hub.runs_llm("spare");
         let free = Resources { memory_available_bytes: 8_000_000_000, ..Resources::default() };
         hub.report("spare", FromSidecar::Resources(Box::new(free)));
     }
@@ -516,7 +523,7 @@ fn no_prewarm_on_a_hub_that_turned_it_off() {
 fn an_endpoints_parallelism_is_learned_from_requests_placed_beside_others() {
     let mut hub = llm_fleet();
     hub.join("local", 2, Vec::new()); // Two slots now, in front of the same Ollama.
-    hub.state.sidecars.get_mut("local").unwrap().hello.capabilities = vec!["shell".into(), "llm".into()];
+    hub.runs_llm("local");
     let endpoint = hub.state.registry.iter().find(|e| e.kind == crate::fleet::EndpointKind::Ollama).unwrap().id.clone();
     let mut named = llm_spec(Tier::Standard);
     if let Work::Llm(llm) = &mut named.work {

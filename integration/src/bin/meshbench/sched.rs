@@ -4,16 +4,18 @@
 //! the same run: a decision with a single candidate.
 //!
 //! Every decision is the hub's own `sched::place` over the same structures the core keeps (the
-//! registry with its model index, the idle-agent index, requests in flight, what was learned);
+//! registry with its model index, the idle-agent index, what placement knows of each sidecar,
+//! requests in flight, what was learned);
 //! the fleet does not change between decisions, so each sees every agent idle: the most work a
 //! decision can have.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use agentcom_hub::domain::{LlmWork, SpecDefaults, Task, TaskId, TaskSpec, Work};
-use agentcom_hub::fleet::{Endpoint, EndpointKind, Model, Owner, Registry};
-use agentcom_hub::sched::{self, Decision, FleetView, IdleIndex, Learned};
+use agentcom_hub::fleet::{Cordon, Endpoint, EndpointKind, Model, Owner, Registry};
+use agentcom_hub::prices::Prices;
+use agentcom_hub::sched::{self, Decision, IdleIndex, Learned};
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
@@ -25,33 +27,34 @@ pub(crate) struct Options {
 const ENDPOINTS: usize = 100;
 const MODELS: usize = 20;
 
-struct Fleet {
+/// The structures the core keeps for placement, owned here; [`World::view`] lends them to
+/// `sched::place` as the core does.
+struct World {
     idle: IdleIndex,
-    capable: HashSet<String>,
+    sidecars: HashMap<String, sched::Sidecar>,
+    cordons: HashMap<String, Cordon>,
     registry: Registry,
     in_flight: HashMap<String, u32>,
     learned: Learned,
+    tier_models: sched::TierModels,
+    prices: Prices,
+    tier_waits: HashMap<TaskId, sched::TierWait>,
 }
 
-impl FleetView for Fleet {
-    fn idle(&self) -> &IdleIndex {
-        &self.idle
-    }
-
-    fn can_run(&self, sidecar_id: &str, capability: &str) -> bool {
-        capability == "llm" && self.capable.contains(sidecar_id)
-    }
-
-    fn offering(&self, model: &str) -> impl Iterator<Item = &Endpoint> {
-        self.registry.offering(model)
-    }
-
-    fn in_flight(&self, endpoint_id: &str) -> u32 {
-        self.in_flight.get(endpoint_id).copied().unwrap_or(0)
-    }
-
-    fn learned(&self) -> &Learned {
-        &self.learned
+impl World {
+    fn view(&self) -> sched::Fleet<'_> {
+        sched::Fleet {
+            idle: &self.idle,
+            sidecars: &self.sidecars,
+            cordons: &self.cordons,
+            registry: &self.registry,
+            in_flight: &self.in_flight,
+            learned: &self.learned,
+            tier_models: &self.tier_models,
+            prices: &self.prices,
+            tier_waits: &self.tier_waits,
+            offline: false,
+        }
     }
 }
 
@@ -60,13 +63,17 @@ fn model_name(n: usize) -> String {
 }
 
 /// `agents` agents over `endpoints` sidecars, one endpoint each, `models` models on each.
-fn fleet(agents: usize, endpoints: usize, models: usize, rng: &mut impl Rng) -> Fleet {
-    let mut fleet = Fleet {
+fn fleet(agents: usize, endpoints: usize, models: usize, rng: &mut impl Rng) -> World {
+    let mut fleet = World {
         idle: IdleIndex::default(),
-        capable: HashSet::new(),
+        sidecars: HashMap::new(),
+        cordons: HashMap::new(),
         registry: Registry::default(),
         in_flight: HashMap::new(),
         learned: Learned::default(),
+        tier_models: sched::TierModels::default(),
+        prices: Prices::default(),
+        tier_waits: HashMap::new(),
     };
     for n in 0..endpoints {
         let sidecar = format!("host-{n:04}");
@@ -92,7 +99,13 @@ fn fleet(agents: usize, endpoints: usize, models: usize, rng: &mut impl Rng) -> 
             }
         }
         fleet.registry.put(endpoint);
-        fleet.capable.insert(sidecar);
+        let facts = sched::Sidecar {
+            hostname: sidecar.clone(),
+            capabilities: vec!["llm".into()],
+            open: true,
+            ..sched::Sidecar::default()
+        };
+        fleet.sidecars.insert(sidecar, facts);
     }
     for a in 0..agents {
         let sidecar = format!("host-{:04}", a % endpoints);
@@ -113,7 +126,8 @@ fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
 }
 
 /// Times `decisions` decisions over `fleet`, each for a random model.
-fn measure(fleet: &Fleet, models: usize, decisions: usize, rng: &mut impl Rng) -> anyhow::Result<Value> {
+fn measure(world: &World, models: usize, decisions: usize, rng: &mut impl Rng) -> anyhow::Result<Value> {
+    let fleet = world.view();
     let tasks: Vec<Task> = (0..models).map(|m| task(&model_name(m))).collect();
     let mut samples = Vec::with_capacity(decisions);
     let mut placed = 0usize;
@@ -121,7 +135,7 @@ fn measure(fleet: &Fleet, models: usize, decisions: usize, rng: &mut impl Rng) -
     for _ in 0..decisions {
         let task = &tasks[rng.random_range(0..models)];
         let at = Instant::now();
-        let decision = sched::place(task, fleet, 0);
+        let decision = sched::place(task, &fleet, 0);
         samples.push(at.elapsed());
         placed += usize::from(matches!(decision, Decision::Place { .. }));
     }
