@@ -23,7 +23,7 @@ struct Cli {
     /// Log lines as text or JSON (auto: JSON when standard output is not a terminal). Every line
     /// is redacted; RUST_LOG filters.
     #[arg(long, global = true, value_enum, default_value = "auto", env = "AGENTCOM_LOG_FORMAT")]
-    log_format: agentcom_sidecar::logging::LogFormat,
+    log_format: agentcom_process::logging::LogFormat,
     /// Export traces to this OTLP/gRPC collector (`http://HOST:4317`); off when unset.
     #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
@@ -309,14 +309,21 @@ impl HubArgs {
 fn main() -> std::process::ExitCode {
     // `dev` runs a sidecar in this process: its environment is kept out of the tasks' reach.
     let allow: Vec<String> = agentcom_sidecar::DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect();
-    agentcom_sidecar::binary_main(&allow, agentcom_sidecar::logging::LogFormat::from_args(), run)
+    // The local sidecar of `dev` runs in this process: its containment watchdog is this binary too.
+    agentcom_sidecar::contain::watchdog_main_if_requested();
+    agentcom_process::binary_main(
+        &allow,
+        agentcom_process::logging::LogFormat::from_args(),
+        agentcom_sidecar::exit_code,
+        run,
+    )
 }
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let _traces = match &cli.command {
         Command::Serve(_) | Command::Dev { .. } => {
-            agentcom_sidecar::start_traces("agentcom-hub", cli.otlp_endpoint.as_deref())?
+            agentcom_process::start_traces("agentcom-hub", cli.otlp_endpoint.as_deref())?
         }
         _ => None,
     };
@@ -331,7 +338,7 @@ async fn run() -> anyhow::Result<()> {
             }
             let key = std::env::var("OPENAI_API_KEY").ok().filter(|k| !k.trim().is_empty());
             if let Some(key) = &key {
-                agentcom_sidecar::logging::redact(key);
+                agentcom_process::logging::redact(key);
             }
             let openai = openai.openai(key).map_err(anyhow::Error::msg)?;
             let work_dir = work_dir.unwrap_or_else(|| hub.data_dir.join("work"));
@@ -514,7 +521,7 @@ async fn serve(args: HubArgs, dev_slots: Option<Dev>) -> anyhow::Result<()> {
     if let Err(err) = std::fs::write(&url_file, format!("{url}\n")) {
         tracing::warn!(path = %url_file.display(), error = %err, "could not record the hub's URL");
     }
-    if agentcom_sidecar::logging::is_json() {
+    if agentcom_process::logging::is_json() {
         // Machines read the log: the banner is one event of it.
         let (admin, join) = (admin_token.display().to_string(), join_token.display().to_string());
         let ca_sha256 = ca.map(|ca| ca.hex());
@@ -523,11 +530,11 @@ async fn serve(args: HubArgs, dev_slots: Option<Dev>) -> anyhow::Result<()> {
         banner(&url, &admin_token, &join_token, dev, &args.data_dir, ca);
     }
 
-    agentcom_sidecar::shutdown_signal().await;
+    agentcom_process::shutdown_signal().await;
     tracing::info!("shutting down (Ctrl-C again to force)");
 
     tokio::spawn(async {
-        agentcom_sidecar::shutdown_signal().await;
+        agentcom_process::shutdown_signal().await;
         std::process::exit(130);
     });
     // The hub first: it cancels in-flight work and waits for the local sidecar to report it.

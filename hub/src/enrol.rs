@@ -29,8 +29,22 @@ use agentcom_link::join::{JoinToken, hash_secret};
 use agentcom_link::pki::Authority;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{ApiError, ErrorCode};
 use crate::store::{Enrolled, JoinGrant, SidecarIdentity};
+
+/// Why enrolment, or managing join tokens and identities, refused; `api` gives each its code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The token or the identity is not good: unknown, spent, expired or revoked.
+    #[error("{0}")]
+    Refused(String),
+    #[error("this hub serves plaintext (--insecure-plaintext): enrolment needs its TLS, so that a sidecar can pin it")]
+    NoTls,
+}
 
 /// Most uses one join token may allow, and the longest it may live.
 pub const MAX_USES: u32 = 10_000;
@@ -142,13 +156,8 @@ impl Enrolment {
         self.inner.authority.as_ref().map(|ca| ca.fingerprint())
     }
 
-    fn authority(&self) -> Result<&Arc<Authority>, ApiError> {
-        self.inner.authority.as_ref().ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::FailedPrecondition,
-                "this hub serves plaintext (--insecure-plaintext): enrolment needs its TLS, so that a sidecar can pin it",
-            )
-        })
+    fn authority(&self) -> Result<&Arc<Authority>, Error> {
+        self.inner.authority.as_ref().ok_or(Error::NoTls)
     }
 
     /// A new join token. Its secret is in the returned token and nowhere else.
@@ -159,13 +168,13 @@ impl Enrolment {
         tags: Vec<String>,
         created_by: &str,
         now_ms: i64,
-    ) -> Result<(JoinToken, JoinGrant), ApiError> {
+    ) -> Result<(JoinToken, JoinGrant), Error> {
         let ca = self.authority()?.fingerprint();
         if !(1..=MAX_USES).contains(&uses) {
-            return Err(ApiError::invalid(format!("uses must be between 1 and {MAX_USES}, not {uses}")));
+            return Err(Error::Invalid(format!("uses must be between 1 and {MAX_USES}, not {uses}")));
         }
         if ttl < Duration::from_secs(1) || ttl > MAX_TTL {
-            return Err(ApiError::invalid(format!("ttl must be between 1 s and {} days", MAX_TTL.as_secs() / 86_400)));
+            return Err(Error::Invalid(format!("ttl must be between 1 s and {} days", MAX_TTL.as_secs() / 86_400)));
         }
         let tags = check_tags(tags)?;
         let token = JoinToken::mint(&ca);
@@ -190,17 +199,17 @@ impl Enrolment {
         joins
     }
 
-    pub fn remove_join(&self, id: &str) -> Result<JoinGrant, ApiError> {
-        self.lock().joins.remove(id).ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no join token {id}")))
+    pub fn remove_join(&self, id: &str) -> Result<JoinGrant, Error> {
+        self.lock().joins.remove(id).ok_or_else(|| Error::NotFound(format!("no join token {id}")))
     }
 
     /// Checks a join token, takes one of its uses, and signs the sidecar's request. The caller
     /// persists the identity and the grant before answering, and calls [`Enrolment::undo`] if
     /// that fails.
-    pub fn enrol(&self, token: &str, csr_der: &[u8], hostname: &str, now_ms: i64) -> Result<Issued, ApiError> {
+    pub fn enrol(&self, token: &str, csr_der: &[u8], hostname: &str, now_ms: i64) -> Result<Issued, Error> {
         let authority = self.authority()?.clone();
-        let refused = |message: String| ApiError::new(ErrorCode::PermissionDenied, message);
-        let token = JoinToken::parse(token).map_err(|err| ApiError::invalid(err.to_string()))?;
+        let refused = |message: String| Error::Refused(message);
+        let token = JoinToken::parse(token).map_err(|err| Error::Invalid(err.to_string()))?;
         if !token.pins(&authority.fingerprint()) {
             return Err(refused(format!(
                 "join token {} is for another hub (its CA pin differs from this hub's {})",
@@ -240,7 +249,7 @@ impl Enrolment {
         };
         let certificate = authority
             .sign_sidecar(csr_der, &sidecar_id)
-            .map_err(|err| ApiError::invalid(format!("csr_der: not a valid certificate signing request: {err}")))?;
+            .map_err(|err| Error::Invalid(format!("csr_der: not a valid certificate signing request: {err}")))?;
         let grant = state.joins.get_mut(&token.id).expect("checked above");
         grant.used += 1;
         let grant = grant.clone();
@@ -283,13 +292,10 @@ impl Enrolment {
 
     /// Refuses the identity from now on and ends its live sessions. The caller persists the
     /// returned record.
-    pub fn revoke(&self, sidecar_id: &str, now_ms: i64) -> Result<SidecarIdentity, ApiError> {
+    pub fn revoke(&self, sidecar_id: &str, now_ms: i64) -> Result<SidecarIdentity, Error> {
         let mut state = self.lock();
         let identity = state.identities.get_mut(sidecar_id).ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::NotFound,
-                format!("no enrolled sidecar {sidecar_id} (`hubctl sidecars ls` lists them)"),
-            )
+            Error::NotFound(format!("no enrolled sidecar {sidecar_id} (`hubctl sidecars ls` lists them)"))
         })?;
         if identity.revoked_unix_ms == 0 {
             identity.revoked_unix_ms = now_ms;
@@ -324,9 +330,9 @@ impl Enrolment {
     }
 }
 
-fn check_tags(tags: Vec<String>) -> Result<Vec<String>, ApiError> {
+fn check_tags(tags: Vec<String>) -> Result<Vec<String>, Error> {
     if tags.len() > MAX_TAGS {
-        return Err(ApiError::invalid(format!("at most {MAX_TAGS} tags")));
+        return Err(Error::Invalid(format!("at most {MAX_TAGS} tags")));
     }
     let mut out: Vec<String> = Vec::new();
     for tag in tags {
@@ -335,7 +341,7 @@ fn check_tags(tags: Vec<String>) -> Result<Vec<String>, ApiError> {
             && tag.len() <= MAX_TAG_LEN
             && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '='));
         if !fine {
-            return Err(ApiError::invalid(format!("tag {tag:?}: 1 to {MAX_TAG_LEN} of letters, digits and - _ . : =")));
+            return Err(Error::Invalid(format!("tag {tag:?}: 1 to {MAX_TAG_LEN} of letters, digits and - _ . : =")));
         }
         if !out.contains(&tag) {
             out.push(tag);
@@ -377,19 +383,19 @@ mod tests {
         assert_eq!(first.identity.tags, vec!["gpu".to_owned()]);
         assert_eq!(first.grant.used, 1);
         let again = e.enrol(&token.to_string(), &csr, "b", 2_000).err().unwrap();
-        assert_eq!(again.code, ErrorCode::PermissionDenied);
-        assert!(again.message.contains("used 1 of 1"), "{}", again.message);
+        assert!(matches!(again, Error::Refused(_)), "{again:?}");
+        assert!(again.to_string().contains("used 1 of 1"), "{again}");
 
         let (token, _) = e.create_join(5, Duration::from_secs(1), vec![], "tok-a", 1_000).unwrap();
         let expired = e.enrol(&token.to_string(), &csr, "b", 2_000).err().unwrap();
-        assert!(expired.message.contains("expired"), "{}", expired.message);
+        assert!(expired.to_string().contains("expired"), "{expired}");
         let wrong_secret = token.to_string().replace(&token.secret, &"0".repeat(48));
-        assert!(e.enrol(&wrong_secret, &csr, "b", 1_500).err().unwrap().message.contains("unknown"));
+        assert!(e.enrol(&wrong_secret, &csr, "b", 1_500).err().unwrap().to_string().contains("unknown"));
         assert!(e.enrol("nope", &csr, "b", 1_500).is_err());
 
         let (_other_dir, other) = enrolment();
         let (foreign, _) = other.create_join(1, Duration::from_secs(60), vec![], "tok-a", 1_000).unwrap();
-        assert!(e.enrol(&foreign.to_string(), &csr, "b", 1_500).err().unwrap().message.contains("another hub"));
+        assert!(e.enrol(&foreign.to_string(), &csr, "b", 1_500).err().unwrap().to_string().contains("another hub"));
     }
 
     #[test]
@@ -423,7 +429,7 @@ mod tests {
         let (_, grant) = e.create_join(1, ttl, vec!["a".into(), "a".into(), "zone=eu".into()], "t", 0).unwrap();
         assert_eq!(grant.tags, vec!["a".to_owned(), "zone=eu".to_owned()]);
         let plain = Enrolment::new(None, Enrolled::default());
-        assert_eq!(plain.create_join(1, ttl, vec![], "t", 0).err().unwrap().code, ErrorCode::FailedPrecondition);
+        assert_eq!(plain.create_join(1, ttl, vec![], "t", 0).err(), Some(Error::NoTls));
         assert_eq!(sanitize_hostname("--Büro.Box_1--"), "b-ro-box-1");
         assert_eq!(sanitize_hostname("***"), "sidecar");
     }

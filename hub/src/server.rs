@@ -87,7 +87,7 @@ impl DataDir {
     /// certificate issued at this start (`hub.pem`, `hub.key`) for `names` as well as
     /// `agentcom-hub`, `localhost` and the loopback addresses.
     pub fn tls(&self, names: &[String]) -> Result<LinkTls, Error> {
-        agentcom_link::install_crypto_provider();
+        agentcom_process::install_crypto_provider();
         let authority = agentcom_link::pki::Authority::load_or_create(&self.root)?;
         let serving = authority.serving(&self.root, names)?;
         let tcp = agentcom_link::tls::server_config(&serving, authority.cert(), &agentcom_link::tls::TCP_ALPN, false)?;
@@ -335,7 +335,7 @@ impl Hub {
         backups: backup::Policy,
         options: ServeOptions,
     ) -> Result<Hub, Error> {
-        agentcom_link::install_crypto_provider();
+        agentcom_process::install_crypto_provider();
         let enrolment = Enrolment::new(options.tls.as_ref().map(|tls| tls.authority.clone()), store.load_enrolled()?);
         // Bound before anything starts, so a port in use fails the start and not later.
         let quic = match (options.quic_listen, &options.tls) {

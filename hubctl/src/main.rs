@@ -166,7 +166,7 @@ struct Client {
 impl Client {
     fn new(cli: &Cli) -> anyhow::Result<Client> {
         use agentcom_link::token_file::TokenFile;
-        agentcom_link::install_crypto_provider();
+        agentcom_process::install_crypto_provider();
         let path = cli.token_file.clone().unwrap_or_else(|| DEFAULT_TOKEN_FILE.into());
         let file = match std::fs::read_to_string(&path) {
             Ok(text) => Some(TokenFile::parse(&text).with_context(|| format!("reading {}", path.display()))?),

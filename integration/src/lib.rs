@@ -156,9 +156,9 @@ macro_rules! assert_eventually {
 }
 
 /// An HTTP client builder, after making *ring* the process's TLS provider (reqwest needs one
-/// installed before it builds a client; see `agentcom_link::install_crypto_provider`).
+/// installed before it builds a client; see `agentcom_process::install_crypto_provider`).
 pub fn http() -> reqwest::ClientBuilder {
-    agentcom_link::install_crypto_provider();
+    agentcom_process::install_crypto_provider();
     reqwest::Client::builder()
 }
 
@@ -183,7 +183,7 @@ impl Api {
 
     /// An API client for a hub that serves TLS, pinning its CA as hubctl does.
     pub fn pinned(base: impl Into<String>, token: impl Into<String>, ca: agentcom_link::Fingerprint) -> Api {
-        agentcom_link::install_crypto_provider();
+        agentcom_process::install_crypto_provider();
         let pin = agentcom_link::tls::Pin::fingerprint(ca, "the test");
         let tls = agentcom_link::tls::client_config(pin, None, &[b"http/1.1"], false).expect("a TLS configuration");
         let http = http().tcp_nodelay(true).use_preconfigured_tls(tls).build().expect("building an HTTP client");

@@ -102,7 +102,7 @@ impl LlamaServer {
             .spawn()
             .expect("starting llama.cpp's server");
         self.child = Some(child);
-        agentcom_link::install_crypto_provider();
+        agentcom_process::install_crypto_provider();
         let client = reqwest::Client::new();
         let started = Instant::now();
         loop {
@@ -133,7 +133,7 @@ impl LlamaServer {
     /// One chat as a client sends it directly (not streamed): the reply's text and the server's
     /// own counts (prompt, completion).
     pub async fn chat(&self, body: serde_json::Value) -> (String, u64, u64) {
-        agentcom_link::install_crypto_provider();
+        agentcom_process::install_crypto_provider();
         let client = reqwest::Client::new();
         let response = client.post(format!("{}/chat/completions", self.url)).json(&body).send().await.expect("a chat");
         let reply: serde_json::Value = response.json().await.expect("a JSON reply");

@@ -4,9 +4,9 @@
 //! QUIC with the settings a Tailscale tailnet needs (`quic`), and the connector tonic dials
 //! through for `http://`, `https://` and `quic://` hub URLs (`connect`).
 //!
-//! One crypto provider, *ring*, for every crate in the build: [`install_crypto_provider`] runs
-//! first in each binary (and in the libraries' entry points, for tests), so rustls never has
-//! to guess between two.
+//! One crypto provider, *ring*, for every crate in the build: `agentcom_process::
+//! install_crypto_provider` runs first in each binary (and in the libraries' entry points, for
+//! tests), so rustls never has to guess between two.
 //!
 //! In detail:
 //!
@@ -54,11 +54,6 @@ pub const HUB_NAME: &str = "agentcom-hub";
 /// How a hub's refusal of a revoked sidecar begins; the sidecar stops (and does not reconnect)
 /// when it reads it.
 pub const REVOKED: &str = "identity revoked";
-
-/// Makes *ring* the process's rustls provider (once; later calls do nothing).
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
 
 /// The provider every configuration here is built with.
 pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {

@@ -106,7 +106,7 @@ mod tests {
     /// changed networks): the server sees a new address and the same connection.
     #[tokio::test]
     async fn a_stream_survives_the_client_rebinding_its_socket() {
-        crate::install_crypto_provider();
+        agentcom_process::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let ca = Authority::load_or_create(dir.path()).unwrap();
         let serving = ca.serving(dir.path(), &[]).unwrap();

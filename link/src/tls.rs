@@ -207,7 +207,7 @@ mod tests {
     }
 
     fn hub() -> (tempfile::TempDir, Authority, CertifiedKey) {
-        crate::install_crypto_provider();
+        agentcom_process::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let ca = Authority::load_or_create(dir.path()).unwrap();
         let serving = ca.serving(dir.path(), &[]).unwrap();

@@ -619,7 +619,7 @@ pub struct Finished {
 /// A client for chats: no overall timeout (a generation takes as long as it takes; the caller
 /// bounds it), short connects, no proxy, `TCP_NODELAY` so the first token is not held back.
 pub fn client() -> reqwest::Client {
-    agentcom_link::install_crypto_provider();
+    agentcom_process::install_crypto_provider();
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .no_proxy()

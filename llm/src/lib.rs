@@ -77,7 +77,7 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A client for probes: short timeouts, no proxy (endpoints are local or on the tailnet).
 pub fn client() -> reqwest::Client {
-    agentcom_link::install_crypto_provider();
+    agentcom_process::install_crypto_provider();
     reqwest::Client::builder()
         .timeout(PROBE_TIMEOUT)
         .connect_timeout(PROBE_TIMEOUT)

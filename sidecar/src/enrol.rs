@@ -21,7 +21,7 @@ use crate::Error;
 /// directory already holds one (enrolling again means a fresh directory, then revoking the old
 /// id).
 pub async fn enroll(hub_url: &str, join: &str, state_dir: &Path, hostname: &str) -> Result<Identity, Error> {
-    agentcom_link::install_crypto_provider();
+    agentcom_process::install_crypto_provider();
     let enrol_err = |message: String| Error::Enrol(message);
     if let Some(identity) = Identity::load(state_dir).map_err(|err| enrol_err(err.to_string()))? {
         return Err(enrol_err(format!(

@@ -9,12 +9,10 @@
 pub mod contain;
 pub mod enrol;
 mod link;
-pub mod logging;
 pub mod metrics;
 pub mod reports;
 pub mod resources;
 pub mod runners;
-pub mod secure;
 mod spans;
 pub mod state;
 pub mod users;
@@ -408,7 +406,7 @@ pub fn prepare(config: &Config) -> Boxed<Result<Prepared, Error>> {
 
 async fn prepare_inner(config: Config) -> Result<Prepared, Error> {
     let config = &config;
-    agentcom_link::install_crypto_provider();
+    agentcom_process::install_crypto_provider();
     config.validate()?;
     let durable = config.state_dir.is_some();
     // Before anything is touched: a durable sidecar kills what an earlier run of its id left
@@ -460,62 +458,10 @@ async fn prepare_inner(config: Config) -> Result<Prepared, Error> {
     Ok(Prepared { settings, workspaces: std::sync::Arc::new(workspaces), _claim: claim })
 }
 
-/// The `main` of a binary that runs a sidecar (`agentcom-sidecar`, and `agentcom-hub` for `dev`):
-/// the watchdog if that is what was started, then the environment isolation before any thread
-/// (`allow` is the task allowlist), logging to stderr in `log_format` (`RUST_LOG`, default
-/// `info`; every line redacted, see [`logging`]), then `run` on a multi-threaded runtime; errors
-/// are printed and turn into a failing exit code.
-pub fn binary_main<F, Fut>(allow: &[String], log_format: logging::LogFormat, run: F) -> std::process::ExitCode
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    contain::watchdog_main_if_requested();
-    // Before any thread: this may re-execute the process with a clean environment block.
-    let isolation = secure::isolate(allow);
-    logging::init(log_format);
-    if let secure::Isolation::Failed(why) = &isolation {
-        tracing::warn!(why, "this process's environment stays readable through /proc by root");
-    }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: starting the runtime: {err}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    agentcom_link::install_crypto_provider();
-    match runtime.block_on(run()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {}", logging::redactor().scrub(&format!("{err:#}")));
-            let code = err.downcast_ref::<Error>().map_or(1, Error::exit_code);
-            std::process::ExitCode::from(code)
-        }
-    }
-}
-
-/// Starts exporting this process's spans over OTLP/gRPC when `--otlp-endpoint` (`flag`) or
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` names a collector; keep the guard until the process ends (it
-/// flushes what is queued). Off otherwise, and then free.
-pub fn start_traces(
-    service: &'static str,
-    flag: Option<&str>,
-) -> anyhow::Result<Option<agentcom_metrics::trace::Guard>> {
-    let Some(endpoint) = agentcom_metrics::trace::endpoint(flag) else { return Ok(None) };
-    let guard = agentcom_metrics::trace::init(service, &endpoint).map_err(anyhow::Error::msg)?;
-    tracing::info!(endpoint = logging::redactor().scrub(&endpoint), "exporting traces over OTLP/gRPC");
-    Ok(Some(guard))
-}
-
-/// Completes on Ctrl-C (SIGINT) or SIGTERM: the binaries' shutdown trigger.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+/// The exit code of a failed run of a binary that runs a sidecar: the sidecar's own code for
+/// its errors (see [`Error::exit_code`]), else 1.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    err.downcast_ref::<Error>().map_or(1, Error::exit_code)
 }
 
 pub(crate) fn now_ms() -> i64 {

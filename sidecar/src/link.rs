@@ -109,7 +109,7 @@ impl Sink for JobSink {
 
     fn output(&self, stream: Stream, offset: u64, data: &[u8]) {
         // Secrets this sidecar knows never leave it, not even in a task's own output.
-        let data = crate::logging::redactor().mask(data).unwrap_or_else(|| data.to_vec());
+        let data = agentcom_process::logging::redactor().mask(data).unwrap_or_else(|| data.to_vec());
         // Dropped when the link is backed up: the final outcome carries the output anyway.
         let _ = self.events.try_send(JobEvent::Output {
             task_id: self.task_id.clone(),
@@ -705,7 +705,7 @@ fn finished_message(task_id: String, lease_generation: u64, mut outcome: Box<Out
 /// Masks the secrets this sidecar knows in everything of a result that holds text from the work:
 /// its output, error, verification evidence, rounds and workspace diff.
 fn mask_outcome(outcome: &mut Outcome) {
-    let redactor = crate::logging::redactor();
+    let redactor = agentcom_process::logging::redactor();
     for stream in [&mut outcome.stdout, &mut outcome.stderr] {
         if let Some(masked) = redactor.mask(stream) {
             *stream = masked;

@@ -14,7 +14,7 @@ struct Cli {
     /// Log lines as text or JSON (auto: JSON when standard output is not a terminal). Every line
     /// is redacted; RUST_LOG filters.
     #[arg(long, global = true, value_enum, default_value = "auto", env = "AGENTCOM_LOG_FORMAT")]
-    log_format: agentcom_sidecar::logging::LogFormat,
+    log_format: agentcom_process::logging::LogFormat,
     /// Export traces to this OTLP/gRPC collector (`http://HOST:4317`); off when unset.
     #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
@@ -189,11 +189,11 @@ impl RunArgs {
         }
         let key = |name: &str, file: &Option<PathBuf>| -> anyhow::Result<Option<String>> {
             let key = match file {
-                Some(path) => agentcom_sidecar::secure::read_key_file(path).map(Some).map_err(anyhow::Error::msg)?,
+                Some(path) => agentcom_process::secure::read_key_file(path).map(Some).map_err(anyhow::Error::msg)?,
                 None => std::env::var(name).ok().filter(|k| !k.trim().is_empty()),
             };
             if let Some(key) = &key {
-                agentcom_sidecar::logging::redact(key); // No log line carries it.
+                agentcom_process::logging::redact(key); // No log line carries it.
             }
             Ok(key)
         };
@@ -222,8 +222,9 @@ impl RunArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    let log_format = agentcom_sidecar::logging::LogFormat::from_args();
-    agentcom_sidecar::binary_main(&env_allowlist_from_args(), log_format, run)
+    let log_format = agentcom_process::logging::LogFormat::from_args();
+    agentcom_sidecar::contain::watchdog_main_if_requested();
+    agentcom_process::binary_main(&env_allowlist_from_args(), log_format, agentcom_sidecar::exit_code, run)
 }
 
 /// The task environment allowlist, read from the arguments before clap runs (the environment
@@ -275,7 +276,7 @@ async fn run() -> anyhow::Result<()> {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches)?;
     warn_of_tokens_on_the_command_line(&matches);
-    let _traces = agentcom_sidecar::start_traces("agentcom-sidecar", cli.otlp_endpoint.as_deref())?;
+    let _traces = agentcom_process::start_traces("agentcom-sidecar", cli.otlp_endpoint.as_deref())?;
     let args = match cli.command {
         Command::Run(args) => args,
         Command::Enroll(args) => {
@@ -371,6 +372,6 @@ async fn run() -> anyhow::Result<()> {
         config = config.hostname(hostname);
     }
     let config = config.build()?;
-    agentcom_sidecar::run(config, agentcom_sidecar::shutdown_signal()).await?;
+    agentcom_sidecar::run(config, agentcom_process::shutdown_signal()).await?;
     Ok(())
 }

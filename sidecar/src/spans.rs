@@ -56,7 +56,7 @@ pub(crate) fn llm_answered(
     span.set("gen_ai.usage.input_tokens", input_tokens as i64);
     span.set("gen_ai.usage.output_tokens", output_tokens as i64);
     if let Some(error) = error {
-        span = span.attr("error.type", error_type(error)).error(crate::logging::redactor().scrub(error));
+        span = span.attr("error.type", error_type(error)).error(agentcom_process::logging::redactor().scrub(error));
     }
     span.end();
 }
@@ -98,7 +98,7 @@ pub(crate) fn executed(span: Option<Span>, outcome: &Outcome) {
         _ => Some(outcome.error.clone().unwrap_or_else(|| "the work failed".to_owned())),
     };
     if let Some(why) = failed {
-        span = span.error(crate::logging::redactor().scrub(&why));
+        span = span.error(agentcom_process::logging::redactor().scrub(&why));
     }
     span.end();
 }

@@ -66,7 +66,7 @@ pub fn ran_well(outcome: &Outcome) -> bool {
 
 impl Verifier {
     pub fn new(shell: shell::Settings) -> Verifier {
-        agentcom_link::install_crypto_provider();
+        agentcom_process::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(HTTP_TIMEOUT)
             .no_proxy()

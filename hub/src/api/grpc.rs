@@ -657,8 +657,8 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
         }
         let issued = self.enrolment.enrol(&request.join_token, &request.csr_der, &request.hostname, now_ms()).map_err(
             |err| {
-                warn!(error = %err.message, "refused an enrolment");
-                Status::from(err)
+                warn!(error = %err, "refused an enrolment");
+                Status::from(crate::api::ApiError::from(err))
             },
         )?;
         let ops = vec![

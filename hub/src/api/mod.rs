@@ -143,6 +143,18 @@ impl From<core::Error> for ApiError {
     }
 }
 
+impl From<crate::enrol::Error> for ApiError {
+    fn from(err: crate::enrol::Error) -> ApiError {
+        let code = match &err {
+            crate::enrol::Error::Invalid(_) => ErrorCode::InvalidArgument,
+            crate::enrol::Error::NotFound(_) => ErrorCode::NotFound,
+            crate::enrol::Error::Refused(_) => ErrorCode::PermissionDenied,
+            crate::enrol::Error::NoTls => ErrorCode::FailedPrecondition,
+        };
+        ApiError::new(code, err.to_string())
+    }
+}
+
 impl From<crate::domain::Error> for ApiError {
     fn from(err: crate::domain::Error) -> ApiError {
         ApiError::invalid(err.to_string())

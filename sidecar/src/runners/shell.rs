@@ -422,7 +422,7 @@ fn resolve_secrets(names: &[String], secrets: &BTreeMap<String, PathBuf>) -> Res
             let value =
                 std::fs::read_to_string(path).map_err(|err| format!("secret {name}: cannot read its file: {err}"))?;
             let value = value.trim_end_matches(['\r', '\n']).to_owned();
-            crate::logging::redact(&value); // No log line carries it.
+            agentcom_process::logging::redact(&value); // No log line carries it.
             Ok((name.clone(), value))
         })
         .collect()

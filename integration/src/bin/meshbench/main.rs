@@ -572,7 +572,7 @@ async fn queue(dir: PathBuf, seconds: f64, submitters: usize, startup_tasks: usi
 }
 
 fn main() -> anyhow::Result<()> {
-    agentcom_link::install_crypto_provider();
+    agentcom_process::install_crypto_provider();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
