@@ -752,4 +752,5 @@ fn failed_verdicts_of_a_tier_model_move_later_verified_work_up_a_tier() {
 }
 
 mod durable;
+mod model;
 mod packing;
