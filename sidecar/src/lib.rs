@@ -6,6 +6,7 @@
 //! owns the stream to the hub and is the only place protobuf appears. The sidecar never listens
 //! on a port.
 
+pub mod attempt;
 pub mod contain;
 pub mod enrol;
 mod link;

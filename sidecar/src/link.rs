@@ -43,7 +43,7 @@ use tracing::{debug, error, info, warn};
 use agentcom_types::domain::{AgentStep, Outcome, SpecDefaults, Stream, TraceParent};
 use agentcom_types::wire;
 
-use crate::contain::TaskKey;
+use crate::attempt::TaskKey;
 use crate::reports::Latest;
 use crate::runners::{self, Assignment, Runners, Sink};
 use crate::{Config, Error, now_ms};

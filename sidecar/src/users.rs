@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::contain::TaskKey;
+use crate::attempt::TaskKey;
 
 /// The uids tasks run as: `FIRST-LAST`, inclusive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -20,7 +20,8 @@ use agentcom_types::domain::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::contain::{self, TaskKey};
+use crate::attempt::TaskKey;
+use crate::contain;
 use crate::runners::{Assignment, Quiet, Runner, shell};
 
 /// A step's command runs this long at most unless the step says otherwise.

@@ -32,7 +32,7 @@ use agentcom_types::wire::{MAX_DIFF_BYTES, MAX_DIFF_STAT_BYTES, clip_to};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use crate::contain::TaskKey;
+use crate::attempt::TaskKey;
 
 /// A clone older than this is fetched before a workspace is made from it.
 pub const FETCH_AFTER: Duration = Duration::from_secs(60);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::State;
 use super::config::Error;
-use super::handle::{Assignment, Reply, SubmitAnswer, Submitted, ToSidecar};
+use super::messages::{Assignment, Reply, SubmitAnswer, Submitted, ToSidecar};
 use crate::domain::*;
 use crate::store;
 

@@ -7,7 +7,7 @@ use tracing::{info, warn};
 use super::State;
 use super::commit::AfterCommit;
 use super::config::Error;
-use super::handle::{Reply, ToSidecar};
+use super::messages::{Reply, ToSidecar};
 use super::sessions::move_agent;
 use crate::agent::{AgentEvent, AgentState};
 use crate::domain::*;

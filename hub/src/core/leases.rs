@@ -8,7 +8,7 @@ use tracing::{debug, warn};
 
 use super::State;
 use super::commit::AfterCommit;
-use super::handle::{FromSidecar, ToSidecar};
+use super::messages::{FromSidecar, ToSidecar};
 use super::sessions::{Agent, move_agent};
 use super::tasks::{judge, over_budget};
 use crate::agent::{AgentEvent, AgentState};

@@ -70,6 +70,7 @@ mod fleet_ops;
 mod handle;
 mod kept;
 mod leases;
+mod messages;
 mod observe;
 mod placing;
 mod retention;
@@ -91,13 +92,11 @@ pub use self::changes::{Change, Changes};
 pub use self::commit::AfterCommit;
 pub use self::config::{Config, Error};
 pub use self::config::{DEFAULT_RETAIN_OUTPUT, DEFAULT_RETAIN_OUTPUT_BYTES, DEFAULT_RETAIN_TASKS};
-pub use self::handle::{
-    Assignment, Event, FromSidecar, Handle, ModelStat, QueueStats, Recorded, RecordedKind, RunningTask, SidecarHello,
-    Submitted, ToSidecar, WatchReply, Welcome, WhyAnswer,
-};
+pub use self::handle::{Event, Handle, ModelStat, QueueStats, Recorded, RecordedKind, WatchReply, WhyAnswer};
+pub use self::messages::{Assignment, FromSidecar, RunningTask, SidecarHello, Submitted, ToSidecar, Welcome};
 pub use crate::fleet::{AgentDetail, AgentView, HostView};
 
-use self::handle::{Reply, SubmitWaiter};
+use self::messages::{Reply, SubmitWaiter};
 use self::sessions::{Agent, Sidecar};
 use crate::domain::*;
 use crate::feed::Feed;

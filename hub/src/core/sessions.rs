@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use super::State;
 use super::config::Error;
-use super::handle::{SidecarHello, ToSidecar, Welcome};
+use super::messages::{SidecarHello, ToSidecar, Welcome};
 use crate::agent::{self, AgentEvent, AgentState, Transition};
 use crate::domain::*;
 use crate::fleet::{self, AgentView};

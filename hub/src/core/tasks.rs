@@ -7,7 +7,7 @@ use tracing::{info, warn};
 use super::State;
 use super::commit::AfterCommit;
 use super::config::Error;
-use super::handle::{Reply, Submitted, ToSidecar};
+use super::messages::{Reply, Submitted, ToSidecar};
 use crate::domain::*;
 use crate::queue::{self, Lease};
 use crate::store::{Loaded, Op, Packed};

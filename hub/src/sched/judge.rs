@@ -45,8 +45,9 @@ pub fn judge(task: &Task, sidecar_id: &str, fleet: &Fleet<'_>) -> Option<Judge> 
         let here = fleet.offering(model).filter(|e| matches!(&e.owner, Owner::Sidecar(s) if s == sidecar_id));
         for endpoint in here {
             let in_flight = fleet.in_flight(&endpoint.id);
-            let Ok((estimate, _)) = weigh(fleet, sidecar_id, endpoint, model, JUDGE_TOKENS, local_only, in_flight)
-            else {
+            let free_memory = fleet.free_memory(sidecar_id);
+            let weighed = weigh(fleet, sidecar_id, free_memory, endpoint, model, JUDGE_TOKENS, local_only, in_flight);
+            let Ok((estimate, _)) = weighed else {
                 continue;
             };
             let key = (own == Some(model), estimate.total_ms(), order);

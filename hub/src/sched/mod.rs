@@ -526,13 +526,17 @@ pub fn estimate(
     local_only: bool,
     in_flight: u32,
 ) -> Option<(Estimate, bool)> {
-    weigh(fleet, sidecar_id, e, model, tokens, local_only, in_flight).ok()
+    let free_memory = fleet.free_memory(sidecar_id);
+    weigh(fleet, sidecar_id, free_memory, e, model, tokens, local_only, in_flight).ok()
 }
 
-/// [`estimate`], or the verdict that rules the endpoint out.
+/// [`estimate`], or the verdict that rules the endpoint out. `free_memory` is the sidecar's
+/// (see [`Sidecar::free_memory`]), which the caller has at hand.
+#[allow(clippy::too_many_arguments)] // Reason: the hot loop's values, passed as they are.
 fn weigh(
     fleet: &Fleet<'_>,
     sidecar_id: &str,
+    free_memory: Option<u64>,
     e: &Endpoint,
     model: &str,
     tokens: u32,
@@ -562,7 +566,7 @@ fn weigh(
     if !warm {
         let size = listed.map_or(0, |m| m.size_vram_bytes.max(m.size_bytes));
         load_ms = observed.load_ms.unwrap_or(size as f64 / DEFAULT_LOAD_BYTES_PER_MS);
-        if let Some(free) = fleet.free_memory(sidecar_id)
+        if let Some(free) = free_memory
             && size > free
         {
             // Room is made by evicting warm models, which then have to load again later.
@@ -587,7 +591,7 @@ fn weigh(
 
 fn place_model(task: &Task, model: &str, tokens: u32, fleet: &Fleet<'_>, record: &mut impl Record) -> Decision {
     let placement = &task.spec.placement;
-    let repository = task.spec.workspace_repository();
+    let (capability, repository) = (task.spec.work.capability(), task.spec.workspace_repository());
     let local_only = placement.local_only || fleet.offline;
     // The budget filter, if the model is priced: reading the prompt and writing the reply it
     // asks for (`max_tokens`; one token when it sets none, as a reply's length is not known)
@@ -617,23 +621,26 @@ fn place_model(task: &Task, model: &str, tokens: u32, fleet: &Fleet<'_>, record:
             idle_agents: 0,
             verdict,
         };
-        if !fleet.admits(sidecar_id, task)
-            || !repository.is_none_or(|r| fleet.sidecar(sidecar_id).is_some_and(|s| s.allows_repository(r)))
-        {
+        // The admission rule (`Fleet::admits` and the allowlist), on the one lookup of the sidecar.
+        let admitted = fleet.sidecar(sidecar_id).filter(|s| {
+            s.runs(capability) && s.admits(sidecar_id, placement) && repository.is_none_or(|r| s.allows_repository(r))
+        });
+        let Some(sidecar) = admitted else {
             record.note(|| note(None, Verdict::Excluded));
             continue;
-        }
-        open = true;
-        let weighed = match weigh(fleet, sidecar_id, endpoint, model, tokens, local_only, in_flight) {
-            Ok(weighed) => weighed,
-            Err(verdict) => {
-                busy |= verdict == Verdict::Busy;
-                cloud |= verdict == Verdict::Cloud;
-                no_room |= verdict == Verdict::NoRoom;
-                record.note(|| note(None, verdict));
-                continue;
-            }
         };
+        open = true;
+        let weighed =
+            match weigh(fleet, sidecar_id, sidecar.free_memory, endpoint, model, tokens, local_only, in_flight) {
+                Ok(weighed) => weighed,
+                Err(verdict) => {
+                    busy |= verdict == Verdict::Busy;
+                    cloud |= verdict == Verdict::Cloud;
+                    no_room |= verdict == Verdict::NoRoom;
+                    record.note(|| note(None, verdict));
+                    continue;
+                }
+            };
         if over_budget {
             budget = true;
             record.note(|| note(Some(weighed), Verdict::OverBudget));

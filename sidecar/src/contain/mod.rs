@@ -22,6 +22,7 @@
 //!
 //! **Architecture Invariant:** this module decides and cleans up; only `shell` starts tasks.
 
+use crate::attempt::TaskKey;
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -82,13 +83,6 @@ impl std::str::FromStr for Preference {
 pub struct Limits {
     pub max_memory_bytes: Option<u64>,
     pub max_pids: Option<u64>,
-}
-
-/// Which task attempt a scope belongs to.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct TaskKey {
-    pub task_id: String,
-    pub lease_generation: u64,
 }
 
 /// The mechanism in use, as `hubctl hosts ID` shows it.

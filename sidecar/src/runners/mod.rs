@@ -27,7 +27,8 @@ use std::time::Duration;
 use agentcom_types::domain::{AgentStep, Outcome, Stream, TaskSpec, TokenPrice, Verdict, Work};
 use tokio_util::sync::CancellationToken;
 
-use crate::contain::{self, TaskKey};
+use crate::attempt::TaskKey;
+use crate::contain;
 
 /// One attempt of a task, as the hub assigned it.
 #[derive(Clone, Debug)]

@@ -28,7 +28,8 @@ use tracing::warn;
 use agentcom_types::domain::{Exit, Outcome, Stream};
 
 use super::Sink;
-use crate::contain::{self, Containment, TaskKey};
+use crate::attempt::TaskKey;
+use crate::contain::{self, Containment};
 use crate::state::{Record, StateDir};
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{Quiet, shell};
-use crate::contain::{self, TaskKey};
+use crate::attempt::TaskKey;
+use crate::contain;
 
 /// Bytes of a file or of a tool's result a model is shown.
 pub const RESULT_BYTES: usize = 16 * 1024;
