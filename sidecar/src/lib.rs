@@ -9,6 +9,7 @@
 pub mod attempt;
 pub mod contain;
 pub mod enrol;
+pub mod job;
 mod link;
 pub mod metrics;
 pub mod reports;
@@ -318,7 +319,7 @@ impl Prepared {
         }
         let has_models = runners::llm::LlmRunner::configured(&settings);
         if has_models {
-            let llm: std::sync::Arc<dyn runners::Runner> = std::sync::Arc::new(runners::llm::LlmRunner::new(
+            let llm: std::sync::Arc<dyn job::Runner> = std::sync::Arc::new(runners::llm::LlmRunner::new(
                 settings.clone(),
                 latest.models.clone(),
                 latest.in_flight.clone(),

@@ -44,8 +44,9 @@ use agentcom_types::domain::{AgentStep, Outcome, SpecDefaults, Stream, TracePare
 use agentcom_types::wire;
 
 use crate::attempt::TaskKey;
+use crate::job::{Assignment, Sink};
 use crate::reports::Latest;
-use crate::runners::{self, Assignment, Runners, Sink};
+use crate::runners::{self, Runners};
 use crate::{Config, Error, now_ms};
 
 /// Most bytes a message may carry (a result holds up to the output cap per stream).
@@ -630,7 +631,7 @@ impl Link {
                     .map(|(span, parent)| TraceParent { span_id: span.span_id(), ..parent });
                 (self.runners.run(assignment, sink, cancel), kind)
             }
-            Err(error) => (Box::pin(async move { runners::failed_to_start(error) }) as runners::Running, "unknown"),
+            Err(error) => (Box::pin(async move { runners::failed_to_start(error) }) as crate::job::Running, "unknown"),
         };
         if let Some(span) = &mut span {
             span.set("agentcom.task.kind", kind);

@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::attempt::TaskKey;
 use crate::contain;
-use crate::runners::{Assignment, Quiet, Runner, shell};
+use crate::job::{Assignment, Quiet, Runner};
+use crate::runners::shell;
 
 /// A step's command runs this long at most unless the step says otherwise.
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(600);

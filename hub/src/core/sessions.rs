@@ -154,7 +154,7 @@ impl State {
         let host = self.sidecars.remove(&sidecar_id).map(|old| old.host).unwrap_or_default();
         let mut placing = crate::sched::Sidecar {
             hostname: hello.hostname.clone(),
-            capabilities: hello.capabilities.clone(),
+            capabilities: hello.capabilities.iter().collect(),
             tags: hello.tags.clone(),
             repo_allow: hello.repo_allow.clone(),
             open: true,

@@ -18,7 +18,7 @@ use crate::prices::Prices;
 pub struct Sidecar {
     pub hostname: String,
     /// The kinds of work it runs (`shell`, `llm`, `agent`, `claude-code`, ...).
-    pub capabilities: Vec<String>,
+    pub capabilities: Capabilities,
     pub tags: Vec<String>,
     /// Its `--repo-allow` list: work in a repository goes only where this covers it.
     pub repo_allow: Vec<String>,
@@ -41,7 +41,7 @@ impl Sidecar {
 
     /// Its session is open and it runs work that needs `capability`.
     pub fn runs(&self, capability: &str) -> bool {
-        self.open && self.capabilities.iter().any(|c| c == capability)
+        self.open && self.capabilities.contains(capability)
     }
 
     /// It matches the task's `placement.host` (its hostname or id) and has all of
@@ -54,6 +54,48 @@ impl Sidecar {
     /// Its `--repo-allow` covers `repository`.
     pub fn allows_repository(&self, repository: &str) -> bool {
         agentcom_types::fleet::repository_allowed(&self.repo_allow, repository)
+    }
+}
+
+/// The kinds of work a sidecar runs: those placement asks about as bits (asked for every
+/// candidate of every decision, without reading the sidecar's strings), any other by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    known: u8,
+    other: Vec<String>,
+}
+
+/// The capabilities kept as bits, in bit order.
+const KNOWN_CAPABILITIES: [&str; 4] = ["shell", "llm", "agent", "claude-code"];
+
+impl Capabilities {
+    fn bit(name: &str) -> Option<u8> {
+        KNOWN_CAPABILITIES.iter().position(|known| *known == name).map(|i| 1 << i)
+    }
+
+    pub fn insert(&mut self, name: &str) {
+        match Capabilities::bit(name) {
+            Some(bit) => self.known |= bit,
+            None if !self.other.iter().any(|c| c == name) => self.other.push(name.to_owned()),
+            None => {}
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        match Capabilities::bit(name) {
+            Some(bit) => self.known & bit != 0,
+            None => self.other.iter().any(|c| c == name),
+        }
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for Capabilities {
+    fn from_iter<I: IntoIterator<Item = S>>(names: I) -> Capabilities {
+        let mut capabilities = Capabilities::default();
+        for name in names {
+            capabilities.insert(name.as_ref());
+        }
+        capabilities
     }
 }
 

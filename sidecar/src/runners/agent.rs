@@ -23,8 +23,9 @@ use agentcom_types::domain::{AgentStep, Exit, MAX_STEPS, Outcome, Stream, Usage,
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Assignment, Runner, Running, Sink, context, failed_to_start, shell, tools};
+use super::{context, failed_to_start, shell, tools};
 use crate::contain;
+use crate::job::{Assignment, Runner, Running, Sink};
 use crate::reports::{self, InFlight};
 use agentcom_llm::Endpoint;
 

@@ -33,8 +33,9 @@ use agentcom_types::domain::{AgentStep, MAX_STEPS, Outcome, Stream, Usage, Work}
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{Assignment, Runner, Running, Sink, failed_to_start, shell};
+use super::{failed_to_start, shell};
 use crate::contain;
+use crate::job::{Assignment, Runner, Running, Sink};
 
 /// The raw stream kept from the CLI, at most (the transcript is capped by the task's limit).
 const RAW_BYTES: usize = 16 * 1024 * 1024;

@@ -31,7 +31,8 @@ use agentcom_types::fleet::{Endpoint, EndpointKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Assignment, Runner, Running, Sink, failed_to_start};
+use super::failed_to_start;
+use crate::job::{Assignment, Runner, Running, Sink};
 use crate::reports::{self, InFlight};
 
 /// Longest a piece of text waits to be sent with the next.

@@ -27,9 +27,9 @@ use tracing::warn;
 
 use agentcom_types::domain::{Exit, Outcome, Stream};
 
-use super::Sink;
 use crate::attempt::TaskKey;
 use crate::contain::{self, Containment};
+use crate::job::Sink;
 use crate::state::{Record, StateDir};
 
 #[derive(Clone, Debug, PartialEq, Eq)]

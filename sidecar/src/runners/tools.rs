@@ -15,9 +15,10 @@ use agentcom_types::domain::Exit;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::{Quiet, shell};
+use super::shell;
 use crate::attempt::TaskKey;
 use crate::contain;
+use crate::job::Quiet;
 
 /// Bytes of a file or of a tool's result a model is shown.
 pub const RESULT_BYTES: usize = 16 * 1024;

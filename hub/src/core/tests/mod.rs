@@ -96,7 +96,7 @@ impl Harness {
     fn runs_llm(&mut self, sidecar_id: &str) {
         let capabilities = vec!["shell".to_owned(), "llm".to_owned()];
         self.state.sidecars.get_mut(sidecar_id).expect("a joined sidecar").hello.capabilities = capabilities.clone();
-        self.state.placing.get_mut(sidecar_id).expect("a joined sidecar").capabilities = capabilities;
+        self.state.placing.get_mut(sidecar_id).expect("a joined sidecar").capabilities = capabilities.iter().collect();
     }
 
     fn leave(&mut self, sidecar_id: &str) {

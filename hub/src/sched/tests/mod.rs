@@ -54,7 +54,7 @@ impl World {
                 gpu_busy: self.gpu_busy.get(id).copied().unwrap_or(0),
                 ..Sidecar::default()
             });
-            sidecar.capabilities.push(capability.to_owned());
+            sidecar.capabilities.insert(capability);
         }
         let cordon = crate::fleet::Cordon { since_unix_ms: 0, deadline_unix_ms: None };
         let cordons = self.cordoned.iter().map(|id| ((*id).to_owned(), cordon)).collect();
@@ -659,4 +659,25 @@ fn the_judge_is_the_soonest_tier_model_on_the_sidecar_that_ran_the_work_and_not_
     let explained = explain(&task, &fleet.owned().view(), 0);
     assert_eq!(placed_on(&explained.decision), "warm");
     assert_eq!(explained.judge.map(|j| j.model).as_deref(), Some("claude-sonnet-4-5"));
+}
+
+#[test]
+fn capabilities_answer_as_their_list_does() {
+    let capabilities: Capabilities = ["llm", "claude-code", "gpu-work", "llm"].into_iter().collect();
+    let asked = [
+        ("llm", true),
+        ("claude-code", true),
+        ("gpu-work", true),
+        ("shell", false),
+        ("agent", false),
+        ("other", false),
+    ];
+    for (name, has) in asked {
+        assert_eq!(capabilities.contains(name), has, "{name}");
+    }
+    assert_eq!(
+        capabilities,
+        ["gpu-work", "claude-code", "llm"].into_iter().collect(),
+        "order and repeats do not count"
+    );
 }

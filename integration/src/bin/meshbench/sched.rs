@@ -101,7 +101,7 @@ fn fleet(agents: usize, endpoints: usize, models: usize, rng: &mut impl Rng) -> 
         fleet.registry.put(endpoint);
         let facts = sched::Sidecar {
             hostname: sidecar.clone(),
-            capabilities: vec!["llm".into()],
+            capabilities: ["llm"].into_iter().collect(),
             open: true,
             ..sched::Sidecar::default()
         };
