@@ -1,10 +1,12 @@
 //! The AgentCom sidecar: dials out to the hub over one gRPC stream, runs the work it is
 //! assigned, and streams progress and results back.
 //!
-//! [`run`] is the whole sidecar; the binary only parses flags into a [`Config`] (through
-//! [`Config::builder`], as `dev` and the test harness do). [`runners`] run the work, `link`
-//! owns the stream to the hub and is the only place protobuf appears. The sidecar never listens
-//! on a port.
+//! [`run`] is the whole sidecar ([`prepare`] then [`run_prepared`], which `dev` calls apart so
+//! that leftovers of a crash are killed before its hub serves); the binary only parses flags
+//! into a [`Config`] (through [`Config::builder`], as `dev` and the test harness do). [`runners`]
+//! run the work that [`job`] describes, `verify` checks it, `link` owns the stream to the hub
+//! (protobuf appears there and in `enrol` only). The sidecar never listens on a port, except
+//! for its metrics when asked (`--metrics-listen`).
 
 pub mod attempt;
 pub mod contain;

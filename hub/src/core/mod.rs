@@ -7,7 +7,9 @@
 //!   each event by changing itself and recording what it wants done in an [`Effects`] value:
 //!   changes to persist (each with its [`AfterCommit`] ticket) and messages for sidecars. It
 //!   never touches the store, a socket or a clock, so its logic is tested without either
-//!   (`tests.rs`).
+//!   (`tests/`, and the model-based property test in `tests/model.rs`). It is not yet pure: it
+//!   still answers callers on their reply channels, updates watchers' feeds, publishes the
+//!   change stream and records spans itself.
 //! - [`Core`] runs the loop: it reads events, hands them to the state with the time, and carries
 //!   out the effects: writes go to the storage writer, messages into the sessions' outboxes.
 //!   Whatever must wait for durability (answering a submit, sending an assignment, announcing a
@@ -16,7 +18,8 @@
 //! The decisions are grouped by concern: `tasks` (submits, dependencies, retries, dead
 //! letters), `leases` (what sidecars report under a lease, dispatch, time passing), `sessions`
 //! (sidecars and agents), `commit` (what follows a commit), `fleet_ops` (drain, hosts, LLM
-//! endpoints); `handle` is the interface.
+//! endpoints); `handle` is the interface, `messages` what the core says with sidecar sessions
+//! and submitters.
 //!
 //! **Architecture Invariant:** the core never touches a prost type or a socket. It speaks to
 //! sidecar sessions through [`ToSidecar`] messages in their outboxes; the gRPC layer converts.
