@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use super::{IdleIndex, Learned, TierModels};
-use crate::domain::{Placement, Task, TaskId, Tier, TokenPrice, Work};
+use crate::domain::{Placement, Task, TaskId, Tier, TokenPrice, UnixMs, Work};
 use crate::fleet::{Cordon, Endpoint, EndpointKind, Registry, Resources};
 use crate::prices::Prices;
 
@@ -118,7 +118,7 @@ pub fn gpu_busy(report: &Resources) -> u32 {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TierWait {
     /// Since when it has waited at the tier it is at now.
-    pub since: i64,
+    pub since: UnixMs,
     /// The tier it was moved to; `None` while at its own.
     pub moved_to: Option<Tier>,
     /// The tiers it has been at.

@@ -681,3 +681,31 @@ fn capabilities_answer_as_their_list_does() {
         "order and repeats do not count"
     );
 }
+
+#[test]
+fn free_memory_and_gpu_load_come_from_the_latest_report() {
+    use crate::fleet::{Gpu, Resources};
+    let gpu = |total: Option<u64>, used: Option<u64>, busy: Option<u32>| Gpu {
+        memory_total_bytes: total,
+        memory_used_bytes: used,
+        utilization_percent: busy,
+        ..Gpu::default()
+    };
+    let ram_only = Resources { memory_available_bytes: 8 << 30, ..Resources::default() };
+    let two_gpus = Resources {
+        memory_available_bytes: 8 << 30,
+        gpus: vec![gpu(Some(24 << 30), Some(4 << 30), Some(90)), gpu(Some(16 << 30), Some(16 << 30), Some(30))],
+        ..Resources::default()
+    };
+    let mut sidecar = Sidecar::default();
+    sidecar.reported(None);
+    assert_eq!((sidecar.free_memory, sidecar.gpu_busy), (None, 0), "nothing until it reports");
+    sidecar.reported(Some(&ram_only));
+    assert_eq!((sidecar.free_memory, sidecar.gpu_busy), (Some(8 << 30), 0), "without GPUs: its RAM");
+    sidecar.reported(Some(&two_gpus));
+    assert_eq!((sidecar.free_memory, sidecar.gpu_busy), (Some(20 << 30), 60), "the GPUs' free memory, their mean load");
+    // A GPU that does not say its memory makes the whole unknown; one without a load is left out.
+    let unknown = Resources { gpus: vec![gpu(Some(24 << 30), None, None), gpu(None, None, Some(40))], ..two_gpus };
+    sidecar.reported(Some(&unknown));
+    assert_eq!((sidecar.free_memory, sidecar.gpu_busy), (None, 40));
+}
