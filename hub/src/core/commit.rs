@@ -7,6 +7,7 @@ use super::State;
 use super::config::Error;
 use super::messages::{Assignment, Reply, SubmitAnswer, Submitted, ToSidecar};
 use crate::domain::*;
+use crate::fleet::{Endpoint, HostView};
 use crate::store;
 
 /// Work that waits for a commit.
@@ -28,8 +29,14 @@ pub enum AfterCommit {
     Requeued { task_id: TaskId, reply: Reply<Result<Task, Error>> },
     /// A purge is durable: answer with how many tasks went.
     Purged { count: usize, reply: Reply<Result<usize, Error>> },
-    /// Anything else that answers once durable (fleet settings).
-    Then(Box<dyn FnOnce() + Send>),
+    /// A cordon set or lifted is durable: answer with the host as it now is.
+    Host { view: Box<HostView>, reply: Reply<Result<HostView, Error>> },
+    /// An endpoint added or removed is durable: answer with it.
+    Endpoint { endpoint: Box<Endpoint>, reply: Reply<Result<Endpoint, Error>> },
+    /// Changes a component asked the core to persist are durable: tell it.
+    Persisted(Reply<()>),
+    /// Nothing waits for this change (counts, records forgotten by retention).
+    Nothing,
 }
 
 impl AfterCommit {
@@ -164,7 +171,16 @@ impl State {
                 AfterCommit::Purged { count, reply } => {
                     let _ = reply.send(Ok(count));
                 }
-                AfterCommit::Then(answer) => answer(),
+                AfterCommit::Host { view, reply } => {
+                    let _ = reply.send(Ok(*view));
+                }
+                AfterCommit::Endpoint { endpoint, reply } => {
+                    let _ = reply.send(Ok(*endpoint));
+                }
+                AfterCommit::Persisted(reply) => {
+                    let _ = reply.send(());
+                }
+                AfterCommit::Nothing => {}
             }
         }
     }
@@ -219,8 +235,14 @@ impl State {
                 AfterCommit::Purged { reply, .. } => {
                     let _ = reply.send(Err(failed()));
                 }
+                AfterCommit::Host { reply, .. } => {
+                    let _ = reply.send(Err(failed()));
+                }
+                AfterCommit::Endpoint { reply, .. } => {
+                    let _ = reply.send(Err(failed()));
+                }
                 // Its caller learns it from the dropped answer.
-                AfterCommit::Then(_) => {}
+                AfterCommit::Persisted(_) | AfterCommit::Nothing => {}
             }
         }
         for (_, waiters) in self.pending_submits.drain() {

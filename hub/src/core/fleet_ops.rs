@@ -39,7 +39,7 @@ impl State {
         let view = self.host_view(&sidecar_id, false).expect("a sidecar or a cordon exists");
         self.write(
             vec![Op::PutCordon { sidecar_id: sidecar_id.clone(), cordon }],
-            AfterCommit::Then(Box::new(move || drop(reply.send(Ok(view))))),
+            AfterCommit::Host { view: Box::new(view), reply },
         );
     }
 
@@ -81,7 +81,7 @@ impl State {
         }
         self.write(
             vec![Op::DeleteCordon { sidecar_id: sidecar_id.clone() }],
-            AfterCommit::Then(Box::new(move || drop(reply.send(Ok(view))))),
+            AfterCommit::Host { view: Box::new(view), reply },
         );
     }
 
@@ -218,7 +218,7 @@ impl State {
         info!(id = endpoint.id, url = endpoint.url, "endpoint added");
         self.registry.put(endpoint.clone());
         let op = Op::PutEndpoint(Box::new(endpoint.clone()));
-        self.write(vec![op], AfterCommit::Then(Box::new(move || drop(reply.send(Ok(endpoint))))));
+        self.write(vec![op], AfterCommit::Endpoint { endpoint: Box::new(endpoint), reply });
     }
 
     /// Removes an endpoint. One a sidecar reports cannot go while that sidecar is online: it
@@ -240,7 +240,7 @@ impl State {
         let endpoint = self.registry.remove(&id).expect("checked above");
         info!(id, url = endpoint.url, "endpoint removed");
         let op = Op::DeleteEndpoint { id };
-        self.write(vec![op], AfterCommit::Then(Box::new(move || drop(reply.send(Ok(endpoint))))));
+        self.write(vec![op], AfterCommit::Endpoint { endpoint: Box::new(endpoint), reply });
     }
 
     /// The hub's own probe of an endpoint came back.
@@ -253,7 +253,7 @@ impl State {
         let id = endpoint.id.clone();
         if self.registry.put(endpoint) {
             let op = Op::PutEndpoint(Box::new(self.registry.get(&id).expect("just put").clone()));
-            self.write(vec![op], AfterCommit::Then(Box::new(|| {})));
+            self.write(vec![op], AfterCommit::Nothing);
         }
     }
 
@@ -274,7 +274,7 @@ impl State {
         ops.extend(
             changes.put.iter().filter_map(|id| self.registry.get(id)).map(|e| Op::PutEndpoint(Box::new(e.clone()))),
         );
-        self.write(ops, AfterCommit::Then(Box::new(|| {})));
+        self.write(ops, AfterCommit::Nothing);
     }
 }
 

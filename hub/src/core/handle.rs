@@ -620,12 +620,7 @@ impl State {
                 let _ = reply.send(self.endpoint_listing());
             }
             Event::Persist { ops, reply } => {
-                self.write(
-                    ops,
-                    AfterCommit::Then(Box::new(move || {
-                        let _ = reply.send(());
-                    })),
-                );
+                self.write(ops, AfterCommit::Persisted(reply));
             }
             Event::AddEndpoint { url, kind, reply } => self.add_endpoint(url, kind, reply),
             Event::RemoveEndpoint { id, reply } => self.remove_endpoint(id, reply),

@@ -192,7 +192,7 @@ impl State {
             self.observe_verdict(model, kind, passed);
             let tally = self.learned.tally(model, kind, tier);
             let op = crate::store::Op::PutVerdicts { model: model.to_owned(), kind, tier, tally };
-            self.write(vec![op], AfterCommit::Then(Box::new(|| {})));
+            self.write(vec![op], AfterCommit::Nothing);
         }
     }
 

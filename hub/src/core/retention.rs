@@ -122,7 +122,7 @@ impl State {
             {
                 self.by_key.remove(&key);
             }
-            self.write(vec![Op::DeleteTask(id)], AfterCommit::Then(Box::new(|| {})));
+            self.write(vec![Op::DeleteTask(id)], AfterCommit::Nothing);
         }
     }
 }

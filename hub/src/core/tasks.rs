@@ -70,7 +70,7 @@ impl State {
                     Some(Op::PutVerdicts { model, kind, tier: tier.parse().ok()?, tally })
                 })
                 .collect();
-            self.write(ops, AfterCommit::Then(Box::new(|| {})));
+            self.write(ops, AfterCommit::Nothing);
         }
         // Dependencies may have settled after their dependents last changed on disk.
         let n_waiting = waiting.len();
