@@ -5,12 +5,14 @@
 
 use std::path::{Path, PathBuf};
 
-/// One protobuf package: its files, include root, generated file, and whether it has services.
+/// One protobuf package: its files, include root, generated file, whether it has services, and
+/// whether its maps are ordered (`BTreeMap`).
 struct Package {
     files: &'static [&'static str],
     include: &'static str,
     generated: &'static str,
     services: bool,
+    ordered_maps: bool,
 }
 
 const PACKAGES: &[Package] = &[
@@ -24,12 +26,15 @@ const PACKAGES: &[Package] = &[
         include: "proto",
         generated: "proto/src/generated/agentcom.v1.rs",
         services: true,
+        ordered_maps: false,
     },
     Package {
         files: &["agentcom/storage/v1/storage.proto"],
         include: "hub/proto",
         generated: "hub/src/store/generated/agentcom.storage.v1.rs",
         services: false,
+        // The storage format's maps are ordered, so a record's bytes are the same every time.
+        ordered_maps: true,
     },
 ];
 
@@ -44,8 +49,7 @@ fn generate(package: &Package, out: &Path) -> String {
     let files: Vec<PathBuf> = package.files.iter().map(|file| root.join(file)).collect();
     let descriptors = protox::compile(&files, [&root]).expect("the .proto files compile");
     let mut config = tonic_prost_build::configure().build_server(package.services).build_client(package.services);
-    if !package.services {
-        // The storage format's maps are ordered, so a record's bytes are the same every time.
+    if package.ordered_maps {
         config = config.btree_map(".");
     }
     config.out_dir(out).compile_fds(descriptors).expect("code generation");

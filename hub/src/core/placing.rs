@@ -269,10 +269,10 @@ impl State {
             return;
         }
         for sidecar_id in self.idle.take_touched() {
-            let Some(sidecar) = self.sidecars.get(&sidecar_id) else { continue };
+            let Some(sidecar) = self.placing.get(&sidecar_id) else { continue };
             let registry = &self.registry;
             let owner = Owner::Sidecar(sidecar_id.clone());
-            let runs = |capability: &str| sidecar.hello.capabilities.iter().any(|c| c == capability);
+            let runs = |capability: &str| sidecar.capabilities.contains(capability);
             self.queue.unblock(|need| match need {
                 Need::Capability(capability) => runs(capability),
                 Need::Model(model) => runs("llm") && registry.offering(model).any(|e| e.owner == owner),

@@ -99,6 +99,11 @@ impl<S: AsRef<str>> FromIterator<S> for Capabilities {
     }
 }
 
+/// [`Fleet::admits`] for a sidecar already looked up.
+fn admitted(sidecar_id: &str, sidecar: &Sidecar, task: &Task) -> bool {
+    sidecar.runs(task.spec.work.capability()) && sidecar.admits(sidecar_id, &task.spec.placement)
+}
+
 /// Memory free for a model: the GPUs' free memory together, or the available RAM without GPUs;
 /// `None` when a GPU does not say its memory.
 pub fn free_memory(report: &Resources) -> Option<u64> {
@@ -157,15 +162,24 @@ impl<'a> Fleet<'a> {
     /// The sidecar may take the task as far as who it is goes: it runs its kind of work and
     /// matches its tags and host.
     pub fn admits(&self, sidecar_id: &str, task: &Task) -> bool {
-        let capability = task.spec.work.capability();
-        self.sidecar(sidecar_id).is_some_and(|s| s.runs(capability) && s.admits(sidecar_id, &task.spec.placement))
+        self.sidecar(sidecar_id).is_some_and(|s| admitted(sidecar_id, s, task))
     }
 
     /// Whether the sidecar can take the task as far as what it has goes (beyond its capability,
     /// tags and host): the repository its work runs in is on its allowlist, and LLM work (or
     /// agent work on a sidecar without Claude Code) has a healthy LLM endpoint there.
     pub fn takes(&self, sidecar_id: &str, task: &Task) -> bool {
-        let Some(sidecar) = self.sidecar(sidecar_id) else { return false };
+        self.sidecar(sidecar_id).is_some_and(|s| self.takes_on(sidecar_id, s, task))
+    }
+
+    /// [`Fleet::admits`] and [`Fleet::takes`] together, on one lookup of the sidecar: the whole
+    /// admission rule for work placed by capability.
+    pub fn eligible(&self, sidecar_id: &str, task: &Task) -> bool {
+        self.sidecar(sidecar_id).is_some_and(|s| admitted(sidecar_id, s, task) && self.takes_on(sidecar_id, s, task))
+    }
+
+    /// [`Fleet::takes`] for a sidecar already looked up.
+    pub(super) fn takes_on(&self, sidecar_id: &str, sidecar: &Sidecar, task: &Task) -> bool {
         let repository_ok = task.spec.workspace_repository().is_none_or(|r| sidecar.allows_repository(r));
         let llm_ok = match &task.spec.work {
             Work::Llm(_) => self.registry.has_healthy(sidecar_id),

@@ -441,7 +441,7 @@ fn decide<'a>(
     }
     let mut best: Option<(&String, &BTreeSet<String>)> = None;
     for (sidecar_id, agents) in fleet.idle.iter() {
-        if !fleet.admits(sidecar_id, task) || !fleet.takes(sidecar_id, task) {
+        if !fleet.eligible(sidecar_id, task) {
             continue;
         }
         record.note(|| Candidate {
@@ -495,7 +495,7 @@ fn unplaced(task: &Task, fleet: &Fleet<'_>) -> Wait {
             continue;
         }
         allowed = true;
-        if fleet.takes(id, task) {
+        if fleet.takes_on(id, sidecar, task) {
             return Wait::AllBusy;
         }
     }
