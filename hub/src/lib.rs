@@ -23,5 +23,5 @@ pub mod sched;
 pub mod server;
 pub mod store;
 
-pub use agentcom_types::{agent, domain};
+pub use agentcom_types::{agent, domain, link};
 pub use store::backup;

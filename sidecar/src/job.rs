@@ -1,48 +1,31 @@
-//! What a runner is given and how it is called: the [`Assignment`] of one attempt, the
-//! [`Runner`] trait, the [`Sink`] it reports to. Below `runners` and `verify`, which both use it.
+//! What a runner is given and how it is called: the [`Attempt`] (the hub's [`Assignment`] and
+//! what the sidecar adds), the [`Runner`] trait, the [`Sink`] it reports to. Below `runners` and
+//! `verify`, which both use it.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use agentcom_types::domain::{AgentStep, Outcome, Stream, TaskSpec, TokenPrice};
+use agentcom_types::domain::{AgentStep, Outcome, Stream};
+pub use agentcom_types::link::Assignment;
 use tokio_util::sync::CancellationToken;
 
 use crate::attempt::TaskKey;
 
-/// One attempt of a task, as the hub assigned it.
+/// One attempt as this sidecar runs it: the hub's [`Assignment`], the key the sidecar files the
+/// attempt under (containment, state, uids, workspaces), and what it adds on the way.
 #[derive(Clone, Debug)]
-pub struct Assignment {
+pub struct Attempt {
+    pub assignment: Assignment,
     pub key: TaskKey,
-    pub attempt: u32,
-    pub agent_id: String,
-    pub spec: TaskSpec,
-    /// LLM work: the endpoint the hub placed it on, if it chose one, and the model when the
-    /// spec names none.
-    pub endpoint_id: Option<String>,
-    pub model: Option<String>,
-    /// What the placed model costs, for `limits.max_cost_micros` while the work streams.
-    pub price: Option<TokenPrice>,
-    /// The model and endpoint the hub chose to judge `llm_judge` steps that name no model.
-    pub judge: Option<(String, String)>,
-    /// Work with a cost budget placed without a model: the prices of the models this sidecar
-    /// offers (it picks one). See [`Assignment::price_of`].
-    pub prices: Vec<(String, TokenPrice)>,
     /// Agent work: the workspace it runs in (made by `Runners::run`).
     pub workspace: Option<std::path::PathBuf>,
-    /// The attempt's `execute` span, the parent of the runners' spans (traces exported only).
-    pub trace: Option<agentcom_types::domain::TraceParent>,
 }
 
-impl Assignment {
-    /// What `model` costs, for the cost budget: the placed model's price, else the price the hub
-    /// sent for the model the sidecar picked; `None` when unknown (the hub still judges the
-    /// final usage).
-    pub fn price_of(&self, model: &str) -> Option<TokenPrice> {
-        match self.model.as_deref() {
-            Some(placed) if placed == model => self.price,
-            _ => self.prices.iter().find(|(m, _)| m == model).map(|(_, price)| *price),
-        }
+impl Attempt {
+    pub fn new(assignment: Assignment) -> Attempt {
+        let key = TaskKey { task_id: assignment.task_id.to_string(), lease_generation: assignment.lease_generation };
+        Attempt { assignment, key, workspace: None }
     }
 }
 
@@ -83,34 +66,5 @@ pub trait Runner: Send + Sync + 'static {
 
     /// Runs one attempt to its end. It never fails as such: what went wrong is in the outcome.
     /// `cancel` ends the work early (every process of it, for shell work).
-    fn run(&self, assignment: Assignment, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use agentcom_types::domain::SpecDefaults;
-
-    #[test]
-    fn a_model_is_priced_as_placed_else_as_the_hub_listed_it() {
-        let price = |input: f64| TokenPrice { input, output: input * 5.0 };
-        let mut assignment = Assignment {
-            key: TaskKey { task_id: "t".into(), lease_generation: 1 },
-            attempt: 1,
-            agent_id: String::new(),
-            spec: TaskSpec::shell(vec!["true".into()], &SpecDefaults::default()),
-            endpoint_id: None,
-            model: Some("placed".into()),
-            price: Some(price(3.0)),
-            judge: None,
-            prices: vec![("picked".into(), price(1.0))],
-            workspace: None,
-            trace: None,
-        };
-        assert_eq!(assignment.price_of("placed"), Some(price(3.0)));
-        assert_eq!(assignment.price_of("picked"), Some(price(1.0)));
-        assert_eq!(assignment.price_of("unknown"), None);
-        assignment.model = None;
-        assert_eq!(assignment.price_of("placed"), None, "no placed model: only the listed prices");
-    }
+    fn run(&self, attempt: Attempt, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running;
 }

@@ -31,8 +31,6 @@ use std::time::Duration;
 use agentcom_link::connect::{Dialer, HubUrl, channel};
 use agentcom_link::tls::Pin;
 use agentcom_proto::v1 as pb;
-use pb::hub_message::Msg as HubMsg;
-use pb::sidecar_message::Msg as SideMsg;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -40,11 +38,11 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tracing::{debug, error, info, warn};
 
-use agentcom_types::domain::{AgentStep, Outcome, SpecDefaults, Stream, TraceParent};
-use agentcom_types::wire;
+use agentcom_types::domain::{AgentStep, Outcome, SpecDefaults, Stream, TaskId, TraceParent};
+use agentcom_types::link::{Assignment, FromSidecar, Hello, RunningTask, ToSidecar};
+use agentcom_types::wire::link::{self as wire, Refused};
 
-use crate::attempt::TaskKey;
-use crate::job::{Assignment, Sink};
+use crate::job::{Attempt, Sink};
 use crate::reports::Latest;
 use crate::runners::{self, Runners};
 use crate::{Config, Error, now_ms};
@@ -57,52 +55,31 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How long a stopping sidecar waits for cancelled work to report.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// What a job reports while it runs.
-enum JobEvent {
-    Started {
-        task_id: String,
-        lease_generation: u64,
-        pid: u32,
-    },
-    Output {
-        task_id: String,
-        lease_generation: u64,
-        stream: Stream,
-        offset: u64,
-        data: Vec<u8>,
-    },
-    Progress {
-        task_id: String,
-        lease_generation: u64,
-        blocked: bool,
-        verifying: bool,
-        message: String,
-    },
-    Finished {
-        task_id: String,
-        lease_generation: u64,
-        outcome: Box<Outcome>,
-    },
-    /// Agent work took a step.
-    Step {
-        task_id: String,
-        lease_generation: u64,
-        step: AgentStep,
-    },
-    /// A preload the hub asked for ended.
-    Preloaded(pb::Preloaded),
+/// Where a job reports: what it says goes to the hub as it is (`FromSidecar`), through the
+/// link's queue of events.
+struct JobSink {
+    task_id: TaskId,
+    lease_generation: u64,
+    events: mpsc::Sender<FromSidecar>,
 }
 
-struct JobSink {
-    task_id: String,
-    lease_generation: u64,
-    events: mpsc::Sender<JobEvent>,
+impl JobSink {
+    fn progress_message(&self, blocked: bool, verifying: bool, message: String, step: Option<&AgentStep>) {
+        let _ = self.events.try_send(FromSidecar::Progress {
+            task_id: self.task_id,
+            lease_generation: self.lease_generation,
+            blocked,
+            verifying,
+            message,
+            step: step.map(|step| Box::new(step.clone())),
+        });
+    }
 }
 
 impl Sink for JobSink {
     fn started(&self, pid: u32) {
-        let _ = self.events.try_send(JobEvent::Started {
-            task_id: self.task_id.clone(),
+        let _ = self.events.try_send(FromSidecar::Started {
+            task_id: self.task_id,
             lease_generation: self.lease_generation,
             pid,
         });
@@ -112,8 +89,8 @@ impl Sink for JobSink {
         // Secrets this sidecar knows never leave it, not even in a task's own output.
         let data = agentcom_process::logging::redactor().mask(data).unwrap_or_else(|| data.to_vec());
         // Dropped when the link is backed up: the final outcome carries the output anyway.
-        let _ = self.events.try_send(JobEvent::Output {
-            task_id: self.task_id.clone(),
+        let _ = self.events.try_send(FromSidecar::Output {
+            task_id: self.task_id,
             lease_generation: self.lease_generation,
             stream,
             offset,
@@ -122,31 +99,34 @@ impl Sink for JobSink {
     }
 
     fn progress(&self, blocked: bool, message: &str) {
-        let _ = self.events.try_send(JobEvent::Progress {
-            task_id: self.task_id.clone(),
-            lease_generation: self.lease_generation,
-            blocked,
-            verifying: false,
-            message: message.to_owned(),
-        });
+        self.progress_message(blocked, false, message.to_owned(), None);
     }
 
     fn step(&self, step: &AgentStep) {
-        let _ = self.events.try_send(JobEvent::Step {
-            task_id: self.task_id.clone(),
-            lease_generation: self.lease_generation,
-            step: step.clone(),
-        });
+        self.progress_message(false, false, format!("{} {}", step.tool, step.summary), Some(step));
     }
 
     fn verifying(&self) {
-        let _ = self.events.try_send(JobEvent::Progress {
-            task_id: self.task_id.clone(),
+        self.progress_message(false, true, "verifying".to_owned(), None);
+    }
+}
+
+/// A result the hub has not said is stored yet.
+#[derive(Clone)]
+struct Held {
+    task_id: TaskId,
+    lease_generation: u64,
+    /// Masked already.
+    outcome: Box<Outcome>,
+}
+
+impl Held {
+    fn message(&self) -> pb::SidecarMessage {
+        wire::from_sidecar_into_pb(FromSidecar::Finished {
+            task_id: self.task_id,
             lease_generation: self.lease_generation,
-            blocked: false,
-            verifying: true,
-            message: "verifying".to_owned(),
-        });
+            outcome: self.outcome.clone(),
+        })
     }
 }
 
@@ -165,13 +145,13 @@ pub(crate) struct Link {
     runners: Runners,
     /// How the sidecar contains task processes, in its own words (sent in every hello).
     containment: String,
-    running: HashMap<String, RunningJob>,
+    running: HashMap<TaskId, RunningJob>,
     /// Results the hub has not said are stored (`ResultStored`), in the order they finished:
     /// sent at the start of every session, and kept until the hub has them durably, so neither
     /// a lost link nor a hub that crashed (or failed to commit) before storing one loses it.
-    unacked: VecDeque<pb::SidecarMessage>,
-    events_tx: mpsc::Sender<JobEvent>,
-    events_rx: mpsc::Receiver<JobEvent>,
+    unacked: VecDeque<Held>,
+    events_tx: mpsc::Sender<FromSidecar>,
+    events_rx: mpsc::Receiver<FromSidecar>,
     /// The last session got as far as a welcome (so the next retry starts with a short backoff).
     joined: bool,
     /// When the link went down, while it is down.
@@ -292,7 +272,7 @@ impl Link {
         let deadline = tokio::time::Instant::now() + STOP_GRACE;
         while !self.running.is_empty() {
             match tokio::time::timeout_at(deadline, self.events_rx.recv()).await {
-                Ok(Some(JobEvent::Finished { task_id, .. })) => {
+                Ok(Some(FromSidecar::Finished { task_id, .. })) => {
                     self.running.remove(&task_id);
                 }
                 Ok(Some(_)) => {}
@@ -303,11 +283,11 @@ impl Link {
         Ok(())
     }
 
-    fn offline_event(&mut self, event: JobEvent) {
-        if let JobEvent::Finished { task_id, lease_generation, outcome } = event
+    fn offline_event(&mut self, event: FromSidecar) {
+        if let FromSidecar::Finished { task_id, lease_generation, outcome } = event
             && self.running.remove(&task_id).is_some_and(|job| !job.abandoned)
         {
-            self.unacked.push_back(finished_message(task_id, lease_generation, outcome));
+            self.unacked.push_back(held(task_id, lease_generation, outcome));
         }
     }
 
@@ -321,7 +301,7 @@ impl Link {
         }
         for (task_id, job) in self.running.iter_mut().filter(|(_, job)| !job.abandoned) {
             warn!(
-                task_id,
+                task_id = %task_id,
                 offline_ms = since.elapsed().as_millis() as u64,
                 "cut off longer than the lease; stopping the task"
             );
@@ -360,7 +340,7 @@ impl Link {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let (outbound, outbound_rx) = mpsc::channel::<pb::SidecarMessage>(OUTBOUND_CAPACITY);
-        let hello = pb::Hello {
+        let hello = Hello {
             sidecar_id: self.config.sidecar_id.clone(),
             hostname: self.config.hostname.clone(),
             os: std::env::consts::OS.to_owned(),
@@ -374,7 +354,7 @@ impl Link {
             instance: self.instance,
             repo_allow: self.runners.repositories(),
         };
-        let _ = outbound.try_send(pb::SidecarMessage { msg: Some(SideMsg::Hello(hello)) });
+        let _ = outbound.try_send(wire::hello_into_pb(hello));
         let mut request = tonic::Request::new(ReceiverStream::new(outbound_rx));
         // An enrolled sidecar is known by its certificate; a token is for the others.
         if self.config.identity.is_none() {
@@ -388,15 +368,18 @@ impl Link {
             Err(status) => return ended(&status),
         };
         let welcome = match inbound.message().await {
-            Ok(Some(pb::HubMessage { msg: Some(HubMsg::Welcome(welcome)) })) => welcome,
-            Ok(_) => return SessionEnd::Lost("the hub did not send a welcome".into()),
+            Ok(Some(message)) => match wire::welcome_from_pb(message) {
+                Ok(welcome) => welcome,
+                Err(_) => return SessionEnd::Lost("the hub did not send a welcome".into()),
+            },
+            Ok(None) => return SessionEnd::Lost("the hub did not send a welcome".into()),
             Err(status) => return ended(&status),
         };
         self.joined = true;
         self.metrics.connected(true);
         self.offline_since = None;
-        self.lease_ttl = Some(Duration::from_millis(welcome.lease_ttl_ms.max(1)));
-        let interval = Duration::from_millis(welcome.heartbeat_interval_ms.max(50));
+        self.lease_ttl = Some(welcome.lease_ttl);
+        let interval = welcome.heartbeat_interval;
         info!(
             sidecar_id = welcome.sidecar_id,
             agents = welcome.agent_ids.len(),
@@ -405,12 +388,15 @@ impl Link {
         );
 
         // Results the hub has not stored yet go first (again, if an earlier session sent them).
-        for message in self.unacked.clone() {
-            if outbound.send(message).await.is_err() {
+        for held in self.unacked.clone() {
+            if outbound.send(held.message()).await.is_err() {
                 return SessionEnd::Lost("the stream closed while sending results".into());
             }
         }
 
+        // An assignment's spec gets this sidecar's defaults where it leaves a limit out.
+        let defaults =
+            SpecDefaults { max_output_bytes: self.config.default_max_output_bytes as u64, ..SpecDefaults::default() };
         let mut heartbeat = tokio::time::interval(interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The latest reports go out now, and again each time they change.
@@ -422,8 +408,7 @@ impl Link {
         loop {
             tokio::select! {
                 message = inbound.message() => match message {
-                    Ok(Some(pb::HubMessage { msg: Some(msg) })) => self.on_hub_message(msg),
-                    Ok(Some(_)) => {}
+                    Ok(Some(message)) => self.on_hub_message(wire::to_sidecar_from_pb(message, &defaults)),
                     Ok(None) => return SessionEnd::Closed,
                     Err(status) => return ended(&status),
                 },
@@ -433,13 +418,13 @@ impl Link {
                     }
                 }
                 Some(message) = next_report(&mut latest) => {
-                    if outbound.try_send(pb::SidecarMessage { msg: Some(message) }).is_err() {
+                    if outbound.try_send(wire::from_sidecar_into_pb(message)).is_err() {
                         debug!("outbound queue full; skipping a report");
                     }
                 }
                 _ = heartbeat.tick() => {
-                    let beat = pb::Heartbeat { sent_unix_ms: now_ms(), running: self.running_list() };
-                    if outbound.try_send(pb::SidecarMessage { msg: Some(SideMsg::Heartbeat(beat)) }).is_err() {
+                    let beat = FromSidecar::Heartbeat { sent_unix_ms: now_ms(), running: self.running_list() };
+                    if outbound.try_send(wire::from_sidecar_into_pb(beat)).is_err() {
                         debug!("outbound queue full; skipping a heartbeat");
                     }
                 }
@@ -450,107 +435,76 @@ impl Link {
 
     /// What this sidecar still holds leases for: running jobs, and finished ones whose result
     /// has not reached the hub yet (so the hub keeps those leases and accepts the result).
-    fn running_list(&self) -> Vec<pb::RunningTask> {
-        let running = self.running.iter().map(|(task_id, job)| pb::RunningTask {
-            task_id: task_id.clone(),
+    fn running_list(&self) -> Vec<RunningTask> {
+        let running = self.running.iter().map(|(task_id, job)| RunningTask {
+            task_id: *task_id,
             lease_generation: job.lease_generation,
             agent_id: job.agent_id.clone(),
         });
-        let unacked = self.unacked.iter().filter_map(|message| match &message.msg {
-            Some(SideMsg::Finished(finished)) => Some(pb::RunningTask {
-                task_id: finished.task_id.clone(),
-                lease_generation: finished.lease_generation,
-                agent_id: String::new(),
-            }),
-            _ => None,
+        let unacked = self.unacked.iter().map(|held| RunningTask {
+            task_id: held.task_id,
+            lease_generation: held.lease_generation,
+            agent_id: String::new(),
         });
         running.chain(unacked).collect()
     }
 
+    /// Sends what a job or a preload said. Live output and progress are dropped when the link
+    /// is backed up; a result is kept until the hub has stored it.
     async fn forward(
         &mut self,
-        event: JobEvent,
+        event: FromSidecar,
         outbound: &mpsc::Sender<pb::SidecarMessage>,
     ) -> Result<(), SessionEnd> {
         let message = match event {
-            JobEvent::Started { task_id, lease_generation, pid } => {
-                SideMsg::Started(pb::TaskStarted { task_id, lease_generation, pid })
-            }
-            JobEvent::Output { task_id, lease_generation, stream, offset, data } => {
-                let chunk = pb::OutputChunk { stream: wire::stream_to_pb(stream).into(), offset, data, attempt: 0 };
-                let message = SideMsg::Output(pb::TaskOutput { task_id, lease_generation, chunk: Some(chunk) });
-                let _ = outbound.try_send(pb::SidecarMessage { msg: Some(message) });
+            FromSidecar::Output { .. } | FromSidecar::Progress { .. } => {
+                let _ = outbound.try_send(wire::from_sidecar_into_pb(event));
                 return Ok(());
             }
-            JobEvent::Progress { task_id, lease_generation, blocked, verifying, message } => {
-                let progress = pb::TaskProgress {
-                    task_id,
-                    lease_generation,
-                    message,
-                    blocked,
-                    verifying,
-                    fraction: -1.0,
-                    ..Default::default()
-                };
-                let _ = outbound.try_send(pb::SidecarMessage { msg: Some(SideMsg::Progress(progress)) });
-                return Ok(());
-            }
-            JobEvent::Step { task_id, lease_generation, step } => {
-                let progress = pb::TaskProgress {
-                    task_id,
-                    lease_generation,
-                    message: format!("{} {}", step.tool, step.summary),
-                    fraction: -1.0,
-                    step: Some(wire::step_into_pb(step)),
-                    ..Default::default()
-                };
-                let _ = outbound.try_send(pb::SidecarMessage { msg: Some(SideMsg::Progress(progress)) });
-                return Ok(());
-            }
-            JobEvent::Preloaded(preloaded) => SideMsg::Preloaded(preloaded),
-            JobEvent::Finished { task_id, lease_generation, outcome } => {
+            FromSidecar::Finished { task_id, lease_generation, outcome } => {
                 if self.running.remove(&task_id).is_some_and(|job| job.abandoned) {
                     return Ok(());
                 }
-                let message = finished_message(task_id, lease_generation, outcome);
-                self.unacked.push_back(message.clone());
+                let held = held(task_id, lease_generation, outcome);
+                let message = held.message();
+                self.unacked.push_back(held);
                 if outbound.send(message).await.is_err() {
                     return Err(SessionEnd::Lost("the stream closed while sending a result".into()));
                 }
                 return Ok(());
             }
+            other => wire::from_sidecar_into_pb(other),
         };
-        outbound
-            .send(pb::SidecarMessage { msg: Some(message) })
-            .await
-            .map_err(|_| SessionEnd::Lost("the stream closed".into()))
+        outbound.send(message).await.map_err(|_| SessionEnd::Lost("the stream closed".into()))
     }
 
-    fn on_hub_message(&mut self, message: HubMsg) {
+    fn on_hub_message(&mut self, message: Result<ToSidecar, Refused>) {
         match message {
-            HubMsg::Assign(assign) => self.start(assign),
-            HubMsg::Cancel(cancel) => {
-                if let Some(job) = self.running.get(&cancel.task_id)
-                    && job.lease_generation <= cancel.lease_generation
+            Ok(ToSidecar::Assign(assignment)) => {
+                self.start(assignment.task_id, assignment.lease_generation, Ok(*assignment))
+            }
+            // The task is failed at once, saying why, so the hub hears of it.
+            Err(Refused::Assignment { task_id, lease_generation, error }) => {
+                self.start(task_id, lease_generation, Err(error.to_string()))
+            }
+            Err(Refused::Message(error)) => warn!(error = %error, "ignoring a message from the hub"),
+            Ok(ToSidecar::Cancel { task_id, lease_generation, reason }) => {
+                if let Some(job) = self.running.get(&task_id)
+                    && job.lease_generation <= lease_generation
                 {
-                    info!(task_id = cancel.task_id, reason = cancel.reason, "cancelling");
+                    info!(task_id = %task_id, reason, "cancelling");
                     job.cancel.cancel();
                 }
                 // A result the hub will not take (its lease is gone): nothing to keep it for.
-                self.unacked.retain(|message| {
-                    !matches!(&message.msg, Some(SideMsg::Finished(f))
-                        if f.task_id == cancel.task_id && f.lease_generation <= cancel.lease_generation)
-                });
+                self.unacked.retain(|held| !(held.task_id == task_id && held.lease_generation <= lease_generation));
             }
-            HubMsg::Stored(stored) => self.unacked.retain(|message| {
-                !matches!(&message.msg, Some(SideMsg::Finished(f))
-                    if f.task_id == stored.task_id && f.lease_generation == stored.lease_generation)
-            }),
-            HubMsg::Welcome(_) => warn!("ignoring a second welcome"),
-            HubMsg::Preload(preload) => self.preload(preload),
-            HubMsg::Drain(drain) => match drain.deadline_unix_ms {
-                0 => info!("cordoned by the hub: no new work; running tasks go on"),
-                deadline => {
+            Ok(ToSidecar::Stored { task_id, lease_generation }) => {
+                self.unacked.retain(|held| !(held.task_id == task_id && held.lease_generation == lease_generation))
+            }
+            Ok(ToSidecar::Preload { endpoint_id, model, keep_alive }) => self.preload(endpoint_id, model, keep_alive),
+            Ok(ToSidecar::Drain { deadline_unix_ms }) => match deadline_unix_ms {
+                None => info!("cordoned by the hub: no new work; running tasks go on"),
+                Some(deadline) => {
                     info!(deadline_unix_ms = deadline, "cordoned by the hub: tasks still running then are requeued")
                 }
             },
@@ -559,16 +513,14 @@ impl Link {
 
     /// Loads a model on one of this sidecar's Ollama endpoints, as the hub asked (a pre-warm),
     /// then reports how it went and checks the endpoints at once, so the hub sees it warm.
-    fn preload(&self, preload: pb::Preload) {
+    fn preload(&self, endpoint_id: String, model: String, keep_alive: Option<String>) {
         let Some(latest) = &self.latest else { return };
         let url = latest.models.borrow().as_ref().and_then(|endpoints| {
-            let endpoint = endpoints.iter().find(|e| e.id == preload.endpoint_id)?;
+            let endpoint = endpoints.iter().find(|e| e.id == endpoint_id)?;
             (endpoint.kind == agentcom_types::fleet::EndpointKind::Ollama).then(|| endpoint.url.clone())
         });
         let (events, recheck) = (self.events_tx.clone(), latest.recheck.clone());
         tokio::spawn(async move {
-            let pb::Preload { endpoint_id, model, keep_alive } = preload;
-            let keep_alive = (!keep_alive.is_empty()).then_some(keep_alive);
             info!(endpoint_id, model, "pre-warming a model, as the hub asked");
             let loaded = match &url {
                 Some(url) => {
@@ -579,57 +531,53 @@ impl Link {
             let preloaded = match loaded {
                 Ok(took) => {
                     info!(endpoint_id, model, load_ms = took.as_millis() as u64, "pre-warmed a model");
-                    pb::Preloaded { endpoint_id, model, load_ms: took.as_millis() as u64, error: String::new() }
+                    FromSidecar::Preloaded { endpoint_id, model, load_ms: took.as_millis() as u64, error: None }
                 }
                 Err(error) => {
                     warn!(endpoint_id, model, error, "a pre-warm failed");
-                    pb::Preloaded { endpoint_id, model, load_ms: 0, error }
+                    FromSidecar::Preloaded { endpoint_id, model, load_ms: 0, error: Some(error) }
                 }
             };
             recheck.notify_one();
-            let _ = events.send(JobEvent::Preloaded(preloaded)).await;
+            let _ = events.send(preloaded).await;
         });
     }
 
-    fn start(&mut self, assign: pb::Assign) {
-        let task_id = assign.task_id.clone();
-        let lease_generation = assign.lease_generation;
+    /// Runs an assignment, or fails it at once with the reason it cannot run.
+    fn start(&mut self, task_id: TaskId, lease_generation: u64, assignment: Result<Assignment, String>) {
         if let Some(existing) = self.running.get(&task_id) {
             if existing.lease_generation >= lease_generation {
                 return; // A duplicate assignment.
             }
             existing.cancel.cancel(); // A newer lease supersedes ours.
         }
+        let (attempt, agent_id) = match &assignment {
+            Ok(assignment) => (assignment.attempt, assignment.agent_id.clone()),
+            Err(_) => (0, String::new()),
+        };
         let cancel = CancellationToken::new();
-        self.running.insert(
-            task_id.clone(),
-            RunningJob {
-                lease_generation,
-                agent_id: assign.agent_id.clone(),
-                cancel: cancel.clone(),
-                abandoned: false,
-            },
-        );
+        let job = RunningJob { lease_generation, agent_id: agent_id.clone(), cancel: cancel.clone(), abandoned: false };
+        self.running.insert(task_id, job);
         let events = self.events_tx.clone();
-        info!(task_id, lease_generation, attempt = assign.attempt, agent_id = assign.agent_id, "running task");
-        let sink = Arc::new(JobSink { task_id: task_id.clone(), lease_generation, events: events.clone() });
+        info!(task_id = %task_id, lease_generation, attempt, agent_id, "running task");
+        let sink = Arc::new(JobSink { task_id, lease_generation, events: events.clone() });
         // The attempt's span, under the hub's dispatch span (when the hub traces and so do we).
-        let dispatched = assign.traceparent.parse::<TraceParent>().ok();
+        let dispatched = assignment.as_ref().ok().and_then(|assignment| assignment.trace);
         let mut span = crate::spans::child(dispatched.as_ref(), "execute").map(|span| {
             span.kind(agentcom_metrics::trace::Kind::Consumer)
                 .remote_parent()
-                .attr("agentcom.task.id", task_id.clone())
-                .attr("agentcom.task.attempt", i64::from(assign.attempt))
-                .attr("agentcom.agent.id", assign.agent_id.clone())
+                .attr("agentcom.task.id", task_id.to_string())
+                .attr("agentcom.task.attempt", i64::from(attempt))
+                .attr("agentcom.agent.id", agent_id)
         });
-        let (running, kind) = match assignment(assign, self.config.default_max_output_bytes) {
+        let (running, kind) = match assignment {
             Ok(mut assignment) => {
                 let kind = assignment.spec.work.capability();
                 assignment.trace = span
                     .as_ref()
                     .zip(dispatched)
                     .map(|(span, parent)| TraceParent { span_id: span.span_id(), ..parent });
-                (self.runners.run(assignment, sink, cancel), kind)
+                (self.runners.run(Attempt::new(assignment), sink, cancel), kind)
             }
             Err(error) => (Box::pin(async move { runners::failed_to_start(error) }) as crate::job::Running, "unknown"),
         };
@@ -644,7 +592,8 @@ impl Link {
                 let outcome = running.await;
                 crate::spans::executed(span, &outcome);
                 metrics.finished(kind, &outcome);
-                let _ = events.send(JobEvent::Finished { task_id, lease_generation, outcome: Box::new(outcome) }).await;
+                let finished = FromSidecar::Finished { task_id, lease_generation, outcome: Box::new(outcome) };
+                let _ = events.send(finished).await;
             },
             in_task,
         ));
@@ -652,7 +601,7 @@ impl Link {
 }
 
 /// The next report that changed, as a message; pending forever without reporters.
-async fn next_report(latest: &mut Option<Latest>) -> Option<SideMsg> {
+async fn next_report(latest: &mut Option<Latest>) -> Option<FromSidecar> {
     let Some(Latest { resources, models, .. }) = latest else { return std::future::pending().await };
     loop {
         tokio::select! {
@@ -661,7 +610,7 @@ async fn next_report(latest: &mut Option<Latest>) -> Option<SideMsg> {
                     return std::future::pending().await;
                 }
                 if let Some(report) = resources.borrow_and_update().as_ref() {
-                    return Some(SideMsg::Resources(wire::report_to_pb(report)));
+                    return Some(FromSidecar::Resources(Box::new(report.clone())));
                 }
             }
             changed = models.changed() => {
@@ -669,38 +618,17 @@ async fn next_report(latest: &mut Option<Latest>) -> Option<SideMsg> {
                     return std::future::pending().await;
                 }
                 if let Some(inventory) = models.borrow_and_update().as_ref() {
-                    return Some(SideMsg::Models(wire::inventory_to_pb(inventory)));
+                    return Some(FromSidecar::Models(inventory.clone()));
                 }
             }
         }
     }
 }
 
-/// An assignment as the runners take it: the spec converted and validated by `wire`, as the
-/// hub does on submit, or why it cannot run.
-fn assignment(assign: pb::Assign, default_max_output_bytes: usize) -> Result<Assignment, String> {
-    let spec = assign.spec.ok_or("the assignment has no spec")?;
-    let defaults = SpecDefaults { max_output_bytes: default_max_output_bytes as u64, ..SpecDefaults::default() };
-    let spec = wire::spec_from_pb(spec, &defaults).map_err(|err| err.to_string())?;
-    Ok(Assignment {
-        key: TaskKey { task_id: assign.task_id, lease_generation: assign.lease_generation },
-        attempt: assign.attempt,
-        agent_id: assign.agent_id,
-        spec,
-        endpoint_id: (!assign.endpoint_id.is_empty()).then_some(assign.endpoint_id),
-        model: (!assign.model.is_empty()).then_some(assign.model),
-        price: assign.price.and_then(wire::price_from_pb),
-        judge: (!assign.judge_model.is_empty()).then_some((assign.judge_model, assign.judge_endpoint_id)),
-        prices: assign.prices.into_iter().filter_map(|(m, p)| Some((m, wire::price_from_pb(p)?))).collect(),
-        workspace: None,
-        trace: None,
-    })
-}
-
-fn finished_message(task_id: String, lease_generation: u64, mut outcome: Box<Outcome>) -> pb::SidecarMessage {
+/// A result to hold until the hub stores it, with the secrets this sidecar knows masked.
+fn held(task_id: TaskId, lease_generation: u64, mut outcome: Box<Outcome>) -> Held {
     mask_outcome(&mut outcome);
-    let outcome = Some(wire::outcome_into_pb(*outcome));
-    pb::SidecarMessage { msg: Some(SideMsg::Finished(pb::TaskFinished { task_id, lease_generation, outcome })) }
+    Held { task_id, lease_generation, outcome }
 }
 
 /// Masks the secrets this sidecar knows in everything of a result that holds text from the work:
@@ -756,33 +684,5 @@ fn code_name(code: tonic::Code) -> &'static str {
         tonic::Code::Unavailable => "hub unavailable",
         tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => "refused",
         _ => "error",
-    }
-}
-
-#[cfg(test)]
-mod fuzz {
-    use super::*;
-    use proptest::prelude::*;
-    use prost::Message;
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
-
-        /// Whatever the hub sends as an assignment: a job or a reason, never a panic.
-        #[test]
-        fn assignments_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-            if let Ok(assign) = pb::Assign::decode(bytes.as_slice()) {
-                let _ = assignment(assign, 1024);
-            }
-        }
-    }
-
-    #[test]
-    fn an_assignment_with_argv_and_script_is_refused() {
-        let shell = pb::ShellWork { argv: vec!["true".into()], script: "true".into(), ..Default::default() };
-        let spec =
-            pb::TaskSpec { work: Some(pb::Work { kind: Some(pb::work::Kind::Shell(shell)) }), ..Default::default() };
-        let assign = pb::Assign { task_id: "T".into(), spec: Some(spec), ..Default::default() };
-        assert_eq!(assignment(assign, 1024).unwrap_err(), "invalid work.shell: takes argv or script, not both");
     }
 }

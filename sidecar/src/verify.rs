@@ -15,14 +15,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentcom_types::domain::{
-    Exit, LlmWork, Outcome, Pattern, SpecDefaults, StepReport, TaskSpec, Verdict, Verification, VerificationReport,
-    Work,
+    Exit, LlmWork, Outcome, Pattern, SpecDefaults, StepReport, TaskId, TaskSpec, Verdict, Verification,
+    VerificationReport, Work,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::attempt::TaskKey;
 use crate::contain;
-use crate::job::{Assignment, Quiet, Runner};
+use crate::job::{Assignment, Attempt, Quiet, Runner};
 use crate::runners::shell;
 
 /// A step's command runs this long at most unless the step says otherwise.
@@ -37,6 +37,8 @@ pub const EVIDENCE_BYTES: usize = 2048;
 #[derive(Clone, Debug)]
 pub struct Job {
     pub steps: Vec<Verification>,
+    /// The task's id (the judge's chat runs under it) and the attempt's key.
+    pub task_id: TaskId,
     pub key: TaskKey,
     /// The working directory as the task named it (relative to the work directory), if it did.
     pub cwd: Option<PathBuf>,
@@ -200,7 +202,8 @@ impl Verifier {
         });
         spec.limits.timeout_ms = Some(JUDGE_TIMEOUT.as_millis() as u64);
         let assignment = Assignment {
-            key: job.key.clone(),
+            task_id: job.task_id,
+            lease_generation: job.key.lease_generation,
             attempt: 1,
             agent_id: String::new(),
             spec,
@@ -209,10 +212,10 @@ impl Verifier {
             price: None,
             judge: None,
             prices: Vec::new(),
-            workspace: None,
             trace: job.trace,
         };
-        let answer = runner.run(assignment, Arc::new(Quiet), cancel.child_token()).await;
+        let attempt = Attempt { assignment, key: job.key.clone(), workspace: None };
+        let answer = runner.run(attempt, Arc::new(Quiet), cancel.child_token()).await;
         if let Some(error) = &answer.error {
             return Checked::failed(format!("the judge could not answer: {error}"));
         }
@@ -542,6 +545,7 @@ mod tests {
     fn a_judge_sees_the_criteria_the_task_and_the_end_of_the_result_fenced() {
         let job = Job {
             steps: Vec::new(),
+            task_id: TaskId::new(1),
             key: TaskKey { task_id: "t".into(), lease_generation: 1 },
             cwd: None,
             env: Vec::new(),

@@ -5,6 +5,8 @@
 //!   submitted spec passes.
 //! - [`agent`]: the agent state machine's transition table.
 //! - [`fleet`]: resource readings, GPUs, LLM endpoints and models, and the hub's views.
+//! - [`link`]: the link protocol between the hub and a sidecar: hello, welcome, assignments and
+//!   the messages each way.
 //! - [`wire`]: `agentcom.v1` messages to and from the above, validating what comes in.
 //! - [`json`]: the JSON submit format (`POST /api/v1/tasks`, `hubctl submit --from-file`).
 //!
@@ -15,4 +17,5 @@ pub mod agent;
 pub mod domain;
 pub mod fleet;
 pub mod json;
+pub mod link;
 pub mod wire;

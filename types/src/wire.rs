@@ -567,6 +567,7 @@ pub fn stream_from_pb(value: i32) -> Option<Stream> {
 }
 
 mod fleet;
+pub mod link;
 pub use self::fleet::*;
 
 #[cfg(test)]

@@ -16,11 +16,12 @@ use tracing::{debug, warn};
 
 use super::http::dto::{DecisionDto, WhyDto};
 use super::{ApiError, list_limit};
-use crate::core::{self, FromSidecar, Handle, RunningTask, SidecarHello, ToSidecar};
+use crate::core::{self, Handle, ToSidecar};
 use crate::domain::now_ms;
 use crate::domain::{Numbered, SpecDefaults, TaskId, TaskState};
 use crate::feed::{self, FeedEvent};
 use agentcom_types::wire as convert;
+use agentcom_types::wire::link as link_wire;
 
 /// Submits of one stream that may wait for their commit at once.
 const SUBMIT_WINDOW: usize = 4096;
@@ -367,107 +368,8 @@ pub struct AgentLinkService {
 /// Largest certificate signing request an enrolment may send.
 const MAX_CSR_BYTES: usize = 16 * 1024;
 
-/// Most slots one sidecar may offer.
-pub const MAX_SLOTS: u32 = 1024;
 /// How long a new session may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn hello_from_pb(hello: pb::Hello) -> Result<SidecarHello, Status> {
-    let id_ok = !hello.sidecar_id.is_empty()
-        && hello.sidecar_id.len() <= 128
-        && hello.sidecar_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
-    if !id_ok {
-        return Err(Status::invalid_argument(
-            "invalid hello.sidecar_id: 1 to 128 characters of letters, digits, '-', '_', '.', ':'",
-        ));
-    }
-    if hello.slots == 0 || hello.slots > MAX_SLOTS {
-        return Err(Status::invalid_argument(format!("invalid hello.slots: must be between 1 and {MAX_SLOTS}")));
-    }
-    if hello.capabilities.len() > 64
-        || hello.tags.len() > 256
-        || hello.hostname.len() > 256
-        || hello.containment.len() > 1024
-        || hello.repo_allow.len() > 256
-        || hello.repo_allow.iter().any(|r| r.len() > 4096)
-    {
-        return Err(Status::invalid_argument(
-            "invalid hello: too many capabilities, tags or allowed repositories, or one too long",
-        ));
-    }
-    Ok(SidecarHello {
-        sidecar_id: hello.sidecar_id,
-        hostname: hello.hostname,
-        os: hello.os,
-        arch: hello.arch,
-        version: hello.version,
-        slots: hello.slots,
-        capabilities: hello.capabilities,
-        tags: hello.tags,
-        running: running_from_pb(hello.running)?,
-        containment: hello.containment,
-        instance: hello.instance,
-        repo_allow: hello.repo_allow,
-    })
-}
-
-fn running_from_pb(running: Vec<pb::RunningTask>) -> Result<Vec<RunningTask>, Status> {
-    running
-        .into_iter()
-        .map(|r| Ok(RunningTask { task_id: parse_id(&r.task_id)?, lease_generation: r.lease_generation }))
-        .collect()
-}
-
-fn message_from_pb(sidecar_id: &str, message: pb::sidecar_message::Msg) -> Result<Option<FromSidecar>, Status> {
-    use pb::sidecar_message::Msg;
-    let message = match message {
-        Msg::Hello(_) => return Err(Status::invalid_argument("hello may only be the first message")),
-        Msg::Heartbeat(beat) => FromSidecar::Heartbeat { running: running_from_pb(beat.running)? },
-        Msg::Started(started) => {
-            FromSidecar::Started { task_id: parse_id(&started.task_id)?, lease_generation: started.lease_generation }
-        }
-        Msg::Output(output) => {
-            let chunk = output.chunk.ok_or_else(|| Status::invalid_argument("invalid output: chunk is required"))?;
-            let stream = convert::stream_from_pb(chunk.stream)
-                .ok_or_else(|| Status::invalid_argument("invalid output.chunk.stream"))?;
-            FromSidecar::Output {
-                task_id: parse_id(&output.task_id)?,
-                lease_generation: output.lease_generation,
-                stream,
-                offset: chunk.offset,
-                data: chunk.data,
-            }
-        }
-        Msg::Finished(finished) => FromSidecar::Finished {
-            task_id: parse_id(&finished.task_id)?,
-            lease_generation: finished.lease_generation,
-            outcome: Box::new(convert::outcome_from_pb(
-                finished.outcome.ok_or_else(|| Status::invalid_argument("invalid finished: outcome is required"))?,
-            )),
-        },
-        Msg::Progress(progress) => FromSidecar::Progress {
-            task_id: parse_id(&progress.task_id)?,
-            lease_generation: progress.lease_generation,
-            blocked: progress.blocked,
-            verifying: progress.verifying,
-            message: progress.message.chars().take(512).collect(),
-            step: progress.step.map(|s| Box::new(convert::step_from_pb(s))),
-        },
-        Msg::Resources(report) => {
-            FromSidecar::Resources(Box::new(convert::resources_from_pb(report).map_err(invalid)?))
-        }
-        Msg::Models(inventory) => {
-            FromSidecar::Models(convert::inventory_from_pb(sidecar_id, inventory).map_err(invalid)?)
-        }
-        Msg::Preloaded(preloaded) => FromSidecar::Preloaded {
-            endpoint_id: preloaded.endpoint_id.chars().take(256).collect(),
-            model: preloaded.model.chars().take(256).collect(),
-            load_ms: preloaded.load_ms,
-            error: (!preloaded.error.is_empty()).then(|| preloaded.error.chars().take(1024).collect()),
-        },
-    };
-    Ok(Some(message))
-}
 
 fn invalid(err: crate::domain::Error) -> Status {
     ApiError::from(err).into()
@@ -511,42 +413,6 @@ fn decision_to_pb(d: DecisionDto) -> pb::PlacementDecision {
     }
 }
 
-fn to_pb(message: ToSidecar) -> pb::HubMessage {
-    use pb::hub_message::Msg;
-    let msg = match message {
-        ToSidecar::Assign(assignment) => {
-            let assignment = *assignment;
-            Msg::Assign(pb::Assign {
-                task_id: assignment.task_id.to_string(),
-                lease_generation: assignment.lease_generation,
-                attempt: assignment.attempt,
-                agent_id: assignment.agent_id,
-                spec: Some(convert::spec_into_pb(assignment.spec)),
-                endpoint_id: assignment.endpoint_id.unwrap_or_default(),
-                model: assignment.model.unwrap_or_default(),
-                price: assignment.price.map(convert::price_into_pb),
-                judge_model: assignment.judge.as_ref().map(|j| j.0.clone()).unwrap_or_default(),
-                judge_endpoint_id: assignment.judge.map(|j| j.1).unwrap_or_default(),
-                prices: assignment.prices.into_iter().map(|(m, p)| (m, convert::price_into_pb(p))).collect(),
-                traceparent: assignment.trace.map(|t| t.to_string()).unwrap_or_default(),
-            })
-        }
-        ToSidecar::Cancel { task_id, lease_generation, reason } => {
-            Msg::Cancel(pb::CancelTask { task_id: task_id.to_string(), lease_generation, reason })
-        }
-        ToSidecar::Stored { task_id, lease_generation } => {
-            Msg::Stored(pb::ResultStored { task_id: task_id.to_string(), lease_generation })
-        }
-        ToSidecar::Drain { deadline_unix_ms } => {
-            Msg::Drain(pb::Drain { deadline_unix_ms: deadline_unix_ms.unwrap_or(0) })
-        }
-        ToSidecar::Preload { endpoint_id, model, keep_alive } => {
-            Msg::Preload(pb::Preload { endpoint_id, model, keep_alive: keep_alive.unwrap_or_default() })
-        }
-    };
-    pb::HubMessage { msg: Some(msg) }
-}
-
 #[tonic::async_trait]
 impl pb::agent_link_server::AgentLink for AgentLinkService {
     type SessionStream = EventStream<pb::HubMessage>;
@@ -561,7 +427,7 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
             .await
             .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??;
         let mut hello = match first.and_then(|m| m.msg) {
-            Some(pb::sidecar_message::Msg::Hello(hello)) => hello_from_pb(hello)?,
+            Some(pb::sidecar_message::Msg::Hello(hello)) => link_wire::hello_from_pb(hello).map_err(invalid)?,
             _ => return Err(Status::invalid_argument("the first message must be hello")),
         };
         // An enrolled sidecar speaks for its own id only, and keeps the tags it was enrolled with.
@@ -580,7 +446,7 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
         }
         let sidecar_id = hello.sidecar_id.clone();
         let (outbox_tx, outbox_rx) = mpsc::channel::<ToSidecar>(1024);
-        let (welcome, session) = self.hub.hello(hello, outbox_tx).await.map_err(status)?;
+        let (joined, session) = self.hub.hello(hello, outbox_tx).await.map_err(status)?;
 
         let hub = self.hub.clone();
         // A child token per session: the loop below polls it on every message, and a child
@@ -589,7 +455,7 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
         let stop = self.stop.child_token();
         let live = peer.as_ref().map(|peer| self.enrolment.attach(&peer.sidecar_id, stop.clone()));
         let revoked = live.as_ref().map(|live| live.revoked.clone());
-        let last_seen = welcome.last_seen.clone();
+        let last_seen = joined.last_seen.clone();
         let session_stop = stop.clone();
         let refused_id = sidecar_id.clone();
         tokio::spawn(async move {
@@ -610,12 +476,10 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
                     {
                         last_seen.fetch_max(now_ms(), std::sync::atomic::Ordering::Relaxed);
                     }
-                    Ok(Some(pb::SidecarMessage { msg: Some(msg) })) => match message_from_pb(&sidecar_id, msg) {
-                        Ok(Some(message)) => hub.from_sidecar(sidecar_id.clone(), session, message),
-                        Ok(None) => {}
-                        Err(err) => warn!(sidecar_id, error = %err.message(), "dropping a malformed sidecar message"),
+                    Ok(Some(message)) => match link_wire::from_sidecar_from_pb(&sidecar_id, message) {
+                        Ok(message) => hub.from_sidecar(sidecar_id.clone(), session, message),
+                        Err(err) => warn!(sidecar_id, error = %err, "dropping a malformed sidecar message"),
                     },
-                    Ok(Some(pb::SidecarMessage { msg: None })) => {}
                     Ok(None) => break,
                     Err(err) => {
                         debug!(sidecar_id, error = %err, "sidecar stream ended with an error");
@@ -626,17 +490,9 @@ impl pb::agent_link_server::AgentLink for AgentLinkService {
             hub.session_closed(sidecar_id, session);
         });
 
-        let welcome = pb::HubMessage {
-            msg: Some(pb::hub_message::Msg::Welcome(pb::Welcome {
-                sidecar_id: welcome.sidecar_id,
-                agent_ids: welcome.agent_ids,
-                heartbeat_interval_ms: welcome.heartbeat_interval.as_millis() as u64,
-                lease_ttl_ms: welcome.lease_ttl.as_millis() as u64,
-                hub_version: env!("CARGO_PKG_VERSION").to_owned(),
-            })),
-        };
+        let welcome = link_wire::welcome_into_pb(joined.welcome);
         let outbound = futures_util::stream::once(async move { Ok(welcome) })
-            .chain(ReceiverStream::new(outbox_rx).map(|m| Ok(to_pb(m))))
+            .chain(ReceiverStream::new(outbox_rx).map(|m| Ok(link_wire::to_sidecar_into_pb(m))))
             .take_until(async move { session_stop.cancelled().await });
         let Some(revoked) = revoked else { return Ok(Response::new(Box::pin(outbound))) };
         // A revoked sidecar is told why its stream ends, so it stops instead of reconnecting.
@@ -693,26 +549,4 @@ fn shown(endpoint: &crate::fleet::Endpoint) -> pb::LlmEndpoint {
     let masked = |text: &str| crate::fleet::without_password(text);
     let pb = convert::endpoint_to_pb(endpoint);
     pb::LlmEndpoint { url: masked(&pb.url), error: masked(&pb.error), ..pb }
-}
-
-#[cfg(test)]
-mod fuzz {
-    use super::*;
-    use proptest::prelude::*;
-    use prost::Message;
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
-
-        /// Whatever a sidecar sends, decoded and converted: no panic.
-        #[test]
-        fn sidecar_messages_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-            if let Ok(pb::SidecarMessage { msg: Some(msg) }) = pb::SidecarMessage::decode(bytes.as_slice()) {
-                match msg {
-                    pb::sidecar_message::Msg::Hello(hello) => drop(hello_from_pb(hello)),
-                    other => drop(message_from_pb("fuzz", other)),
-                }
-            }
-        }
-    }
 }

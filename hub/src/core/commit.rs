@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use super::State;
 use super::config::Error;
-use super::messages::{Assignment, Reply, SubmitAnswer, Submitted, ToSidecar};
+use super::messages::{Reply, SubmitAnswer, Submitted};
 use crate::domain::*;
 use crate::fleet::{Endpoint, HostView};
+use crate::link::{Assignment, ToSidecar};
 use crate::store;
 
 /// Work that waits for a commit.

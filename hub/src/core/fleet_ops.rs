@@ -7,11 +7,12 @@ use tracing::{info, warn};
 use super::State;
 use super::commit::AfterCommit;
 use super::config::Error;
-use super::messages::{Reply, ToSidecar};
+use super::messages::Reply;
 use super::sessions::move_agent;
 use crate::agent::{AgentEvent, AgentState};
 use crate::domain::*;
 use crate::fleet::{self, AgentDetail, Cordon, Endpoint, EndpointKind, HostView, Owner};
+use crate::link::ToSidecar;
 use crate::store::Op;
 
 impl State {

@@ -14,6 +14,7 @@ use super::messages::*;
 use crate::domain::*;
 use crate::feed::Feed;
 use crate::fleet::{AgentDetail, AgentView, Endpoint, EndpointKind, HostView};
+use crate::link::{FromSidecar, Hello, ToSidecar};
 use crate::store::{self, Store};
 
 /// Counts that describe the queue now.
@@ -171,9 +172,9 @@ pub enum Event {
         reply: Reply<Result<usize, Error>>,
     },
     Hello {
-        hello: SidecarHello,
+        hello: Hello,
         outbox: mpsc::Sender<ToSidecar>,
-        reply: Reply<Result<(Welcome, u64), Error>>,
+        reply: Reply<Result<(Joined, u64), Error>>,
     },
     FromSidecar {
         sidecar_id: String,
@@ -455,7 +456,7 @@ impl Handle {
     }
 
     /// Registers a sidecar session; returns the welcome and the session number to quote.
-    pub async fn hello(&self, hello: SidecarHello, outbox: mpsc::Sender<ToSidecar>) -> Result<(Welcome, u64), Error> {
+    pub async fn hello(&self, hello: Hello, outbox: mpsc::Sender<ToSidecar>) -> Result<(Joined, u64), Error> {
         self.ask(|reply| Event::Hello { hello, outbox, reply }).await?
     }
 

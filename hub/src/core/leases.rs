@@ -8,12 +8,12 @@ use tracing::{debug, warn};
 
 use super::State;
 use super::commit::AfterCommit;
-use super::messages::{FromSidecar, ToSidecar};
 use super::sessions::{Agent, move_agent};
 use super::tasks::{judge, over_budget};
 use crate::agent::{AgentEvent, AgentState};
 use crate::domain::*;
 use crate::feed::Feed;
+use crate::link::{FromSidecar, ToSidecar};
 use crate::queue::{self, Fence, Lease, Queue};
 use crate::store::Op;
 
@@ -32,7 +32,7 @@ impl State {
             FromSidecar::Preloaded { endpoint_id, model, load_ms, error } => {
                 self.preloaded(sidecar_id, &endpoint_id, &model, load_ms, error, now);
             }
-            FromSidecar::Heartbeat { running } => {
+            FromSidecar::Heartbeat { running, .. } => {
                 for run in running {
                     if let Err(fence) = self.queue.renew(run.task_id, run.lease_generation, sidecar_id, now, ttl)
                         && !self.result_taken(run.task_id, run.lease_generation)
@@ -41,7 +41,7 @@ impl State {
                     }
                 }
             }
-            FromSidecar::Started { task_id, lease_generation } => {
+            FromSidecar::Started { task_id, lease_generation, .. } => {
                 if let Err(fence) = self.queue.renew(task_id, lease_generation, sidecar_id, now, ttl) {
                     self.refuse(sidecar_id, task_id, lease_generation, fence, "started");
                     return;

@@ -18,11 +18,12 @@
 //! The decisions are grouped by concern: `tasks` (submits, dependencies, retries, dead
 //! letters), `leases` (what sidecars report under a lease, dispatch, time passing), `sessions`
 //! (sidecars and agents), `commit` (what follows a commit), `fleet_ops` (drain, hosts, LLM
-//! endpoints); `handle` is the interface, `messages` what the core says with sidecar sessions
-//! and submitters.
+//! endpoints); `handle` is the interface, `messages` what the core answers sessions and
+//! submitters.
 //!
 //! **Architecture Invariant:** the core never touches a prost type or a socket. It speaks to
-//! sidecar sessions through [`ToSidecar`] messages in their outboxes; the gRPC layer converts.
+//! sidecar sessions through [`ToSidecar`] messages (the link protocol, `agentcom_types::link`) in
+//! their outboxes; the gRPC layer converts them with `agentcom_types::wire::link`.
 //!
 //! In detail:
 //!
@@ -96,8 +97,9 @@ pub use self::commit::AfterCommit;
 pub use self::config::{Config, Error};
 pub use self::config::{DEFAULT_RETAIN_OUTPUT, DEFAULT_RETAIN_OUTPUT_BYTES, DEFAULT_RETAIN_TASKS};
 pub use self::handle::{Event, Handle, ModelStat, QueueStats, Recorded, RecordedKind, WatchReply, WhyAnswer};
-pub use self::messages::{Assignment, FromSidecar, RunningTask, SidecarHello, Submitted, ToSidecar, Welcome};
+pub use self::messages::{Joined, Submitted};
 pub use crate::fleet::{AgentDetail, AgentView, HostView};
+pub use crate::link::{Assignment, FromSidecar, Hello, RunningTask, ToSidecar, Welcome};
 
 use self::messages::{Reply, SubmitWaiter};
 use self::sessions::{Agent, Sidecar};

@@ -9,11 +9,11 @@ use super::State;
 use super::commit::AfterCommit;
 use super::config::Error;
 use super::handle::{Recorded, RecordedKind, WhyAnswer};
-use super::messages::ToSidecar;
 use super::sessions::move_agent;
 use crate::agent::AgentEvent;
 use crate::domain::*;
 use crate::fleet::Owner;
+use crate::link::ToSidecar;
 use crate::queue::Lease;
 use crate::sched::{self, Decision, Need, tier};
 

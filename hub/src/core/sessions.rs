@@ -10,10 +10,11 @@ use tracing::{info, warn};
 
 use super::State;
 use super::config::Error;
-use super::messages::{SidecarHello, ToSidecar, Welcome};
+use super::messages::Joined;
 use crate::agent::{self, AgentEvent, AgentState, Transition};
 use crate::domain::*;
 use crate::fleet::{self, AgentView};
+use crate::link::{Hello, ToSidecar, Welcome};
 use crate::queue::Lease;
 use crate::sched::IdleIndex;
 
@@ -56,7 +57,7 @@ impl Sidecar {
 }
 
 pub(super) struct Sidecar {
-    pub(super) hello: SidecarHello,
+    pub(super) hello: Hello,
     pub(super) session: u64,
     /// `None` while no session is open.
     pub(super) outbox: Option<mpsc::Sender<ToSidecar>>,
@@ -71,10 +72,10 @@ pub(super) struct Sidecar {
 impl State {
     pub(super) fn hello(
         &mut self,
-        hello: SidecarHello,
+        hello: Hello,
         outbox: mpsc::Sender<ToSidecar>,
         now: UnixMs,
-    ) -> Result<(Welcome, u64), Error> {
+    ) -> Result<(Joined, u64), Error> {
         if self.shutting_down {
             return Err(Error::ShuttingDown);
         }
@@ -144,12 +145,15 @@ impl State {
         }
         info!(sidecar_id, hostname = hello.hostname, slots = hello.slots, session, "sidecar joined");
         let last_seen = Arc::new(AtomicI64::new(now));
-        let welcome = Welcome {
+        let welcome = Joined {
             last_seen: last_seen.clone(),
-            sidecar_id: sidecar_id.clone(),
-            agent_ids: agent_ids.clone(),
-            heartbeat_interval: self.config.heartbeat_interval,
-            lease_ttl: self.config.lease_ttl,
+            welcome: Welcome {
+                sidecar_id: sidecar_id.clone(),
+                agent_ids: agent_ids.clone(),
+                heartbeat_interval: self.config.heartbeat_interval,
+                lease_ttl: self.config.lease_ttl,
+                hub_version: env!("CARGO_PKG_VERSION").to_owned(),
+            },
         };
         let host = self.sidecars.remove(&sidecar_id).map(|old| old.host).unwrap_or_default();
         let mut placing = crate::sched::Sidecar {

@@ -7,8 +7,9 @@ use tracing::{info, warn};
 use super::State;
 use super::commit::AfterCommit;
 use super::config::Error;
-use super::messages::{Reply, Submitted, ToSidecar};
+use super::messages::{Reply, Submitted};
 use crate::domain::*;
+use crate::link::ToSidecar;
 use crate::queue::{self, Lease};
 use crate::store::{Loaded, Op, Packed};
 

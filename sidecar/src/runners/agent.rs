@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{context, failed_to_start, shell, tools};
 use crate::contain;
-use crate::job::{Assignment, Runner, Running, Sink};
+use crate::job::{Attempt, Runner, Running, Sink};
 use crate::reports::{self, InFlight};
 use agentcom_llm::Endpoint;
 
@@ -59,25 +59,28 @@ impl Runner for AgentLoopRunner {
         vec!["agent".to_owned(), "agent-loop".to_owned()]
     }
 
-    fn run(&self, assignment: Assignment, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
+    fn run(&self, attempt: Attempt, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
         let (settings, providers) = (self.settings.clone(), self.providers.clone());
         let (mut inventory, client) = (self.inventory.clone(), self.client.clone());
         let in_flight = self.in_flight.clone();
         Box::pin(async move {
-            let Work::Agent(work) = &assignment.spec.work else {
-                return failed_to_start(format!("{} work is not agent work", assignment.spec.work.capability()));
+            let Work::Agent(work) = &attempt.assignment.spec.work else {
+                return failed_to_start(format!(
+                    "{} work is not agent work",
+                    attempt.assignment.spec.work.capability()
+                ));
             };
-            let Some(root) = assignment.workspace.clone() else {
+            let Some(root) = attempt.workspace.clone() else {
                 return failed_to_start(
                     "agent work needs a repository (work.agent.repository or context.repository)".into(),
                 );
             };
             let _ = tokio::time::timeout(super::llm::FIRST_INVENTORY, inventory.wait_for(Option::is_some)).await;
             let mut endpoints = inventory.borrow().clone().unwrap_or_default();
-            if assignment.spec.placement.local_only {
+            if attempt.assignment.spec.placement.local_only {
                 endpoints.retain(|e| !agentcom_types::fleet::is_cloud(e)); // Private work stays here.
             }
-            let wanted = match (assignment.spec.placement.model.as_str(), assignment.model.as_deref()) {
+            let wanted = match (attempt.assignment.spec.placement.model.as_str(), attempt.assignment.model.as_deref()) {
                 ("", Some(model)) => model.to_owned(),
                 (named, _) => named.to_owned(),
             };
@@ -92,12 +95,12 @@ impl Runner for AgentLoopRunner {
                 Some(tokens) => Some(tokens),
                 None => context::window_of(&client, &target, &choice.model, &choice.target_url, &in_flight).await,
             };
-            let limits = &assignment.spec.limits;
+            let limits = &attempt.assignment.spec.limits;
             let deadline = limits.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
             let workspace = tools::Workspace {
                 root: &root,
                 settings: &settings,
-                key: &assignment.key,
+                key: &attempt.key,
                 limits: contain::Limits { max_memory_bytes: limits.max_memory_bytes, max_pids: limits.max_pids },
                 cancel: &cancel,
             };
@@ -115,7 +118,7 @@ impl Runner for AgentLoopRunner {
                 model: choice.model.clone(),
                 ..Usage::default()
             };
-            let price = assignment.price_of(&choice.model);
+            let price = attempt.assignment.price_of(&choice.model);
             let spent = |used: &Usage| {
                 let tokens = used.input_tokens + used.output_tokens + used.cached_input_tokens;
                 let cost = price.map(|p| p.micros(used.input_tokens, used.output_tokens));
@@ -123,7 +126,7 @@ impl Runner for AgentLoopRunner {
                     || limits.max_cost_micros.zip(cost).is_some_and(|(max, cost)| cost >= max as f64)
             };
             let started = Instant::now();
-            let trace = assignment.trace.as_ref();
+            let trace = attempt.assignment.trace.as_ref();
             let (mut error, mut budget_exceeded) = (None, false);
             let mut retried_trimmed = false;
             // The server's count of a turn's input over the estimate of it.

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{failed_to_start, shell};
 use crate::contain;
-use crate::job::{Assignment, Runner, Running, Sink};
+use crate::job::{Attempt, Runner, Running, Sink};
 
 /// The raw stream kept from the CLI, at most (the transcript is capped by the task's limit).
 const RAW_BYTES: usize = 16 * 1024 * 1024;
@@ -54,13 +54,16 @@ impl Runner for ClaudeCodeRunner {
         vec!["agent".to_owned(), "claude-code".to_owned()]
     }
 
-    fn run(&self, assignment: Assignment, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
+    fn run(&self, attempt: Attempt, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
         let (settings, program) = (self.settings.clone(), self.program.clone());
         Box::pin(async move {
-            let Work::Agent(agent) = &assignment.spec.work else {
-                return failed_to_start(format!("{} work is not agent work", assignment.spec.work.capability()));
+            let Work::Agent(agent) = &attempt.assignment.spec.work else {
+                return failed_to_start(format!(
+                    "{} work is not agent work",
+                    attempt.assignment.spec.work.capability()
+                ));
             };
-            let Some(dir) = assignment.workspace.clone() else {
+            let Some(dir) = attempt.workspace.clone() else {
                 return failed_to_start(
                     "agent work needs a repository (work.agent.repository or context.repository)".into(),
                 );
@@ -75,12 +78,12 @@ impl Runner for ClaudeCodeRunner {
                 "--permission-mode".to_owned(),
                 "acceptEdits".to_owned(),
             ];
-            let limits = &assignment.spec.limits;
+            let limits = &attempt.assignment.spec.limits;
             let job = shell::ShellJob {
-                key: assignment.key.clone(),
+                key: attempt.key.clone(),
                 program: shell::Program::Argv(argv),
                 cwd: Some(dir),
-                env: vec![("AGENTCOM_ATTEMPT".to_owned(), assignment.attempt.to_string())],
+                env: vec![("AGENTCOM_ATTEMPT".to_owned(), attempt.assignment.attempt.to_string())],
                 secret_env: Vec::new(),
                 timeout: limits.timeout_ms.map(Duration::from_millis),
                 max_output_bytes: RAW_BYTES,

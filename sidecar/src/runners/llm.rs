@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::failed_to_start;
-use crate::job::{Assignment, Runner, Running, Sink};
+use crate::job::{Attempt, Runner, Running, Sink};
 use crate::reports::{self, InFlight};
 
 /// Longest a piece of text waits to be sent with the next.
@@ -164,7 +164,7 @@ impl Runner for LlmRunner {
         names
     }
 
-    fn run(&self, assignment: Assignment, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
+    fn run(&self, Attempt { assignment, .. }: Attempt, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
         let (settings, mut inventory, client) = (self.settings.clone(), self.inventory.clone(), self.client.clone());
         let in_flight = self.in_flight.clone();
         Box::pin(async move {

@@ -26,7 +26,7 @@ use agentcom_types::domain::{AgentStep, Outcome, Stream, Verdict, Work};
 use tokio_util::sync::CancellationToken;
 
 use crate::contain;
-use crate::job::{Assignment, Runner, Running, Sink};
+use crate::job::{Attempt, Runner, Running, Sink};
 
 /// The runners a sidecar has, found by the capability a task's work needs, and the verifier
 /// that checks the work of tasks with verification steps.
@@ -85,13 +85,13 @@ impl Runners {
     /// [`crate::workspace`]), which is described, committed and removed afterwards. Work that
     /// ran well and has verification steps is verified (see [`crate::verify`]). Both reports go
     /// in the outcome.
-    pub fn run(&self, assignment: Assignment, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
-        let Some(users) = &self.users else { return self.run_as_lent(assignment, sink, cancel) };
-        let lease = match users.lend(&assignment.key) {
+    pub fn run(&self, attempt: Attempt, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
+        let Some(users) = &self.users else { return self.run_as_lent(attempt, sink, cancel) };
+        let lease = match users.lend(&attempt.key) {
             Ok(lease) => lease,
             Err(error) => return Box::pin(async move { failed_to_start(error) }),
         };
-        let running = self.run_as_lent(assignment, sink, cancel);
+        let running = self.run_as_lent(attempt, sink, cancel);
         Box::pin(async move {
             let outcome = running.await;
             drop(lease);
@@ -99,15 +99,15 @@ impl Runners {
         })
     }
 
-    fn run_as_lent(&self, mut assignment: Assignment, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
-        let needed = assignment.spec.work.capability();
+    fn run_as_lent(&self, mut attempt: Attempt, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
+        let needed = attempt.assignment.spec.work.capability();
         let Some(runner) = self.runners.iter().find(|r| r.capability() == needed).cloned() else {
             let have: Vec<&str> = self.runners.iter().map(|r| r.capability()).collect();
             let have = have.join(", ");
             let error = format!("this sidecar cannot run {needed} work (it runs: {have})");
             return Box::pin(async move { failed_to_start(error) });
         };
-        let spec = &assignment.spec;
+        let spec = &attempt.assignment.spec;
         let (repository, branch) = match &spec.work {
             Work::Agent(agent) if !agent.repository.is_empty() => (agent.repository.clone(), agent.branch.clone()),
             _ => (spec.context.repository.clone(), spec.context.branch.clone()),
@@ -115,7 +115,7 @@ impl Runners {
         let agent = matches!(spec.work, Work::Agent(_));
         let in_workspace = !repository.is_empty() && matches!(spec.work, Work::Shell(_) | Work::Agent(_));
         if spec.verification.is_empty() && !in_workspace {
-            return runner.run(assignment, sink, cancel);
+            return runner.run(attempt, sink, cancel);
         }
         let (verifier, workspaces) = (self.verifier.clone(), self.workspaces.clone());
         Box::pin(async move {
@@ -124,9 +124,9 @@ impl Runners {
                 let Some(workspaces) = &workspaces else {
                     return failed_to_start("this sidecar has no workspaces for work in a repository".into());
                 };
-                match workspaces.open(&assignment.key, &repository, &branch).await {
+                match workspaces.open(&attempt.key, &repository, &branch).await {
                     Ok(opened) => {
-                        if let Err(error) = run_inside(&mut assignment, &opened.dir) {
+                        if let Err(error) = run_inside(&mut attempt, &opened.dir) {
                             return failed_to_start(error);
                         }
                         workspace = Some(opened);
@@ -134,16 +134,16 @@ impl Runners {
                     Err(error) => return failed_to_start(format!("workspace: {error}")),
                 }
             }
-            let job = verification_job(&assignment);
-            let (task_id, title) = (assignment.key.task_id.clone(), assignment.spec.name.clone());
-            let fix_rounds = match &assignment.spec.work {
+            let job = verification_job(&attempt);
+            let (task_id, title) = (attempt.key.task_id.clone(), attempt.assignment.spec.name.clone());
+            let fix_rounds = match &attempt.assignment.spec.work {
                 Work::Agent(work) => work.fix_rounds.unwrap_or(agentcom_types::domain::DEFAULT_FIX_ROUNDS),
                 Work::Llm(work) => work.fix_rounds.unwrap_or(0),
                 Work::Shell(_) => 0,
             };
             // Work that goes in rounds: agent work, and LLM work that may fix its reply.
-            let in_rounds = agent || (fix_rounds > 0 && matches!(assignment.spec.work, Work::Llm(_)));
-            let goal = match &assignment.spec.work {
+            let in_rounds = agent || (fix_rounds > 0 && matches!(attempt.assignment.spec.work, Work::Llm(_)));
+            let goal = match &attempt.assignment.spec.work {
                 Work::Agent(work) => work.goal.clone(),
                 _ => String::new(),
             };
@@ -151,7 +151,7 @@ impl Runners {
             let (mut shift, mut transcripts) = ((0u64, 0u64), (Vec::new(), Vec::new()));
             let mut steps = Vec::new();
             let mut feedback: Option<String> = None;
-            let limits = assignment.spec.limits.clone();
+            let limits = attempt.assignment.spec.limits.clone();
             let started = std::time::Instant::now();
             let mut outcome = loop {
                 let number = rounds.len() as u32 + 1;
@@ -162,7 +162,7 @@ impl Runners {
                 // Each round's output follows the rounds before it in the task's streams.
                 let shifted: Arc<dyn Sink> =
                     Arc::new(Shifted { inner: sink.clone(), round: number, stdout: shift.0, stderr: shift.1 });
-                let mut outcome = runner.run(assignment.clone(), shifted, cancel.clone()).await;
+                let mut outcome = runner.run(attempt.clone(), shifted, cancel.clone()).await;
                 if in_rounds && !agent {
                     // LLM work: each reply streams after the last; the result is the last one.
                     shift.0 += outcome.stdout_total_bytes;
@@ -178,7 +178,7 @@ impl Runners {
                     match &verifier {
                         Some(verifier) => {
                             sink.verifying();
-                            let span = crate::spans::child(assignment.trace.as_ref(), "verify");
+                            let span = crate::spans::child(attempt.assignment.trace.as_ref(), "verify");
                             // A reply that repeats the feedback it was given does not pass by it.
                             let checked = match &feedback {
                                 Some(feedback) => crate::verify::without_echo(&outcome.stdout, feedback),
@@ -217,7 +217,7 @@ impl Runners {
                     }
                     break outcome;
                 }
-                match (&mut assignment.spec.work, &outcome.verification) {
+                match (&mut attempt.assignment.spec.work, &outcome.verification) {
                     (Work::Agent(work), Some(report)) => {
                         work.goal = fix_goal(&goal, report, number);
                         feedback = Some(work.goal.clone());
@@ -250,7 +250,7 @@ impl Runners {
             if agent {
                 outcome.steps = steps;
                 // The output of every round, up to the task's cap.
-                let cap = usize::try_from(assignment.spec.limits.max_output_bytes).unwrap_or(usize::MAX);
+                let cap = usize::try_from(attempt.assignment.spec.limits.max_output_bytes).unwrap_or(usize::MAX);
                 (outcome.stdout_total_bytes, outcome.stderr_total_bytes) = shift;
                 transcripts.0.truncate(cap);
                 transcripts.1.truncate(cap);
@@ -411,12 +411,12 @@ fn fix_reply(
 
 /// Points work at its workspace: shell work's `cwd`, if it names one, is taken inside it (and
 /// may not climb out); agent work gets the directory.
-fn run_inside(assignment: &mut Assignment, dir: &std::path::Path) -> Result<(), String> {
-    if matches!(assignment.spec.work, Work::Agent(_)) {
-        assignment.workspace = Some(dir.to_owned());
+fn run_inside(attempt: &mut Attempt, dir: &std::path::Path) -> Result<(), String> {
+    if matches!(attempt.assignment.spec.work, Work::Agent(_)) {
+        attempt.workspace = Some(dir.to_owned());
         return Ok(());
     }
-    let Work::Shell(work) = &mut assignment.spec.work else { return Ok(()) };
+    let Work::Shell(work) = &mut attempt.assignment.spec.work else { return Ok(()) };
     let inside = match work.cwd.as_deref() {
         None | Some("") => dir.to_owned(),
         Some(cwd) => {
@@ -433,8 +433,8 @@ fn run_inside(assignment: &mut Assignment, dir: &std::path::Path) -> Result<(), 
 
 /// What verifying an attempt needs of its assignment: the steps, and for shell work its
 /// working directory and environment (the steps' commands get the same).
-fn verification_job(assignment: &Assignment) -> crate::verify::Job {
-    let spec = &assignment.spec;
+fn verification_job(attempt: &Attempt) -> crate::verify::Job {
+    let spec = &attempt.assignment.spec;
     let (cwd, mut env, secret_env) = match &spec.work {
         Work::Shell(work) => (
             work.cwd.as_ref().map(Into::into),
@@ -442,9 +442,9 @@ fn verification_job(assignment: &Assignment) -> crate::verify::Job {
             work.secret_env.clone(),
         ),
         // Agent work is checked in its workspace.
-        _ => (assignment.workspace.clone(), Vec::new(), Vec::new()),
+        _ => (attempt.workspace.clone(), Vec::new(), Vec::new()),
     };
-    env.push(("AGENTCOM_ATTEMPT".to_owned(), assignment.attempt.to_string()));
+    env.push(("AGENTCOM_ATTEMPT".to_owned(), attempt.assignment.attempt.to_string()));
     env.sort();
     let asked = match &spec.work {
         Work::Shell(work) => match &work.command {
@@ -458,14 +458,15 @@ fn verification_job(assignment: &Assignment) -> crate::verify::Job {
     crate::verify::Job {
         asked,
         criteria: spec.success_criteria.clone(),
-        judge: assignment.judge.clone(),
+        judge: attempt.assignment.judge.clone(),
+        task_id: attempt.assignment.task_id,
         steps: spec.verification.clone(),
-        key: assignment.key.clone(),
+        key: attempt.key.clone(),
         cwd,
         env,
         secret_env,
         limits: contain::Limits { max_memory_bytes: spec.limits.max_memory_bytes, max_pids: spec.limits.max_pids },
-        trace: assignment.trace,
+        trace: attempt.assignment.trace,
     }
 }
 
@@ -481,21 +482,21 @@ pub struct ShellRunner {
 
 impl ShellRunner {
     /// The job an assignment of shell work is, or why it is not one.
-    fn job(assignment: &Assignment) -> Result<shell::ShellJob, String> {
-        let Work::Shell(work) = &assignment.spec.work else {
-            return Err(format!("{} work is not shell work", assignment.spec.work.capability()));
+    fn job(attempt: &Attempt) -> Result<shell::ShellJob, String> {
+        let Work::Shell(work) = &attempt.assignment.spec.work else {
+            return Err(format!("{} work is not shell work", attempt.assignment.spec.work.capability()));
         };
         let program = match &work.command {
             agentcom_types::domain::ShellCommand::Argv(argv) => shell::Program::Argv(argv.clone()),
             agentcom_types::domain::ShellCommand::Script(script) => shell::Program::Script(script.clone()),
         };
-        let limits = &assignment.spec.limits;
+        let limits = &attempt.assignment.spec.limits;
         let mut env: Vec<(String, String)> = work.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         // The task id and lease generation come as the containment marks (see `contain`).
-        env.push(("AGENTCOM_ATTEMPT".to_owned(), assignment.attempt.to_string()));
+        env.push(("AGENTCOM_ATTEMPT".to_owned(), attempt.assignment.attempt.to_string()));
         env.sort();
         Ok(shell::ShellJob {
-            key: assignment.key.clone(),
+            key: attempt.key.clone(),
             program,
             cwd: work.cwd.as_ref().map(Into::into),
             env,
@@ -512,10 +513,10 @@ impl Runner for ShellRunner {
         "shell"
     }
 
-    fn run(&self, assignment: Assignment, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
+    fn run(&self, attempt: Attempt, sink: Arc<dyn Sink>, cancel: CancellationToken) -> Running {
         let settings = self.settings.clone();
         Box::pin(async move {
-            match ShellRunner::job(&assignment) {
+            match ShellRunner::job(&attempt) {
                 Ok(job) => shell::run(&job, &settings, sink, cancel).await,
                 Err(error) => failed_to_start(error),
             }

@@ -47,12 +47,18 @@ fn an_end_is_shown_only_once_durable_and_the_sidecar_hears_when_its_result_is_st
     let Effects { fault, .. } = h.state.take_effects();
     assert_eq!(fault, Some(None));
     assert!(h.state.sidecars["s1"].outbox.is_none(), "its session was ended");
-    h.join("s1", 1, vec![RunningTask { task_id: id, lease_generation: generation }]);
+    h.join("s1", 1, vec![RunningTask { task_id: id, lease_generation: generation, agent_id: String::new() }]);
     h.report("s1", outcome());
     assert_eq!(h.task(id).state, TaskState::Succeeded);
     let stored = h.sent["s1"].iter().filter(|m| matches!(m, ToSidecar::Stored { task_id, lease_generation } if *task_id == id && *lease_generation == generation));
     assert_eq!(stored.count(), 1);
     // A heartbeat that still lists it (the acknowledgement is on its way) is no stale message.
-    h.report("s1", FromSidecar::Heartbeat { running: vec![RunningTask { task_id: id, lease_generation: generation }] });
+    h.report(
+        "s1",
+        FromSidecar::Heartbeat {
+            sent_unix_ms: 0,
+            running: vec![RunningTask { task_id: id, lease_generation: generation, agent_id: String::new() }],
+        },
+    );
     assert!(h.cancels("s1").is_empty());
 }

@@ -73,7 +73,7 @@ impl Harness {
     }
 
     fn join(&mut self, sidecar_id: &str, slots: u32, running: Vec<RunningTask>) {
-        let hello = SidecarHello {
+        let hello = Hello {
             sidecar_id: sidecar_id.to_owned(),
             hostname: "host".into(),
             os: "linux".into(),
@@ -156,7 +156,7 @@ fn a_submitted_task_is_assigned_once_durable_and_succeeds() {
     let id = hub.submit(shell());
     assert_eq!(hub.assigned("s1"), vec![(id, 1)]);
     assert_eq!(hub.task(id).state, TaskState::Dispatched);
-    hub.report("s1", FromSidecar::Started { task_id: id, lease_generation: 1 });
+    hub.report("s1", FromSidecar::Started { task_id: id, lease_generation: 1, pid: 0 });
     assert_eq!(hub.task(id).state, TaskState::Running);
     hub.finish("s1", id, 1, 0);
     assert_eq!(hub.task(id).state, TaskState::Succeeded);
@@ -194,12 +194,12 @@ fn a_sidecar_that_reconnects_keeps_the_work_it_still_runs_and_loses_the_rest() {
     let kept = hub.submit(shell());
     let dropped = hub.submit(shell());
     for id in [kept, dropped] {
-        hub.report("s1", FromSidecar::Started { task_id: id, lease_generation: 1 });
+        hub.report("s1", FromSidecar::Started { task_id: id, lease_generation: 1, pid: 0 });
     }
     hub.leave("s1");
     // Back within the lease TTL, still running one of them.
     hub.now += 1_000;
-    hub.join("s1", 2, vec![RunningTask { task_id: kept, lease_generation: 1 }]);
+    hub.join("s1", 2, vec![RunningTask { task_id: kept, lease_generation: 1, agent_id: String::new() }]);
     let kept_task = hub.task(kept);
     assert_eq!((kept_task.state, kept_task.lease_generation), (TaskState::Running, 1));
     let agents = hub.ask(|reply| Event::Agents { reply });
@@ -244,7 +244,7 @@ fn a_drain_deadline_requeues_what_still_runs_and_stops_it() {
     let mut hub = Harness::new();
     hub.join("s1", 1, Vec::new());
     let id = hub.submit(shell());
-    hub.report("s1", FromSidecar::Started { task_id: id, lease_generation: 1 });
+    hub.report("s1", FromSidecar::Started { task_id: id, lease_generation: 1, pid: 0 });
     let deadline = hub.now + 1_000;
     let host = hub.ask(|reply| Event::Drain { sidecar_id: "s1".into(), deadline: Some(deadline), reply }).unwrap();
     assert_eq!(host.cordon.map(|c| c.deadline_unix_ms), Some(Some(deadline)));
@@ -601,7 +601,7 @@ fn verification_moves_a_task_to_verifying_and_its_verdict_decides_the_end() {
     let end = |hub: &mut Harness, report: Option<VerificationReport>| {
         let id = hub.submit(spec.clone());
         let generation = hub.task(id).lease_generation;
-        hub.report("s1", FromSidecar::Started { task_id: id, lease_generation: generation });
+        hub.report("s1", FromSidecar::Started { task_id: id, lease_generation: generation, pid: 0 });
         let verifying = FromSidecar::Progress {
             task_id: id,
             lease_generation: generation,

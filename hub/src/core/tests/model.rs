@@ -108,7 +108,11 @@ impl Run {
                 let running = self.machines[s]
                     .running
                     .iter()
-                    .map(|&(task_id, lease_generation)| RunningTask { task_id, lease_generation })
+                    .map(|&(task_id, lease_generation)| RunningTask {
+                        task_id,
+                        lease_generation,
+                        agent_id: String::new(),
+                    })
                     .collect();
                 self.hub.join(&Run::name(s), 1, running);
                 self.machines[s].joined = true;
@@ -126,7 +130,7 @@ impl Run {
                 let sent = self.sent(s);
                 if self.machines[s].joined && !sent.is_empty() {
                     let (task_id, lease_generation) = sent[n % sent.len()];
-                    self.hub.report(&Run::name(s), FromSidecar::Started { task_id, lease_generation });
+                    self.hub.report(&Run::name(s), FromSidecar::Started { task_id, lease_generation, pid: 0 });
                 }
             }
             Step::Heartbeat(s) => {
@@ -134,9 +138,13 @@ impl Run {
                     let running = self.machines[s]
                         .running
                         .iter()
-                        .map(|&(task_id, lease_generation)| RunningTask { task_id, lease_generation })
+                        .map(|&(task_id, lease_generation)| RunningTask {
+                            task_id,
+                            lease_generation,
+                            agent_id: String::new(),
+                        })
                         .collect();
-                    self.hub.report(&Run::name(s), FromSidecar::Heartbeat { running });
+                    self.hub.report(&Run::name(s), FromSidecar::Heartbeat { sent_unix_ms: 0, running });
                 }
             }
             Step::Finish(s, n, code) => {
