@@ -15,6 +15,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
+mod local_sidecar;
+
 #[derive(Parser)]
 #[command(name = "agentcom-hub", version, about = "The AgentCom hub: durable task queue, fleet registry, admin APIs")]
 struct Cli {
@@ -33,35 +35,13 @@ struct Cli {
 enum Command {
     /// Run the hub.
     Serve(HubArgs),
-    /// Run the hub with one local sidecar, for development and demos.
+    /// Run the hub with one local sidecar (`agentcom-sidecar run`, started beside it), for
+    /// development and demos.
     Dev {
         #[command(flatten)]
         hub: HubArgs,
-        /// Tasks the local sidecar runs at once.
-        #[arg(long, default_value_t = 4)]
-        slots: u32,
-        /// Where the local sidecar runs tasks: their working directory, and its workspaces
-        /// [default: DATA_DIR/work, so that tasks do not write into the directory dev runs in].
-        #[arg(long, value_name = "DIR")]
-        work_dir: Option<PathBuf>,
-        /// The local sidecar reports N synthetic GPUs (shown as simulated).
-        #[arg(long, default_value_t = 0, value_name = "N")]
-        simulate_gpus: u32,
-        /// A repository the local sidecar's work may run in (repeatable): a local path (those
-        /// under it too) or a URL prefix; agent tasks need one.
-        #[arg(long = "repo-allow", value_name = "PATH|URL")]
-        repo_allow: Vec<String>,
-        /// An Ollama server the local sidecar uses (repeatable) [default: one found at
-        /// http://127.0.0.1:11434].
-        #[arg(long = "ollama", value_name = "URL")]
-        ollama: Vec<String>,
         #[command(flatten)]
-        openai: agentcom_sidecar::reports::OpenAiArgs,
-        /// Run each task of the local sidecar as a uid of its own from this range (e.g.
-        /// 61000-61999), in a private directory: tasks cannot read each other's environment or
-        /// files, nor signal each other. Needs root.
-        #[arg(long, value_name = "FIRST-LAST")]
-        run_as_range: Option<agentcom_sidecar::users::UidRange>,
+        sidecar: local_sidecar::Args,
     },
     /// Write a backup now: through the running hub if there is one, else from the database.
     Backup {
@@ -307,16 +287,9 @@ impl HubArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    // `dev` runs a sidecar in this process: its environment is kept out of the tasks' reach.
-    let allow: Vec<String> = agentcom_sidecar::DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect();
-    // The local sidecar of `dev` runs in this process: its containment watchdog is this binary too.
-    agentcom_sidecar::contain::watchdog_main_if_requested();
-    agentcom_process::binary_main(
-        &allow,
-        agentcom_process::logging::LogFormat::from_args(),
-        agentcom_sidecar::exit_code,
-        run,
-    )
+    // The hub's secrets (its keys in the environment) stay out of its children's reach.
+    let allow: Vec<String> = agentcom_process::secure::DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect();
+    agentcom_process::binary_main(&allow, agentcom_process::logging::LogFormat::from_args(), |_| 1, run)
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -329,20 +302,9 @@ async fn run() -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Serve(args) => serve(args, None).await,
-        Command::Dev { hub, slots, work_dir, simulate_gpus, repo_allow, ollama, openai, run_as_range } => {
-            for url in &ollama {
-                anyhow::ensure!(
-                    url.starts_with("http://") || url.starts_with("https://"),
-                    "--ollama {url:?} must start with http:// or https://"
-                );
-            }
-            let key = std::env::var("OPENAI_API_KEY").ok().filter(|k| !k.trim().is_empty());
-            if let Some(key) = &key {
-                agentcom_process::logging::redact(key);
-            }
-            let openai = openai.openai(key).map_err(anyhow::Error::msg)?;
-            let work_dir = work_dir.unwrap_or_else(|| hub.data_dir.join("work"));
-            serve(hub, Some(Dev { slots, work_dir, simulate_gpus, repo_allow, ollama, openai, run_as_range })).await
+        Command::Dev { hub, sidecar } => {
+            let otlp_endpoint = cli.otlp_endpoint.clone();
+            serve(hub, Some((sidecar, otlp_endpoint))).await
         }
         Command::Backup { data_dir, hub, backup_dir } => backup_now(data_dir, hub, backup_dir).await,
         Command::Restore { data_dir, from } => {
@@ -413,23 +375,11 @@ async fn backup_now(data_dir: PathBuf, hub: Option<String>, backup_dir: Option<P
     Ok(())
 }
 
-/// The local sidecar of `agentcom-hub dev`.
-struct Dev {
-    slots: u32,
-    work_dir: PathBuf,
-    simulate_gpus: u32,
-    repo_allow: Vec<String>,
-    /// The local sidecar's LLM endpoints.
-    ollama: Vec<String>,
-    openai: Option<agentcom_sidecar::reports::OpenAi>,
-    run_as_range: Option<agentcom_sidecar::users::UidRange>,
-}
-
-/// Runs the hub; with `dev_slots`, also a sidecar in this process that stops with it.
-/// `dev` is `Some((slots, simulated GPUs))` of the local sidecar.
-async fn serve(args: HubArgs, dev_slots: Option<Dev>) -> anyhow::Result<()> {
+/// Runs the hub; with `dev_sidecar` (its flags, and where it exports traces), also a local
+/// sidecar that stops with it.
+async fn serve(args: HubArgs, dev_sidecar: Option<(local_sidecar::Args, Option<String>)>) -> anyhow::Result<()> {
     let mut config = args.core_config()?;
-    let dev = dev_slots.is_some();
+    let dev = dev_sidecar.is_some();
     config.cancel_inflight_on_shutdown = dev;
     let open_files = agentcom_hub::edge::raise_open_file_limit();
     let serve_options = args.serve_options(open_files)?;
@@ -471,27 +421,18 @@ async fn serve(args: HubArgs, dev_slots: Option<Dev>) -> anyhow::Result<()> {
 
     // The local sidecar is made ready before the hub serves: a restart after a crash kills what
     // the crash left running before anything can be dispatched again.
-    let dev_sidecar = match dev_slots {
+    let mut sidecar = match &dev_sidecar {
         None => None,
-        Some(Dev { slots, work_dir, simulate_gpus, repo_allow, ollama, openai, run_as_range }) => {
-            let token = std::fs::read_to_string(data_dir.token_file(Role::Join))?.trim().to_owned();
-            std::fs::create_dir_all(&work_dir).with_context(|| format!("making {}", work_dir.display()))?;
-            let work_dir = std::fs::canonicalize(&work_dir)?;
-            // The local sidecar keeps its id and its record of running tasks in the data directory.
-            let config = agentcom_sidecar::Config::builder(url.clone(), token, work_dir)
-                .ca_fingerprint(ca)
-                .slots(slots)
-                .tags(vec!["dev".to_owned()])
-                .shell(|shell| {
-                    shell.repo_allow = repo_allow;
-                    shell.run_as_range = run_as_range;
-                })
-                .state_dir(args.data_dir.join("sidecar"))
-                .max_output_bytes(args.max_output_bytes as usize)
-                .reports(agentcom_sidecar::reports::Settings { simulate_gpus, ollama, openai, ..Default::default() })
-                .build()?;
-            let prepared = agentcom_sidecar::prepare(&config).await?;
-            Some((config, prepared))
+        Some((sidecar, otlp_endpoint)) => {
+            let hub = local_sidecar::Hub {
+                url: &url,
+                join_token_file: &data_dir.token_file(Role::Join),
+                ca_sha256: ca.map(|ca| ca.hex()),
+                data_dir: &args.data_dir,
+                max_output_bytes: args.max_output_bytes,
+                otlp_endpoint: otlp_endpoint.as_deref(),
+            };
+            Some(local_sidecar::LocalSidecar::start(sidecar, &hub).await?)
         }
     };
 
@@ -502,16 +443,6 @@ async fn serve(args: HubArgs, dev_slots: Option<Dev>) -> anyhow::Result<()> {
             return Err(explain_damage(&err, &args.data_dir, &backup_dir));
         }
         Err(err) => return Err(err.into()),
-    };
-
-    let sidecar = match dev_sidecar {
-        None => None,
-        Some((config, prepared)) => {
-            let stop = tokio_util::sync::CancellationToken::new();
-            let stopped = stop.clone();
-            let run = agentcom_sidecar::run_prepared(config, prepared, async move { stopped.cancelled().await });
-            Some((stop, tokio::spawn(run)))
-        }
     };
 
     let admin_token = data_dir.token_file(Role::Admin);
@@ -530,8 +461,20 @@ async fn serve(args: HubArgs, dev_slots: Option<Dev>) -> anyhow::Result<()> {
         banner(&url, &admin_token, &join_token, dev, &args.data_dir, ca);
     }
 
-    agentcom_process::shutdown_signal().await;
-    tracing::info!("shutting down (Ctrl-C again to force)");
+    let exited = async {
+        match &mut sidecar {
+            Some(sidecar) => Some(sidecar.exited().await),
+            None => std::future::pending().await,
+        }
+    };
+    let sidecar_exited = tokio::select! {
+        _ = agentcom_process::shutdown_signal() => None,
+        exited = exited => exited,
+    };
+    match &sidecar_exited {
+        None => tracing::info!("shutting down (Ctrl-C again to force)"),
+        Some(status) => tracing::error!(status = ?status, "the local sidecar exited; stopping the hub"),
+    }
 
     tokio::spawn(async {
         agentcom_process::shutdown_signal().await;
@@ -540,9 +483,11 @@ async fn serve(args: HubArgs, dev_slots: Option<Dev>) -> anyhow::Result<()> {
     // The hub first: it cancels in-flight work and waits for the local sidecar to report it.
     hub.stop().await;
     let _ = std::fs::remove_file(&url_file);
-    if let Some((stop, join)) = sidecar {
-        stop.cancel();
-        join.await.context("sidecar task")??;
+    if let Some(status) = sidecar_exited {
+        anyhow::bail!("the local sidecar exited ({})", status.map_or_else(|err| err.to_string(), |s| s.to_string()));
+    }
+    if let Some(sidecar) = sidecar {
+        sidecar.stop().await?;
     }
     Ok(())
 }

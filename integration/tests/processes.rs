@@ -229,6 +229,69 @@ async fn hubctl_against_dev_prints_output_and_passes_exit_codes_through() {
     assert_eq!(task["outcome"]["exit"]["signal"], 15, "the sidecar's report of the killed process was recorded");
 }
 
+/// `dev`'s local sidecar is `agentcom-sidecar run`, started beside the hub: the flags `dev` takes
+/// for it reach it, and one it refuses stops `dev` with the sidecar's own words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_passes_its_sidecar_flags_on_and_a_flag_the_sidecar_refuses_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let flags = [
+        "--slots",
+        "2",
+        "--simulate-gpus",
+        "1",
+        "--ollama",
+        "http://127.0.0.1:9",
+        "--openai-base-url",
+        "http://127.0.0.1:8/v1",
+        "--openai-model",
+        "m1",
+        "--openai-parallel",
+        "3",
+    ];
+    let hub = HubProcess::dev(&dir.path().join("hub"), &work, &flags).await;
+    assert_eventually!(hub.api.agents().await.len() == 2, PATIENCE, "the local sidecar joined with its 2 slots");
+    let endpoints = || async { hub.api.request(reqwest::Method::GET, "/api/v1/endpoints", None).await.1 };
+    assert_eventually!(
+        endpoints().await["endpoints"].as_array().is_some_and(|e| e.len() == 2),
+        PATIENCE,
+        "both endpoints"
+    );
+    let endpoints = endpoints().await;
+    let by_kind = |kind: &str| endpoints["endpoints"].as_array().unwrap().iter().find(|e| e["kind"] == kind).cloned();
+    let openai = by_kind("openai").expect("the OpenAI-compatible server");
+    assert_eq!(
+        (openai["url"].as_str(), openai["parallel"].as_u64()),
+        (Some("http://127.0.0.1:8/v1"), Some(3)),
+        "{openai}"
+    );
+    assert_eq!(openai["models"][0]["name"], "m1", "{openai}");
+    assert_eq!(by_kind("ollama").expect("the Ollama server")["url"], "http://127.0.0.1:9");
+    let hosts = hub.api.request(reqwest::Method::GET, "/api/v1/hosts", None).await.1;
+    let resources = &hosts["hosts"][0]["resources"];
+    assert_eventually!(
+        hub.api.request(reqwest::Method::GET, "/api/v1/hosts", None).await.1["hosts"][0]["resources"]["gpus_simulated"]
+            == true,
+        PATIENCE,
+        "the simulated GPU is reported: {resources}"
+    );
+    drop(hub);
+
+    let output = output_within(
+        Command::new(binary("agentcom-hub"))
+            .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("refused"))
+            .args(["--openai-base-url", "ftp://127.0.0.1/v1"])
+            .current_dir(dir.path()),
+        PATIENCE,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "dev started with a flag its sidecar refuses: {stderr}");
+    assert!(stderr.contains("\"ftp://127.0.0.1/v1\" must start with http:// or https://"), "{stderr}");
+    assert!(stderr.contains("the local sidecar did not start"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_task_survives_kill_9_of_the_hub_and_finishes_once() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,12 +1,14 @@
 //! What AgentCom's binaries (`agentcom-hub`, `agentcom-sidecar`) need to start, and nothing
 //! else: logging with redaction ([`logging`]), keeping the process's secrets out of its
-//! children's reach ([`secure`]), the one TLS provider ([`install_crypto_provider`]), the
-//! shutdown signals, trace export, and the common `main` ([`binary_main`]).
+//! children's reach ([`secure`]), a child process tied to its parent ([`child`]), the one TLS
+//! provider ([`install_crypto_provider`]), the shutdown signals, trace export, and the common
+//! `main` ([`binary_main`]).
 //!
 //! **Architecture Invariant:** near the bottom of our crates: it depends on none of them but
 //! `agentcom-metrics` (trace export) and `agentcom-types` (where URLs hold passwords), so every
 //! binary and library can start the same way without depending on another's internals.
 
+pub mod child;
 pub mod logging;
 pub mod secure;
 

@@ -17,6 +17,10 @@ use std::os::fd::IntoRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
 
+/// The variables a process's environment block may show: harmless to read, and what a task
+/// inherits from its sidecar unless configured otherwise.
+pub const DEFAULT_ENV_ALLOWLIST: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
 /// Names the memfd the re-executed process reads its environment from.
 const ENV_FD: &str = "AGENTCOM_ENV_FD";
 

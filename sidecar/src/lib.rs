@@ -28,8 +28,6 @@ use std::path::PathBuf;
 
 use runners::shell;
 
-/// Environment variables a task inherits from the sidecar unless configured otherwise.
-pub const DEFAULT_ENV_ALLOWLIST: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 
 #[derive(Clone, Debug)]
@@ -89,7 +87,8 @@ impl Config {
     /// A configuration for a sidecar of the hub at `hub_url` that runs work in `work_dir`, with
     /// every other setting at its default.
     pub fn builder(hub_url: impl Into<String>, token: impl Into<String>, work_dir: PathBuf) -> ConfigBuilder {
-        let allow: Vec<String> = DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect();
+        let allow: Vec<String> =
+            agentcom_process::secure::DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect();
         ConfigBuilder {
             hub_url: hub_url.into(),
             token: token.into(),
@@ -177,7 +176,7 @@ impl ConfigBuilder {
         self
     }
 
-    /// The variables tasks inherit from the sidecar's environment [default: `DEFAULT_ENV_ALLOWLIST`].
+    /// The variables tasks inherit from the sidecar's environment [default: `agentcom_process::secure::DEFAULT_ENV_ALLOWLIST`].
     pub fn env_allow(mut self, allow: &[String]) -> ConfigBuilder {
         self.shell.base_env = shell::allowlisted_env(std::env::vars(), allow);
         self

@@ -169,6 +169,11 @@ struct RunArgs {
     /// Where the Claude API is (a gateway or proxy in front of it).
     #[arg(long, value_name = "URL", default_value = agentcom_sidecar::reports::ANTHROPIC_URL)]
     anthropic_base_url: String,
+    /// Print `ready` on standard output once set up (containment ready, what an earlier run
+    /// left behind killed), before dialing the hub: for a parent that must not serve before
+    /// (`agentcom-hub dev`).
+    #[arg(long, hide = true)]
+    notify_ready: bool,
 }
 
 impl RunArgs {
@@ -241,7 +246,7 @@ fn env_allowlist_from_args() -> Vec<String> {
         }
     }
     if allow.is_empty() {
-        allow = agentcom_sidecar::DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect();
+        allow = agentcom_process::secure::DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect();
     }
     allow
 }
@@ -297,6 +302,7 @@ async fn run() -> anyhow::Result<()> {
         }
     };
     let reports = args.reports()?;
+    let notify_ready = args.notify_ready;
     let token = match (args.token, args.token_file) {
         (Some(token), _) => token,
         (None, Some(path)) => read_token(&path)?,
@@ -306,7 +312,7 @@ async fn run() -> anyhow::Result<()> {
     let work_dir = shell::resolve_work_dir(&args.work_dir)
         .with_context(|| format!("work directory {}", args.work_dir.display()))?;
     let allow: Vec<String> = if args.env_allow.is_empty() {
-        agentcom_sidecar::DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect()
+        agentcom_process::secure::DEFAULT_ENV_ALLOWLIST.iter().map(|s| s.to_string()).collect()
     } else {
         args.env_allow
     };
@@ -372,6 +378,12 @@ async fn run() -> anyhow::Result<()> {
         config = config.hostname(hostname);
     }
     let config = config.build()?;
-    agentcom_sidecar::run(config, agentcom_process::shutdown_signal()).await?;
+    if notify_ready {
+        let prepared = agentcom_sidecar::prepare(&config).await?;
+        println!("ready");
+        agentcom_sidecar::run_prepared(config, prepared, agentcom_process::shutdown_signal()).await?;
+    } else {
+        agentcom_sidecar::run(config, agentcom_process::shutdown_signal()).await?;
+    }
     Ok(())
 }
