@@ -118,11 +118,23 @@ impl Span {
         parent: Option<[u8; 8]>,
         start: SystemTime,
     ) -> Span {
+        Span::with_id(name, trace_id, parent, start, new_span_id())
+    }
+
+    /// A span as [`Span::new`] makes it, with the id given (drawn by a caller that must not draw
+    /// randomness of its own, or known before the span ends).
+    pub fn with_id(
+        name: impl Into<Cow<'static, str>>,
+        trace_id: [u8; 16],
+        parent: Option<[u8; 8]>,
+        start: SystemTime,
+        span_id: [u8; 8],
+    ) -> Span {
         Span {
             name: name.into(),
             kind: Kind::Internal,
             trace_id,
-            span_id: new_span_id(),
+            span_id,
             parent,
             parent_remote: false,
             start,

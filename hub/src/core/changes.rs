@@ -13,8 +13,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use tokio::sync::broadcast;
-
 use super::State;
 use super::handle::QueueStats;
 use crate::agent::AgentState;
@@ -40,16 +38,19 @@ pub enum Change {
     Queue(QueueStats),
 }
 
-pub type Changes = broadcast::Sender<Arc<Change>>;
+pub type Changes = tokio::sync::broadcast::Sender<Arc<Change>>;
 
 /// What an agent looks like to a watcher: its heartbeat alone is not a change.
 pub(super) type AgentKey = (AgentState, UnixMs, Option<TaskId>, bool, bool);
 /// A host's session, whether it is open, its cordon, agents and latest report's time.
 pub(super) type HostKey = (u64, bool, Option<Cordon>, usize, Option<UnixMs>);
 
-/// The core's side of the stream: what is marked, and what was last sent.
+/// The core's side of the stream: what is marked, and what was last sent. The channel itself is
+/// the loop's (`Core`): the state publishes through `Action::Publish`,
+/// and is told with each event whether anyone listens.
 pub(super) struct Outbox {
-    bus: Changes,
+    /// Someone listens, as of the current event.
+    live: bool,
     tasks: BTreeSet<TaskId>,
     /// Hosts known only by a stored cordon (no session since the hub started).
     cordoned_away: HashMap<String, HostKey>,
@@ -60,9 +61,8 @@ pub(super) struct Outbox {
 
 impl Outbox {
     pub(super) fn new() -> Outbox {
-        let (bus, _) = broadcast::channel(BUFFER);
         Outbox {
-            bus,
+            live: false,
             tasks: BTreeSet::new(),
             cordoned_away: HashMap::new(),
             endpoints: Vec::new(),
@@ -71,14 +71,14 @@ impl Outbox {
         }
     }
 
-    /// The sender subscribers subscribe to.
-    pub(super) fn bus(&self) -> Changes {
-        self.bus.clone()
+    /// Whether someone listens now (the loop says, with each event).
+    pub(super) fn listening(&mut self, live: bool) {
+        self.live = live;
     }
 
     /// Someone listens.
     pub(super) fn live(&self) -> bool {
-        self.bus.receiver_count() > 0
+        self.live
     }
 
     pub(super) fn mark_task(&mut self, id: TaskId) {
@@ -86,14 +86,13 @@ impl Outbox {
             self.tasks.insert(id);
         }
     }
-
-    fn send(&self, change: Change) {
-        // No receiver left is not an error: the next flush finds nobody listening.
-        let _ = self.bus.send(Arc::new(change));
-    }
 }
 
 impl State {
+    fn publish(&mut self, change: Change) {
+        self.fx.push(super::Action::Publish(Arc::new(change)));
+    }
+
     /// Sends what changed since the last flush to the stream's subscribers.
     pub(super) fn flush_changes(&mut self, now: UnixMs) {
         if !self.changes.live() {
@@ -103,8 +102,8 @@ impl State {
             return;
         }
         for id in std::mem::take(&mut self.changes.tasks) {
-            if let Some(task) = self.visible(id) {
-                self.changes.send(Change::Task(Box::new(task.into_owned())));
+            if let Some(task) = self.visible(id).map(std::borrow::Cow::into_owned) {
+                self.publish(Change::Task(Box::new(task)));
             }
         }
         let any_cordon = !self.cordons.is_empty();
@@ -118,8 +117,8 @@ impl State {
             }
         }
         for id in agents {
-            if let Some(agent) = self.agents.get(&id) {
-                self.changes.send(Change::Agent(self.agent_view(agent)));
+            if let Some(view) = self.agents.get(&id).map(|agent| self.agent_view(agent)) {
+                self.publish(Change::Agent(view));
             }
         }
         let mut hosts = Vec::new();
@@ -141,20 +140,20 @@ impl State {
         }
         for id in hosts {
             if let Some(host) = self.host_view(&id, false) {
-                self.changes.send(Change::Host(host));
+                self.publish(Change::Host(host));
             }
         }
         let endpoints = self.endpoint_listing();
         if endpoints != self.changes.endpoints {
             self.changes.endpoints = endpoints.clone();
-            self.changes.send(Change::Endpoints(endpoints));
+            self.publish(Change::Endpoints(endpoints));
         }
         if now - self.changes.last_queue >= QUEUE_EVERY_MS {
             self.changes.last_queue = now;
             let stats = self.queue_stats();
             if self.changes.queue.as_ref() != Some(&stats) {
                 self.changes.queue = Some(stats.clone());
-                self.changes.send(Change::Queue(stats));
+                self.publish(Change::Queue(stats));
             }
         }
     }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use super::State;
 use super::config::Error;
-use super::messages::{Reply, SubmitAnswer, Submitted};
+use tokio::sync::oneshot;
+
+use super::messages::{Answer, Reply, RequestId, SubmitAnswer, Submitted};
 use crate::domain::*;
 use crate::fleet::{Endpoint, HostView};
 use crate::link::{Assignment, ToSidecar};
@@ -14,7 +16,7 @@ use crate::store;
 /// Work that waits for a commit.
 pub enum AfterCommit {
     /// A submit is durable. Its submitter is answered on the writer thread the moment the log
-    /// is synced (see [`AfterCommit::durable`]); the core then answers anyone whose submit
+    /// is synced (see `Ticket::durable`); the core then answers anyone whose submit
     /// matched the same idempotency key meanwhile, and settles a task with dependencies.
     Submitted { id: TaskId, answer: Option<Box<SubmitAnswer>> },
     /// A dispatch is durable: send the assignment (if the lease is still the same).
@@ -25,9 +27,9 @@ pub enum AfterCommit {
     /// watchers, and let the sidecar forget the result.
     Stored { task_id: TaskId, lease_generation: u64, sidecar_id: String },
     /// A cancel is durable: answer the caller.
-    Answer { task_id: TaskId, reply: Reply<Result<Task, Error>> },
+    Answer { task_id: TaskId, reply: Option<Reply<Result<Task, Error>>> },
     /// A dead-letter retry is durable: answer the caller, then make the task dispatchable.
-    Requeued { task_id: TaskId, reply: Reply<Result<Task, Error>> },
+    Requeued { task_id: TaskId, reply: Option<Reply<Result<Task, Error>>> },
     /// A purge is durable: answer with how many tasks went.
     Purged { count: usize, reply: Reply<Result<usize, Error>> },
     /// A cordon set or lifted is durable: answer with the host as it now is.
@@ -35,12 +37,52 @@ pub enum AfterCommit {
     /// An endpoint added or removed is durable: answer with it.
     Endpoint { endpoint: Box<Endpoint>, reply: Reply<Result<Endpoint, Error>> },
     /// Changes a component asked the core to persist are durable: tell it.
-    Persisted(Reply<()>),
+    Persisted(Reply<Result<(), Error>>),
     /// Nothing waits for this change (counts, records forgotten by retention).
     Nothing,
 }
 
 impl AfterCommit {
+    /// The submitter answered from the writer thread, if this ticket has one.
+    pub(super) fn early_reply(&self) -> Option<RequestId> {
+        match self {
+            AfterCommit::Submitted { answer: Some(answer), .. } => Some(answer.0.id),
+            _ => None,
+        }
+    }
+
+    /// The submitter's answer, taken to go out from the writer thread once the log is synced.
+    pub(super) fn take_early_answer(&mut self) -> Option<(RequestId, Answer)> {
+        let AfterCommit::Submitted { answer, .. } = self else { return None };
+        let (reply, submitted) = *answer.take()?;
+        Some(reply.with(Ok(submitted)))
+    }
+
+    /// The caller this ticket answers, if any.
+    pub(super) fn caller(&self) -> Option<RequestId> {
+        match self {
+            AfterCommit::Submitted { answer, .. } => answer.as_ref().map(|answer| answer.0.id),
+            AfterCommit::Answer { reply, .. } | AfterCommit::Requeued { reply, .. } => reply.map(|reply| reply.id),
+            AfterCommit::Purged { reply, .. } => Some(reply.id),
+            AfterCommit::Host { reply, .. } => Some(reply.id),
+            AfterCommit::Endpoint { reply, .. } => Some(reply.id),
+            AfterCommit::Persisted(reply) => Some(reply.id),
+            AfterCommit::Assigned { .. }
+            | AfterCommit::Changed(_)
+            | AfterCommit::Stored { .. }
+            | AfterCommit::Nothing => None,
+        }
+    }
+}
+
+/// A write's ticket as the storage writer carries it: what waits for the commit, and the
+/// submitter's channel when it is answered on the writer thread.
+pub(crate) struct Ticket {
+    pub(super) after: AfterCommit,
+    pub(super) early: Option<oneshot::Sender<Answer>>,
+}
+
+impl Ticket {
     /// Runs on the writer thread once the change is durable in the log, before the core hears
     /// of it: a submitter needs nothing but durability, so its answer skips the redb apply and
     /// the hop through the core. Whatever it asks next may reach the core before `Committed`;
@@ -48,11 +90,10 @@ impl AfterCommit {
     /// dependency. A queued task is dispatchable from its submit on: its dispatch is written
     /// after the submit in the ordered log, and its assignment leaves only once that is durable.
     pub(super) fn durable(&mut self) {
-        if let AfterCommit::Submitted { answer, .. } = self
-            && let Some(answer) = answer.take()
+        if let Some(caller) = self.early.take()
+            && let Some((_, answer)) = self.after.take_early_answer()
         {
-            let (reply, submitted) = *answer;
-            let _ = reply.send(Ok(submitted));
+            let _ = caller.send(answer);
         }
     }
 }
@@ -100,10 +141,13 @@ impl State {
                     // (Cancelled before this commit returned, it may have settled already.)
                     let Some(task) = self.tasks.get(&id) else { continue };
                     let state = task.state;
-                    for (reply, existing) in self.pending_submits.remove(&id).unwrap_or_default() {
-                        let _ = reply.send(Ok(Submitted { task: Task::clone(&task), existing }));
-                    }
+                    let answers: Vec<_> = (self.pending_submits.remove(&id).unwrap_or_default().into_iter())
+                        .map(|(reply, existing)| (reply, Submitted { task: Task::clone(&task), existing }))
+                        .collect();
                     drop(task);
+                    for (reply, submitted) in answers {
+                        self.answer(reply, Ok(submitted));
+                    }
                     // A queued task was made dispatchable at its submit.
                     if state == TaskState::Waiting {
                         self.settle_dependencies(id, now);
@@ -155,32 +199,25 @@ impl State {
                 AfterCommit::Answer { task_id, reply } => {
                     // A task settled meanwhile (by an earlier commit's news) is packed: `get`.
                     let task = self.tasks.get(&task_id).map(std::borrow::Cow::into_owned);
-                    let _ = reply.send(task.ok_or(Error::NotFound(task_id)));
+                    if let Some(reply) = reply {
+                        self.answer(reply, task.ok_or(Error::NotFound(task_id)));
+                    }
                     self.notify(task_id, now);
                 }
                 AfterCommit::Requeued { task_id, reply } => {
-                    let Some(task) = self.tasks.get(&task_id).map(std::borrow::Cow::into_owned) else {
-                        let _ = reply.send(Err(Error::NotFound(task_id)));
-                        continue;
-                    };
-                    let queued = task.state == TaskState::Queued;
-                    let _ = reply.send(Ok(task));
+                    let task = self.tasks.get(&task_id).map(std::borrow::Cow::into_owned);
+                    let queued = task.as_ref().is_some_and(|task| task.state == TaskState::Queued);
+                    if let Some(reply) = reply {
+                        self.answer(reply, task.ok_or(Error::NotFound(task_id)));
+                    }
                     if queued {
                         self.enqueue(task_id, None);
                     }
                 }
-                AfterCommit::Purged { count, reply } => {
-                    let _ = reply.send(Ok(count));
-                }
-                AfterCommit::Host { view, reply } => {
-                    let _ = reply.send(Ok(*view));
-                }
-                AfterCommit::Endpoint { endpoint, reply } => {
-                    let _ = reply.send(Ok(*endpoint));
-                }
-                AfterCommit::Persisted(reply) => {
-                    let _ = reply.send(());
-                }
+                AfterCommit::Purged { count, reply } => self.answer(reply, Ok(count)),
+                AfterCommit::Host { view, reply } => self.answer(reply, Ok(*view)),
+                AfterCommit::Endpoint { endpoint, reply } => self.answer(reply, Ok(*endpoint)),
+                AfterCommit::Persisted(reply) => self.answer(reply, Ok(())),
                 AfterCommit::Nothing => {}
             }
         }
@@ -195,13 +232,13 @@ impl State {
             tracing::error!(error = %err, "storage failed; refusing submits until it works again");
         }
         self.storage_fault = Some(err.to_string());
-        self.fx.fault = Some(Some(err.to_string()));
+        self.fx.push(super::Action::Fault(Some(err.to_string())));
         let failed = || Error::Storage(err.to_string());
         for ticket in tickets {
             match ticket {
                 AfterCommit::Submitted { id, answer } => {
                     if let Some(answer) = answer {
-                        let _ = answer.0.send(Err(failed()));
+                        self.answer(answer.0, Err(failed()));
                     }
                     // Not durable, so it must not run: a later commit could still carry its
                     // dispatch, whose assignment then never leaves (the task is final; as
@@ -231,25 +268,20 @@ impl State {
                 }
                 AfterCommit::Answer { task_id, reply } | AfterCommit::Requeued { task_id, reply } => {
                     self.unstored.insert(task_id);
-                    let _ = reply.send(Err(failed()));
+                    if let Some(reply) = reply {
+                        self.answer(reply, Err(failed()));
+                    }
                 }
-                AfterCommit::Purged { reply, .. } => {
-                    let _ = reply.send(Err(failed()));
-                }
-                AfterCommit::Host { reply, .. } => {
-                    let _ = reply.send(Err(failed()));
-                }
-                AfterCommit::Endpoint { reply, .. } => {
-                    let _ = reply.send(Err(failed()));
-                }
-                // Its caller learns it from the dropped answer.
-                AfterCommit::Persisted(_) | AfterCommit::Nothing => {}
+                AfterCommit::Purged { reply, .. } => self.answer(reply, Err(failed())),
+                AfterCommit::Host { reply, .. } => self.answer(reply, Err(failed())),
+                AfterCommit::Endpoint { reply, .. } => self.answer(reply, Err(failed())),
+                AfterCommit::Persisted(reply) => self.answer(reply, Err(failed())),
+                AfterCommit::Nothing => {}
             }
         }
-        for (_, waiters) in self.pending_submits.drain() {
-            for (reply, _) in waiters {
-                let _ = reply.send(Err(failed()));
-            }
+        let waiters: Vec<_> = self.pending_submits.drain().flat_map(|(_, waiters)| waiters).collect();
+        for (reply, _) in waiters {
+            self.answer(reply, Err(failed()));
         }
     }
 
@@ -259,7 +291,7 @@ impl State {
     fn storage_recovered(&mut self, now: UnixMs) {
         tracing::info!(tasks = self.unstored.len(), sidecars = self.resend.len(), "storage works again");
         self.storage_fault = None;
-        self.fx.fault = Some(None);
+        self.fx.push(super::Action::Fault(None));
         for id in std::mem::take(&mut self.unstored) {
             // A result's own task is written with the result when it comes again.
             if self.tasks.contains_key(&id) && !self.shown.contains_key(&id) {

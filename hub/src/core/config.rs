@@ -53,6 +53,8 @@ pub struct Config {
     pub retain_output_bytes: u64,
     /// How long a finished task's record is kept (`--retain-tasks`).
     pub retain_tasks: Duration,
+    /// Spans of tasks' traces are recorded (set by `Core::start` when traces are exported).
+    pub traces: bool,
 }
 
 /// `--retain-output`: a week.
@@ -87,6 +89,7 @@ impl Default for Config {
             retain_output: DEFAULT_RETAIN_OUTPUT,
             retain_output_bytes: DEFAULT_RETAIN_OUTPUT_BYTES,
             retain_tasks: DEFAULT_RETAIN_TASKS,
+            traces: false,
         }
     }
 }

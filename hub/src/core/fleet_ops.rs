@@ -29,7 +29,7 @@ impl State {
         now: UnixMs,
     ) {
         if !self.sidecars.contains_key(&sidecar_id) && !self.cordons.contains_key(&sidecar_id) {
-            let _ = reply.send(Err(Self::unknown_sidecar(&sidecar_id)));
+            self.answer(reply, Err(Self::unknown_sidecar(&sidecar_id)));
             return;
         }
         let since_unix_ms = self.cordons.get(&sidecar_id).map_or(now, |c| c.since_unix_ms);
@@ -63,7 +63,7 @@ impl State {
 
     pub(super) fn uncordon(&mut self, sidecar_id: String, reply: Reply<Result<HostView, Error>>, now: UnixMs) {
         if !self.sidecars.contains_key(&sidecar_id) && !self.cordons.contains_key(&sidecar_id) {
-            let _ = reply.send(Err(Self::unknown_sidecar(&sidecar_id)));
+            self.answer(reply, Err(Self::unknown_sidecar(&sidecar_id)));
             return;
         }
         // The view is taken before the cordon goes: a sidecar known only by its cordon has none after.
@@ -187,21 +187,21 @@ impl State {
     pub(super) fn add_endpoint(&mut self, url: String, kind: EndpointKind, reply: Reply<Result<Endpoint, Error>>) {
         if kind == EndpointKind::Anthropic {
             let why = "anthropic endpoints are advertised by sidecars that hold the key (ANTHROPIC_API_KEY); the hub never holds provider keys";
-            let _ = reply.send(Err(Error::NotAllowed(why.to_owned())));
+            self.answer(reply, Err(Error::NotAllowed(why.to_owned())));
             return;
         }
         let url = url.trim().trim_end_matches('/').to_owned();
         if let Err(why) = fleet::host_port(&url) {
-            let _ = reply.send(Err(Error::Invalid(crate::domain::Error::invalid("url", why))));
+            self.answer(reply, Err(Error::Invalid(crate::domain::Error::invalid("url", why))));
             return;
         }
         if let Err(why) = fleet::check_allowed(&url, &self.config.allow_endpoints) {
-            let _ = reply.send(Err(Error::NotAllowed(why)));
+            self.answer(reply, Err(Error::NotAllowed(why)));
             return;
         }
         let id = fleet::endpoint_id(&Owner::Hub, &url);
         if let Some(existing) = self.registry.get(&id) {
-            let _ = reply.send(Ok(existing.clone()));
+            self.answer(reply, Ok(existing.clone()));
             return;
         }
         let endpoint = Endpoint {
@@ -226,7 +226,7 @@ impl State {
     /// would be back at its next report.
     pub(super) fn remove_endpoint(&mut self, id: String, reply: Reply<Result<Endpoint, Error>>) {
         let Some(endpoint) = self.registry.get(&id) else {
-            let _ = reply.send(Err(Error::UnknownName(format!("endpoint {id} not found"))));
+            self.answer(reply, Err(Error::UnknownName(format!("endpoint {id} not found"))));
             return;
         };
         if let Owner::Sidecar(sidecar_id) = &endpoint.owner
@@ -235,7 +235,7 @@ impl State {
             let why = format!(
                 "endpoint {id} is reported by sidecar {sidecar_id}, which is online; remove it from that sidecar's configuration"
             );
-            let _ = reply.send(Err(Error::Conflict(why)));
+            self.answer(reply, Err(Error::Conflict(why)));
             return;
         }
         let endpoint = self.registry.remove(&id).expect("checked above");

@@ -213,10 +213,10 @@ pub enum Event {
         reply: Reply<Vec<ModelStat>>,
     },
     /// Changes outside the core's own state (tokens, the audit log), written in order with the
-    /// rest; answered once durable.
+    /// rest; answered once durable, or with the storage error.
     Persist {
         ops: Vec<store::Op>,
-        reply: Reply<()>,
+        reply: Reply<Result<(), Error>>,
     },
     AddEndpoint {
         url: String,
@@ -239,6 +239,18 @@ pub enum Event {
     },
 }
 
+/// What reaches the core's loop: events, requests with where their answers go, and the storage
+/// writer's reports. The loop keeps the answer channels; the state sees request ids only.
+pub(crate) enum Inbound {
+    Event(Event),
+    /// A request (an event with a `reply`), and where its answer goes.
+    Ask(Event, RequestId, oneshot::Sender<Answer>),
+    Committed {
+        tickets: Vec<super::commit::Ticket>,
+        result: Result<(), Arc<store::Error>>,
+    },
+}
+
 pub enum WatchReply {
     /// The task can still change: follow its feed.
     Live(Arc<Feed>),
@@ -249,7 +261,9 @@ pub enum WatchReply {
 /// A cheap, cloneable way to talk to the core.
 #[derive(Clone)]
 pub struct Handle {
-    pub(super) events: mpsc::UnboundedSender<Event>,
+    pub(super) events: mpsc::UnboundedSender<Inbound>,
+    /// Where request ids come from.
+    pub(super) requests: Arc<std::sync::atomic::AtomicU64>,
     pub(super) healthy: Arc<AtomicBool>,
     pub(super) fault: Arc<std::sync::Mutex<Option<String>>>,
     /// Finished tasks' output lives only on disk; reads of it go here, off the core.
@@ -264,10 +278,18 @@ impl Handle {
         self.changes.subscribe()
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Event) -> Result<T, Error> {
+    async fn ask<T: Send + 'static>(&self, make: impl FnOnce(Reply<T>) -> Event) -> Result<T, Error> {
+        let id = RequestId(self.requests.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
-        self.events.send(make(tx)).map_err(|_| Error::ShuttingDown)?;
-        rx.await.map_err(|_| Error::ShuttingDown)
+        self.events.send(Inbound::Ask(make(Reply::new(id)), id, tx)).map_err(|_| Error::ShuttingDown)?;
+        let answer = rx.await.map_err(|_| Error::ShuttingDown)?;
+        // The state answers a `Reply<T>` with a `T` only: anything else is a bug of the core's.
+        Ok(*answer.downcast::<T>().expect("the core answers a request with the type it asked for"))
+    }
+
+    /// Tells the core something that needs no answer.
+    fn tell(&self, event: Event) {
+        let _ = self.events.send(Inbound::Event(event));
     }
 
     pub async fn submit(&self, spec: TaskSpec) -> Result<Submitted, Error> {
@@ -424,7 +446,7 @@ impl Handle {
     /// Writes `ops` through the storage writer (the only writer once the hub runs) and waits
     /// until they are durable.
     pub async fn persist(&self, ops: Vec<store::Op>) -> Result<(), Error> {
-        self.ask(|reply| Event::Persist { ops, reply }).await
+        self.ask(|reply| Event::Persist { ops, reply }).await?
     }
 
     /// The newest `limit` entries of the audit log, newest first, read off the core.
@@ -452,7 +474,7 @@ impl Handle {
 
     /// Reports the hub's own check of an endpoint.
     pub fn endpoint_checked(&self, endpoint: Endpoint) {
-        let _ = self.events.send(Event::EndpointChecked(Box::new(endpoint)));
+        self.tell(Event::EndpointChecked(Box::new(endpoint)));
     }
 
     /// Registers a sidecar session; returns the welcome and the session number to quote.
@@ -461,11 +483,11 @@ impl Handle {
     }
 
     pub fn from_sidecar(&self, sidecar_id: String, session: u64, message: FromSidecar) {
-        let _ = self.events.send(Event::FromSidecar { sidecar_id, session, message });
+        self.tell(Event::FromSidecar { sidecar_id, session, message });
     }
 
     pub fn session_closed(&self, sidecar_id: String, session: u64) {
-        let _ = self.events.send(Event::SessionClosed { sidecar_id, session });
+        self.tell(Event::SessionClosed { sidecar_id, session });
     }
 
     /// Stops the core: cancels in-flight work if configured, waits for it to be recorded.
@@ -530,7 +552,7 @@ impl State {
                 self.dispatch(now);
             }
             Event::Get { id, reply } => {
-                let _ = reply.send(self.visible(id).map(std::borrow::Cow::into_owned));
+                self.answer(reply, self.visible(id).map(std::borrow::Cow::into_owned));
             }
             Event::List { state, before, limit, reply } => {
                 // Summaries: the core holds no output (a single task's is read from storage).
@@ -546,9 +568,9 @@ impl State {
                     })
                     .take(limit)
                     .collect();
-                let _ = reply.send(tasks);
+                self.answer(reply, tasks);
             }
-            Event::Cancel { id, reason, reply } => self.cancel(id, reason, reply, now),
+            Event::Cancel { id, reason, reply } => self.cancel(id, reason, Some(reply), now),
             Event::Watch { id, reply } => {
                 // A result that could not be stored: no end can be shown until storage recovers.
                 let unstored = self.storage_fault.as_ref().filter(|_| self.shown.contains_key(&id));
@@ -567,27 +589,28 @@ impl State {
                         None => Err(Error::NotFound(id)),
                     },
                 };
-                let _ = reply.send(result);
+                self.answer(reply, result);
             }
             Event::Agents { reply } => {
-                let _ = reply.send(self.agent_views());
+                self.answer(reply, self.agent_views());
             }
             Event::Metrics { reply } => {
-                let _ = reply.send(self.metrics_snapshot(now));
+                self.answer(reply, self.metrics_snapshot(now));
             }
             Event::Stats { reply } => {
-                let _ = reply.send(self.queue_stats());
+                self.answer(reply, self.queue_stats());
             }
             Event::Explain { id, reply } => {
-                let _ = reply.send(self.explain(id));
+                self.answer(reply, self.explain(id));
             }
             Event::Why { id, reply } => {
-                let _ = reply.send(self.why(id, now));
+                self.answer(reply, self.why(id, now));
             }
             Event::RetryDeadLetter { id, reply } => self.retry_dead_letter(id, reply, now),
             Event::PurgeDeadLetters { finished_before, reply } => self.purge_dead_letters(finished_before, reply),
             Event::Hello { hello, outbox, reply } => {
-                let _ = reply.send(self.hello(hello, outbox, now));
+                let joined = self.hello(hello, outbox, now);
+                self.answer(reply, joined);
                 self.dispatch(now);
             }
             Event::FromSidecar { sidecar_id, session, message } => {
@@ -596,15 +619,15 @@ impl State {
             }
             Event::SessionClosed { sidecar_id, session } => self.session_closed(&sidecar_id, session, now),
             Event::GetAgent { id, reply } => {
-                let _ = reply.send(self.agent_detail(&id));
+                self.answer(reply, self.agent_detail(&id));
             }
             Event::Drain { sidecar_id, deadline, reply } => self.drain(sidecar_id, deadline, reply, now),
             Event::Uncordon { sidecar_id, reply } => self.uncordon(sidecar_id, reply, now),
             Event::Hosts { reply } => {
-                let _ = reply.send(self.host_views());
+                self.answer(reply, self.host_views());
             }
             Event::Host { id, reply } => {
-                let _ = reply.send(self.host_view(&id, true));
+                self.answer(reply, self.host_view(&id, true));
             }
             Event::ModelStats { reply } => {
                 let stats = self.learned.verdicts().into_iter().map(|(model, kind, tier, tally)| ModelStat {
@@ -615,10 +638,10 @@ impl State {
                     failed: tally.failed,
                     pass_rate: tally.pass_rate(),
                 });
-                let _ = reply.send(stats.collect());
+                self.answer(reply, stats.collect());
             }
             Event::Endpoints { reply } => {
-                let _ = reply.send(self.endpoint_listing());
+                self.answer(reply, self.endpoint_listing());
             }
             Event::Persist { ops, reply } => {
                 self.write(ops, AfterCommit::Persisted(reply));

@@ -4,16 +4,20 @@
 //! enum in its loop and never blocks. The core is split in two:
 //!
 //! - [`State`] decides. It holds the tasks, the queue, the sidecars and their agents, and answers
-//!   each event by changing itself and recording what it wants done in an [`Effects`] value:
-//!   changes to persist (each with its [`AfterCommit`] ticket) and messages for sidecars. It
-//!   never touches the store, a socket or a clock, so its logic is tested without either
-//!   (`tests/`, and the model-based property test in `tests/model.rs`). It is not yet pure: it
-//!   still answers callers on their reply channels, updates watchers' feeds, publishes the
-//!   change stream and records spans itself.
+//!   each event by changing itself and recording what should happen as `Action`s: changes to
+//!   persist (each with its [`AfterCommit`] ticket), messages for sidecars, answers to callers
+//!   (by [`RequestId`]), changes for the change stream, spans to export, a storage fault. It
+//!   never touches the store, a socket, a clock, a reply channel or a global, and its randomness
+//!   (task ids, span ids, retry jitter) comes from a generator seeded once, so its logic is
+//!   tested without any of them (`tests/`, and the model-based property test in
+//!   `tests/model.rs`). What it still holds of the runtime: the sessions' outboxes, watchers'
+//!   feeds, and the metric handles it counts into.
 //! - [`Core`] runs the loop: it reads events, hands them to the state with the time, and carries
-//!   out the effects: writes go to the storage writer, messages into the sessions' outboxes.
-//!   Whatever must wait for durability (answering a submit, sending an assignment, announcing a
-//!   result) happens when the ticket comes back as [`Event::Committed`].
+//!   out the actions: writes go to the storage writer, messages into the sessions' outboxes,
+//!   answers to the callers it keeps by request id, changes to the broadcast channel, spans to
+//!   the exporter. Whatever must wait for durability (answering a submit, sending an
+//!   assignment, announcing a result) happens when the ticket comes back as
+//!   [`Event::Committed`].
 //!
 //! The decisions are grouped by concern: `tasks` (submits, dependencies, retries, dead
 //! letters), `leases` (what sidecars report under a lease, dispatch, time passing), `sessions`
@@ -27,14 +31,14 @@
 //!
 //! In detail:
 //!
-//! `core`: the hub actor, a state machine that emits effects. `State` owns every task record, the
+//! `core`: the hub actor, a state machine that emits actions. `State` owns every task record, the
 //! queue, sidecars and agents (each keeps its last 32 transitions with time and cause), hosts, the
-//! registry, and per-task feeds; it answers each event by changing itself and recording `Effects`
-//! (writes with their `AfterCommit` tickets, messages for sidecars). `Core` is the loop: it hands
-//! events to the state with the time and carries the effects out (writes to the storage writer,
-//! messages into session outboxes).
+//! registry, and per-task feeds; it answers each event by changing itself and recording
+//! `Action`s. `Core` is the loop: it hands events to the state with the time and carries the
+//! actions out.
 //!
-//! By concern: `handle.rs` (the cloneable `Handle`, the closed `Event` enum, the messages),
+//! By concern: `handle.rs` (the cloneable `Handle`, the closed `Event` enum, what reaches the loop),
+//! `messages.rs` (request ids and typed `Reply`s, what the core answers sessions and submitters),
 //! `config.rs` (the core's `Config` with the defaults the binaries show, and the `Error` it answers
 //! with), `tasks.rs` (restore, submits and idempotency, dependencies, cancel, retries, dead
 //! letters, deadlines), `leases.rs` (fenced sidecar reports, release and loss of leases, the tick),
@@ -54,7 +58,9 @@
 //!
 //! Work that must wait for durability (answering a submit, sending an assignment, telling watchers)
 //! travels as an `AfterCommit` ticket and runs when the commit comes back; a submitter's answer
-//! goes out from the writer thread as soon as the log is synced, without waiting for the core.
+//! goes out from the writer thread as soon as the log is synced, without waiting for the core
+//! (the loop hands the writer the submitter's channel with the ticket, `commit::Ticket`, and
+//! takes it back if the log was not synced).
 //!
 //! A result's end is visible only once durable: the core takes a result at once (the lease is
 //! released, retries decided), but every read (`Get`, `List`, `Watch`, the change stream) is shown
@@ -89,18 +95,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 pub use self::changes::{Change, Changes};
 pub use self::commit::AfterCommit;
+use self::commit::Ticket;
 pub use self::config::{Config, Error};
 pub use self::config::{DEFAULT_RETAIN_OUTPUT, DEFAULT_RETAIN_OUTPUT_BYTES, DEFAULT_RETAIN_TASKS};
+use self::handle::Inbound;
 pub use self::handle::{Event, Handle, ModelStat, QueueStats, Recorded, RecordedKind, WatchReply, WhyAnswer};
 pub use self::messages::{Joined, Submitted};
 pub use crate::fleet::{AgentDetail, AgentView, HostView};
 pub use crate::link::{Assignment, FromSidecar, Hello, RunningTask, ToSidecar, Welcome};
 
+pub use self::messages::{Answer, RequestId};
 use self::messages::{Reply, SubmitWaiter};
 use self::sessions::{Agent, Sidecar};
 use crate::domain::*;
@@ -111,15 +120,20 @@ use crate::sched::IdleIndex;
 use crate::store::{self, Op, Store, Writer};
 
 /// What the state decided should happen, for the loop to carry out, in order.
-#[derive(Default)]
-pub(crate) struct Effects {
-    /// Changes to persist, each with the ticket that comes back once it is durable.
-    writes: Vec<(Vec<Op>, AfterCommit)>,
-    /// Messages for sidecar sessions, by sidecar id.
-    sends: Vec<(String, ToSidecar)>,
-    /// Storage failed (`Some(Some(why))`: the hub can no longer promise durability), or works
-    /// again (`Some(None)`).
-    fault: Option<Option<String>>,
+pub(crate) enum Action {
+    /// Changes to persist, with the ticket that comes back once they are durable. One event's
+    /// writes go into one commit, in order.
+    Write(Vec<Op>, AfterCommit),
+    /// A message for a sidecar's session, by sidecar id.
+    Send(String, ToSidecar),
+    /// An answer for the caller of a request.
+    Reply(RequestId, Answer),
+    /// A change for the change stream's subscribers.
+    Publish(Arc<Change>),
+    /// A span of a task's trace, to end (and export) at the time given.
+    Span(Box<agentcom_metrics::trace::Span>, std::time::SystemTime),
+    /// Storage failed (`Some(why)`: the hub can no longer promise durability), or works again.
+    Fault(Option<String>),
 }
 
 /// Everything the core decides with. See the module documentation.
@@ -128,7 +142,10 @@ pub(crate) struct State {
     /// The metric handles the core records into.
     recorded: observe::Recorded,
     /// What the current event's decisions asked for; the loop takes it after each event.
-    fx: Effects,
+    fx: Vec<Action>,
+    /// Where task ids, span ids and retry jitter come from: seeded once, so the same seed and
+    /// events make the same decisions.
+    rng: rand::rngs::SmallRng,
     /// Changes the storage writer has queued, as of the current event (admission control).
     write_backlog: usize,
     /// Every task: decoded while it is not settled, packed once it is (`kept`).
@@ -191,12 +208,13 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub(crate) fn new(config: Config, registry: fleet::Registry, cordons: HashMap<String, Cordon>) -> State {
+    pub(crate) fn new(config: Config, registry: fleet::Registry, cordons: HashMap<String, Cordon>, seed: u64) -> State {
         let aging_step_ms = config.aging_step.as_millis() as i64;
         State {
             recorded: observe::Recorded::new(&config.metrics),
             config,
-            fx: Effects::default(),
+            fx: Vec::new(),
+            rng: rand::SeedableRng::seed_from_u64(seed),
             write_backlog: 0,
             tasks: kept::Tasks::default(),
             by_key: HashMap::new(),
@@ -233,14 +251,20 @@ impl State {
         }
     }
 
-    /// Takes what the decisions so far asked for.
-    pub(crate) fn take_effects(&mut self) -> Effects {
+    /// Takes what the decisions so far asked for, in order.
+    pub(crate) fn take_actions(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.fx)
     }
 
     /// Asks for changes to be persisted; `ticket` comes back once they are durable.
     fn write(&mut self, ops: Vec<Op>, ticket: AfterCommit) {
-        self.fx.writes.push((ops, ticket));
+        self.fx.push(Action::Write(ops, ticket));
+    }
+
+    /// Answers a caller.
+    fn answer<T: Send + 'static>(&mut self, reply: Reply<T>, value: T) {
+        let (id, answer) = reply.with(value);
+        self.fx.push(Action::Reply(id, answer));
     }
 
     /// A task as everyone is shown it: as it was before an end that is not durable yet.
@@ -259,7 +283,7 @@ impl State {
 
     /// Asks for a message to reach a sidecar's session (dropped if it has none).
     fn send_to(&mut self, sidecar_id: &str, message: ToSidecar) {
-        self.fx.sends.push((sidecar_id.to_owned(), message));
+        self.fx.push(Action::Send(sidecar_id.to_owned(), message));
     }
 
     /// Work still leased, which a shutdown that cancels in-flight work waits for.
@@ -268,21 +292,26 @@ impl State {
     }
 }
 
-/// The loop around a [`State`]: events in, effects out.
+/// The loop around a [`State`]: events in, actions out. It holds what the state must not: the
+/// callers waiting for answers, the change stream's channel, the storage writer.
 pub struct Core {
     state: State,
-    events: mpsc::UnboundedReceiver<Event>,
+    events: mpsc::UnboundedReceiver<Inbound>,
     healthy: Arc<AtomicBool>,
     /// Why storage takes no changes, while it does not (`/readyz` says it).
     fault: Arc<std::sync::Mutex<Option<String>>>,
-    writer: Option<Writer<AfterCommit>>,
+    writer: Option<Writer<Ticket>>,
+    /// Callers waiting for an answer, by request.
+    replies: HashMap<RequestId, oneshot::Sender<Answer>>,
+    /// The change stream (`Handle::changes`).
+    changes: Changes,
 }
 
 impl Core {
     /// Loads the stored tasks and starts the core and its storage writer. Tasks that were
     /// running when the hub stopped keep their leases for one lease TTL, so their sidecars can
     /// reconnect and claim them before they are requeued.
-    pub fn start(config: Config, store: &Store) -> Result<(Handle, tokio::task::JoinHandle<()>), store::Error> {
+    pub fn start(mut config: Config, store: &Store) -> Result<(Handle, tokio::task::JoinHandle<()>), store::Error> {
         let loading = std::time::Instant::now();
         let tasks = store.load_queue()?;
         let fleet = store.load_fleet()?;
@@ -295,24 +324,27 @@ impl Core {
             seconds: metrics.histogram("agentcom_storage_commit_seconds", &[]),
             changes: metrics.histogram("agentcom_storage_commit_changes", &[]),
         });
-        let mut state = State::new(config, fleet.registry, fleet.cordons);
-        let changes = state.changes.bus();
+        config.traces = agentcom_metrics::trace::enabled();
+        let mut state = State::new(config, fleet.registry, fleet.cordons, rand::random());
+        let (changes, _) = tokio::sync::broadcast::channel(changes::BUFFER);
         let handle = Handle {
             events: tx.clone(),
+            requests: Arc::new(std::sync::atomic::AtomicU64::new(1)),
             healthy: healthy.clone(),
             fault: fault.clone(),
             store: store.clone(),
             metrics,
-            changes,
+            changes: changes.clone(),
         };
-        let writer = store.start_writer(AfterCommit::durable, move |tickets, result| {
-            let _ = tx.send(Event::Committed { tickets, result });
+        let writer = store.start_writer(Ticket::durable, move |tickets, result| {
+            let _ = tx.send(Inbound::Committed { tickets, result });
         });
         state.learned.seed_verdicts(fleet.verdicts);
         let restoring = std::time::Instant::now();
         state.restore(tasks, now_ms());
         info!(load_ms, restore_ms = restoring.elapsed().as_millis() as u64, "queue loaded");
-        let mut core = Core { state, events: rx, healthy, fault, writer: Some(writer) };
+        let mut core =
+            Core { state, events: rx, healthy, fault, writer: Some(writer), replies: HashMap::new(), changes };
         core.carry_out();
         let join = tokio::spawn(core.run());
         Ok((handle, join))
@@ -326,7 +358,7 @@ impl Core {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flush = tokio::time::interval(Duration::from_millis(changes::FLUSH_EVERY_MS));
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut shutdown_reply: Option<Reply<()>> = None;
+        let mut shutdown_reply: Option<RequestId> = None;
         let mut shutdown_deadline: Option<tokio::time::Instant> = None;
         loop {
             if let Some(deadline) = shutdown_deadline {
@@ -338,24 +370,39 @@ impl Core {
                     break;
                 }
             }
-            let event = tokio::select! {
-                event = self.events.recv() => match event {
-                    Some(event) => event,
+            let listening = self.changes.receiver_count() > 0;
+            let inbound = tokio::select! {
+                inbound = self.events.recv() => match inbound {
+                    Some(inbound) => inbound,
                     None => break,
                 },
-                _ = ticker.tick() => Event::Tick,
-                _ = flush.tick(), if self.state.changes.live() => {
+                _ = ticker.tick() => Inbound::Event(Event::Tick),
+                _ = flush.tick(), if listening => {
+                    self.state.changes.listening(true);
                     self.state.flush_changes(now_ms());
+                    self.carry_out();
                     continue;
                 }
             };
             if let Some(writer) = &self.writer {
                 self.state.write_backlog = writer.backlog();
             }
+            self.state.changes.listening(self.changes.receiver_count() > 0);
+            let event = match inbound {
+                Inbound::Event(event) => event,
+                Inbound::Ask(event, id, answer) => {
+                    self.replies.insert(id, answer);
+                    event
+                }
+                Inbound::Committed { tickets, result } => {
+                    let tickets = tickets.into_iter().map(|ticket| self.unsent(ticket)).collect();
+                    Event::Committed { tickets, result }
+                }
+            };
             match event {
                 Event::Shutdown { reply } => {
                     self.state.begin_shutdown(now_ms());
-                    shutdown_reply = Some(reply);
+                    shutdown_reply = Some(reply.id);
                     shutdown_deadline = Some(tokio::time::Instant::now() + grace);
                 }
                 event => self.state.handle(event, now_ms()),
@@ -366,30 +413,64 @@ impl Core {
         if let Some(writer) = self.writer.take() {
             let _ = tokio::task::spawn_blocking(move || writer.close()).await;
         }
-        // Sessions end when their outboxes drop.
+        // Sessions end when their outboxes drop; callers still waiting hear the hub is going.
         drop(self.state);
-        if let Some(reply) = shutdown_reply {
-            let _ = reply.send(());
+        let shutdown_answer = shutdown_reply.and_then(|id| self.replies.remove(&id));
+        drop(self.replies);
+        if let Some(answer) = shutdown_answer {
+            let _ = answer.send(Box::new(()));
         }
         info!("hub core stopped");
     }
 
-    /// Carries out what the state asked for, in order.
+    /// A ticket back from the writer: a submitter the writer thread did not answer (the log
+    /// was not synced) waits again here, and the state answers it.
+    fn unsent(&mut self, ticket: Ticket) -> AfterCommit {
+        let Ticket { after, early } = ticket;
+        if let (Some(answer), Some(id)) = (early, after.early_reply()) {
+            self.replies.insert(id, answer);
+        }
+        after
+    }
+
+    /// Carries out what the state asked for, in order; the event's writes go into one commit.
     fn carry_out(&mut self) {
-        let Effects { writes, sends, fault } = self.state.take_effects();
-        for (sidecar_id, message) in sends {
-            self.state.deliver(&sidecar_id, message);
+        let mut writes = Vec::new();
+        for action in self.state.take_actions() {
+            match action {
+                Action::Write(ops, after) => {
+                    // A submitter is answered from the writer thread the moment the log is synced.
+                    let early = after.early_reply().and_then(|id| self.replies.remove(&id));
+                    writes.push((ops, Ticket { after, early }));
+                }
+                Action::Send(sidecar_id, message) => self.state.deliver(&sidecar_id, message),
+                Action::Reply(id, answer) => {
+                    if let Some(caller) = self.replies.remove(&id) {
+                        let _ = caller.send(answer);
+                    }
+                }
+                Action::Publish(change) => {
+                    // No receiver left is not an error: the next event finds nobody listening.
+                    let _ = self.changes.send(change);
+                }
+                Action::Span(span, end) => span.end_at(end),
+                Action::Fault(fault) => {
+                    self.healthy.store(fault.is_none(), Ordering::Relaxed);
+                    *self.fault.lock().expect("fault lock poisoned") = fault;
+                }
+            }
         }
-        // One event's changes go into one commit, in order.
-        if let Some(writer) = &self.writer
-            && !writes.is_empty()
-            && writer.write_together(writes).is_err()
-        {
+        if writes.is_empty() {
+            return;
+        }
+        let Some(writer) = &self.writer else { return };
+        let waiting: Vec<RequestId> = writes.iter().flat_map(|(_, ticket)| ticket.after.caller()).collect();
+        if writer.write_together(writes).is_err() {
+            // The writer is gone: nothing it was given will be answered.
             self.healthy.store(false, Ordering::Relaxed);
-        }
-        if let Some(fault) = fault {
-            self.healthy.store(fault.is_none(), Ordering::Relaxed);
-            *self.fault.lock().expect("fault lock poisoned") = fault;
+            for id in waiting {
+                self.replies.remove(&id);
+            }
         }
     }
 }

@@ -1,7 +1,6 @@
 //! The core's task side: restoring the queue at start, submits and idempotency, dependencies,
 //! cancel, retries and the dead-letter queue, deadlines, and judging outcomes.
 
-use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::State;
@@ -102,7 +101,7 @@ impl State {
 
     pub(super) fn submit(&mut self, spec: TaskSpec, reply: Reply<Result<Submitted, Error>>, now: UnixMs) {
         if self.shutting_down {
-            let _ = reply.send(Err(Error::ShuttingDown));
+            self.answer(reply, Err(Error::ShuttingDown));
             return;
         }
         let retention = self.config.idempotency_retention.as_millis() as i64;
@@ -112,30 +111,30 @@ impl State {
             && let Some(first) = self.tasks.get(&existing)
         {
             if !same_submission(&first.spec, &spec) {
-                let _ = reply.send(Err(Error::KeyReused { key: key.clone(), existing }));
+                self.answer(reply, Err(Error::KeyReused { key: key.clone(), existing }));
                 return;
             }
             match self.pending_submits.get_mut(&existing) {
                 Some(waiters) => waiters.push((reply, true)),
                 None => {
-                    let _ = reply.send(Ok(Submitted { task: first.into_owned(), existing: true }));
+                    self.answer(reply, Ok(Submitted { task: first.into_owned(), existing: true }));
                 }
             }
             return;
         }
         if self.write_backlog >= self.config.max_write_backlog {
-            let _ = reply.send(Err(Error::Overloaded));
+            self.answer(reply, Err(Error::Overloaded));
             return;
         }
         if let Some(fault) = &self.storage_fault {
-            let _ = reply.send(Err(Error::StorageFault(fault.clone())));
+            self.answer(reply, Err(Error::StorageFault(fault.clone())));
             return;
         }
         if let Some(deadline) = spec.limits.deadline_unix_ms
             && deadline <= now
         {
             let message = format!("is {} ms in the past", now - deadline);
-            let _ = reply.send(Err(Error::Invalid(crate::domain::Error::invalid("limits.deadline_unix_ms", message))));
+            self.answer(reply, Err(Error::Invalid(crate::domain::Error::invalid("limits.deadline_unix_ms", message))));
             return;
         }
         // Dependencies must exist already, so a new task can never close a cycle.
@@ -144,10 +143,10 @@ impl State {
         spec.depends_on.dedup();
         if let Some(unknown) = spec.depends_on.iter().find(|dep| !self.tasks.contains_key(dep)) {
             let message = format!("task {unknown} does not exist");
-            let _ = reply.send(Err(Error::Invalid(crate::domain::Error::invalid("depends_on", message))));
+            self.answer(reply, Err(Error::Invalid(crate::domain::Error::invalid("depends_on", message))));
             return;
         }
-        let id = TaskId::new(now);
+        let id = TaskId::from_parts(now, rand::Rng::random(&mut self.rng));
         if let Some(key) = &spec.idempotency_key {
             self.by_key.insert(key.clone(), id);
         }
@@ -205,14 +204,25 @@ impl State {
         }
     }
 
-    pub(super) fn cancel(&mut self, id: TaskId, reason: String, reply: Reply<Result<Task, Error>>, now: UnixMs) {
+    /// Cancels a task; `reply`, when someone asked, is answered once the cancel is durable.
+    pub(super) fn cancel(
+        &mut self,
+        id: TaskId,
+        reason: String,
+        reply: Option<Reply<Result<Task, Error>>>,
+        now: UnixMs,
+    ) {
         match self.tasks.state(&id) {
             None => {
-                let _ = reply.send(Err(Error::NotFound(id)));
+                if let Some(reply) = reply {
+                    self.answer(reply, Err(Error::NotFound(id)));
+                }
                 return;
             }
             Some(state) if state.is_terminal() => {
-                let _ = reply.send(Err(Error::AlreadyFinal { id, state: state.as_str() }));
+                if let Some(reply) = reply {
+                    self.answer(reply, Err(Error::AlreadyFinal { id, state: state.as_str() }));
+                }
                 return;
             }
             Some(_) => {}
@@ -236,11 +246,11 @@ impl State {
     pub(super) fn retry_dead_letter(&mut self, id: TaskId, reply: Reply<Result<Task, Error>>, now: UnixMs) {
         match self.tasks.state(&id) {
             None => {
-                let _ = reply.send(Err(Error::NotFound(id)));
+                self.answer(reply, Err(Error::NotFound(id)));
                 return;
             }
             Some(state) if state != TaskState::DeadLettered => {
-                let _ = reply.send(Err(Error::NotDeadLettered { id, state: state.as_str() }));
+                self.answer(reply, Err(Error::NotDeadLettered { id, state: state.as_str() }));
                 return;
             }
             Some(_) => {}
@@ -257,7 +267,7 @@ impl State {
         task.outcome = None;
         task.finished_unix_ms = None;
         task.set_state(TaskState::Queued, "retried from the dead-letter queue", now);
-        self.persist(id, AfterCommit::Requeued { task_id: id, reply });
+        self.persist(id, AfterCommit::Requeued { task_id: id, reply: Some(reply) });
     }
 
     pub(super) fn purge_dead_letters(&mut self, finished_before: UnixMs, reply: Reply<Result<usize, Error>>) {
@@ -288,8 +298,12 @@ impl State {
         let max_attempts = task.spec.limits.max_attempts;
         if task.attempt < max_attempts {
             let retry = &task.spec.retry;
-            let delay =
-                queue::retry_delay_ms(task.attempt + 1, retry.backoff_base_ms, retry.backoff_max_ms, rand::random());
+            let delay = queue::retry_delay_ms(
+                task.attempt + 1,
+                retry.backoff_base_ms,
+                retry.backoff_max_ms,
+                rand::Rng::random(&mut self.rng),
+            );
             task.set_state(
                 TaskState::Queued,
                 format!("retrying in {delay} ms after attempt {}: {why}", task.attempt),
@@ -339,8 +353,7 @@ impl State {
         if self.config.cancel_inflight_on_shutdown {
             let leased: Vec<TaskId> = self.tasks.decoded().filter(|t| t.state.is_leased()).map(|t| t.id).collect();
             for id in leased {
-                let (reply, _) = oneshot::channel();
-                self.cancel(id, "hub shutting down".to_owned(), reply, now);
+                self.cancel(id, "hub shutting down".to_owned(), None, now);
             }
         }
     }

@@ -89,8 +89,14 @@ pub fn check_numbering<T: Numbered>(
 pub struct TaskId(pub Ulid);
 
 impl TaskId {
+    /// A new id at `now`, its random part drawn here.
     pub fn new(now: UnixMs) -> TaskId {
-        TaskId(Ulid::from_parts(now.max(0) as u64, rand::random()))
+        TaskId::from_parts(now, rand::random())
+    }
+
+    /// The id at `now` with the random part given (its low 80 bits are used).
+    pub fn from_parts(now: UnixMs, random: u128) -> TaskId {
+        TaskId(Ulid::from_parts(now.max(0) as u64, random))
     }
 }
 

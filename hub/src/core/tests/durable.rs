@@ -17,7 +17,7 @@ fn an_end_is_shown_only_once_durable_and_the_sidecar_hears_when_its_result_is_st
     // The result arrives; its commit is held back.
     let finished = Event::FromSidecar { sidecar_id: "s1".into(), session, message: outcome() };
     h.state.handle(finished, h.now);
-    let Effects { writes, .. } = h.state.take_effects();
+    let Taken { writes, .. } = h.take();
     let [(ops, ticket)] = <[_; 1]>::try_from(writes).ok().expect("one write");
     match &ops[..] {
         [store::Op::PutOutput { stdout, .. }, store::Op::PutTask(record)] => {
@@ -34,7 +34,7 @@ fn an_end_is_shown_only_once_durable_and_the_sidecar_hears_when_its_result_is_st
     // The commit fails: still not shown ended, and the sidecar is not told it is stored.
     let failed = Arc::new(store::Error::WriterGone);
     h.state.handle(Event::Committed { tickets: vec![ticket], result: Err(failed) }, h.now);
-    let Effects { sends, fault, .. } = h.state.take_effects();
+    let Taken { sends, fault, .. } = h.take();
     assert!(matches!(fault, Some(Some(_))));
     assert!(sends.iter().all(|(_, m)| !matches!(m, ToSidecar::Stored { .. })));
     assert!(!h.task(id).state.is_terminal());
@@ -44,7 +44,7 @@ fn an_end_is_shown_only_once_durable_and_the_sidecar_hears_when_its_result_is_st
     // Storage works again: the sidecar is made to open a new session, and sends the result
     // again in it: stored, shown, acknowledged.
     h.state.handle(Event::Committed { tickets: Vec::new(), result: Ok(()) }, h.now);
-    let Effects { fault, .. } = h.state.take_effects();
+    let Taken { fault, .. } = h.take();
     assert_eq!(fault, Some(None));
     assert!(h.state.sidecars["s1"].outbox.is_none(), "its session was ended");
     h.join("s1", 1, vec![RunningTask { task_id: id, lease_generation: generation, agent_id: String::new() }]);

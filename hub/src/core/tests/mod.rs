@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::*;
 use crate::agent::AgentState;
@@ -21,12 +21,52 @@ struct Harness {
     sessions: HashMap<String, (u64, mpsc::Receiver<ToSidecar>)>,
     /// The verdict counts written, in order: (model, kind, tier, passed, failed).
     verdicts_written: Vec<(String, &'static str, Tier, u64, u64)>,
+    /// Answers the core gave, by request, until the asker takes them.
+    answers: HashMap<RequestId, Answer>,
+    next_request: u64,
+}
+
+/// What one event asked for, sorted: the answers went to the harness.
+struct Taken {
+    writes: Vec<(Vec<crate::store::Op>, AfterCommit)>,
+    sends: Vec<(String, ToSidecar)>,
+    /// The last storage fault the state reported (`Some(None)`: storage works again).
+    fault: Option<Option<String>>,
 }
 
 impl Harness {
     fn new() -> Harness {
-        let state = State::new(Config::default(), fleet::Registry::default(), HashMap::new());
-        Harness { state, now: T0, sent: HashMap::new(), sessions: HashMap::new(), verdicts_written: Vec::new() }
+        Harness::with(Config::default())
+    }
+
+    fn with(config: Config) -> Harness {
+        let state = State::new(config, fleet::Registry::default(), HashMap::new(), 7);
+        Harness {
+            state,
+            now: T0,
+            sent: HashMap::new(),
+            sessions: HashMap::new(),
+            verdicts_written: Vec::new(),
+            answers: HashMap::new(),
+            next_request: 1,
+        }
+    }
+
+    /// Takes what the state asked for; answers are kept for their askers (one per request).
+    fn take(&mut self) -> Taken {
+        let mut taken = Taken { writes: Vec::new(), sends: Vec::new(), fault: None };
+        for action in self.state.take_actions() {
+            match action {
+                Action::Write(ops, after) => taken.writes.push((ops, after)),
+                Action::Send(sidecar_id, message) => taken.sends.push((sidecar_id, message)),
+                Action::Reply(id, answer) => {
+                    assert!(self.answers.insert(id, answer).is_none(), "request {id:?} answered twice");
+                }
+                Action::Publish(_) | Action::Span(..) => {}
+                Action::Fault(fault) => taken.fault = Some(fault),
+            }
+        }
+        taken
     }
 
     /// Handles an event, then commits everything it wrote (and what the commits lead to) the way
@@ -34,7 +74,7 @@ impl Harness {
     fn event(&mut self, event: Event) {
         self.state.handle(event, self.now);
         loop {
-            let Effects { writes, sends, fault } = self.state.take_effects();
+            let Taken { writes, sends, fault } = self.take();
             assert!(fault.is_none());
             for (sidecar_id, message) in sends {
                 self.sent.entry(sidecar_id).or_default().push(message);
@@ -50,7 +90,10 @@ impl Harness {
                             self.verdicts_written.push((model, kind, tier, tally.passed, tally.failed));
                         }
                     }
-                    ticket.durable();
+                    // The writer thread answers the submitter once the log is synced.
+                    if let Some((id, answer)) = ticket.take_early_answer() {
+                        self.answers.insert(id, answer);
+                    }
                     ticket
                 })
                 .collect();
@@ -58,10 +101,13 @@ impl Harness {
         }
     }
 
-    fn ask<T>(&mut self, make: impl FnOnce(oneshot::Sender<T>) -> Event) -> T {
-        let (tx, mut rx) = oneshot::channel();
-        self.event(make(tx));
-        rx.try_recv().expect("the core answers within the event and its commits")
+    /// A request, answered within the event and the commits it leads to.
+    fn ask<T: Send + 'static>(&mut self, make: impl FnOnce(Reply<T>) -> Event) -> T {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        self.event(make(Reply::new(id)));
+        let answer = self.answers.remove(&id).expect("the core answers within the event and its commits");
+        *answer.downcast::<T>().expect("answered with the type asked for")
     }
 
     fn submit(&mut self, spec: TaskSpec) -> TaskId {
@@ -322,7 +368,7 @@ fn llm_fleet() -> Harness {
     let mut config = Config { tier_fallback_after: std::time::Duration::from_secs(1), ..Config::default() };
     config.tier_models.set("standard=m").unwrap();
     config.tier_models.set("complex=claude-sonnet-4-5").unwrap();
-    let mut hub = Harness { state: State::new(config, fleet::Registry::default(), HashMap::new()), ..Harness::new() };
+    let mut hub = Harness::with(config);
     for (sidecar, kind, url) in [
         ("local", EndpointKind::Ollama, "http://local:11434"),
         ("cloud", EndpointKind::Anthropic, "https://api.anthropic.com"),
@@ -754,3 +800,17 @@ fn failed_verdicts_of_a_tier_model_move_later_verified_work_up_a_tier() {
 mod durable;
 mod model;
 mod packing;
+
+/// The state draws its randomness from the seed it was given: the same seed and events make
+/// the same task ids.
+#[test]
+fn the_same_seed_and_events_make_the_same_decisions() {
+    let ids = || {
+        let mut hub = Harness::new();
+        hub.join("s1", 1, vec![]);
+        (0..5).map(|_| hub.submit(shell())).collect::<Vec<_>>()
+    };
+    let first = ids();
+    assert_eq!(first, ids());
+    assert_eq!(first.iter().collect::<std::collections::HashSet<_>>().len(), 5, "distinct ids");
+}
