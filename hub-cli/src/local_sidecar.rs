@@ -127,8 +127,6 @@ impl Args {
 /// The running local sidecar.
 pub(crate) struct LocalSidecar {
     child: tokio::process::Child,
-    /// Its standard output, where it said it was ready; kept open while it runs.
-    _stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
 }
 
 /// The variables `agentcom-sidecar run` reads its settings from, which `dev` gives as flags
@@ -174,7 +172,12 @@ impl LocalSidecar {
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         let ready = tokio::time::timeout(READY_WITHIN, lines.next_line()).await;
         match ready {
-            Ok(Ok(Some(line))) if line.trim() == "ready" => Ok(LocalSidecar { child, _stdout: lines }),
+            Ok(Ok(Some(line))) if line.trim() == "ready" => {
+                // Whatever else it writes there is read and dropped, so it never blocks on a full pipe.
+                let mut rest = lines.into_inner();
+                tokio::spawn(async move { tokio::io::copy(&mut rest, &mut tokio::io::sink()).await });
+                Ok(LocalSidecar { child })
+            }
             Err(_) => {
                 let _ = child.kill().await;
                 anyhow::bail!("the local sidecar was not ready within {} s", READY_WITHIN.as_secs())

@@ -173,7 +173,7 @@ pub(crate) struct State {
     sidecars: HashMap<String, Sidecar>,
     /// What placement knows of each sidecar (`sched::Sidecar`), kept beside its session: set at
     /// hello, closed with the session, its memory and GPU figures from each resource report.
-    placing: HashMap<String, crate::sched::Sidecar>,
+    placing: crate::sched::Sidecars,
     agents: BTreeMap<String, Agent>,
     /// Idle agents by sidecar, kept in step with agent states by `move_agent`, so dispatch does
     /// not scan every agent for every task it places.
@@ -228,7 +228,7 @@ impl State {
             dependents: HashMap::new(),
             deadlines: BTreeSet::new(),
             sidecars: HashMap::new(),
-            placing: HashMap::new(),
+            placing: crate::sched::Sidecars::default(),
             agents: BTreeMap::new(),
             idle: IdleIndex::default(),
             feeds: HashMap::new(),

@@ -130,11 +130,15 @@ pub struct TierWait {
     pub left: Vec<Tier>,
 }
 
+/// What placement knows of each sidecar, by id. Looked up once per candidate of every decision,
+/// so with a fast hasher (foldhash, randomly seeded) rather than SipHash.
+pub type Sidecars = HashMap<String, Sidecar, foldhash::fast::RandomState>;
+
 /// Everything a decision reads, borrowed from whoever keeps it (the core, a test, a benchmark).
 #[derive(Clone, Copy)]
 pub struct Fleet<'a> {
     pub idle: &'a IdleIndex,
-    pub sidecars: &'a HashMap<String, Sidecar>,
+    pub sidecars: &'a Sidecars,
     /// Cordoned sidecars take no new work; a sidecar may be cordoned while away.
     pub cordons: &'a HashMap<String, Cordon>,
     pub registry: &'a Registry,

@@ -75,7 +75,7 @@ pub mod tier;
 
 use self::explain::Record;
 pub use self::explain::{Candidate, EXPLAINED_CANDIDATES, Explanation, Verdict, explain, place_explained, summarize};
-pub use self::fleet::{Capabilities, Fleet, Sidecar, TierWait, free_memory, gpu_busy};
+pub use self::fleet::{Capabilities, Fleet, Sidecar, Sidecars, TierWait, free_memory, gpu_busy};
 pub use self::learned::{
     Concurrency, EWMA_ALPHA, Learned, MAX_PARALLEL, Observed, PRIOR_FAILS, PRIOR_PASSES, QUEUED_AFTER_MS, Tally,
 };

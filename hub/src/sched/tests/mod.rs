@@ -35,7 +35,7 @@ struct World {
 /// What [`World`] describes, as the core keeps it.
 struct Owned<'w> {
     world: &'w World,
-    sidecars: HashMap<String, Sidecar>,
+    sidecars: Sidecars,
     cordons: HashMap<String, crate::fleet::Cordon>,
     registry: crate::fleet::Registry,
     prices: crate::prices::Prices,
@@ -43,7 +43,7 @@ struct Owned<'w> {
 
 impl World {
     fn owned(&self) -> Owned<'_> {
-        let mut sidecars: HashMap<String, Sidecar> = HashMap::new();
+        let mut sidecars = Sidecars::default();
         for &(id, capability) in &self.can {
             let sidecar = sidecars.entry(id.to_owned()).or_insert_with(|| Sidecar {
                 hostname: self.hostnames.get(id).cloned().unwrap_or_else(|| format!("host-{id}")),

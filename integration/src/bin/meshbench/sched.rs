@@ -31,7 +31,7 @@ const MODELS: usize = 20;
 /// `sched::place` as the core does.
 struct World {
     idle: IdleIndex,
-    sidecars: HashMap<String, sched::Sidecar>,
+    sidecars: sched::Sidecars,
     cordons: HashMap<String, Cordon>,
     registry: Registry,
     in_flight: HashMap<String, u32>,
@@ -66,7 +66,7 @@ fn model_name(n: usize) -> String {
 fn fleet(agents: usize, endpoints: usize, models: usize, rng: &mut impl Rng) -> World {
     let mut fleet = World {
         idle: IdleIndex::default(),
-        sidecars: HashMap::new(),
+        sidecars: sched::Sidecars::default(),
         cordons: HashMap::new(),
         registry: Registry::default(),
         in_flight: HashMap::new(),
