@@ -1,0 +1,159 @@
+//! Workflows: multi-step pipelines whose steps are tasks, with `needs`, `if:`, `for_each:` and
+//! `loop:`, and the pure function that advances a run.
+//!
+//! - [`Workflow`], [`Step`]: a definition, checked by [`Workflow::check`] (unique ids, known
+//!   `needs`, no cycles, expressions that compile).
+//! - [`expr`]: the expression language of `if:`, `until:` and `for_each:` (minijinja's, Jinja2
+//!   syntax; a name that does not exist is an error, never an empty value).
+//! - [`run`]: a run's state and [`run::advance`], which takes the state and an event (the run
+//!   starts, a step's task ended, the run is cancelled) and says which step tasks to submit.
+//!
+//! **Architecture Invariant:** pure: no I/O, no clock, no randomness, no runtime. The hub keeps
+//! runs durable and turns [`run::Submit`]s into tasks; this crate only decides.
+//!
+//! Not here yet (issue 26 is open): the YAML file with its line and column errors, the task
+//! each step runs (`run:`, `prompt:`, `agent:`), templates and `outputs:` capture, and the
+//! hub's side (storage, the API, `hubctl workflow`, triggers).
+
+pub mod expr;
+pub mod run;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A workflow definition: named steps and the order between them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Workflow {
+    pub name: String,
+    pub steps: Vec<Step>,
+}
+
+/// One step: a task, run when what it needs has ended, perhaps once per item, perhaps in rounds.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Step {
+    pub id: String,
+    /// Steps that must end first. A skipped one counts as ended; a failed one does too, but then
+    /// the step is skipped unless its `if:` decides.
+    pub needs: Vec<String>,
+    /// `if:`: an expression; false skips the step.
+    pub when: Option<String>,
+    /// `for_each:`: the items the step runs once each for.
+    pub for_each: Option<ForEach>,
+    /// How many items run at once (0: all).
+    pub max_parallel: u32,
+    /// `loop:`: rounds until the condition holds, at most `max`.
+    pub repeat: Option<Repeat>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ForEach {
+    /// A list written in the file.
+    Items(Vec<serde_json::Value>),
+    /// An expression that evaluates to a list (`inputs.files`, `steps.plan.outputs.files`).
+    Expr(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Repeat {
+    /// An expression over the step's latest round (`steps.ID`) and everything before it.
+    pub until: String,
+    pub max: u32,
+}
+
+/// What is wrong with a definition, naming the step.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DefinitionError {
+    #[error("step {0:?} appears more than once")]
+    DuplicateStep(String),
+    #[error("step {step:?} needs {missing:?}, which is not a step of this workflow")]
+    UnknownNeed { step: String, missing: String },
+    #[error("steps {0:?} need each other in a cycle")]
+    Cycle(Vec<String>),
+    #[error("step {step:?}: {field}: {error}")]
+    Expression { step: String, field: &'static str, error: String },
+    #[error("step {step:?}: loop.max must be at least 1")]
+    NoRounds { step: String },
+    #[error("step {0:?}: an id is 1 to 64 characters of letters, digits, '-' and '_'")]
+    BadId(String),
+}
+
+impl Workflow {
+    /// Every error in the definition, in step order (empty: it may run).
+    pub fn check(&self) -> Vec<DefinitionError> {
+        let mut errors = Vec::new();
+        let mut seen = BTreeSet::new();
+        for step in &self.steps {
+            let id_ok = !step.id.is_empty()
+                && step.id.len() <= 64
+                && step.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !id_ok {
+                errors.push(DefinitionError::BadId(step.id.clone()));
+            }
+            if !seen.insert(step.id.as_str()) {
+                errors.push(DefinitionError::DuplicateStep(step.id.clone()));
+            }
+        }
+        for step in &self.steps {
+            for need in &step.needs {
+                if !seen.contains(need.as_str()) {
+                    errors.push(DefinitionError::UnknownNeed { step: step.id.clone(), missing: need.clone() });
+                }
+            }
+            let expressions = [
+                ("if", step.when.as_deref()),
+                ("loop.until", step.repeat.as_ref().map(|r| r.until.as_str())),
+                (
+                    "for_each",
+                    match &step.for_each {
+                        Some(ForEach::Expr(e)) => Some(e.as_str()),
+                        _ => None,
+                    },
+                ),
+            ];
+            for (field, source) in expressions {
+                if let Some(source) = source
+                    && let Err(error) = expr::compile(source)
+                {
+                    errors.push(DefinitionError::Expression { step: step.id.clone(), field, error });
+                }
+            }
+            if step.repeat.as_ref().is_some_and(|r| r.max == 0) {
+                errors.push(DefinitionError::NoRounds { step: step.id.clone() });
+            }
+        }
+        // With duplicate ids the order between steps is not defined: said above already.
+        if !errors.iter().any(|e| matches!(e, DefinitionError::DuplicateStep(_)))
+            && let Some(cycle) = self.cycle()
+        {
+            errors.push(DefinitionError::Cycle(cycle));
+        }
+        errors
+    }
+
+    /// Steps on a cycle of `needs`, if there is one (Kahn's algorithm: what never becomes ready).
+    fn cycle(&self) -> Option<Vec<String>> {
+        let ids: BTreeSet<&str> = self.steps.iter().map(|s| s.id.as_str()).collect();
+        let mut waiting: BTreeMap<&str, usize> = BTreeMap::new();
+        for step in &self.steps {
+            let known: BTreeSet<&str> = step.needs.iter().map(String::as_str).filter(|n| ids.contains(n)).collect();
+            waiting.insert(&step.id, known.len());
+        }
+        let mut ready: Vec<&str> = waiting.iter().filter(|(_, n)| **n == 0).map(|(id, _)| *id).collect();
+        let mut done = BTreeSet::new();
+        while let Some(id) = ready.pop() {
+            done.insert(id);
+            for step in self.steps.iter().filter(|s| s.needs.iter().any(|n| n == id)) {
+                let count = waiting.get_mut(step.id.as_str()).expect("every step is counted");
+                *count -= 1;
+                if *count == 0 {
+                    ready.push(&step.id);
+                }
+            }
+        }
+        let stuck: Vec<String> = ids.iter().filter(|id| !done.contains(*id)).map(|id| id.to_string()).collect();
+        (!stuck.is_empty()).then_some(stuck)
+    }
+
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+}

@@ -1,0 +1,362 @@
+//! A run of a workflow, and [`advance`]: the run's state and an event in, the step tasks to
+//! submit out. Pure, so the hub can store the state, replay events after a restart, and test
+//! every order in which tasks may finish.
+//!
+//! A step task is named by its [`StepKey`] (step, round, item), which the hub turns into the
+//! task's idempotency key: a key is submitted at most once, and an end that does not match a
+//! task the run waits for (a duplicate, a stale round, a cancelled step) changes nothing.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use crate::{ForEach, Step, Workflow, expr};
+
+/// A run's or a step's state, as the API shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Running => "running",
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::Skipped => "skipped",
+            State::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, State::Pending | State::Running)
+    }
+}
+
+/// Which task of a run: a step, its round (from 1), and for a `for_each` step the item's index.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StepKey {
+    pub step: String,
+    pub round: u32,
+    pub item: Option<usize>,
+}
+
+/// A task to submit: its key, and what its templates may read (`inputs`, `steps`, `round`, and
+/// for an item `item` and `index`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Submit {
+    pub key: StepKey,
+    pub context: Value,
+}
+
+/// How a step's task ended.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Ended {
+    pub succeeded: bool,
+    pub exit_code: Option<i32>,
+    pub output: String,
+    /// What the step's `outputs:` captured.
+    pub outputs: Map<String, Value>,
+}
+
+/// One item of a `for_each` step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Item {
+    pub value: Value,
+    pub state: State,
+    pub ended: Option<Ended>,
+}
+
+/// A step of a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepRun {
+    pub state: State,
+    /// The round running or last run (0: not started).
+    pub round: u32,
+    /// Why it was skipped or failed, in words.
+    pub reason: Option<String>,
+    /// The latest round's end (a step without `for_each`).
+    pub ended: Option<Ended>,
+    /// A `for_each` step's items, in order (`None` for other steps).
+    pub items: Option<Vec<Item>>,
+}
+
+impl StepRun {
+    fn pending() -> StepRun {
+        StepRun { state: State::Pending, round: 0, reason: None, ended: None, items: None }
+    }
+
+    /// What later steps' expressions and templates see of it as `steps.ID`.
+    fn view(&self) -> Value {
+        let mut view = json!({ "state": self.state.as_str(), "round": self.round });
+        let fields = view.as_object_mut().expect("an object");
+        if let Some(items) = &self.items {
+            let results: Vec<Value> = items.iter().map(|item| ended_view(item.state, item.ended.as_ref())).collect();
+            fields.insert("results".into(), Value::Array(results));
+        }
+        if let Value::Object(ended) = ended_view(self.state, self.ended.as_ref()) {
+            for (key, value) in ended {
+                fields.entry(key).or_insert(value);
+            }
+        }
+        view
+    }
+}
+
+fn ended_view(state: State, ended: Option<&Ended>) -> Value {
+    match ended {
+        Some(ended) => json!({
+            "state": state.as_str(),
+            "exit_code": ended.exit_code,
+            "output": ended.output,
+            "outputs": ended.outputs,
+        }),
+        None => json!({ "state": state.as_str(), "exit_code": null, "output": null, "outputs": {} }),
+    }
+}
+
+/// A run: its inputs, its state, and each step's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Run {
+    pub inputs: Value,
+    pub state: State,
+    pub steps: BTreeMap<String, StepRun>,
+}
+
+impl Run {
+    /// A run of `workflow` (checked) with `inputs`, not started.
+    pub fn new(workflow: &Workflow, inputs: Value) -> Run {
+        let steps = workflow.steps.iter().map(|s| (s.id.clone(), StepRun::pending())).collect();
+        Run { inputs, state: State::Pending, steps }
+    }
+
+    fn context(&self) -> Value {
+        let steps: Map<String, Value> = self.steps.iter().map(|(id, step)| (id.clone(), step.view())).collect();
+        json!({ "inputs": self.inputs, "steps": steps })
+    }
+}
+
+/// What happens to a run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Start,
+    /// A step's task ended.
+    Ended {
+        key: StepKey,
+        ended: Ended,
+    },
+    /// The run is cancelled: nothing more is submitted; the hub cancels the running tasks.
+    Cancel,
+}
+
+/// Advances `run` of `workflow` by `event`: the tasks to submit now, in step order.
+pub fn advance(workflow: &Workflow, run: &mut Run, event: Event) -> Vec<Submit> {
+    let mut submits = Vec::new();
+    match event {
+        Event::Start if run.state == State::Pending => run.state = State::Running,
+        Event::Start => return submits,
+        Event::Cancel => {
+            if run.state.is_final() {
+                return submits;
+            }
+            for step in run.steps.values_mut().filter(|s| !s.state.is_final()) {
+                step.state = State::Cancelled;
+                for item in step.items.iter_mut().flatten().filter(|i| !i.state.is_final()) {
+                    item.state = State::Cancelled;
+                }
+            }
+            run.state = State::Cancelled;
+            return submits;
+        }
+        Event::Ended { key, ended } => {
+            if run.state != State::Running {
+                return submits;
+            }
+            let Some(step) = workflow.step(&key.step) else { return submits };
+            if !took_end(run, step, &key, ended) {
+                return submits;
+            }
+            let round_over = match &run.steps[&step.id].items {
+                Some(items) => items.iter().all(|i| i.state.is_final()),
+                None => true,
+            };
+            if round_over {
+                end_round(run, step, &mut submits);
+            } else {
+                more_items(run, step, &mut submits);
+            }
+        }
+    }
+    start_ready(workflow, run, &mut submits);
+    if run.steps.values().all(|s| s.state.is_final()) {
+        let failed = run.steps.values().any(|s| s.state == State::Failed);
+        run.state = if failed { State::Failed } else { State::Succeeded };
+    }
+    submits
+}
+
+/// Records an end the run waits for; false for any other (a duplicate, a stale round, an item
+/// that is not running).
+fn took_end(run: &mut Run, step: &Step, key: &StepKey, ended: Ended) -> bool {
+    let state = run.steps.get_mut(&step.id).expect("every step has a run");
+    if state.state != State::Running || state.round != key.round {
+        return false;
+    }
+    let result = if ended.succeeded { State::Succeeded } else { State::Failed };
+    match (&mut state.items, key.item) {
+        (Some(items), Some(index)) => match items.get_mut(index) {
+            Some(item) if item.state == State::Running => {
+                item.state = result;
+                item.ended = Some(ended);
+                true
+            }
+            _ => false,
+        },
+        (None, None) => {
+            state.ended = Some(ended);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// A round ended: the step ends, or with `loop:` runs again.
+fn end_round(run: &mut Run, step: &Step, submits: &mut Vec<Submit>) {
+    let state = &run.steps[&step.id];
+    let succeeded = match &state.items {
+        Some(items) => items.iter().all(|i| i.state == State::Succeeded),
+        None => state.ended.as_ref().is_some_and(|e| e.succeeded),
+    };
+    let Some(repeat) = &step.repeat else {
+        let outcome = if succeeded { State::Succeeded } else { State::Failed };
+        finish(run, &step.id, outcome, (!succeeded).then(|| "its task failed".to_owned()));
+        return;
+    };
+    let round = state.round;
+    let mut context = run.context();
+    context["round"] = json!(round);
+    match expr::holds(&repeat.until, &context) {
+        Ok(true) => finish(run, &step.id, State::Succeeded, None),
+        Ok(false) if round >= repeat.max => {
+            let reason = format!("loop_exhausted: {} did not hold after {round} rounds", repeat.until);
+            finish(run, &step.id, State::Failed, Some(reason));
+        }
+        Ok(false) => begin_round(run, step, round + 1, submits),
+        Err(error) => finish(run, &step.id, State::Failed, Some(format!("loop.until: {error}"))),
+    }
+}
+
+fn finish(run: &mut Run, step_id: &str, state: State, reason: Option<String>) {
+    let step = run.steps.get_mut(step_id).expect("every step has a run");
+    step.state = state;
+    step.reason = reason;
+}
+
+/// Starts every pending step whose needs have ended, until none is left to start (a skipped
+/// step may let others start).
+fn start_ready(workflow: &Workflow, run: &mut Run, submits: &mut Vec<Submit>) {
+    if run.state != State::Running {
+        return;
+    }
+    loop {
+        let ready = workflow.steps.iter().find(|step| {
+            run.steps[&step.id].state == State::Pending
+                && step.needs.iter().all(|need| run.steps.get(need).is_none_or(|n| n.state.is_final()))
+        });
+        let Some(step) = ready else { return };
+        start(run, step, submits);
+    }
+}
+
+fn start(run: &mut Run, step: &Step, submits: &mut Vec<Submit>) {
+    let context = run.context();
+    let failed_need = step
+        .needs
+        .iter()
+        .find(|need| run.steps.get(*need).is_some_and(|n| matches!(n.state, State::Failed | State::Cancelled)));
+    match (&step.when, failed_need) {
+        (None, Some(need)) => {
+            let reason = format!("needs {need}, which {}", run.steps[need].state.as_str());
+            return finish(run, &step.id, State::Skipped, Some(reason));
+        }
+        (Some(when), _) => match expr::holds(when, &context) {
+            Ok(true) => {}
+            Ok(false) => return finish(run, &step.id, State::Skipped, Some(format!("if: {when} is false"))),
+            Err(error) => return finish(run, &step.id, State::Failed, Some(format!("if: {error}"))),
+        },
+        (None, None) => {}
+    }
+    if let Some(for_each) = &step.for_each {
+        let values = match for_each {
+            ForEach::Items(values) => Ok(values.clone()),
+            ForEach::Expr(source) => expr::items(source, &context),
+        };
+        match values {
+            Ok(values) => {
+                let items = values.into_iter().map(|value| Item { value, state: State::Pending, ended: None });
+                run.steps.get_mut(&step.id).expect("every step has a run").items = Some(items.collect());
+            }
+            Err(error) => return finish(run, &step.id, State::Failed, Some(error)),
+        }
+    }
+    begin_round(run, step, 1, submits);
+}
+
+/// Runs round `round` of the step: its task, or its first items.
+fn begin_round(run: &mut Run, step: &Step, round: u32, submits: &mut Vec<Submit>) {
+    let state = run.steps.get_mut(&step.id).expect("every step has a run");
+    state.state = State::Running;
+    state.round = round;
+    state.ended = None;
+    match &mut state.items {
+        // Nothing to run it for: done.
+        Some(items) if items.is_empty() => finish(run, &step.id, State::Succeeded, None),
+        Some(items) => {
+            for item in items.iter_mut() {
+                item.state = State::Pending;
+                item.ended = None;
+            }
+            more_items(run, step, submits);
+        }
+        None => {
+            let mut context = run.context();
+            context["round"] = json!(round);
+            submits.push(Submit { key: StepKey { step: step.id.clone(), round, item: None }, context });
+        }
+    }
+}
+
+/// Submits a `for_each` step's pending items while fewer than `max_parallel` run.
+fn more_items(run: &mut Run, step: &Step, submits: &mut Vec<Submit>) {
+    let context = run.context();
+    let state = run.steps.get_mut(&step.id).expect("every step has a run");
+    let round = state.round;
+    let Some(items) = &mut state.items else { return };
+    let limit = if step.max_parallel == 0 { usize::MAX } else { step.max_parallel as usize };
+    let mut running = items.iter().filter(|i| i.state == State::Running).count();
+    for (index, item) in items.iter_mut().enumerate() {
+        if running >= limit {
+            break;
+        }
+        if item.state != State::Pending {
+            continue;
+        }
+        item.state = State::Running;
+        running += 1;
+        let mut context = context.clone();
+        context["round"] = json!(round);
+        context["item"] = item.value.clone();
+        context["index"] = json!(index);
+        submits.push(Submit { key: StepKey { step: step.id.clone(), round, item: Some(index) }, context });
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,256 @@
+use std::collections::{BTreeSet, HashSet};
+
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+use crate::{Repeat, Step};
+
+fn step(id: &str, needs: &[&str]) -> Step {
+    Step { id: id.into(), needs: needs.iter().map(|n| n.to_string()).collect(), ..Step::default() }
+}
+
+fn ok(code: i32) -> Ended {
+    Ended { succeeded: code == 0, exit_code: Some(code), output: String::new(), outputs: Map::new() }
+}
+
+fn keys(submits: &[Submit]) -> Vec<(String, u32, Option<usize>)> {
+    submits.iter().map(|s| (s.key.step.clone(), s.key.round, s.key.item)).collect()
+}
+
+#[test]
+fn a_branch_is_taken_by_its_condition_and_the_other_is_skipped_then_they_join() {
+    let mut bug = step("bug", &["classify"]);
+    bug.when = Some("steps.classify.outputs.label == 'bug'".into());
+    let mut feature = step("feature", &["classify"]);
+    feature.when = Some("steps.classify.outputs.label == 'feature'".into());
+    let steps = vec![step("classify", &[]), bug, feature, step("join", &["bug", "feature"])];
+    let workflow = Workflow { name: "w".into(), steps };
+    assert!(workflow.check().is_empty());
+    for label in ["bug", "feature"] {
+        let mut run = Run::new(&workflow, json!({}));
+        let first = advance(&workflow, &mut run, Event::Start);
+        assert_eq!(keys(&first), vec![("classify".into(), 1, None)]);
+        let mut ended = ok(0);
+        ended.outputs.insert("label".into(), json!(label));
+        let next = advance(&workflow, &mut run, Event::Ended { key: first[0].key.clone(), ended });
+        assert_eq!(keys(&next), vec![(label.to_owned(), 1, None)], "only the {label} branch runs");
+        let other = if label == "bug" { "feature" } else { "bug" };
+        assert_eq!(run.steps[other].state, State::Skipped);
+        assert!(run.steps[other].reason.as_deref().unwrap().contains("is false"));
+        let join = advance(&workflow, &mut run, Event::Ended { key: next[0].key.clone(), ended: ok(0) });
+        assert_eq!(keys(&join), vec![("join".into(), 1, None)], "a skipped need counts as ended");
+        advance(&workflow, &mut run, Event::Ended { key: join[0].key.clone(), ended: ok(0) });
+        assert_eq!(run.state, State::Succeeded);
+    }
+}
+
+#[test]
+fn a_loop_stops_when_its_condition_holds_or_at_max() {
+    let mut green = step("green", &[]);
+    green.repeat = Some(Repeat { until: "steps.green.exit_code == 0".into(), max: 5 });
+    let workflow = Workflow { name: "w".into(), steps: vec![green] };
+    let mut run = Run::new(&workflow, json!({}));
+    let mut submits = advance(&workflow, &mut run, Event::Start);
+    for (round, code) in [(1, 1), (2, 1), (3, 0)] {
+        assert_eq!(keys(&submits), vec![("green".into(), round, None)]);
+        assert_eq!(submits[0].context["round"], json!(round));
+        submits = advance(&workflow, &mut run, Event::Ended { key: submits[0].key.clone(), ended: ok(code) });
+    }
+    assert!(submits.is_empty());
+    assert_eq!((run.steps["green"].state, run.state), (State::Succeeded, State::Succeeded));
+
+    let mut run = Run::new(&workflow, json!({}));
+    let mut submits = advance(&workflow, &mut run, Event::Start);
+    for _ in 0..5 {
+        submits = advance(&workflow, &mut run, Event::Ended { key: submits[0].key.clone(), ended: ok(1) });
+    }
+    assert!(submits.is_empty());
+    assert_eq!(run.steps["green"].state, State::Failed);
+    assert!(run.steps["green"].reason.as_deref().unwrap().starts_with("loop_exhausted"));
+    assert_eq!(run.state, State::Failed);
+}
+
+#[test]
+fn for_each_runs_at_most_max_parallel_and_collects_results_in_item_order() {
+    let mut each = step("each", &[]);
+    each.for_each = Some(ForEach::Expr("inputs.files".into()));
+    each.max_parallel = 4;
+    let workflow = Workflow { name: "w".into(), steps: vec![each, step("after", &["each"])] };
+    let files: Vec<Value> = (0..20).map(|n| json!(format!("f{n}"))).collect();
+    let mut run = Run::new(&workflow, json!({ "files": files }));
+    let mut running: Vec<Submit> = advance(&workflow, &mut run, Event::Start);
+    assert_eq!(running.len(), 4);
+    assert_eq!(running[2].context["item"], json!("f2"));
+    let mut after = Vec::new();
+    // Finished in reverse order of start: the results still come back in item order.
+    while let Some(done) = running.pop() {
+        let index = done.key.item.unwrap();
+        let mut ended = ok(0);
+        ended.output = format!("out{index}");
+        let more = advance(&workflow, &mut run, Event::Ended { key: done.key, ended });
+        for submit in more {
+            if submit.key.step == "each" {
+                running.push(submit);
+            } else {
+                after.push(submit);
+            }
+        }
+        assert!(running.len() <= 4, "never more than max_parallel running");
+    }
+    assert_eq!(keys(&after), vec![("after".into(), 1, None)]);
+    let results = after[0].context["steps"]["each"]["results"].as_array().unwrap().clone();
+    let outputs: Vec<&str> = results.iter().map(|r| r["output"].as_str().unwrap()).collect();
+    let expected: Vec<String> = (0..20).map(|n| format!("out{n}")).collect();
+    assert_eq!(outputs, expected);
+}
+
+#[test]
+fn a_failed_need_skips_a_step_unless_its_condition_asks_for_it_and_ends_are_taken_once() {
+    let mut cleanup = step("cleanup", &["build"]);
+    cleanup.when = Some("steps.build.state == 'failed'".into());
+    let workflow = Workflow { name: "w".into(), steps: vec![step("build", &[]), step("test", &["build"]), cleanup] };
+    let mut run = Run::new(&workflow, json!({}));
+    let first = advance(&workflow, &mut run, Event::Start);
+    let end = Event::Ended { key: first[0].key.clone(), ended: ok(2) };
+    let next = advance(&workflow, &mut run, end.clone());
+    assert_eq!(keys(&next), vec![("cleanup".into(), 1, None)]);
+    assert_eq!(run.steps["test"].state, State::Skipped);
+    assert!(advance(&workflow, &mut run, end).is_empty(), "a duplicate end changes nothing");
+    advance(&workflow, &mut run, Event::Ended { key: next[0].key.clone(), ended: ok(0) });
+    assert_eq!(run.state, State::Failed, "a failed step fails the run");
+}
+
+#[test]
+fn a_condition_that_names_nothing_fails_its_step_and_a_cancel_stops_everything() {
+    let mut typo = step("typo", &[]);
+    typo.when = Some("inputs.kindd == 'bug'".into());
+    let workflow = Workflow { name: "w".into(), steps: vec![typo, step("slow", &[]), step("later", &["slow"])] };
+    let mut run = Run::new(&workflow, json!({ "kind": "bug" }));
+    let submits = advance(&workflow, &mut run, Event::Start);
+    assert_eq!(keys(&submits), vec![("slow".into(), 1, None)]);
+    assert_eq!(run.steps["typo"].state, State::Failed);
+    assert!(run.steps["typo"].reason.as_deref().unwrap().starts_with("if:"));
+    assert!(advance(&workflow, &mut run, Event::Cancel).is_empty());
+    assert_eq!(run.state, State::Cancelled);
+    assert_eq!(run.steps["later"].state, State::Cancelled);
+    let late = Event::Ended { key: submits[0].key.clone(), ended: ok(0) };
+    assert!(advance(&workflow, &mut run, late).is_empty());
+    assert_eq!(run.state, State::Cancelled);
+}
+
+#[test]
+fn a_definition_is_checked_for_every_error_at_once() {
+    let mut bad = step("b", &["nowhere"]);
+    bad.when = Some("steps.a ==".into());
+    let mut looped = step("c", &[]);
+    looped.repeat = Some(Repeat { until: "true".into(), max: 0 });
+    let steps = vec![step("a", &["d"]), bad, looped, step("d", &["a"]), step("a", &[]), step("bad id!", &[])];
+    let errors: Vec<String> = Workflow { name: "w".into(), steps }.check().iter().map(ToString::to_string).collect();
+    assert!(errors.iter().any(|e| e.contains("\"a\" appears more than once")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("needs \"nowhere\"")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.starts_with("step \"b\": if:")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("loop.max")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("\"bad id!\"")), "{errors:?}");
+    let cyclic = Workflow { name: "w".into(), steps: vec![step("a", &["d"]), step("d", &["a"]), step("e", &[])] };
+    assert_eq!(cyclic.check(), vec![crate::DefinitionError::Cycle(vec!["a".into(), "d".into()])]);
+}
+
+/// A random acyclic workflow: each step may need earlier ones, branch, fan out and loop.
+fn workflows() -> impl Strategy<Value = Workflow> {
+    let one = (
+        prop::collection::vec(any::<prop::sample::Index>(), 0..3),
+        0..4u8,
+        prop::option::of((0..6usize, 0..4u32)),
+        prop::option::of((0..2u8, 1..4u32)),
+    );
+    prop::collection::vec(one, 1..8).prop_map(|specs| {
+        let mut steps: Vec<Step> = Vec::new();
+        for (n, (needs, when, fan, repeat)) in specs.into_iter().enumerate() {
+            let id = format!("s{n}");
+            let mut needs: Vec<String> =
+                if n == 0 { Vec::new() } else { needs.iter().map(|i| format!("s{}", i.index(n))).collect() };
+            needs.sort();
+            needs.dedup();
+            let when = match (when, needs.first()) {
+                (1, _) => Some("true".to_owned()),
+                (2, _) => Some("inputs.go".to_owned()),
+                (3, Some(need)) => Some(format!("steps.{need}.state == 'failed'")),
+                _ => None,
+            };
+            let (for_each, max_parallel) = match fan {
+                Some((items, max)) => (Some(ForEach::Items((0..items).map(|i| json!(i)).collect())), max),
+                None => (None, 0),
+            };
+            let repeat = repeat.map(|(kind, max)| Repeat {
+                until: if kind == 0 { format!("steps.{id}.state == 'running' and round >= 2") } else { "false".into() },
+                max,
+            });
+            steps.push(Step { id, needs, when, for_each, max_parallel, repeat });
+        }
+        Workflow { name: "random".into(), steps }
+    })
+}
+
+/// Checks what a batch of submits may be, and adds it to what runs.
+fn accept(
+    workflow: &Workflow,
+    run: &Run,
+    seen: &mut HashSet<StepKey>,
+    outstanding: &mut Vec<Submit>,
+    submits: Vec<Submit>,
+) -> Result<(), TestCaseError> {
+    for submit in submits {
+        prop_assert!(seen.insert(submit.key.clone()), "{:?} submitted twice", submit.key);
+        let step = workflow.step(&submit.key.step).unwrap();
+        for need in &step.needs {
+            prop_assert!(run.steps[need].state.is_final(), "{} started before {} ended", step.id, need);
+        }
+        outstanding.push(submit);
+    }
+    for step in workflow.steps.iter().filter(|s| s.for_each.is_some() && s.max_parallel > 0) {
+        let running = outstanding.iter().filter(|s| s.key.step == step.id).count();
+        prop_assert!(running <= step.max_parallel as usize, "{} runs {} items", step.id, running);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Whatever order tasks finish in and however they end: every (step, round, item) is
+    /// submitted at most once, only after its needs ended, never more items of a step at once
+    /// than its max_parallel; a duplicate end changes nothing; and the run always ends.
+    #[test]
+    fn any_finishing_order_ends_the_run_and_keeps_every_rule(
+        workflow in workflows(),
+        go in any::<bool>(),
+        picks in prop::collection::vec((any::<prop::sample::Index>(), 0..3i32), 0..400),
+    ) {
+        prop_assert!(workflow.check().is_empty(), "{:?}", workflow.check());
+        let mut run = Run::new(&workflow, json!({ "go": go }));
+        let (mut seen, mut outstanding) = (HashSet::new(), Vec::new());
+        let started = advance(&workflow, &mut run, Event::Start);
+        accept(&workflow, &run, &mut seen, &mut outstanding, started)?;
+        let mut picks = picks.into_iter();
+        let mut events = 0;
+        while !outstanding.is_empty() {
+            events += 1;
+            prop_assert!(events < 10_000, "the run does not end");
+            let (index, code) = match picks.next() {
+                Some((index, code)) => (index.index(outstanding.len()), code),
+                None => (0, 0),
+            };
+            let done = outstanding.remove(index);
+            let end = Event::Ended { key: done.key.clone(), ended: ok(code) };
+            let submits = advance(&workflow, &mut run, end.clone());
+            accept(&workflow, &run, &mut seen, &mut outstanding, submits)?;
+            prop_assert!(advance(&workflow, &mut run, end).is_empty(), "a duplicate end submitted something");
+        }
+        prop_assert!(run.state.is_final(), "nothing runs and the run is {:?}", run.state);
+        prop_assert!(run.steps.values().all(|s| s.state.is_final()));
+        let failed: BTreeSet<&String> =
+            run.steps.iter().filter(|(_, s)| s.state == State::Failed).map(|(id, _)| id).collect();
+        prop_assert_eq!(run.state == State::Failed, !failed.is_empty());
+    }
+}
