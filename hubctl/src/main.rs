@@ -6,6 +6,7 @@
 //! hubctl itself failed).
 
 mod bulk;
+mod dlq;
 mod enrol;
 mod fleet;
 mod pipe;
@@ -16,6 +17,7 @@ mod submit;
 mod term;
 mod tokens;
 mod work;
+mod workflow;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -108,7 +110,12 @@ enum Command {
     /// The dead-letter queue: tasks that ran out of attempts or expired before they started.
     Dlq {
         #[command(subcommand)]
-        command: DlqCommand,
+        command: dlq::DlqCommand,
+    },
+    /// Workflows: `validate FILE` checks a workflow file (no hub needed).
+    Workflow {
+        #[command(subcommand)]
+        command: workflow::WorkflowCommand,
     },
     /// Admin tokens with roles: create, ls, revoke (an admin token needed).
     Tokens {
@@ -131,25 +138,6 @@ enum Command {
     Audit {
         #[arg(long, default_value_t = 50)]
         limit: usize,
-    },
-}
-
-#[derive(Subcommand)]
-enum DlqCommand {
-    /// List dead-lettered tasks, newest first.
-    List {
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
-    },
-    /// Show one dead-lettered task, with its reason and last output.
-    Show { id: String },
-    /// Requeue a dead-lettered task with a fresh set of attempts.
-    Retry { id: String },
-    /// Delete dead-lettered tasks (all, or those dead-lettered longer ago than --older-than).
-    Purge {
-        /// For example 7d or 12h.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        older_than: Option<Duration>,
     },
 }
 
@@ -555,36 +543,10 @@ fn table_lines(header: &[&str], rows: Vec<Vec<String>>) -> Vec<String> {
     lines
 }
 
-async fn dlq(client: &Client, command: DlqCommand, json_out: bool) -> anyhow::Result<ExitCode> {
-    let response = match command {
-        DlqCommand::List { limit } => {
-            client.call(reqwest::Method::GET, &format!("/api/v1/dlq?limit={limit}"), None).await?
-        }
-        DlqCommand::Show { id } => client.call(reqwest::Method::GET, &format!("/api/v1/dlq/{id}"), None).await?,
-        DlqCommand::Retry { id } => {
-            client.call(reqwest::Method::POST, &format!("/api/v1/dlq/{id}/retry"), None).await?
-        }
-        DlqCommand::Purge { older_than } => {
-            let path = match older_than {
-                Some(age) => format!("/api/v1/dlq?older_than_ms={}", age.as_millis().max(1)),
-                None => "/api/v1/dlq".to_owned(),
-            };
-            client.call(reqwest::Method::DELETE, &path, None).await?
-        }
-    };
-    if json_out {
-        print_json(&response);
-    } else if response["tasks"].is_array() {
-        show::print_task_table(&response);
-    } else if response["task"].is_object() {
-        show::print_task(&response["task"]);
-    } else {
-        println!("purged {} dead-lettered tasks", response["purged"]);
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Workflow { command } = &cli.command {
+        return workflow::offline(command, cli.json);
+    }
     let client = Client::new(&cli)?;
     match cli.command {
         Command::Submit(args) if args.from_file.is_some() => {
@@ -669,7 +631,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Dlq { command } => dlq(&client, command, cli.json).await,
+        Command::Dlq { command } => dlq::dlq(&client, command, cli.json).await,
+        Command::Workflow { .. } => unreachable!("answered before connecting"),
         Command::Cancel { id } => {
             let response = client.call(reqwest::Method::DELETE, &format!("/api/v1/tasks/{id}"), None).await?;
             if cli.json {

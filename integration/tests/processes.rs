@@ -682,3 +682,27 @@ async fn a_second_sidecar_with_a_used_id_is_refused_and_the_first_keeps_its_work
     assert_eq!(task["attempt"], 1, "the first sidecar's task was never disturbed");
     assert_eq!(task["outcome"]["stdout"], "still here\n");
 }
+
+/// `hubctl workflow validate` needs no hub: every problem with its line, column and step, exit 1;
+/// a good file, exit 0.
+#[test]
+fn hubctl_workflow_validate_reports_every_problem_where_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "name: w\nsteps:\n  - id: a\n    run: \"echo {{ inputs.missing }}\"\n  - id: b\n    needs: [a, nowhere]\n    prompt: hi\n").unwrap();
+    let output = Command::new(binary("hubctl")).args(["workflow", "validate"]).arg(&bad).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    let shown = bad.display();
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            format!("{shown}:4:10: step a: run: no input named \"missing\""),
+            format!("{shown}:6:16: step b: needs \"nowhere\", which is not a step of this workflow"),
+        ]
+    );
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, "name: w\nsteps:\n  - id: a\n    run: [\"true\"]\n").unwrap();
+    let output = Command::new(binary("hubctl")).args(["workflow", "validate"]).arg(&good).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}

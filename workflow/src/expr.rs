@@ -40,6 +40,24 @@ pub fn items(source: &str, context: &Value) -> Result<Vec<Value>, String> {
     }
 }
 
+/// The names an expression reads, as dotted paths (`steps.plan.outputs`), or why it does not compile.
+pub fn names(source: &str) -> Result<Vec<String>, String> {
+    let env = environment();
+    let expression = env.compile_expression(source).map_err(|err| describe(&err))?;
+    let mut names: Vec<String> = expression.undeclared_variables(true).into_iter().collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The names a template (`echo {{ inputs.kind }}`) reads, or why it does not compile.
+pub fn template_names(source: &str) -> Result<Vec<String>, String> {
+    let env = environment();
+    let template = env.template_from_str(source).map_err(|err| describe(&err))?;
+    let mut names: Vec<String> = template.undeclared_variables(true).into_iter().collect();
+    names.sort();
+    Ok(names)
+}
+
 fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "none",

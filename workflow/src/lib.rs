@@ -3,6 +3,8 @@
 //!
 //! - [`Workflow`], [`Step`]: a definition, checked by [`Workflow::check`] (unique ids, known
 //!   `needs`, no cycles, expressions that compile).
+//! - [`file`]: the workflow file (YAML, or JSON), read into a definition and what each step
+//!   runs, or into every problem it has with its line, column and step.
 //! - [`expr`]: the expression language of `if:`, `until:` and `for_each:` (minijinja's, Jinja2
 //!   syntax; a name that does not exist is an error, never an empty value).
 //! - [`run`]: a run's state and [`run::advance`], which takes the state and an event (the run
@@ -11,11 +13,12 @@
 //! **Architecture Invariant:** pure: no I/O, no clock, no randomness, no runtime. The hub keeps
 //! runs durable and turns [`run::Submit`]s into tasks; this crate only decides.
 //!
-//! Not here yet (issue 26 is open): the YAML file with its line and column errors, the task
-//! each step runs (`run:`, `prompt:`, `agent:`), templates and `outputs:` capture, and the
-//! hub's side (storage, the API, `hubctl workflow`, triggers).
+//! Not here yet (issue 26 is open): a step's task settings (model, limits, verification),
+//! `defaults:`, `outputs:` capture and template filling, and the hub's side (storage, the API,
+//! `hubctl workflow`, triggers).
 
 pub mod expr;
+pub mod file;
 pub mod run;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,0 +1,370 @@
+//! The workflow file: YAML (JSON is YAML too), read into a [`Definition`] or into every
+//! [`Problem`] it has, each with its line and column and the step it belongs to.
+//!
+//! ```yaml
+//! name: fix-and-review
+//! inputs:
+//!   kind: {type: string, default: bug}
+//! steps:
+//!   - id: classify
+//!     run: ["sh", "-c", "echo {{ inputs.kind }}"]
+//!   - id: fix
+//!     needs: [classify]
+//!     if: steps.classify.exit_code == 0
+//!     agent: "make the failing test pass"
+//!     repo: "{{ inputs.repo }}"
+//! ```
+//!
+//! Checked here: the file's syntax and fields (unknown ones are errors), one kind of work per
+//! step, the definition's rules ([`Workflow::check`]), and every expression and template, which
+//! may name only declared inputs, steps of the workflow, and `item`/`index` (in a `for_each`
+//! step) and `round`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+use serde_saphyr::{Location, Spanned};
+
+use crate::{DefinitionError, ForEach, Repeat, Step, Workflow};
+
+/// Something wrong in a workflow file, where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// From 1; 0 when the position is not known.
+    pub line: u64,
+    pub column: u64,
+    pub step: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: ", self.line, self.column)?;
+        if let Some(step) = &self.step {
+            write!(f, "step {step}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// A checked workflow file: the order and control of its steps, its inputs, and what each step runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Definition {
+    pub workflow: Workflow,
+    pub inputs: BTreeMap<String, Input>,
+    pub work: BTreeMap<String, StepWork>,
+}
+
+/// A declared input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Input {
+    pub kind: InputType,
+    pub default: Option<Value>,
+    pub description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputDoc {
+    #[serde(rename = "type")]
+    kind: InputType,
+    #[serde(default)]
+    default: Option<Spanned<Value>>,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputType {
+    String,
+    Number,
+    Boolean,
+    List,
+    Object,
+}
+
+impl InputType {
+    fn admits(self, value: &Value) -> bool {
+        matches!(
+            (self, value),
+            (InputType::String, Value::String(_))
+                | (InputType::Number, Value::Number(_))
+                | (InputType::Boolean, Value::Bool(_))
+                | (InputType::List, Value::Array(_))
+                | (InputType::Object, Value::Object(_))
+        )
+    }
+}
+
+/// What a step runs, its strings still templates.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepWork {
+    /// `run:` as argv.
+    Argv(Vec<String>),
+    /// `run:` as a shell line.
+    Script(String),
+    Prompt(String),
+    Agent {
+        goal: String,
+        repo: Option<String>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDoc {
+    name: String,
+    #[serde(default)]
+    inputs: BTreeMap<String, InputDoc>,
+    steps: Vec<Spanned<StepDoc>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepDoc {
+    id: Spanned<String>,
+    #[serde(default)]
+    needs: Vec<Spanned<String>>,
+    #[serde(default, rename = "if")]
+    when: Option<Spanned<String>>,
+    #[serde(default)]
+    for_each: Option<Spanned<ForEachDoc>>,
+    #[serde(default)]
+    max_parallel: u32,
+    #[serde(default, rename = "loop")]
+    repeat: Option<Spanned<LoopDoc>>,
+    #[serde(default)]
+    run: Option<Spanned<RunDoc>>,
+    #[serde(default)]
+    prompt: Option<Spanned<String>>,
+    #[serde(default)]
+    agent: Option<Spanned<String>>,
+    #[serde(default)]
+    repo: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ForEachDoc {
+    Items(Vec<Value>),
+    Expr(String),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RunDoc {
+    Argv(Vec<String>),
+    Script(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoopDoc {
+    until: String,
+    max: u32,
+}
+
+fn at(location: Location, step: Option<&str>, message: impl Into<String>) -> Problem {
+    Problem { line: location.line(), column: location.column(), step: step.map(str::to_owned), message: message.into() }
+}
+
+/// Reads and checks a workflow file: its definition, or every problem found.
+pub fn load(text: &str) -> Result<Definition, Vec<Problem>> {
+    let doc: FileDoc = serde_saphyr::from_str(text).map_err(|err| {
+        let message = bare(err.to_string().lines().next().unwrap_or("not a workflow file"));
+        let location = err.location();
+        vec![Problem {
+            line: location.map_or(0, |l| l.line()),
+            column: location.map_or(0, |l| l.column()),
+            step: None,
+            message,
+        }]
+    })?;
+    let mut problems = Vec::new();
+    for (name, input) in &doc.inputs {
+        if let Some(default) = &input.default
+            && !input.kind.admits(&default.value)
+        {
+            let kind = format!("{:?}", input.kind).to_lowercase();
+            problems.push(at(default.referenced, None, format!("input {name}: its default is not a {kind}")));
+        }
+    }
+    let mut steps = Vec::new();
+    // Step by step, in file order (ids may repeat until checked).
+    let mut works = Vec::new();
+    for step in &doc.steps {
+        let (doc_step, id) = (&step.value, step.value.id.value.as_str());
+        let kinds = [doc_step.run.is_some(), doc_step.prompt.is_some(), doc_step.agent.is_some()];
+        match kinds.iter().filter(|k| **k).count() {
+            1 => {}
+            0 => problems.push(at(step.referenced, Some(id), "a step runs one of run:, prompt: or agent:")),
+            _ => problems.push(at(step.referenced, Some(id), "a step runs only one of run:, prompt: or agent:")),
+        }
+        if let (Some(repo), None) = (&doc_step.repo, &doc_step.agent) {
+            problems.push(at(repo.referenced, Some(id), "repo: is for agent: steps"));
+        }
+        let this_work = match (&doc_step.run, &doc_step.prompt, &doc_step.agent) {
+            (Some(run), _, _) => match &run.value {
+                RunDoc::Argv(argv) => StepWork::Argv(argv.clone()),
+                RunDoc::Script(line) => StepWork::Script(line.clone()),
+            },
+            (None, Some(prompt), _) => StepWork::Prompt(prompt.value.clone()),
+            (None, None, Some(goal)) => {
+                StepWork::Agent { goal: goal.value.clone(), repo: doc_step.repo.as_ref().map(|r| r.value.clone()) }
+            }
+            (None, None, None) => StepWork::Script(String::new()),
+        };
+        works.push(this_work);
+        steps.push(Step {
+            id: id.to_owned(),
+            needs: doc_step.needs.iter().map(|n| n.value.clone()).collect(),
+            when: doc_step.when.as_ref().map(|w| w.value.clone()),
+            for_each: doc_step.for_each.as_ref().map(|f| match &f.value {
+                ForEachDoc::Items(items) => ForEach::Items(items.clone()),
+                ForEachDoc::Expr(source) => ForEach::Expr(source.clone()),
+            }),
+            max_parallel: doc_step.max_parallel,
+            repeat: doc_step.repeat.as_ref().map(|r| Repeat { until: r.value.until.clone(), max: r.value.max }),
+        });
+    }
+    let workflow = Workflow { name: doc.name.clone(), steps };
+    for error in workflow.check() {
+        problems.push(locate(&doc, error));
+    }
+    names(&doc, &workflow, &works, &mut problems);
+    if !problems.is_empty() {
+        problems.sort_by_key(|p| (p.line, p.column));
+        return Err(problems);
+    }
+    let work = workflow.steps.iter().map(|s| s.id.clone()).zip(works).collect();
+    let inputs = doc.inputs.into_iter().map(|(name, input)| {
+        let InputDoc { kind, default, description } = input;
+        (name, Input { kind, default: default.map(|d| d.value), description })
+    });
+    Ok(Definition { workflow, inputs: inputs.collect(), work })
+}
+
+/// The parser's message without the position it also puts in words (the problem carries it).
+fn bare(message: &str) -> String {
+    let message = message.strip_prefix("error: ").unwrap_or(message);
+    let after_position = message
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+        .filter(|(position, _)| position.contains(" column "))
+        .map(|(_, rest)| rest);
+    after_position.unwrap_or(message).to_owned()
+}
+
+/// Where in the file a definition error is.
+fn locate(doc: &FileDoc, error: DefinitionError) -> Problem {
+    let step_named = |id: &str| doc.steps.iter().find(|s| s.value.id.value == id);
+    let (location, step) = match &error {
+        DefinitionError::DuplicateStep(id) => {
+            let second = doc.steps.iter().filter(|s| s.value.id.value == *id).nth(1);
+            (second.map(|s| s.value.id.referenced), Some(id.clone()))
+        }
+        DefinitionError::UnknownNeed { step, missing } => {
+            let need = step_named(step).and_then(|s| s.value.needs.iter().find(|n| n.value == *missing));
+            (need.map(|n| n.referenced), Some(step.clone()))
+        }
+        DefinitionError::Cycle(ids) => (ids.first().and_then(|id| step_named(id)).map(|s| s.referenced), None),
+        DefinitionError::Expression { step, field, .. } => {
+            let found = step_named(step).and_then(|s| match *field {
+                "if" => s.value.when.as_ref().map(|w| w.referenced),
+                "loop.until" => s.value.repeat.as_ref().map(|r| r.referenced),
+                _ => s.value.for_each.as_ref().map(|f| f.referenced),
+            });
+            (found, Some(step.clone()))
+        }
+        DefinitionError::NoRounds { step } => {
+            (step_named(step).and_then(|s| s.value.repeat.as_ref()).map(|r| r.referenced), Some(step.clone()))
+        }
+        DefinitionError::BadId(id) => (step_named(id).map(|s| s.value.id.referenced), Some(id.clone())),
+    };
+    let message = match &error {
+        DefinitionError::Expression { field, error, .. } => format!("{field}: {error}"),
+        DefinitionError::UnknownNeed { missing, .. } => {
+            format!("needs {missing:?}, which is not a step of this workflow")
+        }
+        DefinitionError::NoRounds { .. } => "loop.max must be at least 1".to_owned(),
+        other => other.to_string(),
+    };
+    match location {
+        Some(location) => at(location, step.as_deref(), message),
+        None => Problem { line: 0, column: 0, step, message },
+    }
+}
+
+/// Every expression and template names only what exists: declared inputs, steps of the
+/// workflow, and `item`, `index` (in a `for_each` step) and `round`.
+fn names(doc: &FileDoc, workflow: &Workflow, works: &[StepWork], problems: &mut Vec<Problem>) {
+    for ((doc_step, step), work) in doc.steps.iter().zip(&workflow.steps).zip(works) {
+        let id = step.id.as_str();
+        let mut sources: Vec<(Location, &'static str, String, bool)> = Vec::new();
+        if let Some(when) = &doc_step.value.when {
+            sources.push((when.referenced, "if", when.value.clone(), false));
+        }
+        if let Some(repeat) = &doc_step.value.repeat {
+            sources.push((repeat.referenced, "loop.until", repeat.value.until.clone(), false));
+        }
+        if let Some(ForEach::Expr(source)) = &step.for_each {
+            let location = doc_step.value.for_each.as_ref().map_or(doc_step.referenced, |f| f.referenced);
+            sources.push((location, "for_each", source.clone(), false));
+        }
+        // Each template where its value is in the file.
+        let value = &doc_step.value;
+        let (field, location) = match work {
+            StepWork::Argv(_) | StepWork::Script(_) => ("run", value.run.as_ref().map(|r| r.referenced)),
+            StepWork::Prompt(_) => ("prompt", value.prompt.as_ref().map(|p| p.referenced)),
+            StepWork::Agent { .. } => ("agent", value.agent.as_ref().map(|a| a.referenced)),
+        };
+        let location = location.unwrap_or(doc_step.referenced);
+        let templates: Vec<String> = match work {
+            StepWork::Argv(argv) => argv.clone(),
+            StepWork::Script(line) | StepWork::Prompt(line) => vec![line.clone()],
+            StepWork::Agent { goal, .. } => vec![goal.clone()],
+        };
+        for template in templates {
+            sources.push((location, field, template, true));
+        }
+        if let Some(repo) = &value.repo {
+            sources.push((repo.referenced, "repo", repo.value.clone(), true));
+        }
+        for (location, field, source, template) in sources {
+            let named = if template { crate::expr::template_names(&source) } else { crate::expr::names(&source) };
+            let named = match named {
+                Ok(named) => named,
+                Err(error) if template => {
+                    problems.push(at(location, Some(id), format!("{field}: {error}")));
+                    continue;
+                }
+                Err(_) => continue, // Said by `Workflow::check`.
+            };
+            for name in named {
+                if let Some(why) = unknown(&name, &doc.inputs, workflow, step) {
+                    problems.push(at(location, Some(id), format!("{field}: {why}")));
+                }
+            }
+        }
+    }
+}
+
+/// Why a name an expression or template reads does not exist, if it does not.
+fn unknown(name: &str, inputs: &BTreeMap<String, InputDoc>, workflow: &Workflow, step: &Step) -> Option<String> {
+    let mut parts = name.split('.');
+    let root = parts.next().unwrap_or_default();
+    let next = parts.next();
+    match (root, next) {
+        ("inputs", Some(input)) if !inputs.contains_key(input) => Some(format!("no input named {input:?}")),
+        ("steps", Some(other)) if workflow.step(other).is_none() => Some(format!("no step named {other:?}")),
+        ("inputs" | "steps" | "round", _) => None,
+        ("item" | "index", _) if step.for_each.is_some() => None,
+        ("item" | "index", _) => Some(format!("{root} is only set in a for_each step")),
+        _ => Some(format!("{root} is not a name a workflow sets (inputs, steps, item, index, round)")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

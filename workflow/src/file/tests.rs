@@ -1,0 +1,120 @@
+use super::*;
+
+const GOOD: &str = r#"name: fix-and-review
+inputs:
+  repo: {type: string}
+  kind: {type: string, default: bug}
+steps:
+  - id: classify
+    run: ["sh", "-c", "echo {{ inputs.kind }}"]
+  - id: fix
+    needs: [classify]
+    if: steps.classify.exit_code == 0
+    agent: "make the failing test pass"
+    repo: "{{ inputs.repo }}"
+  - id: per-file
+    needs: [classify]
+    for_each: ["a.rs", "b.rs", "c.rs"]
+    max_parallel: 2
+    prompt: "Review {{ item }} (item {{ index }})"
+  - id: until-green
+    needs: [fix]
+    loop:
+      until: steps["until-green"].exit_code == 0
+      max: 5
+    run: "cargo test"
+"#;
+
+fn problems(text: &str) -> Vec<String> {
+    load(text).expect_err("the file has problems").iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn the_issues_example_reads_into_a_definition() {
+    let definition = load(GOOD).expect("a good file");
+    assert_eq!(definition.workflow.name, "fix-and-review");
+    let ids: Vec<&str> = definition.workflow.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["classify", "fix", "per-file", "until-green"]);
+    let per_file = definition.workflow.step("per-file").unwrap();
+    assert_eq!(per_file.max_parallel, 2);
+    assert!(matches!(&per_file.for_each, Some(ForEach::Items(items)) if items.len() == 3));
+    let until = definition.workflow.step("until-green").unwrap().repeat.clone().unwrap();
+    assert_eq!((until.until.as_str(), until.max), ("steps[\"until-green\"].exit_code == 0", 5));
+    assert_eq!(definition.work["until-green"], StepWork::Script("cargo test".into()));
+    assert_eq!(
+        definition.work["fix"],
+        StepWork::Agent { goal: "make the failing test pass".into(), repo: Some("{{ inputs.repo }}".into()) }
+    );
+    assert_eq!(definition.inputs["kind"].default, Some(serde_json::json!("bug")));
+    // JSON is accepted too.
+    let json = r#"{"name": "j", "steps": [{"id": "a", "run": ["true"]}, {"id": "b", "needs": ["a"], "prompt": "hi"}]}"#;
+    assert_eq!(load(json).expect("a JSON file").workflow.steps.len(), 2);
+}
+
+#[test]
+fn an_unknown_field_is_reported_where_it_is() {
+    let text = "name: w\nsteps:\n  - id: a\n    run: \"true\"\n    bogus: 1\n";
+    let found = problems(text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].starts_with("5:5: "), "{found:?}");
+    assert!(found[0].contains("bogus"), "{found:?}");
+}
+
+#[test]
+fn every_semantic_error_names_its_line_column_and_step() {
+    let text = r#"name: w
+inputs:
+  n: {type: number, default: "three"}
+steps:
+  - id: a
+    run: "echo {{ inputs.missing }}"
+  - id: b
+    needs: [a, nowhere]
+    if: steps.a.exit_code ==
+    prompt: "x"
+  - id: c
+    needs: [d]
+    run: "true"
+  - id: d
+    needs: [c]
+    prompt: "{{ steps.ghost.output }} {{ item }}"
+    agent: "and an agent"
+  - id: a
+    run: "true"
+    repo: "/srv"
+"#;
+    let found = problems(text);
+    let has = |needle: &str| assert!(found.iter().any(|p| p.contains(needle)), "no {needle:?} in {found:#?}");
+    has("3:30: input n: its default is not a number");
+    has("6:10: step a: run: no input named \"missing\"");
+    has("8:16: step b: needs \"nowhere\", which is not a step of this workflow");
+    has("9:9: step b: if:");
+    has("14:5: step d: a step runs only one of run:, prompt: or agent:");
+    has("16:13: step d: prompt: no step named \"ghost\"");
+    has("16:13: step d: prompt: item is only set in a for_each step");
+    has("18:9: step a: step \"a\" appears more than once");
+    has("20:11: step a: repo: is for agent: steps");
+}
+
+#[test]
+fn a_cycle_is_reported_at_its_first_step() {
+    let text =
+        "name: w\nsteps:\n  - id: c\n    needs: [d]\n    run: \"true\"\n  - id: d\n    needs: [c]\n    run: \"true\"\n";
+    assert_eq!(problems(text), vec!["3:5: steps [\"c\", \"d\"] need each other in a cycle".to_owned()]);
+}
+
+#[test]
+fn a_template_that_does_not_compile_is_a_problem() {
+    let found = problems("name: w\nsteps:\n  - id: a\n    run: \"echo {{ inputs.x \"\n");
+    assert!(found.iter().any(|p| p.starts_with("4:10: step a: run:")), "{found:?}");
+}
+
+#[test]
+fn problems_come_in_file_order_and_a_syntax_error_says_where() {
+    let found = problems("name: w\nsteps:\n  - id: b\n    needs: [zz]\n    run: \"{{ inputs.q }}\"\n");
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found[0].starts_with("4:") && found[1].starts_with("5:"), "{found:?}");
+    let syntax = problems("name: [\n");
+    assert_eq!(syntax.len(), 1);
+    assert!(syntax[0].starts_with("1:7: ") && !syntax[0].contains("line 1"), "{syntax:?}");
+}
