@@ -121,8 +121,10 @@ async fn the_server_killed_mid_stream_is_stream_broken_and_the_task_runs_again_w
     let mut server = LlamaServer::start("gemma").await;
     let mesh = mesh_on(&server, 1, None).await;
     let mut body = prompt(&server.model, 300);
-    body["limits"] = json!({ "max_attempts": 4 });
-    body["retry"] = json!({ "backoff_base_ms": 100, "backoff_max_ms": 200 });
+    // Attempts enough, spaced enough, to outlast the restart on a loaded machine: once, under CI
+    // load, four attempts 100-200 ms apart were spent before the restarted server answered whole.
+    body["limits"] = json!({ "max_attempts": 8 });
+    body["retry"] = json!({ "backoff_base_ms": 250, "backoff_max_ms": 1000 });
     let task = mesh.api.submit(body).await;
     let id = task["id"].as_str().unwrap().to_owned();
     assert_eventually!(mesh.api.get(&id).await["state"] == "running", PATIENCE, "it runs");
