@@ -16,20 +16,22 @@ pub fn compile(source: &str) -> Result<(), String> {
     environment().compile_expression(source).map(drop).map_err(|err| describe(&err))
 }
 
-/// The value of `source` over `context` (a JSON object: `inputs`, `steps`, `item`, `index`, `round`).
-pub fn eval(source: &str, context: &Value) -> Result<Value, String> {
+/// `source` evaluated over `context` (a JSON object: `inputs`, `steps`, `item`, `index`, `round`).
+fn evaluate(source: &str, context: &Value) -> Result<minijinja::Value, String> {
     let env = environment();
     let expression = env.compile_expression(source).map_err(|err| describe(&err))?;
-    let value = expression.eval(minijinja::Value::from_serialize(context)).map_err(|err| describe(&err))?;
+    expression.eval(minijinja::Value::from_serialize(context)).map_err(|err| describe(&err))
+}
+
+/// The value of `source` over `context`.
+pub fn eval(source: &str, context: &Value) -> Result<Value, String> {
+    let value = evaluate(source, context)?;
     serde_json::to_value(&value).map_err(|err| format!("{source}: its value cannot be used: {err}"))
 }
 
 /// Whether `source` holds over `context`: Jinja2's truth (false, none, 0, "" and empty lists are false).
 pub fn holds(source: &str, context: &Value) -> Result<bool, String> {
-    let env = environment();
-    let expression = env.compile_expression(source).map_err(|err| describe(&err))?;
-    let value = expression.eval(minijinja::Value::from_serialize(context)).map_err(|err| describe(&err))?;
-    Ok(value.is_true())
+    Ok(evaluate(source, context)?.is_true())
 }
 
 /// The items of a `for_each:` expression, which must evaluate to a list.

@@ -3,7 +3,7 @@
 //!
 //! - [`Workflow`], [`Step`]: a definition, checked by [`Workflow::check`] (unique ids, known
 //!   `needs`, no cycles, expressions that compile).
-//! - [`file`]: the workflow file (YAML, or JSON), read into a definition and what each step
+//! - [`file`](mod@file): the workflow file (YAML, or JSON), read into a definition and what each step
 //!   runs, or into every problem it has with its line, column and step.
 //! - [`expr`]: the expression language of `if:`, `until:` and `for_each:` (minijinja's, Jinja2
 //!   syntax; a name that does not exist is an error, never an empty value).
@@ -11,7 +11,7 @@
 //!   starts, a step's task ended, the run is cancelled) and says which step tasks to submit.
 //!
 //! **Architecture Invariant:** pure: no I/O, no clock, no randomness, no runtime. The hub keeps
-//! runs durable and turns [`run::Submit`]s into tasks; this crate only decides.
+//! runs durable and turns the [`run::StepKey`]s it is given into tasks; this crate only decides.
 //!
 //! Not here yet (issue 26 is open): a step's task settings (model, limits, verification),
 //! `defaults:`, `outputs:` capture and template filling, and the hub's side (storage, the API,

@@ -48,14 +48,6 @@ pub struct StepKey {
     pub item: Option<usize>,
 }
 
-/// A task to submit: its key, and what its templates may read (`inputs`, `steps`, `round`, and
-/// for an item `item` and `index`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Submit {
-    pub key: StepKey,
-    pub context: Value,
-}
-
 /// How a step's task ended.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Ended {
@@ -137,9 +129,24 @@ impl Run {
         Run { inputs, state: State::Pending, steps }
     }
 
+    /// What expressions read: `inputs`, and `steps` as they are now.
     fn context(&self) -> Value {
         let steps: Map<String, Value> = self.steps.iter().map(|(id, step)| (id.clone(), step.view())).collect();
         json!({ "inputs": self.inputs, "steps": steps })
+    }
+
+    /// What the templates of the task `key` read when it is submitted: `inputs`, `steps`,
+    /// `round`, and for an item `item` and `index`. Made when asked, not with every submit: the
+    /// steps a task needs have ended, so their view no longer changes.
+    pub fn context_for(&self, key: &StepKey) -> Value {
+        let mut context = self.context();
+        context["round"] = json!(key.round);
+        if let Some(index) = key.item {
+            let item = self.steps.get(&key.step).and_then(|s| s.items.as_ref()?.get(index));
+            context["item"] = item.map_or(Value::Null, |item| item.value.clone());
+            context["index"] = json!(index);
+        }
+        context
     }
 }
 
@@ -156,8 +163,9 @@ pub enum Event {
     Cancel,
 }
 
-/// Advances `run` of `workflow` by `event`: the tasks to submit now, in step order.
-pub fn advance(workflow: &Workflow, run: &mut Run, event: Event) -> Vec<Submit> {
+/// Advances `run` of `workflow` by `event`: the tasks to submit now, in step order (their
+/// templates' values: [`Run::context_for`]).
+pub fn advance(workflow: &Workflow, run: &mut Run, event: Event) -> Vec<StepKey> {
     let mut submits = Vec::new();
     match event {
         Event::Start if run.state == State::Pending => run.state = State::Running,
@@ -228,7 +236,7 @@ fn took_end(run: &mut Run, step: &Step, key: &StepKey, ended: Ended) -> bool {
 }
 
 /// A round ended: the step ends, or with `loop:` runs again.
-fn end_round(run: &mut Run, step: &Step, submits: &mut Vec<Submit>) {
+fn end_round(run: &mut Run, step: &Step, submits: &mut Vec<StepKey>) {
     let state = &run.steps[&step.id];
     let succeeded = match &state.items {
         Some(items) => items.iter().all(|i| i.state == State::Succeeded),
@@ -261,7 +269,7 @@ fn finish(run: &mut Run, step_id: &str, state: State, reason: Option<String>) {
 
 /// Starts every pending step whose needs have ended, until none is left to start (a skipped
 /// step may let others start).
-fn start_ready(workflow: &Workflow, run: &mut Run, submits: &mut Vec<Submit>) {
+fn start_ready(workflow: &Workflow, run: &mut Run, submits: &mut Vec<StepKey>) {
     if run.state != State::Running {
         return;
     }
@@ -275,7 +283,7 @@ fn start_ready(workflow: &Workflow, run: &mut Run, submits: &mut Vec<Submit>) {
     }
 }
 
-fn start(run: &mut Run, step: &Step, submits: &mut Vec<Submit>) {
+fn start(run: &mut Run, step: &Step, submits: &mut Vec<StepKey>) {
     let context = run.context();
     let failed_need = step
         .needs
@@ -310,7 +318,7 @@ fn start(run: &mut Run, step: &Step, submits: &mut Vec<Submit>) {
 }
 
 /// Runs round `round` of the step: its task, or its first items.
-fn begin_round(run: &mut Run, step: &Step, round: u32, submits: &mut Vec<Submit>) {
+fn begin_round(run: &mut Run, step: &Step, round: u32, submits: &mut Vec<StepKey>) {
     let state = run.steps.get_mut(&step.id).expect("every step has a run");
     state.state = State::Running;
     state.round = round;
@@ -325,17 +333,12 @@ fn begin_round(run: &mut Run, step: &Step, round: u32, submits: &mut Vec<Submit>
             }
             more_items(run, step, submits);
         }
-        None => {
-            let mut context = run.context();
-            context["round"] = json!(round);
-            submits.push(Submit { key: StepKey { step: step.id.clone(), round, item: None }, context });
-        }
+        None => submits.push(StepKey { step: step.id.clone(), round, item: None }),
     }
 }
 
 /// Submits a `for_each` step's pending items while fewer than `max_parallel` run.
-fn more_items(run: &mut Run, step: &Step, submits: &mut Vec<Submit>) {
-    let context = run.context();
+fn more_items(run: &mut Run, step: &Step, submits: &mut Vec<StepKey>) {
     let state = run.steps.get_mut(&step.id).expect("every step has a run");
     let round = state.round;
     let Some(items) = &mut state.items else { return };
@@ -350,11 +353,7 @@ fn more_items(run: &mut Run, step: &Step, submits: &mut Vec<Submit>) {
         }
         item.state = State::Running;
         running += 1;
-        let mut context = context.clone();
-        context["round"] = json!(round);
-        context["item"] = item.value.clone();
-        context["index"] = json!(index);
-        submits.push(Submit { key: StepKey { step: step.id.clone(), round, item: Some(index) }, context });
+        submits.push(StepKey { step: step.id.clone(), round, item: Some(index) });
     }
 }
 

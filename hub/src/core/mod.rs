@@ -387,7 +387,8 @@ impl Core {
             if let Some(writer) = &self.writer {
                 self.state.write_backlog = writer.backlog();
             }
-            self.state.changes.listening(self.changes.receiver_count() > 0);
+            // As of this turn: a subscriber that joins meanwhile starts from its own snapshot.
+            self.state.changes.listening(listening);
             let event = match inbound {
                 Inbound::Event(event) => event,
                 Inbound::Ask(event, id, answer) => {

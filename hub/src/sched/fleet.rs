@@ -100,7 +100,7 @@ impl<S: AsRef<str>> FromIterator<S> for Capabilities {
 }
 
 /// [`Fleet::admits`] for a sidecar already looked up.
-fn admitted(sidecar_id: &str, sidecar: &Sidecar, task: &Task) -> bool {
+pub(super) fn admitted(sidecar_id: &str, sidecar: &Sidecar, task: &Task) -> bool {
     sidecar.runs(task.spec.work.capability()) && sidecar.admits(sidecar_id, &task.spec.placement)
 }
 

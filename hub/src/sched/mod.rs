@@ -591,7 +591,7 @@ fn weigh(
 
 fn place_model(task: &Task, model: &str, tokens: u32, fleet: &Fleet<'_>, record: &mut impl Record) -> Decision {
     let placement = &task.spec.placement;
-    let (capability, repository) = (task.spec.work.capability(), task.spec.workspace_repository());
+    let repository = task.spec.workspace_repository();
     let local_only = placement.local_only || fleet.offline;
     // The budget filter, if the model is priced: reading the prompt and writing the reply it
     // asks for (`max_tokens`; one token when it sets none, as a reply's length is not known)
@@ -622,9 +622,9 @@ fn place_model(task: &Task, model: &str, tokens: u32, fleet: &Fleet<'_>, record:
             verdict,
         };
         // The admission rule (`Fleet::admits` and the allowlist), on the one lookup of the sidecar.
-        let admitted = fleet.sidecar(sidecar_id).filter(|s| {
-            s.runs(capability) && s.admits(sidecar_id, placement) && repository.is_none_or(|r| s.allows_repository(r))
-        });
+        let admitted = fleet
+            .sidecar(sidecar_id)
+            .filter(|s| fleet::admitted(sidecar_id, s, task) && repository.is_none_or(|r| s.allows_repository(r)));
         let Some(sidecar) = admitted else {
             record.note(|| note(None, Verdict::Excluded));
             continue;

@@ -14,8 +14,8 @@ fn ok(code: i32) -> Ended {
     Ended { succeeded: code == 0, exit_code: Some(code), output: String::new(), outputs: Map::new() }
 }
 
-fn keys(submits: &[Submit]) -> Vec<(String, u32, Option<usize>)> {
-    submits.iter().map(|s| (s.key.step.clone(), s.key.round, s.key.item)).collect()
+fn keys(submits: &[StepKey]) -> Vec<(String, u32, Option<usize>)> {
+    submits.iter().map(|k| (k.step.clone(), k.round, k.item)).collect()
 }
 
 #[test]
@@ -33,14 +33,14 @@ fn a_branch_is_taken_by_its_condition_and_the_other_is_skipped_then_they_join() 
         assert_eq!(keys(&first), vec![("classify".into(), 1, None)]);
         let mut ended = ok(0);
         ended.outputs.insert("label".into(), json!(label));
-        let next = advance(&workflow, &mut run, Event::Ended { key: first[0].key.clone(), ended });
+        let next = advance(&workflow, &mut run, Event::Ended { key: first[0].clone(), ended });
         assert_eq!(keys(&next), vec![(label.to_owned(), 1, None)], "only the {label} branch runs");
         let other = if label == "bug" { "feature" } else { "bug" };
         assert_eq!(run.steps[other].state, State::Skipped);
         assert!(run.steps[other].reason.as_deref().unwrap().contains("is false"));
-        let join = advance(&workflow, &mut run, Event::Ended { key: next[0].key.clone(), ended: ok(0) });
+        let join = advance(&workflow, &mut run, Event::Ended { key: next[0].clone(), ended: ok(0) });
         assert_eq!(keys(&join), vec![("join".into(), 1, None)], "a skipped need counts as ended");
-        advance(&workflow, &mut run, Event::Ended { key: join[0].key.clone(), ended: ok(0) });
+        advance(&workflow, &mut run, Event::Ended { key: join[0].clone(), ended: ok(0) });
         assert_eq!(run.state, State::Succeeded);
     }
 }
@@ -54,8 +54,8 @@ fn a_loop_stops_when_its_condition_holds_or_at_max() {
     let mut submits = advance(&workflow, &mut run, Event::Start);
     for (round, code) in [(1, 1), (2, 1), (3, 0)] {
         assert_eq!(keys(&submits), vec![("green".into(), round, None)]);
-        assert_eq!(submits[0].context["round"], json!(round));
-        submits = advance(&workflow, &mut run, Event::Ended { key: submits[0].key.clone(), ended: ok(code) });
+        assert_eq!(run.context_for(&submits[0])["round"], json!(round));
+        submits = advance(&workflow, &mut run, Event::Ended { key: submits[0].clone(), ended: ok(code) });
     }
     assert!(submits.is_empty());
     assert_eq!((run.steps["green"].state, run.state), (State::Succeeded, State::Succeeded));
@@ -63,7 +63,7 @@ fn a_loop_stops_when_its_condition_holds_or_at_max() {
     let mut run = Run::new(&workflow, json!({}));
     let mut submits = advance(&workflow, &mut run, Event::Start);
     for _ in 0..5 {
-        submits = advance(&workflow, &mut run, Event::Ended { key: submits[0].key.clone(), ended: ok(1) });
+        submits = advance(&workflow, &mut run, Event::Ended { key: submits[0].clone(), ended: ok(1) });
     }
     assert!(submits.is_empty());
     assert_eq!(run.steps["green"].state, State::Failed);
@@ -79,18 +79,19 @@ fn for_each_runs_at_most_max_parallel_and_collects_results_in_item_order() {
     let workflow = Workflow { name: "w".into(), steps: vec![each, step("after", &["each"])] };
     let files: Vec<Value> = (0..20).map(|n| json!(format!("f{n}"))).collect();
     let mut run = Run::new(&workflow, json!({ "files": files }));
-    let mut running: Vec<Submit> = advance(&workflow, &mut run, Event::Start);
+    let mut running: Vec<StepKey> = advance(&workflow, &mut run, Event::Start);
     assert_eq!(running.len(), 4);
-    assert_eq!(running[2].context["item"], json!("f2"));
+    assert_eq!(run.context_for(&running[2])["item"], json!("f2"));
+    assert_eq!(run.context_for(&running[2])["index"], json!(2));
     let mut after = Vec::new();
     // Finished in reverse order of start: the results still come back in item order.
     while let Some(done) = running.pop() {
-        let index = done.key.item.unwrap();
+        let index = done.item.unwrap();
         let mut ended = ok(0);
         ended.output = format!("out{index}");
-        let more = advance(&workflow, &mut run, Event::Ended { key: done.key, ended });
+        let more = advance(&workflow, &mut run, Event::Ended { key: done, ended });
         for submit in more {
-            if submit.key.step == "each" {
+            if submit.step == "each" {
                 running.push(submit);
             } else {
                 after.push(submit);
@@ -99,7 +100,7 @@ fn for_each_runs_at_most_max_parallel_and_collects_results_in_item_order() {
         assert!(running.len() <= 4, "never more than max_parallel running");
     }
     assert_eq!(keys(&after), vec![("after".into(), 1, None)]);
-    let results = after[0].context["steps"]["each"]["results"].as_array().unwrap().clone();
+    let results = run.context_for(&after[0])["steps"]["each"]["results"].as_array().unwrap().clone();
     let outputs: Vec<&str> = results.iter().map(|r| r["output"].as_str().unwrap()).collect();
     let expected: Vec<String> = (0..20).map(|n| format!("out{n}")).collect();
     assert_eq!(outputs, expected);
@@ -112,12 +113,12 @@ fn a_failed_need_skips_a_step_unless_its_condition_asks_for_it_and_ends_are_take
     let workflow = Workflow { name: "w".into(), steps: vec![step("build", &[]), step("test", &["build"]), cleanup] };
     let mut run = Run::new(&workflow, json!({}));
     let first = advance(&workflow, &mut run, Event::Start);
-    let end = Event::Ended { key: first[0].key.clone(), ended: ok(2) };
+    let end = Event::Ended { key: first[0].clone(), ended: ok(2) };
     let next = advance(&workflow, &mut run, end.clone());
     assert_eq!(keys(&next), vec![("cleanup".into(), 1, None)]);
     assert_eq!(run.steps["test"].state, State::Skipped);
     assert!(advance(&workflow, &mut run, end).is_empty(), "a duplicate end changes nothing");
-    advance(&workflow, &mut run, Event::Ended { key: next[0].key.clone(), ended: ok(0) });
+    advance(&workflow, &mut run, Event::Ended { key: next[0].clone(), ended: ok(0) });
     assert_eq!(run.state, State::Failed, "a failed step fails the run");
 }
 
@@ -134,7 +135,7 @@ fn a_condition_that_names_nothing_fails_its_step_and_a_cancel_stops_everything()
     assert!(advance(&workflow, &mut run, Event::Cancel).is_empty());
     assert_eq!(run.state, State::Cancelled);
     assert_eq!(run.steps["later"].state, State::Cancelled);
-    let late = Event::Ended { key: submits[0].key.clone(), ended: ok(0) };
+    let late = Event::Ended { key: submits[0].clone(), ended: ok(0) };
     assert!(advance(&workflow, &mut run, late).is_empty());
     assert_eq!(run.state, State::Cancelled);
 }
@@ -197,19 +198,19 @@ fn accept(
     workflow: &Workflow,
     run: &Run,
     seen: &mut HashSet<StepKey>,
-    outstanding: &mut Vec<Submit>,
-    submits: Vec<Submit>,
+    outstanding: &mut Vec<StepKey>,
+    submits: Vec<StepKey>,
 ) -> Result<(), TestCaseError> {
     for submit in submits {
-        prop_assert!(seen.insert(submit.key.clone()), "{:?} submitted twice", submit.key);
-        let step = workflow.step(&submit.key.step).unwrap();
+        prop_assert!(seen.insert(submit.clone()), "{:?} submitted twice", submit);
+        let step = workflow.step(&submit.step).unwrap();
         for need in &step.needs {
             prop_assert!(run.steps[need].state.is_final(), "{} started before {} ended", step.id, need);
         }
         outstanding.push(submit);
     }
     for step in workflow.steps.iter().filter(|s| s.for_each.is_some() && s.max_parallel > 0) {
-        let running = outstanding.iter().filter(|s| s.key.step == step.id).count();
+        let running = outstanding.iter().filter(|k| k.step == step.id).count();
         prop_assert!(running <= step.max_parallel as usize, "{} runs {} items", step.id, running);
     }
     Ok(())
@@ -242,7 +243,7 @@ proptest! {
                 None => (0, 0),
             };
             let done = outstanding.remove(index);
-            let end = Event::Ended { key: done.key.clone(), ended: ok(code) };
+            let end = Event::Ended { key: done, ended: ok(code) };
             let submits = advance(&workflow, &mut run, end.clone());
             accept(&workflow, &run, &mut seen, &mut outstanding, submits)?;
             prop_assert!(advance(&workflow, &mut run, end).is_empty(), "a duplicate end submitted something");
