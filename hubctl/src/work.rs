@@ -1,64 +1,11 @@
 //! What `hubctl` says of work that proves itself: `--verify` flags as verification steps, and
 //! for `hubctl get`, the verification report, the agent's rounds and the workspace.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
-/// One `--verify` as the JSON API takes it. Commands are split on whitespace, with '...' and
-/// "..." quoting.
+/// One `--verify` as the JSON API takes it (`agentcom_types::json::verify_flag`).
 pub(crate) fn parse_verify(s: &str) -> Result<Value, String> {
-    let (kind, arg) = match s.split_once('=') {
-        Some((kind, arg)) => (kind.trim(), Some(arg)),
-        None => (s.trim(), None),
-    };
-    let needs =
-        |what: &str| arg.filter(|a| !a.trim().is_empty()).ok_or_else(|| format!("{kind} needs {what}: {kind}=..."));
-    Ok(match kind {
-        "file_exists" => json!({ "file_exists": needs("a path")? }),
-        "command_succeeds" | "test_passes" => {
-            let argv = split_words(needs("a command")?)?;
-            json!({ kind: { "argv": argv } })
-        }
-        "git_clean" if arg.is_none() => json!("git_clean"),
-        "output_contains" => json!({ "output_contains": { "text": needs("the text")? } }),
-        "output_matches" => json!({ "output_contains": { "regex": needs("a regex")? } }),
-        "http_ok" => json!({ "http_ok": needs("a URL")? }),
-        "llm_judge" => json!({ "llm_judge": { "model": arg.unwrap_or_default().trim() } }),
-        "git_clean" => return Err("git_clean takes no argument".into()),
-        other => {
-            return Err(format!(
-                "unknown check {other:?}: use file_exists, command_succeeds, test_passes, git_clean, output_contains, output_matches, http_ok or llm_judge"
-            ));
-        }
-    })
-}
-
-/// Words split on whitespace; '...' and "..." keep spaces inside one word.
-fn split_words(text: &str) -> Result<Vec<String>, String> {
-    let (mut words, mut word, mut quote, mut any) = (Vec::new(), String::new(), None, false);
-    for c in text.chars() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), c) => word.push(c),
-            (None, '\'' | '"') => {
-                quote = Some(c);
-                any = true;
-            }
-            (None, c) if c.is_whitespace() => {
-                if any || !word.is_empty() {
-                    words.push(std::mem::take(&mut word));
-                    any = false;
-                }
-            }
-            (None, c) => word.push(c),
-        }
-    }
-    if quote.is_some() {
-        return Err(format!("unclosed quote in {text:?}"));
-    }
-    if any || !word.is_empty() {
-        words.push(word);
-    }
-    Ok(words)
+    agentcom_types::json::verify_flag(s)
 }
 
 /// Steps `hubctl get` lists; `--json` has them all.
@@ -148,6 +95,7 @@ pub(crate) fn verification_lines(task: &Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn verify_flags_become_verification_steps() {

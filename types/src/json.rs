@@ -376,3 +376,62 @@ pub fn spec_from_json(json: &str) -> Result<pb::TaskSpec, Error> {
     let body: SubmitBody = serde_json::from_str(json).map_err(|err| Error(err.to_string()))?;
     pb::TaskSpec::try_from(body)
 }
+
+/// A verification step written as a flag (`hubctl submit --verify`, a workflow step's `verify:`)
+/// as the JSON API takes it: `KIND[=ARG]`. Commands are split on whitespace, with '...' and
+/// "..." quoting.
+pub fn verify_flag(s: &str) -> Result<serde_json::Value, String> {
+    let (kind, arg) = match s.split_once('=') {
+        Some((kind, arg)) => (kind.trim(), Some(arg)),
+        None => (s.trim(), None),
+    };
+    let needs =
+        |what: &str| arg.filter(|a| !a.trim().is_empty()).ok_or_else(|| format!("{kind} needs {what}: {kind}=..."));
+    Ok(match kind {
+        "file_exists" => serde_json::json!({ "file_exists": needs("a path")? }),
+        "command_succeeds" | "test_passes" => {
+            let argv = split_words(needs("a command")?)?;
+            serde_json::json!({ kind: { "argv": argv } })
+        }
+        "git_clean" if arg.is_none() => serde_json::json!("git_clean"),
+        "output_contains" => serde_json::json!({ "output_contains": { "text": needs("the text")? } }),
+        "output_matches" => serde_json::json!({ "output_contains": { "regex": needs("a regex")? } }),
+        "http_ok" => serde_json::json!({ "http_ok": needs("a URL")? }),
+        "llm_judge" => serde_json::json!({ "llm_judge": { "model": arg.unwrap_or_default().trim() } }),
+        "git_clean" => return Err("git_clean takes no argument".into()),
+        other => {
+            return Err(format!(
+                "unknown check {other:?}: use file_exists, command_succeeds, test_passes, git_clean, output_contains, output_matches, http_ok or llm_judge"
+            ));
+        }
+    })
+}
+
+/// Words split on whitespace; '...' and "..." keep spaces inside one word.
+fn split_words(text: &str) -> Result<Vec<String>, String> {
+    let (mut words, mut word, mut quote, mut any) = (Vec::new(), String::new(), None, false);
+    for c in text.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => word.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                any = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if any || !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                    any = false;
+                }
+            }
+            (None, c) => word.push(c),
+        }
+    }
+    if quote.is_some() {
+        return Err(format!("unclosed quote in {text:?}"));
+    }
+    if any || !word.is_empty() {
+        words.push(word);
+    }
+    Ok(words)
+}

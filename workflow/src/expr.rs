@@ -42,6 +42,17 @@ pub fn items(source: &str, context: &Value) -> Result<Vec<Value>, String> {
     }
 }
 
+/// `template` (`echo {{ inputs.kind }}`) filled from `context`, strictly: a name that does not
+/// exist is an error. Values are written as they are, not HTML-escaped.
+pub fn render(template: &str, context: &Value) -> Result<String, String> {
+    if !template.contains("{{") && !template.contains("{%") {
+        return Ok(template.to_owned());
+    }
+    let env = environment();
+    let template = env.template_from_str(template).map_err(|err| describe(&err))?;
+    template.render(minijinja::Value::from_serialize(context)).map_err(|err| describe(&err))
+}
+
 /// The names an expression reads, as dotted paths (`steps.plan.outputs`), or why it does not compile.
 pub fn names(source: &str) -> Result<Vec<String>, String> {
     let env = environment();

@@ -26,6 +26,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_saphyr::{Location, Spanned};
 
+use crate::task::{Capture, Settings, StepTask, StepWork};
 use crate::{DefinitionError, ForEach, Repeat, Step, Workflow};
 
 /// Something wrong in a workflow file, where it is.
@@ -48,12 +49,18 @@ impl std::fmt::Display for Problem {
     }
 }
 
-/// A checked workflow file: the order and control of its steps, its inputs, and what each step runs.
+/// A checked workflow file: the order and control of its steps, its inputs, and each step's task.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Definition {
     pub workflow: Workflow,
+    pub description: Option<String>,
     pub inputs: BTreeMap<String, Input>,
-    pub work: BTreeMap<String, StepWork>,
+    /// `defaults:`: settings every step takes unless it sets its own.
+    pub defaults: Settings,
+    /// `local_only: true`: no step goes to a cloud provider, whatever its model.
+    pub local_only: bool,
+    /// Each step's task, by step id.
+    pub tasks: BTreeMap<String, StepTask>,
 }
 
 /// A declared input.
@@ -98,27 +105,62 @@ impl InputType {
     }
 }
 
-/// What a step runs, its strings still templates.
-#[derive(Clone, Debug, PartialEq)]
-pub enum StepWork {
-    /// `run:` as argv.
-    Argv(Vec<String>),
-    /// `run:` as a shell line.
-    Script(String),
-    Prompt(String),
-    Agent {
-        goal: String,
-        repo: Option<String>,
-    },
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileDoc {
     name: String,
     #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
     inputs: BTreeMap<String, InputDoc>,
+    #[serde(default)]
+    defaults: Option<Spanned<SettingsDoc>>,
+    #[serde(default)]
+    local_only: bool,
     steps: Vec<Spanned<StepDoc>>,
+}
+
+/// `defaults:`, and the same settings on a step.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SettingsDoc {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    tier: Option<String>,
+    #[serde(default)]
+    priority: Option<String>,
+    #[serde(default)]
+    timeout: Option<Spanned<TimeoutDoc>>,
+    #[serde(default)]
+    retries: Option<u32>,
+    #[serde(default)]
+    local_only: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_cost_micros: Option<u64>,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    host: Option<String>,
+}
+
+/// `timeout: 10m` or a number of seconds.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TimeoutDoc {
+    Seconds(u64),
+    Text(String),
+}
+
+/// One of `outputs:`: `output`, `{regex: R}` or `{json: PATH}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CaptureDoc {
+    Whole(String),
+    Regex { regex: String },
+    Json { json: String },
 }
 
 #[derive(Deserialize)]
@@ -143,6 +185,45 @@ struct StepDoc {
     agent: Option<Spanned<String>>,
     #[serde(default)]
     repo: Option<Spanned<String>>,
+    #[serde(default)]
+    system: Option<String>,
+    #[serde(default)]
+    verify: Vec<Spanned<String>>,
+    #[serde(default)]
+    criteria: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    secret_env: Vec<String>,
+    #[serde(default)]
+    cwd: Option<String>,
+    #[serde(default)]
+    branch: Option<String>,
+    #[serde(default)]
+    fix_rounds: Option<u32>,
+    #[serde(default)]
+    outputs: BTreeMap<String, Spanned<CaptureDoc>>,
+    // The settings `defaults:` also takes (serde's `flatten` cannot refuse unknown fields).
+    #[serde(default)]
+    model: Option<Spanned<String>>,
+    #[serde(default)]
+    tier: Option<String>,
+    #[serde(default)]
+    priority: Option<String>,
+    #[serde(default)]
+    timeout: Option<Spanned<TimeoutDoc>>,
+    #[serde(default)]
+    retries: Option<u32>,
+    #[serde(default)]
+    local_only: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_cost_micros: Option<u64>,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    host: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -191,6 +272,10 @@ pub fn load(text: &str) -> Result<Definition, Vec<Problem>> {
             problems.push(at(default.referenced, None, format!("input {name}: its default is not a {kind}")));
         }
     }
+    let defaults = match &doc.defaults {
+        Some(defaults) => settings(&defaults.value, None, &mut problems),
+        None => Settings::default(),
+    };
     let mut steps = Vec::new();
     // Step by step, in file order (ids may repeat until checked).
     let mut works = Vec::new();
@@ -216,7 +301,7 @@ pub fn load(text: &str) -> Result<Definition, Vec<Problem>> {
             }
             (None, None, None) => StepWork::Script(String::new()),
         };
-        works.push(this_work);
+        works.push(step_task(step, this_work, &mut problems));
         steps.push(Step {
             id: id.to_owned(),
             needs: doc_step.needs.iter().map(|n| n.value.clone()).collect(),
@@ -238,12 +323,130 @@ pub fn load(text: &str) -> Result<Definition, Vec<Problem>> {
         problems.sort_by_key(|p| (p.line, p.column));
         return Err(problems);
     }
-    let work = workflow.steps.iter().map(|s| s.id.clone()).zip(works).collect();
+    let tasks = workflow.steps.iter().map(|s| s.id.clone()).zip(works).collect();
     let inputs = doc.inputs.into_iter().map(|(name, input)| {
         let InputDoc { kind, default, description } = input;
         (name, Input { kind, default: default.map(|d| d.value), description })
     });
-    Ok(Definition { workflow, inputs: inputs.collect(), work })
+    Ok(Definition {
+        workflow,
+        description: doc.description,
+        inputs: inputs.collect(),
+        defaults,
+        local_only: doc.local_only,
+        tasks,
+    })
+}
+
+/// Settings as written (`defaults:`, or a step's), or the problems in them.
+fn settings(doc: &SettingsDoc, step: Option<&str>, problems: &mut Vec<Problem>) -> Settings {
+    Settings {
+        model: doc.model.clone(),
+        tier: doc.tier.clone(),
+        priority: doc.priority.clone(),
+        timeout_ms: doc.timeout.as_ref().and_then(|t| timeout_ms(t, step, problems)),
+        retries: doc.retries,
+        local_only: doc.local_only,
+        max_tokens: doc.max_tokens,
+        max_cost_micros: doc.max_cost_micros,
+        tags: doc.tags.clone(),
+        host: doc.host.clone(),
+    }
+}
+
+fn timeout_ms(timeout: &Spanned<TimeoutDoc>, step: Option<&str>, problems: &mut Vec<Problem>) -> Option<u64> {
+    let ms = match &timeout.value {
+        TimeoutDoc::Seconds(seconds) => seconds.saturating_mul(1000),
+        TimeoutDoc::Text(text) => match humantime::parse_duration(text) {
+            Ok(duration) => duration.as_millis() as u64,
+            Err(err) => {
+                problems.push(at(timeout.referenced, step, format!("timeout: {text:?}: {err} (write 90s, 10m or 1h)")));
+                return None;
+            }
+        },
+    };
+    if ms == 0 {
+        problems.push(at(timeout.referenced, step, "timeout: must be more than 0"));
+        return None;
+    }
+    Some(ms)
+}
+
+/// A step's task from its fields, with a problem for each that does not fit its kind of work.
+fn step_task(step: &Spanned<StepDoc>, work: StepWork, problems: &mut Vec<Problem>) -> StepTask {
+    let (doc, id) = (&step.value, Some(step.value.id.value.as_str()));
+    let own = SettingsDoc {
+        model: doc.model.as_ref().map(|m| m.value.clone()),
+        tier: doc.tier.clone(),
+        priority: doc.priority.clone(),
+        timeout: None,
+        retries: doc.retries,
+        local_only: doc.local_only,
+        max_tokens: doc.max_tokens,
+        max_cost_micros: doc.max_cost_micros,
+        tags: doc.tags.clone(),
+        host: doc.host.clone(),
+    };
+    let mut settings = settings(&own, id, problems);
+    settings.timeout_ms = doc.timeout.as_ref().and_then(|t| timeout_ms(t, id, problems));
+    let is_run = matches!(work, StepWork::Argv(_) | StepWork::Script(_));
+    let misplaced = [
+        ("model: is for prompt: and agent: steps", is_run && doc.model.is_some()),
+        ("system: is for prompt: steps", doc.system.is_some() && !matches!(work, StepWork::Prompt(_))),
+        ("branch: is for agent: steps", doc.branch.is_some() && !matches!(work, StepWork::Agent { .. })),
+        ("cwd: is for run: steps", doc.cwd.is_some() && !is_run),
+        ("secret_env: is for run: steps", !doc.secret_env.is_empty() && !is_run),
+        ("fix_rounds: is for prompt: and agent: steps", doc.fix_rounds.is_some() && is_run),
+    ];
+    for (message, wrong) in misplaced {
+        if wrong {
+            problems.push(at(step.referenced, id, message));
+        }
+    }
+    for flag in &doc.verify {
+        if let Err(err) = agentcom_types::json::verify_flag(&flag.value) {
+            problems.push(at(flag.referenced, id, format!("verify: {err}")));
+        }
+    }
+    let mut outputs = BTreeMap::new();
+    for (name, capture) in &doc.outputs {
+        let how = match &capture.value {
+            CaptureDoc::Whole(word) if word == "output" => Capture::Output,
+            CaptureDoc::Whole(other) => {
+                let message = format!(
+                    "outputs.{name}: {other:?} is not a capture (write output, {{regex: R}} or {{json: PATH}})"
+                );
+                problems.push(at(capture.referenced, id, message));
+                continue;
+            }
+            CaptureDoc::Regex { regex } => {
+                if let Err(err) = regex::Regex::new(regex) {
+                    problems.push(at(capture.referenced, id, format!("outputs.{name}: {err}")));
+                }
+                Capture::Regex(regex.clone())
+            }
+            CaptureDoc::Json { json } => {
+                if let Err(err) = serde_json_path::JsonPath::parse(json) {
+                    problems.push(at(capture.referenced, id, format!("outputs.{name}: {json:?}: {err}")));
+                }
+                Capture::Json(json.clone())
+            }
+        };
+        outputs.insert(name.clone(), how);
+    }
+    StepTask {
+        work,
+        settings,
+        system: doc.system.clone(),
+        verify: doc.verify.iter().map(|v| v.value.clone()).collect(),
+        criteria: doc.criteria.clone(),
+        env: doc.env.clone(),
+        secret_env: doc.secret_env.clone(),
+        cwd: doc.cwd.clone(),
+        branch: doc.branch.clone(),
+        fix_rounds: doc.fix_rounds,
+        outputs,
+    }
 }
 
 /// The parser's message without the position it also puts in words (the problem carries it).
@@ -299,7 +502,7 @@ fn locate(doc: &FileDoc, error: DefinitionError) -> Problem {
 
 /// Every expression and template names only what exists: declared inputs, steps of the
 /// workflow, and `item`, `index` (in a `for_each` step) and `round`.
-fn names(doc: &FileDoc, workflow: &Workflow, works: &[StepWork], problems: &mut Vec<Problem>) {
+fn names(doc: &FileDoc, workflow: &Workflow, works: &[StepTask], problems: &mut Vec<Problem>) {
     for ((doc_step, step), work) in doc.steps.iter().zip(&workflow.steps).zip(works) {
         let id = step.id.as_str();
         let mut sources: Vec<(Location, &'static str, String, bool)> = Vec::new();
@@ -313,24 +516,23 @@ fn names(doc: &FileDoc, workflow: &Workflow, works: &[StepWork], problems: &mut 
             let location = doc_step.value.for_each.as_ref().map_or(doc_step.referenced, |f| f.referenced);
             sources.push((location, "for_each", source.clone(), false));
         }
-        // Each template where its value is in the file.
+        // Each template, where its step is in the file (the step's fields are not spanned one by one).
         let value = &doc_step.value;
-        let (field, location) = match work {
-            StepWork::Argv(_) | StepWork::Script(_) => ("run", value.run.as_ref().map(|r| r.referenced)),
-            StepWork::Prompt(_) => ("prompt", value.prompt.as_ref().map(|p| p.referenced)),
-            StepWork::Agent { .. } => ("agent", value.agent.as_ref().map(|a| a.referenced)),
+        let work_at = match &work.work {
+            StepWork::Argv(_) | StepWork::Script(_) => value.run.as_ref().map(|r| r.referenced),
+            StepWork::Prompt(_) => value.prompt.as_ref().map(|p| p.referenced),
+            StepWork::Agent { .. } => value.agent.as_ref().map(|a| a.referenced),
         };
-        let location = location.unwrap_or(doc_step.referenced);
-        let templates: Vec<String> = match work {
-            StepWork::Argv(argv) => argv.clone(),
-            StepWork::Script(line) | StepWork::Prompt(line) => vec![line.clone()],
-            StepWork::Agent { goal, .. } => vec![goal.clone()],
-        };
-        for template in templates {
-            sources.push((location, field, template, true));
-        }
-        if let Some(repo) = &value.repo {
-            sources.push((repo.referenced, "repo", repo.value.clone(), true));
+        for (field, template) in work.templates() {
+            let location = match field {
+                "run" | "prompt" | "agent" => work_at.unwrap_or(doc_step.referenced),
+                "repo" => value.repo.as_ref().map_or(doc_step.referenced, |r| r.referenced),
+                "verify" => {
+                    value.verify.iter().find(|v| v.value == template).map_or(doc_step.referenced, |v| v.referenced)
+                }
+                _ => doc_step.referenced,
+            };
+            sources.push((location, field, template.to_owned(), true));
         }
         for (location, field, source, template) in sources {
             let named = if template { crate::expr::template_names(&source) } else { crate::expr::names(&source) };

@@ -56,6 +56,12 @@ pub struct Ended {
     pub output: String,
     /// What the step's `outputs:` captured.
     pub outputs: Map<String, Value>,
+    /// The verification's verdict (`passed`, `failed`), if the task was verified.
+    pub verdict: Option<String>,
+    /// Tokens and cost (`{"model", "input_tokens", "output_tokens", "cost_micros"}`), or null.
+    pub usage: Value,
+    /// Why it failed, in words (the task's reason, or why its task could not be made).
+    pub reason: Option<String>,
 }
 
 /// One item of a `for_each` step.
@@ -109,8 +115,12 @@ fn ended_view(state: State, ended: Option<&Ended>) -> Value {
             "exit_code": ended.exit_code,
             "output": ended.output,
             "outputs": ended.outputs,
+            "verdict": ended.verdict,
+            "usage": ended.usage,
         }),
-        None => json!({ "state": state.as_str(), "exit_code": null, "output": null, "outputs": {} }),
+        None => json!({
+            "state": state.as_str(), "exit_code": null, "output": null, "outputs": {}, "verdict": null, "usage": null,
+        }),
     }
 }
 
@@ -150,6 +160,25 @@ impl Run {
     }
 }
 
+impl Run {
+    /// The tasks the run waits for now.
+    pub fn running(&self) -> Vec<StepKey> {
+        let mut keys = Vec::new();
+        for (id, step) in self.steps.iter().filter(|(_, s)| s.state == State::Running) {
+            match &step.items {
+                Some(items) => {
+                    keys.extend(
+                        (items.iter().enumerate().filter(|(_, i)| i.state == State::Running))
+                            .map(|(index, _)| StepKey { step: id.clone(), round: step.round, item: Some(index) }),
+                    )
+                }
+                None => keys.push(StepKey { step: id.clone(), round: step.round, item: None }),
+            }
+        }
+        keys
+    }
+}
+
 /// What happens to a run.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -161,6 +190,10 @@ pub enum Event {
     },
     /// The run is cancelled: nothing more is submitted; the hub cancels the running tasks.
     Cancel,
+    /// A run that failed or was cancelled goes again from the steps that did not succeed; the
+    /// succeeded ones keep their results. The hub tells the new tasks from the old by the run's
+    /// count of retries, which it puts in their idempotency keys.
+    Retry,
 }
 
 /// Advances `run` of `workflow` by `event`: the tasks to submit now, in step order (their
@@ -182,6 +215,15 @@ pub fn advance(workflow: &Workflow, run: &mut Run, event: Event) -> Vec<StepKey>
             }
             run.state = State::Cancelled;
             return submits;
+        }
+        Event::Retry => {
+            if !matches!(run.state, State::Failed | State::Cancelled) {
+                return submits;
+            }
+            for step in run.steps.values_mut().filter(|s| s.state != State::Succeeded) {
+                *step = StepRun::pending();
+            }
+            run.state = State::Running;
         }
         Event::Ended { key, ended } => {
             if run.state != State::Running {
@@ -244,7 +286,8 @@ fn end_round(run: &mut Run, step: &Step, submits: &mut Vec<StepKey>) {
     };
     let Some(repeat) = &step.repeat else {
         let outcome = if succeeded { State::Succeeded } else { State::Failed };
-        finish(run, &step.id, outcome, (!succeeded).then(|| "its task failed".to_owned()));
+        let reason = (!succeeded).then(|| failure(state));
+        finish(run, &step.id, outcome, reason);
         return;
     };
     let round = state.round;
@@ -258,6 +301,25 @@ fn end_round(run: &mut Run, step: &Step, submits: &mut Vec<StepKey>) {
         }
         Ok(false) => begin_round(run, step, round + 1, submits),
         Err(error) => finish(run, &step.id, State::Failed, Some(format!("loop.until: {error}"))),
+    }
+}
+
+/// Why a round failed: its task's reason, or for items the first failed item's.
+fn failure(step: &StepRun) -> String {
+    let said =
+        |ended: Option<&Ended>| ended.and_then(|e| e.reason.clone()).unwrap_or_else(|| "its task failed".to_owned());
+    match &step.items {
+        Some(items) => {
+            let failed = items.iter().enumerate().find(|(_, i)| i.state != State::Succeeded);
+            let count = items.iter().filter(|i| i.state != State::Succeeded).count();
+            match failed {
+                Some((index, item)) => {
+                    format!("{count} of {} items failed; item {index}: {}", items.len(), said(item.ended.as_ref()))
+                }
+                None => "its task failed".to_owned(),
+            }
+        }
+        None => said(step.ended.as_ref()),
     }
 }
 

@@ -1,22 +1,26 @@
 use super::*;
 
+/// The issue's example, as written there.
 const GOOD: &str = r#"name: fix-and-review
 inputs:
   repo: {type: string}
   kind: {type: string, default: bug}
+defaults: {model: "qwen2.5:7b", timeout: 10m}
 steps:
   - id: classify
     run: ["sh", "-c", "echo {{ inputs.kind }}"]
+    outputs: {label: {regex: "^(\\w+)"}}
   - id: fix
     needs: [classify]
-    if: steps.classify.exit_code == 0
+    if: steps.classify.outputs.label == "bug"
     agent: "make the failing test pass"
     repo: "{{ inputs.repo }}"
+    verify: ["test_passes=cargo test"]
   - id: per-file
     needs: [classify]
     for_each: ["a.rs", "b.rs", "c.rs"]
     max_parallel: 2
-    prompt: "Review {{ item }} (item {{ index }})"
+    prompt: "Review {{ item }}"
   - id: until-green
     needs: [fix]
     loop:
@@ -40,12 +44,16 @@ fn the_issues_example_reads_into_a_definition() {
     assert!(matches!(&per_file.for_each, Some(ForEach::Items(items)) if items.len() == 3));
     let until = definition.workflow.step("until-green").unwrap().repeat.clone().unwrap();
     assert_eq!((until.until.as_str(), until.max), ("steps[\"until-green\"].exit_code == 0", 5));
-    assert_eq!(definition.work["until-green"], StepWork::Script("cargo test".into()));
+    assert_eq!(definition.tasks["until-green"].work, StepWork::Script("cargo test".into()));
     assert_eq!(
-        definition.work["fix"],
+        definition.tasks["fix"].work,
         StepWork::Agent { goal: "make the failing test pass".into(), repo: Some("{{ inputs.repo }}".into()) }
     );
     assert_eq!(definition.inputs["kind"].default, Some(serde_json::json!("bug")));
+    assert_eq!(definition.defaults.model.as_deref(), Some("qwen2.5:7b"));
+    assert_eq!(definition.defaults.timeout_ms, Some(600_000));
+    assert_eq!(definition.tasks["classify"].outputs["label"], Capture::Regex(r"^(\w+)".into()));
+    assert_eq!(definition.tasks["fix"].verify, ["test_passes=cargo test"]);
     // JSON is accepted too.
     let json = r#"{"name": "j", "steps": [{"id": "a", "run": ["true"]}, {"id": "b", "needs": ["a"], "prompt": "hi"}]}"#;
     assert_eq!(load(json).expect("a JSON file").workflow.steps.len(), 2);
@@ -117,4 +125,37 @@ fn problems_come_in_file_order_and_a_syntax_error_says_where() {
     let syntax = problems("name: [\n");
     assert_eq!(syntax.len(), 1);
     assert!(syntax[0].starts_with("1:7: ") && !syntax[0].contains("line 1"), "{syntax:?}");
+}
+
+#[test]
+fn settings_that_do_not_fit_are_reported_with_their_step() {
+    let text = r#"name: w
+defaults: {timeout: soon}
+steps:
+  - id: a
+    run: "true"
+    model: qwen
+    outputs: {x: {regex: "("}, y: everything, z: {json: "$$"}}
+    verify: ["nope=1"]
+  - id: b
+    prompt: "hi"
+    cwd: /tmp
+    timeout: 0
+    env: {X: "{{ inputs.missing }}"}
+"#;
+    let found = problems(text).join("\n");
+    for expected in [
+        "2:", // the defaults' timeout
+        "timeout: \"soon\"",
+        "step a: model: is for prompt: and agent: steps",
+        "step a: outputs.x:",
+        "step a: outputs.y: \"everything\" is not a capture",
+        "step a: outputs.z:",
+        "step a: verify: unknown check \"nope\"",
+        "step b: cwd: is for run: steps",
+        "step b: timeout: must be more than 0",
+        "step b: env: no input named \"missing\"",
+    ] {
+        assert!(found.contains(expected), "{expected:?} not in:\n{found}");
+    }
 }

@@ -11,7 +11,7 @@ fn step(id: &str, needs: &[&str]) -> Step {
 }
 
 fn ok(code: i32) -> Ended {
-    Ended { succeeded: code == 0, exit_code: Some(code), output: String::new(), outputs: Map::new() }
+    Ended { succeeded: code == 0, exit_code: Some(code), ..Ended::default() }
 }
 
 fn keys(submits: &[StepKey]) -> Vec<(String, u32, Option<usize>)> {
@@ -254,4 +254,29 @@ proptest! {
             run.steps.iter().filter(|(_, s)| s.state == State::Failed).map(|(id, _)| id).collect();
         prop_assert_eq!(run.state == State::Failed, !failed.is_empty());
     }
+}
+
+#[test]
+fn a_retry_runs_again_from_the_failed_step_and_keeps_what_succeeded() {
+    let workflow = Workflow { name: "w".into(), steps: vec![step("a", &[]), step("b", &["a"]), step("c", &["b"])] };
+    let mut run = Run::new(&workflow, json!({}));
+    let a = advance(&workflow, &mut run, Event::Start);
+    let mut done = ok(0);
+    done.outputs.insert("x".into(), json!(1));
+    let b = advance(&workflow, &mut run, Event::Ended { key: a[0].clone(), ended: done });
+    let mut failed = ok(2);
+    failed.reason = Some("exit code 2".into());
+    assert!(advance(&workflow, &mut run, Event::Ended { key: b[0].clone(), ended: failed }).is_empty());
+    assert_eq!(run.state, State::Failed);
+    assert_eq!(run.steps["b"].reason.as_deref(), Some("exit code 2"), "the task's reason is the step's");
+    assert_eq!(run.steps["c"].state, State::Skipped);
+    assert!(run.running().is_empty());
+    let again = advance(&workflow, &mut run, Event::Retry);
+    assert_eq!(keys(&again), vec![("b".into(), 1, None)], "only what did not succeed runs again");
+    assert_eq!(run.running(), again);
+    assert_eq!(run.steps["a"].ended.as_ref().unwrap().outputs["x"], json!(1), "a keeps its outputs");
+    assert!(advance(&workflow, &mut run, Event::Retry).is_empty(), "a running run is not retried");
+    let c = advance(&workflow, &mut run, Event::Ended { key: again[0].clone(), ended: ok(0) });
+    advance(&workflow, &mut run, Event::Ended { key: c[0].clone(), ended: ok(0) });
+    assert_eq!(run.state, State::Succeeded);
 }
