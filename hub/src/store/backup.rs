@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::blobs::Blobs;
-use super::{AUDIT, FLEET, META, OUTPUT, TASKS, TOKENS, redb_err};
+use super::{AUDIT, FLEET, META, OUTPUT, TASKS, TOKENS, WORKFLOWS, redb_err};
 use crate::store::{self, Error, Store};
 
 /// Where backups go, how often, and how many are kept.
@@ -208,6 +208,7 @@ impl Store {
         copy_table(&snapshot, &txn, META)?;
         copy_table(&snapshot, &txn, FLEET)?;
         copy_table(&snapshot, &txn, AUDIT)?;
+        copy_table(&snapshot, &txn, WORKFLOWS)?;
         copy_table(&snapshot, &txn, OUTPUT)?;
         // Outputs in files: linked (they never change once written), kept only where the
         // snapshot names them.

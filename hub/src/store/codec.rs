@@ -721,6 +721,7 @@ pub(super) fn fleet_from_v1(key: &str, value: &[u8]) -> Result<Vec<u8>, String> 
 
 mod log;
 pub(super) use self::log::*;
+pub(super) mod workflow;
 
 #[cfg(test)]
 mod tests;

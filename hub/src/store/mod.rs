@@ -72,6 +72,7 @@ mod file;
 mod packed;
 mod read;
 pub mod wal;
+pub mod workflows;
 mod writer;
 
 pub use self::codec::encode_token;
@@ -79,6 +80,7 @@ use self::file::{Slot, dir_of, open_database};
 pub use self::file::{free_bytes, human_bytes};
 pub use self::packed::{Packed, stored_output_bytes};
 pub use self::read::Loaded;
+pub use self::workflows::{LoadedRun, RunEvent, RunEventKind, StoredRun};
 pub use self::writer::Writer;
 
 /// Task id (a ULID as u128, so keys sort by age) -> a stored task (`codec`).
@@ -96,6 +98,8 @@ const AUDIT: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("audit");
 /// Stream 0 (chunk 0, empty) marks an output kept in files instead (`blobs`): outputs of more
 /// than [`blobs::IN_FILE_FROM`] bytes.
 const OUTPUT: TableDefinition<'_, (u128, u8, u32), &[u8]> = TableDefinition::new("output");
+/// Workflow runs: (run id, 0) -> its record, (run id, n) -> its n-th event (`workflows.rs`).
+const WORKFLOWS: TableDefinition<'_, (u128, u32), &[u8]> = TableDefinition::new("workflows");
 /// The least free space a new database is made in: its first pages and the smallest log.
 const MIN_FREE_TO_CREATE: u64 = 4 * 1024 * 1024;
 /// The most bytes one stored chunk of output holds.
@@ -202,6 +206,14 @@ pub enum Op {
     PutEndpoint(Box<Endpoint>),
     DeleteEndpoint {
         id: String,
+    },
+    /// A workflow run's record, as it started and as of its last event.
+    PutRun(Box<StoredRun>),
+    /// The `seq`-th event of a run (from 1).
+    PutRunEvent {
+        run: ulid::Ulid,
+        seq: u32,
+        event: Box<RunEvent>,
     },
     /// The verdicts counted so far for a model, kind of work and tier (a put of the totals).
     PutVerdicts {
@@ -438,6 +450,7 @@ impl Store {
         txn.open_table(FLEET).map_err(redb_err)?;
         txn.open_table(AUDIT).map_err(redb_err)?;
         txn.open_table(OUTPUT).map_err(redb_err)?;
+        txn.open_table(WORKFLOWS).map_err(redb_err)?;
         txn.commit().map_err(redb_err)?;
         Ok(older)
     }
@@ -718,6 +731,10 @@ fn apply_prepared(db: &Database, ops: &[Prepared], durability: Durability) -> Re
                 Prepared::DeleteFleet { key } => {
                     let mut fleet = txn.open_table(FLEET).map_err(redb_err)?;
                     fleet.remove(key.as_str()).map_err(redb_err)?;
+                }
+                Prepared::PutWorkflow { key, bytes } => {
+                    let mut workflows = txn.open_table(WORKFLOWS).map_err(redb_err)?;
+                    workflows.insert(*key, bytes.as_slice()).map_err(redb_err)?;
                 }
             }
         }

@@ -384,3 +384,66 @@ fn a_batch_larger_than_the_log_commits_straight_to_the_database() {
     assert_eq!(store.output(tasks[1_234].id).unwrap().0, each);
     assert!(!dir.path().join("hub.redb.output").exists(), "nothing went to files");
 }
+
+/// A workflow run and its events come back after a reopen, in order, through the writer's log;
+/// their log form round-trips.
+#[test]
+fn workflow_runs_and_their_events_survive_a_reopen() {
+    use agentcom_workflow::run::{Ended, StepKey};
+    let run = |id: u128, state: &str| StoredRun {
+        id: ulid::Ulid(id),
+        name: "fix".into(),
+        source: "name: fix\nsteps: []\n".into(),
+        inputs: serde_json::json!({"kind": "bug"}),
+        created_unix_ms: 5,
+        trigger: "api".into(),
+        state: state.into(),
+        ended_unix_ms: (state != "running").then_some(9),
+    };
+    let mut ended = Ended { succeeded: true, exit_code: Some(0), output: "bug\n".into(), ..Ended::default() };
+    ended.outputs.insert("label".into(), serde_json::json!("bug"));
+    ended.usage = serde_json::json!({"model": "m", "input_tokens": 3});
+    let events = vec![
+        RunEvent { at_unix_ms: 6, kind: RunEventKind::Start },
+        RunEvent {
+            at_unix_ms: 7,
+            kind: RunEventKind::Ended {
+                key: StepKey { step: "classify".into(), round: 2, item: Some(3) },
+                ended: Box::new(ended),
+                task_id: Some(TaskId(ulid::Ulid(77))),
+            },
+        },
+        RunEvent { at_unix_ms: 8, kind: RunEventKind::Cancel },
+        RunEvent { at_unix_ms: 9, kind: RunEventKind::Retry },
+    ];
+    let mut ops = vec![Op::PutRun(Box::new(run(1, "running"))), Op::PutRun(Box::new(run(2, "running")))];
+    for (seq, event) in events.iter().enumerate() {
+        ops.push(Op::PutRunEvent { run: ulid::Ulid(1), seq: seq as u32 + 1, event: Box::new(event.clone()) });
+    }
+    ops.push(Op::PutRun(Box::new(run(1, "failed"))));
+    let prepared = prepare(ops);
+    let decoded = codec::decode_ops(&codec::encode_ops(&prepared)).expect("decodes");
+    assert_eq!(codec::encode_ops(&decoded), codec::encode_ops(&prepared), "the log form round-trips");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.redb");
+    let store = Store::open(&path).unwrap();
+    let (writer, done_rx) = reporting_writer(&store);
+    let mut ops = vec![Op::PutRun(Box::new(run(1, "running"))), Op::PutRun(Box::new(run(2, "running")))];
+    for (seq, event) in events.iter().enumerate() {
+        ops.push(Op::PutRunEvent { run: ulid::Ulid(1), seq: seq as u32 + 1, event: Box::new(event.clone()) });
+    }
+    writer.write(ops, 1).unwrap();
+    writer.write(vec![Op::PutRun(Box::new(run(1, "failed")))], 2).unwrap();
+    let mut acked = 0;
+    while acked < 2 {
+        acked += done_rx.recv().unwrap().len();
+    }
+    writer.close();
+    drop(store);
+    let loaded = Store::open(&path).unwrap().load_workflows().unwrap();
+    assert_eq!(loaded.len(), 2);
+    assert_eq!(loaded[0].run, run(1, "failed"), "the record as last written");
+    assert_eq!(loaded[0].events, events, "every event, in order");
+    assert!(loaded[1].events.is_empty());
+}

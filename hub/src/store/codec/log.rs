@@ -46,6 +46,11 @@ pub(in crate::store) enum Prepared {
     DeleteFleet {
         key: String,
     },
+    /// A workflow run's record (sequence 0) or one of its events (1..).
+    PutWorkflow {
+        key: (u128, u32),
+        bytes: Vec<u8>,
+    },
 }
 
 /// Each change in its stored form. A task's output never goes into its record: a record that
@@ -96,6 +101,12 @@ fn prepare_one(op: Op) -> Prepared {
             Prepared::PutFleet { key: format!("{ENDPOINT_PREFIX}{}", endpoint.id), value: encode_endpoint(&endpoint) }
         }
         Op::DeleteEndpoint { id } => Prepared::DeleteFleet { key: format!("{ENDPOINT_PREFIX}{id}") },
+        Op::PutRun(run) => {
+            Prepared::PutWorkflow { key: (u128::from(run.id), 0), bytes: super::workflow::encode_run(&run) }
+        }
+        Op::PutRunEvent { run, seq, event } => {
+            Prepared::PutWorkflow { key: (u128::from(run), seq), bytes: super::workflow::encode_event(&event) }
+        }
         Op::PutVerdicts { model, kind, tier, tally } => Prepared::PutFleet {
             key: format!("{VERDICTS_PREFIX}{kind}/{}/{model}", tier.as_str()),
             value: pb::Tally { passed: tally.passed, failed: tally.failed }.encode_to_vec(),
@@ -134,6 +145,7 @@ const TAG_PUT_AUDIT: u8 = 7;
 const TAG_PUT_OUTPUT: u8 = 8;
 const TAG_DROP_OUTPUT: u8 = 9;
 const TAG_OUTPUT_IN_FILES: u8 = 10;
+const TAG_PUT_WORKFLOW: u8 = 11;
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
@@ -151,6 +163,7 @@ pub(in crate::store) fn encoded_len(ops: &[Prepared]) -> usize {
             Prepared::DeleteToken { hash } => 1 + 4 + hash.len(),
             Prepared::PutFleet { key, value } => 1 + 4 + key.len() + 4 + value.len(),
             Prepared::DeleteFleet { key } => 1 + 4 + key.len(),
+            Prepared::PutWorkflow { bytes, .. } => 1 + 16 + 4 + 4 + bytes.len(),
         })
         .sum()
 }
@@ -205,6 +218,12 @@ pub(in crate::store) fn encode_ops(ops: &[Prepared]) -> Vec<u8> {
             Prepared::DeleteFleet { key } => {
                 out.push(TAG_DELETE_FLEET);
                 put_bytes(&mut out, key.as_bytes());
+            }
+            Prepared::PutWorkflow { key: (run, seq), bytes } => {
+                out.push(TAG_PUT_WORKFLOW);
+                out.extend_from_slice(&run.to_le_bytes());
+                out.extend_from_slice(&seq.to_le_bytes());
+                put_bytes(&mut out, bytes);
             }
         }
     }
@@ -262,6 +281,11 @@ pub(in crate::store) fn decode_ops(mut payload: &[u8]) -> Option<Vec<Prepared>> 
             }
             TAG_DELETE_FLEET => {
                 Prepared::DeleteFleet { key: String::from_utf8(take_bytes(&mut payload)?.to_vec()).ok()? }
+            }
+            TAG_PUT_WORKFLOW => {
+                let run = u128::from_le_bytes(take(&mut payload, 16)?.try_into().ok()?);
+                let seq = u32::from_le_bytes(take(&mut payload, 4)?.try_into().ok()?);
+                Prepared::PutWorkflow { key: (run, seq), bytes: take_bytes(&mut payload)?.to_vec() }
             }
             _ => return None,
         };

@@ -550,6 +550,82 @@ pub struct SidecarIdentity {
     #[prost(int64, tag = "6")]
     pub revoked_unix_ms: i64,
 }
+/// `workflows` table, key (run id as a ULID's u128, 0): a workflow run as it started, and its
+/// state as of its last event (for lists; the events decide).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WorkflowRun {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// The workflow file as it was given (YAML or JSON), read again when the hub starts.
+    #[prost(string, tag = "2")]
+    pub source: ::prost::alloc::string::String,
+    /// The run's inputs, as JSON.
+    #[prost(string, tag = "3")]
+    pub inputs_json: ::prost::alloc::string::String,
+    #[prost(int64, tag = "4")]
+    pub created_unix_ms: i64,
+    /// How it started: `api`, `hook:NAME`, `schedule`.
+    #[prost(string, tag = "5")]
+    pub trigger: ::prost::alloc::string::String,
+    /// pending, running, succeeded, failed, cancelled.
+    #[prost(string, tag = "6")]
+    pub state: ::prost::alloc::string::String,
+    #[prost(int64, optional, tag = "7")]
+    pub ended_unix_ms: ::core::option::Option<i64>,
+}
+/// `workflows` table, key (run id, sequence from 1): what happened to a run, in order. The run's
+/// state is what `agentcom_workflow::run::advance` makes of them, replayed at start.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WorkflowEvent {
+    #[prost(int64, tag = "1")]
+    pub at_unix_ms: i64,
+    #[prost(oneof = "workflow_event::Kind", tags = "2, 3, 4, 5")]
+    pub kind: ::core::option::Option<workflow_event::Kind>,
+}
+/// Nested message and enum types in `WorkflowEvent`.
+pub mod workflow_event {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Kind {
+        #[prost(bool, tag = "2")]
+        Start(bool),
+        #[prost(message, tag = "3")]
+        Ended(super::StepEnded),
+        #[prost(bool, tag = "4")]
+        Cancel(bool),
+        #[prost(bool, tag = "5")]
+        Retry(bool),
+    }
+}
+/// A step's task ended (or could not be made).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StepEnded {
+    #[prost(string, tag = "1")]
+    pub step: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "2")]
+    pub round: u32,
+    #[prost(uint32, optional, tag = "3")]
+    pub item: ::core::option::Option<u32>,
+    #[prost(bool, tag = "4")]
+    pub succeeded: bool,
+    #[prost(int32, optional, tag = "5")]
+    pub exit_code: ::core::option::Option<i32>,
+    /// The task's output, its first 64 KiB (the task keeps all of it).
+    #[prost(string, tag = "6")]
+    pub output: ::prost::alloc::string::String,
+    /// What the step's `outputs:` captured: a JSON object.
+    #[prost(string, tag = "7")]
+    pub outputs_json: ::prost::alloc::string::String,
+    #[prost(string, optional, tag = "8")]
+    pub verdict: ::core::option::Option<::prost::alloc::string::String>,
+    /// Tokens and cost, JSON (null when the task used no model).
+    #[prost(string, tag = "9")]
+    pub usage_json: ::prost::alloc::string::String,
+    #[prost(string, optional, tag = "10")]
+    pub reason: ::core::option::Option<::prost::alloc::string::String>,
+    /// The task that ran it (16 bytes), empty when none could be made.
+    #[prost(bytes = "vec", tag = "11")]
+    pub task_id: ::prost::alloc::vec::Vec<u8>,
+}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum Lane {
