@@ -139,6 +139,8 @@ fn http_role(method: &str, path: &str) -> Role {
         (["metrics"], true) | (["api", "v1", ..], true) => Role::Viewer,
         (["api", "v1", "tasks"], false) if method == "POST" => Role::Submitter,
         (["api", "v1", "tasks", _], false) if method == "DELETE" => Role::Submitter,
+        (["api", "v1", "workflows", "runs"], false) if method == "POST" => Role::Submitter,
+        (["api", "v1", "workflows", "runs", _, "cancel" | "retry"], false) if method == "POST" => Role::Submitter,
         (["api", "v1", "hosts", _, "drain" | "uncordon"], false)
         | (["api", "v1", "dlq"], false)
         | (["api", "v1", "dlq", _, "retry"], false)
@@ -348,6 +350,10 @@ mod tests {
         assert_eq!(viewer_submits, Err(Error::Forbidden("viewer", "a submitter token or above")));
         assert_eq!(check(Some(Role::Submitter), "POST", "/api/v1/tasks"), Ok(()));
         assert_eq!(check(Some(Role::Submitter), "DELETE", "/api/v1/tasks/01M7Y9VFDHQ7Q41RY49FHBT5Z0"), Ok(()));
+        assert_eq!(check(Some(Role::Submitter), "POST", "/api/v1/workflows/runs"), Ok(()));
+        assert_eq!(check(Some(Role::Submitter), "POST", "/api/v1/workflows/runs/R/retry"), Ok(()));
+        assert!(check(Some(Role::Viewer), "POST", "/api/v1/workflows/runs/R/cancel").is_err());
+        assert_eq!(check(Some(Role::Viewer), "GET", "/api/v1/workflows/runs/R"), Ok(()));
         assert!(check(Some(Role::Submitter), "POST", "/api/v1/hosts/h/drain").is_err());
         assert_eq!(check(Some(Role::Operator), "POST", "/api/v1/hosts/h/drain"), Ok(()));
         assert!(check(Some(Role::Operator), "GET", "/api/v1/audit").is_err());

@@ -369,6 +369,17 @@ impl TryFrom<SubmitBody> for pb::TaskSpec {
     }
 }
 
+/// A submit body already parsed as JSON (a workflow step's task), into a validated domain spec
+/// with the hub's defaults: the same checks as `POST /api/v1/tasks`.
+pub fn task_spec_from_value(
+    body: serde_json::Value,
+    defaults: &crate::domain::SpecDefaults,
+) -> Result<crate::domain::TaskSpec, Error> {
+    let body: SubmitBody = serde_json::from_value(body).map_err(|err| Error(err.to_string()))?;
+    let spec = pb::TaskSpec::try_from(body)?;
+    Ok(crate::wire::spec_from_pb(spec, defaults)?)
+}
+
 /// Reads one submit body (the JSON of `POST /api/v1/tasks`) into the wire contract's spec.
 /// Validation happens where the spec is submitted; this only checks the format. `hubctl submit
 /// --from-file` uses it, so a file line and an HTTP body are the same thing.

@@ -71,6 +71,50 @@ pub struct Input {
     pub description: Option<String>,
 }
 
+impl Input {
+    /// A value written on a command line (`--input NAME=VALUE`) as this input's type: a string
+    /// as it is, a number, `true`/`false`, a list or object as JSON.
+    pub fn parse(&self, text: &str) -> Result<Value, String> {
+        let value = match self.kind {
+            InputType::String => return Ok(Value::String(text.to_owned())),
+            InputType::Boolean => match text {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                _ => return Err(format!("{text:?} is not true or false")),
+            },
+            InputType::Number | InputType::List | InputType::Object => {
+                serde_json::from_str(text).map_err(|_| format!("{text:?} is not {}", self.kind.described()))?
+            }
+        };
+        if self.kind.admits(&value) { Ok(value) } else { Err(format!("{text:?} is not {}", self.kind.described())) }
+    }
+}
+
+impl Definition {
+    /// A run's inputs: `given` checked against the declared inputs (no unknown names, each of its
+    /// type), with defaults filled in; every problem, naming its input.
+    pub fn inputs_for(&self, given: &serde_json::Map<String, Value>) -> Result<Value, Vec<String>> {
+        let mut problems = Vec::new();
+        for (name, value) in given {
+            match self.inputs.get(name) {
+                None => problems.push(format!("input {name}: the workflow declares no such input")),
+                Some(input) if !input.kind.admits(value) => {
+                    problems.push(format!("input {name}: {value} is not {}", input.kind.described()))
+                }
+                Some(_) => {}
+            }
+        }
+        let mut inputs = serde_json::Map::new();
+        for (name, input) in &self.inputs {
+            match given.get(name).or(input.default.as_ref()) {
+                Some(value) => drop(inputs.insert(name.clone(), value.clone())),
+                None => problems.push(format!("input {name}: required (it has no default)")),
+            }
+        }
+        if problems.is_empty() { Ok(Value::Object(inputs)) } else { Err(problems) }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InputDoc {
@@ -93,6 +137,16 @@ pub enum InputType {
 }
 
 impl InputType {
+    fn described(self) -> &'static str {
+        match self {
+            InputType::String => "a string",
+            InputType::Number => "a number",
+            InputType::Boolean => "a boolean",
+            InputType::List => "a list",
+            InputType::Object => "an object",
+        }
+    }
+
     fn admits(self, value: &Value) -> bool {
         matches!(
             (self, value),

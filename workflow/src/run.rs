@@ -356,9 +356,14 @@ fn start(run: &mut Run, step: &Step, submits: &mut Vec<StepKey>) {
             let reason = format!("needs {need}, which {}", run.steps[need].state.as_str());
             return finish(run, &step.id, State::Skipped, Some(reason));
         }
-        (Some(when), _) => match expr::holds(when, &context) {
+        (Some(when), failed_need) => match expr::holds(when, &context) {
             Ok(true) => {}
             Ok(false) => return finish(run, &step.id, State::Skipped, Some(format!("if: {when} is false"))),
+            // A condition that cannot be read of a failed need (its outputs) did not ask for it.
+            Err(_) if let Some(need) = failed_need => {
+                let reason = format!("needs {need}, which {}", run.steps[need].state.as_str());
+                return finish(run, &step.id, State::Skipped, Some(reason));
+            }
             Err(error) => return finish(run, &step.id, State::Failed, Some(format!("if: {error}"))),
         },
         (None, None) => {}

@@ -138,7 +138,7 @@ impl StepTask {
 /// The task of `key` in a run of `definition`, as the JSON submit format takes it: the step's
 /// templates filled from `context` ([`crate::run::Run::context_for`]), its settings over the
 /// workflow's `defaults:`, `local_only` forced by a workflow that says so, and the run's labels
-/// (`workflow`, `workflow.run`, `workflow.step`, `workflow.round`, `workflow.item`) and
+/// (`workflow`, `workflow_run`, `workflow_step`, `workflow_round`, `workflow_item`) and
 /// idempotency key. An error says which field's template or setting is wrong.
 pub fn body(
     definition: &Definition,
@@ -159,12 +159,12 @@ pub fn body(
     body.insert("idempotency_key".into(), json!(idempotency_key));
     let mut labels = json!({
         "workflow": workflow,
-        "workflow.run": run_id,
-        "workflow.step": key.step,
-        "workflow.round": key.round.to_string(),
+        "workflow_run": run_id,
+        "workflow_step": key.step,
+        "workflow_round": key.round.to_string(),
     });
     if let Some(index) = key.item {
-        labels["workflow.item"] = json!(index.to_string());
+        labels["workflow_item"] = json!(index.to_string());
     }
     body.insert("labels".into(), labels);
     let mut env = Map::new();
@@ -352,7 +352,7 @@ steps:
         assert_eq!(made["limits"], json!({"timeout_ms": 5000, "max_attempts": 3}), "the step's own timeout wins");
         assert_eq!(made["placement"], json!({"local_only": true}), "a shell step is placed by no model");
         assert_eq!(made["verification"], json!([{"output_contains": {"text": "bug"}}]));
-        assert_eq!(made["labels"]["workflow.item"], json!("0"));
+        assert_eq!(made["labels"]["workflow_item"], json!("0"));
         assert_eq!(made["name"], json!("fix/classify[0]"));
         assert_eq!(made["idempotency_key"], json!("wf:R1:classify:1:0"));
         agentcom_types::json::spec_from_json(&made.to_string()).expect("the submit format takes it");

@@ -38,6 +38,10 @@ pub enum AfterCommit {
     Endpoint { endpoint: Box<Endpoint>, reply: Reply<Result<Endpoint, Error>> },
     /// Changes a component asked the core to persist are durable: tell it.
     Persisted(Reply<Result<(), Error>>),
+    /// A workflow run's start, cancel or retry is durable: answer with the run as it now is.
+    Run { id: ulid::Ulid, reply: Reply<Result<super::workflows::RunView, Error>> },
+    /// A workflow run's events (a step ended) are durable.
+    RunChanged(ulid::Ulid),
     /// Nothing waits for this change (counts, records forgotten by retention).
     Nothing,
 }
@@ -67,9 +71,11 @@ impl AfterCommit {
             AfterCommit::Host { reply, .. } => Some(reply.id),
             AfterCommit::Endpoint { reply, .. } => Some(reply.id),
             AfterCommit::Persisted(reply) => Some(reply.id),
+            AfterCommit::Run { reply, .. } => Some(reply.id),
             AfterCommit::Assigned { .. }
             | AfterCommit::Changed(_)
             | AfterCommit::Stored { .. }
+            | AfterCommit::RunChanged(_)
             | AfterCommit::Nothing => None,
         }
     }
@@ -218,6 +224,13 @@ impl State {
                 AfterCommit::Host { view, reply } => self.answer(reply, Ok(*view)),
                 AfterCommit::Endpoint { endpoint, reply } => self.answer(reply, Ok(*endpoint)),
                 AfterCommit::Persisted(reply) => self.answer(reply, Ok(())),
+                AfterCommit::RunChanged(_) => {}
+                AfterCommit::Run { id, reply } => {
+                    let view = self
+                        .run_view(id, true)
+                        .ok_or_else(|| Error::UnknownName(format!("workflow run {id} not found")));
+                    self.answer(reply, view);
+                }
                 AfterCommit::Nothing => {}
             }
         }
@@ -276,6 +289,12 @@ impl State {
                 AfterCommit::Host { reply, .. } => self.answer(reply, Err(failed())),
                 AfterCommit::Endpoint { reply, .. } => self.answer(reply, Err(failed())),
                 AfterCommit::Persisted(reply) => self.answer(reply, Err(failed())),
+                // The run's events are written again, whole, once storage works again.
+                AfterCommit::Run { id, reply } => {
+                    self.runs.unstored.insert(id);
+                    self.answer(reply, Err(failed()));
+                }
+                AfterCommit::RunChanged(id) => drop(self.runs.unstored.insert(id)),
                 AfterCommit::Nothing => {}
             }
         }
@@ -298,6 +317,7 @@ impl State {
                 self.persist(id, AfterCommit::Changed(id));
             }
         }
+        self.rewrite_runs();
         for sidecar_id in std::mem::take(&mut self.resend) {
             if let Some(session) = self.sidecars.get(&sidecar_id).map(|s| s.session) {
                 self.session_closed(&sidecar_id, session, now);
@@ -330,6 +350,7 @@ impl State {
         if settled {
             self.retain(id);
             self.span_settled(id);
+            self.step_settled(id, now);
             for dependent in self.dependents.remove(&id).unwrap_or_default() {
                 self.settle_dependencies(dependent, now);
             }

@@ -229,6 +229,8 @@ pub enum Event {
     },
     /// The hub's own check of an endpoint it probes.
     EndpointChecked(Box<Endpoint>),
+    /// Workflow runs: start, read, list, cancel, retry.
+    Workflow(super::workflows::Request),
     Committed {
         tickets: Vec<AfterCommit>,
         result: Result<(), Arc<store::Error>>,
@@ -278,7 +280,7 @@ impl Handle {
         self.changes.subscribe()
     }
 
-    async fn ask<T: Send + 'static>(&self, make: impl FnOnce(Reply<T>) -> Event) -> Result<T, Error> {
+    pub(super) async fn ask<T: Send + 'static>(&self, make: impl FnOnce(Reply<T>) -> Event) -> Result<T, Error> {
         let id = RequestId(self.requests.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
         self.events.send(Inbound::Ask(make(Reply::new(id)), id, tx)).map_err(|_| Error::ShuttingDown)?;
@@ -649,6 +651,7 @@ impl State {
             Event::AddEndpoint { url, kind, reply } => self.add_endpoint(url, kind, reply),
             Event::RemoveEndpoint { id, reply } => self.remove_endpoint(id, reply),
             Event::EndpointChecked(endpoint) => self.endpoint_checked(*endpoint),
+            Event::Workflow(request) => self.workflow_request(request, now),
             Event::Committed { tickets, result } => {
                 self.committed(tickets, result, now);
                 self.dispatch(now);

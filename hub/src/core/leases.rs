@@ -150,8 +150,11 @@ impl State {
                     let task = self.tasks.get_mut(&task_id).expect("a leased task exists");
                     task.set_state(state, reason, now);
                 }
-                if self.tasks[&task_id].state.is_terminal() && !shown.state.is_terminal() {
-                    self.shown.entry(task_id).or_insert_with(|| Box::new(shown));
+                if self.tasks[&task_id].state.is_terminal() {
+                    if !shown.state.is_terminal() {
+                        self.shown.entry(task_id).or_insert_with(|| Box::new(shown));
+                    }
+                    self.keep_step_output(task_id, &stdout);
                 }
                 let record = Box::new(self.tasks[&task_id].clone());
                 let ticket = AfterCommit::Stored { task_id, lease_generation, sidecar_id: sidecar_id.to_owned() };

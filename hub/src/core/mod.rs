@@ -89,6 +89,7 @@ mod spans;
 mod tasks;
 #[cfg(test)]
 mod tests;
+pub mod workflows;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -205,6 +206,8 @@ pub(crate) struct State {
     decisions: placing::Decisions,
     /// What the change stream has yet to send, and what it sent last.
     changes: changes::Outbox,
+    /// Workflow runs, and which tasks are their steps.
+    runs: workflows::Runs,
 }
 
 impl State {
@@ -248,6 +251,7 @@ impl State {
             next_prewarm_scan: 0,
             decisions: placing::Decisions::default(),
             changes: changes::Outbox::new(),
+            runs: workflows::Runs::default(),
         }
     }
 
@@ -315,6 +319,7 @@ impl Core {
         let loading = std::time::Instant::now();
         let tasks = store.load_queue()?;
         let fleet = store.load_fleet()?;
+        let runs = store.load_workflows()?;
         let load_ms = loading.elapsed().as_millis() as u64;
         let (tx, rx) = mpsc::unbounded_channel();
         let healthy = Arc::new(AtomicBool::new(true));
@@ -342,6 +347,15 @@ impl Core {
         state.learned.seed_verdicts(fleet.verdicts);
         let restoring = std::time::Instant::now();
         state.restore(tasks, now_ms());
+        // Steps whose tasks settled before the hub stopped, their ends not yet recorded: their
+        // outputs are read from storage here, before the loop starts.
+        let settled = state.restore_runs(runs, now_ms());
+        let mut outputs = Vec::with_capacity(settled.len());
+        for id in settled {
+            let stdout = store.get_task(id)?.and_then(|task| task.outcome).map(|o| o.stdout).unwrap_or_default();
+            outputs.push((id, stdout));
+        }
+        state.steps_settled_at_start(outputs, now_ms());
         info!(load_ms, restore_ms = restoring.elapsed().as_millis() as u64, "queue loaded");
         let mut core =
             Core { state, events: rx, healthy, fault, writer: Some(writer), replies: HashMap::new(), changes };

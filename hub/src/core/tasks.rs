@@ -146,6 +146,17 @@ impl State {
             self.answer(reply, Err(Error::Invalid(crate::domain::Error::invalid("depends_on", message))));
             return;
         }
+        self.create_task(spec, Some(reply), now);
+    }
+
+    /// Makes a task of a checked spec (its dependencies exist), persists it and puts it in
+    /// line; `reply`, when someone submitted it, is answered once it is durable.
+    pub(super) fn create_task(
+        &mut self,
+        spec: TaskSpec,
+        reply: Option<Reply<Result<Submitted, Error>>>,
+        now: UnixMs,
+    ) -> TaskId {
         let id = TaskId::from_parts(now, rand::Rng::random(&mut self.rng));
         if let Some(key) = &spec.idempotency_key {
             self.by_key.insert(key.clone(), id);
@@ -154,18 +165,19 @@ impl State {
         if !task.spec.depends_on.is_empty() {
             task.state = TaskState::Waiting;
         }
-        let answer = Submitted { task: Task::clone(&task), existing: false };
+        let answer = reply.map(|reply| Box::new((reply, Submitted { task: Task::clone(&task), existing: false })));
         let queued = task.state == TaskState::Queued;
         self.observe_submit(task.spec.priority);
         self.tasks.insert(id, Box::new(task));
         self.pending_submits.insert(id, Vec::new());
-        self.persist(id, AfterCommit::Submitted { id, answer: Some(Box::new((reply, answer))) });
+        self.persist(id, AfterCommit::Submitted { id, answer });
         // Dispatchable at once: its dispatch is written after the submit in the same ordered log
         // (usually the same commit), and the assignment leaves only once that is durable, so
         // the first token does not wait for two commits in a row.
         if queued {
             self.enqueue(id, None);
         }
+        id
     }
 
     /// Moves a waiting task on once its dependencies allow: to the queue when all succeeded, to

@@ -159,3 +159,22 @@ steps:
         assert!(found.contains(expected), "{expected:?} not in:\n{found}");
     }
 }
+
+#[test]
+fn a_runs_inputs_are_checked_typed_and_defaulted() {
+    let definition = load("name: w\ninputs:\n  repo: {type: string}\n  n: {type: number, default: 3}\n  files: {type: list}\nsteps:\n  - id: a\n    run: \"true\"\n").unwrap();
+    let given = serde_json::json!({"repo": "r", "files": ["a"]});
+    let inputs = definition.inputs_for(given.as_object().unwrap()).unwrap();
+    assert_eq!(inputs, serde_json::json!({"repo": "r", "n": 3, "files": ["a"]}));
+    let bad = serde_json::json!({"n": "x", "other": 1, "files": ["a"]});
+    let problems = definition.inputs_for(bad.as_object().unwrap()).unwrap_err().join("\n");
+    for expected in
+        ["input n: \"x\" is not a number", "input other: the workflow declares no such input", "input repo: required"]
+    {
+        assert!(problems.contains(expected), "{expected:?} not in {problems}");
+    }
+    assert_eq!(definition.inputs["n"].parse("4.5"), Ok(serde_json::json!(4.5)));
+    assert_eq!(definition.inputs["files"].parse(r#"["x","y"]"#), Ok(serde_json::json!(["x", "y"])));
+    assert_eq!(definition.inputs["repo"].parse("[1]"), Ok(serde_json::json!("[1]")), "a string is taken as it is");
+    assert!(definition.inputs["files"].parse("x").is_err());
+}

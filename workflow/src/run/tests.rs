@@ -280,3 +280,18 @@ fn a_retry_runs_again_from_the_failed_step_and_keeps_what_succeeded() {
     advance(&workflow, &mut run, Event::Ended { key: c[0].clone(), ended: ok(0) });
     assert_eq!(run.state, State::Succeeded);
 }
+
+#[test]
+fn a_condition_that_reads_a_failed_needs_outputs_skips_its_step() {
+    let mut reads = step("reads", &["a"]);
+    reads.when = Some("steps.a.outputs.label == 'bug'".into());
+    let mut asks = step("asks", &["a"]);
+    asks.when = Some("steps.a.state == 'failed'".into());
+    let workflow = Workflow { name: "w".into(), steps: vec![step("a", &[]), reads, asks] };
+    let mut run = Run::new(&workflow, json!({}));
+    let a = advance(&workflow, &mut run, Event::Start);
+    let next = advance(&workflow, &mut run, Event::Ended { key: a[0].clone(), ended: ok(1) });
+    assert_eq!(keys(&next), vec![("asks".into(), 1, None)], "the step that asks for the failure runs");
+    assert_eq!(run.steps["reads"].state, State::Skipped);
+    assert_eq!(run.steps["reads"].reason.as_deref(), Some("needs a, which failed"));
+}

@@ -8,6 +8,7 @@ pub mod dto;
 mod enrolment;
 mod tokens;
 mod ui;
+mod workflows;
 
 use std::convert::Infallible;
 
@@ -115,6 +116,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/join-tokens/{id}", axum::routing::delete(enrolment::revoke))
         .route("/api/v1/sidecars", get(enrolment::list_sidecars))
         .route("/api/v1/sidecars/{id}/revoke", axum::routing::post(enrolment::revoke_sidecar))
+        .route("/api/v1/workflows/runs", get(workflows::list).post(workflows::start))
+        .route("/api/v1/workflows/runs/{id}", get(workflows::get))
+        .route("/api/v1/workflows/runs/{id}/cancel", axum::routing::post(workflows::cancel))
+        .route("/api/v1/workflows/runs/{id}/retry", axum::routing::post(workflows::retry))
         .with_state(state)
 }
 

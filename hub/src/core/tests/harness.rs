@@ -22,6 +22,35 @@ pub(super) struct Harness {
     /// Answers the core gave, by request, until the asker takes them.
     pub(super) answers: HashMap<RequestId, Answer>,
     pub(super) next_request: u64,
+    /// What storage would hold: each task's last record, each workflow run's record and events.
+    pub(super) stored: Stored,
+}
+
+#[derive(Default, Clone)]
+pub(super) struct Stored {
+    pub(super) tasks: std::collections::BTreeMap<TaskId, Task>,
+    pub(super) runs: std::collections::BTreeMap<ulid::Ulid, crate::store::LoadedRun>,
+}
+
+impl Stored {
+    fn apply(&mut self, op: &crate::store::Op) {
+        use crate::store::{LoadedRun, Op};
+        match op {
+            Op::PutTask(task) => drop(self.tasks.insert(task.id, Task::clone(task))),
+            Op::PutRun(run) => match self.runs.get_mut(&run.id) {
+                Some(loaded) => loaded.run = (**run).clone(),
+                None => drop(self.runs.insert(run.id, LoadedRun { run: (**run).clone(), events: Vec::new() })),
+            },
+            Op::PutRunEvent { run, seq, event } => {
+                let events = &mut self.runs.get_mut(run).expect("a run's record is written before its events").events;
+                let index = *seq as usize - 1;
+                assert!(index <= events.len(), "run event {seq} written after {}", events.len());
+                events.truncate(index);
+                events.push((**event).clone());
+            }
+            _ => {}
+        }
+    }
 }
 
 /// What one event asked for, sorted: the answers went to the harness.
@@ -47,7 +76,23 @@ impl Harness {
             verdicts_written: Vec::new(),
             answers: HashMap::new(),
             next_request: 1,
+            stored: Stored::default(),
         }
+    }
+
+    /// A hub started again from what storage holds (no sidecar connected): its tasks and runs
+    /// restored, as `Core::start` does; the outputs of tasks are those `outputs` gives.
+    pub(super) fn restart(&self, outputs: impl Fn(TaskId) -> Vec<u8>) -> Harness {
+        let mut hub = Harness::new();
+        hub.now = self.now;
+        hub.stored = self.stored.clone();
+        let tasks = self.stored.tasks.values().cloned().map(crate::store::Loaded::from_task).collect();
+        hub.state.restore(tasks, hub.now);
+        let settled = hub.state.restore_runs(self.stored.runs.values().cloned().collect(), hub.now);
+        let outputs = settled.into_iter().map(|id| (id, outputs(id))).collect();
+        hub.state.steps_settled_at_start(outputs, hub.now);
+        hub.event(Event::Tick);
+        hub
     }
 
     /// Takes what the state asked for; answers are kept for their askers (one per request).
@@ -84,6 +129,7 @@ impl Harness {
                 .into_iter()
                 .map(|(ops, mut ticket)| {
                     for op in ops {
+                        self.stored.apply(&op);
                         if let crate::store::Op::PutVerdicts { model, kind, tier, tally } = op {
                             self.verdicts_written.push((model, kind, tier, tally.passed, tally.failed));
                         }

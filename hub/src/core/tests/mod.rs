@@ -626,6 +626,7 @@ fn failed_verdicts_of_a_tier_model_move_later_verified_work_up_a_tier() {
 mod durable;
 mod model;
 mod packing;
+mod workflows;
 
 /// The state draws its randomness from the seed it was given: the same seed and events make
 /// the same task ids.

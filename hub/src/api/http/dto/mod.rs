@@ -551,7 +551,9 @@ mod outcome;
 mod placement;
 #[cfg(test)]
 mod tests;
+mod workflow;
 
 pub use self::fleet::*;
 pub use self::outcome::*;
 pub use self::placement::*;
+pub use self::workflow::*;
