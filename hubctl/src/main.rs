@@ -112,7 +112,7 @@ enum Command {
         #[command(subcommand)]
         command: dlq::DlqCommand,
     },
-    /// Workflows: `validate FILE` checks a workflow file (no hub needed).
+    /// Workflows: `validate FILE` (no hub needed), `run FILE`, `ls`, `get`, `watch`, `cancel`, `retry`.
     Workflow {
         #[command(subcommand)]
         command: workflow::WorkflowCommand,
@@ -544,7 +544,9 @@ fn table_lines(header: &[&str], rows: Vec<Vec<String>>) -> Vec<String> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Command::Workflow { command } = &cli.command {
+    if let Command::Workflow { command } = &cli.command
+        && command.offline()
+    {
         return workflow::offline(command, cli.json);
     }
     let client = Client::new(&cli)?;
@@ -632,7 +634,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { command } => dlq::dlq(&client, command, cli.json).await,
-        Command::Workflow { .. } => unreachable!("answered before connecting"),
+        Command::Workflow { command } => workflow::online(&client, command, cli.json).await,
         Command::Cancel { id } => {
             let response = client.call(reqwest::Method::DELETE, &format!("/api/v1/tasks/{id}"), None).await?;
             if cli.json {

@@ -60,6 +60,12 @@
 //! whole), a full disk on a tmpfs the test mounts (root, as CI runs) with submits refused, reads
 //! served and recovery without a restart, and a start on a 16 MiB tmpfs.
 //!
+//! `tests/workflows.rs`: workflows through the real binaries and `hubctl workflow`: a branch per
+//! input, a join after two steps that ran side by side (markers with times), a loop that stops on
+//! its condition and one that stops at `max`, a `for_each` of 20 items 4 at a time collected in
+//! item order, and a ten-step run (a loop and a fan-out among them) through three `kill -9`s of
+//! the hub with every step, round and item run exactly once.
+//!
 //! `tests/mesh.rs`: wiring tests; `tests/processes.rs`: end-to-end and crash tests with real
 //! processes (20 random `kill -9`s under load, a frozen sidecar, a poison task, a damaged
 //! database); `tests/fleet.rs`: endpoints against the double, resources, stalls, drain through
