@@ -107,6 +107,10 @@ pub fn access_for(method: &str, path: &str) -> Access {
     if path == "/healthz" || path == "/readyz" || path == "/" || path.starts_with("/ui/") {
         return Access::Open;
     }
+    if method == "POST" && path.starts_with("/api/v1/hooks/") {
+        // A webhook delivery: its HMAC signature is the credential, checked by the handler.
+        return Access::Open;
+    }
     if path == ENROLL_PATH {
         // The join token in the request is the credential.
         return Access::Open;
@@ -145,7 +149,8 @@ fn http_role(method: &str, path: &str) -> Role {
         | (["api", "v1", "dlq"], false)
         | (["api", "v1", "dlq", _, "retry"], false)
         | (["api", "v1", "endpoints", ..], false)
-        | (["api", "v1", "backups"], false) => Role::Operator,
+        | (["api", "v1", "backups"], false)
+        | (["api", "v1", "workflows", "hooks" | "schedules", ..], false) => Role::Operator,
         _ => Role::Admin,
     }
 }
@@ -354,6 +359,14 @@ mod tests {
         assert_eq!(check(Some(Role::Submitter), "POST", "/api/v1/workflows/runs/R/retry"), Ok(()));
         assert!(check(Some(Role::Viewer), "POST", "/api/v1/workflows/runs/R/cancel").is_err());
         assert_eq!(check(Some(Role::Viewer), "GET", "/api/v1/workflows/runs/R"), Ok(()));
+        assert!(check(Some(Role::Submitter), "POST", "/api/v1/workflows/hooks").is_err());
+        assert_eq!(check(Some(Role::Operator), "POST", "/api/v1/workflows/hooks"), Ok(()));
+        assert_eq!(
+            access_for("POST", "/api/v1/hooks/github"),
+            Access::Open,
+            "a delivery's signature is its credential"
+        );
+        assert_ne!(access_for("GET", "/api/v1/hooks/github"), Access::Open);
         assert!(check(Some(Role::Submitter), "POST", "/api/v1/hosts/h/drain").is_err());
         assert_eq!(check(Some(Role::Operator), "POST", "/api/v1/hosts/h/drain"), Ok(()));
         assert!(check(Some(Role::Operator), "GET", "/api/v1/audit").is_err());

@@ -44,6 +44,45 @@ pub(crate) enum WorkflowCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Webhooks that start a workflow: `add NAME --workflow FILE` prints the URL and the secret
+    /// (once), `ls`, `rm NAME`.
+    Hooks {
+        #[command(subcommand)]
+        command: HooksCommand,
+    },
+    /// Workflows run on their file's `on: {schedule: "CRON"}`: `add FILE`, `ls`, `rm NAME`.
+    Schedules {
+        #[command(subcommand)]
+        command: SchedulesCommand,
+    },
+    /// What a workflow's runs kept (`remember:`) and its last successful run's outputs.
+    Memory { workflow: String },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum HooksCommand {
+    /// Bind NAME to a workflow whose input `payload` (an object) takes each delivery's body.
+    Add {
+        name: String,
+        #[arg(long)]
+        workflow: PathBuf,
+    },
+    Ls,
+    Rm {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum SchedulesCommand {
+    /// Run the workflow on its `on.schedule` from now on, under its name.
+    Add {
+        file: PathBuf,
+    },
+    Ls,
+    Rm {
+        name: String,
+    },
 }
 
 impl WorkflowCommand {
@@ -129,6 +168,24 @@ pub(crate) async fn online(client: &Client, command: WorkflowCommand, json_out: 
             }
             Ok(ExitCode::SUCCESS)
         }
+        WorkflowCommand::Hooks { command } => hooks(client, command, json_out).await,
+        WorkflowCommand::Schedules { command } => schedules(client, command, json_out).await,
+        WorkflowCommand::Memory { workflow } => {
+            let response = client.call(Method::GET, &format!("/api/v1/workflows/memory/{workflow}"), None).await?;
+            if json_out {
+                print_json(&response);
+            } else {
+                let memory = &response["memory"];
+                match memory["last_run"].as_str() {
+                    Some(run) => println!("{workflow}: last successful run {run}"),
+                    None => println!("{workflow}: no successful run yet"),
+                }
+                for (name, value) in memory["values"].as_object().into_iter().flatten() {
+                    println!("  {name} = {}", value.as_str().map_or_else(|| value.to_string(), str::to_owned));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         WorkflowCommand::Retry { run, wait } => {
             let response = client.call(Method::POST, &format!("/api/v1/workflows/runs/{run}/retry"), None).await?;
             if wait {
@@ -142,6 +199,100 @@ pub(crate) async fn online(client: &Client, command: WorkflowCommand, json_out: 
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn hooks(client: &Client, command: HooksCommand, json_out: bool) -> anyhow::Result<ExitCode> {
+    use reqwest::Method;
+    match command {
+        HooksCommand::Add { name, workflow } => {
+            let text = std::fs::read_to_string(&workflow).with_context(|| format!("reading {}", workflow.display()))?;
+            let body = json!({ "name": name, "workflow": text });
+            let response = client.call(Method::POST, "/api/v1/workflows/hooks", Some(body)).await?;
+            let hook = &response["hook"];
+            if json_out {
+                print_json(&response);
+            } else {
+                println!("url:    {}{}", client.base, hook["path"].as_str().unwrap_or("?"));
+                println!("secret: {}", hook["secret"].as_str().unwrap_or("?"));
+                eprintln!(
+                    "[hubctl: the secret is shown this once; a sender signs each body with it (X-Hub-Signature-256: sha256=HMAC-SHA256 hex) and may send X-GitHub-Delivery or X-Delivery-Id]"
+                );
+            }
+        }
+        HooksCommand::Ls => {
+            let response = client.call(Method::GET, "/api/v1/workflows/hooks", None).await?;
+            if json_out {
+                print_json(&response);
+            } else {
+                let rows = (response["hooks"].as_array().into_iter().flatten())
+                    .map(|h| {
+                        let text = |k: &str| h[k].as_str().unwrap_or("-").to_owned();
+                        vec![text("name"), text("workflow"), text("path")]
+                    })
+                    .collect();
+                table(&["HOOK", "WORKFLOW", "PATH"], rows);
+            }
+        }
+        HooksCommand::Rm { name } => {
+            let response = client.call(Method::DELETE, &format!("/api/v1/workflows/hooks/{name}"), None).await?;
+            if json_out {
+                print_json(&response);
+            } else {
+                println!("removed hook {name}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn schedules(client: &Client, command: SchedulesCommand, json_out: bool) -> anyhow::Result<ExitCode> {
+    use reqwest::Method;
+    let when = |ms: &Value| ms.as_i64().map_or_else(|| "-".to_owned(), unix_ms_text);
+    match command {
+        SchedulesCommand::Add { file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let response =
+                client.call(Method::POST, "/api/v1/workflows/schedules", Some(json!({ "workflow": text }))).await?;
+            if json_out {
+                print_json(&response);
+            } else {
+                let schedule = &response["schedule"];
+                println!(
+                    "{} runs on {:?}; next at {}",
+                    schedule["name"].as_str().unwrap_or("?"),
+                    schedule["schedule"].as_str().unwrap_or("?"),
+                    when(&schedule["next_slot_unix_ms"])
+                );
+            }
+        }
+        SchedulesCommand::Ls => {
+            let response = client.call(Method::GET, "/api/v1/workflows/schedules", None).await?;
+            if json_out {
+                print_json(&response);
+            } else {
+                let rows = (response["schedules"].as_array().into_iter().flatten())
+                    .map(|s| {
+                        vec![
+                            s["name"].as_str().unwrap_or("?").to_owned(),
+                            s["schedule"].as_str().unwrap_or("?").to_owned(),
+                            when(&s["last_slot_unix_ms"]),
+                            when(&s["next_slot_unix_ms"]),
+                        ]
+                    })
+                    .collect();
+                table(&["SCHEDULE", "CRON (UTC)", "LAST SLOT", "NEXT SLOT"], rows);
+            }
+        }
+        SchedulesCommand::Rm { name } => {
+            let response = client.call(Method::DELETE, &format!("/api/v1/workflows/schedules/{name}"), None).await?;
+            if json_out {
+                print_json(&response);
+            } else {
+                println!("removed schedule {name}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Follows a run until it ends: on stderr a line for each step (or item) whose state changes,
@@ -199,6 +350,12 @@ fn row_name(step: &Value) -> String {
         Some(item) => format!("{id}[{item}]"),
         None => id.to_owned(),
     }
+}
+
+/// A time as RFC 3339, to the second (UTC).
+fn unix_ms_text(ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 fn seconds(ms: &Value) -> String {

@@ -276,3 +276,177 @@ async fn kill_9_of_the_hub_mid_run_three_times_loses_nothing_and_runs_no_step_tw
     assert_eq!(counts.keys().map(|k| k.to_string()).collect::<Vec<_>>(), expected, "every step, round and item ran");
     assert!(counts.values().all(|n| *n == 1), "a step ran twice: {counts:?}");
 }
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&hex::decode(secret).unwrap()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Posts a delivery to the hook: its status and JSON (null when the answer has none).
+async fn deliver(hub: &HubProcess, name: &str, body: Vec<u8>, headers: &[(&str, String)]) -> (u16, Value) {
+    let mut request = agentcom_integration::http_client().post(format!("{}/api/v1/hooks/{name}", hub.url)).body(body);
+    for (header, value) in headers {
+        request = request.header(*header, value);
+    }
+    let response = request.send().await.expect("the hub answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn runs_of(hub: &HubProcess, name: &str) -> Vec<Value> {
+    let (status, list) = hub.api.request(reqwest::Method::GET, "/api/v1/workflows/runs?limit=1000", None).await;
+    assert_eq!(status, 200);
+    list["runs"].as_array().unwrap().iter().filter(|r| r["name"] == name).cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_delivery_starts_one_run_and_nothing_else_starts_any() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let hub = HubProcess::serve(&dir.path().join("hub"), &[]).await;
+    let _sidecar = SidecarProcess::start(&hub, "wf", 2, &work);
+    let file = write(
+        dir.path(),
+        "on-push.yaml",
+        r#"
+name: on-push
+inputs:
+  payload: {type: object}
+steps:
+  - id: say
+    run: "echo pushed {{ inputs.payload.ref }}"
+    outputs: {ref: {regex: "pushed (\\S+)"}}
+"#,
+    );
+    let (code, added) = workflow(&hub, &["hooks", "add", "push", "--workflow", &file]).await;
+    assert_eq!(code, 0, "{added}");
+    let secret = added["hook"]["secret"].as_str().unwrap().to_owned();
+    assert_eq!(added["hook"]["path"], "/api/v1/hooks/push");
+    let (_, listed) = workflow(&hub, &["hooks", "ls"]).await;
+    assert!(listed["hooks"][0].get("secret").is_none(), "the secret is shown once, at add");
+
+    let body = br#"{"ref": "refs/heads/main", "after": "abc"}"#.to_vec();
+    let signed = |body: &[u8]| ("x-hub-signature-256", sign(&secret, body));
+    let delivery = ("x-github-delivery", "d-1".to_owned());
+    let (status, first) = deliver(&hub, "push", body.clone(), &[signed(&body), delivery.clone()]).await;
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(first["run"]["trigger"], "hook:push");
+    let (status, again) = deliver(&hub, "push", body.clone(), &[signed(&body), delivery.clone()]).await;
+    assert_eq!(status, 200, "a redelivery: {again}");
+    assert_eq!((again["existing"].as_bool(), &again["run"]["id"]), (Some(true), &first["run"]["id"]));
+
+    let wrong = ("x-hub-signature-256", sign(&"00".repeat(32), &body));
+    let other = ("x-github-delivery", "d-2".to_owned());
+    let big = vec![b' '; 10 * 1024 * 1024];
+    let not_json = b"ref=main".to_vec();
+    let refused = [
+        ("a wrong signature", deliver(&hub, "push", body.clone(), &[wrong, other.clone()]).await),
+        ("no signature", deliver(&hub, "push", body.clone(), std::slice::from_ref(&other)).await),
+        ("a 10 MiB body", deliver(&hub, "push", big.clone(), &[signed(&big), other.clone()]).await),
+        ("a body that is not JSON", deliver(&hub, "push", not_json.clone(), &[signed(&not_json), other.clone()]).await),
+        ("an unknown hook", deliver(&hub, "nope", body.clone(), &[signed(&body), other.clone()]).await),
+    ];
+    for (what, (status, answer)) in refused {
+        assert!((400..500).contains(&status), "{what}: {status} {answer}");
+        if status != 413 {
+            assert!(answer["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{what} says why: {answer}");
+        }
+    }
+    let runs = runs_of(&hub, "on-push").await;
+    assert_eq!(runs.len(), 1, "one run in all: {runs:?}");
+    let id = first["run"]["id"].as_str().unwrap();
+    let (code, run) = workflow(&hub, &["watch", id]).await;
+    assert_eq!(code, 0, "{run}");
+    assert_eq!(rows(&run, "say")[0]["outputs"]["ref"], "refs/heads/main", "the payload was the input");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_fires_on_time_and_once_for_the_slots_a_stopped_hub_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut hub = HubProcess::serve(&dir.path().join("hub"), &FAST_BEATS).await;
+    let _sidecar = SidecarProcess::start(&hub, "wf", 2, &work);
+    let file = write(
+        dir.path(),
+        "every-3s.yaml",
+        "name: every-3s\non: {schedule: \"*/3 * * * * *\"}\nsteps:\n  - id: tick\n    run: \"true\"\n",
+    );
+    let (code, added) = workflow(&hub, &["schedules", "add", &file]).await;
+    assert_eq!(code, 0, "{added}");
+    let wait_for_runs = async |hub: &HubProcess, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let runs = runs_of(hub, "every-3s").await;
+            if runs.len() >= n {
+                return runs;
+            }
+            assert!(Instant::now() < deadline, "{} runs, not {n}", runs.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let runs = wait_for_runs(&hub, 2).await;
+    for run in &runs {
+        let (slot, created) = (run["slot_unix_ms"].as_i64().unwrap(), run["created_unix_ms"].as_i64().unwrap());
+        assert_eq!(slot % 3_000, 0, "a slot of the schedule");
+        assert!((0..1_500).contains(&(created - slot)), "started {} ms after its slot", created - slot);
+    }
+    // Stopped across at least two slots, then started: one run, for the latest missed slot.
+    let before = runs.len();
+    let last_slot = runs.iter().map(|r| r["slot_unix_ms"].as_i64().unwrap()).max().unwrap();
+    hub.kill9();
+    let stopped = agentcom_hub::domain::now_ms();
+    tokio::time::sleep(Duration::from_millis(7_000)).await;
+    hub.restart().await;
+    let started = agentcom_hub::domain::now_ms();
+    let runs = wait_for_runs(&hub, before + 1).await;
+    let missed: Vec<i64> = runs
+        .iter()
+        .map(|r| r["slot_unix_ms"].as_i64().unwrap())
+        .filter(|slot| *slot > last_slot && *slot < started - 1_000)
+        .collect();
+    assert!(stopped < started - 6_000);
+    assert_eq!(
+        missed.len(),
+        1,
+        "one run for the missed slots, not one each: {missed:?} (stopped {stopped}, started {started})"
+    );
+    assert!(missed[0] > started - 4_000, "the latest missed slot: {} ms before the start", started - missed[0]);
+    let (code, _) = workflow(&hub, &["schedules", "rm", "every-3s"]).await;
+    assert_eq!(code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_reads_what_the_last_successful_run_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let hub = HubProcess::serve(&dir.path().join("hub"), &[]).await;
+    let _sidecar = SidecarProcess::start(&hub, "wf", 2, &work);
+    let file = write(
+        dir.path(),
+        "counter.yaml",
+        r#"
+name: counter
+remember: {count: "{{ steps.count.outputs.n }}"}
+steps:
+  - id: count
+    run: "echo n={{ (memory.count | default('0') | int) + 1 }} after {{ previous.run or 'none' }}"
+    outputs: {n: {regex: "n=(\\d+)"}, after: {regex: "after (\\S+)"}}
+"#,
+    );
+    let (code, first) = workflow(&hub, &["run", &file, "--wait"]).await;
+    assert_eq!(code, 0, "{first}");
+    assert_eq!(rows(&first, "count")[0]["outputs"], serde_json::json!({"n": "1", "after": "none"}));
+    let (code, second) = workflow(&hub, &["run", &file, "--wait"]).await;
+    assert_eq!(code, 0, "{second}");
+    assert_eq!(rows(&second, "count")[0]["outputs"]["n"], "2", "memory.count was 1");
+    assert_eq!(rows(&second, "count")[0]["outputs"]["after"], first["run"]["id"], "previous.run");
+    let (code, memory) = workflow(&hub, &["memory", "counter"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(memory["memory"]["values"]["count"], "2");
+    assert_eq!(memory["memory"]["last_run"], second["run"]["id"]);
+}

@@ -61,6 +61,11 @@ pub struct Definition {
     pub local_only: bool,
     /// Each step's task, by step id.
     pub tasks: BTreeMap<String, StepTask>,
+    /// `on: {schedule: ...}`: when the hub starts it by itself, once it is added as a schedule.
+    pub schedule: Option<crate::schedule::Schedule>,
+    /// `remember:`: values (templates) kept when a run succeeds, which later runs read as
+    /// `memory.NAME`.
+    pub remember: BTreeMap<String, String>,
 }
 
 /// A declared input.
@@ -171,7 +176,19 @@ struct FileDoc {
     defaults: Option<Spanned<SettingsDoc>>,
     #[serde(default)]
     local_only: bool,
+    #[serde(default, rename = "on")]
+    triggers: Option<Spanned<OnDoc>>,
+    #[serde(default)]
+    remember: BTreeMap<String, Spanned<String>>,
     steps: Vec<Spanned<StepDoc>>,
+}
+
+/// `on:`: what starts the workflow besides a user.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OnDoc {
+    #[serde(default)]
+    schedule: Option<String>,
 }
 
 /// `defaults:`, and the same settings on a step.
@@ -326,6 +343,12 @@ pub fn load(text: &str) -> Result<Definition, Vec<Problem>> {
             problems.push(at(default.referenced, None, format!("input {name}: its default is not a {kind}")));
         }
     }
+    let schedule = doc.triggers.as_ref().and_then(|on| {
+        let pattern = on.value.schedule.as_ref()?;
+        crate::schedule::Schedule::parse(pattern)
+            .map_err(|err| problems.push(at(on.referenced, None, format!("on.schedule: {err}"))))
+            .ok()
+    });
     let defaults = match &doc.defaults {
         Some(defaults) => settings(&defaults.value, None, &mut problems),
         None => Settings::default(),
@@ -389,6 +412,8 @@ pub fn load(text: &str) -> Result<Definition, Vec<Problem>> {
         defaults,
         local_only: doc.local_only,
         tasks,
+        schedule,
+        remember: doc.remember.into_iter().map(|(name, value)| (name, value.value)).collect(),
     })
 }
 
@@ -557,6 +582,27 @@ fn locate(doc: &FileDoc, error: DefinitionError) -> Problem {
 /// Every expression and template names only what exists: declared inputs, steps of the
 /// workflow, and `item`, `index` (in a `for_each` step) and `round`.
 fn names(doc: &FileDoc, workflow: &Workflow, works: &[StepTask], problems: &mut Vec<Problem>) {
+    // `remember:` is filled once a run succeeds: no item, index or round then.
+    let whole_run = Step::default();
+    for (name, template) in &doc.remember {
+        match crate::expr::template_names(&template.value) {
+            Ok(named) => {
+                for read in named.iter().filter(|n| *n == "round" || n.starts_with("round.")) {
+                    problems.push(at(
+                        template.referenced,
+                        None,
+                        format!("remember.{name}: {read} is only set in a step"),
+                    ));
+                }
+                for read in named {
+                    if let Some(why) = unknown(&read, &doc.inputs, workflow, &whole_run) {
+                        problems.push(at(template.referenced, None, format!("remember.{name}: {why}")));
+                    }
+                }
+            }
+            Err(error) => problems.push(at(template.referenced, None, format!("remember.{name}: {error}"))),
+        }
+    }
     for ((doc_step, step), work) in doc.steps.iter().zip(&workflow.steps).zip(works) {
         let id = step.id.as_str();
         let mut sources: Vec<(Location, &'static str, String, bool)> = Vec::new();
@@ -615,10 +661,12 @@ fn unknown(name: &str, inputs: &BTreeMap<String, InputDoc>, workflow: &Workflow,
     match (root, next) {
         ("inputs", Some(input)) if !inputs.contains_key(input) => Some(format!("no input named {input:?}")),
         ("steps", Some(other)) if workflow.step(other).is_none() => Some(format!("no step named {other:?}")),
-        ("inputs" | "steps" | "round", _) => None,
+        ("inputs" | "steps" | "round" | "previous" | "memory", _) => None,
         ("item" | "index", _) if step.for_each.is_some() => None,
         ("item" | "index", _) => Some(format!("{root} is only set in a for_each step")),
-        _ => Some(format!("{root} is not a name a workflow sets (inputs, steps, item, index, round)")),
+        _ => {
+            Some(format!("{root} is not a name a workflow sets (inputs, steps, item, index, round, previous, memory)"))
+        }
     }
 }
 

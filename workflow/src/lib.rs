@@ -20,6 +20,7 @@
 pub mod expr;
 pub mod file;
 pub mod run;
+pub mod schedule;
 pub mod task;
 
 use std::collections::{BTreeMap, BTreeSet};

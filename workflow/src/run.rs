@@ -128,6 +128,10 @@ fn ended_view(state: State, ended: Option<&Ended>) -> Value {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Run {
     pub inputs: Value,
+    /// Fixed when the run starts, read like `inputs`: `previous` (the workflow's last
+    /// successful run: `{"run", "steps": {ID: {"outputs"}}, "outputs"}`) and `memory` (what
+    /// `remember:` kept).
+    pub given: Map<String, Value>,
     pub state: State,
     pub steps: BTreeMap<String, StepRun>,
 }
@@ -135,14 +139,22 @@ pub struct Run {
 impl Run {
     /// A run of `workflow` (checked) with `inputs`, not started.
     pub fn new(workflow: &Workflow, inputs: Value) -> Run {
-        let steps = workflow.steps.iter().map(|s| (s.id.clone(), StepRun::pending())).collect();
-        Run { inputs, state: State::Pending, steps }
+        Run::with(workflow, inputs, Map::new())
     }
 
-    /// What expressions read: `inputs`, and `steps` as they are now.
-    fn context(&self) -> Value {
+    /// A run that also reads `given` (`previous`, `memory`).
+    pub fn with(workflow: &Workflow, inputs: Value, given: Map<String, Value>) -> Run {
+        let steps = workflow.steps.iter().map(|s| (s.id.clone(), StepRun::pending())).collect();
+        Run { inputs, given, state: State::Pending, steps }
+    }
+
+    /// What expressions read: `inputs`, what was given at the start, and `steps` as they are now.
+    pub fn context(&self) -> Value {
         let steps: Map<String, Value> = self.steps.iter().map(|(id, step)| (id.clone(), step.view())).collect();
-        json!({ "inputs": self.inputs, "steps": steps })
+        let mut context = self.given.clone();
+        context.insert("inputs".into(), self.inputs.clone());
+        context.insert("steps".into(), Value::Object(steps));
+        Value::Object(context)
     }
 
     /// What the templates of the task `key` read when it is submitted: `inputs`, `steps`,

@@ -658,6 +658,7 @@ impl State {
             }
             Event::Tick => {
                 self.tick(now);
+                self.fire_schedules(now);
                 self.dispatch(now);
             }
             Event::Shutdown { .. } => unreachable!("handled in run"),

@@ -89,6 +89,7 @@ mod spans;
 mod tasks;
 #[cfg(test)]
 mod tests;
+pub mod triggers;
 pub mod workflows;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -345,6 +346,7 @@ impl Core {
             let _ = tx.send(Inbound::Committed { tickets, result });
         });
         state.learned.seed_verdicts(fleet.verdicts);
+        state.runs.triggers = triggers::Triggers::load(fleet.hooks, fleet.schedules, fleet.memories);
         let restoring = std::time::Instant::now();
         state.restore(tasks, now_ms());
         // Steps whose tasks settled before the hub stopped, their ends not yet recorded: their

@@ -32,11 +32,28 @@ pub const OUTPUT_KEPT: usize = 64 * 1024;
 
 /// What the API asks of workflow runs.
 pub enum Request {
-    Start { start: Box<StartRun>, reply: Reply<Result<RunView, Error>> },
-    Get { id: Ulid, reply: Reply<Result<RunView, Error>> },
-    List { limit: usize, reply: Reply<Vec<RunView>> },
-    Cancel { id: Ulid, reply: Reply<Result<RunView, Error>> },
-    Retry { id: Ulid, reply: Reply<Result<RunView, Error>> },
+    Start {
+        start: Box<StartRun>,
+        reply: Reply<Result<RunView, Error>>,
+    },
+    Get {
+        id: Ulid,
+        reply: Reply<Result<RunView, Error>>,
+    },
+    List {
+        limit: usize,
+        reply: Reply<Vec<RunView>>,
+    },
+    Cancel {
+        id: Ulid,
+        reply: Reply<Result<RunView, Error>>,
+    },
+    Retry {
+        id: Ulid,
+        reply: Reply<Result<RunView, Error>>,
+    },
+    /// Webhooks, schedules, memory.
+    Trigger(super::triggers::Request),
 }
 
 /// A run to start: its checked definition, the file as given, and its checked inputs.
@@ -46,6 +63,17 @@ pub struct StartRun {
     pub inputs: Value,
     /// `api`, `hook:NAME`, `schedule`.
     pub trigger: String,
+    /// A webhook's delivery id: a run already started for it is answered instead of a new one.
+    pub delivery: Option<String>,
+    /// A schedule's slot.
+    pub slot_unix_ms: Option<UnixMs>,
+}
+
+impl StartRun {
+    /// A run started through the API.
+    pub fn new(definition: Arc<Definition>, source: String, inputs: Value) -> StartRun {
+        StartRun { definition, source, inputs, trigger: "api".to_owned(), delivery: None, slot_unix_ms: None }
+    }
 }
 
 /// A run as the API shows it.
@@ -55,6 +83,8 @@ pub struct RunView {
     pub name: String,
     pub state: &'static str,
     pub trigger: String,
+    pub delivery: Option<String>,
+    pub slot_unix_ms: Option<UnixMs>,
     pub created_unix_ms: UnixMs,
     pub ended_unix_ms: Option<UnixMs>,
     pub inputs: Value,
@@ -63,6 +93,8 @@ pub struct RunView {
     pub counts: BTreeMap<&'static str, usize>,
     /// Each step in file order, a row per item for a `for_each` step (empty in lists).
     pub steps: Vec<StepView>,
+    /// Answered to a start that matched a run already started (a redelivered webhook).
+    pub existing: bool,
 }
 
 /// A step, or one item of a `for_each` step, as the API shows it.
@@ -98,6 +130,10 @@ pub(super) struct Runs {
     outputs: HashMap<TaskId, String>,
     /// Runs with events in a commit that failed: written again, whole, once storage works.
     pub(super) unstored: std::collections::BTreeSet<Ulid>,
+    /// Webhooks, schedules and workflows' memory (`triggers.rs`).
+    pub(super) triggers: super::triggers::Triggers,
+    /// The run started for each webhook delivery: (hook, delivery id).
+    pub(super) deliveries: HashMap<(String, String), Ulid>,
 }
 
 struct Entry {
@@ -110,6 +146,14 @@ struct Entry {
     retries: u32,
     /// Each step key's latest task.
     tasks: BTreeMap<StepKey, TaskId>,
+}
+
+/// What starting a run came to.
+enum Begun {
+    /// A new run, and what to write for it.
+    New(Ulid, Vec<Op>),
+    /// The run a webhook delivery started before.
+    Existing(Ulid),
 }
 
 /// A step task's idempotency key.
@@ -144,25 +188,55 @@ impl State {
             }
             Request::Cancel { id, reply } => self.cancel_run(id, reply, now),
             Request::Retry { id, reply } => self.retry_run(id, reply, now),
+            Request::Trigger(request) => self.trigger_request(request, now),
         }
     }
 
     fn start_run(&mut self, start: StartRun, reply: Reply<Result<RunView, Error>>, now: UnixMs) {
-        let refused = if self.shutting_down {
-            Some(Error::ShuttingDown)
+        match self.begin_run(start, now) {
+            Err(err) => self.answer(reply, Err(err)),
+            Ok(Begun::Existing(existing)) => {
+                let view = self.run_view(existing, true).map(|view| RunView { existing: true, ..view });
+                self.answer(reply, view.ok_or_else(|| run_not_found(existing)));
+            }
+            Ok(Begun::New(id, ops)) => {
+                self.write(ops, AfterCommit::Run { id, reply });
+                self.dispatch(now);
+            }
+        }
+    }
+
+    /// Starts a run nobody waits for (a schedule's).
+    pub(super) fn start_scheduled(&mut self, start: StartRun, now: UnixMs) {
+        let name = start.definition.workflow.name.clone();
+        match self.begin_run(start, now) {
+            Ok(Begun::New(id, ops)) => self.write(ops, AfterCommit::RunChanged(id)),
+            Ok(Begun::Existing(_)) => {}
+            Err(err) => warn!(workflow = name, error = %err, "a scheduled run could not start"),
+        }
+    }
+
+    /// A new run's record and first events (with its first step tasks beside them), or the run
+    /// a webhook delivery already started.
+    fn begin_run(&mut self, start: StartRun, now: UnixMs) -> Result<Begun, Error> {
+        if self.shutting_down {
+            return Err(Error::ShuttingDown);
         } else if let Some(fault) = &self.storage_fault {
-            Some(Error::StorageFault(fault.clone()))
+            return Err(Error::StorageFault(fault.clone()));
         } else if self.write_backlog >= self.config.max_write_backlog {
-            Some(Error::Overloaded)
-        } else {
-            None
-        };
-        if let Some(err) = refused {
-            self.answer(reply, Err(err));
-            return;
+            return Err(Error::Overloaded);
+        }
+        if let (Some(hook), Some(delivery)) = (start.trigger.strip_prefix("hook:"), &start.delivery)
+            && let Some(&existing) = self.runs.deliveries.get(&(hook.to_owned(), delivery.clone()))
+        {
+            return Ok(Begun::Existing(existing));
         }
         let id = Ulid::from_parts(now as u64, rand::Rng::random(&mut self.rng));
-        let StartRun { definition, source, inputs, trigger } = start;
+        let StartRun { definition, source, inputs, trigger, delivery, slot_unix_ms } = start;
+        if let (Some(hook), Some(delivery)) = (trigger.strip_prefix("hook:"), &delivery) {
+            self.runs.deliveries.insert((hook.to_owned(), delivery.clone()), id);
+        }
+        let given = self.runs.triggers.given(&definition.workflow.name);
         let record = StoredRun {
             id,
             name: definition.workflow.name.clone(),
@@ -172,16 +246,18 @@ impl State {
             trigger,
             state: run::State::Running.as_str().to_owned(),
             ended_unix_ms: None,
+            delivery,
+            slot_unix_ms,
+            given: given.clone(),
         };
-        let run = Run::new(&definition.workflow, inputs);
+        let run = Run::with(&definition.workflow, inputs, given);
         let entry =
             Entry { definition, record: record.clone(), run, events: Vec::new(), retries: 0, tasks: BTreeMap::new() };
         self.runs.entries.insert(id, entry);
         let mut ops = vec![Op::PutRun(Box::new(record))];
         ops.extend(self.drive(id, RunEventKind::Start, now));
         info!(run = %id, workflow = %self.runs.entries[&id].record.name, "workflow run started");
-        self.write(ops, AfterCommit::Run { id, reply });
-        self.dispatch(now);
+        Ok(Begun::New(id, ops))
     }
 
     fn cancel_run(&mut self, id: Ulid, reply: Reply<Result<RunView, Error>>, now: UnixMs) {
@@ -282,6 +358,10 @@ impl State {
                 info!(run = %id, state, "workflow run ended");
             }
             ops.push(Op::PutRun(Box::new(entry.record.clone())));
+            if entry.run.state == run::State::Succeeded {
+                let memory = super::triggers::remembered(id, &entry.definition, &entry.run, now);
+                ops.push(Op::PutMemory(Box::new(self.runs.triggers.remember(memory))));
+            }
         }
         ops
     }
@@ -327,7 +407,10 @@ impl State {
                     continue;
                 }
             };
-            let run = Run::new(&definition.workflow, record.inputs.clone());
+            if let (Some(hook), Some(delivery)) = (record.trigger.strip_prefix("hook:"), &record.delivery) {
+                self.runs.deliveries.insert((hook.to_owned(), delivery.clone()), id);
+            }
+            let run = Run::with(&definition.workflow, record.inputs.clone(), record.given.clone());
             let mut entry = Entry { definition, record, run, events: Vec::new(), retries: 0, tasks: BTreeMap::new() };
             for event in events {
                 if let RunEventKind::Ended { key, task_id: Some(task_id), .. } = &event.kind {
@@ -437,12 +520,15 @@ impl State {
             name: entry.record.name.clone(),
             state: entry.run.state.as_str(),
             trigger: entry.record.trigger.clone(),
+            delivery: entry.record.delivery.clone(),
+            slot_unix_ms: entry.record.slot_unix_ms,
             created_unix_ms: entry.record.created_unix_ms,
             ended_unix_ms: entry.record.ended_unix_ms,
             inputs: entry.run.inputs.clone(),
             retries: entry.retries,
             counts,
             steps: if detail { steps } else { Vec::new() },
+            existing: false,
         })
     }
 }

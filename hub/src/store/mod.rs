@@ -80,7 +80,7 @@ use self::file::{Slot, dir_of, open_database};
 pub use self::file::{free_bytes, human_bytes};
 pub use self::packed::{Packed, stored_output_bytes};
 pub use self::read::Loaded;
-pub use self::workflows::{LoadedRun, RunEvent, RunEventKind, StoredRun};
+pub use self::workflows::{Hook, LoadedRun, Memory, RunEvent, RunEventKind, Scheduled, StoredRun};
 pub use self::writer::Writer;
 
 /// Task id (a ULID as u128, so keys sort by age) -> a stored task (`codec`).
@@ -118,6 +118,10 @@ const ENDPOINT_PREFIX: &str = "endpoint/";
 /// `join/{id}`: a join token; `identity/{sidecar_id}`: an enrolled sidecar.
 const JOIN_PREFIX: &str = "join/";
 const IDENTITY_PREFIX: &str = "identity/";
+/// `hook/{name}`, `schedule/{name}`, `memory/{workflow}`: workflows' webhooks, schedules and memory.
+const HOOK_PREFIX: &str = "hook/";
+const SCHEDULE_PREFIX: &str = "schedule/";
+const MEMORY_PREFIX: &str = "memory/";
 /// `verdicts/KIND/TIER/MODEL` (the model last: its name may hold a `/`).
 const VERDICTS_PREFIX: &str = "verdicts/";
 /// META key: the last write-ahead log record that redb's last durable commit covers.
@@ -215,6 +219,18 @@ pub enum Op {
         seq: u32,
         event: Box<RunEvent>,
     },
+    /// A webhook, by name.
+    PutHook(Box<Hook>),
+    DeleteHook {
+        name: String,
+    },
+    /// A scheduled workflow, by name (its last slot with it).
+    PutScheduled(Box<Scheduled>),
+    DeleteScheduled {
+        name: String,
+    },
+    /// What a workflow's runs keep for later ones.
+    PutMemory(Box<Memory>),
     /// The verdicts counted so far for a model, kind of work and tier (a put of the totals).
     PutVerdicts {
         model: String,
@@ -288,6 +304,9 @@ pub struct Fleet {
     pub registry: Registry,
     pub cordons: HashMap<String, Cordon>,
     pub verdicts: Vec<(String, &'static str, crate::domain::Tier, crate::sched::Tally)>,
+    pub hooks: Vec<Hook>,
+    pub schedules: Vec<Scheduled>,
+    pub memories: Vec<Memory>,
 }
 
 #[derive(Clone)]
@@ -623,6 +642,23 @@ impl Store {
                 match codec::decode_verdicts(rest, value) {
                     Ok(verdicts) => fleet.verdicts.push(verdicts),
                     Err(err) => tracing::warn!(key, error = %err, "skipped stored verdicts that do not decode"),
+                }
+            } else if let Some(name) = key.strip_prefix(HOOK_PREFIX) {
+                match codec::workflow::decode_hook(name, value) {
+                    Ok(hook) => fleet.hooks.push(hook),
+                    Err(err) => tracing::warn!(key, error = %err, "skipped a stored webhook that does not decode"),
+                }
+            } else if let Some(name) = key.strip_prefix(SCHEDULE_PREFIX) {
+                match codec::workflow::decode_scheduled(name, value) {
+                    Ok(scheduled) => fleet.schedules.push(scheduled),
+                    Err(err) => tracing::warn!(key, error = %err, "skipped a stored schedule that does not decode"),
+                }
+            } else if let Some(name) = key.strip_prefix(MEMORY_PREFIX) {
+                match codec::workflow::decode_memory(name, value) {
+                    Ok(memory) => fleet.memories.push(memory),
+                    Err(err) => {
+                        tracing::warn!(key, error = %err, "skipped a stored workflow memory that does not decode")
+                    }
                 }
             } else if !(key.starts_with(JOIN_PREFIX) || key.starts_with(IDENTITY_PREFIX)) {
                 tracing::warn!(key, "skipped an unknown fleet setting");

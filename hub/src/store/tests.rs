@@ -399,6 +399,9 @@ fn workflow_runs_and_their_events_survive_a_reopen() {
         trigger: "api".into(),
         state: state.into(),
         ended_unix_ms: (state != "running").then_some(9),
+        delivery: Some("d-1".into()),
+        slot_unix_ms: Some(60_000),
+        given: serde_json::json!({"memory": {"x": "1"}}).as_object().unwrap().clone(),
     };
     let mut ended = Ended { succeeded: true, exit_code: Some(0), output: "bug\n".into(), ..Ended::default() };
     ended.outputs.insert("label".into(), serde_json::json!("bug"));

@@ -25,6 +25,43 @@ pub struct StoredRun {
     /// As of its last event: `running`, `succeeded`, `failed`, `cancelled`.
     pub state: String,
     pub ended_unix_ms: Option<i64>,
+    /// A webhook's delivery id.
+    pub delivery: Option<String>,
+    /// A schedule's slot.
+    pub slot_unix_ms: Option<i64>,
+    /// What the run read besides its inputs (`previous`, `memory`), fixed at its start.
+    pub given: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A webhook: deliveries to `POST /api/v1/hooks/NAME` signed with its secret start its workflow.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hook {
+    pub name: String,
+    pub source: String,
+    pub secret: Vec<u8>,
+    pub created_unix_ms: i64,
+    pub created_by: String,
+}
+
+/// A workflow the hub starts on its `on.schedule`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scheduled {
+    pub name: String,
+    pub source: String,
+    pub added_unix_ms: i64,
+    /// The last slot a run was started for.
+    pub last_slot_unix_ms: i64,
+}
+
+/// What a workflow's runs keep for later runs: `remember:` values, and the last successful
+/// run's captured outputs by step.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Memory {
+    pub workflow: String,
+    pub values: serde_json::Map<String, serde_json::Value>,
+    pub last_run: Option<Ulid>,
+    pub last_outputs: serde_json::Map<String, serde_json::Value>,
+    pub updated_unix_ms: i64,
 }
 
 /// Something that happened to a run.

@@ -178,3 +178,18 @@ fn a_runs_inputs_are_checked_typed_and_defaulted() {
     assert_eq!(definition.inputs["repo"].parse("[1]"), Ok(serde_json::json!("[1]")), "a string is taken as it is");
     assert!(definition.inputs["files"].parse("x").is_err());
 }
+
+#[test]
+fn a_schedule_and_what_runs_remember_are_read_and_checked() {
+    let good = "name: w\non: {schedule: \"*/15 * * * *\"}\nremember: {label: \"{{ steps.a.outputs.x }}\"}\nsteps:\n  - id: a\n    run: \"echo {{ previous.outputs.x }} {{ memory.label }}\"\n";
+    let definition = load(good).unwrap();
+    assert_eq!(definition.schedule.unwrap().pattern(), "*/15 * * * *");
+    assert_eq!(definition.remember["label"], "{{ steps.a.outputs.x }}");
+    let bad = "name: w\non: {schedule: \"every hour\"}\nremember: {x: \"{{ item }}\", y: \"{{ steps.nope.outputs }}\"}\nsteps:\n  - id: a\n    run: \"true\"\n";
+    let found = problems(bad).join("\n");
+    for expected in
+        ["2:", "on.schedule:", "remember.x: item is only set in a for_each step", "remember.y: no step named \"nope\""]
+    {
+        assert!(found.contains(expected), "{expected:?} not in:\n{found}");
+    }
+}

@@ -6,6 +6,7 @@
 
 pub mod dto;
 mod enrolment;
+mod hooks;
 mod tokens;
 mod ui;
 mod workflows;
@@ -120,6 +121,12 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/workflows/runs/{id}", get(workflows::get))
         .route("/api/v1/workflows/runs/{id}/cancel", axum::routing::post(workflows::cancel))
         .route("/api/v1/workflows/runs/{id}/retry", axum::routing::post(workflows::retry))
+        .route("/api/v1/workflows/hooks", get(hooks::list_hooks).post(hooks::add_hook))
+        .route("/api/v1/workflows/hooks/{name}", axum::routing::delete(hooks::remove_hook))
+        .route("/api/v1/workflows/schedules", get(hooks::list_schedules).post(hooks::add_schedule))
+        .route("/api/v1/workflows/schedules/{name}", axum::routing::delete(hooks::remove_schedule))
+        .route("/api/v1/workflows/memory/{workflow}", get(hooks::memory))
+        .route("/api/v1/hooks/{name}", axum::routing::post(hooks::deliver))
         .with_state(state)
 }
 

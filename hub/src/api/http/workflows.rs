@@ -32,7 +32,9 @@ pub(crate) fn checked(source: String, inputs: &Map<String, Value>, trigger: &str
         ApiError::invalid(format!("invalid workflow: {} problem(s):\n{}", lines.len(), lines.join("\n")))
     })?;
     let inputs = definition.inputs_for(inputs).map_err(|problems| ApiError::invalid(problems.join("; ")))?;
-    Ok(StartRun { definition: std::sync::Arc::new(definition), source, inputs, trigger: trigger.to_owned() })
+    let mut start = StartRun::new(std::sync::Arc::new(definition), source, inputs);
+    start.trigger = trigger.to_owned();
+    Ok(start)
 }
 
 pub(super) async fn start(

@@ -14,7 +14,7 @@ use crate::domain::{Exit, Outcome};
 fn start(hub: &mut Harness, yaml: &str, inputs: Value) -> RunView {
     let definition = agentcom_workflow::file::load(yaml).expect("a good workflow");
     let inputs = definition.inputs_for(inputs.as_object().expect("an object")).expect("good inputs");
-    let start = StartRun { definition: Arc::new(definition), source: yaml.into(), inputs, trigger: "api".into() };
+    let start = StartRun::new(Arc::new(definition), yaml.into(), inputs);
     hub.ask(|reply| Event::Workflow(Request::Start { start: Box::new(start), reply })).expect("started")
 }
 

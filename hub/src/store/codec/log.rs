@@ -76,7 +76,10 @@ pub(in crate::store) fn prepare(ops: Vec<Op>) -> Vec<Prepared> {
 }
 
 fn prepare_one(op: Op) -> Prepared {
-    use crate::store::{CORDON_PREFIX, ENDPOINT_PREFIX, IDENTITY_PREFIX, JOIN_PREFIX, VERDICTS_PREFIX};
+    use crate::store::{
+        CORDON_PREFIX, ENDPOINT_PREFIX, HOOK_PREFIX, IDENTITY_PREFIX, JOIN_PREFIX, MEMORY_PREFIX, SCHEDULE_PREFIX,
+        VERDICTS_PREFIX,
+    };
     match op {
         Op::PutTask(task) => Prepared::PutTask { key: u128::from(task.id.0), bytes: encode_task(*task) },
         Op::PutOutput { id, stdout, stderr } => Prepared::PutOutput { key: u128::from(id.0), stdout, stderr },
@@ -101,6 +104,20 @@ fn prepare_one(op: Op) -> Prepared {
             Prepared::PutFleet { key: format!("{ENDPOINT_PREFIX}{}", endpoint.id), value: encode_endpoint(&endpoint) }
         }
         Op::DeleteEndpoint { id } => Prepared::DeleteFleet { key: format!("{ENDPOINT_PREFIX}{id}") },
+        Op::PutHook(hook) => Prepared::PutFleet {
+            key: format!("{HOOK_PREFIX}{}", hook.name),
+            value: super::workflow::encode_hook(&hook),
+        },
+        Op::DeleteHook { name } => Prepared::DeleteFleet { key: format!("{HOOK_PREFIX}{name}") },
+        Op::PutScheduled(scheduled) => Prepared::PutFleet {
+            key: format!("{SCHEDULE_PREFIX}{}", scheduled.name),
+            value: super::workflow::encode_scheduled(&scheduled),
+        },
+        Op::DeleteScheduled { name } => Prepared::DeleteFleet { key: format!("{SCHEDULE_PREFIX}{name}") },
+        Op::PutMemory(memory) => Prepared::PutFleet {
+            key: format!("{MEMORY_PREFIX}{}", memory.workflow),
+            value: super::workflow::encode_memory(&memory),
+        },
         Op::PutRun(run) => {
             Prepared::PutWorkflow { key: (u128::from(run.id), 0), bytes: super::workflow::encode_run(&run) }
         }

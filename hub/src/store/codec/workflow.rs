@@ -1,13 +1,13 @@
 //! Workflow runs and their events in the stored format (`WorkflowRun`, `WorkflowEvent`).
 
 use prost::Message;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use ulid::Ulid;
 
 use agentcom_workflow::run::{Ended, StepKey};
 
 use super::{id_bytes, id_from_bytes, pb};
-use crate::store::workflows::{RunEvent, RunEventKind, StoredRun};
+use crate::store::workflows::{Hook, Memory, RunEvent, RunEventKind, Scheduled, StoredRun};
 
 pub(in crate::store) fn encode_run(run: &StoredRun) -> Vec<u8> {
     pb::WorkflowRun {
@@ -18,6 +18,9 @@ pub(in crate::store) fn encode_run(run: &StoredRun) -> Vec<u8> {
         trigger: run.trigger.clone(),
         state: run.state.clone(),
         ended_unix_ms: run.ended_unix_ms,
+        delivery: run.delivery.clone().unwrap_or_default(),
+        slot_unix_ms: run.slot_unix_ms,
+        given_json: Value::Object(run.given.clone()).to_string(),
     }
     .encode_to_vec()
 }
@@ -33,6 +36,87 @@ pub(in crate::store) fn decode_run(id: Ulid, bytes: &[u8]) -> Result<StoredRun, 
         trigger: record.trigger,
         state: record.state,
         ended_unix_ms: record.ended_unix_ms,
+        delivery: Some(record.delivery).filter(|d| !d.is_empty()),
+        slot_unix_ms: record.slot_unix_ms,
+        given: match record.given_json.as_str() {
+            "" => Map::new(),
+            text => match json(text, "given")? {
+                Value::Object(given) => given,
+                _ => return Err("a workflow run's given values are not an object".to_owned()),
+            },
+        },
+    })
+}
+
+pub(in crate::store) fn encode_hook(hook: &Hook) -> Vec<u8> {
+    pb::WorkflowHook {
+        source: hook.source.clone(),
+        secret: hook.secret.clone(),
+        created_unix_ms: hook.created_unix_ms,
+        created_by: hook.created_by.clone(),
+    }
+    .encode_to_vec()
+}
+
+pub(in crate::store) fn decode_hook(name: &str, bytes: &[u8]) -> Result<Hook, String> {
+    let record = pb::WorkflowHook::decode(bytes).map_err(|err| err.to_string())?;
+    if record.secret.len() < 16 {
+        return Err(format!("hook {name}: a secret of {} bytes", record.secret.len()));
+    }
+    Ok(Hook {
+        name: name.to_owned(),
+        source: record.source,
+        secret: record.secret,
+        created_unix_ms: record.created_unix_ms,
+        created_by: record.created_by,
+    })
+}
+
+pub(in crate::store) fn encode_scheduled(scheduled: &Scheduled) -> Vec<u8> {
+    pb::ScheduledWorkflow {
+        source: scheduled.source.clone(),
+        added_unix_ms: scheduled.added_unix_ms,
+        last_slot_unix_ms: scheduled.last_slot_unix_ms,
+    }
+    .encode_to_vec()
+}
+
+pub(in crate::store) fn decode_scheduled(name: &str, bytes: &[u8]) -> Result<Scheduled, String> {
+    let record = pb::ScheduledWorkflow::decode(bytes).map_err(|err| err.to_string())?;
+    Ok(Scheduled {
+        name: name.to_owned(),
+        source: record.source,
+        added_unix_ms: record.added_unix_ms,
+        last_slot_unix_ms: record.last_slot_unix_ms,
+    })
+}
+
+pub(in crate::store) fn encode_memory(memory: &Memory) -> Vec<u8> {
+    pb::WorkflowMemory {
+        values_json: Value::Object(memory.values.clone()).to_string(),
+        last_run: memory.last_run.map(|r| r.to_string()).unwrap_or_default(),
+        last_outputs_json: Value::Object(memory.last_outputs.clone()).to_string(),
+        updated_unix_ms: memory.updated_unix_ms,
+    }
+    .encode_to_vec()
+}
+
+pub(in crate::store) fn decode_memory(workflow: &str, bytes: &[u8]) -> Result<Memory, String> {
+    let record = pb::WorkflowMemory::decode(bytes).map_err(|err| err.to_string())?;
+    let object = |text: &str, what| match json(text, what)? {
+        Value::Object(map) => Ok(map),
+        _ => Err(format!("a workflow's memory {what} is not an object")),
+    };
+    let last_run = match record.last_run.as_str() {
+        "" => None,
+        id => Some(id.parse().map_err(|_| format!("a workflow's memory names run {id:?}"))?),
+    };
+    Ok(Memory {
+        workflow: workflow.to_owned(),
+        values: object(&record.values_json, "values")?,
+        last_run,
+        last_outputs: object(&record.last_outputs_json, "outputs")?,
+        updated_unix_ms: record.updated_unix_ms,
     })
 }
 

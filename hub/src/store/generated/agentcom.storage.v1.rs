@@ -572,6 +572,15 @@ pub struct WorkflowRun {
     pub state: ::prost::alloc::string::String,
     #[prost(int64, optional, tag = "7")]
     pub ended_unix_ms: ::core::option::Option<i64>,
+    /// A webhook's delivery id (`hook:NAME` runs): a redelivery returns this run.
+    #[prost(string, tag = "8")]
+    pub delivery: ::prost::alloc::string::String,
+    /// A schedule's slot (`schedule` runs), unix ms.
+    #[prost(int64, optional, tag = "9")]
+    pub slot_unix_ms: ::core::option::Option<i64>,
+    /// What the run read besides its inputs, fixed at its start (`previous`, `memory`): JSON.
+    #[prost(string, tag = "10")]
+    pub given_json: ::prost::alloc::string::String,
 }
 /// `workflows` table, key (run id, sequence from 1): what happened to a run, in order. The run's
 /// state is what `agentcom_workflow::run::advance` makes of them, replayed at start.
@@ -625,6 +634,46 @@ pub struct StepEnded {
     /// The task that ran it (16 bytes), empty when none could be made.
     #[prost(bytes = "vec", tag = "11")]
     pub task_id: ::prost::alloc::vec::Vec<u8>,
+}
+/// `fleet` table, key `hook/{name}`: a webhook that starts a workflow.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WorkflowHook {
+    /// The workflow file (YAML or JSON).
+    #[prost(string, tag = "1")]
+    pub source: ::prost::alloc::string::String,
+    /// The HMAC-SHA256 key deliveries are signed with (kept whole: the hub checks signatures).
+    #[prost(bytes = "vec", tag = "2")]
+    pub secret: ::prost::alloc::vec::Vec<u8>,
+    #[prost(int64, tag = "3")]
+    pub created_unix_ms: i64,
+    /// The token that made it (`tok-...`).
+    #[prost(string, tag = "4")]
+    pub created_by: ::prost::alloc::string::String,
+}
+/// `fleet` table, key `schedule/{name}`: a workflow started on its file's `on.schedule`.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ScheduledWorkflow {
+    #[prost(string, tag = "1")]
+    pub source: ::prost::alloc::string::String,
+    #[prost(int64, tag = "2")]
+    pub added_unix_ms: i64,
+    /// The last slot a run was started for; a hub that was down runs the latest missed slot once.
+    #[prost(int64, tag = "3")]
+    pub last_slot_unix_ms: i64,
+}
+/// `fleet` table, key `memory/{workflow}`: what a workflow's runs keep for later runs.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WorkflowMemory {
+    /// The values `remember:` kept, as a JSON object.
+    #[prost(string, tag = "1")]
+    pub values_json: ::prost::alloc::string::String,
+    /// The last run that succeeded, and what its steps captured (JSON: {"STEP": {outputs}}).
+    #[prost(string, tag = "2")]
+    pub last_run: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub last_outputs_json: ::prost::alloc::string::String,
+    #[prost(int64, tag = "4")]
+    pub updated_unix_ms: i64,
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]

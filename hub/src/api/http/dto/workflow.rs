@@ -16,6 +16,10 @@ pub struct RunDto {
     pub state: &'static str,
     /// `api`, `hook:NAME`, `schedule`.
     pub trigger: String,
+    /// The webhook delivery id it was started for.
+    pub delivery: Option<String>,
+    /// The schedule's slot it was started for.
+    pub slot_unix_ms: Option<i64>,
     pub created_unix_ms: i64,
     pub ended_unix_ms: Option<i64>,
     /// From its start to its end, or to now while it runs.
@@ -117,6 +121,8 @@ impl RunDto {
             name: run.name.clone(),
             state: run.state,
             trigger: run.trigger.clone(),
+            delivery: run.delivery.clone(),
+            slot_unix_ms: run.slot_unix_ms,
             created_unix_ms: run.created_unix_ms,
             ended_unix_ms: run.ended_unix_ms,
             duration_ms: Some(run.ended_unix_ms.unwrap_or(now) - run.created_unix_ms),
