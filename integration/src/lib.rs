@@ -64,7 +64,14 @@
 //! input, a join after two steps that ran side by side (markers with times), a loop that stops on
 //! its condition and one that stops at `max`, a `for_each` of 20 items 4 at a time collected in
 //! item order, and a ten-step run (a loop and a fan-out among them) through three `kill -9`s of
-//! the hub with every step, round and item run exactly once.
+//! the hub with every step, round and item run exactly once; webhooks (one run per signed
+//! delivery, none for a redelivery, a wrong or missing signature, a 10 MiB or non-JSON body), a
+//! schedule on time and once after missed slots, memory between runs.
+//!
+//! `tests/workflow_examples.rs`: `examples/workflows/` run as shipped against the Ollama,
+//! OpenAI-compatible and Anthropic doubles (an agent fixing a repository on Claude, a review loop,
+//! a fan-out, a signed push delivery), and a workflow moved between the three providers by its
+//! one `model:` line.
 //!
 //! `tests/mesh.rs`: wiring tests; `tests/processes.rs`: end-to-end and crash tests with real
 //! processes (20 random `kill -9`s under load, a frozen sidecar, a poison task, a damaged

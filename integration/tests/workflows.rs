@@ -52,7 +52,7 @@ async fn branches_loops_fan_out_and_joins_run_through_the_real_binaries() {
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let hub = HubProcess::serve(&dir.path().join("hub"), &[]).await;
-    let _sidecar = SidecarProcess::start(&hub, "wf", 8, &work);
+    let _sidecar = SidecarProcess::start(&hub, "wf-branches", 8, &work);
     let marks = dir.path().join("marks");
     std::fs::create_dir_all(&marks).unwrap();
     let marks = marks.to_string_lossy().into_owned();
@@ -233,7 +233,7 @@ async fn kill_9_of_the_hub_mid_run_three_times_loses_nothing_and_runs_no_step_tw
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let mut hub = HubProcess::serve(&dir.path().join("hub"), &FAST_BEATS).await;
-    let _sidecar = SidecarProcess::start(&hub, "wf", 4, &work);
+    let _sidecar = SidecarProcess::start(&hub, "wf-kill", 4, &work);
     let marks = dir.path().join("marks");
     let file = write(dir.path(), "ten.yaml", TEN_STEPS);
     let input = format!("marks={}", marks.display());
@@ -307,7 +307,7 @@ async fn a_signed_delivery_starts_one_run_and_nothing_else_starts_any() {
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let hub = HubProcess::serve(&dir.path().join("hub"), &[]).await;
-    let _sidecar = SidecarProcess::start(&hub, "wf", 2, &work);
+    let _sidecar = SidecarProcess::start(&hub, "wf-hooks", 2, &work);
     let file = write(
         dir.path(),
         "on-push.yaml",
@@ -369,7 +369,7 @@ async fn a_schedule_fires_on_time_and_once_for_the_slots_a_stopped_hub_missed() 
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let mut hub = HubProcess::serve(&dir.path().join("hub"), &FAST_BEATS).await;
-    let _sidecar = SidecarProcess::start(&hub, "wf", 2, &work);
+    let _sidecar = SidecarProcess::start(&hub, "wf-schedule", 2, &work);
     let file = write(
         dir.path(),
         "every-3s.yaml",
@@ -425,7 +425,7 @@ async fn a_run_reads_what_the_last_successful_run_kept() {
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let hub = HubProcess::serve(&dir.path().join("hub"), &[]).await;
-    let _sidecar = SidecarProcess::start(&hub, "wf", 2, &work);
+    let _sidecar = SidecarProcess::start(&hub, "wf-memory", 2, &work);
     let file = write(
         dir.path(),
         "counter.yaml",
