@@ -44,6 +44,16 @@ static DESCRIBED: &[Described] = &[
         "Tasks that reached a final state, by state and a reason class (exit_code, signal, timeout, \
          verification_failed, budget_exceeded, cancelled, expired, lease, dependency, error, other, none).",
     ),
+    counter("agentcom_workflow_runs_started_total", "Workflow runs started, by trigger (api, hook, schedule)."),
+    counter(
+        "agentcom_workflow_runs_finished_total",
+        "Workflow runs that ended, by state (succeeded, failed, cancelled).",
+    ),
+    counter(
+        "agentcom_workflow_steps_total",
+        "Workflow steps (and items of for_each steps) that ended, by state (succeeded, failed, skipped, cancelled).",
+    ),
+    histogram("agentcom_workflow_run_seconds", LONG_SECONDS, "From a workflow run's start to its end."),
     histogram(
         "agentcom_queue_wait_seconds",
         LONG_SECONDS,

@@ -449,4 +449,22 @@ steps:
     assert_eq!(code, 0);
     assert_eq!(memory["memory"]["values"]["count"], "2");
     assert_eq!(memory["memory"]["last_run"], second["run"]["id"]);
+    // And /metrics counts the runs and their steps.
+    let metrics = agentcom_integration::http_client()
+        .get(format!("{}/metrics", hub.url))
+        .bearer_auth(&hub.api.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "agentcom_workflow_runs_started_total{trigger=\"api\"} 2",
+        "agentcom_workflow_runs_finished_total{state=\"succeeded\"} 2",
+        "agentcom_workflow_steps_total{state=\"succeeded\"} 2",
+        "agentcom_workflow_run_seconds_count 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} not in /metrics:\n{metrics}");
+    }
 }

@@ -21,6 +21,10 @@ pub(super) struct Recorded {
     placements: HashMap<(&'static str, &'static str), Counter>,
     llm: HashMap<(String, String), Llm>,
     verdicts: HashMap<(String, &'static str, bool), Counter>,
+    runs_started: HashMap<&'static str, Counter>,
+    runs_finished: HashMap<&'static str, Counter>,
+    steps: HashMap<&'static str, Counter>,
+    run_seconds: Histogram,
 }
 
 struct Llm {
@@ -47,6 +51,10 @@ impl Recorded {
             placements: HashMap::new(),
             llm: HashMap::new(),
             verdicts: HashMap::new(),
+            runs_started: HashMap::new(),
+            runs_finished: HashMap::new(),
+            steps: HashMap::new(),
+            run_seconds: metrics.histogram("agentcom_workflow_run_seconds", &[]),
         }
     }
 }
@@ -102,6 +110,33 @@ impl State {
             .entry((state, class))
             .or_insert_with(|| metrics.counter("agentcom_tasks_finished_total", &[("state", state), ("reason", class)]))
             .increment(1);
+    }
+}
+
+impl State {
+    /// A workflow run started; `trigger` is `api`, `hook` or `schedule`.
+    pub(super) fn observe_run_started(&mut self, trigger: &'static str) {
+        let metrics = &self.config.metrics;
+        (self.recorded.runs_started.entry(trigger))
+            .or_insert_with(|| metrics.counter("agentcom_workflow_runs_started_total", &[("trigger", trigger)]))
+            .increment(1);
+    }
+
+    /// A workflow run ended in `state`, `ms` after it started.
+    pub(super) fn observe_run_finished(&mut self, state: &'static str, ms: i64) {
+        let metrics = &self.config.metrics;
+        (self.recorded.runs_finished.entry(state))
+            .or_insert_with(|| metrics.counter("agentcom_workflow_runs_finished_total", &[("state", state)]))
+            .increment(1);
+        self.recorded.run_seconds.record(seconds(ms));
+    }
+
+    /// Workflow steps (or items) ended in `state`.
+    pub(super) fn observe_steps(&mut self, state: &'static str, count: u64) {
+        let metrics = &self.config.metrics;
+        (self.recorded.steps.entry(state))
+            .or_insert_with(|| metrics.counter("agentcom_workflow_steps_total", &[("state", state)]))
+            .increment(count);
     }
 }
 

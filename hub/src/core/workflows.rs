@@ -257,6 +257,12 @@ impl State {
         let mut ops = vec![Op::PutRun(Box::new(record))];
         ops.extend(self.drive(id, RunEventKind::Start, now));
         info!(run = %id, workflow = %self.runs.entries[&id].record.name, "workflow run started");
+        let trigger = match self.runs.entries[&id].record.trigger.split(':').next() {
+            Some("hook") => "hook",
+            Some("schedule") => "schedule",
+            _ => "api",
+        };
+        self.observe_run_started(trigger);
         Ok(Begun::New(id, ops))
     }
 
@@ -338,10 +344,17 @@ impl State {
         let mut events = VecDeque::from([event]);
         while let Some(kind) = events.pop_front() {
             let Some(entry) = self.runs.entries.get_mut(&id) else { return ops };
+            let before = ended_rows(&entry.run);
             let submits = apply(entry, &kind);
+            let after = ended_rows(&entry.run);
             let event = RunEvent { at_unix_ms: now, kind };
             entry.events.push(event.clone());
             ops.push(Op::PutRunEvent { run: id, seq: entry.events.len() as u32, event: Box::new(event) });
+            for (state, (was, is)) in ENDED.iter().zip(before.iter().zip(after)) {
+                if is > *was {
+                    self.observe_steps(state.as_str(), (is - was) as u64);
+                }
+            }
             for key in submits {
                 if let Err(reason) = self.submit_step(id, &key, now) {
                     let ended = Ended { succeeded: false, reason: Some(reason), ..Ended::default() };
@@ -351,17 +364,23 @@ impl State {
         }
         let Some(entry) = self.runs.entries.get_mut(&id) else { return ops };
         let state = entry.run.state.as_str();
+        let mut finished = None;
         if entry.record.state != state {
             entry.record.state = state.to_owned();
             entry.record.ended_unix_ms = entry.run.state.is_final().then_some(now);
             if entry.run.state.is_final() {
                 info!(run = %id, state, "workflow run ended");
+                finished = Some(now - entry.record.created_unix_ms);
             }
             ops.push(Op::PutRun(Box::new(entry.record.clone())));
             if entry.run.state == run::State::Succeeded {
                 let memory = super::triggers::remembered(id, &entry.definition, &entry.run, now);
                 ops.push(Op::PutMemory(Box::new(self.runs.triggers.remember(memory))));
             }
+        }
+        if let Some(took) = finished {
+            self.observe_run_finished(state, took);
+            self.span_run(id, now);
         }
         ops
     }
@@ -377,8 +396,10 @@ impl State {
                 let context = entry.run.context_for(key);
                 let body =
                     agentcom_workflow::task::body(&entry.definition, &id.to_string(), key, &idempotency_key, &context)?;
-                let spec = agentcom_types::json::task_spec_from_value(body, &self.config.spec_defaults)
+                let mut spec = agentcom_types::json::task_spec_from_value(body, &self.config.spec_defaults)
                     .map_err(|err| format!("its task is not valid: {err}"))?;
+                // The step's spans hang under the run's root span.
+                spec.trace_parent = Some(run_trace(id).under(run_trace(id).root_span_id));
                 self.create_task(spec, None, now)
             }
         };
@@ -531,6 +552,53 @@ impl State {
             existing: false,
         })
     }
+}
+
+/// A run's trace: its id and its root span's come from the run id, as a task's do from its own,
+/// so the steps' spans find their parent after a restart.
+fn run_trace(id: Ulid) -> TaskTrace {
+    TaskTrace::of(TaskId(id), None)
+}
+
+impl State {
+    /// A run ended: its root span, from its start to now, under which its steps' tasks are.
+    fn span_run(&mut self, id: Ulid, now: UnixMs) {
+        use agentcom_metrics::trace::{Span, at_ms};
+        let Some(entry) = self.runs.entries.get(&id).filter(|_| self.config.traces) else { return };
+        let trace = run_trace(id);
+        let span = Span::with_id(
+            "workflow run",
+            trace.trace_id,
+            None,
+            at_ms(entry.record.created_unix_ms),
+            trace.root_span_id,
+        )
+        .attr("agentcom.workflow.run", id.to_string())
+        .attr("agentcom.workflow.name", entry.record.name.clone())
+        .attr("agentcom.workflow.state", entry.run.state.as_str())
+        .attr("agentcom.workflow.trigger", entry.record.trigger.clone());
+        self.fx.push(super::Action::Span(Box::new(span), at_ms(now)));
+    }
+}
+
+/// The final states a step or item ends in, for the metrics.
+const ENDED: [run::State; 4] = [run::State::Succeeded, run::State::Failed, run::State::Skipped, run::State::Cancelled];
+
+/// How many steps (an item of a `for_each` step counted as one) are in each of [`ENDED`].
+fn ended_rows(run: &Run) -> [usize; 4] {
+    let mut counts = [0; 4];
+    let mut count = |state: run::State| {
+        if let Some(index) = ENDED.iter().position(|s| *s == state) {
+            counts[index] += 1;
+        }
+    };
+    for step in run.steps.values() {
+        match &step.items {
+            Some(items) if !items.is_empty() => items.iter().for_each(|item| count(item.state)),
+            _ => count(step.state),
+        }
+    }
+    counts
 }
 
 /// Applies one event to a run's state: the step keys it asks to submit.

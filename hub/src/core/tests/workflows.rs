@@ -80,6 +80,8 @@ fn a_run_takes_its_branch_keeps_max_parallel_and_joins_after_every_need() {
             let Some((id, generation, step)) = now.first().cloned() else { break };
             let task = hub.task(id);
             assert_eq!(task.spec.labels["workflow_run"], run.id.to_string());
+            let parent = task.spec.trace_parent.expect("a step's spans hang under its run's");
+            assert_eq!(parent.trace_id, run.id.to_bytes(), "the run's trace");
             let item = task.spec.labels.get("workflow_item").map_or("-".to_owned(), Clone::clone);
             assert_eq!(task.spec.idempotency_key.as_deref(), Some(format!("wf:{}:{step}:1:{item}", run.id).as_str()));
             if step == "join" {
