@@ -13,9 +13,12 @@
 //! **Architecture Invariant:** pure: no I/O, no clock, no randomness, no runtime. The hub keeps
 //! runs durable and turns the [`run::StepKey`]s it is given into tasks; this crate only decides.
 //!
-//! Not here yet (issue 26 is open): a step's task settings (model, limits, verification),
-//! `defaults:`, `outputs:` capture and template filling, and the hub's side (storage, the API,
-//! `hubctl workflow`, triggers).
+//! - [`task`]: what a step's task is (its settings over `defaults:`), made into the JSON submit
+//!   format with its templates filled, and what its `outputs:` capture.
+//! - [`schedule`]: `on: {schedule: CRON}`.
+//!
+//! The hub's side (durable runs, triggers, the API) is in `agentcom-hub`'s `core::workflows`
+//! and `core::triggers`; `docs/workflows.md` is the user's view.
 
 pub mod expr;
 pub mod file;

@@ -374,3 +374,43 @@ fn the_decision_and_why_shapes_are_documented() {
     assert_eq!(dto.placement_now.as_ref().unwrap().wait, Some("all_busy"));
     check("why", dto);
 }
+
+#[test]
+fn the_run_shape_is_documented() {
+    use crate::core::workflows::{RunView, StepView};
+    let step = StepView {
+        id: "per-file".into(),
+        state: "succeeded",
+        step_state: "succeeded",
+        round: 1,
+        item: Some(2),
+        item_value: Some(serde_json::json!("c.rs")),
+        task_id: Some(TaskId(ulid::Ulid(7))),
+        reason: Some("r".into()),
+        started_unix_ms: Some(1),
+        finished_unix_ms: Some(2),
+        exit_code: Some(0),
+        outputs: serde_json::json!({"label": "bug"}).as_object().unwrap().clone(),
+        verdict: Some("passed".into()),
+        model: Some("m".into()),
+        input_tokens: 1,
+        output_tokens: 1,
+        cost_micros: Some(1),
+    };
+    let run = RunView {
+        id: ulid::Ulid(1),
+        name: "w".into(),
+        state: "succeeded",
+        trigger: "hook:push".into(),
+        delivery: Some("d".into()),
+        slot_unix_ms: Some(1),
+        created_unix_ms: 1,
+        ended_unix_ms: Some(2),
+        inputs: serde_json::json!({"kind": "bug"}),
+        retries: 0,
+        counts: [("succeeded", 1)].into_iter().collect(),
+        steps: vec![step],
+        existing: false,
+    };
+    check("run", RunDto::of(&run, 3));
+}
