@@ -116,7 +116,13 @@ async fn one_line_moves_a_workflow_between_ollama_an_openai_compatible_server_an
             let task = hub.api.get(row["task_id"].as_str().unwrap()).await;
             assert_eq!(task["outcome"]["usage"]["provider"], provider, "{task}");
         }
-        assert!(run["run"]["totals"]["output_tokens"].as_u64().unwrap() > 0);
+        let totals = &run["run"]["totals"];
+        let sum = |field: &str| ["ask", "again"].iter().map(|s| rows(&run, s)[0][field].as_u64().unwrap()).sum::<u64>();
+        assert_eq!(totals["output_tokens"].as_u64(), Some(sum("output_tokens")), "{run:#}");
+        assert_eq!(totals["input_tokens"].as_u64(), Some(sum("input_tokens")), "{run:#}");
+        // A list shows each run's totals too, without its rows.
+        let (_, list) = hub.api.request(reqwest::Method::GET, "/api/v1/workflows/runs?limit=1", None).await;
+        assert_eq!(&list["runs"][0]["totals"], totals, "{list:#}");
     }
 }
 

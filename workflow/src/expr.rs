@@ -45,12 +45,35 @@ pub fn items(source: &str, context: &Value) -> Result<Vec<Value>, String> {
 /// `template` (`echo {{ inputs.kind }}`) filled from `context`, strictly: a name that does not
 /// exist is an error. Values are written as they are, not HTML-escaped.
 pub fn render(template: &str, context: &Value) -> Result<String, String> {
+    fill(template, &Scope::of(context))
+}
+
+/// A context made once for the templates of many tasks: minijinja's own value, shared, so that
+/// the tasks of a fan-out read one copy of the run instead of a copy each.
+#[derive(Clone, Debug)]
+pub struct Scope(minijinja::Value);
+
+impl Scope {
+    /// `context` (a JSON object) as templates read it.
+    pub fn of(context: &Value) -> Scope {
+        Scope(minijinja::Value::from_serialize(context))
+    }
+
+    /// This scope with `fields` (a JSON object) over it: a name in both reads `fields`' (the
+    /// last of `merge_maps`' sources wins).
+    pub fn with(&self, fields: &Value) -> Scope {
+        Scope(minijinja::value::merge_maps([self.0.clone(), minijinja::Value::from_serialize(fields)]))
+    }
+}
+
+/// [`render`] over a [`Scope`].
+pub fn fill(template: &str, scope: &Scope) -> Result<String, String> {
     if !template.contains("{{") && !template.contains("{%") {
         return Ok(template.to_owned());
     }
     let env = environment();
     let template = env.template_from_str(template).map_err(|err| describe(&err))?;
-    template.render(minijinja::Value::from_serialize(context)).map_err(|err| describe(&err))
+    template.render(&scope.0).map_err(|err| describe(&err))
 }
 
 /// The names an expression reads, as dotted paths (`steps.plan.outputs`), or why it does not compile.
@@ -93,6 +116,16 @@ fn describe(err: &minijinja::Error) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_scope_with_fields_reads_them_over_its_own_and_stays_strict() {
+        let run = Scope::of(&json!({"inputs": {"kind": "bug"}, "round": 0}));
+        let item = run.with(&json!({"item": "a.rs", "round": 2}));
+        assert_eq!(fill("{{ inputs.kind }} {{ item }} {{ round }}", &item), Ok("bug a.rs 2".into()));
+        assert_eq!(fill("{{ round }}", &run), Ok("0".into()), "the shared scope is not changed");
+        assert!(fill("{{ item }}", &run).is_err(), "a name in no scope is an error");
+        assert!(fill("{{ inputs.kindd }}", &item).is_err());
+    }
 
     #[test]
     fn conditions_read_inputs_and_steps_and_a_missing_name_is_an_error() {

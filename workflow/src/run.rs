@@ -162,13 +162,23 @@ impl Run {
     /// steps a task needs have ended, so their view no longer changes.
     pub fn context_for(&self, key: &StepKey) -> Value {
         let mut context = self.context();
-        context["round"] = json!(key.round);
-        if let Some(index) = key.item {
-            let item = self.steps.get(&key.step).and_then(|s| s.items.as_ref()?.get(index));
-            context["item"] = item.map_or(Value::Null, |item| item.value.clone());
-            context["index"] = json!(index);
+        if let (Value::Object(context), Value::Object(fields)) = (&mut context, self.key_fields(key)) {
+            context.extend(fields);
         }
         context
+    }
+
+    /// What the task `key` reads beside the run's [`Run::context`]: `round`, and for an item
+    /// `item` and `index`. The tasks submitted together share one context (it costs as much as
+    /// the run has rows, and does not change between them), each with its own of these over it.
+    pub fn key_fields(&self, key: &StepKey) -> Value {
+        let mut fields = json!({ "round": key.round });
+        if let Some(index) = key.item {
+            let item = self.steps.get(&key.step).and_then(|s| s.items.as_ref()?.get(index));
+            fields["item"] = item.map_or(Value::Null, |item| item.value.clone());
+            fields["index"] = json!(index);
+        }
+        fields
     }
 }
 

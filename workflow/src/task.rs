@@ -136,7 +136,7 @@ impl StepTask {
 }
 
 /// The task of `key` in a run of `definition`, as the JSON submit format takes it: the step's
-/// templates filled from `context` ([`crate::run::Run::context_for`]), its settings over the
+/// templates filled from `scope` ([`crate::run::Run::context_for`]), its settings over the
 /// workflow's `defaults:`, `local_only` forced by a workflow that says so, and the run's labels
 /// (`workflow`, `workflow_run`, `workflow_step`, `workflow_round`, `workflow_item`) and
 /// idempotency key. An error says which field's template or setting is wrong.
@@ -145,12 +145,12 @@ pub fn body(
     run_id: &str,
     key: &StepKey,
     idempotency_key: &str,
-    context: &Value,
+    scope: &expr::Scope,
 ) -> Result<Value, String> {
     let task = definition.tasks.get(&key.step).ok_or_else(|| format!("no step named {:?}", key.step))?;
     let (workflow, defaults, local_only) =
         (definition.workflow.name.as_str(), &definition.defaults, definition.local_only);
-    let fill = |field: &str, template: &str| expr::render(template, context).map_err(|err| format!("{field}: {err}"));
+    let fill = |field: &str, template: &str| expr::fill(template, scope).map_err(|err| format!("{field}: {err}"));
     let settings = task.settings.or(defaults);
     let mut body = Map::new();
     let item = key.item.map_or_else(String::new, |i| format!("[{i}]"));
@@ -344,8 +344,8 @@ steps:
 "#,
         )
         .expect("a good file");
-        let context = json!({"inputs": {"kind": "bug"}, "item": "a.rs", "index": 0, "round": 1,
-            "steps": {"review": {"outputs": {}}}});
+        let context = crate::expr::Scope::of(&json!({"inputs": {"kind": "bug"}, "item": "a.rs", "index": 0,
+            "round": 1, "steps": {"review": {"outputs": {}}}}));
         let made = body(&definition, "R1", &key("classify", Some(0), 1), "wf:R1:classify:1:0", &context).unwrap();
         assert_eq!(made["shell"]["argv"], json!(["sh", "-c", "echo bug"]));
         assert_eq!(made["shell"]["env"]["WHO"], json!("a.rs"));

@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 use tracing::{info, warn};
 use ulid::Ulid;
 
+use agentcom_workflow::expr::Scope;
 use agentcom_workflow::file::Definition;
 use agentcom_workflow::run::{self, Ended, Run, StepKey};
 
@@ -91,10 +92,30 @@ pub struct RunView {
     pub retries: u32,
     /// Rows by state: steps, and each item of a `for_each` step.
     pub counts: BTreeMap<&'static str, usize>,
+    /// Tokens and cost of every step task that ended, every round and retry included.
+    pub totals: Totals,
     /// Each step in file order, a row per item for a `for_each` step (empty in lists).
     pub steps: Vec<StepView>,
     /// Answered to a start that matched a run already started (a redelivered webhook).
     pub existing: bool,
+}
+
+/// Tokens and cost, summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Totals {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_micros: u64,
+}
+
+impl Totals {
+    /// Adds a step end's usage (`{"input_tokens", "output_tokens", "cost_micros"}` or null).
+    fn add(&mut self, usage: &Value) {
+        let count = |name: &str| usage.get(name).and_then(Value::as_u64).unwrap_or(0);
+        self.input_tokens += count("input_tokens");
+        self.output_tokens += count("output_tokens");
+        self.cost_micros += count("cost_micros");
+    }
 }
 
 /// A step, or one item of a `for_each` step, as the API shows it.
@@ -146,6 +167,8 @@ struct Entry {
     retries: u32,
     /// Each step key's latest task.
     tasks: BTreeMap<StepKey, TaskId>,
+    /// Tokens and cost of every step task that ended, every round and retry.
+    totals: Totals,
 }
 
 /// What starting a run came to.
@@ -251,8 +274,15 @@ impl State {
             given: given.clone(),
         };
         let run = Run::with(&definition.workflow, inputs, given);
-        let entry =
-            Entry { definition, record: record.clone(), run, events: Vec::new(), retries: 0, tasks: BTreeMap::new() };
+        let entry = Entry {
+            definition,
+            record: record.clone(),
+            run,
+            events: Vec::new(),
+            retries: 0,
+            tasks: BTreeMap::new(),
+            totals: Totals::default(),
+        };
         self.runs.entries.insert(id, entry);
         let mut ops = vec![Op::PutRun(Box::new(record))];
         ops.extend(self.drive(id, RunEventKind::Start, now));
@@ -355,8 +385,9 @@ impl State {
                     self.observe_steps(state.as_str(), (is - was) as u64);
                 }
             }
+            let mut context = None;
             for key in submits {
-                if let Err(reason) = self.submit_step(id, &key, now) {
+                if let Err(reason) = self.submit_step(id, &key, &mut context, now) {
                     let ended = Ended { succeeded: false, reason: Some(reason), ..Ended::default() };
                     events.push_back(RunEventKind::Ended { key, ended: Box::new(ended), task_id: None });
                 }
@@ -386,16 +417,26 @@ impl State {
     }
 
     /// Submits the task of `key` (or takes back the one its key already names).
-    fn submit_step(&mut self, id: Ulid, key: &StepKey, now: UnixMs) -> Result<TaskId, String> {
+    /// `context` is the run's [`Run::context`] as templates read it, made by the first submit
+    /// that needs it and kept for the others submitted with it: the run does not change between
+    /// them, and a fan-out's tasks share one copy of it.
+    fn submit_step(
+        &mut self,
+        id: Ulid,
+        key: &StepKey,
+        context: &mut Option<Scope>,
+        now: UnixMs,
+    ) -> Result<TaskId, String> {
         let entry = &self.runs.entries[&id];
         let generation = entry.retries;
         let idempotency_key = idempotency_key(id, generation, key);
         let task_id = match self.by_key.get(&idempotency_key) {
             Some(&existing) => existing,
             None => {
-                let context = entry.run.context_for(key);
+                let scope =
+                    context.get_or_insert_with(|| Scope::of(&entry.run.context())).with(&entry.run.key_fields(key));
                 let body =
-                    agentcom_workflow::task::body(&entry.definition, &id.to_string(), key, &idempotency_key, &context)?;
+                    agentcom_workflow::task::body(&entry.definition, &id.to_string(), key, &idempotency_key, &scope)?;
                 let mut spec = agentcom_types::json::task_spec_from_value(body, &self.config.spec_defaults)
                     .map_err(|err| format!("its task is not valid: {err}"))?;
                 // The step's spans hang under the run's root span.
@@ -432,7 +473,15 @@ impl State {
                 self.runs.deliveries.insert((hook.to_owned(), delivery.clone()), id);
             }
             let run = Run::with(&definition.workflow, record.inputs.clone(), record.given.clone());
-            let mut entry = Entry { definition, record, run, events: Vec::new(), retries: 0, tasks: BTreeMap::new() };
+            let mut entry = Entry {
+                definition,
+                record,
+                run,
+                events: Vec::new(),
+                retries: 0,
+                tasks: BTreeMap::new(),
+                totals: Totals::default(),
+            };
             for event in events {
                 if let RunEventKind::Ended { key, task_id: Some(task_id), .. } = &event.kind {
                     entry.tasks.insert(key.clone(), *task_id);
@@ -463,7 +512,7 @@ impl State {
             // Never written (the run's event and its tasks share a commit, so this is a task
             // forgotten since): submitted now.
             for key in missing {
-                if let Err(reason) = self.submit_step(id, &key, now) {
+                if let Err(reason) = self.submit_step(id, &key, &mut None, now) {
                     let ended = Ended { succeeded: false, reason: Some(reason), ..Ended::default() };
                     let ops = self.drive(id, RunEventKind::Ended { key, ended: Box::new(ended), task_id: None }, now);
                     self.write(ops, AfterCommit::RunChanged(id));
@@ -487,6 +536,38 @@ impl State {
     /// The run as the API shows it; its steps only when `detail`.
     pub(super) fn run_view(&self, id: Ulid, detail: bool) -> Option<RunView> {
         let entry = self.runs.entries.get(&id)?;
+        let mut counts = BTreeMap::new();
+        for state in entry.run.steps.values() {
+            match &state.items {
+                Some(items) if !items.is_empty() => {
+                    items.iter().for_each(|item| *counts.entry(item.state.as_str()).or_insert(0) += 1)
+                }
+                _ => *counts.entry(state.state.as_str()).or_insert(0) += 1,
+            }
+        }
+        // A list shows runs without their rows: it reads no task, so it costs the same however
+        // many items a run has.
+        let steps = if detail { self.step_rows(entry) } else { Vec::new() };
+        Some(RunView {
+            id,
+            name: entry.record.name.clone(),
+            state: entry.run.state.as_str(),
+            trigger: entry.record.trigger.clone(),
+            delivery: entry.record.delivery.clone(),
+            slot_unix_ms: entry.record.slot_unix_ms,
+            created_unix_ms: entry.record.created_unix_ms,
+            ended_unix_ms: entry.record.ended_unix_ms,
+            inputs: entry.run.inputs.clone(),
+            retries: entry.retries,
+            counts,
+            totals: entry.totals,
+            steps,
+            existing: false,
+        })
+    }
+
+    /// Each step's row, a row per item for a `for_each` step, with its task's times and usage.
+    fn step_rows(&self, entry: &Entry) -> Vec<StepView> {
         let mut steps = Vec::new();
         for step in &entry.definition.workflow.steps {
             let state = &entry.run.steps[&step.id];
@@ -532,25 +613,7 @@ impl State {
                 _ => steps.push(row(None, state.state, state.ended.as_ref())),
             }
         }
-        let mut counts = BTreeMap::new();
-        for step in &steps {
-            *counts.entry(step.state).or_insert(0) += 1;
-        }
-        Some(RunView {
-            id,
-            name: entry.record.name.clone(),
-            state: entry.run.state.as_str(),
-            trigger: entry.record.trigger.clone(),
-            delivery: entry.record.delivery.clone(),
-            slot_unix_ms: entry.record.slot_unix_ms,
-            created_unix_ms: entry.record.created_unix_ms,
-            ended_unix_ms: entry.record.ended_unix_ms,
-            inputs: entry.run.inputs.clone(),
-            retries: entry.retries,
-            counts,
-            steps: if detail { steps } else { Vec::new() },
-            existing: false,
-        })
+        steps
     }
 }
 
@@ -612,7 +675,10 @@ fn apply(entry: &mut Entry, kind: &RunEventKind) -> Vec<StepKey> {
             }
             run::Event::Retry
         }
-        RunEventKind::Ended { key, ended, .. } => run::Event::Ended { key: key.clone(), ended: (**ended).clone() },
+        RunEventKind::Ended { key, ended, .. } => {
+            entry.totals.add(&ended.usage);
+            run::Event::Ended { key: key.clone(), ended: (**ended).clone() }
+        }
     };
     run::advance(&entry.definition.workflow, &mut entry.run, event)
 }

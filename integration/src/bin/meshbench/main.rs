@@ -5,9 +5,9 @@
 //! durable submit latency, submit throughput in-process, over unary gRPC and over the streaming
 //! path, fsyncs per commit, full durable cycles with sidecars over loopback gRPC, and start-up
 //! time with a large stored queue. `meshbench retention` measures what finished tasks cost a hub
-//! process in memory and start-up time. `meshbench fleet`, `meshbench shell` and `meshbench relay`
-//! run the real binaries, `meshbench sched` times placement decisions (see their modules). Build
-//! with `--release`.
+//! process in memory and start-up time. `meshbench fleet`, `meshbench shell`, `meshbench relay`
+//! and `meshbench workflow` run the real binaries, `meshbench sched` times placement decisions
+//! (see their modules). Build with `--release`.
 
 #![allow(clippy::disallowed_methods)] // Tests and benchmarks start the real binaries and tools.
 
@@ -16,6 +16,7 @@ mod relay;
 mod retention;
 mod sched;
 mod shell;
+mod workflow;
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -93,6 +94,23 @@ enum Command {
         /// Use `agentcom-hub dev` (the sidecar in the hub's process).
         #[arg(long)]
         dev: bool,
+    },
+    /// Workflows beside the same tasks submitted plainly: a chain of trivial shell steps (time
+    /// added per step) and a `for_each` fan-out (items per second). Needs the binaries built
+    /// beside it.
+    Workflow {
+        /// Steps in the chain.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Chain runs (each beside a plain chain); the figure is their p50.
+        #[arg(long, default_value_t = 15)]
+        runs: usize,
+        /// Items in the fan-out.
+        #[arg(long, default_value_t = 1_000)]
+        items: usize,
+        /// Sidecar slots.
+        #[arg(long, default_value_t = 4)]
+        slots: u32,
     },
     /// LLM tokens from an Ollama double through a sidecar and a hub to watching clients, beside
     /// the same chats sent to the double directly. Needs the binaries built beside meshbench.
@@ -638,6 +656,16 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(tasks >= 100, "--tasks must be at least 100");
             anyhow::ensure!(slots.iter().all(|s| (1..=1024).contains(s)), "--slots must be between 1 and 1024");
             let figures = runtime.block_on(shell::run(shell::Options { tasks, slots, dev }))?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+            Ok(())
+        }
+        Command::Workflow { steps, runs, items, slots } => {
+            anyhow::ensure!((2..=1_000).contains(&steps), "--steps must be 2 to 1000");
+            anyhow::ensure!((1..=1_000).contains(&runs), "--runs must be 1 to 1000");
+            anyhow::ensure!((10..=100_000).contains(&items), "--items must be 10 to 100000");
+            anyhow::ensure!((1..=1024).contains(&slots), "--slots must be between 1 and 1024");
+            let options = workflow::Options { steps, runs, items, slots };
+            let figures = runtime.block_on(workflow::run(options))?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(())
         }

@@ -132,7 +132,7 @@ pub(crate) async fn start_mesh(
 
 /// Submits `tasks` trivial tasks over one stream and waits until every one has finished.
 /// Returns tasks per second from the first submit to the last result.
-async fn drain(url: &str, admin: &str, tasks: usize) -> anyhow::Result<(f64, u64)> {
+pub(crate) async fn drain(url: &str, admin: &str, tasks: usize) -> anyhow::Result<(f64, u64)> {
     let http = reqwest::Client::new();
     let before = get(&http, &format!("{url}/api/v1/queue"), admin).await?["queue"].take();
     let (tasks_before, dead_before) =

@@ -409,6 +409,7 @@ fn the_run_shape_is_documented() {
         inputs: serde_json::json!({"kind": "bug"}),
         retries: 0,
         counts: [("succeeded", 1)].into_iter().collect(),
+        totals: crate::core::workflows::Totals { input_tokens: 1, output_tokens: 1, cost_micros: 1 },
         steps: vec![step],
         existing: false,
     };

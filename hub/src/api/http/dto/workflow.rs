@@ -109,12 +109,11 @@ fn duration(step: &StepView) -> Option<i64> {
 impl RunDto {
     /// The run as of `now` (its duration while it runs).
     pub fn of(run: &RunView, now: i64) -> RunDto {
-        let mut totals = TotalsDto::default();
-        for step in &run.steps {
-            totals.input_tokens += step.input_tokens;
-            totals.output_tokens += step.output_tokens;
-            totals.cost_micros += step.cost_micros.unwrap_or(0);
-        }
+        let totals = TotalsDto {
+            input_tokens: run.totals.input_tokens,
+            output_tokens: run.totals.output_tokens,
+            cost_micros: run.totals.cost_micros,
+        };
         let slowest = run.steps.iter().filter_map(|s| Some((duration(s)?, s))).max_by_key(|(ms, _)| *ms);
         RunDto {
             id: run.id.to_string(),
