@@ -98,7 +98,9 @@
 //! attributes on the LLM span; `tests/dashboard.rs`: the dashboard in headless Chromium against
 //! `agentcom-hub dev` with simulated GPUs and ten more sidecars (1,004 agents): no console error,
 //! the agents and the GPU host, a task's output live, a drain from the UI that `hubctl hosts`
-//! shows, phone width and the dark theme, the first render's time printed, and the screenshots in
+//! shows, workflow runs drawn live as graphs (a skipped branch, a loop's rounds, a fan-out's
+//! items, a step's link to its task) with cancel and retry from their buttons, phone width and
+//! the dark theme, the first render's time printed, and the screenshots in
 //! `docs/screenshots/`; `tests/migration.rs`: the format-1 fixture served by the real binary;
 //! `tests/link.rs`: `serve` on TLS by default, enrolment with a one-use join token and its second
 //! use refused, a wrong pin refused by the sidecar and by `hubctl` with advice, revocation closing

@@ -2,7 +2,8 @@
 //! running mesh of real processes: `agentcom-hub dev` with two simulated GPUs and ten more
 //! sidecars (one in front of an Ollama double), 1,004 agents in all. It loads with no console error, shows the agents and the GPU
 //! host, streams a task's output live, drains a host from the UI (as `hubctl hosts` then says),
-//! and takes the screenshots in `docs/screenshots/` (written there when
+//! draws workflow runs live (a graph with a skipped branch, a loop's rounds, a fan-out's items),
+//! cancels and retries runs from their buttons, and takes the screenshots in `docs/screenshots/` (written there when
 //! `AGENTCOM_SCREENSHOTS=docs/screenshots`, else to a temporary directory).
 
 use std::path::PathBuf;
@@ -172,6 +173,8 @@ async fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
         .unwrap();
     assert_eq!(keys, json!("urgent,high,normal,low,blocked"), "each lane keyed once");
 
+    workflows(&hub, &browser, &shots, dir.path()).await;
+
     // A drain from the UI shows on `hubctl hosts`.
     let target = "rack-03";
     browser.eval("location.hash = '#/fleet'").await.unwrap();
@@ -204,4 +207,134 @@ async fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
     let errors = browser.errors();
     assert!(errors.is_empty(), "console errors: {errors:#?}\nconsole: {:#?}", browser.console());
     drop(sidecars);
+}
+
+/// A workflow with a branch taken and one skipped, a fan-out, a loop and a join.
+const GRAPH: &str = r#"
+name: nightly-review
+inputs:
+  kind: {type: string, default: bug}
+steps:
+  - id: classify
+    run: ["sh", "-c", "echo {{ inputs.kind }}"]
+    outputs: {label: {regex: "^(\\w+)"}}
+  - id: fix
+    needs: [classify]
+    if: steps.classify.outputs.label == "bug"
+    run: "echo fixed"
+  - id: docs
+    needs: [classify]
+    if: steps.classify.outputs.label == "docs"
+    run: "echo documented"
+  - id: per-file
+    needs: [classify]
+    for_each: ["a.rs", "b.rs", "c.rs", "d.rs", "e.rs", "f.rs"]
+    max_parallel: 2
+    run: ["sh", "-c", "echo reviewed {{ item }}"]
+  - id: until-green
+    needs: [fix]
+    loop: {until: 'steps["until-green"].round >= 3', max: 5}
+    run: "echo round {{ round }}"
+  - id: report
+    needs: [per-file, until-green, docs]
+    run: "echo done"
+"#;
+
+async fn start_run(hub: &HubProcess, workflow: &str) -> String {
+    let body = json!({ "workflow": workflow, "inputs": {} });
+    let (status, run) = hub.api.request(reqwest::Method::POST, "/api/v1/workflows/runs", Some(body)).await;
+    assert_eq!(status, 201, "{run}");
+    run["run"]["id"].as_str().unwrap().to_owned()
+}
+
+async fn run_of(hub: &HubProcess, id: &str) -> serde_json::Value {
+    hub.api.request(reqwest::Method::GET, &format!("/api/v1/workflows/runs/{id}"), None).await.1["run"].take()
+}
+
+/// The Workflows view: the list follows runs live, a run's graph shows each step's state, its
+/// loop's rounds and its fan-out's items and links to the step's task, and the run's buttons
+/// cancel and retry it.
+async fn workflows(hub: &HubProcess, browser: &Browser, shots: &std::path::Path, dir: &std::path::Path) {
+    let graph = start_run(hub, GRAPH).await;
+    assert_eventually!(run_of(hub, &graph).await["state"] == "succeeded", PATIENCE, "the graph run succeeded");
+    let slow = start_run(hub, "name: slow\nsteps:\n  - id: wait\n    run: \"sleep 120\"\n").await;
+    let once = dir.join("flaky-once");
+    let flaky = format!(
+        "name: flaky\nsteps:\n  - id: prepare\n    run: \"true\"\n  - id: flaky\n    needs: [prepare]\n    \
+         run: \"if [ -f {0} ]; then exit 0; else touch {0}; exit 1; fi\"\n",
+        once.display()
+    );
+    let flaky = start_run(hub, &flaky).await;
+    assert_eventually!(run_of(hub, &flaky).await["state"] == "failed", PATIENCE, "the flaky run failed once");
+
+    browser.eval("location.hash = '#/workflows'").await.unwrap();
+    let row = |id: &str, state: &str| format!("document.querySelector('[data-run=\"{id}\"][data-state=\"{state}\"]')");
+    browser.wait_for(&row(&graph, "succeeded"), PATIENCE).await.unwrap();
+    browser.wait_for(&row(&slow, "running"), PATIENCE).await.unwrap();
+    browser.wait_for(&row(&flaky, "failed"), PATIENCE).await.unwrap();
+    // A run started while the list is open shows up and ends there, without a reload.
+    let live = start_run(hub, "name: quick\nsteps:\n  - id: one\n    run: \"true\"\n").await;
+    browser.wait_for(&row(&live, "succeeded"), PATIENCE).await.unwrap();
+    let text = browser.eval(&format!("{}.innerText", row(&graph, "succeeded"))).await.unwrap();
+    assert!(text.as_str().unwrap().contains("nightly-review"), "{text}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    browser.screenshot(&shots.join("workflows.png")).await.unwrap();
+
+    // The graph of the run: states, the skipped branch, the loop's rounds, the fan-out's items.
+    browser.eval(&format!("location.hash = '#/workflows/{graph}'")).await.unwrap();
+    let node = |step: &str| format!("document.querySelector('svg.wfgraph a[data-step=\"{step}\"]')");
+    browser.wait_for(&format!("{}?.dataset.state === 'succeeded'", node("report")), PATIENCE).await.unwrap();
+    let states = browser
+        .eval("[...document.querySelectorAll('svg.wfgraph a[data-step]')].map(a => a.dataset.step + '=' + a.dataset.state).join(',')")
+        .await
+        .unwrap();
+    assert_eq!(
+        states,
+        json!(
+            "classify=succeeded,fix=succeeded,docs=skipped,per-file=succeeded,until-green=succeeded,report=succeeded"
+        ),
+        "every step drawn with its state"
+    );
+    let edges = browser.eval("document.querySelectorAll('svg.wfgraph path[data-edge]').length").await.unwrap();
+    assert_eq!(edges, json!(7), "an edge per need");
+    let fan = browser.eval(&format!("{}.textContent", node("per-file"))).await.unwrap();
+    assert!(fan.as_str().unwrap().contains("6/6 items"), "the fan-out's items: {fan}");
+    let looped = browser.eval(&format!("{}.textContent", node("until-green"))).await.unwrap();
+    assert!(looped.as_str().unwrap().contains("round 3 of 5"), "the loop's rounds: {looped}");
+    let rows = browser.eval("document.querySelectorAll('#wf-rows tr[data-row^=\"per-file:\"]').length").await.unwrap();
+    assert_eq!(rows, json!(6), "a row per item");
+    let api_run = run_of(hub, &graph).await;
+    let fix_task = api_run["steps"].as_array().unwrap().iter().find(|s| s["id"] == "fix").unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let href = browser.eval(&format!("{}.getAttribute('href')", node("fix"))).await.unwrap();
+    assert_eq!(href, json!(format!("#/tasks/{fix_task}")), "a step links to its task");
+    let tokens = browser.eval("document.querySelector('#wf-head').innerText").await.unwrap();
+    assert!(tokens.as_str().unwrap().contains("Tokens"), "{tokens}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    browser.screenshot(&shots.join("workflow-run.png")).await.unwrap();
+    browser.eval(&format!("{}.dispatchEvent(new MouseEvent('click', {{bubbles: true}}))", node("fix"))).await.unwrap();
+    browser
+        .wait_for(&format!("location.hash === '#/tasks/{fix_task}' && document.querySelector('#view-task')?.innerText.includes('succeeded')"), PATIENCE)
+        .await
+        .unwrap();
+
+    // Cancel from the run's button.
+    browser.eval(&format!("location.hash = '#/workflows/{slow}'")).await.unwrap();
+    let button = |action: &str| format!("document.querySelector('button[data-action=\"{action}\"]')");
+    browser.wait_for(&button("run-cancel"), PATIENCE).await.unwrap();
+    browser.eval(&format!("{}.click()", button("run-cancel"))).await.unwrap();
+    assert_eventually!(run_of(hub, &slow).await["state"] == "cancelled", PATIENCE, "the run is cancelled");
+    browser.wait_for(&format!("{}?.dataset.state === 'cancelled'", node("wait")), PATIENCE).await.unwrap();
+
+    // Retry from the run's button: the failed step goes again and the graph follows it live.
+    browser.eval(&format!("location.hash = '#/workflows/{flaky}'")).await.unwrap();
+    browser.wait_for(&button("run-retry"), PATIENCE).await.unwrap();
+    assert_eq!(browser.eval(&format!("{}.dataset.state", node("flaky"))).await.unwrap(), json!("failed"));
+    browser.eval(&format!("{}.click()", button("run-retry"))).await.unwrap();
+    browser.wait_for(&format!("{}?.dataset.state === 'succeeded'", node("flaky")), PATIENCE).await.unwrap();
+    let run = run_of(hub, &flaky).await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(run["retries"], 1, "{run}");
 }

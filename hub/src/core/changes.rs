@@ -2,7 +2,7 @@
 //! queue, for the dashboard and any client that follows the hub live.
 //!
 //! Changes are coalesced, not logged: a task is marked when one of its changes is durable
-//! ([`State::notify`]), and agents, hosts, endpoints and the queue are compared with what was
+//! ([`State::notify`]), a workflow run when one of its events is, and agents, hosts, endpoints and the queue are compared with what was
 //! last sent (agents and hosts keep that key themselves, so the scan is a walk over them with
 //! no lookups). A flush, at most every [`FLUSH_EVERY_MS`] and only while someone listens, sends
 //! what differs. A hub nobody watches does nothing here but load one counter per notify.
@@ -36,6 +36,8 @@ pub enum Change {
     /// The whole registry, with each endpoint's learned parallelism.
     Endpoints(Vec<(Endpoint, Option<u32>)>),
     Queue(QueueStats),
+    /// A workflow run as lists show it (without its rows).
+    Run(Box<super::workflows::RunView>),
 }
 
 pub type Changes = tokio::sync::broadcast::Sender<Arc<Change>>;
@@ -52,6 +54,7 @@ pub(super) struct Outbox {
     /// Someone listens, as of the current event.
     live: bool,
     tasks: BTreeSet<TaskId>,
+    runs: BTreeSet<ulid::Ulid>,
     /// Hosts known only by a stored cordon (no session since the hub started).
     cordoned_away: HashMap<String, HostKey>,
     endpoints: Vec<(Endpoint, Option<u32>)>,
@@ -64,6 +67,7 @@ impl Outbox {
         Outbox {
             live: false,
             tasks: BTreeSet::new(),
+            runs: BTreeSet::new(),
             cordoned_away: HashMap::new(),
             endpoints: Vec::new(),
             queue: None,
@@ -86,6 +90,12 @@ impl Outbox {
             self.tasks.insert(id);
         }
     }
+
+    pub(super) fn mark_run(&mut self, id: ulid::Ulid) {
+        if self.live() {
+            self.runs.insert(id);
+        }
+    }
 }
 
 impl State {
@@ -99,7 +109,13 @@ impl State {
             // Nobody to tell: forget what was marked, so a later subscriber starts from its
             // own snapshot and the marks do not grow.
             self.changes.tasks.clear();
+            self.changes.runs.clear();
             return;
+        }
+        for id in std::mem::take(&mut self.changes.runs) {
+            if let Some(run) = self.run_view(id, false) {
+                self.publish(Change::Run(Box::new(run)));
+            }
         }
         for id in std::mem::take(&mut self.changes.tasks) {
             if let Some(task) = self.visible(id).map(std::borrow::Cow::into_owned) {

@@ -224,8 +224,9 @@ impl State {
                 AfterCommit::Host { view, reply } => self.answer(reply, Ok(*view)),
                 AfterCommit::Endpoint { endpoint, reply } => self.answer(reply, Ok(*endpoint)),
                 AfterCommit::Persisted(reply) => self.answer(reply, Ok(())),
-                AfterCommit::RunChanged(_) => {}
+                AfterCommit::RunChanged(id) => self.changes.mark_run(id),
                 AfterCommit::Run { id, reply } => {
+                    self.changes.mark_run(id);
                     let view = self
                         .run_view(id, true)
                         .ok_or_else(|| Error::UnknownName(format!("workflow run {id} not found")));

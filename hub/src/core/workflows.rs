@@ -96,8 +96,25 @@ pub struct RunView {
     pub totals: Totals,
     /// Each step in file order, a row per item for a `for_each` step (empty in lists).
     pub steps: Vec<StepView>,
+    /// The workflow's steps and what each needs, in file order (empty in lists).
+    pub graph: Vec<GraphStep>,
     /// Answered to a start that matched a run already started (a redelivered webhook).
     pub existing: bool,
+}
+
+/// A step of the workflow, as a graph of the run draws it.
+#[derive(Clone, Debug, Default)]
+pub struct GraphStep {
+    pub id: String,
+    pub needs: Vec<String>,
+    /// `run`, `prompt` or `agent`.
+    pub kind: &'static str,
+    /// The step has an `if:`.
+    pub conditional: bool,
+    /// The step has a `for_each:`.
+    pub fan_out: bool,
+    /// The most rounds of its `loop:`.
+    pub loop_max: Option<u32>,
 }
 
 /// Tokens and cost, summed.
@@ -547,7 +564,8 @@ impl State {
         }
         // A list shows runs without their rows: it reads no task, so it costs the same however
         // many items a run has.
-        let steps = if detail { self.step_rows(entry) } else { Vec::new() };
+        let (steps, graph) =
+            if detail { (self.step_rows(entry), graph(&entry.definition)) } else { Default::default() };
         Some(RunView {
             id,
             name: entry.record.name.clone(),
@@ -562,6 +580,7 @@ impl State {
             counts,
             totals: entry.totals,
             steps,
+            graph,
             existing: false,
         })
     }
@@ -615,6 +634,28 @@ impl State {
         }
         steps
     }
+}
+
+/// The steps of `definition` and their edges.
+fn graph(definition: &Definition) -> Vec<GraphStep> {
+    use agentcom_workflow::task::StepWork;
+    let steps = &definition.workflow.steps;
+    let kind = |id: &str| match definition.tasks.get(id).map(|t| &t.work) {
+        Some(StepWork::Prompt(_)) => "prompt",
+        Some(StepWork::Agent { .. }) => "agent",
+        _ => "run",
+    };
+    steps
+        .iter()
+        .map(|step| GraphStep {
+            id: step.id.clone(),
+            needs: step.needs.clone(),
+            kind: kind(&step.id),
+            conditional: step.when.is_some(),
+            fan_out: step.for_each.is_some(),
+            loop_max: step.repeat.as_ref().map(|r| r.max),
+        })
+        .collect()
 }
 
 /// A run's trace: its id and its root span's come from the run id, as a task's do from its own,

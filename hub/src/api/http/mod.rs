@@ -447,7 +447,7 @@ fn revoked(state: &HttpState, caller: Option<&Caller>) -> CancellationToken {
 
 /// `GET /api/v1/events`: the hub's changes as server-sent events: `ready` once the subscription
 /// is live (fetch what you show after it, and nothing is missed), then `task`, `agent`, `host`,
-/// `endpoints` and `queue` as they change (coalesced, at most every 100 ms), and `resync` when
+/// `endpoints`, `queue` and `run` (a workflow run, as lists show it) as they change (coalesced, at most every 100 ms), and `resync` when
 /// the client fell behind and must fetch everything again.
 async fn hub_events(State(state): State<HttpState>, caller: Option<Extension<Caller>>) -> Response {
     use crate::core::Change;
@@ -463,6 +463,9 @@ async fn hub_events(State(state): State<HttpState>, caller: Option<Extension<Cal
                     SseEvent::default().event("endpoints").json_data(json!({ "endpoints": listing(endpoints) }))
                 }
                 Change::Queue(stats) => SseEvent::default().event("queue").json_data(QueueDto::from(stats)),
+                Change::Run(run) => {
+                    SseEvent::default().event("run").json_data(json!({ "run": dto::RunDto::of(run, now_ms()) }))
+                }
             },
             Err(BroadcastStreamRecvError::Lagged(missed)) => {
                 SseEvent::default().event("resync").json_data(json!({ "missed": missed }))

@@ -15,6 +15,7 @@ pub(super) const FILES: &[(&str, &str, &str)] = &[
     ("sse.js", "text/javascript; charset=utf-8", include_str!("ui/sse.js")),
     ("util.js", "text/javascript; charset=utf-8", include_str!("ui/util.js")),
     ("views.js", "text/javascript; charset=utf-8", include_str!("ui/views.js")),
+    ("workflows.js", "text/javascript; charset=utf-8", include_str!("ui/workflows.js")),
 ];
 
 const INDEX: &str = include_str!("ui/index.html");

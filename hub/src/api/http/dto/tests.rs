@@ -411,6 +411,14 @@ fn the_run_shape_is_documented() {
         counts: [("succeeded", 1)].into_iter().collect(),
         totals: crate::core::workflows::Totals { input_tokens: 1, output_tokens: 1, cost_micros: 1 },
         steps: vec![step],
+        graph: vec![crate::core::workflows::GraphStep {
+            id: "per-file".into(),
+            needs: vec!["classify".into()],
+            kind: "prompt",
+            conditional: false,
+            fan_out: true,
+            loop_max: None,
+        }],
         existing: false,
     };
     check("run", RunDto::of(&run, 3));

@@ -34,6 +34,23 @@ pub struct RunDto {
     pub slowest_step: Option<SlowestDto>,
     /// Each step in file order, a row per item for a `for_each` step (left out of lists).
     pub steps: Vec<RunStepDto>,
+    /// The workflow's steps and what each needs, in file order (left out of lists).
+    pub graph: Vec<GraphStepDto>,
+}
+
+/// A step of the workflow, for drawing a run's graph.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct GraphStepDto {
+    pub id: String,
+    pub needs: Vec<String>,
+    /// `run`, `prompt` or `agent`.
+    pub kind: &'static str,
+    /// It has an `if:`.
+    pub conditional: bool,
+    /// It has a `for_each:`.
+    pub fan_out: bool,
+    /// The most rounds of its `loop:`, if it has one.
+    pub loop_max: Option<u32>,
 }
 
 #[derive(Serialize, Debug, PartialEq, Default)]
@@ -131,6 +148,18 @@ impl RunDto {
             totals,
             slowest_step: slowest.map(|(duration_ms, s)| SlowestDto { id: s.id.clone(), item: s.item, duration_ms }),
             steps: run.steps.iter().map(RunStepDto::from).collect(),
+            graph: run
+                .graph
+                .iter()
+                .map(|g| GraphStepDto {
+                    id: g.id.clone(),
+                    needs: g.needs.clone(),
+                    kind: g.kind,
+                    conditional: g.conditional,
+                    fan_out: g.fan_out,
+                    loop_max: g.loop_max,
+                })
+                .collect(),
         }
     }
 }

@@ -4,11 +4,12 @@
 import { ApiError, api, clearToken, enc, getToken, onUnauthorized, setToken } from './api.js';
 import { openStream } from './sse.js';
 import * as V from './views.js';
+import * as WF from './workflows.js';
 import { FINAL, fmtDur, isNum, nextFrame } from './util.js';
 
 const $ = (id) => document.getElementById(id);
 const root = document.documentElement;
-const VIEWS = ['fleet', 'queue', 'tasks', 'task', 'llm'];
+const VIEWS = ['fleet', 'queue', 'tasks', 'task', 'workflows', 'workflow', 'llm'];
 const TASK_CAP = 5000;
 
 const S = {
@@ -29,6 +30,8 @@ const S = {
   llmLoaded: false,
   llmAt: 0,
   dlqAt: 0,
+  runs: new Map(), // workflow runs, as lists show them
+  runsLoaded: false,
   taskFilter: { state: '', text: '' },
   taskLimit: 200,
 };
@@ -39,6 +42,7 @@ let fleet = null; // the fleet stream
 let wasLive = false;
 let readyMarked = false;
 let D = null; // the open task detail
+let W = null; // the open workflow run: { id, step, run, error, busy, again }
 // Snapshots are fetched once the fleet stream is live (its `ready`), so that no change falls
 // between a snapshot and the stream, and a refused token costs one request, not ten.
 let booted = false;
@@ -47,7 +51,7 @@ let streamGone = false; // the hub has no fleet stream: poll instead
 
 // --- Render scheduling
 
-const dirty = { fleetAll: false, hosts: new Set(), endpoints: false, queue: false, tasks: false, task: false, llm: false };
+const dirty = { fleetAll: false, hosts: new Set(), endpoints: false, queue: false, tasks: false, task: false, workflows: false, workflow: false, llm: false };
 let scheduled = false;
 
 function schedule() {
@@ -102,12 +106,18 @@ function flush() {
     } else if (v === 'task' && dirty.task && D) {
       dirty.task = false;
       V.renderTaskDetail(D);
+    } else if (v === 'workflows' && dirty.workflows) {
+      dirty.workflows = false;
+      WF.renderRuns(S);
+    } else if (v === 'workflow' && dirty.workflow && W) {
+      dirty.workflow = false;
+      WF.renderRun(W);
     } else if (v === 'llm' && dirty.llm) {
       dirty.llm = false;
       if (S.llmLoaded) V.renderLlm(S);
     }
   } catch (e) {
-    showErr(v === 'task' ? 'task' : v, 'The page could not draw this view: ' + (e && e.message));
+    showErr(v, 'The page could not draw this view: ' + (e && e.message));
   }
   markReady(v);
 }
@@ -117,6 +127,8 @@ function hasData(v) {
   if (v === 'queue') return !!S.queue;
   if (v === 'tasks') return S.tasksLoaded;
   if (v === 'task') return !!(D && (D.task || D.error));
+  if (v === 'workflows') return S.runsLoaded;
+  if (v === 'workflow') return !!(W && (W.run || W.error));
   if (v === 'llm') return S.llmLoaded;
   return false;
 }
@@ -130,7 +142,7 @@ function markReady(v) {
 
 // --- Errors and toasts
 
-const ERR_VIEW = { fleet: 'fleet-err', queue: 'queue-err', tasks: 'tasks-err', task: 'task-err', llm: 'llm-err' };
+const ERR_VIEW = { fleet: 'fleet-err', queue: 'queue-err', tasks: 'tasks-err', task: 'task-err', workflows: 'workflows-err', workflow: 'workflow-err', llm: 'llm-err' };
 
 function showErr(view, message) {
   const el = $(ERR_VIEW[view]);
@@ -399,6 +411,95 @@ function loadLlm() {
     .catch(failed('llm', 'LLM results could not be loaded'));
 }
 
+// --- Workflow runs
+
+const runTime = (r) => Math.max(r.ended_unix_ms || 0, r.created_unix_ms || 0);
+
+function upsertRun(r) {
+  if (!r || typeof r.id !== 'string') return;
+  const { steps, graph, ...summary } = r;
+  S.runs.set(r.id, summary);
+  touch('workflows');
+}
+
+function loadRuns() {
+  return fetchLatest('runs', '/api/v1/workflows/runs?limit=200')
+    .then((d) => {
+      if (!d) return;
+      const runs = Array.isArray(d.runs) ? d.runs : [];
+      S.runs = new Map();
+      for (const r of runs) upsertRun(r);
+      S.runsLoaded = true;
+      showErr('workflows', '');
+      touch('workflows');
+    })
+    .catch(failed('workflows', 'Workflow runs could not be loaded'));
+}
+
+/** Fetches the open run; a change while a fetch is out fetches once more after it. */
+function loadRun(w) {
+  if (w.busy) {
+    w.again = true;
+    return;
+  }
+  w.busy = true;
+  api(`/api/v1/workflows/runs/${enc(w.id)}`, { signal: w.ctl.signal })
+    .then((d) => {
+      if (W !== w) return;
+      w.run = d.run;
+      w.error = null;
+      upsertRun(d.run);
+      showErr('workflow', '');
+    })
+    .catch((e) => {
+      if (W !== w || quiet(e)) return;
+      w.error = e;
+      showErr('workflow', e instanceof ApiError && e.status === 404 ? `No workflow run ${w.id}.` : `The run could not be loaded: ${(e && e.message) || e}`);
+    })
+    .finally(() => {
+      w.busy = false;
+      if (W !== w) return;
+      touch('workflow');
+      if (w.again) {
+        w.again = false;
+        loadRun(w);
+      }
+    });
+}
+
+function openRun(id, step) {
+  if (W && W.id === id) {
+    W.step = step;
+    touch('workflow');
+    loadRun(W);
+    return;
+  }
+  closeRun();
+  W = { id, step, run: null, error: null, busy: false, again: false, ctl: new AbortController() };
+  touch('workflow');
+  loadRun(W);
+}
+
+function closeRun() {
+  if (!W) return;
+  W.ctl.abort();
+  W = null;
+}
+
+function runAction(btn, action) {
+  const id = btn.dataset.id;
+  act(btn, 'POST', `/api/v1/workflows/runs/${enc(id)}/${action}`, (d) => {
+    if (d.run) {
+      upsertRun(d.run);
+      if (W && W.id === id) {
+        W.run = d.run;
+        touch('workflow');
+      }
+    }
+    toast(action === 'cancel' ? `Run ${id} is cancelled.` : `Run ${id} goes again from its failed steps.`);
+  }, action === 'cancel' ? 'Cancel failed' : 'Retry failed');
+}
+
 function refreshBase() {
   loadAgents();
   loadHosts();
@@ -414,6 +515,8 @@ function refreshView() {
     loadBlocked();
   }
   if (v === 'llm') loadLlm();
+  if (v === 'workflows') loadRuns();
+  if (v === 'workflow' && W) loadRun(W);
   if (v === 'task' && D && D.task && !FINAL.has(D.task.state)) loadDetailExtras(D);
 }
 
@@ -549,6 +652,13 @@ function startFleetStream() {
         case 'queue':
           if (data) setQueue(data.queue && typeof data.queue === 'object' ? data.queue : data);
           break;
+        case 'run':
+          if (data && data.run) {
+            const old = S.runs.get(data.run.id);
+            if (!old || runTime(data.run) >= runTime(old)) upsertRun(data.run);
+            if (W && W.id === data.run.id) loadRun(W);
+          }
+          break;
         default:
       }
     },
@@ -670,6 +780,17 @@ function closeDetail() {
 
 function parseRoute() {
   const h = location.hash || '';
+  const run = /^#\/workflows\/([^/?#]+)(?:\/([^/?#]+))?/.exec(h);
+  if (run) {
+    const decode = (x) => {
+      try {
+        return decodeURIComponent(x);
+      } catch {
+        return x;
+      }
+    };
+    return { view: 'workflow', id: decode(run[1]), step: run[2] ? decode(run[2]) : null };
+  }
   const m = /^#\/tasks\/([^/?#]+)/.exec(h);
   if (m) {
     let id = m[1];
@@ -681,21 +802,23 @@ function parseRoute() {
     return { view: 'task', id };
   }
   const v = (/^#\/(\w+)/.exec(h) || [])[1];
-  return { view: ['fleet', 'queue', 'tasks', 'llm'].includes(v) ? v : 'fleet', id: null };
+  return { view: ['fleet', 'queue', 'tasks', 'workflows', 'llm'].includes(v) ? v : 'fleet', id: null };
 }
 
 function onRoute() {
   if (!signedIn) return;
   route = parseRoute();
   if (route.view !== 'task' || (D && D.id !== route.id)) closeDetail();
+  if (route.view !== 'workflow') closeRun();
   for (const v of VIEWS) $('view-' + v).hidden = v !== route.view;
   $('view-login').hidden = true;
-  const navKey = route.view === 'task' ? 'tasks' : route.view;
+  const navKey = route.view === 'task' ? 'tasks' : route.view === 'workflow' ? 'workflows' : route.view;
   for (const a of document.querySelectorAll('[data-nav]')) {
     if (a.dataset.nav === navKey) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');
   }
-  document.title = (route.view === 'task' ? 'Task ' + route.id : route.view[0].toUpperCase() + route.view.slice(1)) + ' · AgentCom';
+  const title = route.view === 'task' ? 'Task ' + route.id : route.view === 'workflow' ? 'Run ' + route.id : route.view[0].toUpperCase() + route.view.slice(1);
+  document.title = title + ' · AgentCom';
   enterView();
 }
 
@@ -720,6 +843,11 @@ function enterView() {
     touch('tasks');
   } else if (v === 'task') {
     openDetail(route.id);
+  } else if (v === 'workflows') {
+    loadRuns();
+    touch('workflows');
+  } else if (v === 'workflow') {
+    openRun(route.id, route.step);
   } else if (v === 'llm') {
     if (!S.llmLoaded || Date.now() - S.llmAt > 60000) loadLlm();
     touch('llm');
@@ -738,6 +866,8 @@ function resetStore() {
   S.tasks = new Map();
   S.dlq = [];
   S.blocked = [];
+  S.runs = new Map();
+  S.runsLoaded = false;
   S.agentsLoaded = S.hostsLoaded = S.tasksLoaded = S.dlqLoaded = S.blockedLoaded = S.llmLoaded = false;
 }
 
@@ -748,6 +878,7 @@ function stopAll() {
   if (fleet) fleet.close();
   fleet = null;
   closeDetail();
+  closeRun();
 }
 
 function showLogin(message) {
@@ -865,6 +996,8 @@ document.addEventListener('click', (e) => {
     taskAction(el, 'POST', `/api/v1/dlq/${enc(el.dataset.id)}/retry`, 'is queued again', 'Retry failed');
   } else if (action === 'cancel') {
     taskAction(el, 'DELETE', `/api/v1/tasks/${enc(el.dataset.id)}`, 'is cancelled', 'Cancel failed');
+  } else if (action === 'run-cancel' || action === 'run-retry') {
+    runAction(el, action.slice(4));
   } else if (action === 'more') {
     S.taskLimit += 200;
     touch('tasks');
@@ -951,6 +1084,9 @@ setInterval(() => {
   if (v === 'tasks' && tick % 10 === 0) touch('tasks');
   if (v === 'task' && tick % 5 === 0 && D && D.task && !FINAL.has(D.task.state)) touch('task');
   if (v === 'llm' && tick % 60 === 0) loadLlm();
+  // Run events keep these live; a slow refresh covers a stream that fell behind.
+  if (v === 'workflow' && W && tick % 10 === 0 && !(W.run && WF.RUN_FINAL.has(W.run.state))) loadRun(W);
+  if (v === 'workflows' && tick % 30 === 0) loadRuns();
   if (booted && streamGone && tick % 10 === 0) {
     refreshBase();
     refreshView();
