@@ -209,7 +209,7 @@ async fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
     drop(sidecars);
 }
 
-/// A workflow with a branch taken and one skipped, a fan-out, a loop and a join.
+/// A workflow with a branch taken and one skipped, a fan-out, a loop over two steps and a join.
 const GRAPH: &str = r#"
 name: nightly-review
 inputs:
@@ -233,7 +233,7 @@ steps:
     run: ["sh", "-c", "echo reviewed {{ item }}"]
   - id: until-green
     needs: [fix]
-    loop: {until: 'steps["until-green"].round >= 3', max: 5}
+    loop: {until: 'steps["until-green"].round >= 3', max: 5, from: fix}
     run: "echo round {{ round }}"
   - id: report
     needs: [per-file, until-green, docs]
@@ -297,6 +297,13 @@ async fn workflows(hub: &HubProcess, browser: &Browser, shots: &std::path::Path,
     );
     let edges = browser.eval("document.querySelectorAll('svg.wfgraph path[data-edge]').length").await.unwrap();
     assert_eq!(edges, json!(7), "an edge per need");
+    let back = browser
+        .eval("[...document.querySelectorAll('svg.wfgraph path[data-loop]')].map(p => p.dataset.loop)")
+        .await
+        .unwrap();
+    assert_eq!(back, json!(["until-green>fix"]), "the loop over fix and until-green is drawn back to fix");
+    let fix = browser.eval(&format!("{}.textContent", node("fix"))).await.unwrap();
+    assert!(fix.as_str().unwrap().contains("round 3"), "fix ran in each of the loop's rounds: {fix}");
     let fan = browser.eval(&format!("{}.textContent", node("per-file"))).await.unwrap();
     assert!(fan.as_str().unwrap().contains("6/6 items"), "the fan-out's items: {fan}");
     let looped = browser.eval(&format!("{}.textContent", node("until-green"))).await.unwrap();

@@ -316,6 +316,8 @@ enum RunDoc {
 struct LoopDoc {
     until: String,
     max: u32,
+    #[serde(default)]
+    from: Option<String>,
 }
 
 fn at(location: Location, step: Option<&str>, message: impl Into<String>) -> Problem {
@@ -388,7 +390,11 @@ pub fn load(text: &str) -> Result<Definition, Vec<Problem>> {
                 ForEachDoc::Expr(source) => ForEach::Expr(source.clone()),
             }),
             max_parallel: doc_step.max_parallel,
-            repeat: doc_step.repeat.as_ref().map(|r| Repeat { until: r.value.until.clone(), max: r.value.max }),
+            repeat: doc_step.repeat.as_ref().map(|r| Repeat {
+                until: r.value.until.clone(),
+                max: r.value.max,
+                from: r.value.from.clone(),
+            }),
         });
     }
     let workflow = Workflow { name: doc.name.clone(), steps };
@@ -564,6 +570,9 @@ fn locate(doc: &FileDoc, error: DefinitionError) -> Problem {
             (step_named(step).and_then(|s| s.value.repeat.as_ref()).map(|r| r.referenced), Some(step.clone()))
         }
         DefinitionError::BadId(id) => (step_named(id).map(|s| s.value.id.referenced), Some(id.clone())),
+        DefinitionError::LoopFrom { step, .. } | DefinitionError::LoopsOverlap { second: step, .. } => {
+            (step_named(step).and_then(|s| s.value.repeat.as_ref()).map(|r| r.referenced), Some(step.clone()))
+        }
     };
     let message = match &error {
         DefinitionError::Expression { field, error, .. } => format!("{field}: {error}"),

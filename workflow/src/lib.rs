@@ -65,6 +65,9 @@ pub struct Repeat {
     /// An expression over the step's latest round (`steps.ID`) and everything before it.
     pub until: String,
     pub max: u32,
+    /// `loop.from`: the first step of a group of steps the loop repeats, every step on a path of
+    /// `needs` from it to this one (this one last); none: this step alone.
+    pub from: Option<String>,
 }
 
 /// What is wrong with a definition, naming the step.
@@ -82,6 +85,10 @@ pub enum DefinitionError {
     NoRounds { step: String },
     #[error("step {0:?}: an id is 1 to 64 characters of letters, digits, '-' and '_'")]
     BadId(String),
+    #[error("step {step:?}: loop.from {from:?} is not a step this one needs, directly or through others")]
+    LoopFrom { step: String, from: String },
+    #[error("step {step:?} is in the loops of both {first:?} and {second:?}: loops do not nest or overlap")]
+    LoopsOverlap { step: String, first: String, second: String },
 }
 
 impl Workflow {
@@ -134,7 +141,74 @@ impl Workflow {
         {
             errors.push(DefinitionError::Cycle(cycle));
         }
+        if errors.is_empty() {
+            errors.extend(self.check_groups());
+        }
         errors
+    }
+
+    /// Each `loop.from` names a step before its loop's, and no step is in two loops.
+    fn check_groups(&self) -> Vec<DefinitionError> {
+        let mut errors = Vec::new();
+        let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
+        for tail in self.steps.iter().filter(|s| s.repeat.is_some()) {
+            if let Some(from) = tail.repeat.as_ref().and_then(|r| r.from.as_deref())
+                && (from == tail.id || !self.needed_by(&tail.id).contains(from))
+            {
+                errors.push(DefinitionError::LoopFrom { step: tail.id.clone(), from: from.to_owned() });
+                continue;
+            }
+            for member in self.loop_group(tail) {
+                if let Some(first) = owner.insert(member, &tail.id) {
+                    errors.push(DefinitionError::LoopsOverlap {
+                        step: member.to_owned(),
+                        first: first.to_owned(),
+                        second: tail.id.clone(),
+                    });
+                }
+            }
+        }
+        errors
+    }
+
+    /// Every step `id` needs, directly or through others.
+    fn needed_by(&self, id: &str) -> BTreeSet<&str> {
+        let mut found = BTreeSet::new();
+        let mut todo = vec![id];
+        while let Some(next) = todo.pop() {
+            for need in self.step(next).map(|s| s.needs.as_slice()).unwrap_or_default() {
+                if found.insert(need.as_str()) {
+                    todo.push(need);
+                }
+            }
+        }
+        found
+    }
+
+    /// The steps `tail`'s loop repeats, in file order, `tail` last: with `loop.from`, every
+    /// step on a path of `needs` from `from` to `tail`; else `tail` alone (none without a loop).
+    pub fn loop_group<'a>(&'a self, tail: &'a Step) -> Vec<&'a str> {
+        let Some(repeat) = &tail.repeat else { return Vec::new() };
+        let Some(from) = repeat.from.as_deref() else { return vec![tail.id.as_str()] };
+        let before = self.needed_by(&tail.id);
+        let mut group: Vec<&str> = self
+            .steps
+            .iter()
+            .filter(|s| s.id != tail.id && before.contains(s.id.as_str()))
+            .filter(|s| s.id == from || self.needed_by(&s.id).contains(from))
+            .map(|s| s.id.as_str())
+            .collect();
+        group.push(&tail.id);
+        group
+    }
+
+    /// The step whose loop repeats `id`, when `id` is in a group and is not its last step:
+    /// steps outside the group that need `id` wait for that loop to end.
+    pub fn loop_around(&self, id: &str) -> Option<&Step> {
+        self.steps
+            .iter()
+            .filter(|tail| tail.id != id && tail.repeat.as_ref().is_some_and(|r| r.from.is_some()))
+            .find(|tail| self.loop_group(tail).contains(&id))
     }
 
     /// Steps on a cycle of `needs`, if there is one (Kahn's algorithm: what never becomes ready).

@@ -6,7 +6,7 @@
 //! task's idempotency key: a key is submitted at most once, and an end that does not match a
 //! task the run waits for (a duplicate, a stale round, a cancelled step) changes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
@@ -242,8 +242,17 @@ pub fn advance(workflow: &Workflow, run: &mut Run, event: Event) -> Vec<StepKey>
             if !matches!(run.state, State::Failed | State::Cancelled) {
                 return submits;
             }
-            for step in run.steps.values_mut().filter(|s| s.state != State::Succeeded) {
-                *step = StepRun::pending();
+            // A loop over a group goes again whole, from its first step.
+            let mut again: BTreeSet<String> =
+                run.steps.iter().filter(|(_, s)| s.state != State::Succeeded).map(|(id, _)| id.clone()).collect();
+            let groups: Vec<&str> = (workflow.steps.iter().filter(|t| again.contains(&t.id)))
+                .flat_map(|tail| workflow.loop_group(tail))
+                .collect();
+            again.extend(groups.into_iter().map(str::to_owned));
+            for id in &again {
+                if let Some(step) = run.steps.get_mut(id) {
+                    *step = StepRun::pending();
+                }
             }
             run.state = State::Running;
         }
@@ -260,7 +269,7 @@ pub fn advance(workflow: &Workflow, run: &mut Run, event: Event) -> Vec<StepKey>
                 None => true,
             };
             if round_over {
-                end_round(run, step, &mut submits);
+                end_round(workflow, run, step, &mut submits);
             } else {
                 more_items(run, step, &mut submits);
             }
@@ -299,8 +308,8 @@ fn took_end(run: &mut Run, step: &Step, key: &StepKey, ended: Ended) -> bool {
     }
 }
 
-/// A round ended: the step ends, or with `loop:` runs again.
-fn end_round(run: &mut Run, step: &Step, submits: &mut Vec<StepKey>) {
+/// A round ended: the step ends, or with `loop:` runs again (with `loop.from`, its whole group).
+fn end_round(workflow: &Workflow, run: &mut Run, step: &Step, submits: &mut Vec<StepKey>) {
     let state = &run.steps[&step.id];
     let succeeded = match &state.items {
         Some(items) => items.iter().all(|i| i.state == State::Succeeded),
@@ -321,8 +330,22 @@ fn end_round(run: &mut Run, step: &Step, submits: &mut Vec<StepKey>) {
             let reason = format!("loop_exhausted: {} did not hold after {round} rounds", repeat.until);
             finish(run, &step.id, State::Failed, Some(reason));
         }
+        Ok(false) if repeat.from.is_some() => restart_group(workflow, run, step, round),
         Ok(false) => begin_round(run, step, round + 1, submits),
         Err(error) => finish(run, &step.id, State::Failed, Some(format!("loop.until: {error}"))),
+    }
+}
+
+/// The group of `tail`'s loop goes again: each of its steps waits to start round `round + 1`
+/// (in `needs` order, by [`start_ready`]), keeping its last result for the others to read until
+/// it starts.
+fn restart_group(workflow: &Workflow, run: &mut Run, tail: &Step, round: u32) {
+    for id in workflow.loop_group(tail) {
+        let step = run.steps.get_mut(id).expect("every step has a run");
+        step.state = State::Pending;
+        step.round = round;
+        step.reason = None;
+        step.items = None;
     }
 }
 
@@ -358,9 +381,15 @@ fn start_ready(workflow: &Workflow, run: &mut Run, submits: &mut Vec<StepKey>) {
         return;
     }
     loop {
+        // A step of a loop's group has ended for the steps outside it only once the loop has.
+        let ended = |step: &Step, need: &str| {
+            run.steps.get(need).is_none_or(|n| n.state.is_final())
+                && workflow.loop_around(need).is_none_or(|tail| {
+                    run.steps[&tail.id].state.is_final() || workflow.loop_group(tail).contains(&step.id.as_str())
+                })
+        };
         let ready = workflow.steps.iter().find(|step| {
-            run.steps[&step.id].state == State::Pending
-                && step.needs.iter().all(|need| run.steps.get(need).is_none_or(|n| n.state.is_final()))
+            run.steps[&step.id].state == State::Pending && step.needs.iter().all(|need| ended(step, need))
         });
         let Some(step) = ready else { return };
         start(run, step, submits);
@@ -403,7 +432,9 @@ fn start(run: &mut Run, step: &Step, submits: &mut Vec<StepKey>) {
             Err(error) => return finish(run, &step.id, State::Failed, Some(error)),
         }
     }
-    begin_round(run, step, 1, submits);
+    // 1 for a step's first round; a loop's group goes on from its last.
+    let round = run.steps[&step.id].round + 1;
+    begin_round(run, step, round, submits);
 }
 
 /// Runs round `round` of the step: its task, or its first items.

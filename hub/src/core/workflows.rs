@@ -115,6 +115,8 @@ pub struct GraphStep {
     pub fan_out: bool,
     /// The most rounds of its `loop:`.
     pub loop_max: Option<u32>,
+    /// The first step of the group its `loop:` repeats (`loop.from`).
+    pub loop_from: Option<String>,
 }
 
 /// Tokens and cost, summed.
@@ -654,6 +656,7 @@ fn graph(definition: &Definition) -> Vec<GraphStep> {
             conditional: step.when.is_some(),
             fan_out: step.for_each.is_some(),
             loop_max: step.repeat.as_ref().map(|r| r.max),
+            loop_from: step.repeat.as_ref().and_then(|r| r.from.clone()),
         })
         .collect()
 }

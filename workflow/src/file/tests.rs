@@ -112,6 +112,16 @@ fn a_cycle_is_reported_at_its_first_step() {
 }
 
 #[test]
+fn a_loop_from_that_is_not_before_its_step_is_reported_at_the_loop() {
+    let text = "name: w\nsteps:\n  - id: a\n    run: \"true\"\n  - id: b\n    run: \"true\"\n    loop: {until: \"true\", max: 2, from: a}\n";
+    let found = problems(text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].starts_with("7:11: step b: ") && found[0].contains("loop.from \"a\""), "{found:?}");
+    let good = "name: w\nsteps:\n  - id: a\n    run: \"true\"\n  - id: b\n    needs: [a]\n    run: \"true\"\n    loop: {until: \"true\", max: 2, from: a}\n";
+    assert!(load(good).is_ok(), "a loop from a step it needs is fine");
+}
+
+#[test]
 fn a_template_that_does_not_compile_is_a_problem() {
     let found = problems("name: w\nsteps:\n  - id: a\n    run: \"echo {{ inputs.x \"\n");
     assert!(found.iter().any(|p| p.starts_with("4:10: step a: run:")), "{found:?}");

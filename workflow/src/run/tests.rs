@@ -48,7 +48,7 @@ fn a_branch_is_taken_by_its_condition_and_the_other_is_skipped_then_they_join() 
 #[test]
 fn a_loop_stops_when_its_condition_holds_or_at_max() {
     let mut green = step("green", &[]);
-    green.repeat = Some(Repeat { until: "steps.green.exit_code == 0".into(), max: 5 });
+    green.repeat = Some(Repeat { until: "steps.green.exit_code == 0".into(), max: 5, from: None });
     let workflow = Workflow { name: "w".into(), steps: vec![green] };
     let mut run = Run::new(&workflow, json!({}));
     let mut submits = advance(&workflow, &mut run, Event::Start);
@@ -69,6 +69,72 @@ fn a_loop_stops_when_its_condition_holds_or_at_max() {
     assert_eq!(run.steps["green"].state, State::Failed);
     assert!(run.steps["green"].reason.as_deref().unwrap().starts_with("loop_exhausted"));
     assert_eq!(run.state, State::Failed);
+}
+
+#[test]
+fn a_loop_over_a_group_runs_the_group_again_in_order_until_its_condition_holds() {
+    // fix -> test -> review, again until the review approves; notify needs test, from outside.
+    let mut review = step("review", &["test"]);
+    review.repeat =
+        Some(Repeat { until: "steps.review.outputs.verdict == 'approve'".into(), max: 3, from: Some("fix".into()) });
+    let steps =
+        vec![step("plan", &[]), step("fix", &["plan"]), step("test", &["fix"]), review, step("notify", &["test"])];
+    let workflow = Workflow { name: "w".into(), steps };
+    assert!(workflow.check().is_empty(), "{:?}", workflow.check());
+    assert_eq!(workflow.loop_group(workflow.step("review").unwrap()), vec!["fix", "test", "review"]);
+    let mut run = Run::new(&workflow, json!({}));
+    let plan = advance(&workflow, &mut run, Event::Start);
+    let mut next = advance(&workflow, &mut run, Event::Ended { key: plan[0].clone(), ended: ok(0) });
+    for (round, verdict) in [(1, "change"), (2, "approve")] {
+        assert_eq!(keys(&next), vec![("fix".into(), round, None)]);
+        if round == 2 {
+            let context = run.context_for(&next[0]);
+            assert_eq!(
+                context["steps"]["review"]["outputs"]["verdict"],
+                json!("change"),
+                "round 2 reads round 1's review"
+            );
+        }
+        let test = advance(&workflow, &mut run, Event::Ended { key: next[0].clone(), ended: ok(0) });
+        assert_eq!(keys(&test), vec![("test".into(), round, None)]);
+        let review = advance(&workflow, &mut run, Event::Ended { key: test[0].clone(), ended: ok(0) });
+        assert_eq!(keys(&review), vec![("review".into(), round, None)], "notify waits for the loop");
+        let mut ended = ok(0);
+        ended.outputs.insert("verdict".into(), json!(verdict));
+        next = advance(&workflow, &mut run, Event::Ended { key: review[0].clone(), ended });
+    }
+    assert_eq!(keys(&next), vec![("notify".into(), 1, None)], "the loop ended, so notify starts");
+    advance(&workflow, &mut run, Event::Ended { key: next[0].clone(), ended: ok(0) });
+    assert_eq!(run.state, State::Succeeded);
+
+    // At max the loop's last step fails, and a retry runs the whole group again from round 1.
+    let mut run = Run::new(&workflow, json!({}));
+    let plan = advance(&workflow, &mut run, Event::Start);
+    let mut next = advance(&workflow, &mut run, Event::Ended { key: plan[0].clone(), ended: ok(0) });
+    while let Some(key) = next.first().cloned() {
+        let mut ended = ok(0);
+        ended.outputs.insert("verdict".into(), json!("change"));
+        next = advance(&workflow, &mut run, Event::Ended { key, ended });
+    }
+    assert_eq!(run.steps["review"].round, 3);
+    assert!(run.steps["review"].reason.as_deref().unwrap().starts_with("loop_exhausted"));
+    assert_eq!((run.steps["notify"].state, run.state), (State::Succeeded, State::Failed));
+    let again = advance(&workflow, &mut run, Event::Retry);
+    assert_eq!(keys(&again), vec![("fix".into(), 1, None)], "the group goes again from its first step");
+}
+
+#[test]
+fn a_loop_from_must_name_an_earlier_step_and_loops_do_not_overlap() {
+    let looped = |id: &str, needs: &[&str], from: &str| {
+        let mut s = step(id, needs);
+        s.repeat = Some(Repeat { until: "true".into(), max: 2, from: Some(from.into()) });
+        s
+    };
+    let bad_from = Workflow { name: "w".into(), steps: vec![step("a", &[]), looped("b", &[], "a")] };
+    assert!(matches!(bad_from.check()[..], [crate::DefinitionError::LoopFrom { .. }]), "{:?}", bad_from.check());
+    let overlap =
+        Workflow { name: "w".into(), steps: vec![step("a", &[]), looped("b", &["a"], "a"), looped("c", &["b"], "b")] };
+    assert!(matches!(overlap.check()[..], [crate::DefinitionError::LoopsOverlap { .. }]), "{:?}", overlap.check());
 }
 
 #[test]
@@ -145,7 +211,7 @@ fn a_definition_is_checked_for_every_error_at_once() {
     let mut bad = step("b", &["nowhere"]);
     bad.when = Some("steps.a ==".into());
     let mut looped = step("c", &[]);
-    looped.repeat = Some(Repeat { until: "true".into(), max: 0 });
+    looped.repeat = Some(Repeat { until: "true".into(), max: 0, from: None });
     let steps = vec![step("a", &["d"]), bad, looped, step("d", &["a"]), step("a", &[]), step("bad id!", &[])];
     let errors: Vec<String> = Workflow { name: "w".into(), steps }.check().iter().map(ToString::to_string).collect();
     assert!(errors.iter().any(|e| e.contains("\"a\" appears more than once")), "{errors:?}");
@@ -163,34 +229,42 @@ fn workflows() -> impl Strategy<Value = Workflow> {
         prop::collection::vec(any::<prop::sample::Index>(), 0..3),
         0..4u8,
         prop::option::of((0..6usize, 0..4u32)),
-        prop::option::of((0..2u8, 1..4u32)),
+        prop::option::of((0..3u8, 1..4u32)),
     );
-    prop::collection::vec(one, 1..8).prop_map(|specs| {
-        let mut steps: Vec<Step> = Vec::new();
-        for (n, (needs, when, fan, repeat)) in specs.into_iter().enumerate() {
-            let id = format!("s{n}");
-            let mut needs: Vec<String> =
-                if n == 0 { Vec::new() } else { needs.iter().map(|i| format!("s{}", i.index(n))).collect() };
-            needs.sort();
-            needs.dedup();
-            let when = match (when, needs.first()) {
-                (1, _) => Some("true".to_owned()),
-                (2, _) => Some("inputs.go".to_owned()),
-                (3, Some(need)) => Some(format!("steps.{need}.state == 'failed'")),
-                _ => None,
-            };
-            let (for_each, max_parallel) = match fan {
-                Some((items, max)) => (Some(ForEach::Items((0..items).map(|i| json!(i)).collect())), max),
-                None => (None, 0),
-            };
-            let repeat = repeat.map(|(kind, max)| Repeat {
-                until: if kind == 0 { format!("steps.{id}.state == 'running' and round >= 2") } else { "false".into() },
-                max,
-            });
-            steps.push(Step { id, needs, when, for_each, max_parallel, repeat });
-        }
-        Workflow { name: "random".into(), steps }
-    })
+    prop::collection::vec(one, 1..8)
+        .prop_map(|specs| {
+            let mut steps: Vec<Step> = Vec::new();
+            for (n, (needs, when, fan, repeat)) in specs.into_iter().enumerate() {
+                let id = format!("s{n}");
+                let mut needs: Vec<String> =
+                    if n == 0 { Vec::new() } else { needs.iter().map(|i| format!("s{}", i.index(n))).collect() };
+                needs.sort();
+                needs.dedup();
+                let when = match (when, needs.first()) {
+                    (1, _) => Some("true".to_owned()),
+                    (2, _) => Some("inputs.go".to_owned()),
+                    (3, Some(need)) => Some(format!("steps.{need}.state == 'failed'")),
+                    _ => None,
+                };
+                let (for_each, max_parallel) = match fan {
+                    Some((items, max)) => (Some(ForEach::Items((0..items).map(|i| json!(i)).collect())), max),
+                    None => (None, 0),
+                };
+                // Kind 2 loops over a group: from the first step this one needs to this one.
+                let repeat = repeat.map(|(kind, max)| Repeat {
+                    until: if kind == 0 {
+                        format!("steps.{id}.state == 'running' and round >= 2")
+                    } else {
+                        "false".into()
+                    },
+                    max,
+                    from: if kind == 2 { needs.first().cloned() } else { None },
+                });
+                steps.push(Step { id, needs, when, for_each, max_parallel, repeat });
+            }
+            Workflow { name: "random".into(), steps }
+        })
+        .prop_filter("loops that overlap are refused by check", |w| w.check().is_empty())
 }
 
 /// Checks what a batch of submits may be, and adds it to what runs.
@@ -206,6 +280,11 @@ fn accept(
         let step = workflow.step(&submit.step).unwrap();
         for need in &step.needs {
             prop_assert!(run.steps[need].state.is_final(), "{} started before {} ended", step.id, need);
+            if let Some(tail) = workflow.loop_around(need)
+                && !workflow.loop_group(tail).contains(&step.id.as_str())
+            {
+                prop_assert!(run.steps[&tail.id].state.is_final(), "{} started inside {}'s loop", step.id, tail.id);
+            }
         }
         outstanding.push(submit);
     }

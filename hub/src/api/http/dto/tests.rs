@@ -418,6 +418,7 @@ fn the_run_shape_is_documented() {
             conditional: false,
             fan_out: true,
             loop_max: None,
+            loop_from: None,
         }],
         existing: false,
     };

@@ -51,6 +51,8 @@ pub struct GraphStepDto {
     pub fan_out: bool,
     /// The most rounds of its `loop:`, if it has one.
     pub loop_max: Option<u32>,
+    /// The first step of the group its `loop:` repeats (`loop.from`), if it loops over a group.
+    pub loop_from: Option<String>,
 }
 
 #[derive(Serialize, Debug, PartialEq, Default)]
@@ -158,6 +160,7 @@ impl RunDto {
                     conditional: g.conditional,
                     fan_out: g.fan_out,
                     loop_max: g.loop_max,
+                    loop_from: g.loop_from.clone(),
                 })
                 .collect(),
         }

@@ -135,7 +135,7 @@ function graphSvg(run) {
   const pos = new Map();
   columns.forEach((col, x) => col.forEach((id) => pos.set(id, { x: x * (NODE_W + GAP_X), y: row.get(id) * (NODE_H + GAP_Y) })));
   const W = columns.length * (NODE_W + GAP_X) - GAP_X + 2;
-  const H = rowsMax * (NODE_H + GAP_Y) - GAP_Y + 2;
+  const H = rowsMax * (NODE_H + GAP_Y) - GAP_Y + 2 + (graph.some((g) => g.loop_from) ? 30 : 0);
   let edges = '';
   for (const g of graph) {
     const to = pos.get(g.id);
@@ -151,6 +151,18 @@ function graphSvg(run) {
       const cls = done && (done.step_state === 'succeeded' || done.step_state === 'skipped') ? 'edge done' : 'edge';
       edges += `<path class="${cls}" d="M${x1} ${y1}C${mx} ${y1} ${mx} ${y2} ${x2} ${y2}" marker-end="url(#wf-arrow)" data-edge="${esc(n)}>${esc(g.id)}"/>`;
     }
+  }
+  // A loop over a group: a dashed arc back from its last step to its first.
+  for (const g of graph) {
+    const from = g.loop_from && pos.get(g.loop_from);
+    const to = pos.get(g.id);
+    if (!from || !to) continue;
+    const x1 = to.x + NODE_W / 2;
+    const x2 = from.x + NODE_W / 2;
+    const y1 = to.y + NODE_H + 1;
+    const y2 = from.y + NODE_H + 6;
+    const low = Math.max(y1, y2) + 22;
+    edges += `<path class="edge loop" d="M${x1} ${y1}C${x1} ${low} ${x2} ${low} ${x2} ${y2}" marker-end="url(#wf-arrow)" data-loop="${esc(g.id)}>${esc(g.loop_from)}"><title>${esc(`loop: ${g.loop_from} to ${g.id} again`)}</title></path>`;
   }
   let nodes = '';
   for (const g of graph) {
