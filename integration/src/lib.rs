@@ -122,8 +122,10 @@
 //! double directly, with the sidecar's link plain, TLS or QUIC (`--link`) and, with `--impair`,
 //! behind the relays of `relay`).
 //!
-//! `tests/readme.rs`: the README's tour, every command run as written in a scratch directory
-//! against `agentcom-hub dev`, each documented result checked; `tests/waiting.rs`: `submit --wait`
+//! `tests/repo_detect.rs`: `agentcom-sidecar detect` on the fixture repositories (`repos`), each
+//! plan carried out by hand until its health check answers; `tests/readme.rs`: the README's
+//! tour, every command run as written in a scratch directory against `agentcom-hub dev`, each
+//! documented result checked; `tests/waiting.rs`: `submit --wait`
 //! saying why a task waits within 2 s, and work going past a sidecar that would refuse it (its
 //! only endpoint down, its repository not allowed) to one that runs it; `tests/errors.rs`: errors
 //! that name the fix (the wrong scheme for the hub, a backup through the hub of a data directory
@@ -138,6 +140,7 @@ pub mod ollama;
 pub mod otlp;
 pub mod process;
 pub mod relay;
+pub mod repos;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -10,6 +10,7 @@
 
 pub mod attempt;
 pub mod contain;
+pub mod detect;
 pub mod enrol;
 pub mod job;
 mod link;

@@ -26,6 +26,13 @@ enum Command {
     Run(Box<RunArgs>),
     /// Trade a join token for this sidecar's own certificate, kept in the state directory, and exit.
     Enroll(EnrollArgs),
+    /// Read a repository and print, as JSON, what it needs to run: its stacks, install commands,
+    /// services with their ports and health checks, dependencies and environment. Runs nothing.
+    Detect {
+        /// The repository's directory.
+        #[arg(default_value = ".")]
+        path: std::path::PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -284,6 +291,11 @@ async fn run() -> anyhow::Result<()> {
     let _traces = agentcom_process::start_traces("agentcom-sidecar", cli.otlp_endpoint.as_deref())?;
     let args = match cli.command {
         Command::Run(args) => args,
+        Command::Detect { path } => {
+            let plan = agentcom_sidecar::detect::detect(&path)?;
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+            return Ok(());
+        }
         Command::Enroll(args) => {
             let hostname = args.hostname.unwrap_or_else(agentcom_sidecar::hostname);
             let join = match (args.join, &args.join_file) {
