@@ -126,8 +126,10 @@ pub(super) fn choose(inventory: &[Endpoint], wanted: &str) -> Result<Choice, Str
         return Ok(choice(anthropic, wanted, false));
     }
     // The model is where the hub saw it, but that endpoint is down now: the work may run when it
-    // is back, or elsewhere.
-    let down = inventory.iter().any(|e| !e.healthy && e.models.iter().any(|m| m.name == wanted));
+    // is back, or elsewhere. A down endpoint that has listed nothing yet (its first check failed,
+    // or it went down while restarting and forgot its list) may be the one that serves it.
+    let down =
+        inventory.iter().any(|e| !e.healthy && (e.models.is_empty() || e.models.iter().any(|m| m.name == wanted)));
     let offered: Vec<String> = inventory
         .iter()
         .map(|e| {
@@ -546,6 +548,15 @@ mod tests {
         assert!(cold.cold);
         let missing = choose(&inventory, "qwen").unwrap_err();
         assert!(missing.contains("model qwen is on none") && missing.contains("http://c, down: qwen"), "{missing}");
+        assert!(missing.starts_with("endpoint_down"), "retried: the endpoint may come back: {missing}");
+        // A server being restarted: down, with no list of models. It may serve the model when it
+        // is back (the hub placed the work here for it), so the attempt is retried, not failed.
+        let restarting = endpoint(EndpointKind::Openai, "http://l/v1", &[], false);
+        let unknown = choose(std::slice::from_ref(&restarting), "gemma.gguf").unwrap_err();
+        assert!(unknown.starts_with("endpoint_down") && unknown.contains("http://l/v1, down: none"), "{unknown}");
+        // Up and listing other models: this sidecar does not have it, and no retry will change that.
+        let elsewhere = choose(&[a, b], "qwen").unwrap_err();
+        assert!(!elsewhere.starts_with("endpoint_down"), "{elsewhere}");
     }
 
     #[test]
