@@ -329,17 +329,20 @@ async fn workflows(hub: &HubProcess, browser: &Browser, shots: &std::path::Path,
 
     // Cancel from the run's button.
     browser.eval(&format!("location.hash = '#/workflows/{slow}'")).await.unwrap();
-    let button = |action: &str| format!("document.querySelector('button[data-action=\"{action}\"]')");
-    browser.wait_for(&button("run-cancel"), PATIENCE).await.unwrap();
-    browser.eval(&format!("{}.click()", button("run-cancel"))).await.unwrap();
+    // The button of this run: the page of the last one may still be up for a frame.
+    let button = |action: &str, run: &str| {
+        format!("document.querySelector('button[data-action=\"{action}\"][data-id=\"{run}\"]')")
+    };
+    browser.wait_for(&button("run-cancel", &slow), PATIENCE).await.unwrap();
+    browser.eval(&format!("{}.click()", button("run-cancel", &slow))).await.unwrap();
     assert_eventually!(run_of(hub, &slow).await["state"] == "cancelled", PATIENCE, "the run is cancelled");
     browser.wait_for(&format!("{}?.dataset.state === 'cancelled'", node("wait")), PATIENCE).await.unwrap();
 
     // Retry from the run's button: the failed step goes again and the graph follows it live.
     browser.eval(&format!("location.hash = '#/workflows/{flaky}'")).await.unwrap();
-    browser.wait_for(&button("run-retry"), PATIENCE).await.unwrap();
-    assert_eq!(browser.eval(&format!("{}.dataset.state", node("flaky"))).await.unwrap(), json!("failed"));
-    browser.eval(&format!("{}.click()", button("run-retry"))).await.unwrap();
+    browser.wait_for(&button("run-retry", &flaky), PATIENCE).await.unwrap();
+    browser.wait_for(&format!("{}?.dataset.state === 'failed'", node("flaky")), PATIENCE).await.unwrap();
+    browser.eval(&format!("{}.click()", button("run-retry", &flaky))).await.unwrap();
     browser.wait_for(&format!("{}?.dataset.state === 'succeeded'", node("flaky")), PATIENCE).await.unwrap();
     let run = run_of(hub, &flaky).await;
     assert_eq!(run["state"], "succeeded", "{run}");
