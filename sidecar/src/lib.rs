@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod reports;
 pub mod resources;
 pub mod runners;
+pub mod service;
 mod spans;
 pub mod state;
 pub mod users;
