@@ -141,6 +141,7 @@ pub mod otlp;
 pub mod process;
 pub mod relay;
 pub mod repos;
+pub mod workflows;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -218,6 +219,13 @@ impl Api {
         let status = response.status().as_u16();
         let body = response.json().await.unwrap_or(Value::Null);
         (status, body)
+    }
+
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> String {
+        let request = self.http.get(format!("{}/metrics", self.base)).bearer_auth(&self.token);
+        let response = request.send().await.unwrap_or_else(|err| panic!("/metrics: {err}"));
+        response.text().await.expect("the metrics' text")
     }
 
     /// Like [`Api::request`], but `None` when the hub cannot be reached or does not answer in time.

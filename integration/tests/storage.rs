@@ -377,15 +377,7 @@ async fn retention_drops_outputs_by_bytes_and_age_then_forgets_tasks_and_says_so
         Duration::from_secs(15),
         "the tasks past --retain-tasks were forgotten"
     );
-    let metrics = agentcom_integration::http_client()
-        .get(format!("{}/metrics", hub.url))
-        .bearer_auth(&hub.api.token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hub.api.metrics().await;
     for line in ["agentcom_storage_ok 1", "agentcom_tasks_retained 0", "agentcom_output_retained_bytes 0"] {
         assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     }

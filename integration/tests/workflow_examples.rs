@@ -9,7 +9,8 @@ use std::time::Duration;
 use agentcom_integration::assert_eventually;
 use agentcom_integration::chat_doubles::{ChatDouble, Script, Turn};
 use agentcom_integration::ollama::{ChatScript, FakeModel, OllamaDouble};
-use agentcom_integration::process::{HubProcess, SidecarProcess, git, hubctl};
+use agentcom_integration::process::{HubProcess, SidecarProcess, git};
+use agentcom_integration::workflows::{rows, workflow};
 use serde_json::{Value, json};
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -19,21 +20,6 @@ const CLAUDE: &str = "claude-sonnet-4-5";
 
 fn example(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/workflows").join(name).to_string_lossy().into_owned()
-}
-
-async fn workflow(hub: &HubProcess, args: &[&str]) -> (i32, Value) {
-    let mut all = vec!["--json", "workflow"];
-    all.extend_from_slice(args);
-    let output = hubctl(&hub.url, &hub.api.token, &all).await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let json = serde_json::from_str(&stdout).unwrap_or_else(|_| {
-        panic!("hubctl {args:?} printed no JSON: {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr))
-    });
-    (output.status.code().unwrap_or(-1), json)
-}
-
-fn rows<'a>(run: &'a Value, id: &str) -> Vec<&'a Value> {
-    run["run"]["steps"].as_array().unwrap().iter().filter(|s| s["id"] == id).collect()
 }
 
 /// A repository whose check wants 42 in answer.txt (it holds 0).

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agentcom_integration::process::{HubProcess, SidecarProcess, hubctl};
+use agentcom_integration::process::{HubProcess, SidecarProcess};
+use agentcom_integration::workflows::{rows, workflow};
 use serde_json::Value;
 
 const FAST_BEATS: [&str; 4] = ["--heartbeat-interval-ms", "100", "--lease-ttl-ms", "1000"];
@@ -16,23 +17,6 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path.to_string_lossy().into_owned()
-}
-
-/// `hubctl --json workflow ARGS`: its exit code and the JSON it printed.
-async fn workflow(hub: &HubProcess, args: &[&str]) -> (i32, Value) {
-    let token = agentcom_integration::process::read_token_file(&hub.data_dir).token;
-    let mut all = vec!["--json", "workflow"];
-    all.extend_from_slice(args);
-    let output = hubctl(&hub.url, &token, &all).await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let json = serde_json::from_str(&stdout).unwrap_or_else(|_| {
-        panic!("hubctl {args:?} printed no JSON: {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr))
-    });
-    (output.status.code().unwrap_or(-1), json)
-}
-
-fn rows<'a>(run: &'a Value, id: &str) -> Vec<&'a Value> {
-    run["run"]["steps"].as_array().unwrap().iter().filter(|s| s["id"] == id).collect()
 }
 
 /// Marker lines (`NAME START_NS END_NS`) by name.
@@ -450,15 +434,7 @@ steps:
     assert_eq!(memory["memory"]["values"]["count"], "2");
     assert_eq!(memory["memory"]["last_run"], second["run"]["id"]);
     // And /metrics counts the runs and their steps.
-    let metrics = agentcom_integration::http_client()
-        .get(format!("{}/metrics", hub.url))
-        .bearer_auth(&hub.api.token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = hub.api.metrics().await;
     for line in [
         "agentcom_workflow_runs_started_total{trigger=\"api\"} 2",
         "agentcom_workflow_runs_finished_total{state=\"succeeded\"} 2",

@@ -112,13 +112,7 @@ async fn plain_chain(
     let bearer = MetadataValue::try_from(format!("Bearer {admin}"))?;
     let started = Instant::now();
     for _ in 0..steps {
-        let spec = pb::TaskSpec {
-            work: Some(pb::Work {
-                kind: Some(pb::work::Kind::Shell(pb::ShellWork { argv: vec!["true".into()], ..Default::default() })),
-            }),
-            ..Default::default()
-        };
-        let mut request = tonic::Request::new(pb::SubmitTaskRequest { spec: Some(spec) });
+        let mut request = tonic::Request::new(pb::SubmitTaskRequest { spec: Some(crate::shell_spec_pb()) });
         request.metadata_mut().insert("authorization", bearer.clone());
         let task = client.submit_task(request).await?.into_inner().task.unwrap_or_default();
         let mut request = tonic::Request::new(pb::WatchTaskRequest { id: task.id.clone() });

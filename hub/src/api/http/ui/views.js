@@ -53,7 +53,7 @@ function table(head, rows, cls = '') {
   );
 }
 
-const taskLink = (id, text) => `<a href="#/tasks/${esc(id)}" title="${esc(id)}">${esc(text || shortId(id))}</a>`;
+export const taskLink = (id, text) => `<a href="#/tasks/${esc(id)}" title="${esc(id)}">${esc(text || shortId(id))}</a>`;
 
 // --- Fleet
 

@@ -3,7 +3,7 @@
 // cancel and retry. SVG geometry attributes and classes only: a strict CSP blocks style
 // attributes.
 
-import { setHTML, stateBadge } from './views.js';
+import { setHTML, stateBadge, taskLink } from './views.js';
 import { DASH, esc, fmtAgo, fmtCost, fmtDur, fmtNum, isNum, shortId, truncate } from './util.js';
 
 const $ = (id) => document.getElementById(id);
@@ -12,7 +12,6 @@ export const RUN_FINAL = new Set(['succeeded', 'failed', 'cancelled']);
 const ROW_STATES = ['running', 'pending', 'succeeded', 'failed', 'skipped', 'cancelled'];
 const ROWS_SHOWN = 300;
 
-const taskLink = (id) => (id ? `<a href="#/tasks/${esc(id)}" title="${esc(id)}" class="mono">${esc(shortId(id))}</a>` : DASH);
 
 function countsText(counts) {
   const c = counts || {};
@@ -225,7 +224,7 @@ function rowsTable(run, only) {
       `<td>${esc(tokens(r))}</td>` +
       `<td>${esc(isNum(r.cost_micros) ? fmtCost(r.cost_micros) : DASH)}</td>` +
       `<td>${esc(r.verdict || DASH)}</td>` +
-      `<td>${taskLink(r.task_id)}</td>` +
+      `<td class="mono">${r.task_id ? taskLink(r.task_id) : DASH}</td>` +
       `<td class="muted">${esc(truncate(r.reason || '', 120))}</td></tr>`;
   }
   html += '</tbody></table></div>';
