@@ -11,6 +11,7 @@ mod enrol;
 mod fleet;
 mod pipe;
 mod placement;
+mod services;
 mod show;
 mod sse;
 mod submit;
@@ -79,6 +80,10 @@ enum Command {
     },
     /// Cancel a task, wherever it is.
     Cancel { id: String },
+    /// Running services with their host, ports, state and uptime.
+    Services,
+    /// Stop a service (every process of it); waits until its sidecar says it ended.
+    Stop { id: String },
     /// Stream a task's output until it ends; exits with its exit code.
     Watch { id: String },
     /// Where placement put a task and why: every candidate it weighed, with its estimate.
@@ -658,6 +663,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Agent { id } => fleet::agent(&client, &id, cli.json).await,
+        Command::Services => services::services(&client, cli.json).await,
+        Command::Stop { id } => services::stop(&client, &id, cli.json).await,
         Command::Hosts { id } => fleet::hosts(&client, id.as_deref(), cli.json).await,
         Command::Drain { sidecar, deadline } => fleet::drain(&client, &sidecar, deadline, cli.json).await,
         Command::Uncordon { sidecar } => fleet::uncordon(&client, &sidecar, cli.json).await,

@@ -14,6 +14,10 @@ pub(crate) fn command_text(task: &Value) -> String {
         format!("prompt: {prompt}")
     } else if let Some(goal) = work["agent"]["goal"].as_str() {
         format!("agent: {goal}")
+    } else if let Some(argv) = work["service"]["command"]["argv"].as_array() {
+        format!("service: {}", argv.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "))
+    } else if let Some(script) = work["service"]["command"]["script"].as_str() {
+        format!("service: {script}")
     } else {
         String::new()
     };
@@ -73,6 +77,9 @@ pub(crate) fn print_task(task: &Value) {
     println!("attempt:   {} (lease generation {})", task["attempt"], task["lease_generation"]);
     println!("agent:     {}", task["agent_id"].as_str().unwrap_or("-"));
     println!("created:   {} ago", age(task["created_unix_ms"].as_i64()));
+    for line in crate::services::status_lines(&task["service"]) {
+        println!("{line}");
+    }
     if outcome.is_object() {
         println!("exit:      {}", exit_text(task));
         println!("duration:  {} ms", outcome["duration_ms"]);

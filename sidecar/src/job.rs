@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use agentcom_types::domain::{AgentStep, Outcome, Stream};
+use agentcom_types::domain::{AgentStep, Outcome, ServiceStatus, Stream};
 pub use agentcom_types::link::Assignment;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +40,8 @@ pub trait Sink: Send + Sync + 'static {
     fn verifying(&self) {}
     /// Agent work took a step (called a tool).
     fn step(&self, _step: &AgentStep) {}
+    /// Service work: where the service stands (on each change, and every few seconds).
+    fn service(&self, _status: &ServiceStatus) {}
 }
 
 /// A sink that keeps nothing: for work whose output goes elsewhere than the task's streams (a

@@ -310,6 +310,7 @@ impl Prepared {
     async fn runners(&self, config: &Config, latest: &reports::Latest) -> runners::Runners {
         let mut runners = runners::Runners::default()
             .with(runners::ShellRunner { settings: self.settings.clone() })
+            .with(runners::service::ServiceRunner { settings: self.settings.clone(), ports: Default::default() })
             .with_workspaces(self.workspaces.clone())
             .with_users(self.settings.users.clone());
         let mut verifier = crate::verify::Verifier::new(self.settings.clone());

@@ -38,7 +38,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tracing::{debug, error, info, warn};
 
-use agentcom_types::domain::{AgentStep, Outcome, SpecDefaults, Stream, TaskId, TraceParent};
+use agentcom_types::domain::{AgentStep, Outcome, ServiceStatus, SpecDefaults, Stream, TaskId, TraceParent};
 use agentcom_types::link::{Assignment, FromSidecar, Hello, RunningTask, ToSidecar};
 use agentcom_types::wire::link::{self as wire, Refused};
 
@@ -72,6 +72,7 @@ impl JobSink {
             verifying,
             message,
             step: step.map(|step| Box::new(step.clone())),
+            service: None,
         });
     }
 }
@@ -108,6 +109,19 @@ impl Sink for JobSink {
 
     fn verifying(&self) {
         self.progress_message(false, true, "verifying".to_owned(), None);
+    }
+
+    fn service(&self, status: &ServiceStatus) {
+        // Dropped when the link is backed up: the runner says it again in a few seconds.
+        let _ = self.events.try_send(FromSidecar::Progress {
+            task_id: self.task_id,
+            lease_generation: self.lease_generation,
+            blocked: false,
+            verifying: false,
+            message: format!("service {}", status.state.as_str()),
+            step: None,
+            service: Some(Box::new(status.clone())),
+        });
     }
 }
 

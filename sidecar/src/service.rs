@@ -145,6 +145,11 @@ impl ProbeTracker {
         ProbeTracker { timing, health: Health::Starting, failures: 0, last_evidence: None }
     }
 
+    /// A tracker for a service that is ready already (its liveness probe's).
+    pub fn ready(timing: ProbeTiming) -> ProbeTracker {
+        ProbeTracker { health: Health::Ready, ..ProbeTracker::new(timing) }
+    }
+
     pub fn health(&self) -> Health {
         self.health
     }

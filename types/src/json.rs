@@ -39,6 +39,91 @@ struct ShellBody {
     secret_env: Vec<String>,
 }
 
+/// `service`: a shell command's fields, and its ports, probes and restart policy.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ServiceBody {
+    #[serde(default)]
+    argv: Vec<String>,
+    #[serde(default)]
+    script: String,
+    #[serde(default)]
+    cwd: String,
+    #[serde(default)]
+    env: HashMap<String, String>,
+    #[serde(default)]
+    secret_env: Vec<String>,
+    #[serde(default)]
+    ports: Vec<String>,
+    #[serde(default)]
+    readiness: Option<ProbeBody>,
+    #[serde(default)]
+    liveness: Option<ProbeBody>,
+    #[serde(default)]
+    restart: Option<RestartBody>,
+}
+
+/// A probe: exactly one of `http`, `tcp`, `command`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ProbeBody {
+    #[serde(default)]
+    http: Option<HttpProbeBody>,
+    /// The port's name; `""`: the first port.
+    #[serde(default)]
+    tcp: Option<String>,
+    #[serde(default)]
+    command: Option<String>,
+    #[serde(default)]
+    start_period_ms: u64,
+    #[serde(default)]
+    interval_ms: u64,
+    #[serde(default)]
+    timeout_ms: u64,
+    #[serde(default)]
+    failure_threshold: u32,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct HttpProbeBody {
+    #[serde(default)]
+    port: String,
+    path: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RestartBody {
+    #[serde(default)]
+    policy: String,
+    #[serde(default)]
+    limit: u32,
+    #[serde(default)]
+    backoff_base_ms: u64,
+    #[serde(default)]
+    backoff_max_ms: u64,
+}
+
+impl ProbeBody {
+    fn into_pb(self, field: &str) -> Result<pb::Probe, Error> {
+        use pb::probe::Check;
+        let check = match (self.http, self.tcp, self.command) {
+            (Some(http), None, None) => Check::Http(pb::HttpProbe { port: http.port, path: http.path }),
+            (None, Some(port), None) => Check::Tcp(port),
+            (None, None, Some(line)) => Check::Command(line),
+            _ => return Err(Error(format!("invalid {field}: give exactly one of http, tcp, command"))),
+        };
+        Ok(pb::Probe {
+            check: Some(check),
+            start_period_ms: self.start_period_ms,
+            interval_ms: self.interval_ms,
+            timeout_ms: self.timeout_ms,
+            failure_threshold: self.failure_threshold,
+        })
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LlmBody {
@@ -205,7 +290,7 @@ struct RetryBody {
     retry_on_exit_codes: Vec<i32>,
 }
 
-/// `POST /api/v1/tasks`. Exactly one of `shell`, `llm`, `agent`.
+/// `POST /api/v1/tasks`. Exactly one of `shell`, `llm`, `agent`, `service`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitBody {
@@ -223,6 +308,8 @@ pub struct SubmitBody {
     llm: Option<LlmBody>,
     #[serde(default)]
     agent: Option<AgentBody>,
+    #[serde(default)]
+    service: Option<ServiceBody>,
     #[serde(default)]
     context: Option<ContextBody>,
     #[serde(default)]
@@ -245,15 +332,33 @@ impl TryFrom<SubmitBody> for pb::TaskSpec {
     type Error = Error;
 
     fn try_from(body: SubmitBody) -> Result<pb::TaskSpec, Error> {
-        let kind = match (body.shell, body.llm, body.agent) {
-            (Some(shell), None, None) => pb::work::Kind::Shell(pb::ShellWork {
+        let kind = match (body.shell, body.llm, body.agent, body.service) {
+            (None, None, None, Some(service)) => pb::work::Kind::Service(pb::ServiceWork {
+                run: Some(pb::ShellWork {
+                    argv: service.argv,
+                    script: service.script,
+                    cwd: service.cwd,
+                    env: service.env,
+                    secret_env: service.secret_env,
+                }),
+                ports: service.ports,
+                readiness: service.readiness.map(|p| p.into_pb("work.service.readiness")).transpose()?,
+                liveness: service.liveness.map(|p| p.into_pb("work.service.liveness")).transpose()?,
+                restart: service.restart.map(|r| pb::ServiceRestart {
+                    policy: r.policy,
+                    limit: r.limit,
+                    backoff_base_ms: r.backoff_base_ms,
+                    backoff_max_ms: r.backoff_max_ms,
+                }),
+            }),
+            (Some(shell), None, None, None) => pb::work::Kind::Shell(pb::ShellWork {
                 argv: shell.argv,
                 script: shell.script,
                 cwd: shell.cwd,
                 env: shell.env,
                 secret_env: shell.secret_env,
             }),
-            (None, Some(llm), None) => {
+            (None, Some(llm), None, None) => {
                 let json = match llm.format.as_deref() {
                     None => false,
                     Some("json") => true,
@@ -284,13 +389,13 @@ impl TryFrom<SubmitBody> for pb::TaskSpec {
                     fix_rounds: llm.fix_rounds,
                 })
             }
-            (None, None, Some(agent)) => pb::work::Kind::Agent(pb::AgentWork {
+            (None, None, Some(agent), None) => pb::work::Kind::Agent(pb::AgentWork {
                 goal: agent.goal,
                 repository: agent.repository,
                 branch: agent.branch,
                 fix_rounds: agent.fix_rounds,
             }),
-            _ => return Err(Error("invalid work: give exactly one of shell, llm, agent".to_owned())),
+            _ => return Err(Error("invalid work: give exactly one of shell, llm, agent, service".to_owned())),
         };
         // 0 is unset: the hub's default lane, and a tier it infers.
         let priority = body.priority.map(|p| p.parse::<Lane>()).transpose()?.map_or(0, Numbered::number);

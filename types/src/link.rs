@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::domain::{AgentStep, Outcome, Stream, TaskId, TaskSpec, TokenPrice, TraceParent, UnixMs};
+use crate::domain::{AgentStep, Outcome, ServiceStatus, Stream, TaskId, TaskSpec, TokenPrice, TraceParent, UnixMs};
 use crate::fleet::{Endpoint, Resources};
 
 /// What a sidecar says when it opens a session.
@@ -148,6 +148,8 @@ pub enum FromSidecar {
         message: String,
         /// Agent work took this step.
         step: Option<Box<AgentStep>>,
+        /// Service work: where the service stands.
+        service: Option<Box<ServiceStatus>>,
     },
     Resources(Box<Resources>),
     /// The sidecar's whole inventory of endpoints (the hub sets their ids and owner).

@@ -159,21 +159,9 @@ pub fn spec_from_pb(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result<TaskS
 /// Converts without the size checks: for records this hub stored after validating them.
 fn spec_from_pb_unchecked(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result<TaskSpec, Error> {
     let work = match spec.work.and_then(|w| w.kind) {
-        None => return Err(Error::invalid("work", "is required (shell, llm or agent)")),
-        Some(pb::work::Kind::Shell(shell)) => {
-            let command = match (shell.argv.is_empty(), shell.script.is_empty()) {
-                (false, true) => ShellCommand::Argv(shell.argv),
-                (true, false) => ShellCommand::Script(shell.script),
-                (true, true) => return Err(Error::invalid("work.shell", "needs argv or script")),
-                (false, false) => return Err(Error::invalid("work.shell", "takes argv or script, not both")),
-            };
-            Work::Shell(ShellWork {
-                command,
-                cwd: nonempty(shell.cwd),
-                env: btree(shell.env),
-                secret_env: shell.secret_env,
-            })
-        }
+        None => return Err(Error::invalid("work", "is required (shell, llm, agent or service)")),
+        Some(pb::work::Kind::Shell(shell)) => Work::Shell(shell_from_pb(shell, "work.shell")?),
+        Some(pb::work::Kind::Service(service)) => Work::Service(Box::new(service::work_from_pb(service)?)),
         Some(pb::work::Kind::Llm(llm)) => {
             let messages = llm
                 .messages
@@ -254,6 +242,30 @@ fn spec_from_pb_unchecked(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result
     Ok(spec)
 }
 
+fn shell_from_pb(shell: pb::ShellWork, field: &'static str) -> Result<ShellWork, Error> {
+    let command = match (shell.argv.is_empty(), shell.script.is_empty()) {
+        (false, true) => ShellCommand::Argv(shell.argv),
+        (true, false) => ShellCommand::Script(shell.script),
+        (true, true) => return Err(Error::invalid(field, "needs argv or script")),
+        (false, false) => return Err(Error::invalid(field, "takes argv or script, not both")),
+    };
+    Ok(ShellWork { command, cwd: nonempty(shell.cwd), env: btree(shell.env), secret_env: shell.secret_env })
+}
+
+fn shell_into_pb(shell: ShellWork) -> pb::ShellWork {
+    let (argv, script) = match shell.command {
+        ShellCommand::Argv(argv) => (argv, String::new()),
+        ShellCommand::Script(script) => (Vec::new(), script),
+    };
+    pb::ShellWork {
+        argv,
+        script,
+        cwd: shell.cwd.unwrap_or_default(),
+        env: shell.env.into_iter().collect(),
+        secret_env: shell.secret_env,
+    }
+}
+
 pub fn spec_to_pb(spec: &TaskSpec) -> pb::TaskSpec {
     spec_into_pb(spec.clone())
 }
@@ -261,19 +273,8 @@ pub fn spec_to_pb(spec: &TaskSpec) -> pb::TaskSpec {
 /// Converts by moving: the storage writer's path, which owns its copy already.
 pub fn spec_into_pb(spec: TaskSpec) -> pb::TaskSpec {
     let work = match spec.work {
-        Work::Shell(shell) => {
-            let (argv, script) = match shell.command {
-                ShellCommand::Argv(argv) => (argv, String::new()),
-                ShellCommand::Script(script) => (Vec::new(), script),
-            };
-            pb::work::Kind::Shell(pb::ShellWork {
-                argv,
-                script,
-                cwd: shell.cwd.unwrap_or_default(),
-                env: shell.env.into_iter().collect(),
-                secret_env: shell.secret_env,
-            })
-        }
+        Work::Shell(shell) => pb::work::Kind::Shell(shell_into_pb(shell)),
+        Work::Service(service) => pb::work::Kind::Service(service::work_into_pb(*service)),
         Work::Llm(llm) => pb::work::Kind::Llm(pb::LlmWork {
             prompt: llm.prompt,
             system: llm.system,
@@ -548,6 +549,7 @@ pub fn task_from_pb(task: pb::Task) -> Result<Task, Error> {
         started_unix_ms: (task.started_unix_ms != 0).then_some(task.started_unix_ms),
         finished_unix_ms: (task.finished_unix_ms != 0).then_some(task.finished_unix_ms),
         outcome: task.outcome.map(outcome_from_pb),
+        service: None,
     })
 }
 
@@ -568,6 +570,7 @@ pub fn stream_from_pb(value: i32) -> Option<Stream> {
 
 mod fleet;
 pub mod link;
+pub mod service;
 pub use self::fleet::*;
 
 #[cfg(test)]

@@ -141,6 +141,10 @@ pub enum Event {
         reason: String,
         reply: Reply<Result<Task, Error>>,
     },
+    /// Service tasks that have not ended, oldest first, each with its sidecar's hostname.
+    Services {
+        reply: Reply<Vec<(Task, Option<String>)>>,
+    },
     Watch {
         id: TaskId,
         reply: Reply<Result<WatchReply, Error>>,
@@ -367,6 +371,11 @@ impl Handle {
         self.ask(|reply| Event::List { state, before, limit, reply }).await
     }
 
+    /// Service tasks that have not ended, oldest first, each with its sidecar's hostname.
+    pub async fn services(&self) -> Result<Vec<(Task, Option<String>)>, Error> {
+        self.ask(|reply| Event::Services { reply }).await
+    }
+
     pub async fn cancel(&self, id: TaskId, reason: String) -> Result<Task, Error> {
         self.ask(|reply| Event::Cancel { id, reason, reply }).await?
     }
@@ -573,6 +582,23 @@ impl State {
                 self.answer(reply, tasks);
             }
             Event::Cancel { id, reason, reply } => self.cancel(id, reason, Some(reply), now),
+            Event::Services { reply } => {
+                let services = self
+                    .tasks
+                    .range(..)
+                    .filter(|(_, state, _)| !state.is_terminal())
+                    .filter_map(|(_, _, entry)| {
+                        let task = entry.task();
+                        matches!(task.spec.work, Work::Service(_)).then(|| task.into_owned())
+                    })
+                    .map(|task| {
+                        let host = task.sidecar_id.as_ref().and_then(|id| self.sidecars.get(id));
+                        let host = host.map(|s| s.hello.hostname.clone());
+                        (task, host)
+                    })
+                    .collect();
+                self.answer(reply, services);
+            }
             Event::Watch { id, reply } => {
                 // A result that could not be stored: no end can be shown until storage recovers.
                 let unstored = self.storage_fault.as_ref().filter(|_| self.shown.contains_key(&id));

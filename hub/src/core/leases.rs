@@ -160,7 +160,7 @@ impl State {
                 let ticket = AfterCommit::Stored { task_id, lease_generation, sidecar_id: sidecar_id.to_owned() };
                 self.write(vec![Op::PutOutput { id: task_id, stdout, stderr }, Op::PutTask(record)], ticket);
             }
-            FromSidecar::Progress { task_id, lease_generation, blocked, verifying, message, step } => {
+            FromSidecar::Progress { task_id, lease_generation, blocked, verifying, message, step, service } => {
                 if let Err(fence) = self.queue.renew(task_id, lease_generation, sidecar_id, now, ttl) {
                     self.refuse(sidecar_id, task_id, lease_generation, fence, "progress");
                     return;
@@ -188,6 +188,19 @@ impl State {
                 if verifying && matches!(task.state, TaskState::Dispatched | TaskState::Running) {
                     task.set_state(TaskState::Verifying, "", now);
                     self.persist(task_id, AfterCommit::Changed(task_id));
+                }
+                if let Some(status) = service {
+                    // Kept in memory: the sidecar says it again every few seconds.
+                    let task = self.tasks.get_mut(&task_id).expect("a leased task exists");
+                    let became_ready = status.state == ServiceState::Ready
+                        && task.service.as_ref().is_none_or(|s| s.state != ServiceState::Ready);
+                    if task.service.as_ref() != Some(&status) {
+                        task.service = Some(status);
+                        self.changes.mark_task(task_id);
+                    }
+                    if became_ready {
+                        self.service_ready(task_id, now);
+                    }
                 }
             }
             FromSidecar::Resources(report) => {

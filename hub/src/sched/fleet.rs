@@ -188,7 +188,7 @@ impl<'a> Fleet<'a> {
         let llm_ok = match &task.spec.work {
             Work::Llm(_) => self.registry.has_healthy(sidecar_id),
             Work::Agent(_) => sidecar.runs("claude-code") || self.registry.has_healthy(sidecar_id),
-            Work::Shell(_) => true,
+            Work::Shell(_) | Work::Service(_) => true,
         };
         repository_ok && llm_ok
     }

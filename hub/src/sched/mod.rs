@@ -397,7 +397,7 @@ pub fn model_of<'a>(task: &'a Task, fleet: &Fleet<'a>) -> Option<&'a str> {
     let named = match &task.spec.work {
         Work::Llm(llm) => llm.model.as_str(),
         Work::Agent(_) => "",
-        Work::Shell(_) => return None,
+        Work::Shell(_) | Work::Service(_) => return None,
     };
     match (named, task.spec.placement.model.as_str()) {
         ("", "") => fleet.tier_model(tier_now(task, fleet).0),

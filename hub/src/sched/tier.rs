@@ -53,7 +53,7 @@ pub fn tier_of(spec: &TaskSpec) -> Tier {
 /// The heuristic described in the module documentation.
 pub fn infer(spec: &TaskSpec) -> Tier {
     let llm = match &spec.work {
-        Work::Shell(_) => return Tier::Trivial,
+        Work::Shell(_) | Work::Service(_) => return Tier::Trivial,
         Work::Agent(_) => return Tier::Complex,
         Work::Llm(llm) => llm,
     };

@@ -116,7 +116,7 @@ pub struct AgentWork {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Work {
-    #[prost(oneof = "work::Kind", tags = "1, 2, 3")]
+    #[prost(oneof = "work::Kind", tags = "1, 2, 3, 4")]
     pub kind: ::core::option::Option<work::Kind>,
 }
 /// Nested message and enum types in `Work`.
@@ -129,7 +129,78 @@ pub mod work {
         Llm(super::LlmWork),
         #[prost(message, tag = "3")]
         Agent(super::AgentWork),
+        #[prost(message, tag = "4")]
+        Service(super::ServiceWork),
     }
+}
+/// Long-running work: a command that runs until stopped, with ports the sidecar reserved for
+/// it, probes, and restarts on failure.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ServiceWork {
+    /// The command, its directory, environment and secrets, as a shell task's.
+    #[prost(message, optional, tag = "1")]
+    pub run: ::core::option::Option<ShellWork>,
+    /// Named ports: the sidecar reserves a free one per name and passes them as `PORT` (the
+    /// first) and `PORT_<NAME>`.
+    #[prost(string, repeated, tag = "2")]
+    pub ports: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Ready at its first success; unset: ready once started.
+    #[prost(message, optional, tag = "3")]
+    pub readiness: ::core::option::Option<Probe>,
+    /// Checked once ready; failures past the threshold restart the service by its policy.
+    #[prost(message, optional, tag = "4")]
+    pub liveness: ::core::option::Option<Probe>,
+    #[prost(message, optional, tag = "5")]
+    pub restart: ::core::option::Option<ServiceRestart>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Probe {
+    /// Unset (0): the defaults (30 s, 2 s, 2 s, 3).
+    #[prost(uint64, tag = "4")]
+    pub start_period_ms: u64,
+    #[prost(uint64, tag = "5")]
+    pub interval_ms: u64,
+    #[prost(uint64, tag = "6")]
+    pub timeout_ms: u64,
+    #[prost(uint32, tag = "7")]
+    pub failure_threshold: u32,
+    #[prost(oneof = "probe::Check", tags = "1, 2, 3")]
+    pub check: ::core::option::Option<probe::Check>,
+}
+/// Nested message and enum types in `Probe`.
+pub mod probe {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Check {
+        #[prost(message, tag = "1")]
+        Http(super::HttpProbe),
+        /// A TCP connect to the named port on loopback.
+        #[prost(string, tag = "2")]
+        Tcp(::prost::alloc::string::String),
+        /// A shell line, run in the service's directory; exit 0 passes.
+        #[prost(string, tag = "3")]
+        Command(::prost::alloc::string::String),
+    }
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HttpProbe {
+    /// The port's name; empty: the first port.
+    #[prost(string, tag = "1")]
+    pub port: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub path: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ServiceRestart {
+    /// "on-failure" (the default) or "never".
+    #[prost(string, tag = "1")]
+    pub policy: ::prost::alloc::string::String,
+    /// Unset (0): the defaults (5 restarts, 1 s doubling to 60 s).
+    #[prost(uint32, tag = "2")]
+    pub limit: u32,
+    #[prost(uint64, tag = "3")]
+    pub backoff_base_ms: u64,
+    #[prost(uint64, tag = "4")]
+    pub backoff_max_ms: u64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct TaskContext {
@@ -1193,6 +1264,27 @@ pub struct TaskProgress {
     /// Agent work: a step it just took (a tool call and its result).
     #[prost(message, optional, tag = "9")]
     pub step: ::core::option::Option<AgentStep>,
+    /// Service work: where the service stands, sent on each change and every few seconds.
+    #[prost(message, optional, tag = "10")]
+    pub service: ::core::option::Option<ServiceStatus>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ServiceStatus {
+    /// starting, ready, unhealthy, restarting, stopped.
+    #[prost(string, tag = "1")]
+    pub state: ::prost::alloc::string::String,
+    #[prost(map = "string, uint32", tag = "2")]
+    pub ports: ::std::collections::HashMap<::prost::alloc::string::String, u32>,
+    #[prost(uint32, tag = "3")]
+    pub restarts: u32,
+    /// What the last failed probe or exit said.
+    #[prost(string, tag = "4")]
+    pub evidence: ::prost::alloc::string::String,
+    /// When this run of the service started, and when it became ready (0: not yet).
+    #[prost(int64, tag = "5")]
+    pub started_unix_ms: i64,
+    #[prost(int64, tag = "6")]
+    pub ready_unix_ms: i64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct TaskFinished {

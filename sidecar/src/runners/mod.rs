@@ -16,6 +16,7 @@ pub mod agent;
 pub mod claude;
 pub mod context;
 pub mod llm;
+pub mod service;
 pub mod shell;
 pub mod tools;
 
@@ -139,7 +140,7 @@ impl Runners {
             let fix_rounds = match &attempt.assignment.spec.work {
                 Work::Agent(work) => work.fix_rounds.unwrap_or(agentcom_types::domain::DEFAULT_FIX_ROUNDS),
                 Work::Llm(work) => work.fix_rounds.unwrap_or(0),
-                Work::Shell(_) => 0,
+                Work::Shell(_) | Work::Service(_) => 0,
             };
             // Work that goes in rounds: agent work, and LLM work that may fix its reply.
             let in_rounds = agent || (fix_rounds > 0 && matches!(attempt.assignment.spec.work, Work::Llm(_)));
@@ -453,6 +454,8 @@ fn verification_job(attempt: &Attempt) -> crate::verify::Job {
         },
         Work::Llm(llm) => llm.prompt.clone(),
         Work::Agent(agent) => agent.goal.clone(),
+        // Refused at submit: a service's probes are its checks.
+        Work::Service(_) => String::new(),
     };
     let asked = if spec.name.is_empty() { asked } else { format!("{} ({asked})", spec.name) };
     crate::verify::Job {

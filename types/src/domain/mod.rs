@@ -22,12 +22,17 @@ pub fn now_ms() -> UnixMs {
 /// cannot exhaust the hub.
 mod outcome;
 mod reason;
+mod service;
 mod trace;
 mod validate;
 mod verification;
 
 pub use self::outcome::{AgentStep, Exit, MAX_STEPS, Outcome, TokenPrice, Usage, WorkspaceReport};
 pub use self::reason::FailureReason;
+pub use self::service::{
+    Probe, ProbeCheck, ProbeTimingMs, SERVICE_BACKOFF_BASE_MS, SERVICE_BACKOFF_MAX_MS, SERVICE_RESTART_LIMIT,
+    ServiceRestart, ServiceState, ServiceStatus, ServiceWork,
+};
 pub use self::trace::{InvalidTraceParent, TaskTrace, TraceParent};
 pub use self::validate::loopback_url;
 pub use self::verification::{Pattern, StepReport, Verdict, Verification, VerificationReport};
@@ -409,6 +414,7 @@ pub enum Work {
     Shell(ShellWork),
     Llm(LlmWork),
     Agent(AgentWork),
+    Service(Box<ServiceWork>),
 }
 
 impl Work {
@@ -418,6 +424,7 @@ impl Work {
             Work::Shell(_) => "shell",
             Work::Llm(_) => "llm",
             Work::Agent(_) => "agent",
+            Work::Service(_) => "service",
         }
     }
 }
@@ -504,7 +511,7 @@ impl TaskSpec {
         let repository = match &self.work {
             Work::Agent(agent) if !agent.repository.is_empty() => &agent.repository,
             Work::Shell(_) | Work::Agent(_) => &self.context.repository,
-            Work::Llm(_) => return None,
+            Work::Llm(_) | Work::Service(_) => return None,
         };
         (!repository.is_empty()).then_some(repository.as_str())
     }
@@ -564,6 +571,9 @@ pub struct Task {
     pub started_unix_ms: Option<UnixMs>,
     pub finished_unix_ms: Option<UnixMs>,
     pub outcome: Option<Outcome>,
+    /// Service work: where the running service stands, as its sidecar last reported it (kept
+    /// in memory only; the sidecar reports it again every few seconds).
+    pub service: Option<Box<ServiceStatus>>,
 }
 
 impl Task {
@@ -587,6 +597,7 @@ impl Task {
             started_unix_ms: None,
             finished_unix_ms: None,
             outcome: None,
+            service: None,
         }
     }
 

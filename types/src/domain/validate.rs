@@ -17,61 +17,11 @@ impl TaskSpec {
             check_len("idempotency_key", key, MAX_KEY_BYTES)?;
         }
         match &self.work {
-            Work::Shell(shell) => {
-                match &shell.command {
-                    ShellCommand::Argv(argv) => {
-                        if argv.is_empty() || argv[0].is_empty() {
-                            return Err(Error::invalid("work.shell.argv", "needs a program name"));
-                        }
-                        if argv.len() > MAX_ARGV_ITEMS {
-                            return Err(Error::invalid(
-                                "work.shell.argv",
-                                format!("has {} items, at most {MAX_ARGV_ITEMS} allowed", argv.len()),
-                            ));
-                        }
-                        let bytes: usize = argv.iter().map(|a| a.len()).sum();
-                        if bytes > MAX_COMMAND_BYTES {
-                            return Err(Error::invalid(
-                                "work.shell.argv",
-                                format!("is {bytes} bytes, at most {MAX_COMMAND_BYTES} allowed"),
-                            ));
-                        }
-                        if argv.iter().any(|a| a.contains('\0')) {
-                            return Err(Error::invalid("work.shell.argv", "must not contain NUL bytes"));
-                        }
-                    }
-                    ShellCommand::Script(script) => {
-                        if script.trim().is_empty() {
-                            return Err(Error::invalid("work.shell.script", "must not be empty"));
-                        }
-                        check_len("work.shell.script", script, MAX_COMMAND_BYTES)?;
-                        if script.contains('\0') {
-                            return Err(Error::invalid("work.shell.script", "must not contain NUL bytes"));
-                        }
-                    }
-                }
-                if let Some(cwd) = &shell.cwd {
-                    check_len("work.shell.cwd", cwd, MAX_TEXT_BYTES)?;
-                }
-                check_env("work.shell.env", &shell.env)?;
-                if shell.secret_env.len() > MAX_ENV_ITEMS {
-                    return Err(Error::invalid(
-                        "work.shell.secret_env",
-                        format!("at most {MAX_ENV_ITEMS} names allowed"),
-                    ));
-                }
-                for name in &shell.secret_env {
-                    if !is_env_name(name) {
-                        return Err(Error::invalid(
-                            "work.shell.secret_env",
-                            format!(
-                                "{name:?} is not a variable name (letters, digits and '_', not starting with a digit)"
-                            ),
-                        ));
-                    }
-                    if shell.env.contains_key(name) {
-                        return Err(Error::invalid("work.shell.secret_env", format!("{name} is also set in env")));
-                    }
+            Work::Shell(shell) => check_shell(shell, &SHELL)?,
+            Work::Service(service) => {
+                check_service(service)?;
+                if !self.verification.is_empty() {
+                    return Err(Error::invalid("verification", "service work takes none: its probes check it"));
                 }
             }
             Work::Llm(llm) => {
@@ -194,6 +144,138 @@ fn is_env_name(name: &str) -> bool {
     chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         && name.len() <= 256
+}
+
+/// The fields a shell command's refusals name: a shell task's, or a service's `run`.
+struct ShellFields {
+    argv: &'static str,
+    script: &'static str,
+    cwd: &'static str,
+    env: &'static str,
+    secret_env: &'static str,
+}
+
+const SHELL: ShellFields = ShellFields {
+    argv: "work.shell.argv",
+    script: "work.shell.script",
+    cwd: "work.shell.cwd",
+    env: "work.shell.env",
+    secret_env: "work.shell.secret_env",
+};
+
+const SERVICE_RUN: ShellFields = ShellFields {
+    argv: "work.service.run.argv",
+    script: "work.service.run.script",
+    cwd: "work.service.run.cwd",
+    env: "work.service.run.env",
+    secret_env: "work.service.run.secret_env",
+};
+
+fn check_shell(shell: &super::ShellWork, fields: &ShellFields) -> Result<(), Error> {
+    match &shell.command {
+        ShellCommand::Argv(argv) => {
+            if argv.is_empty() || argv[0].is_empty() {
+                return Err(Error::invalid(fields.argv, "needs a program name"));
+            }
+            if argv.len() > MAX_ARGV_ITEMS {
+                return Err(Error::invalid(
+                    fields.argv,
+                    format!("has {} items, at most {MAX_ARGV_ITEMS} allowed", argv.len()),
+                ));
+            }
+            let bytes: usize = argv.iter().map(|a| a.len()).sum();
+            if bytes > MAX_COMMAND_BYTES {
+                return Err(Error::invalid(
+                    fields.argv,
+                    format!("is {bytes} bytes, at most {MAX_COMMAND_BYTES} allowed"),
+                ));
+            }
+            if argv.iter().any(|a| a.contains('\0')) {
+                return Err(Error::invalid(fields.argv, "must not contain NUL bytes"));
+            }
+        }
+        ShellCommand::Script(script) => {
+            if script.trim().is_empty() {
+                return Err(Error::invalid(fields.script, "must not be empty"));
+            }
+            check_len(fields.script, script, MAX_COMMAND_BYTES)?;
+            if script.contains('\0') {
+                return Err(Error::invalid(fields.script, "must not contain NUL bytes"));
+            }
+        }
+    }
+    if let Some(cwd) = &shell.cwd {
+        check_len(fields.cwd, cwd, MAX_TEXT_BYTES)?;
+    }
+    check_env(fields.env, &shell.env)?;
+    if shell.secret_env.len() > MAX_ENV_ITEMS {
+        return Err(Error::invalid(fields.secret_env, format!("at most {MAX_ENV_ITEMS} names allowed")));
+    }
+    for name in &shell.secret_env {
+        if !is_env_name(name) {
+            return Err(Error::invalid(
+                fields.secret_env,
+                format!("{name:?} is not a variable name (letters, digits and '_', not starting with a digit)"),
+            ));
+        }
+        if shell.env.contains_key(name) {
+            return Err(Error::invalid(fields.secret_env, format!("{name} is also set in env")));
+        }
+    }
+    Ok(())
+}
+
+/// The most ports one service may ask for.
+const MAX_SERVICE_PORTS: usize = 16;
+
+fn check_service(service: &super::ServiceWork) -> Result<(), Error> {
+    check_shell(&service.run, &SERVICE_RUN)?;
+    if service.ports.len() > MAX_SERVICE_PORTS {
+        return Err(Error::invalid("work.service.ports", format!("at most {MAX_SERVICE_PORTS} ports allowed")));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for name in &service.ports {
+        let ok = !name.is_empty()
+            && name.len() <= 32
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok {
+            return Err(Error::invalid(
+                "work.service.ports",
+                format!("{name:?} is not a port name (1 to 32 letters, digits, '-' or '_')"),
+            ));
+        }
+        if !seen.insert(name.to_ascii_uppercase().replace('-', "_")) {
+            return Err(Error::invalid("work.service.ports", format!("{name:?} is named twice (as PORT_ variables)")));
+        }
+    }
+    for (field, probe) in [("work.service.readiness", &service.readiness), ("work.service.liveness", &service.liveness)]
+    {
+        let Some(probe) = probe else { continue };
+        match &probe.check {
+            super::ProbeCheck::Http { path, .. } if !path.starts_with('/') => {
+                return Err(Error::invalid(field, format!("the http path {path:?} must start with '/'")));
+            }
+            super::ProbeCheck::Http { path, .. } => check_len(field, path, MAX_TEXT_BYTES)?,
+            super::ProbeCheck::Command(line) if line.trim().is_empty() => {
+                return Err(Error::invalid(field, "the command must not be empty"));
+            }
+            super::ProbeCheck::Command(line) => check_len(field, line, MAX_COMMAND_BYTES)?,
+            super::ProbeCheck::Tcp { .. } => {}
+        }
+        match probe.check.port() {
+            Some(None) if service.ports.is_empty() => {
+                return Err(Error::invalid(field, "checks a port, and the service asks for none (set ports)"));
+            }
+            Some(Some(name)) if !service.ports.iter().any(|p| p == name) => {
+                return Err(Error::invalid(field, format!("checks port {name:?}, which is not in ports")));
+            }
+            _ => {}
+        }
+        if probe.failure_threshold == Some(0) || probe.interval_ms == Some(0) {
+            return Err(Error::invalid(field, "interval and failure threshold must be above 0"));
+        }
+    }
+    Ok(())
 }
 
 fn check_len(field: &'static str, value: &str, max: usize) -> Result<(), Error> {

@@ -268,7 +268,7 @@ pub fn from_sidecar_into_pb(message: FromSidecar) -> pb::SidecarMessage {
             lease_generation,
             outcome: Some(outcome_into_pb(*outcome)),
         }),
-        FromSidecar::Progress { task_id, lease_generation, blocked, verifying, message, step } => {
+        FromSidecar::Progress { task_id, lease_generation, blocked, verifying, message, step, service } => {
             SideMsg::Progress(pb::TaskProgress {
                 task_id: task_id.to_string(),
                 lease_generation,
@@ -277,6 +277,7 @@ pub fn from_sidecar_into_pb(message: FromSidecar) -> pb::SidecarMessage {
                 blocked,
                 verifying,
                 step: step.map(|step| step_into_pb(*step)),
+                service: service.map(|status| super::service::status_into_pb(*status)),
                 ..Default::default()
             })
         }
@@ -329,6 +330,7 @@ pub fn from_sidecar_from_pb(sidecar_id: &str, message: pb::SidecarMessage) -> Re
             verifying: progress.verifying,
             message: chars(progress.message, MAX_PROGRESS),
             step: progress.step.map(|step| Box::new(step_from_pb(step))),
+            service: progress.service.map(super::service::status_from_pb).transpose()?.map(Box::new),
         },
         Some(SideMsg::Resources(report)) => FromSidecar::Resources(Box::new(resources_from_pb(report)?)),
         Some(SideMsg::Models(inventory)) => FromSidecar::Models(inventory_from_pb(sidecar_id, inventory)?),

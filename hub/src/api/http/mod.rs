@@ -35,7 +35,8 @@ use crate::domain::{SpecDefaults, TaskId, TaskState};
 use crate::feed::{self, FeedEvent};
 use axum::Extension;
 use dto::{
-    AgentDto, BackupDto, DecisionDto, EndpointDto, HostDto, OutputEventDto, QueueDto, StepEventDto, TaskDto, WhyDto,
+    AgentDto, BackupDto, DecisionDto, EndpointDto, HostDto, OutputEventDto, QueueDto, ServiceDto, StepEventDto,
+    TaskDto, WhyDto,
 };
 
 /// Largest HTTP request body (a submit with a large prompt fits).
@@ -98,6 +99,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/agents", get(list_agents))
         .route("/api/v1/agents/{id}", get(get_agent))
         .route("/api/v1/hosts", get(list_hosts))
+        .route("/api/v1/services", get(list_services))
         .route("/api/v1/hosts/{id}", get(get_host))
         .route("/api/v1/hosts/{id}/drain", axum::routing::post(drain_host))
         .route("/api/v1/hosts/{id}/uncordon", axum::routing::post(uncordon_host))
@@ -313,6 +315,13 @@ async fn get_agent(
 async fn list_hosts(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
     let hosts = state.hub.hosts().await?;
     Ok(Json(json!({ "hosts": hosts.iter().map(HostDto::from).collect::<Vec<_>>() })))
+}
+
+/// `GET /api/v1/services`: service tasks that have not ended, with their ports and health.
+async fn list_services(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let services = state.hub.services().await?;
+    let services: Vec<ServiceDto> = services.into_iter().map(|(task, host)| ServiceDto::of(&task, host)).collect();
+    Ok(Json(json!({ "services": services })))
 }
 
 /// `GET /api/v1/hosts/{id}`: one host with its resource history (one hour at report resolution).

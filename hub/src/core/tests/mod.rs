@@ -481,6 +481,7 @@ fn verification_moves_a_task_to_verifying_and_its_verdict_decides_the_end() {
             verifying: true,
             message: "verifying".into(),
             step: None,
+            service: None,
         };
         hub.report("s1", verifying);
         assert_eq!(hub.task(id).state, TaskState::Verifying);

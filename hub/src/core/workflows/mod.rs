@@ -293,6 +293,46 @@ impl State {
         self.write(ops, AfterCommit::RunChanged(run_id));
     }
 
+    /// A service step's task became ready: the step ends, succeeded, and its outputs are the
+    /// service's `ports` (by name), first `port`, `host`, `url` and `task`. The service runs on
+    /// after its step; stopping the run's services stops it (`hubctl repo down`, `hubctl stop`).
+    pub(super) fn service_ready(&mut self, task_id: TaskId, now: UnixMs) {
+        let Some((run_id, generation, key)) = self.runs.step_of.remove(&task_id) else { return };
+        if self.runs.entries.get(&run_id).is_none_or(|entry| generation != entry.retries) {
+            return;
+        }
+        let Some(task) = self.tasks.get(&task_id) else { return };
+        let host = task
+            .sidecar_id
+            .as_ref()
+            .and_then(|id| self.sidecars.get(id))
+            .map_or_else(|| "127.0.0.1".to_owned(), |s| s.hello.hostname.clone());
+        let ports = task.service.as_ref().map(|s| s.ports.clone()).unwrap_or_default();
+        let first = match &task.spec.work {
+            Work::Service(work) => work.ports.first().and_then(|name| ports.get(name).copied()),
+            _ => None,
+        };
+        drop(task);
+        let outputs = json!({
+            "ports": ports,
+            "port": first,
+            "host": host,
+            "url": first.map(|port| format!("http://{host}:{port}")),
+            "task": task_id.to_string(),
+        });
+        let ended = Ended {
+            succeeded: true,
+            exit_code: None,
+            output: outputs.to_string(),
+            outputs: outputs.as_object().cloned().unwrap_or_default(),
+            verdict: None,
+            usage: Value::Null,
+            reason: None,
+        };
+        let ops = self.drive(run_id, RunEventKind::Ended { key, ended: Box::new(ended), task_id: Some(task_id) }, now);
+        self.write(ops, AfterCommit::RunChanged(run_id));
+    }
+
     /// Writes again, whole, the runs whose events were in a commit that failed.
     pub(super) fn rewrite_runs(&mut self) {
         for id in std::mem::take(&mut self.runs.unstored) {

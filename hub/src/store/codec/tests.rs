@@ -96,6 +96,16 @@ fn every_field_of_a_task_survives_storage() {
     }
     llm.spec.idempotency_key = None;
     assert_eq!(decode_task(&encode_task(llm.clone())), Ok(llm));
+    let mut service = full_task();
+    service.spec.work = Work::Service(Box::new(ServiceWork::example()));
+    assert_eq!(decode_task(&encode_task(service.clone())), Ok(service.clone()));
+    if let Work::Service(work) = &mut service.spec.work {
+        work.readiness =
+            Some(Probe { check: ProbeCheck::Command("curl -f localhost".into()), ..work.liveness.clone().unwrap() });
+        work.liveness = None;
+        work.restart = ServiceRestart { never: true, ..ServiceRestart::default() };
+    }
+    assert_eq!(decode_task(&encode_task(service.clone())), Ok(service));
 }
 
 #[test]

@@ -101,6 +101,59 @@ pub struct Agent {
     pub fix_rounds: ::core::option::Option<u32>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Service {
+    #[prost(message, optional, tag = "1")]
+    pub run: ::core::option::Option<Shell>,
+    #[prost(string, repeated, tag = "2")]
+    pub ports: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(message, optional, tag = "3")]
+    pub readiness: ::core::option::Option<Probe>,
+    #[prost(message, optional, tag = "4")]
+    pub liveness: ::core::option::Option<Probe>,
+    /// Policy `never`.
+    #[prost(bool, tag = "5")]
+    pub restart_never: bool,
+    #[prost(uint32, optional, tag = "6")]
+    pub restart_limit: ::core::option::Option<u32>,
+    #[prost(uint64, optional, tag = "7")]
+    pub backoff_base_ms: ::core::option::Option<u64>,
+    #[prost(uint64, optional, tag = "8")]
+    pub backoff_max_ms: ::core::option::Option<u64>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Probe {
+    #[prost(uint64, optional, tag = "4")]
+    pub start_period_ms: ::core::option::Option<u64>,
+    #[prost(uint64, optional, tag = "5")]
+    pub interval_ms: ::core::option::Option<u64>,
+    #[prost(uint64, optional, tag = "6")]
+    pub timeout_ms: ::core::option::Option<u64>,
+    #[prost(uint32, optional, tag = "7")]
+    pub failure_threshold: ::core::option::Option<u32>,
+    #[prost(oneof = "probe::Check", tags = "1, 2, 3")]
+    pub check: ::core::option::Option<probe::Check>,
+}
+/// Nested message and enum types in `Probe`.
+pub mod probe {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Check {
+        #[prost(message, tag = "1")]
+        Http(super::HttpProbe),
+        /// The port's name; empty: the first port.
+        #[prost(string, tag = "2")]
+        Tcp(::prost::alloc::string::String),
+        #[prost(string, tag = "3")]
+        Command(::prost::alloc::string::String),
+    }
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HttpProbe {
+    #[prost(string, optional, tag = "1")]
+    pub port: ::core::option::Option<::prost::alloc::string::String>,
+    #[prost(string, tag = "2")]
+    pub path: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Context {
     #[prost(string, tag = "1")]
     pub repository: ::prost::alloc::string::String,
@@ -240,7 +293,7 @@ pub struct Spec {
     /// The submitter's W3C trace context; empty when the task is a trace of its own.
     #[prost(string, tag = "16")]
     pub traceparent: ::prost::alloc::string::String,
-    #[prost(oneof = "spec::Work", tags = "5, 6, 7")]
+    #[prost(oneof = "spec::Work", tags = "5, 6, 7, 17")]
     pub work: ::core::option::Option<spec::Work>,
 }
 /// Nested message and enum types in `Spec`.
@@ -253,6 +306,8 @@ pub mod spec {
         Llm(super::Llm),
         #[prost(message, tag = "7")]
         Agent(super::Agent),
+        #[prost(message, tag = "17")]
+        Service(super::Service),
     }
 }
 #[derive(Clone, PartialEq, ::prost::Message)]

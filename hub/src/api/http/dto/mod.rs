@@ -13,8 +13,8 @@ use serde::Serialize;
 use crate::agent::Transition;
 use crate::core::QueueStats;
 use crate::domain::{
-    Exit, Limits, Outcome, Pattern, Placement, RetryPolicy, ShellCommand, Task, TaskContext, TaskSpec, Usage,
-    Verification, VerificationReport, Work,
+    Exit, Limits, Outcome, Pattern, Placement, RetryPolicy, ShellCommand, ShellWork, Task, TaskContext, TaskSpec,
+    Usage, Verification, VerificationReport, Work,
 };
 use crate::fleet::{AgentDetail, AgentView, Cordon, Endpoint, HostView, Model, Owner, Resources, Sample};
 
@@ -45,6 +45,9 @@ pub struct TaskDto {
     pub outcome: Option<OutcomeDto>,
     /// The trace its spans belong to (hex): the submitter's, or the task's own.
     pub trace_id: String,
+    /// Service work: where the service stands, while it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceStatusDto>,
 }
 
 impl From<&Task> for TaskDto {
@@ -64,6 +67,7 @@ impl From<&Task> for TaskDto {
             finished_unix_ms: task.finished_unix_ms,
             outcome: task.outcome.as_ref().map(OutcomeDto::from),
             trace_id: task.trace().trace_id_hex(),
+            service: task.service.as_deref().map(ServiceStatusDto::from),
         }
     }
 }
@@ -112,20 +116,14 @@ pub enum WorkDto {
     Shell(ShellDto),
     Llm(LlmDto),
     Agent(AgentWorkDto),
+    Service(Box<ServiceWorkDto>),
 }
 
 impl From<&Work> for WorkDto {
     fn from(work: &Work) -> WorkDto {
         match work {
-            Work::Shell(shell) => WorkDto::Shell(ShellDto {
-                command: match &shell.command {
-                    ShellCommand::Argv(argv) => CommandDto::Argv(argv.clone()),
-                    ShellCommand::Script(script) => CommandDto::Script(script.clone()),
-                },
-                cwd: shell.cwd.clone(),
-                env: shell.env.clone(),
-                secret_env: shell.secret_env.clone(),
-            }),
+            Work::Shell(shell) => WorkDto::Shell(ShellDto::from(shell)),
+            Work::Service(service) => WorkDto::Service(Box::new(ServiceWorkDto::from(&**service))),
             Work::Llm(llm) => WorkDto::Llm(LlmDto {
                 prompt: llm.prompt.clone(),
                 system: llm.system.clone(),
@@ -161,6 +159,20 @@ pub struct ShellDto {
     pub env: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "skip_empty")]
     pub secret_env: Vec<String>,
+}
+
+impl From<&ShellWork> for ShellDto {
+    fn from(shell: &ShellWork) -> ShellDto {
+        ShellDto {
+            command: match &shell.command {
+                ShellCommand::Argv(argv) => CommandDto::Argv(argv.clone()),
+                ShellCommand::Script(script) => CommandDto::Script(script.clone()),
+            },
+            cwd: shell.cwd.clone(),
+            env: shell.env.clone(),
+            secret_env: shell.secret_env.clone(),
+        }
+    }
 }
 
 /// `{"argv": [...]}` or `{"script": "..."}`.
@@ -549,6 +561,7 @@ pub struct OutputEventDto {
 mod fleet;
 mod outcome;
 mod placement;
+mod service;
 #[cfg(test)]
 mod tests;
 mod workflow;
@@ -556,4 +569,5 @@ mod workflow;
 pub use self::fleet::*;
 pub use self::outcome::*;
 pub use self::placement::*;
+pub use self::service::*;
 pub use self::workflow::*;

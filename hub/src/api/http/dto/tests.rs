@@ -170,6 +170,28 @@ fn the_llm_work_shape_is_documented() {
 }
 
 #[test]
+fn the_service_shapes_are_documented() {
+    use crate::domain::{ServiceState, ServiceStatus, ServiceWork};
+    check("service_work", WorkDto::from(&Work::Service(Box::new(ServiceWork::example()))));
+    let mut task = full_task();
+    task.spec.work = Work::Service(Box::new(ServiceWork::example()));
+    task.spec.labels.insert("workflow_run".into(), "01M7Y9W2A3H1S5QJ8R0C4V6XKE".into());
+    task.service = Some(Box::new(ServiceStatus {
+        state: ServiceState::Ready,
+        ports: [("web".to_owned(), 41234), ("admin".to_owned(), 41235)].into(),
+        restarts: 0,
+        evidence: String::new(),
+        started_unix_ms: 1,
+        ready_unix_ms: Some(2),
+    }));
+    task.state = TaskState::Running;
+    check("service", ServiceDto::of(&task, Some("build-1".into())));
+    let shown = serde_json::to_value(TaskDto::from(&task)).unwrap();
+    assert_eq!(shown["service"]["state"], "ready");
+    assert_eq!(shown["service"]["ports"]["web"], 41234);
+}
+
+#[test]
 fn the_task_shape_is_documented() {
     check("task", TaskDto::from(&full_task()));
 }
