@@ -11,6 +11,7 @@ mod enrol;
 mod fleet;
 mod pipe;
 mod placement;
+mod repo;
 mod services;
 mod show;
 mod sse;
@@ -80,6 +81,11 @@ enum Command {
     },
     /// Cancel a task, wherever it is.
     Cancel { id: String },
+    /// Bring a repository up (the built-in repo-up workflow), or stop what a run brought up.
+    Repo {
+        #[command(subcommand)]
+        command: repo::RepoCommand,
+    },
     /// Running services with their host, ports, state and uptime.
     Services,
     /// Stop a service (every process of it); waits until its sidecar says it ended.
@@ -664,6 +670,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Agent { id } => fleet::agent(&client, &id, cli.json).await,
         Command::Services => services::services(&client, cli.json).await,
+        Command::Repo { command } => repo::repo(&client, command, cli.json).await,
         Command::Stop { id } => services::stop(&client, &id, cli.json).await,
         Command::Hosts { id } => fleet::hosts(&client, id.as_deref(), cli.json).await,
         Command::Drain { sidecar, deadline } => fleet::drain(&client, &sidecar, deadline, cli.json).await,

@@ -27,6 +27,8 @@ pub(crate) enum WorkflowCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Print a workflow shipped with the hub (`repo-up`), as its file; with no name, list them.
+    Show { name: Option<String> },
     /// The newest runs.
     Ls {
         #[arg(long, default_value_t = 20)]
@@ -105,6 +107,29 @@ pub(crate) async fn online(client: &Client, command: WorkflowCommand, json_out: 
     use reqwest::Method;
     match command {
         WorkflowCommand::Validate { .. } => unreachable!("answered before connecting"),
+        WorkflowCommand::Show { name: Some(name) } => {
+            let response = client.call(Method::GET, &format!("/api/v1/workflows/builtin/{name}"), None).await?;
+            if json_out {
+                print_json(&response);
+            } else {
+                print!("{}", response["workflow"]["source"].as_str().unwrap_or_default());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        WorkflowCommand::Show { name: None } => {
+            let response = client.call(Method::GET, "/api/v1/workflows/builtin", None).await?;
+            if json_out {
+                print_json(&response);
+            } else {
+                for workflow in response["workflows"].as_array().into_iter().flatten() {
+                    let source = workflow["source"].as_str().unwrap_or_default();
+                    let description =
+                        agentcom_workflow::file::load(source).ok().and_then(|d| d.description).unwrap_or_default();
+                    println!("{:<10} {description}", workflow["name"].as_str().unwrap_or("?"));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         WorkflowCommand::Run { file, inputs, wait } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let definition = match agentcom_workflow::file::load(&text) {

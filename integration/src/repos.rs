@@ -99,6 +99,31 @@ HTTPServer(("127.0.0.1", int(os.getenv("PORT", "8080"))), Handler).serve_forever
     ),
 ];
 
+/// A web app whose start command is broken: its Procfile gives it a port of its own (8099)
+/// instead of the one in `$PORT`, so its health check on `$PORT` never answers. The rules cannot
+/// see that (the command reads no port variable); the fix is `--port $PORT`.
+pub const BROKEN: &[(&str, &str)] = &[
+    ("Procfile", "web: python3 server.py --port 8099\n"),
+    (
+        "server.py",
+        r#"import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+        self.wfile.write(b"ok\n")
+
+
+port = int(sys.argv[sys.argv.index("--port") + 1])
+print(f"listening on {port}", flush=True)
+HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"#,
+    ),
+];
+
 /// Writes `files` into `dir/name` and returns that directory.
 pub fn write(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
     let root = dir.join(name);
@@ -107,5 +132,14 @@ pub fn write(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
         std::fs::create_dir_all(path.parent().expect("a file has a parent")).expect("making the directory");
         std::fs::write(&path, text).expect("writing the file");
     }
+    root
+}
+
+/// Writes `files` into `dir/name` as a git repository with one commit on `main`; returns it.
+pub fn commit(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let root = write(dir, name, files);
+    crate::process::git(&root, &["init", "--quiet", "--initial-branch=main"]);
+    crate::process::git(&root, &["add", "--all"]);
+    crate::process::git(&root, &["commit", "--quiet", "-m", "the fixture"]);
     root
 }

@@ -15,6 +15,7 @@ pub mod enrol;
 pub mod job;
 mod link;
 pub mod metrics;
+pub mod repo;
 pub mod reports;
 pub mod resources;
 pub mod runners;
@@ -446,6 +447,11 @@ async fn prepare_inner(config: Config) -> Result<Prepared, Error> {
         );
     }
     let mut settings = shell::Settings::new(config.shell.clone(), containment, state);
+    // What a task may ask of this sidecar: its binary (`repo status`, `repo check`) and the
+    // host name the hub knows it by (`placement.host`).
+    let exe = std::env::current_exe().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    settings.options.task_vars =
+        vec![("AGENTCOM_SIDECAR".to_owned(), exe), ("AGENTCOM_HOST".to_owned(), config.hostname.clone())];
     if let Some(range) = config.shell.run_as_range {
         range.check(config.slots).map_err(Error::Config)?;
         let users = users::Users::new(range, &settings.options.work_dir).map_err(Error::Config)?;

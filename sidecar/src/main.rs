@@ -33,6 +33,34 @@ enum Command {
         #[arg(default_value = ".")]
         path: std::path::PathBuf,
     },
+    /// The steps of the built-in repo-up workflow that run in a repository's kept environment.
+    #[command(subcommand)]
+    Repo(RepoCommand),
+}
+
+#[derive(Subcommand)]
+enum RepoCommand {
+    /// Print, as JSON, the environment's directory, commit and host, its plan (each service with
+    /// its `command` and `probe`) and its phase records.
+    Status {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run the install commands (the plan's, or AGENTCOM_INSTALL as a JSON list) unless the
+    /// environment's records say they succeeded here; record them once they do.
+    Setup {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Start every planned service on free ports, wait for each to answer its probe, stop them;
+    /// exit 0 when all were ready.
+    Check {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// How long the services have to become ready.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        within: std::time::Duration,
+    },
 }
 
 #[derive(clap::Args)]
@@ -294,6 +322,15 @@ async fn run() -> anyhow::Result<()> {
         Command::Detect { path } => {
             let plan = agentcom_sidecar::detect::detect(&path)?;
             println!("{}", serde_json::to_string_pretty(&plan)?);
+            return Ok(());
+        }
+        Command::Repo(RepoCommand::Status { dir }) => {
+            println!("{}", serde_json::to_string_pretty(&agentcom_sidecar::repo::status(&dir)?)?);
+            return Ok(());
+        }
+        Command::Repo(RepoCommand::Setup { dir }) => return agentcom_sidecar::repo::setup(&dir),
+        Command::Repo(RepoCommand::Check { dir, within }) => {
+            anyhow::ensure!(agentcom_sidecar::repo::check(&dir, within)?, "not every service became ready");
             return Ok(());
         }
         Command::Enroll(args) => {

@@ -43,6 +43,8 @@ const GIT_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct Workspaces {
     repos: PathBuf,
     root: PathBuf,
+    /// Kept environments (`context.environment`), one per repository and commit.
+    environments: PathBuf,
     allow: Vec<String>,
     keep_failed: Duration,
     /// Tasks run as this user own their workspace's files.
@@ -62,7 +64,12 @@ pub struct Workspace {
     mirror: PathBuf,
     repository: String,
     base: String,
+    /// A kept environment: never removed after the work.
+    kept: bool,
 }
+
+/// What an environment keeps out of the changes its work is committed with: what installs make.
+const ENVIRONMENT_EXCLUDES: &str = "# AgentCom: what installs make, kept out of the commits of fixes\n.venv/\nvenv/\nnode_modules/\n__pycache__/\n*.pyc\ntarget/\n.agentcom/\n";
 
 impl Workspaces {
     pub fn new(work_dir: &Path, allow: Vec<String>, keep_failed: Duration, owner: Option<(u32, u32)>) -> Workspaces {
@@ -70,6 +77,7 @@ impl Workspaces {
         Workspaces {
             repos: state.join("repos"),
             root: state.join("workspaces"),
+            environments: state.join("environments"),
             allow,
             keep_failed,
             owner,
@@ -128,24 +136,7 @@ impl Workspaces {
         if revision.starts_with('-') {
             return Err(format!("{revision:?} is not a branch or commit"));
         }
-        let mirror = self.repos.join(&hex::encode(Sha256::digest(repository.as_bytes()))[..16]);
-        let lock = self.locks.lock().expect("lock").entry(repository.to_owned()).or_default().clone();
-        let base = {
-            let _held = lock.lock().await;
-            let fetched = self.refresh(&mirror, repository).await?;
-            let missing = || {
-                let wanted = if revision.is_empty() { "its default branch" } else { revision };
-                format!("no branch or commit {wanted:?} in {repository}")
-            };
-            match resolve(&mirror, revision).await {
-                Some(commit) => commit,
-                None if !fetched => {
-                    fetch(&mirror).await?;
-                    resolve(&mirror, revision).await.ok_or_else(missing)?
-                }
-                None => return Err(missing()),
-            }
-        };
+        let (mirror, base) = self.resolve_in_clone(repository, revision).await?;
         let dir = self.root.join(format!("{}-{}", key.task_id, key.lease_generation));
         if dir.exists() {
             remove(&dir);
@@ -164,14 +155,86 @@ impl Workspaces {
                 .map_err(|err| format!("keeping the workspace to its task: {err}"))?;
         }
         info!(task_id = key.task_id, repository, base, dir = %dir.display(), "made a workspace");
-        Ok(Workspace { dir, mirror, repository: repository.to_owned(), base })
+        Ok(Workspace { dir, mirror, repository: repository.to_owned(), base, kept: false })
+    }
+
+    /// The sidecar's clone of an allowed repository, fetched as needed, and the commit
+    /// `revision` (a branch or commit; empty: the default branch) is there.
+    async fn resolve_in_clone(&self, repository: &str, revision: &str) -> Result<(PathBuf, String), String> {
+        if !self.allowed(repository) {
+            return Err(format!("the repository {repository} is not allowed on this sidecar (--repo-allow)"));
+        }
+        if revision.starts_with('-') {
+            return Err(format!("{revision:?} is not a branch or commit"));
+        }
+        let mirror = self.repos.join(&hex::encode(Sha256::digest(repository.as_bytes()))[..16]);
+        let lock = self.locks.lock().expect("lock").entry(repository.to_owned()).or_default().clone();
+        let _held = lock.lock().await;
+        let fetched = self.refresh(&mirror, repository).await?;
+        let missing = || {
+            let wanted = if revision.is_empty() { "its default branch" } else { revision };
+            format!("no branch or commit {wanted:?} in {repository}")
+        };
+        let base = match resolve(&mirror, revision).await {
+            Some(commit) => commit,
+            None if !fetched => {
+                fetch(&mirror).await?;
+                resolve(&mirror, revision).await.ok_or_else(missing)?
+            }
+            None => return Err(missing()),
+        };
+        Ok((mirror, base))
+    }
+
+    /// The kept environment of `repository` at `revision`: a working copy of its own at that
+    /// commit (`WORK_DIR/.agentcom/environments/HASH-COMMIT`), made on first use (anew with
+    /// `fresh`) and kept after the work, so an install made there serves the services started
+    /// there later, and a fix made there is what they run. The work's changes are described
+    /// against the environment's state when it starts.
+    pub async fn environment(&self, repository: &str, revision: &str, fresh: bool) -> Result<Workspace, String> {
+        if self.users.is_some() {
+            return Err("kept environments are shared by the work that follows: not with --run-as-range".to_owned());
+        }
+        let (mirror, commit) = self.resolve_in_clone(repository, revision).await?;
+        let hash = hex::encode(Sha256::digest(repository.as_bytes()));
+        let dir = self.environments.join(format!("{}-{}", &hash[..16], &commit[..commit.len().min(12)]));
+        let lock = self.locks.lock().expect("lock").entry(dir.to_string_lossy().into_owned()).or_default().clone();
+        let _held = lock.lock().await;
+        if fresh && dir.exists() {
+            info!(repository, dir = %dir.display(), "making the environment anew");
+            remove(&dir);
+        }
+        if !dir.join(".git").exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&self.environments)
+                .map_err(|err| format!("{}: {err}", self.environments.display()))?;
+            let partial = dir.with_extension("making");
+            let _ = std::fs::remove_dir_all(&partial);
+            let (from, to) = (mirror.to_string_lossy(), partial.to_string_lossy());
+            git(None, &["clone", "--shared", "--no-checkout", "--quiet", "--", &from, &to]).await?;
+            git_in(&partial, &["checkout", "--quiet", "--detach", &commit]).await?;
+            std::fs::write(partial.join(".git/info/exclude"), ENVIRONMENT_EXCLUDES)
+                .map_err(|err| format!("{}: {err}", partial.display()))?;
+            // The commit it was made at, which names it (`repo status` says it as `base`).
+            std::fs::create_dir_all(partial.join(".git/agentcom"))
+                .and_then(|()| std::fs::write(partial.join(".git/agentcom/base"), &commit))
+                .map_err(|err| format!("{}: {err}", partial.display()))?;
+            if let Some((uid, gid)) = self.owner {
+                chown_tree(&partial, uid, gid)
+                    .map_err(|err| format!("handing the environment to the task's user: {err}"))?;
+            }
+            std::fs::rename(&partial, &dir).map_err(|err| format!("{}: {err}", dir.display()))?;
+            info!(repository, commit, dir = %dir.display(), "made an environment");
+        }
+        let base = git_in(&dir, &["rev-parse", "HEAD"]).await?.trim().to_owned();
+        Ok(Workspace { dir, mirror, repository: repository.to_owned(), base, kept: true })
     }
 
     /// Describes what the work changed; on success commits it, fetches it into the clone as
     /// `agentcom/TASK_ID` and removes the workspace, else keeps it (for
     /// `--keep-failed-workspaces`).
     pub async fn close(&self, workspace: Workspace, task_id: &str, title: &str, succeeded: bool) -> WorkspaceReport {
-        let Workspace { dir, mirror, repository, base } = workspace;
+        let Workspace { dir, mirror, repository, base, kept } = workspace;
         let mut report = WorkspaceReport { repository, base: base.clone(), ..WorkspaceReport::default() };
         let described = async {
             git_in(&dir, &["add", "--all"]).await?;
@@ -227,7 +290,9 @@ impl Workspaces {
                 Err(error) => warn!(task_id, error, "could not commit the workspace's changes"),
             }
         }
-        if succeeded {
+        if kept {
+            report.kept_at = Some(dir.to_string_lossy().into_owned());
+        } else if succeeded {
             remove(&dir);
         } else {
             report.kept_at = Some(dir.to_string_lossy().into_owned());

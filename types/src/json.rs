@@ -183,6 +183,8 @@ struct ContextBody {
     env: HashMap<String, String>,
     #[serde(default)]
     notes: String,
+    #[serde(default)]
+    environment: String,
 }
 
 #[derive(Deserialize)]
@@ -442,6 +444,7 @@ impl TryFrom<SubmitBody> for pb::TaskSpec {
                 files: context.files,
                 env: context.env,
                 notes: context.notes,
+                environment: context.environment,
             }),
             success_criteria: body.success_criteria,
             verification,

@@ -189,6 +189,9 @@ fn spec_from_pb_unchecked(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result
         }),
     };
     let context = spec.context.unwrap_or_default();
+    let environment = Environment::parse(&context.environment).ok_or_else(|| {
+        Error::invalid("context.environment", format!("{:?} is not keep or fresh", context.environment))
+    })?;
     let limits = spec.limits.unwrap_or_default();
     let placement = spec.placement.unwrap_or_default();
     let retry = spec.retry.unwrap_or_default();
@@ -210,6 +213,7 @@ fn spec_from_pb_unchecked(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result
             files: context.files,
             env: btree(context.env),
             notes: context.notes,
+            environment,
         },
         success_criteria: spec.success_criteria,
         verification,
@@ -311,6 +315,7 @@ pub fn spec_into_pb(spec: TaskSpec) -> pb::TaskSpec {
             files: spec.context.files,
             env: spec.context.env.into_iter().collect(),
             notes: spec.context.notes,
+            environment: spec.context.environment.as_str().to_owned(),
         }),
         success_criteria: spec.success_criteria,
         verification,

@@ -255,6 +255,20 @@ struct StepDoc {
     #[serde(default)]
     agent: Option<Spanned<String>>,
     #[serde(default)]
+    service: Option<Spanned<String>>,
+    #[serde(default)]
+    ports: Vec<String>,
+    #[serde(default)]
+    ready: Option<String>,
+    #[serde(default)]
+    alive: Option<String>,
+    #[serde(default)]
+    probe: BTreeMap<String, ScalarDoc>,
+    #[serde(default)]
+    restart: BTreeMap<String, ScalarDoc>,
+    #[serde(default)]
+    environment: Option<String>,
+    #[serde(default)]
     repo: Option<Spanned<String>>,
     #[serde(default)]
     system: Option<String>,
@@ -302,6 +316,23 @@ struct StepDoc {
 enum ForEachDoc {
     Items(Vec<Value>),
     Expr(String),
+}
+
+/// A value written as a number or a string (`interval: 500ms`, `failure_threshold: 3`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ScalarDoc {
+    Number(u64),
+    Text(String),
+}
+
+impl ScalarDoc {
+    fn text(&self) -> String {
+        match self {
+            ScalarDoc::Number(n) => n.to_string(),
+            ScalarDoc::Text(text) => text.clone(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -360,25 +391,29 @@ pub fn load(text: &str) -> Result<Definition, Vec<Problem>> {
     let mut works = Vec::new();
     for step in &doc.steps {
         let (doc_step, id) = (&step.value, step.value.id.value.as_str());
-        let kinds = [doc_step.run.is_some(), doc_step.prompt.is_some(), doc_step.agent.is_some()];
+        let kinds =
+            [doc_step.run.is_some(), doc_step.prompt.is_some(), doc_step.agent.is_some(), doc_step.service.is_some()];
         match kinds.iter().filter(|k| **k).count() {
             1 => {}
-            0 => problems.push(at(step.referenced, Some(id), "a step runs one of run:, prompt: or agent:")),
-            _ => problems.push(at(step.referenced, Some(id), "a step runs only one of run:, prompt: or agent:")),
+            0 => problems.push(at(step.referenced, Some(id), "a step runs one of run:, prompt:, agent: or service:")),
+            _ => problems.push(at(
+                step.referenced,
+                Some(id),
+                "a step runs only one of run:, prompt:, agent: or service:",
+            )),
         }
-        if let (Some(repo), None) = (&doc_step.repo, &doc_step.agent) {
-            problems.push(at(repo.referenced, Some(id), "repo: is for agent: steps"));
+        if let (Some(repo), Some(_)) = (&doc_step.repo, &doc_step.prompt) {
+            problems.push(at(repo.referenced, Some(id), "repo: is for run:, agent: and service: steps"));
         }
-        let this_work = match (&doc_step.run, &doc_step.prompt, &doc_step.agent) {
-            (Some(run), _, _) => match &run.value {
+        let this_work = match (&doc_step.run, &doc_step.prompt, &doc_step.agent, &doc_step.service) {
+            (Some(run), _, _, _) => match &run.value {
                 RunDoc::Argv(argv) => StepWork::Argv(argv.clone()),
                 RunDoc::Script(line) => StepWork::Script(line.clone()),
             },
-            (None, Some(prompt), _) => StepWork::Prompt(prompt.value.clone()),
-            (None, None, Some(goal)) => {
-                StepWork::Agent { goal: goal.value.clone(), repo: doc_step.repo.as_ref().map(|r| r.value.clone()) }
-            }
-            (None, None, None) => StepWork::Script(String::new()),
+            (None, Some(prompt), _, _) => StepWork::Prompt(prompt.value.clone()),
+            (None, None, Some(goal), _) => StepWork::Agent(goal.value.clone()),
+            (None, None, None, Some(run)) => StepWork::Service(service_step(step, &run.value, &mut problems)),
+            (None, None, None, None) => StepWork::Script(String::new()),
         };
         works.push(step_task(step, this_work, &mut problems));
         steps.push(Step {
@@ -475,13 +510,30 @@ fn step_task(step: &Spanned<StepDoc>, work: StepWork, problems: &mut Vec<Problem
     let mut settings = settings(&own, id, problems);
     settings.timeout_ms = doc.timeout.as_ref().and_then(|t| timeout_ms(t, id, problems));
     let is_run = matches!(work, StepWork::Argv(_) | StepWork::Script(_));
+    let is_service = matches!(work, StepWork::Service(_));
+    let runs_a_command = is_run || is_service;
+    let is_agent = matches!(work, StepWork::Agent(_));
+    let service_only = !doc.ports.is_empty()
+        || doc.ready.is_some()
+        || doc.alive.is_some()
+        || !doc.probe.is_empty()
+        || !doc.restart.is_empty();
     let misplaced = [
-        ("model: is for prompt: and agent: steps", is_run && doc.model.is_some()),
+        ("model: is for prompt: and agent: steps", runs_a_command && doc.model.is_some()),
         ("system: is for prompt: steps", doc.system.is_some() && !matches!(work, StepWork::Prompt(_))),
-        ("branch: is for agent: steps", doc.branch.is_some() && !matches!(work, StepWork::Agent { .. })),
-        ("cwd: is for run: steps", doc.cwd.is_some() && !is_run),
-        ("secret_env: is for run: steps", !doc.secret_env.is_empty() && !is_run),
-        ("fix_rounds: is for prompt: and agent: steps", doc.fix_rounds.is_some() && is_run),
+        (
+            "branch: is for agent: steps, and run: and service: steps with a repo:",
+            doc.branch.is_some() && !(is_agent || (runs_a_command && doc.repo.is_some())),
+        ),
+        (
+            "environment: is for run:, agent: and service: steps with a repo:",
+            doc.environment.is_some() && doc.repo.is_none(),
+        ),
+        ("cwd: is for run: and service: steps", doc.cwd.is_some() && !runs_a_command),
+        ("secret_env: is for run: and service: steps", !doc.secret_env.is_empty() && !runs_a_command),
+        ("fix_rounds: is for prompt: and agent: steps", doc.fix_rounds.is_some() && runs_a_command),
+        ("ports:, ready:, alive:, probe: and restart: are for service: steps", service_only && !is_service),
+        ("verify: is not for service: steps (their probes check them)", is_service && !doc.verify.is_empty()),
     ];
     for (message, wrong) in misplaced {
         if wrong {
@@ -528,9 +580,58 @@ fn step_task(step: &Spanned<StepDoc>, work: StepWork, problems: &mut Vec<Problem
         env: doc.env.clone(),
         secret_env: doc.secret_env.clone(),
         cwd: doc.cwd.clone(),
+        repo: doc.repo.as_ref().map(|r| r.value.clone()),
         branch: doc.branch.clone(),
+        environment: doc.environment.clone(),
         fix_rounds: doc.fix_rounds,
         outputs,
+    }
+}
+
+/// A `service:` step's service from its fields; what can be checked before a run is.
+fn service_step(step: &Spanned<StepDoc>, run: &str, problems: &mut Vec<Problem>) -> crate::task::ServiceStep {
+    use crate::service::{PROBE_KEYS, RESTART_KEYS, is_template, millis, probe};
+    let (doc, id) = (&step.value, Some(step.value.id.value.as_str()));
+    for (name, line) in [("ready", &doc.ready), ("alive", &doc.alive)] {
+        if let Some(line) = line.as_deref().filter(|l| !is_template(l))
+            && let Err(err) = probe(line)
+        {
+            problems.push(at(step.referenced, id, format!("{name}: {err}")));
+        }
+    }
+    for (field, map, keys) in [("probe", &doc.probe, &PROBE_KEYS[..]), ("restart", &doc.restart, &RESTART_KEYS[..])] {
+        for (key, value) in map {
+            if !keys.contains(&key.as_str()) {
+                problems.push(at(
+                    step.referenced,
+                    id,
+                    format!("{field}.{key}: not a setting (it takes {})", keys.join(", ")),
+                ));
+                continue;
+            }
+            let text = value.text();
+            let duration = !matches!(key.as_str(), "failure_threshold" | "limit" | "policy");
+            if duration
+                && !is_template(&text)
+                && let Err(err) = millis(&text)
+            {
+                problems.push(at(step.referenced, id, format!("{field}.{key}: {err}")));
+            }
+        }
+    }
+    if let Some(ScalarDoc::Text(policy)) = doc.restart.get("policy")
+        && !is_template(policy)
+        && !matches!(policy.as_str(), "on-failure" | "never")
+    {
+        problems.push(at(step.referenced, id, format!("restart.policy: {policy:?} is not on-failure or never")));
+    }
+    crate::task::ServiceStep {
+        run: run.to_owned(),
+        ports: doc.ports.clone(),
+        ready: doc.ready.clone(),
+        alive: doc.alive.clone(),
+        probe: doc.probe.iter().map(|(k, v)| (k.clone(), v.text())).collect(),
+        restart: doc.restart.iter().map(|(k, v)| (k.clone(), v.text())).collect(),
     }
 }
 
@@ -630,11 +731,12 @@ fn names(doc: &FileDoc, workflow: &Workflow, works: &[StepTask], problems: &mut 
         let work_at = match &work.work {
             StepWork::Argv(_) | StepWork::Script(_) => value.run.as_ref().map(|r| r.referenced),
             StepWork::Prompt(_) => value.prompt.as_ref().map(|p| p.referenced),
-            StepWork::Agent { .. } => value.agent.as_ref().map(|a| a.referenced),
+            StepWork::Agent(_) => value.agent.as_ref().map(|a| a.referenced),
+            StepWork::Service(_) => value.service.as_ref().map(|s| s.referenced),
         };
         for (field, template) in work.templates() {
             let location = match field {
-                "run" | "prompt" | "agent" => work_at.unwrap_or(doc_step.referenced),
+                "run" | "prompt" | "agent" | "service" => work_at.unwrap_or(doc_step.referenced),
                 "repo" => value.repo.as_ref().map_or(doc_step.referenced, |r| r.referenced),
                 "verify" => {
                     value.verify.iter().find(|v| v.value == template).map_or(doc_step.referenced, |v| v.referenced)

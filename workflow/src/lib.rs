@@ -24,7 +24,11 @@ pub mod expr;
 pub mod file;
 pub mod run;
 pub mod schedule;
+pub mod service;
 pub mod task;
+
+/// The workflows shipped with the hub, by name: their files as written.
+pub const BUILTIN: &[(&str, &str)] = &[("repo-up", include_str!("../builtin/repo-up.yaml"))];
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -237,5 +241,19 @@ impl Workflow {
 
     pub fn step(&self, id: &str) -> Option<&Step> {
         self.steps.iter().find(|s| s.id == id)
+    }
+}
+
+#[cfg(test)]
+mod builtin_tests {
+    #[test]
+    fn every_builtin_workflow_is_valid_and_named_as_listed() {
+        for (name, text) in super::BUILTIN {
+            let definition = crate::file::load(text).unwrap_or_else(|problems| {
+                let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                panic!("{name}: {}", lines.join("\n"))
+            });
+            assert_eq!(definition.workflow.name, *name);
+        }
     }
 }

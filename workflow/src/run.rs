@@ -117,9 +117,11 @@ fn ended_view(state: State, ended: Option<&Ended>) -> Value {
             "outputs": ended.outputs,
             "verdict": ended.verdict,
             "usage": ended.usage,
+            "reason": ended.reason,
         }),
         None => json!({
             "state": state.as_str(), "exit_code": null, "output": null, "outputs": {}, "verdict": null, "usage": null,
+            "reason": null,
         }),
     }
 }

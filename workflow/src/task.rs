@@ -56,10 +56,26 @@ pub enum StepWork {
     /// `run:` as a shell line.
     Script(String),
     Prompt(String),
-    Agent {
-        goal: String,
-        repo: Option<String>,
-    },
+    Agent(String),
+    /// `service:`: a shell line that runs until stopped; the step ends once it is ready.
+    Service(ServiceStep),
+}
+
+/// A `service:` step's service, its strings templates.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct ServiceStep {
+    pub run: String,
+    /// `ports:`, each filled and split at commas and spaces (`"{{ item.ports | join(',') }}"`).
+    pub ports: Vec<String>,
+    /// `ready:`: `http [PORT] PATH`, `tcp [PORT]` or `command LINE`; empty: none.
+    pub ready: Option<String>,
+    /// `alive:`, the same.
+    pub alive: Option<String>,
+    /// `probe:`: `start_period`, `interval`, `timeout` (durations, templates) and
+    /// `failure_threshold`, for both probes.
+    pub probe: BTreeMap<String, String>,
+    /// `restart:`: `policy` (`on-failure`, `never`), `limit`.
+    pub restart: BTreeMap<String, String>,
 }
 
 /// How one of a step's `outputs:` is read from its task's output.
@@ -90,7 +106,13 @@ pub struct StepTask {
     /// Names of secrets the sidecar puts in the environment (never their values).
     pub secret_env: Vec<String>,
     pub cwd: Option<String>,
+    /// `repo:`: the repository the step's work runs in (an agent's workspace, a run or
+    /// service step's `context.repository`).
+    pub repo: Option<String>,
     pub branch: Option<String>,
+    /// `environment:` (`keep`, `fresh`): the repository's kept environment, not a workspace of
+    /// the step's own.
+    pub environment: Option<String>,
     pub fix_rounds: Option<u32>,
     pub outputs: BTreeMap<String, Capture>,
 }
@@ -107,7 +129,9 @@ impl StepTask {
             env: BTreeMap::new(),
             secret_env: Vec::new(),
             cwd: None,
+            repo: None,
             branch: None,
+            environment: None,
             fix_rounds: None,
             outputs: BTreeMap::new(),
         }
@@ -119,12 +143,21 @@ impl StepTask {
             StepWork::Argv(argv) => argv.iter().map(|a| ("run", a.as_str())).collect(),
             StepWork::Script(line) => vec![("run", line)],
             StepWork::Prompt(prompt) => vec![("prompt", prompt)],
-            StepWork::Agent { goal, repo } => {
-                let mut t = vec![("agent", goal.as_str())];
-                t.extend(repo.as_deref().map(|r| ("repo", r)));
+            StepWork::Agent(goal) => vec![("agent", goal.as_str())],
+            StepWork::Service(service) => {
+                let mut t = vec![("service", service.run.as_str())];
+                t.extend(service.ports.iter().map(|p| ("ports", p.as_str())));
+                t.extend(service.ready.as_deref().map(|r| ("ready", r)));
+                t.extend(service.alive.as_deref().map(|a| ("alive", a)));
+                t.extend(service.probe.values().map(|v| ("probe", v.as_str())));
+                t.extend(service.restart.values().map(|v| ("restart", v.as_str())));
                 t
             }
         };
+        templates.extend(self.repo.as_deref().map(|r| ("repo", r)));
+        templates.extend(self.environment.as_deref().map(|e| ("environment", e)));
+        templates.extend(self.settings.host.as_deref().map(|h| ("host", h)));
+        templates.extend(self.settings.model.as_deref().map(|m| ("model", m)));
         templates.extend(self.system.as_deref().map(|s| ("system", s)));
         templates.extend(self.verify.iter().map(|v| ("verify", v.as_str())));
         templates.extend(self.criteria.iter().map(|c| ("criteria", c.as_str())));
@@ -151,7 +184,12 @@ pub fn body(
     let (workflow, defaults, local_only) =
         (definition.workflow.name.as_str(), &definition.defaults, definition.local_only);
     let fill = |field: &str, template: &str| expr::fill(template, scope).map_err(|err| format!("{field}: {err}"));
-    let settings = task.settings.or(defaults);
+    let mut settings = task.settings.or(defaults);
+    // `model:` and `host:` are templates too; one that fills to nothing is unset.
+    settings.model = match &settings.model {
+        Some(model) => Some(fill("model", model)?).filter(|m| !m.is_empty()),
+        None => None,
+    };
     let mut body = Map::new();
     let item = key.item.map_or_else(String::new, |i| format!("[{i}]"));
     let round = if key.round > 1 { format!("#{}", key.round) } else { String::new() };
@@ -173,6 +211,17 @@ pub fn body(
     }
     let mut placement = Map::new();
     let mut model_for_placement = None;
+    let mut context = Map::new();
+    if let Some(repo) = &task.repo {
+        context.insert("repository".into(), json!(fill("repo", repo)?));
+    }
+    if let Some(environment) = &task.environment {
+        context.insert("environment".into(), json!(fill("environment", environment)?));
+    }
+    let shell_branch = !matches!(task.work, StepWork::Agent(_) | StepWork::Prompt(_));
+    if let (Some(branch), true) = (&task.branch, shell_branch) {
+        context.insert("branch".into(), json!(fill("branch", branch)?));
+    }
     match &task.work {
         StepWork::Argv(argv) => {
             let argv: Result<Vec<String>, String> = argv.iter().map(|a| fill("run", a)).collect();
@@ -189,6 +238,15 @@ pub fn body(
             }
             body.insert("shell".into(), shell);
         }
+        StepWork::Service(service) => {
+            let mut made = crate::service::body(service, &fill)?;
+            made["env"] = json!(env);
+            made["secret_env"] = json!(task.secret_env);
+            if let Some(cwd) = &task.cwd {
+                made["cwd"] = json!(fill("cwd", cwd)?);
+            }
+            body.insert("service".into(), made);
+        }
         StepWork::Prompt(prompt) => {
             let mut llm = json!({ "prompt": fill("prompt", prompt)? });
             if let Some(system) = &task.system {
@@ -202,13 +260,13 @@ pub fn body(
             }
             body.insert("llm".into(), llm);
             if !env.is_empty() {
-                body.insert("context".into(), json!({ "env": env }));
+                context.insert("env".into(), json!(env));
             }
         }
-        StepWork::Agent { goal, repo } => {
+        StepWork::Agent(goal) => {
             let mut agent = json!({ "goal": fill("agent", goal)? });
-            if let Some(repo) = repo {
-                agent["repository"] = json!(fill("repo", repo)?);
+            if let Some(repository) = context.remove("repository") {
+                agent["repository"] = repository;
             }
             if let Some(branch) = &task.branch {
                 agent["branch"] = json!(fill("branch", branch)?);
@@ -219,9 +277,12 @@ pub fn body(
             body.insert("agent".into(), agent);
             model_for_placement = settings.model.clone();
             if !env.is_empty() {
-                body.insert("context".into(), json!({ "env": env }));
+                context.insert("env".into(), json!(env));
             }
         }
+    }
+    if !context.is_empty() {
+        body.insert("context".into(), Value::Object(context));
     }
     if let Some(model) = model_for_placement {
         placement.insert("model".into(), json!(model));
@@ -230,7 +291,7 @@ pub fn body(
         placement.insert("tags".into(), json!(tags));
     }
     if let Some(host) = &settings.host {
-        placement.insert("host".into(), json!(host));
+        placement.insert("host".into(), json!(fill("host", host)?));
     }
     if local_only || settings.local_only == Some(true) {
         placement.insert("local_only".into(), json!(true));
@@ -364,6 +425,41 @@ steps:
 
         let err = body(&definition, "R1", &key("broken", None, 1), "k", &context).unwrap_err();
         assert!(err.starts_with("run: ") && err.contains("undefined"), "{err}");
+    }
+
+    #[test]
+    fn a_service_step_in_a_kept_environment_becomes_a_service_task_on_its_host() {
+        let definition = crate::file::load(
+            r#"name: up
+inputs: {repo: {type: string}}
+steps:
+  - id: web
+    for_each: [{run: "python3 web.py", ports: [web, admin]}]
+    service: "exec {{ item.run }}"
+    repo: "{{ inputs.repo }}"
+    branch: "abc123"
+    environment: "keep"
+    host: "{{ inputs.repo | length }}"
+    ports: ["{{ item.ports | join(',') }}"]
+    ready: "http /healthz"
+    probe: {start_period: 5s}
+    secret_env: [API_KEY]
+"#,
+        )
+        .expect("a good file");
+        let context = crate::expr::Scope::of(&json!({"inputs": {"repo": "/srv/shop"}, "round": 1, "index": 0,
+            "item": {"run": "python3 web.py", "ports": ["web", "admin"]}, "steps": {}}));
+        let made = body(&definition, "R1", &key("web", Some(0), 1), "k", &context).unwrap();
+        assert_eq!(made["service"]["script"], json!("exec python3 web.py"));
+        assert_eq!(made["service"]["ports"], json!(["web", "admin"]));
+        assert_eq!(
+            made["service"]["readiness"],
+            json!({"http": {"port": "", "path": "/healthz"}, "start_period_ms": 5000})
+        );
+        assert_eq!(made["service"]["secret_env"], json!(["API_KEY"]));
+        assert_eq!(made["context"], json!({"repository": "/srv/shop", "branch": "abc123", "environment": "keep"}));
+        assert_eq!(made["placement"]["host"], json!("9"), "host: is a template");
+        agentcom_types::json::spec_from_json(&made.to_string()).expect("the submit format takes it");
     }
 
     #[test]

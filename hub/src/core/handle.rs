@@ -133,6 +133,8 @@ pub enum Event {
     List {
         state: Option<TaskState>,
         before: Option<TaskId>,
+        /// Only tasks with this label set to this value.
+        label: Option<(String, String)>,
         limit: usize,
         reply: Reply<Vec<Task>>,
     },
@@ -361,6 +363,17 @@ impl Handle {
         self.list_before(state, None, limit).await
     }
 
+    /// Newest first, only tasks whose label `key` is `value` (a workflow run's steps).
+    pub async fn list_labelled(
+        &self,
+        state: Option<TaskState>,
+        before: Option<TaskId>,
+        label: (String, String),
+        limit: usize,
+    ) -> Result<Vec<Task>, Error> {
+        self.ask(|reply| Event::List { state, before, label: Some(label), limit, reply }).await
+    }
+
     /// Newest first, only tasks older than `before` (the last id of the previous page).
     pub async fn list_before(
         &self,
@@ -368,7 +381,7 @@ impl Handle {
         before: Option<TaskId>,
         limit: usize,
     ) -> Result<Vec<Task>, Error> {
-        self.ask(|reply| Event::List { state, before, limit, reply }).await
+        self.ask(|reply| Event::List { state, before, label: None, limit, reply }).await
     }
 
     /// Service tasks that have not ended, oldest first, each with its sidecar's hostname.
@@ -565,17 +578,25 @@ impl State {
             Event::Get { id, reply } => {
                 self.answer(reply, self.visible(id).map(std::borrow::Cow::into_owned));
             }
-            Event::List { state, before, limit, reply } => {
+            Event::List { state, before, label, limit, reply } => {
                 // Summaries: the core holds no output (a single task's is read from storage).
-                // A settled task is unpacked only when it is listed.
+                // A settled task is unpacked only when it is listed (or its labels are read).
                 let before = before.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+                let labelled =
+                    |task: &Task| label.as_ref().is_none_or(|(key, value)| task.spec.labels.get(key) == Some(value));
                 let tasks = self
                     .tasks
                     .range((std::ops::Bound::Unbounded, before))
                     .rev()
                     .filter_map(|(id, kept_state, entry)| match self.shown.get(&id) {
-                        Some(shown) => state.is_none_or(|s| shown.state == s).then(|| Task::clone(shown)),
-                        None => state.is_none_or(|s| kept_state == s).then(|| entry.task().into_owned()),
+                        Some(shown) => {
+                            (state.is_none_or(|s| shown.state == s) && labelled(shown)).then(|| Task::clone(shown))
+                        }
+                        None if state.is_none_or(|s| kept_state == s) => {
+                            let task = entry.task();
+                            labelled(&task).then(|| task.into_owned())
+                        }
+                        None => None,
                     })
                     .take(limit)
                     .collect();

@@ -265,6 +265,7 @@ fn spec_into(spec: TaskSpec) -> pb::Spec {
             files: spec.context.files,
             env: spec.context.env,
             notes: spec.context.notes,
+            environment: spec.context.environment.as_str().to_owned(),
         }),
         success_criteria: spec.success_criteria,
         verification: spec.verification.into_iter().map(verification_into).collect(),
@@ -312,6 +313,8 @@ fn spec_from(spec: pb::Spec) -> Result<TaskSpec, String> {
             files: context.files,
             env: context.env,
             notes: context.notes,
+            environment: Environment::parse(&context.environment)
+                .ok_or_else(|| format!("{:?} is not an environment", context.environment))?,
         },
         success_criteria: spec.success_criteria,
         verification: spec.verification.into_iter().map(verification_from).collect::<Result<_, _>>()?,

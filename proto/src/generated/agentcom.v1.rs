@@ -217,6 +217,11 @@ pub struct TaskContext {
     >,
     #[prost(string, tag = "5")]
     pub notes: ::prost::alloc::string::String,
+    /// Where work in the repository runs: empty, a workspace made for the attempt and removed
+    /// after it; "keep", the repository's kept environment at that commit (made on first use,
+    /// kept for the work after it); "fresh", that environment made anew.
+    #[prost(string, tag = "6")]
+    pub environment: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct VerificationStep {

@@ -23,7 +23,7 @@ pub mod tools;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentcom_types::domain::{AgentStep, Outcome, Stream, Verdict, Work};
+use agentcom_types::domain::{AgentStep, Environment, Outcome, Stream, Verdict, Work};
 use tokio_util::sync::CancellationToken;
 
 use crate::contain;
@@ -114,7 +114,8 @@ impl Runners {
             _ => (spec.context.repository.clone(), spec.context.branch.clone()),
         };
         let agent = matches!(spec.work, Work::Agent(_));
-        let in_workspace = !repository.is_empty() && matches!(spec.work, Work::Shell(_) | Work::Agent(_));
+        let in_workspace = !repository.is_empty() && !matches!(spec.work, Work::Llm(_));
+        let environment = spec.context.environment;
         if spec.verification.is_empty() && !in_workspace {
             return runner.run(attempt, sink, cancel);
         }
@@ -125,7 +126,13 @@ impl Runners {
                 let Some(workspaces) = &workspaces else {
                     return failed_to_start("this sidecar has no workspaces for work in a repository".into());
                 };
-                match workspaces.open(&attempt.key, &repository, &branch).await {
+                let opened = match environment {
+                    Environment::Workspace => workspaces.open(&attempt.key, &repository, &branch).await,
+                    Environment::Keep | Environment::Fresh => {
+                        workspaces.environment(&repository, &branch, environment == Environment::Fresh).await
+                    }
+                };
+                match opened {
                     Ok(opened) => {
                         if let Err(error) = run_inside(&mut attempt, &opened.dir) {
                             return failed_to_start(error);
@@ -257,10 +264,17 @@ impl Runners {
                 transcripts.1.truncate(cap);
                 (outcome.stdout, outcome.stderr) = transcripts;
             }
-            if let (Some(opened), Some(workspaces)) = (workspace, &workspaces) {
+            // A kept environment stays as the work left it; only an agent's changes there are
+            // committed, on `agentcom/RUN` for a step of a workflow run.
+            let described = environment == Environment::Workspace || agent;
+            if let (Some(opened), Some(workspaces), true) = (workspace, &workspaces, described) {
                 let passed = outcome.verification.as_ref().is_none_or(|r| r.verdict == Verdict::Passed);
                 let succeeded = crate::verify::ran_well(&outcome) && passed && !cancel.is_cancelled();
-                outcome.workspace = Some(workspaces.close(opened, &task_id, &title, succeeded).await);
+                let name = match environment {
+                    Environment::Workspace => &task_id,
+                    _ => attempt.assignment.spec.labels.get("workflow_run").unwrap_or(&task_id),
+                };
+                outcome.workspace = Some(workspaces.close(opened, name, &title, succeeded).await);
             }
             outcome
         })
@@ -296,6 +310,10 @@ impl Sink for Shifted {
 
     fn step(&self, step: &AgentStep) {
         self.inner.step(&AgentStep { round: self.round, ..step.clone() });
+    }
+
+    fn service(&self, status: &agentcom_types::domain::ServiceStatus) {
+        self.inner.service(status);
     }
 }
 
@@ -417,7 +435,11 @@ fn run_inside(attempt: &mut Attempt, dir: &std::path::Path) -> Result<(), String
         attempt.workspace = Some(dir.to_owned());
         return Ok(());
     }
-    let Work::Shell(work) = &mut attempt.assignment.spec.work else { return Ok(()) };
+    let work = match &mut attempt.assignment.spec.work {
+        Work::Shell(work) => work,
+        Work::Service(service) => &mut service.run,
+        _ => return Ok(()),
+    };
     let inside = match work.cwd.as_deref() {
         None | Some("") => dir.to_owned(),
         Some(cwd) => {

@@ -80,6 +80,9 @@ pub struct Options {
     /// The Claude Code CLI agent work runs (`--claude`, or `claude` on the PATH); `None`: this
     /// sidecar runs no agent work.
     pub claude: Option<PathBuf>,
+    /// Variables every task gets from the sidecar, after its own (`AGENTCOM_SIDECAR`, the
+    /// sidecar's binary; `AGENTCOM_HOST`, its host name as the hub knows it).
+    pub task_vars: Vec<(String, String)>,
 }
 
 impl Options {
@@ -98,6 +101,7 @@ impl Options {
             keep_failed_workspaces: Duration::from_secs(24 * 3600),
             push_branches: false,
             claude: None,
+            task_vars: Vec::new(),
         }
     }
 }
@@ -202,6 +206,7 @@ pub async fn run(job: &ShellJob, settings: &Settings, sink: Arc<dyn Sink>, cance
         .envs(settings.options.base_env.iter().map(|(k, v)| (k, v)))
         .envs(job.env.iter().map(|(k, v)| (k, v)))
         .envs(secrets.iter().map(|(k, v)| (k, v)))
+        .envs(settings.options.task_vars.iter().map(|(k, v)| (k, v)))
         .env(contain::MARK_SIDECAR, settings.containment.sidecar_id())
         .env(contain::MARK_TASK, &job.key.task_id)
         .env(contain::MARK_GENERATION, job.key.lease_generation.to_string())

@@ -436,6 +436,40 @@ pub struct TaskContext {
     pub files: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub notes: String,
+    /// Where work in the repository runs.
+    pub environment: Environment,
+}
+
+/// Where work in a repository runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Environment {
+    /// A workspace made for the attempt: its changes committed to `agentcom/TASK_ID`, then removed.
+    #[default]
+    Workspace,
+    /// The repository's kept environment at the commit: made on first use, kept for the work
+    /// after it (installs, services, fixes), its changes committed where they are.
+    Keep,
+    /// That environment made anew.
+    Fresh,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Workspace => "",
+            Environment::Keep => "keep",
+            Environment::Fresh => "fresh",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Environment> {
+        match text {
+            "" => Some(Environment::Workspace),
+            "keep" => Some(Environment::Keep),
+            "fresh" => Some(Environment::Fresh),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -510,8 +544,8 @@ impl TaskSpec {
     pub fn workspace_repository(&self) -> Option<&str> {
         let repository = match &self.work {
             Work::Agent(agent) if !agent.repository.is_empty() => &agent.repository,
-            Work::Shell(_) | Work::Agent(_) => &self.context.repository,
-            Work::Llm(_) | Work::Service(_) => return None,
+            Work::Shell(_) | Work::Agent(_) | Work::Service(_) => &self.context.repository,
+            Work::Llm(_) => return None,
         };
         (!repository.is_empty()).then_some(repository.as_str())
     }

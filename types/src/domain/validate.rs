@@ -71,6 +71,14 @@ impl TaskSpec {
         check_len("context.notes", &self.context.notes, MAX_PROMPT_BYTES)?;
         check_list("context.files", &self.context.files)?;
         check_env("context.env", &self.context.env)?;
+        if self.context.environment != super::Environment::Workspace {
+            if matches!(self.work, Work::Llm(_)) {
+                return Err(Error::invalid("context.environment", "is for work in a repository, not llm work"));
+            }
+            if self.workspace_repository().is_none() {
+                return Err(Error::invalid("context.environment", "needs context.repository"));
+            }
+        }
         check_list("success_criteria", &self.success_criteria)?;
         if self.verification.len() > MAX_LIST_ITEMS {
             return Err(Error::invalid("verification", format!("at most {MAX_LIST_ITEMS} steps allowed")));

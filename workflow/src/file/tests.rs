@@ -45,10 +45,7 @@ fn the_issues_example_reads_into_a_definition() {
     let until = definition.workflow.step("until-green").unwrap().repeat.clone().unwrap();
     assert_eq!((until.until.as_str(), until.max), ("steps[\"until-green\"].exit_code == 0", 5));
     assert_eq!(definition.tasks["until-green"].work, StepWork::Script("cargo test".into()));
-    assert_eq!(
-        definition.tasks["fix"].work,
-        StepWork::Agent { goal: "make the failing test pass".into(), repo: Some("{{ inputs.repo }}".into()) }
-    );
+    assert_eq!(definition.tasks["fix"].work, StepWork::Agent("make the failing test pass".into()));
     assert_eq!(definition.inputs["kind"].default, Some(serde_json::json!("bug")));
     assert_eq!(definition.defaults.model.as_deref(), Some("qwen2.5:7b"));
     assert_eq!(definition.defaults.timeout_ms, Some(600_000));
@@ -88,7 +85,7 @@ steps:
     prompt: "{{ steps.ghost.output }} {{ item }}"
     agent: "and an agent"
   - id: a
-    run: "true"
+    prompt: "x"
     repo: "/srv"
 "#;
     let found = problems(text);
@@ -97,11 +94,63 @@ steps:
     has("6:10: step a: run: no input named \"missing\"");
     has("8:16: step b: needs \"nowhere\", which is not a step of this workflow");
     has("9:9: step b: if:");
-    has("14:5: step d: a step runs only one of run:, prompt: or agent:");
+    has("14:5: step d: a step runs only one of run:, prompt:, agent: or service:");
     has("16:13: step d: prompt: no step named \"ghost\"");
     has("16:13: step d: prompt: item is only set in a for_each step");
     has("18:9: step a: step \"a\" appears more than once");
-    has("20:11: step a: repo: is for agent: steps");
+    has("20:11: step a: repo: is for run:, agent: and service: steps");
+}
+
+#[test]
+fn service_steps_read_their_ports_probes_and_restarts_and_say_what_is_wrong() {
+    let text = r#"name: up
+inputs: {repo: {type: string}}
+steps:
+  - id: prepare
+    run: "true"
+    repo: "{{ inputs.repo }}"
+    environment: keep
+  - id: web
+    needs: [prepare]
+    service: "exec python3 web.py"
+    repo: "{{ inputs.repo }}"
+    environment: keep
+    host: "{{ steps.prepare.outputs.host }}"
+    ports: [web]
+    ready: http web /healthz
+    probe: {interval: 500ms, failure_threshold: 4}
+    restart: {policy: never}
+"#;
+    let definition = load(text).expect("a good file");
+    let task = &definition.tasks["web"];
+    let StepWork::Service(service) = &task.work else { panic!("not a service step: {:?}", task.work) };
+    assert_eq!((service.run.as_str(), service.ports.as_slice()), ("exec python3 web.py", &["web".to_owned()][..]));
+    assert_eq!(service.probe["failure_threshold"], "4");
+    assert_eq!((task.repo.as_deref(), task.environment.as_deref()), (Some("{{ inputs.repo }}"), Some("keep")));
+
+    let bad = r#"name: up
+steps:
+  - id: web
+    service: "sleep 1"
+    ports: [web]
+    ready: ping web
+    probe: {interval: soon, every: 1s}
+    restart: {policy: always}
+    verify: ["file_exists=x"]
+  - id: other
+    run: "true"
+    ports: [web]
+    environment: keep
+"#;
+    let found = problems(bad);
+    let has = |needle: &str| assert!(found.iter().any(|p| p.contains(needle)), "no {needle:?} in {found:#?}");
+    has("step web: ready: \"ping web\" is not a probe");
+    has("step web: probe.interval: \"soon\"");
+    has("step web: probe.every: not a setting");
+    has("step web: restart.policy: \"always\" is not on-failure or never");
+    has("step web: verify: is not for service: steps");
+    has("step other: ports:, ready:, alive:, probe: and restart: are for service: steps");
+    has("step other: environment: is for run:, agent: and service: steps with a repo:");
 }
 
 #[test]
@@ -162,7 +211,7 @@ steps:
         "step a: outputs.y: \"everything\" is not a capture",
         "step a: outputs.z:",
         "step a: verify: unknown check \"nope\"",
-        "step b: cwd: is for run: steps",
+        "step b: cwd: is for run: and service: steps",
         "step b: timeout: must be more than 0",
         "step b: env: no input named \"missing\"",
     ] {

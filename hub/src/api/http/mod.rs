@@ -120,6 +120,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/sidecars", get(enrolment::list_sidecars))
         .route("/api/v1/sidecars/{id}/revoke", axum::routing::post(enrolment::revoke_sidecar))
         .route("/api/v1/workflows/runs", get(workflows::list).post(workflows::start))
+        .route("/api/v1/workflows/builtin", get(workflows::builtins))
+        .route("/api/v1/workflows/builtin/{name}", get(workflows::get_builtin))
         .route("/api/v1/workflows/runs/{id}", get(workflows::get))
         .route("/api/v1/workflows/runs/{id}/cancel", axum::routing::post(workflows::cancel))
         .route("/api/v1/workflows/runs/{id}/retry", axum::routing::post(workflows::retry))
@@ -174,6 +176,8 @@ struct ListQuery {
     state: Option<String>,
     limit: Option<usize>,
     before: Option<String>,
+    /// `KEY=VALUE`: only tasks with that label (`workflow_run=RUN`: a run's step tasks).
+    label: Option<String>,
 }
 
 async fn list_tasks(
@@ -184,7 +188,15 @@ async fn list_tasks(
     let filter = query.state.map(|s| s.parse::<TaskState>()).transpose()?;
     let limit = list_limit(query.limit)?;
     let before = query.before.map(|id| id.parse::<TaskId>()).transpose()?;
-    let tasks = state.hub.list_before(filter, before, limit).await?;
+    let tasks = match query.label {
+        Some(label) => {
+            let (key, value) = label
+                .split_once('=')
+                .ok_or_else(|| ApiError::invalid(format!("invalid label {label:?}: write KEY=VALUE")))?;
+            state.hub.list_labelled(filter, before, (key.to_owned(), value.to_owned()), limit).await?
+        }
+        None => state.hub.list_before(filter, before, limit).await?,
+    };
     Ok(Json(tasks_json(&tasks)))
 }
 

@@ -19,9 +19,36 @@ use crate::domain::now_ms;
 #[serde(deny_unknown_fields)]
 pub(super) struct StartBody {
     /// The workflow file's text (YAML or JSON), or the workflow as JSON.
-    workflow: Value,
+    #[serde(default)]
+    workflow: Option<Value>,
+    /// Or the name of a workflow shipped with the hub (`repo-up`).
+    #[serde(default)]
+    builtin: Option<String>,
     #[serde(default)]
     inputs: Map<String, Value>,
+}
+
+/// A workflow shipped with the hub, by name.
+fn builtin(name: &str) -> Result<&'static str, ApiError> {
+    agentcom_workflow::BUILTIN.iter().find(|(n, _)| *n == name).map(|(_, text)| *text).ok_or_else(|| {
+        let names: Vec<&str> = agentcom_workflow::BUILTIN.iter().map(|(n, _)| *n).collect();
+        ApiError::new(
+            crate::api::ErrorCode::NotFound,
+            format!("no built-in workflow named {name:?} (there are: {})", names.join(", ")),
+        )
+    })
+}
+
+/// `GET /api/v1/workflows/builtin`: the workflows shipped with the hub, with their files.
+pub(super) async fn builtins() -> Json<Value> {
+    let list: Vec<Value> =
+        agentcom_workflow::BUILTIN.iter().map(|(name, text)| json!({"name": name, "source": text})).collect();
+    Json(json!({ "workflows": list }))
+}
+
+/// `GET /api/v1/workflows/builtin/{name}`: one, with its file.
+pub(super) async fn get_builtin(Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "workflow": {"name": name, "source": builtin(&name)?} })))
 }
 
 /// A run of the workflow file `source` with `inputs`, checked: every problem of the file or
@@ -42,12 +69,16 @@ pub(super) async fn start(
     body: Result<Json<StartBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body.map_err(body_error)?;
-    let source = match body.workflow {
-        Value::String(text) => text,
-        workflow @ Value::Object(_) => serde_json::to_string_pretty(&workflow).expect("JSON values serialize"),
+    let source = match (body.workflow, body.builtin) {
+        (Some(Value::String(text)), None) => text,
+        (Some(workflow @ Value::Object(_)), None) => {
+            serde_json::to_string_pretty(&workflow).expect("JSON values serialize")
+        }
+        (None, Some(name)) => builtin(&name)?.to_owned(),
+        (Some(_), Some(_)) => return Err(ApiError::invalid("invalid workflow: give workflow or builtin, not both")),
         _ => {
             return Err(ApiError::invalid(
-                "invalid workflow: give the workflow file's text, or the workflow as a JSON object",
+                "invalid workflow: give the workflow file's text, the workflow as a JSON object, or builtin: NAME",
             ));
         }
     };

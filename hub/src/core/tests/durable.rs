@@ -28,7 +28,7 @@ fn an_end_is_shown_only_once_durable_and_the_sidecar_hears_when_its_result_is_st
         other => panic!("unexpected ops: {}", other.len()),
     }
     assert!(!h.task(id).state.is_terminal(), "not shown ended before the commit returns");
-    let listed = h.ask(|reply| Event::List { state: None, before: None, limit: 10, reply });
+    let listed = h.ask(|reply| Event::List { state: None, before: None, label: None, limit: 10, reply });
     assert!(!listed[0].state.is_terminal(), "nor listed ended");
 
     // The commit fails: still not shown ended, and the sidecar is not told it is stored.

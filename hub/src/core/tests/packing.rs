@@ -11,7 +11,9 @@ fn finished_twice(hub: &mut Harness) -> (TaskId, TaskId) {
     let dead = hub.submit(spec);
     hub.finish("s1", dead, 1, 75);
     hub.now += 1; // Ids order by time.
-    let done = hub.submit(shell());
+    let mut labelled = shell();
+    labelled.labels.insert("workflow_run".into(), "R1".into());
+    let done = hub.submit(labelled);
     hub.finish("s1", done, 1, 0);
     (dead, done)
 }
@@ -23,11 +25,19 @@ fn a_settled_task_is_packed_and_read_listed_watched_and_found_by_its_key() {
     assert!(hub.state.tasks.is_packed(&dead) && hub.state.tasks.is_packed(&done));
     let task = hub.task(done);
     assert_eq!((task.state, task.attempt), (TaskState::Succeeded, 1));
-    let listed = hub.ask(|reply| Event::List { state: None, before: None, limit: 10, reply });
+    let listed = hub.ask(|reply| Event::List { state: None, before: None, label: None, limit: 10, reply });
     assert_eq!(listed.iter().map(|t| t.id).collect::<Vec<_>>(), vec![done, dead], "newest first");
-    let dead_only =
-        hub.ask(|reply| Event::List { state: Some(TaskState::DeadLettered), before: None, limit: 10, reply });
+    let dead_only = hub.ask(|reply| Event::List {
+        state: Some(TaskState::DeadLettered),
+        before: None,
+        label: None,
+        limit: 10,
+        reply,
+    });
     assert_eq!(dead_only.iter().map(|t| t.id).collect::<Vec<_>>(), vec![dead]);
+    let label = Some(("workflow_run".to_owned(), "R1".to_owned()));
+    let of_run = hub.ask(|reply| Event::List { state: None, before: None, label, limit: 10, reply });
+    assert_eq!(of_run.iter().map(|t| t.id).collect::<Vec<_>>(), vec![done], "only the labelled one");
     match hub.ask(|reply| Event::Watch { id: done, reply }) {
         Ok(WatchReply::Final(task)) => assert_eq!(task.state, TaskState::Succeeded),
         _ => panic!("a settled task is watched as final"),

@@ -20,6 +20,7 @@ use ulid::Ulid;
 use agentcom_workflow::expr::Scope;
 use agentcom_workflow::file::Definition;
 use agentcom_workflow::run::{self, Ended, Run, StepKey};
+use agentcom_workflow::task::StepWork;
 
 use super::State;
 use super::commit::AfterCommit;
@@ -425,9 +426,21 @@ impl State {
             }
         };
         let entry = self.runs.entries.get_mut(&id).expect("checked above");
-        entry.tasks.insert(key.clone(), task_id);
+        let replaced = entry.tasks.insert(key.clone(), task_id).filter(|old| *old != task_id);
         if !self.tasks.state(&task_id).is_some_and(TaskState::is_terminal) {
             self.runs.step_of.insert(task_id, (id, generation, key.clone()));
+        }
+        // A service step that runs again (a later round, a retry) replaces its earlier services.
+        let service = matches!(entry.definition.tasks.get(&key.step).map(|t| &t.work), Some(StepWork::Service(_)));
+        if service {
+            let earlier =
+                entry.tasks.iter().filter(|(k, _)| k.step == key.step && k.item == key.item && k.round < key.round);
+            let earlier: Vec<TaskId> = earlier.map(|(_, task)| *task).chain(replaced).collect();
+            for old in earlier {
+                if self.tasks.state(&old).is_some_and(|state| !state.is_terminal()) {
+                    self.cancel(old, format!("replaced by {} of run {id}", idempotency_key), None, now);
+                }
+            }
         }
         Ok(task_id)
     }

@@ -159,7 +159,9 @@ impl State {
                 }
                 if let Some(task) = task_id.and_then(|t| self.visible(t)) {
                     view.started_unix_ms = task.started_unix_ms;
-                    view.finished_unix_ms = task.finished_unix_ms;
+                    // A service step ended when its service became ready; its task runs on.
+                    let ready = task.service.as_ref().and_then(|s| s.ready_unix_ms).filter(|_| ended.is_some());
+                    view.finished_unix_ms = task.finished_unix_ms.or(ready);
                     if let Some(usage) = task.outcome.as_ref().and_then(|o| o.usage.as_ref()) {
                         view.model = Some(usage.model.clone());
                         view.input_tokens = usage.input_tokens;
@@ -188,7 +190,8 @@ fn graph(definition: &Definition) -> Vec<GraphStep> {
     let steps = &definition.workflow.steps;
     let kind = |id: &str| match definition.tasks.get(id).map(|t| &t.work) {
         Some(StepWork::Prompt(_)) => "prompt",
-        Some(StepWork::Agent { .. }) => "agent",
+        Some(StepWork::Agent(_)) => "agent",
+        Some(StepWork::Service(_)) => "service",
         _ => "run",
     };
     steps

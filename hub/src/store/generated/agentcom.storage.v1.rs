@@ -168,6 +168,9 @@ pub struct Context {
     >,
     #[prost(string, tag = "5")]
     pub notes: ::prost::alloc::string::String,
+    /// "", "keep" or "fresh".
+    #[prost(string, tag = "6")]
+    pub environment: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Check {

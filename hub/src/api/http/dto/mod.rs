@@ -228,6 +228,9 @@ pub struct ContextDto {
     pub files: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub notes: String,
+    /// `keep` or `fresh`; left out for a workspace of the attempt's own.
+    #[serde(skip_serializing_if = "is_empty_string")]
+    pub environment: String,
 }
 
 impl From<&TaskContext> for ContextDto {
@@ -238,6 +241,7 @@ impl From<&TaskContext> for ContextDto {
             files: context.files.clone(),
             env: context.env.clone(),
             notes: context.notes.clone(),
+            environment: context.environment.as_str().to_owned(),
         }
     }
 }
