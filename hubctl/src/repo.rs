@@ -93,8 +93,8 @@ pub(crate) async fn repo(client: &Client, command: RepoCommand, json_out: bool) 
 /// returns its final state.
 async fn follow(client: &Client, id: &str, quiet: bool) -> anyhow::Result<String> {
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
-    let mut told_why = false;
-    let started = Instant::now();
+    let mut told_why = std::collections::BTreeSet::new();
+    let mut last_change = Instant::now();
     loop {
         let run =
             client.call(reqwest::Method::GET, &format!("/api/v1/workflows/runs/{id}"), None).await?["run"].clone();
@@ -112,19 +112,25 @@ async fn follow(client: &Client, id: &str, quiet: bool) -> anyhow::Result<String
                     eprintln!("  {name}: {}{round}{reason}", row["state"].as_str().unwrap_or("?"));
                 }
                 seen.insert(name, state);
+                last_change = Instant::now();
             }
         }
-        // The first phase waits for a sidecar that may take the repository: say why, once.
-        if !told_why && started.elapsed() > Duration::from_secs(3) {
-            let first = run["steps"].as_array().and_then(|rows| rows.first()).cloned().unwrap_or_default();
-            if let (Some(task), "running" | "pending") =
-                (first["task_id"].as_str(), first["state"].as_str().unwrap_or(""))
-            {
+        // A phase whose task has waited a while for a sidecar (none allows the repository, every
+        // slot busy with services): say why, once for each.
+        if !quiet && last_change.elapsed() > Duration::from_secs(3) {
+            for row in run["steps"].as_array().into_iter().flatten().filter(|r| r["state"] == "running") {
+                let Some(task) = row["task_id"].as_str() else { continue };
+                if !told_why.insert(task.to_owned()) {
+                    continue;
+                }
                 let why = client.call(reqwest::Method::GET, &format!("/api/v1/tasks/{task}/why"), None).await?;
                 if why["why"]["waiting"] == true {
-                    eprintln!("[hubctl: the run waits: {}]", why["why"]["message"].as_str().unwrap_or("?"));
+                    eprintln!(
+                        "[hubctl: {} waits: {}]",
+                        row["id"].as_str().unwrap_or("?"),
+                        why["why"]["message"].as_str().unwrap_or("?")
+                    );
                 }
-                told_why = true;
             }
         }
         let state = run["state"].as_str().unwrap_or("?");

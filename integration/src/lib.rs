@@ -68,6 +68,16 @@
 //! delivery, none for a redelivery, a wrong or missing signature, a 10 MiB or non-JSON body), a
 //! schedule on time and once after missed slots, memory between runs.
 //!
+//! `tests/services.rs`: service tasks through the real binaries: two services on ports of their
+//! own, ready by their HTTP probe and listed by `hubctl services`; one that dies restarted by its
+//! policy; one never ready failing with the probe's evidence; `hubctl stop`, after which none of
+//! its processes (a `setsid` child included) is alive. `tests/repo_runner.rs`: `hubctl repo up`
+//! of the fixture repositories (`repos`) through the built-in workflow: their services ready and
+//! answering, two runs of one repository on different ports, a setup skipped by its record and
+//! repeated with `--fresh`, a broken start command fixed by an agent against the scripted Ollama
+//! double (the diff and commit in the report), and `hubctl repo down` leaving no process in the
+//! environments (the process table).
+//!
 //! `tests/workflow_examples.rs`: `examples/workflows/` run as shipped against the Ollama,
 //! OpenAI-compatible and Anthropic doubles (an agent fixing a repository on Claude, a review loop,
 //! a fan-out, a signed push delivery), and a workflow moved between the three providers by its

@@ -1,7 +1,7 @@
 //! The dashboard in a real browser (headless Chromium over the DevTools Protocol) against a
 //! running mesh of real processes: `agentcom-hub dev` with two simulated GPUs and ten more
 //! sidecars (one in front of an Ollama double), 1,004 agents in all. It loads with no console error, shows the agents and the GPU
-//! host, streams a task's output live, drains a host from the UI (as `hubctl hosts` then says),
+//! host and a service with its ports and health (stopped from its button), streams a task's output live, drains a host from the UI (as `hubctl hosts` then says),
 //! draws workflow runs live (a graph with a skipped branch, a loop's rounds, a fan-out's items),
 //! cancels and retries runs from their buttons, and takes the screenshots in `docs/screenshots/` (written there when
 //! `AGENTCOM_SCREENSHOTS=docs/screenshots`, else to a temporary directory).
@@ -77,6 +77,27 @@ async fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
         assert_eq!(done["state"], "succeeded", "{done}");
     }
 
+    // A service: its ports and health show on the fleet view.
+    let body = json!({
+        "name": "docs site",
+        "service": {
+            "script": "exec python3 -m http.server \"$PORT\" --bind 127.0.0.1",
+            "ports": ["web"],
+            "readiness": {"http": {"path": "/"}, "interval_ms": 100}
+        }
+    });
+    let service = hub.api.submit(body).await["id"].as_str().unwrap().to_owned();
+    assert_eventually!(
+        hub.api.request(reqwest::Method::GET, &format!("/api/v1/tasks/{service}"), None).await.1["task"]["service"]["state"]
+            == "ready",
+        PATIENCE,
+        "the service is ready"
+    );
+    let port = hub.api.request(reqwest::Method::GET, &format!("/api/v1/tasks/{service}"), None).await.1["task"]["service"]
+        ["ports"]["web"]
+        .as_u64()
+        .unwrap();
+
     let shots = std::env::var_os("AGENTCOM_SCREENSHOTS").map(PathBuf::from);
     let scratch = tempfile::tempdir().unwrap();
     let shots = shots.unwrap_or_else(|| scratch.path().to_owned());
@@ -118,6 +139,21 @@ async fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
     assert_eq!(counted, json!(agents), "every agent is counted by state");
     let shown_hosts = browser.eval("document.querySelectorAll('[data-host]').length").await.unwrap();
     assert!(shown_hosts.as_u64().unwrap() >= (SIDECARS + 1) as u64, "{shown_hosts} hosts shown");
+    let row = format!("document.querySelector('[data-service=\"{service}\"]')");
+    browser
+        .wait_for(
+            &format!("{row}?.textContent.includes('ready') && {row}.textContent.includes('web {port}')"),
+            PATIENCE,
+        )
+        .await
+        .unwrap();
+    // Its Stop button ends it, and it leaves the list.
+    browser.eval(&format!("{row}.querySelector('button[data-action=\"cancel\"]').click()")).await.unwrap();
+    browser.wait_for(&format!("!{row}"), PATIENCE).await.unwrap();
+    assert_eq!(
+        hub.api.request(reqwest::Method::GET, &format!("/api/v1/tasks/{service}"), None).await.1["task"]["state"],
+        "cancelled"
+    );
     let gpu_text =
         browser.eval(&format!("document.querySelector('[data-host=\"{gpu_host}\"]').innerText")).await.unwrap();
     assert!(gpu_text.as_str().unwrap().to_lowercase().contains("simulated"), "{gpu_text}");

@@ -16,6 +16,7 @@ pub(super) const FILES: &[(&str, &str, &str)] = &[
     ("util.js", "text/javascript; charset=utf-8", include_str!("ui/util.js")),
     ("views.js", "text/javascript; charset=utf-8", include_str!("ui/views.js")),
     ("workflows.js", "text/javascript; charset=utf-8", include_str!("ui/workflows.js")),
+    ("services.js", "text/javascript; charset=utf-8", include_str!("ui/services.js")),
 ];
 
 const INDEX: &str = include_str!("ui/index.html");

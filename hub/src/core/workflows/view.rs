@@ -161,7 +161,7 @@ impl State {
                     view.started_unix_ms = task.started_unix_ms;
                     // A service step ended when its service became ready; its task runs on.
                     let ready = task.service.as_ref().and_then(|s| s.ready_unix_ms).filter(|_| ended.is_some());
-                    view.finished_unix_ms = task.finished_unix_ms.or(ready);
+                    view.finished_unix_ms = ready.or(task.finished_unix_ms);
                     if let Some(usage) = task.outcome.as_ref().and_then(|o| o.usage.as_ref()) {
                         view.model = Some(usage.model.clone());
                         view.input_tokens = usage.input_tokens;

@@ -5,6 +5,7 @@ import { ApiError, api, clearToken, enc, getToken, onUnauthorized, setToken } fr
 import { openStream } from './sse.js';
 import * as V from './views.js';
 import * as WF from './workflows.js';
+import * as SV from './services.js';
 import { FINAL, fmtDur, isNum, nextFrame } from './util.js';
 
 const $ = (id) => document.getElementById(id);
@@ -30,6 +31,7 @@ const S = {
   llmLoaded: false,
   llmAt: 0,
   dlqAt: 0,
+  services: [], // service tasks that have not ended (GET /api/v1/services)
   runs: new Map(), // workflow runs, as lists show them
   runsLoaded: false,
   taskFilter: { state: '', text: '' },
@@ -51,7 +53,7 @@ let streamGone = false; // the hub has no fleet stream: poll instead
 
 // --- Render scheduling
 
-const dirty = { fleetAll: false, hosts: new Set(), endpoints: false, queue: false, tasks: false, task: false, workflows: false, workflow: false, llm: false };
+const dirty = { fleetAll: false, hosts: new Set(), endpoints: false, services: false, queue: false, tasks: false, task: false, workflows: false, workflow: false, llm: false };
 let scheduled = false;
 
 function schedule() {
@@ -83,8 +85,10 @@ function flush() {
     if (v === 'fleet') {
       if (dirty.fleetAll) {
         V.renderFleet(S, ctx, null);
+        SV.renderServices(S);
         dirty.fleetAll = false;
         dirty.endpoints = false;
+        dirty.services = false;
         dirty.hosts.clear();
       } else {
         if (dirty.hosts.size) {
@@ -96,6 +100,10 @@ function flush() {
           dirty.endpoints = false;
           V.renderEndpoints(S);
         }
+      }
+      if (dirty.services) {
+        dirty.services = false;
+        SV.renderServices(S);
       }
     } else if (v === 'queue' && dirty.queue) {
       dirty.queue = false;
@@ -325,6 +333,16 @@ function loadEndpoints() {
     .catch(failed('fleet', 'Endpoints could not be loaded'));
 }
 
+function loadServices() {
+  return fetchLatest('services', '/api/v1/services')
+    .then((d) => {
+      if (!d) return;
+      S.services = Array.isArray(d.services) ? d.services : [];
+      touch('services');
+    })
+    .catch(failed('fleet', 'Services could not be loaded'));
+}
+
 function loadQueue() {
   return fetchLatest('queue', '/api/v1/queue')
     .then((d) => {
@@ -504,6 +522,7 @@ function refreshBase() {
   loadAgents();
   loadHosts();
   loadEndpoints();
+  loadServices();
   loadQueue();
 }
 
@@ -622,7 +641,10 @@ function startFleetStream() {
             refreshView();
           }
           break;
-        case 'task':
+        case 'task': {
+          const service = SV.serviceChanged(S, data);
+          if (service === null) loadServices();
+          else if (service) touch('services');
           if (upsertTask(data)) {
             if (D && D.id === data.id && (!D.task || taskTime(data) > taskTime(D.task))) {
               // A summary: keep the output the detail already has.
@@ -632,6 +654,7 @@ function startFleetStream() {
             tasksChanged();
           }
           break;
+        }
         case 'agent':
           if (data && typeof data.id === 'string') {
             const old = S.agents.get(data.id);
