@@ -172,7 +172,18 @@ async fn report(client: &Client, id: &str) -> anyhow::Result<Value> {
         }
         phases.push(phase);
     }
-    let plan = &env["plan"]["services"];
+    // Where the rules found no service, the model's plan (marked as its) is what ran.
+    let proposed = rows.iter().find(|r| r["id"] == "propose" && r["state"] == "succeeded").map(|r| {
+        let mut plan = r["outputs"]["plan"].clone();
+        for service in plan["services"].as_array_mut().into_iter().flatten() {
+            service["source"] = json!("model");
+        }
+        for (index, line) in plan["install"].clone().as_array().into_iter().flatten().enumerate() {
+            plan["install"][index] = json!({"run": line, "source": "model"});
+        }
+        plan
+    });
+    let plan = proposed.as_ref().map_or(&env["plan"]["services"], |p| &p["services"]);
     let starts = rows.iter().filter(|r| r["id"] == "start");
     let services: Vec<Value> = starts
         .map(|row| {
@@ -224,6 +235,7 @@ async fn report(client: &Client, id: &str) -> anyhow::Result<Value> {
         "services": services,
         "fixes": fixes,
         "detected": env["plan"],
+        "proposed": proposed,
         "totals": run["totals"],
     }))
 }

@@ -76,7 +76,8 @@
 //! answering, two runs of one repository on different ports, a setup skipped by its record and
 //! repeated with `--fresh`, a broken start command fixed by an agent against the scripted Ollama
 //! double (the diff and commit in the report), and `hubctl repo down` leaving no process in the
-//! environments (the process table).
+//! environments (the process table); a repository the rules cannot read, brought up by the plan
+//! the scripted model proposes (marked as the model's).
 //!
 //! `tests/workflow_examples.rs`: `examples/workflows/` run as shipped against the Ollama,
 //! OpenAI-compatible and Anthropic doubles (an agent fixing a repository on Claude, a review loop,

@@ -124,6 +124,13 @@ HTTPServer(("127.0.0.1", port), Handler).serve_forever()
     ),
 ];
 
+/// A repository the rules cannot read: no Procfile, Makefile or language entry point, only a
+/// script its README names. A model has to propose how to run it.
+pub const NO_RULES: &[(&str, &str)] = &[
+    ("README.md", "# notes\n\nStart it with `sh serve.sh`: it serves the directory on $PORT.\n"),
+    ("serve.sh", "exec python3 -m http.server \"$PORT\" --bind 127.0.0.1\n"),
+];
+
 /// Writes `files` into `dir/name` and returns that directory.
 pub fn write(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
     let root = dir.join(name);

@@ -79,10 +79,15 @@ async fn fleet() -> Fleet {
     double.load(model, 1);
     let hub = HubProcess::serve(&dir.path().join("hub"), &[]).await;
     let allow = repos.to_string_lossy().into_owned();
-    let sidecar =
-        SidecarProcess::start_with(&hub, "repos", 12, &work, &["--repo-allow", &allow, "--ollama", &double.url]);
+    let sidecar = SidecarProcess::start_with(
+        &hub,
+        "repos",
+        12,
+        &work,
+        &["--repo-allow", &allow, "--ollama", &double.url, "--llm-check-interval-ms", "200"],
+    );
     // The fix step needs the model at the hub.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let (_, list) = hub.api.request(reqwest::Method::GET, "/api/v1/endpoints", None).await;
         if list["endpoints"][0]["healthy"] == true {
@@ -184,4 +189,25 @@ async fn repo_up_brings_fixtures_up_resumes_fixes_a_broken_start_and_down_ends_e
         assert!(hubctl(&hub.url, &hub.api.token, &["repo", "down", id]).await.status.success());
     }
     assert_eq!(processes_in(&fleet.work), Vec::new(), "every service of every run ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_the_rules_find_no_service_a_models_plan_brings_the_repository_up_marked_as_the_models() {
+    let fleet = fleet().await;
+    let plan = json!({
+        "install": [],
+        "services": [{"name": "web", "run": "sh serve.sh", "ports": ["web"], "health": {"kind": "http", "port": "web", "path": "/"}}]
+    });
+    fleet.double.turns(vec![Turn::Text(plan.to_string())]);
+    let notes = repos::commit(&fleet.repos, "notes", repos::NO_RULES);
+    let (code, report) = hubctl_json(&fleet.hub, &["repo", "up", &notes.to_string_lossy(), "--wait"]).await;
+    let run = &report["run"];
+    assert_eq!((code, run["state"].as_str()), (0, Some("succeeded")), "{report:#}");
+    assert_eq!(run["detected"]["needs_model"], true);
+    assert_eq!(run["proposed"]["services"][0]["source"], "model", "{report:#}");
+    answers(run, &[("web", "/")]).await;
+    let asked = fleet.double.chats()[0]["messages"].to_string();
+    assert!(asked.contains("serve.sh") && asked.contains("sh serve.sh"), "the model saw the files: {asked}");
+    let id = run["id"].as_str().unwrap();
+    assert!(hubctl(&fleet.hub.url, &fleet.hub.api.token, &["repo", "down", id]).await.status.success());
 }

@@ -176,7 +176,9 @@ pub fn status(dir: &Path) -> anyhow::Result<Value> {
         }
         *services = ordered;
     }
+    let overview = if plan.needs_model { overview(&dir) } else { String::new() };
     Ok(json!({
+        "overview": overview,
         "dir": dir.to_string_lossy(),
         "commit": commit.trim(),
         "base": base.trim(),
@@ -189,6 +191,50 @@ pub fn status(dir: &Path) -> anyhow::Result<Value> {
             }
         }
     }))
+}
+
+/// What a model is shown of a repository whose plan the rules could not make: its files (at
+/// most 200 paths, two levels deep, `.git` left out), its README's start, and the start of each
+/// small text file at its root.
+fn overview(dir: &Path) -> String {
+    let mut paths = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), 0)];
+    while let Some((at, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&at) else { continue };
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == ".git" || paths.len() >= 200 {
+                continue;
+            }
+            let path = entry.path();
+            let shown = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().into_owned();
+            if path.is_dir() {
+                paths.push(format!("{shown}/"));
+                if depth < 1 {
+                    stack.push((path, depth + 1));
+                }
+            } else {
+                paths.push(shown);
+            }
+        }
+    }
+    let mut text = format!("Files:\n{}\n", paths.join("\n"));
+    let mut shown = 0;
+    for path in &paths {
+        let full = dir.join(path);
+        let small = std::fs::metadata(&full).is_ok_and(|m| m.is_file() && m.len() <= 64 * 1024);
+        if path.contains('/') || !small || shown >= 6 {
+            continue;
+        }
+        let Ok(body) = std::fs::read_to_string(&full) else { continue };
+        let head: String =
+            body.chars().take(if path.to_ascii_lowercase().starts_with("readme") { 2000 } else { 800 }).collect();
+        text.push_str(&format!("\n--- {path} ---\n{head}\n"));
+        shown += 1;
+    }
+    text
 }
 
 /// `repo setup` in the environment at `dir`: runs the install commands in order, each as
