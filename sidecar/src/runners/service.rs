@@ -206,7 +206,7 @@ async fn run_once(
     };
     let mut next_probe = tokio::time::Instant::now() + FIRST_PROBE_AFTER;
     let mut next_report = tokio::time::Instant::now() + REPORT_EVERY;
-    let deadline = life.map(|life| tokio::time::Instant::now() + life.saturating_sub(born.elapsed()));
+    let mut deadline = life.map(|life| tokio::time::Instant::now() + life.saturating_sub(born.elapsed()));
     let mut failing: Option<(bool, String)> = None;
     loop {
         tokio::select! {
@@ -249,6 +249,8 @@ async fn run_once(
                 next_report = tokio::time::Instant::now() + REPORT_EVERY;
             }
             _ = async { tokio::time::sleep_until(deadline.expect("checked")).await }, if deadline.is_some() => {
+                // Once: the process is ending now.
+                deadline = None;
                 run_cancel.cancel();
             }
         }
