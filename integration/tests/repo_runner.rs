@@ -69,7 +69,9 @@ struct Fleet {
     _dir: tempfile::TempDir,
 }
 
-async fn fleet() -> Fleet {
+/// A hub and a sidecar named after `id` and this process (a sidecar's id is claimed
+/// machine-wide: one per test, and none another test run may hold).
+async fn fleet(id: &str) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
     let (repos, work) = (dir.path().join("repos"), dir.path().join("work"));
     std::fs::create_dir_all(&repos).unwrap();
@@ -81,7 +83,7 @@ async fn fleet() -> Fleet {
     let allow = repos.to_string_lossy().into_owned();
     let sidecar = SidecarProcess::start_with(
         &hub,
-        "repos",
+        &format!("{id}-{}", std::process::id()),
         12,
         &work,
         &["--repo-allow", &allow, "--ollama", &double.url, "--llm-check-interval-ms", "200"],
@@ -101,7 +103,7 @@ async fn fleet() -> Fleet {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repo_up_brings_fixtures_up_resumes_fixes_a_broken_start_and_down_ends_every_process() {
-    let fleet = fleet().await;
+    let fleet = fleet("repos").await;
     let hub = &fleet.hub;
 
     // The workflow is the hub's, readable.
@@ -193,7 +195,7 @@ async fn repo_up_brings_fixtures_up_resumes_fixes_a_broken_start_and_down_ends_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn where_the_rules_find_no_service_a_models_plan_brings_the_repository_up_marked_as_the_models() {
-    let fleet = fleet().await;
+    let fleet = fleet("notes").await;
     let plan = json!({
         "install": [],
         "services": [{"name": "web", "run": "sh serve.sh", "ports": ["web"], "health": {"kind": "http", "port": "web", "path": "/"}}]
