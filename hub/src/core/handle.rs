@@ -134,7 +134,7 @@ pub enum Event {
         state: Option<TaskState>,
         before: Option<TaskId>,
         /// Only tasks with this label set to this value.
-        label: Option<(String, String)>,
+        label: Option<Box<(String, String)>>,
         limit: usize,
         reply: Reply<Vec<Task>>,
     },
@@ -371,7 +371,7 @@ impl Handle {
         label: (String, String),
         limit: usize,
     ) -> Result<Vec<Task>, Error> {
-        self.ask(|reply| Event::List { state, before, label: Some(label), limit, reply }).await
+        self.ask(|reply| Event::List { state, before, label: Some(Box::new(label)), limit, reply }).await
     }
 
     /// Newest first, only tasks older than `before` (the last id of the previous page).
@@ -583,7 +583,7 @@ impl State {
                 // A settled task is unpacked only when it is listed (or its labels are read).
                 let before = before.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
                 let labelled =
-                    |task: &Task| label.as_ref().is_none_or(|(key, value)| task.spec.labels.get(key) == Some(value));
+                    |task: &Task| label.as_deref().is_none_or(|(key, value)| task.spec.labels.get(key) == Some(value));
                 let tasks = self
                     .tasks
                     .range((std::ops::Bound::Unbounded, before))

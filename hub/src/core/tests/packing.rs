@@ -35,7 +35,7 @@ fn a_settled_task_is_packed_and_read_listed_watched_and_found_by_its_key() {
         reply,
     });
     assert_eq!(dead_only.iter().map(|t| t.id).collect::<Vec<_>>(), vec![dead]);
-    let label = Some(("workflow_run".to_owned(), "R1".to_owned()));
+    let label = Some(Box::new(("workflow_run".to_owned(), "R1".to_owned())));
     let of_run = hub.ask(|reply| Event::List { state: None, before: None, label, limit: 10, reply });
     assert_eq!(of_run.iter().map(|t| t.id).collect::<Vec<_>>(), vec![done], "only the labelled one");
     match hub.ask(|reply| Event::Watch { id: done, reply }) {
