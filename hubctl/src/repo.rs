@@ -285,23 +285,13 @@ async fn down(client: &Client, run: &str, json_out: bool) -> anyhow::Result<Exit
     }
     let services = client.call(reqwest::Method::GET, "/api/v1/services", None).await?["services"].clone();
     let mine: Vec<&Value> = services.as_array().into_iter().flatten().filter(|s| s["run_id"] == run).collect();
+    // Down once every one of them is ended on its sidecar: none of their processes is left.
     let mut stopped = Vec::new();
     for service in &mine {
         let id = service["id"].as_str().unwrap_or_default();
-        client.call(reqwest::Method::DELETE, &format!("/api/v1/tasks/{id}"), None).await?;
+        let task = crate::services::stop_and_wait(client, id).await?;
+        anyhow::ensure!(crate::services::ended(&task), "service {id} was told to stop and has not ended");
         stopped.push(id.to_owned());
-    }
-    // Down once every one of them is ended on its sidecar: none of their processes is left.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for id in &stopped {
-        loop {
-            let task = client.call(reqwest::Method::GET, &format!("/api/v1/tasks/{id}"), None).await?["task"].clone();
-            if !task["outcome"].is_null() || task["sidecar_id"].is_null() {
-                break;
-            }
-            anyhow::ensure!(Instant::now() < deadline, "service {id} was told to stop and has not ended after 60 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
     if json_out {
         print_json(&json!({ "run": run, "stopped": stopped }));

@@ -73,18 +73,29 @@ pub(crate) fn status_lines(status: &Value) -> Vec<String> {
     lines
 }
 
-pub(crate) async fn stop(client: &Client, id: &str, json_out: bool) -> anyhow::Result<ExitCode> {
+/// Cancels the task and waits (at most [`STOP_WAIT`]) until it has ended where it ran: once its
+/// sidecar reports the end, every process of it is gone. Returns the task as it is then.
+pub(crate) async fn stop_and_wait(client: &Client, id: &str) -> anyhow::Result<Value> {
     let response = client.call(reqwest::Method::DELETE, &format!("/api/v1/tasks/{id}"), None).await?;
     let started = Instant::now();
-    // Stopped once its sidecar reports the end: every process of it is gone then.
     let mut task = response["task"].clone();
-    while task["outcome"].is_null() && !task["sidecar_id"].is_null() && started.elapsed() < STOP_WAIT {
+    while !ended(&task) && started.elapsed() < STOP_WAIT {
         tokio::time::sleep(Duration::from_millis(100)).await;
         task = client.call(reqwest::Method::GET, &format!("/api/v1/tasks/{id}"), None).await?["task"].clone();
     }
+    Ok(task)
+}
+
+/// Its sidecar reported its end, or it never reached one.
+pub(crate) fn ended(task: &Value) -> bool {
+    !task["outcome"].is_null() || task["sidecar_id"].is_null()
+}
+
+pub(crate) async fn stop(client: &Client, id: &str, json_out: bool) -> anyhow::Result<ExitCode> {
+    let task = stop_and_wait(client, id).await?;
     if json_out {
         print_json(&serde_json::json!({ "task": task }));
-    } else if task["outcome"].is_null() && !task["sidecar_id"].is_null() {
+    } else if !ended(&task) {
         eprintln!("hubctl: {id} was told to stop; its sidecar has not said it ended after {} s", STOP_WAIT.as_secs());
         return Ok(ExitCode::FAILURE);
     } else {

@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -293,23 +293,16 @@ pub fn check(dir: &Path, within: Duration) -> anyhow::Result<bool> {
     let plan = detect::detect(&dir)?;
     anyhow::ensure!(!plan.services.is_empty(), "the plan has no service to check");
     let mut running = Vec::new();
+    // Ports as a service task gets them: free, none twice, as PORT and PORT_<NAME>.
+    let mut book = crate::service::PortBook::default();
     for service in &plan.services {
-        let mut ports = BTreeMap::new();
-        for name in &service.ports {
-            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
-            ports.insert(name.clone(), port);
-        }
+        let reserved = book.reserve(&service.ports).map_err(|err| anyhow::anyhow!("{}: {err}", service.name))?;
         let (command, _) = service_lines(service);
         #[allow(clippy::disallowed_methods)] // Reason: the task's own child, in its containment and sandbox.
         let mut child = Command::new("sh");
-        child.args(["-c", &command]).current_dir(&dir).stdin(Stdio::null()).process_group(0);
-        if let Some(first) = service.ports.first() {
-            child.env("PORT", ports[first].to_string());
-        }
-        for (name, port) in &ports {
-            child.env(format!("PORT_{}", name.to_ascii_uppercase().replace('-', "_")), port.to_string());
-        }
+        child.args(["-c", &command]).current_dir(&dir).stdin(Stdio::null()).process_group(0).envs(reserved.env());
         let child = child.spawn().with_context(|| format!("starting {}", service.name))?;
+        let ports: BTreeMap<String, u16> = reserved.0.into_iter().collect();
         running.push((service, ports, child));
     }
     let deadline = Instant::now() + within;

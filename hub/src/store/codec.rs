@@ -11,6 +11,7 @@ use ulid::Ulid;
 
 use crate::domain::*;
 use crate::fleet::{Cordon, Endpoint, EndpointKind, Model, Owner};
+use work::{work_from, work_into};
 
 /// Generated code for `agentcom.storage.v1`.
 #[allow(unreachable_pub, clippy::all, rust_2018_idioms)] // Reason: generated code; prost's style.
@@ -45,138 +46,6 @@ fn id_from_bytes(bytes: &[u8]) -> Result<TaskId, String> {
 /// Lanes, tiers and states are stored as their stable numbers (`Numbered`), 0 for an unset tier.
 fn known<T: Numbered>(what: &str, number: i32) -> Result<T, String> {
     T::from_number(number).ok_or_else(|| format!("{what} {number} is unknown"))
-}
-
-fn shell_into(shell: ShellWork) -> pb::Shell {
-    pb::Shell {
-        command: Some(match shell.command {
-            ShellCommand::Argv(items) => pb::shell::Command::Argv(pb::Argv { items }),
-            ShellCommand::Script(script) => pb::shell::Command::Script(script),
-        }),
-        cwd: shell.cwd,
-        env: shell.env,
-        secret_env: shell.secret_env,
-    }
-}
-
-fn shell_from(shell: pb::Shell) -> Result<ShellWork, String> {
-    Ok(ShellWork {
-        command: match shell.command.ok_or("shell work has no command")? {
-            pb::shell::Command::Argv(argv) => ShellCommand::Argv(argv.items),
-            pb::shell::Command::Script(script) => ShellCommand::Script(script),
-        },
-        cwd: shell.cwd,
-        env: shell.env,
-        secret_env: shell.secret_env,
-    })
-}
-
-fn probe_into(probe: Probe) -> pb::Probe {
-    let check = match probe.check {
-        ProbeCheck::Http { port, path } => pb::probe::Check::Http(pb::HttpProbe { port, path }),
-        ProbeCheck::Tcp { port } => pb::probe::Check::Tcp(port.unwrap_or_default()),
-        ProbeCheck::Command(line) => pb::probe::Check::Command(line),
-    };
-    pb::Probe {
-        check: Some(check),
-        start_period_ms: probe.start_period_ms,
-        interval_ms: probe.interval_ms,
-        timeout_ms: probe.timeout_ms,
-        failure_threshold: probe.failure_threshold,
-    }
-}
-
-fn probe_from(probe: pb::Probe) -> Result<Probe, String> {
-    let check = match probe.check.ok_or("a probe has no check")? {
-        pb::probe::Check::Http(http) => ProbeCheck::Http { port: http.port, path: http.path },
-        pb::probe::Check::Tcp(port) => ProbeCheck::Tcp { port: Some(port).filter(|p| !p.is_empty()) },
-        pb::probe::Check::Command(line) => ProbeCheck::Command(line),
-    };
-    Ok(Probe {
-        check,
-        start_period_ms: probe.start_period_ms,
-        interval_ms: probe.interval_ms,
-        timeout_ms: probe.timeout_ms,
-        failure_threshold: probe.failure_threshold,
-    })
-}
-
-fn work_into(work: Work) -> pb::spec::Work {
-    match work {
-        Work::Shell(shell) => pb::spec::Work::Shell(shell_into(shell)),
-        Work::Service(service) => pb::spec::Work::Service(pb::Service {
-            run: Some(shell_into(service.run)),
-            ports: service.ports,
-            readiness: service.readiness.map(probe_into),
-            liveness: service.liveness.map(probe_into),
-            restart_never: service.restart.never,
-            restart_limit: service.restart.limit,
-            backoff_base_ms: service.restart.backoff_base_ms,
-            backoff_max_ms: service.restart.backoff_max_ms,
-        }),
-        Work::Llm(llm) => pb::spec::Work::Llm(pb::Llm {
-            prompt: llm.prompt,
-            system: llm.system,
-            model: llm.model,
-            max_tokens: llm.max_tokens,
-            messages: llm
-                .messages
-                .into_iter()
-                .map(|m| pb::Turn { role: m.role.number(), content: m.content })
-                .collect(),
-            temperature: llm.temperature,
-            stop: llm.stop,
-            json: llm.json,
-            keep_alive: llm.keep_alive,
-            fix_rounds: llm.fix_rounds,
-        }),
-        Work::Agent(agent) => pb::spec::Work::Agent(pb::Agent {
-            goal: agent.goal,
-            repository: agent.repository,
-            branch: agent.branch,
-            fix_rounds: agent.fix_rounds,
-        }),
-    }
-}
-
-fn work_from(work: Option<pb::spec::Work>) -> Result<Work, String> {
-    Ok(match work.ok_or("the spec has no work")? {
-        pb::spec::Work::Shell(shell) => Work::Shell(shell_from(shell)?),
-        pb::spec::Work::Service(service) => Work::Service(Box::new(ServiceWork {
-            run: shell_from(service.run.ok_or("service work has no command")?)?,
-            ports: service.ports,
-            readiness: service.readiness.map(probe_from).transpose()?,
-            liveness: service.liveness.map(probe_from).transpose()?,
-            restart: ServiceRestart {
-                never: service.restart_never,
-                limit: service.restart_limit,
-                backoff_base_ms: service.backoff_base_ms,
-                backoff_max_ms: service.backoff_max_ms,
-            },
-        })),
-        pb::spec::Work::Llm(llm) => Work::Llm(LlmWork {
-            prompt: llm.prompt,
-            system: llm.system,
-            messages: llm
-                .messages
-                .into_iter()
-                .map(|m| Ok(ChatMessage { role: known("role", m.role)?, content: m.content }))
-                .collect::<Result<_, String>>()?,
-            model: llm.model,
-            max_tokens: llm.max_tokens,
-            temperature: llm.temperature,
-            stop: llm.stop,
-            json: llm.json,
-            keep_alive: llm.keep_alive,
-            fix_rounds: llm.fix_rounds,
-        }),
-        pb::spec::Work::Agent(agent) => Work::Agent(AgentWork {
-            goal: agent.goal,
-            repository: agent.repository,
-            branch: agent.branch,
-            fix_rounds: agent.fix_rounds,
-        }),
-    })
 }
 
 fn verification_into(step: Verification) -> pb::Verification {
@@ -784,6 +653,7 @@ pub(super) fn fleet_from_v1(key: &str, value: &[u8]) -> Result<Vec<u8>, String> 
 }
 
 mod log;
+mod work;
 pub(super) use self::log::*;
 pub(super) mod workflow;
 
