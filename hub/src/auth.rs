@@ -30,6 +30,9 @@ use sha2::{Digest, Sha256};
 pub enum Role {
     /// Opens sidecar sessions, nothing else.
     Join,
+    /// Calls the gateway's model APIs (`/v1/chat/completions`, `/v1/messages`, `/api/chat`,
+    /// ...), nothing else.
+    Inference,
     /// Reads everything: tasks, the fleet, metrics, the event stream.
     Viewer,
     /// Also submits and cancels tasks.
@@ -48,7 +51,7 @@ impl Role {
             Role::Viewer => "a viewer token or above",
             Role::Submitter => "a submitter token or above",
             Role::Operator => "an operator or admin token",
-            Role::Admin | Role::Join => "an admin token",
+            Role::Admin | Role::Join | Role::Inference => "an admin token",
         }
     }
 
@@ -61,6 +64,7 @@ impl Role {
             Role::Submitter => "submitter",
             Role::Viewer => "viewer",
             Role::Join => "join",
+            Role::Inference => "inference",
         }
     }
 
@@ -71,6 +75,7 @@ impl Role {
             "submitter" => Some(Role::Submitter),
             "viewer" => Some(Role::Viewer),
             "join" => Some(Role::Join),
+            "inference" => Some(Role::Inference),
             _ => None,
         }
     }
@@ -81,7 +86,8 @@ impl Role {
             Access::Open => true,
             // Admin tokens may open sessions too (a sidecar run by hand).
             Access::Sidecar => matches!(self, Role::Join | Role::Admin),
-            Access::Api(needed) => self != Role::Join && self >= needed,
+            Access::Api(needed) => !matches!(self, Role::Join | Role::Inference) && self >= needed,
+            Access::Gateway => self == Role::Inference || self >= Role::Submitter,
         }
     }
 }
@@ -94,11 +100,24 @@ pub enum Access {
     Sidecar,
     /// The API, with at least this role.
     Api(Role),
+    /// The gateway's model APIs: an inference token, or a submitter's or above.
+    Gateway,
 }
 
 pub const AGENT_LINK_PREFIX: &str = "/agentcom.v1.AgentLink/";
 const ADMIN_PREFIX: &str = "/agentcom.v1.Admin/";
 const ENROLL_PATH: &str = "/agentcom.v1.AgentLink/Enroll";
+/// The gateway's paths (`api::gateway`), which inference tokens may call.
+pub const GATEWAY_PATHS: [&str; 8] = [
+    "/v1/chat/completions",
+    "/v1/messages",
+    "/v1/models",
+    "/api/chat",
+    "/api/generate",
+    "/api/tags",
+    "/api/ps",
+    "/api/version",
+];
 
 /// The access rule for a request. Open: health probes and the dashboard's static files. Reads
 /// need a viewer; submits and cancels a submitter; fleet changes, dead letters, endpoints and
@@ -120,6 +139,9 @@ pub fn access_for(method: &str, path: &str) -> Access {
     }
     if let Some(rpc) = path.strip_prefix(ADMIN_PREFIX) {
         return Access::Api(grpc_role(rpc));
+    }
+    if GATEWAY_PATHS.contains(&path) {
+        return Access::Gateway;
     }
     Access::Api(http_role(method, path))
 }
@@ -317,6 +339,7 @@ impl Tokens {
         } else {
             let needed = match access {
                 Access::Api(needed) => needed.needs(),
+                Access::Gateway => "an inference token, or a submitter token or above",
                 _ => "a join or admin token",
             };
             Err(Error::Forbidden(role.as_str(), needed))

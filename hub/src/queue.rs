@@ -27,10 +27,11 @@ pub const DEFAULT_AGING_STEP_MS: i64 = 30_000;
 
 fn lane_index(lane: Lane) -> usize {
     match lane {
-        Lane::Urgent => 0,
-        Lane::High => 1,
-        Lane::Normal => 2,
-        Lane::Low => 3,
+        Lane::Interactive => 0,
+        Lane::Urgent => 1,
+        Lane::High => 2,
+        Lane::Normal => 3,
+        Lane::Low => 4,
     }
 }
 
@@ -111,7 +112,7 @@ pub enum Fence {
 #[derive(Debug)]
 pub struct Queue {
     /// Ready tasks per lane, oldest first (task ids sort by submit time).
-    lanes: [BTreeSet<TaskId>; 4],
+    lanes: [BTreeSet<TaskId>; 5],
     ready_lane: HashMap<TaskId, Lane>,
     /// Tasks waiting out a backoff: (ready at, id).
     delayed: BTreeSet<(UnixMs, TaskId)>,
@@ -154,8 +155,8 @@ impl Queue {
     }
 
     /// Ready tasks, blocked ones included, by lane (urgent first).
-    pub fn ready_by_lane(&self) -> [usize; 4] {
-        let mut by_lane = [0; 4];
+    pub fn ready_by_lane(&self) -> [usize; 5] {
+        let mut by_lane = [0; 5];
         for (i, lane) in self.lanes.iter().enumerate() {
             by_lane[i] = lane.len();
         }
@@ -432,7 +433,7 @@ mod tests {
         /// Without aging, popping everything yields lanes in priority order and, within a lane,
         /// submit order.
         #[test]
-        fn pops_follow_lane_then_age(tasks in prop::collection::vec((0usize..4, 0u64..1_000), 0..200)) {
+        fn pops_follow_lane_then_age(tasks in prop::collection::vec((0usize..5, 0u64..1_000), 0..200)) {
             let mut queue = Queue::new(i64::MAX);
             // The index makes every id unique; the millisecond part gives it an age.
             let tasks: Vec<(Lane, TaskId)> =
@@ -456,9 +457,9 @@ mod tests {
         /// every task submitted after it, whatever their lanes.
         #[test]
         fn aging_bounds_how_long_a_lower_lane_waits(
-            lane in 0usize..4,
+            lane in 0usize..5,
             step in 1i64..10_000,
-            others in prop::collection::vec((0usize..4, 1u64..100_000), 0..100),
+            others in prop::collection::vec((0usize..5, 1u64..100_000), 0..100),
             extra in 0i64..100_000,
         ) {
             let mut queue = Queue::new(step);

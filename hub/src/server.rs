@@ -181,7 +181,14 @@ struct Gate {
 /// answering in the caller's protocol.
 async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
     let access = auth::access_for(request.method().as_str(), request.uri().path());
-    let header = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let mut header = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    // Anthropic's clients send their key as `x-api-key`.
+    let api_key = (access == auth::Access::Gateway && header.is_none())
+        .then(|| request.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(|key| format!("Bearer {key}")))
+        .flatten();
+    if api_key.is_some() {
+        header = api_key.as_deref();
+    }
     let is_grpc = request
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
@@ -207,7 +214,7 @@ async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next
         return tonic::Status::from(refusal).into_http::<axum::body::Body>().into_response();
     }
     let refusal = match gate.tokens.authorize_keyed(header, access) {
-        Ok(Some((role, token_hash))) if matches!(access, auth::Access::Api(_)) => {
+        Ok(Some((role, token_hash))) if matches!(access, auth::Access::Api(_) | auth::Access::Gateway) => {
             // Handlers that record what they did (the audit log) say who did it.
             request.extensions_mut().insert(auth::Caller { role, token_id: auth::token_id(&token_hash) });
             match gate.limiter.check(&token_hash, std::time::Instant::now()) {
@@ -223,6 +230,12 @@ async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next
         Err(err) => Some((ApiError::from(err), None)),
     };
     let Some((err, retry_after)) = refusal else { return next.run(request).await };
+    if access == auth::Access::Gateway
+        && let Some(dialect) = crate::api::gateway::dialect_of(request.uri().path(), request.headers())
+    {
+        // The gateway's callers read errors in their own API's shape.
+        return crate::api::gateway::Refusal::from_api(&err, retry_after).into_response(dialect);
+    }
     let mut response = if is_grpc {
         let mut status = tonic::Status::from(err);
         if let Some(seconds) = retry_after

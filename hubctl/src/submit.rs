@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 #[derive(clap::Args)]
 pub(crate) struct SubmitArgs {
-    /// urgent, high, normal or low.
+    /// urgent, high, normal or low (interactive is the gateway's lane, dispatched first).
     #[arg(long, default_value = "normal")]
     pub(crate) priority: String,
     /// trivial, standard or complex (inferred when left out).

@@ -12,7 +12,8 @@ pub(crate) enum TokensCommand {
     /// Make a token with a role; its secret is printed once (the hub keeps only its hash).
     Create {
         /// admin (everything), operator (drain, dead letters, endpoints, backups), submitter
-        /// (submit and cancel), viewer (read only: the API, /metrics, the dashboard).
+        /// (submit and cancel), viewer (read only: the API, /metrics, the dashboard), inference
+        /// (the gateway's model APIs only: /v1/chat/completions, /v1/messages, /api/chat, ...).
         #[arg(long)]
         role: String,
         /// What it is for, as `tokens ls` shows it.

@@ -79,6 +79,15 @@
 //! environments (the process table); a repository the rules cannot read, brought up by the plan
 //! the scripted model proposes (marked as the model's).
 //!
+//! `tests/gateway.rs`: the hub's gateway in front of three sidecars, one endpoint each (the
+//! Ollama, OpenAI-compatible and Anthropic doubles), driven by the official Python clients
+//! (`clients/check_gateway.py`): each client, streaming and not, on each endpoint's model, so
+//! every pair of APIs is crossed; an unknown model's 404 and a wrong key's 401 in each client's
+//! own error; the tasks in the `interactive` lane with nothing of the prompt or reply stored;
+//! `x-agentcom-task` and `x-agentcom-placement` agreeing with `hubctl explain`; an inference
+//! token refused the task API; a caller that leaves mid-stream seen by the double as a closed
+//! request, its task cancelled.
+//!
 //! `tests/workflow_examples.rs`: `examples/workflows/` run as shipped against the Ollama,
 //! OpenAI-compatible and Anthropic doubles (an agent fixing a repository on Claude, a review loop,
 //! a fan-out, a signed push delivery), and a workflow moved between the three providers by its

@@ -389,6 +389,7 @@ impl TryFrom<SubmitBody> for pb::TaskSpec {
                     json,
                     keep_alive,
                     fix_rounds: llm.fix_rounds,
+                    redact: false,
                 })
             }
             (None, None, Some(agent), None) => pb::work::Kind::Agent(pb::AgentWork {

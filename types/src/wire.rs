@@ -179,6 +179,7 @@ fn spec_from_pb_unchecked(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result
                 json: llm.json,
                 keep_alive: nonempty(llm.keep_alive),
                 fix_rounds: llm.fix_rounds,
+                redact: llm.redact,
             })
         }
         Some(pb::work::Kind::Agent(agent)) => Work::Agent(AgentWork {
@@ -294,6 +295,7 @@ pub fn spec_into_pb(spec: TaskSpec) -> pb::TaskSpec {
             json: llm.json,
             keep_alive: llm.keep_alive.unwrap_or_default(),
             fix_rounds: llm.fix_rounds,
+            redact: llm.redact,
         }),
         Work::Agent(agent) => pb::work::Kind::Agent(pb::AgentWork {
             goal: agent.goal,
@@ -668,7 +670,8 @@ mod tests {
         check_numbering(|n| pb::Tier::try_from(n).ok().map(|e| e.as_str_name()), Tier::as_str).unwrap();
         check_numbering(|n| pb::TaskState::try_from(n).ok().map(|e| e.as_str_name()), TaskState::as_str).unwrap();
         check_numbering(|n| pb::AgentState::try_from(n).ok().map(|e| e.as_str_name()), AgentState::as_str).unwrap();
-        assert_eq!((Lane::from_number(0), Lane::from_number(5), Lane::from_number(-1)), (None, None, None));
+        assert_eq!((Lane::from_number(0), Lane::from_number(6), Lane::from_number(-1)), (None, None, None));
+        assert_eq!(Lane::from_number(5), Some(Lane::Interactive), "added last, numbered last");
     }
 
     #[test]

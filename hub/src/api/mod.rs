@@ -27,6 +27,7 @@
 //! nothing reaches a response except through a DTO; a test compares every shape with its example in
 //! `docs/api.md` ("JSON shapes") and names the fields that differ.
 
+pub mod gateway;
 pub mod grpc;
 pub mod http;
 

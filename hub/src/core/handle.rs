@@ -37,7 +37,7 @@ pub struct QueueStats {
     /// Tasks escalated a tier after a failed verification since the hub started.
     pub escalations: u64,
     /// Ready tasks (blocked ones included) by lane, in `Lane::ALL` order.
-    pub ready_by_lane: [usize; 4],
+    pub ready_by_lane: [usize; 5],
     /// When the oldest ready task was submitted.
     pub oldest_ready_unix_ms: Option<UnixMs>,
 }

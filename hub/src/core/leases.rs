@@ -158,7 +158,7 @@ impl State {
                 }
                 let record = Box::new(self.tasks[&task_id].clone());
                 let ticket = AfterCommit::Stored { task_id, lease_generation, sidecar_id: sidecar_id.to_owned() };
-                self.write(vec![Op::PutOutput { id: task_id, stdout, stderr }, Op::PutTask(record)], ticket);
+                self.write(vec![stored_output(&record, stdout, stderr), Op::PutTask(record)], ticket);
             }
             FromSidecar::Progress { task_id, lease_generation, blocked, verifying, message, step, service } => {
                 if let Err(fence) = self.queue.renew(task_id, lease_generation, sidecar_id, now, ttl) {
@@ -239,7 +239,7 @@ impl State {
         // Settled long ago, perhaps, and so packed.
         let record = Box::new(self.tasks.get(&task_id).expect("a taken result's task exists").into_owned());
         let ticket = AfterCommit::Stored { task_id, lease_generation, sidecar_id: sidecar_id.to_owned() };
-        self.write(vec![Op::PutOutput { id: task_id, stdout, stderr }, Op::PutTask(record)], ticket);
+        self.write(vec![stored_output(&record, stdout, stderr), Op::PutTask(record)], ticket);
         true
     }
 
@@ -338,4 +338,10 @@ pub(super) fn leased_agent<'a>(
     task_id: TaskId,
 ) -> Option<&'a mut Agent> {
     agents.get_mut(&queue.lease(task_id)?.agent_id)
+}
+
+/// What a task's end stores of its output: none of a redacted reply (`LlmWork::redact`).
+fn stored_output(task: &Task, stdout: Vec<u8>, stderr: Vec<u8>) -> Op {
+    let redact = matches!(&task.spec.work, Work::Llm(llm) if llm.redact);
+    Op::PutOutput { id: task.id, stdout: if redact { Vec::new() } else { stdout }, stderr }
 }

@@ -21,13 +21,22 @@ impl State {
         let ttl = self.config.lease_ttl.as_millis() as i64;
         let count_from_tasks = !self.learned.has_verdicts();
         for loaded in tasks {
-            let task = match loaded {
+            let mut task = match loaded {
                 Loaded::Live(task) => task,
                 Loaded::Settled { id, packed, idempotency_key } => {
                     self.restore_settled(id, packed, idempotency_key, count_from_tasks);
                     continue;
                 }
             };
+            if matches!(&task.spec.work, Work::Llm(llm) if llm.redact) {
+                // Its prompt was never stored, and its client's connection died with the hub.
+                let reason = "the hub restarted during this request, and its prompt was not stored (redacted), so it cannot run again";
+                task.set_state(TaskState::Failed, reason, now);
+                let id = task.id;
+                self.tasks.insert(id, task);
+                self.persist(id, AfterCommit::Nothing);
+                continue;
+            }
             if let Some(key) = &task.spec.idempotency_key {
                 self.by_key.insert(key.clone(), task.id);
             }

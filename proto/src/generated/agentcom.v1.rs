@@ -53,6 +53,9 @@ pub struct LlmWork {
     /// (unset: 0).
     #[prost(uint32, optional, tag = "10")]
     pub fix_rounds: ::core::option::Option<u32>,
+    /// Keep the prompt and the reply out of storage (the gateway's requests).
+    #[prost(bool, tag = "11")]
+    pub redact: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ChatMessage {
@@ -575,6 +578,8 @@ pub enum Priority {
     High = 2,
     Normal = 3,
     Low = 4,
+    /// The gateway's requests (`/v1/chat/completions`, `/api/chat`, `/v1/messages`): dispatched first.
+    Interactive = 5,
 }
 impl Priority {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -588,6 +593,7 @@ impl Priority {
             Self::High => "PRIORITY_HIGH",
             Self::Normal => "PRIORITY_NORMAL",
             Self::Low => "PRIORITY_LOW",
+            Self::Interactive => "PRIORITY_INTERACTIVE",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -598,6 +604,7 @@ impl Priority {
             "PRIORITY_HIGH" => Some(Self::High),
             "PRIORITY_NORMAL" => Some(Self::Normal),
             "PRIORITY_LOW" => Some(Self::Low),
+            "PRIORITY_INTERACTIVE" => Some(Self::Interactive),
             _ => None,
         }
     }

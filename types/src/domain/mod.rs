@@ -126,9 +126,11 @@ impl FromStr for TaskId {
     }
 }
 
-/// Priority lane. Declared in dispatch order: `Urgent` sorts first.
+/// Priority lane. Declared in dispatch order: `Interactive` (the gateway's requests, a person
+/// waiting on each token) sorts first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum Lane {
+    Interactive,
     Urgent,
     High,
     #[default]
@@ -137,13 +139,16 @@ pub enum Lane {
 }
 
 impl Numbered for Lane {
-    const ALL: &'static [Lane] = &Lane::ALL;
+    // Numbered in the order the lanes were added, so stored numbers keep their meaning.
+    const ALL: &'static [Lane] = &[Lane::Urgent, Lane::High, Lane::Normal, Lane::Low, Lane::Interactive];
 }
 
 impl Lane {
-    pub const ALL: [Lane; 4] = [Lane::Urgent, Lane::High, Lane::Normal, Lane::Low];
+    /// Every lane, in dispatch order.
+    pub const ALL: [Lane; 5] = [Lane::Interactive, Lane::Urgent, Lane::High, Lane::Normal, Lane::Low];
     pub fn as_str(self) -> &'static str {
         match self {
+            Lane::Interactive => "interactive",
             Lane::Urgent => "urgent",
             Lane::High => "high",
             Lane::Normal => "normal",
@@ -155,10 +160,9 @@ impl Lane {
 impl FromStr for Lane {
     type Err = Error;
     fn from_str(s: &str) -> Result<Lane, Error> {
-        Lane::ALL
-            .into_iter()
-            .find(|lane| lane.as_str() == s)
-            .ok_or_else(|| Error::invalid("priority", format!("{s:?} is not one of urgent, high, normal, low")))
+        Lane::ALL.into_iter().find(|lane| lane.as_str() == s).ok_or_else(|| {
+            Error::invalid("priority", format!("{s:?} is not one of interactive, urgent, high, normal, low"))
+        })
     }
 }
 
@@ -312,6 +316,11 @@ pub struct LlmWork {
     /// Rounds of fixing after a failed verification, each given the reply and what failed
     /// (`None`: 0).
     pub fix_rounds: Option<u32>,
+    /// The prompt and the reply are kept out of storage and off the API's task views: only
+    /// usage, timing and placement are recorded (the gateway's requests, unless the key asks to
+    /// store them). The hub holds the prompt in memory while the task runs; a hub that restarts
+    /// meanwhile fails the task, having nothing to run it again with.
+    pub redact: bool,
 }
 
 impl LlmWork {
@@ -328,6 +337,7 @@ impl LlmWork {
             json: false,
             keep_alive: None,
             fix_rounds: None,
+            redact: false,
         }
     }
 

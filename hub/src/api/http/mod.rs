@@ -131,7 +131,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/workflows/schedules/{name}", axum::routing::delete(hooks::remove_schedule))
         .route("/api/v1/workflows/memory/{workflow}", get(hooks::memory))
         .route("/api/v1/hooks/{name}", axum::routing::post(hooks::deliver))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(super::gateway::router(state))
 }
 
 /// Answers unknown paths in the API's error shape.

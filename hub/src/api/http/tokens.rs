@@ -36,8 +36,8 @@ pub(super) async fn create(
     body: Result<Json<CreateBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body.map_err(super::body_error)?;
-    let role = Role::parse(&body.role).filter(|r| Role::API.contains(r)).ok_or_else(|| {
-        ApiError::invalid(format!("invalid role {:?}: one of admin, operator, submitter, viewer", body.role))
+    let role = Role::parse(&body.role).filter(|r| Role::API.contains(r) || *r == Role::Inference).ok_or_else(|| {
+        ApiError::invalid(format!("invalid role {:?}: one of admin, operator, submitter, viewer, inference", body.role))
     })?;
     let name = body.name.trim().to_owned();
     if name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {

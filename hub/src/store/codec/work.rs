@@ -70,6 +70,17 @@ pub(super) fn work_into(work: Work) -> pb::spec::Work {
             backoff_base_ms: service.restart.backoff_base_ms,
             backoff_max_ms: service.restart.backoff_max_ms,
         }),
+        // A redacted prompt is not stored: the record keeps what the request asked of the model.
+        Work::Llm(llm) if llm.redact => pb::spec::Work::Llm(pb::Llm {
+            model: llm.model,
+            max_tokens: llm.max_tokens,
+            temperature: llm.temperature,
+            json: llm.json,
+            keep_alive: llm.keep_alive,
+            fix_rounds: llm.fix_rounds,
+            redact: true,
+            ..pb::Llm::default()
+        }),
         Work::Llm(llm) => pb::spec::Work::Llm(pb::Llm {
             prompt: llm.prompt,
             system: llm.system,
@@ -85,6 +96,7 @@ pub(super) fn work_into(work: Work) -> pb::spec::Work {
             json: llm.json,
             keep_alive: llm.keep_alive,
             fix_rounds: llm.fix_rounds,
+            redact: false,
         }),
         Work::Agent(agent) => pb::spec::Work::Agent(pb::Agent {
             goal: agent.goal,
@@ -125,6 +137,7 @@ pub(super) fn work_from(work: Option<pb::spec::Work>) -> Result<Work, String> {
             json: llm.json,
             keep_alive: llm.keep_alive,
             fix_rounds: llm.fix_rounds,
+            redact: llm.redact,
         }),
         pb::spec::Work::Agent(agent) => Work::Agent(AgentWork {
             goal: agent.goal,

@@ -51,6 +51,9 @@ pub struct Llm {
     pub keep_alive: ::core::option::Option<::prost::alloc::string::String>,
     #[prost(uint32, optional, tag = "10")]
     pub fix_rounds: ::core::option::Option<u32>,
+    /// The prompt and the reply were not stored (the fields above are empty).
+    #[prost(bool, tag = "11")]
+    pub redact: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Turn {
@@ -741,6 +744,7 @@ pub enum Lane {
     High = 2,
     Normal = 3,
     Low = 4,
+    Interactive = 5,
 }
 impl Lane {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -754,6 +758,7 @@ impl Lane {
             Self::High => "LANE_HIGH",
             Self::Normal => "LANE_NORMAL",
             Self::Low => "LANE_LOW",
+            Self::Interactive => "LANE_INTERACTIVE",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -764,6 +769,7 @@ impl Lane {
             "LANE_HIGH" => Some(Self::High),
             "LANE_NORMAL" => Some(Self::Normal),
             "LANE_LOW" => Some(Self::Low),
+            "LANE_INTERACTIVE" => Some(Self::Interactive),
             _ => None,
         }
     }

@@ -124,12 +124,14 @@ impl From<&Work> for WorkDto {
         match work {
             Work::Shell(shell) => WorkDto::Shell(ShellDto::from(shell)),
             Work::Service(service) => WorkDto::Service(Box::new(ServiceWorkDto::from(&**service))),
+            // A redacted prompt is shown as stored: not at all.
             Work::Llm(llm) => WorkDto::Llm(LlmDto {
-                prompt: llm.prompt.clone(),
-                system: llm.system.clone(),
+                prompt: if llm.redact { String::new() } else { llm.prompt.clone() },
+                system: if llm.redact { String::new() } else { llm.system.clone() },
                 messages: llm
                     .messages
                     .iter()
+                    .filter(|_| !llm.redact)
                     .map(|m| MessageDto { role: m.role.as_str(), content: m.content.clone() })
                     .collect(),
                 model: llm.model.clone(),
@@ -377,6 +379,7 @@ pub struct QueueDto {
 /// Counts by lane.
 #[derive(Serialize, Debug, PartialEq)]
 pub struct LanesDto {
+    pub interactive: usize,
     pub urgent: usize,
     pub high: usize,
     pub normal: usize,
@@ -530,10 +533,11 @@ impl From<&QueueStats> for QueueDto {
             prewarms: q.prewarms,
             escalations: q.escalations,
             ready_by_lane: LanesDto {
-                urgent: q.ready_by_lane[0],
-                high: q.ready_by_lane[1],
-                normal: q.ready_by_lane[2],
-                low: q.ready_by_lane[3],
+                interactive: q.ready_by_lane[0],
+                urgent: q.ready_by_lane[1],
+                high: q.ready_by_lane[2],
+                normal: q.ready_by_lane[3],
+                low: q.ready_by_lane[4],
             },
             oldest_ready_unix_ms: q.oldest_ready_unix_ms,
         }

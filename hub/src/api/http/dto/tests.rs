@@ -277,7 +277,7 @@ fn the_queue_and_backup_shapes_are_documented() {
         tier_fallbacks: 0,
         prewarms: 0,
         escalations: 0,
-        ready_by_lane: [0, 0, 1, 0],
+        ready_by_lane: [0, 0, 0, 1, 0],
         oldest_ready_unix_ms: Some(1),
     };
     check("queue", QueueDto::from(&queue));

@@ -88,7 +88,7 @@ export function fmtCost(micros) {
 
 export const FINAL = new Set(['succeeded', 'failed', 'cancelled', 'expired', 'dead_lettered']);
 export const AGENT_STATES = ['idle', 'assigned', 'working', 'blocked', 'draining', 'offline'];
-export const LANES = ['urgent', 'high', 'normal', 'low'];
+export const LANES = ['interactive', 'urgent', 'high', 'normal', 'low'];
 
 export function taskKind(task) {
   const w = task && task.spec && task.spec.work;

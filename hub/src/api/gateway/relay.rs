@@ -1,0 +1,406 @@
+//! One gateway request, from its [`Chat`] to the caller's last byte: the model checked against
+//! the fleet, the task submitted in the `interactive` lane, its placement awaited (the answer's
+//! `x-agentcom-task` and `x-agentcom-placement` headers), then its reply relayed from the task's
+//! feed as it arrives, rendered in the caller's API.
+//!
+//! A stream goes through a bounded buffer ([`BUFFERED`] pieces): a caller that stops reading for
+//! [`SLOW_CALLER`] is cut off, and a caller that goes away drops the buffer's far end; either way
+//! the task is cancelled, which stops the request on the sidecar and closes its connection to the
+//! endpoint. A failed attempt that had streamed nothing is retried by the hub as any LLM task
+//! (on the next placement); once text has reached the caller, a retry cannot be joined to it, so
+//! the stream ends with an error instead.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::{Chat, Dialect, Finish, Kind, Refusal, Stop, anthropic, models, ollama, openai};
+use crate::api::http::HttpState;
+use crate::auth::Caller;
+use crate::core::{Error, Handle};
+use crate::domain::{Lane, LlmWork, SpecDefaults, Task, TaskId, TaskSpec, TaskState, Work};
+use crate::feed::{self, FeedEvent};
+
+/// Pieces a stream holds for a caller that reads slower than the model writes.
+pub(super) const BUFFERED: usize = 256;
+/// How long a stream waits for a caller that has stopped reading before cutting it off.
+pub(super) const SLOW_CALLER: Duration = Duration::from_secs(30);
+
+/// The task a gateway request makes of `chat`.
+pub(super) fn spec(defaults: &SpecDefaults, dialect: Dialect, caller: Option<&Caller>, chat: &Chat) -> TaskSpec {
+    let mut spec = TaskSpec::shell(Vec::new(), defaults);
+    spec.name = format!("{} {}", dialect.as_str(), chat.model);
+    spec.priority = Lane::Interactive;
+    spec.work = Work::Llm(LlmWork {
+        system: chat.system.clone(),
+        messages: chat.messages.clone(),
+        model: chat.model.clone(),
+        max_tokens: chat.max_tokens,
+        temperature: chat.temperature,
+        stop: chat.stop.clone(),
+        json: chat.json,
+        keep_alive: chat.keep_alive.clone(),
+        redact: true,
+        ..LlmWork::prompt("")
+    });
+    spec.placement.model = chat.model.clone();
+    spec.labels.insert("gateway".into(), dialect.as_str().into());
+    if let Some(caller) = caller {
+        spec.labels.insert("gateway_key".into(), caller.token_id.clone());
+    }
+    // A person is waiting: an endpoint that failed before the first token is retried at once.
+    spec.retry.backoff_base_ms = 50;
+    spec.retry.backoff_max_ms = 500;
+    spec
+}
+
+fn refusal_of(err: Error) -> Refusal {
+    match err {
+        Error::Invalid(err) => Refusal::invalid(err.to_string()),
+        err @ (Error::Overloaded | Error::ShuttingDown | Error::StorageFault(_) | Error::NoRoom(_)) => {
+            Refusal { retry_after: Some(1), ..Refusal::new(Kind::Unavailable, err.to_string()) }
+        }
+        err => Refusal::new(Kind::Internal, err.to_string()),
+    }
+}
+
+/// Cancels the task when dropped before it ended: the caller went away, or was cut off.
+struct Guard {
+    hub: Handle,
+    id: TaskId,
+    ended: bool,
+    reason: &'static str,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let (hub, id, reason) = (self.hub.clone(), self.id, self.reason);
+        tokio::spawn(async move {
+            let _ = hub.cancel(id, reason.to_owned()).await;
+        });
+    }
+}
+
+/// How the caller's API writes the reply.
+struct Render {
+    dialect: Dialect,
+    id: String,
+    created: u64,
+    created_at: String,
+    model: String,
+    generate: bool,
+    usage_chunk: bool,
+}
+
+impl Render {
+    fn new(dialect: Dialect, task: TaskId, chat: &Chat) -> Render {
+        let id = match dialect {
+            Dialect::OpenAi => format!("chatcmpl-{task}"),
+            Dialect::Anthropic => format!("msg_{task}"),
+            Dialect::Ollama => task.to_string(),
+        };
+        Render {
+            dialect,
+            id,
+            created: super::unix_seconds(),
+            created_at: ollama::created_at(crate::domain::now_ms()),
+            model: chat.model.clone(),
+            generate: chat.generate,
+            usage_chunk: chat.usage_chunk,
+        }
+    }
+
+    fn content_type(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Ollama => "application/x-ndjson",
+            Dialect::OpenAi | Dialect::Anthropic => "text/event-stream",
+        }
+    }
+
+    fn head(&self) -> Vec<u8> {
+        match self.dialect {
+            Dialect::OpenAi => data(&openai::head(&self.id, self.created, &self.model)),
+            Dialect::Anthropic => {
+                anthropic::head(&self.id, &self.model).iter().flat_map(|(n, v)| event(n, v)).collect()
+            }
+            Dialect::Ollama => Vec::new(),
+        }
+    }
+
+    fn piece(&self, text: &str) -> Vec<u8> {
+        match self.dialect {
+            Dialect::OpenAi => data(&openai::piece(&self.id, self.created, &self.model, text)),
+            Dialect::Anthropic => {
+                let (name, value) = anthropic::piece(text);
+                event(name, &value)
+            }
+            Dialect::Ollama => line(&ollama::piece(&self.model, &self.created_at, self.generate, text)),
+        }
+    }
+
+    fn end(&self, finish: &Finish) -> Vec<u8> {
+        match self.dialect {
+            Dialect::OpenAi => {
+                let mut bytes: Vec<u8> =
+                    openai::end(&self.id, self.created, finish, self.usage_chunk).iter().flat_map(data).collect();
+                bytes.extend_from_slice(b"data: [DONE]\n\n");
+                bytes
+            }
+            Dialect::Anthropic => anthropic::end(finish).iter().flat_map(|(n, v)| event(n, v)).collect(),
+            Dialect::Ollama => line(&ollama::end(&self.created_at, self.generate, String::new(), finish)),
+        }
+    }
+
+    /// An error after the stream began, in the stream's own form.
+    fn error(&self, refusal: &Refusal) -> Vec<u8> {
+        let body = refusal.body(self.dialect);
+        match self.dialect {
+            Dialect::OpenAi => data(&body),
+            Dialect::Anthropic => event("error", &body),
+            Dialect::Ollama => line(&body),
+        }
+    }
+
+    fn whole(&self, text: String, finish: &Finish) -> Value {
+        match self.dialect {
+            Dialect::OpenAi => openai::whole(&self.id, self.created, text, finish),
+            Dialect::Anthropic => anthropic::whole(&self.id, text, finish),
+            Dialect::Ollama => ollama::end(&self.created_at, self.generate, text, finish),
+        }
+    }
+}
+
+fn data(value: &Value) -> Vec<u8> {
+    format!("data: {value}\n\n").into_bytes()
+}
+
+fn event(name: &str, value: &Value) -> Vec<u8> {
+    format!("event: {name}\ndata: {value}\n\n").into_bytes()
+}
+
+fn line(value: &Value) -> Vec<u8> {
+    format!("{value}\n").into_bytes()
+}
+
+/// How a task that ended reads to the caller: its finish, or why it failed.
+fn ending(task: &Task, model: &str) -> Result<Finish, Refusal> {
+    let outcome = task.outcome.as_ref();
+    if task.state == TaskState::Succeeded {
+        let usage = outcome.and_then(|o| o.usage.as_ref());
+        return Ok(Finish {
+            model: usage.map(|u| u.model.clone()).filter(|m| !m.is_empty()).unwrap_or_else(|| model.to_owned()),
+            input_tokens: usage.map_or(0, |u| u.input_tokens + u.cached_input_tokens),
+            output_tokens: usage.map_or(0, |u| u.output_tokens),
+            stop: usage.map_or(Stop::End, |u| Stop::of(&u.stop_reason)),
+            duration_ms: outcome.map_or(0, |o| o.duration_ms),
+            load_ms: usage.and_then(|u| u.load_ms),
+        });
+    }
+    let why =
+        outcome.and_then(|o| o.error.clone()).filter(|e| !e.is_empty()).unwrap_or_else(|| task.state_reason.clone());
+    let kind = if outcome.is_some_and(|o| o.timed_out) { Kind::Timeout } else { Kind::Upstream };
+    Err(Refusal::new(kind, format!("the request {}: {why} (task {})", task.state.as_str(), task.id)))
+}
+
+/// Text of the reply so far, whole characters only: a piece may end inside one.
+#[derive(Default)]
+pub(super) struct Utf8 {
+    pending: Vec<u8>,
+}
+
+impl Utf8 {
+    pub(super) fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let valid = match std::str::from_utf8(&self.pending) {
+            Ok(_) => self.pending.len(),
+            // An incomplete character at the end waits for the rest; a broken one is replaced.
+            Err(err) if err.error_len().is_none() => err.valid_up_to(),
+            Err(_) => self.pending.len(),
+        };
+        let text = String::from_utf8_lossy(&self.pending[..valid]).into_owned();
+        self.pending.drain(..valid);
+        text
+    }
+}
+
+/// What the relay makes of one feed event.
+enum Step {
+    Text(String),
+    Ended(Result<Finish, Refusal>),
+    Nothing,
+}
+
+/// Reads the feed: the reply's text of one attempt, then its end.
+struct Reading {
+    utf8: Utf8,
+    /// The attempt whose text the caller has.
+    attempt: Option<u32>,
+    model: String,
+    /// The task has ended (nothing is left to cancel).
+    task_ended: bool,
+}
+
+impl Reading {
+    fn step(&mut self, event: FeedEvent) -> Step {
+        match event {
+            FeedEvent::Output { attempt, stream: crate::domain::Stream::Stdout, data, .. } => {
+                if self.attempt.is_some_and(|sent| sent != attempt) {
+                    return Step::Ended(Err(Refusal::new(
+                        Kind::Upstream,
+                        "the endpoint failed mid-reply, and its retry cannot be joined to the text already sent",
+                    )));
+                }
+                self.attempt = Some(attempt);
+                Step::Text(self.utf8.push(&data))
+            }
+            FeedEvent::Snapshot(task) if task.state.is_terminal() => {
+                self.task_ended = true;
+                Step::Ended(ending(&task, &self.model))
+            }
+            FeedEvent::Failed(why) => Step::Ended(Err(Refusal::new(Kind::Unavailable, why))),
+            FeedEvent::Output { .. } | FeedEvent::Snapshot(_) | FeedEvent::Step { .. } => Step::Nothing,
+        }
+    }
+}
+
+pub(super) async fn run(state: HttpState, dialect: Dialect, caller: Option<Caller>, chat: Chat) -> Response {
+    match start(&state, dialect, caller, chat).await {
+        Ok(response) => response,
+        Err(refusal) => refusal.into_response(dialect),
+    }
+}
+
+async fn start(state: &HttpState, dialect: Dialect, caller: Option<Caller>, chat: Chat) -> Result<Response, Refusal> {
+    let endpoints = models::healthy(state).await?;
+    if !models::served(&endpoints, &chat.model) {
+        return Err(models::not_served(&endpoints, &chat.model));
+    }
+    let spec = spec(&state.spec_defaults, dialect, caller.as_ref(), &chat);
+    spec.validate().map_err(|err| Refusal::invalid(err.to_string()))?;
+    let id = state.hub.submit(spec).await.map_err(refusal_of)?.task.id;
+    let mut guard = Guard { hub: state.hub.clone(), id, ended: false, reason: "the caller went away" };
+    let feed = state.hub.watch(id).await.map_err(refusal_of)?;
+    let mut events = Box::pin(feed::events(feed, state.stop.clone()));
+    let render = Render::new(dialect, id, &chat);
+    let mut reading = Reading { utf8: Utf8::default(), attempt: None, model: chat.model.clone(), task_ended: false };
+
+    // Placed (or ended) first: the headers say where.
+    let mut early = Vec::new();
+    let mut placed_on = None;
+    while placed_on.is_none() {
+        match events.next().await {
+            None => return Err(Refusal::new(Kind::Unavailable, "the hub is stopping")),
+            Some(FeedEvent::Snapshot(task)) if task.state.is_terminal() || task.sidecar_id.is_some() => {
+                placed_on = Some(task.sidecar_id.clone().unwrap_or_default());
+                early.push(FeedEvent::Snapshot(task));
+            }
+            Some(other) => early.push(other),
+        }
+    }
+    let placement = placement(&state.hub, id, placed_on.unwrap_or_default()).await;
+    let mut headers = vec![(header::HeaderName::from_static("x-agentcom-task"), id.to_string())];
+    headers.push((header::HeaderName::from_static("x-agentcom-placement"), placement));
+
+    if !chat.stream {
+        let mut text = String::new();
+        let mut events = futures_util::stream::iter(early).chain(events);
+        let ended = loop {
+            match events.next().await {
+                None => break Err(Refusal::new(Kind::Unavailable, "the hub is stopping")),
+                Some(event) => match reading.step(event) {
+                    Step::Text(piece) => text.push_str(&piece),
+                    Step::Ended(ended) => break ended,
+                    Step::Nothing => {}
+                },
+            }
+        };
+        guard.ended = reading.task_ended;
+        let mut response = match ended {
+            Ok(finish) => axum::Json(render.whole(text, &finish)).into_response(),
+            Err(refusal) => refusal.into_response(dialect),
+        };
+        with_headers(&mut response, headers);
+        return Ok(response);
+    }
+
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(BUFFERED);
+    let content_type = render.content_type();
+    tokio::spawn(async move {
+        // The whole guard moves here (not only the fields written below): it cancels when this ends.
+        let mut guard = guard;
+        let mut events = futures_util::stream::iter(early).chain(events);
+        let send = async |bytes: Vec<u8>| -> bool {
+            match tokio::time::timeout(SLOW_CALLER, tx.send(Ok(Bytes::from(bytes)))).await {
+                Ok(Ok(())) => true,
+                Ok(Err(_)) => false, // The caller went away.
+                Err(_) => false,     // The caller stopped reading.
+            }
+        };
+        if !send(render.head()).await {
+            return;
+        }
+        loop {
+            let Some(event) = events.next().await else {
+                let _ = send(render.error(&Refusal::new(Kind::Unavailable, "the hub is stopping"))).await;
+                return;
+            };
+            match reading.step(event) {
+                Step::Text(piece) if piece.is_empty() => {}
+                Step::Text(piece) => {
+                    if !send(render.piece(&piece)).await {
+                        guard.reason = "the caller stopped reading or went away";
+                        return;
+                    }
+                }
+                Step::Ended(ended) => {
+                    // A retry that cannot be joined still runs: the guard cancels it.
+                    guard.ended = reading.task_ended;
+                    let bytes = match &ended {
+                        Ok(finish) => render.end(finish),
+                        Err(refusal) => render.error(refusal),
+                    };
+                    let _ = send(bytes).await;
+                    return;
+                }
+                Step::Nothing => {}
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut response = Response::new(body);
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    with_headers(&mut response, headers);
+    Ok(response)
+}
+
+fn with_headers(response: &mut Response, headers: Vec<(header::HeaderName, String)>) {
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+}
+
+/// `SIDECAR/ENDPOINT` the task was placed on (as `hubctl explain` shows it), or the sidecar
+/// alone when the decision names no endpoint.
+async fn placement(hub: &Handle, id: TaskId, sidecar: String) -> String {
+    let decisions = hub.explain(id).await.unwrap_or_default();
+    let chosen =
+        decisions.iter().rev().filter(|d| d.kind == crate::core::RecordedKind::Placed).find_map(|d| {
+            d.explanation.candidates.first().filter(|c| c.verdict == crate::sched::Verdict::Chosen).cloned()
+        });
+    match chosen {
+        Some(c) => format!("{}/{}", c.sidecar_id, c.endpoint_id.unwrap_or_default()),
+        None => sidecar,
+    }
+}

@@ -1,0 +1,208 @@
+//! The gateway (`docs/gateway.md`): the hub serving OpenAI's, Anthropic's and Ollama's APIs in
+//! front of sidecars whose endpoints are the project's doubles, one of each API, checked with the
+//! official Python clients (every client on every endpoint, so each pair of APIs is crossed), and
+//! what the clients cannot see: the task each request makes (its lane, its placement as `explain`
+//! says it, a prompt and reply not stored), inference tokens, and a caller that goes away
+//! mid-stream cancelling the request at the endpoint.
+//!
+//! Needs a Python with the clients (`AGENTCOM_PYTHON`, else `target/pyclients/bin/python`, which
+//! `scripts/test` makes); without one the test fails and says how to get one.
+
+#![allow(clippy::disallowed_methods)] // Tests start the real tools.
+
+use std::path::Path;
+use std::time::Duration;
+
+use agentcom_integration::assert_eventually;
+use agentcom_integration::chat_doubles::ChatDouble;
+use agentcom_integration::ollama::{ChatScript, FakeModel, OllamaDouble};
+use agentcom_integration::process::{HubProcess, SidecarProcess, hubctl};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+const OLLAMA_MODEL: &str = "llama3.2:3b";
+const OPENAI_MODEL: &str = "qwen2.5:7b";
+const CLAUDE: &str = "claude-sonnet-4-5";
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn python() -> std::path::PathBuf {
+    let made = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyclients/bin/python");
+    let python = std::env::var_os("AGENTCOM_PYTHON").map(std::path::PathBuf::from).unwrap_or(made);
+    assert!(
+        python.exists(),
+        "{} is missing: this test drives the gateway with the official Python clients. Run `scripts/test` (it makes \
+         target/pyclients with integration/clients/requirements.txt), or set AGENTCOM_PYTHON to a python that has them",
+        python.display()
+    );
+    python
+}
+
+/// A hub with three sidecars, one endpoint each: Ollama, an OpenAI-compatible server, the Claude
+/// API; and an inference token.
+struct Fleet {
+    hub: HubProcess,
+    ollama: OllamaDouble,
+    _openai: ChatDouble,
+    _claude: ChatDouble,
+    _sidecars: Vec<SidecarProcess>,
+    _dir: tempfile::TempDir,
+    key: String,
+}
+
+async fn fleet(prefix: &str) -> Fleet {
+    let ollama = OllamaDouble::start(vec![FakeModel::new(OLLAMA_MODEL, 1, "llama", "3.2B")]).await;
+    ollama.load(OLLAMA_MODEL, 1);
+    let openai = ChatDouble::openai().await;
+    let claude = ChatDouble::anthropic().await;
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let hub = HubProcess::serve(&dir.path().join("hub"), &[]).await;
+    let checks = ["--llm-check-interval-ms", "200"];
+    let id = |name: &str| format!("{prefix}-{name}");
+    let sidecars = vec![
+        SidecarProcess::start_with(&hub, &id("ollama"), 2, &work, &[&["--ollama", &ollama.url][..], &checks].concat()),
+        SidecarProcess::start_with(
+            &hub,
+            &id("openai"),
+            2,
+            &work,
+            &[&["--openai-base-url", &openai.url, "--openai-model", OPENAI_MODEL][..], &checks].concat(),
+        ),
+        SidecarProcess::start_with_env(
+            &hub,
+            &id("claude"),
+            2,
+            &work,
+            &[&["--anthropic-base-url", &claude.url, "--anthropic-model", CLAUDE][..], &checks].concat(),
+            &[("ANTHROPIC_API_KEY", "sk-ant-test")],
+        ),
+    ];
+    assert_eventually!(
+        {
+            let (_, list) = hub.api.request(reqwest::Method::GET, "/api/v1/endpoints", None).await;
+            list["endpoints"].as_array().is_some_and(|e| e.len() == 3 && e.iter().all(|e| e["healthy"] == true))
+        },
+        PATIENCE,
+        "the three endpoints reached the hub"
+    );
+    let (status, made) = hub
+        .api
+        .request(reqwest::Method::POST, "/api/v1/tokens", Some(json!({"role": "inference", "name": "tools"})))
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let key = made["secret"].as_str().unwrap().to_owned();
+    Fleet { hub, ollama, _openai: openai, _claude: claude, _sidecars: sidecars, _dir: dir, key }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_clients_reach_every_endpoint_through_the_gateway() {
+    let python = python();
+    let fleet = fleet("gw").await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/check_gateway.py");
+    // The text each double streams, and the tokens each counts (input with the cached ones).
+    let cases = [
+        format!("{OLLAMA_MODEL}:Hello, world:26:3"),
+        format!("{OPENAI_MODEL}:Hello!:35:15"),
+        format!("{CLAUDE}:Hello!:35:15"),
+    ];
+    let args: Vec<String> = [fleet.hub.url.clone(), fleet.key.clone()].into_iter().chain(cases).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python).arg(script).args(args).output().expect("running the python check")
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "the official clients failed:\n{stdout}\n{stderr}");
+    for model in [OLLAMA_MODEL, OPENAI_MODEL, CLAUDE] {
+        for api in ["openai", "anthropic", "ollama"] {
+            assert!(stdout.contains(&format!("{api} {model}: ok")), "{stdout}");
+        }
+    }
+    assert!(stdout.contains("refusals and listings: ok"), "{stdout}");
+
+    // Every request was a task in the interactive lane, its prompt and reply not kept.
+    let (_, listed) =
+        fleet.hub.api.request(reqwest::Method::GET, "/api/v1/tasks?label=gateway=ollama&limit=100", None).await;
+    let tasks = listed["tasks"].as_array().cloned().unwrap_or_default();
+    assert!(tasks.len() >= 6, "{listed}");
+    for task in &tasks {
+        assert_eq!(task["spec"]["priority"], "interactive", "{task}");
+        assert_eq!(task["state"], "succeeded", "{task}");
+        let messages = &task["spec"]["work"]["llm"]["messages"];
+        assert!(messages.as_array().is_none_or(Vec::is_empty), "the prompt is not shown: {task}");
+        let id = task["id"].as_str().unwrap();
+        let stored = fleet.hub.api.get(id).await;
+        assert_eq!(stored["outcome"]["stdout"].as_str().unwrap_or_default(), "", "{stored}");
+        assert!(stored["outcome"]["usage"]["output_tokens"].as_u64().is_some_and(|n| n > 0), "{stored}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_answer_names_its_task_and_placement_and_a_caller_that_leaves_cancels_it() {
+    let fleet = fleet("gwh").await;
+    let http = reqwest::Client::new();
+    let chat = |model: &str, stream: bool| json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream});
+    let answer = http
+        .post(format!("{}/v1/chat/completions", fleet.hub.url))
+        .bearer_auth(&fleet.key)
+        .json(&chat(OPENAI_MODEL, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let header = |name: &str| answer.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let (task, placement) = (header("x-agentcom-task"), header("x-agentcom-placement"));
+    assert!(placement.starts_with("gwh-openai/"), "{placement}");
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "Hello!", "{body}");
+    // hubctl explain works for it, and says where it went.
+    let explained = hubctl(&fleet.hub.url, &fleet.hub.api.token, &["--json", "explain", &task]).await;
+    assert!(explained.status.success(), "{}", String::from_utf8_lossy(&explained.stderr));
+    let explained: Value = serde_json::from_slice(&explained.stdout).unwrap();
+    assert_eq!(explained["decisions"][0]["kind"], "placed", "{explained}");
+    assert!(explained.to_string().contains("gwh-openai"), "{explained}");
+
+    // The inference key reaches the gateway only.
+    let refused = http.get(format!("{}/api/v1/tasks", fleet.hub.url)).bearer_auth(&fleet.key).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    // Anthropic's clients send x-api-key; a wrong one is refused in Anthropic's shape.
+    let wrong = http
+        .post(format!("{}/v1/messages", fleet.hub.url))
+        .header("x-api-key", "nope")
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": CLAUDE, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let wrong: Value = wrong.json().await.unwrap();
+    assert_eq!(
+        (wrong["type"].as_str(), wrong["error"]["type"].as_str()),
+        (Some("error"), Some("authentication_error"))
+    );
+
+    // A long reply; the caller reads its first piece and goes away.
+    fleet.ollama.script(ChatScript {
+        pieces: (0..400).map(|i| format!("word{i} ")).collect(),
+        between_pieces: Duration::from_millis(25),
+        ..ChatScript::default()
+    });
+    let streaming = http
+        .post(format!("{}/api/chat", fleet.hub.url))
+        .bearer_auth(&fleet.key)
+        .json(&chat(OLLAMA_MODEL, true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streaming.status(), 200);
+    let task = streaming.headers()["x-agentcom-task"].to_str().unwrap().to_owned();
+    let mut body = streaming.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    let first: Value = serde_json::from_slice(first.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(first["message"]["content"], "word0 ", "{first}");
+    drop(body);
+    assert_eventually!(fleet.ollama.abandoned_chats() == 1, PATIENCE, "the endpoint saw its request closed");
+    let done = fleet.hub.api.wait_final(&task, PATIENCE).await;
+    assert_eq!(done["state"], "cancelled", "{done}");
+}
