@@ -237,8 +237,60 @@ pub fn hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// What a key may do at the gateway, beyond its role: its rates, budgets and models. Each unset
+/// limit is no limit.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyLimits {
+    /// Requests per minute.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u32>,
+    /// Tokens (read and written) per minute.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    /// Dollars per UTC day, priced by the hub's price table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daily_budget_usd: Option<f64>,
+    /// Dollars per UTC month.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monthly_budget_usd: Option<f64>,
+    /// The models (or aliases) it may ask for; empty: any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// Never sent to a cloud provider.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub local_only: bool,
+    /// Keep the prompts and replies of its requests (they are not stored otherwise).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub store: bool,
+}
+
+impl KeyLimits {
+    pub fn is_none(&self) -> bool {
+        *self == KeyLimits::default()
+    }
+
+    /// Why these limits cannot be: a budget that is not a positive amount, a rate of 0.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, usd) in
+            [("daily_budget_usd", self.daily_budget_usd), ("monthly_budget_usd", self.monthly_budget_usd)]
+        {
+            if usd.is_some_and(|usd| !(usd.is_finite() && usd > 0.0)) {
+                return Err(format!("{name} must be a positive amount of dollars"));
+            }
+        }
+        if self.rpm == Some(0) || self.tpm == Some(0) {
+            return Err("rpm and tpm must be above 0 (leave one out for no limit)".into());
+        }
+        if self.models.iter().any(|m| m.trim().is_empty()) {
+            return Err("models must not hold an empty name".into());
+        }
+        Ok(())
+    }
+}
+
 /// A token the hub accepts, as `tokens ls` shows it (never its secret).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TokenInfo {
     /// [`token_id`] of its hash.
     pub id: String,
@@ -246,6 +298,8 @@ pub struct TokenInfo {
     pub name: String,
     /// 0 for the bootstrap tokens (`admin.token`, `join.token`).
     pub created_unix_ms: i64,
+    /// Its gateway limits (`inference` keys, mostly).
+    pub limits: KeyLimits,
 }
 
 /// The hashes the hub accepts, shared by the HTTP and gRPC layers.
@@ -261,7 +315,16 @@ impl Tokens {
         let tokens = Tokens::default();
         for token in stored {
             match Role::parse(&token.role) {
-                Some(role) => tokens.insert_named(token.hash, role, token.name, token.created_unix_ms),
+                Some(role) => {
+                    let info = TokenInfo {
+                        id: token_id(&token.hash),
+                        role,
+                        name: token.name,
+                        created_unix_ms: token.created_unix_ms,
+                        limits: token.limits,
+                    };
+                    tokens.insert_info(token.hash, info);
+                }
                 None => tracing::warn!(role = token.role, "ignoring a stored token with an unknown role"),
             }
         }
@@ -274,7 +337,11 @@ impl Tokens {
     }
 
     pub fn insert_named(&self, hash: String, role: Role, name: String, created_unix_ms: i64) {
-        let info = TokenInfo { id: token_id(&hash), role, name, created_unix_ms };
+        let info = TokenInfo { id: token_id(&hash), role, name, created_unix_ms, limits: KeyLimits::default() };
+        self.insert_info(hash, info);
+    }
+
+    pub fn insert_info(&self, hash: String, info: TokenInfo) {
         self.by_hash.write().expect("token lock poisoned").insert(hash, info);
     }
 

@@ -22,6 +22,7 @@ pub mod ratelimit;
 pub mod sched;
 pub mod server;
 pub mod store;
+pub mod usage;
 
 pub use agentcom_types::{agent, domain, link};
 pub use store::backup;

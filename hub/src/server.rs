@@ -394,6 +394,7 @@ impl Hub {
                 stop: stop.clone(),
                 tokens: tokens.clone(),
                 enrolment: enrolment.clone(),
+                meters: Default::default(),
             }))
             .fallback(fallback)
             .method_not_allowed_fallback(method_not_allowed)

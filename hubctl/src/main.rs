@@ -133,6 +133,11 @@ enum Command {
         #[command(subcommand)]
         command: tokens::TokensCommand,
     },
+    /// What the gateway's keys spent, per UTC day, key and model, or summed by one of them.
+    Usage {
+        #[arg(long, value_parser = ["key", "model", "day"])]
+        by: Option<String>,
+    },
     /// Join tokens that enrol new sidecars: create (with --print-install, the line to run on the
     /// new machine), ls, revoke.
     #[command(name = "join-token")]
@@ -677,6 +682,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Uncordon { sidecar } => fleet::uncordon(&client, &sidecar, cli.json).await,
         Command::Endpoints { command } => fleet::endpoints(&client, command, cli.json).await,
         Command::Tokens { command } => tokens::tokens(&client, command, cli.json).await,
+        Command::Usage { by } => tokens::usage(&client, by.as_deref(), cli.json).await,
         Command::Audit { limit } => tokens::audit(&client, limit, cli.json).await,
         Command::JoinToken { command } => enrol::join_tokens(&client, command, cli.json).await,
         Command::Sidecars { command } => enrol::sidecars(&client, command, cli.json).await,

@@ -206,3 +206,70 @@ async fn each_answer_names_its_task_and_placement_and_a_caller_that_leaves_cance
     let done = fleet.hub.api.wait_final(&task, PATIENCE).await;
     assert_eq!(done["state"], "cancelled", "{done}");
 }
+
+/// Makes a key with `limits` through `hubctl tokens create`, returning its secret.
+async fn key(fleet: &Fleet, name: &str, limits: &[&str]) -> String {
+    let args = [&["tokens", "create", "--role", "inference", "--name", name][..], limits].concat();
+    let made = hubctl(&fleet.hub.url, &fleet.hub.api.token, &args).await;
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    String::from_utf8_lossy(&made.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_held_to_their_limits_and_their_spend_is_shown() {
+    let fleet = fleet("gwk").await;
+    let http = reqwest::Client::new();
+    let openai = |key: &str, model: &str| {
+        http.post(format!("{}/v1/chat/completions", fleet.hub.url))
+            .bearer_auth(key)
+            .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+
+    // Over its rate: 429 with retry-after, in OpenAI's shape.
+    let slow = key(&fleet, "slow", &["--rpm", "2"]).await;
+    for _ in 0..2 {
+        assert_eq!(openai(&slow, OLLAMA_MODEL).await.unwrap().status(), 200);
+    }
+    let refused = openai(&slow, OLLAMA_MODEL).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let wait: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("2 requests per minute"), "{body}");
+
+    // Over its daily budget: the first request spends it (Claude is priced), the next is refused.
+    let thrifty = key(&fleet, "thrifty", &["--daily-budget", "0.0001"]).await;
+    assert_eq!(openai(&thrifty, CLAUDE).await.unwrap().status(), 200);
+    let refused = openai(&thrifty, CLAUDE).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("daily budget"), "{body}");
+
+    // A model it may not use, and a local-only key asking for a cloud model: 403.
+    let narrow = key(&fleet, "narrow", &["--models", OLLAMA_MODEL]).await;
+    let refused = openai(&narrow, OPENAI_MODEL).await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: Value = refused.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains(&format!("may use: {OLLAMA_MODEL}")), "{body}");
+    let private = key(&fleet, "private", &["--local-only"]).await;
+    let refused = openai(&private, CLAUDE).await.unwrap();
+    assert_eq!(refused.status(), 403);
+    assert_eq!(openai(&private, OPENAI_MODEL).await.unwrap().status(), 200, "a local server is fine");
+
+    // The spend per key, from hubctl usage.
+    let usage = hubctl(&fleet.hub.url, &fleet.hub.api.token, &["--json", "usage", "--by", "key"]).await;
+    assert!(usage.status.success(), "{}", String::from_utf8_lossy(&usage.stderr));
+    let usage: Value = serde_json::from_slice(&usage.stdout).unwrap();
+    let of = |name: &str| usage["usage"].as_array().unwrap().iter().find(|u| u["key_name"] == name).cloned();
+    let thrifty = of("thrifty").expect("the thrifty key's spend");
+    assert_eq!(thrifty["requests"], 1, "{usage}");
+    assert!(thrifty["cost_usd"].as_f64().unwrap() > 0.0001, "{usage}");
+    assert_eq!(of("slow").unwrap()["requests"], 2, "{usage}");
+    assert_eq!(of("slow").unwrap()["cost_usd"], 0.0, "a local model costs nothing: {usage}");
+    let table = hubctl(&fleet.hub.url, &fleet.hub.api.token, &["usage"]).await;
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("thrifty") && table.contains(CLAUDE), "{table}");
+}

@@ -207,6 +207,10 @@ pub enum Event {
     Hosts {
         reply: Reply<Vec<HostView>>,
     },
+    /// The gateway keys' spend, every row.
+    Usage {
+        reply: Reply<Vec<(crate::usage::Row, crate::usage::Spend)>>,
+    },
     Host {
         id: String,
         reply: Reply<Option<HostView>>,
@@ -453,6 +457,11 @@ impl Handle {
         self.ask(|reply| Event::Hosts { reply }).await
     }
 
+    /// What the gateway's keys spent, by UTC day, key and model.
+    pub async fn usage(&self) -> Result<Vec<(crate::usage::Row, crate::usage::Spend)>, Error> {
+        self.ask(|reply| Event::Usage { reply }).await
+    }
+
     pub async fn host(&self, id: String) -> Result<HostView, Error> {
         let missing = Error::UnknownName(format!("host {id} not found"));
         self.ask(|reply| Event::Host { id, reply }).await?.ok_or(missing)
@@ -674,6 +683,10 @@ impl State {
             Event::Uncordon { sidecar_id, reply } => self.uncordon(sidecar_id, reply, now),
             Event::Hosts { reply } => {
                 self.answer(reply, self.host_views());
+            }
+            Event::Usage { reply } => {
+                let rows = self.ledger.rows().map(|(row, spend)| (row.clone(), *spend)).collect();
+                self.answer(reply, rows);
             }
             Event::Host { id, reply } => {
                 self.answer(reply, self.host_view(&id, true));

@@ -90,6 +90,8 @@ impl State {
                 let stdout = std::mem::take(&mut outcome.stdout);
                 let stderr = std::mem::take(&mut outcome.stderr);
                 let failure = outcome.error.as_deref().and_then(FailureReason::of);
+                // A gateway key's request: what it spent goes into the ledger, stored with it.
+                let mut spent = None;
                 if let Some(usage) = &mut outcome.usage {
                     // Claude Code reports what a whole agent run cost (several models, cache
                     // tiers): that figure stands. Everything else is priced here; a local
@@ -100,6 +102,20 @@ impl State {
                     }
                     self.learned.observe(sidecar_id, &usage.model, usage.load_ms, usage.output_tokens_per_s);
                     self.recorded.usage(&self.config.metrics, usage);
+                    spent = task.spec.labels.get(GATEWAY_KEY).map(|key| {
+                        let row = crate::usage::Row {
+                            day: crate::usage::day_of(now),
+                            key: key.clone(),
+                            model: usage.model.clone(),
+                        };
+                        let spend = crate::usage::Spend {
+                            requests: 1,
+                            input_tokens: usage.input_tokens + usage.cached_input_tokens,
+                            output_tokens: usage.output_tokens,
+                            cost_micros: usage.cost_micros.unwrap_or(0),
+                        };
+                        (row, spend)
+                    });
                     // A failed request's first token says nothing of how the endpoint queues.
                     if let (Some(lease), Some(ttft_ms), None) = (&lease, usage.ttft_ms, failure)
                         && let Some(endpoint_id) = &lease.endpoint_id
@@ -158,7 +174,12 @@ impl State {
                 }
                 let record = Box::new(self.tasks[&task_id].clone());
                 let ticket = AfterCommit::Stored { task_id, lease_generation, sidecar_id: sidecar_id.to_owned() };
-                self.write(vec![stored_output(&record, stdout, stderr), Op::PutTask(record)], ticket);
+                let mut ops = vec![stored_output(&record, stdout, stderr), Op::PutTask(record)];
+                if let Some((row, spend)) = spent {
+                    let (row, spend) = self.ledger.add(row, spend);
+                    ops.push(Op::PutUsage { row, spend });
+                }
+                self.write(ops, ticket);
             }
             FromSidecar::Progress { task_id, lease_generation, blocked, verifying, message, step, service } => {
                 if let Err(fence) = self.queue.renew(task_id, lease_generation, sidecar_id, now, ttl) {
@@ -345,3 +366,6 @@ fn stored_output(task: &Task, stdout: Vec<u8>, stderr: Vec<u8>) -> Op {
     let redact = matches!(&task.spec.work, Work::Llm(llm) if llm.redact);
     Op::PutOutput { id: task.id, stdout: if redact { Vec::new() } else { stdout }, stderr }
 }
+
+/// The label the gateway puts on its tasks: the token id of the key that asked.
+pub const GATEWAY_KEY: &str = "gateway_key";

@@ -107,6 +107,7 @@ pub use self::config::{Config, Error};
 pub use self::config::{DEFAULT_RETAIN_OUTPUT, DEFAULT_RETAIN_OUTPUT_BYTES, DEFAULT_RETAIN_TASKS};
 use self::handle::Inbound;
 pub use self::handle::{Event, Handle, ModelStat, QueueStats, Recorded, RecordedKind, WatchReply, WhyAnswer};
+pub use self::leases::GATEWAY_KEY;
 pub use self::messages::{Joined, Submitted};
 pub use crate::fleet::{AgentDetail, AgentView, HostView};
 pub use crate::link::{Assignment, FromSidecar, Hello, RunningTask, ToSidecar, Welcome};
@@ -194,6 +195,8 @@ pub(crate) struct State {
     in_flight: HashMap<String, u32>,
     /// Load times and speeds observed per sidecar and model.
     learned: crate::sched::Learned,
+    /// What each gateway key spent, by day and model (stored as it changes).
+    ledger: crate::usage::Ledger,
     /// Blocked tasks placed by their tier's model, for the tier fallback.
     tier_waits: HashMap<TaskId, crate::sched::TierWait>,
     tier_fallbacks: u64,
@@ -244,6 +247,7 @@ impl State {
             cordons,
             in_flight: HashMap::new(),
             learned: crate::sched::Learned::default(),
+            ledger: crate::usage::Ledger::default(),
             tier_waits: HashMap::new(),
             tier_fallbacks: 0,
             preloads: HashMap::new(),
@@ -346,6 +350,7 @@ impl Core {
             let _ = tx.send(Inbound::Committed { tickets, result });
         });
         state.learned.seed_verdicts(fleet.verdicts);
+        state.ledger = crate::usage::Ledger::seed(fleet.usage);
         state.runs.triggers = triggers::Triggers::load(fleet.hooks, fleet.schedules, fleet.memories);
         let restoring = std::time::Instant::now();
         state.restore(tasks, now_ms());

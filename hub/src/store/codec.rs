@@ -481,17 +481,30 @@ pub(super) fn decode_identity(sidecar_id: &str, bytes: &[u8]) -> Result<crate::s
 }
 
 /// A token's stored value: its role alone (the bootstrap tokens, and every token of format 1),
-/// or `ROLE\tCREATED_UNIX_MS\tNAME` for one made through the API.
-pub fn encode_token(role: &str, created_unix_ms: i64, name: &str) -> String {
+/// `ROLE\tCREATED_UNIX_MS\tNAME` for one made through the API, and `\tLIMITS` (JSON) after that
+/// for a key with gateway limits. A name holds no tab (no control character).
+pub fn encode_token(role: &str, created_unix_ms: i64, name: &str, limits: &crate::auth::KeyLimits) -> String {
+    if !limits.is_none() {
+        let limits = serde_json::to_string(limits).expect("limits serialize");
+        return format!("{role}\t{created_unix_ms}\t{name}\t{limits}");
+    }
     if created_unix_ms == 0 && name.is_empty() { role.to_owned() } else { format!("{role}\t{created_unix_ms}\t{name}") }
 }
 
 pub(super) fn decode_token(hash: &str, value: &str) -> crate::store::StoredToken {
-    let mut parts = value.splitn(3, '\t');
+    let mut parts = value.splitn(4, '\t');
     let role = parts.next().unwrap_or_default().to_owned();
     let created_unix_ms = parts.next().and_then(|c| c.parse().ok()).unwrap_or(0);
     let name = parts.next().unwrap_or_default().to_owned();
-    crate::store::StoredToken { hash: hash.to_owned(), role, created_unix_ms, name }
+    let limits = match parts.next() {
+        None => crate::auth::KeyLimits::default(),
+        Some(json) => serde_json::from_str(json).unwrap_or_else(|err| {
+            // Refuse everything rather than lift its limits: an admin can make the key again.
+            tracing::warn!(%err, "a stored token's limits do not decode; it may use no model");
+            crate::auth::KeyLimits { models: vec![String::from("(limits unreadable)")], ..Default::default() }
+        }),
+    };
+    crate::store::StoredToken { hash: hash.to_owned(), role, created_unix_ms, name, limits }
 }
 
 pub(super) fn encode_cordon(cordon: &Cordon) -> Vec<u8> {

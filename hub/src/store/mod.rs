@@ -124,6 +124,8 @@ const SCHEDULE_PREFIX: &str = "schedule/";
 const MEMORY_PREFIX: &str = "memory/";
 /// `verdicts/KIND/TIER/MODEL` (the model last: its name may hold a `/`).
 const VERDICTS_PREFIX: &str = "verdicts/";
+/// `usage/DAY/KEY/MODEL`: what a gateway key spent on a model on a UTC day (the model last).
+const USAGE_PREFIX: &str = "usage/";
 /// META key: the last write-ahead log record that redb's last durable commit covers.
 const CHECKPOINT_LSN: &str = "checkpoint_lsn";
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +240,11 @@ pub enum Op {
         tier: crate::domain::Tier,
         tally: crate::sched::Tally,
     },
+    /// What a gateway key spent on a model on a day (a put of the totals).
+    PutUsage {
+        row: crate::usage::Row,
+        spend: crate::usage::Spend,
+    },
 }
 
 /// One admin action, as the audit log keeps it.
@@ -290,12 +297,13 @@ pub struct Enrolled {
 }
 
 /// A stored token: its role, and for those made through the API, when and under what name.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct StoredToken {
     pub hash: String,
     pub role: String,
     pub created_unix_ms: i64,
     pub name: String,
+    pub limits: crate::auth::KeyLimits,
 }
 
 /// The durable fleet settings: the LLM registry, the cordons, and the verdicts counted by model.
@@ -304,6 +312,7 @@ pub struct Fleet {
     pub registry: Registry,
     pub cordons: HashMap<String, Cordon>,
     pub verdicts: Vec<(String, &'static str, crate::domain::Tier, crate::sched::Tally)>,
+    pub usage: Vec<(crate::usage::Row, crate::usage::Spend)>,
     pub hooks: Vec<Hook>,
     pub schedules: Vec<Scheduled>,
     pub memories: Vec<Memory>,
@@ -642,6 +651,11 @@ impl Store {
                 match codec::decode_verdicts(rest, value) {
                     Ok(verdicts) => fleet.verdicts.push(verdicts),
                     Err(err) => tracing::warn!(key, error = %err, "skipped stored verdicts that do not decode"),
+                }
+            } else if let Some(rest) = key.strip_prefix(USAGE_PREFIX) {
+                match codec::decode_usage(rest, value) {
+                    Ok(row) => fleet.usage.push(row),
+                    Err(err) => tracing::warn!(key, error = %err, "skipped a stored usage row that does not decode"),
                 }
             } else if let Some(name) = key.strip_prefix(HOOK_PREFIX) {
                 match codec::workflow::decode_hook(name, value) {

@@ -14,6 +14,7 @@
 //! authentication layer included (`server::authenticate` asks [`dialect_of`]).
 
 mod anthropic;
+mod keys;
 mod models;
 mod ollama;
 mod openai;
@@ -29,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::Value;
 
+pub use self::keys::Meters;
 use super::http::HttpState;
 use crate::auth::Caller;
 use crate::domain::ChatMessage;

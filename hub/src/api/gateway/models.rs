@@ -34,6 +34,11 @@ pub(super) fn served(endpoints: &[Endpoint], model: &str) -> bool {
         || (model.starts_with("claude-") && endpoints.iter().any(|e| e.kind == EndpointKind::Anthropic))
 }
 
+/// Whether some healthy endpoint that is not a cloud provider serves `model`.
+pub(super) fn served_locally(endpoints: &[Endpoint], model: &str) -> bool {
+    endpoints.iter().any(|e| !crate::fleet::is_cloud(e) && e.models.iter().any(|m| m.name == model))
+}
+
 /// The refusal of a model the fleet does not serve, naming what it does.
 pub(super) fn not_served(endpoints: &[Endpoint], model: &str) -> Refusal {
     let names = names(endpoints);

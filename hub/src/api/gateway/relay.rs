@@ -11,7 +11,7 @@
 //! the stream ends with an error instead.
 
 use std::convert::Infallible;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, header};
@@ -20,9 +20,10 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::{Chat, Dialect, Finish, Kind, Refusal, Stop, anthropic, models, ollama, openai};
+use super::{Chat, Dialect, Finish, Kind, Refusal, Stop, anthropic, keys, models, ollama, openai};
 use crate::api::http::HttpState;
 use crate::auth::Caller;
+use crate::auth::KeyLimits;
 use crate::core::{Error, Handle};
 use crate::domain::{Lane, LlmWork, SpecDefaults, Task, TaskId, TaskSpec, TaskState, Work};
 use crate::feed::{self, FeedEvent};
@@ -33,7 +34,13 @@ pub(super) const BUFFERED: usize = 256;
 pub(super) const SLOW_CALLER: Duration = Duration::from_secs(30);
 
 /// The task a gateway request makes of `chat`.
-pub(super) fn spec(defaults: &SpecDefaults, dialect: Dialect, caller: Option<&Caller>, chat: &Chat) -> TaskSpec {
+pub(super) fn spec(
+    defaults: &SpecDefaults,
+    dialect: Dialect,
+    caller: Option<&Caller>,
+    limits: &KeyLimits,
+    chat: &Chat,
+) -> TaskSpec {
     let mut spec = TaskSpec::shell(Vec::new(), defaults);
     spec.name = format!("{} {}", dialect.as_str(), chat.model);
     spec.priority = Lane::Interactive;
@@ -46,13 +53,14 @@ pub(super) fn spec(defaults: &SpecDefaults, dialect: Dialect, caller: Option<&Ca
         stop: chat.stop.clone(),
         json: chat.json,
         keep_alive: chat.keep_alive.clone(),
-        redact: true,
+        redact: !limits.store,
         ..LlmWork::prompt("")
     });
     spec.placement.model = chat.model.clone();
+    spec.placement.local_only = limits.local_only;
     spec.labels.insert("gateway".into(), dialect.as_str().into());
     if let Some(caller) = caller {
-        spec.labels.insert("gateway_key".into(), caller.token_id.clone());
+        spec.labels.insert(crate::core::GATEWAY_KEY.into(), caller.token_id.clone());
     }
     // A person is waiting: an endpoint that failed before the first token is retried at once.
     spec.retry.backoff_base_ms = 50;
@@ -280,11 +288,26 @@ pub(super) async fn run(state: HttpState, dialect: Dialect, caller: Option<Calle
 }
 
 async fn start(state: &HttpState, dialect: Dialect, caller: Option<Caller>, chat: Chat) -> Result<Response, Refusal> {
+    // The key's limits first: what it may not do is refused whatever the fleet has.
+    let key = caller.as_ref().map(|c| c.token_id.clone()).unwrap_or_default();
+    let limits = state.tokens.find(&key).map(|(_, info)| info.limits).unwrap_or_default();
+    keys::check_model(&limits, &chat.model)?;
     let endpoints = models::healthy(state).await?;
     if !models::served(&endpoints, &chat.model) {
         return Err(models::not_served(&endpoints, &chat.model));
     }
-    let spec = spec(&state.spec_defaults, dialect, caller.as_ref(), &chat);
+    if limits.local_only && !models::served_locally(&endpoints, &chat.model) {
+        return Err(Refusal::new(
+            Kind::Forbidden,
+            format!("this key is local-only, and model {:?} is served only by cloud providers", chat.model),
+        ));
+    }
+    if limits.daily_budget_usd.is_some() || limits.monthly_budget_usd.is_some() {
+        let rows = state.hub.usage().await.map_err(refusal_of)?;
+        keys::check_budget(&limits, &key, &rows, crate::domain::now_ms())?;
+    }
+    state.meters.admit(&key, &limits, Instant::now())?;
+    let spec = spec(&state.spec_defaults, dialect, caller.as_ref(), &limits, &chat);
     spec.validate().map_err(|err| Refusal::invalid(err.to_string()))?;
     let id = state.hub.submit(spec).await.map_err(refusal_of)?.task.id;
     let mut guard = Guard { hub: state.hub.clone(), id, ended: false, reason: "the caller went away" };
@@ -324,6 +347,9 @@ async fn start(state: &HttpState, dialect: Dialect, caller: Option<Caller>, chat
             }
         };
         guard.ended = reading.task_ended;
+        if let Ok(finish) = &ended {
+            state.meters.used(&key, finish.input_tokens + finish.output_tokens, Instant::now());
+        }
         let mut response = match ended {
             Ok(finish) => axum::Json(render.whole(text, &finish)).into_response(),
             Err(refusal) => refusal.into_response(dialect),
@@ -333,6 +359,7 @@ async fn start(state: &HttpState, dialect: Dialect, caller: Option<Caller>, chat
     }
 
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(BUFFERED);
+    let meters = state.meters.clone();
     let content_type = render.content_type();
     tokio::spawn(async move {
         // The whole guard moves here (not only the fields written below): it cancels when this ends.
@@ -365,7 +392,10 @@ async fn start(state: &HttpState, dialect: Dialect, caller: Option<Caller>, chat
                     // A retry that cannot be joined still runs: the guard cancels it.
                     guard.ended = reading.task_ended;
                     let bytes = match &ended {
-                        Ok(finish) => render.end(finish),
+                        Ok(finish) => {
+                            meters.used(&key, finish.input_tokens + finish.output_tokens, Instant::now());
+                            render.end(finish)
+                        }
                         Err(refusal) => render.error(refusal),
                     };
                     let _ = send(bytes).await;

@@ -9,6 +9,7 @@ mod enrolment;
 mod hooks;
 mod tokens;
 mod ui;
+mod usage;
 mod workflows;
 
 use std::convert::Infallible;
@@ -71,6 +72,8 @@ pub struct HttpState {
     pub tokens: crate::auth::Tokens,
     /// Join tokens and enrolled sidecars.
     pub enrolment: crate::enrol::Enrolment,
+    /// The gateway keys' requests and tokens over the last minute.
+    pub meters: crate::api::gateway::Meters,
 }
 
 impl IntoResponse for ApiError {
@@ -115,6 +118,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/api/v1/audit", get(tokens::audit))
+        .route("/api/v1/usage", get(usage::usage))
         .route("/api/v1/join-tokens", get(enrolment::list).post(enrolment::create))
         .route("/api/v1/join-tokens/{id}", axum::routing::delete(enrolment::revoke))
         .route("/api/v1/sidecars", get(enrolment::list_sidecars))

@@ -26,6 +26,9 @@ pub(super) struct CreateBody {
     role: String,
     #[serde(default)]
     name: String,
+    /// The gateway's limits for this key (`auth::KeyLimits`).
+    #[serde(default)]
+    limits: auth::KeyLimits,
 }
 
 /// `POST /api/v1/tokens` `{"role": "viewer", "name": "grafana"}`: a new token, whose secret
@@ -43,12 +46,15 @@ pub(super) async fn create(
     if name.chars().count() > MAX_NAME || name.chars().any(char::is_control) {
         return Err(ApiError::invalid(format!("invalid name: at most {MAX_NAME} characters, no control characters")));
     }
+    body.limits.check().map_err(|why| ApiError::invalid(format!("invalid limits: {why}")))?;
     let minted = auth::mint(role);
     let created = crate::domain::now_ms();
-    let value = encode_token(role.as_str(), created, &name);
+    let value = encode_token(role.as_str(), created, &name, &body.limits);
     state.hub.persist(vec![Op::PutToken { hash: minted.hash.clone(), value }]).await?;
-    state.tokens.insert_named(minted.hash.clone(), role, name.clone(), created);
     let id = auth::token_id(&minted.hash);
+    let info =
+        auth::TokenInfo { id: id.clone(), role, name: name.clone(), created_unix_ms: created, limits: body.limits };
+    state.tokens.insert_info(minted.hash.clone(), info);
     audited(&state.hub, caller.as_deref(), "token.create", &id, format!("role {}, name {name:?}", role.as_str()))
         .await?;
     let (_, info) = state.tokens.find(&id).expect("the token just added");

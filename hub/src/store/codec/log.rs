@@ -78,7 +78,7 @@ pub(in crate::store) fn prepare(ops: Vec<Op>) -> Vec<Prepared> {
 fn prepare_one(op: Op) -> Prepared {
     use crate::store::{
         CORDON_PREFIX, ENDPOINT_PREFIX, HOOK_PREFIX, IDENTITY_PREFIX, JOIN_PREFIX, MEMORY_PREFIX, SCHEDULE_PREFIX,
-        VERDICTS_PREFIX,
+        USAGE_PREFIX, VERDICTS_PREFIX,
     };
     match op {
         Op::PutTask(task) => Prepared::PutTask { key: u128::from(task.id.0), bytes: encode_task(*task) },
@@ -124,11 +124,30 @@ fn prepare_one(op: Op) -> Prepared {
         Op::PutRunEvent { run, seq, event } => {
             Prepared::PutWorkflow { key: (u128::from(run), seq), bytes: super::workflow::encode_event(&event) }
         }
+        Op::PutUsage { row, spend } => Prepared::PutFleet {
+            key: format!("{USAGE_PREFIX}{}/{}/{}", row.day, row.key, row.model),
+            value: spend.encode().into_bytes(),
+        },
         Op::PutVerdicts { model, kind, tier, tally } => Prepared::PutFleet {
             key: format!("{VERDICTS_PREFIX}{kind}/{}/{model}", tier.as_str()),
             value: pb::Tally { passed: tally.passed, failed: tally.failed }.encode_to_vec(),
         },
     }
+}
+
+/// A stored usage row: `rest` is the key past `usage/` (`DAY/KEY/MODEL`).
+pub(in crate::store) fn decode_usage(
+    rest: &str,
+    value: &[u8],
+) -> Result<(crate::usage::Row, crate::usage::Spend), String> {
+    let mut parts = rest.splitn(3, '/');
+    let (day, key, model) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if day.len() != 10 || key.is_empty() || model.is_empty() {
+        return Err(format!("{rest:?} is not DAY/KEY/MODEL"));
+    }
+    let value = std::str::from_utf8(value).map_err(|err| err.to_string())?;
+    let row = crate::usage::Row { day: day.to_owned(), key: key.to_owned(), model: model.to_owned() };
+    Ok((row, crate::usage::Spend::decode(value)?))
 }
 
 /// Stored verdicts: `rest` is the key past `verdicts/` (`KIND/TIER/MODEL`).

@@ -394,15 +394,84 @@ pub struct TokenDto {
     pub name: String,
     /// `null` for the bootstrap tokens (`admin.token`, `join.token`).
     pub created_unix_ms: Option<i64>,
+    /// The gateway's limits for this key; `null`: none.
+    pub limits: Option<KeyLimitsDto>,
+}
+
+/// What a gateway key spent (`GET /api/v1/usage`): one day, key and model, or a sum over the
+/// fields that are `null`.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct UsageDto {
+    pub day: Option<String>,
+    pub key: Option<String>,
+    /// The key's name, as `tokens ls` shows it.
+    pub key_name: Option<String>,
+    pub model: Option<String>,
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Priced by the hub's price table (0 for a model it has no price for).
+    pub cost_usd: f64,
+}
+
+impl UsageDto {
+    pub fn of(
+        day: Option<String>,
+        key: Option<(Option<String>, String)>,
+        model: Option<String>,
+        spend: crate::usage::Spend,
+    ) -> UsageDto {
+        let (key_name, key) = match key {
+            Some((name, key)) => (name, Some(key)),
+            None => (None, None),
+        };
+        UsageDto {
+            day,
+            key,
+            key_name,
+            model,
+            requests: spend.requests,
+            input_tokens: spend.input_tokens,
+            output_tokens: spend.output_tokens,
+            cost_usd: spend.cost_micros as f64 / 1e6,
+        }
+    }
+}
+
+/// A key's gateway limits (`docs/gateway.md`); each field left out is no limit.
+#[derive(Serialize, Debug, PartialEq)]
+pub struct KeyLimitsDto {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daily_budget_usd: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monthly_budget_usd: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    pub local_only: bool,
+    pub store: bool,
 }
 
 impl From<&crate::auth::TokenInfo> for TokenDto {
     fn from(t: &crate::auth::TokenInfo) -> TokenDto {
+        let l = &t.limits;
         TokenDto {
             id: t.id.clone(),
             role: t.role.as_str(),
             name: t.name.clone(),
             created_unix_ms: (t.created_unix_ms != 0).then_some(t.created_unix_ms),
+            limits: (!l.is_none()).then(|| KeyLimitsDto {
+                rpm: l.rpm,
+                tpm: l.tpm,
+                daily_budget_usd: l.daily_budget_usd,
+                monthly_budget_usd: l.monthly_budget_usd,
+                models: l.models.clone(),
+                local_only: l.local_only,
+                store: l.store,
+            }),
         }
     }
 }

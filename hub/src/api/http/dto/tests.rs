@@ -284,11 +284,28 @@ fn the_queue_and_backup_shapes_are_documented() {
     check("backup", BackupDto { path: "/var/lib/agentcom/backups/hub-1.redb".into(), tasks: 1, bytes: 1 });
     let token = crate::auth::TokenInfo {
         id: "tok-1a2b3c4d5e6f".into(),
-        role: crate::auth::Role::Viewer,
-        name: "grafana".into(),
+        role: crate::auth::Role::Inference,
+        name: "open-webui".into(),
         created_unix_ms: 1,
+        limits: crate::auth::KeyLimits {
+            rpm: Some(60),
+            tpm: Some(100_000),
+            daily_budget_usd: Some(5.0),
+            monthly_budget_usd: Some(50.0),
+            models: vec!["llama3.2:3b".into()],
+            local_only: true,
+            store: false,
+        },
     };
     check("token", TokenDto::from(&token));
+    let spend = crate::usage::Spend { requests: 12, input_tokens: 3400, output_tokens: 900, cost_micros: 4_200 };
+    let usage = UsageDto::of(
+        Some("2026-12-08".into()),
+        Some((Some("open-webui".into()), "tok-1a2b3c4d5e6f".into())),
+        Some("llama3.2:3b".into()),
+        spend,
+    );
+    check("usage", usage);
     let entry = crate::store::AuditEntry {
         id: ulid::Ulid::nil(),
         at_unix_ms: 1,
