@@ -5,13 +5,14 @@
 //! durable submit latency, submit throughput in-process, over unary gRPC and over the streaming
 //! path, fsyncs per commit, full durable cycles with sidecars over loopback gRPC, and start-up
 //! time with a large stored queue. `meshbench retention` measures what finished tasks cost a hub
-//! process in memory and start-up time. `meshbench fleet`, `meshbench shell`, `meshbench relay`
-//! and `meshbench workflow` run the real binaries, `meshbench sched` times placement decisions
-//! (see their modules). Build with `--release`.
+//! process in memory and start-up time. `meshbench fleet`, `meshbench shell`, `meshbench relay`,
+//! `meshbench gateway` and `meshbench workflow` run the real binaries, `meshbench sched` times
+//! placement decisions (see their modules). Build with `--release`.
 
 #![allow(clippy::disallowed_methods)] // Tests and benchmarks start the real binaries and tools.
 
 mod fleet;
+mod gateway;
 mod relay;
 mod retention;
 mod sched;
@@ -150,6 +151,27 @@ enum Command {
         /// Output of each, in bytes.
         #[arg(long, default_value_t = 64 * 1024)]
         output_bytes: usize,
+        /// Directory on the disk to use (a temporary directory is made inside it).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Chats through the hub's gateway and a sidecar to an Ollama double, beside the same sent to
+    /// the double directly and through a minimal Python proxy: the time to first token each adds,
+    /// and requests per second, at each concurrency. Needs agentcom-hub and agentcom-sidecar
+    /// built beside meshbench.
+    Gateway {
+        /// Concurrent streams, one phase each (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,100")]
+        streams: Vec<usize>,
+        /// Requests each stream sends in each phase, one after another.
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// Tokens in each reply of the requests-per-second phase.
+        #[arg(long, default_value_t = 20)]
+        tokens: usize,
+        /// Between tokens in the time-to-first-token phase.
+        #[arg(long, default_value_t = 5)]
+        pace_ms: u64,
         /// Directory on the disk to use (a temporary directory is made inside it).
         #[arg(long, default_value = ".")]
         dir: PathBuf,
@@ -635,6 +657,16 @@ fn main() -> anyhow::Result<()> {
             let options =
                 relay::Options { link, impair, streams, tokens, rounds, pace: Duration::from_millis(pace_ms) };
             let figures = runtime.block_on(relay::run(options, &dir))?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+            Ok(())
+        }
+        Command::Gateway { streams, rounds, tokens, pace_ms, dir } => {
+            anyhow::ensure!(streams.iter().all(|&s| (1..=1_000).contains(&s)), "--streams must be 1 to 1000 each");
+            anyhow::ensure!((1..=10_000).contains(&rounds), "--rounds must be 1 to 10000");
+            anyhow::ensure!((1..=10_000).contains(&tokens), "--tokens must be 1 to 10000");
+            anyhow::ensure!((1..=1_000).contains(&pace_ms), "--pace-ms must be 1 to 1000");
+            let options = gateway::Options { streams, rounds, tokens, pace: Duration::from_millis(pace_ms) };
+            let figures = runtime.block_on(gateway::run(options, &dir))?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(())
         }

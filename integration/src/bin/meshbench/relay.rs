@@ -261,6 +261,11 @@ async fn grpc_round_trips(hub: &Target, admin: &str, pause: Duration) -> anyhow:
 
 /// Waits until the sidecar's inventory shows the model warm on a healthy endpoint.
 async fn wait_for_model(hub: &Target, admin: &str) -> anyhow::Result<()> {
+    wait_for_model_named(hub, admin, MODEL).await
+}
+
+/// Waits until the sidecar's inventory shows `model` warm on a healthy endpoint.
+pub(crate) async fn wait_for_model_named(hub: &Target, admin: &str, model: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let list: Value = hub.get("/api/v1/endpoints", admin).await?;
@@ -269,13 +274,13 @@ async fn wait_for_model(hub: &Target, admin: &str) -> anyhow::Result<()> {
                 e["healthy"] == true
                     && e["models"]
                         .as_array()
-                        .is_some_and(|m| m.iter().any(|m| m["name"] == MODEL && m["loaded"] == true))
+                        .is_some_and(|m| m.iter().any(|m| m["name"] == model && m["loaded"] == true))
             })
         });
         if warm {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "the sidecar never reported {MODEL} warm");
+        anyhow::ensure!(Instant::now() < deadline, "the sidecar never reported {model} warm");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -393,11 +398,15 @@ impl Target {
     async fn get(&self, path: &str, admin: &str) -> anyhow::Result<Value> {
         Ok(self.http.get(format!("{}{path}", self.url)).bearer_auth(admin).send().await?.json().await?)
     }
+
+    pub(crate) async fn post(&self, path: &str, admin: &str, body: Value) -> anyhow::Result<Value> {
+        Ok(self.http.post(format!("{}{path}", self.url)).bearer_auth(admin).json(&body).send().await?.json().await?)
+    }
 }
 
 /// A hub and one sidecar process, the sidecar on `link` (through the impairing relay with
 /// `impair`), its agents idle.
-async fn start(
+pub(crate) async fn start(
     dir: &Path,
     slots: u32,
     link: Link,
