@@ -273,3 +273,70 @@ async fn keys_are_held_to_their_limits_and_their_spend_is_shown() {
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("thrifty") && table.contains(CLAUDE), "{table}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_go_to_the_warm_model_until_it_is_busy_and_explain_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    // Replies take about 2 s: long enough to be busy, short enough for a test.
+    let size = 2_000_000_000; // Priced as a 1 s load until one is observed.
+    let slow = ChatScript { between_pieces: Duration::from_millis(700), ..ChatScript::default() };
+    let warm = OllamaDouble::start(vec![FakeModel::new(OLLAMA_MODEL, size, "llama", "3.2B")]).await;
+    warm.load(OLLAMA_MODEL, size);
+    warm.script(slow.clone());
+    let cold = OllamaDouble::start(vec![FakeModel::new(OLLAMA_MODEL, size, "llama", "3.2B")]).await;
+    cold.script(slow);
+    let hub = HubProcess::serve(&dir.path().join("hub"), &["--heartbeat-interval-ms", "200"]).await;
+    let checks = ["--llm-check-interval-ms", "200"];
+    let _warm =
+        SidecarProcess::start_with(&hub, "gwp-warm", 2, &work, &[&["--ollama", &warm.url][..], &checks].concat());
+    let cold_flags = [&["--ollama", &cold.url, "--ollama-parallel", "3"][..], &checks].concat();
+    let _cold = SidecarProcess::start_with(&hub, "gwp-cold", 2, &work, &cold_flags);
+    assert_eventually!(
+        {
+            let (_, list) = hub.api.request(reqwest::Method::GET, "/api/v1/endpoints", None).await;
+            list["endpoints"].as_array().is_some_and(|e| e.len() == 2 && e.iter().all(|e| e["healthy"] == true))
+        },
+        PATIENCE,
+        "both inventories reached the hub"
+    );
+    let http = reqwest::Client::new();
+    let ask = || {
+        http.post(format!("{}/v1/chat/completions", hub.url))
+            .bearer_auth(&hub.api.token)
+            .json(&json!({"model": OLLAMA_MODEL, "max_tokens": 100, "stream": true,
+                          "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    let placement = |response: &reqwest::Response| {
+        let header = |name: &str| response.headers()[name].to_str().unwrap().to_owned();
+        (header("x-agentcom-task"), header("x-agentcom-placement"))
+    };
+    // The first goes to the warm model; while it streams, the warm endpoint (one at a time) is
+    // busy, and the second goes where it finishes soonest: the cold one (a 1 s load beats a 2 s
+    // wait).
+    let first = ask().await.unwrap();
+    let (_, first_placed) = placement(&first);
+    assert!(first_placed.starts_with("gwp-warm/"), "{first_placed}");
+    let second = ask().await.unwrap();
+    let (second_task, second_placed) = placement(&second);
+    assert!(second_placed.starts_with("gwp-cold/"), "{second_placed}");
+    for response in [first, second] {
+        let text = response.text().await.unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    }
+    let explained = agentcom_integration::process::hubctl(&hub.url, &hub.api.token, &["explain", &second_task]).await;
+    let text = String::from_utf8_lossy(&explained.stdout);
+    assert!(explained.status.success() && text.contains("finishes soonest") && text.contains("gwp-warm"), "{text}");
+    let explained =
+        agentcom_integration::process::hubctl(&hub.url, &hub.api.token, &["--json", "explain", &second_task]).await;
+    let explained: Value = serde_json::from_slice(&explained.stdout).unwrap();
+    let verdicts: Vec<(&str, &str)> = explained["decisions"][0]["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["sidecar_id"].as_str().unwrap(), c["verdict"].as_str().unwrap()))
+        .collect();
+    assert_eq!(verdicts, vec![("gwp-cold", "chosen"), ("gwp-warm", "slower")], "{explained}");
+}
