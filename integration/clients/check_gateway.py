@@ -1,4 +1,5 @@
-"""The hub's gateway through the official Python clients, streaming and not, on every model.
+"""The hub's gateway through the official Python clients, streaming and not, with and without
+tools, on every model.
 
 Run by tests/gateway.rs: usage: check_gateway.py HUB_URL TOKEN MODEL:TEXT:INPUT:OUTPUT...
 Each MODEL is served by a sidecar's endpoint of some API (Ollama, OpenAI-compatible, Anthropic);
@@ -7,6 +8,7 @@ crossed. TEXT is the reply expected, INPUT and OUTPUT the tokens the usage must 
 Each check prints one line; any failure raises, and the exit status says so.
 """
 
+import json
 import sys
 
 import anthropic
@@ -14,6 +16,75 @@ import ollama
 import openai
 
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+ASK = {"role": "user", "content": "What is the weather in Paris?"}
+# What each double is scripted to answer a request with tools: a call, then (given the
+# result) this text.
+CALLED = {"city": "Paris"}
+ANSWER = "It is sunny in Paris."
+
+
+def check_openai_tools(url, token, model):
+    client = openai.OpenAI(base_url=url + "/v1", api_key=token, max_retries=0)
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "The weather", "parameters": SCHEMA}}]
+    first = client.chat.completions.create(model=model, messages=[ASK], tools=tools)
+    assert first.choices[0].finish_reason == "tool_calls", first
+    call = first.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == CALLED, call
+    asked = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": call.id, "type": "function", "function": {"name": "get_weather", "arguments": call.function.arguments}}],
+    }
+    answered = [ASK, asked, {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}]
+    second = client.chat.completions.create(model=model, messages=answered, tools=tools)
+    assert second.choices[0].message.content == ANSWER, second
+    calls, finish = {}, None
+    for chunk in client.chat.completions.create(model=model, messages=[ASK], tools=tools, stream=True):
+        for choice in chunk.choices or []:
+            finish = choice.finish_reason or finish
+            for delta in choice.delta.tool_calls or []:
+                entry = calls.setdefault(delta.index, {"name": "", "arguments": ""})
+                entry["name"] += (delta.function.name or "") if delta.function else ""
+                entry["arguments"] += (delta.function.arguments or "") if delta.function else ""
+    assert finish == "tool_calls", finish
+    assert calls[0]["name"] == "get_weather" and json.loads(calls[0]["arguments"]) == CALLED, calls
+    print(f"openai tools {model}: ok")
+
+
+def check_anthropic_tools(url, token, model):
+    client = anthropic.Anthropic(base_url=url, api_key=token, max_retries=0)
+    tools = [{"name": "get_weather", "description": "The weather", "input_schema": SCHEMA}]
+    first = client.messages.create(model=model, max_tokens=64, tools=tools, messages=[ASK])
+    assert first.stop_reason == "tool_use", first
+    use = next(b for b in first.content if b.type == "tool_use")
+    assert use.name == "get_weather" and use.input == CALLED, use
+    asked = {"role": "assistant", "content": [{"type": "tool_use", "id": use.id, "name": use.name, "input": use.input}]}
+    result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny, 21 C"}]}
+    second = client.messages.create(model=model, max_tokens=64, tools=tools, messages=[ASK, asked, result])
+    assert second.content[0].text == ANSWER, second
+    with client.messages.stream(model=model, max_tokens=64, tools=tools, messages=[ASK]) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use", final
+    use = next(b for b in final.content if b.type == "tool_use")
+    assert use.name == "get_weather" and use.input == CALLED, final
+    print(f"anthropic tools {model}: ok")
+
+
+def check_ollama_tools(url, token, model):
+    client = ollama.Client(host=url, headers={"Authorization": f"Bearer {token}"})
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "The weather", "parameters": SCHEMA}}]
+    first = client.chat(model=model, messages=[ASK], tools=tools)
+    call = first.message.tool_calls[0]
+    assert call.function.name == "get_weather" and dict(call.function.arguments) == CALLED, first
+    answered = [ASK, first.message, {"role": "tool", "content": "sunny, 21 C", "tool_name": "get_weather"}]
+    second = client.chat(model=model, messages=answered, tools=tools)
+    assert second.message.content == ANSWER, second
+    calls = []
+    for part in client.chat(model=model, messages=[ASK], tools=tools, stream=True):
+        calls.extend(part.message.tool_calls or [])
+    assert calls and calls[0].function.name == "get_weather" and dict(calls[0].function.arguments) == CALLED, calls
+    print(f"ollama tools {model}: ok")
 
 
 def check_openai(url, token, model, text, tokens_in, tokens_out):
@@ -116,4 +187,7 @@ if __name__ == "__main__":
         check_openai(hub, token, *case)
         check_anthropic(hub, token, *case)
         check_ollama(hub, token, *case)
+        check_openai_tools(hub, token, case[0])
+        check_anthropic_tools(hub, token, case[0])
+        check_ollama_tools(hub, token, case[0])
     check_refusals(hub, token, [c[0] for c in cases])

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use agentcom_integration::assert_eventually;
 use agentcom_integration::chat_doubles::ChatDouble;
-use agentcom_integration::ollama::{ChatScript, FakeModel, OllamaDouble};
+use agentcom_integration::ollama::{ChatScript, FakeModel, OllamaDouble, Turn};
 use agentcom_integration::process::{HubProcess, SidecarProcess, hubctl};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -42,8 +42,8 @@ fn python() -> std::path::PathBuf {
 struct Fleet {
     hub: HubProcess,
     ollama: OllamaDouble,
-    _openai: ChatDouble,
-    _claude: ChatDouble,
+    openai: ChatDouble,
+    claude: ChatDouble,
     _sidecars: Vec<SidecarProcess>,
     _dir: tempfile::TempDir,
     key: String,
@@ -92,13 +92,21 @@ async fn fleet(prefix: &str) -> Fleet {
         .await;
     assert_eq!(status, 201, "{made}");
     let key = made["secret"].as_str().unwrap().to_owned();
-    Fleet { hub, ollama, _openai: openai, _claude: claude, _sidecars: sidecars, _dir: dir, key }
+    Fleet { hub, ollama, openai, claude, _sidecars: sidecars, _dir: dir, key }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_clients_reach_every_endpoint_through_the_gateway() {
     let python = python();
     let fleet = fleet("gw").await;
+    // Each request with tools reaches its double as one whole turn: per client, a call of the
+    // tool, the answer once given its result, and (streamed to the caller) the call again.
+    let called = Turn::ToolCalls(vec![("get_weather".into(), json!({"city": "Paris"}))]);
+    let answer = Turn::Text("It is sunny in Paris.".into());
+    let turns: Vec<Turn> = (0..3).flat_map(|_| [called.clone(), answer.clone(), called.clone()]).collect();
+    fleet.ollama.turns(turns.clone());
+    fleet.openai.turns(turns.clone());
+    fleet.claude.turns(turns);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/check_gateway.py");
     // The text each double streams, and the tokens each counts (input with the cached ones).
     let cases = [
@@ -117,6 +125,7 @@ async fn the_official_clients_reach_every_endpoint_through_the_gateway() {
     for model in [OLLAMA_MODEL, OPENAI_MODEL, CLAUDE] {
         for api in ["openai", "anthropic", "ollama"] {
             assert!(stdout.contains(&format!("{api} {model}: ok")), "{stdout}");
+            assert!(stdout.contains(&format!("{api} tools {model}: ok")), "{stdout}");
         }
     }
     assert!(stdout.contains("refusals and listings: ok"), "{stdout}");

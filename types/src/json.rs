@@ -382,7 +382,7 @@ impl TryFrom<SubmitBody> for pb::TaskSpec {
                     messages: llm
                         .messages
                         .into_iter()
-                        .map(|m| pb::ChatMessage { role: m.role, content: m.content })
+                        .map(|m| pb::ChatMessage { role: m.role, content: m.content, ..Default::default() })
                         .collect(),
                     temperature: llm.temperature,
                     stop: llm.stop,
@@ -390,6 +390,7 @@ impl TryFrom<SubmitBody> for pb::TaskSpec {
                     keep_alive,
                     fix_rounds: llm.fix_rounds,
                     redact: false,
+                    tools: Vec::new(),
                 })
             }
             (None, None, Some(agent), None) => pb::work::Kind::Agent(pb::AgentWork {

@@ -166,7 +166,14 @@ fn spec_from_pb_unchecked(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result
             let messages = llm
                 .messages
                 .into_iter()
-                .map(|m| Ok(ChatMessage { role: m.role.parse()?, content: m.content }))
+                .map(|m| {
+                    Ok(ChatMessage {
+                        role: m.role.parse()?,
+                        content: m.content,
+                        tool_calls: m.tool_calls.into_iter().map(tool_call_from_pb).collect(),
+                        tool_call_id: m.tool_call_id,
+                    })
+                })
                 .collect::<Result<_, Error>>()?;
             Work::Llm(LlmWork {
                 prompt: llm.prompt,
@@ -180,6 +187,11 @@ fn spec_from_pb_unchecked(spec: pb::TaskSpec, defaults: &SpecDefaults) -> Result
                 keep_alive: nonempty(llm.keep_alive),
                 fix_rounds: llm.fix_rounds,
                 redact: llm.redact,
+                tools: llm
+                    .tools
+                    .into_iter()
+                    .map(|t| ToolSpec { name: t.name, description: t.description, parameters: t.parameters_json })
+                    .collect(),
             })
         }
         Some(pb::work::Kind::Agent(agent)) => Work::Agent(AgentWork {
@@ -288,7 +300,12 @@ pub fn spec_into_pb(spec: TaskSpec) -> pb::TaskSpec {
             messages: llm
                 .messages
                 .into_iter()
-                .map(|m| pb::ChatMessage { role: m.role.as_str().to_owned(), content: m.content })
+                .map(|m| pb::ChatMessage {
+                    role: m.role.as_str().to_owned(),
+                    content: m.content,
+                    tool_calls: m.tool_calls.into_iter().map(tool_call_into_pb).collect(),
+                    tool_call_id: m.tool_call_id,
+                })
                 .collect(),
             temperature: llm.temperature,
             stop: llm.stop,
@@ -296,6 +313,11 @@ pub fn spec_into_pb(spec: TaskSpec) -> pb::TaskSpec {
             keep_alive: llm.keep_alive.unwrap_or_default(),
             fix_rounds: llm.fix_rounds,
             redact: llm.redact,
+            tools: llm
+                .tools
+                .into_iter()
+                .map(|t| pb::ToolSpec { name: t.name, description: t.description, parameters_json: t.parameters })
+                .collect(),
         }),
         Work::Agent(agent) => pb::work::Kind::Agent(pb::AgentWork {
             goal: agent.goal,
@@ -419,7 +441,26 @@ pub fn outcome_from_pb(outcome: pb::TaskOutcome) -> Outcome {
             .collect(),
         steps: outcome.steps.into_iter().take(MAX_STEPS).map(step_from_pb).collect(),
         output_dropped_unix_ms: Some(outcome.output_dropped_unix_ms).filter(|&ms| ms > 0),
+        // From a sidecar: bounded as a spec's tools are.
+        tool_calls: outcome
+            .tool_calls
+            .into_iter()
+            .take(crate::domain::MAX_TOOLS)
+            .map(|c| ToolCall {
+                id: clip(c.id),
+                name: clip(c.name),
+                arguments: clip_to(c.arguments_json, crate::domain::MAX_TOOL_JSON_BYTES),
+            })
+            .collect(),
     }
+}
+
+pub fn tool_call_from_pb(call: pb::ToolCall) -> ToolCall {
+    ToolCall { id: call.id, name: call.name, arguments: call.arguments_json }
+}
+
+pub fn tool_call_into_pb(call: ToolCall) -> pb::ToolCall {
+    pb::ToolCall { id: call.id, name: call.name, arguments_json: call.arguments }
 }
 
 /// An agent's step from a sidecar, its text clipped.
@@ -510,6 +551,7 @@ pub fn outcome_into_pb(outcome: Outcome) -> pb::TaskOutcome {
             .collect(),
         steps: outcome.steps.into_iter().map(step_into_pb).collect(),
         output_dropped_unix_ms: outcome.output_dropped_unix_ms.unwrap_or(0),
+        tool_calls: outcome.tool_calls.into_iter().map(tool_call_into_pb).collect(),
     }
 }
 
@@ -658,6 +700,7 @@ mod tests {
                 output_tokens: 20,
             }],
             output_dropped_unix_ms: Some(1_700_000_000_000),
+            tool_calls: vec![ToolCall { id: "call_1".into(), name: "get_weather".into(), arguments: "{}".into() }],
         });
         assert_eq!(task_from_pb(task_to_pb(&task)), Ok(task));
     }

@@ -179,8 +179,8 @@ mod tests {
         let mut spec = llm("");
         if let Work::Llm(work) = &mut spec.work {
             work.messages = vec![
-                ChatMessage { role: ChatRole::User, content: "Plan the migration".into() },
-                ChatMessage { role: ChatRole::Assistant, content: "Which one?".into() },
+                ChatMessage::new(ChatRole::User, "Plan the migration"),
+                ChatMessage::new(ChatRole::Assistant, "Which one?"),
             ];
         }
         assert_eq!(infer(&spec), Tier::Complex, "plan + migrate");

@@ -360,6 +360,8 @@ fn outcome_from(outcome: pb::Outcome) -> Outcome {
             })
             .collect(),
         output_dropped_unix_ms: Some(outcome.output_dropped_unix_ms).filter(|&ms| ms > 0),
+        // A reply's tool calls are relayed to the gateway's caller, never stored.
+        tool_calls: Vec::new(),
     }
 }
 

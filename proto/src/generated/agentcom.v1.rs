@@ -56,14 +56,45 @@ pub struct LlmWork {
     /// Keep the prompt and the reply out of storage (the gateway's requests).
     #[prost(bool, tag = "11")]
     pub redact: bool,
+    /// Tools the model may call; its calls come back in the outcome's tool_calls.
+    #[prost(message, repeated, tag = "12")]
+    pub tools: ::prost::alloc::vec::Vec<ToolSpec>,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ChatMessage {
-    /// "user" or "assistant".
+    /// "user", "assistant" or "tool".
     #[prost(string, tag = "1")]
     pub role: ::prost::alloc::string::String,
     #[prost(string, tag = "2")]
     pub content: ::prost::alloc::string::String,
+    /// An assistant turn's calls of the tools it was offered.
+    #[prost(message, repeated, tag = "3")]
+    pub tool_calls: ::prost::alloc::vec::Vec<ToolCall>,
+    /// A tool turn: the call it answers.
+    #[prost(string, tag = "4")]
+    pub tool_call_id: ::prost::alloc::string::String,
+}
+/// A tool the model may call.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ToolSpec {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub description: ::prost::alloc::string::String,
+    /// Its arguments' JSON schema, as JSON text (an object).
+    #[prost(string, tag = "3")]
+    pub parameters_json: ::prost::alloc::string::String,
+}
+/// A model's call of a tool.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ToolCall {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// Its arguments, as JSON text (an object).
+    #[prost(string, tag = "3")]
+    pub arguments_json: ::prost::alloc::string::String,
 }
 /// What an LLM attempt used, measured at the sidecar and priced at the hub.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -411,6 +442,9 @@ pub struct TaskOutcome {
     /// 0 while it is kept.
     #[prost(int64, tag = "16")]
     pub output_dropped_unix_ms: i64,
+    /// LLM work with tools: the calls the reply asked for.
+    #[prost(message, repeated, tag = "17")]
+    pub tool_calls: ::prost::alloc::vec::Vec<ToolCall>,
     #[prost(oneof = "task_outcome::Exit", tags = "1, 2")]
     pub exit: ::core::option::Option<task_outcome::Exit>,
 }

@@ -39,7 +39,7 @@ use crate::reports::{self, InFlight};
 pub const COALESCE: Duration = Duration::from_millis(10);
 /// How long a task waits for the sidecar's first inventory when it arrives right after start.
 pub(super) const FIRST_INVENTORY: Duration = Duration::from_secs(5);
-pub(super) const MAX_RETRIES: u32 = 4;
+pub(crate) const MAX_RETRIES: u32 = 4;
 
 pub struct LlmRunner {
     settings: reports::Settings,
@@ -67,7 +67,7 @@ impl LlmRunner {
 
 /// Where one attempt goes.
 #[derive(Debug, PartialEq)]
-pub(super) struct Choice {
+pub(crate) struct Choice {
     pub(super) target_url: String,
     pub(super) provider: Provider,
     pub(super) endpoint_id: String,
@@ -197,6 +197,18 @@ impl Runner for LlmRunner {
                 Err(why) => return failed_to_start(why),
             };
             let target = target(&settings, &choice);
+            if super::llm_tools::wanted(work) {
+                let timeout = assignment.spec.limits.timeout_ms.map(Duration::from_millis);
+                let span = crate::spans::llm_call(assignment.trace.as_ref(), target.provider.as_str(), &choice.model);
+                let streaming = in_flight.enter(&choice.target_url);
+                let outcome = tokio::select! {
+                    outcome = super::llm_tools::run(&client, &target, work, &choice, sink, timeout) => outcome,
+                    _ = cancel.cancelled() => Outcome { error: Some("cancelled".into()), ..Outcome::empty() },
+                };
+                drop(streaming);
+                crate::spans::llm_finished(span, &outcome);
+                return outcome;
+            }
             let request = request(work, &choice.model);
             let limits = &assignment.spec.limits;
             let budget = Budget {
@@ -231,7 +243,7 @@ pub(super) fn target(settings: &reports::Settings, choice: &Choice) -> chat::Tar
 
 /// The pause before retry `retries` (1 and up) of a busy provider: jittered exponential
 /// backoff, or the provider's `retry-after` if longer.
-pub(super) fn retry_pause(err: &chat::Error, retries: u32) -> Duration {
+pub(crate) fn retry_pause(err: &chat::Error, retries: u32) -> Duration {
     let backoff = Duration::from_millis(500 << retries).mul_f64(0.5 + rand::random::<f64>() * 0.5);
     match err {
         chat::Error::Provider { retry_after: Some(after), .. } => (*after).max(backoff),

@@ -16,6 +16,7 @@ pub mod agent;
 pub mod claude;
 pub mod context;
 pub mod llm;
+mod llm_tools;
 pub mod service;
 pub mod shell;
 pub mod tools;
@@ -419,12 +420,12 @@ fn fix_reply(
     use agentcom_types::domain::{ChatMessage, ChatRole};
     work.messages = work.turns();
     work.prompt.clear();
-    work.messages.push(ChatMessage { role: ChatRole::Assistant, content: String::from_utf8_lossy(reply).into_owned() });
+    work.messages.push(ChatMessage::new(ChatRole::Assistant, String::from_utf8_lossy(reply).into_owned()));
     let failed = failed_steps(report);
     let feedback = format!(
         "Your reply did not pass its checks. Answer again, in full, so that it passes.\n\nWhat failed:\n{failed}"
     );
-    work.messages.push(ChatMessage { role: ChatRole::User, content: feedback.clone() });
+    work.messages.push(ChatMessage::new(ChatRole::User, feedback.clone()));
     feedback
 }
 

@@ -54,7 +54,13 @@ pub mod limits {
     pub const MIN_MEMORY_BYTES: u64 = 1024 * 1024;
     pub const MAX_MEMORY_BYTES: u64 = 1 << 50;
     pub const MAX_PIDS: u64 = 4 * 1024 * 1024;
+    /// Tools offered to a model in one request.
+    pub const MAX_TOOLS: usize = 128;
+    /// A tool's schema, or a call's arguments, as JSON text.
+    pub const MAX_TOOL_JSON_BYTES: usize = 64 * 1024;
 }
+
+pub use self::limits::{MAX_TOOL_JSON_BYTES, MAX_TOOLS};
 
 /// An enumeration with stable numbers: 1 and up in declaration order ([`Numbered::ALL`]), the
 /// same in the wire contract and in the hub's storage format, where 0 means unset. Both
@@ -321,6 +327,9 @@ pub struct LlmWork {
     /// store them). The hub holds the prompt in memory while the task runs; a hub that restarts
     /// meanwhile fails the task, having nothing to run it again with.
     pub redact: bool,
+    /// Tools the model may call; its calls come back in `Outcome::tool_calls` (the work runs one
+    /// turn, not streamed).
+    pub tools: Vec<ToolSpec>,
 }
 
 impl LlmWork {
@@ -338,6 +347,7 @@ impl LlmWork {
             keep_alive: None,
             fix_rounds: None,
             redact: false,
+            tools: Vec::new(),
         }
     }
 
@@ -345,7 +355,7 @@ impl LlmWork {
     pub fn turns(&self) -> Vec<ChatMessage> {
         let mut turns = self.messages.clone();
         if !self.prompt.is_empty() {
-            turns.push(ChatMessage { role: ChatRole::User, content: self.prompt.clone() });
+            turns.push(ChatMessage::new(ChatRole::User, self.prompt.clone()));
         }
         turns
     }
@@ -356,10 +366,12 @@ impl LlmWork {
 pub enum ChatRole {
     User,
     Assistant,
+    /// What a tool the assistant called gave back (`ChatMessage::tool_call_id` says which call).
+    Tool,
 }
 
 impl Numbered for ChatRole {
-    const ALL: &'static [ChatRole] = &[ChatRole::User, ChatRole::Assistant];
+    const ALL: &'static [ChatRole] = &[ChatRole::User, ChatRole::Assistant, ChatRole::Tool];
 }
 
 impl ChatRole {
@@ -367,6 +379,7 @@ impl ChatRole {
         match self {
             ChatRole::User => "user",
             ChatRole::Assistant => "assistant",
+            ChatRole::Tool => "tool",
         }
     }
 }
@@ -377,9 +390,10 @@ impl FromStr for ChatRole {
         match s {
             "user" => Ok(ChatRole::User),
             "assistant" => Ok(ChatRole::Assistant),
+            "tool" => Ok(ChatRole::Tool),
             _ => Err(Error::invalid(
                 "work.llm.messages.role",
-                format!("{s:?} is not user or assistant (the system prompt goes in system)"),
+                format!("{s:?} is not user, assistant or tool (the system prompt goes in system)"),
             )),
         }
     }
@@ -389,6 +403,35 @@ impl FromStr for ChatRole {
 pub struct ChatMessage {
     pub role: ChatRole,
     pub content: String,
+    /// An assistant turn's calls of the tools it was offered.
+    pub tool_calls: Vec<ToolCall>,
+    /// A tool turn: the call it answers.
+    pub tool_call_id: String,
+}
+
+impl ChatMessage {
+    /// A turn of text.
+    pub fn new(role: ChatRole, content: impl Into<String>) -> ChatMessage {
+        ChatMessage { role, content: content.into(), tool_calls: Vec::new(), tool_call_id: String::new() }
+    }
+}
+
+/// A tool the model may call (`LlmWork::tools`): its name, what it does, and its arguments as a
+/// JSON schema (JSON text: an object).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    pub parameters: String,
+}
+
+/// A model's call of a tool: its id (the provider's, or one made up for those that give none),
+/// the tool, and the arguments (JSON text: an object).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -37,6 +37,8 @@ pub struct Outcome {
     /// When the hub dropped the output by its retention (`--retain-output`,
     /// `--retain-output-bytes`); the rest of the outcome stays.
     pub output_dropped_unix_ms: Option<UnixMs>,
+    /// LLM work with tools: the calls the reply asked for (the gateway relays them; not stored).
+    pub tool_calls: Vec<super::ToolCall>,
 }
 
 /// Steps of agent work an outcome keeps.
@@ -146,6 +148,7 @@ impl Outcome {
             rounds: Vec::new(),
             steps: Vec::new(),
             output_dropped_unix_ms: None,
+            tool_calls: Vec::new(),
         }
     }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::limits::{self, *};
-use super::{Error, Pattern, ShellCommand, TaskSpec, Verification, Work};
+use super::{ChatRole, Error, LlmWork, Pattern, ShellCommand, TaskSpec, Verification, Work};
 
 impl TaskSpec {
     /// Checks sizes and required fields. Every edge calls this before a spec goes further.
@@ -37,7 +37,13 @@ impl TaskSpec {
                         format!("at most {MAX_LIST_ITEMS} messages allowed"),
                     ));
                 }
-                let bytes: usize = llm.messages.iter().map(|m| m.content.len()).sum::<usize>() + llm.prompt.len();
+                check_tools(llm)?;
+                let bytes: usize = llm
+                    .messages
+                    .iter()
+                    .map(|m| m.content.len() + m.tool_calls.iter().map(|c| c.arguments.len()).sum::<usize>())
+                    .sum::<usize>()
+                    + llm.prompt.len();
                 if bytes > MAX_PROMPT_BYTES {
                     return Err(Error::invalid(
                         "work.llm.messages",
@@ -303,6 +309,46 @@ fn check_list(field: &'static str, items: &[String]) -> Result<(), Error> {
     items.iter().try_for_each(|item| check_len(field, item, limits::MAX_TEXT_BYTES))
 }
 
+/// Tools and the turns that call and answer them: a tool has a name of letters, digits, `_` and
+/// `-` and a JSON object for its schema; only assistant turns call, only tool turns answer, and
+/// each answer names a call.
+fn check_tools(llm: &LlmWork) -> Result<(), Error> {
+    if llm.tools.len() > MAX_TOOLS {
+        return Err(Error::invalid("work.llm.tools", format!("at most {MAX_TOOLS} tools allowed")));
+    }
+    let is_object = |json: &str| serde_json::from_str::<serde_json::Value>(json).is_ok_and(|v| v.is_object());
+    for tool in &llm.tools {
+        let good_name = !tool.name.is_empty()
+            && tool.name.len() <= 64
+            && tool.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !good_name {
+            let why = format!("{:?} is not a tool name (1 to 64 letters, digits, _ or -)", tool.name);
+            return Err(Error::invalid("work.llm.tools.name", why));
+        }
+        check_len("work.llm.tools.description", &tool.description, MAX_TEXT_BYTES)?;
+        check_len("work.llm.tools.parameters", &tool.parameters, MAX_TOOL_JSON_BYTES)?;
+        if !is_object(&tool.parameters) {
+            return Err(Error::invalid("work.llm.tools.parameters", format!("{}: not a JSON object", tool.name)));
+        }
+    }
+    for message in &llm.messages {
+        if !message.tool_calls.is_empty() && message.role != ChatRole::Assistant {
+            return Err(Error::invalid("work.llm.messages.tool_calls", "only assistant turns call tools"));
+        }
+        if message.role == ChatRole::Tool && message.tool_call_id.is_empty() {
+            return Err(Error::invalid("work.llm.messages.tool_call_id", "a tool turn must name the call it answers"));
+        }
+        for call in &message.tool_calls {
+            check_len("work.llm.messages.tool_calls.id", &call.id, MAX_NAME_BYTES)?;
+            check_len("work.llm.messages.tool_calls.name", &call.name, MAX_NAME_BYTES)?;
+            if !is_object(&call.arguments) {
+                return Err(Error::invalid("work.llm.messages.tool_calls.arguments", "not a JSON object"));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_env(field: &'static str, env: &BTreeMap<String, String>) -> Result<(), Error> {
     if env.len() > limits::MAX_ENV_ITEMS {
         return Err(Error::invalid(
@@ -513,16 +559,14 @@ mod tests {
         check(&llm(|w| w.stop = vec!["x".into(); 17]), "work.llm.stop");
         check(&llm(|w| w.keep_alive = Some("x".repeat(33))), "work.llm.keep_alive");
         check(
-            &llm(|w| {
-                w.messages = vec![ChatMessage { role: ChatRole::User, content: "x".repeat(limits::MAX_PROMPT_BYTES) }]
-            }),
+            &llm(|w| w.messages = vec![ChatMessage::new(ChatRole::User, "x".repeat(limits::MAX_PROMPT_BYTES))]),
             "work.llm.messages",
         );
         // Messages alone are a conversation to continue: no prompt needed.
         let mut spec = shell(&["echo"]);
         llm(|w| {
             w.prompt.clear();
-            w.messages = vec![ChatMessage { role: ChatRole::User, content: "hi".into() }];
+            w.messages = vec![ChatMessage::new(ChatRole::User, "hi")];
         })(&mut spec);
         spec.validate().unwrap();
         assert_eq!("system".parse::<ChatRole>().unwrap_err().field, "work.llm.messages.role");

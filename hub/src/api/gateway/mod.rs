@@ -33,7 +33,7 @@ use serde_json::Value;
 pub use self::keys::Meters;
 use super::http::HttpState;
 use crate::auth::Caller;
-use crate::domain::ChatMessage;
+use crate::domain::{ChatMessage, ChatRole, ToolCall, ToolSpec};
 
 /// Which API a request speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +99,8 @@ pub struct Chat {
     pub keep_alive: Option<String>,
     /// Ollama's `/api/generate`: the reply is `response`, not a `message`.
     pub generate: bool,
+    /// Tools the model may call.
+    pub tools: Vec<ToolSpec>,
 }
 
 /// Why generation ended, in no API's words.
@@ -110,6 +112,8 @@ pub enum Stop {
     Length,
     /// It produced one of the stop sequences.
     Sequence,
+    /// It called tools (`Finish::tool_calls`).
+    ToolUse,
 }
 
 impl Stop {
@@ -118,6 +122,7 @@ impl Stop {
         match reason {
             "length" | "max_tokens" => Stop::Length,
             "stop_sequence" => Stop::Sequence,
+            "tool_calls" | "tool_use" => Stop::ToolUse,
             _ => Stop::End,
         }
     }
@@ -133,6 +138,8 @@ pub struct Finish {
     pub stop: Stop,
     pub duration_ms: u64,
     pub load_ms: Option<u64>,
+    /// The tools the reply called.
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// A refusal or a failure, shown in the caller's API's error shape.
@@ -339,16 +346,64 @@ fn required_model(body: &Value) -> Result<String, Refusal> {
     }
 }
 
-/// Tools are not served yet: refused plainly rather than ignored (a client that sends tools
-/// expects calls back).
-fn refuse_tools(body: &Value, field: &str) -> Result<(), Refusal> {
-    match &body[field] {
-        Value::Null => Ok(()),
-        Value::Array(tools) if tools.is_empty() => Ok(()),
-        _ => Err(Refusal::invalid(format!(
-            "{field}: tool calling is not served by this gateway yet; send the request without tools"
-        ))),
+/// Tools in OpenAI's and Ollama's shape: `[{"type": "function", "function": {"name",
+/// "description", "parameters"}}]`.
+fn function_tools(body: &Value) -> Result<Vec<ToolSpec>, Refusal> {
+    let Some(tools) = body["tools"].as_array() else { return Ok(Vec::new()) };
+    tools
+        .iter()
+        .enumerate()
+        .map(|(i, tool)| {
+            if tool["type"].as_str().is_some_and(|t| t != "function") {
+                return Err(Refusal::invalid(format!("tools[{i}].type: only function tools are served")));
+            }
+            let function = &tool["function"];
+            tool_spec(&function["name"], &function["description"], &function["parameters"], &format!("tools[{i}]"))
+        })
+        .collect()
+}
+
+/// One tool, its schema an object (none: no arguments).
+fn tool_spec(name: &Value, description: &Value, schema: &Value, field: &str) -> Result<ToolSpec, Refusal> {
+    let name = name
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| Refusal::invalid(format!("{field}: a tool needs a name")))?;
+    let parameters = match schema {
+        Value::Null => serde_json::json!({"type": "object", "properties": {}}),
+        Value::Object(_) => schema.clone(),
+        _ => return Err(Refusal::invalid(format!("{field}: a tool's schema must be a JSON object"))),
+    };
+    Ok(ToolSpec {
+        name: name.to_owned(),
+        description: description.as_str().unwrap_or_default().to_owned(),
+        parameters: parameters.to_string(),
+    })
+}
+
+/// Arguments as a JSON object's text: given as text (OpenAI) or as an object (Anthropic, Ollama).
+fn arguments_text(arguments: &Value, field: &str) -> Result<String, Refusal> {
+    let object = match arguments {
+        Value::Null => serde_json::json!({}),
+        Value::String(text) if text.trim().is_empty() => serde_json::json!({}),
+        Value::String(text) => serde_json::from_str::<Value>(text)
+            .map_err(|_| Refusal::invalid(format!("{field}: the arguments are not JSON")))?,
+        other => other.clone(),
+    };
+    if !object.is_object() {
+        return Err(Refusal::invalid(format!("{field}: the arguments must be a JSON object")));
     }
+    Ok(object.to_string())
+}
+
+/// A tool turn answering `call_id`.
+fn tool_answer(call_id: String, content: String) -> ChatMessage {
+    ChatMessage { tool_call_id: call_id, ..ChatMessage::new(ChatRole::Tool, content) }
+}
+
+/// `tool_choice: "none"` (or `{"type": "none"}`): the tools are not offered.
+fn tools_refused(body: &Value) -> bool {
+    body["tool_choice"] == "none" || body["tool_choice"]["type"] == "none"
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use super::{Chat, Finish, Refusal, Stop};
-use crate::domain::{ChatMessage, ChatRole};
+use crate::domain::{ChatMessage, ChatRole, ToolCall};
 
 /// The options both endpoints share: `format`, `options`, `keep_alive`, `stream`.
 fn common(body: &Value, chat: &mut Chat) -> Result<(), Refusal> {
@@ -32,13 +32,16 @@ fn common(body: &Value, chat: &mut Chat) -> Result<(), Refusal> {
 }
 
 pub(super) fn parse_chat(body: &Value) -> Result<Chat, Refusal> {
-    super::refuse_tools(body, "tools")?;
     let mut chat = Chat::default();
     common(body, &mut chat)?;
     let Some(messages) = body["messages"].as_array() else {
         return Err(Refusal::invalid("messages is required"));
     };
     let mut system = Vec::new();
+    // Ollama's calls have no ids: they are numbered, and its tool turns answer them in order
+    // (or by `tool_name`).
+    let mut numbered = 0;
+    let mut unanswered: Vec<ToolCall> = Vec::new();
     for (i, message) in messages.iter().enumerate() {
         if message["images"].as_array().is_some_and(|images| !images.is_empty()) {
             return Err(Refusal::invalid(format!("messages[{i}].images: images are not served by this gateway")));
@@ -50,29 +53,45 @@ pub(super) fn parse_chat(body: &Value) -> Result<Chat, Refusal> {
                 continue;
             }
             Some("user") => ChatRole::User,
-            Some("assistant") if message.get("tool_calls").is_some_and(|c| !c.is_null()) => {
-                return Err(Refusal::invalid(format!(
-                    "messages[{i}].tool_calls: tool calling is not served by this gateway yet"
-                )));
+            Some("assistant") => {
+                let mut turn = ChatMessage::new(ChatRole::Assistant, content);
+                for (j, call) in message["tool_calls"].as_array().into_iter().flatten().enumerate() {
+                    let function = &call["function"];
+                    numbered += 1;
+                    let id = call["id"].as_str().map_or_else(|| format!("call_{numbered}"), str::to_owned);
+                    let field = format!("messages[{i}].tool_calls[{j}].function.arguments");
+                    turn.tool_calls.push(ToolCall {
+                        id,
+                        name: function["name"].as_str().unwrap_or_default().to_owned(),
+                        arguments: super::arguments_text(&function["arguments"], &field)?,
+                    });
+                }
+                unanswered = turn.tool_calls.clone();
+                chat.messages.push(turn);
+                continue;
             }
-            Some("assistant") => ChatRole::Assistant,
             Some("tool") => {
-                return Err(Refusal::invalid(format!(
-                    "messages[{i}]: tool results are not served by this gateway yet"
-                )));
+                let named = message["tool_name"].as_str().and_then(|n| unanswered.iter().position(|c| c.name == n));
+                let Some(at) = named.or((!unanswered.is_empty()).then_some(0)) else {
+                    return Err(Refusal::invalid(format!("messages[{i}]: a tool result with no call before it")));
+                };
+                let call = unanswered.remove(at);
+                chat.messages.push(super::tool_answer(call.id, content));
+                continue;
             }
             other => {
                 return Err(Refusal::invalid(format!(
-                    "messages[{i}].role: {other:?} is not system, user or assistant"
+                    "messages[{i}].role: {other:?} is not system, user, assistant or tool"
                 )));
             }
         };
-        chat.messages.push(ChatMessage { role, content });
+        chat.messages.push(ChatMessage::new(role, content));
     }
     if chat.messages.is_empty() {
         return Err(Refusal::invalid("messages: at least one user message is required"));
     }
     chat.system = system.join("\n\n");
+    chat.tools = super::function_tools(body)?;
     Ok(chat)
 }
 
@@ -89,7 +108,7 @@ pub(super) fn parse_generate(body: &Value) -> Result<Chat, Refusal> {
         ));
     }
     chat.system = body["system"].as_str().unwrap_or_default().to_owned();
-    chat.messages.push(ChatMessage { role: ChatRole::User, content: prompt.to_owned() });
+    chat.messages.push(ChatMessage::new(ChatRole::User, prompt.to_owned()));
     Ok(chat)
 }
 
@@ -122,10 +141,21 @@ pub(super) fn end(created_at: &str, generate: bool, text: String, finish: &Finis
     } else {
         json!({ "model": finish.model, "created_at": created_at, "message": { "role": "assistant", "content": text } })
     };
+    if !finish.tool_calls.is_empty() && !generate {
+        let calls: Vec<Value> = finish
+            .tool_calls
+            .iter()
+            .map(|c| {
+                let arguments = serde_json::from_str::<Value>(&c.arguments).unwrap_or_else(|_| json!({}));
+                json!({ "function": { "name": c.name, "arguments": arguments } })
+            })
+            .collect();
+        last["message"]["tool_calls"] = Value::Array(calls);
+    }
     let ns = |ms: u64| ms.saturating_mul(1_000_000);
     let fields = json!({
         "done": true,
-        "done_reason": match finish.stop { Stop::Length => "length", Stop::End | Stop::Sequence => "stop" },
+        "done_reason": match finish.stop { Stop::Length => "length", _ => "stop" },
         "total_duration": ns(finish.duration_ms),
         "load_duration": ns(finish.load_ms.unwrap_or(0)),
         "prompt_eval_count": finish.input_tokens,

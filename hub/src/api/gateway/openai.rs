@@ -5,11 +5,12 @@
 use serde_json::{Value, json};
 
 use super::{Chat, Finish, Kind, Refusal, Stop};
-use crate::domain::{ChatMessage, ChatRole};
+use crate::domain::{ChatMessage, ChatRole, ToolCall};
 
 pub(super) fn parse(body: &Value) -> Result<Chat, Refusal> {
-    super::refuse_tools(body, "tools")?;
-    super::refuse_tools(body, "functions")?;
+    if body["functions"].as_array().is_some_and(|f| !f.is_empty()) {
+        return Err(Refusal::invalid("functions: the legacy functions are not served; send tools"));
+    }
     if body["n"].as_u64().is_some_and(|n| n != 1) {
         return Err(Refusal::invalid("n: this gateway answers with one choice"));
     }
@@ -27,25 +28,41 @@ pub(super) fn parse(body: &Value) -> Result<Chat, Refusal> {
                 continue;
             }
             Some("user") => ChatRole::User,
-            Some("assistant") if message.get("tool_calls").is_some_and(|c| !c.is_null()) => {
-                return Err(Refusal::invalid(format!(
-                    "messages[{i}].tool_calls: tool calling is not served by this gateway yet"
-                )));
+            Some("assistant") => {
+                let mut turn = ChatMessage::new(ChatRole::Assistant, text);
+                for (j, call) in message["tool_calls"].as_array().into_iter().flatten().enumerate() {
+                    let field = format!("messages[{i}].tool_calls[{j}]");
+                    let function = &call["function"];
+                    turn.tool_calls.push(ToolCall {
+                        id: call["id"].as_str().unwrap_or_default().to_owned(),
+                        name: function["name"].as_str().unwrap_or_default().to_owned(),
+                        arguments: super::arguments_text(&function["arguments"], &field)?,
+                    });
+                }
+                chat.messages.push(turn);
+                continue;
             }
-            Some("assistant") => ChatRole::Assistant,
-            Some("tool" | "function") => {
-                return Err(Refusal::invalid(format!(
-                    "messages[{i}]: tool results are not served by this gateway yet"
-                )));
+            Some("tool") => {
+                let Some(call_id) = message["tool_call_id"].as_str() else {
+                    return Err(Refusal::invalid(format!("messages[{i}].tool_call_id is required")));
+                };
+                chat.messages.push(super::tool_answer(call_id.to_owned(), text));
+                continue;
+            }
+            Some("function") => {
+                return Err(Refusal::invalid(format!("messages[{i}]: legacy function results are not served")));
             }
             Some(other) => {
                 return Err(Refusal::invalid(format!(
-                    "messages[{i}].role: {other:?} is not system, developer, user or assistant"
+                    "messages[{i}].role: {other:?} is not system, developer, user, assistant or tool"
                 )));
             }
             None => return Err(Refusal::invalid(format!("messages[{i}].role is required"))),
         };
-        chat.messages.push(ChatMessage { role, content: text });
+        chat.messages.push(ChatMessage::new(role, text));
+    }
+    if !super::tools_refused(body) {
+        chat.tools = super::function_tools(body)?;
     }
     if chat.messages.is_empty() {
         return Err(Refusal::invalid("messages: at least one user message is required"));
@@ -79,7 +96,25 @@ fn finish_reason(stop: Stop) -> &'static str {
     match stop {
         Stop::End | Stop::Sequence => "stop",
         Stop::Length => "length",
+        Stop::ToolUse => "tool_calls",
     }
+}
+
+/// Calls as OpenAI writes them: arguments as JSON text; in a stream, each with its index.
+fn tool_calls(calls: &[ToolCall], indexed: bool) -> Value {
+    let calls: Vec<Value> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut call =
+                json!({ "id": c.id, "type": "function", "function": { "name": c.name, "arguments": c.arguments } });
+            if indexed {
+                call["index"] = json!(i);
+            }
+            call
+        })
+        .collect();
+    Value::Array(calls)
 }
 
 fn usage(finish: &Finish) -> Value {
@@ -108,14 +143,19 @@ pub(super) fn piece(id: &str, created: u64, model: &str, text: &str) -> Value {
     chunk(id, created, model, json!([{ "index": 0, "delta": { "content": text }, "finish_reason": null }]))
 }
 
-/// The last chunks: the finish reason, then the usage if asked for.
+/// The last chunks: the calls, the finish reason, then the usage if asked for.
 pub(super) fn end(id: &str, created: u64, finish: &Finish, usage_chunk: bool) -> Vec<Value> {
-    let mut chunks = vec![chunk(
+    let mut chunks = Vec::new();
+    if !finish.tool_calls.is_empty() {
+        let delta = json!({ "tool_calls": tool_calls(&finish.tool_calls, true) });
+        chunks.push(chunk(id, created, &finish.model, json!([{ "index": 0, "delta": delta, "finish_reason": null }])));
+    }
+    chunks.push(chunk(
         id,
         created,
         &finish.model,
         json!([{ "index": 0, "delta": {}, "finish_reason": finish_reason(finish.stop) }]),
-    )];
+    ));
     if usage_chunk {
         let mut last = chunk(id, created, &finish.model, json!([]));
         last["usage"] = usage(finish);
@@ -125,6 +165,13 @@ pub(super) fn end(id: &str, created: u64, finish: &Finish, usage_chunk: bool) ->
 }
 
 pub(super) fn whole(id: &str, created: u64, text: String, finish: &Finish) -> Value {
+    let mut message = json!({ "role": "assistant", "content": text });
+    if !finish.tool_calls.is_empty() {
+        if message["content"].as_str().is_none_or(str::is_empty) {
+            message["content"] = Value::Null;
+        }
+        message["tool_calls"] = tool_calls(&finish.tool_calls, false);
+    }
     json!({
         "id": id,
         "object": "chat.completion",
@@ -132,7 +179,7 @@ pub(super) fn whole(id: &str, created: u64, text: String, finish: &Finish) -> Va
         "model": finish.model,
         "choices": [{
             "index": 0,
-            "message": { "role": "assistant", "content": text },
+            "message": message,
             "finish_reason": finish_reason(finish.stop),
         }],
         "usage": usage(finish),

@@ -54,6 +54,7 @@ pub(super) fn spec(
         json: chat.json,
         keep_alive: chat.keep_alive.clone(),
         redact: !limits.store,
+        tools: chat.tools.clone(),
         ..LlmWork::prompt("")
     });
     spec.placement.model = chat.model.clone();
@@ -211,6 +212,7 @@ fn ending(task: &Task, model: &str) -> Result<Finish, Refusal> {
             stop: usage.map_or(Stop::End, |u| Stop::of(&u.stop_reason)),
             duration_ms: outcome.map_or(0, |o| o.duration_ms),
             load_ms: usage.and_then(|u| u.load_ms),
+            tool_calls: outcome.map(|o| o.tool_calls.clone()).unwrap_or_default(),
         });
     }
     let why =

@@ -2,13 +2,21 @@
 //! written in its own shapes, and text cut inside a character.
 
 use axum::http::HeaderMap;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::*;
 use crate::domain::ChatRole;
 
 fn finish(stop: Stop) -> Finish {
-    Finish { model: "m".into(), input_tokens: 7, output_tokens: 3, stop, duration_ms: 12, load_ms: Some(2) }
+    Finish {
+        model: "m".into(),
+        input_tokens: 7,
+        output_tokens: 3,
+        stop,
+        duration_ms: 12,
+        load_ms: Some(2),
+        tool_calls: Vec::new(),
+    }
 }
 
 #[test]
@@ -43,17 +51,25 @@ fn openai_requests_read_into_a_chat() {
 fn each_api_refuses_what_it_cannot_serve_naming_the_field() {
     let refused = |result: Result<Chat, Refusal>| result.unwrap_err().message;
     assert!(refused(openai::parse(&json!({"messages": [{"role": "user", "content": "hi"}]}))).contains("model"));
-    let tools = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]});
-    assert!(refused(openai::parse(&tools)).contains("tools"));
+    let nameless =
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]});
+    assert!(refused(openai::parse(&nameless)).contains("tools[0]: a tool needs a name"));
+    let legacy = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "functions": [{"name": "f"}]});
+    assert!(refused(openai::parse(&legacy)).contains("functions"));
     let image = json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]});
     assert!(refused(openai::parse(&image)).contains("messages[0].content: image_url parts"));
     let hot = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 3});
     assert!(refused(openai::parse(&hot)).contains("temperature"));
     let no_max = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
     assert!(refused(anthropic::parse(&no_max)).contains("max_tokens"));
-    let tool_use = json!({"model": "m", "max_tokens": 8, "messages": [
-        {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]}]});
-    assert!(refused(anthropic::parse(&tool_use)).contains("tool_use"));
+    let misplaced = json!({"model": "m", "max_tokens": 8, "messages": [
+        {"role": "user", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]}]});
+    assert!(
+        refused(anthropic::parse(&misplaced)).contains("tool_use blocks are not served by this gateway in a user turn")
+    );
+    let server_tool = json!({"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "web_search_20250305", "name": "web_search"}]});
+    assert!(refused(anthropic::parse(&server_tool)).contains("server tools"));
     assert!(refused(ollama::parse_generate(&json!({"model": "m"}))).contains("prompt is required"));
     let bad_role = json!({"model": "m", "messages": [{"role": "wizard", "content": "hi"}]});
     assert!(refused(ollama::parse_chat(&bad_role)).contains("messages[0].role"));
@@ -174,4 +190,99 @@ fn text_cut_inside_a_character_waits_for_the_rest() {
     }
     assert_eq!(text, "héllo ✓");
     assert_eq!(utf8.push(&[0xff, b'a']), "\u{fffd}a", "a broken byte is replaced, not held");
+}
+
+#[test]
+fn tools_and_their_turns_read_alike_from_every_api() {
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}});
+    let function =
+        json!([{"type": "function", "function": {"name": "get_weather", "description": "d", "parameters": schema}}]);
+    let openai = openai::parse(&json!({
+        "model": "m", "tools": function,
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        ],
+    }))
+    .unwrap();
+    let anthropic = anthropic::parse(&json!({
+        "model": "m", "max_tokens": 8,
+        "tools": [{"name": "get_weather", "description": "d", "input_schema": schema}],
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "c1", "name": "get_weather", "input": {"city": "Paris"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "c1", "content": [{"type": "text", "text": "sunny"}]}]},
+        ],
+    }))
+    .unwrap();
+    let ollama = ollama::parse_chat(&json!({
+        "model": "m", "tools": function,
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+            {"role": "tool", "content": "sunny", "tool_name": "get_weather"},
+        ],
+    }))
+    .unwrap();
+    for chat in [&openai, &anthropic] {
+        assert_eq!(chat.tools, ollama.tools);
+        assert_eq!(chat.messages.len(), 3);
+        assert_eq!(chat.messages[1].tool_calls[0].arguments, r#"{"city":"Paris"}"#);
+        assert_eq!((chat.messages[2].role, chat.messages[2].tool_call_id.as_str()), (ChatRole::Tool, "c1"));
+    }
+    // Ollama gives calls no ids: they are numbered, and its tool turns answer them in order.
+    assert_eq!(ollama.messages[1].tool_calls[0].id, "call_1");
+    assert_eq!((ollama.messages[2].tool_call_id.as_str(), ollama.messages[2].content.as_str()), ("call_1", "sunny"));
+    let refusing = json!({"model": "m", "tools": function, "tool_choice": "none", "messages": [{"role": "user", "content": "hi"}]});
+    assert!(openai::parse(&refusing).unwrap().tools.is_empty(), "tool_choice none offers no tools");
+}
+
+#[test]
+fn tool_calls_are_written_in_each_apis_shape() {
+    let called = Finish {
+        tool_calls: vec![crate::domain::ToolCall {
+            id: "c1".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris"}"#.into(),
+        }],
+        ..finish(Stop::ToolUse)
+    };
+    let whole = openai::whole("chatcmpl-1", 5, String::new(), &called);
+    assert_eq!(whole["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(whole["choices"][0]["message"]["content"], Value::Null);
+    assert_eq!(whole["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], r#"{"city":"Paris"}"#);
+    let end = openai::end("chatcmpl-1", 5, &called, false);
+    assert_eq!(end[0]["choices"][0]["delta"]["tool_calls"][0]["index"], 0);
+    assert_eq!(end[1]["choices"][0]["finish_reason"], "tool_calls");
+
+    let whole = anthropic::whole("msg_1", String::new(), &called);
+    assert_eq!(whole["stop_reason"], "tool_use");
+    assert_eq!(
+        whole["content"],
+        json!([{"type": "tool_use", "id": "c1", "name": "get_weather", "input": {"city": "Paris"}}])
+    );
+    let events: Vec<(&str, Value)> = anthropic::end(&called);
+    let names: Vec<&str> = events.iter().map(|(name, _)| *name).collect();
+    assert_eq!(
+        names,
+        [
+            "content_block_stop",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    assert_eq!(events[2].1["delta"], json!({"type": "input_json_delta", "partial_json": r#"{"city":"Paris"}"#}));
+    assert_eq!(events[4].1["delta"]["stop_reason"], "tool_use");
+
+    let last = ollama::end("t", false, String::new(), &called);
+    assert_eq!(
+        last["message"]["tool_calls"],
+        json!([{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}])
+    );
+    assert_eq!(last["done_reason"], "stop");
 }

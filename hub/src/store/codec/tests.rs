@@ -46,6 +46,7 @@ fn full_task() -> Task {
         rounds: Vec::new(),
         steps: vec![AgentStep { round: 2, tool: "run_command".into(), ok: true, ..AgentStep::default() }],
         output_dropped_unix_ms: Some(1_800_000_000_123),
+        tool_calls: Vec::new(),
     });
     task
 }
@@ -65,10 +66,7 @@ fn every_field_of_a_task_survives_storage() {
     let mut llm = full_task();
     llm.spec.work = Work::Llm(LlmWork {
         system: "s".into(),
-        messages: vec![
-            ChatMessage { role: ChatRole::User, content: "hi".into() },
-            ChatMessage { role: ChatRole::Assistant, content: "hello".into() },
-        ],
+        messages: vec![ChatMessage::new(ChatRole::User, "hi"), ChatMessage::new(ChatRole::Assistant, "hello")],
         model: "m".into(),
         max_tokens: 9,
         temperature: Some(0.25),

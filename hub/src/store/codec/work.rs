@@ -89,7 +89,12 @@ pub(super) fn work_into(work: Work) -> pb::spec::Work {
             messages: llm
                 .messages
                 .into_iter()
-                .map(|m| pb::Turn { role: m.role.number(), content: m.content })
+                .map(|m| pb::Turn {
+                    role: m.role.number(),
+                    content: m.content,
+                    tool_calls: m.tool_calls.into_iter().map(tool_call_to).collect(),
+                    tool_call_id: m.tool_call_id,
+                })
                 .collect(),
             temperature: llm.temperature,
             stop: llm.stop,
@@ -97,6 +102,11 @@ pub(super) fn work_into(work: Work) -> pb::spec::Work {
             keep_alive: llm.keep_alive,
             fix_rounds: llm.fix_rounds,
             redact: false,
+            tools: llm
+                .tools
+                .into_iter()
+                .map(|t| pb::ToolSpec { name: t.name, description: t.description, parameters_json: t.parameters })
+                .collect(),
         }),
         Work::Agent(agent) => pb::spec::Work::Agent(pb::Agent {
             goal: agent.goal,
@@ -128,7 +138,14 @@ pub(super) fn work_from(work: Option<pb::spec::Work>) -> Result<Work, String> {
             messages: llm
                 .messages
                 .into_iter()
-                .map(|m| Ok(ChatMessage { role: known("role", m.role)?, content: m.content }))
+                .map(|m| {
+                    Ok(ChatMessage {
+                        role: known("role", m.role)?,
+                        content: m.content,
+                        tool_calls: m.tool_calls.into_iter().map(tool_call_from).collect(),
+                        tool_call_id: m.tool_call_id,
+                    })
+                })
                 .collect::<Result<_, String>>()?,
             model: llm.model,
             max_tokens: llm.max_tokens,
@@ -138,6 +155,11 @@ pub(super) fn work_from(work: Option<pb::spec::Work>) -> Result<Work, String> {
             keep_alive: llm.keep_alive,
             fix_rounds: llm.fix_rounds,
             redact: llm.redact,
+            tools: llm
+                .tools
+                .into_iter()
+                .map(|t| ToolSpec { name: t.name, description: t.description, parameters: t.parameters_json })
+                .collect(),
         }),
         pb::spec::Work::Agent(agent) => Work::Agent(AgentWork {
             goal: agent.goal,
@@ -146,4 +168,12 @@ pub(super) fn work_from(work: Option<pb::spec::Work>) -> Result<Work, String> {
             fix_rounds: agent.fix_rounds,
         }),
     })
+}
+
+fn tool_call_to(call: ToolCall) -> pb::ToolCall {
+    pb::ToolCall { id: call.id, name: call.name, arguments_json: call.arguments }
+}
+
+fn tool_call_from(call: pb::ToolCall) -> ToolCall {
+    ToolCall { id: call.id, name: call.name, arguments: call.arguments_json }
 }

@@ -54,14 +54,38 @@ pub struct Llm {
     /// The prompt and the reply were not stored (the fields above are empty).
     #[prost(bool, tag = "11")]
     pub redact: bool,
+    #[prost(message, repeated, tag = "12")]
+    pub tools: ::prost::alloc::vec::Vec<ToolSpec>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ToolSpec {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub description: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub parameters_json: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ToolCall {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub arguments_json: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Turn {
-    /// 1 user, 2 assistant.
+    /// 1 user, 2 assistant, 3 tool.
     #[prost(int32, tag = "1")]
     pub role: i32,
     #[prost(string, tag = "2")]
     pub content: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "3")]
+    pub tool_calls: ::prost::alloc::vec::Vec<ToolCall>,
+    #[prost(string, tag = "4")]
+    pub tool_call_id: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Usage {

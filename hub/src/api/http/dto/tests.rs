@@ -136,6 +136,7 @@ fn full_task() -> Task {
         }],
         steps: vec![step()],
         output_dropped_unix_ms: Some(1795000600000),
+        tool_calls: Vec::new(),
     });
     task
 }
@@ -157,7 +158,7 @@ fn the_llm_work_shape_is_documented() {
     use crate::domain::{ChatMessage, ChatRole, LlmWork};
     let work = Work::Llm(LlmWork {
         system: "be brief".into(),
-        messages: vec![ChatMessage { role: ChatRole::User, content: "hi".into() }],
+        messages: vec![ChatMessage::new(ChatRole::User, "hi")],
         model: "llama3.2:3b".into(),
         max_tokens: 256,
         temperature: Some(0.2),
