@@ -164,6 +164,7 @@ fn http_role(method: &str, path: &str) -> Role {
         (["api", "v1", "tokens" | "join-tokens", ..], _) | (["api", "v1", "audit"], _) => Role::Admin,
         (["metrics"], true) | (["api", "v1", ..], true) => Role::Viewer,
         (["api", "v1", "tasks"], false) if method == "POST" => Role::Submitter,
+        (["api", "v1", "models", "aliases", _], false) => Role::Operator,
         (["api", "v1", "tasks", _], false) if method == "DELETE" => Role::Submitter,
         (["api", "v1", "workflows", "runs"], false) if method == "POST" => Role::Submitter,
         (["api", "v1", "workflows", "runs", _, "cancel" | "retry"], false) if method == "POST" => Role::Submitter,

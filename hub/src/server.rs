@@ -362,6 +362,7 @@ impl Hub {
         };
         let spec_defaults = config.spec_defaults.clone();
         let (allow, check_every) = (config.allow_endpoints.clone(), config.endpoint_check_interval);
+        let aliases = crate::api::gateway::Aliases::load(store.load_fleet()?.aliases);
         let (handle, core_task) = Core::start(config, &store)?;
         let stop = CancellationToken::new();
         let stop_backups = CancellationToken::new();
@@ -395,6 +396,7 @@ impl Hub {
                 tokens: tokens.clone(),
                 enrolment: enrolment.clone(),
                 meters: Default::default(),
+                aliases,
             }))
             .fallback(fallback)
             .method_not_allowed_fallback(method_not_allowed)

@@ -96,8 +96,12 @@ enum Command {
     Explain { id: String },
     /// Why a task waits (no capable agent, all busy, model nowhere, local-only, over budget, ...).
     Why { id: String },
-    /// How each model's verified results went, by kind of work and tier: passed, failed, pass rate.
-    Models,
+    /// How each model's verified results went, by kind of work and tier: passed, failed, pass rate;
+    /// `alias`, `aliases`, `unalias`: the gateway's model aliases.
+    Models {
+        #[command(subcommand)]
+        command: Option<placement::ModelsCommand>,
+    },
     /// List the agents (execution slots) of every sidecar.
     Agents,
     /// One agent: its state, task, and recent transitions with their causes.
@@ -606,15 +610,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Models => {
-            let response = client.call(reqwest::Method::GET, "/api/v1/models/stats", None).await?;
-            if cli.json {
-                print_json(&response)
-            } else {
-                placement::print_model_stats(&response)
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Models { command } => placement::models(&client, command, cli.json).await,
         Command::Why { id } => {
             let response = client.call(reqwest::Method::GET, &format!("/api/v1/tasks/{id}/why"), None).await?;
             if cli.json {

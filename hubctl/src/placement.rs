@@ -189,3 +189,77 @@ mod model_tests {
         );
     }
 }
+
+/// `hubctl models`: the verdicts by model (no subcommand), or the gateway's model aliases.
+#[derive(clap::Subcommand)]
+pub(crate) enum ModelsCommand {
+    /// Make NAME mean the first of MODELS the fleet serves, for the gateway's callers (`*`: the
+    /// fallback, what a model nowhere in the fleet means). Replaces an alias of that name.
+    Alias {
+        name: String,
+        #[arg(required = true, num_args = 1..)]
+        models: Vec<String>,
+    },
+    /// The gateway's model aliases.
+    Aliases,
+    /// Remove an alias.
+    Unalias { name: String },
+}
+
+pub(crate) async fn models(
+    client: &crate::Client,
+    command: Option<ModelsCommand>,
+    json_out: bool,
+) -> anyhow::Result<std::process::ExitCode> {
+    let response = match &command {
+        None => client.call(reqwest::Method::GET, "/api/v1/models/stats", None).await?,
+        Some(ModelsCommand::Alias { name, models }) => {
+            let path = format!("/api/v1/models/aliases/{}", segment(name));
+            client.call(reqwest::Method::PUT, &path, Some(serde_json::json!({ "models": models }))).await?
+        }
+        Some(ModelsCommand::Aliases) => client.call(reqwest::Method::GET, "/api/v1/models/aliases", None).await?,
+        Some(ModelsCommand::Unalias { name }) => {
+            let path = format!("/api/v1/models/aliases/{}", segment(name));
+            client.call(reqwest::Method::DELETE, &path, None).await?
+        }
+    };
+    if json_out {
+        crate::print_json(&response);
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let models_of = |alias: &Value| {
+        let models: Vec<&str> = alias["models"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        models.join(" ")
+    };
+    match command {
+        None => print_model_stats(&response),
+        Some(ModelsCommand::Alias { name, .. }) => println!("{name} -> {}", models_of(&response)),
+        Some(ModelsCommand::Unalias { name }) => println!("{name} removed"),
+        Some(ModelsCommand::Aliases) => {
+            let rows: Vec<Vec<String>> = response["aliases"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| vec![text(&a["name"]), models_of(a)])
+                .collect();
+            if rows.is_empty() {
+                eprintln!("no aliases: hubctl models alias NAME MODEL [MODEL...] makes one");
+            } else {
+                table(&["ALIAS", "MODELS (first served wins)"], rows);
+            }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `name` as one path segment: anything but letters, digits and `-._~:*` percent-encoded.
+fn segment(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' | b'*' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}

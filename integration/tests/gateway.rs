@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use agentcom_integration::assert_eventually;
-use agentcom_integration::chat_doubles::ChatDouble;
+use agentcom_integration::chat_doubles::{ChatDouble, Fault};
 use agentcom_integration::ollama::{ChatScript, FakeModel, OllamaDouble, Turn};
 use agentcom_integration::process::{HubProcess, SidecarProcess, hubctl};
 use futures_util::StreamExt;
@@ -190,6 +190,43 @@ async fn each_answer_names_its_task_and_placement_and_a_caller_that_leaves_cance
         (wrong["type"].as_str(), wrong["error"]["type"].as_str()),
         (Some("error"), Some("authentication_error"))
     );
+
+    // An alias means the first of its models the fleet serves; a model nowhere is a 404 until
+    // a fallback (`*`) says what it means.
+    let admin = |args: &'static [&'static str]| hubctl(&fleet.hub.url, &fleet.hub.api.token, args);
+    let ask = |model: &str| {
+        http.post(format!("{}/v1/chat/completions", fleet.hub.url))
+            .bearer_auth(&fleet.key)
+            .json(&chat(model, false))
+            .send()
+    };
+    assert!(admin(&["models", "alias", "fast", "no-such-model", OLLAMA_MODEL]).await.status.success());
+    let listed = admin(&["--json", "models", "aliases"]).await;
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["aliases"][0], json!({"name": "fast", "models": ["no-such-model", OLLAMA_MODEL]}));
+    let fast = ask("fast").await.unwrap();
+    assert!(fast.headers()["x-agentcom-placement"].to_str().unwrap().starts_with("gwh-ollama/"));
+    let body: Value = fast.json().await.unwrap();
+    assert_eq!(
+        (body["model"].as_str(), body["choices"][0]["message"]["content"].as_str()),
+        (Some(OLLAMA_MODEL), Some("Hello, world"))
+    );
+    let missing = ask("gpt-5").await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let missing: Value = missing.json().await.unwrap();
+    assert_eq!(missing["error"]["code"], "model_not_found", "{missing}");
+    assert!(missing["error"]["message"].as_str().unwrap().contains(OPENAI_MODEL), "{missing}");
+    assert!(admin(&["models", "alias", "*", OPENAI_MODEL]).await.status.success());
+    assert_eq!(ask("gpt-5").await.unwrap().status(), 200, "the fallback serves it");
+    // An endpoint that fails before its first token: the request goes on to the alias's next.
+    assert!(admin(&["models", "alias", "sturdy", OPENAI_MODEL, OLLAMA_MODEL]).await.status.success());
+    fleet.openai.faults(vec![Fault::ErrorAfter(0); 3]);
+    let sturdy = ask("sturdy").await.unwrap();
+    assert_eq!(sturdy.status(), 200);
+    let body: Value = sturdy.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "Hello, world", "{body}");
+    assert!(admin(&["models", "unalias", "*"]).await.status.success());
+    assert_eq!(ask("gpt-5").await.unwrap().status(), 404);
 
     // A long reply; the caller reads its first piece and goes away.
     fleet.ollama.script(ChatScript {

@@ -126,6 +126,8 @@ const MEMORY_PREFIX: &str = "memory/";
 const VERDICTS_PREFIX: &str = "verdicts/";
 /// `usage/DAY/KEY/MODEL`: what a gateway key spent on a model on a UTC day (the model last).
 const USAGE_PREFIX: &str = "usage/";
+/// `alias/NAME`: the gateway's model alias, its models one per line.
+const ALIAS_PREFIX: &str = "alias/";
 /// META key: the last write-ahead log record that redb's last durable commit covers.
 const CHECKPOINT_LSN: &str = "checkpoint_lsn";
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +247,14 @@ pub enum Op {
         row: crate::usage::Row,
         spend: crate::usage::Spend,
     },
+    /// A model alias of the gateway: the models it means, first available first.
+    PutAlias {
+        name: String,
+        models: Vec<String>,
+    },
+    DeleteAlias {
+        name: String,
+    },
 }
 
 /// One admin action, as the audit log keeps it.
@@ -313,6 +323,8 @@ pub struct Fleet {
     pub cordons: HashMap<String, Cordon>,
     pub verdicts: Vec<(String, &'static str, crate::domain::Tier, crate::sched::Tally)>,
     pub usage: Vec<(crate::usage::Row, crate::usage::Spend)>,
+    /// The gateway's model aliases: a name, and the models it means.
+    pub aliases: Vec<(String, Vec<String>)>,
     pub hooks: Vec<Hook>,
     pub schedules: Vec<Scheduled>,
     pub memories: Vec<Memory>,
@@ -651,6 +663,11 @@ impl Store {
                 match codec::decode_verdicts(rest, value) {
                     Ok(verdicts) => fleet.verdicts.push(verdicts),
                     Err(err) => tracing::warn!(key, error = %err, "skipped stored verdicts that do not decode"),
+                }
+            } else if let Some(name) = key.strip_prefix(ALIAS_PREFIX) {
+                match std::str::from_utf8(value) {
+                    Ok(models) => fleet.aliases.push((name.to_owned(), models.lines().map(str::to_owned).collect())),
+                    Err(err) => tracing::warn!(key, error = %err, "skipped a stored model alias that does not decode"),
                 }
             } else if let Some(rest) = key.strip_prefix(USAGE_PREFIX) {
                 match codec::decode_usage(rest, value) {

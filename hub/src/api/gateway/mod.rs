@@ -13,6 +13,7 @@
 //! Errors come in each API's own shape and status ([`Refusal::into_response`]), refusals of the
 //! authentication layer included (`server::authenticate` asks [`dialect_of`]).
 
+mod aliases;
 mod anthropic;
 mod keys;
 mod models;
@@ -30,6 +31,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::Value;
 
+pub use self::aliases::Aliases;
+pub(crate) use self::aliases::{delete as aliases_delete, list as aliases_list, put as aliases_put};
 pub use self::keys::Meters;
 use super::http::HttpState;
 use crate::auth::Caller;

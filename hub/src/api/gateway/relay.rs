@@ -1,15 +1,18 @@
-//! One gateway request, from its [`Chat`] to the caller's last byte: the model checked against
-//! the fleet, the task submitted in the `interactive` lane, its placement awaited (the answer's
-//! `x-agentcom-task` and `x-agentcom-placement` headers), then its reply relayed from the task's
-//! feed as it arrives, rendered in the caller's API.
+//! One gateway request, from its [`Chat`] to the caller's last byte: the key's limits checked,
+//! the model resolved against the fleet (an alias's models, the fallback's), the task submitted
+//! in the `interactive` lane, its placement awaited (the answer's `x-agentcom-task` and
+//! `x-agentcom-placement` headers), then its reply relayed from the task's feed as it arrives,
+//! rendered in the caller's API.
 //!
 //! A stream goes through a bounded buffer ([`BUFFERED`] pieces): a caller that stops reading for
 //! [`SLOW_CALLER`] is cut off, and a caller that goes away drops the buffer's far end; either way
 //! the task is cancelled, which stops the request on the sidecar and closes its connection to the
 //! endpoint. A failed attempt that had streamed nothing is retried by the hub as any LLM task
-//! (on the next placement); once text has reached the caller, a retry cannot be joined to it, so
-//! the stream ends with an error instead.
+//! (on the next placement), and a task that failed so, having sent nothing, is followed by one
+//! for the next candidate model; once text has reached the caller, a retry cannot be joined to
+//! it, so the stream ends with an error instead.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
@@ -22,8 +25,7 @@ use tokio::sync::mpsc;
 
 use super::{Chat, Dialect, Finish, Kind, Refusal, Stop, anthropic, keys, models, ollama, openai};
 use crate::api::http::HttpState;
-use crate::auth::Caller;
-use crate::auth::KeyLimits;
+use crate::auth::{Caller, KeyLimits};
 use crate::core::{Error, Handle};
 use crate::domain::{Lane, LlmWork, SpecDefaults, Task, TaskId, TaskSpec, TaskState, Work};
 use crate::feed::{self, FeedEvent};
@@ -289,71 +291,165 @@ pub(super) async fn run(state: HttpState, dialect: Dialect, caller: Option<Calle
     }
 }
 
+/// One task of a request, placed (or ended): its feed from the start, and its guard.
+struct Launched {
+    id: TaskId,
+    guard: Guard,
+    events: std::pin::Pin<Box<dyn futures_util::Stream<Item = FeedEvent> + Send>>,
+    /// Where it was placed, for `x-agentcom-placement`.
+    sidecar: String,
+}
+
+/// What a request needs to launch its tasks: the first candidate model, and the next ones when
+/// an endpoint fails before its first token.
+struct Request {
+    state: HttpState,
+    dialect: Dialect,
+    caller: Option<Caller>,
+    limits: KeyLimits,
+    chat: Chat,
+    /// The models still to try, in order.
+    candidates: VecDeque<String>,
+}
+
+impl Request {
+    /// Submits the next candidate's task and waits until it is placed (or has ended).
+    async fn launch(&mut self) -> Result<Launched, Refusal> {
+        let model = self.candidates.pop_front().ok_or_else(|| Refusal::new(Kind::Upstream, "no model left to try"))?;
+        let chat = Chat { model, ..self.chat.clone() };
+        let spec = spec(&self.state.spec_defaults, self.dialect, self.caller.as_ref(), &self.limits, &chat);
+        spec.validate().map_err(|err| Refusal::invalid(err.to_string()))?;
+        let id = self.state.hub.submit(spec).await.map_err(refusal_of)?.task.id;
+        let guard = Guard { hub: self.state.hub.clone(), id, ended: false, reason: "the caller went away" };
+        let feed = self.state.hub.watch(id).await.map_err(refusal_of)?;
+        let mut events = Box::pin(feed::events(feed, self.state.stop.clone()));
+        let mut early = Vec::new();
+        let sidecar = loop {
+            match events.next().await {
+                None => return Err(Refusal::new(Kind::Unavailable, "the hub is stopping")),
+                Some(FeedEvent::Snapshot(task)) if task.state.is_terminal() || task.sidecar_id.is_some() => {
+                    let sidecar = task.sidecar_id.clone().unwrap_or_default();
+                    early.push(FeedEvent::Snapshot(task));
+                    break sidecar;
+                }
+                Some(other) => early.push(other),
+            }
+        };
+        let events = Box::pin(futures_util::stream::iter(early).chain(events));
+        Ok(Launched { id, guard, events, sidecar })
+    }
+
+    /// Reads `launched` to its end; an endpoint that failed before the first token (nothing of
+    /// it sent) is tried again on the next candidate, as long as there is one. `text` gets each
+    /// piece; false from it stops the reading (the caller is gone).
+    async fn read(
+        &mut self,
+        mut launched: Launched,
+        reading: &mut Reading,
+        mut out: Out<'_>,
+    ) -> Option<Result<Finish, Refusal>> {
+        loop {
+            let Some(event) = launched.events.next().await else {
+                return Some(Err(Refusal::new(Kind::Unavailable, "the hub is stopping")));
+            };
+            match reading.step(event) {
+                Step::Text(piece) if piece.is_empty() => {}
+                Step::Text(piece) => {
+                    if !out.text(piece).await {
+                        launched.guard.reason = "the caller stopped reading or went away";
+                        return None;
+                    }
+                }
+                Step::Ended(Err(refusal))
+                    if refusal.kind == Kind::Upstream && reading.attempt.is_none() && !self.candidates.is_empty() =>
+                {
+                    launched.guard.ended = reading.task_ended;
+                    reading.task_ended = false;
+                    launched = match self.launch().await {
+                        Ok(next) => next,
+                        Err(refusal) => return Some(Err(refusal)),
+                    };
+                }
+                Step::Ended(ended) => {
+                    // A retry that cannot be joined still runs: the guard cancels it.
+                    launched.guard.ended = reading.task_ended;
+                    return Some(ended);
+                }
+                Step::Nothing => {}
+            }
+        }
+    }
+}
+
+/// Where the reply's text goes: gathered for a whole answer, or sent down the stream.
+enum Out<'a> {
+    Whole(&'a mut String),
+    Stream(&'a mpsc::Sender<Result<Bytes, Infallible>>, &'a Render),
+}
+
+impl Out<'_> {
+    /// False once the caller is gone (or has stopped reading).
+    async fn text(&mut self, piece: String) -> bool {
+        match self {
+            Out::Whole(text) => {
+                text.push_str(&piece);
+                true
+            }
+            Out::Stream(tx, render) => send(tx, render.piece(&piece)).await,
+        }
+    }
+}
+
+/// Sends bytes down a stream: false once the caller went away, or stopped reading for
+/// [`SLOW_CALLER`].
+async fn send(tx: &mpsc::Sender<Result<Bytes, Infallible>>, bytes: Vec<u8>) -> bool {
+    matches!(tokio::time::timeout(SLOW_CALLER, tx.send(Ok(Bytes::from(bytes)))).await, Ok(Ok(())))
+}
+
 async fn start(state: &HttpState, dialect: Dialect, caller: Option<Caller>, chat: Chat) -> Result<Response, Refusal> {
     // The key's limits first: what it may not do is refused whatever the fleet has.
     let key = caller.as_ref().map(|c| c.token_id.clone()).unwrap_or_default();
     let limits = state.tokens.find(&key).map(|(_, info)| info.limits).unwrap_or_default();
     keys::check_model(&limits, &chat.model)?;
     let endpoints = models::healthy(state).await?;
-    if !models::served(&endpoints, &chat.model) {
+    // An alias's models (or the model itself, or the fallback's) that the fleet serves.
+    let mut candidates = state.aliases.candidates(&chat.model, |m| models::served(&endpoints, m));
+    if candidates.is_empty() {
         return Err(models::not_served(&endpoints, &chat.model));
     }
-    if limits.local_only && !models::served_locally(&endpoints, &chat.model) {
-        return Err(Refusal::new(
-            Kind::Forbidden,
-            format!("this key is local-only, and model {:?} is served only by cloud providers", chat.model),
-        ));
+    if limits.local_only {
+        candidates.retain(|m| models::served_locally(&endpoints, m));
+        if candidates.is_empty() {
+            return Err(Refusal::new(
+                Kind::Forbidden,
+                format!("this key is local-only, and model {:?} is served only by cloud providers", chat.model),
+            ));
+        }
     }
     if limits.daily_budget_usd.is_some() || limits.monthly_budget_usd.is_some() {
         let rows = state.hub.usage().await.map_err(refusal_of)?;
         keys::check_budget(&limits, &key, &rows, crate::domain::now_ms())?;
     }
     state.meters.admit(&key, &limits, Instant::now())?;
-    let spec = spec(&state.spec_defaults, dialect, caller.as_ref(), &limits, &chat);
-    spec.validate().map_err(|err| Refusal::invalid(err.to_string()))?;
-    let id = state.hub.submit(spec).await.map_err(refusal_of)?.task.id;
-    let mut guard = Guard { hub: state.hub.clone(), id, ended: false, reason: "the caller went away" };
-    let feed = state.hub.watch(id).await.map_err(refusal_of)?;
-    let mut events = Box::pin(feed::events(feed, state.stop.clone()));
-    let render = Render::new(dialect, id, &chat);
-    let mut reading = Reading { utf8: Utf8::default(), attempt: None, model: chat.model.clone(), task_ended: false };
-
-    // Placed (or ended) first: the headers say where.
-    let mut early = Vec::new();
-    let mut placed_on = None;
-    while placed_on.is_none() {
-        match events.next().await {
-            None => return Err(Refusal::new(Kind::Unavailable, "the hub is stopping")),
-            Some(FeedEvent::Snapshot(task)) if task.state.is_terminal() || task.sidecar_id.is_some() => {
-                placed_on = Some(task.sidecar_id.clone().unwrap_or_default());
-                early.push(FeedEvent::Snapshot(task));
-            }
-            Some(other) => early.push(other),
-        }
-    }
-    let placement = placement(&state.hub, id, placed_on.unwrap_or_default()).await;
-    let mut headers = vec![(header::HeaderName::from_static("x-agentcom-task"), id.to_string())];
+    let stream = chat.stream;
+    let mut request = Request { state: state.clone(), dialect, caller, limits, chat, candidates: candidates.into() };
+    let launched = request.launch().await?;
+    let render = Render::new(dialect, launched.id, &request.chat);
+    let mut reading =
+        Reading { utf8: Utf8::default(), attempt: None, model: request.chat.model.clone(), task_ended: false };
+    let placement = placement(&state.hub, launched.id, launched.sidecar.clone()).await;
+    let mut headers = vec![(header::HeaderName::from_static("x-agentcom-task"), launched.id.to_string())];
     headers.push((header::HeaderName::from_static("x-agentcom-placement"), placement));
 
-    if !chat.stream {
-        let mut text = String::new();
-        let mut events = futures_util::stream::iter(early).chain(events);
-        let ended = loop {
-            match events.next().await {
-                None => break Err(Refusal::new(Kind::Unavailable, "the hub is stopping")),
-                Some(event) => match reading.step(event) {
-                    Step::Text(piece) => text.push_str(&piece),
-                    Step::Ended(ended) => break ended,
-                    Step::Nothing => {}
-                },
-            }
-        };
-        guard.ended = reading.task_ended;
+    if !stream {
+        let mut whole = String::new();
+        let ended = request.read(launched, &mut reading, Out::Whole(&mut whole));
+        let ended = ended.await.unwrap_or_else(|| Err(Refusal::new(Kind::Internal, "the reading stopped")));
         if let Ok(finish) = &ended {
             state.meters.used(&key, finish.input_tokens + finish.output_tokens, Instant::now());
         }
         let mut response = match ended {
-            Ok(finish) => axum::Json(render.whole(text, &finish)).into_response(),
+            Ok(finish) => axum::Json(render.whole(whole, &finish)).into_response(),
             Err(refusal) => refusal.into_response(dialect),
         };
         with_headers(&mut response, headers);
@@ -364,48 +460,20 @@ async fn start(state: &HttpState, dialect: Dialect, caller: Option<Caller>, chat
     let meters = state.meters.clone();
     let content_type = render.content_type();
     tokio::spawn(async move {
-        // The whole guard moves here (not only the fields written below): it cancels when this ends.
-        let mut guard = guard;
-        let mut events = futures_util::stream::iter(early).chain(events);
-        let send = async |bytes: Vec<u8>| -> bool {
-            match tokio::time::timeout(SLOW_CALLER, tx.send(Ok(Bytes::from(bytes)))).await {
-                Ok(Ok(())) => true,
-                Ok(Err(_)) => false, // The caller went away.
-                Err(_) => false,     // The caller stopped reading.
-            }
-        };
-        if !send(render.head()).await {
+        if !send(&tx, render.head()).await {
+            drop(launched); // Its guard cancels the task.
             return;
         }
-        loop {
-            let Some(event) = events.next().await else {
-                let _ = send(render.error(&Refusal::new(Kind::Unavailable, "the hub is stopping"))).await;
-                return;
-            };
-            match reading.step(event) {
-                Step::Text(piece) if piece.is_empty() => {}
-                Step::Text(piece) => {
-                    if !send(render.piece(&piece)).await {
-                        guard.reason = "the caller stopped reading or went away";
-                        return;
-                    }
-                }
-                Step::Ended(ended) => {
-                    // A retry that cannot be joined still runs: the guard cancels it.
-                    guard.ended = reading.task_ended;
-                    let bytes = match &ended {
-                        Ok(finish) => {
-                            meters.used(&key, finish.input_tokens + finish.output_tokens, Instant::now());
-                            render.end(finish)
-                        }
-                        Err(refusal) => render.error(refusal),
-                    };
-                    let _ = send(bytes).await;
-                    return;
-                }
-                Step::Nothing => {}
+        let ended = request.read(launched, &mut reading, Out::Stream(&tx, &render)).await;
+        let Some(ended) = ended else { return };
+        let bytes = match &ended {
+            Ok(finish) => {
+                meters.used(&key, finish.input_tokens + finish.output_tokens, Instant::now());
+                render.end(finish)
             }
-        }
+            Err(refusal) => render.error(refusal),
+        };
+        let _ = send(&tx, bytes).await;
     });
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     let mut response = Response::new(body);

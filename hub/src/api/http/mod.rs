@@ -74,6 +74,8 @@ pub struct HttpState {
     pub enrolment: crate::enrol::Enrolment,
     /// The gateway keys' requests and tokens over the last minute.
     pub meters: crate::api::gateway::Meters,
+    /// The gateway's model aliases.
+    pub aliases: crate::api::gateway::Aliases,
 }
 
 impl IntoResponse for ApiError {
@@ -119,6 +121,11 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/api/v1/audit", get(tokens::audit))
         .route("/api/v1/usage", get(usage::usage))
+        .route("/api/v1/models/aliases", get(super::gateway::aliases_list))
+        .route(
+            "/api/v1/models/aliases/{name}",
+            axum::routing::put(super::gateway::aliases_put).delete(super::gateway::aliases_delete),
+        )
         .route("/api/v1/join-tokens", get(enrolment::list).post(enrolment::create))
         .route("/api/v1/join-tokens/{id}", axum::routing::delete(enrolment::revoke))
         .route("/api/v1/sidecars", get(enrolment::list_sidecars))

@@ -77,8 +77,8 @@ pub(in crate::store) fn prepare(ops: Vec<Op>) -> Vec<Prepared> {
 
 fn prepare_one(op: Op) -> Prepared {
     use crate::store::{
-        CORDON_PREFIX, ENDPOINT_PREFIX, HOOK_PREFIX, IDENTITY_PREFIX, JOIN_PREFIX, MEMORY_PREFIX, SCHEDULE_PREFIX,
-        USAGE_PREFIX, VERDICTS_PREFIX,
+        ALIAS_PREFIX, CORDON_PREFIX, ENDPOINT_PREFIX, HOOK_PREFIX, IDENTITY_PREFIX, JOIN_PREFIX, MEMORY_PREFIX,
+        SCHEDULE_PREFIX, USAGE_PREFIX, VERDICTS_PREFIX,
     };
     match op {
         Op::PutTask(task) => Prepared::PutTask { key: u128::from(task.id.0), bytes: encode_task(*task) },
@@ -124,6 +124,10 @@ fn prepare_one(op: Op) -> Prepared {
         Op::PutRunEvent { run, seq, event } => {
             Prepared::PutWorkflow { key: (u128::from(run), seq), bytes: super::workflow::encode_event(&event) }
         }
+        Op::PutAlias { name, models } => {
+            Prepared::PutFleet { key: format!("{ALIAS_PREFIX}{name}"), value: models.join("\n").into_bytes() }
+        }
+        Op::DeleteAlias { name } => Prepared::DeleteFleet { key: format!("{ALIAS_PREFIX}{name}") },
         Op::PutUsage { row, spend } => Prepared::PutFleet {
             key: format!("{USAGE_PREFIX}{}/{}/{}", row.day, row.key, row.model),
             value: spend.encode().into_bytes(),
