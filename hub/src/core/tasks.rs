@@ -35,6 +35,7 @@ impl State {
                 let id = task.id;
                 self.tasks.insert(id, task);
                 self.persist(id, AfterCommit::Nothing);
+                self.retain(id);
                 continue;
             }
             if let Some(key) = &task.spec.idempotency_key {

@@ -30,6 +30,10 @@ pub(super) struct Harness {
 pub(super) struct Stored {
     pub(super) tasks: std::collections::BTreeMap<TaskId, Task>,
     pub(super) runs: std::collections::BTreeMap<ulid::Ulid, crate::store::LoadedRun>,
+    /// Each task's stored stdout.
+    pub(super) outputs: std::collections::BTreeMap<TaskId, Vec<u8>>,
+    /// The usage rows written, in order.
+    pub(super) usage: Vec<(crate::usage::Row, crate::usage::Spend)>,
 }
 
 impl Stored {
@@ -37,6 +41,8 @@ impl Stored {
         use crate::store::{LoadedRun, Op};
         match op {
             Op::PutTask(task) => drop(self.tasks.insert(task.id, Task::clone(task))),
+            Op::PutOutput { id, stdout, .. } => drop(self.outputs.insert(*id, stdout.clone())),
+            Op::PutUsage { row, spend } => self.usage.push((row.clone(), *spend)),
             Op::PutRun(run) => match self.runs.get_mut(&run.id) {
                 Some(loaded) => loaded.run = (**run).clone(),
                 None => drop(self.runs.insert(run.id, LoadedRun { run: (**run).clone(), events: Vec::new() })),

@@ -642,3 +642,48 @@ fn the_same_seed_and_events_make_the_same_decisions() {
     assert_eq!(first, ids());
     assert_eq!(first.iter().collect::<std::collections::HashSet<_>>().len(), 5, "distinct ids");
 }
+
+#[test]
+fn a_gateway_request_keeps_no_text_counts_its_key_spend_and_fails_at_a_restart() {
+    let mut hub = llm_fleet();
+    let gateway = |prompt: &str| {
+        let mut spec = llm_spec(Tier::Standard);
+        spec.priority = Lane::Interactive;
+        spec.work = Work::Llm(LlmWork { redact: true, model: "m".into(), ..LlmWork::prompt(prompt) });
+        spec.labels.insert(crate::core::GATEWAY_KEY.into(), "tok-a".into());
+        spec
+    };
+    let id = hub.submit(gateway("secret question"));
+    let generation = hub.task(id).lease_generation;
+    assert_eq!(hub.assigned("local"), vec![(id, generation)]);
+    let usage = crate::domain::Usage {
+        provider: "ollama".into(),
+        model: "m".into(),
+        input_tokens: 10,
+        cached_input_tokens: 2,
+        output_tokens: 5,
+        ..crate::domain::Usage::default()
+    };
+    let outcome =
+        Outcome { exit: Exit::Code(0), stdout: b"secret answer".to_vec(), usage: Some(usage), ..Outcome::empty() };
+    hub.report(
+        "local",
+        FromSidecar::Finished { task_id: id, lease_generation: generation, outcome: Box::new(outcome) },
+    );
+    assert_eq!(hub.task(id).state, TaskState::Succeeded);
+    assert_eq!(hub.stored.outputs[&id], b"", "the reply is not stored");
+    let (row, spend) = hub.stored.usage.last().cloned().expect("the key's spend is stored");
+    assert_eq!((row.key.as_str(), row.model.as_str()), ("tok-a", "m"));
+    assert_eq!((spend.requests, spend.input_tokens, spend.output_tokens), (1, 12, 5));
+    let rows = hub.ask(|reply| Event::Usage { reply });
+    assert_eq!(rows, vec![(row, spend)]);
+
+    // A request the hub held when it stopped cannot run again: its prompt was never stored.
+    let waiting = hub.submit(gateway("another"));
+    let restarted = hub.restart(|_| Vec::new());
+    let mut restarted = restarted;
+    let task = restarted.task(waiting);
+    assert_eq!(task.state, TaskState::Failed);
+    assert!(task.state_reason.contains("prompt was not stored"), "{}", task.state_reason);
+    assert!(restarted.assigned("local").is_empty(), "nothing ran again");
+}
