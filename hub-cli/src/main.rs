@@ -155,6 +155,11 @@ struct HubArgs {
     /// Requests per second one admin token may make (bursts of twice that); 0 turns limiting off.
     #[arg(long, default_value_t = agentcom_hub::server::DEFAULT_RATE_PER_TOKEN)]
     rate_limit_per_token: u32,
+    /// Let gateway requests that carry no key act as the token named NAME (`hubctl tokens create
+    /// --role inference --name NAME`, its limits applying), for clients that cannot send a key,
+    /// such as the Ollama CLI. Anyone who reaches the hub may then use the gateway as that key.
+    #[arg(long, value_name = "NAME")]
+    gateway_keyless: Option<String>,
     /// Changes storage may have queued before submits are refused with 503 and retry-after.
     #[arg(long, default_value_t = 100_000)]
     max_write_backlog: usize,
@@ -209,6 +214,7 @@ impl HubArgs {
             rate_per_token: agentcom_hub::ratelimit::Rate::per_second(self.rate_limit_per_token),
             tls: None,
             quic_listen: None,
+            keyless_gateway: self.gateway_keyless.clone(),
         })
     }
 

@@ -175,6 +175,8 @@ struct Gate {
     tokens: Tokens,
     limiter: Arc<Limiter>,
     enrolment: Enrolment,
+    /// The name of the token gateway requests without a key act as.
+    keyless_gateway: Option<String>,
 }
 
 /// Checks the bearer token before any handler runs, and the token's rate on the admin API,
@@ -188,6 +190,15 @@ async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next
         .flatten();
     if api_key.is_some() {
         header = api_key.as_deref();
+    }
+    // A gateway request with no key at all, where the operator named a token for those.
+    if access == auth::Access::Gateway
+        && header.is_none()
+        && let Some(name) = &gate.keyless_gateway
+        && let Some(token) = gate.tokens.list().into_iter().find(|t| &t.name == name && t.role.may(access))
+    {
+        request.extensions_mut().insert(auth::Caller { role: token.role, token_id: token.id });
+        return next.run(request).await;
     }
     let is_grpc = request
         .headers()
@@ -286,6 +297,9 @@ pub struct ServeOptions {
     pub tls: Option<LinkTls>,
     /// Also serve the sidecar link over QUIC here (needs `tls`).
     pub quic_listen: Option<std::net::SocketAddr>,
+    /// Gateway requests that carry no key act as the token of this name (for clients that
+    /// cannot send one, such as the Ollama CLI); `None`: they are refused.
+    pub keyless_gateway: Option<String>,
 }
 
 /// Requests per second an admin token may make by default.
@@ -298,6 +312,7 @@ impl Default for ServeOptions {
             rate_per_token: ratelimit::Rate::per_second(DEFAULT_RATE_PER_TOKEN),
             tls: None,
             quic_listen: None,
+            keyless_gateway: None,
         }
     }
 }
@@ -402,7 +417,12 @@ impl Hub {
             .method_not_allowed_fallback(method_not_allowed)
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
             .layer(axum::middleware::from_fn_with_state(
-                Gate { tokens, limiter: Arc::new(Limiter::new(options.rate_per_token)), enrolment },
+                Gate {
+                    tokens,
+                    limiter: Arc::new(Limiter::new(options.rate_per_token)),
+                    enrolment,
+                    keyless_gateway: options.keyless_gateway.clone(),
+                },
                 authenticate,
             ));
 

@@ -50,6 +50,10 @@ struct Fleet {
 }
 
 async fn fleet(prefix: &str) -> Fleet {
+    fleet_with(prefix, &[]).await
+}
+
+async fn fleet_with(prefix: &str, hub_flags: &[&str]) -> Fleet {
     let ollama = OllamaDouble::start(vec![FakeModel::new(OLLAMA_MODEL, 1, "llama", "3.2B")]).await;
     ollama.load(OLLAMA_MODEL, 1);
     let openai = ChatDouble::openai().await;
@@ -57,7 +61,7 @@ async fn fleet(prefix: &str) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
-    let hub = HubProcess::serve(&dir.path().join("hub"), &[]).await;
+    let hub = HubProcess::serve(&dir.path().join("hub"), hub_flags).await;
     let checks = ["--llm-check-interval-ms", "200"];
     let id = |name: &str| format!("{prefix}-{name}");
     let sidecars = vec![
@@ -263,7 +267,7 @@ async fn key(fleet: &Fleet, name: &str, limits: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_held_to_their_limits_and_their_spend_is_shown() {
-    let fleet = fleet("gwk").await;
+    let fleet = fleet_with("gwk", &["--gateway-keyless", "cli"]).await;
     let http = reqwest::Client::new();
     let openai = |key: &str, model: &str| {
         http.post(format!("{}/v1/chat/completions", fleet.hub.url))
@@ -305,6 +309,23 @@ async fn keys_are_held_to_their_limits_and_their_spend_is_shown() {
     assert_eq!(refused.status(), 403);
     assert_eq!(openai(&private, OPENAI_MODEL).await.unwrap().status(), 200, "a local server is fine");
 
+    // A client that cannot send a key (the Ollama CLI) acts as the token the hub names for it,
+    // once that token exists.
+    let keyless = || {
+        http.post(format!("{}/api/chat", fleet.hub.url))
+            .json(&json!({"model": OLLAMA_MODEL, "stream": false, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    let refused = keyless().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let refused: Value = refused.json().await.unwrap();
+    assert!(refused["error"].as_str().unwrap().contains("missing bearer token"), "{refused}");
+    key(&fleet, "cli", &["--models", OLLAMA_MODEL]).await;
+    let served = keyless().await.unwrap();
+    assert_eq!(served.status(), 200);
+    let served: Value = served.json().await.unwrap();
+    assert_eq!(served["message"]["content"], "Hello, world", "{served}");
+
     // The spend per key, from hubctl usage.
     let usage = hubctl(&fleet.hub.url, &fleet.hub.api.token, &["--json", "usage", "--by", "key"]).await;
     assert!(usage.status.success(), "{}", String::from_utf8_lossy(&usage.stderr));
@@ -315,6 +336,7 @@ async fn keys_are_held_to_their_limits_and_their_spend_is_shown() {
     assert!(thrifty["cost_usd"].as_f64().unwrap() > 0.0001, "{usage}");
     assert_eq!(of("slow").unwrap()["requests"], 2, "{usage}");
     assert_eq!(of("slow").unwrap()["cost_usd"], 0.0, "a local model costs nothing: {usage}");
+    assert_eq!(of("cli").unwrap()["requests"], 1, "the keyless request counts as its key's: {usage}");
     let table = hubctl(&fleet.hub.url, &fleet.hub.api.token, &["usage"]).await;
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("thrifty") && table.contains(CLAUDE), "{table}");
