@@ -207,7 +207,7 @@ async fn the_dashboard_shows_the_fleet_live_in_a_real_browser() {
         .eval("[...document.querySelectorAll('#view-queue .key')].map((k) => k.textContent.split(' ')[0]).join(',')")
         .await
         .unwrap();
-    assert_eq!(keys, json!("urgent,high,normal,low,blocked"), "each lane keyed once");
+    assert_eq!(keys, json!("interactive,urgent,high,normal,low,blocked"), "each lane keyed once");
 
     workflows(&hub, &browser, &shots, dir.path()).await;
 
