@@ -4,7 +4,7 @@
 //! The hub core decides *what* happens to a task; this module answers *which* task is next
 //! and *whether* a message about a leased task is current (fencing).
 //!
-//! Order: lane priority (urgent, high, normal, low), then age, with aging against starvation:
+//! Order: lane priority (interactive, urgent, high, normal, low), then age, with aging against starvation:
 //! for every `aging_step_ms` a ready task has existed (counted from its submit time, which a
 //! ULID carries) it ranks one lane higher, up to urgent. A task submitted at `t` in lane `k`
 //! (urgent = 0, low = 3) therefore ranks as urgent from `t + k * aging_step_ms` on, and from then

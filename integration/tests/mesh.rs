@@ -41,7 +41,12 @@ async fn bad_input_gets_a_clear_error_and_nothing_is_stored() {
     let cases = [
         (json!({}), 400, "invalid_argument", "exactly one of shell, llm, agent"),
         (json!({ "shell": { "argv": [] } }), 400, "invalid_argument", "needs argv or script"),
-        (json!({ "shell": { "argv": ["x"] }, "priority": "asap" }), 400, "invalid_argument", "not one of urgent"),
+        (
+            json!({ "shell": { "argv": ["x"] }, "priority": "asap" }),
+            400,
+            "invalid_argument",
+            "not one of interactive, urgent",
+        ),
         (json!({ "shell": { "argv": ["x"] }, "bogus": 1 }), 400, "invalid_argument", "unknown field"),
         (
             json!({ "shell": { "argv": ["x"] }, "limits": { "max_attempts": 1000 } }),
