@@ -156,9 +156,11 @@ async fn each_answer_names_its_task_and_placement_and_a_caller_that_leaves_cance
     let fleet = fleet("gwh").await;
     let http = reqwest::Client::new();
     let chat = |model: &str, stream: bool| json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream});
+    let trace = "0af7651916cd43dd8448eb211c80319c";
     let answer = http
         .post(format!("{}/v1/chat/completions", fleet.hub.url))
         .bearer_auth(&fleet.key)
+        .header("traceparent", format!("00-{trace}-b7ad6b7169203331-01"))
         .json(&chat(OPENAI_MODEL, false))
         .send()
         .await
@@ -175,6 +177,7 @@ async fn each_answer_names_its_task_and_placement_and_a_caller_that_leaves_cance
     let explained: Value = serde_json::from_slice(&explained.stdout).unwrap();
     assert_eq!(explained["decisions"][0]["kind"], "placed", "{explained}");
     assert!(explained.to_string().contains("gwh-openai"), "{explained}");
+    assert_eq!(fleet.hub.api.get(&task).await["trace_id"], trace, "the caller's trace holds the task's spans");
 
     // The inference key reaches the gateway only.
     let refused = http.get(format!("{}/api/v1/tasks", fleet.hub.url)).bearer_auth(&fleet.key).send().await.unwrap();

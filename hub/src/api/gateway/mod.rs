@@ -104,6 +104,8 @@ pub struct Chat {
     pub generate: bool,
     /// Tools the model may call.
     pub tools: Vec<ToolSpec>,
+    /// The caller's trace (a `traceparent` header), which the task's spans join.
+    pub trace_parent: Option<crate::domain::TraceParent>,
 }
 
 /// Why generation ended, in no API's words.
@@ -246,42 +248,44 @@ async fn chat(
     state: HttpState,
     dialect: Dialect,
     caller: Option<Caller>,
-    body: Bytes,
+    (headers, body): (HeaderMap, Bytes),
     parse: fn(&Value) -> Result<Chat, Refusal>,
 ) -> Response {
-    let chat = match json_body(&body).and_then(|value| parse(&value)) {
+    let mut chat = match json_body(&body).and_then(|value| parse(&value)) {
         Ok(chat) => chat,
         Err(refusal) => return refusal.into_response(dialect),
     };
+    // An instrumented client's trace; a malformed header is not worth refusing a chat for.
+    chat.trace_parent = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     relay::run(state, dialect, caller, chat).await
 }
 
-async fn openai_chat(State(state): State<HttpState>, caller: Option<axum::Extension<Caller>>, body: Bytes) -> Response {
-    chat(state, Dialect::OpenAi, caller.map(|c| c.0), body, openai::parse).await
+/// Who asked, as the authentication layer found it.
+type Asker = Option<axum::Extension<Caller>>;
+
+async fn openai_chat(State(state): State<HttpState>, caller: Asker, headers: HeaderMap, body: Bytes) -> Response {
+    chat(state, Dialect::OpenAi, caller.map(|c| c.0), (headers, body), openai::parse).await
 }
 
 async fn anthropic_messages(
     State(state): State<HttpState>,
-    caller: Option<axum::Extension<Caller>>,
+    caller: Asker,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    chat(state, Dialect::Anthropic, caller.map(|c| c.0), body, anthropic::parse).await
+    chat(state, Dialect::Anthropic, caller.map(|c| c.0), (headers, body), anthropic::parse).await
 }
 
-async fn ollama_chat(State(state): State<HttpState>, caller: Option<axum::Extension<Caller>>, body: Bytes) -> Response {
-    chat(state, Dialect::Ollama, caller.map(|c| c.0), body, ollama::parse_chat).await
+async fn ollama_chat(State(state): State<HttpState>, caller: Asker, headers: HeaderMap, body: Bytes) -> Response {
+    chat(state, Dialect::Ollama, caller.map(|c| c.0), (headers, body), ollama::parse_chat).await
 }
 
-async fn ollama_generate(
-    State(state): State<HttpState>,
-    caller: Option<axum::Extension<Caller>>,
-    body: Bytes,
-) -> Response {
-    chat(state, Dialect::Ollama, caller.map(|c| c.0), body, ollama::parse_generate).await
+async fn ollama_generate(State(state): State<HttpState>, caller: Asker, headers: HeaderMap, body: Bytes) -> Response {
+    chat(state, Dialect::Ollama, caller.map(|c| c.0), (headers, body), ollama::parse_generate).await
 }
 
-/// Text of a message's `content`: a string, or a list of parts of which only text is taken
-/// (`kind_key` names the part's type field, `text` its type). Other parts are refused.
+/// Text of a message's `content`: a string, or a list of parts of which only `text` parts are
+/// taken; other parts are refused.
 fn content_text(content: &Value, field: &str) -> Result<String, Refusal> {
     match content {
         Value::Null => Ok(String::new()),

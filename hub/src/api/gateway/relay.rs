@@ -61,6 +61,7 @@ pub(super) fn spec(
     });
     spec.placement.model = chat.model.clone();
     spec.placement.local_only = limits.local_only;
+    spec.trace_parent = chat.trace_parent;
     spec.labels.insert("gateway".into(), dialect.as_str().into());
     if let Some(caller) = caller {
         spec.labels.insert(crate::core::GATEWAY_KEY.into(), caller.token_id.clone());
