@@ -211,6 +211,12 @@ pub enum Event {
     Usage {
         reply: Reply<Vec<(crate::usage::Row, crate::usage::Spend)>>,
     },
+    /// What one key spent on a UTC day and in its month.
+    Spent {
+        key: String,
+        day: String,
+        reply: Reply<(crate::usage::Spend, crate::usage::Spend)>,
+    },
     Host {
         id: String,
         reply: Reply<Option<HostView>>,
@@ -462,6 +468,12 @@ impl Handle {
         self.ask(|reply| Event::Usage { reply }).await
     }
 
+    /// What `key` spent on `day` (UTC, `2026-12-08`) and in that day's month: what a budget is
+    /// checked against.
+    pub async fn spent(&self, key: String, day: String) -> Result<(crate::usage::Spend, crate::usage::Spend), Error> {
+        self.ask(|reply| Event::Spent { key, day, reply }).await
+    }
+
     pub async fn host(&self, id: String) -> Result<HostView, Error> {
         let missing = Error::UnknownName(format!("host {id} not found"));
         self.ask(|reply| Event::Host { id, reply }).await?.ok_or(missing)
@@ -688,6 +700,7 @@ impl State {
                 let rows = self.ledger.rows().map(|(row, spend)| (row.clone(), *spend)).collect();
                 self.answer(reply, rows);
             }
+            Event::Spent { key, day, reply } => self.answer(reply, self.ledger.spent(&key, &day)),
             Event::Host { id, reply } => {
                 self.answer(reply, self.host_view(&id, true));
             }

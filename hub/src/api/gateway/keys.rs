@@ -11,7 +11,7 @@ use chrono::Datelike;
 
 use super::{Kind, Refusal};
 use crate::auth::KeyLimits;
-use crate::usage::{Row, Spend};
+use crate::usage::Spend;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -107,15 +107,9 @@ pub(super) fn check_model(limits: &KeyLimits, model: &str) -> Result<(), Refusal
     ))
 }
 
-/// Refuses a key that has spent its daily or monthly budget (`rows`: the ledger), saying when
-/// the budget starts again (the next UTC day or month).
-pub(super) fn check_budget(limits: &KeyLimits, key: &str, rows: &[(Row, Spend)], now_ms: i64) -> Result<(), Refusal> {
-    if limits.daily_budget_usd.is_none() && limits.monthly_budget_usd.is_none() {
-        return Ok(());
-    }
-    let today = crate::usage::day_of(now_ms);
-    let ledger = crate::usage::Ledger::seed(rows.to_vec());
-    let (day, month) = ledger.spent(key, &today);
+/// Refuses a key that has spent its daily or monthly budget (`day` and `month`: what the ledger
+/// says it spent this UTC day and month), saying when the budget starts again.
+pub(super) fn check_budget(limits: &KeyLimits, (day, month): (Spend, Spend), now_ms: i64) -> Result<(), Refusal> {
     let now = chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
     let until = |next: Option<chrono::NaiveDate>| {
         let start = next.and_then(|d| d.and_hms_opt(0, 0, 0)).map(|t| t.and_utc().timestamp_millis());
@@ -190,20 +184,15 @@ mod tests {
         assert!(refused.message.contains("may use: a"));
 
         let now = 1_796_731_200_000; // 2026-12-08T12:00:00Z
-        let spend = |day: &str, micros| {
-            (
-                Row { day: day.into(), key: "k".into(), model: "m".into() },
-                Spend { cost_micros: micros, ..Spend::default() },
-            )
-        };
+        let spend = |micros| Spend { cost_micros: micros, ..Spend::default() };
+        let (nothing, five) = (spend(0), spend(5_000_000));
         let daily = KeyLimits { daily_budget_usd: Some(1.0), ..KeyLimits::default() };
-        assert!(check_budget(&daily, "k", &[spend("2026-12-08", 999_999)], now).is_ok());
-        let refused = check_budget(&daily, "k", &[spend("2026-12-08", 1_000_000)], now).unwrap_err();
+        assert!(check_budget(&daily, (spend(999_999), five), now).is_ok());
+        let refused = check_budget(&daily, (spend(1_000_000), five), now).unwrap_err();
         assert_eq!((refused.kind, refused.retry_after), (Kind::RateLimited, Some(12 * 3600)));
-        assert!(check_budget(&daily, "k", &[spend("2026-12-07", 5_000_000)], now).is_ok(), "yesterday's spend");
+        assert!(check_budget(&daily, (nothing, five), now).is_ok(), "earlier days' spend");
         let monthly = KeyLimits { monthly_budget_usd: Some(2.0), ..KeyLimits::default() };
-        let rows = [spend("2026-12-01", 1_500_000), spend("2026-12-07", 600_000)];
-        let refused = check_budget(&monthly, "k", &rows, now).unwrap_err();
+        let refused = check_budget(&monthly, (nothing, spend(2_100_000)), now).unwrap_err();
         assert!(refused.message.contains("monthly budget"), "{}", refused.message);
         assert_eq!(refused.retry_after, Some((23 * 24 + 12) * 3600), "until 2027-01-01");
     }

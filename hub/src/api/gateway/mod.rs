@@ -235,12 +235,9 @@ fn unix_seconds() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
-/// Reads a JSON body, refusing what is not JSON in the API's words.
+/// Reads a JSON body, refusing what is not JSON in the API's words. (A body over the hub's
+/// limit, `MAX_BODY_BYTES`, is refused before it is read.)
 fn json_body(body: &Bytes) -> Result<Value, Refusal> {
-    if body.len() > super::http::MAX_BODY_BYTES {
-        let most = super::http::MAX_BODY_BYTES;
-        return Err(Refusal::invalid(format!("the request body is larger than the hub takes ({most} bytes)")));
-    }
     serde_json::from_slice(body).map_err(|err| Refusal::invalid(format!("the request body is not JSON: {err}")))
 }
 

@@ -428,8 +428,9 @@ async fn start(state: &HttpState, dialect: Dialect, caller: Option<Caller>, chat
         }
     }
     if limits.daily_budget_usd.is_some() || limits.monthly_budget_usd.is_some() {
-        let rows = state.hub.usage().await.map_err(refusal_of)?;
-        keys::check_budget(&limits, &key, &rows, crate::domain::now_ms())?;
+        let now = crate::domain::now_ms();
+        let spent = state.hub.spent(key.clone(), crate::usage::day_of(now)).await.map_err(refusal_of)?;
+        keys::check_budget(&limits, spent, now)?;
     }
     state.meters.admit(&key, &limits, Instant::now())?;
     let stream = chat.stream;

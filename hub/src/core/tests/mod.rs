@@ -676,7 +676,9 @@ fn a_gateway_request_keeps_no_text_counts_its_key_spend_and_fails_at_a_restart()
     assert_eq!((row.key.as_str(), row.model.as_str()), ("tok-a", "m"));
     assert_eq!((spend.requests, spend.input_tokens, spend.output_tokens), (1, 12, 5));
     let rows = hub.ask(|reply| Event::Usage { reply });
-    assert_eq!(rows, vec![(row, spend)]);
+    assert_eq!(rows, vec![(row.clone(), spend)]);
+    let spent = hub.ask(|reply| Event::Spent { key: "tok-a".into(), day: row.day.clone(), reply });
+    assert_eq!(spent, (spend, spend), "what a budget is checked against: the day's and the month's");
 
     // A request the hub held when it stopped cannot run again: its prompt was never stored.
     let waiting = hub.submit(gateway("another"));

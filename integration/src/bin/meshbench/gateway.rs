@@ -16,17 +16,14 @@
 //! (`scripts/test` makes it); without one its figures say it was not measured.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentcom_integration::ollama::{ChatScript, FakeModel, OllamaDouble};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::relay::Link;
+use crate::relay::{Link, TOKEN};
 
 const MODEL: &str = "gateway:1b";
-const TOKEN: &str = "tok ";
 /// Tokens in each reply of the latency phase.
 const PACED_TOKENS: usize = 10;
 
@@ -134,14 +131,8 @@ fn python_proxy(upstream: &str) -> anyhow::Result<Option<(Proxy, String)>> {
 }
 
 pub(crate) async fn run(options: Options, dir: &Path) -> anyhow::Result<Value> {
-    let double = Arc::new(OllamaDouble::start(vec![FakeModel::new(MODEL, 1_000_000_000, "llama", "1B")]).await);
-    double.load(MODEL, 1_000_000_000);
-    let script = |tokens: usize, pace: Duration| ChatScript {
-        pieces: vec![TOKEN.to_owned(); tokens],
-        first_piece_after: Duration::ZERO,
-        between_pieces: pace,
-        ..ChatScript::default()
-    };
+    let double = crate::relay::warm_double(MODEL).await;
+    let script = crate::relay::script;
     let most = options.streams.iter().copied().max().unwrap_or(1);
     let dir = tempfile::tempdir_in(dir)?;
     let fdatasync = crate::fdatasync_latency(dir.path(), 1.0)?;

@@ -39,7 +39,7 @@ use tonic::metadata::MetadataValue;
 use crate::latency_summary;
 
 const MODEL: &str = "relay:1b";
-const TOKEN: &str = "tok ";
+pub(crate) const TOKEN: &str = "tok ";
 
 /// The sidecar's link to the hub.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -285,15 +285,25 @@ pub(crate) async fn wait_for_model_named(hub: &Target, admin: &str, model: &str)
     }
 }
 
-pub(crate) async fn run(options: Options, dir: &Path) -> anyhow::Result<Value> {
-    let double = Arc::new(OllamaDouble::start(vec![FakeModel::new(MODEL, 1_000_000_000, "llama", "1B")]).await);
-    double.load(MODEL, 1_000_000_000);
-    let script = |tokens: usize, pace: Duration| ChatScript {
+/// An Ollama double with `model` (1 GB) loaded.
+pub(crate) async fn warm_double(model: &str) -> Arc<OllamaDouble> {
+    let double = Arc::new(OllamaDouble::start(vec![FakeModel::new(model, 1_000_000_000, "llama", "1B")]).await);
+    double.load(model, 1_000_000_000);
+    double
+}
+
+/// A reply of `tokens` tokens (each [`TOKEN`]), the first at once, then one every `pace`.
+pub(crate) fn script(tokens: usize, pace: Duration) -> ChatScript {
+    ChatScript {
         pieces: vec![TOKEN.to_owned(); tokens],
         first_piece_after: Duration::ZERO,
         between_pieces: pace,
         ..ChatScript::default()
-    };
+    }
+}
+
+pub(crate) async fn run(options: Options, dir: &Path) -> anyhow::Result<Value> {
+    let double = warm_double(MODEL).await;
     let slots = options.streams.iter().copied().max().unwrap_or(1) as u32;
     let dir = tempfile::tempdir_in(dir)?;
     let fdatasync = crate::fdatasync_latency(dir.path(), 1.0)?;
